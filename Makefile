@@ -1,0 +1,90 @@
+# skein build. `make` builds ./skein (CPU always; CUDA when nvcc is found, MPI when mpicc is
+# found). `make test` runs every test; `make demo` runs the embedded demo; both install the
+# Debian packages they need first (`make deps`). Overrides: CC=, NVCC=, MPICC=, NCCL_HOME=,
+# BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1.
+
+CC       ?= cc
+BUILD    ?= build
+CSTD      = -std=c11 -D_GNU_SOURCE
+WARN      = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wno-unused-parameter
+OPT      ?= -O3 -march=native -fno-finite-math-only
+CFLAGS   += $(CSTD) $(WARN) $(OPT) -g -fopenmp -MMD -MP -Isrc
+LDLIBS   += -fopenmp -lm -lpthread
+
+PKGS_DEBIAN = libopenblas-openmp-dev libpcre2-dev libcjson-dev python3-doc
+
+BLAS_CFLAGS ?= $(shell pkg-config --cflags openblas 2>/dev/null)
+BLAS_LIBS   ?= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+CFLAGS  += $(BLAS_CFLAGS) $(shell pkg-config --cflags libcjson libpcre2-8 2>/dev/null)
+LDLIBS  += $(BLAS_LIBS) $(shell pkg-config --libs libcjson libpcre2-8 2>/dev/null || echo -lcjson -lpcre2-8)
+
+# Optional engines: detected here, reported by `make`, used by the issues that bring them.
+NVCC  ?= $(shell command -v nvcc 2>/dev/null)
+MPICC ?= $(shell command -v mpicc 2>/dev/null)
+ifdef NO_CUDA
+NVCC :=
+endif
+ifdef NO_MPI
+MPICC :=
+endif
+
+SRCS      := $(sort $(shell find src -name '*.c'))
+LIB_SRCS  := $(filter-out src/cli/main.c,$(SRCS))
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+TEST_SRCS := $(sort $(wildcard tests/test_*.c))
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps test test-asan demo clean bench-train status
+all: status skein
+
+status:
+	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  MPI %s\n' \
+	  "$(if $(NVCC),✓ ($(NVCC)) [backend arrives with the CUDA issue],✗)" \
+	  "$(if $(MPICC),✓ ($(MPICC)) [used by distributed training],✗)"
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libskein.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+skein: $(BUILD)/src/cli/main.o $(BUILD)/libskein.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libskein.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libskein.a $(LDLIBS)
+
+# Installs missing Debian packages (as root), or prints the apt-get line to run.
+deps:
+	@missing=""; for p in $(PKGS_DEBIAN); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || exit 1; \
+	else echo "deps: run: sudo apt-get install -y$$missing"; exit 1; fi
+
+test: deps
+	@$(MAKE) --no-print-directory all $(TEST_BINS)
+	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
+
+# The same tests under AddressSanitizer + UBSan, in their own build folder.
+test-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  LDLIBS_EXTRA= test-asan-run
+
+test-asan-run: LDLIBS += -fsanitize=address,undefined
+test-asan-run: all $(TEST_BINS)
+	@ASAN_OPTIONS=detect_leaks=0 BUILD=$(BUILD) SKEIN_QUICK=1 sh tests/run.sh $(TEST_BINS)
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	./skein demo
+
+clean:
+	rm -rf build build-asan skein
+
+-include $(LIB_OBJS:.o=.d) $(BUILD)/src/cli/main.d

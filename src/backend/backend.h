@@ -1,0 +1,109 @@
+/* backend: one table of operations that every model is written against.
+ *
+ * A backend is a context plus a table of function pointers (ops). The CPU backend
+ * (backend/cpu/) uses OpenBLAS for products and OpenMP for the rest and is the reference;
+ * the CUDA backend (backend/cuda/, a later issue) fills the same table with kernels and
+ * cuBLASLt, taking device pointers. Model code never touches memory a backend owns except
+ * through these ops, so a model written once runs on both.
+ *
+ * Conventions: all tensors are f32 and row-major; pointers are backend memory (host memory
+ * on CPU). Letters: N rows (tokens, B*T), B batch, T time, C channels, OC output channels,
+ * NH heads, HS head size (C/NH), V vocabulary.
+ * "accumulates" means += into the destination (gradients sum across micro-batches);
+ * "writes" means =. Ops marked optional may be NULL; callers fall back or refuse. */
+#ifndef SKEIN_BACKEND_H
+#define SKEIN_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/base.h"
+
+typedef struct backend backend;
+
+typedef struct backend_ops {
+    /* memory */
+    void *(*alloc)(backend *be, size_t bytes);                 /* zeroed; NULL + sk_fail on OOM */
+    void (*free)(backend *be, void *p);
+    void (*upload)(backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*zero)(backend *be, void *p, size_t bytes);
+    void (*synchronize)(backend *be);
+
+    /* C(M,N) = alpha * op(A) @ op(B) + beta * C; op(X) = X or X^T per trans flag; row-major
+     * with leading dimensions lda, ldb, ldc. */
+    void (*gemm)(backend *be, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+    /* out(N,OC) += bias(OC) broadcast over rows; dbias(OC) accumulates the column sums of dout. */
+    void (*bias_add)(backend *be, float *out, const float *bias, int N, int OC);
+    void (*bias_backward)(backend *be, float *dbias, const float *dout, int N, int OC);
+
+    /* out(B,T,C) writes wte[tokens] + wpe[t] (wpe may be NULL: no position table). */
+    void (*embed_forward)(backend *be, float *out, const int *tokens, const float *wte,
+                          const float *wpe, int B, int T, int C);
+    /* dwte, dwpe accumulate; dwpe may be NULL. */
+    void (*embed_backward)(backend *be, float *dwte, float *dwpe, const float *dout,
+                           const int *tokens, int B, int T, int C);
+
+    /* LayerNorm over C. Writes out(N,C), mean(N), rstd(N) (saved for backward). */
+    void (*layernorm_forward)(backend *be, float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, int N, int C, float eps);
+    /* dinp, dweight, dbias accumulate. */
+    void (*layernorm_backward)(backend *be, float *dinp, float *dweight, float *dbias,
+                               const float *dout, const float *inp, const float *weight,
+                               const float *mean, const float *rstd, int N, int C);
+
+    /* GELU, tanh approximation ("gelu_new" in transformers). backward accumulates dinp. */
+    void (*gelu_forward)(backend *be, float *out, const float *inp, size_t n);
+    void (*gelu_backward)(backend *be, float *dinp, const float *inp, const float *dout, size_t n);
+
+    /* out = a + b (n elements); out may alias a or b. */
+    void (*add)(backend *be, float *out, const float *a, const float *b, size_t n);
+    /* x *= s */
+    void (*scale)(backend *be, float *x, float s, size_t n);
+
+    /* Causal multi-head attention over packed qkv(B,T,3C) as GPT-2 lays it out (q, k, v each
+     * C wide, heads contiguous inside). Writes out(B,T,C) and att(B,NH,T,T) (softmaxed
+     * probabilities, kept for backward). */
+    void (*attention_forward)(backend *be, float *out, float *att, const float *qkv,
+                              int B, int T, int C, int NH);
+    /* dqkv accumulates; datt is scratch of att's size. */
+    void (*attention_backward)(backend *be, float *dqkv, float *datt, const float *dout,
+                               const float *qkv, const float *att, int B, int T, int C, int NH);
+
+    /* Fused softmax + cross-entropy over rows of logits(N,V) with `Vp` the row stride.
+     * Writes losses(N) (0 where target < 0: ignored positions) and, when dlogits is not NULL,
+     * the gradient (softmax - onehot) * dloss into dlogits(N,Vp) (may alias logits; 0 for
+     * ignored rows and for padded columns V..Vp). Returns nothing; the caller sums losses. */
+    void (*softmax_xent)(backend *be, float *losses, float *dlogits, const float *logits,
+                         const int *targets, int N, int V, int Vp, float dloss);
+
+    /* Dropout with probability p using a counter-based hash of (seed, index): writes
+     * out = inp * mask / (1-p); backward applies the same mask to dout (accumulating). */
+    void (*dropout_forward)(backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed);
+    void (*dropout_backward)(backend *be, float *dinp, const float *dout, size_t n, float p, uint64_t seed);
+
+    /* Sum of squares of x(n), in double. */
+    double (*sum_squares)(backend *be, const float *x, size_t n);
+    /* AdamW step on n parameters: m, v updated in place; weight_decay applied decoupled
+     * (p -= lr * wd * p); grad_scale multiplies g first (clipping). t is the 1-based step. */
+    void (*adamw)(backend *be, float *param, const float *grad, float *m, float *v, size_t n,
+                  float lr, float beta1, float beta2, float eps, float weight_decay,
+                  float grad_scale, int t);
+} backend_ops;
+
+struct backend {
+    const backend_ops *ops;
+    const char *name;      /* "cpu", "cuda" */
+    void *impl;            /* backend-private state */
+};
+
+/* Creates a backend by name ("cpu"; "cuda" once built). NULL + sk_fail when unknown or absent. */
+backend *backend_create(const char *name);
+void backend_free(backend *be);
+
+/* The CPU backend (backend/cpu/cpu.c). */
+backend *backend_cpu_create(void);
+
+#endif

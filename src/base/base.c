@@ -1,0 +1,118 @@
+/* base: error messages, asserts, logging, allocation and the clock (see base.h). */
+#include "base/base.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static _Thread_local char err_buf[1024];
+static bool log_quiet;
+static long mem_countdown;
+
+sk_status sk_fail(sk_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+sk_status sk_fail_ctx(sk_status st, const char *fmt, ...) {
+    char prefix[512], old[sizeof err_buf];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err_buf, sizeof old);
+    snprintf(err_buf, sizeof err_buf, "%s: %s", prefix, old);
+    return st;
+}
+
+const char *sk_errmsg(void) { return err_buf[0] ? err_buf : "unknown error"; }
+
+const char *sk_status_name(sk_status st) {
+    switch (st) {
+    case SK_OK: return "ok";
+    case SK_EARG: return "bad argument";
+    case SK_EIO: return "i/o error";
+    case SK_EFORMAT: return "bad format";
+    case SK_ENOMEM: return "out of memory";
+    case SK_ECONFIG: return "bad configuration";
+    case SK_ESTATE: return "bad state";
+    }
+    return "unknown status";
+}
+
+void sk_assert_fail(const char *expr, const char *file, int line) {
+    fprintf(stderr, "skein: assertion failed at %s:%d: %s\n", file, line, expr);
+    fflush(stderr);
+    abort();
+}
+
+static void log_line(const char *level, const char *fmt, va_list ap) {
+    fprintf(stderr, "%s", level);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void log_info(const char *fmt, ...) {
+    if (log_quiet) return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line("", fmt, ap);
+    va_end(ap);
+}
+
+void log_warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_line("warning: ", fmt, ap);
+    va_end(ap);
+}
+
+void log_set_quiet(bool quiet) { log_quiet = quiet; }
+
+static bool mem_should_fail(void) {
+    if (mem_countdown <= 0) return false;
+    return --mem_countdown == 0;
+}
+
+void *mem_alloc(size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) bytes = 1;
+    if (mem_should_fail() || posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63) != 0) {
+        sk_fail(SK_ENOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    return p;
+}
+
+void *mem_calloc(size_t bytes) {
+    void *p = mem_alloc(bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+void *mem_realloc(void *p, size_t bytes) {
+    void *q = mem_should_fail() ? NULL : realloc(p, bytes ? bytes : 1);
+    if (!q) sk_fail(SK_ENOMEM, "out of memory growing a buffer to %zu bytes", bytes);
+    return q;
+}
+
+void mem_free(void *p) { free(p); }
+
+char *mem_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = mem_realloc(NULL, n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+void mem_fail_after(long n) { mem_countdown = n; }
+
+double time_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

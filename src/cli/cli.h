@@ -1,0 +1,21 @@
+/* cli: the subcommands of ./skein, one file each (cmd_*.c). Each takes the arguments after
+ * its command words and returns the process exit status; on failure it has already printed
+ * a message naming the problem (cli_fail). */
+#ifndef SKEIN_CLI_H
+#define SKEIN_CLI_H
+
+#include "base/base.h"
+
+int cmd_tokenizer(int argc, char **argv);   /* skein tokenizer train|encode */
+int cmd_data(int argc, char **argv);        /* skein data prepare */
+int cmd_init(int argc, char **argv);        /* skein init */
+int cmd_train(int argc, char **argv);       /* skein train */
+int cmd_generate(int argc, char **argv);    /* skein generate */
+int cmd_bench(int argc, char **argv);       /* skein bench train|throughput|serve */
+int cmd_demo(int argc, char **argv);        /* skein demo */
+
+/* Prints "skein: <message of st>" to stderr and returns the exit status for st (0 for the
+ * SK_ESTATE that args_parse returns after --help). */
+int cli_fail(sk_status st);
+
+#endif

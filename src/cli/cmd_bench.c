@@ -1,0 +1,3 @@
+/* Placeholder for skein bench while it is being written in this session; replaced before landing. */
+#include "cli/cli.h"
+int cmd_bench(int argc, char **argv) { (void)argc; (void)argv; return cli_fail(sk_fail(SK_ESTATE, "bench: not built yet")); }

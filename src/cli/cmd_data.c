@@ -1,0 +1,3 @@
+/* Placeholder for skein data while it is being written in this session; replaced before landing. */
+#include "cli/cli.h"
+int cmd_data(int argc, char **argv) { (void)argc; (void)argv; return cli_fail(sk_fail(SK_ESTATE, "data: not built yet")); }

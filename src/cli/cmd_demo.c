@@ -1,0 +1,3 @@
+/* Placeholder for skein demo while it is being written in this session; replaced before landing. */
+#include "cli/cli.h"
+int cmd_demo(int argc, char **argv) { (void)argc; (void)argv; return cli_fail(sk_fail(SK_ESTATE, "demo: not built yet")); }

@@ -1,0 +1,132 @@
+/* model: one interface for every architecture (GPT-2 now, the Llama family next).
+ *
+ *   model *m;
+ *   model_load("out/", be, &m);                   // config.json + safetensors, HF layout
+ *   model_train_prepare(m, B, T);                 // gradients + activations for (B,T)
+ *   float loss = model_forward(m, tokens, targets, B, T);
+ *   model_backward(m, 1.0f / tokens_in_step);     // gradients accumulate in m->grads
+ *   model_save(m, "out/");
+ *
+ * Parameters live in one flat f32 buffer (m->params, m->n_params elements) in backend
+ * memory, cut into tensors by m->specs in Hugging Face order and naming (without the
+ * "transformer." prefix). Gradients, when prepared, use the same layout (m->grads), so
+ * optimizers, ZeRO sharding and checkpoints work on flat ranges. Tensors of one layer are
+ * contiguous (spec.layer), so a layer's parameters are one range.
+ *
+ * Letters: B batch, T time, C channels (n_embd), L layers, NH heads, V vocabulary. */
+#ifndef SKEIN_MODEL_H
+#define SKEIN_MODEL_H
+
+#include "backend/backend.h"
+#include "tensor/dtype.h"
+
+typedef enum model_arch_kind { ARCH_GPT2, ARCH_LLAMA } model_arch_kind;
+
+#define MODEL_MAX_EOS 8
+
+typedef struct model_config {
+    model_arch_kind arch;
+    int vocab_size;        /* V */
+    int n_positions;       /* maximum context (GPT-2 n_positions, Llama max_position_embeddings) */
+    int n_layer;           /* L */
+    int n_head;            /* NH */
+    int n_kv_head;         /* KV heads (Llama GQA); = n_head for GPT-2 */
+    int n_embd;            /* C */
+    int ffn_dim;           /* MLP width: GPT-2 n_inner (default 4C), Llama intermediate_size */
+    int head_dim;          /* C / NH unless the config says otherwise */
+    float norm_eps;        /* layer_norm_epsilon / rms_norm_eps */
+    float resid_pdrop, embd_pdrop, attn_pdrop;   /* used only with --dropout */
+    bool tie_word_embeddings;
+    int bos_token_id;      /* -1 when absent or unusable */
+    int eos_token_ids[MODEL_MAX_EOS];
+    int n_eos;
+    dtype torch_dtype;     /* dtype the weights are stored in (config "torch_dtype"/"dtype") */
+} model_config;
+
+typedef struct model_param {
+    char name[96];         /* HF name without "transformer.", e.g. "h.0.attn.c_attn.weight" */
+    int ndim;
+    int64_t shape[4];
+    size_t offset;         /* first element inside the flat buffer */
+    size_t numel;
+    bool decay;            /* AdamW weight decay applies (matrices, not biases or norms) */
+    int layer;             /* 0..L-1, or -1 for embeddings and the final norm */
+} model_param;
+
+typedef struct model model;
+typedef struct model_arch model_arch;
+
+struct model {
+    model_config cfg;
+    const model_arch *arch;
+    backend *be;
+    model_param *specs;
+    int n_specs;
+    size_t n_params;
+    float *params;         /* (n_params) backend memory */
+    float *grads;          /* (n_params) after model_train_prepare, else NULL */
+    bool dropout;          /* apply the config's dropout probabilities in training forwards */
+    uint64_t dropout_seed; /* advanced by the trainer each micro-batch */
+    void *state;           /* architecture-private: activations, KV cache, scratch */
+};
+
+/* What an architecture provides (gpt2.c, llama.c). */
+struct model_arch {
+    const char *name;
+    /* Fills specs (when not NULL) and returns how many there are. */
+    int (*plan_params)(const model_config *cfg, model_param *specs);
+    void (*init_weights)(model *m, uint64_t seed);
+    sk_status (*train_prepare)(model *m, int B, int T);
+    float (*forward)(model *m, const int *tokens, const int *targets, int B, int T);
+    void (*backward)(model *m, float dloss);
+    const float *(*logits)(const model *m);
+    sk_status (*infer_prepare)(model *m, int max_T);
+    void (*infer_reset)(model *m);
+    const float *(*infer_step)(model *m, const int *tokens, int n);
+    void (*free_state)(model *m);
+};
+
+extern const model_arch gpt2_arch;
+
+/* config.json: read (HF dialects) and write. A missing or absurd field is SK_ECONFIG with a
+ * message naming the file and the field; quirks transformers accepts (a bos/eos id outside
+ * the vocabulary) are warned about and dropped. */
+sk_status model_config_load(const char *dir, model_config *cfg);
+sk_status model_config_save(const model_config *cfg, const char *dir);
+/* Checks a config built in code (init presets, flags) with the same rules as a loaded one. */
+sk_status model_config_validate(model_config *cfg, const char *what);
+/* Fills the GPT-2 defaults for the shape given. */
+void model_config_gpt2(model_config *cfg, int n_layer, int n_head, int n_embd, int n_ctx, int vocab);
+
+/* Plans the parameters and allocates them (uninitialized) on the backend. */
+sk_status model_create(const model_config *cfg, backend *be, model **out);
+void model_free(model *m);
+const model_param *model_find_param(const model *m, const char *name);
+
+/* Loads a model folder (config.json + model.safetensors or shards with the index).
+ * Accepts GPT-2 names with or without "transformer."; bf16/f16/f32 converted to f32. */
+sk_status model_load(const char *dir, backend *be, model **out);
+/* Writes config.json and model.safetensors (f32, "transformer."-prefixed GPT-2 names as
+ * GPT2LMHeadModel writes them) into dir (created). Files are written atomically. */
+sk_status model_save(const model *m, const char *dir);
+
+/* Training and inference entry points: thin wrappers over m->arch. */
+void model_init_weights(model *m, uint64_t seed);
+sk_status model_train_prepare(model *m, int B, int T);
+/* Forward pass over tokens(B,T). With targets(B,T) (entries < 0 are ignored) returns the
+ * mean loss over counted targets and keeps what backward needs; without, returns 0 and
+ * leaves logits (B,T,V) in model_logits. */
+float model_forward(model *m, const int *tokens, const int *targets, int B, int T);
+/* Backward of the last forward: gradients accumulate into m->grads, each counted target's
+ * loss weighted by dloss (1/number of target tokens in the optimizer step). */
+void model_backward(model *m, float dloss);
+void model_zero_grad(model *m);
+const float *model_logits(const model *m);   /* (B,T,V) of the last forward, row stride V */
+
+/* Incremental decoding with a KV cache of max_T positions: infer_reset starts a sequence,
+ * infer_step feeds n tokens and returns the logits (V) of the last one. */
+sk_status model_infer_prepare(model *m, int max_T);
+void model_infer_reset(model *m);
+const float *model_infer_step(model *m, const int *tokens, int n);
+
+#endif

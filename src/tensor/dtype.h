@@ -1,0 +1,24 @@
+/* dtype: element types of stored and computed tensors, their sizes and safetensors names,
+ * and conversions to and from f32 (bf16 and f16 round to nearest even). */
+#ifndef SKEIN_DTYPE_H
+#define SKEIN_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum dtype { DT_F32, DT_BF16, DT_F16, DT_I32, DT_I64, DT_U16, DT_U8, DT_COUNT } dtype;
+
+size_t dtype_size(dtype t);
+const char *dtype_name(dtype t);          /* safetensors spelling: "F32", "BF16", ... */
+int dtype_from_name(const char *name);    /* -1 when unknown */
+
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+/* Converts n elements of type `src_t` at src into f32 at dst (f32, bf16, f16 only). */
+void dtype_to_f32(float *dst, const void *src, dtype src_t, size_t n);
+/* Converts n f32 values into type `dst_t` (f32, bf16, f16 only). */
+void dtype_from_f32(void *dst, dtype dst_t, const float *src, size_t n);
+
+#endif

@@ -1,0 +1,93 @@
+/* Tests of base/, tensor/dtype and cli/args: conversions against known bit patterns, the
+ * RNG's determinism, flag parsing errors, JSON field errors, atomic writes. */
+#include "test.h"
+
+#include "base/file.h"
+#include "base/json.h"
+#include "base/rng.h"
+#include "cli/args.h"
+#include "tensor/dtype.h"
+
+TEST(bf16_f16_round_trip) {
+    CHECK(f32_to_bf16(1.0f) == 0x3f80);
+    CHECK(f32_to_bf16(-2.0f) == 0xc000);
+    CHECK(bf16_to_f32(0x3f80) == 1.0f);
+    CHECK(f32_to_bf16(1.00390625f) == 0x3f80);          /* tie rounds to even */
+    CHECK(f32_to_f16(1.0f) == 0x3c00);
+    CHECK(f32_to_f16(65504.0f) == 0x7bff);
+    CHECK(f32_to_f16(70000.0f) == 0x7c00);
+    CHECK(f32_to_f16(5.960464477539063e-08f) == 0x0001); /* smallest subnormal */
+    for (uint32_t h = 0; h < 0x7c00; h++)               /* every finite positive f16 */
+        CHECK_MSG(f32_to_f16(f16_to_f32((uint16_t)h)) == h, "f16 0x%04x", h);
+}
+
+TEST(rng_is_deterministic) {
+    rng a, b;
+    rng_seed(&a, 42);
+    rng_seed(&b, 42);
+    for (int i = 0; i < 100; i++) CHECK(rng_u64(&a) == rng_u64(&b));
+    double sum = 0, sq = 0;
+    for (int i = 0; i < 20000; i++) { float x = rng_normal(&a); sum += x; sq += x * x; }
+    CHECK_NEAR(sum / 20000, 0.0, 0.05);
+    CHECK_NEAR(sq / 20000, 1.0, 0.05);
+    for (int i = 0; i < 1000; i++) CHECK(rng_below(&a, 7) < 7);
+}
+
+TEST(args_errors_name_the_flag) {
+    long steps = 1;
+    const char *out = NULL;
+    bool flag = false;
+    arg_spec specs[] = {
+        {"--steps", ARG_INT, &steps, "N", "steps", false, false},
+        {"--out", ARG_STR, &out, "DIR", "out", true, false},
+        {"--flag", ARG_BOOL, &flag, NULL, "flag", false, false},
+    };
+    char *ok[] = {"--steps", "12", "--out", "x", "--flag"};
+    CHECK(args_parse("t", 5, ok, specs, 3) == SK_OK);
+    CHECK(steps == 12 && !strcmp(out, "x") && flag);
+    char *bad[] = {"--nope"};
+    CHECK(args_parse("t", 1, bad, specs, 3) == SK_EARG);
+    CHECK(strstr(sk_errmsg(), "--nope"));
+    char *badint[] = {"--steps", "12x", "--out", "x"};
+    CHECK(args_parse("t", 4, badint, specs, 3) == SK_EARG);
+    CHECK(strstr(sk_errmsg(), "--steps"));
+    char *missing[] = {"--steps", "3"};
+    specs[1].seen = false;
+    CHECK(args_parse("t", 2, missing, specs, 3) == SK_EARG);
+    CHECK(strstr(sk_errmsg(), "--out"));
+}
+
+TEST(json_fields_and_atomic_write) {
+    char path[512];
+    file_join(path, sizeof path, test_tmpdir(), "a.json");
+    const char *text = "{\"n\": 3, \"x\": 1.5, \"s\": \"hi\"}";
+    CHECK(file_write_atomic(path, text, strlen(text)) == SK_OK);
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    CHECK(!file_exists(tmp));
+    cJSON *j;
+    CHECK(json_load_file(path, &j) == SK_OK);
+    long n = 0;
+    CHECK(json_get_int(j, "n", true, path, &n) == SK_OK && n == 3);
+    CHECK(json_get_int(j, "x", true, path, &n) == SK_EFORMAT);
+    CHECK(strstr(sk_errmsg(), "\"x\""));
+    CHECK(json_get_int(j, "missing", true, path, &n) == SK_EFORMAT);
+    CHECK(json_get_int(j, "missing", false, path, &n) == SK_OK && n == 3);
+    cJSON_Delete(j);
+    CHECK(file_write_atomic(path, "{oops", 5) == SK_OK);
+    CHECK(json_load_file(path, &j) == SK_EFORMAT);
+    CHECK(json_load_file("/nonexistent/x.json", &j) == SK_EIO);
+}
+
+TEST(mem_fail_after_fails_the_nth_allocation) {
+    mem_fail_after(2);
+    void *a = mem_alloc(16);
+    void *b = mem_alloc(16);
+    CHECK(a != NULL && b == NULL);
+    mem_free(a);
+    void *c = mem_alloc(16);
+    CHECK(c != NULL);
+    mem_free(c);
+}
+
+TEST_MAIN()
