@@ -1,0 +1,113 @@
+/* generate: single-sequence generation with streaming and stop strings (see generate.h).
+ *
+ * Text is emitted as soon as it cannot be the beginning of a stop string: the unemitted tail
+ * `pending` always holds the longest suffix that is a prefix of some stop string, so a stop
+ * string is always found whole inside it and never printed. */
+#include "infer/generate.h"
+
+#include <string.h>
+
+typedef struct gen_text {
+    char *pending;
+    size_t n, cap;
+} gen_text;
+
+static sk_status text_append(gen_text *g, const char *s, size_t n) {
+    if (g->n + n + 1 > g->cap) {
+        size_t cap = (g->n + n + 1) * 2;
+        char *p = mem_realloc(g->pending, cap);
+        if (!p) return SK_ENOMEM;
+        g->pending = p;
+        g->cap = cap;
+    }
+    memcpy(g->pending + g->n, s, n);
+    g->n += n;
+    g->pending[g->n] = 0;
+    return SK_OK;
+}
+
+/* Emits what is safe; returns true when a stop string was found (text before it emitted). */
+static bool text_flush(gen_text *g, const gen_opts *o, bool final, gen_emit_fn emit, void *ctx) {
+    size_t stop_at = g->n;
+    bool stopped = false;
+    for (int i = 0; i < o->n_stop; i++) {
+        const char *hit = o->stop[i][0] ? memmem(g->pending, g->n, o->stop[i], strlen(o->stop[i])) : NULL;
+        if (hit && (size_t)(hit - g->pending) < stop_at) { stop_at = (size_t)(hit - g->pending); stopped = true; }
+    }
+    size_t keep = 0;
+    if (!stopped && !final) {
+        for (int i = 0; i < o->n_stop; i++) {
+            size_t ls = strlen(o->stop[i]);
+            for (size_t k = ls > 1 ? ls - 1 : 0; k > keep; k--)
+                if (k <= g->n && !memcmp(g->pending + g->n - k, o->stop[i], k)) { keep = k; break; }
+        }
+    }
+    size_t out = stopped ? stop_at : g->n - keep;
+    if (emit && out) emit(ctx, g->pending, out);
+    memmove(g->pending, g->pending + out, g->n - out);
+    g->n -= out;
+    return stopped;
+}
+
+static bool is_eos(const model *m, const tok *t, int id) {
+    if (m->cfg.n_eos == 0) return t && id == tok_eot_id(t);
+    for (int i = 0; i < m->cfg.n_eos; i++)
+        if (m->cfg.eos_token_ids[i] == id) return true;
+    return false;
+}
+
+sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt, const gen_opts *o,
+                  gen_emit_fn emit, void *ctx, int32_t *ids_out, gen_result *res) {
+    const int ctx_len = m->cfg.n_positions;
+    memset(res, 0, sizeof *res);
+    res->n_prompt = (int)n_prompt;
+    res->finish = "length";
+    if (n_prompt == 0) return sk_fail(SK_EARG, "generate: the prompt is empty");
+    if ((long)n_prompt >= ctx_len)
+        return sk_fail(SK_EARG, "generate: the prompt has %zu tokens; the model's context is %d", n_prompt, ctx_len);
+    for (size_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= m->cfg.vocab_size)
+            return sk_fail(SK_EARG, "generate: prompt token %d is outside the vocabulary of %d", prompt[i], m->cfg.vocab_size);
+    int max_T = (int)n_prompt + (o->max_tokens > 0 ? o->max_tokens : 0);
+    if (max_T > ctx_len) max_T = ctx_len;
+    SK_TRY(model_infer_prepare(m, max_T));
+    sampler smp;
+    SK_TRY(sampler_init(&smp, m->cfg.vocab_size));
+    rng r;
+    rng_seed(&r, o->seed);
+    tok_stream ts;
+    if (t) tok_stream_init(&ts, t);
+    gen_text text = {0};
+    sk_status st = SK_OK;
+    char piece[1024];
+
+    model_infer_reset(m);
+    double t0 = time_now();
+    int pos = (int)n_prompt;
+    const float *logits = model_infer_step(m, (const int *)prompt, (int)n_prompt);
+    res->prefill_s = time_now() - t0;
+    t0 = time_now();
+    while (res->n_generated < o->max_tokens) {
+        int id = sampler_next(&smp, logits, &o->sample, &r);
+        if (is_eos(m, t, id)) { res->finish = "eos"; break; }
+        if (ids_out) ids_out[res->n_generated] = id;
+        res->n_generated++;
+        if (t) {
+            size_t k = tok_stream_put(&ts, id, piece, sizeof piece);
+            if ((st = text_append(&text, piece, k))) break;
+            if (text_flush(&text, o, false, emit, ctx)) { res->finish = "stop"; break; }
+        }
+        if (res->n_generated == o->max_tokens) break;
+        if (pos >= max_T) { res->finish = "length"; break; }
+        logits = model_infer_step(m, &id, 1);
+        pos++;
+    }
+    if (t && st == SK_OK && strcmp(res->finish, "stop") != 0) {
+        size_t k = tok_stream_flush(&ts, piece, sizeof piece);
+        if ((st = text_append(&text, piece, k)) == SK_OK && text_flush(&text, o, true, emit, ctx)) res->finish = "stop";
+    }
+    res->decode_s = time_now() - t0;
+    mem_free(text.pending);
+    sampler_free(&smp);
+    return st == SK_ENOMEM ? sk_fail(SK_ENOMEM, "out of memory in generation") : st;
+}

@@ -1,0 +1,33 @@
+/* generate: text generation with one sequence and the model's KV cache: prefill the prompt,
+ * then sample one token at a time, streaming decoded text through a callback as it is
+ * produced. Stops at an end-of-sequence id, a stop string (not emitted), max_tokens, or the
+ * model's context. */
+#ifndef SKEIN_GENERATE_H
+#define SKEIN_GENERATE_H
+
+#include "infer/sample.h"
+#include "model/model.h"
+#include "tokenizer/tok.h"
+
+typedef struct gen_opts {
+    int max_tokens;
+    sample_opts sample;
+    uint64_t seed;
+    const char *const *stop;   /* stop strings */
+    int n_stop;
+} gen_opts;
+
+typedef struct gen_result {
+    int n_prompt, n_generated;
+    const char *finish;        /* "eos", "stop", "length" */
+    double prefill_s, decode_s;
+} gen_result;
+
+typedef void (*gen_emit_fn)(void *ctx, const char *text, size_t n);
+
+/* Generates from the prompt ids. When ids_out is not NULL it receives the generated ids
+ * (at most o->max_tokens). emit may be NULL. */
+sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt, const gen_opts *o,
+                  gen_emit_fn emit, void *ctx, int32_t *ids_out, gen_result *res);
+
+#endif
