@@ -11,10 +11,11 @@
 #define BYTE_EOT 256
 #define BYTE_VOCAB 257
 
+/* A path under the scratch folder; each call gets its own buffer (the last 256 stay valid). */
 static const char *tmp_file(const char *name) {
-    static char buf[8][1024];
+    static char buf[256][1024];
     static int k;
-    char *out = buf[k++ & 7];
+    char *out = buf[k++ & 255];
     snprintf(out, 1024, "%s/%s", test_tmpdir(), name);
     return out;
 }
@@ -35,6 +36,7 @@ static void write_raw(const char *path, const void *data, size_t n) {
 static sk_status byte_encode(void *ctx, const char *text, size_t len, int32_t **ids, size_t *n) {
     (void)ctx;
     *ids = mem_alloc((len ? len : 1) * sizeof **ids);
+    if (!*ids) return SK_ENOMEM;
     for (size_t i = 0; i < len; i++) (*ids)[i] = (unsigned char)text[i];
     *n = len;
     return SK_OK;
@@ -370,6 +372,7 @@ static bool contains_doc(const int *s, size_t n, const char *doc) {
 }
 
 TEST(prepare_splits_documents_with_eot) {
+    log_set_quiet(true);
     write_inputs();
     const char *in[3] = {tmp_file("a.txt"), tmp_file("b.txt"), tmp_file("c.jsonl")};
     const char *out = tmp_file("prep");
@@ -499,6 +502,34 @@ TEST(prepare_shards_and_threads_are_deterministic) {
     CHECK(data_loader_open(tmp_file("p1"), "val", 64, 9, &dl) == SK_OK);
     CHECK(data_loader_num_tokens(dl) == v1);
     data_loader_free(dl);
+}
+
+/* Every allocation of loader_open and prepare may fail: the error comes back as a status,
+ * nothing crashes (ASan checks nothing leaks or is touched after free). */
+TEST(out_of_memory_paths_return_errors) {
+    const char *dir = make_stream_dir();
+    write_inputs();
+    const char *in[3] = {tmp_file("a.txt"), tmp_file("b.txt"), tmp_file("c.jsonl")};
+    data_prepare_cfg cfg = byte_cfg(0.4);
+    cfg.threads = 1;
+    int ok_loader = 0, ok_prep = 0;
+    const char *out = tmp_file("prep_oom");
+    for (long n = 1; n < 60; n++) {
+        data_loader *dl = NULL;
+        mem_fail_after(n);
+        sk_status st = data_loader_open(dir, "train", 8, 1, &dl);
+        mem_fail_after(0);
+        CHECK_MSG(st == SK_OK || st == SK_ENOMEM, "allocation %ld: %s", n, sk_errmsg());
+        CHECK(st == SK_OK || dl == NULL);
+        ok_loader += st == SK_OK;
+        data_loader_free(dl);
+        mem_fail_after(n);
+        st = data_prepare_encoded(&cfg, in, 3, out);
+        mem_fail_after(0);
+        CHECK_MSG(st == SK_OK || st == SK_ENOMEM, "allocation %ld: %s", n, sk_errmsg());
+        ok_prep += st == SK_OK;
+    }
+    CHECK(ok_loader > 0 && ok_prep > 0);   /* the loop went past the last allocation */
 }
 
 TEST_MAIN()

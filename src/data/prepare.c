@@ -289,6 +289,7 @@ sk_status data_prepare_encoded(const data_prepare_cfg *cfg, const char *const *i
     if (st == SK_OK) st = commit_pending(&p);
     if (st == SK_OK) st = flush_split(&p, &p.split[0]);
     if (st == SK_OK) st = flush_split(&p, &p.split[1]);
+    if (st == SK_OK) p.done_bytes = p.total_bytes;   /* newlines and blank lines included */
     show_progress(&p, true);
     if (st == SK_OK) {
         cJSON *root = cJSON_CreateObject();

@@ -43,19 +43,24 @@ sk_status data_shard_write_width(const char *path, const int32_t *tokens, size_t
     char tmp[4096];
     int k = snprintf(tmp, sizeof tmp, "%s.tmp", path);
     if (k < 0 || (size_t)k >= sizeof tmp) return sk_fail(SK_EARG, "shard path too long: %s", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return sk_fail(SK_EIO, "cannot create %s: %s", tmp, strerror(errno));
-    bool ok = fwrite(header, sizeof header, 1, f) == 1;
     enum { CHUNK = 1 << 16 };
-    static _Thread_local union { uint16_t u16[CHUNK]; uint32_t u32[CHUNK]; } buf;
+    void *buf = mem_alloc((size_t)CHUNK * (size_t)width);
+    if (!buf) return sk_fail_ctx(SK_ENOMEM, "writing %s", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        mem_free(buf);
+        return sk_fail(SK_EIO, "cannot create %s: %s", tmp, strerror(errno));
+    }
+    bool ok = fwrite(header, sizeof header, 1, f) == 1;
     for (size_t i = 0; ok && i < n; i += CHUNK) {
         size_t m = n - i < CHUNK ? n - i : CHUNK;
         for (size_t j = 0; j < m; j++) {
-            if (width == 2) buf.u16[j] = (uint16_t)tokens[i + j];
-            else buf.u32[j] = (uint32_t)tokens[i + j];
+            if (width == 2) ((uint16_t *)buf)[j] = (uint16_t)tokens[i + j];
+            else ((uint32_t *)buf)[j] = (uint32_t)tokens[i + j];
         }
-        ok = fwrite(&buf, (size_t)width, m, f) == m;
+        ok = fwrite(buf, (size_t)width, m, f) == m;
     }
+    mem_free(buf);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
     int saved = errno;
     if (fclose(f) != 0) ok = false;
