@@ -142,7 +142,7 @@ static sk_status evaluate(trainer *tr, double *val_loss) {
     uint64_t epoch;
     size_t index;
     data_loader_get_pos(tr->val_dl, &epoch, &index);
-    data_loader_set_pos(tr->val_dl, 0, 0);
+    SK_TRY(data_loader_set_pos(tr->val_dl, 0, 0));
     double sum = 0;
     long batches = tr->o->eval_batches, n = tr->micro_batch;
     size_t avail = data_loader_num_samples(tr->val_dl);
@@ -152,7 +152,7 @@ static sk_status evaluate(trainer *tr, double *val_loss) {
         SK_TRY(next_batch(tr, tr->val_dl, (int)n));
         sum += model_forward(tr->m, tr->inputs, tr->targets, (int)n, (int)tr->o->seq);
     }
-    data_loader_set_pos(tr->val_dl, epoch, index);
+    SK_TRY(data_loader_set_pos(tr->val_dl, epoch, index));
     *val_loss = sum / (double)batches;
     return SK_OK;
 }
@@ -265,7 +265,12 @@ sk_status train_run(const train_opts *o) {
     }
     tr.m->dropout = o->dropout;
     if ((st = data_loader_open(o->data, "train", (int)o->seq, o->seed, &tr.train_dl))) goto done;
-    if (resumed) data_loader_set_pos(tr.train_dl, tr.st.epoch, tr.st.sample_index);
+    if (resumed && (st = data_loader_set_pos(tr.train_dl, tr.st.epoch, tr.st.sample_index))) goto done;
+    if (data_loader_vocab_size(tr.train_dl) > tr.m->cfg.vocab_size) {
+        st = sk_fail(SK_EFORMAT, "train: %s was tokenized with a vocabulary of %d, larger than the model's %d", o->data,
+                     data_loader_vocab_size(tr.train_dl), tr.m->cfg.vocab_size);
+        goto done;
+    }
     if (o->eval_every > 0 && file_is_dir(o->data) &&
         data_loader_open(o->data, "val", (int)o->seq, o->seed, &tr.val_dl) != SK_OK) {
         log_warn("no usable validation split in %s: %s", o->data, sk_errmsg());
