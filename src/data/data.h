@@ -17,7 +17,8 @@
  *
  * A prepared dataset is a folder: train_NNNNNN.bin and val_NNNNNN.bin shards of at most
  * DATA_SHARD_TOKENS tokens, plus dataset.json (written last; it lists the shards, the
- * vocabulary size, the end-of-text id and the counts of each split). Every document is
+ * vocabulary size, the end-of-text id and the counts of each split) and a copy of the
+ * tokenizer (tokenizer.json). Every document is
  * preceded by the end-of-text token (as GPT-2's and llm.c's data), so a split's stream reads
  * EOT doc EOT doc ...
  *
