@@ -399,6 +399,11 @@ TEST(config_dialect_and_token_ids) {
     d = folder_with_text_config("cfgdef", "{\"model_type\":\"gpt2\",\"vocab_size\":50257,\"n_positions\":8,"
                                 "\"n_layer\":1,\"n_head\":1,\"n_embd\":4}");
     CHECK(model_config_load(d, &c) == SK_OK && c.bos_token_id == 50256 && c.n_eos == 1 && c.eos_token_ids[0] == 50256);
+    /* null is "none", not "default": saving a config without ids and loading it keeps none */
+    c.bos_token_id = -1;
+    c.n_eos = 0;
+    CHECK(model_config_save(&c, d) == SK_OK);
+    CHECK(model_config_load(d, &c) == SK_OK && c.bos_token_id == -1 && c.n_eos == 0);
 
     /* save -> load gives the same config */
     model_config a;

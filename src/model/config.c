@@ -62,15 +62,17 @@ static sk_status cfg_bool(const cJSON *j, const char *key, const char *what, boo
     return json_get_bool(j, key, false, what, out) != SK_OK ? SK_ECONFIG : SK_OK;
 }
 
-/* A token id field that is absent (or null), an integer, or (when `list`) a list of integers.
- * Fills ids[0..*n) (at most MODEL_MAX_EOS; more are dropped with a warning). Range checks
- * against the vocabulary happen in model_config_validate. Returns whether it was present. */
+/* A token id field that is absent, null, an integer, or (when `list`) a list of integers.
+ * Fills ids[0..*n) (at most MODEL_MAX_EOS; more are dropped with a warning; null gives 0).
+ * Range checks against the vocabulary happen in model_config_validate. *present tells
+ * whether the key exists at all (null included), so absent can take a default and null not. */
 static sk_status cfg_token_ids(const cJSON *j, const char *key, bool list, const char *what, int *ids, int *n,
                                bool *present) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key);
-    *present = it && !cJSON_IsNull(it);
-    if (!*present) return SK_OK;
+    *present = it != NULL;
+    if (!it) return SK_OK;
     *n = 0;
+    if (cJSON_IsNull(it)) return SK_OK;          /* null: explicitly none */
     const cJSON *e;
     if (cJSON_IsArray(it) && list) {
         cJSON_ArrayForEach(e, it) {
