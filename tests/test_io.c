@@ -490,7 +490,7 @@ TEST(model_save_load_round_trip_bit_exact) {
 }
 
 /* Loads the fixture folder `name` and compares the values transformers dumped for it. */
-static void check_fixture(const char *name) {
+static void check_fixture(const char *name, dtype stored) {
     model *m = NULL;
     char dir[1024];
     snprintf(dir, sizeof dir, "%s", test_path("fixtures/"));
@@ -498,6 +498,7 @@ static void check_fixture(const char *name) {
     CHECK_MSG(model_load(dir, &host_be, &m) == SK_OK, "%s", sk_errmsg());
     CHECK(m->cfg.n_layer == 2 && m->cfg.n_embd == 32 && m->cfg.vocab_size == 101 && m->cfg.n_positions == 64);
     CHECK(m->cfg.bos_token_id == -1 && m->cfg.n_eos == 0);   /* 50256 is outside V = 101 */
+    CHECK(m->cfg.torch_dtype == stored);
     cJSON *all;
     CHECK(json_load_file(test_path("fixtures/gpt2-io-values.json"), &all) == SK_OK);
     const cJSON *copy = cJSON_GetObjectItem(all, name), *tv;
@@ -528,9 +529,9 @@ static void check_fixture(const char *name) {
     CHECK(n_checked == 6);
 }
 
-TEST(load_transformers_folder_f32_prefixed) { check_fixture("gpt2-hf"); }
-TEST(load_transformers_folder_f16_bare_names_sharded) { check_fixture("gpt2-hf-noprefix"); }
-TEST(load_transformers_folder_bf16_with_tied_head) { check_fixture("gpt2-hf-bf16"); }
+TEST(load_transformers_folder_f32_prefixed) { check_fixture("gpt2-hf", DT_F32); }
+TEST(load_transformers_folder_f16_bare_names_sharded) { check_fixture("gpt2-hf-noprefix", DT_F16); }
+TEST(load_transformers_folder_bf16_with_tied_head) { check_fixture("gpt2-hf-bf16", DT_BF16); }
 
 /* Writes a copy of the f32 fixture into folder `name` with `edit` applied to its entries. */
 typedef void (*entry_edit)(st_entry *e, int *n, void *scratch);

@@ -213,9 +213,10 @@ sk_status st_open(const char *path, st_file *f) {
             goto err;
         }
         if (p->begin != pos) {
-            st = sk_fail(SK_EFORMAT, "%s: tensor '%s' starts at byte %llu but %s ends at %llu (%s)", path,
-                         p->item->string, (unsigned long long)p->begin, prev ? prev : "the section start",
-                         (unsigned long long)pos, p->begin < pos ? "overlap" : "gap");
+            st = sk_fail(SK_EFORMAT, "%s: tensor '%s' starts at byte %llu but %s%s%s ends at %llu (%s)", path,
+                         p->item->string, (unsigned long long)p->begin, prev ? "the previous tensor '" : "nothing",
+                         prev ? prev : "", prev ? "'" : "", (unsigned long long)pos,
+                         p->begin < pos ? "overlap" : "gap");
             goto err;
         }
         pos = p->end;

@@ -51,6 +51,18 @@ static void tensor_to_f32(float *dst, const st_tensor *t, void *bounce) {
 
 static bool is_float_dtype(dtype t) { return t == DT_F32 || t == DT_BF16 || t == DT_F16; }
 
+/* Position of t (a tensor of s) in st_set_at's numbering. */
+static int set_index(const st_set *s, const st_tensor *t) {
+    int base = 0;
+    for (int j = 0; j < s->n_files; j++) {
+        const st_file *f = &s->files[j];
+        if (t >= f->tensors && t < f->tensors + f->n_tensors) return base + (int)(t - f->tensors);
+        base += f->n_tensors;
+    }
+    SK_ASSERT(!"set_index: tensor not in the set");
+    return -1;
+}
+
 /* Finds parameter `name` (no prefix) in s, under either spelling; SK_EFORMAT when missing or
  * present twice. */
 static sk_status find_param(const st_set *s, const char *name, const st_tensor **out) {
@@ -149,8 +161,7 @@ sk_status model_load(const char *dir, backend *be, model **out) {
         tensor_to_f32(host, t, bounce);
         if (p == pwte) memcpy(wte, host, p->numel * sizeof(float));
         be->ops->upload(be, m->params + p->offset, host, p->numel * sizeof(float));
-        for (int k = 0; k < n_all; k++)
-            if (st_set_at(&s, k) == t) used[k] = true;
+        used[set_index(&s, t)] = true;
     }
     for (int k = 0; k < n_all; k++)
         if (!used[k] && (st = check_extra(&s, st_set_at(&s, k), m, wte, host, bounce)) != SK_OK) goto err;
@@ -173,6 +184,7 @@ err:
 }
 
 sk_status model_save(const model *m, const char *dir) {
+    SK_ASSERT(m->cfg.arch == ARCH_GPT2);   /* Llama naming ("model." + untied lm_head) comes with llama.c */
     SK_TRY(file_mkdirs(dir));
     char path[4096];
     file_join(path, sizeof path, dir, "model.safetensors");
