@@ -49,9 +49,10 @@ sk_status model_create(const model_config *cfg, backend *be, model **out) {
     if (!m->params) goto err;
     *out = m;
     return SK_OK;
-err:
+err:;
+    size_t n_params = m->n_params;
     model_free(m);
-    return sk_fail_ctx(SK_ENOMEM, "allocating a model of %zu parameters", m->n_params);
+    return sk_fail_ctx(SK_ENOMEM, "allocating a model of %zu parameters", n_params);
 }
 
 void model_free(model *m) {
