@@ -438,13 +438,11 @@ static double cpu_sum_squares(backend *be, const float *x, size_t n) {
 }
 
 /* One pass over (param, grad, m, v): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
- * param -= lr (mhat / (sqrt(vhat) + eps) + wd param), as torch.optim.AdamW. */
-static void cpu_adamw(backend *be, float *param, const float *grad, float *m, float *v, size_t n,
-                      float lr, float beta1, float beta2, float eps, float weight_decay,
-                      float grad_scale, int t) {
-    SK_ASSERT(t >= 1);
-    const float c1 = 1.0f / (1.0f - powf(beta1, (float)t)), c2 = 1.0f / (1.0f - powf(beta2, (float)t));
-#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
+ * param -= lr (mhat / (sqrt(vhat) + eps) + wd param), as torch.optim.AdamW. sqrtf
+ * vectorizes because the build passes -fno-math-errno (Makefile). */
+static void cpu_adamw_range(float *restrict param, const float *restrict grad, float *restrict m,
+                            float *restrict v, size_t n, float lr, float beta1, float beta2, float eps,
+                            float weight_decay, float grad_scale, float c1, float c2) {
     for (size_t i = 0; i < n; i++) {
         float g = grad[i] * grad_scale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
@@ -452,7 +450,22 @@ static void cpu_adamw(backend *be, float *param, const float *grad, float *m, fl
         m[i] = mi;
         v[i] = vi;
         float p = param[i];
-        param[i] = p - lr * (mi * c1 / (__builtin_sqrtf(vi * c2) + eps) + weight_decay * p);
+        param[i] = p - lr * (mi * c1 / (sqrtf(vi * c2) + eps) + weight_decay * p);
+    }
+}
+
+static void cpu_adamw(backend *be, float *param, const float *grad, float *m, float *v, size_t n,
+                      float lr, float beta1, float beta2, float eps, float weight_decay,
+                      float grad_scale, int t) {
+    SK_ASSERT(t >= 1);
+    const float c1 = 1.0f / (1.0f - powf(beta1, (float)t)), c2 = 1.0f / (1.0f - powf(beta2, (float)t));
+    const size_t chunk = 16384;
+    long nchunks = (long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+    for (long c = 0; c < nchunks; c++) {
+        size_t i0 = (size_t)c * chunk, k = n - i0 < chunk ? n - i0 : chunk;
+        cpu_adamw_range(param + i0, grad + i0, m + i0, v + i0, k, lr, beta1, beta2, eps,
+                        weight_decay, grad_scale, c1, c2);
     }
 }
 
