@@ -5,7 +5,7 @@
 
 CC       ?= cc
 BUILD    ?= build
-CSTD      = -std=c11 -D_GNU_SOURCE
+CSTD      = -std=c11 -D_GNU_SOURCE -fno-math-errno
 WARN      = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wno-unused-parameter
 OPT      ?= -O3 -march=native -fno-finite-math-only
 CFLAGS   += $(CSTD) $(WARN) $(OPT) -g -fopenmp -MMD -MP -Isrc

@@ -54,8 +54,10 @@ typedef struct backend_ops {
                                const float *dout, const float *inp, const float *weight,
                                const float *mean, const float *rstd, int N, int C);
 
-    /* GELU, tanh approximation ("gelu_new" in transformers). backward accumulates dinp. */
-    void (*gelu_forward)(backend *be, float *out, const float *inp, size_t n);
+    /* GELU, tanh approximation ("gelu_new" in transformers). backward WRITES
+     * dinp = gelu'(inp) * dout (it is an activation gradient, never summed across
+     * micro-batches), and dinp may alias dout so the MLP backward works in place. */
+    void (*gelu_forward)(backend *be, float *out, const float *inp, size_t n);   /* out may alias inp */
     void (*gelu_backward)(backend *be, float *dinp, const float *inp, const float *dout, size_t n);
 
     /* out = a + b (n elements); out may alias a or b. */
@@ -64,13 +66,23 @@ typedef struct backend_ops {
     void (*scale)(backend *be, float *x, float s, size_t n);
 
     /* Causal multi-head attention over packed qkv(B,T,3C) as GPT-2 lays it out (q, k, v each
-     * C wide, heads contiguous inside). Writes out(B,T,C) and att(B,NH,T,T) (softmaxed
-     * probabilities, kept for backward). */
+     * C wide, heads contiguous inside), scores scaled by 1/sqrt(HS). Writes out(B,T,C) and
+     * att(B,NH,T,T) (softmaxed probabilities before dropout, 0 above the diagonal; kept for
+     * backward). With p > 0 the probabilities pass through dropout (mask from dropout_keep
+     * over att's flat index) before they weight v; p = 0 is exactly the plain path. */
     void (*attention_forward)(backend *be, float *out, float *att, const float *qkv,
-                              int B, int T, int C, int NH);
-    /* dqkv accumulates; datt is scratch of att's size. */
+                              int B, int T, int C, int NH, float p, uint64_t seed);
+    /* dqkv accumulates; datt is scratch of att's size; p and seed as in the forward. */
     void (*attention_backward)(backend *be, float *dqkv, float *datt, const float *dout,
-                               const float *qkv, const float *att, int B, int T, int C, int NH);
+                               const float *qkv, const float *att, int B, int T, int C, int NH,
+                               float p, uint64_t seed);
+    /* Attention of n new queries against a KV cache (inference, no dropout, no saved state).
+     * q(n,C) has row stride ldq; k, v hold rows 0..pos+n-1 (row stride ldkv), the new
+     * tokens' keys and values already written at rows pos..pos+n-1. Query i sits at
+     * position pos+i and sees keys 0..pos+i. Writes out(n,C). Uses no scratch (online
+     * softmax), so prefill of any length needs no (n,n) buffer. */
+    void (*attention_cached)(backend *be, float *out, const float *q, int ldq, const float *k,
+                             const float *v, int ldkv, int n, int pos, int C, int NH);
 
     /* Fused softmax + cross-entropy over rows of logits(N,V) with `Vp` the row stride.
      * Writes losses(N) (0 where target < 0: ignored positions) and, when dlogits is not NULL,
@@ -79,8 +91,9 @@ typedef struct backend_ops {
     void (*softmax_xent)(backend *be, float *losses, float *dlogits, const float *logits,
                          const int *targets, int N, int V, int Vp, float dloss);
 
-    /* Dropout with probability p using a counter-based hash of (seed, index): writes
-     * out = inp * mask / (1-p); backward applies the same mask to dout (accumulating). */
+    /* Dropout with probability p, mask from dropout_keep(seed, i) over the flat index i:
+     * writes out = inp * mask / (1-p) (out may alias inp). backward WRITES
+     * dinp = dout * mask / (1-p) (dinp may alias dout). */
     void (*dropout_forward)(backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed);
     void (*dropout_backward)(backend *be, float *dinp, const float *dout, size_t n, float p, uint64_t seed);
 
@@ -98,6 +111,17 @@ struct backend {
     const char *name;      /* "cpu", "cuda" */
     void *impl;            /* backend-private state */
 };
+
+/* The dropout mask every backend uses, so a CUDA run drops exactly what a CPU run drops:
+ * element i of a tensor dropped with `seed` is kept when a 24-bit hash of (seed, i) read as
+ * a uniform in [0,1) is >= p. SplitMix64's finalizer over seed + i * golden ratio. */
+static inline bool dropout_keep(uint64_t seed, uint64_t i, float p) {
+    uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
 
 /* Creates a backend by name ("cpu"; "cuda" once built). NULL + sk_fail when unknown or absent. */
 backend *backend_create(const char *name);

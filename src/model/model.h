@@ -113,18 +113,24 @@ sk_status model_save(const model *m, const char *dir);
 /* Training and inference entry points: thin wrappers over m->arch. */
 void model_init_weights(model *m, uint64_t seed);
 sk_status model_train_prepare(model *m, int B, int T);
-/* Forward pass over tokens(B,T). With targets(B,T) (entries < 0 are ignored) returns the
- * mean loss over counted targets and keeps what backward needs; without, returns 0 and
- * leaves logits (B,T,V) in model_logits. */
+/* Forward pass over tokens(B,T) (host arrays; B, T at most what train_prepare planned).
+ * With targets(B,T) (entries < 0 are ignored) returns the mean loss over counted targets and
+ * keeps what backward needs (the logits buffer then holds softmax - onehot, so
+ * model_logits is not available); without, returns 0 and leaves logits (B,T,V) in
+ * model_logits. Dropout applies only when m->dropout is set; off, the path is the plain one. */
 float model_forward(model *m, const int *tokens, const int *targets, int B, int T);
 /* Backward of the last forward: gradients accumulate into m->grads, each counted target's
  * loss weighted by dloss (1/number of target tokens in the optimizer step). */
 void model_backward(model *m, float dloss);
 void model_zero_grad(model *m);
-const float *model_logits(const model *m);   /* (B,T,V) of the last forward, row stride V */
+/* (B,T,V) of the last forward without targets, row stride V, in backend memory. */
+const float *model_logits(const model *m);
 
-/* Incremental decoding with a KV cache of max_T positions: infer_reset starts a sequence,
- * infer_step feeds n tokens and returns the logits (V) of the last one. */
+/* Incremental decoding with a KV cache of max_T positions (allocated once by
+ * infer_prepare, independent of the training buffers): infer_reset starts a sequence,
+ * infer_step feeds n tokens (n > 1: prefill, 1: decode; pos + n <= max_T is the caller's
+ * to check) and returns the logits (V) of the last one, in backend memory, valid until the
+ * next step. */
 sk_status model_infer_prepare(model *m, int max_T);
 void model_infer_reset(model *m);
 const float *model_infer_step(model *m, const int *tokens, int n);

@@ -1,0 +1,507 @@
+/* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major);
+ * everything else is plain C loops parallelized with OpenMP and written so the compiler
+ * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf below).
+ *
+ * Invariants: no op allocates; every op is deterministic for a given thread count, and the
+ * ones whose results feed gradients (layernorm, bias and embedding backward) are also
+ * independent of it, because each output element is summed by one thread in row order.
+ * Memory is host memory from mem_calloc, so upload/download are memcpy.
+ *
+ * Letters as in backend.h: N rows, B batch, T time, C channels, OC output channels,
+ * NH heads, HS head size, V vocabulary (Vp its padded row stride). */
+#include "backend/backend.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+/* Below this many elements a loop runs on one thread: the fork costs more than it saves. */
+#define CPU_PAR_MIN 16384
+
+/* ---- elementwise math ---- */
+
+/* e^x to about 2 ulp for x in [-87, 88] (clamped outside), in a form gcc vectorizes:
+ * x = n ln2 + r with |r| <= ln2/2, e^r from its degree-6 Taylor polynomial (truncation
+ * < 1e-7 relative), 2^n assembled in the exponent bits. */
+static inline float cpu_expf(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float shifter = 12582912.0f;                 /* 1.5 * 2^23: rounds to an integer */
+    float t = x * 1.44269504088896341f + shifter;
+    float n = t - shifter;
+    float r = x - n * 0.693145751953125f;              /* ln2 split in two for exactness */
+    r = r - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { float f; int32_t i; } tb = {t}, sc;
+    sc.i = (tb.i - 0x4B400000 + 127) << 23;            /* bits of shifter + n, minus shifter */
+    return p * sc.f;
+}
+
+/* tanh(u) = 1 - 2 / (e^{2u} + 1); saturates cleanly at +-1 through the clamp in cpu_expf. */
+static inline float cpu_tanhf(float u) { return 1.0f - 2.0f / (cpu_expf(2.0f * u) + 1.0f); }
+
+#define GELU_K 0.7978845608028654f   /* sqrt(2/pi) */
+
+/* ---- memory ---- */
+
+static void *cpu_alloc(backend *be, size_t bytes) { return mem_calloc(bytes ? bytes : 1); }
+static void cpu_free(backend *be, void *p) { mem_free(p); }
+static void cpu_upload(backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_download(backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_synchronize(backend *be) {}
+
+/* Zeroing large gradient buffers is memory-bound; two threads fill faster than one. */
+static void cpu_zero(backend *be, void *p, size_t bytes) {
+    const size_t chunk = (size_t)1 << 20;
+    long nchunks = (long)((bytes + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+    for (long c = 0; c < nchunks; c++) {
+        size_t off = (size_t)c * chunk;
+        memset((char *)p + off, 0, bytes - off < chunk ? bytes - off : chunk);
+    }
+}
+
+/* ---- products ---- */
+
+static void cpu_gemm(backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void cpu_bias_add(backend *be, float *out, const float *bias, int N, int OC) {
+#pragma omp parallel for schedule(static) if ((size_t)N * OC > CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        float *o = out + (size_t)i * OC;
+#pragma omp simd
+        for (int j = 0; j < OC; j++) o[j] += bias[j];
+    }
+}
+
+/* Columns are split across threads (blocks of 64), rows summed in order inside a block. */
+static void cpu_bias_backward(backend *be, float *dbias, const float *dout, int N, int OC) {
+    int nblk = (OC + 63) / 64;
+#pragma omp parallel for schedule(static) if ((size_t)N * OC > CPU_PAR_MIN)
+    for (int blk = 0; blk < nblk; blk++) {
+        int j0 = blk * 64, j1 = j0 + 64 < OC ? j0 + 64 : OC;
+        float acc[64] = {0};
+        for (int i = 0; i < N; i++) {
+            const float *d = dout + (size_t)i * OC;
+#pragma omp simd
+            for (int j = j0; j < j1; j++) acc[j - j0] += d[j];
+        }
+        for (int j = j0; j < j1; j++) dbias[j] += acc[j - j0];
+    }
+}
+
+/* ---- embeddings ---- */
+
+static void cpu_embed_forward(backend *be, float *out, const int *tokens, const float *wte,
+                              const float *wpe, int B, int T, int C) {
+#pragma omp parallel for schedule(static) if ((size_t)B * T * C > CPU_PAR_MIN)
+    for (int i = 0; i < B * T; i++) {
+        float *o = out + (size_t)i * C;
+        const float *e = wte + (size_t)tokens[i] * C;
+        if (wpe) {
+            const float *pe = wpe + (size_t)(i % T) * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) o[c] = e[c] + pe[c];
+        } else {
+            memcpy(o, e, sizeof(float) * (size_t)C);
+        }
+    }
+}
+
+/* A token can repeat, so rows of dwte would race: threads split the channels instead. */
+static void cpu_embed_backward(backend *be, float *dwte, float *dwpe, const float *dout,
+                               const int *tokens, int B, int T, int C) {
+#pragma omp parallel if ((size_t)B * T * C > CPU_PAR_MIN)
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
+        for (int i = 0; i < B * T; i++) {
+            const float *d = dout + (size_t)i * C;
+            float *w = dwte + (size_t)tokens[i] * C;
+            for (int c = c0; c < c1; c++) w[c] += d[c];
+            if (dwpe) {
+                float *pe = dwpe + (size_t)(i % T) * C;
+                for (int c = c0; c < c1; c++) pe[c] += d[c];
+            }
+        }
+    }
+}
+
+/* ---- LayerNorm ---- */
+
+static void cpu_layernorm_forward(backend *be, float *out, float *mean, float *rstd, const float *inp,
+                                  const float *weight, const float *bias, int N, int C, float eps) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C;
+        float *o = out + (size_t)i * C;
+        float s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int c = 0; c < C; c++) s += x[c];
+        float m = s / C, v = 0;   /* two passes: the variance of centered values keeps precision */
+#pragma omp simd reduction(+ : v)
+        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        float r = 1.0f / sqrtf(v / C + eps);
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * r * weight[c] + bias[c];
+        if (mean) mean[i] = m;
+        if (rstd) rstd[i] = r;
+    }
+}
+
+/* dinp += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight;
+ * dweight += sum over rows of dout * norm; dbias += sum of dout. The parameter sums run over
+ * column blocks (one thread per column) so they are race-free and order-stable. */
+static void cpu_layernorm_backward(backend *be, float *dinp, float *dweight, float *dbias,
+                                   const float *dout, const float *inp, const float *weight,
+                                   const float *mean, const float *rstd, int N, int C) {
+    bool par = (size_t)N * C > CPU_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C, *d = dout + (size_t)i * C;
+        float *dx = dinp + (size_t)i * C;
+        float m = mean[i], r = rstd[i], a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+        for (int c = 0; c < C; c++) {
+            float dn = d[c] * weight[c];
+            a += dn;
+            b += dn * (x[c] - m) * r;
+        }
+        a /= C;
+        b /= C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) {
+            float nrm = (x[c] - m) * r;
+            dx[c] += r * (d[c] * weight[c] - a - nrm * b);
+        }
+    }
+    int nblk = (C + 63) / 64;
+#pragma omp parallel for schedule(static) if (par)
+    for (int blk = 0; blk < nblk; blk++) {
+        int c0 = blk * 64, c1 = c0 + 64 < C ? c0 + 64 : C;
+        float aw[64] = {0}, ab[64] = {0};
+        for (int i = 0; i < N; i++) {
+            const float *x = inp + (size_t)i * C, *d = dout + (size_t)i * C;
+            float m = mean[i], r = rstd[i];
+#pragma omp simd
+            for (int c = c0; c < c1; c++) {
+                aw[c - c0] += d[c] * (x[c] - m) * r;
+                ab[c - c0] += d[c];
+            }
+        }
+        for (int c = c0; c < c1; c++) {
+            dweight[c] += aw[c - c0];
+            dbias[c] += ab[c - c0];
+        }
+    }
+}
+
+/* ---- elementwise ---- */
+
+static void cpu_gelu_forward(backend *be, float *out, const float *inp, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + cpu_tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+    }
+}
+
+/* d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx. Writes. */
+static void cpu_gelu_backward(backend *be, float *dinp, const float *inp, const float *dout, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float th = cpu_tanhf(GELU_K * (x + 0.044715f * x * x * x));
+        float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] = dout[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+    }
+}
+
+static void cpu_add(backend *be, float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void cpu_scale(backend *be, float *x, float s, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+static void cpu_dropout_forward(backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed) {
+    SK_ASSERT(p >= 0.0f && p < 1.0f);
+    float s = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = dropout_keep(seed, i, p) ? inp[i] * s : 0.0f;
+}
+
+static void cpu_dropout_backward(backend *be, float *dinp, const float *dout, size_t n, float p, uint64_t seed) {
+    cpu_dropout_forward(be, dinp, dout, n, p, seed);   /* the same masked scaling */
+}
+
+/* ---- attention ---- */
+
+/* One (b, h, t) row: scores q_t . k_t2 / sqrt(HS) for t2 <= t, softmax into att, then
+ * out_t = sum of (dropped) probabilities times v_t2. */
+static void cpu_attention_forward(backend *be, float *out, float *att, const float *qkv,
+                                  int B, int T, int C, int NH, float p, uint64_t seed) {
+    const int HS = C / NH, C3 = 3 * C;
+    const float sc = 1.0f / sqrtf((float)HS), keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+#pragma omp parallel for collapse(3) schedule(static) if ((size_t)B * NH * T * T * HS > CPU_PAR_MIN)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + ((size_t)b * T + t) * C3 + h * HS;
+                size_t arow = (((size_t)b * NH + h) * T + t) * T;
+                float *a = att + arow;
+                float mx = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *k = qkv + ((size_t)b * T + t2) * C3 + C + h * HS;
+                    float s = 0;
+#pragma omp simd reduction(+ : s)
+                    for (int i = 0; i < HS; i++) s += q[i] * k[i];
+                    s *= sc;
+                    a[t2] = s;
+                    mx = s > mx ? s : mx;
+                }
+                float sum = 0;
+#pragma omp simd reduction(+ : sum)
+                for (int t2 = 0; t2 <= t; t2++) {
+                    float e = cpu_expf(a[t2] - mx);
+                    a[t2] = e;
+                    sum += e;
+                }
+                float inv = 1.0f / sum;
+                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                float *o = out + ((size_t)b * T + t) * C + h * HS;
+                for (int i = 0; i < HS; i++) o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    float w = a[t2];
+                    if (p > 0) w = dropout_keep(seed, arow + t2, p) ? w * keep_scale : 0.0f;
+                    const float *v = qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * HS;
+#pragma omp simd
+                    for (int i = 0; i < HS; i++) o[i] += w * v[i];
+                }
+            }
+}
+
+/* Per (b, h), walking t: with ad = dropped probabilities and a = saved probabilities,
+ *   dad[t2] = dout_t . v_t2;  dv_t2 += ad[t2] dout_t;  da = dad * mask / (1-p);
+ *   dpre[t2] = a[t2] (da[t2] - sum_j a[j] da[j]);
+ *   dq_t += sc sum dpre[t2] k_t2;  dk_t2 += sc dpre[t2] q_t.
+ * One (b, h) owns its columns of dqkv for all t, so the threads never collide. */
+static void cpu_attention_backward(backend *be, float *dqkv, float *datt, const float *dout,
+                                   const float *qkv, const float *att, int B, int T, int C, int NH,
+                                   float p, uint64_t seed) {
+    const int HS = C / NH, C3 = 3 * C;
+    const float sc = 1.0f / sqrtf((float)HS), keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * NH * T * T * HS > CPU_PAR_MIN)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                size_t arow = (((size_t)b * NH + h) * T + t) * T;
+                const float *a = att + arow;
+                float *da = datt + arow;
+                const float *d = dout + ((size_t)b * T + t) * C + h * HS;
+                const float *q = qkv + ((size_t)b * T + t) * C3 + h * HS;
+                float *dq = dqkv + ((size_t)b * T + t) * C3 + h * HS;
+                float dot = 0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *v = qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * HS;
+                    float *dv = dqkv + ((size_t)b * T + t2) * C3 + 2 * C + h * HS;
+                    float m = 1.0f;
+                    if (p > 0) m = dropout_keep(seed, arow + t2, p) ? keep_scale : 0.0f;
+                    float s = 0, w = a[t2] * m;
+#pragma omp simd reduction(+ : s)
+                    for (int i = 0; i < HS; i++) {
+                        s += d[i] * v[i];
+                        dv[i] += w * d[i];
+                    }
+                    da[t2] = s * m;
+                    dot += a[t2] * da[t2];
+                }
+                for (int t2 = 0; t2 <= t; t2++) {
+                    float g = a[t2] * (da[t2] - dot) * sc;
+                    const float *k = qkv + ((size_t)b * T + t2) * C3 + C + h * HS;
+                    float *dk = dqkv + ((size_t)b * T + t2) * C3 + C + h * HS;
+#pragma omp simd
+                    for (int i = 0; i < HS; i++) {
+                        dq[i] += g * k[i];
+                        dk[i] += g * q[i];
+                    }
+                }
+            }
+}
+
+/* Online softmax: a running maximum m, normalizer l and output accumulator rescaled
+ * whenever a larger score appears, so no score buffer is needed. */
+static void cpu_attention_cached(backend *be, float *out, const float *q, int ldq, const float *k,
+                                 const float *v, int ldkv, int n, int pos, int C, int NH) {
+    const int HS = C / NH;
+    const float sc = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((size_t)n * NH * (pos + n) * HS > CPU_PAR_MIN)
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < NH; h++) {
+            const float *qi = q + (size_t)i * ldq + h * HS;
+            float *o = out + (size_t)i * C + h * HS;
+            float m = -INFINITY, l = 0;
+            for (int j = 0; j < HS; j++) o[j] = 0.0f;
+            for (int t2 = 0; t2 <= pos + i; t2++) {
+                const float *kk = k + (size_t)t2 * ldkv + h * HS;
+                const float *vv = v + (size_t)t2 * ldkv + h * HS;
+                float s = 0;
+#pragma omp simd reduction(+ : s)
+                for (int j = 0; j < HS; j++) s += qi[j] * kk[j];
+                s *= sc;
+                if (s > m) {
+                    float corr = cpu_expf(m - s);   /* m = -inf on the first key: corr = ~0, l = 0 */
+                    l *= corr;
+#pragma omp simd
+                    for (int j = 0; j < HS; j++) o[j] *= corr;
+                    m = s;
+                }
+                float w = cpu_expf(s - m);
+                l += w;
+#pragma omp simd
+                for (int j = 0; j < HS; j++) o[j] += w * vv[j];
+            }
+            float inv = 1.0f / l;
+            for (int j = 0; j < HS; j++) o[j] *= inv;
+        }
+}
+
+/* ---- loss ---- */
+
+/* Per row: lse = max + log sum e^(x - max); loss = lse - x[target]. The exponentials are
+ * stored in dlogits on the way (it may alias logits; x[target] is read first) and scaled
+ * into the gradient in a last pass, so each logit is read twice and written twice. */
+static void cpu_softmax_xent(backend *be, float *losses, float *dlogits, const float *logits,
+                             const int *targets, int N, int V, int Vp, float dloss) {
+#pragma omp parallel for schedule(static) if ((size_t)N * V > CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        const float *x = logits + (size_t)i * Vp;
+        float *d = dlogits ? dlogits + (size_t)i * Vp : NULL;
+        int tgt = targets[i];
+        SK_ASSERT(tgt < V);
+        float xt = tgt >= 0 ? x[tgt] : 0.0f;
+        float mx = -INFINITY;
+        for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        float sum = 0;
+        if (d) {
+#pragma omp simd reduction(+ : sum)
+            for (int j = 0; j < V; j++) {
+                float e = cpu_expf(x[j] - mx);
+                d[j] = e;
+                sum += e;
+            }
+        } else {
+#pragma omp simd reduction(+ : sum)
+            for (int j = 0; j < V; j++) sum += cpu_expf(x[j] - mx);
+        }
+        losses[i] = tgt >= 0 ? mx + logf(sum) - xt : 0.0f;
+        if (!d) continue;
+        float s = tgt >= 0 ? dloss / sum : 0.0f;
+#pragma omp simd
+        for (int j = 0; j < V; j++) d[j] *= s;
+        if (tgt >= 0) d[tgt] -= dloss;
+        for (int j = V; j < Vp; j++) d[j] = 0.0f;
+    }
+}
+
+/* ---- optimizer ---- */
+
+static double cpu_sum_squares(backend *be, const float *x, size_t n) {
+    double total = 0;
+    const size_t chunk = 4096;
+    long nchunks = (long)((n + chunk - 1) / chunk);
+    /* float lanes inside a chunk (vectorized), double across chunks */
+#pragma omp parallel for reduction(+ : total) schedule(static) if (n > CPU_PAR_MIN)
+    for (long c = 0; c < nchunks; c++) {
+        size_t i0 = (size_t)c * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        float s = 0;
+#pragma omp simd reduction(+ : s)
+        for (size_t i = i0; i < i1; i++) s += x[i] * x[i];
+        total += s;
+    }
+    return total;
+}
+
+/* One pass over (param, grad, m, v): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ * param -= lr (mhat / (sqrt(vhat) + eps) + wd param), as torch.optim.AdamW. sqrtf
+ * vectorizes because the build passes -fno-math-errno (Makefile). */
+static void cpu_adamw_range(float *restrict param, const float *restrict grad, float *restrict m,
+                            float *restrict v, size_t n, float lr, float beta1, float beta2, float eps,
+                            float weight_decay, float grad_scale, float c1, float c2) {
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] * grad_scale;
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        float p = param[i];
+        param[i] = p - lr * (mi * c1 / (sqrtf(vi * c2) + eps) + weight_decay * p);
+    }
+}
+
+static void cpu_adamw(backend *be, float *param, const float *grad, float *m, float *v, size_t n,
+                      float lr, float beta1, float beta2, float eps, float weight_decay,
+                      float grad_scale, int t) {
+    SK_ASSERT(t >= 1);
+    const float c1 = 1.0f / (1.0f - powf(beta1, (float)t)), c2 = 1.0f / (1.0f - powf(beta2, (float)t));
+    const size_t chunk = 16384;
+    long nchunks = (long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+    for (long c = 0; c < nchunks; c++) {
+        size_t i0 = (size_t)c * chunk, k = n - i0 < chunk ? n - i0 : chunk;
+        cpu_adamw_range(param + i0, grad + i0, m + i0, v + i0, k, lr, beta1, beta2, eps,
+                        weight_decay, grad_scale, c1, c2);
+    }
+}
+
+static const backend_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .zero = cpu_zero,
+    .synchronize = cpu_synchronize,
+    .gemm = cpu_gemm,
+    .bias_add = cpu_bias_add,
+    .bias_backward = cpu_bias_backward,
+    .embed_forward = cpu_embed_forward,
+    .embed_backward = cpu_embed_backward,
+    .layernorm_forward = cpu_layernorm_forward,
+    .layernorm_backward = cpu_layernorm_backward,
+    .gelu_forward = cpu_gelu_forward,
+    .gelu_backward = cpu_gelu_backward,
+    .add = cpu_add,
+    .scale = cpu_scale,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .attention_cached = cpu_attention_cached,
+    .softmax_xent = cpu_softmax_xent,
+    .dropout_forward = cpu_dropout_forward,
+    .dropout_backward = cpu_dropout_backward,
+    .sum_squares = cpu_sum_squares,
+    .adamw = cpu_adamw,
+};
+
+backend *backend_cpu_create(void) {
+    backend *be = mem_calloc(sizeof *be);
+    if (!be) return NULL;
+    be->ops = &cpu_ops;
+    be->name = "cpu";
+    be->impl = NULL;
+    return be;
+}

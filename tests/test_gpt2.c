@@ -1,0 +1,400 @@
+/* Tests of model/gpt2.c on the CPU backend: logits and greedy decoding against a tiny
+ * transformers GPT2LMHeadModel (tests/fixtures/gpt2-tiny, made by make_gpt2_fixtures.py),
+ * whole-model gradients against central finite differences, gradient accumulation,
+ * KV-cached inference against the full forward, overfitting one batch, dropout, init.
+ *
+ * The tests read m->params and m->grads directly: the CPU backend's memory is host memory.
+ * SKEIN_BENCH=1 adds a timing case for the 124M shapes (B=4, T=64). */
+#include "test.h"
+
+#include <cJSON.h>
+
+#include "backend/backend.h"
+#include "base/file.h"
+#include "base/json.h"
+#include "base/rng.h"
+#include "model/model.h"
+
+static backend *test_be(void) {
+    static backend *be;
+    if (!be) be = backend_cpu_create();
+    return be;
+}
+
+/* A GPT-2 of the given shape with every parameter N(0, sd) (LayerNorm weights 1 + N(0, sd)),
+ * so every weight matters to the loss. */
+static model *tiny_model(int L, int NH, int C, int V, int T, uint64_t seed, float sd) {
+    model_config cfg;
+    model_config_gpt2(&cfg, L, NH, C, T, V);
+    model *m = NULL;
+    SK_ASSERT(model_create(&cfg, test_be(), &m) == SK_OK);
+    rng r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        bool lnw = strstr(p->name, "ln_") && strstr(p->name, ".weight");
+        for (size_t j = 0; j < p->numel; j++) m->params[p->offset + j] = (lnw ? 1.0f : 0.0f) + sd * rng_normal(&r);
+    }
+    return m;
+}
+
+static void random_tokens(int *t, int n, int V, uint64_t seed) {
+    rng r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) t[i] = (int)rng_below(&r, (uint64_t)V);
+}
+
+/* Reads model.safetensors (f32, HF names) into m->params. A stand-in for model_load so this
+ * file does not depend on it; every tensor of the plan must be present with its size. */
+static bool read_safetensors(model *m, const char *path) {
+    char *buf = NULL;
+    size_t size = 0;
+    if (file_read_all(path, &buf, &size) != SK_OK || size < 8) return false;
+    uint64_t hlen;
+    memcpy(&hlen, buf, 8);
+    cJSON *h = cJSON_ParseWithLength(buf + 8, hlen);
+    int found = 0;
+    bool ok = h != NULL;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, h) {
+        if (!strcmp(it->string, "__metadata__")) continue;
+        const char *name = it->string;
+        if (!strncmp(name, "transformer.", 12)) name += 12;
+        if (!strcmp(name, "lm_head.weight")) continue;   /* tied to wte */
+        const model_param *p = model_find_param(m, name);
+        const cJSON *dt = cJSON_GetObjectItem(it, "dtype"), *off = cJSON_GetObjectItem(it, "data_offsets");
+        if (!p || !cJSON_IsString(dt) || strcmp(dt->valuestring, "F32") || cJSON_GetArraySize(off) != 2) {
+            ok = false;
+            break;
+        }
+        size_t a = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble, b = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
+        if (b - a != p->numel * sizeof(float) || 8 + hlen + b > size) {
+            ok = false;
+            break;
+        }
+        memcpy(m->params + p->offset, buf + 8 + hlen + a, b - a);
+        found++;
+    }
+    cJSON_Delete(h);
+    mem_free(buf);
+    return ok && found == m->n_specs;
+}
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* ---- against transformers ---- */
+
+TEST(logits_and_greedy_match_transformers) {
+    cJSON *ref = NULL;
+    CHECK(json_load_file(test_path("fixtures/gpt2-tiny/reference.json"), &ref) == SK_OK);
+    const cJSON *jt = cJSON_GetObjectItem(ref, "tokens"), *jp = cJSON_GetObjectItem(ref, "prompt"),
+                *jg = cJSON_GetObjectItem(ref, "generated");
+    int T = cJSON_GetArraySize(jt), P = cJSON_GetArraySize(jp), G = cJSON_GetArraySize(jg);
+    int tokens[64], prompt[64], gen[64];
+    for (int i = 0; i < T; i++) tokens[i] = cJSON_GetArrayItem(jt, i)->valueint;
+    for (int i = 0; i < P; i++) prompt[i] = cJSON_GetArrayItem(jp, i)->valueint;
+    for (int i = 0; i < G; i++) gen[i] = cJSON_GetArrayItem(jg, i)->valueint;
+    cJSON_Delete(ref);
+
+    model_config cfg;
+    model_config_gpt2(&cfg, 2, 2, 32, 64, 101);
+    model *m = NULL;
+    CHECK(model_create(&cfg, test_be(), &m) == SK_OK);
+    CHECK(read_safetensors(m, test_path("fixtures/gpt2-tiny/model.safetensors")));
+    char *want = NULL;
+    size_t size = 0;
+    CHECK(file_read_all(test_path("fixtures/gpt2-tiny/logits.bin"), &want, &size) == SK_OK);
+    CHECK(size == sizeof(float) * (size_t)T * 101);
+
+    /* full forward: every logit within 1e-4 of transformers' */
+    CHECK(model_train_prepare(m, 1, T) == SK_OK);
+    model_forward(m, tokens, NULL, 1, T);
+    const float *got = model_logits(m);
+    double maxdiff = 0;
+    for (int i = 0; i < T * 101; i++) {
+        double d = fabs(got[i] - ((float *)want)[i]);
+        maxdiff = d > maxdiff ? d : maxdiff;
+    }
+    mem_free(want);
+    printf("  max |logit - transformers| %.3g over %d logits\n", maxdiff, T * 101);
+    CHECK_MSG(maxdiff <= 1e-4, "max |logit diff| %g", maxdiff);
+
+    /* greedy decoding through the KV cache, token for token */
+    CHECK(model_infer_prepare(m, 64) == SK_OK);
+    model_infer_reset(m);
+    const float *lg = model_infer_step(m, prompt, P);
+    for (int i = 0; i < G; i++) {
+        int next = argmax(lg, 101);
+        CHECK_MSG(next == gen[i], "generated token %d: %d vs transformers %d", i, next, gen[i]);
+        lg = model_infer_step(m, &next, 1);
+    }
+    model_free(m);
+}
+
+/* ---- gradients ---- */
+
+enum { GL = 2, GNH = 2, GC = 16, GV = 37, GT = 8, GB = 2 };
+
+/* Central differences in f32 with step h = 1e-2 on parameters of size ~0.3: the loss (~4)
+ * carries f32 rounding of ~1e-6, i.e. ~1e-4 in the difference quotient, and the truncation
+ * error h^2 f''' /6 is of the same order. Per checked parameter we require
+ * |analytic - numeric| <= 2e-2 |analytic| + 3e-4. Checked: in every tensor the 3 entries
+ * with the largest gradient and 2 random ones. */
+static void grad_check(bool dropout) {
+    model *m = tiny_model(GL, GNH, GC, GV, GT, 11, 0.3f);
+    m->dropout = dropout;
+    m->cfg.resid_pdrop = m->cfg.embd_pdrop = m->cfg.attn_pdrop = 0.2f;
+    m->dropout_seed = 99;
+    int tokens[GB * GT], targets[GB * GT];
+    random_tokens(tokens, GB * GT, GV, 1);
+    random_tokens(targets, GB * GT, GV, 2);
+    targets[3] = -1;   /* an ignored position */
+    int counted = GB * GT - 1;
+    CHECK(model_train_prepare(m, GB, GT) == SK_OK);
+    model_zero_grad(m);
+    model_forward(m, tokens, targets, GB, GT);
+    model_backward(m, 1.0f / counted);
+
+    rng r;
+    rng_seed(&r, 5);
+    const float h = 1e-2f;
+    int checked = 0;
+    double worst = 0;
+    for (int s = 0; s < m->n_specs; s++) {
+        const model_param *p = &m->specs[s];
+        size_t idx[5];
+        for (int k = 0; k < 3; k++) {   /* the 3 largest |grad|, distinct */
+            size_t best = 0;
+            float bv = -1;
+            for (size_t j = 0; j < p->numel; j++) {
+                float g = fabsf(m->grads[p->offset + j]);
+                bool taken = false;
+                for (int q = 0; q < k; q++) taken |= idx[q] == j;
+                if (!taken && g > bv) { bv = g; best = j; }
+            }
+            idx[k] = best;
+        }
+        idx[3] = rng_below(&r, p->numel);
+        idx[4] = rng_below(&r, p->numel);
+        for (int k = 0; k < 5; k++) {
+            float *x = &m->params[p->offset + idx[k]];
+            float x0 = *x;
+            *x = x0 + h;
+            double lp = model_forward(m, tokens, targets, GB, GT);
+            *x = x0 - h;
+            double lm = model_forward(m, tokens, targets, GB, GT);
+            *x = x0;
+            double num = (lp - lm) / (2.0 * h), an = m->grads[p->offset + idx[k]];
+            double err = fabs(num - an), tol = 2e-2 * fabs(an) + 3e-4;
+            worst = err / tol > worst ? err / tol : worst;
+            CHECK_MSG(err <= tol, "%s[%zu]: analytic %.6g numeric %.6g", p->name, idx[k], an, num);
+            checked++;
+        }
+    }
+    printf("  %d parameters checked (dropout %s), worst error/tolerance %.3f\n", checked, dropout ? "on" : "off", worst);
+    model_free(m);
+}
+
+TEST(gradients_match_finite_differences) { grad_check(false); }
+TEST(gradients_match_finite_differences_with_dropout) { grad_check(true); }
+
+/* Two half batches with dloss = 1/(all counted tokens) sum to the full batch's gradients;
+ * only summation order differs, so |full - halves| <= 1e-6 (1 + |g|). */
+TEST(gradient_accumulation_matches_full_batch) {
+    model *m = tiny_model(GL, GNH, GC, GV, GT, 12, 0.3f);
+    int tokens[4 * GT], targets[4 * GT];
+    random_tokens(tokens, 4 * GT, GV, 3);
+    random_tokens(targets, 4 * GT, GV, 4);
+    targets[5] = targets[20] = -1;
+    int counted = 4 * GT - 2;
+    CHECK(model_train_prepare(m, 4, GT) == SK_OK);
+    model_zero_grad(m);
+    float full_loss = model_forward(m, tokens, targets, 4, GT);
+    model_backward(m, 1.0f / counted);
+    float *full = malloc(m->n_params * sizeof(float));
+    memcpy(full, m->grads, m->n_params * sizeof(float));
+    model_zero_grad(m);
+    float l1 = model_forward(m, tokens, targets, 2, GT);
+    model_backward(m, 1.0f / counted);
+    float l2 = model_forward(m, tokens + 2 * GT, targets + 2 * GT, 2, GT);
+    model_backward(m, 1.0f / counted);
+    /* first half has one ignored target (index 5), second half one (index 20) */
+    CHECK_NEAR((l1 * (2 * GT - 1) + l2 * (2 * GT - 1)) / counted, full_loss, 1e-5);
+    double worst = 0;
+    for (size_t i = 0; i < m->n_params; i++) {
+        double d = fabs(full[i] - m->grads[i]) / (1.0 + fabs(full[i]));
+        worst = d > worst ? d : worst;
+    }
+    free(full);
+    printf("  worst relative difference %.3g\n", worst);
+    CHECK_MSG(worst <= 1e-6, "worst relative difference %g", worst);
+    model_free(m);
+}
+
+/* ---- inference ---- */
+
+/* Prefill of 5 tokens, then 7 single-token decodes: the logits of each step match the full
+ * forward's row for that position within 1e-5. */
+TEST(kv_cache_matches_full_forward) {
+    enum { T = 12, V = 53 };
+    model *m = tiny_model(3, 4, 32, V, 16, 21, 0.3f);
+    int tokens[T];
+    random_tokens(tokens, T, V, 6);
+    CHECK(model_train_prepare(m, 1, T) == SK_OK);
+    model_forward(m, tokens, NULL, 1, T);
+    float *full = malloc(sizeof(float) * T * V);
+    memcpy(full, model_logits(m), sizeof(float) * T * V);
+    CHECK(model_infer_prepare(m, 16) == SK_OK);
+    for (int round = 0; round < 2; round++) {   /* the second round checks infer_reset */
+        model_infer_reset(m);
+        double worst = 0;
+        for (int t = 4; t < T; t++) {
+            const float *lg = t == 4 ? model_infer_step(m, tokens, 5) : model_infer_step(m, &tokens[t], 1);
+            for (int v = 0; v < V; v++) {
+                double d = fabs(lg[v] - full[t * V + v]);
+                worst = d > worst ? d : worst;
+            }
+        }
+        if (round == 0) printf("  worst |cached - full| logit %.3g\n", worst);
+        CHECK_MSG(worst <= 1e-5, "round %d: worst |diff| %g", round, worst);
+    }
+    free(full);
+    model_free(m);
+}
+
+/* ---- training ---- */
+
+/* AdamW (lr 1e-2, no decay) on one batch of random tokens drives the loss under 0.05. */
+TEST(overfits_one_batch) {
+    model *m = tiny_model(GL, GNH, GC, GV, GT, 13, 0.0f);
+    model_init_weights(m, 13);
+    int tokens[GB * GT], targets[GB * GT];
+    random_tokens(tokens, GB * GT, GV, 7);
+    random_tokens(targets, GB * GT, GV, 8);
+    CHECK(model_train_prepare(m, GB, GT) == SK_OK);
+    float *mm = calloc(m->n_params, sizeof(float)), *vv = calloc(m->n_params, sizeof(float));
+    backend *be = m->be;
+    float loss = 0, first = 0;
+    int steps = 0;
+    for (int step = 1; step <= 400; step++) {
+        model_zero_grad(m);
+        loss = model_forward(m, tokens, targets, GB, GT);
+        if (step == 1) first = loss;
+        steps = step;
+        if (loss < 0.05f) break;
+        model_backward(m, 1.0f / (GB * GT));
+        be->ops->adamw(be, m->params, m->grads, mm, vv, m->n_params, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, step);
+    }
+    free(mm);
+    free(vv);
+    printf("  loss %.3f -> %.4f in %d steps\n", first, loss, steps);
+    CHECK_NEAR(first, logf(GV), 0.1);
+    CHECK_MSG(loss < 0.05f, "loss %g after %d steps", loss, steps);
+    model_free(m);
+}
+
+/* Dropout off is the plain path bit for bit; on, it is a function of the seed. */
+TEST(dropout_is_seeded_and_off_is_exact) {
+    model *m = tiny_model(GL, GNH, GC, GV, GT, 14, 0.3f);
+    int tokens[GB * GT], targets[GB * GT];
+    random_tokens(tokens, GB * GT, GV, 9);
+    random_tokens(targets, GB * GT, GV, 10);
+    CHECK(model_train_prepare(m, GB, GT) == SK_OK);
+    float plain = model_forward(m, tokens, targets, GB, GT);
+    m->dropout_seed = 5;
+    float off = model_forward(m, tokens, targets, GB, GT);
+    CHECK(plain == off);
+    m->dropout = true;
+    float a = model_forward(m, tokens, targets, GB, GT);
+    float b = model_forward(m, tokens, targets, GB, GT);
+    m->dropout_seed = 6;
+    float c = model_forward(m, tokens, targets, GB, GT);
+    CHECK(a == b);
+    CHECK(a != plain && a != c);
+    model_free(m);
+}
+
+/* N(0, 0.02), c_proj N(0, 0.02/sqrt(2L)), biases 0, LayerNorm weights 1; same seed, same
+ * weights. */
+TEST(init_weights_follow_gpt2) {
+    model_config cfg;
+    model_config_gpt2(&cfg, 4, 4, 64, 128, 500);
+    model *m = NULL, *m2 = NULL;
+    CHECK(model_create(&cfg, test_be(), &m) == SK_OK && model_create(&cfg, test_be(), &m2) == SK_OK);
+    model_init_weights(m, 3);
+    model_init_weights(m2, 3);
+    CHECK(!memcmp(m->params, m2->params, m->n_params * sizeof(float)));
+    for (int i = 0; i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        double s = 0, s2 = 0;
+        for (size_t j = 0; j < p->numel; j++) { s += m->params[p->offset + j]; s2 += (double)m->params[p->offset + j] * m->params[p->offset + j]; }
+        double mean = s / p->numel, sd = sqrt(s2 / p->numel - mean * mean);
+        if (strstr(p->name, ".bias")) { CHECK_MSG(s2 == 0, "%s", p->name); }
+        else if (strstr(p->name, "ln_")) { CHECK_MSG(mean == 1 && sd == 0, "%s", p->name); }
+        else {
+            double want = strstr(p->name, "c_proj") ? 0.02 / sqrt(8.0) : 0.02;
+            CHECK_MSG(fabs(sd - want) < 0.1 * want && fabs(mean) < 0.1 * want, "%s: sd %g", p->name, sd);
+        }
+    }
+    model_free(m);
+    model_free(m2);
+}
+
+/* ---- benchmark (SKEIN_BENCH=1) ---- */
+
+TEST(bench_124m_step) {
+    if (!getenv("SKEIN_BENCH")) return;
+    enum { B = 4, T = 64 };
+    model_config cfg;
+    model_config_gpt2(&cfg, 12, 12, 768, 1024, 50257);
+    model *m = NULL;
+    CHECK(model_create(&cfg, test_be(), &m) == SK_OK);
+    model_init_weights(m, 1);
+    CHECK(model_train_prepare(m, B, T) == SK_OK);
+    backend *be = m->be;
+    float *mm = be->ops->alloc(be, m->n_params * sizeof(float)), *vv = be->ops->alloc(be, m->n_params * sizeof(float));
+    int tokens[B * T], targets[B * T];
+    random_tokens(tokens, B * T, 50257, 1);
+    random_tokens(targets, B * T, 50257, 2);
+    enum { WARM = 2, STEPS = 5 };
+    double ms[4][STEPS];   /* zero_grad, forward, backward, adamw */
+    for (int step = 1; step <= WARM + STEPS; step++) {
+        double t0 = time_now();
+        model_zero_grad(m);
+        double t1 = time_now();
+        float loss = model_forward(m, tokens, targets, B, T);
+        double t2 = time_now();
+        model_backward(m, 1.0f / (B * T));
+        double t3 = time_now();
+        for (int i = 0; i < m->n_specs; i++) {
+            const model_param *p = &m->specs[i];
+            be->ops->adamw(be, m->params + p->offset, m->grads + p->offset, mm + p->offset, vv + p->offset,
+                           p->numel, 6e-4f, 0.9f, 0.95f, 1e-8f, p->decay ? 0.1f : 0.0f, 1.0f, step);
+        }
+        double t4 = time_now();
+        printf("  step %d loss %.4f: zero %.1f ms, forward %.1f ms, backward %.1f ms, adamw %.1f ms, total %.1f ms\n",
+               step, loss, 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2), 1e3 * (t4 - t3), 1e3 * (t4 - t0));
+        if (step > WARM) {
+            double t[5] = {t0, t1, t2, t3, t4};
+            for (int k = 0; k < 4; k++) ms[k][step - WARM - 1] = 1e3 * (t[k + 1] - t[k]);
+        }
+    }
+    double med[4], total = 0;
+    for (int k = 0; k < 4; k++) {   /* median of STEPS by insertion sort */
+        for (int i = 1; i < STEPS; i++)
+            for (int j = i; j > 0 && ms[k][j] < ms[k][j - 1]; j--) { double x = ms[k][j]; ms[k][j] = ms[k][j - 1]; ms[k][j - 1] = x; }
+        med[k] = ms[k][STEPS / 2];
+        total += med[k];
+    }
+    printf("  median of %d: zero %.1f ms, forward %.1f ms, backward %.1f ms, adamw %.1f ms, sum %.1f ms\n", STEPS,
+           med[0], med[1], med[2], med[3], total);
+    be->ops->free(be, mm);
+    be->ops->free(be, vv);
+    model_free(m);
+}
+
+TEST_MAIN()
