@@ -13,6 +13,7 @@
 #include "base/file.h"
 #include "base/json.h"
 #include "base/rng.h"
+#include "infer/generate.h"
 #include "model/model.h"
 
 static backend *test_be(void) {
@@ -44,42 +45,6 @@ static void random_tokens(int *t, int n, int V, uint64_t seed) {
     for (int i = 0; i < n; i++) t[i] = (int)rng_below(&r, (uint64_t)V);
 }
 
-/* Reads model.safetensors (f32, HF names) into m->params. A stand-in for model_load so this
- * file does not depend on it; every tensor of the plan must be present with its size. */
-static bool read_safetensors(model *m, const char *path) {
-    char *buf = NULL;
-    size_t size = 0;
-    if (file_read_all(path, &buf, &size) != SK_OK || size < 8) return false;
-    uint64_t hlen;
-    memcpy(&hlen, buf, 8);
-    cJSON *h = cJSON_ParseWithLength(buf + 8, hlen);
-    int found = 0;
-    bool ok = h != NULL;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, h) {
-        if (!strcmp(it->string, "__metadata__")) continue;
-        const char *name = it->string;
-        if (!strncmp(name, "transformer.", 12)) name += 12;
-        if (!strcmp(name, "lm_head.weight")) continue;   /* tied to wte */
-        const model_param *p = model_find_param(m, name);
-        const cJSON *dt = cJSON_GetObjectItem(it, "dtype"), *off = cJSON_GetObjectItem(it, "data_offsets");
-        if (!p || !cJSON_IsString(dt) || strcmp(dt->valuestring, "F32") || cJSON_GetArraySize(off) != 2) {
-            ok = false;
-            break;
-        }
-        size_t a = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble, b = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
-        if (b - a != p->numel * sizeof(float) || 8 + hlen + b > size) {
-            ok = false;
-            break;
-        }
-        memcpy(m->params + p->offset, buf + 8 + hlen + a, b - a);
-        found++;
-    }
-    cJSON_Delete(h);
-    mem_free(buf);
-    return ok && found == m->n_specs;
-}
-
 static int argmax(const float *x, int n) {
     int best = 0;
     for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
@@ -100,11 +65,9 @@ TEST(logits_and_greedy_match_transformers) {
     for (int i = 0; i < G; i++) gen[i] = cJSON_GetArrayItem(jg, i)->valueint;
     cJSON_Delete(ref);
 
-    model_config cfg;
-    model_config_gpt2(&cfg, 2, 2, 32, 64, 101);
     model *m = NULL;
-    CHECK(model_create(&cfg, test_be(), &m) == SK_OK);
-    CHECK(read_safetensors(m, test_path("fixtures/gpt2-tiny/model.safetensors")));
+    CHECK_MSG(model_load(test_path("fixtures/gpt2-tiny"), test_be(), &m) == SK_OK, "%s", sk_errmsg());
+    CHECK(m->cfg.vocab_size == 101 && m->cfg.n_layer == 2);
     char *want = NULL;
     size_t size = 0;
     CHECK(file_read_all(test_path("fixtures/gpt2-tiny/logits.bin"), &want, &size) == SK_OK);
@@ -132,6 +95,14 @@ TEST(logits_and_greedy_match_transformers) {
         CHECK_MSG(next == gen[i], "generated token %d: %d vs transformers %d", i, next, gen[i]);
         lg = model_infer_step(m, &next, 1);
     }
+    /* and through gen_run at temperature 0, as `skein generate` runs it */
+    int32_t prompt32[64], out[64];
+    for (int i = 0; i < P; i++) prompt32[i] = prompt[i];
+    gen_opts go = {.max_tokens = G, .sample = {.temperature = 0}};
+    gen_result res;
+    CHECK_MSG(gen_run(m, NULL, prompt32, (size_t)P, &go, NULL, NULL, out, &res) == SK_OK, "%s", sk_errmsg());
+    CHECK(res.n_generated == G);
+    for (int i = 0; i < G; i++) CHECK_MSG(out[i] == gen[i], "gen_run token %d: %d vs transformers %d", i, out[i], gen[i]);
     model_free(m);
 }
 
