@@ -22,7 +22,7 @@ TEST(cosine_schedule_with_warmup) {
     CHECK_NEAR(opt_lr_at(&h, 9), 1.0, 1e-7);
     CHECK_NEAR(opt_lr_at(&h, 10), 1.0, 1e-7);
     CHECK_NEAR(opt_lr_at(&h, 109), 0.1, 1e-6);
-    double mid = 0.1 + 0.45 * (1 + cos(M_PI * 49.5 / 99.0));
+    double mid = 0.1 + 0.45 * (1 + cos(M_PI * 49.0 / 99.0));
     CHECK_NEAR(opt_lr_at(&h, 59) , mid, 1e-6);
     for (long s = 11; s < 110; s++) CHECK(opt_lr_at(&h, s) <= opt_lr_at(&h, s - 1));
 }
@@ -42,7 +42,7 @@ static int make_run_inputs(char *model_dir, char *data_path, int V) {
     int32_t tokens[4000];
     rng r;
     rng_seed(&r, 3);
-    for (int i = 0; i < 4000; i++) tokens[i] = (int32_t)(i % 7 == 0 ? rng_below(&r, (uint64_t)V) : (i * 3) % V);
+    for (int i = 0; i < 4000; i++) tokens[i] = (int32_t)(i % 7 == 0 ? (int)rng_below(&r, (uint64_t)V) : (i * 3) % V);
     file_join(data_path, 512, test_tmpdir(), "tokens.bin");
     return ok && data_shard_write(data_path, tokens, 4000, V) == SK_OK;
 }

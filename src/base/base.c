@@ -25,7 +25,7 @@ sk_status sk_fail_ctx(sk_status st, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err_buf, sizeof old);
-    snprintf(err_buf, sizeof err_buf, "%s: %s", prefix, old);
+    snprintf(err_buf, sizeof err_buf, "%.400s: %.600s", prefix, old);
     return st;
 }
 
