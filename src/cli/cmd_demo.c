@@ -35,12 +35,6 @@ static sk_status demo_corpus(glob_t *g, size_t budget, int *n, size_t *bytes) {
     return SK_OK;
 }
 
-static void emit_stdout(void *ctx, const char *text, size_t n) {
-    (void)ctx;
-    fwrite(text, 1, n, stdout);
-    fflush(stdout);
-}
-
 /* First and last training loss (mean of up to 10 steps each) from log.jsonl. */
 static sk_status demo_loss_drop(const char *log_path, double *first, double *last) {
     char *text;
@@ -137,7 +131,7 @@ static sk_status demo_run(const char *out, long steps, double corpus_mb, long vo
     gen_opts go = {.max_tokens = 120, .seed = 42, .sample = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f}};
     gen_result res;
     fputs(prompt, stdout);
-    st = gen_run(m, t, ids, n_ids, &go, emit_stdout, NULL, NULL, &res);
+    st = gen_run(m, t, ids, n_ids, &go, gen_emit_stdout, NULL, NULL, &res);
     mem_free(ids);
     if (st) goto done;
     printf("\n\n== done in %.0f s. Try: ./skein generate --model %s --prompt \"The list\"\n", time_now() - t0, model_dir);

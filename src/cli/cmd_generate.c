@@ -10,12 +10,6 @@
 #include "cli/cli.h"
 #include "infer/generate.h"
 
-static void emit_stdout(void *ctx, const char *text, size_t n) {
-    (void)ctx;
-    fwrite(text, 1, n, stdout);
-    fflush(stdout);
-}
-
 int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *prompt = NULL, *device = "cpu";
     long max_tokens = 128, top_k = 40, seed = -1;
@@ -58,7 +52,7 @@ int cmd_generate(int argc, char **argv) {
     gen_result res;
     fputs(prompt, stdout);
     fflush(stdout);
-    if ((st = gen_run(m, t, ids, n_ids, &o, emit_stdout, NULL, NULL, &res))) goto done;
+    if ((st = gen_run(m, t, ids, n_ids, &o, gen_emit_stdout, NULL, NULL, &res))) goto done;
     printf("\n");
     fprintf(stderr, "[%d prompt tokens in %.2f s, %d generated at %.1f tokens/s, stop: %s, seed %ld]\n", res.n_prompt,
             res.prefill_s, res.n_generated, res.decode_s > 0 ? res.n_generated / res.decode_s : 0.0, res.finish, seed);

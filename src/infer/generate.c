@@ -5,6 +5,7 @@
  * string is always found whole inside it and never printed. */
 #include "infer/generate.h"
 
+#include <stdio.h>
 #include <string.h>
 
 typedef struct gen_text {
@@ -47,6 +48,12 @@ static bool text_flush(gen_text *g, const gen_opts *o, bool final, gen_emit_fn e
     memmove(g->pending, g->pending + out, g->n - out);
     g->n -= out;
     return stopped;
+}
+
+void gen_emit_stdout(void *ctx, const char *text, size_t n) {
+    (void)ctx;
+    fwrite(text, 1, n, stdout);
+    fflush(stdout);
 }
 
 static bool is_eos(const model *m, const tok *t, int id) {

@@ -24,6 +24,8 @@ typedef struct gen_result {
 } gen_result;
 
 typedef void (*gen_emit_fn)(void *ctx, const char *text, size_t n);
+/* An emit function that writes the text to stdout and flushes it (ctx unused). */
+void gen_emit_stdout(void *ctx, const char *text, size_t n);
 
 /* Generates from the prompt ids. When ids_out is not NULL it receives the generated ids
  * (at most o->max_tokens). emit may be NULL. */
