@@ -428,7 +428,10 @@ static sk_status split_added(enc *e, const char *s, size_t n, bool normalized) {
         const tok_added *a = t->first_byte[(unsigned char)s[i]] ? added_at(t, s, n, i, normalized) : NULL;
         if (!a) { i++; continue; }
         size_t start = i, stop = i + a->len;
-        i = stop;   /* the matcher moves past a match even when it is then discarded */
+        /* HF's matcher moves on from the end of the token itself, whether the match is then
+         * discarded (single_word) or widened (rstrip): a token may begin inside the spaces
+         * the previous one stripped, and is then emitted too (HF does the same). */
+        i = stop;
         if (a->single_word) {
             bool word_before = start > 0 && is_word_char_at(t, s, n, char_before(s, start));
             bool word_after = stop < n && is_word_char_at(t, s, n, stop);
@@ -452,13 +455,12 @@ static sk_status split_added(enc *e, const char *s, size_t n, bool normalized) {
                 if (!is_ws(cp)) break;
                 stop += k;
             }
-            i = stop;
         }
         if (start > done) SK_TRY(normalized ? pretokenize(e, s + done, start - done) : split_added(e, s + done, start - done, true));
         SK_TRY(emit(e, &a->id, 1));
         done = stop;
     }
-    if (done < n || n == 0) SK_TRY(normalized ? pretokenize(e, s + done, n - done) : split_added(e, s + done, n - done, true));
+    if (done < n) SK_TRY(normalized ? pretokenize(e, s + done, n - done) : split_added(e, s + done, n - done, true));
     return SK_OK;
 }
 
@@ -496,7 +498,7 @@ static size_t lossy(const unsigned char *s, size_t n, char *out) {
     return o;
 }
 
-char *tok_decode_ex(const tok *t, const int32_t *ids, size_t n, bool skip_special) {
+char *tok_decode_ex(const tok *t, const int32_t *ids, size_t n, bool skip_special, size_t *len) {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= 0 && ids[i] < t->n_ids) total += t->id_nbytes[ids[i]];
@@ -512,11 +514,12 @@ char *tok_decode_ex(const tok *t, const int32_t *ids, size_t n, bool skip_specia
     }
     size_t o = lossy(raw, k, out);
     out[o] = 0;
+    if (len) *len = o;
     mem_free(raw);
     return out;
 }
 
-char *tok_decode(const tok *t, const int32_t *ids, size_t n) { return tok_decode_ex(t, ids, n, false); }
+char *tok_decode(const tok *t, const int32_t *ids, size_t n) { return tok_decode_ex(t, ids, n, false, NULL); }
 
 /* ---- streaming decode -------------------------------------------------------------------- */
 

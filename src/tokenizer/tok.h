@@ -35,8 +35,9 @@ sk_status tok_encode(const tok *t, const char *text, size_t len, int32_t **ids, 
  * token bytes concatenated, ill-formed UTF-8 replaced by U+FFFD; ids outside the vocabulary
  * are skipped. Caller frees (mem_free); NULL only when out of memory. */
 char *tok_decode(const tok *t, const int32_t *ids, size_t n);
-/* As tok_decode; skip_special leaves out special added tokens (HF skip_special_tokens=True). */
-char *tok_decode_ex(const tok *t, const int32_t *ids, size_t n, bool skip_special);
+/* As tok_decode; skip_special leaves out special added tokens (HF skip_special_tokens=True);
+ * *len (when not NULL) gets the length, which counts NUL bytes that the text may hold. */
+char *tok_decode_ex(const tok *t, const int32_t *ids, size_t n, bool skip_special, size_t *len);
 
 /* Replaces ill-formed UTF-8 by U+FFFD exactly as Python's bytes.decode("utf-8", "replace")
  * (one U+FFFD per maximal subpart). *out is NULL when text is already valid (nothing
