@@ -128,8 +128,9 @@ static int cmd_decode(int argc, char **argv) {
     size_t n = 0;
     st = parse_ids(idstr ? idstr : in, t, &ids, &n);
     if (st == SK_OK) {
-        char *s = tok_decode(t, ids, n);
-        if (s) fwrite(s, 1, strlen(s), stdout);
+        size_t len_out;
+        char *s = tok_decode_ex(t, ids, n, false, &len_out);
+        if (s) fwrite(s, 1, len_out, stdout);
         else st = sk_fail(SK_ENOMEM, "out of memory decoding %zu ids", n);
         mem_free(s);
     }
