@@ -4,6 +4,8 @@
  * files, out-of-memory paths and encoding speed. */
 #include "test.h"
 
+#include <pthread.h>
+
 #include "base/file.h"
 #include "tokenizer/tok.h"
 
@@ -516,6 +518,44 @@ TEST(encode_speed) {
     free(big);
     mem_free(corpus);
     if (!getenv("SKEIN_QUICK")) CHECK_MSG(total / dt > 1e6, "%.2f MB/s", total / 1e6 / dt);
+}
+
+/* Threads sharing one tok (its word cache is shared) get the same ids as one thread. */
+static void *encode_all(void *arg) {
+    const tok *t = arg;
+    for (int i = 0; i < n_fx; i++) {
+        fx_line *l = &fx[i];
+        if (strcmp(l->f[0], "encode") || strcmp(l->f[1], "added")) continue;
+        size_t len, nw = parse_ids(l->nf > 3 ? l->f[3] : "", NULL, 0), n;
+        int32_t *want = malloc((nw + 1) * sizeof *want), *ids;
+        parse_ids(l->nf > 3 ? l->f[3] : "", want, nw);
+        char *text = unhex(l->f[2], &len);
+        int ok = 0;
+        if (tok_encode(t, text, len, &ids, &n) == SK_OK) {
+            ok = n == nw && (!n || !memcmp(ids, want, n * sizeof *ids));
+            mem_free(ids);
+        }
+        free(text);
+        free(want);
+        if (!ok) return (void *)1;
+    }
+    return NULL;
+}
+
+TEST(threads_share_a_tok) {
+    CHECK(fx_load());
+    tok *t;
+    CHECK(tok_load(test_path("fixtures/tok/added.json"), &t) == SK_OK);   /* a cold cache */
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) CHECK(pthread_create(&th[i], NULL, encode_all, t) == 0);
+    int bad = 0;
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        bad += r != NULL;
+    }
+    tok_free(t);
+    CHECK_MSG(!bad, "%d threads got other ids", bad);
 }
 
 TEST(cleanup) {

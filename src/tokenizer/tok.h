@@ -6,9 +6,21 @@
  *   tok_encode(t, text, strlen(text), &ids, &n);    // ids owned by the caller (mem_free)
  *   char *s = tok_decode(t, ids, n);                 // NUL-terminated, caller frees
  *
- * Encoding: added/special tokens are split out first; the rest is pre-tokenized with the
- * GPT-2 regex (PCRE2, Unicode classes), each piece mapped byte-to-unicode and merged by rank.
- * Invalid UTF-8 input is first replaced by U+FFFD as Python's errors='replace' does. */
+ * Encoding: added/special tokens are split out first (honouring their normalized, lstrip,
+ * rstrip and single_word flags); the rest is pre-tokenized with the GPT-2 regex (PCRE2,
+ * Unicode classes), each piece mapped byte-to-unicode and merged by rank. Invalid UTF-8
+ * input is first replaced by U+FFFD as Python's errors='replace' does. The ids equal HF's
+ * `Tokenizer.encode(text).ids` except that no post-processor runs: a template that adds a
+ * BOS token (Llama 3) is the caller's business.
+ *
+ * Files read: model BPE (merges as "a b" or ["a", "b"], ignore_merges, unk_token), a
+ * pre_tokenizer ByteLevel (add_prefix_space, use_regex) or Sequence [Split(regex,
+ * Isolated), ByteLevel] as Llama 3 and Qwen have, no normalizer. Anything else that would
+ * change the ids (WordPiece, Unigram, a normalizer, dropout) is refused with SK_EFORMAT and
+ * a message naming the file and the field; never a crash.
+ *
+ * Tests: tests/test_tok.c and tests/cli_tok.sh, against fixtures made by HF `tokenizers`
+ * (tests/fixtures/make_tok_fixtures.py). */
 #ifndef SKEIN_TOK_H
 #define SKEIN_TOK_H
 
@@ -19,12 +31,18 @@
 
 typedef struct tok tok;
 
+/* Loads a Hugging Face tokenizer.json; *out owned by the caller (tok_free). */
 sk_status tok_load(const char *path, tok **out);
+/* Writes tokenizer.json (atomically): the loaded document with model and added_tokens
+ * written afresh (GPT-2's layout for a trained tok); loads in HF and encodes the same. */
 sk_status tok_save(const tok *t, const char *path);
 void tok_free(tok *t);
 
 /* Trains a byte-level BPE vocabulary of vocab_size entries (256 byte tokens + merges +
- * special tokens) over the given text files; "<|endoftext|>" is always a special token. */
+ * special tokens) over the given text files; "<|endoftext|>" is always a special token, the
+ * last id (text is split at it before counting). Deterministic (ties go to the smaller
+ * pair of ids). Stops early, with a smaller vocabulary, when no pair is left to merge.
+ * SK_EIO naming a file that cannot be read; SK_EARG for vocab_size < 257. */
 sk_status tok_train(const char *const *files, int n_files, int vocab_size, tok **out);
 
 /* Encodes len bytes of text (any bytes: invalid UTF-8 is replaced first) into *ids (*n of
