@@ -278,16 +278,81 @@ sk_status tok_utf8_fix(const char *text, size_t len, char **out_p, size_t *out_l
 
 /* ---- regex ------------------------------------------------------------------------------ */
 
+/* Hugging Face runs its regexes with Oniguruma, whose classes differ from PCRE2 10.42's:
+ * \s is the White_Space property there (PCRE2 adds U+180E), and \p{L} / \p{N} follow a newer
+ * Unicode (16.0) than Debian 12's PCRE2 (14.0). These are the letters and numbers that
+ * Unicode assigned since, found by classifying every code point through HF's ByteLevel
+ * pre-tokenizer; on a newer PCRE2 they are already in the classes and change nothing. */
+#define TOK_NEW_LETTERS \
+    "\\x{1c89}-\\x{1c8a}\\x{a7cb}-\\x{a7cd}\\x{a7da}-\\x{a7dc}\\x{105c0}-\\x{105f3}" \
+    "\\x{10d4a}-\\x{10d65}\\x{10d6f}-\\x{10d85}\\x{10ec2}-\\x{10ec4}\\x{1123f}-\\x{11240}" \
+    "\\x{11380}-\\x{11389}\\x{1138b}\\x{1138e}\\x{11390}-\\x{113b5}\\x{113b7}\\x{113d1}\\x{113d3}" \
+    "\\x{11bc0}-\\x{11be0}\\x{11f02}\\x{11f04}-\\x{11f10}\\x{11f12}-\\x{11f33}\\x{1342f}" \
+    "\\x{13441}-\\x{13446}\\x{13460}-\\x{143fa}\\x{16100}-\\x{1611d}\\x{16d40}-\\x{16d6c}\\x{18cff}" \
+    "\\x{1b132}\\x{1b155}\\x{1df25}-\\x{1df2a}\\x{1e030}-\\x{1e06d}\\x{1e4d0}-\\x{1e4eb}" \
+    "\\x{1e5d0}-\\x{1e5ed}\\x{1e5f0}\\x{2b739}\\x{2ebf0}-\\x{2ee5d}\\x{31350}-\\x{323af}"
+#define TOK_NEW_NUMBERS \
+    "\\x{10d40}-\\x{10d49}\\x{116d0}-\\x{116e3}\\x{11bf0}-\\x{11bf9}\\x{11f50}-\\x{11f59}" \
+    "\\x{16130}-\\x{16139}\\x{16d70}-\\x{16d79}\\x{1ccf0}-\\x{1ccf9}\\x{1d2c0}-\\x{1d2d3}" \
+    "\\x{1e4f0}-\\x{1e4f9}\\x{1e5f1}-\\x{1e5fa}"
+
+/* Rewrites \s, \S, \p{L} and \p{N} of pattern so that PCRE2 classifies characters as
+ * Oniguruma does (above); inside a [...] class the additions go in without brackets.
+ * Returns a new string (mem_free) or NULL when out of memory. */
+static char *oniguruma_classes(const char *p) {
+    size_t n = strlen(p), cap = n + 1, k = 0, count = 0;
+    for (size_t i = 0; i + 1 < n; i++) count += p[i] == '\\';
+    cap += count * (sizeof TOK_NEW_LETTERS + 16);
+    char *out = mem_alloc(cap);
+    if (!out) return NULL;
+    bool in_class = false;
+#define PUT(str) do { size_t l_ = strlen(str); memcpy(out + k, str, l_); k += l_; } while (0)
+    for (size_t i = 0; i < n;) {
+        if (p[i] == '\\' && i + 1 < n) {
+            const char *rest = p + i;
+            if (p[i + 1] == 's') { PUT("\\p{White_Space}"); i += 2; }
+            else if (p[i + 1] == 'S') { PUT("\\P{White_Space}"); i += 2; }
+            else if (!strncmp(rest, "\\p{L}", 5)) { PUT(in_class ? "\\p{L}" TOK_NEW_LETTERS : "[\\p{L}" TOK_NEW_LETTERS "]"); i += 5; }
+            else if (!strncmp(rest, "\\p{N}", 5)) { PUT(in_class ? "\\p{N}" TOK_NEW_NUMBERS : "[\\p{N}" TOK_NEW_NUMBERS "]"); i += 5; }
+            else { out[k++] = p[i++]; out[k++] = p[i++]; }
+            continue;
+        }
+        if (!in_class && p[i] == '[') {
+            in_class = true;
+            out[k++] = p[i++];
+            if (i < n && p[i] == '^') out[k++] = p[i++];
+            if (i < n && p[i] == ']') out[k++] = p[i++];   /* a literal ] first in a class */
+            continue;
+        }
+        if (in_class && p[i] == '[' && i + 1 < n && p[i + 1] == ':') {   /* [:alpha:] */
+            const char *end = strstr(p + i + 2, ":]");
+            size_t l = end ? (size_t)(end - (p + i)) + 2 : n - i;
+            memcpy(out + k, p + i, l);
+            k += l;
+            i += l;
+            continue;
+        }
+        if (in_class && p[i] == ']') in_class = false;
+        out[k++] = p[i++];
+    }
+#undef PUT
+    SK_ASSERT(k < cap);
+    out[k] = 0;
+    return out;
+}
+
 sk_status tok_regex_compile(tok_regex *re, const char *pattern, bool literal, const char *what) {
     int err;
     PCRE2_SIZE off;
     uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
-    re->code = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &err, &off, NULL);
+    char *rewritten = literal ? NULL : oniguruma_classes(pattern);
+    if (!literal && !rewritten) return sk_fail(SK_ENOMEM, "%s: out of memory compiling a regex", what);
+    re->code = pcre2_compile((PCRE2_SPTR)(literal ? pattern : rewritten), PCRE2_ZERO_TERMINATED, opts, &err, &off, NULL);
+    mem_free(rewritten);
     if (!re->code) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return sk_fail(SK_EFORMAT, "%s: regex /%s/ does not compile at offset %zu: %s", what, pattern,
-                       (size_t)off, (const char *)msg);
+        return sk_fail(SK_EFORMAT, "%s: regex /%s/ does not compile: %s", what, pattern, (const char *)msg);
     }
     re->jit = pcre2_jit_compile(re->code, PCRE2_JIT_COMPLETE) == 0;
     return SK_OK;
