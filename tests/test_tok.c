@@ -283,13 +283,25 @@ static int same_on_fixtures(const tok *a, const tok *b, const char *name) {
     return 1;
 }
 
+/* The Python with Hugging Face `tokenizers`, or NULL (then the HF checks are left out). */
+static const char *hf_python(void) {
+    if (access("/opt/refenv/bin/python", X_OK) == 0) return "/opt/refenv/bin/python";
+    if (system("python3 -c 'import tokenizers' >/dev/null 2>&1") == 0) return "python3";
+    return NULL;
+}
+
+/* tok_save, tok_load: same ids in skein; the saved files also load in HF with the same ids
+ * where HF is installed; a second save is byte-identical. */
 TEST(save_load_same_ids) {
     CHECK(fx_load());
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/saved", test_tmpdir());
+    CHECK(file_mkdirs(dir) == SK_OK);
     for (int k = 0; k < N_TOKS; k++) {
         tok *t = fx_tok(tok_names[k]), *u;
         CHECK(t);
-        char p1[512], p2[512];
-        snprintf(p1, sizeof p1, "%s/%s.json", test_tmpdir(), tok_names[k]);
+        char p1[700], p2[700];
+        snprintf(p1, sizeof p1, "%s/%s.json", dir, tok_names[k]);
         snprintf(p2, sizeof p2, "%s/%s.again.json", test_tmpdir(), tok_names[k]);
         CHECK_MSG(tok_save(t, p1) == SK_OK, "%s", sk_errmsg());
         CHECK_MSG(tok_load(p1, &u) == SK_OK, "%s", sk_errmsg());
@@ -306,6 +318,13 @@ TEST(save_load_same_ids) {
         mem_free(a);
         mem_free(b);
         CHECK_MSG(eq, "second save of %s differs from the first", tok_names[k]);
+    }
+    const char *py = hf_python();
+    if (py) {
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd, "%s %s --saved %s", py, test_path("fixtures/check_trained_tok.py"), dir);
+        fflush(stdout);
+        CHECK_MSG(system(cmd) == 0, "HF disagrees with the files tok_save wrote (%s)", cmd);
     }
 }
 
