@@ -35,7 +35,8 @@ TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test test-asan demo clean bench-train status
-all: status skein
+# The program is linked in $(BUILD); the default build also copies it to ./skein.
+all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 
 status:
 	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  MPI %s\n' \
@@ -50,8 +51,11 @@ $(BUILD)/libskein.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-skein: $(BUILD)/src/cli/main.o $(BUILD)/libskein.a
+$(BUILD)/skein: $(BUILD)/src/cli/main.o $(BUILD)/libskein.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+skein: $(BUILD)/skein
+	cp $< $@
 
 $(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libskein.a
 	@mkdir -p $(dir $@)
@@ -69,7 +73,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all $(TEST_BINS)
-	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
+	@BUILD=$(BUILD) SKEIN=$(BUILD)/skein sh tests/run.sh $(TEST_BINS)
 
 # The same tests under AddressSanitizer + UBSan, in their own build folder.
 test-asan: deps
@@ -78,7 +82,7 @@ test-asan: deps
 
 test-asan-run: LDLIBS += -fsanitize=address,undefined
 test-asan-run: all $(TEST_BINS)
-	@ASAN_OPTIONS=detect_leaks=0 BUILD=$(BUILD) SKEIN_QUICK=1 sh tests/run.sh $(TEST_BINS)
+	@ASAN_OPTIONS=detect_leaks=0 BUILD=$(BUILD) SKEIN=$(BUILD)/skein SKEIN_QUICK=1 sh tests/run.sh $(TEST_BINS)
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -1,25 +1,26 @@
 #!/bin/sh
 # CLI tests of `skein data prepare` (run from the repository root by tests/run.sh, with
-# ./skein built). Prints "PASS name" or "FAIL name: why" per case. The end-to-end case runs
+# $SK built). Prints "PASS name" or "FAIL name: why" per case. The end-to-end case runs
 # once per tokenizer fixture in tests/fixtures/tok/*.json, and not at all without fixtures.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1: $2"; }
 
-if [ ! -x ./skein ]; then
-    fail cli_data "./skein is not built"
+SK=${SKEIN:-./skein}
+if [ ! -x "$SK" ]; then
+    fail cli_data "$SK is not built"
     exit 1
 fi
 
-if ./skein data prepare --help >"$tmp/help" 2>&1 && grep -q -- "--tokenizer" "$tmp/help"; then
+if $SK data prepare --help >"$tmp/help" 2>&1 && grep -q -- "--tokenizer" "$tmp/help"; then
     pass data_prepare_help
 else
     fail data_prepare_help "--help did not exit 0 with the flags"
 fi
 
 printf 'some text\n' >"$tmp/a.txt"
-./skein data prepare --tokenizer "$tmp/no-such-tokenizer.json" --input "$tmp/a.txt" --out "$tmp/out" \
+$SK data prepare --tokenizer "$tmp/no-such-tokenizer.json" --input "$tmp/a.txt" --out "$tmp/out" \
     >"$tmp/o" 2>"$tmp/e"
 rc=$?
 if [ "$rc" -ne 0 ] && grep -q "no-such-tokenizer.json" "$tmp/e"; then
@@ -28,7 +29,7 @@ else
     fail data_prepare_missing_tokenizer "exit $rc, stderr: $(cat "$tmp/e")"
 fi
 
-./skein data prepare --tokenizer x.json --input "$tmp/a.txt" --out "$tmp/out" --val-fraction 1.5 \
+$SK data prepare --tokenizer x.json --input "$tmp/a.txt" --out "$tmp/out" --val-fraction 1.5 \
     >"$tmp/o" 2>"$tmp/e"
 rc=$?
 if [ "$rc" -ne 0 ] && grep -q -- "--val-fraction" "$tmp/e"; then
@@ -45,7 +46,7 @@ for fx in tests/fixtures/tok/*.json; do
     [ -e "$fx" ] || continue
     name=data_prepare_e2e_$(basename "$fx" .json)
     out="$tmp/ds_$(basename "$fx" .json)"
-    ./skein data prepare --tokenizer "$fx" --input "$tmp/a.txt" "$tmp/b.txt" "$tmp/c.jsonl" --out "$out" \
+    $SK data prepare --tokenizer "$fx" --input "$tmp/a.txt" "$tmp/b.txt" "$tmp/c.jsonl" --out "$out" \
         --val-fraction 0.2 >"$tmp/o" 2>"$tmp/e"
     rc=$?
     if grep -q "end-of-text" "$tmp/e"; then

@@ -2,7 +2,7 @@
 # CLI tests of `skein tokenizer` (run from the repository root by tests/run.sh): encode and
 # decode against the HF fixtures, train, flag and file errors, and — where Python has the
 # `tokenizers` module — that what `tokenizer train` writes loads in HF and encodes the same.
-SK=./skein
+SK=${SKEIN:-./skein}
 FX=tests/fixtures/tok
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -2,7 +2,7 @@
 # End-to-end through the command line, as a user types it: tokenizer train -> data prepare ->
 # init -> train -> generate, then the bad inputs each command must refuse with a message
 # naming the problem and a non-zero exit (never a crash). Prints PASS/FAIL lines.
-SK=./skein
+SK=${SKEIN:-./skein}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 pass() { echo "PASS $1"; }

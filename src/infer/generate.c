@@ -86,7 +86,12 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     if (t) tok_stream_init(&ts, t);
     gen_text text = {0};
     sk_status st = SK_OK;
-    char piece[1024];
+    char *piece = t ? mem_alloc(tok_stream_cap(t)) : NULL;
+    const size_t piece_cap = t ? tok_stream_cap(t) : 0;
+    if (t && !piece) {
+        sampler_free(&smp);
+        return sk_fail(SK_ENOMEM, "out of memory in generation");
+    }
 
     model_infer_reset(m);
     double t0 = time_now();
@@ -100,7 +105,7 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
         if (ids_out) ids_out[res->n_generated] = id;
         res->n_generated++;
         if (t) {
-            size_t k = tok_stream_put(&ts, id, piece, sizeof piece);
+            size_t k = tok_stream_put(&ts, id, piece, piece_cap);
             if ((st = text_append(&text, piece, k))) break;
             if (text_flush(&text, o, false, emit, ctx)) { res->finish = "stop"; break; }
         }
@@ -110,11 +115,12 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
         pos++;
     }
     if (t && st == SK_OK && strcmp(res->finish, "stop") != 0) {
-        size_t k = tok_stream_flush(&ts, piece, sizeof piece);
+        size_t k = tok_stream_flush(&ts, piece, piece_cap);
         if ((st = text_append(&text, piece, k)) == SK_OK && text_flush(&text, o, true, emit, ctx)) res->finish = "stop";
     }
     res->decode_s = time_now() - t0;
     mem_free(text.pending);
+    mem_free(piece);
     sampler_free(&smp);
     return st == SK_ENOMEM ? sk_fail(SK_ENOMEM, "out of memory in generation") : st;
 }
