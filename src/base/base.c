@@ -40,6 +40,7 @@ const char *sk_status_name(sk_status st) {
     case SK_ENOMEM: return "out of memory";
     case SK_ECONFIG: return "bad configuration";
     case SK_ESTATE: return "bad state";
+    case SK_ECOMM: return "communication failure";
     }
     return "unknown status";
 }

@@ -24,6 +24,7 @@ typedef enum sk_status {
     SK_ENOMEM,   /* an allocation failed */
     SK_ECONFIG,  /* a model configuration that cannot work */
     SK_ESTATE,   /* an operation that does not fit the current state */
+    SK_ECOMM,    /* a collective failed or timed out (a rank died or hangs) */
 } sk_status;
 
 /* Records a message for the failure and returns `st`. The message replaces the previous one. */

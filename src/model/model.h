@@ -24,6 +24,18 @@ typedef enum model_arch_kind { ARCH_GPT2, ARCH_LLAMA } model_arch_kind;
 
 #define MODEL_MAX_EOS 8
 
+/* Rotary-embedding frequency scaling as real checkpoints configure it, read from either
+ * dialect: "rope_scaling": {"type"|"rope_type": ...} (the Hub) or "rope_parameters"
+ * (transformers 5). */
+typedef enum model_rope_type { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } model_rope_type;
+typedef struct model_rope_scaling {
+    model_rope_type type;
+    float factor;                      /* linear and llama3 */
+    float low_freq_factor;             /* llama3 */
+    float high_freq_factor;            /* llama3 */
+    int original_max_position_embeddings;  /* llama3 */
+} model_rope_scaling;
+
 typedef struct model_config {
     model_arch_kind arch;
     int vocab_size;        /* V */
@@ -41,6 +53,14 @@ typedef struct model_config {
     int eos_token_ids[MODEL_MAX_EOS];
     int n_eos;
     dtype torch_dtype;     /* dtype the weights are stored in (config "torch_dtype"/"dtype") */
+
+    /* Llama family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM); unused by GPT-2. */
+    char model_type[16];   /* "llama", "mistral", "qwen2" (written back to config.json) */
+    float rope_theta;      /* base of the rotary frequencies (default 10000) */
+    model_rope_scaling rope_scaling;
+    bool attention_bias;   /* q/k/v projections have biases (Qwen2: true) */
+    bool mlp_bias;         /* gate/up/down have biases (rare; Llama config "mlp_bias") */
+    int sliding_window;    /* attend to at most this many past positions; 0 = full (Mistral v0.1) */
 } model_config;
 
 typedef struct model_param {
@@ -87,6 +107,7 @@ struct model_arch {
 };
 
 extern const model_arch gpt2_arch;
+extern const model_arch llama_arch;   /* llama.c: Llama, Mistral and Qwen2 */
 
 /* config.json: read (HF dialects) and write. A missing or absurd field is SK_ECONFIG with a
  * message naming the file and the field; quirks transformers accepts (a bos/eos id outside
