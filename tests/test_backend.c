@@ -235,6 +235,188 @@ TEST(attention_cached_matches_full) {
     for (int i = 0; i < T * C; i++) CHECK_NEAR(got[i], out[i], 1e-6);
 }
 
+/* ---- Llama family ops ---- */
+
+/* RMSNorm against a double reference, backward by finite differences. */
+enum { RN = 5, RC = 24 };
+static float *rx, *rwt, *rout, *rrstd, *rw;
+static double rms_obj(void) {
+    be->ops->rmsnorm_forward(be, rout, rrstd, rx, rwt, RN, RC, 1e-5f);
+    return dot(rw, rout, RN * RC);
+}
+TEST(rmsnorm_forward_and_backward) {
+    setup(12);
+    rx = randn(RN * RC, 1.5f); rwt = randn(RC, 1); rout = zeros(RN * RC); rrstd = zeros(RN); rw = randn(RN * RC, 1);
+    for (int i = 0; i < RC; i++) rx[i] += 2.0f;   /* a row with an offset: RMSNorm does not center */
+    rms_obj();
+    for (int i = 0; i < RN; i++) {
+        double ss = 0;
+        for (int c = 0; c < RC; c++) ss += (double)rx[i * RC + c] * rx[i * RC + c];
+        double r = 1.0 / sqrt(ss / RC + 1e-5);
+        CHECK_NEAR(rrstd[i], r, 1e-6 * r);
+        for (int c = 0; c < RC; c++) CHECK_NEAR(rout[i * RC + c], rx[i * RC + c] * r * rwt[c], 1e-5);
+    }
+    float *dx = zeros(RN * RC), *dwt = zeros(RC);
+    be->ops->rmsnorm_backward(be, dx, dwt, rw, rx, rwt, rrstd, RN, RC);
+    CHECK(fd_check("dinp", rx, dx, RN * RC, rms_obj) == 0);
+    CHECK(fd_check("dweight", rwt, dwt, RC, rms_obj) == 0);
+    float first = dx[7], firstw = dwt[3];   /* accumulation */
+    be->ops->rmsnorm_backward(be, dx, dwt, rw, rx, rwt, rrstd, RN, RC);
+    CHECK_NEAR(dx[7], 2 * first, 1e-6);
+    CHECK_NEAR(dwt[3], 2 * firstw, 1e-6);
+}
+
+/* RoPE: forward against the rotate_half formula evaluated in double, the rows' positions
+ * (pos0 + r % T) honored, backward by finite differences (rope is linear, so the
+ * objective's gradient is exactly rope_backward(w)), and backward undoing forward. */
+enum { PB = 2, PT = 5, PNH = 3, PHS = 8, PP = 16, PPOS = 4 };
+static float *px, *ptmp, *pcos, *psin, *pw;
+static double rope_obj(void) {
+    memcpy(ptmp, px, sizeof(float) * PB * PT * PNH * PHS);
+    be->ops->rope_forward(be, ptmp, pcos, psin, PB * PT, PT, PPOS, PNH, PHS);
+    return dot(pw, ptmp, PB * PT * PNH * PHS);
+}
+TEST(rope_forward_and_backward) {
+    setup(13);
+    const int n = PB * PT * PNH * PHS, H2 = PHS / 2;
+    px = randn(n, 1); ptmp = zeros(n); pw = randn(n, 1); pcos = zeros(PP * H2); psin = zeros(PP * H2);
+    for (int p = 0; p < PP; p++)
+        for (int i = 0; i < H2; i++) {
+            double ang = p * pow(10000.0, -2.0 * i / PHS);
+            pcos[p * H2 + i] = (float)cos(ang);
+            psin[p * H2 + i] = (float)sin(ang);
+        }
+    rope_obj();
+    for (int r = 0; r < PB * PT; r++)
+        for (int h = 0; h < PNH; h++)
+            for (int i = 0; i < PHS; i++) {
+                int p = PPOS + r % PT, j = i % H2;
+                double ang = p * pow(10000.0, -2.0 * j / PHS);
+                const float *x = px + (r * PNH + h) * PHS;
+                double want = i < H2 ? x[i] * cos(ang) - x[i + H2] * sin(ang) : x[i] * cos(ang) + x[i - H2] * sin(ang);
+                CHECK_NEAR(ptmp[(r * PNH + h) * PHS + i], want, 1e-5);
+            }
+    float *dx = zeros(n);
+    memcpy(dx, pw, sizeof(float) * n);
+    be->ops->rope_backward(be, dx, pcos, psin, PB * PT, PT, PPOS, PNH, PHS);
+    CHECK(fd_check("dx", px, dx, n, rope_obj) == 0);
+    rope_obj();   /* fd_check left ptmp from a perturbed input */
+    be->ops->rope_backward(be, ptmp, pcos, psin, PB * PT, PT, PPOS, PNH, PHS);   /* undoes the forward */
+    for (int i = 0; i < n; i++) CHECK_NEAR(ptmp[i], px[i], 1e-6);
+}
+
+/* SwiGLU against silu(g) * u in double, backward by finite differences for both inputs. */
+enum { SGN = 241 };
+static float *sgg, *sgu, *sgout, *sgw;
+static double swiglu_obj(void) {
+    be->ops->swiglu_forward(be, sgout, sgg, sgu, SGN);
+    return dot(sgw, sgout, SGN);
+}
+TEST(swiglu_forward_and_backward) {
+    setup(14);
+    sgg = zeros(SGN); sgu = randn(SGN, 1); sgout = zeros(SGN); sgw = randn(SGN, 1);
+    for (int i = 0; i < SGN; i++) sgg[i] = -12.0f + 0.1f * i;   /* through both tails */
+    swiglu_obj();
+    for (int i = 0; i < SGN; i++) {
+        double g = sgg[i], want = g / (1.0 + exp(-g)) * sgu[i];
+        CHECK_MSG(fabs(sgout[i] - want) <= 1e-6 * (1 + fabs(want)), "swiglu(%g, %g) = %.9g, want %.9g", g, sgu[i], sgout[i], want);
+    }
+    float *dg = zeros(SGN), *du = zeros(SGN);
+    be->ops->swiglu_backward(be, dg, du, sgw, sgg, sgu, SGN);
+    CHECK(fd_check("dgate", sgg, dg, SGN, swiglu_obj) == 0);
+    CHECK(fd_check("dup", sgu, du, SGN, swiglu_obj) == 0);
+    float *inplace = zeros(SGN), *du2 = zeros(SGN);   /* dgate may alias dout */
+    memcpy(inplace, sgw, sizeof(float) * SGN);
+    be->ops->swiglu_backward(be, inplace, du2, inplace, sgg, sgu, SGN);
+    CHECK(!memcmp(inplace, dg, sizeof(float) * SGN) && !memcmp(du2, du, sizeof(float) * SGN));
+}
+
+/* Grouped-query attention against a naive double reference (head h reads KV head
+ * h / (NH/NKV); with window W, query t sees keys t-W < s <= t), for GQA ratios 1, 2 and 4 and
+ * windows 0 (full), 2 and T; backward by finite differences of q, k and v. */
+enum { QB = 2, QT = 6, QNH = 4, QHS = 4 };
+static float *qq, *qk, *qv, *qout, *qatt, *qw;
+static int qnkv, qwin;
+static double gqa_obj(void) {
+    be->ops->gqa_attention_forward(be, qout, qatt, qq, qk, qv, QB, QT, QNH, qnkv, QHS, qwin);
+    return dot(qw, qout, QB * QT * QNH * QHS);
+}
+static void gqa_case(int nkv, int win, bool grads) {
+    setup(15 + nkv + 10 * win);
+    qnkv = nkv;
+    qwin = win;
+    const int QD = QNH * QHS, KD = nkv * QHS, G = QNH / nkv;
+    qq = randn(QB * QT * QD, 1); qk = randn(QB * QT * KD, 1); qv = randn(QB * QT * KD, 1);
+    qout = zeros(QB * QT * QD); qatt = zeros(QB * QNH * QT * QT); qw = randn(QB * QT * QD, 1);
+    gqa_obj();
+    for (int b = 0; b < QB; b++)
+        for (int h = 0; h < QNH; h++)
+            for (int t = 0; t < QT; t++) {
+                double s[QT], mx = -1e30, sum = 0;
+                bool vis[QT];
+                for (int u = 0; u < QT; u++) {
+                    vis[u] = u <= t && (win == 0 || u > t - win);
+                    if (!vis[u]) continue;
+                    s[u] = 0;
+                    for (int i = 0; i < QHS; i++)
+                        s[u] += (double)qq[(b * QT + t) * QD + h * QHS + i] * qk[(b * QT + u) * KD + (h / G) * QHS + i];
+                    s[u] /= sqrt(QHS);
+                    mx = s[u] > mx ? s[u] : mx;
+                }
+                for (int u = 0; u < QT; u++) if (vis[u]) sum += (s[u] = exp(s[u] - mx));
+                size_t arow = (((size_t)b * QNH + h) * QT + t) * QT;
+                for (int u = 0; u < QT; u++)
+                    CHECK_MSG(fabs(qatt[arow + u] - (vis[u] ? s[u] / sum : 0.0)) <= 1e-6, "NKV %d W %d att[%d,%d,%d,%d]", nkv, win, b, h, t, u);
+                for (int i = 0; i < QHS; i++) {
+                    double o = 0;
+                    for (int u = 0; u < QT; u++) if (vis[u]) o += s[u] / sum * qv[(b * QT + u) * KD + (h / G) * QHS + i];
+                    CHECK_NEAR(qout[(b * QT + t) * QD + h * QHS + i], o, 1e-5);
+                }
+            }
+    if (!grads) return;
+    float *dq = zeros(QB * QT * QD), *dk = zeros(QB * QT * KD), *dv = zeros(QB * QT * KD), *datt = zeros(QB * QNH * QT * QT);
+    be->ops->gqa_attention_backward(be, dq, dk, dv, datt, qw, qq, qk, qv, qatt, QB, QT, QNH, nkv, QHS, win);
+    char what[64];
+    snprintf(what, sizeof what, "dq (NKV %d, W %d)", nkv, win);
+    CHECK(fd_check(what, qq, dq, QB * QT * QD, gqa_obj) == 0);
+    snprintf(what, sizeof what, "dk (NKV %d, W %d)", nkv, win);
+    CHECK(fd_check(what, qk, dk, QB * QT * KD, gqa_obj) == 0);
+    snprintf(what, sizeof what, "dv (NKV %d, W %d)", nkv, win);
+    CHECK(fd_check(what, qv, dv, QB * QT * KD, gqa_obj) == 0);
+}
+TEST(gqa_attention_forward_and_backward) {
+    gqa_case(4, 0, true);    /* plain multi-head */
+    if (test_failed_now) return;
+    gqa_case(2, 0, true);    /* GQA 2:1 */
+    if (test_failed_now) return;
+    gqa_case(1, 0, true);    /* multi-query */
+}
+TEST(gqa_attention_sliding_window_forward_and_backward) {
+    gqa_case(2, 2, true);
+    if (test_failed_now) return;
+    gqa_case(2, 3, true);
+    if (test_failed_now) return;
+    gqa_case(4, QT, false);   /* a window as long as the sequence is full attention */
+}
+
+/* gqa_attention_cached over a cache of the same keys and values gives the rows of the full
+ * forward, in chunks from position 0, with and without a window. */
+TEST(gqa_attention_cached_matches_full) {
+    setup(16);
+    enum { T = 9, NH = 4, NKV = 2, HS = 4, QD = NH * HS, KD = NKV * HS };
+    float *q = randn(T * QD, 1), *k = randn(T * KD, 1), *v = randn(T * KD, 1);
+    float *out = zeros(T * QD), *att = zeros(NH * T * T), *got = zeros(T * QD);
+    for (int win = 0; win <= 3; win += 3) {
+        be->ops->gqa_attention_forward(be, out, att, q, k, v, 1, T, NH, NKV, HS, win);
+        int chunks[][2] = {{0, 4}, {4, 1}, {5, 3}, {8, 1}};   /* (pos, n) */
+        for (int c = 0; c < 4; c++) {
+            int pos = chunks[c][0], n = chunks[c][1];
+            be->ops->gqa_attention_cached(be, got + pos * QD, q + pos * QD, k, v, n, pos, NH, NKV, HS, win);
+        }
+        for (int i = 0; i < T * QD; i++) CHECK_MSG(fabs(got[i] - out[i]) <= 1e-6, "W %d [%d]: %g vs %g", win, i, got[i], out[i]);
+    }
+}
+
 /* ---- softmax cross-entropy ---- */
 
 enum { SN = 4, SV = 11, SVP = 13 };

@@ -8,7 +8,8 @@
  *
  * Conventions: all tensors are f32 and row-major; pointers are backend memory (host memory
  * on CPU). Letters: N rows (tokens, B*T), B batch, T time, C channels, OC output channels,
- * NH heads, HS head size (C/NH), V vocabulary.
+ * NH heads, HS head size (C/NH for GPT-2; the config's head_dim for Llama), NKV key/value
+ * heads (grouped-query attention: NH is a multiple of NKV), F MLP width, V vocabulary.
  * "accumulates" means += into the destination (gradients sum across micro-batches);
  * "writes" means =. Ops marked optional may be NULL; callers fall back or refuse. */
 #ifndef SKEIN_BACKEND_H
@@ -83,6 +84,57 @@ typedef struct backend_ops {
      * softmax), so prefill of any length needs no (n,n) buffer. */
     void (*attention_cached)(backend *be, float *out, const float *q, int ldq, const float *k,
                              const float *v, int ldkv, int n, int pos, int C, int NH);
+
+    /* ---- Llama family (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention) ---- */
+
+    /* RMSNorm over C, computed in f32 as transformers' LlamaRMSNorm does:
+     * out = inp * rstd * weight with rstd = 1/sqrt(mean(inp^2) + eps). Writes out(N,C) and
+     * rstd(N) (saved for backward; may be NULL in inference). out may alias inp. */
+    void (*rmsnorm_forward)(backend *be, float *out, float *rstd, const float *inp,
+                            const float *weight, int N, int C, float eps);
+    /* dinp(N,C) and dweight(C) accumulate; rstd from the forward. */
+    void (*rmsnorm_backward)(backend *be, float *dinp, float *dweight, const float *dout,
+                             const float *inp, const float *weight, const float *rstd, int N, int C);
+
+    /* Rotary position embedding, in place, with transformers' rotate_half pairing: inside each
+     * head of HS channels, channel i < HS/2 pairs with i + HS/2, and the pair rotates by the
+     * angle of frequency i at the row's position:
+     *   x[i] = x[i] cos - x[i+HS/2] sin;  x[i+HS/2] = x[i+HS/2] cos + x[i] sin.
+     * x is (N, nh*HS) with rows (b, t) for N = B*T; row r sits at position pos0 + r % T.
+     * cos, sin are tables (P, HS/2) of cos/sin(position * inv_freq[i]) that the model builds
+     * once (P > pos0 + T - 1), so scaling schemes live in model code, not in backends.
+     * backward applies the inverse rotation (the transpose) to the gradient, in place. */
+    void (*rope_forward)(backend *be, float *x, const float *cos, const float *sin, int N, int T,
+                         int pos0, int nh, int HS);
+    void (*rope_backward)(backend *be, float *dx, const float *cos, const float *sin, int N, int T,
+                          int pos0, int nh, int HS);
+
+    /* SwiGLU: out = silu(gate) * up over n elements (silu(g) = g * sigmoid(g)); out may alias
+     * gate or up. backward WRITES dgate = dout * up * silu'(gate) and dup = dout * silu(gate)
+     * (activation gradients); dgate may alias dout. */
+    void (*swiglu_forward)(backend *be, float *out, const float *gate, const float *up, size_t n);
+    void (*swiglu_backward)(backend *be, float *dgate, float *dup, const float *dout,
+                            const float *gate, const float *up, size_t n);
+
+    /* Causal grouped-query attention: q(B,T,NH*HS), k and v (B,T,NKV*HS); head h reads KV
+     * head h / (NH/NKV); scores scaled by 1/sqrt(HS). With window W > 0, query t sees keys s
+     * with t - W < s <= t (transformers' sliding window: the W newest positions, itself
+     * included); W = 0 is full causal attention. Writes out(B,T,NH*HS) and att(B,NH,T,T)
+     * (softmaxed probabilities, 0 where masked; kept for backward). No dropout. */
+    void (*gqa_attention_forward)(backend *be, float *out, float *att, const float *q,
+                                  const float *k, const float *v, int B, int T, int NH, int NKV,
+                                  int HS, int W);
+    /* dq, dk, dv accumulate; datt is scratch of att's size. */
+    void (*gqa_attention_backward)(backend *be, float *dq, float *dk, float *dv, float *datt,
+                                   const float *dout, const float *q, const float *k,
+                                   const float *v, const float *att, int B, int T, int NH,
+                                   int NKV, int HS, int W);
+    /* Grouped-query attention of n new queries q(n,NH*HS) against a KV cache k, v
+     * (rows of NKV*HS, positions 0..pos+n-1, the new ones already written at pos..). Query i
+     * sits at position pos+i and sees keys max(0, pos+i-W+1)..pos+i (all with W = 0).
+     * Writes out(n,NH*HS); online softmax, no scratch. */
+    void (*gqa_attention_cached)(backend *be, float *out, const float *q, const float *k,
+                                 const float *v, int n, int pos, int NH, int NKV, int HS, int W);
 
     /* Fused softmax + cross-entropy over rows of logits(N,V) with `Vp` the row stride.
      * Writes losses(N) (0 where target < 0: ignored positions) and, when dlogits is not NULL,

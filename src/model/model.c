@@ -7,7 +7,7 @@
 static const model_arch *model_arch_for(model_arch_kind kind) {
     switch (kind) {
     case ARCH_GPT2: return &gpt2_arch;
-    case ARCH_LLAMA: return NULL;
+    case ARCH_LLAMA: return &llama_arch;
     }
     return NULL;
 }

@@ -108,6 +108,9 @@ struct model_arch {
 
 extern const model_arch gpt2_arch;
 extern const model_arch llama_arch;   /* llama.c: Llama, Mistral and Qwen2 */
+/* llama.c: the rotary inverse frequencies inv_freq(head_dim/2) for cfg's rope_theta and
+ * rope_scaling, as transformers computes them (f32); the model's cos/sin tables come from it. */
+void llama_rope_inv_freq(const model_config *cfg, float *inv_freq);
 
 /* config.json: read (HF dialects) and write. A missing or absurd field is SK_ECONFIG with a
  * message naming the file and the field; quirks transformers accepts (a bos/eos id outside

@@ -3,12 +3,12 @@
  * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf below).
  *
  * Invariants: no op allocates; every op is deterministic for a given thread count, and the
- * ones whose results feed gradients (layernorm, bias and embedding backward) are also
- * independent of it, because each output element is summed by one thread in row order.
+ * ones whose results feed gradients (layernorm, rmsnorm, bias, embedding and attention
+ * backward) are also independent of it, because each output element is summed by one thread in row order.
  * Memory is host memory from mem_calloc, so upload/download are memcpy.
  *
  * Letters as in backend.h: N rows, B batch, T time, C channels, OC output channels,
- * NH heads, HS head size, V vocabulary (Vp its padded row stride). */
+ * NH heads, NKV key/value heads, HS head size, V vocabulary (Vp its padded row stride). */
 #include "backend/backend.h"
 
 #include <cblas.h>
@@ -381,6 +381,245 @@ static void cpu_attention_cached(backend *be, float *out, const float *q, int ld
         }
 }
 
+/* ---- Llama family: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention ---- */
+
+static void cpu_rmsnorm_forward(backend *be, float *out, float *rstd, const float *inp,
+                                const float *weight, int N, int C, float eps) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C;
+        float *o = out + (size_t)i * C;
+        float ss = 0;
+#pragma omp simd reduction(+ : ss)
+        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        float r = 1.0f / sqrtf(ss / C + eps);
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] = x[c] * r * weight[c];
+        if (rstd) rstd[i] = r;
+    }
+}
+
+/* y = x r w with r = (mean(x^2) + eps)^-1/2, so dr/dx_c = -r^3 x_c / C and
+ *   dx_c += r w_c d_c - x_c r^3 / C * sum_j d_j w_j x_j;   dw_c += sum over rows of d_c x_c r.
+ * The weight sums run over column blocks, one thread per column, as in LayerNorm. */
+static void cpu_rmsnorm_backward(backend *be, float *dinp, float *dweight, const float *dout,
+                                 const float *inp, const float *weight, const float *rstd, int N, int C) {
+    bool par = (size_t)N * C > CPU_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C, *d = dout + (size_t)i * C;
+        float *dx = dinp + (size_t)i * C;
+        float r = rstd[i], s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int c = 0; c < C; c++) s += d[c] * weight[c] * x[c];
+        float k = s * r * r * r / C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) dx[c] += r * weight[c] * d[c] - k * x[c];
+    }
+    int nblk = (C + 63) / 64;
+#pragma omp parallel for schedule(static) if (par)
+    for (int blk = 0; blk < nblk; blk++) {
+        int c0 = blk * 64, c1 = c0 + 64 < C ? c0 + 64 : C;
+        float aw[64] = {0};
+        for (int i = 0; i < N; i++) {
+            const float *x = inp + (size_t)i * C, *d = dout + (size_t)i * C;
+            float r = rstd[i];
+#pragma omp simd
+            for (int c = c0; c < c1; c++) aw[c - c0] += d[c] * x[c] * r;
+        }
+        for (int c = c0; c < c1; c++) dweight[c] += aw[c - c0];
+    }
+}
+
+/* Rotates each (i, i + HS/2) pair of every head by +angle (dir = 1) or -angle (dir = -1). */
+static void cpu_rope(float *x, const float *cos, const float *sin, int N, int T, int pos0, int nh,
+                     int HS, float dir) {
+    const int H2 = HS / 2;
+    SK_ASSERT(HS % 2 == 0);
+#pragma omp parallel for schedule(static) if ((size_t)N * nh * HS > CPU_PAR_MIN)
+    for (int r = 0; r < N; r++) {
+        const int p = pos0 + r % T;
+        const float *cs = cos + (size_t)p * H2, *sn = sin + (size_t)p * H2;
+        for (int h = 0; h < nh; h++) {
+            float *x1 = x + ((size_t)r * nh + h) * HS, *x2 = x1 + H2;
+#pragma omp simd
+            for (int i = 0; i < H2; i++) {
+                float a = x1[i], b = x2[i], c = cs[i], s = dir * sn[i];
+                x1[i] = a * c - b * s;
+                x2[i] = b * c + a * s;
+            }
+        }
+    }
+}
+
+static void cpu_rope_forward(backend *be, float *x, const float *cos, const float *sin, int N, int T,
+                             int pos0, int nh, int HS) {
+    cpu_rope(x, cos, sin, N, T, pos0, nh, HS, 1.0f);
+}
+
+/* The rotation is orthogonal: its transpose is the rotation by the opposite angle. */
+static void cpu_rope_backward(backend *be, float *dx, const float *cos, const float *sin, int N, int T,
+                              int pos0, int nh, int HS) {
+    cpu_rope(dx, cos, sin, N, T, pos0, nh, HS, -1.0f);
+}
+
+static void cpu_swiglu_forward(backend *be, float *out, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + cpu_expf(-g)) * up[i];
+    }
+}
+
+/* silu'(g) = sig(g) (1 + g (1 - sig(g))). Each element's inputs are read before its outputs
+ * are written, so dgate may alias dout. */
+static void cpu_swiglu_backward(backend *be, float *dgate, float *dup, const float *dout,
+                                const float *gate, const float *up, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], u = up[i], d = dout[i];
+        float sg = 1.0f / (1.0f + cpu_expf(-g));
+        dup[i] = d * g * sg;
+        dgate[i] = d * u * sg * (1.0f + g * (1.0f - sg));
+    }
+}
+
+/* First key query t sees: t - W + 1 with a window, else 0. */
+static inline int cpu_window_start(int t, int W) { return W > 0 && t - W + 1 > 0 ? t - W + 1 : 0; }
+
+/* One (b, h, t) row: scores q_t . k_s / sqrt(HS) for the visible s, softmax into att (zeros
+ * elsewhere), out_t = sum of att[s] v_s. K and V come from KV head g = h / (NH/NKV). */
+static void cpu_gqa_attention_forward(backend *be, float *out, float *att, const float *q,
+                                      const float *k, const float *v, int B, int T, int NH, int NKV,
+                                      int HS, int W) {
+    SK_ASSERT(NKV > 0 && NH % NKV == 0);
+    const int QD = NH * HS, KD = NKV * HS, G = NH / NKV;
+    const float sc = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for collapse(3) schedule(static) if ((size_t)B * NH * T * T * HS > CPU_PAR_MIN)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const int g = h / G, s0 = cpu_window_start(t, W);
+                const float *qt = q + ((size_t)b * T + t) * QD + h * HS;
+                float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                float mx = -INFINITY;
+                for (int s = 0; s < s0; s++) a[s] = 0.0f;
+                for (int s = s0; s <= t; s++) {
+                    const float *ks = k + ((size_t)b * T + s) * KD + g * HS;
+                    float dotp = 0;
+#pragma omp simd reduction(+ : dotp)
+                    for (int i = 0; i < HS; i++) dotp += qt[i] * ks[i];
+                    dotp *= sc;
+                    a[s] = dotp;
+                    mx = dotp > mx ? dotp : mx;
+                }
+                float sum = 0;
+                for (int s = s0; s <= t; s++) {
+                    float e = cpu_expf(a[s] - mx);
+                    a[s] = e;
+                    sum += e;
+                }
+                float inv = 1.0f / sum;
+                for (int s = s0; s <= t; s++) a[s] *= inv;
+                for (int s = t + 1; s < T; s++) a[s] = 0.0f;
+                float *o = out + ((size_t)b * T + t) * QD + h * HS;
+                for (int i = 0; i < HS; i++) o[i] = 0.0f;
+                for (int s = s0; s <= t; s++) {
+                    const float *vs = v + ((size_t)b * T + s) * KD + g * HS;
+                    float w = a[s];
+#pragma omp simd
+                    for (int i = 0; i < HS; i++) o[i] += w * vs[i];
+                }
+            }
+}
+
+/* Per (b, h, t), over the visible s:
+ *   da[s] = dout_t . v_s;  dv_s += a[s] dout_t;  dpre[s] = a[s] (da[s] - sum_j a[j] da[j]);
+ *   dq_t += sc sum dpre[s] k_s;  dk_s += sc dpre[s] q_t.
+ * The heads of one KV group write the same dk, dv rows, so a thread owns a (b, KV head) pair
+ * and walks its heads in order: race-free and independent of the thread count. */
+static void cpu_gqa_attention_backward(backend *be, float *dq, float *dk, float *dv, float *datt,
+                                       const float *dout, const float *q, const float *k,
+                                       const float *v, const float *att, int B, int T, int NH,
+                                       int NKV, int HS, int W) {
+    SK_ASSERT(NKV > 0 && NH % NKV == 0);
+    const int QD = NH * HS, KD = NKV * HS, G = NH / NKV;
+    const float sc = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * NH * T * T * HS > CPU_PAR_MIN)
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < NKV; g++)
+            for (int h = g * G; h < (g + 1) * G; h++)
+                for (int t = 0; t < T; t++) {
+                    const int s0 = cpu_window_start(t, W);
+                    size_t arow = (((size_t)b * NH + h) * T + t) * T;
+                    const float *a = att + arow;
+                    float *da = datt + arow;
+                    const float *d = dout + ((size_t)b * T + t) * QD + h * HS;
+                    const float *qt = q + ((size_t)b * T + t) * QD + h * HS;
+                    float *dqt = dq + ((size_t)b * T + t) * QD + h * HS;
+                    float dotp = 0;
+                    for (int s = s0; s <= t; s++) {
+                        const float *vs = v + ((size_t)b * T + s) * KD + g * HS;
+                        float *dvs = dv + ((size_t)b * T + s) * KD + g * HS;
+                        float acc = 0, w = a[s];
+#pragma omp simd reduction(+ : acc)
+                        for (int i = 0; i < HS; i++) {
+                            acc += d[i] * vs[i];
+                            dvs[i] += w * d[i];
+                        }
+                        da[s] = acc;
+                        dotp += w * acc;
+                    }
+                    for (int s = s0; s <= t; s++) {
+                        float gr = a[s] * (da[s] - dotp) * sc;
+                        const float *ks = k + ((size_t)b * T + s) * KD + g * HS;
+                        float *dks = dk + ((size_t)b * T + s) * KD + g * HS;
+#pragma omp simd
+                        for (int i = 0; i < HS; i++) {
+                            dqt[i] += gr * ks[i];
+                            dks[i] += gr * qt[i];
+                        }
+                    }
+                }
+}
+
+/* Online softmax as in cpu_attention_cached, over the window of each query. */
+static void cpu_gqa_attention_cached(backend *be, float *out, const float *q, const float *k,
+                                     const float *v, int n, int pos, int NH, int NKV, int HS, int W) {
+    SK_ASSERT(NKV > 0 && NH % NKV == 0);
+    const int QD = NH * HS, KD = NKV * HS, G = NH / NKV;
+    const float sc = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((size_t)n * NH * (pos + n) * HS > CPU_PAR_MIN)
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < NH; h++) {
+            const int t = pos + i, g = h / G;
+            const float *qi = q + (size_t)i * QD + h * HS;
+            float *o = out + (size_t)i * QD + h * HS;
+            float m = -INFINITY, l = 0;
+            for (int j = 0; j < HS; j++) o[j] = 0.0f;
+            for (int s = cpu_window_start(t, W); s <= t; s++) {
+                const float *ks = k + (size_t)s * KD + g * HS, *vs = v + (size_t)s * KD + g * HS;
+                float dotp = 0;
+#pragma omp simd reduction(+ : dotp)
+                for (int j = 0; j < HS; j++) dotp += qi[j] * ks[j];
+                dotp *= sc;
+                if (dotp > m) {
+                    float corr = cpu_expf(m - dotp);
+                    l *= corr;
+#pragma omp simd
+                    for (int j = 0; j < HS; j++) o[j] *= corr;
+                    m = dotp;
+                }
+                float w = cpu_expf(dotp - m);
+                l += w;
+#pragma omp simd
+                for (int j = 0; j < HS; j++) o[j] += w * vs[j];
+            }
+            float inv = 1.0f / l;
+            for (int j = 0; j < HS; j++) o[j] *= inv;
+        }
+}
+
 /* ---- loss ---- */
 
 /* Per row: lse = max + log sum e^(x - max); loss = lse - x[target]. The exponentials are
@@ -490,6 +729,15 @@ static const backend_ops cpu_ops = {
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
     .attention_cached = cpu_attention_cached,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward = cpu_rope_backward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .gqa_attention_forward = cpu_gqa_attention_forward,
+    .gqa_attention_backward = cpu_gqa_attention_backward,
+    .gqa_attention_cached = cpu_gqa_attention_cached,
     .softmax_xent = cpu_softmax_xent,
     .dropout_forward = cpu_dropout_forward,
     .dropout_backward = cpu_dropout_backward,

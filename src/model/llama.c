@@ -1,0 +1,635 @@
+/* llama: the Llama family as transformers' LlamaForCausalLM, MistralForCausalLM and
+ * Qwen2ForCausalLM lay it out: token embeddings without positions, pre-RMSNorm blocks,
+ * rotary position embeddings on q and k (rope_theta, with the "linear" and "llama3"
+ * frequency scalings), grouped-query attention (NKV KV heads shared by NH/NKV query heads
+ * each, head size HS = head_dim, which need not be C/NH), optional q/k/v biases (Qwen2),
+ * optional sliding-window attention (Mistral v0.1), SwiGLU MLP, an LM head tied to the
+ * embeddings or separate. nn.Linear weights are stored (out, in). Training forward/backward
+ * and KV-cached inference are written only against the backend table (backend.h).
+ *
+ * One block, in the order the forward runs it (x is the residual stream):
+ *   ln1 = RMSNorm(x); q = rope(ln1 Wq^T + bq); k = rope(ln1 Wk^T + bk); v = ln1 Wv^T + bv;
+ *   x2 = x + attention(q, k, v) Wo^T;  ln2 = RMSNorm(x2);
+ *   x3 = x2 + (silu(ln2 Wg^T) * (ln2 Wu^T)) Wd^T
+ * and at the end logits = RMSNorm_f(x) head^T, head = lm_head or embed_tokens (tied).
+ *
+ * Invariants (as gpt2.c): train_prepare plans every activation for its (B,T), the rotary
+ * cos/sin table included, in one backend allocation; forward and backward allocate
+ * nothing (the same for infer_prepare and infer_step). With targets the forward leaves
+ * (softmax - onehot) in place of the logits; backward folds dloss into the products that
+ * read it. Gradients accumulate. Dropout is not implemented for this family (released
+ * checkpoints use attention_dropout 0): train_prepare refuses a model with m->dropout set.
+ *
+ * Letters: B batch, T time, N = B*T rows, C channels (hidden_size), NH heads, NKV KV heads,
+ * HS head size, QD = NH*HS, KD = NKV*HS, F MLP width (intermediate_size), L layers,
+ * V vocabulary, W sliding window (0: none). */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/rng.h"
+
+/* ---- parameters ---- */
+
+static void plan_one(model_param *specs, int *n, size_t *off, int layer, bool decay,
+                     const char *name, int ndim, int64_t d0, int64_t d1) {
+    if (specs) {
+        model_param *p = &specs[*n];
+        snprintf(p->name, sizeof p->name, "%s", name);
+        p->ndim = ndim;
+        p->shape[0] = d0;
+        p->shape[1] = ndim > 1 ? d1 : 0;
+        p->numel = (size_t)d0 * (size_t)(ndim > 1 ? d1 : 1);
+        p->offset = *off;
+        p->decay = decay;
+        p->layer = layer;
+        *off += p->numel;
+    }
+    (*n)++;
+}
+
+/* Order: embed_tokens (V,C); per layer input_layernorm (C), q_proj (QD,C) [+bias (QD)],
+ * k_proj (KD,C) [+bias], v_proj (KD,C) [+bias], o_proj (C,QD), post_attention_layernorm (C),
+ * gate_proj (F,C) [+bias (F)], up_proj (F,C) [+bias], down_proj (C,F) [+bias (C)]; then
+ * norm (C) and, untied, lm_head (V,C). q/k/v biases with attention_bias, MLP biases with
+ * mlp_bias; o_proj never has one (no config in the family asks for it). */
+static int llama_plan_params(const model_config *cfg, model_param *specs) {
+    int n = 0;
+    size_t off = 0;
+    const int64_t C = cfg->n_embd, F = cfg->ffn_dim, QD = (int64_t)cfg->n_head * cfg->head_dim,
+                  KD = (int64_t)cfg->n_kv_head * cfg->head_dim;
+    const bool ab = cfg->attention_bias, mb = cfg->mlp_bias;
+    char name[96];
+    plan_one(specs, &n, &off, -1, true, "model.embed_tokens.weight", 2, cfg->vocab_size, C);
+    for (int l = 0; l < cfg->n_layer; l++) {
+#define P(suffix, decay, ndim, d0, d1) \
+        (snprintf(name, sizeof name, "model.layers.%d." suffix, l), plan_one(specs, &n, &off, l, decay, name, ndim, d0, d1))
+        P("input_layernorm.weight", false, 1, C, 0);
+        P("self_attn.q_proj.weight", true, 2, QD, C);
+        if (ab) P("self_attn.q_proj.bias", false, 1, QD, 0);
+        P("self_attn.k_proj.weight", true, 2, KD, C);
+        if (ab) P("self_attn.k_proj.bias", false, 1, KD, 0);
+        P("self_attn.v_proj.weight", true, 2, KD, C);
+        if (ab) P("self_attn.v_proj.bias", false, 1, KD, 0);
+        P("self_attn.o_proj.weight", true, 2, C, QD);
+        P("post_attention_layernorm.weight", false, 1, C, 0);
+        P("mlp.gate_proj.weight", true, 2, F, C);
+        if (mb) P("mlp.gate_proj.bias", false, 1, F, 0);
+        P("mlp.up_proj.weight", true, 2, F, C);
+        if (mb) P("mlp.up_proj.bias", false, 1, F, 0);
+        P("mlp.down_proj.weight", true, 2, C, F);
+        if (mb) P("mlp.down_proj.bias", false, 1, C, 0);
+#undef P
+    }
+    plan_one(specs, &n, &off, -1, false, "model.norm.weight", 1, C, 0);
+    if (!cfg->tie_word_embeddings) plan_one(specs, &n, &off, -1, true, "lm_head.weight", 2, cfg->vocab_size, C);
+    return n;
+}
+
+/* Where one layer's tensors sit in the flat buffer (element offsets); NO_TENSOR when the
+ * config has no such tensor. Filled once from m->specs by name, so the plan order above is
+ * the only place that knows the layout. */
+#define NO_TENSOR ((size_t)-1)
+enum { T_IN, T_QW, T_QB, T_KW, T_KB, T_VW, T_VB, T_OW, T_POST, T_GW, T_GB, T_UW, T_UB, T_DW, T_DB, T_COUNT };
+static const char *const llama_suffix[T_COUNT] = {
+    "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.q_proj.bias",
+    "self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight",
+    "self_attn.v_proj.bias", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight", "mlp.gate_proj.bias", "mlp.up_proj.weight", "mlp.up_proj.bias",
+    "mlp.down_proj.weight", "mlp.down_proj.bias",
+};
+typedef struct llama_layout { size_t off[T_COUNT]; } llama_layout;
+
+/* Parameter or gradient tensors of one layer; absent biases are NULL. */
+typedef struct llama_w {
+    float *in_norm, *qw, *qb, *kw, *kb, *vw, *vb, *ow, *post_norm, *gw, *gb, *uw, *ub, *dw, *db;
+} llama_w;
+
+/* Activations of a training forward, planned for (Bp,Tp); layer tensors are stacked with a
+ * layer stride of the planned size, a smaller (B,T) uses the front of each slot. */
+typedef struct llama_acts {
+    int *tokens, *targets;   /* (N) backend copies of the inputs */
+    float *rope_cos, *rope_sin;   /* (Tp, HS/2) */
+    float *encoded;          /* (N,C) embeddings: layer 0's input */
+    float *ln1, *rstd1;      /* (L,N,C), (L,N) */
+    float *q;                /* (L,N,QD) after rope */
+    float *k, *v;            /* (L,N,KD), k after rope */
+    float *att;              /* (L,B,NH,T,T) */
+    float *atty;             /* (L,N,QD) attention output before o_proj */
+    float *res2;             /* (L,N,C) residual after the attention branch */
+    float *ln2, *rstd2;      /* (L,N,C), (L,N) */
+    float *gate, *up;        /* (L,N,F) MLP projections, SwiGLU inputs */
+    float *res3;             /* (L,N,C) layer output */
+    float *lnf, *rstdf;      /* (N,C), (N) */
+    float *logits;           /* (N,V); after a forward with targets, (softmax - onehot) */
+    float *losses;           /* (N) */
+    /* scratch, one layer's worth, reused down the stack */
+    float *dres;             /* (N,C) gradient of the residual stream */
+    float *dC;               /* (N,C) */
+    float *dQ;               /* (N,QD) gradient of the attention output */
+    float *dq, *dk, *dv;     /* (N,QD), (N,KD), (N,KD) */
+    float *datt;             /* (B,NH,T,T) */
+    float *dF, *dF2;         /* (N,F): the SwiGLU output in the forward; dgate, dup backward */
+} llama_acts;
+
+/* Inference buffers for sequences of up to max_T positions. */
+typedef struct llama_infer {
+    float *kcache, *vcache;  /* (L,max_T,KD) keys (after rope) and values of positions 0..pos-1 */
+    float *rope_cos, *rope_sin;   /* (max_T, HS/2) */
+    int *tokens;             /* (max_T) */
+    float *x;                /* (max_T,C) residual stream of the new tokens */
+    float *ln;               /* (max_T,C) norm output, then branch outputs */
+    float *q, *atty;         /* (max_T,QD) */
+    float *gate, *up;        /* (max_T,F) */
+    float *logits;           /* (V) of the last token */
+} llama_infer;
+
+typedef struct llama_state {
+    llama_layout *layout;    /* (L) */
+    int Bp, Tp;              /* planned training shape; 0 before train_prepare */
+    int B, T;                /* shape of the last forward */
+    bool have_targets;       /* the last forward left dlogits for backward */
+    float *act_mem;
+    llama_acts a;
+    int max_T, pos;          /* inference capacity and next position */
+    float *inf_mem;
+    llama_infer inf;
+} llama_state;
+
+static size_t llama_head_offset(const model *m) {
+    return m->cfg.tie_word_embeddings ? m->specs[0].offset : m->specs[m->n_specs - 1].offset;
+}
+
+static size_t llama_norm_offset(const model *m) {
+    return m->specs[m->n_specs - (m->cfg.tie_word_embeddings ? 1 : 2)].offset;
+}
+
+static llama_w llama_layer(const model *m, float *base, int l) {
+    const llama_state *s = m->state;
+    const size_t *o = s->layout[l].off;
+    float *p[T_COUNT];
+    for (int i = 0; i < T_COUNT; i++) p[i] = o[i] == NO_TENSOR ? NULL : base + o[i];
+    llama_w w = {p[T_IN], p[T_QW], p[T_QB], p[T_KW], p[T_KB], p[T_VW], p[T_VB], p[T_OW],
+                 p[T_POST], p[T_GW], p[T_GB], p[T_UW], p[T_UB], p[T_DW], p[T_DB]};
+    return w;
+}
+
+/* The state, created on first use with the layer layout read off m->specs. */
+static llama_state *llama_state_get(model *m) {
+    if (m->state) return m->state;
+    llama_state *s = mem_calloc(sizeof *s);
+    SK_ASSERT(s);
+    const int L = m->cfg.n_layer;
+    s->layout = mem_calloc(sizeof(llama_layout) * (size_t)(L > 0 ? L : 1));
+    SK_ASSERT(s->layout);
+    for (int l = 0; l < L; l++)
+        for (int t = 0; t < T_COUNT; t++) s->layout[l].off[t] = NO_TENSOR;
+    char prefix[32];
+    for (int i = 0; i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        if (p->layer < 0) continue;
+        int k = snprintf(prefix, sizeof prefix, "model.layers.%d.", p->layer);
+        SK_ASSERT(!strncmp(p->name, prefix, (size_t)k));
+        int t = 0;
+        while (t < T_COUNT && strcmp(p->name + k, llama_suffix[t])) t++;
+        SK_ASSERT(t < T_COUNT);
+        s->layout[p->layer].off[t] = p->offset;
+    }
+    for (int l = 0; l < L; l++)
+        for (int t = 0; t < T_COUNT; t++)
+            SK_ASSERT(s->layout[l].off[t] != NO_TENSOR || t == T_QB || t == T_KB || t == T_VB ||
+                      t == T_GB || t == T_UB || t == T_DB);
+    m->state = s;
+    return s;
+}
+
+/* Shapes this file cannot run are bad input (a config), not bugs. */
+static sk_status llama_check_config(const model_config *c) {
+    if (c->head_dim <= 0 || c->head_dim % 2)
+        return sk_fail(SK_ECONFIG, "Llama: head_dim %d must be positive and even (rotary pairs)", c->head_dim);
+    if (c->n_kv_head <= 0 || c->n_head % c->n_kv_head)
+        return sk_fail(SK_ECONFIG, "Llama: %d heads are not a multiple of %d KV heads", c->n_head, c->n_kv_head);
+    if (c->sliding_window < 0) return sk_fail(SK_ECONFIG, "Llama: sliding_window %d is negative", c->sliding_window);
+    if (!(c->rope_theta > 0)) return sk_fail(SK_ECONFIG, "Llama: rope_theta %g must be positive", (double)c->rope_theta);
+    const model_rope_scaling *r = &c->rope_scaling;
+    if (r->type != ROPE_DEFAULT && !(r->factor > 0))
+        return sk_fail(SK_ECONFIG, "Llama: rope_scaling factor %g must be positive", (double)r->factor);
+    if (r->type == ROPE_LLAMA3 && !(r->high_freq_factor > r->low_freq_factor && r->low_freq_factor > 0 &&
+                                    r->original_max_position_embeddings > 0))
+        return sk_fail(SK_ECONFIG, "Llama: llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor "
+                       "and original_max_position_embeddings > 0");
+    return SK_OK;
+}
+
+/* ---- rotary embeddings ---- */
+
+/* inv_freq(HS/2) as transformers computes it in f32 (modeling_rope_utils.py):
+ * default 1/theta^(2i/HS); "linear" divides by factor; "llama3" divides the long wavelengths
+ * (> original_max_position_embeddings / low_freq_factor) by factor, keeps the short ones
+ * (< .../high_freq_factor) and interpolates between. attention_scaling is 1 for all three. */
+void llama_rope_inv_freq(const model_config *cfg, float *inv_freq) {
+    const int HS = cfg->head_dim;
+    const model_rope_scaling *r = &cfg->rope_scaling;
+    for (int i = 0; i < HS / 2; i++) {
+        float e = (float)(2 * i) / (float)HS;
+        float f = 1.0f / (float)pow((double)cfg->rope_theta, (double)e);
+        if (r->type == ROPE_LINEAR) {
+            f /= r->factor;
+        } else if (r->type == ROPE_LLAMA3) {
+            const double old = r->original_max_position_embeddings;
+            const float low_wl = (float)(old / r->low_freq_factor), high_wl = (float)(old / r->high_freq_factor);
+            float wl = (float)(2.0 * M_PI) / f;
+            if (wl > low_wl) {
+                f /= r->factor;
+            } else if (!(wl < high_wl)) {
+                float smooth = ((float)old / wl - r->low_freq_factor) / (r->high_freq_factor - r->low_freq_factor);
+                f = (1.0f - smooth) * f / r->factor + smooth * f;
+            }
+        }
+        inv_freq[i] = f;
+    }
+}
+
+/* Uploads cos and sin (P, HS/2) of position * inv_freq: the angle in f32 as transformers
+ * forms it, cos and sin of it exactly (in double, then rounded). Runs at prepare time only. */
+static sk_status llama_rope_tables(model *m, float *cos_dev, float *sin_dev, int P) {
+    const int H2 = m->cfg.head_dim / 2;
+    float *inv = mem_alloc(sizeof(float) * (size_t)H2);
+    float *tab = mem_alloc(sizeof(float) * (size_t)P * H2 * 2);
+    if (!inv || !tab) {
+        mem_free(inv);
+        mem_free(tab);
+        return sk_fail(SK_ENOMEM, "allocating a rotary table of %d positions", P);
+    }
+    llama_rope_inv_freq(&m->cfg, inv);
+    for (int p = 0; p < P; p++)
+        for (int i = 0; i < H2; i++) {
+            float ang = (float)p * inv[i];
+            tab[(size_t)p * H2 + i] = (float)cos((double)ang);
+            tab[(size_t)P * H2 + (size_t)p * H2 + i] = (float)sin((double)ang);
+        }
+    m->be->ops->upload(m->be, cos_dev, tab, sizeof(float) * (size_t)P * H2);
+    m->be->ops->upload(m->be, sin_dev, tab + (size_t)P * H2, sizeof(float) * (size_t)P * H2);
+    mem_free(inv);
+    mem_free(tab);
+    return SK_OK;
+}
+
+/* ---- initialization ---- */
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* transformers' LlamaPreTrainedModel init: N(0, 0.02) (initializer_range) for the embeddings
+ * and every Linear weight, biases 0, RMSNorm weights 1. Tensors are filled in plan order
+ * from one generator seeded with `seed`. */
+static void llama_init_weights(model *m, uint64_t seed) {
+    size_t maxn = 0;
+    for (int i = 0; i < m->n_specs; i++) maxn = m->specs[i].numel > maxn ? m->specs[i].numel : maxn;
+    float *host = mem_alloc(maxn * sizeof(float));
+    SK_ASSERT(host);
+    rng r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        if (ends_with(p->name, ".bias")) {
+            memset(host, 0, p->numel * sizeof(float));
+        } else if (ends_with(p->name, "norm.weight")) {
+            for (size_t j = 0; j < p->numel; j++) host[j] = 1.0f;
+        } else {
+            for (size_t j = 0; j < p->numel; j++) host[j] = 0.02f * rng_normal(&r);
+        }
+        m->be->ops->upload(m->be, m->params + p->offset, host, p->numel * sizeof(float));
+    }
+    mem_free(host);
+}
+
+/* ---- planning ---- */
+
+typedef struct llama_plan_entry { void **ptr; size_t floats; } llama_plan_entry;
+
+/* Lays the entries out back to back (each 16-float aligned) in one allocation. */
+static float *llama_alloc_plan(backend *be, llama_plan_entry *e, int n) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += (e[i].floats + 15) & ~(size_t)15;
+    float *mem = be->ops->alloc(be, total * sizeof(float));
+    if (!mem) return NULL;
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        *e[i].ptr = mem + off;
+        off += (e[i].floats + 15) & ~(size_t)15;
+    }
+    return mem;
+}
+
+static sk_status llama_train_prepare(model *m, int B, int T) {
+    const model_config *c = &m->cfg;
+    SK_ASSERT(B > 0 && T > 0);
+    SK_TRY(llama_check_config(c));
+    if (T > c->n_positions)
+        return sk_fail(SK_ECONFIG, "sequence length %d exceeds the model's context %d", T, c->n_positions);
+    if (m->dropout)
+        return sk_fail(SK_ECONFIG, "dropout is not implemented for %s models (their attention_dropout is 0); "
+                       "train without --dropout", c->model_type[0] ? c->model_type : "Llama-family");
+    llama_state *s = llama_state_get(m);
+    backend *be = m->be;
+    if (!m->grads) {
+        m->grads = be->ops->alloc(be, m->n_params * sizeof(float));
+        if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
+    }
+    if (s->act_mem) be->ops->free(be, s->act_mem);
+    s->act_mem = NULL;
+    s->Bp = s->Tp = 0;
+    const size_t L = (size_t)c->n_layer, N = (size_t)B * T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim,
+                 V = (size_t)c->vocab_size, NH = (size_t)c->n_head, HS = (size_t)c->head_dim,
+                 QD = NH * HS, KD = (size_t)c->n_kv_head * HS;
+    const size_t att = (size_t)B * NH * T * T;
+    llama_acts *a = &s->a;
+#define E(field, n) { (void **)&a->field, (n) }
+    llama_plan_entry plan[] = {
+        E(tokens, N), E(targets, N), E(rope_cos, (size_t)T * HS / 2), E(rope_sin, (size_t)T * HS / 2),
+        E(encoded, N * C), E(ln1, L * N * C), E(rstd1, L * N), E(q, L * N * QD), E(k, L * N * KD),
+        E(v, L * N * KD), E(att, L * att), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C),
+        E(rstd2, L * N), E(gate, L * N * F), E(up, L * N * F), E(res3, L * N * C), E(lnf, N * C),
+        E(rstdf, N), E(logits, N * V), E(losses, N), E(dres, N * C), E(dC, N * C), E(dQ, N * QD),
+        E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(datt, att), E(dF, N * F), E(dF2, N * F),
+    };
+#undef E
+    s->act_mem = llama_alloc_plan(be, plan, (int)(sizeof plan / sizeof plan[0]));
+    if (!s->act_mem) return sk_fail_ctx(SK_ENOMEM, "allocating Llama activations for B=%d T=%d", B, T);
+    sk_status st = llama_rope_tables(m, a->rope_cos, a->rope_sin, T);
+    if (st != SK_OK) {
+        be->ops->free(be, s->act_mem);
+        s->act_mem = NULL;
+        return st;
+    }
+    s->Bp = B;
+    s->Tp = T;
+    s->have_targets = false;
+    return SK_OK;
+}
+
+/* ---- training forward and backward ---- */
+
+/* out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b(OC) when b is not NULL) */
+static void llama_linear(backend *be, float *out, const float *inp, const float *w, const float *b,
+                         int N, int IC, int OC) {
+    be->ops->gemm(be, false, true, N, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
+    if (b) be->ops->bias_add(be, out, b, N, OC);
+}
+
+/* Backward of llama_linear: dw (OC,IC) and db accumulate (db NULL: no bias); dinp(N,IC) =
+ * beta dinp + dout @ w, so several projections of one input sum into it. */
+static void llama_linear_backward(backend *be, float *dinp, float beta, float *dw, float *db,
+                                  const float *dout, const float *inp, const float *w, int N, int IC, int OC) {
+    if (db) be->ops->bias_backward(be, db, dout, N, OC);
+    be->ops->gemm(be, true, false, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+    be->ops->gemm(be, false, false, N, IC, OC, 1.0f, dout, OC, w, IC, beta, dinp, IC);
+}
+
+static void llama_check_tokens(const model *m, const int *tokens, size_t n) {
+    for (size_t i = 0; i < n; i++) SK_ASSERT(tokens[i] >= 0 && tokens[i] < m->cfg.vocab_size);
+}
+
+static float llama_forward(model *m, const int *tokens, const int *targets, int B, int T) {
+    llama_state *s = m->state;
+    SK_ASSERT(s && s->act_mem && B > 0 && T > 0 && B <= s->Bp && T <= s->Tp);
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const model_config *c = &m->cfg;
+    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
+              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
+    const int N = B * T;
+    const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
+    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
+    llama_acts *a = &s->a;
+    s->B = B;
+    s->T = T;
+    s->have_targets = false;
+
+    llama_check_tokens(m, tokens, (size_t)N);
+    op->upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
+    op->embed_forward(be, a->encoded, a->tokens, m->params + m->specs[0].offset, NULL, B, T, C);
+
+    const float *res = a->encoded;
+    for (int l = 0; l < L; l++) {
+        llama_w w = llama_layer(m, m->params, l);
+        float *ln1 = a->ln1 + l * NPL * C, *q = a->q + l * NPL * QD, *k = a->k + l * NPL * KD;
+        float *v = a->v + l * NPL * KD, *att = a->att + l * ATT, *atty = a->atty + l * NPL * QD;
+        float *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C, *gate = a->gate + l * NPL * F;
+        float *up = a->up + l * NPL * F, *res3 = a->res3 + l * NPL * C;
+
+        op->rmsnorm_forward(be, ln1, a->rstd1 + l * NPL, res, w.in_norm, N, C, c->norm_eps);
+        llama_linear(be, q, ln1, w.qw, w.qb, N, C, QD);
+        llama_linear(be, k, ln1, w.kw, w.kb, N, C, KD);
+        llama_linear(be, v, ln1, w.vw, w.vb, N, C, KD);
+        op->rope_forward(be, q, a->rope_cos, a->rope_sin, N, T, 0, NH, HS);
+        op->rope_forward(be, k, a->rope_cos, a->rope_sin, N, T, 0, NKV, HS);
+        op->gqa_attention_forward(be, atty, att, q, k, v, B, T, NH, NKV, HS, W);
+        llama_linear(be, res2, atty, w.ow, NULL, N, QD, C);
+        op->add(be, res2, res2, res, (size_t)N * C);
+
+        op->rmsnorm_forward(be, ln2, a->rstd2 + l * NPL, res2, w.post_norm, N, C, c->norm_eps);
+        llama_linear(be, gate, ln2, w.gw, w.gb, N, C, F);
+        llama_linear(be, up, ln2, w.uw, w.ub, N, C, F);
+        op->swiglu_forward(be, a->dF, gate, up, (size_t)N * F);   /* recomputed in backward */
+        llama_linear(be, res3, a->dF, w.dw, w.db, N, F, C);
+        op->add(be, res3, res3, res2, (size_t)N * C);
+        res = res3;
+    }
+    op->rmsnorm_forward(be, a->lnf, a->rstdf, res, m->params + llama_norm_offset(m), N, C, c->norm_eps);
+    /* logits(N,V) = lnf(N,C) @ head(V,C)^T */
+    op->gemm(be, false, true, N, V, C, 1.0f, a->lnf, C, m->params + llama_head_offset(m), C, 0.0f, a->logits, V);
+    if (!targets) return 0.0f;
+
+    int counted = 0;
+    for (int i = 0; i < N; i++) {
+        SK_ASSERT(targets[i] < V);
+        counted += targets[i] >= 0;
+    }
+    op->upload(be, a->targets, targets, sizeof(int) * (size_t)N);
+    /* in place: logits become (softmax - onehot), backward scales them by dloss */
+    op->softmax_xent(be, a->losses, a->logits, a->logits, a->targets, N, V, V, 1.0f);
+    s->have_targets = true;
+    double sum = 0;
+    float buf[256];
+    for (int i0 = 0; i0 < N; i0 += 256) {
+        int n = N - i0 < 256 ? N - i0 : 256;
+        op->download(be, buf, a->losses + i0, sizeof(float) * (size_t)n);
+        for (int i = 0; i < n; i++) sum += buf[i];
+    }
+    return counted ? (float)(sum / counted) : 0.0f;
+}
+
+static void llama_backward(model *m, float dloss) {
+    llama_state *s = m->state;
+    SK_ASSERT(s && s->have_targets && m->grads);
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const model_config *c = &m->cfg;
+    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
+              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
+    const int B = s->B, T = s->T, N = B * T;
+    const size_t NPL = (size_t)s->Bp * s->Tp;
+    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
+    llama_acts *a = &s->a;
+    const size_t ho = llama_head_offset(m), no = llama_norm_offset(m);
+
+    /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ head;
+     * dhead += dloss * dlogits^T @ lnf (into embed_tokens when tied). */
+    op->gemm(be, false, false, N, C, V, dloss, a->logits, V, m->params + ho, C, 0.0f, a->dC, C);
+    op->gemm(be, true, false, V, C, N, dloss, a->logits, V, a->lnf, C, 1.0f, m->grads + ho, C);
+    const float *resL = L > 0 ? a->res3 + (L - 1) * NPL * C : a->encoded;
+    op->zero(be, a->dres, sizeof(float) * (size_t)N * C);
+    op->rmsnorm_backward(be, a->dres, m->grads + no, a->dC, resL, m->params + no, a->rstdf, N, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        llama_w w = llama_layer(m, m->params, l), g = llama_layer(m, m->grads, l);
+        const float *res = l > 0 ? a->res3 + (l - 1) * NPL * C : a->encoded;
+        float *ln1 = a->ln1 + l * NPL * C, *q = a->q + l * NPL * QD, *k = a->k + l * NPL * KD;
+        float *v = a->v + l * NPL * KD, *att = a->att + l * ATT, *atty = a->atty + l * NPL * QD;
+        float *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C, *gate = a->gate + l * NPL * F;
+        float *up = a->up + l * NPL * F;
+
+        /* MLP branch; dres is the gradient of x3. dF2 = swiglu output (recomputed), then dup. */
+        op->swiglu_forward(be, a->dF2, gate, up, (size_t)N * F);
+        llama_linear_backward(be, a->dF, 0.0f, g.dw, g.db, a->dres, a->dF2, w.dw, N, F, C);
+        op->swiglu_backward(be, a->dF, a->dF2, a->dF, gate, up, (size_t)N * F);
+        llama_linear_backward(be, a->dC, 0.0f, g.gw, g.gb, a->dF, ln2, w.gw, N, C, F);
+        llama_linear_backward(be, a->dC, 1.0f, g.uw, g.ub, a->dF2, ln2, w.uw, N, C, F);
+        op->rmsnorm_backward(be, a->dres, g.post_norm, a->dC, res2, w.post_norm, a->rstd2 + l * NPL, N, C);
+
+        /* attention branch; dres is now the gradient of x2 */
+        llama_linear_backward(be, a->dQ, 0.0f, g.ow, NULL, a->dres, atty, w.ow, N, QD, C);
+        op->zero(be, a->dq, sizeof(float) * (size_t)N * QD);
+        op->zero(be, a->dk, sizeof(float) * (size_t)N * KD);
+        op->zero(be, a->dv, sizeof(float) * (size_t)N * KD);
+        op->gqa_attention_backward(be, a->dq, a->dk, a->dv, a->datt, a->dQ, q, k, v, att, B, T, NH, NKV, HS, W);
+        op->rope_backward(be, a->dq, a->rope_cos, a->rope_sin, N, T, 0, NH, HS);
+        op->rope_backward(be, a->dk, a->rope_cos, a->rope_sin, N, T, 0, NKV, HS);
+        llama_linear_backward(be, a->dC, 0.0f, g.qw, g.qb, a->dq, ln1, w.qw, N, C, QD);
+        llama_linear_backward(be, a->dC, 1.0f, g.kw, g.kb, a->dk, ln1, w.kw, N, C, KD);
+        llama_linear_backward(be, a->dC, 1.0f, g.vw, g.vb, a->dv, ln1, w.vw, N, C, KD);
+        op->rmsnorm_backward(be, a->dres, g.in_norm, a->dC, res, w.in_norm, a->rstd1 + l * NPL, N, C);
+    }
+    op->embed_backward(be, m->grads + m->specs[0].offset, NULL, a->dres, a->tokens, B, T, C);
+}
+
+static const float *llama_logits(const model *m) {
+    const llama_state *s = m->state;
+    SK_ASSERT(s && s->act_mem && !s->have_targets);
+    return s->a.logits;
+}
+
+/* ---- inference ---- */
+
+static sk_status llama_infer_prepare(model *m, int max_T) {
+    const model_config *c = &m->cfg;
+    SK_TRY(llama_check_config(c));
+    if (max_T <= 0 || max_T > c->n_positions)
+        return sk_fail(SK_EARG, "inference length %d outside 1..%d (the model's context)", max_T, c->n_positions);
+    llama_state *s = llama_state_get(m);
+    backend *be = m->be;
+    if (s->inf_mem) be->ops->free(be, s->inf_mem);
+    s->inf_mem = NULL;
+    const size_t L = (size_t)c->n_layer, T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim,
+                 HS = (size_t)c->head_dim, QD = (size_t)c->n_head * HS, KD = (size_t)c->n_kv_head * HS;
+    llama_infer *f = &s->inf;
+#define E(field, n) { (void **)&f->field, (n) }
+    llama_plan_entry plan[] = {
+        E(kcache, L * T * KD), E(vcache, L * T * KD), E(rope_cos, T * HS / 2), E(rope_sin, T * HS / 2),
+        E(tokens, T), E(x, T * C), E(ln, T * C), E(q, T * QD), E(atty, T * QD), E(gate, T * F),
+        E(up, T * F), E(logits, (size_t)c->vocab_size),
+    };
+#undef E
+    s->inf_mem = llama_alloc_plan(be, plan, (int)(sizeof plan / sizeof plan[0]));
+    if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating a KV cache of %d positions", max_T);
+    sk_status st = llama_rope_tables(m, f->rope_cos, f->rope_sin, max_T);
+    if (st != SK_OK) {
+        be->ops->free(be, s->inf_mem);
+        s->inf_mem = NULL;
+        return st;
+    }
+    s->max_T = max_T;
+    s->pos = 0;
+    return SK_OK;
+}
+
+static void llama_infer_reset(model *m) {
+    llama_state *s = m->state;
+    SK_ASSERT(s && s->inf_mem);
+    s->pos = 0;
+}
+
+/* Runs tokens(n) at positions pos..pos+n-1: each layer writes the new keys (rotated) and
+ * values straight into its cache rows, attends over the cache (within the sliding window
+ * when the config has one), and only the last row goes through the final norm and the LM
+ * head. Returns logits(V) in backend memory, valid until the next call. */
+static const float *llama_infer_step(model *m, const int *tokens, int n) {
+    llama_state *s = m->state;
+    SK_ASSERT(s && s->inf_mem && n > 0 && s->pos + n <= s->max_T);
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const model_config *c = &m->cfg;
+    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
+              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
+    const int pos = s->pos;
+    llama_infer *f = &s->inf;
+
+    llama_check_tokens(m, tokens, (size_t)n);
+    op->upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
+    op->embed_forward(be, f->x, f->tokens, m->params + m->specs[0].offset, NULL, 1, n, C);
+    for (int l = 0; l < L; l++) {
+        llama_w w = llama_layer(m, m->params, l);
+        float *kc = f->kcache + (size_t)l * s->max_T * KD, *vc = f->vcache + (size_t)l * s->max_T * KD;
+        float *knew = kc + (size_t)pos * KD, *vnew = vc + (size_t)pos * KD;
+        op->rmsnorm_forward(be, f->ln, NULL, f->x, w.in_norm, n, C, c->norm_eps);
+        llama_linear(be, f->q, f->ln, w.qw, w.qb, n, C, QD);
+        llama_linear(be, knew, f->ln, w.kw, w.kb, n, C, KD);
+        llama_linear(be, vnew, f->ln, w.vw, w.vb, n, C, KD);
+        op->rope_forward(be, f->q, f->rope_cos, f->rope_sin, n, n, pos, NH, HS);
+        op->rope_forward(be, knew, f->rope_cos, f->rope_sin, n, n, pos, NKV, HS);
+        op->gqa_attention_cached(be, f->atty, f->q, kc, vc, n, pos, NH, NKV, HS, W);
+        llama_linear(be, f->ln, f->atty, w.ow, NULL, n, QD, C);
+        op->add(be, f->x, f->x, f->ln, (size_t)n * C);
+        op->rmsnorm_forward(be, f->ln, NULL, f->x, w.post_norm, n, C, c->norm_eps);
+        llama_linear(be, f->gate, f->ln, w.gw, w.gb, n, C, F);
+        llama_linear(be, f->up, f->ln, w.uw, w.ub, n, C, F);
+        op->swiglu_forward(be, f->gate, f->gate, f->up, (size_t)n * F);
+        llama_linear(be, f->ln, f->gate, w.dw, w.db, n, F, C);
+        op->add(be, f->x, f->x, f->ln, (size_t)n * C);
+    }
+    op->rmsnorm_forward(be, f->ln, NULL, f->x + (size_t)(n - 1) * C, m->params + llama_norm_offset(m), 1, C,
+                        c->norm_eps);
+    op->gemm(be, false, true, 1, V, C, 1.0f, f->ln, C, m->params + llama_head_offset(m), C, 0.0f, f->logits, V);
+    s->pos = pos + n;
+    return f->logits;
+}
+
+static void llama_free_state(model *m) {
+    llama_state *s = m->state;
+    if (!s) return;
+    if (s->act_mem) m->be->ops->free(m->be, s->act_mem);
+    if (s->inf_mem) m->be->ops->free(m->be, s->inf_mem);
+    mem_free(s->layout);
+    mem_free(s);
+    m->state = NULL;
+}
+
+const model_arch llama_arch = {
+    .name = "llama",
+    .plan_params = llama_plan_params,
+    .init_weights = llama_init_weights,
+    .train_prepare = llama_train_prepare,
+    .forward = llama_forward,
+    .backward = llama_backward,
+    .logits = llama_logits,
+    .infer_prepare = llama_infer_prepare,
+    .infer_reset = llama_infer_reset,
+    .infer_step = llama_infer_step,
+    .free_state = llama_free_state,
+};
