@@ -293,6 +293,7 @@ static sk_status read_normalizer(tok *t, const cJSON *nm, const char *path, int 
 /* The decoder: ByteLevel, or the steps of a SentencePiece-style chain in their order. */
 static sk_status read_decoder(tok *t, const cJSON *dec, const char *path) {
     t->dec_strip_char = ' ';
+    t->dec_bytelevel = false;
     if (!dec || cJSON_IsNull(dec)) {
         t->dec_bytelevel = t->pre == TOK_PRE_BYTELEVEL;   /* keeps what skein always did for these */
         t->dec_join_space = !t->dec_bytelevel;
