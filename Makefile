@@ -11,12 +11,12 @@ OPT      ?= -O3 -march=native -fno-finite-math-only
 CFLAGS   += $(CSTD) $(WARN) $(OPT) -g -fopenmp -MMD -MP -Isrc
 LDLIBS   += -fopenmp -lm -lpthread
 
-PKGS_DEBIAN = libopenblas-openmp-dev libpcre2-dev libcjson-dev python3-doc
+PKGS_DEBIAN = libopenblas-openmp-dev libpcre2-dev libcjson-dev libutf8proc-dev python3-doc
 
 BLAS_CFLAGS ?= $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   ?= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
-CFLAGS  += $(BLAS_CFLAGS) $(shell pkg-config --cflags libcjson libpcre2-8 2>/dev/null)
-LDLIBS  += $(BLAS_LIBS) $(shell pkg-config --libs libcjson libpcre2-8 2>/dev/null || echo -lcjson -lpcre2-8)
+CFLAGS  += $(BLAS_CFLAGS) $(shell pkg-config --cflags libcjson libpcre2-8 libutf8proc 2>/dev/null)
+LDLIBS  += $(BLAS_LIBS) $(shell pkg-config --libs libcjson libpcre2-8 libutf8proc 2>/dev/null || echo -lcjson -lpcre2-8 -lutf8proc)
 
 # Optional engines: detected here, reported by `make`, used by the issues that bring them.
 NVCC  ?= $(shell command -v nvcc 2>/dev/null)

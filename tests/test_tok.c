@@ -437,12 +437,21 @@ TEST(bad_files_name_the_problem) {
     CHECK(load_text("badmerge3.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0},"
                     "\"merges\": [\"a\"]}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", &t) == SK_EFORMAT);
     CHECK(strstr(sk_errmsg(), "merge 1"));
-    CHECK(load_text("norm.json", "{\"normalizer\": {\"type\": \"NFC\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {},"
+    CHECK(load_text("norm.json", "{\"normalizer\": {\"type\": \"BertNormalizer\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {},"
                     "\"merges\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", &t) == SK_EFORMAT);
-    CHECK(strstr(sk_errmsg(), "normalizer NFC"));
+    CHECK(strstr(sk_errmsg(), "norm.json") && strstr(sk_errmsg(), "normalizer BertNormalizer"));
     CHECK(load_text("meta.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
-                    "\"pre_tokenizer\": {\"type\": \"Metaspace\"}}", &t) == SK_EFORMAT);
-    CHECK(strstr(sk_errmsg(), "Metaspace"));
+                    "\"pre_tokenizer\": {\"type\": \"Metaspace\", \"prepend_scheme\": \"sometimes\"}}", &t) == SK_EFORMAT);
+    CHECK(strstr(sk_errmsg(), "Metaspace") && strstr(sk_errmsg(), "sometimes"));
+    CHECK(load_text("rob.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                    "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"post_processor\": {\"type\": \"RobertaProcessing\"}}", &t) == SK_EFORMAT);
+    CHECK(strstr(sk_errmsg(), "rob.json") && strstr(sk_errmsg(), "post_processor RobertaProcessing"));
+    CHECK(load_text("regex.json", "{\"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"Regex\": \" +\"}, \"content\": \"_\"},"
+                    "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": null}", &t) == SK_EFORMAT);
+    CHECK(strstr(sk_errmsg(), "Regex"));
+    CHECK(load_text("dec.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": null,"
+                    "\"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Fuse\"}, {\"type\": \"ByteFallback\"}]}}", &t) == SK_EFORMAT);
+    CHECK(strstr(sk_errmsg(), "decoder") && strstr(sk_errmsg(), "ByteFallback"));
     CHECK(load_text("badid.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"zero\"}, \"merges\": []},"
                     "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", &t) == SK_EFORMAT);
     CHECK(strstr(sk_errmsg(), "\"a\""));

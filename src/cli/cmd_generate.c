@@ -1,5 +1,11 @@
 /* skein generate: loads a model folder and its tokenizer.json, then streams generated text
- * to stdout; a summary (tokens, speed, seed, why it stopped) goes to stderr. */
+ * to stdout; a summary (tokens, speed, seed, why it stopped) goes to stderr.
+ *
+ * --chat: the prompt is a user message (--system adds a system message before it), or
+ * --chat-file holds the conversation; it is rendered with the folder's chat template
+ * (tokenizer_config.json) or --chat-template NAME, encoded with its special tokens (the
+ * template writes the BOS itself), and generation also stops at the template's end token
+ * (<|eot_id|>, <|im_end|>, </s>). Only the reply is printed. */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -9,16 +15,17 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "infer/generate.h"
+#include "tokenizer/chat.h"
 
 int cmd_generate(int argc, char **argv) {
-    const char *dir = NULL, *prompt = NULL, *device = "cpu";
+    const char *dir = NULL, *prompt = NULL, *device = "cpu", *system = NULL, *chat_file = NULL, *chat_name = NULL;
     long max_tokens = 128, top_k = 40, seed = -1;
     double temperature = 0.8, top_p = 0.95;
     bool chat = false;
     arg_list stop = {0};
     arg_spec specs[] = {
         {"--model", ARG_STR, &dir, "DIR", "model folder (config.json, model.safetensors, tokenizer.json)", true, false},
-        {"--prompt", ARG_STR, &prompt, "STR", "text to continue", true, false},
+        {"--prompt", ARG_STR, &prompt, "STR", "text to continue (with --chat: the user's message)", false, false},
         {"--max-tokens", ARG_INT, &max_tokens, "N", "most tokens to generate (default 128)", false, false},
         {"--temperature", ARG_FLOAT, &temperature, "X", "0 = greedy (default 0.8)", false, false},
         {"--top-k", ARG_INT, &top_k, "K", "sample among the K likeliest (default 40; 0 = all)", false, false},
@@ -26,6 +33,9 @@ int cmd_generate(int argc, char **argv) {
         {"--seed", ARG_INT, &seed, "S", "sampling seed (default: from the clock, printed)", false, false},
         {"--stop", ARG_LIST, &stop, "STR...", "stop before any of these strings", false, false},
         {"--chat", ARG_BOOL, &chat, NULL, "treat the prompt as a chat message (models with a chat template)", false, false},
+        {"--system", ARG_STR, &system, "STR", "with --chat: a system message before the prompt", false, false},
+        {"--chat-file", ARG_STR, &chat_file, "FILE", "a conversation, [{\"role\": ..., \"content\": ...}, ...] (implies --chat)", false, false},
+        {"--chat-template", ARG_STR, &chat_name, "NAME", "llama3|llama2|chatml|mistral instead of the folder's template", false, false},
         {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
     };
     sk_status st = args_parse("skein generate", argc, argv, specs, ARG_COUNT(specs));
@@ -34,7 +44,19 @@ int cmd_generate(int argc, char **argv) {
     if (temperature < 0) return cli_fail(sk_fail(SK_EARG, "generate: --temperature must not be negative"));
     if (top_k < 0) return cli_fail(sk_fail(SK_EARG, "generate: --top-k must not be negative"));
     if (!(top_p > 0 && top_p <= 1)) return cli_fail(sk_fail(SK_EARG, "generate: --top-p must be in (0, 1]"));
-    if (chat) return cli_fail(sk_fail(SK_EARG, "generate: --chat needs a chat template, and GPT-2 folders have none"));
+    if (chat_file) chat = true;
+    if (!chat && (system || chat_name)) return cli_fail(sk_fail(SK_EARG, "generate: --system and --chat-template need --chat"));
+    if (!prompt && !chat_file) return cli_fail(sk_fail(SK_EARG, "generate: --prompt is required (or --chat-file)"));
+    if (chat_file && (prompt || system)) return cli_fail(sk_fail(SK_EARG, "generate: --chat-file holds the whole conversation; leave out --prompt and --system"));
+    chat_template ct = {0};
+    if (chat) {
+        char cfg[4096];
+        file_join(cfg, sizeof cfg, dir, "tokenizer_config.json");
+        if (!chat_name && access(cfg, F_OK) != 0)
+            return cli_fail(sk_fail(SK_EARG, "generate: --chat needs a chat template, and %s has no tokenizer_config.json "
+                                             "(GPT-2 folders have none); pass --chat-template NAME (%s)", dir, chat_template_names));
+        if ((st = chat_template_load(cfg, chat_name, &ct)) != SK_OK) return cli_fail(st);
+    }
     if (seed < 0) seed = (long)((unsigned long)time(NULL) ^ ((unsigned long)getpid() << 16)) & 0x7fffffff;
 
     char path[4096];
@@ -44,19 +66,46 @@ int cmd_generate(int argc, char **argv) {
     if (!be) return cli_fail(SK_EARG);
     int32_t *ids = NULL;
     size_t n_ids = 0;
+    char *rendered = NULL;
+    chat_msg *msgs = NULL;
     if ((st = tok_load(file_join(path, sizeof path, dir, "tokenizer.json"), &t))) goto done;
     if ((st = model_load(dir, be, &m))) goto done;
-    if ((st = tok_encode(t, prompt, strlen(prompt), &ids, &n_ids))) goto done;
+    if (chat) {
+        chat_msg two[2];
+        int n_msgs = 0;
+        size_t len;
+        if (chat_file) {
+            if ((st = chat_messages_load(chat_file, &msgs, &n_msgs))) goto done;
+        } else {
+            if (system) two[n_msgs++] = (chat_msg){"system", system};
+            two[n_msgs++] = (chat_msg){"user", prompt};
+        }
+        if ((st = chat_render(&ct, msgs ? msgs : two, n_msgs, true, &rendered, &len))) goto done;
+        /* The rendered text carries the special tokens (BOS included) as text: encoded without
+         * the post-processor, as apply_chat_template(tokenize=True) does. */
+        if ((st = tok_encode(t, rendered, len, &ids, &n_ids))) goto done;
+        /* Stop at the template's end token too (the model config may list only </s>). */
+        int end = tok_token_id(t, chat_end_token(&ct));
+        if (m->cfg.n_eos == 0 && tok_eot_id(t) >= 0) m->cfg.eos_token_ids[m->cfg.n_eos++] = tok_eot_id(t);
+        bool listed = end < 0;
+        for (int i = 0; i < m->cfg.n_eos; i++) listed |= m->cfg.eos_token_ids[i] == end;
+        if (!listed && m->cfg.n_eos < MODEL_MAX_EOS) m->cfg.eos_token_ids[m->cfg.n_eos++] = end;
+    } else if ((st = tok_encode(t, prompt, strlen(prompt), &ids, &n_ids))) {
+        goto done;
+    }
     gen_opts o = {.max_tokens = (int)max_tokens, .seed = (uint64_t)seed, .stop = stop.items, .n_stop = stop.n,
                   .sample = {.temperature = (float)temperature, .top_k = (int)top_k, .top_p = (float)top_p}};
     gen_result res;
-    fputs(prompt, stdout);
+    if (!chat) fputs(prompt, stdout);
     fflush(stdout);
     if ((st = gen_run(m, t, ids, n_ids, &o, gen_emit_stdout, NULL, NULL, &res))) goto done;
     printf("\n");
     fprintf(stderr, "[%d prompt tokens in %.2f s, %d generated at %.1f tokens/s, stop: %s, seed %ld]\n", res.n_prompt,
             res.prefill_s, res.n_generated, res.decode_s > 0 ? res.n_generated / res.decode_s : 0.0, res.finish, seed);
 done:
+    chat_template_free(&ct);
+    mem_free(rendered);
+    mem_free(msgs);
     mem_free(ids);
     model_free(m);
     tok_free(t);

@@ -56,9 +56,12 @@ static int cmd_train_tok(int argc, char **argv) {
 
 static int cmd_encode(int argc, char **argv) {
     const char *path = NULL, *text = NULL;
+    bool add_special = false;
     arg_spec specs[] = {
         {"--tokenizer", ARG_STR, &path, "FILE", "tokenizer.json", true, false},
         {"--text", ARG_STR, &text, "STR", "text to encode (default: standard input)", false, false},
+        {"--add-special", ARG_BOOL, &add_special, NULL,
+         "run the post-processor (BOS/EOS) as HF's encode(text) does by default", false, false},
     };
     sk_status st = args_parse("skein tokenizer encode", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
@@ -70,7 +73,7 @@ static int cmd_encode(int argc, char **argv) {
     else if ((st = read_stdin(&in, &len)) != SK_OK) { tok_free(t); return cli_fail(st); }
     int32_t *ids = NULL;
     size_t n = 0;
-    st = tok_encode(t, text ? text : in, len, &ids, &n);
+    st = tok_encode_ex(t, text ? text : in, len, add_special, &ids, &n);
     if (st == SK_OK) {
         for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");

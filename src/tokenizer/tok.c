@@ -1,18 +1,25 @@
 /* tok: the tokenizer object, encoding and decoding (see tok.h).
  *
- * Encoding runs Hugging Face's pipeline for a byte-level BPE:
+ * Encoding runs Hugging Face's pipeline:
  *   1. ill-formed UTF-8 -> U+FFFD (Python's rule);
- *   2. added tokens split out, first those with normalized=false over the whole text, then
- *      those with normalized=true over the pieces in between (leftmost-longest matches, with
- *      single_word / lstrip / rstrip as HF's AddedVocabulary applies them);
- *   3. each remaining piece: the optional Split regex, then ByteLevel (a prefix space when
- *      add_prefix_space and the piece does not start with ' ', then the GPT-2 regex when
- *      use_regex);
- *   4. each final piece: bytes -> single-byte token ids -> merges applied lowest rank first,
- *      leftmost first among equal ranks (a heap over adjacent pairs), through a word cache.
- * Decoding concatenates token bytes and replaces ill-formed UTF-8 once, over the whole. */
+ *   2. added tokens with normalized=false split out of the whole text (leftmost-longest
+ *      matches, with single_word / lstrip / rstrip as HF's AddedVocabulary applies them);
+ *   3. the normalizer over each piece in between, then the added tokens with normalized=true
+ *      split out of the normalized piece;
+ *   4. each remaining piece pre-tokenized: the optional Split regex, then ByteLevel (a prefix
+ *      space when add_prefix_space and the piece does not start with ' ', then the GPT-2 regex
+ *      when use_regex); or Metaspace (' ' -> "▁", the prepend scheme — "first" only for the
+ *      piece at the start of the text — and a split before each "▁"); or nothing;
+ *   5. each final piece: symbols (byte-level: one per byte; otherwise one per character, a
+ *      character missing from the vocabulary as its "<0xNN>" byte tokens under byte_fallback,
+ *      else unk, fused when fuse_unk) -> merges applied lowest rank first, leftmost first
+ *      among equal ranks (a heap over adjacent pairs), through a word cache;
+ *   6. with add_special, the post-processor's ids around the whole.
+ * Decoding: byte-level, token bytes concatenated and ill-formed UTF-8 replaced once over the
+ * whole; otherwise the SentencePiece-style chain described in tok_impl.h. */
 #include "tokenizer/tok_impl.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* ---- construction ------------------------------------------------------------------------ */
@@ -23,7 +30,10 @@ sk_status tok_new(tok **out) {
     if (!t) return SK_ENOMEM;
     t->unk_id = -1;
     t->use_regex = true;
-    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    t->pre = TOK_PRE_BYTELEVEL;
+    t->dec_bytelevel = true;
+    t->dec_strip_char = ' ';
+    for (int b = 0; b < 256; b++) t->byte_id[b] = t->fb_id[b] = -1;
     for (int i = 0; i < TOK_CACHE_SHARDS; i++) pthread_mutex_init(&t->cache[i].mu, NULL);
     *out = t;
     return SK_OK;
@@ -43,8 +53,13 @@ void tok_free(tok *t) {
     tok_strmap_free(&t->added_map);
     tok_u64map_free(&t->merges);
     mem_free(t->merge_list);
-    for (int i = 0; i < t->n_added; i++) mem_free(t->added[i].content);
+    for (int i = 0; i < t->n_added; i++) { mem_free(t->added[i].content); mem_free(t->added[i].norm); }
     mem_free(t->added);
+    for (int i = 0; i < t->n_norm; i++) { mem_free(t->norm[i].a); mem_free(t->norm[i].b); }
+    mem_free(t->norm);
+    for (int i = 0; i < t->n_dec_repl; i++) { mem_free(t->dec_repl[i].pattern); mem_free(t->dec_repl[i].content); }
+    mem_free(t->dec_repl);
+    mem_free(t->id_fb_byte);
     tok_regex_free(&t->split_re);
     tok_regex_free(&t->gpt2_re);
     tok_regex_free(&t->word_re);
@@ -162,6 +177,7 @@ sk_status tok_add_added(tok *t, const tok_added *a) {
         t->cap_added = cap;
     }
     tok_added c = *a;
+    c.norm = NULL;
     c.content = mem_alloc(a->len + 1);
     if (!c.content) return SK_ENOMEM;
     memcpy(c.content, a->content, a->len);
@@ -171,19 +187,102 @@ sk_status tok_add_added(tok *t, const tok_added *a) {
     return tok_set_token(t, c.id, c.content, c.special);
 }
 
+/* Replaces every occurrence of pat in s[0..n) by rep; returns a new buffer (mem_free) of *out_n
+ * bytes, or NULL when out of memory. */
+static char *replace_all(const char *s, size_t n, const char *pat, const char *rep, size_t *out_n) {
+    size_t lp = strlen(pat), lr = strlen(rep), count = 0;
+    for (size_t i = 0; lp && i + lp <= n;) {
+        if (!memcmp(s + i, pat, lp)) { count++; i += lp; } else i++;
+    }
+    size_t cap = n + count * lr + 1;
+    char *out = mem_alloc(cap);
+    if (!out) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        if (lp && i + lp <= n && !memcmp(s + i, pat, lp)) { memcpy(out + k, rep, lr); k += lr; i += lp; }
+        else out[k++] = s[i++];
+    }
+    out[k] = 0;
+    *out_n = k;
+    return out;
+}
+
+/* A token's text inside decoded output for the SentencePiece-style decoder: the Replace steps
+ * in order, then Metaspace's replacement as a space (or, for the first token, removed).
+ * Returns a new buffer (mem_free) or NULL when out of memory. */
+static char *piece_text(const tok *t, const char *str, bool first, size_t *out_n) {
+    size_t n = strlen(str);
+    char *cur = mem_alloc(n + 1);
+    if (!cur) return NULL;
+    memcpy(cur, str, n + 1);
+    for (int i = 0; i < t->n_dec_repl && cur; i++) {
+        char *next = replace_all(cur, n, t->dec_repl[i].pattern, t->dec_repl[i].content, &n);
+        mem_free(cur);
+        cur = next;
+    }
+    if (cur && t->dec_meta) {
+        char *next = replace_all(cur, n, t->meta_rep, first && t->dec_meta_first ? "" : " ", &n);
+        mem_free(cur);
+        cur = next;
+    }
+    *out_n = n;
+    return cur;
+}
+
+/* "<0xNN>" (either case of hex digit, as Rust's from_str_radix): the byte, else -1. */
+static int fallback_byte(const char *s) {
+    unsigned v;
+    char tail;
+    if (strlen(s) != 6 || strncmp(s, "<0x", 3) || s[5] != '>') return -1;
+    if (sscanf(s + 3, "%2x%c", &v, &tail) != 2 || tail != '>') return -1;
+    return !strchr("+- ", s[3]) ? (int)v : -1;
+}
+
 sk_status tok_finish(tok *t) {
     for (int b = 0; b < 256; b++) {
-        char sp[4];
+        char sp[8];
         unsigned char byte = (unsigned char)b;
         size_t n = tok_bytes_to_spelling(&byte, 1, sp);
         t->byte_id[b] = tok_strmap_get(&t->vocab, sp, n);
+        snprintf(sp, sizeof sp, "<0x%02X>", b);
+        t->fb_id[b] = tok_strmap_get(&t->vocab, sp, 6);
+    }
+    if (!t->dec_bytelevel) {
+        /* What each token decodes to in the middle of a text (tok_token_bytes, streaming). */
+        mem_free(t->id_fb_byte);
+        t->id_fb_byte = mem_alloc((size_t)t->n_ids * sizeof *t->id_fb_byte + 1);
+        if (!t->id_fb_byte) return SK_ENOMEM;
+        t->max_token_bytes = 0;
+        for (int i = 0; i < t->n_ids; i++) {
+            t->id_fb_byte[i] = -1;
+            if (!t->id_str[i]) continue;
+            int fb = t->dec_byte_fallback ? fallback_byte(t->id_str[i]) : -1;
+            size_t n = 1;
+            char *text = fb >= 0 ? mem_alloc(2) : piece_text(t, t->id_str[i], false, &n);
+            if (!text) return SK_ENOMEM;
+            if (fb >= 0) text[0] = (char)fb;
+            t->id_fb_byte[i] = (int16_t)fb;
+            mem_free(t->id_bytes[i]);
+            t->id_bytes[i] = (unsigned char *)text;
+            t->id_nbytes[i] = (uint32_t)n;
+            if (n > t->max_token_bytes) t->max_token_bytes = n;
+        }
     }
     if (!t->gpt2_re.code) SK_TRY(tok_regex_compile(&t->gpt2_re, TOK_GPT2_PATTERN, false, "GPT-2 pattern"));
     bool single = false;
     memset(t->first_byte, 0, sizeof t->first_byte);
     for (int i = 0; i < t->n_added; i++) {
-        single |= t->added[i].single_word;
-        if (t->added[i].len) t->first_byte[(unsigned char)t->added[i].content[0]] = true;
+        tok_added *a = &t->added[i];
+        single |= a->single_word;
+        if (a->normalized && t->n_norm && !a->norm && a->len) {
+            char *norm;
+            size_t nn;
+            SK_TRY(tok_normalize(t, a->content, a->len, &norm, &nn));
+            a->norm = norm;
+            a->norm_len = nn;
+        }
+        const char *m = a->norm ? a->norm : a->content;
+        if (a->norm ? a->norm_len : a->len) t->first_byte[(unsigned char)m[0]] = true;
     }
     /* Rust's char::is_alphanumeric: Alphabetic or a numeric general category. */
     if (single && !t->word_re.code) SK_TRY(tok_regex_compile(&t->word_re, "[\\p{Alphabetic}\\p{N}]", false, "word"));
@@ -201,10 +300,11 @@ int tok_token_id(const tok *t, const char *token) {
 }
 
 int tok_eot_id(const tok *t) {
-    int32_t id = tok_strmap_get(&t->added_map, "<|endoftext|>", 13);
-    if (id >= 0) return id;
-    id = tok_strmap_get(&t->vocab, "<|endoftext|>", 13);
-    if (id >= 0) return id;
+    static const char *const names[] = {"<|endoftext|>", "<|end_of_text|>", "</s>"};
+    for (int i = 0; i < 3; i++) {
+        int id = tok_token_id(t, names[i]);
+        if (id >= 0) return id;
+    }
     for (int i = 0; i < t->n_added; i++)
         if (t->added[i].special) return t->added[i].id;
     return -1;
@@ -291,24 +391,69 @@ static bpe_cand heap_pop(enc *e) {
     return top;
 }
 
-/* Runs BPE over one pre-token (raw bytes) and appends its ids to e->ids. */
+/* Appends symbol id to e->sym (room for it is the caller's). */
+static void sym_add(enc *e, int32_t *m, int32_t id) {
+    e->sym[*m] = (bpe_sym){id, *m - 1, *m + 1};
+    (*m)++;
+}
+
+/* The initial symbols of a word as HF's BPE model makes them: one per unit (a byte for
+ * byte-level tokenizers, else a character), looked up in the vocabulary; a missing unit
+ * becomes its "<0xNN>" byte tokens under byte_fallback (when all exist), else unk — fused
+ * with a preceding unk when fuse_unk — or nothing when there is no unk token. */
+static int32_t initial_symbols(enc *e, const unsigned char *s, size_t n) {
+    const tok *t = e->t;
+    int32_t m = 0;
+    bool unk_pending = false;
+    for (size_t i = 0; i < n;) {
+        size_t len = 1;
+        int32_t id;
+        if (t->pre == TOK_PRE_BYTELEVEL) {
+            id = t->byte_id[s[i]];
+        } else {
+            uint32_t cp;
+            len = tok_utf8_decode(s + i, &cp);
+            id = tok_strmap_get(&t->vocab, (const char *)s + i, len);
+        }
+        if (id >= 0) {
+            if (unk_pending) { sym_add(e, &m, t->unk_id); unk_pending = false; }
+            sym_add(e, &m, id);
+        } else {
+            bool fell_back = false;
+            if (t->byte_fallback && t->pre != TOK_PRE_BYTELEVEL) {
+                fell_back = true;
+                for (size_t k = 0; k < len; k++) fell_back &= t->fb_id[s[i + k]] >= 0;
+                /* As HF: a pending unk is not written before the byte tokens. */
+                if (fell_back) for (size_t k = 0; k < len; k++) sym_add(e, &m, t->fb_id[s[i + k]]);
+            }
+            if (!fell_back && t->unk_id >= 0) {
+                if (unk_pending && !t->fuse_unk) sym_add(e, &m, t->unk_id);
+                unk_pending = true;
+            }
+        }
+        i += len;
+    }
+    if (unk_pending) sym_add(e, &m, t->unk_id);
+    return m;
+}
+
+/* Runs BPE over one pre-token and appends its ids to e->ids. */
 static sk_status bpe_word(enc *e, const unsigned char *s, size_t n) {
     const tok *t = e->t;
     if (t->ignore_merges) {
-        SK_TRY(grow((void **)&e->buf, &e->buf_cap, 2 * n, 1));
-        size_t k = tok_bytes_to_spelling(s, n, e->buf);
-        int32_t id = tok_strmap_get(&t->vocab, e->buf, k);
+        int32_t id;
+        if (t->pre == TOK_PRE_BYTELEVEL) {
+            SK_TRY(grow((void **)&e->buf, &e->buf_cap, 2 * n, 1));
+            size_t k = tok_bytes_to_spelling(s, n, e->buf);
+            id = tok_strmap_get(&t->vocab, e->buf, k);
+        } else {
+            id = tok_strmap_get(&t->vocab, (const char *)s, n);
+        }
         if (id >= 0) return emit(e, &id, 1);
     }
-    SK_TRY(grow((void **)&e->sym, &e->sym_cap, n, sizeof *e->sym));
-    int32_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        int32_t id = t->byte_id[s[i]];
-        if (id < 0) id = t->unk_id;   /* HF: unknown characters become unk, or vanish */
-        if (id < 0) continue;
-        e->sym[m] = (bpe_sym){id, m - 1, m + 1};
-        m++;
-    }
+    /* At most one symbol per byte, plus a trailing unk. */
+    SK_TRY(grow((void **)&e->sym, &e->sym_cap, n + 1, sizeof *e->sym));
+    int32_t m = initial_symbols(e, s, n);
     if (!m) return SK_OK;
     e->sym[m - 1].next = -1;
     e->heap_n = 0;
@@ -379,8 +524,46 @@ static sk_status bytelevel_piece(void *ctx, const char *s, size_t n) {
     return st;
 }
 
-static sk_status pretokenize(enc *e, const char *s, size_t n) {
-    if (e->t->has_split) return tok_regex_split(&e->t->split_re, s, n, bytelevel_piece, e);
+/* Metaspace: ' ' -> the replacement, the prepend scheme (first: only for the piece at the
+ * start of the text), then, with split, a new piece before every replacement character. */
+static sk_status metaspace_piece(enc *e, const char *s, size_t n, bool first) {
+    const tok *t = e->t;
+    const char *rep = t->meta_rep;
+    size_t lr = strlen(rep), k;
+    char *text = replace_all(s, n, " ", rep, &k);
+    if (!text) return SK_ENOMEM;
+    bool starts = k >= lr && !memcmp(text, rep, lr);
+    if (!starts && (t->meta_scheme == TOK_PREPEND_ALWAYS || (t->meta_scheme == TOK_PREPEND_FIRST && first))) {
+        char *p = mem_alloc(k + lr + 1);
+        if (!p) { mem_free(text); return SK_ENOMEM; }
+        memcpy(p, rep, lr);
+        memcpy(p + lr, text, k + 1);
+        mem_free(text);
+        text = p;
+        k += lr;
+    }
+    sk_status st = SK_OK;
+    if (!t->meta_split) {
+        st = encode_piece(e, text, k);
+    } else {
+        size_t start = 0;
+        for (size_t i = 1; i + lr <= k && st == SK_OK; i++) {
+            if (memcmp(text + i, rep, lr)) continue;
+            st = encode_piece(e, text + start, i - start);
+            start = i;
+        }
+        if (st == SK_OK && start < k) st = encode_piece(e, text + start, k - start);
+    }
+    mem_free(text);
+    return st;
+}
+
+/* Pre-tokenizes one piece of normalized text; first: it starts the whole text. */
+static sk_status pretokenize(enc *e, const char *s, size_t n, bool first) {
+    const tok *t = e->t;
+    if (t->pre == TOK_PRE_METASPACE) return metaspace_piece(e, s, n, first);
+    if (t->pre == TOK_PRE_NONE) return encode_piece(e, s, n);
+    if (t->has_split) return tok_regex_split(&t->split_re, s, n, bytelevel_piece, e);
     return bytelevel_piece(e, s, n);
 }
 
@@ -408,26 +591,50 @@ static bool is_word_char_at(const tok *t, const char *s, size_t n, size_t i) {
 /* The longest added token of the pass (normalized or not) that starts at s[i], or NULL. */
 static const tok_added *added_at(const tok *t, const char *s, size_t n, size_t i, bool normalized) {
     const tok_added *best = NULL;
+    size_t best_len = 0;
     for (int k = 0; k < t->n_added; k++) {
         const tok_added *a = &t->added[k];
-        if (a->normalized != normalized || !a->len || a->len > n - i || a->content[0] != s[i]) continue;
-        if ((!best || a->len > best->len) && !memcmp(s + i, a->content, a->len)) best = a;
+        const char *m = a->norm ? a->norm : a->content;
+        size_t len = a->norm ? a->norm_len : a->len;
+        if (a->normalized != normalized || !len || len > n - i || m[0] != s[i]) continue;
+        if ((!best || len > best_len) && !memcmp(s + i, m, len)) { best = a; best_len = len; }
     }
     return best;
 }
 
+static sk_status split_added(enc *e, const char *s, size_t n, bool normalized, bool first);
+
+/* A piece between non-normalized added tokens: normalized, then split on the normalized
+ * added tokens (whose pieces are pre-tokenized). */
+static sk_status normalize_piece(enc *e, const char *s, size_t n, bool first) {
+    char *norm;
+    size_t nn;
+    SK_TRY(tok_normalize(e->t, s, n, &norm, &nn));
+    if (!norm) return split_added(e, s, n, true, first);
+    sk_status st = nn ? split_added(e, norm, nn, true, first) : SK_OK;
+    mem_free(norm);
+    return st;
+}
+
+/* The text between matches goes on: after the raw pass to the normalizer, after the
+ * normalized pass to pre-tokenization. */
+static sk_status next_stage(enc *e, const char *s, size_t n, bool normalized, bool first) {
+    return normalized ? pretokenize(e, s, n, first) : normalize_piece(e, s, n, first);
+}
+
 /* Splits s[0..n) on the added tokens of one pass, as HF's AddedVocabulary::find_matches:
- * tokens go to the output, the text between them to the next pass (or pre-tokenization). */
-static sk_status split_added(enc *e, const char *s, size_t n, bool normalized) {
+ * tokens go to the output, the text between them to the next stage. first: s starts the
+ * whole text (for Metaspace's prepend_scheme "first"). */
+static sk_status split_added(enc *e, const char *s, size_t n, bool normalized, bool first) {
     const tok *t = e->t;
     bool any = false;
     for (int k = 0; k < t->n_added; k++) any |= t->added[k].normalized == normalized;
-    if (!any) return normalized ? pretokenize(e, s, n) : split_added(e, s, n, true);
+    if (!any) return next_stage(e, s, n, normalized, first);
     size_t done = 0, i = 0;
     while (i < n) {
         const tok_added *a = t->first_byte[(unsigned char)s[i]] ? added_at(t, s, n, i, normalized) : NULL;
         if (!a) { i++; continue; }
-        size_t start = i, stop = i + a->len;
+        size_t start = i, stop = i + (a->norm ? a->norm_len : a->len);
         /* HF's matcher moves on from the end of the token itself, whether the match is then
          * discarded (single_word) or widened (rstrip): a token may begin inside the spaces
          * the previous one stripped, and is then emitted too (HF does the same). */
@@ -456,22 +663,24 @@ static sk_status split_added(enc *e, const char *s, size_t n, bool normalized) {
                 stop += k;
             }
         }
-        if (start > done) SK_TRY(normalized ? pretokenize(e, s + done, start - done) : split_added(e, s + done, start - done, true));
+        if (start > done) SK_TRY(next_stage(e, s + done, start - done, normalized, first && done == 0));
         SK_TRY(emit(e, &a->id, 1));
         done = stop;
     }
-    if (done < n) SK_TRY(normalized ? pretokenize(e, s + done, n - done) : split_added(e, s + done, n - done, true));
+    if (done < n) SK_TRY(next_stage(e, s + done, n - done, normalized, first && done == 0));
     return SK_OK;
 }
 
-sk_status tok_encode(const tok *t, const char *text, size_t len, int32_t **ids, size_t *n) {
+sk_status tok_encode_ex(const tok *t, const char *text, size_t len, bool add_special, int32_t **ids, size_t *n) {
     char *fixed;
     size_t flen;
     SK_TRY(tok_utf8_fix(text, len, &fixed, &flen));
     if (fixed) { text = fixed; len = flen; }
     enc e = {.t = t};
     sk_status st = grow((void **)&e.ids, &e.cap, len / 3 + 16, sizeof *e.ids);
-    if (st == SK_OK) st = split_added(&e, text, len, false);
+    if (st == SK_OK && add_special) st = emit(&e, t->post_pre, (size_t)t->n_post_pre);
+    if (st == SK_OK) st = split_added(&e, text, len, false, true);
+    if (st == SK_OK && add_special) st = emit(&e, t->post_post, (size_t)t->n_post_post);
     mem_free(fixed);
     mem_free(e.sym);
     mem_free(e.heap);
@@ -483,6 +692,10 @@ sk_status tok_encode(const tok *t, const char *text, size_t len, int32_t **ids, 
     *ids = e.ids;
     *n = e.n;
     return SK_OK;
+}
+
+sk_status tok_encode(const tok *t, const char *text, size_t len, int32_t **ids, size_t *n) {
+    return tok_encode_ex(t, text, len, false, ids, n);
 }
 
 /* ---- decoding ------------------------------------------------------------------------------ */
@@ -498,7 +711,80 @@ static size_t lossy(const unsigned char *s, size_t n, char *out) {
     return o;
 }
 
+/* Appends n bytes to a growable buffer. */
+static sk_status put_bytes(char **buf, size_t *len, size_t *cap, const void *s, size_t n) {
+    SK_TRY(grow((void **)buf, cap, *len + n + 1, 1));
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    return SK_OK;
+}
+
+/* HF's ByteFallback on a run of byte tokens: its bytes when they are well-formed UTF-8,
+ * else one U+FFFD per byte. */
+static sk_status put_run(char **buf, size_t *len, size_t *cap, const unsigned char *run, size_t n) {
+    size_t i = 0, sub;
+    while (i < n) {
+        size_t k = tok_utf8_seq(run + i, n - i, &sub);
+        if (!k) break;
+        i += k;
+    }
+    if (i == n) return put_bytes(buf, len, cap, run, n);
+    for (size_t k = 0; k < n; k++) SK_TRY(put_bytes(buf, len, cap, "\xef\xbf\xbd", 3));
+    return SK_OK;
+}
+
+/* The SentencePiece-style decoder chain over the whole id list (see tok_impl.h). */
+static sk_status decode_pieces(const tok *t, const int32_t *ids, size_t n, bool skip_special, char **out, size_t *out_len) {
+    char *buf = NULL, *run = NULL;
+    size_t len = 0, cap = 0, nrun = 0, run_cap = 0;
+    long idx = 0;
+    sk_status st = grow((void **)&buf, &cap, 64, 1);
+    for (size_t i = 0; i < n && st == SK_OK; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= t->n_ids || !t->id_str[id] || (skip_special && t->id_special[id])) continue;
+        if (t->id_fb_byte[id] >= 0) {
+            unsigned char b = (unsigned char)t->id_fb_byte[id];
+            st = put_bytes(&run, &nrun, &run_cap, &b, 1);
+            idx++;
+            continue;
+        }
+        if (nrun) { st = put_run(&buf, &len, &cap, (unsigned char *)run, nrun); nrun = 0; }
+        if (st == SK_OK && t->dec_join_space && idx > 0) st = put_bytes(&buf, &len, &cap, " ", 1);
+        if (st != SK_OK) break;
+        if (idx == 0 && t->dec_meta && t->dec_meta_first) {
+            size_t k;
+            char *first = piece_text(t, t->id_str[id], true, &k);
+            st = first ? put_bytes(&buf, &len, &cap, first, k) : SK_ENOMEM;
+            mem_free(first);
+        } else {
+            st = put_bytes(&buf, &len, &cap, t->id_bytes[id], t->id_nbytes[id]);
+        }
+        idx++;
+    }
+    if (st == SK_OK && nrun) st = put_run(&buf, &len, &cap, (unsigned char *)run, nrun);
+    mem_free(run);
+    if (st != SK_OK) { mem_free(buf); return st; }
+    /* Strip, after Fuse: on the whole text. */
+    char sc[4];
+    size_t ls = tok_utf8_encode(t->dec_strip_char, sc), start = 0;
+    for (int k = 0; k < t->dec_strip_start && start + ls <= len && !memcmp(buf + start, sc, ls); k++) start += ls;
+    for (int k = 0; k < t->dec_strip_stop && len >= start + ls && !memcmp(buf + len - ls, sc, ls); k++) len -= ls;
+    memmove(buf, buf + start, len - start);
+    len -= start;
+    buf[len] = 0;
+    *out = buf;
+    *out_len = len;
+    return SK_OK;
+}
+
 char *tok_decode_ex(const tok *t, const int32_t *ids, size_t n, bool skip_special, size_t *len) {
+    if (!t->dec_bytelevel) {
+        char *out;
+        size_t k;
+        if (decode_pieces(t, ids, n, skip_special, &out, &k) != SK_OK) return NULL;
+        if (len) *len = k;
+        return out;
+    }
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= 0 && ids[i] < t->n_ids) total += t->id_nbytes[ids[i]];
@@ -526,9 +812,10 @@ char *tok_decode(const tok *t, const int32_t *ids, size_t n) { return tok_decode
 void tok_stream_init(tok_stream *s, const tok *t) {
     memset(s, 0, sizeof *s);
     s->t = t;
+    s->strip_left = t->dec_bytelevel ? 0 : t->dec_strip_start;
 }
 
-size_t tok_stream_cap(const tok *t) { return 3 * (t->max_token_bytes + 4) + 1; }
+size_t tok_stream_cap(const tok *t) { return 3 * (t->max_token_bytes + TOK_STREAM_RUN + 8) + 1; }
 
 /* How many bytes at the end of s[0..n) begin a sequence that more bytes could complete. */
 static size_t incomplete_tail(const unsigned char *s, size_t n) {
@@ -542,10 +829,91 @@ static size_t incomplete_tail(const unsigned char *s, size_t n) {
     return 0;
 }
 
+/* Writes text through the leading Strip: strip characters at the very start are dropped. */
+static size_t stream_out(tok_stream *s, const char *text, size_t n, char *out) {
+    if (s->strip_left > 0) {
+        char sc[4];
+        size_t ls = tok_utf8_encode(s->t->dec_strip_char, sc);
+        while (s->strip_left > 0 && n >= ls && !memcmp(text, sc, ls)) { text += ls; n -= ls; s->strip_left--; }
+        if (n) s->strip_left = 0;
+    }
+    memcpy(out, text, n);
+    return n;
+}
+
+/* Ends the byte run in progress: its bytes (well-formed, since a bad run is written as it goes)
+ * or, when incomplete, one U+FFFD per byte. */
+static size_t stream_end_run(tok_stream *s, char *out) {
+    size_t o = 0, np = (size_t)s->n_pending, sub;
+    if (np) {
+        bool whole = true;
+        for (size_t i = 0; i < np;) {
+            size_t k = tok_utf8_seq(s->pending + i, np - i, &sub);
+            if (!k) { whole = false; break; }
+            i += k;
+        }
+        if (whole) o = stream_out(s, (const char *)s->pending, np, out);
+        else for (size_t k = 0; k < np; k++) o += stream_out(s, "\xef\xbf\xbd", 3, out + o);
+    }
+    s->n_pending = 0;
+    s->bad_run = false;
+    return o;
+}
+
+/* Whether s[0..n) is well-formed UTF-8 up to a sequence that more bytes could complete. */
+static bool valid_prefix(const unsigned char *s, size_t n) {
+    size_t sub;
+    for (size_t i = 0; i < n;) {
+        size_t k = tok_utf8_seq(s + i, n - i, &sub);
+        if (!k) return sub == n - i && s[i] >= 0xc2 && s[i] <= 0xf4;
+        i += k;
+    }
+    return true;
+}
+
+/* tok_stream_put for the SentencePiece-style decoder. */
+static size_t stream_put_pieces(tok_stream *s, int32_t id, char *out) {
+    const tok *t = s->t;
+    size_t o = 0;
+    int fb = t->id_fb_byte[id];
+    if (fb >= 0) {
+        s->n_tokens++;
+        if (s->bad_run) return stream_out(s, "\xef\xbf\xbd", 3, out);
+        s->pending[s->n_pending++] = (unsigned char)fb;
+        if (!valid_prefix(s->pending, (size_t)s->n_pending)) {
+            for (int k = 0; k < s->n_pending; k++) o += stream_out(s, "\xef\xbf\xbd", 3, out + o);
+            s->n_pending = 0;
+            s->bad_run = true;
+        } else if (s->n_pending == TOK_STREAM_RUN) {
+            /* Too long to hold: write its complete characters (the documented exception). */
+            size_t hold = incomplete_tail(s->pending, TOK_STREAM_RUN);
+            o = stream_out(s, (const char *)s->pending, TOK_STREAM_RUN - hold, out);
+            memmove(s->pending, s->pending + TOK_STREAM_RUN - hold, hold);
+            s->n_pending = (int)hold;
+        }
+        return o;
+    }
+    o = stream_end_run(s, out);
+    if (t->dec_join_space && s->n_tokens > 0) o += stream_out(s, " ", 1, out + o);
+    char *first = NULL;
+    size_t k = 0;
+    if (s->n_tokens == 0 && t->dec_meta && t->dec_meta_first) first = piece_text(t, t->id_str[id], true, &k);
+    if (first) o += stream_out(s, first, k, out + o);
+    else o += stream_out(s, (const char *)t->id_bytes[id], t->id_nbytes[id], out + o);
+    mem_free(first);
+    s->n_tokens++;
+    return o;
+}
+
 size_t tok_stream_put(tok_stream *s, int32_t id, char *out, size_t cap) {
     const tok *t = s->t;
     SK_ASSERT(cap >= tok_stream_cap(t));
     if (id < 0 || id >= t->n_ids || !t->id_str[id]) { out[0] = 0; return 0; }
+    if (!t->dec_bytelevel) {
+        size_t o = stream_put_pieces(s, id, out);
+        out[o] = 0;
+        return o;
+    }
     const unsigned char *b = t->id_bytes[id];
     size_t nb = t->id_nbytes[id], np = (size_t)s->n_pending;
     /* The last few bytes of pending + b decide what is held back; the rest is written. */
@@ -579,7 +947,7 @@ size_t tok_stream_put(tok_stream *s, int32_t id, char *out, size_t cap) {
 
 size_t tok_stream_flush(tok_stream *s, char *out, size_t cap) {
     SK_ASSERT(cap >= 3 * (size_t)s->n_pending + 1);
-    size_t o = lossy(s->pending, (size_t)s->n_pending, out);
+    size_t o = s->t->dec_bytelevel ? lossy(s->pending, (size_t)s->n_pending, out) : stream_end_run(s, out);
     s->n_pending = 0;
     out[o] = 0;
     return o;

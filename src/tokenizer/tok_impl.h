@@ -1,11 +1,13 @@
 /* tok_impl: what the files of src/tokenizer/ share and users of tok.h never see — the tok
- * struct, two small hash maps, the byte-to-unicode tables, the pre-tokenizer regexes and the
- * UTF-8 helpers.
+ * struct, two small hash maps, the byte-to-unicode tables, the pre-tokenizer regexes, the
+ * normalizer steps and the UTF-8 helpers.
  *
  * Token strings: the vocabulary of a byte-level BPE stores each token as the "byte-level"
  * spelling of its bytes (byte b written as the code point tok_byte_char[b], e.g. ' ' as 'Ġ').
- * Inside skein a token is its bytes (id_bytes); the JSON spelling is kept for save and for
- * tok_token_id. Merges are keyed by the pair of ids, (left << 32 | right). */
+ * A SentencePiece-style BPE (Llama 2, Mistral) stores text with "▁" for a space and
+ * "<0xNN>" tokens for bytes. Inside skein a token is what it decodes to (id_bytes); the JSON
+ * spelling (id_str) is kept for save, tok_token_id and the model's symbols. Merges are keyed
+ * by the pair of ids, (left << 32 | right). */
 #ifndef SKEIN_TOK_IMPL_H
 #define SKEIN_TOK_IMPL_H
 
@@ -88,9 +90,23 @@ sk_status tok_regex_split(const tok_regex *re, const char *s, size_t n, tok_piec
 typedef struct tok_added {
     char *content;       /* UTF-8, as in tokenizer.json */
     size_t len;
+    char *norm;          /* normalized=true: the content normalized, what the text is matched
+                          * against (HF normalizes these too); NULL when it is the content */
+    size_t norm_len;
     int32_t id;
     bool special, single_word, lstrip, rstrip, normalized;
 } tok_added;
+
+/* One normalizer step. */
+typedef struct tok_norm {
+    enum { TOK_NORM_PREPEND, TOK_NORM_REPLACE, TOK_NORM_NFC, TOK_NORM_NFD, TOK_NORM_NFKC, TOK_NORM_NFKD } kind;
+    char *a, *b;              /* Prepend: a; Replace: pattern a -> content b */
+} tok_norm;
+
+/* One Replace step of a decoder (String pattern). */
+typedef struct tok_decstep { char *pattern, *content; } tok_decstep;
+
+enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
 
 /* Cache of encoded pieces (bytes -> ids), sharded under mutexes so threads can share a tok. */
 #define TOK_CACHE_SHARDS 16
@@ -122,11 +138,43 @@ struct tok {
     bool first_byte[256];     /* some added token starts with this byte */
     tok_regex word_re;        /* Rust's is_alphanumeric, for single_word tokens */
 
-    /* Pre-tokenizer: an optional Split regex, then ByteLevel. */
+    /* Model BPE options beyond merges (SentencePiece-style files set these). */
+    bool byte_fallback, fuse_unk;
+    int32_t fb_id[256];       /* id of "<0xNN>" for byte NN, -1 when absent */
+
+    /* Normalizer: steps applied in order to the text between non-normalized added tokens. */
+    tok_norm *norm;
+    int n_norm;
+
+    /* Pre-tokenizer: ByteLevel (an optional Split regex first), Metaspace, or none. With
+     * ByteLevel the model's symbols are bytes (byte-level spellings); otherwise they are the
+     * characters of the normalized text, unknown ones through byte_fallback or unk. */
+    enum { TOK_PRE_NONE, TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE } pre;
     bool has_split;
     tok_regex split_re;
     bool prefix_space, use_regex;
     tok_regex gpt2_re;
+    char meta_rep[8];         /* Metaspace replacement (UTF-8, "▁") */
+    int meta_scheme;          /* TOK_PREPEND_* */
+    bool meta_split;
+
+    /* Decoder. Byte-level: id_bytes concatenated, ill-formed UTF-8 replaced over the whole.
+     * Otherwise ("pieces"): id_bytes is a token's text inside the output (Replace steps and
+     * Metaspace applied); tokens that are "<0xNN>" under ByteFallback are bytes gathered into
+     * runs; then Strip (after Fuse) on the whole text. See tok.c, decoding. */
+    bool dec_bytelevel;
+    tok_decstep *dec_repl;    /* per-token replacements, in order */
+    int n_dec_repl;
+    bool dec_meta;            /* Metaspace decoder: meta_rep -> ' ' */
+    bool dec_meta_first;      /* ... and dropped from the first token (prepend_scheme not never) */
+    bool dec_byte_fallback, dec_join_space;
+    uint32_t dec_strip_char;
+    int dec_strip_start, dec_strip_stop;
+    int16_t *id_fb_byte;      /* (n_ids) byte of a "<0xNN>" token under ByteFallback, else -1 */
+
+    /* Post-processor for one sequence: ids before and after it (TemplateProcessing). */
+    int32_t post_pre[8], post_post[8];
+    int n_post_pre, n_post_post;
 
     cJSON *doc;               /* tokenizer.json minus model and added_tokens, for tok_save */
     size_t max_token_bytes;
@@ -142,7 +190,10 @@ sk_status tok_set_token(tok *t, int32_t id, const char *str, bool special);
 sk_status tok_add_merge(tok *t, int32_t left, int32_t right, const char *what);
 /* Appends an added token (a copy of a's content); sets its id's spelling and special flag. */
 sk_status tok_add_added(tok *t, const tok_added *a);
-/* Finishes loading: byte ids, regexes, cache. */
+/* Applies the normalizer to s[0..n) (valid UTF-8): *out is a new buffer (mem_free) of *out_n
+ * bytes, or NULL when no step changed anything. */
+sk_status tok_normalize(const tok *t, const char *s, size_t n, char **out, size_t *out_n);
+/* Finishes loading: byte ids, decoder tables, regexes, cache. */
 sk_status tok_finish(tok *t);
 /* The default tokenizer.json skeleton (everything but model and added_tokens). */
 cJSON *tok_default_doc(void);

@@ -1,12 +1,15 @@
 /* tok_util: the tokenizer's building blocks — hashing, a string map and a uint64 map, the
- * GPT-2 byte-to-unicode alphabet, UTF-8 checks with Python's replacement rule, and the
- * PCRE2 regex split that pre-tokenization runs on.
+ * GPT-2 byte-to-unicode alphabet, UTF-8 checks with Python's replacement rule, the
+ * normalizer steps (Unicode forms through libutf8proc) and the PCRE2 regex split that
+ * pre-tokenization runs on.
  *
  * Invariants: a tok_strmap keeps its entries in insertion order (ents) and only indexes them
  * from slots; a tok_u64map never stores the key UINT64_MAX (it marks empty slots). */
 #include "tokenizer/tok_impl.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 /* ---- hashing --------------------------------------------------------------------------- */
 
@@ -392,4 +395,83 @@ sk_status tok_regex_split(const tok_regex *re, const char *s, size_t n, tok_piec
     if (st == SK_OK && last < n) st = fn(ctx, s + last, n - last);
     pcre2_match_data_free(md);
     return st;
+}
+
+/* ---- normalizer -------------------------------------------------------------------------- */
+
+/* One step over cur[0..n): a new buffer (mem_free) in *out, or NULL when out of memory. */
+static sk_status norm_step(const tok_norm *st, const char *cur, size_t n, char **out, size_t *out_n) {
+    *out = NULL;
+    if (st->kind == TOK_NORM_PREPEND) {
+        size_t lp = strlen(st->a);
+        if (!n) return SK_OK;   /* HF prepends nothing to an empty string */
+        char *p = mem_alloc(n + lp + 1);
+        if (!p) return SK_ENOMEM;
+        memcpy(p, st->a, lp);
+        memcpy(p + lp, cur, n);
+        p[n + lp] = 0;
+        *out = p;
+        *out_n = n + lp;
+        return SK_OK;
+    }
+    if (st->kind == TOK_NORM_REPLACE) {
+        size_t lp = strlen(st->a), lr = strlen(st->b), count = 0;
+        for (size_t i = 0; i + lp <= n;) {
+            if (!memcmp(cur + i, st->a, lp)) { count++; i += lp; } else i++;
+        }
+        if (!count) return SK_OK;
+        char *p = mem_alloc(n + count * lr + 1);
+        if (!p) return SK_ENOMEM;
+        size_t k = 0;
+        for (size_t i = 0; i < n;) {
+            if (i + lp <= n && !memcmp(cur + i, st->a, lp)) { memcpy(p + k, st->b, lr); k += lr; i += lp; }
+            else p[k++] = cur[i++];
+        }
+        p[k] = 0;
+        *out = p;
+        *out_n = k;
+        return SK_OK;
+    }
+    int opts = UTF8PROC_STABLE;
+    switch (st->kind) {
+    case TOK_NORM_NFC: opts |= UTF8PROC_COMPOSE; break;
+    case TOK_NORM_NFD: opts |= UTF8PROC_DECOMPOSE; break;
+    case TOK_NORM_NFKC: opts |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT; break;
+    default: opts |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT; break;
+    }
+    utf8proc_uint8_t *res = NULL;
+    utf8proc_ssize_t len = utf8proc_map((const utf8proc_uint8_t *)cur, (utf8proc_ssize_t)n, &res, (utf8proc_option_t)opts);
+    if (len < 0) {
+        if (len == UTF8PROC_ERROR_NOMEM) return SK_ENOMEM;
+        return sk_fail(SK_EARG, "Unicode normalization failed: %s", utf8proc_errmsg(len));
+    }
+    /* utf8proc allocates with malloc; the text moves to skein's allocator. */
+    char *p = mem_alloc((size_t)len + 1);
+    if (p) {
+        memcpy(p, res, (size_t)len);
+        p[len] = 0;
+    }
+    free(res);
+    if (!p) return SK_ENOMEM;
+    *out = p;
+    *out_n = (size_t)len;
+    return SK_OK;
+}
+
+sk_status tok_normalize(const tok *t, const char *s, size_t n, char **out, size_t *out_n) {
+    char *cur = NULL;
+    size_t cn = n;
+    for (int i = 0; i < t->n_norm; i++) {
+        char *next;
+        size_t nn;
+        sk_status st = norm_step(&t->norm[i], cur ? cur : s, cn, &next, &nn);
+        if (st != SK_OK) { mem_free(cur); return st; }
+        if (!next) continue;
+        mem_free(cur);
+        cur = next;
+        cn = nn;
+    }
+    *out = cur;
+    *out_n = cur ? cn : n;
+    return SK_OK;
 }
