@@ -69,6 +69,7 @@ int cmd_generate(int argc, char **argv) {
     char *rendered = NULL;
     chat_msg *msgs = NULL;
     if ((st = tok_load(file_join(path, sizeof path, dir, "tokenizer.json"), &t))) goto done;
+    if ((st = tok_load_config(t, file_join(path, sizeof path, dir, "tokenizer_config.json")))) goto done;
     if ((st = model_load(dir, be, &m))) goto done;
     if (chat) {
         chat_msg two[2];
@@ -90,7 +91,8 @@ int cmd_generate(int argc, char **argv) {
         bool listed = end < 0;
         for (int i = 0; i < m->cfg.n_eos; i++) listed |= m->cfg.eos_token_ids[i] == end;
         if (!listed && m->cfg.n_eos < MODEL_MAX_EOS) m->cfg.eos_token_ids[m->cfg.n_eos++] = end;
-    } else if ((st = tok_encode(t, prompt, strlen(prompt), &ids, &n_ids))) {
+    } else if ((st = tok_encode_ex(t, prompt, strlen(prompt), true, &ids, &n_ids))) {
+        /* As transformers' tokenizer(prompt): with the BOS its post-processor adds (Llama). */
         goto done;
     }
     gen_opts o = {.max_tokens = (int)max_tokens, .seed = (uint64_t)seed, .stop = stop.items, .n_stop = stop.n,
