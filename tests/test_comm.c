@@ -249,6 +249,36 @@ TEST(init_errors) {
     comm_free(c);
 }
 
+/* NCCL with host buffers (the staged paths: f64 sums, broadcasts of host memory) plus the
+ * side channel's counter; float collectives on host memory are refused. Runs only where
+ * SKEIN_TEST_NCCL=1 (GPU machines, one GPU per rank under mpirun). */
+TEST(nccl_host_buffers) {
+    if (!getenv("SKEIN_TEST_NCCL")) return;
+    comm *c = NULL;
+    CHECK_MSG(comm_init("nccl", 60, &c) == SK_OK, "%s", sk_errmsg());
+    int W = c->world;
+    double v[2] = {c->rank + 1.0, 0.25};
+    CHECK_MSG(c->ops->all_reduce_sum_f64(c, v, 2) == SK_OK, "%s", sk_errmsg());
+    CHECK_NEAR(v[0], W * (W + 1) / 2.0, 0);
+    CHECK_NEAR(v[1], 0.25 * W, 0);
+    unsigned char b[1000];
+    for (int root = 0; root < W; root++) {
+        for (size_t i = 0; i < sizeof b; i++) b[i] = c->rank == root ? (unsigned char)(i + root) : 0;
+        CHECK_MSG(c->ops->broadcast(c, b, sizeof b, root) == SK_OK, "%s", sk_errmsg());
+        for (size_t i = 0; i < sizeof b; i++) CHECK(b[i] == (unsigned char)(i + root));
+    }
+    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(c->ops->counter_set(c, 0) == SK_OK);
+    int64_t old = -1;
+    for (int k = 0; k < 10; k++) CHECK(c->ops->fetch_add(c, 1, &old) == SK_OK && old >= 0 && old < 10 * W);
+    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(c->ops->fetch_add(c, 0, &old) == SK_OK && old == 10 * W);
+    float x = 1;
+    CHECK(c->ops->all_reduce_sum(c, &x, 1) == SK_EARG);
+    CHECK(c->ops->barrier(c) == SK_OK);
+    comm_free(c);
+}
+
 /* Without SKEIN_COMM_FAULT: a collective under the communicator's timeout simply completes.
  * With it, see the file comment. */
 TEST(fault) {
