@@ -170,6 +170,7 @@ TEST(store_port_in_use) {
     store_free(s);
 }
 
+#ifdef SKEIN_HAVE_NCCL
 /* torchrun-style through comm_init("nccl"): the store carries NCCL's unique id from rank 0
  * to rank 1. Without a GPU (CI) each rank must then stop with a message about the GPU, which
  * comes after the exchange; with GPUs the communicator must come up. */
@@ -194,6 +195,7 @@ static int rank_nccl(int rank, int world, int port, int out_fd) {
     }
     return !(st == SK_ECOMM && strstr(sk_errmsg(), "has the communicator's id but no usable GPU"));
 }
+#endif
 
 TEST(nccl_bootstrap_torchrun) {
 #ifdef SKEIN_HAVE_NCCL

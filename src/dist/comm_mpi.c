@@ -406,12 +406,13 @@ sk_status comm_mpi_init(double timeout_s, comm **out) {
     c->name = "mpi";
     c->timeout_s = timeout_s;
     c->impl = m;
-    /* The counter is zero before anyone adds to it. */
-    if (mpi_barrier(c) != SK_OK) goto err_broken;
+    /* The counter is zero before anyone adds to it. A rank missing here ends the job (the
+     * message is printed by the barrier). */
+    if (mpi_barrier(c) != SK_OK) comm_mpi_abort(c);
     *out = c;
     return SK_OK;
 err:
-    if (m && m->world != MPI_COMM_NULL && c->world > 1) {
+    if (c && m && m->world != MPI_COMM_NULL && c->world > 1) {
         /* Other ranks may be waiting for this one in a collective setup call. */
         fprintf(stderr, "skein: rank %d: %s\n", c->rank, sk_errmsg());
         MPI_Abort(MPI_COMM_WORLD, 1);
@@ -423,9 +424,6 @@ err:
     }
     free(m);
     free(c);
-    return SK_ECOMM;
-err_broken:
-    *out = c; /* the caller frees it, which aborts the job */
     return SK_ECOMM;
 }
 
