@@ -1,7 +1,7 @@
 # skein build. `make` builds ./skein (CPU always; CUDA when nvcc is found, MPI when mpicc is
 # found). `make test` runs every test; `make demo` runs the embedded demo; both install the
 # Debian packages they need first (`make deps`). Overrides: CC=, NVCC=, MPICC=, NCCL_HOME=,
-# BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1.
+# CUDA_HOME=, MPI_CFLAGS=, MPI_LIBS=, BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1, NO_NCCL=1.
 
 CC       ?= cc
 BUILD    ?= build
@@ -11,7 +11,7 @@ OPT      ?= -O3 -march=native -fno-finite-math-only
 CFLAGS   += $(CSTD) $(WARN) $(OPT) -g -fopenmp -MMD -MP -Isrc
 LDLIBS   += -fopenmp -lm -lpthread
 
-PKGS_DEBIAN = libopenblas-openmp-dev libpcre2-dev libcjson-dev python3-doc
+PKGS_DEBIAN = libopenblas-openmp-dev libpcre2-dev libcjson-dev python3-doc openmpi-bin libopenmpi-dev
 
 BLAS_CFLAGS ?= $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   ?= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
@@ -28,6 +28,39 @@ ifdef NO_MPI
 MPICC :=
 endif
 
+# MPI (src/dist/comm_mpi.c): flags from the wrapper (OpenMPI --showme, MPICH -show), so every
+# file keeps $(CC); SKEIN_HAVE_MPI tells comm.c the implementation is built in.
+ifneq ($(MPICC),)
+ifeq ($(origin MPI_CFLAGS),undefined)
+MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null || $(MPICC) -compile_info 2>/dev/null | cut -d' ' -f2- | tr ' ' '\n' | grep -E '^-(I|D)' | tr '\n' ' ')
+endif
+ifeq ($(origin MPI_LIBS),undefined)
+MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null || $(MPICC) -link_info 2>/dev/null | cut -d' ' -f2- | tr ' ' '\n' | grep -E '^-(L|l|Wl)' | tr '\n' ' ')
+endif
+CFLAGS += -DSKEIN_HAVE_MPI
+$(BUILD)/src/dist/comm_mpi.o: CFLAGS += $(MPI_CFLAGS)
+LDLIBS += $(MPI_LIBS)
+endif
+
+# NCCL (src/dist/comm_nccl.c, C against NCCL's and the CUDA runtime's C APIs): built when nvcc
+# is found and nccl.h is in NCCL_HOME (default: the CUDA toolkit, then /usr/local, /usr).
+# Where only libnccl.so.2 exists (the pip wheel on the GPU machine) it is linked by that name.
+# The libraries' folders go into the rpath so ./skein runs without LD_LIBRARY_PATH.
+CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/,%,$(dir $(realpath $(NVCC)))))
+NCCL_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) /usr/local /usr,$(if $(wildcard $(d)/include/nccl.h),$(d))))
+ifdef NO_NCCL
+NCCL_HOME :=
+endif
+ifneq ($(and $(NVCC),$(NCCL_HOME),$(wildcard $(NCCL_HOME)/include/nccl.h),$(wildcard src/dist/comm_nccl.c)),)
+HAVE_NCCL    := 1
+NCCL_LIBDIR  := $(firstword $(foreach d,lib lib64 lib/x86_64-linux-gnu,$(if $(wildcard $(NCCL_HOME)/$(d)/libnccl.so*),$(NCCL_HOME)/$(d))))
+CUDA_LIBDIR  := $(firstword $(foreach d,lib64 lib targets/x86_64-linux/lib,$(if $(wildcard $(CUDA_HOME)/$(d)/libcudart.so*),$(CUDA_HOME)/$(d))))
+NCCL_LIB     := $(if $(wildcard $(NCCL_LIBDIR)/libnccl.so),-lnccl,-l:libnccl.so.2)
+CFLAGS += -DSKEIN_HAVE_NCCL
+$(BUILD)/src/dist/comm_nccl.o: CFLAGS += -I$(CUDA_HOME)/include -I$(NCCL_HOME)/include
+LDLIBS += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR) $(NCCL_LIB) -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart
+endif
+
 SRCS      := $(sort $(shell find src -name '*.c'))
 LIB_SRCS  := $(filter-out src/cli/main.c,$(SRCS))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
@@ -39,9 +72,10 @@ TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 
 status:
-	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  MPI %s\n' \
+	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  MPI %s  NCCL %s\n' \
 	  "$(if $(NVCC),✓ ($(NVCC)) [backend arrives with the CUDA issue],✗)" \
-	  "$(if $(MPICC),✓ ($(MPICC)) [used by distributed training],✗)"
+	  "$(if $(MPICC),✓ ($(MPICC)),✗)" \
+	  "$(if $(HAVE_NCCL),✓ ($(NCCL_HOME)),✗)"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

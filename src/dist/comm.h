@@ -56,6 +56,49 @@ struct comm {
 /* Creates the communicator: kind "auto" (MPI when the environment shows a launcher, else
  * local), "local", "mpi" or "nccl". SK_EARG when the kind is not built in. */
 sk_status comm_init(const char *kind, double timeout_s, comm **out);
+/* Releases the communicator. After a collective failed (SK_ECOMM) the world is broken: the
+ * MPI implementation then ends the whole job (MPI_Abort, exit status 1 on every rank) rather
+ * than wait in MPI_Finalize for ranks that will never come; print the error before. */
 void comm_free(comm *c);
+
+/* In-place use: all_gather accepts send == recv + rank*chunk (the rank's own chunk already
+ * in place); reduce_scatter's recv must not overlap send. Counts above INT_MAX are split
+ * into several calls inside the implementations. */
+
+/* ---- Launch environment (bootstrap) ----------------------------------------------------
+ * Who started this process, read from the variables each launcher sets:
+ *   OpenMPI mpirun   OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK
+ *   PMIx / MPICH     PMIX_RANK, PMI_RANK + PMI_SIZE (MPI_Init reads them itself)
+ *   Slurm srun       SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (only inside a job step:
+ *                    SLURM_STEP_ID set; an sbatch script's own shell is not a launch)
+ *   torchrun-style   RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, Ray
+ *                    Train, Kubernetes operators): NCCL with its id sent through store.h */
+typedef enum comm_launcher {
+    COMM_LAUNCH_NONE = 0,   /* started by hand: one process */
+    COMM_LAUNCH_MPIRUN,
+    COMM_LAUNCH_PMI,
+    COMM_LAUNCH_SLURM,
+    COMM_LAUNCH_TORCHRUN,
+} comm_launcher;
+
+typedef struct comm_env {
+    comm_launcher launcher;
+    int rank, world, local_rank;
+    char master_addr[256];  /* torchrun-style only */
+    int master_port;        /* torchrun-style only; 0 elsewhere */
+} comm_env;
+
+/* Reads the environment into *env. SK_EARG with a message naming the variable when a value
+ * is not a number, RANK >= WORLD_SIZE, or MASTER_ADDR/MASTER_PORT are missing or bad while
+ * WORLD_SIZE > 1. With no launcher: rank 0 of world 1. */
+sk_status comm_env_read(comm_env *env);
+const char *comm_launcher_name(comm_launcher l);
+
+/* The kind comm_init("auto") would pick for `device` ("cpu" or "cuda"): on cpu "mpi" under
+ * mpirun/PMI/srun; on cuda "nccl" under any launcher (its unique id travels through MPI
+ * under mpirun/srun, through the TCP store of store.h under torchrun-style variables);
+ * "local" for one process. Returns NULL with SK_EARG set when the environment is bad or asks
+ * for what cannot work (torchrun-style WORLD_SIZE > 1 on cpu: use mpirun there). */
+const char *comm_auto_kind(const char *device);
 
 #endif

@@ -1,0 +1,43 @@
+/* store: a small TCP key-less store for the torchrun-style launch (RANK, WORLD_SIZE,
+ * MASTER_ADDR, MASTER_PORT), where no MPI is there to connect the processes. It carries what
+ * NCCL needs before it exists: rank 0's unique id (a 128-byte blob) and barriers; and it
+ * holds the fetch-and-add counter of comm.h for communicators (NCCL) that have no atomics.
+ *
+ *   store *s;
+ *   store_open(env.master_addr, env.master_port, env.rank, env.world, 300.0, &s);
+ *   store_bcast(s, &id, sizeof id);   // rank 0's bytes to every rank
+ *   store_barrier(s);
+ *   store_free(s);
+ *
+ * Rank 0 runs a server thread listening on MASTER_PORT on every interface; every rank,
+ * rank 0 included, is a client of it. store_open returns when every rank has connected.
+ * Every call waits at most the timeout, then fails with SK_ECOMM and a message naming the
+ * ranks that did not arrive (the server tells the waiting clients) or the unreachable server.
+ * IPv4 only. Not thread-safe: one caller thread per store. */
+#ifndef SKEIN_STORE_H
+#define SKEIN_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/base.h"
+
+typedef struct store store;
+
+/* Connects rank `rank` of `world` (rank 0 also starts the server). Clients retry the
+ * connection until the timeout (rank 0 may start later). SK_EIO when rank 0 cannot listen on
+ * the port (in use); SK_ECOMM when the world is not complete within the timeout. */
+sk_status store_open(const char *addr, int port, int rank, int world, double timeout_s, store **out);
+/* Every rank ends with rank 0's bytes(n); n must be the same everywhere (at most 1 MiB). */
+sk_status store_bcast(store *s, void *bytes, size_t n);
+/* Returns when every rank has called it, or SK_ECOMM naming the missing ranks. */
+sk_status store_barrier(store *s);
+/* Atomic fetch-and-add on the store's counter (starts at 0): *old gets the value before. */
+sk_status store_add(store *s, int64_t add, int64_t *old);
+/* Sets the counter (any rank; callers order it with barriers). */
+sk_status store_counter_set(store *s, int64_t value);
+/* Closes this rank's connection; on rank 0, stops the server once every client has left
+ * (or after the timeout). */
+void store_free(store *s);
+
+#endif

@@ -1,0 +1,287 @@
+/* Tests of comm.h: every collective against the arithmetic truth, for whatever world this
+ * program runs in. Run directly (tests/run.sh) it is a world of one ("local"); tests/cli_dist.sh
+ * runs it under `mpirun -n 2` and `-n 3`, with SKEIN_COMM_CHUNK=7 to split every call into
+ * small pieces, and with SKEIN_COMM_FAULT to check what a sleeping or killed rank does to the
+ * others. Values are small integers, so float sums are exact and compared with ==.
+ *
+ * SKEIN_COMM_FAULT=sleep:R:S  rank R sleeps S seconds before an all_reduce; the others must
+ *                             get SK_ECOMM naming rank R within the timeout (+ grace).
+ * SKEIN_COMM_FAULT=kill:R     rank R kills itself with SIGKILL before an all_reduce.
+ * SKEIN_COMM_TIMEOUT=S        the communicator's timeout (default 60). */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist/comm.h"
+#include "test.h"
+
+static comm *g_comm;
+static sk_status g_init_st = SK_OK;
+
+static void world_free(void) { comm_free(g_comm); }
+
+/* The communicator shared by the cases, created on first use (MPI can be initialized once). */
+static comm *world(void) {
+    if (!g_comm && g_init_st == SK_OK) {
+        const char *t = getenv("SKEIN_COMM_TIMEOUT");
+        g_init_st = comm_init("auto", t ? atof(t) : 60.0, &g_comm);
+        if (g_init_st == SK_OK) {
+            atexit(world_free);
+            if (g_comm->rank == 0) printf("  comm %s, world %d\n", g_comm->name, g_comm->world);
+        }
+        else printf("  comm_init: %s\n", sk_errmsg());
+    }
+    return g_comm;
+}
+
+TEST(all_reduce) {
+    comm *c = world();
+    CHECK(c);
+    size_t n = 1037;
+    float *buf = malloc(n * sizeof *buf);
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(c->rank * 1000 + (int)i);
+    sk_status st = c->ops->all_reduce_sum(c, buf, n);
+    CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
+    int W = c->world, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = (float)(1000 * W * (W - 1) / 2 + W * (int)i);
+        if (buf[i] != want && bad++ < 5) printf("  [%zu] %g, want %g\n", i, buf[i], want);
+    }
+    free(buf);
+    CHECK(bad == 0);
+    CHECK(c->ops->all_reduce_sum(c, NULL, 0) == SK_OK);
+}
+
+TEST(all_reduce_f64) {
+    comm *c = world();
+    CHECK(c);
+    double v[3] = {c->rank + 0.5, -1.25 * c->rank, 1e15};
+    CHECK_MSG(c->ops->all_reduce_sum_f64(c, v, 3) == SK_OK, "%s", sk_errmsg());
+    int W = c->world;
+    CHECK_NEAR(v[0], W * (W - 1) / 2.0 + 0.5 * W, 0);
+    CHECK_NEAR(v[1], -1.25 * W * (W - 1) / 2.0, 0);
+    CHECK_NEAR(v[2], 1e15 * W, 0);
+}
+
+TEST(reduce_scatter) {
+    comm *c = world();
+    CHECK(c);
+    size_t chunk = 33, W = (size_t)c->world;
+    float *send = malloc(W * chunk * sizeof *send), *recv = malloc(chunk * sizeof *recv);
+    for (size_t j = 0; j < W * chunk; j++) send[j] = (float)(c->rank + (int)j);
+    CHECK_MSG(c->ops->reduce_scatter_sum(c, send, recv, chunk) == SK_OK, "%s", sk_errmsg());
+    int bad = 0;
+    for (size_t i = 0; i < chunk; i++) {
+        size_t j = (size_t)c->rank * chunk + i;
+        float want = (float)(W * (W - 1) / 2 + W * j);
+        if (recv[i] != want && bad++ < 5) printf("  [%zu] %g, want %g\n", i, recv[i], want);
+    }
+    free(send);
+    free(recv);
+    CHECK(bad == 0);
+}
+
+TEST(all_gather) {
+    comm *c = world();
+    CHECK(c);
+    size_t chunk = 29, W = (size_t)c->world;
+    float *send = malloc(chunk * sizeof *send), *recv = malloc(W * chunk * sizeof *recv);
+    for (size_t i = 0; i < chunk; i++) send[i] = (float)(c->rank * 100 + (int)i);
+    for (int inplace = 0; inplace < 2; inplace++) {
+        for (size_t j = 0; j < W * chunk; j++) recv[j] = -1;
+        const float *src = send;
+        if (inplace) {
+            memcpy(recv + (size_t)c->rank * chunk, send, chunk * sizeof *send);
+            src = recv + (size_t)c->rank * chunk;
+        }
+        CHECK_MSG(c->ops->all_gather(c, src, recv, chunk) == SK_OK, "%s", sk_errmsg());
+        int bad = 0;
+        for (size_t r = 0; r < W; r++)
+            for (size_t i = 0; i < chunk; i++) {
+                float want = (float)(r * 100 + i);
+                if (recv[r * chunk + i] != want && bad++ < 5)
+                    printf("  in-place %d: [%zu] %g, want %g\n", inplace, r * chunk + i, recv[r * chunk + i], want);
+            }
+        CHECK(bad == 0);
+    }
+    free(send);
+    free(recv);
+}
+
+TEST(broadcast) {
+    comm *c = world();
+    CHECK(c);
+    unsigned char buf[301];
+    for (int root = 0; root < c->world; root++) {
+        for (size_t i = 0; i < sizeof buf; i++) buf[i] = c->rank == root ? (unsigned char)(i * 7 + root) : 0xEE;
+        CHECK_MSG(c->ops->broadcast(c, buf, sizeof buf, root) == SK_OK, "%s", sk_errmsg());
+        for (size_t i = 0; i < sizeof buf; i++)
+            CHECK_MSG(buf[i] == (unsigned char)(i * 7 + root), "root %d byte %zu", root, i);
+    }
+    CHECK(c->ops->broadcast(c, buf, 1, c->world) == SK_EARG);
+    CHECK(c->ops->barrier(c) == SK_OK);
+}
+
+TEST(fetch_add) {
+    comm *c = world();
+    CHECK(c);
+    enum { K = 100 };
+    int W = c->world;
+    CHECK_MSG(c->ops->counter_set(c, 0) == SK_OK, "%s", sk_errmsg());
+    float mine[K];
+    for (int k = 0; k < K; k++) {
+        int64_t old = -1;
+        CHECK_MSG(c->ops->fetch_add(c, 1, &old) == SK_OK, "%s", sk_errmsg());
+        mine[k] = (float)old;
+    }
+    /* Every value 0..W*K-1 handed out exactly once. */
+    float *all = malloc((size_t)W * K * sizeof *all);
+    CHECK(c->ops->all_gather(c, mine, all, K) == SK_OK);
+    char *seen = calloc((size_t)W * K, 1);
+    int bad = 0;
+    for (int j = 0; j < W * K; j++) {
+        long v = (long)all[j];
+        if (v < 0 || v >= W * K || seen[v]++) bad++;
+    }
+    free(all);
+    free(seen);
+    CHECK_MSG(bad == 0, "%d values out of range or repeated", bad);
+    int64_t total = -1;
+    CHECK(c->ops->fetch_add(c, 0, &total) == SK_OK);
+    CHECK_MSG(total == (int64_t)W * K, "counter %lld", (long long)total);
+    CHECK(c->ops->counter_set(c, 42) == SK_OK);
+    CHECK(c->ops->fetch_add(c, 0, &total) == SK_OK);
+    CHECK_MSG(total == 42, "after counter_set(42): %lld", (long long)total);
+    CHECK(c->ops->barrier(c) == SK_OK);
+}
+
+/* Sets, clears and restores the launcher variables around the env cases. */
+static const char *env_names[] = {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
+                                  "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "SLURM_NTASKS",
+                                  "SLURM_LOCALID", "SLURM_STEP_ID", "SLURM_STEPID", "RANK", "WORLD_SIZE",
+                                  "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"};
+enum { N_ENV = sizeof env_names / sizeof env_names[0] };
+static char *env_saved[N_ENV];
+
+static void env_clear(void) {
+    for (int i = 0; i < N_ENV; i++) {
+        const char *v = getenv(env_names[i]);
+        free(env_saved[i]);
+        env_saved[i] = v ? strdup(v) : NULL;
+        unsetenv(env_names[i]);
+    }
+}
+
+static void env_restore(void) {
+    for (int i = 0; i < N_ENV; i++) {
+        if (env_saved[i]) setenv(env_names[i], env_saved[i], 1);
+        else unsetenv(env_names[i]);
+        free(env_saved[i]);
+        env_saved[i] = NULL;
+    }
+}
+
+/* Reads the environment after setting "NAME=value" pairs (NULL-terminated). */
+static sk_status env_with(comm_env *e, const char *const *kv) {
+    for (int i = 0; i < N_ENV; i++) unsetenv(env_names[i]);
+    for (; *kv; kv++) {
+        char name[64];
+        const char *eq = strchr(*kv, '=');
+        snprintf(name, sizeof name, "%.*s", (int)(eq - *kv), *kv);
+        setenv(name, eq + 1, 1);
+    }
+    return comm_env_read(e);
+}
+
+static void env_cases(void) {
+    comm_env e;
+    CHECK(env_with(&e, (const char *[]){NULL}) == SK_OK && e.launcher == COMM_LAUNCH_NONE && e.world == 1);
+    CHECK(!strcmp(comm_auto_kind("cpu"), "local"));
+    CHECK(env_with(&e, (const char *[]){"OMPI_COMM_WORLD_SIZE=4", "OMPI_COMM_WORLD_RANK=2",
+                                        "OMPI_COMM_WORLD_LOCAL_RANK=0", NULL}) == SK_OK);
+    CHECK(e.launcher == COMM_LAUNCH_MPIRUN && e.rank == 2 && e.world == 4 && e.local_rank == 0);
+    CHECK(!strcmp(comm_auto_kind("cpu"), "mpi") && !strcmp(comm_auto_kind("cuda"), "nccl"));
+    CHECK(env_with(&e, (const char *[]){"SLURM_PROCID=1", "SLURM_NTASKS=3", "SLURM_LOCALID=1", "SLURM_STEP_ID=0",
+                                        NULL}) == SK_OK);
+    CHECK(e.launcher == COMM_LAUNCH_SLURM && e.rank == 1 && e.world == 3 && e.local_rank == 1);
+    /* An sbatch script's shell is not a job step: one process. */
+    CHECK(env_with(&e, (const char *[]){"SLURM_PROCID=0", "SLURM_NTASKS=3", NULL}) == SK_OK);
+    CHECK(e.launcher == COMM_LAUNCH_NONE);
+    CHECK(env_with(&e, (const char *[]){"RANK=1", "WORLD_SIZE=2", "LOCAL_RANK=1", "MASTER_ADDR=10.0.0.1",
+                                        "MASTER_PORT=29500", NULL}) == SK_OK);
+    CHECK(e.launcher == COMM_LAUNCH_TORCHRUN && e.rank == 1 && e.world == 2 && e.local_rank == 1);
+    CHECK(!strcmp(e.master_addr, "10.0.0.1") && e.master_port == 29500);
+    CHECK(!strcmp(comm_auto_kind("cuda"), "nccl"));
+    CHECK(comm_auto_kind("cpu") == NULL && strstr(sk_errmsg(), "mpirun"));
+    /* Bad values name the variable. */
+    CHECK(env_with(&e, (const char *[]){"RANK=0", "WORLD_SIZE=abc", NULL}) == SK_EARG);
+    CHECK_MSG(strstr(sk_errmsg(), "WORLD_SIZE=abc"), "%s", sk_errmsg());
+    CHECK(env_with(&e, (const char *[]){"RANK=2", "WORLD_SIZE=2", "MASTER_ADDR=h", "MASTER_PORT=1", NULL}) == SK_EARG);
+    CHECK_MSG(strstr(sk_errmsg(), "RANK=2 is not below WORLD_SIZE=2"), "%s", sk_errmsg());
+    CHECK(env_with(&e, (const char *[]){"RANK=0", "WORLD_SIZE=2", "MASTER_ADDR=h", NULL}) == SK_EARG);
+    CHECK_MSG(strstr(sk_errmsg(), "MASTER_PORT is not set"), "%s", sk_errmsg());
+    CHECK(env_with(&e, (const char *[]){"RANK=0", "WORLD_SIZE=2", "MASTER_ADDR=h", "MASTER_PORT=70000", NULL}) == SK_EARG);
+    CHECK_MSG(strstr(sk_errmsg(), "MASTER_PORT=70000"), "%s", sk_errmsg());
+    CHECK(env_with(&e, (const char *[]){"WORLD_SIZE=2", NULL}) == SK_EARG);
+    CHECK_MSG(strstr(sk_errmsg(), "RANK is not"), "%s", sk_errmsg());
+    CHECK(env_with(&e, (const char *[]){"RANK=-1", "WORLD_SIZE=2", NULL}) == SK_EARG);
+    /* torchrun with one process needs no store. */
+    CHECK(env_with(&e, (const char *[]){"RANK=0", "WORLD_SIZE=1", NULL}) == SK_OK && e.world == 1);
+}
+
+TEST(launch_env) {
+    env_clear();
+    env_cases();
+    env_restore();
+}
+
+TEST(init_errors) {
+    comm *c = NULL;
+    CHECK(comm_init("carrier-pigeon", 10, &c) == SK_EARG && !c);
+    CHECK(strstr(sk_errmsg(), "carrier-pigeon"));
+    CHECK(comm_init("local", 0, &c) == SK_EARG);
+    CHECK(comm_init("local", 5, &c) == SK_OK && c->world == 1 && !strcmp(c->name, "local"));
+    float x[4] = {1, 2, 3, 4}, y[4];
+    CHECK(c->ops->reduce_scatter_sum(c, x, y, 4) == SK_OK && y[3] == 4);
+    int64_t old;
+    CHECK(c->ops->counter_set(c, 5) == SK_OK && c->ops->fetch_add(c, 3, &old) == SK_OK && old == 5);
+    CHECK(c->ops->fetch_add(c, 0, &old) == SK_OK && old == 8);
+    comm_free(c);
+}
+
+/* Without SKEIN_COMM_FAULT: a collective under the communicator's timeout simply completes.
+ * With it, see the file comment. */
+TEST(fault) {
+    comm *c = world();
+    CHECK(c);
+    const char *f = getenv("SKEIN_COMM_FAULT");
+    float x = 1;
+    if (!f) {
+        CHECK(c->ops->all_reduce_sum(c, &x, 1) == SK_OK && x == (float)c->world);
+        return;
+    }
+    int who = -1;
+    double sleep_s = 0;
+    int is_kill = !strncmp(f, "kill:", 5);
+    CHECK(sscanf(f + (is_kill ? 5 : 6), "%d:%lf", &who, &sleep_s) >= 1);
+    CHECK(c->ops->barrier(c) == SK_OK);
+    if (c->rank == who) {
+        if (is_kill) raise(SIGKILL);
+        usleep((useconds_t)(sleep_s * 1e6));
+    }
+    double t0 = time_now();
+    sk_status st = c->ops->all_reduce_sum(c, &x, 1);
+    double dt = time_now() - t0;
+    printf("  rank %d: %s after %.2f s: %s\n", c->rank, sk_status_name(st), dt, st ? sk_errmsg() : "");
+    fflush(stdout);
+    CHECK(c->rank != who);
+    CHECK(st == SK_ECOMM);
+    char want[64];
+    snprintf(want, sizeof want, "no answer from rank(s) %d ", who);
+    CHECK_MSG(strstr(sk_errmsg(), "all_reduce") && strstr(sk_errmsg(), want), "%s", sk_errmsg());
+    CHECK_MSG(dt < c->timeout_s + 3, "%.2f s", dt);
+    /* Later calls fail at once; comm_free (atexit) ends the job. */
+    CHECK(c->ops->barrier(c) == SK_ECOMM);
+}
+
+TEST_MAIN()

@@ -1,0 +1,172 @@
+/* Tests of the TCP store (store.h) that carries NCCL's unique id under torchrun-style
+ * launchers: the test forks processes that each act as one rank on 127.0.0.1, as torchrun
+ * would start them, and checks the broadcast, the barrier, the fetch-and-add counter (every
+ * value handed out once), and the failures: a rank that never comes, a rank that dies, no
+ * rank 0 at all, a port in use. Failures must come within the timeout, naming the rank. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include "dist/store.h"
+#include "test.h"
+
+/* A TCP port free right now on 127.0.0.1 (the kernel picks it). */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        return 29500;
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+typedef int (*rank_fn)(int rank, int world, int port, int out_fd);
+
+/* Forks ranks [0, started) of `world`, each running fn, and waits for them (killing any still
+ * running after 30 s). Returns how many exited with status 0; out_fd is a pipe they may
+ * write to, read back into buf(cap) (*got bytes). */
+static int run_ranks(rank_fn fn, int world, int started, int port, void *buf, size_t cap, size_t *got) {
+    int p[2];
+    if (pipe(p) < 0) return -1;
+    pid_t pids[8];
+    for (int r = 0; r < started; r++) {
+        pids[r] = fork();
+        if (pids[r] == 0) {
+            close(p[0]);
+            int rc = fn(r, world, port, p[1]);
+            fflush(stdout);
+            _exit(rc);
+        }
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t k;
+    while (n < cap && (k = read(p[0], (char *)buf + n, cap - n)) > 0) n += (size_t)k;
+    close(p[0]);
+    if (got) *got = n;
+    int ok = 0;
+    double end = time_now() + 30;
+    for (int r = 0; r < started; r++) {
+        int status;
+        while (waitpid(pids[r], &status, WNOHANG) == 0) {
+            if (time_now() > end) kill(pids[r], SIGKILL);
+            usleep(10000);
+        }
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) ok++;
+    }
+    return ok;
+}
+
+enum { K = 100 };
+
+static int rank_happy(int rank, int world, int port, int out_fd) {
+    store *s;
+    if (store_open("127.0.0.1", port, rank, world, 10, &s) != SK_OK) {
+        printf("  rank %d: %s\n", rank, sk_errmsg());
+        return 1;
+    }
+    unsigned char id[128];
+    for (int i = 0; i < 128; i++) id[i] = rank == 0 ? (unsigned char)(i * 13 + 5) : 0;
+    int bad = store_bcast(s, id, sizeof id) != SK_OK;
+    for (int i = 0; i < 128; i++) bad |= id[i] != (unsigned char)(i * 13 + 5);
+    bad |= store_barrier(s) != SK_OK;
+    int64_t olds[K];
+    for (int k = 0; k < K; k++) bad |= store_add(s, 1, &olds[k]) != SK_OK;
+    if (write(out_fd, olds, sizeof olds) != (ssize_t)sizeof olds) bad = 1;
+    bad |= store_barrier(s) != SK_OK;
+    int64_t total = -1;
+    bad |= store_add(s, 0, &total) != SK_OK || total != (int64_t)world * K;
+    bad |= store_barrier(s) != SK_OK;
+    if (rank == 0) bad |= store_counter_set(s, 7) != SK_OK;
+    bad |= store_barrier(s) != SK_OK;
+    bad |= store_add(s, 0, &total) != SK_OK || total != 7;
+    bad |= store_barrier(s) != SK_OK;
+    if (bad) printf("  rank %d: %s (total %lld)\n", rank, sk_errmsg(), (long long)total);
+    store_free(s);
+    return bad;
+}
+
+TEST(store_bcast_barrier_add) {
+    int world = 3;
+    int64_t olds[3 * K];
+    size_t got = 0;
+    int ok = run_ranks(rank_happy, world, world, free_port(), olds, sizeof olds, &got);
+    CHECK_MSG(ok == world, "%d of %d ranks succeeded", ok, world);
+    CHECK(got == sizeof olds);
+    char seen[3 * K] = {0};
+    for (int i = 0; i < world * K; i++) {
+        CHECK_MSG(olds[i] >= 0 && olds[i] < world * K && !seen[olds[i]], "value %lld", (long long)olds[i]);
+        seen[olds[i]] = 1;
+    }
+}
+
+/* Opens with a 1 s timeout and expects SK_ECOMM whose message contains `want` (in the
+ * environment variable of the same name, as fork keeps it), within 5 s. */
+static int expect_open_fails(int rank, int world, int port, int out_fd) {
+    const char *want = getenv("STORE_WANT");
+    double t0 = time_now();
+    store *s;
+    sk_status st = store_open("127.0.0.1", port, rank, world, 1.0, &s);
+    double dt = time_now() - t0;
+    printf("  rank %d: %s after %.1f s: %s\n", rank, sk_status_name(st), dt, st ? sk_errmsg() : "");
+    if (st == SK_OK) store_free(s);
+    return !(st == SK_ECOMM && strstr(sk_errmsg(), want) && dt < 5);
+}
+
+TEST(store_rank_never_comes) {
+    setenv("STORE_WANT", "rank(s) 2 never connected", 1);
+    int ok = run_ranks(expect_open_fails, 3, 2, free_port(), NULL, 0, NULL);
+    CHECK_MSG(ok == 2, "%d of 2 ranks reported the missing rank", ok);
+}
+
+TEST(store_no_rank0) {
+    int port = free_port();
+    /* Rank 1 alone: nobody listens; it retries for the timeout, then says so. */
+    double t0 = time_now();
+    store *s;
+    sk_status st = store_open("127.0.0.1", port, 1, 2, 1.0, &s);
+    CHECK(st == SK_ECOMM && time_now() - t0 < 5);
+    CHECK_MSG(strstr(sk_errmsg(), "could not connect to rank 0 at 127.0.0.1:"), "%s", sk_errmsg());
+}
+
+/* Rank 1 exits after joining; rank 0's next barrier must fail at once naming it. */
+static int rank_dies(int rank, int world, int port, int out_fd) {
+    store *s;
+    if (store_open("127.0.0.1", port, rank, world, 10, &s) != SK_OK) return 1;
+    if (rank == 1) _exit(0);
+    double t0 = time_now();
+    sk_status st = store_barrier(s);
+    double dt = time_now() - t0;
+    printf("  rank 0: %s after %.1f s: %s\n", sk_status_name(st), dt, st ? sk_errmsg() : "");
+    store_free(s);
+    return !(st == SK_ECOMM && strstr(sk_errmsg(), "rank 1 disconnected") && dt < 5);
+}
+
+TEST(store_rank_dies) {
+    CHECK(run_ranks(rank_dies, 2, 2, free_port(), NULL, 0, NULL) == 2);
+}
+
+TEST(store_port_in_use) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+    socklen_t len = sizeof a;
+    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 1) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    store *s;
+    sk_status st = store_open("127.0.0.1", ntohs(a.sin_port), 0, 2, 1.0, &s);
+    close(fd);
+    CHECK(st == SK_EIO);
+    CHECK_MSG(strstr(sk_errmsg(), "cannot listen on port"), "%s", sk_errmsg());
+    CHECK(store_open("127.0.0.1", 0, 0, 2, 1.0, &s) == SK_EARG);
+    CHECK(store_open("127.0.0.1", 100, 2, 2, 1.0, &s) == SK_EARG);
+    /* One rank: no peers, the store still works. */
+    CHECK(store_open("127.0.0.1", free_port(), 0, 1, 1.0, &s) == SK_OK);
+    int64_t old;
+    CHECK(store_add(s, 5, &old) == SK_OK && old == 0 && store_add(s, 0, &old) == SK_OK && old == 5);
+    store_free(s);
+}
+
+TEST_MAIN()
