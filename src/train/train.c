@@ -344,7 +344,7 @@ static sk_status save_final(trainer *tr) {
 }
 
 /* Fields of the memory report, in the order ranks send them. */
-enum { MEM_PARAMS, MEM_GRADS, MEM_OPT, MEM_BUCKETS, MEM_GATHERED, MEM_STAGING, MEM_ACTS, MEM_TOTAL, MEM_TRANSIENT,
+enum { MEM_PARAMS, MEM_GRADS, MEM_OPT, MEM_BUCKETS, MEM_GATHERED, MEM_STAGING, MEM_SCRATCH, MEM_ACTS, MEM_TOTAL, MEM_TRANSIENT,
        MEM_PEAK_PLAN, MEM_BASELINE, MEM_MEASURED, MEM_N };
 
 /* Collects every rank's plan (and, when measured, its resident peak) on every rank. */
@@ -358,6 +358,7 @@ static sk_status gather_memory(trainer *tr, bool measured, double *all) {
     me[MEM_BUCKETS] = (double)p->buckets;
     me[MEM_GATHERED] = (double)p->gathered;
     me[MEM_STAGING] = (double)p->staging;
+    me[MEM_SCRATCH] = (double)p->comm_scratch;
     me[MEM_ACTS] = (double)p->activations;
     me[MEM_TOTAL] = (double)p->total;
     me[MEM_TRANSIENT] = (double)p->load_transient;
@@ -378,8 +379,8 @@ static void print_memory(trainer *tr, const double *all) {
     for (int r = 0; r < tr->world; r++) {
         const double *v = all + MEM_N * r;
         log_info("  rank %d: params %.2f + grads %.2f + optimizer %.2f | buckets %.2f, gathered %.2f, staging %.2f, "
-                 "activations %.2f | total %.2f%s", r, v[MEM_PARAMS] / MB, v[MEM_GRADS] / MB, v[MEM_OPT] / MB,
-                 v[MEM_BUCKETS] / MB, v[MEM_GATHERED] / MB, v[MEM_STAGING] / MB, v[MEM_ACTS] / MB, v[MEM_TOTAL] / MB,
+                 "comm scratch %.2f, activations %.2f | total %.2f%s", r, v[MEM_PARAMS] / MB, v[MEM_GRADS] / MB, v[MEM_OPT] / MB,
+                 v[MEM_BUCKETS] / MB, v[MEM_GATHERED] / MB, v[MEM_STAGING] / MB, v[MEM_SCRATCH] / MB, v[MEM_ACTS] / MB, v[MEM_TOTAL] / MB,
                  v[MEM_TRANSIENT] > 0 ? " (+ full parameters while sharding at start)" : "");
     }
 }
@@ -387,7 +388,7 @@ static void print_memory(trainer *tr, const double *all) {
 /* Rank 0: OUT/memory.json with every rank's plan, the paper's formulas and the measured peaks. */
 static sk_status write_memory_json(trainer *tr, const double *all) {
     static const char *const names[MEM_N] = {"params", "grads", "optimizer", "buckets", "gathered", "staging",
-                                             "activations", "total", "load_transient", "peak_plan",
+                                             "comm_scratch", "activations", "total", "load_transient", "peak_plan",
                                              "baseline_rss", "measured_peak"};
     char path[4096];
     file_join(path, sizeof path, tr->o->out, "memory.json");

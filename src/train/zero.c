@@ -109,8 +109,10 @@ void zero_plan(const model *m, int world, int stage, bool dynamic, int param_byt
     if (buckets) o->buckets = P * (W * maxlc + outer) + 4 * maxc;
     if (stage == 1 || (stage == 2 && dynamic)) o->staging = 4 * (W * maxc + maxc);
     if (stage == 3) o->gathered = P * (2 * W * maxlc + outer);
+    if (world > 1) o->comm_scratch = stage == 0 ? P * psi : P * W * maxc;
     o->activations = model_train_bytes(m, micro_batch, T) + 2 * sizeof(int) * (size_t)micro_batch * (size_t)T;
-    o->total = o->params + o->grads + o->optimizer + o->buckets + o->gathered + o->staging + o->activations;
+    o->total = o->params + o->grads + o->optimizer + o->buckets + o->gathered + o->staging + o->comm_scratch +
+               o->activations;
     o->load_transient = stage == 3 ? P * psi : 0;
     o->peak = o->total > P * (psi + S) ? o->total : P * (psi + S);
 }

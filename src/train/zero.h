@@ -45,6 +45,8 @@ typedef struct zero_mem {
     size_t buckets;        /* stage 2/3: layer and outer gradient buckets, reduce receive buffer */
     size_t gathered;       /* stage 3: gathered outer groups and two layer slots */
     size_t staging;        /* stage 1 (and 2 with dynamic data): padded reduce/gather buffers */
+    size_t comm_scratch;   /* the largest single collective: MPI's algorithms hold a temporary copy
+                            * of up to that many bytes (world 1: none) */
     size_t activations;    /* model activations for the micro-batch, input buffers */
     size_t total;          /* the sum of the above: held during every step */
     size_t load_transient; /* stage 3: the full parameters held while sharding at start */
