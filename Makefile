@@ -51,13 +51,13 @@ NCCL_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) /usr/local /usr,$(if $(wildcar
 ifdef NO_NCCL
 NCCL_HOME :=
 endif
-ifneq ($(and $(NVCC),$(NCCL_HOME),$(wildcard $(NCCL_HOME)/include/nccl.h),$(wildcard src/dist/comm_nccl.c)),)
+ifneq ($(and $(NVCC),$(NCCL_HOME),$(wildcard $(NCCL_HOME)/include/nccl.h)),)
 HAVE_NCCL    := 1
 NCCL_LIBDIR  := $(firstword $(foreach d,lib lib64 lib/x86_64-linux-gnu,$(if $(wildcard $(NCCL_HOME)/$(d)/libnccl.so*),$(NCCL_HOME)/$(d))))
 CUDA_LIBDIR  := $(firstword $(foreach d,lib64 lib targets/x86_64-linux/lib,$(if $(wildcard $(CUDA_HOME)/$(d)/libcudart.so*),$(CUDA_HOME)/$(d))))
 NCCL_LIB     := $(if $(wildcard $(NCCL_LIBDIR)/libnccl.so),-lnccl,-l:libnccl.so.2)
 CFLAGS += -DSKEIN_HAVE_NCCL
-$(BUILD)/src/dist/comm_nccl.o: CFLAGS += -I$(CUDA_HOME)/include -I$(NCCL_HOME)/include
+$(BUILD)/src/dist/comm_nccl.o: CFLAGS += -isystem $(CUDA_HOME)/include -isystem $(NCCL_HOME)/include
 LDLIBS += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR) $(NCCL_LIB) -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart
 endif
 

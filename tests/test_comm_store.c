@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
+#include "dist/comm.h"
 #include "dist/store.h"
 #include "test.h"
 
@@ -167,6 +168,38 @@ TEST(store_port_in_use) {
     int64_t old;
     CHECK(store_add(s, 5, &old) == SK_OK && old == 0 && store_add(s, 0, &old) == SK_OK && old == 5);
     store_free(s);
+}
+
+/* torchrun-style through comm_init("nccl"): the store carries NCCL's unique id from rank 0
+ * to rank 1. Without a GPU (CI) each rank must then stop with a message about the GPU, which
+ * comes after the exchange; with GPUs the communicator must come up. */
+static int rank_nccl(int rank, int world, int port, int out_fd) {
+    char v[16];
+    snprintf(v, sizeof v, "%d", rank);
+    setenv("RANK", v, 1);
+    setenv("LOCAL_RANK", v, 1);
+    snprintf(v, sizeof v, "%d", world);
+    setenv("WORLD_SIZE", v, 1);
+    snprintf(v, sizeof v, "%d", port);
+    setenv("MASTER_PORT", v, 1);
+    setenv("MASTER_ADDR", "127.0.0.1", 1);
+    setenv("NCCL_NVLS_ENABLE", "0", 1);
+    comm *c = NULL;
+    sk_status st = comm_init("nccl", 20, &c);
+    printf("  rank %d: %s%s%s\n", rank, sk_status_name(st), st ? ": " : "", st ? sk_errmsg() : "");
+    if (st == SK_OK) {
+        int ok = c->rank == rank && c->world == world;
+        comm_free(c);
+        return !ok;
+    }
+    return !(st == SK_ECOMM && strstr(sk_errmsg(), "has the communicator's id but no usable GPU"));
+}
+
+TEST(nccl_bootstrap_torchrun) {
+#ifdef SKEIN_HAVE_NCCL
+    if (getenv("SKEIN_QUICK")) return; /* the CUDA runtime and ASan do not mix */
+    CHECK(run_ranks(rank_nccl, 2, 2, free_port(), NULL, 0, NULL) == 2);
+#endif
 }
 
 TEST_MAIN()

@@ -12,6 +12,8 @@
 sk_status comm_local_init(double timeout_s, comm **out);
 #ifdef SKEIN_HAVE_MPI
 sk_status comm_mpi_init(double timeout_s, comm **out);
+/* Ends every rank of c's job now (MPI_Abort, exit status 1); for a failure elsewhere (NCCL). */
+void comm_mpi_abort(comm *c) __attribute__((noreturn));
 #endif
 #ifdef SKEIN_HAVE_NCCL
 sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out);

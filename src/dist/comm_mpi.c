@@ -326,14 +326,16 @@ static sk_status mpi_counter_set(comm *c, int64_t value) {
     return mpi_barrier(c);
 }
 
+void comm_mpi_abort(comm *c) {
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    _Exit(1);
+}
+
 static void mpi_free(comm *c) {
     mpi_impl *m = c->impl;
-    if (m->broken) {
-        fflush(stdout);
-        fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, 1);
-        _Exit(1);
-    }
+    if (m->broken) comm_mpi_abort(c);
     if (m->ping_req != MPI_REQUEST_NULL) {
         MPI_Cancel(&m->ping_req);
         MPI_Wait(&m->ping_req, MPI_STATUS_IGNORE);

@@ -53,6 +53,7 @@ struct store {
     int thread_started;
     srv_client *cl;        /* (world) slots; fd < 0 when free */
     int *seen;             /* (world) a HELLO came from rank r */
+    int *gone;             /* (world) rank r connected and then left */
     unsigned char *blob;
     size_t blob_len;
     int blob_set;
@@ -114,6 +115,7 @@ static void srv_error(srv_client *c, const char *msg) { srv_reply(c, 1, 0, msg, 
 
 static void srv_close(store *s, srv_client *c) {
     close(c->fd);
+    if (c->rank >= 0) s->gone[c->rank] = 1;
     if (c->in_barrier) s->barrier_count--;
     *c = (srv_client){.fd = -1, .rank = -1};
 }
@@ -125,7 +127,7 @@ static void srv_fail_barrier(store *s, const char *why) {
         int here = 0;
         for (int i = 0; i < s->world; i++)
             if (s->cl[i].fd >= 0 && s->cl[i].rank == r && s->cl[i].in_barrier) here = 1;
-        if (here) continue;
+        if (here || s->gone[r]) continue;
         char *list = s->seen[r] ? missing : never;
         size_t len = strlen(list);
         snprintf(list + len, 512 - len, "%s%d", len ? ", " : "", r);
@@ -201,6 +203,13 @@ static int srv_handle(store *s, srv_client *c) {
         if (c->in_barrier) break;
         if (s->barrier_count++ == 0) s->barrier_t0 = time_now();
         c->in_barrier = 1;
+        for (int r = 0; r < s->world; r++)
+            if (s->gone[r]) {
+                char why[100];
+                snprintf(why, sizeof why, "rank %d disconnected (exited or died)", r);
+                srv_fail_barrier(s, why);
+                break;
+            }
         if (s->barrier_count == s->world) {
             for (int i = 0; i < s->world; i++)
                 if (s->cl[i].fd >= 0 && s->cl[i].in_barrier) {
@@ -311,7 +320,8 @@ static void *srv_main(void *arg) {
 static sk_status srv_start(store *s, int port) {
     s->cl = malloc((size_t)s->world * sizeof *s->cl);
     s->seen = calloc((size_t)s->world, sizeof *s->seen);
-    if (!s->cl || !s->seen) return sk_fail(SK_ENOMEM, "store: out of memory");
+    s->gone = calloc((size_t)s->world, sizeof *s->gone);
+    if (!s->cl || !s->seen || !s->gone) return sk_fail(SK_ENOMEM, "store: out of memory");
     for (int i = 0; i < s->world; i++) s->cl[i] = (srv_client){.fd = -1, .rank = -1};
     if (pipe(s->wake) < 0) return sk_fail(SK_EIO, "store: pipe: %s", strerror(errno));
     s->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -471,6 +481,7 @@ void store_free(store *s) {
     if (s->wake[1] >= 0) close(s->wake[1]);
     free(s->cl);
     free(s->seen);
+    free(s->gone);
     free(s->blob);
     free(s);
 }
