@@ -6,6 +6,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/launch.h"
 #include "dist/comm.h"
 #include "train/train.h"
 
@@ -83,6 +84,8 @@ int cmd_train(int argc, char **argv) {
     };
     sk_status st = args_parse("skein train", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
+    if (workers < 0) return cli_fail(sk_fail(SK_EARG, "train: --workers must be positive, got %ld", workers));
+    if (workers > 1) return launch_workers("train", argc, argv, (int)workers);
     if (micro && !strcmp(micro, "auto")) {
         o.micro_auto = true;
     } else if (micro) {
@@ -109,7 +112,6 @@ int cmd_train(int argc, char **argv) {
         o.kill_step = b;
     }
     if (!(timeout > 0)) return cli_fail(sk_fail(SK_EARG, "train: --comm-timeout must be positive"));
-    if (workers < 0) return cli_fail(sk_fail(SK_EARG, "train: --workers must be positive"));
     if (seed < 0) return cli_fail(sk_fail(SK_EARG, "train: --seed must not be negative"));
     o.seed = (uint64_t)seed;
     o.hp.lr = (float)lr;
@@ -117,7 +119,6 @@ int cmd_train(int argc, char **argv) {
     o.hp.weight_decay = (float)wd;
     o.hp.grad_clip = (float)clip;
     o.hp.total_steps = o.steps;
-    if (workers > 0) return cli_fail(sk_fail(SK_EARG, "train: --workers needs the launcher, not built in"));
     comm *c = NULL;
     if ((st = comm_init("auto", timeout, &c))) return cli_fail(st);
     o.comm = c;
