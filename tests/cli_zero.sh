@@ -12,7 +12,8 @@
 #                   within 1e-5 of the uninterrupted run; same N, stage, static: bit for bit;
 #   kill_*          a rank SIGKILLed mid-run: the job ends non-zero naming it, within the
 #                   timeout, and --resume finishes from the last complete checkpoint, bit for bit;
-#   refused_*       ZeRO-3 with dynamic data, --micro-batch auto beyond --mem-limit.
+#   refused_*       ZeRO-3 with dynamic data, --micro-batch auto beyond --mem-limit;
+#   workers_flag, bench_train_zero: --workers 2 re-launches under mpirun; bench prints per-rank memory.
 # Skips silently where MPI is not built in. Prints PASS/FAIL lines.
 SK=${SKEIN:-./skein}
 command -v mpirun >/dev/null 2>&1 || exit 0
@@ -184,3 +185,11 @@ name=micro_batch_auto
 if $MPIRUN -n 2 $SK train $F --out "$T/auto" --zero 2 --micro-batch auto --mem-limit 1G >"$T/err" 2>&1 &&
    grep -q '"micro_batch": 4' "$T/auto/memory.json" && close "$T/ref" "$T/auto" 1e-5 >/dev/null 2>&1
 then pass $name; else fail $name "$(grep micro "$T/err" | head -2) $(head -c 200 "$T/auto/memory.json" 2>/dev/null)"; fi
+name=workers_flag
+if $SK train $F --out "$T/workers" --zero 2 --workers 2 >"$T/err" 2>&1 &&
+   grep -q '"world_size": 2, "zero": 2' "$T/workers/log.jsonl" && close "$T/ref" "$T/workers" 1e-5 >/dev/null 2>&1
+then pass $name; else fail $name "$(tail -3 "$T/err")"; fi
+name=bench_train_zero
+if $SK bench train --model "$T/init" --batch 4 --seq 16 --steps 2 --zero 3 --workers 2 >"$T/out" 2>"$T/err" &&
+   python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().splitlines()[-1]); assert j['world_size']==2 and j['zero']==3 and len(j['ranks'])==2 and j['tokens_per_s']>0" "$T/out"
+then pass $name; else fail $name "$(tail -3 "$T/err") $(tail -1 "$T/out")"; fi
