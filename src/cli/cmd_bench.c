@@ -1,6 +1,8 @@
-/* skein bench train: times training steps (forward, backward, gradient norm, AdamW) of a
- * model on random tokens and prints one JSON line last: the median step time after two
- * untimed warm-up steps, tokens/s, the median of each phase and the peak resident memory. */
+/* skein bench train: times training steps (forward, backward, gradient reduction and norm,
+ * AdamW) of a model on random tokens and prints one JSON line last: the median step time after
+ * two untimed warm-up steps, tokens/s, the median of each phase and the peak resident memory.
+ * Under mpirun (or --workers N) every rank runs its slice of --batch (the global batch) at the
+ * ZeRO stage of --zero; rank 0 prints the line, with every rank's memory plan and peak. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,8 +13,11 @@
 #include "base/rng.h"
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/launch.h"
+#include "dist/comm.h"
 #include "model/presets.h"
 #include "train/opt.h"
+#include "train/zero.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -26,28 +31,37 @@ static double median(double *v, int n) {
 
 static int bench_train(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu";
-    long B = 4, T = 64, steps = 5, zero = 0;
+    long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0;
     arg_spec specs[] = {
         {"--model", ARG_STR, &dir, "DIR", "model folder", false, false},
         {"--preset", ARG_STR, &preset, "NAME", "model shape by name (gpt2, gpt2-medium, ...)", false, false},
-        {"--batch", ARG_INT, &B, "B", "sequences per step (default 4)", false, false},
+        {"--batch", ARG_INT, &B, "B", "sequences per step, over all ranks (default 4)", false, false},
         {"--seq", ARG_INT, &T, "T", "tokens per sequence (default 64)", false, false},
         {"--steps", ARG_INT, &steps, "N", "timed steps after 2 warm-up steps (default 5)", false, false},
         {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false},
-        {"--zero", ARG_INT, &zero, "K", "ZeRO stage (0 on one process)", false, false},
+        {"--zero", ARG_INT, &zero_stage, "K", "ZeRO stage 0-3 (default 0)", false, false},
+        {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
     };
     sk_status st = args_parse("skein bench train", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
+    /* argv[-1] is "train" (cmd_bench passed argv + 1): the ranks run "bench train <flags>" */
+    if (workers > 1) return launch_workers("bench", argc + 1, argv - 1, (int)workers);
     if (!dir == !preset) return cli_fail(sk_fail(SK_EARG, "bench train: give exactly one of --model and --preset"));
     if (B <= 0 || T <= 0 || steps <= 0 || steps > 100000)
         return cli_fail(sk_fail(SK_EARG, "bench train: --batch, --seq and --steps must be positive"));
-    if (zero != 0) return cli_fail(sk_fail(SK_EARG, "bench train: --zero %ld needs distributed training, not built yet", zero));
+    if (zero_stage < 0 || zero_stage > 3)
+        return cli_fail(sk_fail(SK_EARG, "bench train: --zero must be 0, 1, 2 or 3, got %ld", zero_stage));
+    comm *c = NULL;
+    if ((st = comm_init("auto", 120.0, &c))) return cli_fail(st);
+    const int rank = c->rank, world = c->world;
+    if (rank != 0) log_set_quiet(true);
     backend *be = backend_create(device);
-    if (!be) return cli_fail(SK_EARG);
+    if (!be) { comm_free(c); return cli_fail(SK_EARG); }
+    const size_t baseline = zero_proc_bytes(false);
     model *m = NULL;
-    adamw opt = {0};
+    zero *z = NULL;
     int *tokens = NULL;
-    double *times = NULL;
+    double *times = NULL, *mem = NULL;
     if (dir) {
         st = model_load(dir, be, &m);
     } else {
@@ -59,27 +73,35 @@ static int bench_train(int argc, char **argv) {
         st = sk_fail(SK_EARG, "bench train: --seq %ld exceeds the model's context of %d", T, m->cfg.n_positions);
         goto done;
     }
-    if ((st = model_train_prepare(m, (int)B, (int)T)) || (st = adamw_init(&opt, be, 0, m->n_params))) goto done;
+    /* this rank's slice of the batch: one micro-batch (none: an idle pass at ZeRO-2/3) */
+    const long lo = rank * B / world, hi = (rank + 1) * B / world, mb = hi - lo, plan_mb = (B + world - 1) / world;
+    zero_mem plan;
+    zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
+    if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
     times = mem_alloc(sizeof(double) * 4 * (size_t)steps);
-    if (!tokens || !times) { st = SK_ENOMEM; goto done; }
+    mem = mem_calloc(sizeof(double) * 8 * (size_t)world);
+    if (!tokens || !times || !mem) { st = SK_ENOMEM; goto done; }
     rng r;
     rng_seed(&r, 7);
     for (long i = 0; i <= B * T; i++) tokens[i] = (int)rng_below(&r, (uint64_t)m->cfg.vocab_size);
     opt_hparams hp;
     opt_hparams_default(&hp);
     double *t_step = times, *t_fwd = times + steps, *t_bwd = times + 2 * steps, *t_opt = times + 3 * steps;
-    fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens, %d threads\n",
-            dir ? dir : preset, m->n_params, B, T, omp_get_max_threads());
+    if (rank == 0)
+        fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens, %d rank%s, ZeRO-%ld, %d threads\n",
+                dir ? dir : preset, m->n_params, B, T, world, world > 1 ? "s" : "", zero_stage, omp_get_max_threads());
     for (long s = -2; s < steps; s++) {
-        double t0 = time_now();
-        model_zero_grad(m);
-        model_forward(m, tokens, tokens + 1, (int)B, (int)T);
+        double t0 = time_now(), norm = 0;
+        zero_begin_step(z);
+        if (mb > 0) model_forward(m, tokens + lo * T, tokens + lo * T + 1, (int)mb, (int)T);
         double t1 = time_now();
-        model_backward(m, 1.0f / (float)(B * T));
+        if (mb > 0) model_backward(m, 1.0f / (float)(B * T));
+        else st = zero_idle_pass(z);
         double t2 = time_now();
-        double norm = be->ops->sum_squares(be, m->grads, m->n_params);
-        adamw_step(&opt, m, m->grads, &hp, hp.lr, norm > 1 ? (float)(1 / sqrt(norm)) : 1.0f);
+        if (st || (st = zero_status(z)) || (st = zero_end_step(z, &norm)) ||
+            (st = zero_opt_step(z, &hp, hp.lr, norm > 1 ? (float)(1 / norm) : 1.0f)))
+            goto done;
         be->ops->synchronize(be);
         double t3 = time_now();
         if (s < 0) continue;
@@ -87,23 +109,56 @@ static int bench_train(int argc, char **argv) {
         t_fwd[s] = 1e3 * (t1 - t0);
         t_bwd[s] = 1e3 * (t2 - t1);
         t_opt[s] = 1e3 * (t3 - t2);
-        fprintf(stderr, "  step %ld: %.1f ms\n", s + 1, t_step[s]);
+        if (rank == 0) fprintf(stderr, "  step %ld: %.1f ms\n", s + 1, t_step[s]);
     }
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
+    /* every rank's plan and peak, to rank 0 */
+    double *me = mem + 8 * rank;
+    me[0] = (double)plan.params;
+    me[1] = (double)plan.grads;
+    me[2] = (double)plan.optimizer;
+    me[3] = (double)(plan.buckets + plan.gathered + plan.staging + plan.comm_scratch);
+    me[4] = (double)plan.activations;
+    me[5] = (double)plan.total;
+    me[6] = (double)zero_proc_bytes(true);
+    me[7] = (double)baseline;
+    if (world > 1 && (st = c->ops->all_reduce_sum_f64(c, mem, 8 * (size_t)world))) goto done;
     double ms = median(t_step, (int)steps);
-    printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
-           "\"steps\": %ld, \"threads\": %d, \"ms_per_step\": %.6g, \"tokens_per_s\": %.6g, \"forward_ms\": %.6g, "
-           "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"peak_bytes\": %ld}\n",
-           dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), ms, (double)(B * T) / (ms / 1e3),
-           median(t_fwd, (int)steps), median(t_bwd, (int)steps), median(t_opt, (int)steps), ru.ru_maxrss * 1024L);
+    if (rank == 0) {
+        for (int k = 0; k < world; k++) {
+            const double *v = mem + 8 * k, MB = 1048576.0;
+            fprintf(stderr, "  memory rank %d: params %.1f + grads %.1f + optimizer %.1f MiB | buffers %.1f, "
+                            "activations %.1f | total %.1f MiB planned, peak %.1f MiB resident (%.1f before the model)\n",
+                    k, v[0] / MB, v[1] / MB, v[2] / MB, v[3] / MB, v[4] / MB, v[5] / MB, v[6] / MB, v[7] / MB);
+        }
+        printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
+               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"ms_per_step\": %.6g, "
+               "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"optimizer_ms\": %.6g, "
+               "\"peak_bytes\": %.0f, \"ranks\": [",
+               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, ms,
+               (double)(B * T) / (ms / 1e3), median(t_fwd, (int)steps), median(t_bwd, (int)steps),
+               median(t_opt, (int)steps), mem[6]);
+        for (int k = 0; k < world; k++) {
+            const double *v = mem + 8 * k;
+            printf("%s{\"rank\": %d, \"params\": %.0f, \"grads\": %.0f, \"optimizer\": %.0f, \"buffers\": %.0f, "
+                   "\"activations\": %.0f, \"total\": %.0f, \"peak_bytes\": %.0f}", k ? ", " : "", k, v[0], v[1], v[2],
+                   v[3], v[4], v[5], v[6]);
+        }
+        printf("]}\n");
+    }
 done:
     mem_free(tokens);
     mem_free(times);
-    adamw_free(&opt);
+    mem_free(mem);
+    zero_free(z);
     model_free(m);
     backend_free(be);
-    return cli_fail(st);
+    int rc = 0;
+    if (st != SK_OK) {
+        if (world > 1) sk_fail_ctx(st, "rank %d of %d", rank, world);
+        rc = cli_fail(st);
+    }
+    comm_free(c);
+    return rc;
 }
 
 int cmd_bench(int argc, char **argv) {

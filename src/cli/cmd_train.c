@@ -1,17 +1,55 @@
-/* skein train: flags → train_opts → train_run (train/train.h). */
+/* skein train: flags → train_opts → train_run (train/train.h), on the ranks of a comm when
+ * launched by mpirun/srun (comm_init "auto"). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/launch.h"
+#include "dist/comm.h"
 #include "train/train.h"
+
+/* Bytes from "123", "8G", "512M", "64k" (powers of 1024). */
+static sk_status parse_bytes(const char *flag, const char *text, size_t *out) {
+    char *end;
+    double v = strtod(text, &end);
+    double mul = 1;
+    switch (*end) {
+    case 'k': case 'K': mul = 1024.0; end++; break;
+    case 'm': case 'M': mul = 1048576.0; end++; break;
+    case 'g': case 'G': mul = 1073741824.0; end++; break;
+    case 't': case 'T': mul = 1099511627776.0; end++; break;
+    default: break;
+    }
+    if (*end == 'B' || *end == 'b') end++;
+    if (end == text || *end || !(v > 0))
+        return sk_fail(SK_EARG, "train: %s wants a size in bytes such as 8G or 512M, got '%s'", flag, text);
+    *out = (size_t)(v * mul);
+    return SK_OK;
+}
+
+/* "A:B" with two non-negative integers. */
+static sk_status parse_pair(const char *flag, const char *text, long *a, long *b) {
+    char *end;
+    *a = strtol(text, &end, 10);
+    if (end == text || *end != ':' || *a < 0) goto bad;
+    const char *p = end + 1;
+    *b = strtol(p, &end, 10);
+    if (end == p || *end || *b < 0) goto bad;
+    return SK_OK;
+bad:
+    return sk_fail(SK_EARG, "train: %s wants RANK:N (two non-negative integers), got '%s'", flag, text);
+}
 
 int cmd_train(int argc, char **argv) {
     train_opts o;
     train_opts_default(&o);
     long seed = (long)o.seed, zero = 0;
     double lr = o.hp.lr, wd = o.hp.weight_decay, clip = o.hp.grad_clip, min_lr = o.hp.min_lr_frac;
-    const char *micro = NULL;
+    const char *micro = NULL, *dist = "static", *mem_limit = NULL, *slow = NULL, *kill = NULL;
+    double timeout = 120;
+    long workers = 0;
     arg_spec specs[] = {
         {"--model", ARG_STR, &o.model, "DIR|PRESET", "model folder to fine-tune, or a preset (gpt2, gpt2-tiny, ...)", true, false},
         {"--data", ARG_STR, &o.data, "DIR", "prepared dataset (skein data prepare), a shard, or an llm.c .bin", true, false},
@@ -27,7 +65,14 @@ int cmd_train(int argc, char **argv) {
         {"--warmup", ARG_INT, &o.hp.warmup, "N", "linear warmup steps (default 0)", false, false},
         {"--weight-decay", ARG_FLOAT, &wd, "X", "AdamW weight decay on matrices (default 0.1)", false, false},
         {"--grad-clip", ARG_FLOAT, &clip, "X", "clip the global gradient norm (default 1; 0 = off)", false, false},
-        {"--zero", ARG_INT, &zero, "K", "ZeRO stage (0 on one process)", false, false},
+        {"--zero", ARG_INT, &zero, "K", "ZeRO stage 0-3: shard optimizer state (1), gradients (2), parameters (3)", false, false},
+        {"--data-dist", ARG_STR, &dist, "static|dynamic", "split each batch evenly, or let workers pull micro-batches (default static)", false, false},
+        {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
+        {"--comm-timeout", ARG_FLOAT, &timeout, "S", "a collective waiting longer than S seconds fails the run (default 120)", false, false},
+        {"--mem-limit", ARG_STR, &mem_limit, "BYTES", "memory per rank for --micro-batch auto (8G, 512M; default: available / ranks)", false, false},
+        {"--debug-slow-rank", ARG_STR, &slow, "R:MS", "rank R sleeps MS ms after each micro-batch (tests)", false, false},
+        {"--debug-kill-rank", ARG_STR, &kill, "R:STEP", "rank R kills itself with SIGKILL after step STEP (tests)", false, false},
+        {"--debug-sample-log", ARG_BOOL, &o.sample_log, NULL, "OUT/samples-rank<r>.txt lists the samples each rank used", false, false},
         {"--device", ARG_STR, &o.device, "cpu|cuda", "where to train (default cpu)", false, false},
         {"--eval-every", ARG_INT, &o.eval_every, "N", "validation loss every N steps (0 = never)", false, false},
         {"--eval-batches", ARG_INT, &o.eval_batches, "N", "micro-batches per evaluation (default 8)", false, false},
@@ -39,14 +84,34 @@ int cmd_train(int argc, char **argv) {
     };
     sk_status st = args_parse("skein train", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
-    if (micro) {
+    if (workers < 0) return cli_fail(sk_fail(SK_EARG, "train: --workers must be positive, got %ld", workers));
+    if (workers > 1) return launch_workers("train", argc, argv, (int)workers);
+    if (micro && !strcmp(micro, "auto")) {
+        o.micro_auto = true;
+    } else if (micro) {
         char *end;
         o.micro_batch = strtol(micro, &end, 10);
-        if (!strcmp(micro, "auto")) return cli_fail(sk_fail(SK_EARG, "train: --micro-batch auto comes with distributed training; give a number"));
         if (end == micro || *end || o.micro_batch <= 0)
             return cli_fail(sk_fail(SK_EARG, "train: --micro-batch wants a positive integer, got '%s'", micro));
     }
-    if (zero != 0) return cli_fail(sk_fail(SK_EARG, "train: --zero %ld needs several processes; distributed training is not built yet", zero));
+    if (zero < 0 || zero > 3) return cli_fail(sk_fail(SK_EARG, "train: --zero must be 0, 1, 2 or 3, got %ld", zero));
+    o.zero = (int)zero;
+    if (strcmp(dist, "static") && strcmp(dist, "dynamic"))
+        return cli_fail(sk_fail(SK_EARG, "train: --data-dist must be static or dynamic, got '%s'", dist));
+    o.dynamic = !strcmp(dist, "dynamic");
+    if (mem_limit && (st = parse_bytes("--mem-limit", mem_limit, &o.mem_limit))) return cli_fail(st);
+    long a = 0, b = 0;
+    if (slow) {
+        if ((st = parse_pair("--debug-slow-rank", slow, &a, &b))) return cli_fail(st);
+        o.slow_rank = (int)a;
+        o.slow_ms = b;
+    }
+    if (kill) {
+        if ((st = parse_pair("--debug-kill-rank", kill, &a, &b))) return cli_fail(st);
+        o.kill_rank = (int)a;
+        o.kill_step = b;
+    }
+    if (!(timeout > 0)) return cli_fail(sk_fail(SK_EARG, "train: --comm-timeout must be positive"));
     if (seed < 0) return cli_fail(sk_fail(SK_EARG, "train: --seed must not be negative"));
     o.seed = (uint64_t)seed;
     o.hp.lr = (float)lr;
@@ -54,5 +119,17 @@ int cmd_train(int argc, char **argv) {
     o.hp.weight_decay = (float)wd;
     o.hp.grad_clip = (float)clip;
     o.hp.total_steps = o.steps;
-    return cli_fail(train_run(&o));
+    comm *c = NULL;
+    if ((st = comm_init("auto", timeout, &c))) return cli_fail(st);
+    o.comm = c;
+    if (c->world > 1 && c->rank != 0) o.quiet = true;
+    if (c->world > 1 && c->rank != 0) log_set_quiet(true);
+    st = train_run(&o);
+    int rc = 0;
+    if (st != SK_OK) {
+        if (c->world > 1) sk_fail_ctx(st, "rank %d of %d", c->rank, c->world);
+        rc = cli_fail(st);
+    }
+    comm_free(c);
+    return rc;
 }

@@ -137,17 +137,21 @@ typedef struct gpt2_state {
     gpt2_infer inf;
 } gpt2_state;
 
-static float *gpt2_tensor(const model *m, float *base, int idx) { return base + m->specs[idx].offset; }
+/* Tensor idx of the parameters (grad = false) or gradients, through its group's base
+ * (model.h), so ZeRO hooks can move a layer to a gathered copy or a gradient bucket. */
+static float *gpt2_tensor(const model *m, bool grad, int idx) {
+    return grad ? model_grad_ptr(m, idx) : model_param_ptr(m, idx);
+}
 
-static gpt2_w gpt2_layer(const model *m, float *base, int l) {
+static gpt2_w gpt2_layer(const model *m, bool grad, int l) {
     int i = P_LAYER0 + P_PER_LAYER * l;
     gpt2_w w = {
-        gpt2_tensor(m, base, i + P_LN1W), gpt2_tensor(m, base, i + P_LN1B),
-        gpt2_tensor(m, base, i + P_ATTNW), gpt2_tensor(m, base, i + P_ATTNB),
-        gpt2_tensor(m, base, i + P_PROJW), gpt2_tensor(m, base, i + P_PROJB),
-        gpt2_tensor(m, base, i + P_LN2W), gpt2_tensor(m, base, i + P_LN2B),
-        gpt2_tensor(m, base, i + P_FCW), gpt2_tensor(m, base, i + P_FCB),
-        gpt2_tensor(m, base, i + P_FCPW), gpt2_tensor(m, base, i + P_FCPB),
+        gpt2_tensor(m, grad, i + P_LN1W), gpt2_tensor(m, grad, i + P_LN1B),
+        gpt2_tensor(m, grad, i + P_ATTNW), gpt2_tensor(m, grad, i + P_ATTNB),
+        gpt2_tensor(m, grad, i + P_PROJW), gpt2_tensor(m, grad, i + P_PROJB),
+        gpt2_tensor(m, grad, i + P_LN2W), gpt2_tensor(m, grad, i + P_LN2B),
+        gpt2_tensor(m, grad, i + P_FCW), gpt2_tensor(m, grad, i + P_FCB),
+        gpt2_tensor(m, grad, i + P_FCPW), gpt2_tensor(m, grad, i + P_FCPB),
     };
     return w;
 }
@@ -188,7 +192,7 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
             float sd = ends_with(p->name, "c_proj.weight") ? proj_std : 0.02f;
             for (size_t j = 0; j < p->numel; j++) host[j] = sd * rng_normal(&r);
         }
-        m->be->ops->upload(m->be, m->params + p->offset, host, p->numel * sizeof(float));
+        m->be->ops->upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
     }
     mem_free(host);
 }
@@ -211,6 +215,31 @@ static float *gpt2_alloc_plan(backend *be, gpt2_plan_entry *e, int n) {
     return mem;
 }
 
+/* The activation plan for (B,T): entries pointing into a (filled by the caller's alloc). */
+#define GPT2_ACT_PLAN(a, c, B, T)                                                              \
+    const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,     \
+                 F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head; \
+    const size_t att = (size_t)(B) * NH * (T) * (T);                                             \
+    gpt2_plan_entry plan[] = {                                                                 \
+        E(tokens, N), E(targets, N), E(encoded, N * C),                                        \
+        E(ln1, L * N * C), E(ln1_mean, L * N), E(ln1_rstd, L * N), E(qkv, L * N * 3 * C),      \
+        E(att, L * att), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),            \
+        E(ln2_mean, L * N), E(ln2_rstd, L * N), E(fch, L * N * F), E(fch_gelu, L * N * F),    \
+        E(res3, L * N * C), E(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), E(logits, N * V),   \
+        E(losses, N), E(dres, N * C), E(dC, N * C), E(dC2, N * C), E(dqkv, N * 3 * C),         \
+        E(datt, att), E(dF, N * F),                                                            \
+    }
+
+static size_t gpt2_train_bytes(const model_config *c, int B, int T) {
+    gpt2_acts scratch, *a = &scratch;
+#define E(field, n) { (void **)&a->field, (n) }
+    GPT2_ACT_PLAN(a, c, B, T);
+#undef E
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) total += (plan[i].floats + 15) & ~(size_t)15;
+    return total * sizeof(float);
+}
+
 static sk_status gpt2_train_prepare(model *m, int B, int T) {
     const model_config *c = &m->cfg;
     SK_ASSERT(B > 0 && T > 0);
@@ -218,29 +247,15 @@ static sk_status gpt2_train_prepare(model *m, int B, int T) {
         return sk_fail(SK_ECONFIG, "sequence length %d exceeds the model's context %d", T, c->n_positions);
     if (!c->tie_word_embeddings)
         return sk_fail(SK_ECONFIG, "GPT-2 with an untied LM head is not supported");
+    SK_ASSERT(m->grads || m->grads_external);   /* model_train_prepare allocated them */
     gpt2_state *s = gpt2_state_get(m);
     backend *be = m->be;
-    if (!m->grads) {
-        m->grads = be->ops->alloc(be, m->n_params * sizeof(float));
-        if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
-    }
     if (s->act_mem) be->ops->free(be, s->act_mem);
     s->act_mem = NULL;
     s->Bp = s->Tp = 0;
-    const size_t L = (size_t)c->n_layer, N = (size_t)B * T, C = (size_t)c->n_embd,
-                 F = (size_t)c->ffn_dim, V = (size_t)c->vocab_size, NH = (size_t)c->n_head;
-    const size_t att = (size_t)B * NH * T * T;
     gpt2_acts *a = &s->a;
 #define E(field, n) { (void **)&a->field, (n) }
-    gpt2_plan_entry plan[] = {
-        E(tokens, N), E(targets, N), E(encoded, N * C),
-        E(ln1, L * N * C), E(ln1_mean, L * N), E(ln1_rstd, L * N), E(qkv, L * N * 3 * C),
-        E(att, L * att), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),
-        E(ln2_mean, L * N), E(ln2_rstd, L * N), E(fch, L * N * F), E(fch_gelu, L * N * F),
-        E(res3, L * N * C), E(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), E(logits, N * V),
-        E(losses, N), E(dres, N * C), E(dC, N * C), E(dC2, N * C), E(dqkv, N * 3 * C),
-        E(datt, att), E(dF, N * F),
-    };
+    GPT2_ACT_PLAN(a, c, B, T);
 #undef E
     s->act_mem = gpt2_alloc_plan(be, plan, (int)(sizeof plan / sizeof plan[0]));
     if (!s->act_mem) return sk_fail_ctx(SK_ENOMEM, "allocating GPT-2 activations for B=%d T=%d", B, T);
@@ -296,15 +311,17 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     s->have_targets = false;
 
     gpt2_check_tokens(m, tokens, (size_t)N);
+    model_hook_before_forward(m, -1);
     op->upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
-    op->embed_forward(be, a->encoded, a->tokens, gpt2_tensor(m, m->params, P_WTE),
-                      gpt2_tensor(m, m->params, P_WPE), B, T, C);
+    op->embed_forward(be, a->encoded, a->tokens, gpt2_tensor(m, false, P_WTE),
+                      gpt2_tensor(m, false, P_WPE), B, T, C);
     if (drop && c->embd_pdrop > 0)
         op->dropout_forward(be, a->encoded, a->encoded, (size_t)N * C, c->embd_pdrop, gpt2_drop_seed(m, 0));
 
     const float *res = a->encoded;
     for (int l = 0; l < L; l++) {
-        gpt2_w w = gpt2_layer(m, m->params, l);
+        model_hook_before_forward(m, l);
+        gpt2_w w = gpt2_layer(m, false, l);
         float *ln1 = a->ln1 + l * NPL * C, *qkv = a->qkv + l * NPL * 3 * C, *att = a->att + l * ATT;
         float *atty = a->atty + l * NPL * C, *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C;
         float *fch = a->fch + l * NPL * F, *fchg = a->fch_gelu + l * NPL * F, *res3 = a->res3 + l * NPL * C;
@@ -330,10 +347,10 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
         res = res3;
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
-    op->layernorm_forward(be, a->lnf, a->lnf_mean, a->lnf_rstd, res, gpt2_tensor(m, m->params, nf),
-                          gpt2_tensor(m, m->params, nf + 1), N, C, c->norm_eps);
+    op->layernorm_forward(be, a->lnf, a->lnf_mean, a->lnf_rstd, res, gpt2_tensor(m, false, nf),
+                          gpt2_tensor(m, false, nf + 1), N, C, c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ wte(V,C)^T: the tied LM head */
-    op->gemm(be, false, true, N, V, C, 1.0f, a->lnf, C, gpt2_tensor(m, m->params, P_WTE), C, 0.0f,
+    op->gemm(be, false, true, N, V, C, 1.0f, a->lnf, C, gpt2_tensor(m, false, P_WTE), C, 0.0f,
              a->logits, V);
     if (!targets) return 0.0f;
 
@@ -359,7 +376,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
 
 static void gpt2_backward(model *m, float dloss) {
     gpt2_state *s = m->state;
-    SK_ASSERT(s && s->have_targets && m->grads);
+    SK_ASSERT(s && s->have_targets && (m->grads || m->grads_external));
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
@@ -369,7 +386,8 @@ static void gpt2_backward(model *m, float dloss) {
     const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
     const bool drop = m->dropout;
     gpt2_acts *a = &s->a;
-    float *wte = gpt2_tensor(m, m->params, P_WTE), *dwte = gpt2_tensor(m, m->grads, P_WTE);
+    model_hook_before_backward(m, -1);
+    float *wte = gpt2_tensor(m, false, P_WTE), *dwte = gpt2_tensor(m, true, P_WTE);
 
     /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ wte;
      * dwte += dloss * dlogits^T @ lnf. */
@@ -378,11 +396,12 @@ static void gpt2_backward(model *m, float dloss) {
     int nf = P_LAYER0 + P_PER_LAYER * L;
     const float *resL = L > 0 ? a->res3 + (L - 1) * NPL * C : a->encoded;
     op->zero(be, a->dres, sizeof(float) * (size_t)N * C);
-    op->layernorm_backward(be, a->dres, gpt2_tensor(m, m->grads, nf), gpt2_tensor(m, m->grads, nf + 1),
-                           a->dC, resL, gpt2_tensor(m, m->params, nf), a->lnf_mean, a->lnf_rstd, N, C);
+    op->layernorm_backward(be, a->dres, gpt2_tensor(m, true, nf), gpt2_tensor(m, true, nf + 1),
+                           a->dC, resL, gpt2_tensor(m, false, nf), a->lnf_mean, a->lnf_rstd, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
-        gpt2_w w = gpt2_layer(m, m->params, l), g = gpt2_layer(m, m->grads, l);
+        model_hook_before_backward(m, l);
+        gpt2_w w = gpt2_layer(m, false, l), g = gpt2_layer(m, true, l);
         const float *res = l > 0 ? a->res3 + (l - 1) * NPL * C : a->encoded;
         float *ln1 = a->ln1 + l * NPL * C, *qkv = a->qkv + l * NPL * 3 * C, *att = a->att + l * ATT;
         float *atty = a->atty + l * NPL * C, *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C;
@@ -414,10 +433,12 @@ static void gpt2_backward(model *m, float dloss) {
         gpt2_linear_backward(be, a->dC, g.attnw, g.attnb, a->dqkv, ln1, w.attnw, N, C, 3 * C);
         op->layernorm_backward(be, a->dres, g.ln1w, g.ln1b, a->dC, res, w.ln1w,
                                a->ln1_mean + l * NPL, a->ln1_rstd + l * NPL, N, C);
+        model_hook_after_backward(m, l);
     }
     if (drop && c->embd_pdrop > 0)
         op->dropout_backward(be, a->dres, a->dres, (size_t)N * C, c->embd_pdrop, gpt2_drop_seed(m, 0));
-    op->embed_backward(be, dwte, gpt2_tensor(m, m->grads, P_WPE), a->dres, a->tokens, B, T, C);
+    op->embed_backward(be, dwte, gpt2_tensor(m, true, P_WPE), a->dres, a->tokens, B, T, C);
+    model_hook_after_backward(m, -1);
 }
 
 static const float *gpt2_logits(const model *m) {
@@ -474,10 +495,10 @@ static const float *gpt2_infer_step(model *m, const int *tokens, int n) {
 
     gpt2_check_tokens(m, tokens, (size_t)n);
     op->upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
-    op->embed_forward(be, f->x, f->tokens, gpt2_tensor(m, m->params, P_WTE),
-                      gpt2_tensor(m, m->params, P_WPE) + (size_t)pos * C, 1, n, C);
+    op->embed_forward(be, f->x, f->tokens, gpt2_tensor(m, false, P_WTE),
+                      gpt2_tensor(m, false, P_WPE) + (size_t)pos * C, 1, n, C);
     for (int l = 0; l < L; l++) {
-        gpt2_w w = gpt2_layer(m, m->params, l);
+        gpt2_w w = gpt2_layer(m, false, l);
         float *kc = f->kcache + (size_t)l * s->max_T * C, *vc = f->vcache + (size_t)l * s->max_T * C;
         op->layernorm_forward(be, f->ln, f->mean, f->rstd, f->x, w.ln1w, w.ln1b, n, C, c->norm_eps);
         /* Wattn (C,3C): columns [0,C) q, [C,2C) k, [2C,3C) v */
@@ -498,8 +519,8 @@ static const float *gpt2_infer_step(model *m, const int *tokens, int n) {
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
     op->layernorm_forward(be, f->ln, f->mean, f->rstd, f->x + (size_t)(n - 1) * C,
-                          gpt2_tensor(m, m->params, nf), gpt2_tensor(m, m->params, nf + 1), 1, C, c->norm_eps);
-    op->gemm(be, false, true, 1, V, C, 1.0f, f->ln, C, gpt2_tensor(m, m->params, P_WTE), C, 0.0f, f->logits, V);
+                          gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), 1, C, c->norm_eps);
+    op->gemm(be, false, true, 1, V, C, 1.0f, f->ln, C, gpt2_tensor(m, false, P_WTE), C, 0.0f, f->logits, V);
     s->pos = pos + n;
     return f->logits;
 }
@@ -525,4 +546,5 @@ const model_arch gpt2_arch = {
     .infer_reset = gpt2_infer_reset,
     .infer_step = gpt2_infer_step,
     .free_state = gpt2_free_state,
+    .train_bytes = gpt2_train_bytes,
 };

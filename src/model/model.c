@@ -47,6 +47,25 @@ sk_status model_create(const model_config *cfg, backend *be, model **out) {
     m->n_params = last->offset + last->numel;
     m->params = be->ops->alloc(be, m->n_params * sizeof(float));
     if (!m->params) goto err;
+    /* groups: maximal runs of consecutive specs with the same layer */
+    for (int i = 0; i < m->n_specs; i++)
+        if (i == 0 || m->specs[i].layer != m->specs[i - 1].layer) m->n_groups++;
+    m->groups = mem_calloc(sizeof(model_group) * (size_t)m->n_groups);
+    m->param_base = mem_calloc(sizeof(float *) * (size_t)m->n_groups);
+    m->grad_base = mem_calloc(sizeof(float *) * (size_t)m->n_groups);
+    if (!m->groups || !m->param_base || !m->grad_base) goto err;
+    for (int i = 0, g = -1; i < m->n_specs; i++) {
+        model_param *p = &m->specs[i];
+        if (i == 0 || p->layer != m->specs[i - 1].layer) {
+            g++;
+            m->groups[g].begin = p->offset;
+            m->groups[g].layer = p->layer;
+        }
+        SK_ASSERT(p->offset == m->groups[g].begin + m->groups[g].count);   /* contiguous plan */
+        m->groups[g].count += p->numel;
+        p->group = g;
+    }
+    model_reset_bases(m);
     *out = m;
     return SK_OK;
 err:;
@@ -60,6 +79,9 @@ void model_free(model *m) {
     if (m->arch && m->arch->free_state) m->arch->free_state(m);
     if (m->params) m->be->ops->free(m->be, m->params);
     if (m->grads) m->be->ops->free(m->be, m->grads);
+    mem_free(m->groups);
+    mem_free(m->param_base);
+    mem_free(m->grad_base);
     mem_free(m->specs);
     mem_free(m);
 }
@@ -72,7 +94,25 @@ const model_param *model_find_param(const model *m, const char *name) {
 
 void model_init_weights(model *m, uint64_t seed) { m->arch->init_weights(m, seed); }
 
-sk_status model_train_prepare(model *m, int B, int T) { return m->arch->train_prepare(m, B, T); }
+void model_reset_bases(model *m) {
+    for (int g = 0; g < m->n_groups; g++) {
+        m->param_base[g] = m->params ? m->params + m->groups[g].begin : NULL;
+        m->grad_base[g] = m->grads ? m->grads + m->groups[g].begin : NULL;
+    }
+}
+
+size_t model_train_bytes(const model *m, int B, int T) {
+    return m->arch->train_bytes ? m->arch->train_bytes(&m->cfg, B, T) : 0;
+}
+
+sk_status model_train_prepare(model *m, int B, int T) {
+    if (!m->grads && !m->grads_external) {
+        m->grads = m->be->ops->alloc(m->be, m->n_params * sizeof(float));
+        if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
+        for (int g = 0; g < m->n_groups; g++) m->grad_base[g] = m->grads + m->groups[g].begin;
+    }
+    return m->arch->train_prepare(m, B, T);
+}
 
 float model_forward(model *m, const int *tokens, const int *targets, int B, int T) {
     return m->arch->forward(m, tokens, targets, B, T);
@@ -81,7 +121,7 @@ float model_forward(model *m, const int *tokens, const int *targets, int B, int 
 void model_backward(model *m, float dloss) { m->arch->backward(m, dloss); }
 
 void model_zero_grad(model *m) {
-    SK_ASSERT(m->grads);
+    if (!m->grads) return;   /* external gradients: their owner zeroes them */
     m->be->ops->zero(m->be, m->grads, m->n_params * sizeof(float));
 }
 

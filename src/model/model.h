@@ -13,6 +13,21 @@
  * optimizers, ZeRO sharding and checkpoints work on flat ranges. Tensors of one layer are
  * contiguous (spec.layer), so a layer's parameters are one range.
  *
+ * Groups and bases (for ZeRO): the specs fall into groups, maximal runs of consecutive specs
+ * with the same layer (GPT-2: [wte, wpe], layer 0, ..., layer L-1, [ln_f]). Architecture
+ * code reaches a tensor only through model_param_ptr / model_grad_ptr, which read the
+ * group's base pointer: by default into m->params / m->grads, but a ZeRO-3 hook points a
+ * layer's base at a gathered copy (m->params may then be NULL), and a ZeRO-2/3 hook points a
+ * layer's gradient base at a bucket that it reduces when the layer's backward is done.
+ *
+ * Hooks (optional, NULL = none; each pointer NULL-safe) are called in this order, which is a
+ * contract every architecture keeps (ZeRO replays it on ranks that sit out a micro-batch):
+ *   forward:  before_forward(-1), then before_forward(l) for l = 0 .. L-1;
+ *   backward: before_backward(-1), then before_backward(l), after_backward(l) for
+ *             l = L-1 .. 0, then after_backward(-1).
+ * Layer -1 stands for every group with spec.layer == -1 (embeddings, final norm, LM head):
+ * used at both ends of the passes, their gradients are complete only after the backward.
+ *
  * Letters: B batch, T time, C channels (n_embd), L layers, NH heads, V vocabulary. */
 #ifndef SKEIN_MODEL_H
 #define SKEIN_MODEL_H
@@ -71,9 +86,26 @@ typedef struct model_param {
     size_t numel;
     bool decay;            /* AdamW weight decay applies (matrices, not biases or norms) */
     int layer;             /* 0..L-1, or -1 for embeddings and the final norm */
+    int group;             /* index into model.groups (filled by model_create) */
 } model_param;
 
+/* A run of consecutive specs of one layer: flat elements [begin, begin+count). */
+typedef struct model_group {
+    size_t begin, count;
+    int layer;             /* as spec.layer */
+} model_group;
+
 typedef struct model model;
+
+/* Called by the architecture's forward and backward (see the order above); ctx is the
+ * hooks' own. Hooks cannot fail: one that meets an error records it for its owner. */
+typedef struct model_hooks {
+    void *ctx;
+    void (*before_forward)(void *ctx, model *m, int layer);
+    void (*before_backward)(void *ctx, model *m, int layer);
+    void (*after_backward)(void *ctx, model *m, int layer);
+} model_hooks;
+
 typedef struct model_arch model_arch;
 
 struct model {
@@ -85,6 +117,12 @@ struct model {
     size_t n_params;
     float *params;         /* (n_params) backend memory */
     float *grads;          /* (n_params) after model_train_prepare, else NULL */
+    model_group *groups;   /* (n_groups) */
+    int n_groups;
+    float **param_base;    /* (n_groups) where each group's parameters are (first element) */
+    float **grad_base;     /* (n_groups) where each group's gradients accumulate */
+    const model_hooks *hooks;   /* NULL: none */
+    bool grads_external;   /* train_prepare allocates no m->grads: hooks set grad_base (ZeRO-2/3) */
     bool dropout;          /* apply the config's dropout probabilities in training forwards */
     uint64_t dropout_seed; /* advanced by the trainer each micro-batch */
     void *state;           /* architecture-private: activations, KV cache, scratch */
@@ -104,6 +142,9 @@ struct model_arch {
     void (*infer_reset)(model *m);
     const float *(*infer_step)(model *m, const int *tokens, int n);
     void (*free_state)(model *m);
+    /* Bytes train_prepare(B, T) allocates for activations and scratch (gradients excluded),
+     * without allocating: the memory plan of --micro-batch auto. Optional (NULL: unknown). */
+    size_t (*train_bytes)(const model_config *cfg, int B, int T);
 };
 
 extern const model_arch gpt2_arch;
@@ -134,8 +175,33 @@ sk_status model_load(const char *dir, backend *be, model **out);
  * GPT2LMHeadModel writes them) into dir (created). Files are written atomically. */
 sk_status model_save(const model *m, const char *dir);
 
+/* Tensor spec index i of the current parameters / gradients, through its group's base. */
+static inline float *model_param_ptr(const model *m, int i) {
+    const model_param *p = &m->specs[i];
+    return m->param_base[p->group] + (p->offset - m->groups[p->group].begin);
+}
+static inline float *model_grad_ptr(const model *m, int i) {
+    const model_param *p = &m->specs[i];
+    return m->grad_base[p->group] + (p->offset - m->groups[p->group].begin);
+}
+/* Hook calls for architecture code (no-ops without hooks). */
+static inline void model_hook_before_forward(model *m, int l) {
+    if (m->hooks && m->hooks->before_forward) m->hooks->before_forward(m->hooks->ctx, m, l);
+}
+static inline void model_hook_before_backward(model *m, int l) {
+    if (m->hooks && m->hooks->before_backward) m->hooks->before_backward(m->hooks->ctx, m, l);
+}
+static inline void model_hook_after_backward(model *m, int l) {
+    if (m->hooks && m->hooks->after_backward) m->hooks->after_backward(m->hooks->ctx, m, l);
+}
+/* Points every group's parameter (gradient) base into m->params (m->grads). */
+void model_reset_bases(model *m);
+/* Activation bytes of train_prepare(B, T); 0 when the architecture cannot say. */
+size_t model_train_bytes(const model *m, int B, int T);
+
 /* Training and inference entry points: thin wrappers over m->arch. */
 void model_init_weights(model *m, uint64_t seed);
+/* Allocates m->grads (n_params, unless m->grads_external) and the activations for (B,T). */
 sk_status model_train_prepare(model *m, int B, int T);
 /* Forward pass over tokens(B,T) (host arrays; B, T at most what train_prepare planned).
  * With targets(B,T) (entries < 0 are ignored) returns the mean loss over counted targets and

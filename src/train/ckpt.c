@@ -38,6 +38,7 @@ static sk_status state_save(const ckpt_state *s, const char *path) {
     cJSON_AddNumberToObject(j, "seq", (double)s->seq);
     cJSON_AddNumberToObject(j, "world_size", s->world_size);
     cJSON_AddNumberToObject(j, "zero", s->zero);
+    cJSON_AddStringToObject(j, "data_dist", s->dynamic ? "dynamic" : "static");
     cJSON *r = cJSON_AddArrayToObject(j, "rng");
     for (int i = 0; i < 4; i++) {
         snprintf(num, sizeof num, "%" PRIu64, s->rng.s[i]);
@@ -103,6 +104,8 @@ sk_status ckpt_load_state(const char *ckpt_dir, ckpt_state *s) {
     s->seq = seq;
     s->world_size = (int)ws;
     s->zero = (int)zero;
+    const cJSON *dd = cJSON_GetObjectItem(j, "data_dist");
+    s->dynamic = cJSON_IsString(dd) && !strcmp(dd->valuestring, "dynamic");
 done:
     cJSON_Delete(j);
     return st;
@@ -155,16 +158,29 @@ bool ckpt_find_latest(const char *out_dir, char *path, size_t n) {
     return count > 0;
 }
 
-sk_status ckpt_save(const char *out_dir, const model *m, const adamw *opt, const ckpt_state *s,
-                    const char *tokenizer_path, int keep) {
-    char tmp[4096], final[4096], path[4096];
-    snprintf(tmp, sizeof tmp, "%s/.checkpoint-%ld.tmp", out_dir, s->step);
-    snprintf(final, sizeof final, "%s/checkpoint-%ld", out_dir, s->step);
+char *ckpt_tmp_path(const char *out_dir, long step, char *path, size_t n) {
+    snprintf(path, n, "%s/.checkpoint-%ld.tmp", out_dir, step);
+    return path;
+}
+
+sk_status ckpt_begin(const char *out_dir, long step) {
+    char tmp[4096];
+    ckpt_tmp_path(out_dir, step, tmp, sizeof tmp);
     SK_TRY(file_remove_tree(tmp));
-    SK_TRY(file_mkdirs(tmp));
-    SK_TRY(model_save(m, tmp));
-    if (tokenizer_path) SK_TRY(ckpt_copy_file(tokenizer_path, file_join(path, sizeof path, tmp, "tokenizer.json")));
-    SK_TRY(adamw_save(opt, m->n_params, file_join(path, sizeof path, tmp, "optimizer.bin")));
+    return file_mkdirs(tmp);
+}
+
+sk_status ckpt_write_model(const char *dir, const model *m, const char *tokenizer_path) {
+    char path[4096];
+    SK_TRY(model_save(m, dir));
+    if (tokenizer_path) SK_TRY(ckpt_copy_file(tokenizer_path, file_join(path, sizeof path, dir, "tokenizer.json")));
+    return SK_OK;
+}
+
+sk_status ckpt_commit(const char *out_dir, const ckpt_state *s, int keep) {
+    char tmp[4096], final[4096], path[4096];
+    ckpt_tmp_path(out_dir, s->step, tmp, sizeof tmp);
+    snprintf(final, sizeof final, "%s/checkpoint-%ld", out_dir, s->step);
     SK_TRY(state_save(s, file_join(path, sizeof path, tmp, "skein_state.json")));
     SK_TRY(file_remove_tree(final));
     if (rename(tmp, final) != 0)
@@ -180,4 +196,14 @@ sk_status ckpt_save(const char *out_dir, const model *m, const adamw *opt, const
         mem_free(steps);
     }
     return SK_OK;
+}
+
+sk_status ckpt_save(const char *out_dir, const model *m, const adamw *opt, const ckpt_state *s,
+                    const char *tokenizer_path, int keep) {
+    char tmp[4096], path[4096];
+    ckpt_tmp_path(out_dir, s->step, tmp, sizeof tmp);
+    SK_TRY(ckpt_begin(out_dir, s->step));
+    SK_TRY(ckpt_write_model(tmp, m, tokenizer_path));
+    SK_TRY(adamw_save(opt, m->n_params, file_join(path, sizeof path, tmp, "optimizer.bin")));
+    return ckpt_commit(out_dir, s, keep);
 }

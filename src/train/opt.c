@@ -9,6 +9,7 @@
 
 #define OPT_MAGIC "SKOPT\0\0\0"
 #define OPT_VERSION 1u
+#define OPT_VERSION_RANGES 2u
 
 typedef struct opt_file_header {
     char magic[8];
@@ -115,6 +116,104 @@ sk_status adamw_load(adamw *o, size_t n_params, const char *path) {
         o->be->ops->upload(o->be, o->v, mv + o->count, o->count * sizeof(float));
         o->step = (long)hdr.step;
     }
+done:
+    file_map_close(&map);
+    return st;
+}
+
+sk_status opt_state_save(backend *be, const char *path, size_t n_params, long step, const opt_range *r, int n,
+                         const float *m, const float *v) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += r[i].count;
+    size_t head = sizeof(opt_file_header) + sizeof(uint64_t) * (1 + 2 * (size_t)n);
+    size_t bytes = head + 2 * total * sizeof(float);
+    char *buf = mem_alloc(bytes);
+    if (!buf) return sk_fail_ctx(SK_ENOMEM, "saving %s", path);
+    opt_file_header hdr = {.version = OPT_VERSION_RANGES, .n_params = n_params, .begin = 0, .count = total,
+                           .step = (uint64_t)step};
+    memcpy(hdr.magic, OPT_MAGIC, 8);
+    memcpy(buf, &hdr, sizeof hdr);
+    uint64_t *list = (uint64_t *)(buf + sizeof hdr);
+    list[0] = (uint64_t)n;
+    float *fm = (float *)(buf + head), *fv = fm + total;
+    for (int i = 0, k = 0; i < n; i++) {
+        list[1 + 2 * i] = r[i].begin;
+        list[2 + 2 * i] = r[i].count;
+        be->ops->download(be, fm + k, m + r[i].at, r[i].count * sizeof(float));
+        be->ops->download(be, fv + k, v + r[i].at, r[i].count * sizeof(float));
+        k += (int)r[i].count;
+    }
+    sk_status st = file_write_atomic(path, buf, bytes);
+    mem_free(buf);
+    return st;
+}
+
+sk_status opt_state_read(backend *be, const char *path, size_t n_params, const opt_range *want, int n_want,
+                         float *m, float *v, long *step, size_t *copied) {
+    file_map map;
+    SK_TRY(file_map_open(path, &map));
+    sk_status st = SK_OK;
+    opt_file_header hdr;
+    const char *data = map.data;
+    uint64_t n_ranges = 1, one[2];
+    const uint64_t *list = one;
+    size_t head = sizeof hdr;
+    if (map.size < sizeof hdr) {
+        st = sk_fail(SK_EFORMAT, "%s: truncated optimizer state (%zu bytes)", path, map.size);
+        goto done;
+    }
+    memcpy(&hdr, data, sizeof hdr);
+    if (memcmp(hdr.magic, OPT_MAGIC, 8) != 0) {
+        st = sk_fail(SK_EFORMAT, "%s: wrong magic number (not a skein optimizer state)", path);
+        goto done;
+    }
+    if (hdr.version != OPT_VERSION && hdr.version != OPT_VERSION_RANGES) {
+        st = sk_fail(SK_EFORMAT, "%s: unsupported version %u", path, hdr.version);
+        goto done;
+    }
+    if (hdr.n_params != n_params) {
+        st = sk_fail(SK_EFORMAT, "%s: state for %llu parameters, the model has %zu", path,
+                     (unsigned long long)hdr.n_params, n_params);
+        goto done;
+    }
+    if (hdr.version == OPT_VERSION) {
+        one[0] = hdr.begin;
+        one[1] = hdr.count;
+    } else {
+        if (map.size < head + 8) { st = sk_fail(SK_EFORMAT, "%s: truncated range list", path); goto done; }
+        memcpy(&n_ranges, data + head, 8);
+        if (n_ranges > (map.size - head) / 16) { st = sk_fail(SK_EFORMAT, "%s: truncated range list", path); goto done; }
+        list = (const uint64_t *)(data + head + 8);   /* 8-aligned: the header is 48 bytes */
+        head += 8 + 16 * (size_t)n_ranges;
+    }
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < n_ranges; i++) {
+        if (list[2 * i] + list[2 * i + 1] > n_params) {
+            st = sk_fail(SK_EFORMAT, "%s: range [%llu, +%llu) beyond the model's %zu parameters", path,
+                         (unsigned long long)list[2 * i], (unsigned long long)list[2 * i + 1], n_params);
+            goto done;
+        }
+        total += list[2 * i + 1];
+    }
+    if (total != hdr.count || map.size != head + 2 * total * sizeof(float)) {
+        st = sk_fail(SK_EFORMAT, "%s: truncated optimizer state (%zu bytes, expected %zu)", path, map.size,
+                     head + 2 * (size_t)total * sizeof(float));
+        goto done;
+    }
+    const float *fm = (const float *)(data + head), *fv = fm + total;
+    size_t k = 0;
+    for (uint64_t i = 0; i < n_ranges; k += list[2 * i + 1], i++) {
+        size_t fb = list[2 * i], fe = fb + list[2 * i + 1];
+        for (int j = 0; j < n_want; j++) {
+            size_t a = fb > want[j].begin ? fb : want[j].begin;
+            size_t b = fe < want[j].begin + want[j].count ? fe : want[j].begin + want[j].count;
+            if (a >= b) continue;
+            be->ops->upload(be, m + want[j].at + (a - want[j].begin), fm + k + (a - fb), (b - a) * sizeof(float));
+            be->ops->upload(be, v + want[j].at + (a - want[j].begin), fv + k + (a - fb), (b - a) * sizeof(float));
+            *copied += b - a;
+        }
+    }
+    *step = (long)hdr.step;
 done:
     file_map_close(&map);
     return st;

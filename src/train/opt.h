@@ -8,7 +8,13 @@
  *
  * State file "optimizer.bin" (little-endian): char magic[8] "SKOPT\0\0\0", u32 version 1,
  * u32 reserved, u64 n_params (the whole model), u64 begin, u64 count, u64 step, then m(count)
- * and v(count) as f32. Written atomically. */
+ * and v(count) as f32. Written atomically.
+ *
+ * Version 2 holds a ZeRO shard, several ranges (one piece of each parameter group): the same
+ * header with begin 0 and count the total of the ranges, then u64 n_ranges, n_ranges pairs
+ * (u64 begin, u64 count), then m and v of the ranges concatenated in that order. Readers
+ * accept both versions and copy whatever part of a file overlaps the ranges they want, so a
+ * state saved by N ranks at one ZeRO stage loads on M ranks at another. */
 #ifndef SKEIN_OPT_H
 #define SKEIN_OPT_H
 
@@ -44,5 +50,21 @@ void adamw_step(adamw *o, model *m, const float *grads, const opt_hparams *h, fl
 sk_status adamw_save(const adamw *o, size_t n_params, const char *path);
 /* Loads a state written for the same n_params and range. */
 sk_status adamw_load(adamw *o, size_t n_params, const char *path);
+
+/* A range of the flat buffer, and where its elements sit in a shard buffer. */
+typedef struct opt_range {
+    size_t begin, count;   /* flat elements [begin, begin+count) */
+    size_t at;             /* offset of element `begin` in the shard buffers */
+} opt_range;
+
+/* Writes a version-2 state file: the moments of ranges r(n), read from backend buffers m and
+ * v at each range's `at`. */
+sk_status opt_state_save(backend *be, const char *path, size_t n_params, long step, const opt_range *r, int n,
+                         const float *m, const float *v);
+/* Reads a state file (version 1 or 2) written for n_params and uploads into m, v (backend
+ * buffers) every element that falls in one of the wanted ranges; adds how many elements it
+ * copied to *copied and sets *step. Errors name the file. */
+sk_status opt_state_read(backend *be, const char *path, size_t n_params, const opt_range *want, int n_want,
+                         float *m, float *v, long *step, size_t *copied);
 
 #endif

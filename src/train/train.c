@@ -1,9 +1,18 @@
-/* train: the single-process training loop (see train.h). */
+/* train: the training loop on one or several ranks (see train.h).
+ *
+ * Invariants: every rank runs the same sequence of collectives: the step's micro-batch
+ * loop (at ZeRO-2/3 with static data, every rank runs the same number of micro-batches,
+ * idle passes filling in), one reduction, one statistics all-reduce, checkpoints at the same
+ * steps. tr->pos is the number of samples consumed since epoch 0 and equals the sum of the
+ * global batches of the steps taken (plus the position a resume started from). */
 #include "train/train.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/file.h"
 #include "base/progress.h"
@@ -12,19 +21,33 @@
 #include "tokenizer/tok.h"
 #include "train/ckpt.h"
 #include "train/plot.h"
+#include "train/zero.h"
 
 typedef struct trainer {
     const train_opts *o;
     backend *be;
     model *m;
-    adamw opt;
     data_loader *train_dl, *val_dl;
     char tokenizer_path[4096];   /* empty when the run has no tokenizer.json */
     int *inputs, *targets;       /* (micro_batch, seq) host buffers */
     FILE *log;
+    FILE *sample_log;            /* debug: samples used by this rank */
     ckpt_state st;
     long micro_batch;
+    comm *c;                     /* NULL: one process */
+    int rank, world;
+    zero *z;
+    uint64_t pos;                /* samples consumed since epoch 0 */
+    size_t n_samples;            /* per epoch */
+    int64_t counter_base;        /* dynamic: the dispenser's value at the start of this step */
+    int64_t local_counter;       /* dynamic without a comm */
+    double *stats;               /* (1 + 3 world): loss sum, then per rank micro-batches, tokens, wait ms */
+    zero_mem mem;                /* this rank's plan */
+    size_t baseline_rss;         /* resident bytes before the model */
+    bool memory_written;
 } trainer;
+
+enum { STAT_MB, STAT_TOKENS, STAT_WAIT, STAT_N };
 
 void train_opts_default(train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -35,6 +58,8 @@ void train_opts_default(train_opts *o) {
     o->eval_batches = 8;
     o->keep_checkpoints = 3;
     o->seed = 1337;
+    o->slow_rank = -1;
+    o->kill_rank = -1;
     opt_hparams_default(&o->hp);
 }
 
@@ -46,6 +71,7 @@ static sk_status check_opts(const train_opts *o) {
     if (o->stop_after < 0 || o->stop_after > o->steps)
         return sk_fail(SK_EARG, "train: --stop-after must be between 1 and --steps (%ld), got %ld", o->steps, o->stop_after);
     if (o->batch <= 0) return sk_fail(SK_EARG, "train: --batch must be positive, got %ld", o->batch);
+    if (o->zero < 0 || o->zero > 3) return sk_fail(SK_EARG, "train: --zero must be 0, 1, 2 or 3, got %d", o->zero);
     if (o->micro_batch < 0 || o->micro_batch > o->batch)
         return sk_fail(SK_EARG, "train: --micro-batch must be between 1 and --batch (%ld), got %ld", o->batch, o->micro_batch);
     if (o->seq <= 0) return sk_fail(SK_EARG, "train: --seq must be positive, got %ld", o->seq);
@@ -67,6 +93,11 @@ static sk_status load_model(trainer *tr, bool *resumed) {
         SK_TRY(ckpt_load_state(ckpt, &tr->st));
         if (tr->st.step > o->steps)
             return sk_fail(SK_EARG, "train: %s is at step %ld, beyond --steps %ld", ckpt, tr->st.step, o->steps);
+        if (tr->st.world_size != tr->world || tr->st.zero != o->zero || tr->st.dynamic != o->dynamic)
+            if (tr->rank == 0)
+                log_info("resuming a run saved at world size %d, ZeRO-%d, %s data as world size %d, ZeRO-%d, %s",
+                         tr->st.world_size, tr->st.zero, tr->st.dynamic ? "dynamic" : "static", tr->world,
+                         o->zero, o->dynamic ? "dynamic" : "static");
         if (tr->st.batch != o->batch || tr->st.seq != o->seq)
             log_warn("resuming a run saved with batch %ld, seq %ld under batch %ld, seq %ld", tr->st.batch,
                      tr->st.seq, o->batch, o->seq);
@@ -125,16 +156,21 @@ static sk_status open_log(trainer *tr, bool resumed) {
     return SK_OK;
 }
 
-/* Fills n samples from the loader and checks every token against the vocabulary. */
-static sk_status next_batch(trainer *tr, data_loader *dl, int n) {
+/* Checks n samples of the input buffers against the vocabulary. */
+static sk_status check_tokens(trainer *tr, long n) {
     const int V = tr->m->cfg.vocab_size;
     const long T = tr->o->seq;
-    data_loader_next(dl, n, tr->inputs, tr->targets);
     for (long i = 0; i < n * T; i++)
         if (tr->inputs[i] < 0 || tr->inputs[i] >= V || tr->targets[i] < 0 || tr->targets[i] >= V)
             return sk_fail(SK_EFORMAT, "%s: token id %d is outside the model's vocabulary of %d", tr->o->data,
                            tr->inputs[i] >= V || tr->inputs[i] < 0 ? tr->inputs[i] : tr->targets[i], V);
     return SK_OK;
+}
+
+/* Fills n samples from the loader's cursor (evaluation). */
+static sk_status next_batch(trainer *tr, data_loader *dl, int n) {
+    data_loader_next(dl, n, tr->inputs, tr->targets);
+    return check_tokens(tr, n);
 }
 
 /* Mean validation loss over eval_batches micro-batches from the start of the split. */
@@ -157,41 +193,221 @@ static sk_status evaluate(trainer *tr, double *val_loss) {
     return SK_OK;
 }
 
-/* One optimizer step: accumulate micro-batches, clip, AdamW. Writes the mean loss and the
- * gradient norm before clipping. */
+/* Sums a flag over the ranks: returns local when it failed, SK_ECOMM when another rank did,
+ * so every rank leaves a collective phase (a checkpoint) together. */
+static sk_status agree(trainer *tr, sk_status local, const char *what) {
+    if (!tr->c || tr->world == 1) return local;
+    double failed = local != SK_OK;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", sk_errmsg());
+    sk_status st = tr->c->ops->all_reduce_sum_f64(tr->c, &failed, 1);
+    if (st != SK_OK) return st;
+    if (local != SK_OK) return sk_fail(local, "%s", msg);
+    if (failed > 0) return sk_fail(SK_ECOMM, "%s failed on another rank", what);
+    return SK_OK;
+}
+
+/* Dynamic distribution: takes the next claim from the dispenser. */
+static sk_status dispense(trainer *tr, int64_t *old) {
+    if (!tr->c) {
+        *old = tr->local_counter++;
+        return SK_OK;
+    }
+    return tr->c->ops->fetch_add(tr->c, 1, old);
+}
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Forward and backward of the n samples at step offsets [first, first+n); adds the summed
+ * token losses to *sum. */
+static sk_status run_micro(trainer *tr, long first, long n, uint64_t step_seed, double *sum) {
+    const train_opts *o = tr->o;
+    const long T = o->seq;
+    const double tokens = (double)o->batch * (double)T;
+    for (long j = 0; j < n; j++) {
+        uint64_t p = tr->pos + (uint64_t)(first + j);
+        data_loader_sample(tr->train_dl, p / tr->n_samples, p % tr->n_samples, tr->inputs + j * T, tr->targets + j * T);
+        if (tr->sample_log)
+            fprintf(tr->sample_log, "%llu %llu\n", (unsigned long long)(p / tr->n_samples),
+                    (unsigned long long)(p % tr->n_samples));
+    }
+    SK_TRY(check_tokens(tr, n));
+    model *m = tr->m;
+    if (m->dropout) m->dropout_seed = mix64(step_seed + tr->pos + (uint64_t)first);
+    float l = model_forward(m, tr->inputs, tr->targets, (int)n, (int)T);
+    model_backward(m, (float)(1.0 / tokens));
+    *sum += (double)l * (double)n * (double)T;
+    SK_TRY(zero_status(tr->z));
+    double *me = tr->stats + 1 + STAT_N * tr->rank;
+    me[STAT_MB] += 1;
+    me[STAT_TOKENS] += (double)(n * T);
+    if (tr->rank == o->slow_rank && o->slow_ms > 0) {
+        struct timespec ts = {o->slow_ms / 1000, (o->slow_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return SK_OK;
+}
+
+/* One optimizer step: this rank's micro-batches, the reduction, clipping, AdamW. Writes the
+ * mean loss and the gradient norm before clipping; tr->stats holds every rank's counts. */
 static sk_status train_step(trainer *tr, float lr, double *loss, double *grad_norm) {
     const train_opts *o = tr->o;
-    model *m = tr->m;
-    const double tokens = (double)o->batch * (double)o->seq;
-    model_zero_grad(m);
+    const long B = o->batch, mb = tr->micro_batch, W = tr->world, r = tr->rank;
+    const double tokens = (double)B * (double)o->seq;
+    memset(tr->stats, 0, sizeof(double) * (size_t)(1 + STAT_N * W));
+    uint64_t step_seed = tr->m->dropout ? rng_u64(&tr->st.rng) : 0;
     double sum = 0;
-    for (long done = 0; done < o->batch;) {
-        int n = (int)(o->batch - done < tr->micro_batch ? o->batch - done : tr->micro_batch);
-        SK_TRY(next_batch(tr, tr->train_dl, n));
-        if (m->dropout) m->dropout_seed = rng_u64(&tr->st.rng);
-        float l = model_forward(m, tr->inputs, tr->targets, n, (int)o->seq);
-        model_backward(m, (float)(1.0 / tokens));
-        sum += (double)l * n * (double)o->seq;
-        done += n;
+    zero_begin_step(tr->z);
+    if (!o->dynamic) {
+        const long lo = r * B / W, hi = (r + 1) * B / W;
+        long n_real = (hi - lo + mb - 1) / mb, n_total = n_real;
+        if (zero_stage(tr->z) >= 2) n_total = ((B + W - 1) / W + mb - 1) / mb;
+        for (long i = 0; i < n_total; i++) {
+            if (i < n_real) SK_TRY(run_micro(tr, lo + i * mb, hi - lo - i * mb < mb ? hi - lo - i * mb : mb, step_seed, &sum));
+            else SK_TRY(zero_idle_pass(tr->z));
+        }
+    } else {
+        const long claims = (B + mb - 1) / mb;
+        for (;;) {
+            int64_t old;
+            SK_TRY(dispense(tr, &old));
+            long k = (long)(old - tr->counter_base);
+            if (k >= claims) break;
+            SK_TRY(run_micro(tr, k * mb, B - k * mb < mb ? B - k * mb : mb, step_seed, &sum));
+        }
+        /* every rank made exactly one claim past the end: the next step starts after them */
+        tr->counter_base += claims + W;
     }
-    *loss = sum / tokens;
+    const double t_wait = time_now();
+    SK_TRY(zero_end_step(tr->z, grad_norm));
+    tr->stats[1 + STAT_N * r + STAT_WAIT] = 1e3 * (time_now() - t_wait);
+    tr->stats[0] = sum;
+    if (tr->c && W > 1) SK_TRY(tr->c->ops->all_reduce_sum_f64(tr->c, tr->stats, (size_t)(1 + STAT_N * W)));
+    *loss = tr->stats[0] / tokens;
     if (!isfinite(*loss))
         return sk_fail(SK_ESTATE, "train: the loss became %g at step %ld; try a lower --lr", *loss, tr->st.step + 1);
-    *grad_norm = sqrt(m->be->ops->sum_squares(m->be, m->grads, m->n_params));
     float scale = 1.0f;
     if (o->hp.grad_clip > 0 && *grad_norm > o->hp.grad_clip) scale = (float)(o->hp.grad_clip / (*grad_norm + 1e-6));
-    adamw_step(&tr->opt, m, m->grads, &o->hp, lr, scale);
-    return SK_OK;
+    return zero_opt_step(tr->z, &o->hp, lr, scale);
+}
+
+/* Writes checkpoint-<step>: every rank its optimizer shard, rank 0 the consolidated model and
+ * the state, renamed once every rank's part is known to be written. */
+static sk_status save_checkpoint(trainer *tr) {
+    const train_opts *o = tr->o;
+    char tmp[4096];
+    ckpt_tmp_path(o->out, tr->st.step, tmp, sizeof tmp);
+    sk_status st = tr->rank == 0 ? ckpt_begin(o->out, tr->st.step) : SK_OK;
+    SK_TRY(agree(tr, st, "creating the checkpoint folder"));
+    st = zero_save_opt(tr->z, tmp);
+    SK_TRY(agree(tr, st, "writing an optimizer shard"));
+    float *full = NULL;
+    if (tr->rank == 0 && zero_stage(tr->z) == 3 && !(full = mem_alloc(tr->m->n_params * sizeof(float))))
+        st = SK_ENOMEM;
+    SK_TRY(agree(tr, st, "allocating the consolidated model"));
+    st = zero_gather_params(tr->z, full);
+    if (st == SK_OK && tr->rank == 0) {
+        model view = *tr->m;
+        if (full) view.params = full;
+        st = ckpt_write_model(tmp, &view, tr->tokenizer_path[0] ? tr->tokenizer_path : NULL);
+    }
+    mem_free(full);
+    SK_TRY(agree(tr, st, "writing the checkpoint's model"));
+    st = tr->rank == 0 ? ckpt_commit(o->out, &tr->st, (int)o->keep_checkpoints) : SK_OK;
+    return agree(tr, st, "committing the checkpoint");
 }
 
 static sk_status save_final(trainer *tr) {
     char path[4096];
-    SK_TRY(model_save(tr->m, tr->o->out));
+    float *full = NULL;
+    sk_status st = SK_OK;
+    if (tr->rank == 0 && zero_stage(tr->z) == 3 && !(full = mem_alloc(tr->m->n_params * sizeof(float)))) st = SK_ENOMEM;
+    SK_TRY(agree(tr, st, "allocating the consolidated model"));
+    st = zero_gather_params(tr->z, full);
+    if (st == SK_OK && tr->rank == 0) {
+        model view = *tr->m;
+        if (full) view.params = full;
+        st = model_save(&view, tr->o->out);
+    }
+    mem_free(full);
+    SK_TRY(agree(tr, st, "writing the final model"));
+    if (tr->rank != 0) return SK_OK;
     if (tr->tokenizer_path[0])
         SK_TRY(ckpt_copy_file(tr->tokenizer_path, file_join(path, sizeof path, tr->o->out, "tokenizer.json")));
     char log_path[4096];
     file_join(log_path, sizeof log_path, tr->o->out, "log.jsonl");
     return plot_loss_svg(log_path, file_join(path, sizeof path, tr->o->out, "loss.svg"));
+}
+
+/* Fields of the memory report, in the order ranks send them. */
+enum { MEM_PARAMS, MEM_GRADS, MEM_OPT, MEM_BUCKETS, MEM_GATHERED, MEM_STAGING, MEM_SCRATCH, MEM_ACTS, MEM_TOTAL, MEM_TRANSIENT,
+       MEM_PEAK_PLAN, MEM_BASELINE, MEM_MEASURED, MEM_N };
+
+/* Collects every rank's plan (and, when measured, its resident peak) on every rank. */
+static sk_status gather_memory(trainer *tr, bool measured, double *all) {
+    const zero_mem *p = &tr->mem;
+    memset(all, 0, sizeof(double) * (size_t)(MEM_N * tr->world));
+    double *me = all + MEM_N * tr->rank;
+    me[MEM_PARAMS] = (double)p->params;
+    me[MEM_GRADS] = (double)p->grads;
+    me[MEM_OPT] = (double)p->optimizer;
+    me[MEM_BUCKETS] = (double)p->buckets;
+    me[MEM_GATHERED] = (double)p->gathered;
+    me[MEM_STAGING] = (double)p->staging;
+    me[MEM_SCRATCH] = (double)p->comm_scratch;
+    me[MEM_ACTS] = (double)p->activations;
+    me[MEM_TOTAL] = (double)p->total;
+    me[MEM_TRANSIENT] = (double)p->load_transient;
+    me[MEM_PEAK_PLAN] = (double)p->peak;
+    me[MEM_BASELINE] = (double)tr->baseline_rss;
+    me[MEM_MEASURED] = measured ? (double)zero_proc_bytes(true) : 0;
+    if (tr->c && tr->world > 1) return tr->c->ops->all_reduce_sum_f64(tr->c, all, (size_t)(MEM_N * tr->world));
+    return SK_OK;
+}
+
+/* Rank 0: one line per rank on stderr (at start). */
+static void print_memory(trainer *tr, const double *all) {
+    const double MB = 1048576.0;
+    log_info("memory per rank (ZeRO-%d, %d rank%s, %s data, %zu parameters, MiB): model states = parameters + "
+             "gradients + optimizer; buffers listed apart%s", tr->o->zero, tr->world, tr->world > 1 ? "s" : "",
+             tr->o->dynamic ? "dynamic" : "static", tr->m->n_params,
+             tr->o->zero == 2 && tr->o->dynamic ? "; dynamic data: ZeRO-2 holds a full local gradient during the step" : "");
+    for (int r = 0; r < tr->world; r++) {
+        const double *v = all + MEM_N * r;
+        log_info("  rank %d: params %.2f + grads %.2f + optimizer %.2f | buckets %.2f, gathered %.2f, staging %.2f, "
+                 "comm scratch %.2f, activations %.2f | total %.2f%s", r, v[MEM_PARAMS] / MB, v[MEM_GRADS] / MB, v[MEM_OPT] / MB,
+                 v[MEM_BUCKETS] / MB, v[MEM_GATHERED] / MB, v[MEM_STAGING] / MB, v[MEM_SCRATCH] / MB, v[MEM_ACTS] / MB, v[MEM_TOTAL] / MB,
+                 v[MEM_TRANSIENT] > 0 ? " (+ full parameters while sharding at start)" : "");
+    }
+}
+
+/* Rank 0: OUT/memory.json with every rank's plan, the paper's formulas and the measured peaks. */
+static sk_status write_memory_json(trainer *tr, const double *all) {
+    static const char *const names[MEM_N] = {"params", "grads", "optimizer", "buckets", "gathered", "staging",
+                                             "comm_scratch", "activations", "total", "load_transient", "peak_plan",
+                                             "baseline_rss", "measured_peak"};
+    char path[4096];
+    file_join(path, sizeof path, tr->o->out, "memory.json");
+    FILE *f = fopen(path, "w");
+    if (!f) return sk_fail(SK_EIO, "cannot create %s", path);
+    double formula[3];
+    zero_formula(tr->o->zero, tr->world, 4, (double)tr->m->n_params, formula);
+    fprintf(f, "{\"world_size\": %d, \"zero\": %d, \"data_dist\": \"%s\", \"n_params\": %zu, \"micro_batch\": %ld, "
+               "\"dtype\": \"f32\", \"formula\": {\"params\": %.9g, \"grads\": %.9g, \"optimizer\": %.9g}, "
+               "\"full_local_grads\": %s, \"ranks\": [",
+            tr->world, tr->o->zero, tr->o->dynamic ? "dynamic" : "static", tr->m->n_params, tr->micro_batch,
+            formula[0], formula[1], formula[2], tr->o->zero == 2 && tr->o->dynamic ? "true" : "false");
+    for (int r = 0; r < tr->world; r++) {
+        fprintf(f, "%s{\"rank\": %d", r ? ", " : "", r);
+        for (int k = 0; k < MEM_N; k++) fprintf(f, ", \"%s\": %.0f", names[k], all[MEM_N * r + k]);
+        fprintf(f, "}");
+    }
+    fprintf(f, "]}\n");
+    return fclose(f) == 0 ? SK_OK : sk_fail(SK_EIO, "cannot write %s", path);
 }
 
 static sk_status train_loop(trainer *tr) {
@@ -200,46 +416,123 @@ static sk_status train_loop(trainer *tr) {
     progress_init(&prog, 10.0);
     const double t_start = time_now();
     const long first_step = tr->st.step;
+    const bool lead = tr->rank == 0;
+    double *mem_all = mem_alloc(sizeof(double) * (size_t)(MEM_N * tr->world));
+    if (!mem_all) return SK_ENOMEM;
+    sk_status st = SK_OK;
     while (tr->st.step < o->steps) {
         const double t0 = time_now();
         const float lr = opt_lr_at(&o->hp, tr->st.step);
         double loss = 0, grad_norm = 0, val_loss = NAN;
-        SK_TRY(train_step(tr, lr, &loss, &grad_norm));
+        if ((st = train_step(tr, lr, &loss, &grad_norm))) break;
         tr->st.step++;
+        tr->pos += (uint64_t)o->batch;
         const long step = tr->st.step;
         const double ms = 1e3 * (time_now() - t0);
         const double tps = (double)o->batch * (double)o->seq / (ms / 1e3);
+        if (!tr->memory_written) {
+            /* the measured peak after the first step: every buffer has been touched */
+            if ((st = gather_memory(tr, true, mem_all))) break;
+            if (lead && (st = write_memory_json(tr, mem_all))) break;
+            tr->memory_written = true;
+        }
         if (tr->val_dl && o->eval_every > 0 && (step % o->eval_every == 0 || step == o->steps))
-            SK_TRY(evaluate(tr, &val_loss));
-        data_loader_get_pos(tr->train_dl, &tr->st.epoch, &tr->st.sample_index);
-        fprintf(tr->log,
-                "{\"step\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"ms\": %.9g, "
-                "\"tokens_per_s\": %.9g, \"world_size\": 1, \"zero\": 0, \"epoch\": %llu",
-                step, loss, (double)lr, grad_norm, ms, tps, (unsigned long long)tr->st.epoch);
-        if (!isnan(val_loss)) fprintf(tr->log, ", \"val_loss\": %.9g", val_loss);
-        fprintf(tr->log, "}\n");
-        fflush(tr->log);
-        if (!o->quiet) {
-            char eta[32], val[48] = "";
+            if ((st = evaluate(tr, &val_loss))) break;
+        tr->st.epoch = tr->pos / tr->n_samples;
+        tr->st.sample_index = tr->pos % tr->n_samples;
+        const double *stats = tr->stats;
+        if (lead) {
+            fprintf(tr->log,
+                    "{\"step\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"ms\": %.9g, "
+                    "\"tokens_per_s\": %.9g, \"world_size\": %d, \"zero\": %d, \"data_dist\": \"%s\", \"epoch\": %llu",
+                    step, loss, (double)lr, grad_norm, ms, tps, tr->world, o->zero, o->dynamic ? "dynamic" : "static",
+                    (unsigned long long)tr->st.epoch);
+            if (!isnan(val_loss)) fprintf(tr->log, ", \"val_loss\": %.9g", val_loss);
+            fprintf(tr->log, ", \"workers\": [");
+            for (int r = 0; r < tr->world; r++) {
+                const double *w = stats + 1 + STAT_N * r;
+                fprintf(tr->log, "%s{\"rank\": %d, \"micro_batches\": %.0f, \"tokens\": %.0f, \"share\": %.9g, "
+                                 "\"wait_ms\": %.9g}", r ? ", " : "", r, w[STAT_MB], w[STAT_TOKENS],
+                        w[STAT_TOKENS] / ((double)o->batch * (double)o->seq), w[STAT_WAIT]);
+            }
+            fprintf(tr->log, "]}\n");
+            fflush(tr->log);
+        }
+        if (lead && !o->quiet) {
+            char eta[32], val[48] = "", shares[160] = "";
             double per_step = (time_now() - t_start) / (double)(step - first_step);
             if (!isnan(val_loss)) snprintf(val, sizeof val, " | val %.4f", val_loss);
+            if (tr->world > 1 || o->dynamic) {
+                size_t k = (size_t)snprintf(shares, sizeof shares, " | mb/share/wait");
+                for (int r = 0; r < tr->world && k < sizeof shares; r++) {
+                    const double *w = stats + 1 + STAT_N * r;
+                    k += (size_t)snprintf(shares + k, sizeof shares - k, " r%d %.0f/%.0f%%/%.0fms", r, w[STAT_MB],
+                                          100.0 * w[STAT_TOKENS] / ((double)o->batch * (double)o->seq), w[STAT_WAIT]);
+                }
+            }
             progress_show(&prog, step == o->steps || step == o->stop_after || !isnan(val_loss),
-                          "step %ld/%ld | loss %.4f%s | lr %.2e | %.0f tok/s | ETA %s", step, o->steps, loss,
-                          val, (double)lr, tps, progress_duration(eta, sizeof eta, per_step * (double)(o->steps - step)));
+                          "step %ld/%ld | loss %.4f%s | lr %.2e | %.0f tok/s%s | ETA %s", step, o->steps, loss, val,
+                          (double)lr, tps, shares, progress_duration(eta, sizeof eta, per_step * (double)(o->steps - step)));
         }
         bool stop = step == o->stop_after && step < o->steps;
-        if ((o->save_every > 0 && step % o->save_every == 0) || stop || step == o->steps) {
-            SK_TRY(ckpt_save(o->out, tr->m, &tr->opt, &tr->st, tr->tokenizer_path[0] ? tr->tokenizer_path : NULL,
-                             (int)o->keep_checkpoints));
+        if ((o->save_every > 0 && step % o->save_every == 0) || stop || step == o->steps)
+            if ((st = save_checkpoint(tr))) break;
+        if (tr->rank == o->kill_rank && step == o->kill_step) {
+            if (tr->sample_log) fflush(tr->sample_log);
+            raise(SIGKILL);   /* debug: a rank lost without warning */
         }
         if (stop) {
-            if (!o->quiet) progress_done(&prog);
-            log_info("stopped after step %ld; continue with --resume", step);
+            if (lead && !o->quiet) progress_done(&prog);
+            if (lead) log_info("stopped after step %ld; continue with --resume", step);
+            mem_free(mem_all);
             return SK_OK;
         }
     }
-    if (!o->quiet) progress_done(&prog);
+    mem_free(mem_all);
+    if (st) return st;
+    if (lead && !o->quiet) progress_done(&prog);
     return save_final(tr);
+}
+
+/* Bytes a rank may plan for: --mem-limit, else the host's available memory shared by the
+ * ranks (all assumed on this host). */
+static size_t memory_budget(const trainer *tr) {
+    if (tr->o->mem_limit) return tr->o->mem_limit;
+    FILE *f = fopen("/proc/meminfo", "r");
+    size_t kb = 0;
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "MemAvailable:", 13)) kb = strtoull(line + 13, NULL, 10);
+    if (f) fclose(f);
+    return kb * 1024 / (size_t)tr->world;
+}
+
+/* --micro-batch auto: the largest micro-batch (at most a rank's share of the batch) whose
+ * plan fits the budget. */
+static sk_status pick_micro_batch(trainer *tr) {
+    const train_opts *o = tr->o;
+    if (!o->micro_auto) {
+        tr->micro_batch = o->micro_batch > 0 ? o->micro_batch : o->batch;
+        return SK_OK;
+    }
+    if (!tr->m->arch->train_bytes)
+        return sk_fail(SK_EARG, "train: --micro-batch auto: the %s architecture has no memory plan", tr->m->arch->name);
+    const size_t budget = memory_budget(tr);
+    long most = o->dynamic ? o->batch : (o->batch + tr->world - 1) / tr->world;
+    zero_mem p;
+    for (long mb = most; mb >= 1; mb--) {
+        zero_plan(tr->m, tr->world, o->zero, o->dynamic, 4, (int)mb, (int)o->seq, &p);
+        if (p.peak <= budget) {
+            tr->micro_batch = mb;
+            if (tr->rank == 0)
+                log_info("--micro-batch auto: %ld (plan %.1f MiB of a %.1f MiB budget per rank)", mb,
+                         (double)p.peak / 1048576.0, (double)budget / 1048576.0);
+            return SK_OK;
+        }
+    }
+    return sk_fail(SK_ENOMEM, "train: --micro-batch auto: even a micro-batch of 1 needs %zu bytes per rank at ZeRO-%d "
+                              "(%zu of them model states), beyond the budget of %zu bytes%s", p.peak, o->zero,
+                   p.params + p.grads + p.optimizer, budget, o->mem_limit ? " (--mem-limit)" : " (available memory)");
 }
 
 sk_status train_run(const train_opts *o) {
@@ -247,25 +540,39 @@ sk_status train_run(const train_opts *o) {
     trainer tr = {.o = o};
     sk_status st = SK_OK;
     bool resumed = false;
+    tr.c = o->comm;
+    tr.rank = tr.c ? tr.c->rank : 0;
+    tr.world = tr.c ? tr.c->world : 1;
+    tr.baseline_rss = zero_proc_bytes(false);
     tr.st.total_steps = o->steps;
     tr.st.seed = o->seed;
     tr.st.batch = o->batch;
     tr.st.seq = o->seq;
-    tr.st.world_size = 1;
     rng_seed(&tr.st.rng, o->seed ^ 0x5eedf00dull);
-    tr.micro_batch = o->micro_batch > 0 ? o->micro_batch : o->batch;
+    if (o->zero == 3 && o->dynamic)
+        return sk_fail(SK_EARG, "train: --zero 3 with --data-dist dynamic is not supported: ZeRO-3 gathers each layer "
+                                "with every rank at every micro-batch, while dynamic distribution gives ranks different "
+                                "numbers of micro-batches; use --zero 2 (or below) or --data-dist static");
 
     if (!(tr.be = backend_create(o->device))) return SK_EARG;
-    if ((st = file_mkdirs(o->out))) goto done;
+    if (tr.rank == 0 && (st = file_mkdirs(o->out))) goto done;
+    if ((st = agree(&tr, st, "creating --out"))) goto done;
     if ((st = load_model(&tr, &resumed))) goto done;
     tr.st.total_steps = o->steps;
+    tr.st.world_size = tr.world;
+    tr.st.zero = o->zero;
+    tr.st.dynamic = o->dynamic;
     if (o->seq > tr.m->cfg.n_positions) {
         st = sk_fail(SK_EARG, "train: --seq %ld exceeds the model's context of %d", o->seq, tr.m->cfg.n_positions);
         goto done;
     }
     tr.m->dropout = o->dropout;
     if ((st = data_loader_open(o->data, "train", (int)o->seq, o->seed, &tr.train_dl))) goto done;
-    if (resumed && (st = data_loader_set_pos(tr.train_dl, tr.st.epoch, tr.st.sample_index))) goto done;
+    tr.n_samples = data_loader_num_samples(tr.train_dl);
+    if (resumed) {
+        if ((st = data_loader_set_pos(tr.train_dl, tr.st.epoch, tr.st.sample_index))) goto done;
+        tr.pos = tr.st.epoch * tr.n_samples + tr.st.sample_index;
+    }
     if (data_loader_vocab_size(tr.train_dl) > tr.m->cfg.vocab_size) {
         st = sk_fail(SK_EFORMAT, "train: %s was tokenized with a vocabulary of %d, larger than the model's %d", o->data,
                      data_loader_vocab_size(tr.train_dl), tr.m->cfg.vocab_size);
@@ -273,28 +580,52 @@ sk_status train_run(const train_opts *o) {
     }
     if (o->eval_every > 0 && file_is_dir(o->data) &&
         data_loader_open(o->data, "val", (int)o->seq, o->seed, &tr.val_dl) != SK_OK) {
-        log_warn("no usable validation split in %s: %s", o->data, sk_errmsg());
+        if (tr.rank == 0) log_warn("no usable validation split in %s: %s", o->data, sk_errmsg());
         tr.val_dl = NULL;
     }
-    if ((st = adamw_init(&tr.opt, tr.be, 0, tr.m->n_params))) goto done;
+    if ((st = pick_micro_batch(&tr))) goto done;
+    zero_plan(tr.m, tr.world, o->zero, o->dynamic, 4, (int)tr.micro_batch, (int)o->seq, &tr.mem);
+    if ((st = zero_init(tr.m, tr.c, o->zero, o->dynamic, &tr.z))) goto done;
     if (resumed) {
-        char ckpt[4096], path[4096];
+        char ckpt[4096];
         ckpt_find_latest(o->out, ckpt, sizeof ckpt);
-        if ((st = adamw_load(&tr.opt, tr.m->n_params, file_join(path, sizeof path, ckpt, "optimizer.bin")))) goto done;
+        if ((st = zero_load_opt(tr.z, ckpt))) goto done;
     }
     if ((st = model_train_prepare(tr.m, (int)tr.micro_batch, (int)o->seq))) goto done;
     tr.inputs = mem_alloc(sizeof(int) * (size_t)(tr.micro_batch * o->seq));
     tr.targets = mem_alloc(sizeof(int) * (size_t)(tr.micro_batch * o->seq));
-    if (!tr.inputs || !tr.targets) { st = SK_ENOMEM; goto done; }
-    if ((st = open_log(&tr, resumed))) goto done;
-    log_info("training %s: %zu parameters, %ld steps of %ld x %ld tokens (micro-batch %ld) on %s", tr.m->arch->name,
-             tr.m->n_params, o->steps, o->batch, o->seq, tr.micro_batch, tr.be->name);
+    tr.stats = mem_calloc(sizeof(double) * (size_t)(1 + STAT_N * tr.world));
+    if (!tr.inputs || !tr.targets || !tr.stats) { st = SK_ENOMEM; goto done; }
+    if (o->dynamic && tr.c && (st = tr.c->ops->counter_set(tr.c, 0))) goto done;
+    if (o->sample_log) {
+        char path[4096], name[64];
+        snprintf(name, sizeof name, "samples-rank%d.txt", tr.rank);
+        if (!(tr.sample_log = fopen(file_join(path, sizeof path, o->out, name), resumed ? "a" : "w"))) {
+            st = sk_fail(SK_EIO, "cannot create %s", path);
+            goto done;
+        }
+    }
+    if (tr.rank == 0 && (st = open_log(&tr, resumed))) goto done;
+    {
+        double *all = mem_alloc(sizeof(double) * (size_t)(MEM_N * tr.world));
+        if (!all) { st = SK_ENOMEM; goto done; }
+        st = gather_memory(&tr, false, all);
+        if (st == SK_OK && tr.rank == 0) print_memory(&tr, all);
+        mem_free(all);
+        if (st) goto done;
+    }
+    if (tr.rank == 0)
+        log_info("training %s: %zu parameters, %ld steps of %ld x %ld tokens (micro-batch %ld) on %s, %d rank%s, "
+                 "ZeRO-%d, %s data", tr.m->arch->name, tr.m->n_params, o->steps, o->batch, o->seq, tr.micro_batch,
+                 tr.be->name, tr.world, tr.world > 1 ? "s" : "", o->zero, o->dynamic ? "dynamic" : "static");
     st = train_loop(&tr);
 done:
     if (tr.log) fclose(tr.log);
+    if (tr.sample_log) fclose(tr.sample_log);
     mem_free(tr.inputs);
     mem_free(tr.targets);
-    adamw_free(&tr.opt);
+    mem_free(tr.stats);
+    zero_free(tr.z);
     data_loader_free(tr.train_dl);
     data_loader_free(tr.val_dl);
     model_free(tr.m);

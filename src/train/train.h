@@ -1,14 +1,26 @@
-/* train: the training loop on one process: data → forward → backward → clip → AdamW, with
- * evaluation, log.jsonl, checkpoints, exact resume, and the final model written at --out.
+/* train: the training loop: data → forward → backward → reduce → clip → AdamW, with
+ * evaluation, log.jsonl, checkpoints, exact resume, and the final model written at --out, on
+ * one process or on every rank of a comm with a ZeRO stage (zero.h).
  *
  * The global batch (--batch sequences of --seq tokens) is split into micro-batches of at
  * most --micro-batch sequences whose gradients accumulate; each token's loss is weighted by
  * 1/(tokens in the step), so accumulation gives the same gradient as one large batch.
  * Resume reproduces an uninterrupted run bit for bit (same flags): weights and AdamW moments
- * are saved in f32, and the data position, step and RNG are in skein_state.json. */
+ * are saved in f32, and the data position, step and RNG are in skein_state.json.
+ *
+ * Several ranks: the global batch of a step is the next --batch samples of the epoch's
+ * order (positions P .. P+batch-1, P counting every sample consumed since epoch 0). Static
+ * distribution gives rank r the slice [r*batch/W, (r+1)*batch/W) (uneven allowed); dynamic
+ * distribution lets ranks claim micro-batch after micro-batch of that list from a counter
+ * (comm fetch_add) until it is spent. Either way each rank sums token losses with weight
+ * 1/(batch*seq) and the reduction adds the ranks' gradients, so the step's gradient is the
+ * same as one process's up to the order of float sums: the same flags train the same model
+ * at any world size, stage and distribution. Only rank 0 writes log.jsonl, memory.json and
+ * the model folders; every rank writes its optimizer shard. */
 #ifndef SKEIN_TRAIN_H
 #define SKEIN_TRAIN_H
 
+#include "dist/comm.h"
 #include "train/opt.h"
 
 typedef struct train_opts {
@@ -26,6 +38,16 @@ typedef struct train_opts {
     bool dropout;
     opt_hparams hp;
     bool quiet;               /* no progress line */
+    comm *comm;               /* the ranks to train with; NULL: this process alone */
+    int zero;                 /* ZeRO stage 0-3 */
+    bool dynamic;             /* --data-dist dynamic */
+    bool micro_auto;          /* --micro-batch auto: the largest that fits mem_limit */
+    size_t mem_limit;         /* bytes per rank for auto (0: MemAvailable / world) */
+    int slow_rank;            /* debug: this rank sleeps slow_ms after each micro-batch (-1: none) */
+    long slow_ms;
+    int kill_rank;            /* debug: this rank SIGKILLs itself after step kill_step (-1: none) */
+    long kill_step;
+    bool sample_log;          /* debug: OUT/samples-rank<r>.txt gets "epoch index" per sample used */
 } train_opts;
 
 void train_opts_default(train_opts *o);
