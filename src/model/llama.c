@@ -88,10 +88,11 @@ static int llama_plan_params(const model_config *cfg, model_param *specs) {
     return n;
 }
 
-/* Where one layer's tensors sit in the flat buffer (element offsets); NO_TENSOR when the
- * config has no such tensor. Filled once from m->specs by name, so the plan order above is
- * the only place that knows the layout. */
-#define NO_TENSOR ((size_t)-1)
+/* Which spec holds each of one layer's tensors; NO_TENSOR when the config has no such
+ * tensor. Filled once from m->specs by name, so the plan order above is the only place that
+ * knows the layout. Tensors are reached through their group's base (model_param_ptr,
+ * model_grad_ptr), so ZeRO hooks can move a layer to a gathered copy or a gradient bucket. */
+#define NO_TENSOR (-1)
 enum { T_IN, T_QW, T_QB, T_KW, T_KB, T_VW, T_VB, T_OW, T_POST, T_GW, T_GB, T_UW, T_UB, T_DW, T_DB, T_COUNT };
 static const char *const llama_suffix[T_COUNT] = {
     "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.q_proj.bias",
@@ -100,7 +101,7 @@ static const char *const llama_suffix[T_COUNT] = {
     "mlp.gate_proj.weight", "mlp.gate_proj.bias", "mlp.up_proj.weight", "mlp.up_proj.bias",
     "mlp.down_proj.weight", "mlp.down_proj.bias",
 };
-typedef struct llama_layout { size_t off[T_COUNT]; } llama_layout;
+typedef struct llama_layout { int spec[T_COUNT]; } llama_layout;
 
 /* Parameter or gradient tensors of one layer; absent biases are NULL. */
 typedef struct llama_w {
@@ -158,19 +159,21 @@ typedef struct llama_state {
     llama_infer inf;
 } llama_state;
 
-static size_t llama_head_offset(const model *m) {
-    return m->cfg.tie_word_embeddings ? m->specs[0].offset : m->specs[m->n_specs - 1].offset;
+/* Spec indices of the embedding, the LM head (the embedding when tied) and the final norm. */
+enum { LLAMA_EMBED = 0 };
+static int llama_head(const model *m) { return m->cfg.tie_word_embeddings ? LLAMA_EMBED : m->n_specs - 1; }
+static int llama_norm(const model *m) { return m->n_specs - (m->cfg.tie_word_embeddings ? 1 : 2); }
+
+/* Spec i's parameters (grad = false) or gradients, through its group's base. */
+static float *llama_tensor(const model *m, bool grad, int i) {
+    return grad ? model_grad_ptr(m, i) : model_param_ptr(m, i);
 }
 
-static size_t llama_norm_offset(const model *m) {
-    return m->specs[m->n_specs - (m->cfg.tie_word_embeddings ? 1 : 2)].offset;
-}
-
-static llama_w llama_layer(const model *m, float *base, int l) {
+static llama_w llama_layer(const model *m, bool grad, int l) {
     const llama_state *s = m->state;
-    const size_t *o = s->layout[l].off;
+    const int *o = s->layout[l].spec;
     float *p[T_COUNT];
-    for (int i = 0; i < T_COUNT; i++) p[i] = o[i] == NO_TENSOR ? NULL : base + o[i];
+    for (int i = 0; i < T_COUNT; i++) p[i] = o[i] == NO_TENSOR ? NULL : llama_tensor(m, grad, o[i]);
     llama_w w = {p[T_IN], p[T_QW], p[T_QB], p[T_KW], p[T_KB], p[T_VW], p[T_VB], p[T_OW],
                  p[T_POST], p[T_GW], p[T_GB], p[T_UW], p[T_UB], p[T_DW], p[T_DB]};
     return w;
@@ -185,7 +188,7 @@ static llama_state *llama_state_get(model *m) {
     s->layout = mem_calloc(sizeof(llama_layout) * (size_t)(L > 0 ? L : 1));
     SK_ASSERT(s->layout);
     for (int l = 0; l < L; l++)
-        for (int t = 0; t < T_COUNT; t++) s->layout[l].off[t] = NO_TENSOR;
+        for (int t = 0; t < T_COUNT; t++) s->layout[l].spec[t] = NO_TENSOR;
     char prefix[32];
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
@@ -195,11 +198,11 @@ static llama_state *llama_state_get(model *m) {
         int t = 0;
         while (t < T_COUNT && strcmp(p->name + k, llama_suffix[t])) t++;
         SK_ASSERT(t < T_COUNT);
-        s->layout[p->layer].off[t] = p->offset;
+        s->layout[p->layer].spec[t] = i;
     }
     for (int l = 0; l < L; l++)
         for (int t = 0; t < T_COUNT; t++)
-            SK_ASSERT(s->layout[l].off[t] != NO_TENSOR || t == T_QB || t == T_KB || t == T_VB ||
+            SK_ASSERT(s->layout[l].spec[t] != NO_TENSOR || t == T_QB || t == T_KB || t == T_VB ||
                       t == T_GB || t == T_UB || t == T_DB);
     m->state = s;
     return s;
@@ -303,7 +306,7 @@ static void llama_init_weights(model *m, uint64_t seed) {
         } else {
             for (size_t j = 0; j < p->numel; j++) host[j] = 0.02f * rng_normal(&r);
         }
-        m->be->ops->upload(m->be, m->params + p->offset, host, p->numel * sizeof(float));
+        m->be->ops->upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
     }
     mem_free(host);
 }
@@ -326,6 +329,31 @@ static float *llama_alloc_plan(backend *be, llama_plan_entry *e, int n) {
     return mem;
 }
 
+/* The activation plan for (B,T): entries pointing into `a` (filled by the caller's alloc). */
+#define LLAMA_ACT_PLAN(c, B, T)                                                                     \
+    const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,          \
+                 F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head,   \
+                 HS = (size_t)(c)->head_dim, QD = NH * HS, KD = (size_t)(c)->n_kv_head * HS;         \
+    const size_t att = (size_t)(B) * NH * (T) * (T);                                                \
+    llama_plan_entry plan[] = {                                                                     \
+        E(tokens, N), E(targets, N), E(rope_cos, (size_t)(T) * HS / 2), E(rope_sin, (size_t)(T) * HS / 2), \
+        E(encoded, N * C), E(ln1, L * N * C), E(rstd1, L * N), E(q, L * N * QD), E(k, L * N * KD),   \
+        E(v, L * N * KD), E(att, L * att), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C), \
+        E(rstd2, L * N), E(gate, L * N * F), E(up, L * N * F), E(res3, L * N * C), E(lnf, N * C),    \
+        E(rstdf, N), E(logits, N * V), E(losses, N), E(dres, N * C), E(dC, N * C), E(dQ, N * QD),    \
+        E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(datt, att), E(dF, N * F), E(dF2, N * F),     \
+    }
+
+static size_t llama_train_bytes(const model_config *c, int B, int T) {
+    llama_acts scratch, *a = &scratch;
+#define E(field, n) { (void **)&a->field, (n) }
+    LLAMA_ACT_PLAN(c, B, T);
+#undef E
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) total += (plan[i].floats + 15) & ~(size_t)15;
+    return total * sizeof(float);
+}
+
 static sk_status llama_train_prepare(model *m, int B, int T) {
     const model_config *c = &m->cfg;
     SK_ASSERT(B > 0 && T > 0);
@@ -337,27 +365,13 @@ static sk_status llama_train_prepare(model *m, int B, int T) {
                        "train without --dropout", c->model_type[0] ? c->model_type : "Llama-family");
     llama_state *s = llama_state_get(m);
     backend *be = m->be;
-    if (!m->grads) {
-        m->grads = be->ops->alloc(be, m->n_params * sizeof(float));
-        if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
-    }
+    SK_ASSERT(m->grads || m->grads_external);   /* model_train_prepare allocated them */
     if (s->act_mem) be->ops->free(be, s->act_mem);
     s->act_mem = NULL;
     s->Bp = s->Tp = 0;
-    const size_t L = (size_t)c->n_layer, N = (size_t)B * T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim,
-                 V = (size_t)c->vocab_size, NH = (size_t)c->n_head, HS = (size_t)c->head_dim,
-                 QD = NH * HS, KD = (size_t)c->n_kv_head * HS;
-    const size_t att = (size_t)B * NH * T * T;
     llama_acts *a = &s->a;
 #define E(field, n) { (void **)&a->field, (n) }
-    llama_plan_entry plan[] = {
-        E(tokens, N), E(targets, N), E(rope_cos, (size_t)T * HS / 2), E(rope_sin, (size_t)T * HS / 2),
-        E(encoded, N * C), E(ln1, L * N * C), E(rstd1, L * N), E(q, L * N * QD), E(k, L * N * KD),
-        E(v, L * N * KD), E(att, L * att), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C),
-        E(rstd2, L * N), E(gate, L * N * F), E(up, L * N * F), E(res3, L * N * C), E(lnf, N * C),
-        E(rstdf, N), E(logits, N * V), E(losses, N), E(dres, N * C), E(dC, N * C), E(dQ, N * QD),
-        E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(datt, att), E(dF, N * F), E(dF2, N * F),
-    };
+    LLAMA_ACT_PLAN(c, B, T);
 #undef E
     s->act_mem = llama_alloc_plan(be, plan, (int)(sizeof plan / sizeof plan[0]));
     if (!s->act_mem) return sk_fail_ctx(SK_ENOMEM, "allocating Llama activations for B=%d T=%d", B, T);
@@ -413,11 +427,13 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
 
     llama_check_tokens(m, tokens, (size_t)N);
     op->upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
-    op->embed_forward(be, a->encoded, a->tokens, m->params + m->specs[0].offset, NULL, B, T, C);
+    model_hook_before_forward(m, -1);
+    op->embed_forward(be, a->encoded, a->tokens, llama_tensor(m, false, LLAMA_EMBED), NULL, B, T, C);
 
     const float *res = a->encoded;
     for (int l = 0; l < L; l++) {
-        llama_w w = llama_layer(m, m->params, l);
+        model_hook_before_forward(m, l);
+        llama_w w = llama_layer(m, false, l);
         float *ln1 = a->ln1 + l * NPL * C, *q = a->q + l * NPL * QD, *k = a->k + l * NPL * KD;
         float *v = a->v + l * NPL * KD, *att = a->att + l * ATT, *atty = a->atty + l * NPL * QD;
         float *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C, *gate = a->gate + l * NPL * F;
@@ -441,9 +457,9 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
         op->add(be, res3, res3, res2, (size_t)N * C);
         res = res3;
     }
-    op->rmsnorm_forward(be, a->lnf, a->rstdf, res, m->params + llama_norm_offset(m), N, C, c->norm_eps);
+    op->rmsnorm_forward(be, a->lnf, a->rstdf, res, llama_tensor(m, false, llama_norm(m)), N, C, c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ head(V,C)^T */
-    op->gemm(be, false, true, N, V, C, 1.0f, a->lnf, C, m->params + llama_head_offset(m), C, 0.0f, a->logits, V);
+    op->gemm(be, false, true, N, V, C, 1.0f, a->lnf, C, llama_tensor(m, false, llama_head(m)), C, 0.0f, a->logits, V);
     if (!targets) return 0.0f;
 
     int counted = 0;
@@ -467,7 +483,7 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
 
 static void llama_backward(model *m, float dloss) {
     llama_state *s = m->state;
-    SK_ASSERT(s && s->have_targets && m->grads);
+    SK_ASSERT(s && s->have_targets && (m->grads || m->grads_external));
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
@@ -477,18 +493,21 @@ static void llama_backward(model *m, float dloss) {
     const size_t NPL = (size_t)s->Bp * s->Tp;
     const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
     llama_acts *a = &s->a;
-    const size_t ho = llama_head_offset(m), no = llama_norm_offset(m);
+    const int head = llama_head(m), norm = llama_norm(m);
+    model_hook_before_backward(m, -1);
 
     /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ head;
      * dhead += dloss * dlogits^T @ lnf (into embed_tokens when tied). */
-    op->gemm(be, false, false, N, C, V, dloss, a->logits, V, m->params + ho, C, 0.0f, a->dC, C);
-    op->gemm(be, true, false, V, C, N, dloss, a->logits, V, a->lnf, C, 1.0f, m->grads + ho, C);
+    op->gemm(be, false, false, N, C, V, dloss, a->logits, V, llama_tensor(m, false, head), C, 0.0f, a->dC, C);
+    op->gemm(be, true, false, V, C, N, dloss, a->logits, V, a->lnf, C, 1.0f, llama_tensor(m, true, head), C);
     const float *resL = L > 0 ? a->res3 + (L - 1) * NPL * C : a->encoded;
     op->zero(be, a->dres, sizeof(float) * (size_t)N * C);
-    op->rmsnorm_backward(be, a->dres, m->grads + no, a->dC, resL, m->params + no, a->rstdf, N, C);
+    op->rmsnorm_backward(be, a->dres, llama_tensor(m, true, norm), a->dC, resL, llama_tensor(m, false, norm),
+                         a->rstdf, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
-        llama_w w = llama_layer(m, m->params, l), g = llama_layer(m, m->grads, l);
+        model_hook_before_backward(m, l);
+        llama_w w = llama_layer(m, false, l), g = llama_layer(m, true, l);
         const float *res = l > 0 ? a->res3 + (l - 1) * NPL * C : a->encoded;
         float *ln1 = a->ln1 + l * NPL * C, *q = a->q + l * NPL * QD, *k = a->k + l * NPL * KD;
         float *v = a->v + l * NPL * KD, *att = a->att + l * ATT, *atty = a->atty + l * NPL * QD;
@@ -515,8 +534,10 @@ static void llama_backward(model *m, float dloss) {
         llama_linear_backward(be, a->dC, 1.0f, g.kw, g.kb, a->dk, ln1, w.kw, N, C, KD);
         llama_linear_backward(be, a->dC, 1.0f, g.vw, g.vb, a->dv, ln1, w.vw, N, C, KD);
         op->rmsnorm_backward(be, a->dres, g.in_norm, a->dC, res, w.in_norm, a->rstd1 + l * NPL, N, C);
+        model_hook_after_backward(m, l);
     }
-    op->embed_backward(be, m->grads + m->specs[0].offset, NULL, a->dres, a->tokens, B, T, C);
+    op->embed_backward(be, llama_tensor(m, true, LLAMA_EMBED), NULL, a->dres, a->tokens, B, T, C);
+    model_hook_after_backward(m, -1);
 }
 
 static const float *llama_logits(const model *m) {
@@ -582,9 +603,9 @@ static const float *llama_infer_step(model *m, const int *tokens, int n) {
 
     llama_check_tokens(m, tokens, (size_t)n);
     op->upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
-    op->embed_forward(be, f->x, f->tokens, m->params + m->specs[0].offset, NULL, 1, n, C);
+    op->embed_forward(be, f->x, f->tokens, llama_tensor(m, false, LLAMA_EMBED), NULL, 1, n, C);
     for (int l = 0; l < L; l++) {
-        llama_w w = llama_layer(m, m->params, l);
+        llama_w w = llama_layer(m, false, l);
         float *kc = f->kcache + (size_t)l * s->max_T * KD, *vc = f->vcache + (size_t)l * s->max_T * KD;
         float *knew = kc + (size_t)pos * KD, *vnew = vc + (size_t)pos * KD;
         op->rmsnorm_forward(be, f->ln, NULL, f->x, w.in_norm, n, C, c->norm_eps);
@@ -603,9 +624,9 @@ static const float *llama_infer_step(model *m, const int *tokens, int n) {
         llama_linear(be, f->ln, f->gate, w.dw, w.db, n, F, C);
         op->add(be, f->x, f->x, f->ln, (size_t)n * C);
     }
-    op->rmsnorm_forward(be, f->ln, NULL, f->x + (size_t)(n - 1) * C, m->params + llama_norm_offset(m), 1, C,
+    op->rmsnorm_forward(be, f->ln, NULL, f->x + (size_t)(n - 1) * C, llama_tensor(m, false, llama_norm(m)), 1, C,
                         c->norm_eps);
-    op->gemm(be, false, true, 1, V, C, 1.0f, f->ln, C, m->params + llama_head_offset(m), C, 0.0f, f->logits, V);
+    op->gemm(be, false, true, 1, V, C, 1.0f, f->ln, C, llama_tensor(m, false, llama_head(m)), C, 0.0f, f->logits, V);
     s->pos = pos + n;
     return f->logits;
 }
@@ -632,4 +653,5 @@ const model_arch llama_arch = {
     .infer_reset = llama_infer_reset,
     .infer_step = llama_infer_step,
     .free_state = llama_free_state,
+    .train_bytes = llama_train_bytes,
 };
