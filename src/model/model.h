@@ -143,10 +143,13 @@ sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_sh
 
 /* Writes a random-initialized model folder for cfg (config.json + weights in dt, sharded as
  * model_save_as) without creating the model: each tensor is generated in pieces of a few MB
- * and streamed to disk, so any size fits in memory. Values: 2-D tensors N(0, MODEL_INIT_STD),
- * element k of tensor i (in model_folder_layout order) being normal number k % 65536 of the
- * rng seeded with model_init_stream_seed(seed, i, k / 65536); 1-D ".bias" tensors 0; other
- * 1-D tensors (norm weights) 1. */
+ * and streamed to disk, so any size fits in memory. Values, independent of the thread count:
+ * 2-D tensors N(0, MODEL_INIT_STD); tensor i (in model_folder_layout order) is cut into blocks
+ * of 65536 elements, block b drawn from rng_seed(model_init_stream_seed(seed, i, b)): its
+ * elements 2j and 2j+1 are MODEL_INIT_STD * r*cos(2 pi u2) and r*sin(2 pi u2), r =
+ * sqrt(-2 ln u1), u1 = ((d0 >> 11) + 1) / (2^53 + 1), u2 = (d1 >> 11) / 2^53, d0 and d1
+ * the draws 2j and 2j+1 of rng_u64 (Box-Muller as rng_normal, keeping both numbers). 1-D ".bias"
+ * tensors are 0; other 1-D tensors (norm weights) 1. */
 #define MODEL_INIT_STD 0.02f
 sk_status model_init_folder(const model_config *cfg, const char *dir, uint64_t seed, dtype dt, size_t max_shard_bytes);
 uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block);

@@ -38,6 +38,7 @@
 #include "model/model.h"
 
 #include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -462,7 +463,15 @@ static void init_source(void *vctx, int i, size_t start, size_t n, float *out) {
         rng r;
         rng_seed(&r, model_init_stream_seed(c->seed, i, block));
         size_t lo = (size_t)b * INIT_BLOCK, hi = lo + INIT_BLOCK < n ? lo + INIT_BLOCK : n;
-        for (size_t k = lo; k < hi; k++) out[k] = MODEL_INIT_STD * rng_normal(&r);
+        /* Box-Muller keeping both numbers of each pair: half the logarithms of rng_normal */
+        for (size_t k = lo; k < hi; k += 2) {
+            double u1 = ((double)(rng_u64(&r) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+            double u2 = (double)(rng_u64(&r) >> 11) * (1.0 / 9007199254740992.0);
+            double rad = sqrt(-2.0 * log(u1)), sn, cs;
+            sincos(6.283185307179586 * u2, &sn, &cs);
+            out[k] = MODEL_INIT_STD * (float)(rad * cs);
+            if (k + 1 < hi) out[k + 1] = MODEL_INIT_STD * (float)(rad * sn);
+        }
     }
 }
 
