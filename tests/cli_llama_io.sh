@@ -24,7 +24,7 @@ check cli_llama_init_tiny_preset "$SKEIN" init --arch llama --preset tiny --out 
 check cli_llama_init_tiny_files test -s "$tmp/tiny/model.safetensors" -a -s "$tmp/tiny/config.json"
 check cli_llama_init_shapes_sharded "$SKEIN" init --arch llama --layers 3 --heads 8 --kv-heads 2 --dim 256 \
     --ffn-dim 512 --context 512 --vocab-size 3000 --max-shard-mb 1 --out "$tmp/shapes"
-check cli_llama_init_index test -s "$tmp/shapes/model.safetensors.index.json" -a -s "$tmp/shapes/model-00001-of-00004.safetensors"
+check cli_llama_init_index test -s "$tmp/shapes/model.safetensors.index.json" -a -s "$tmp/shapes/model-00001-of-00006.safetensors"
 refuse cli_llama_init_wrong_arch_preset "not a gpt2 preset" "$SKEIN" init --arch gpt2 --preset llama2-7b --out "$tmp/x"
 refuse cli_llama_init_kv_heads "num_key_value_heads" "$SKEIN" init --arch llama --layers 2 --heads 4 --kv-heads 3 \
     --dim 64 --context 64 --vocab-size 100 --out "$tmp/x"
