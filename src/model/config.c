@@ -1,11 +1,11 @@
 /* config: Hugging Face config.json <-> model_config (see model.h).
  *
  * One dialect per model_type: a reader that fills a model_config from the JSON and a writer
- * that produces what transformers' config class of that type writes. Adding the Llama family
- * means one more reader/writer pair in `dialects` (rope_theta, rope_scaling or
- * rope_parameters, head_dim, num_key_value_heads, rms_norm_eps, intermediate_size,
- * max_position_embeddings, sliding_window); the shared helpers below (bounded integers,
- * token ids, dtype) already cover what they need.
+ * that produces what transformers' config class of that type writes. gpt2 is one; llama,
+ * mistral and qwen2 share one reader and writer (see "the Llama family" below), which read
+ * both rotary dialects found in the wild: "rope_theta" + "rope_scaling" ({"type"} or
+ * {"rope_type"}) as on the Hub, and "rope_parameters" as transformers 5 writes; head_dim;
+ * num_key_value_heads; an eos id or a list of them; sliding windows.
  *
  * Every config, loaded or built in code, goes through model_config_validate: sizes positive
  * and bounded (so no product of them overflows), shapes that divide, probabilities in [0, 1).
