@@ -262,6 +262,18 @@ static void remove_stale(const char *dir, int n_shards) {
     closedir(d);
 }
 
+/* dtype_from_f32 over threads, in pieces of 64K elements: with the generator of
+ * model_init_folder running on every core, a serial conversion would be the bottleneck. */
+static void convert_parallel(void *dst, dtype dt, const float *src, size_t n) {
+    const size_t piece = (size_t)1 << 16, es = dtype_size(dt);
+    long pieces = (long)((n + piece - 1) / piece);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (long k = 0; k < pieces; k++) {
+        size_t lo = (size_t)k * piece, m = n - lo < piece ? n - lo : piece;
+        dtype_from_f32((unsigned char *)dst + lo * es, dt, src + lo, m);
+    }
+}
+
 /* Writes the tensors `entries` (their dtype is what the file gets; data unused) into dir:
  * model.safetensors when their bytes fit max_shard_bytes, else shards and the index.
  * Values come from src, SAVE_CHUNK elements at a time, and are converted to each entry's
@@ -314,7 +326,7 @@ static sk_status write_weights(const char *dir, const st_entry *entries, int n, 
             for (size_t off = 0; off < numel && st == SK_OK; off += SAVE_CHUNK) {
                 size_t c = numel - off < SAVE_CHUNK ? numel - off : SAVE_CHUNK;
                 src(ctx, i, off, c, f32);
-                dtype_from_f32(conv, entries[i].dtype, f32, c);
+                convert_parallel(conv, entries[i].dtype, f32, c);
                 st = st_writer_put(w, conv, c * dtype_size(entries[i].dtype));
             }
             names[i] = entries[i].name;
