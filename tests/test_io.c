@@ -367,7 +367,7 @@ TEST(config_bad_fields_name_the_field) {
                   "scale_attn_by_inverse_layer_idx");
     CHECK_CFG_BAD(GPT2_CFG_BASE ",\"n_head\":2,\"n_embd\":32,\"eos_token_id\":\"x\"", "eos_token_id");
     CHECK_CFG_BAD("\"model_type\":\"bert\",\"vocab_size\":101", "model_type");
-    CHECK_CFG_BAD("\"model_type\":\"llama\",\"vocab_size\":101", "not supported by this build yet");
+    CHECK_CFG_BAD("\"model_type\":\"qwen3\",\"vocab_size\":101", "not supported by this build yet");
 
     /* not JSON at all, no file */
     model_config c;

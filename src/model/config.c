@@ -1,11 +1,11 @@
 /* config: Hugging Face config.json <-> model_config (see model.h).
  *
  * One dialect per model_type: a reader that fills a model_config from the JSON and a writer
- * that produces what transformers' config class of that type writes. Adding the Llama family
- * means one more reader/writer pair in `dialects` (rope_theta, rope_scaling or
- * rope_parameters, head_dim, num_key_value_heads, rms_norm_eps, intermediate_size,
- * max_position_embeddings, sliding_window); the shared helpers below (bounded integers,
- * token ids, dtype) already cover what they need.
+ * that produces what transformers' config class of that type writes. gpt2 is one; llama,
+ * mistral and qwen2 share one reader and writer (see "the Llama family" below), which read
+ * both rotary dialects found in the wild: "rope_theta" + "rope_scaling" ({"type"} or
+ * {"rope_type"}) as on the Hub, and "rope_parameters" as transformers 5 writes; head_dim;
+ * num_key_value_heads; an eos id or a list of them; sliding windows.
  *
  * Every config, loaded or built in code, goes through model_config_validate: sizes positive
  * and bounded (so no product of them overflows), shapes that divide, probabilities in [0, 1).
@@ -229,6 +229,279 @@ static int64_t gpt2_count(const model_config *c) {
     return (int64_t)c->vocab_size * C + (int64_t)c->n_positions * C + c->n_layer * layer + 2 * C;
 }
 
+/* ---- the Llama family: llama, mistral, qwen2 ----
+ *
+ * One reader for the three types; what differs is in llama_types: transformers' defaults for
+ * absent fields (MistralConfig's num_key_value_heads is 8 and its sliding_window 4096,
+ * Qwen2Config's num_key_value_heads 32), which fields exist (attention_bias and mlp_bias only
+ * in LlamaConfig), and fixed structure (Qwen2 always has q/k/v biases, Qwen2Attention
+ * hard-codes them; Mistral never has biases). Refused rather than guessed: hidden_act other
+ * than silu, rope types other than default/linear/llama3, a partial rotary factor, biases on
+ * o_proj (Llama attention_bias = true also gives o_proj a bias, which skein's plan does not
+ * have), quantized checkpoints, and a Qwen2 sliding window on some layers only. */
+
+typedef struct llama_type {
+    const char *model_type, *architecture;
+    int default_positions;     /* max_position_embeddings when absent */
+    int default_kv_heads;      /* num_key_value_heads when absent; 0 = num_attention_heads */
+    int default_bos, default_eos;   /* -1: none */
+    bool has_bias_fields;      /* config carries attention_bias and mlp_bias (LlamaConfig) */
+    bool qkv_bias;             /* q/k/v biases regardless of the config (Qwen2) */
+} llama_type;
+
+static const llama_type llama_types[] = {
+    {"llama", "LlamaForCausalLM", 2048, 0, 1, 2, true, false},
+    {"mistral", "MistralForCausalLM", 4096 * 32, 8, 1, 2, false, false},
+    {"qwen2", "Qwen2ForCausalLM", 32768, 32, -1, -1, false, true},
+};
+
+static const llama_type *llama_type_find(const char *model_type) {
+    for (size_t i = 0; i < sizeof llama_types / sizeof llama_types[0]; i++)
+        if (!strcmp(llama_types[i].model_type, model_type)) return &llama_types[i];
+    return NULL;
+}
+
+static const char *rope_type_name(model_rope_type t) {
+    switch (t) {
+    case ROPE_LINEAR: return "linear";
+    case ROPE_LLAMA3: return "llama3";
+    default: return "default";
+    }
+}
+
+/* Reads the rotary settings from either dialect. rope_scaling (the Hub, transformers 4) wins
+ * over rope_parameters (transformers 5) when both are non-null, as transformers 5 does; the
+ * type is "rope_type", else the legacy "type", else default; rope_theta is inside the dict,
+ * else top level, else 10000; llama3's original_max_position_embeddings defaults to
+ * max_position_embeddings (as transformers fills it). */
+static sk_status llama_read_rope(const cJSON *j, const char *what, model_config *cfg) {
+    double theta = 10000.0;
+    if (json_get_double(j, "rope_theta", false, what, &theta) != SK_OK) return SK_ECONFIG;
+    const char *key = "rope_scaling";
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!r || cJSON_IsNull(r)) {
+        key = "rope_parameters";
+        r = cJSON_GetObjectItemCaseSensitive(j, key);
+    }
+    memset(&cfg->rope_scaling, 0, sizeof cfg->rope_scaling);
+    cfg->rope_scaling.type = ROPE_DEFAULT;
+    if (r && !cJSON_IsNull(r)) {
+        if (!cJSON_IsObject(r)) return sk_fail(SK_ECONFIG, "%s: field \"%s\" must be an object", what, key);
+        char sub[4200];
+        snprintf(sub, sizeof sub, "%s: %s", what, key);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, r)
+            if (cJSON_IsObject(e))
+                return sk_fail(SK_ECONFIG, "%s: field \"%s.%s\": rotary parameters per layer type are not supported",
+                               what, key, e->string);
+        const char *type = "default";
+        if (json_get_string(r, "type", false, sub, &type) != SK_OK) return SK_ECONFIG;
+        if (json_get_string(r, "rope_type", false, sub, &type) != SK_OK) return SK_ECONFIG;
+        if (!strcmp(type, "default")) cfg->rope_scaling.type = ROPE_DEFAULT;
+        else if (!strcmp(type, "linear")) cfg->rope_scaling.type = ROPE_LINEAR;
+        else if (!strcmp(type, "llama3")) cfg->rope_scaling.type = ROPE_LLAMA3;
+        else
+            return sk_fail(SK_ECONFIG, "%s: field \"%s.rope_type\" = \"%.40s\" is not supported (skein implements "
+                           "default, linear and llama3)", what, key, type);
+        if (json_get_double(r, "rope_theta", false, sub, &theta) != SK_OK) return SK_ECONFIG;
+        double prf = 1.0;
+        if (json_get_double(r, "partial_rotary_factor", false, sub, &prf) != SK_OK) return SK_ECONFIG;
+        if (prf != 1.0)
+            return sk_fail(SK_ECONFIG, "%s: field \"%s.partial_rotary_factor\" = %g is not supported (only 1)", what,
+                           key, prf);
+        model_rope_scaling *rs = &cfg->rope_scaling;
+        bool need = rs->type != ROPE_DEFAULT;
+        double f = 0, lo = 0, hi = 0;
+        if (json_get_double(r, "factor", need, sub, &f) != SK_OK) return SK_ECONFIG;
+        if (rs->type == ROPE_LLAMA3) {
+            long orig = cfg->n_positions;
+            if (json_get_double(r, "low_freq_factor", true, sub, &lo) != SK_OK) return SK_ECONFIG;
+            if (json_get_double(r, "high_freq_factor", true, sub, &hi) != SK_OK) return SK_ECONFIG;
+            if (json_get_int(r, "original_max_position_embeddings", false, sub, &orig) != SK_OK) return SK_ECONFIG;
+            if (orig < 1 || orig > CFG_MAX_POSITIONS)
+                return sk_fail(SK_ECONFIG, "%s: field \"%s.original_max_position_embeddings\" = %ld outside [1, %d]",
+                               what, key, orig, CFG_MAX_POSITIONS);
+            rs->low_freq_factor = (float)lo;
+            rs->high_freq_factor = (float)hi;
+            rs->original_max_position_embeddings = (int)orig;
+        }
+        if (need) rs->factor = (float)f;
+    }
+    cfg->rope_theta = (float)theta;
+    return SK_OK;
+}
+
+/* Qwen2's sliding window: off unless use_sliding_window; on, layer l slides when
+ * l >= max_window_layers (or as "layer_types" lists). skein has one window for all layers. */
+static sk_status qwen2_read_window(const cJSON *j, const char *what, model_config *cfg) {
+    bool use = false;
+    SK_TRY(cfg_bool(j, "use_sliding_window", what, &use));
+    cfg->sliding_window = 0;
+    if (!use) return SK_OK;
+    int window = 4096, max_window_layers = 28;
+    SK_TRY(cfg_int(j, "sliding_window", false, what, 1, CFG_MAX_POSITIONS, &window));
+    SK_TRY(cfg_int(j, "max_window_layers", false, what, 0, CFG_MAX_LAYERS, &max_window_layers));
+    int sliding = 0;
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(j, "layer_types"), *e;
+    if (lt && !cJSON_IsNull(lt)) {
+        if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != cfg->n_layer)
+            return sk_fail(SK_ECONFIG, "%s: field \"layer_types\" must list one type per layer", what);
+        cJSON_ArrayForEach(e, lt) sliding += cJSON_IsString(e) && !strcmp(e->valuestring, "sliding_attention");
+    } else {
+        sliding = cfg->n_layer > max_window_layers ? cfg->n_layer - max_window_layers : 0;
+    }
+    if (sliding == 0) return SK_OK;
+    if (sliding != cfg->n_layer)
+        return sk_fail(SK_ECONFIG, "%s: field \"use_sliding_window\" = true with a window on %d of %d layers "
+                       "(max_window_layers/layer_types) is not supported: skein applies one window to every layer",
+                       what, sliding, cfg->n_layer);
+    cfg->sliding_window = window;
+    return SK_OK;
+}
+
+static sk_status llama_family_read(const cJSON *j, const char *what, const llama_type *lt, model_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->arch = ARCH_LLAMA;
+    snprintf(cfg->model_type, sizeof cfg->model_type, "%s", lt->model_type);
+    cfg->torch_dtype = DT_F32;
+    if (cJSON_GetObjectItemCaseSensitive(j, "quantization_config"))
+        return sk_fail(SK_ECONFIG, "%s: field \"quantization_config\": quantized checkpoints are not supported", what);
+    SK_TRY(cfg_int(j, "vocab_size", true, what, 1, CFG_MAX_VOCAB, &cfg->vocab_size));
+    SK_TRY(cfg_int(j, "hidden_size", true, what, 1, CFG_MAX_EMBD, &cfg->n_embd));
+    SK_TRY(cfg_int(j, "intermediate_size", true, what, 1, CFG_MAX_FFN, &cfg->ffn_dim));
+    SK_TRY(cfg_int(j, "num_hidden_layers", true, what, 1, CFG_MAX_LAYERS, &cfg->n_layer));
+    SK_TRY(cfg_int(j, "num_attention_heads", true, what, 1, CFG_MAX_HEADS, &cfg->n_head));
+    cfg->n_kv_head = lt->default_kv_heads ? lt->default_kv_heads : cfg->n_head;
+    SK_TRY(cfg_int(j, "num_key_value_heads", false, what, 1, CFG_MAX_HEADS, &cfg->n_kv_head));
+    cfg->head_dim = cfg->n_embd / cfg->n_head;
+    SK_TRY(cfg_int(j, "head_dim", false, what, 1, CFG_MAX_EMBD, &cfg->head_dim));
+    if (cfg->head_dim == 0)
+        return sk_fail(SK_ECONFIG, "%s: field \"hidden_size\" = %d is smaller than \"num_attention_heads\" = %d and no "
+                       "\"head_dim\" is given", what, cfg->n_embd, cfg->n_head);
+    cfg->n_positions = lt->default_positions;
+    SK_TRY(cfg_int(j, "max_position_embeddings", false, what, 1, CFG_MAX_POSITIONS, &cfg->n_positions));
+    cfg->norm_eps = 1e-6f;
+    SK_TRY(cfg_float(j, "rms_norm_eps", what, &cfg->norm_eps));
+    SK_TRY(cfg_bool(j, "tie_word_embeddings", what, &cfg->tie_word_embeddings));
+
+    const char *act = "silu";
+    if (json_get_string(j, "hidden_act", false, what, &act) != SK_OK) return SK_ECONFIG;
+    if (strcmp(act, "silu"))
+        return sk_fail(SK_ECONFIG, "%s: field \"hidden_act\" = \"%.40s\" is not supported (%s uses silu)", what, act,
+                       lt->model_type);
+    SK_TRY(llama_read_rope(j, what, cfg));
+
+    cfg->attention_bias = lt->qkv_bias;
+    if (lt->has_bias_fields) {
+        bool ab = false;
+        SK_TRY(cfg_bool(j, "attention_bias", what, &ab));
+        if (ab)
+            return sk_fail(SK_ECONFIG, "%s: field \"attention_bias\" = true is not supported (LlamaForCausalLM then "
+                           "also has an o_proj bias)", what);
+        SK_TRY(cfg_bool(j, "mlp_bias", what, &cfg->mlp_bias));
+    }
+    if (!strcmp(lt->model_type, "mistral")) {
+        cfg->sliding_window = 4096;       /* MistralConfig's default; null turns it off */
+        const cJSON *sw = cJSON_GetObjectItemCaseSensitive(j, "sliding_window");
+        if (sw && cJSON_IsNull(sw)) cfg->sliding_window = 0;
+        else SK_TRY(cfg_int(j, "sliding_window", false, what, 1, CFG_MAX_POSITIONS, &cfg->sliding_window));
+    } else if (!strcmp(lt->model_type, "qwen2")) {
+        SK_TRY(qwen2_read_window(j, what, cfg));
+    }
+
+    bool present;
+    int one = -1, n = 0;
+    SK_TRY(cfg_token_ids(j, "bos_token_id", false, what, &one, &n, &present));
+    cfg->bos_token_id = present ? (n ? one : -1) : lt->default_bos;
+    SK_TRY(cfg_token_ids(j, "eos_token_id", true, what, cfg->eos_token_ids, &cfg->n_eos, &present));
+    if (!present && lt->default_eos >= 0) {
+        cfg->eos_token_ids[0] = lt->default_eos;
+        cfg->n_eos = 1;
+    }
+    SK_TRY(cfg_dtype(j, what, &cfg->torch_dtype));
+    return SK_OK;
+}
+
+static sk_status llama_read(const cJSON *j, const char *what, model_config *cfg) {
+    return llama_family_read(j, what, &llama_types[0], cfg);
+}
+static sk_status mistral_read(const cJSON *j, const char *what, model_config *cfg) {
+    return llama_family_read(j, what, &llama_types[1], cfg);
+}
+static sk_status qwen2_read(const cJSON *j, const char *what, model_config *cfg) {
+    return llama_family_read(j, what, &llama_types[2], cfg);
+}
+
+/* Writes what the type's config class writes in transformers 5 ("rope_parameters" with
+ * rope_theta inside) plus top-level "rope_theta" and, when scaled, "rope_scaling", so
+ * transformers 4 (which ignores rope_parameters) reads the same rotary settings. */
+static sk_status llama_write(const model_config *cfg, cJSON *j) {
+    const llama_type *lt = llama_type_find(cfg->model_type);
+    SK_ASSERT(lt);   /* validate refuses other model types */
+    bool is_llama = !strcmp(lt->model_type, "llama"), is_mistral = !strcmp(lt->model_type, "mistral");
+    cJSON *archs = cJSON_AddArrayToObject(j, "architectures");
+    if (archs) cJSON_AddItemToArray(archs, cJSON_CreateString(lt->architecture));
+    if (is_llama) cJSON_AddFalseToObject(j, "attention_bias");
+    cJSON_AddNumberToObject(j, "attention_dropout", 0.0);
+    json_add_token_ids(j, "bos_token_id", &cfg->bos_token_id, cfg->bos_token_id >= 0 ? 1 : 0);
+    cJSON_AddStringToObject(j, "dtype", dtype_torch_name(cfg->torch_dtype));
+    json_add_token_ids(j, "eos_token_id", cfg->eos_token_ids, cfg->n_eos);
+    /* Qwen2Config has no head_dim field (Qwen2Attention reads one if present): only when needed */
+    if (strcmp(lt->model_type, "qwen2") || cfg->head_dim * cfg->n_head != cfg->n_embd)
+        cJSON_AddNumberToObject(j, "head_dim", cfg->head_dim);
+    cJSON_AddStringToObject(j, "hidden_act", "silu");
+    cJSON_AddNumberToObject(j, "hidden_size", cfg->n_embd);
+    cJSON_AddNumberToObject(j, "initializer_range", 0.02);
+    cJSON_AddNumberToObject(j, "intermediate_size", cfg->ffn_dim);
+    cJSON_AddNumberToObject(j, "max_position_embeddings", cfg->n_positions);
+    if (!is_llama && !is_mistral) cJSON_AddNumberToObject(j, "max_window_layers", 0);   /* all layers alike */
+    if (is_llama) cJSON_AddBoolToObject(j, "mlp_bias", cfg->mlp_bias);
+    cJSON_AddStringToObject(j, "model_type", lt->model_type);
+    cJSON_AddNumberToObject(j, "num_attention_heads", cfg->n_head);
+    cJSON_AddNumberToObject(j, "num_hidden_layers", cfg->n_layer);
+    cJSON_AddNumberToObject(j, "num_key_value_heads", cfg->n_kv_head);
+    if (is_llama) cJSON_AddNumberToObject(j, "pretraining_tp", 1);
+    json_add_float(j, "rms_norm_eps", cfg->norm_eps);
+    const model_rope_scaling *rs = &cfg->rope_scaling;
+    cJSON *rp = cJSON_AddObjectToObject(j, "rope_parameters");
+    cJSON *sc = rs->type != ROPE_DEFAULT ? cJSON_AddObjectToObject(j, "rope_scaling") : NULL;
+    cJSON *dicts[2] = {rp, sc};
+    for (int k = 0; k < 2; k++) {
+        cJSON *d = dicts[k];
+        if (!d) continue;
+        if (rs->type != ROPE_DEFAULT) json_add_float(d, "factor", rs->factor);
+        if (rs->type == ROPE_LLAMA3) {
+            json_add_float(d, "high_freq_factor", rs->high_freq_factor);
+            json_add_float(d, "low_freq_factor", rs->low_freq_factor);
+            cJSON_AddNumberToObject(d, "original_max_position_embeddings", rs->original_max_position_embeddings);
+        }
+        if (k == 0) json_add_float(d, "rope_theta", cfg->rope_theta);
+        cJSON_AddStringToObject(d, "rope_type", rope_type_name(rs->type));
+    }
+    json_add_float(j, "rope_theta", cfg->rope_theta);
+    if (!is_llama) {   /* mistral: the window or null; qwen2: with use_sliding_window below */
+        if (cfg->sliding_window) cJSON_AddNumberToObject(j, "sliding_window", cfg->sliding_window);
+        else cJSON_AddNullToObject(j, "sliding_window");
+    }
+    cJSON_AddBoolToObject(j, "tie_word_embeddings", cfg->tie_word_embeddings);
+    cJSON_AddStringToObject(j, "torch_dtype", dtype_torch_name(cfg->torch_dtype));
+    cJSON_AddTrueToObject(j, "use_cache");
+    if (!is_llama && !is_mistral) cJSON_AddBoolToObject(j, "use_sliding_window", cfg->sliding_window > 0);
+    cJSON_AddNumberToObject(j, "vocab_size", cfg->vocab_size);
+    return SK_OK;
+}
+
+/* Llama-family parameter count, for the size cap (the plan of llama.c: embeddings, per layer
+ * two norms, q/k/v/o, gate/up/down and their optional biases, final norm, untied head). */
+static int64_t llama_count(const model_config *c) {
+    int64_t C = c->n_embd, F = c->ffn_dim, Q = (int64_t)c->n_head * c->head_dim, KV = (int64_t)c->n_kv_head * c->head_dim;
+    int64_t layer = 2 * C + C * (Q + 2 * KV) + Q * C + 3 * C * F;
+    if (c->attention_bias) layer += Q + 2 * KV;
+    if (c->mlp_bias) layer += 2 * F + C;
+    int64_t head = c->tie_word_embeddings ? 0 : (int64_t)c->vocab_size * C;
+    return (int64_t)c->vocab_size * C + c->n_layer * layer + C + head;
+}
+
 /* ---- dialects ---- */
 
 typedef struct config_dialect {
@@ -240,37 +513,94 @@ typedef struct config_dialect {
 
 static const config_dialect dialects[] = {
     {"gpt2", ARCH_GPT2, gpt2_read, gpt2_write},
+    {"llama", ARCH_LLAMA, llama_read, llama_write},
+    {"mistral", ARCH_LLAMA, mistral_read, llama_write},
+    {"qwen2", ARCH_LLAMA, qwen2_read, llama_write},
 };
 
 /* Known model types that arrive with a later issue: a clearer message than "unknown". */
-static const char *const later_types[] = {"llama", "mistral", "qwen2", "qwen3"};
+static const char *const later_types[] = {"qwen3"};
 
-static const config_dialect *dialect_for_arch(model_arch_kind arch) {
+/* The dialect writing cfg: by architecture, and for the Llama family by model_type. */
+static const config_dialect *dialect_for(const model_config *cfg) {
     for (size_t i = 0; i < sizeof dialects / sizeof dialects[0]; i++)
-        if (dialects[i].arch == arch) return &dialects[i];
+        if (dialects[i].arch == cfg->arch && (cfg->arch != ARCH_LLAMA || !strcmp(dialects[i].model_type, cfg->model_type)))
+            return &dialects[i];
     return NULL;
 }
 
 /* ---- public ---- */
 
+/* Field names in messages: the config.json spelling of the architecture's dialect. */
+typedef struct cfg_keys {
+    const char *vocab, *positions, *layers, *heads, *embd, *ffn, *eps;
+} cfg_keys;
+static const cfg_keys gpt2_keys = {"vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "n_inner",
+                                   "layer_norm_epsilon"};
+static const cfg_keys llama_keys = {"vocab_size", "max_position_embeddings", "num_hidden_layers",
+                                    "num_attention_heads", "hidden_size", "intermediate_size", "rms_norm_eps"};
+
+/* The Llama-family rules beyond the shared bounds: a known model_type with the structure of
+ * that type, rotary settings that give finite frequencies, a window that is not negative. */
+static sk_status llama_validate(const model_config *cfg, const char *what) {
+    const llama_type *lt = llama_type_find(cfg->model_type);
+    if (!lt)
+        return sk_fail(SK_ECONFIG, "%s: field \"model_type\" = \"%.16s\" is not a Llama-family type (llama, mistral, "
+                       "qwen2)", what, cfg->model_type);
+    if (cfg->attention_bias != lt->qkv_bias)
+        return sk_fail(SK_ECONFIG, "%s: %s %s q/k/v biases (field \"attention_bias\")", what, lt->model_type,
+                       lt->qkv_bias ? "always has" : "here has no");
+    if (cfg->mlp_bias && !lt->has_bias_fields)
+        return sk_fail(SK_ECONFIG, "%s: field \"mlp_bias\": %s has no MLP biases", what, lt->model_type);
+    if (cfg->sliding_window < 0 || cfg->sliding_window > CFG_MAX_POSITIONS)
+        return sk_fail(SK_ECONFIG, "%s: field \"sliding_window\" = %d outside [0, %d]", what, cfg->sliding_window,
+                       CFG_MAX_POSITIONS);
+    if (cfg->sliding_window && !strcmp(lt->model_type, "llama"))
+        return sk_fail(SK_ECONFIG, "%s: field \"sliding_window\": llama has no sliding window (use mistral)", what);
+    if (!(cfg->rope_theta > 1 && isfinite(cfg->rope_theta)))
+        return sk_fail(SK_ECONFIG, "%s: field \"rope_theta\" = %g must be a finite number > 1", what,
+                       (double)cfg->rope_theta);
+    const model_rope_scaling *rs = &cfg->rope_scaling;
+    if (rs->type != ROPE_DEFAULT && rs->type != ROPE_LINEAR && rs->type != ROPE_LLAMA3)
+        return sk_fail(SK_ECONFIG, "%s: field \"rope_scaling\": unknown rope type %d", what, (int)rs->type);
+    if (rs->type != ROPE_DEFAULT && !(rs->factor > 0 && isfinite(rs->factor)))
+        return sk_fail(SK_ECONFIG, "%s: field \"rope_scaling.factor\" = %g must be a finite number > 0", what,
+                       (double)rs->factor);
+    if (rs->type == ROPE_LLAMA3) {
+        if (!(rs->low_freq_factor > 0 && rs->high_freq_factor > rs->low_freq_factor && isfinite(rs->high_freq_factor)))
+            return sk_fail(SK_ECONFIG, "%s: field \"rope_scaling\": llama3 needs 0 < low_freq_factor (%g) < "
+                           "high_freq_factor (%g)", what, (double)rs->low_freq_factor, (double)rs->high_freq_factor);
+        if (rs->original_max_position_embeddings < 1 || rs->original_max_position_embeddings > CFG_MAX_POSITIONS)
+            return sk_fail(SK_ECONFIG, "%s: field \"rope_scaling.original_max_position_embeddings\" = %d outside "
+                           "[1, %d]", what, rs->original_max_position_embeddings, CFG_MAX_POSITIONS);
+    }
+    if (llama_count(cfg) > CFG_MAX_PARAMS)
+        return sk_fail(SK_ECONFIG, "%s: %lld parameters is too large", what, (long long)llama_count(cfg));
+    return SK_OK;
+}
+
 sk_status model_config_validate(model_config *cfg, const char *what) {
+    const cfg_keys *keys = cfg->arch == ARCH_LLAMA ? &llama_keys : &gpt2_keys;
 #define BOUND(field, key, lo, hi)                                                                    \
     if (cfg->field < (lo) || cfg->field > (hi))                                                      \
         return sk_fail(SK_ECONFIG, "%s: field \"%s\" = %d outside [%d, %d]", what, key, cfg->field, (lo), (hi))
-    BOUND(vocab_size, "vocab_size", 1, CFG_MAX_VOCAB);
-    BOUND(n_positions, "n_positions", 1, CFG_MAX_POSITIONS);
-    BOUND(n_layer, "n_layer", 1, CFG_MAX_LAYERS);
-    BOUND(n_head, "n_head", 1, CFG_MAX_HEADS);
-    BOUND(n_embd, "n_embd", 1, CFG_MAX_EMBD);
-    BOUND(ffn_dim, "n_inner", 1, CFG_MAX_FFN);
+    BOUND(vocab_size, keys->vocab, 1, CFG_MAX_VOCAB);
+    BOUND(n_positions, keys->positions, 1, CFG_MAX_POSITIONS);
+    BOUND(n_layer, keys->layers, 1, CFG_MAX_LAYERS);
+    BOUND(n_head, keys->heads, 1, CFG_MAX_HEADS);
+    BOUND(n_embd, keys->embd, 1, CFG_MAX_EMBD);
+    BOUND(ffn_dim, keys->ffn, 1, CFG_MAX_FFN);
     BOUND(n_kv_head, "num_key_value_heads", 1, cfg->n_head);
     BOUND(head_dim, "head_dim", 1, CFG_MAX_EMBD);
 #undef BOUND
     if (cfg->n_head % cfg->n_kv_head)
-        return sk_fail(SK_ECONFIG, "%s: n_head %d is not a multiple of num_key_value_heads %d", what, cfg->n_head,
-                       cfg->n_kv_head);
+        return sk_fail(SK_ECONFIG, "%s: field \"%s\" = %d is not a multiple of \"num_key_value_heads\" = %d", what,
+                       keys->heads, cfg->n_head, cfg->n_kv_head);
+    if ((int64_t)cfg->n_head * cfg->head_dim > CFG_MAX_EMBD)
+        return sk_fail(SK_ECONFIG, "%s: %s * head_dim = %lld is too large", what, keys->heads,
+                       (long long)cfg->n_head * cfg->head_dim);
     if (!(cfg->norm_eps > 0 && cfg->norm_eps < 1))
-        return sk_fail(SK_ECONFIG, "%s: field \"layer_norm_epsilon\" = %g must be in (0, 1)", what, (double)cfg->norm_eps);
+        return sk_fail(SK_ECONFIG, "%s: field \"%s\" = %g must be in (0, 1)", what, keys->eps, (double)cfg->norm_eps);
     const struct { float v; const char *key; } probs[] = {
         {cfg->resid_pdrop, "resid_pdrop"}, {cfg->embd_pdrop, "embd_pdrop"}, {cfg->attn_pdrop, "attn_pdrop"}};
     for (int i = 0; i < 3; i++)
@@ -295,7 +625,10 @@ sk_status model_config_validate(model_config *cfg, const char *what) {
             return sk_fail(SK_ECONFIG, "%s: %lld parameters is too large", what, (long long)gpt2_count(cfg));
         break;
     case ARCH_LLAMA:
-        return sk_fail(SK_ECONFIG, "%s: the Llama family is not supported by this build yet", what);
+        SK_TRY(llama_validate(cfg, what));
+        break;
+    default:
+        return sk_fail(SK_ECONFIG, "%s: unknown architecture %d", what, (int)cfg->arch);
     }
 
     /* Ids outside the vocabulary: warned about and dropped (transformers only warns). */
@@ -333,7 +666,7 @@ sk_status model_config_load(const char *dir, model_config *cfg) {
                 st = sk_fail(SK_ECONFIG, "%s: field \"model_type\" = \"%s\" is not supported by this build yet", path, type);
                 goto out;
             }
-        st = sk_fail(SK_ECONFIG, "%s: field \"model_type\" = \"%.60s\" is unknown (supported: gpt2)", path, type);
+        st = sk_fail(SK_ECONFIG, "%s: field \"model_type\" = \"%.60s\" is unknown (supported: gpt2, llama, mistral, qwen2)", path, type);
         goto out;
     }
     model_config c;
@@ -350,8 +683,8 @@ sk_status model_config_save(const model_config *cfg, const char *dir) {
     file_join(path, sizeof path, dir, "config.json");
     model_config c = *cfg;
     SK_TRY(model_config_validate(&c, path));
-    const config_dialect *d = dialect_for_arch(c.arch);
-    SK_ASSERT(d);   /* validate refuses architectures without a dialect */
+    const config_dialect *d = dialect_for(&c);
+    SK_ASSERT(d);   /* validate refuses architectures and model types without a dialect */
     cJSON *j = cJSON_CreateObject();
     if (!j) return sk_fail(SK_ENOMEM, "%s: out of memory", path);
     sk_status st = d->write(&c, j);

@@ -171,9 +171,35 @@ const model_param *model_find_param(const model *m, const char *name);
 /* Loads a model folder (config.json + model.safetensors or shards with the index).
  * Accepts GPT-2 names with or without "transformer."; bf16/f16/f32 converted to f32. */
 sk_status model_load(const char *dir, backend *be, model **out);
+/* Reads dir's weights into m, created for dir's config (model_load = config + create + this):
+ * every spec by name (see weights.c), converted to f32 in small chunks straight from the
+ * read-only mapping. A missing tensor, a wrong shape or an unknown tensor is SK_EFORMAT
+ * naming it. */
+sk_status model_load_weights(model *m, const char *dir);
 /* Writes config.json and model.safetensors (f32, "transformer."-prefixed GPT-2 names as
- * GPT2LMHeadModel writes them) into dir (created). Files are written atomically. */
+ * GPT2LMHeadModel writes them; Llama names as they are) into dir (created), sharded with the
+ * index past MODEL_SHARD_BYTES. Files are written atomically. */
 sk_status model_save(const model *m, const char *dir);
+/* model_save in dtype dt (f32, bf16, f16; config "torch_dtype" says which) with shards of at
+ * most max_shard_bytes (a larger tensor gets a shard of its own). */
+#define MODEL_SHARD_BYTES ((size_t)5000000000)   /* the Hub's customary "5GB" */
+sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes);
+
+/* Writes a random-initialized model folder for cfg (config.json + weights in dt, sharded as
+ * model_save_as) without creating the model: each tensor is generated in pieces of a few MB
+ * and streamed to disk, so any size fits in memory. Values, independent of the thread count:
+ * 2-D tensors N(0, MODEL_INIT_STD); tensor i (in model_folder_layout order) is cut into blocks
+ * of 65536 elements, block b drawn from rng_seed(model_init_stream_seed(seed, i, b)): its
+ * elements 2j and 2j+1 are MODEL_INIT_STD * r*cos(2 pi u2) and r*sin(2 pi u2), r =
+ * sqrt(-2 ln u1), u1 = ((d0 >> 11) + 1) / (2^53 + 1), u2 = (d1 >> 11) / 2^53, d0 and d1
+ * the draws 2j and 2j+1 of rng_u64 (Box-Muller as rng_normal, keeping both numbers). 1-D ".bias"
+ * tensors are 0; other 1-D tensors (norm weights) 1. */
+#define MODEL_INIT_STD 0.02f
+sk_status model_init_folder(const model_config *cfg, const char *dir, uint64_t seed, dtype dt, size_t max_shard_bytes);
+uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block);
+/* The tensors a folder of cfg holds (names as in the plan: GPT-2 without "transformer."),
+ * in file order; fills specs when not NULL and returns the count. */
+int model_folder_layout(const model_config *cfg, model_param *specs);
 
 /* Tensor spec index i of the current parameters / gradients, through its group's base. */
 static inline float *model_param_ptr(const model *m, int i) {

@@ -530,3 +530,19 @@ sk_status st_write(const char *path, const st_entry *entries, int n, const st_me
     }
     return st_writer_finish(w);
 }
+
+sk_status st_index_save(const char *path, const char *const *names, const char *const *files, int n,
+                        uint64_t total_size, uint64_t total_params) {
+    cJSON *j = cJSON_CreateObject(), *meta = NULL, *wm = NULL;
+    if (j) meta = cJSON_AddObjectToObject(j, "metadata");
+    if (meta) {
+        cJSON_AddNumberToObject(meta, "total_parameters", (double)total_params);
+        cJSON_AddNumberToObject(meta, "total_size", (double)total_size);
+        wm = cJSON_AddObjectToObject(j, "weight_map");
+    }
+    bool ok = wm != NULL;
+    for (int i = 0; ok && i < n; i++) ok = cJSON_AddStringToObject(wm, names[i], files[i]) != NULL;
+    sk_status st = ok ? json_save_file(path, j) : sk_fail(SK_ENOMEM, "%s: out of memory", path);
+    cJSON_Delete(j);
+    return st;
+}

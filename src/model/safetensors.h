@@ -100,6 +100,11 @@ sk_status st_writer_put(st_writer *w, const void *data, size_t bytes);
 sk_status st_writer_finish(st_writer *w);
 void st_writer_abort(st_writer *w);
 
+/* Writes model.safetensors.index.json at path (atomically): "metadata" with total_size (data
+ * bytes) and total_parameters, and "weight_map" mapping names[i] to files[i]. */
+sk_status st_index_save(const char *path, const char *const *names, const char *const *files, int n,
+                        uint64_t total_size, uint64_t total_params);
+
 /* Bytes of one entry's data (numel * dtype size); asserts no overflow. */
 size_t st_entry_bytes(const st_entry *e);
 

@@ -1,30 +1,58 @@
-/* weights: model folders <-> models (model_load, model_save; see model.h).
+/* weights: model folders <-> models (model_load, model_load_weights, model_save,
+ * model_save_as, model_init_folder; see model.h).
+ *
+ * Names. A parameter's file name is its spec name, except that GPT-2 files may carry the
+ * "transformer." prefix (the Hub's gpt2 has none; GPT2LMHeadModel.save_pretrained writes it,
+ * and so does skein). Llama-family names ("model.embed_tokens.weight",
+ * "model.layers.{l}.self_attn.q_proj.weight", ..., "lm_head.weight") map 1:1, with no prefix
+ * in either direction. Loading is driven by m->specs alone, so any architecture's plan loads.
  *
  * Load: config.json, then model.safetensors (or the index and its shards). Every planned
- * parameter must be present under its HF name, with or without the "transformer." prefix
- * (the Hub's gpt2 has none; GPT2LMHeadModel.save_pretrained writes it), with exactly the
- * planned shape, in f32, bf16 or f16 (converted to f32 and uploaded). Decisions:
- *   - the causal-mask buffers ".attn.bias" and ".attn.masked_bias" of old checkpoints are
- *     skipped;
- *   - "lm_head.weight" is accepted when it equals wte (a tied head saved twice); when it
- *     differs it is ignored with a warning, as transformers does for a tied config (an untied
- *     GPT-2 config is refused by config.c);
- *   - any other tensor is an error: a checkpoint with weights skein would not use describes a
- *     different model, and silently computing something else is worse than refusing;
+ * parameter must be present, with exactly the planned shape, in f32, bf16 or f16. Decisions:
+ *   - tensors are converted from the read-only mapping in chunks of LOAD_CHUNK elements
+ *     through one small host buffer and uploaded piece by piece: no file is read into a
+ *     copy and no whole-tensor host buffer exists, so loading an 8B model needs the model's
+ *     f32 parameters plus a few MB. The f32 destination is the one copy: m->params is one
+ *     flat buffer that training updates in place (and ZeRO shards by range), so parameters
+ *     cannot point into a read-only map even when the file is f32 on the CPU. An
+ *     inference-only model that aliases the map would need a different parameter layout;
+ *     it is not done here;
+ *   - buffers of old checkpoints are skipped: GPT-2's causal masks ".attn.bias" and
+ *     ".attn.masked_bias", Llama's rotary "rotary_emb.inv_freq";
+ *   - with tied embeddings, "lm_head.weight" is accepted when it equals the embedding (a
+ *     tied head saved twice); when it differs it is ignored with a warning, as transformers
+ *     does for a tied config;
+ *   - any other tensor is an error: a checkpoint with weights skein would not use describes
+ *     a different model, and silently computing something else is worse than refusing;
  *   - a folder with only pickle checkpoints (pytorch_model.bin) is refused with a pointer to
  *     conversion.
- * Save: config.json and model.safetensors (f32, "transformer." names, metadata format=pt, no
- * lm_head since the head is tied), each written atomically; parameters are downloaded one
- * tensor at a time through a host buffer of the largest tensor's size. */
+ * Save: config.json and the weights in f32 (model_save) or another dtype (model_save_as),
+ * in one model.safetensors, or in shards "model-00001-of-0000N.safetensors" plus
+ * model.safetensors.index.json once the total exceeds the shard size (tensors are never
+ * split; one larger than the shard size gets a shard of its own, as transformers does).
+ * Every file is written atomically; files of an earlier save that the new one does not
+ * name (a single file, other shards, an index) are removed after the new files are in
+ * place. Data goes through a host buffer of SAVE_CHUNK elements, so a save never holds a
+ * whole tensor, and model_init_folder writes a random model of any size this way without
+ * ever creating it. */
 #include "model/model.h"
 
+#include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "base/file.h"
+#include "base/rng.h"
 #include "model/safetensors.h"
 
 #define GPT2_PREFIX "transformer."
+/* Elements converted or written per step (4 MB of f32): large enough for full-speed I/O. */
+#define LOAD_CHUNK ((size_t)1 << 20)
+#define SAVE_CHUNK ((size_t)1 << 20)
+/* model_init_folder draws each tensor in blocks of this many elements, each block from its
+ * own seeded stream, so the values do not depend on the thread count (see model.h). */
+#define INIT_BLOCK ((size_t)1 << 16)
 
 static bool ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
@@ -38,18 +66,24 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-/* Converts t to f32 at dst (t->numel floats). The mapping gives no alignment guarantee, so
- * a misaligned 16-bit source is first copied to `bounce` (at least t->nbytes, aligned). */
-static void tensor_to_f32(float *dst, const st_tensor *t, void *bounce) {
-    const void *src = t->data;
-    if ((uintptr_t)src % dtype_size(t->dtype)) {
-        memcpy(bounce, src, t->nbytes);
-        src = bounce;
-    }
-    dtype_to_f32(dst, src, t->dtype, t->numel);
+static bool is_float_dtype(dtype t) { return t == DT_F32 || t == DT_BF16 || t == DT_F16; }
+
+/* Name of the token embedding, which a tied lm_head must equal. */
+static const char *embed_name(const model *m) {
+    return m->cfg.arch == ARCH_GPT2 ? "wte.weight" : "model.embed_tokens.weight";
 }
 
-static bool is_float_dtype(dtype t) { return t == DT_F32 || t == DT_BF16 || t == DT_F16; }
+/* Converts elements [start, start + n) of t to f32 at dst. The mapping gives no alignment
+ * guarantee, so a misaligned source is first copied to `bounce` (n * 4 bytes, aligned). */
+static void tensor_chunk_to_f32(float *dst, const st_tensor *t, size_t start, size_t n, void *bounce) {
+    size_t es = dtype_size(t->dtype);
+    const unsigned char *src = (const unsigned char *)t->data + start * es;
+    if ((uintptr_t)src % es) {
+        memcpy(bounce, src, n * es);
+        src = bounce;
+    }
+    dtype_to_f32(dst, src, t->dtype, n);
+}
 
 /* Position of t (a tensor of s) in st_set_at's numbering. */
 static int set_index(const st_set *s, const st_tensor *t) {
@@ -63,9 +97,14 @@ static int set_index(const st_set *s, const st_tensor *t) {
     return -1;
 }
 
-/* Finds parameter `name` (no prefix) in s, under either spelling; SK_EFORMAT when missing or
- * present twice. */
-static sk_status find_param(const st_set *s, const char *name, const st_tensor **out) {
+/* Finds parameter `name` of m in s: GPT-2 under either spelling (SK_EFORMAT when present
+ * twice), other architectures under exactly that name. SK_EFORMAT naming it when missing. */
+static sk_status find_param(const st_set *s, const model *m, const char *name, const st_tensor **out) {
+    if (m->cfg.arch != ARCH_GPT2) {
+        *out = st_set_find(s, name);
+        if (!*out) return sk_fail(SK_EFORMAT, "%s: missing tensor '%s'", s->weights_path, name);
+        return SK_OK;
+    }
     char full[128];
     snprintf(full, sizeof full, GPT2_PREFIX "%s", name);
     const st_tensor *a = st_set_find(s, full), *b = st_set_find(s, name);
@@ -75,28 +114,45 @@ static sk_status find_param(const st_set *s, const char *name, const st_tensor *
     return SK_OK;
 }
 
+/* Whether the stored t equals parameter p of m, compared chunk by chunk (host buffers a
+ * and b of LOAD_CHUNK floats, bounce for misaligned data). */
+static bool tensor_equals_param(const st_tensor *t, const model *m, const model_param *p, float *a, float *b,
+                                void *bounce) {
+    if (!is_float_dtype(t->dtype) || t->ndim != p->ndim) return false;
+    for (int d = 0; d < p->ndim; d++)
+        if (t->shape[d] != p->shape[d]) return false;
+    for (size_t off = 0; off < p->numel; off += LOAD_CHUNK) {
+        size_t n = p->numel - off < LOAD_CHUNK ? p->numel - off : LOAD_CHUNK;
+        tensor_chunk_to_f32(a, t, off, n, bounce);
+        m->be->ops->download(m->be, b, m->params + p->offset + off, n * sizeof(float));
+        if (memcmp(a, b, n * sizeof(float))) return false;
+    }
+    return true;
+}
+
 /* Classifies a tensor of the file that is not a planned parameter: SK_OK when it can be
- * skipped (buffers, a tied lm_head), else SK_EFORMAT naming it. `wte` is the loaded
- * embedding (host f32) for comparing a stored lm_head. */
-static sk_status check_extra(const st_set *s, const st_tensor *t, const model *m, const float *wte, float *scratch,
-                             void *bounce) {
+ * skipped (buffers, a tied lm_head), else SK_EFORMAT naming it. */
+static sk_status check_extra(const st_set *s, const st_tensor *t, const model *m, float *a, float *b, void *bounce) {
     const char *name = t->name;
-    if (!strncmp(name, GPT2_PREFIX, strlen(GPT2_PREFIX))) name += strlen(GPT2_PREFIX);
-    if (!strncmp(name, "h.", 2) && (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")))
-        return SK_OK;
-    if (!strcmp(t->name, "lm_head.weight")) {
-        const model_param *p = model_find_param(m, "wte.weight");
-        bool same = is_float_dtype(t->dtype) && t->ndim == 2 && t->shape[0] == p->shape[0] && t->shape[1] == p->shape[1];
-        if (same) {
-            tensor_to_f32(scratch, t, bounce);
-            same = !memcmp(scratch, wte, p->numel * sizeof(float));
-        }
-        if (!same)
-            log_warn("%s: lm_head.weight differs from wte.weight; GPT-2 ties them, so it is ignored (as transformers "
-                     "does)", s->weights_path);
+    if (m->cfg.arch == ARCH_GPT2) {
+        if (!strncmp(name, GPT2_PREFIX, strlen(GPT2_PREFIX))) name += strlen(GPT2_PREFIX);
+        if (!strncmp(name, "h.", 2) && (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")))
+            return SK_OK;
+    } else if (ends_with(name, "rotary_emb.inv_freq")) {
         return SK_OK;
     }
-    return sk_fail(SK_EFORMAT, "%s: unexpected tensor '%s' (not a GPT-2 parameter)", s->weights_path, t->name);
+    if (!strcmp(t->name, "lm_head.weight") && m->cfg.tie_word_embeddings) {
+        const model_param *emb = model_find_param(m, embed_name(m));
+        SK_ASSERT(emb);
+        if (!tensor_equals_param(t, m, emb, a, b, bounce))
+            log_warn("%s: lm_head.weight differs from %s; the config ties them, so it is ignored (as transformers "
+                     "does)", s->weights_path, emb->name);
+        return SK_OK;
+    }
+    if (m->cfg.arch == ARCH_GPT2)
+        return sk_fail(SK_EFORMAT, "%s: unexpected tensor '%s' (not a GPT-2 parameter)", s->weights_path, t->name);
+    return sk_fail(SK_EFORMAT, "%s: unexpected tensor '%s' (not a parameter of this %s model)", s->weights_path,
+                   t->name, m->cfg.model_type);
 }
 
 /* Refuses a folder whose weights are pickle checkpoints only. */
@@ -113,37 +169,25 @@ static sk_status check_not_pickle(const char *dir) {
     return sk_fail(SK_EIO, "%s: no model.safetensors or model.safetensors.index.json", dir);
 }
 
-sk_status model_load(const char *dir, backend *be, model **out) {
-    if (!file_is_dir(dir)) return sk_fail(SK_EIO, "%s: not a folder", dir);
+sk_status model_load_weights(model *m, const char *dir) {
     SK_TRY(check_not_pickle(dir));
-    model_config cfg;
-    SK_TRY(model_config_load(dir, &cfg));
-
     st_set s;
-    model *m = NULL;
-    float *host = NULL, *wte = NULL;
+    SK_TRY(st_set_open_dir(dir, &s));
+    float *a = NULL, *b = NULL;
     void *bounce = NULL;
     bool *used = NULL;
-    sk_status st;
-    if ((st = st_set_open_dir(dir, &s)) != SK_OK) return st;
-    if ((st = model_create(&cfg, be, &m)) != SK_OK) goto err;
-
-    size_t max_numel = 0;
-    for (int i = 0; i < m->n_specs; i++)
-        if (m->specs[i].numel > max_numel) max_numel = m->specs[i].numel;
-    const model_param *pwte = model_find_param(m, "wte.weight");
-    SK_ASSERT(pwte);
+    sk_status st = SK_OK;
     int n_all = st_set_count(&s);
-    host = mem_alloc(max_numel * sizeof(float));
-    bounce = mem_alloc(max_numel * sizeof(float));
-    wte = mem_alloc(pwte->numel * sizeof(float));
+    a = mem_alloc(LOAD_CHUNK * sizeof(float));
+    b = mem_alloc(LOAD_CHUNK * sizeof(float));
+    bounce = mem_alloc(LOAD_CHUNK * sizeof(float));
     used = mem_calloc((size_t)(n_all ? n_all : 1));
-    if (!host || !bounce || !wte || !used) { st = SK_ENOMEM; goto err; }
+    if (!a || !b || !bounce || !used) { st = SK_ENOMEM; goto out; }
 
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
         const st_tensor *t = NULL;
-        if ((st = find_param(&s, p->name, &t)) != SK_OK) goto err;
+        if ((st = find_param(&s, m, p->name, &t)) != SK_OK) goto out;
         bool ok = t->ndim == p->ndim;
         for (int d = 0; ok && d < p->ndim; d++) ok = t->shape[d] == p->shape[d];
         if (!ok) {
@@ -151,77 +195,330 @@ sk_status model_load(const char *dir, backend *be, model **out) {
             shape_str(want, sizeof want, p->ndim, p->shape);
             shape_str(got, sizeof got, t->ndim, t->shape);
             st = sk_fail(SK_EFORMAT, "%s: tensor '%s': expected shape %s, found %s", s.weights_path, t->name, want, got);
-            goto err;
+            goto out;
         }
         if (!is_float_dtype(t->dtype)) {
             st = sk_fail(SK_EFORMAT, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", s.weights_path, t->name,
                          dtype_name(t->dtype));
-            goto err;
+            goto out;
         }
-        tensor_to_f32(host, t, bounce);
-        if (p == pwte) memcpy(wte, host, p->numel * sizeof(float));
-        be->ops->upload(be, m->params + p->offset, host, p->numel * sizeof(float));
+        for (size_t off = 0; off < p->numel; off += LOAD_CHUNK) {
+            size_t n = p->numel - off < LOAD_CHUNK ? p->numel - off : LOAD_CHUNK;
+            tensor_chunk_to_f32(a, t, off, n, bounce);
+            m->be->ops->upload(m->be, m->params + p->offset + off, a, n * sizeof(float));
+        }
         used[set_index(&s, t)] = true;
     }
     for (int k = 0; k < n_all; k++)
-        if (!used[k] && (st = check_extra(&s, st_set_at(&s, k), m, wte, host, bounce)) != SK_OK) goto err;
-
+        if (!used[k] && (st = check_extra(&s, st_set_at(&s, k), m, a, b, bounce)) != SK_OK) goto out;
+out:
     mem_free(used);
-    mem_free(wte);
     mem_free(bounce);
-    mem_free(host);
-    st_set_close(&s);
-    *out = m;
-    return SK_OK;
-err:
-    mem_free(used);
-    mem_free(wte);
-    mem_free(bounce);
-    mem_free(host);
-    model_free(m);
+    mem_free(b);
+    mem_free(a);
     st_set_close(&s);
     return st;
 }
 
-sk_status model_save(const model *m, const char *dir) {
-    SK_ASSERT(m->cfg.arch == ARCH_GPT2);   /* Llama naming ("model." + untied lm_head) comes with llama.c */
-    SK_TRY(file_mkdirs(dir));
-    char path[4096];
-    file_join(path, sizeof path, dir, "model.safetensors");
+sk_status model_load(const char *dir, backend *be, model **out) {
+    if (!file_is_dir(dir)) return sk_fail(SK_EIO, "%s: not a folder", dir);
+    SK_TRY(check_not_pickle(dir));
+    model_config cfg;
+    SK_TRY(model_config_load(dir, &cfg));
+    model *m = NULL;
+    SK_TRY(model_create(&cfg, be, &m));
+    sk_status st = model_load_weights(m, dir);
+    if (st != SK_OK) {
+        model_free(m);
+        return st;
+    }
+    *out = m;
+    return SK_OK;
+}
 
-    st_entry *entries = mem_calloc(sizeof(st_entry) * (size_t)m->n_specs);
-    char (*names)[128] = mem_alloc(sizeof *names * (size_t)m->n_specs);
-    float *host = NULL;
-    st_writer *w = NULL;
+/* ---- writing: one file or shards ---- */
+
+/* Produces elements [start, start + n) of tensor i as f32 at out (n <= SAVE_CHUNK; start is
+ * a multiple of SAVE_CHUNK). */
+typedef void (*tensor_source)(void *ctx, int i, size_t start, size_t n, float *out);
+
+/* Removes what an earlier save left that the new one does not name: model.safetensors when
+ * the new save is sharded, the index when it is not, and shards "model-*-of-*.safetensors"
+ * of any other count. Best effort: a leftover file is harmless once the new files exist
+ * (a single file wins over an index when both are present, here and in transformers). */
+static void remove_stale(const char *dir, int n_shards) {
+    char path[4096];
+    if (n_shards > 1) remove(file_join(path, sizeof path, dir, "model.safetensors"));
+    else remove(file_join(path, sizeof path, dir, "model.safetensors.index.json"));
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int k, of, used = 0;
+        if (sscanf(e->d_name, "model-%5d-of-%5d.safetensors%n", &k, &of, &used) == 2 && used == (int)strlen(e->d_name) &&
+            (n_shards == 1 || of != n_shards))
+            remove(file_join(path, sizeof path, dir, e->d_name));
+    }
+    closedir(d);
+}
+
+/* dtype_from_f32 over threads, in pieces of 64K elements: with the generator of
+ * model_init_folder running on every core, a serial conversion would be the bottleneck. */
+static void convert_parallel(void *dst, dtype dt, const float *src, size_t n) {
+    const size_t piece = (size_t)1 << 16, es = dtype_size(dt);
+    long pieces = (long)((n + piece - 1) / piece);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (long k = 0; k < pieces; k++) {
+        size_t lo = (size_t)k * piece, m = n - lo < piece ? n - lo : piece;
+        dtype_from_f32((unsigned char *)dst + lo * es, dt, src + lo, m);
+    }
+}
+
+/* Writes the tensors `entries` (their dtype is what the file gets; data unused) into dir:
+ * model.safetensors when their bytes fit max_shard_bytes, else shards and the index.
+ * Values come from src, SAVE_CHUNK elements at a time, and are converted to each entry's
+ * dtype. Files are atomic; on failure the shard being written is removed and the earlier
+ * ones of this save may remain (harmless: no index names them yet). */
+static sk_status write_weights(const char *dir, const st_entry *entries, int n, size_t max_shard_bytes,
+                               tensor_source src, void *ctx) {
+    SK_ASSERT(n > 0 && max_shard_bytes > 0);
+    int *shard_of = mem_alloc(sizeof(int) * (size_t)n);
+    const char **files = mem_calloc(sizeof(char *) * (size_t)n);
+    const char **names = mem_calloc(sizeof(char *) * (size_t)n);
+    char (*shard_names)[40] = NULL;
+    float *f32 = mem_alloc(SAVE_CHUNK * sizeof(float));
+    void *conv = mem_alloc(SAVE_CHUNK * sizeof(float));
     sk_status st = SK_OK;
-    if (!entries || !names) { st = SK_ENOMEM; goto out; }
-    size_t max_numel = 0;
-    for (int i = 0; i < m->n_specs; i++) {
-        const model_param *p = &m->specs[i];
-        snprintf(names[i], sizeof names[i], GPT2_PREFIX "%s", p->name);
+    if (!shard_of || !files || !names || !f32 || !conv) { st = SK_ENOMEM; goto out; }
+
+    /* Greedy packing in order, as transformers' split does. */
+    int n_shards = 1;
+    uint64_t in_shard = 0, total = 0, total_params = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t bytes = st_entry_bytes(&entries[i]);
+        if (in_shard > 0 && in_shard + bytes > max_shard_bytes) {
+            n_shards++;
+            in_shard = 0;
+        }
+        in_shard += bytes;
+        shard_of[i] = n_shards - 1;
+        total += bytes;
+        total_params += bytes / dtype_size(entries[i].dtype);
+    }
+    SK_ASSERT(n_shards <= 99999);
+    shard_names = mem_alloc(sizeof *shard_names * (size_t)n_shards);
+    if (!shard_names) { st = SK_ENOMEM; goto out; }
+    for (int k = 0; k < n_shards; k++) {
+        if (n_shards == 1) snprintf(shard_names[k], sizeof shard_names[k], "model.safetensors");
+        else snprintf(shard_names[k], sizeof shard_names[k], "model-%05d-of-%05d.safetensors", k + 1, n_shards);
+    }
+
+    const st_meta meta = {"format", "pt"};
+    for (int k = 0, first = 0; k < n_shards; k++) {
+        int last = first;
+        while (last < n && shard_of[last] == k) last++;
+        char path[4096];
+        st_writer *w = NULL;
+        file_join(path, sizeof path, dir, shard_names[k]);
+        if ((st = st_writer_open(path, entries + first, last - first, &meta, 1, &w)) != SK_OK) goto out;
+        for (int i = first; i < last && st == SK_OK; i++) {
+            size_t numel = st_entry_bytes(&entries[i]) / dtype_size(entries[i].dtype);
+            for (size_t off = 0; off < numel && st == SK_OK; off += SAVE_CHUNK) {
+                size_t c = numel - off < SAVE_CHUNK ? numel - off : SAVE_CHUNK;
+                src(ctx, i, off, c, f32);
+                convert_parallel(conv, entries[i].dtype, f32, c);
+                st = st_writer_put(w, conv, c * dtype_size(entries[i].dtype));
+            }
+            names[i] = entries[i].name;
+            files[i] = shard_names[k];
+        }
+        if (st != SK_OK) { st_writer_abort(w); goto out; }
+        if ((st = st_writer_finish(w)) != SK_OK) goto out;
+        first = last;
+    }
+    if (n_shards > 1) {
+        char path[4096];
+        file_join(path, sizeof path, dir, "model.safetensors.index.json");
+        if ((st = st_index_save(path, names, files, n, total, total_params)) != SK_OK) goto out;
+    }
+    remove_stale(dir, n_shards);
+out:
+    mem_free(conv);
+    mem_free(f32);
+    mem_free(shard_names);
+    mem_free(names);
+    mem_free(files);
+    mem_free(shard_of);
+    return st;
+}
+
+/* tensor_source over a model's parameters (downloaded from the backend). */
+static void model_source(void *ctx, int i, size_t start, size_t n, float *out) {
+    const model *m = ctx;
+    m->be->ops->download(m->be, out, m->params + m->specs[i].offset + start, n * sizeof(float));
+}
+
+/* Fills an st_entry per spec: the file name (GPT-2 "transformer."-prefixed), dtype dt. */
+static sk_status specs_to_entries(const model_config *cfg, const model_param *specs, int n, dtype dt,
+                                  st_entry **entries_out, char (**names_out)[128]) {
+    st_entry *entries = mem_calloc(sizeof(st_entry) * (size_t)n);
+    char (*names)[128] = mem_alloc(sizeof *names * (size_t)n);
+    if (!entries || !names) {
+        mem_free(entries);
+        mem_free(names);
+        return SK_ENOMEM;
+    }
+    for (int i = 0; i < n; i++) {
+        const model_param *p = &specs[i];
+        snprintf(names[i], sizeof names[i], "%s%s", cfg->arch == ARCH_GPT2 ? GPT2_PREFIX : "", p->name);
         entries[i].name = names[i];
-        entries[i].dtype = DT_F32;
+        entries[i].dtype = dt;
         entries[i].ndim = p->ndim;
         memcpy(entries[i].shape, p->shape, sizeof(int64_t) * (size_t)p->ndim);
-        if (p->numel > max_numel) max_numel = p->numel;
     }
-    host = mem_alloc(max_numel * sizeof(float));
-    if (!host) { st = SK_ENOMEM; goto out; }
-    const st_meta meta = {"format", "pt"};
-    if ((st = st_writer_open(path, entries, m->n_specs, &meta, 1, &w)) != SK_OK) goto out;
-    for (int i = 0; i < m->n_specs; i++) {
-        const model_param *p = &m->specs[i];
-        m->be->ops->download(m->be, host, m->params + p->offset, p->numel * sizeof(float));
-        if ((st = st_writer_put(w, host, p->numel * sizeof(float))) != SK_OK) { st_writer_abort(w); goto out; }
-    }
-    if ((st = st_writer_finish(w)) != SK_OK) goto out;
+    *entries_out = entries;
+    *names_out = names;
+    return SK_OK;
+}
 
-    model_config cfg = m->cfg;
-    cfg.torch_dtype = DT_F32;     /* what the file now holds */
-    st = model_config_save(&cfg, dir);
-out:
-    mem_free(host);
+sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes) {
+    SK_ASSERT(is_float_dtype(dt) && max_shard_bytes > 0);
+    SK_TRY(file_mkdirs(dir));
+    st_entry *entries = NULL;
+    char (*names)[128] = NULL;
+    SK_TRY(specs_to_entries(&m->cfg, m->specs, m->n_specs, dt, &entries, &names));
+    sk_status st = write_weights(dir, entries, m->n_specs, max_shard_bytes, model_source, (void *)m);
+    if (st == SK_OK) {
+        model_config cfg = m->cfg;
+        cfg.torch_dtype = dt;     /* what the files now hold */
+        st = model_config_save(&cfg, dir);
+    }
     mem_free(names);
     mem_free(entries);
+    return st;
+}
+
+sk_status model_save(const model *m, const char *dir) {
+    return model_save_as(m, dir, DT_F32, MODEL_SHARD_BYTES);
+}
+
+/* ---- streaming random initialization ---- */
+
+/* The tensors of a LlamaForCausalLM folder for cfg, in transformers' module order: the
+ * names and shapes llama.c plans (a test compares them once both exist); offsets, decay
+ * and layer are filled like a plan's. Returns the count; fills specs when not NULL. */
+static int llama_folder_layout(const model_config *cfg, model_param *specs) {
+    int n = 0;
+    size_t off = 0;
+    const int64_t C = cfg->n_embd, F = cfg->ffn_dim, Q = (int64_t)cfg->n_head * cfg->head_dim,
+                  KV = (int64_t)cfg->n_kv_head * cfg->head_dim;
+#define ADD(lay, d0, d1, ...)                                                         \
+    do {                                                                                \
+        if (specs) {                                                                    \
+            model_param *p = &specs[n];                                                 \
+            memset(p, 0, sizeof *p);                                                    \
+            snprintf(p->name, sizeof p->name, __VA_ARGS__);                             \
+            p->ndim = (d1) ? 2 : 1;                                                     \
+            p->shape[0] = (d0);                                                         \
+            p->shape[1] = (d1);                                                         \
+            p->numel = (size_t)(d0) * (size_t)((d1) ? (d1) : 1);                        \
+            p->offset = off;                                                            \
+            p->decay = p->ndim == 2;                                                    \
+            p->layer = (lay);                                                           \
+            off += p->numel;                                                            \
+        }                                                                               \
+        n++;                                                                            \
+    } while (0)
+    ADD(-1, cfg->vocab_size, C, "model.embed_tokens.weight");
+    for (int l = 0; l < cfg->n_layer; l++) {
+        ADD(l, C, 0, "model.layers.%d.input_layernorm.weight", l);
+        ADD(l, Q, C, "model.layers.%d.self_attn.q_proj.weight", l);
+        if (cfg->attention_bias) ADD(l, Q, 0, "model.layers.%d.self_attn.q_proj.bias", l);
+        ADD(l, KV, C, "model.layers.%d.self_attn.k_proj.weight", l);
+        if (cfg->attention_bias) ADD(l, KV, 0, "model.layers.%d.self_attn.k_proj.bias", l);
+        ADD(l, KV, C, "model.layers.%d.self_attn.v_proj.weight", l);
+        if (cfg->attention_bias) ADD(l, KV, 0, "model.layers.%d.self_attn.v_proj.bias", l);
+        ADD(l, C, Q, "model.layers.%d.self_attn.o_proj.weight", l);
+        ADD(l, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        ADD(l, F, C, "model.layers.%d.mlp.gate_proj.weight", l);
+        if (cfg->mlp_bias) ADD(l, F, 0, "model.layers.%d.mlp.gate_proj.bias", l);
+        ADD(l, F, C, "model.layers.%d.mlp.up_proj.weight", l);
+        if (cfg->mlp_bias) ADD(l, F, 0, "model.layers.%d.mlp.up_proj.bias", l);
+        ADD(l, C, F, "model.layers.%d.mlp.down_proj.weight", l);
+        if (cfg->mlp_bias) ADD(l, C, 0, "model.layers.%d.mlp.down_proj.bias", l);
+    }
+    ADD(-1, C, 0, "model.norm.weight");
+    if (!cfg->tie_word_embeddings) ADD(-1, cfg->vocab_size, C, "lm_head.weight");
+#undef ADD
+    return n;
+}
+
+typedef struct init_ctx {
+    const st_entry *entries;
+    uint64_t seed;
+} init_ctx;
+
+/* tensor_source of model_init_folder: the values model.h specifies. */
+static void init_source(void *vctx, int i, size_t start, size_t n, float *out) {
+    const init_ctx *c = vctx;
+    const st_entry *e = &c->entries[i];
+    if (e->ndim < 2) {
+        float v = ends_with(e->name, ".bias") ? 0.0f : 1.0f;
+        for (size_t k = 0; k < n; k++) out[k] = v;
+        return;
+    }
+    SK_ASSERT(start % INIT_BLOCK == 0);
+    long n_blocks = (long)((n + INIT_BLOCK - 1) / INIT_BLOCK);
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < n_blocks; b++) {
+        uint64_t block = start / INIT_BLOCK + (uint64_t)b;
+        rng r;
+        rng_seed(&r, model_init_stream_seed(c->seed, i, block));
+        size_t lo = (size_t)b * INIT_BLOCK, hi = lo + INIT_BLOCK < n ? lo + INIT_BLOCK : n;
+        /* Box-Muller keeping both numbers of each pair: half the logarithms of rng_normal */
+        for (size_t k = lo; k < hi; k += 2) {
+            double u1 = ((double)(rng_u64(&r) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+            double u2 = (double)(rng_u64(&r) >> 11) * (1.0 / 9007199254740992.0);
+            double rad = sqrt(-2.0 * log(u1)), sn, cs;
+            sincos(6.283185307179586 * u2, &sn, &cs);
+            out[k] = MODEL_INIT_STD * (float)(rad * cs);
+            if (k + 1 < hi) out[k + 1] = MODEL_INIT_STD * (float)(rad * sn);
+        }
+    }
+}
+
+uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block) {
+    return seed ^ ((uint64_t)(tensor + 1) << 40) ^ block;
+}
+
+int model_folder_layout(const model_config *cfg, model_param *specs) {
+    if (cfg->arch == ARCH_GPT2) return gpt2_arch.plan_params(cfg, specs);
+    return llama_folder_layout(cfg, specs);
+}
+
+sk_status model_init_folder(const model_config *cfg_in, const char *dir, uint64_t seed, dtype dt,
+                            size_t max_shard_bytes) {
+    SK_ASSERT(is_float_dtype(dt) && max_shard_bytes > 0);
+    model_config cfg = *cfg_in;
+    SK_TRY(model_config_validate(&cfg, dir));
+    SK_TRY(file_mkdirs(dir));
+    int n = model_folder_layout(&cfg, NULL);
+    model_param *specs = mem_alloc(sizeof(model_param) * (size_t)n);
+    if (!specs) return SK_ENOMEM;
+    model_folder_layout(&cfg, specs);
+    st_entry *entries = NULL;
+    char (*names)[128] = NULL;
+    sk_status st = specs_to_entries(&cfg, specs, n, dt, &entries, &names);
+    if (st == SK_OK) {
+        init_ctx ctx = {entries, seed};
+        st = write_weights(dir, entries, n, max_shard_bytes, init_source, &ctx);
+    }
+    if (st == SK_OK) {
+        cfg.torch_dtype = dt;
+        st = model_config_save(&cfg, dir);
+    }
+    mem_free(names);
+    mem_free(entries);
+    mem_free(specs);
     return st;
 }
