@@ -91,7 +91,7 @@ int cmd_init(int argc, char **argv) {
     else if (!strcmp(dtype_s, "f16")) dt = DT_F16;
     else if (!strcmp(dtype_s, "f32")) dt = DT_F32;
     else return cli_fail(sk_fail(SK_EARG, "init: --dtype %s (bf16, f16 or f32)", dtype_s));
-    int eot = -1;
+    int eot = -1, bos = -1;
     if (tokenizer) {
         tok *t;
         if ((st = tok_load(tokenizer, &t))) return cli_fail(st);
@@ -99,12 +99,17 @@ int cmd_init(int argc, char **argv) {
             log_warn("--vocab-size %ld differs from the tokenizer's %d: using %ld", vocab, tok_vocab_size(t), vocab);
         if (!vocab) vocab = tok_vocab_size(t);
         eot = tok_eot_id(t);
+        /* The beginning-of-text token where the vocabulary has one (Llama), else the
+         * end-of-text token, as GPT-2 uses it for both. */
+        bos = tok_token_id(t, "<|begin_of_text|>");
+        if (bos < 0) bos = tok_token_id(t, "<s>");
+        if (bos < 0) bos = eot;
         tok_free(t);
     }
     model_config cfg;
     if ((st = init_config(arch, preset, &s, (int)vocab, &cfg))) return cli_fail(st);
+    if (bos >= 0 && bos < cfg.vocab_size) cfg.bos_token_id = bos;
     if (eot >= 0 && eot < cfg.vocab_size) {
-        cfg.bos_token_id = eot;
         cfg.n_eos = 1;
         cfg.eos_token_ids[0] = eot;
     }

@@ -1,0 +1,102 @@
+/* Llama-family folders written by transformers, end to end through skein's own loading:
+ * config.json (every dialect the fixtures use) + safetensors (f32, bf16, f16 shards) →
+ * model_load → logits within 1e-4 of transformers' and greedy generation token for token
+ * (through gen_run, as `skein generate --temperature 0` runs it). Also: the parameter plan
+ * llama.c trains with is exactly the tensor layout the folder code writes and reads. */
+#include "test.h"
+
+#include "base/file.h"
+#include "base/json.h"
+#include "infer/generate.h"
+#include "model/model.h"
+#include "model/presets.h"
+
+static backend *test_be(void) {
+    static backend *be;
+    if (!be) be = backend_cpu_create();
+    return be;
+}
+
+static const char *const folders[] = {
+    "fixtures/llama-tiny", "fixtures/llama-tied-bf16", "fixtures/mistral-sharded", "fixtures/qwen2-tiny",
+    "fixtures/llama-math/llama", "fixtures/llama-math/llama3", "fixtures/llama-math/mistral",
+    "fixtures/llama-math/qwen2",
+};
+
+static int read_ids(const cJSON *ref, const char *key, int *out, int cap) {
+    const cJSON *a = cJSON_GetObjectItem(ref, key);
+    int n = cJSON_GetArraySize(a);
+    for (int i = 0; i < n && i < cap; i++) out[i] = cJSON_GetArrayItem(a, i)->valueint;
+    return n;
+}
+
+TEST(transformers_folders_match_logits_and_greedy) {
+    log_set_quiet(true);
+    for (size_t f = 0; f < sizeof folders / sizeof folders[0]; f++) {
+        const char *dir = test_path(folders[f]);
+        char path[1024];
+        cJSON *ref = NULL;
+        CHECK_MSG(json_load_file(file_join(path, sizeof path, dir, "reference.json"), &ref) == SK_OK, "%s", sk_errmsg());
+        int tokens[128], prompt[128], gen[128];
+        int T = read_ids(ref, "tokens", tokens, 128), P = read_ids(ref, "prompt", prompt, 128),
+            G = read_ids(ref, "generated", gen, 128);
+        cJSON_Delete(ref);
+        model *m = NULL;
+        CHECK_MSG(model_load(dir, test_be(), &m) == SK_OK, "%s: %s", dir, sk_errmsg());
+        CHECK(m->cfg.arch == ARCH_LLAMA);
+        const int V = m->cfg.vocab_size;
+        char *want = NULL;
+        size_t size = 0;
+        CHECK(file_read_all(file_join(path, sizeof path, dir, "logits.bin"), &want, &size) == SK_OK);
+        CHECK_MSG(size == sizeof(float) * (size_t)T * (size_t)V, "%s: logits.bin holds %zu bytes", dir, size);
+        CHECK(model_train_prepare(m, 1, T) == SK_OK);
+        model_forward(m, tokens, NULL, 1, T);
+        const float *got = model_logits(m);
+        double maxdiff = 0;
+        for (int i = 0; i < T * V; i++) maxdiff = fmax(maxdiff, fabs(got[i] - ((float *)want)[i]));
+        mem_free(want);
+        printf("  %s: max |logit - transformers| %.3g over %d logits\n", folders[f], maxdiff, T * V);
+        CHECK_MSG(maxdiff <= 1e-4, "%s: max |logit diff| %g", dir, maxdiff);
+
+        int32_t p32[128], out[128];
+        for (int i = 0; i < P; i++) p32[i] = prompt[i];
+        m->cfg.n_eos = 0;   /* compare all G tokens, as the fixture's greedy loop did */
+        gen_opts go = {.max_tokens = G, .sample = {.temperature = 0}};
+        gen_result res;
+        CHECK_MSG(gen_run(m, NULL, p32, (size_t)P, &go, NULL, NULL, out, &res) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(res.n_generated == G, "%s: %d of %d tokens", dir, res.n_generated, G);
+        for (int i = 0; i < G; i++)
+            CHECK_MSG(out[i] == gen[i], "%s: greedy token %d: %d vs transformers %d", dir, i, out[i], gen[i]);
+        model_free(m);
+    }
+}
+
+/* llama.c's plan (what training and ZeRO partition) and weights.c's folder layout (what
+ * streaming init writes and loading expects) must list the same tensors in the same order. */
+TEST(training_plan_equals_folder_layout) {
+    const char *presets[] = {"llama-tiny", "llama2-7b", "llama3-8b", "llama-30b"};
+    for (size_t k = 0; k < sizeof presets / sizeof presets[0]; k++) {
+        model_config cfg;
+        CHECK_MSG(model_preset(presets[k], 0, &cfg) == SK_OK && cfg.arch == ARCH_LLAMA, "%s", sk_errmsg());
+        for (int variant = 0; variant < 2; variant++) {
+            cfg.attention_bias = variant == 1;
+            cfg.tie_word_embeddings = variant == 1;
+            int n1 = llama_arch.plan_params(&cfg, NULL), n2 = model_folder_layout(&cfg, NULL);
+            CHECK_MSG(n1 == n2, "%s: plan %d tensors, layout %d", presets[k], n1, n2);
+            model_param *a = mem_calloc(sizeof(model_param) * (size_t)n1), *b = mem_calloc(sizeof(model_param) * (size_t)n2);
+            llama_arch.plan_params(&cfg, a);
+            model_folder_layout(&cfg, b);
+            int bad = -1;
+            for (int i = 0; i < n1 && bad < 0; i++)
+                if (strcmp(a[i].name, b[i].name) || a[i].ndim != b[i].ndim || a[i].shape[0] != b[i].shape[0] ||
+                    a[i].shape[1] != b[i].shape[1] || a[i].offset != b[i].offset || a[i].layer != b[i].layer)
+                    bad = i;
+            if (bad >= 0) printf("  %s: tensor %d: plan %s vs layout %s\n", presets[k], bad, a[bad].name, b[bad].name);
+            mem_free(a);
+            mem_free(b);
+            CHECK(bad < 0);
+        }
+    }
+}
+
+TEST_MAIN()
