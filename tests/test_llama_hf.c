@@ -67,6 +67,27 @@ TEST(transformers_folders_match_logits_and_greedy) {
         CHECK_MSG(res.n_generated == G, "%s: %d of %d tokens", dir, res.n_generated, G);
         for (int i = 0; i < G; i++)
             CHECK_MSG(out[i] == gen[i], "%s: greedy token %d: %d vs transformers %d", dir, i, out[i], gen[i]);
+
+        /* Several eos ids (Llama-3 lists them): any of them stops generation. The list holds an
+         * id greedy decoding never produces here and the first new id at position k. */
+        int k = 1;
+        for (bool repeat = true; k < G && repeat; k += repeat) {
+            repeat = false;
+            for (int j = 0; j < k; j++) repeat |= gen[j] == gen[k];
+        }
+        int unused = V - 1;
+        for (bool hit = true; hit && unused > 0; unused -= hit) {
+            hit = false;
+            for (int j = 0; j < G; j++) hit |= gen[j] == unused;
+        }
+        if (k < G) {
+            m->cfg.n_eos = 2;
+            m->cfg.eos_token_ids[0] = unused;
+            m->cfg.eos_token_ids[1] = gen[k];
+            CHECK_MSG(gen_run(m, NULL, p32, (size_t)P, &go, NULL, NULL, out, &res) == SK_OK, "%s", sk_errmsg());
+            CHECK_MSG(res.n_generated == k && !strcmp(res.finish, "eos"), "%s: stopped after %d (%s), eos at %d", dir,
+                      res.n_generated, res.finish, k);
+        }
         model_free(m);
     }
 }

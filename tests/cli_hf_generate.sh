@@ -1,0 +1,14 @@
+#!/bin/sh
+# Greedy text from `skein generate` equals transformers' generate + decode on folders that
+# transformers writes (Llama, Mistral, Qwen2 with their tokenizers). Runs only where a Python
+# with transformers and torch exists (the CI machine has none: then it prints nothing).
+SK=${SKEIN:-./skein}
+for py in /opt/refenv/bin/python python3; do
+    if "$py" -c "import transformers, torch" >/dev/null 2>&1; then
+        T=$(mktemp -d)
+        "$py" tests/check_generate_vs_hf.py "$SK" "$T" 2>"$T.err" | grep -E '^(PASS|FAIL) ' ||
+            echo "FAIL hf_generate: $(tail -3 "$T.err")"
+        rm -rf "$T" "$T.err"
+        exit 0
+    fi
+done
