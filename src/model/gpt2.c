@@ -16,7 +16,7 @@
  *
  * Letters: B batch, T time, N = B*T rows, C channels, F MLP width, L layers, NH heads,
  * V vocabulary. */
-#include "model/model.h"
+#include "model/arch.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -24,35 +24,17 @@
 
 #include "base/rng.h"
 
-static void plan_one(model_param *specs, int *n, size_t *off, int layer, bool decay,
-                     const char *name, int ndim, int64_t d0, int64_t d1) {
-    if (specs) {
-        model_param *p = &specs[*n];
-        snprintf(p->name, sizeof p->name, "%s", name);
-        p->ndim = ndim;
-        p->shape[0] = d0;
-        p->shape[1] = ndim > 1 ? d1 : 0;
-        p->numel = (size_t)d0 * (size_t)(ndim > 1 ? d1 : 1);
-        p->offset = *off;
-        p->decay = decay;
-        p->layer = layer;
-        *off += p->numel;
-    }
-    (*n)++;
-}
-
 /* Order: wte (V,C), wpe (T,C), then per layer ln_1, attn.c_attn (C,3C), attn.c_proj (C,C),
  * ln_2, mlp.c_fc (C,F), mlp.c_proj (F,C), then ln_f. Conv1D weights are (in, out). */
 static int gpt2_plan_params(const model_config *cfg, model_param *specs) {
     int n = 0;
     size_t off = 0;
     const int64_t C = cfg->n_embd, F = cfg->ffn_dim;
-    char name[96];
-    plan_one(specs, &n, &off, -1, true, "wte.weight", 2, cfg->vocab_size, C);
-    plan_one(specs, &n, &off, -1, true, "wpe.weight", 2, cfg->n_positions, C);
+    arch_plan_param(specs, &n, &off, -1, true, 2, cfg->vocab_size, C, "wte.weight");
+    arch_plan_param(specs, &n, &off, -1, true, 2, cfg->n_positions, C, "wpe.weight");
     for (int l = 0; l < cfg->n_layer; l++) {
 #define P(suffix, decay, ndim, d0, d1) \
-        (snprintf(name, sizeof name, "h.%d." suffix, l), plan_one(specs, &n, &off, l, decay, name, ndim, d0, d1))
+        arch_plan_param(specs, &n, &off, l, decay, ndim, d0, d1, "h.%d." suffix, l)
         P("ln_1.weight", false, 1, C, 0);
         P("ln_1.bias", false, 1, C, 0);
         P("attn.c_attn.weight", true, 2, C, 3 * C);
@@ -67,8 +49,8 @@ static int gpt2_plan_params(const model_config *cfg, model_param *specs) {
         P("mlp.c_proj.bias", false, 1, C, 0);
 #undef P
     }
-    plan_one(specs, &n, &off, -1, false, "ln_f.weight", 1, C, 0);
-    plan_one(specs, &n, &off, -1, false, "ln_f.bias", 1, C, 0);
+    arch_plan_param(specs, &n, &off, -1, false, 1, C, 0, "ln_f.weight");
+    arch_plan_param(specs, &n, &off, -1, false, 1, C, 0, "ln_f.bias");
     return n;
 }
 
@@ -166,11 +148,6 @@ static gpt2_state *gpt2_state_get(model *m) {
 
 /* ---- initialization ---- */
 
-static bool ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
 /* GPT-2's init: N(0, 0.02) for embeddings and matrices, the two residual projections
  * (c_proj) scaled by 1/sqrt(2L), biases 0, LayerNorm weight 1. Tensors are filled in plan
  * order from one generator seeded with `seed`, so the result depends on the seed only. */
@@ -184,12 +161,12 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
     const float proj_std = 0.02f / sqrtf(2.0f * (float)m->cfg.n_layer);
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
-        if (ends_with(p->name, ".bias")) {
+        if (arch_ends_with(p->name, ".bias")) {
             memset(host, 0, p->numel * sizeof(float));
         } else if (strstr(p->name, "ln_")) {
             for (size_t j = 0; j < p->numel; j++) host[j] = 1.0f;
         } else {
-            float sd = ends_with(p->name, "c_proj.weight") ? proj_std : 0.02f;
+            float sd = arch_ends_with(p->name, "c_proj.weight") ? proj_std : 0.02f;
             for (size_t j = 0; j < p->numel; j++) host[j] = sd * rng_normal(&r);
         }
         m->be->ops->upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
@@ -199,28 +176,12 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
 
 /* ---- planning ---- */
 
-typedef struct gpt2_plan_entry { void **ptr; size_t floats; } gpt2_plan_entry;
-
-/* Lays the entries out back to back (each 16-float aligned) in one allocation. */
-static float *gpt2_alloc_plan(backend *be, gpt2_plan_entry *e, int n) {
-    size_t total = 0;
-    for (int i = 0; i < n; i++) total += (e[i].floats + 15) & ~(size_t)15;
-    float *mem = be->ops->alloc(be, total * sizeof(float));
-    if (!mem) return NULL;
-    size_t off = 0;
-    for (int i = 0; i < n; i++) {
-        *e[i].ptr = mem + off;
-        off += (e[i].floats + 15) & ~(size_t)15;
-    }
-    return mem;
-}
-
 /* The activation plan for (B,T): entries pointing into a (filled by the caller's alloc). */
 #define GPT2_ACT_PLAN(a, c, B, T)                                                              \
     const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,     \
                  F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head; \
     const size_t att = (size_t)(B) * NH * (T) * (T);                                             \
-    gpt2_plan_entry plan[] = {                                                                 \
+    arch_plan_entry plan[] = {                                                                 \
         E(tokens, N), E(targets, N), E(encoded, N * C),                                        \
         E(ln1, L * N * C), E(ln1_mean, L * N), E(ln1_rstd, L * N), E(qkv, L * N * 3 * C),      \
         E(att, L * att), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),            \
@@ -235,9 +196,7 @@ static size_t gpt2_train_bytes(const model_config *c, int B, int T) {
 #define E(field, n) { (void **)&a->field, (n) }
     GPT2_ACT_PLAN(a, c, B, T);
 #undef E
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) total += (plan[i].floats + 15) & ~(size_t)15;
-    return total * sizeof(float);
+    return arch_plan_floats(plan, (int)(sizeof plan / sizeof plan[0])) * sizeof(float);
 }
 
 static sk_status gpt2_train_prepare(model *m, int B, int T) {
@@ -257,7 +216,7 @@ static sk_status gpt2_train_prepare(model *m, int B, int T) {
 #define E(field, n) { (void **)&a->field, (n) }
     GPT2_ACT_PLAN(a, c, B, T);
 #undef E
-    s->act_mem = gpt2_alloc_plan(be, plan, (int)(sizeof plan / sizeof plan[0]));
+    s->act_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
     if (!s->act_mem) return sk_fail_ctx(SK_ENOMEM, "allocating GPT-2 activations for B=%d T=%d", B, T);
     s->Bp = B;
     s->Tp = T;
@@ -290,10 +249,6 @@ static void gpt2_linear_backward(backend *be, float *dinp, float *dw, float *db,
     be->ops->gemm(be, false, true, N, IC, OC, 1.0f, dout, OC, w, OC, 0.0f, dinp, IC);
 }
 
-static void gpt2_check_tokens(const model *m, const int *tokens, size_t n) {
-    for (size_t i = 0; i < n; i++) SK_ASSERT(tokens[i] >= 0 && tokens[i] < m->cfg.vocab_size);
-}
-
 static float gpt2_forward(model *m, const int *tokens, const int *targets, int B, int T) {
     gpt2_state *s = m->state;
     SK_ASSERT(s && s->act_mem && B > 0 && T > 0 && B <= s->Bp && T <= s->Tp);
@@ -310,7 +265,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     s->T = T;
     s->have_targets = false;
 
-    gpt2_check_tokens(m, tokens, (size_t)N);
+    arch_check_tokens(m, tokens, (size_t)N);
     model_hook_before_forward(m, -1);
     op->upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
     op->embed_forward(be, a->encoded, a->tokens, gpt2_tensor(m, false, P_WTE),
@@ -354,24 +309,8 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
              a->logits, V);
     if (!targets) return 0.0f;
 
-    int counted = 0;
-    for (int i = 0; i < N; i++) {
-        SK_ASSERT(targets[i] < V);
-        counted += targets[i] >= 0;
-    }
-    op->upload(be, a->targets, targets, sizeof(int) * (size_t)N);
-    /* in place: logits become (softmax - onehot), backward scales them by dloss */
-    op->softmax_xent(be, a->losses, a->logits, a->logits, a->targets, N, V, V, 1.0f);
     s->have_targets = true;
-    /* the per-row losses come back to the host in stack-sized pieces for the mean */
-    double sum = 0;
-    float buf[256];
-    for (int i0 = 0; i0 < N; i0 += 256) {
-        int n = N - i0 < 256 ? N - i0 : 256;
-        op->download(be, buf, a->losses + i0, sizeof(float) * (size_t)n);
-        for (int i = 0; i < n; i++) sum += buf[i];
-    }
-    return counted ? (float)(sum / counted) : 0.0f;
+    return arch_xent_loss(be, a->losses, a->logits, a->targets, targets, N, V);
 }
 
 static void gpt2_backward(model *m, float dloss) {
@@ -460,13 +399,13 @@ static sk_status gpt2_infer_prepare(model *m, int max_T) {
     const size_t L = (size_t)c->n_layer, T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim;
     gpt2_infer *f = &s->inf;
 #define E(field, n) { (void **)&f->field, (n) }
-    gpt2_plan_entry plan[] = {
+    arch_plan_entry plan[] = {
         E(kcache, L * T * C), E(vcache, L * T * C), E(tokens, T), E(x, T * C), E(ln, T * C),
         E(q, T * C), E(atty, T * C), E(fch, T * F), E(mean, T), E(rstd, T),
         E(logits, (size_t)c->vocab_size),
     };
 #undef E
-    s->inf_mem = gpt2_alloc_plan(be, plan, (int)(sizeof plan / sizeof plan[0]));
+    s->inf_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
     if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating a KV cache of %d positions", max_T);
     s->max_T = max_T;
     s->pos = 0;
@@ -493,7 +432,7 @@ static const float *gpt2_infer_step(model *m, const int *tokens, int n) {
     const int pos = s->pos;
     gpt2_infer *f = &s->inf;
 
-    gpt2_check_tokens(m, tokens, (size_t)n);
+    arch_check_tokens(m, tokens, (size_t)n);
     op->upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
     op->embed_forward(be, f->x, f->tokens, gpt2_tensor(m, false, P_WTE),
                       gpt2_tensor(m, false, P_WPE) + (size_t)pos * C, 1, n, C);

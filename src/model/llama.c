@@ -23,7 +23,7 @@
  * Letters: B batch, T time, N = B*T rows, C channels (hidden_size), NH heads, NKV KV heads,
  * HS head size, QD = NH*HS, KD = NKV*HS, F MLP width (intermediate_size), L layers,
  * V vocabulary, W sliding window (0: none). */
-#include "model/model.h"
+#include "model/arch.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -32,23 +32,6 @@
 #include "base/rng.h"
 
 /* ---- parameters ---- */
-
-static void plan_one(model_param *specs, int *n, size_t *off, int layer, bool decay,
-                     const char *name, int ndim, int64_t d0, int64_t d1) {
-    if (specs) {
-        model_param *p = &specs[*n];
-        snprintf(p->name, sizeof p->name, "%s", name);
-        p->ndim = ndim;
-        p->shape[0] = d0;
-        p->shape[1] = ndim > 1 ? d1 : 0;
-        p->numel = (size_t)d0 * (size_t)(ndim > 1 ? d1 : 1);
-        p->offset = *off;
-        p->decay = decay;
-        p->layer = layer;
-        *off += p->numel;
-    }
-    (*n)++;
-}
 
 /* Order: embed_tokens (V,C); per layer input_layernorm (C), q_proj (QD,C) [+bias (QD)],
  * k_proj (KD,C) [+bias], v_proj (KD,C) [+bias], o_proj (C,QD), post_attention_layernorm (C),
@@ -61,11 +44,10 @@ static int llama_plan_params(const model_config *cfg, model_param *specs) {
     const int64_t C = cfg->n_embd, F = cfg->ffn_dim, QD = (int64_t)cfg->n_head * cfg->head_dim,
                   KD = (int64_t)cfg->n_kv_head * cfg->head_dim;
     const bool ab = cfg->attention_bias, mb = cfg->mlp_bias;
-    char name[96];
-    plan_one(specs, &n, &off, -1, true, "model.embed_tokens.weight", 2, cfg->vocab_size, C);
+    arch_plan_param(specs, &n, &off, -1, true, 2, cfg->vocab_size, C, "model.embed_tokens.weight");
     for (int l = 0; l < cfg->n_layer; l++) {
 #define P(suffix, decay, ndim, d0, d1) \
-        (snprintf(name, sizeof name, "model.layers.%d." suffix, l), plan_one(specs, &n, &off, l, decay, name, ndim, d0, d1))
+        arch_plan_param(specs, &n, &off, l, decay, ndim, d0, d1, "model.layers.%d." suffix, l)
         P("input_layernorm.weight", false, 1, C, 0);
         P("self_attn.q_proj.weight", true, 2, QD, C);
         if (ab) P("self_attn.q_proj.bias", false, 1, QD, 0);
@@ -83,8 +65,8 @@ static int llama_plan_params(const model_config *cfg, model_param *specs) {
         if (mb) P("mlp.down_proj.bias", false, 1, C, 0);
 #undef P
     }
-    plan_one(specs, &n, &off, -1, false, "model.norm.weight", 1, C, 0);
-    if (!cfg->tie_word_embeddings) plan_one(specs, &n, &off, -1, true, "lm_head.weight", 2, cfg->vocab_size, C);
+    arch_plan_param(specs, &n, &off, -1, false, 1, C, 0, "model.norm.weight");
+    if (!cfg->tie_word_embeddings) arch_plan_param(specs, &n, &off, -1, true, 2, cfg->vocab_size, C, "lm_head.weight");
     return n;
 }
 
@@ -282,11 +264,6 @@ static sk_status llama_rope_tables(model *m, float *cos_dev, float *sin_dev, int
 
 /* ---- initialization ---- */
 
-static bool ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
 /* transformers' LlamaPreTrainedModel init: N(0, 0.02) (initializer_range) for the embeddings
  * and every Linear weight, biases 0, RMSNorm weights 1. Tensors are filled in plan order
  * from one generator seeded with `seed`. */
@@ -299,9 +276,9 @@ static void llama_init_weights(model *m, uint64_t seed) {
     rng_seed(&r, seed);
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
-        if (ends_with(p->name, ".bias")) {
+        if (arch_ends_with(p->name, ".bias")) {
             memset(host, 0, p->numel * sizeof(float));
-        } else if (ends_with(p->name, "norm.weight")) {
+        } else if (arch_ends_with(p->name, "norm.weight")) {
             for (size_t j = 0; j < p->numel; j++) host[j] = 1.0f;
         } else {
             for (size_t j = 0; j < p->numel; j++) host[j] = 0.02f * rng_normal(&r);
@@ -313,29 +290,13 @@ static void llama_init_weights(model *m, uint64_t seed) {
 
 /* ---- planning ---- */
 
-typedef struct llama_plan_entry { void **ptr; size_t floats; } llama_plan_entry;
-
-/* Lays the entries out back to back (each 16-float aligned) in one allocation. */
-static float *llama_alloc_plan(backend *be, llama_plan_entry *e, int n) {
-    size_t total = 0;
-    for (int i = 0; i < n; i++) total += (e[i].floats + 15) & ~(size_t)15;
-    float *mem = be->ops->alloc(be, total * sizeof(float));
-    if (!mem) return NULL;
-    size_t off = 0;
-    for (int i = 0; i < n; i++) {
-        *e[i].ptr = mem + off;
-        off += (e[i].floats + 15) & ~(size_t)15;
-    }
-    return mem;
-}
-
 /* The activation plan for (B,T): entries pointing into `a` (filled by the caller's alloc). */
 #define LLAMA_ACT_PLAN(c, B, T)                                                                     \
     const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,          \
                  F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head,   \
                  HS = (size_t)(c)->head_dim, QD = NH * HS, KD = (size_t)(c)->n_kv_head * HS;         \
     const size_t att = (size_t)(B) * NH * (T) * (T);                                                \
-    llama_plan_entry plan[] = {                                                                     \
+    arch_plan_entry plan[] = {                                                                     \
         E(tokens, N), E(targets, N), E(rope_cos, (size_t)(T) * HS / 2), E(rope_sin, (size_t)(T) * HS / 2), \
         E(encoded, N * C), E(ln1, L * N * C), E(rstd1, L * N), E(q, L * N * QD), E(k, L * N * KD),   \
         E(v, L * N * KD), E(att, L * att), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C), \
@@ -349,9 +310,7 @@ static size_t llama_train_bytes(const model_config *c, int B, int T) {
 #define E(field, n) { (void **)&a->field, (n) }
     LLAMA_ACT_PLAN(c, B, T);
 #undef E
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) total += (plan[i].floats + 15) & ~(size_t)15;
-    return total * sizeof(float);
+    return arch_plan_floats(plan, (int)(sizeof plan / sizeof plan[0])) * sizeof(float);
 }
 
 static sk_status llama_train_prepare(model *m, int B, int T) {
@@ -373,7 +332,7 @@ static sk_status llama_train_prepare(model *m, int B, int T) {
 #define E(field, n) { (void **)&a->field, (n) }
     LLAMA_ACT_PLAN(c, B, T);
 #undef E
-    s->act_mem = llama_alloc_plan(be, plan, (int)(sizeof plan / sizeof plan[0]));
+    s->act_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
     if (!s->act_mem) return sk_fail_ctx(SK_ENOMEM, "allocating Llama activations for B=%d T=%d", B, T);
     sk_status st = llama_rope_tables(m, a->rope_cos, a->rope_sin, T);
     if (st != SK_OK) {
@@ -405,10 +364,6 @@ static void llama_linear_backward(backend *be, float *dinp, float beta, float *d
     be->ops->gemm(be, false, false, N, IC, OC, 1.0f, dout, OC, w, IC, beta, dinp, IC);
 }
 
-static void llama_check_tokens(const model *m, const int *tokens, size_t n) {
-    for (size_t i = 0; i < n; i++) SK_ASSERT(tokens[i] >= 0 && tokens[i] < m->cfg.vocab_size);
-}
-
 static float llama_forward(model *m, const int *tokens, const int *targets, int B, int T) {
     llama_state *s = m->state;
     SK_ASSERT(s && s->act_mem && B > 0 && T > 0 && B <= s->Bp && T <= s->Tp);
@@ -425,7 +380,7 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
     s->T = T;
     s->have_targets = false;
 
-    llama_check_tokens(m, tokens, (size_t)N);
+    arch_check_tokens(m, tokens, (size_t)N);
     op->upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
     model_hook_before_forward(m, -1);
     op->embed_forward(be, a->encoded, a->tokens, llama_tensor(m, false, LLAMA_EMBED), NULL, B, T, C);
@@ -462,23 +417,8 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
     op->gemm(be, false, true, N, V, C, 1.0f, a->lnf, C, llama_tensor(m, false, llama_head(m)), C, 0.0f, a->logits, V);
     if (!targets) return 0.0f;
 
-    int counted = 0;
-    for (int i = 0; i < N; i++) {
-        SK_ASSERT(targets[i] < V);
-        counted += targets[i] >= 0;
-    }
-    op->upload(be, a->targets, targets, sizeof(int) * (size_t)N);
-    /* in place: logits become (softmax - onehot), backward scales them by dloss */
-    op->softmax_xent(be, a->losses, a->logits, a->logits, a->targets, N, V, V, 1.0f);
     s->have_targets = true;
-    double sum = 0;
-    float buf[256];
-    for (int i0 = 0; i0 < N; i0 += 256) {
-        int n = N - i0 < 256 ? N - i0 : 256;
-        op->download(be, buf, a->losses + i0, sizeof(float) * (size_t)n);
-        for (int i = 0; i < n; i++) sum += buf[i];
-    }
-    return counted ? (float)(sum / counted) : 0.0f;
+    return arch_xent_loss(be, a->losses, a->logits, a->targets, targets, N, V);
 }
 
 static void llama_backward(model *m, float dloss) {
@@ -561,13 +501,13 @@ static sk_status llama_infer_prepare(model *m, int max_T) {
                  HS = (size_t)c->head_dim, QD = (size_t)c->n_head * HS, KD = (size_t)c->n_kv_head * HS;
     llama_infer *f = &s->inf;
 #define E(field, n) { (void **)&f->field, (n) }
-    llama_plan_entry plan[] = {
+    arch_plan_entry plan[] = {
         E(kcache, L * T * KD), E(vcache, L * T * KD), E(rope_cos, T * HS / 2), E(rope_sin, T * HS / 2),
         E(tokens, T), E(x, T * C), E(ln, T * C), E(q, T * QD), E(atty, T * QD), E(gate, T * F),
         E(up, T * F), E(logits, (size_t)c->vocab_size),
     };
 #undef E
-    s->inf_mem = llama_alloc_plan(be, plan, (int)(sizeof plan / sizeof plan[0]));
+    s->inf_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
     if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating a KV cache of %d positions", max_T);
     sk_status st = llama_rope_tables(m, f->rope_cos, f->rope_sin, max_T);
     if (st != SK_OK) {
@@ -601,7 +541,7 @@ static const float *llama_infer_step(model *m, const int *tokens, int n) {
     const int pos = s->pos;
     llama_infer *f = &s->inf;
 
-    llama_check_tokens(m, tokens, (size_t)n);
+    arch_check_tokens(m, tokens, (size_t)n);
     op->upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
     op->embed_forward(be, f->x, f->tokens, llama_tensor(m, false, LLAMA_EMBED), NULL, 1, n, C);
     for (int l = 0; l < L; l++) {

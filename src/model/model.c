@@ -4,11 +4,12 @@
 
 #include <string.h>
 
-static const model_arch *model_arch_for(model_arch_kind kind) {
+const model_arch *model_arch_get(model_arch_kind kind) {
     switch (kind) {
     case ARCH_GPT2: return &gpt2_arch;
     case ARCH_LLAMA: return &llama_arch;
     }
+    SK_ASSERT(!"model_arch_get: unknown architecture kind");
     return NULL;
 }
 
@@ -32,8 +33,7 @@ void model_config_gpt2(model_config *cfg, int n_layer, int n_head, int n_embd, i
 }
 
 sk_status model_create(const model_config *cfg, backend *be, model **out) {
-    const model_arch *arch = model_arch_for(cfg->arch);
-    if (!arch) return sk_fail(SK_ECONFIG, "architecture not supported by this build");
+    const model_arch *arch = model_arch_get(cfg->arch);
     model *m = mem_calloc(sizeof *m);
     if (!m) return SK_ENOMEM;
     m->cfg = *cfg;

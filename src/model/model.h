@@ -149,6 +149,8 @@ struct model_arch {
 
 extern const model_arch gpt2_arch;
 extern const model_arch llama_arch;   /* llama.c: Llama, Mistral and Qwen2 */
+/* The architecture table for a kind (never NULL for a kind in the enum). */
+const model_arch *model_arch_get(model_arch_kind kind);
 /* llama.c: the rotary inverse frequencies inv_freq(head_dim/2) for cfg's rope_theta and
  * rope_scaling, as transformers computes them (f32); the model's cos/sin tables come from it. */
 void llama_rope_inv_freq(const model_config *cfg, float *inv_freq);

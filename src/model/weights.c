@@ -404,55 +404,6 @@ sk_status model_save(const model *m, const char *dir) {
 
 /* ---- streaming random initialization ---- */
 
-/* The tensors of a LlamaForCausalLM folder for cfg, in transformers' module order: the
- * names and shapes llama.c plans (a test compares them once both exist); offsets, decay
- * and layer are filled like a plan's. Returns the count; fills specs when not NULL. */
-static int llama_folder_layout(const model_config *cfg, model_param *specs) {
-    int n = 0;
-    size_t off = 0;
-    const int64_t C = cfg->n_embd, F = cfg->ffn_dim, Q = (int64_t)cfg->n_head * cfg->head_dim,
-                  KV = (int64_t)cfg->n_kv_head * cfg->head_dim;
-#define ADD(lay, d0, d1, ...)                                                         \
-    do {                                                                                \
-        if (specs) {                                                                    \
-            model_param *p = &specs[n];                                                 \
-            memset(p, 0, sizeof *p);                                                    \
-            snprintf(p->name, sizeof p->name, __VA_ARGS__);                             \
-            p->ndim = (d1) ? 2 : 1;                                                     \
-            p->shape[0] = (d0);                                                         \
-            p->shape[1] = (d1);                                                         \
-            p->numel = (size_t)(d0) * (size_t)((d1) ? (d1) : 1);                        \
-            p->offset = off;                                                            \
-            p->decay = p->ndim == 2;                                                    \
-            p->layer = (lay);                                                           \
-            off += p->numel;                                                            \
-        }                                                                               \
-        n++;                                                                            \
-    } while (0)
-    ADD(-1, cfg->vocab_size, C, "model.embed_tokens.weight");
-    for (int l = 0; l < cfg->n_layer; l++) {
-        ADD(l, C, 0, "model.layers.%d.input_layernorm.weight", l);
-        ADD(l, Q, C, "model.layers.%d.self_attn.q_proj.weight", l);
-        if (cfg->attention_bias) ADD(l, Q, 0, "model.layers.%d.self_attn.q_proj.bias", l);
-        ADD(l, KV, C, "model.layers.%d.self_attn.k_proj.weight", l);
-        if (cfg->attention_bias) ADD(l, KV, 0, "model.layers.%d.self_attn.k_proj.bias", l);
-        ADD(l, KV, C, "model.layers.%d.self_attn.v_proj.weight", l);
-        if (cfg->attention_bias) ADD(l, KV, 0, "model.layers.%d.self_attn.v_proj.bias", l);
-        ADD(l, C, Q, "model.layers.%d.self_attn.o_proj.weight", l);
-        ADD(l, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-        ADD(l, F, C, "model.layers.%d.mlp.gate_proj.weight", l);
-        if (cfg->mlp_bias) ADD(l, F, 0, "model.layers.%d.mlp.gate_proj.bias", l);
-        ADD(l, F, C, "model.layers.%d.mlp.up_proj.weight", l);
-        if (cfg->mlp_bias) ADD(l, F, 0, "model.layers.%d.mlp.up_proj.bias", l);
-        ADD(l, C, F, "model.layers.%d.mlp.down_proj.weight", l);
-        if (cfg->mlp_bias) ADD(l, C, 0, "model.layers.%d.mlp.down_proj.bias", l);
-    }
-    ADD(-1, C, 0, "model.norm.weight");
-    if (!cfg->tie_word_embeddings) ADD(-1, cfg->vocab_size, C, "lm_head.weight");
-#undef ADD
-    return n;
-}
-
 typedef struct init_ctx {
     const st_entry *entries;
     uint64_t seed;
@@ -492,8 +443,7 @@ uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block) {
 }
 
 int model_folder_layout(const model_config *cfg, model_param *specs) {
-    if (cfg->arch == ARCH_GPT2) return gpt2_arch.plan_params(cfg, specs);
-    return llama_folder_layout(cfg, specs);
+    return model_arch_get(cfg->arch)->plan_params(cfg, specs);
 }
 
 sk_status model_init_folder(const model_config *cfg_in, const char *dir, uint64_t seed, dtype dt,
