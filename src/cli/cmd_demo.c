@@ -146,15 +146,15 @@ done:
 
 int cmd_demo(int argc, char **argv) {
     const char *out = "demo-out", *prompt = "The Python interpreter";
-    long steps = 400, vocab = 2048, layers = 4, dim = 192;
-    double corpus_mb = 3.0;
+    long steps = 600, vocab = 2048, layers = 6, dim = 256;
+    double corpus_mb = 5.0;
     arg_spec specs[] = {
         {"--out", ARG_STR, &out, "DIR", "where to write everything (default demo-out)", false, false},
-        {"--steps", ARG_INT, &steps, "N", "training steps (default 400)", false, false},
-        {"--corpus-mb", ARG_FLOAT, &corpus_mb, "MB", "how much of the corpus to use (default 3)", false, false},
+        {"--steps", ARG_INT, &steps, "N", "training steps (default 600)", false, false},
+        {"--corpus-mb", ARG_FLOAT, &corpus_mb, "MB", "how much of the corpus to use (default 5)", false, false},
         {"--vocab-size", ARG_INT, &vocab, "V", "tokenizer vocabulary (default 2048)", false, false},
-        {"--layers", ARG_INT, &layers, "L", "GPT-2 layers (default 4)", false, false},
-        {"--dim", ARG_INT, &dim, "C", "GPT-2 width, a multiple of 64 (default 192)", false, false},
+        {"--layers", ARG_INT, &layers, "L", "GPT-2 layers (default 6)", false, false},
+        {"--dim", ARG_INT, &dim, "C", "GPT-2 width, a multiple of 64 (default 256)", false, false},
         {"--prompt", ARG_STR, &prompt, "STR", "prompt for the generation at the end", false, false},
     };
     sk_status st = args_parse("skein demo", argc, argv, specs, ARG_COUNT(specs));
