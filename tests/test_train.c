@@ -112,6 +112,66 @@ TEST(resume_is_bit_exact) {
     CHECK_MSG(atof(la[39]) < atof(la[0]) - 0.5, "loss %s -> %s", la[0], la[39]);
 }
 
+/* Reads number field `key` of every log.jsonl line that has it. */
+static int read_field(const char *out, const char *key, double *vals, int max) {
+    char path[600], pat[64], *text;
+    size_t n;
+    snprintf(path, sizeof path, "%s/log.jsonl", out);
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    if (file_read_all(path, &text, &n) != SK_OK) return -1;
+    int k = 0;
+    for (char *p = strstr(text, pat); p && k < max; p = strstr(p + 1, pat)) vals[k++] = atof(p + strlen(pat));
+    mem_free(text);
+    return k;
+}
+
+/* Dropout masks follow the samples, not the micro-batches that carry them: --micro-batch 1
+ * and 2 give the same losses (as world sizes 1, 2, 3 do: cli_zero.sh), and evaluation runs
+ * without dropout. */
+TEST(dropout_is_the_same_at_any_micro_batch_and_off_in_evaluation) {
+    log_set_quiet(true);
+    char model_dir[512], data[512], dir[512], path[700], a[512], b[512], c[512];
+    CHECK(make_run_inputs(model_dir, data, 29));
+    file_join(dir, sizeof dir, test_tmpdir(), "split");
+    CHECK(file_mkdirs(dir) == SK_OK);
+    char *text;
+    size_t n;
+    CHECK(file_read_all(data, &text, &n) == SK_OK);   /* the same shard as train and val */
+    CHECK(file_write_all(file_join(path, sizeof path, dir, "train_000000.bin"), text, n) == SK_OK);
+    CHECK(file_write_all(file_join(path, sizeof path, dir, "val_000000.bin"), text, n) == SK_OK);
+    mem_free(text);
+    file_join(a, sizeof a, test_tmpdir(), "drop-a");
+    file_join(b, sizeof b, test_tmpdir(), "drop-b");
+    file_join(c, sizeof c, test_tmpdir(), "drop-c");
+    train_opts o;
+    double la[8], lb[8], va[8], vb[8];
+    for (int k = 0; k < 2; k++) {
+        run_opts(&o, model_dir, dir, k ? b : a);
+        o.steps = o.hp.total_steps = 6;
+        o.dropout = true;
+        o.eval_every = 3;
+        o.micro_batch = k ? 1 : 2;
+        o.eval_batches = k ? 4 : 2;   /* the same 4 validation samples */
+        CHECK_MSG(train_run(&o) == SK_OK, "%s", sk_errmsg());
+    }
+    CHECK(read_field(a, "loss", la, 8) == 6 && read_field(b, "loss", lb, 8) == 6);
+    CHECK(read_field(a, "val_loss", va, 8) == 2 && read_field(b, "val_loss", vb, 8) == 2);
+    for (int i = 0; i < 6; i++) CHECK_MSG(fabs(la[i] - lb[i]) < 1e-5 * la[i], "step %d: loss %.9g vs %.9g", i + 1, la[i], lb[i]);
+    for (int i = 0; i < 2; i++) CHECK_MSG(fabs(va[i] - vb[i]) < 1e-5 * va[i], "val_loss %.9g vs %.9g", va[i], vb[i]);
+    /* A step of lr 1e-9 barely moves the weights: the validation loss is the same with and
+     * without dropout in training only when evaluation leaves dropout out. */
+    for (int k = 0; k < 2; k++) {
+        run_opts(&o, model_dir, dir, k ? c : a);
+        o.steps = o.hp.total_steps = 1;
+        o.hp.lr = 1e-9f;
+        o.dropout = k == 0;
+        o.eval_every = 1;
+        CHECK_MSG(train_run(&o) == SK_OK, "%s", sk_errmsg());
+    }
+    CHECK(read_field(a, "val_loss", va, 8) == 1 && read_field(c, "val_loss", vb, 8) == 1);
+    CHECK_MSG(fabs(va[0] - vb[0]) < 1e-6 * vb[0], "val_loss %.9g with dropout in training, %.9g without", va[0], vb[0]);
+}
+
 TEST(half_written_checkpoint_is_ignored) {
     log_set_quiet(true);
     char model_dir[512], data[512], out[512], path[700];

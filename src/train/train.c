@@ -184,10 +184,14 @@ static sk_status evaluate(trainer *tr, double *val_loss) {
     size_t avail = data_loader_num_samples(tr->val_dl);
     if ((size_t)n > avail) n = (long)avail;
     if ((size_t)(batches * n) > avail) batches = (long)(avail / (size_t)n);
-    for (long b = 0; b < batches; b++) {
-        SK_TRY(next_batch(tr, tr->val_dl, (int)n));
-        sum += model_forward(tr->m, tr->inputs, tr->targets, (int)n, (int)tr->o->seq);
-    }
+    const bool dropout = tr->m->dropout;
+    tr->m->dropout = false;   /* evaluation runs the model as inference does */
+    sk_status st = SK_OK;
+    for (long b = 0; b < batches && st == SK_OK; b++)
+        if ((st = next_batch(tr, tr->val_dl, (int)n)) == SK_OK)
+            sum += model_forward(tr->m, tr->inputs, tr->targets, (int)n, (int)tr->o->seq);
+    tr->m->dropout = dropout;
+    SK_TRY(st);
     SK_TRY(data_loader_set_pos(tr->val_dl, epoch, index));
     *val_loss = sum / (double)batches;
     return SK_OK;
@@ -216,12 +220,6 @@ static sk_status dispense(trainer *tr, int64_t *old) {
     return tr->c->ops->fetch_add(tr->c, 1, old);
 }
 
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Forward and backward of the n samples at step offsets [first, first+n); adds the summed
  * token losses to *sum. */
 static sk_status run_micro(trainer *tr, long first, long n, uint64_t step_seed, double *sum) {
@@ -237,7 +235,10 @@ static sk_status run_micro(trainer *tr, long first, long n, uint64_t step_seed, 
     }
     SK_TRY(check_tokens(tr, n));
     model *m = tr->m;
-    if (m->dropout) m->dropout_seed = mix64(step_seed + tr->pos + (uint64_t)first);
+    /* one seed per step, masks keyed by the sample's place in the step (model.h): the same
+     * elements are dropped at any micro-batch size, world size and distribution */
+    m->dropout_seed = step_seed;
+    m->dropout_sample0 = (uint64_t)first;
     float l = model_forward(m, tr->inputs, tr->targets, (int)n, (int)T);
     model_backward(m, (float)(1.0 / tokens));
     *sum += (double)l * (double)n * (double)T;
