@@ -3,6 +3,7 @@
 # against the single-process run of the same flags:
 #   same_losses_*   20 steps at every ZeRO stage, static and dynamic data, world 2 and 3 (an
 #                   uneven split of --batch 7): every loss within 1e-5 relative of world 1;
+#                   the same with --dropout at world 3;
 #   memory_*        memory.json: parameters, gradients, optimizer state per rank within 5% of
 #                   the paper's formulas (4Ψ+4Ψ+8Ψ/N, 4Ψ+12Ψ/N, 16Ψ/N), and the planned total
 #                   within 20% of the measured peak (VmHWM - resident bytes before the model;
@@ -76,6 +77,13 @@ for n in 2 3; do
         done
     done
 done
+# Dropout masks follow the samples: world 3 (micro-batches cut at other places) drops what
+# world 1 drops.
+name=same_losses_dropout_n3
+if $SK train $F --steps 6 --dropout --out "$T/dref1" >"$T/err" 2>&1 &&
+   $MPIRUN -n 3 $SK train $F --steps 6 --dropout --zero 2 --out "$T/$name" >"$T/err" 2>&1 &&
+   msg=$(close "$T/dref1" "$T/$name" 1e-5 2>&1)
+then pass $name; else fail $name "$msg $(tail -3 "$T/err")"; fi
 # The final model is consolidated whatever the stage: every tensor of ZeRO-3 at 2 ranks is
 # ZeRO-0's at 1 rank up to float-sum order (1e-4 of max(1, the largest weight): Adam amplifies
 # tiny differences of near-zero gradients).

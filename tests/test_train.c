@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "train/ckpt.h"
 #include "train/train.h"
+#include "train/zero.h"
 
 TEST(cosine_schedule_with_warmup) {
     opt_hparams h;
@@ -110,6 +111,108 @@ TEST(resume_is_bit_exact) {
     mem_free(fb);
     /* The loss fell on this repetitive data. */
     CHECK_MSG(atof(la[39]) < atof(la[0]) - 0.5, "loss %s -> %s", la[0], la[39]);
+}
+
+/* Reads number field `key` of every log.jsonl line that has it. */
+static int read_field(const char *out, const char *key, double *vals, int max) {
+    char path[600], pat[64], *text;
+    size_t n;
+    snprintf(path, sizeof path, "%s/log.jsonl", out);
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    if (file_read_all(path, &text, &n) != SK_OK) return -1;
+    int k = 0;
+    for (char *p = strstr(text, pat); p && k < max; p = strstr(p + 1, pat)) vals[k++] = atof(p + strlen(pat));
+    mem_free(text);
+    return k;
+}
+
+/* Writes a folder with the run's shard as both its train and val split into dir. */
+static int make_split(const char *data, char *dir) {
+    char path[700], *text;
+    size_t n;
+    file_join(dir, 512, test_tmpdir(), "split");
+    if (file_mkdirs(dir) != SK_OK || file_read_all(data, &text, &n) != SK_OK) return 0;
+    int ok = file_write_all(file_join(path, sizeof path, dir, "train_000000.bin"), text, n) == SK_OK &&
+             file_write_all(file_join(path, sizeof path, dir, "val_000000.bin"), text, n) == SK_OK;
+    mem_free(text);
+    return ok;
+}
+
+/* Dropout masks follow the samples, not the micro-batches that carry them: --micro-batch 1
+ * and 2 give the same losses (as world sizes 1, 2, 3 do: cli_zero.sh), and evaluation runs
+ * without dropout. */
+TEST(dropout_is_the_same_at_any_micro_batch_and_off_in_evaluation) {
+    log_set_quiet(true);
+    char model_dir[512], data[512], dir[512], a[512], b[512], c[512];
+    CHECK(make_run_inputs(model_dir, data, 29));
+    CHECK(make_split(data, dir));
+    file_join(a, sizeof a, test_tmpdir(), "drop-a");
+    file_join(b, sizeof b, test_tmpdir(), "drop-b");
+    file_join(c, sizeof c, test_tmpdir(), "drop-c");
+    train_opts o;
+    double la[8], lb[8], va[8], vb[8];
+    for (int k = 0; k < 2; k++) {
+        run_opts(&o, model_dir, dir, k ? b : a);
+        o.steps = o.hp.total_steps = 6;
+        o.dropout = true;
+        o.eval_every = 3;
+        o.micro_batch = k ? 1 : 2;
+        o.eval_batches = k ? 4 : 2;   /* the same 4 validation samples */
+        CHECK_MSG(train_run(&o) == SK_OK, "%s", sk_errmsg());
+    }
+    CHECK(read_field(a, "loss", la, 8) == 6 && read_field(b, "loss", lb, 8) == 6);
+    CHECK(read_field(a, "val_loss", va, 8) == 2 && read_field(b, "val_loss", vb, 8) == 2);
+    for (int i = 0; i < 6; i++) CHECK_MSG(fabs(la[i] - lb[i]) < 1e-5 * la[i], "step %d: loss %.9g vs %.9g", i + 1, la[i], lb[i]);
+    for (int i = 0; i < 2; i++) CHECK_MSG(fabs(va[i] - vb[i]) < 1e-5 * va[i], "val_loss %.9g vs %.9g", va[i], vb[i]);
+    /* A step of lr 1e-9 barely moves the weights: the validation loss is the same with and
+     * without dropout in training only when evaluation leaves dropout out. */
+    for (int k = 0; k < 2; k++) {
+        run_opts(&o, model_dir, dir, k ? c : a);
+        o.steps = o.hp.total_steps = 1;
+        o.hp.lr = 1e-9f;
+        o.dropout = k == 0;
+        o.eval_every = 1;
+        CHECK_MSG(train_run(&o) == SK_OK, "%s", sk_errmsg());
+    }
+    CHECK(read_field(a, "val_loss", va, 8) == 1 && read_field(c, "val_loss", vb, 8) == 1);
+    CHECK_MSG(fabs(va[0] - vb[0]) < 1e-6 * vb[0], "val_loss %.9g with dropout in training, %.9g without", va[0], vb[0]);
+}
+
+/* --micro-batch auto picks by world size and memory; evaluation covers the same samples
+ * (eval_batches global batches) whatever it picks: the same val_loss as --micro-batch B. */
+TEST(evaluation_under_micro_batch_auto_is_the_global_batch) {
+    log_set_quiet(true);
+    char model_dir[512], data[512], dir[512], a[512], b[512];
+    CHECK(make_run_inputs(model_dir, data, 29));
+    CHECK(make_split(data, dir));
+    backend *be = backend_create("cpu");
+    model *m;
+    CHECK(model_load(model_dir, be, &m) == SK_OK);
+    zero_mem plan;
+    zero_plan(m, 1, 0, false, 4, 2, 16, &plan);   /* a budget that fits micro-batches of 2 */
+    model_free(m);
+    backend_free(be);
+    file_join(a, sizeof a, test_tmpdir(), "auto-a");
+    file_join(b, sizeof b, test_tmpdir(), "auto-b");
+    train_opts o;
+    double va[4], vb[4];
+    for (int k = 0; k < 2; k++) {
+        run_opts(&o, model_dir, dir, k ? b : a);
+        o.steps = o.hp.total_steps = 2;
+        o.eval_every = 1;
+        o.eval_batches = 3;
+        o.micro_batch = k ? 0 : 4;
+        o.micro_auto = k == 1;
+        o.mem_limit = plan.peak;
+        CHECK_MSG(train_run(&o) == SK_OK, "%s", sk_errmsg());
+    }
+    char path[700], *mem;
+    size_t n;
+    CHECK(file_read_all(file_join(path, sizeof path, b, "memory.json"), &mem, &n) == SK_OK);
+    CHECK_MSG(strstr(mem, "\"micro_batch\": 2,"), "%.120s", mem);
+    mem_free(mem);
+    CHECK(read_field(a, "val_loss", va, 4) == 2 && read_field(b, "val_loss", vb, 4) == 2);
+    for (int i = 0; i < 2; i++) CHECK_MSG(fabs(va[i] - vb[i]) < 1e-6 * va[i], "val_loss %.9g vs %.9g", va[i], vb[i]);
 }
 
 TEST(half_written_checkpoint_is_ignored) {

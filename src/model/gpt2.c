@@ -227,11 +227,15 @@ static sk_status gpt2_train_prepare(model *m, int B, int T) {
 /* ---- training forward and backward ---- */
 
 /* A distinct dropout seed per site (0: embeddings; 1 + 3l + k: layer l's attention
- * probabilities, attention residual, MLP residual). */
-static uint64_t gpt2_drop_seed(const model *m, int site) {
+ * probabilities, attention residual, MLP residual), for a tensor of per_sample elements per
+ * sample. dropout_keep(s + k * golden, i) == dropout_keep(s, i + k), so adding
+ * dropout_sample0 * per_sample golden ratios starts the mask at the micro-batch's first
+ * sample: a sample gets the same mask whatever micro-batch or rank runs it. */
+static uint64_t gpt2_drop_seed(const model *m, int site, size_t per_sample) {
     uint64_t z = m->dropout_seed ^ ((uint64_t)(site + 1) * 0xD1B54A32D192ED03ull);
     z = (z ^ (z >> 32)) * 0x9E3779B97F4A7C15ull;
-    return z ^ (z >> 29);
+    z ^= z >> 29;
+    return z + m->dropout_sample0 * (uint64_t)per_sample * 0x9E3779B97F4A7C15ull;
 }
 
 /* out(N,OC) = inp(N,IC) @ w(IC,OC) + b(OC) */
@@ -260,6 +264,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
     const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
     const bool drop = m->dropout;
+    const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
     gpt2_acts *a = &s->a;
     s->B = B;
     s->T = T;
@@ -271,7 +276,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     op->embed_forward(be, a->encoded, a->tokens, gpt2_tensor(m, false, P_WTE),
                       gpt2_tensor(m, false, P_WPE), B, T, C);
     if (drop && c->embd_pdrop > 0)
-        op->dropout_forward(be, a->encoded, a->encoded, (size_t)N * C, c->embd_pdrop, gpt2_drop_seed(m, 0));
+        op->dropout_forward(be, a->encoded, a->encoded, (size_t)N * C, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
 
     const float *res = a->encoded;
     for (int l = 0; l < L; l++) {
@@ -285,10 +290,10 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
         op->layernorm_forward(be, ln1, a->ln1_mean + l * NPL, a->ln1_rstd + l * NPL, res, w.ln1w, w.ln1b,
                               N, C, c->norm_eps);
         gpt2_linear(be, qkv, ln1, w.attnw, w.attnb, N, C, 3 * C);
-        op->attention_forward(be, atty, att, qkv, B, T, C, NH, attn_p, gpt2_drop_seed(m, 1 + 3 * l));
+        op->attention_forward(be, atty, att, qkv, B, T, C, NH, attn_p, gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear(be, res2, atty, w.projw, w.projb, N, C, C);
         if (drop && c->resid_pdrop > 0)
-            op->dropout_forward(be, res2, res2, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l));
+            op->dropout_forward(be, res2, res2, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
         op->add(be, res2, res2, res, (size_t)N * C);
 
         op->layernorm_forward(be, ln2, a->ln2_mean + l * NPL, a->ln2_rstd + l * NPL, res2, w.ln2w, w.ln2b,
@@ -297,7 +302,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
         op->gelu_forward(be, fchg, fch, (size_t)N * F);
         gpt2_linear(be, res3, fchg, w.fcpw, w.fcpb, N, F, C);
         if (drop && c->resid_pdrop > 0)
-            op->dropout_forward(be, res3, res3, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l));
+            op->dropout_forward(be, res3, res3, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
         op->add(be, res3, res3, res2, (size_t)N * C);
         res = res3;
     }
@@ -324,6 +329,7 @@ static void gpt2_backward(model *m, float dloss) {
     const size_t NPL = (size_t)s->Bp * s->Tp;
     const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
     const bool drop = m->dropout;
+    const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
     gpt2_acts *a = &s->a;
     model_hook_before_backward(m, -1);
     float *wte = gpt2_tensor(m, false, P_WTE), *dwte = gpt2_tensor(m, true, P_WTE);
@@ -350,7 +356,7 @@ static void gpt2_backward(model *m, float dloss) {
         /* MLP branch; dres is the gradient of x3 */
         const float *dbranch = a->dres;
         if (drop && c->resid_pdrop > 0) {
-            op->dropout_backward(be, a->dC, a->dres, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l));
+            op->dropout_backward(be, a->dC, a->dres, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
             dbranch = a->dC;
         }
         gpt2_linear_backward(be, a->dF, g.fcpw, g.fcpb, dbranch, fchg, w.fcpw, N, F, C);
@@ -362,20 +368,20 @@ static void gpt2_backward(model *m, float dloss) {
         /* attention branch; dres is now the gradient of x2 */
         dbranch = a->dres;
         if (drop && c->resid_pdrop > 0) {
-            op->dropout_backward(be, a->dC, a->dres, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l));
+            op->dropout_backward(be, a->dC, a->dres, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
             dbranch = a->dC;
         }
         gpt2_linear_backward(be, a->dC2, g.projw, g.projb, dbranch, atty, w.projw, N, C, C);
         op->zero(be, a->dqkv, sizeof(float) * (size_t)N * 3 * C);
         op->attention_backward(be, a->dqkv, a->datt, a->dC2, qkv, att, B, T, C, NH, attn_p,
-                               gpt2_drop_seed(m, 1 + 3 * l));
+                               gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear_backward(be, a->dC, g.attnw, g.attnb, a->dqkv, ln1, w.attnw, N, C, 3 * C);
         op->layernorm_backward(be, a->dres, g.ln1w, g.ln1b, a->dC, res, w.ln1w,
                                a->ln1_mean + l * NPL, a->ln1_rstd + l * NPL, N, C);
         model_hook_after_backward(m, l);
     }
     if (drop && c->embd_pdrop > 0)
-        op->dropout_backward(be, a->dres, a->dres, (size_t)N * C, c->embd_pdrop, gpt2_drop_seed(m, 0));
+        op->dropout_backward(be, a->dres, a->dres, (size_t)N * C, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
     op->embed_backward(be, dwte, gpt2_tensor(m, true, P_WPE), a->dres, a->tokens, B, T, C);
     model_hook_after_backward(m, -1);
 }

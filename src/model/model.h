@@ -124,7 +124,10 @@ struct model {
     const model_hooks *hooks;   /* NULL: none */
     bool grads_external;   /* train_prepare allocates no m->grads: hooks set grad_base (ZeRO-2/3) */
     bool dropout;          /* apply the config's dropout probabilities in training forwards */
-    uint64_t dropout_seed; /* advanced by the trainer each micro-batch */
+    uint64_t dropout_seed; /* set by the trainer each step */
+    uint64_t dropout_sample0;  /* the micro-batch's first sample within the step: masks are a
+                            * function of (seed, sample, element), so any cut of the batch into
+                            * micro-batches and ranks drops the same elements */
     void *state;           /* architecture-private: activations, KV cache, scratch */
 };
 

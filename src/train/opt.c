@@ -136,12 +136,13 @@ sk_status opt_state_save(backend *be, const char *path, size_t n_params, long st
     uint64_t *list = (uint64_t *)(buf + sizeof hdr);
     list[0] = (uint64_t)n;
     float *fm = (float *)(buf + head), *fv = fm + total;
-    for (int i = 0, k = 0; i < n; i++) {
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
         list[1 + 2 * i] = r[i].begin;
         list[2 + 2 * i] = r[i].count;
         be->ops->download(be, fm + k, m + r[i].at, r[i].count * sizeof(float));
         be->ops->download(be, fv + k, v + r[i].at, r[i].count * sizeof(float));
-        k += (int)r[i].count;
+        k += r[i].count;
     }
     sk_status st = file_write_atomic(path, buf, bytes);
     mem_free(buf);

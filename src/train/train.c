@@ -173,23 +173,34 @@ static sk_status next_batch(trainer *tr, data_loader *dl, int n) {
     return check_tokens(tr, n);
 }
 
-/* Mean validation loss over eval_batches micro-batches from the start of the split. */
+/* Mean validation loss over eval_batches evaluation batches from the start of the split. An
+ * evaluation batch is the micro-batch, or under --micro-batch auto (whose pick depends on the
+ * world size and the memory) the global batch, run in pieces of the micro-batch: the same
+ * flags evaluate the same samples at any world size. */
 static sk_status evaluate(trainer *tr, double *val_loss) {
+    const train_opts *o = tr->o;
     uint64_t epoch;
     size_t index;
     data_loader_get_pos(tr->val_dl, &epoch, &index);
     SK_TRY(data_loader_set_pos(tr->val_dl, 0, 0));
-    double sum = 0;
-    long batches = tr->o->eval_batches, n = tr->micro_batch;
+    long unit = o->micro_auto ? o->batch : tr->micro_batch, batches = o->eval_batches;
     size_t avail = data_loader_num_samples(tr->val_dl);
-    if ((size_t)n > avail) n = (long)avail;
-    if ((size_t)(batches * n) > avail) batches = (long)(avail / (size_t)n);
-    for (long b = 0; b < batches; b++) {
-        SK_TRY(next_batch(tr, tr->val_dl, (int)n));
-        sum += model_forward(tr->m, tr->inputs, tr->targets, (int)n, (int)tr->o->seq);
+    if ((size_t)unit > avail) unit = (long)avail;
+    if ((size_t)(batches * unit) > avail) batches = (long)(avail / (size_t)unit);
+    const long total = batches * unit;
+    const bool dropout = tr->m->dropout;
+    tr->m->dropout = false;   /* evaluation runs the model as inference does */
+    sk_status st = SK_OK;
+    double sum = 0;
+    for (long done = 0, n; done < total && st == SK_OK; done += n) {
+        n = total - done < tr->micro_batch ? total - done : tr->micro_batch;
+        if ((st = next_batch(tr, tr->val_dl, (int)n)) == SK_OK)
+            sum += (double)model_forward(tr->m, tr->inputs, tr->targets, (int)n, (int)o->seq) * (double)n;
     }
+    tr->m->dropout = dropout;
+    SK_TRY(st);
     SK_TRY(data_loader_set_pos(tr->val_dl, epoch, index));
-    *val_loss = sum / (double)batches;
+    *val_loss = sum / (double)total;
     return SK_OK;
 }
 
@@ -216,12 +227,6 @@ static sk_status dispense(trainer *tr, int64_t *old) {
     return tr->c->ops->fetch_add(tr->c, 1, old);
 }
 
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Forward and backward of the n samples at step offsets [first, first+n); adds the summed
  * token losses to *sum. */
 static sk_status run_micro(trainer *tr, long first, long n, uint64_t step_seed, double *sum) {
@@ -237,7 +242,10 @@ static sk_status run_micro(trainer *tr, long first, long n, uint64_t step_seed, 
     }
     SK_TRY(check_tokens(tr, n));
     model *m = tr->m;
-    if (m->dropout) m->dropout_seed = mix64(step_seed + tr->pos + (uint64_t)first);
+    /* one seed per step, masks keyed by the sample's place in the step (model.h): the same
+     * elements are dropped at any micro-batch size, world size and distribution */
+    m->dropout_seed = step_seed;
+    m->dropout_sample0 = (uint64_t)first;
     float l = model_forward(m, tr->inputs, tr->targets, (int)n, (int)T);
     model_backward(m, (float)(1.0 / tokens));
     *sum += (double)l * (double)n * (double)T;

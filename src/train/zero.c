@@ -235,13 +235,14 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
     z->at = mem_calloc(sizeof(size_t) * (size_t)m->n_groups);
     z->outer_at = mem_calloc(sizeof(size_t) * (size_t)m->n_groups);
     if (!z->chunk || !z->at || !z->outer_at) goto oom;
-    for (int g = 0, at = 0, oat = 0; g < m->n_groups; g++) {
+    size_t at = 0, oat = 0;   /* shard offsets pass 2^31 on models of billions of parameters */
+    for (int g = 0; g < m->n_groups; g++) {
         z->chunk[g] = (m->groups[g].count + W - 1) / W;
-        z->at[g] = (size_t)at;
-        at += (int)z->chunk[g];
+        z->at[g] = at;
+        at += z->chunk[g];
         if (m->groups[g].layer < 0) {
-            z->outer_at[g] = (size_t)oat;
-            oat += (int)(z->chunk[g] * W);
+            z->outer_at[g] = oat;
+            oat += z->chunk[g] * W;
         }
     }
     zero_invalidate(z);
