@@ -70,7 +70,8 @@ static sk_status check_opts(const train_opts *o) {
     if (o->steps <= 0) return sk_fail(SK_EARG, "train: --steps must be positive, got %ld", o->steps);
     if (o->stop_after < 0 || o->stop_after > o->steps)
         return sk_fail(SK_EARG, "train: --stop-after must be between 1 and --steps (%ld), got %ld", o->steps, o->stop_after);
-    if (o->batch <= 0) return sk_fail(SK_EARG, "train: --batch must be positive, got %ld", o->batch);
+    if (o->batch <= 0 || o->batch > TRAIN_MAX_BATCH)
+        return sk_fail(SK_EARG, "train: --batch must be in [1, %d], got %ld", TRAIN_MAX_BATCH, o->batch);
     if (o->zero < 0 || o->zero > 3) return sk_fail(SK_EARG, "train: --zero must be 0, 1, 2 or 3, got %d", o->zero);
     if (o->micro_batch < 0 || o->micro_batch > o->batch)
         return sk_fail(SK_EARG, "train: --micro-batch must be between 1 and --batch (%ld), got %ld", o->batch, o->micro_batch);
@@ -498,13 +499,8 @@ static sk_status train_loop(trainer *tr) {
  * ranks (all assumed on this host). */
 static size_t memory_budget(const trainer *tr) {
     if (tr->o->mem_limit) return tr->o->mem_limit;
-    FILE *f = fopen("/proc/meminfo", "r");
-    size_t kb = 0;
-    char line[256];
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "MemAvailable:", 13)) kb = strtoull(line + 13, NULL, 10);
-    if (f) fclose(f);
-    return kb * 1024 / (size_t)tr->world;
+    size_t avail = mem_available();
+    return avail == SIZE_MAX ? SIZE_MAX : avail / (size_t)tr->world;
 }
 
 /* --micro-batch auto: the largest micro-batch (at most a rank's share of the batch) whose
@@ -512,7 +508,17 @@ static size_t memory_budget(const trainer *tr) {
 static sk_status pick_micro_batch(trainer *tr) {
     const train_opts *o = tr->o;
     if (!o->micro_auto) {
+        /* A plan beyond the host's memory would be granted by overcommit and the rank killed
+         * while filling it: refused up front (the plan undercounts, so nothing that fits is). */
         tr->micro_batch = o->micro_batch > 0 ? o->micro_batch : o->batch;
+        const size_t budget = memory_budget(tr);
+        zero_mem p;
+        zero_plan(tr->m, tr->world, o->zero, o->dynamic, 4, (int)tr->micro_batch, (int)o->seq, &p);
+        if (p.peak > budget)
+            return sk_fail(SK_ENOMEM, "train: a micro-batch of %ld x %ld tokens needs %.1f MiB per rank at ZeRO-%d, "
+                           "beyond the %.1f MiB%s; lower --micro-batch, --batch or --seq, or use --micro-batch auto",
+                           tr->micro_batch, o->seq, (double)p.peak / 1048576.0, o->zero, (double)budget / 1048576.0,
+                           o->mem_limit ? " of --mem-limit" : " available");
         return SK_OK;
     }
     if (!tr->m->arch->train_bytes)
