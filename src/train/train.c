@@ -142,14 +142,22 @@ static sk_status open_log(trainer *tr, bool resumed) {
         char *text;
         size_t n;
         SK_TRY(file_read_all(path, &text, &n));
-        FILE *f = fopen(path, "w");
-        if (!f) { mem_free(text); return sk_fail(SK_EIO, "cannot rewrite %s", path); }
+        /* The lines up to the checkpoint's step, compacted in place and swapped in atomically:
+         * a run killed now (or while writing) keeps its whole history. */
+        size_t k = 0;
         for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
             long step = 0;
-            if (sscanf(line, "{\"step\": %ld", &step) == 1 && step <= tr->st.step) fprintf(f, "%s\n", line);
+            size_t len = strlen(line);
+            if (sscanf(line, "{\"step\": %ld", &step) == 1 && step <= tr->st.step) {
+                memmove(text + k, line, len);
+                k += len;
+                text[k++] = '\n';
+            }
         }
+        sk_status st = file_write_atomic(path, text, k);
         mem_free(text);
-        tr->log = f;
+        SK_TRY(st);
+        if (!(tr->log = fopen(path, "a"))) return sk_fail(SK_EIO, "cannot append to %s", path);
         return SK_OK;
     }
     tr->log = fopen(path, "w");
@@ -319,6 +327,10 @@ static sk_status save_checkpoint(trainer *tr) {
     mem_free(full);
     SK_TRY(agree(tr, st, "writing the checkpoint's model"));
     st = tr->rank == 0 ? ckpt_commit(o->out, &tr->st, (int)o->keep_checkpoints) : SK_OK;
+    /* The tokenizer is copied from the checkpoint just committed from now on: after --resume
+     * it came from a checkpoint that pruning (--keep-checkpoints) deletes. */
+    if (st == SK_OK && tr->rank == 0 && tr->tokenizer_path[0])
+        snprintf(tr->tokenizer_path, sizeof tr->tokenizer_path, "%s/checkpoint-%ld/tokenizer.json", o->out, tr->st.step);
     return agree(tr, st, "committing the checkpoint");
 }
 
