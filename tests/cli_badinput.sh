@@ -40,6 +40,9 @@ expect_error init_ffn_negative "--ffn-dim" $SK init --layers 1 --heads 2 --dim 1
 # an odd Llama head size cannot be rotated: init used to write a folder that nothing loads
 expect_error init_llama_odd_head_dim "head_dim" $SK init --arch llama --layers 1 --heads 1 --dim 3 --context 8 --vocab-size 50 --out "$T/x"
 [ -e "$T/x" ] && fail init_llama_odd_head_dim_no_folder "a folder was written"
+# demo narrowed --layers/--vocab-size to int and --corpus-mb to size_t unchecked
+expect_error demo_layers_beyond_int "--layers" $SK demo --out "$T/demo" --layers 4294967297
+expect_error demo_corpus_overflow "--corpus-mb" $SK demo --out "$T/demo" --corpus-mb 1e300
 
 # A FIFO in place of config.json: refused, not waited on forever.
 cp -r "$T/m" "$T/fifo" && rm "$T/fifo/config.json" && mkfifo "$T/fifo/config.json"
