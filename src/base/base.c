@@ -79,10 +79,37 @@ static bool mem_should_fail(void) {
     return --mem_countdown == 0;
 }
 
+size_t mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return SIZE_MAX;
+    size_t avail = SIZE_MAX;
+    char line[256];
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "MemAvailable:", 13)) {
+            unsigned long long kb = strtoull(line + 13, NULL, 10);
+            avail = kb > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kb * 1024;
+            break;
+        }
+    fclose(f);
+    return avail;
+}
+
+/* A block too large for the host fails here with both sizes named, rather than being granted
+ * by overcommit and killing the process when touched (or aborting a sanitizer build). */
+static bool mem_too_large(size_t bytes) {
+    if (bytes < MEM_CHECK_BYTES) return false;
+    size_t avail = mem_available();
+    if (bytes <= avail) return false;
+    sk_fail(SK_ENOMEM, "out of memory: allocating %zu bytes (%.1f GiB), only %zu bytes (%.1f GiB) available", bytes,
+            (double)bytes / 1073741824.0, avail, (double)avail / 1073741824.0);
+    return true;
+}
+
 void *mem_alloc(size_t bytes) {
     void *p = NULL;
     if (bytes == 0) bytes = 1;
-    if (mem_should_fail() || posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63) != 0) {
+    if (mem_too_large(bytes)) return NULL;
+    if (mem_should_fail() || bytes > SIZE_MAX - 63 || posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63) != 0) {
         sk_fail(SK_ENOMEM, "out of memory allocating %zu bytes", bytes);
         return NULL;
     }
@@ -96,6 +123,7 @@ void *mem_calloc(size_t bytes) {
 }
 
 void *mem_realloc(void *p, size_t bytes) {
+    if (mem_too_large(bytes)) return NULL;
     void *q = mem_should_fail() ? NULL : realloc(p, bytes ? bytes : 1);
     if (!q) sk_fail(SK_ENOMEM, "out of memory growing a buffer to %zu bytes", bytes);
     return q;

@@ -52,6 +52,13 @@ void *mem_realloc(void *p, size_t bytes);   /* plain alignment; for growing arra
 void mem_free(void *p);
 char *mem_strdup(const char *s);
 void mem_fail_after(long n);
+/* Bytes the host can still give this process without swapping or the OOM killer: Linux's
+ * MemAvailable; SIZE_MAX where unknown. mem_alloc refuses (SK_ENOMEM, naming both sizes) any
+ * allocation of MEM_CHECK_BYTES or more that exceeds it: with overcommit such a block would
+ * be granted and the process killed while filling it. Plans that add many blocks compare
+ * their total with it themselves (train, bench train). */
+size_t mem_available(void);
+#define MEM_CHECK_BYTES ((size_t)64 << 20)
 
 /* Time in seconds from a monotonic clock. */
 double time_now(void);

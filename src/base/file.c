@@ -11,8 +11,14 @@
 #include <unistd.h>
 
 sk_status file_read_all(const char *path, char **out, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return sk_fail(SK_EIO, "cannot open %s: %s", path, strerror(errno));
+    /* O_NONBLOCK: a FIFO (or a device) in place of a file is refused below, not waited on */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!f) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return sk_fail(SK_EIO, "cannot open %s: %s", path, strerror(e));
+    }
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         fclose(f);
@@ -56,7 +62,7 @@ sk_status file_write_atomic(const char *path, const void *data, size_t size) {
 sk_status file_map_open(const char *path, file_map *map) {
     map->data = NULL;
     map->size = 0;
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK);   /* a FIFO is refused below, not waited on */
     if (fd < 0) return sk_fail(SK_EIO, "cannot open %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -17,6 +17,7 @@
 #include "dist/comm.h"
 #include "model/presets.h"
 #include "train/opt.h"
+#include "train/train.h"
 #include "train/zero.h"
 
 static int cmp_double(const void *a, const void *b) {
@@ -45,10 +46,12 @@ static int bench_train(int argc, char **argv) {
     sk_status st = args_parse("skein bench train", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
     /* argv[-1] is "train" (cmd_bench passed argv + 1): the ranks run "bench train <flags>" */
+    if (workers < 0) return cli_fail(sk_fail(SK_EARG, "bench train: --workers must be positive, got %ld", workers));
     if (workers > 1) return launch_workers("bench", argc + 1, argv - 1, (int)workers);
     if (!dir == !preset) return cli_fail(sk_fail(SK_EARG, "bench train: give exactly one of --model and --preset"));
-    if (B <= 0 || T <= 0 || steps <= 0 || steps > 100000)
-        return cli_fail(sk_fail(SK_EARG, "bench train: --batch, --seq and --steps must be positive"));
+    if (B <= 0 || T <= 0 || steps <= 0 || steps > 100000 || B > TRAIN_MAX_BATCH)
+        return cli_fail(sk_fail(SK_EARG, "bench train: --batch (at most %d), --seq and --steps (at most 100000) must be "
+                                         "positive", TRAIN_MAX_BATCH));
     if (zero_stage < 0 || zero_stage > 3)
         return cli_fail(sk_fail(SK_EARG, "bench train: --zero must be 0, 1, 2 or 3, got %ld", zero_stage));
     comm *c = NULL;
@@ -77,6 +80,14 @@ static int bench_train(int argc, char **argv) {
     const long lo = rank * B / world, hi = (rank + 1) * B / world, mb = hi - lo, plan_mb = (B + world - 1) / world;
     zero_mem plan;
     zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
+    /* all ranks on this host share its memory; overcommit would grant more and kill a rank */
+    const size_t avail = mem_available();
+    if (avail != SIZE_MAX && plan.peak > avail / (size_t)world) {
+        st = sk_fail(SK_ENOMEM, "bench train: --batch %ld x --seq %ld needs %.1f MiB per rank at ZeRO-%ld, beyond the "
+                     "%.1f MiB available", B, T, (double)plan.peak / 1048576.0, zero_stage,
+                     (double)(avail / (size_t)world) / 1048576.0);
+        goto done;
+    }
     if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
     times = mem_alloc(sizeof(double) * 4 * (size_t)steps);

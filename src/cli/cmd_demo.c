@@ -159,7 +159,10 @@ int cmd_demo(int argc, char **argv) {
     };
     sk_status st = args_parse("skein demo", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
-    if (steps <= 0 || vocab < 300 || layers <= 0 || dim < 64 || dim % 64 || corpus_mb <= 0)
-        return cli_fail(sk_fail(SK_EARG, "demo: --steps, --layers positive; --vocab-size >= 300; --dim a multiple of 64"));
+    /* upper bounds: the values are narrowed to int (and the corpus size to size_t) below */
+    if (steps <= 0 || steps > 1000000000 || vocab < 300 || vocab > 1 << 24 || layers <= 0 || layers > 1024 || dim < 64 ||
+        dim > 65536 || dim % 64 || !(corpus_mb > 0 && corpus_mb <= 1e6))
+        return cli_fail(sk_fail(SK_EARG, "demo: --steps in [1, 1e9], --layers in [1, 1024], --vocab-size in [300, 2^24], "
+                                         "--dim a multiple of 64 up to 65536, --corpus-mb in (0, 1e6]"));
     return cli_fail(demo_run(out, steps, corpus_mb, vocab, layers, dim, prompt));
 }

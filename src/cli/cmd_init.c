@@ -52,8 +52,8 @@ static sk_status init_config(const char *arch, const char *preset, const init_sh
             model_config_llama(cfg, (int)s->layers, (int)s->heads, (int)(s->kv_heads ? s->kv_heads : s->heads),
                                (int)s->dim, (int)llama_default_ffn(s->dim), (int)s->context, vocab);
     }
-    if (s->ffn > 0) {
-        if (s->ffn > 1 << 20) return sk_fail(SK_EARG, "init: --ffn-dim %ld is out of range", s->ffn);
+    if (s->ffn != 0) {
+        if (s->ffn < 0 || s->ffn > 1 << 20) return sk_fail(SK_EARG, "init: --ffn-dim %ld is out of range", s->ffn);
         cfg->ffn_dim = (int)s->ffn;
     }
     if (kind == ARCH_LLAMA && cfg->n_embd % cfg->n_head)

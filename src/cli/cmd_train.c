@@ -23,7 +23,8 @@ static sk_status parse_bytes(const char *flag, const char *text, size_t *out) {
     default: break;
     }
     if (*end == 'B' || *end == 'b') end++;
-    if (end == text || *end || !(v > 0))
+    /* below 2^62: a larger double does not convert to size_t (and no host has that much) */
+    if (end == text || *end || !(v * mul >= 1 && v * mul < 0x1p62))
         return sk_fail(SK_EARG, "train: %s wants a size in bytes such as 8G or 512M, got '%s'", flag, text);
     *out = (size_t)(v * mul);
     return SK_OK;
@@ -113,6 +114,10 @@ int cmd_train(int argc, char **argv) {
     }
     if (!(timeout > 0)) return cli_fail(sk_fail(SK_EARG, "train: --comm-timeout must be positive"));
     if (seed < 0) return cli_fail(sk_fail(SK_EARG, "train: --seed must not be negative"));
+    if (wd < 0) return cli_fail(sk_fail(SK_EARG, "train: --weight-decay must not be negative, got %g", wd));
+    if (clip < 0) return cli_fail(sk_fail(SK_EARG, "train: --grad-clip must not be negative (0 = off), got %g", clip));
+    if (min_lr < 0 || min_lr > 1)
+        return cli_fail(sk_fail(SK_EARG, "train: --min-lr-frac must be in [0, 1], got %g", min_lr));
     o.seed = (uint64_t)seed;
     o.hp.lr = (float)lr;
     o.hp.min_lr_frac = (float)min_lr;

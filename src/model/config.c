@@ -557,6 +557,9 @@ static sk_status llama_validate(const model_config *cfg, const char *what) {
                        CFG_MAX_POSITIONS);
     if (cfg->sliding_window && !strcmp(lt->model_type, "llama"))
         return sk_fail(SK_ECONFIG, "%s: field \"sliding_window\": llama has no sliding window (use mistral)", what);
+    if (cfg->head_dim % 2)   /* transformers' rotate_half splits each head in two halves */
+        return sk_fail(SK_ECONFIG, "%s: field \"head_dim\" = %d must be even (rotary embeddings turn pairs)", what,
+                       cfg->head_dim);
     if (!(cfg->rope_theta > 1 && isfinite(cfg->rope_theta)))
         return sk_fail(SK_ECONFIG, "%s: field \"rope_theta\" = %g must be a finite number > 1", what,
                        (double)cfg->rope_theta);

@@ -361,7 +361,8 @@ static sk_status template_ids(tok *t, const cJSON *tp, const char *name, const c
     if (!cJSON_IsArray(list))
         return sk_fail(SK_EFORMAT, "%s: post_processor TemplateProcessing has no special_tokens entry for \"%s\"", path, name);
     cJSON_ArrayForEach(v, list) {
-        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= (1 << 24) || *n >= cap)
+        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= (1 << 24) ||
+            v->valuedouble != (double)(int32_t)v->valuedouble || *n >= cap)
             return sk_fail(SK_EFORMAT, "%s: post_processor special token \"%s\" has a bad id list", path, name);
         ids[(*n)++] = (int32_t)v->valuedouble;
     }
@@ -418,6 +419,14 @@ static sk_status load_doc(tok *t, cJSON *doc, const char *path) {
     SK_TRY(read_post(t, cJSON_GetObjectItemCaseSensitive(doc, "post_processor"), path, 0));
     SK_TRY(read_added(t, cJSON_GetObjectItemCaseSensitive(doc, "added_tokens"), path));
     if (t->n_ids == 0) return sk_fail(SK_EFORMAT, "%s: the vocabulary is empty", path);
+    /* The post-processor's ids go straight into encodings (and to the model): each must be a
+     * token of this vocabulary. */
+    for (int i = 0; i < t->n_post_pre + t->n_post_post; i++) {
+        int32_t id = i < t->n_post_pre ? t->post_pre[i] : t->post_post[i - t->n_post_pre];
+        if (id >= t->n_ids || !t->id_str[id])
+            return sk_fail(SK_EFORMAT, "%s: post_processor special token id %d is not in the vocabulary (%d ids)", path,
+                           id, t->n_ids);
+    }
     return tok_finish(t);
 }
 

@@ -1,6 +1,7 @@
 /* opt: AdamW, the cosine schedule and the optimizer state file (see opt.h). */
 #include "train/opt.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -89,6 +90,20 @@ sk_status adamw_save(const adamw *o, size_t n_params, const char *path) {
     return st;
 }
 
+/* Refuses moments no AdamW run can produce: a non-finite m or v, or a negative v (a sum of
+ * squares), and a step the kernels cannot count (they take an int). A flipped bit in the file
+ * would otherwise turn the parameters into NaN at the first step after resuming. */
+static sk_status check_state(const char *path, const float *m, const float *v, size_t n, uint64_t step) {
+    if (step > (uint64_t)INT_MAX)
+        return sk_fail(SK_EFORMAT, "%s: optimizer step %llu is out of range: the file is corrupt", path,
+                       (unsigned long long)step);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(m[i]) || !isfinite(v[i]) || v[i] < 0)
+            return sk_fail(SK_EFORMAT, "%s: optimizer value %zu is invalid (m = %g, v = %g): the file is corrupt",
+                           path, i, (double)m[i], (double)v[i]);
+    return SK_OK;
+}
+
 sk_status adamw_load(adamw *o, size_t n_params, const char *path) {
     file_map map;
     SK_TRY(file_map_open(path, &map));
@@ -110,7 +125,9 @@ sk_status adamw_load(adamw *o, size_t n_params, const char *path) {
     } else if (map.size != sizeof hdr + 2 * o->count * sizeof(float)) {
         st = sk_fail(SK_EFORMAT, "%s: truncated optimizer state (%zu bytes, expected %zu)", path, map.size,
                      sizeof hdr + 2 * o->count * sizeof(float));
-    } else {
+    } else if ((st = check_state(path, (const float *)((const char *)map.data + sizeof hdr),
+                                 (const float *)((const char *)map.data + sizeof hdr) + o->count, o->count,
+                                 hdr.step)) == SK_OK) {
         const float *mv = (const float *)((const char *)map.data + sizeof hdr);
         o->be->ops->upload(o->be, o->m, mv, o->count * sizeof(float));
         o->be->ops->upload(o->be, o->v, mv + o->count, o->count * sizeof(float));
@@ -189,7 +206,7 @@ sk_status opt_state_read(backend *be, const char *path, size_t n_params, const o
     }
     uint64_t total = 0;
     for (uint64_t i = 0; i < n_ranges; i++) {
-        if (list[2 * i] + list[2 * i + 1] > n_params) {
+        if (list[2 * i] > n_params || list[2 * i + 1] > n_params - list[2 * i]) {
             st = sk_fail(SK_EFORMAT, "%s: range [%llu, +%llu) beyond the model's %zu parameters", path,
                          (unsigned long long)list[2 * i], (unsigned long long)list[2 * i + 1], n_params);
             goto done;
@@ -202,6 +219,7 @@ sk_status opt_state_read(backend *be, const char *path, size_t n_params, const o
         goto done;
     }
     const float *fm = (const float *)(data + head), *fv = fm + total;
+    if ((st = check_state(path, fm, fv, total, hdr.step))) goto done;
     size_t k = 0;
     for (uint64_t i = 0; i < n_ranges; k += list[2 * i + 1], i++) {
         size_t fb = list[2 * i], fe = fb + list[2 * i + 1];

@@ -70,7 +70,8 @@ static sk_status check_opts(const train_opts *o) {
     if (o->steps <= 0) return sk_fail(SK_EARG, "train: --steps must be positive, got %ld", o->steps);
     if (o->stop_after < 0 || o->stop_after > o->steps)
         return sk_fail(SK_EARG, "train: --stop-after must be between 1 and --steps (%ld), got %ld", o->steps, o->stop_after);
-    if (o->batch <= 0) return sk_fail(SK_EARG, "train: --batch must be positive, got %ld", o->batch);
+    if (o->batch <= 0 || o->batch > TRAIN_MAX_BATCH)
+        return sk_fail(SK_EARG, "train: --batch must be in [1, %d], got %ld", TRAIN_MAX_BATCH, o->batch);
     if (o->zero < 0 || o->zero > 3) return sk_fail(SK_EARG, "train: --zero must be 0, 1, 2 or 3, got %d", o->zero);
     if (o->micro_batch < 0 || o->micro_batch > o->batch)
         return sk_fail(SK_EARG, "train: --micro-batch must be between 1 and --batch (%ld), got %ld", o->batch, o->micro_batch);
@@ -141,14 +142,22 @@ static sk_status open_log(trainer *tr, bool resumed) {
         char *text;
         size_t n;
         SK_TRY(file_read_all(path, &text, &n));
-        FILE *f = fopen(path, "w");
-        if (!f) { mem_free(text); return sk_fail(SK_EIO, "cannot rewrite %s", path); }
+        /* The lines up to the checkpoint's step, compacted in place and swapped in atomically:
+         * a run killed now (or while writing) keeps its whole history. */
+        size_t k = 0;
         for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
             long step = 0;
-            if (sscanf(line, "{\"step\": %ld", &step) == 1 && step <= tr->st.step) fprintf(f, "%s\n", line);
+            size_t len = strlen(line);
+            if (sscanf(line, "{\"step\": %ld", &step) == 1 && step <= tr->st.step) {
+                memmove(text + k, line, len);
+                k += len;
+                text[k++] = '\n';
+            }
         }
+        sk_status st = file_write_atomic(path, text, k);
         mem_free(text);
-        tr->log = f;
+        SK_TRY(st);
+        if (!(tr->log = fopen(path, "a"))) return sk_fail(SK_EIO, "cannot append to %s", path);
         return SK_OK;
     }
     tr->log = fopen(path, "w");
@@ -326,6 +335,10 @@ static sk_status save_checkpoint(trainer *tr) {
     mem_free(full);
     SK_TRY(agree(tr, st, "writing the checkpoint's model"));
     st = tr->rank == 0 ? ckpt_commit(o->out, &tr->st, (int)o->keep_checkpoints) : SK_OK;
+    /* The tokenizer is copied from the checkpoint just committed from now on: after --resume
+     * it came from a checkpoint that pruning (--keep-checkpoints) deletes. */
+    if (st == SK_OK && tr->rank == 0 && tr->tokenizer_path[0])
+        snprintf(tr->tokenizer_path, sizeof tr->tokenizer_path, "%s/checkpoint-%ld/tokenizer.json", o->out, tr->st.step);
     return agree(tr, st, "committing the checkpoint");
 }
 
@@ -506,13 +519,8 @@ static sk_status train_loop(trainer *tr) {
  * ranks (all assumed on this host). */
 static size_t memory_budget(const trainer *tr) {
     if (tr->o->mem_limit) return tr->o->mem_limit;
-    FILE *f = fopen("/proc/meminfo", "r");
-    size_t kb = 0;
-    char line[256];
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "MemAvailable:", 13)) kb = strtoull(line + 13, NULL, 10);
-    if (f) fclose(f);
-    return kb * 1024 / (size_t)tr->world;
+    size_t avail = mem_available();
+    return avail == SIZE_MAX ? SIZE_MAX : avail / (size_t)tr->world;
 }
 
 /* --micro-batch auto: the largest micro-batch (at most a rank's share of the batch) whose
@@ -520,7 +528,17 @@ static size_t memory_budget(const trainer *tr) {
 static sk_status pick_micro_batch(trainer *tr) {
     const train_opts *o = tr->o;
     if (!o->micro_auto) {
+        /* A plan beyond the host's memory would be granted by overcommit and the rank killed
+         * while filling it: refused up front (the plan undercounts, so nothing that fits is). */
         tr->micro_batch = o->micro_batch > 0 ? o->micro_batch : o->batch;
+        const size_t budget = memory_budget(tr);
+        zero_mem p;
+        zero_plan(tr->m, tr->world, o->zero, o->dynamic, 4, (int)tr->micro_batch, (int)o->seq, &p);
+        if (p.peak > budget)
+            return sk_fail(SK_ENOMEM, "train: a micro-batch of %ld x %ld tokens needs %.1f MiB per rank at ZeRO-%d, "
+                           "beyond the %.1f MiB%s; lower --micro-batch, --batch or --seq, or use --micro-batch auto",
+                           tr->micro_batch, o->seq, (double)p.peak / 1048576.0, o->zero, (double)budget / 1048576.0,
+                           o->mem_limit ? " of --mem-limit" : " available");
         return SK_OK;
     }
     if (!tr->m->arch->train_bytes)

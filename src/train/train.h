@@ -23,6 +23,10 @@
 #include "dist/comm.h"
 #include "train/opt.h"
 
+/* Most sequences in one optimizer step: far above any real batch, and a count the model
+ * functions' int arguments hold (a larger --batch was truncated on its way there). */
+#define TRAIN_MAX_BATCH (1 << 20)
+
 typedef struct train_opts {
     const char *model;        /* a model folder to fine-tune, or a preset name (random init) */
     const char *data;         /* prepared dataset folder, a shard, or an llm.c .bin file */
@@ -42,7 +46,8 @@ typedef struct train_opts {
     int zero;                 /* ZeRO stage 0-3 */
     bool dynamic;             /* --data-dist dynamic */
     bool micro_auto;          /* --micro-batch auto: the largest that fits mem_limit */
-    size_t mem_limit;         /* bytes per rank for auto (0: MemAvailable / world) */
+    size_t mem_limit;         /* bytes per rank (0: MemAvailable / world): auto picks within it,
+                                 an explicit micro-batch beyond it is refused */
     int slow_rank;            /* debug: this rank sleeps slow_ms after each micro-batch (-1: none) */
     long slow_ms;
     int kill_rank;            /* debug: this rank SIGKILLs itself after step kill_step (-1: none) */

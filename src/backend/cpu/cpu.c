@@ -39,8 +39,10 @@ static inline float cpu_expf(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    union { float f; int32_t i; } tb = {t}, sc;
-    sc.i = (tb.i - 0x4B400000 + 127) << 23;            /* bits of shifter + n, minus shifter */
+    union { float f; uint32_t i; } tb = {t}, sc;
+    /* bits of shifter + n, minus shifter; unsigned, so a NaN input (whose t has any bits)
+     * gives some finite scale and the NaN in p carries through, without undefined shifts */
+    sc.i = (tb.i - 0x4B400000u + 127u) << 23;
     return p * sc.f;
 }
 
