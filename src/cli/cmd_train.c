@@ -76,7 +76,7 @@ int cmd_train(int argc, char **argv) {
         {"--debug-sample-log", ARG_BOOL, &o.sample_log, NULL, "OUT/samples-rank<r>.txt lists the samples each rank used", false, false},
         {"--device", ARG_STR, &o.device, "cpu|cuda", "where to train (default cpu)", false, false},
         {"--eval-every", ARG_INT, &o.eval_every, "N", "validation loss every N steps (0 = never)", false, false},
-        {"--eval-batches", ARG_INT, &o.eval_batches, "N", "micro-batches per evaluation (default 8)", false, false},
+        {"--eval-batches", ARG_INT, &o.eval_batches, "N", "batches per evaluation, each --micro-batch sequences (--batch under auto; default 8)", false, false},
         {"--save-every", ARG_INT, &o.save_every, "N", "checkpoint every N steps (0 = only at the end)", false, false},
         {"--keep-checkpoints", ARG_INT, &o.keep_checkpoints, "K", "keep the newest K checkpoints (default 3)", false, false},
         {"--seed", ARG_INT, &seed, "S", "initialization, data order and dropout seed (default 1337)", false, false},
