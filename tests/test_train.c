@@ -240,6 +240,13 @@ TEST(half_written_checkpoint_is_ignored) {
     /* Only the newest 3 complete checkpoints are kept (3, 6, 7). */
     snprintf(path, sizeof path, "%s/checkpoint-3", out);
     CHECK(file_exists(path));
+    /* --stop-after at or before the step a resume starts from would never stop: refused. */
+    run_opts(&o, model_dir, data, out);
+    o.steps = o.hp.total_steps = 10;
+    o.resume = true;
+    o.stop_after = 7;
+    CHECK(train_run(&o) == SK_EARG);
+    CHECK_MSG(strstr(sk_errmsg(), "--stop-after 7"), "%s", sk_errmsg());
     /* A corrupt optimizer state is refused with a message naming the file. */
     snprintf(path, sizeof path, "%s/checkpoint-7/optimizer.bin", out);
     CHECK(file_write_all(path, "SKOPT", 5) == SK_OK);

@@ -94,6 +94,9 @@ static sk_status load_model(trainer *tr, bool *resumed) {
         SK_TRY(ckpt_load_state(ckpt, &tr->st));
         if (tr->st.step > o->steps)
             return sk_fail(SK_EARG, "train: %s is at step %ld, beyond --steps %ld", ckpt, tr->st.step, o->steps);
+        if (o->stop_after > 0 && o->stop_after <= tr->st.step)
+            return sk_fail(SK_EARG, "train: %s is already at step %ld; --stop-after %ld would not stop the run", ckpt,
+                           tr->st.step, o->stop_after);
         if (tr->st.world_size != tr->world || tr->st.zero != o->zero || tr->st.dynamic != o->dynamic)
             if (tr->rank == 0)
                 log_info("resuming a run saved at world size %d, ZeRO-%d, %s data as world size %d, ZeRO-%d, %s",
