@@ -91,7 +91,7 @@ $(BUILD)/skein: $(BUILD)/src/cli/main.o $(BUILD)/libskein.a
 skein: $(BUILD)/skein
 	cp $< $@
 
-$(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libskein.a
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/libskein.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libskein.a $(LDLIBS)
 

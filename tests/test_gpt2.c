@@ -6,6 +6,7 @@
  * The tests read m->params and m->grads directly: the CPU backend's memory is host memory.
  * SKEIN_BENCH=1 adds a timing case for the 124M shapes (B=4, T=64). */
 #include "test.h"
+#include "test_model.h"
 
 #include <cJSON.h>
 
@@ -16,19 +17,13 @@
 #include "infer/generate.h"
 #include "model/model.h"
 
-static backend *test_be(void) {
-    static backend *be;
-    if (!be) be = backend_cpu_create();
-    return be;
-}
-
 /* A GPT-2 of the given shape with every parameter N(0, sd) (LayerNorm weights 1 + N(0, sd)),
  * so every weight matters to the loss. */
 static model *tiny_model(int L, int NH, int C, int V, int T, uint64_t seed, float sd) {
     model_config cfg;
     model_config_gpt2(&cfg, L, NH, C, T, V);
     model *m = NULL;
-    SK_ASSERT(model_create(&cfg, test_be(), &m) == SK_OK);
+    SK_ASSERT(model_create(&cfg, test_cpu(), &m) == SK_OK);
     rng r;
     rng_seed(&r, seed);
     for (int i = 0; i < m->n_specs; i++) {
@@ -37,12 +32,6 @@ static model *tiny_model(int L, int NH, int C, int V, int T, uint64_t seed, floa
         for (size_t j = 0; j < p->numel; j++) m->params[p->offset + j] = (lnw ? 1.0f : 0.0f) + sd * rng_normal(&r);
     }
     return m;
-}
-
-static void random_tokens(int *t, int n, int V, uint64_t seed) {
-    rng r;
-    rng_seed(&r, seed);
-    for (int i = 0; i < n; i++) t[i] = (int)rng_below(&r, (uint64_t)V);
 }
 
 static int argmax(const float *x, int n) {
@@ -66,7 +55,7 @@ TEST(logits_and_greedy_match_transformers) {
     cJSON_Delete(ref);
 
     model *m = NULL;
-    CHECK_MSG(model_load(test_path("fixtures/gpt2-tiny"), test_be(), &m) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(model_load(test_path("fixtures/gpt2-tiny"), test_cpu(), &m) == SK_OK, "%s", sk_errmsg());
     CHECK(m->cfg.vocab_size == 101 && m->cfg.n_layer == 2);
     char *want = NULL;
     size_t size = 0;
@@ -108,102 +97,29 @@ TEST(logits_and_greedy_match_transformers) {
 
 /* ---- gradients ---- */
 
-enum { GL = 2, GNH = 2, GC = 16, GV = 37, GT = 8, GB = 2 };
+enum { GL = 2, GNH = 2, GC = 16, GV = 37, GT = TEST_GT, GB = TEST_GB };
 
-/* Central differences in f32 with step h = 1e-2 on parameters of size ~0.3: the loss (~4)
- * carries f32 rounding of ~1e-6, i.e. ~1e-4 in the difference quotient, and the truncation
- * error h^2 f''' /6 is of the same order. Per checked parameter we require
- * |analytic - numeric| <= 2e-2 |analytic| + 3e-4. Checked: in every tensor the 3 entries
- * with the largest gradient and 2 random ones. */
-static void grad_check(bool dropout) {
+/* Whole-model gradients against finite differences (test_model.h states the tolerance),
+ * with dropout off and on (the same seed in every forward, so the masks are fixed). */
+static bool grad_check(bool dropout) {
     model *m = tiny_model(GL, GNH, GC, GV, GT, 11, 0.3f);
     m->dropout = dropout;
     m->cfg.resid_pdrop = m->cfg.embd_pdrop = m->cfg.attn_pdrop = 0.2f;
     m->dropout_seed = 99;
-    int tokens[GB * GT], targets[GB * GT];
-    random_tokens(tokens, GB * GT, GV, 1);
-    random_tokens(targets, GB * GT, GV, 2);
-    targets[3] = -1;   /* an ignored position */
-    int counted = GB * GT - 1;
-    CHECK(model_train_prepare(m, GB, GT) == SK_OK);
-    model_zero_grad(m);
-    model_forward(m, tokens, targets, GB, GT);
-    model_backward(m, 1.0f / counted);
-
-    rng r;
-    rng_seed(&r, 5);
-    const float h = 1e-2f;
-    int checked = 0;
-    double worst = 0;
-    for (int s = 0; s < m->n_specs; s++) {
-        const model_param *p = &m->specs[s];
-        size_t idx[5];
-        for (int k = 0; k < 3; k++) {   /* the 3 largest |grad|, distinct */
-            size_t best = 0;
-            float bv = -1;
-            for (size_t j = 0; j < p->numel; j++) {
-                float g = fabsf(m->grads[p->offset + j]);
-                bool taken = false;
-                for (int q = 0; q < k; q++) taken |= idx[q] == j;
-                if (!taken && g > bv) { bv = g; best = j; }
-            }
-            idx[k] = best;
-        }
-        idx[3] = rng_below(&r, p->numel);
-        idx[4] = rng_below(&r, p->numel);
-        for (int k = 0; k < 5; k++) {
-            float *x = &m->params[p->offset + idx[k]];
-            float x0 = *x;
-            *x = x0 + h;
-            double lp = model_forward(m, tokens, targets, GB, GT);
-            *x = x0 - h;
-            double lm = model_forward(m, tokens, targets, GB, GT);
-            *x = x0;
-            double num = (lp - lm) / (2.0 * h), an = m->grads[p->offset + idx[k]];
-            double err = fabs(num - an), tol = 2e-2 * fabs(an) + 3e-4;
-            worst = err / tol > worst ? err / tol : worst;
-            CHECK_MSG(err <= tol, "%s[%zu]: analytic %.6g numeric %.6g", p->name, idx[k], an, num);
-            checked++;
-        }
-    }
-    printf("  %d parameters checked (dropout %s), worst error/tolerance %.3f\n", checked, dropout ? "on" : "off", worst);
+    bool ok = test_grad_check(m, dropout ? "dropout on" : "dropout off");
     model_free(m);
+    return ok;
 }
 
-TEST(gradients_match_finite_differences) { grad_check(false); }
-TEST(gradients_match_finite_differences_with_dropout) { grad_check(true); }
+TEST(gradients_match_finite_differences) { CHECK(grad_check(false)); }
+TEST(gradients_match_finite_differences_with_dropout) { CHECK(grad_check(true)); }
 
-/* Two half batches with dloss = 1/(all counted tokens) sum to the full batch's gradients;
- * only summation order differs, so |full - halves| <= 1e-6 (1 + |g|). */
+/* Gradient accumulation over two half batches equals one full batch (test_model.h). */
 TEST(gradient_accumulation_matches_full_batch) {
     model *m = tiny_model(GL, GNH, GC, GV, GT, 12, 0.3f);
-    int tokens[4 * GT], targets[4 * GT];
-    random_tokens(tokens, 4 * GT, GV, 3);
-    random_tokens(targets, 4 * GT, GV, 4);
-    targets[5] = targets[20] = -1;
-    int counted = 4 * GT - 2;
-    CHECK(model_train_prepare(m, 4, GT) == SK_OK);
-    model_zero_grad(m);
-    float full_loss = model_forward(m, tokens, targets, 4, GT);
-    model_backward(m, 1.0f / counted);
-    float *full = malloc(m->n_params * sizeof(float));
-    memcpy(full, m->grads, m->n_params * sizeof(float));
-    model_zero_grad(m);
-    float l1 = model_forward(m, tokens, targets, 2, GT);
-    model_backward(m, 1.0f / counted);
-    float l2 = model_forward(m, tokens + 2 * GT, targets + 2 * GT, 2, GT);
-    model_backward(m, 1.0f / counted);
-    /* first half has one ignored target (index 5), second half one (index 20) */
-    CHECK_NEAR((l1 * (2 * GT - 1) + l2 * (2 * GT - 1)) / counted, full_loss, 1e-5);
-    double worst = 0;
-    for (size_t i = 0; i < m->n_params; i++) {
-        double d = fabs(full[i] - m->grads[i]) / (1.0 + fabs(full[i]));
-        worst = d > worst ? d : worst;
-    }
-    free(full);
-    printf("  worst relative difference %.3g\n", worst);
-    CHECK_MSG(worst <= 1e-6, "worst relative difference %g", worst);
+    bool ok = test_grad_accumulation(m);
     model_free(m);
+    CHECK(ok);
 }
 
 /* ---- inference ---- */
@@ -214,7 +130,7 @@ TEST(kv_cache_matches_full_forward) {
     enum { T = 12, V = 53 };
     model *m = tiny_model(3, 4, 32, V, 16, 21, 0.3f);
     int tokens[T];
-    random_tokens(tokens, T, V, 6);
+    test_random_tokens(tokens, T, V, 6);
     CHECK(model_train_prepare(m, 1, T) == SK_OK);
     model_forward(m, tokens, NULL, 1, T);
     float *full = malloc(sizeof(float) * T * V);
@@ -244,8 +160,8 @@ TEST(overfits_one_batch) {
     model *m = tiny_model(GL, GNH, GC, GV, GT, 13, 0.0f);
     model_init_weights(m, 13);
     int tokens[GB * GT], targets[GB * GT];
-    random_tokens(tokens, GB * GT, GV, 7);
-    random_tokens(targets, GB * GT, GV, 8);
+    test_random_tokens(tokens, GB * GT, GV, 7);
+    test_random_tokens(targets, GB * GT, GV, 8);
     CHECK(model_train_prepare(m, GB, GT) == SK_OK);
     float *mm = calloc(m->n_params, sizeof(float)), *vv = calloc(m->n_params, sizeof(float));
     backend *be = m->be;
@@ -272,8 +188,8 @@ TEST(overfits_one_batch) {
 TEST(dropout_is_seeded_and_off_is_exact) {
     model *m = tiny_model(GL, GNH, GC, GV, GT, 14, 0.3f);
     int tokens[GB * GT], targets[GB * GT];
-    random_tokens(tokens, GB * GT, GV, 9);
-    random_tokens(targets, GB * GT, GV, 10);
+    test_random_tokens(tokens, GB * GT, GV, 9);
+    test_random_tokens(targets, GB * GT, GV, 10);
     CHECK(model_train_prepare(m, GB, GT) == SK_OK);
     float plain = model_forward(m, tokens, targets, GB, GT);
     m->dropout_seed = 5;
@@ -295,7 +211,7 @@ TEST(init_weights_follow_gpt2) {
     model_config cfg;
     model_config_gpt2(&cfg, 4, 4, 64, 128, 500);
     model *m = NULL, *m2 = NULL;
-    CHECK(model_create(&cfg, test_be(), &m) == SK_OK && model_create(&cfg, test_be(), &m2) == SK_OK);
+    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK && model_create(&cfg, test_cpu(), &m2) == SK_OK);
     model_init_weights(m, 3);
     model_init_weights(m2, 3);
     CHECK(!memcmp(m->params, m2->params, m->n_params * sizeof(float)));
@@ -323,14 +239,14 @@ TEST(bench_124m_step) {
     model_config cfg;
     model_config_gpt2(&cfg, 12, 12, 768, 1024, 50257);
     model *m = NULL;
-    CHECK(model_create(&cfg, test_be(), &m) == SK_OK);
+    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK);
     model_init_weights(m, 1);
     CHECK(model_train_prepare(m, B, T) == SK_OK);
     backend *be = m->be;
     float *mm = be->ops->alloc(be, m->n_params * sizeof(float)), *vv = be->ops->alloc(be, m->n_params * sizeof(float));
     int tokens[B * T], targets[B * T];
-    random_tokens(tokens, B * T, 50257, 1);
-    random_tokens(targets, B * T, 50257, 2);
+    test_random_tokens(tokens, B * T, 50257, 1);
+    test_random_tokens(targets, B * T, 50257, 2);
     enum { WARM = 2, STEPS = 5 };
     double ms[4][STEPS];   /* zero_grad, forward, backward, adamw */
     for (int step = 1; step <= WARM + STEPS; step++) {

@@ -11,6 +11,7 @@
  * Letters: L layers, NH heads, NKV KV heads, C channels, HS head size, F MLP width,
  * V vocabulary, T time, W sliding window. */
 #include "test.h"
+#include "test_model.h"
 
 #include <cJSON.h>
 
@@ -21,12 +22,6 @@
 #include "infer/generate.h"
 #include "model/model.h"
 #include "model/safetensors.h"
-
-static backend *test_be(void) {
-    static backend *be;
-    if (!be) be = backend_cpu_create();
-    return be;
-}
 
 /* A Llama config built in code (what the config loader fills from config.json). */
 typedef struct tiny_shape {
@@ -68,7 +63,7 @@ static model *tiny_model(const tiny_shape *s, uint64_t seed, float sd) {
     model_config cfg;
     tiny_config(&cfg, s);
     model *m = NULL;
-    SK_ASSERT(model_create(&cfg, test_be(), &m) == SK_OK);
+    SK_ASSERT(model_create(&cfg, test_cpu(), &m) == SK_OK);
     rng r;
     rng_seed(&r, seed);
     for (int i = 0; i < m->n_specs; i++) {
@@ -77,12 +72,6 @@ static model *tiny_model(const tiny_shape *s, uint64_t seed, float sd) {
         for (size_t j = 0; j < p->numel; j++) m->params[p->offset + j] = (norm ? 1.0f : 0.0f) + sd * rng_normal(&r);
     }
     return m;
-}
-
-static void random_tokens(int *t, int n, int V, uint64_t seed) {
-    rng r;
-    rng_seed(&r, seed);
-    for (int i = 0; i < n; i++) t[i] = (int)rng_below(&r, (uint64_t)V);
 }
 
 static int argmax(const float *x, int n) {
@@ -190,7 +179,7 @@ static void transformers_case(const char *name) {
     const int V = cfg.vocab_size;
 
     model *m = NULL;
-    CHECK_MSG(model_create(&cfg, test_be(), &m) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(model_create(&cfg, test_cpu(), &m) == SK_OK, "%s", sk_errmsg());
     st_file f;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     CHECK_MSG(st_open(test_path(path), &f) == SK_OK, "%s", sk_errmsg());
@@ -248,114 +237,40 @@ TEST(qwen2_bias_logits_and_greedy_match_transformers) { transformers_case("qwen2
 
 /* ---- gradients ---- */
 
-enum { GB = 2, GT = 8 };
+enum { GB = TEST_GB, GT = TEST_GT };
 
-/* Five-point central differences (error O(h^4)) in f32 with step h = 1e-2 on parameters of
- * size ~0.3. The plain two-point quotient (test_gpt2.c's) reached 90% of the tolerance on
- * embedding rows: RMSNorm divides a row of RMS ~0.3 by its RMS, which triples the step's
- * effect and the h^2 truncation error; the five-point stencil removes it while the f32
- * rounding of the loss (~1e-6, i.e. ~1.5e-4 in the quotient) stays under the tolerance:
- * per checked parameter |analytic - numeric| <= 2e-2 |analytic| + 3e-4. Checked: in every
- * tensor the 3 entries with the largest gradient and 2 random ones. */
-static void grad_check(const tiny_shape *sh, const char *what) {
+/* Whole-model gradients against five-point finite differences (test_model.h states the
+ * tolerance; the two-point quotient reached 90% of it on embedding rows, where RMSNorm
+ * divides a row of RMS ~0.3 by its RMS and triples the truncation error). */
+static bool grad_check(const tiny_shape *sh, const char *what) {
     model *m = tiny_model(sh, 11, 0.3f);
-    int tokens[GB * GT], targets[GB * GT];
-    random_tokens(tokens, GB * GT, sh->V, 1);
-    random_tokens(targets, GB * GT, sh->V, 2);
-    targets[3] = -1;   /* an ignored position */
-    int counted = GB * GT - 1;
-    CHECK(model_train_prepare(m, GB, GT) == SK_OK);
-    model_zero_grad(m);
-    model_forward(m, tokens, targets, GB, GT);
-    model_backward(m, 1.0f / counted);
-
-    rng r;
-    rng_seed(&r, 5);
-    const float h = 1e-2f;
-    int checked = 0;
-    double worst = 0;
-    for (int s = 0; s < m->n_specs; s++) {
-        const model_param *p = &m->specs[s];
-        size_t idx[5];
-        for (int k = 0; k < 3; k++) {   /* the 3 largest |grad|, distinct */
-            size_t best = 0;
-            float bv = -1;
-            for (size_t j = 0; j < p->numel; j++) {
-                float g = fabsf(m->grads[p->offset + j]);
-                bool taken = false;
-                for (int q = 0; q < k; q++) taken |= idx[q] == j;
-                if (!taken && g > bv) { bv = g; best = j; }
-            }
-            idx[k] = best;
-        }
-        idx[3] = rng_below(&r, p->numel);
-        idx[4] = rng_below(&r, p->numel);
-        for (int k = 0; k < 5; k++) {
-            float *x = &m->params[p->offset + idx[k]];
-            float x0 = *x;
-            double f[4];   /* at x0 - 2h, x0 - h, x0 + h, x0 + 2h */
-            const float steps[4] = {-2 * h, -h, h, 2 * h};
-            for (int q = 0; q < 4; q++) {
-                *x = x0 + steps[q];
-                f[q] = model_forward(m, tokens, targets, GB, GT);
-            }
-            *x = x0;
-            double num = (8.0 * (f[2] - f[1]) - (f[3] - f[0])) / (12.0 * h), an = m->grads[p->offset + idx[k]];
-            double err = fabs(num - an), tol = 2e-2 * fabs(an) + 3e-4;
-            worst = err / tol > worst ? err / tol : worst;
-            CHECK_MSG(err <= tol, "%s: %s[%zu]: analytic %.6g numeric %.6g", what, p->name, idx[k], an, num);
-            checked++;
-        }
-    }
-    printf("  %s: %d parameters in %d tensors checked, worst error/tolerance %.3f\n", what, checked, m->n_specs, worst);
+    bool ok = test_grad_check(m, what);
     model_free(m);
+    return ok;
 }
 
 /* L NH NKV C HS F V T tied attn_bias mlp_bias W rope */
 TEST(gradients_untied_gqa2) {
     tiny_shape s = {2, 4, 2, 16, 4, 24, 37, 16, false, false, false, 0, ROPE_DEFAULT};
-    grad_check(&s, "untied, GQA 4:2");
+    CHECK(grad_check(&s, "untied, GQA 4:2"));
 }
 TEST(gradients_tied_bias_window_headdim) {
     tiny_shape s = {2, 4, 2, 12, 4, 20, 37, 16, true, true, false, 3, ROPE_LINEAR};   /* QD 16 != C 12 */
-    grad_check(&s, "tied, q/k/v bias, window 3, head_dim 4 with C/NH 3, linear rope");
+    CHECK(grad_check(&s, "tied, q/k/v bias, window 3, head_dim 4 with C/NH 3, linear rope"));
 }
 TEST(gradients_mqa_mlp_bias_llama3) {
     tiny_shape s = {2, 4, 1, 16, 8, 24, 37, 16, false, true, true, 0, ROPE_LLAMA3};
-    grad_check(&s, "GQA 4:1, all biases, llama3 rope");
+    CHECK(grad_check(&s, "GQA 4:1, all biases, llama3 rope"));
 }
 
-/* Two half batches with dloss = 1/(all counted tokens) sum to the full batch's gradients;
- * only summation order differs, so |full - halves| <= 1e-6 (1 + |g|). */
+/* Gradient accumulation over two half batches equals one full batch (test_model.h), with
+ * GQA, q/k/v biases and a sliding window. */
 TEST(gradient_accumulation_matches_full_batch) {
     tiny_shape sh = {2, 4, 2, 16, 4, 24, 37, 16, false, true, false, 5, ROPE_DEFAULT};
     model *m = tiny_model(&sh, 12, 0.3f);
-    int tokens[4 * GT], targets[4 * GT];
-    random_tokens(tokens, 4 * GT, sh.V, 3);
-    random_tokens(targets, 4 * GT, sh.V, 4);
-    targets[5] = targets[20] = -1;
-    int counted = 4 * GT - 2;
-    CHECK(model_train_prepare(m, 4, GT) == SK_OK);
-    model_zero_grad(m);
-    float full_loss = model_forward(m, tokens, targets, 4, GT);
-    model_backward(m, 1.0f / counted);
-    float *full = malloc(m->n_params * sizeof(float));
-    memcpy(full, m->grads, m->n_params * sizeof(float));
-    model_zero_grad(m);
-    float l1 = model_forward(m, tokens, targets, 2, GT);
-    model_backward(m, 1.0f / counted);
-    float l2 = model_forward(m, tokens + 2 * GT, targets + 2 * GT, 2, GT);
-    model_backward(m, 1.0f / counted);
-    CHECK_NEAR((l1 * (2 * GT - 1) + l2 * (2 * GT - 1)) / counted, full_loss, 1e-5);
-    double worst = 0;
-    for (size_t i = 0; i < m->n_params; i++) {
-        double d = fabs(full[i] - m->grads[i]) / (1.0 + fabs(full[i]));
-        worst = d > worst ? d : worst;
-    }
-    free(full);
-    printf("  worst relative difference %.3g\n", worst);
-    CHECK_MSG(worst <= 1e-6, "worst relative difference %g", worst);
+    bool ok = test_grad_accumulation(m);
     model_free(m);
+    CHECK(ok);
 }
 
 /* ---- inference ---- */
@@ -369,7 +284,7 @@ TEST(kv_cache_matches_full_forward) {
     model *m = tiny_model(&sh, 21, 0.3f);
     const int V = sh.V;
     int tokens[T];
-    random_tokens(tokens, T, V, 6);
+    test_random_tokens(tokens, T, V, 6);
     CHECK(model_train_prepare(m, 1, T) == SK_OK);
     model_forward(m, tokens, NULL, 1, T);
     float *full = malloc(sizeof(float) * T * V);
@@ -401,8 +316,8 @@ TEST(overfits_one_batch) {
     model *m = tiny_model(&sh, 13, 0.0f);
     model_init_weights(m, 13);
     int tokens[GB * GT], targets[GB * GT];
-    random_tokens(tokens, GB * GT, sh.V, 7);
-    random_tokens(targets, GB * GT, sh.V, 8);
+    test_random_tokens(tokens, GB * GT, sh.V, 7);
+    test_random_tokens(targets, GB * GT, sh.V, 8);
     CHECK(model_train_prepare(m, GB, GT) == SK_OK);
     float *mm = calloc(m->n_params, sizeof(float)), *vv = calloc(m->n_params, sizeof(float));
     backend *be = m->be;
@@ -446,7 +361,7 @@ TEST(plan_uses_hf_names_and_shapes) {
     model_config cfg;
     tiny_config(&cfg, &sh);
     model *m = NULL;
-    CHECK(model_create(&cfg, test_be(), &m) == SK_OK);
+    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK);
     CHECK(m->n_specs == 1 + 2 * 15 + 2);
     const struct { const char *name; int64_t d0, d1; } want[] = {
         {"model.embed_tokens.weight", 37, 12},
@@ -484,7 +399,7 @@ TEST(plan_uses_hf_names_and_shapes) {
     sh.tied = true;
     sh.attn_bias = sh.mlp_bias = false;
     tiny_config(&cfg, &sh);
-    CHECK(model_create(&cfg, test_be(), &m) == SK_OK);
+    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK);
     CHECK(m->n_specs == 1 + 2 * 9 + 1 && !model_find_param(m, "lm_head.weight") &&
           !model_find_param(m, "model.layers.0.self_attn.q_proj.bias"));
     model_free(m);
@@ -496,7 +411,7 @@ TEST(init_weights_follow_transformers) {
     model_config cfg;
     tiny_config(&cfg, &sh);
     model *m = NULL, *m2 = NULL;
-    CHECK(model_create(&cfg, test_be(), &m) == SK_OK && model_create(&cfg, test_be(), &m2) == SK_OK);
+    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK && model_create(&cfg, test_cpu(), &m2) == SK_OK);
     model_init_weights(m, 3);
     model_init_weights(m2, 3);
     CHECK(!memcmp(m->params, m2->params, m->n_params * sizeof(float)));

@@ -1,0 +1,127 @@
+/* Shared checks of a model's training math, for test_gpt2.c and test_llama.c: a whole-model
+ * gradient check against finite differences and the gradient-accumulation identity. They
+ * read m->params and m->grads directly (the CPU backend's memory is host memory) and
+ * return false after printing the first mismatch, so callers wrap them in CHECK. */
+#ifndef SKEIN_TEST_MODEL_H
+#define SKEIN_TEST_MODEL_H
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "base/rng.h"
+#include "model/model.h"
+
+static inline backend *test_cpu(void) {
+    static backend *be;
+    if (!be) be = backend_cpu_create();
+    return be;
+}
+
+static inline void test_random_tokens(int *t, int n, int V, uint64_t seed) {
+    rng r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) t[i] = (int)rng_below(&r, (uint64_t)V);
+}
+
+enum { TEST_GB = 2, TEST_GT = 8 };
+
+/* Five-point central differences (error O(h^4)) in f32 with step h = 1e-2 on parameters of
+ * size ~0.3: the f32 rounding of the loss (~1e-6, i.e. ~1.5e-4 in the quotient) stays under
+ * the tolerance, and the truncation error is negligible even where a norm divides a row by
+ * its scale. Per checked parameter |analytic - numeric| <= 2e-2 |analytic| + 3e-4. Checked:
+ * in every tensor the 3 entries with the largest gradient and 2 random ones, on a batch of
+ * (TEST_GB, TEST_GT) tokens with one ignored target. The model is freed by the caller. */
+static inline bool test_grad_check(model *m, const char *what) {
+    enum { B = TEST_GB, T = TEST_GT };
+    const int V = m->cfg.vocab_size;
+    int tokens[B * T], targets[B * T];
+    test_random_tokens(tokens, B * T, V, 1);
+    test_random_tokens(targets, B * T, V, 2);
+    targets[3] = -1;   /* an ignored position */
+    const int counted = B * T - 1;
+    if (model_train_prepare(m, B, T) != SK_OK) { printf("  %s: %s\n", what, sk_errmsg()); return false; }
+    model_zero_grad(m);
+    model_forward(m, tokens, targets, B, T);
+    model_backward(m, 1.0f / counted);
+
+    rng r;
+    rng_seed(&r, 5);
+    const float h = 1e-2f, steps[4] = {-2 * h, -h, h, 2 * h};
+    int checked = 0;
+    double worst = 0;
+    for (int s = 0; s < m->n_specs; s++) {
+        const model_param *p = &m->specs[s];
+        size_t idx[5];
+        for (int k = 0; k < 3; k++) {   /* the 3 largest |grad|, distinct */
+            size_t best = 0;
+            float bv = -1;
+            for (size_t j = 0; j < p->numel; j++) {
+                float g = fabsf(m->grads[p->offset + j]);
+                bool taken = false;
+                for (int q = 0; q < k; q++) taken |= idx[q] == j;
+                if (!taken && g > bv) { bv = g; best = j; }
+            }
+            idx[k] = best;
+        }
+        idx[3] = rng_below(&r, p->numel);
+        idx[4] = rng_below(&r, p->numel);
+        for (int k = 0; k < 5; k++) {
+            float *x = &m->params[p->offset + idx[k]];
+            const float x0 = *x;
+            double f[4];   /* at x0 - 2h, x0 - h, x0 + h, x0 + 2h */
+            for (int q = 0; q < 4; q++) {
+                *x = x0 + steps[q];
+                f[q] = model_forward(m, tokens, targets, B, T);
+            }
+            *x = x0;
+            double num = (8.0 * (f[2] - f[1]) - (f[3] - f[0])) / (12.0 * h), an = m->grads[p->offset + idx[k]];
+            double err = fabs(num - an), tol = 2e-2 * fabs(an) + 3e-4;
+            worst = err / tol > worst ? err / tol : worst;
+            if (err > tol) {
+                printf("  %s: %s[%zu]: analytic %.6g numeric %.6g\n", what, p->name, idx[k], an, num);
+                return false;
+            }
+            checked++;
+        }
+    }
+    printf("  %s: %d parameters in %d tensors checked, worst error/tolerance %.3f\n", what, checked, m->n_specs, worst);
+    return true;
+}
+
+/* Two half batches with dloss = 1/(all counted tokens) sum to the full batch's gradients
+ * (4 sequences of TEST_GT tokens, one ignored target in each half); only summation order
+ * differs, so |full - halves| <= 1e-6 (1 + |g|) and the losses agree within 1e-5. */
+static inline bool test_grad_accumulation(model *m) {
+    enum { T = TEST_GT };
+    const int V = m->cfg.vocab_size;
+    int tokens[4 * T], targets[4 * T];
+    test_random_tokens(tokens, 4 * T, V, 3);
+    test_random_tokens(targets, 4 * T, V, 4);
+    targets[5] = targets[20] = -1;
+    const int counted = 4 * T - 2;
+    if (model_train_prepare(m, 4, T) != SK_OK) { printf("  %s\n", sk_errmsg()); return false; }
+    model_zero_grad(m);
+    float full_loss = model_forward(m, tokens, targets, 4, T);
+    model_backward(m, 1.0f / counted);
+    float *full = malloc(m->n_params * sizeof(float));
+    memcpy(full, m->grads, m->n_params * sizeof(float));
+    model_zero_grad(m);
+    float l1 = model_forward(m, tokens, targets, 2, T);
+    model_backward(m, 1.0f / counted);
+    float l2 = model_forward(m, tokens + 2 * T, targets + 2 * T, 2, T);
+    model_backward(m, 1.0f / counted);
+    double worst = 0;
+    for (size_t i = 0; i < m->n_params; i++) {
+        double d = fabs(full[i] - m->grads[i]) / (1.0 + fabs(full[i]));
+        worst = d > worst ? d : worst;
+    }
+    free(full);
+    double loss_diff = fabs((l1 * (2 * T - 1) + l2 * (2 * T - 1)) / counted - full_loss);
+    printf("  worst relative gradient difference %.3g, loss difference %.3g\n", worst, loss_diff);
+    return worst <= 1e-6 && loss_diff <= 1e-5;
+}
+
+#endif
