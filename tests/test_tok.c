@@ -3,6 +3,7 @@
  * against HF's decode, Python's UTF-8 replacement, save/load round trips, training, bad
  * files, out-of-memory paths and encoding speed. */
 #include "test.h"
+#include "test_tok_fixtures.h"
 
 #include <pthread.h>
 
@@ -11,83 +12,14 @@
 
 /* ---- fixtures ------------------------------------------------------------------------------ */
 
-typedef struct fx_line { char *f[5]; int nf; } fx_line;
-static fx_line *fx;
-static int n_fx;
-static char *fx_text;
+static fx_table fxt;
 
-/* Splits cases.txt into lines of tab-separated fields (once). */
-static int fx_load(void) {
-    if (fx) return 1;
-    size_t n;
-    if (file_read_all(test_path("fixtures/tok/cases.txt"), &fx_text, &n) != SK_OK) return 0;
-    int cap = 2048;
-    fx = calloc((size_t)cap, sizeof *fx);
-    for (char *line = strtok(fx_text, "\n"); line; line = strtok(NULL, "\n")) {
-        if (n_fx == cap) fx = realloc(fx, (size_t)(cap *= 2) * sizeof *fx);
-        fx_line *l = &fx[n_fx++];
-        l->nf = 0;
-        for (char *p = line; p && l->nf < 5;) {
-            l->f[l->nf++] = p;
-            p = strchr(p, '\t');
-            if (p) *p++ = 0;
-        }
-    }
-    return 1;
-}
-
-/* Decodes hex into a new buffer (NUL-terminated); *n bytes. */
-static char *unhex(const char *h, size_t *n) {
-    size_t len = strlen(h) / 2;
-    char *out = malloc(len + 1);
-    for (size_t i = 0; i < len; i++) {
-        unsigned v;
-        sscanf(h + 2 * i, "%2x", &v);
-        out[i] = (char)v;
-    }
-    out[len] = 0;
-    *n = len;
-    return out;
-}
-
-static size_t parse_ids(const char *s, int32_t *ids, size_t cap) {
-    size_t n = 0;
-    char *end;
-    for (;;) {
-        long v = strtol(s, &end, 10);
-        if (end == s) break;
-        if (n < cap) ids[n] = (int32_t)v;
-        n++;
-        s = end;
-    }
-    return n;
-}
-
-static const char *tok_names[] = {"gpt2", "prefix", "added", "llama3", "legacy", "noregex"};
+static const char *const tok_names[] = {"gpt2", "prefix", "added", "llama3", "legacy", "noregex"};
 #define N_TOKS 6
 static tok *toks[N_TOKS];
 
-static tok *fx_tok(const char *name) {
-    for (int i = 0; i < N_TOKS; i++) {
-        if (strcmp(name, tok_names[i])) continue;
-        if (!toks[i]) {
-            char rel[128];
-            snprintf(rel, sizeof rel, "fixtures/tok/%s.json", name);
-            if (tok_load(test_path(rel), &toks[i]) != SK_OK) {
-                printf("  loading %s: %s\n", name, sk_errmsg());
-                return NULL;
-            }
-        }
-        return toks[i];
-    }
-    return NULL;
-}
-
-static void print_ids(const char *what, const int32_t *ids, size_t n) {
-    printf("  %s:", what);
-    for (size_t i = 0; i < n && i < 40; i++) printf(" %d", ids[i]);
-    printf(n > 40 ? " ...\n" : "\n");
-}
+static bool fx_load(void) { return fx_table_load(&fxt, "fixtures/tok/cases.txt"); }
+static tok *fx_tok(const char *name) { return fx_tok_cached("tok", tok_names, toks, N_TOKS, name); }
 
 /* Compares t's ids for text with the expected list; prints the first mismatch. */
 static int same_ids(const tok *t, const char *text, size_t len, const int32_t *want, size_t nw, const char *label) {
@@ -114,8 +46,8 @@ static int32_t want_buf[8192];
 TEST(encode_matches_hf) {
     CHECK_MSG(fx_load(), "%s", sk_errmsg());
     int checked = 0, bad = 0;
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         if (strcmp(l->f[0], "encode")) continue;
         tok *t = fx_tok(l->f[1]);
         CHECK_MSG(t, "tokenizer %s", l->f[1]);
@@ -135,8 +67,8 @@ TEST(encode_matches_hf) {
 TEST(decode_matches_hf) {
     CHECK(fx_load());
     int checked = 0;
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         if (strcmp(l->f[0], "decode")) continue;
         tok *t = fx_tok(l->f[1]);
         CHECK(t);
@@ -159,8 +91,8 @@ TEST(decode_matches_hf) {
 TEST(utf8_replacement_matches_python) {
     CHECK(fx_load());
     int checked = 0;
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         if (strcmp(l->f[0], "utf8")) continue;
         size_t n, nw, nf;
         char *in = unhex(l->f[1], &n), *want = unhex(l->nf > 2 ? l->f[2] : "", &nw), *fixed;
@@ -181,8 +113,8 @@ TEST(utf8_replacement_matches_python) {
  * added tokens that strip spaces. */
 TEST(decode_round_trips) {
     CHECK(fx_load());
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         if (strcmp(l->f[0], "encode") || !strcmp(l->f[1], "prefix") || !strcmp(l->f[1], "noregex") ||
             !strcmp(l->f[1], "added"))
             continue;
@@ -208,8 +140,8 @@ TEST(decode_round_trips) {
 TEST(stream_equals_full_decode) {
     CHECK(fx_load());
     char *out = NULL, *acc = NULL;
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         int enc = !strcmp(l->f[0], "encode");
         if (!enc && strcmp(l->f[0], "decode")) continue;
         tok *t = fx_tok(l->f[1]);
@@ -266,8 +198,8 @@ TEST(stream_equals_full_decode) {
 /* ---- save and load ------------------------------------------------------------------------- */
 
 static int same_on_fixtures(const tok *a, const tok *b, const char *name) {
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         if (strcmp(l->f[0], "encode") || strcmp(l->f[1], name)) continue;
         size_t len, na, nb;
         char *text = unhex(l->f[2], &len);
@@ -551,8 +483,8 @@ TEST(encode_speed) {
 /* Threads sharing one tok (its word cache is shared) get the same ids as one thread. */
 static void *encode_all(void *arg) {
     const tok *t = arg;
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         if (strcmp(l->f[0], "encode") || strcmp(l->f[1], "added")) continue;
         size_t len, nw = parse_ids(l->nf > 3 ? l->f[3] : "", NULL, 0), n;
         int32_t *want = malloc((nw + 1) * sizeof *want), *ids;
@@ -588,8 +520,8 @@ TEST(threads_share_a_tok) {
 
 TEST(cleanup) {
     for (int i = 0; i < N_TOKS; i++) tok_free(toks[i]), toks[i] = NULL;
-    mem_free(fx_text);
-    free(fx);
+    mem_free(fxt.text);
+    free(fxt.lines);
 }
 
 TEST_MAIN()

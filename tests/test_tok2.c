@@ -5,6 +5,7 @@
  * chat templates against transformers' apply_chat_template (tests/fixtures/tok2, made by
  * make_tok2_fixtures.py). */
 #include "test.h"
+#include "test_tok_fixtures.h"
 
 #include <cJSON.h>
 
@@ -13,91 +14,22 @@
 #include "tokenizer/chat.h"
 #include "tokenizer/tok.h"
 
-typedef struct fx_line { char *f[6]; int nf; } fx_line;
-static fx_line *fx;
-static int n_fx;
-static char *fx_text;
+static fx_table fxt;
 
-static int fx_load(void) {
-    if (fx) return 1;
-    size_t n;
-    if (file_read_all(test_path("fixtures/tok2/cases.txt"), &fx_text, &n) != SK_OK) return 0;
-    int cap = 4096;
-    fx = calloc((size_t)cap, sizeof *fx);
-    for (char *line = fx_text, *next; line && *line; line = next) {
-        next = strchr(line, '\n');
-        if (next) *next++ = 0;
-        if (n_fx == cap) fx = realloc(fx, (size_t)(cap *= 2) * sizeof *fx);
-        fx_line *l = &fx[n_fx++];
-        l->nf = 0;
-        for (char *p = line; p && l->nf < 6;) {
-            l->f[l->nf++] = p;
-            p = strchr(p, '\t');
-            if (p) *p++ = 0;
-        }
-    }
-    return 1;
-}
-
-static char *unhex(const char *h, size_t *n) {
-    size_t len = strlen(h) / 2;
-    char *out = malloc(len + 1);
-    for (size_t i = 0; i < len; i++) {
-        unsigned v;
-        sscanf(h + 2 * i, "%2x", &v);
-        out[i] = (char)v;
-    }
-    out[len] = 0;
-    *n = len;
-    return out;
-}
-
-static size_t parse_ids(const char *s, int32_t *ids, size_t cap) {
-    size_t n = 0;
-    char *end;
-    for (;;) {
-        long v = strtol(s, &end, 10);
-        if (end == s) break;
-        if (n < cap) ids[n] = (int32_t)v;
-        n++;
-        s = end;
-    }
-    return n;
-}
-
-static const char *tok_names[] = {"sp_norm", "sp_meta", "sp_split", "sp_legacy", "qwen2", "llama3"};
+static const char *const tok_names[] = {"sp_norm", "sp_meta", "sp_split", "sp_legacy", "qwen2", "llama3"};
 #define N_TOKS 6
 static tok *toks[N_TOKS];
 
-static tok *fx_tok(const char *name) {
-    for (int i = 0; i < N_TOKS; i++) {
-        if (strcmp(name, tok_names[i])) continue;
-        if (!toks[i]) {
-            char rel[128];
-            snprintf(rel, sizeof rel, "fixtures/tok2/%s.json", name);
-            if (tok_load(test_path(rel), &toks[i]) != SK_OK) {
-                printf("  loading %s: %s\n", name, sk_errmsg());
-                return NULL;
-            }
-        }
-        return toks[i];
-    }
-    return NULL;
-}
-
-static void print_ids(const char *what, const int32_t *ids, size_t n) {
-    printf("  %s:", what);
-    for (size_t i = 0; i < n && i < 40; i++) printf(" %d", ids[i]);
-    printf(n > 40 ? " ...\n" : "\n");
-}
+static bool fx_load(void) { return fx_table_load(&fxt, "fixtures/tok2/cases.txt"); }
+static tok *fx_tok(const char *name) { return fx_tok_cached("tok2", tok_names, toks, N_TOKS, name); }
 
 static int32_t want_buf[8192];
 
 TEST(encode_matches_hf) {
     CHECK_MSG(fx_load(), "%s", sk_errmsg());
     int checked = 0, bad = 0;
-    for (int i = 0; i < n_fx && bad < 6; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n && bad < 6; i++) {
+        fx_line *l = &fxt.lines[i];
         if (strcmp(l->f[0], "encode")) continue;
         tok *t = fx_tok(l->f[1]);
         CHECK_MSG(t, "tokenizer %s", l->f[1]);
@@ -125,8 +57,8 @@ TEST(encode_matches_hf) {
 TEST(decode_matches_hf) {
     CHECK(fx_load());
     int checked = 0, bad = 0;
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         if (strcmp(l->f[0], "decode")) continue;
         tok *t = fx_tok(l->f[1]);
         CHECK(t);
@@ -150,8 +82,8 @@ TEST(stream_equals_full_decode) {
     CHECK(fx_load());
     char *acc = NULL;
     int bad = 0;
-    for (int i = 0; i < n_fx; i++) {
-        fx_line *l = &fx[i];
+    for (int i = 0; i < fxt.n; i++) {
+        fx_line *l = &fxt.lines[i];
         int enc = !strcmp(l->f[0], "encode");
         tok *t = fx_tok(l->f[1]);
         size_t n = parse_ids(enc ? (l->nf > 4 ? l->f[4] : "") : l->f[2], want_buf, 8192);
@@ -202,8 +134,8 @@ TEST(save_load_same_ids) {
         CHECK_MSG(tok_save(t, p) == SK_OK, "%s", sk_errmsg());
         CHECK_MSG(tok_load(p, &u) == SK_OK, "%s", sk_errmsg());
         int same = 1;
-        for (int i = 0; i < n_fx && same; i++) {
-            fx_line *l = &fx[i];
+        for (int i = 0; i < fxt.n && same; i++) {
+            fx_line *l = &fxt.lines[i];
             if (strcmp(l->f[0], "encode") || strcmp(l->f[1], tok_names[k])) continue;
             size_t len, na, nb;
             char *text = unhex(l->f[2], &len);
@@ -342,8 +274,8 @@ TEST(chat_errors_and_files) {
 
 TEST(cleanup) {
     for (int i = 0; i < N_TOKS; i++) tok_free(toks[i]);
-    free(fx);
-    mem_free(fx_text);
+    free(fxt.lines);
+    mem_free(fxt.text);
 }
 
 TEST_MAIN()
