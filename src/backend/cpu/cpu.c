@@ -347,7 +347,36 @@ static void cpu_attention_backward(backend *be, float *dqkv, float *datt, const 
 }
 
 /* Online softmax: a running maximum m, normalizer l and output accumulator rescaled
- * whenever a larger score appears, so no score buffer is needed. */
+ * whenever a larger score appears, so no score buffer is needed. Writes o(HS), the average of
+ * the values v + s*ld over keys s in [s0, s1] (key s at k + s*ld), weighted by
+ * softmax(sc * q . key). */
+static void cpu_attend_row(float *o, const float *q, const float *k, const float *v, size_t ld, int s0, int s1,
+                           int HS, float sc) {
+    float m = -INFINITY, l = 0;
+    for (int j = 0; j < HS; j++) o[j] = 0.0f;
+    for (int s = s0; s <= s1; s++) {
+        const float *ks = k + (size_t)s * ld, *vs = v + (size_t)s * ld;
+        float dotp = 0;
+#pragma omp simd reduction(+ : dotp)
+        for (int j = 0; j < HS; j++) dotp += q[j] * ks[j];
+        dotp *= sc;
+        if (dotp > m) {
+            float corr = cpu_expf(m - dotp);   /* m = -inf on the first key: corr = ~0, l = 0 */
+            l *= corr;
+#pragma omp simd
+            for (int j = 0; j < HS; j++) o[j] *= corr;
+            m = dotp;
+        }
+        float w = cpu_expf(dotp - m);
+        l += w;
+#pragma omp simd
+        for (int j = 0; j < HS; j++) o[j] += w * vs[j];
+    }
+    float inv = 1.0f / l;
+    for (int j = 0; j < HS; j++) o[j] *= inv;
+}
+
+/* Attention of n new queries against the cache (rows 0..pos+n-1), one row at a time. */
 static void cpu_attention_cached(backend *be, float *out, const float *q, int ldq, const float *k,
                                  const float *v, int ldkv, int n, int pos, int C, int NH) {
     const int HS = C / NH;
@@ -357,29 +386,7 @@ static void cpu_attention_cached(backend *be, float *out, const float *q, int ld
         for (int h = 0; h < NH; h++) {
             const float *qi = q + (size_t)i * ldq + h * HS;
             float *o = out + (size_t)i * C + h * HS;
-            float m = -INFINITY, l = 0;
-            for (int j = 0; j < HS; j++) o[j] = 0.0f;
-            for (int t2 = 0; t2 <= pos + i; t2++) {
-                const float *kk = k + (size_t)t2 * ldkv + h * HS;
-                const float *vv = v + (size_t)t2 * ldkv + h * HS;
-                float s = 0;
-#pragma omp simd reduction(+ : s)
-                for (int j = 0; j < HS; j++) s += qi[j] * kk[j];
-                s *= sc;
-                if (s > m) {
-                    float corr = cpu_expf(m - s);   /* m = -inf on the first key: corr = ~0, l = 0 */
-                    l *= corr;
-#pragma omp simd
-                    for (int j = 0; j < HS; j++) o[j] *= corr;
-                    m = s;
-                }
-                float w = cpu_expf(s - m);
-                l += w;
-#pragma omp simd
-                for (int j = 0; j < HS; j++) o[j] += w * vv[j];
-            }
-            float inv = 1.0f / l;
-            for (int j = 0; j < HS; j++) o[j] *= inv;
+            cpu_attend_row(o, qi, k + h * HS, v + h * HS, (size_t)ldkv, 0, pos + i, HS, sc);
         }
 }
 
@@ -585,7 +592,7 @@ static void cpu_gqa_attention_backward(backend *be, float *dq, float *dk, float 
                 }
 }
 
-/* Online softmax as in cpu_attention_cached, over the window of each query. */
+/* Attention of n new queries against the cache, within each query's window (cpu_attend_row). */
 static void cpu_gqa_attention_cached(backend *be, float *out, const float *q, const float *k,
                                      const float *v, int n, int pos, int NH, int NKV, int HS, int W) {
     SK_ASSERT(NKV > 0 && NH % NKV == 0);
@@ -597,28 +604,7 @@ static void cpu_gqa_attention_cached(backend *be, float *out, const float *q, co
             const int t = pos + i, g = h / G;
             const float *qi = q + (size_t)i * QD + h * HS;
             float *o = out + (size_t)i * QD + h * HS;
-            float m = -INFINITY, l = 0;
-            for (int j = 0; j < HS; j++) o[j] = 0.0f;
-            for (int s = cpu_window_start(t, W); s <= t; s++) {
-                const float *ks = k + (size_t)s * KD + g * HS, *vs = v + (size_t)s * KD + g * HS;
-                float dotp = 0;
-#pragma omp simd reduction(+ : dotp)
-                for (int j = 0; j < HS; j++) dotp += qi[j] * ks[j];
-                dotp *= sc;
-                if (dotp > m) {
-                    float corr = cpu_expf(m - dotp);
-                    l *= corr;
-#pragma omp simd
-                    for (int j = 0; j < HS; j++) o[j] *= corr;
-                    m = dotp;
-                }
-                float w = cpu_expf(dotp - m);
-                l += w;
-#pragma omp simd
-                for (int j = 0; j < HS; j++) o[j] += w * vs[j];
-            }
-            float inv = 1.0f / l;
-            for (int j = 0; j < HS; j++) o[j] *= inv;
+            cpu_attend_row(o, qi, k + g * HS, v + g * HS, (size_t)KD, cpu_window_start(t, W), t, HS, sc);
         }
 }
 
