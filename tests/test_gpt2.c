@@ -124,64 +124,23 @@ TEST(gradient_accumulation_matches_full_batch) {
 
 /* ---- inference ---- */
 
-/* Prefill of 5 tokens, then 7 single-token decodes: the logits of each step match the full
- * forward's row for that position within 1e-5. */
+/* KV-cached prefill and decodes match the full forward (test_model.h). */
 TEST(kv_cache_matches_full_forward) {
-    enum { T = 12, V = 53 };
-    model *m = tiny_model(3, 4, 32, V, 16, 21, 0.3f);
-    int tokens[T];
-    test_random_tokens(tokens, T, V, 6);
-    CHECK(model_train_prepare(m, 1, T) == SK_OK);
-    model_forward(m, tokens, NULL, 1, T);
-    float *full = malloc(sizeof(float) * T * V);
-    memcpy(full, model_logits(m), sizeof(float) * T * V);
-    CHECK(model_infer_prepare(m, 16) == SK_OK);
-    for (int round = 0; round < 2; round++) {   /* the second round checks infer_reset */
-        model_infer_reset(m);
-        double worst = 0;
-        for (int t = 4; t < T; t++) {
-            const float *lg = t == 4 ? model_infer_step(m, tokens, 5) : model_infer_step(m, &tokens[t], 1);
-            for (int v = 0; v < V; v++) {
-                double d = fabs(lg[v] - full[t * V + v]);
-                worst = d > worst ? d : worst;
-            }
-        }
-        if (round == 0) printf("  worst |cached - full| logit %.3g\n", worst);
-        CHECK_MSG(worst <= 1e-5, "round %d: worst |diff| %g", round, worst);
-    }
-    free(full);
+    model *m = tiny_model(3, 4, 32, 53, 16, 21, 0.3f);
+    bool ok = test_kv_cache_matches(m, 12);
     model_free(m);
+    CHECK(ok);
 }
 
 /* ---- training ---- */
 
-/* AdamW (lr 1e-2, no decay) on one batch of random tokens drives the loss under 0.05. */
+/* One batch overfits from GPT-2's init (test_model.h). */
 TEST(overfits_one_batch) {
     model *m = tiny_model(GL, GNH, GC, GV, GT, 13, 0.0f);
     model_init_weights(m, 13);
-    int tokens[GB * GT], targets[GB * GT];
-    test_random_tokens(tokens, GB * GT, GV, 7);
-    test_random_tokens(targets, GB * GT, GV, 8);
-    CHECK(model_train_prepare(m, GB, GT) == SK_OK);
-    float *mm = calloc(m->n_params, sizeof(float)), *vv = calloc(m->n_params, sizeof(float));
-    backend *be = m->be;
-    float loss = 0, first = 0;
-    int steps = 0;
-    for (int step = 1; step <= 400; step++) {
-        model_zero_grad(m);
-        loss = model_forward(m, tokens, targets, GB, GT);
-        if (step == 1) first = loss;
-        steps = step;
-        if (loss < 0.05f) break;
-        model_backward(m, 1.0f / (GB * GT));
-        be->ops->adamw(be, m->params, m->grads, mm, vv, m->n_params, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, step);
-    }
-    free(mm);
-    free(vv);
-    printf("  loss %.3f -> %.4f in %d steps\n", first, loss, steps);
-    CHECK_NEAR(first, logf(GV), 0.1);
-    CHECK_MSG(loss < 0.05f, "loss %g after %d steps", loss, steps);
+    bool ok = test_model_overfits(m);
     model_free(m);
+    CHECK(ok);
 }
 
 /* Dropout off is the plain path bit for bit; on, it is a function of the seed. */

@@ -275,69 +275,26 @@ TEST(gradient_accumulation_matches_full_batch) {
 
 /* ---- inference ---- */
 
-/* Prefill of 5 tokens, then single-token decodes: each step's logits match the full
- * forward's row for that position within 1e-5; with GQA, a sliding window shorter than the
- * sequence, head_dim != C/NH and an untied head. Twice, to check infer_reset. */
+/* KV-cached prefill and decodes match the full forward (test_model.h), with GQA, a sliding
+ * window shorter than the sequence, head_dim != C/NH, llama3 rope and an untied head. */
 TEST(kv_cache_matches_full_forward) {
-    enum { T = 14 };
     tiny_shape sh = {3, 4, 2, 24, 8, 40, 53, 16, false, true, false, 4, ROPE_LLAMA3};
     model *m = tiny_model(&sh, 21, 0.3f);
-    const int V = sh.V;
-    int tokens[T];
-    test_random_tokens(tokens, T, V, 6);
-    CHECK(model_train_prepare(m, 1, T) == SK_OK);
-    model_forward(m, tokens, NULL, 1, T);
-    float *full = malloc(sizeof(float) * T * V);
-    memcpy(full, model_logits(m), sizeof(float) * T * V);
-    CHECK(model_infer_prepare(m, 16) == SK_OK);
-    for (int round = 0; round < 2; round++) {
-        model_infer_reset(m);
-        double worst = 0;
-        for (int t = 4; t < T; t++) {
-            const float *lg = t == 4 ? model_infer_step(m, tokens, 5) : model_infer_step(m, &tokens[t], 1);
-            for (int v = 0; v < V; v++) {
-                double d = fabs(lg[v] - full[t * V + v]);
-                worst = d > worst ? d : worst;
-            }
-        }
-        if (round == 0) printf("  worst |cached - full| logit %.3g\n", worst);
-        CHECK_MSG(worst <= 1e-5, "round %d: worst |diff| %g", round, worst);
-    }
-    free(full);
+    bool ok = test_kv_cache_matches(m, 14);
     model_free(m);
+    CHECK(ok);
 }
 
 /* ---- training ---- */
 
-/* AdamW (lr 1e-2, no decay) on one batch of random tokens from the Llama init drives the
- * loss under 0.05; the first loss is about log V (init N(0, 0.02)). */
+/* One batch overfits from the Llama init (test_model.h). */
 TEST(overfits_one_batch) {
     tiny_shape sh = {2, 4, 2, 16, 4, 32, 37, 16, false, false, false, 0, ROPE_DEFAULT};
     model *m = tiny_model(&sh, 13, 0.0f);
     model_init_weights(m, 13);
-    int tokens[GB * GT], targets[GB * GT];
-    test_random_tokens(tokens, GB * GT, sh.V, 7);
-    test_random_tokens(targets, GB * GT, sh.V, 8);
-    CHECK(model_train_prepare(m, GB, GT) == SK_OK);
-    float *mm = calloc(m->n_params, sizeof(float)), *vv = calloc(m->n_params, sizeof(float));
-    backend *be = m->be;
-    float loss = 0, first = 0;
-    int steps = 0;
-    for (int step = 1; step <= 400; step++) {
-        model_zero_grad(m);
-        loss = model_forward(m, tokens, targets, GB, GT);
-        if (step == 1) first = loss;
-        steps = step;
-        if (loss < 0.05f) break;
-        model_backward(m, 1.0f / (GB * GT));
-        be->ops->adamw(be, m->params, m->grads, mm, vv, m->n_params, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, step);
-    }
-    free(mm);
-    free(vv);
-    printf("  loss %.3f -> %.4f in %d steps\n", first, loss, steps);
-    CHECK_NEAR(first, logf((float)sh.V), 0.1);
-    CHECK_MSG(loss < 0.05f, "loss %g after %d steps", loss, steps);
+    bool ok = test_model_overfits(m);
     model_free(m);
+    CHECK(ok);
 }
 
 /* Dropout is refused (not silently ignored) by train_prepare, with a message. */

@@ -1,10 +1,12 @@
-/* Shared checks of a model's training math, for test_gpt2.c and test_llama.c: a whole-model
- * gradient check against finite differences and the gradient-accumulation identity. They
+/* Shared checks of a model's math, for test_gpt2.c and test_llama.c: a whole-model gradient
+ * check against finite differences, the gradient-accumulation identity, KV-cached decoding
+ * against the full forward, and overfitting one batch. They
  * read m->params and m->grads directly (the CPU backend's memory is host memory) and
  * return false after printing the first mismatch, so callers wrap them in CHECK. */
 #ifndef SKEIN_TEST_MODEL_H
 #define SKEIN_TEST_MODEL_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,6 +124,61 @@ static inline bool test_grad_accumulation(model *m) {
     double loss_diff = fabs((l1 * (2 * T - 1) + l2 * (2 * T - 1)) / counted - full_loss);
     printf("  worst relative gradient difference %.3g, loss difference %.3g\n", worst, loss_diff);
     return worst <= 1e-6 && loss_diff <= 1e-5;
+}
+
+/* Prefill of 5 tokens, then single-token decodes up to T (<= 16) positions: the logits of
+ * each step match the full forward's row for that position within 1e-5, twice (the second
+ * round after infer_reset). */
+static inline bool test_kv_cache_matches(model *m, int T) {
+    const int V = m->cfg.vocab_size;
+    int tokens[16];
+    if (T > 16 || model_train_prepare(m, 1, T) != SK_OK || model_infer_prepare(m, 16) != SK_OK) return false;
+    test_random_tokens(tokens, T, V, 6);
+    model_forward(m, tokens, NULL, 1, T);
+    float *full = malloc(sizeof(float) * (size_t)T * V);
+    memcpy(full, model_logits(m), sizeof(float) * (size_t)T * V);
+    bool ok = true;
+    for (int round = 0; round < 2 && ok; round++) {
+        model_infer_reset(m);
+        double worst = 0;
+        for (int t = 4; t < T; t++) {
+            const float *lg = t == 4 ? model_infer_step(m, tokens, 5) : model_infer_step(m, &tokens[t], 1);
+            for (int v = 0; v < V; v++) worst = fmax(worst, fabs(lg[v] - full[(size_t)t * V + v]));
+        }
+        if (round == 0) printf("  worst |cached - full| logit %.3g\n", worst);
+        if (worst > 1e-5) { printf("  round %d: worst |diff| %g\n", round, worst); ok = false; }
+    }
+    free(full);
+    return ok;
+}
+
+/* AdamW (lr 1e-2, no decay) on one batch of (TEST_GB, TEST_GT) random tokens, from the
+ * model's own init: the first loss is within 0.1 of log V and the loss falls under 0.05
+ * within 400 steps. */
+static inline bool test_model_overfits(model *m) {
+    enum { B = TEST_GB, T = TEST_GT };
+    const int V = m->cfg.vocab_size;
+    int tokens[B * T], targets[B * T];
+    test_random_tokens(tokens, B * T, V, 7);
+    test_random_tokens(targets, B * T, V, 8);
+    if (model_train_prepare(m, B, T) != SK_OK) return false;
+    float *mm = calloc(m->n_params, sizeof(float)), *vv = calloc(m->n_params, sizeof(float));
+    backend *be = m->be;
+    float loss = 0, first = 0;
+    int steps = 0;
+    for (int step = 1; step <= 400; step++) {
+        model_zero_grad(m);
+        loss = model_forward(m, tokens, targets, B, T);
+        if (step == 1) first = loss;
+        steps = step;
+        if (loss < 0.05f) break;
+        model_backward(m, 1.0f / (B * T));
+        be->ops->adamw(be, m->params, m->grads, mm, vv, m->n_params, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, step);
+    }
+    free(mm);
+    free(vv);
+    printf("  loss %.3f -> %.4f in %d steps (log V = %.3f)\n", first, loss, steps, log((double)V));
+    return fabs(first - log((double)V)) <= 0.1 && loss < 0.05f;
 }
 
 #endif
