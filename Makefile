@@ -28,7 +28,7 @@ ifdef NO_MPI
 MPICC :=
 endif
 
-# MPI (src/dist/comm_mpi.c): flags from the wrapper (OpenMPI --showme, MPICH -show), so every
+# MPI (src/comm/comm_mpi.c): flags from the wrapper (OpenMPI --showme, MPICH -show), so every
 # file keeps $(CC); SKEIN_HAVE_MPI tells comm.c the implementation is built in.
 ifneq ($(MPICC),)
 ifeq ($(origin MPI_CFLAGS),undefined)
@@ -38,11 +38,11 @@ ifeq ($(origin MPI_LIBS),undefined)
 MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null || $(MPICC) -link_info 2>/dev/null | cut -d' ' -f2- | tr ' ' '\n' | grep -E '^-(L|l|Wl)' | tr '\n' ' ')
 endif
 CFLAGS += -DSKEIN_HAVE_MPI
-$(BUILD)/src/dist/comm_mpi.o: CFLAGS += $(MPI_CFLAGS)
+$(BUILD)/src/comm/comm_mpi.o: CFLAGS += $(MPI_CFLAGS)
 LDLIBS += $(MPI_LIBS)
 endif
 
-# NCCL (src/dist/comm_nccl.c, C against NCCL's and the CUDA runtime's C APIs): built when nvcc
+# NCCL (src/comm/comm_nccl.c, C against NCCL's and the CUDA runtime's C APIs): built when nvcc
 # is found and nccl.h is in NCCL_HOME (default: the CUDA toolkit, then /usr/local, /usr).
 # Where only libnccl.so.2 exists (the pip wheel on the GPU machine) it is linked by that name.
 # The libraries' folders go into the rpath so ./skein runs without LD_LIBRARY_PATH.
@@ -57,7 +57,7 @@ NCCL_LIBDIR  := $(firstword $(foreach d,lib lib64 lib/x86_64-linux-gnu,$(if $(wi
 CUDA_LIBDIR  := $(firstword $(foreach d,lib64 lib targets/x86_64-linux/lib,$(if $(wildcard $(CUDA_HOME)/$(d)/libcudart.so*),$(CUDA_HOME)/$(d))))
 NCCL_LIB     := $(if $(wildcard $(NCCL_LIBDIR)/libnccl.so),-lnccl,-l:libnccl.so.2)
 CFLAGS += -DSKEIN_HAVE_NCCL
-$(BUILD)/src/dist/comm_nccl.o: CFLAGS += -isystem $(CUDA_HOME)/include -isystem $(NCCL_HOME)/include
+$(BUILD)/src/comm/comm_nccl.o: CFLAGS += -isystem $(CUDA_HOME)/include -isystem $(NCCL_HOME)/include
 LDLIBS += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR) $(NCCL_LIB) -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart
 endif
 

@@ -25,12 +25,12 @@ static void setup(uint64_t seed) {
 }
 
 static float *randn(size_t n, float sd) {
-    float *x = be->ops->alloc(be, n * sizeof(float));
+    float *x = backend_alloc(be, n * sizeof(float));
     for (size_t i = 0; i < n; i++) x[i] = sd * rng_normal(&R);
     return x;
 }
 
-static float *zeros(size_t n) { return be->ops->alloc(be, n * sizeof(float)); }
+static float *zeros(size_t n) { return backend_alloc(be, n * sizeof(float)); }
 
 static double dot(const float *w, const float *x, size_t n) {
     double s = 0;
@@ -540,7 +540,7 @@ TEST(sum_squares_and_elementwise) {
     for (int i = 0; i < N; i++) CHECK(z[i] == x[i] + y[i]);
     be->ops->scale(be, z, 0.5f, N);
     for (int i = 0; i < N; i++) CHECK(z[i] == (x[i] + y[i]) * 0.5f);
-    be->ops->zero(be, z, sizeof(float) * N);
+    backend_zero(be, z, sizeof(float) * N);
     for (int i = 0; i < N; i++) CHECK(z[i] == 0.0f);
 }
 

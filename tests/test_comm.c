@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "test.h"
 
 static comm *g_comm;

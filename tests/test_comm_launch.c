@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 
 #include "cli/launch.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "test.h"
 
 static int g_argc;

@@ -9,8 +9,8 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-#include "dist/comm.h"
-#include "dist/store.h"
+#include "comm/comm.h"
+#include "comm/store.h"
 #include "test.h"
 
 /* A TCP port free right now on 127.0.0.1 (the kernel picks it). */

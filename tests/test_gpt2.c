@@ -202,7 +202,7 @@ TEST(bench_124m_step) {
     model_init_weights(m, 1);
     CHECK(model_train_prepare(m, B, T) == SK_OK);
     backend *be = m->be;
-    float *mm = be->ops->alloc(be, m->n_params * sizeof(float)), *vv = be->ops->alloc(be, m->n_params * sizeof(float));
+    float *mm = backend_alloc(be, m->n_params * sizeof(float)), *vv = backend_alloc(be, m->n_params * sizeof(float));
     int tokens[B * T], targets[B * T];
     test_random_tokens(tokens, B * T, 50257, 1);
     test_random_tokens(targets, B * T, 50257, 2);
@@ -238,8 +238,8 @@ TEST(bench_124m_step) {
     }
     printf("  median of %d: zero %.1f ms, forward %.1f ms, backward %.1f ms, adamw %.1f ms, sum %.1f ms\n", STEPS,
            med[0], med[1], med[2], med[3], total);
-    be->ops->free(be, mm);
-    be->ops->free(be, vv);
+    backend_mem_free(be, mm);
+    backend_mem_free(be, vv);
     model_free(m);
 }
 

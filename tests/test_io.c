@@ -15,19 +15,13 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 
-/* ---- a host backend with the memory ops only ---- */
+/* ---- the CPU backend (only its memory ops are used here) ---- */
 
-static void *host_alloc(backend *be, size_t bytes) { (void)be; return mem_calloc(bytes); }
-static void host_free(backend *be, void *p) { (void)be; mem_free(p); }
-static void host_copy(backend *be, void *dst, const void *src, size_t bytes) { (void)be; memcpy(dst, src, bytes); }
-static void host_zero(backend *be, void *p, size_t bytes) { (void)be; memset(p, 0, bytes); }
-static void host_sync(backend *be) { (void)be; }
-
-static const backend_ops host_ops = {
-    .alloc = host_alloc, .free = host_free, .upload = host_copy, .download = host_copy,
-    .zero = host_zero, .synchronize = host_sync,
-};
-static backend host_be = {.ops = &host_ops, .name = "host-test", .impl = NULL};
+static backend *host(void) {
+    static backend *be;
+    if (!be) be = backend_cpu_create();
+    return be;
+}
 
 /* ---- helpers ---- */
 
@@ -285,7 +279,7 @@ TEST(fuzz_corrupted_model_folder_never_crashes) {
         }
         CHECK(write_bytes(path, buf, len));
         model *m = NULL;
-        sk_status st = model_load(dir, &host_be, &m);
+        sk_status st = model_load(dir, host(), &m);
         if (st == SK_OK) {
             loaded++;
             model_free(m);
@@ -458,11 +452,11 @@ TEST(model_save_load_round_trip_bit_exact) {
     cfg.eos_token_ids[0] = 100;
     cfg.n_eos = 1;
     model *m = NULL, *m2 = NULL;
-    CHECK(model_create(&cfg, &host_be, &m) == SK_OK);
+    CHECK(model_create(&cfg, host(), &m) == SK_OK);
     fill_random(m, 3);
     const char *dir = tmp_path("saved/nested");
     CHECK_MSG(model_save(m, dir) == SK_OK, "%s", sk_errmsg());
-    CHECK_MSG(model_load(dir, &host_be, &m2) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(model_load(dir, host(), &m2) == SK_OK, "%s", sk_errmsg());
     CHECK(m2->n_params == m->n_params && m2->n_specs == m->n_specs);
     CHECK(!memcmp(m->params, m2->params, m->n_params * sizeof(float)));
     CHECK(m2->cfg.bos_token_id == 0 && m2->cfg.n_eos == 1 && m2->cfg.eos_token_ids[0] == 100);
@@ -495,7 +489,7 @@ static void check_fixture(const char *name, dtype stored) {
     char dir[1024];
     snprintf(dir, sizeof dir, "%s", test_path("fixtures/"));
     strncat(dir, name, sizeof dir - strlen(dir) - 1);
-    CHECK_MSG(model_load(dir, &host_be, &m) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(model_load(dir, host(), &m) == SK_OK, "%s", sk_errmsg());
     CHECK(m->cfg.n_layer == 2 && m->cfg.n_embd == 32 && m->cfg.vocab_size == 101 && m->cfg.n_positions == 64);
     CHECK(m->cfg.bos_token_id == -1 && m->cfg.n_eos == 0);   /* 50256 is outside V = 101 */
     CHECK(m->cfg.torch_dtype == stored);
@@ -553,7 +547,7 @@ static sk_status load_edited(const char *name, entry_edit edit) {
     SK_ASSERT(st_write(file_join(p, sizeof p, dir, "model.safetensors"), e, n, NULL, 0) == SK_OK);
     st_close(&f);
     model *m = NULL;
-    sk_status st = model_load(dir, &host_be, &m);
+    sk_status st = model_load(dir, host(), &m);
     model_free(m);
     return st;
 }
@@ -625,20 +619,20 @@ TEST(model_load_bad_folders) {
     const char *dir = folder_with_config("pickle");
     char p[1024];
     CHECK(write_bytes(file_join(p, sizeof p, dir, "pytorch_model.bin"), "PK\x03\x04", 4));
-    CHECK(model_load(dir, &host_be, &m) == SK_EFORMAT);
+    CHECK(model_load(dir, host(), &m) == SK_EFORMAT);
     CHECK_MSG(strstr(sk_errmsg(), "pickle checkpoints are not supported; convert to safetensors"), "%s", sk_errmsg());
     /* no weights at all, no folder, no config */
     dir = folder_with_config("noweights");
-    CHECK(model_load(dir, &host_be, &m) == SK_EIO && strstr(sk_errmsg(), "no model.safetensors"));
-    CHECK(model_load(tmp_path("absent"), &host_be, &m) == SK_EIO && strstr(sk_errmsg(), "absent"));
+    CHECK(model_load(dir, host(), &m) == SK_EIO && strstr(sk_errmsg(), "no model.safetensors"));
+    CHECK(model_load(tmp_path("absent"), host(), &m) == SK_EIO && strstr(sk_errmsg(), "absent"));
     dir = tmp_path("noconfig");
     file_mkdirs(dir);
     CHECK(copy_file(test_path("fixtures/gpt2-hf/model.safetensors"), file_join(p, sizeof p, dir, "model.safetensors")));
-    CHECK(model_load(dir, &host_be, &m) == SK_EIO && strstr(sk_errmsg(), "config.json"));
+    CHECK(model_load(dir, host(), &m) == SK_EIO && strstr(sk_errmsg(), "config.json"));
     /* a config whose shapes disagree with the file */
     dir = folder_with_text_config("mismatch", "{" GPT2_CFG_BASE ",\"n_head\":2,\"n_embd\":16}");
     CHECK(copy_file(test_path("fixtures/gpt2-hf/model.safetensors"), file_join(p, sizeof p, dir, "model.safetensors")));
-    CHECK(model_load(dir, &host_be, &m) == SK_EFORMAT && strstr(sk_errmsg(), "expected shape [101, 16], found [101, 32]"));
+    CHECK(model_load(dir, host(), &m) == SK_EFORMAT && strstr(sk_errmsg(), "expected shape [101, 16], found [101, 32]"));
 }
 
 /* The n-th allocation failing anywhere inside model_load and model_save gives SK_ENOMEM and
@@ -649,7 +643,7 @@ TEST(model_load_save_out_of_memory_paths) {
     for (long n = 1; n <= 60; n++) {
         model *m = NULL;
         mem_fail_after(n);
-        sk_status st = model_load(test_path("fixtures/gpt2-hf-noprefix"), &host_be, &m);
+        sk_status st = model_load(test_path("fixtures/gpt2-hf-noprefix"), host(), &m);
         mem_fail_after(0);
         CHECK_MSG(st == SK_OK || st == SK_ENOMEM, "n=%ld: %s", n, sk_errmsg());
         if (st != SK_OK) continue;
@@ -673,7 +667,7 @@ TEST(hf_python_loads_skein_folder) {
     model_config cfg;
     model_config_gpt2(&cfg, 2, 2, 32, 64, 101);
     model *m = NULL;
-    CHECK(model_create(&cfg, &host_be, &m) == SK_OK);
+    CHECK(model_create(&cfg, host(), &m) == SK_OK);
     fill_random(m, 11);
     const char *dir = tmp_path("for-hf");
     sk_status st = model_save(m, dir);

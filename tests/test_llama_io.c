@@ -21,19 +21,9 @@
 #include "model/presets.h"
 #include "model/safetensors.h"
 
-/* ---- a host backend with the memory ops only, and a test architecture ---- */
+/* ---- the CPU backend (memory ops only are used) and a test architecture ---- */
 
-static void *host_alloc(backend *be, size_t bytes) { (void)be; return mem_calloc(bytes); }
-static void host_free(backend *be, void *p) { (void)be; mem_free(p); }
-static void host_copy(backend *be, void *dst, const void *src, size_t bytes) { (void)be; memcpy(dst, src, bytes); }
-static void host_zero(backend *be, void *p, size_t bytes) { (void)be; memset(p, 0, bytes); }
-static void host_sync(backend *be) { (void)be; }
-
-static const backend_ops host_ops = {
-    .alloc = host_alloc, .free = host_free, .upload = host_copy, .download = host_copy,
-    .zero = host_zero, .synchronize = host_sync,
-};
-static backend host_be = {.ops = &host_ops, .name = "host-test", .impl = NULL};
+static backend *host_be;
 
 static const model_arch test_arch = {.name = "llama-io-test", .plan_params = model_folder_layout};
 
@@ -43,13 +33,14 @@ static sk_status test_create(const model_config *cfg, model **out) {
     if (!m) return SK_ENOMEM;
     m->cfg = *cfg;
     m->arch = &test_arch;
-    m->be = &host_be;
+    if (!host_be) host_be = backend_cpu_create();
+    m->be = host_be;
     m->n_specs = model_folder_layout(cfg, NULL);
     m->specs = mem_calloc(sizeof(model_param) * (size_t)m->n_specs);
     if (!m->specs) { model_free(m); return SK_ENOMEM; }
     model_folder_layout(cfg, m->specs);
     m->n_params = m->specs[m->n_specs - 1].offset + m->specs[m->n_specs - 1].numel;
-    m->params = host_be.ops->alloc(&host_be, m->n_params * sizeof(float));
+    m->params = backend_alloc(host_be, m->n_params * sizeof(float));
     if (!m->params) { model_free(m); return SK_ENOMEM; }
     *out = m;
     return SK_OK;

@@ -1,4 +1,5 @@
-/* backend: creation by name (see backend.h). */
+/* backend: creation by name and the checked wrappers callers use for memory and time
+ * (see backend.h). */
 #include "backend/backend.h"
 
 #include <string.h>
@@ -17,4 +18,43 @@ void backend_free(backend *be) {
     if (!be) return;
     mem_free(be->impl);
     mem_free(be);
+}
+
+void *backend_alloc(backend *be, size_t bytes) { return be->ops->alloc(be, bytes, MEM_DEVICE); }
+
+void backend_mem_free(backend *be, void *p) {
+    if (p) be->ops->free(be, p, MEM_DEVICE);
+}
+
+void *backend_alloc_pinned(backend *be, size_t bytes) { return be->ops->alloc(be, bytes, MEM_PINNED); }
+
+void backend_pinned_free(backend *be, void *p) {
+    if (p) be->ops->free(be, p, MEM_PINNED);
+}
+
+void backend_upload(backend *be, void *dst, const void *host_src, size_t bytes) {
+    if (!bytes) return;
+    be->ops->copy(be, dst, host_src, bytes, COPY_HOST_TO_DEVICE, NULL);
+    be->ops->stream_synchronize(be, NULL);   /* host_src may be reused at once */
+}
+
+void backend_download(backend *be, void *host_dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    be->ops->copy(be, host_dst, src, bytes, COPY_DEVICE_TO_HOST, NULL);
+    be->ops->stream_synchronize(be, NULL);
+}
+
+void backend_zero(backend *be, void *p, size_t bytes) {
+    if (bytes) be->ops->fill(be, p, 0, bytes, NULL);
+}
+
+void backend_synchronize(backend *be) { be->ops->stream_synchronize(be, NULL); }
+
+bool backend_supports(backend *be, backend_op op, dtype dt) {
+    if (be->ops->supports) return be->ops->supports(be, op, dt);
+    return dt == DT_F32;
+}
+
+sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes) {
+    return be->ops->mem_info(be, free_bytes, total_bytes);
 }

@@ -20,17 +20,56 @@
 #include <stdint.h>
 
 #include "base/base.h"
+#include "tensor/tensor.h"
 
 typedef struct backend backend;
+/* A stream orders work: ops and copies on one stream run in the order issued, ops on
+ * different streams may overlap. NULL is the backend's default stream. On the CPU every
+ * stream runs synchronously (an op is done when its call returns). */
+typedef struct backend_stream backend_stream;
+/* An event marks a point in a stream: recorded there, waited on by another stream or the host. */
+typedef struct backend_event backend_event;
+
+/* Direction of a copy: host memory is pageable or pinned, device memory is the backend's. */
+typedef enum backend_copy_dir {
+    COPY_HOST_TO_DEVICE, COPY_DEVICE_TO_HOST, COPY_DEVICE_TO_DEVICE, COPY_HOST_TO_HOST
+} backend_copy_dir;
+
+/* Ops whose support depends on the backend or the dtype (backend_supports). */
+typedef enum backend_op {
+    BACKEND_OP_MATMUL,       /* gemm: weight operand in the dtype asked */
+    BACKEND_OP_EMBED,        /* embed_forward: table in the dtype asked */
+    BACKEND_OP_ATTENTION,    /* attention forward/backward on activations of the dtype */
+    BACKEND_OP_DROPOUT,      /* dropout inside attention */
+    BACKEND_OP_COUNT
+} backend_op;
 
 typedef struct backend_ops {
-    /* memory */
-    void *(*alloc)(backend *be, size_t bytes);                 /* zeroed; NULL + sk_fail on OOM */
-    void (*free)(backend *be, void *p);
-    void (*upload)(backend *be, void *dst, const void *host_src, size_t bytes);
-    void (*download)(backend *be, void *host_dst, const void *src, size_t bytes);
-    void (*zero)(backend *be, void *p, size_t bytes);
-    void (*synchronize)(backend *be);
+    /* ---- memory and time ---- */
+    /* bytes of memory of kind `where` (MEM_DEVICE or MEM_PINNED), zeroed; NULL + sk_fail on
+     * OOM. free takes the same kind. */
+    void *(*alloc)(backend *be, size_t bytes, tensor_mem where);
+    void (*free)(backend *be, void *p, tensor_mem where);
+    /* Copies bytes on stream s (asynchronous where the backend can be: pinned host memory
+     * must then stay untouched until the stream reaches the copy). */
+    void (*copy)(backend *be, void *dst, const void *src, size_t bytes, backend_copy_dir dir,
+                 backend_stream *s);
+    /* Sets bytes of device memory to the byte value on stream s. */
+    void (*fill)(backend *be, void *p, int byte, size_t bytes, backend_stream *s);
+    backend_stream *(*stream_create)(backend *be);   /* NULL + sk_fail when it cannot */
+    void (*stream_free)(backend *be, backend_stream *s);
+    void (*stream_synchronize)(backend *be, backend_stream *s);   /* host waits for s */
+    backend_event *(*event_create)(backend *be);     /* NULL + sk_fail when it cannot */
+    void (*event_free)(backend *be, backend_event *e);
+    void (*event_record)(backend *be, backend_event *e, backend_stream *s);
+    /* Work issued to s after this call waits for the event's point. */
+    void (*stream_wait_event)(backend *be, backend_stream *s, backend_event *e);
+    void (*event_synchronize)(backend *be, backend_event *e);      /* host waits for e */
+    /* Device memory free and in total (the CPU: the process's memory budget and MemTotal). */
+    sk_status (*mem_info)(backend *be, size_t *free_bytes, size_t *total_bytes);
+    /* Whether op runs on dtype dt here; NULL entry: f32 only. Callers go through
+     * backend_supports and fall back or refuse with a message. */
+    bool (*supports)(backend *be, backend_op op, dtype dt);
 
     /* C(M,N) = alpha * op(A) @ op(B) + beta * C; op(X) = X or X^T per trans flag; row-major
      * with leading dimensions lda, ldb, ldc. */
@@ -174,6 +213,23 @@ static inline bool dropout_keep(uint64_t seed, uint64_t i, float p) {
     z ^= z >> 31;
     return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
 }
+
+/* ---- Memory and time, for callers (checked wrappers over the table) ----
+ * backend_alloc: zeroed device memory (NULL + sk_fail on OOM); backend_alloc_pinned: host
+ * memory the device copies from asynchronously. upload/download are synchronous: download
+ * waits for the default stream, so it sees every op issued before it. zero is asynchronous
+ * on the default stream. */
+void *backend_alloc(backend *be, size_t bytes);
+void backend_mem_free(backend *be, void *p);
+void *backend_alloc_pinned(backend *be, size_t bytes);
+void backend_pinned_free(backend *be, void *p);
+void backend_upload(backend *be, void *dst, const void *host_src, size_t bytes);
+void backend_download(backend *be, void *host_dst, const void *src, size_t bytes);
+void backend_zero(backend *be, void *p, size_t bytes);
+void backend_synchronize(backend *be);
+bool backend_supports(backend *be, backend_op op, dtype dt);
+/* Free and total device memory; SK_EIO-style failure is returned with a message. */
+sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes);
 
 /* Creates a backend by name ("cpu"; "cuda" once built). NULL + sk_fail when unknown or absent. */
 backend *backend_create(const char *name);

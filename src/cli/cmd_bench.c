@@ -14,7 +14,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/launch.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "model/presets.h"
 #include "train/opt.h"
 #include "train/train.h"
@@ -113,7 +113,7 @@ static int bench_train(int argc, char **argv) {
         if (st || (st = zero_status(z)) || (st = zero_end_step(z, &norm)) ||
             (st = zero_opt_step(z, &hp, hp.lr, norm > 1 ? (float)(1 / norm) : 1.0f)))
             goto done;
-        be->ops->synchronize(be);
+        backend_synchronize(be);
         double t3 = time_now();
         if (s < 0) continue;
         t_step[s] = 1e3 * (t3 - t0);

@@ -7,7 +7,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/launch.h"
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "train/train.h"
 
 /* Bytes from "123", "8G", "512M", "64k" (powers of 1024). */

@@ -12,7 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "dist/comm.h"
+#include "comm/comm.h"
 
 /* Puts "name=value" into the environment unless the variable is already set. */
 static void env_default(const char *name, const char *value) {

@@ -33,7 +33,7 @@ size_t arch_plan_floats(const arch_plan_entry *e, int n) {
 }
 
 float *arch_plan_alloc(backend *be, arch_plan_entry *e, int n) {
-    float *mem = be->ops->alloc(be, arch_plan_floats(e, n) * sizeof(float));
+    float *mem = backend_alloc(be, arch_plan_floats(e, n) * sizeof(float));
     if (!mem) return NULL;
     size_t off = 0;
     for (int i = 0; i < n; i++) {
@@ -50,7 +50,7 @@ float arch_xent_loss(backend *be, float *losses, float *logits, int *targets_dev
         SK_ASSERT(targets[i] < V);
         counted += targets[i] >= 0;
     }
-    op->upload(be, targets_dev, targets, sizeof(int) * (size_t)N);
+    backend_upload(be, targets_dev, targets, sizeof(int) * (size_t)N);
     /* in place: logits become (softmax - onehot), backward scales them by dloss */
     op->softmax_xent(be, losses, logits, logits, targets_dev, N, V, V, 1.0f);
     /* the per-row losses come back to the host in stack-sized pieces for the mean */
@@ -58,7 +58,7 @@ float arch_xent_loss(backend *be, float *losses, float *logits, int *targets_dev
     float buf[256];
     for (int i0 = 0; i0 < N; i0 += 256) {
         int n = N - i0 < 256 ? N - i0 : 256;
-        op->download(be, buf, losses + i0, sizeof(float) * (size_t)n);
+        backend_download(be, buf, losses + i0, sizeof(float) * (size_t)n);
         for (int i = 0; i < n; i++) sum += buf[i];
     }
     return counted ? (float)(sum / counted) : 0.0f;

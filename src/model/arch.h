@@ -17,7 +17,7 @@ typedef struct arch_plan_entry { void **ptr; size_t floats; } arch_plan_entry;
 /* Floats the entries take back to back, each rounded up to 16 (64 bytes). */
 size_t arch_plan_floats(const arch_plan_entry *e, int n);
 /* Allocates the entries in one backend buffer and points each at its place; returns the
- * buffer (the caller frees it with be->ops->free), or NULL when out of memory. */
+ * buffer (the caller frees it with backend_mem_free), or NULL when out of memory. */
 float *arch_plan_alloc(backend *be, arch_plan_entry *e, int n);
 
 /* The loss head of a training forward: uploads targets(N) (host; < 0 ignored) into

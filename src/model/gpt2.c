@@ -169,7 +169,7 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
             float sd = arch_ends_with(p->name, "c_proj.weight") ? proj_std : 0.02f;
             for (size_t j = 0; j < p->numel; j++) host[j] = sd * rng_normal(&r);
         }
-        m->be->ops->upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
+        backend_upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
     }
     mem_free(host);
 }
@@ -209,7 +209,7 @@ static sk_status gpt2_train_prepare(model *m, int B, int T) {
     SK_ASSERT(m->grads || m->grads_external);   /* model_train_prepare allocated them */
     gpt2_state *s = gpt2_state_get(m);
     backend *be = m->be;
-    if (s->act_mem) be->ops->free(be, s->act_mem);
+    if (s->act_mem) backend_mem_free(be, s->act_mem);
     s->act_mem = NULL;
     s->Bp = s->Tp = 0;
     gpt2_acts *a = &s->a;
@@ -272,7 +272,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
 
     arch_check_tokens(m, tokens, (size_t)N);
     model_hook_before_forward(m, -1);
-    op->upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
+    backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
     op->embed_forward(be, a->encoded, a->tokens, gpt2_tensor(m, false, P_WTE),
                       gpt2_tensor(m, false, P_WPE), B, T, C);
     if (drop && c->embd_pdrop > 0)
@@ -340,7 +340,7 @@ static void gpt2_backward(model *m, float dloss) {
     op->gemm(be, true, false, V, C, N, dloss, a->logits, V, a->lnf, C, 1.0f, dwte, C);
     int nf = P_LAYER0 + P_PER_LAYER * L;
     const float *resL = L > 0 ? a->res3 + (L - 1) * NPL * C : a->encoded;
-    op->zero(be, a->dres, sizeof(float) * (size_t)N * C);
+    backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
     op->layernorm_backward(be, a->dres, gpt2_tensor(m, true, nf), gpt2_tensor(m, true, nf + 1),
                            a->dC, resL, gpt2_tensor(m, false, nf), a->lnf_mean, a->lnf_rstd, N, C);
 
@@ -372,7 +372,7 @@ static void gpt2_backward(model *m, float dloss) {
             dbranch = a->dC;
         }
         gpt2_linear_backward(be, a->dC2, g.projw, g.projb, dbranch, atty, w.projw, N, C, C);
-        op->zero(be, a->dqkv, sizeof(float) * (size_t)N * 3 * C);
+        backend_zero(be, a->dqkv, sizeof(float) * (size_t)N * 3 * C);
         op->attention_backward(be, a->dqkv, a->datt, a->dC2, qkv, att, B, T, C, NH, attn_p,
                                gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear_backward(be, a->dC, g.attnw, g.attnb, a->dqkv, ln1, w.attnw, N, C, 3 * C);
@@ -400,7 +400,7 @@ static sk_status gpt2_infer_prepare(model *m, int max_T) {
         return sk_fail(SK_EARG, "inference length %d outside 1..%d (the model's context)", max_T, c->n_positions);
     gpt2_state *s = gpt2_state_get(m);
     backend *be = m->be;
-    if (s->inf_mem) be->ops->free(be, s->inf_mem);
+    if (s->inf_mem) backend_mem_free(be, s->inf_mem);
     s->inf_mem = NULL;
     const size_t L = (size_t)c->n_layer, T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim;
     gpt2_infer *f = &s->inf;
@@ -439,7 +439,7 @@ static const float *gpt2_infer_step(model *m, const int *tokens, int n) {
     gpt2_infer *f = &s->inf;
 
     arch_check_tokens(m, tokens, (size_t)n);
-    op->upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
+    backend_upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
     op->embed_forward(be, f->x, f->tokens, gpt2_tensor(m, false, P_WTE),
                       gpt2_tensor(m, false, P_WPE) + (size_t)pos * C, 1, n, C);
     for (int l = 0; l < L; l++) {
@@ -473,8 +473,8 @@ static const float *gpt2_infer_step(model *m, const int *tokens, int n) {
 static void gpt2_free_state(model *m) {
     gpt2_state *s = m->state;
     if (!s) return;
-    if (s->act_mem) m->be->ops->free(m->be, s->act_mem);
-    if (s->inf_mem) m->be->ops->free(m->be, s->inf_mem);
+    if (s->act_mem) backend_mem_free(m->be, s->act_mem);
+    if (s->inf_mem) backend_mem_free(m->be, s->inf_mem);
     mem_free(s);
     m->state = NULL;
 }

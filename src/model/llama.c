@@ -255,8 +255,8 @@ static sk_status llama_rope_tables(model *m, float *cos_dev, float *sin_dev, int
             tab[(size_t)p * H2 + i] = (float)cos((double)ang);
             tab[(size_t)P * H2 + (size_t)p * H2 + i] = (float)sin((double)ang);
         }
-    m->be->ops->upload(m->be, cos_dev, tab, sizeof(float) * (size_t)P * H2);
-    m->be->ops->upload(m->be, sin_dev, tab + (size_t)P * H2, sizeof(float) * (size_t)P * H2);
+    backend_upload(m->be, cos_dev, tab, sizeof(float) * (size_t)P * H2);
+    backend_upload(m->be, sin_dev, tab + (size_t)P * H2, sizeof(float) * (size_t)P * H2);
     mem_free(inv);
     mem_free(tab);
     return SK_OK;
@@ -283,7 +283,7 @@ static void llama_init_weights(model *m, uint64_t seed) {
         } else {
             for (size_t j = 0; j < p->numel; j++) host[j] = 0.02f * rng_normal(&r);
         }
-        m->be->ops->upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
+        backend_upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
     }
     mem_free(host);
 }
@@ -325,7 +325,7 @@ static sk_status llama_train_prepare(model *m, int B, int T) {
     llama_state *s = llama_state_get(m);
     backend *be = m->be;
     SK_ASSERT(m->grads || m->grads_external);   /* model_train_prepare allocated them */
-    if (s->act_mem) be->ops->free(be, s->act_mem);
+    if (s->act_mem) backend_mem_free(be, s->act_mem);
     s->act_mem = NULL;
     s->Bp = s->Tp = 0;
     llama_acts *a = &s->a;
@@ -336,7 +336,7 @@ static sk_status llama_train_prepare(model *m, int B, int T) {
     if (!s->act_mem) return sk_fail_ctx(SK_ENOMEM, "allocating Llama activations for B=%d T=%d", B, T);
     sk_status st = llama_rope_tables(m, a->rope_cos, a->rope_sin, T);
     if (st != SK_OK) {
-        be->ops->free(be, s->act_mem);
+        backend_mem_free(be, s->act_mem);
         s->act_mem = NULL;
         return st;
     }
@@ -381,7 +381,7 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
     s->have_targets = false;
 
     arch_check_tokens(m, tokens, (size_t)N);
-    op->upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
+    backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
     model_hook_before_forward(m, -1);
     op->embed_forward(be, a->encoded, a->tokens, llama_tensor(m, false, LLAMA_EMBED), NULL, B, T, C);
 
@@ -441,7 +441,7 @@ static void llama_backward(model *m, float dloss) {
     op->gemm(be, false, false, N, C, V, dloss, a->logits, V, llama_tensor(m, false, head), C, 0.0f, a->dC, C);
     op->gemm(be, true, false, V, C, N, dloss, a->logits, V, a->lnf, C, 1.0f, llama_tensor(m, true, head), C);
     const float *resL = L > 0 ? a->res3 + (L - 1) * NPL * C : a->encoded;
-    op->zero(be, a->dres, sizeof(float) * (size_t)N * C);
+    backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
     op->rmsnorm_backward(be, a->dres, llama_tensor(m, true, norm), a->dC, resL, llama_tensor(m, false, norm),
                          a->rstdf, N, C);
 
@@ -464,9 +464,9 @@ static void llama_backward(model *m, float dloss) {
 
         /* attention branch; dres is now the gradient of x2 */
         llama_linear_backward(be, a->dQ, 0.0f, g.ow, NULL, a->dres, atty, w.ow, N, QD, C);
-        op->zero(be, a->dq, sizeof(float) * (size_t)N * QD);
-        op->zero(be, a->dk, sizeof(float) * (size_t)N * KD);
-        op->zero(be, a->dv, sizeof(float) * (size_t)N * KD);
+        backend_zero(be, a->dq, sizeof(float) * (size_t)N * QD);
+        backend_zero(be, a->dk, sizeof(float) * (size_t)N * KD);
+        backend_zero(be, a->dv, sizeof(float) * (size_t)N * KD);
         op->gqa_attention_backward(be, a->dq, a->dk, a->dv, a->datt, a->dQ, q, k, v, att, B, T, NH, NKV, HS, W);
         op->rope_backward(be, a->dq, a->rope_cos, a->rope_sin, N, T, 0, NH, HS);
         op->rope_backward(be, a->dk, a->rope_cos, a->rope_sin, N, T, 0, NKV, HS);
@@ -495,7 +495,7 @@ static sk_status llama_infer_prepare(model *m, int max_T) {
         return sk_fail(SK_EARG, "inference length %d outside 1..%d (the model's context)", max_T, c->n_positions);
     llama_state *s = llama_state_get(m);
     backend *be = m->be;
-    if (s->inf_mem) be->ops->free(be, s->inf_mem);
+    if (s->inf_mem) backend_mem_free(be, s->inf_mem);
     s->inf_mem = NULL;
     const size_t L = (size_t)c->n_layer, T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim,
                  HS = (size_t)c->head_dim, QD = (size_t)c->n_head * HS, KD = (size_t)c->n_kv_head * HS;
@@ -511,7 +511,7 @@ static sk_status llama_infer_prepare(model *m, int max_T) {
     if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating a KV cache of %d positions", max_T);
     sk_status st = llama_rope_tables(m, f->rope_cos, f->rope_sin, max_T);
     if (st != SK_OK) {
-        be->ops->free(be, s->inf_mem);
+        backend_mem_free(be, s->inf_mem);
         s->inf_mem = NULL;
         return st;
     }
@@ -542,7 +542,7 @@ static const float *llama_infer_step(model *m, const int *tokens, int n) {
     llama_infer *f = &s->inf;
 
     arch_check_tokens(m, tokens, (size_t)n);
-    op->upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
+    backend_upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
     op->embed_forward(be, f->x, f->tokens, llama_tensor(m, false, LLAMA_EMBED), NULL, 1, n, C);
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
@@ -574,8 +574,8 @@ static const float *llama_infer_step(model *m, const int *tokens, int n) {
 static void llama_free_state(model *m) {
     llama_state *s = m->state;
     if (!s) return;
-    if (s->act_mem) m->be->ops->free(m->be, s->act_mem);
-    if (s->inf_mem) m->be->ops->free(m->be, s->inf_mem);
+    if (s->act_mem) backend_mem_free(m->be, s->act_mem);
+    if (s->inf_mem) backend_mem_free(m->be, s->inf_mem);
     mem_free(s->layout);
     mem_free(s);
     m->state = NULL;

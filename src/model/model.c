@@ -45,7 +45,7 @@ sk_status model_create(const model_config *cfg, backend *be, model **out) {
     arch->plan_params(cfg, m->specs);
     const model_param *last = &m->specs[m->n_specs - 1];
     m->n_params = last->offset + last->numel;
-    m->params = be->ops->alloc(be, m->n_params * sizeof(float));
+    m->params = backend_alloc(be, m->n_params * sizeof(float));
     if (!m->params) goto err;
     /* groups: maximal runs of consecutive specs with the same layer */
     for (int i = 0; i < m->n_specs; i++)
@@ -77,8 +77,8 @@ err:;
 void model_free(model *m) {
     if (!m) return;
     if (m->arch && m->arch->free_state) m->arch->free_state(m);
-    if (m->params) m->be->ops->free(m->be, m->params);
-    if (m->grads) m->be->ops->free(m->be, m->grads);
+    if (m->params) backend_mem_free(m->be, m->params);
+    if (m->grads) backend_mem_free(m->be, m->grads);
     mem_free(m->groups);
     mem_free(m->param_base);
     mem_free(m->grad_base);
@@ -107,7 +107,7 @@ size_t model_train_bytes(const model *m, int B, int T) {
 
 sk_status model_train_prepare(model *m, int B, int T) {
     if (!m->grads && !m->grads_external) {
-        m->grads = m->be->ops->alloc(m->be, m->n_params * sizeof(float));
+        m->grads = backend_alloc(m->be, m->n_params * sizeof(float));
         if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
         for (int g = 0; g < m->n_groups; g++) m->grad_base[g] = m->grads + m->groups[g].begin;
     }
@@ -122,7 +122,7 @@ void model_backward(model *m, float dloss) { m->arch->backward(m, dloss); }
 
 void model_zero_grad(model *m) {
     if (!m->grads) return;   /* external gradients: their owner zeroes them */
-    m->be->ops->zero(m->be, m->grads, m->n_params * sizeof(float));
+    backend_zero(m->be, m->grads, m->n_params * sizeof(float));
 }
 
 const float *model_logits(const model *m) { return m->arch->logits(m); }

@@ -124,7 +124,7 @@ static bool tensor_equals_param(const st_tensor *t, const model *m, const model_
     for (size_t off = 0; off < p->numel; off += LOAD_CHUNK) {
         size_t n = p->numel - off < LOAD_CHUNK ? p->numel - off : LOAD_CHUNK;
         tensor_chunk_to_f32(a, t, off, n, bounce);
-        m->be->ops->download(m->be, b, m->params + p->offset + off, n * sizeof(float));
+        backend_download(m->be, b, m->params + p->offset + off, n * sizeof(float));
         if (memcmp(a, b, n * sizeof(float))) return false;
     }
     return true;
@@ -205,7 +205,7 @@ sk_status model_load_weights(model *m, const char *dir) {
         for (size_t off = 0; off < p->numel; off += LOAD_CHUNK) {
             size_t n = p->numel - off < LOAD_CHUNK ? p->numel - off : LOAD_CHUNK;
             tensor_chunk_to_f32(a, t, off, n, bounce);
-            m->be->ops->upload(m->be, m->params + p->offset + off, a, n * sizeof(float));
+            backend_upload(m->be, m->params + p->offset + off, a, n * sizeof(float));
         }
         used[set_index(&s, t)] = true;
     }
@@ -355,7 +355,7 @@ out:
 /* tensor_source over a model's parameters (downloaded from the backend). */
 static void model_source(void *ctx, int i, size_t start, size_t n, float *out) {
     const model *m = ctx;
-    m->be->ops->download(m->be, out, m->params + m->specs[i].offset + start, n * sizeof(float));
+    backend_download(m->be, out, m->params + m->specs[i].offset + start, n * sizeof(float));
 }
 
 /* Fills an st_entry per spec: the file name (GPT-2 "transformer."-prefixed), dtype dt. */
@@ -438,8 +438,8 @@ static void init_source(void *vctx, int i, size_t start, size_t n, float *out) {
     }
 }
 
-uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block) {
-    return seed ^ ((uint64_t)(tensor + 1) << 40) ^ block;
+uint64_t model_init_stream_seed(uint64_t seed, int tensor_index, uint64_t block) {
+    return seed ^ ((uint64_t)(tensor_index + 1) << 40) ^ block;
 }
 
 int model_folder_layout(const model_config *cfg, model_param *specs) {

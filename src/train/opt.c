@@ -45,8 +45,8 @@ sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count) {
     o->be = be;
     o->begin = begin;
     o->count = count;
-    o->m = be->ops->alloc(be, count * sizeof(float));
-    o->v = be->ops->alloc(be, count * sizeof(float));
+    o->m = backend_alloc(be, count * sizeof(float));
+    o->v = backend_alloc(be, count * sizeof(float));
     if (!o->m || !o->v) {
         adamw_free(o);
         return sk_fail(SK_ENOMEM, "out of memory for AdamW state of %zu parameters", count);
@@ -55,8 +55,8 @@ sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count) {
 }
 
 void adamw_free(adamw *o) {
-    if (o->m) o->be->ops->free(o->be, o->m);
-    if (o->v) o->be->ops->free(o->be, o->v);
+    if (o->m) backend_mem_free(o->be, o->m);
+    if (o->v) backend_mem_free(o->be, o->v);
     o->m = o->v = NULL;
 }
 
@@ -83,8 +83,8 @@ sk_status adamw_save(const adamw *o, size_t n_params, const char *path) {
     memcpy(hdr.magic, OPT_MAGIC, 8);
     memcpy(buf, &hdr, sizeof hdr);
     float *mv = (float *)(buf + sizeof hdr);
-    o->be->ops->download(o->be, mv, o->m, o->count * sizeof(float));
-    o->be->ops->download(o->be, mv + o->count, o->v, o->count * sizeof(float));
+    backend_download(o->be, mv, o->m, o->count * sizeof(float));
+    backend_download(o->be, mv + o->count, o->v, o->count * sizeof(float));
     sk_status st = file_write_atomic(path, buf, bytes);
     mem_free(buf);
     return st;
@@ -129,8 +129,8 @@ sk_status adamw_load(adamw *o, size_t n_params, const char *path) {
                                  (const float *)((const char *)map.data + sizeof hdr) + o->count, o->count,
                                  hdr.step)) == SK_OK) {
         const float *mv = (const float *)((const char *)map.data + sizeof hdr);
-        o->be->ops->upload(o->be, o->m, mv, o->count * sizeof(float));
-        o->be->ops->upload(o->be, o->v, mv + o->count, o->count * sizeof(float));
+        backend_upload(o->be, o->m, mv, o->count * sizeof(float));
+        backend_upload(o->be, o->v, mv + o->count, o->count * sizeof(float));
         o->step = (long)hdr.step;
     }
 done:
@@ -157,8 +157,8 @@ sk_status opt_state_save(backend *be, const char *path, size_t n_params, long st
     for (int i = 0; i < n; i++) {
         list[1 + 2 * i] = r[i].begin;
         list[2 + 2 * i] = r[i].count;
-        be->ops->download(be, fm + k, m + r[i].at, r[i].count * sizeof(float));
-        be->ops->download(be, fv + k, v + r[i].at, r[i].count * sizeof(float));
+        backend_download(be, fm + k, m + r[i].at, r[i].count * sizeof(float));
+        backend_download(be, fv + k, v + r[i].at, r[i].count * sizeof(float));
         k += r[i].count;
     }
     sk_status st = file_write_atomic(path, buf, bytes);
@@ -227,8 +227,8 @@ sk_status opt_state_read(backend *be, const char *path, size_t n_params, const o
             size_t a = fb > want[j].begin ? fb : want[j].begin;
             size_t b = fe < want[j].begin + want[j].count ? fe : want[j].begin + want[j].count;
             if (a >= b) continue;
-            be->ops->upload(be, m + want[j].at + (a - want[j].begin), fm + k + (a - fb), (b - a) * sizeof(float));
-            be->ops->upload(be, v + want[j].at + (a - want[j].begin), fv + k + (a - fb), (b - a) * sizeof(float));
+            backend_upload(be, m + want[j].at + (a - want[j].begin), fm + k + (a - fb), (b - a) * sizeof(float));
+            backend_upload(be, v + want[j].at + (a - want[j].begin), fv + k + (a - fb), (b - a) * sizeof(float));
             *copied += b - a;
         }
     }

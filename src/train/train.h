@@ -20,7 +20,7 @@
 #ifndef SKEIN_TRAIN_H
 #define SKEIN_TRAIN_H
 
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "train/opt.h"
 
 /* Most sequences in one optimizer step: far above any real batch, and a count the model

@@ -260,7 +260,7 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
             zero_owned(z, g, &a, &n);
             memcpy(z->pshard + z->at[g], m->params + a, n * sizeof(float));
         }
-        z->be->ops->free(z->be, m->params);
+        backend_mem_free(z->be, m->params);
         m->params = NULL;
         for (int g = 0; g < m->n_groups; g++) m->param_base[g] = NULL;
         if (!(z->slot[0] = mem_calloc(sizeof(float) * W * z->max_layer_chunk)) ||

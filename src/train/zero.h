@@ -36,7 +36,7 @@
 #ifndef SKEIN_ZERO_H
 #define SKEIN_ZERO_H
 
-#include "dist/comm.h"
+#include "comm/comm.h"
 #include "train/opt.h"
 
 /* Bytes per rank. The model states follow the paper's formulas; buffers are listed apart. */

@@ -15,6 +15,7 @@
 #include <math.h>
 #include <omp.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Below this many elements a loop runs on one thread: the fork costs more than it saves. */
 #define CPU_PAR_MIN 16384
@@ -53,20 +54,46 @@ static inline float cpu_tanhf(float u) { return 1.0f - 2.0f / (cpu_expf(2.0f * u
 
 /* ---- memory ---- */
 
-static void *cpu_alloc(backend *be, size_t bytes) { return mem_calloc(bytes ? bytes : 1); }
-static void cpu_free(backend *be, void *p) { mem_free(p); }
-static void cpu_upload(backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
-static void cpu_download(backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
-static void cpu_synchronize(backend *be) {}
+/* Every kind of memory is host memory here; streams and events are markers (ops run
+ * synchronously when called, so every stream is always done). */
+struct backend_stream { int unused; };
+struct backend_event { int unused; };
 
-/* Zeroing large gradient buffers is memory-bound; two threads fill faster than one. */
-static void cpu_zero(backend *be, void *p, size_t bytes) {
+static void *cpu_alloc(backend *be, size_t bytes, tensor_mem where) { return mem_calloc(bytes ? bytes : 1); }
+static void cpu_free(backend *be, void *p, tensor_mem where) { mem_free(p); }
+
+static void cpu_copy(backend *be, void *dst, const void *src, size_t bytes, backend_copy_dir dir,
+                     backend_stream *s) {
+    if (dst != src) memcpy(dst, src, bytes);
+}
+
+static backend_stream *cpu_stream_create(backend *be) { return mem_calloc(sizeof(backend_stream)); }
+static void cpu_stream_free(backend *be, backend_stream *s) { mem_free(s); }
+static void cpu_stream_synchronize(backend *be, backend_stream *s) {}
+static backend_event *cpu_event_create(backend *be) { return mem_calloc(sizeof(backend_event)); }
+static void cpu_event_free(backend *be, backend_event *e) { mem_free(e); }
+static void cpu_event_record(backend *be, backend_event *e, backend_stream *s) {}
+static void cpu_stream_wait_event(backend *be, backend_stream *s, backend_event *e) {}
+static void cpu_event_synchronize(backend *be, backend_event *e) {}
+
+/* Free: what mem_available says the host can still give (MemAvailable); total: physical memory. */
+static sk_status cpu_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    size_t total = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : SIZE_MAX;
+    size_t avail = mem_available();
+    if (free_bytes) *free_bytes = avail < total ? avail : total;
+    if (total_bytes) *total_bytes = total;
+    return SK_OK;
+}
+
+/* Filling large gradient buffers is memory-bound; two threads fill faster than one. */
+static void cpu_fill(backend *be, void *p, int byte, size_t bytes, backend_stream *s) {
     const size_t chunk = (size_t)1 << 20;
     long nchunks = (long)((bytes + chunk - 1) / chunk);
 #pragma omp parallel for schedule(static) if (nchunks > 1)
     for (long c = 0; c < nchunks; c++) {
         size_t off = (size_t)c * chunk;
-        memset((char *)p + off, 0, bytes - off < chunk ? bytes - off : chunk);
+        memset((char *)p + off, byte, bytes - off < chunk ? bytes - off : chunk);
     }
 }
 
@@ -699,10 +726,17 @@ static void cpu_adamw(backend *be, float *param, const float *grad, float *m, fl
 static const backend_ops cpu_ops = {
     .alloc = cpu_alloc,
     .free = cpu_free,
-    .upload = cpu_upload,
-    .download = cpu_download,
-    .zero = cpu_zero,
-    .synchronize = cpu_synchronize,
+    .copy = cpu_copy,
+    .fill = cpu_fill,
+    .stream_create = cpu_stream_create,
+    .stream_free = cpu_stream_free,
+    .stream_synchronize = cpu_stream_synchronize,
+    .event_create = cpu_event_create,
+    .event_free = cpu_event_free,
+    .event_record = cpu_event_record,
+    .stream_wait_event = cpu_stream_wait_event,
+    .event_synchronize = cpu_event_synchronize,
+    .mem_info = cpu_mem_info,
     .gemm = cpu_gemm,
     .bias_add = cpu_bias_add,
     .bias_backward = cpu_bias_backward,

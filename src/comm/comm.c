@@ -4,7 +4,7 @@
  * OMPI_COMM_WORLD_*, then PMIx/PMI (MPICH, srun --mpi=pmix), then a Slurm job step, then the
  * torchrun convention. A value that is present but wrong is an error naming the variable,
  * never a silent fallback to one process. */
-#include "dist/comm.h"
+#include "comm/comm.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist/comm_impl.h"
+#include "comm/comm_impl.h"
 
 size_t comm_chunk_limit(void) {
     const char *s = getenv("SKEIN_COMM_CHUNK");

@@ -12,7 +12,7 @@
  * Invariants: the server owns every accepted socket and is the only thread touching its
  * state; the caller's thread only touches its own client socket. A rank connects exactly
  * once (HELLO names it; a second HELLO for the same rank is refused). */
-#include "dist/store.h"
+#include "comm/store.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

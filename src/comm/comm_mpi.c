@@ -27,7 +27,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "dist/comm_impl.h"
+#include "comm/comm_impl.h"
 
 enum { TAG_PING = 1, TAG_PONG = 2 };
 

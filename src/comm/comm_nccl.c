@@ -26,8 +26,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "dist/comm_impl.h"
-#include "dist/store.h"
+#include "comm/comm_impl.h"
+#include "comm/store.h"
 
 enum { SCRATCH_BYTES = 1 << 20 };
 

@@ -7,7 +7,7 @@
 #ifndef SKEIN_COMM_IMPL_H
 #define SKEIN_COMM_IMPL_H
 
-#include "dist/comm.h"
+#include "comm/comm.h"
 
 sk_status comm_local_init(double timeout_s, comm **out);
 #ifdef SKEIN_HAVE_MPI
