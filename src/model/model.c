@@ -130,3 +130,12 @@ const float *model_logits(const model *m) { return m->arch->logits(m); }
 sk_status model_infer_prepare(model *m, int max_T) { return m->arch->infer_prepare(m, max_T); }
 void model_infer_reset(model *m) { m->arch->infer_reset(m); }
 const float *model_infer_step(model *m, const int *tokens, int n) { return m->arch->infer_step(m, tokens, n); }
+
+/* The view of spec i starting at base (a parameter or gradient base pointer). */
+static tensor model_spec_view(const model *m, int i, float *base) {
+    const model_param *p = &m->specs[i];
+    return tensor_make(base, DT_F32, MEM_DEVICE, p->ndim, p->shape);
+}
+
+tensor model_param_view(const model *m, int i) { return model_spec_view(m, i, model_param_ptr(m, i)); }
+tensor model_grad_view(const model *m, int i) { return model_spec_view(m, i, model_grad_ptr(m, i)); }

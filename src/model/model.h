@@ -215,6 +215,11 @@ static inline float *model_grad_ptr(const model *m, int i) {
     const model_param *p = &m->specs[i];
     return m->grad_base[p->group] + (p->offset - m->groups[p->group].begin);
 }
+/* Tensor spec index i of the current parameters / gradients as a view of its shape (the
+ * spec's dims; GPT-2 Conv1D (in,out), nn.Linear (out,in)), through its group's base. Model
+ * code addresses parameters only through these views. */
+tensor model_param_view(const model *m, int i);
+tensor model_grad_view(const model *m, int i);
 /* Hook calls for architecture code (no-ops without hooks). */
 static inline void model_hook_before_forward(model *m, int l) {
     if (m->hooks && m->hooks->before_forward) m->hooks->before_forward(m->hooks->ctx, m, l);
