@@ -70,7 +70,9 @@ sk_status file_map_open(const char *path, file_map *map) {
         return sk_fail(SK_EIO, "%s is not a regular file", path);
     }
     if (st.st_size > 0) {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        /* MAP_SHARED: processes mapping the same file share its page-cache pages (read-only,
+         * so nothing is ever copied on write either way; shared says so to the kernel). */
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {
             close(fd);
             return sk_fail(SK_EIO, "cannot map %s: %s", path, strerror(errno));

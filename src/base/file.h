@@ -8,7 +8,8 @@
 #include "base/base.h"
 
 typedef struct file_map {
-    void *data;      /* read-only view of the whole file; NULL when empty */
+    void *data;      /* read-only shared view of the whole file (PROT_READ, MAP_SHARED: other
+                      * processes mapping it share the pages); NULL when empty */
     size_t size;
 } file_map;
 

@@ -12,7 +12,11 @@ size_t dtype_size(dtype t);
 const char *dtype_name(dtype t);          /* safetensors spelling: "F32", "BF16", ... */
 int dtype_from_name(const char *name);    /* -1 when unknown */
 
-float bf16_to_f32(uint16_t h);
+/* Exact (bf16 is the top half of an f32); inline so hot loops over bf16 data vectorize. */
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
 uint16_t f32_to_bf16(float f);
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
