@@ -706,6 +706,7 @@ TEST(llama_presets_have_the_real_shapes) {
     const struct { const char *name; int64_t params; } want[] = {
         {"llama2-7b", 6738415616LL}, {"llama2-13b", 13015864320LL}, {"llama3-8b", 8030261248LL},
         {"llama2-70b", 68976648192LL}, {"llama3-70b", 70553706496LL}, {"llama-30b", 32528943616LL},
+        {"llama-1b", 1100048384LL},   /* TinyLlama-1.1B */
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         model_config c;

@@ -68,7 +68,7 @@ int cmd_init(int argc, char **argv) {
     arg_spec specs[] = {
         {"--arch", ARG_STR, &arch, "gpt2|llama", "architecture (default gpt2)", false, false},
         {"--preset", ARG_STR, &preset, "NAME", "gpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt2-tiny; llama-tiny (or tiny), "
-         "llama2-7b, llama2-13b, llama-30b, llama2-70b, llama3-8b, llama3-70b", false, false},
+         "llama-1b, llama2-7b, llama2-13b, llama-30b, llama2-70b, llama3-8b, llama3-70b", false, false},
         {"--layers", ARG_INT, &s.layers, "L", "transformer blocks", false, false},
         {"--heads", ARG_INT, &s.heads, "H", "attention heads", false, false},
         {"--dim", ARG_INT, &s.dim, "C", "model width", false, false},

@@ -1,7 +1,8 @@
 /* presets: named model shapes (see presets.h). GPT-2 presets are the GPT-2 family with HF's
  * vocabulary; Llama presets are the shapes of Meta's released checkpoints (config.json of
  * meta-llama/Llama-2-*-hf, Meta-Llama-3-*, and LLaMA-1 30B), with their rope_theta, RMSNorm
- * epsilon, untied heads and special-token ids, plus "llama-tiny" for tests. */
+ * epsilon, untied heads and special-token ids, plus "llama-1b" (TinyLlama-1.1B's shape and
+ * context, the anchors' llama-1b) and "llama-tiny" for tests. */
 #include "model/presets.h"
 
 #include <stdio.h>
@@ -27,6 +28,7 @@ typedef struct llama_preset {
 
 static const llama_preset llama_presets[] = {
     {"llama-tiny", 2, 4, 2, 64, 160, 256, 512, 10000.0f, 1e-5f, 1, 2},   /* tests, quick trials */
+    {"llama-1b", 22, 32, 4, 2048, 5632, 2048, 32000, 10000.0f, 1e-5f, 1, 2},   /* TinyLlama-1.1B */
     {"llama2-7b", 32, 32, 32, 4096, 11008, 4096, 32000, 10000.0f, 1e-5f, 1, 2},
     {"llama2-13b", 40, 40, 40, 5120, 13824, 4096, 32000, 10000.0f, 1e-5f, 1, 2},
     {"llama-30b", 60, 52, 52, 6656, 17920, 2048, 32000, 10000.0f, 1e-6f, 1, 2},
@@ -93,5 +95,5 @@ sk_status model_preset(const char *name, int vocab, model_config *cfg) {
         return SK_OK;
     }
     return sk_fail(SK_EARG, "unknown preset '%s' (gpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt2-tiny, llama-tiny, "
-                   "llama2-7b, llama2-13b, llama-30b, llama2-70b, llama3-8b, llama3-70b)", name);
+                   "llama-1b, llama2-7b, llama2-13b, llama-30b, llama2-70b, llama3-8b, llama3-70b)", name);
 }

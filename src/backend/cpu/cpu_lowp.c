@@ -2,8 +2,8 @@
  *
  * Three kernels, each computing whole output elements on one thread:
  *   - direct_nk (M <= SMALL_M, W(N,K)): per output column n, W's row n is converted in
- *     blocks of DOT_KB into a stack buffer and dotted with every row of A, LANES partial
- *     sums per row, reduced at the end. Threads split N into contiguous ranges, so W is
+ *     blocks of DOT_KB into a stack buffer and dotted with every row of A (a vectorized
+ *     reduction per block, the blocks' sums added in order). Threads split N into contiguous ranges, so W is
  *     streamed from memory once, front to back;
  *   - direct_kn (M <= SMALL_M, W(K,N)): per strip of columns, each row of the strip is
  *     converted and added, scaled by A[m][k], into accumulators held on the stack (axpy);
@@ -23,7 +23,6 @@
 
 #include "base/base.h"
 
-#define LANES 16            /* partial sums per row in direct_nk: one AVX-512 register */
 #define SMALL_M 8           /* rows of A up to which the direct kernels run */
 #define DOT_KB 512          /* direct_nk: elements of a W row converted per step */
 #define AXPY_NB 256         /* direct_kn: widest column strip */
@@ -58,22 +57,19 @@ static inline __attribute__((always_inline)) void direct_nk_m(float *C, int ldc,
     float buf[DOT_KB];
     for (int n = n0; n < n1; n++) {
         const uint16_t *w = W + (size_t)n * ldw;
-        float acc[SMALL_M][LANES] = {{0}}, tail[SMALL_M] = {0};
+        float acc[SMALL_M] = {0};
         for (int k0 = 0; k0 < K; k0 += DOT_KB) {
-            int kb = K - k0 < DOT_KB ? K - k0 : DOT_KB, kv = kb / LANES * LANES;
+            int kb = K - k0 < DOT_KB ? K - k0 : DOT_KB;
             row_to_f32(buf, w + k0, dt, kb);
-            for (int k = 0; k < kv; k += LANES)
-                for (int m = 0; m < M; m++)
-                    for (int l = 0; l < LANES; l++)
-                        acc[m][l] = fmaf(A[(size_t)m * lda + k0 + k + l], buf[k + l], acc[m][l]);
-            for (int m = 0; m < M; m++)
-                for (int k = kv; k < kb; k++) tail[m] = fmaf(A[(size_t)m * lda + k0 + k], buf[k], tail[m]);
+            for (int m = 0; m < M; m++) {
+                const float *a = A + (size_t)m * lda + k0;
+                float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+                for (int k = 0; k < kb; k++) s += a[k] * buf[k];
+                acc[m] += s;
+            }
         }
-        for (int m = 0; m < M; m++) {
-            float s = tail[m];
-            for (int l = 0; l < LANES; l++) s += acc[m][l];
-            store(&C[(size_t)m * ldc + n], s, alpha, beta);
-        }
+        for (int m = 0; m < M; m++) store(&C[(size_t)m * ldc + n], acc[m], alpha, beta);
     }
 }
 
