@@ -1,6 +1,7 @@
-/* train: the training loop: data → forward → backward → reduce → clip → AdamW, with
- * evaluation, log.jsonl, checkpoints, exact resume, and the final model written at --out, on
- * one process or on every rank of a comm with a ZeRO stage (zero.h).
+/* train: the training loop: data → forward → backward → reduce → clip → AdamW (the
+ * optimizer step is step.h's, which `skein bench train` times), with evaluation, log.jsonl,
+ * checkpoints, exact resume, and the final model written at --out, on one process or on
+ * every rank of a comm with a ZeRO stage (zero.h).
  *
  * The global batch (--batch sequences of --seq tokens) is split into micro-batches of at
  * most --micro-batch sequences whose gradients accumulate; each token's loss is weighted by
