@@ -49,7 +49,7 @@ typedef struct train_opts {
     bool micro_auto;          /* --micro-batch auto: the largest that fits mem_limit */
     size_t mem_limit;         /* bytes per rank (0: MemAvailable / world): auto picks within it,
                                  an explicit micro-batch beyond it is refused */
-    int slow_rank;            /* debug: this rank sleeps slow_ms after each micro-batch (-1: none) */
+    int slow_rank;            /* debug: this rank sleeps slow_ms before each micro-batch (-1: none) */
     long slow_ms;
     int kill_rank;            /* debug: this rank SIGKILLs itself after step kill_step (-1: none) */
     long kill_step;
