@@ -2,11 +2,13 @@
 # found). `make test` runs every test; `make demo` runs the embedded demo; both install the
 # Debian packages they need first (`make deps`). Overrides: CC=, NVCC=, MPICC=, NCCL_HOME=,
 # CUDA_HOME=, MPI_CFLAGS=, MPI_LIBS=, BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1, NO_NCCL=1.
+# WERROR=1 makes every warning an error (CI, .ci/run); the default keeps them warnings, so a
+# compiler newer than CI's still builds.
 
 CC       ?= cc
 BUILD    ?= build
 CSTD      = -std=c11 -D_GNU_SOURCE -fno-math-errno
-WARN      = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wno-unused-parameter
+WARN      = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wno-unused-parameter $(if $(WERROR),-Werror)
 OPT      ?= -O3 -march=native -fno-finite-math-only
 CFLAGS   += $(CSTD) $(WARN) $(OPT) -g -fopenmp -MMD -MP -Isrc
 LDLIBS   += -fopenmp -lm -lpthread
@@ -67,7 +69,7 @@ LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test test-asan demo clean bench-train status
+.PHONY: all deps test test-asan demo clean status
 # The program is linked in $(BUILD); the default build also copies it to ./skein.
 all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # CLI tests of `skein data prepare` (run from the repository root by tests/run.sh, with
 # $SK built). Prints "PASS name" or "FAIL name: why" per case. The end-to-end case runs
-# once per tokenizer fixture in tests/fixtures/tok/*.json, and not at all without fixtures.
+# once per tokenizer fixture in tests/fixtures/tok/*.json (none found is a failure).
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pass() { echo "PASS $1"; }
@@ -43,7 +43,7 @@ printf 'The quick brown fox jumps over the lazy dog. ' >"$tmp/b.txt"
 i=0; while [ $i -lt 20 ]; do printf 'Hello world, line %d.\n' $i >>"$tmp/b.txt"; i=$((i + 1)); done
 printf '{"text": "first json document"}\n{"text": "second one"}\n\n{"text": "third"}\n' >"$tmp/c.jsonl"
 for fx in tests/fixtures/tok/*.json; do
-    [ -e "$fx" ] || continue
+    [ -e "$fx" ] || { fail data_prepare_e2e "no tokenizer fixtures in tests/fixtures/tok"; continue; }
     name=data_prepare_e2e_$(basename "$fx" .json)
     out="$tmp/ds_$(basename "$fx" .json)"
     $SK data prepare --tokenizer "$fx" --input "$tmp/a.txt" "$tmp/b.txt" "$tmp/c.jsonl" --out "$out" \

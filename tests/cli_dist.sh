@@ -3,16 +3,16 @@
 # at 2 and 3 ranks (3 oversubscribes a 2-core machine; SKEIN_COMM_CHUNK=7 splits every call),
 # then the failures: a rank that sleeps past the timeout, a rank killed with SIGKILL. Each must
 # end the whole job, non-zero, within seconds, with a message that names the rank.
-# Skips silently where MPI is not built in. Prints PASS/FAIL lines.
+# Prints PASS/FAIL lines, or one SKIP line where mpirun is missing or MPI is not built in.
 B=${BUILD:-build}
 BIN=$B/tests/test_comm
-command -v mpirun >/dev/null 2>&1 || exit 0
-[ -x "$BIN" ] || exit 0
-ldd "$BIN" 2>/dev/null | grep -q libmpi || exit 0
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1: $2"; }
+[ -x "$BIN" ] || { fail cli_dist "$BIN is not built"; exit 1; }
+command -v mpirun >/dev/null 2>&1 || { echo "SKIP cli_dist: mpirun not found"; exit 0; }
+ldd "$BIN" 2>/dev/null | grep -q libmpi || { echo "SKIP cli_dist: MPI is not built in"; exit 0; }
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
 # Root in CI, shared memory without CMA in containers.
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMPI_MCA_btl_vader_single_copy_mechanism=none

@@ -1,7 +1,7 @@
 #!/bin/sh
 # transformers loads a folder skein wrote (model_save): runs test_io's
 # hf_python_loads_skein_folder case with SKEIN_HF_PYTHON set, which writes a folder and runs
-# tests/check_hf_load.py on it. Skipped silently where no Python has transformers (CI).
+# tests/check_hf_load.py on it. Skipped (one SKIP line) where no Python has transformers (CI).
 # Run from the repository root; prints PASS/FAIL lines for tests/run.sh.
 BUILD=${BUILD:-build}
 py=""
@@ -11,8 +11,8 @@ for cand in /opt/refenv/bin/python python3; do
         py=$cand; break
     fi
 done
-[ -n "$py" ] || exit 0
 name=cli_io_transformers_loads_skein_folder
+[ -n "$py" ] || { echo "SKIP $name: no Python with torch, transformers and safetensors"; exit 0; }
 if [ ! -x "$BUILD/tests/test_io" ]; then
     echo "FAIL $name: $BUILD/tests/test_io not built"; exit 1
 fi

@@ -2,7 +2,7 @@
 # Llama-family folder I/O from the command line: `skein init --arch llama` (a preset and
 # explicit shapes, sharded), and, where a Python with transformers exists, test_llama_io's
 # hf_python_loads_skein_llama_folders case plus tests/check_hf_load_llama.py on the folders
-# init wrote (skipped silently without it). Run from the repository root; prints PASS/FAIL
+# init wrote (SKIP lines without it). Run from the repository root; prints PASS/FAIL/SKIP
 # lines for tests/run.sh.
 BUILD=${BUILD:-build}
 SKEIN=${SKEIN:-$BUILD/skein}
@@ -43,5 +43,9 @@ if [ -n "$py" ]; then
     out=$(SKEIN_HF_PYTHON=$py "$BUILD/tests/test_llama_io" hf_python_loads_skein_llama_folders 2>&1)
     if echo "$out" | grep -q '^PASS hf_python_loads_skein_llama_folders'; then echo "PASS $name"
     else echo "FAIL $name: $(echo "$out" | tail -n 5 | tr '\n' ' ')"; fail=1; fi
+else
+    for name in cli_llama_hf_loads_init_tiny cli_llama_hf_loads_init_sharded cli_llama_io_transformers_loads_skein_folders; do
+        echo "SKIP $name: no Python with torch, transformers and safetensors"
+    done
 fi
 exit $fail

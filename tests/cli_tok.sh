@@ -77,14 +77,19 @@ else fail cli_train_missing_input "$(cat "$tmp/err")"; fi
 PY=""
 if [ -x /opt/refenv/bin/python ] && /opt/refenv/bin/python -c "import tokenizers" 2>/dev/null; then PY=/opt/refenv/bin/python
 elif python3 -c "import tokenizers" 2>/dev/null; then PY=python3; fi
-if [ -n "$PY" ]; then
+if [ -z "$PY" ]; then
+    echo "SKIP cli_trained_loads_in_hf: no Python with the tokenizers module"
+    echo "SKIP cli_trained_docs_loads_in_hf: no Python with the tokenizers module"
+else
     $SK tokenizer encode --tokenizer "$tmp/trained.json" < "$tmp/train.txt" > "$tmp/ids"
     if out=$($PY tests/fixtures/check_trained_tok.py "$tmp/trained.json" "$tmp/train.txt" "$tmp/ids"); then
         pass cli_trained_loads_in_hf
     else fail cli_trained_loads_in_hf "$out"; fi
     # A bigger run where the Python docs are installed (make deps installs python3-doc).
     docs=$(ls -d /usr/share/doc/python3*/html/_sources 2>/dev/null | head -1)
-    if [ -n "$docs" ] && [ -z "$SKEIN_QUICK" ]; then
+    if [ -z "$docs" ]; then echo "SKIP cli_trained_docs_loads_in_hf: python3-doc is not installed"
+    elif [ -n "$SKEIN_QUICK" ]; then echo "SKIP cli_trained_docs_loads_in_hf: SKEIN_QUICK"
+    else
         find "$docs" -name '*.txt' | sort | xargs cat 2>/dev/null | head -c 5000000 > "$tmp/docs.txt"
         start=$(date +%s.%N)
         $SK tokenizer train --input "$tmp/docs.txt" --vocab-size 4096 --out "$tmp/docs.json" 2>/dev/null

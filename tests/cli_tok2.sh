@@ -47,9 +47,11 @@ expect_error cli_chat_config_without_template "tokenizer_config.json" $SK genera
 # The folder's template (Qwen2's), then the same through --chat-template and a conversation file.
 cp $FX/chat.json "$tmp/chat.json"
 PY=/opt/refenv/bin/python; [ -x $PY ] || PY=python3
-if $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); f=[x for x in d if x["family"]=="chatml"][0]
+if ! $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); f=[x for x in d if x["family"]=="chatml"][0]
 json.dump({"bos_token": None, "eos_token": "<|im_end|>", "chat_template": f["chat_template"]}, open(sys.argv[2], "w"))' \
-   "$tmp/chat.json" "$tmp/m/tokenizer_config.json" 2>/dev/null; then
+   "$tmp/chat.json" "$tmp/m/tokenizer_config.json" 2>"$tmp/err"; then
+    fail cli_chat_generate "cannot write tokenizer_config.json with $PY: $(tail -2 "$tmp/err")"
+else
     a=$($SK generate --model "$tmp/m" --chat --system "Be brief." --prompt "Hi there" --max-tokens 8 --temperature 0 2>"$tmp/err")
     ra=$?
     printf '[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]' > "$tmp/conv.json"

@@ -27,10 +27,11 @@ if $SK tokenizer train --input "$T"/corpus/*.txt --vocab-size 400 --out "$T/tok.
    $SK train --model "$T/init" --data "$T/data" --out "$T/run" --steps 30 --batch 4 --seq 32 --lr 3e-3 --eval-every 10 --quiet 2>>"$T/err"
 then pass pipeline; else fail pipeline "$(tail -5 "$T/err")"; fi
 
+missing=""
 for f in config.json model.safetensors tokenizer.json log.jsonl loss.svg checkpoint-30/skein_state.json checkpoint-30/optimizer.bin; do
-    [ -s "$T/run/$f" ] || fail "run_folder" "missing $f"
+    [ -s "$T/run/$f" ] || missing="$missing $f"
 done
-[ -s "$T/run/loss.svg" ] && pass run_folder
+if [ -z "$missing" ]; then pass run_folder; else fail run_folder "missing$missing"; fi
 n=$(wc -l <"$T/run/log.jsonl")
 if [ "$n" -eq 30 ] && grep -q '"val_loss"' "$T/run/log.jsonl" && grep -q '"world_size": 1' "$T/run/log.jsonl"
 then pass log_jsonl; else fail log_jsonl "$n lines: $(head -2 "$T/run/log.jsonl")"; fi
@@ -41,7 +42,7 @@ b=$($SK generate --model "$T/run" --prompt "The model" --max-tokens 12 --tempera
 if [ -n "$a" ] && [ "$a" = "$b" ]; then pass generate_greedy; else fail generate_greedy "'$a' vs '$b'"; fi
 c=$($SK generate --model "$T/run" --prompt "The model" --max-tokens 40 --temperature 1 --seed 3 2>/dev/null)
 d=$($SK generate --model "$T/run" --prompt "The model" --max-tokens 40 --temperature 1 --seed 3 2>/dev/null)
-if [ "$c" = "$d" ]; then pass generate_seeded; else fail generate_seeded "same seed, different text"; fi
+if [ -n "$c" ] && [ "$c" = "$d" ]; then pass generate_seeded; else fail generate_seeded "same seed, different text"; fi
 # The first character generated after the prompt, used as a stop string, must cut the output there.
 # The first character generated, used as a stop string, must end the output right there.
 $SK generate --model "$T/run" --prompt "The model" --max-tokens 12 --temperature 0 >"$T/g" 2>/dev/null

@@ -16,15 +16,15 @@
 #                   timeout, and --resume finishes from the last complete checkpoint, bit for bit;
 #   refused_*       ZeRO-3 with dynamic data, --micro-batch auto beyond --mem-limit;
 #   workers_flag, bench_train_zero: --workers 2 re-launches under mpirun; bench prints per-rank memory.
-# Skips silently where MPI is not built in. Prints PASS/FAIL lines.
+# Prints PASS/FAIL lines, or one SKIP line where mpirun is missing or MPI is not built in.
 SK=${SKEIN:-./skein}
-command -v mpirun >/dev/null 2>&1 || exit 0
-[ -x "$SK" ] || exit 0
-ldd "$SK" 2>/dev/null | grep -q libmpi || exit 0
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1: $2"; }
+[ -x "$SK" ] || { fail cli_zero "$SK is not built"; exit 1; }
+command -v mpirun >/dev/null 2>&1 || { echo "SKIP cli_zero: mpirun not found"; exit 0; }
+ldd "$SK" 2>/dev/null | grep -q libmpi || { echo "SKIP cli_zero: MPI is not built in"; exit 0; }
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 MPIRUN="timeout 120 mpirun --oversubscribe"

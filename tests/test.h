@@ -1,9 +1,11 @@
 /* Minimal test harness shared by tests/test_*.c.
  *
  * Each test file is one program: it registers cases with TEST(name) { ... } and ends with
- * TEST_MAIN(). A case fails on its first CHECK that does not hold; the program prints
- * "PASS <case>" or "FAIL <case>: <file:line> <message>" per case and exits non-zero when any
- * case failed. tests/run.sh sums the lines into "N passed, N failed".
+ * TEST_MAIN(). A case fails on its first CHECK that does not hold; a case that cannot run here
+ * (a tool, a library or a GPU is missing) ends with SKIP("why"). The program prints
+ * "PASS <case>", "FAIL <case>" (after the failed check's file:line and message) or
+ * "SKIP <case>: <why>" per case and exits non-zero when any case failed. tests/run.sh sums the
+ * lines into "N passed, N failed, N skipped": a skip is never counted as a pass.
  *
  * Tests reach fixtures through test_path("fixtures/..."), relative to the tests/ folder, and
  * write scratch files under test_tmpdir(), a fresh folder removed at the end of the run. */
@@ -22,6 +24,8 @@ struct test_case { const char *name; test_fn fn; };
 static struct test_case test_cases[256];
 static int test_count;
 static int test_failed_now;
+static int test_skipped_now;
+static char test_skip_why[256];
 static char test_tmp[256];
 
 #define TEST(tname)                                                             \
@@ -44,6 +48,13 @@ static char test_tmp[256];
         }                                                                       \
     } while (0)
 #define CHECK(cond) CHECK_MSG(cond, "%s", "")
+/* Ends the current case as skipped, with a printf-style reason; call it before any CHECK. */
+#define SKIP(...)                                                               \
+    do {                                                                        \
+        snprintf(test_skip_why, sizeof test_skip_why, __VA_ARGS__);             \
+        test_skipped_now = 1;                                                   \
+        return;                                                                 \
+    } while (0)
 #define CHECK_NEAR(a, b, tol)                                                   \
     CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%.9g vs %.9g (tol %g)", \
               (double)(a), (double)(b), (double)(tol))
@@ -75,8 +86,12 @@ static inline const char *test_tmpdir(void) {
                 if (!strcmp(argv[a], test_cases[i].name)) want = 1;             \
             if (!want) continue;                                                \
             test_failed_now = 0;                                                \
+            test_skipped_now = 0;                                               \
             test_cases[i].fn();                                                 \
-            printf("%s %s\n", test_failed_now ? "FAIL" : "PASS", test_cases[i].name); \
+            if (!test_failed_now && test_skipped_now)                           \
+                printf("SKIP %s: %s\n", test_cases[i].name, test_skip_why);     \
+            else                                                                \
+                printf("%s %s\n", test_failed_now ? "FAIL" : "PASS", test_cases[i].name); \
             fflush(stdout);                                                     \
             failed += test_failed_now;                                          \
         }                                                                       \

@@ -1,8 +1,8 @@
 /* Tests of `--workers N` (cli/launch.h): the test re-executes itself under mpirun through
  * launch_workers, with case name `launch_child` as the "command" and a command line that
  * holds --workers; each rank checks what it got (world, rank, no --workers left) and leaves a
- * file in $SKEIN_LAUNCH_OUT. Where MPI is not built in or mpirun is missing, only the checks
- * that need no launch run. */
+ * file in $SKEIN_LAUNCH_OUT. Where MPI is not built in or mpirun is missing, the cases that
+ * launch are skipped. */
 #include <sys/stat.h>
 
 #include "cli/launch.h"
@@ -68,10 +68,10 @@ static int launch_quiet(int argc, char **argv, int n) {
 }
 
 TEST(launch_workers_runs_ranks) {
-    if (!have_mpirun()) return;
+    if (!have_mpirun()) SKIP("MPI is not built in or mpirun is missing");
     comm_env e;
     CHECK(comm_env_read(&e) == SK_OK);
-    if (e.launcher != COMM_LAUNCH_NONE) return; /* a rank of the launch below */
+    if (e.launcher != COMM_LAUNCH_NONE) SKIP("a rank of the launch below");
     const char *dir = test_tmpdir();
     setenv("SKEIN_LAUNCH_OUT", dir, 1);
     char *args[] = {"--workers", "3", "--workers=3", "last-arg", NULL};
@@ -90,7 +90,7 @@ TEST(launch_workers_runs_ranks) {
 }
 
 TEST(launch_workers_refusals) {
-    if (!have_mpirun()) return;
+    if (!have_mpirun()) SKIP("MPI is not built in or mpirun is missing");
     /* A failing rank makes the launch fail. */
     char *args[] = {"--workers", "2", NULL};
     setenv("SKEIN_LAUNCH_OUT", "/nonexistent/dir", 1);

@@ -4,7 +4,7 @@
  * KV-cached inference against the full forward, overfitting one batch, dropout, init.
  *
  * The tests read m->params and m->grads directly: the CPU backend's memory is host memory.
- * SKEIN_BENCH=1 adds a timing case for the 124M shapes (B=4, T=64). */
+ * Step timings are `skein bench train`'s (it runs the trainer's step). */
 #include "test.h"
 #include "test_model.h"
 
@@ -188,59 +188,6 @@ TEST(init_weights_follow_gpt2) {
     }
     model_free(m);
     model_free(m2);
-}
-
-/* ---- benchmark (SKEIN_BENCH=1) ---- */
-
-TEST(bench_124m_step) {
-    if (!getenv("SKEIN_BENCH")) return;
-    enum { B = 4, T = 64 };
-    model_config cfg;
-    model_config_gpt2(&cfg, 12, 12, 768, 1024, 50257);
-    model *m = NULL;
-    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK);
-    model_init_weights(m, 1);
-    CHECK(model_train_prepare(m, B, T) == SK_OK);
-    backend *be = m->be;
-    float *mm = backend_alloc(be, m->n_params * sizeof(float)), *vv = backend_alloc(be, m->n_params * sizeof(float));
-    int tokens[B * T], targets[B * T];
-    test_random_tokens(tokens, B * T, 50257, 1);
-    test_random_tokens(targets, B * T, 50257, 2);
-    enum { WARM = 2, STEPS = 5 };
-    double ms[4][STEPS];   /* zero_grad, forward, backward, adamw */
-    for (int step = 1; step <= WARM + STEPS; step++) {
-        double t0 = time_now();
-        model_zero_grad(m);
-        double t1 = time_now();
-        float loss = model_forward(m, tokens, targets, B, T);
-        double t2 = time_now();
-        model_backward(m, 1.0f / (B * T));
-        double t3 = time_now();
-        for (int i = 0; i < m->n_specs; i++) {
-            const model_param *p = &m->specs[i];
-            be->ops->adamw(be, m->params + p->offset, m->grads + p->offset, mm + p->offset, vv + p->offset,
-                           p->numel, 6e-4f, 0.9f, 0.95f, 1e-8f, p->decay ? 0.1f : 0.0f, 1.0f, step);
-        }
-        double t4 = time_now();
-        printf("  step %d loss %.4f: zero %.1f ms, forward %.1f ms, backward %.1f ms, adamw %.1f ms, total %.1f ms\n",
-               step, loss, 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2), 1e3 * (t4 - t3), 1e3 * (t4 - t0));
-        if (step > WARM) {
-            double t[5] = {t0, t1, t2, t3, t4};
-            for (int k = 0; k < 4; k++) ms[k][step - WARM - 1] = 1e3 * (t[k + 1] - t[k]);
-        }
-    }
-    double med[4], total = 0;
-    for (int k = 0; k < 4; k++) {   /* median of STEPS by insertion sort */
-        for (int i = 1; i < STEPS; i++)
-            for (int j = i; j > 0 && ms[k][j] < ms[k][j - 1]; j--) { double x = ms[k][j]; ms[k][j] = ms[k][j - 1]; ms[k][j - 1] = x; }
-        med[k] = ms[k][STEPS / 2];
-        total += med[k];
-    }
-    printf("  median of %d: zero %.1f ms, forward %.1f ms, backward %.1f ms, adamw %.1f ms, sum %.1f ms\n", STEPS,
-           med[0], med[1], med[2], med[3], total);
-    backend_mem_free(be, mm);
-    backend_mem_free(be, vv);
-    model_free(m);
 }
 
 TEST_MAIN()

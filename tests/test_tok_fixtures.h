@@ -38,6 +38,14 @@ static inline bool fx_table_load(fx_table *t, const char *rel_path) {
     return true;
 }
 
+/* Frees the table and the tokenizers cached from it (fx_tok_cached). */
+static inline void fx_table_free(fx_table *t, tok **cache, int n) {
+    for (int i = 0; i < n; i++) tok_free(cache[i]), cache[i] = NULL;
+    mem_free(t->text);
+    free(t->lines);
+    memset(t, 0, sizeof *t);
+}
+
 /* Decodes hex into a new buffer (NUL-terminated, caller frees); *n bytes. */
 static inline char *unhex(const char *h, size_t *n) {
     size_t len = strlen(h) / 2;

@@ -1,7 +1,8 @@
 /* Tests of train/: the learning-rate schedule, AdamW against a double-precision reference,
- * the optimizer state file's checks, and exact resume: --steps 40 --stop-after 20 then
- * --resume gives the same 40 losses and the same final weights, bit for bit, as one
- * uninterrupted run. */
+ * the optimizer state file's checks, the optimizer step (step.h, what `skein train` and
+ * `skein bench train` run) at any micro-batch and distribution, and exact resume: --steps 40
+ * --stop-after 20 then --resume gives the same 40 losses and the same final weights, bit for
+ * bit, as one uninterrupted run. */
 #include "test.h"
 
 #include "base/file.h"
@@ -9,6 +10,7 @@
 #include "data/data.h"
 #include "model/model.h"
 #include "train/ckpt.h"
+#include "train/step.h"
 #include "train/train.h"
 #include "train/zero.h"
 
@@ -26,6 +28,59 @@ TEST(cosine_schedule_with_warmup) {
     double mid = 0.1 + 0.45 * (1 + cos(M_PI * 49.0 / 99.0));
     CHECK_NEAR(opt_lr_at(&h, 59) , mid, 1e-6);
     for (long s = 11; s < 110; s++) CHECK(opt_lr_at(&h, s) <= opt_lr_at(&h, s - 1));
+}
+
+/* train_fill_fn over a token stream: sample i is the 16 ids at 16*i, its targets the next. */
+static sk_status fill_stream(void *ctx, long first, long n, const int **inputs, const int **targets) {
+    const int *ids = ctx;
+    *inputs = ids + first * 16;
+    *targets = ids + first * 16 + 1;
+    return SK_OK;
+}
+
+/* One process, 4 steps of a batch of 6 sequences: micro-batches of 6, of 1 and of 4 (the
+ * last one short), static and dynamic, give the same losses and gradient norms up to the
+ * order of float sums, and the statistics count the passes and tokens that ran. */
+TEST(step_is_the_same_at_any_micro_batch_and_distribution) {
+    enum { B = 6, T = 16, V = 29, STEPS = 4 };
+    int ids[B * T + 1];
+    rng r;
+    rng_seed(&r, 4);
+    for (int i = 0; i <= B * T; i++) ids[i] = (int)rng_below(&r, V);
+    const long mbs[3] = {6, 1, 4};
+    double loss[3][STEPS], norm[3][STEPS];
+    opt_hparams hp;
+    opt_hparams_default(&hp);
+    for (int k = 0; k < 3; k++) {
+        backend *be = backend_create("cpu");
+        model_config cfg;
+        model_config_gpt2(&cfg, 2, 2, 16, 32, V);
+        model *m = NULL;
+        zero *z = NULL;
+        CHECK(model_create(&cfg, be, &m) == SK_OK);
+        model_init_weights(m, 5);
+        CHECK(zero_init(m, NULL, 0, k == 2, &z) == SK_OK && model_train_prepare(m, (int)mbs[k], T) == SK_OK);
+        train_step s = {.m = m, .z = z, .batch = B, .micro_batch = mbs[k], .seq = T, .dynamic = k == 2,
+                        .fill = fill_stream, .fill_ctx = ids};
+        CHECK(train_step_init(&s) == SK_OK);
+        for (int i = 0; i < STEPS; i++) {
+            CHECK_MSG(train_step_run(&s, &hp, 1e-2f, 0, &loss[k][i], &norm[k][i]) == SK_OK, "%s", sk_errmsg());
+            CHECK_MSG(s.stats[1 + TRAIN_STAT_MB] == (double)((B + mbs[k] - 1) / mbs[k]) &&
+                      s.stats[1 + TRAIN_STAT_TOKENS] == B * T, "micro-batch %ld: %g passes, %g tokens", mbs[k],
+                      s.stats[1 + TRAIN_STAT_MB], s.stats[1 + TRAIN_STAT_TOKENS]);
+        }
+        CHECK(zero_opt_steps(z) == STEPS);
+        train_step_free(&s);
+        zero_free(z);
+        model_free(m);
+        backend_free(be);
+    }
+    CHECK_MSG(loss[0][STEPS - 1] < loss[0][0], "loss %g -> %g", loss[0][0], loss[0][STEPS - 1]);
+    for (int k = 1; k < 3; k++)
+        for (int i = 0; i < STEPS; i++) {
+            CHECK_NEAR(loss[k][i], loss[0][i], 1e-5 * loss[0][i]);
+            CHECK_NEAR(norm[k][i], norm[0][i], 1e-4 * norm[0][i]);
+        }
 }
 
 /* Writes a tiny GPT-2 folder and a random-token shard; returns the paths in buffers. */

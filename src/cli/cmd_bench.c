@@ -1,8 +1,10 @@
-/* skein bench train: times training steps (forward, backward, gradient reduction and norm,
- * AdamW) of a model on random tokens and prints one JSON line last: the median step time after
- * two untimed warm-up steps, tokens/s, the median of each phase and the peak resident memory.
- * Under mpirun (or --workers N) every rank runs its slice of --batch (the global batch) at the
- * ZeRO stage of --zero; rank 0 prints the line, with every rank's memory plan and peak. */
+/* skein bench train: times the trainer's optimizer step (train/step.h: forward, backward,
+ * gradient reduction and norm, clipping, AdamW) on a model and random tokens, and prints one
+ * JSON line last: the median step time after two untimed warm-up steps, tokens/s, rank 0's
+ * median of each phase (forward_ms, backward_ms, reduce_ms, optimizer_ms) and the peak
+ * resident memory. Under mpirun (or --workers N) every rank runs its slice of --batch (the
+ * global batch, static distribution, one micro-batch per rank) at the ZeRO stage of --zero;
+ * rank 0 prints the line, with every rank's memory plan and peak. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@
 #include "comm/comm.h"
 #include "model/presets.h"
 #include "train/opt.h"
+#include "train/step.h"
 #include "train/train.h"
 #include "train/zero.h"
 
@@ -28,6 +31,17 @@ static int cmp_double(const void *a, const void *b) {
 static double median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* train_fill_fn over one random token stream of (batch*seq + 1) ids: sample i is the seq ids
+ * at i*seq, its targets the next ones. */
+typedef struct bench_tokens { const int *ids; long seq; } bench_tokens;
+
+static sk_status bench_fill(void *ctx, long first, long n, const int **inputs, const int **targets) {
+    const bench_tokens *b = ctx;
+    *inputs = b->ids + first * b->seq;
+    *targets = b->ids + first * b->seq + 1;
+    return SK_OK;
 }
 
 static int bench_train(int argc, char **argv) {
@@ -63,6 +77,7 @@ static int bench_train(int argc, char **argv) {
     const size_t baseline = zero_proc_bytes(false);
     model *m = NULL;
     zero *z = NULL;
+    train_step ts = {0};
     int *tokens = NULL;
     double *times = NULL, *mem = NULL;
     if (dir) {
@@ -76,8 +91,8 @@ static int bench_train(int argc, char **argv) {
         st = sk_fail(SK_EARG, "bench train: --seq %ld exceeds the model's context of %d", T, m->cfg.n_positions);
         goto done;
     }
-    /* this rank's slice of the batch: one micro-batch (none: an idle pass at ZeRO-2/3) */
-    const long lo = rank * B / world, hi = (rank + 1) * B / world, mb = hi - lo, plan_mb = (B + world - 1) / world;
+    /* this rank's slice of the batch is one micro-batch (none: an idle pass at ZeRO-2/3) */
+    const long plan_mb = (B + world - 1) / world;
     zero_mem plan;
     zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
     /* all ranks on this host share its memory; overcommit would grant more and kill a rank */
@@ -90,7 +105,7 @@ static int bench_train(int argc, char **argv) {
     }
     if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
-    times = mem_alloc(sizeof(double) * 4 * (size_t)steps);
+    times = mem_alloc(sizeof(double) * (1 + TRAIN_PHASE_N) * (size_t)steps);
     mem = mem_calloc(sizeof(double) * 8 * (size_t)world);
     if (!tokens || !times || !mem) { st = SK_ENOMEM; goto done; }
     rng r;
@@ -98,29 +113,22 @@ static int bench_train(int argc, char **argv) {
     for (long i = 0; i <= B * T; i++) tokens[i] = (int)rng_below(&r, (uint64_t)m->cfg.vocab_size);
     opt_hparams hp;
     opt_hparams_default(&hp);
-    double *t_step = times, *t_fwd = times + steps, *t_bwd = times + 2 * steps, *t_opt = times + 3 * steps;
+    bench_tokens bt = {tokens, T};
+    ts = (train_step){.m = m, .z = z, .c = c, .batch = B, .micro_batch = plan_mb, .seq = T, .fill = bench_fill,
+                      .fill_ctx = &bt};
+    if ((st = train_step_init(&ts))) goto done;
+    double *t_step = times, *t_phase = times + steps;   /* t_phase[k * steps + s]: phase k of step s */
     if (rank == 0)
         fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens, %d rank%s, ZeRO-%ld, %d threads\n",
                 dir ? dir : preset, m->n_params, B, T, world, world > 1 ? "s" : "", zero_stage, omp_get_max_threads());
     for (long s = -2; s < steps; s++) {
-        double t0 = time_now(), norm = 0;
-        zero_begin_step(z);
-        if (mb > 0) model_forward(m, tokens + lo * T, tokens + lo * T + 1, (int)mb, (int)T);
-        double t1 = time_now();
-        if (mb > 0) model_backward(m, 1.0f / (float)(B * T));
-        else st = zero_idle_pass(z);
-        double t2 = time_now();
-        if (st || (st = zero_status(z)) || (st = zero_end_step(z, &norm)) ||
-            (st = zero_opt_step(z, &hp, hp.lr, norm > 1 ? (float)(1 / norm) : 1.0f)))
-            goto done;
+        double t0 = time_now(), loss = 0, norm = 0;
+        if ((st = train_step_run(&ts, &hp, hp.lr, 0, &loss, &norm))) goto done;
         backend_synchronize(be);
-        double t3 = time_now();
         if (s < 0) continue;
-        t_step[s] = 1e3 * (t3 - t0);
-        t_fwd[s] = 1e3 * (t1 - t0);
-        t_bwd[s] = 1e3 * (t2 - t1);
-        t_opt[s] = 1e3 * (t3 - t2);
-        if (rank == 0) fprintf(stderr, "  step %ld: %.1f ms\n", s + 1, t_step[s]);
+        t_step[s] = 1e3 * (time_now() - t0);
+        for (int k = 0; k < TRAIN_PHASE_N; k++) t_phase[k * steps + s] = ts.ms[k];
+        if (rank == 0) fprintf(stderr, "  step %ld: %.1f ms, loss %.4f\n", s + 1, t_step[s], loss);
     }
     /* every rank's plan and peak, to rank 0 */
     double *me = mem + 8 * rank;
@@ -143,11 +151,13 @@ static int bench_train(int argc, char **argv) {
         }
         printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
                "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"ms_per_step\": %.6g, "
-               "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"optimizer_ms\": %.6g, "
-               "\"peak_bytes\": %.0f, \"ranks\": [",
+               "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"reduce_ms\": %.6g, "
+               "\"optimizer_ms\": %.6g, \"peak_bytes\": %.0f, \"ranks\": [",
                dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, ms,
-               (double)(B * T) / (ms / 1e3), median(t_fwd, (int)steps), median(t_bwd, (int)steps),
-               median(t_opt, (int)steps), mem[6]);
+               (double)(B * T) / (ms / 1e3), median(t_phase + TRAIN_PHASE_FORWARD * steps, (int)steps),
+               median(t_phase + TRAIN_PHASE_BACKWARD * steps, (int)steps),
+               median(t_phase + TRAIN_PHASE_REDUCE * steps, (int)steps),
+               median(t_phase + TRAIN_PHASE_OPT * steps, (int)steps), mem[6]);
         for (int k = 0; k < world; k++) {
             const double *v = mem + 8 * k;
             printf("%s{\"rank\": %d, \"params\": %.0f, \"grads\": %.0f, \"optimizer\": %.0f, \"buffers\": %.0f, "
@@ -160,6 +170,7 @@ done:
     mem_free(tokens);
     mem_free(times);
     mem_free(mem);
+    train_step_free(&ts);
     zero_free(z);
     model_free(m);
     backend_free(be);

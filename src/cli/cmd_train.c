@@ -71,7 +71,7 @@ int cmd_train(int argc, char **argv) {
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
         {"--comm-timeout", ARG_FLOAT, &timeout, "S", "a collective waiting longer than S seconds fails the run (default 120)", false, false},
         {"--mem-limit", ARG_STR, &mem_limit, "BYTES", "memory per rank for --micro-batch auto (8G, 512M; default: available / ranks)", false, false},
-        {"--debug-slow-rank", ARG_STR, &slow, "R:MS", "rank R sleeps MS ms after each micro-batch (tests)", false, false},
+        {"--debug-slow-rank", ARG_STR, &slow, "R:MS", "rank R sleeps MS ms before each micro-batch (tests)", false, false},
         {"--debug-kill-rank", ARG_STR, &kill, "R:STEP", "rank R kills itself with SIGKILL after step STEP (tests)", false, false},
         {"--debug-sample-log", ARG_BOOL, &o.sample_log, NULL, "OUT/samples-rank<r>.txt lists the samples each rank used", false, false},
         {"--device", ARG_STR, &o.device, "cpu|cuda", "where to train (default cpu)", false, false},

@@ -21,6 +21,7 @@
 #include "tokenizer/tok.h"
 #include "train/ckpt.h"
 #include "train/plot.h"
+#include "train/step.h"
 #include "train/zero.h"
 
 typedef struct trainer {
@@ -39,15 +40,11 @@ typedef struct trainer {
     zero *z;
     uint64_t pos;                /* samples consumed since epoch 0 */
     size_t n_samples;            /* per epoch */
-    int64_t counter_base;        /* dynamic: the dispenser's value at the start of this step */
-    int64_t local_counter;       /* dynamic without a comm */
-    double *stats;               /* (1 + 3 world): loss sum, then per rank micro-batches, tokens, wait ms */
+    train_step step;             /* the optimizer step (step.h); its stats after each step */
     zero_mem mem;                /* this rank's plan */
     size_t baseline_rss;         /* resident bytes before the model */
     bool memory_written;
 } trainer;
-
-enum { STAT_MB, STAT_TOKENS, STAT_WAIT, STAT_N };
 
 void train_opts_default(train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -230,21 +227,12 @@ static sk_status agree(trainer *tr, sk_status local, const char *what) {
     return SK_OK;
 }
 
-/* Dynamic distribution: takes the next claim from the dispenser. */
-static sk_status dispense(trainer *tr, int64_t *old) {
-    if (!tr->c) {
-        *old = tr->local_counter++;
-        return SK_OK;
-    }
-    return tr->c->ops->fetch_add(tr->c, 1, old);
-}
-
-/* Forward and backward of the n samples at step offsets [first, first+n); adds the summed
- * token losses to *sum. */
-static sk_status run_micro(trainer *tr, long first, long n, uint64_t step_seed, double *sum) {
+/* train_fill_fn: reads samples [first, first+n) of the step from the epoch's order into the
+ * input buffers and checks them against the vocabulary. */
+static sk_status fill_micro(void *ctx, long first, long n, const int **inputs, const int **targets) {
+    trainer *tr = ctx;
     const train_opts *o = tr->o;
     const long T = o->seq;
-    const double tokens = (double)o->batch * (double)T;
     for (long j = 0; j < n; j++) {
         uint64_t p = tr->pos + (uint64_t)(first + j);
         data_loader_sample(tr->train_dl, p / tr->n_samples, p % tr->n_samples, tr->inputs + j * T, tr->targets + j * T);
@@ -253,66 +241,13 @@ static sk_status run_micro(trainer *tr, long first, long n, uint64_t step_seed, 
                     (unsigned long long)(p % tr->n_samples));
     }
     SK_TRY(check_tokens(tr, n));
-    model *m = tr->m;
-    /* one seed per step, masks keyed by the sample's place in the step (model.h): the same
-     * elements are dropped at any micro-batch size, world size and distribution */
-    m->dropout_seed = step_seed;
-    m->dropout_sample0 = (uint64_t)first;
-    float l = model_forward(m, tr->inputs, tr->targets, (int)n, (int)T);
-    model_backward(m, (float)(1.0 / tokens));
-    *sum += (double)l * (double)n * (double)T;
-    SK_TRY(zero_status(tr->z));
-    double *me = tr->stats + 1 + STAT_N * tr->rank;
-    me[STAT_MB] += 1;
-    me[STAT_TOKENS] += (double)(n * T);
-    if (tr->rank == o->slow_rank && o->slow_ms > 0) {
+    if (tr->rank == o->slow_rank && o->slow_ms > 0) {   /* debug: a slow rank, before each of its micro-batches */
         struct timespec ts = {o->slow_ms / 1000, (o->slow_ms % 1000) * 1000000L};
         nanosleep(&ts, NULL);
     }
+    *inputs = tr->inputs;
+    *targets = tr->targets;
     return SK_OK;
-}
-
-/* One optimizer step: this rank's micro-batches, the reduction, clipping, AdamW. Writes the
- * mean loss and the gradient norm before clipping; tr->stats holds every rank's counts. */
-static sk_status train_step(trainer *tr, float lr, double *loss, double *grad_norm) {
-    const train_opts *o = tr->o;
-    const long B = o->batch, mb = tr->micro_batch, W = tr->world, r = tr->rank;
-    const double tokens = (double)B * (double)o->seq;
-    memset(tr->stats, 0, sizeof(double) * (size_t)(1 + STAT_N * W));
-    uint64_t step_seed = tr->m->dropout ? rng_u64(&tr->st.rng) : 0;
-    double sum = 0;
-    zero_begin_step(tr->z);
-    if (!o->dynamic) {
-        const long lo = r * B / W, hi = (r + 1) * B / W;
-        long n_real = (hi - lo + mb - 1) / mb, n_total = n_real;
-        if (zero_stage(tr->z) >= 2) n_total = ((B + W - 1) / W + mb - 1) / mb;
-        for (long i = 0; i < n_total; i++) {
-            if (i < n_real) SK_TRY(run_micro(tr, lo + i * mb, hi - lo - i * mb < mb ? hi - lo - i * mb : mb, step_seed, &sum));
-            else SK_TRY(zero_idle_pass(tr->z));
-        }
-    } else {
-        const long claims = (B + mb - 1) / mb;
-        for (;;) {
-            int64_t old;
-            SK_TRY(dispense(tr, &old));
-            long k = (long)(old - tr->counter_base);
-            if (k >= claims) break;
-            SK_TRY(run_micro(tr, k * mb, B - k * mb < mb ? B - k * mb : mb, step_seed, &sum));
-        }
-        /* every rank made exactly one claim past the end: the next step starts after them */
-        tr->counter_base += claims + W;
-    }
-    const double t_wait = time_now();
-    SK_TRY(zero_end_step(tr->z, grad_norm));
-    tr->stats[1 + STAT_N * r + STAT_WAIT] = 1e3 * (time_now() - t_wait);
-    tr->stats[0] = sum;
-    if (tr->c && W > 1) SK_TRY(tr->c->ops->all_reduce_sum_f64(tr->c, tr->stats, (size_t)(1 + STAT_N * W)));
-    *loss = tr->stats[0] / tokens;
-    if (!isfinite(*loss))
-        return sk_fail(SK_ESTATE, "train: the loss became %g at step %ld; try a lower --lr", *loss, tr->st.step + 1);
-    float scale = 1.0f;
-    if (o->hp.grad_clip > 0 && *grad_norm > o->hp.grad_clip) scale = (float)(o->hp.grad_clip / (*grad_norm + 1e-6));
-    return zero_opt_step(tr->z, &o->hp, lr, scale);
 }
 
 /* Writes checkpoint-<step>: every rank its optimizer shard, rank 0 the consolidated model and
@@ -448,7 +383,8 @@ static sk_status train_loop(trainer *tr) {
         const double t0 = time_now();
         const float lr = opt_lr_at(&o->hp, tr->st.step);
         double loss = 0, grad_norm = 0, val_loss = NAN;
-        if ((st = train_step(tr, lr, &loss, &grad_norm))) break;
+        const uint64_t dropout_seed = tr->m->dropout ? rng_u64(&tr->st.rng) : 0;
+        if ((st = train_step_run(&tr->step, &o->hp, lr, dropout_seed, &loss, &grad_norm))) break;
         tr->st.step++;
         tr->pos += (uint64_t)o->batch;
         const long step = tr->st.step;
@@ -464,7 +400,7 @@ static sk_status train_loop(trainer *tr) {
             if ((st = evaluate(tr, &val_loss))) break;
         tr->st.epoch = tr->pos / tr->n_samples;
         tr->st.sample_index = tr->pos % tr->n_samples;
-        const double *stats = tr->stats;
+        const double *stats = tr->step.stats;
         if (lead) {
             fprintf(tr->log,
                     "{\"step\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"ms\": %.9g, "
@@ -474,10 +410,10 @@ static sk_status train_loop(trainer *tr) {
             if (!isnan(val_loss)) fprintf(tr->log, ", \"val_loss\": %.9g", val_loss);
             fprintf(tr->log, ", \"workers\": [");
             for (int r = 0; r < tr->world; r++) {
-                const double *w = stats + 1 + STAT_N * r;
+                const double *w = stats + 1 + TRAIN_STAT_N * r;
                 fprintf(tr->log, "%s{\"rank\": %d, \"micro_batches\": %.0f, \"tokens\": %.0f, \"share\": %.9g, "
-                                 "\"wait_ms\": %.9g}", r ? ", " : "", r, w[STAT_MB], w[STAT_TOKENS],
-                        w[STAT_TOKENS] / ((double)o->batch * (double)o->seq), w[STAT_WAIT]);
+                                 "\"wait_ms\": %.9g}", r ? ", " : "", r, w[TRAIN_STAT_MB], w[TRAIN_STAT_TOKENS],
+                        w[TRAIN_STAT_TOKENS] / ((double)o->batch * (double)o->seq), w[TRAIN_STAT_WAIT]);
             }
             fprintf(tr->log, "]}\n");
             fflush(tr->log);
@@ -489,9 +425,9 @@ static sk_status train_loop(trainer *tr) {
             if (tr->world > 1 || o->dynamic) {
                 size_t k = (size_t)snprintf(shares, sizeof shares, " | mb/share/wait");
                 for (int r = 0; r < tr->world && k < sizeof shares; r++) {
-                    const double *w = stats + 1 + STAT_N * r;
-                    k += (size_t)snprintf(shares + k, sizeof shares - k, " r%d %.0f/%.0f%%/%.0fms", r, w[STAT_MB],
-                                          100.0 * w[STAT_TOKENS] / ((double)o->batch * (double)o->seq), w[STAT_WAIT]);
+                    const double *w = stats + 1 + TRAIN_STAT_N * r;
+                    k += (size_t)snprintf(shares + k, sizeof shares - k, " r%d %.0f/%.0f%%/%.0fms", r, w[TRAIN_STAT_MB],
+                                          100.0 * w[TRAIN_STAT_TOKENS] / ((double)o->batch * (double)o->seq), w[TRAIN_STAT_WAIT]);
                 }
             }
             progress_show(&prog, step == o->steps || step == o->stop_after || !isnan(val_loss),
@@ -623,9 +559,10 @@ sk_status train_run(const train_opts *o) {
     if ((st = model_train_prepare(tr.m, (int)tr.micro_batch, (int)o->seq))) goto done;
     tr.inputs = mem_alloc(sizeof(int) * (size_t)(tr.micro_batch * o->seq));
     tr.targets = mem_alloc(sizeof(int) * (size_t)(tr.micro_batch * o->seq));
-    tr.stats = mem_calloc(sizeof(double) * (size_t)(1 + STAT_N * tr.world));
-    if (!tr.inputs || !tr.targets || !tr.stats) { st = SK_ENOMEM; goto done; }
-    if (o->dynamic && tr.c && (st = tr.c->ops->counter_set(tr.c, 0))) goto done;
+    if (!tr.inputs || !tr.targets) { st = SK_ENOMEM; goto done; }
+    tr.step = (train_step){.m = tr.m, .z = tr.z, .c = tr.c, .batch = o->batch, .micro_batch = tr.micro_batch,
+                           .seq = o->seq, .dynamic = o->dynamic, .fill = fill_micro, .fill_ctx = &tr};
+    if ((st = train_step_init(&tr.step))) goto done;
     if (o->sample_log) {
         char path[4096], name[64];
         snprintf(name, sizeof name, "samples-rank%d.txt", tr.rank);
@@ -653,7 +590,7 @@ done:
     if (tr.sample_log) fclose(tr.sample_log);
     mem_free(tr.inputs);
     mem_free(tr.targets);
-    mem_free(tr.stats);
+    train_step_free(&tr.step);
     zero_free(tr.z);
     data_loader_free(tr.train_dl);
     data_loader_free(tr.val_dl);

@@ -1,6 +1,7 @@
-/* train: the training loop: data → forward → backward → reduce → clip → AdamW, with
- * evaluation, log.jsonl, checkpoints, exact resume, and the final model written at --out, on
- * one process or on every rank of a comm with a ZeRO stage (zero.h).
+/* train: the training loop: data → forward → backward → reduce → clip → AdamW (the
+ * optimizer step is step.h's, which `skein bench train` times), with evaluation, log.jsonl,
+ * checkpoints, exact resume, and the final model written at --out, on one process or on
+ * every rank of a comm with a ZeRO stage (zero.h).
  *
  * The global batch (--batch sequences of --seq tokens) is split into micro-batches of at
  * most --micro-batch sequences whose gradients accumulate; each token's loss is weighted by
@@ -48,7 +49,7 @@ typedef struct train_opts {
     bool micro_auto;          /* --micro-batch auto: the largest that fits mem_limit */
     size_t mem_limit;         /* bytes per rank (0: MemAvailable / world): auto picks within it,
                                  an explicit micro-batch beyond it is refused */
-    int slow_rank;            /* debug: this rank sleeps slow_ms after each micro-batch (-1: none) */
+    int slow_rank;            /* debug: this rank sleeps slow_ms before each micro-batch (-1: none) */
     long slow_ms;
     int kill_rank;            /* debug: this rank SIGKILLs itself after step kill_step (-1: none) */
     long kill_step;
