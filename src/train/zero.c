@@ -348,7 +348,8 @@ sk_status zero_end_step(zero *z, double *grad_norm) {
         *grad_norm = sqrt(sq0);
         return SK_OK;
     }
-    double sq = 0;
+    double sq;
+    tensor sq_dev = tensor_1d(z->opt.sq, DT_F64, 1);   /* the squared norm, summed on the device */
     backend_zero(be, z->opt.sq, sizeof(double));
     if (!z->buckets) {
         /* stage 1 (2 with dynamic data): reduce-scatter the full local gradient group by group */
@@ -361,12 +362,10 @@ sk_status zero_end_step(zero *z, double *grad_norm) {
             zero_owned(z, g, &a, &n);
             if (z->stage == 1) memcpy(m->grads + a, z->recv, n * sizeof(float));
             else memcpy(z->gshard + z->at[g], z->recv, z->chunk[g] * sizeof(float));
-            if (z->stage == 1)
-                be->ops->sum_squares(be, NULL, tensor_1d(z->opt.sq, DT_F64, 1), tensor_1d(m->grads + a, DT_F32, (int64_t)n));
+            if (z->stage == 1) be->ops->sum_squares(be, NULL, sq_dev, tensor_1d(m->grads + a, DT_F32, (int64_t)n));
         }
     }
-    if (z->stage >= 2)
-        be->ops->sum_squares(be, NULL, tensor_1d(z->opt.sq, DT_F64, 1), tensor_1d(z->gshard, DT_F32, (int64_t)z->shard));
+    if (z->stage >= 2) be->ops->sum_squares(be, NULL, sq_dev, tensor_1d(z->gshard, DT_F32, (int64_t)z->shard));
     backend_download(be, &sq, z->opt.sq, sizeof sq);
     SK_TRY(zc_sum_f64(z, &sq, 1));
     *grad_norm = sqrt(sq);

@@ -73,7 +73,7 @@ static void cpu_stream_synchronize(backend *be, backend_stream *s) {}
 static backend_event *cpu_event_create(backend *be) { return mem_calloc(sizeof(backend_event)); }
 static void cpu_event_free(backend *be, backend_event *e) { mem_free(e); }
 static void cpu_event_record(backend *be, backend_event *e, backend_stream *s) {}
-static void cpu_stream_wait_event(backend *be, backend_stream *stream, backend_event *e) {}
+static void cpu_stream_wait_event(backend *be, backend_stream *s, backend_event *e) {}
 static void cpu_event_synchronize(backend *be, backend_event *e) {}
 
 /* Free: what mem_available says the host can still give (MemAvailable); total: physical memory. */
@@ -367,7 +367,8 @@ static void cpu_dropout_forward(backend *be, backend_stream *stream, tensor out_
     for (size_t i = 0; i < n; i++) out[i] = dropout_keep(seed, i, p) ? inp[i] * sc : 0.0f;
 }
 
-static void cpu_dropout_backward(backend *be, backend_stream *stream, tensor dinp, tensor dout, float p, uint64_t seed) {
+static void cpu_dropout_backward(backend *be, backend_stream *stream, tensor dinp, tensor dout, float p,
+                                 uint64_t seed) {
     cpu_dropout_forward(be, stream, dinp, dout, p, seed);   /* the same masked scaling */
 }
 
