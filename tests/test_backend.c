@@ -1,4 +1,5 @@
-/* Tests of the CPU backend (backend/cpu/cpu.c), op by op.
+/* Tests of a backend's ops, op by op, on SKEIN_TEST_DEVICE (test_device.h; the CPU backend,
+ * backend/cpu/cpu.c, by default).
  *
  * Forward ops are compared with plain double-precision references; backward ops with
  * central finite differences of a scalar objective J = sum_i w_i out_i (w random, summed in
@@ -6,8 +7,16 @@
  * its rounding (~1e-7 relative per output) becomes ~1e-4 in the difference quotient, so
  * each checked entry must satisfy |analytic - numeric| <= 1e-2 |analytic| + 2e-3
  * (FD_RTOL, FD_ATOL); observed errors are far smaller. Every entry of every input is
- * checked (the sizes are small). */
+ * checked (the sizes are small).
+ *
+ * Every array lives on the host, where the references and the finite differences read and
+ * perturb it, and has a device mirror the ops run on: RUN(...) uploads every mirror of the
+ * case, runs the op calls it wraps and downloads every mirror back. Inside it, V, M and DEV
+ * name the mirror of a host pointer (a pointer inside an array names the same place in its
+ * mirror, so two host pointers that alias alias on the device too). The tests never
+ * dereference backend memory, so they check any backend. */
 #include "test.h"
+#include "test_device.h"
 
 #include "backend/backend.h"
 #include "base/rng.h"
@@ -19,18 +28,70 @@
 static backend *be;
 static rng R;
 
+/* ---- host arrays and their device mirrors ---- */
+
+typedef struct mirror { char *host, *dev; size_t bytes; } mirror;
+enum { MAX_MIRRORS = 64 };
+static mirror mirrors[MAX_MIRRORS];
+static int n_mirrors;
+
+/* A zeroed host array of `bytes` with a device mirror, freed at the next case's setup. */
+static void *mirrored(size_t bytes) {
+    SK_ASSERT(n_mirrors < MAX_MIRRORS);
+    mirror *r = &mirrors[n_mirrors++];
+    r->host = calloc(1, bytes);
+    r->dev = backend_alloc(be, bytes);
+    r->bytes = bytes;
+    SK_ASSERT(r->host && r->dev);
+    return r->host;
+}
+
+/* The device address of host address p inside a mirrored array. */
+static void *DEV(const void *p) {
+    for (int i = 0; i < n_mirrors; i++) {
+        const mirror *r = &mirrors[i];
+        if ((const char *)p >= r->host && (const char *)p < r->host + r->bytes) return r->dev + ((const char *)p - r->host);
+    }
+    SK_ASSERT(!"not inside a mirrored array");
+    return NULL;
+}
+/* f32 views of the mirror at host address p: (n) and (rows, cols). */
+static tensor V(const float *p, int64_t n) { return tensor_1d(DEV(p), DT_F32, n); }
+static tensor M(const float *p, int64_t rows, int64_t cols) { return tensor_2d(DEV(p), DT_F32, rows, cols); }
+
+static void mirrors_sync(backend_copy_dir dir) {
+    for (int i = 0; i < n_mirrors; i++) {
+        mirror *r = &mirrors[i];
+        if (dir == COPY_HOST_TO_DEVICE) backend_upload(be, r->dev, r->host, r->bytes);
+        else backend_download(be, r->host, r->dev, r->bytes);
+    }
+}
+#define RUN(...) do { mirrors_sync(COPY_HOST_TO_DEVICE); __VA_ARGS__; mirrors_sync(COPY_DEVICE_TO_HOST); } while (0)
+
 static void setup(uint64_t seed) {
-    if (!be) be = backend_cpu_create();
+    be = test_device();
+    for (int i = 0; i < n_mirrors; i++) {
+        free(mirrors[i].host);
+        backend_mem_free(be, mirrors[i].dev);
+    }
+    n_mirrors = 0;
     rng_seed(&R, seed);
 }
 
 static float *randn(size_t n, float sd) {
-    float *x = backend_alloc(be, n * sizeof(float));
+    float *x = mirrored(n * sizeof(float));
     for (size_t i = 0; i < n; i++) x[i] = sd * rng_normal(&R);
     return x;
 }
 
-static float *zeros(size_t n) { return backend_alloc(be, n * sizeof(float)); }
+static float *zeros(size_t n) { return mirrored(n * sizeof(float)); }
+
+/* A mirrored copy of the host ints src(n). */
+static int *ints(const int *src, size_t n) {
+    int *x = mirrored(n * sizeof(int));
+    memcpy(x, src, n * sizeof(int));
+    return x;
+}
 
 static double dot(const float *w, const float *x, size_t n) {
     double s = 0;
@@ -60,14 +121,20 @@ static int fd_check(const char *what, float *x, const float *g, size_t n, double
 
 /* ---- gemm and linear layers ---- */
 
-TEST(gemm_matches_reference_all_transposes) {
+/* Row strides wider than the data: the views are column blocks of (.., 12) matrices, as
+ * GPT-2's inference cuts c_attn into q, k and v. */
+TEST(matmul_matches_reference_all_transposes) {
     setup(1);
     const int M = 7, N = 9, K = 5, ld = 12;   /* leading dimensions wider than the data */
     float *A = randn(12 * 12, 1), *B = randn(12 * 12, 1), *C0 = randn(M * ld, 1), *C = zeros(M * ld);
+    CHECK(backend_supports(be, BACKEND_OP_MATMUL, DT_F32));
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             memcpy(C, C0, sizeof(float) * M * ld);
-            be->ops->gemm(be, ta, tb, M, N, K, 0.7f, A, ld, B, ld, 0.3f, C, ld);
+            tensor a = tensor_cols(tensor_2d(DEV(A), DT_F32, 12, 12), 0, ta ? M : K);
+            tensor b = tensor_cols(tensor_2d(DEV(B), DT_F32, 12, 12), 0, tb ? K : N);
+            RUN(be->ops->matmul(be, NULL, tensor_2d_ld(DEV(C), DT_F32, M, N, ld), tensor_rows(a, 0, ta ? K : M), ta,
+                                tensor_rows(b, 0, tb ? N : K), tb, 0.7f, 0.3f));
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) {
                     double s = 0;
@@ -86,8 +153,8 @@ TEST(gemm_matches_reference_all_transposes) {
 enum { LN_ = 6, LIC = 5, LOC = 7 };
 static float *lx, *lw, *lb, *lout, *lwt;
 static double linear_obj(void) {
-    be->ops->gemm(be, false, false, LN_, LOC, LIC, 1.0f, lx, LIC, lw, LOC, 0.0f, lout, LOC);
-    be->ops->bias_add(be, lout, lb, LN_, LOC);
+    RUN(be->ops->matmul(be, NULL, M(lout, LN_, LOC), M(lx, LN_, LIC), false, M(lw, LIC, LOC), false, 1.0f, 0.0f);
+        be->ops->bias_add(be, NULL, M(lout, LN_, LOC), V(lb, LOC)));
     return dot(lwt, lout, LN_ * LOC);
 }
 TEST(linear_backward_matches_finite_differences) {
@@ -98,9 +165,9 @@ TEST(linear_backward_matches_finite_differences) {
     float *dw0 = zeros(LIC * LOC), *db0 = zeros(LOC);
     memcpy(dw0, dw, sizeof(float) * LIC * LOC);
     memcpy(db0, db, sizeof(float) * LOC);
-    be->ops->bias_backward(be, db, lwt, LN_, LOC);
-    be->ops->gemm(be, true, false, LIC, LOC, LN_, 1.0f, lx, LIC, lwt, LOC, 1.0f, dw, LOC);
-    be->ops->gemm(be, false, true, LN_, LIC, LOC, 1.0f, lwt, LOC, lw, LOC, 0.0f, dx, LIC);
+    RUN(be->ops->bias_backward(be, NULL, V(db, LOC), M(lwt, LN_, LOC));
+        be->ops->matmul(be, NULL, M(dw, LIC, LOC), M(lx, LN_, LIC), true, M(lwt, LN_, LOC), false, 1.0f, 1.0f);
+        be->ops->matmul(be, NULL, M(dx, LN_, LIC), M(lwt, LN_, LOC), false, M(lw, LIC, LOC), true, 1.0f, 0.0f));
     for (int i = 0; i < LIC * LOC; i++) dw[i] -= dw0[i];   /* they accumulate: remove the start */
     for (int i = 0; i < LOC; i++) db[i] -= db0[i];
     CHECK(fd_check("dx", lx, dx, LN_ * LIC, linear_obj) == 0);
@@ -113,7 +180,8 @@ TEST(linear_backward_matches_finite_differences) {
 enum { NN = 5, NC = 24 };
 static float *nx, *nwt, *nb, *nout, *nmean, *nrstd, *nw;
 static double ln_obj(void) {
-    be->ops->layernorm_forward(be, nout, nmean, nrstd, nx, nwt, nb, NN, NC, 1e-5f);
+    RUN(be->ops->layernorm_forward(be, NULL, M(nout, NN, NC), V(nmean, NN), V(nrstd, NN), M(nx, NN, NC), V(nwt, NC),
+                                   V(nb, NC), 1e-5f));
     return dot(nw, nout, NN * NC);
 }
 TEST(layernorm_forward_and_backward) {
@@ -132,13 +200,15 @@ TEST(layernorm_forward_and_backward) {
             CHECK_NEAR(nout[i * NC + c], (nx[i * NC + c] - m) * r * nwt[c] + nb[c], 1e-5);
     }
     float *dx = zeros(NN * NC), *dwt = zeros(NC), *db = zeros(NC);
-    be->ops->layernorm_backward(be, dx, dwt, db, nw, nx, nwt, nmean, nrstd, NN, NC);
+    RUN(be->ops->layernorm_backward(be, NULL, M(dx, NN, NC), V(dwt, NC), V(db, NC), M(nw, NN, NC), M(nx, NN, NC),
+                                    V(nwt, NC), V(nmean, NN), V(nrstd, NN)));
     CHECK(fd_check("dinp", nx, dx, NN * NC, ln_obj) == 0);
     CHECK(fd_check("dweight", nwt, dwt, NC, ln_obj) == 0);
     CHECK(fd_check("dbias", nb, db, NC, ln_obj) == 0);
     /* accumulation: a second call adds the same amounts */
     float first = dx[7], firstw = dwt[3];
-    be->ops->layernorm_backward(be, dx, dwt, db, nw, nx, nwt, nmean, nrstd, NN, NC);
+    RUN(be->ops->layernorm_backward(be, NULL, M(dx, NN, NC), V(dwt, NC), V(db, NC), M(nw, NN, NC), M(nx, NN, NC),
+                                    V(nwt, NC), V(nmean, NN), V(nrstd, NN)));
     CHECK_NEAR(dx[7], 2 * first, 1e-6);
     CHECK_NEAR(dwt[3], 2 * firstw, 1e-6);
 }
@@ -148,7 +218,7 @@ TEST(layernorm_forward_and_backward) {
 enum { GN = 241 };
 static float *gx, *gout, *gw;
 static double gelu_obj(void) {
-    be->ops->gelu_forward(be, gout, gx, GN);
+    RUN(be->ops->gelu_forward(be, NULL, V(gout, GN), V(gx, GN)));
     return dot(gw, gout, GN);
 }
 TEST(gelu_forward_and_backward) {
@@ -161,11 +231,11 @@ TEST(gelu_forward_and_backward) {
         CHECK_MSG(fabs(gout[i] - want) <= 1e-6 * (1 + fabs(want)), "gelu(%g) = %.9g, want %.9g", x, gout[i], want);
     }
     float *dx = zeros(GN);
-    be->ops->gelu_backward(be, dx, gx, gw, GN);
+    RUN(be->ops->gelu_backward(be, NULL, V(dx, GN), V(gx, GN), V(gw, GN)));
     CHECK(fd_check("dinp", gx, dx, GN, gelu_obj) == 0);
     float *inplace = zeros(GN);   /* dinp may alias dout */
     memcpy(inplace, gw, sizeof(float) * GN);
-    be->ops->gelu_backward(be, inplace, gx, inplace, GN);
+    RUN(be->ops->gelu_backward(be, NULL, V(inplace, GN), V(gx, GN), V(inplace, GN)));
     CHECK(!memcmp(inplace, dx, sizeof(float) * GN));
 }
 
@@ -174,7 +244,7 @@ TEST(gelu_forward_and_backward) {
 enum { AB = 2, AT = 5, AC = 12, ANH = 3 };
 static float *aqkv, *aout, *aatt, *aw, adrop;
 static double att_obj(void) {
-    be->ops->attention_forward(be, aout, aatt, aqkv, AB, AT, AC, ANH, adrop, 77);
+    RUN(be->ops->attention_forward(be, DEV(aout), DEV(aatt), DEV(aqkv), AB, AT, AC, ANH, adrop, 77));
     return dot(aw, aout, AB * AT * AC);
 }
 static void attention_case(float p) {
@@ -209,7 +279,7 @@ static void attention_case(float p) {
                 }
             }
     float *dqkv = zeros(AB * AT * 3 * AC), *datt = zeros(AB * ANH * AT * AT);
-    be->ops->attention_backward(be, dqkv, datt, aw, aqkv, aatt, AB, AT, AC, ANH, p, 77);
+    RUN(be->ops->attention_backward(be, DEV(dqkv), DEV(datt), DEV(aw), DEV(aqkv), DEV(aatt), AB, AT, AC, ANH, p, 77));
     CHECK(fd_check(p > 0 ? "dqkv (dropout 0.3)" : "dqkv", aqkv, dqkv, AB * AT * 3 * AC, att_obj) == 0);
 }
 TEST(attention_forward_and_backward) { attention_case(0.0f); }
@@ -221,7 +291,7 @@ TEST(attention_cached_matches_full) {
     setup(6);
     enum { T = 9, C = 16, NH = 4 };
     float *qkv = randn(T * 3 * C, 1), *out = zeros(T * C), *att = zeros(NH * T * T), *got = zeros(T * C);
-    be->ops->attention_forward(be, out, att, qkv, 1, T, C, NH, 0.0f, 0);
+    RUN(be->ops->attention_forward(be, DEV(out), DEV(att), DEV(qkv), 1, T, C, NH, 0.0f, 0));
     float *k = zeros(T * C), *v = zeros(T * C);
     for (int t = 0; t < T; t++) {
         memcpy(k + t * C, qkv + t * 3 * C + C, sizeof(float) * C);
@@ -230,7 +300,8 @@ TEST(attention_cached_matches_full) {
     int chunks[][2] = {{0, 4}, {4, 1}, {5, 3}, {8, 1}};   /* (pos, n) */
     for (int c = 0; c < 4; c++) {
         int pos = chunks[c][0], n = chunks[c][1];
-        be->ops->attention_cached(be, got + pos * C, qkv + pos * 3 * C, 3 * C, k, v, C, n, pos, C, NH);
+        RUN(be->ops->attention_cached(be, DEV(got + pos * C), DEV(qkv + pos * 3 * C), 3 * C, DEV(k), DEV(v), C, n, pos,
+                                      C, NH));
     }
     for (int i = 0; i < T * C; i++) CHECK_NEAR(got[i], out[i], 1e-6);
 }
@@ -241,7 +312,7 @@ TEST(attention_cached_matches_full) {
 enum { RN = 5, RC = 24 };
 static float *rx, *rwt, *rout, *rrstd, *rw;
 static double rms_obj(void) {
-    be->ops->rmsnorm_forward(be, rout, rrstd, rx, rwt, RN, RC, 1e-5f);
+    RUN(be->ops->rmsnorm_forward(be, NULL, M(rout, RN, RC), V(rrstd, RN), M(rx, RN, RC), V(rwt, RC), 1e-5f));
     return dot(rw, rout, RN * RC);
 }
 TEST(rmsnorm_forward_and_backward) {
@@ -257,11 +328,13 @@ TEST(rmsnorm_forward_and_backward) {
         for (int c = 0; c < RC; c++) CHECK_NEAR(rout[i * RC + c], rx[i * RC + c] * r * rwt[c], 1e-5);
     }
     float *dx = zeros(RN * RC), *dwt = zeros(RC);
-    be->ops->rmsnorm_backward(be, dx, dwt, rw, rx, rwt, rrstd, RN, RC);
+    RUN(be->ops->rmsnorm_backward(be, NULL, M(dx, RN, RC), V(dwt, RC), M(rw, RN, RC), M(rx, RN, RC), V(rwt, RC),
+                                  V(rrstd, RN)));
     CHECK(fd_check("dinp", rx, dx, RN * RC, rms_obj) == 0);
     CHECK(fd_check("dweight", rwt, dwt, RC, rms_obj) == 0);
     float first = dx[7], firstw = dwt[3];   /* accumulation */
-    be->ops->rmsnorm_backward(be, dx, dwt, rw, rx, rwt, rrstd, RN, RC);
+    RUN(be->ops->rmsnorm_backward(be, NULL, M(dx, RN, RC), V(dwt, RC), M(rw, RN, RC), M(rx, RN, RC), V(rwt, RC),
+                                  V(rrstd, RN)));
     CHECK_NEAR(dx[7], 2 * first, 1e-6);
     CHECK_NEAR(dwt[3], 2 * firstw, 1e-6);
 }
@@ -271,9 +344,14 @@ TEST(rmsnorm_forward_and_backward) {
  * objective's gradient is exactly rope_backward(w)), and backward undoing forward. */
 enum { PB = 2, PT = 5, PNH = 3, PHS = 8, PP = 16, PPOS = 4 };
 static float *px, *ptmp, *pcos, *psin, *pw;
+/* x(PB,PT,PNH,PHS) at host address p, and the (PP, PHS/2) tables, as device views. */
+static tensor rope_x(const float *p) {
+    const int64_t shape[4] = {PB, PT, PNH, PHS};
+    return tensor_make(DEV(p), DT_F32, MEM_DEVICE, 4, shape);
+}
 static double rope_obj(void) {
     memcpy(ptmp, px, sizeof(float) * PB * PT * PNH * PHS);
-    be->ops->rope_forward(be, ptmp, pcos, psin, PB * PT, PT, PPOS, PNH, PHS);
+    RUN(be->ops->rope_forward(be, NULL, rope_x(ptmp), M(pcos, PP, PHS / 2), M(psin, PP, PHS / 2), PPOS));
     return dot(pw, ptmp, PB * PT * PNH * PHS);
 }
 TEST(rope_forward_and_backward) {
@@ -298,10 +376,10 @@ TEST(rope_forward_and_backward) {
             }
     float *dx = zeros(n);
     memcpy(dx, pw, sizeof(float) * n);
-    be->ops->rope_backward(be, dx, pcos, psin, PB * PT, PT, PPOS, PNH, PHS);
+    RUN(be->ops->rope_backward(be, NULL, rope_x(dx), M(pcos, PP, PHS / 2), M(psin, PP, PHS / 2), PPOS));
     CHECK(fd_check("dx", px, dx, n, rope_obj) == 0);
     rope_obj();   /* fd_check left ptmp from a perturbed input */
-    be->ops->rope_backward(be, ptmp, pcos, psin, PB * PT, PT, PPOS, PNH, PHS);   /* undoes the forward */
+    RUN(be->ops->rope_backward(be, NULL, rope_x(ptmp), M(pcos, PP, PHS / 2), M(psin, PP, PHS / 2), PPOS));   /* undoes the forward */
     for (int i = 0; i < n; i++) CHECK_NEAR(ptmp[i], px[i], 1e-6);
 }
 
@@ -309,7 +387,7 @@ TEST(rope_forward_and_backward) {
 enum { SGN = 241 };
 static float *sgg, *sgu, *sgout, *sgw;
 static double swiglu_obj(void) {
-    be->ops->swiglu_forward(be, sgout, sgg, sgu, SGN);
+    RUN(be->ops->swiglu_forward(be, NULL, V(sgout, SGN), V(sgg, SGN), V(sgu, SGN)));
     return dot(sgw, sgout, SGN);
 }
 TEST(swiglu_forward_and_backward) {
@@ -322,12 +400,12 @@ TEST(swiglu_forward_and_backward) {
         CHECK_MSG(fabs(sgout[i] - want) <= 1e-6 * (1 + fabs(want)), "swiglu(%g, %g) = %.9g, want %.9g", g, sgu[i], sgout[i], want);
     }
     float *dg = zeros(SGN), *du = zeros(SGN);
-    be->ops->swiglu_backward(be, dg, du, sgw, sgg, sgu, SGN);
+    RUN(be->ops->swiglu_backward(be, NULL, V(dg, SGN), V(du, SGN), V(sgw, SGN), V(sgg, SGN), V(sgu, SGN)));
     CHECK(fd_check("dgate", sgg, dg, SGN, swiglu_obj) == 0);
     CHECK(fd_check("dup", sgu, du, SGN, swiglu_obj) == 0);
     float *inplace = zeros(SGN), *du2 = zeros(SGN);   /* dgate may alias dout */
     memcpy(inplace, sgw, sizeof(float) * SGN);
-    be->ops->swiglu_backward(be, inplace, du2, inplace, sgg, sgu, SGN);
+    RUN(be->ops->swiglu_backward(be, NULL, V(inplace, SGN), V(du2, SGN), V(inplace, SGN), V(sgg, SGN), V(sgu, SGN)));
     CHECK(!memcmp(inplace, dg, sizeof(float) * SGN) && !memcmp(du2, du, sizeof(float) * SGN));
 }
 
@@ -338,7 +416,7 @@ enum { QB = 2, QT = 6, QNH = 4, QHS = 4 };
 static float *qq, *qk, *qv, *qout, *qatt, *qw;
 static int qnkv, qwin;
 static double gqa_obj(void) {
-    be->ops->gqa_attention_forward(be, qout, qatt, qq, qk, qv, QB, QT, QNH, qnkv, QHS, qwin);
+    RUN(be->ops->gqa_attention_forward(be, DEV(qout), DEV(qatt), DEV(qq), DEV(qk), DEV(qv), QB, QT, QNH, qnkv, QHS, qwin));
     return dot(qw, qout, QB * QT * QNH * QHS);
 }
 static void gqa_case(int nkv, int win, bool grads) {
@@ -375,7 +453,8 @@ static void gqa_case(int nkv, int win, bool grads) {
             }
     if (!grads) return;
     float *dq = zeros(QB * QT * QD), *dk = zeros(QB * QT * KD), *dv = zeros(QB * QT * KD), *datt = zeros(QB * QNH * QT * QT);
-    be->ops->gqa_attention_backward(be, dq, dk, dv, datt, qw, qq, qk, qv, qatt, QB, QT, QNH, nkv, QHS, win);
+    RUN(be->ops->gqa_attention_backward(be, DEV(dq), DEV(dk), DEV(dv), DEV(datt), DEV(qw), DEV(qq), DEV(qk), DEV(qv),
+                                        DEV(qatt), QB, QT, QNH, nkv, QHS, win));
     char what[64];
     snprintf(what, sizeof what, "dq (NKV %d, W %d)", nkv, win);
     CHECK(fd_check(what, qq, dq, QB * QT * QD, gqa_obj) == 0);
@@ -407,11 +486,12 @@ TEST(gqa_attention_cached_matches_full) {
     float *q = randn(T * QD, 1), *k = randn(T * KD, 1), *v = randn(T * KD, 1);
     float *out = zeros(T * QD), *att = zeros(NH * T * T), *got = zeros(T * QD);
     for (int win = 0; win <= 3; win += 3) {
-        be->ops->gqa_attention_forward(be, out, att, q, k, v, 1, T, NH, NKV, HS, win);
+        RUN(be->ops->gqa_attention_forward(be, DEV(out), DEV(att), DEV(q), DEV(k), DEV(v), 1, T, NH, NKV, HS, win));
         int chunks[][2] = {{0, 4}, {4, 1}, {5, 3}, {8, 1}};   /* (pos, n) */
         for (int c = 0; c < 4; c++) {
             int pos = chunks[c][0], n = chunks[c][1];
-            be->ops->gqa_attention_cached(be, got + pos * QD, q + pos * QD, k, v, n, pos, NH, NKV, HS, win);
+            RUN(be->ops->gqa_attention_cached(be, DEV(got + pos * QD), DEV(q + pos * QD), DEV(k), DEV(v), n, pos, NH, NKV,
+                                              HS, win));
         }
         for (int i = 0; i < T * QD; i++) CHECK_MSG(fabs(got[i] - out[i]) <= 1e-6, "W %d [%d]: %g vs %g", win, i, got[i], out[i]);
     }
@@ -421,16 +501,20 @@ TEST(gqa_attention_cached_matches_full) {
 
 enum { SN = 4, SV = 11, SVP = 13 };
 static float *sl, *sloss;
-static int stg[SN] = {3, -1, 10, 0};
+static int *stg;
+static const int stg_host[SN] = {3, -1, 10, 0};
+/* logits (SN,SV) with row stride SVP at host address p */
+static tensor xent_logits(const float *p) { return tensor_2d_ld(DEV(p), DT_F32, SN, SV, SVP); }
+static tensor xent_targets(void) { return tensor_1d(DEV(stg), DT_I32, SN); }
 static double xent_obj(void) {
-    be->ops->softmax_xent(be, sloss, NULL, sl, stg, SN, SV, SVP, 0.0f);
+    RUN(be->ops->softmax_xent(be, NULL, V(sloss, SN), tensor_none(), xent_logits(sl), xent_targets(), 0.0f));
     double s = 0;
     for (int i = 0; i < SN; i++) s += 0.7 * sloss[i];
     return s;
 }
 TEST(softmax_xent_losses_and_gradient) {
     setup(7);
-    sl = randn(SN * SVP, 2); sloss = zeros(SN);
+    sl = randn(SN * SVP, 2); sloss = zeros(SN); stg = ints(stg_host, SN);
     for (int i = 0; i < SN; i++) {   /* padded columns hold garbage the op must ignore */
         sl[i * SVP + 11] = 1e3f;
         sl[i * SVP + 12] = -1e3f;
@@ -444,7 +528,7 @@ TEST(softmax_xent_losses_and_gradient) {
         CHECK_NEAR(sloss[i], want, 1e-5);
     }
     float *d = zeros(SN * SVP), *losses2 = zeros(SN);
-    be->ops->softmax_xent(be, losses2, d, sl, stg, SN, SV, SVP, 0.7f);
+    RUN(be->ops->softmax_xent(be, NULL, V(losses2, SN), M(d, SN, SVP), xent_logits(sl), xent_targets(), 0.7f));
     for (int i = 0; i < SN; i++) CHECK(losses2[i] == sloss[i]);
     for (int i = 0; i < SN; i++)
         for (int j = SV; j < SVP; j++) CHECK(d[i * SVP + j] == 0.0f);
@@ -453,7 +537,7 @@ TEST(softmax_xent_losses_and_gradient) {
     /* in place (dlogits aliasing logits) gives the same gradient */
     float *inplace = zeros(SN * SVP);
     memcpy(inplace, sl, sizeof(float) * SN * SVP);
-    be->ops->softmax_xent(be, losses2, inplace, inplace, stg, SN, SV, SVP, 0.7f);
+    RUN(be->ops->softmax_xent(be, NULL, V(losses2, SN), M(inplace, SN, SVP), xent_logits(inplace), xent_targets(), 0.7f));
     CHECK(!memcmp(inplace, d, sizeof(float) * SN * SVP));
 }
 
@@ -461,19 +545,22 @@ TEST(softmax_xent_losses_and_gradient) {
 
 enum { EB = 2, ET = 4, EC = 6, EV = 5 };
 static float *ewte, *ewpe, *eout, *ew;
-static int etok[EB * ET] = {1, 3, 1, 4, 0, 1, 3, 3};   /* repeats: dwte rows sum */
+static int *etok;
+static const int etok_host[EB * ET] = {1, 3, 1, 4, 0, 1, 3, 3};   /* repeats: dwte rows sum */
+static tensor embed_tokens(void) { return tensor_2d(DEV(etok), DT_I32, EB, ET); }
 static double embed_obj(void) {
-    be->ops->embed_forward(be, eout, etok, ewte, ewpe, EB, ET, EC);
+    RUN(be->ops->embed_forward(be, NULL, M(eout, EB * ET, EC), embed_tokens(), M(ewte, EV, EC), M(ewpe, ET, EC)));
     return dot(ew, eout, EB * ET * EC);
 }
 TEST(embed_forward_and_backward) {
     setup(8);
     ewte = randn(EV * EC, 1); ewpe = randn(ET * EC, 1); eout = zeros(EB * ET * EC); ew = randn(EB * ET * EC, 1);
+    etok = ints(etok_host, EB * ET);
     embed_obj();
     for (int i = 0; i < EB * ET; i++)
         for (int c = 0; c < EC; c++) CHECK(eout[i * EC + c] == ewte[etok[i] * EC + c] + ewpe[(i % ET) * EC + c]);
     float *dwte = zeros(EV * EC), *dwpe = zeros(ET * EC);
-    be->ops->embed_backward(be, dwte, dwpe, ew, etok, EB, ET, EC);
+    RUN(be->ops->embed_backward(be, NULL, M(dwte, EV, EC), M(dwpe, ET, EC), M(ew, EB * ET, EC), embed_tokens()));
     CHECK(fd_check("dwte", ewte, dwte, EV * EC, embed_obj) == 0);
     CHECK(fd_check("dwpe", ewpe, dwpe, ET * EC, embed_obj) == 0);
 }
@@ -483,7 +570,7 @@ TEST(embed_forward_and_backward) {
 enum { DN = 4000 };
 static float *dx_, *dout_, *dw_;
 static double dropout_obj(void) {
-    be->ops->dropout_forward(be, dout_, dx_, DN, 0.25f, 1234);
+    RUN(be->ops->dropout_forward(be, NULL, V(dout_, DN), V(dx_, DN), 0.25f, 1234));
     return dot(dw_, dout_, DN);
 }
 TEST(dropout_mask_and_backward) {
@@ -498,11 +585,11 @@ TEST(dropout_mask_and_backward) {
     }
     CHECK_NEAR((double)kept / DN, 0.75, 0.03);
     float *d = zeros(DN);
-    be->ops->dropout_backward(be, d, dw_, DN, 0.25f, 1234);
+    RUN(be->ops->dropout_backward(be, NULL, V(d, DN), V(dw_, DN), 0.25f, 1234));
     CHECK(fd_check("dinp", dx_, d, 200, dropout_obj) == 0);   /* linear: 200 entries suffice */
     float *same = zeros(DN);   /* in place, and a second call with the seed is identical */
     memcpy(same, dx_, sizeof(float) * DN);
-    be->ops->dropout_forward(be, same, same, DN, 0.25f, 1234);
+    RUN(be->ops->dropout_forward(be, NULL, V(same, DN), V(same, DN), 0.25f, 1234));
     CHECK(!memcmp(same, dout_, sizeof(float) * DN));
 }
 
@@ -517,7 +604,8 @@ TEST(adamw_matches_reference) {
     const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, gs = 0.5;
     for (int t = 1; t <= 3; t++) {
         for (int i = 0; i < N; i++) g[i] = (float)(0.3 * rng_normal(&R) + 0.1 * pr[i]);
-        be->ops->adamw(be, p, g, m, v, N, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, (float)gs, t);
+        RUN(be->ops->adamw(be, NULL, V(p, N), V(g, N), V(m, N), V(v, N), (float)lr, (float)b1, (float)b2, (float)eps,
+                           (float)wd, (float)gs, t));
         for (int i = 0; i < N; i++) {
             double gi = g[i] * gs;
             mr[i] = b1 * mr[i] + (1 - b1) * gi;
@@ -529,18 +617,28 @@ TEST(adamw_matches_reference) {
     for (int i = 0; i < N; i++) CHECK_MSG(fabs(p[i] - pr[i]) < 1e-5, "p[%d] %.9g vs %.9g", i, p[i], pr[i]);
 }
 
-TEST(sum_squares_and_elementwise) {
+/* The reductions accumulate into a device f64 scalar: sum_squares within 1e-6 relative of a
+ * double reference; sum_f64 exactly the host loop's bits (the loss depends on it). */
+TEST(reductions_and_elementwise) {
     setup(11);
     enum { N = 100003 };
     float *x = randn(N, 1), *y = randn(N, 1), *z = zeros(N);
-    double want = 0;
+    double *acc = mirrored(sizeof(double)), *sum = mirrored(sizeof(double));
+    double want = 0, want_sum = 0;
     for (int i = 0; i < N; i++) want += (double)x[i] * x[i];
-    CHECK_NEAR(be->ops->sum_squares(be, x, N), want, 1e-6 * want);
-    be->ops->add(be, z, x, y, N);
+    for (int i = 0; i < N; i++) want_sum += x[i];
+    RUN(be->ops->sum_squares(be, NULL, tensor_1d(DEV(acc), DT_F64, 1), V(x, N));
+        be->ops->sum_f64(be, NULL, tensor_1d(DEV(sum), DT_F64, 1), V(x, N)));
+    CHECK_NEAR(*acc, want, 1e-6 * want);
+    CHECK_MSG(*sum == want_sum, "%.17g vs %.17g", *sum, want_sum);
+    double first = *acc;   /* a second call adds to the scalar */
+    RUN(be->ops->sum_squares(be, NULL, tensor_1d(DEV(acc), DT_F64, 1), V(x, N)));
+    CHECK(*acc == first + first);
+    RUN(be->ops->add(be, NULL, V(z, N), V(x, N), V(y, N)));
     for (int i = 0; i < N; i++) CHECK(z[i] == x[i] + y[i]);
-    be->ops->scale(be, z, 0.5f, N);
+    RUN(be->ops->scale(be, NULL, V(z, N), 0.5f));
     for (int i = 0; i < N; i++) CHECK(z[i] == (x[i] + y[i]) * 0.5f);
-    backend_zero(be, z, sizeof(float) * N);
+    RUN(backend_zero(be, DEV(z), sizeof(float) * N));
     for (int i = 0; i < N; i++) CHECK(z[i] == 0.0f);
 }
 

@@ -15,10 +15,17 @@
 TEST(exp_based_ops_carry_nan) {
     backend *be = backend_create("cpu");
     float in[4] = {NAN, -NAN, INFINITY, -INFINITY}, up[4] = {1, 1, 1, 1}, out[4];
-    be->ops->gelu_forward(be, out, in, 4);
+    float *dev = backend_alloc(be, 3 * sizeof in);   /* in, up, out */
+    tensor din = tensor_1d(dev, DT_F32, 4), dup = tensor_1d(dev + 4, DT_F32, 4), dout = tensor_1d(dev + 8, DT_F32, 4);
+    backend_upload(be, din.data, in, sizeof in);
+    backend_upload(be, dup.data, up, sizeof up);
+    be->ops->gelu_forward(be, NULL, dout, din);
+    backend_download(be, out, dout.data, sizeof out);
     CHECK_MSG(isnan(out[0]) && isnan(out[1]), "gelu(NaN) = %g, %g", out[0], out[1]);
-    be->ops->swiglu_forward(be, out, in, up, 4);
+    be->ops->swiglu_forward(be, NULL, dout, din, dup);
+    backend_download(be, out, dout.data, sizeof out);
     CHECK_MSG(isnan(out[0]) && isnan(out[1]), "swiglu(NaN) = %g, %g", out[0], out[1]);
+    backend_mem_free(be, dev);
     backend_free(be);
 }
 

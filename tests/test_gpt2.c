@@ -3,7 +3,8 @@
  * whole-model gradients against central finite differences, gradient accumulation,
  * KV-cached inference against the full forward, overfitting one batch, dropout, init.
  *
- * The tests read m->params and m->grads directly: the CPU backend's memory is host memory.
+ * The tests run on SKEIN_TEST_DEVICE (test_device.h) and read parameters, gradients and
+ * logits through downloads.
  * Step timings are `skein bench train`'s (it runs the trainer's step). */
 #include "test.h"
 #include "test_model.h"
@@ -23,14 +24,18 @@ static model *tiny_model(int L, int NH, int C, int V, int T, uint64_t seed, floa
     model_config cfg;
     model_config_gpt2(&cfg, L, NH, C, T, V);
     model *m = NULL;
-    SK_ASSERT(model_create(&cfg, test_cpu(), &m) == SK_OK);
+    SK_ASSERT(model_create(&cfg, test_device(), &m) == SK_OK);
+    float *host = malloc(m->n_params * sizeof(float));
+    SK_ASSERT(host);
     rng r;
     rng_seed(&r, seed);
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
         bool lnw = strstr(p->name, "ln_") && strstr(p->name, ".weight");
-        for (size_t j = 0; j < p->numel; j++) m->params[p->offset + j] = (lnw ? 1.0f : 0.0f) + sd * rng_normal(&r);
+        for (size_t j = 0; j < p->numel; j++) host[p->offset + j] = (lnw ? 1.0f : 0.0f) + sd * rng_normal(&r);
     }
+    backend_upload(m->be, m->params, host, m->n_params * sizeof(float));
+    free(host);
     return m;
 }
 
@@ -55,7 +60,7 @@ TEST(logits_and_greedy_match_transformers) {
     cJSON_Delete(ref);
 
     model *m = NULL;
-    CHECK_MSG(model_load(test_path("fixtures/gpt2-tiny"), test_cpu(), &m) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(model_load(test_path("fixtures/gpt2-tiny"), test_device(), &m) == SK_OK, "%s", sk_errmsg());
     CHECK(m->cfg.vocab_size == 101 && m->cfg.n_layer == 2);
     char *want = NULL;
     size_t size = 0;
@@ -65,12 +70,13 @@ TEST(logits_and_greedy_match_transformers) {
     /* full forward: every logit within 1e-4 of transformers' */
     CHECK(model_train_prepare(m, 1, T) == SK_OK);
     model_forward(m, tokens, NULL, 1, T);
-    const float *got = model_logits(m);
+    float *got = test_download(m->be, model_logits(m));
     double maxdiff = 0;
     for (int i = 0; i < T * 101; i++) {
         double d = fabs(got[i] - ((float *)want)[i]);
         maxdiff = d > maxdiff ? d : maxdiff;
     }
+    free(got);
     mem_free(want);
     printf("  max |logit - transformers| %.3g over %d logits\n", maxdiff, T * 101);
     CHECK_MSG(maxdiff <= 1e-4, "max |logit diff| %g", maxdiff);
@@ -78,12 +84,14 @@ TEST(logits_and_greedy_match_transformers) {
     /* greedy decoding through the KV cache, token for token */
     CHECK(model_infer_prepare(m, 64) == SK_OK);
     model_infer_reset(m);
-    const float *lg = model_infer_step(m, prompt, P);
+    float *lg = test_download(m->be, model_infer_step(m, prompt, P));
     for (int i = 0; i < G; i++) {
         int next = argmax(lg, 101);
+        free(lg);
         CHECK_MSG(next == gen[i], "generated token %d: %d vs transformers %d", i, next, gen[i]);
-        lg = model_infer_step(m, &next, 1);
+        lg = test_download(m->be, model_infer_step(m, &next, 1));
     }
+    free(lg);
     /* and through gen_run at temperature 0, as `skein generate` runs it */
     int32_t prompt32[64], out[64];
     for (int i = 0; i < P; i++) prompt32[i] = prompt[i];
@@ -170,14 +178,18 @@ TEST(init_weights_follow_gpt2) {
     model_config cfg;
     model_config_gpt2(&cfg, 4, 4, 64, 128, 500);
     model *m = NULL, *m2 = NULL;
-    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK && model_create(&cfg, test_cpu(), &m2) == SK_OK);
+    CHECK(model_create(&cfg, test_device(), &m) == SK_OK && model_create(&cfg, test_device(), &m2) == SK_OK);
     model_init_weights(m, 3);
     model_init_weights(m2, 3);
-    CHECK(!memcmp(m->params, m2->params, m->n_params * sizeof(float)));
+    float *w = test_download_f32(m->be, m->params, m->n_params), *w2 = test_download_f32(m->be, m2->params, m->n_params);
+    bool same = !memcmp(w, w2, m->n_params * sizeof(float));
+    free(w2);
+    if (!same) free(w);
+    CHECK(same);
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
         double s = 0, s2 = 0;
-        for (size_t j = 0; j < p->numel; j++) { s += m->params[p->offset + j]; s2 += (double)m->params[p->offset + j] * m->params[p->offset + j]; }
+        for (size_t j = 0; j < p->numel; j++) { s += w[p->offset + j]; s2 += (double)w[p->offset + j] * w[p->offset + j]; }
         double mean = s / p->numel, sd = sqrt(s2 / p->numel - mean * mean);
         if (strstr(p->name, ".bias")) { CHECK_MSG(s2 == 0, "%s", p->name); }
         else if (strstr(p->name, "ln_")) { CHECK_MSG(mean == 1 && sd == 0, "%s", p->name); }
@@ -186,6 +198,7 @@ TEST(init_weights_follow_gpt2) {
             CHECK_MSG(fabs(sd - want) < 0.1 * want && fabs(mean) < 0.1 * want, "%s: sd %g", p->name, sd);
         }
     }
+    free(w);
     model_free(m);
     model_free(m2);
 }

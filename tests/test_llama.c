@@ -7,7 +7,8 @@
  * KV-cached inference against the full forward, overfitting one batch, init and the
  * parameter plan.
  *
- * The tests read m->params and m->grads directly: the CPU backend's memory is host memory.
+ * The tests run on SKEIN_TEST_DEVICE (test_device.h) and read parameters, gradients and
+ * logits through downloads.
  * Letters: L layers, NH heads, NKV KV heads, C channels, HS head size, F MLP width,
  * V vocabulary, T time, W sliding window. */
 #include "test.h"
@@ -63,14 +64,18 @@ static model *tiny_model(const tiny_shape *s, uint64_t seed, float sd) {
     model_config cfg;
     tiny_config(&cfg, s);
     model *m = NULL;
-    SK_ASSERT(model_create(&cfg, test_cpu(), &m) == SK_OK);
+    SK_ASSERT(model_create(&cfg, test_device(), &m) == SK_OK);
+    float *host = malloc(m->n_params * sizeof(float));
+    SK_ASSERT(host);
     rng r;
     rng_seed(&r, seed);
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
         bool norm = strstr(p->name, "norm.weight") != NULL;
-        for (size_t j = 0; j < p->numel; j++) m->params[p->offset + j] = (norm ? 1.0f : 0.0f) + sd * rng_normal(&r);
+        for (size_t j = 0; j < p->numel; j++) host[p->offset + j] = (norm ? 1.0f : 0.0f) + sd * rng_normal(&r);
     }
+    backend_upload(m->be, m->params, host, m->n_params * sizeof(float));
+    free(host);
     return m;
 }
 
@@ -179,7 +184,7 @@ static void transformers_case(const char *name) {
     const int V = cfg.vocab_size;
 
     model *m = NULL;
-    CHECK_MSG(model_create(&cfg, test_cpu(), &m) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(model_create(&cfg, test_device(), &m) == SK_OK, "%s", sk_errmsg());
     st_file f;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     CHECK_MSG(st_open(test_path(path), &f) == SK_OK, "%s", sk_errmsg());
@@ -190,7 +195,7 @@ static void transformers_case(const char *name) {
         CHECK_MSG(t, "%s: %s missing", name, p->name);
         CHECK_MSG(t->dtype == DT_F32 && t->ndim == p->ndim && t->shape[0] == p->shape[0] &&
                   (p->ndim == 1 || t->shape[1] == p->shape[1]), "%s: %s shape or dtype", name, p->name);
-        memcpy(m->params + p->offset, t->data, t->nbytes);
+        backend_upload(m->be, m->params + p->offset, t->data, t->nbytes);
     }
     st_close(&f);
 
@@ -201,24 +206,27 @@ static void transformers_case(const char *name) {
     CHECK(size == sizeof(float) * (size_t)T * V);
     CHECK(model_train_prepare(m, 1, T) == SK_OK);
     model_forward(m, tokens, NULL, 1, T);
-    const float *got = model_logits(m);
+    float *got = test_download(m->be, model_logits(m));
     double maxdiff = 0;
     for (int i = 0; i < T * V; i++) {
         double d = fabs(got[i] - ((float *)want)[i]);
         maxdiff = d > maxdiff ? d : maxdiff;
     }
+    free(got);
     mem_free(want);
     printf("  %s: max |logit - transformers| %.3g over %d logits\n", name, maxdiff, T * V);
     CHECK_MSG(maxdiff <= 1e-4, "%s: max |logit diff| %g", name, maxdiff);
 
     CHECK(model_infer_prepare(m, cfg.n_positions) == SK_OK);
     model_infer_reset(m);
-    const float *lg = model_infer_step(m, prompt, P);
+    float *lg = test_download(m->be, model_infer_step(m, prompt, P));
     for (int i = 0; i < G; i++) {
         int next = argmax(lg, V);
+        free(lg);
         CHECK_MSG(next == gen[i], "%s: generated token %d: %d vs transformers %d", name, i, next, gen[i]);
-        lg = model_infer_step(m, &next, 1);
+        lg = test_download(m->be, model_infer_step(m, &next, 1));
     }
+    free(lg);
     /* and through gen_run at temperature 0, as `skein generate` runs it */
     int32_t prompt32[64], out[64];
     for (int i = 0; i < P; i++) prompt32[i] = prompt[i];
@@ -318,7 +326,7 @@ TEST(plan_uses_hf_names_and_shapes) {
     model_config cfg;
     tiny_config(&cfg, &sh);
     model *m = NULL;
-    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK);
+    CHECK(model_create(&cfg, test_device(), &m) == SK_OK);
     CHECK(m->n_specs == 1 + 2 * 15 + 2);
     const struct { const char *name; int64_t d0, d1; } want[] = {
         {"model.embed_tokens.weight", 37, 12},
@@ -356,7 +364,7 @@ TEST(plan_uses_hf_names_and_shapes) {
     sh.tied = true;
     sh.attn_bias = sh.mlp_bias = false;
     tiny_config(&cfg, &sh);
-    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK);
+    CHECK(model_create(&cfg, test_device(), &m) == SK_OK);
     CHECK(m->n_specs == 1 + 2 * 9 + 1 && !model_find_param(m, "lm_head.weight") &&
           !model_find_param(m, "model.layers.0.self_attn.q_proj.bias"));
     model_free(m);
@@ -368,19 +376,24 @@ TEST(init_weights_follow_transformers) {
     model_config cfg;
     tiny_config(&cfg, &sh);
     model *m = NULL, *m2 = NULL;
-    CHECK(model_create(&cfg, test_cpu(), &m) == SK_OK && model_create(&cfg, test_cpu(), &m2) == SK_OK);
+    CHECK(model_create(&cfg, test_device(), &m) == SK_OK && model_create(&cfg, test_device(), &m2) == SK_OK);
     model_init_weights(m, 3);
     model_init_weights(m2, 3);
-    CHECK(!memcmp(m->params, m2->params, m->n_params * sizeof(float)));
+    float *w = test_download_f32(m->be, m->params, m->n_params), *w2 = test_download_f32(m->be, m2->params, m->n_params);
+    bool same = !memcmp(w, w2, m->n_params * sizeof(float));
+    free(w2);
+    if (!same) free(w);
+    CHECK(same);
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
         double s = 0, s2 = 0;
-        for (size_t j = 0; j < p->numel; j++) { s += m->params[p->offset + j]; s2 += (double)m->params[p->offset + j] * m->params[p->offset + j]; }
+        for (size_t j = 0; j < p->numel; j++) { s += w[p->offset + j]; s2 += (double)w[p->offset + j] * w[p->offset + j]; }
         double mean = s / p->numel, sd = sqrt(s2 / p->numel - mean * mean);
         if (strstr(p->name, ".bias")) { CHECK_MSG(s2 == 0, "%s", p->name); }
         else if (strstr(p->name, "norm.weight")) { CHECK_MSG(mean == 1 && sd == 0, "%s", p->name); }
         else { CHECK_MSG(fabs(sd - 0.02) < 0.1 * 0.02 && fabs(mean) < 0.1 * 0.02, "%s: sd %g", p->name, sd); }
     }
+    free(w);
     model_free(m);
     model_free(m2);
 }

@@ -8,12 +8,7 @@
 #include "base/json.h"
 #include "infer/generate.h"
 #include "model/model.h"
-
-static backend *test_be(void) {
-    static backend *be;
-    if (!be) be = backend_cpu_create();
-    return be;
-}
+#include "test_device.h"
 
 static const char *const folders[] = {
     "fixtures/llama-tiny", "fixtures/llama-tied-bf16", "fixtures/mistral-sharded", "fixtures/qwen2-tiny",
@@ -40,7 +35,7 @@ TEST(transformers_folders_match_logits_and_greedy) {
             G = read_ids(ref, "generated", gen, 128);
         cJSON_Delete(ref);
         model *m = NULL;
-        CHECK_MSG(model_load(dir, test_be(), &m) == SK_OK, "%s: %s", dir, sk_errmsg());
+        CHECK_MSG(model_load(dir, test_device(), &m) == SK_OK, "%s: %s", dir, sk_errmsg());
         CHECK(m->cfg.arch == ARCH_LLAMA);
         const int V = m->cfg.vocab_size;
         char *want = NULL;
@@ -49,9 +44,10 @@ TEST(transformers_folders_match_logits_and_greedy) {
         CHECK_MSG(size == sizeof(float) * (size_t)T * (size_t)V, "%s: logits.bin holds %zu bytes", dir, size);
         CHECK(model_train_prepare(m, 1, T) == SK_OK);
         model_forward(m, tokens, NULL, 1, T);
-        const float *got = model_logits(m);
+        float *got = test_download(m->be, model_logits(m));
         double maxdiff = 0;
         for (int i = 0; i < T * V; i++) maxdiff = fmax(maxdiff, fabs(got[i] - ((float *)want)[i]));
+        free(got);
         mem_free(want);
         printf("  %s: max |logit - transformers| %.3g over %d logits\n", folders[f], maxdiff, T * V);
         CHECK_MSG(maxdiff <= 1e-4, "%s: max |logit diff| %g", dir, maxdiff);

@@ -1,8 +1,8 @@
 /* Shared checks of a model's math, for test_gpt2.c and test_llama.c: a whole-model gradient
  * check against finite differences, the gradient-accumulation identity, KV-cached decoding
- * against the full forward, and overfitting one batch. They
- * read m->params and m->grads directly (the CPU backend's memory is host memory) and
- * return false after printing the first mismatch, so callers wrap them in CHECK. */
+ * against the full forward, and overfitting one batch. They reach parameters, gradients
+ * and logits only through uploads and downloads (test_device.h), so they run on any backend,
+ * and return false after printing the first mismatch, so callers wrap them in CHECK. */
 #ifndef SKEIN_TEST_MODEL_H
 #define SKEIN_TEST_MODEL_H
 
@@ -15,12 +15,7 @@
 #include "backend/backend.h"
 #include "base/rng.h"
 #include "model/model.h"
-
-static inline backend *test_cpu(void) {
-    static backend *be;
-    if (!be) be = backend_cpu_create();
-    return be;
-}
+#include "test_device.h"
 
 static inline void test_random_tokens(int *t, int n, int V, uint64_t seed) {
     rng r;
@@ -48,6 +43,7 @@ static inline bool test_grad_check(model *m, const char *what) {
     model_zero_grad(m);
     model_forward(m, tokens, targets, B, T);
     model_backward(m, 1.0f / counted);
+    float *grads = test_download_f32(m->be, m->grads, m->n_params);
 
     rng r;
     rng_seed(&r, 5);
@@ -61,7 +57,7 @@ static inline bool test_grad_check(model *m, const char *what) {
             size_t best = 0;
             float bv = -1;
             for (size_t j = 0; j < p->numel; j++) {
-                float g = fabsf(m->grads[p->offset + j]);
+                float g = fabsf(grads[p->offset + j]);
                 bool taken = false;
                 for (int q = 0; q < k; q++) taken |= idx[q] == j;
                 if (!taken && g > bv) { bv = g; best = j; }
@@ -71,25 +67,28 @@ static inline bool test_grad_check(model *m, const char *what) {
         idx[3] = rng_below(&r, p->numel);
         idx[4] = rng_below(&r, p->numel);
         for (int k = 0; k < 5; k++) {
-            float *x = &m->params[p->offset + idx[k]];
-            const float x0 = *x;
+            float *x = m->params + p->offset + idx[k], x0, xq;   /* backend memory */
+            backend_download(m->be, &x0, x, sizeof x0);
             double f[4];   /* at x0 - 2h, x0 - h, x0 + h, x0 + 2h */
             for (int q = 0; q < 4; q++) {
-                *x = x0 + steps[q];
+                xq = x0 + steps[q];
+                backend_upload(m->be, x, &xq, sizeof xq);
                 f[q] = model_forward(m, tokens, targets, B, T);
             }
-            *x = x0;
-            double num = (8.0 * (f[2] - f[1]) - (f[3] - f[0])) / (12.0 * h), an = m->grads[p->offset + idx[k]];
+            backend_upload(m->be, x, &x0, sizeof x0);
+            double num = (8.0 * (f[2] - f[1]) - (f[3] - f[0])) / (12.0 * h), an = grads[p->offset + idx[k]];
             double err = fabs(num - an), tol = 2e-2 * fabs(an) + 3e-4;
             worst = err / tol > worst ? err / tol : worst;
             if (err > tol) {
                 printf("  %s: %s[%zu]: analytic %.6g numeric %.6g\n", what, p->name, idx[k], an, num);
+                free(grads);
                 return false;
             }
             checked++;
         }
     }
     printf("  %s: %d parameters in %d tensors checked, worst error/tolerance %.3f\n", what, checked, m->n_specs, worst);
+    free(grads);
     return true;
 }
 
@@ -108,19 +107,20 @@ static inline bool test_grad_accumulation(model *m) {
     model_zero_grad(m);
     float full_loss = model_forward(m, tokens, targets, 4, T);
     model_backward(m, 1.0f / counted);
-    float *full = malloc(m->n_params * sizeof(float));
-    memcpy(full, m->grads, m->n_params * sizeof(float));
+    float *full = test_download_f32(m->be, m->grads, m->n_params);
     model_zero_grad(m);
     float l1 = model_forward(m, tokens, targets, 2, T);
     model_backward(m, 1.0f / counted);
     float l2 = model_forward(m, tokens + 2 * T, targets + 2 * T, 2, T);
     model_backward(m, 1.0f / counted);
+    float *halves = test_download_f32(m->be, m->grads, m->n_params);
     double worst = 0;
     for (size_t i = 0; i < m->n_params; i++) {
-        double d = fabs(full[i] - m->grads[i]) / (1.0 + fabs(full[i]));
+        double d = fabs(full[i] - halves[i]) / (1.0 + fabs(full[i]));
         worst = d > worst ? d : worst;
     }
     free(full);
+    free(halves);
     double loss_diff = fabs((l1 * (2 * T - 1) + l2 * (2 * T - 1)) / counted - full_loss);
     printf("  worst relative gradient difference %.3g, loss difference %.3g\n", worst, loss_diff);
     return worst <= 1e-6 && loss_diff <= 1e-5;
@@ -135,15 +135,15 @@ static inline bool test_kv_cache_matches(model *m, int T) {
     if (T > 16 || model_train_prepare(m, 1, T) != SK_OK || model_infer_prepare(m, 16) != SK_OK) return false;
     test_random_tokens(tokens, T, V, 6);
     model_forward(m, tokens, NULL, 1, T);
-    float *full = malloc(sizeof(float) * (size_t)T * V);
-    memcpy(full, model_logits(m), sizeof(float) * (size_t)T * V);
+    float *full = test_download(m->be, model_logits(m));   /* (T,V) */
     bool ok = true;
     for (int round = 0; round < 2 && ok; round++) {
         model_infer_reset(m);
         double worst = 0;
         for (int t = 4; t < T; t++) {
-            const float *lg = t == 4 ? model_infer_step(m, tokens, 5) : model_infer_step(m, &tokens[t], 1);
+            float *lg = test_download(m->be, t == 4 ? model_infer_step(m, tokens, 5) : model_infer_step(m, &tokens[t], 1));
             for (int v = 0; v < V; v++) worst = fmax(worst, fabs(lg[v] - full[(size_t)t * V + v]));
+            free(lg);
         }
         if (round == 0) printf("  worst |cached - full| logit %.3g\n", worst);
         if (worst > 1e-5) { printf("  round %d: worst |diff| %g\n", round, worst); ok = false; }
@@ -162,8 +162,9 @@ static inline bool test_model_overfits(model *m) {
     test_random_tokens(tokens, B * T, V, 7);
     test_random_tokens(targets, B * T, V, 8);
     if (model_train_prepare(m, B, T) != SK_OK) return false;
-    float *mm = calloc(m->n_params, sizeof(float)), *vv = calloc(m->n_params, sizeof(float));
     backend *be = m->be;
+    const int64_t n = (int64_t)m->n_params;
+    float *mm = backend_alloc(be, m->n_params * sizeof(float)), *vv = backend_alloc(be, m->n_params * sizeof(float));
     float loss = 0, first = 0;
     int steps = 0;
     for (int step = 1; step <= 400; step++) {
@@ -173,10 +174,12 @@ static inline bool test_model_overfits(model *m) {
         steps = step;
         if (loss < 0.05f) break;
         model_backward(m, 1.0f / (B * T));
-        be->ops->adamw(be, m->params, m->grads, mm, vv, m->n_params, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, step);
+        be->ops->adamw(be, NULL, tensor_1d(m->params, DT_F32, n), tensor_1d(m->grads, DT_F32, n),
+                       tensor_1d(mm, DT_F32, n), tensor_1d(vv, DT_F32, n), 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f,
+                       step);
     }
-    free(mm);
-    free(vv);
+    backend_mem_free(be, mm);
+    backend_mem_free(be, vv);
     printf("  loss %.3f -> %.4f in %d steps (log V = %.3f)\n", first, loss, steps, log((double)V));
     return fabs(first - log((double)V)) <= 0.1 && loss < 0.05f;
 }

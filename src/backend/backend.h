@@ -6,10 +6,12 @@
  * cuBLASLt, taking device pointers. Model code never touches memory a backend owns except
  * through these ops, so a model written once runs on both.
  *
- * Conventions: all tensors are f32 and row-major; pointers are backend memory (host memory
- * on CPU). Letters: N rows (tokens, B*T), B batch, T time, C channels, OC output channels,
- * NH heads, HS head size (C/NH for GPT-2; the config's head_dim for Llama), NKV key/value
- * heads (grouped-query attention: NH is a multiple of NKV), F MLP width, V vocabulary.
+ * Conventions: compute ops take a stream and tensor views (tensor.h) of backend memory (host
+ * memory on CPU), row-major, f32 unless an op says otherwise; the attention ops still take
+ * f32 pointers and sizes. Letters: N rows (tokens, B*T), B batch, T time, C channels, OC
+ * output channels, NH heads, HS head size (C/NH for GPT-2; the config's head_dim for
+ * Llama), NKV key/value heads (grouped-query attention: NH is a multiple of NKV), F MLP
+ * width, V vocabulary.
  * "accumulates" means += into the destination (gradients sum across micro-batches);
  * "writes" means =. Ops marked optional may be NULL; callers fall back or refuse. */
 #ifndef SKEIN_BACKEND_H
@@ -37,7 +39,7 @@ typedef enum backend_copy_dir {
 
 /* Ops whose support depends on the backend or the dtype (backend_supports). */
 typedef enum backend_op {
-    BACKEND_OP_MATMUL,       /* gemm: weight operand in the dtype asked */
+    BACKEND_OP_MATMUL,       /* matmul: weight operand B in the dtype asked */
     BACKEND_OP_EMBED,        /* embed_forward: table in the dtype asked */
     BACKEND_OP_ATTENTION,    /* attention forward/backward on activations of the dtype */
     BACKEND_OP_DROPOUT,      /* dropout inside attention */
@@ -71,39 +73,48 @@ typedef struct backend_ops {
      * backend_supports and fall back or refuse with a message. */
     bool (*supports)(backend *be, backend_op op, dtype dt);
 
-    /* C(M,N) = alpha * op(A) @ op(B) + beta * C; op(X) = X or X^T per trans flag; row-major
-     * with leading dimensions lda, ldb, ldc. */
-    void (*gemm)(backend *be, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
-    /* out(N,OC) += bias(OC) broadcast over rows; dbias(OC) accumulates the column sums of dout. */
-    void (*bias_add)(backend *be, float *out, const float *bias, int N, int OC);
-    void (*bias_backward)(backend *be, float *dbias, const float *dout, int N, int OC);
+    /* ---- compute ----
+     * Every op runs on stream s (NULL: the default stream) and takes views (tensor.h) for its
+     * arrays; sizes come from the views. Unless an op says otherwise, views are f32 and
+     * contiguous; a backend asserts on any other view (a wrong view is a bug). */
 
-    /* out(B,T,C) writes wte[tokens] + wpe[t] (wpe may be NULL: no position table). */
-    void (*embed_forward)(backend *be, float *out, const int *tokens, const float *wte,
-                          const float *wpe, int B, int T, int C);
-    /* dwte, dwpe accumulate; dwpe may be NULL. */
-    void (*embed_backward)(backend *be, float *dwte, float *dwpe, const float *dout,
-                           const int *tokens, int B, int T, int C);
+    /* C(M,N) = alpha * op(A) @ op(B) + beta * C with op(X) = X or X^T per flag: op(A) is
+     * (M,K), op(B) (K,N). 2-D views with contiguous rows and any row stride (tensor_ld), so
+     * a column block of a wider matrix (tensor_cols) is an operand. A and C are f32; B is the
+     * weight operand, f32 or any dtype backend_supports(be, BACKEND_OP_MATMUL, dt) accepts.
+     * C aliases neither A nor B. */
+    void (*matmul)(backend *be, backend_stream *s, tensor C, tensor A, bool trans_a, tensor B, bool trans_b,
+                   float alpha, float beta);
+    /* out(N,OC) += bias(OC) broadcast over rows (out's rows contiguous, any row stride);
+     * dbias(OC) accumulates the column sums of dout(N,OC). */
+    void (*bias_add)(backend *be, backend_stream *s, tensor out, tensor bias);
+    void (*bias_backward)(backend *be, backend_stream *s, tensor dbias, tensor dout);
 
-    /* LayerNorm over C. Writes out(N,C), mean(N), rstd(N) (saved for backward). */
-    void (*layernorm_forward)(backend *be, float *out, float *mean, float *rstd, const float *inp,
-                              const float *weight, const float *bias, int N, int C, float eps);
-    /* dinp, dweight, dbias accumulate. */
-    void (*layernorm_backward)(backend *be, float *dinp, float *dweight, float *dbias,
-                               const float *dout, const float *inp, const float *weight,
-                               const float *mean, const float *rstd, int N, int C);
+    /* out(B*T,C) writes wte[tokens] + wpe[t] for tokens(B,T) (i32; t the position in the
+     * row), wte(V,C), wpe(P,C) with P >= T, or wpe tensor_none(): no position table. */
+    void (*embed_forward)(backend *be, backend_stream *s, tensor out, tensor tokens, tensor wte, tensor wpe);
+    /* dwte(V,C), dwpe(P,C) accumulate from dout(B*T,C); dwpe may be tensor_none(). */
+    void (*embed_backward)(backend *be, backend_stream *s, tensor dwte, tensor dwpe, tensor dout, tensor tokens);
 
-    /* GELU, tanh approximation ("gelu_new" in transformers). backward WRITES
+    /* LayerNorm over the C columns of inp(N,C) with weight(C), bias(C). Writes out(N,C),
+     * mean(N), rstd(N) (saved for backward; both may be tensor_none() in inference). */
+    void (*layernorm_forward)(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,
+                              tensor weight, tensor bias, float eps);
+    /* dinp(N,C), dweight(C), dbias(C) accumulate; mean, rstd from the forward. */
+    void (*layernorm_backward)(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dbias,
+                               tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd);
+
+    /* GELU, tanh approximation ("gelu_new" in transformers), elementwise over views of equal
+     * element count. forward writes out (may alias inp). backward WRITES
      * dinp = gelu'(inp) * dout (it is an activation gradient, never summed across
      * micro-batches), and dinp may alias dout so the MLP backward works in place. */
-    void (*gelu_forward)(backend *be, float *out, const float *inp, size_t n);   /* out may alias inp */
-    void (*gelu_backward)(backend *be, float *dinp, const float *inp, const float *dout, size_t n);
+    void (*gelu_forward)(backend *be, backend_stream *s, tensor out, tensor inp);
+    void (*gelu_backward)(backend *be, backend_stream *s, tensor dinp, tensor inp, tensor dout);
 
-    /* out = a + b (n elements); out may alias a or b. */
-    void (*add)(backend *be, float *out, const float *a, const float *b, size_t n);
-    /* x *= s */
-    void (*scale)(backend *be, float *x, float s, size_t n);
+    /* out = a + b elementwise (equal element counts); out may alias a or b. */
+    void (*add)(backend *be, backend_stream *s, tensor out, tensor a, tensor b);
+    /* x *= alpha, in place. */
+    void (*scale)(backend *be, backend_stream *s, tensor x, float alpha);
 
     /* Causal multi-head attention over packed qkv(B,T,3C) as GPT-2 lays it out (q, k, v each
      * C wide, heads contiguous inside), scores scaled by 1/sqrt(HS). Writes out(B,T,C) and
@@ -124,36 +135,36 @@ typedef struct backend_ops {
     void (*attention_cached)(backend *be, float *out, const float *q, int ldq, const float *k,
                              const float *v, int ldkv, int n, int pos, int C, int NH);
 
+
     /* ---- Llama family (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention) ---- */
 
-    /* RMSNorm over C, computed in f32 as transformers' LlamaRMSNorm does:
-     * out = inp * rstd * weight with rstd = 1/sqrt(mean(inp^2) + eps). Writes out(N,C) and
-     * rstd(N) (saved for backward; may be NULL in inference). out may alias inp. */
-    void (*rmsnorm_forward)(backend *be, float *out, float *rstd, const float *inp,
-                            const float *weight, int N, int C, float eps);
+    /* RMSNorm over the C columns of inp(N,C), computed in f32 as transformers' LlamaRMSNorm
+     * does: out = inp * rstd * weight with rstd = 1/sqrt(mean(inp^2) + eps). Writes out(N,C)
+     * and rstd(N) (saved for backward; may be tensor_none() in inference). out may alias inp. */
+    void (*rmsnorm_forward)(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor weight,
+                            float eps);
     /* dinp(N,C) and dweight(C) accumulate; rstd from the forward. */
-    void (*rmsnorm_backward)(backend *be, float *dinp, float *dweight, const float *dout,
-                             const float *inp, const float *weight, const float *rstd, int N, int C);
+    void (*rmsnorm_backward)(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout, tensor inp,
+                             tensor weight, tensor rstd);
 
     /* Rotary position embedding, in place, with transformers' rotate_half pairing: inside each
      * head of HS channels, channel i < HS/2 pairs with i + HS/2, and the pair rotates by the
      * angle of frequency i at the row's position:
      *   x[i] = x[i] cos - x[i+HS/2] sin;  x[i+HS/2] = x[i+HS/2] cos + x[i] sin.
-     * x is (N, nh*HS) with rows (b, t) for N = B*T; row r sits at position pos0 + r % T.
-     * cos, sin are tables (P, HS/2) of cos/sin(position * inv_freq[i]) that the model builds
-     * once (P > pos0 + T - 1), so scaling schemes live in model code, not in backends.
+     * x is (B,T,nh,HS) (4-D); time t sits at position pos0 + t. cos, sin are tables
+     * (P, HS/2) of cos/sin(position * inv_freq[i]) that the model builds once
+     * (P > pos0 + T - 1), so scaling schemes live in model code, not in backends.
      * backward applies the inverse rotation (the transpose) to the gradient, in place. */
-    void (*rope_forward)(backend *be, float *x, const float *cos, const float *sin, int N, int T,
-                         int pos0, int nh, int HS);
-    void (*rope_backward)(backend *be, float *dx, const float *cos, const float *sin, int N, int T,
-                          int pos0, int nh, int HS);
+    void (*rope_forward)(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0);
+    void (*rope_backward)(backend *be, backend_stream *s, tensor dx, tensor cos, tensor sin, int pos0);
 
-    /* SwiGLU: out = silu(gate) * up over n elements (silu(g) = g * sigmoid(g)); out may alias
-     * gate or up. backward WRITES dgate = dout * up * silu'(gate) and dup = dout * silu(gate)
-     * (activation gradients); dgate may alias dout. */
-    void (*swiglu_forward)(backend *be, float *out, const float *gate, const float *up, size_t n);
-    void (*swiglu_backward)(backend *be, float *dgate, float *dup, const float *dout,
-                            const float *gate, const float *up, size_t n);
+    /* SwiGLU elementwise over views of equal element count: out = silu(gate) * up
+     * (silu(g) = g * sigmoid(g)); out may alias gate or up. backward WRITES
+     * dgate = dout * up * silu'(gate) and dup = dout * silu(gate) (activation gradients);
+     * dgate may alias dout. */
+    void (*swiglu_forward)(backend *be, backend_stream *s, tensor out, tensor gate, tensor up);
+    void (*swiglu_backward)(backend *be, backend_stream *s, tensor dgate, tensor dup, tensor dout, tensor gate,
+                            tensor up);
 
     /* Causal grouped-query attention: q(B,T,NH*HS), k and v (B,T,NKV*HS); head h reads KV
      * head h / (NH/NKV); scores scaled by 1/sqrt(HS). With window W > 0, query t sees keys s
@@ -175,26 +186,34 @@ typedef struct backend_ops {
     void (*gqa_attention_cached)(backend *be, float *out, const float *q, const float *k,
                                  const float *v, int n, int pos, int NH, int NKV, int HS, int W);
 
-    /* Fused softmax + cross-entropy over rows of logits(N,V) with `Vp` the row stride.
-     * Writes losses(N) (0 where target < 0: ignored positions) and, when dlogits is not NULL,
-     * the gradient (softmax - onehot) * dloss into dlogits(N,Vp) (may alias logits; 0 for
-     * ignored rows and for padded columns V..Vp). Returns nothing; the caller sums losses. */
-    void (*softmax_xent)(backend *be, float *losses, float *dlogits, const float *logits,
-                         const int *targets, int N, int V, int Vp, float dloss);
+    /* Fused softmax + cross-entropy over the rows of logits(N,V) (2-D, any row stride Vp >= V)
+     * against targets(N) (i32, < 0: ignored). Writes losses(N) (0 for ignored rows) and, when
+     * dlogits is not tensor_none(), the gradient (softmax - onehot) * dloss into dlogits
+     * (N,Vp), contiguous, Vp = logits' row stride (may alias logits; 0 for ignored rows and
+     * for the padded columns V..Vp). The caller reduces losses (sum_f64). */
+    void (*softmax_xent)(backend *be, backend_stream *s, tensor losses, tensor dlogits, tensor logits,
+                         tensor targets, float dloss);
 
-    /* Dropout with probability p, mask from dropout_keep(seed, i) over the flat index i:
-     * writes out = inp * mask / (1-p) (out may alias inp). backward WRITES
-     * dinp = dout * mask / (1-p) (dinp may alias dout). */
-    void (*dropout_forward)(backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed);
-    void (*dropout_backward)(backend *be, float *dinp, const float *dout, size_t n, float p, uint64_t seed);
+    /* Dropout with probability p, mask from dropout_keep(seed, i) over the flat index i, over
+     * views of equal element count: writes out = inp * mask / (1-p) (out may alias inp).
+     * backward WRITES dinp = dout * mask / (1-p) (dinp may alias dout). */
+    void (*dropout_forward)(backend *be, backend_stream *s, tensor out, tensor inp, float p, uint64_t seed);
+    void (*dropout_backward)(backend *be, backend_stream *s, tensor dinp, tensor dout, float p, uint64_t seed);
 
-    /* Sum of squares of x(n), in double. */
-    double (*sum_squares)(backend *be, const float *x, size_t n);
-    /* AdamW step on n parameters: m, v updated in place; weight_decay applied decoupled
-     * (p -= lr * wd * p); grad_scale multiplies g first (clipping). t is the 1-based step. */
-    void (*adamw)(backend *be, float *param, const float *grad, float *m, float *v, size_t n,
-                  float lr, float beta1, float beta2, float eps, float weight_decay,
-                  float grad_scale, int t);
+    /* ---- reductions into a device scalar: out is one f64 element in backend memory, which
+     * ACCUMULATES (zero it first for a fresh sum); the caller downloads it once. ---- */
+
+    /* out += sum of x's elements (f32, converted to double) in index order, one after the
+     * other: the same bits as a host loop `double sum; sum += x[i]` (the loss). */
+    void (*sum_f64)(backend *be, backend_stream *s, tensor out, tensor x);
+    /* out += sum of squares of x (f32), in double (the squared gradient norm). */
+    void (*sum_squares)(backend *be, backend_stream *s, tensor out, tensor x);
+
+    /* AdamW step over param, grad, m, v (f32, contiguous, equal element counts): m, v updated
+     * in place; weight_decay applied decoupled (p -= lr * wd * p); grad_scale multiplies g
+     * first (clipping). t is the 1-based step. */
+    void (*adamw)(backend *be, backend_stream *s, tensor param, tensor grad, tensor m, tensor v, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t);
 } backend_ops;
 
 struct backend {

@@ -56,6 +56,14 @@ void gen_emit_stdout(void *ctx, const char *text, size_t n) {
     fflush(stdout);
 }
 
+/* Feeds tokens(n) to the model and brings the last position's logits (V) to host (V floats
+ * the caller owns): the one download per step. */
+static const float *gen_step(model *m, const int *tokens, int n, float *host) {
+    tensor lg = model_infer_step(m, tokens, n);
+    backend_download(m->be, host, lg.data, tensor_bytes(lg));
+    return host;
+}
+
 static bool is_eos(const model *m, const tok *t, int id) {
     if (m->cfg.n_eos == 0) return t && id == tok_eot_id(t);
     for (int i = 0; i < m->cfg.n_eos; i++)
@@ -88,7 +96,10 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     sk_status st = SK_OK;
     char *piece = t ? mem_alloc(tok_stream_cap(t)) : NULL;
     const size_t piece_cap = t ? tok_stream_cap(t) : 0;
-    if (t && !piece) {
+    float *host_logits = mem_alloc(sizeof(float) * (size_t)m->cfg.vocab_size);
+    if ((t && !piece) || !host_logits) {
+        mem_free(piece);
+        mem_free(host_logits);
         sampler_free(&smp);
         return sk_fail(SK_ENOMEM, "out of memory in generation");
     }
@@ -96,7 +107,7 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     model_infer_reset(m);
     double t0 = time_now();
     int pos = (int)n_prompt;
-    const float *logits = model_infer_step(m, (const int *)prompt, (int)n_prompt);
+    const float *logits = gen_step(m, (const int *)prompt, (int)n_prompt, host_logits);
     res->prefill_s = time_now() - t0;
     t0 = time_now();
     while (res->n_generated < o->max_tokens) {
@@ -111,7 +122,7 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
         }
         if (res->n_generated == o->max_tokens) break;
         if (pos >= max_T) { res->finish = "length"; break; }
-        logits = model_infer_step(m, &id, 1);
+        logits = gen_step(m, &id, 1, host_logits);
         pos++;
     }
     if (t && st == SK_OK && strcmp(res->finish, "stop") != 0) {
@@ -121,6 +132,7 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     res->decode_s = time_now() - t0;
     mem_free(text.pending);
     mem_free(piece);
+    mem_free(host_logits);
     sampler_free(&smp);
     return st == SK_ENOMEM ? sk_fail(SK_ENOMEM, "out of memory in generation") : st;
 }

@@ -43,24 +43,23 @@ float *arch_plan_alloc(backend *be, arch_plan_entry *e, int n) {
     return mem;
 }
 
-float arch_xent_loss(backend *be, float *losses, float *logits, int *targets_dev, const int *targets, int N, int V) {
+float arch_xent_loss(backend *be, tensor losses, tensor loss_sum, tensor logits, tensor targets_dev,
+                     const int *targets) {
     const backend_ops *op = be->ops;
+    const int64_t N = logits.shape[0], V = logits.shape[1];
     int counted = 0;
-    for (int i = 0; i < N; i++) {
+    for (int64_t i = 0; i < N; i++) {
         SK_ASSERT(targets[i] < V);
         counted += targets[i] >= 0;
     }
-    backend_upload(be, targets_dev, targets, sizeof(int) * (size_t)N);
+    backend_upload(be, targets_dev.data, targets, tensor_bytes(targets_dev));
     /* in place: logits become (softmax - onehot), backward scales them by dloss */
-    op->softmax_xent(be, losses, logits, logits, targets_dev, N, V, V, 1.0f);
-    /* the per-row losses come back to the host in stack-sized pieces for the mean */
-    double sum = 0;
-    float buf[256];
-    for (int i0 = 0; i0 < N; i0 += 256) {
-        int n = N - i0 < 256 ? N - i0 : 256;
-        backend_download(be, buf, losses + i0, sizeof(float) * (size_t)n);
-        for (int i = 0; i < n; i++) sum += buf[i];
-    }
+    op->softmax_xent(be, NULL, losses, logits, logits, targets_dev, 1.0f);
+    /* the sum in row order, in double, on the device: one scalar comes back */
+    backend_zero(be, loss_sum.data, sizeof(double));
+    op->sum_f64(be, NULL, loss_sum, losses);
+    double sum;
+    backend_download(be, &sum, loss_sum.data, sizeof sum);
     return counted ? (float)(sum / counted) : 0.0f;
 }
 

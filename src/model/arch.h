@@ -20,10 +20,17 @@ size_t arch_plan_floats(const arch_plan_entry *e, int n);
  * buffer (the caller frees it with backend_mem_free), or NULL when out of memory. */
 float *arch_plan_alloc(backend *be, arch_plan_entry *e, int n);
 
+/* f32 views of planned backend buffers (activations, scratch, caches): (n) and (rows, cols),
+ * contiguous. The architecture files build every activation view through these. */
+static inline tensor arch_vec(float *p, int64_t n) { return tensor_1d(p, DT_F32, n); }
+static inline tensor arch_mat(float *p, int64_t rows, int64_t cols) { return tensor_2d(p, DT_F32, rows, cols); }
+
 /* The loss head of a training forward: uploads targets(N) (host; < 0 ignored) into
- * targets_dev, replaces logits(N,V) in place by (softmax - onehot) for backward, and returns
- * the mean loss over the counted targets (0 when none). */
-float arch_xent_loss(backend *be, float *losses, float *logits, int *targets_dev, const int *targets, int N, int V);
+ * targets_dev (i32, N), replaces logits(N,V) in place by (softmax - onehot) for backward,
+ * writes the per-row losses(N), sums them on the device into loss_sum (one f64) and
+ * downloads that one scalar. Returns the mean loss over the counted targets (0 when none). */
+float arch_xent_loss(backend *be, tensor losses, tensor loss_sum, tensor logits, tensor targets_dev,
+                     const int *targets);
 
 /* Asserts every token id is inside the vocabulary (callers validate input before this). */
 void arch_check_tokens(const model *m, const int *tokens, size_t n);

@@ -62,9 +62,9 @@ enum {
     P_FCPW, P_FCPB, P_PER_LAYER
 };
 
-/* Parameter and gradient tensors of one layer (or the embeddings, with l = -1). */
+/* Parameter or gradient views of one layer. */
 typedef struct gpt2_w {
-    float *ln1w, *ln1b, *attnw, *attnb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcpw, *fcpb;
+    tensor ln1w, ln1b, attnw, attnb, projw, projb, ln2w, ln2b, fcw, fcb, fcpw, fcpb;
 } gpt2_w;
 
 /* Activations of a training forward, planned for (Bp,Tp); layer tensors are stacked with
@@ -87,6 +87,7 @@ typedef struct gpt2_acts {
     float *lnf_mean, *lnf_rstd;   /* (N) */
     float *logits;           /* (N,V); after a forward with targets, (softmax - onehot) */
     float *losses;           /* (N) */
+    double *loss_sum;        /* (1) f64 (planned as 2 floats): the loss head's sum on the device */
     /* backward scratch, one layer's worth, reused down the stack */
     float *dres;             /* (N,C) gradient of the residual stream */
     float *dC, *dC2;         /* (N,C) */
@@ -121,8 +122,8 @@ typedef struct gpt2_state {
 
 /* Tensor idx of the parameters (grad = false) or gradients, through its group's base
  * (model.h), so ZeRO hooks can move a layer to a gathered copy or a gradient bucket. */
-static float *gpt2_tensor(const model *m, bool grad, int idx) {
-    return grad ? model_grad_ptr(m, idx) : model_param_ptr(m, idx);
+static tensor gpt2_tensor(const model *m, bool grad, int idx) {
+    return grad ? model_grad_view(m, idx) : model_param_view(m, idx);
 }
 
 static gpt2_w gpt2_layer(const model *m, bool grad, int l) {
@@ -187,8 +188,8 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
         E(att, L * att), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),            \
         E(ln2_mean, L * N), E(ln2_rstd, L * N), E(fch, L * N * F), E(fch_gelu, L * N * F),    \
         E(res3, L * N * C), E(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), E(logits, N * V),   \
-        E(losses, N), E(dres, N * C), E(dC, N * C), E(dC2, N * C), E(dqkv, N * 3 * C),         \
-        E(datt, att), E(dF, N * F),                                                            \
+        E(losses, N), E(loss_sum, 2), E(dres, N * C), E(dC, N * C), E(dC2, N * C),             \
+        E(dqkv, N * 3 * C), E(datt, att), E(dF, N * F),                                        \
     }
 
 static size_t gpt2_train_bytes(const model_config *c, int B, int T) {
@@ -223,7 +224,6 @@ static sk_status gpt2_train_prepare(model *m, int B, int T) {
     s->have_targets = false;
     return SK_OK;
 }
-
 /* ---- training forward and backward ---- */
 
 /* A distinct dropout seed per site (0: embeddings; 1 + 3l + k: layer l's attention
@@ -238,19 +238,51 @@ static uint64_t gpt2_drop_seed(const model *m, int site, size_t per_sample) {
     return z + m->dropout_sample0 * (uint64_t)per_sample * 0x9E3779B97F4A7C15ull;
 }
 
+/* Views of layer l's activations for the shape of the last forward (s->B, s->T): the front
+ * of slot l of each stacked buffer. in is the layer's input (the embeddings or the previous
+ * layer's output); att stays a pointer for the attention ops, which take pointers. */
+typedef struct gpt2_layer_acts {
+    tensor in, ln1, ln1_mean, ln1_rstd, qkv, atty, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, res3;
+    float *att;
+} gpt2_layer_acts;
+
+static gpt2_layer_acts gpt2_layer_views(const model *m, int l) {
+    const gpt2_state *s = m->state;
+    const gpt2_acts *a = &s->a;
+    const int64_t N = (int64_t)s->B * s->T, C = m->cfg.n_embd, F = m->cfg.ffn_dim;
+    const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
+    const size_t ATT = (size_t)s->Bp * m->cfg.n_head * s->Tp * s->Tp;
+    gpt2_layer_acts x = {
+        .in = l > 0 ? arch_mat(a->res3 + (l - 1) * NPL * C, N, C) : arch_mat(a->encoded, N, C),
+        .ln1 = arch_mat(a->ln1 + l * NPL * C, N, C),
+        .ln1_mean = arch_vec(a->ln1_mean + l * NPL, N),
+        .ln1_rstd = arch_vec(a->ln1_rstd + l * NPL, N),
+        .qkv = arch_mat(a->qkv + l * NPL * 3 * C, N, 3 * C),
+        .atty = arch_mat(a->atty + l * NPL * C, N, C),
+        .res2 = arch_mat(a->res2 + l * NPL * C, N, C),
+        .ln2 = arch_mat(a->ln2 + l * NPL * C, N, C),
+        .ln2_mean = arch_vec(a->ln2_mean + l * NPL, N),
+        .ln2_rstd = arch_vec(a->ln2_rstd + l * NPL, N),
+        .fch = arch_mat(a->fch + l * NPL * F, N, F),
+        .fch_gelu = arch_mat(a->fch_gelu + l * NPL * F, N, F),
+        .res3 = arch_mat(a->res3 + l * NPL * C, N, C),
+        .att = a->att + l * ATT,
+    };
+    return x;
+}
+
 /* out(N,OC) = inp(N,IC) @ w(IC,OC) + b(OC) */
-static void gpt2_linear(backend *be, float *out, const float *inp, const float *w, const float *b,
-                        int N, int IC, int OC) {
-    be->ops->gemm(be, false, false, N, OC, IC, 1.0f, inp, IC, w, OC, 0.0f, out, OC);
-    be->ops->bias_add(be, out, b, N, OC);
+static void gpt2_linear(backend *be, tensor out, tensor inp, tensor w, tensor b) {
+    be->ops->matmul(be, NULL, out, inp, false, w, false, 1.0f, 0.0f);
+    be->ops->bias_add(be, NULL, out, b);
 }
 
 /* Backward of gpt2_linear: dw, db accumulate; dinp is written (beta 0). */
-static void gpt2_linear_backward(backend *be, float *dinp, float *dw, float *db, const float *dout,
-                                 const float *inp, const float *w, int N, int IC, int OC) {
-    be->ops->bias_backward(be, db, dout, N, OC);
-    be->ops->gemm(be, true, false, IC, OC, N, 1.0f, inp, IC, dout, OC, 1.0f, dw, OC);
-    be->ops->gemm(be, false, true, N, IC, OC, 1.0f, dout, OC, w, OC, 0.0f, dinp, IC);
+static void gpt2_linear_backward(backend *be, tensor dinp, tensor dw, tensor db, tensor dout, tensor inp,
+                                 tensor w) {
+    be->ops->bias_backward(be, NULL, db, dout);
+    be->ops->matmul(be, NULL, dw, inp, true, dout, false, 1.0f, 1.0f);
+    be->ops->matmul(be, NULL, dinp, dout, false, w, true, 1.0f, 0.0f);
 }
 
 static float gpt2_forward(model *m, const int *tokens, const int *targets, int B, int T) {
@@ -259,63 +291,58 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
-    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
+    const int L = c->n_layer, C = c->n_embd, V = c->vocab_size, NH = c->n_head;
     const int N = B * T;
-    const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
-    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
     const bool drop = m->dropout;
     const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
     gpt2_acts *a = &s->a;
     s->B = B;
     s->T = T;
     s->have_targets = false;
+    tensor encoded = arch_mat(a->encoded, N, C), lnf = arch_mat(a->lnf, N, C), logits = arch_mat(a->logits, N, V);
 
     arch_check_tokens(m, tokens, (size_t)N);
     model_hook_before_forward(m, -1);
     backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
-    op->embed_forward(be, a->encoded, a->tokens, gpt2_tensor(m, false, P_WTE),
-                      gpt2_tensor(m, false, P_WPE), B, T, C);
+    op->embed_forward(be, NULL, encoded, tensor_2d(a->tokens, DT_I32, B, T), gpt2_tensor(m, false, P_WTE),
+                      gpt2_tensor(m, false, P_WPE));
     if (drop && c->embd_pdrop > 0)
-        op->dropout_forward(be, a->encoded, a->encoded, (size_t)N * C, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
+        op->dropout_forward(be, NULL, encoded, encoded, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
 
-    const float *res = a->encoded;
     for (int l = 0; l < L; l++) {
         model_hook_before_forward(m, l);
         gpt2_w w = gpt2_layer(m, false, l);
-        float *ln1 = a->ln1 + l * NPL * C, *qkv = a->qkv + l * NPL * 3 * C, *att = a->att + l * ATT;
-        float *atty = a->atty + l * NPL * C, *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C;
-        float *fch = a->fch + l * NPL * F, *fchg = a->fch_gelu + l * NPL * F, *res3 = a->res3 + l * NPL * C;
+        gpt2_layer_acts x = gpt2_layer_views(m, l);
+        float *qkv = tensor_f32(x.qkv), *att = x.att, *atty = tensor_f32(x.atty);
         float attn_p = drop ? c->attn_pdrop : 0.0f;
 
-        op->layernorm_forward(be, ln1, a->ln1_mean + l * NPL, a->ln1_rstd + l * NPL, res, w.ln1w, w.ln1b,
-                              N, C, c->norm_eps);
-        gpt2_linear(be, qkv, ln1, w.attnw, w.attnb, N, C, 3 * C);
+        op->layernorm_forward(be, NULL, x.ln1, x.ln1_mean, x.ln1_rstd, x.in, w.ln1w, w.ln1b, c->norm_eps);
+        gpt2_linear(be, x.qkv, x.ln1, w.attnw, w.attnb);
         op->attention_forward(be, atty, att, qkv, B, T, C, NH, attn_p, gpt2_drop_seed(m, 1 + 3 * l, SATT));
-        gpt2_linear(be, res2, atty, w.projw, w.projb, N, C, C);
+        gpt2_linear(be, x.res2, x.atty, w.projw, w.projb);
         if (drop && c->resid_pdrop > 0)
-            op->dropout_forward(be, res2, res2, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
-        op->add(be, res2, res2, res, (size_t)N * C);
+            op->dropout_forward(be, NULL, x.res2, x.res2, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
+        op->add(be, NULL, x.res2, x.res2, x.in);
 
-        op->layernorm_forward(be, ln2, a->ln2_mean + l * NPL, a->ln2_rstd + l * NPL, res2, w.ln2w, w.ln2b,
-                              N, C, c->norm_eps);
-        gpt2_linear(be, fch, ln2, w.fcw, w.fcb, N, C, F);
-        op->gelu_forward(be, fchg, fch, (size_t)N * F);
-        gpt2_linear(be, res3, fchg, w.fcpw, w.fcpb, N, F, C);
+        op->layernorm_forward(be, NULL, x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2w, w.ln2b, c->norm_eps);
+        gpt2_linear(be, x.fch, x.ln2, w.fcw, w.fcb);
+        op->gelu_forward(be, NULL, x.fch_gelu, x.fch);
+        gpt2_linear(be, x.res3, x.fch_gelu, w.fcpw, w.fcpb);
         if (drop && c->resid_pdrop > 0)
-            op->dropout_forward(be, res3, res3, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
-        op->add(be, res3, res3, res2, (size_t)N * C);
-        res = res3;
+            op->dropout_forward(be, NULL, x.res3, x.res3, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
+        op->add(be, NULL, x.res3, x.res3, x.res2);
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
-    op->layernorm_forward(be, a->lnf, a->lnf_mean, a->lnf_rstd, res, gpt2_tensor(m, false, nf),
-                          gpt2_tensor(m, false, nf + 1), N, C, c->norm_eps);
+    tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : encoded;
+    op->layernorm_forward(be, NULL, lnf, arch_vec(a->lnf_mean, N), arch_vec(a->lnf_rstd, N), resL,
+                          gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ wte(V,C)^T: the tied LM head */
-    op->gemm(be, false, true, N, V, C, 1.0f, a->lnf, C, gpt2_tensor(m, false, P_WTE), C, 0.0f,
-             a->logits, V);
+    op->matmul(be, NULL, logits, lnf, false, gpt2_tensor(m, false, P_WTE), true, 1.0f, 0.0f);
     if (!targets) return 0.0f;
 
     s->have_targets = true;
-    return arch_xent_loss(be, a->losses, a->logits, a->targets, targets, N, V);
+    return arch_xent_loss(be, arch_vec(a->losses, N), tensor_1d(a->loss_sum, DT_F64, 1), logits,
+                          tensor_1d(a->targets, DT_I32, N), targets);
 }
 
 static void gpt2_backward(model *m, float dloss) {
@@ -326,70 +353,66 @@ static void gpt2_backward(model *m, float dloss) {
     const model_config *c = &m->cfg;
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
     const int B = s->B, T = s->T, N = B * T;
-    const size_t NPL = (size_t)s->Bp * s->Tp;
-    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
     const bool drop = m->dropout;
     const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
     gpt2_acts *a = &s->a;
+    tensor dres = arch_mat(a->dres, N, C), dC = arch_mat(a->dC, N, C), dC2 = arch_mat(a->dC2, N, C);
+    tensor dqkv = arch_mat(a->dqkv, N, 3 * C), dF = arch_mat(a->dF, N, F), logits = arch_mat(a->logits, N, V);
     model_hook_before_backward(m, -1);
-    float *wte = gpt2_tensor(m, false, P_WTE), *dwte = gpt2_tensor(m, true, P_WTE);
+    tensor wte = gpt2_tensor(m, false, P_WTE), dwte = gpt2_tensor(m, true, P_WTE);
 
     /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ wte;
      * dwte += dloss * dlogits^T @ lnf. */
-    op->gemm(be, false, false, N, C, V, dloss, a->logits, V, wte, C, 0.0f, a->dC, C);
-    op->gemm(be, true, false, V, C, N, dloss, a->logits, V, a->lnf, C, 1.0f, dwte, C);
+    op->matmul(be, NULL, dC, logits, false, wte, false, dloss, 0.0f);
+    op->matmul(be, NULL, dwte, logits, true, arch_mat(a->lnf, N, C), false, dloss, 1.0f);
     int nf = P_LAYER0 + P_PER_LAYER * L;
-    const float *resL = L > 0 ? a->res3 + (L - 1) * NPL * C : a->encoded;
+    tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
     backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
-    op->layernorm_backward(be, a->dres, gpt2_tensor(m, true, nf), gpt2_tensor(m, true, nf + 1),
-                           a->dC, resL, gpt2_tensor(m, false, nf), a->lnf_mean, a->lnf_rstd, N, C);
+    op->layernorm_backward(be, NULL, dres, gpt2_tensor(m, true, nf), gpt2_tensor(m, true, nf + 1), dC, resL,
+                           gpt2_tensor(m, false, nf), arch_vec(a->lnf_mean, N), arch_vec(a->lnf_rstd, N));
 
     for (int l = L - 1; l >= 0; l--) {
         model_hook_before_backward(m, l);
         gpt2_w w = gpt2_layer(m, false, l), g = gpt2_layer(m, true, l);
-        const float *res = l > 0 ? a->res3 + (l - 1) * NPL * C : a->encoded;
-        float *ln1 = a->ln1 + l * NPL * C, *qkv = a->qkv + l * NPL * 3 * C, *att = a->att + l * ATT;
-        float *atty = a->atty + l * NPL * C, *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C;
-        float *fch = a->fch + l * NPL * F, *fchg = a->fch_gelu + l * NPL * F;
+        gpt2_layer_acts x = gpt2_layer_views(m, l);
+        float *qkv = tensor_f32(x.qkv), *att = x.att;
         float attn_p = drop ? c->attn_pdrop : 0.0f;
 
         /* MLP branch; dres is the gradient of x3 */
-        const float *dbranch = a->dres;
+        tensor dbranch = dres;
         if (drop && c->resid_pdrop > 0) {
-            op->dropout_backward(be, a->dC, a->dres, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
-            dbranch = a->dC;
+            op->dropout_backward(be, NULL, dC, dres, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
+            dbranch = dC;
         }
-        gpt2_linear_backward(be, a->dF, g.fcpw, g.fcpb, dbranch, fchg, w.fcpw, N, F, C);
-        op->gelu_backward(be, a->dF, fch, a->dF, (size_t)N * F);
-        gpt2_linear_backward(be, a->dC, g.fcw, g.fcb, a->dF, ln2, w.fcw, N, C, F);
-        op->layernorm_backward(be, a->dres, g.ln2w, g.ln2b, a->dC, res2, w.ln2w,
-                               a->ln2_mean + l * NPL, a->ln2_rstd + l * NPL, N, C);
+        gpt2_linear_backward(be, dF, g.fcpw, g.fcpb, dbranch, x.fch_gelu, w.fcpw);
+        op->gelu_backward(be, NULL, dF, x.fch, dF);
+        gpt2_linear_backward(be, dC, g.fcw, g.fcb, dF, x.ln2, w.fcw);
+        op->layernorm_backward(be, NULL, dres, g.ln2w, g.ln2b, dC, x.res2, w.ln2w, x.ln2_mean, x.ln2_rstd);
 
         /* attention branch; dres is now the gradient of x2 */
-        dbranch = a->dres;
+        dbranch = dres;
         if (drop && c->resid_pdrop > 0) {
-            op->dropout_backward(be, a->dC, a->dres, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
-            dbranch = a->dC;
+            op->dropout_backward(be, NULL, dC, dres, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
+            dbranch = dC;
         }
-        gpt2_linear_backward(be, a->dC2, g.projw, g.projb, dbranch, atty, w.projw, N, C, C);
+        gpt2_linear_backward(be, dC2, g.projw, g.projb, dbranch, x.atty, w.projw);
         backend_zero(be, a->dqkv, sizeof(float) * (size_t)N * 3 * C);
         op->attention_backward(be, a->dqkv, a->datt, a->dC2, qkv, att, B, T, C, NH, attn_p,
                                gpt2_drop_seed(m, 1 + 3 * l, SATT));
-        gpt2_linear_backward(be, a->dC, g.attnw, g.attnb, a->dqkv, ln1, w.attnw, N, C, 3 * C);
-        op->layernorm_backward(be, a->dres, g.ln1w, g.ln1b, a->dC, res, w.ln1w,
-                               a->ln1_mean + l * NPL, a->ln1_rstd + l * NPL, N, C);
+        gpt2_linear_backward(be, dC, g.attnw, g.attnb, dqkv, x.ln1, w.attnw);
+        op->layernorm_backward(be, NULL, dres, g.ln1w, g.ln1b, dC, x.in, w.ln1w, x.ln1_mean, x.ln1_rstd);
         model_hook_after_backward(m, l);
     }
     if (drop && c->embd_pdrop > 0)
-        op->dropout_backward(be, a->dres, a->dres, (size_t)N * C, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
-    op->embed_backward(be, dwte, gpt2_tensor(m, true, P_WPE), a->dres, a->tokens, B, T, C);
+        op->dropout_backward(be, NULL, dres, dres, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
+    op->embed_backward(be, NULL, dwte, gpt2_tensor(m, true, P_WPE), dres, tensor_2d(a->tokens, DT_I32, B, T));
     model_hook_after_backward(m, -1);
 }
 
-static const float *gpt2_logits(const model *m) {
+static tensor gpt2_logits(const model *m) {
     const gpt2_state *s = m->state;
     SK_ASSERT(s && s->act_mem && !s->have_targets);
-    return s->a.logits;
+    return arch_mat(s->a.logits, (int64_t)s->B * s->T, m->cfg.vocab_size);
 }
 
 /* ---- inference ---- */
@@ -426,9 +449,9 @@ static void gpt2_infer_reset(model *m) {
 
 /* Runs tokens(n) at positions pos..pos+n-1: each layer writes the new keys and values
  * straight into its cache rows (c_attn split into its q, k, v column blocks), attends over
- * the cache, and only the last row goes through ln_f and the LM head. Returns logits(V)
- * in backend memory, valid until the next call. */
-static const float *gpt2_infer_step(model *m, const int *tokens, int n) {
+ * the cache, and only the last row goes through ln_f and the LM head. Returns logits(V),
+ * a view of backend memory valid until the next call. */
+static tensor gpt2_infer_step(model *m, const int *tokens, int n) {
     gpt2_state *s = m->state;
     SK_ASSERT(s && s->inf_mem && n > 0 && s->pos + n <= s->max_T);
     backend *be = m->be;
@@ -437,37 +460,40 @@ static const float *gpt2_infer_step(model *m, const int *tokens, int n) {
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
     const int pos = s->pos;
     gpt2_infer *f = &s->inf;
+    tensor x = arch_mat(f->x, n, C), ln = arch_mat(f->ln, n, C), q = arch_mat(f->q, n, C);
+    tensor atty = arch_mat(f->atty, n, C), fch = arch_mat(f->fch, n, F);
+    tensor mean = arch_vec(f->mean, n), rstd = arch_vec(f->rstd, n);
 
     arch_check_tokens(m, tokens, (size_t)n);
     backend_upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
-    op->embed_forward(be, f->x, f->tokens, gpt2_tensor(m, false, P_WTE),
-                      gpt2_tensor(m, false, P_WPE) + (size_t)pos * C, 1, n, C);
+    op->embed_forward(be, NULL, x, tensor_2d(f->tokens, DT_I32, 1, n), gpt2_tensor(m, false, P_WTE),
+                      tensor_rows(gpt2_tensor(m, false, P_WPE), pos, n));
     for (int l = 0; l < L; l++) {
         gpt2_w w = gpt2_layer(m, false, l);
         float *kc = f->kcache + (size_t)l * s->max_T * C, *vc = f->vcache + (size_t)l * s->max_T * C;
-        op->layernorm_forward(be, f->ln, f->mean, f->rstd, f->x, w.ln1w, w.ln1b, n, C, c->norm_eps);
+        tensor knew = arch_mat(kc + (size_t)pos * C, n, C), vnew = arch_mat(vc + (size_t)pos * C, n, C);
+        op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln1w, w.ln1b, c->norm_eps);
         /* Wattn (C,3C): columns [0,C) q, [C,2C) k, [2C,3C) v */
-        op->gemm(be, false, false, n, C, C, 1.0f, f->ln, C, w.attnw, 3 * C, 0.0f, f->q, C);
-        op->gemm(be, false, false, n, C, C, 1.0f, f->ln, C, w.attnw + C, 3 * C, 0.0f, kc + (size_t)pos * C, C);
-        op->gemm(be, false, false, n, C, C, 1.0f, f->ln, C, w.attnw + 2 * C, 3 * C, 0.0f, vc + (size_t)pos * C, C);
-        op->bias_add(be, f->q, w.attnb, n, C);
-        op->bias_add(be, kc + (size_t)pos * C, w.attnb + C, n, C);
-        op->bias_add(be, vc + (size_t)pos * C, w.attnb + 2 * C, n, C);
+        gpt2_linear(be, q, ln, tensor_cols(w.attnw, 0, C), tensor_cols(w.attnb, 0, C));
+        gpt2_linear(be, knew, ln, tensor_cols(w.attnw, C, C), tensor_cols(w.attnb, C, C));
+        gpt2_linear(be, vnew, ln, tensor_cols(w.attnw, 2 * C, C), tensor_cols(w.attnb, 2 * C, C));
         op->attention_cached(be, f->atty, f->q, C, kc, vc, C, n, pos, C, NH);
-        gpt2_linear(be, f->ln, f->atty, w.projw, w.projb, n, C, C);
-        op->add(be, f->x, f->x, f->ln, (size_t)n * C);
-        op->layernorm_forward(be, f->ln, f->mean, f->rstd, f->x, w.ln2w, w.ln2b, n, C, c->norm_eps);
-        gpt2_linear(be, f->fch, f->ln, w.fcw, w.fcb, n, C, F);
-        op->gelu_forward(be, f->fch, f->fch, (size_t)n * F);
-        gpt2_linear(be, f->ln, f->fch, w.fcpw, w.fcpb, n, F, C);
-        op->add(be, f->x, f->x, f->ln, (size_t)n * C);
+        gpt2_linear(be, ln, atty, w.projw, w.projb);
+        op->add(be, NULL, x, x, ln);
+        op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln2w, w.ln2b, c->norm_eps);
+        gpt2_linear(be, fch, ln, w.fcw, w.fcb);
+        op->gelu_forward(be, NULL, fch, fch);
+        gpt2_linear(be, ln, fch, w.fcpw, w.fcpb);
+        op->add(be, NULL, x, x, ln);
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
-    op->layernorm_forward(be, f->ln, f->mean, f->rstd, f->x + (size_t)(n - 1) * C,
-                          gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), 1, C, c->norm_eps);
-    op->gemm(be, false, true, 1, V, C, 1.0f, f->ln, C, gpt2_tensor(m, false, P_WTE), C, 0.0f, f->logits, V);
+    tensor last = tensor_rows(ln, 0, 1);
+    op->layernorm_forward(be, NULL, last, tensor_rows(mean, 0, 1), tensor_rows(rstd, 0, 1), tensor_rows(x, n - 1, 1),
+                          gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
+    tensor logits = arch_mat(f->logits, 1, V);
+    op->matmul(be, NULL, logits, last, false, gpt2_tensor(m, false, P_WTE), true, 1.0f, 0.0f);
     s->pos = pos + n;
-    return f->logits;
+    return arch_vec(f->logits, V);
 }
 
 static void gpt2_free_state(model *m) {

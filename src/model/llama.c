@@ -85,9 +85,9 @@ static const char *const llama_suffix[T_COUNT] = {
 };
 typedef struct llama_layout { int spec[T_COUNT]; } llama_layout;
 
-/* Parameter or gradient tensors of one layer; absent biases are NULL. */
+/* Parameter or gradient views of one layer; absent biases are tensor_none(). */
 typedef struct llama_w {
-    float *in_norm, *qw, *qb, *kw, *kb, *vw, *vb, *ow, *post_norm, *gw, *gb, *uw, *ub, *dw, *db;
+    tensor in_norm, qw, qb, kw, kb, vw, vb, ow, post_norm, gw, gb, uw, ub, dw, db;
 } llama_w;
 
 /* Activations of a training forward, planned for (Bp,Tp); layer tensors are stacked with a
@@ -108,6 +108,7 @@ typedef struct llama_acts {
     float *lnf, *rstdf;      /* (N,C), (N) */
     float *logits;           /* (N,V); after a forward with targets, (softmax - onehot) */
     float *losses;           /* (N) */
+    double *loss_sum;        /* (1) f64 (planned as 2 floats): the loss head's sum on the device */
     /* scratch, one layer's worth, reused down the stack */
     float *dres;             /* (N,C) gradient of the residual stream */
     float *dC;               /* (N,C) */
@@ -147,15 +148,15 @@ static int llama_head(const model *m) { return m->cfg.tie_word_embeddings ? LLAM
 static int llama_norm(const model *m) { return m->n_specs - (m->cfg.tie_word_embeddings ? 1 : 2); }
 
 /* Spec i's parameters (grad = false) or gradients, through its group's base. */
-static float *llama_tensor(const model *m, bool grad, int i) {
-    return grad ? model_grad_ptr(m, i) : model_param_ptr(m, i);
+static tensor llama_tensor(const model *m, bool grad, int i) {
+    return grad ? model_grad_view(m, i) : model_param_view(m, i);
 }
 
 static llama_w llama_layer(const model *m, bool grad, int l) {
     const llama_state *s = m->state;
     const int *o = s->layout[l].spec;
-    float *p[T_COUNT];
-    for (int i = 0; i < T_COUNT; i++) p[i] = o[i] == NO_TENSOR ? NULL : llama_tensor(m, grad, o[i]);
+    tensor p[T_COUNT];
+    for (int i = 0; i < T_COUNT; i++) p[i] = o[i] == NO_TENSOR ? tensor_none() : llama_tensor(m, grad, o[i]);
     llama_w w = {p[T_IN], p[T_QW], p[T_QB], p[T_KW], p[T_KB], p[T_VW], p[T_VB], p[T_OW],
                  p[T_POST], p[T_GW], p[T_GB], p[T_UW], p[T_UB], p[T_DW], p[T_DB]};
     return w;
@@ -301,8 +302,9 @@ static void llama_init_weights(model *m, uint64_t seed) {
         E(encoded, N * C), E(ln1, L * N * C), E(rstd1, L * N), E(q, L * N * QD), E(k, L * N * KD),   \
         E(v, L * N * KD), E(att, L * att), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C), \
         E(rstd2, L * N), E(gate, L * N * F), E(up, L * N * F), E(res3, L * N * C), E(lnf, N * C),    \
-        E(rstdf, N), E(logits, N * V), E(losses, N), E(dres, N * C), E(dC, N * C), E(dQ, N * QD),    \
-        E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(datt, att), E(dF, N * F), E(dF2, N * F),     \
+        E(rstdf, N), E(logits, N * V), E(losses, N), E(loss_sum, 2), E(dres, N * C), E(dC, N * C),   \
+        E(dQ, N * QD), E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(datt, att), E(dF, N * F),     \
+        E(dF2, N * F),                                                                             \
     }
 
 static size_t llama_train_bytes(const model_config *c, int B, int T) {
@@ -348,20 +350,60 @@ static sk_status llama_train_prepare(model *m, int B, int T) {
 
 /* ---- training forward and backward ---- */
 
-/* out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b(OC) when b is not NULL) */
-static void llama_linear(backend *be, float *out, const float *inp, const float *w, const float *b,
-                         int N, int IC, int OC) {
-    be->ops->gemm(be, false, true, N, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
-    if (b) be->ops->bias_add(be, out, b, N, OC);
+/* Views of layer l's activations for the shape of the last forward (s->B, s->T): the front
+ * of slot l of each stacked buffer. in is the layer's input (the embeddings or the previous
+ * layer's output); att stays a pointer for the attention ops, which take pointers. */
+typedef struct llama_layer_acts {
+    tensor in, ln1, rstd1, q, k, v, atty, res2, ln2, rstd2, gate, up, res3;
+    float *att;
+} llama_layer_acts;
+
+static llama_layer_acts llama_layer_views(const model *m, int l) {
+    const llama_state *s = m->state;
+    const llama_acts *a = &s->a;
+    const model_config *c = &m->cfg;
+    const int64_t N = (int64_t)s->B * s->T, C = c->n_embd, F = c->ffn_dim, QD = (int64_t)c->n_head * c->head_dim,
+                  KD = (int64_t)c->n_kv_head * c->head_dim;
+    const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
+    const size_t ATT = (size_t)s->Bp * c->n_head * s->Tp * s->Tp;
+    llama_layer_acts x = {
+        .in = l > 0 ? arch_mat(a->res3 + (l - 1) * NPL * C, N, C) : arch_mat(a->encoded, N, C),
+        .ln1 = arch_mat(a->ln1 + l * NPL * C, N, C),
+        .rstd1 = arch_vec(a->rstd1 + l * NPL, N),
+        .q = arch_mat(a->q + l * NPL * QD, N, QD),
+        .k = arch_mat(a->k + l * NPL * KD, N, KD),
+        .v = arch_mat(a->v + l * NPL * KD, N, KD),
+        .atty = arch_mat(a->atty + l * NPL * QD, N, QD),
+        .res2 = arch_mat(a->res2 + l * NPL * C, N, C),
+        .ln2 = arch_mat(a->ln2 + l * NPL * C, N, C),
+        .rstd2 = arch_vec(a->rstd2 + l * NPL, N),
+        .gate = arch_mat(a->gate + l * NPL * F, N, F),
+        .up = arch_mat(a->up + l * NPL * F, N, F),
+        .res3 = arch_mat(a->res3 + l * NPL * C, N, C),
+        .att = a->att + l * ATT,
+    };
+    return x;
 }
 
-/* Backward of llama_linear: dw (OC,IC) and db accumulate (db NULL: no bias); dinp(N,IC) =
- * beta dinp + dout @ w, so several projections of one input sum into it. */
-static void llama_linear_backward(backend *be, float *dinp, float beta, float *dw, float *db,
-                                  const float *dout, const float *inp, const float *w, int N, int IC, int OC) {
-    if (db) be->ops->bias_backward(be, db, dout, N, OC);
-    be->ops->gemm(be, true, false, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
-    be->ops->gemm(be, false, false, N, IC, OC, 1.0f, dout, OC, w, IC, beta, dinp, IC);
+/* x(rows, nh*HS) as (rows/T, T, nh, HS): the heads the rotary ops address. */
+static tensor llama_heads(tensor x, int64_t T, int64_t HS) {
+    const int64_t shape[4] = {x.shape[0] / T, T, x.shape[1] / HS, HS};
+    return tensor_reshape(x, 4, shape);
+}
+
+/* out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b(OC) unless b is tensor_none()) */
+static void llama_linear(backend *be, tensor out, tensor inp, tensor w, tensor b) {
+    be->ops->matmul(be, NULL, out, inp, false, w, true, 1.0f, 0.0f);
+    if (!tensor_is_none(b)) be->ops->bias_add(be, NULL, out, b);
+}
+
+/* Backward of llama_linear: dw (OC,IC) and db accumulate (db tensor_none(): no bias);
+ * dinp(N,IC) = beta dinp + dout @ w, so several projections of one input sum into it. */
+static void llama_linear_backward(backend *be, tensor dinp, float beta, tensor dw, tensor db, tensor dout,
+                                  tensor inp, tensor w) {
+    if (!tensor_is_none(db)) be->ops->bias_backward(be, NULL, db, dout);
+    be->ops->matmul(be, NULL, dw, dout, true, inp, false, 1.0f, 1.0f);
+    be->ops->matmul(be, NULL, dinp, dout, false, w, false, 1.0f, beta);
 }
 
 static float llama_forward(model *m, const int *tokens, const int *targets, int B, int T) {
@@ -370,55 +412,57 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
-    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
-              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
+    const int L = c->n_layer, C = c->n_embd, V = c->vocab_size, NH = c->n_head, NKV = c->n_kv_head,
+              HS = c->head_dim, W = c->sliding_window;
     const int N = B * T;
-    const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
-    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
     llama_acts *a = &s->a;
     s->B = B;
     s->T = T;
     s->have_targets = false;
+    tensor encoded = arch_mat(a->encoded, N, C), lnf = arch_mat(a->lnf, N, C), logits = arch_mat(a->logits, N, V);
+    tensor cos = arch_mat(a->rope_cos, s->Tp, HS / 2), sin = arch_mat(a->rope_sin, s->Tp, HS / 2);
 
     arch_check_tokens(m, tokens, (size_t)N);
     backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
     model_hook_before_forward(m, -1);
-    op->embed_forward(be, a->encoded, a->tokens, llama_tensor(m, false, LLAMA_EMBED), NULL, B, T, C);
+    op->embed_forward(be, NULL, encoded, tensor_2d(a->tokens, DT_I32, B, T), llama_tensor(m, false, LLAMA_EMBED),
+                      tensor_none());
 
-    const float *res = a->encoded;
     for (int l = 0; l < L; l++) {
         model_hook_before_forward(m, l);
         llama_w w = llama_layer(m, false, l);
-        float *ln1 = a->ln1 + l * NPL * C, *q = a->q + l * NPL * QD, *k = a->k + l * NPL * KD;
-        float *v = a->v + l * NPL * KD, *att = a->att + l * ATT, *atty = a->atty + l * NPL * QD;
-        float *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C, *gate = a->gate + l * NPL * F;
-        float *up = a->up + l * NPL * F, *res3 = a->res3 + l * NPL * C;
+        llama_layer_acts x = llama_layer_views(m, l);
+        float *q = tensor_f32(x.q), *k = tensor_f32(x.k), *v = tensor_f32(x.v), *att = x.att;
+        float *atty = tensor_f32(x.atty);
+        tensor swiglu = arch_mat(a->dF, N, c->ffn_dim);   /* scratch: recomputed in backward */
 
-        op->rmsnorm_forward(be, ln1, a->rstd1 + l * NPL, res, w.in_norm, N, C, c->norm_eps);
-        llama_linear(be, q, ln1, w.qw, w.qb, N, C, QD);
-        llama_linear(be, k, ln1, w.kw, w.kb, N, C, KD);
-        llama_linear(be, v, ln1, w.vw, w.vb, N, C, KD);
-        op->rope_forward(be, q, a->rope_cos, a->rope_sin, N, T, 0, NH, HS);
-        op->rope_forward(be, k, a->rope_cos, a->rope_sin, N, T, 0, NKV, HS);
+        op->rmsnorm_forward(be, NULL, x.ln1, x.rstd1, x.in, w.in_norm, c->norm_eps);
+        llama_linear(be, x.q, x.ln1, w.qw, w.qb);
+        llama_linear(be, x.k, x.ln1, w.kw, w.kb);
+        llama_linear(be, x.v, x.ln1, w.vw, w.vb);
+        op->rope_forward(be, NULL, llama_heads(x.q, T, HS), cos, sin, 0);
+        op->rope_forward(be, NULL, llama_heads(x.k, T, HS), cos, sin, 0);
         op->gqa_attention_forward(be, atty, att, q, k, v, B, T, NH, NKV, HS, W);
-        llama_linear(be, res2, atty, w.ow, NULL, N, QD, C);
-        op->add(be, res2, res2, res, (size_t)N * C);
+        llama_linear(be, x.res2, x.atty, w.ow, tensor_none());
+        op->add(be, NULL, x.res2, x.res2, x.in);
 
-        op->rmsnorm_forward(be, ln2, a->rstd2 + l * NPL, res2, w.post_norm, N, C, c->norm_eps);
-        llama_linear(be, gate, ln2, w.gw, w.gb, N, C, F);
-        llama_linear(be, up, ln2, w.uw, w.ub, N, C, F);
-        op->swiglu_forward(be, a->dF, gate, up, (size_t)N * F);   /* recomputed in backward */
-        llama_linear(be, res3, a->dF, w.dw, w.db, N, F, C);
-        op->add(be, res3, res3, res2, (size_t)N * C);
-        res = res3;
+        op->rmsnorm_forward(be, NULL, x.ln2, x.rstd2, x.res2, w.post_norm, c->norm_eps);
+        llama_linear(be, x.gate, x.ln2, w.gw, w.gb);
+        llama_linear(be, x.up, x.ln2, w.uw, w.ub);
+        op->swiglu_forward(be, NULL, swiglu, x.gate, x.up);
+        llama_linear(be, x.res3, swiglu, w.dw, w.db);
+        op->add(be, NULL, x.res3, x.res3, x.res2);
     }
-    op->rmsnorm_forward(be, a->lnf, a->rstdf, res, llama_tensor(m, false, llama_norm(m)), N, C, c->norm_eps);
+    tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : encoded;
+    op->rmsnorm_forward(be, NULL, lnf, arch_vec(a->rstdf, N), resL, llama_tensor(m, false, llama_norm(m)),
+                        c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ head(V,C)^T */
-    op->gemm(be, false, true, N, V, C, 1.0f, a->lnf, C, llama_tensor(m, false, llama_head(m)), C, 0.0f, a->logits, V);
+    op->matmul(be, NULL, logits, lnf, false, llama_tensor(m, false, llama_head(m)), true, 1.0f, 0.0f);
     if (!targets) return 0.0f;
 
     s->have_targets = true;
-    return arch_xent_loss(be, a->losses, a->logits, a->targets, targets, N, V);
+    return arch_xent_loss(be, arch_vec(a->losses, N), tensor_1d(a->loss_sum, DT_F64, 1), logits,
+                          tensor_1d(a->targets, DT_I32, N), targets);
 }
 
 static void llama_backward(model *m, float dloss) {
@@ -430,60 +474,60 @@ static void llama_backward(model *m, float dloss) {
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
               NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
     const int B = s->B, T = s->T, N = B * T;
-    const size_t NPL = (size_t)s->Bp * s->Tp;
-    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
     llama_acts *a = &s->a;
     const int head = llama_head(m), norm = llama_norm(m);
+    tensor dres = arch_mat(a->dres, N, C), dC = arch_mat(a->dC, N, C), dQ = arch_mat(a->dQ, N, QD);
+    tensor dq = arch_mat(a->dq, N, QD), dk = arch_mat(a->dk, N, KD), dv = arch_mat(a->dv, N, KD);
+    tensor dF = arch_mat(a->dF, N, F), dF2 = arch_mat(a->dF2, N, F), logits = arch_mat(a->logits, N, V);
+    tensor cos = arch_mat(a->rope_cos, s->Tp, HS / 2), sin = arch_mat(a->rope_sin, s->Tp, HS / 2);
     model_hook_before_backward(m, -1);
 
     /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ head;
      * dhead += dloss * dlogits^T @ lnf (into embed_tokens when tied). */
-    op->gemm(be, false, false, N, C, V, dloss, a->logits, V, llama_tensor(m, false, head), C, 0.0f, a->dC, C);
-    op->gemm(be, true, false, V, C, N, dloss, a->logits, V, a->lnf, C, 1.0f, llama_tensor(m, true, head), C);
-    const float *resL = L > 0 ? a->res3 + (L - 1) * NPL * C : a->encoded;
+    op->matmul(be, NULL, dC, logits, false, llama_tensor(m, false, head), false, dloss, 0.0f);
+    op->matmul(be, NULL, llama_tensor(m, true, head), logits, true, arch_mat(a->lnf, N, C), false, dloss, 1.0f);
+    tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
     backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
-    op->rmsnorm_backward(be, a->dres, llama_tensor(m, true, norm), a->dC, resL, llama_tensor(m, false, norm),
-                         a->rstdf, N, C);
+    op->rmsnorm_backward(be, NULL, dres, llama_tensor(m, true, norm), dC, resL, llama_tensor(m, false, norm),
+                         arch_vec(a->rstdf, N));
 
     for (int l = L - 1; l >= 0; l--) {
         model_hook_before_backward(m, l);
         llama_w w = llama_layer(m, false, l), g = llama_layer(m, true, l);
-        const float *res = l > 0 ? a->res3 + (l - 1) * NPL * C : a->encoded;
-        float *ln1 = a->ln1 + l * NPL * C, *q = a->q + l * NPL * QD, *k = a->k + l * NPL * KD;
-        float *v = a->v + l * NPL * KD, *att = a->att + l * ATT, *atty = a->atty + l * NPL * QD;
-        float *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C, *gate = a->gate + l * NPL * F;
-        float *up = a->up + l * NPL * F;
+        llama_layer_acts x = llama_layer_views(m, l);
+        float *q = tensor_f32(x.q), *k = tensor_f32(x.k), *v = tensor_f32(x.v), *att = x.att;
 
         /* MLP branch; dres is the gradient of x3. dF2 = swiglu output (recomputed), then dup. */
-        op->swiglu_forward(be, a->dF2, gate, up, (size_t)N * F);
-        llama_linear_backward(be, a->dF, 0.0f, g.dw, g.db, a->dres, a->dF2, w.dw, N, F, C);
-        op->swiglu_backward(be, a->dF, a->dF2, a->dF, gate, up, (size_t)N * F);
-        llama_linear_backward(be, a->dC, 0.0f, g.gw, g.gb, a->dF, ln2, w.gw, N, C, F);
-        llama_linear_backward(be, a->dC, 1.0f, g.uw, g.ub, a->dF2, ln2, w.uw, N, C, F);
-        op->rmsnorm_backward(be, a->dres, g.post_norm, a->dC, res2, w.post_norm, a->rstd2 + l * NPL, N, C);
+        op->swiglu_forward(be, NULL, dF2, x.gate, x.up);
+        llama_linear_backward(be, dF, 0.0f, g.dw, g.db, dres, dF2, w.dw);
+        op->swiglu_backward(be, NULL, dF, dF2, dF, x.gate, x.up);
+        llama_linear_backward(be, dC, 0.0f, g.gw, g.gb, dF, x.ln2, w.gw);
+        llama_linear_backward(be, dC, 1.0f, g.uw, g.ub, dF2, x.ln2, w.uw);
+        op->rmsnorm_backward(be, NULL, dres, g.post_norm, dC, x.res2, w.post_norm, x.rstd2);
 
         /* attention branch; dres is now the gradient of x2 */
-        llama_linear_backward(be, a->dQ, 0.0f, g.ow, NULL, a->dres, atty, w.ow, N, QD, C);
+        llama_linear_backward(be, dQ, 0.0f, g.ow, tensor_none(), dres, x.atty, w.ow);
         backend_zero(be, a->dq, sizeof(float) * (size_t)N * QD);
         backend_zero(be, a->dk, sizeof(float) * (size_t)N * KD);
         backend_zero(be, a->dv, sizeof(float) * (size_t)N * KD);
         op->gqa_attention_backward(be, a->dq, a->dk, a->dv, a->datt, a->dQ, q, k, v, att, B, T, NH, NKV, HS, W);
-        op->rope_backward(be, a->dq, a->rope_cos, a->rope_sin, N, T, 0, NH, HS);
-        op->rope_backward(be, a->dk, a->rope_cos, a->rope_sin, N, T, 0, NKV, HS);
-        llama_linear_backward(be, a->dC, 0.0f, g.qw, g.qb, a->dq, ln1, w.qw, N, C, QD);
-        llama_linear_backward(be, a->dC, 1.0f, g.kw, g.kb, a->dk, ln1, w.kw, N, C, KD);
-        llama_linear_backward(be, a->dC, 1.0f, g.vw, g.vb, a->dv, ln1, w.vw, N, C, KD);
-        op->rmsnorm_backward(be, a->dres, g.in_norm, a->dC, res, w.in_norm, a->rstd1 + l * NPL, N, C);
+        op->rope_backward(be, NULL, llama_heads(dq, T, HS), cos, sin, 0);
+        op->rope_backward(be, NULL, llama_heads(dk, T, HS), cos, sin, 0);
+        llama_linear_backward(be, dC, 0.0f, g.qw, g.qb, dq, x.ln1, w.qw);
+        llama_linear_backward(be, dC, 1.0f, g.kw, g.kb, dk, x.ln1, w.kw);
+        llama_linear_backward(be, dC, 1.0f, g.vw, g.vb, dv, x.ln1, w.vw);
+        op->rmsnorm_backward(be, NULL, dres, g.in_norm, dC, x.in, w.in_norm, x.rstd1);
         model_hook_after_backward(m, l);
     }
-    op->embed_backward(be, llama_tensor(m, true, LLAMA_EMBED), NULL, a->dres, a->tokens, B, T, C);
+    op->embed_backward(be, NULL, llama_tensor(m, true, LLAMA_EMBED), tensor_none(), dres,
+                       tensor_2d(a->tokens, DT_I32, B, T));
     model_hook_after_backward(m, -1);
 }
 
-static const float *llama_logits(const model *m) {
+static tensor llama_logits(const model *m) {
     const llama_state *s = m->state;
     SK_ASSERT(s && s->act_mem && !s->have_targets);
-    return s->a.logits;
+    return arch_mat(s->a.logits, (int64_t)s->B * s->T, m->cfg.vocab_size);
 }
 
 /* ---- inference ---- */
@@ -529,8 +573,8 @@ static void llama_infer_reset(model *m) {
 /* Runs tokens(n) at positions pos..pos+n-1: each layer writes the new keys (rotated) and
  * values straight into its cache rows, attends over the cache (within the sliding window
  * when the config has one), and only the last row goes through the final norm and the LM
- * head. Returns logits(V) in backend memory, valid until the next call. */
-static const float *llama_infer_step(model *m, const int *tokens, int n) {
+ * head. Returns logits(V), a view of backend memory valid until the next call. */
+static tensor llama_infer_step(model *m, const int *tokens, int n) {
     llama_state *s = m->state;
     SK_ASSERT(s && s->inf_mem && n > 0 && s->pos + n <= s->max_T);
     backend *be = m->be;
@@ -540,35 +584,41 @@ static const float *llama_infer_step(model *m, const int *tokens, int n) {
               NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
     const int pos = s->pos;
     llama_infer *f = &s->inf;
+    tensor x = arch_mat(f->x, n, C), ln = arch_mat(f->ln, n, C), q = arch_mat(f->q, n, QD);
+    tensor atty = arch_mat(f->atty, n, QD), gate = arch_mat(f->gate, n, F), up = arch_mat(f->up, n, F);
+    tensor cos = arch_mat(f->rope_cos, s->max_T, HS / 2), sin = arch_mat(f->rope_sin, s->max_T, HS / 2);
 
     arch_check_tokens(m, tokens, (size_t)n);
     backend_upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
-    op->embed_forward(be, f->x, f->tokens, llama_tensor(m, false, LLAMA_EMBED), NULL, 1, n, C);
+    op->embed_forward(be, NULL, x, tensor_2d(f->tokens, DT_I32, 1, n), llama_tensor(m, false, LLAMA_EMBED),
+                      tensor_none());
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
         float *kc = f->kcache + (size_t)l * s->max_T * KD, *vc = f->vcache + (size_t)l * s->max_T * KD;
-        float *knew = kc + (size_t)pos * KD, *vnew = vc + (size_t)pos * KD;
-        op->rmsnorm_forward(be, f->ln, NULL, f->x, w.in_norm, n, C, c->norm_eps);
-        llama_linear(be, f->q, f->ln, w.qw, w.qb, n, C, QD);
-        llama_linear(be, knew, f->ln, w.kw, w.kb, n, C, KD);
-        llama_linear(be, vnew, f->ln, w.vw, w.vb, n, C, KD);
-        op->rope_forward(be, f->q, f->rope_cos, f->rope_sin, n, n, pos, NH, HS);
-        op->rope_forward(be, knew, f->rope_cos, f->rope_sin, n, n, pos, NKV, HS);
+        tensor knew = arch_mat(kc + (size_t)pos * KD, n, KD), vnew = arch_mat(vc + (size_t)pos * KD, n, KD);
+        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.in_norm, c->norm_eps);
+        llama_linear(be, q, ln, w.qw, w.qb);
+        llama_linear(be, knew, ln, w.kw, w.kb);
+        llama_linear(be, vnew, ln, w.vw, w.vb);
+        op->rope_forward(be, NULL, llama_heads(q, n, HS), cos, sin, pos);
+        op->rope_forward(be, NULL, llama_heads(knew, n, HS), cos, sin, pos);
         op->gqa_attention_cached(be, f->atty, f->q, kc, vc, n, pos, NH, NKV, HS, W);
-        llama_linear(be, f->ln, f->atty, w.ow, NULL, n, QD, C);
-        op->add(be, f->x, f->x, f->ln, (size_t)n * C);
-        op->rmsnorm_forward(be, f->ln, NULL, f->x, w.post_norm, n, C, c->norm_eps);
-        llama_linear(be, f->gate, f->ln, w.gw, w.gb, n, C, F);
-        llama_linear(be, f->up, f->ln, w.uw, w.ub, n, C, F);
-        op->swiglu_forward(be, f->gate, f->gate, f->up, (size_t)n * F);
-        llama_linear(be, f->ln, f->gate, w.dw, w.db, n, F, C);
-        op->add(be, f->x, f->x, f->ln, (size_t)n * C);
+        llama_linear(be, ln, atty, w.ow, tensor_none());
+        op->add(be, NULL, x, x, ln);
+        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.post_norm, c->norm_eps);
+        llama_linear(be, gate, ln, w.gw, w.gb);
+        llama_linear(be, up, ln, w.uw, w.ub);
+        op->swiglu_forward(be, NULL, gate, gate, up);
+        llama_linear(be, ln, gate, w.dw, w.db);
+        op->add(be, NULL, x, x, ln);
     }
-    op->rmsnorm_forward(be, f->ln, NULL, f->x + (size_t)(n - 1) * C, llama_tensor(m, false, llama_norm(m)), 1, C,
+    tensor last = tensor_rows(ln, 0, 1);
+    op->rmsnorm_forward(be, NULL, last, tensor_none(), tensor_rows(x, n - 1, 1), llama_tensor(m, false, llama_norm(m)),
                         c->norm_eps);
-    op->gemm(be, false, true, 1, V, C, 1.0f, f->ln, C, llama_tensor(m, false, llama_head(m)), C, 0.0f, f->logits, V);
+    op->matmul(be, NULL, arch_mat(f->logits, 1, V), last, false, llama_tensor(m, false, llama_head(m)), true, 1.0f,
+               0.0f);
     s->pos = pos + n;
-    return f->logits;
+    return arch_vec(f->logits, V);
 }
 
 static void llama_free_state(model *m) {

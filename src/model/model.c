@@ -125,11 +125,11 @@ void model_zero_grad(model *m) {
     backend_zero(m->be, m->grads, m->n_params * sizeof(float));
 }
 
-const float *model_logits(const model *m) { return m->arch->logits(m); }
+tensor model_logits(const model *m) { return m->arch->logits(m); }
 
 sk_status model_infer_prepare(model *m, int max_T) { return m->arch->infer_prepare(m, max_T); }
 void model_infer_reset(model *m) { m->arch->infer_reset(m); }
-const float *model_infer_step(model *m, const int *tokens, int n) { return m->arch->infer_step(m, tokens, n); }
+tensor model_infer_step(model *m, const int *tokens, int n) { return m->arch->infer_step(m, tokens, n); }
 
 /* The view of spec i starting at base (a parameter or gradient base pointer). */
 static tensor model_spec_view(const model *m, int i, float *base) {

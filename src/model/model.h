@@ -140,10 +140,10 @@ struct model_arch {
     sk_status (*train_prepare)(model *m, int B, int T);
     float (*forward)(model *m, const int *tokens, const int *targets, int B, int T);
     void (*backward)(model *m, float dloss);
-    const float *(*logits)(const model *m);
+    tensor (*logits)(const model *m);
     sk_status (*infer_prepare)(model *m, int max_T);
     void (*infer_reset)(model *m);
-    const float *(*infer_step)(model *m, const int *tokens, int n);
+    tensor (*infer_step)(model *m, const int *tokens, int n);
     void (*free_state)(model *m);
     /* Bytes train_prepare(B, T) allocates for activations and scratch (gradients excluded),
      * without allocating: the memory plan of --micro-batch auto. Optional (NULL: unknown). */
@@ -249,16 +249,17 @@ float model_forward(model *m, const int *tokens, const int *targets, int B, int 
  * loss weighted by dloss (1/number of target tokens in the optimizer step). */
 void model_backward(model *m, float dloss);
 void model_zero_grad(model *m);
-/* (B,T,V) of the last forward without targets, row stride V, in backend memory. */
-const float *model_logits(const model *m);
+/* The logits (B*T,V) of the last forward without targets, a view of backend memory (read
+ * them with backend_download). */
+tensor model_logits(const model *m);
 
 /* Incremental decoding with a KV cache of max_T positions (allocated once by
  * infer_prepare, independent of the training buffers): infer_reset starts a sequence,
  * infer_step feeds n tokens (n > 1: prefill, 1: decode; pos + n <= max_T is the caller's
- * to check) and returns the logits (V) of the last one, in backend memory, valid until the
- * next step. */
+ * to check) and returns the logits (V) of the last one, a view of backend memory valid until
+ * the next step (read it with backend_download). */
 sk_status model_infer_prepare(model *m, int max_T);
 void model_infer_reset(model *m);
-const float *model_infer_step(model *m, const int *tokens, int n);
+tensor model_infer_step(model *m, const int *tokens, int n);
 
 #endif

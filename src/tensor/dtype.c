@@ -8,7 +8,7 @@
 static const struct { const char *name; size_t size; } dtype_info[DT_COUNT] = {
     [DT_F32] = {"F32", 4}, [DT_BF16] = {"BF16", 2}, [DT_F16] = {"F16", 2},
     [DT_I32] = {"I32", 4}, [DT_I64] = {"I64", 8},   [DT_U16] = {"U16", 2},
-    [DT_U8] = {"U8", 1},
+    [DT_U8] = {"U8", 1},     [DT_F64] = {"F64", 8},
 };
 
 size_t dtype_size(dtype t) { return dtype_info[t].size; }

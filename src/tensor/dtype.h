@@ -6,7 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum dtype { DT_F32, DT_BF16, DT_F16, DT_I32, DT_I64, DT_U16, DT_U8, DT_COUNT } dtype;
+/* DT_F64 holds reductions kept in double (a loss sum, a squared gradient norm). */
+typedef enum dtype { DT_F32, DT_BF16, DT_F16, DT_I32, DT_I64, DT_U16, DT_U8, DT_F64, DT_COUNT } dtype;
 
 size_t dtype_size(dtype t);
 const char *dtype_name(dtype t);          /* safetensors spelling: "F32", "BF16", ... */

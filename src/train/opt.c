@@ -47,7 +47,8 @@ sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count) {
     o->count = count;
     o->m = backend_alloc(be, count * sizeof(float));
     o->v = backend_alloc(be, count * sizeof(float));
-    if (!o->m || !o->v) {
+    o->sq = backend_alloc(be, sizeof(double));
+    if (!o->m || !o->v || !o->sq) {
         adamw_free(o);
         return sk_fail(SK_ENOMEM, "out of memory for AdamW state of %zu parameters", count);
     }
@@ -57,7 +58,9 @@ sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count) {
 void adamw_free(adamw *o) {
     if (o->m) backend_mem_free(o->be, o->m);
     if (o->v) backend_mem_free(o->be, o->v);
+    if (o->sq) backend_mem_free(o->be, o->sq);
     o->m = o->v = NULL;
+    o->sq = NULL;
 }
 
 void adamw_step(adamw *o, model *m, const float *grads, const opt_hparams *h, float lr, float grad_scale) {
@@ -68,9 +71,10 @@ void adamw_step(adamw *o, model *m, const float *grads, const opt_hparams *h, fl
         size_t a = p->offset > lo ? p->offset : lo;
         size_t b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
         if (a >= b) continue;
-        m->be->ops->adamw(m->be, m->params + a, grads + a, o->m + (a - lo), o->v + (a - lo), b - a, lr,
-                          h->beta1, h->beta2, h->eps, p->decay ? h->weight_decay : 0.0f, grad_scale,
-                          (int)o->step);
+        const int64_t k = (int64_t)(b - a);
+        m->be->ops->adamw(m->be, NULL, tensor_1d(m->params + a, DT_F32, k), tensor_1d((float *)grads + a, DT_F32, k),
+                          tensor_1d(o->m + (a - lo), DT_F32, k), tensor_1d(o->v + (a - lo), DT_F32, k), lr, h->beta1,
+                          h->beta2, h->eps, p->decay ? h->weight_decay : 0.0f, grad_scale, (int)o->step);
     }
 }
 

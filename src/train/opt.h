@@ -33,6 +33,7 @@ typedef struct adamw {
     backend *be;
     size_t begin, count; /* the range of the flat buffer this state covers */
     float *m, *v;        /* (count) backend memory */
+    double *sq;          /* (1) f64 backend memory: the squared gradient norm's device sum */
     long step;           /* optimizer steps taken */
 } adamw;
 
@@ -43,8 +44,8 @@ float opt_lr_at(const opt_hparams *h, long step);
 sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count);
 void adamw_free(adamw *o);
 /* One AdamW step on the covered range of m->params from the same range of `grads` (grads
- * points at the full flat gradient buffer), each element's gradient multiplied by grad_scale
- * (clipping). Increments o->step. */
+ * points at the full flat gradient buffer, backend memory), each element's gradient
+ * multiplied by grad_scale (clipping). Increments o->step. */
 void adamw_step(adamw *o, model *m, const float *grads, const opt_hparams *h, float lr, float grad_scale);
 
 sk_status adamw_save(const adamw *o, size_t n_params, const char *path);

@@ -340,10 +340,17 @@ sk_status zero_end_step(zero *z, double *grad_norm) {
     if (z->err) return z->err;
     if (z->stage == 0) {
         if (z->c && z->world > 1) SK_TRY(zc_fail(z, z->c->ops->all_reduce_sum(z->c, m->grads, m->n_params)));
-        *grad_norm = sqrt(be->ops->sum_squares(be, m->grads, m->n_params));
+        double sq0;
+        backend_zero(be, z->opt.sq, sizeof(double));
+        be->ops->sum_squares(be, NULL, tensor_1d(z->opt.sq, DT_F64, 1),
+                             tensor_1d(m->grads, DT_F32, (int64_t)m->n_params));
+        backend_download(be, &sq0, z->opt.sq, sizeof sq0);
+        *grad_norm = sqrt(sq0);
         return SK_OK;
     }
-    double sq = 0;
+    double sq;
+    tensor sq_dev = tensor_1d(z->opt.sq, DT_F64, 1);   /* the squared norm, summed on the device */
+    backend_zero(be, z->opt.sq, sizeof(double));
     if (!z->buckets) {
         /* stage 1 (2 with dynamic data): reduce-scatter the full local gradient group by group */
         for (int g = 0; g < m->n_groups; g++) {
@@ -355,10 +362,11 @@ sk_status zero_end_step(zero *z, double *grad_norm) {
             zero_owned(z, g, &a, &n);
             if (z->stage == 1) memcpy(m->grads + a, z->recv, n * sizeof(float));
             else memcpy(z->gshard + z->at[g], z->recv, z->chunk[g] * sizeof(float));
-            if (z->stage == 1) sq += be->ops->sum_squares(be, m->grads + a, n);
+            if (z->stage == 1) be->ops->sum_squares(be, NULL, sq_dev, tensor_1d(m->grads + a, DT_F32, (int64_t)n));
         }
     }
-    if (z->stage >= 2) sq = be->ops->sum_squares(be, z->gshard, z->shard);
+    if (z->stage >= 2) be->ops->sum_squares(be, NULL, sq_dev, tensor_1d(z->gshard, DT_F32, (int64_t)z->shard));
+    backend_download(be, &sq, z->opt.sq, sizeof sq);
     SK_TRY(zc_sum_f64(z, &sq, 1));
     *grad_norm = sqrt(sq);
     return SK_OK;
@@ -384,8 +392,10 @@ sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr, float grad_scal
         size_t s = z->at[g] + (lo - a);   /* position in the shard */
         float *param = z->stage == 3 ? z->pshard + s : m->params + lo;
         const float *grad = z->stage == 1 ? m->grads + lo : z->gshard + s;
-        be->ops->adamw(be, param, grad, z->opt.m + s, z->opt.v + s, hi - lo, lr, h->beta1, h->beta2, h->eps,
-                       p->decay ? h->weight_decay : 0.0f, grad_scale, (int)z->opt.step);
+        const int64_t k = (int64_t)(hi - lo);
+        be->ops->adamw(be, NULL, tensor_1d(param, DT_F32, k), tensor_1d((float *)grad, DT_F32, k),
+                       tensor_1d(z->opt.m + s, DT_F32, k), tensor_1d(z->opt.v + s, DT_F32, k), lr, h->beta1, h->beta2,
+                       h->eps, p->decay ? h->weight_decay : 0.0f, grad_scale, (int)z->opt.step);
     }
     if (z->stage == 3) {
         zero_invalidate(z);

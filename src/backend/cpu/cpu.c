@@ -97,25 +97,69 @@ static void cpu_fill(backend *be, void *p, int byte, size_t bytes, backend_strea
     }
 }
 
-/* ---- products ---- */
+/* ---- views ----
+ * Each op checks its views once on entry (SK_ASSERT: a wrong view is a bug in the caller)
+ * and then runs on plain pointers and int sizes, as the loops below were written. */
 
-static void cpu_gemm(backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+/* The data of a contiguous f32 view of n elements. */
+static float *cpu_vec(tensor t, int64_t n) {
+    SK_ASSERT(t.dt == DT_F32 && tensor_is_contiguous(t) && tensor_numel(t) == n);
+    return t.data;
+}
+/* As cpu_vec, or NULL for tensor_none() (an optional output). */
+static float *cpu_vec_opt(tensor t, int64_t n) { return tensor_is_none(t) ? NULL : cpu_vec(t, n); }
+/* The data of a contiguous f32 matrix view (2-D); its shape into *rows, *cols. */
+static float *cpu_mat(tensor t, int *rows, int *cols) {
+    SK_ASSERT(t.ndim == 2 && t.dt == DT_F32 && tensor_is_contiguous(t));
+    *rows = (int)t.shape[0];
+    *cols = (int)t.shape[1];
+    return t.data;
+}
+/* The data of a contiguous f32 (rows, cols) view with exactly that shape. */
+static float *cpu_mat_of(tensor t, int rows, int cols) {
+    int r, c;
+    float *p = cpu_mat(t, &r, &c);
+    SK_ASSERT(r == rows && c == cols);
+    return p;
 }
 
-static void cpu_bias_add(backend *be, float *out, const float *bias, int N, int OC) {
+/* ---- products ---- */
+
+static bool cpu_supports(backend *be, backend_op op, dtype dt) { return dt == DT_F32; }
+
+/* OpenBLAS takes the row strides as leading dimensions, so column blocks need no copy. */
+static void cpu_matmul(backend *be, backend_stream *stream, tensor C, tensor A, bool ta, tensor B, bool tb,
+                       float alpha, float beta) {
+    SK_ASSERT(A.ndim == 2 && B.ndim == 2 && C.ndim == 2 && A.dt == DT_F32 && C.dt == DT_F32);
+    SK_ASSERT(cpu_supports(be, BACKEND_OP_MATMUL, B.dt));
+    const int M = (int)C.shape[0], N = (int)C.shape[1], K = (int)(ta ? A.shape[0] : A.shape[1]);
+    SK_ASSERT((ta ? A.shape[1] : A.shape[0]) == M && (tb ? B.shape[1] : B.shape[0]) == K &&
+              (tb ? B.shape[0] : B.shape[1]) == N);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, tensor_f32(A), (int)tensor_ld(A), tensor_f32(B), (int)tensor_ld(B), beta,
+                tensor_f32(C), (int)tensor_ld(C));
+}
+
+/* out's rows may be apart (ld), as a cache block or a column block is. */
+static void cpu_bias_add(backend *be, backend_stream *stream, tensor out_t, tensor bias_t) {
+    SK_ASSERT(out_t.ndim == 2 && out_t.dt == DT_F32);
+    const int N = (int)out_t.shape[0], OC = (int)out_t.shape[1];
+    const size_t ld = (size_t)tensor_ld(out_t);
+    float *out = tensor_f32(out_t);
+    const float *bias = cpu_vec(bias_t, OC);
 #pragma omp parallel for schedule(static) if ((size_t)N * OC > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
-        float *o = out + (size_t)i * OC;
+        float *o = out + (size_t)i * ld;
 #pragma omp simd
         for (int j = 0; j < OC; j++) o[j] += bias[j];
     }
 }
 
 /* Columns are split across threads (blocks of 64), rows summed in order inside a block. */
-static void cpu_bias_backward(backend *be, float *dbias, const float *dout, int N, int OC) {
+static void cpu_bias_backward(backend *be, backend_stream *stream, tensor dbias_t, tensor dout_t) {
+    int N, OC;
+    const float *dout = cpu_mat(dout_t, &N, &OC);
+    float *dbias = cpu_vec(dbias_t, OC);
     int nblk = (OC + 63) / 64;
 #pragma omp parallel for schedule(static) if ((size_t)N * OC > CPU_PAR_MIN)
     for (int blk = 0; blk < nblk; blk++) {
@@ -132,8 +176,26 @@ static void cpu_bias_backward(backend *be, float *dbias, const float *dout, int 
 
 /* ---- embeddings ---- */
 
-static void cpu_embed_forward(backend *be, float *out, const int *tokens, const float *wte,
-                              const float *wpe, int B, int T, int C) {
+/* tokens(B,T) (i32, contiguous) with wte(V,C) and wpe(P,C), P >= T (or none): out(B*T,C),
+ * dout(B*T,C). */
+static const int *cpu_tokens(tensor t, int *B, int *T) {
+    SK_ASSERT(t.ndim == 2 && tensor_is_contiguous(t));
+    *B = (int)t.shape[0];
+    *T = (int)t.shape[1];
+    return tensor_i32(t);
+}
+
+static void cpu_embed_forward(backend *be, backend_stream *stream, tensor out_t, tensor tokens_t, tensor wte_t,
+                              tensor wpe_t) {
+    int B, T, V, C;
+    const int *tokens = cpu_tokens(tokens_t, &B, &T);
+    const float *wte = cpu_mat(wte_t, &V, &C);
+    float *out = cpu_mat_of(out_t, B * T, C);
+    const float *wpe = NULL;
+    if (!tensor_is_none(wpe_t)) {
+        SK_ASSERT(wpe_t.ndim == 2 && wpe_t.shape[0] >= T);
+        wpe = cpu_mat_of(wpe_t, (int)wpe_t.shape[0], C);
+    }
 #pragma omp parallel for schedule(static) if ((size_t)B * T * C > CPU_PAR_MIN)
     for (int i = 0; i < B * T; i++) {
         float *o = out + (size_t)i * C;
@@ -149,8 +211,17 @@ static void cpu_embed_forward(backend *be, float *out, const int *tokens, const 
 }
 
 /* A token can repeat, so rows of dwte would race: threads split the channels instead. */
-static void cpu_embed_backward(backend *be, float *dwte, float *dwpe, const float *dout,
-                               const int *tokens, int B, int T, int C) {
+static void cpu_embed_backward(backend *be, backend_stream *stream, tensor dwte_t, tensor dwpe_t, tensor dout_t,
+                               tensor tokens_t) {
+    int B, T, V, C;
+    const int *tokens = cpu_tokens(tokens_t, &B, &T);
+    float *dwte = cpu_mat(dwte_t, &V, &C);
+    const float *dout = cpu_mat_of(dout_t, B * T, C);
+    float *dwpe = NULL;
+    if (!tensor_is_none(dwpe_t)) {
+        SK_ASSERT(dwpe_t.ndim == 2 && dwpe_t.shape[0] >= T);
+        dwpe = cpu_mat_of(dwpe_t, (int)dwpe_t.shape[0], C);
+    }
 #pragma omp parallel if ((size_t)B * T * C > CPU_PAR_MIN)
     {
         int nt = omp_get_num_threads(), id = omp_get_thread_num();
@@ -169,8 +240,11 @@ static void cpu_embed_backward(backend *be, float *dwte, float *dwpe, const floa
 
 /* ---- LayerNorm ---- */
 
-static void cpu_layernorm_forward(backend *be, float *out, float *mean, float *rstd, const float *inp,
-                                  const float *weight, const float *bias, int N, int C, float eps) {
+static void cpu_layernorm_forward(backend *be, backend_stream *stream, tensor out_t, tensor mean_t, tensor rstd_t,
+                                  tensor inp_t, tensor weight_t, tensor bias_t, float eps) {
+    int N, C;
+    const float *inp = cpu_mat(inp_t, &N, &C), *weight = cpu_vec(weight_t, C), *bias = cpu_vec(bias_t, C);
+    float *out = cpu_mat_of(out_t, N, C), *mean = cpu_vec_opt(mean_t, N), *rstd = cpu_vec_opt(rstd_t, N);
 #pragma omp parallel for schedule(static) if ((size_t)N * C > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
@@ -192,9 +266,13 @@ static void cpu_layernorm_forward(backend *be, float *out, float *mean, float *r
 /* dinp += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight;
  * dweight += sum over rows of dout * norm; dbias += sum of dout. The parameter sums run over
  * column blocks (one thread per column) so they are race-free and order-stable. */
-static void cpu_layernorm_backward(backend *be, float *dinp, float *dweight, float *dbias,
-                                   const float *dout, const float *inp, const float *weight,
-                                   const float *mean, const float *rstd, int N, int C) {
+static void cpu_layernorm_backward(backend *be, backend_stream *stream, tensor dinp_t, tensor dweight_t,
+                                   tensor dbias_t, tensor dout_t, tensor inp_t, tensor weight_t, tensor mean_t,
+                                   tensor rstd_t) {
+    int N, C;
+    const float *inp = cpu_mat(inp_t, &N, &C), *dout = cpu_mat_of(dout_t, N, C), *weight = cpu_vec(weight_t, C);
+    const float *mean = cpu_vec(mean_t, N), *rstd = cpu_vec(rstd_t, N);
+    float *dinp = cpu_mat_of(dinp_t, N, C), *dweight = cpu_vec(dweight_t, C), *dbias = cpu_vec(dbias_t, C);
     bool par = (size_t)N * C > CPU_PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < N; i++) {
@@ -238,7 +316,10 @@ static void cpu_layernorm_backward(backend *be, float *dinp, float *dweight, flo
 
 /* ---- elementwise ---- */
 
-static void cpu_gelu_forward(backend *be, float *out, const float *inp, size_t n) {
+static void cpu_gelu_forward(backend *be, backend_stream *stream, tensor out_t, tensor inp_t) {
+    const size_t n = (size_t)tensor_numel(inp_t);
+    const float *inp = cpu_vec(inp_t, (int64_t)n);
+    float *out = cpu_vec(out_t, (int64_t)n);
 #pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -247,7 +328,10 @@ static void cpu_gelu_forward(backend *be, float *out, const float *inp, size_t n
 }
 
 /* d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx. Writes. */
-static void cpu_gelu_backward(backend *be, float *dinp, const float *inp, const float *dout, size_t n) {
+static void cpu_gelu_backward(backend *be, backend_stream *stream, tensor dinp_t, tensor inp_t, tensor dout_t) {
+    const size_t n = (size_t)tensor_numel(inp_t);
+    const float *inp = cpu_vec(inp_t, (int64_t)n), *dout = cpu_vec(dout_t, (int64_t)n);
+    float *dinp = cpu_vec(dinp_t, (int64_t)n);
 #pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -257,25 +341,35 @@ static void cpu_gelu_backward(backend *be, float *dinp, const float *inp, const 
     }
 }
 
-static void cpu_add(backend *be, float *out, const float *a, const float *b, size_t n) {
+static void cpu_add(backend *be, backend_stream *stream, tensor out_t, tensor a_t, tensor b_t) {
+    const size_t n = (size_t)tensor_numel(out_t);
+    const float *a = cpu_vec(a_t, (int64_t)n), *b = cpu_vec(b_t, (int64_t)n);
+    float *out = cpu_vec(out_t, (int64_t)n);
 #pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-static void cpu_scale(backend *be, float *x, float s, size_t n) {
+static void cpu_scale(backend *be, backend_stream *stream, tensor x_t, float alpha) {
+    const size_t n = (size_t)tensor_numel(x_t);
+    float *x = cpu_vec(x_t, (int64_t)n);
 #pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) x[i] *= s;
+    for (size_t i = 0; i < n; i++) x[i] *= alpha;
 }
 
-static void cpu_dropout_forward(backend *be, float *out, const float *inp, size_t n, float p, uint64_t seed) {
+static void cpu_dropout_forward(backend *be, backend_stream *stream, tensor out_t, tensor inp_t, float p,
+                                uint64_t seed) {
     SK_ASSERT(p >= 0.0f && p < 1.0f);
-    float s = 1.0f / (1.0f - p);
+    const size_t n = (size_t)tensor_numel(inp_t);
+    const float *inp = cpu_vec(inp_t, (int64_t)n);
+    float *out = cpu_vec(out_t, (int64_t)n);
+    float sc = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = dropout_keep(seed, i, p) ? inp[i] * s : 0.0f;
+    for (size_t i = 0; i < n; i++) out[i] = dropout_keep(seed, i, p) ? inp[i] * sc : 0.0f;
 }
 
-static void cpu_dropout_backward(backend *be, float *dinp, const float *dout, size_t n, float p, uint64_t seed) {
-    cpu_dropout_forward(be, dinp, dout, n, p, seed);   /* the same masked scaling */
+static void cpu_dropout_backward(backend *be, backend_stream *stream, tensor dinp, tensor dout, float p,
+                                 uint64_t seed) {
+    cpu_dropout_forward(be, stream, dinp, dout, p, seed);   /* the same masked scaling */
 }
 
 /* ---- attention ---- */
@@ -419,8 +513,11 @@ static void cpu_attention_cached(backend *be, float *out, const float *q, int ld
 
 /* ---- Llama family: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention ---- */
 
-static void cpu_rmsnorm_forward(backend *be, float *out, float *rstd, const float *inp,
-                                const float *weight, int N, int C, float eps) {
+static void cpu_rmsnorm_forward(backend *be, backend_stream *stream, tensor out_t, tensor rstd_t, tensor inp_t,
+                                tensor weight_t, float eps) {
+    int N, C;
+    const float *inp = cpu_mat(inp_t, &N, &C), *weight = cpu_vec(weight_t, C);
+    float *out = cpu_mat_of(out_t, N, C), *rstd = cpu_vec_opt(rstd_t, N);
 #pragma omp parallel for schedule(static) if ((size_t)N * C > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
@@ -438,8 +535,12 @@ static void cpu_rmsnorm_forward(backend *be, float *out, float *rstd, const floa
 /* y = x r w with r = (mean(x^2) + eps)^-1/2, so dr/dx_c = -r^3 x_c / C and
  *   dx_c += r w_c d_c - x_c r^3 / C * sum_j d_j w_j x_j;   dw_c += sum over rows of d_c x_c r.
  * The weight sums run over column blocks, one thread per column, as in LayerNorm. */
-static void cpu_rmsnorm_backward(backend *be, float *dinp, float *dweight, const float *dout,
-                                 const float *inp, const float *weight, const float *rstd, int N, int C) {
+static void cpu_rmsnorm_backward(backend *be, backend_stream *stream, tensor dinp_t, tensor dweight_t, tensor dout_t,
+                                 tensor inp_t, tensor weight_t, tensor rstd_t) {
+    int N, C;
+    const float *inp = cpu_mat(inp_t, &N, &C), *dout = cpu_mat_of(dout_t, N, C), *weight = cpu_vec(weight_t, C);
+    const float *rstd = cpu_vec(rstd_t, N);
+    float *dinp = cpu_mat_of(dinp_t, N, C), *dweight = cpu_vec(dweight_t, C);
     bool par = (size_t)N * C > CPU_PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < N; i++) {
@@ -467,11 +568,15 @@ static void cpu_rmsnorm_backward(backend *be, float *dinp, float *dweight, const
     }
 }
 
-/* Rotates each (i, i + HS/2) pair of every head by +angle (dir = 1) or -angle (dir = -1). */
-static void cpu_rope(float *x, const float *cos, const float *sin, int N, int T, int pos0, int nh,
-                     int HS, float dir) {
+/* Rotates each (i, i + HS/2) pair of every head of x(B,T,nh,HS) by +angle (dir = 1) or
+ * -angle (dir = -1). */
+static void cpu_rope(tensor x_t, tensor cos_t, tensor sin_t, int pos0, float dir) {
+    SK_ASSERT(x_t.ndim == 4);
+    const int T = (int)x_t.shape[1], N = (int)x_t.shape[0] * T, nh = (int)x_t.shape[2], HS = (int)x_t.shape[3];
     const int H2 = HS / 2;
-    SK_ASSERT(HS % 2 == 0);
+    SK_ASSERT(HS % 2 == 0 && cos_t.ndim == 2 && cos_t.shape[1] == H2 && cos_t.shape[0] >= pos0 + T);
+    float *x = cpu_vec(x_t, (int64_t)N * nh * HS);
+    const float *cos = cpu_vec(cos_t, tensor_numel(cos_t)), *sin = cpu_vec(sin_t, tensor_numel(cos_t));
 #pragma omp parallel for schedule(static) if ((size_t)N * nh * HS > CPU_PAR_MIN)
     for (int r = 0; r < N; r++) {
         const int p = pos0 + r % T;
@@ -488,18 +593,19 @@ static void cpu_rope(float *x, const float *cos, const float *sin, int N, int T,
     }
 }
 
-static void cpu_rope_forward(backend *be, float *x, const float *cos, const float *sin, int N, int T,
-                             int pos0, int nh, int HS) {
-    cpu_rope(x, cos, sin, N, T, pos0, nh, HS, 1.0f);
+static void cpu_rope_forward(backend *be, backend_stream *stream, tensor x, tensor cos, tensor sin, int pos0) {
+    cpu_rope(x, cos, sin, pos0, 1.0f);
 }
 
 /* The rotation is orthogonal: its transpose is the rotation by the opposite angle. */
-static void cpu_rope_backward(backend *be, float *dx, const float *cos, const float *sin, int N, int T,
-                              int pos0, int nh, int HS) {
-    cpu_rope(dx, cos, sin, N, T, pos0, nh, HS, -1.0f);
+static void cpu_rope_backward(backend *be, backend_stream *stream, tensor dx, tensor cos, tensor sin, int pos0) {
+    cpu_rope(dx, cos, sin, pos0, -1.0f);
 }
 
-static void cpu_swiglu_forward(backend *be, float *out, const float *gate, const float *up, size_t n) {
+static void cpu_swiglu_forward(backend *be, backend_stream *stream, tensor out_t, tensor gate_t, tensor up_t) {
+    const size_t n = (size_t)tensor_numel(gate_t);
+    const float *gate = cpu_vec(gate_t, (int64_t)n), *up = cpu_vec(up_t, (int64_t)n);
+    float *out = cpu_vec(out_t, (int64_t)n);
 #pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -509,8 +615,12 @@ static void cpu_swiglu_forward(backend *be, float *out, const float *gate, const
 
 /* silu'(g) = sig(g) (1 + g (1 - sig(g))). Each element's inputs are read before its outputs
  * are written, so dgate may alias dout. */
-static void cpu_swiglu_backward(backend *be, float *dgate, float *dup, const float *dout,
-                                const float *gate, const float *up, size_t n) {
+static void cpu_swiglu_backward(backend *be, backend_stream *stream, tensor dgate_t, tensor dup_t, tensor dout_t,
+                                tensor gate_t, tensor up_t) {
+    const size_t n = (size_t)tensor_numel(gate_t);
+    const float *gate = cpu_vec(gate_t, (int64_t)n), *up = cpu_vec(up_t, (int64_t)n);
+    const float *dout = cpu_vec(dout_t, (int64_t)n);
+    float *dgate = cpu_vec(dgate_t, (int64_t)n), *dup = cpu_vec(dup_t, (int64_t)n);
 #pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], u = up[i], d = dout[i];
@@ -640,8 +750,15 @@ static void cpu_gqa_attention_cached(backend *be, float *out, const float *q, co
 /* Per row: lse = max + log sum e^(x - max); loss = lse - x[target]. The exponentials are
  * stored in dlogits on the way (it may alias logits; x[target] is read first) and scaled
  * into the gradient in a last pass, so each logit is read twice and written twice. */
-static void cpu_softmax_xent(backend *be, float *losses, float *dlogits, const float *logits,
-                             const int *targets, int N, int V, int Vp, float dloss) {
+static void cpu_softmax_xent(backend *be, backend_stream *stream, tensor losses_t, tensor dlogits_t, tensor logits_t,
+                             tensor targets_t, float dloss) {
+    SK_ASSERT(logits_t.ndim == 2 && logits_t.dt == DT_F32);
+    const int N = (int)logits_t.shape[0], V = (int)logits_t.shape[1], Vp = (int)tensor_ld(logits_t);
+    const float *logits = tensor_f32(logits_t);
+    float *dlogits = tensor_is_none(dlogits_t) ? NULL : cpu_mat_of(dlogits_t, N, Vp);
+    float *losses = cpu_vec(losses_t, N);
+    SK_ASSERT(tensor_numel(targets_t) == N && tensor_is_contiguous(targets_t));
+    const int *targets = tensor_i32(targets_t);
 #pragma omp parallel for schedule(static) if ((size_t)N * V > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float *x = logits + (size_t)i * Vp;
@@ -673,9 +790,27 @@ static void cpu_softmax_xent(backend *be, float *losses, float *dlogits, const f
     }
 }
 
-/* ---- optimizer ---- */
+/* ---- reductions and optimizer ---- */
 
-static double cpu_sum_squares(backend *be, const float *x, size_t n) {
+/* The device scalar of a reduction: one f64 element. */
+static double *cpu_scalar_f64(tensor t) {
+    SK_ASSERT(t.dt == DT_F64 && tensor_numel(t) == 1);
+    return t.data;
+}
+
+/* One thread, in index order: the loss must not depend on the thread count. */
+static void cpu_sum_f64(backend *be, backend_stream *stream, tensor out, tensor x_t) {
+    double *acc = cpu_scalar_f64(out);
+    const size_t n = (size_t)tensor_numel(x_t);
+    const float *x = cpu_vec(x_t, (int64_t)n);
+    double sum = *acc;
+    for (size_t i = 0; i < n; i++) sum += x[i];
+    *acc = sum;
+}
+
+static void cpu_sum_squares(backend *be, backend_stream *stream, tensor out, tensor x_t) {
+    const size_t n = (size_t)tensor_numel(x_t);
+    const float *x = cpu_vec(x_t, (int64_t)n);
     double total = 0;
     const size_t chunk = 4096;
     long nchunks = (long)((n + chunk - 1) / chunk);
@@ -688,7 +823,7 @@ static double cpu_sum_squares(backend *be, const float *x, size_t n) {
         for (size_t i = i0; i < i1; i++) s += x[i] * x[i];
         total += s;
     }
-    return total;
+    *cpu_scalar_f64(out) += total;
 }
 
 /* One pass over (param, grad, m, v): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
@@ -708,10 +843,12 @@ static void cpu_adamw_range(float *restrict param, const float *restrict grad, f
     }
 }
 
-static void cpu_adamw(backend *be, float *param, const float *grad, float *m, float *v, size_t n,
-                      float lr, float beta1, float beta2, float eps, float weight_decay,
-                      float grad_scale, int t) {
+static void cpu_adamw(backend *be, backend_stream *stream, tensor param_t, tensor grad_t, tensor m_t, tensor v_t,
+                      float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
     SK_ASSERT(t >= 1);
+    const size_t n = (size_t)tensor_numel(param_t);
+    float *param = cpu_vec(param_t, (int64_t)n), *m = cpu_vec(m_t, (int64_t)n), *v = cpu_vec(v_t, (int64_t)n);
+    const float *grad = cpu_vec(grad_t, (int64_t)n);
     const float c1 = 1.0f / (1.0f - powf(beta1, (float)t)), c2 = 1.0f / (1.0f - powf(beta2, (float)t));
     const size_t chunk = 16384;
     long nchunks = (long)((n + chunk - 1) / chunk);
@@ -737,7 +874,8 @@ static const backend_ops cpu_ops = {
     .stream_wait_event = cpu_stream_wait_event,
     .event_synchronize = cpu_event_synchronize,
     .mem_info = cpu_mem_info,
-    .gemm = cpu_gemm,
+    .supports = cpu_supports,
+    .matmul = cpu_matmul,
     .bias_add = cpu_bias_add,
     .bias_backward = cpu_bias_backward,
     .embed_forward = cpu_embed_forward,
@@ -763,6 +901,7 @@ static const backend_ops cpu_ops = {
     .softmax_xent = cpu_softmax_xent,
     .dropout_forward = cpu_dropout_forward,
     .dropout_backward = cpu_dropout_backward,
+    .sum_f64 = cpu_sum_f64,
     .sum_squares = cpu_sum_squares,
     .adamw = cpu_adamw,
 };
