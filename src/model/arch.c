@@ -64,6 +64,11 @@ float arch_xent_loss(backend *be, float *losses, float *logits, int *targets_dev
     return counted ? (float)(sum / counted) : 0.0f;
 }
 
+tensor arch_view3(float *p, int64_t d0, int64_t d1, int64_t d2) {
+    int64_t shape[3] = {d0, d1, d2};
+    return tensor_make(p, DT_F32, MEM_DEVICE, 3, shape);
+}
+
 void arch_check_tokens(const model *m, const int *tokens, size_t n) {
     for (size_t i = 0; i < n; i++) SK_ASSERT(tokens[i] >= 0 && tokens[i] < m->cfg.vocab_size);
 }

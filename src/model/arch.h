@@ -20,6 +20,10 @@ size_t arch_plan_floats(const arch_plan_entry *e, int n);
  * buffer (the caller frees it with backend_mem_free), or NULL when out of memory. */
 float *arch_plan_alloc(backend *be, arch_plan_entry *e, int n);
 
+/* A (d0,d1,d2) view of contiguous floats in backend memory: an activation handed to an op
+ * that takes views (attention's (B,T,D) rows, its lse (B,NH,T)). */
+tensor arch_view3(float *p, int64_t d0, int64_t d1, int64_t d2);
+
 /* The loss head of a training forward: uploads targets(N) (host; < 0 ignored) into
  * targets_dev, replaces logits(N,V) in place by (softmax - onehot) for backward, and returns
  * the mean loss over the counted targets (0 when none). */

@@ -75,7 +75,7 @@ typedef struct gpt2_acts {
     float *ln1;              /* (L,N,C) */
     float *ln1_mean, *ln1_rstd;   /* (L,N) */
     float *qkv;              /* (L,N,3C) */
-    float *att;              /* (L,B,NH,T,T) */
+    float *lse;              /* (L,B,NH,T) attention log-sum-exps, saved for backward */
     float *atty;             /* (L,N,C) attention output before c_proj */
     float *res2;             /* (L,N,C) residual after the attention branch */
     float *ln2;              /* (L,N,C) */
@@ -91,7 +91,6 @@ typedef struct gpt2_acts {
     float *dres;             /* (N,C) gradient of the residual stream */
     float *dC, *dC2;         /* (N,C) */
     float *dqkv;             /* (N,3C) */
-    float *datt;             /* (B,NH,T,T) */
     float *dF;               /* (N,F) */
 } gpt2_acts;
 
@@ -180,15 +179,14 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
 #define GPT2_ACT_PLAN(a, c, B, T)                                                              \
     const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,     \
                  F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head; \
-    const size_t att = (size_t)(B) * NH * (T) * (T);                                             \
     arch_plan_entry plan[] = {                                                                 \
         E(tokens, N), E(targets, N), E(encoded, N * C),                                        \
         E(ln1, L * N * C), E(ln1_mean, L * N), E(ln1_rstd, L * N), E(qkv, L * N * 3 * C),      \
-        E(att, L * att), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),            \
+        E(lse, L * N * NH), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),        \
         E(ln2_mean, L * N), E(ln2_rstd, L * N), E(fch, L * N * F), E(fch_gelu, L * N * F),    \
         E(res3, L * N * C), E(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), E(logits, N * V),   \
         E(losses, N), E(dres, N * C), E(dC, N * C), E(dC2, N * C), E(dqkv, N * 3 * C),         \
-        E(datt, att), E(dF, N * F),                                                            \
+        E(dF, N * F),                                                                         \
     }
 
 static size_t gpt2_train_bytes(const model_config *c, int B, int T) {
@@ -253,6 +251,14 @@ static void gpt2_linear_backward(backend *be, float *dinp, float *dw, float *db,
     be->ops->gemm(be, false, true, N, IC, OC, 1.0f, dout, OC, w, OC, 0.0f, dinp, IC);
 }
 
+/* q, k, v: the column blocks [0,C), [C,2C), [2C,3C) of packed qkv(B,T,3C), rows 3C apart. */
+static void gpt2_qkv_views(float *qkv, int B, int T, int C, tensor *q, tensor *k, tensor *v) {
+    tensor all = arch_view3(qkv, B, T, 3 * C);
+    *q = tensor_cols(all, 0, C);
+    *k = tensor_cols(all, C, C);
+    *v = tensor_cols(all, 2 * C, C);
+}
+
 static float gpt2_forward(model *m, const int *tokens, const int *targets, int B, int T) {
     gpt2_state *s = m->state;
     SK_ASSERT(s && s->act_mem && B > 0 && T > 0 && B <= s->Bp && T <= s->Tp);
@@ -262,7 +268,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
     const int N = B * T;
     const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
-    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
+    const size_t LSE = NPL * NH;                                   /* lse layer stride */
     const bool drop = m->dropout;
     const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
     gpt2_acts *a = &s->a;
@@ -282,7 +288,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     for (int l = 0; l < L; l++) {
         model_hook_before_forward(m, l);
         gpt2_w w = gpt2_layer(m, false, l);
-        float *ln1 = a->ln1 + l * NPL * C, *qkv = a->qkv + l * NPL * 3 * C, *att = a->att + l * ATT;
+        float *ln1 = a->ln1 + l * NPL * C, *qkv = a->qkv + l * NPL * 3 * C, *lse = a->lse + l * LSE;
         float *atty = a->atty + l * NPL * C, *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C;
         float *fch = a->fch + l * NPL * F, *fchg = a->fch_gelu + l * NPL * F, *res3 = a->res3 + l * NPL * C;
         float attn_p = drop ? c->attn_pdrop : 0.0f;
@@ -290,7 +296,10 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
         op->layernorm_forward(be, ln1, a->ln1_mean + l * NPL, a->ln1_rstd + l * NPL, res, w.ln1w, w.ln1b,
                               N, C, c->norm_eps);
         gpt2_linear(be, qkv, ln1, w.attnw, w.attnb, N, C, 3 * C);
-        op->attention_forward(be, atty, att, qkv, B, T, C, NH, attn_p, gpt2_drop_seed(m, 1 + 3 * l, SATT));
+        tensor q, k, v;
+        gpt2_qkv_views(qkv, B, T, C, &q, &k, &v);
+        op->attention_forward(be, NULL, arch_view3(atty, B, T, C), arch_view3(lse, B, NH, T), q, k, v, NH, NH, 0,
+                              attn_p, gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear(be, res2, atty, w.projw, w.projb, N, C, C);
         if (drop && c->resid_pdrop > 0)
             op->dropout_forward(be, res2, res2, (size_t)N * C, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
@@ -327,7 +336,7 @@ static void gpt2_backward(model *m, float dloss) {
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
     const int B = s->B, T = s->T, N = B * T;
     const size_t NPL = (size_t)s->Bp * s->Tp;
-    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
+    const size_t LSE = NPL * NH;                                   /* lse layer stride */
     const bool drop = m->dropout;
     const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
     gpt2_acts *a = &s->a;
@@ -348,7 +357,7 @@ static void gpt2_backward(model *m, float dloss) {
         model_hook_before_backward(m, l);
         gpt2_w w = gpt2_layer(m, false, l), g = gpt2_layer(m, true, l);
         const float *res = l > 0 ? a->res3 + (l - 1) * NPL * C : a->encoded;
-        float *ln1 = a->ln1 + l * NPL * C, *qkv = a->qkv + l * NPL * 3 * C, *att = a->att + l * ATT;
+        float *ln1 = a->ln1 + l * NPL * C, *qkv = a->qkv + l * NPL * 3 * C, *lse = a->lse + l * LSE;
         float *atty = a->atty + l * NPL * C, *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C;
         float *fch = a->fch + l * NPL * F, *fchg = a->fch_gelu + l * NPL * F;
         float attn_p = drop ? c->attn_pdrop : 0.0f;
@@ -373,8 +382,11 @@ static void gpt2_backward(model *m, float dloss) {
         }
         gpt2_linear_backward(be, a->dC2, g.projw, g.projb, dbranch, atty, w.projw, N, C, C);
         backend_zero(be, a->dqkv, sizeof(float) * (size_t)N * 3 * C);
-        op->attention_backward(be, a->dqkv, a->datt, a->dC2, qkv, att, B, T, C, NH, attn_p,
-                               gpt2_drop_seed(m, 1 + 3 * l, SATT));
+        tensor q, k, v, dq, dk, dv;
+        gpt2_qkv_views(qkv, B, T, C, &q, &k, &v);
+        gpt2_qkv_views(a->dqkv, B, T, C, &dq, &dk, &dv);
+        op->attention_backward(be, NULL, dq, dk, dv, arch_view3(a->dC2, B, T, C), q, k, v, arch_view3(atty, B, T, C),
+                               arch_view3(lse, B, NH, T), NH, NH, 0, attn_p, gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear_backward(be, a->dC, g.attnw, g.attnb, a->dqkv, ln1, w.attnw, N, C, 3 * C);
         op->layernorm_backward(be, a->dres, g.ln1w, g.ln1b, a->dC, res, w.ln1w,
                                a->ln1_mean + l * NPL, a->ln1_rstd + l * NPL, N, C);
@@ -453,7 +465,8 @@ static const float *gpt2_infer_step(model *m, const int *tokens, int n) {
         op->bias_add(be, f->q, w.attnb, n, C);
         op->bias_add(be, kc + (size_t)pos * C, w.attnb + C, n, C);
         op->bias_add(be, vc + (size_t)pos * C, w.attnb + 2 * C, n, C);
-        op->attention_cached(be, f->atty, f->q, C, kc, vc, C, n, pos, C, NH);
+        op->attention_forward(be, NULL, arch_view3(f->atty, 1, n, C), tensor_none(), arch_view3(f->q, 1, n, C),
+                              arch_view3(kc, 1, pos + n, C), arch_view3(vc, 1, pos + n, C), NH, NH, 0, 0.0f, 0);
         gpt2_linear(be, f->ln, f->atty, w.projw, w.projb, n, C, C);
         op->add(be, f->x, f->x, f->ln, (size_t)n * C);
         op->layernorm_forward(be, f->ln, f->mean, f->rstd, f->x, w.ln2w, w.ln2b, n, C, c->norm_eps);

@@ -99,7 +99,7 @@ typedef struct llama_acts {
     float *ln1, *rstd1;      /* (L,N,C), (L,N) */
     float *q;                /* (L,N,QD) after rope */
     float *k, *v;            /* (L,N,KD), k after rope */
-    float *att;              /* (L,B,NH,T,T) */
+    float *lse;              /* (L,B,NH,T) attention log-sum-exps, saved for backward */
     float *atty;             /* (L,N,QD) attention output before o_proj */
     float *res2;             /* (L,N,C) residual after the attention branch */
     float *ln2, *rstd2;      /* (L,N,C), (L,N) */
@@ -113,7 +113,6 @@ typedef struct llama_acts {
     float *dC;               /* (N,C) */
     float *dQ;               /* (N,QD) gradient of the attention output */
     float *dq, *dk, *dv;     /* (N,QD), (N,KD), (N,KD) */
-    float *datt;             /* (B,NH,T,T) */
     float *dF, *dF2;         /* (N,F): the SwiGLU output in the forward; dgate, dup backward */
 } llama_acts;
 
@@ -295,14 +294,13 @@ static void llama_init_weights(model *m, uint64_t seed) {
     const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,          \
                  F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head,   \
                  HS = (size_t)(c)->head_dim, QD = NH * HS, KD = (size_t)(c)->n_kv_head * HS;         \
-    const size_t att = (size_t)(B) * NH * (T) * (T);                                                \
     arch_plan_entry plan[] = {                                                                     \
         E(tokens, N), E(targets, N), E(rope_cos, (size_t)(T) * HS / 2), E(rope_sin, (size_t)(T) * HS / 2), \
         E(encoded, N * C), E(ln1, L * N * C), E(rstd1, L * N), E(q, L * N * QD), E(k, L * N * KD),   \
-        E(v, L * N * KD), E(att, L * att), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C), \
+        E(v, L * N * KD), E(lse, L * N * NH), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C), \
         E(rstd2, L * N), E(gate, L * N * F), E(up, L * N * F), E(res3, L * N * C), E(lnf, N * C),    \
         E(rstdf, N), E(logits, N * V), E(losses, N), E(dres, N * C), E(dC, N * C), E(dQ, N * QD),    \
-        E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(datt, att), E(dF, N * F), E(dF2, N * F),     \
+        E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(dF, N * F), E(dF2, N * F),                    \
     }
 
 static size_t llama_train_bytes(const model_config *c, int B, int T) {
@@ -374,7 +372,7 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
               NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
     const int N = B * T;
     const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
-    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
+    const size_t LSE = NPL * NH;                                   /* lse layer stride */
     llama_acts *a = &s->a;
     s->B = B;
     s->T = T;
@@ -390,7 +388,7 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
         model_hook_before_forward(m, l);
         llama_w w = llama_layer(m, false, l);
         float *ln1 = a->ln1 + l * NPL * C, *q = a->q + l * NPL * QD, *k = a->k + l * NPL * KD;
-        float *v = a->v + l * NPL * KD, *att = a->att + l * ATT, *atty = a->atty + l * NPL * QD;
+        float *v = a->v + l * NPL * KD, *lse = a->lse + l * LSE, *atty = a->atty + l * NPL * QD;
         float *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C, *gate = a->gate + l * NPL * F;
         float *up = a->up + l * NPL * F, *res3 = a->res3 + l * NPL * C;
 
@@ -400,7 +398,8 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
         llama_linear(be, v, ln1, w.vw, w.vb, N, C, KD);
         op->rope_forward(be, q, a->rope_cos, a->rope_sin, N, T, 0, NH, HS);
         op->rope_forward(be, k, a->rope_cos, a->rope_sin, N, T, 0, NKV, HS);
-        op->gqa_attention_forward(be, atty, att, q, k, v, B, T, NH, NKV, HS, W);
+        op->attention_forward(be, NULL, arch_view3(atty, B, T, QD), arch_view3(lse, B, NH, T), arch_view3(q, B, T, QD),
+                              arch_view3(k, B, T, KD), arch_view3(v, B, T, KD), NH, NKV, W, 0.0f, 0);
         llama_linear(be, res2, atty, w.ow, NULL, N, QD, C);
         op->add(be, res2, res2, res, (size_t)N * C);
 
@@ -431,7 +430,7 @@ static void llama_backward(model *m, float dloss) {
               NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
     const int B = s->B, T = s->T, N = B * T;
     const size_t NPL = (size_t)s->Bp * s->Tp;
-    const size_t ATT = (size_t)s->Bp * NH * s->Tp * s->Tp;
+    const size_t LSE = NPL * NH;                                   /* lse layer stride */
     llama_acts *a = &s->a;
     const int head = llama_head(m), norm = llama_norm(m);
     model_hook_before_backward(m, -1);
@@ -450,7 +449,7 @@ static void llama_backward(model *m, float dloss) {
         llama_w w = llama_layer(m, false, l), g = llama_layer(m, true, l);
         const float *res = l > 0 ? a->res3 + (l - 1) * NPL * C : a->encoded;
         float *ln1 = a->ln1 + l * NPL * C, *q = a->q + l * NPL * QD, *k = a->k + l * NPL * KD;
-        float *v = a->v + l * NPL * KD, *att = a->att + l * ATT, *atty = a->atty + l * NPL * QD;
+        float *v = a->v + l * NPL * KD, *lse = a->lse + l * LSE, *atty = a->atty + l * NPL * QD;
         float *res2 = a->res2 + l * NPL * C, *ln2 = a->ln2 + l * NPL * C, *gate = a->gate + l * NPL * F;
         float *up = a->up + l * NPL * F;
 
@@ -467,7 +466,10 @@ static void llama_backward(model *m, float dloss) {
         backend_zero(be, a->dq, sizeof(float) * (size_t)N * QD);
         backend_zero(be, a->dk, sizeof(float) * (size_t)N * KD);
         backend_zero(be, a->dv, sizeof(float) * (size_t)N * KD);
-        op->gqa_attention_backward(be, a->dq, a->dk, a->dv, a->datt, a->dQ, q, k, v, att, B, T, NH, NKV, HS, W);
+        op->attention_backward(be, NULL, arch_view3(a->dq, B, T, QD), arch_view3(a->dk, B, T, KD),
+                               arch_view3(a->dv, B, T, KD), arch_view3(a->dQ, B, T, QD), arch_view3(q, B, T, QD),
+                               arch_view3(k, B, T, KD), arch_view3(v, B, T, KD), arch_view3(atty, B, T, QD),
+                               arch_view3(lse, B, NH, T), NH, NKV, W, 0.0f, 0);
         op->rope_backward(be, a->dq, a->rope_cos, a->rope_sin, N, T, 0, NH, HS);
         op->rope_backward(be, a->dk, a->rope_cos, a->rope_sin, N, T, 0, NKV, HS);
         llama_linear_backward(be, a->dC, 0.0f, g.qw, g.qb, a->dq, ln1, w.qw, N, C, QD);
@@ -554,7 +556,8 @@ static const float *llama_infer_step(model *m, const int *tokens, int n) {
         llama_linear(be, vnew, f->ln, w.vw, w.vb, n, C, KD);
         op->rope_forward(be, f->q, f->rope_cos, f->rope_sin, n, n, pos, NH, HS);
         op->rope_forward(be, knew, f->rope_cos, f->rope_sin, n, n, pos, NKV, HS);
-        op->gqa_attention_cached(be, f->atty, f->q, kc, vc, n, pos, NH, NKV, HS, W);
+        op->attention_forward(be, NULL, arch_view3(f->atty, 1, n, QD), tensor_none(), arch_view3(f->q, 1, n, QD),
+                              arch_view3(kc, 1, pos + n, KD), arch_view3(vc, 1, pos + n, KD), NH, NKV, W, 0.0f, 0);
         llama_linear(be, f->ln, f->atty, w.ow, NULL, n, QD, C);
         op->add(be, f->x, f->x, f->ln, (size_t)n * C);
         op->rmsnorm_forward(be, f->ln, NULL, f->x, w.post_norm, n, C, c->norm_eps);
