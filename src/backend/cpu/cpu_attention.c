@@ -2,21 +2,21 @@
  * family (GPT-2 is the case NKV = NH over column slices of its packed qkv) and for training
  * and KV-cached inference alike (fewer queries than keys). Contracts in backend.h.
  *
- * Both directions work on tiles of ATTN_QB queries of one head against ATTN_KB keys, the
- * tile products going to OpenBLAS (single-threaded inside our parallel loops) through
- * attn_gemm. The forward
- * runs an online softmax over the key tiles: per query a running maximum m and normalizer l,
- * its output row rescaled when a tile raises the maximum; it keeps only the row's log-sum-exp
- * m + log l. The backward recomputes each probability as exp(score - lse), as flash attention
- * does, so no (Tq,Tk) buffer exists: the scratch is two (ATTN_QB,ATTN_KB) tiles on each
- * thread's stack.
+ * Both directions work on tiles of ATTN_QB queries of one head against ATTN_KB keys; the
+ * tile products are small GEMMs (attn_gemm: OpenBLAS, single-threaded inside our parallel
+ * loops). The forward runs an online softmax over the key tiles: per query a running maximum
+ * m and normalizer l, its output row rescaled when a tile raises the maximum; it keeps only
+ * the row's log-sum-exp m + log l. The backward recomputes each probability as
+ * exp(score - lse), as flash attention does, so no (Tq,Tk) buffer exists: the scratch is two
+ * (ATTN_QB,ATTN_KB) tiles on each thread's stack.
  *
- * Invariants: one thread computes a whole output row of the forward. In the backward one
- * thread owns a (batch, KV head) pair -- the dk, dv rows of that KV head and the dq rows of
- * its query heads -- and walks its heads and queries in order, so the sums are race-free and
- * independent of the thread count. Dropout keeps key s of query t in head h of sample b when
- * dropout_keep(seed, ((b*NH + h)*Tq + t)*Tk + s, p): the flat index of a (B,NH,Tq,Tk)
- * probability tensor, a pure function the backward evaluates again.
+ * Invariants: one thread computes a whole tile of output rows in the forward. In the backward
+ * one thread owns a (batch, KV head) pair -- the dk, dv rows of that KV head and the dq rows
+ * of its query heads -- and walks its heads and query tiles in order, so the sums are
+ * race-free and independent of the thread count. Dropout keeps key s of query t in head h of
+ * sample b when dropout_keep(seed, ((b*NH + h)*Tq + t)*Tk + s, p): the flat index of a
+ * (B,NH,Tq,Tk) probability tensor, a pure function the backward evaluates again. Every query
+ * sees at least its own position, so every normalizer is positive.
  *
  * Letters as in backend.h; Tq queries, Tk keys, G = NH/NKV query heads per KV head, and the
  * query t sits at position Tk - Tq + t. */
