@@ -18,6 +18,8 @@
 #include "test.h"
 #include "test_device.h"
 
+#include <omp.h>
+
 #include "backend/backend.h"
 #include "base/rng.h"
 
@@ -241,69 +243,191 @@ TEST(gelu_forward_and_backward) {
 
 /* ---- attention ---- */
 
-enum { AB = 2, AT = 5, AC = 12, ANH = 3 };
-static float *aqkv, *aout, *aatt, *aw, adrop;
-static double att_obj(void) {
-    RUN(be->ops->attention_forward(be, DEV(aout), DEV(aatt), DEV(aqkv), AB, AT, AC, ANH, adrop, 77));
-    return dot(aw, aout, AB * AT * AC);
+/* A (d0,d1,d2) view of the host array at p (for the references), and D(t): the same view of
+ * its device mirror (for the ops). */
+static tensor view3(float *p, int64_t d0, int64_t d1, int64_t d2) {
+    int64_t shape[3] = {d0, d1, d2};
+    return tensor_make(p, DT_F32, MEM_HOST, 3, shape);
 }
-static void attention_case(float p) {
-    setup(5);
-    adrop = p;
-    aqkv = randn(AB * AT * 3 * AC, 1); aout = zeros(AB * AT * AC); aatt = zeros(AB * ANH * AT * AT);
-    aw = randn(AB * AT * AC, 1);
-    att_obj();
-    /* reference: softmax(q k^T / sqrt(HS)) v, causal, in double */
-    const int HS = AC / ANH;
-    for (int b = 0; b < AB; b++)
-        for (int h = 0; h < ANH; h++)
-            for (int t = 0; t < AT; t++) {
-                double s[AT], mx = -1e30, sum = 0;
-                for (int u = 0; u <= t; u++) {
+static tensor D(tensor t) {
+    if (tensor_is_none(t)) return t;
+    t.data = DEV(t.data);
+    t.mem = MEM_DEVICE;
+    return t;
+}
+/* One attention case: q(B,Tq,NH*HS) against k, v (B,Tk,NKV*HS), window W, dropout p. Packed:
+ * q, k, v are column slices of one qkv(B,T,3C) as GPT-2 lays it out (Tq = Tk, NKV = NH), rows
+ * 3C apart, and dq, dk, dv slices of one dqkv. Otherwise three contiguous buffers. */
+typedef struct attn_case { int B, Tq, Tk, NH, NKV, HS, W; float p; bool packed; } attn_case;
+static attn_case ac;
+static tensor aq, ak, av, aout, alse;
+static float *aw;   /* objective weights over out */
+static double attn_obj(void) {
+    RUN(be->ops->attention_forward(be, NULL, D(aout), D(alse), D(aq), D(ak), D(av), ac.NH, ac.NKV, ac.W, ac.p, 77));
+    return dot(aw, tensor_f32(aout), (size_t)tensor_numel(aout));
+}
+
+static double at3(tensor t, int i, int j, int c) {
+    return tensor_f32(t)[i * t.stride[0] + j * t.stride[1] + c];
+}
+/* Views q, k, v over buf: three contiguous blocks, or column slices of packed (B,T,3C). */
+static void attn_views(float *buf, tensor *q, tensor *k, tensor *v) {
+    const int QD = ac.NH * ac.HS, KD = ac.NKV * ac.HS;
+    if (ac.packed) {
+        tensor all = view3(buf, ac.B, ac.Tq, QD + 2 * KD);
+        *q = tensor_cols(all, 0, QD);
+        *k = tensor_cols(all, QD, KD);
+        *v = tensor_cols(all, QD + KD, KD);
+    } else {
+        *q = view3(buf, ac.B, ac.Tq, QD);
+        *k = view3(buf + (size_t)ac.B * ac.Tq * QD, ac.B, ac.Tk, KD);
+        *v = view3(buf + (size_t)ac.B * (ac.Tq * QD + ac.Tk * KD), ac.B, ac.Tk, KD);
+    }
+}
+static size_t attn_buf_floats(void) {
+    return (size_t)ac.B * (ac.Tq * ac.NH + 2 * ac.Tk * ac.NKV) * ac.HS;
+}
+
+/* The forward against an explicit softmax in double: scores q.k/sqrt(HS) of the keys query t
+ * sees (s <= Tk-Tq+t, and s > Tk-Tq+t-W with a window), their log-sum-exp, probabilities
+ * times the dropout mask over the flat (B,NH,Tq,Tk) index, times v. */
+static void attn_check_forward(const char *name) {
+    const int G = ac.NH / ac.NKV;
+    for (int b = 0; b < ac.B; b++)
+        for (int h = 0; h < ac.NH; h++)
+            for (int t = 0; t < ac.Tq; t++) {
+                const int pos = ac.Tk - ac.Tq + t, kh = h / G;
+                double s[512], mx = -1e30, sum = 0;
+                bool vis[512];
+                for (int u = 0; u < ac.Tk; u++) {
+                    vis[u] = u <= pos && (ac.W == 0 || u > pos - ac.W);
+                    if (!vis[u]) continue;
                     s[u] = 0;
-                    for (int i = 0; i < HS; i++)
-                        s[u] += (double)aqkv[(b * AT + t) * 3 * AC + h * HS + i] * aqkv[(b * AT + u) * 3 * AC + AC + h * HS + i];
-                    s[u] /= sqrt(HS);
+                    for (int i = 0; i < ac.HS; i++) s[u] += at3(aq, b, t, h * ac.HS + i) * at3(ak, b, u, kh * ac.HS + i);
+                    s[u] /= sqrt(ac.HS);
                     mx = s[u] > mx ? s[u] : mx;
                 }
-                for (int u = 0; u <= t; u++) sum += (s[u] = exp(s[u] - mx));
-                size_t arow = (((size_t)b * ANH + h) * AT + t) * AT;
-                for (int u = 0; u < AT; u++) CHECK_NEAR(aatt[arow + u], u <= t ? s[u] / sum : 0.0, 1e-6);
-                for (int i = 0; i < HS; i++) {
+                for (int u = 0; u < ac.Tk; u++) if (vis[u]) sum += exp(s[u] - mx);
+                const size_t row = ((size_t)b * ac.NH + h) * ac.Tq + t;
+                if (!tensor_is_none(alse))
+                    CHECK_MSG(fabs(tensor_f32(alse)[row] - (mx + log(sum))) <= 1e-5 * (1 + fabs(mx)),
+                              "%s: lse[%d,%d,%d] %.7g, want %.7g", name, b, h, t, tensor_f32(alse)[row], mx + log(sum));
+                for (int i = 0; i < ac.HS; i++) {
                     double o = 0;
-                    for (int u = 0; u <= t; u++) {
-                        double keep = p > 0 ? (dropout_keep(77, arow + u, p) ? 1.0 / (1.0 - p) : 0.0) : 1.0;
-                        o += s[u] / sum * keep * aqkv[(b * AT + u) * 3 * AC + 2 * AC + h * HS + i];
+                    for (int u = 0; u < ac.Tk; u++) {
+                        if (!vis[u]) continue;
+                        double keep = ac.p > 0 ? (dropout_keep(77, row * ac.Tk + u, ac.p) ? 1.0 / (1.0 - ac.p) : 0.0) : 1.0;
+                        o += exp(s[u] - mx) / sum * keep * at3(av, b, u, kh * ac.HS + i);
                     }
-                    CHECK_NEAR(aout[(b * AT + t) * AC + h * HS + i], o, 1e-5);
+                    CHECK_MSG(fabs(at3(aout, b, t, h * ac.HS + i) - o) <= 1e-5, "%s: out[%d,%d,%d] %.7g, want %.7g", name,
+                              b, t, h * ac.HS + i, at3(aout, b, t, h * ac.HS + i), o);
                 }
             }
-    float *dqkv = zeros(AB * AT * 3 * AC), *datt = zeros(AB * ANH * AT * AT);
-    RUN(be->ops->attention_backward(be, DEV(dqkv), DEV(datt), DEV(aw), DEV(aqkv), DEV(aatt), AB, AT, AC, ANH, p, 77));
-    CHECK(fd_check(p > 0 ? "dqkv (dropout 0.3)" : "dqkv", aqkv, dqkv, AB * AT * 3 * AC, att_obj) == 0);
 }
-TEST(attention_forward_and_backward) { attention_case(0.0f); }
-TEST(attention_with_dropout_forward_and_backward) { attention_case(0.3f); }
 
-/* attention_cached over a cache filled with the same keys and values gives the rows of
- * the full causal attention, for a prefill from 0 and for continuation chunks. */
-TEST(attention_cached_matches_full) {
-    setup(6);
-    enum { T = 9, C = 16, NH = 4 };
-    float *qkv = randn(T * 3 * C, 1), *out = zeros(T * C), *att = zeros(NH * T * T), *got = zeros(T * C);
-    RUN(be->ops->attention_forward(be, DEV(out), DEV(att), DEV(qkv), 1, T, C, NH, 0.0f, 0));
-    float *k = zeros(T * C), *v = zeros(T * C);
-    for (int t = 0; t < T; t++) {
-        memcpy(k + t * C, qkv + t * 3 * C + C, sizeof(float) * C);
-        memcpy(v + t * C, qkv + t * 3 * C + 2 * C, sizeof(float) * C);
+/* Runs case c: forward against the reference, lse included; backward by finite differences
+ * of every entry of q, k and v (one buffer: dq, dk, dv are its gradient), and that a second
+ * backward adds the same amounts (the gradients accumulate). */
+static void attention_case(const char *name, attn_case c) {
+    setup(20 + c.NKV + 3 * c.W + 7 * c.Tq + (c.p > 0));
+    ac = c;
+    const size_t n = attn_buf_floats(), no = (size_t)c.B * c.Tq * c.NH * c.HS;
+    float *buf = randn(n, 1), *dbuf = zeros(n);
+    attn_views(buf, &aq, &ak, &av);
+    aout = view3(zeros(no), c.B, c.Tq, c.NH * c.HS);
+    alse = view3(zeros((size_t)c.B * c.NH * c.Tq), c.B, c.NH, c.Tq);
+    aw = randn(no, 1);
+    attn_obj();
+    attn_check_forward(name);
+    if (test_failed_now) return;
+    tensor dq, dk, dv;
+    attn_views(dbuf, &dq, &dk, &dv);
+    RUN(be->ops->attention_backward(be, NULL, D(dq), D(dk), D(dv), D(view3(aw, c.B, c.Tq, c.NH * c.HS)), D(aq), D(ak),
+                                    D(av), D(aout), D(alse), c.NH, c.NKV, c.W, c.p, 77));
+    CHECK(fd_check(name, buf, dbuf, n, attn_obj) == 0);
+    attn_obj();   /* fd_check left out and lse from a perturbed input */
+    float *first = zeros(n);
+    memcpy(first, dbuf, n * sizeof(float));
+    RUN(be->ops->attention_backward(be, NULL, D(dq), D(dk), D(dv), D(view3(aw, c.B, c.Tq, c.NH * c.HS)), D(aq), D(ak),
+                                    D(av), D(aout), D(alse), c.NH, c.NKV, c.W, c.p, 77));
+    for (size_t i = 0; i < n; i++)   /* the second sum starts from the first: rounding differs */
+        CHECK_MSG(fabs(dbuf[i] - 2 * first[i]) <= 1e-5 * (1 + fabs(first[i])), "%s: accumulate [%zu]: %g vs 2 * %g", name, i,
+                  dbuf[i], first[i]);
+}
+
+/* {B, Tq, Tk, NH, NKV, HS, W, p, packed} */
+TEST(attention_multi_head_and_grouped_query) {
+    attention_case("MHA", (attn_case){2, 5, 5, 3, 3, 4, 0, 0.0f, false});
+    if (!test_failed_now) attention_case("GQA 4:2", (attn_case){2, 6, 6, 4, 2, 4, 0, 0.0f, false});
+    if (!test_failed_now) attention_case("MQA 4:1", (attn_case){2, 6, 6, 4, 1, 4, 0, 0.0f, false});
+}
+TEST(attention_sliding_window) {
+    attention_case("GQA W=2", (attn_case){2, 6, 6, 4, 2, 4, 2, 0.0f, false});
+    if (!test_failed_now) attention_case("GQA W=3", (attn_case){2, 6, 6, 4, 2, 4, 3, 0.0f, false});
+    if (!test_failed_now) attention_case("MHA W=T", (attn_case){2, 6, 6, 4, 4, 4, 6, 0.0f, false});
+}
+/* Fewer queries than keys, as KV-cached decode and prefill run it: query t at Tk-Tq+t. */
+TEST(attention_fewer_queries_than_keys) {
+    attention_case("Tq<Tk", (attn_case){2, 3, 8, 4, 2, 4, 0, 0.0f, false});
+    if (!test_failed_now) attention_case("Tq<Tk W=3", (attn_case){1, 3, 8, 4, 2, 4, 3, 0.0f, false});
+    if (!test_failed_now) attention_case("Tq=1", (attn_case){1, 1, 7, 4, 2, 4, 0, 0.0f, false});
+}
+TEST(attention_packed_qkv_strides) {
+    attention_case("packed qkv", (attn_case){2, 5, 5, 3, 3, 4, 0, 0.0f, true});
+}
+/* Dropout on the probabilities: the recomputing backward reproduces the forward's mask. */
+TEST(attention_dropout) {
+    attention_case("packed qkv, dropout 0.3", (attn_case){2, 5, 5, 3, 3, 4, 0, 0.3f, true});
+    if (!test_failed_now) attention_case("GQA W=3, dropout 0.3", (attn_case){2, 6, 6, 4, 2, 4, 3, 0.3f, false});
+    if (!test_failed_now) attention_case("Tq<Tk, dropout 0.3", (attn_case){2, 3, 8, 4, 2, 4, 0, 0.3f, false});
+}
+/* Rows longer than one block of keys (the online softmax rescales across blocks), with a
+ * window that starts inside a block. */
+TEST(attention_rows_longer_than_a_block) {
+    attention_case("T=150", (attn_case){1, 150, 150, 2, 1, 4, 0, 0.0f, false});
+    if (!test_failed_now) attention_case("T=150 W=100", (attn_case){1, 150, 150, 2, 1, 4, 100, 0.0f, false});
+}
+
+/* Inference: the forward without lse over a growing prefix of the keys (a KV cache) in
+ * chunks from position 0 gives the rows of the one full forward, with and without a window. */
+TEST(attention_chunks_match_full) {
+    setup(16);
+    enum { T = 9, NH = 4, NKV = 2, HS = 4, QD = NH * HS, KD = NKV * HS };
+    float *q = randn(T * QD, 1), *k = randn(T * KD, 1), *v = randn(T * KD, 1);
+    float *out = zeros(T * QD), *got = zeros(T * QD), *lse = zeros(NH * T);
+    for (int win = 0; win <= 3; win += 3) {
+        RUN(be->ops->attention_forward(be, NULL, D(view3(out, 1, T, QD)), D(view3(lse, 1, NH, T)), D(view3(q, 1, T, QD)),
+                                       D(view3(k, 1, T, KD)), D(view3(v, 1, T, KD)), NH, NKV, win, 0.0f, 0));
+        int chunks[][2] = {{0, 4}, {4, 1}, {5, 3}, {8, 1}};   /* (pos, n) */
+        for (int c = 0; c < 4; c++) {
+            int pos = chunks[c][0], n = chunks[c][1];
+            RUN(be->ops->attention_forward(be, NULL, D(view3(got + pos * QD, 1, n, QD)), tensor_none(),
+                                           D(view3(q + pos * QD, 1, n, QD)), D(view3(k, 1, pos + n, KD)),
+                                           D(view3(v, 1, pos + n, KD)), NH, NKV, win, 0.0f, 0));
+        }
+        for (int i = 0; i < T * QD; i++) CHECK_MSG(fabs(got[i] - out[i]) <= 1e-6, "W %d [%d]: %g vs %g", win, i, got[i], out[i]);
     }
-    int chunks[][2] = {{0, 4}, {4, 1}, {5, 3}, {8, 1}};   /* (pos, n) */
-    for (int c = 0; c < 4; c++) {
-        int pos = chunks[c][0], n = chunks[c][1];
-        RUN(be->ops->attention_cached(be, DEV(got + pos * C), DEV(qkv + pos * 3 * C), 3 * C, DEV(k), DEV(v), C, n, pos,
-                                      C, NH));
+}
+
+/* The backward's sums do not depend on the thread count (one thread owns each KV head). */
+TEST(attention_backward_independent_of_threads) {
+    setup(17);
+    enum { B = 2, T = 40, NH = 4, NKV = 2, HS = 8, QD = NH * HS, KD = NKV * HS };
+    float *q = randn(B * T * QD, 1), *k = randn(B * T * KD, 1), *v = randn(B * T * KD, 1), *d = randn(B * T * QD, 1);
+    float *out = zeros(B * T * QD), *lse = zeros(B * NH * T), *g[2];
+    RUN(be->ops->attention_forward(be, NULL, D(view3(out, B, T, QD)), D(view3(lse, B, NH, T)), D(view3(q, B, T, QD)),
+                                   D(view3(k, B, T, KD)), D(view3(v, B, T, KD)), NH, NKV, 5, 0.1f, 3));
+    const int threads = omp_get_max_threads();
+    for (int r = 0; r < 2; r++) {
+        omp_set_num_threads(r ? (threads > 1 ? threads : 2) : 1);
+        g[r] = zeros(B * T * (QD + 2 * KD));
+        RUN(be->ops->attention_backward(be, NULL, D(view3(g[r], B, T, QD)), D(view3(g[r] + B * T * QD, B, T, KD)),
+                                        D(view3(g[r] + B * T * (QD + KD), B, T, KD)), D(view3(d, B, T, QD)),
+                                        D(view3(q, B, T, QD)), D(view3(k, B, T, KD)), D(view3(v, B, T, KD)),
+                                        D(view3(out, B, T, QD)), D(view3(lse, B, NH, T)), NH, NKV, 5, 0.1f, 3));
     }
-    for (int i = 0; i < T * C; i++) CHECK_NEAR(got[i], out[i], 1e-6);
+    omp_set_num_threads(threads);
+    CHECK(!memcmp(g[0], g[1], sizeof(float) * B * T * (QD + 2 * KD)));
 }
 
 /* ---- Llama family ops ---- */
@@ -407,94 +531,6 @@ TEST(swiglu_forward_and_backward) {
     memcpy(inplace, sgw, sizeof(float) * SGN);
     RUN(be->ops->swiglu_backward(be, NULL, V(inplace, SGN), V(du2, SGN), V(inplace, SGN), V(sgg, SGN), V(sgu, SGN)));
     CHECK(!memcmp(inplace, dg, sizeof(float) * SGN) && !memcmp(du2, du, sizeof(float) * SGN));
-}
-
-/* Grouped-query attention against a naive double reference (head h reads KV head
- * h / (NH/NKV); with window W, query t sees keys t-W < s <= t), for GQA ratios 1, 2 and 4 and
- * windows 0 (full), 2 and T; backward by finite differences of q, k and v. */
-enum { QB = 2, QT = 6, QNH = 4, QHS = 4 };
-static float *qq, *qk, *qv, *qout, *qatt, *qw;
-static int qnkv, qwin;
-static double gqa_obj(void) {
-    RUN(be->ops->gqa_attention_forward(be, DEV(qout), DEV(qatt), DEV(qq), DEV(qk), DEV(qv), QB, QT, QNH, qnkv, QHS, qwin));
-    return dot(qw, qout, QB * QT * QNH * QHS);
-}
-static void gqa_case(int nkv, int win, bool grads) {
-    setup(15 + nkv + 10 * win);
-    qnkv = nkv;
-    qwin = win;
-    const int QD = QNH * QHS, KD = nkv * QHS, G = QNH / nkv;
-    qq = randn(QB * QT * QD, 1); qk = randn(QB * QT * KD, 1); qv = randn(QB * QT * KD, 1);
-    qout = zeros(QB * QT * QD); qatt = zeros(QB * QNH * QT * QT); qw = randn(QB * QT * QD, 1);
-    gqa_obj();
-    for (int b = 0; b < QB; b++)
-        for (int h = 0; h < QNH; h++)
-            for (int t = 0; t < QT; t++) {
-                double s[QT], mx = -1e30, sum = 0;
-                bool vis[QT];
-                for (int u = 0; u < QT; u++) {
-                    vis[u] = u <= t && (win == 0 || u > t - win);
-                    if (!vis[u]) continue;
-                    s[u] = 0;
-                    for (int i = 0; i < QHS; i++)
-                        s[u] += (double)qq[(b * QT + t) * QD + h * QHS + i] * qk[(b * QT + u) * KD + (h / G) * QHS + i];
-                    s[u] /= sqrt(QHS);
-                    mx = s[u] > mx ? s[u] : mx;
-                }
-                for (int u = 0; u < QT; u++) if (vis[u]) sum += (s[u] = exp(s[u] - mx));
-                size_t arow = (((size_t)b * QNH + h) * QT + t) * QT;
-                for (int u = 0; u < QT; u++)
-                    CHECK_MSG(fabs(qatt[arow + u] - (vis[u] ? s[u] / sum : 0.0)) <= 1e-6, "NKV %d W %d att[%d,%d,%d,%d]", nkv, win, b, h, t, u);
-                for (int i = 0; i < QHS; i++) {
-                    double o = 0;
-                    for (int u = 0; u < QT; u++) if (vis[u]) o += s[u] / sum * qv[(b * QT + u) * KD + (h / G) * QHS + i];
-                    CHECK_NEAR(qout[(b * QT + t) * QD + h * QHS + i], o, 1e-5);
-                }
-            }
-    if (!grads) return;
-    float *dq = zeros(QB * QT * QD), *dk = zeros(QB * QT * KD), *dv = zeros(QB * QT * KD), *datt = zeros(QB * QNH * QT * QT);
-    RUN(be->ops->gqa_attention_backward(be, DEV(dq), DEV(dk), DEV(dv), DEV(datt), DEV(qw), DEV(qq), DEV(qk), DEV(qv),
-                                        DEV(qatt), QB, QT, QNH, nkv, QHS, win));
-    char what[64];
-    snprintf(what, sizeof what, "dq (NKV %d, W %d)", nkv, win);
-    CHECK(fd_check(what, qq, dq, QB * QT * QD, gqa_obj) == 0);
-    snprintf(what, sizeof what, "dk (NKV %d, W %d)", nkv, win);
-    CHECK(fd_check(what, qk, dk, QB * QT * KD, gqa_obj) == 0);
-    snprintf(what, sizeof what, "dv (NKV %d, W %d)", nkv, win);
-    CHECK(fd_check(what, qv, dv, QB * QT * KD, gqa_obj) == 0);
-}
-TEST(gqa_attention_forward_and_backward) {
-    gqa_case(4, 0, true);    /* plain multi-head */
-    if (test_failed_now) return;
-    gqa_case(2, 0, true);    /* GQA 2:1 */
-    if (test_failed_now) return;
-    gqa_case(1, 0, true);    /* multi-query */
-}
-TEST(gqa_attention_sliding_window_forward_and_backward) {
-    gqa_case(2, 2, true);
-    if (test_failed_now) return;
-    gqa_case(2, 3, true);
-    if (test_failed_now) return;
-    gqa_case(4, QT, false);   /* a window as long as the sequence is full attention */
-}
-
-/* gqa_attention_cached over a cache of the same keys and values gives the rows of the full
- * forward, in chunks from position 0, with and without a window. */
-TEST(gqa_attention_cached_matches_full) {
-    setup(16);
-    enum { T = 9, NH = 4, NKV = 2, HS = 4, QD = NH * HS, KD = NKV * HS };
-    float *q = randn(T * QD, 1), *k = randn(T * KD, 1), *v = randn(T * KD, 1);
-    float *out = zeros(T * QD), *att = zeros(NH * T * T), *got = zeros(T * QD);
-    for (int win = 0; win <= 3; win += 3) {
-        RUN(be->ops->gqa_attention_forward(be, DEV(out), DEV(att), DEV(q), DEV(k), DEV(v), 1, T, NH, NKV, HS, win));
-        int chunks[][2] = {{0, 4}, {4, 1}, {5, 3}, {8, 1}};   /* (pos, n) */
-        for (int c = 0; c < 4; c++) {
-            int pos = chunks[c][0], n = chunks[c][1];
-            RUN(be->ops->gqa_attention_cached(be, DEV(got + pos * QD), DEV(q + pos * QD), DEV(k), DEV(v), n, pos, NH, NKV,
-                                              HS, win));
-        }
-        for (int i = 0; i < T * QD; i++) CHECK_MSG(fabs(got[i] - out[i]) <= 1e-6, "W %d [%d]: %g vs %g", win, i, got[i], out[i]);
-    }
 }
 
 /* ---- softmax cross-entropy ---- */

@@ -7,8 +7,7 @@
  * through these ops, so a model written once runs on both.
  *
  * Conventions: compute ops take a stream and tensor views (tensor.h) of backend memory (host
- * memory on CPU), row-major, f32 unless an op says otherwise; the attention ops still take
- * f32 pointers and sizes. Letters: N rows (tokens, B*T), B batch, T time, C channels, OC
+ * memory on CPU), row-major, f32 unless an op says otherwise. Letters: N rows (tokens, B*T), B batch, T time, C channels, OC
  * output channels, NH heads, HS head size (C/NH for GPT-2; the config's head_dim for
  * Llama), NKV key/value heads (grouped-query attention: NH is a multiple of NKV), F MLP
  * width, V vocabulary.
@@ -116,27 +115,29 @@ typedef struct backend_ops {
     /* x *= alpha, in place. */
     void (*scale)(backend *be, backend_stream *s, tensor x, float alpha);
 
-    /* Causal multi-head attention over packed qkv(B,T,3C) as GPT-2 lays it out (q, k, v each
-     * C wide, heads contiguous inside), scores scaled by 1/sqrt(HS). Writes out(B,T,C) and
-     * att(B,NH,T,T) (softmaxed probabilities before dropout, 0 above the diagonal; kept for
-     * backward). With p > 0 the probabilities pass through dropout (mask from dropout_keep
-     * over att's flat index) before they weight v; p = 0 is exactly the plain path. */
-    void (*attention_forward)(backend *be, float *out, float *att, const float *qkv,
-                              int B, int T, int C, int NH, float p, uint64_t seed);
-    /* dqkv accumulates; datt is scratch of att's size; p and seed as in the forward. */
-    void (*attention_backward)(backend *be, float *dqkv, float *datt, const float *dout,
-                               const float *qkv, const float *att, int B, int T, int C, int NH,
-                               float p, uint64_t seed);
-    /* Attention of n new queries against a KV cache (inference, no dropout, no saved state).
-     * q(n,C) has row stride ldq; k, v hold rows 0..pos+n-1 (row stride ldkv), the new
-     * tokens' keys and values already written at rows pos..pos+n-1. Query i sits at
-     * position pos+i and sees keys 0..pos+i. Writes out(n,C). Uses no scratch (online
-     * softmax), so prefill of any length needs no (n,n) buffer. */
-    void (*attention_cached)(backend *be, float *out, const float *q, int ldq, const float *k,
-                             const float *v, int ldkv, int n, int pos, int C, int NH);
+    /* Causal attention, grouped-query, for every family, in training and in KV-cached
+     * inference. q(B,Tq,NH*HS), k and v (B,Tk,NKV*HS) are views with contiguous rows that may
+     * be apart (GPT-2 passes column slices of its packed qkv(B,T,3C): row stride 3C; inference
+     * passes q(1,n,..) and rows 0..pos+n-1 of a KV cache); HS = q.shape[2]/NH; head h reads
+     * KV head h / (NH/NKV); scores scaled by 1/sqrt(HS). Query t sits at position Tk - Tq + t
+     * and sees keys s <= that position, and with a window W > 0 only s > position - W
+     * (transformers' sliding window: the W newest positions, itself included).
+     * Writes out(B,Tq,NH*HS) and, when lse is not none, lse(B,NH,Tq) (contiguous): each
+     * query's log-sum-exp of its scaled scores, all the backward needs (no (Tq,Tk) buffer is
+     * kept anywhere). With p > 0 the probabilities pass through dropout before they weight v,
+     * key s of query t in head h of sample b kept when
+     * dropout_keep(seed, ((b*NH + h)*Tq + t)*Tk + s, p); p = 0 is exactly the plain path. */
+    void (*attention_forward)(backend *be, backend_stream *s, tensor out, tensor lse, tensor q,
+                              tensor k, tensor v, int NH, int NKV, int W, float p, uint64_t seed);
+    /* dq, dk, dv accumulate (views shaped like q, k, v; they may be column slices of one
+     * buffer but overlap nothing else). Recomputes the probabilities from q, k and the
+     * forward's lse, as flash attention does; out and dout(B,Tq,NH*HS) give each row's term
+     * D = dout . out. W, p and seed as in the forward, so dropout masks match it. */
+    void (*attention_backward)(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv,
+                               tensor dout, tensor q, tensor k, tensor v, tensor out, tensor lse,
+                               int NH, int NKV, int W, float p, uint64_t seed);
 
-
-    /* ---- Llama family (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention) ---- */
+    /* ---- Llama family (RMSNorm, rotary embeddings, SwiGLU) ---- */
 
     /* RMSNorm over the C columns of inp(N,C), computed in f32 as transformers' LlamaRMSNorm
      * does: out = inp * rstd * weight with rstd = 1/sqrt(mean(inp^2) + eps). Writes out(N,C)
@@ -165,26 +166,6 @@ typedef struct backend_ops {
     void (*swiglu_forward)(backend *be, backend_stream *s, tensor out, tensor gate, tensor up);
     void (*swiglu_backward)(backend *be, backend_stream *s, tensor dgate, tensor dup, tensor dout, tensor gate,
                             tensor up);
-
-    /* Causal grouped-query attention: q(B,T,NH*HS), k and v (B,T,NKV*HS); head h reads KV
-     * head h / (NH/NKV); scores scaled by 1/sqrt(HS). With window W > 0, query t sees keys s
-     * with t - W < s <= t (transformers' sliding window: the W newest positions, itself
-     * included); W = 0 is full causal attention. Writes out(B,T,NH*HS) and att(B,NH,T,T)
-     * (softmaxed probabilities, 0 where masked; kept for backward). No dropout. */
-    void (*gqa_attention_forward)(backend *be, float *out, float *att, const float *q,
-                                  const float *k, const float *v, int B, int T, int NH, int NKV,
-                                  int HS, int W);
-    /* dq, dk, dv accumulate; datt is scratch of att's size. */
-    void (*gqa_attention_backward)(backend *be, float *dq, float *dk, float *dv, float *datt,
-                                   const float *dout, const float *q, const float *k,
-                                   const float *v, const float *att, int B, int T, int NH,
-                                   int NKV, int HS, int W);
-    /* Grouped-query attention of n new queries q(n,NH*HS) against a KV cache k, v
-     * (rows of NKV*HS, positions 0..pos+n-1, the new ones already written at pos..). Query i
-     * sits at position pos+i and sees keys max(0, pos+i-W+1)..pos+i (all with W = 0).
-     * Writes out(n,NH*HS); online softmax, no scratch. */
-    void (*gqa_attention_cached)(backend *be, float *out, const float *q, const float *k,
-                                 const float *v, int n, int pos, int NH, int NKV, int HS, int W);
 
     /* Fused softmax + cross-entropy over the rows of logits(N,V) (2-D, any row stride Vp >= V)
      * against targets(N) (i32, < 0: ignored). Writes losses(N) (0 for ignored rows) and, when

@@ -20,10 +20,20 @@ size_t arch_plan_floats(const arch_plan_entry *e, int n);
  * buffer (the caller frees it with backend_mem_free), or NULL when out of memory. */
 float *arch_plan_alloc(backend *be, arch_plan_entry *e, int n);
 
-/* f32 views of planned backend buffers (activations, scratch, caches): (n) and (rows, cols),
- * contiguous. The architecture files build every activation view through these. */
+/* f32 views of planned backend buffers (activations, scratch, caches): (n), (rows, cols) and
+ * (d0,d1,d2), contiguous. The architecture files build every activation view through these. */
 static inline tensor arch_vec(float *p, int64_t n) { return tensor_1d(p, DT_F32, n); }
 static inline tensor arch_mat(float *p, int64_t rows, int64_t cols) { return tensor_2d(p, DT_F32, rows, cols); }
+/* A contiguous (d0,d1,d2) f32 view: attention's (B,T,D) rows and its lse (B,NH,T). */
+static inline tensor arch_view3(float *p, int64_t d0, int64_t d1, int64_t d2) {
+    const int64_t shape[3] = {d0, d1, d2};
+    return tensor_make(p, DT_F32, MEM_DEVICE, 3, shape);
+}
+/* Rows (N,D) of a contiguous activation as sequences (B,T,D), N = B*T: what attention takes. */
+static inline tensor arch_seq(tensor x, int64_t B, int64_t T) {
+    const int64_t shape[3] = {B, T, x.shape[1]};
+    return tensor_reshape(x, 3, shape);
+}
 
 /* The loss head of a training forward: uploads targets(N) (host; < 0 ignored) into
  * targets_dev (i32, N), replaces logits(N,V) in place by (softmax - onehot) for backward,

@@ -75,7 +75,7 @@ typedef struct gpt2_acts {
     float *ln1;              /* (L,N,C) */
     float *ln1_mean, *ln1_rstd;   /* (L,N) */
     float *qkv;              /* (L,N,3C) */
-    float *att;              /* (L,B,NH,T,T) */
+    float *lse;              /* (L,B,NH,T) attention log-sum-exps, saved for backward */
     float *atty;             /* (L,N,C) attention output before c_proj */
     float *res2;             /* (L,N,C) residual after the attention branch */
     float *ln2;              /* (L,N,C) */
@@ -92,7 +92,6 @@ typedef struct gpt2_acts {
     float *dres;             /* (N,C) gradient of the residual stream */
     float *dC, *dC2;         /* (N,C) */
     float *dqkv;             /* (N,3C) */
-    float *datt;             /* (B,NH,T,T) */
     float *dF;               /* (N,F) */
 } gpt2_acts;
 
@@ -181,15 +180,14 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
 #define GPT2_ACT_PLAN(a, c, B, T)                                                              \
     const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,     \
                  F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head; \
-    const size_t att = (size_t)(B) * NH * (T) * (T);                                             \
     arch_plan_entry plan[] = {                                                                 \
         E(tokens, N), E(targets, N), E(encoded, N * C),                                        \
         E(ln1, L * N * C), E(ln1_mean, L * N), E(ln1_rstd, L * N), E(qkv, L * N * 3 * C),      \
-        E(att, L * att), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),            \
+        E(lse, L * N * NH), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),        \
         E(ln2_mean, L * N), E(ln2_rstd, L * N), E(fch, L * N * F), E(fch_gelu, L * N * F),    \
         E(res3, L * N * C), E(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), E(logits, N * V),   \
         E(losses, N), E(loss_sum, 2), E(dres, N * C), E(dC, N * C), E(dC2, N * C),             \
-        E(dqkv, N * 3 * C), E(datt, att), E(dF, N * F),                                        \
+        E(dqkv, N * 3 * C), E(dF, N * F),                                                     \
     }
 
 static size_t gpt2_train_bytes(const model_config *c, int B, int T) {
@@ -240,10 +238,9 @@ static uint64_t gpt2_drop_seed(const model *m, int site, size_t per_sample) {
 
 /* Views of layer l's activations for the shape of the last forward (s->B, s->T): the front
  * of slot l of each stacked buffer. in is the layer's input (the embeddings or the previous
- * layer's output); att stays a pointer for the attention ops, which take pointers. */
+ * layer's output); lse (B,NH,T) holds the attention's log-sum-exps for backward. */
 typedef struct gpt2_layer_acts {
-    tensor in, ln1, ln1_mean, ln1_rstd, qkv, atty, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, res3;
-    float *att;
+    tensor in, ln1, ln1_mean, ln1_rstd, qkv, atty, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, res3, lse;
 } gpt2_layer_acts;
 
 static gpt2_layer_acts gpt2_layer_views(const model *m, int l) {
@@ -251,7 +248,7 @@ static gpt2_layer_acts gpt2_layer_views(const model *m, int l) {
     const gpt2_acts *a = &s->a;
     const int64_t N = (int64_t)s->B * s->T, C = m->cfg.n_embd, F = m->cfg.ffn_dim;
     const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
-    const size_t ATT = (size_t)s->Bp * m->cfg.n_head * s->Tp * s->Tp;
+    const int64_t NH = m->cfg.n_head;
     gpt2_layer_acts x = {
         .in = l > 0 ? arch_mat(a->res3 + (l - 1) * NPL * C, N, C) : arch_mat(a->encoded, N, C),
         .ln1 = arch_mat(a->ln1 + l * NPL * C, N, C),
@@ -266,7 +263,7 @@ static gpt2_layer_acts gpt2_layer_views(const model *m, int l) {
         .fch = arch_mat(a->fch + l * NPL * F, N, F),
         .fch_gelu = arch_mat(a->fch_gelu + l * NPL * F, N, F),
         .res3 = arch_mat(a->res3 + l * NPL * C, N, C),
-        .att = a->att + l * ATT,
+        .lse = arch_view3(a->lse + l * NPL * NH, s->B, NH, s->T),
     };
     return x;
 }
@@ -283,6 +280,16 @@ static void gpt2_linear_backward(backend *be, tensor dinp, tensor dw, tensor db,
     be->ops->bias_backward(be, NULL, db, dout);
     be->ops->matmul(be, NULL, dw, inp, true, dout, false, 1.0f, 1.0f);
     be->ops->matmul(be, NULL, dinp, dout, false, w, true, 1.0f, 0.0f);
+}
+
+/* q, k, v: the column blocks [0,C), [C,2C), [2C,3C) of packed qkv(N,3C) for N = B*T rows,
+ * as (B,T,C) views whose rows are 3C apart. */
+static void gpt2_qkv_views(tensor qkv, int B, int T, tensor *q, tensor *k, tensor *v) {
+    const int64_t C = qkv.shape[1] / 3;
+    tensor all = arch_seq(qkv, B, T);
+    *q = tensor_cols(all, 0, C);
+    *k = tensor_cols(all, C, C);
+    *v = tensor_cols(all, 2 * C, C);
 }
 
 static float gpt2_forward(model *m, const int *tokens, const int *targets, int B, int T) {
@@ -313,12 +320,14 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
         model_hook_before_forward(m, l);
         gpt2_w w = gpt2_layer(m, false, l);
         gpt2_layer_acts x = gpt2_layer_views(m, l);
-        float *qkv = tensor_f32(x.qkv), *att = x.att, *atty = tensor_f32(x.atty);
         float attn_p = drop ? c->attn_pdrop : 0.0f;
+        tensor q, k, v;
 
         op->layernorm_forward(be, NULL, x.ln1, x.ln1_mean, x.ln1_rstd, x.in, w.ln1w, w.ln1b, c->norm_eps);
         gpt2_linear(be, x.qkv, x.ln1, w.attnw, w.attnb);
-        op->attention_forward(be, atty, att, qkv, B, T, C, NH, attn_p, gpt2_drop_seed(m, 1 + 3 * l, SATT));
+        gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
+        op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, q, k, v, NH, NH, 0, attn_p,
+                              gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear(be, x.res2, x.atty, w.projw, w.projb);
         if (drop && c->resid_pdrop > 0)
             op->dropout_forward(be, NULL, x.res2, x.res2, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
@@ -375,7 +384,6 @@ static void gpt2_backward(model *m, float dloss) {
         model_hook_before_backward(m, l);
         gpt2_w w = gpt2_layer(m, false, l), g = gpt2_layer(m, true, l);
         gpt2_layer_acts x = gpt2_layer_views(m, l);
-        float *qkv = tensor_f32(x.qkv), *att = x.att;
         float attn_p = drop ? c->attn_pdrop : 0.0f;
 
         /* MLP branch; dres is the gradient of x3 */
@@ -397,7 +405,11 @@ static void gpt2_backward(model *m, float dloss) {
         }
         gpt2_linear_backward(be, dC2, g.projw, g.projb, dbranch, x.atty, w.projw);
         backend_zero(be, a->dqkv, sizeof(float) * (size_t)N * 3 * C);
-        op->attention_backward(be, a->dqkv, a->datt, a->dC2, qkv, att, B, T, C, NH, attn_p,
+        tensor q, k, v, dq, dk, dv;
+        gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
+        gpt2_qkv_views(dqkv, B, T, &dq, &dk, &dv);
+        op->attention_backward(be, NULL, dq, dk, dv, arch_seq(dC2, B, T), q, k, v,
+                               arch_seq(x.atty, B, T), x.lse, NH, NH, 0, attn_p,
                                gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear_backward(be, dC, g.attnw, g.attnb, dqkv, x.ln1, w.attnw);
         op->layernorm_backward(be, NULL, dres, g.ln1w, g.ln1b, dC, x.in, w.ln1w, x.ln1_mean, x.ln1_rstd);
@@ -477,7 +489,8 @@ static tensor gpt2_infer_step(model *m, const int *tokens, int n) {
         gpt2_linear(be, q, ln, tensor_cols(w.attnw, 0, C), tensor_cols(w.attnb, 0, C));
         gpt2_linear(be, knew, ln, tensor_cols(w.attnw, C, C), tensor_cols(w.attnb, C, C));
         gpt2_linear(be, vnew, ln, tensor_cols(w.attnw, 2 * C, C), tensor_cols(w.attnb, 2 * C, C));
-        op->attention_cached(be, f->atty, f->q, C, kc, vc, C, n, pos, C, NH);
+        op->attention_forward(be, NULL, arch_seq(atty, 1, n), tensor_none(), arch_seq(q, 1, n),
+                              arch_view3(kc, 1, pos + n, C), arch_view3(vc, 1, pos + n, C), NH, NH, 0, 0.0f, 0);
         gpt2_linear(be, ln, atty, w.projw, w.projb);
         op->add(be, NULL, x, x, ln);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln2w, w.ln2b, c->norm_eps);

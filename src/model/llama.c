@@ -99,7 +99,7 @@ typedef struct llama_acts {
     float *ln1, *rstd1;      /* (L,N,C), (L,N) */
     float *q;                /* (L,N,QD) after rope */
     float *k, *v;            /* (L,N,KD), k after rope */
-    float *att;              /* (L,B,NH,T,T) */
+    float *lse;              /* (L,B,NH,T) attention log-sum-exps, saved for backward */
     float *atty;             /* (L,N,QD) attention output before o_proj */
     float *res2;             /* (L,N,C) residual after the attention branch */
     float *ln2, *rstd2;      /* (L,N,C), (L,N) */
@@ -114,7 +114,6 @@ typedef struct llama_acts {
     float *dC;               /* (N,C) */
     float *dQ;               /* (N,QD) gradient of the attention output */
     float *dq, *dk, *dv;     /* (N,QD), (N,KD), (N,KD) */
-    float *datt;             /* (B,NH,T,T) */
     float *dF, *dF2;         /* (N,F): the SwiGLU output in the forward; dgate, dup backward */
 } llama_acts;
 
@@ -296,14 +295,13 @@ static void llama_init_weights(model *m, uint64_t seed) {
     const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,          \
                  F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head,   \
                  HS = (size_t)(c)->head_dim, QD = NH * HS, KD = (size_t)(c)->n_kv_head * HS;         \
-    const size_t att = (size_t)(B) * NH * (T) * (T);                                                \
     arch_plan_entry plan[] = {                                                                     \
         E(tokens, N), E(targets, N), E(rope_cos, (size_t)(T) * HS / 2), E(rope_sin, (size_t)(T) * HS / 2), \
         E(encoded, N * C), E(ln1, L * N * C), E(rstd1, L * N), E(q, L * N * QD), E(k, L * N * KD),   \
-        E(v, L * N * KD), E(att, L * att), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C), \
+        E(v, L * N * KD), E(lse, L * N * NH), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C), \
         E(rstd2, L * N), E(gate, L * N * F), E(up, L * N * F), E(res3, L * N * C), E(lnf, N * C),    \
         E(rstdf, N), E(logits, N * V), E(losses, N), E(loss_sum, 2), E(dres, N * C), E(dC, N * C),   \
-        E(dQ, N * QD), E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(datt, att), E(dF, N * F),     \
+        E(dQ, N * QD), E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(dF, N * F),                    \
         E(dF2, N * F),                                                                             \
     }
 
@@ -352,10 +350,9 @@ static sk_status llama_train_prepare(model *m, int B, int T) {
 
 /* Views of layer l's activations for the shape of the last forward (s->B, s->T): the front
  * of slot l of each stacked buffer. in is the layer's input (the embeddings or the previous
- * layer's output); att stays a pointer for the attention ops, which take pointers. */
+ * layer's output); lse (B,NH,T) holds the attention's log-sum-exps for backward. */
 typedef struct llama_layer_acts {
-    tensor in, ln1, rstd1, q, k, v, atty, res2, ln2, rstd2, gate, up, res3;
-    float *att;
+    tensor in, ln1, rstd1, q, k, v, atty, res2, ln2, rstd2, gate, up, res3, lse;
 } llama_layer_acts;
 
 static llama_layer_acts llama_layer_views(const model *m, int l) {
@@ -365,7 +362,7 @@ static llama_layer_acts llama_layer_views(const model *m, int l) {
     const int64_t N = (int64_t)s->B * s->T, C = c->n_embd, F = c->ffn_dim, QD = (int64_t)c->n_head * c->head_dim,
                   KD = (int64_t)c->n_kv_head * c->head_dim;
     const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
-    const size_t ATT = (size_t)s->Bp * c->n_head * s->Tp * s->Tp;
+    const int64_t NH = c->n_head;
     llama_layer_acts x = {
         .in = l > 0 ? arch_mat(a->res3 + (l - 1) * NPL * C, N, C) : arch_mat(a->encoded, N, C),
         .ln1 = arch_mat(a->ln1 + l * NPL * C, N, C),
@@ -380,7 +377,7 @@ static llama_layer_acts llama_layer_views(const model *m, int l) {
         .gate = arch_mat(a->gate + l * NPL * F, N, F),
         .up = arch_mat(a->up + l * NPL * F, N, F),
         .res3 = arch_mat(a->res3 + l * NPL * C, N, C),
-        .att = a->att + l * ATT,
+        .lse = arch_view3(a->lse + l * NPL * NH, s->B, NH, s->T),
     };
     return x;
 }
@@ -432,8 +429,6 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
         model_hook_before_forward(m, l);
         llama_w w = llama_layer(m, false, l);
         llama_layer_acts x = llama_layer_views(m, l);
-        float *q = tensor_f32(x.q), *k = tensor_f32(x.k), *v = tensor_f32(x.v), *att = x.att;
-        float *atty = tensor_f32(x.atty);
         tensor swiglu = arch_mat(a->dF, N, c->ffn_dim);   /* scratch: recomputed in backward */
 
         op->rmsnorm_forward(be, NULL, x.ln1, x.rstd1, x.in, w.in_norm, c->norm_eps);
@@ -442,7 +437,8 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
         llama_linear(be, x.v, x.ln1, w.vw, w.vb);
         op->rope_forward(be, NULL, llama_heads(x.q, T, HS), cos, sin, 0);
         op->rope_forward(be, NULL, llama_heads(x.k, T, HS), cos, sin, 0);
-        op->gqa_attention_forward(be, atty, att, q, k, v, B, T, NH, NKV, HS, W);
+        op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, arch_seq(x.q, B, T), arch_seq(x.k, B, T),
+                              arch_seq(x.v, B, T), NH, NKV, W, 0.0f, 0);
         llama_linear(be, x.res2, x.atty, w.ow, tensor_none());
         op->add(be, NULL, x.res2, x.res2, x.in);
 
@@ -495,7 +491,6 @@ static void llama_backward(model *m, float dloss) {
         model_hook_before_backward(m, l);
         llama_w w = llama_layer(m, false, l), g = llama_layer(m, true, l);
         llama_layer_acts x = llama_layer_views(m, l);
-        float *q = tensor_f32(x.q), *k = tensor_f32(x.k), *v = tensor_f32(x.v), *att = x.att;
 
         /* MLP branch; dres is the gradient of x3. dF2 = swiglu output (recomputed), then dup. */
         op->swiglu_forward(be, NULL, dF2, x.gate, x.up);
@@ -510,7 +505,9 @@ static void llama_backward(model *m, float dloss) {
         backend_zero(be, a->dq, sizeof(float) * (size_t)N * QD);
         backend_zero(be, a->dk, sizeof(float) * (size_t)N * KD);
         backend_zero(be, a->dv, sizeof(float) * (size_t)N * KD);
-        op->gqa_attention_backward(be, a->dq, a->dk, a->dv, a->datt, a->dQ, q, k, v, att, B, T, NH, NKV, HS, W);
+        op->attention_backward(be, NULL, arch_seq(dq, B, T), arch_seq(dk, B, T), arch_seq(dv, B, T), arch_seq(dQ, B, T),
+                               arch_seq(x.q, B, T), arch_seq(x.k, B, T), arch_seq(x.v, B, T), arch_seq(x.atty, B, T),
+                               x.lse, NH, NKV, W, 0.0f, 0);
         op->rope_backward(be, NULL, llama_heads(dq, T, HS), cos, sin, 0);
         op->rope_backward(be, NULL, llama_heads(dk, T, HS), cos, sin, 0);
         llama_linear_backward(be, dC, 0.0f, g.qw, g.qb, dq, x.ln1, w.qw);
@@ -602,7 +599,8 @@ static tensor llama_infer_step(model *m, const int *tokens, int n) {
         llama_linear(be, vnew, ln, w.vw, w.vb);
         op->rope_forward(be, NULL, llama_heads(q, n, HS), cos, sin, pos);
         op->rope_forward(be, NULL, llama_heads(knew, n, HS), cos, sin, pos);
-        op->gqa_attention_cached(be, f->atty, f->q, kc, vc, n, pos, NH, NKV, HS, W);
+        op->attention_forward(be, NULL, arch_seq(atty, 1, n), tensor_none(), arch_seq(q, 1, n),
+                              arch_view3(kc, 1, pos + n, KD), arch_view3(vc, 1, pos + n, KD), NH, NKV, W, 0.0f, 0);
         llama_linear(be, ln, atty, w.ow, tensor_none());
         op->add(be, NULL, x, x, ln);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.post_norm, c->norm_eps);

@@ -1,6 +1,7 @@
 /* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major);
  * everything else is plain C loops parallelized with OpenMP and written so the compiler
- * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf below).
+ * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf, cpu_impl.h).
+ * Attention lives in cpu_attention.c.
  *
  * Invariants: no op allocates; every op is deterministic for a given thread count, and the
  * ones whose results feed gradients (layernorm, rmsnorm, bias, embedding and attention
@@ -9,7 +10,7 @@
  *
  * Letters as in backend.h: N rows, B batch, T time, C channels, OC output channels,
  * NH heads, NKV key/value heads, HS head size, V vocabulary (Vp its padded row stride). */
-#include "backend/backend.h"
+#include "backend/cpu/cpu_impl.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -17,35 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Below this many elements a loop runs on one thread: the fork costs more than it saves. */
-#define CPU_PAR_MIN 16384
-
 /* ---- elementwise math ---- */
-
-/* e^x to about 2 ulp for x in [-87, 88] (clamped outside), in a form gcc vectorizes:
- * x = n ln2 + r with |r| <= ln2/2, e^r from its degree-6 Taylor polynomial (truncation
- * < 1e-7 relative), 2^n assembled in the exponent bits. */
-static inline float cpu_expf(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    const float shifter = 12582912.0f;                 /* 1.5 * 2^23: rounds to an integer */
-    float t = x * 1.44269504088896341f + shifter;
-    float n = t - shifter;
-    float r = x - n * 0.693145751953125f;              /* ln2 split in two for exactness */
-    r = r - n * 1.428606765330187045e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { float f; uint32_t i; } tb = {t}, sc;
-    /* bits of shifter + n, minus shifter; unsigned, so a NaN input (whose t has any bits)
-     * gives some finite scale and the NaN in p carries through, without undefined shifts */
-    sc.i = (tb.i - 0x4B400000u + 127u) << 23;
-    return p * sc.f;
-}
 
 /* tanh(u) = 1 - 2 / (e^{2u} + 1); saturates cleanly at +-1 through the clamp in cpu_expf. */
 static inline float cpu_tanhf(float u) { return 1.0f - 2.0f / (cpu_expf(2.0f * u) + 1.0f); }
@@ -372,146 +345,7 @@ static void cpu_dropout_backward(backend *be, backend_stream *stream, tensor din
     cpu_dropout_forward(be, stream, dinp, dout, p, seed);   /* the same masked scaling */
 }
 
-/* ---- attention ---- */
-
-/* One (b, h, t) row: scores q_t . k_t2 / sqrt(HS) for t2 <= t, softmax into att, then
- * out_t = sum of (dropped) probabilities times v_t2. */
-static void cpu_attention_forward(backend *be, float *out, float *att, const float *qkv,
-                                  int B, int T, int C, int NH, float p, uint64_t seed) {
-    const int HS = C / NH, C3 = 3 * C;
-    const float sc = 1.0f / sqrtf((float)HS), keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
-#pragma omp parallel for collapse(3) schedule(static) if ((size_t)B * NH * T * T * HS > CPU_PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                const float *q = qkv + ((size_t)b * T + t) * C3 + h * HS;
-                size_t arow = (((size_t)b * NH + h) * T + t) * T;
-                float *a = att + arow;
-                float mx = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *k = qkv + ((size_t)b * T + t2) * C3 + C + h * HS;
-                    float s = 0;
-#pragma omp simd reduction(+ : s)
-                    for (int i = 0; i < HS; i++) s += q[i] * k[i];
-                    s *= sc;
-                    a[t2] = s;
-                    mx = s > mx ? s : mx;
-                }
-                float sum = 0;
-#pragma omp simd reduction(+ : sum)
-                for (int t2 = 0; t2 <= t; t2++) {
-                    float e = cpu_expf(a[t2] - mx);
-                    a[t2] = e;
-                    sum += e;
-                }
-                float inv = 1.0f / sum;
-                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
-                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
-                float *o = out + ((size_t)b * T + t) * C + h * HS;
-                for (int i = 0; i < HS; i++) o[i] = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    float w = a[t2];
-                    if (p > 0) w = dropout_keep(seed, arow + t2, p) ? w * keep_scale : 0.0f;
-                    const float *v = qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * HS;
-#pragma omp simd
-                    for (int i = 0; i < HS; i++) o[i] += w * v[i];
-                }
-            }
-}
-
-/* Per (b, h), walking t: with ad = dropped probabilities and a = saved probabilities,
- *   dad[t2] = dout_t . v_t2;  dv_t2 += ad[t2] dout_t;  da = dad * mask / (1-p);
- *   dpre[t2] = a[t2] (da[t2] - sum_j a[j] da[j]);
- *   dq_t += sc sum dpre[t2] k_t2;  dk_t2 += sc dpre[t2] q_t.
- * One (b, h) owns its columns of dqkv for all t, so the threads never collide. */
-static void cpu_attention_backward(backend *be, float *dqkv, float *datt, const float *dout,
-                                   const float *qkv, const float *att, int B, int T, int C, int NH,
-                                   float p, uint64_t seed) {
-    const int HS = C / NH, C3 = 3 * C;
-    const float sc = 1.0f / sqrtf((float)HS), keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
-#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * NH * T * T * HS > CPU_PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                size_t arow = (((size_t)b * NH + h) * T + t) * T;
-                const float *a = att + arow;
-                float *da = datt + arow;
-                const float *d = dout + ((size_t)b * T + t) * C + h * HS;
-                const float *q = qkv + ((size_t)b * T + t) * C3 + h * HS;
-                float *dq = dqkv + ((size_t)b * T + t) * C3 + h * HS;
-                float dot = 0;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *v = qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * HS;
-                    float *dv = dqkv + ((size_t)b * T + t2) * C3 + 2 * C + h * HS;
-                    float m = 1.0f;
-                    if (p > 0) m = dropout_keep(seed, arow + t2, p) ? keep_scale : 0.0f;
-                    float s = 0, w = a[t2] * m;
-#pragma omp simd reduction(+ : s)
-                    for (int i = 0; i < HS; i++) {
-                        s += d[i] * v[i];
-                        dv[i] += w * d[i];
-                    }
-                    da[t2] = s * m;
-                    dot += a[t2] * da[t2];
-                }
-                for (int t2 = 0; t2 <= t; t2++) {
-                    float g = a[t2] * (da[t2] - dot) * sc;
-                    const float *k = qkv + ((size_t)b * T + t2) * C3 + C + h * HS;
-                    float *dk = dqkv + ((size_t)b * T + t2) * C3 + C + h * HS;
-#pragma omp simd
-                    for (int i = 0; i < HS; i++) {
-                        dq[i] += g * k[i];
-                        dk[i] += g * q[i];
-                    }
-                }
-            }
-}
-
-/* Online softmax: a running maximum m, normalizer l and output accumulator rescaled
- * whenever a larger score appears, so no score buffer is needed. Writes o(HS), the average of
- * the values v + s*ld over keys s in [s0, s1] (key s at k + s*ld), weighted by
- * softmax(sc * q . key). */
-static void cpu_attend_row(float *o, const float *q, const float *k, const float *v, size_t ld, int s0, int s1,
-                           int HS, float sc) {
-    float m = -INFINITY, l = 0;
-    for (int j = 0; j < HS; j++) o[j] = 0.0f;
-    for (int s = s0; s <= s1; s++) {
-        const float *ks = k + (size_t)s * ld, *vs = v + (size_t)s * ld;
-        float dotp = 0;
-#pragma omp simd reduction(+ : dotp)
-        for (int j = 0; j < HS; j++) dotp += q[j] * ks[j];
-        dotp *= sc;
-        if (dotp > m) {
-            float corr = cpu_expf(m - dotp);   /* m = -inf on the first key: corr = ~0, l = 0 */
-            l *= corr;
-#pragma omp simd
-            for (int j = 0; j < HS; j++) o[j] *= corr;
-            m = dotp;
-        }
-        float w = cpu_expf(dotp - m);
-        l += w;
-#pragma omp simd
-        for (int j = 0; j < HS; j++) o[j] += w * vs[j];
-    }
-    float inv = 1.0f / l;
-    for (int j = 0; j < HS; j++) o[j] *= inv;
-}
-
-/* Attention of n new queries against the cache (rows 0..pos+n-1), one row at a time. */
-static void cpu_attention_cached(backend *be, float *out, const float *q, int ldq, const float *k,
-                                 const float *v, int ldkv, int n, int pos, int C, int NH) {
-    const int HS = C / NH;
-    const float sc = 1.0f / sqrtf((float)HS);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((size_t)n * NH * (pos + n) * HS > CPU_PAR_MIN)
-    for (int i = 0; i < n; i++)
-        for (int h = 0; h < NH; h++) {
-            const float *qi = q + (size_t)i * ldq + h * HS;
-            float *o = out + (size_t)i * C + h * HS;
-            cpu_attend_row(o, qi, k + h * HS, v + h * HS, (size_t)ldkv, 0, pos + i, HS, sc);
-        }
-}
-
-/* ---- Llama family: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention ---- */
+/* ---- Llama family: RMSNorm, rotary embeddings, SwiGLU ---- */
 
 static void cpu_rmsnorm_forward(backend *be, backend_stream *stream, tensor out_t, tensor rstd_t, tensor inp_t,
                                 tensor weight_t, float eps) {
@@ -628,121 +462,6 @@ static void cpu_swiglu_backward(backend *be, backend_stream *stream, tensor dgat
         dup[i] = d * g * sg;
         dgate[i] = d * u * sg * (1.0f + g * (1.0f - sg));
     }
-}
-
-/* First key query t sees: t - W + 1 with a window, else 0. */
-static inline int cpu_window_start(int t, int W) { return W > 0 && t - W + 1 > 0 ? t - W + 1 : 0; }
-
-/* One (b, h, t) row: scores q_t . k_s / sqrt(HS) for the visible s, softmax into att (zeros
- * elsewhere), out_t = sum of att[s] v_s. K and V come from KV head g = h / (NH/NKV). */
-static void cpu_gqa_attention_forward(backend *be, float *out, float *att, const float *q,
-                                      const float *k, const float *v, int B, int T, int NH, int NKV,
-                                      int HS, int W) {
-    SK_ASSERT(NKV > 0 && NH % NKV == 0);
-    const int QD = NH * HS, KD = NKV * HS, G = NH / NKV;
-    const float sc = 1.0f / sqrtf((float)HS);
-#pragma omp parallel for collapse(3) schedule(static) if ((size_t)B * NH * T * T * HS > CPU_PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                const int g = h / G, s0 = cpu_window_start(t, W);
-                const float *qt = q + ((size_t)b * T + t) * QD + h * HS;
-                float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                float mx = -INFINITY;
-                for (int s = 0; s < s0; s++) a[s] = 0.0f;
-                for (int s = s0; s <= t; s++) {
-                    const float *ks = k + ((size_t)b * T + s) * KD + g * HS;
-                    float dotp = 0;
-#pragma omp simd reduction(+ : dotp)
-                    for (int i = 0; i < HS; i++) dotp += qt[i] * ks[i];
-                    dotp *= sc;
-                    a[s] = dotp;
-                    mx = dotp > mx ? dotp : mx;
-                }
-                float sum = 0;
-                for (int s = s0; s <= t; s++) {
-                    float e = cpu_expf(a[s] - mx);
-                    a[s] = e;
-                    sum += e;
-                }
-                float inv = 1.0f / sum;
-                for (int s = s0; s <= t; s++) a[s] *= inv;
-                for (int s = t + 1; s < T; s++) a[s] = 0.0f;
-                float *o = out + ((size_t)b * T + t) * QD + h * HS;
-                for (int i = 0; i < HS; i++) o[i] = 0.0f;
-                for (int s = s0; s <= t; s++) {
-                    const float *vs = v + ((size_t)b * T + s) * KD + g * HS;
-                    float w = a[s];
-#pragma omp simd
-                    for (int i = 0; i < HS; i++) o[i] += w * vs[i];
-                }
-            }
-}
-
-/* Per (b, h, t), over the visible s:
- *   da[s] = dout_t . v_s;  dv_s += a[s] dout_t;  dpre[s] = a[s] (da[s] - sum_j a[j] da[j]);
- *   dq_t += sc sum dpre[s] k_s;  dk_s += sc dpre[s] q_t.
- * The heads of one KV group write the same dk, dv rows, so a thread owns a (b, KV head) pair
- * and walks its heads in order: race-free and independent of the thread count. */
-static void cpu_gqa_attention_backward(backend *be, float *dq, float *dk, float *dv, float *datt,
-                                       const float *dout, const float *q, const float *k,
-                                       const float *v, const float *att, int B, int T, int NH,
-                                       int NKV, int HS, int W) {
-    SK_ASSERT(NKV > 0 && NH % NKV == 0);
-    const int QD = NH * HS, KD = NKV * HS, G = NH / NKV;
-    const float sc = 1.0f / sqrtf((float)HS);
-#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * NH * T * T * HS > CPU_PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int g = 0; g < NKV; g++)
-            for (int h = g * G; h < (g + 1) * G; h++)
-                for (int t = 0; t < T; t++) {
-                    const int s0 = cpu_window_start(t, W);
-                    size_t arow = (((size_t)b * NH + h) * T + t) * T;
-                    const float *a = att + arow;
-                    float *da = datt + arow;
-                    const float *d = dout + ((size_t)b * T + t) * QD + h * HS;
-                    const float *qt = q + ((size_t)b * T + t) * QD + h * HS;
-                    float *dqt = dq + ((size_t)b * T + t) * QD + h * HS;
-                    float dotp = 0;
-                    for (int s = s0; s <= t; s++) {
-                        const float *vs = v + ((size_t)b * T + s) * KD + g * HS;
-                        float *dvs = dv + ((size_t)b * T + s) * KD + g * HS;
-                        float acc = 0, w = a[s];
-#pragma omp simd reduction(+ : acc)
-                        for (int i = 0; i < HS; i++) {
-                            acc += d[i] * vs[i];
-                            dvs[i] += w * d[i];
-                        }
-                        da[s] = acc;
-                        dotp += w * acc;
-                    }
-                    for (int s = s0; s <= t; s++) {
-                        float gr = a[s] * (da[s] - dotp) * sc;
-                        const float *ks = k + ((size_t)b * T + s) * KD + g * HS;
-                        float *dks = dk + ((size_t)b * T + s) * KD + g * HS;
-#pragma omp simd
-                        for (int i = 0; i < HS; i++) {
-                            dqt[i] += gr * ks[i];
-                            dks[i] += gr * qt[i];
-                        }
-                    }
-                }
-}
-
-/* Attention of n new queries against the cache, within each query's window (cpu_attend_row). */
-static void cpu_gqa_attention_cached(backend *be, float *out, const float *q, const float *k,
-                                     const float *v, int n, int pos, int NH, int NKV, int HS, int W) {
-    SK_ASSERT(NKV > 0 && NH % NKV == 0);
-    const int QD = NH * HS, KD = NKV * HS, G = NH / NKV;
-    const float sc = 1.0f / sqrtf((float)HS);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((size_t)n * NH * (pos + n) * HS > CPU_PAR_MIN)
-    for (int i = 0; i < n; i++)
-        for (int h = 0; h < NH; h++) {
-            const int t = pos + i, g = h / G;
-            const float *qi = q + (size_t)i * QD + h * HS;
-            float *o = out + (size_t)i * QD + h * HS;
-            cpu_attend_row(o, qi, k + g * HS, v + g * HS, (size_t)KD, cpu_window_start(t, W), t, HS, sc);
-        }
 }
 
 /* ---- loss ---- */
@@ -888,16 +607,12 @@ static const backend_ops cpu_ops = {
     .scale = cpu_scale,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
-    .attention_cached = cpu_attention_cached,
     .rmsnorm_forward = cpu_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope_forward = cpu_rope_forward,
     .rope_backward = cpu_rope_backward,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
-    .gqa_attention_forward = cpu_gqa_attention_forward,
-    .gqa_attention_backward = cpu_gqa_attention_backward,
-    .gqa_attention_cached = cpu_gqa_attention_cached,
     .softmax_xent = cpu_softmax_xent,
     .dropout_forward = cpu_dropout_forward,
     .dropout_backward = cpu_dropout_backward,

@@ -1,0 +1,284 @@
+/* backend/cpu: causal grouped-query attention, forward and backward, for every model
+ * family (GPT-2 is the case NKV = NH over column slices of its packed qkv) and for training
+ * and KV-cached inference alike (fewer queries than keys). Contracts in backend.h.
+ *
+ * Both directions work on tiles of ATTN_QB queries of one head against ATTN_KB keys; the
+ * tile products are small GEMMs (attn_gemm: OpenBLAS, single-threaded inside our parallel
+ * loops). The forward runs an online softmax over the key tiles: per query a running maximum
+ * m and normalizer l, its output row rescaled when a tile raises the maximum; it keeps only
+ * the row's log-sum-exp m + log l. The backward recomputes each probability as
+ * exp(score - lse), as flash attention does, so no (Tq,Tk) buffer exists: the scratch is two
+ * (ATTN_QB,ATTN_KB) tiles on each thread's stack.
+ *
+ * Invariants: one thread computes a whole tile of output rows in the forward. In the backward
+ * one thread owns a (batch, KV head) pair -- the dk, dv rows of that KV head and the dq rows
+ * of its query heads -- and walks its heads and query tiles in order, so the sums are
+ * race-free and independent of the thread count. Dropout keeps key s of query t in head h of
+ * sample b when dropout_keep(seed, ((b*NH + h)*Tq + t)*Tk + s, p): the flat index of a
+ * (B,NH,Tq,Tk) probability tensor, a pure function the backward evaluates again. Every query
+ * sees at least its own position, so every normalizer is positive.
+ *
+ * Letters as in backend.h; Tq queries, Tk keys, G = NH/NKV query heads per KV head, and the
+ * query t sits at position Tk - Tq + t. */
+#include "backend/cpu/cpu_impl.h"
+
+#include <cblas.h>
+#include <math.h>
+
+/* Queries and keys per tile: two tiles of scores live on each thread's stack. */
+#define ATTN_QB 64
+#define ATTN_KB 64
+
+/* Tiles of fewer queries than this (decode: one) multiply in plain loops, not OpenBLAS. */
+#define ATTN_BLAS_MIN_ROWS 4
+
+/* A (B,T,D) view as its base pointer and its batch and row strides. */
+typedef struct attn_rows { float *p; int64_t sb, st; } attn_rows;
+
+/* The view t, asserted to be f32 of shape (B,T,D) with contiguous rows. */
+static attn_rows attn_rows_of(tensor t, int64_t B, int64_t T, int64_t D) {
+    SK_ASSERT(t.dt == DT_F32 && t.ndim == 3 && t.shape[0] == B && t.shape[1] == T && t.shape[2] == D);
+    SK_ASSERT(t.stride[2] == 1 || D == 1);
+    attn_rows r = {tensor_f32(t), t.stride[0], t.stride[1]};
+    return r;
+}
+
+/* Row t of sample b, at channel c. */
+static inline float *attn_at(attn_rows r, int b, int t, int c) { return r.p + b * r.sb + t * r.st + c; }
+
+/* The lse view, asserted to be f32 (B,NH,Tq) and contiguous. */
+static float *attn_lse_of(tensor lse, int B, int NH, int Tq) {
+    SK_ASSERT(lse.dt == DT_F32 && lse.ndim == 3 && lse.shape[0] == B && lse.shape[1] == NH &&
+              lse.shape[2] == Tq && tensor_is_contiguous(lse));
+    return tensor_f32(lse);
+}
+
+/* The shapes of one call, checked once, and its window and dropout. */
+typedef struct attn_geom {
+    int B, Tq, Tk, NH, NKV, G, HS, W;
+    float sc;      /* 1/sqrt(HS) */
+    float p;       /* dropout probability */
+    uint64_t seed;
+} attn_geom;
+
+static attn_geom attn_geom_of(tensor q, tensor k, int NH, int NKV, int W, float p, uint64_t seed) {
+    SK_ASSERT(q.ndim == 3 && k.ndim == 3 && NH > 0 && NKV > 0 && NH % NKV == 0 && q.shape[2] % NH == 0);
+    SK_ASSERT(W >= 0 && p >= 0.0f && p < 1.0f);
+    attn_geom g = {(int)q.shape[0], (int)q.shape[1], (int)k.shape[1], NH, NKV, NH / NKV, (int)(q.shape[2] / NH),
+                   W, 0.0f, p, seed};
+    SK_ASSERT(g.Tq <= g.Tk && g.HS > 0);
+    g.sc = 1.0f / sqrtf((float)g.HS);
+    return g;
+}
+
+/* Keys [*s0, *s1] that query t sees: up to its position, and the W newest with a window. */
+static inline void attn_span(const attn_geom *g, int t, int *s0, int *s1) {
+    *s1 = g->Tk - g->Tq + t;
+    *s0 = g->W > 0 && *s1 - g->W + 1 > 0 ? *s1 - g->W + 1 : 0;
+}
+
+/* A tile: queries [t0, t0+nq) of head h in sample b, and the keys [k_lo, k_hi] any of them sees. */
+typedef struct attn_tile { int b, h, t0, nq, k_lo, k_hi; } attn_tile;
+
+static attn_tile attn_tile_of(const attn_geom *g, int b, int h, int t0) {
+    attn_tile x = {b, h, t0, g->Tq - t0 < ATTN_QB ? g->Tq - t0 : ATTN_QB, 0, 0};
+    int unused;
+    attn_span(g, t0, &x.k_lo, &unused);
+    attn_span(g, t0 + x.nq - 1, &unused, &x.k_hi);
+    return x;
+}
+
+/* Row i of a tile of scaled scores over keys [k0, k0+nk): the columns [*j0, *j1] its query
+ * sees (*j1 < *j0: none). */
+static inline void attn_cols(const attn_geom *g, const attn_tile *x, int i, int k0, int nk, int *j0, int *j1) {
+    int s0, s1;
+    attn_span(g, x->t0 + i, &s0, &s1);
+    *j0 = s0 - k0 > 0 ? s0 - k0 : 0;
+    *j1 = s1 - k0 < nk - 1 ? s1 - k0 : nk - 1;
+}
+
+/* s[j] = exp(s[j] - ref) for the visible columns j0..j1 and 0 for the others (of nk);
+ * returns their sum. */
+static inline float attn_exp_row(float *s, int nk, int j0, int j1, float ref) {
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < nk; j++) {
+        s[j] = j >= j0 && j <= j1 ? cpu_expf(s[j] - ref) : 0.0f;
+        sum += s[j];
+    }
+    return sum;
+}
+
+/* Dropout scale of columns j0..j1 of query row `row` (its flat (B,NH,Tq) index) over keys
+ * from k0: mask / (1-p). */
+static inline void attn_drop_row(const attn_geom *g, float *scale, size_t row, int k0, int j0, int j1) {
+    const float keep = 1.0f / (1.0f - g->p);
+    const uint64_t base = (uint64_t)row * (uint64_t)g->Tk + (uint64_t)k0;
+    for (int j = j0; j <= j1; j++) scale[j] = dropout_keep(g->seed, base + (uint64_t)j, g->p) ? keep : 0.0f;
+}
+
+/* C(M,N) = alpha op(A) op(B) + beta C, row-major, as cblas_sgemm (beta 0: C is not read).
+ * Fewer than ATTN_BLAS_MIN_ROWS rows go through plain loops: OpenBLAS packs its operands
+ * first, which costs more than a product of one row. */
+static void attn_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M >= ATTN_BLAS_MIN_ROWS) {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+                    A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    for (int i = 0; i < M; i++) {
+        float *c = C + (size_t)i * ldc;
+        if (tb) {   /* B is (N,K): a dot product per column */
+            for (int j = 0; j < N; j++) {
+                const float *b = B + (size_t)j * ldb;
+                float d = 0;
+#pragma omp simd reduction(+ : d)
+                for (int k = 0; k < K; k++) d += (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) * b[k];
+                c[j] = beta == 0.0f ? alpha * d : alpha * d + beta * c[j];
+            }
+        } else {    /* B is (K,N): a sum of its rows */
+            for (int j = 0; j < N; j++) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
+            for (int k = 0; k < K; k++) {
+                const float a = alpha * (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+                const float *b = B + (size_t)k * ldb;
+#pragma omp simd
+                for (int j = 0; j < N; j++) c[j] += a * b[j];
+            }
+        }
+    }
+}
+
+/* The forward of one tile, with the online softmax over its key tiles:
+ * S = sc q k^T; per row a new maximum rescales the row's l and output; P = exp(S - m)
+ * (times the dropout scale) accumulates into out += P v. Ends with out /= l and, when L is
+ * not NULL, L[row] = m + log l. */
+static void attn_tile_forward(const attn_geom *g, const attn_tile *x, attn_rows Q, attn_rows K, attn_rows V,
+                              attn_rows O, float *L) {
+    const int HS = g->HS, c = x->h / g->G * HS;
+    float S[ATTN_QB * ATTN_KB], m[ATTN_QB], l[ATTN_QB], scale[ATTN_KB];
+    const float *q = attn_at(Q, x->b, x->t0, x->h * HS);
+    float *o = attn_at(O, x->b, x->t0, x->h * HS);
+    for (int i = 0; i < x->nq; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+        for (int j = 0; j < HS; j++) o[i * O.st + j] = 0.0f;
+    }
+    for (int k0 = x->k_lo; k0 <= x->k_hi; k0 += ATTN_KB) {
+        const int nk = x->k_hi - k0 + 1 < ATTN_KB ? x->k_hi - k0 + 1 : ATTN_KB;
+        attn_gemm(false, true, x->nq, nk, HS, g->sc, q, (int)Q.st,
+                  attn_at(K, x->b, k0, c), (int)K.st, 0.0f, S, ATTN_KB);
+        for (int i = 0; i < x->nq; i++) {
+            float *si = S + i * ATTN_KB, *oi = o + i * O.st, bm = -INFINITY;
+            int j0, j1;
+            attn_cols(g, x, i, k0, nk, &j0, &j1);
+            for (int j = j0; j <= j1; j++) bm = si[j] > bm ? si[j] : bm;
+            if (bm > m[i]) {   /* rescale what earlier key tiles summed (nothing before the first) */
+                const float corr = l[i] > 0 ? cpu_expf(m[i] - bm) : 0.0f;
+                l[i] *= corr;
+#pragma omp simd
+                for (int j = 0; j < HS; j++) oi[j] *= corr;
+                m[i] = bm;
+            }
+            l[i] += attn_exp_row(si, nk, j0, j1, m[i]);
+            if (g->p > 0 && j0 <= j1) {
+                attn_drop_row(g, scale, ((size_t)x->b * g->NH + x->h) * g->Tq + x->t0 + i, k0, j0, j1);
+                for (int j = j0; j <= j1; j++) si[j] *= scale[j];
+            }
+        }
+        attn_gemm(false, false, x->nq, HS, nk, 1.0f, S, ATTN_KB,
+                  attn_at(V, x->b, k0, c), (int)V.st, 1.0f, o, (int)O.st);
+    }
+    for (int i = 0; i < x->nq; i++) {
+        const float inv = 1.0f / l[i];
+        float *oi = o + i * O.st;
+#pragma omp simd
+        for (int j = 0; j < HS; j++) oi[j] *= inv;
+        if (L) L[((size_t)x->b * g->NH + x->h) * g->Tq + x->t0 + i] = m[i] + logf(l[i]);
+    }
+}
+
+void cpu_attention_forward(backend *be, backend_stream *s, tensor out, tensor lse, tensor q, tensor k,
+                           tensor v, int NH, int NKV, int W, float p, uint64_t seed) {
+    const attn_geom g = attn_geom_of(q, k, NH, NKV, W, p, seed);
+    const int QD = NH * g.HS, KD = NKV * g.HS, ntiles = (g.Tq + ATTN_QB - 1) / ATTN_QB;
+    const attn_rows Q = attn_rows_of(q, g.B, g.Tq, QD), K = attn_rows_of(k, g.B, g.Tk, KD),
+                    V = attn_rows_of(v, g.B, g.Tk, KD), O = attn_rows_of(out, g.B, g.Tq, QD);
+    float *L = tensor_is_none(lse) ? NULL : attn_lse_of(lse, g.B, NH, g.Tq);
+#pragma omp parallel for collapse(3) schedule(dynamic, 1) \
+    if ((size_t)g.B * NH * g.Tq * g.Tk * g.HS > CPU_PAR_MIN)
+    for (int b = 0; b < g.B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int n = 0; n < ntiles; n++) {
+                const attn_tile x = attn_tile_of(&g, b, h, n * ATTN_QB);
+                attn_tile_forward(&g, &x, Q, K, V, O, L);
+            }
+}
+
+/* The backward of one tile, per key tile, with P = exp(S - lse) recomputed, M the dropout
+ * scale (mask / (1-p), or 1) and D = rowsum(dout * out):
+ *   dP = dout v^T;  dS = sc P (M dP - D);  dv += (P M)^T dout;  dk += dS^T q;  dq += dS k.
+ * (D = sum over keys of P M dP, the softmax's row term, because out = (P M) v.) */
+static void attn_tile_backward(const attn_geom *g, const attn_tile *x, attn_rows Q, attn_rows K, attn_rows V,
+                               attn_rows O, attn_rows DO, attn_rows DQ, attn_rows DK, attn_rows DV,
+                               const float *L) {
+    const int HS = g->HS, c = x->h / g->G * HS;
+    const size_t row0 = ((size_t)x->b * g->NH + x->h) * g->Tq + x->t0;
+    float P[ATTN_QB * ATTN_KB], dS[ATTN_QB * ATTN_KB], D[ATTN_QB], scale[ATTN_KB];
+    const float *q = attn_at(Q, x->b, x->t0, x->h * HS), *dout = attn_at(DO, x->b, x->t0, x->h * HS);
+    float *dq = attn_at(DQ, x->b, x->t0, x->h * HS);
+    for (int i = 0; i < x->nq; i++) {
+        const float *d = dout + i * DO.st, *o = attn_at(O, x->b, x->t0 + i, x->h * HS);
+        float sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < HS; j++) sum += d[j] * o[j];
+        D[i] = sum;
+    }
+    for (int k0 = x->k_lo; k0 <= x->k_hi; k0 += ATTN_KB) {
+        const int nk = x->k_hi - k0 + 1 < ATTN_KB ? x->k_hi - k0 + 1 : ATTN_KB;
+        const float *kt = attn_at(K, x->b, k0, c);
+        attn_gemm(false, true, x->nq, nk, HS, g->sc, q, (int)Q.st, kt, (int)K.st, 0.0f, P, ATTN_KB);
+        attn_gemm(false, true, x->nq, nk, HS, 1.0f, dout, (int)DO.st,
+                  attn_at(V, x->b, k0, c), (int)V.st, 0.0f, dS, ATTN_KB);
+        for (int i = 0; i < x->nq; i++) {
+            float *pi = P + i * ATTN_KB, *di = dS + i * ATTN_KB;
+            int j0, j1;
+            attn_cols(g, x, i, k0, nk, &j0, &j1);
+            attn_exp_row(pi, nk, j0, j1, L[row0 + i]);
+            if (g->p > 0 && j0 <= j1) {
+                attn_drop_row(g, scale, row0 + i, k0, j0, j1);
+                for (int j = j0; j <= j1; j++) di[j] *= scale[j];
+            }
+#pragma omp simd
+            for (int j = 0; j < nk; j++) di[j] = g->sc * pi[j] * (di[j] - D[i]);   /* 0 where P is */
+            if (g->p > 0)
+                for (int j = j0; j <= j1; j++) pi[j] *= scale[j];
+        }
+        attn_gemm(true, false, nk, HS, x->nq, 1.0f, P, ATTN_KB, dout, (int)DO.st,
+                  1.0f, attn_at(DV, x->b, k0, c), (int)DV.st);
+        attn_gemm(true, false, nk, HS, x->nq, 1.0f, dS, ATTN_KB, q, (int)Q.st,
+                  1.0f, attn_at(DK, x->b, k0, c), (int)DK.st);
+        attn_gemm(false, false, x->nq, HS, nk, 1.0f, dS, ATTN_KB, kt, (int)K.st, 1.0f, dq, (int)DQ.st);
+    }
+}
+
+void cpu_attention_backward(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv, tensor dout,
+                            tensor q, tensor k, tensor v, tensor out, tensor lse, int NH, int NKV, int W,
+                            float p, uint64_t seed) {
+    const attn_geom g = attn_geom_of(q, k, NH, NKV, W, p, seed);
+    const int QD = NH * g.HS, KD = NKV * g.HS, ntiles = (g.Tq + ATTN_QB - 1) / ATTN_QB;
+    const attn_rows Q = attn_rows_of(q, g.B, g.Tq, QD), K = attn_rows_of(k, g.B, g.Tk, KD),
+                    V = attn_rows_of(v, g.B, g.Tk, KD), O = attn_rows_of(out, g.B, g.Tq, QD),
+                    DO = attn_rows_of(dout, g.B, g.Tq, QD), DQ = attn_rows_of(dq, g.B, g.Tq, QD),
+                    DK = attn_rows_of(dk, g.B, g.Tk, KD), DV = attn_rows_of(dv, g.B, g.Tk, KD);
+    const float *L = attn_lse_of(lse, g.B, NH, g.Tq);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) \
+    if ((size_t)g.B * NH * g.Tq * g.Tk * g.HS > CPU_PAR_MIN)
+    for (int b = 0; b < g.B; b++)
+        for (int kh = 0; kh < NKV; kh++)
+            for (int h = kh * g.G; h < (kh + 1) * g.G; h++)
+                for (int n = 0; n < ntiles; n++) {
+                    const attn_tile x = attn_tile_of(&g, b, h, n * ATTN_QB);
+                    attn_tile_backward(&g, &x, Q, K, V, O, DO, DQ, DK, DV, L);
+                }
+}

@@ -1,0 +1,44 @@
+/* backend/cpu internals shared by the CPU backend's files (cpu.c holds the op table,
+ * cpu_attention.c the attention ops): the vectorizable exponential, the parallel threshold,
+ * and the ops defined outside cpu.c. Not for callers: they use backend.h. */
+#ifndef SKEIN_CPU_IMPL_H
+#define SKEIN_CPU_IMPL_H
+
+#include "backend/backend.h"
+
+/* Below this many elements a loop runs on one thread: the fork costs more than it saves. */
+#define CPU_PAR_MIN 16384
+
+/* e^x to about 2 ulp for x in [-87, 88] (clamped outside), in a form gcc vectorizes:
+ * x = n ln2 + r with |r| <= ln2/2, e^r from its degree-6 Taylor polynomial (truncation
+ * < 1e-7 relative), 2^n assembled in the exponent bits. */
+static inline float cpu_expf(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float shifter = 12582912.0f;                 /* 1.5 * 2^23: rounds to an integer */
+    float t = x * 1.44269504088896341f + shifter;
+    float n = t - shifter;
+    float r = x - n * 0.693145751953125f;              /* ln2 split in two for exactness */
+    r = r - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { float f; uint32_t i; } tb = {t}, sc;
+    /* bits of shifter + n, minus shifter; unsigned, so a NaN input (whose t has any bits)
+     * gives some finite scale and the NaN in p carries through, without undefined shifts */
+    sc.i = (tb.i - 0x4B400000u + 127u) << 23;
+    return p * sc.f;
+}
+
+/* The attention ops (cpu_attention.c); contracts in backend.h. */
+void cpu_attention_forward(backend *be, backend_stream *s, tensor out, tensor lse, tensor q, tensor k,
+                           tensor v, int NH, int NKV, int W, float p, uint64_t seed);
+void cpu_attention_backward(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv, tensor dout,
+                            tensor q, tensor k, tensor v, tensor out, tensor lse, int NH, int NKV, int W,
+                            float p, uint64_t seed);
+
+#endif
