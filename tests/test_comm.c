@@ -24,7 +24,7 @@ static void world_free(void) { comm_free(g_comm); }
 static comm *world(void) {
     if (!g_comm && g_init_st == SK_OK) {
         const char *t = getenv("SKEIN_COMM_TIMEOUT");
-        g_init_st = comm_init("auto", t ? atof(t) : 60.0, &g_comm);
+        g_init_st = comm_init("auto", "cpu", t ? atof(t) : 60.0, &g_comm);
         if (g_init_st == SK_OK) {
             atexit(world_free);
             if (g_comm->rank == 0) printf("  comm %s, world %d\n", g_comm->name, g_comm->world);
@@ -40,7 +40,7 @@ TEST(all_reduce) {
     size_t n = 1037;
     float *buf = malloc(n * sizeof *buf);
     for (size_t i = 0; i < n; i++) buf[i] = (float)(c->rank * 1000 + (int)i);
-    sk_status st = c->ops->all_reduce_sum(c, buf, n);
+    sk_status st = comm_all_reduce(c, buf, n, DT_F32, NULL);
     CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
     int W = c->world, bad = 0;
     for (size_t i = 0; i < n; i++) {
@@ -49,14 +49,14 @@ TEST(all_reduce) {
     }
     free(buf);
     CHECK(bad == 0);
-    CHECK(c->ops->all_reduce_sum(c, NULL, 0) == SK_OK);
+    CHECK(comm_all_reduce(c, NULL, 0, DT_F32, NULL) == SK_OK);
 }
 
 TEST(all_reduce_f64) {
     comm *c = world();
     CHECK(c);
     double v[3] = {c->rank + 0.5, -1.25 * c->rank, 1e15};
-    CHECK_MSG(c->ops->all_reduce_sum_f64(c, v, 3) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_all_reduce_f64(c, v, 3) == SK_OK, "%s", sk_errmsg());
     int W = c->world;
     CHECK_NEAR(v[0], W * (W - 1) / 2.0 + 0.5 * W, 0);
     CHECK_NEAR(v[1], -1.25 * W * (W - 1) / 2.0, 0);
@@ -69,7 +69,7 @@ TEST(reduce_scatter) {
     size_t chunk = 33, W = (size_t)c->world;
     float *send = malloc(W * chunk * sizeof *send), *recv = malloc(chunk * sizeof *recv);
     for (size_t j = 0; j < W * chunk; j++) send[j] = (float)(c->rank + (int)j);
-    CHECK_MSG(c->ops->reduce_scatter_sum(c, send, recv, chunk) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_reduce_scatter(c, send, recv, chunk, DT_F32, NULL) == SK_OK, "%s", sk_errmsg());
     int bad = 0;
     for (size_t i = 0; i < chunk; i++) {
         size_t j = (size_t)c->rank * chunk + i;
@@ -94,7 +94,7 @@ TEST(all_gather) {
             memcpy(recv + (size_t)c->rank * chunk, send, chunk * sizeof *send);
             src = recv + (size_t)c->rank * chunk;
         }
-        CHECK_MSG(c->ops->all_gather(c, src, recv, chunk) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(comm_all_gather(c, src, recv, chunk, DT_F32, NULL) == SK_OK, "%s", sk_errmsg());
         int bad = 0;
         for (size_t r = 0; r < W; r++)
             for (size_t i = 0; i < chunk; i++) {
@@ -114,12 +114,12 @@ TEST(broadcast) {
     unsigned char buf[301];
     for (int root = 0; root < c->world; root++) {
         for (size_t i = 0; i < sizeof buf; i++) buf[i] = c->rank == root ? (unsigned char)(i * 7 + root) : 0xEE;
-        CHECK_MSG(c->ops->broadcast(c, buf, sizeof buf, root) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(comm_broadcast(c, buf, sizeof buf, root) == SK_OK, "%s", sk_errmsg());
         for (size_t i = 0; i < sizeof buf; i++)
             CHECK_MSG(buf[i] == (unsigned char)(i * 7 + root), "root %d byte %zu", root, i);
     }
-    CHECK(c->ops->broadcast(c, buf, 1, c->world) == SK_EARG);
-    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(comm_broadcast(c, buf, 1, c->world) == SK_EARG);
+    CHECK(comm_barrier(c) == SK_OK);
 }
 
 TEST(fetch_add) {
@@ -127,16 +127,16 @@ TEST(fetch_add) {
     CHECK(c);
     enum { K = 100 };
     int W = c->world;
-    CHECK_MSG(c->ops->counter_set(c, 0) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_counter_set(c, 0) == SK_OK, "%s", sk_errmsg());
     float mine[K];
     for (int k = 0; k < K; k++) {
         int64_t old = -1;
-        CHECK_MSG(c->ops->fetch_add(c, 1, &old) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(comm_fetch_add(c, 1, &old) == SK_OK, "%s", sk_errmsg());
         mine[k] = (float)old;
     }
     /* Every value 0..W*K-1 handed out exactly once. */
     float *all = malloc((size_t)W * K * sizeof *all);
-    CHECK(c->ops->all_gather(c, mine, all, K) == SK_OK);
+    CHECK(comm_all_gather(c, mine, all, K, DT_F32, NULL) == SK_OK);
     char *seen = calloc((size_t)W * K, 1);
     int bad = 0;
     for (int j = 0; j < W * K; j++) {
@@ -147,12 +147,12 @@ TEST(fetch_add) {
     free(seen);
     CHECK_MSG(bad == 0, "%d values out of range or repeated", bad);
     int64_t total = -1;
-    CHECK(c->ops->fetch_add(c, 0, &total) == SK_OK);
+    CHECK(comm_fetch_add(c, 0, &total) == SK_OK);
     CHECK_MSG(total == (int64_t)W * K, "counter %lld", (long long)total);
-    CHECK(c->ops->counter_set(c, 42) == SK_OK);
-    CHECK(c->ops->fetch_add(c, 0, &total) == SK_OK);
+    CHECK(comm_counter_set(c, 42) == SK_OK);
+    CHECK(comm_fetch_add(c, 0, &total) == SK_OK);
     CHECK_MSG(total == 42, "after counter_set(42): %lld", (long long)total);
-    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(comm_barrier(c) == SK_OK);
 }
 
 /* Sets, clears and restores the launcher variables around the env cases. */
@@ -237,15 +237,15 @@ TEST(launch_env) {
 
 TEST(init_errors) {
     comm *c = NULL;
-    CHECK(comm_init("carrier-pigeon", 10, &c) == SK_EARG && !c);
+    CHECK(comm_init("carrier-pigeon", "cpu", 10, &c) == SK_EARG && !c);
     CHECK(strstr(sk_errmsg(), "carrier-pigeon"));
-    CHECK(comm_init("local", 0, &c) == SK_EARG);
-    CHECK(comm_init("local", 5, &c) == SK_OK && c->world == 1 && !strcmp(c->name, "local"));
+    CHECK(comm_init("local", "cpu", 0, &c) == SK_EARG);
+    CHECK(comm_init("local", "cpu", 5, &c) == SK_OK && c->world == 1 && !strcmp(c->name, "local"));
     float x[4] = {1, 2, 3, 4}, y[4];
-    CHECK(c->ops->reduce_scatter_sum(c, x, y, 4) == SK_OK && y[3] == 4);
+    CHECK(comm_reduce_scatter(c, x, y, 4, DT_F32, NULL) == SK_OK && y[3] == 4);
     int64_t old;
-    CHECK(c->ops->counter_set(c, 5) == SK_OK && c->ops->fetch_add(c, 3, &old) == SK_OK && old == 5);
-    CHECK(c->ops->fetch_add(c, 0, &old) == SK_OK && old == 8);
+    CHECK(comm_counter_set(c, 5) == SK_OK && comm_fetch_add(c, 3, &old) == SK_OK && old == 5);
+    CHECK(comm_fetch_add(c, 0, &old) == SK_OK && old == 8);
     comm_free(c);
 }
 
@@ -255,27 +255,27 @@ TEST(init_errors) {
 TEST(nccl_host_buffers) {
     if (!getenv("SKEIN_TEST_NCCL")) return;
     comm *c = NULL;
-    CHECK_MSG(comm_init("nccl", 60, &c) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_init("nccl", "cuda", 60, &c) == SK_OK, "%s", sk_errmsg());
     int W = c->world;
     double v[2] = {c->rank + 1.0, 0.25};
-    CHECK_MSG(c->ops->all_reduce_sum_f64(c, v, 2) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_all_reduce_f64(c, v, 2) == SK_OK, "%s", sk_errmsg());
     CHECK_NEAR(v[0], W * (W + 1) / 2.0, 0);
     CHECK_NEAR(v[1], 0.25 * W, 0);
     unsigned char b[1000];
     for (int root = 0; root < W; root++) {
         for (size_t i = 0; i < sizeof b; i++) b[i] = c->rank == root ? (unsigned char)(i + root) : 0;
-        CHECK_MSG(c->ops->broadcast(c, b, sizeof b, root) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(comm_broadcast(c, b, sizeof b, root) == SK_OK, "%s", sk_errmsg());
         for (size_t i = 0; i < sizeof b; i++) CHECK(b[i] == (unsigned char)(i + root));
     }
-    CHECK(c->ops->barrier(c) == SK_OK);
-    CHECK(c->ops->counter_set(c, 0) == SK_OK);
+    CHECK(comm_barrier(c) == SK_OK);
+    CHECK(comm_counter_set(c, 0) == SK_OK);
     int64_t old = -1;
-    for (int k = 0; k < 10; k++) CHECK(c->ops->fetch_add(c, 1, &old) == SK_OK && old >= 0 && old < 10 * W);
-    CHECK(c->ops->barrier(c) == SK_OK);
-    CHECK(c->ops->fetch_add(c, 0, &old) == SK_OK && old == 10 * W);
+    for (int k = 0; k < 10; k++) CHECK(comm_fetch_add(c, 1, &old) == SK_OK && old >= 0 && old < 10 * W);
+    CHECK(comm_barrier(c) == SK_OK);
+    CHECK(comm_fetch_add(c, 0, &old) == SK_OK && old == 10 * W);
     float x = 1;
-    CHECK(c->ops->all_reduce_sum(c, &x, 1) == SK_EARG);
-    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(comm_all_reduce(c, &x, 1, DT_F32, NULL) == SK_EARG);
+    CHECK(comm_barrier(c) == SK_OK);
     comm_free(c);
 }
 
@@ -287,20 +287,20 @@ TEST(fault) {
     const char *f = getenv("SKEIN_COMM_FAULT");
     float x = 1;
     if (!f) {
-        CHECK(c->ops->all_reduce_sum(c, &x, 1) == SK_OK && x == (float)c->world);
+        CHECK(comm_all_reduce(c, &x, 1, DT_F32, NULL) == SK_OK && x == (float)c->world);
         return;
     }
     int who = -1;
     double sleep_s = 0;
     int is_kill = !strncmp(f, "kill:", 5);
     CHECK(sscanf(f + (is_kill ? 5 : 6), "%d:%lf", &who, &sleep_s) >= 1);
-    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(comm_barrier(c) == SK_OK);
     if (c->rank == who) {
         if (is_kill) raise(SIGKILL);
         usleep((useconds_t)(sleep_s * 1e6));
     }
     double t0 = time_now();
-    sk_status st = c->ops->all_reduce_sum(c, &x, 1);
+    sk_status st = comm_all_reduce(c, &x, 1, DT_F32, NULL);
     double dt = time_now() - t0;
     printf("  rank %d: %s after %.2f s: %s\n", c->rank, sk_status_name(st), dt, st ? sk_errmsg() : "");
     fflush(stdout);
@@ -311,7 +311,7 @@ TEST(fault) {
     CHECK_MSG(strstr(sk_errmsg(), "all_reduce") && strstr(sk_errmsg(), want), "%s", sk_errmsg());
     CHECK_MSG(dt < c->timeout_s + 3, "%.2f s", dt);
     /* Later calls fail at once; comm_free (atexit) ends the job. */
-    CHECK(c->ops->barrier(c) == SK_ECOMM);
+    CHECK(comm_barrier(c) == SK_ECOMM);
 }
 
 TEST_MAIN()

@@ -55,7 +55,7 @@ static int bench_train(int argc, char **argv) {
     if (zero_stage < 0 || zero_stage > 3)
         return cli_fail(sk_fail(SK_EARG, "bench train: --zero must be 0, 1, 2 or 3, got %ld", zero_stage));
     comm *c = NULL;
-    if ((st = comm_init("auto", 120.0, &c))) return cli_fail(st);
+    if ((st = comm_init("auto", device, 120.0, &c))) return cli_fail(st);
     const int rank = c->rank, world = c->world;
     if (rank != 0) log_set_quiet(true);
     backend *be = backend_create(device);
@@ -132,7 +132,7 @@ static int bench_train(int argc, char **argv) {
     me[5] = (double)plan.total;
     me[6] = (double)zero_proc_bytes(true);
     me[7] = (double)baseline;
-    if (world > 1 && (st = c->ops->all_reduce_sum_f64(c, mem, 8 * (size_t)world))) goto done;
+    if (world > 1 && (st = comm_all_reduce_f64(c, mem, 8 * (size_t)world))) goto done;
     double ms = median(t_step, (int)steps);
     if (rank == 0) {
         for (int k = 0; k < world; k++) {

@@ -223,7 +223,7 @@ static sk_status agree(trainer *tr, sk_status local, const char *what) {
     double failed = local != SK_OK;
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", sk_errmsg());
-    sk_status st = tr->c->ops->all_reduce_sum_f64(tr->c, &failed, 1);
+    sk_status st = comm_all_reduce_f64(tr->c, &failed, 1);
     if (st != SK_OK) return st;
     if (local != SK_OK) return sk_fail(local, "%s", msg);
     if (failed > 0) return sk_fail(SK_ECOMM, "%s failed on another rank", what);
@@ -236,7 +236,7 @@ static sk_status dispense(trainer *tr, int64_t *old) {
         *old = tr->local_counter++;
         return SK_OK;
     }
-    return tr->c->ops->fetch_add(tr->c, 1, old);
+    return comm_fetch_add(tr->c, 1, old);
 }
 
 /* Forward and backward of the n samples at step offsets [first, first+n); adds the summed
@@ -306,7 +306,7 @@ static sk_status train_step(trainer *tr, float lr, double *loss, double *grad_no
     SK_TRY(zero_end_step(tr->z, grad_norm));
     tr->stats[1 + STAT_N * r + STAT_WAIT] = 1e3 * (time_now() - t_wait);
     tr->stats[0] = sum;
-    if (tr->c && W > 1) SK_TRY(tr->c->ops->all_reduce_sum_f64(tr->c, tr->stats, (size_t)(1 + STAT_N * W)));
+    if (tr->c && W > 1) SK_TRY(comm_all_reduce_f64(tr->c, tr->stats, (size_t)(1 + STAT_N * W)));
     *loss = tr->stats[0] / tokens;
     if (!isfinite(*loss))
         return sk_fail(SK_ESTATE, "train: the loss became %g at step %ld; try a lower --lr", *loss, tr->st.step + 1);
@@ -389,7 +389,7 @@ static sk_status gather_memory(trainer *tr, bool measured, double *all) {
     me[MEM_PEAK_PLAN] = (double)p->peak;
     me[MEM_BASELINE] = (double)tr->baseline_rss;
     me[MEM_MEASURED] = measured ? (double)zero_proc_bytes(true) : 0;
-    if (tr->c && tr->world > 1) return tr->c->ops->all_reduce_sum_f64(tr->c, all, (size_t)(MEM_N * tr->world));
+    if (tr->c && tr->world > 1) return comm_all_reduce_f64(tr->c, all, (size_t)(MEM_N * tr->world));
     return SK_OK;
 }
 
@@ -625,7 +625,7 @@ sk_status train_run(const train_opts *o) {
     tr.targets = mem_alloc(sizeof(int) * (size_t)(tr.micro_batch * o->seq));
     tr.stats = mem_calloc(sizeof(double) * (size_t)(1 + STAT_N * tr.world));
     if (!tr.inputs || !tr.targets || !tr.stats) { st = SK_ENOMEM; goto done; }
-    if (o->dynamic && tr.c && (st = tr.c->ops->counter_set(tr.c, 0))) goto done;
+    if (o->dynamic && tr.c && (st = comm_counter_set(tr.c, 0))) goto done;
     if (o->sample_log) {
         char path[4096], name[64];
         snprintf(name, sizeof name, "samples-rank%d.txt", tr.rank);
