@@ -2,7 +2,11 @@
  * program runs in. Run directly (tests/run.sh) it is a world of one ("local"); tests/cli_dist.sh
  * runs it under `mpirun -n 2` and `-n 3`, with SKEIN_COMM_CHUNK=7 to split every call into
  * small pieces, and with SKEIN_COMM_FAULT to check what a sleeping or killed rank does to the
- * others. Values are small integers, so float sums are exact and compared with ==.
+ * others, blocked in a call (case fault) or with a request in flight (fault_async). Values
+ * are small integers, so float sums are exact and compared with ==; bf16 sums are compared
+ * with round(a + b) at two ranks, where rounding happens, and exactly elsewhere (integers).
+ * Asynchronous cases keep several requests in flight, wait in another order than started,
+ * and compute on the main thread while the communication thread progresses a request.
  *
  * SKEIN_COMM_FAULT=sleep:R:S  rank R sleeps S seconds before an all_reduce; the others must
  *                             get SK_ECOMM naming rank R within the timeout (+ grace).
@@ -13,6 +17,7 @@
 #include <string.h>
 
 #include "comm/comm.h"
+#include "tensor/dtype.h"
 #include "test.h"
 
 static comm *g_comm;
@@ -155,6 +160,93 @@ TEST(fetch_add) {
     CHECK(comm_barrier(c) == SK_OK);
 }
 
+/* bf16 element i of rank r's contribution: at two ranks values whose sum needs rounding
+ * (1 + i/64 plus r * 3/512), elsewhere small integers (exact at any order of the sums). */
+static float bf16_value(int W, int r, size_t i) {
+    return W == 2 ? bf16_to_f32(f32_to_bf16(1.0f + (float)(i % 64) / 64.0f + (float)r * 3.0f / 512.0f))
+                  : (float)((int)(i % 13) + 2 * r);
+}
+
+/* The sum comm.h promises for element i: at two ranks round(a + b) in f32, else exact. */
+static float bf16_want(int W, size_t i) {
+    if (W == 2) return bf16_to_f32(f32_to_bf16(bf16_value(2, 0, i) + bf16_value(2, 1, i)));
+    float s = 0;
+    for (int r = 0; r < W; r++) s += bf16_value(W, r, i);
+    return s;
+}
+
+/* all_reduce, reduce_scatter and all_gather in bf16, all three in flight at once, waited
+ * for in reverse order. */
+TEST(bf16_async) {
+    comm *c = world();
+    CHECK(c);
+    const int W = c->world;
+    const size_t n = 301, chunk = 37;
+    uint16_t *ar = malloc(n * 2), *rs = malloc((size_t)W * chunk * 2), *rr = malloc(chunk * 2);
+    uint16_t *ag = malloc(chunk * 2), *all = malloc((size_t)W * chunk * 2);
+    for (size_t i = 0; i < n; i++) ar[i] = f32_to_bf16(bf16_value(W, c->rank, i));
+    for (size_t j = 0; j < (size_t)W * chunk; j++) rs[j] = f32_to_bf16(bf16_value(W, c->rank, j));
+    for (size_t i = 0; i < chunk; i++) ag[i] = f32_to_bf16((float)(c->rank * 64 + (int)i));
+    comm_req *r1, *r2, *r3;
+    CHECK_MSG(comm_all_reduce_async(c, ar, n, DT_BF16, NULL, &r1) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_reduce_scatter_async(c, rs, rr, chunk, DT_BF16, NULL, &r2) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_all_gather_async(c, ag, all, chunk, DT_BF16, NULL, &r3) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_wait(c, r3) == SK_OK && comm_wait(c, r2) == SK_OK && comm_wait(c, r1) == SK_OK, "%s", sk_errmsg());
+    int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (bf16_to_f32(ar[i]) != bf16_want(W, i) && bad++ < 5)
+            printf("  all_reduce [%zu] %g, want %g\n", i, bf16_to_f32(ar[i]), bf16_want(W, i));
+    for (size_t i = 0; i < chunk; i++) {
+        size_t j = (size_t)c->rank * chunk + i;
+        if (bf16_to_f32(rr[i]) != bf16_want(W, j) && bad++ < 5)
+            printf("  reduce_scatter [%zu] %g, want %g\n", i, bf16_to_f32(rr[i]), bf16_want(W, j));
+    }
+    for (size_t j = 0; j < (size_t)W * chunk; j++)
+        if (bf16_to_f32(all[j]) != (float)((int)(j / chunk) * 64 + (int)(j % chunk)) && bad++ < 5)
+            printf("  all_gather [%zu] %g\n", j, bf16_to_f32(all[j]));
+    free(ar), free(rs), free(rr), free(ag), free(all);
+    CHECK(bad == 0);
+    /* other element types are refused by name; a NULL request waits for nothing */
+    double d = 0;
+    comm_req *none = NULL;
+    CHECK(comm_all_reduce_async(c, &d, 1, DT_I64, NULL, &none) == SK_EARG && !none);
+    CHECK_MSG(strstr(sk_errmsg(), "all_reduce") && strstr(sk_errmsg(), "I64"), "%s", sk_errmsg());
+    CHECK(comm_wait(c, NULL) == SK_OK);
+}
+
+/* f32 reduce-scatter of a few MB left in flight while this thread computes: it completes
+ * without a wait (comm_test), so the communication progresses on its own; the result is
+ * the sum. Bounded by the timeout. */
+TEST(async_progress_while_computing) {
+    comm *c = world();
+    CHECK(c);
+    /* a few MB, or small where SKEIN_COMM_CHUNK splits it into pieces of a few elements */
+    const size_t W = (size_t)c->world, chunk = getenv("SKEIN_COMM_CHUNK") ? 1000 : (size_t)1 << 19;
+    float *send = malloc(W * chunk * sizeof *send), *recv = malloc(chunk * sizeof *recv);
+    for (size_t j = 0; j < W * chunk; j++) send[j] = (float)(c->rank + (int)(j % 1000));
+    comm_req *r;
+    CHECK_MSG(comm_reduce_scatter_async(c, send, recv, chunk, DT_F32, NULL, &r) == SK_OK, "%s", sk_errmsg());
+    bool done = false;
+    double t0 = time_now(), acc = 0;
+    long rounds = 0;
+    while (!done && time_now() - t0 < c->timeout_s) {
+        for (int k = 0; k < 100000; k++) acc += 1e-9 * k;   /* the "compute" */
+        rounds++;
+        CHECK_MSG(comm_test(c, r, &done) == SK_OK, "%s", sk_errmsg());
+    }
+    CHECK_MSG(done, "not complete after %.1f s of computing", time_now() - t0);
+    CHECK(comm_wait(c, r) == SK_OK && acc > 0 && rounds > 0);
+    int bad = 0;
+    for (size_t i = 0; i < chunk; i++) {
+        size_t j = (size_t)c->rank * chunk + i;
+        float want = (float)(W * (W - 1) / 2 + W * (j % 1000));
+        if (recv[i] != want && bad++ < 5) printf("  [%zu] %g, want %g\n", i, recv[i], want);
+    }
+    free(send);
+    free(recv);
+    CHECK(bad == 0);
+}
+
 /* Sets, clears and restores the launcher variables around the env cases. */
 static const char *env_names[] = {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
                                   "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "SLURM_NTASKS",
@@ -279,38 +371,87 @@ TEST(nccl_host_buffers) {
     comm_free(c);
 }
 
+/* SKEIN_COMM_FAULT read into the rank that misbehaves (-1: none) and how. */
+static int fault_spec(bool *is_kill, double *sleep_s) {
+    const char *f = getenv("SKEIN_COMM_FAULT");
+    int who = -1;
+    *sleep_s = 0;
+    *is_kill = f && !strncmp(f, "kill:", 5);
+    if (f && sscanf(f + (*is_kill ? 5 : 6), "%d:%lf", &who, sleep_s) < 1) who = -1;
+    return who;
+}
+
+/* Rank `who` kills itself or sleeps, after every rank has met. */
+static void fault_act(comm *c, int who, bool is_kill, double sleep_s) {
+    if (comm_barrier(c) != SK_OK || c->rank != who) return;
+    if (is_kill) raise(SIGKILL);
+    usleep((useconds_t)(sleep_s * 1e6));
+}
+
+/* What the others must see: SK_ECOMM naming the operation and rank `who`. */
+static bool fault_named(sk_status st, int who) {
+    char want[64];
+    snprintf(want, sizeof want, "no answer from rank(s) %d ", who);
+    return st == SK_ECOMM && strstr(sk_errmsg(), "all_reduce") && strstr(sk_errmsg(), want);
+}
+
 /* Without SKEIN_COMM_FAULT: a collective under the communicator's timeout simply completes.
  * With it, see the file comment. */
 TEST(fault) {
     comm *c = world();
     CHECK(c);
-    const char *f = getenv("SKEIN_COMM_FAULT");
+    bool is_kill;
+    double sleep_s;
+    int who = fault_spec(&is_kill, &sleep_s);
     float x = 1;
-    if (!f) {
+    if (who < 0) {
         CHECK(comm_all_reduce(c, &x, 1, DT_F32, NULL) == SK_OK && x == (float)c->world);
         return;
     }
-    int who = -1;
-    double sleep_s = 0;
-    int is_kill = !strncmp(f, "kill:", 5);
-    CHECK(sscanf(f + (is_kill ? 5 : 6), "%d:%lf", &who, &sleep_s) >= 1);
-    CHECK(comm_barrier(c) == SK_OK);
-    if (c->rank == who) {
-        if (is_kill) raise(SIGKILL);
-        usleep((useconds_t)(sleep_s * 1e6));
-    }
+    fault_act(c, who, is_kill, sleep_s);
     double t0 = time_now();
     sk_status st = comm_all_reduce(c, &x, 1, DT_F32, NULL);
     double dt = time_now() - t0;
     printf("  rank %d: %s after %.2f s: %s\n", c->rank, sk_status_name(st), dt, st ? sk_errmsg() : "");
     fflush(stdout);
     CHECK(c->rank != who);
-    CHECK(st == SK_ECOMM);
-    char want[64];
-    snprintf(want, sizeof want, "no answer from rank(s) %d ", who);
-    CHECK_MSG(strstr(sk_errmsg(), "all_reduce") && strstr(sk_errmsg(), want), "%s", sk_errmsg());
+    CHECK_MSG(fault_named(st, who), "%s", sk_errmsg());
     CHECK_MSG(dt < c->timeout_s + 3, "%.2f s", dt);
     /* Later calls fail at once; comm_free (atexit) ends the job. */
+    CHECK(comm_barrier(c) == SK_ECOMM);
+}
+
+/* The same with the request in flight while this thread computes: the failure is found
+ * without a wait (comm_test), and the wait then returns it. */
+TEST(fault_async) {
+    comm *c = world();
+    CHECK(c);
+    bool is_kill;
+    double sleep_s;
+    int who = fault_spec(&is_kill, &sleep_s);
+    float x = 1;
+    comm_req *r;
+    if (who >= 0) fault_act(c, who, is_kill, sleep_s);
+    double t0 = time_now(), acc = 0;
+    CHECK(comm_all_reduce_async(c, &x, 1, DT_F32, NULL, &r) == SK_OK);
+    bool done = false;
+    sk_status st = SK_OK;
+    while (!done && time_now() - t0 < c->timeout_s + 5) {
+        for (int k = 0; k < 100000; k++) acc += 1e-9 * k;
+        st = comm_test(c, r, &done);
+    }
+    sk_status wst = comm_wait(c, r);
+    double dt = time_now() - t0;
+    if (who < 0) {
+        CHECK(done && st == SK_OK && wst == SK_OK && x == (float)c->world);
+        return;
+    }
+    printf("  rank %d: %s after %.2f s (request in flight): %s\n", c->rank, sk_status_name(wst), dt,
+           wst ? sk_errmsg() : "");
+    fflush(stdout);
+    CHECK(c->rank != who && done && acc > 0);
+    CHECK_MSG(st == SK_ECOMM && fault_named(wst, who), "%s", sk_errmsg());
+    CHECK_MSG(dt < c->timeout_s + 3, "%.2f s", dt);
     CHECK(comm_barrier(c) == SK_ECOMM);
 }
 

@@ -488,7 +488,9 @@ static void *mpi_thread(void *arg) {
             continue;
         }
         pthread_mutex_unlock(&m->mu);
+        size_t step = m->slot[r->slot].step;
         int rc = mpi_progress(c, r, &m->slot[r->slot]);
+        if (m->slot[r->slot].step != step) spins = 0;   /* a piece completed: keep going fast */
         mpi_answer_pings(c);
         if (rc != 0) {
             pthread_mutex_lock(&m->mu);
