@@ -1,6 +1,8 @@
 /* skein bench train: times training steps (forward, backward, gradient reduction and norm,
  * AdamW) of a model on random tokens and prints one JSON line last: the median step time after
- * two untimed warm-up steps, tokens/s, the median of each phase and the peak resident memory.
+ * two untimed warm-up steps, tokens/s, the median of each phase, of the time blocked waiting for
+ * collectives (comm_wait_ms: what overlapping did not hide; SKEIN_ZERO_OVERLAP=0 turns the
+ * overlap off) and the peak resident memory.
  * Under mpirun (or --workers N) every rank runs its slice of --batch (the global batch) at the
  * ZeRO stage of --zero; rank 0 prints the line, with every rank's memory plan and peak. */
 #include <stdio.h>
@@ -90,7 +92,7 @@ static int bench_train(int argc, char **argv) {
     }
     if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
-    times = mem_alloc(sizeof(double) * 4 * (size_t)steps);
+    times = mem_alloc(sizeof(double) * 5 * (size_t)steps);
     mem = mem_calloc(sizeof(double) * 8 * (size_t)world);
     if (!tokens || !times || !mem) { st = SK_ENOMEM; goto done; }
     rng r;
@@ -98,7 +100,8 @@ static int bench_train(int argc, char **argv) {
     for (long i = 0; i <= B * T; i++) tokens[i] = (int)rng_below(&r, (uint64_t)m->cfg.vocab_size);
     opt_hparams hp;
     opt_hparams_default(&hp);
-    double *t_step = times, *t_fwd = times + steps, *t_bwd = times + 2 * steps, *t_opt = times + 3 * steps;
+    double *t_step = times, *t_fwd = times + steps, *t_bwd = times + 2 * steps, *t_opt = times + 3 * steps,
+           *t_wait = times + 4 * steps;
     if (rank == 0)
         fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens, %d rank%s, ZeRO-%ld, %d threads\n",
                 dir ? dir : preset, m->n_params, B, T, world, world > 1 ? "s" : "", zero_stage, omp_get_max_threads());
@@ -120,7 +123,8 @@ static int bench_train(int argc, char **argv) {
         t_fwd[s] = 1e3 * (t1 - t0);
         t_bwd[s] = 1e3 * (t2 - t1);
         t_opt[s] = 1e3 * (t3 - t2);
-        if (rank == 0) fprintf(stderr, "  step %ld: %.1f ms\n", s + 1, t_step[s]);
+        t_wait[s] = 1e3 * zero_comm_wait_s(z);
+        if (rank == 0) fprintf(stderr, "  step %ld: %.1f ms (%.1f ms waiting for collectives)\n", s + 1, t_step[s], t_wait[s]);
     }
     /* every rank's plan and peak, to rank 0 */
     double *me = mem + 8 * rank;
@@ -144,10 +148,11 @@ static int bench_train(int argc, char **argv) {
         printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
                "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"ms_per_step\": %.6g, "
                "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"optimizer_ms\": %.6g, "
+               "\"comm_wait_ms\": %.6g, \"overlap\": %s, "
                "\"peak_bytes\": %.0f, \"ranks\": [",
                dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, ms,
                (double)(B * T) / (ms / 1e3), median(t_fwd, (int)steps), median(t_bwd, (int)steps),
-               median(t_opt, (int)steps), mem[6]);
+               median(t_opt, (int)steps), median(t_wait, (int)steps), zero_overlaps(z) ? "true" : "false", mem[6]);
         for (int k = 0; k < world; k++) {
             const double *v = mem + 8 * k;
             printf("%s{\"rank\": %d, \"params\": %.0f, \"grads\": %.0f, \"optimizer\": %.0f, \"buffers\": %.0f, "

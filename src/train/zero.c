@@ -436,6 +436,7 @@ int zero_stage(const zero *z) { return z->stage; }
 sk_status zero_status(const zero *z) { return z->err; }
 long zero_opt_steps(const zero *z) { return z->opt.step; }
 double zero_comm_wait_s(const zero *z) { return z->wait_s; }
+bool zero_overlaps(const zero *z) { return z->overlap; }
 
 /* ---- the step ---- */
 

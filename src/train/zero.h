@@ -100,6 +100,8 @@ long zero_opt_steps(const zero *z);
 /* Seconds this rank spent blocked waiting for collectives since zero_begin_step: with
  * overlap, the communication the computation did not hide. */
 double zero_comm_wait_s(const zero *z);
+/* Whether collectives overlap compute (false under SKEIN_ZERO_OVERLAP=0). */
+bool zero_overlaps(const zero *z);
 
 /* Collective: writes the full parameters (n_params floats, host memory) into full on rank 0;
  * other ranks pass NULL. */
