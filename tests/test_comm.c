@@ -2,7 +2,11 @@
  * program runs in. Run directly (tests/run.sh) it is a world of one ("local"); tests/cli_dist.sh
  * runs it under `mpirun -n 2` and `-n 3`, with SKEIN_COMM_CHUNK=7 to split every call into
  * small pieces, and with SKEIN_COMM_FAULT to check what a sleeping or killed rank does to the
- * others. Values are small integers, so float sums are exact and compared with ==.
+ * others, blocked in a call (case fault) or with a request in flight (fault_async). Values
+ * are small integers, so float sums are exact and compared with ==; bf16 sums are compared
+ * with round(a + b) at two ranks, where rounding happens, and exactly elsewhere (integers).
+ * Asynchronous cases keep several requests in flight, wait in another order than started,
+ * and compute on the main thread while the communication thread progresses a request.
  *
  * SKEIN_COMM_FAULT=sleep:R:S  rank R sleeps S seconds before an all_reduce; the others must
  *                             get SK_ECOMM naming rank R within the timeout (+ grace).
@@ -13,6 +17,7 @@
 #include <string.h>
 
 #include "comm/comm.h"
+#include "tensor/dtype.h"
 #include "test.h"
 
 static comm *g_comm;
@@ -24,7 +29,7 @@ static void world_free(void) { comm_free(g_comm); }
 static comm *world(void) {
     if (!g_comm && g_init_st == SK_OK) {
         const char *t = getenv("SKEIN_COMM_TIMEOUT");
-        g_init_st = comm_init("auto", t ? atof(t) : 60.0, &g_comm);
+        g_init_st = comm_init("auto", "cpu", t ? atof(t) : 60.0, &g_comm);
         if (g_init_st == SK_OK) {
             atexit(world_free);
             if (g_comm->rank == 0) printf("  comm %s, world %d\n", g_comm->name, g_comm->world);
@@ -40,7 +45,7 @@ TEST(all_reduce) {
     size_t n = 1037;
     float *buf = malloc(n * sizeof *buf);
     for (size_t i = 0; i < n; i++) buf[i] = (float)(c->rank * 1000 + (int)i);
-    sk_status st = c->ops->all_reduce_sum(c, buf, n);
+    sk_status st = comm_all_reduce(c, buf, n, DT_F32, NULL);
     CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
     int W = c->world, bad = 0;
     for (size_t i = 0; i < n; i++) {
@@ -49,14 +54,14 @@ TEST(all_reduce) {
     }
     free(buf);
     CHECK(bad == 0);
-    CHECK(c->ops->all_reduce_sum(c, NULL, 0) == SK_OK);
+    CHECK(comm_all_reduce(c, NULL, 0, DT_F32, NULL) == SK_OK);
 }
 
 TEST(all_reduce_f64) {
     comm *c = world();
     CHECK(c);
     double v[3] = {c->rank + 0.5, -1.25 * c->rank, 1e15};
-    CHECK_MSG(c->ops->all_reduce_sum_f64(c, v, 3) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_all_reduce_f64(c, v, 3) == SK_OK, "%s", sk_errmsg());
     int W = c->world;
     CHECK_NEAR(v[0], W * (W - 1) / 2.0 + 0.5 * W, 0);
     CHECK_NEAR(v[1], -1.25 * W * (W - 1) / 2.0, 0);
@@ -69,7 +74,7 @@ TEST(reduce_scatter) {
     size_t chunk = 33, W = (size_t)c->world;
     float *send = malloc(W * chunk * sizeof *send), *recv = malloc(chunk * sizeof *recv);
     for (size_t j = 0; j < W * chunk; j++) send[j] = (float)(c->rank + (int)j);
-    CHECK_MSG(c->ops->reduce_scatter_sum(c, send, recv, chunk) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_reduce_scatter(c, send, recv, chunk, DT_F32, NULL) == SK_OK, "%s", sk_errmsg());
     int bad = 0;
     for (size_t i = 0; i < chunk; i++) {
         size_t j = (size_t)c->rank * chunk + i;
@@ -94,7 +99,7 @@ TEST(all_gather) {
             memcpy(recv + (size_t)c->rank * chunk, send, chunk * sizeof *send);
             src = recv + (size_t)c->rank * chunk;
         }
-        CHECK_MSG(c->ops->all_gather(c, src, recv, chunk) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(comm_all_gather(c, src, recv, chunk, DT_F32, NULL) == SK_OK, "%s", sk_errmsg());
         int bad = 0;
         for (size_t r = 0; r < W; r++)
             for (size_t i = 0; i < chunk; i++) {
@@ -114,12 +119,12 @@ TEST(broadcast) {
     unsigned char buf[301];
     for (int root = 0; root < c->world; root++) {
         for (size_t i = 0; i < sizeof buf; i++) buf[i] = c->rank == root ? (unsigned char)(i * 7 + root) : 0xEE;
-        CHECK_MSG(c->ops->broadcast(c, buf, sizeof buf, root) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(comm_broadcast(c, buf, sizeof buf, root) == SK_OK, "%s", sk_errmsg());
         for (size_t i = 0; i < sizeof buf; i++)
             CHECK_MSG(buf[i] == (unsigned char)(i * 7 + root), "root %d byte %zu", root, i);
     }
-    CHECK(c->ops->broadcast(c, buf, 1, c->world) == SK_EARG);
-    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(comm_broadcast(c, buf, 1, c->world) == SK_EARG);
+    CHECK(comm_barrier(c) == SK_OK);
 }
 
 TEST(fetch_add) {
@@ -127,16 +132,16 @@ TEST(fetch_add) {
     CHECK(c);
     enum { K = 100 };
     int W = c->world;
-    CHECK_MSG(c->ops->counter_set(c, 0) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_counter_set(c, 0) == SK_OK, "%s", sk_errmsg());
     float mine[K];
     for (int k = 0; k < K; k++) {
         int64_t old = -1;
-        CHECK_MSG(c->ops->fetch_add(c, 1, &old) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(comm_fetch_add(c, 1, &old) == SK_OK, "%s", sk_errmsg());
         mine[k] = (float)old;
     }
     /* Every value 0..W*K-1 handed out exactly once. */
     float *all = malloc((size_t)W * K * sizeof *all);
-    CHECK(c->ops->all_gather(c, mine, all, K) == SK_OK);
+    CHECK(comm_all_gather(c, mine, all, K, DT_F32, NULL) == SK_OK);
     char *seen = calloc((size_t)W * K, 1);
     int bad = 0;
     for (int j = 0; j < W * K; j++) {
@@ -147,12 +152,99 @@ TEST(fetch_add) {
     free(seen);
     CHECK_MSG(bad == 0, "%d values out of range or repeated", bad);
     int64_t total = -1;
-    CHECK(c->ops->fetch_add(c, 0, &total) == SK_OK);
+    CHECK(comm_fetch_add(c, 0, &total) == SK_OK);
     CHECK_MSG(total == (int64_t)W * K, "counter %lld", (long long)total);
-    CHECK(c->ops->counter_set(c, 42) == SK_OK);
-    CHECK(c->ops->fetch_add(c, 0, &total) == SK_OK);
+    CHECK(comm_counter_set(c, 42) == SK_OK);
+    CHECK(comm_fetch_add(c, 0, &total) == SK_OK);
     CHECK_MSG(total == 42, "after counter_set(42): %lld", (long long)total);
-    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(comm_barrier(c) == SK_OK);
+}
+
+/* bf16 element i of rank r's contribution: at two ranks values whose sum needs rounding
+ * (1 + i/64 plus r * 3/512), elsewhere small integers (exact at any order of the sums). */
+static float bf16_value(int W, int r, size_t i) {
+    return W == 2 ? bf16_to_f32(f32_to_bf16(1.0f + (float)(i % 64) / 64.0f + (float)r * 3.0f / 512.0f))
+                  : (float)((int)(i % 13) + 2 * r);
+}
+
+/* The sum comm.h promises for element i: at two ranks round(a + b) in f32, else exact. */
+static float bf16_want(int W, size_t i) {
+    if (W == 2) return bf16_to_f32(f32_to_bf16(bf16_value(2, 0, i) + bf16_value(2, 1, i)));
+    float s = 0;
+    for (int r = 0; r < W; r++) s += bf16_value(W, r, i);
+    return s;
+}
+
+/* all_reduce, reduce_scatter and all_gather in bf16, all three in flight at once, waited
+ * for in reverse order. */
+TEST(bf16_async) {
+    comm *c = world();
+    CHECK(c);
+    const int W = c->world;
+    const size_t n = 301, chunk = 37;
+    uint16_t *ar = malloc(n * 2), *rs = malloc((size_t)W * chunk * 2), *rr = malloc(chunk * 2);
+    uint16_t *ag = malloc(chunk * 2), *all = malloc((size_t)W * chunk * 2);
+    for (size_t i = 0; i < n; i++) ar[i] = f32_to_bf16(bf16_value(W, c->rank, i));
+    for (size_t j = 0; j < (size_t)W * chunk; j++) rs[j] = f32_to_bf16(bf16_value(W, c->rank, j));
+    for (size_t i = 0; i < chunk; i++) ag[i] = f32_to_bf16((float)(c->rank * 64 + (int)i));
+    comm_req *r1, *r2, *r3;
+    CHECK_MSG(comm_all_reduce_async(c, ar, n, DT_BF16, NULL, &r1) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_reduce_scatter_async(c, rs, rr, chunk, DT_BF16, NULL, &r2) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_all_gather_async(c, ag, all, chunk, DT_BF16, NULL, &r3) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_wait(c, r3) == SK_OK && comm_wait(c, r2) == SK_OK && comm_wait(c, r1) == SK_OK, "%s", sk_errmsg());
+    int bad = 0;
+    for (size_t i = 0; i < n; i++)
+        if (bf16_to_f32(ar[i]) != bf16_want(W, i) && bad++ < 5)
+            printf("  all_reduce [%zu] %g, want %g\n", i, bf16_to_f32(ar[i]), bf16_want(W, i));
+    for (size_t i = 0; i < chunk; i++) {
+        size_t j = (size_t)c->rank * chunk + i;
+        if (bf16_to_f32(rr[i]) != bf16_want(W, j) && bad++ < 5)
+            printf("  reduce_scatter [%zu] %g, want %g\n", i, bf16_to_f32(rr[i]), bf16_want(W, j));
+    }
+    for (size_t j = 0; j < (size_t)W * chunk; j++)
+        if (bf16_to_f32(all[j]) != (float)((int)(j / chunk) * 64 + (int)(j % chunk)) && bad++ < 5)
+            printf("  all_gather [%zu] %g\n", j, bf16_to_f32(all[j]));
+    free(ar), free(rs), free(rr), free(ag), free(all);
+    CHECK(bad == 0);
+    /* other element types are refused by name; a NULL request waits for nothing */
+    double d = 0;
+    comm_req *none = NULL;
+    CHECK(comm_all_reduce_async(c, &d, 1, DT_I64, NULL, &none) == SK_EARG && !none);
+    CHECK_MSG(strstr(sk_errmsg(), "all_reduce") && strstr(sk_errmsg(), "I64"), "%s", sk_errmsg());
+    CHECK(comm_wait(c, NULL) == SK_OK);
+}
+
+/* f32 reduce-scatter of a few MB left in flight while this thread computes: it completes
+ * without a wait (comm_test), so the communication progresses on its own; the result is
+ * the sum. Bounded by the timeout. */
+TEST(async_progress_while_computing) {
+    comm *c = world();
+    CHECK(c);
+    /* a few MB, or small where SKEIN_COMM_CHUNK splits it into pieces of a few elements */
+    const size_t W = (size_t)c->world, chunk = getenv("SKEIN_COMM_CHUNK") ? 1000 : (size_t)1 << 19;
+    float *send = malloc(W * chunk * sizeof *send), *recv = malloc(chunk * sizeof *recv);
+    for (size_t j = 0; j < W * chunk; j++) send[j] = (float)(c->rank + (int)(j % 1000));
+    comm_req *r;
+    CHECK_MSG(comm_reduce_scatter_async(c, send, recv, chunk, DT_F32, NULL, &r) == SK_OK, "%s", sk_errmsg());
+    bool done = false;
+    double t0 = time_now(), acc = 0;
+    long rounds = 0;
+    while (!done && time_now() - t0 < c->timeout_s) {
+        for (int k = 0; k < 100000; k++) acc += 1e-9 * k;   /* the "compute" */
+        rounds++;
+        CHECK_MSG(comm_test(c, r, &done) == SK_OK, "%s", sk_errmsg());
+    }
+    CHECK_MSG(done, "not complete after %.1f s of computing", time_now() - t0);
+    CHECK(comm_wait(c, r) == SK_OK && acc > 0 && rounds > 0);
+    int bad = 0;
+    for (size_t i = 0; i < chunk; i++) {
+        size_t j = (size_t)c->rank * chunk + i;
+        float want = (float)(W * (W - 1) / 2 + W * (j % 1000));
+        if (recv[i] != want && bad++ < 5) printf("  [%zu] %g, want %g\n", i, recv[i], want);
+    }
+    free(send);
+    free(recv);
+    CHECK(bad == 0);
 }
 
 /* Sets, clears and restores the launcher variables around the env cases. */
@@ -237,15 +329,15 @@ TEST(launch_env) {
 
 TEST(init_errors) {
     comm *c = NULL;
-    CHECK(comm_init("carrier-pigeon", 10, &c) == SK_EARG && !c);
+    CHECK(comm_init("carrier-pigeon", "cpu", 10, &c) == SK_EARG && !c);
     CHECK(strstr(sk_errmsg(), "carrier-pigeon"));
-    CHECK(comm_init("local", 0, &c) == SK_EARG);
-    CHECK(comm_init("local", 5, &c) == SK_OK && c->world == 1 && !strcmp(c->name, "local"));
+    CHECK(comm_init("local", "cpu", 0, &c) == SK_EARG);
+    CHECK(comm_init("local", "cpu", 5, &c) == SK_OK && c->world == 1 && !strcmp(c->name, "local"));
     float x[4] = {1, 2, 3, 4}, y[4];
-    CHECK(c->ops->reduce_scatter_sum(c, x, y, 4) == SK_OK && y[3] == 4);
+    CHECK(comm_reduce_scatter(c, x, y, 4, DT_F32, NULL) == SK_OK && y[3] == 4);
     int64_t old;
-    CHECK(c->ops->counter_set(c, 5) == SK_OK && c->ops->fetch_add(c, 3, &old) == SK_OK && old == 5);
-    CHECK(c->ops->fetch_add(c, 0, &old) == SK_OK && old == 8);
+    CHECK(comm_counter_set(c, 5) == SK_OK && comm_fetch_add(c, 3, &old) == SK_OK && old == 5);
+    CHECK(comm_fetch_add(c, 0, &old) == SK_OK && old == 8);
     comm_free(c);
 }
 
@@ -255,28 +347,52 @@ TEST(init_errors) {
 TEST(nccl_host_buffers) {
     if (!getenv("SKEIN_TEST_NCCL")) SKIP("SKEIN_TEST_NCCL is not set (GPUs, one per rank under mpirun)");
     comm *c = NULL;
-    CHECK_MSG(comm_init("nccl", 60, &c) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_init("nccl", "cuda", 60, &c) == SK_OK, "%s", sk_errmsg());
     int W = c->world;
     double v[2] = {c->rank + 1.0, 0.25};
-    CHECK_MSG(c->ops->all_reduce_sum_f64(c, v, 2) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_all_reduce_f64(c, v, 2) == SK_OK, "%s", sk_errmsg());
     CHECK_NEAR(v[0], W * (W + 1) / 2.0, 0);
     CHECK_NEAR(v[1], 0.25 * W, 0);
     unsigned char b[1000];
     for (int root = 0; root < W; root++) {
         for (size_t i = 0; i < sizeof b; i++) b[i] = c->rank == root ? (unsigned char)(i + root) : 0;
-        CHECK_MSG(c->ops->broadcast(c, b, sizeof b, root) == SK_OK, "%s", sk_errmsg());
+        CHECK_MSG(comm_broadcast(c, b, sizeof b, root) == SK_OK, "%s", sk_errmsg());
         for (size_t i = 0; i < sizeof b; i++) CHECK(b[i] == (unsigned char)(i + root));
     }
-    CHECK(c->ops->barrier(c) == SK_OK);
-    CHECK(c->ops->counter_set(c, 0) == SK_OK);
+    CHECK(comm_barrier(c) == SK_OK);
+    CHECK(comm_counter_set(c, 0) == SK_OK);
     int64_t old = -1;
-    for (int k = 0; k < 10; k++) CHECK(c->ops->fetch_add(c, 1, &old) == SK_OK && old >= 0 && old < 10 * W);
-    CHECK(c->ops->barrier(c) == SK_OK);
-    CHECK(c->ops->fetch_add(c, 0, &old) == SK_OK && old == 10 * W);
+    for (int k = 0; k < 10; k++) CHECK(comm_fetch_add(c, 1, &old) == SK_OK && old >= 0 && old < 10 * W);
+    CHECK(comm_barrier(c) == SK_OK);
+    CHECK(comm_fetch_add(c, 0, &old) == SK_OK && old == 10 * W);
     float x = 1;
-    CHECK(c->ops->all_reduce_sum(c, &x, 1) == SK_EARG);
-    CHECK(c->ops->barrier(c) == SK_OK);
+    CHECK(comm_all_reduce(c, &x, 1, DT_F32, NULL) == SK_EARG);
+    CHECK(comm_barrier(c) == SK_OK);
     comm_free(c);
+}
+
+/* SKEIN_COMM_FAULT read into the rank that misbehaves (-1: none) and how. */
+static int fault_spec(bool *is_kill, double *sleep_s) {
+    const char *f = getenv("SKEIN_COMM_FAULT");
+    int who = -1;
+    *sleep_s = 0;
+    *is_kill = f && !strncmp(f, "kill:", 5);
+    if (f && sscanf(f + (*is_kill ? 5 : 6), "%d:%lf", &who, sleep_s) < 1) who = -1;
+    return who;
+}
+
+/* Rank `who` kills itself or sleeps, after every rank has met. */
+static void fault_act(comm *c, int who, bool is_kill, double sleep_s) {
+    if (comm_barrier(c) != SK_OK || c->rank != who) return;
+    if (is_kill) raise(SIGKILL);
+    usleep((useconds_t)(sleep_s * 1e6));
+}
+
+/* What the others must see: SK_ECOMM naming the operation and rank `who`. */
+static bool fault_named(sk_status st, int who) {
+    char want[64];
+    snprintf(want, sizeof want, "no answer from rank(s) %d ", who);
+    return st == SK_ECOMM && strstr(sk_errmsg(), "all_reduce") && strstr(sk_errmsg(), want);
 }
 
 /* Without SKEIN_COMM_FAULT: a collective under the communicator's timeout simply completes.
@@ -284,34 +400,59 @@ TEST(nccl_host_buffers) {
 TEST(fault) {
     comm *c = world();
     CHECK(c);
-    const char *f = getenv("SKEIN_COMM_FAULT");
+    bool is_kill;
+    double sleep_s;
+    int who = fault_spec(&is_kill, &sleep_s);
     float x = 1;
-    if (!f) {
-        CHECK(c->ops->all_reduce_sum(c, &x, 1) == SK_OK && x == (float)c->world);
+    if (who < 0) {
+        CHECK(comm_all_reduce(c, &x, 1, DT_F32, NULL) == SK_OK && x == (float)c->world);
         return;
     }
-    int who = -1;
-    double sleep_s = 0;
-    int is_kill = !strncmp(f, "kill:", 5);
-    CHECK(sscanf(f + (is_kill ? 5 : 6), "%d:%lf", &who, &sleep_s) >= 1);
-    CHECK(c->ops->barrier(c) == SK_OK);
-    if (c->rank == who) {
-        if (is_kill) raise(SIGKILL);
-        usleep((useconds_t)(sleep_s * 1e6));
-    }
+    fault_act(c, who, is_kill, sleep_s);
     double t0 = time_now();
-    sk_status st = c->ops->all_reduce_sum(c, &x, 1);
+    sk_status st = comm_all_reduce(c, &x, 1, DT_F32, NULL);
     double dt = time_now() - t0;
     printf("  rank %d: %s after %.2f s: %s\n", c->rank, sk_status_name(st), dt, st ? sk_errmsg() : "");
     fflush(stdout);
     CHECK(c->rank != who);
-    CHECK(st == SK_ECOMM);
-    char want[64];
-    snprintf(want, sizeof want, "no answer from rank(s) %d ", who);
-    CHECK_MSG(strstr(sk_errmsg(), "all_reduce") && strstr(sk_errmsg(), want), "%s", sk_errmsg());
+    CHECK_MSG(fault_named(st, who), "%s", sk_errmsg());
     CHECK_MSG(dt < c->timeout_s + 3, "%.2f s", dt);
     /* Later calls fail at once; comm_free (atexit) ends the job. */
-    CHECK(c->ops->barrier(c) == SK_ECOMM);
+    CHECK(comm_barrier(c) == SK_ECOMM);
+}
+
+/* The same with the request in flight while this thread computes: the failure is found
+ * without a wait (comm_test), and the wait then returns it. */
+TEST(fault_async) {
+    comm *c = world();
+    CHECK(c);
+    bool is_kill;
+    double sleep_s;
+    int who = fault_spec(&is_kill, &sleep_s);
+    float x = 1;
+    comm_req *r;
+    if (who >= 0) fault_act(c, who, is_kill, sleep_s);
+    double t0 = time_now(), acc = 0;
+    CHECK(comm_all_reduce_async(c, &x, 1, DT_F32, NULL, &r) == SK_OK);
+    bool done = false;
+    sk_status st = SK_OK;
+    while (!done && time_now() - t0 < c->timeout_s + 5) {
+        for (int k = 0; k < 100000; k++) acc += 1e-9 * k;
+        st = comm_test(c, r, &done);
+    }
+    sk_status wst = comm_wait(c, r);
+    double dt = time_now() - t0;
+    if (who < 0) {
+        CHECK(done && st == SK_OK && wst == SK_OK && x == (float)c->world);
+        return;
+    }
+    printf("  rank %d: %s after %.2f s (request in flight): %s\n", c->rank, sk_status_name(wst), dt,
+           wst ? sk_errmsg() : "");
+    fflush(stdout);
+    CHECK(c->rank != who && done && acc > 0);
+    CHECK_MSG(st == SK_ECOMM && fault_named(wst, who), "%s", sk_errmsg());
+    CHECK_MSG(dt < c->timeout_s + 3, "%.2f s", dt);
+    CHECK(comm_barrier(c) == SK_ECOMM);
 }
 
 TEST_MAIN()

@@ -186,7 +186,7 @@ static int rank_nccl(int rank, int world, int port, int out_fd) {
     setenv("MASTER_ADDR", "127.0.0.1", 1);
     setenv("NCCL_NVLS_ENABLE", "0", 1);
     comm *c = NULL;
-    sk_status st = comm_init("nccl", 20, &c);
+    sk_status st = comm_init("nccl", "cuda", 20, &c);
     printf("  rank %d: %s%s%s\n", rank, sk_status_name(st), st ? ": " : "", st ? sk_errmsg() : "");
     if (st == SK_OK) {
         int ok = c->rank == rank && c->world == world;

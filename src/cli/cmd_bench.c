@@ -1,10 +1,12 @@
 /* skein bench train: times the trainer's optimizer step (train/step.h: forward, backward,
  * gradient reduction and norm, clipping, AdamW) on a model and random tokens, and prints one
  * JSON line last: the median step time after two untimed warm-up steps, tokens/s, rank 0's
- * median of each phase (forward_ms, backward_ms, reduce_ms, optimizer_ms) and the peak
- * resident memory. Under mpirun (or --workers N) every rank runs its slice of --batch (the
- * global batch, static distribution, one micro-batch per rank) at the ZeRO stage of --zero;
- * rank 0 prints the line, with every rank's memory plan and peak. */
+ * median of each phase (forward_ms, backward_ms, reduce_ms, optimizer_ms), of the time
+ * blocked waiting for collectives (comm_wait_ms: what overlapping did not hide;
+ * SKEIN_ZERO_OVERLAP=0 turns the overlap off) and the peak resident memory. Under mpirun (or
+ * --workers N) every rank runs its slice of --batch (the global batch, static distribution,
+ * one micro-batch per rank) at the ZeRO stage of --zero; rank 0 prints the line, with every
+ * rank's memory plan and peak. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,7 +71,7 @@ static int bench_train(int argc, char **argv) {
     if (zero_stage < 0 || zero_stage > 3)
         return cli_fail(sk_fail(SK_EARG, "bench train: --zero must be 0, 1, 2 or 3, got %ld", zero_stage));
     comm *c = NULL;
-    if ((st = comm_init("auto", 120.0, &c))) return cli_fail(st);
+    if ((st = comm_init("auto", device, 120.0, &c))) return cli_fail(st);
     const int rank = c->rank, world = c->world;
     if (rank != 0) log_set_quiet(true);
     backend *be = backend_create(device);
@@ -105,7 +107,7 @@ static int bench_train(int argc, char **argv) {
     }
     if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
-    times = mem_alloc(sizeof(double) * (1 + TRAIN_PHASE_N) * (size_t)steps);
+    times = mem_alloc(sizeof(double) * (2 + TRAIN_PHASE_N) * (size_t)steps);
     mem = mem_calloc(sizeof(double) * 8 * (size_t)world);
     if (!tokens || !times || !mem) { st = SK_ENOMEM; goto done; }
     rng r;
@@ -117,7 +119,8 @@ static int bench_train(int argc, char **argv) {
     ts = (train_step){.m = m, .z = z, .c = c, .batch = B, .micro_batch = plan_mb, .seq = T, .fill = bench_fill,
                       .fill_ctx = &bt};
     if ((st = train_step_init(&ts))) goto done;
-    double *t_step = times, *t_phase = times + steps;   /* t_phase[k * steps + s]: phase k of step s */
+    /* t_phase[k * steps + s]: phase k of step s; t_wait[s]: time blocked on collectives */
+    double *t_step = times, *t_phase = times + steps, *t_wait = times + (1 + TRAIN_PHASE_N) * steps;
     if (rank == 0)
         fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens, %d rank%s, ZeRO-%ld, %d threads\n",
                 dir ? dir : preset, m->n_params, B, T, world, world > 1 ? "s" : "", zero_stage, omp_get_max_threads());
@@ -128,7 +131,10 @@ static int bench_train(int argc, char **argv) {
         if (s < 0) continue;
         t_step[s] = 1e3 * (time_now() - t0);
         for (int k = 0; k < TRAIN_PHASE_N; k++) t_phase[k * steps + s] = ts.ms[k];
-        if (rank == 0) fprintf(stderr, "  step %ld: %.1f ms, loss %.4f\n", s + 1, t_step[s], loss);
+        t_wait[s] = 1e3 * zero_comm_wait_s(z);
+        if (rank == 0)
+            fprintf(stderr, "  step %ld: %.1f ms (%.1f ms waiting for collectives), loss %.4f\n", s + 1, t_step[s],
+                    t_wait[s], loss);
     }
     /* every rank's plan and peak, to rank 0 */
     double *me = mem + 8 * rank;
@@ -140,7 +146,7 @@ static int bench_train(int argc, char **argv) {
     me[5] = (double)plan.total;
     me[6] = (double)zero_proc_bytes(true);
     me[7] = (double)baseline;
-    if (world > 1 && (st = c->ops->all_reduce_sum_f64(c, mem, 8 * (size_t)world))) goto done;
+    if (world > 1 && (st = comm_all_reduce_f64(c, mem, 8 * (size_t)world))) goto done;
     double ms = median(t_step, (int)steps);
     if (rank == 0) {
         for (int k = 0; k < world; k++) {
@@ -152,12 +158,13 @@ static int bench_train(int argc, char **argv) {
         printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
                "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"ms_per_step\": %.6g, "
                "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"reduce_ms\": %.6g, "
-               "\"optimizer_ms\": %.6g, \"peak_bytes\": %.0f, \"ranks\": [",
+               "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, \"ranks\": [",
                dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, ms,
                (double)(B * T) / (ms / 1e3), median(t_phase + TRAIN_PHASE_FORWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_BACKWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_REDUCE * steps, (int)steps),
-               median(t_phase + TRAIN_PHASE_OPT * steps, (int)steps), mem[6]);
+               median(t_phase + TRAIN_PHASE_OPT * steps, (int)steps), median(t_wait, (int)steps),
+               zero_overlaps(z) ? "true" : "false", mem[6]);
         for (int k = 0; k < world; k++) {
             const double *v = mem + 8 * k;
             printf("%s{\"rank\": %d, \"params\": %.0f, \"grads\": %.0f, \"optimizer\": %.0f, \"buffers\": %.0f, "

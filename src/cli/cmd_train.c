@@ -125,7 +125,7 @@ int cmd_train(int argc, char **argv) {
     o.hp.grad_clip = (float)clip;
     o.hp.total_steps = o.steps;
     comm *c = NULL;
-    if ((st = comm_init("auto", timeout, &c))) return cli_fail(st);
+    if ((st = comm_init("auto", o.device, timeout, &c))) return cli_fail(st);
     o.comm = c;
     if (c->world > 1 && c->rank != 0) o.quiet = true;
     if (c->world > 1 && c->rank != 0) log_set_quiet(true);

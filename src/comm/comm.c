@@ -1,4 +1,5 @@
-/* comm: picks and creates a communicator (comm.h) and reads the launch environment.
+/* comm: picks and creates a communicator (comm.h), checks and dispatches every call through
+ * the request pool (comm_impl.h), and reads the launch environment.
  *
  * The launcher is recognised by the variables it sets, most specific first: OpenMPI's
  * OMPI_COMM_WORLD_*, then PMIx/PMI (MPICH, srun --mpi=pmix), then a Slurm job step, then the
@@ -116,33 +117,184 @@ const char *comm_auto_kind(const char *device) {
     return "mpi";
 }
 
-sk_status comm_init(const char *kind, double timeout_s, comm **out) {
+sk_status comm_init(const char *kind, const char *device, double timeout_s, comm **out) {
     *out = NULL;
     if (!(timeout_s > 0)) return sk_fail(SK_EARG, "comm timeout %g s: must be positive", timeout_s);
     if (!strcmp(kind, "auto")) {
-        kind = comm_auto_kind("cpu");
+        kind = comm_auto_kind(device);
         if (!kind) return SK_EARG;
     }
-    if (!strcmp(kind, "local")) return comm_local_init(timeout_s, out);
-    if (!strcmp(kind, "mpi")) {
+    sk_status st;
+    comm *c = NULL;
+    if (!strcmp(kind, "local")) {
+        st = comm_local_init(timeout_s, &c);
+    } else if (!strcmp(kind, "mpi")) {
 #ifdef SKEIN_HAVE_MPI
-        return comm_mpi_init(timeout_s, out);
+        st = comm_mpi_init(timeout_s, &c);
 #else
         return sk_fail(SK_EARG, "this skein is built without MPI (install libopenmpi-dev, or give MPICC=, and rebuild)");
 #endif
-    }
-    if (!strcmp(kind, "nccl")) {
+    } else if (!strcmp(kind, "nccl")) {
 #ifdef SKEIN_HAVE_NCCL
         comm_env env;
         SK_TRY(comm_env_read(&env));
-        return comm_nccl_init(&env, timeout_s, out);
+        st = comm_nccl_init(&env, timeout_s, &c);
 #else
         return sk_fail(SK_EARG, "this skein is built without NCCL (needs nvcc and nccl.h; give NCCL_HOME= and rebuild)");
 #endif
+    } else {
+        return sk_fail(SK_EARG, "communicator '%s': expected auto, local, mpi or nccl", kind);
     }
-    return sk_fail(SK_EARG, "communicator '%s': expected auto, local, mpi or nccl", kind);
+    if (st != SK_OK) return st;
+    c->reqs = calloc(COMM_MAX_REQS, sizeof *c->reqs);
+    if (!c->reqs) {
+        c->ops->free(c);
+        return sk_fail(SK_ENOMEM, "comm: out of memory");
+    }
+    for (int k = 0; k < COMM_MAX_REQS; k++) c->reqs[k].slot = k;
+    *out = c;
+    return SK_OK;
 }
 
 void comm_free(comm *c) {
-    if (c) c->ops->free(c);
+    if (!c) return;
+    comm_req *reqs = c->reqs;
+    for (int k = 0; reqs && k < COMM_MAX_REQS; k++)
+        if (reqs[k].busy) comm_wait(c, &reqs[k]);
+    c->ops->free(c);
+    free(reqs);
+}
+
+size_t comm_elem_size(comm_elem e) {
+    switch (e) {
+    case COMM_F32: return 4;
+    case COMM_BF16: return 2;
+    case COMM_F64: return 8;
+    case COMM_BYTE: return 1;
+    }
+    SK_ASSERT(!"comm_elem_size: unknown element type");
+    return 0;
+}
+
+/* ---- dispatch ---- */
+
+/* The wire type of dtype dt for operation op; SK_EARG for what comm.h does not carry. */
+static sk_status comm_elem_of(dtype dt, const char *op, comm_elem *e) {
+    if (dt == DT_F32) *e = COMM_F32;
+    else if (dt == DT_BF16) *e = COMM_BF16;
+    else return sk_fail(SK_EARG, "%s: element type %s is not supported (F32 or BF16)", op, dtype_name(dt));
+    return SK_OK;
+}
+
+/* Takes a free request, fills it with the call `call` and starts it; *out (when not NULL)
+ * gets it. On failure the request goes back to the pool. */
+static sk_status comm_start(comm *c, const comm_req *call, comm_req **out) {
+    if (out) *out = NULL;
+    comm_req *r = NULL;
+    for (int k = 0; k < COMM_MAX_REQS && !r; k++)
+        if (!c->reqs[k].busy) r = &c->reqs[k];
+    if (!r)
+        return sk_fail(SK_ESTATE, "%s: %d requests are in flight already, the most a comm holds: wait for some first",
+                       call->op, COMM_MAX_REQS);
+    int slot = r->slot;
+    *r = *call;
+    r->slot = slot;
+    r->busy = true;
+    sk_status st = c->ops->start(c, r);
+    if (st != SK_OK) {
+        r->busy = false;
+        return st;
+    }
+    if (out) *out = r;
+    return SK_OK;
+}
+
+/* Starts the call and waits for it. */
+static sk_status comm_run(comm *c, const comm_req *call) {
+    comm_req *r;
+    SK_TRY(comm_start(c, call, &r));
+    return comm_wait(c, r);
+}
+
+sk_status comm_wait(comm *c, comm_req *r) {
+    if (!r) return SK_OK;
+    SK_ASSERT(r >= c->reqs && r < c->reqs + COMM_MAX_REQS && r->busy);
+    sk_status st = c->ops->wait(c, r);
+    r->busy = false;
+    return st;
+}
+
+sk_status comm_test(comm *c, comm_req *r, bool *done) {
+    *done = true;
+    if (!r) return SK_OK;
+    SK_ASSERT(r >= c->reqs && r < c->reqs + COMM_MAX_REQS && r->busy);
+    return c->ops->test(c, r, done);
+}
+
+sk_status comm_all_reduce_async(comm *c, void *buf, size_t n, dtype dt, backend_stream *s, comm_req **req) {
+    comm_req call = {.kind = COMM_ALL_REDUCE, .op = "all_reduce", .send = buf, .recv = buf, .n = n, .stream = s};
+    *req = NULL;
+    SK_TRY(comm_elem_of(dt, call.op, &call.elem));
+    return comm_start(c, &call, req);
+}
+
+sk_status comm_reduce_scatter_async(comm *c, const void *send, void *recv, size_t chunk, dtype dt,
+                                    backend_stream *s, comm_req **req) {
+    comm_req call = {.kind = COMM_REDUCE_SCATTER, .op = "reduce_scatter", .send = send, .recv = recv, .n = chunk,
+                     .stream = s};
+    *req = NULL;
+    SK_TRY(comm_elem_of(dt, call.op, &call.elem));
+    size_t bytes = chunk * comm_elem_size(call.elem);
+    const char *a = send, *b = recv;
+    SK_ASSERT(chunk == 0 || b + bytes <= a || b >= a + (size_t)c->world * bytes);   /* no overlap */
+    return comm_start(c, &call, req);
+}
+
+sk_status comm_all_gather_async(comm *c, const void *send, void *recv, size_t chunk, dtype dt,
+                                backend_stream *s, comm_req **req) {
+    comm_req call = {.kind = COMM_ALL_GATHER, .op = "all_gather", .send = send, .recv = recv, .n = chunk,
+                     .stream = s};
+    *req = NULL;
+    SK_TRY(comm_elem_of(dt, call.op, &call.elem));
+    return comm_start(c, &call, req);
+}
+
+sk_status comm_all_reduce(comm *c, void *buf, size_t n, dtype dt, backend_stream *s) {
+    comm_req *r;
+    SK_TRY(comm_all_reduce_async(c, buf, n, dt, s, &r));
+    return comm_wait(c, r);
+}
+
+sk_status comm_reduce_scatter(comm *c, const void *send, void *recv, size_t chunk, dtype dt, backend_stream *s) {
+    comm_req *r;
+    SK_TRY(comm_reduce_scatter_async(c, send, recv, chunk, dt, s, &r));
+    return comm_wait(c, r);
+}
+
+sk_status comm_all_gather(comm *c, const void *send, void *recv, size_t chunk, dtype dt, backend_stream *s) {
+    comm_req *r;
+    SK_TRY(comm_all_gather_async(c, send, recv, chunk, dt, s, &r));
+    return comm_wait(c, r);
+}
+
+sk_status comm_all_reduce_f64(comm *c, double *buf, size_t n) {
+    return comm_run(c, &(comm_req){.kind = COMM_ALL_REDUCE, .op = "all_reduce_f64", .elem = COMM_F64, .send = buf,
+                                   .recv = buf, .n = n});
+}
+
+sk_status comm_broadcast(comm *c, void *buf, size_t bytes, int root) {
+    if (root < 0 || root >= c->world)
+        return sk_fail(SK_EARG, "broadcast: root %d is not a rank of a world of %d", root, c->world);
+    return comm_run(c, &(comm_req){.kind = COMM_BROADCAST, .op = "broadcast", .elem = COMM_BYTE, .send = buf,
+                                   .recv = buf, .n = bytes, .root = root});
+}
+
+sk_status comm_barrier(comm *c) { return comm_run(c, &(comm_req){.kind = COMM_BARRIER, .op = "barrier"}); }
+
+sk_status comm_fetch_add(comm *c, int64_t add, int64_t *old) {
+    return comm_run(c, &(comm_req){.kind = COMM_FETCH_ADD, .op = "fetch_add", .value = add, .old = old});
+}
+
+sk_status comm_counter_set(comm *c, int64_t value) {
+    return comm_run(c, &(comm_req){.kind = COMM_COUNTER_SET, .op = "counter_set", .value = value});
 }

@@ -1,48 +1,60 @@
-/* comm: collectives between the processes (ranks) of one training job, behind one table,
- * with an MPI implementation (host buffers; mpirun, srun) and an NCCL one (device buffers;
- * the CUDA issue runs it), plus world-size-1 "local" for a single process.
+/* comm: collectives between the processes (ranks) of one training job, with an MPI
+ * implementation (host buffers; mpirun, srun), an NCCL one (device buffers; one GPU per rank)
+ * and world-size-1 "local" for a single process.
  *
  *   comm *c;
- *   comm_init("auto", 300.0, &c);               // MPI when launched by mpirun/srun, else local
- *   c->ops->all_reduce_sum(c, grads, n);         // every rank ends with the sum
+ *   comm_init("auto", "cpu", 300.0, &c);         // MPI when launched by mpirun/srun, else local
+ *   comm_req *r;
+ *   comm_reduce_scatter_async(c, grads, shard, chunk, DT_F32, NULL, &r);   // returns at once
+ *   ... compute the next layer ...
+ *   if (comm_wait(c, r) != SK_OK) ...            // shard(chunk) holds this rank's sum
+ *   comm_all_reduce(c, buf, n, DT_BF16, NULL);   // blocking: start + wait
  *   comm_free(c);
  *
- * Every call returns SK_OK or SK_ECOMM with a message naming the operation and the rank that
- * failed or did not answer within the timeout (nonblocking calls polled, then abort): a dead
- * or hung rank makes the others stop with an error instead of hanging.
+ * Every call returns SK_OK or a status with a message naming the operation; SK_ECOMM names
+ * the rank that failed or did not answer within the timeout: a dead or hung rank makes the
+ * others stop with an error instead of hanging, whether they were blocked in a call or had a
+ * request in flight.
  *
- * Buffers: f32 elements unless stated; `n` counts elements. reduce_scatter and all_gather
- * work on equal chunks: rank r owns elements [r*chunk, (r+1)*chunk) of the full buffer
- * (callers pad the full length to a multiple of the world size). */
+ * Asynchronous calls. comm_*_async starts the collective and returns a request; the buffers
+ * belong to the collective until comm_wait returns (read nothing written, write nothing read).
+ * Every request returned with SK_OK is waited exactly once; comm_wait(c, NULL) is a no-op, so
+ * "nothing pending" can be a NULL request. At most COMM_MAX_REQS requests are in flight.
+ * Collectives start in the order they are called, which must be the same on every rank;
+ * MPI progresses them on a communication thread while the caller computes, NCCL on the GPU.
+ * One thread calls into a comm.
+ *
+ * Element types: DT_F32 and DT_BF16 (n and chunk count elements). A bf16 sum adds in f32 and
+ * rounds each addition to bf16 once: at two ranks the result is round(a + b); with more ranks
+ * the partial sums are rounded as they travel (NCCL's ncclBfloat16 behaves the same).
+ *
+ * Streams. s is the backend stream that produced the buffers (NULL: the backend's default
+ * stream). NCCL enqueues the collective on s (a stream of the CUDA backend is its
+ * cudaStream_t), so it runs after the work already issued there and the request completes
+ * when s has passed it. MPI reads host memory and ignores s: the caller has synchronised it
+ * first (on the CPU backend every stream is always done).
+ *
+ * Shapes: reduce_scatter and all_gather work on equal chunks: rank r owns elements
+ * [r*chunk, (r+1)*chunk) of the full buffer (callers pad the full length to a multiple of the
+ * world size). all_gather accepts send == recv + rank*chunk (the rank's own chunk already in
+ * place); reduce_scatter's recv must not overlap send. Counts above INT_MAX are split into
+ * several library calls inside the implementations. */
 #ifndef SKEIN_COMM_H
 #define SKEIN_COMM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/backend.h"
 #include "base/base.h"
+#include "tensor/dtype.h"
 
 typedef struct comm comm;
+typedef struct comm_req comm_req;
+typedef struct comm_ops comm_ops;   /* comm_impl.h */
 
-typedef struct comm_ops {
-    /* buf(n) becomes the elementwise sum over ranks, in place. */
-    sk_status (*all_reduce_sum)(comm *c, float *buf, size_t n);
-    /* The same for doubles (losses, norms, token counts): small host buffers. */
-    sk_status (*all_reduce_sum_f64)(comm *c, double *buf, size_t n);
-    /* send(world*chunk) summed over ranks; this rank's chunk written to recv(chunk). */
-    sk_status (*reduce_scatter_sum)(comm *c, const float *send, float *recv, size_t chunk);
-    /* send(chunk) from every rank concatenated in rank order into recv(world*chunk). */
-    sk_status (*all_gather)(comm *c, const float *send, float *recv, size_t chunk);
-    /* bytes at root copied to every rank. */
-    sk_status (*broadcast)(comm *c, void *buf, size_t bytes, int root);
-    sk_status (*barrier)(comm *c);
-    /* Atomic fetch-and-add on one 64-bit counter held by rank 0 (MPI_Fetch_and_op): *old gets
-     * the value before the addition. The counter starts at 0; counter_set (collective)
-     * resets it on every rank's behalf. */
-    sk_status (*fetch_add)(comm *c, int64_t add, int64_t *old);
-    sk_status (*counter_set)(comm *c, int64_t value);
-    void (*free)(comm *c);
-} comm_ops;
+enum { COMM_MAX_REQS = 16 };
 
 struct comm {
     const comm_ops *ops;
@@ -51,19 +63,50 @@ struct comm {
     int local_rank;        /* rank among the processes of this host (the GPU to use) */
     double timeout_s;      /* every collective gives up after this long */
     void *impl;
+    comm_req *reqs;        /* (COMM_MAX_REQS) comm.c's pool of requests */
 };
 
-/* Creates the communicator: kind "auto" (MPI when the environment shows a launcher, else
- * local), "local", "mpi" or "nccl". SK_EARG when the kind is not built in. */
-sk_status comm_init(const char *kind, double timeout_s, comm **out);
-/* Releases the communicator. After a collective failed (SK_ECOMM) the world is broken: the
- * MPI implementation then ends the whole job (MPI_Abort, exit status 1 on every rank) rather
- * than wait in MPI_Finalize for ranks that will never come; print the error before. */
+/* Creates the communicator: kind "auto" (what comm_auto_kind(device) says), "local", "mpi"
+ * or "nccl"; device ("cpu" or "cuda") matters only to "auto". SK_EARG when the kind is not
+ * built in or the environment is bad. */
+sk_status comm_init(const char *kind, const char *device, double timeout_s, comm **out);
+/* Releases the communicator (requests in flight are completed first). After a collective
+ * failed (SK_ECOMM) the world is broken: the MPI implementation then ends the whole job
+ * (MPI_Abort, exit status 1 on every rank) rather than wait in MPI_Finalize for ranks that
+ * will never come; print the error before. */
 void comm_free(comm *c);
 
-/* In-place use: all_gather accepts send == recv + rank*chunk (the rank's own chunk already
- * in place); reduce_scatter's recv must not overlap send. Counts above INT_MAX are split
- * into several calls inside the implementations. */
+/* ---- Typed collectives, asynchronous (see the file comment) ----
+ * all_reduce: buf(n) becomes the elementwise sum over ranks, in place.
+ * reduce_scatter: send(world*chunk) summed over ranks; this rank's chunk written to recv(chunk).
+ * all_gather: send(chunk) from every rank concatenated in rank order into recv(world*chunk).
+ * On SK_OK *req is the request to wait on; on failure *req is NULL and nothing started. */
+sk_status comm_all_reduce_async(comm *c, void *buf, size_t n, dtype dt, backend_stream *s, comm_req **req);
+sk_status comm_reduce_scatter_async(comm *c, const void *send, void *recv, size_t chunk, dtype dt,
+                                    backend_stream *s, comm_req **req);
+sk_status comm_all_gather_async(comm *c, const void *send, void *recv, size_t chunk, dtype dt,
+                                backend_stream *s, comm_req **req);
+/* Blocks until req completed (SK_OK), failed or timed out (SK_ECOMM naming the operation and
+ * the ranks); releases req either way. NULL: SK_OK at once. */
+sk_status comm_wait(comm *c, comm_req *req);
+/* Whether req has completed, without blocking and without releasing it (comm_wait still
+ * follows). SK_ECOMM when it failed. */
+sk_status comm_test(comm *c, comm_req *req, bool *done);
+
+/* ---- Blocking convenience: start, then wait ---- */
+sk_status comm_all_reduce(comm *c, void *buf, size_t n, dtype dt, backend_stream *s);
+sk_status comm_reduce_scatter(comm *c, const void *send, void *recv, size_t chunk, dtype dt, backend_stream *s);
+sk_status comm_all_gather(comm *c, const void *send, void *recv, size_t chunk, dtype dt, backend_stream *s);
+/* Sum of doubles over ranks, in place (losses, norms, token counts): small host buffers. */
+sk_status comm_all_reduce_f64(comm *c, double *buf, size_t n);
+/* bytes of host memory at root copied to every rank. */
+sk_status comm_broadcast(comm *c, void *buf, size_t bytes, int root);
+sk_status comm_barrier(comm *c);
+/* Atomic fetch-and-add on one 64-bit counter held by rank 0 (MPI_Fetch_and_op): *old gets
+ * the value before the addition. The counter starts at 0; comm_counter_set (collective)
+ * resets it on every rank's behalf. */
+sk_status comm_fetch_add(comm *c, int64_t add, int64_t *old);
+sk_status comm_counter_set(comm *c, int64_t value);
 
 /* ---- Launch environment (bootstrap) ----------------------------------------------------
  * Who started this process, read from the variables each launcher sets:
@@ -94,7 +137,7 @@ typedef struct comm_env {
 sk_status comm_env_read(comm_env *env);
 const char *comm_launcher_name(comm_launcher l);
 
-/* The kind comm_init("auto") would pick for `device` ("cpu" or "cuda"): on cpu "mpi" under
+/* The kind comm_init("auto") picks for `device` ("cpu" or "cuda"): on cpu "mpi" under
  * mpirun/PMI/srun; on cuda "nccl" under any launcher (its unique id travels through MPI
  * under mpirun/srun, through the TCP store of store.h under torchrun-style variables);
  * "local" for one process. Returns NULL with SK_EARG set when the environment is bad or asks

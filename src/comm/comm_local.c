@@ -1,6 +1,7 @@
-/* comm_local: the world of one process. Collectives are copies or nothing (the sum over one
- * rank is the buffer itself); the fetch-and-add counter is a plain integer, since nobody
- * else can touch it. */
+/* comm_local: the world of one process. Every call completes inside start: a sum over one
+ * rank is the buffer itself, a scatter or gather a copy; the fetch-and-add counter is a plain
+ * integer, since nobody else can touch it. Copies are memmove: host buffers (a caller with
+ * device memory and one process copies through its backend instead). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,35 +9,32 @@
 
 typedef struct local_impl { int64_t counter; } local_impl;
 
-static sk_status local_all_reduce(comm *c, float *buf, size_t n) { return SK_OK; }
-static sk_status local_all_reduce_f64(comm *c, double *buf, size_t n) { return SK_OK; }
-
-static sk_status local_reduce_scatter(comm *c, const float *send, float *recv, size_t chunk) {
-    if (send != recv) memmove(recv, send, chunk * sizeof *recv);
-    return SK_OK;
-}
-
-static sk_status local_all_gather(comm *c, const float *send, float *recv, size_t chunk) {
-    if (send != recv) memmove(recv, send, chunk * sizeof *recv);
-    return SK_OK;
-}
-
-static sk_status local_broadcast(comm *c, void *buf, size_t bytes, int root) {
-    if (root != 0) return sk_fail(SK_EARG, "broadcast: root %d is not a rank of a world of 1", root);
-    return SK_OK;
-}
-
-static sk_status local_barrier(comm *c) { return SK_OK; }
-
-static sk_status local_fetch_add(comm *c, int64_t add, int64_t *old) {
+static sk_status local_start(comm *c, comm_req *r) {
     local_impl *l = c->impl;
-    *old = l->counter;
-    l->counter += add;
+    switch (r->kind) {
+    case COMM_REDUCE_SCATTER:
+    case COMM_ALL_GATHER:
+        if (r->send != r->recv) memmove(r->recv, r->send, r->n * comm_elem_size(r->elem));
+        break;
+    case COMM_FETCH_ADD:
+        *r->old = l->counter;
+        l->counter += r->value;
+        break;
+    case COMM_COUNTER_SET:
+        l->counter = r->value;
+        break;
+    case COMM_ALL_REDUCE:
+    case COMM_BROADCAST:
+    case COMM_BARRIER:
+        break;
+    }
     return SK_OK;
 }
 
-static sk_status local_counter_set(comm *c, int64_t value) {
-    ((local_impl *)c->impl)->counter = value;
+static sk_status local_wait(comm *c, comm_req *r) { return SK_OK; }
+
+static sk_status local_test(comm *c, comm_req *r, bool *done) {
+    *done = true;
     return SK_OK;
 }
 
@@ -45,10 +43,7 @@ static void local_free(comm *c) {
     free(c);
 }
 
-static const comm_ops local_ops = {
-    local_all_reduce, local_all_reduce_f64, local_reduce_scatter, local_all_gather,
-    local_broadcast, local_barrier, local_fetch_add, local_counter_set, local_free,
-};
+static const comm_ops local_ops = {local_start, local_wait, local_test, local_free};
 
 sk_status comm_local_init(double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);

@@ -1,4 +1,4 @@
-/* comm_nccl: comm.h over NCCL, for device buffers (one GPU per rank, the CUDA issue's
+/* comm_nccl: comm.h over NCCL, for device buffers (one GPU per rank, the CUDA backend's
  * trainer). C against NCCL's and the CUDA runtime's C APIs; no CUDA in any header.
  *
  * Bootstrap: rank 0 makes NCCL's unique id and sends it to the others through MPI when an
@@ -6,17 +6,23 @@
  * MASTER_ADDR:MASTER_PORT (torchrun-style). That side channel stays open: it carries the
  * fetch-and-add counter (NCCL has no atomics) and the diagnosis after a timeout.
  *
- * Timeouts: the communicator is created nonblocking (config.blocking = 0), every NCCL call
- * is queued on this comm's stream, then polled with cudaStreamQuery and ncclCommGetAsyncError
- * until done, failed or out of time. On a timeout the rank aborts its NCCL communicator
- * (ncclCommAbort), then meets the others at a barrier on the side channel, which names the
- * ranks that never come (dead, hung, busy outside collectives).
+ * Asynchronous collectives: the typed all_reduce, reduce_scatter and all_gather are enqueued
+ * on the caller's stream (a backend_stream of the CUDA backend is its cudaStream_t; NULL the
+ * CUDA default stream) and an event per request slot is recorded after them; wait and test
+ * poll that event and ncclCommGetAsyncError. The host calls (f64 sums, broadcasts, barrier,
+ * counter) are staged through a device scratch buffer on this comm's own stream and complete
+ * inside start.
  *
- * Buffers: float buffers must be device memory (cudaMalloc); the f64 sums (host, as comm.h
- * says) and broadcasts of host memory are staged through a device scratch buffer. Device:
- * local_rank modulo the visible GPUs. Invariants: after a failure the comm is broken (every
- * later call fails at once); comm_free of a broken comm ends the process (and under MPI the
- * job), as comm_mpi does. */
+ * Timeouts: the communicator is created nonblocking (config.blocking = 0): a call that
+ * returns ncclInProgress is polled to its end before the next. Every request gives up
+ * timeout_s after it started: the rank aborts its NCCL communicator (ncclCommAbort), then
+ * meets the others at a barrier on the side channel, which names the ranks that never come
+ * (dead, hung, busy outside collectives).
+ *
+ * Buffers: typed collectives need device memory (cudaMalloc); host memory is refused.
+ * Device: local_rank modulo the visible GPUs. Invariants: after a failure the comm is broken
+ * (every later call fails at once); comm_free of a broken comm ends the process (and under
+ * MPI the job), as comm_mpi does. */
 #ifdef SKEIN_HAVE_NCCL
 
 #include <cuda_runtime.h>
@@ -33,9 +39,11 @@ enum { SCRATCH_BYTES = 1 << 20 };
 
 typedef struct nccl_impl {
     ncclComm_t nc;
-    cudaStream_t stream;
+    cudaStream_t stream;  /* the host calls' staging */
     int device;
     void *scratch;        /* device, SCRATCH_BYTES: staging for host buffers */
+    cudaEvent_t ev[COMM_MAX_REQS];   /* per request slot: recorded after its collective */
+    double t0[COMM_MAX_REQS];        /* per request slot: when it started */
     comm *host;           /* MPI side channel, or NULL */
     store *st;            /* TCP side channel, or NULL */
     int broken;
@@ -69,7 +77,7 @@ static void nap_us(long us) {
 
 /* The side channel's barrier, used after a timeout: its error names the missing ranks. */
 static sk_status side_barrier(nccl_impl *m) {
-    if (m->host) return m->host->ops->barrier(m->host);
+    if (m->host) return comm_barrier(m->host);
     if (m->st) return store_barrier(m->st);
     return SK_OK;
 }
@@ -90,18 +98,24 @@ static sk_status nccl_broken(comm *c, const char *op, const char *why) {
     return SK_ECOMM;
 }
 
-/* Waits for what was queued on the stream (and a nonblocking NCCL call still in progress). */
-static sk_status nccl_wait(comm *c, const char *op) {
+/* Looks at the request of `slot` (op): *done once its event has passed. An NCCL or CUDA
+ * error, or t0 + timeout passed, breaks the comm (SK_ECOMM). block: look until done. */
+static sk_status nccl_poll(comm *c, const char *op, int slot, bool block, bool *done) {
     nccl_impl *m = c->impl;
-    double deadline = time_now() + c->timeout_s;
+    double deadline = m->t0[slot] + c->timeout_s;
+    *done = false;
+    if (!m->nc) return sk_fail(SK_ECOMM, "%s: the communicator is broken by an earlier failure", op);
     for (long spins = 0;; spins++) {
         ncclResult_t async = ncclSuccess;
         ncclResult_t rc = ncclCommGetAsyncError(m->nc, &async);
         if (rc != ncclSuccess) return nccl_broken(c, op, ncclGetErrorString(rc));
         if (async != ncclSuccess && async != ncclInProgress) return nccl_broken(c, op, ncclGetErrorString(async));
         if (async == ncclSuccess) {
-            cudaError_t q = cudaStreamQuery(m->stream);
-            if (q == cudaSuccess) return SK_OK;
+            cudaError_t q = cudaEventQuery(m->ev[slot]);
+            if (q == cudaSuccess) {
+                *done = true;
+                return SK_OK;
+            }
             if (q != cudaErrorNotReady) return nccl_broken(c, op, cudaGetErrorString(q));
         }
         if (time_now() > deadline) {
@@ -109,21 +123,32 @@ static sk_status nccl_wait(comm *c, const char *op) {
             snprintf(why, sizeof why, "did not complete within %g s", c->timeout_s);
             return nccl_broken(c, op, why);
         }
+        if (!block) return SK_OK;
         if (spins > 1000) nap_us(spins > 100000 ? 1000 : 20);
     }
 }
 
-/* Entry of every collective; a queued call's immediate error is handled by nccl_issued. */
-static sk_status nccl_enter(comm *c, const char *op) {
+/* An NCCL call was just made for the request of `slot` (rc): lets a nonblocking enqueue
+ * finish, then records the slot's event on stream s. */
+static sk_status nccl_issued(comm *c, const char *op, int slot, ncclResult_t rc, cudaStream_t s) {
     nccl_impl *m = c->impl;
-    if (m->broken) return sk_fail(SK_ECOMM, "%s: the communicator is broken by an earlier failure", op);
-    m->seq++;
-    return SK_OK;
+    if (rc != ncclSuccess && rc != ncclInProgress) return nccl_broken(c, op, ncclGetErrorString(rc));
+    ncclResult_t async = rc;
+    while (async == ncclInProgress) {
+        if (ncclCommGetAsyncError(m->nc, &async) != ncclSuccess) async = ncclInternalError;
+        if (async == ncclInProgress && time_now() > m->t0[slot] + c->timeout_s)
+            return nccl_broken(c, op, "the call was not enqueued within the timeout");
+    }
+    if (async != ncclSuccess) return nccl_broken(c, op, ncclGetErrorString(async));
+    cudaError_t e = cudaEventRecord(m->ev[slot], s);
+    return e == cudaSuccess ? SK_OK : nccl_broken(c, op, cudaGetErrorString(e));
 }
 
-static sk_status nccl_issued(comm *c, const char *op, ncclResult_t rc) {
-    if (rc != ncclSuccess && rc != ncclInProgress) return nccl_broken(c, op, ncclGetErrorString(rc));
-    return nccl_wait(c, op);
+/* The same, then waits for it: the host calls, which complete inside start. */
+static sk_status nccl_done(comm *c, const char *op, int slot, ncclResult_t rc, cudaStream_t s) {
+    bool done;
+    SK_TRY(nccl_issued(c, op, slot, rc, s));
+    return nccl_poll(c, op, slot, true, &done);
 }
 
 /* 1 when p is device (or managed) memory. */
@@ -142,93 +167,118 @@ static sk_status need_device(const char *op, const void *p) {
     return SK_OK;
 }
 
-static sk_status nccl_all_reduce(comm *c, float *buf, size_t n) {
-    nccl_impl *m = c->impl;
-    SK_TRY(need_device("all_reduce", buf));
-    SK_TRY(nccl_enter(c, "all_reduce"));
-    if (n == 0) return SK_OK;
-    return nccl_issued(c, "all_reduce", ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, m->nc, m->stream));
-}
+/* A host call's copy on the staging stream failed: the comm is broken. */
+#define STAGE_COPY(dst, src, bytes, dir)                                                   \
+    do {                                                                                   \
+        cudaError_t e_ = cudaMemcpyAsync(dst, src, bytes, dir, m->stream);                 \
+        if (e_ != cudaSuccess) return nccl_broken(c, r->op, cudaGetErrorString(e_));       \
+    } while (0)
 
-/* Host doubles, staged through the scratch buffer piece by piece. */
-static sk_status nccl_all_reduce_f64(comm *c, double *buf, size_t n) {
+/* Sum of host doubles, staged through the scratch buffer piece by piece. */
+static sk_status nccl_host_sum_f64(comm *c, comm_req *r) {
     nccl_impl *m = c->impl;
-    const char *op = "all_reduce_f64";
-    SK_TRY(nccl_enter(c, op));
+    double *buf = r->recv;
     size_t step = SCRATCH_BYTES / sizeof(double);
-    for (size_t off = 0; off < n; off += step) {
-        size_t len = n - off < step ? n - off : step;
-        cudaError_t e = cudaMemcpyAsync(m->scratch, buf + off, len * sizeof(double), cudaMemcpyHostToDevice, m->stream);
-        if (e != cudaSuccess) return nccl_broken(c, op, cudaGetErrorString(e));
-        SK_TRY(nccl_issued(c, op, ncclAllReduce(m->scratch, m->scratch, len, ncclFloat64, ncclSum, m->nc, m->stream)));
-        e = cudaMemcpy(buf + off, m->scratch, len * sizeof(double), cudaMemcpyDeviceToHost);
-        if (e != cudaSuccess) return nccl_broken(c, op, cudaGetErrorString(e));
+    for (size_t off = 0; off < r->n; off += step) {
+        size_t len = r->n - off < step ? r->n - off : step;
+        STAGE_COPY(m->scratch, buf + off, len * sizeof(double), cudaMemcpyHostToDevice);
+        ncclResult_t rc = ncclAllReduce(m->scratch, m->scratch, len, ncclFloat64, ncclSum, m->nc, m->stream);
+        SK_TRY(nccl_issued(c, r->op, r->slot, rc, m->stream));
+        STAGE_COPY(buf + off, m->scratch, len * sizeof(double), cudaMemcpyDeviceToHost);
+        SK_TRY(nccl_done(c, r->op, r->slot, ncclSuccess, m->stream));
     }
     return SK_OK;
 }
 
-static sk_status nccl_reduce_scatter(comm *c, const float *send, float *recv, size_t chunk) {
+/* Broadcast of device memory in one call, of host memory through the scratch buffer. */
+static sk_status nccl_host_broadcast(comm *c, comm_req *r) {
     nccl_impl *m = c->impl;
-    SK_TRY(need_device("reduce_scatter", send));
-    SK_TRY(need_device("reduce_scatter", recv));
-    SK_TRY(nccl_enter(c, "reduce_scatter"));
-    if (chunk == 0) return SK_OK;
-    return nccl_issued(c, "reduce_scatter",
-                       ncclReduceScatter(send, recv, chunk, ncclFloat32, ncclSum, m->nc, m->stream));
-}
-
-static sk_status nccl_all_gather(comm *c, const float *send, float *recv, size_t chunk) {
-    nccl_impl *m = c->impl;
-    SK_TRY(need_device("all_gather", send));
-    SK_TRY(need_device("all_gather", recv));
-    SK_TRY(nccl_enter(c, "all_gather"));
-    if (chunk == 0) return SK_OK;
-    /* In place (send == recv + rank*chunk) is NCCL's own convention too. */
-    return nccl_issued(c, "all_gather", ncclAllGather(send, recv, chunk, ncclFloat32, m->nc, m->stream));
-}
-
-static sk_status nccl_broadcast(comm *c, void *buf, size_t bytes, int root) {
-    nccl_impl *m = c->impl;
-    const char *op = "broadcast";
-    if (root < 0 || root >= c->world)
-        return sk_fail(SK_EARG, "broadcast: root %d is not a rank of a world of %d", root, c->world);
-    SK_TRY(nccl_enter(c, op));
-    if (bytes == 0) return SK_OK;
+    char *buf = r->recv;
     if (on_device(buf))
-        return nccl_issued(c, op, ncclBroadcast(buf, buf, bytes, ncclUint8, root, m->nc, m->stream));
-    for (size_t off = 0; off < bytes; off += SCRATCH_BYTES) {
-        size_t len = bytes - off < SCRATCH_BYTES ? bytes - off : SCRATCH_BYTES;
-        cudaError_t e = cudaSuccess;
-        if (c->rank == root)
-            e = cudaMemcpyAsync(m->scratch, (char *)buf + off, len, cudaMemcpyHostToDevice, m->stream);
-        if (e != cudaSuccess) return nccl_broken(c, op, cudaGetErrorString(e));
-        SK_TRY(nccl_issued(c, op, ncclBroadcast(m->scratch, m->scratch, len, ncclUint8, root, m->nc, m->stream)));
-        e = cudaMemcpy((char *)buf + off, m->scratch, len, cudaMemcpyDeviceToHost);
-        if (e != cudaSuccess) return nccl_broken(c, op, cudaGetErrorString(e));
+        return nccl_done(c, r->op, r->slot, ncclBroadcast(buf, buf, r->n, ncclUint8, r->root, m->nc, m->stream),
+                         m->stream);
+    for (size_t off = 0; off < r->n; off += SCRATCH_BYTES) {
+        size_t len = r->n - off < SCRATCH_BYTES ? r->n - off : SCRATCH_BYTES;
+        if (c->rank == r->root) STAGE_COPY(m->scratch, buf + off, len, cudaMemcpyHostToDevice);
+        ncclResult_t rc = ncclBroadcast(m->scratch, m->scratch, len, ncclUint8, r->root, m->nc, m->stream);
+        SK_TRY(nccl_issued(c, r->op, r->slot, rc, m->stream));
+        STAGE_COPY(buf + off, m->scratch, len, cudaMemcpyDeviceToHost);
+        SK_TRY(nccl_done(c, r->op, r->slot, ncclSuccess, m->stream));
     }
     return SK_OK;
 }
 
-/* NCCL has no barrier: a one-element all-reduce in the scratch buffer is one. */
-static sk_status nccl_barrier(comm *c) {
+static sk_status nccl_start(comm *c, comm_req *r) {
     nccl_impl *m = c->impl;
-    SK_TRY(nccl_enter(c, "barrier"));
-    return nccl_issued(c, "barrier", ncclAllReduce(m->scratch, m->scratch, 1, ncclFloat32, ncclSum, m->nc, m->stream));
+    const int k = r->slot;
+    if (r->kind == COMM_FETCH_ADD) {
+        if (m->host) return comm_fetch_add(m->host, r->value, r->old);
+        if (m->st) return store_add(m->st, r->value, r->old);
+        return sk_fail(SK_ESTATE, "fetch_add: no side channel (world of one without a launcher?)");
+    }
+    if (r->kind == COMM_COUNTER_SET) {
+        if (m->host) return comm_counter_set(m->host, r->value);
+        SK_TRY(store_barrier(m->st));
+        if (c->rank == 0) SK_TRY(store_counter_set(m->st, r->value));
+        return store_barrier(m->st);
+    }
+    bool typed = r->elem == COMM_F32 || r->elem == COMM_BF16;
+    if (typed) {
+        SK_TRY(need_device(r->op, r->send));
+        SK_TRY(need_device(r->op, r->recv));
+    }
+    if (m->broken) return sk_fail(SK_ECOMM, "%s: the communicator is broken by an earlier failure", r->op);
+    m->seq++;
+    m->t0[k] = time_now();
+    const ncclDataType_t t = r->elem == COMM_BF16 ? ncclBfloat16 : ncclFloat32;
+    cudaStream_t s = (cudaStream_t)r->stream;
+    switch (r->kind) {
+    case COMM_ALL_REDUCE:
+        if (!typed) return nccl_host_sum_f64(c, r);
+        return nccl_issued(c, r->op, k, ncclAllReduce(r->recv, r->recv, r->n, t, ncclSum, m->nc, s), s);
+    case COMM_REDUCE_SCATTER:
+        return nccl_issued(c, r->op, k, ncclReduceScatter(r->send, r->recv, r->n, t, ncclSum, m->nc, s), s);
+    case COMM_ALL_GATHER:
+        /* In place (send == recv + rank*chunk) is NCCL's own convention too. */
+        return nccl_issued(c, r->op, k, ncclAllGather(r->send, r->recv, r->n, t, m->nc, s), s);
+    case COMM_BROADCAST:
+        return nccl_host_broadcast(c, r);
+    case COMM_BARRIER:
+        /* NCCL has no barrier: a one-element all-reduce in the scratch buffer is one. */
+        return nccl_done(c, r->op, k, ncclAllReduce(m->scratch, m->scratch, 1, ncclFloat32, ncclSum, m->nc, m->stream),
+                         m->stream);
+    case COMM_FETCH_ADD:
+    case COMM_COUNTER_SET:
+        break;
+    }
+    return SK_OK;
 }
 
-static sk_status nccl_fetch_add(comm *c, int64_t add, int64_t *old) {
-    nccl_impl *m = c->impl;
-    if (m->host) return m->host->ops->fetch_add(m->host, add, old);
-    if (m->st) return store_add(m->st, add, old);
-    return sk_fail(SK_ESTATE, "fetch_add: no side channel (world of one without a launcher?)");
+static sk_status nccl_test(comm *c, comm_req *r, bool *done) {
+    if (r->elem != COMM_F32 && r->elem != COMM_BF16) {
+        *done = true;   /* host calls completed inside start */
+        return SK_OK;
+    }
+    return nccl_poll(c, r->op, r->slot, false, done);
 }
 
-static sk_status nccl_counter_set(comm *c, int64_t value) {
+static sk_status nccl_wait(comm *c, comm_req *r) {
+    bool done;
+    if (r->elem != COMM_F32 && r->elem != COMM_BF16) return SK_OK;
+    return nccl_poll(c, r->op, r->slot, true, &done);
+}
+
+/* Releases what init acquired (any part of it). */
+static void nccl_release(comm *c) {
     nccl_impl *m = c->impl;
-    if (m->host) return m->host->ops->counter_set(m->host, value);
-    SK_TRY(store_barrier(m->st));
-    if (c->rank == 0) SK_TRY(store_counter_set(m->st, value));
-    return store_barrier(m->st);
+    for (int k = 0; k < COMM_MAX_REQS; k++)
+        if (m->ev[k]) cudaEventDestroy(m->ev[k]);
+    if (m->scratch) cudaFree(m->scratch);
+    if (m->stream) cudaStreamDestroy(m->stream);
+    comm_free(m->host);
+    store_free(m->st);
+    free(m);
+    free(c);
 }
 
 static void nccl_free(comm *c) {
@@ -251,18 +301,10 @@ static void nccl_free(comm *c) {
         if (async == ncclSuccess) ncclCommDestroy(m->nc);
         else ncclCommAbort(m->nc);
     }
-    if (m->scratch) cudaFree(m->scratch);
-    if (m->stream) cudaStreamDestroy(m->stream);
-    comm_free(m->host);
-    store_free(m->st);
-    free(m);
-    free(c);
+    nccl_release(c);
 }
 
-static const comm_ops nccl_ops = {
-    nccl_all_reduce, nccl_all_reduce_f64, nccl_reduce_scatter, nccl_all_gather,
-    nccl_broadcast, nccl_barrier, nccl_fetch_add, nccl_counter_set, nccl_free,
-};
+static const comm_ops nccl_ops = {nccl_start, nccl_wait, nccl_test, nccl_free};
 
 sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);
@@ -284,7 +326,7 @@ sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
     /* The side channel first: it fixes rank and world. */
     if (env->launcher == COMM_LAUNCH_MPIRUN || env->launcher == COMM_LAUNCH_PMI || env->launcher == COMM_LAUNCH_SLURM) {
 #ifdef SKEIN_HAVE_MPI
-        if ((st = comm_init("mpi", timeout_s, &m->host)) != SK_OK) goto fail;
+        if ((st = comm_init("mpi", "cpu", timeout_s, &m->host)) != SK_OK) goto fail;
         c->rank = m->host->rank;
         c->world = m->host->world;
         c->local_rank = m->host->local_rank;
@@ -302,7 +344,7 @@ sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
     ncclUniqueId id;
     memset(&id, 0, sizeof id);
     if (c->rank == 0) NCCL_CHECK(ncclGetUniqueId(&id));
-    if (m->host && (st = m->host->ops->broadcast(m->host, &id, sizeof id, 0)) != SK_OK) goto fail;
+    if (m->host && (st = comm_broadcast(m->host, &id, sizeof id, 0)) != SK_OK) goto fail;
     if (m->st && (st = store_bcast(m->st, &id, sizeof id)) != SK_OK) goto fail;
 
     int ndev = 0;
@@ -320,6 +362,7 @@ sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
     CUDA_CHECK(cudaSetDevice(m->device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaMalloc(&m->scratch, SCRATCH_BYTES));
+    for (int k = 0; k < COMM_MAX_REQS; k++) CUDA_CHECK(cudaEventCreateWithFlags(&m->ev[k], cudaEventDisableTiming));
 
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
@@ -355,12 +398,7 @@ fail:
         comm_mpi_abort(m->host);
     }
 #endif
-    if (m->scratch) cudaFree(m->scratch);
-    if (m->stream) cudaStreamDestroy(m->stream);
-    comm_free(m->host);
-    store_free(m->st);
-    free(m);
-    free(c);
+    nccl_release(c);
     return st;
 }
 

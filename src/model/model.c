@@ -101,6 +101,30 @@ void model_reset_bases(model *m) {
     }
 }
 
+void model_set_param_provider(model *m, const model_param_provider *p, void *ctx) {
+    SK_ASSERT(!p || !p->external_grads || !m->grads);
+    m->provider = p;
+    m->provider_ctx = p ? ctx : NULL;
+    m->grads_external = p && p->external_grads;
+    if (!p) model_reset_bases(m);
+}
+
+void model_release_params(model *m) {
+    backend_mem_free(m->be, m->params);
+    m->params = NULL;
+    model_reset_bases(m);
+}
+
+void model_set_param_base(model *m, int g, float *p) {
+    SK_ASSERT(g >= 0 && g < m->n_groups);
+    m->param_base[g] = p;
+}
+
+void model_set_grad_base(model *m, int g, float *p) {
+    SK_ASSERT(g >= 0 && g < m->n_groups);
+    m->grad_base[g] = p;
+}
+
 size_t model_train_bytes(const model *m, int B, int T) {
     return m->arch->train_bytes ? m->arch->train_bytes(&m->cfg, B, T) : 0;
 }

@@ -15,18 +15,24 @@
  *
  * Groups and bases (for ZeRO): the specs fall into groups, maximal runs of consecutive specs
  * with the same layer (GPT-2: [wte, wpe], layer 0, ..., layer L-1, [ln_f]). Architecture
- * code reaches a tensor only through model_param_ptr / model_grad_ptr, which read the
- * group's base pointer: by default into m->params / m->grads, but a ZeRO-3 hook points a
- * layer's base at a gathered copy (m->params may then be NULL), and a ZeRO-2/3 hook points a
- * layer's gradient base at a bucket that it reduces when the layer's backward is done.
+ * code reaches a tensor only through model_param_ptr / model_grad_ptr (or the views), which
+ * read the group's base pointer: by default into m->params / m->grads. A parameter provider
+ * (ZeRO, installed by its owner with model_set_param_provider) may move them: at ZeRO-3 it
+ * releases m->params (model_release_params) and points a layer's base at a gathered copy
+ * before the layer runs; at ZeRO-2/3 it points a layer's gradient base at a bucket that it
+ * reduces when the layer's backward is done. Only model.c writes the bases and the provider;
+ * the provider moves bases through model_set_param_base / model_set_grad_base.
  *
- * Hooks (optional, NULL = none; each pointer NULL-safe) are called in this order, which is a
- * contract every architecture keeps (ZeRO replays it on ranks that sit out a micro-batch):
+ * Hook order. The architecture calls the provider through model_hook_* in this order, which
+ * is a contract every architecture keeps (ZeRO replays it on ranks that sit out a
+ * micro-batch, and issues the collectives of a layer in it, identically on every rank):
  *   forward:  before_forward(-1), then before_forward(l) for l = 0 .. L-1;
  *   backward: before_backward(-1), then before_backward(l), after_backward(l) for
  *             l = L-1 .. 0, then after_backward(-1).
  * Layer -1 stands for every group with spec.layer == -1 (embeddings, final norm, LM head):
  * used at both ends of the passes, their gradients are complete only after the backward.
+ * A layer's parameters must be in place when its before_* hook returns and may move at the
+ * next hook; its gradients are complete at its after_backward.
  *
  * Letters: B batch, T time, C channels (n_embd), L layers, NH heads, V vocabulary. */
 #ifndef SKEIN_MODEL_H
@@ -97,14 +103,16 @@ typedef struct model_group {
 
 typedef struct model model;
 
-/* Called by the architecture's forward and backward (see the order above); ctx is the
- * hooks' own. Hooks cannot fail: one that meets an error records it for its owner. */
-typedef struct model_hooks {
-    void *ctx;
+/* Where parameters and gradients live during training, decided by their owner (ZeRO): the
+ * model calls these in the hook order above with the provider's ctx. Hooks cannot fail: one
+ * that meets an error records it for its owner. Each pointer may be NULL. */
+typedef struct model_param_provider {
     void (*before_forward)(void *ctx, model *m, int layer);
     void (*before_backward)(void *ctx, model *m, int layer);
     void (*after_backward)(void *ctx, model *m, int layer);
-} model_hooks;
+    bool external_grads;   /* model_train_prepare allocates no m->grads: the provider points the
+                            * gradient bases (ZeRO-2/3) */
+} model_param_provider;
 
 typedef struct model_arch model_arch;
 
@@ -121,8 +129,10 @@ struct model {
     int n_groups;
     float **param_base;    /* (n_groups) where each group's parameters are (first element) */
     float **grad_base;     /* (n_groups) where each group's gradients accumulate */
-    const model_hooks *hooks;   /* NULL: none */
-    bool grads_external;   /* train_prepare allocates no m->grads: hooks set grad_base (ZeRO-2/3) */
+    /* Written by model.c only (model_set_param_provider): */
+    const model_param_provider *provider;   /* NULL: none */
+    void *provider_ctx;
+    bool grads_external;   /* the provider's external_grads: no m->grads */
     bool dropout;          /* apply the config's dropout probabilities in training forwards */
     uint64_t dropout_seed; /* set by the trainer each step */
     uint64_t dropout_sample0;  /* the micro-batch's first sample within the step: masks are a
@@ -220,16 +230,29 @@ static inline float *model_grad_ptr(const model *m, int i) {
  * code addresses parameters only through these views. */
 tensor model_param_view(const model *m, int i);
 tensor model_grad_view(const model *m, int i);
-/* Hook calls for architecture code (no-ops without hooks). */
+/* Hook calls for architecture code (no-ops without a provider), in the order above. */
 static inline void model_hook_before_forward(model *m, int l) {
-    if (m->hooks && m->hooks->before_forward) m->hooks->before_forward(m->hooks->ctx, m, l);
+    if (m->provider && m->provider->before_forward) m->provider->before_forward(m->provider_ctx, m, l);
 }
 static inline void model_hook_before_backward(model *m, int l) {
-    if (m->hooks && m->hooks->before_backward) m->hooks->before_backward(m->hooks->ctx, m, l);
+    if (m->provider && m->provider->before_backward) m->provider->before_backward(m->provider_ctx, m, l);
 }
 static inline void model_hook_after_backward(model *m, int l) {
-    if (m->hooks && m->hooks->after_backward) m->hooks->after_backward(m->hooks->ctx, m, l);
+    if (m->provider && m->provider->after_backward) m->provider->after_backward(m->provider_ctx, m, l);
 }
+
+/* ---- The owner side of parameters and gradients (ZeRO) ----
+ * model_set_param_provider installs p (NULL: none) with its ctx; p->external_grads needs a
+ * model without gradients yet (before model_train_prepare). Removing the provider points
+ * every base back into m->params / m->grads (NULL where released or external).
+ * model_release_params frees m->params: from then on the provider points the parameter bases
+ * before each use (a model without parameters cannot be saved or run without it).
+ * model_set_param_base / model_set_grad_base point group g at p (n = groups[g].count
+ * elements of backend memory the provider owns; NULL: none). */
+void model_set_param_provider(model *m, const model_param_provider *p, void *ctx);
+void model_release_params(model *m);
+void model_set_param_base(model *m, int g, float *p);
+void model_set_grad_base(model *m, int g, float *p);
 /* Points every group's parameter (gradient) base into m->params (m->grads). */
 void model_reset_bases(model *m);
 /* Activation bytes of train_prepare(B, T); 0 when the architecture cannot say. */

@@ -20,7 +20,7 @@ sk_status train_step_init(train_step *s) {
     memset(s->ms, 0, sizeof s->ms);
     if (!(s->stats = mem_calloc(sizeof(double) * (size_t)(1 + TRAIN_STAT_N * s->world)))) return SK_ENOMEM;
     sk_status st = SK_OK;
-    if (s->dynamic && s->c && (st = s->c->ops->counter_set(s->c, 0))) train_step_free(s);
+    if (s->dynamic && s->c && (st = comm_counter_set(s->c, 0))) train_step_free(s);
     return st;
 }
 
@@ -35,7 +35,7 @@ static sk_status dispense(train_step *s, int64_t *old) {
         *old = s->local_counter++;
         return SK_OK;
     }
-    return s->c->ops->fetch_add(s->c, 1, old);
+    return comm_fetch_add(s->c, 1, old);
 }
 
 /* Forward and backward of the n samples at step offsets [first, first+n); adds the summed
@@ -104,7 +104,7 @@ sk_status train_step_run(train_step *s, const opt_hparams *hp, float lr, uint64_
     SK_TRY(zero_end_step(s->z, grad_norm));
     s->stats[1 + TRAIN_STAT_N * r + TRAIN_STAT_WAIT] = 1e3 * (time_now() - t_wait);
     s->stats[0] = sum;
-    if (s->c && W > 1) SK_TRY(s->c->ops->all_reduce_sum_f64(s->c, s->stats, (size_t)(1 + TRAIN_STAT_N * W)));
+    if (s->c && W > 1) SK_TRY(comm_all_reduce_f64(s->c, s->stats, (size_t)(1 + TRAIN_STAT_N * W)));
     const double t_opt = time_now();
     s->ms[TRAIN_PHASE_REDUCE] = 1e3 * (t_opt - t_wait);
     *loss = s->stats[0] / tokens;

@@ -220,7 +220,7 @@ static sk_status agree(trainer *tr, sk_status local, const char *what) {
     double failed = local != SK_OK;
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", sk_errmsg());
-    sk_status st = tr->c->ops->all_reduce_sum_f64(tr->c, &failed, 1);
+    sk_status st = comm_all_reduce_f64(tr->c, &failed, 1);
     if (st != SK_OK) return st;
     if (local != SK_OK) return sk_fail(local, "%s", msg);
     if (failed > 0) return sk_fail(SK_ECOMM, "%s failed on another rank", what);
@@ -324,7 +324,7 @@ static sk_status gather_memory(trainer *tr, bool measured, double *all) {
     me[MEM_PEAK_PLAN] = (double)p->peak;
     me[MEM_BASELINE] = (double)tr->baseline_rss;
     me[MEM_MEASURED] = measured ? (double)zero_proc_bytes(true) : 0;
-    if (tr->c && tr->world > 1) return tr->c->ops->all_reduce_sum_f64(tr->c, all, (size_t)(MEM_N * tr->world));
+    if (tr->c && tr->world > 1) return comm_all_reduce_f64(tr->c, all, (size_t)(MEM_N * tr->world));
     return SK_OK;
 }
 

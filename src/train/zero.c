@@ -2,10 +2,23 @@
  *
  * Invariants: chunk[g] * world >= groups[g].count; at[g] is group g's chunk offset in the
  * shard buffers (gshard, pshard, AdamW moments), whose padding stays zero. Buffers are
- * allocated once in zero_init. Stage 3: slot_layer[k] names the layer whose parameters slot k
- * holds (-1: none) and outer_valid says whether the outer groups are gathered; both are reset
- * when the parameters change (zero_opt_step) or a buffer is borrowed (zero_gather_params).
- * Collectives work on host buffers (the CPU backend and the MPI comm). */
+ * backend memory allocated once in zero_init; copies and fills go through the backend.
+ *
+ * Overlap. Collectives run on a communication stream after an event recorded on the compute
+ * (default) stream, and return requests. Stage 2/3: two layer buckets alternate: layer l's
+ * gradients go to bucket l & 1, whose reduce-scatter starts at after_backward(l) and runs
+ * while the layers below compute; the bucket's previous reduce-scatter is waited for (and
+ * its chunk added into gshard) just before the bucket is reused, two layers later, and every
+ * pending one by zero_end_step. Outer groups have buckets of their own, settled at the next
+ * before_backward(-1) or zero_end_step. So group g's chunks are added in micro-batch order,
+ * the same sums as without overlap. Stage 3: slot[k] holds layer `layer` (-1: none) when
+ * its gather is done or in flight (req); the layer after the current one (forward) or
+ * before it (backward) is gathered into the other slot while the current one computes; a
+ * slot is waited for before its layer is used or the slot is reused. outer_valid says
+ * whether the outer groups are gathered. Both are reset when the parameters change
+ * (zero_opt_step) or a buffer is borrowed (zero_gather_params). The order of collectives
+ * depends only on the hook order, so it is the same on every rank.
+ * SKEIN_ZERO_OVERLAP=0 waits for every collective as soon as it starts (measurements). */
 #include "train/zero.h"
 
 #include <dirent.h>
@@ -16,54 +29,109 @@
 
 #include "base/file.h"
 
+/* Stage 2/3 static: one layer's gradients on their way to the shard. */
+typedef struct zero_bucket {
+    float *grads;          /* (world * max_layer_chunk) */
+    float *recv;           /* (max_layer_chunk) this rank's reduced chunk */
+    int group;             /* the group whose reduce-scatter it holds (-1: none) */
+} zero_bucket;
+
+/* Stage 3: one gathered layer. */
+typedef struct zero_slot {
+    float *params;         /* (world * max_layer_chunk) */
+    int layer;             /* gathered or being gathered (-1: none) */
+    comm_req *req;         /* the gather in flight, or NULL */
+} zero_slot;
+
 struct zero {
     model *m;
     backend *be;
-    comm *c;
+    comm *c;               /* NULL, or a world of one: collectives are copies */
     int rank, world, stage;
     bool dynamic;
     bool buckets;          /* stage 2/3 static: gradients reduced layer by layer in the hooks */
+    bool overlap;          /* false: SKEIN_ZERO_OVERLAP=0 */
     size_t *chunk, *at;    /* (n_groups) */
     size_t *outer_at;      /* (n_groups) offset of an outer group in the outer buffers */
     size_t shard, max_chunk, max_layer_chunk, outer_total;
     float *gshard;         /* stage >= 2: reduced owned gradients (shard) */
     float *pshard;         /* stage 3: owned parameters (shard) */
-    float *recv;           /* (max_chunk) reduce-scatter receive / all-gather send */
+    float *recv;           /* (max_chunk) stage 1-2: reduce-scatter receive / all-gather send */
     float *staging;        /* (world * max_chunk) stage 1, stage 2 dynamic */
-    float *bucket;         /* (world * max_layer_chunk) stage 2/3 static: one layer's gradients */
+    zero_bucket bucket[2];
     float *outer_bucket;   /* (outer_total) stage 2/3 static: outer groups' gradients */
-    float *slot[2];        /* (world * max_layer_chunk) stage 3: gathered layers */
+    float *outer_recv;     /* (outer_total / world) their reduced chunks */
+    comm_req **rs_req;     /* (n_groups) stage 2/3 static: group g's reduce-scatter in flight */
+    float **rs_recv;       /* (n_groups) where its chunk arrives; NULL: nothing pending */
+    zero_slot slot[2];
     float *outer_params;   /* (outer_total) stage 3: gathered outer groups */
-    int slot_layer[2];
     bool outer_valid;
+    backend_stream *cs;    /* the communication stream */
+    backend_event *ready;  /* recorded on the compute stream before each collective */
+    double wait_s;         /* blocked in comm_wait since zero_begin_step */
     adamw opt;             /* stage 0: the whole model; else storage for the shard's moments */
     sk_status err;
-    model_hooks hooks;
+    model_param_provider provider;
 };
 
-/* ---- collectives (NULL comm: one process) ---- */
+/* ---- memory through the backend ---- */
+
+static void zero_copy(zero *z, void *dst, const void *src, size_t floats) {
+    if (floats && dst != src) z->be->ops->copy(z->be, dst, src, floats * sizeof(float), COPY_DEVICE_TO_DEVICE, NULL);
+}
+
+static void zero_clear(zero *z, void *p, size_t floats) { backend_zero(z->be, p, floats * sizeof(float)); }
+
+/* ---- collectives (NULL comm or world 1: copies) ---- */
 
 static sk_status zc_fail(zero *z, sk_status st) {
     if (st != SK_OK && z->err == SK_OK) z->err = st;
     return st;
 }
 
-static sk_status zc_reduce_scatter(zero *z, const float *send, float *recv, size_t chunk) {
-    if (z->err) return z->err;
-    if (!z->c) { memcpy(recv, send, chunk * sizeof(float)); return SK_OK; }
-    return zc_fail(z, z->c->ops->reduce_scatter_sum(z->c, send, recv, chunk));
+/* Waits for *req (NULL: nothing), counts the time blocked, clears *req. */
+static sk_status zc_wait(zero *z, comm_req **req) {
+    if (!*req) return z->err;
+    double t0 = time_now();
+    sk_status st = comm_wait(z->c, *req);
+    z->wait_s += time_now() - t0;
+    *req = NULL;
+    return zc_fail(z, st);
 }
 
-static sk_status zc_all_gather(zero *z, const float *send, float *recv, size_t chunk) {
+typedef enum zc_kind { ZC_ALL_REDUCE, ZC_REDUCE_SCATTER, ZC_ALL_GATHER } zc_kind;
+
+/* Starts an f32 collective on the communication stream after the compute issued so far:
+ * all-reduce of recv(n) in place (send unused), reduce-scatter of send(world*n) into
+ * recv(n), all-gather of send(n) into recv(world*n). *req gets the request to wait for
+ * (NULL when done already: one process, an error, or overlap off). */
+static sk_status zc_start(zero *z, zc_kind kind, const float *send, float *recv, size_t n, comm_req **req) {
+    *req = NULL;
     if (z->err) return z->err;
-    if (!z->c) { memmove(recv, send, chunk * sizeof(float)); return SK_OK; }
-    return zc_fail(z, z->c->ops->all_gather(z->c, send, recv, chunk));
+    if (!z->c || z->world == 1) {
+        if (kind != ZC_ALL_REDUCE) zero_copy(z, recv, send, n);
+        return SK_OK;
+    }
+    z->be->ops->event_record(z->be, z->ready, NULL);
+    z->be->ops->stream_wait_event(z->be, z->cs, z->ready);
+    sk_status st = kind == ZC_ALL_REDUCE    ? comm_all_reduce_async(z->c, recv, n, DT_F32, z->cs, req)
+                 : kind == ZC_REDUCE_SCATTER ? comm_reduce_scatter_async(z->c, send, recv, n, DT_F32, z->cs, req)
+                                             : comm_all_gather_async(z->c, send, recv, n, DT_F32, z->cs, req);
+    if (zc_fail(z, st) != SK_OK) return st;
+    return z->overlap ? SK_OK : zc_wait(z, req);
+}
+
+/* The same, waited for. */
+static sk_status zc_run(zero *z, zc_kind kind, const float *send, float *recv, size_t n) {
+    comm_req *req;
+    SK_TRY(zc_start(z, kind, send, recv, n, &req));
+    return zc_wait(z, &req);
 }
 
 static sk_status zc_sum_f64(zero *z, double *buf, size_t n) {
     if (z->err) return z->err;
     if (!z->c || z->world == 1) return SK_OK;
-    return zc_fail(z, z->c->ops->all_reduce_sum_f64(z->c, buf, n));
+    return zc_fail(z, comm_all_reduce_f64(z->c, buf, n));
 }
 
 /* ---- partition ---- */
@@ -106,7 +174,7 @@ void zero_plan(const model *m, int world, int stage, bool dynamic, int param_byt
     o->params = P * (stage >= 3 ? S : psi);
     o->grads = P * (stage >= 2 ? S : psi) + (stage == 2 && dynamic ? P * psi : 0);
     o->optimizer = K * (stage >= 1 ? S : psi);
-    if (buckets) o->buckets = P * (W * maxlc + outer) + 4 * maxc;
+    if (buckets) o->buckets = P * (2 * W * maxlc + outer) + 4 * (2 * maxlc + outer / W) + (stage == 2 ? 4 * maxc : 0);
     if (stage == 1 || (stage == 2 && dynamic)) o->staging = 4 * (W * maxc + maxc);
     if (stage == 3) o->gathered = P * (2 * W * maxlc + outer);
     if (world > 1) o->comm_scratch = stage == 0 ? P * psi : P * W * maxc;
@@ -119,16 +187,14 @@ void zero_plan(const model *m, int world, int stage, bool dynamic, int param_byt
 
 /* ---- stage 3: gathering parameters ---- */
 
-/* Gathers group g into dst and points the model's base there. */
-static void zero_gather_group(zero *z, int g, float *dst) {
-    zc_all_gather(z, z->pshard + z->at[g], dst, z->chunk[g]);
-    z->m->param_base[g] = dst;
-}
-
 static void zero_ensure_outer(zero *z) {
     if (z->outer_valid) return;
-    for (int g = 0; g < z->m->n_groups; g++)
-        if (z->m->groups[g].layer < 0) zero_gather_group(z, g, z->outer_params + z->outer_at[g]);
+    for (int g = 0; g < z->m->n_groups; g++) {
+        if (z->m->groups[g].layer >= 0) continue;
+        float *dst = z->outer_params + z->outer_at[g];
+        zc_run(z, ZC_ALL_GATHER, z->pshard + z->at[g], dst, z->chunk[g]);
+        model_set_param_base(z->m, g, dst);
+    }
     z->outer_valid = true;
 }
 
@@ -140,43 +206,66 @@ static int zero_layer_group(const zero *z, int l) {
     return -1;
 }
 
-static void zero_ensure_layer(zero *z, int l) {
+/* Layer l's parameters into slot l & 1: gathered unless there (or on the way) already. use:
+ * wait for them and point the model at them; else (prefetch) leave the gather in flight. */
+static void zero_ensure_layer(zero *z, int l, bool use) {
     if (l < 0 || l >= z->m->cfg.n_layer) return;
-    int k = l & 1;
-    if (z->slot_layer[k] == l) {
-        z->m->param_base[zero_layer_group(z, l)] = z->slot[k];
-        return;
+    zero_slot *s = &z->slot[l & 1];
+    int g = zero_layer_group(z, l);
+    if (s->layer != l) {
+        zc_wait(z, &s->req);   /* a gather of another layer still in flight */
+        s->layer = zc_start(z, ZC_ALL_GATHER, z->pshard + z->at[g], s->params, z->chunk[g], &s->req) == SK_OK ? l : -1;
     }
-    zero_gather_group(z, zero_layer_group(z, l), z->slot[k]);
-    z->slot_layer[k] = l;
+    if (!use) return;
+    zc_wait(z, &s->req);
+    model_set_param_base(z->m, g, s->params);
 }
 
+/* Waits for every gather in flight and forgets what the slots hold. */
 static void zero_invalidate(zero *z) {
-    z->slot_layer[0] = z->slot_layer[1] = -1;
+    for (int k = 0; k < 2; k++) {
+        zc_wait(z, &z->slot[k].req);
+        z->slot[k].layer = -1;
+    }
     z->outer_valid = false;
 }
 
 /* ---- stage 2/3: gradient buckets ---- */
 
-/* Points group g's gradients at dst (world * chunk floats) and zeroes it. */
-static void zero_open_bucket(zero *z, int g, float *dst) {
-    memset(dst, 0, sizeof(float) * z->chunk[g] * (size_t)z->world);
-    z->m->grad_base[g] = dst;
+/* Waits for group g's reduce-scatter, if one is pending, and adds its chunk into the shard. */
+static void zero_settle(zero *z, int g) {
+    if (!z->rs_recv[g]) return;
+    tensor dst = tensor_1d(z->gshard + z->at[g], DT_F32, (int64_t)z->chunk[g]);
+    if (zc_wait(z, &z->rs_req[g]) == SK_OK)
+        z->be->ops->add(z->be, NULL, dst, dst, tensor_1d(z->rs_recv[g], DT_F32, (int64_t)z->chunk[g]));
+    z->rs_recv[g] = NULL;
 }
 
-/* Reduce-scatters the bucket of group g and adds this rank's chunk into the gradient shard. */
-static void zero_close_bucket(zero *z, int g, const float *src) {
-    if (zc_reduce_scatter(z, src, z->recv, z->chunk[g]) != SK_OK) return;
-    float *dst = z->gshard + z->at[g];
-    for (size_t i = 0; i < z->chunk[g]; i++) dst[i] += z->recv[i];
+static void zero_settle_all(zero *z) {
+    for (int g = 0; z->rs_recv && g < z->m->n_groups; g++) zero_settle(z, g);
+}
+
+/* Points group g's gradients at dst (world * chunk floats), zeroed. */
+static void zero_open_bucket(zero *z, int g, float *dst) {
+    zero_clear(z, dst, z->chunk[g] * (size_t)z->world);
+    model_set_grad_base(z->m, g, dst);
+}
+
+/* Starts the reduce-scatter of group g's gradients in src into recv (settled later). */
+static void zero_close_bucket(zero *z, int g, const float *src, float *recv) {
+    if (zc_start(z, ZC_REDUCE_SCATTER, src, recv, z->chunk[g], &z->rs_req[g]) != SK_OK) return;
+    z->rs_recv[g] = recv;
 }
 
 static void hook_before_forward(void *ctx, model *m, int l) {
     zero *z = ctx;
     if (z->stage < 3) return;
-    if (l < 0) { zero_ensure_outer(z); return; }
-    zero_ensure_layer(z, l);
-    zero_ensure_layer(z, l + 1);   /* prefetch */
+    if (l < 0) {
+        zero_ensure_outer(z);
+        return;
+    }
+    zero_ensure_layer(z, l, true);
+    zero_ensure_layer(z, l + 1, false);   /* gathered while layer l computes */
 }
 
 static void hook_before_backward(void *ctx, model *m, int l) {
@@ -184,17 +273,23 @@ static void hook_before_backward(void *ctx, model *m, int l) {
     if (z->stage >= 3) {
         if (l < 0) zero_ensure_outer(z);
         else {
-            zero_ensure_layer(z, l);
-            zero_ensure_layer(z, l - 1);   /* prefetch */
+            zero_ensure_layer(z, l, true);
+            zero_ensure_layer(z, l - 1, false);   /* gathered while layer l computes */
         }
     }
     if (!z->buckets) return;
     if (l < 0) {
-        for (int g = 0; g < m->n_groups; g++)
-            if (m->groups[g].layer < 0) zero_open_bucket(z, g, z->outer_bucket + z->outer_at[g]);
-    } else {
-        zero_open_bucket(z, zero_layer_group(z, l), z->bucket);
+        for (int g = 0; g < m->n_groups; g++) {
+            if (m->groups[g].layer >= 0) continue;
+            zero_settle(z, g);   /* the previous micro-batch's */
+            zero_open_bucket(z, g, z->outer_bucket + z->outer_at[g]);
+        }
+        return;
     }
+    zero_bucket *b = &z->bucket[l & 1];
+    if (b->group >= 0) zero_settle(z, b->group);   /* two layers ago, or the previous micro-batch */
+    b->group = zero_layer_group(z, l);
+    zero_open_bucket(z, b->group, b->grads);
 }
 
 static void hook_after_backward(void *ctx, model *m, int l) {
@@ -202,13 +297,18 @@ static void hook_after_backward(void *ctx, model *m, int l) {
     if (!z->buckets) return;
     if (l < 0) {
         for (int g = 0; g < m->n_groups; g++)
-            if (m->groups[g].layer < 0) zero_close_bucket(z, g, z->outer_bucket + z->outer_at[g]);
-    } else {
-        zero_close_bucket(z, zero_layer_group(z, l), z->bucket);
+            if (m->groups[g].layer < 0)
+                zero_close_bucket(z, g, z->outer_bucket + z->outer_at[g], z->outer_recv + z->outer_at[g] / (size_t)z->world);
+        return;
     }
+    zero_bucket *b = &z->bucket[l & 1];
+    zero_close_bucket(z, b->group, b->grads, b->recv);   /* runs while layer l-1 computes */
 }
 
 /* ---- life cycle ---- */
+
+/* Allocates *p of `floats` zeroed floats of backend memory; false when out of memory. */
+static bool zero_alloc(zero *z, float **p, size_t floats) { return (*p = backend_alloc(z->be, floats * sizeof(float))) != NULL; }
 
 sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
     if (stage < 0 || stage > 3) return sk_fail(SK_EARG, "--zero must be 0, 1, 2 or 3, got %d", stage);
@@ -217,8 +317,11 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
                                 "with all ranks at every micro-batch, and dynamic distribution gives ranks different "
                                 "numbers of micro-batches; use --zero 2 or --data-dist static");
     SK_ASSERT(m->params && !m->grads);
-    if (strcmp(m->be->name, "cpu") != 0)
-        return sk_fail(SK_EARG, "--zero: distributed training runs on the cpu backend in this build");
+    if (c && c->world > 1 && !strcmp(c->name, "nccl") != !!strcmp(m->be->name, "cpu"))
+        return sk_fail(SK_EARG, "--zero over %d ranks: the %s communicator moves %s memory, but the %s backend's buffers "
+                       "are %s memory (MPI goes with --device cpu, NCCL with --device cuda)", c->world, c->name,
+                       strcmp(c->name, "nccl") ? "host" : "device", m->be->name,
+                       strcmp(m->be->name, "cpu") ? "device" : "host");
     zero *z = mem_calloc(sizeof *z);
     if (!z) return SK_ENOMEM;
     z->m = m;
@@ -229,6 +332,12 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
     z->stage = stage;
     z->dynamic = dynamic;
     z->buckets = stage >= 2 && !dynamic;
+    const char *ov = getenv("SKEIN_ZERO_OVERLAP");
+    z->overlap = !(ov && !strcmp(ov, "0"));
+    for (int k = 0; k < 2; k++) {
+        z->bucket[k].group = -1;
+        z->slot[k].layer = -1;
+    }
     const size_t W = (size_t)z->world;
     zero_sizes(m, z->world, &z->shard, &z->max_chunk, &z->max_layer_chunk, &z->outer_total);
     z->chunk = mem_calloc(sizeof(size_t) * (size_t)m->n_groups);
@@ -245,40 +354,45 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
             oat += z->chunk[g] * W;
         }
     }
-    zero_invalidate(z);
-    sk_status st = adamw_init(&z->opt, z->be, 0, stage == 0 ? m->n_params : z->shard);
-    if (st) goto fail;
-    if (stage >= 1 && !(z->recv = mem_calloc(sizeof(float) * z->max_chunk))) goto oom;
-    if (stage >= 2 && !(z->gshard = mem_calloc(sizeof(float) * z->shard))) goto oom;
-    if ((stage == 1 || (stage == 2 && dynamic)) && !(z->staging = mem_calloc(sizeof(float) * W * z->max_chunk)))
-        goto oom;
+    sk_status st;
+    if (!(z->cs = z->be->ops->stream_create(z->be)) || !(z->ready = z->be->ops->event_create(z->be))) {
+        st = sk_fail_ctx(SK_ENOMEM, "ZeRO-%d: creating the communication stream", stage);
+        goto fail;
+    }
+    if ((st = adamw_init(&z->opt, z->be, 0, stage == 0 ? m->n_params : z->shard))) goto fail;
+    if ((stage == 1 || stage == 2) && !zero_alloc(z, &z->recv, z->max_chunk)) goto oom;
+    if (stage >= 2 && !zero_alloc(z, &z->gshard, z->shard)) goto oom;
+    if ((stage == 1 || (stage == 2 && dynamic)) && !zero_alloc(z, &z->staging, W * z->max_chunk)) goto oom;
     if (stage == 3) {
         /* shard the parameters, then drop the full copy */
-        if (!(z->pshard = mem_calloc(sizeof(float) * z->shard))) goto oom;
+        if (!zero_alloc(z, &z->pshard, z->shard)) goto oom;
         for (int g = 0; g < m->n_groups; g++) {
             size_t a, n;
             zero_owned(z, g, &a, &n);
-            memcpy(z->pshard + z->at[g], m->params + a, n * sizeof(float));
+            zero_copy(z, z->pshard + z->at[g], m->params + a, n);
         }
-        backend_mem_free(z->be, m->params);
-        m->params = NULL;
-        for (int g = 0; g < m->n_groups; g++) m->param_base[g] = NULL;
-        if (!(z->slot[0] = mem_calloc(sizeof(float) * W * z->max_layer_chunk)) ||
-            !(z->slot[1] = mem_calloc(sizeof(float) * W * z->max_layer_chunk)) ||
-            !(z->outer_params = mem_calloc(sizeof(float) * z->outer_total)))
-            goto oom;
+        backend_synchronize(z->be);
+        model_release_params(m);
+        for (int k = 0; k < 2; k++)
+            if (!zero_alloc(z, &z->slot[k].params, W * z->max_layer_chunk)) goto oom;
+        if (!zero_alloc(z, &z->outer_params, z->outer_total)) goto oom;
     }
     if (z->buckets) {
-        if (!(z->bucket = mem_calloc(sizeof(float) * W * z->max_layer_chunk)) ||
-            !(z->outer_bucket = mem_calloc(sizeof(float) * z->outer_total)))
+        for (int k = 0; k < 2; k++)
+            if (!zero_alloc(z, &z->bucket[k].grads, W * z->max_layer_chunk) ||
+                !zero_alloc(z, &z->bucket[k].recv, z->max_layer_chunk))
+                goto oom;
+        if (!zero_alloc(z, &z->outer_bucket, z->outer_total) || !zero_alloc(z, &z->outer_recv, z->outer_total / W))
             goto oom;
-        m->grads_external = true;
+        z->rs_req = mem_calloc(sizeof(comm_req *) * (size_t)m->n_groups);
+        z->rs_recv = mem_calloc(sizeof(float *) * (size_t)m->n_groups);
+        if (!z->rs_req || !z->rs_recv) goto oom;
     }
-    z->hooks.ctx = z;
-    z->hooks.before_forward = hook_before_forward;
-    z->hooks.before_backward = hook_before_backward;
-    z->hooks.after_backward = hook_after_backward;
-    m->hooks = &z->hooks;
+    z->provider = (model_param_provider){.before_forward = hook_before_forward,
+                                         .before_backward = hook_before_backward,
+                                         .after_backward = hook_after_backward,
+                                         .external_grads = z->buckets};
+    model_set_param_provider(m, &z->provider, z);
     *out = z;
     return SK_OK;
 oom:
@@ -290,32 +404,47 @@ fail:
 
 void zero_free(zero *z) {
     if (!z) return;
-    if (z->m && z->m->hooks == &z->hooks) z->m->hooks = NULL;
+    backend *be = z->be;
+    if (z->c) {   /* nothing may stay in flight on buffers about to go */
+        zero_settle_all(z);
+        zero_invalidate(z);
+    }
+    if (z->m->provider == &z->provider) model_set_param_provider(z->m, NULL, NULL);
     adamw_free(&z->opt);
     mem_free(z->chunk);
     mem_free(z->at);
     mem_free(z->outer_at);
-    mem_free(z->gshard);
-    mem_free(z->pshard);
-    mem_free(z->recv);
-    mem_free(z->staging);
-    mem_free(z->bucket);
-    mem_free(z->outer_bucket);
-    mem_free(z->slot[0]);
-    mem_free(z->slot[1]);
-    mem_free(z->outer_params);
+    mem_free(z->rs_req);
+    mem_free(z->rs_recv);
+    backend_mem_free(be, z->gshard);
+    backend_mem_free(be, z->pshard);
+    backend_mem_free(be, z->recv);
+    backend_mem_free(be, z->staging);
+    for (int k = 0; k < 2; k++) {
+        backend_mem_free(be, z->bucket[k].grads);
+        backend_mem_free(be, z->bucket[k].recv);
+        backend_mem_free(be, z->slot[k].params);
+    }
+    backend_mem_free(be, z->outer_bucket);
+    backend_mem_free(be, z->outer_recv);
+    backend_mem_free(be, z->outer_params);
+    if (z->ready) be->ops->event_free(be, z->ready);
+    if (z->cs) be->ops->stream_free(be, z->cs);
     mem_free(z);
 }
 
 int zero_stage(const zero *z) { return z->stage; }
 sk_status zero_status(const zero *z) { return z->err; }
 long zero_opt_steps(const zero *z) { return z->opt.step; }
+double zero_comm_wait_s(const zero *z) { return z->wait_s; }
+bool zero_overlaps(const zero *z) { return z->overlap; }
 
 /* ---- the step ---- */
 
 void zero_begin_step(zero *z) {
     if (z->m->grads) model_zero_grad(z->m);
-    if (z->gshard) memset(z->gshard, 0, sizeof(float) * z->shard);
+    if (z->gshard) zero_clear(z, z->gshard, z->shard);
+    z->wait_s = 0;
 }
 
 sk_status zero_idle_pass(zero *z) {
@@ -337,9 +466,10 @@ sk_status zero_idle_pass(zero *z) {
 sk_status zero_end_step(zero *z, double *grad_norm) {
     model *m = z->m;
     backend *be = z->be;
+    if (z->buckets) zero_settle_all(z);   /* the reduce-scatters still in flight */
     if (z->err) return z->err;
     if (z->stage == 0) {
-        if (z->c && z->world > 1) SK_TRY(zc_fail(z, z->c->ops->all_reduce_sum(z->c, m->grads, m->n_params)));
+        SK_TRY(zc_run(z, ZC_ALL_REDUCE, NULL, m->grads, m->n_params));
         double sq0;
         backend_zero(be, z->opt.sq, sizeof(double));
         be->ops->sum_squares(be, NULL, tensor_1d(z->opt.sq, DT_F64, 1),
@@ -356,12 +486,12 @@ sk_status zero_end_step(zero *z, double *grad_norm) {
         for (int g = 0; g < m->n_groups; g++) {
             const model_group *gr = &m->groups[g];
             size_t padded = z->chunk[g] * (size_t)z->world, a, n;
-            memcpy(z->staging, m->grads + gr->begin, gr->count * sizeof(float));
-            memset(z->staging + gr->count, 0, (padded - gr->count) * sizeof(float));
-            SK_TRY(zc_reduce_scatter(z, z->staging, z->recv, z->chunk[g]));
+            zero_copy(z, z->staging, m->grads + gr->begin, gr->count);
+            zero_clear(z, z->staging + gr->count, padded - gr->count);
+            SK_TRY(zc_run(z, ZC_REDUCE_SCATTER, z->staging, z->recv, z->chunk[g]));
             zero_owned(z, g, &a, &n);
-            if (z->stage == 1) memcpy(m->grads + a, z->recv, n * sizeof(float));
-            else memcpy(z->gshard + z->at[g], z->recv, z->chunk[g] * sizeof(float));
+            if (z->stage == 1) zero_copy(z, m->grads + a, z->recv, n);
+            else zero_copy(z, z->gshard + z->at[g], z->recv, z->chunk[g]);
             if (z->stage == 1) be->ops->sum_squares(be, NULL, sq_dev, tensor_1d(m->grads + a, DT_F32, (int64_t)n));
         }
     }
@@ -380,6 +510,7 @@ sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr, float grad_scal
         adamw_step(&z->opt, m, m->grads, h, lr, grad_scale);
         return SK_OK;
     }
+    if (z->stage == 3) zero_invalidate(z);   /* the gathered copies are about to be stale */
     z->opt.step++;
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
@@ -397,20 +528,17 @@ sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr, float grad_scal
                        tensor_1d(z->opt.m + s, DT_F32, k), tensor_1d(z->opt.v + s, DT_F32, k), lr, h->beta1, h->beta2,
                        h->eps, p->decay ? h->weight_decay : 0.0f, grad_scale, (int)z->opt.step);
     }
-    if (z->stage == 3) {
-        zero_invalidate(z);
-        return SK_OK;
-    }
+    if (z->stage == 3) return z->err;
     /* stages 1-2: every rank gets every group back */
     for (int g = 0; g < m->n_groups; g++) {
         const model_group *gr = &m->groups[g];
         size_t a, n;
         zero_owned(z, g, &a, &n);
-        float *buf = z->staging ? z->staging : (gr->layer < 0 ? z->outer_bucket + z->outer_at[g] : z->bucket);
-        memcpy(z->recv, m->params + a, n * sizeof(float));
-        memset(z->recv + n, 0, (z->chunk[g] - n) * sizeof(float));
-        SK_TRY(zc_all_gather(z, z->recv, buf, z->chunk[g]));
-        memcpy(m->params + gr->begin, buf, gr->count * sizeof(float));
+        float *buf = z->staging ? z->staging : (gr->layer < 0 ? z->outer_bucket + z->outer_at[g] : z->bucket[0].grads);
+        zero_copy(z, z->recv, m->params + a, n);
+        zero_clear(z, z->recv + n, z->chunk[g] - n);
+        SK_TRY(zc_run(z, ZC_ALL_GATHER, z->recv, buf, z->chunk[g]));
+        zero_copy(z, m->params + gr->begin, buf, gr->count);
     }
     return SK_OK;
 }
@@ -420,14 +548,15 @@ sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr, float grad_scal
 sk_status zero_gather_params(zero *z, float *full) {
     model *m = z->m;
     if (z->stage < 3) {
-        if (full) memcpy(full, m->params, m->n_params * sizeof(float));
-        return SK_OK;
+        if (full) backend_download(z->be, full, m->params, m->n_params * sizeof(float));
+        return z->err;
     }
+    zero_invalidate(z);   /* the slots are borrowed */
     for (int g = 0; g < m->n_groups; g++) {
         const model_group *gr = &m->groups[g];
-        float *buf = gr->layer < 0 ? z->outer_params + z->outer_at[g] : z->slot[0];
-        SK_TRY(zc_all_gather(z, z->pshard + z->at[g], buf, z->chunk[g]));
-        if (full) memcpy(full + gr->begin, buf, gr->count * sizeof(float));
+        float *buf = gr->layer < 0 ? z->outer_params + z->outer_at[g] : z->slot[0].params;
+        SK_TRY(zc_run(z, ZC_ALL_GATHER, z->pshard + z->at[g], buf, z->chunk[g]));
+        if (full) backend_download(z->be, full + gr->begin, buf, gr->count * sizeof(float));
     }
     zero_invalidate(z);
     return SK_OK;

@@ -4,11 +4,12 @@
  *   0  every rank holds parameters, gradients and AdamW state; gradients are all-reduced;
  *   1  AdamW state sharded: gradients reduce-scattered, AdamW on the local shard, parameters
  *      all-gathered;
- *   2  gradients sharded too: each layer's gradients go to one reusable bucket that is
- *      reduce-scattered as soon as the layer's backward is done (model hooks), so no rank
- *      keeps gradients of parameters it does not own;
- *   3  parameters sharded too: a layer's parameters are all-gathered just before its forward
- *      and its backward into one of two layer slots (the next layer is fetched one ahead),
+ *   2  gradients sharded too: each layer's gradients go to one of two alternating buckets
+ *      whose reduce-scatter starts as soon as the layer's backward is done (the model's
+ *      parameter provider hooks) and runs while the next layer's backward computes, so no
+ *      rank keeps gradients of parameters it does not own;
+ *   3  parameters sharded too: a layer's parameters are all-gathered into one of two layer
+ *      slots; the next layer's gather starts while the current layer computes (prefetch),
  *      and the full parameter buffer does not exist after zero_init.
  *
  *   zero *z;
@@ -29,6 +30,13 @@
  * Determinism: AdamW is elementwise, so the sharded update equals the full one element for
  * element given the same reduced gradient; only the order of floating-point sums across ranks
  * and micro-batches differs between world sizes and stages.
+ *
+ * Buffers are backend memory (device memory on a GPU backend) and the collectives run on a
+ * communication stream of the backend, ordered after the compute by events; the comm must
+ * move the backend's kind of memory (MPI: the cpu backend; NCCL: cuda). Overlap of
+ * communication with compute is on unless the environment sets SKEIN_ZERO_OVERLAP=0, which
+ * waits for every collective as it starts (for measuring what the overlap hides; the
+ * results are the same bit for bit).
  *
  * A NULL comm is a single process (world 1): the collectives become copies.
  * Collectives called from model hooks cannot return a status: the first failure is kept and
@@ -66,10 +74,11 @@ void zero_formula(int stage, int world, int param_bytes, double psi, double out[
 typedef struct zero zero;
 
 /* Sets up the stage on model m (parameters loaded and equal on every rank, no gradients
- * yet): partitions, allocates the shard buffers, installs the hooks; stage 2/3 with static
- * data make m's gradients external (no full gradient buffer); stage 3 copies the owned
- * parameters out and frees m->params. dynamic: ranks run different numbers of micro-batches,
- * so stage 2 keeps a full local gradient until the step's reduction; stage 3 is refused. */
+ * yet): partitions, allocates the shard buffers, installs itself as m's parameter provider
+ * (model.h); stage 2/3 with static data make m's gradients external (no full gradient
+ * buffer); stage 3 copies the owned parameters out and releases m's parameter buffer.
+ * dynamic: ranks run different numbers of micro-batches, so stage 2 keeps a full local
+ * gradient until the step's reduction; stage 3 is refused. */
 sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out);
 void zero_free(zero *z);
 
@@ -88,6 +97,11 @@ sk_status zero_end_step(zero *z, double *grad_norm);
  * again (all-gather at 1-2; at 3 the gathered copies are dropped). */
 sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr, float grad_scale);
 long zero_opt_steps(const zero *z);
+/* Seconds this rank spent blocked waiting for collectives since zero_begin_step: with
+ * overlap, the communication the computation did not hide. */
+double zero_comm_wait_s(const zero *z);
+/* Whether collectives overlap compute (false under SKEIN_ZERO_OVERLAP=0). */
+bool zero_overlaps(const zero *z);
 
 /* Collective: writes the full parameters (n_params floats, host memory) into full on rank 0;
  * other ranks pass NULL. */
