@@ -90,7 +90,9 @@ typedef struct backend_ops {
     void (*bias_backward)(backend *be, backend_stream *s, tensor dbias, tensor dout);
 
     /* out(B*T,C) writes wte[tokens] + wpe[t] for tokens(B,T) (i32; t the position in the
-     * row), wte(V,C), wpe(P,C) with P >= T, or wpe tensor_none(): no position table. */
+     * row), wte(V,C), wpe(P,C) with P >= T, or wpe tensor_none(): no position table. The
+     * tables are contiguous, f32 or any dtype backend_supports(be, BACKEND_OP_EMBED, dt)
+     * accepts (mapped weights); out is f32. */
     void (*embed_forward)(backend *be, backend_stream *s, tensor out, tensor tokens, tensor wte, tensor wpe);
     /* dwte(V,C), dwpe(P,C) accumulate from dout(B*T,C); dwpe may be tensor_none(). */
     void (*embed_backward)(backend *be, backend_stream *s, tensor dwte, tensor dwpe, tensor dout, tensor tokens);

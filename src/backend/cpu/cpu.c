@@ -11,6 +11,7 @@
  * Letters as in backend.h: N rows, B batch, T time, C channels, OC output channels,
  * NH heads, NKV key/value heads, HS head size, V vocabulary (Vp its padded row stride). */
 #include "backend/cpu/cpu_impl.h"
+#include "backend/cpu/cpu_lowp.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -98,9 +99,17 @@ static float *cpu_mat_of(tensor t, int rows, int cols) {
 
 /* ---- products ---- */
 
-static bool cpu_supports(backend *be, backend_op op, dtype dt) { return dt == DT_F32; }
+/* Products and embedding gathers read bf16/f16 weights where they lie (cpu_lowp.h); every
+ * other op is f32 only. */
+static bool cpu_supports(backend *be, backend_op op, dtype dt) {
+    if (op == BACKEND_OP_MATMUL || op == BACKEND_OP_EMBED) return dt == DT_F32 || dt == DT_BF16 || dt == DT_F16;
+    return dt == DT_F32;
+}
 
-/* OpenBLAS takes the row strides as leading dimensions, so column blocks need no copy. */
+/* OpenBLAS takes the row strides as leading dimensions, so column blocks need no copy. A
+ * bf16/f16 weight B (mapped weights in inference) goes to cpu_lowp_matmul with its row
+ * stride, so a column block of a wider matrix (GPT-2's q/k/v in c_attn) is read in place;
+ * only A untransposed meets such a B (inference forwards, never a backward). */
 static void cpu_matmul(backend *be, backend_stream *stream, tensor C, tensor A, bool ta, tensor B, bool tb,
                        float alpha, float beta) {
     SK_ASSERT(A.ndim == 2 && B.ndim == 2 && C.ndim == 2 && A.dt == DT_F32 && C.dt == DT_F32);
@@ -108,6 +117,12 @@ static void cpu_matmul(backend *be, backend_stream *stream, tensor C, tensor A, 
     const int M = (int)C.shape[0], N = (int)C.shape[1], K = (int)(ta ? A.shape[0] : A.shape[1]);
     SK_ASSERT((ta ? A.shape[1] : A.shape[0]) == M && (tb ? B.shape[1] : B.shape[0]) == K &&
               (tb ? B.shape[0] : B.shape[1]) == N);
+    if (B.dt != DT_F32) {
+        SK_ASSERT(!ta);
+        cpu_lowp_matmul(tensor_f32(C), (int)tensor_ld(C), tensor_f32(A), (int)tensor_ld(A), B.data, B.dt,
+                        tb ? CPU_LOWP_NK : CPU_LOWP_KN, (int)tensor_ld(B), M, N, K, alpha, beta);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                 M, N, K, alpha, tensor_f32(A), (int)tensor_ld(A), tensor_f32(B), (int)tensor_ld(B), beta,
                 tensor_f32(C), (int)tensor_ld(C));
@@ -158,28 +173,49 @@ static const int *cpu_tokens(tensor t, int *B, int *T) {
     return tensor_i32(t);
 }
 
+/* The rows of a table view (V,C) with contiguous rows in f32, bf16 or f16 (the CPU's EMBED
+ * dtypes). */
+static const void *cpu_table(tensor t, int *V, int *C) {
+    SK_ASSERT(t.ndim == 2 && tensor_is_contiguous(t) && cpu_supports(NULL, BACKEND_OP_EMBED, t.dt));
+    *V = (int)t.shape[0];
+    *C = (int)t.shape[1];
+    return t.data;
+}
+
+/* o(C) += row(C) of dtype dt (f32, bf16 or f16), each element converted exactly. */
+static void cpu_row_add(float *o, const void *row, dtype dt, int C) {
+    if (dt == DT_F32) {
+        const float *r = row;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] += r[c];
+    } else if (dt == DT_BF16) {
+        const uint16_t *r = row;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] += bf16_to_f32(r[c]);
+    } else {
+        const uint16_t *r = row;
+        for (int c = 0; c < C; c++) o[c] += f16_to_f32(r[c]);
+    }
+}
+
+/* Gathers the token rows (a bf16/f16 table through cpu_lowp_embed), then adds the position
+ * rows: e + pe rounds once, as a fused sum would. */
 static void cpu_embed_forward(backend *be, backend_stream *stream, tensor out_t, tensor tokens_t, tensor wte_t,
                               tensor wpe_t) {
-    int B, T, V, C;
+    int B, T, V, C, P = 0, CP = 0;
     const int *tokens = cpu_tokens(tokens_t, &B, &T);
-    const float *wte = cpu_mat(wte_t, &V, &C);
+    const void *wte = cpu_table(wte_t, &V, &C);
     float *out = cpu_mat_of(out_t, B * T, C);
-    const float *wpe = NULL;
-    if (!tensor_is_none(wpe_t)) {
-        SK_ASSERT(wpe_t.ndim == 2 && wpe_t.shape[0] >= T);
-        wpe = cpu_mat_of(wpe_t, (int)wpe_t.shape[0], C);
-    }
+    const void *wpe = tensor_is_none(wpe_t) ? NULL : cpu_table(wpe_t, &P, &CP);
+    SK_ASSERT(!wpe || (P >= T && CP == C));
+    const size_t pe_bytes = wpe ? dtype_size(wpe_t.dt) * (size_t)C : 0;
+    if (wte_t.dt != DT_F32) cpu_lowp_embed(out, tokens, B * T, wte, wte_t.dt, V, C);
 #pragma omp parallel for schedule(static) if ((size_t)B * T * C > CPU_PAR_MIN)
     for (int i = 0; i < B * T; i++) {
         float *o = out + (size_t)i * C;
-        const float *e = wte + (size_t)tokens[i] * C;
-        if (wpe) {
-            const float *pe = wpe + (size_t)(i % T) * C;
-#pragma omp simd
-            for (int c = 0; c < C; c++) o[c] = e[c] + pe[c];
-        } else {
-            memcpy(o, e, sizeof(float) * (size_t)C);
-        }
+        SK_ASSERT(tokens[i] >= 0 && tokens[i] < V);
+        if (wte_t.dt == DT_F32) memcpy(o, (const float *)wte + (size_t)tokens[i] * C, sizeof(float) * (size_t)C);
+        if (wpe) cpu_row_add(o, (const char *)wpe + (size_t)(i % T) * pe_bytes, wpe_t.dt, C);
     }
 }
 
