@@ -82,16 +82,17 @@ TEST(logits_and_greedy_match_transformers) {
     CHECK_MSG(maxdiff <= 1e-4, "max |logit diff| %g", maxdiff);
 
     /* greedy decoding through the KV cache, token for token */
-    CHECK(model_infer_prepare(m, 64) == SK_OK);
-    model_infer_reset(m);
-    float *lg = test_download(m->be, model_infer_step(m, prompt, P));
+    model_kv *kv = NULL;
+    CHECK(model_kv_create(m, 64, &kv) == SK_OK);
+    float *lg = test_download(m->be, model_infer_step(m, kv, prompt, P));
     for (int i = 0; i < G; i++) {
         int next = argmax(lg, 101);
         free(lg);
         CHECK_MSG(next == gen[i], "generated token %d: %d vs transformers %d", i, next, gen[i]);
-        lg = test_download(m->be, model_infer_step(m, &next, 1));
+        lg = test_download(m->be, model_infer_step(m, kv, &next, 1));
     }
     free(lg);
+    model_kv_free(kv);
     /* and through gen_run at temperature 0, as `skein generate` runs it */
     int32_t prompt32[64], out[64];
     for (int i = 0; i < P; i++) prompt32[i] = prompt[i];

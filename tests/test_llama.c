@@ -217,16 +217,17 @@ static void transformers_case(const char *name) {
     printf("  %s: max |logit - transformers| %.3g over %d logits\n", name, maxdiff, T * V);
     CHECK_MSG(maxdiff <= 1e-4, "%s: max |logit diff| %g", name, maxdiff);
 
-    CHECK(model_infer_prepare(m, cfg.n_positions) == SK_OK);
-    model_infer_reset(m);
-    float *lg = test_download(m->be, model_infer_step(m, prompt, P));
+    model_kv *kv = NULL;
+    CHECK(model_kv_create(m, cfg.n_positions, &kv) == SK_OK);
+    float *lg = test_download(m->be, model_infer_step(m, kv, prompt, P));
     for (int i = 0; i < G; i++) {
         int next = argmax(lg, V);
         free(lg);
         CHECK_MSG(next == gen[i], "%s: generated token %d: %d vs transformers %d", name, i, next, gen[i]);
-        lg = test_download(m->be, model_infer_step(m, &next, 1));
+        lg = test_download(m->be, model_infer_step(m, kv, &next, 1));
     }
     free(lg);
+    model_kv_free(kv);
     /* and through gen_run at temperature 0, as `skein generate` runs it */
     int32_t prompt32[64], out[64];
     for (int i = 0; i < P; i++) prompt32[i] = prompt[i];

@@ -128,20 +128,22 @@ static inline bool test_grad_accumulation(model *m) {
 
 /* Prefill of 5 tokens, then single-token decodes up to T (<= 16) positions: the logits of
  * each step match the full forward's row for that position within 1e-5, twice (the second
- * round after infer_reset). */
+ * round after model_kv_reset). */
 static inline bool test_kv_cache_matches(model *m, int T) {
     const int V = m->cfg.vocab_size;
     int tokens[16];
-    if (T > 16 || model_train_prepare(m, 1, T) != SK_OK || model_infer_prepare(m, 16) != SK_OK) return false;
+    model_kv *kv = NULL;
+    if (T > 16 || model_train_prepare(m, 1, T) != SK_OK || model_kv_create(m, 16, &kv) != SK_OK) return false;
     test_random_tokens(tokens, T, V, 6);
     model_forward(m, tokens, NULL, 1, T);
     float *full = test_download(m->be, model_logits(m));   /* (T,V) */
     bool ok = true;
     for (int round = 0; round < 2 && ok; round++) {
-        model_infer_reset(m);
+        model_kv_reset(kv);
         double worst = 0;
         for (int t = 4; t < T; t++) {
-            float *lg = test_download(m->be, t == 4 ? model_infer_step(m, tokens, 5) : model_infer_step(m, &tokens[t], 1));
+            float *lg = test_download(m->be, t == 4 ? model_infer_step(m, kv, tokens, 5)
+                                                    : model_infer_step(m, kv, &tokens[t], 1));
             for (int v = 0; v < V; v++) worst = fmax(worst, fabs(lg[v] - full[(size_t)t * V + v]));
             free(lg);
         }
@@ -149,6 +151,7 @@ static inline bool test_kv_cache_matches(model *m, int T) {
         if (worst > 1e-5) { printf("  round %d: worst |diff| %g\n", round, worst); ok = false; }
     }
     free(full);
+    model_kv_free(kv);
     return ok;
 }
 

@@ -124,7 +124,7 @@ static sk_status demo_run(const char *out, long steps, double corpus_mb, long vo
 
     printf("== 4/4 generating from the trained model (%.0f s so far)\n\n", time_now() - t0);
     fflush(stdout);
-    if ((st = model_load(model_dir, be, &m))) goto done;
+    if ((st = model_open_weights(model_dir, be, &m))) goto done;
     int32_t *ids;
     size_t n_ids;
     if ((st = tok_encode(t, prompt, strlen(prompt), &ids, &n_ids))) goto done;

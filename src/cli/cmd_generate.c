@@ -1,5 +1,13 @@
-/* skein generate: loads a model folder and its tokenizer.json, then streams generated text
- * to stdout; a summary (tokens, speed, seed, why it stopped) goes to stderr.
+/* skein generate: opens a model folder for inference (model_open_weights: the weights stay
+ * mapped read-only in their file dtype, shared with every other process that maps them) and
+ * its tokenizer.json, then streams generated text to stdout; a summary (tokens, speed, seed,
+ * why it stopped) goes to stderr.
+ *
+ * --mem-report: after generation, what this process's memory is made of (memstat): the
+ * mapping of the folder's files (Rss, Pss, Shared_Clean/Shared_Dirty) and the private memory
+ * outside it (Private_Dirty, which holds the dirty anonymous pages, with Anonymous beside:
+ * heap, stacks, KV cache, workspace, tokenizer), each in bytes and as a percentage of the
+ * weight files' size.
  *
  * --chat: the prompt is a user message (--system adds a system message before it), or
  * --chat-file holds the conversation; it is rendered with the folder's chat template
@@ -12,16 +20,35 @@
 #include <unistd.h>
 
 #include "base/file.h"
+#include "base/memstat.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "infer/generate.h"
 #include "tokenizer/chat.h"
 
+/* The --mem-report lines (stderr) for m, opened from dir; a failure to read /proc is reported
+ * and returned. */
+static sk_status mem_report(const char *dir, const model *m) {
+    memstat all, map;
+    SK_TRY(memstat_read(0, NULL, &all));
+    SK_TRY(memstat_read(0, dir, &map));
+    const size_t files = wts_mapped_bytes(m->weights);
+    const double pct = files ? 100.0 / (double)files : 0.0;
+    const size_t priv = all.private_dirty - map.private_dirty, anon = all.anonymous - map.anonymous;
+    fprintf(stderr, "[mem-report] weight files: %zu bytes (%s)\n", files, wts_path(m->weights));
+    fprintf(stderr, "[mem-report] mapping: rss %zu (%.1f%%) pss %zu (%.1f%%) shared_clean %zu (%.1f%%) "
+            "shared_dirty %zu (%.1f%%)\n", map.rss, map.rss * pct, map.pss, map.pss * pct, map.shared_clean,
+            map.shared_clean * pct, map.shared_dirty, map.shared_dirty * pct);
+    fprintf(stderr, "[mem-report] private outside the mapping: %zu (%.2f%%), anonymous %zu (%.2f%%)\n", priv,
+            priv * pct, anon, anon * pct);
+    return SK_OK;
+}
+
 int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *prompt = NULL, *device = "cpu", *system = NULL, *chat_file = NULL, *chat_name = NULL;
     long max_tokens = 128, top_k = 40, seed = -1;
     double temperature = 0.8, top_p = 0.95;
-    bool chat = false;
+    bool chat = false, report = false;
     arg_list stop = {0};
     arg_spec specs[] = {
         {"--model", ARG_STR, &dir, "DIR", "model folder (config.json, model.safetensors, tokenizer.json)", true, false},
@@ -37,6 +64,8 @@ int cmd_generate(int argc, char **argv) {
         {"--chat-file", ARG_STR, &chat_file, "FILE", "a conversation, [{\"role\": ..., \"content\": ...}, ...] (implies --chat)", false, false},
         {"--chat-template", ARG_STR, &chat_name, "NAME", "llama3|llama2|chatml|mistral instead of the folder's template", false, false},
         {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
+        {"--mem-report", ARG_BOOL, &report, NULL, "after generating, print to stderr the folder mapping's Rss, Pss and "
+         "shared pages and this process's private memory outside it (bytes and % of the weight files)", false, false},
     };
     sk_status st = args_parse("skein generate", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
@@ -70,7 +99,7 @@ int cmd_generate(int argc, char **argv) {
     chat_msg *msgs = NULL;
     if ((st = tok_load(file_join(path, sizeof path, dir, "tokenizer.json"), &t))) goto done;
     if ((st = tok_load_config(t, file_join(path, sizeof path, dir, "tokenizer_config.json")))) goto done;
-    if ((st = model_load(dir, be, &m))) goto done;
+    if ((st = model_open_weights(dir, be, &m))) goto done;
     if (chat) {
         chat_msg two[2];
         int n_msgs = 0;
@@ -104,6 +133,7 @@ int cmd_generate(int argc, char **argv) {
     printf("\n");
     fprintf(stderr, "[%d prompt tokens in %.2f s, %d generated at %.1f tokens/s, stop: %s, seed %ld]\n", res.n_prompt,
             res.prefill_s, res.n_generated, res.decode_s > 0 ? res.n_generated / res.decode_s : 0.0, res.finish, seed);
+    if (report) st = mem_report(dir, m);
 done:
     chat_template_free(&ct);
     mem_free(rendered);

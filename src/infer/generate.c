@@ -56,10 +56,10 @@ void gen_emit_stdout(void *ctx, const char *text, size_t n) {
     fflush(stdout);
 }
 
-/* Feeds tokens(n) to the model and brings the last position's logits (V) to host (V floats
- * the caller owns): the one download per step. */
-static const float *gen_step(model *m, const int *tokens, int n, float *host) {
-    tensor lg = model_infer_step(m, tokens, n);
+/* Feeds tokens(n) to the model at kv's position and brings the last position's logits (V)
+ * to host (V floats the caller owns): the one download per step. */
+static const float *gen_step(model *m, model_kv *kv, const int *tokens, int n, float *host) {
+    tensor lg = model_infer_step(m, kv, tokens, n);
     backend_download(m->be, host, lg.data, tensor_bytes(lg));
     return host;
 }
@@ -85,15 +85,19 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
             return sk_fail(SK_EARG, "generate: prompt token %d is outside the vocabulary of %d", prompt[i], m->cfg.vocab_size);
     int max_T = (int)n_prompt + (o->max_tokens > 0 ? o->max_tokens : 0);
     if (max_T > ctx_len) max_T = ctx_len;
-    SK_TRY(model_infer_prepare(m, max_T));
+    model_kv *kv = NULL;
+    SK_TRY(model_kv_create(m, max_T, &kv));
     sampler smp;
-    SK_TRY(sampler_init(&smp, m->cfg.vocab_size));
+    sk_status st = sampler_init(&smp, m->cfg.vocab_size);
+    if (st != SK_OK) {
+        model_kv_free(kv);
+        return st;
+    }
     rng r;
     rng_seed(&r, o->seed);
     tok_stream ts;
     if (t) tok_stream_init(&ts, t);
     gen_text text = {0};
-    sk_status st = SK_OK;
     char *piece = t ? mem_alloc(tok_stream_cap(t)) : NULL;
     const size_t piece_cap = t ? tok_stream_cap(t) : 0;
     float *host_logits = mem_alloc(sizeof(float) * (size_t)m->cfg.vocab_size);
@@ -101,13 +105,13 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
         mem_free(piece);
         mem_free(host_logits);
         sampler_free(&smp);
+        model_kv_free(kv);
         return sk_fail(SK_ENOMEM, "out of memory in generation");
     }
 
-    model_infer_reset(m);
     double t0 = time_now();
     int pos = (int)n_prompt;
-    const float *logits = gen_step(m, (const int *)prompt, (int)n_prompt, host_logits);
+    const float *logits = gen_step(m, kv, (const int *)prompt, (int)n_prompt, host_logits);
     res->prefill_s = time_now() - t0;
     t0 = time_now();
     while (res->n_generated < o->max_tokens) {
@@ -122,7 +126,7 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
         }
         if (res->n_generated == o->max_tokens) break;
         if (pos >= max_T) { res->finish = "length"; break; }
-        logits = gen_step(m, &id, 1, host_logits);
+        logits = gen_step(m, kv, &id, 1, host_logits);
         pos++;
     }
     if (t && st == SK_OK && strcmp(res->finish, "stop") != 0) {
@@ -134,5 +138,6 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     mem_free(piece);
     mem_free(host_logits);
     sampler_free(&smp);
+    model_kv_free(kv);
     return st == SK_ENOMEM ? sk_fail(SK_ENOMEM, "out of memory in generation") : st;
 }

@@ -1,4 +1,5 @@
-/* generate: text generation with one sequence and the model's KV cache: prefill the prompt,
+/* generate: text generation with one sequence, whose keys and values (a model_kv sized for
+ * the prompt plus max_tokens) gen_run owns for the call: prefill the prompt,
  * then sample one token at a time, streaming decoded text through a callback as it is
  * produced. Stops at an end-of-sequence id, a stop string (not emitted), max_tokens, or the
  * model's context. */

@@ -42,6 +42,27 @@ static inline tensor arch_seq(tensor x, int64_t B, int64_t T) {
 float arch_xent_loss(backend *be, tensor losses, tensor loss_sum, tensor logits, tensor targets_dev,
                      const int *targets);
 
+/* A sequence's keys and values (model.h): mem holds the keys (L, max_T, KD), then the values
+ * (L, max_T, KD), KD = n_kv_head * head_dim (C for GPT-2); positions 0..pos-1 are filled.
+ * Architecture code writes a step's new rows and reads rows 0..pos+n-1 through arch_kv. */
+struct model_kv {
+    backend *be;
+    int n_layer, kd, max_T;
+    int pos;                 /* next position; model_infer_step advances it */
+    float *mem;              /* backend memory */
+};
+
+/* Layer l's keys (values = true: values) of kv, as a (max_T, KD) view. */
+static inline tensor arch_kv(const model_kv *kv, int l, bool values) {
+    SK_ASSERT(l >= 0 && l < kv->n_layer);
+    const size_t per_layer = (size_t)kv->max_T * kv->kd;
+    return arch_mat(kv->mem + ((values ? (size_t)kv->n_layer : 0) + (size_t)l) * per_layer, kv->max_T, kv->kd);
+}
+
+/* Plans a model for cfg (specs, groups) without parameter memory: m->params NULL, every base
+ * NULL. model_create allocates the f32 buffer on it; weights.c binds mapped views instead. */
+sk_status model_plan(const model_config *cfg, backend *be, model **out);
+
 /* Asserts every token id is inside the vocabulary (callers validate input before this). */
 void arch_check_tokens(const model *m, const int *tokens, size_t n);
 bool arch_ends_with(const char *s, const char *suffix);

@@ -2,6 +2,9 @@
  * position embeddings, pre-LayerNorm blocks, Conv1D weights stored (in, out), tanh GELU,
  * LM head tied to wte. Training forward/backward and KV-cached inference, written only
  * against the backend table (backend.h), so the CUDA backend runs this file unchanged.
+ * Training reads f32 parameters (a training model); inference also runs over mapped
+ * weights, whose matrices (wte, wpe, the Conv1D weights) reach the backend's matmul and
+ * embed in the file's dtype and whose biases and LayerNorm weights are f32 copies.
  *
  * One block, in the order the forward runs it (x is the residual stream):
  *   ln1 = LN(x); qkv = ln1 @ Wattn + battn; atty = attention(qkv);
@@ -10,8 +13,8 @@
  * and at the end logits = LN_f(x) @ wte^T.
  *
  * Invariants: train_prepare plans every activation for its (B,T) and allocates them in one
- * backend buffer; forward and backward then allocate nothing (the same for infer_prepare
- * and infer_step). With targets, the forward leaves (softmax - onehot) in place of the
+ * backend buffer; forward and backward then allocate nothing (infer_step neither: its
+ * workspace comes from infer_prepare, its keys and values from the caller's model_kv). With targets, the forward leaves (softmax - onehot) in place of the
  * logits; backward folds dloss into the products that read it.
  *
  * Letters: B batch, T time, N = B*T rows, C channels, F MLP width, L layers, NH heads,
@@ -95,9 +98,9 @@ typedef struct gpt2_acts {
     float *dF;               /* (N,F) */
 } gpt2_acts;
 
-/* Inference buffers for sequences of up to max_T positions. */
+/* The inference workspace for steps of up to max_T tokens (keys and values are the
+ * caller's model_kv). */
 typedef struct gpt2_infer {
-    float *kcache, *vcache;  /* (L,max_T,C) keys and values of positions 0..pos-1 */
     int *tokens;             /* (max_T) */
     float *x;                /* (max_T,C) residual stream of the new tokens */
     float *ln;               /* (max_T,C) LayerNorm output, then branch outputs */
@@ -114,7 +117,7 @@ typedef struct gpt2_state {
     bool have_targets;       /* the last forward left dlogits for backward */
     float *act_mem;
     gpt2_acts a;
-    int max_T, pos;          /* inference capacity and next position */
+    int max_T;               /* inference workspace capacity (rows) */
     float *inf_mem;
     gpt2_infer inf;
 } gpt2_state;
@@ -169,7 +172,7 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
             float sd = arch_ends_with(p->name, "c_proj.weight") ? proj_std : 0.02f;
             for (size_t j = 0; j < p->numel; j++) host[j] = sd * rng_normal(&r);
         }
-        backend_upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
+        backend_upload(m->be, tensor_f32(model_param_view(m, i)), host, p->numel * sizeof(float));
     }
     mem_free(host);
 }
@@ -431,46 +434,38 @@ static tensor gpt2_logits(const model *m) {
 
 static sk_status gpt2_infer_prepare(model *m, int max_T) {
     const model_config *c = &m->cfg;
-    if (max_T <= 0 || max_T > c->n_positions)
-        return sk_fail(SK_EARG, "inference length %d outside 1..%d (the model's context)", max_T, c->n_positions);
     gpt2_state *s = gpt2_state_get(m);
+    if (s->inf_mem && s->max_T >= max_T) return SK_OK;
     backend *be = m->be;
     if (s->inf_mem) backend_mem_free(be, s->inf_mem);
     s->inf_mem = NULL;
-    const size_t L = (size_t)c->n_layer, T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim;
+    s->max_T = 0;
+    const size_t T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim;
     gpt2_infer *f = &s->inf;
 #define E(field, n) { (void **)&f->field, (n) }
     arch_plan_entry plan[] = {
-        E(kcache, L * T * C), E(vcache, L * T * C), E(tokens, T), E(x, T * C), E(ln, T * C),
-        E(q, T * C), E(atty, T * C), E(fch, T * F), E(mean, T), E(rstd, T),
-        E(logits, (size_t)c->vocab_size),
+        E(tokens, T), E(x, T * C), E(ln, T * C), E(q, T * C), E(atty, T * C), E(fch, T * F), E(mean, T),
+        E(rstd, T), E(logits, (size_t)c->vocab_size),
     };
 #undef E
     s->inf_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
-    if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating a KV cache of %d positions", max_T);
+    if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace of %d positions", max_T);
     s->max_T = max_T;
-    s->pos = 0;
     return SK_OK;
 }
 
-static void gpt2_infer_reset(model *m) {
+/* Runs tokens(n) at positions pos..pos+n-1 (pos = kv->pos): each layer writes the new keys
+ * and values straight into its rows of kv (c_attn split into its q, k, v column blocks),
+ * attends over rows 0..pos+n-1, and only the last row goes through ln_f and the LM head.
+ * Returns logits(V), a view of backend memory valid until the next call. */
+static tensor gpt2_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
     gpt2_state *s = m->state;
-    SK_ASSERT(s && s->inf_mem);
-    s->pos = 0;
-}
-
-/* Runs tokens(n) at positions pos..pos+n-1: each layer writes the new keys and values
- * straight into its cache rows (c_attn split into its q, k, v column blocks), attends over
- * the cache, and only the last row goes through ln_f and the LM head. Returns logits(V),
- * a view of backend memory valid until the next call. */
-static tensor gpt2_infer_step(model *m, const int *tokens, int n) {
-    gpt2_state *s = m->state;
-    SK_ASSERT(s && s->inf_mem && n > 0 && s->pos + n <= s->max_T);
+    SK_ASSERT(s && s->inf_mem && n <= s->max_T && kv->kd == m->cfg.n_embd);
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
-    const int pos = s->pos;
+    const int pos = kv->pos;
     gpt2_infer *f = &s->inf;
     tensor x = arch_mat(f->x, n, C), ln = arch_mat(f->ln, n, C), q = arch_mat(f->q, n, C);
     tensor atty = arch_mat(f->atty, n, C), fch = arch_mat(f->fch, n, F);
@@ -482,15 +477,16 @@ static tensor gpt2_infer_step(model *m, const int *tokens, int n) {
                       tensor_rows(gpt2_tensor(m, false, P_WPE), pos, n));
     for (int l = 0; l < L; l++) {
         gpt2_w w = gpt2_layer(m, false, l);
-        float *kc = f->kcache + (size_t)l * s->max_T * C, *vc = f->vcache + (size_t)l * s->max_T * C;
-        tensor knew = arch_mat(kc + (size_t)pos * C, n, C), vnew = arch_mat(vc + (size_t)pos * C, n, C);
+        tensor kc = arch_kv(kv, l, false), vc = arch_kv(kv, l, true);
+        tensor knew = tensor_rows(kc, pos, n), vnew = tensor_rows(vc, pos, n);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln1w, w.ln1b, c->norm_eps);
         /* Wattn (C,3C): columns [0,C) q, [C,2C) k, [2C,3C) v */
         gpt2_linear(be, q, ln, tensor_cols(w.attnw, 0, C), tensor_cols(w.attnb, 0, C));
         gpt2_linear(be, knew, ln, tensor_cols(w.attnw, C, C), tensor_cols(w.attnb, C, C));
         gpt2_linear(be, vnew, ln, tensor_cols(w.attnw, 2 * C, C), tensor_cols(w.attnb, 2 * C, C));
         op->attention_forward(be, NULL, arch_seq(atty, 1, n), tensor_none(), arch_seq(q, 1, n),
-                              arch_view3(kc, 1, pos + n, C), arch_view3(vc, 1, pos + n, C), NH, NH, 0, 0.0f, 0);
+                              arch_seq(tensor_rows(kc, 0, pos + n), 1, pos + n),
+                              arch_seq(tensor_rows(vc, 0, pos + n), 1, pos + n), NH, NH, 0, 0.0f, 0);
         gpt2_linear(be, ln, atty, w.projw, w.projb);
         op->add(be, NULL, x, x, ln);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln2w, w.ln2b, c->norm_eps);
@@ -505,7 +501,6 @@ static tensor gpt2_infer_step(model *m, const int *tokens, int n) {
                           gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
     tensor logits = arch_mat(f->logits, 1, V);
     op->matmul(be, NULL, logits, last, false, gpt2_tensor(m, false, P_WTE), true, 1.0f, 0.0f);
-    s->pos = pos + n;
     return arch_vec(f->logits, V);
 }
 
@@ -527,7 +522,6 @@ const model_arch gpt2_arch = {
     .backward = gpt2_backward,
     .logits = gpt2_logits,
     .infer_prepare = gpt2_infer_prepare,
-    .infer_reset = gpt2_infer_reset,
     .infer_step = gpt2_infer_step,
     .free_state = gpt2_free_state,
     .train_bytes = gpt2_train_bytes,

@@ -6,6 +6,9 @@
  * optional sliding-window attention (Mistral v0.1), SwiGLU MLP, an LM head tied to the
  * embeddings or separate. nn.Linear weights are stored (out, in). Training forward/backward
  * and KV-cached inference are written only against the backend table (backend.h).
+ * Training reads f32 parameters (a training model); inference also runs over mapped
+ * weights, whose matrices (embeddings, projections, head) reach the backend's matmul and
+ * embed in the file's dtype and whose norms and biases are f32 copies.
  *
  * One block, in the order the forward runs it (x is the residual stream):
  *   ln1 = RMSNorm(x); q = rope(ln1 Wq^T + bq); k = rope(ln1 Wk^T + bk); v = ln1 Wv^T + bv;
@@ -15,7 +18,8 @@
  *
  * Invariants (as gpt2.c): train_prepare plans every activation for its (B,T), the rotary
  * cos/sin table included, in one backend allocation; forward and backward allocate
- * nothing (the same for infer_prepare and infer_step). With targets the forward leaves
+ * nothing (infer_step neither: its workspace and tables come from infer_prepare, its keys
+ * and values from the caller's model_kv). With targets the forward leaves
  * (softmax - onehot) in place of the logits; backward folds dloss into the products that
  * read it. Gradients accumulate. Dropout is not implemented for this family (released
  * checkpoints use attention_dropout 0): train_prepare refuses a model with m->dropout set.
@@ -72,8 +76,8 @@ static int llama_plan_params(const model_config *cfg, model_param *specs) {
 
 /* Which spec holds each of one layer's tensors; NO_TENSOR when the config has no such
  * tensor. Filled once from m->specs by name, so the plan order above is the only place that
- * knows the layout. Tensors are reached through their group's base (model_param_ptr,
- * model_grad_ptr), so ZeRO hooks can move a layer to a gathered copy or a gradient bucket. */
+ * knows the layout. Tensors are reached through model_param_view / model_grad_view (their
+ * group's base), so ZeRO hooks can move a layer to a gathered copy or a gradient bucket. */
 #define NO_TENSOR (-1)
 enum { T_IN, T_QW, T_QB, T_KW, T_KB, T_VW, T_VB, T_OW, T_POST, T_GW, T_GB, T_UW, T_UB, T_DW, T_DB, T_COUNT };
 static const char *const llama_suffix[T_COUNT] = {
@@ -117,9 +121,9 @@ typedef struct llama_acts {
     float *dF, *dF2;         /* (N,F): the SwiGLU output in the forward; dgate, dup backward */
 } llama_acts;
 
-/* Inference buffers for sequences of up to max_T positions. */
+/* The inference workspace for positions up to max_T (keys, after rope, and values are the
+ * caller's model_kv). */
 typedef struct llama_infer {
-    float *kcache, *vcache;  /* (L,max_T,KD) keys (after rope) and values of positions 0..pos-1 */
     float *rope_cos, *rope_sin;   /* (max_T, HS/2) */
     int *tokens;             /* (max_T) */
     float *x;                /* (max_T,C) residual stream of the new tokens */
@@ -136,7 +140,7 @@ typedef struct llama_state {
     bool have_targets;       /* the last forward left dlogits for backward */
     float *act_mem;
     llama_acts a;
-    int max_T, pos;          /* inference capacity and next position */
+    int max_T;               /* inference workspace capacity (positions) */
     float *inf_mem;
     llama_infer inf;
 } llama_state;
@@ -283,7 +287,7 @@ static void llama_init_weights(model *m, uint64_t seed) {
         } else {
             for (size_t j = 0; j < p->numel; j++) host[j] = 0.02f * rng_normal(&r);
         }
-        backend_upload(m->be, model_param_ptr(m, i), host, p->numel * sizeof(float));
+        backend_upload(m->be, tensor_f32(model_param_view(m, i)), host, p->numel * sizeof(float));
     }
     mem_free(host);
 }
@@ -532,24 +536,23 @@ static tensor llama_logits(const model *m) {
 static sk_status llama_infer_prepare(model *m, int max_T) {
     const model_config *c = &m->cfg;
     SK_TRY(llama_check_config(c));
-    if (max_T <= 0 || max_T > c->n_positions)
-        return sk_fail(SK_EARG, "inference length %d outside 1..%d (the model's context)", max_T, c->n_positions);
     llama_state *s = llama_state_get(m);
+    if (s->inf_mem && s->max_T >= max_T) return SK_OK;
     backend *be = m->be;
     if (s->inf_mem) backend_mem_free(be, s->inf_mem);
     s->inf_mem = NULL;
-    const size_t L = (size_t)c->n_layer, T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim,
-                 HS = (size_t)c->head_dim, QD = (size_t)c->n_head * HS, KD = (size_t)c->n_kv_head * HS;
+    s->max_T = 0;
+    const size_t T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim, HS = (size_t)c->head_dim,
+                 QD = (size_t)c->n_head * HS;
     llama_infer *f = &s->inf;
 #define E(field, n) { (void **)&f->field, (n) }
     arch_plan_entry plan[] = {
-        E(kcache, L * T * KD), E(vcache, L * T * KD), E(rope_cos, T * HS / 2), E(rope_sin, T * HS / 2),
-        E(tokens, T), E(x, T * C), E(ln, T * C), E(q, T * QD), E(atty, T * QD), E(gate, T * F),
-        E(up, T * F), E(logits, (size_t)c->vocab_size),
+        E(rope_cos, T * HS / 2), E(rope_sin, T * HS / 2), E(tokens, T), E(x, T * C), E(ln, T * C), E(q, T * QD),
+        E(atty, T * QD), E(gate, T * F), E(up, T * F), E(logits, (size_t)c->vocab_size),
     };
 #undef E
     s->inf_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
-    if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating a KV cache of %d positions", max_T);
+    if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace of %d positions", max_T);
     sk_status st = llama_rope_tables(m, f->rope_cos, f->rope_sin, max_T);
     if (st != SK_OK) {
         backend_mem_free(be, s->inf_mem);
@@ -557,29 +560,23 @@ static sk_status llama_infer_prepare(model *m, int max_T) {
         return st;
     }
     s->max_T = max_T;
-    s->pos = 0;
     return SK_OK;
 }
 
-static void llama_infer_reset(model *m) {
+/* Runs tokens(n) at positions pos..pos+n-1 (pos = kv->pos): each layer writes the new keys
+ * (rotated) and values straight into its rows of kv, attends over rows 0..pos+n-1 (within
+ * the sliding window when the config has one), and only the last row goes through the final
+ * norm and the LM head. Returns logits(V), a view of backend memory valid until the next
+ * call. */
+static tensor llama_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
     llama_state *s = m->state;
-    SK_ASSERT(s && s->inf_mem);
-    s->pos = 0;
-}
-
-/* Runs tokens(n) at positions pos..pos+n-1: each layer writes the new keys (rotated) and
- * values straight into its cache rows, attends over the cache (within the sliding window
- * when the config has one), and only the last row goes through the final norm and the LM
- * head. Returns logits(V), a view of backend memory valid until the next call. */
-static tensor llama_infer_step(model *m, const int *tokens, int n) {
-    llama_state *s = m->state;
-    SK_ASSERT(s && s->inf_mem && n > 0 && s->pos + n <= s->max_T);
+    const model_config *c = &m->cfg;
+    SK_ASSERT(s && s->inf_mem && kv->pos + n <= s->max_T && kv->kd == c->n_kv_head * c->head_dim);
     backend *be = m->be;
     const backend_ops *op = be->ops;
-    const model_config *c = &m->cfg;
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
-              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
-    const int pos = s->pos;
+              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, W = c->sliding_window;
+    const int pos = kv->pos;
     llama_infer *f = &s->inf;
     tensor x = arch_mat(f->x, n, C), ln = arch_mat(f->ln, n, C), q = arch_mat(f->q, n, QD);
     tensor atty = arch_mat(f->atty, n, QD), gate = arch_mat(f->gate, n, F), up = arch_mat(f->up, n, F);
@@ -591,8 +588,8 @@ static tensor llama_infer_step(model *m, const int *tokens, int n) {
                       tensor_none());
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
-        float *kc = f->kcache + (size_t)l * s->max_T * KD, *vc = f->vcache + (size_t)l * s->max_T * KD;
-        tensor knew = arch_mat(kc + (size_t)pos * KD, n, KD), vnew = arch_mat(vc + (size_t)pos * KD, n, KD);
+        tensor kc = arch_kv(kv, l, false), vc = arch_kv(kv, l, true);
+        tensor knew = tensor_rows(kc, pos, n), vnew = tensor_rows(vc, pos, n);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.in_norm, c->norm_eps);
         llama_linear(be, q, ln, w.qw, w.qb);
         llama_linear(be, knew, ln, w.kw, w.kb);
@@ -600,7 +597,8 @@ static tensor llama_infer_step(model *m, const int *tokens, int n) {
         op->rope_forward(be, NULL, llama_heads(q, n, HS), cos, sin, pos);
         op->rope_forward(be, NULL, llama_heads(knew, n, HS), cos, sin, pos);
         op->attention_forward(be, NULL, arch_seq(atty, 1, n), tensor_none(), arch_seq(q, 1, n),
-                              arch_view3(kc, 1, pos + n, KD), arch_view3(vc, 1, pos + n, KD), NH, NKV, W, 0.0f, 0);
+                              arch_seq(tensor_rows(kc, 0, pos + n), 1, pos + n),
+                              arch_seq(tensor_rows(vc, 0, pos + n), 1, pos + n), NH, NKV, W, 0.0f, 0);
         llama_linear(be, ln, atty, w.ow, tensor_none());
         op->add(be, NULL, x, x, ln);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.post_norm, c->norm_eps);
@@ -615,7 +613,6 @@ static tensor llama_infer_step(model *m, const int *tokens, int n) {
                         c->norm_eps);
     op->matmul(be, NULL, arch_mat(f->logits, 1, V), last, false, llama_tensor(m, false, llama_head(m)), true, 1.0f,
                0.0f);
-    s->pos = pos + n;
     return arch_vec(f->logits, V);
 }
 
@@ -638,7 +635,6 @@ const model_arch llama_arch = {
     .backward = llama_backward,
     .logits = llama_logits,
     .infer_prepare = llama_infer_prepare,
-    .infer_reset = llama_infer_reset,
     .infer_step = llama_infer_step,
     .free_state = llama_free_state,
     .train_bytes = llama_train_bytes,

@@ -1,6 +1,9 @@
 /* model: the architecture-independent part: planning and allocating the flat parameter
- * buffer, lookups, and the wrappers over the architecture table (see model.h). */
+ * buffer, lookups, the wrappers over the architecture table, and the sequences' key/value
+ * memory (model_kv) (see model.h). Reading folders into models is weights.c. */
 #include "model/model.h"
+
+#include "model/arch.h"
 
 #include <string.h>
 
@@ -32,7 +35,7 @@ void model_config_gpt2(model_config *cfg, int n_layer, int n_head, int n_embd, i
     cfg->torch_dtype = DT_F32;
 }
 
-sk_status model_create(const model_config *cfg, backend *be, model **out) {
+sk_status model_plan(const model_config *cfg, backend *be, model **out) {
     const model_arch *arch = model_arch_get(cfg->arch);
     model *m = mem_calloc(sizeof *m);
     if (!m) return SK_ENOMEM;
@@ -45,8 +48,6 @@ sk_status model_create(const model_config *cfg, backend *be, model **out) {
     arch->plan_params(cfg, m->specs);
     const model_param *last = &m->specs[m->n_specs - 1];
     m->n_params = last->offset + last->numel;
-    m->params = backend_alloc(be, m->n_params * sizeof(float));
-    if (!m->params) goto err;
     /* groups: maximal runs of consecutive specs with the same layer */
     for (int i = 0; i < m->n_specs; i++)
         if (i == 0 || m->specs[i].layer != m->specs[i - 1].layer) m->n_groups++;
@@ -68,10 +69,23 @@ sk_status model_create(const model_config *cfg, backend *be, model **out) {
     model_reset_bases(m);
     *out = m;
     return SK_OK;
-err:;
-    size_t n_params = m->n_params;
+err:
     model_free(m);
-    return sk_fail_ctx(SK_ENOMEM, "allocating a model of %zu parameters", n_params);
+    return sk_fail(SK_ENOMEM, "allocating the plan of a model of %d layers", cfg->n_layer);
+}
+
+sk_status model_create(const model_config *cfg, backend *be, model **out) {
+    model *m = NULL;
+    SK_TRY(model_plan(cfg, be, &m));
+    m->params = backend_alloc(be, m->n_params * sizeof(float));
+    if (!m->params) {
+        size_t n_params = m->n_params;
+        model_free(m);
+        return sk_fail_ctx(SK_ENOMEM, "allocating a model of %zu parameters", n_params);
+    }
+    model_reset_bases(m);
+    *out = m;
+    return SK_OK;
 }
 
 void model_free(model *m) {
@@ -83,6 +97,8 @@ void model_free(model *m) {
     mem_free(m->param_base);
     mem_free(m->grad_base);
     mem_free(m->specs);
+    mem_free(m->views);
+    wts_free(m->weights);
     mem_free(m);
 }
 
@@ -92,7 +108,10 @@ const model_param *model_find_param(const model *m, const char *name) {
     return NULL;
 }
 
-void model_init_weights(model *m, uint64_t seed) { m->arch->init_weights(m, seed); }
+void model_init_weights(model *m, uint64_t seed) {
+    SK_ASSERT(!m->weights);   /* mapped weights are immutable */
+    m->arch->init_weights(m, seed);
+}
 
 void model_reset_bases(model *m) {
     for (int g = 0; g < m->n_groups; g++) {
@@ -102,7 +121,7 @@ void model_reset_bases(model *m) {
 }
 
 void model_set_param_provider(model *m, const model_param_provider *p, void *ctx) {
-    SK_ASSERT(!p || !p->external_grads || !m->grads);
+    SK_ASSERT(!m->weights && (!p || !p->external_grads || !m->grads));
     m->provider = p;
     m->provider_ctx = p ? ctx : NULL;
     m->grads_external = p && p->external_grads;
@@ -110,6 +129,7 @@ void model_set_param_provider(model *m, const model_param_provider *p, void *ctx
 }
 
 void model_release_params(model *m) {
+    SK_ASSERT(!m->weights);
     backend_mem_free(m->be, m->params);
     m->params = NULL;
     model_reset_bases(m);
@@ -130,6 +150,9 @@ size_t model_train_bytes(const model *m, int B, int T) {
 }
 
 sk_status model_train_prepare(model *m, int B, int T) {
+    if (m->weights)
+        return sk_fail(SK_ESTATE, "%s: the model was opened for inference over mapped weights; training needs the f32 "
+                       "copy of model_load", wts_path(m->weights));
     if (!m->grads && !m->grads_external) {
         m->grads = backend_alloc(m->be, m->n_params * sizeof(float));
         if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
@@ -151,15 +174,53 @@ void model_zero_grad(model *m) {
 
 tensor model_logits(const model *m) { return m->arch->logits(m); }
 
-sk_status model_infer_prepare(model *m, int max_T) { return m->arch->infer_prepare(m, max_T); }
-void model_infer_reset(model *m) { m->arch->infer_reset(m); }
-tensor model_infer_step(model *m, const int *tokens, int n) { return m->arch->infer_step(m, tokens, n); }
-
-/* The view of spec i starting at base (a parameter or gradient base pointer). */
-static tensor model_spec_view(const model *m, int i, float *base) {
-    const model_param *p = &m->specs[i];
-    return tensor_make(base, DT_F32, MEM_DEVICE, p->ndim, p->shape);
+sk_status model_kv_create(model *m, int max_T, model_kv **out) {
+    const model_config *c = &m->cfg;
+    *out = NULL;
+    if (max_T <= 0 || max_T > c->n_positions)
+        return sk_fail(SK_EARG, "inference length %d outside 1..%d (the model's context)", max_T, c->n_positions);
+    SK_TRY(m->arch->infer_prepare(m, max_T));
+    model_kv *kv = mem_calloc(sizeof *kv);
+    if (!kv) return SK_ENOMEM;
+    kv->be = m->be;
+    kv->n_layer = c->n_layer;
+    kv->kd = c->n_kv_head * c->head_dim;
+    kv->max_T = max_T;
+    kv->mem = backend_alloc(m->be, sizeof(float) * 2 * (size_t)c->n_layer * (size_t)max_T * (size_t)kv->kd);
+    if (!kv->mem) {
+        mem_free(kv);
+        return sk_fail_ctx(SK_ENOMEM, "allocating a KV cache of %d positions", max_T);
+    }
+    *out = kv;
+    return SK_OK;
 }
 
-tensor model_param_view(const model *m, int i) { return model_spec_view(m, i, model_param_ptr(m, i)); }
-tensor model_grad_view(const model *m, int i) { return model_spec_view(m, i, model_grad_ptr(m, i)); }
+void model_kv_reset(model_kv *kv) { kv->pos = 0; }
+int model_kv_pos(const model_kv *kv) { return kv->pos; }
+
+void model_kv_free(model_kv *kv) {
+    if (!kv) return;
+    backend_mem_free(kv->be, kv->mem);
+    mem_free(kv);
+}
+
+tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
+    SK_ASSERT(kv->n_layer == m->cfg.n_layer && kv->kd == m->cfg.n_kv_head * m->cfg.head_dim);
+    SK_ASSERT(n > 0 && kv->pos + n <= kv->max_T);
+    tensor logits = m->arch->infer_step(m, kv, tokens, n);
+    kv->pos += n;
+    return logits;
+}
+
+/* Spec i's place through its group's base (a parameter or gradient base pointer), as an f32
+ * view of the spec's shape. */
+static tensor model_spec_view(const model *m, int i, float *const *bases) {
+    const model_param *p = &m->specs[i];
+    return tensor_make(bases[p->group] + (p->offset - m->groups[p->group].begin), DT_F32, MEM_DEVICE, p->ndim, p->shape);
+}
+
+tensor model_param_view(const model *m, int i) {
+    SK_ASSERT(i >= 0 && i < m->n_specs);
+    return m->views ? m->views[i] : model_spec_view(m, i, m->param_base);
+}
+tensor model_grad_view(const model *m, int i) { return model_spec_view(m, i, m->grad_base); }

@@ -1,4 +1,4 @@
-/* model: one interface for every architecture (GPT-2 now, the Llama family next).
+/* model: one interface for every architecture (GPT-2 and the Llama family).
  *
  *   model *m;
  *   model_load("out/", be, &m);                   // config.json + safetensors, HF layout
@@ -7,7 +7,24 @@
  *   model_backward(m, 1.0f / tokens_in_step);     // gradients accumulate in m->grads
  *   model_save(m, "out/");
  *
- * Parameters live in one flat f32 buffer (m->params, m->n_params elements) in backend
+ *   model *g;                                     // inference: weights stay mapped
+ *   model_open_weights("models/llama-1b", be, &g);
+ *   model_kv *kv;                                 // one sequence's keys and values
+ *   model_kv_create(g, 64, &kv);
+ *   tensor logits = model_infer_step(g, kv, prompt, n);    // prefill, then one at a time
+ *   model_kv_free(kv);
+ *   model_free(g);
+ *
+ * Two kinds of model. A training model (model_load, model_create) holds its parameters in
+ * one flat f32 buffer that training updates in place. An inference model
+ * (model_open_weights, model_open_wts) holds a reference to an immutable wts (wts.h) and one
+ * view per spec into it: matrices in the file's dtype where the backend multiplies and
+ * gathers that dtype (the CPU: f32, bf16, f16), read in place from the read-only mapping,
+ * 1-D tensors as f32; m->params is NULL and nothing is converted, so the weights cost the
+ * page cache once per machine however many processes or engines run them. Training entry
+ * points refuse an inference model (SK_ESTATE); both kinds run inference.
+ *
+ * Parameters of a training model live in one flat f32 buffer (m->params, m->n_params elements) in backend
  * memory, cut into tensors by m->specs in Hugging Face order and naming (without the
  * "transformer." prefix). Gradients, when prepared, use the same layout (m->grads), so
  * optimizers, ZeRO sharding and checkpoints work on flat ranges. Tensors of one layer are
@@ -39,6 +56,7 @@
 #define SKEIN_MODEL_H
 
 #include "backend/backend.h"
+#include "model/wts.h"
 #include "tensor/dtype.h"
 
 typedef enum model_arch_kind { ARCH_GPT2, ARCH_LLAMA } model_arch_kind;
@@ -123,7 +141,7 @@ struct model {
     model_param *specs;
     int n_specs;
     size_t n_params;
-    float *params;         /* (n_params) backend memory */
+    float *params;         /* (n_params) backend memory; NULL in an inference model */
     float *grads;          /* (n_params) after model_train_prepare, else NULL */
     model_group *groups;   /* (n_groups) */
     int n_groups;
@@ -138,8 +156,15 @@ struct model {
     uint64_t dropout_sample0;  /* the micro-batch's first sample within the step: masks are a
                             * function of (seed, sample, element), so any cut of the batch into
                             * micro-batches and ranks drops the same elements */
-    void *state;           /* architecture-private: activations, KV cache, scratch */
+    void *state;           /* architecture-private: activations and the inference workspace */
+    wts *weights;          /* an inference model's weights (one reference), else NULL */
+    tensor *views;         /* (n_specs) with weights: spec i's view into them */
 };
+
+/* The key/value memory of one sequence (model_kv_create): keys and values of every layer for
+ * positions 0..pos-1, f32, and the next position. Owned by whoever generates, so several
+ * sequences run over one model; a paged engine replaces it with blocks of a pool. */
+typedef struct model_kv model_kv;
 
 /* What an architecture provides (gpt2.c, llama.c). */
 struct model_arch {
@@ -151,9 +176,11 @@ struct model_arch {
     float (*forward)(model *m, const int *tokens, const int *targets, int B, int T);
     void (*backward)(model *m, float dloss);
     tensor (*logits)(const model *m);
+    /* Makes the inference workspace (per-step scratch, tables) fit steps at positions up to
+     * max_T (1..n_positions, checked by the caller); keeps a larger one. */
     sk_status (*infer_prepare)(model *m, int max_T);
-    void (*infer_reset)(model *m);
-    tensor (*infer_step)(model *m, const int *tokens, int n);
+    /* One step of model_infer_step (kv->pos + n <= kv->max_T, checked by the caller). */
+    tensor (*infer_step)(model *m, model_kv *kv, const int *tokens, int n);
     void (*free_state)(model *m);
     /* Bytes train_prepare(B, T) allocates for activations and scratch (gradients excluded),
      * without allocating: the memory plan of --micro-batch auto. Optional (NULL: unknown). */
@@ -183,17 +210,30 @@ sk_status model_create(const model_config *cfg, backend *be, model **out);
 void model_free(model *m);
 const model_param *model_find_param(const model *m, const char *name);
 
-/* Loads a model folder (config.json + model.safetensors or shards with the index).
- * Accepts GPT-2 names with or without "transformer."; bf16/f16/f32 converted to f32. */
+/* Loads a model folder (config.json + model.safetensors or shards with the index) as a
+ * training model. Accepts GPT-2 names with or without "transformer."; bf16/f16/f32 converted
+ * to f32. */
 sk_status model_load(const char *dir, backend *be, model **out);
 /* Reads dir's weights into m, created for dir's config (model_load = config + create + this):
  * every spec by name (see weights.c), converted to f32 in small chunks straight from the
  * read-only mapping. A missing tensor, a wrong shape or an unknown tensor is SK_EFORMAT
  * naming it. */
 sk_status model_load_weights(model *m, const char *dir);
+/* Opens a model folder as an inference model (see the top): config.json, then wts_open
+ * keeping mapped the matrix dtypes be supports for both BACKEND_OP_MATMUL and
+ * BACKEND_OP_EMBED, then model_open_wts. The folder is checked as model_load checks it (the
+ * same code: missing, extra or misshapen tensors, GPT-2's prefix, a tied lm_head, skipped
+ * buffers). */
+sk_status model_open_weights(const char *dir, backend *be, model **out);
+/* An inference model of config cfg over w (checked against cfg's plan as above): *out takes
+ * its own reference (wts_ref), so engines over one wts share its pages and copies; the
+ * caller keeps its reference. SK_ECONFIG when a matrix of w has a dtype be cannot multiply
+ * (w opened for another backend). */
+sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out);
 /* Writes config.json and model.safetensors (f32, "transformer."-prefixed GPT-2 names as
  * GPT2LMHeadModel writes them; Llama names as they are) into dir (created), sharded with the
- * index past MODEL_SHARD_BYTES. Files are written atomically. */
+ * index past MODEL_SHARD_BYTES. Files are written atomically. A training model only: an
+ * inference model (its folder already holds its weights) is SK_ESTATE. */
 sk_status model_save(const model *m, const char *dir);
 /* model_save in dtype dt (f32, bf16, f16; config "torch_dtype" says which) with shards of at
  * most max_shard_bytes (a larger tensor gets a shard of its own). */
@@ -216,18 +256,10 @@ uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block);
  * in file order; fills specs when not NULL and returns the count. */
 int model_folder_layout(const model_config *cfg, model_param *specs);
 
-/* Tensor spec index i of the current parameters / gradients, through its group's base. */
-static inline float *model_param_ptr(const model *m, int i) {
-    const model_param *p = &m->specs[i];
-    return m->param_base[p->group] + (p->offset - m->groups[p->group].begin);
-}
-static inline float *model_grad_ptr(const model *m, int i) {
-    const model_param *p = &m->specs[i];
-    return m->grad_base[p->group] + (p->offset - m->groups[p->group].begin);
-}
 /* Tensor spec index i of the current parameters / gradients as a view of its shape (the
- * spec's dims; GPT-2 Conv1D (in,out), nn.Linear (out,in)), through its group's base. Model
- * code addresses parameters only through these views. */
+ * spec's dims; GPT-2 Conv1D (in,out), nn.Linear (out,in)), through its group's base (f32),
+ * or, in an inference model, its view into m->weights (the file's dtype for matrices the
+ * backend reads so; no gradients). Model code addresses parameters only through these. */
 tensor model_param_view(const model *m, int i);
 tensor model_grad_view(const model *m, int i);
 /* Hook calls for architecture code (no-ops without a provider), in the order above. */
@@ -258,7 +290,9 @@ void model_reset_bases(model *m);
 /* Activation bytes of train_prepare(B, T); 0 when the architecture cannot say. */
 size_t model_train_bytes(const model *m, int B, int T);
 
-/* Training and inference entry points: thin wrappers over m->arch. */
+/* Training and inference entry points: thin wrappers over m->arch. The training ones need a
+ * training model: model_train_prepare refuses an inference model (SK_ESTATE), the others
+ * assert (they run only after it). */
 void model_init_weights(model *m, uint64_t seed);
 /* Allocates m->grads (n_params, unless m->grads_external) and the activations for (B,T). */
 sk_status model_train_prepare(model *m, int B, int T);
@@ -276,13 +310,18 @@ void model_zero_grad(model *m);
  * them with backend_download). */
 tensor model_logits(const model *m);
 
-/* Incremental decoding with a KV cache of max_T positions (allocated once by
- * infer_prepare, independent of the training buffers): infer_reset starts a sequence,
- * infer_step feeds n tokens (n > 1: prefill, 1: decode; pos + n <= max_T is the caller's
- * to check) and returns the logits (V) of the last one, a view of backend memory valid until
- * the next step (read it with backend_download). */
-sk_status model_infer_prepare(model *m, int max_T);
-void model_infer_reset(model *m);
-tensor model_infer_step(model *m, const int *tokens, int n);
+/* Incremental decoding. model_kv_create allocates one sequence's keys and values for
+ * max_T positions (1..n_positions; SK_EARG outside) in backend memory, at position 0, and
+ * grows m's step workspace to fit; model_kv_reset starts a new sequence in it; model_kv_free
+ * frees it (NULL is fine) and may come after model_free. model_infer_step feeds n tokens at
+ * the kv's position (n > 1: prefill, 1: decode; pos + n <= max_T is the caller's to check,
+ * asserted), advances it and returns the logits (V) of the last one, a view of backend
+ * memory valid until m's next step (read it with backend_download). Steps on one model run
+ * one at a time (they share its workspace); any number of kv objects may take turns. */
+sk_status model_kv_create(model *m, int max_T, model_kv **out);
+void model_kv_reset(model_kv *kv);
+int model_kv_pos(const model_kv *kv);
+void model_kv_free(model_kv *kv);
+tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n);
 
 #endif

@@ -1,5 +1,5 @@
-/* weights: model folders <-> models (model_load, model_load_weights, model_save,
- * model_save_as, model_init_folder; see model.h).
+/* weights: model folders <-> models (model_load, model_load_weights, model_open_weights,
+ * model_open_wts, model_save, model_save_as, model_init_folder; see model.h).
  *
  * Names. A parameter's file name is its spec name, except that GPT-2 files may carry the
  * "transformer." prefix (the Hub's gpt2 has none; GPT2LMHeadModel.save_pretrained writes it,
@@ -7,16 +7,17 @@
  * "model.layers.{l}.self_attn.q_proj.weight", ..., "lm_head.weight") map 1:1, with no prefix
  * in either direction. Loading is driven by m->specs alone, so any architecture's plan loads.
  *
- * Load: config.json, then model.safetensors (or the index and its shards). Every planned
- * parameter must be present, with exactly the planned shape, in f32, bf16 or f16. Decisions:
- *   - tensors are converted from the read-only mapping in chunks of LOAD_CHUNK elements
- *     through one small host buffer and uploaded piece by piece: no file is read into a
- *     copy and no whole-tensor host buffer exists, so loading an 8B model needs the model's
- *     f32 parameters plus a few MB. The f32 destination is the one copy: m->params is one
- *     flat buffer that training updates in place (and ZeRO shards by range), so parameters
- *     cannot point into a read-only map even when the file is f32 on the CPU. An
- *     inference-only model that aliases the map would need a different parameter layout;
- *     it is not done here;
+ * Load: config.json, then model.safetensors (or the index and its shards), mapped by wts_open
+ * (wts.h). Both kinds of model go through one check, bind_weights: every planned parameter
+ * must be present, with exactly the planned shape, in f32, bf16 or f16, and bound to its
+ * view. Then:
+ *   - a training model (model_load) converts each view in chunks of LOAD_CHUNK elements
+ *     through one small host buffer, uploaded piece by piece: no file is read into a copy
+ *     and no whole-tensor host buffer exists, so loading an 8B model needs the model's f32
+ *     parameters plus a few MB. The f32 destination is the one copy: m->params is one flat
+ *     buffer that training updates in place (and ZeRO shards by range);
+ *   - an inference model (model_open_weights) keeps the views themselves: matrices in the
+ *     file's dtype where the backend reads it, 1-D tensors as wts's f32 copies;
  *   - buffers of old checkpoints are skipped: GPT-2's causal masks ".attn.bias" and
  *     ".attn.masked_bias", Llama's rotary "rotary_emb.inv_freq";
  *   - with tied embeddings, "lm_head.weight" is accepted when it equals the embedding (a
@@ -44,6 +45,7 @@
 
 #include "base/file.h"
 #include "base/rng.h"
+#include "model/arch.h"
 #include "model/safetensors.h"
 
 #define GPT2_PREFIX "transformer."
@@ -59,13 +61,6 @@ static bool ends_with(const char *s, const char *suffix) {
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
-static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int d = 0; d < ndim && k < n; d++)
-        k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-}
-
 static bool is_float_dtype(dtype t) { return t == DT_F32 || t == DT_BF16 || t == DT_F16; }
 
 /* Name of the token embedding, which a tied lm_head must equal. */
@@ -73,86 +68,85 @@ static const char *embed_name(const model *m) {
     return m->cfg.arch == ARCH_GPT2 ? "wte.weight" : "model.embed_tokens.weight";
 }
 
-/* Converts elements [start, start + n) of t to f32 at dst. The mapping gives no alignment
- * guarantee, so a misaligned source is first copied to `bounce` (n * 4 bytes, aligned). */
-static void tensor_chunk_to_f32(float *dst, const st_tensor *t, size_t start, size_t n, void *bounce) {
-    size_t es = dtype_size(t->dtype);
-    const unsigned char *src = (const unsigned char *)t->data + start * es;
-    if ((uintptr_t)src % es) {
-        memcpy(bounce, src, n * es);
-        src = bounce;
-    }
-    dtype_to_f32(dst, src, t->dtype, n);
-}
-
-/* Position of t (a tensor of s) in st_set_at's numbering. */
-static int set_index(const st_set *s, const st_tensor *t) {
-    int base = 0;
-    for (int j = 0; j < s->n_files; j++) {
-        const st_file *f = &s->files[j];
-        if (t >= f->tensors && t < f->tensors + f->n_tensors) return base + (int)(t - f->tensors);
-        base += f->n_tensors;
-    }
-    SK_ASSERT(!"set_index: tensor not in the set");
-    return -1;
-}
-
-/* Finds parameter `name` of m in s: GPT-2 under either spelling (SK_EFORMAT when present
- * twice), other architectures under exactly that name. SK_EFORMAT naming it when missing. */
-static sk_status find_param(const st_set *s, const model *m, const char *name, const st_tensor **out) {
-    if (m->cfg.arch != ARCH_GPT2) {
-        *out = st_set_find(s, name);
-        if (!*out) return sk_fail(SK_EFORMAT, "%s: missing tensor '%s'", s->weights_path, name);
-        return SK_OK;
-    }
-    char full[128];
-    snprintf(full, sizeof full, GPT2_PREFIX "%s", name);
-    const st_tensor *a = st_set_find(s, full), *b = st_set_find(s, name);
-    if (a && b) return sk_fail(SK_EFORMAT, "%s: tensor '%s' present both with and without the prefix", s->weights_path, name);
-    if (!a && !b) return sk_fail(SK_EFORMAT, "%s: missing tensor '%s'", s->weights_path, full);
-    *out = a ? a : b;
-    return SK_OK;
-}
-
-/* Whether the stored t equals parameter p of m, compared chunk by chunk (host buffers a
- * and b of LOAD_CHUNK floats, bounce for misaligned data). */
-static bool tensor_equals_param(const st_tensor *t, const model *m, const model_param *p, float *a, float *b,
-                                void *bounce) {
-    if (!is_float_dtype(t->dtype) || t->ndim != p->ndim) return false;
-    for (int d = 0; d < p->ndim; d++)
-        if (t->shape[d] != p->shape[d]) return false;
-    for (size_t off = 0; off < p->numel; off += LOAD_CHUNK) {
-        size_t n = p->numel - off < LOAD_CHUNK ? p->numel - off : LOAD_CHUNK;
-        tensor_chunk_to_f32(a, t, off, n, bounce);
-        backend_download(m->be, b, m->params + p->offset + off, n * sizeof(float));
-        if (memcmp(a, b, n * sizeof(float))) return false;
+/* Whether the views a and b (contiguous, float dtypes) hold equal values, compared through
+ * f32 in chunks (host buffers fa and fb of LOAD_CHUNK floats). */
+static bool views_equal(tensor a, tensor b, float *fa, float *fb) {
+    if (a.ndim != b.ndim) return false;
+    for (int d = 0; d < a.ndim; d++)
+        if (a.shape[d] != b.shape[d]) return false;
+    const size_t numel = (size_t)tensor_numel(a), ea = dtype_size(a.dt), eb = dtype_size(b.dt);
+    for (size_t off = 0; off < numel; off += LOAD_CHUNK) {
+        size_t n = numel - off < LOAD_CHUNK ? numel - off : LOAD_CHUNK;
+        dtype_to_f32(fa, (const unsigned char *)a.data + off * ea, a.dt, n);
+        dtype_to_f32(fb, (const unsigned char *)b.data + off * eb, b.dt, n);
+        if (memcmp(fa, fb, n * sizeof(float))) return false;
     }
     return true;
 }
 
-/* Classifies a tensor of the file that is not a planned parameter: SK_OK when it can be
- * skipped (buffers, a tied lm_head), else SK_EFORMAT naming it. */
-static sk_status check_extra(const st_set *s, const st_tensor *t, const model *m, float *a, float *b, void *bounce) {
-    const char *name = t->name;
+/* Finds spec p of m in w: GPT-2 under either spelling (wts_open refuses a folder holding
+ * both), other architectures under exactly its name. Writes its view and its index in w;
+ * SK_EFORMAT naming the tensor when it is missing, has another shape or is not f32, bf16 or
+ * f16. */
+static sk_status bind_spec(const wts *w, const model *m, const model_param *p, tensor *view, int *index) {
+    const bool gpt2 = m->cfg.arch == ARCH_GPT2;
+    int k = wts_find(w, p->name);
+    if (k >= 0 && !gpt2 && strcmp(wts_name(w, k), p->name)) k = -1;   /* the prefix is GPT-2's alone */
+    if (k < 0) return sk_fail(SK_EFORMAT, "%s: missing tensor '%s%s'", wts_path(w), gpt2 ? GPT2_PREFIX : "", p->name);
+    SK_TRY(wts_expect(w, wts_name(w, k), p->ndim, p->shape, view));
+    if (!is_float_dtype(view->dt))
+        return sk_fail(SK_EFORMAT, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", wts_file(w, k),
+                       wts_name(w, k), dtype_name(view->dt));
+    *index = k;
+    return SK_OK;
+}
+
+/* Classifies tensor k of w that is no planned parameter: SK_OK when it can be skipped
+ * (buffers, a tied lm_head), else SK_EFORMAT naming it. views: the bound specs; fa, fb:
+ * LOAD_CHUNK floats each. */
+static sk_status check_extra(const wts *w, int k, const model *m, const tensor *views, float *fa, float *fb) {
+    const char *name = wts_name(w, k), *bare = name;
     if (m->cfg.arch == ARCH_GPT2) {
-        if (!strncmp(name, GPT2_PREFIX, strlen(GPT2_PREFIX))) name += strlen(GPT2_PREFIX);
-        if (!strncmp(name, "h.", 2) && (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")))
+        if (!strncmp(bare, GPT2_PREFIX, strlen(GPT2_PREFIX))) bare += strlen(GPT2_PREFIX);
+        if (!strncmp(bare, "h.", 2) && (ends_with(bare, ".attn.bias") || ends_with(bare, ".attn.masked_bias")))
             return SK_OK;
     } else if (ends_with(name, "rotary_emb.inv_freq")) {
         return SK_OK;
     }
-    if (!strcmp(t->name, "lm_head.weight") && m->cfg.tie_word_embeddings) {
+    if (!strcmp(name, "lm_head.weight") && m->cfg.tie_word_embeddings) {
         const model_param *emb = model_find_param(m, embed_name(m));
         SK_ASSERT(emb);
-        if (!tensor_equals_param(t, m, emb, a, b, bounce))
+        tensor head = wts_at(w, k);
+        if (!is_float_dtype(head.dt) || !views_equal(head, views[emb - m->specs], fa, fb))
             log_warn("%s: lm_head.weight differs from %s; the config ties them, so it is ignored (as transformers "
-                     "does)", s->weights_path, emb->name);
+                     "does)", wts_path(w), emb->name);
         return SK_OK;
     }
     if (m->cfg.arch == ARCH_GPT2)
-        return sk_fail(SK_EFORMAT, "%s: unexpected tensor '%s' (not a GPT-2 parameter)", s->weights_path, t->name);
-    return sk_fail(SK_EFORMAT, "%s: unexpected tensor '%s' (not a parameter of this %s model)", s->weights_path,
-                   t->name, m->cfg.model_type);
+        return sk_fail(SK_EFORMAT, "%s: unexpected tensor '%s' (not a GPT-2 parameter)", wts_path(w), name);
+    return sk_fail(SK_EFORMAT, "%s: unexpected tensor '%s' (not a parameter of this %s model)", wts_path(w), name,
+                   m->cfg.model_type);
+}
+
+/* The one check of a folder's tensors against m's plan, for both kinds of model: every spec
+ * bound to its view in w (views[i], n_specs of them), and every other tensor of w one that
+ * may be skipped (see the top). */
+static sk_status bind_weights(const model *m, const wts *w, tensor *views) {
+    int n_all = wts_count(w);
+    bool *used = mem_calloc((size_t)(n_all ? n_all : 1));
+    float *fa = mem_alloc(LOAD_CHUNK * sizeof(float)), *fb = mem_alloc(LOAD_CHUNK * sizeof(float));
+    sk_status st = SK_OK;
+    if (!used || !fa || !fb) st = sk_fail(SK_ENOMEM, "%s: checking %d tensors", wts_path(w), n_all);
+    for (int i = 0; i < m->n_specs && st == SK_OK; i++) {
+        int k = -1;
+        if ((st = bind_spec(w, m, &m->specs[i], &views[i], &k)) == SK_OK) used[k] = true;
+    }
+    for (int k = 0; k < n_all && st == SK_OK; k++)
+        if (!used[k]) st = check_extra(w, k, m, views, fa, fb);
+    mem_free(fb);
+    mem_free(fa);
+    mem_free(used);
+    return st;
 }
 
 /* Refuses a folder whose weights are pickle checkpoints only. */
@@ -169,62 +163,50 @@ static sk_status check_not_pickle(const char *dir) {
     return sk_fail(SK_EIO, "%s: no model.safetensors or model.safetensors.index.json", dir);
 }
 
-sk_status model_load_weights(model *m, const char *dir) {
+/* The config of model folder dir, after checking it is a folder of safetensors weights. */
+static sk_status folder_config(const char *dir, model_config *cfg) {
+    if (!file_is_dir(dir)) return sk_fail(SK_EIO, "%s: not a folder", dir);
     SK_TRY(check_not_pickle(dir));
-    st_set s;
-    SK_TRY(st_set_open_dir(dir, &s));
-    float *a = NULL, *b = NULL;
-    void *bounce = NULL;
-    bool *used = NULL;
-    sk_status st = SK_OK;
-    int n_all = st_set_count(&s);
-    a = mem_alloc(LOAD_CHUNK * sizeof(float));
-    b = mem_alloc(LOAD_CHUNK * sizeof(float));
-    bounce = mem_alloc(LOAD_CHUNK * sizeof(float));
-    used = mem_calloc((size_t)(n_all ? n_all : 1));
-    if (!a || !b || !bounce || !used) { st = SK_ENOMEM; goto out; }
+    return model_config_load(dir, cfg);
+}
 
-    for (int i = 0; i < m->n_specs; i++) {
+/* Whether be reads matrices of dtype dt in place: products and embedding gathers. */
+static bool reads_in_place(backend *be, dtype dt) {
+    return backend_supports(be, BACKEND_OP_MATMUL, dt) && backend_supports(be, BACKEND_OP_EMBED, dt);
+}
+
+/* The weights of folder dir, mapped with the matrix dtypes in keep (wts_open). */
+static sk_status open_folder_weights(const char *dir, unsigned keep, wts **out) {
+    SK_TRY(check_not_pickle(dir));
+    return wts_open(dir, keep, out);
+}
+
+sk_status model_load_weights(model *m, const char *dir) {
+    SK_ASSERT(m->params && !m->weights);
+    wts *w = NULL;
+    SK_TRY(open_folder_weights(dir, WTS_KEEP_FLOAT, &w));
+    tensor *views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
+    float *chunk = mem_alloc(LOAD_CHUNK * sizeof(float));
+    sk_status st = views && chunk ? bind_weights(m, w, views) : SK_ENOMEM;
+    /* Each view is contiguous and aligned (wts copies misaligned data). */
+    for (int i = 0; i < m->n_specs && st == SK_OK; i++) {
         const model_param *p = &m->specs[i];
-        const st_tensor *t = NULL;
-        if ((st = find_param(&s, m, p->name, &t)) != SK_OK) goto out;
-        bool ok = t->ndim == p->ndim;
-        for (int d = 0; ok && d < p->ndim; d++) ok = t->shape[d] == p->shape[d];
-        if (!ok) {
-            char want[96], got[160];
-            shape_str(want, sizeof want, p->ndim, p->shape);
-            shape_str(got, sizeof got, t->ndim, t->shape);
-            st = sk_fail(SK_EFORMAT, "%s: tensor '%s': expected shape %s, found %s", s.weights_path, t->name, want, got);
-            goto out;
-        }
-        if (!is_float_dtype(t->dtype)) {
-            st = sk_fail(SK_EFORMAT, "%s: tensor '%s': dtype %s (expected F32, BF16 or F16)", s.weights_path, t->name,
-                         dtype_name(t->dtype));
-            goto out;
-        }
+        const size_t es = dtype_size(views[i].dt);
         for (size_t off = 0; off < p->numel; off += LOAD_CHUNK) {
             size_t n = p->numel - off < LOAD_CHUNK ? p->numel - off : LOAD_CHUNK;
-            tensor_chunk_to_f32(a, t, off, n, bounce);
-            backend_upload(m->be, m->params + p->offset + off, a, n * sizeof(float));
+            dtype_to_f32(chunk, (const unsigned char *)views[i].data + off * es, views[i].dt, n);
+            backend_upload(m->be, m->params + p->offset + off, chunk, n * sizeof(float));
         }
-        used[set_index(&s, t)] = true;
     }
-    for (int k = 0; k < n_all; k++)
-        if (!used[k] && (st = check_extra(&s, st_set_at(&s, k), m, a, b, bounce)) != SK_OK) goto out;
-out:
-    mem_free(used);
-    mem_free(bounce);
-    mem_free(b);
-    mem_free(a);
-    st_set_close(&s);
+    mem_free(chunk);
+    mem_free(views);
+    wts_free(w);
     return st;
 }
 
 sk_status model_load(const char *dir, backend *be, model **out) {
-    if (!file_is_dir(dir)) return sk_fail(SK_EIO, "%s: not a folder", dir);
-    SK_TRY(check_not_pickle(dir));
     model_config cfg;
-    SK_TRY(model_config_load(dir, &cfg));
+    SK_TRY(folder_config(dir, &cfg));
     model *m = NULL;
     SK_TRY(model_create(&cfg, be, &m));
     sk_status st = model_load_weights(m, dir);
@@ -234,6 +216,42 @@ sk_status model_load(const char *dir, backend *be, model **out) {
     }
     *out = m;
     return SK_OK;
+}
+
+sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out) {
+    *out = NULL;
+    model *m = NULL;
+    SK_TRY(model_plan(cfg, be, &m));
+    m->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
+    sk_status st = m->views ? bind_weights(m, w, m->views) : SK_ENOMEM;
+    for (int i = 0; i < m->n_specs && st == SK_OK; i++) {
+        dtype dt = m->views[i].dt;
+        if (dt != DT_F32 && !reads_in_place(be, dt))
+            st = sk_fail(SK_ECONFIG, "%s: tensor '%s' is %s, which the %s backend cannot read in place (weights "
+                         "opened for another backend)", wts_path(w), m->specs[i].name, dtype_name(dt), be->name);
+    }
+    if (st != SK_OK) {
+        model_free(m);
+        return st;
+    }
+    m->weights = wts_ref(w);
+    *out = m;
+    return SK_OK;
+}
+
+sk_status model_open_weights(const char *dir, backend *be, model **out) {
+    *out = NULL;
+    model_config cfg;
+    SK_TRY(folder_config(dir, &cfg));
+    unsigned keep = 0;
+    static const dtype kinds[] = {DT_F32, DT_BF16, DT_F16};
+    for (int i = 0; i < 3; i++)
+        if (reads_in_place(be, kinds[i])) keep |= WTS_DT(kinds[i]);
+    wts *w = NULL;
+    SK_TRY(open_folder_weights(dir, keep, &w));
+    sk_status st = model_open_wts(&cfg, w, be, out);
+    wts_free(w);   /* the model holds its own reference */
+    return st;
 }
 
 /* ---- writing: one file or shards ---- */
@@ -383,6 +401,9 @@ static sk_status specs_to_entries(const model_config *cfg, const model_param *sp
 
 sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes) {
     SK_ASSERT(is_float_dtype(dt) && max_shard_bytes > 0);
+    if (!m->params)
+        return sk_fail(SK_ESTATE, "%s: saving needs a training model's parameters (model_load), not mapped weights",
+                       dir);
     SK_TRY(file_mkdirs(dir));
     st_entry *entries = NULL;
     char (*names)[128] = NULL;

@@ -169,6 +169,11 @@ static const wts_entry *find(const wts *w, const char *name) {
     return bsearch(&key, w->entries, (size_t)w->n, sizeof *w->entries, cmp_entry);
 }
 
+int wts_find(const wts *w, const char *name) {
+    const wts_entry *e = find(w, name);
+    return e ? (int)(e - w->entries) : -1;
+}
+
 tensor wts_get(const wts *w, const char *name) {
     const wts_entry *e = find(w, name);
     return e ? e->view : tensor_none();

@@ -60,6 +60,8 @@ void wts_free(wts *w);
 
 /* The view of tensor `name` (prefix rules above), or tensor_none() when there is none. */
 tensor wts_get(const wts *w, const char *name);
+/* The index in [0, wts_count) of tensor `name` (prefix rules above), or -1. */
+int wts_find(const wts *w, const char *name);
 /* wts_get that also checks the shape: SK_EFORMAT "<file>: missing tensor 'name'" or
  * "<file>: tensor 'name': expected shape [..], found [..]". */
 sk_status wts_expect(const wts *w, const char *name, int ndim, const int64_t *shape, tensor *out);
