@@ -80,7 +80,8 @@ typedef struct backend_ops {
     /* C(M,N) = alpha * op(A) @ op(B) + beta * C with op(X) = X or X^T per flag: op(A) is
      * (M,K), op(B) (K,N). 2-D views with contiguous rows and any row stride (tensor_ld), so
      * a column block of a wider matrix (tensor_cols) is an operand. A and C are f32; B is the
-     * weight operand, f32 or any dtype backend_supports(be, BACKEND_OP_MATMUL, dt) accepts.
+     * weight operand, f32 or any dtype backend_supports(be, BACKEND_OP_MATMUL, dt) accepts
+     * (a B of another dtype comes with trans_a false: inference products, never a backward).
      * C aliases neither A nor B. */
     void (*matmul)(backend *be, backend_stream *s, tensor C, tensor A, bool trans_a, tensor B, bool trans_b,
                    float alpha, float beta);

@@ -32,8 +32,8 @@
  *
  * Groups and bases (for ZeRO): the specs fall into groups, maximal runs of consecutive specs
  * with the same layer (GPT-2: [wte, wpe], layer 0, ..., layer L-1, [ln_f]). Architecture
- * code reaches a tensor only through model_param_ptr / model_grad_ptr (or the views), which
- * read the group's base pointer: by default into m->params / m->grads. A parameter provider
+ * code reaches a tensor only through model_param_view / model_grad_view, which read the
+ * group's base pointer: by default into m->params / m->grads. A parameter provider
  * (ZeRO, installed by its owner with model_set_param_provider) may move them: at ZeRO-3 it
  * releases m->params (model_release_params) and points a layer's base at a gathered copy
  * before the layer runs; at ZeRO-2/3 it points a layer's gradient base at a bucket that it
