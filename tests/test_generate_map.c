@@ -2,7 +2,7 @@
  *   - two processes generating from one bf16 Llama folder share its pages: in each, the
  *     mapping's Rss covers the files and its Pss is half its Rss, and opening the model plus
  *     generating adds private memory (Private_Dirty outside the mapping) under 5% of the
- *     files;
+ *     files (20% under AddressSanitizer);
  *   - the mapped path computes what model_load's f32 copy computes: on every fixture the
  *     logits of a prefill and of greedy decode steps agree within 1e-5 relative and the greedy
  *     tokens (gen_run at temperature 0) are identical. bf16 products differ from the f32 ones
@@ -33,7 +33,14 @@ typedef struct child_report {
  * embedding and generation touches every page of the files): L 6, C 512, NH 8, NKV 4,
  * F 1408, V 8192, context 64: 21.9M parameters, 44 MB. Generation runs an 8-token prompt
  * and 8 new tokens: a KV cache of 2*6*16*256 floats (196 KB), a workspace of a few hundred KB,
- * logits and a sampler over V (96 KB): well under 5% of the files (2.2 MB). */
+ * logits and a sampler over V (96 KB): well under 5% of the files (2.2 MB; measured 0.75 MB,
+ * 1.8%, thread stacks included). Under AddressSanitizer every allocation carries redzones and
+ * shadow memory (measured 3.7 MB, 8.5%): the bound there is 20% of the files. */
+#ifdef __SANITIZE_ADDRESS__
+#define PRIVATE_BOUND_DIV 5   /* 20% */
+#else
+#define PRIVATE_BOUND_DIV 20  /* 5% */
+#endif
 static sk_status write_shared_folder(const char *dir) {
     model_config cfg;
     model_config_llama(&cfg, 6, 8, 4, 512, 1408, 64, 8192);
@@ -105,7 +112,7 @@ TEST(two_generating_processes_share_the_weights) {
                m->shared_clean >> 10, m->shared_dirty >> 10, priv / 1024, 100.0 * (double)priv / (double)S,
                ((long long)r[k].after.anonymous - (long long)r[k].before.anonymous) / 1024);
         CHECK(r[k].generated == 8);
-        CHECK_MSG(priv < (long long)(S / 20), "child %d: private memory grew %lld bytes (files %zu)", k, priv, S);
+        CHECK_MSG(priv < (long long)(S / PRIVATE_BOUND_DIV), "child %d: private memory grew %lld bytes (files %zu)", k, priv, S);
         CHECK_MSG(m->rss >= S - S / 50, "child %d: mapping rss %zu of files %zu", k, m->rss, S);
         CHECK_MSG(m->shared_clean + m->shared_dirty >= S - S / 50, "child %d: shared %zu of %zu", k,
                   m->shared_clean + m->shared_dirty, S);
