@@ -23,6 +23,14 @@
 #include "model/wts.h"
 
 #define PAGE 4096
+/* The growth allowed over opening and touching: under 5% of the files (20 kB measured on
+ * 7 MB), 20% under AddressSanitizer, whose allocator touches shadow and redzone pages for
+ * every header allocation (80 to 420 kB measured on one machine, varying run to run). */
+#ifdef __SANITIZE_ADDRESS__
+#define GROWTH_BOUND_DIV 5
+#else
+#define GROWTH_BOUND_DIV 20
+#endif
 
 /* Reads every page of every mapped view of w (copies are the process's own memory). */
 static void touch_all(const wts *w) {
@@ -112,7 +120,7 @@ TEST(two_processes_share_the_mapped_pages) {
     CHECK_MSG((given || n_files > 1) && self_map.n_maps == n_files && child_map.n_maps == n_files, "%d shards, %d and %d maps",
               n_files, self_map.n_maps, child_map.n_maps);
     CHECK_MSG(copies < S / 100, "copies %zu of %zu", copies, S);
-    CHECK_MSG(extra < (long long)(S / 20), "anonymous/private dirty grew %lld bytes (files %zu)", extra, S);
+    CHECK_MSG(extra < (long long)(S / GROWTH_BOUND_DIV), "anonymous/private dirty grew %lld bytes (files %zu)", extra, S);
     const memstat *maps[2] = {&self_map, &child_map};
     for (int k = 0; k < 2; k++) {
         const memstat *m = maps[k];
