@@ -1,6 +1,7 @@
 # skein build. `make` builds ./skein (CPU always; CUDA when nvcc is found, MPI when mpicc is
 # found). `make test` runs every test; `make demo` runs the embedded demo; both install the
-# Debian packages they need first (`make deps`). Overrides: CC=, NVCC=, MPICC=, NCCL_HOME=,
+# Debian packages they need first (`make deps`). `make test-gpu` runs the device tests on
+# CUDA (a GPU machine: `make gpu-deps` here, `. scripts/gpu_env.sh` there). Overrides: CC=, NVCC=, MPICC=, NCCL_HOME=,
 # CUDA_HOME=, MPI_CFLAGS=, MPI_LIBS=, BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1, NO_NCCL=1.
 # WERROR=1 makes every warning an error (CI, .ci/run); the default keeps them warnings, so a
 # compiler newer than CI's still builds.
@@ -49,6 +50,7 @@ endif
 # Where only libnccl.so.2 exists (the pip wheel on the GPU machine) it is linked by that name.
 # The libraries' folders go into the rpath so ./skein runs without LD_LIBRARY_PATH.
 CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/,%,$(dir $(realpath $(NVCC)))))
+CUDA_LIBDIR := $(if $(NVCC),$(firstword $(foreach d,lib64 lib targets/x86_64-linux/lib,$(if $(wildcard $(CUDA_HOME)/$(d)/libcudart.so*),$(CUDA_HOME)/$(d)))))
 NCCL_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) /usr/local /usr,$(if $(wildcard $(d)/include/nccl.h),$(d))))
 ifdef NO_NCCL
 NCCL_HOME :=
@@ -56,32 +58,53 @@ endif
 ifneq ($(and $(NVCC),$(NCCL_HOME),$(wildcard $(NCCL_HOME)/include/nccl.h)),)
 HAVE_NCCL    := 1
 NCCL_LIBDIR  := $(firstword $(foreach d,lib lib64 lib/x86_64-linux-gnu,$(if $(wildcard $(NCCL_HOME)/$(d)/libnccl.so*),$(NCCL_HOME)/$(d))))
-CUDA_LIBDIR  := $(firstword $(foreach d,lib64 lib targets/x86_64-linux/lib,$(if $(wildcard $(CUDA_HOME)/$(d)/libcudart.so*),$(CUDA_HOME)/$(d))))
 NCCL_LIB     := $(if $(wildcard $(NCCL_LIBDIR)/libnccl.so),-lnccl,-l:libnccl.so.2)
 CFLAGS += -DSKEIN_HAVE_NCCL
 $(BUILD)/src/comm/comm_nccl.o: CFLAGS += -isystem $(CUDA_HOME)/include -isystem $(NCCL_HOME)/include
 LDLIBS += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR) $(NCCL_LIB) -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart
 endif
 
+# The CUDA backend (src/backend/cuda/*.cu, C++ only there): built when nvcc is found, for
+# Hopper (sm_90 machine code) plus compute_90 PTX that newer GPUs compile at load. Only
+# cuda.h is seen from C; SKEIN_HAVE_CUDA lets backend_create("cuda") reach it. The CUDA
+# libraries' folder goes into the rpath.
+NVCCFLAGS ?= -O3 -lineinfo -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90
+NVCC_WARN  = -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $(if $(WERROR),-Werror all-warnings -Xcompiler -Werror)
+CU_SRCS   := $(if $(NVCC),$(sort $(shell find src -name '*.cu')))
+ifneq ($(NVCC),)
+CFLAGS += -DSKEIN_HAVE_CUDA
+LDLIBS += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart -lstdc++
+endif
+
 SRCS      := $(sort $(shell find src -name '*.c'))
 LIB_SRCS  := $(filter-out src/cli/main.c,$(SRCS))
-LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.o)
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+# The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda.
+GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_gpt2 test_llama test_llama_hf)
+# Debian packages the GPU machine lacks (../shared/GPU.md): make gpu-deps fetches them here,
+# scripts/gpu_env.sh unpacks them there.
+GPU_DEBS = libcjson1 libcjson-dev libutf8proc2 libutf8proc-dev libpcre2-8-0 libpcre2-dev \
+           libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0
 
-.PHONY: all deps test test-asan demo clean status
+.PHONY: all deps test test-gpu gpu-deps test-asan demo clean status
 # The program is linked in $(BUILD); the default build also copies it to ./skein.
 all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 
 status:
 	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  MPI %s  NCCL %s\n' \
-	  "$(if $(NVCC),✓ ($(NVCC)) [backend arrives with the CUDA issue],✗)" \
+	  "$(if $(NVCC),✓ ($(NVCC)),✗)" \
 	  "$(if $(MPICC),✓ ($(MPICC)),✗)" \
 	  "$(if $(HAVE_NCCL),✓ ($(NCCL_HOME)),✗)"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) -std=c++20 $(NVCCFLAGS) $(NVCC_WARN) -Isrc -MMD -MP -c $< -o $@
 
 $(BUILD)/libskein.a: $(LIB_OBJS)
 	@rm -f $@
@@ -110,6 +133,17 @@ deps:
 test: deps
 	@$(MAKE) --no-print-directory all $(TEST_BINS)
 	@BUILD=$(BUILD) SKEIN=$(BUILD)/skein sh tests/run.sh $(TEST_BINS)
+
+# The device tests on the CUDA backend, then tests/gpu_*.sh (skein train --device cuda
+# against the CPU run). Needs a GPU; on the GPU machine: . scripts/gpu_env.sh first.
+test-gpu:
+	@$(MAKE) --no-print-directory all $(GPU_TEST_BINS)
+	@SKEIN_TEST_DEVICE=cuda NCCL_NVLS_ENABLE=0 BUILD=$(BUILD) SKEIN=$(BUILD)/skein SKEIN_SCRIPTS='tests/gpu_*.sh' \
+	  sh tests/run.sh $(GPU_TEST_BINS)
+
+# Fetches the .deb files of GPU_DEBS into .debs/ (git ignores it) to carry to the GPU machine.
+gpu-deps:
+	@mkdir -p .debs && cd .debs && apt-get download $(GPU_DEBS) && ls -1 *.deb
 
 # The same tests under AddressSanitizer + UBSan, in their own build folder.
 test-asan: deps

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Runs the test programs given as arguments and every tests/cli_*.sh script, then prints
+# Runs the test programs given as arguments and every tests/cli_*.sh script (or the scripts
+# SKEIN_SCRIPTS names, a glob: make test-gpu passes tests/gpu_*.sh), then prints
 # "N passed, N failed, N skipped". Each program prints one PASS, FAIL or SKIP line per case
 # ("SKIP case: why" where a tool, library or GPU is missing); a skip is counted apart, never as
 # a pass. A program that crashes or exits non-zero without a FAIL line, or that reports no case
@@ -21,7 +22,7 @@ run_one() {
 for t in "$@"; do
     echo "== $t"; run_one "$t" "$t"
 done
-for s in tests/cli_*.sh; do
+for s in ${SKEIN_SCRIPTS:-tests/cli_*.sh}; do
     [ -e "$s" ] || continue
     echo "== $s"; run_one "$s" sh "$s"
 done

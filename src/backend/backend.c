@@ -4,11 +4,20 @@
 
 #include <string.h>
 
+#ifdef SKEIN_HAVE_CUDA
+#include "backend/cuda/cuda.h"
+#endif
+
 backend *backend_create(const char *name) {
     if (!strcmp(name, "cpu")) return backend_cpu_create();
     if (!strcmp(name, "cuda")) {
-        sk_fail(SK_EARG, "--device cuda: this build has no CUDA backend yet (it comes with the CUDA issue); use --device cpu");
+#ifdef SKEIN_HAVE_CUDA
+        return backend_cuda_create();
+#else
+        sk_fail(SK_EARG, "--device cuda: this build has no CUDA backend (built without nvcc, or with NO_CUDA=1); "
+                         "use --device cpu");
         return NULL;
+#endif
     }
     sk_fail(SK_EARG, "unknown device '%s' (expected cpu or cuda)", name);
     return NULL;
@@ -16,7 +25,8 @@ backend *backend_create(const char *name) {
 
 void backend_free(backend *be) {
     if (!be) return;
-    mem_free(be->impl);
+    if (be->ops->destroy) be->ops->destroy(be);
+    else mem_free(be->impl);
     mem_free(be);
 }
 

@@ -2,8 +2,8 @@
  *
  * A backend is a context plus a table of function pointers (ops). The CPU backend
  * (backend/cpu/) uses OpenBLAS for products and OpenMP for the rest and is the reference;
- * the CUDA backend (backend/cuda/, a later issue) fills the same table with kernels and
- * cuBLASLt, taking device pointers. Model code never touches memory a backend owns except
+ * the CUDA backend (backend/cuda/, cuda.h) fills the same table with kernels and cuBLAS,
+ * taking device pointers. Model code never touches memory a backend owns except
  * through these ops, so a model written once runs on both.
  *
  * Conventions: compute ops take a stream and tensor views (tensor.h) of backend memory (host
@@ -71,6 +71,9 @@ typedef struct backend_ops {
     /* Whether op runs on dtype dt here; NULL entry: f32 only. Callers go through
      * backend_supports and fall back or refuse with a message. */
     bool (*supports)(backend *be, backend_op op, dtype dt);
+    /* Optional: releases what be->impl holds (streams, library handles, workspaces) before
+     * backend_free frees it. NULL: impl is plain memory (mem_free). */
+    void (*destroy)(backend *be);
 
     /* ---- compute ----
      * Every op runs on stream s (NULL: the default stream) and takes views (tensor.h) for its
@@ -204,12 +207,21 @@ struct backend {
     const backend_ops *ops;
     const char *name;      /* "cpu", "cuda" */
     void *impl;            /* backend-private state */
+    /* Device memory is host memory (the CPU backend): ops read views of host and mapped
+     * memory in place. False (CUDA): every view an op takes must be backend memory. */
+    bool host_memory;
 };
 
 /* The dropout mask every backend uses, so a CUDA run drops exactly what a CPU run drops:
  * element i of a tensor dropped with `seed` is kept when a 24-bit hash of (seed, i) read as
  * a uniform in [0,1) is >= p. SplitMix64's finalizer over seed + i * golden ratio. */
-static inline bool dropout_keep(uint64_t seed, uint64_t i, float p) {
+#ifdef __CUDACC__
+#define SK_HOST_DEVICE __host__ __device__
+#else
+#define SK_HOST_DEVICE
+#endif
+/* One definition for the host and, compiled by nvcc, the device. */
+static inline SK_HOST_DEVICE bool dropout_keep(uint64_t seed, uint64_t i, float p) {
     uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -234,11 +246,12 @@ bool backend_supports(backend *be, backend_op op, dtype dt);
 /* Free and total device memory; SK_EIO-style failure is returned with a message. */
 sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes);
 
-/* Creates a backend by name ("cpu"; "cuda" once built). NULL + sk_fail when unknown or absent. */
+/* Creates a backend by name ("cpu", "cuda"). NULL + sk_fail when unknown, not built in, or
+ * (cuda) when no device can be used. */
 backend *backend_create(const char *name);
 void backend_free(backend *be);
 
-/* The CPU backend (backend/cpu/cpu.c). */
+/* The CPU backend (backend/cpu/cpu.c). The CUDA backend is backend/cuda/cuda.h's. */
 backend *backend_cpu_create(void);
 
 #endif

@@ -223,12 +223,14 @@ sk_status model_load_weights(model *m, const char *dir);
  * keeping mapped the matrix dtypes be supports for both BACKEND_OP_MATMUL and
  * BACKEND_OP_EMBED, then model_open_wts. The folder is checked as model_load checks it (the
  * same code: missing, extra or misshapen tensors, GPT-2's prefix, a tied lm_head, skipped
- * buffers). */
+ * buffers). On a backend whose memory is not host memory (be->host_memory false: CUDA) the
+ * weights cannot stay mapped: this is model_load instead (an f32 copy uploaded to the device,
+ * m->params set), until a device backend reads low-precision weights of its own. */
 sk_status model_open_weights(const char *dir, backend *be, model **out);
 /* An inference model of config cfg over w (checked against cfg's plan as above): *out takes
  * its own reference (wts_ref), so engines over one wts share its pages and copies; the
  * caller keeps its reference. SK_ECONFIG when a matrix of w has a dtype be cannot multiply
- * (w opened for another backend). */
+ * (w opened for another backend), or when be does not read host memory (CUDA). */
 sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out);
 /* Writes config.json and model.safetensors (f32, "transformer."-prefixed GPT-2 names as
  * GPT2LMHeadModel writes them; Llama names as they are) into dir (created), sharded with the

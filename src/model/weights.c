@@ -220,6 +220,9 @@ sk_status model_load(const char *dir, backend *be, model **out) {
 
 sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out) {
     *out = NULL;
+    if (!be->host_memory)
+        return sk_fail(SK_ECONFIG, "%s: mapped weights are host memory, which the %s backend does not read in place; "
+                       "open the folder with model_open_weights (it uploads an f32 copy there)", wts_path(w), be->name);
     model *m = NULL;
     SK_TRY(model_plan(cfg, be, &m));
     m->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
@@ -241,6 +244,7 @@ sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **o
 
 sk_status model_open_weights(const char *dir, backend *be, model **out) {
     *out = NULL;
+    if (!be->host_memory) return model_load(dir, be, out);   /* a device: upload an f32 copy */
     model_config cfg;
     SK_TRY(folder_config(dir, &cfg));
     unsigned keep = 0;

@@ -41,7 +41,7 @@ typedef struct tensor {
 
 /* The empty view (ndim 0, data NULL): "no tensor" where an op argument is optional. */
 static inline tensor tensor_none(void) {
-    tensor t = {0};
+    tensor t = {NULL, DT_F32, MEM_HOST, 0, {0}, {0}};   /* every member named: C++ (.cu) includes this */
     return t;
 }
 static inline bool tensor_is_none(tensor t) { return t.data == NULL; }

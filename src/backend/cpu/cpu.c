@@ -663,5 +663,6 @@ backend *backend_cpu_create(void) {
     be->ops = &cpu_ops;
     be->name = "cpu";
     be->impl = NULL;
+    be->host_memory = true;
     return be;
 }

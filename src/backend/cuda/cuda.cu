@@ -1,0 +1,460 @@
+/* backend/cuda: the op table of backend.h on one CUDA device: memory, copies, streams,
+ * events, and every compute op's table entry, which checks its views (SK_ASSERT: a wrong
+ * view is a caller's bug) and calls its launcher (cuda_ops.cu, cuda_attention.cu).
+ *
+ * Invariants: device memory comes from cudaMalloc and pinned host memory from
+ * cudaMallocHost (never managed memory); both are zeroed when handed out. A backend_stream
+ * is its cudaStream_t; NULL means the backend's own default stream, created non-blocking
+ * (never the legacy stream), so work on other streams overlaps it. Ops are asynchronous:
+ * only stream_synchronize, event_synchronize, alloc and free wait for the device. Ops
+ * allocate nothing; cuBLAS works in a workspace allocated at creation. f32 only in this
+ * phase (supports). */
+#include "backend/cuda/cuda_impl.cuh"
+
+#include <math.h>
+#include <string.h>
+
+extern "C" {
+#include "backend/cuda/cuda.h"
+}
+
+#define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)   /* cuBLAS's recommendation for Hopper */
+
+static cuda_ctx *ctx(backend *be) { return (cuda_ctx *)be->impl; }
+static cudaStream_t stream_of(backend *be, backend_stream *s) { return s ? (cudaStream_t)s : ctx(be)->stream; }
+
+/* ---- memory ---- */
+
+static void *cuda_alloc(backend *be, size_t bytes, tensor_mem where) {
+    void *p = NULL;
+    bytes = bytes ? bytes : 1;
+    cudaError_t e = where == MEM_PINNED ? cudaMallocHost(&p, bytes) : cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();   /* an allocation failure is not sticky: clear it */
+        sk_fail(SK_ENOMEM, "cuda: allocating %zu bytes of %s memory: %s", bytes,
+                where == MEM_PINNED ? "pinned host" : "device", cudaGetErrorString(e));
+        return NULL;
+    }
+    if (where == MEM_PINNED) {
+        memset(p, 0, bytes);
+    } else {
+        CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ctx(be)->stream));
+        CUDA_CHECK(cudaStreamSynchronize(ctx(be)->stream));   /* zeroed for every stream */
+    }
+    return p;
+}
+
+static void cuda_free(backend *be, void *p, tensor_mem where) {
+    if (where == MEM_PINNED) CUDA_CHECK(cudaFreeHost(p));
+    else CUDA_CHECK(cudaFree(p));
+}
+
+static void cuda_copy(backend *be, void *dst, const void *src, size_t bytes, backend_copy_dir dir,
+                      backend_stream *s) {
+    static const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice,
+                                           cudaMemcpyHostToHost};
+    if (dst == src || !bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kinds[dir], stream_of(be, s)));
+}
+
+static void cuda_fill(backend *be, void *p, int byte, size_t bytes, backend_stream *s) {
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(p, byte, bytes, stream_of(be, s)));
+}
+
+static backend_stream *cuda_stream_create(backend *be) {
+    cudaStream_t s;
+    cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        sk_fail(SK_ENOMEM, "cuda: creating a stream: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+    return (backend_stream *)s;
+}
+static void cuda_stream_free(backend *be, backend_stream *s) { CUDA_CHECK(cudaStreamDestroy((cudaStream_t)s)); }
+static void cuda_stream_synchronize(backend *be, backend_stream *s) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_of(be, s)));
+}
+
+static backend_event *cuda_event_create(backend *be) {
+    cudaEvent_t e;
+    cudaError_t rc = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+    if (rc != cudaSuccess) {
+        sk_fail(SK_ENOMEM, "cuda: creating an event: %s", cudaGetErrorString(rc));
+        return NULL;
+    }
+    return (backend_event *)e;
+}
+static void cuda_event_free(backend *be, backend_event *e) { CUDA_CHECK(cudaEventDestroy((cudaEvent_t)e)); }
+static void cuda_event_record(backend *be, backend_event *e, backend_stream *s) {
+    CUDA_CHECK(cudaEventRecord((cudaEvent_t)e, stream_of(be, s)));
+}
+static void cuda_stream_wait_event(backend *be, backend_stream *s, backend_event *e) {
+    CUDA_CHECK(cudaStreamWaitEvent(stream_of(be, s), (cudaEvent_t)e, 0));
+}
+static void cuda_event_synchronize(backend *be, backend_event *e) { CUDA_CHECK(cudaEventSynchronize((cudaEvent_t)e)); }
+
+static sk_status cuda_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes) {
+    size_t f = 0, t = 0;
+    cudaError_t e = cudaMemGetInfo(&f, &t);
+    if (e != cudaSuccess) return sk_fail(SK_EIO, "cuda: cudaMemGetInfo: %s", cudaGetErrorString(e));
+    if (free_bytes) *free_bytes = f;
+    if (total_bytes) *total_bytes = t;
+    return SK_OK;
+}
+
+/* Phase 1 runs everything in f32: bf16/f16 weights (mapped inference) are not read here. */
+static bool cuda_supports(backend *be, backend_op op, dtype dt) { return dt == DT_F32; }
+
+/* ---- views ---- */
+
+/* The data of a contiguous f32 view of n elements. */
+static float *vec(tensor t, int64_t n) {
+    SK_ASSERT(t.dt == DT_F32 && tensor_is_contiguous(t) && tensor_numel(t) == n);
+    return (float *)t.data;
+}
+static float *vec_opt(tensor t, int64_t n) { return tensor_is_none(t) ? NULL : vec(t, n); }
+/* The data of a contiguous f32 matrix view; its shape into *rows, *cols. */
+static float *mat(tensor t, int *rows, int *cols) {
+    SK_ASSERT(t.ndim == 2 && t.dt == DT_F32 && tensor_is_contiguous(t));
+    *rows = (int)t.shape[0];
+    *cols = (int)t.shape[1];
+    return (float *)t.data;
+}
+static float *mat_of(tensor t, int rows, int cols) {
+    int r, c;
+    float *p = mat(t, &r, &c);
+    SK_ASSERT(r == rows && c == cols);
+    return p;
+}
+/* Any f32 contiguous view as n elements (elementwise ops: equal element counts). */
+static float *flat(tensor t, int64_t n) { return vec(t, n); }
+/* tokens(B,T), i32, contiguous. */
+static const int *tokens_of(tensor t, int *B, int *T) {
+    SK_ASSERT(t.ndim == 2 && t.dt == DT_I32 && tensor_is_contiguous(t));
+    *B = (int)t.shape[0];
+    *T = (int)t.shape[1];
+    return (const int *)t.data;
+}
+
+/* ---- compute: table entries ---- */
+
+static void cuda_matmul_op(backend *be, backend_stream *s, tensor C, tensor A, bool ta, tensor B, bool tb,
+                           float alpha, float beta) {
+    SK_ASSERT(A.ndim == 2 && B.ndim == 2 && C.ndim == 2 && A.dt == DT_F32 && B.dt == DT_F32 && C.dt == DT_F32);
+    const int M = (int)C.shape[0], N = (int)C.shape[1], K = (int)(ta ? A.shape[0] : A.shape[1]);
+    SK_ASSERT((ta ? A.shape[1] : A.shape[0]) == M && (tb ? B.shape[1] : B.shape[0]) == K &&
+              (tb ? B.shape[0] : B.shape[1]) == N);
+    if (M == 0 || N == 0) return;
+    cuda_matmul(ctx(be), stream_of(be, s), tensor_f32(C), tensor_ld(C), tensor_f32(A), tensor_ld(A), ta,
+                tensor_f32(B), tensor_ld(B), tb, M, N, K, alpha, beta);
+}
+
+static void cuda_bias_add_op(backend *be, backend_stream *s, tensor out, tensor bias) {
+    SK_ASSERT(out.ndim == 2 && out.dt == DT_F32);
+    const int N = (int)out.shape[0], OC = (int)out.shape[1];
+    cuda_bias_add(ctx(be), stream_of(be, s), tensor_f32(out), tensor_ld(out), vec(bias, OC), N, OC);
+}
+
+static void cuda_bias_backward_op(backend *be, backend_stream *s, tensor dbias, tensor dout) {
+    int N, OC;
+    const float *d = mat(dout, &N, &OC);
+    cuda_bias_backward(stream_of(be, s), vec(dbias, OC), d, N, OC);
+}
+
+static void cuda_embed_forward_op(backend *be, backend_stream *s, tensor out, tensor tokens, tensor wte, tensor wpe) {
+    int B, T, V, C, P, CP;
+    const int *tok = tokens_of(tokens, &B, &T);
+    const float *e = mat(wte, &V, &C), *pe = tensor_is_none(wpe) ? NULL : mat(wpe, &P, &CP);
+    SK_ASSERT(!pe || (P >= T && CP == C));
+    cuda_embed_forward(ctx(be), stream_of(be, s), mat_of(out, B * T, C), tok, e, pe, B, T, C);
+}
+
+static void cuda_embed_backward_op(backend *be, backend_stream *s, tensor dwte, tensor dwpe, tensor dout,
+                                   tensor tokens) {
+    int B, T, V, C;
+    const int *tok = tokens_of(tokens, &B, &T);
+    float *dw = mat(dwte, &V, &C), *dp = NULL;
+    if (!tensor_is_none(dwpe)) {
+        SK_ASSERT(dwpe.ndim == 2 && dwpe.shape[0] >= T);
+        dp = mat_of(dwpe, (int)dwpe.shape[0], C);
+    }
+    cuda_embed_backward(ctx(be), stream_of(be, s), dw, dp, mat_of(dout, B * T, C), tok, B, T, C);
+}
+
+static void cuda_layernorm_forward_op(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd,
+                                      tensor inp, tensor weight, tensor bias, float eps) {
+    int N, C;
+    const float *x = mat(inp, &N, &C);
+    if (N == 0) return;
+    cuda_layernorm_forward(stream_of(be, s), mat_of(out, N, C), vec_opt(mean, N), vec_opt(rstd, N), x,
+                           vec(weight, C), vec(bias, C), N, C, eps);
+}
+
+static void cuda_layernorm_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dbias,
+                                       tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd) {
+    int N, C;
+    const float *x = mat(inp, &N, &C);
+    if (N == 0) return;
+    cuda_layernorm_backward(stream_of(be, s), mat_of(dinp, N, C), vec(dweight, C), vec(dbias, C),
+                            mat_of(dout, N, C), x, vec(weight, C), vec(mean, N), vec(rstd, N), N, C);
+}
+
+static void cuda_gelu_forward_op(backend *be, backend_stream *s, tensor out, tensor inp) {
+    const int64_t n = tensor_numel(inp);
+    cuda_gelu_forward(ctx(be), stream_of(be, s), flat(out, n), flat(inp, n), n);
+}
+
+static void cuda_gelu_backward_op(backend *be, backend_stream *s, tensor dinp, tensor inp, tensor dout) {
+    const int64_t n = tensor_numel(inp);
+    cuda_gelu_backward(ctx(be), stream_of(be, s), flat(dinp, n), flat(inp, n), flat(dout, n), n);
+}
+
+static void cuda_add_op(backend *be, backend_stream *s, tensor out, tensor a, tensor b) {
+    const int64_t n = tensor_numel(out);
+    cuda_add(ctx(be), stream_of(be, s), flat(out, n), flat(a, n), flat(b, n), n);
+}
+
+static void cuda_scale_op(backend *be, backend_stream *s, tensor x, float alpha) {
+    const int64_t n = tensor_numel(x);
+    cuda_scale(ctx(be), stream_of(be, s), flat(x, n), alpha, n);
+}
+
+/* A (B,T,D) view with contiguous channels as cuda_rows. */
+static cuda_rows rows_of(tensor t, int64_t B, int64_t T, int64_t D) {
+    SK_ASSERT(t.dt == DT_F32 && t.ndim == 3 && t.shape[0] == B && t.shape[1] == T && t.shape[2] == D);
+    SK_ASSERT(t.stride[2] == 1 || D == 1);
+    cuda_rows r = {(float *)t.data, t.stride[0], t.stride[1]};
+    return r;
+}
+
+static cuda_attn_geom geom_of(tensor q, tensor k, int NH, int NKV, int W, float p, uint64_t seed) {
+    SK_ASSERT(q.ndim == 3 && k.ndim == 3 && NH > 0 && NKV > 0 && NH % NKV == 0 && q.shape[2] % NH == 0);
+    SK_ASSERT(W >= 0 && p >= 0.0f && p < 1.0f);
+    cuda_attn_geom g = {(int)q.shape[0], (int)q.shape[1], (int)k.shape[1], NH, NKV, NH / NKV,
+                        (int)(q.shape[2] / NH), W, 0.0f, p, seed};
+    SK_ASSERT(g.Tq <= g.Tk && g.HS > 0 && g.HS <= CUDA_ATTN_MAX_HS);
+    g.sc = 1.0f / sqrtf((float)g.HS);
+    return g;
+}
+
+/* lse(B,NH,Tq), f32, contiguous. */
+static float *lse_of(tensor lse, const cuda_attn_geom *g) {
+    SK_ASSERT(lse.ndim == 3 && lse.shape[0] == g->B && lse.shape[1] == g->NH && lse.shape[2] == g->Tq);
+    return vec(lse, (int64_t)g->B * g->NH * g->Tq);
+}
+
+static void cuda_attention_forward_op(backend *be, backend_stream *s, tensor out, tensor lse, tensor q, tensor k,
+                                      tensor v, int NH, int NKV, int W, float p, uint64_t seed) {
+    const cuda_attn_geom g = geom_of(q, k, NH, NKV, W, p, seed);
+    const int QD = NH * g.HS, KD = NKV * g.HS;
+    cuda_attention_forward(stream_of(be, s), &g, rows_of(out, g.B, g.Tq, QD),
+                           tensor_is_none(lse) ? NULL : lse_of(lse, &g), rows_of(q, g.B, g.Tq, QD),
+                           rows_of(k, g.B, g.Tk, KD), rows_of(v, g.B, g.Tk, KD));
+}
+
+static void cuda_attention_backward_op(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv,
+                                       tensor dout, tensor q, tensor k, tensor v, tensor out, tensor lse, int NH,
+                                       int NKV, int W, float p, uint64_t seed) {
+    const cuda_attn_geom g = geom_of(q, k, NH, NKV, W, p, seed);
+    const int QD = NH * g.HS, KD = NKV * g.HS;
+    cuda_attention_backward(stream_of(be, s), &g, rows_of(dq, g.B, g.Tq, QD), rows_of(dk, g.B, g.Tk, KD),
+                            rows_of(dv, g.B, g.Tk, KD), rows_of(dout, g.B, g.Tq, QD), rows_of(q, g.B, g.Tq, QD),
+                            rows_of(k, g.B, g.Tk, KD), rows_of(v, g.B, g.Tk, KD), rows_of(out, g.B, g.Tq, QD),
+                            lse_of(lse, &g));
+}
+
+static void cuda_rmsnorm_forward_op(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp,
+                                    tensor weight, float eps) {
+    int N, C;
+    const float *x = mat(inp, &N, &C);
+    if (N == 0) return;
+    cuda_rmsnorm_forward(stream_of(be, s), mat_of(out, N, C), vec_opt(rstd, N), x, vec(weight, C), N, C, eps);
+}
+
+static void cuda_rmsnorm_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout,
+                                     tensor inp, tensor weight, tensor rstd) {
+    int N, C;
+    const float *x = mat(inp, &N, &C);
+    if (N == 0) return;
+    cuda_rmsnorm_backward(stream_of(be, s), mat_of(dinp, N, C), vec(dweight, C), mat_of(dout, N, C), x,
+                          vec(weight, C), vec(rstd, N), N, C);
+}
+
+/* x(B,T,nh,HS) rotated by dir * angle at positions pos0 + t. */
+static void rope(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0, float dir) {
+    SK_ASSERT(x.ndim == 4);
+    const int T = (int)x.shape[1], N = (int)x.shape[0] * T, nh = (int)x.shape[2], HS = (int)x.shape[3];
+    SK_ASSERT(HS % 2 == 0 && cos.ndim == 2 && cos.shape[1] == HS / 2 && cos.shape[0] >= pos0 + T);
+    cuda_rope(ctx(be), stream_of(be, s), vec(x, (int64_t)N * nh * HS), vec(cos, tensor_numel(cos)),
+              vec(sin, tensor_numel(cos)), N, T, nh, HS, pos0, dir);
+}
+static void cuda_rope_forward_op(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0) {
+    rope(be, s, x, cos, sin, pos0, 1.0f);
+}
+/* The rotation is orthogonal: its transpose rotates by the opposite angle. */
+static void cuda_rope_backward_op(backend *be, backend_stream *s, tensor dx, tensor cos, tensor sin, int pos0) {
+    rope(be, s, dx, cos, sin, pos0, -1.0f);
+}
+
+static void cuda_swiglu_forward_op(backend *be, backend_stream *s, tensor out, tensor gate, tensor up) {
+    const int64_t n = tensor_numel(gate);
+    cuda_swiglu_forward(ctx(be), stream_of(be, s), flat(out, n), flat(gate, n), flat(up, n), n);
+}
+
+static void cuda_swiglu_backward_op(backend *be, backend_stream *s, tensor dgate, tensor dup, tensor dout,
+                                    tensor gate, tensor up) {
+    const int64_t n = tensor_numel(gate);
+    cuda_swiglu_backward(ctx(be), stream_of(be, s), flat(dgate, n), flat(dup, n), flat(dout, n), flat(gate, n),
+                         flat(up, n), n);
+}
+
+static void cuda_softmax_xent_op(backend *be, backend_stream *s, tensor losses, tensor dlogits, tensor logits,
+                                 tensor targets, float dloss) {
+    SK_ASSERT(logits.ndim == 2 && logits.dt == DT_F32);
+    const int N = (int)logits.shape[0], V = (int)logits.shape[1];
+    const int64_t Vp = tensor_ld(logits);
+    float *d = tensor_is_none(dlogits) ? NULL : mat_of(dlogits, N, (int)Vp);
+    SK_ASSERT(targets.dt == DT_I32 && tensor_numel(targets) == N && tensor_is_contiguous(targets));
+    if (N == 0) return;
+    cuda_softmax_xent(stream_of(be, s), vec(losses, N), d, tensor_f32(logits), (const int *)targets.data, N, V, Vp,
+                      dloss);
+}
+
+static void cuda_dropout_forward_op(backend *be, backend_stream *s, tensor out, tensor inp, float p, uint64_t seed) {
+    SK_ASSERT(p >= 0.0f && p < 1.0f);
+    const int64_t n = tensor_numel(inp);
+    cuda_dropout(ctx(be), stream_of(be, s), flat(out, n), flat(inp, n), n, p, seed);
+}
+/* The same masked scaling. */
+static void cuda_dropout_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dout, float p,
+                                     uint64_t seed) {
+    cuda_dropout_forward_op(be, s, dinp, dout, p, seed);
+}
+
+static double *scalar_f64(tensor t) {
+    SK_ASSERT(t.dt == DT_F64 && tensor_numel(t) == 1);
+    return (double *)t.data;
+}
+
+static void cuda_sum_f64_op(backend *be, backend_stream *s, tensor out, tensor x) {
+    const int64_t n = tensor_numel(x);
+    cuda_sum_f64(stream_of(be, s), scalar_f64(out), flat(x, n), n);
+}
+
+static void cuda_sum_squares_op(backend *be, backend_stream *s, tensor out, tensor x) {
+    const int64_t n = tensor_numel(x);
+    cuda_sum_squares(stream_of(be, s), scalar_f64(out), flat(x, n), n);
+}
+
+/* The bias corrections are computed on the host as the CPU computes them (powf). */
+static void cuda_adamw_op(backend *be, backend_stream *s, tensor param, tensor grad, tensor m, tensor v, float lr,
+                          float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
+    SK_ASSERT(t >= 1);
+    const int64_t n = tensor_numel(param);
+    const float c1 = 1.0f / (1.0f - powf(beta1, (float)t)), c2 = 1.0f / (1.0f - powf(beta2, (float)t));
+    cuda_adamw(ctx(be), stream_of(be, s), flat(param, n), flat(grad, n), flat(m, n), flat(v, n), n, lr, beta1, beta2,
+               eps, weight_decay, grad_scale, c1, c2);
+}
+
+/* ---- creation ---- */
+
+static void cuda_destroy(backend *be) {
+    cuda_ctx *x = ctx(be);
+    if (!x) return;
+    if (x->stream) cudaStreamSynchronize(x->stream);
+    if (x->blas) cublasDestroy(x->blas);
+    if (x->blas_ws) cudaFree(x->blas_ws);
+    if (x->stream) cudaStreamDestroy(x->stream);
+    mem_free(x);
+}
+
+static const backend_ops cuda_ops = {
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .copy = cuda_copy,
+    .fill = cuda_fill,
+    .stream_create = cuda_stream_create,
+    .stream_free = cuda_stream_free,
+    .stream_synchronize = cuda_stream_synchronize,
+    .event_create = cuda_event_create,
+    .event_free = cuda_event_free,
+    .event_record = cuda_event_record,
+    .stream_wait_event = cuda_stream_wait_event,
+    .event_synchronize = cuda_event_synchronize,
+    .mem_info = cuda_mem_info,
+    .supports = cuda_supports,
+    .destroy = cuda_destroy,
+    .matmul = cuda_matmul_op,
+    .bias_add = cuda_bias_add_op,
+    .bias_backward = cuda_bias_backward_op,
+    .embed_forward = cuda_embed_forward_op,
+    .embed_backward = cuda_embed_backward_op,
+    .layernorm_forward = cuda_layernorm_forward_op,
+    .layernorm_backward = cuda_layernorm_backward_op,
+    .gelu_forward = cuda_gelu_forward_op,
+    .gelu_backward = cuda_gelu_backward_op,
+    .add = cuda_add_op,
+    .scale = cuda_scale_op,
+    .attention_forward = cuda_attention_forward_op,
+    .attention_backward = cuda_attention_backward_op,
+    .rmsnorm_forward = cuda_rmsnorm_forward_op,
+    .rmsnorm_backward = cuda_rmsnorm_backward_op,
+    .rope_forward = cuda_rope_forward_op,
+    .rope_backward = cuda_rope_backward_op,
+    .swiglu_forward = cuda_swiglu_forward_op,
+    .swiglu_backward = cuda_swiglu_backward_op,
+    .softmax_xent = cuda_softmax_xent_op,
+    .dropout_forward = cuda_dropout_forward_op,
+    .dropout_backward = cuda_dropout_backward_op,
+    .sum_f64 = cuda_sum_f64_op,
+    .sum_squares = cuda_sum_squares_op,
+    .adamw = cuda_adamw_op,
+};
+
+/* A failed setup call: the message names it; the caller unwinds at its err: label. */
+static bool setup_ok(cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return true;
+    sk_fail(SK_EARG, "--device cuda: %s: %s", what, cudaGetErrorString(e));
+    return false;
+}
+
+extern "C" backend *backend_cuda_create(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        (void)cudaGetLastError();
+        sk_fail(SK_EARG, "--device cuda: no usable CUDA device (%s)",
+                e != cudaSuccess ? cudaGetErrorString(e) : "the driver lists none");
+        return NULL;
+    }
+    backend *be = (backend *)mem_calloc(sizeof *be);
+    cuda_ctx *x = (cuda_ctx *)mem_calloc(sizeof *x);
+    if (!be || !x) goto err;
+    be->ops = &cuda_ops;
+    be->name = "cuda";
+    be->impl = x;
+    be->host_memory = false;
+    /* the current device: 0, or the one a communicator chose for this rank */
+    if (!setup_ok(cudaGetDevice(&x->device), "cudaGetDevice")) goto err;
+    if (!setup_ok(cudaDeviceGetAttribute(&x->n_sm, cudaDevAttrMultiProcessorCount, x->device), "reading the SM count"))
+        goto err;
+    if (!setup_ok(cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking), "creating the default stream")) goto err;
+    x->blas_ws_bytes = BLAS_WORKSPACE_BYTES;
+    if (!setup_ok(cudaMalloc(&x->blas_ws, x->blas_ws_bytes), "allocating the cuBLAS workspace")) goto err;
+    if (cublasCreate(&x->blas) != CUBLAS_STATUS_SUCCESS) {
+        x->blas = NULL;
+        sk_fail(SK_EARG, "--device cuda: cublasCreate failed");
+        goto err;
+    }
+    /* plain f32 products (no TF32), so results track the CPU's sgemm */
+    CUBLAS_CHECK(cublasSetMathMode(x->blas, CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cublasSetStream(x->blas, x->stream));
+    CUBLAS_CHECK(cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
+    x->blas_stream = x->stream;
+    return be;
+err:
+    if (be && be->impl) cuda_destroy(be);
+    else mem_free(x);
+    mem_free(be);
+    return NULL;
+}

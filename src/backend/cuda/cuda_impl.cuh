@@ -1,0 +1,123 @@
+/* backend/cuda internals shared by its .cu files: error checks, the backend's context, and
+ * the launchers of cuda_ops.cu and cuda_attention.cu. Not for callers: they use backend.h
+ * (through backend_create("cuda") or cuda.h).
+ *
+ * Three tiers per op: a kernel (`<op>_f32`), a launcher (`cuda_<op>`) taking a cudaStream_t
+ * and plain pointers and sizes, and the table entry in cuda.cu that checks the views and
+ * calls the launcher. Launchers allocate nothing and never synchronize the host.
+ *
+ * Letters as in backend.h: N rows, C channels, B batch, T time, NH heads, NKV key/value
+ * heads, HS head size, V vocabulary (Vp its padded row stride). */
+#ifndef SKEIN_CUDA_IMPL_CUH
+#define SKEIN_CUDA_IMPL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "backend/backend.h"
+}
+
+/* A failed CUDA or cuBLAS call is a broken invariant (a bad launch, a device fault): the
+ * call, file, line and the library's message go to stderr and the process aborts. Calls
+ * that can fail on input (cudaMalloc) are checked where they are made and return a status. */
+#define CUDA_CHECK(call) cuda_check_rt((call), #call, __FILE__, __LINE__)
+#define CUBLAS_CHECK(call) cuda_check_blas((call), #call, __FILE__, __LINE__)
+/* After every kernel launch: a bad configuration shows here, at its launcher. */
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+static inline void cuda_check_rt(cudaError_t e, const char *call, const char *file, int line) {
+    if (e == cudaSuccess) return;
+    fprintf(stderr, "CUDA error: %s at %s:%d: %s (%s)\n", call, file, line, cudaGetErrorString(e),
+            cudaGetErrorName(e));
+    abort();
+}
+
+static inline void cuda_check_blas(cublasStatus_t e, const char *call, const char *file, int line) {
+    if (e == CUBLAS_STATUS_SUCCESS) return;
+    fprintf(stderr, "cuBLAS error: %s at %s:%d: %s\n", call, file, line, cublasGetStatusString(e));
+    abort();
+}
+
+/* The backend's state (be->impl). */
+typedef struct cuda_ctx {
+    int device;
+    int n_sm;                   /* multiprocessors: sizes grid-stride launches */
+    cudaStream_t stream;        /* the default stream (NULL in the table), non-blocking */
+    cublasHandle_t blas;
+    cudaStream_t blas_stream;   /* the stream the handle was last set to */
+    void *blas_ws;              /* cuBLAS workspace, allocated once (no allocation in ops) */
+    size_t blas_ws_bytes;
+} cuda_ctx;
+
+/* ---- launchers (cuda_ops.cu); contracts as the backend.h op of the same name; every
+ * pointer is device memory, every matrix contiguous unless a row stride is given ---- */
+
+void cuda_matmul(cuda_ctx *x, cudaStream_t s, float *C, int64_t ldc, const float *A, int64_t lda, bool ta,
+                 const float *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta);
+void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, float *out, int64_t ld, const float *bias, int N, int OC);
+void cuda_bias_backward(cudaStream_t s, float *dbias, const float *dout, int N, int OC);
+void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int *tokens, const float *wte,
+                        const float *wpe, int B, int T, int C);
+void cuda_embed_backward(const cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout,
+                         const int *tokens, int B, int T, int C);
+void cuda_layernorm_forward(cudaStream_t s, float *out, float *mean, float *rstd, const float *inp,
+                            const float *weight, const float *bias, int N, int C, float eps);
+void cuda_layernorm_backward(cudaStream_t s, float *dinp, float *dweight, float *dbias, const float *dout,
+                             const float *inp, const float *weight, const float *mean, const float *rstd, int N,
+                             int C);
+void cuda_rmsnorm_forward(cudaStream_t s, float *out, float *rstd, const float *inp, const float *weight, int N,
+                          int C, float eps);
+void cuda_rmsnorm_backward(cudaStream_t s, float *dinp, float *dweight, const float *dout, const float *inp,
+                           const float *weight, const float *rstd, int N, int C);
+void cuda_gelu_forward(const cuda_ctx *x, cudaStream_t s, float *out, const float *inp, int64_t n);
+void cuda_gelu_backward(const cuda_ctx *x, cudaStream_t s, float *dinp, const float *inp, const float *dout,
+                        int64_t n);
+void cuda_add(const cuda_ctx *x, cudaStream_t s, float *out, const float *a, const float *b, int64_t n);
+void cuda_scale(const cuda_ctx *x, cudaStream_t s, float *v, float alpha, int64_t n);
+/* Rotates x(N,nh,HS) (N = B*T rows, row r at position pos0 + r % T) by dir * angle. */
+void cuda_rope(const cuda_ctx *x, cudaStream_t s, float *v, const float *cos, const float *sin, int N, int T,
+               int nh, int HS, int pos0, float dir);
+void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, float *out, const float *gate, const float *up,
+                         int64_t n);
+void cuda_swiglu_backward(const cuda_ctx *x, cudaStream_t s, float *dgate, float *dup, const float *dout,
+                          const float *gate, const float *up, int64_t n);
+void cuda_softmax_xent(cudaStream_t s, float *losses, float *dlogits, const float *logits, const int *targets,
+                       int N, int V, int64_t Vp, float dloss);
+void cuda_dropout(const cuda_ctx *x, cudaStream_t s, float *out, const float *inp, int64_t n, float p,
+                  uint64_t seed);
+void cuda_sum_f64(cudaStream_t s, double *out, const float *v, int64_t n);
+void cuda_sum_squares(cudaStream_t s, double *out, const float *v, int64_t n);
+void cuda_adamw(const cuda_ctx *x, cudaStream_t s, float *param, const float *grad, float *m, float *v, int64_t n,
+                float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, float c1,
+                float c2);
+
+/* ---- attention (cuda_attention.cu) ---- */
+
+/* A (B,T,D) operand: base pointer, batch and row strides in elements (channels contiguous). */
+typedef struct cuda_rows {
+    float *p;
+    int64_t sb, st;
+} cuda_rows;
+
+/* The shapes of one attention call (backend.h's contract), its window and dropout. */
+typedef struct cuda_attn_geom {
+    int B, Tq, Tk, NH, NKV, G, HS, W;
+    float sc;   /* 1/sqrt(HS) */
+    float p;    /* dropout probability */
+    uint64_t seed;
+} cuda_attn_geom;
+
+/* Head sizes up to this run (each lane of a warp keeps HS/32 output channels in registers). */
+#define CUDA_ATTN_MAX_HS 256
+
+void cuda_attention_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse, cuda_rows q,
+                            cuda_rows k, cuda_rows v);
+void cuda_attention_backward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows dq, cuda_rows dk, cuda_rows dv,
+                             cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
+                             const float *lse);
+
+#endif
