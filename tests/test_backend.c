@@ -409,7 +409,9 @@ TEST(attention_chunks_match_full) {
     }
 }
 
-/* The backward's sums do not depend on the thread count (one thread owns each KV head). */
+/* The backward's sums do not depend on the thread count (on the CPU one thread owns each KV
+ * head). On CUDA the OpenMP thread count plays no part, and the case checks that two
+ * backwards give the same bits (its sums run in a fixed order, no atomics). */
 TEST(attention_backward_independent_of_threads) {
     setup(17);
     enum { B = 2, T = 40, NH = 4, NKV = 2, HS = 8, QD = NH * HS, KD = NKV * HS };
