@@ -1,20 +1,31 @@
 /* backend/cuda: causal grouped-query attention, forward and backward, in f32, with the
- * contract of backend.h and the CPU kernel's arithmetic (backend/cpu/cpu_attention.c):
- * scores sc q.k, an online softmax in the forward keeping each row's log-sum-exp, the
- * backward recomputing P = exp(score - lse), dropout from dropout_keep over the flat
- * (B,NH,Tq,Tk) index so both directions and both backends drop the same entries.
+ * contract of backend.h and the CPU kernel's arithmetic (backend/cpu/cpu_attention.c): scores
+ * sc q.k, an online softmax in the forward keeping each row's log-sum-exp, the backward
+ * recomputing P = exp(score - lse), dropout from dropout_keep over the flat (B,NH,Tq,Tk)
+ * index so both directions and both backends drop the same entries.
  *
- * A plain, correct kernel (speed is the next phase's): one warp per row of work, four warps
- * a block, and a sweep over the other side in chunks of 32 with one lane per element:
- *   - forward and dq: a warp per query row (b, h, t); lane j scores key k0+j;
- *   - dk, dv: a warp per key row (b, kv head, s); lane j takes query t0+j of each head of
- *     the group, so each dk, dv row is summed by one warp in a fixed order (no atomics);
- *     D = dout . out is recomputed per (query, key) pair rather than kept in scratch.
- * In the sweep each lane computes its dot products alone (attn_dot); the warp then
- * broadcasts the lanes' coefficients (__shfl_sync) and accumulates coefficient * row into
- * the row it owns, lane l holding channels l, l+32, ... (attn_acc) in registers.
- * Invariants: every sum is in a fixed order (results are deterministic); nothing allocates;
- * HS <= CUDA_ATTN_MAX_HS; every query sees its own position, so every normalizer is > 0.
+ * Tiled in the FlashAttention-2 manner, on the f32 units (FFMA: TF32 tensor cores would miss
+ * the tests' 1e-5 tolerance on out). Every kernel works on tiles of TILE queries by TILE keys
+ * staged in shared memory; a block of THREADS = 128 threads, thread (ty, tx) = (id / 16,
+ * id % 16), owns rows ty + 8i (i < 8) of a tile and columns tx + 16j, so a row's 16 owners
+ * are 16 lanes of one warp (row reductions are shuffles) and one tile product (tile_mm)
+ * reads per step 8 A values (two distinct addresses per warp) and 4 or HSP/16 B values
+ * (consecutive banks) for 32 or more FMAs. Head sizes are padded to HSP (16, 32, 64 or 128,
+ * a template parameter) with zeros in shared memory, so tests' tiny heads run the same code.
+ *   - forward: a block per (query tile, b, h) sweeps the key tiles its queries see, with a
+ *     per-row running maximum m and normalizer l (each thread sums its own columns; the 16
+ *     partial l's meet at the end); out = acc / l, lse = m + log l;
+ *   - dq: a block per (query tile, b, h) sweeps the same key tiles: dq += dS k with
+ *     dS = sc P (M dP - D), P = exp(score - lse), M the dropout scale, dP = dout . v;
+ *   - dk, dv: a block per (key tile, b, KV head) sweeps the heads of its group and the query
+ *     tiles that see its keys: dv += (P M)^T dout, dk += dS^T q, in registers until the end.
+ * D = dout . out is computed per query tile inside the backward blocks from dout and out
+ * (two more row reads per tile, small against its four tile products) rather than by a
+ * separate kernel into scratch: ops allocate nothing (cuda.cu).
+ * Invariants: every sum runs in a fixed order and every output element has one owner (no
+ * atomics: results are deterministic); nothing allocates; HS <= CUDA_ATTN_MAX_HS; every query
+ * sees its own position, so every normalizer is > 0; blocks are numbered longest work first
+ * (causal tiles near the end of the queries / start of the keys see the most).
  *
  * Letters as in backend.h; Tq queries, Tk keys, G = NH/NKV heads per KV head, query t at
  * position Tk - Tq + t. */
@@ -22,11 +33,66 @@
 
 #include <math.h>
 
-#define WARPS 4                              /* rows per block */
-#define CPL (CUDA_ATTN_MAX_HS / 32)          /* channels per lane */
+#include <type_traits>
+
+#define TILE 64                  /* queries and keys per tile */
+#define THREADS 128              /* 8 row groups x 16 column lanes */
+#define LDP (TILE + 16)          /* row stride of a score tile: a warp's two row groups land 16 banks apart */
 #define FULL_MASK 0xffffffffu
 
-__device__ static inline float *attn_at(cuda_rows r, int b, int t, int c) { return r.p + b * r.sb + t * r.st + c; }
+/* ---- tiles in shared memory ---- */
+
+/* acc[i][j] += sum over k < KN of A(ty + 8i, k) B(tx + 16j, k), with A(r, k) = A[r*ARS + k*AKS]
+ * and B(c, k) = B[c*BCS + k*BKS] in shared memory: one thread's part of a tile product. */
+template <int NJ, int KN, int ARS, int AKS, int BCS, int BKS>
+__device__ __forceinline__ void tile_mm(float (&acc)[8][NJ], const float *A, const float *B) {
+    A += (threadIdx.x / 16) * ARS;
+    B += (threadIdx.x % 16) * BCS;
+#pragma unroll 4
+    for (int k = 0; k < KN; k++) {
+        float a[8], b[NJ];
+#pragma unroll
+        for (int i = 0; i < 8; i++) a[i] = A[8 * i * ARS + k * AKS];
+#pragma unroll
+        for (int j = 0; j < NJ; j++) b[j] = B[16 * j * BCS + k * BKS];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int j = 0; j < NJ; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+}
+
+/* dst[r*(HSP+1) + c] = X[b, t0 + r, col0 + c] for r < n and c < HS, 0 elsewhere in the
+ * TILE x HSP tile (the stride HSP+1 puts a column's rows in different banks). */
+template <int HSP>
+__device__ void tile_load(float *dst, cuda_rows X, int b, int t0, int n, int col0, int HS) {
+    const float *src = X.p + b * X.sb + (int64_t)t0 * X.st + col0;
+    for (int i = threadIdx.x; i < TILE * HSP; i += THREADS) {
+        const int r = i / HSP, c = i % HSP;
+        dst[r * (HSP + 1) + c] = r < n && c < HS ? src[r * X.st + c] : 0.0f;
+    }
+}
+
+/* The shared memory a kernel of head width HSP takes: `rows` tiles of (TILE, HSP+1) and
+ * `scores` tiles of (TILE, LDP), in bytes. */
+static constexpr size_t tile_bytes(int HSP, int rows, int scores) {
+    return sizeof(float) * ((size_t)rows * TILE * (HSP + 1) + (size_t)scores * TILE * LDP);
+}
+
+/* ---- geometry ---- */
+
+/* Whether query t sees key s: t is a query, s at most its position, inside the window. */
+__device__ static inline bool attn_visible(const cuda_attn_geom &g, int t, int s) {
+    const int pos = g.Tk - g.Tq + t;
+    return t < g.Tq && s <= pos && (g.W == 0 || s > pos - g.W);
+}
+
+/* The dropout scale (mask / (1-p), or 1 without dropout) of key s for query row `row` (its
+ * flat (B,NH,Tq) index). */
+__device__ static inline float attn_keep(const cuda_attn_geom &g, int64_t row, int s) {
+    if (g.p <= 0.0f) return 1.0f;
+    return dropout_keep(g.seed, (uint64_t)row * (uint64_t)g.Tk + (uint64_t)s, g.p) ? 1.0f / (1.0f - g.p) : 0.0f;
+}
 
 /* Keys [*s0, *s1] that query t sees: up to its position, the W newest with a window. */
 __device__ static inline void attn_span(const cuda_attn_geom &g, int t, int *s0, int *s1) {
@@ -34,183 +100,280 @@ __device__ static inline void attn_span(const cuda_attn_geom &g, int t, int *s0,
     *s0 = g.W > 0 && *s1 - g.W + 1 > 0 ? *s1 - g.W + 1 : 0;
 }
 
-/* The dropout scale (mask / (1-p), or 1 without dropout) of key s for query row `row`. */
-__device__ static inline float attn_keep(const cuda_attn_geom &g, int64_t row, int s) {
-    if (g.p <= 0.0f) return 1.0f;
-    return dropout_keep(g.seed, (uint64_t)row * (uint64_t)g.Tk + (uint64_t)s, g.p) ? 1.0f / (1.0f - g.p) : 0.0f;
+/* The tile of block blockIdx.x among ntiles tiles of `per_tile` blocks each, longest work
+ * first (reverse: query tiles, whose work grows with t; else key tiles, whose work shrinks
+ * with s); *rest gets the block's index among the blocks of its tile. */
+__device__ static inline int attn_tile_index(int ntiles, int per_tile, bool reverse, int *rest) {
+    const int n = (int)(blockIdx.x / per_tile);
+    *rest = (int)(blockIdx.x % per_tile);
+    return reverse ? ntiles - 1 - n : n;
 }
 
-/* a . b over HS channels, by one thread. */
-__device__ static inline float attn_dot(const float *a, const float *b, int HS) {
-    float d = 0;
-    for (int j = 0; j < HS; j++) d += a[j] * b[j];
-    return d;
-}
-
-/* acc[i] += sum over j < n of coef_j * rows(j)[lane + 32 i], coef_j the coefficient of lane j
- * and rows(j) = base + j * st: the warp's accumulation into the row it owns. */
-__device__ static inline void attn_acc(float acc[CPL], float coef, const float *base, int64_t st, int n, int HS) {
-    const int lane = threadIdx.x % 32;
-    for (int j = 0; j < n; j++) {
-        const float c = __shfl_sync(FULL_MASK, coef, j);
-        const float *r = base + j * st;
-#pragma unroll
-        for (int i = 0; i < CPL; i++)
-            if (lane + 32 * i < HS) acc[i] += c * r[lane + 32 * i];
-    }
-}
-
-/* dst[lane + 32 i] = acc[i] * scale (add: +=), the channels the lane owns. */
-__device__ static inline void attn_store(float *dst, const float acc[CPL], float scale, bool add, int HS) {
-    const int lane = threadIdx.x % 32;
-#pragma unroll
-    for (int i = 0; i < CPL; i++) {
-        const int c = lane + 32 * i;
-        if (c < HS) dst[c] = add ? dst[c] + acc[i] * scale : acc[i] * scale;
-    }
-}
-
-/* Copies n floats of a row into the warp's shared slot. */
-__device__ static inline void attn_stage(float *dst, const float *src, int n) {
-    for (int j = threadIdx.x % 32; j < n; j += 32) dst[j] = src[j];
-    __syncwarp();
-}
-
-__device__ static inline float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+__device__ static inline float row_max(float v) {   /* over a row's 16 lanes */
+    for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
-__device__ static inline float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+__device__ static inline float row_sum(float v) {
+    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
 }
 
-/* The query row of this warp as (b, h, t) from its flat (B,NH,Tq) index; false past the end. */
-__device__ static inline bool attn_query_row(const cuda_attn_geom &g, int64_t *row, int *b, int *h, int *t) {
-    *row = (int64_t)blockIdx.x * WARPS + threadIdx.x / 32;
-    if (*row >= (int64_t)g.B * g.NH * g.Tq) return false;
-    *t = (int)(*row % g.Tq);
-    *h = (int)(*row / g.Tq % g.NH);
-    *b = (int)(*row / ((int64_t)g.Tq * g.NH));
-    return true;
+/* Ls[r], Ds[r] = lse and dout . out of query t0 + r of head h (0 past Tq), r < TILE: the
+ * per-row terms of the backward, a warp per row. */
+__device__ static void attn_row_terms(float *Ls, float *Ds, const cuda_attn_geom &g, cuda_rows DO, cuda_rows O,
+                                      const float *lse, int b, int h, int t0) {
+    const int lane = threadIdx.x % 32;
+    for (int r = threadIdx.x / 32; r < TILE; r += THREADS / 32) {
+        const int t = t0 + r;
+        float d = 0;
+        if (t < g.Tq) {
+            const float *dout = DO.p + b * DO.sb + (int64_t)t * DO.st + h * g.HS,
+                        *out = O.p + b * O.sb + (int64_t)t * O.st + h * g.HS;
+            for (int c = lane; c < g.HS; c += 32) d += dout[c] * out[c];
+        }
+        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(FULL_MASK, d, o);
+        if (lane == 0) {
+            Ds[r] = d;
+            Ls[r] = t < g.Tq ? lse[((int64_t)b * g.NH + h) * g.Tq + t] : 0.0f;
+        }
+    }
 }
 
-/* Forward, a warp per query row: per chunk of 32 keys the chunk's maximum rescales the
- * running sum l and output; P = exp(score - m) adds to l undropped and, times the dropout
- * scale, weights v. Ends with out = acc / l and lse = m + log l. */
-__global__ void attention_forward_f32(cuda_attn_geom g, cuda_rows O, float *lse, cuda_rows Q, cuda_rows K,
-                                      cuda_rows V) {
-    __shared__ float qs[WARPS][CUDA_ATTN_MAX_HS];
-    int64_t row;
-    int b, h, t;
-    if (!attn_query_row(g, &row, &b, &h, &t)) return;   /* whole warps leave together */
-    const int lane = threadIdx.x % 32, HS = g.HS, kc = h / g.G * HS;
-    float *q = qs[threadIdx.x / 32];
-    attn_stage(q, attn_at(Q, b, t, h * HS), HS);
-    int s0, s1;
-    attn_span(g, t, &s0, &s1);
-    float m = -INFINITY, l = 0, acc[CPL] = {0};
-    for (int k0 = s0; k0 <= s1; k0 += 32) {
-        const int s = k0 + lane, n = s1 - k0 + 1 < 32 ? s1 - k0 + 1 : 32;
-        const float score = s <= s1 ? g.sc * attn_dot(q, attn_at(K, b, s, kc), HS) : -INFINITY;
-        const float mnew = fmaxf(m, warp_max(score));   /* finite: lane 0 always scores */
-        const float corr = expf(m - mnew);              /* 0 on the first chunk */
-        const float e = s <= s1 ? expf(score - mnew) : 0.0f;
-        l = l * corr + warp_sum(e);
+/* ---- kernels ---- */
+
+/* Forward of one query tile (grid: query tiles x B x NH), online softmax over its key tiles.
+ * Shared memory: Q, K, V tiles and the probability tile P (queries x keys). */
+template <int HSP>
+__global__ void __launch_bounds__(THREADS) attention_forward_f32(cuda_attn_geom g, cuda_rows O, float *lse,
+                                                                 cuda_rows Q, cuda_rows K, cuda_rows V) {
+    constexpr int LD = HSP + 1, NJ = HSP / 16;
+    extern __shared__ float smem[];
+    float *Qs = smem, *Ks = Qs + TILE * LD, *Vs = Ks + TILE * LD, *Ps = Vs + TILE * LD;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    int bh;
+    const int t0 = TILE * attn_tile_index((g.Tq + TILE - 1) / TILE, g.B * g.NH, true, &bh);
+    const int b = bh / g.NH, h = bh % g.NH, nq = min(TILE, g.Tq - t0), kc = h / g.G * g.HS;
+    const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
+    int s_lo, s_hi, unused;
+    attn_span(g, t0, &s_lo, &unused);
+    attn_span(g, t0 + nq - 1, &unused, &s_hi);
+    tile_load<HSP>(Qs, Q, b, t0, nq, h * g.HS, g.HS);
+    float m[8], l[8], acc[8][NJ] = {};
 #pragma unroll
-        for (int i = 0; i < CPL; i++) acc[i] *= corr;
-        attn_acc(acc, s <= s1 ? e * attn_keep(g, row, s) : 0.0f, attn_at(V, b, k0, kc), V.st, n, HS);
-        m = mnew;
+    for (int i = 0; i < 8; i++) m[i] = -INFINITY, l[i] = 0.0f;
+    for (int k0 = s_lo; k0 <= s_hi; k0 += TILE) {
+        __syncthreads();   /* the last tile's readers are done with K, V, P */
+        tile_load<HSP>(Ks, K, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
+        tile_load<HSP>(Vs, V, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
+        __syncthreads();
+        float S[8][4] = {};
+        tile_mm<4, HSP, LD, 1, LD, 1>(S, Qs, Ks);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int t = t0 + ty + 8 * i;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                S[i][j] = attn_visible(g, t, k0 + tx + 16 * j) ? g.sc * S[i][j] : -INFINITY;
+                mx = fmaxf(mx, S[i][j]);
+            }
+            const float mnew = fmaxf(m[i], row_max(mx));
+            const float ref = mnew == -INFINITY ? 0.0f : mnew;   /* no key seen yet: nothing to scale */
+            const float corr = expf(m[i] - ref);                 /* 0 before the first key */
+            m[i] = mnew;
+            l[i] *= corr;
+#pragma unroll
+            for (int j = 0; j < NJ; j++) acc[i][j] *= corr;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float e = expf(S[i][j] - ref);   /* 0 where hidden */
+                l[i] += e;
+                Ps[(ty + 8 * i) * LDP + tx + 16 * j] =
+                    e != 0.0f && g.p > 0.0f ? e * attn_keep(g, row0 + ty + 8 * i, k0 + tx + 16 * j) : e;
+            }
+        }
+        __syncthreads();
+        tile_mm<NJ, TILE, LDP, 1, 1, LD>(acc, Ps, Vs);
     }
-    attn_store(attn_at(O, b, t, h * HS), acc, 1.0f / l, false, HS);
-    if (lse && lane == 0) lse[row] = m + logf(l);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int r = ty + 8 * i;
+        const float li = row_sum(l[i]);
+        if (r >= nq) continue;
+        float *o = O.p + b * O.sb + (int64_t)(t0 + r) * O.st + h * g.HS;
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+            if (tx + 16 * j < g.HS) o[tx + 16 * j] = acc[i][j] / li;
+        if (lse && tx == 0) lse[row0 + r] = m[i] + logf(li);
+    }
+}
+
+/* dq of one query tile (grid as the forward's), over the key tiles its queries see.
+ * Shared memory: Q, dout, K, V tiles and the dS tile (queries x keys). */
+template <int HSP>
+__global__ void __launch_bounds__(THREADS) attention_backward_dq_f32(cuda_attn_geom g, cuda_rows DQ, cuda_rows DO,
+                                                                     cuda_rows Q, cuda_rows K, cuda_rows V,
+                                                                     cuda_rows O, const float *lse) {
+    constexpr int LD = HSP + 1, NJ = HSP / 16;
+    extern __shared__ float smem[];
+    __shared__ float Ls[TILE], Ds[TILE];
+    float *Qs = smem, *dOs = Qs + TILE * LD, *Ks = dOs + TILE * LD, *Vs = Ks + TILE * LD, *dSs = Vs + TILE * LD;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    int bh;
+    const int t0 = TILE * attn_tile_index((g.Tq + TILE - 1) / TILE, g.B * g.NH, true, &bh);
+    const int b = bh / g.NH, h = bh % g.NH, nq = min(TILE, g.Tq - t0), kc = h / g.G * g.HS;
+    const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
+    int s_lo, s_hi, unused;
+    attn_span(g, t0, &s_lo, &unused);
+    attn_span(g, t0 + nq - 1, &unused, &s_hi);
+    tile_load<HSP>(Qs, Q, b, t0, nq, h * g.HS, g.HS);
+    tile_load<HSP>(dOs, DO, b, t0, nq, h * g.HS, g.HS);
+    attn_row_terms(Ls, Ds, g, DO, O, lse, b, h, t0);
+    float acc[8][NJ] = {};
+    for (int k0 = s_lo; k0 <= s_hi; k0 += TILE) {
+        __syncthreads();
+        tile_load<HSP>(Ks, K, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
+        tile_load<HSP>(Vs, V, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
+        __syncthreads();
+        float S[8][4] = {}, dP[8][4] = {};
+        tile_mm<4, HSP, LD, 1, LD, 1>(S, Qs, Ks);
+        tile_mm<4, HSP, LD, 1, LD, 1>(dP, dOs, Vs);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int r = ty + 8 * i;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int s = k0 + tx + 16 * j;
+                float dS = 0.0f;
+                if (attn_visible(g, t0 + r, s)) {
+                    const float P = expf(g.sc * S[i][j] - Ls[r]);
+                    dS = g.sc * P * (attn_keep(g, row0 + r, s) * dP[i][j] - Ds[r]);
+                }
+                dSs[r * LDP + tx + 16 * j] = dS;
+            }
+        }
+        __syncthreads();
+        tile_mm<NJ, TILE, LDP, 1, 1, LD>(acc, dSs, Ks);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int r = ty + 8 * i;
+        if (r >= nq) continue;
+        float *dq = DQ.p + b * DQ.sb + (int64_t)(t0 + r) * DQ.st + h * g.HS;
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+            if (tx + 16 * j < g.HS) dq[tx + 16 * j] += acc[i][j];
+    }
+}
+
+/* dk, dv of one key tile (grid: key tiles x B x NKV), over the heads of its group and the
+ * query tiles that see its keys, in that order. Shared memory: K, V, Q, dout tiles and the
+ * P M and dS tiles (keys x queries). */
+template <int HSP>
+__global__ void __launch_bounds__(THREADS) attention_backward_dkdv_f32(cuda_attn_geom g, cuda_rows DK, cuda_rows DV,
+                                                                       cuda_rows DO, cuda_rows Q, cuda_rows K,
+                                                                       cuda_rows V, cuda_rows O, const float *lse) {
+    constexpr int LD = HSP + 1, NJ = HSP / 16;
+    extern __shared__ float smem[];
+    __shared__ float Ls[TILE], Ds[TILE];
+    float *Ks = smem, *Vs = Ks + TILE * LD, *Qs = Vs + TILE * LD, *dOs = Qs + TILE * LD, *Ps = dOs + TILE * LD,
+          *dSs = Ps + TILE * LDP;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    int bk;
+    const int k0 = TILE * attn_tile_index((g.Tk + TILE - 1) / TILE, g.B * g.NKV, false, &bk);
+    const int b = bk / g.NKV, kh = bk % g.NKV, nk = min(TILE, g.Tk - k0), kc = kh * g.HS, off = g.Tk - g.Tq;
+    /* queries that see a key of the tile: positions from k0 on, and with a window up to the
+     * last key's + W - 1 */
+    const int t_lo = max(0, k0 - off), t_hi = g.W > 0 ? min(g.Tq - 1, k0 + nk - 1 + g.W - 1 - off) : g.Tq - 1;
+    tile_load<HSP>(Ks, K, b, k0, nk, kc, g.HS);
+    tile_load<HSP>(Vs, V, b, k0, nk, kc, g.HS);
+    float dk[8][NJ] = {}, dv[8][NJ] = {};
+    for (int h = kh * g.G; h < (kh + 1) * g.G; h++)
+        for (int t0 = t_lo; t0 <= t_hi; t0 += TILE) {
+            const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
+            __syncthreads();   /* the last tile's readers are done with Q, dout, P, dS, Ls, Ds */
+            tile_load<HSP>(Qs, Q, b, t0, min(TILE, t_hi - t0 + 1), h * g.HS, g.HS);
+            tile_load<HSP>(dOs, DO, b, t0, min(TILE, t_hi - t0 + 1), h * g.HS, g.HS);
+            attn_row_terms(Ls, Ds, g, DO, O, lse, b, h, t0);
+            __syncthreads();
+            float S[8][4] = {}, dP[8][4] = {};   /* transposed: keys x queries */
+            tile_mm<4, HSP, LD, 1, LD, 1>(S, Ks, Qs);
+            tile_mm<4, HSP, LD, 1, LD, 1>(dP, Vs, dOs);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int s = k0 + ty + 8 * i;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int c = tx + 16 * j;
+                    float pm = 0.0f, dS = 0.0f;
+                    if (attn_visible(g, t0 + c, s)) {
+                        const float P = expf(g.sc * S[i][j] - Ls[c]), M = attn_keep(g, row0 + c, s);
+                        pm = P * M;
+                        dS = g.sc * P * (M * dP[i][j] - Ds[c]);
+                    }
+                    Ps[(ty + 8 * i) * LDP + c] = pm;
+                    dSs[(ty + 8 * i) * LDP + c] = dS;
+                }
+            }
+            __syncthreads();
+            tile_mm<NJ, TILE, LDP, 1, 1, LD>(dv, Ps, dOs);
+            tile_mm<NJ, TILE, LDP, 1, 1, LD>(dk, dSs, Qs);
+        }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int r = ty + 8 * i;
+        if (r >= nk) continue;
+        float *dkr = DK.p + b * DK.sb + (int64_t)(k0 + r) * DK.st + kc,
+              *dvr = DV.p + b * DV.sb + (int64_t)(k0 + r) * DV.st + kc;
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+            if (tx + 16 * j < g.HS) {
+                dkr[tx + 16 * j] += dk[i][j];
+                dvr[tx + 16 * j] += dv[i][j];
+            }
+    }
+}
+
+/* ---- launchers ---- */
+
+/* Calls f(std::integral_constant<int, HSP>()) with the kernels' head width for HS. */
+template <class F> static void attn_dispatch(int HS, F f) {
+    if (HS <= 16) f(std::integral_constant<int, 16>());
+    else if (HS <= 32) f(std::integral_constant<int, 32>());
+    else if (HS <= 64) f(std::integral_constant<int, 64>());
+    else f(std::integral_constant<int, CUDA_ATTN_MAX_HS>());
+}
+
+/* Launches kernel k over `blocks` blocks with `bytes` of dynamic shared memory on stream s
+ * (raising the kernel's limit past the default 48 KB, per device: a cheap host call). */
+template <class... P, class... A>
+static void attn_launch(void (*k)(P...), int64_t blocks, size_t bytes, cudaStream_t s, A... args) {
+    if (blocks == 0) return;
+    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    k<<<(unsigned)blocks, THREADS, bytes, s>>>(args...);
+    CUDA_CHECK_LAUNCH();
 }
 
 void cuda_attention_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse, cuda_rows q,
                             cuda_rows k, cuda_rows v) {
-    const int64_t rows = (int64_t)g->B * g->NH * g->Tq;
-    if (rows == 0) return;
-    attention_forward_f32<<<(unsigned)((rows + WARPS - 1) / WARPS), WARPS * 32, 0, s>>>(*g, out, lse, q, k, v);
-    CUDA_CHECK_LAUNCH();
-}
-
-/* dq, a warp per query row: dS = sc P (M dP - D) with P = exp(score - lse), M the dropout
- * scale, dP = dout . v and D = dout . out; dq += sum over keys of dS k. */
-__global__ void attention_backward_dq_f32(cuda_attn_geom g, cuda_rows DQ, cuda_rows DO, cuda_rows Q, cuda_rows K,
-                                          cuda_rows V, cuda_rows O, const float *lse) {
-    __shared__ float qs[WARPS][CUDA_ATTN_MAX_HS], ds[WARPS][CUDA_ATTN_MAX_HS];
-    int64_t row;
-    int b, h, t;
-    if (!attn_query_row(g, &row, &b, &h, &t)) return;
-    const int lane = threadIdx.x % 32, HS = g.HS, kc = h / g.G * HS;
-    float *q = qs[threadIdx.x / 32], *dout = ds[threadIdx.x / 32];
-    attn_stage(q, attn_at(Q, b, t, h * HS), HS);
-    attn_stage(dout, attn_at(DO, b, t, h * HS), HS);
-    const float *o = attn_at(O, b, t, h * HS);
-    float D = 0;
-    for (int j = lane; j < HS; j += 32) D += dout[j] * o[j];
-    D = warp_sum(D);
-    const float L = lse[row];
-    int s0, s1;
-    attn_span(g, t, &s0, &s1);
-    float acc[CPL] = {0};
-    for (int k0 = s0; k0 <= s1; k0 += 32) {
-        const int s = k0 + lane, n = s1 - k0 + 1 < 32 ? s1 - k0 + 1 : 32;
-        float dS = 0;
-        if (s <= s1) {
-            const float P = expf(g.sc * attn_dot(q, attn_at(K, b, s, kc), HS) - L);
-            const float dP = attn_dot(dout, attn_at(V, b, s, kc), HS);
-            dS = g.sc * P * (attn_keep(g, row, s) * dP - D);
-        }
-        attn_acc(acc, dS, attn_at(K, b, k0, kc), K.st, n, HS);
-    }
-    attn_store(attn_at(DQ, b, t, h * HS), acc, 1.0f, true, HS);
-}
-
-/* dk, dv, a warp per key row (b, kv head, s): over the heads of the group and the queries
- * that see s (positions s .. s+W-1 with a window), dv += (P M) dout and dk += dS q. */
-__global__ void attention_backward_dkdv_f32(cuda_attn_geom g, cuda_rows DK, cuda_rows DV, cuda_rows DO,
-                                            cuda_rows Q, cuda_rows K, cuda_rows V, cuda_rows O, const float *lse) {
-    __shared__ float ks[WARPS][CUDA_ATTN_MAX_HS], vs[WARPS][CUDA_ATTN_MAX_HS];
-    const int64_t krow = (int64_t)blockIdx.x * WARPS + threadIdx.x / 32;
-    if (krow >= (int64_t)g.B * g.NKV * g.Tk) return;
-    const int s = (int)(krow % g.Tk), kh = (int)(krow / g.Tk % g.NKV), b = (int)(krow / ((int64_t)g.Tk * g.NKV));
-    const int lane = threadIdx.x % 32, HS = g.HS, kc = kh * HS, off = g.Tk - g.Tq;
-    float *k = ks[threadIdx.x / 32], *v = vs[threadIdx.x / 32];
-    attn_stage(k, attn_at(K, b, s, kc), HS);
-    attn_stage(v, attn_at(V, b, s, kc), HS);
-    int t_lo = s - off > 0 ? s - off : 0, t_hi = g.Tq - 1;
-    if (g.W > 0 && s + g.W - 1 - off < t_hi) t_hi = s + g.W - 1 - off;
-    float dk[CPL] = {0}, dv[CPL] = {0};
-    for (int h = kh * g.G; h < (kh + 1) * g.G; h++)
-        for (int t0 = t_lo; t0 <= t_hi; t0 += 32) {
-            const int t = t0 + lane, n = t_hi - t0 + 1 < 32 ? t_hi - t0 + 1 : 32;
-            float pm = 0, dS = 0;
-            if (t <= t_hi) {
-                const int64_t row = ((int64_t)b * g.NH + h) * g.Tq + t;
-                const float *dout = attn_at(DO, b, t, h * HS);
-                const float P = expf(g.sc * attn_dot(attn_at(Q, b, t, h * HS), k, HS) - lse[row]);
-                const float M = attn_keep(g, row, s);
-                const float D = attn_dot(dout, attn_at(O, b, t, h * HS), HS);
-                pm = P * M;
-                dS = g.sc * P * (M * attn_dot(dout, v, HS) - D);
-            }
-            attn_acc(dv, pm, attn_at(DO, b, t0, h * HS), DO.st, n, HS);
-            attn_acc(dk, dS, attn_at(Q, b, t0, h * HS), Q.st, n, HS);
-        }
-    attn_store(attn_at(DK, b, s, kc), dk, 1.0f, true, HS);
-    attn_store(attn_at(DV, b, s, kc), dv, 1.0f, true, HS);
+    const int64_t blocks = (int64_t)(g->Tq + TILE - 1) / TILE * g->B * g->NH;
+    attn_dispatch(g->HS, [&](auto hsp) {
+        constexpr int HSP = decltype(hsp)::value;
+        attn_launch(attention_forward_f32<HSP>, blocks, tile_bytes(HSP, 3, 1), s, *g, out, lse, q, k, v);
+    });
 }
 
 void cuda_attention_backward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows dq, cuda_rows dk, cuda_rows dv,
                              cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
                              const float *lse) {
-    const int64_t qrows = (int64_t)g->B * g->NH * g->Tq, krows = (int64_t)g->B * g->NKV * g->Tk;
-    if (qrows == 0) return;
-    attention_backward_dq_f32<<<(unsigned)((qrows + WARPS - 1) / WARPS), WARPS * 32, 0, s>>>(*g, dq, dout, q, k, v,
-                                                                                              out, lse);
-    CUDA_CHECK_LAUNCH();
-    attention_backward_dkdv_f32<<<(unsigned)((krows + WARPS - 1) / WARPS), WARPS * 32, 0, s>>>(*g, dk, dv, dout, q,
-                                                                                                k, v, out, lse);
-    CUDA_CHECK_LAUNCH();
+    if ((int64_t)g->B * g->NH * g->Tq == 0) return;
+    const int64_t qblocks = (int64_t)(g->Tq + TILE - 1) / TILE * g->B * g->NH,
+                  kblocks = (int64_t)(g->Tk + TILE - 1) / TILE * g->B * g->NKV;
+    attn_dispatch(g->HS, [&](auto hsp) {
+        constexpr int HSP = decltype(hsp)::value;
+        attn_launch(attention_backward_dq_f32<HSP>, qblocks, tile_bytes(HSP, 4, 1), s, *g, dq, dout, q, k, v, out,
+                    lse);
+        attn_launch(attention_backward_dkdv_f32<HSP>, kblocks, tile_bytes(HSP, 4, 2), s, *g, dk, dv, dout, q, k, v,
+                    out, lse);
+    });
 }

@@ -51,6 +51,7 @@ typedef struct cuda_ctx {
     cudaStream_t blas_stream;   /* the stream the handle was last set to */
     void *blas_ws;              /* cuBLAS workspace, allocated once (no allocation in ops) */
     size_t blas_ws_bytes;
+    bool tf32;                  /* SKEIN_CUDA_TF32=1: cuBLAS products in TF32 (cuda.h) */
 } cuda_ctx;
 
 /* ---- launchers (cuda_ops.cu); contracts as the backend.h op of the same name; every
@@ -111,8 +112,9 @@ typedef struct cuda_attn_geom {
     uint64_t seed;
 } cuda_attn_geom;
 
-/* Head sizes up to this run (each lane of a warp keeps HS/32 output channels in registers). */
-#define CUDA_ATTN_MAX_HS 256
+/* Head sizes up to this run (the tiles keep a tile's rows of HS channels in shared memory
+ * and each thread HS/16 channels of 8 rows per accumulator in registers). */
+#define CUDA_ATTN_MAX_HS 128
 
 void cuda_attention_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse, cuda_rows q,
                             cuda_rows k, cuda_rows v);
