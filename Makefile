@@ -135,10 +135,11 @@ test: deps
 	@BUILD=$(BUILD) SKEIN=$(BUILD)/skein sh tests/run.sh $(TEST_BINS)
 
 # The device tests on the CUDA backend, then tests/gpu_*.sh (skein train --device cuda
-# against the CPU run). Needs a GPU; on the GPU machine: . scripts/gpu_env.sh first.
+# against the CPU run, in exact f32: SKEIN_CUDA_TF32 is cleared). Needs a GPU; on the GPU machine:
+# . scripts/gpu_env.sh first.
 test-gpu:
 	@$(MAKE) --no-print-directory all $(GPU_TEST_BINS)
-	@SKEIN_TEST_DEVICE=cuda NCCL_NVLS_ENABLE=0 BUILD=$(BUILD) SKEIN=$(BUILD)/skein SKEIN_SCRIPTS='tests/gpu_*.sh' \
+	@SKEIN_TEST_DEVICE=cuda SKEIN_CUDA_TF32=0 NCCL_NVLS_ENABLE=0 BUILD=$(BUILD) SKEIN=$(BUILD)/skein SKEIN_SCRIPTS='tests/gpu_*.sh' \
 	  sh tests/run.sh $(GPU_TEST_BINS)
 
 # Fetches the .deb files of GPU_DEBS into .debs/ (git ignores it) to carry to the GPU machine.

@@ -8,7 +8,7 @@
  * (never the legacy stream), so work on other streams overlaps it. Ops are asynchronous:
  * only stream_synchronize, event_synchronize, alloc and free wait for the device. Ops
  * allocate nothing; cuBLAS works in a workspace allocated at creation. f32 only in this
- * phase (supports). */
+ * phase (supports); products in plain f32 unless SKEIN_CUDA_TF32=1 (cuda.h). */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <math.h>
@@ -446,8 +446,10 @@ extern "C" backend *backend_cuda_create(void) {
         sk_fail(SK_EARG, "--device cuda: cublasCreate failed");
         goto err;
     }
-    /* plain f32 products (no TF32), so results track the CPU's sgemm */
-    CUBLAS_CHECK(cublasSetMathMode(x->blas, CUBLAS_DEFAULT_MATH));
+    /* plain f32 products by default, so results track the CPU's sgemm; TF32 on request */
+    x->tf32 = getenv("SKEIN_CUDA_TF32") && !strcmp(getenv("SKEIN_CUDA_TF32"), "1");
+    CUBLAS_CHECK(cublasSetMathMode(x->blas, x->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    if (x->tf32) fprintf(stderr, "cuda: products in TF32 (SKEIN_CUDA_TF32=1)\n");
     CUBLAS_CHECK(cublasSetStream(x->blas, x->stream));
     CUBLAS_CHECK(cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
     x->blas_stream = x->stream;

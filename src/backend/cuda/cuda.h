@@ -7,7 +7,13 @@
  * Phase 1 of the CUDA issue: every op of backend.h in f32 (supports() says f32 only), with
  * the CPU backend's contracts (writes vs accumulates, aliasing, strides) and within tight
  * tolerances of its results (products in plain f32: TF32 is off). Memory is cudaMalloc'd
- * device memory and cudaMallocHost'd pinned memory, never managed memory. */
+ * device memory and cudaMallocHost'd pinned memory, never managed memory.
+ *
+ * SKEIN_CUDA_TF32=1 in the environment when the backend is created puts cuBLAS's products
+ * (matmul: the linear layers and the LM head, forward and backward) on the tensor cores in
+ * TF32 (inputs rounded to 10 mantissa bits, sums in f32): several times faster, and results
+ * then differ from the CPU's at about 1e-3 relative, so the CPU-comparison tests (make
+ * test-gpu) run without it. Attention always runs in f32 (cuda_attention.cu). */
 #ifndef SKEIN_BACKEND_CUDA_H
 #define SKEIN_BACKEND_CUDA_H
 

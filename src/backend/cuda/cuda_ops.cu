@@ -13,7 +13,7 @@
  * gradient (atomicAdd: repeated tokens meet in any order); reductions into the f64 scalars
  * run in one block with a fixed order (sum_f64 in exact index order, as the CPU's loop).
  * Products go to cuBLAS in plain f32 (CUBLAS_DEFAULT_MATH: no TF32), so they track the
- * CPU's sgemm to rounding. */
+ * CPU's sgemm to rounding, unless SKEIN_CUDA_TF32=1 chose TF32 at creation (cuda.h). */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <math.h>
