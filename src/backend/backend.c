@@ -65,6 +65,13 @@ bool backend_supports(backend *be, backend_op op, dtype dt) {
     return dt == DT_F32;
 }
 
+bool backend_supports_paged(backend *be) {
+    if (be->ops->set_rows && be->ops->paged_attention) return true;
+    sk_fail(SK_EARG, "the %s backend has no paged attention (set_rows, paged_attention): the engine cannot run on it",
+            be->name);
+    return false;
+}
+
 sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes) {
     return be->ops->mem_info(be, free_bytes, total_bytes);
 }

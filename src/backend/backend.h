@@ -201,6 +201,26 @@ typedef struct backend_ops {
      * first (clipping). t is the 1-based step. */
     void (*adamw)(backend *be, backend_stream *s, tensor param, tensor grad, tensor m, tensor v, float lr,
                   float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t);
+
+    /* ---- inference engine (paged key/value cache); optional: a caller checks them through
+     * backend_supports_paged and refuses without them ---- */
+
+    /* dst row idx[i] = src row i, for the N rows of src(N,D) and idx(N) (i32, backend
+     * memory, each in [0,R), no two equal); dst(R,D). Both f32 2-D with contiguous rows and
+     * any row stride. Writes; other rows of dst are untouched. */
+    void (*set_rows)(backend *be, backend_stream *s, tensor dst, tensor src, tensor idx);
+    /* Causal grouped-query attention of a ragged batch over a paged cache. q(N,NH*HS) holds
+     * the new tokens of S sequences; seqs(S,3) (i32) gives for sequence i the first row r0
+     * of its queries, their number nq and its context length ctx: its queries are rows
+     * r0..r0+nq-1 and sit at positions ctx-nq..ctx-1, its keys and values are its positions
+     * 0..ctx-1 (this step's already stored). Position t of sequence i is physical row
+     * tables[i][t / BS] * BS + t % BS of k_cache and v_cache (R,NKV*HS), tables(S,MB) (i32).
+     * Masking, grouping, window W and scale exactly as attention_forward with Tq = nq and
+     * Tk = ctx (p = 0, no lse). q and the caches are f32 2-D with contiguous rows and any row
+     * stride; seqs and tables are backend memory. Writes the sequences' rows of out(N,NH*HS);
+     * rows no sequence names are untouched. */
+    void (*paged_attention)(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
+                            tensor seqs, tensor tables, int BS, int NH, int NKV, int W);
 } backend_ops;
 
 struct backend {
@@ -243,6 +263,9 @@ void backend_download(backend *be, void *host_dst, const void *src, size_t bytes
 void backend_zero(backend *be, void *p, size_t bytes);
 void backend_synchronize(backend *be);
 bool backend_supports(backend *be, backend_op op, dtype dt);
+/* Whether be has the engine's ops (set_rows, paged_attention); false with an sk_fail message
+ * naming the backend when not. */
+bool backend_supports_paged(backend *be);
 /* Free and total device memory; SK_EIO-style failure is returned with a message. */
 sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes);
 

@@ -1,4 +1,12 @@
-/* skein bench train: times the trainer's optimizer step (train/step.h: forward, backward,
+/* skein bench throughput / latency: the inference engine (infer/engine.h) on random prompts
+ * of exactly --input-len tokens generating --output-len greedy tokens each (EOS ignored: no
+ * stop ids). throughput queues --num-prompts requests at once and runs the engine until all
+ * are done; its JSON line has vLLM's benchmark fields (requests_per_s, output_tokens_per_s,
+ * total_tokens_per_s, prompt tokens counted in the total). latency runs one request at a time
+ * and reports the median time to first token (prefill plus the first sample) and decode
+ * tokens/s after it.
+ *
+ * skein bench train: times the trainer's optimizer step (train/step.h: forward, backward,
  * gradient reduction and norm, clipping, AdamW) on a model and random tokens, and prints one
  * JSON line last: the median step time after two untimed warm-up steps, tokens/s, rank 0's
  * median of each phase (forward_ms, backward_ms, reduce_ms, optimizer_ms), of the time
@@ -19,6 +27,7 @@
 #include "cli/cli.h"
 #include "cli/launch.h"
 #include "comm/comm.h"
+#include "infer/engine.h"
 #include "model/presets.h"
 #include "train/opt.h"
 #include "train/step.h"
@@ -190,9 +199,155 @@ done:
     return rc;
 }
 
+/* ---- inference: the engine at many requests (throughput) and at one (latency) ---- */
+
+/* The model of --model DIR (mapped) or --preset NAME (random f32 weights, seed 1). */
+static sk_status bench_open(const char *dir, const char *preset, backend *be, model **m) {
+    if (!dir == !preset) return sk_fail(SK_EARG, "bench: give exactly one of --model and --preset");
+    if (dir) return model_open_weights(dir, be, m);
+    model_config cfg;
+    SK_TRY(model_preset(preset, 0, &cfg));
+    SK_TRY(model_create(&cfg, be, m));
+    model_init_weights(*m, 1);
+    return SK_OK;
+}
+
+/* Engine options from the flags, for requests of I + O tokens. */
+static sk_status bench_engine(model *m, const char *kv_memory, long max_seqs, long max_batch, long I, long O,
+                              engine **e) {
+    engine_opts o = engine_opts_default();
+    o.max_seqs = (int)max_seqs;
+    o.max_batch_tokens = (int)max_batch;
+    o.max_ctx = (int)(I + O);
+    if (kv_memory) SK_TRY(kv_budget(m->be, kv_memory, &o.kv_bytes));
+    return engine_create(m, &o, e);
+}
+
+/* Adds prompt i of exactly I random ids (seed 1000 + i), O greedy tokens, no stop ids. */
+static sk_status bench_add(engine *e, const model *m, int *prompt, long I, long O, long i) {
+    rng r;
+    rng_seed(&r, 1000 + (uint64_t)i);
+    for (long k = 0; k < I; k++) prompt[k] = (int)rng_below(&r, (uint64_t)m->cfg.vocab_size);
+    engine_params p = engine_params_default();
+    p.max_tokens = (int)O;
+    int id;
+    return engine_add_request(e, prompt, (int)I, &p, &id);
+}
+
+#define BENCH_INFER_FLAGS(what)                                                                                          {"--model", ARG_STR, &dir, "DIR", "model folder (weights mapped)", false, false},                                     {"--preset", ARG_STR, &preset, "NAME", "model shape by name, random f32 weights (gpt2, ...)", false, false},          {"--input-len", ARG_INT, &I, "I", "prompt tokens (random ids; default 128)", false, false},                          {"--output-len", ARG_INT, &O, "O", "generated tokens per request, EOS ignored (default 128)", false, false},         {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false},                                             {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running "             "sequence)", false, false},                                                                                          {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false},              {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512)", false, false}
+
+static int bench_throughput(int argc, char **argv) {
+    const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
+    long I = 128, O = 128, N = 64, max_seqs = 64, max_batch = 512;
+    arg_spec specs[] = {
+        BENCH_INFER_FLAGS("64"),
+        {"--num-prompts", ARG_INT, &N, "N", "requests, all queued at the start (default 64)", false, false},
+    };
+    sk_status st = args_parse("skein bench throughput", argc, argv, specs, ARG_COUNT(specs));
+    if (st != SK_OK) return cli_fail(st);
+    if (I <= 0 || O <= 0 || N <= 0 || N > 1000000 || max_seqs <= 0 || max_batch <= 0)
+        return cli_fail(sk_fail(SK_EARG, "bench throughput: --input-len, --output-len, --num-prompts (at most 10^6), "
+                                         "--max-seqs and --max-batch-tokens must be positive"));
+    backend *be = backend_create(device);
+    if (!be) return cli_fail(SK_EARG);
+    model *m = NULL;
+    engine *e = NULL;
+    int *prompt = mem_alloc(sizeof(int) * (size_t)I);
+    long out_tokens = 0, steps = 0;
+    if (!prompt) st = SK_ENOMEM;
+    if (!st) st = bench_open(dir, preset, be, &m);
+    if (!st && I + O > m->cfg.n_positions)
+        st = sk_fail(SK_EARG, "bench throughput: --input-len + --output-len = %ld exceeds the context %d", I + O,
+                     m->cfg.n_positions);
+    if (!st) st = bench_engine(m, kv_memory, max_seqs, max_batch, I, O, &e);
+    const double t0 = time_now();
+    for (long i = 0; !st && i < N; i++) st = bench_add(e, m, prompt, I, O, i);
+    while (!st && engine_has_work(e)) {
+        const engine_output *out;
+        int n;
+        st = engine_step(e, &out, &n);
+        for (int i = 0; !st && i < n; i++) out_tokens += out[i].token >= 0;
+        steps++;
+    }
+    const double dt = time_now() - t0;
+    if (!st) {
+        const kv_stats ks = kv_pool_stats(engine_pool(e));
+        printf("{\"bench\": \"throughput\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"input_len\": %ld, "
+               "\"output_len\": %ld, \"num_prompts\": %ld, \"max_seqs\": %ld, \"max_batch_tokens\": %ld, "
+               "\"kv_blocks\": %d, \"steps\": %ld, \"preemptions\": %llu, \"prefix_hits\": %llu, \"elapsed_s\": %.6g, "
+               "\"requests_per_s\": %.6g, \"output_tokens_per_s\": %.6g, \"total_tokens_per_s\": %.6g}\n",
+               dir ? dir : preset, be->name, omp_get_max_threads(), I, O, N, max_seqs, max_batch,
+               kv_pool_blocks(engine_pool(e)), steps, (unsigned long long)engine_preemptions(e),
+               (unsigned long long)ks.hits, dt, N / dt, out_tokens / dt, (N * I + out_tokens) / dt);
+    }
+    engine_free(e);
+    model_free(m);
+    mem_free(prompt);
+    backend_free(be);
+    return cli_fail(st);
+}
+
+static int bench_latency(int argc, char **argv) {
+    const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
+    long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 512;
+    arg_spec specs[] = {
+        BENCH_INFER_FLAGS("1"),
+        {"--iters", ARG_INT, &iters, "N", "timed runs after one warm-up (default 3; medians reported)", false, false},
+    };
+    sk_status st = args_parse("skein bench latency", argc, argv, specs, ARG_COUNT(specs));
+    if (st != SK_OK) return cli_fail(st);
+    if (I <= 0 || O <= 1 || iters <= 0 || iters > 1000 || max_seqs <= 0 || max_batch < I)
+        return cli_fail(sk_fail(SK_EARG, "bench latency: --input-len, --iters (at most 1000) must be positive, "
+                                         "--output-len at least 2, --max-batch-tokens at least --input-len"));
+    backend *be = backend_create(device);
+    if (!be) return cli_fail(SK_EARG);
+    model *m = NULL;
+    engine *e = NULL;
+    int *prompt = mem_alloc(sizeof(int) * (size_t)I);
+    double *ttft = mem_alloc(sizeof(double) * (size_t)iters), *rate = mem_alloc(sizeof(double) * (size_t)iters);
+    if (!prompt || !ttft || !rate) st = SK_ENOMEM;
+    if (!st) st = bench_open(dir, preset, be, &m);
+    if (!st && I + O > m->cfg.n_positions)
+        st = sk_fail(SK_EARG, "bench latency: --input-len + --output-len = %ld exceeds the context %d", I + O,
+                     m->cfg.n_positions);
+    if (!st) st = bench_engine(m, kv_memory, max_seqs, max_batch, I, O, &e);
+    for (long it = -1; !st && it < iters; it++) {   /* it -1: warm-up */
+        /* another prompt each run: no prefix-cache hits */
+        st = bench_add(e, m, prompt, I, O, it + 1);
+        double t0 = time_now(), t1 = 0;
+        long got = 0;
+        while (!st && engine_has_work(e)) {
+            const engine_output *out;
+            int n;
+            st = engine_step(e, &out, &n);
+            for (int i = 0; i < n; i++) got += out[i].token >= 0;
+            if (got && !t1) t1 = time_now();
+        }
+        if (!st && it >= 0) {
+            ttft[it] = t1 - t0;
+            rate[it] = (double)(got - 1) / (time_now() - t1);
+        }
+    }
+    if (!st)
+        printf("{\"bench\": \"latency\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"input_len\": %ld, "
+               "\"output_len\": %ld, \"iters\": %ld, \"time_to_first_token_s\": %.6g, \"prefill_tokens_per_s\": %.6g, "
+               "\"decode_tokens_per_s\": %.6g}\n", dir ? dir : preset, be->name, omp_get_max_threads(), I, O, iters,
+               median(ttft, (int)iters), I / median(ttft, (int)iters), median(rate, (int)iters));
+    engine_free(e);
+    model_free(m);
+    mem_free(prompt);
+    mem_free(ttft);
+    mem_free(rate);
+    backend_free(be);
+    return cli_fail(st);
+}
+
 int cmd_bench(int argc, char **argv) {
     if (argc >= 1 && !strcmp(argv[0], "train")) return bench_train(argc - 1, argv + 1);
-    if (argc >= 1 && (!strcmp(argv[0], "throughput") || !strcmp(argv[0], "serve")))
-        return cli_fail(sk_fail(SK_EARG, "bench %s comes with the inference engine and server, not built yet", argv[0]));
-    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train' (usage: skein bench train --preset gpt2 --batch 4 --seq 64)"));
+    if (argc >= 1 && !strcmp(argv[0], "throughput")) return bench_throughput(argc - 1, argv + 1);
+    if (argc >= 1 && !strcmp(argv[0], "latency")) return bench_latency(argc - 1, argv + 1);
+    if (argc >= 1 && !strcmp(argv[0], "serve"))
+        return cli_fail(sk_fail(SK_EARG, "bench serve comes with the server, not built yet"));
+    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput' or 'latency' (usage: skein bench train "
+                                     "--preset gpt2 --batch 4 --seq 64)"));
 }

@@ -5,6 +5,8 @@
  * string is always found whole inside it and never printed. */
 #include "infer/generate.h"
 
+#include "infer/engine.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -56,19 +58,16 @@ void gen_emit_stdout(void *ctx, const char *text, size_t n) {
     fflush(stdout);
 }
 
-/* Feeds tokens(n) to the model at kv's position and brings the last position's logits (V)
- * to host (V floats the caller owns): the one download per step. */
-static const float *gen_step(model *m, model_kv *kv, const int *tokens, int n, float *host) {
-    tensor lg = model_infer_step(m, kv, tokens, n);
-    backend_download(m->be, host, lg.data, tensor_bytes(lg));
-    return host;
-}
-
-static bool is_eos(const model *m, const tok *t, int id) {
-    if (m->cfg.n_eos == 0) return t && id == tok_eot_id(t);
-    for (int i = 0; i < m->cfg.n_eos; i++)
-        if (m->cfg.eos_token_ids[i] == id) return true;
-    return false;
+/* The ids that end generation: the config's end-of-sequence ids, or the tokenizer's
+ * end-of-text when the config lists none. Returns how many (at most ENGINE_MAX_STOP). */
+static int gen_eos_ids(const model *m, const tok *t, int *ids) {
+    int n = 0;
+    if (m->cfg.n_eos == 0) {
+        if (t && tok_eot_id(t) >= 0) ids[n++] = tok_eot_id(t);
+        return n;
+    }
+    for (int i = 0; i < m->cfg.n_eos && n < ENGINE_MAX_STOP; i++) ids[n++] = m->cfg.eos_token_ids[i];
+    return n;
 }
 
 sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt, const gen_opts *o,
@@ -83,61 +82,64 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     for (size_t i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= m->cfg.vocab_size)
             return sk_fail(SK_EARG, "generate: prompt token %d is outside the vocabulary of %d", prompt[i], m->cfg.vocab_size);
-    int max_T = (int)n_prompt + (o->max_tokens > 0 ? o->max_tokens : 0);
-    if (max_T > ctx_len) max_T = ctx_len;
-    model_kv *kv = NULL;
-    SK_TRY(model_kv_create(m, max_T, &kv));
-    sampler smp;
-    sk_status st = sampler_init(&smp, m->cfg.vocab_size);
-    if (st != SK_OK) {
-        model_kv_free(kv);
-        return st;
-    }
-    rng r;
-    rng_seed(&r, o->seed);
+    if (o->max_tokens <= 0) return SK_OK;
+    /* the engine at one request: a pool of just its blocks, the prompt in one step */
+    const int max_T = (long)n_prompt + o->max_tokens < ctx_len ? (int)n_prompt + o->max_tokens : ctx_len;
+    engine_opts eo = engine_opts_default();
+    eo.max_seqs = 1;
+    eo.max_ctx = max_T;
+    eo.max_batch_tokens = (int)n_prompt;
+    eo.kv_blocks = (max_T + eo.block_size - 1) / eo.block_size;
+    engine_params ep = {.max_tokens = o->max_tokens, .sample = o->sample, .seed = o->seed};
+    ep.n_stop_ids = gen_eos_ids(m, t, ep.stop_ids);
+    engine *e = NULL;
+    int id;
+    sk_status st = engine_create(m, &eo, &e);
+    if (st == SK_OK) st = engine_add_request(e, (const int *)prompt, (int)n_prompt, &ep, &id);
     tok_stream ts;
     if (t) tok_stream_init(&ts, t);
     gen_text text = {0};
-    char *piece = t ? mem_alloc(tok_stream_cap(t)) : NULL;
     const size_t piece_cap = t ? tok_stream_cap(t) : 0;
-    float *host_logits = mem_alloc(sizeof(float) * (size_t)m->cfg.vocab_size);
-    if ((t && !piece) || !host_logits) {
-        mem_free(piece);
-        mem_free(host_logits);
-        sampler_free(&smp);
-        model_kv_free(kv);
-        return sk_fail(SK_ENOMEM, "out of memory in generation");
-    }
+    char *piece = t ? mem_alloc(piece_cap) : NULL;
+    if (st == SK_OK && t && !piece) st = sk_fail(SK_ENOMEM, "out of memory in generation");
 
     double t0 = time_now();
-    int pos = (int)n_prompt;
-    const float *logits = gen_step(m, kv, (const int *)prompt, (int)n_prompt, host_logits);
-    res->prefill_s = time_now() - t0;
-    t0 = time_now();
-    while (res->n_generated < o->max_tokens) {
-        int id = sampler_next(&smp, logits, &o->sample, &r);
-        if (is_eos(m, t, id)) { res->finish = "eos"; break; }
-        if (ids_out) ids_out[res->n_generated] = id;
-        res->n_generated++;
-        if (t) {
-            size_t k = tok_stream_put(&ts, id, piece, piece_cap);
-            if ((st = text_append(&text, piece, k))) break;
-            if (text_flush(&text, o, false, emit, ctx)) { res->finish = "stop"; break; }
+    bool first = true, stopped = false;
+    while (st == SK_OK && engine_has_work(e)) {
+        const engine_output *out;
+        int n_out;
+        if ((st = engine_step(e, &out, &n_out))) break;
+        if (first) {
+            res->prefill_s = time_now() - t0;
+            t0 = time_now();
+            first = false;
         }
-        if (res->n_generated == o->max_tokens) break;
-        if (pos >= max_T) { res->finish = "length"; break; }
-        logits = gen_step(m, kv, &id, 1, host_logits);
-        pos++;
+        for (int i = 0; i < n_out && !stopped; i++) {
+            if (out[i].token >= 0) {
+                if (ids_out) ids_out[res->n_generated] = out[i].token;
+                res->n_generated++;
+                if (t) {
+                    size_t k = tok_stream_put(&ts, out[i].token, piece, piece_cap);
+                    if ((st = text_append(&text, piece, k))) break;
+                    if (text_flush(&text, o, false, emit, ctx)) {
+                        res->finish = "stop";
+                        stopped = true;
+                        engine_cancel(e, id);
+                        break;
+                    }
+                }
+            }
+            if (out[i].finish) res->finish = !strcmp(out[i].finish, "stop") ? "eos" : "length";
+        }
+        if (stopped) break;
     }
-    if (t && st == SK_OK && strcmp(res->finish, "stop") != 0) {
+    if (t && st == SK_OK && !stopped) {
         size_t k = tok_stream_flush(&ts, piece, piece_cap);
         if ((st = text_append(&text, piece, k)) == SK_OK && text_flush(&text, o, true, emit, ctx)) res->finish = "stop";
     }
     res->decode_s = time_now() - t0;
     mem_free(text.pending);
     mem_free(piece);
-    mem_free(host_logits);
-    sampler_free(&smp);
-    model_kv_free(kv);
+    engine_free(e);
     return st == SK_ENOMEM ? sk_fail(SK_ENOMEM, "out of memory in generation") : st;
 }

@@ -1,8 +1,8 @@
-/* generate: text generation with one sequence, whose keys and values (a model_kv sized for
- * the prompt plus max_tokens) gen_run owns for the call: prefill the prompt,
- * then sample one token at a time, streaming decoded text through a callback as it is
- * produced. Stops at an end-of-sequence id, a stop string (not emitted), max_tokens, or the
- * model's context. */
+/* generate: text generation for one prompt -- the engine (engine.h) at one request, with a
+ * KV pool of just its blocks, for the call: prefill the prompt in one step, then one token
+ * per step, streaming decoded text through a callback as it is produced. Stops at an
+ * end-of-sequence id, a stop string (not emitted; the request is cancelled), max_tokens, or
+ * the model's context. */
 #ifndef SKEIN_GENERATE_H
 #define SKEIN_GENERATE_H
 

@@ -71,3 +71,50 @@ bool arch_ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && !strcmp(s + n - k, suffix);
 }
+
+bool arch_infer_fits(arch_infer_dims have, arch_infer_dims want, arch_infer_dims *grown) {
+    grown->tokens = have.tokens > want.tokens ? have.tokens : want.tokens;
+    grown->seqs = have.seqs > want.seqs ? have.seqs : want.seqs;
+    grown->ctx = have.ctx > want.ctx ? have.ctx : want.ctx;
+    return have.tokens >= want.tokens && have.seqs >= want.seqs && have.ctx >= want.ctx;
+}
+
+void arch_batch_plan(arch_batch_ids *ids, arch_infer_dims d, arch_plan_entry *plan, int *n) {
+    const size_t N = (size_t)d.tokens, S = (size_t)d.seqs;
+    arch_plan_entry e[ARCH_BATCH_PLAN_ENTRIES] = {
+        {(void **)&ids->tokens, N}, {(void **)&ids->pos, N}, {(void **)&ids->slot, N},
+        {(void **)&ids->seq, 3 * S}, {(void **)&ids->tables, S * (size_t)d.ctx}, {(void **)&ids->out_rows, S},
+    };
+    for (int i = 0; i < ARCH_BATCH_PLAN_ENTRIES; i++) plan[(*n)++] = e[i];
+}
+
+void arch_batch_upload(backend *be, const arch_batch_ids *ids, arch_infer_dims d, const model_batch *b) {
+    const size_t N = (size_t)b->n_tokens, S = (size_t)b->n_seqs, I = sizeof(int);
+    SK_ASSERT(b->n_tokens <= d.tokens && b->n_seqs <= d.seqs && b->max_blocks <= d.ctx);
+    backend_upload(be, ids->tokens, b->tokens, N * I);
+    backend_upload(be, ids->pos, b->pos, N * I);
+    backend_upload(be, ids->slot, b->slot, N * I);
+    backend_upload(be, ids->seq, b->seq, 3 * S * I);
+    backend_upload(be, ids->tables, b->tables, S * (size_t)b->max_blocks * I);
+    backend_upload(be, ids->out_rows, b->out_rows, (size_t)b->n_out * I);
+}
+
+tensor arch_cache_rows(const model_kv_cache *kv, int l, bool values, int64_t KD) {
+    return arch_mat((values ? kv->v : kv->k) + (size_t)l * kv->layer_stride, (int64_t)kv->n_blocks * kv->block_size, KD);
+}
+
+void arch_paged_attention(backend *be, const model_kv_cache *kv, const arch_batch_ids *ids, const model_batch *b,
+                          int l, tensor out, tensor q, tensor k, tensor v, int NH, int NKV, int W) {
+    const backend_ops *op = be->ops;
+    const int64_t KD = k.shape[1];
+    tensor kc = arch_cache_rows(kv, l, false, KD), vc = arch_cache_rows(kv, l, true, KD);
+    tensor slot = tensor_1d(ids->slot, DT_I32, b->n_tokens);
+    op->set_rows(be, NULL, kc, k, slot);
+    op->set_rows(be, NULL, vc, v, slot);
+    op->paged_attention(be, NULL, out, q, kc, vc, tensor_2d(ids->seq, DT_I32, b->n_seqs, 3),
+                        tensor_2d(ids->tables, DT_I32, b->n_seqs, b->max_blocks), kv->block_size, NH, NKV, W);
+}
+
+void arch_gather_out(backend *be, const arch_batch_ids *ids, const model_batch *b, tensor out, tensor x) {
+    be->ops->embed_forward(be, NULL, out, tensor_2d(ids->out_rows, DT_I32, 1, b->n_out), x, tensor_none());
+}

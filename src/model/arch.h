@@ -42,22 +42,33 @@ static inline tensor arch_seq(tensor x, int64_t B, int64_t T) {
 float arch_xent_loss(backend *be, tensor losses, tensor loss_sum, tensor logits, tensor targets_dev,
                      const int *targets);
 
-/* A sequence's keys and values (model.h): mem holds the keys (L, max_T, KD), then the values
- * (L, max_T, KD), KD = n_kv_head * head_dim (C for GPT-2); positions 0..pos-1 are filled.
- * Architecture code writes a step's new rows and reads rows 0..pos+n-1 through arch_kv. */
-struct model_kv {
-    backend *be;
-    int n_layer, kd, max_T;
-    int pos;                 /* next position; model_infer_step advances it */
-    float *mem;              /* backend memory */
-};
+/* The sizes an inference workspace is planned for (model_infer_prepare). */
+typedef struct arch_infer_dims { int tokens, seqs, ctx; } arch_infer_dims;
 
-/* Layer l's keys (values = true: values) of kv, as a (max_T, KD) view. */
-static inline tensor arch_kv(const model_kv *kv, int l, bool values) {
-    SK_ASSERT(l >= 0 && l < kv->n_layer);
-    const size_t per_layer = (size_t)kv->max_T * kv->kd;
-    return arch_mat(kv->mem + ((values ? (size_t)kv->n_layer : 0) + (size_t)l) * per_layer, kv->max_T, kv->kd);
-}
+/* Whether have (0s: nothing yet) covers want; when not, *grown is the larger of the two in
+ * each dimension, what to plan next. */
+bool arch_infer_fits(arch_infer_dims have, arch_infer_dims want, arch_infer_dims *grown);
+
+/* A batch's arrays (model_batch) in backend memory: both architectures' steps read them. */
+typedef struct arch_batch_ids {
+    int *tokens, *pos, *slot;   /* (tokens) */
+    int *seq;                   /* (seqs, 3) */
+    int *tables;                /* (seqs * ctx): a table has at most ctx blocks */
+    int *out_rows;              /* (seqs) */
+} arch_batch_ids;
+#define ARCH_BATCH_PLAN_ENTRIES 6
+/* Appends the entries of ids for d at plan[*n] (ARCH_BATCH_PLAN_ENTRIES of them). */
+void arch_batch_plan(arch_batch_ids *ids, arch_infer_dims d, arch_plan_entry *plan, int *n);
+/* Uploads b's arrays into ids (within d, asserted). */
+void arch_batch_upload(backend *be, const arch_batch_ids *ids, arch_infer_dims d, const model_batch *b);
+/* Layer l's key (values = true: value) rows of kv, (n_blocks * block_size, KD). */
+tensor arch_cache_rows(const model_kv_cache *kv, int l, bool values, int64_t KD);
+/* Writes the step's new keys k(N,KD) and values v(N,KD) of layer l into their slots, then
+ * runs paged attention of q(N,QD) over them into out(N,QD): the middle of every block. */
+void arch_paged_attention(backend *be, const model_kv_cache *kv, const arch_batch_ids *ids, const model_batch *b,
+                          int l, tensor out, tensor q, tensor k, tensor v, int NH, int NKV, int W);
+/* Gathers rows b->out_rows of x(N,C) into out(R,C): the rows whose logits are asked for. */
+void arch_gather_out(backend *be, const arch_batch_ids *ids, const model_batch *b, tensor out, tensor x);
 
 /* Plans a model for cfg (specs, groups) without parameter memory: m->params NULL, every base
  * NULL. model_create allocates the f32 buffer on it; weights.c binds mapped views instead. */

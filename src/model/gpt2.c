@@ -13,9 +13,10 @@
  * and at the end logits = LN_f(x) @ wte^T.
  *
  * Invariants: train_prepare plans every activation for its (B,T) and allocates them in one
- * backend buffer; forward and backward then allocate nothing (infer_step neither: its
- * workspace comes from infer_prepare, its keys and values from the caller's model_kv). With targets, the forward leaves (softmax - onehot) in place of the
- * logits; backward folds dloss into the products that read it.
+ * backend buffer; forward and backward then allocate nothing (infer_batch neither: its
+ * workspace comes from infer_prepare, its keys and values from the caller's cache). With
+ * targets, the forward leaves (softmax - onehot) in place of the logits; backward folds dloss
+ * into the products that read it.
  *
  * Letters: B batch, T time, N = B*T rows, C channels, F MLP width, L layers, NH heads,
  * V vocabulary. */
@@ -98,17 +99,18 @@ typedef struct gpt2_acts {
     float *dF;               /* (N,F) */
 } gpt2_acts;
 
-/* The inference workspace for steps of up to max_T tokens (keys and values are the
- * caller's model_kv). */
+/* The inference workspace for batches of up to N tokens from S sequences (model_infer_prepare);
+ * keys and values are the caller's (model_kv_cache). */
 typedef struct gpt2_infer {
-    int *tokens;             /* (max_T) */
-    float *x;                /* (max_T,C) residual stream of the new tokens */
-    float *ln;               /* (max_T,C) LayerNorm output, then branch outputs */
-    float *q;                /* (max_T,C) */
-    float *atty;             /* (max_T,C) */
-    float *fch;              /* (max_T,F) */
-    float *mean, *rstd;      /* (max_T) */
-    float *logits;           /* (V) of the last token */
+    arch_batch_ids ids;      /* the batch's arrays */
+    float *x;                /* (N,C) residual stream of the new tokens */
+    float *ln;               /* (N,C) LayerNorm output, then branch outputs */
+    float *qkv;              /* (N,3C) */
+    float *atty;             /* (N,C) */
+    float *fch;              /* (N,F) */
+    float *mean, *rstd;      /* (N) */
+    float *last;             /* (S,C) the rows whose logits are asked for */
+    float *logits;           /* (S,V) */
 } gpt2_infer;
 
 typedef struct gpt2_state {
@@ -117,7 +119,7 @@ typedef struct gpt2_state {
     bool have_targets;       /* the last forward left dlogits for backward */
     float *act_mem;
     gpt2_acts a;
-    int max_T;               /* inference workspace capacity (rows) */
+    arch_infer_dims inf_dims;   /* inference workspace capacity */
     float *inf_mem;
     gpt2_infer inf;
 } gpt2_state;
@@ -432,61 +434,60 @@ static tensor gpt2_logits(const model *m) {
 
 /* ---- inference ---- */
 
-static sk_status gpt2_infer_prepare(model *m, int max_T) {
+static sk_status gpt2_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx) {
     const model_config *c = &m->cfg;
     gpt2_state *s = gpt2_state_get(m);
-    if (s->inf_mem && s->max_T >= max_T) return SK_OK;
+    arch_infer_dims d, want = {max_tokens, max_seqs, max_ctx};
+    if (arch_infer_fits(s->inf_dims, want, &d) && s->inf_mem) return SK_OK;
     backend *be = m->be;
     if (s->inf_mem) backend_mem_free(be, s->inf_mem);
     s->inf_mem = NULL;
-    s->max_T = 0;
-    const size_t T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim;
+    memset(&s->inf_dims, 0, sizeof s->inf_dims);
+    const size_t N = (size_t)d.tokens, S = (size_t)d.seqs, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim;
     gpt2_infer *f = &s->inf;
 #define E(field, n) { (void **)&f->field, (n) }
-    arch_plan_entry plan[] = {
-        E(tokens, T), E(x, T * C), E(ln, T * C), E(q, T * C), E(atty, T * C), E(fch, T * F), E(mean, T),
-        E(rstd, T), E(logits, (size_t)c->vocab_size),
+    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 9] = {
+        E(x, N * C), E(ln, N * C), E(qkv, N * 3 * C), E(atty, N * C), E(fch, N * F), E(mean, N), E(rstd, N),
+        E(last, S * C), E(logits, S * (size_t)c->vocab_size),
     };
 #undef E
-    s->inf_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
-    if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace of %d positions", max_T);
-    s->max_T = max_T;
+    int n = 9;
+    arch_batch_plan(&f->ids, d, plan, &n);
+    s->inf_mem = arch_plan_alloc(be, plan, n);
+    if (!s->inf_mem)
+        return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace for %d tokens of %d sequences", d.tokens, d.seqs);
+    s->inf_dims = d;
     return SK_OK;
 }
 
-/* Runs tokens(n) at positions pos..pos+n-1 (pos = kv->pos): each layer writes the new keys
- * and values straight into its rows of kv (c_attn split into its q, k, v column blocks),
- * attends over rows 0..pos+n-1, and only the last row goes through ln_f and the LM head.
- * Returns logits(V), a view of backend memory valid until the next call. */
-static tensor gpt2_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
+/* Runs the N tokens of b: embeddings of each token at its own position; per layer one c_attn
+ * product over all rows, whose k and v column blocks go to their slots of kv before paged
+ * attention reads each sequence's blocks; then only the rows asked for go through ln_f and
+ * the LM head. Returns logits (R,V), a view of backend memory valid until the next call. */
+static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
     gpt2_state *s = m->state;
-    SK_ASSERT(s && s->inf_mem && n <= s->max_T && kv->kd == m->cfg.n_embd);
+    SK_ASSERT(s && s->inf_mem);
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
-    const int pos = kv->pos;
+    const int N = b->n_tokens, R = b->n_out;
     gpt2_infer *f = &s->inf;
-    tensor x = arch_mat(f->x, n, C), ln = arch_mat(f->ln, n, C), q = arch_mat(f->q, n, C);
-    tensor atty = arch_mat(f->atty, n, C), fch = arch_mat(f->fch, n, F);
-    tensor mean = arch_vec(f->mean, n), rstd = arch_vec(f->rstd, n);
+    tensor x = arch_mat(f->x, N, C), ln = arch_mat(f->ln, N, C), qkv = arch_mat(f->qkv, N, 3 * C);
+    tensor atty = arch_mat(f->atty, N, C), fch = arch_mat(f->fch, N, F);
+    tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N);
 
-    arch_check_tokens(m, tokens, (size_t)n);
-    backend_upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
-    op->embed_forward(be, NULL, x, tensor_2d(f->tokens, DT_I32, 1, n), gpt2_tensor(m, false, P_WTE),
-                      tensor_rows(gpt2_tensor(m, false, P_WPE), pos, n));
+    arch_batch_upload(be, &f->ids, s->inf_dims, b);
+    /* x = wte[token] + wpe[position], the sum embed_forward forms in one call */
+    op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), gpt2_tensor(m, false, P_WTE), tensor_none());
+    op->embed_forward(be, NULL, ln, tensor_2d(f->ids.pos, DT_I32, 1, N), gpt2_tensor(m, false, P_WPE), tensor_none());
+    op->add(be, NULL, x, x, ln);
     for (int l = 0; l < L; l++) {
         gpt2_w w = gpt2_layer(m, false, l);
-        tensor kc = arch_kv(kv, l, false), vc = arch_kv(kv, l, true);
-        tensor knew = tensor_rows(kc, pos, n), vnew = tensor_rows(vc, pos, n);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln1w, w.ln1b, c->norm_eps);
-        /* Wattn (C,3C): columns [0,C) q, [C,2C) k, [2C,3C) v */
-        gpt2_linear(be, q, ln, tensor_cols(w.attnw, 0, C), tensor_cols(w.attnb, 0, C));
-        gpt2_linear(be, knew, ln, tensor_cols(w.attnw, C, C), tensor_cols(w.attnb, C, C));
-        gpt2_linear(be, vnew, ln, tensor_cols(w.attnw, 2 * C, C), tensor_cols(w.attnb, 2 * C, C));
-        op->attention_forward(be, NULL, arch_seq(atty, 1, n), tensor_none(), arch_seq(q, 1, n),
-                              arch_seq(tensor_rows(kc, 0, pos + n), 1, pos + n),
-                              arch_seq(tensor_rows(vc, 0, pos + n), 1, pos + n), NH, NH, 0, 0.0f, 0);
+        gpt2_linear(be, qkv, ln, w.attnw, w.attnb);
+        arch_paged_attention(be, kv, &f->ids, b, l, atty, tensor_cols(qkv, 0, C), tensor_cols(qkv, C, C),
+                             tensor_cols(qkv, 2 * C, C), NH, NH, 0);
         gpt2_linear(be, ln, atty, w.projw, w.projb);
         op->add(be, NULL, x, x, ln);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln2w, w.ln2b, c->norm_eps);
@@ -496,12 +497,12 @@ static tensor gpt2_infer_step(model *m, model_kv *kv, const int *tokens, int n) 
         op->add(be, NULL, x, x, ln);
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
-    tensor last = tensor_rows(ln, 0, 1);
-    op->layernorm_forward(be, NULL, last, tensor_rows(mean, 0, 1), tensor_rows(rstd, 0, 1), tensor_rows(x, n - 1, 1),
+    tensor last = arch_mat(f->last, R, C), logits = arch_mat(f->logits, R, V);
+    arch_gather_out(be, &f->ids, b, last, x);
+    op->layernorm_forward(be, NULL, last, tensor_rows(mean, 0, R), tensor_rows(rstd, 0, R), last,
                           gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
-    tensor logits = arch_mat(f->logits, 1, V);
     op->matmul(be, NULL, logits, last, false, gpt2_tensor(m, false, P_WTE), true, 1.0f, 0.0f);
-    return arch_vec(f->logits, V);
+    return logits;
 }
 
 static void gpt2_free_state(model *m) {
@@ -522,7 +523,7 @@ const model_arch gpt2_arch = {
     .backward = gpt2_backward,
     .logits = gpt2_logits,
     .infer_prepare = gpt2_infer_prepare,
-    .infer_step = gpt2_infer_step,
+    .infer_batch = gpt2_infer_batch,
     .free_state = gpt2_free_state,
     .train_bytes = gpt2_train_bytes,
 };

@@ -18,8 +18,8 @@
  *
  * Invariants (as gpt2.c): train_prepare plans every activation for its (B,T), the rotary
  * cos/sin table included, in one backend allocation; forward and backward allocate
- * nothing (infer_step neither: its workspace and tables come from infer_prepare, its keys
- * and values from the caller's model_kv). With targets the forward leaves
+ * nothing (infer_batch neither: its workspace and tables come from infer_prepare, its keys
+ * and values from the caller's cache). With targets the forward leaves
  * (softmax - onehot) in place of the logits; backward folds dloss into the products that
  * read it. Gradients accumulate. Dropout is not implemented for this family (released
  * checkpoints use attention_dropout 0): train_prepare refuses a model with m->dropout set.
@@ -121,16 +121,19 @@ typedef struct llama_acts {
     float *dF, *dF2;         /* (N,F): the SwiGLU output in the forward; dgate, dup backward */
 } llama_acts;
 
-/* The inference workspace for positions up to max_T (keys, after rope, and values are the
- * caller's model_kv). */
+/* The inference workspace for batches of up to N tokens from S sequences at positions below
+ * P (model_infer_prepare); keys, after rope, and values are the caller's (model_kv_cache). */
 typedef struct llama_infer {
-    float *rope_cos, *rope_sin;   /* (max_T, HS/2) */
-    int *tokens;             /* (max_T) */
-    float *x;                /* (max_T,C) residual stream of the new tokens */
-    float *ln;               /* (max_T,C) norm output, then branch outputs */
-    float *q, *atty;         /* (max_T,QD) */
-    float *gate, *up;        /* (max_T,F) */
-    float *logits;           /* (V) of the last token */
+    float *rope_cos, *rope_sin;   /* (P, HS/2) */
+    arch_batch_ids ids;      /* the batch's arrays */
+    float *cos, *sin;        /* (N, HS/2) the rows of each token's position */
+    float *x;                /* (N,C) residual stream of the new tokens */
+    float *ln;               /* (N,C) norm output, then branch outputs */
+    float *q, *atty;         /* (N,QD) */
+    float *k, *v;            /* (N,KD) the step's keys and values before they go to their slots */
+    float *gate, *up;        /* (N,F) */
+    float *last;             /* (S,C) the rows whose logits are asked for */
+    float *logits;           /* (S,V) */
 } llama_infer;
 
 typedef struct llama_state {
@@ -140,7 +143,7 @@ typedef struct llama_state {
     bool have_targets;       /* the last forward left dlogits for backward */
     float *act_mem;
     llama_acts a;
-    int max_T;               /* inference workspace capacity (positions) */
+    arch_infer_dims inf_dims;   /* inference workspace capacity */
     float *inf_mem;
     llama_infer inf;
 } llama_state;
@@ -533,72 +536,80 @@ static tensor llama_logits(const model *m) {
 
 /* ---- inference ---- */
 
-static sk_status llama_infer_prepare(model *m, int max_T) {
+static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx) {
     const model_config *c = &m->cfg;
     SK_TRY(llama_check_config(c));
     llama_state *s = llama_state_get(m);
-    if (s->inf_mem && s->max_T >= max_T) return SK_OK;
+    arch_infer_dims d, want = {max_tokens, max_seqs, max_ctx};
+    if (arch_infer_fits(s->inf_dims, want, &d) && s->inf_mem) return SK_OK;
     backend *be = m->be;
     if (s->inf_mem) backend_mem_free(be, s->inf_mem);
     s->inf_mem = NULL;
-    s->max_T = 0;
-    const size_t T = (size_t)max_T, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim, HS = (size_t)c->head_dim,
-                 QD = (size_t)c->n_head * HS;
+    memset(&s->inf_dims, 0, sizeof s->inf_dims);
+    const size_t N = (size_t)d.tokens, S = (size_t)d.seqs, P = (size_t)d.ctx, C = (size_t)c->n_embd,
+                 F = (size_t)c->ffn_dim, HS = (size_t)c->head_dim, QD = (size_t)c->n_head * HS,
+                 KD = (size_t)c->n_kv_head * HS;
     llama_infer *f = &s->inf;
 #define E(field, n) { (void **)&f->field, (n) }
-    arch_plan_entry plan[] = {
-        E(rope_cos, T * HS / 2), E(rope_sin, T * HS / 2), E(tokens, T), E(x, T * C), E(ln, T * C), E(q, T * QD),
-        E(atty, T * QD), E(gate, T * F), E(up, T * F), E(logits, (size_t)c->vocab_size),
+    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 14] = {
+        E(rope_cos, P * HS / 2), E(rope_sin, P * HS / 2), E(cos, N * HS / 2), E(sin, N * HS / 2), E(x, N * C),
+        E(ln, N * C), E(q, N * QD), E(atty, N * QD), E(k, N * KD), E(v, N * KD), E(gate, N * F), E(up, N * F),
+        E(last, S * C), E(logits, S * (size_t)c->vocab_size),
     };
 #undef E
-    s->inf_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
-    if (!s->inf_mem) return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace of %d positions", max_T);
-    sk_status st = llama_rope_tables(m, f->rope_cos, f->rope_sin, max_T);
+    int n = 14;
+    arch_batch_plan(&f->ids, d, plan, &n);
+    s->inf_mem = arch_plan_alloc(be, plan, n);
+    if (!s->inf_mem)
+        return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace for %d tokens of %d sequences", d.tokens, d.seqs);
+    sk_status st = llama_rope_tables(m, f->rope_cos, f->rope_sin, d.ctx);
     if (st != SK_OK) {
         backend_mem_free(be, s->inf_mem);
         s->inf_mem = NULL;
         return st;
     }
-    s->max_T = max_T;
+    s->inf_dims = d;
     return SK_OK;
 }
 
-/* Runs tokens(n) at positions pos..pos+n-1 (pos = kv->pos): each layer writes the new keys
- * (rotated) and values straight into its rows of kv, attends over rows 0..pos+n-1 (within
- * the sliding window when the config has one), and only the last row goes through the final
- * norm and the LM head. Returns logits(V), a view of backend memory valid until the next
- * call. */
-static tensor llama_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
+/* Runs the N tokens of b: each token's rotary angles are the table rows of its own position
+ * (gathered once per step); per layer the projections run over all rows, the rotated keys
+ * and the values go to their slots of kv, and paged attention reads each sequence's blocks
+ * (within the sliding window when the config has one); only the rows asked for go through
+ * the final norm and the LM head. Returns logits (R,V), a view of backend memory valid until
+ * the next call. */
+static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
     llama_state *s = m->state;
     const model_config *c = &m->cfg;
-    SK_ASSERT(s && s->inf_mem && kv->pos + n <= s->max_T && kv->kd == c->n_kv_head * c->head_dim);
+    SK_ASSERT(s && s->inf_mem);
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
-              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, W = c->sliding_window;
-    const int pos = kv->pos;
+              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
+    const int N = b->n_tokens, R = b->n_out;
     llama_infer *f = &s->inf;
-    tensor x = arch_mat(f->x, n, C), ln = arch_mat(f->ln, n, C), q = arch_mat(f->q, n, QD);
-    tensor atty = arch_mat(f->atty, n, QD), gate = arch_mat(f->gate, n, F), up = arch_mat(f->up, n, F);
-    tensor cos = arch_mat(f->rope_cos, s->max_T, HS / 2), sin = arch_mat(f->rope_sin, s->max_T, HS / 2);
+    tensor x = arch_mat(f->x, N, C), ln = arch_mat(f->ln, N, C), q = arch_mat(f->q, N, QD);
+    tensor k = arch_mat(f->k, N, KD), v = arch_mat(f->v, N, KD);
+    tensor atty = arch_mat(f->atty, N, QD), gate = arch_mat(f->gate, N, F), up = arch_mat(f->up, N, F);
+    tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
+    const int P = s->inf_dims.ctx;
 
-    arch_check_tokens(m, tokens, (size_t)n);
-    backend_upload(be, f->tokens, tokens, sizeof(int) * (size_t)n);
-    op->embed_forward(be, NULL, x, tensor_2d(f->tokens, DT_I32, 1, n), llama_tensor(m, false, LLAMA_EMBED),
+    arch_batch_upload(be, &f->ids, s->inf_dims, b);
+    tensor pos = tensor_2d(f->ids.pos, DT_I32, 1, N);
+    op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), llama_tensor(m, false, LLAMA_EMBED),
                       tensor_none());
+    op->embed_forward(be, NULL, cos, pos, arch_mat(f->rope_cos, P, HS / 2), tensor_none());
+    op->embed_forward(be, NULL, sin, pos, arch_mat(f->rope_sin, P, HS / 2), tensor_none());
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
-        tensor kc = arch_kv(kv, l, false), vc = arch_kv(kv, l, true);
-        tensor knew = tensor_rows(kc, pos, n), vnew = tensor_rows(vc, pos, n);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.in_norm, c->norm_eps);
         llama_linear(be, q, ln, w.qw, w.qb);
-        llama_linear(be, knew, ln, w.kw, w.kb);
-        llama_linear(be, vnew, ln, w.vw, w.vb);
-        op->rope_forward(be, NULL, llama_heads(q, n, HS), cos, sin, pos);
-        op->rope_forward(be, NULL, llama_heads(knew, n, HS), cos, sin, pos);
-        op->attention_forward(be, NULL, arch_seq(atty, 1, n), tensor_none(), arch_seq(q, 1, n),
-                              arch_seq(tensor_rows(kc, 0, pos + n), 1, pos + n),
-                              arch_seq(tensor_rows(vc, 0, pos + n), 1, pos + n), NH, NKV, W, 0.0f, 0);
+        llama_linear(be, k, ln, w.kw, w.kb);
+        llama_linear(be, v, ln, w.vw, w.vb);
+        /* row r of the (1, N) sequence takes the angles of cos/sin row r: its own position */
+        op->rope_forward(be, NULL, llama_heads(q, N, HS), cos, sin, 0);
+        op->rope_forward(be, NULL, llama_heads(k, N, HS), cos, sin, 0);
+        arch_paged_attention(be, kv, &f->ids, b, l, atty, q, k, v, NH, NKV, W);
         llama_linear(be, ln, atty, w.ow, tensor_none());
         op->add(be, NULL, x, x, ln);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.post_norm, c->norm_eps);
@@ -608,12 +619,11 @@ static tensor llama_infer_step(model *m, model_kv *kv, const int *tokens, int n)
         llama_linear(be, ln, gate, w.dw, w.db);
         op->add(be, NULL, x, x, ln);
     }
-    tensor last = tensor_rows(ln, 0, 1);
-    op->rmsnorm_forward(be, NULL, last, tensor_none(), tensor_rows(x, n - 1, 1), llama_tensor(m, false, llama_norm(m)),
-                        c->norm_eps);
-    op->matmul(be, NULL, arch_mat(f->logits, 1, V), last, false, llama_tensor(m, false, llama_head(m)), true, 1.0f,
-               0.0f);
-    return arch_vec(f->logits, V);
+    tensor last = arch_mat(f->last, R, C), logits = arch_mat(f->logits, R, V);
+    arch_gather_out(be, &f->ids, b, last, x);
+    op->rmsnorm_forward(be, NULL, last, tensor_none(), last, llama_tensor(m, false, llama_norm(m)), c->norm_eps);
+    op->matmul(be, NULL, logits, last, false, llama_tensor(m, false, llama_head(m)), true, 1.0f, 0.0f);
+    return logits;
 }
 
 static void llama_free_state(model *m) {
@@ -635,7 +645,7 @@ const model_arch llama_arch = {
     .backward = llama_backward,
     .logits = llama_logits,
     .infer_prepare = llama_infer_prepare,
-    .infer_step = llama_infer_step,
+    .infer_batch = llama_infer_batch,
     .free_state = llama_free_state,
     .train_bytes = llama_train_bytes,
 };

@@ -174,12 +174,23 @@ void model_zero_grad(model *m) {
 
 tensor model_logits(const model *m) { return m->arch->logits(m); }
 
+/* A sequence's keys and values (model.h): mem holds the keys (L, max_T, KD), then the values
+ * (L, max_T, KD), KD = n_kv_head * head_dim (C for GPT-2); positions 0..pos-1 are filled.
+ * To the architectures it is a model_kv_cache of one block (model_infer_step). */
+struct model_kv {
+    backend *be;
+    int n_layer, kd, max_T;
+    int pos;                 /* next position; model_infer_step advances it */
+    float *mem;              /* backend memory */
+    int *pos_ids;            /* (max_T) host: 0, 1, ..., max_T-1 (positions and slots of a step) */
+};
+
 sk_status model_kv_create(model *m, int max_T, model_kv **out) {
     const model_config *c = &m->cfg;
     *out = NULL;
     if (max_T <= 0 || max_T > c->n_positions)
         return sk_fail(SK_EARG, "inference length %d outside 1..%d (the model's context)", max_T, c->n_positions);
-    SK_TRY(m->arch->infer_prepare(m, max_T));
+    SK_TRY(model_infer_prepare(m, max_T, 1, max_T));
     model_kv *kv = mem_calloc(sizeof *kv);
     if (!kv) return SK_ENOMEM;
     kv->be = m->be;
@@ -187,10 +198,12 @@ sk_status model_kv_create(model *m, int max_T, model_kv **out) {
     kv->kd = c->n_kv_head * c->head_dim;
     kv->max_T = max_T;
     kv->mem = backend_alloc(m->be, sizeof(float) * 2 * (size_t)c->n_layer * (size_t)max_T * (size_t)kv->kd);
-    if (!kv->mem) {
-        mem_free(kv);
+    kv->pos_ids = mem_alloc(sizeof(int) * (size_t)max_T);
+    if (!kv->mem || !kv->pos_ids) {
+        model_kv_free(kv);
         return sk_fail_ctx(SK_ENOMEM, "allocating a KV cache of %d positions", max_T);
     }
+    for (int t = 0; t < max_T; t++) kv->pos_ids[t] = t;
     *out = kv;
     return SK_OK;
 }
@@ -201,15 +214,46 @@ int model_kv_pos(const model_kv *kv) { return kv->pos; }
 void model_kv_free(model_kv *kv) {
     if (!kv) return;
     backend_mem_free(kv->be, kv->mem);
+    mem_free(kv->pos_ids);
     mem_free(kv);
 }
 
+/* The contiguous cache is one block of max_T rows: position t is slot t. */
 tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
     SK_ASSERT(kv->n_layer == m->cfg.n_layer && kv->kd == m->cfg.n_kv_head * m->cfg.head_dim);
     SK_ASSERT(n > 0 && kv->pos + n <= kv->max_T);
-    tensor logits = m->arch->infer_step(m, kv, tokens, n);
+    const size_t per_layer = (size_t)kv->max_T * kv->kd;
+    const model_kv_cache cache = {kv->mem, kv->mem + (size_t)kv->n_layer * per_layer, per_layer, 1, kv->max_T};
+    const int seq[3] = {0, n, kv->pos + n}, table[1] = {0}, last = n - 1;
+    const model_batch b = {n, tokens, kv->pos_ids + kv->pos, kv->pos_ids + kv->pos, 1, seq, table, 1, 1, &last};
+    tensor logits = model_infer_batch(m, &cache, &b);
     kv->pos += n;
-    return logits;
+    return tensor_reshape(logits, 1, &logits.shape[1]);
+}
+
+sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx) {
+    const int P = m->cfg.n_positions;
+    if (max_ctx <= 0 || max_ctx > P || max_tokens <= 0 || max_seqs <= 0)
+        return sk_fail(SK_EARG, "inference batches of %d tokens, %d sequences, context %d: each must be positive, the "
+                       "context at most the model's %d", max_tokens, max_seqs, max_ctx, P);
+    if (!backend_supports_paged(m->be)) return SK_EARG;
+    return m->arch->infer_prepare(m, max_tokens, max_seqs, max_ctx);
+}
+
+tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
+    const int N = b->n_tokens, S = b->n_seqs, BS = kv->block_size;
+    SK_ASSERT(N > 0 && S > 0 && b->n_out > 0 && b->n_out <= S && b->max_blocks > 0 && BS > 0);
+    for (int i = 0; i < S; i++) {
+        const int r0 = b->seq[3 * i], nq = b->seq[3 * i + 1], ctx = b->seq[3 * i + 2];
+        SK_ASSERT(r0 >= 0 && nq > 0 && r0 + nq <= N && nq <= ctx && ctx <= b->max_blocks * BS);
+        for (int t = 0; t < nq; t++) {
+            const int p = ctx - nq + t, blk = b->tables[(size_t)i * b->max_blocks + p / BS];
+            SK_ASSERT(b->pos[r0 + t] == p && blk >= 0 && blk < kv->n_blocks && b->slot[r0 + t] == blk * BS + p % BS);
+        }
+    }
+    for (int i = 0; i < b->n_out; i++) SK_ASSERT(b->out_rows[i] >= 0 && b->out_rows[i] < N);
+    arch_check_tokens(m, b->tokens, (size_t)N);
+    return m->arch->infer_batch(m, kv, b);
 }
 
 /* Spec i's place through its group's base (a parameter or gradient base pointer), as an f32

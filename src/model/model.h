@@ -13,6 +13,7 @@
  *   model_kv_create(g, 64, &kv);
  *   tensor logits = model_infer_step(g, kv, prompt, n);    // prefill, then one at a time
  *   model_kv_free(kv);
+ *   // or many sequences at once over a paged cache: model_infer_batch (the engine, infer/)
  *   model_free(g);
  *
  * Two kinds of model. A training model (model_load, model_create) holds its parameters in
@@ -166,6 +167,35 @@ struct model {
  * sequences run over one model; a paged engine replaces it with blocks of a pool. */
 typedef struct model_kv model_kv;
 
+/* Keys and values in blocks (the engine's pool, infer/kv.h; a model_kv is the case of one
+ * block of max_T positions). Layer l's keys are the (n_blocks * block_size, KD) rows at
+ * k + l * layer_stride, its values the same rows at v + l * layer_stride (f32, backend
+ * memory, KD = n_kv_head * head_dim); position t of a sequence lives in row (slot)
+ * table[t / block_size] * block_size + t % block_size, table being its block table. */
+typedef struct model_kv_cache {
+    float *k, *v;
+    size_t layer_stride;     /* floats */
+    int n_blocks, block_size;
+} model_kv_cache;
+
+/* One forward over a flat batch of N tokens from S sequences (model_infer_batch); every array
+ * is host memory the caller owns. The rows of one sequence are consecutive and in position
+ * order, and sequence i's are the last seq[3i+1] positions of its first seq[3i+2]: its
+ * queries see positions 0..ctx-1, the earlier ones already in the cache. Each token carries
+ * its own position and slot: nothing is inferred from where it sits in the batch. */
+typedef struct model_batch {
+    int n_tokens;            /* N */
+    const int *tokens;       /* (N) ids */
+    const int *pos;          /* (N) position of each token in its sequence */
+    const int *slot;         /* (N) cache row its key and value are written to */
+    int n_seqs;              /* S */
+    const int *seq;          /* (S,3) first row in the batch, new tokens nq, context ctx */
+    const int *tables;       /* (S, max_blocks) each sequence's block table */
+    int max_blocks;
+    int n_out;               /* R <= S rows whose logits come back */
+    const int *out_rows;     /* (R) rows of the batch */
+} model_batch;
+
 /* What an architecture provides (gpt2.c, llama.c). */
 struct model_arch {
     const char *name;
@@ -176,11 +206,12 @@ struct model_arch {
     float (*forward)(model *m, const int *tokens, const int *targets, int B, int T);
     void (*backward)(model *m, float dloss);
     tensor (*logits)(const model *m);
-    /* Makes the inference workspace (per-step scratch, tables) fit steps at positions up to
-     * max_T (1..n_positions, checked by the caller); keeps a larger one. */
-    sk_status (*infer_prepare)(model *m, int max_T);
-    /* One step of model_infer_step (kv->pos + n <= kv->max_T, checked by the caller). */
-    tensor (*infer_step)(model *m, model_kv *kv, const int *tokens, int n);
+    /* Makes the inference workspace (per-step scratch, tables) fit batches of up to
+     * max_tokens tokens from max_seqs sequences at positions below max_ctx (checked by the
+     * caller); keeps what is larger already, dimension by dimension. */
+    sk_status (*infer_prepare)(model *m, int max_tokens, int max_seqs, int max_ctx);
+    /* One forward of model_infer_batch (the batch checked by the caller). */
+    tensor (*infer_batch)(model *m, const model_kv_cache *kv, const model_batch *b);
     void (*free_state)(model *m);
     /* Bytes train_prepare(B, T) allocates for activations and scratch (gradients excluded),
      * without allocating: the memory plan of --micro-batch auto. Optional (NULL: unknown). */
@@ -325,5 +356,17 @@ void model_kv_reset(model_kv *kv);
 int model_kv_pos(const model_kv *kv);
 void model_kv_free(model_kv *kv);
 tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n);
+
+/* Batched inference over a paged cache (the engine). model_infer_prepare grows m's step
+ * workspace to batches of max_tokens tokens from max_seqs sequences at positions below
+ * max_ctx (<= n_positions; SK_EARG outside); it is grow-only, so plan once, then step.
+ * model_infer_batch runs one forward over b (sizes within the prepared ones, positions and
+ * slots consistent with the sequences: asserted): for every layer it writes each token's key
+ * and value into its slot of kv, attends for each sequence over its blocks, and returns the
+ * logits (R,V) of b->out_rows, a view of backend memory valid until m's next step. It needs
+ * a backend with the paged ops (backend_supports_paged, checked by model_infer_prepare).
+ * model_infer_step is this with one sequence whose one block is the model_kv. */
+sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx);
+tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b);
 
 #endif

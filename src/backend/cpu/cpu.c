@@ -615,6 +615,22 @@ static void cpu_adamw(backend *be, backend_stream *stream, tensor param_t, tenso
     }
 }
 
+/* ---- the engine's cache writes ---- */
+
+static void cpu_set_rows(backend *be, backend_stream *stream, tensor dst, tensor src, tensor idx_t) {
+    SK_ASSERT(dst.ndim == 2 && src.ndim == 2 && dst.shape[1] == src.shape[1] && dst.stride[1] == 1 && src.stride[1] == 1);
+    SK_ASSERT(idx_t.ndim == 1 && idx_t.shape[0] == src.shape[0]);
+    const int N = (int)src.shape[0], D = (int)src.shape[1], R = (int)dst.shape[0];
+    const int *idx = tensor_i32(idx_t);
+    float *d = tensor_f32(dst);
+    const float *x = tensor_f32(src);
+#pragma omp parallel for schedule(static) if ((size_t)N * D > CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        SK_ASSERT(idx[i] >= 0 && idx[i] < R);
+        memcpy(d + (int64_t)idx[i] * dst.stride[0], x + (int64_t)i * src.stride[0], sizeof(float) * (size_t)D);
+    }
+}
+
 static const backend_ops cpu_ops = {
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -655,6 +671,8 @@ static const backend_ops cpu_ops = {
     .sum_f64 = cpu_sum_f64,
     .sum_squares = cpu_sum_squares,
     .adamw = cpu_adamw,
+    .set_rows = cpu_set_rows,
+    .paged_attention = cpu_paged_attention,
 };
 
 backend *backend_cpu_create(void) {

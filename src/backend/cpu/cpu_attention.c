@@ -32,19 +32,31 @@
 /* Tiles of fewer queries than this (decode: one) multiply in plain loops, not OpenBLAS. */
 #define ATTN_BLAS_MIN_ROWS 4
 
-/* A (B,T,D) view as its base pointer and its batch and row strides. */
-typedef struct attn_rows { float *p; int64_t sb, st; } attn_rows;
+/* A (B,T,D) view as its base pointer and its batch and row strides; or, for the paged cache,
+ * rows through a block table: time t is row blk[t / bs] * bs + t % bs (blk NULL: t itself). */
+typedef struct attn_rows { float *p; int64_t sb, st; const int *blk; int bs; } attn_rows;
 
 /* The view t, asserted to be f32 of shape (B,T,D) with contiguous rows. */
 static attn_rows attn_rows_of(tensor t, int64_t B, int64_t T, int64_t D) {
     SK_ASSERT(t.dt == DT_F32 && t.ndim == 3 && t.shape[0] == B && t.shape[1] == T && t.shape[2] == D);
     SK_ASSERT(t.stride[2] == 1 || D == 1);
-    attn_rows r = {tensor_f32(t), t.stride[0], t.stride[1]};
+    attn_rows r = {tensor_f32(t), t.stride[0], t.stride[1], NULL, 0};
     return r;
 }
 
 /* Row t of sample b, at channel c. */
-static inline float *attn_at(attn_rows r, int b, int t, int c) { return r.p + b * r.sb + t * r.st + c; }
+static inline float *attn_at(attn_rows r, int b, int t, int c) {
+    if (r.blk) t = r.blk[t / r.bs] * r.bs + t % r.bs;
+    return r.p + b * r.sb + (int64_t)t * r.st + c;
+}
+
+/* Keys in a tile starting at k0, at most `left`: ATTN_KB, and never across a block of a paged
+ * cache (a tile's rows must be evenly spaced for its products). */
+static inline int attn_key_tile(attn_rows K, int k0, int left) {
+    int nk = left < ATTN_KB ? left : ATTN_KB;
+    if (K.blk && K.bs - k0 % K.bs < nk) nk = K.bs - k0 % K.bs;
+    return nk;
+}
 
 /* The lse view, asserted to be f32 (B,NH,Tq) and contiguous. */
 static float *attn_lse_of(tensor lse, int B, int NH, int Tq) {
@@ -164,8 +176,8 @@ static void attn_tile_forward(const attn_geom *g, const attn_tile *x, attn_rows 
         l[i] = 0.0f;
         for (int j = 0; j < HS; j++) o[i * O.st + j] = 0.0f;
     }
-    for (int k0 = x->k_lo; k0 <= x->k_hi; k0 += ATTN_KB) {
-        const int nk = x->k_hi - k0 + 1 < ATTN_KB ? x->k_hi - k0 + 1 : ATTN_KB;
+    for (int k0 = x->k_lo, nk; k0 <= x->k_hi; k0 += nk) {
+        nk = attn_key_tile(K, k0, x->k_hi - k0 + 1);
         attn_gemm(false, true, x->nq, nk, HS, g->sc, q, (int)Q.st,
                   attn_at(K, x->b, k0, c), (int)K.st, 0.0f, S, ATTN_KB);
         for (int i = 0; i < x->nq; i++) {
@@ -213,6 +225,43 @@ void cpu_attention_forward(backend *be, backend_stream *s, tensor out, tensor ls
                 const attn_tile x = attn_tile_of(&g, b, h, n * ATTN_QB);
                 attn_tile_forward(&g, &x, Q, K, V, O, L);
             }
+}
+
+/* Work items are (sequence, head) pairs, each running its query tiles in order; a sequence's
+ * geometry is attention_forward's with B = 1, Tq = nq, Tk = ctx, and its K and V rows go
+ * through its block table, so the tile kernel above is the whole computation. */
+void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
+                         tensor seqs, tensor tables, int BS, int NH, int NKV, int W) {
+    SK_ASSERT(q.ndim == 2 && out.ndim == 2 && k_cache.ndim == 2 && v_cache.ndim == 2 && BS > 0);
+    SK_ASSERT(seqs.ndim == 2 && seqs.shape[1] == 3 && tensor_is_contiguous(seqs) && tables.ndim == 2 &&
+              tensor_is_contiguous(tables) && tables.shape[0] == seqs.shape[0]);
+    const int S = (int)seqs.shape[0], MB = (int)tables.shape[1], N = (int)q.shape[0];
+    const int QD = (int)q.shape[1], HS = QD / NH, KD = NKV * HS, R = (int)k_cache.shape[0];
+    SK_ASSERT(NH > 0 && NKV > 0 && NH % NKV == 0 && QD % NH == 0 && HS > 0 && W >= 0);
+    SK_ASSERT(tensor_same_shape(q, out) && k_cache.shape[1] == KD && tensor_same_shape(k_cache, v_cache));
+    SK_ASSERT(q.stride[1] == 1 && out.stride[1] == 1 && k_cache.stride[1] == 1 && v_cache.stride[1] == 1);
+    const int *sq = tensor_i32(seqs), *bt = tensor_i32(tables);
+    size_t work = 0;
+    for (int i = 0; i < S; i++) {
+        const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2];
+        SK_ASSERT(r0 >= 0 && nq > 0 && r0 + nq <= N && nq <= ctx && (ctx + BS - 1) / BS <= MB);
+        for (int b = 0; b < (ctx + BS - 1) / BS; b++) SK_ASSERT(bt[(size_t)i * MB + b] >= 0 && (bt[(size_t)i * MB + b] + 1) * BS <= R);
+        work += (size_t)nq * ctx;
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (work * NH * HS > CPU_PAR_MIN)
+    for (int i = 0; i < S; i++)
+        for (int h = 0; h < NH; h++) {
+            const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2];
+            const attn_geom g = {1, nq, ctx, NH, NKV, NH / NKV, HS, W, 1.0f / sqrtf((float)HS), 0.0f, 0};
+            const attn_rows Q = {tensor_f32(q) + (int64_t)r0 * q.stride[0], 0, q.stride[0], NULL, 0},
+                            O = {tensor_f32(out) + (int64_t)r0 * out.stride[0], 0, out.stride[0], NULL, 0},
+                            K = {tensor_f32(k_cache), 0, k_cache.stride[0], bt + (size_t)i * MB, BS},
+                            V = {tensor_f32(v_cache), 0, v_cache.stride[0], bt + (size_t)i * MB, BS};
+            for (int t0 = 0; t0 < nq; t0 += ATTN_QB) {
+                const attn_tile x = attn_tile_of(&g, 0, h, t0);
+                attn_tile_forward(&g, &x, Q, K, V, O, NULL);
+            }
+        }
 }
 
 /* The backward of one tile, per key tile, with P = exp(S - lse) recomputed, M the dropout

@@ -40,5 +40,7 @@ void cpu_attention_forward(backend *be, backend_stream *s, tensor out, tensor ls
 void cpu_attention_backward(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv, tensor dout,
                             tensor q, tensor k, tensor v, tensor out, tensor lse, int NH, int NKV, int W,
                             float p, uint64_t seed);
+void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
+                         tensor seqs, tensor tables, int BS, int NH, int NKV, int W);
 
 #endif

@@ -1,0 +1,278 @@
+/* engine: requests, the step loop and its batch assembly (see engine.h).
+ *
+ * A step: sched_schedule picks (sequence, chunk) items; each item's tokens become rows of one
+ * flat batch with their own positions and slots (slot = table[pos / BS] * BS + pos % BS),
+ * every item's last row asks for logits; one model_infer_batch; one download of the (R,V)
+ * logits; sched_advance commits the computed blocks; sequences whose every known token is now
+ * computed sample their next token. The batch arrays and the host logits are planned in
+ * engine_create for max_batch_tokens rows and max_seqs sequences, so a step allocates nothing.
+ *
+ * Invariants: live holds every request not yet reported finished, in arrival order; a
+ * request's sched_seq is its first member, so a scheduler item leads back to its request;
+ * tokens has room for the prompt plus max_tokens. */
+#include "infer/engine.h"
+
+#include <string.h>
+
+typedef struct engine_req {
+    sched_seq seq;           /* first: items point here */
+    int id;
+    int *tokens;             /* (cap) prompt then generated */
+    int n_prompt, n_gen;
+    engine_params p;
+    rng r;
+} engine_req;
+
+struct engine {
+    model *m;
+    engine_opts o;
+    int max_blocks;          /* per sequence: ceil(max_ctx / block_size) */
+    kv_pool *pool;
+    sched s;
+    sampler smp;
+    engine_req **live;       /* (cap_live) */
+    int n_live, cap_live;
+    int next_id;
+    engine_output *cancelled;   /* (cap_live) cancellations to report */
+    int n_cancelled;
+    /* the step's batch, planned once */
+    int *tokens, *pos, *slot;   /* (max_batch_tokens) */
+    int *seq, *tables, *out_rows;   /* (max_seqs, 3), (max_seqs, max_blocks), (max_seqs) */
+    float *logits;           /* (max_seqs, V) host */
+    engine_output *outs;     /* (max_seqs + cap_live) */
+};
+
+engine_opts engine_opts_default(void) {
+    return (engine_opts){.block_size = KV_BLOCK_SIZE, .max_batch_tokens = 512, .max_seqs = 64};
+}
+
+engine_params engine_params_default(void) {
+    return (engine_params){.max_tokens = 16, .sample = {.temperature = 0, .top_p = 1.0f}};
+}
+
+void engine_free(engine *e) {
+    if (!e) return;
+    for (int i = 0; i < e->n_live; i++) {
+        kv_seq_release(e->pool, &e->live[i]->seq.kv);
+        kv_seq_free(&e->live[i]->seq.kv);
+        mem_free(e->live[i]->tokens);
+        mem_free(e->live[i]);
+    }
+    mem_free(e->live);
+    mem_free(e->cancelled);
+    sched_free(&e->s);
+    sampler_free(&e->smp);
+    kv_pool_free(e->pool);
+    mem_free(e->tokens);
+    mem_free(e->pos);
+    mem_free(e->slot);
+    mem_free(e->seq);
+    mem_free(e->tables);
+    mem_free(e->out_rows);
+    mem_free(e->logits);
+    mem_free(e->outs);
+    mem_free(e);
+}
+
+/* Room for n live requests (and as many pending cancellations and outputs). */
+static sk_status engine_grow(engine *e, int n) {
+    if (n <= e->cap_live) return SK_OK;
+    int cap = e->cap_live ? 2 * e->cap_live : 64;
+    while (cap < n) cap *= 2;
+    engine_req **live = mem_realloc(e->live, sizeof(engine_req *) * (size_t)cap);
+    if (live) e->live = live;
+    engine_output *c = mem_realloc(e->cancelled, sizeof(engine_output) * (size_t)cap);
+    if (c) e->cancelled = c;
+    engine_output *outs = mem_realloc(e->outs, sizeof(engine_output) * (size_t)(cap + e->o.max_seqs));
+    if (outs) e->outs = outs;
+    if (!live || !c || !outs) return sk_fail(SK_ENOMEM, "growing the engine to %d requests", cap);
+    e->cap_live = cap;
+    return SK_OK;
+}
+
+sk_status engine_create(model *m, const engine_opts *o, engine **out) {
+    *out = NULL;
+    engine_opts d = *o;
+    const model_config *c = &m->cfg;
+    if (d.block_size <= 0) d.block_size = KV_BLOCK_SIZE;
+    if (d.max_ctx <= 0 || d.max_ctx > c->n_positions) d.max_ctx = c->n_positions;
+    if (d.max_batch_tokens <= 0 || d.max_seqs <= 0 || d.max_seqs > 1 << 16 || d.max_batch_tokens > 1 << 20)
+        return sk_fail(SK_EARG, "engine: %d tokens per step and %d sequences: each must be in 1..65536", d.max_batch_tokens,
+                       d.max_seqs);
+    engine *e = mem_calloc(sizeof *e);
+    if (!e) return SK_ENOMEM;
+    e->m = m;
+    e->o = d;
+    e->max_blocks = (d.max_ctx + d.block_size - 1) / d.block_size;
+    const size_t per_block = kv_block_bytes(c, d.block_size);
+    size_t bytes = d.kv_blocks > 0 ? (size_t)d.kv_blocks * per_block
+                   : d.kv_bytes ? d.kv_bytes : (size_t)d.max_seqs * (size_t)e->max_blocks * per_block;
+    const size_t N = (size_t)d.max_batch_tokens, S = (size_t)d.max_seqs;
+    sk_status st;
+    if ((st = kv_pool_init(m, bytes, d.block_size, &e->pool)) ||
+        (st = sched_init(&e->s, e->pool, d.max_batch_tokens, d.max_seqs)) ||
+        (st = sampler_init(&e->smp, c->vocab_size)) ||
+        (st = model_infer_prepare(m, d.max_batch_tokens, d.max_seqs, d.max_ctx)) || (st = engine_grow(e, 64)))
+        goto err;
+    e->tokens = mem_alloc(sizeof(int) * N);
+    e->pos = mem_alloc(sizeof(int) * N);
+    e->slot = mem_alloc(sizeof(int) * N);
+    e->seq = mem_alloc(sizeof(int) * 3 * S);
+    e->tables = mem_alloc(sizeof(int) * S * (size_t)e->max_blocks);
+    e->out_rows = mem_alloc(sizeof(int) * S);
+    e->logits = mem_alloc(sizeof(float) * S * (size_t)c->vocab_size);
+    if (!e->tokens || !e->pos || !e->slot || !e->seq || !e->tables || !e->out_rows || !e->logits) {
+        st = sk_fail(SK_ENOMEM, "allocating the engine's batch of %zu tokens, %zu sequences", N, S);
+        goto err;
+    }
+    *out = e;
+    return SK_OK;
+err:
+    engine_free(e);
+    return st;
+}
+
+sk_status engine_add_request(engine *e, const int *prompt, int n, const engine_params *p, int *id) {
+    const model_config *c = &e->m->cfg;
+    const int max_ctx = e->o.max_ctx, bs = e->o.block_size;
+    if (n <= 0) return sk_fail(SK_EARG, "engine: the prompt is empty");
+    if (n >= max_ctx) return sk_fail(SK_EARG, "engine: the prompt has %d tokens; the context is %d", n, max_ctx);
+    if (p->max_tokens <= 0 || p->max_tokens > 1 << 24 || p->n_stop_ids < 0 || p->n_stop_ids > ENGINE_MAX_STOP)
+        return sk_fail(SK_EARG, "engine: max_tokens %d (1..2^24) or %d stop ids (at most %d)", p->max_tokens,
+                       p->n_stop_ids, ENGINE_MAX_STOP);
+    for (int i = 0; i < n; i++)
+        if (prompt[i] < 0 || prompt[i] >= c->vocab_size)
+            return sk_fail(SK_EARG, "engine: prompt token %d is outside the vocabulary of %d", prompt[i], c->vocab_size);
+    /* positions it may compute: the prompt and every generated token but the last */
+    const long positions = (long)n + p->max_tokens - 1 < max_ctx ? (long)n + p->max_tokens - 1 : max_ctx;
+    if ((positions + bs - 1) / bs > kv_pool_blocks(e->pool))
+        return sk_fail(SK_EARG, "engine: a request of %ld positions needs %ld blocks of %d tokens; the KV pool has %d "
+                       "(raise --kv-memory)", positions, (positions + bs - 1) / bs, bs, kv_pool_blocks(e->pool));
+    SK_TRY(engine_grow(e, e->n_live + 1));
+    engine_req *r = mem_calloc(sizeof *r);
+    const size_t cap = (size_t)n + (size_t)p->max_tokens;
+    if (!r || !(r->tokens = mem_alloc(sizeof(int) * cap)) || kv_seq_init(&r->seq.kv, e->max_blocks) != SK_OK) {
+        if (r) mem_free(r->tokens);
+        mem_free(r);
+        return sk_fail(SK_ENOMEM, "engine: allocating a request of %zu tokens", cap);
+    }
+    memcpy(r->tokens, prompt, sizeof(int) * (size_t)n);
+    r->id = e->next_id++;
+    r->n_prompt = n;
+    r->p = *p;
+    rng_seed(&r->r, p->seed);
+    r->seq.tokens = r->tokens;
+    r->seq.n_tokens = n;
+    sk_status st = sched_add(&e->s, &r->seq);
+    if (st != SK_OK) {
+        kv_seq_free(&r->seq.kv);
+        mem_free(r->tokens);
+        mem_free(r);
+        return st;
+    }
+    e->live[e->n_live++] = r;
+    *id = r->id;
+    return SK_OK;
+}
+
+static int engine_find(const engine *e, int id) {
+    for (int i = 0; i < e->n_live; i++)
+        if (e->live[i]->id == id) return i;
+    return -1;
+}
+
+/* Takes live request i out of the scheduler and frees it. */
+static void engine_retire(engine *e, int i) {
+    engine_req *r = e->live[i];
+    sched_remove(&e->s, &r->seq);
+    kv_seq_free(&r->seq.kv);
+    mem_free(r->tokens);
+    mem_free(r);
+    memmove(e->live + i, e->live + i + 1, sizeof(engine_req *) * (size_t)(e->n_live - i - 1));
+    e->n_live--;
+}
+
+bool engine_cancel(engine *e, int id) {
+    int i = engine_find(e, id);
+    if (i < 0) return false;
+    engine_retire(e, i);
+    e->cancelled[e->n_cancelled++] = (engine_output){id, -1, 0.0f, "cancelled"};
+    return true;
+}
+
+bool engine_has_work(const engine *e) { return e->n_live > 0 || e->n_cancelled > 0; }
+
+const int *engine_tokens(const engine *e, int id, int *n, int *n_prompt) {
+    int i = engine_find(e, id);
+    if (i < 0) return NULL;
+    *n = e->live[i]->seq.n_tokens;
+    *n_prompt = e->live[i]->n_prompt;
+    return e->live[i]->tokens;
+}
+
+const kv_pool *engine_pool(const engine *e) { return e->pool; }
+uint64_t engine_preemptions(const engine *e) { return e->s.preemptions; }
+
+/* Fills the batch arrays from the schedule: rows of each item in order, its last row's
+ * logits asked for. */
+static model_batch engine_batch(engine *e) {
+    const int bs = e->o.block_size, MB = e->max_blocks;
+    int row = 0;
+    for (int i = 0; i < e->s.n_items; i++) {
+        const sched_seq *q = e->s.items[i].seq;
+        const int n = e->s.items[i].n;
+        e->seq[3 * i] = row;
+        e->seq[3 * i + 1] = n;
+        e->seq[3 * i + 2] = q->n_computed + n;
+        memcpy(e->tables + (size_t)i * MB, q->kv.table, sizeof(int) * (size_t)q->kv.n_blocks);
+        for (int t = 0; t < n; t++, row++) {
+            const int p = q->n_computed + t;
+            e->tokens[row] = q->tokens[p];
+            e->pos[row] = p;
+            e->slot[row] = q->kv.table[p / bs] * bs + p % bs;
+        }
+        e->out_rows[i] = row - 1;
+    }
+    return (model_batch){row, e->tokens, e->pos, e->slot, e->s.n_items, e->seq, e->tables, MB, e->s.n_items, e->out_rows};
+}
+
+/* Samples request r's next token from its logits row; returns its output. */
+static engine_output engine_sample(engine *e, engine_req *r, float *logits) {
+    engine_output o = {r->id, -1, 0.0f, NULL};
+    const int tok = sampler_next(&e->smp, logits, &r->p.sample, &r->r, r->tokens, r->seq.n_tokens, r->n_prompt,
+                                 r->p.logprobs ? &o.logprob : NULL);
+    for (int i = 0; i < r->p.n_stop_ids; i++)
+        if (tok == r->p.stop_ids[i]) o.finish = "stop";
+    if (o.finish) return o;
+    o.token = tok;
+    r->tokens[r->seq.n_tokens++] = tok;
+    r->n_gen++;
+    if (r->n_gen >= r->p.max_tokens || r->seq.n_tokens > e->o.max_ctx) o.finish = "length";
+    return o;
+}
+
+sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
+    int n = 0;
+    memcpy(e->outs, e->cancelled, sizeof(engine_output) * (size_t)e->n_cancelled);
+    n = e->n_cancelled;
+    e->n_cancelled = 0;
+    *out = e->outs;
+    *n_out = n;
+    if (sched_schedule(&e->s) == 0) return SK_OK;
+    const model_batch b = engine_batch(e);
+    const model_kv_cache cache = kv_pool_cache(e->pool);
+    tensor lg = model_infer_batch(e->m, &cache, &b);
+    backend_download(e->m->be, e->logits, lg.data, tensor_bytes(lg));
+    sched_advance(&e->s);
+    const int V = e->m->cfg.vocab_size, n_items = e->s.n_items;
+    for (int i = 0; i < n_items; i++) {
+        engine_req *r = (engine_req *)e->s.items[i].seq;
+        if (r->seq.n_computed < r->seq.n_tokens) continue;   /* a prefill chunk: more to come */
+        e->outs[n++] = engine_sample(e, r, e->logits + (size_t)i * V);
+    }
+    /* retire finished requests after sampling: retiring edits the item list */
+    for (int i = *n_out; i < n; i++)
+        if (e->outs[i].finish) engine_retire(e, engine_find(e, e->outs[i].id));
+    *n_out = n;
+    return SK_OK;
+}

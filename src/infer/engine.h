@@ -1,0 +1,89 @@
+/* engine: the inference engine -- a KV block pool (kv.h), a continuous-batching scheduler
+ * (sched.h) and a sampler (sample.h) over an immutable model (model_open_weights: mapped,
+ * shareable). One engine_step is one model_infer_batch over every scheduled sequence: decodes
+ * and prefill chunks together, products over the whole flat batch.
+ *
+ *   engine *e;
+ *   engine_opts o = engine_opts_default();
+ *   engine_create(m, &o, &e);
+ *   int id;
+ *   engine_params p = engine_params_default();   // greedy, 16 tokens
+ *   engine_add_request(e, prompt, n, &p, &id);
+ *   while (engine_has_work(e)) {
+ *       const engine_output *out; int n_out;
+ *       engine_step(e, &out, &n_out);            // new tokens, finished requests
+ *   }
+ *   engine_free(e);
+ *
+ * Requests are admitted first come, first served. Each keeps its own generator (seeded by
+ * its params), so its samples do not depend on what else is in the batch; greedy requests
+ * give the same tokens alone or in any batch (the per-row arithmetic does not depend on the
+ * other rows). A request is finished by a stop id (the id is not output), max_tokens, the
+ * context (max_ctx), or engine_cancel; its blocks are freed at once, and its id is not used
+ * again. The model and its weights are only read: several engines may share one model only
+ * if they step one at a time (the model's step workspace is shared). */
+#ifndef SKEIN_ENGINE_H
+#define SKEIN_ENGINE_H
+
+#include "infer/kv.h"
+#include "infer/sample.h"
+#include "infer/sched.h"
+
+typedef struct engine engine;
+
+typedef struct engine_opts {
+    size_t kv_bytes;         /* pool budget; 0: room for max_seqs sequences of max_ctx tokens */
+    int kv_blocks;           /* > 0: exactly this many blocks (wins over kv_bytes) */
+    int block_size;          /* tokens per block (KV_BLOCK_SIZE) */
+    int max_batch_tokens;    /* tokens per step (default 512) */
+    int max_seqs;            /* running at most (default 64) */
+    int max_ctx;             /* longest sequence (0: the model's n_positions) */
+} engine_opts;
+
+#define ENGINE_MAX_STOP 8
+
+typedef struct engine_params {
+    int max_tokens;          /* tokens to generate at most (> 0) */
+    sample_opts sample;
+    uint64_t seed;
+    int stop_ids[ENGINE_MAX_STOP];   /* generation ends at any of these (not output) */
+    int n_stop_ids;
+    bool logprobs;           /* report each token's log-probability */
+} engine_params;
+
+/* What a step produced for one request: a new token, its end, or both. */
+typedef struct engine_output {
+    int id;                  /* the request */
+    int token;               /* the new token, or -1 (a stop id ended it, or it was cancelled) */
+    float logprob;           /* with params.logprobs */
+    const char *finish;      /* NULL while it runs; "stop", "length", "cancelled" */
+} engine_output;
+
+engine_opts engine_opts_default(void);
+engine_params engine_params_default(void);
+
+/* An engine over m (not owned; it must outlive the engine): the pool sized by o, the model's
+ * step workspace planned for o's batch (nothing is allocated by a step after that). SK_EARG
+ * names what does not fit. */
+sk_status engine_create(model *m, const engine_opts *o, engine **out);
+void engine_free(engine *e);
+/* Queues a request for prompt(n) (copied); *id receives its id. SK_EARG when the prompt is
+ * empty, has ids outside the vocabulary, leaves no room to generate within max_ctx, or needs
+ * more blocks than the whole pool holds. */
+sk_status engine_add_request(engine *e, const int *prompt, int n, const engine_params *p, int *id);
+/* Runs one step: *out (valid until the next call) lists the requests that got a token or
+ * finished, *n_out of them (0 when nothing was waiting). */
+sk_status engine_step(engine *e, const engine_output **out, int *n_out);
+/* Ends request id now (its blocks freed at once); false when it is not live. Its end is
+ * reported by the next engine_step as finish "cancelled". */
+bool engine_cancel(engine *e, int id);
+/* Whether any request is waiting or running, or a cancellation is still to be reported. */
+bool engine_has_work(const engine *e);
+/* A live request's tokens so far (prompt then generated) and its prompt length; NULL when id
+ * is not live. */
+const int *engine_tokens(const engine *e, int id, int *n, int *n_prompt);
+const kv_pool *engine_pool(const engine *e);
+/* Preemptions so far. */
+uint64_t engine_preemptions(const engine *e);
+
+#endif

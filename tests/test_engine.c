@@ -1,0 +1,382 @@
+/* Tests of the inference engine (src/infer/kv, sched, engine) against the one-sequence path
+ * (model_infer_step over a model_kv), which matches transformers on these fixtures already
+ * (test_gpt2, test_llama_hf):
+ *   - the batched step over a paged pool (two sequences, blocks of 4, prefill then decodes in
+ *     one batch) gives each row's logits within 1e-5 of the largest |logit|;
+ *   - greedy tokens through the engine (chunked prefill mixed with decodes) equal the
+ *     reference on every fixture, and each token's log-probability matches the reference's;
+ *   - a request inside a busy batch of 64 gives the same greedy tokens as alone, and a seeded
+ *     sampled request the same tokens too;
+ *   - a prefix-cache hit gives the same tokens as the miss, and the hit counter moves;
+ *   - a pool of a few blocks preempts and still completes every request correctly;
+ *   - cancelling half of the requests midway leaves the pool whole at the end. */
+#include "test.h"
+#include "test_device.h"
+#include "test_model.h"
+
+#include "infer/engine.h"
+
+enum { MAXG = 24, MAXP = 40 };
+
+static const char *const fixtures[] = {
+    "fixtures/gpt2-tiny", "fixtures/llama-tiny", "fixtures/llama-math/llama", "fixtures/llama-math/llama3",
+    "fixtures/llama-math/mistral", "fixtures/llama-math/qwen2",
+};
+
+static model *open_fixture(const char *rel) {
+    model *m = NULL;
+    if (model_open_weights(test_path(rel), test_device(), &m) != SK_OK) {
+        printf("  %s: %s\n", rel, sk_errmsg());
+        return NULL;
+    }
+    return m;
+}
+
+/* The reference: greedy decoding of prompt(n) for g tokens through model_infer_step; gen(g)
+ * receives the tokens and, when lp is not NULL, lp(g) each chosen token's log-softmax. */
+static bool reference(model *m, const int *prompt, int n, int g, int *gen, float *lp) {
+    const int V = m->cfg.vocab_size;
+    model_kv *kv = NULL;
+    if (model_kv_create(m, n + g, &kv) != SK_OK) return false;
+    float *row = malloc(sizeof(float) * (size_t)V);
+    int tok = 0;
+    for (int i = 0; i < g; i++) {
+        tensor lg = i == 0 ? model_infer_step(m, kv, prompt, n) : model_infer_step(m, kv, &tok, 1);
+        backend_download(m->be, row, lg.data, tensor_bytes(lg));
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (row[v] > row[best]) best = v;
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)row[v] - row[best]);
+        if (lp) lp[i] = (float)(row[best] - row[best] - log(sum));
+        gen[i] = tok = best;
+    }
+    free(row);
+    model_kv_free(kv);
+    return true;
+}
+
+/* Runs every live request of e to its end; gen[id*MAXG ..] collects each request's tokens,
+ * ngen[id] their count, lp[id*MAXG ..] their log-probabilities (lp may be NULL). Cancels the
+ * requests in cancel_ids (n_cancel of them) after `cancel_after` steps. */
+static bool run_all(engine *e, int *gen, int *ngen, float *lp, const int *cancel_ids, int n_cancel, int cancel_after) {
+    int steps = 0;
+    while (engine_has_work(e)) {
+        const engine_output *out;
+        int n;
+        if (engine_step(e, &out, &n) != SK_OK) { printf("  step: %s\n", sk_errmsg()); return false; }
+        for (int i = 0; i < n; i++) {
+            if (out[i].token < 0) continue;
+            if (ngen[out[i].id] >= MAXG) return false;
+            if (lp) lp[out[i].id * MAXG + ngen[out[i].id]] = out[i].logprob;
+            gen[out[i].id * MAXG + ngen[out[i].id]++] = out[i].token;
+        }
+        if (++steps == cancel_after)
+            for (int i = 0; i < n_cancel; i++) engine_cancel(e, cancel_ids[i]);
+        if (steps > 10000) return false;
+    }
+    return true;
+}
+
+/* Greedy params for g tokens with no stop ids (the fixtures' EOS may come up early). */
+static engine_params greedy(int g) {
+    engine_params p = engine_params_default();
+    p.max_tokens = g;
+    p.logprobs = true;
+    return p;
+}
+
+/* Prompt i of a family: length and ids from a seed, within the vocabulary. */
+static int make_prompt(int *p, int i, int len, int V) {
+    test_random_tokens(p, len, V, 100 + (uint64_t)i);
+    return len;
+}
+
+TEST(batched_step_matches_infer_step_logits) {
+    for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
+        model *m = open_fixture(fixtures[f]);
+        CHECK(m);
+        const int V = m->cfg.vocab_size, len[2] = {7, 10}, steps = 4;
+        int prompt[2][16], gen[2][8];
+        float *ref[2];
+        /* references: logits of each step of each sequence through model_infer_step */
+        for (int s = 0; s < 2; s++) {
+            make_prompt(prompt[s], s, len[s], V);
+            CHECK(reference(m, prompt[s], len[s], steps, gen[s], NULL));
+            ref[s] = malloc(sizeof(float) * (size_t)steps * V);
+            model_kv *kv = NULL;
+            CHECK(model_kv_create(m, len[s] + steps, &kv) == SK_OK);
+            for (int i = 0; i < steps; i++) {
+                tensor lg = i == 0 ? model_infer_step(m, kv, prompt[s], len[s]) : model_infer_step(m, kv, &gen[s][i - 1], 1);
+                backend_download(m->be, ref[s] + (size_t)i * V, lg.data, tensor_bytes(lg));
+            }
+            model_kv_free(kv);
+        }
+        /* the same through model_infer_batch: both sequences in every step, blocks of 4 */
+        kv_pool *pool = NULL;
+        CHECK(kv_pool_init(m, 12 * kv_block_bytes(&m->cfg, 4), 4, &pool) == SK_OK);
+        CHECK(model_infer_prepare(m, 32, 2, m->cfg.n_positions) == SK_OK);
+        kv_seq seq[2];
+        const int MB = 8;
+        int tables[2 * 8] = {0}, done[2] = {0, 0};
+        double worst = 0, scale = 0;
+        for (int s = 0; s < 2; s++) CHECK(kv_seq_init(&seq[s], MB) == SK_OK);
+        for (int i = 0; i < steps; i++) {
+            int tokens[32], pos[32], slot[32], sq[6], rows[2], N = 0;
+            for (int s = 0; s < 2; s++) {
+                const int n = i == 0 ? len[s] : 1;
+                CHECK(kv_seq_reserve(pool, &seq[s], done[s] + n));
+                memcpy(tables + s * MB, seq[s].table, sizeof(int) * (size_t)seq[s].n_blocks);
+                sq[3 * s] = N;
+                sq[3 * s + 1] = n;
+                sq[3 * s + 2] = done[s] + n;
+                for (int t = 0; t < n; t++, N++) {
+                    const int p = done[s] + t;
+                    tokens[N] = i == 0 ? prompt[s][t] : gen[s][i - 1];
+                    pos[N] = p;
+                    slot[N] = seq[s].table[p / 4] * 4 + p % 4;
+                }
+                rows[s] = N - 1;
+                done[s] += n;
+            }
+            const model_batch b = {N, tokens, pos, slot, 2, sq, tables, MB, 2, rows};
+            const model_kv_cache cache = kv_pool_cache(pool);
+            float *lg = test_download(m->be, model_infer_batch(m, &cache, &b));
+            for (int s = 0; s < 2; s++)
+                for (int v = 0; v < V; v++) {
+                    worst = fmax(worst, fabs(lg[(size_t)s * V + v] - ref[s][(size_t)i * V + v]));
+                    scale = fmax(scale, fabs(ref[s][(size_t)i * V + v]));
+                }
+            free(lg);
+        }
+        printf("  %s: worst |batched - infer_step| %.3g (largest |logit| %.3g)\n", fixtures[f], worst, scale);
+        CHECK_MSG(worst <= 1e-5 * scale, "%s", fixtures[f]);
+        for (int s = 0; s < 2; s++) {
+            kv_seq_release(pool, &seq[s]);
+            kv_seq_free(&seq[s]);
+            free(ref[s]);
+        }
+        CHECK(kv_pool_available(pool) == kv_pool_blocks(pool));
+        kv_pool_free(pool);
+        model_free(m);
+    }
+}
+
+TEST(engine_greedy_matches_infer_step_on_fixtures) {
+    for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
+        model *m = open_fixture(fixtures[f]);
+        CHECK(m);
+        enum { R = 4, G = 12 };
+        const int V = m->cfg.vocab_size, len[R] = {3, 17, 33, 40};
+        int prompt[R][MAXP], ref[R][G], gen[R * MAXG] = {0}, ngen[R] = {0};
+        float ref_lp[R][G], lp[R * MAXG];
+        /* a budget of 20 tokens: prompts go in chunks beside the others' decodes */
+        engine_opts o = engine_opts_default();
+        o.max_batch_tokens = 20;
+        o.max_seqs = 4;
+        engine *e = NULL;
+        CHECK_MSG(engine_create(m, &o, &e) == SK_OK, "%s", sk_errmsg());
+        for (int r = 0; r < R; r++) {
+            make_prompt(prompt[r], r, len[r], V);
+            CHECK(reference(m, prompt[r], len[r], G, ref[r], ref_lp[r]));
+            engine_params p = greedy(G);
+            int id;
+            CHECK_MSG(engine_add_request(e, prompt[r], len[r], &p, &id) == SK_OK, "%s", sk_errmsg());
+            CHECK(id == r);
+        }
+        CHECK(run_all(e, gen, ngen, lp, NULL, 0, 0));
+        double worst = 0;
+        for (int r = 0; r < R; r++) {
+            CHECK_MSG(ngen[r] == G, "%s: request %d made %d tokens", fixtures[f], r, ngen[r]);
+            for (int i = 0; i < G; i++) {
+                CHECK_MSG(gen[r * MAXG + i] == ref[r][i], "%s: request %d token %d: %d vs %d", fixtures[f], r, i,
+                          gen[r * MAXG + i], ref[r][i]);
+                worst = fmax(worst, fabs(lp[r * MAXG + i] - ref_lp[r][i]));
+            }
+        }
+        printf("  %s: %d x %d greedy tokens equal, worst |logprob diff| %.3g\n", fixtures[f], R, G, worst);
+        CHECK(worst <= 1e-5);
+        CHECK(kv_pool_available(engine_pool(e)) == kv_pool_blocks(engine_pool(e)));
+        engine_free(e);
+        model_free(m);
+    }
+}
+
+/* Request 0 alone, then as the 40th of 64 (the rest random, some sampled): same tokens, for a
+ * greedy and for a seeded sampled request. */
+TEST(busy_batch_of_64_same_tokens) {
+    model *m = open_fixture("fixtures/gpt2-tiny");
+    CHECK(m);
+    enum { NR = 64, G = 10 };
+    const int V = m->cfg.vocab_size;
+    engine_params sampled = greedy(G);
+    sampled.sample = (sample_opts){.temperature = 0.9f, .top_k = 20, .top_p = 0.9f, .min_p = 0.01f};
+    sampled.seed = 1234;
+    const engine_params kinds[2] = {greedy(G), sampled};
+    for (int k = 0; k < 2; k++) {
+        int target[MAXP], alone[MAXG], n_alone = 0, id;
+        make_prompt(target, 999, 21, V);
+        engine_opts o = engine_opts_default();
+        o.max_seqs = NR;
+        o.max_batch_tokens = 128;
+        engine *e = NULL;
+        CHECK(engine_create(m, &o, &e) == SK_OK);
+        int *gen = calloc(NR * MAXG, sizeof(int)), ngen[NR] = {0};
+        CHECK(engine_add_request(e, target, 21, &kinds[k], &id) == SK_OK);
+        CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
+        n_alone = ngen[0];
+        memcpy(alone, gen, sizeof(int) * MAXG);
+        memset(gen, 0, NR * MAXG * sizeof(int));
+        memset(ngen, 0, sizeof ngen);
+        int target_id = -1;
+        for (int r = 0; r < NR; r++) {
+            int p[MAXP];
+            const int len = r == 40 ? 21 : 1 + r % 30;
+            if (r == 40) memcpy(p, target, sizeof target); else make_prompt(p, r, len, V);
+            engine_params pr = r == 40 ? kinds[k] : r % 3 ? greedy(G) : sampled;
+            pr.seed = r == 40 ? kinds[k].seed : (uint64_t)r;
+            CHECK(engine_add_request(e, p, len, &pr, &id) == SK_OK);
+            if (r == 40) target_id = id;
+        }
+        int *all = calloc((size_t)(target_id + NR) * MAXG, sizeof(int)), *nall = calloc((size_t)(target_id + NR), sizeof(int));
+        CHECK(run_all(e, all, nall, NULL, NULL, 0, 0));
+        CHECK(nall[target_id] == n_alone && n_alone == G);
+        for (int i = 0; i < G; i++)
+            CHECK_MSG(all[target_id * MAXG + i] == alone[i], "%s token %d: %d in the batch, %d alone",
+                      k ? "sampled" : "greedy", i, all[target_id * MAXG + i], alone[i]);
+        free(all);
+        free(nall);
+        free(gen);
+        engine_free(e);
+    }
+    model_free(m);
+}
+
+TEST(prefix_cache_hits_give_same_tokens) {
+    model *m = open_fixture("fixtures/llama-tiny");
+    CHECK(m);
+    enum { G = 8 };
+    const int V = m->cfg.vocab_size;
+    int prompt[MAXP], ref[G], gen[3 * MAXG] = {0}, ngen[3] = {0}, id;
+    make_prompt(prompt, 7, 37, V);
+    CHECK(reference(m, prompt, 37, G, ref, NULL));
+    engine_opts o = engine_opts_default();
+    engine *e = NULL;
+    CHECK(engine_create(m, &o, &e) == SK_OK);
+    engine_params p = greedy(G);
+    CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);   /* the miss */
+    CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
+    const kv_stats before = kv_pool_stats(engine_pool(e));
+    CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);   /* hits: 2 full blocks */
+    prompt[36] = (prompt[36] + 1) % V;                             /* another last token: hits too */
+    CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);
+    CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
+    const kv_stats after = kv_pool_stats(engine_pool(e));
+    printf("  hits %llu -> %llu, misses %llu -> %llu\n", (unsigned long long)before.hits,
+           (unsigned long long)after.hits, (unsigned long long)before.misses, (unsigned long long)after.misses);
+    CHECK(before.hits == 0 && before.misses == 2 && after.hits == 4 && after.misses == 2);
+    for (int i = 0; i < G; i++) {
+        CHECK_MSG(gen[i] == ref[i] && gen[MAXG + i] == ref[i], "token %d: miss %d, hit %d, reference %d", i, gen[i],
+                  gen[MAXG + i], ref[i]);
+    }
+    int ref2[G];
+    CHECK(reference(m, prompt, 37, G, ref2, NULL));
+    for (int i = 0; i < G; i++) CHECK_MSG(gen[2 * MAXG + i] == ref2[i], "changed prompt, token %d", i);
+    engine_free(e);
+    model_free(m);
+}
+
+/* 8 requests of 10 + 12 tokens (6 blocks of 4 each at the end) over a pool of 8 blocks. */
+TEST(preemption_under_a_small_pool_completes_every_request) {
+    for (int f = 0; f < 2; f++) {
+        model *m = open_fixture(fixtures[f]);
+        CHECK(m);
+        enum { R = 8, G = 12 };
+        const int V = m->cfg.vocab_size;
+        int prompt[R][MAXP], ref[R][G], gen[R * MAXG] = {0}, ngen[R] = {0}, id;
+        engine_opts o = engine_opts_default();
+        o.block_size = 4;
+        o.kv_blocks = 8;
+        engine *e = NULL;
+        CHECK(engine_create(m, &o, &e) == SK_OK);
+        for (int r = 0; r < R; r++) {
+            make_prompt(prompt[r], 50 + r, 10, V);
+            CHECK(reference(m, prompt[r], 10, G, ref[r], NULL));
+            engine_params p = greedy(G);
+            CHECK(engine_add_request(e, prompt[r], 10, &p, &id) == SK_OK);
+        }
+        CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
+        printf("  %s: %llu preemptions\n", fixtures[f], (unsigned long long)engine_preemptions(e));
+        CHECK(engine_preemptions(e) > 0);
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < G; i++)
+                CHECK_MSG(ngen[r] == G && gen[r * MAXG + i] == ref[r][i], "request %d token %d", r, i);
+        CHECK(kv_pool_available(engine_pool(e)) == kv_pool_blocks(engine_pool(e)));
+        /* a request that cannot fit the whole pool is refused, not left to starve */
+        int big[40] = {0};
+        engine_params p = greedy(G);
+        CHECK(engine_add_request(e, big, 40, &p, &id) == SK_EARG);
+        engine_free(e);
+        model_free(m);
+    }
+}
+
+TEST(cancelling_half_midway_frees_every_block) {
+    model *m = open_fixture("fixtures/llama-math/qwen2");
+    CHECK(m);
+    enum { R = 16, G = 12 };
+    const int V = m->cfg.vocab_size;
+    int prompt[MAXP], gen[R * MAXG] = {0}, ngen[R] = {0}, cancel[R / 2], id;
+    engine_opts o = engine_opts_default();
+    o.max_batch_tokens = 64;
+    engine *e = NULL;
+    CHECK(engine_create(m, &o, &e) == SK_OK);
+    for (int r = 0; r < R; r++) {
+        engine_params p = greedy(G);
+        CHECK(engine_add_request(e, prompt, make_prompt(prompt, 200 + r, 5 + r, V), &p, &id) == SK_OK);
+        if (r % 2) cancel[r / 2] = id;
+    }
+    CHECK(run_all(e, gen, ngen, NULL, cancel, R / 2, 4));
+    CHECK(!engine_cancel(e, cancel[0]));   /* gone already */
+    for (int r = 0; r < R; r++) {
+        if (r % 2) { CHECK_MSG(ngen[r] < G, "cancelled request %d finished", r); continue; }
+        int ref[G];
+        CHECK(reference(m, prompt, make_prompt(prompt, 200 + r, 5 + r, V), G, ref, NULL));
+        for (int i = 0; i < G; i++) CHECK_MSG(gen[r * MAXG + i] == ref[i], "request %d token %d", r, i);
+    }
+    CHECK_MSG(kv_pool_available(engine_pool(e)) == kv_pool_blocks(engine_pool(e)), "%d of %d blocks free",
+              kv_pool_available(engine_pool(e)), kv_pool_blocks(engine_pool(e)));
+    engine_free(e);
+    model_free(m);
+}
+
+/* Penalties and min-p on a hand-made row: the documented arithmetic, and off means plain. */
+TEST(sampler_penalties_min_p_logprob) {
+    sampler s;
+    CHECK(sampler_init(&s, 4) == SK_OK);
+    rng r;
+    rng_seed(&r, 1);
+    const int hist[3] = {0, 1, 1};   /* prompt {0}, generated {1, 1} */
+    float lg[4] = {2.0f, 1.9f, -1.0f, 0.5f}, lp;
+    sample_opts o = {.temperature = 0, .top_p = 1.0f, .repetition_penalty = 2.0f};
+    CHECK(sampler_next(&s, lg, &o, &r, hist, 3, 1, &lp) == 0);   /* {1, 0.95, -1, 0.5} after the penalty */
+    CHECK_NEAR(lg[0], 1.0f, 1e-6);
+    CHECK_NEAR(lg[1], 0.95f, 1e-6);
+    double z = exp(2.0) + exp(1.9) + exp(-1.0) + exp(0.5);
+    CHECK_NEAR(lp, 2.0 - log(z), 1e-5);   /* under the logits as given */
+    float lg2[4] = {2.0f, 1.9f, -1.0f, 0.5f};
+    o = (sample_opts){.temperature = 0, .top_p = 1.0f, .presence_penalty = 0.5f, .frequency_penalty = 0.25f};
+    CHECK(sampler_next(&s, lg2, &o, &r, hist, 3, 1, NULL) == 0);   /* token 1 falls to 0.9 */
+    CHECK_NEAR(lg2[1], 1.9f - 0.5f - 0.5f, 1e-6);   /* presence 0.5 + frequency 0.25 * 2 */
+    CHECK_NEAR(lg2[0], 2.0f, 1e-6);                 /* prompt tokens: no presence/frequency */
+    /* min-p 0.5 at temperature 1 keeps tokens 0 and 1 only (e^-0.1 > 0.5 > e^-1.5) */
+    o = (sample_opts){.temperature = 1.0f, .top_p = 1.0f, .min_p = 0.5f};
+    for (int i = 0; i < 200; i++) {
+        float l3[4] = {2.0f, 1.9f, -1.0f, 0.5f};
+        int t = sampler_next(&s, l3, &o, &r, hist, 3, 1, NULL);
+        CHECK(t == 0 || t == 1);
+    }
+    sampler_free(&s);
+}
+
+TEST_MAIN()
