@@ -356,6 +356,40 @@ static void cuda_adamw_op(backend *be, backend_stream *s, tensor param, tensor g
                eps, weight_decay, grad_scale, c1, c2);
 }
 
+/* ---- the engine's ops ---- */
+
+/* A 2-D f32 view with contiguous rows: its data and row stride. */
+static float *rows2(tensor t, int64_t *ld) {
+    SK_ASSERT(t.ndim == 2 && t.dt == DT_F32 && t.stride[1] == 1);
+    *ld = t.stride[0];
+    return (float *)t.data;
+}
+
+static void cuda_set_rows_op(backend *be, backend_stream *s, tensor dst, tensor src, tensor idx) {
+    int64_t ldd, lds;
+    float *d = rows2(dst, &ldd);
+    const float *x = rows2(src, &lds);
+    SK_ASSERT(dst.shape[1] == src.shape[1] && idx.ndim == 1 && idx.dt == DT_I32 && idx.shape[0] == src.shape[0] &&
+              tensor_is_contiguous(idx));
+    cuda_set_rows(ctx(be), stream_of(be, s), d, ldd, x, lds, (const int *)idx.data, (int)src.shape[0],
+                  (int)src.shape[1]);
+}
+
+static void cuda_paged_attention_op(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache,
+                                    tensor v_cache, tensor seqs, tensor tables, int BS, int NH, int NKV, int W) {
+    int64_t ldo, ldq, ldk, ldv;
+    float *o = rows2(out, &ldo);
+    const float *qp = rows2(q, &ldq), *kp = rows2(k_cache, &ldk), *vp = rows2(v_cache, &ldv);
+    SK_ASSERT(seqs.ndim == 2 && seqs.shape[1] == 3 && seqs.dt == DT_I32 && tensor_is_contiguous(seqs));
+    SK_ASSERT(tables.ndim == 2 && tables.dt == DT_I32 && tensor_is_contiguous(tables) &&
+              tables.shape[0] == seqs.shape[0]);
+    SK_ASSERT(tensor_same_shape(q, out) && NH > 0 && q.shape[1] % NH == 0);
+    const int HS = (int)(q.shape[1] / NH);
+    SK_ASSERT(k_cache.shape[1] == (int64_t)NKV * HS && tensor_same_shape(k_cache, v_cache));
+    cuda_paged_attention(stream_of(be, s), o, ldo, qp, ldq, kp, ldk, vp, ldv, (const int *)seqs.data,
+                         (const int *)tables.data, (int)seqs.shape[0], (int)tables.shape[1], BS, NH, NKV, HS, W);
+}
+
 /* ---- creation ---- */
 
 static void cuda_destroy(backend *be) {
@@ -409,6 +443,8 @@ static const backend_ops cuda_ops = {
     .sum_f64 = cuda_sum_f64_op,
     .sum_squares = cuda_sum_squares_op,
     .adamw = cuda_adamw_op,
+    .set_rows = cuda_set_rows_op,
+    .paged_attention = cuda_paged_attention_op,
 };
 
 /* A failed setup call: the message names it; the caller unwinds at its err: label. */

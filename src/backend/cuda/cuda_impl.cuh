@@ -122,4 +122,14 @@ void cuda_attention_backward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows 
                              cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
                              const float *lse);
 
+/* ---- the engine's ops (cuda_paged.cu): set_rows writes src's n rows of D floats (row
+ * stride lds) to rows idx[i] of dst (row stride ldd); paged_attention as backend.h's, with
+ * seqs(S,3) and tables(S,MB) in device memory and row strides for q, out and the caches ---- */
+
+void cuda_set_rows(const cuda_ctx *x, cudaStream_t s, float *dst, int64_t ldd, const float *src, int64_t lds,
+                   const int *idx, int n, int D);
+void cuda_paged_attention(cudaStream_t s, float *out, int64_t ldo, const float *q, int64_t ldq, const float *kc,
+                          int64_t ldk, const float *vc, int64_t ldv, const int *seqs, const int *tables, int S,
+                          int MB, int BS, int NH, int NKV, int HS, int W);
+
 #endif
