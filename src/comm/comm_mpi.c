@@ -173,7 +173,7 @@ static void mpi_timeout(comm *c, const comm_req *r, int64_t seq) {
     int64_t *pong = calloc(2 * (size_t)W, sizeof *pong);
     MPI_Request *req = malloc(2 * (size_t)W * sizeof *req);
     int *answered = calloc((size_t)W, sizeof *answered);
-    char dead[256] = "", absent[256] = "", silent[512] = "", waiting[256] = "", other[256] = "";
+    char dead[256] = "", absent[256] = "", silent[sizeof dead + sizeof absent + 2] = "", waiting[256] = "", other[256] = "";
     if (pong && req && answered) {
         for (int k = 0; k < 2 * W; k++) req[k] = MPI_REQUEST_NULL;
         for (int k = 0; k < W; k++) {
