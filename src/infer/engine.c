@@ -211,6 +211,11 @@ const int *engine_tokens(const engine *e, int id, int *n, int *n_prompt) {
 }
 
 const kv_pool *engine_pool(const engine *e) { return e->pool; }
+void engine_counts(const engine *e, int *waiting, int *running) {
+    *waiting = e->s.n_waiting;
+    *running = e->s.n_running;
+}
+
 uint64_t engine_preemptions(const engine *e) { return e->s.preemptions; }
 
 /* Fills the batch arrays from the schedule: rows of each item in order, its last row's

@@ -83,6 +83,8 @@ bool engine_has_work(const engine *e);
  * is not live. */
 const int *engine_tokens(const engine *e, int id, int *n, int *n_prompt);
 const kv_pool *engine_pool(const engine *e);
+/* Requests waiting to be admitted (preempted ones included) and sequences running now. */
+void engine_counts(const engine *e, int *waiting, int *running);
 /* Preemptions so far. */
 uint64_t engine_preemptions(const engine *e);
 

@@ -1,8 +1,6 @@
 /* generate: single-sequence generation with streaming and stop strings (see generate.h).
  *
- * Text is emitted as soon as it cannot be the beginning of a stop string: the unemitted tail
- * `pending` always holds the longest suffix that is a prefix of some stop string, so a stop
- * string is always found whole inside it and never printed. */
+ * Text is emitted as soon as it cannot be the beginning of a stop string (gen_text_put). */
 #include "infer/generate.h"
 
 #include "infer/engine.h"
@@ -10,12 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
-typedef struct gen_text {
-    char *pending;
-    size_t n, cap;
-} gen_text;
-
-static sk_status text_append(gen_text *g, const char *s, size_t n) {
+sk_status gen_text_put(gen_text *g, const char *s, size_t n, bool final, gen_emit_fn emit, void *ctx, bool *stopped) {
+    *stopped = false;
     if (g->n + n + 1 > g->cap) {
         size_t cap = (g->n + n + 1) * 2;
         char *p = mem_realloc(g->pending, cap);
@@ -26,30 +20,30 @@ static sk_status text_append(gen_text *g, const char *s, size_t n) {
     memcpy(g->pending + g->n, s, n);
     g->n += n;
     g->pending[g->n] = 0;
-    return SK_OK;
-}
-
-/* Emits what is safe; returns true when a stop string was found (text before it emitted). */
-static bool text_flush(gen_text *g, const gen_opts *o, bool final, gen_emit_fn emit, void *ctx) {
     size_t stop_at = g->n;
-    bool stopped = false;
-    for (int i = 0; i < o->n_stop; i++) {
-        const char *hit = o->stop[i][0] ? memmem(g->pending, g->n, o->stop[i], strlen(o->stop[i])) : NULL;
-        if (hit && (size_t)(hit - g->pending) < stop_at) { stop_at = (size_t)(hit - g->pending); stopped = true; }
+    for (int i = 0; i < g->n_stop; i++) {
+        const char *hit = g->stop[i][0] ? memmem(g->pending, g->n, g->stop[i], strlen(g->stop[i])) : NULL;
+        if (hit && (size_t)(hit - g->pending) < stop_at) { stop_at = (size_t)(hit - g->pending); *stopped = true; }
     }
     size_t keep = 0;
-    if (!stopped && !final) {
-        for (int i = 0; i < o->n_stop; i++) {
-            size_t ls = strlen(o->stop[i]);
+    if (!*stopped && !final) {
+        for (int i = 0; i < g->n_stop; i++) {
+            size_t ls = strlen(g->stop[i]);
             for (size_t k = ls > 1 ? ls - 1 : 0; k > keep; k--)
-                if (k <= g->n && !memcmp(g->pending + g->n - k, o->stop[i], k)) { keep = k; break; }
+                if (k <= g->n && !memcmp(g->pending + g->n - k, g->stop[i], k)) { keep = k; break; }
         }
     }
-    size_t out = stopped ? stop_at : g->n - keep;
+    size_t out = *stopped ? stop_at : g->n - keep;
     if (emit && out) emit(ctx, g->pending, out);
     memmove(g->pending, g->pending + out, g->n - out);
     g->n -= out;
-    return stopped;
+    return SK_OK;
+}
+
+void gen_text_free(gen_text *g) {
+    mem_free(g->pending);
+    g->pending = NULL;
+    g->n = g->cap = 0;
 }
 
 void gen_emit_stdout(void *ctx, const char *text, size_t n) {
@@ -58,9 +52,7 @@ void gen_emit_stdout(void *ctx, const char *text, size_t n) {
     fflush(stdout);
 }
 
-/* The ids that end generation: the config's end-of-sequence ids, or the tokenizer's
- * end-of-text when the config lists none. Returns how many (at most ENGINE_MAX_STOP). */
-static int gen_eos_ids(const model *m, const tok *t, int *ids) {
+int gen_eos_ids(const model *m, const tok *t, int *ids) {
     int n = 0;
     if (m->cfg.n_eos == 0) {
         if (t && tok_eot_id(t) >= 0) ids[n++] = tok_eot_id(t);
@@ -98,7 +90,7 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     if (st == SK_OK) st = engine_add_request(e, (const int *)prompt, (int)n_prompt, &ep, &id);
     tok_stream ts;
     if (t) tok_stream_init(&ts, t);
-    gen_text text = {0};
+    gen_text text = {.stop = o->stop, .n_stop = o->n_stop};
     const size_t piece_cap = t ? tok_stream_cap(t) : 0;
     char *piece = t ? mem_alloc(piece_cap) : NULL;
     if (st == SK_OK && t && !piece) st = sk_fail(SK_ENOMEM, "out of memory in generation");
@@ -120,10 +112,9 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
                 res->n_generated++;
                 if (t) {
                     size_t k = tok_stream_put(&ts, out[i].token, piece, piece_cap);
-                    if ((st = text_append(&text, piece, k))) break;
-                    if (text_flush(&text, o, false, emit, ctx)) {
+                    if ((st = gen_text_put(&text, piece, k, false, emit, ctx, &stopped))) break;
+                    if (stopped) {
                         res->finish = "stop";
-                        stopped = true;
                         engine_cancel(e, id);
                         break;
                     }
@@ -135,10 +126,10 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     }
     if (t && st == SK_OK && !stopped) {
         size_t k = tok_stream_flush(&ts, piece, piece_cap);
-        if ((st = text_append(&text, piece, k)) == SK_OK && text_flush(&text, o, true, emit, ctx)) res->finish = "stop";
+        if ((st = gen_text_put(&text, piece, k, true, emit, ctx, &stopped)) == SK_OK && stopped) res->finish = "stop";
     }
     res->decode_s = time_now() - t0;
-    mem_free(text.pending);
+    gen_text_free(&text);
     mem_free(piece);
     engine_free(e);
     return st == SK_ENOMEM ? sk_fail(SK_ENOMEM, "out of memory in generation") : st;
