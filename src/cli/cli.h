@@ -11,6 +11,7 @@ int cmd_data(int argc, char **argv);        /* skein data prepare */
 int cmd_init(int argc, char **argv);        /* skein init */
 int cmd_train(int argc, char **argv);       /* skein train */
 int cmd_generate(int argc, char **argv);    /* skein generate */
+int cmd_serve(int argc, char **argv);       /* skein serve */
 int cmd_bench(int argc, char **argv);       /* skein bench train|throughput|latency */
 int cmd_demo(int argc, char **argv);        /* skein demo */
 
