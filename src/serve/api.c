@@ -304,6 +304,33 @@ static bool api_wait(api_server *s, api_req *r, bool whole) {
     return true;
 }
 
+/* A copy of s(n) that is valid UTF-8 (JSON needs it; a model may emit any bytes): each
+ * maximal ill-formed subpart becomes U+FFFD, as Python's decode(errors="replace") and the
+ * WHATWG decoder do. NULL when out of memory; mem_free it. */
+static char *api_utf8_clean(const char *s, size_t n) {
+    char *o = mem_alloc(3 * n + 1), *w = o;
+    if (!o) return NULL;
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned b = u[i];
+        int len = b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
+        unsigned lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80, hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+        int k = len ? 1 : 0;
+        while (k > 0 && k < len && i + k < n && u[i + k] >= (k == 1 ? lo : 0x80) && u[i + k] <= (k == 1 ? hi : 0xBF)) k++;
+        if (len && k == len) {
+            memcpy(w, s + i, (size_t)len);
+            w += len;
+            i += (size_t)len;
+        } else {
+            memcpy(w, "\xEF\xBF\xBD", 3);
+            w += 3;
+            i += k ? (size_t)k : 1;
+        }
+    }
+    *w = 0;
+    return o;
+}
+
 static cJSON *api_usage(const api_req *r) {
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
@@ -324,6 +351,9 @@ static cJSON *api_choice_json(const api_server *s, const api_req *r, const char 
     cJSON_AddStringToObject(j, "model", s->name);
     cJSON *c = cJSON_CreateObject();
     cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "choices"), c);
+    char *clean = text ? api_utf8_clean(text, strlen(text)) : NULL;
+    if (text && !clean) { cJSON_Delete(j); return NULL; }
+    text = clean;
     cJSON_AddNumberToObject(c, "index", 0);
     if (!r->chat) {
         cJSON_AddStringToObject(c, "text", text ? text : "");
@@ -335,6 +365,7 @@ static cJSON *api_choice_json(const api_server *s, const api_req *r, const char 
     cJSON_AddNullToObject(c, "logprobs");
     if (finish) cJSON_AddStringToObject(c, "finish_reason", finish); else cJSON_AddNullToObject(c, "finish_reason");
     if (!r->stream) cJSON_AddItemToObject(j, "usage", api_usage(r));
+    mem_free(clean);
     return j;
 }
 

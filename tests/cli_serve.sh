@@ -1,0 +1,124 @@
+#!/bin/sh
+# skein serve end to end, on the CPU, talking only to 127.0.0.1: a tiny random-weight Llama
+# folder (skein init with the Llama-3-style fixture tokenizer) served on a free port (--port 0)
+# with an API key; curl checks /health, /v1/models, a greedy completion equal to skein
+# generate's text, the same text streamed and ending with [DONE], chat (whole and streamed),
+# each malformed request's 4xx with an OpenAI error body (the server answering after each),
+# and /metrics counting them. The server is killed at the end (trap). Prints PASS/FAIL lines.
+SK=${SKEIN:-./skein}
+TOK=tests/fixtures/tok2/llama3.json
+T=$(mktemp -d)
+PID=""
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$T"' EXIT
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+[ -x "$SK" ] || { fail cli_serve "$SK is not built"; exit 1; }
+command -v curl >/dev/null 2>&1 || { echo "SKIP cli_serve: curl not found"; exit 0; }
+command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_serve: python3 not found"; exit 0; }
+KEY=test-key-123
+if ! $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64 --context 128 --tokenizer $TOK --out "$T/m" >/dev/null 2>"$T/err"
+then fail serve_init "$(tail -2 "$T/err")"; exit 1; fi
+$SK serve --model "$T/m" --port 0 --api-key $KEY --chat-template llama3 --max-body 65536 2>"$T/log" &
+PID=$!
+i=0
+while ! grep -q 'listening on' "$T/log" && [ $i -lt 100 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/log")
+[ -n "$PORT" ] || { fail serve_start "$(cat "$T/log")"; exit 1; }
+pass serve_start
+U=http://127.0.0.1:$PORT
+AUTH="Authorization: Bearer $KEY"
+# req NAME ARGS...: the body to $T/NAME.out, the status printed
+req() { n=$1; shift; curl -s -m 30 -o "$T/$n.out" -w '%{http_code}' "$@"; }
+# json FILE EXPR: evaluates a Python expression over the parsed body j; exits non-zero if false
+json() { python3 -c "import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" "$1"; }
+
+[ "$(req health $U/health)" = 200 ] && pass serve_health || fail serve_health "$(cat "$T/health.out")"
+if [ "$(req models -H "$AUTH" $U/v1/models)" = 200 ] && json "$T/models.out" 'j["data"][0]["id"] == "m" and j["object"] == "list"'
+then pass serve_models; else fail serve_models "$(cat "$T/models.out")"; fi
+
+# a greedy completion equals skein generate's text (stdout: the prompt, the text, a newline)
+$SK generate --model "$T/m" --prompt "static int" --max-tokens 12 --temperature 0 >"$T/gen" 2>/dev/null
+body='{"model": "m", "prompt": "static int", "max_tokens": 12, "temperature": 0}'
+st=$(req comp -H "$AUTH" -H 'Content-Type: application/json' -d "$body" $U/v1/completions)
+cat > "$T/same.py" <<'PY'
+import json, sys
+gen = open(sys.argv[1], 'rb').read()
+assert gen.startswith(b'static int') and gen.endswith(b'\n'), gen
+want = gen[len(b'static int'):-1].decode('utf-8', 'replace')
+if sys.argv[3] == 'whole':
+    j = json.load(open(sys.argv[2]))
+    got = j['choices'][0]['text']
+    assert j['usage']['completion_tokens'] == 12 and j['choices'][0]['finish_reason'] == 'length', j
+else:
+    lines = [l for l in open(sys.argv[2], encoding='utf-8').read().split('\n') if l]
+    assert lines[-1] == 'data: [DONE]', lines[-1]
+    chunks = [json.loads(l[6:]) for l in lines[:-1]]
+    got = ''.join(c['choices'][0]['text'] for c in chunks)
+    assert chunks[-1]['choices'][0]['finish_reason'] == 'length', chunks[-1]
+if got != want:
+    print('server %r, generate %r' % (got, want)); sys.exit(1)
+PY
+if [ "$st" = 200 ] && python3 "$T/same.py" "$T/gen" "$T/comp.out" whole >"$T/why" 2>&1
+then pass serve_completion_equals_generate; else fail serve_completion_equals_generate "$st $(cat "$T/why" "$T/comp.out")"; fi
+body='{"prompt": "static int", "max_tokens": 12, "temperature": 0, "stream": true}'
+st=$(req stream -N -H "$AUTH" -d "$body" $U/v1/completions)
+if [ "$st" = 200 ] && python3 "$T/same.py" "$T/gen" "$T/stream.out" stream >"$T/why" 2>&1
+then pass serve_stream_equals_generate; else fail serve_stream_equals_generate "$st $(cat "$T/why" "$T/stream.out")"; fi
+
+body='{"model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "max_tokens": 6, "seed": 7}'
+if [ "$(req chat -H "$AUTH" -d "$body" $U/v1/chat/completions)" = 200 ] &&
+   json "$T/chat.out" 'j["object"] == "chat.completion" and j["choices"][0]["message"]["role"] == "assistant" and j["usage"]["completion_tokens"] <= 6'
+then pass serve_chat; else fail serve_chat "$(cat "$T/chat.out")"; fi
+body='{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": true}'
+if [ "$(req chats -N -H "$AUTH" -d "$body" $U/v1/chat/completions)" = 200 ] && tail -2 "$T/chats.out" | grep -q '^data: \[DONE\]$' &&
+   head -1 "$T/chats.out" | grep -q '"delta":{"role":"assistant"}'
+then pass serve_chat_stream; else fail serve_chat_stream "$(cat "$T/chats.out")"; fi
+
+# malformed requests: NAME STATUS PARAM(or -) then curl arguments
+python3 -c "import json; print(json.dumps({'prompt': 'word ' * 400}))" >"$T/long.json"
+head -c 100000 /dev/zero | tr '\0' a >"$T/big"
+bad() {
+    n=$1; want=$2; param=$3; shift 3
+    st=$(req "$n" "$@")
+    if [ "$st" = "$want" ] && json "$T/$n.out" "set(j['error']) >= {'message', 'type', 'param', 'code'} and ('$param' == '-' or j['error']['param'] == '$param')" &&
+       [ "$(req "$n.health" $U/health)" = 200 ]
+    then pass "serve_$n"; else fail "serve_$n" "status $st, want $want: $(cat "$T/$n.out")"; fi
+}
+C=$U/v1/completions
+bad bad_json 400 - -H "$AUTH" -d '{"prompt": "a",' $C
+bad not_object 400 - -H "$AUTH" -d '[1, 2]' $C
+bad wrong_type 400 temperature -H "$AUTH" -d '{"prompt": "a", "temperature": "hot"}' $C
+bad prompt_type 400 prompt -H "$AUTH" -d '{"prompt": 5}' $C
+bad negative_max_tokens 400 max_tokens -H "$AUTH" -d '{"prompt": "a", "max_tokens": -3}' $C
+bad huge_max_tokens 400 max_tokens -H "$AUTH" -d '{"prompt": "a", "max_tokens": 100000000}' $C
+bad n_two 400 n -H "$AUTH" -d '{"prompt": "a", "n": 2}' $C
+bad top_p 400 top_p -H "$AUTH" -d '{"prompt": "a", "top_p": 0}' $C
+bad stop_type 400 stop -H "$AUTH" -d '{"prompt": "a", "stop": 3}' $C
+bad messages 400 messages -H "$AUTH" -d '{"messages": "hi"}' $U/v1/chat/completions
+bad unknown_model 404 model -H "$AUTH" -d '{"model": "gpt-4", "prompt": "a"}' $C
+bad unknown_route 404 - -H "$AUTH" $U/v1/embeddings
+bad no_key 401 - -d '{"prompt": "a"}' $C
+bad wrong_key 401 - -H "Authorization: Bearer $KEY-x" -d '{"prompt": "a"}' $C
+bad models_no_key 401 - $U/v1/models
+bad body_over_cap 413 - -H "$AUTH" --data-binary @"$T/big" $C
+bad prompt_too_long 400 prompt -H "$AUTH" -d @"$T/long.json" $C
+
+# a stop string ends the text before it (the text before it equals generate's prefix)
+first=$(python3 -c "import json; t=json.load(open('$T/comp.out'))['choices'][0]['text']; print(t[2:4] if len(t) > 4 and t[2:4].isprintable() else '')")
+if [ -n "$first" ]; then
+    body=$(python3 -c "import json,sys; print(json.dumps({'prompt': 'static int', 'max_tokens': 12, 'temperature': 0, 'stop': [sys.argv[1]]}))" "$first")
+    if [ "$(req stop -H "$AUTH" -d "$body" $C)" = 200 ] &&
+       json "$T/stop.out" "j['choices'][0]['finish_reason'] == 'stop' and '$first' not in j['choices'][0]['text'] and json.load(open('$T/comp.out'))['choices'][0]['text'].startswith(j['choices'][0]['text'])"
+    then pass serve_stop_string; else fail serve_stop_string "$(cat "$T/stop.out")"; fi
+else echo "SKIP serve_stop_string: the greedy text has no printable stop candidate"; fi
+
+# /metrics: the answers above, counted by status
+curl -s -m 10 $U/metrics >"$T/metrics"
+if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 11$' "$T/metrics" &&
+   grep -q '^skein_requests_total{status="401"} 3$' "$T/metrics" && grep -q '^skein_requests_total{status="413"} 1$' "$T/metrics" &&
+   grep -q '^skein_requests_total{status="404"} 2$' "$T/metrics" && grep -q '^skein_generation_tokens_total [1-9]' "$T/metrics" &&
+   grep -q '^skein_kv_blocks_used 0$' "$T/metrics" && grep -q '^skein_queue_depth 0$' "$T/metrics"
+then pass serve_metrics; else fail serve_metrics "$(grep -v '^#' "$T/metrics")"; fi
+
+kill $PID; wait $PID 2>/dev/null; PID=""
+grep -q 'stopping' "$T/log" && pass serve_stops || fail serve_stops "$(tail -3 "$T/log")"
