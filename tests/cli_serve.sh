@@ -4,7 +4,9 @@
 # with an API key; curl checks /health, /v1/models, a greedy completion equal to skein
 # generate's text, the same text streamed and ending with [DONE], chat (whole and streamed),
 # each malformed request's 4xx with an OpenAI error body (the server answering after each),
-# and /metrics counting them. The server is killed at the end (trap). Prints PASS/FAIL lines.
+# and /metrics counting them; then, on a slower model with one sequence and no queue, 503 with
+# Retry-After while busy and client disconnects cancelling their requests (streamed or whole).
+# The servers are killed at the end (trap). Prints PASS/FAIL lines.
 SK=${SKEIN:-./skein}
 TOK=tests/fixtures/tok2/llama3.json
 T=$(mktemp -d)
@@ -122,3 +124,39 @@ then pass serve_metrics; else fail serve_metrics "$(grep -v '^#' "$T/metrics")";
 
 kill $PID; wait $PID 2>/dev/null; PID=""
 grep -q 'stopping' "$T/log" && pass serve_stops || fail serve_stops "$(tail -3 "$T/log")"
+
+# one sequence and no queue, a model slow enough (4000 tokens take seconds): a second request
+# while one runs gets 503 with Retry-After; a client that leaves (curl -m) has its request
+# cancelled (its blocks freed, far fewer than 4000 tokens generated), streaming or not
+if ! $SK init --arch llama --layers 4 --heads 4 --kv-heads 2 --dim 256 --context 4096 --tokenizer $TOK --out "$T/slow" >/dev/null 2>"$T/err"
+then fail serve_init_slow "$(tail -2 "$T/err")"; exit 1; fi
+$SK serve --model "$T/slow" --port 0 --max-seqs 1 --max-queue 0 2>"$T/log" &
+PID=$!
+i=0
+while ! grep -q 'listening on' "$T/log" && [ $i -lt 100 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/log")
+[ -n "$PORT" ] || { fail serve_start_slow "$(cat "$T/log")"; exit 1; }
+U=http://127.0.0.1:$PORT
+long='{"prompt": "a", "max_tokens": 4000, "ignore_eos": true'
+# metric NAME: its value
+metric() { curl -s -m 10 $U/metrics | sed -n "s/^$1 //p"; }
+# cancelled NAME: after the client left, no sequence runs, no block is held, < 4000 tokens
+cancelled() {
+    i=0
+    while [ "$(metric skein_running_sequences)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+    g=$(metric skein_generation_tokens_total); b=$(metric skein_kv_blocks_used)
+    if [ "$b" = 0 ] && [ "$g" -gt "$1" ] && [ "$g" -lt $(($1 + 4000)) ]; then pass "serve_$2"; else fail "serve_$2" "blocks $b, tokens $1 -> $g"; fi
+}
+curl -s -N -m 1 -d "$long, \"stream\": true}" $U/v1/completions >/dev/null &
+CURL=$!
+sleep 0.3
+st=$(curl -s -m 10 -D "$T/hdr" -o "$T/busy.out" -w '%{http_code}' -d '{"prompt": "a", "max_tokens": 2}' $U/v1/completions)
+if [ "$st" = 503 ] && grep -qi '^retry-after: 1' "$T/hdr" && json "$T/busy.out" "j['error']['code'] == 'server_overloaded'"
+then pass serve_queue_full_503; else fail serve_queue_full_503 "status $st: $(cat "$T/hdr" "$T/busy.out")"; fi
+wait $CURL
+cancelled 0 disconnect_cancels_stream
+g0=$(metric skein_generation_tokens_total)
+curl -s -m 1 -d "$long}" $U/v1/completions >/dev/null
+cancelled "$g0" disconnect_cancels_whole
+if [ "$(req after -d '{"prompt": "a", "max_tokens": 3}' $U/v1/completions)" = 200 ] && json "$T/after.out" "j['usage']['completion_tokens'] <= 3"
+then pass serve_answers_after_cancel; else fail serve_answers_after_cancel "$(cat "$T/after.out")"; fi

@@ -538,6 +538,7 @@ static bool api_parse_prompt(api_server *s, const cJSON *body, api_req *r, api_e
 /* Fills r from the body; false with e set (400/404) when a field is bad. */
 static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e) {
     const char *name = NULL;
+    bool ignore_eos = false;
     long n = 1, max_tokens = r->chat ? 0 : 16, top_k = 0, seed = -1;
     double temperature = 1, top_p = 1, min_p = 0, rep = 1, presence = 0, frequency = 0;
     if (api_field_bad(json_get_string(body, "model", false, "request", &name), e, "model")) return false;
@@ -559,7 +560,8 @@ static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e
         api_field_bad(json_get_double(body, "repetition_penalty", false, "request", &rep), e, "repetition_penalty") ||
         api_field_bad(json_get_double(body, "presence_penalty", false, "request", &presence), e, "presence_penalty") ||
         api_field_bad(json_get_double(body, "frequency_penalty", false, "request", &frequency), e, "frequency_penalty") ||
-        api_field_bad(json_get_int(body, "seed", false, "request", &seed), e, "seed"))
+        api_field_bad(json_get_int(body, "seed", false, "request", &seed), e, "seed") ||
+        api_field_bad(json_get_bool(body, "ignore_eos", false, "request", &ignore_eos), e, "ignore_eos"))
         return false;
     const int max_ctx = s->o.engine.max_ctx;
     if ((max_tokens || !r->chat) && api_range_bad((double)max_tokens, 1, max_ctx, e, "max_tokens")) return false;
@@ -578,6 +580,7 @@ static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e
                            .sample = {.temperature = (float)temperature, .top_k = top_k > 0 ? (int)top_k : 0,
                                       .top_p = (float)top_p, .min_p = (float)min_p, .repetition_penalty = (float)rep,
                                       .presence_penalty = (float)presence, .frequency_penalty = (float)frequency}};
+    if (ignore_eos) return true;   /* vLLM's extension: generate max_tokens whatever comes */
     memcpy(r->p.stop_ids, s->eos_ids, sizeof s->eos_ids);
     r->p.n_stop_ids = s->n_eos;
     if (r->chat && s->chat_end_id >= 0 && r->p.n_stop_ids < ENGINE_MAX_STOP) r->p.stop_ids[r->p.n_stop_ids++] = s->chat_end_id;
