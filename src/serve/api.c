@@ -145,7 +145,7 @@ static void api_req_unref(api_req *r) {
     mem_free(r->out);
     mem_free(r->ev);
     gen_text_free(&r->text);
-    free(r);
+    mem_free(r);
 }
 
 /* gen_emit_fn: appends text to the request's output (s->mu held by the engine thread). */
@@ -598,7 +598,7 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
         cJSON_Delete(body);
         return;
     }
-    api_req *r = calloc(1, sizeof *r);
+    api_req *r = mem_calloc(sizeof *r);
     if (!r) { cJSON_Delete(body); api_fail(e, 500, NULL, "out_of_memory", "out of memory"); return; }
     r->s = s;
     r->chat = chat;
@@ -607,7 +607,7 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
     bool ok = api_parse(s, body, r, e);
     cJSON_Delete(body);
     r->text.n_stop = r->n_stop;
-    if (!ok) { mem_free(r->prompt); free(r); return; }
+    if (!ok) { mem_free(r->prompt); mem_free(r); return; }
     pthread_cond_init(&r->cv, NULL);
     r->created = (long)time(NULL);
     pthread_mutex_lock(&s->mu);
@@ -737,7 +737,7 @@ sk_status api_server_create(model *m, const tok *t, const chat_template *ct, con
     *out = NULL;
     if (strlen(o->model_name) >= API_NAME_BYTES || (o->api_key && strlen(o->api_key) >= API_NAME_BYTES))
         return sk_fail(SK_EARG, "serve: the model name and --api-key must be shorter than %d bytes", API_NAME_BYTES);
-    api_server *s = calloc(1, sizeof *s);
+    api_server *s = mem_calloc(sizeof *s);
     if (!s) return sk_fail(SK_ENOMEM, "serve: out of memory");
     s->m = m;
     s->t = t;
@@ -783,5 +783,5 @@ void api_server_free(api_server *s) {
     mem_free(s->piece);
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->mu);
-    free(s);
+    mem_free(s);
 }

@@ -46,7 +46,7 @@ static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max) 
 static void http_stream_done(void *cls) {
     http_stream *s = cls;
     if (s->free) s->free(s->ctx);
-    free(s);
+    mem_free(s);
 }
 
 /* Appends upload data, or marks the body too large once it would pass the cap. */
@@ -54,7 +54,7 @@ static void http_conn_append(http_conn *c, size_t max_body, const char *data, si
     if (c->too_large) return;
     if (c->n + n > max_body) {
         c->too_large = true;
-        free(c->body);
+        mem_free(c->body);
         c->body = NULL;
         c->n = c->cap = 0;
         return;
@@ -63,7 +63,7 @@ static void http_conn_append(http_conn *c, size_t max_body, const char *data, si
         size_t cap = c->cap ? c->cap : 4096;
         while (cap < c->n + n + 1) cap *= 2;
         if (cap > max_body + 1) cap = max_body + 1;
-        char *p = realloc(c->body, cap);
+        char *p = mem_realloc(c->body, cap);
         if (!p) { c->too_large = true; return; }   /* answered as too large: the server keeps going */
         c->body = p;
         c->cap = cap;
@@ -85,7 +85,7 @@ static enum MHD_Result http_answer(http_server *s, struct MHD_Connection *mc, ht
     s->h(s->ctx, &rq, &rp);
     struct MHD_Response *r;
     if (rp.stream) {
-        http_stream *hs = malloc(sizeof *hs);
+        http_stream *hs = mem_alloc(sizeof *hs);
         if (!hs) {
             if (rp.stream_free) rp.stream_free(rp.stream_ctx);
             return MHD_NO;
@@ -114,7 +114,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *mc, const c
     http_server *s = cls;
     http_conn *c = *con_cls;
     if (!c) {
-        if (!(c = calloc(1, sizeof *c))) return MHD_NO;
+        if (!(c = mem_calloc(sizeof *c))) return MHD_NO;
         *con_cls = c;
         const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > s->o.max_body) {
@@ -140,8 +140,8 @@ static void http_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     (void)cls; (void)mc; (void)tc;
     http_conn *c = *con_cls;
     if (!c) return;
-    free(c->body);
-    free(c);
+    mem_free(c->body);
+    mem_free(c);
     *con_cls = NULL;
 }
 
@@ -154,7 +154,7 @@ sk_status http_server_start(const http_opts *o, http_handler h, void *ctx, http_
     struct addrinfo *ai = NULL;
     int gai = getaddrinfo(o->host, port, &hints, &ai);
     if (gai) return sk_fail(SK_EARG, "serve: --host %s: %s", o->host, gai_strerror(gai));
-    http_server *s = calloc(1, sizeof *s);
+    http_server *s = mem_calloc(sizeof *s);
     if (!s) { freeaddrinfo(ai); return sk_fail(SK_ENOMEM, "serve: out of memory"); }
     *s = (http_server){.o = *o, .h = h, .ctx = ctx};
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
@@ -167,7 +167,7 @@ sk_status http_server_start(const http_opts *o, http_handler h, void *ctx, http_
                             MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->d) {
-        free(s);
+        mem_free(s);
         return sk_fail(SK_EARG, "serve: cannot listen on %s port %d (in use, or not an address of this host)", o->host, o->port);
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
@@ -181,7 +181,7 @@ int http_server_port(const http_server *s) { return s->port; }
 void http_server_stop(http_server *s) {
     if (!s) return;
     MHD_stop_daemon(s->d);
-    free(s);
+    mem_free(s);
 }
 
 bool http_peer_alive(int fd) {
