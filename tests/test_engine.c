@@ -10,7 +10,8 @@
  *     sampled request the same tokens too;
  *   - a prefix-cache hit gives the same tokens as the miss, and the hit counter moves;
  *   - a pool of a few blocks preempts and still completes every request correctly;
- *   - cancelling half of the requests midway leaves the pool whole at the end. */
+ *   - cancelling half of the requests midway leaves the pool whole at the end;
+ *   - kv_budget reads --kv-memory's bytes (k, M, G) and fractions, and refuses the rest. */
 #include "test.h"
 #include "test_device.h"
 #include "test_model.h"
@@ -442,6 +443,38 @@ TEST(sampler_penalties_min_p_logprob) {
         CHECK(t == 0 || t == 1);
     }
     sampler_free(&s);
+}
+
+TEST(kv_budget_parses_bytes_and_fractions) {
+    backend *be = test_device();
+    const struct { const char *spec; size_t bytes; } good[] = {
+        {"1048576", 1048576}, {"64k", 65536}, {"64K", 65536}, {"1.5M", 1572864}, {"2G", 2147483648u},
+        {"0.5k", 512}, {"3e6", 3000000},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        size_t got = 0;
+        CHECK_MSG(kv_budget(be, good[i].spec, &got) == SK_OK && got == good[i].bytes, "'%s': %zu, expected %zu",
+                  good[i].spec, got, good[i].bytes);
+    }
+    /* a number in (0,1] is a fraction of the backend's free memory */
+    const double fracs[2] = {0.25, 1.0};
+    for (int i = 0; i < 2; i++) {
+        size_t free_bytes, total, got = 0;
+        char spec[16];
+        snprintf(spec, sizeof spec, "%g", fracs[i]);
+        CHECK(backend_mem_info(be, &free_bytes, &total) == SK_OK);
+        CHECK(kv_budget(be, spec, &got) == SK_OK);
+        const double want = fracs[i] * (double)free_bytes;
+        CHECK_MSG(got > 0 && got <= total && fabs((double)got - want) <= 0.1 * want, "'%s': %zu of %zu free", spec,
+                  got, free_bytes);
+    }
+    const char *bad[] = {"", "abc", "0", "-1", "-0.5", "12x", "1kk", "k", "1 G", "nan", "inf", "1e30", "0x"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        size_t got = 7;
+        CHECK_MSG(kv_budget(be, bad[i], &got) == SK_EARG, "'%s' was accepted (%zu)", bad[i], got);
+        CHECK_MSG(strstr(sk_errmsg(), "--kv-memory"), "'%s': the message does not name the flag: %s", bad[i],
+                  sk_errmsg());
+    }
 }
 
 TEST_MAIN()
