@@ -1,4 +1,5 @@
-/* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major);
+/* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major; one
+ * row, a decode step's, through cblas_sgemv, which reads the weight once in place);
  * everything else is plain C loops parallelized with OpenMP and written so the compiler
  * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf, cpu_impl.h).
  * Attention lives in cpu_attention.c.
@@ -121,6 +122,11 @@ static void cpu_matmul(backend *be, backend_stream *stream, tensor C, tensor A, 
         SK_ASSERT(!ta);
         cpu_lowp_matmul(tensor_f32(C), (int)tensor_ld(C), tensor_f32(A), (int)tensor_ld(A), B.data, B.dt,
                         tb ? CPU_LOWP_NK : CPU_LOWP_KN, (int)tensor_ld(B), M, N, K, alpha, beta);
+        return;
+    }
+    if (M == 1 && !ta) {   /* one row (a decode step): sgemm would first copy all of B into its panels */
+        cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? N : K, tb ? K : N, alpha, tensor_f32(B),
+                    (int)tensor_ld(B), tensor_f32(A), 1, beta, tensor_f32(C), 1);
         return;
     }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
