@@ -18,7 +18,7 @@
  * Requests are admitted first come, first served. Each keeps its own generator (seeded by
  * its params), so its samples do not depend on what else is in the batch; greedy requests
  * give the same tokens alone or in any batch (a row's arithmetic does not depend on the other
- * rows' values; on the CPU the products of one row, of 2..16 and of more take different
+ * rows' values; on the CPU the products of one row, of 2..8 and of more take different
  * kernels, which differ only by rounding). A request is finished by a stop id (the id is not output), max_tokens, the
  * context (max_ctx), or engine_cancel; its blocks are freed at once, and its id is not used
  * again. The model and its weights are only read: several engines may share one model only

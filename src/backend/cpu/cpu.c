@@ -1,6 +1,7 @@
-/* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major; one
- * row, a decode step's, through cblas_sgemv, and a few rows through cpu_matmul_few_rows,
- * both reading the weight once in place);
+/* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major); the
+ * products of decode steps, where sgemm would first copy all of the weight into its panels (a
+ * pass as long as the product itself), read it once in place: one row through cblas_sgemv, up
+ * to CPU_LOWP_SMALL_M rows through cpu_lowp's direct kernels (which also serve bf16/f16);
  * everything else is plain C loops parallelized with OpenMP and written so the compiler
  * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf, cpu_impl.h).
  * Attention lives in cpu_attention.c.
@@ -108,65 +109,6 @@ static bool cpu_supports(backend *be, backend_op op, dtype dt) {
     return dt == DT_F32;
 }
 
-/* Products of few rows (decode steps: a row per running sequence). sgemm would first copy
- * all of B into its panels, a pass over the weight as long as the product itself; one row
- * goes to cblas_sgemv, and 2..CPU_FEW_ROWS rows to cpu_matmul_few_rows, which reads B once,
- * in place, the threads on their own columns. In it C[m][n] is summed over k in the same
- * order whatever M is, so a row's result does not depend on the other rows; across the three
- * paths (one row, few, many) it differs by rounding only. */
-#define CPU_FEW_ROWS 16    /* M at most */
-#define CPU_FEW_NB 128     /* columns of C per block (KN layout) */
-#define CPU_FEW_LANES 16   /* partial sums per dot product (NK layout) */
-
-/* C(M,N) = alpha A(M,K) B + beta C (beta 0: C is not read); B is (K,N) (KN) or (N,K) (NK, tb),
- * f32 with row stride ldb; M <= CPU_FEW_ROWS. */
-static void cpu_matmul_few_rows(float *C, int ldc, const float *A, int lda, const float *B, int ldb, bool tb, int M,
-                                int N, int K, float alpha, float beta) {
-    SK_ASSERT(M >= 1 && M <= CPU_FEW_ROWS);   /* 1 works too; cpu_matmul gives it to sgemv */
-    if (!tb) {   /* KN: a block of columns at a time, each row of B's block read once for every m */
-        const int nblocks = (N + CPU_FEW_NB - 1) / CPU_FEW_NB;
-#pragma omp parallel for schedule(static)
-        for (int nb = 0; nb < nblocks; nb++) {
-            const int n0 = nb * CPU_FEW_NB, w = N - n0 < CPU_FEW_NB ? N - n0 : CPU_FEW_NB;
-            float acc[CPU_FEW_ROWS][CPU_FEW_NB];
-            for (int m = 0; m < M; m++)
-                for (int j = 0; j < CPU_FEW_NB; j++) acc[m][j] = 0.0f;
-            for (int k = 0; k < K; k++) {
-                const float *b = B + (size_t)k * ldb + n0;
-                for (int m = 0; m < M; m++) {
-                    const float a = A[(size_t)m * lda + k];
-                    if (w == CPU_FEW_NB)
-                        for (int j = 0; j < CPU_FEW_NB; j++) acc[m][j] += a * b[j];
-                    else
-                        for (int j = 0; j < w; j++) acc[m][j] += a * b[j];
-                }
-            }
-            for (int m = 0; m < M; m++) {
-                float *c = C + (size_t)m * ldc + n0;
-                for (int j = 0; j < w; j++) c[j] = alpha * acc[m][j] + (beta != 0.0f ? beta * c[j] : 0.0f);
-            }
-        }
-        return;
-    }
-    /* NK: one row of B (an output column) at a time, dotted with every row of A */
-    const int K16 = K - K % CPU_FEW_LANES;
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *b = B + (size_t)n * ldb;
-        for (int m = 0; m < M; m++) {
-            const float *a = A + (size_t)m * lda;
-            float lane[CPU_FEW_LANES] = {0};
-            for (int k = 0; k < K16; k += CPU_FEW_LANES)
-                for (int j = 0; j < CPU_FEW_LANES; j++) lane[j] += a[k + j] * b[k + j];
-            float sum = 0.0f;
-            for (int j = 0; j < CPU_FEW_LANES; j++) sum += lane[j];
-            for (int k = K16; k < K; k++) sum += a[k] * b[k];
-            float *c = C + (size_t)m * ldc + n;
-            *c = alpha * sum + (beta != 0.0f ? beta * *c : 0.0f);
-        }
-    }
-}
-
 /* OpenBLAS takes the row strides as leading dimensions, so column blocks need no copy. A
  * bf16/f16 weight B (mapped weights in inference) goes to cpu_lowp_matmul with its row
  * stride, so a column block of a wider matrix (GPT-2's q/k/v in c_attn) is read in place;
@@ -184,14 +126,14 @@ static void cpu_matmul(backend *be, backend_stream *stream, tensor C, tensor A, 
                         tb ? CPU_LOWP_NK : CPU_LOWP_KN, (int)tensor_ld(B), M, N, K, alpha, beta);
         return;
     }
-    if (M == 1 && !ta) {
+    if (M == 1 && !ta) {   /* a decode step of one sequence */
         cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? N : K, tb ? K : N, alpha, tensor_f32(B),
                     (int)tensor_ld(B), tensor_f32(A), 1, beta, tensor_f32(C), 1);
         return;
     }
-    if (M <= CPU_FEW_ROWS && !ta) {
-        cpu_matmul_few_rows(tensor_f32(C), (int)tensor_ld(C), tensor_f32(A), (int)tensor_ld(A), tensor_f32(B),
-                            (int)tensor_ld(B), tb, M, N, K, alpha, beta);
+    if (M <= CPU_LOWP_SMALL_M && !ta) {   /* a decode step of a few: cpu_lowp's direct kernels, f32 in place */
+        cpu_lowp_matmul(tensor_f32(C), (int)tensor_ld(C), tensor_f32(A), (int)tensor_ld(A), B.data, DT_F32,
+                        tb ? CPU_LOWP_NK : CPU_LOWP_KN, (int)tensor_ld(B), M, N, K, alpha, beta);
         return;
     }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
