@@ -2,7 +2,7 @@
 # A Llama-family model through the command line: data prepared with a Llama-3-style
 # tokenizer, `skein init --arch llama` (GQA, bf16), training on one process and on two
 # ranks at ZeRO-3 (same losses within 1e-5 relative), greedy and chat generation (with
-# --mem-report's lines), and the trained folder loading in transformers where it is installed. Prints PASS/FAIL lines.
+# --mem-report's lines, and under --kv-memory), and the trained folder loading in transformers where it is installed. Prints PASS/FAIL lines.
 SK=${SKEIN:-./skein}
 TOK=tests/fixtures/tok2/llama3.json
 T=$(mktemp -d)
@@ -38,6 +38,12 @@ b=$($SK generate --model "$T/run1" --prompt "static" --max-tokens 8 --temperatur
 if [ -n "$a" ] && [ "$a" = "$b" ]; then pass llama_generate; else fail llama_generate "'$a' vs '$b'"; fi
 if $SK generate --model "$T/run1" --chat --chat-template llama3 --prompt "hi" --max-tokens 4 >/dev/null 2>"$T/err"
 then pass llama_chat; else fail llama_chat "$(tail -2 "$T/err")"; fi
+# --kv-memory: a budget gives the same text; one too small for the prompt, or not a size, is refused naming the flag
+d=$($SK generate --model "$T/run1" --prompt "static" --max-tokens 8 --temperature 0 --kv-memory 4M 2>/dev/null)
+if [ "$d" = "$a" ] && ! $SK generate --model "$T/run1" --prompt "static" --max-tokens 8 --kv-memory 2k >/dev/null 2>"$T/err" &&
+   grep -q -- "--kv-memory" "$T/err" && ! $SK generate --model "$T/run1" --prompt "static" --kv-memory 3x >/dev/null 2>"$T/err" &&
+   grep -q -- "--kv-memory '3x'" "$T/err"
+then pass llama_generate_kv_memory; else fail llama_generate_kv_memory "'$d' vs '$a': $(cat "$T/err")"; fi
 # --mem-report: the folder's mapping and the private memory beside it, on stderr
 c=$($SK generate --model "$T/run1" --prompt "static" --max-tokens 8 --temperature 0 --mem-report 2>"$T/err")
 if [ "$c" = "$a" ] && grep -q '^\[mem-report\] weight files: [1-9][0-9]* bytes' "$T/err" &&

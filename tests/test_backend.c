@@ -150,6 +150,41 @@ TEST(matmul_matches_reference_all_transposes) {
         }
 }
 
+/* Decode-sized products (M = 1, a few, the most CPU_LOWP_SMALL_M = 8, just past it) over sizes
+ * that cross the CPU's column strips and dot blocks, with wide row strides: C against the double reference, with
+ * beta 0 never reading C (NaN there), and on the CPU row 0 the same bits whatever M is among
+ * the few (cuBLAS promises no such thing). */
+TEST(matmul_few_rows_match_reference) {
+    setup(1);
+    enum { N = 300, K = 37, LD = 310, MMAX = 9 };
+    float *A = randn(MMAX * LD, 1), *B = randn(LD * LD, 1), *C0 = randn(MMAX * LD, 1), *C = zeros(MMAX * LD);
+    float row0[2][N];
+    const int Ms[5] = {1, 2, 5, 8, 9};
+    for (int tb = 0; tb < 2; tb++)
+        for (int mi = 0; mi < 5; mi++)
+            for (int with_beta = 0; with_beta < 2; with_beta++) {
+                const int M = Ms[mi];
+                const float beta = with_beta ? 0.3f : 0.0f;
+                for (int i = 0; i < MMAX * LD; i++) C[i] = with_beta ? C0[i] : NAN;
+                tensor a = tensor_2d_ld(DEV(A), DT_F32, M, K, LD);
+                tensor b = tb ? tensor_2d_ld(DEV(B), DT_F32, N, K, LD) : tensor_2d_ld(DEV(B), DT_F32, K, N, LD);
+                RUN(be->ops->matmul(be, NULL, tensor_2d_ld(DEV(C), DT_F32, M, N, LD), a, false, b, tb, 0.7f, beta));
+                int bad = 0;
+                for (int i = 0; i < M; i++)
+                    for (int j = 0; j < N; j++) {
+                        double sum = 0;
+                        for (int k = 0; k < K; k++) sum += (double)A[i * LD + k] * (tb ? B[j * LD + k] : B[k * LD + j]);
+                        const double want = 0.7 * sum + (with_beta ? 0.3 * C0[i * LD + j] : 0.0);
+                        if (!(fabs(C[i * LD + j] - want) < 1e-4) && bad++ < 3)
+                            printf("  tb %d M %d beta %g (%d,%d): %g vs %g\n", tb, M, beta, i, j, C[i * LD + j], want);
+                    }
+                CHECK_MSG(bad == 0, "tb %d M %d: %d mismatches", tb, M, bad);
+                if (M == 2 && !with_beta) memcpy(row0[tb], C, sizeof row0[tb]);
+                if (M > 2 && M <= 8 && !with_beta && !strcmp(be->name, "cpu"))
+                    CHECK_MSG(!memcmp(row0[tb], C, sizeof row0[tb]), "tb %d: row 0 at M %d differs from M 2", tb, M);
+            }
+}
+
 /* out = x(N,IC) @ W(IC,OC) + b, backward as gpt2.c does it: dW += x^T dout,
  * db += colsum(dout), dx = dout W^T. */
 enum { LN_ = 6, LIC = 5, LOC = 7 };

@@ -5,11 +5,13 @@
  *     one batch) gives each row's logits within 1e-5 of the largest |logit|;
  *   - greedy tokens through the engine (chunked prefill mixed with decodes) equal the
  *     reference on every fixture, and each token's log-probability matches the reference's;
+ *   - the top-n log-probabilities equal a softmax of the reference's logits, ids in order;
  *   - a request inside a busy batch of 64 gives the same greedy tokens as alone, and a seeded
  *     sampled request the same tokens too;
  *   - a prefix-cache hit gives the same tokens as the miss, and the hit counter moves;
  *   - a pool of a few blocks preempts and still completes every request correctly;
- *   - cancelling half of the requests midway leaves the pool whole at the end. */
+ *   - cancelling half of the requests midway leaves the pool whole at the end;
+ *   - kv_budget reads --kv-memory's bytes (k, M, G) and fractions, and refuses the rest. */
 #include "test.h"
 #include "test_device.h"
 #include "test_model.h"
@@ -33,14 +35,16 @@ static model *open_fixture(const char *rel) {
 }
 
 /* The reference: greedy decoding of prompt(n) for g tokens through model_infer_step; gen(g)
- * receives the tokens and, when lp is not NULL, lp(g) each chosen token's log-softmax. */
-static bool reference(model *m, const int *prompt, int n, int g, int *gen, float *lp) {
+ * receives the tokens, lp(g) when not NULL each chosen token's log-softmax, and rows(g,V)
+ * when not NULL each step's logits. */
+static bool reference(model *m, const int *prompt, int n, int g, int *gen, float *lp, float *rows) {
     const int V = m->cfg.vocab_size;
     model_kv *kv = NULL;
     if (model_kv_create(m, n + g, &kv) != SK_OK) return false;
-    float *row = malloc(sizeof(float) * (size_t)V);
+    float *own = rows ? NULL : malloc(sizeof(float) * (size_t)V);
     int tok = 0;
     for (int i = 0; i < g; i++) {
+        float *row = rows ? rows + (size_t)i * V : own;
         tensor lg = i == 0 ? model_infer_step(m, kv, prompt, n) : model_infer_step(m, kv, &tok, 1);
         backend_download(m->be, row, lg.data, tensor_bytes(lg));
         int best = 0;
@@ -51,7 +55,7 @@ static bool reference(model *m, const int *prompt, int n, int g, int *gen, float
         if (lp) lp[i] = (float)(row[best] - row[best] - log(sum));
         gen[i] = tok = best;
     }
-    free(row);
+    free(own);
     model_kv_free(kv);
     return true;
 }
@@ -102,15 +106,8 @@ TEST(batched_step_matches_infer_step_logits) {
         /* references: logits of each step of each sequence through model_infer_step */
         for (int s = 0; s < 2; s++) {
             make_prompt(prompt[s], s, len[s], V);
-            CHECK(reference(m, prompt[s], len[s], steps, gen[s], NULL));
             ref[s] = malloc(sizeof(float) * (size_t)steps * V);
-            model_kv *kv = NULL;
-            CHECK(model_kv_create(m, len[s] + steps, &kv) == SK_OK);
-            for (int i = 0; i < steps; i++) {
-                tensor lg = i == 0 ? model_infer_step(m, kv, prompt[s], len[s]) : model_infer_step(m, kv, &gen[s][i - 1], 1);
-                backend_download(m->be, ref[s] + (size_t)i * V, lg.data, tensor_bytes(lg));
-            }
-            model_kv_free(kv);
+            CHECK(reference(m, prompt[s], len[s], steps, gen[s], NULL, ref[s]));
         }
         /* the same through model_infer_batch: both sequences in every step, blocks of 4 */
         kv_pool *pool = NULL;
@@ -178,7 +175,7 @@ TEST(engine_greedy_matches_infer_step_on_fixtures) {
         CHECK_MSG(engine_create(m, &o, &e) == SK_OK, "%s", sk_errmsg());
         for (int r = 0; r < R; r++) {
             make_prompt(prompt[r], r, len[r], V);
-            CHECK(reference(m, prompt[r], len[r], G, ref[r], ref_lp[r]));
+            CHECK(reference(m, prompt[r], len[r], G, ref[r], ref_lp[r], NULL));
             engine_params p = greedy(G);
             int id;
             CHECK_MSG(engine_add_request(e, prompt[r], len[r], &p, &id) == SK_OK, "%s", sk_errmsg());
@@ -198,6 +195,75 @@ TEST(engine_greedy_matches_infer_step_on_fixtures) {
         CHECK(worst <= 1e-5);
         CHECK(kv_pool_available(engine_pool(e)) == kv_pool_blocks(engine_pool(e)));
         engine_free(e);
+        model_free(m);
+    }
+}
+
+/* Top-n log-probabilities (n = 1, 5, 20) of each greedy token against a softmax of the
+ * reference's logits: the same ids in the same order, log-probabilities within 1e-5. */
+TEST(top_logprobs_match_softmax_of_reference_logits) {
+    for (size_t f = 0; f < 2; f++) {
+        model *m = open_fixture(fixtures[f]);
+        CHECK(m);
+        enum { G = 6 };
+        const int V = m->cfg.vocab_size, tops[3] = {1, 5, ENGINE_MAX_LOGPROBS};
+        int prompt[MAXP], ref[G], id;
+        float *rows = malloc(sizeof(float) * (size_t)G * V);
+        double *lse = malloc(sizeof(double) * G);
+        make_prompt(prompt, 77, 13, V);
+        CHECK(reference(m, prompt, 13, G, ref, NULL, rows));
+        for (int i = 0; i < G; i++) {   /* log-sum-exp of each row */
+            const float *row = rows + (size_t)i * V;
+            float mx = row[0];
+            for (int v = 1; v < V; v++) mx = fmaxf(mx, row[v]);
+            double sum = 0;
+            for (int v = 0; v < V; v++) sum += exp((double)row[v] - mx);
+            lse[i] = mx + log(sum);
+        }
+        engine *e = NULL;
+        engine_opts o = engine_opts_default();
+        CHECK(engine_create(m, &o, &e) == SK_OK);
+        for (int k = 0; k < 3; k++) {
+            engine_params p = greedy(G);
+            p.n_logprobs = tops[k];
+            CHECK(engine_add_request(e, prompt, 13, &p, &id) == SK_OK);
+        }
+        engine_params bad = greedy(G);
+        bad.n_logprobs = ENGINE_MAX_LOGPROBS + 1;
+        CHECK(engine_add_request(e, prompt, 13, &bad, &id) == SK_EARG);
+        int ngen[3] = {0};
+        double worst = 0;
+        while (engine_has_work(e)) {
+            const engine_output *out;
+            int n;
+            CHECK(engine_step(e, &out, &n) == SK_OK);
+            for (int j = 0; j < n; j++) {
+                const engine_output *q = &out[j];
+                if (q->token < 0) continue;
+                const int i = ngen[q->id]++;
+                const float *row = rows + (size_t)i * V;
+                CHECK(i < G && q->token == ref[i] && q->n_top == tops[q->id]);
+                /* the reference's ranking: each next id is the likeliest left (ties by id) */
+                for (int t = 0; t < q->n_top; t++) {
+                    int best = -1;
+                    for (int v = 0; v < V; v++) {
+                        bool taken = false;
+                        for (int u = 0; u < t; u++) taken |= q->top_ids[u] == v;
+                        if (!taken && (best < 0 || row[v] > row[best])) best = v;
+                    }
+                    CHECK_MSG(q->top_ids[t] == best, "%s: token %d rank %d: id %d, reference %d", fixtures[f], i, t,
+                              q->top_ids[t], best);
+                    worst = fmax(worst, fabs(q->top_logprobs[t] - (row[best] - lse[i])));
+                }
+                CHECK(q->top_ids[0] == q->token && q->top_logprobs[0] == q->logprob);
+            }
+        }
+        printf("  %s: top-%d log-probabilities, worst |diff| %.3g\n", fixtures[f], ENGINE_MAX_LOGPROBS, worst);
+        CHECK(worst <= 1e-5);
+        CHECK(ngen[0] == G && ngen[1] == G && ngen[2] == G);
+        engine_free(e);
+        free(rows);
+        free(lse);
         model_free(m);
     }
 }
@@ -259,7 +325,7 @@ TEST(prefix_cache_hits_give_same_tokens) {
     const int V = m->cfg.vocab_size;
     int prompt[MAXP], ref[G], gen[3 * MAXG] = {0}, ngen[3] = {0}, id;
     make_prompt(prompt, 7, 37, V);
-    CHECK(reference(m, prompt, 37, G, ref, NULL));
+    CHECK(reference(m, prompt, 37, G, ref, NULL, NULL));
     engine_opts o = engine_opts_default();
     engine *e = NULL;
     CHECK(engine_create(m, &o, &e) == SK_OK);
@@ -280,7 +346,7 @@ TEST(prefix_cache_hits_give_same_tokens) {
                   gen[MAXG + i], ref[i]);
     }
     int ref2[G];
-    CHECK(reference(m, prompt, 37, G, ref2, NULL));
+    CHECK(reference(m, prompt, 37, G, ref2, NULL, NULL));
     for (int i = 0; i < G; i++) CHECK_MSG(gen[2 * MAXG + i] == ref2[i], "changed prompt, token %d", i);
     engine_free(e);
     model_free(m);
@@ -301,7 +367,7 @@ TEST(preemption_under_a_small_pool_completes_every_request) {
         CHECK(engine_create(m, &o, &e) == SK_OK);
         for (int r = 0; r < R; r++) {
             make_prompt(prompt[r], 50 + r, 10, V);
-            CHECK(reference(m, prompt[r], 10, G, ref[r], NULL));
+            CHECK(reference(m, prompt[r], 10, G, ref[r], NULL, NULL));
             engine_params p = greedy(G);
             CHECK(engine_add_request(e, prompt[r], 10, &p, &id) == SK_OK);
         }
@@ -341,7 +407,7 @@ TEST(cancelling_half_midway_frees_every_block) {
     for (int r = 0; r < R; r++) {
         if (r % 2) { CHECK_MSG(ngen[r] < G, "cancelled request %d finished", r); continue; }
         int ref[G];
-        CHECK(reference(m, prompt, make_prompt(prompt, 200 + r, 5 + r, V), G, ref, NULL));
+        CHECK(reference(m, prompt, make_prompt(prompt, 200 + r, 5 + r, V), G, ref, NULL, NULL));
         for (int i = 0; i < G; i++) CHECK_MSG(gen[r * MAXG + i] == ref[i], "request %d token %d", r, i);
     }
     CHECK_MSG(kv_pool_available(engine_pool(e)) == kv_pool_blocks(engine_pool(e)), "%d of %d blocks free",
@@ -377,6 +443,38 @@ TEST(sampler_penalties_min_p_logprob) {
         CHECK(t == 0 || t == 1);
     }
     sampler_free(&s);
+}
+
+TEST(kv_budget_parses_bytes_and_fractions) {
+    backend *be = test_device();
+    const struct { const char *spec; size_t bytes; } good[] = {
+        {"1048576", 1048576}, {"64k", 65536}, {"64K", 65536}, {"1.5M", 1572864}, {"2G", 2147483648u},
+        {"0.5k", 512}, {"3e6", 3000000},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        size_t got = 0;
+        CHECK_MSG(kv_budget(be, good[i].spec, &got) == SK_OK && got == good[i].bytes, "'%s': %zu, expected %zu",
+                  good[i].spec, got, good[i].bytes);
+    }
+    /* a number in (0,1] is a fraction of the backend's free memory */
+    const double fracs[2] = {0.25, 1.0};
+    for (int i = 0; i < 2; i++) {
+        size_t free_bytes, total, got = 0;
+        char spec[16];
+        snprintf(spec, sizeof spec, "%g", fracs[i]);
+        CHECK(backend_mem_info(be, &free_bytes, &total) == SK_OK);
+        CHECK(kv_budget(be, spec, &got) == SK_OK);
+        const double want = fracs[i] * (double)free_bytes;
+        CHECK_MSG(got > 0 && got <= total && fabs((double)got - want) <= 0.1 * want, "'%s': %zu of %zu free", spec,
+                  got, free_bytes);
+    }
+    const char *bad[] = {"", "abc", "0", "-1", "-0.5", "12x", "1kk", "k", "1 G", "nan", "inf", "1e30", "0x"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        size_t got = 7;
+        CHECK_MSG(kv_budget(be, bad[i], &got) == SK_EARG, "'%s' was accepted (%zu)", bad[i], got);
+        CHECK_MSG(strstr(sk_errmsg(), "--kv-memory"), "'%s': the message does not name the flag: %s", bad[i],
+                  sk_errmsg());
+    }
 }
 
 TEST_MAIN()

@@ -13,7 +13,10 @@
  * --chat-file holds the conversation; it is rendered with the folder's chat template
  * (tokenizer_config.json) or --chat-template NAME, encoded with its special tokens (the
  * template writes the BOS itself), and generation also stops at the template's end token
- * (<|eot_id|>, <|im_end|>, </s>). Only the reply is printed. */
+ * (<|eot_id|>, <|im_end|>, </s>). Only the reply is printed.
+ *
+ * --kv-memory BYTES|FRACTION: the engine's KV pool budget, as on the benches (kv_budget); by
+ * default the pool holds just this prompt's blocks. */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +27,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "infer/generate.h"
+#include "infer/kv.h"
 #include "tokenizer/chat.h"
 
 /* The --mem-report lines (stderr) for m, opened from dir; a failure to read /proc is reported
@@ -46,6 +50,7 @@ static sk_status mem_report(const char *dir, const model *m) {
 
 int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *prompt = NULL, *device = "cpu", *system = NULL, *chat_file = NULL, *chat_name = NULL;
+    const char *kv_memory = NULL;
     long max_tokens = 128, top_k = 40, seed = -1;
     double temperature = 0.8, top_p = 0.95;
     bool chat = false, report = false;
@@ -64,6 +69,8 @@ int cmd_generate(int argc, char **argv) {
         {"--chat-file", ARG_STR, &chat_file, "FILE", "a conversation, [{\"role\": ..., \"content\": ...}, ...] (implies --chat)", false, false},
         {"--chat-template", ARG_STR, &chat_name, "NAME", "llama3|llama2|chatml|mistral instead of the folder's template", false, false},
         {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
+        {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget: bytes (k, M, G) or a fraction of free "
+         "memory (default: just this prompt's blocks)", false, false},
         {"--mem-report", ARG_BOOL, &report, NULL, "after generating, print to stderr the folder mapping's Rss, Pss and "
          "shared pages and this process's private memory outside it (bytes and % of the weight files)", false, false},
     };
@@ -97,6 +104,8 @@ int cmd_generate(int argc, char **argv) {
     size_t n_ids = 0;
     char *rendered = NULL;
     chat_msg *msgs = NULL;
+    size_t kv_bytes = 0;
+    if (kv_memory && (st = kv_budget(be, kv_memory, &kv_bytes))) goto done;
     if ((st = tok_load(file_join(path, sizeof path, dir, "tokenizer.json"), &t))) goto done;
     if ((st = tok_load_config(t, file_join(path, sizeof path, dir, "tokenizer_config.json")))) goto done;
     if ((st = model_open_weights(dir, be, &m))) goto done;
@@ -125,6 +134,7 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     gen_opts o = {.max_tokens = (int)max_tokens, .seed = (uint64_t)seed, .stop = stop.items, .n_stop = stop.n,
+                  .kv_bytes = kv_bytes,
                   .sample = {.temperature = (float)temperature, .top_k = (int)top_k, .top_p = (float)top_p}};
     gen_result res;
     if (!chat) fputs(prompt, stdout);

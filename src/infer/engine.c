@@ -140,6 +140,8 @@ sk_status engine_add_request(engine *e, const int *prompt, int n, const engine_p
     if (p->max_tokens <= 0 || p->max_tokens > 1 << 24 || p->n_stop_ids < 0 || p->n_stop_ids > ENGINE_MAX_STOP)
         return sk_fail(SK_EARG, "engine: max_tokens %d (1..2^24) or %d stop ids (at most %d)", p->max_tokens,
                        p->n_stop_ids, ENGINE_MAX_STOP);
+    if (p->n_logprobs < 0 || p->n_logprobs > ENGINE_MAX_LOGPROBS || p->n_logprobs > c->vocab_size)
+        return sk_fail(SK_EARG, "engine: n_logprobs %d is outside 0..%d", p->n_logprobs, ENGINE_MAX_LOGPROBS);
     for (int i = 0; i < n; i++)
         if (prompt[i] < 0 || prompt[i] >= c->vocab_size)
             return sk_fail(SK_EARG, "engine: prompt token %d is outside the vocabulary of %d", prompt[i], c->vocab_size);
@@ -196,7 +198,7 @@ bool engine_cancel(engine *e, int id) {
     int i = engine_find(e, id);
     if (i < 0) return false;
     engine_retire(e, i);
-    e->cancelled[e->n_cancelled++] = (engine_output){id, -1, 0.0f, "cancelled"};
+    e->cancelled[e->n_cancelled++] = (engine_output){.id = id, .token = -1, .finish = "cancelled"};
     return true;
 }
 
@@ -243,13 +245,18 @@ static model_batch engine_batch(engine *e) {
 
 /* Samples request r's next token from its logits row; returns its output. */
 static engine_output engine_sample(engine *e, engine_req *r, float *logits) {
-    engine_output o = {r->id, -1, 0.0f, NULL};
+    engine_output o = {.id = r->id, .token = -1};
+    const bool lp = r->p.logprobs || r->p.n_logprobs > 0;
     const int tok = sampler_next(&e->smp, logits, &r->p.sample, &r->r, r->tokens, r->seq.n_tokens, r->n_prompt,
-                                 r->p.logprobs ? &o.logprob : NULL);
+                                 lp ? &o.logprob : NULL);
     for (int i = 0; i < r->p.n_stop_ids; i++)
         if (tok == r->p.stop_ids[i]) o.finish = "stop";
     if (o.finish) return o;
     o.token = tok;
+    if (r->p.n_logprobs > 0) {
+        o.n_top = r->p.n_logprobs;
+        sampler_top(&e->smp, o.n_top, o.top_ids, o.top_logprobs);
+    }
     r->tokens[r->seq.n_tokens++] = tok;
     r->n_gen++;
     if (r->n_gen >= r->p.max_tokens || r->seq.n_tokens > e->o.max_ctx) o.finish = "length";

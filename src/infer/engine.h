@@ -17,8 +17,9 @@
  *
  * Requests are admitted first come, first served. Each keeps its own generator (seeded by
  * its params), so its samples do not depend on what else is in the batch; greedy requests
- * give the same tokens alone or in any batch (the per-row arithmetic does not depend on the
- * other rows). A request is finished by a stop id (the id is not output), max_tokens, the
+ * give the same tokens alone or in any batch (a row's arithmetic does not depend on the other
+ * rows' values; on the CPU the products of one row, of 2..8 and of more take different
+ * kernels, which differ only by rounding). A request is finished by a stop id (the id is not output), max_tokens, the
  * context (max_ctx), or engine_cancel; its blocks are freed at once, and its id is not used
  * again. The model and its weights are only read: several engines may share one model only
  * if they step one at a time (the model's step workspace is shared). */
@@ -41,6 +42,7 @@ typedef struct engine_opts {
 } engine_opts;
 
 #define ENGINE_MAX_STOP 8
+#define ENGINE_MAX_LOGPROBS 20   /* top log-probabilities per token at most */
 
 typedef struct engine_params {
     int max_tokens;          /* tokens to generate at most (> 0) */
@@ -49,13 +51,17 @@ typedef struct engine_params {
     int stop_ids[ENGINE_MAX_STOP];   /* generation ends at any of these (not output) */
     int n_stop_ids;
     bool logprobs;           /* report each token's log-probability */
+    int n_logprobs;          /* 0..ENGINE_MAX_LOGPROBS: also report the n likeliest tokens */
 } engine_params;
 
 /* What a step produced for one request: a new token, its end, or both. */
 typedef struct engine_output {
     int id;                  /* the request */
     int token;               /* the new token, or -1 (a stop id ended it, or it was cancelled) */
-    float logprob;           /* with params.logprobs */
+    float logprob;           /* with params.logprobs or n_logprobs */
+    int n_top;               /* params.n_logprobs with a token, else 0 */
+    int top_ids[ENGINE_MAX_LOGPROBS];   /* (n_top) the likeliest tokens, likeliest first */
+    float top_logprobs[ENGINE_MAX_LOGPROBS];   /* (n_top) theirs */
     const char *finish;      /* NULL while it runs; "stop", "length", "cancelled" */
 } engine_output;
 
@@ -68,7 +74,7 @@ engine_params engine_params_default(void);
 sk_status engine_create(model *m, const engine_opts *o, engine **out);
 void engine_free(engine *e);
 /* Queues a request for prompt(n) (copied); *id receives its id. SK_EARG when the prompt is
- * empty, has ids outside the vocabulary, leaves no room to generate within max_ctx, or needs
+ * empty, has ids outside the vocabulary, n_logprobs is outside 0..ENGINE_MAX_LOGPROBS, leaves no room to generate within max_ctx, or needs
  * more blocks than the whole pool holds. */
 sk_status engine_add_request(engine *e, const int *prompt, int n, const engine_params *p, int *id);
 /* Runs one step: *out (valid until the next call) lists the requests that got a token or

@@ -81,7 +81,8 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     eo.max_seqs = 1;
     eo.max_ctx = max_T;
     eo.max_batch_tokens = (int)n_prompt;
-    eo.kv_blocks = (max_T + eo.block_size - 1) / eo.block_size;
+    eo.kv_bytes = o->kv_bytes;
+    eo.kv_blocks = o->kv_bytes ? 0 : (max_T + eo.block_size - 1) / eo.block_size;
     engine_params ep = {.max_tokens = o->max_tokens, .sample = o->sample, .seed = o->seed};
     ep.n_stop_ids = gen_eos_ids(m, t, ep.stop_ids);
     engine *e = NULL;

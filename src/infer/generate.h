@@ -1,5 +1,5 @@
 /* generate: text generation for one prompt -- the engine (engine.h) at one request, with a
- * KV pool of just its blocks, for the call: prefill the prompt in one step, then one token
+ * KV pool of just its blocks (or of kv_bytes), for the call: prefill the prompt in one step, then one token
  * per step, streaming decoded text through a callback as it is produced. Stops at an
  * end-of-sequence id, a stop string (not emitted; the request is cancelled), max_tokens, or
  * the model's context. */
@@ -16,6 +16,7 @@ typedef struct gen_opts {
     uint64_t seed;
     const char *const *stop;   /* stop strings */
     int n_stop;
+    size_t kv_bytes;           /* KV pool budget (--kv-memory); 0: just this request's blocks */
 } gen_opts;
 
 typedef struct gen_result {

@@ -132,8 +132,8 @@ sk_status kv_pool_init(model *m, size_t bytes, int block_size, kv_pool **out) {
     const size_t per_block = kv_block_bytes(c, block_size);
     const size_t nb = bytes / per_block;
     if (nb < 1 || nb > (size_t)1 << 30)
-        return sk_fail(SK_EARG, "a KV budget of %zu bytes holds %zu blocks of %zu bytes (%d tokens); at least one is "
-                       "needed", bytes, nb, per_block, block_size);
+        return sk_fail(SK_EARG, "a KV budget (--kv-memory) of %zu bytes holds %zu blocks of %zu bytes (%d tokens); at "
+                       "least one is needed", bytes, nb, per_block, block_size);
     kv_pool *p = mem_calloc(sizeof *p);
     if (!p) return SK_ENOMEM;
     const int n = (int)nb;

@@ -1,6 +1,8 @@
 /* sample: penalties, greedy, temperature, min-p, top-k and top-p sampling (see sample.h).
  * Candidates are kept in `order`: tokens in index order, filtered by min-p; top-k selects
- * the k likeliest in place (quickselect) and sorts only those; top-p alone sorts them all. */
+ * the k likeliest in place (quickselect) and sorts only those; top-p alone sorts them all.
+ * sampler_top ranks the log-probabilities (`raw`) the same way in its own array, so it may
+ * follow any sampler_next. */
 #include "infer/sample.h"
 
 #include <math.h>
@@ -12,7 +14,8 @@ sk_status sampler_init(sampler *s, int V) {
     s->order = mem_alloc(sizeof(int) * (size_t)V);
     s->count = mem_calloc(sizeof(int) * (size_t)V);
     s->raw = mem_alloc(sizeof(float) * (size_t)V);
-    if (!s->probs || !s->order || !s->count || !s->raw) {
+    s->ranked = mem_alloc(sizeof(int) * (size_t)V);
+    if (!s->probs || !s->order || !s->count || !s->raw || !s->ranked) {
         sampler_free(s);
         return sk_fail(SK_ENOMEM, "out of memory for a sampler over %d tokens", V);
     }
@@ -24,7 +27,9 @@ void sampler_free(sampler *s) {
     mem_free(s->order);
     mem_free(s->count);
     mem_free(s->raw);
+    mem_free(s->ranked);
     s->raw = NULL;
+    s->ranked = NULL;
     s->probs = NULL;
     s->order = NULL;
     s->count = NULL;
@@ -139,4 +144,15 @@ int sampler_next(sampler *s, float *logits, const sample_opts *o, rng *r, const 
     }
     if (logprob) *logprob = s->raw[id];
     return id;
+}
+
+void sampler_top(sampler *s, int n, int *ids, float *logprobs) {
+    SK_ASSERT(n >= 1 && n <= s->V);
+    for (int i = 0; i < s->V; i++) s->ranked[i] = i;
+    sample_select(s->raw, s->ranked, s->V, n);
+    qsort_r(s->ranked, (size_t)n, sizeof(int), by_prob_desc, s->raw);
+    for (int i = 0; i < n; i++) {
+        ids[i] = s->ranked[i];
+        logprobs[i] = s->raw[ids[i]];
+    }
 }

@@ -11,8 +11,9 @@
  * same tokens), so results depend only on the logits, the options and the generator: a
  * request's seed reproduces it whatever else shares the batch.
  *
- * The chosen token's log-probability is under the model's own distribution (log-softmax of
- * the logits as given, before penalties and temperature), as vLLM reports it. */
+ * The chosen token's log-probability, and the top-n (sampler_top), are under the model's own
+ * distribution (log-softmax of the logits as given, before penalties and temperature), as
+ * vLLM reports them. */
 #ifndef SKEIN_SAMPLE_H
 #define SKEIN_SAMPLE_H
 
@@ -36,6 +37,7 @@ typedef struct sampler {
     int *order;          /* (V) candidate tokens */
     int *count;          /* (V) zero between calls: occurrences while penalties apply */
     float *raw;          /* (V) log-probabilities of the logits as given (with logprob) */
+    int *ranked;         /* (V) scratch for sampler_top */
 } sampler;
 
 sk_status sampler_init(sampler *s, int V);
@@ -45,5 +47,8 @@ void sampler_free(sampler *s);
  * not NULL it receives the chosen token's log-probability. */
 int sampler_next(sampler *s, float *logits, const sample_opts *o, rng *r, const int *history, int n_hist,
                  int n_prompt, float *logprob);
+/* The n (1..V) likeliest tokens under the distribution of the last sampler_next call that
+ * asked for logprob: ids(n) likeliest first (equal ones by id), logprobs(n) theirs. */
+void sampler_top(sampler *s, int n, int *ids, float *logprobs);
 
 #endif

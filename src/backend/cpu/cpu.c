@@ -1,4 +1,7 @@
-/* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major);
+/* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major); the
+ * products of decode steps, where sgemm would first copy all of the weight into its panels (a
+ * pass as long as the product itself), read it once in place: one row through cblas_sgemv, up
+ * to CPU_LOWP_SMALL_M rows through cpu_lowp's direct kernels (which also serve bf16/f16);
  * everything else is plain C loops parallelized with OpenMP and written so the compiler
  * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf, cpu_impl.h).
  * Attention lives in cpu_attention.c.
@@ -120,6 +123,16 @@ static void cpu_matmul(backend *be, backend_stream *stream, tensor C, tensor A, 
     if (B.dt != DT_F32) {
         SK_ASSERT(!ta);
         cpu_lowp_matmul(tensor_f32(C), (int)tensor_ld(C), tensor_f32(A), (int)tensor_ld(A), B.data, B.dt,
+                        tb ? CPU_LOWP_NK : CPU_LOWP_KN, (int)tensor_ld(B), M, N, K, alpha, beta);
+        return;
+    }
+    if (M == 1 && !ta) {   /* a decode step of one sequence */
+        cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? N : K, tb ? K : N, alpha, tensor_f32(B),
+                    (int)tensor_ld(B), tensor_f32(A), 1, beta, tensor_f32(C), 1);
+        return;
+    }
+    if (M <= CPU_LOWP_SMALL_M && !ta) {   /* a decode step of a few: cpu_lowp's direct kernels, f32 in place */
+        cpu_lowp_matmul(tensor_f32(C), (int)tensor_ld(C), tensor_f32(A), (int)tensor_ld(A), B.data, DT_F32,
                         tb ? CPU_LOWP_NK : CPU_LOWP_KN, (int)tensor_ld(B), M, N, K, alpha, beta);
         return;
     }

@@ -11,6 +11,7 @@
  *   - panels (M > SMALL_M): per strip of PANEL_N columns, blocks of PANEL_K along K are
  *     converted to an f32 panel on the stack and multiplied by cblas_sgemm (single-threaded
  *     inside the OpenMP region), the first block with beta, the next ones adding.
+ * f32 weights (M <= SMALL_M only) are read by the direct kernels in place, unconverted.
  * bf16 converts by a shift (bf16_to_f32), f16 through the compiler's _Float16 (F16C's
  * vcvtph2ps where the target has it); both exact, and tests/test_lowp.c checks every f16
  * value against dtype.c's f16_to_f32. */
@@ -23,7 +24,7 @@
 
 #include "base/base.h"
 
-#define SMALL_M 8           /* rows of A up to which the direct kernels run */
+#define SMALL_M CPU_LOWP_SMALL_M
 #define DOT_KB 512          /* direct_nk: elements of a W row converted per step */
 #define AXPY_NB 256         /* direct_kn: widest column strip */
 #define PANEL_N 64          /* panels: PANEL_N x PANEL_K f32 = CPU_LOWP_STACK_BYTES */
@@ -45,6 +46,13 @@ static inline void row_to_f32(float *restrict dst, const uint16_t *restrict src,
     }
 }
 
+/* n weights of W (dtype dt) from element off as f32: in place for f32, else converted into buf. */
+static inline const float *weights_f32(float *restrict buf, const void *W, dtype dt, size_t off, int n) {
+    if (dt == DT_F32) return (const float *)W + off;
+    row_to_f32(buf, (const uint16_t *)W + off, dt, n);
+    return buf;
+}
+
 static inline void store(float *c, float v, float alpha, float beta) {
     *c = beta == 0.0f ? alpha * v : alpha * v + beta * *c;
 }
@@ -52,20 +60,19 @@ static inline void store(float *c, float v, float alpha, float beta) {
 /* C[m][n] for m < M, n in [n0, n1), W(N,K) row stride ldw. Always inlined into
  * direct_nk's cases, so M is a constant there and the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void direct_nk_m(float *C, int ldc, const float *A, int lda,
-                                                              const uint16_t *W, dtype dt, int ldw, const int M,
+                                                              const void *W, dtype dt, int ldw, const int M,
                                                               int n0, int n1, int K, float alpha, float beta) {
     float buf[DOT_KB];
     for (int n = n0; n < n1; n++) {
-        const uint16_t *w = W + (size_t)n * ldw;
         float acc[SMALL_M] = {0};
         for (int k0 = 0; k0 < K; k0 += DOT_KB) {
             int kb = K - k0 < DOT_KB ? K - k0 : DOT_KB;
-            row_to_f32(buf, w + k0, dt, kb);
+            const float *w = weights_f32(buf, W, dt, (size_t)n * ldw + k0, kb);
             for (int m = 0; m < M; m++) {
                 const float *a = A + (size_t)m * lda + k0;
                 float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-                for (int k = 0; k < kb; k++) s += a[k] * buf[k];
+                for (int k = 0; k < kb; k++) s += a[k] * w[k];
                 acc[m] += s;
             }
         }
@@ -75,15 +82,15 @@ static inline __attribute__((always_inline)) void direct_nk_m(float *C, int ldc,
 
 /* C[m][n0..n0+nb) for m < M (nb <= AXPY_NB), W(K,N) row stride ldw; inlined as direct_nk_m. */
 static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc, const float *A, int lda,
-                                                              const uint16_t *W, dtype dt, int ldw, const int M,
+                                                              const void *W, dtype dt, int ldw, const int M,
                                                               int n0, int nb, int K, float alpha, float beta) {
     float acc[SMALL_M][AXPY_NB], buf[AXPY_NB];
     for (int m = 0; m < M; m++) memset(acc[m], 0, sizeof(float) * (size_t)nb);
     for (int k = 0; k < K; k++) {
-        row_to_f32(buf, W + (size_t)k * ldw + n0, dt, nb);
+        const float *w = weights_f32(buf, W, dt, (size_t)k * ldw + n0, nb);
         for (int m = 0; m < M; m++) {
             float a = A[(size_t)m * lda + k];
-            for (int j = 0; j < nb; j++) acc[m][j] = fmaf(a, buf[j], acc[m][j]);
+            for (int j = 0; j < nb; j++) acc[m][j] = fmaf(a, w[j], acc[m][j]);
         }
     }
     for (int m = 0; m < M; m++)
@@ -105,13 +112,13 @@ static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc,
     }
 _Static_assert(SMALL_M == 8, "DIRECT_CASES lists M = 1..SMALL_M");
 
-static void direct_nk(float *C, int ldc, const float *A, int lda, const uint16_t *W, dtype dt, int ldw, int M,
+static void direct_nk(float *C, int ldc, const float *A, int lda, const void *W, dtype dt, int ldw, int M,
                       int n0, int n1, int K, float alpha, float beta) {
     DIRECT_CASES(direct_nk_m, C, ldc, A, lda, W, dt, ldw)
 }
 
 /* n1 here is the strip width nb. */
-static void direct_kn(float *C, int ldc, const float *A, int lda, const uint16_t *W, dtype dt, int ldw, int M,
+static void direct_kn(float *C, int ldc, const float *A, int lda, const void *W, dtype dt, int ldw, int M,
                       int n0, int n1, int K, float alpha, float beta) {
     DIRECT_CASES(direct_kn_m, C, ldc, A, lda, W, dt, ldw)
 }
@@ -134,7 +141,7 @@ static void panels(float *C, int ldc, const float *A, int lda, const uint16_t *W
 
 void cpu_lowp_matmul(float *C, int ldc, const float *A, int lda, const void *W, dtype wdt, cpu_lowp_layout layout,
                      int ldw, int M, int N, int K, float alpha, float beta) {
-    SK_ASSERT(wdt == DT_BF16 || wdt == DT_F16);
+    SK_ASSERT(wdt == DT_BF16 || wdt == DT_F16 || (wdt == DT_F32 && M <= CPU_LOWP_SMALL_M));
     SK_ASSERT(M >= 0 && N >= 0 && K >= 0 && lda >= K && ldc >= N && ldw >= (layout == CPU_LOWP_KN ? N : K));
     if (M == 0 || N == 0) return;
     if (K == 0) {   /* the empty product: C = beta * C */
@@ -142,7 +149,6 @@ void cpu_lowp_matmul(float *C, int ldc, const float *A, int lda, const void *W, 
             for (int n = 0; n < N; n++) store(&C[(size_t)m * ldc + n], 0.0f, alpha, beta);
         return;
     }
-    const uint16_t *w = W;
     bool par = (double)M * N * K > PAR_MIN;
     if (M <= SMALL_M && layout == CPU_LOWP_NK) {
 #pragma omp parallel if (par)
@@ -150,21 +156,21 @@ void cpu_lowp_matmul(float *C, int ldc, const float *A, int lda, const void *W, 
             /* contiguous ranges of rows of W: each thread streams its part once */
             int nt = omp_get_num_threads(), id = omp_get_thread_num();
             int n0 = (int)((long)N * id / nt), n1 = (int)((long)N * (id + 1) / nt);
-            direct_nk(C, ldc, A, lda, w, wdt, ldw, M, n0, n1, K, alpha, beta);
+            direct_nk(C, ldc, A, lda, W, wdt, ldw, M, n0, n1, K, alpha, beta);
         }
     } else if (M <= SMALL_M) {
         int strips = (N + AXPY_NB - 1) / AXPY_NB;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
         for (int s = 0; s < strips; s++) {
             int n0 = s * AXPY_NB;
-            direct_kn(C, ldc, A, lda, w, wdt, ldw, M, n0, N - n0 < AXPY_NB ? N - n0 : AXPY_NB, K, alpha, beta);
+            direct_kn(C, ldc, A, lda, W, wdt, ldw, M, n0, N - n0 < AXPY_NB ? N - n0 : AXPY_NB, K, alpha, beta);
         }
     } else {
         int strips = (N + PANEL_N - 1) / PANEL_N;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
         for (int s = 0; s < strips; s++) {
             int n0 = s * PANEL_N;
-            panels(C, ldc, A, lda, w, wdt, layout, ldw, M, n0, N - n0 < PANEL_N ? N - n0 : PANEL_N, K, alpha, beta);
+            panels(C, ldc, A, lda, (const uint16_t *)W, wdt, layout, ldw, M, n0, N - n0 < PANEL_N ? N - n0 : PANEL_N, K, alpha, beta);
         }
     }
 }

@@ -29,10 +29,14 @@ typedef enum cpu_lowp_layout {
     CPU_LOWP_NK,   /* W(N,K), C = A @ W^T: nn.Linear (out, in), a tied LM head (V, C) */
 } cpu_lowp_layout;
 
+/* Rows of A up to which the direct kernels run (and f32 weights are accepted). */
+#define CPU_LOWP_SMALL_M 8
+
 /* Stack bytes one thread uses for conversion panels. */
 #define CPU_LOWP_STACK_BYTES (64 * 1024)
 
-/* C(M,N) = alpha * A(M,K) @ op(W) + beta * C, with W of dtype wdt (DT_BF16 or DT_F16) in
+/* C(M,N) = alpha * A(M,K) @ op(W) + beta * C, with W of dtype wdt (DT_BF16 or DT_F16; DT_F32
+ * too when M <= CPU_LOWP_SMALL_M, read in place: the CPU backend's decode products) in
  * `layout` with row stride ldw (>= N for KN, >= K for NK), A f32 with row stride lda >= K,
  * C f32 with row stride ldc >= N. beta == 0 writes C without reading it (NaN there is fine);
  * columns past N and A's past K are never touched. C must not alias A or W. Small M (decode)
