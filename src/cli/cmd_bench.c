@@ -234,7 +234,16 @@ static sk_status bench_add(engine *e, const model *m, int *prompt, long I, long 
     return engine_add_request(e, prompt, (int)I, &p, &id);
 }
 
-#define BENCH_INFER_FLAGS(what)                                                                                          {"--model", ARG_STR, &dir, "DIR", "model folder (weights mapped)", false, false},                                     {"--preset", ARG_STR, &preset, "NAME", "model shape by name, random f32 weights (gpt2, ...)", false, false},          {"--input-len", ARG_INT, &I, "I", "prompt tokens (random ids; default 128)", false, false},                          {"--output-len", ARG_INT, &O, "O", "generated tokens per request, EOS ignored (default 128)", false, false},         {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false},                                             {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running "             "sequence)", false, false},                                                                                          {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false},              {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512)", false, false}
+/* The flags bench throughput and bench latency share; `what` is --max-seqs's default. */
+#define BENCH_INFER_FLAGS(what) \
+    {"--model", ARG_STR, &dir, "DIR", "model folder (weights mapped)", false, false}, \
+    {"--preset", ARG_STR, &preset, "NAME", "model shape by name, random f32 weights (gpt2, ...)", false, false}, \
+    {"--input-len", ARG_INT, &I, "I", "prompt tokens (random ids; default 128)", false, false}, \
+    {"--output-len", ARG_INT, &O, "O", "generated tokens per request, EOS ignored (default 128)", false, false}, \
+    {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false}, \
+    {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
+    {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
+    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512)", false, false}
 
 static int bench_throughput(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
