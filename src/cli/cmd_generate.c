@@ -123,18 +123,12 @@ int cmd_generate(int argc, char **argv) {
         /* The rendered text carries the special tokens (BOS included) as text: encoded without
          * the post-processor, as apply_chat_template(tokenize=True) does. */
         if ((st = tok_encode(t, rendered, len, &ids, &n_ids))) goto done;
-        /* Stop at the template's end token too (the model config may list only </s>). */
-        int end = tok_token_id(t, chat_end_token(&ct));
-        if (m->cfg.n_eos == 0 && tok_eot_id(t) >= 0) m->cfg.eos_token_ids[m->cfg.n_eos++] = tok_eot_id(t);
-        bool listed = end < 0;
-        for (int i = 0; i < m->cfg.n_eos; i++) listed |= m->cfg.eos_token_ids[i] == end;
-        if (!listed && m->cfg.n_eos < MODEL_MAX_EOS) m->cfg.eos_token_ids[m->cfg.n_eos++] = end;
     } else if ((st = tok_encode_ex(t, prompt, strlen(prompt), true, &ids, &n_ids))) {
         /* As transformers' tokenizer(prompt): with the BOS its post-processor adds (Llama). */
         goto done;
     }
     gen_opts o = {.max_tokens = (int)max_tokens, .seed = (uint64_t)seed, .stop = stop.items, .n_stop = stop.n,
-                  .kv_bytes = kv_bytes,
+                  .kv_bytes = kv_bytes, .chat = chat ? &ct : NULL,
                   .sample = {.temperature = (float)temperature, .top_k = (int)top_k, .top_p = (float)top_p}};
     gen_result res;
     if (!chat) fputs(prompt, stdout);

@@ -52,13 +52,17 @@ void gen_emit_stdout(void *ctx, const char *text, size_t n) {
     fflush(stdout);
 }
 
-int gen_eos_ids(const model *m, const tok *t, int *ids) {
+int gen_eos_ids(const model *m, const tok *t, const chat_template *chat, int *ids) {
     int n = 0;
     if (m->cfg.n_eos == 0) {
         if (t && tok_eot_id(t) >= 0) ids[n++] = tok_eot_id(t);
-        return n;
+    } else {
+        for (int i = 0; i < m->cfg.n_eos && n < ENGINE_MAX_STOP; i++) ids[n++] = m->cfg.eos_token_ids[i];
     }
-    for (int i = 0; i < m->cfg.n_eos && n < ENGINE_MAX_STOP; i++) ids[n++] = m->cfg.eos_token_ids[i];
+    const int end = chat && t ? tok_token_id(t, chat_end_token(chat)) : -1;
+    bool listed = end < 0;
+    for (int i = 0; i < n; i++) listed |= ids[i] == end;
+    if (!listed && n < ENGINE_MAX_STOP) ids[n++] = end;
     return n;
 }
 
@@ -84,7 +88,7 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     eo.kv_bytes = o->kv_bytes;
     eo.kv_blocks = o->kv_bytes ? 0 : (max_T + eo.block_size - 1) / eo.block_size;
     engine_params ep = {.max_tokens = o->max_tokens, .sample = o->sample, .seed = o->seed};
-    ep.n_stop_ids = gen_eos_ids(m, t, ep.stop_ids);
+    ep.n_stop_ids = gen_eos_ids(m, t, o->chat, ep.stop_ids);
     engine *e = NULL;
     int id;
     sk_status st = engine_create(m, &eo, &e);

@@ -8,6 +8,7 @@
 
 #include "infer/sample.h"
 #include "model/model.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tok.h"
 
 typedef struct gen_opts {
@@ -17,6 +18,8 @@ typedef struct gen_opts {
     const char *const *stop;   /* stop strings */
     int n_stop;
     size_t kv_bytes;           /* KV pool budget (--kv-memory); 0: just this request's blocks */
+    const chat_template *chat; /* the template the prompt was rendered with (NULL: none): its
+                                * end token stops generation too */
 } gen_opts;
 
 typedef struct gen_result {
@@ -47,9 +50,10 @@ sk_status gen_text_put(gen_text *g, const char *s, size_t n, bool final, gen_emi
 void gen_text_free(gen_text *g);
 
 /* The ids that end generation: the config's end-of-sequence ids, or the tokenizer's
- * end-of-text when the config lists none (t may be NULL). Writes at most ENGINE_MAX_STOP
- * (8) to ids and returns how many. */
-int gen_eos_ids(const model *m, const tok *t, int *ids);
+ * end-of-text when the config lists none (t may be NULL), and with a chat template (chat not
+ * NULL) its end token when it is not among them (the config may list only </s>). Writes at
+ * most ENGINE_MAX_STOP (8) to ids and returns how many. */
+int gen_eos_ids(const model *m, const tok *t, const chat_template *chat, int *ids);
 
 /* Generates from the prompt ids. When ids_out is not NULL it receives the generated ids
  * (at most o->max_tokens). emit may be NULL. */

@@ -69,7 +69,8 @@ struct api_server {
     const chat_template *ct;
     api_opts o;
     char name[API_NAME_BYTES], key[API_NAME_BYTES];
-    int eos_ids[ENGINE_MAX_STOP], n_eos, chat_end_id;
+    int eos_ids[ENGINE_MAX_STOP], n_eos;            /* what ends a completion */
+    int chat_eos_ids[ENGINE_MAX_STOP], n_chat_eos;  /* ... and a chat (the template's end token too) */
     engine *e;
     char *piece;
     size_t piece_cap;
@@ -581,9 +582,8 @@ static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e
                                       .top_p = (float)top_p, .min_p = (float)min_p, .repetition_penalty = (float)rep,
                                       .presence_penalty = (float)presence, .frequency_penalty = (float)frequency}};
     if (ignore_eos) return true;   /* vLLM's extension: generate max_tokens whatever comes */
-    memcpy(r->p.stop_ids, s->eos_ids, sizeof s->eos_ids);
-    r->p.n_stop_ids = s->n_eos;
-    if (r->chat && s->chat_end_id >= 0 && r->p.n_stop_ids < ENGINE_MAX_STOP) r->p.stop_ids[r->p.n_stop_ids++] = s->chat_end_id;
+    memcpy(r->p.stop_ids, r->chat ? s->chat_eos_ids : s->eos_ids, sizeof s->eos_ids);
+    r->p.n_stop_ids = r->chat ? s->n_chat_eos : s->n_eos;
     return true;
 }
 
@@ -746,10 +746,8 @@ sk_status api_server_create(model *m, const tok *t, const chat_template *ct, con
     if (s->o.engine.max_ctx <= 0 || s->o.engine.max_ctx > m->cfg.n_positions) s->o.engine.max_ctx = m->cfg.n_positions;
     snprintf(s->name, sizeof s->name, "%s", o->model_name);
     snprintf(s->key, sizeof s->key, "%s", o->api_key ? o->api_key : "");
-    s->n_eos = gen_eos_ids(m, t, s->eos_ids);
-    s->chat_end_id = ct ? tok_token_id(t, chat_end_token(ct)) : -1;
-    for (int i = 0; i < s->n_eos; i++)
-        if (s->eos_ids[i] == s->chat_end_id) s->chat_end_id = -1;   /* listed already */
+    s->n_eos = gen_eos_ids(m, t, NULL, s->eos_ids);
+    s->n_chat_eos = gen_eos_ids(m, t, ct, s->chat_eos_ids);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     sk_status st = engine_create(m, &s->o.engine, &s->e);
