@@ -76,6 +76,15 @@ if [ "$(req chats -N -H "$AUTH" -d "$body" $U/v1/chat/completions)" = 200 ] && t
    head -1 "$T/chats.out" | grep -q '"delta":{"role":"assistant"}'
 then pass serve_chat_stream; else fail serve_chat_stream "$(cat "$T/chats.out")"; fi
 
+# /tokenize gives the ids a completion's prompt gets (usage counts them); /detokenize inverts it
+if [ "$(req tokz -H "$AUTH" -d '{"model": "m", "prompt": "static int"}' $U/tokenize)" = 200 ] &&
+   json "$T/tokz.out" "j['count'] == len(j['tokens']) == json.load(open('$T/comp.out'))['usage']['prompt_tokens'] and j['max_model_len'] == 128"
+then pass serve_tokenize; else fail serve_tokenize "$(cat "$T/tokz.out" "$T/comp.out")"; fi
+toks=$(python3 -c "import json; print(json.dumps(json.load(open('$T/tokz.out'))['tokens']))")
+if [ "$(req detok -H "$AUTH" -d "{\"model\": \"m\", \"tokens\": $toks}" $U/detokenize)" = 200 ] &&
+   json "$T/detok.out" "j['prompt'].endswith('static int')"
+then pass serve_detokenize; else fail serve_detokenize "$(cat "$T/detok.out")"; fi
+
 # malformed requests: NAME STATUS PARAM(or -) then curl arguments
 python3 -c "import json; print(json.dumps({'prompt': 'word ' * 400}))" >"$T/long.json"
 head -c 100000 /dev/zero | tr '\0' a >"$T/big"
@@ -97,6 +106,10 @@ bad n_two 400 n -H "$AUTH" -d '{"prompt": "a", "n": 2}' $C
 bad top_p 400 top_p -H "$AUTH" -d '{"prompt": "a", "top_p": 0}' $C
 bad stop_type 400 stop -H "$AUTH" -d '{"prompt": "a", "stop": 3}' $C
 bad messages 400 messages -H "$AUTH" -d '{"messages": "hi"}' $U/v1/chat/completions
+bad tokenize_prompt 400 prompt -H "$AUTH" -d '{"prompt": [1]}' $U/tokenize
+bad detokenize_float 400 tokens -H "$AUTH" -d '{"tokens": [1, 2.5]}' $U/detokenize
+bad detokenize_oov 400 tokens -H "$AUTH" -d '{"tokens": [100000000]}' $U/detokenize
+bad tokenize_no_key 401 - -d '{"prompt": "a"}' $U/tokenize
 bad unknown_model 404 model -H "$AUTH" -d '{"model": "gpt-4", "prompt": "a"}' $C
 bad unknown_route 404 - -H "$AUTH" $U/v1/embeddings
 bad no_key 401 - -d '{"prompt": "a"}' $C
@@ -116,8 +129,8 @@ else echo "SKIP serve_stop_string: the greedy text has no printable stop candida
 
 # /metrics: the answers above, counted by status
 curl -s -m 10 $U/metrics >"$T/metrics"
-if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 11$' "$T/metrics" &&
-   grep -q '^skein_requests_total{status="401"} 3$' "$T/metrics" && grep -q '^skein_requests_total{status="413"} 1$' "$T/metrics" &&
+if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 14$' "$T/metrics" &&
+   grep -q '^skein_requests_total{status="401"} 4$' "$T/metrics" && grep -q '^skein_requests_total{status="413"} 1$' "$T/metrics" &&
    grep -q '^skein_requests_total{status="404"} 2$' "$T/metrics" && grep -q '^skein_generation_tokens_total [1-9]' "$T/metrics" &&
    grep -q '^skein_kv_blocks_used 0$' "$T/metrics" && grep -q '^skein_queue_depth 0$' "$T/metrics"
 then pass serve_metrics; else fail serve_metrics "$(grep -v '^#' "$T/metrics")"; fi

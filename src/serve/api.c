@@ -649,6 +649,85 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
 
 /* ---- the other routes ---- */
 
+/* The body as a JSON object whose "model", when given, is ours; NULL with e set. */
+static cJSON *api_body(api_server *s, const http_req *rq, api_error *e) {
+    const char *end = NULL, *name = NULL;
+    cJSON *body = cJSON_ParseWithLengthOpts(rq->body, rq->body_len, &end, false);
+    if (!body || !cJSON_IsObject(body)) {
+        api_fail(e, 400, NULL, "invalid_json", body ? "the request body must be a JSON object"
+                                                     : "the request body is not valid JSON (near byte %zu)",
+                 end ? (size_t)(end - rq->body) : (size_t)0);
+        cJSON_Delete(body);
+        return NULL;
+    }
+    if (api_field_bad(json_get_string(body, "model", false, "request", &name), e, "model")) { cJSON_Delete(body); return NULL; }
+    if (name && strcmp(name, s->name)) {
+        api_fail(e, 404, "model", "model_not_found", "The model `%s` does not exist (this server serves `%s`)", name, s->name);
+        cJSON_Delete(body);
+        return NULL;
+    }
+    return body;
+}
+
+/* POST /tokenize (vLLM's): {"prompt"} -> {"tokens", "count", "max_model_len"}, the ids a
+ * completion's prompt gets (special tokens added as there). */
+static void api_tokenize(api_server *s, const http_req *rq, http_reply *rp, api_error *e) {
+    cJSON *body = api_body(s, rq, e);
+    if (!body) return;
+    const char *prompt = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (api_field_bad(json_get_string(body, "prompt", true, "request", &prompt), e, "prompt")) { cJSON_Delete(body); return; }
+    sk_status st = tok_encode_ex(s->t, prompt, strlen(prompt), true, &ids, &n);
+    cJSON_Delete(body);
+    if (st != SK_OK) { api_fail(e, 400, "prompt", "invalid_value", "%s", sk_errmsg()); return; }
+    cJSON *j = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(j, "tokens");
+    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+    mem_free(ids);
+    cJSON_AddNumberToObject(j, "count", (double)n);
+    cJSON_AddNumberToObject(j, "max_model_len", s->o.engine.max_ctx);
+    api_reply_json(rp, 200, j);
+}
+
+/* POST /detokenize (vLLM's): {"tokens": [ids]} -> {"prompt": text}; every id an integer in
+ * the vocabulary, at most the context's count of them. */
+static void api_detokenize(api_server *s, const http_req *rq, http_reply *rp, api_error *e) {
+    cJSON *body = api_body(s, rq, e);
+    if (!body) return;
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(body, "tokens");
+    const int vocab = tok_vocab_size(s->t), max = s->o.engine.max_ctx;
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
+    if (n < 0 || n > max) {
+        api_fail(e, 400, "tokens", "invalid_value", "request: field \"tokens\" must be a list of at most %d token ids", max);
+        cJSON_Delete(body);
+        return;
+    }
+    int32_t *ids = mem_alloc(sizeof *ids * (size_t)(n ? n : 1));
+    if (!ids) { cJSON_Delete(body); api_fail(e, 500, NULL, "out_of_memory", "out of memory"); return; }
+    for (int i = 0; i < n; i++) {
+        const cJSON *it = cJSON_GetArrayItem(a, i);
+        double v = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        if (!(v >= 0 && v < vocab && v == (double)(int32_t)v)) {
+            api_fail(e, 400, "tokens", "invalid_value", "request: tokens[%d] must be an integer token id in [0, %d)", i, vocab);
+            mem_free(ids);
+            cJSON_Delete(body);
+            return;
+        }
+        ids[i] = (int32_t)v;
+    }
+    cJSON_Delete(body);
+    size_t len = 0;
+    char *text = tok_decode_ex(s->t, ids, (size_t)n, false, &len);
+    mem_free(ids);
+    char *clean = text ? api_utf8_clean(text, len) : NULL;
+    mem_free(text);
+    if (!clean) { api_fail(e, 500, NULL, "out_of_memory", "out of memory"); return; }
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "prompt", clean);
+    mem_free(clean);
+    api_reply_json(rp, 200, j);
+}
+
 /* Whether header is "Bearer KEY", compared in time independent of where they differ. */
 static bool api_key_ok(const char *header, const char *key) {
     static const char bearer[] = "Bearer ";
@@ -709,15 +788,18 @@ void api_handle(void *ctx, const http_req *rq, http_reply *rp) {
     const bool completions = !strcmp(rq->path, "/v1/completions"), chat = !strcmp(rq->path, "/v1/chat/completions");
     const bool models = !strcmp(rq->path, "/v1/models"), health = !strcmp(rq->path, "/health"),
                metrics = !strcmp(rq->path, "/metrics");
-    if (v1 && s->key[0] && !api_key_ok(rq->authorization, s->key))
+    const bool tokenize = !strcmp(rq->path, "/tokenize"), detokenize = !strcmp(rq->path, "/detokenize");
+    if ((v1 || tokenize || detokenize) && s->key[0] && !api_key_ok(rq->authorization, s->key))
         api_fail(&e, 401, NULL, "invalid_api_key", "a missing or incorrect API key: send the header \"Authorization: Bearer KEY\"");
     else if (rq->body_too_large)
         api_fail(&e, 413, NULL, "request_too_large", "the request body is over the server's cap");
     else if ((completions || chat) && post) api_generate(s, rq, chat, rp, &e);
     else if (models && get) api_models(s, rp);
+    else if (tokenize && post) api_tokenize(s, rq, rp, &e);
+    else if (detokenize && post) api_detokenize(s, rq, rp, &e);
     else if (metrics && get) api_metrics(s, rp);
     else if (health && get) api_reply_json(rp, 200, cJSON_CreateObject());
-    else if (completions || chat || models || metrics || health)
+    else if (completions || chat || models || metrics || health || tokenize || detokenize)
         api_fail(&e, 405, NULL, "method_not_allowed", "%s is not allowed on %s", rq->method, rq->path);
     else
         api_fail(&e, 404, NULL, "not_found", "no route %s %s", rq->method, rq->path);

@@ -11,9 +11,11 @@
  * Routes: POST /v1/completions and /v1/chat/completions (whole JSON or server-sent events
  * ending with "data: [DONE]"; fields model, prompt or messages, max_tokens, temperature,
  * top_p, top_k, min_p, seed, stop, presence/frequency/repetition_penalty, stream, n (only 1),
- * and vLLM's ignore_eos; other fields are ignored), GET /v1/models, GET /health, GET /metrics (Prometheus text).
+ * and vLLM's ignore_eos; other fields are ignored), GET /v1/models, GET /health, GET /metrics (Prometheus text),
+ * and vLLM's POST /tokenize {"prompt"} -> {"tokens", "count", "max_model_len"} (the ids a completion's
+ * prompt gets) and POST /detokenize {"tokens"} -> {"prompt"} (behind the key like /v1).
  * Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}, the message and
- * param naming the field: 400 bad field, 401 missing or wrong Bearer key on /v1 routes (when
+ * param naming the field: 400 bad field, 401 missing or wrong Bearer key on /v1 routes and /tokenize, /detokenize (when
  * api_key is set; compared in constant time), 404 unknown model or route, 405 wrong method,
  * 413 body over the cap, 503 with Retry-After when max_seqs + max_queue requests are already
  * in flight.
