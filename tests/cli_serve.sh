@@ -3,7 +3,8 @@
 # folder (skein init with the Llama-3-style fixture tokenizer) served on a free port (--port 0)
 # with an API key; curl checks /health, /v1/models, a greedy completion equal to skein
 # generate's text, the same text streamed and ending with [DONE], chat (whole and streamed),
-# each malformed request's 4xx with an OpenAI error body (the server answering after each),
+# /tokenize and /detokenize, logprobs (greedy: the chosen token is the top one; streamed equal to
+# whole) and the include_usage chunk, each malformed request's 4xx with an OpenAI error body (the server answering after each),
 # and /metrics counting them; then, on a slower model with one sequence and no queue, 503 with
 # Retry-After while busy and client disconnects cancelling their requests (streamed or whole).
 # The servers are killed at the end (trap). Prints PASS/FAIL lines.
@@ -29,6 +30,7 @@ PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/lo
 pass serve_start
 U=http://127.0.0.1:$PORT
 AUTH="Authorization: Bearer $KEY"
+C=$U/v1/completions
 # req NAME ARGS...: the body to $T/NAME.out, the status printed
 req() { n=$1; shift; curl -s -m 30 -o "$T/$n.out" -w '%{http_code}' "$@"; }
 # json FILE EXPR: evaluates a Python expression over the parsed body j; exits non-zero if false
@@ -85,6 +87,47 @@ if [ "$(req detok -H "$AUTH" -d "{\"model\": \"m\", \"tokens\": $toks}" $U/detok
    json "$T/detok.out" "j['prompt'].endswith('static int')"
 then pass serve_detokenize; else fail serve_detokenize "$(cat "$T/detok.out")"; fi
 
+# logprobs under greedy decoding: the chosen token's log-probability is the top list's max,
+# the streamed chunks' lists joined equal the whole response's (completions and chat); usage
+# is in every whole response and, with stream_options.include_usage, in a last chunk
+cat > "$T/lp.py" <<'PY'
+import json, sys
+chat, whole, stream = sys.argv[1] == 'chat', json.load(open(sys.argv[2])), open(sys.argv[3], encoding='utf-8').read()
+lines = [l for l in stream.split('\n') if l]
+assert lines[-1] == 'data: [DONE]', lines[-1]
+chunks = [json.loads(l[6:]) for l in lines[:-1]]
+u, w = chunks[-1], whole['usage']
+assert u['choices'] == [] and u['usage'] == w, (u, w)
+assert w['total_tokens'] == w['prompt_tokens'] + w['completion_tokens'] and w['completion_tokens'] > 0, w
+lps = [c['choices'][0]['logprobs'] for c in chunks[:-1] if c['choices'][0]['logprobs']]
+lp = whole['choices'][0]['logprobs']
+if chat:
+    got = [e for l in lps for e in l['content']]
+    assert got == lp['content'], (got, lp['content'])
+    assert len(got) == w['completion_tokens'], got
+    for e in got:
+        assert len(e['top_logprobs']) == 3 and e['logprob'] == max(t['logprob'] for t in e['top_logprobs']) <= 0, e
+        assert e['token'] == e['top_logprobs'][0]['token'] and e['bytes'] == e['top_logprobs'][0]['bytes'], e
+else:
+    keys = ('tokens', 'token_logprobs', 'top_logprobs', 'text_offset')
+    got = {k: [x for l in lps for x in l[k]] for k in keys}
+    assert got == {k: lp[k] for k in keys}, (got, lp)
+    assert len(got['tokens']) == w['completion_tokens'] and got['text_offset'][0] == 0, got
+    for t, v, top in zip(got['tokens'], got['token_logprobs'], got['top_logprobs']):
+        assert 1 <= len(top) <= 3 and v == max(top.values()) <= 0 and top.get(t) == v, (t, v, top)
+    assert got['text_offset'] == sorted(got['text_offset']), got
+PY
+body='{"prompt": "static int", "max_tokens": 8, "temperature": 0, "logprobs": 3'
+if [ "$(req lpc -H "$AUTH" -d "$body}" $C)" = 200 ] &&
+   [ "$(req lpcs -N -H "$AUTH" -d "$body, \"stream\": true, \"stream_options\": {\"include_usage\": true}}" $C)" = 200 ] &&
+   python3 "$T/lp.py" completion "$T/lpc.out" "$T/lpcs.out" >"$T/why" 2>&1
+then pass serve_logprobs_completion; else fail serve_logprobs_completion "$(cat "$T/why")"; fi
+body='{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0, "ignore_eos": true, "logprobs": true, "top_logprobs": 3'
+if [ "$(req lpch -H "$AUTH" -d "$body}" $U/v1/chat/completions)" = 200 ] &&
+   [ "$(req lpchs -N -H "$AUTH" -d "$body, \"stream\": true, \"stream_options\": {\"include_usage\": true}}" $U/v1/chat/completions)" = 200 ] &&
+   python3 "$T/lp.py" chat "$T/lpch.out" "$T/lpchs.out" >"$T/why" 2>&1
+then pass serve_logprobs_chat; else fail serve_logprobs_chat "$(cat "$T/why")"; fi
+
 # malformed requests: NAME STATUS PARAM(or -) then curl arguments
 python3 -c "import json; print(json.dumps({'prompt': 'word ' * 400}))" >"$T/long.json"
 head -c 100000 /dev/zero | tr '\0' a >"$T/big"
@@ -95,7 +138,6 @@ bad() {
        [ "$(req "$n.health" $U/health)" = 200 ]
     then pass "serve_$n"; else fail "serve_$n" "status $st, want $want: $(cat "$T/$n.out")"; fi
 }
-C=$U/v1/completions
 bad bad_json 400 - -H "$AUTH" -d '{"prompt": "a",' $C
 bad not_object 400 - -H "$AUTH" -d '[1, 2]' $C
 bad wrong_type 400 temperature -H "$AUTH" -d '{"prompt": "a", "temperature": "hot"}' $C
@@ -110,6 +152,9 @@ bad tokenize_prompt 400 prompt -H "$AUTH" -d '{"prompt": [1]}' $U/tokenize
 bad detokenize_float 400 tokens -H "$AUTH" -d '{"tokens": [1, 2.5]}' $U/detokenize
 bad detokenize_oov 400 tokens -H "$AUTH" -d '{"tokens": [100000000]}' $U/detokenize
 bad tokenize_no_key 401 - -d '{"prompt": "a"}' $U/tokenize
+bad logprobs_range 400 logprobs -H "$AUTH" -d '{"prompt": "a", "logprobs": 21}' $C
+bad top_logprobs_alone 400 top_logprobs -H "$AUTH" -d '{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}' $U/v1/chat/completions
+bad stream_options_whole 400 stream_options -H "$AUTH" -d '{"prompt": "a", "stream_options": {"include_usage": true}}' $C
 bad unknown_model 404 model -H "$AUTH" -d '{"model": "gpt-4", "prompt": "a"}' $C
 bad unknown_route 404 - -H "$AUTH" $U/v1/embeddings
 bad no_key 401 - -d '{"prompt": "a"}' $C
@@ -129,7 +174,7 @@ else echo "SKIP serve_stop_string: the greedy text has no printable stop candida
 
 # /metrics: the answers above, counted by status
 curl -s -m 10 $U/metrics >"$T/metrics"
-if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 14$' "$T/metrics" &&
+if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 17$' "$T/metrics" &&
    grep -q '^skein_requests_total{status="401"} 4$' "$T/metrics" && grep -q '^skein_requests_total{status="413"} 1$' "$T/metrics" &&
    grep -q '^skein_requests_total{status="404"} 2$' "$T/metrics" && grep -q '^skein_generation_tokens_total [1-9]' "$T/metrics" &&
    grep -q '^skein_kv_blocks_used 0$' "$T/metrics" && grep -q '^skein_queue_depth 0$' "$T/metrics"

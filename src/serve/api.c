@@ -30,6 +30,14 @@ static const int api_statuses[] = {200, 400, 401, 404, 405, 413, 500, 503};
 
 typedef struct api_server api_server;
 
+/* One generated token's log-probabilities, as the engine gave them. */
+typedef struct api_lp {
+    int token, n_top;
+    float logprob;
+    int top_ids[ENGINE_MAX_LOGPROBS];
+    float top_logprobs[ENGINE_MAX_LOGPROBS];
+} api_lp;
+
 typedef struct api_req {
     /* set by the handler before submission, read-only after */
     api_server *s;
@@ -39,7 +47,7 @@ typedef struct api_req {
     char stop_buf[API_STOP_BYTES * API_MAX_STOP];
     const char *stop[API_MAX_STOP];
     int n_stop;
-    bool chat, stream;
+    bool chat, stream, include_usage;
     char id[48];
     long created;
     int fd;
@@ -51,6 +59,8 @@ typedef struct api_req {
     char *out;               /* text produced and not yet taken */
     size_t n_out, cap_out;
     int n_gen;
+    api_lp *lp;              /* (n_lp) every generated token's, with p.logprobs */
+    int n_lp, cap_lp;
     const char *finish;      /* "stop", "length", "cancelled" once done */
     char error[256];         /* why it failed, when it did */
     bool done, abandoned, oom;
@@ -59,6 +69,8 @@ typedef struct api_req {
     struct api_req *next;    /* in the incoming queue or the live list */
     /* the handler's stream (its connection thread only) */
     int phase;
+    int lp_sent;             /* records already in a response (also for a whole one) */
+    long lp_offset;          /* characters of token text before them (text_offset) */
     char *ev;
     size_t ev_n, ev_off;
 } api_req;
@@ -144,6 +156,7 @@ static void api_req_unref(api_req *r) {
     pthread_cond_destroy(&r->cv);
     mem_free(r->prompt);
     mem_free(r->out);
+    mem_free(r->lp);
     mem_free(r->ev);
     gen_text_free(&r->text);
     mem_free(r);
@@ -219,6 +232,19 @@ static void api_deliver(api_server *s, const engine_output *o) {
     while (r && r->eid != o->id) r = r->next;
     if (!r) return;   /* already finished here (a stop string, a cancel) */
     bool stopped = false;
+    if (o->token >= 0 && r->p.logprobs) {
+        if (r->n_lp == r->cap_lp) {
+            int cap = r->cap_lp ? 2 * r->cap_lp : 16;
+            api_lp *p = mem_realloc(r->lp, sizeof *p * (size_t)cap);
+            if (p) { r->lp = p; r->cap_lp = cap; } else r->oom = true;
+        }
+        if (r->n_lp < r->cap_lp) {
+            api_lp *l = &r->lp[r->n_lp++];
+            *l = (api_lp){.token = o->token, .n_top = o->n_top, .logprob = o->logprob};
+            memcpy(l->top_ids, o->top_ids, sizeof l->top_ids);
+            memcpy(l->top_logprobs, o->top_logprobs, sizeof l->top_logprobs);
+        }
+    }
     if (o->token >= 0) {
         r->n_gen++;
         s->gen_tokens++;
@@ -332,6 +358,71 @@ static char *api_utf8_clean(const char *s, size_t n) {
     return o;
 }
 
+/* Token id's text (its bytes, ill-formed UTF-8 replaced; mem_free it) and, when bytes is not
+ * NULL, those bytes as a JSON list (OpenAI's "bytes"). NULL when out of memory. */
+static char *api_token_text(const api_server *s, int id, cJSON **bytes) {
+    size_t n = 0;
+    const unsigned char *b = tok_token_bytes(s->t, id, &n);
+    if (!b) n = 0;
+    if (bytes) {
+        *bytes = cJSON_CreateArray();
+        for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(*bytes, cJSON_CreateNumber(b[i]));
+    }
+    return api_utf8_clean(b ? (const char *)b : "", n);
+}
+
+/* The log-probabilities of records r->lp_sent..r->n_lp (s->mu held), which then count as sent:
+ * chat's {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]} or the legacy
+ * completions shape {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
+ * "text_offset"} (offsets in characters of the token texts, continued across chunks). NULL
+ * when out of memory. */
+static cJSON *api_logprobs_json(const api_server *s, api_req *r) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON *content = r->chat ? cJSON_AddArrayToObject(j, "content") : NULL;
+    cJSON *tokens = r->chat ? NULL : cJSON_AddArrayToObject(j, "tokens");
+    cJSON *token_lps = r->chat ? NULL : cJSON_AddArrayToObject(j, "token_logprobs");
+    cJSON *tops = r->chat ? NULL : cJSON_AddArrayToObject(j, "top_logprobs");
+    cJSON *offsets = r->chat ? NULL : cJSON_AddArrayToObject(j, "text_offset");
+    for (; r->lp_sent < r->n_lp; r->lp_sent++) {
+        const api_lp *l = &r->lp[r->lp_sent];
+        cJSON *bytes = NULL;
+        char *text = api_token_text(s, l->token, r->chat ? &bytes : NULL);
+        if (!text) { cJSON_Delete(bytes); cJSON_Delete(j); return NULL; }
+        cJSON *top = r->chat ? cJSON_CreateArray() : cJSON_CreateObject();
+        for (int k = 0; k < l->n_top; k++) {
+            cJSON *tb = NULL;
+            char *tt = api_token_text(s, l->top_ids[k], r->chat ? &tb : NULL);
+            if (!tt) { cJSON_Delete(tb); continue; }
+            if (r->chat) {
+                cJSON *e = cJSON_CreateObject();
+                cJSON_AddStringToObject(e, "token", tt);
+                cJSON_AddNumberToObject(e, "logprob", l->top_logprobs[k]);
+                cJSON_AddItemToObject(e, "bytes", tb);
+                cJSON_AddItemToArray(top, e);
+            } else if (!cJSON_GetObjectItemCaseSensitive(top, tt)) {   /* two ids, one text: the likelier */
+                cJSON_AddNumberToObject(top, tt, l->top_logprobs[k]);
+            }
+            mem_free(tt);
+        }
+        if (r->chat) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "token", text);
+            cJSON_AddNumberToObject(e, "logprob", l->logprob);
+            cJSON_AddItemToObject(e, "bytes", bytes);
+            cJSON_AddItemToObject(e, "top_logprobs", top);
+            cJSON_AddItemToArray(content, e);
+        } else {
+            cJSON_AddItemToArray(tokens, cJSON_CreateString(text));
+            cJSON_AddItemToArray(token_lps, cJSON_CreateNumber(l->logprob));
+            cJSON_AddItemToArray(tops, top);
+            cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)r->lp_offset));
+            for (const char *c = text; *c; c++) r->lp_offset += ((unsigned char)*c & 0xC0) != 0x80;
+        }
+        mem_free(text);
+    }
+    return j;
+}
+
 static cJSON *api_usage(const api_req *r) {
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
@@ -341,8 +432,10 @@ static cJSON *api_usage(const api_req *r) {
 }
 
 /* A response object: whole (text is all of it, finish set) or a stream chunk (text: the new
- * text or NULL; role: the chat chunk that opens the stream; finish: the last chunk). */
-static cJSON *api_choice_json(const api_server *s, const api_req *r, const char *text, bool role,
+ * text or NULL; role: the chat chunk that opens the stream; finish: the last chunk). With
+ * logprobs requested, the whole response and every chunk but the role chunk carry the
+ * log-probabilities of the tokens generated since the last chunk (s->mu held). */
+static cJSON *api_choice_json(const api_server *s, api_req *r, const char *text, bool role,
                               const char *finish) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "id", r->id);
@@ -363,7 +456,9 @@ static cJSON *api_choice_json(const api_server *s, const api_req *r, const char 
         if (role || !r->stream) cJSON_AddStringToObject(m, "role", "assistant");
         if (text) cJSON_AddStringToObject(m, "content", text);
     }
-    cJSON_AddNullToObject(c, "logprobs");
+    cJSON *lp = r->p.logprobs && !role && (!r->stream || r->lp_sent < r->n_lp) ? api_logprobs_json(s, r) : NULL;
+    if (r->p.logprobs && !role && !lp && (!r->stream || r->lp_sent < r->n_lp)) { mem_free(clean); cJSON_Delete(j); return NULL; }
+    if (lp) cJSON_AddItemToObject(c, "logprobs", lp); else cJSON_AddNullToObject(c, "logprobs");
     if (finish) cJSON_AddStringToObject(c, "finish_reason", finish); else cJSON_AddNullToObject(c, "finish_reason");
     if (!r->stream) cJSON_AddItemToObject(j, "usage", api_usage(r));
     mem_free(clean);
@@ -391,6 +486,20 @@ static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
     api_server *s = r->s;
     while (r->ev_off == r->ev_n) {
         if (r->phase == 3) return HTTP_STREAM_END;
+        if (r->phase == 2 && r->include_usage) {   /* OpenAI's usage chunk: no choices */
+            r->include_usage = false;
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "id", r->id);
+            cJSON_AddStringToObject(j, "object", r->chat ? "chat.completion.chunk" : "text_completion");
+            cJSON_AddNumberToObject(j, "created", (double)r->created);
+            cJSON_AddStringToObject(j, "model", s->name);
+            cJSON_AddArrayToObject(j, "choices");
+            pthread_mutex_lock(&s->mu);
+            cJSON_AddItemToObject(j, "usage", api_usage(r));
+            pthread_mutex_unlock(&s->mu);
+            if (!api_event(r, j)) return HTTP_STREAM_ABORT;
+            break;
+        }
         if (r->phase == 2) {
             static const char done[] = "data: [DONE]\n\n";
             mem_free(r->ev);
@@ -420,6 +529,7 @@ static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
             api_fail(&e, 500, NULL, "engine_error", "%s", r->error);
             j = api_error_json(&e);
             r->phase = 2;
+            r->include_usage = false;
         }
         pthread_mutex_unlock(&s->mu);
         if (!ok || !api_event(r, j)) return HTTP_STREAM_ABORT;
@@ -574,13 +684,42 @@ static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e
         api_fail(e, 400, "top_p", "invalid_value", "request: field \"top_p\" is %g; it must be in (0, 1]", top_p);
         return false;
     }
+    long n_logprobs = 0;
+    bool logprobs = false;
+    const cJSON *lpf = cJSON_GetObjectItemCaseSensitive(body, "logprobs");
+    if (lpf && !cJSON_IsNull(lpf)) {   /* completions: an integer; chat: a bool and top_logprobs */
+        if (!r->chat && api_field_bad(json_get_int(body, "logprobs", false, "request", &n_logprobs), e, "logprobs")) return false;
+        if (r->chat && api_field_bad(json_get_bool(body, "logprobs", false, "request", &logprobs), e, "logprobs")) return false;
+        if (!r->chat && api_range_bad((double)n_logprobs, 0, ENGINE_MAX_LOGPROBS, e, "logprobs")) return false;
+        logprobs = logprobs || !r->chat;
+    }
+    const cJSON *tlp = cJSON_GetObjectItemCaseSensitive(body, "top_logprobs");
+    if (r->chat && tlp && !cJSON_IsNull(tlp)) {
+        if (api_field_bad(json_get_int(body, "top_logprobs", false, "request", &n_logprobs), e, "top_logprobs") ||
+            api_range_bad((double)n_logprobs, 0, ENGINE_MAX_LOGPROBS, e, "top_logprobs"))
+            return false;
+        if (!logprobs) {
+            api_fail(e, 400, "top_logprobs", "invalid_value", "request: field \"top_logprobs\" needs \"logprobs\": true");
+            return false;
+        }
+    }
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(body, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so) || !r->stream) {
+            api_fail(e, 400, "stream_options", "invalid_value", "request: field \"stream_options\" must be an object, and only with \"stream\": true");
+            return false;
+        }
+        if (api_field_bad(json_get_bool(so, "include_usage", false, "request.stream_options", &r->include_usage), e, "stream_options"))
+            return false;
+    }
     if (!api_parse_stop(body, r, e) || !api_parse_prompt(s, body, r, e)) return false;
     if (!max_tokens) max_tokens = max_ctx - r->n_prompt;   /* chat without a limit: the context */
     r->p = (engine_params){.max_tokens = (int)max_tokens,
                            .seed = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL) * 6364136223846793005ull + s->next_id,
                            .sample = {.temperature = (float)temperature, .top_k = top_k > 0 ? (int)top_k : 0,
                                       .top_p = (float)top_p, .min_p = (float)min_p, .repetition_penalty = (float)rep,
-                                      .presence_penalty = (float)presence, .frequency_penalty = (float)frequency}};
+                                      .presence_penalty = (float)presence, .frequency_penalty = (float)frequency},
+                           .logprobs = logprobs, .n_logprobs = (int)n_logprobs};
     if (ignore_eos) return true;   /* vLLM's extension: generate max_tokens whatever comes */
     memcpy(r->p.stop_ids, r->chat ? s->chat_eos_ids : s->eos_ids, sizeof s->eos_ids);
     r->p.n_stop_ids = r->chat ? s->n_chat_eos : s->n_eos;

@@ -11,7 +11,11 @@
  * Routes: POST /v1/completions and /v1/chat/completions (whole JSON or server-sent events
  * ending with "data: [DONE]"; fields model, prompt or messages, max_tokens, temperature,
  * top_p, top_k, min_p, seed, stop, presence/frequency/repetition_penalty, stream, n (only 1),
- * and vLLM's ignore_eos; other fields are ignored), GET /v1/models, GET /health, GET /metrics (Prometheus text),
+ * logprobs (completions: 0..20 top per token, OpenAI's legacy {"tokens", "token_logprobs",
+ * "top_logprobs", "text_offset"}; chat: true with top_logprobs 0..20, {"content": [{"token",
+ * "logprob", "bytes", "top_logprobs"}]}; streamed, each chunk carries the tokens generated since
+ * the last), stream_options.include_usage (a last chunk with no choices and "usage"; whole
+ * responses always carry usage), and vLLM's ignore_eos; other fields are ignored), GET /v1/models, GET /health, GET /metrics (Prometheus text),
  * and vLLM's POST /tokenize {"prompt"} -> {"tokens", "count", "max_model_len"} (the ids a completion's
  * prompt gets) and POST /detokenize {"tokens"} -> {"prompt"} (behind the key like /v1).
  * Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}, the message and
