@@ -646,17 +646,12 @@ static bool api_parse_prompt(api_server *s, const cJSON *body, api_req *r, api_e
     return true;
 }
 
-/* Fills r from the body; false with e set (400/404) when a field is bad. */
+/* Fills r from the body (its "model" already checked by api_body); false with e set (400)
+ * when a field is bad. */
 static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e) {
-    const char *name = NULL;
     bool ignore_eos = false;
     long n = 1, max_tokens = r->chat ? 0 : 16, top_k = 0, seed = -1;
     double temperature = 1, top_p = 1, min_p = 0, rep = 1, presence = 0, frequency = 0;
-    if (api_field_bad(json_get_string(body, "model", false, "request", &name), e, "model")) return false;
-    if (name && strcmp(name, s->name)) {
-        api_fail(e, 404, "model", "model_not_found", "The model `%s` does not exist (this server serves `%s`)", name, s->name);
-        return false;
-    }
     if (api_field_bad(json_get_int(body, "n", false, "request", &n), e, "n")) return false;
     if (n != 1) {
         api_fail(e, 400, "n", "invalid_value", "request: field \"n\" is %ld; this server supports only n=1", n);
@@ -726,17 +721,30 @@ static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e
     return true;
 }
 
-/* POST /v1/completions and /v1/chat/completions. */
-static void api_generate(api_server *s, const http_req *rq, bool chat, http_reply *rp, api_error *e) {
-    const char *end = NULL;
+/* The body as a JSON object whose "model", when given, is ours; NULL with e set. */
+static cJSON *api_body(api_server *s, const http_req *rq, api_error *e) {
+    const char *end = NULL, *name = NULL;
     cJSON *body = cJSON_ParseWithLengthOpts(rq->body, rq->body_len, &end, false);
     if (!body || !cJSON_IsObject(body)) {
         api_fail(e, 400, NULL, "invalid_json", body ? "the request body must be a JSON object"
                                                      : "the request body is not valid JSON (near byte %zu)",
                  end ? (size_t)(end - rq->body) : (size_t)0);
         cJSON_Delete(body);
-        return;
+        return NULL;
     }
+    if (api_field_bad(json_get_string(body, "model", false, "request", &name), e, "model")) { cJSON_Delete(body); return NULL; }
+    if (name && strcmp(name, s->name)) {
+        api_fail(e, 404, "model", "model_not_found", "The model `%s` does not exist (this server serves `%s`)", name, s->name);
+        cJSON_Delete(body);
+        return NULL;
+    }
+    return body;
+}
+
+/* POST /v1/completions and /v1/chat/completions. */
+static void api_generate(api_server *s, const http_req *rq, bool chat, http_reply *rp, api_error *e) {
+    cJSON *body = api_body(s, rq, e);
+    if (!body) return;
     api_req *r = mem_calloc(sizeof *r);
     if (!r) { cJSON_Delete(body); api_fail(e, 500, NULL, "out_of_memory", "out of memory"); return; }
     r->s = s;
@@ -787,26 +795,6 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
 }
 
 /* ---- the other routes ---- */
-
-/* The body as a JSON object whose "model", when given, is ours; NULL with e set. */
-static cJSON *api_body(api_server *s, const http_req *rq, api_error *e) {
-    const char *end = NULL, *name = NULL;
-    cJSON *body = cJSON_ParseWithLengthOpts(rq->body, rq->body_len, &end, false);
-    if (!body || !cJSON_IsObject(body)) {
-        api_fail(e, 400, NULL, "invalid_json", body ? "the request body must be a JSON object"
-                                                     : "the request body is not valid JSON (near byte %zu)",
-                 end ? (size_t)(end - rq->body) : (size_t)0);
-        cJSON_Delete(body);
-        return NULL;
-    }
-    if (api_field_bad(json_get_string(body, "model", false, "request", &name), e, "model")) { cJSON_Delete(body); return NULL; }
-    if (name && strcmp(name, s->name)) {
-        api_fail(e, 404, "model", "model_not_found", "The model `%s` does not exist (this server serves `%s`)", name, s->name);
-        cJSON_Delete(body);
-        return NULL;
-    }
-    return body;
-}
 
 /* POST /tokenize (vLLM's): {"prompt"} -> {"tokens", "count", "max_model_len"}, the ids a
  * completion's prompt gets (special tokens added as there). */
