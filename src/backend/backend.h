@@ -12,7 +12,17 @@
  * Llama), NKV key/value heads (grouped-query attention: NH is a multiple of NKV), F MLP
  * width, V vocabulary.
  * "accumulates" means += into the destination (gradients sum across micro-batches);
- * "writes" means =. Ops marked optional may be NULL; callers fall back or refuse. */
+ * "writes" means =. Ops marked optional may be NULL; callers fall back or refuse.
+ *
+ * Mixed precision (backend_supports(be, BACKEND_OP_MIXED, DT_BF16)): arguments marked [lp]
+ * below may be bf16 instead of f32, as a mixed-precision training step lays out its
+ * activations (PyTorch autocast's split: products' operands and outputs, norm outputs and
+ * the elementwise activations in bf16; the residual stream, norm statistics, the loss,
+ * parameters and their gradients in f32). An op computes in f32 whatever its storage: it
+ * converts bf16 inputs exactly, accumulates in f32 and rounds each bf16 output once, to
+ * nearest even, when it stores it; an [lp] output that accumulates adds in f32 and rounds
+ * the sum. Any mix of f32 and bf16 among [lp] arguments is allowed unless an op says
+ * otherwise. Arguments not marked are f32 (or the dtype their op names). */
 #ifndef SKEIN_BACKEND_H
 #define SKEIN_BACKEND_H
 
@@ -42,6 +52,7 @@ typedef enum backend_op {
     BACKEND_OP_EMBED,        /* embed_forward: table in the dtype asked */
     BACKEND_OP_ATTENTION,    /* attention forward/backward on activations of the dtype */
     BACKEND_OP_DROPOUT,      /* dropout inside attention */
+    BACKEND_OP_MIXED,        /* [lp] arguments (see the top of this file) in the dtype asked */
     BACKEND_OP_COUNT
 } backend_op;
 
@@ -82,14 +93,16 @@ typedef struct backend_ops {
 
     /* C(M,N) = alpha * op(A) @ op(B) + beta * C with op(X) = X or X^T per flag: op(A) is
      * (M,K), op(B) (K,N). 2-D views with contiguous rows and any row stride (tensor_ld), so
-     * a column block of a wider matrix (tensor_cols) is an operand. A and C are f32; B is the
-     * weight operand, f32 or any dtype backend_supports(be, BACKEND_OP_MATMUL, dt) accepts
-     * (a B of another dtype comes with trans_a false: inference products, never a backward).
+     * a column block of a wider matrix (tensor_cols) is an operand. Two kinds of product:
+     * - training and f32 inference: A, B, C [lp], with A and B of one dtype (bf16 A and B
+     *   multiply exactly and accumulate in f32, as tensor cores do; C f32 or bf16);
+     * - mapped inference weights: A and C f32, B any dtype backend_supports(be,
+     *   BACKEND_OP_MATMUL, dt) accepts, trans_a false.
      * C aliases neither A nor B. */
     void (*matmul)(backend *be, backend_stream *s, tensor C, tensor A, bool trans_a, tensor B, bool trans_b,
                    float alpha, float beta);
-    /* out(N,OC) += bias(OC) broadcast over rows (out's rows contiguous, any row stride);
-     * dbias(OC) accumulates the column sums of dout(N,OC). */
+    /* out(N,OC) [lp] += bias(OC) broadcast over rows (out's rows contiguous, any row
+     * stride); dbias(OC) accumulates the column sums of dout(N,OC) [lp]. */
     void (*bias_add)(backend *be, backend_stream *s, tensor out, tensor bias);
     void (*bias_backward)(backend *be, backend_stream *s, tensor dbias, tensor dout);
 
@@ -101,24 +114,26 @@ typedef struct backend_ops {
     /* dwte(V,C), dwpe(P,C) accumulate from dout(B*T,C); dwpe may be tensor_none(). */
     void (*embed_backward)(backend *be, backend_stream *s, tensor dwte, tensor dwpe, tensor dout, tensor tokens);
 
-    /* LayerNorm over the C columns of inp(N,C) with weight(C), bias(C). Writes out(N,C),
+    /* LayerNorm over the C columns of inp(N,C) with weight(C), bias(C). Writes out(N,C) [lp],
      * mean(N), rstd(N) (saved for backward; both may be tensor_none() in inference). */
     void (*layernorm_forward)(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,
                               tensor weight, tensor bias, float eps);
-    /* dinp(N,C), dweight(C), dbias(C) accumulate; mean, rstd from the forward. */
+    /* dinp(N,C), dweight(C), dbias(C) accumulate from dout(N,C) [lp]; mean, rstd from the
+     * forward. */
     void (*layernorm_backward)(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dbias,
                                tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd);
 
     /* GELU, tanh approximation ("gelu_new" in transformers), elementwise over views of equal
-     * element count. forward writes out (may alias inp). backward WRITES
+     * element count, all [lp] of one dtype. forward writes out (may alias inp). backward WRITES
      * dinp = gelu'(inp) * dout (it is an activation gradient, never summed across
      * micro-batches), and dinp may alias dout so the MLP backward works in place. */
     void (*gelu_forward)(backend *be, backend_stream *s, tensor out, tensor inp);
     void (*gelu_backward)(backend *be, backend_stream *s, tensor dinp, tensor inp, tensor dout);
 
-    /* out = a + b elementwise (equal element counts); out may alias a or b. */
+    /* out = a + b elementwise (equal element counts, all [lp]); out may alias a or b (then of
+     * its dtype). */
     void (*add)(backend *be, backend_stream *s, tensor out, tensor a, tensor b);
-    /* x *= alpha, in place. */
+    /* x [lp] *= alpha, in place. */
     void (*scale)(backend *be, backend_stream *s, tensor x, float alpha);
 
     /* Causal attention, grouped-query, for every family, in training and in KV-cached
@@ -128,6 +143,7 @@ typedef struct backend_ops {
      * KV head h / (NH/NKV); scores scaled by 1/sqrt(HS). Query t sits at position Tk - Tq + t
      * and sees keys s <= that position, and with a window W > 0 only s > position - W
      * (transformers' sliding window: the W newest positions, itself included).
+     * q, k, v and out are [lp], all of one dtype; lse stays f32.
      * Writes out(B,Tq,NH*HS) and, when lse is not none, lse(B,NH,Tq) (contiguous): each
      * query's log-sum-exp of its scaled scores, all the backward needs (no (Tq,Tk) buffer is
      * kept anywhere). With p > 0 the probabilities pass through dropout before they weight v,
@@ -136,7 +152,7 @@ typedef struct backend_ops {
     void (*attention_forward)(backend *be, backend_stream *s, tensor out, tensor lse, tensor q,
                               tensor k, tensor v, int NH, int NKV, int W, float p, uint64_t seed);
     /* dq, dk, dv accumulate (views shaped like q, k, v; they may be column slices of one
-     * buffer but overlap nothing else). Recomputes the probabilities from q, k and the
+     * buffer but overlap nothing else); every view but lse [lp], all of one dtype. Recomputes the probabilities from q, k and the
      * forward's lse, as flash attention does; out and dout(B,Tq,NH*HS) give each row's term
      * D = dout . out. W, p and seed as in the forward, so dropout masks match it. */
     void (*attention_backward)(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv,
@@ -147,10 +163,11 @@ typedef struct backend_ops {
 
     /* RMSNorm over the C columns of inp(N,C), computed in f32 as transformers' LlamaRMSNorm
      * does: out = inp * rstd * weight with rstd = 1/sqrt(mean(inp^2) + eps). Writes out(N,C)
-     * and rstd(N) (saved for backward; may be tensor_none() in inference). out may alias inp. */
+     * [lp] and rstd(N) (saved for backward; may be tensor_none() in inference). out may alias
+     * inp (then f32). */
     void (*rmsnorm_forward)(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor weight,
                             float eps);
-    /* dinp(N,C) and dweight(C) accumulate; rstd from the forward. */
+    /* dinp(N,C) and dweight(C) accumulate from dout(N,C) [lp]; rstd from the forward. */
     void (*rmsnorm_backward)(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout, tensor inp,
                              tensor weight, tensor rstd);
 
@@ -158,14 +175,15 @@ typedef struct backend_ops {
      * head of HS channels, channel i < HS/2 pairs with i + HS/2, and the pair rotates by the
      * angle of frequency i at the row's position:
      *   x[i] = x[i] cos - x[i+HS/2] sin;  x[i+HS/2] = x[i+HS/2] cos + x[i] sin.
-     * x is (B,T,nh,HS) (4-D); time t sits at position pos0 + t. cos, sin are tables
+     * x is (B,T,nh,HS) (4-D) [lp]; time t sits at position pos0 + t. cos, sin are tables
      * (P, HS/2) of cos/sin(position * inv_freq[i]) that the model builds once
      * (P > pos0 + T - 1), so scaling schemes live in model code, not in backends.
      * backward applies the inverse rotation (the transpose) to the gradient, in place. */
     void (*rope_forward)(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0);
     void (*rope_backward)(backend *be, backend_stream *s, tensor dx, tensor cos, tensor sin, int pos0);
 
-    /* SwiGLU elementwise over views of equal element count: out = silu(gate) * up
+    /* SwiGLU elementwise over views of equal element count, all [lp] of one dtype:
+     * out = silu(gate) * up
      * (silu(g) = g * sigmoid(g)); out may alias gate or up. backward WRITES
      * dgate = dout * up * silu'(gate) and dup = dout * silu(gate) (activation gradients);
      * dgate may alias dout. */
@@ -173,8 +191,8 @@ typedef struct backend_ops {
     void (*swiglu_backward)(backend *be, backend_stream *s, tensor dgate, tensor dup, tensor dout, tensor gate,
                             tensor up);
 
-    /* Fused softmax + cross-entropy over the rows of logits(N,V) (2-D, any row stride Vp >= V)
-     * against targets(N) (i32, < 0: ignored). Writes losses(N) (0 for ignored rows) and, when
+    /* Fused softmax + cross-entropy over the rows of logits(N,V) [lp] (2-D, any row stride
+     * Vp >= V; dlogits of the same dtype) against targets(N) (i32, < 0: ignored). Writes losses(N) (0 for ignored rows) and, when
      * dlogits is not tensor_none(), the gradient (softmax - onehot) * dloss into dlogits
      * (N,Vp), contiguous, Vp = logits' row stride (may alias logits; 0 for ignored rows and
      * for the padded columns V..Vp). The caller reduces losses (sum_f64). */
@@ -182,10 +200,15 @@ typedef struct backend_ops {
                          tensor targets, float dloss);
 
     /* Dropout with probability p, mask from dropout_keep(seed, i) over the flat index i, over
-     * views of equal element count: writes out = inp * mask / (1-p) (out may alias inp).
+     * views of equal element count, [lp]: writes out = inp * mask / (1-p) (out may alias inp).
      * backward WRITES dinp = dout * mask / (1-p) (dinp may alias dout). */
     void (*dropout_forward)(backend *be, backend_stream *s, tensor out, tensor inp, float p, uint64_t seed);
     void (*dropout_backward)(backend *be, backend_stream *s, tensor dinp, tensor dout, float p, uint64_t seed);
+
+    /* out = inp converted to out's dtype (elementwise, equal element counts, both
+     * contiguous [lp]): the f32 master weights into their bf16 compute copy, a bf16
+     * gradient into f32. */
+    void (*cast)(backend *be, backend_stream *s, tensor out, tensor inp);
 
     /* ---- reductions into a device scalar: out is one f64 element in backend memory, which
      * ACCUMULATES (zero it first for a fresh sum); the caller downloads it once. ---- */
