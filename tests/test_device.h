@@ -35,6 +35,20 @@ static inline void *test_download(backend *be, tensor t) {
     return host;
 }
 
+/* A contiguous f32 host copy (malloc'd; the caller frees it) of the 2-D view t of backend
+ * memory whose rows may be apart (a row stride) and whose elements are f32 or bf16. */
+static inline float *test_download_mat(backend *be, tensor t) {
+    SK_ASSERT(t.ndim == 2 && t.stride[1] == 1 && (t.dt == DT_F32 || t.dt == DT_BF16));
+    const size_t rows = (size_t)t.shape[0], cols = (size_t)t.shape[1], ld = (size_t)t.stride[0], es = dtype_size(t.dt);
+    char *raw = malloc(tensor_bytes(t) + 1);
+    float *out = malloc(sizeof(float) * rows * cols + 1);
+    SK_ASSERT(raw && out);
+    backend_download(be, raw, t.data, tensor_bytes(t));
+    for (size_t r = 0; r < rows; r++) dtype_to_f32(out + r * cols, raw + r * ld * es, t.dt, cols);
+    free(raw);
+    return out;
+}
+
 /* The n floats of backend memory at p, as a host copy (the caller frees it). */
 static inline float *test_download_f32(backend *be, const float *p, size_t n) {
     return test_download(be, tensor_1d((float *)p, DT_F32, (int64_t)n));

@@ -70,7 +70,7 @@ TEST(logits_and_greedy_match_transformers) {
     /* full forward: every logit within 1e-4 of transformers' */
     CHECK(model_train_prepare(m, 1, T) == SK_OK);
     model_forward(m, tokens, NULL, 1, T);
-    float *got = test_download(m->be, model_logits(m));
+    float *got = test_download_mat(m->be, model_logits(m));
     double maxdiff = 0;
     for (int i = 0; i < T * 101; i++) {
         double d = fabs(got[i] - ((float *)want)[i]);
@@ -150,6 +150,28 @@ TEST(overfits_one_batch) {
     bool ok = test_model_overfits(m);
     model_free(m);
     CHECK(ok);
+}
+
+/* Recompute matches stored activations bit for bit, with dropout on (the masks are keyed,
+ * so the second forward drops what the first did). */
+TEST(recompute_matches_stored_activations) {
+    model *m = tiny_model(GL, GNH, GC, GV, GT, 16, 0.3f);
+    m->dropout = true;
+    m->dropout_seed = 7;
+    CHECK(test_recompute_matches(m));
+    model_free(m);
+}
+
+/* bf16 mixed precision tracks the f32 step on the CPU (test_model.h), with dropout off, then
+ * overfits one batch as f32 does. */
+TEST(mixed_precision_tracks_f32) {
+    if (!backend_supports(test_device(), BACKEND_OP_MIXED, DT_BF16))
+        SKIP("the %s backend has no bf16 mixed-precision ops", test_device()->name);
+    model *m = tiny_model(GL, GNH, GC, GV, 32, 15, 0.3f);
+    CHECK(test_mixed_matches_f32(m, 32, "GPT-2"));
+    model_init_weights(m, 13);
+    CHECK(test_model_overfits(m));
+    model_free(m);
 }
 
 /* Dropout off is the plain path bit for bit; on, it is a function of the seed. */

@@ -206,7 +206,7 @@ static void transformers_case(const char *name) {
     CHECK(size == sizeof(float) * (size_t)T * V);
     CHECK(model_train_prepare(m, 1, T) == SK_OK);
     model_forward(m, tokens, NULL, 1, T);
-    float *got = test_download(m->be, model_logits(m));
+    float *got = test_download_mat(m->be, model_logits(m));
     double maxdiff = 0;
     for (int i = 0; i < T * V; i++) {
         double d = fabs(got[i] - ((float *)want)[i]);
@@ -304,6 +304,27 @@ TEST(overfits_one_batch) {
     bool ok = test_model_overfits(m);
     model_free(m);
     CHECK(ok);
+}
+
+/* Recompute matches stored activations bit for bit (GQA, biases, a window). */
+TEST(recompute_matches_stored_activations) {
+    tiny_shape sh = {2, 4, 2, 16, 4, 24, 37, 16, false, true, false, 5, ROPE_DEFAULT};
+    model *m = tiny_model(&sh, 16, 0.3f);
+    CHECK(test_recompute_matches(m));
+    model_free(m);
+}
+
+/* bf16 mixed precision tracks the f32 step on the CPU (test_model.h) with GQA, biases, an
+ * untied head and llama3 rope, then overfits one batch as f32 does. */
+TEST(mixed_precision_tracks_f32) {
+    if (!backend_supports(test_device(), BACKEND_OP_MIXED, DT_BF16))
+        SKIP("the %s backend has no bf16 mixed-precision ops", test_device()->name);
+    tiny_shape sh = {2, 4, 2, 32, 8, 48, 37, 32, false, true, false, 0, ROPE_LLAMA3};
+    model *m = tiny_model(&sh, 15, 0.3f);
+    CHECK(test_mixed_matches_f32(m, 32, "Llama"));
+    model_init_weights(m, 13);
+    CHECK(test_model_overfits(m));
+    model_free(m);
 }
 
 /* Dropout is refused (not silently ignored) by train_prepare, with a message. */

@@ -44,7 +44,7 @@ TEST(transformers_folders_match_logits_and_greedy) {
         CHECK_MSG(size == sizeof(float) * (size_t)T * (size_t)V, "%s: logits.bin holds %zu bytes", dir, size);
         CHECK(model_train_prepare(m, 1, T) == SK_OK);
         model_forward(m, tokens, NULL, 1, T);
-        float *got = test_download(m->be, model_logits(m));
+        float *got = test_download_mat(m->be, model_logits(m));
         double maxdiff = 0;
         for (int i = 0; i < T * V; i++) maxdiff = fmax(maxdiff, fabs(got[i] - ((float *)want)[i]));
         free(got);

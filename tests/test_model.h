@@ -136,7 +136,7 @@ static inline bool test_kv_cache_matches(model *m, int T) {
     if (T > 16 || model_train_prepare(m, 1, T) != SK_OK || model_kv_create(m, 16, &kv) != SK_OK) return false;
     test_random_tokens(tokens, T, V, 6);
     model_forward(m, tokens, NULL, 1, T);
-    float *full = test_download(m->be, model_logits(m));   /* (T,V) */
+    float *full = test_download_mat(m->be, model_logits(m));   /* (T,V) */
     bool ok = true;
     for (int round = 0; round < 2 && ok; round++) {
         model_kv_reset(kv);
@@ -180,11 +180,93 @@ static inline bool test_model_overfits(model *m) {
         be->ops->adamw(be, NULL, tensor_1d(m->params, DT_F32, n), tensor_1d(m->grads, DT_F32, n),
                        tensor_1d(mm, DT_F32, n), tensor_1d(vv, DT_F32, n), 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f,
                        step);
+        model_params_changed(m);   /* the bf16 copy of mixed precision follows */
     }
     backend_mem_free(be, mm);
     backend_mem_free(be, vv);
     printf("  loss %.3f -> %.4f in %d steps (log V = %.3f)\n", first, loss, steps, log((double)V));
     return fabs(first - log((double)V)) <= 0.1 && loss < 0.05f;
+}
+
+/* Activation recompute runs the same ops in the same order, only later: the loss and every
+ * gradient equal the stored-activation run's bit for bit, with the activation plan smaller. */
+static inline bool test_recompute_matches(model *m) {
+    enum { B = TEST_GB, T = TEST_GT };
+    const int V = m->cfg.vocab_size;
+    int tokens[B * T], targets[B * T];
+    test_random_tokens(tokens, B * T, V, 41);
+    test_random_tokens(targets, B * T, V, 42);
+    float loss[2] = {0, 0};
+    float *g[2] = {NULL, NULL};
+    size_t bytes[2] = {0, 0};
+    for (int rc = 0; rc < 2; rc++) {
+        m->recompute = rc;
+        bytes[rc] = model_train_bytes(m, B, T);
+        if (model_train_prepare(m, B, T) != SK_OK) { printf("  %s\n", sk_errmsg()); return false; }
+        model_zero_grad(m);
+        loss[rc] = model_forward(m, tokens, targets, B, T);
+        model_backward(m, 1.0f / (B * T));
+        g[rc] = test_download_f32(m->be, m->grads, m->n_params);
+    }
+    bool same = loss[0] == loss[1] && !memcmp(g[0], g[1], m->n_params * sizeof(float));
+    printf("  recompute: loss %.6f vs %.6f, gradients %s, activations %zu -> %zu bytes\n", loss[0], loss[1],
+           same ? "identical" : "DIFFER", bytes[0], bytes[1]);
+    free(g[0]);
+    free(g[1]);
+    m->recompute = false;
+    return same && bytes[1] < bytes[0];
+}
+
+/* Mixed precision against f32: m (on the test device, f32 parameters) in bf16 mixed
+ * precision and an f32 copy of it on the CPU backend (the reference) run one forward and
+ * backward on (TEST_GB, T) tokens with one ignored target. bf16 keeps 8 bits of mantissa
+ * (relative rounding 2^-9 per stored activation) and the errors of a few dozen roundings
+ * add up: the loss within 1% of the reference's, the global gradient norm within 3%, and the
+ * whole gradient vector's cosine with the reference's >= 0.995 (a wrong gradient in one
+ * tensor pulls it far lower). m is left in bf16. */
+static inline bool test_mixed_matches_f32(model *m, int T, const char *what) {
+    enum { B = TEST_GB };
+    const int V = m->cfg.vocab_size;
+    int tokens[B * 64], targets[B * 64];
+    SK_ASSERT(T <= 64);
+    test_random_tokens(tokens, B * T, V, 31);
+    test_random_tokens(targets, B * T, V, 32);
+    targets[1] = -1;
+    const int counted = B * T - 1;
+    backend *cpu = backend_cpu_create();
+    model *ref = NULL;
+    SK_ASSERT(cpu && model_create(&m->cfg, cpu, &ref) == SK_OK);
+    float *w = test_download_f32(m->be, m->params, m->n_params);
+    backend_upload(cpu, ref->params, w, m->n_params * sizeof(float));
+    free(w);
+    bool ok = model_set_precision(m, DT_BF16) == SK_OK && model_train_prepare(m, B, T) == SK_OK &&
+              model_train_prepare(ref, B, T) == SK_OK;
+    if (!ok) printf("  %s: %s\n", what, sk_errmsg());
+    double loss = 0, loss_ref = 0, dot = 0, nn = 0, nn_ref = 0;
+    if (ok) {
+        model_zero_grad(m);
+        model_zero_grad(ref);
+        loss = model_forward(m, tokens, targets, B, T);
+        loss_ref = model_forward(ref, tokens, targets, B, T);
+        model_backward(m, 1.0f / counted);
+        model_backward(ref, 1.0f / counted);
+        float *g = test_download_f32(m->be, m->grads, m->n_params), *gr = test_download_f32(cpu, ref->grads, m->n_params);
+        for (size_t i = 0; i < m->n_params; i++) {
+            dot += (double)g[i] * gr[i];
+            nn += (double)g[i] * g[i];
+            nn_ref += (double)gr[i] * gr[i];
+        }
+        free(g);
+        free(gr);
+    }
+    const double cosine = nn > 0 && nn_ref > 0 ? dot / sqrt(nn * nn_ref) : 0;
+    const double dnorm = nn_ref > 0 ? fabs(sqrt(nn) - sqrt(nn_ref)) / sqrt(nn_ref) : 1;
+    if (ok) printf("  %s: bf16 loss %.5f vs f32 %.5f, gradient norm %.5g vs %.5g (%.2g relative), cosine %.6f\n", what,
+                   loss, loss_ref, sqrt(nn), sqrt(nn_ref), dnorm, cosine);
+    ok = ok && fabs(loss - loss_ref) <= 1e-2 * fabs(loss_ref) && dnorm <= 3e-2 && cosine >= 0.995;
+    model_free(ref);
+    backend_free(cpu);
+    return ok;
 }
 
 #endif

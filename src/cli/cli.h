@@ -5,6 +5,7 @@
 #define SKEIN_CLI_H
 
 #include "base/base.h"
+#include "tensor/dtype.h"
 
 int cmd_tokenizer(int argc, char **argv);   /* skein tokenizer train|encode */
 int cmd_data(int argc, char **argv);        /* skein data prepare */
@@ -18,5 +19,8 @@ int cmd_demo(int argc, char **argv);        /* skein demo */
 /* Prints "skein: <message of st>" to stderr and returns the exit status for st (0 for the
  * SK_ESTATE that args_parse returns after --help). */
 int cli_fail(sk_status st);
+/* The dtype a --precision flag of command cmd names ("f32", "bf16"); SK_EARG naming it
+ * otherwise. */
+sk_status cli_precision(const char *cmd, const char *text, dtype *out);
 
 #endif

@@ -56,8 +56,10 @@ static sk_status bench_fill(void *ctx, long first, long n, const int **inputs, c
 }
 
 static int bench_train(int argc, char **argv) {
-    const char *dir = NULL, *preset = NULL, *device = "cpu";
+    const char *dir = NULL, *preset = NULL, *device = "cpu", *precision = "f32";
     long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0;
+    bool recompute = false;
+    dtype act_dt;
     arg_spec specs[] = {
         {"--model", ARG_STR, &dir, "DIR", "model folder", false, false},
         {"--preset", ARG_STR, &preset, "NAME", "model shape by name (gpt2, gpt2-medium, ...)", false, false},
@@ -66,6 +68,8 @@ static int bench_train(int argc, char **argv) {
         {"--steps", ARG_INT, &steps, "N", "timed steps after 2 warm-up steps (default 5)", false, false},
         {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false},
         {"--zero", ARG_INT, &zero_stage, "K", "ZeRO stage 0-3 (default 0)", false, false},
+        {"--precision", ARG_STR, &precision, "f32|bf16", "f32 or bf16 mixed precision (default f32)", false, false},
+        {"--recompute", ARG_BOOL, &recompute, NULL, "activation recompute", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
     };
     sk_status st = args_parse("skein bench train", argc, argv, specs, ARG_COUNT(specs));
@@ -79,6 +83,7 @@ static int bench_train(int argc, char **argv) {
                                          "positive", TRAIN_MAX_BATCH));
     if (zero_stage < 0 || zero_stage > 3)
         return cli_fail(sk_fail(SK_EARG, "bench train: --zero must be 0, 1, 2 or 3, got %ld", zero_stage));
+    if ((st = cli_precision("bench train", precision, &act_dt))) return cli_fail(st);
     comm *c = NULL;
     if ((st = comm_init("auto", device, 120.0, &c))) return cli_fail(st);
     const int rank = c->rank, world = c->world;
@@ -86,6 +91,8 @@ static int bench_train(int argc, char **argv) {
     backend *be = backend_create(device);
     if (!be) { comm_free(c); return cli_fail(SK_EARG); }
     const size_t baseline = zero_proc_bytes(false);
+    size_t dev_free0 = 0;   /* a device's free memory before the model */
+    if (!be->host_memory && (st = backend_mem_info(be, &dev_free0, NULL))) { backend_free(be); comm_free(c); return cli_fail(st); }
     model *m = NULL;
     zero *z = NULL;
     train_step ts = {0};
@@ -97,7 +104,8 @@ static int bench_train(int argc, char **argv) {
         model_config cfg;
         if (!(st = model_preset(preset, 0, &cfg)) && !(st = model_create(&cfg, be, &m))) model_init_weights(m, 1);
     }
-    if (st) goto done;
+    if (st || (st = model_set_precision(m, act_dt))) goto done;
+    m->recompute = recompute;
     if (T > m->cfg.n_positions) {
         st = sk_fail(SK_EARG, "bench train: --seq %ld exceeds the model's context of %d", T, m->cfg.n_positions);
         goto done;
@@ -107,11 +115,12 @@ static int bench_train(int argc, char **argv) {
     zero_mem plan;
     zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
     /* all ranks on this host share its memory; overcommit would grant more and kill a rank */
-    const size_t avail = mem_available();
+    /* a device rank has its own device's memory (95% of it: workspaces, rounding) */
+    const size_t avail = dev_free0 ? dev_free0 / 20 * 19 * (size_t)world : mem_available();
     if (avail != SIZE_MAX && plan.peak > avail / (size_t)world) {
         st = sk_fail(SK_ENOMEM, "bench train: --batch %ld x --seq %ld needs %.1f MiB per rank at ZeRO-%ld, beyond the "
-                     "%.1f MiB available", B, T, (double)plan.peak / 1048576.0, zero_stage,
-                     (double)(avail / (size_t)world) / 1048576.0);
+                     "%.1f MiB available%s", B, T, (double)plan.peak / 1048576.0, zero_stage,
+                     (double)(avail / (size_t)world) / 1048576.0, dev_free0 ? " on the device" : "");
         goto done;
     }
     if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
@@ -153,7 +162,7 @@ static int bench_train(int argc, char **argv) {
     me[3] = (double)(plan.buckets + plan.gathered + plan.staging + plan.comm_scratch);
     me[4] = (double)plan.activations;
     me[5] = (double)plan.total;
-    me[6] = (double)zero_proc_bytes(true);
+    me[6] = (double)zero_held_bytes(be, dev_free0);
     me[7] = (double)baseline;
     if (world > 1 && (st = comm_all_reduce_f64(c, mem, 8 * (size_t)world))) goto done;
     double ms = median(t_step, (int)steps);
@@ -161,14 +170,17 @@ static int bench_train(int argc, char **argv) {
         for (int k = 0; k < world; k++) {
             const double *v = mem + 8 * k, MB = 1048576.0;
             fprintf(stderr, "  memory rank %d: params %.1f + grads %.1f + optimizer %.1f MiB | buffers %.1f, "
-                            "activations %.1f | total %.1f MiB planned, peak %.1f MiB resident (%.1f before the model)\n",
-                    k, v[0] / MB, v[1] / MB, v[2] / MB, v[3] / MB, v[4] / MB, v[5] / MB, v[6] / MB, v[7] / MB);
+                            "activations %.1f | total %.1f MiB planned, %s %.1f MiB (%.1f before the model)\n",
+                    k, v[0] / MB, v[1] / MB, v[2] / MB, v[3] / MB, v[4] / MB, v[5] / MB,
+                    dev_free0 ? "device memory taken (cudaMemGetInfo)" : "peak resident", v[6] / MB, v[7] / MB);
         }
         printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
-               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"ms_per_step\": %.6g, "
+               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"precision\": \"%s\", "
+               "\"recompute\": %s, \"ms_per_step\": %.6g, "
                "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"reduce_ms\": %.6g, "
                "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, \"ranks\": [",
-               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, ms,
+               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, precision,
+               recompute ? "true" : "false", ms,
                (double)(B * T) / (ms / 1e3), median(t_phase + TRAIN_PHASE_FORWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_BACKWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_REDUCE * steps, (int)steps),

@@ -48,7 +48,7 @@ int cmd_train(int argc, char **argv) {
     train_opts_default(&o);
     long seed = (long)o.seed, zero = 0;
     double lr = o.hp.lr, wd = o.hp.weight_decay, clip = o.hp.grad_clip, min_lr = o.hp.min_lr_frac;
-    const char *micro = NULL, *dist = "static", *mem_limit = NULL, *slow = NULL, *kill = NULL;
+    const char *micro = NULL, *dist = "static", *mem_limit = NULL, *slow = NULL, *kill = NULL, *precision = "f32";
     double timeout = 120;
     long workers = 0;
     arg_spec specs[] = {
@@ -81,6 +81,10 @@ int cmd_train(int argc, char **argv) {
         {"--keep-checkpoints", ARG_INT, &o.keep_checkpoints, "K", "keep the newest K checkpoints (default 3)", false, false},
         {"--seed", ARG_INT, &seed, "S", "initialization, data order and dropout seed (default 1337)", false, false},
         {"--dropout", ARG_BOOL, &o.dropout, NULL, "apply config.json's dropout probabilities", false, false},
+        {"--precision", ARG_STR, &precision, "f32|bf16", "f32, or bf16 mixed precision: bf16 products and activations, "
+         "f32 master weights, gradients and optimizer (default f32)", false, false},
+        {"--recompute", ARG_BOOL, &o.recompute, NULL, "keep only each layer's input, run its forward again in the "
+         "backward (less activation memory, about a third more compute)", false, false},
         {"--quiet", ARG_BOOL, &o.quiet, NULL, "no progress line", false, false},
     };
     sk_status st = args_parse("skein train", argc, argv, specs, ARG_COUNT(specs));
@@ -96,6 +100,7 @@ int cmd_train(int argc, char **argv) {
             return cli_fail(sk_fail(SK_EARG, "train: --micro-batch wants a positive integer, got '%s'", micro));
     }
     if (zero < 0 || zero > 3) return cli_fail(sk_fail(SK_EARG, "train: --zero must be 0, 1, 2 or 3, got %ld", zero));
+    if ((st = cli_precision("train", precision, &o.precision))) return cli_fail(st);
     o.zero = (int)zero;
     if (strcmp(dist, "static") && strcmp(dist, "dynamic"))
         return cli_fail(sk_fail(SK_EARG, "train: --data-dist must be static or dynamic, got '%s'", dist));

@@ -53,14 +53,23 @@ float arch_xent_loss(backend *be, tensor losses, tensor loss_sum, tensor logits,
         counted += targets[i] >= 0;
     }
     backend_upload(be, targets_dev.data, targets, tensor_bytes(targets_dev));
-    /* in place: logits become (softmax - onehot), backward scales them by dloss */
-    op->softmax_xent(be, NULL, losses, logits, logits, targets_dev, 1.0f);
+    /* in place: logits become (softmax - onehot), backward scales them by dloss; dlogits
+     * covers the padded row stride too (the padding columns get 0) */
+    op->softmax_xent(be, NULL, losses, tensor_2d(logits.data, logits.dt, N, tensor_ld(logits)), logits, targets_dev,
+                     1.0f);
     /* the sum in row order, in double, on the device: one scalar comes back */
     backend_zero(be, loss_sum.data, sizeof(double));
     op->sum_f64(be, NULL, loss_sum, losses);
     double sum;
     backend_download(be, &sum, loss_sum.data, sizeof sum);
     return counted ? (float)(sum / counted) : 0.0f;
+}
+
+tensor arch_lp_copy(backend *be, tensor x, void *scratch, dtype lp) {
+    if (lp == x.dt) return x;
+    tensor y = tensor_2d(scratch, lp, x.shape[0], x.shape[1]);
+    be->ops->cast(be, NULL, y, x);
+    return y;
 }
 
 void arch_check_tokens(const model *m, const int *tokens, size_t n) {

@@ -29,6 +29,20 @@ static inline tensor arch_view3(float *p, int64_t d0, int64_t d1, int64_t d2) {
     const int64_t shape[3] = {d0, d1, d2};
     return tensor_make(p, DT_F32, MEM_DEVICE, 3, shape);
 }
+/* Floats a plan entry takes for n elements of dt (activations planned in bf16 take half). */
+static inline size_t arch_floats_of(size_t n, dtype dt) { return (n * dtype_size(dt) + sizeof(float) - 1) / sizeof(float); }
+/* A contiguous (rows, cols) view of dtype dt starting off elements into buffer p: a layer's
+ * slot of a stacked activation whose dtype the model's precision decides. */
+static inline tensor arch_mat_at(void *p, dtype dt, size_t off, int64_t rows, int64_t cols) {
+    return tensor_2d((char *)p + off * dtype_size(dt), dt, rows, cols);
+}
+/* The row stride of training logits: V rounded up to 64, so the LM head's products run on
+ * aligned rows (50257 is odd) and the padding columns are never read as vocabulary. */
+static inline int64_t arch_vocab_padded(int64_t V) { return (V + 63) & ~(int64_t)63; }
+/* A bf16 copy (in scratch, of x's shape and lp's dtype) of the f32 gradient x for products
+ * that read it next to bf16 operands; x itself in f32 training (lp f32). */
+tensor arch_lp_copy(backend *be, tensor x, void *scratch, dtype lp);
+
 /* Rows (N,D) of a contiguous activation as sequences (B,T,D), N = B*T: what attention takes. */
 static inline tensor arch_seq(tensor x, int64_t B, int64_t T) {
     const int64_t shape[3] = {B, T, x.shape[1]};

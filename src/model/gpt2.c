@@ -12,6 +12,11 @@
  *   x3 = x2 + drop(gelu(fch) @ Wfcproj + bfcproj)
  * and at the end logits = LN_f(x) @ wte^T.
  *
+ * Mixed precision (model_set_precision): the activations marked "lp" below are bf16, the
+ * products read the bf16 compute copy of the matrices (model_compute_view), the residual
+ * stream, norm statistics, losses and every gradient of a parameter stay f32; the residual's
+ * gradient passes to products through a bf16 copy (arch_lp_copy). In f32 "lp" is f32.
+ *
  * Invariants: train_prepare plans every activation for its (B,T) and allocates them in one
  * backend buffer; forward and backward then allocate nothing (infer_batch neither: its
  * workspace comes from infer_prepare, its keys and values from the caller's cache). With
@@ -66,7 +71,8 @@ enum {
     P_FCPW, P_FCPB, P_PER_LAYER
 };
 
-/* Parameter or gradient views of one layer. */
+/* Parameter or gradient views of one layer; the parameters' matrices are the compute views
+ * (bf16 in mixed precision). */
 typedef struct gpt2_w {
     tensor ln1w, ln1b, attnw, attnb, projw, projb, ln2w, ln2b, fcw, fcb, fcpw, fcpb;
 } gpt2_w;
@@ -76,27 +82,27 @@ typedef struct gpt2_w {
 typedef struct gpt2_acts {
     int *tokens, *targets;   /* (N) backend copies of the inputs */
     float *encoded;          /* (N,C) embeddings: layer 0's input */
-    float *ln1;              /* (L,N,C) */
+    void *ln1;               /* (L,N,C) lp */
     float *ln1_mean, *ln1_rstd;   /* (L,N) */
-    float *qkv;              /* (L,N,3C) */
+    void *qkv;               /* (L,N,3C) lp */
     float *lse;              /* (L,B,NH,T) attention log-sum-exps, saved for backward */
-    float *atty;             /* (L,N,C) attention output before c_proj */
+    void *atty;              /* (L,N,C) lp, attention output before c_proj */
     float *res2;             /* (L,N,C) residual after the attention branch */
-    float *ln2;              /* (L,N,C) */
+    void *ln2;               /* (L,N,C) lp */
     float *ln2_mean, *ln2_rstd;   /* (L,N) */
-    float *fch;              /* (L,N,F) c_fc output, GELU input */
-    float *fch_gelu;         /* (L,N,F) */
+    void *fch;               /* (L,N,F) lp, c_fc output, GELU input */
+    void *fch_gelu;          /* (L,N,F) lp */
     float *res3;             /* (L,N,C) layer output */
-    float *lnf;              /* (N,C) */
+    void *lnf;               /* (N,C) lp */
     float *lnf_mean, *lnf_rstd;   /* (N) */
-    float *logits;           /* (N,V); after a forward with targets, (softmax - onehot) */
+    void *logits;            /* (N,Vp) lp; after a forward with targets, (softmax - onehot) */
     float *losses;           /* (N) */
     double *loss_sum;        /* (1) f64 (planned as 2 floats): the loss head's sum on the device */
     /* backward scratch, one layer's worth, reused down the stack */
     float *dres;             /* (N,C) gradient of the residual stream */
-    float *dC, *dC2;         /* (N,C) */
-    float *dqkv;             /* (N,3C) */
-    float *dF;               /* (N,F) */
+    void *dC, *dC2;          /* (N,C) lp */
+    void *dqkv;              /* (N,3C) lp */
+    void *dF;                /* (N,F) lp */
 } gpt2_acts;
 
 /* The inference workspace for batches of up to N tokens from S sequences (model_infer_prepare);
@@ -117,6 +123,8 @@ typedef struct gpt2_state {
     int Bp, Tp;              /* planned training shape; 0 before train_prepare */
     int B, T;                /* shape of the last forward */
     bool have_targets;       /* the last forward left dlogits for backward */
+    dtype lp;                /* the lp activations' dtype (m->act_dt when planned) */
+    bool recompute;          /* planned with m->recompute: one layer's inner activations */
     float *act_mem;
     gpt2_acts a;
     arch_infer_dims inf_dims;   /* inference workspace capacity */
@@ -130,15 +138,20 @@ static tensor gpt2_tensor(const model *m, bool grad, int idx) {
     return grad ? model_grad_view(m, idx) : model_param_view(m, idx);
 }
 
+/* A matrix parameter (the compute view products read) or its gradient. */
+static tensor gpt2_matrix(const model *m, bool grad, int idx) {
+    return grad ? model_grad_view(m, idx) : model_compute_view(m, idx);
+}
+
 static gpt2_w gpt2_layer(const model *m, bool grad, int l) {
     int i = P_LAYER0 + P_PER_LAYER * l;
     gpt2_w w = {
         gpt2_tensor(m, grad, i + P_LN1W), gpt2_tensor(m, grad, i + P_LN1B),
-        gpt2_tensor(m, grad, i + P_ATTNW), gpt2_tensor(m, grad, i + P_ATTNB),
-        gpt2_tensor(m, grad, i + P_PROJW), gpt2_tensor(m, grad, i + P_PROJB),
+        gpt2_matrix(m, grad, i + P_ATTNW), gpt2_tensor(m, grad, i + P_ATTNB),
+        gpt2_matrix(m, grad, i + P_PROJW), gpt2_tensor(m, grad, i + P_PROJB),
         gpt2_tensor(m, grad, i + P_LN2W), gpt2_tensor(m, grad, i + P_LN2B),
-        gpt2_tensor(m, grad, i + P_FCW), gpt2_tensor(m, grad, i + P_FCB),
-        gpt2_tensor(m, grad, i + P_FCPW), gpt2_tensor(m, grad, i + P_FCPB),
+        gpt2_matrix(m, grad, i + P_FCW), gpt2_tensor(m, grad, i + P_FCB),
+        gpt2_matrix(m, grad, i + P_FCPW), gpt2_tensor(m, grad, i + P_FCPB),
     };
     return w;
 }
@@ -181,25 +194,30 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
 
 /* ---- planning ---- */
 
-/* The activation plan for (B,T): entries pointing into a (filled by the caller's alloc). */
-#define GPT2_ACT_PLAN(a, c, B, T)                                                              \
-    const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,     \
-                 F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head; \
+/* The activation plan for (B,T): entries pointing into a (filled by the caller's alloc); E
+ * counts floats, EL elements of the lp dtype. */
+#define GPT2_ACT_PLAN(a, c, lp, rc, B, T)                                                      \
+    const size_t N = (size_t)(B) * (T), C = (size_t)(c)->n_embd, L = (size_t)(c)->n_layer,     \
+                 LK = (rc) ? 1 : L,   /* layers whose inner activations are kept */             \
+                 F = (size_t)(c)->ffn_dim, Vp = (size_t)arch_vocab_padded((c)->vocab_size),     \
+                 NH = (size_t)(c)->n_head;                                                     \
     arch_plan_entry plan[] = {                                                                 \
         E(tokens, N), E(targets, N), E(encoded, N * C),                                        \
-        E(ln1, L * N * C), E(ln1_mean, L * N), E(ln1_rstd, L * N), E(qkv, L * N * 3 * C),      \
-        E(lse, L * N * NH), E(atty, L * N * C), E(res2, L * N * C), E(ln2, L * N * C),        \
-        E(ln2_mean, L * N), E(ln2_rstd, L * N), E(fch, L * N * F), E(fch_gelu, L * N * F),    \
-        E(res3, L * N * C), E(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), E(logits, N * V),   \
-        E(losses, N), E(loss_sum, 2), E(dres, N * C), E(dC, N * C), E(dC2, N * C),             \
-        E(dqkv, N * 3 * C), E(dF, N * F),                                                     \
+        EL(ln1, LK * N * C), E(ln1_mean, LK * N), E(ln1_rstd, LK * N), EL(qkv, LK * N * 3 * C), \
+        E(lse, LK * N * NH), EL(atty, LK * N * C), E(res2, LK * N * C), EL(ln2, LK * N * C),  \
+        E(ln2_mean, LK * N), E(ln2_rstd, LK * N), EL(fch, LK * N * F), EL(fch_gelu, LK * N * F), \
+        E(res3, L * N * C), EL(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), EL(logits, N * Vp), \
+        E(losses, N), E(loss_sum, 2), E(dres, N * C), EL(dC, N * C), EL(dC2, N * C),           \
+        EL(dqkv, N * 3 * C), EL(dF, N * F),                                                   \
     }
-
-static size_t gpt2_train_bytes(const model_config *c, int B, int T) {
-    gpt2_acts scratch, *a = &scratch;
 #define E(field, n) { (void **)&a->field, (n) }
-    GPT2_ACT_PLAN(a, c, B, T);
-#undef E
+#define EL(field, n) { (void **)&a->field, arch_floats_of((n), lp) }
+
+static size_t gpt2_train_bytes(const model *m, int B, int T) {
+    gpt2_acts scratch, *a = &scratch;
+    const model_config *c = &m->cfg;
+    const dtype lp = m->act_dt;
+    GPT2_ACT_PLAN(a, c, lp, m->recompute, B, T);
     return arch_plan_floats(plan, (int)(sizeof plan / sizeof plan[0])) * sizeof(float);
 }
 
@@ -217,16 +235,20 @@ static sk_status gpt2_train_prepare(model *m, int B, int T) {
     s->act_mem = NULL;
     s->Bp = s->Tp = 0;
     gpt2_acts *a = &s->a;
-#define E(field, n) { (void **)&a->field, (n) }
-    GPT2_ACT_PLAN(a, c, B, T);
-#undef E
+    const dtype lp = m->act_dt;
+    GPT2_ACT_PLAN(a, c, lp, m->recompute, B, T);
     s->act_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
     if (!s->act_mem) return sk_fail_ctx(SK_ENOMEM, "allocating GPT-2 activations for B=%d T=%d", B, T);
+    s->lp = lp;
+    s->recompute = m->recompute;
     s->Bp = B;
     s->Tp = T;
     s->have_targets = false;
     return SK_OK;
 }
+#undef E
+#undef EL
+
 /* ---- training forward and backward ---- */
 
 /* A distinct dropout seed per site (0: embeddings; 1 + 3l + k: layer l's attention
@@ -242,8 +264,9 @@ static uint64_t gpt2_drop_seed(const model *m, int site, size_t per_sample) {
 }
 
 /* Views of layer l's activations for the shape of the last forward (s->B, s->T): the front
- * of slot l of each stacked buffer. in is the layer's input (the embeddings or the previous
- * layer's output); lse (B,NH,T) holds the attention's log-sum-exps for backward. */
+ * of slot l of each stacked buffer (slot 0 of the inner ones under recompute, where the
+ * backward runs the layer's forward again first). in is the layer's input (the embeddings or
+ * the previous layer's output); lse (B,NH,T) holds the attention's log-sum-exps. */
 typedef struct gpt2_layer_acts {
     tensor in, ln1, ln1_mean, ln1_rstd, qkv, atty, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, res3, lse;
 } gpt2_layer_acts;
@@ -254,20 +277,23 @@ static gpt2_layer_acts gpt2_layer_views(const model *m, int l) {
     const int64_t N = (int64_t)s->B * s->T, C = m->cfg.n_embd, F = m->cfg.ffn_dim;
     const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
     const int64_t NH = m->cfg.n_head;
+    const dtype lp = s->lp;
+    const int o = l;   /* the layer's own slot of the stacked outputs */
+    if (s->recompute) l = 0;
     gpt2_layer_acts x = {
-        .in = l > 0 ? arch_mat(a->res3 + (l - 1) * NPL * C, N, C) : arch_mat(a->encoded, N, C),
-        .ln1 = arch_mat(a->ln1 + l * NPL * C, N, C),
+        .in = o > 0 ? arch_mat(a->res3 + (o - 1) * NPL * C, N, C) : arch_mat(a->encoded, N, C),
+        .ln1 = arch_mat_at(a->ln1, lp, l * NPL * C, N, C),
         .ln1_mean = arch_vec(a->ln1_mean + l * NPL, N),
         .ln1_rstd = arch_vec(a->ln1_rstd + l * NPL, N),
-        .qkv = arch_mat(a->qkv + l * NPL * 3 * C, N, 3 * C),
-        .atty = arch_mat(a->atty + l * NPL * C, N, C),
+        .qkv = arch_mat_at(a->qkv, lp, l * NPL * 3 * C, N, 3 * C),
+        .atty = arch_mat_at(a->atty, lp, l * NPL * C, N, C),
         .res2 = arch_mat(a->res2 + l * NPL * C, N, C),
-        .ln2 = arch_mat(a->ln2 + l * NPL * C, N, C),
+        .ln2 = arch_mat_at(a->ln2, lp, l * NPL * C, N, C),
         .ln2_mean = arch_vec(a->ln2_mean + l * NPL, N),
         .ln2_rstd = arch_vec(a->ln2_rstd + l * NPL, N),
-        .fch = arch_mat(a->fch + l * NPL * F, N, F),
-        .fch_gelu = arch_mat(a->fch_gelu + l * NPL * F, N, F),
-        .res3 = arch_mat(a->res3 + l * NPL * C, N, C),
+        .fch = arch_mat_at(a->fch, lp, l * NPL * F, N, F),
+        .fch_gelu = arch_mat_at(a->fch_gelu, lp, l * NPL * F, N, F),
+        .res3 = arch_mat(a->res3 + o * NPL * C, N, C),
         .lse = arch_view3(a->lse + l * NPL * NH, s->B, NH, s->T),
     };
     return x;
@@ -297,66 +323,92 @@ static void gpt2_qkv_views(tensor qkv, int B, int T, tensor *q, tensor *k, tenso
     *v = tensor_cols(all, 2 * C, C);
 }
 
+/* Layer l's forward over the shape of the last forward, from its input to its output (res3),
+ * keeping what its backward reads; the backward calls it again under recompute. */
+static void gpt2_layer_forward(model *m, int l) {
+    const gpt2_state *s = m->state;
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const model_config *c = &m->cfg;
+    const int B = s->B, T = s->T, C = c->n_embd, NH = c->n_head;
+    const bool drop = m->dropout;
+    const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
+    gpt2_w w = gpt2_layer(m, false, l);
+    gpt2_layer_acts x = gpt2_layer_views(m, l);
+    float attn_p = drop ? c->attn_pdrop : 0.0f;
+    tensor q, k, v;
+
+    op->layernorm_forward(be, NULL, x.ln1, x.ln1_mean, x.ln1_rstd, x.in, w.ln1w, w.ln1b, c->norm_eps);
+    gpt2_linear(be, x.qkv, x.ln1, w.attnw, w.attnb);
+    gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
+    op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, q, k, v, NH, NH, 0, attn_p,
+                          gpt2_drop_seed(m, 1 + 3 * l, SATT));
+    gpt2_linear(be, x.res2, x.atty, w.projw, w.projb);
+    if (drop && c->resid_pdrop > 0)
+        op->dropout_forward(be, NULL, x.res2, x.res2, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
+    op->add(be, NULL, x.res2, x.res2, x.in);
+
+    op->layernorm_forward(be, NULL, x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2w, w.ln2b, c->norm_eps);
+    gpt2_linear(be, x.fch, x.ln2, w.fcw, w.fcb);
+    op->gelu_forward(be, NULL, x.fch_gelu, x.fch);
+    gpt2_linear(be, x.res3, x.fch_gelu, w.fcpw, w.fcpb);
+    if (drop && c->resid_pdrop > 0)
+        op->dropout_forward(be, NULL, x.res3, x.res3, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
+    op->add(be, NULL, x.res3, x.res3, x.res2);
+}
+
 static float gpt2_forward(model *m, const int *tokens, const int *targets, int B, int T) {
     gpt2_state *s = m->state;
     SK_ASSERT(s && s->act_mem && B > 0 && T > 0 && B <= s->Bp && T <= s->Tp);
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
-    const int L = c->n_layer, C = c->n_embd, V = c->vocab_size, NH = c->n_head;
+    const int L = c->n_layer, C = c->n_embd, V = c->vocab_size;
     const int N = B * T;
-    const bool drop = m->dropout;
-    const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
+    const size_t STC = (size_t)T * C;   /* per-sample dropout size */
     gpt2_acts *a = &s->a;
     s->B = B;
     s->T = T;
     s->have_targets = false;
-    tensor encoded = arch_mat(a->encoded, N, C), lnf = arch_mat(a->lnf, N, C), logits = arch_mat(a->logits, N, V);
+    tensor encoded = arch_mat(a->encoded, N, C), lnf = arch_mat_at(a->lnf, s->lp, 0, N, C);
+    tensor logits = tensor_2d_ld(a->logits, s->lp, N, V, arch_vocab_padded(V));
 
     arch_check_tokens(m, tokens, (size_t)N);
     model_hook_before_forward(m, -1);
     backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
     op->embed_forward(be, NULL, encoded, tensor_2d(a->tokens, DT_I32, B, T), gpt2_tensor(m, false, P_WTE),
                       gpt2_tensor(m, false, P_WPE));
-    if (drop && c->embd_pdrop > 0)
+    if (m->dropout && c->embd_pdrop > 0)
         op->dropout_forward(be, NULL, encoded, encoded, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
 
     for (int l = 0; l < L; l++) {
         model_hook_before_forward(m, l);
-        gpt2_w w = gpt2_layer(m, false, l);
-        gpt2_layer_acts x = gpt2_layer_views(m, l);
-        float attn_p = drop ? c->attn_pdrop : 0.0f;
-        tensor q, k, v;
-
-        op->layernorm_forward(be, NULL, x.ln1, x.ln1_mean, x.ln1_rstd, x.in, w.ln1w, w.ln1b, c->norm_eps);
-        gpt2_linear(be, x.qkv, x.ln1, w.attnw, w.attnb);
-        gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
-        op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, q, k, v, NH, NH, 0, attn_p,
-                              gpt2_drop_seed(m, 1 + 3 * l, SATT));
-        gpt2_linear(be, x.res2, x.atty, w.projw, w.projb);
-        if (drop && c->resid_pdrop > 0)
-            op->dropout_forward(be, NULL, x.res2, x.res2, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
-        op->add(be, NULL, x.res2, x.res2, x.in);
-
-        op->layernorm_forward(be, NULL, x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2w, w.ln2b, c->norm_eps);
-        gpt2_linear(be, x.fch, x.ln2, w.fcw, w.fcb);
-        op->gelu_forward(be, NULL, x.fch_gelu, x.fch);
-        gpt2_linear(be, x.res3, x.fch_gelu, w.fcpw, w.fcpb);
-        if (drop && c->resid_pdrop > 0)
-            op->dropout_forward(be, NULL, x.res3, x.res3, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
-        op->add(be, NULL, x.res3, x.res3, x.res2);
+        gpt2_layer_forward(m, l);
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : encoded;
     op->layernorm_forward(be, NULL, lnf, arch_vec(a->lnf_mean, N), arch_vec(a->lnf_rstd, N), resL,
                           gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ wte(V,C)^T: the tied LM head */
-    op->matmul(be, NULL, logits, lnf, false, gpt2_tensor(m, false, P_WTE), true, 1.0f, 0.0f);
+    op->matmul(be, NULL, logits, lnf, false, gpt2_matrix(m, false, P_WTE), true, 1.0f, 0.0f);
     if (!targets) return 0.0f;
 
     s->have_targets = true;
     return arch_xent_loss(be, arch_vec(a->losses, N), tensor_1d(a->loss_sum, DT_F64, 1), logits,
                           tensor_1d(a->targets, DT_I32, N), targets);
+}
+
+/* The gradient a residual branch's products see, from dres (f32) for the branch whose
+ * dropout site is `site`: dropout's backward into scratch, or in mixed precision a bf16 copy
+ * in scratch, or dres itself (f32, no dropout). */
+static tensor gpt2_branch_grad(model *m, tensor scratch, tensor dres, int site) {
+    const model_config *c = &m->cfg;
+    if (m->dropout && c->resid_pdrop > 0) {
+        const size_t STC = (size_t)((gpt2_state *)m->state)->T * c->n_embd;
+        m->be->ops->dropout_backward(m->be, NULL, scratch, dres, c->resid_pdrop, gpt2_drop_seed(m, site, STC));
+        return scratch;
+    }
+    return arch_lp_copy(m->be, dres, scratch.data, scratch.dt);
 }
 
 static void gpt2_backward(model *m, float dloss) {
@@ -370,15 +422,17 @@ static void gpt2_backward(model *m, float dloss) {
     const bool drop = m->dropout;
     const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
     gpt2_acts *a = &s->a;
-    tensor dres = arch_mat(a->dres, N, C), dC = arch_mat(a->dC, N, C), dC2 = arch_mat(a->dC2, N, C);
-    tensor dqkv = arch_mat(a->dqkv, N, 3 * C), dF = arch_mat(a->dF, N, F), logits = arch_mat(a->logits, N, V);
+    const dtype lp = s->lp;
+    tensor dres = arch_mat(a->dres, N, C), dC = arch_mat_at(a->dC, lp, 0, N, C), dC2 = arch_mat_at(a->dC2, lp, 0, N, C);
+    tensor dqkv = arch_mat_at(a->dqkv, lp, 0, N, 3 * C), dF = arch_mat_at(a->dF, lp, 0, N, F);
+    tensor logits = tensor_2d_ld(a->logits, lp, N, V, arch_vocab_padded(V));
     model_hook_before_backward(m, -1);
-    tensor wte = gpt2_tensor(m, false, P_WTE), dwte = gpt2_tensor(m, true, P_WTE);
+    tensor wte = gpt2_matrix(m, false, P_WTE), dwte = gpt2_tensor(m, true, P_WTE);
 
     /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ wte;
      * dwte += dloss * dlogits^T @ lnf. */
     op->matmul(be, NULL, dC, logits, false, wte, false, dloss, 0.0f);
-    op->matmul(be, NULL, dwte, logits, true, arch_mat(a->lnf, N, C), false, dloss, 1.0f);
+    op->matmul(be, NULL, dwte, logits, true, arch_mat_at(a->lnf, lp, 0, N, C), false, dloss, 1.0f);
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
     backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
@@ -387,29 +441,22 @@ static void gpt2_backward(model *m, float dloss) {
 
     for (int l = L - 1; l >= 0; l--) {
         model_hook_before_backward(m, l);
+        if (s->recompute) gpt2_layer_forward(m, l);
         gpt2_w w = gpt2_layer(m, false, l), g = gpt2_layer(m, true, l);
         gpt2_layer_acts x = gpt2_layer_views(m, l);
         float attn_p = drop ? c->attn_pdrop : 0.0f;
 
         /* MLP branch; dres is the gradient of x3 */
-        tensor dbranch = dres;
-        if (drop && c->resid_pdrop > 0) {
-            op->dropout_backward(be, NULL, dC, dres, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
-            dbranch = dC;
-        }
+        tensor dbranch = gpt2_branch_grad(m, dC, dres, 3 + 3 * l);
         gpt2_linear_backward(be, dF, g.fcpw, g.fcpb, dbranch, x.fch_gelu, w.fcpw);
         op->gelu_backward(be, NULL, dF, x.fch, dF);
         gpt2_linear_backward(be, dC, g.fcw, g.fcb, dF, x.ln2, w.fcw);
         op->layernorm_backward(be, NULL, dres, g.ln2w, g.ln2b, dC, x.res2, w.ln2w, x.ln2_mean, x.ln2_rstd);
 
         /* attention branch; dres is now the gradient of x2 */
-        dbranch = dres;
-        if (drop && c->resid_pdrop > 0) {
-            op->dropout_backward(be, NULL, dC, dres, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
-            dbranch = dC;
-        }
+        dbranch = gpt2_branch_grad(m, dC, dres, 2 + 3 * l);
         gpt2_linear_backward(be, dC2, g.projw, g.projb, dbranch, x.atty, w.projw);
-        backend_zero(be, a->dqkv, sizeof(float) * (size_t)N * 3 * C);
+        backend_zero(be, a->dqkv, tensor_bytes(dqkv));
         tensor q, k, v, dq, dk, dv;
         gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
         gpt2_qkv_views(dqkv, B, T, &dq, &dk, &dv);
@@ -429,7 +476,8 @@ static void gpt2_backward(model *m, float dloss) {
 static tensor gpt2_logits(const model *m) {
     const gpt2_state *s = m->state;
     SK_ASSERT(s && s->act_mem && !s->have_targets);
-    return arch_mat(s->a.logits, (int64_t)s->B * s->T, m->cfg.vocab_size);
+    const int64_t V = m->cfg.vocab_size;
+    return tensor_2d_ld(s->a.logits, s->lp, (int64_t)s->B * s->T, V, arch_vocab_padded(V));
 }
 
 /* ---- inference ---- */

@@ -100,25 +100,28 @@ typedef struct llama_acts {
     int *tokens, *targets;   /* (N) backend copies of the inputs */
     float *rope_cos, *rope_sin;   /* (Tp, HS/2) */
     float *encoded;          /* (N,C) embeddings: layer 0's input */
-    float *ln1, *rstd1;      /* (L,N,C), (L,N) */
-    float *q;                /* (L,N,QD) after rope */
-    float *k, *v;            /* (L,N,KD), k after rope */
+    void *ln1;               /* (L,N,C) lp */
+    float *rstd1;            /* (L,N) */
+    void *q;                 /* (L,N,QD) lp, after rope */
+    void *k, *v;             /* (L,N,KD) lp, k after rope */
     float *lse;              /* (L,B,NH,T) attention log-sum-exps, saved for backward */
-    float *atty;             /* (L,N,QD) attention output before o_proj */
+    void *atty;              /* (L,N,QD) lp, attention output before o_proj */
     float *res2;             /* (L,N,C) residual after the attention branch */
-    float *ln2, *rstd2;      /* (L,N,C), (L,N) */
-    float *gate, *up;        /* (L,N,F) MLP projections, SwiGLU inputs */
+    void *ln2;               /* (L,N,C) lp */
+    float *rstd2;            /* (L,N) */
+    void *gate, *up;         /* (L,N,F) lp, MLP projections, SwiGLU inputs */
     float *res3;             /* (L,N,C) layer output */
-    float *lnf, *rstdf;      /* (N,C), (N) */
-    float *logits;           /* (N,V); after a forward with targets, (softmax - onehot) */
+    void *lnf;               /* (N,C) lp */
+    float *rstdf;            /* (N) */
+    void *logits;            /* (N,Vp) lp; after a forward with targets, (softmax - onehot) */
     float *losses;           /* (N) */
     double *loss_sum;        /* (1) f64 (planned as 2 floats): the loss head's sum on the device */
     /* scratch, one layer's worth, reused down the stack */
     float *dres;             /* (N,C) gradient of the residual stream */
-    float *dC;               /* (N,C) */
-    float *dQ;               /* (N,QD) gradient of the attention output */
-    float *dq, *dk, *dv;     /* (N,QD), (N,KD), (N,KD) */
-    float *dF, *dF2;         /* (N,F): the SwiGLU output in the forward; dgate, dup backward */
+    void *dC;                /* (N,C) lp */
+    void *dQ;                /* (N,QD) lp, gradient of the attention output */
+    void *dq, *dk, *dv;      /* (N,QD), (N,KD), (N,KD) lp */
+    void *dF, *dF2;          /* (N,F) lp: the SwiGLU output in the forward; dgate, dup backward */
 } llama_acts;
 
 /* The inference workspace for batches of up to N tokens from S sequences at positions below
@@ -141,6 +144,8 @@ typedef struct llama_state {
     int Bp, Tp;              /* planned training shape; 0 before train_prepare */
     int B, T;                /* shape of the last forward */
     bool have_targets;       /* the last forward left dlogits for backward */
+    dtype lp;                /* the lp activations' dtype (m->act_dt when planned) */
+    bool recompute;          /* planned with m->recompute: one layer's inner activations */
     float *act_mem;
     llama_acts a;
     arch_infer_dims inf_dims;   /* inference workspace capacity */
@@ -157,12 +162,20 @@ static int llama_norm(const model *m) { return m->n_specs - (m->cfg.tie_word_emb
 static tensor llama_tensor(const model *m, bool grad, int i) {
     return grad ? model_grad_view(m, i) : model_param_view(m, i);
 }
+/* A matrix parameter (the compute view products read) or its gradient. */
+static tensor llama_matrix(const model *m, bool grad, int i) {
+    return grad ? model_grad_view(m, i) : model_compute_view(m, i);
+}
 
+/* The parameter matrices are compute views (bf16 in mixed precision), norms and biases f32. */
 static llama_w llama_layer(const model *m, bool grad, int l) {
     const llama_state *s = m->state;
     const int *o = s->layout[l].spec;
     tensor p[T_COUNT];
-    for (int i = 0; i < T_COUNT; i++) p[i] = o[i] == NO_TENSOR ? tensor_none() : llama_tensor(m, grad, o[i]);
+    for (int i = 0; i < T_COUNT; i++) {
+        const bool matrix = i == T_QW || i == T_KW || i == T_VW || i == T_OW || i == T_GW || i == T_UW || i == T_DW;
+        p[i] = o[i] == NO_TENSOR ? tensor_none() : matrix ? llama_matrix(m, grad, o[i]) : llama_tensor(m, grad, o[i]);
+    }
     llama_w w = {p[T_IN], p[T_QW], p[T_QB], p[T_KW], p[T_KB], p[T_VW], p[T_VB], p[T_OW],
                  p[T_POST], p[T_GW], p[T_GB], p[T_UW], p[T_UB], p[T_DW], p[T_DB]};
     return w;
@@ -297,26 +310,32 @@ static void llama_init_weights(model *m, uint64_t seed) {
 
 /* ---- planning ---- */
 
-/* The activation plan for (B,T): entries pointing into `a` (filled by the caller's alloc). */
-#define LLAMA_ACT_PLAN(c, B, T)                                                                     \
+/* The activation plan for (B,T): entries pointing into `a` (filled by the caller's alloc); E
+ * counts floats, EL elements of the lp dtype. */
+#define LLAMA_ACT_PLAN(c, lp, rc, B, T)                                                             \
     const size_t L = (size_t)(c)->n_layer, N = (size_t)(B) * (T), C = (size_t)(c)->n_embd,          \
-                 F = (size_t)(c)->ffn_dim, V = (size_t)(c)->vocab_size, NH = (size_t)(c)->n_head,   \
-                 HS = (size_t)(c)->head_dim, QD = NH * HS, KD = (size_t)(c)->n_kv_head * HS;         \
+                 LK = (rc) ? 1 : L,   /* layers whose inner activations are kept */                  \
+                 F = (size_t)(c)->ffn_dim, Vp = (size_t)arch_vocab_padded((c)->vocab_size),          \
+                 NH = (size_t)(c)->n_head, HS = (size_t)(c)->head_dim, QD = NH * HS,                \
+                 KD = (size_t)(c)->n_kv_head * HS;                                                  \
     arch_plan_entry plan[] = {                                                                     \
         E(tokens, N), E(targets, N), E(rope_cos, (size_t)(T) * HS / 2), E(rope_sin, (size_t)(T) * HS / 2), \
-        E(encoded, N * C), E(ln1, L * N * C), E(rstd1, L * N), E(q, L * N * QD), E(k, L * N * KD),   \
-        E(v, L * N * KD), E(lse, L * N * NH), E(atty, L * N * QD), E(res2, L * N * C), E(ln2, L * N * C), \
-        E(rstd2, L * N), E(gate, L * N * F), E(up, L * N * F), E(res3, L * N * C), E(lnf, N * C),    \
-        E(rstdf, N), E(logits, N * V), E(losses, N), E(loss_sum, 2), E(dres, N * C), E(dC, N * C),   \
-        E(dQ, N * QD), E(dq, N * QD), E(dk, N * KD), E(dv, N * KD), E(dF, N * F),                    \
-        E(dF2, N * F),                                                                             \
+        E(encoded, N * C), EL(ln1, LK * N * C), E(rstd1, LK * N), EL(q, LK * N * QD),              \
+        EL(k, LK * N * KD), EL(v, LK * N * KD), E(lse, LK * N * NH), EL(atty, LK * N * QD),         \
+        E(res2, LK * N * C), EL(ln2, LK * N * C), E(rstd2, LK * N), EL(gate, LK * N * F),           \
+        EL(up, LK * N * F),                                                                        \
+        E(res3, L * N * C), EL(lnf, N * C), E(rstdf, N), EL(logits, N * Vp), E(losses, N),         \
+        E(loss_sum, 2), E(dres, N * C), EL(dC, N * C), EL(dQ, N * QD), EL(dq, N * QD),              \
+        EL(dk, N * KD), EL(dv, N * KD), EL(dF, N * F), EL(dF2, N * F),                              \
     }
-
-static size_t llama_train_bytes(const model_config *c, int B, int T) {
-    llama_acts scratch, *a = &scratch;
 #define E(field, n) { (void **)&a->field, (n) }
-    LLAMA_ACT_PLAN(c, B, T);
-#undef E
+#define EL(field, n) { (void **)&a->field, arch_floats_of((n), lp) }
+
+static size_t llama_train_bytes(const model *m, int B, int T) {
+    llama_acts scratch, *a = &scratch;
+    const model_config *c = &m->cfg;
+    const dtype lp = m->act_dt;
+    LLAMA_ACT_PLAN(c, lp, m->recompute, B, T);
     return arch_plan_floats(plan, (int)(sizeof plan / sizeof plan[0])) * sizeof(float);
 }
 
@@ -336,9 +355,8 @@ static sk_status llama_train_prepare(model *m, int B, int T) {
     s->act_mem = NULL;
     s->Bp = s->Tp = 0;
     llama_acts *a = &s->a;
-#define E(field, n) { (void **)&a->field, (n) }
-    LLAMA_ACT_PLAN(c, B, T);
-#undef E
+    const dtype lp = m->act_dt;
+    LLAMA_ACT_PLAN(c, lp, m->recompute, B, T);
     s->act_mem = arch_plan_alloc(be, plan, (int)(sizeof plan / sizeof plan[0]));
     if (!s->act_mem) return sk_fail_ctx(SK_ENOMEM, "allocating Llama activations for B=%d T=%d", B, T);
     sk_status st = llama_rope_tables(m, a->rope_cos, a->rope_sin, T);
@@ -347,17 +365,22 @@ static sk_status llama_train_prepare(model *m, int B, int T) {
         s->act_mem = NULL;
         return st;
     }
+    s->lp = lp;
+    s->recompute = m->recompute;
     s->Bp = B;
     s->Tp = T;
     s->have_targets = false;
     return SK_OK;
 }
+#undef E
+#undef EL
 
 /* ---- training forward and backward ---- */
 
 /* Views of layer l's activations for the shape of the last forward (s->B, s->T): the front
- * of slot l of each stacked buffer. in is the layer's input (the embeddings or the previous
- * layer's output); lse (B,NH,T) holds the attention's log-sum-exps for backward. */
+ * of slot l of each stacked buffer (slot 0 of the inner ones under recompute, where the
+ * backward runs the layer's forward again first). in is the layer's input (the embeddings or
+ * the previous layer's output); lse (B,NH,T) holds the attention's log-sum-exps. */
 typedef struct llama_layer_acts {
     tensor in, ln1, rstd1, q, k, v, atty, res2, ln2, rstd2, gate, up, res3, lse;
 } llama_layer_acts;
@@ -370,20 +393,23 @@ static llama_layer_acts llama_layer_views(const model *m, int l) {
                   KD = (int64_t)c->n_kv_head * c->head_dim;
     const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
     const int64_t NH = c->n_head;
+    const dtype lp = s->lp;
+    const int o = l;   /* the layer's own slot of the stacked outputs */
+    if (s->recompute) l = 0;
     llama_layer_acts x = {
-        .in = l > 0 ? arch_mat(a->res3 + (l - 1) * NPL * C, N, C) : arch_mat(a->encoded, N, C),
-        .ln1 = arch_mat(a->ln1 + l * NPL * C, N, C),
+        .in = o > 0 ? arch_mat(a->res3 + (o - 1) * NPL * C, N, C) : arch_mat(a->encoded, N, C),
+        .ln1 = arch_mat_at(a->ln1, lp, l * NPL * C, N, C),
         .rstd1 = arch_vec(a->rstd1 + l * NPL, N),
-        .q = arch_mat(a->q + l * NPL * QD, N, QD),
-        .k = arch_mat(a->k + l * NPL * KD, N, KD),
-        .v = arch_mat(a->v + l * NPL * KD, N, KD),
-        .atty = arch_mat(a->atty + l * NPL * QD, N, QD),
+        .q = arch_mat_at(a->q, lp, l * NPL * QD, N, QD),
+        .k = arch_mat_at(a->k, lp, l * NPL * KD, N, KD),
+        .v = arch_mat_at(a->v, lp, l * NPL * KD, N, KD),
+        .atty = arch_mat_at(a->atty, lp, l * NPL * QD, N, QD),
         .res2 = arch_mat(a->res2 + l * NPL * C, N, C),
-        .ln2 = arch_mat(a->ln2 + l * NPL * C, N, C),
+        .ln2 = arch_mat_at(a->ln2, lp, l * NPL * C, N, C),
         .rstd2 = arch_vec(a->rstd2 + l * NPL, N),
-        .gate = arch_mat(a->gate + l * NPL * F, N, F),
-        .up = arch_mat(a->up + l * NPL * F, N, F),
-        .res3 = arch_mat(a->res3 + l * NPL * C, N, C),
+        .gate = arch_mat_at(a->gate, lp, l * NPL * F, N, F),
+        .up = arch_mat_at(a->up, lp, l * NPL * F, N, F),
+        .res3 = arch_mat(a->res3 + o * NPL * C, N, C),
         .lse = arch_view3(a->lse + l * NPL * NH, s->B, NH, s->T),
     };
     return x;
@@ -410,21 +436,53 @@ static void llama_linear_backward(backend *be, tensor dinp, float beta, tensor d
     be->ops->matmul(be, NULL, dinp, dout, false, w, false, 1.0f, beta);
 }
 
+/* Layer l's forward over the shape of the last forward, from its input to its output (res3),
+ * keeping what its backward reads; the backward calls it again under recompute. */
+static void llama_layer_forward(model *m, int l) {
+    const llama_state *s = m->state;
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    const model_config *c = &m->cfg;
+    const int B = s->B, T = s->T, NH = c->n_head, NKV = c->n_kv_head, HS = c->head_dim, W = c->sliding_window;
+    const llama_acts *a = &s->a;
+    tensor cos = arch_mat(a->rope_cos, s->Tp, HS / 2), sin = arch_mat(a->rope_sin, s->Tp, HS / 2);
+    llama_w w = llama_layer(m, false, l);
+    llama_layer_acts x = llama_layer_views(m, l);
+    tensor swiglu = arch_mat_at(a->dF, s->lp, 0, (int64_t)B * T, c->ffn_dim);   /* scratch: recomputed in backward */
+
+    op->rmsnorm_forward(be, NULL, x.ln1, x.rstd1, x.in, w.in_norm, c->norm_eps);
+    llama_linear(be, x.q, x.ln1, w.qw, w.qb);
+    llama_linear(be, x.k, x.ln1, w.kw, w.kb);
+    llama_linear(be, x.v, x.ln1, w.vw, w.vb);
+    op->rope_forward(be, NULL, llama_heads(x.q, T, HS), cos, sin, 0);
+    op->rope_forward(be, NULL, llama_heads(x.k, T, HS), cos, sin, 0);
+    op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, arch_seq(x.q, B, T), arch_seq(x.k, B, T),
+                          arch_seq(x.v, B, T), NH, NKV, W, 0.0f, 0);
+    llama_linear(be, x.res2, x.atty, w.ow, tensor_none());
+    op->add(be, NULL, x.res2, x.res2, x.in);
+
+    op->rmsnorm_forward(be, NULL, x.ln2, x.rstd2, x.res2, w.post_norm, c->norm_eps);
+    llama_linear(be, x.gate, x.ln2, w.gw, w.gb);
+    llama_linear(be, x.up, x.ln2, w.uw, w.ub);
+    op->swiglu_forward(be, NULL, swiglu, x.gate, x.up);
+    llama_linear(be, x.res3, swiglu, w.dw, w.db);
+    op->add(be, NULL, x.res3, x.res3, x.res2);
+}
+
 static float llama_forward(model *m, const int *tokens, const int *targets, int B, int T) {
     llama_state *s = m->state;
     SK_ASSERT(s && s->act_mem && B > 0 && T > 0 && B <= s->Bp && T <= s->Tp);
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
-    const int L = c->n_layer, C = c->n_embd, V = c->vocab_size, NH = c->n_head, NKV = c->n_kv_head,
-              HS = c->head_dim, W = c->sliding_window;
+    const int L = c->n_layer, C = c->n_embd, V = c->vocab_size;
     const int N = B * T;
     llama_acts *a = &s->a;
     s->B = B;
     s->T = T;
     s->have_targets = false;
-    tensor encoded = arch_mat(a->encoded, N, C), lnf = arch_mat(a->lnf, N, C), logits = arch_mat(a->logits, N, V);
-    tensor cos = arch_mat(a->rope_cos, s->Tp, HS / 2), sin = arch_mat(a->rope_sin, s->Tp, HS / 2);
+    tensor encoded = arch_mat(a->encoded, N, C), lnf = arch_mat_at(a->lnf, s->lp, 0, N, C);
+    tensor logits = tensor_2d_ld(a->logits, s->lp, N, V, arch_vocab_padded(V));
 
     arch_check_tokens(m, tokens, (size_t)N);
     backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
@@ -434,33 +492,13 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
 
     for (int l = 0; l < L; l++) {
         model_hook_before_forward(m, l);
-        llama_w w = llama_layer(m, false, l);
-        llama_layer_acts x = llama_layer_views(m, l);
-        tensor swiglu = arch_mat(a->dF, N, c->ffn_dim);   /* scratch: recomputed in backward */
-
-        op->rmsnorm_forward(be, NULL, x.ln1, x.rstd1, x.in, w.in_norm, c->norm_eps);
-        llama_linear(be, x.q, x.ln1, w.qw, w.qb);
-        llama_linear(be, x.k, x.ln1, w.kw, w.kb);
-        llama_linear(be, x.v, x.ln1, w.vw, w.vb);
-        op->rope_forward(be, NULL, llama_heads(x.q, T, HS), cos, sin, 0);
-        op->rope_forward(be, NULL, llama_heads(x.k, T, HS), cos, sin, 0);
-        op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, arch_seq(x.q, B, T), arch_seq(x.k, B, T),
-                              arch_seq(x.v, B, T), NH, NKV, W, 0.0f, 0);
-        llama_linear(be, x.res2, x.atty, w.ow, tensor_none());
-        op->add(be, NULL, x.res2, x.res2, x.in);
-
-        op->rmsnorm_forward(be, NULL, x.ln2, x.rstd2, x.res2, w.post_norm, c->norm_eps);
-        llama_linear(be, x.gate, x.ln2, w.gw, w.gb);
-        llama_linear(be, x.up, x.ln2, w.uw, w.ub);
-        op->swiglu_forward(be, NULL, swiglu, x.gate, x.up);
-        llama_linear(be, x.res3, swiglu, w.dw, w.db);
-        op->add(be, NULL, x.res3, x.res3, x.res2);
+        llama_layer_forward(m, l);
     }
     tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : encoded;
     op->rmsnorm_forward(be, NULL, lnf, arch_vec(a->rstdf, N), resL, llama_tensor(m, false, llama_norm(m)),
                         c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ head(V,C)^T */
-    op->matmul(be, NULL, logits, lnf, false, llama_tensor(m, false, llama_head(m)), true, 1.0f, 0.0f);
+    op->matmul(be, NULL, logits, lnf, false, llama_matrix(m, false, llama_head(m)), true, 1.0f, 0.0f);
     if (!targets) return 0.0f;
 
     s->have_targets = true;
@@ -479,16 +517,19 @@ static void llama_backward(model *m, float dloss) {
     const int B = s->B, T = s->T, N = B * T;
     llama_acts *a = &s->a;
     const int head = llama_head(m), norm = llama_norm(m);
-    tensor dres = arch_mat(a->dres, N, C), dC = arch_mat(a->dC, N, C), dQ = arch_mat(a->dQ, N, QD);
-    tensor dq = arch_mat(a->dq, N, QD), dk = arch_mat(a->dk, N, KD), dv = arch_mat(a->dv, N, KD);
-    tensor dF = arch_mat(a->dF, N, F), dF2 = arch_mat(a->dF2, N, F), logits = arch_mat(a->logits, N, V);
+    const dtype lp = s->lp;
+    tensor dres = arch_mat(a->dres, N, C), dC = arch_mat_at(a->dC, lp, 0, N, C), dQ = arch_mat_at(a->dQ, lp, 0, N, QD);
+    tensor dq = arch_mat_at(a->dq, lp, 0, N, QD), dk = arch_mat_at(a->dk, lp, 0, N, KD);
+    tensor dv = arch_mat_at(a->dv, lp, 0, N, KD), dF = arch_mat_at(a->dF, lp, 0, N, F);
+    tensor dF2 = arch_mat_at(a->dF2, lp, 0, N, F), logits = tensor_2d_ld(a->logits, lp, N, V, arch_vocab_padded(V));
     tensor cos = arch_mat(a->rope_cos, s->Tp, HS / 2), sin = arch_mat(a->rope_sin, s->Tp, HS / 2);
     model_hook_before_backward(m, -1);
 
     /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ head;
      * dhead += dloss * dlogits^T @ lnf (into embed_tokens when tied). */
-    op->matmul(be, NULL, dC, logits, false, llama_tensor(m, false, head), false, dloss, 0.0f);
-    op->matmul(be, NULL, llama_tensor(m, true, head), logits, true, arch_mat(a->lnf, N, C), false, dloss, 1.0f);
+    op->matmul(be, NULL, dC, logits, false, llama_matrix(m, false, head), false, dloss, 0.0f);
+    op->matmul(be, NULL, llama_tensor(m, true, head), logits, true, arch_mat_at(a->lnf, lp, 0, N, C), false, dloss,
+               1.0f);
     tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
     backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
     op->rmsnorm_backward(be, NULL, dres, llama_tensor(m, true, norm), dC, resL, llama_tensor(m, false, norm),
@@ -496,22 +537,24 @@ static void llama_backward(model *m, float dloss) {
 
     for (int l = L - 1; l >= 0; l--) {
         model_hook_before_backward(m, l);
+        if (s->recompute) llama_layer_forward(m, l);
         llama_w w = llama_layer(m, false, l), g = llama_layer(m, true, l);
         llama_layer_acts x = llama_layer_views(m, l);
 
-        /* MLP branch; dres is the gradient of x3. dF2 = swiglu output (recomputed), then dup. */
+        /* MLP branch; dres is the gradient of x3 (through a bf16 copy in dC in mixed
+         * precision). dF2 = swiglu output (recomputed), then dup. */
         op->swiglu_forward(be, NULL, dF2, x.gate, x.up);
-        llama_linear_backward(be, dF, 0.0f, g.dw, g.db, dres, dF2, w.dw);
+        llama_linear_backward(be, dF, 0.0f, g.dw, g.db, arch_lp_copy(be, dres, dC.data, lp), dF2, w.dw);
         op->swiglu_backward(be, NULL, dF, dF2, dF, x.gate, x.up);
         llama_linear_backward(be, dC, 0.0f, g.gw, g.gb, dF, x.ln2, w.gw);
         llama_linear_backward(be, dC, 1.0f, g.uw, g.ub, dF2, x.ln2, w.uw);
         op->rmsnorm_backward(be, NULL, dres, g.post_norm, dC, x.res2, w.post_norm, x.rstd2);
 
         /* attention branch; dres is now the gradient of x2 */
-        llama_linear_backward(be, dQ, 0.0f, g.ow, tensor_none(), dres, x.atty, w.ow);
-        backend_zero(be, a->dq, sizeof(float) * (size_t)N * QD);
-        backend_zero(be, a->dk, sizeof(float) * (size_t)N * KD);
-        backend_zero(be, a->dv, sizeof(float) * (size_t)N * KD);
+        llama_linear_backward(be, dQ, 0.0f, g.ow, tensor_none(), arch_lp_copy(be, dres, dC.data, lp), x.atty, w.ow);
+        backend_zero(be, a->dq, tensor_bytes(dq));
+        backend_zero(be, a->dk, tensor_bytes(dk));
+        backend_zero(be, a->dv, tensor_bytes(dv));
         op->attention_backward(be, NULL, arch_seq(dq, B, T), arch_seq(dk, B, T), arch_seq(dv, B, T), arch_seq(dQ, B, T),
                                arch_seq(x.q, B, T), arch_seq(x.k, B, T), arch_seq(x.v, B, T), arch_seq(x.atty, B, T),
                                x.lse, NH, NKV, W, 0.0f, 0);
@@ -531,7 +574,8 @@ static void llama_backward(model *m, float dloss) {
 static tensor llama_logits(const model *m) {
     const llama_state *s = m->state;
     SK_ASSERT(s && s->act_mem && !s->have_targets);
-    return arch_mat(s->a.logits, (int64_t)s->B * s->T, m->cfg.vocab_size);
+    const int64_t V = m->cfg.vocab_size;
+    return tensor_2d_ld(s->a.logits, s->lp, (int64_t)s->B * s->T, V, arch_vocab_padded(V));
 }
 
 /* ---- inference ---- */

@@ -93,6 +93,7 @@ void model_free(model *m) {
     if (m->arch && m->arch->free_state) m->arch->free_state(m);
     if (m->params) backend_mem_free(m->be, m->params);
     if (m->grads) backend_mem_free(m->be, m->grads);
+    if (m->compute) backend_mem_free(m->be, m->compute);
     mem_free(m->groups);
     mem_free(m->param_base);
     mem_free(m->grad_base);
@@ -111,6 +112,34 @@ const model_param *model_find_param(const model *m, const char *name) {
 void model_init_weights(model *m, uint64_t seed) {
     SK_ASSERT(!m->weights);   /* mapped weights are immutable */
     m->arch->init_weights(m, seed);
+    m->compute_stale = true;
+}
+
+sk_status model_set_precision(model *m, dtype act_dt) {
+    if (act_dt != DT_F32 && act_dt != DT_BF16)
+        return sk_fail(SK_EARG, "precision %s: training runs in f32 or bf16 mixed precision", dtype_name(act_dt));
+    if (act_dt != DT_F32 && !backend_supports(m->be, BACKEND_OP_MIXED, act_dt))
+        return sk_fail(SK_EARG, "the %s backend has no %s mixed-precision ops", m->be->name, dtype_name(act_dt));
+    if (m->weights || (act_dt != DT_F32 && !m->params))
+        return sk_fail(SK_ESTATE, "mixed precision needs a training model with its f32 parameters in place");
+    if (act_dt == m->act_dt) return SK_OK;
+    if (m->compute) backend_mem_free(m->be, m->compute);
+    m->compute = NULL;
+    m->act_dt = act_dt;
+    m->compute_stale = true;
+    if (m->arch->free_state) m->arch->free_state(m);   /* activations are planned per dtype */
+    return SK_OK;
+}
+
+void model_params_changed(model *m) { m->compute_stale = true; }
+
+/* Casts m->params into the compute copy when they changed (mixed precision only). */
+static void model_refresh_compute(model *m) {
+    if (!m->compute || !m->compute_stale) return;
+    SK_ASSERT(m->params);
+    const int64_t n = (int64_t)m->n_params;
+    m->be->ops->cast(m->be, NULL, tensor_1d(m->compute, m->act_dt, n), tensor_1d(m->params, DT_F32, n));
+    m->compute_stale = false;
 }
 
 void model_reset_bases(model *m) {
@@ -146,7 +175,7 @@ void model_set_grad_base(model *m, int g, float *p) {
 }
 
 size_t model_train_bytes(const model *m, int B, int T) {
-    return m->arch->train_bytes ? m->arch->train_bytes(&m->cfg, B, T) : 0;
+    return m->arch->train_bytes ? m->arch->train_bytes(m, B, T) : 0;
 }
 
 sk_status model_train_prepare(model *m, int B, int T) {
@@ -158,10 +187,17 @@ sk_status model_train_prepare(model *m, int B, int T) {
         if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
         for (int g = 0; g < m->n_groups; g++) m->grad_base[g] = m->grads + m->groups[g].begin;
     }
+    if (m->act_dt != DT_F32 && !m->compute) {
+        m->compute = backend_alloc(m->be, m->n_params * dtype_size(m->act_dt));
+        if (!m->compute)
+            return sk_fail_ctx(SK_ENOMEM, "allocating the %s copy of %zu parameters", dtype_name(m->act_dt), m->n_params);
+    }
+    m->compute_stale = true;
     return m->arch->train_prepare(m, B, T);
 }
 
 float model_forward(model *m, const int *tokens, const int *targets, int B, int T) {
+    model_refresh_compute(m);
     return m->arch->forward(m, tokens, targets, B, T);
 }
 
@@ -268,3 +304,9 @@ tensor model_param_view(const model *m, int i) {
     return m->views ? m->views[i] : model_spec_view(m, i, m->param_base);
 }
 tensor model_grad_view(const model *m, int i) { return model_spec_view(m, i, m->grad_base); }
+
+tensor model_compute_view(const model *m, int i) {
+    if (!m->compute) return model_param_view(m, i);
+    const model_param *p = &m->specs[i];
+    return tensor_make((char *)m->compute + p->offset * dtype_size(m->act_dt), m->act_dt, MEM_DEVICE, p->ndim, p->shape);
+}

@@ -153,6 +153,10 @@ struct model {
     void *provider_ctx;
     bool grads_external;   /* the provider's external_grads: no m->grads */
     bool dropout;          /* apply the config's dropout probabilities in training forwards */
+    bool recompute;        /* activation recompute: keep only each layer's input and run the
+                            * layer's forward again in the backward (set before
+                            * model_train_prepare; about a third more compute, a fraction of
+                            * the activation memory) */
     uint64_t dropout_seed; /* set by the trainer each step */
     uint64_t dropout_sample0;  /* the micro-batch's first sample within the step: masks are a
                             * function of (seed, sample, element), so any cut of the batch into
@@ -160,6 +164,10 @@ struct model {
     void *state;           /* architecture-private: activations and the inference workspace */
     wts *weights;          /* an inference model's weights (one reference), else NULL */
     tensor *views;         /* (n_specs) with weights: spec i's view into them */
+    /* Mixed precision (model_set_precision): */
+    dtype act_dt;          /* DT_F32, or DT_BF16: [lp] activations and bf16 products (backend.h) */
+    void *compute;         /* (n_params) bf16 copy of m->params the products read; NULL in f32 */
+    bool compute_stale;    /* m->params changed since compute was cast from them */
 };
 
 /* The key/value memory of one sequence (model_kv_create): keys and values of every layer for
@@ -213,9 +221,10 @@ struct model_arch {
     /* One forward of model_infer_batch (the batch checked by the caller). */
     tensor (*infer_batch)(model *m, const model_kv_cache *kv, const model_batch *b);
     void (*free_state)(model *m);
-    /* Bytes train_prepare(B, T) allocates for activations and scratch (gradients excluded),
-     * without allocating: the memory plan of --micro-batch auto. Optional (NULL: unknown). */
-    size_t (*train_bytes)(const model_config *cfg, int B, int T);
+    /* Bytes train_prepare(B, T) allocates for activations and scratch (gradients excluded)
+     * in m's precision and recompute setting, without allocating: the memory plan of --micro-batch
+     * auto. Optional (NULL: unknown). */
+    size_t (*train_bytes)(const model *m, int B, int T);
 };
 
 extern const model_arch gpt2_arch;
@@ -295,6 +304,21 @@ int model_folder_layout(const model_config *cfg, model_param *specs);
  * backend reads so; no gradients). Model code addresses parameters only through these. */
 tensor model_param_view(const model *m, int i);
 tensor model_grad_view(const model *m, int i);
+/* The weight a product reads: in mixed precision the bf16 compute copy of spec i (same
+ * shape), else model_param_view. Norm weights and biases are read as f32 parameters. */
+tensor model_compute_view(const model *m, int i);
+
+/* ---- Mixed precision ----
+ * model_set_precision(m, DT_BF16) before model_train_prepare (and before ZeRO, which
+ * refuses it at stage 3): activations the op table marks [lp] are planned in bf16 and
+ * products read a bf16 copy of the f32 parameters, cast from them in the first forward
+ * after they change (autocast's layout: the parameters, their gradients, the optimizer,
+ * the residual stream and the loss stay f32). DT_F32 is plain f32 training. SK_EARG when
+ * the backend has no bf16 mixed-precision ops or the model is an inference model.
+ * model_params_changed marks the copy stale after m->params was written from outside
+ * model_load/model_init_weights/the optimizer (which mark it themselves). */
+sk_status model_set_precision(model *m, dtype act_dt);
+void model_params_changed(model *m);
 /* Hook calls for architecture code (no-ops without a provider), in the order above. */
 static inline void model_hook_before_forward(model *m, int l) {
     if (m->provider && m->provider->before_forward) m->provider->before_forward(m->provider_ctx, m, l);
@@ -320,7 +344,8 @@ void model_set_param_base(model *m, int g, float *p);
 void model_set_grad_base(model *m, int g, float *p);
 /* Points every group's parameter (gradient) base into m->params (m->grads). */
 void model_reset_bases(model *m);
-/* Activation bytes of train_prepare(B, T); 0 when the architecture cannot say. */
+/* Activation bytes of train_prepare(B, T) in m's precision; 0 when the architecture cannot
+ * say. */
 size_t model_train_bytes(const model *m, int B, int T);
 
 /* Training and inference entry points: thin wrappers over m->arch. The training ones need a

@@ -43,6 +43,7 @@ typedef struct trainer {
     train_step step;             /* the optimizer step (step.h); its stats after each step */
     zero_mem mem;                /* this rank's plan */
     size_t baseline_rss;         /* resident bytes before the model */
+    size_t dev_free0;            /* device backends: free device bytes before the model (0: host memory) */
     bool memory_written;
 } trainer;
 
@@ -306,7 +307,7 @@ static sk_status save_final(trainer *tr) {
 enum { MEM_PARAMS, MEM_GRADS, MEM_OPT, MEM_BUCKETS, MEM_GATHERED, MEM_STAGING, MEM_SCRATCH, MEM_ACTS, MEM_TOTAL, MEM_TRANSIENT,
        MEM_PEAK_PLAN, MEM_BASELINE, MEM_MEASURED, MEM_N };
 
-/* Collects every rank's plan (and, when measured, its resident peak) on every rank. */
+/* Collects every rank's plan (and, when measured, what it holds) on every rank. */
 static sk_status gather_memory(trainer *tr, bool measured, double *all) {
     const zero_mem *p = &tr->mem;
     memset(all, 0, sizeof(double) * (size_t)(MEM_N * tr->world));
@@ -323,7 +324,7 @@ static sk_status gather_memory(trainer *tr, bool measured, double *all) {
     me[MEM_TRANSIENT] = (double)p->load_transient;
     me[MEM_PEAK_PLAN] = (double)p->peak;
     me[MEM_BASELINE] = (double)tr->baseline_rss;
-    me[MEM_MEASURED] = measured ? (double)zero_proc_bytes(true) : 0;
+    me[MEM_MEASURED] = measured ? (double)zero_held_bytes(tr->be, tr->dev_free0) : 0;
     if (tr->c && tr->world > 1) return comm_all_reduce_f64(tr->c, all, (size_t)(MEM_N * tr->world));
     return SK_OK;
 }
@@ -341,6 +342,10 @@ static void print_memory(trainer *tr, const double *all) {
                  "comm scratch %.2f, activations %.2f | total %.2f%s", r, v[MEM_PARAMS] / MB, v[MEM_GRADS] / MB, v[MEM_OPT] / MB,
                  v[MEM_BUCKETS] / MB, v[MEM_GATHERED] / MB, v[MEM_STAGING] / MB, v[MEM_SCRATCH] / MB, v[MEM_ACTS] / MB, v[MEM_TOTAL] / MB,
                  v[MEM_TRANSIENT] > 0 ? " (+ full parameters while sharding at start)" : "");
+        if (tr->dev_free0 && v[MEM_MEASURED] > 0)
+            log_info("  rank %d: %s memory taken since start %.2f MiB (the device's free memory before and now), "
+                     "%.1f%% of the plan's total", r, tr->be->name, v[MEM_MEASURED] / MB,
+                     100.0 * v[MEM_MEASURED] / v[MEM_TOTAL]);
     }
 }
 
@@ -356,10 +361,10 @@ static sk_status write_memory_json(trainer *tr, const double *all) {
     double formula[3];
     zero_formula(tr->o->zero, tr->world, 4, (double)tr->m->n_params, formula);
     fprintf(f, "{\"world_size\": %d, \"zero\": %d, \"data_dist\": \"%s\", \"n_params\": %zu, \"micro_batch\": %ld, "
-               "\"dtype\": \"f32\", \"formula\": {\"params\": %.9g, \"grads\": %.9g, \"optimizer\": %.9g}, "
+               "\"dtype\": \"%s\", \"formula\": {\"params\": %.9g, \"grads\": %.9g, \"optimizer\": %.9g}, "
                "\"full_local_grads\": %s, \"ranks\": [",
             tr->world, tr->o->zero, tr->o->dynamic ? "dynamic" : "static", tr->m->n_params, tr->micro_batch,
-            formula[0], formula[1], formula[2], tr->o->zero == 2 && tr->o->dynamic ? "true" : "false");
+            tr->m->act_dt == DT_BF16 ? "bf16 mixed (f32 master)" : "f32", formula[0], formula[1], formula[2], tr->o->zero == 2 && tr->o->dynamic ? "true" : "false");
     for (int r = 0; r < tr->world; r++) {
         fprintf(f, "%s{\"rank\": %d", r ? ", " : "", r);
         for (int k = 0; k < MEM_N; k++) fprintf(f, ", \"%s\": %.0f", names[k], all[MEM_N * r + k]);
@@ -456,8 +461,12 @@ static sk_status train_loop(trainer *tr) {
 
 /* Bytes a rank may plan for: --mem-limit, else the host's available memory shared by the
  * ranks (all assumed on this host). */
+/* Bytes a rank may plan for: --mem-limit, else on a device 95% of its free memory before the
+ * model (the rest for the library's workspaces and the allocator's rounding), else the
+ * host's available memory shared by the ranks. */
 static size_t memory_budget(const trainer *tr) {
     if (tr->o->mem_limit) return tr->o->mem_limit;
+    if (tr->dev_free0) return tr->dev_free0 / 20 * 19;
     size_t avail = mem_available();
     return avail == SIZE_MAX ? SIZE_MAX : avail / (size_t)tr->world;
 }
@@ -520,6 +529,7 @@ sk_status train_run(const train_opts *o) {
                                 "numbers of micro-batches; use --zero 2 (or below) or --data-dist static");
 
     if (!(tr.be = backend_create(o->device))) return SK_EARG;
+    if (!tr.be->host_memory && (st = backend_mem_info(tr.be, &tr.dev_free0, NULL))) goto done;
     if (tr.rank == 0 && (st = file_mkdirs(o->out))) goto done;
     if ((st = agree(&tr, st, "creating --out"))) goto done;
     if ((st = load_model(&tr, &resumed))) goto done;
@@ -532,6 +542,8 @@ sk_status train_run(const train_opts *o) {
         goto done;
     }
     tr.m->dropout = o->dropout;
+    if ((st = model_set_precision(tr.m, o->precision))) goto done;
+    tr.m->recompute = o->recompute;
     if ((st = data_loader_open(o->data, "train", (int)o->seq, o->seed, &tr.train_dl))) goto done;
     tr.n_samples = data_loader_num_samples(tr.train_dl);
     if (resumed) {
@@ -575,7 +587,7 @@ sk_status train_run(const train_opts *o) {
     {
         double *all = mem_alloc(sizeof(double) * (size_t)(MEM_N * tr.world));
         if (!all) { st = SK_ENOMEM; goto done; }
-        st = gather_memory(&tr, false, all);
+        st = gather_memory(&tr, tr.dev_free0 > 0, all);   /* a device's use is known once allocated */
         if (st == SK_OK && tr.rank == 0) print_memory(&tr, all);
         mem_free(all);
         if (st) goto done;

@@ -41,6 +41,8 @@ typedef struct train_opts {
     long save_every, keep_checkpoints;
     uint64_t seed;
     bool dropout;
+    dtype precision;          /* DT_F32, or DT_BF16: mixed precision (model_set_precision) */
+    bool recompute;           /* activation recompute (model.h) */
     opt_hparams hp;
     bool quiet;               /* no progress line */
     comm *comm;               /* the ranks to train with; NULL: this process alone */

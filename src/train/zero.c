@@ -171,7 +171,8 @@ void zero_plan(const model *m, int world, int stage, bool dynamic, int param_byt
     const size_t P = (size_t)param_bytes, K = param_bytes == 4 ? 8 : 12, W = (size_t)world, psi = m->n_params;
     const bool buckets = stage >= 2 && !dynamic;
     memset(o, 0, sizeof *o);
-    o->params = P * (stage >= 3 ? S : psi);
+    /* mixed precision (model_set_precision) adds the bf16 copy the products read */
+    o->params = P * (stage >= 3 ? S : psi) + (m->act_dt != DT_F32 ? dtype_size(m->act_dt) * psi : 0);
     o->grads = P * (stage >= 2 ? S : psi) + (stage == 2 && dynamic ? P * psi : 0);
     o->optimizer = K * (stage >= 1 ? S : psi);
     if (buckets) o->buckets = P * (2 * W * maxlc + outer) + 4 * (2 * maxlc + outer / W) + (stage == 2 ? 4 * maxc : 0);
@@ -316,6 +317,10 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
         return sk_fail(SK_EARG, "--zero 3 with --data-dist dynamic is not supported: ZeRO-3 gathers every layer "
                                 "with all ranks at every micro-batch, and dynamic distribution gives ranks different "
                                 "numbers of micro-batches; use --zero 2 or --data-dist static");
+    if (stage == 3 && m->act_dt != DT_F32)
+        return sk_fail(SK_EARG, "--zero 3 with --precision %s is not supported yet: ZeRO-3 gathers f32 layers and "
+                       "the products read a bf16 copy of all parameters; use --zero 2 or --precision f32",
+                       m->act_dt == DT_BF16 ? "bf16" : dtype_name(m->act_dt));
     SK_ASSERT(m->params && !m->grads);
     if (c && c->world > 1 && !strcmp(c->name, "nccl") != !!strcmp(m->be->name, "cpu"))
         return sk_fail(SK_EARG, "--zero over %d ranks: the %s communicator moves %s memory, but the %s backend's buffers "
@@ -506,6 +511,7 @@ sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr, float grad_scal
     model *m = z->m;
     backend *be = z->be;
     if (z->err) return z->err;
+    model_params_changed(m);
     if (z->stage == 0) {
         adamw_step(&z->opt, m, m->grads, h, lr, grad_scale);
         return SK_OK;
@@ -643,4 +649,11 @@ size_t zero_proc_bytes(bool peak) {
         if (!strncmp(line, key, strlen(key))) kb = strtoull(line + strlen(key), NULL, 10);
     fclose(f);
     return kb * 1024;
+}
+
+size_t zero_held_bytes(backend *be, size_t dev_free0) {
+    size_t free_now = 0;
+    if (!dev_free0) return zero_proc_bytes(true);
+    if (backend_mem_info(be, &free_now, NULL) != SK_OK || free_now > dev_free0) return 0;
+    return dev_free0 - free_now;
 }

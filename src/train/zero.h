@@ -64,7 +64,8 @@ typedef struct zero_mem {
 /* The per-rank memory plan for `world` ranks at `stage`, before anything is allocated.
  * param_bytes 4 is fp32 training; 2 plans mixed precision (bf16 parameters and gradients,
  * fp32 master weights and moments: 12 bytes of optimizer state per parameter), as the paper
- * counts it. activations come from the architecture's train_bytes for (micro_batch, T). */
+ * counts it. skein's mixed precision (model_set_precision) keeps f32 parameters and
+ * gradients (param_bytes 4) and adds its bf16 copy of the parameters to params. activations come from the architecture's train_bytes for (micro_batch, T). */
 void zero_plan(const model *m, int world, int stage, bool dynamic, int param_bytes, int micro_batch, int T,
                zero_mem *out);
 /* The paper's per-rank model-state bytes for psi parameters: out[0] parameters, out[1]
@@ -116,5 +117,9 @@ sk_status zero_load_opt(zero *z, const char *dir);
 /* Resident memory of this process from /proc/self/status: VmHWM (peak) or VmRSS; 0 when
  * unknown. */
 size_t zero_proc_bytes(bool peak);
+/* What a rank holds, measured: on a device backend (dev_free0 > 0: its free bytes before the
+ * model) the device memory taken since, as the device reports free memory (cudaMemGetInfo);
+ * else zero_proc_bytes(true). */
+size_t zero_held_bytes(backend *be, size_t dev_free0);
 
 #endif
