@@ -73,7 +73,7 @@ NVCC_WARN  = -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $(if $(WERROR),-Werr
 CU_SRCS   := $(if $(NVCC),$(sort $(shell find src -name '*.cu')))
 ifneq ($(NVCC),)
 CFLAGS += -DSKEIN_HAVE_CUDA
-LDLIBS += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart -lstdc++
+LDLIBS += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
 SRCS      := $(sort $(shell find src -name '*.c'))

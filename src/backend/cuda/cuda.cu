@@ -7,8 +7,10 @@
  * is its cudaStream_t; NULL means the backend's own default stream, created non-blocking
  * (never the legacy stream), so work on other streams overlaps it. Ops are asynchronous:
  * only stream_synchronize, event_synchronize, alloc and free wait for the device. Ops
- * allocate nothing; cuBLAS works in a workspace allocated at creation. f32 only in this
- * phase (supports); products in plain f32 unless SKEIN_CUDA_TF32=1 (cuda.h). */
+ * allocate nothing; cuBLAS and cuBLASLt work in a workspace allocated at creation. f32
+ * everywhere, and bf16 for the [lp] arguments of mixed precision (supports): the entries
+ * check each [lp] view's dtype and pass it on as a cuda_lp. f32 products in plain f32
+ * unless SKEIN_CUDA_TF32=1 (cuda.h); bf16 products on the tensor cores through cuBLASLt. */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <math.h>
@@ -18,7 +20,7 @@ extern "C" {
 #include "backend/cuda/cuda.h"
 }
 
-#define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)   /* cuBLAS's recommendation for Hopper */
+#define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)   /* cuBLAS's recommendation for Hopper (and cuBLASLt's) */
 
 static cuda_ctx *ctx(backend *be) { return (cuda_ctx *)be->impl; }
 static cudaStream_t stream_of(backend *be, backend_stream *s) { return s ? (cudaStream_t)s : ctx(be)->stream; }
@@ -102,8 +104,11 @@ static sk_status cuda_mem_info(backend *be, size_t *free_bytes, size_t *total_by
     return SK_OK;
 }
 
-/* Phase 1 runs everything in f32: bf16/f16 weights (mapped inference) are not read here. */
-static bool cuda_supports(backend *be, backend_op op, dtype dt) { return dt == DT_F32; }
+/* f32 everywhere; bf16 for the [lp] arguments of mixed precision. bf16/f16 weights (mapped
+ * inference: MATMUL, EMBED) are not read here. */
+static bool cuda_supports(backend *be, backend_op op, dtype dt) {
+    return dt == DT_F32 || (op == BACKEND_OP_MIXED && dt == DT_BF16);
+}
 
 /* ---- views ---- */
 
@@ -128,6 +133,25 @@ static float *mat_of(tensor t, int rows, int cols) {
 }
 /* Any f32 contiguous view as n elements (elementwise ops: equal element counts). */
 static float *flat(tensor t, int64_t n) { return vec(t, n); }
+/* An [lp] view (backend.h's mixed precision): f32 or bf16. */
+static cuda_lp lp(tensor t) {
+    SK_ASSERT(t.dt == DT_F32 || t.dt == DT_BF16);
+    cuda_lp a = {t.data, t.dt == DT_BF16};
+    return a;
+}
+/* A contiguous [lp] view of n elements (elementwise ops: equal element counts). */
+static cuda_lp lp_flat(tensor t, int64_t n) {
+    SK_ASSERT(tensor_is_contiguous(t) && tensor_numel(t) == n);
+    return lp(t);
+}
+/* A contiguous [lp] matrix view of rows x cols. */
+static cuda_lp lp_mat(tensor t, int rows, int cols) {
+    SK_ASSERT(t.ndim == 2 && t.shape[0] == rows && t.shape[1] == cols);
+    return lp_flat(t, (int64_t)rows * cols);
+}
+/* Views an op allows to alias: the same memory is read and written in one dtype. */
+static void alias_same_dtype(tensor a, tensor b) { SK_ASSERT(a.data != b.data || a.dt == b.dt); }
+
 /* tokens(B,T), i32, contiguous. */
 static const int *tokens_of(tensor t, int *B, int *T) {
     SK_ASSERT(t.ndim == 2 && t.dt == DT_I32 && tensor_is_contiguous(t));
@@ -138,27 +162,35 @@ static const int *tokens_of(tensor t, int *B, int *T) {
 
 /* ---- compute: table entries ---- */
 
+/* f32 A, B and C through cuBLAS; bf16 A and B (C f32 or bf16) through cuBLASLt. Other
+ * mixes (bf16 with f32 operands, f32 operands into bf16 C) are not products here. */
 static void cuda_matmul_op(backend *be, backend_stream *s, tensor C, tensor A, bool ta, tensor B, bool tb,
                            float alpha, float beta) {
-    SK_ASSERT(A.ndim == 2 && B.ndim == 2 && C.ndim == 2 && A.dt == DT_F32 && B.dt == DT_F32 && C.dt == DT_F32);
+    SK_ASSERT(A.ndim == 2 && B.ndim == 2 && C.ndim == 2 && A.dt == B.dt);
     const int M = (int)C.shape[0], N = (int)C.shape[1], K = (int)(ta ? A.shape[0] : A.shape[1]);
     SK_ASSERT((ta ? A.shape[1] : A.shape[0]) == M && (tb ? B.shape[1] : B.shape[0]) == K &&
               (tb ? B.shape[0] : B.shape[1]) == N);
     if (M == 0 || N == 0) return;
-    cuda_matmul(ctx(be), stream_of(be, s), tensor_f32(C), tensor_ld(C), tensor_f32(A), tensor_ld(A), ta,
-                tensor_f32(B), tensor_ld(B), tb, M, N, K, alpha, beta);
+    if (A.dt == DT_F32) {
+        cuda_matmul(ctx(be), stream_of(be, s), tensor_f32(C), tensor_ld(C), tensor_f32(A), tensor_ld(A), ta,
+                    tensor_f32(B), tensor_ld(B), tb, M, N, K, alpha, beta);
+        return;
+    }
+    SK_ASSERT(A.dt == DT_BF16 && K > 0);   /* cuBLASLt has no empty sums */
+    cuda_matmul_lt(ctx(be), stream_of(be, s), lp(C), tensor_ld(C), A.data, tensor_ld(A), ta, B.data, tensor_ld(B),
+                   tb, M, N, K, alpha, beta);
 }
 
 static void cuda_bias_add_op(backend *be, backend_stream *s, tensor out, tensor bias) {
-    SK_ASSERT(out.ndim == 2 && out.dt == DT_F32);
+    SK_ASSERT(out.ndim == 2);
     const int N = (int)out.shape[0], OC = (int)out.shape[1];
-    cuda_bias_add(ctx(be), stream_of(be, s), tensor_f32(out), tensor_ld(out), vec(bias, OC), N, OC);
+    cuda_bias_add(ctx(be), stream_of(be, s), lp(out), tensor_ld(out), vec(bias, OC), N, OC);
 }
 
 static void cuda_bias_backward_op(backend *be, backend_stream *s, tensor dbias, tensor dout) {
-    int N, OC;
-    const float *d = mat(dout, &N, &OC);
-    cuda_bias_backward(stream_of(be, s), vec(dbias, OC), d, N, OC);
+    SK_ASSERT(dout.ndim == 2);
+    const int N = (int)dout.shape[0], OC = (int)dout.shape[1];
+    cuda_bias_backward(stream_of(be, s), vec(dbias, OC), lp_mat(dout, N, OC), N, OC);
 }
 
 static void cuda_embed_forward_op(backend *be, backend_stream *s, tensor out, tensor tokens, tensor wte, tensor wpe) {
@@ -186,7 +218,7 @@ static void cuda_layernorm_forward_op(backend *be, backend_stream *s, tensor out
     int N, C;
     const float *x = mat(inp, &N, &C);
     if (N == 0) return;
-    cuda_layernorm_forward(stream_of(be, s), mat_of(out, N, C), vec_opt(mean, N), vec_opt(rstd, N), x,
+    cuda_layernorm_forward(stream_of(be, s), lp_mat(out, N, C), vec_opt(mean, N), vec_opt(rstd, N), x,
                            vec(weight, C), vec(bias, C), N, C, eps);
 }
 
@@ -196,27 +228,31 @@ static void cuda_layernorm_backward_op(backend *be, backend_stream *s, tensor di
     const float *x = mat(inp, &N, &C);
     if (N == 0) return;
     cuda_layernorm_backward(stream_of(be, s), mat_of(dinp, N, C), vec(dweight, C), vec(dbias, C),
-                            mat_of(dout, N, C), x, vec(weight, C), vec(mean, N), vec(rstd, N), N, C);
+                            lp_mat(dout, N, C), x, vec(weight, C), vec(mean, N), vec(rstd, N), N, C);
 }
 
 static void cuda_gelu_forward_op(backend *be, backend_stream *s, tensor out, tensor inp) {
     const int64_t n = tensor_numel(inp);
-    cuda_gelu_forward(ctx(be), stream_of(be, s), flat(out, n), flat(inp, n), n);
+    SK_ASSERT(out.dt == inp.dt);
+    cuda_gelu_forward(ctx(be), stream_of(be, s), lp_flat(out, n), lp_flat(inp, n), n);
 }
 
 static void cuda_gelu_backward_op(backend *be, backend_stream *s, tensor dinp, tensor inp, tensor dout) {
     const int64_t n = tensor_numel(inp);
-    cuda_gelu_backward(ctx(be), stream_of(be, s), flat(dinp, n), flat(inp, n), flat(dout, n), n);
+    SK_ASSERT(dinp.dt == inp.dt && dout.dt == inp.dt);
+    cuda_gelu_backward(ctx(be), stream_of(be, s), lp_flat(dinp, n), lp_flat(inp, n), lp_flat(dout, n), n);
 }
 
 static void cuda_add_op(backend *be, backend_stream *s, tensor out, tensor a, tensor b) {
     const int64_t n = tensor_numel(out);
-    cuda_add(ctx(be), stream_of(be, s), flat(out, n), flat(a, n), flat(b, n), n);
+    alias_same_dtype(out, a);
+    alias_same_dtype(out, b);
+    cuda_add(ctx(be), stream_of(be, s), lp_flat(out, n), lp_flat(a, n), lp_flat(b, n), n);
 }
 
 static void cuda_scale_op(backend *be, backend_stream *s, tensor x, float alpha) {
     const int64_t n = tensor_numel(x);
-    cuda_scale(ctx(be), stream_of(be, s), flat(x, n), alpha, n);
+    cuda_scale(ctx(be), stream_of(be, s), lp_flat(x, n), alpha, n);
 }
 
 /* A (B,T,D) view with contiguous channels as cuda_rows. */
@@ -268,7 +304,8 @@ static void cuda_rmsnorm_forward_op(backend *be, backend_stream *s, tensor out, 
     int N, C;
     const float *x = mat(inp, &N, &C);
     if (N == 0) return;
-    cuda_rmsnorm_forward(stream_of(be, s), mat_of(out, N, C), vec_opt(rstd, N), x, vec(weight, C), N, C, eps);
+    alias_same_dtype(out, inp);
+    cuda_rmsnorm_forward(stream_of(be, s), lp_mat(out, N, C), vec_opt(rstd, N), x, vec(weight, C), N, C, eps);
 }
 
 static void cuda_rmsnorm_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout,
@@ -276,7 +313,7 @@ static void cuda_rmsnorm_backward_op(backend *be, backend_stream *s, tensor dinp
     int N, C;
     const float *x = mat(inp, &N, &C);
     if (N == 0) return;
-    cuda_rmsnorm_backward(stream_of(be, s), mat_of(dinp, N, C), vec(dweight, C), mat_of(dout, N, C), x,
+    cuda_rmsnorm_backward(stream_of(be, s), mat_of(dinp, N, C), vec(dweight, C), lp_mat(dout, N, C), x,
                           vec(weight, C), vec(rstd, N), N, C);
 }
 
@@ -285,7 +322,7 @@ static void rope(backend *be, backend_stream *s, tensor x, tensor cos, tensor si
     SK_ASSERT(x.ndim == 4);
     const int T = (int)x.shape[1], N = (int)x.shape[0] * T, nh = (int)x.shape[2], HS = (int)x.shape[3];
     SK_ASSERT(HS % 2 == 0 && cos.ndim == 2 && cos.shape[1] == HS / 2 && cos.shape[0] >= pos0 + T);
-    cuda_rope(ctx(be), stream_of(be, s), vec(x, (int64_t)N * nh * HS), vec(cos, tensor_numel(cos)),
+    cuda_rope(ctx(be), stream_of(be, s), lp_flat(x, (int64_t)N * nh * HS), vec(cos, tensor_numel(cos)),
               vec(sin, tensor_numel(cos)), N, T, nh, HS, pos0, dir);
 }
 static void cuda_rope_forward_op(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0) {
@@ -298,37 +335,49 @@ static void cuda_rope_backward_op(backend *be, backend_stream *s, tensor dx, ten
 
 static void cuda_swiglu_forward_op(backend *be, backend_stream *s, tensor out, tensor gate, tensor up) {
     const int64_t n = tensor_numel(gate);
-    cuda_swiglu_forward(ctx(be), stream_of(be, s), flat(out, n), flat(gate, n), flat(up, n), n);
+    SK_ASSERT(out.dt == gate.dt && up.dt == gate.dt);
+    cuda_swiglu_forward(ctx(be), stream_of(be, s), lp_flat(out, n), lp_flat(gate, n), lp_flat(up, n), n);
 }
 
 static void cuda_swiglu_backward_op(backend *be, backend_stream *s, tensor dgate, tensor dup, tensor dout,
                                     tensor gate, tensor up) {
     const int64_t n = tensor_numel(gate);
-    cuda_swiglu_backward(ctx(be), stream_of(be, s), flat(dgate, n), flat(dup, n), flat(dout, n), flat(gate, n),
-                         flat(up, n), n);
+    SK_ASSERT(dgate.dt == gate.dt && dup.dt == gate.dt && dout.dt == gate.dt && up.dt == gate.dt);
+    cuda_swiglu_backward(ctx(be), stream_of(be, s), lp_flat(dgate, n), lp_flat(dup, n), lp_flat(dout, n),
+                         lp_flat(gate, n), lp_flat(up, n), n);
 }
 
 static void cuda_softmax_xent_op(backend *be, backend_stream *s, tensor losses, tensor dlogits, tensor logits,
                                  tensor targets, float dloss) {
-    SK_ASSERT(logits.ndim == 2 && logits.dt == DT_F32);
+    SK_ASSERT(logits.ndim == 2);
     const int N = (int)logits.shape[0], V = (int)logits.shape[1];
     const int64_t Vp = tensor_ld(logits);
-    float *d = tensor_is_none(dlogits) ? NULL : mat_of(dlogits, N, (int)Vp);
+    cuda_lp d = {NULL, logits.dt == DT_BF16};
+    if (!tensor_is_none(dlogits)) {
+        SK_ASSERT(dlogits.dt == logits.dt);
+        d = lp_mat(dlogits, N, (int)Vp);
+    }
     SK_ASSERT(targets.dt == DT_I32 && tensor_numel(targets) == N && tensor_is_contiguous(targets));
     if (N == 0) return;
-    cuda_softmax_xent(stream_of(be, s), vec(losses, N), d, tensor_f32(logits), (const int *)targets.data, N, V, Vp,
-                      dloss);
+    cuda_softmax_xent(stream_of(be, s), vec(losses, N), d, lp(logits), (const int *)targets.data, N, V, Vp, dloss);
 }
 
 static void cuda_dropout_forward_op(backend *be, backend_stream *s, tensor out, tensor inp, float p, uint64_t seed) {
     SK_ASSERT(p >= 0.0f && p < 1.0f);
     const int64_t n = tensor_numel(inp);
-    cuda_dropout(ctx(be), stream_of(be, s), flat(out, n), flat(inp, n), n, p, seed);
+    alias_same_dtype(out, inp);
+    cuda_dropout(ctx(be), stream_of(be, s), lp_flat(out, n), lp_flat(inp, n), n, p, seed);
 }
 /* The same masked scaling. */
 static void cuda_dropout_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dout, float p,
                                      uint64_t seed) {
     cuda_dropout_forward_op(be, s, dinp, dout, p, seed);
+}
+
+static void cuda_cast_op(backend *be, backend_stream *s, tensor out, tensor inp) {
+    const int64_t n = tensor_numel(inp);
+    alias_same_dtype(out, inp);
+    cuda_cast(ctx(be), stream_of(be, s), lp_flat(out, n), lp_flat(inp, n), n);
 }
 
 static double *scalar_f64(tensor t) {
@@ -397,6 +446,10 @@ static void cuda_destroy(backend *be) {
     if (!x) return;
     if (x->stream) cudaStreamSynchronize(x->stream);
     if (x->blas) cublasDestroy(x->blas);
+    if (x->lt) {
+        cuda_lt_plans_free(x);
+        cublasLtDestroy(x->lt);
+    }
     if (x->blas_ws) cudaFree(x->blas_ws);
     if (x->stream) cudaStreamDestroy(x->stream);
     mem_free(x);
@@ -440,6 +493,7 @@ static const backend_ops cuda_ops = {
     .softmax_xent = cuda_softmax_xent_op,
     .dropout_forward = cuda_dropout_forward_op,
     .dropout_backward = cuda_dropout_backward_op,
+    .cast = cuda_cast_op,
     .sum_f64 = cuda_sum_f64_op,
     .sum_squares = cuda_sum_squares_op,
     .adamw = cuda_adamw_op,
@@ -489,6 +543,11 @@ extern "C" backend *backend_cuda_create(void) {
     CUBLAS_CHECK(cublasSetStream(x->blas, x->stream));
     CUBLAS_CHECK(cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
     x->blas_stream = x->stream;
+    if (cublasLtCreate(&x->lt) != CUBLAS_STATUS_SUCCESS) {
+        x->lt = NULL;
+        sk_fail(SK_EARG, "--device cuda: cublasLtCreate failed");
+        goto err;
+    }
     return be;
 err:
     if (be && be->impl) cuda_destroy(be);

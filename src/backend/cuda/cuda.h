@@ -4,16 +4,19 @@
  *   backend *be = backend_cuda_create();   // or backend_create("cuda")
  *   if (!be) fprintf(stderr, "%s\n", sk_errmsg());   // no device, no driver, ...
  *
- * Phase 1 of the CUDA issue: every op of backend.h in f32 (supports() says f32 only), with
- * the CPU backend's contracts (writes vs accumulates, aliasing, strides) and within tight
- * tolerances of its results (products in plain f32: TF32 is off). Memory is cudaMalloc'd
- * device memory and cudaMallocHost'd pinned memory, never managed memory.
+ * Every op of backend.h in f32, with the CPU backend's contracts (writes vs accumulates,
+ * aliasing, strides) and within tight tolerances of its results (products in plain f32:
+ * TF32 is off). Mixed precision (backend_supports(be, BACKEND_OP_MIXED, DT_BF16)): the [lp]
+ * arguments of every op but attention may be bf16; kernels compute in f32 and round each
+ * bf16 output once; bf16 products (bf16 A and B, C f32 or bf16) run on the tensor cores
+ * through cuBLASLt with f32 accumulation. Memory is cudaMalloc'd device memory and
+ * cudaMallocHost'd pinned memory, never managed memory.
  *
- * SKEIN_CUDA_TF32=1 in the environment when the backend is created puts cuBLAS's products
- * (matmul: the linear layers and the LM head, forward and backward) on the tensor cores in
- * TF32 (inputs rounded to 10 mantissa bits, sums in f32): several times faster, and results
- * then differ from the CPU's at about 1e-3 relative, so the CPU-comparison tests (make
- * test-gpu) run without it. Attention always runs in f32 (cuda_attention.cu). */
+ * SKEIN_CUDA_TF32=1 in the environment when the backend is created puts cuBLAS's f32
+ * products (matmul: the linear layers and the LM head, forward and backward) on the tensor
+ * cores in TF32 (inputs rounded to 10 mantissa bits, sums in f32): several times faster,
+ * and results then differ from the CPU's at about 1e-3 relative, so the CPU-comparison tests
+ * (make test-gpu) run without it. Attention always runs in f32 (cuda_attention.cu). */
 #ifndef SKEIN_BACKEND_CUDA_H
 #define SKEIN_BACKEND_CUDA_H
 

@@ -2,15 +2,19 @@
  * the launchers of cuda_ops.cu and cuda_attention.cu. Not for callers: they use backend.h
  * (through backend_create("cuda") or cuda.h).
  *
- * Three tiers per op: a kernel (`<op>_f32`), a launcher (`cuda_<op>`) taking a cudaStream_t
- * and plain pointers and sizes, and the table entry in cuda.cu that checks the views and
- * calls the launcher. Launchers allocate nothing and never synchronize the host.
+ * Three tiers per op: a kernel (`<op>_f32`, or `<op>_kernel` templated over the storage
+ * types of its [lp] arrays), a launcher (`cuda_<op>`) taking a cudaStream_t and plain
+ * pointers and sizes, and the table entry in cuda.cu that checks the views and calls the
+ * launcher. Launchers allocate nothing and never synchronize the host. An [lp] array
+ * (backend.h's mixed precision) reaches a launcher as a cuda_lp: its data and whether it is
+ * bf16; the launcher instantiates the kernel for the types it finds.
  *
  * Letters as in backend.h: N rows, C channels, B batch, T time, NH heads, NKV key/value
  * heads, HS head size, V vocabulary (Vp its padded row stride). */
 #ifndef SKEIN_CUDA_IMPL_CUH
 #define SKEIN_CUDA_IMPL_CUH
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -42,6 +46,25 @@ static inline void cuda_check_blas(cublasStatus_t e, const char *call, const cha
     abort();
 }
 
+/* Cached cuBLASLt products (cuda_matmul_lt): one per shape, found by linear search, the
+ * oldest replaced when the table is full. */
+#define CUDA_LT_PLANS 64
+
+/* What picks a cuBLASLt algorithm: sizes, row strides, transposes, dtypes, whether C is
+ * read, and each operand's pointer alignment (all int64_t: compared with memcmp). */
+typedef struct cuda_lt_key {
+    int64_t M, N, K, lda, ldb, ldc;
+    int64_t flags;   /* ta | tb << 1 | c_bf16 << 2 | beta_nonzero << 3 | log2 alignments << 4.. */
+} cuda_lt_key;
+
+/* A product's descriptors and the algorithm the heuristic chose for them, made on first use. */
+typedef struct cuda_lt_plan {
+    cuda_lt_key key;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;   /* cuBLASLt's column-major A, B, C (ours swapped) */
+    cublasLtMatmulAlgo_t algo;
+} cuda_lt_plan;
+
 /* The backend's state (be->impl). */
 typedef struct cuda_ctx {
     int device;
@@ -49,47 +72,65 @@ typedef struct cuda_ctx {
     cudaStream_t stream;        /* the default stream (NULL in the table), non-blocking */
     cublasHandle_t blas;
     cudaStream_t blas_stream;   /* the stream the handle was last set to */
-    void *blas_ws;              /* cuBLAS workspace, allocated once (no allocation in ops) */
+    void *blas_ws;              /* cuBLAS and cuBLASLt workspace, allocated once (no
+                                 * allocation in ops); products on one stream run in
+                                 * order, so the two libraries share it */
     size_t blas_ws_bytes;
     bool tf32;                  /* SKEIN_CUDA_TF32=1: cuBLAS products in TF32 (cuda.h) */
+    cublasLtHandle_t lt;        /* bf16 products */
+    cuda_lt_plan lt_plans[CUDA_LT_PLANS];
+    int n_lt_plans, lt_next;    /* plans in use; the next one replaced when all are */
 } cuda_ctx;
 
-/* ---- launchers (cuda_ops.cu); contracts as the backend.h op of the same name; every
- * pointer is device memory, every matrix contiguous unless a row stride is given ---- */
+/* An [lp] array: device data, f32 or bf16 (the table entry has checked the view). */
+typedef struct cuda_lp {
+    void *p;
+    bool bf16;
+} cuda_lp;
 
+/* ---- launchers (cuda_ops.cu); contracts as the backend.h op of the same name; every
+ * pointer is device memory, every matrix contiguous unless a row stride is given; n counts
+ * elements ---- */
+
+/* f32 products through cuBLAS (TF32 when x->tf32). */
 void cuda_matmul(cuda_ctx *x, cudaStream_t s, float *C, int64_t ldc, const float *A, int64_t lda, bool ta,
                  const float *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta);
-void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, float *out, int64_t ld, const float *bias, int N, int OC);
-void cuda_bias_backward(cudaStream_t s, float *dbias, const float *dout, int N, int OC);
+/* bf16 A and B, C f32 or bf16, f32 accumulation, through cuBLASLt on the tensor cores. */
+void cuda_matmul_lt(cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta,
+                    const void *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta);
+/* Releases the cached cuBLASLt descriptors (the handle is the caller's). */
+void cuda_lt_plans_free(cuda_ctx *x);
+void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, const float *bias, int N, int OC);
+void cuda_bias_backward(cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC);
 void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int *tokens, const float *wte,
                         const float *wpe, int B, int T, int C);
 void cuda_embed_backward(const cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout,
                          const int *tokens, int B, int T, int C);
-void cuda_layernorm_forward(cudaStream_t s, float *out, float *mean, float *rstd, const float *inp,
+void cuda_layernorm_forward(cudaStream_t s, cuda_lp out, float *mean, float *rstd, const float *inp,
                             const float *weight, const float *bias, int N, int C, float eps);
-void cuda_layernorm_backward(cudaStream_t s, float *dinp, float *dweight, float *dbias, const float *dout,
+void cuda_layernorm_backward(cudaStream_t s, float *dinp, float *dweight, float *dbias, cuda_lp dout,
                              const float *inp, const float *weight, const float *mean, const float *rstd, int N,
                              int C);
-void cuda_rmsnorm_forward(cudaStream_t s, float *out, float *rstd, const float *inp, const float *weight, int N,
+void cuda_rmsnorm_forward(cudaStream_t s, cuda_lp out, float *rstd, const float *inp, const float *weight, int N,
                           int C, float eps);
-void cuda_rmsnorm_backward(cudaStream_t s, float *dinp, float *dweight, const float *dout, const float *inp,
+void cuda_rmsnorm_backward(cudaStream_t s, float *dinp, float *dweight, cuda_lp dout, const float *inp,
                            const float *weight, const float *rstd, int N, int C);
-void cuda_gelu_forward(const cuda_ctx *x, cudaStream_t s, float *out, const float *inp, int64_t n);
-void cuda_gelu_backward(const cuda_ctx *x, cudaStream_t s, float *dinp, const float *inp, const float *dout,
-                        int64_t n);
-void cuda_add(const cuda_ctx *x, cudaStream_t s, float *out, const float *a, const float *b, int64_t n);
-void cuda_scale(const cuda_ctx *x, cudaStream_t s, float *v, float alpha, int64_t n);
+/* gelu, swiglu: all arrays of one dtype (the table entry checks). */
+void cuda_gelu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n);
+void cuda_gelu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dinp, cuda_lp inp, cuda_lp dout, int64_t n);
+void cuda_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp a, cuda_lp b, int64_t n);
+void cuda_scale(const cuda_ctx *x, cudaStream_t s, cuda_lp v, float alpha, int64_t n);
 /* Rotates x(N,nh,HS) (N = B*T rows, row r at position pos0 + r % T) by dir * angle. */
-void cuda_rope(const cuda_ctx *x, cudaStream_t s, float *v, const float *cos, const float *sin, int N, int T,
+void cuda_rope(const cuda_ctx *x, cudaStream_t s, cuda_lp v, const float *cos, const float *sin, int N, int T,
                int nh, int HS, int pos0, float dir);
-void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, float *out, const float *gate, const float *up,
-                         int64_t n);
-void cuda_swiglu_backward(const cuda_ctx *x, cudaStream_t s, float *dgate, float *dup, const float *dout,
-                          const float *gate, const float *up, int64_t n);
-void cuda_softmax_xent(cudaStream_t s, float *losses, float *dlogits, const float *logits, const int *targets,
-                       int N, int V, int64_t Vp, float dloss);
-void cuda_dropout(const cuda_ctx *x, cudaStream_t s, float *out, const float *inp, int64_t n, float p,
-                  uint64_t seed);
+void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp gate, cuda_lp up, int64_t n);
+void cuda_swiglu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dgate, cuda_lp dup, cuda_lp dout,
+                          cuda_lp gate, cuda_lp up, int64_t n);
+/* logits and dlogits (when dlogits.p is not NULL) of one dtype. */
+void cuda_softmax_xent(cudaStream_t s, float *losses, cuda_lp dlogits, cuda_lp logits, const int *targets, int N,
+                       int V, int64_t Vp, float dloss);
+void cuda_dropout(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n, float p, uint64_t seed);
+void cuda_cast(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n);
 void cuda_sum_f64(cudaStream_t s, double *out, const float *v, int64_t n);
 void cuda_sum_squares(cudaStream_t s, double *out, const float *v, int64_t n);
 void cuda_adamw(const cuda_ctx *x, cudaStream_t s, float *param, const float *grad, float *m, float *v, int64_t n,

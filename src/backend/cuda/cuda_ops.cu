@@ -1,31 +1,118 @@
-/* backend/cuda: kernels and launchers of every op but attention (cuda_attention.cu), in f32.
+/* backend/cuda: kernels and launchers of every op but attention (cuda_attention.cu).
  * Contracts are backend.h's; the CPU backend (backend/cpu/cpu.c) is the reference each
  * kernel follows formula for formula.
  *
- * Three kernel families cover the ops:
- *   - elementwise: one functor per op (a struct with __device__ operator()(int64_t i)) run by
- *     each_f32 over a grid-stride loop; each element is read before it is written, so the
- *     aliasing the contracts allow (out = inp, dinp = dout) is safe;
+ * Mixed precision (backend.h): an [lp] array is f32 or bf16 (cuda_lp). Kernels over [lp]
+ * arrays are templates over the storage types (float, bf16); they compute in f32, convert
+ * bf16 inputs exactly (to_f32) and round each bf16 output once, to nearest even
+ * (from_f32). The f32 instantiations compute what the f32-only kernels computed. typed()
+ * picks the instantiation from the arrays' dtypes.
+ *
+ * Four kernel families cover the ops:
+ *   - elementwise over [lp] arrays: one functor per op whose apply<W>(i) handles elements
+ *     i..i+W-1, run by each_packed over a grid-stride loop in packs of PACK elements (16-byte
+ *     loads and stores: the ops are memory-bound) when every array is 16-byte aligned, and
+ *     one element at a time otherwise and for the tail; each pack is read whole before it is
+ *     written, so the aliasing the contracts allow (out = inp, dinp = dout) is safe;
+ *   - elementwise gathers and the optimizer (f32): a functor per element run by each;
  *   - rows: one block per row (norms, softmax cross-entropy) with block_reduce;
- *   - column sums: colsum_f32 over a term functor (bias, LayerNorm and RMSNorm parameter
- *     gradients), one thread per column summing its rows in order, so no atomics.
+ *   - column sums: colsum_kernel over a term functor (bias, LayerNorm and RMSNorm parameter
+ *     gradients), one cluster of blocks per group of columns, each block a fixed slice of
+ *     rows, partial sums added in a fixed order, so no atomics.
  * Invariants: nothing allocates; every result is deterministic except the token-embedding
  * gradient (atomicAdd: repeated tokens meet in any order); reductions into the f64 scalars
  * run in a fixed order (sum_f64 in one block, in exact index order as the CPU's loop;
  * sum_squares in one cluster of blocks, each a fixed slice).
- * Products go to cuBLAS in plain f32 (CUBLAS_DEFAULT_MATH: no TF32), so they track the
- * CPU's sgemm to rounding, unless SKEIN_CUDA_TF32=1 chose TF32 at creation (cuda.h). */
+ * f32 products go to cuBLAS in plain f32 (CUBLAS_DEFAULT_MATH: no TF32), so they track the
+ * CPU's sgemm to rounding, unless SKEIN_CUDA_TF32=1 chose TF32 at creation (cuda.h); bf16
+ * products go to cuBLASLt on the tensor cores, accumulating in f32, each shape's
+ * descriptors and algorithm chosen once and cached in the context. */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
 #include <math.h>
+#include <string.h>
 
 namespace cg = cooperative_groups;
+
+typedef __nv_bfloat16 bf16;
 
 /* ---- shared device helpers ---- */
 
 #define ROW_THREADS 256   /* threads of a row kernel: a multiple of 32, at most 1024 */
 #define FULL_MASK 0xffffffffu
+
+/* Storage to f32 (exact) and f32 to storage (bf16: rounded to nearest even). */
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
+template <class T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+#define PACK 8   /* elements per vector step: one 16-byte access of bf16, two of f32 */
+
+/* W consecutive elements in f32. */
+template <int W> struct pk {
+    float v[W];
+};
+
+/* 16 bytes of T: the unit of a vector access. */
+template <class T> struct alignas(16) raw16 {
+    T e[16 / sizeof(T)];
+};
+
+/* Elements p[0..W) in f32; W == PACK reads 16-byte units (p 16-byte aligned). */
+template <int W, class T> __device__ __forceinline__ pk<W> load(const T *p) {
+    pk<W> r;
+    if constexpr (W == PACK) {
+        constexpr int E = 16 / sizeof(T);
+#pragma unroll
+        for (int k = 0; k < W / E; k++) {
+            const raw16<T> u = reinterpret_cast<const raw16<T> *>(p)[k];
+#pragma unroll
+            for (int j = 0; j < E; j++) r.v[k * E + j] = to_f32(u.e[j]);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < W; j++) r.v[j] = to_f32(p[j]);
+    }
+    return r;
+}
+
+/* p[0..W) = x, each rounded once to T; W == PACK writes 16-byte units. */
+template <int W, class T> __device__ __forceinline__ void store(T *p, const pk<W> &x) {
+    if constexpr (W == PACK) {
+        constexpr int E = 16 / sizeof(T);
+#pragma unroll
+        for (int k = 0; k < W / E; k++) {
+            raw16<T> u;
+#pragma unroll
+            for (int j = 0; j < E; j++) u.e[j] = from_f32<T>(x.v[k * E + j]);
+            reinterpret_cast<raw16<T> *>(p)[k] = u;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < W; j++) p[j] = from_f32<T>(x.v[j]);
+    }
+}
+
+/* Whether every pointer is 16-byte aligned (the packed paths' condition). */
+template <class... P> static bool aligned16(const P *...p) { return ((((uintptr_t)p) % 16 == 0) && ...); }
+
+/* Calls f with each cuda_lp's data as a typed pointer (float * or bf16 *), in order: one
+ * instantiation of f per combination of dtypes (ops whose [lp] arrays may mix). */
+template <class F> static void typed(F &&f) { f(); }
+template <class F, class... R> static void typed(F &&f, cuda_lp a, R... rest) {
+    if (a.bf16) typed([&](auto *...p) { f((bf16 *)a.p, p...); }, rest...);
+    else typed([&](auto *...p) { f((float *)a.p, p...); }, rest...);
+}
+/* Calls f with every cuda_lp's data as a pointer of a's type (ops whose [lp] arrays share
+ * one dtype: the table entry has checked that they do). */
+template <class F, class... R> static void typed_one(F &&f, cuda_lp a, R... rest) {
+    if (a.bf16) f((bf16 *)a.p, (bf16 *)rest.p...);
+    else f((float *)a.p, (float *)rest.p...);
+}
 
 template <class T> struct op_sum {
     __device__ T operator()(T a, T b) const { return a + b; }
@@ -34,8 +121,11 @@ struct op_max {
     __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
+template <class T> __device__ T shfl_xor(T v, int o) { return __shfl_xor_sync(FULL_MASK, v, o); }
+__device__ float2 shfl_xor(float2 v, int o) { return make_float2(shfl_xor(v.x, o), shfl_xor(v.y, o)); }
+
 template <class T, class Op> __device__ T warp_reduce(T v, Op op) {
-    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(FULL_MASK, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
     return v;
 }
 
@@ -62,11 +152,37 @@ template <class F> __global__ void each_f32(int64_t n, F f) {
         f(i);
 }
 
-/* Launches each_f32 over n elements: at most 32 blocks of 256 per multiprocessor. */
+/* Blocks of 256 for `work` items of a grid-stride loop: at most 32 per multiprocessor. */
+static unsigned grid_for(const cuda_ctx *x, int64_t work) {
+    const int64_t blocks = (work + 255) / 256, cap = (int64_t)x->n_sm * 32;
+    return (unsigned)(blocks < cap ? blocks : cap);
+}
+
+/* Launches each_f32 over n elements. */
 template <class F> static void each(const cuda_ctx *x, cudaStream_t s, int64_t n, F f) {
     if (n <= 0) return;
-    int64_t blocks = (n + 255) / 256, cap = (int64_t)x->n_sm * 32;
-    each_f32<<<(unsigned)(blocks < cap ? blocks : cap), 256, 0, s>>>(n, f);
+    each_f32<<<grid_for(x, n), 256, 0, s>>>(n, f);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* Grid-stride loop over n elements: f.apply<PACK>(i) on whole packs when vec, then
+ * f.apply<1>(i) on the elements left (all of them when not vec). */
+template <class F> __global__ void each_packed_kernel(int64_t n, bool vec, F f) {
+    const int64_t step = (int64_t)gridDim.x * blockDim.x, t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t done = 0;
+    if (vec) {
+        const int64_t packs = n / PACK;
+        for (int64_t k = t; k < packs; k += step) f.template apply<PACK>(k * PACK);
+        done = packs * PACK;
+    }
+    for (int64_t i = done + t; i < n; i += step) f.template apply<1>(i);
+}
+
+/* Launches each_packed_kernel over n elements; vec when the functor's arrays allow 16-byte
+ * accesses at every multiple of PACK (aligned16, and whatever the op's layout needs). */
+template <class F> static void each_packed(const cuda_ctx *x, cudaStream_t s, int64_t n, bool vec, F f) {
+    if (n <= 0) return;
+    each_packed_kernel<<<grid_for(x, vec ? (n + PACK - 1) / PACK : n), 256, 0, s>>>(n, vec, f);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -86,65 +202,191 @@ void cuda_matmul(cuda_ctx *x, cudaStream_t s, float *C, int64_t ldc, const float
                              B, (int)ldb, A, (int)lda, &beta, C, (int)ldc));
 }
 
+/* log2 of p's alignment in bytes, at most 256: cuBLASLt picks kernels by it. */
+static int64_t align_log2(const void *p) {
+    int64_t k = 0;
+    while (k < 8 && !(((uintptr_t)p >> k) & 1)) k++;
+    return k;
+}
+
+static void lt_plan_release(cuda_lt_plan *p) {
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->a));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->b));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->c));
+    CUBLAS_CHECK(cublasLtMatmulDescDestroy(p->op));
+}
+
+void cuda_lt_plans_free(cuda_ctx *x) {
+    for (int i = 0; i < x->n_lt_plans; i++) lt_plan_release(&x->lt_plans[i]);
+    x->n_lt_plans = x->lt_next = 0;
+}
+
+/* Makes p's descriptors for key k and asks the heuristic for the best algorithm that fits
+ * the workspace and the operands' alignments. Row-major as in cuda_matmul: cuBLASLt's
+ * column-major A is our B (stored (K,N), or (N,K) when tb) and its B our A. No algorithm
+ * is a broken invariant (an unsupported view): the shapes go to stderr and we abort. */
+static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k) {
+    const bool ta = k->flags & 1, tb = (k->flags >> 1) & 1, c_bf16 = (k->flags >> 2) & 1;
+    const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    p->key = *k;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, tb ? k->K : k->N, tb ? k->N : k->K, k->ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, ta ? k->M : k->K, ta ? k->K : k->M, k->lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, c_bf16 ? CUDA_R_16BF : CUDA_R_32F, k->N, k->M, k->ldc));
+
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = x->blas_ws_bytes;
+    const uint32_t al_a = 1u << ((k->flags >> 4) & 15), al_b = 1u << ((k->flags >> 8) & 15),
+                   al_c = 1u << ((k->flags >> 12) & 15);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_b,
+                                                      sizeof al_b));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_a,
+                                                      sizeof al_a));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c,
+                                                      sizeof al_c));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
+                                                      sizeof al_c));
+    cublasLtMatmulHeuristicResult_t r;
+    int found = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(x->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+        fprintf(stderr,
+                "cuBLASLt: no algorithm for the bf16 product M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldc=%lld "
+                "ta=%d tb=%d C %s (%s)\n",
+                (long long)k->M, (long long)k->N, (long long)k->K, (long long)k->lda, (long long)k->ldb,
+                (long long)k->ldc, ta, tb, c_bf16 ? "bf16" : "f32", cublasGetStatusString(st));
+        abort();
+    }
+    p->algo = r.algo;
+}
+
+/* The plan for key k: cached, or made now in a free slot or in place of the oldest. */
+static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k) {
+    for (int i = 0; i < x->n_lt_plans; i++)
+        if (!memcmp(&x->lt_plans[i].key, k, sizeof *k)) return &x->lt_plans[i];
+    cuda_lt_plan *p;
+    if (x->n_lt_plans < CUDA_LT_PLANS) {
+        p = &x->lt_plans[x->n_lt_plans++];
+    } else {
+        p = &x->lt_plans[x->lt_next];
+        x->lt_next = (x->lt_next + 1) % CUDA_LT_PLANS;
+        lt_plan_release(p);
+    }
+    lt_plan_make(x, p, k);
+    return p;
+}
+
+/* The same swap as cuda_matmul, through cuBLASLt: C = D in place, alpha and beta on the host. */
+void cuda_matmul_lt(cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta,
+                    const void *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta) {
+    const cuda_lt_key k = {M, N, K, lda, ldb, ldc,
+                           (int64_t)ta | (int64_t)tb << 1 | (int64_t)C.bf16 << 2 | (int64_t)(beta != 0.0f) << 3 |
+                               align_log2(A) << 4 | align_log2(B) << 8 | align_log2(C.p) << 12};
+    const cuda_lt_plan *p = lt_plan(x, &k);
+    CUBLAS_CHECK(cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C.p, p->c, C.p, p->c, &p->algo,
+                                x->blas_ws, x->blas_ws_bytes, s));
+}
+
 /* ---- column sums: dst0[c] (+ dst1[c]) += sum over rows of a term of (row, column) ---- */
 
-#define COLSUM_X 32   /* columns per block */
-#define COLSUM_Y 16   /* row lanes per column */
+#define COLSUM_X 32      /* columns per block */
+#define COLSUM_Y 16      /* row lanes per column */
+#define COLSUM_SPLIT 8   /* blocks per cluster, each a contiguous slice of rows (the portable size) */
 
-/* One column per threadIdx.x; the COLSUM_Y lanes of a column take rows y, y + COLSUM_Y, ...
- * and their partial sums are added in lane order: a fixed order, no atomics. term(i, c)
- * returns the two summands (the second is ignored when dst1 is NULL). */
-template <class Term> __global__ void colsum_f32(float *dst0, float *dst1, int N, int C, Term term) {
+/* A cluster of COLSUM_SPLIT blocks per COLSUM_X columns; block r sums rows of slice r. In a
+ * block, one column per threadIdx.x; its COLSUM_Y lanes take rows y, y + COLSUM_Y, ... of
+ * the slice and their partial sums are added in lane order; block 0 of the cluster then
+ * adds the blocks' partials in rank order, read from their shared memory. A fixed order, no
+ * atomics. term(i, c) returns the two summands (the second is ignored when dst1 is NULL). */
+template <class Term>
+__global__ void __cluster_dims__(1, COLSUM_SPLIT, 1) colsum_kernel(float *dst0, float *dst1, int N, int C, Term term) {
     __shared__ float s0[COLSUM_Y][COLSUM_X + 1], s1[COLSUM_Y][COLSUM_X + 1];
+    cg::cluster_group cluster = cg::this_cluster();
     const int c = blockIdx.x * COLSUM_X + threadIdx.x;
+    const int per = (N + COLSUM_SPLIT - 1) / COLSUM_SPLIT, lo = (int)cluster.block_rank() * per;
+    const int hi = lo + per < N ? lo + per : N;
     float a0 = 0, a1 = 0;
-    if (c < C)
-        for (int i = threadIdx.y; i < N; i += COLSUM_Y) {
+    if (c < C) {
+#pragma unroll 4
+        for (int i = lo + threadIdx.y; i < hi; i += COLSUM_Y) {
             float2 t = term(i, c);
             a0 += t.x;
             a1 += t.y;
         }
+    }
     s0[threadIdx.y][threadIdx.x] = a0;
     s1[threadIdx.y][threadIdx.x] = a1;
     __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
+    if (threadIdx.y == 0) {
         for (int y = 1; y < COLSUM_Y; y++) {
             a0 += s0[y][threadIdx.x];
             a1 += s1[y][threadIdx.x];
         }
-        dst0[c] += a0;
-        if (dst1) dst1[c] += a1;
+        s0[0][threadIdx.x] = a0;
+        s1[0][threadIdx.x] = a1;
     }
+    cluster.sync();   /* every block's partials are in its shared memory */
+    if (cluster.block_rank() == 0 && threadIdx.y == 0 && c < C) {
+        float t0 = 0, t1 = 0;
+        for (unsigned r = 0; r < COLSUM_SPLIT; r++) {
+            t0 += *cluster.map_shared_rank(&s0[0][threadIdx.x], r);
+            t1 += *cluster.map_shared_rank(&s1[0][threadIdx.x], r);
+        }
+        dst0[c] += t0;
+        if (dst1) dst1[c] += t1;
+    }
+    cluster.sync();   /* block 0 has read them: the blocks may leave */
 }
 
 template <class Term> static void colsum(cudaStream_t s, float *dst0, float *dst1, int N, int C, Term term) {
-    colsum_f32<<<(C + COLSUM_X - 1) / COLSUM_X, dim3(COLSUM_X, COLSUM_Y), 0, s>>>(dst0, dst1, N, C, term);
+    if (N == 0 || C == 0) return;
+    colsum_kernel<<<dim3((C + COLSUM_X - 1) / COLSUM_X, COLSUM_SPLIT), dim3(COLSUM_X, COLSUM_Y), 0, s>>>(dst0, dst1, N,
+                                                                                                        C, term);
     CUDA_CHECK_LAUNCH();
 }
 
 /* dout(N,C) itself: the bias gradient. */
-struct term_bias {
-    const float *dout;
+template <class T> struct term_bias {
+    const T *dout;
     int C;
-    __device__ float2 operator()(int i, int c) const { return make_float2(dout[(size_t)i * C + c], 0.0f); }
+    __device__ float2 operator()(int i, int c) const { return make_float2(to_f32(dout[(size_t)i * C + c]), 0.0f); }
 };
 
 /* ---- bias ---- */
 
-struct op_bias_add {
-    float *out;
+/* out(N,OC) (row stride ld) += bias(OC); a pack never crosses a row (vec needs OC and ld
+ * multiples of PACK). */
+template <class T> struct op_bias_add {
+    T *out;
     const float *bias;
     int64_t ld;
     int OC;
-    __device__ void operator()(int64_t i) const { out[i / OC * ld + i % OC] += bias[i % OC]; }
+    template <int W> __device__ void apply(int64_t i) const {
+        T *o = out + i / OC * ld + i % OC;
+        pk<W> x = load<W>(o);
+        const pk<W> b = load<W>(bias + i % OC);
+#pragma unroll
+        for (int j = 0; j < W; j++) x.v[j] += b.v[j];
+        store<W>(o, x);
+    }
 };
 
-void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, float *out, int64_t ld, const float *bias, int N, int OC) {
-    each(x, s, (int64_t)N * OC, op_bias_add{out, bias, ld, OC});
+void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, const float *bias, int N, int OC) {
+    typed_one(
+        [&](auto *o) {
+            const bool vec = aligned16(o, bias) && OC % PACK == 0 && ld % PACK == 0;
+            each_packed(x, s, (int64_t)N * OC, vec, op_bias_add{o, bias, ld, OC});
+        },
+        out);
 }
 
-void cuda_bias_backward(cudaStream_t s, float *dbias, const float *dout, int N, int OC) {
-    colsum(s, dbias, (float *)NULL, N, OC, term_bias{dout, OC});
+void cuda_bias_backward(cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC) {
+    typed_one([&](auto *d) { colsum(s, dbias, (float *)NULL, N, OC, term_bias{d, OC}); }, dout);
 }
 
 /* ---- embeddings ---- */
@@ -195,269 +437,408 @@ void cuda_embed_backward(const cuda_ctx *x, cudaStream_t s, float *dwte, float *
     if (dwpe) each(x, s, (int64_t)T * C, op_embed_dwpe{dwpe, dout, B, T, C});
 }
 
-/* ---- LayerNorm and RMSNorm: one block per row ---- */
+/* ---- LayerNorm and RMSNorm: one block per row; inp and the statistics f32, out or dout
+ * [lp] ---- */
 
-__global__ void layernorm_forward_f32(float *out, float *mean, float *rstd, const float *inp, const float *weight,
-                                      const float *bias, int C, float eps) {
+template <class TO>
+__global__ void layernorm_forward_kernel(TO *out, float *mean, float *rstd, const float *inp, const float *weight,
+                                         const float *bias, int C, float eps) {
     const size_t row = blockIdx.x;
     const float *xr = inp + row * C;
-    float *o = out + row * C;
+    TO *o = out + row * C;
     float sum = 0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) sum += xr[c];
     const float m = block_sum(sum) / C;
     float var = 0;   /* two passes: the variance of centered values keeps precision */
     for (int c = threadIdx.x; c < C; c += blockDim.x) var += (xr[c] - m) * (xr[c] - m);
     const float r = 1.0f / sqrtf(block_sum(var) / C + eps);
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = (xr[c] - m) * r * weight[c] + bias[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f32<TO>((xr[c] - m) * r * weight[c] + bias[c]);
     if (threadIdx.x == 0) {
         if (mean) mean[row] = m;
         if (rstd) rstd[row] = r;
     }
 }
 
-void cuda_layernorm_forward(cudaStream_t s, float *out, float *mean, float *rstd, const float *inp,
+void cuda_layernorm_forward(cudaStream_t s, cuda_lp out, float *mean, float *rstd, const float *inp,
                             const float *weight, const float *bias, int N, int C, float eps) {
-    layernorm_forward_f32<<<N, ROW_THREADS, 0, s>>>(out, mean, rstd, inp, weight, bias, C, eps);
+    typed_one(
+        [&](auto *o) {
+            layernorm_forward_kernel<<<N, ROW_THREADS, 0, s>>>(o, mean, rstd, inp, weight, bias, C, eps);
+        },
+        out);
     CUDA_CHECK_LAUNCH();
 }
 
 /* dinp += rstd (dnorm - mean(dnorm) - norm mean(dnorm norm)), dnorm = dout weight. */
-__global__ void layernorm_backward_f32(float *dinp, const float *dout, const float *inp, const float *weight,
-                                       const float *mean, const float *rstd, int C) {
+template <class TD>
+__global__ void layernorm_backward_kernel(float *dinp, const TD *dout, const float *inp, const float *weight,
+                                          const float *mean, const float *rstd, int C) {
     const size_t row = blockIdx.x;
-    const float *xr = inp + row * C, *d = dout + row * C;
+    const float *xr = inp + row * C;
+    const TD *d = dout + row * C;
     float *dx = dinp + row * C;
     const float m = mean[row], r = rstd[row];
     float a = 0, b = 0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float dn = d[c] * weight[c];
+        float dn = to_f32(d[c]) * weight[c];
         a += dn;
         b += dn * (xr[c] - m) * r;
     }
     a = block_sum(a) / C;
     b = block_sum(b) / C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * (d[c] * weight[c] - a - (xr[c] - m) * r * b);
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        dx[c] += r * (to_f32(d[c]) * weight[c] - a - (xr[c] - m) * r * b);
 }
 
 /* (dout * norm, dout): the LayerNorm weight and bias gradients. */
-struct term_layernorm {
-    const float *dout, *inp, *mean, *rstd;
+template <class TD> struct term_layernorm {
+    const TD *dout;
+    const float *inp, *mean, *rstd;
     int C;
     __device__ float2 operator()(int i, int c) const {
         size_t k = (size_t)i * C + c;
-        return make_float2(dout[k] * (inp[k] - mean[i]) * rstd[i], dout[k]);
+        const float d = to_f32(dout[k]);
+        return make_float2(d * (inp[k] - mean[i]) * rstd[i], d);
     }
 };
 
-void cuda_layernorm_backward(cudaStream_t s, float *dinp, float *dweight, float *dbias, const float *dout,
+void cuda_layernorm_backward(cudaStream_t s, float *dinp, float *dweight, float *dbias, cuda_lp dout,
                              const float *inp, const float *weight, const float *mean, const float *rstd, int N,
                              int C) {
-    layernorm_backward_f32<<<N, ROW_THREADS, 0, s>>>(dinp, dout, inp, weight, mean, rstd, C);
-    CUDA_CHECK_LAUNCH();
-    colsum(s, dweight, dbias, N, C, term_layernorm{dout, inp, mean, rstd, C});
+    typed_one(
+        [&](auto *d) {
+            layernorm_backward_kernel<<<N, ROW_THREADS, 0, s>>>(dinp, d, inp, weight, mean, rstd, C);
+            CUDA_CHECK_LAUNCH();
+            colsum(s, dweight, dbias, N, C, term_layernorm{d, inp, mean, rstd, C});
+        },
+        dout);
 }
 
-/* out = inp rstd weight, rstd = 1/sqrt(mean(inp^2) + eps); out may alias inp (each thread
- * rereads only the elements it writes, after the reduction). */
-__global__ void rmsnorm_forward_f32(float *out, float *rstd, const float *inp, const float *weight, int C,
-                                    float eps) {
+/* out = inp rstd weight, rstd = 1/sqrt(mean(inp^2) + eps); out may alias inp (then f32:
+ * each thread rereads only the elements it writes, after the reduction). */
+template <class TO>
+__global__ void rmsnorm_forward_kernel(TO *out, float *rstd, const float *inp, const float *weight, int C,
+                                       float eps) {
     const size_t row = blockIdx.x;
     const float *xr = inp + row * C;
-    float *o = out + row * C;
+    TO *o = out + row * C;
     float ss = 0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) ss += xr[c] * xr[c];
     const float r = 1.0f / sqrtf(block_sum(ss) / C + eps);
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = xr[c] * r * weight[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f32<TO>(xr[c] * r * weight[c]);
     if (threadIdx.x == 0 && rstd) rstd[row] = r;
 }
 
-void cuda_rmsnorm_forward(cudaStream_t s, float *out, float *rstd, const float *inp, const float *weight, int N,
+void cuda_rmsnorm_forward(cudaStream_t s, cuda_lp out, float *rstd, const float *inp, const float *weight, int N,
                           int C, float eps) {
-    rmsnorm_forward_f32<<<N, ROW_THREADS, 0, s>>>(out, rstd, inp, weight, C, eps);
+    typed_one([&](auto *o) { rmsnorm_forward_kernel<<<N, ROW_THREADS, 0, s>>>(o, rstd, inp, weight, C, eps); },
+              out);
     CUDA_CHECK_LAUNCH();
 }
 
 /* dx_c += r w_c d_c - x_c r^3 / C * sum_j d_j w_j x_j. */
-__global__ void rmsnorm_backward_f32(float *dinp, const float *dout, const float *inp, const float *weight,
-                                     const float *rstd, int C) {
+template <class TD>
+__global__ void rmsnorm_backward_kernel(float *dinp, const TD *dout, const float *inp, const float *weight,
+                                        const float *rstd, int C) {
     const size_t row = blockIdx.x;
-    const float *xr = inp + row * C, *d = dout + row * C;
+    const float *xr = inp + row * C;
+    const TD *d = dout + row * C;
     float *dx = dinp + row * C;
     const float r = rstd[row];
     float sum = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += d[c] * weight[c] * xr[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += to_f32(d[c]) * weight[c] * xr[c];
     const float k = block_sum(sum) * r * r * r / C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * weight[c] * d[c] - k * xr[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * weight[c] * to_f32(d[c]) - k * xr[c];
 }
 
-struct term_rmsnorm {
-    const float *dout, *inp, *rstd;
+template <class TD> struct term_rmsnorm {
+    const TD *dout;
+    const float *inp, *rstd;
     int C;
     __device__ float2 operator()(int i, int c) const {
         size_t k = (size_t)i * C + c;
-        return make_float2(dout[k] * inp[k] * rstd[i], 0.0f);
+        return make_float2(to_f32(dout[k]) * inp[k] * rstd[i], 0.0f);
     }
 };
 
-void cuda_rmsnorm_backward(cudaStream_t s, float *dinp, float *dweight, const float *dout, const float *inp,
+void cuda_rmsnorm_backward(cudaStream_t s, float *dinp, float *dweight, cuda_lp dout, const float *inp,
                            const float *weight, const float *rstd, int N, int C) {
-    rmsnorm_backward_f32<<<N, ROW_THREADS, 0, s>>>(dinp, dout, inp, weight, rstd, C);
-    CUDA_CHECK_LAUNCH();
-    colsum(s, dweight, (float *)NULL, N, C, term_rmsnorm{dout, inp, rstd, C});
+    typed_one(
+        [&](auto *d) {
+            rmsnorm_backward_kernel<<<N, ROW_THREADS, 0, s>>>(dinp, d, inp, weight, rstd, C);
+            CUDA_CHECK_LAUNCH();
+            colsum(s, dweight, (float *)NULL, N, C, term_rmsnorm{d, inp, rstd, C});
+        },
+        dout);
 }
 
-/* ---- elementwise ---- */
+/* ---- elementwise over [lp] arrays ---- */
 
 #define GELU_K 0.7978845608028654f   /* sqrt(2/pi) */
 
-struct op_gelu {
-    float *out;
-    const float *inp;
-    __device__ void operator()(int64_t i) const {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+__device__ __forceinline__ float gelu(float x) {
+    return 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+}
+
+/* d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx. */
+__device__ __forceinline__ float gelu_grad(float x) {
+    float th = tanhf(GELU_K * (x + 0.044715f * x * x * x));
+    float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
+}
+
+template <class T> struct op_gelu {
+    T *out;
+    const T *inp;
+    template <int W> __device__ void apply(int64_t i) const {
+        pk<W> x = load<W>(inp + i);
+#pragma unroll
+        for (int j = 0; j < W; j++) x.v[j] = gelu(x.v[j]);
+        store<W>(out + i, x);
     }
 };
 
-/* d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx. Writes. */
-struct op_gelu_backward {
-    float *dinp;
-    const float *inp, *dout;
-    __device__ void operator()(int64_t i) const {
-        float x = inp[i];
-        float th = tanhf(GELU_K * (x + 0.044715f * x * x * x));
-        float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] = dout[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+/* Writes dinp = dout gelu'(inp). */
+template <class T> struct op_gelu_backward {
+    T *dinp;
+    const T *inp, *dout;
+    template <int W> __device__ void apply(int64_t i) const {
+        const pk<W> x = load<W>(inp + i);
+        pk<W> d = load<W>(dout + i);
+#pragma unroll
+        for (int j = 0; j < W; j++) d.v[j] = d.v[j] * gelu_grad(x.v[j]);
+        store<W>(dinp + i, d);
     }
 };
 
-void cuda_gelu_forward(const cuda_ctx *x, cudaStream_t s, float *out, const float *inp, int64_t n) {
-    each(x, s, n, op_gelu{out, inp});
+void cuda_gelu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n) {
+    typed_one([&](auto *o, auto *in) { each_packed(x, s, n, aligned16(o, in), op_gelu{o, in}); }, out, inp);
 }
 
-void cuda_gelu_backward(const cuda_ctx *x, cudaStream_t s, float *dinp, const float *inp, const float *dout,
-                        int64_t n) {
-    each(x, s, n, op_gelu_backward{dinp, inp, dout});
+void cuda_gelu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dinp, cuda_lp inp, cuda_lp dout, int64_t n) {
+    typed_one([&](auto *di, auto *in, auto *d) { each_packed(x, s, n, aligned16(di, in, d), op_gelu_backward{di, in, d}); },
+              dinp, inp, dout);
 }
 
-struct op_add {
-    float *out;
-    const float *a, *b;
-    __device__ void operator()(int64_t i) const { out[i] = a[i] + b[i]; }
+template <class TO, class TA, class TB> struct op_add {
+    TO *out;
+    const TA *a;
+    const TB *b;
+    template <int W> __device__ void apply(int64_t i) const {
+        pk<W> x = load<W>(a + i);
+        const pk<W> y = load<W>(b + i);
+#pragma unroll
+        for (int j = 0; j < W; j++) x.v[j] += y.v[j];
+        store<W>(out + i, x);
+    }
 };
 
-void cuda_add(const cuda_ctx *x, cudaStream_t s, float *out, const float *a, const float *b, int64_t n) {
-    each(x, s, n, op_add{out, a, b});
+void cuda_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp a, cuda_lp b, int64_t n) {
+    typed([&](auto *o, auto *pa, auto *pb) { each_packed(x, s, n, aligned16(o, pa, pb), op_add{o, pa, pb}); }, out,
+          a, b);
 }
 
-struct op_scale {
-    float *v;
+template <class T> struct op_scale {
+    T *v;
     float alpha;
-    __device__ void operator()(int64_t i) const { v[i] *= alpha; }
+    template <int W> __device__ void apply(int64_t i) const {
+        pk<W> x = load<W>(v + i);
+#pragma unroll
+        for (int j = 0; j < W; j++) x.v[j] *= alpha;
+        store<W>(v + i, x);
+    }
 };
 
-void cuda_scale(const cuda_ctx *x, cudaStream_t s, float *v, float alpha, int64_t n) { each(x, s, n, op_scale{v, alpha}); }
+void cuda_scale(const cuda_ctx *x, cudaStream_t s, cuda_lp v, float alpha, int64_t n) {
+    typed_one([&](auto *p) { each_packed(x, s, n, aligned16(p), op_scale{p, alpha}); }, v);
+}
 
-/* One (row, head, pair) per element: x[i] = x[i] cos - x[i+H2] sin, x[i+H2] = x[i+H2] cos +
- * x[i] sin, with sin's sign flipped by dir = -1 (the backward). */
-struct op_rope {
-    float *v;
+/* Element e = (row, head, pair i): x[i] = x[i] cos - x[i+H2] sin, x[i+H2] = x[i+H2] cos +
+ * x[i] sin, with sin's sign flipped by dir = -1 (the backward). A pack never crosses a head
+ * (vec needs H2 a multiple of PACK). */
+template <class TX> struct op_rope {
+    TX *v;
     const float *cos, *sin;
     int T, nh, H2, pos0;
     float dir;
-    __device__ void operator()(int64_t e) const {
+    template <int W> __device__ void apply(int64_t e) const {
         const int64_t i = e % H2, rh = e / H2, r = rh / nh;
         const int64_t p = pos0 + r % T;
-        float *x1 = v + rh * 2 * H2, *x2 = x1 + H2;
-        float a = x1[i], b = x2[i], c = cos[p * H2 + i], sn = dir * sin[p * H2 + i];
-        x1[i] = a * c - b * sn;
-        x2[i] = b * c + a * sn;
+        TX *x1 = v + rh * 2 * H2 + i, *x2 = x1 + H2;
+        const pk<W> a = load<W>(x1), b = load<W>(x2), c = load<W>(cos + p * H2 + i), sn = load<W>(sin + p * H2 + i);
+        pk<W> y1, y2;
+#pragma unroll
+        for (int j = 0; j < W; j++) {
+            const float sj = dir * sn.v[j];
+            y1.v[j] = a.v[j] * c.v[j] - b.v[j] * sj;
+            y2.v[j] = b.v[j] * c.v[j] + a.v[j] * sj;
+        }
+        store<W>(x1, y1);
+        store<W>(x2, y2);
     }
 };
 
-void cuda_rope(const cuda_ctx *x, cudaStream_t s, float *v, const float *cos, const float *sin, int N, int T,
+void cuda_rope(const cuda_ctx *x, cudaStream_t s, cuda_lp v, const float *cos, const float *sin, int N, int T,
                int nh, int HS, int pos0, float dir) {
-    each(x, s, (int64_t)N * nh * (HS / 2), op_rope{v, cos, sin, T, nh, HS / 2, pos0, dir});
+    const int H2 = HS / 2;
+    typed_one(
+        [&](auto *p) {
+            each_packed(x, s, (int64_t)N * nh * H2, aligned16(p, cos, sin) && H2 % PACK == 0,
+                        op_rope{p, cos, sin, T, nh, H2, pos0, dir});
+        },
+        v);
 }
 
-struct op_swiglu {
-    float *out;
-    const float *gate, *up;
-    __device__ void operator()(int64_t i) const {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+template <class T> struct op_swiglu {
+    T *out;
+    const T *gate, *up;
+    template <int W> __device__ void apply(int64_t i) const {
+        pk<W> g = load<W>(gate + i);
+        const pk<W> u = load<W>(up + i);
+#pragma unroll
+        for (int j = 0; j < W; j++) g.v[j] = g.v[j] / (1.0f + expf(-g.v[j])) * u.v[j];
+        store<W>(out + i, g);
     }
 };
 
-/* silu'(g) = sig(g) (1 + g (1 - sig(g))); inputs read before outputs are written. */
-struct op_swiglu_backward {
-    float *dgate, *dup;
-    const float *dout, *gate, *up;
-    __device__ void operator()(int64_t i) const {
-        float g = gate[i], u = up[i], d = dout[i];
-        float sg = 1.0f / (1.0f + expf(-g));
-        dup[i] = d * g * sg;
-        dgate[i] = d * u * sg * (1.0f + g * (1.0f - sg));
+/* silu'(g) = sig(g) (1 + g (1 - sig(g))); every input read before an output is written. */
+template <class T> struct op_swiglu_backward {
+    T *dgate, *dup;
+    const T *dout, *gate, *up;
+    template <int W> __device__ void apply(int64_t i) const {
+        const pk<W> g = load<W>(gate + i), u = load<W>(up + i), d = load<W>(dout + i);
+        pk<W> dg, du;
+#pragma unroll
+        for (int j = 0; j < W; j++) {
+            float sg = 1.0f / (1.0f + expf(-g.v[j]));
+            du.v[j] = d.v[j] * g.v[j] * sg;
+            dg.v[j] = d.v[j] * u.v[j] * sg * (1.0f + g.v[j] * (1.0f - sg));
+        }
+        store<W>(dup + i, du);
+        store<W>(dgate + i, dg);
     }
 };
 
-void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, float *out, const float *gate, const float *up,
-                         int64_t n) {
-    each(x, s, n, op_swiglu{out, gate, up});
+void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp gate, cuda_lp up, int64_t n) {
+    typed_one([&](auto *o, auto *g, auto *u) { each_packed(x, s, n, aligned16(o, g, u), op_swiglu{o, g, u}); }, out,
+              gate, up);
 }
 
-void cuda_swiglu_backward(const cuda_ctx *x, cudaStream_t s, float *dgate, float *dup, const float *dout,
-                          const float *gate, const float *up, int64_t n) {
-    each(x, s, n, op_swiglu_backward{dgate, dup, dout, gate, up});
+void cuda_swiglu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dgate, cuda_lp dup, cuda_lp dout,
+                          cuda_lp gate, cuda_lp up, int64_t n) {
+    typed_one(
+        [&](auto *dg, auto *du, auto *d, auto *g, auto *u) {
+            each_packed(x, s, n, aligned16(dg, du, d, g, u), op_swiglu_backward{dg, du, d, g, u});
+        },
+        dgate, dup, dout, gate, up);
 }
 
 /* out = inp mask / (1-p), the mask dropout_keep's (backend.h): the CPU's exactly. */
-struct op_dropout {
-    float *out;
-    const float *inp;
+template <class TO, class TI> struct op_dropout {
+    TO *out;
+    const TI *inp;
     float p, sc;
     uint64_t seed;
-    __device__ void operator()(int64_t i) const { out[i] = dropout_keep(seed, (uint64_t)i, p) ? inp[i] * sc : 0.0f; }
+    template <int W> __device__ void apply(int64_t i) const {
+        pk<W> x = load<W>(inp + i);
+#pragma unroll
+        for (int j = 0; j < W; j++) x.v[j] = dropout_keep(seed, (uint64_t)(i + j), p) ? x.v[j] * sc : 0.0f;
+        store<W>(out + i, x);
+    }
 };
 
-void cuda_dropout(const cuda_ctx *x, cudaStream_t s, float *out, const float *inp, int64_t n, float p,
-                  uint64_t seed) {
-    each(x, s, n, op_dropout{out, inp, p, 1.0f / (1.0f - p), seed});
+void cuda_dropout(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n, float p, uint64_t seed) {
+    typed(
+        [&](auto *o, auto *in) {
+            each_packed(x, s, n, aligned16(o, in), op_dropout{o, in, p, 1.0f / (1.0f - p), seed});
+        },
+        out, inp);
+}
+
+/* out = inp in out's dtype (a copy when the dtypes match). */
+template <class TO, class TI> struct op_cast {
+    TO *out;
+    const TI *inp;
+    template <int W> __device__ void apply(int64_t i) const { store<W>(out + i, load<W>(inp + i)); }
+};
+
+void cuda_cast(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n) {
+    typed([&](auto *o, auto *in) { each_packed(x, s, n, aligned16(o, in), op_cast{o, in}); }, out, inp);
 }
 
 /* ---- loss ---- */
 
-/* Per row: lse = max + log sum e^(x - max); loss = lse - x[target]. x[target] is read by
- * every thread before the first reduction's barrier, so dlogits may alias logits (each
- * thread then rewrites only the columns it read). The gradient e^(x-max) dloss / sum, minus
- * dloss at the target, is the CPU's d[j] * s - dloss. */
-__global__ void softmax_xent_f32(float *losses, float *dlogits, const float *logits, const int *targets, int V,
-                                 int64_t Vp, float dloss) {
-    const size_t row = blockIdx.x;
-    const float *xr = logits + row * Vp;
-    float *d = dlogits ? dlogits + row * Vp : NULL;
-    const int tgt = targets[row];
-    const float xt = tgt >= 0 ? xr[tgt] : 0.0f;
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, xr[j]);
-    mx = block_reduce(mx, op_max());
-    float sum = 0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float e = expf(xr[j] - mx);
-        if (d) d[j] = e;
-        sum += e;
+/* A running (max m, sum of e^(x - m)) pair: the online softmax's state. */
+__device__ __forceinline__ void lse_add(float2 &a, float x) {
+    if (x > a.x) {
+        a.y = a.y * expf(a.x - x) + 1.0f;
+        a.x = x;
+    } else {
+        a.y += expf(x - a.x);
     }
-    sum = block_sum(sum);
-    if (threadIdx.x == 0) losses[row] = tgt >= 0 ? mx + logf(sum) - xt : 0.0f;
-    if (!d) return;
-    const float sc = tgt >= 0 ? dloss / sum : 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = d[j] * sc - (j == tgt ? dloss : 0.0f);
-    for (int64_t j = V + threadIdx.x; j < Vp; j += blockDim.x) d[j] = 0.0f;
 }
 
-void cuda_softmax_xent(cudaStream_t s, float *losses, float *dlogits, const float *logits, const int *targets,
-                       int N, int V, int64_t Vp, float dloss) {
-    softmax_xent_f32<<<N, ROW_THREADS * 2, 0, s>>>(losses, dlogits, logits, targets, V, Vp, dloss);
+/* Two states merged (an empty state, max -inf, adds nothing). */
+struct op_lse {
+    __device__ float2 operator()(float2 a, float2 b) const {
+        const float m = fmaxf(a.x, b.x);
+        if (m == -INFINITY) return a;
+        return make_float2(m, a.y * expf(a.x - m) + b.y * expf(b.x - m));
+    }
+};
+
+/* Per row, one pass for the (max, sum) state (online softmax), then one for the gradient:
+ * lse = max + log sum e^(x - max); loss = lse - x[target]; dlogits = e^(x - max) dloss /
+ * sum, minus dloss at the target (the CPU's d[j] * s - dloss), 0 in the padded columns.
+ * Every element is read in the first pass, before the reduction's barrier, and x[target]
+ * before it too, so dlogits may alias logits (each thread's second pass rewrites only what
+ * it rereads). vec: 16-byte accesses (both rows aligned, Vp a multiple of PACK). */
+template <class T>
+__global__ void softmax_xent_kernel(float *losses, T *dlogits, const T *logits, const int *targets, int V, int64_t Vp,
+                                    bool vec, float dloss) {
+    const size_t row = blockIdx.x;
+    const T *xr = logits + row * Vp;
+    T *d = dlogits ? dlogits + row * Vp : NULL;
+    const int tgt = targets[row];
+    const float xt = tgt >= 0 ? to_f32(xr[tgt]) : 0.0f;
+    float2 st = make_float2(-INFINITY, 0.0f);
+    int j0 = 0;
+    if (vec) {
+        for (int k = threadIdx.x; k < V / PACK; k += blockDim.x) {
+            const pk<PACK> x = load<PACK>(xr + (int64_t)k * PACK);
+#pragma unroll
+            for (int u = 0; u < PACK; u++) lse_add(st, x.v[u]);
+        }
+        j0 = V / PACK * PACK;
+    }
+    for (int j = j0 + threadIdx.x; j < V; j += blockDim.x) lse_add(st, to_f32(xr[j]));
+    st = block_reduce(st, op_lse());
+    if (threadIdx.x == 0) losses[row] = tgt >= 0 ? st.x + logf(st.y) - xt : 0.0f;
+    if (!d) return;
+    const float mx = st.x, sc = tgt >= 0 ? dloss / st.y : 0.0f;
+    const int W = vec ? PACK : 1;
+    for (int64_t j = (int64_t)threadIdx.x * W; j < Vp; j += (int64_t)blockDim.x * W) {
+        if (vec && j + PACK <= V) {
+            const pk<PACK> x = load<PACK>(xr + j);
+            pk<PACK> g;
+#pragma unroll
+            for (int u = 0; u < PACK; u++) g.v[u] = expf(x.v[u] - mx) * sc - (j + u == tgt ? dloss : 0.0f);
+            store<PACK>(d + j, g);
+        } else {
+            for (int64_t u = j; u < j + W; u++)
+                d[u] = from_f32<T>(u < V ? expf(to_f32(xr[u]) - mx) * sc - (u == tgt ? dloss : 0.0f) : 0.0f);
+        }
+    }
+}
+
+void cuda_softmax_xent(cudaStream_t s, float *losses, cuda_lp dlogits, cuda_lp logits, const int *targets, int N,
+                       int V, int64_t Vp, float dloss) {
+    typed_one(
+        [&](auto *l, auto *d) {
+            const bool vec = aligned16(l, d) && Vp % PACK == 0;
+            softmax_xent_kernel<<<N, ROW_THREADS * 2, 0, s>>>(losses, d, l, targets, V, Vp, vec, dloss);
+        },
+        logits, dlogits);
     CUDA_CHECK_LAUNCH();
 }
 
