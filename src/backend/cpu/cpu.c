@@ -10,9 +10,10 @@
  * converts them to f32 scratch around the f32 kernels here: the op table holds its adapters,
  * cpu_f32_ops the kernels.
  *
- * Invariants: no f32 kernel allocates (bf16 views use cpu_mixed.c's scratch); every op is deterministic for a given thread count, and the
- * ones whose results feed gradients (layernorm, rmsnorm, bias, embedding and attention
- * backward) are also independent of it, because each output element is summed by one thread in row order.
+ * Invariants: no f32 kernel allocates (bf16 views use cpu_mixed.c's scratch); every op is
+ * deterministic for a given thread count, and the ones whose results feed gradients
+ * (layernorm, rmsnorm, bias, embedding and attention backward) are also independent of it,
+ * because each output element is summed by one thread in row order.
  * Memory is host memory from mem_calloc, so upload/download are memcpy.
  *
  * Letters as in backend.h: N rows, B batch, T time, C channels, OC output channels,
@@ -649,6 +650,7 @@ static void cpu_set_rows(backend *be, backend_stream *stream, tensor dst, tensor
     }
 }
 
+/* Frees be->impl and the scratch it holds. */
 static void cpu_destroy(backend *be) {
     cpu_impl *impl = be->impl;
     mem_free(impl->scratch);
