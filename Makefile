@@ -82,7 +82,7 @@ LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.o)
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda.
-GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_gpt2 test_llama test_llama_hf test_engine)
+GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_mixed test_gpt2 test_llama test_llama_hf test_engine)
 # Debian packages the GPU machine lacks (../shared/GPU.md): make gpu-deps fetches them here,
 # scripts/gpu_env.sh unpacks them there.
 GPU_DEBS = libcjson1 libcjson-dev libutf8proc2 libutf8proc-dev libpcre2-8-0 libpcre2-dev \

@@ -6,9 +6,14 @@
  * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf, cpu_impl.h).
  * Attention lives in cpu_attention.c.
  *
- * Invariants: no op allocates; every op is deterministic for a given thread count, and the
- * ones whose results feed gradients (layernorm, rmsnorm, bias, embedding and attention
- * backward) are also independent of it, because each output element is summed by one thread in row order.
+ * bf16 views of the mixed-precision ops ([lp] in backend.h) go through cpu_mixed.c, which
+ * converts them to f32 scratch around the f32 kernels here: the op table holds its adapters,
+ * cpu_f32_ops the kernels.
+ *
+ * Invariants: no f32 kernel allocates (bf16 views use cpu_mixed.c's scratch); every op is
+ * deterministic for a given thread count, and the ones whose results feed gradients
+ * (layernorm, rmsnorm, bias, embedding and attention backward) are also independent of it,
+ * because each output element is summed by one thread in row order.
  * Memory is host memory from mem_calloc, so upload/download are memcpy.
  *
  * Letters as in backend.h: N rows, B batch, T time, C channels, OC output channels,
@@ -102,10 +107,11 @@ static float *cpu_mat_of(tensor t, int rows, int cols) {
 
 /* ---- products ---- */
 
-/* Products and embedding gathers read bf16/f16 weights where they lie (cpu_lowp.h); every
- * other op is f32 only. */
+/* Products and embedding gathers read bf16/f16 weights where they lie (cpu_lowp.h); [lp]
+ * arguments may be bf16 (cpu_mixed.c); every other op is f32 only. */
 static bool cpu_supports(backend *be, backend_op op, dtype dt) {
     if (op == BACKEND_OP_MATMUL || op == BACKEND_OP_EMBED) return dt == DT_F32 || dt == DT_BF16 || dt == DT_F16;
+    if (op == BACKEND_OP_MIXED) return dt == DT_F32 || dt == DT_BF16;
     return dt == DT_F32;
 }
 
@@ -644,26 +650,18 @@ static void cpu_set_rows(backend *be, backend_stream *stream, tensor dst, tensor
     }
 }
 
-static const backend_ops cpu_ops = {
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .copy = cpu_copy,
-    .fill = cpu_fill,
-    .stream_create = cpu_stream_create,
-    .stream_free = cpu_stream_free,
-    .stream_synchronize = cpu_stream_synchronize,
-    .event_create = cpu_event_create,
-    .event_free = cpu_event_free,
-    .event_record = cpu_event_record,
-    .stream_wait_event = cpu_stream_wait_event,
-    .event_synchronize = cpu_event_synchronize,
-    .mem_info = cpu_mem_info,
-    .supports = cpu_supports,
+/* Frees be->impl and the scratch it holds. */
+static void cpu_destroy(backend *be) {
+    cpu_impl *impl = be->impl;
+    mem_free(impl->scratch);
+    mem_free(impl);
+}
+
+/* The f32 kernels of the ops with [lp] arguments, for cpu_mixed.c's adapters. */
+const backend_ops cpu_f32_ops = {
     .matmul = cpu_matmul,
     .bias_add = cpu_bias_add,
     .bias_backward = cpu_bias_backward,
-    .embed_forward = cpu_embed_forward,
-    .embed_backward = cpu_embed_backward,
     .layernorm_forward = cpu_layernorm_forward,
     .layernorm_backward = cpu_layernorm_backward,
     .gelu_forward = cpu_gelu_forward,
@@ -681,6 +679,47 @@ static const backend_ops cpu_ops = {
     .softmax_xent = cpu_softmax_xent,
     .dropout_forward = cpu_dropout_forward,
     .dropout_backward = cpu_dropout_backward,
+};
+
+static const backend_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .copy = cpu_copy,
+    .fill = cpu_fill,
+    .stream_create = cpu_stream_create,
+    .stream_free = cpu_stream_free,
+    .stream_synchronize = cpu_stream_synchronize,
+    .event_create = cpu_event_create,
+    .event_free = cpu_event_free,
+    .event_record = cpu_event_record,
+    .stream_wait_event = cpu_stream_wait_event,
+    .event_synchronize = cpu_event_synchronize,
+    .mem_info = cpu_mem_info,
+    .supports = cpu_supports,
+    .destroy = cpu_destroy,
+    .matmul = cpu_mixed_matmul,
+    .bias_add = cpu_mixed_bias_add,
+    .bias_backward = cpu_mixed_bias_backward,
+    .embed_forward = cpu_embed_forward,
+    .embed_backward = cpu_embed_backward,
+    .layernorm_forward = cpu_mixed_layernorm_forward,
+    .layernorm_backward = cpu_mixed_layernorm_backward,
+    .gelu_forward = cpu_mixed_gelu_forward,
+    .gelu_backward = cpu_mixed_gelu_backward,
+    .add = cpu_mixed_add,
+    .scale = cpu_mixed_scale,
+    .attention_forward = cpu_mixed_attention_forward,
+    .attention_backward = cpu_mixed_attention_backward,
+    .rmsnorm_forward = cpu_mixed_rmsnorm_forward,
+    .rmsnorm_backward = cpu_mixed_rmsnorm_backward,
+    .rope_forward = cpu_mixed_rope_forward,
+    .rope_backward = cpu_mixed_rope_backward,
+    .swiglu_forward = cpu_mixed_swiglu_forward,
+    .swiglu_backward = cpu_mixed_swiglu_backward,
+    .softmax_xent = cpu_mixed_softmax_xent,
+    .dropout_forward = cpu_mixed_dropout_forward,
+    .dropout_backward = cpu_mixed_dropout_backward,
+    .cast = cpu_mixed_cast,
     .sum_f64 = cpu_sum_f64,
     .sum_squares = cpu_sum_squares,
     .adamw = cpu_adamw,
@@ -691,9 +730,12 @@ static const backend_ops cpu_ops = {
 backend *backend_cpu_create(void) {
     backend *be = mem_calloc(sizeof *be);
     if (!be) return NULL;
+    if (!(be->impl = mem_calloc(sizeof(cpu_impl)))) {
+        mem_free(be);
+        return NULL;
+    }
     be->ops = &cpu_ops;
     be->name = "cpu";
-    be->impl = NULL;
     be->host_memory = true;
     return be;
 }

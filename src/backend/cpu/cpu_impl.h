@@ -1,10 +1,18 @@
-/* backend/cpu internals shared by the CPU backend's files (cpu.c holds the op table,
- * cpu_attention.c the attention ops): the vectorizable exponential, the parallel threshold,
+/* backend/cpu internals shared by the CPU backend's files (cpu.c holds the op table and the
+ * f32 kernels, cpu_attention.c the attention ops, cpu_mixed.c the bf16 adapters in front of
+ * the kernels): the backend's state, the vectorizable exponential, the parallel threshold,
  * and the ops defined outside cpu.c. Not for callers: they use backend.h. */
 #ifndef SKEIN_CPU_IMPL_H
 #define SKEIN_CPU_IMPL_H
 
 #include "backend/backend.h"
+
+/* be->impl of the CPU backend: f32 scratch for the bf16 views of one op (cpu_mixed.c), grown
+ * on demand, freed with the backend. */
+typedef struct cpu_impl {
+    float *scratch;
+    size_t scratch_floats;
+} cpu_impl;
 
 /* Below this many elements a loop runs on one thread: the fork costs more than it saves. */
 #define CPU_PAR_MIN 16384
@@ -42,5 +50,43 @@ void cpu_attention_backward(backend *be, backend_stream *s, tensor dq, tensor dk
                             float p, uint64_t seed);
 void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
                          tensor seqs, tensor tables, int BS, int NH, int NKV, int W);
+
+/* The f32 kernels of the ops with [lp] arguments (cpu.c, cpu_attention.c): f32 views only.
+ * cpu_mixed.c calls them; the backend's table holds the cpu_mixed_ adapters below. */
+extern const backend_ops cpu_f32_ops;
+
+/* The ops with [lp] arguments (backend.h) and cast, taking bf16 views through f32 scratch
+ * (cpu_mixed.c); with f32 views each is its f32 kernel. */
+void cpu_mixed_matmul(backend *be, backend_stream *s, tensor C, tensor A, bool ta, tensor B, bool tb, float alpha,
+                      float beta);
+void cpu_mixed_bias_add(backend *be, backend_stream *s, tensor out, tensor bias);
+void cpu_mixed_bias_backward(backend *be, backend_stream *s, tensor dbias, tensor dout);
+void cpu_mixed_layernorm_forward(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,
+                                 tensor weight, tensor bias, float eps);
+void cpu_mixed_layernorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dbias,
+                                  tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd);
+void cpu_mixed_gelu_forward(backend *be, backend_stream *s, tensor out, tensor inp);
+void cpu_mixed_gelu_backward(backend *be, backend_stream *s, tensor dinp, tensor inp, tensor dout);
+void cpu_mixed_add(backend *be, backend_stream *s, tensor out, tensor x, tensor y);
+void cpu_mixed_scale(backend *be, backend_stream *s, tensor x, float alpha);
+void cpu_mixed_attention_forward(backend *be, backend_stream *s, tensor out, tensor lse, tensor q, tensor k, tensor v,
+                                 int NH, int NKV, int W, float p, uint64_t seed);
+void cpu_mixed_attention_backward(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv, tensor dout,
+                                  tensor q, tensor k, tensor v, tensor out, tensor lse, int NH, int NKV, int W,
+                                  float p, uint64_t seed);
+void cpu_mixed_rmsnorm_forward(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor weight,
+                               float eps);
+void cpu_mixed_rmsnorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout, tensor inp,
+                                tensor weight, tensor rstd);
+void cpu_mixed_rope_forward(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0);
+void cpu_mixed_rope_backward(backend *be, backend_stream *s, tensor dx, tensor cos, tensor sin, int pos0);
+void cpu_mixed_swiglu_forward(backend *be, backend_stream *s, tensor out, tensor gate, tensor up);
+void cpu_mixed_swiglu_backward(backend *be, backend_stream *s, tensor dgate, tensor dup, tensor dout, tensor gate,
+                               tensor up);
+void cpu_mixed_softmax_xent(backend *be, backend_stream *s, tensor losses, tensor dlogits, tensor logits,
+                            tensor targets, float dloss);
+void cpu_mixed_dropout_forward(backend *be, backend_stream *s, tensor out, tensor inp, float p, uint64_t seed);
+void cpu_mixed_dropout_backward(backend *be, backend_stream *s, tensor dinp, tensor dout, float p, uint64_t seed);
+void cpu_mixed_cast(backend *be, backend_stream *s, tensor out, tensor inp);
 
 #endif

@@ -1,0 +1,497 @@
+/* Tests of the mixed-precision ops (backend.h's [lp] arguments in bf16, and cast) on
+ * SKEIN_TEST_DEVICE (test_device.h; the CPU backend by default), against the CPU backend's
+ * f32 ops on the same values.
+ *
+ * Every input holds bf16-representable values, so its bf16 and f32 views carry the same
+ * numbers. Each case runs its op twice (BOTH): on the device, with bf16 views where the case
+ * puts them, and on a CPU reference backend (backend_cpu_create()) with f32 views of host
+ * arrays. By the contract (an op computes in f32 and rounds each bf16 output once, to nearest
+ * even) an f32 output equals the reference up to summation order and a bf16 output equals the
+ * reference rounded to bf16. With scale the largest |reference| of the output:
+ *   - a bf16 output: |got - bf16(ref)| <= 2^-7 |bf16(ref)| + atol * scale, i.e. one bf16 ulp
+ *     (another summation order can tip a value across a rounding boundary), and at least
+ *     MIN_EXACT of its elements exactly bf16(ref) (a rounding that truncates misses half);
+ *   - an f32 output: |got - ref| <= 1e-5 |ref| + atol * scale.
+ * atol per check: ATOL_ELEM for elementwise ops, ATOL_SUM for norms, products and the loss,
+ * ATOL_ATTN for attention, where a GPU's summation order differs most. Every check prints its
+ * largest errors. On the CPU the device and the reference run the same f32 kernels, so the
+ * run checks the bf16 adapter (cpu_mixed.c): conversions, strides, accumulation, rounding;
+ * SKEIN_TEST_DEVICE=cuda checks the CUDA kernels against the CPU.
+ *
+ * cast is checked bit for bit against dtype.h's conversions, ties to even included.
+ * Output views that are column blocks of wider buffers are checked whole: the columns outside
+ * the block must keep their values. Tests reach device memory only by upload and download.
+ * A device without BACKEND_OP_MIXED for bf16 skips every case. */
+#include "test.h"
+#include "test_device.h"
+
+#include "backend/backend.h"
+#include "base/rng.h"
+
+#define MIN_EXACT 0.75
+#define ATOL_ELEM 1e-6
+#define ATOL_SUM 1e-5
+#define ATOL_ATTN 1e-4
+
+static backend *be, *ref;   /* the device under test; the CPU reference */
+static rng R;
+
+/* Skips the case where the device has no bf16 [lp] arguments. */
+#define NEED_MIXED()                                                                            \
+    do {                                                                                        \
+        setup(__LINE__);                                                                        \
+        if (!backend_supports(be, BACKEND_OP_MIXED, DT_BF16))                                   \
+            SKIP("the %s backend does not support mixed precision (BACKEND_OP_MIXED, bf16)", be->name); \
+    } while (0)
+
+/* ---- arrays: host values and a device copy ---- */
+
+/* n values on the host (x: the inputs, then the reference's results) and a device array of
+ * dtype dt holding them. */
+typedef struct arr { float *x; void *dev; dtype dt; size_t n; } arr;
+enum { MAX_ARRS = 32 };
+static arr arrs[MAX_ARRS];
+static int n_arrs;
+
+static void setup(uint64_t seed) {
+    be = test_device();
+    if (!ref) ref = backend_cpu_create();
+    SK_ASSERT(ref);
+    for (int i = 0; i < n_arrs; i++) {
+        free(arrs[i].x);
+        backend_mem_free(be, arrs[i].dev);
+    }
+    n_arrs = 0;
+    rng_seed(&R, seed);
+}
+
+static float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+/* Uploads a's host values into its device array; a bf16 array's host values are rounded to
+ * bf16 first, so both hold the same numbers (a reference's output becomes the next op's input). */
+static void arr_put(arr *a) {
+    const size_t bytes = a->n * dtype_size(a->dt);
+    if (a->dt == DT_BF16)
+        for (size_t i = 0; i < a->n; i++) a->x[i] = bf16_round(a->x[i]);
+    void *h = malloc(bytes ? bytes : 1);
+    SK_ASSERT(h);
+    dtype_from_f32(h, a->dt, a->x, a->n);
+    backend_upload(be, a->dev, h, bytes);
+    free(h);
+}
+
+/* n bf16-exact values, normal with deviation sd (0: zeros), on the host and the device (dt). */
+static arr *arr_new(size_t n, dtype dt, float sd) {
+    SK_ASSERT(n_arrs < MAX_ARRS);
+    arr *a = &arrs[n_arrs++];
+    a->x = malloc(n * sizeof(float));
+    a->dev = backend_alloc(be, n * dtype_size(dt));
+    SK_ASSERT(a->x && a->dev);
+    a->dt = dt;
+    a->n = n;
+    for (size_t i = 0; i < n; i++) a->x[i] = sd * rng_normal(&R);
+    arr_put(a);
+    return a;
+}
+
+/* a's device array as f32 host values (the caller frees them). */
+static float *arr_get(const arr *a) {
+    void *h = test_download(be, tensor_1d(a->dev, a->dt, (int64_t)a->n));
+    float *f = malloc(a->n * sizeof(float) + 1);
+    SK_ASSERT(f);
+    dtype_to_f32(f, h, a->dt, a->n);
+    free(h);
+    return f;
+}
+
+/* Whether a's device array agrees with its host values (the reference's result) within the
+ * tolerances at the top of the file; prints the errors and the first mismatches. */
+static bool agree(const char *what, const arr *a, double atol) {
+    float *got = arr_get(a);
+    const bool bf = a->dt == DT_BF16;
+    double scale = 0, max_abs = 0, max_rel = 0;
+    for (size_t i = 0; i < a->n; i++) scale = fabs(a->x[i]) > scale ? fabs(a->x[i]) : scale;
+    size_t bad = 0, exact = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        const double want = bf ? bf16_round(a->x[i]) : a->x[i], err = fabs(got[i] - want);
+        const double tol = (bf ? 1.0 / 128 : 1e-5) * fabs(want) + atol * scale;
+        if (!(err <= tol) && bad++ < 5)
+            printf("  %s[%zu]: got %.9g, want %.9g (tol %.3g)\n", what, i, got[i], want, tol);
+        exact += got[i] == want;
+        max_abs = err > max_abs ? err : max_abs;
+        if (want != 0 && err / fabs(want) > max_rel) max_rel = err / fabs(want);
+    }
+    const double frac = a->n ? (double)exact / (double)a->n : 1.0;
+    printf("  %-34s %s n=%-7zu max abs err %.3g (scale %.3g), max rel err %.3g, exact %.1f%%\n", what,
+           bf ? "bf16" : "f32 ", a->n, max_abs, scale, max_rel, 100 * frac);
+    if (bf && frac < MIN_EXACT) printf("  %s: only %.1f%% exactly the rounded reference\n", what, 100 * frac);
+    free(got);
+    return bad == 0 && (!bf || frac >= MIN_EXACT);
+}
+
+/* ---- views in the current run ---- */
+
+static backend *b;     /* the backend of the current run */
+static bool on_dev;    /* its arrays: device (dtype a->dt) or host (f32) */
+
+/* Runs the op calls in its arguments on the device, then on the reference; views built by
+ * the helpers below name the current run's arrays. */
+#define BOTH(...)                         \
+    do {                                  \
+        b = be, on_dev = true;            \
+        __VA_ARGS__;                      \
+        b = ref, on_dev = false;          \
+        __VA_ARGS__;                      \
+    } while (0)
+
+/* a as a contiguous view of the given shape in the current run. */
+static tensor view(const arr *a, int ndim, const int64_t *shape) {
+    tensor t = on_dev ? tensor_make(a->dev, a->dt, MEM_DEVICE, ndim, shape) : tensor_make(a->x, DT_F32, MEM_HOST, ndim, shape);
+    SK_ASSERT((size_t)tensor_numel(t) <= a->n);
+    return t;
+}
+static tensor T1(const arr *a) { return view(a, 1, (int64_t[]){(int64_t)a->n}); }
+static tensor T2(const arr *a, int64_t r, int64_t c) { return view(a, 2, (int64_t[]){r, c}); }
+static tensor T3(const arr *a, int64_t d0, int64_t d1, int64_t d2) { return view(a, 3, (int64_t[]){d0, d1, d2}); }
+static tensor T4(const arr *a, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+    return view(a, 4, (int64_t[]){d0, d1, d2, d3});
+}
+/* Columns [c0, c0+cols) of a seen as (rows, ld). */
+static tensor cols2(const arr *a, int64_t rows, int64_t ld, int64_t c0, int64_t cols) {
+    return tensor_cols(T2(a, rows, ld), c0, cols);
+}
+
+static const char *dtn(dtype dt) { return dt == DT_BF16 ? "bf16" : "f32"; }
+
+/* ---- support and cast ---- */
+
+TEST(cpu_supports_mixed_bf16) {
+    setup(1);
+    CHECK(backend_supports(ref, BACKEND_OP_MIXED, DT_BF16));
+    CHECK(backend_supports(ref, BACKEND_OP_MIXED, DT_F32));
+    CHECK(!backend_supports(ref, BACKEND_OP_MIXED, DT_F16));
+    CHECK(ref->ops->cast != NULL);
+    printf("  device %s: mixed bf16 %s\n", be->name, backend_supports(be, BACKEND_OP_MIXED, DT_BF16) ? "yes" : "no");
+}
+
+/* n elements of dtype `from` at host src cast on the device into dtype `to`, downloaded into dst. */
+static void device_cast(void *dst, dtype to, const void *src, dtype from, size_t n) {
+    void *in = backend_alloc(be, n * dtype_size(from)), *out = backend_alloc(be, n * dtype_size(to));
+    SK_ASSERT(in && out);
+    backend_upload(be, in, src, n * dtype_size(from));
+    be->ops->cast(be, NULL, tensor_1d(out, to, (int64_t)n), tensor_1d(in, from, (int64_t)n));
+    backend_download(be, dst, out, n * dtype_size(to));
+    backend_mem_free(be, in);
+    backend_mem_free(be, out);
+}
+
+/* f32 -> bf16 bit for bit against f32_to_bf16 (ties to even: 1 + 2^-8 -> 1, 1 + 3*2^-8 ->
+ * 1 + 2^-6, 1 + 5*2^-8 -> 1 + 2^-6; overflow past the largest bf16 -> inf; NaN stays NaN);
+ * bf16 -> f32 exact for every bit pattern; f32 -> f32 and bf16 -> bf16 copies. */
+TEST(cast_rounds_to_nearest_even_and_converts_exactly) {
+    NEED_MIXED();
+    if (!be->ops->cast) SKIP("the %s backend has no cast op", be->name);
+    const float ties[] = {1 + 0x1p-8f, 1 + 3 * 0x1p-8f, 1 + 5 * 0x1p-8f, -(1 + 0x1p-8f), -(1 + 3 * 0x1p-8f),
+                          1 + 0x1p-8f + 0x1p-20f, 0.0f, -0.0f, 3.4e38f, INFINITY, -INFINITY, NAN, 65504.5f};
+    const size_t nt = sizeof ties / sizeof ties[0], n = 70000 + nt;   /* above dtype.c's threaded size */
+    float *x = malloc(n * sizeof(float)), *back = malloc(n * sizeof(float));
+    uint16_t *h = malloc(n * 2), *h2 = malloc(n * 2);
+    SK_ASSERT(x && back && h && h2);
+    memcpy(x, ties, sizeof ties);
+    for (size_t i = nt; i < n; i++) x[i] = rng_normal(&R) * (float)(1 << (i % 16));
+    device_cast(h, DT_BF16, x, DT_F32, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool ok = isnan(x[i]) ? isnan(bf16_to_f32(h[i])) : h[i] == f32_to_bf16(x[i]);
+        if (!ok && bad++ < 5) printf("  f32 %.9g -> bf16 %04x, want %04x\n", x[i], h[i], f32_to_bf16(x[i]));
+    }
+    CHECK_MSG(bad == 0, "%zu of %zu f32 -> bf16 wrong", bad, n);
+    CHECK(h[0] == 0x3f80 && h[1] == 0x3f82 && h[2] == 0x3f82 && h[3] == 0xbf80 && h[6] == 0x0000 && h[7] == 0x8000 &&
+          h[8] == 0x7f80);
+    for (size_t i = 0; i < n; i++) h[i] = (uint16_t)rng_u64(&R);   /* every pattern, NaNs included */
+    device_cast(back, DT_F32, h, DT_BF16, n);
+    for (size_t i = 0; i < n; i++) {
+        const float want = bf16_to_f32(h[i]);
+        CHECK_MSG(isnan(want) ? isnan(back[i]) : memcmp(&back[i], &want, 4) == 0, "bf16 %04x -> f32 %.9g", h[i], back[i]);
+    }
+    device_cast(h2, DT_BF16, h, DT_BF16, n);
+    CHECK(memcmp(h, h2, n * 2) == 0);
+    for (size_t i = 0; i < n; i++) x[i] = rng_normal(&R);
+    device_cast(back, DT_F32, x, DT_F32, n);
+    CHECK(memcmp(x, back, n * sizeof(float)) == 0);
+    printf("  %zu values each way, %zu ties and specials\n", n, nt);
+    free(x), free(back), free(h), free(h2);
+}
+
+/* ---- products ---- */
+
+/* C(M,N) = 0.75 op(A) op(B) + beta C with A, B of dtype ab and C of dtype cdt. With pad > 0
+ * every operand is the column block [pad, pad+cols) of a buffer pad columns wider (row
+ * stride cols + pad), as q, k, v are blocks of GPT-2's packed qkv. */
+static bool matmul_case(int M, int N, int K, bool ta, bool tb, dtype ab, dtype cdt, float beta, int pad) {
+    setup((uint64_t)(M * 131 + N * 17 + K + ta * 2 + tb + (cdt == DT_BF16) * 5 + (ab == DT_BF16) * 9));
+    const int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    arr *A = arr_new((size_t)ar * (ac + pad), ab, 1), *B = arr_new((size_t)br * (bc + pad), ab, 1);
+    arr *C = arr_new((size_t)M * (N + pad), cdt, 1);
+    BOTH(b->ops->matmul(b, NULL, cols2(C, M, N + pad, pad, N), cols2(A, ar, ac + pad, pad, ac), ta,
+                        cols2(B, br, bc + pad, pad, bc), tb, 0.75f, beta));
+    char what[96];
+    snprintf(what, sizeof what, "%dx%dx%d%s%s %s*%s beta %g", M, N, K, ta ? " A^T" : "", tb ? " B^T" : "", dtn(ab),
+             dtn(ab), beta);
+    return agree(what, C, ATOL_SUM);
+}
+
+/* Every transpose pair, both dtypes of C, writing and accumulating, on small shapes that are
+ * not multiples of 8 (M = 1 and 7 take the CPU's decode paths) with row strides, and on a
+ * GPT-2 qkv-sized product (K = 768, N = 2304). */
+TEST(matmul_bf16_all_transposes_and_strides) {
+    NEED_MIXED();
+    const int shapes[][4] = {{7, 9, 5, 3}, {37, 45, 29, 5}, {1, 33, 17, 2}, {40, 2304, 768, 0}};
+    for (int s = 0; s < 4; s++)
+        for (int t = 0; t < 4; t++)
+            for (int ab = 0; ab < 2; ab++)
+                for (int c = 0; c < 2; c++)
+                    for (int beta = 0; beta < 2; beta++) {
+                        const dtype abt = ab ? DT_BF16 : DT_F32, cdt = c ? DT_BF16 : DT_F32;
+                        if (abt == DT_F32 && cdt == DT_F32) continue;   /* the f32 product: test_backend */
+                        if (s == 3 && abt == DT_F32) continue;
+                        CHECK(matmul_case(shapes[s][0], shapes[s][1], shapes[s][2], t & 1, t >> 1, abt, cdt,
+                                          (float)beta, shapes[s][3]));
+                    }
+}
+
+/* bias_add into a bf16 column block (row stride OC + 4); bias_backward from a bf16 dout into
+ * an f32 dbias that accumulates. */
+TEST(bias_add_and_backward_bf16) {
+    NEED_MIXED();
+    const int N = 37, OC = 45, pad = 4, NB = 300;
+    arr *out = arr_new((size_t)N * (OC + pad), DT_BF16, 1), *bias = arr_new(OC, DT_F32, 1);
+    BOTH(b->ops->bias_add(b, NULL, cols2(out, N, OC + pad, pad, OC), T1(bias)));
+    CHECK(agree("bias_add out (row stride OC+4)", out, ATOL_ELEM));
+    arr *dout = arr_new((size_t)NB * OC, DT_BF16, 1), *dbias = arr_new(OC, DT_F32, 1);
+    BOTH(b->ops->bias_backward(b, NULL, T1(dbias), T2(dout, NB, OC)));
+    CHECK(agree("bias_backward dbias", dbias, ATOL_SUM));
+}
+
+/* ---- norms ---- */
+
+/* LayerNorm: f32 inp, bf16 out, f32 mean and rstd; the backward from a bf16 dout accumulates
+ * into f32 dinp, dweight, dbias holding earlier values, with the reference's mean and rstd. */
+TEST(layernorm_bf16_out_and_dout) {
+    NEED_MIXED();
+    const int N = 19, C = 100;
+    arr *inp = arr_new((size_t)N * C, DT_F32, 2), *w = arr_new(C, DT_F32, 1), *bias = arr_new(C, DT_F32, 1);
+    arr *out = arr_new((size_t)N * C, DT_BF16, 1), *mean = arr_new(N, DT_F32, 0), *rstd = arr_new(N, DT_F32, 0);
+    for (size_t i = 0; i < inp->n; i++) inp->x[i] += 0.5f;
+    arr_put(inp);
+    BOTH(b->ops->layernorm_forward(b, NULL, T2(out, N, C), T1(mean), T1(rstd), T2(inp, N, C), T1(w), T1(bias), 1e-5f));
+    CHECK(agree("layernorm out", out, ATOL_SUM));
+    CHECK(agree("layernorm mean", mean, ATOL_SUM));
+    CHECK(agree("layernorm rstd", rstd, ATOL_SUM));
+    arr_put(mean), arr_put(rstd);
+    arr *dout = arr_new((size_t)N * C, DT_BF16, 1), *dinp = arr_new((size_t)N * C, DT_F32, 1);
+    arr *dw = arr_new(C, DT_F32, 1), *db = arr_new(C, DT_F32, 1);
+    BOTH(b->ops->layernorm_backward(b, NULL, T2(dinp, N, C), T1(dw), T1(db), T2(dout, N, C), T2(inp, N, C), T1(w),
+                                    T1(mean), T1(rstd)));
+    CHECK(agree("layernorm dinp", dinp, ATOL_SUM));
+    CHECK(agree("layernorm dweight", dw, ATOL_SUM));
+    CHECK(agree("layernorm dbias", db, ATOL_SUM));
+}
+
+/* RMSNorm as LayerNorm: bf16 out, f32 rstd; backward from bf16 dout into accumulating f32. */
+TEST(rmsnorm_bf16_out_and_dout) {
+    NEED_MIXED();
+    const int N = 23, C = 72;
+    arr *inp = arr_new((size_t)N * C, DT_F32, 2), *w = arr_new(C, DT_F32, 1);
+    arr *out = arr_new((size_t)N * C, DT_BF16, 1), *rstd = arr_new(N, DT_F32, 0);
+    BOTH(b->ops->rmsnorm_forward(b, NULL, T2(out, N, C), T1(rstd), T2(inp, N, C), T1(w), 1e-6f));
+    CHECK(agree("rmsnorm out", out, ATOL_SUM));
+    CHECK(agree("rmsnorm rstd", rstd, ATOL_SUM));
+    arr_put(rstd);
+    arr *dout = arr_new((size_t)N * C, DT_BF16, 1), *dinp = arr_new((size_t)N * C, DT_F32, 1), *dw = arr_new(C, DT_F32, 1);
+    BOTH(b->ops->rmsnorm_backward(b, NULL, T2(dinp, N, C), T1(dw), T2(dout, N, C), T2(inp, N, C), T1(w), T1(rstd)));
+    CHECK(agree("rmsnorm dinp", dinp, ATOL_SUM));
+    CHECK(agree("rmsnorm dweight", dw, ATOL_SUM));
+}
+
+/* ---- elementwise ---- */
+
+/* GELU in bf16, out of place and in place; the backward too (dinp aliasing dout). */
+TEST(gelu_bf16_forward_and_backward) {
+    NEED_MIXED();
+    const size_t n = 3001;
+    arr *inp = arr_new(n, DT_BF16, 2), *out = arr_new(n, DT_BF16, 1), *self = arr_new(n, DT_BF16, 2);
+    BOTH(b->ops->gelu_forward(b, NULL, T1(out), T1(inp)));
+    CHECK(agree("gelu out", out, ATOL_ELEM));
+    BOTH(b->ops->gelu_forward(b, NULL, T1(self), T1(self)));
+    CHECK(agree("gelu in place", self, ATOL_ELEM));
+    arr *dout = arr_new(n, DT_BF16, 1), *dinp = arr_new(n, DT_BF16, 1);
+    BOTH(b->ops->gelu_backward(b, NULL, T1(dinp), T1(inp), T1(dout)));
+    CHECK(agree("gelu dinp", dinp, ATOL_ELEM));
+    BOTH(b->ops->gelu_backward(b, NULL, T1(dout), T1(inp), T1(dout)));
+    CHECK(agree("gelu dinp in place", dout, ATOL_ELEM));
+}
+
+/* SwiGLU in bf16, out of place and in place (out aliasing gate); the backward with dgate
+ * aliasing dout. */
+TEST(swiglu_bf16_forward_and_backward) {
+    NEED_MIXED();
+    const size_t n = 2049;
+    arr *gate = arr_new(n, DT_BF16, 2), *up = arr_new(n, DT_BF16, 1), *out = arr_new(n, DT_BF16, 1);
+    BOTH(b->ops->swiglu_forward(b, NULL, T1(out), T1(gate), T1(up)));
+    CHECK(agree("swiglu out", out, ATOL_ELEM));
+    arr *dout = arr_new(n, DT_BF16, 1), *dup = arr_new(n, DT_BF16, 1);
+    BOTH(b->ops->swiglu_backward(b, NULL, T1(dout), T1(dup), T1(dout), T1(gate), T1(up)));
+    CHECK(agree("swiglu dgate (in dout)", dout, ATOL_ELEM));
+    CHECK(agree("swiglu dup", dup, ATOL_ELEM));
+    BOTH(b->ops->swiglu_forward(b, NULL, T1(gate), T1(gate), T1(up)));
+    CHECK(agree("swiglu in place", gate, ATOL_ELEM));
+}
+
+/* Rotary embeddings on a bf16 x(B,T,nh,HS) from position 3, forward and backward, with
+ * tables of real angles. */
+TEST(rope_bf16_forward_and_backward) {
+    NEED_MIXED();
+    const int B = 2, T = 5, nh = 3, HS = 16, H2 = HS / 2, P = 12, pos0 = 3;
+    arr *cs = arr_new((size_t)P * H2, DT_F32, 0), *sn = arr_new((size_t)P * H2, DT_F32, 0);
+    for (int p = 0; p < P; p++)
+        for (int i = 0; i < H2; i++) {
+            const double ang = p * pow(10000.0, -2.0 * i / HS);
+            cs->x[p * H2 + i] = (float)cos(ang);
+            sn->x[p * H2 + i] = (float)sin(ang);
+        }
+    arr_put(cs), arr_put(sn);
+    arr *x = arr_new((size_t)B * T * nh * HS, DT_BF16, 1), *dx = arr_new((size_t)B * T * nh * HS, DT_BF16, 1);
+    BOTH(b->ops->rope_forward(b, NULL, T4(x, B, T, nh, HS), T2(cs, P, H2), T2(sn, P, H2), pos0));
+    CHECK(agree("rope forward", x, ATOL_ELEM));
+    BOTH(b->ops->rope_backward(b, NULL, T4(dx, B, T, nh, HS), T2(cs, P, H2), T2(sn, P, H2), pos0));
+    CHECK(agree("rope backward", dx, ATOL_ELEM));
+}
+
+/* add over every mix of f32 and bf16 among out, a, b, and in place in bf16; scale in bf16. */
+TEST(add_mixes_and_scale_bf16) {
+    NEED_MIXED();
+    const size_t n = 777;
+    for (int m = 0; m < 8; m++) {
+        const dtype to = m & 1 ? DT_BF16 : DT_F32, ta = m & 2 ? DT_BF16 : DT_F32, tb = m & 4 ? DT_BF16 : DT_F32;
+        arr *x = arr_new(n, ta, 1), *y = arr_new(n, tb, 1), *out = arr_new(n, to, 1);
+        BOTH(b->ops->add(b, NULL, T1(out), T1(x), T1(y)));
+        char what[64];
+        snprintf(what, sizeof what, "add %s = %s + %s", dtn(to), dtn(ta), dtn(tb));
+        CHECK(agree(what, out, ATOL_ELEM));
+    }
+    arr *x = arr_new(n, DT_BF16, 1), *y = arr_new(n, DT_BF16, 1);
+    BOTH(b->ops->add(b, NULL, T1(x), T1(x), T1(y)));
+    CHECK(agree("add in place", x, ATOL_ELEM));
+    BOTH(b->ops->scale(b, NULL, T2(y, 21, 37), 0.37f));
+    CHECK(agree("scale", y, ATOL_ELEM));
+}
+
+/* Dropout forward and backward for each pair of dtypes (in, out), and in place in bf16. */
+TEST(dropout_mixed_dtypes) {
+    NEED_MIXED();
+    const size_t n = 20000;
+    const float p = 0.1f;
+    for (int m = 1; m < 4; m++) {
+        const dtype ti = m & 1 ? DT_BF16 : DT_F32, to = m & 2 ? DT_BF16 : DT_F32;
+        arr *in = arr_new(n, ti, 1), *out = arr_new(n, to, 1), *din = arr_new(n, to, 1);
+        BOTH(b->ops->dropout_forward(b, NULL, T1(out), T1(in), p, 1234));
+        BOTH(b->ops->dropout_backward(b, NULL, T1(din), T1(in), p, 99));
+        char what[64];
+        snprintf(what, sizeof what, "dropout %s -> %s", dtn(ti), dtn(to));
+        CHECK(agree(what, out, ATOL_ELEM));
+        snprintf(what, sizeof what, "dropout backward %s -> %s", dtn(ti), dtn(to));
+        CHECK(agree(what, din, ATOL_ELEM));
+    }
+    arr *x = arr_new(n, DT_BF16, 1);
+    BOTH(b->ops->dropout_forward(b, NULL, T1(x), T1(x), p, 5));
+    CHECK(agree("dropout in place", x, ATOL_ELEM));
+}
+
+/* ---- loss ---- */
+
+/* Fused softmax + cross-entropy over bf16 logits (N,V) with padded row stride Vp, two rows
+ * ignored: f32 losses and a bf16 dlogits (N,Vp) whose padding and ignored rows become 0;
+ * then in place (dlogits over logits). */
+TEST(softmax_xent_bf16_padded_logits) {
+    NEED_MIXED();
+    const int N = 7, V = 1000, Vp = 1024;
+    arr *logits = arr_new((size_t)N * Vp, DT_BF16, 2), *dlogits = arr_new((size_t)N * Vp, DT_BF16, 1);
+    arr *losses = arr_new(N, DT_F32, 0);
+    int targets[7] = {3, -1, 999, 0, 512, -1, 77};
+    int *dtg = backend_alloc(be, sizeof targets), *htg = targets;
+    SK_ASSERT(dtg);
+    backend_upload(be, dtg, targets, sizeof targets);
+#define TARGETS tensor_1d(on_dev ? (void *)dtg : (void *)htg, DT_I32, N)
+    BOTH(b->ops->softmax_xent(b, NULL, T1(losses), T2(dlogits, N, Vp), cols2(logits, N, Vp, 0, V), TARGETS, 0.125f));
+    CHECK(agree("softmax_xent losses", losses, ATOL_SUM));
+    CHECK(agree("softmax_xent dlogits", dlogits, ATOL_ELEM));
+    BOTH(b->ops->softmax_xent(b, NULL, T1(losses), T2(logits, N, Vp), cols2(logits, N, Vp, 0, V), TARGETS, 0.125f));
+#undef TARGETS
+    CHECK(agree("softmax_xent losses (in place)", losses, ATOL_SUM));
+    CHECK(agree("softmax_xent dlogits in place", logits, ATOL_ELEM));
+    float *got = arr_get(logits);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < Vp; j++)
+            if (j >= V || targets[i] < 0) CHECK_MSG(got[(size_t)i * Vp + j] == 0.0f, "dlogits[%d][%d] = %g", i, j, got[(size_t)i * Vp + j]);
+    free(got);
+    backend_mem_free(be, dtg);
+}
+
+/* ---- attention ---- */
+
+/* q(B,Tq,NH*HS), k, v (B,Tk,NKV*HS) in bf16, window W, dropout p. Packed: q, k, v are column
+ * slices of one qkv(B,T,3C) (row stride 3C) and dq, dk, dv of one dqkv, as GPT-2 lays them out.
+ * acc: dq, dk, dv start from earlier values instead of zeros. */
+typedef struct attn_case { const char *name; int B, Tq, Tk, NH, NKV, HS, W; float p; bool packed, acc; } attn_case;
+
+/* The forward (bf16 out, f32 lse); then the backward on the same inputs for both runs (out
+ * and lse: the reference's, out rounded to bf16), dq, dk, dv accumulating. */
+static bool attention_case(attn_case c) {
+    setup((uint64_t)(c.Tq * 7 + c.Tk + c.HS + c.W * 3 + c.NKV));
+    const int QD = c.NH * c.HS, KD = c.NKV * c.HS, W3 = QD + 2 * KD;
+    arr *q, *k, *v, *dq, *dk, *dv;
+    if (c.packed) {
+        q = k = v = arr_new((size_t)c.B * c.Tq * W3, DT_BF16, 1);
+        dq = dk = dv = arr_new((size_t)c.B * c.Tq * W3, DT_BF16, c.acc);
+    } else {
+        q = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1), dq = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, c.acc);
+        k = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dk = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.acc);
+        v = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dv = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.acc);
+    }
+    arr *out = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1), *dout = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1);
+    arr *lse = arr_new((size_t)c.B * c.NH * c.Tq, DT_F32, 0);
+#define VQ(a) (c.packed ? tensor_cols(T3(a, c.B, c.Tq, W3), 0, QD) : T3(a, c.B, c.Tq, QD))
+#define VK(a) (c.packed ? tensor_cols(T3(a, c.B, c.Tk, W3), QD, KD) : T3(a, c.B, c.Tk, KD))
+#define VV(a) (c.packed ? tensor_cols(T3(a, c.B, c.Tk, W3), QD + KD, KD) : T3(a, c.B, c.Tk, KD))
+    BOTH(b->ops->attention_forward(b, NULL, T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), VQ(q), VK(k), VV(v), c.NH,
+                                   c.NKV, c.W, c.p, 4242));
+    printf("  %s:\n", c.name);
+    bool ok = agree("attention out", out, ATOL_ATTN) & agree("attention lse", lse, ATOL_SUM);
+    arr_put(out), arr_put(lse);
+    BOTH(b->ops->attention_backward(b, NULL, VQ(dq), VK(dk), VV(dv), T3(dout, c.B, c.Tq, QD), VQ(q), VK(k), VV(v),
+                                    T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), c.NH, c.NKV, c.W, c.p, 4242));
+#undef VQ
+#undef VK
+#undef VV
+    if (c.packed) return ok & agree("attention dqkv", dq, ATOL_ATTN);
+    return ok & agree("attention dq", dq, ATOL_ATTN) & agree("attention dk", dk, ATOL_ATTN) &
+           agree("attention dv", dv, ATOL_ATTN);
+}
+
+TEST(attention_bf16_forward_and_backward) {
+    NEED_MIXED();
+    static const attn_case cases[] = {
+        /* name                       B  Tq  Tk  NH NKV HS   W   p     packed acc */
+        {"MHA packed qkv",            2, 80, 80, 4, 4,  64,  0,  0.0f, true,  false},
+        {"GQA 8:2",                   2, 72, 72, 8, 2,  32,  0,  0.0f, false, false},
+        {"GQA 4:2 window 24",         1, 96, 96, 4, 2,  32,  24, 0.0f, false, false},
+        {"Tq 24 < Tk 88",             2, 24, 88, 4, 2,  32,  0,  0.0f, false, false},
+        {"packed qkv, dropout 0.1",   2, 70, 70, 4, 4,  64,  0,  0.1f, true,  false},
+        {"HS 128",                    1, 66, 66, 2, 2,  128, 0,  0.0f, false, false},
+        {"GQA 4:2 onto earlier grads", 1, 40, 40, 4, 2, 32,  0,  0.0f, false, true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) CHECK_MSG(attention_case(cases[i]), "%s", cases[i].name);
+}
+
+TEST_MAIN()
