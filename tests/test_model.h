@@ -188,8 +188,10 @@ static inline bool test_model_overfits(model *m) {
     return fabs(first - log((double)V)) <= 0.1 && loss < 0.05f;
 }
 
-/* Activation recompute runs the same ops in the same order, only later: the loss and every
- * gradient equal the stored-activation run's bit for bit, with the activation plan smaller. */
+/* Activation recompute runs the same ops in the same order, only later: on the CPU the loss
+ * and every gradient equal the stored-activation run's bit for bit; a device may pick other
+ * product kernels for the other buffer layout, so there the gradients agree within
+ * 1e-5 (1 + |g|) and the losses within 1e-6 relative. The activation plan is smaller. */
 static inline bool test_recompute_matches(model *m) {
     enum { B = TEST_GB, T = TEST_GT };
     const int V = m->cfg.vocab_size;
@@ -208,9 +210,13 @@ static inline bool test_recompute_matches(model *m) {
         model_backward(m, 1.0f / (B * T));
         g[rc] = test_download_f32(m->be, m->grads, m->n_params);
     }
-    bool same = loss[0] == loss[1] && !memcmp(g[0], g[1], m->n_params * sizeof(float));
-    printf("  recompute: loss %.6f vs %.6f, gradients %s, activations %zu -> %zu bytes\n", loss[0], loss[1],
-           same ? "identical" : "DIFFER", bytes[0], bytes[1]);
+    double worst = 0;
+    for (size_t i = 0; i < m->n_params; i++) worst = fmax(worst, fabs(g[0][i] - g[1][i]) / (1.0 + fabs(g[0][i])));
+    const bool exact = m->be->host_memory;
+    bool same = exact ? loss[0] == loss[1] && !memcmp(g[0], g[1], m->n_params * sizeof(float))
+                      : fabs(loss[0] - loss[1]) <= 1e-6 * fabs(loss[0]) && worst <= 1e-5;
+    printf("  recompute: loss %.9g vs %.9g, worst gradient difference %.3g (%s), activations %zu -> %zu bytes\n",
+           loss[0], loss[1], worst, exact ? "bit for bit asked" : "1e-5 asked", bytes[0], bytes[1]);
     free(g[0]);
     free(g[1]);
     m->recompute = false;

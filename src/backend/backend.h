@@ -50,8 +50,6 @@ typedef enum backend_copy_dir {
 typedef enum backend_op {
     BACKEND_OP_MATMUL,       /* matmul: weight operand B in the dtype asked */
     BACKEND_OP_EMBED,        /* embed_forward: table in the dtype asked */
-    BACKEND_OP_ATTENTION,    /* attention forward/backward on activations of the dtype */
-    BACKEND_OP_DROPOUT,      /* dropout inside attention */
     BACKEND_OP_MIXED,        /* [lp] arguments (see the top of this file) in the dtype asked */
     BACKEND_OP_COUNT
 } backend_op;
@@ -94,8 +92,8 @@ typedef struct backend_ops {
     /* C(M,N) = alpha * op(A) @ op(B) + beta * C with op(X) = X or X^T per flag: op(A) is
      * (M,K), op(B) (K,N). 2-D views with contiguous rows and any row stride (tensor_ld), so
      * a column block of a wider matrix (tensor_cols) is an operand. Two kinds of product:
-     * - training and f32 inference: A, B, C [lp], with A and B of one dtype (bf16 A and B
-     *   multiply exactly and accumulate in f32, as tensor cores do; C f32 or bf16);
+     * - training and f32 inference: A, B, C all f32, or A and B bf16 (they multiply
+     *   exactly and accumulate in f32, as tensor cores do) with C f32 or bf16;
      * - mapped inference weights: A and C f32, B any dtype backend_supports(be,
      *   BACKEND_OP_MATMUL, dt) accepts, trans_a false.
      * C aliases neither A nor B. */
@@ -206,7 +204,7 @@ typedef struct backend_ops {
     void (*dropout_backward)(backend *be, backend_stream *s, tensor dinp, tensor dout, float p, uint64_t seed);
 
     /* out = inp converted to out's dtype (elementwise, equal element counts, both
-     * contiguous [lp]): the f32 master weights into their bf16 compute copy, a bf16
+     * contiguous [lp], not overlapping): the f32 master weights into their bf16 compute copy, a bf16
      * gradient into f32. */
     void (*cast)(backend *be, backend_stream *s, tensor out, tensor inp);
 
