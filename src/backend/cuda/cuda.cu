@@ -255,19 +255,20 @@ static void cuda_scale_op(backend *be, backend_stream *s, tensor x, float alpha)
     cuda_scale(ctx(be), stream_of(be, s), lp_flat(x, n), alpha, n);
 }
 
-/* A (B,T,D) view with contiguous channels as cuda_rows. */
-static cuda_rows rows_of(tensor t, int64_t B, int64_t T, int64_t D) {
-    SK_ASSERT(t.dt == DT_F32 && t.ndim == 3 && t.shape[0] == B && t.shape[1] == T && t.shape[2] == D);
+/* A (B,T,D) view of the call's dtype g->dt with contiguous channels as cuda_rows. */
+static cuda_rows rows_of(tensor t, const cuda_attn_geom *g, int64_t T, int64_t D) {
+    SK_ASSERT(t.dt == g->dt && t.ndim == 3 && t.shape[0] == g->B && t.shape[1] == T && t.shape[2] == D);
     SK_ASSERT(t.stride[2] == 1 || D == 1);
-    cuda_rows r = {(float *)t.data, t.stride[0], t.stride[1]};
+    cuda_rows r = {t.data, t.stride[0], t.stride[1]};
     return r;
 }
 
+/* The call's shapes; its dtype is q's, f32 or bf16 ([lp]: every other view but lse must match). */
 static cuda_attn_geom geom_of(tensor q, tensor k, int NH, int NKV, int W, float p, uint64_t seed) {
     SK_ASSERT(q.ndim == 3 && k.ndim == 3 && NH > 0 && NKV > 0 && NH % NKV == 0 && q.shape[2] % NH == 0);
-    SK_ASSERT(W >= 0 && p >= 0.0f && p < 1.0f);
+    SK_ASSERT(W >= 0 && p >= 0.0f && p < 1.0f && (q.dt == DT_F32 || q.dt == DT_BF16));
     cuda_attn_geom g = {(int)q.shape[0], (int)q.shape[1], (int)k.shape[1], NH, NKV, NH / NKV,
-                        (int)(q.shape[2] / NH), W, 0.0f, p, seed};
+                        (int)(q.shape[2] / NH), W, 0.0f, p, seed, q.dt};
     SK_ASSERT(g.Tq <= g.Tk && g.HS > 0 && g.HS <= CUDA_ATTN_MAX_HS);
     g.sc = 1.0f / sqrtf((float)g.HS);
     return g;
@@ -283,9 +284,9 @@ static void cuda_attention_forward_op(backend *be, backend_stream *s, tensor out
                                       tensor v, int NH, int NKV, int W, float p, uint64_t seed) {
     const cuda_attn_geom g = geom_of(q, k, NH, NKV, W, p, seed);
     const int QD = NH * g.HS, KD = NKV * g.HS;
-    cuda_attention_forward(stream_of(be, s), &g, rows_of(out, g.B, g.Tq, QD),
-                           tensor_is_none(lse) ? NULL : lse_of(lse, &g), rows_of(q, g.B, g.Tq, QD),
-                           rows_of(k, g.B, g.Tk, KD), rows_of(v, g.B, g.Tk, KD));
+    cuda_attention_forward(stream_of(be, s), &g, rows_of(out, &g, g.Tq, QD),
+                           tensor_is_none(lse) ? NULL : lse_of(lse, &g), rows_of(q, &g, g.Tq, QD),
+                           rows_of(k, &g, g.Tk, KD), rows_of(v, &g, g.Tk, KD));
 }
 
 static void cuda_attention_backward_op(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv,
@@ -293,9 +294,9 @@ static void cuda_attention_backward_op(backend *be, backend_stream *s, tensor dq
                                        int NKV, int W, float p, uint64_t seed) {
     const cuda_attn_geom g = geom_of(q, k, NH, NKV, W, p, seed);
     const int QD = NH * g.HS, KD = NKV * g.HS;
-    cuda_attention_backward(stream_of(be, s), &g, rows_of(dq, g.B, g.Tq, QD), rows_of(dk, g.B, g.Tk, KD),
-                            rows_of(dv, g.B, g.Tk, KD), rows_of(dout, g.B, g.Tq, QD), rows_of(q, g.B, g.Tq, QD),
-                            rows_of(k, g.B, g.Tk, KD), rows_of(v, g.B, g.Tk, KD), rows_of(out, g.B, g.Tq, QD),
+    cuda_attention_backward(stream_of(be, s), &g, rows_of(dq, &g, g.Tq, QD), rows_of(dk, &g, g.Tk, KD),
+                            rows_of(dv, &g, g.Tk, KD), rows_of(dout, &g, g.Tq, QD), rows_of(q, &g, g.Tq, QD),
+                            rows_of(k, &g, g.Tk, KD), rows_of(v, &g, g.Tk, KD), rows_of(out, &g, g.Tq, QD),
                             lse_of(lse, &g));
 }
 

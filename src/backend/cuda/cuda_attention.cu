@@ -1,4 +1,5 @@
-/* backend/cuda: causal grouped-query attention, forward and backward, in f32, with the
+/* backend/cuda: causal grouped-query attention, forward and backward, computed in f32 over f32
+ * or bf16 storage (T below: bf16 inputs convert exactly, outputs round once), with the
  * contract of backend.h and the CPU kernel's arithmetic (backend/cpu/cpu_attention.c): scores
  * sc q.k, an online softmax in the forward keeping each row's log-sum-exp, the backward
  * recomputing P = exp(score - lse), dropout from dropout_keep over the flat (B,NH,Tq,Tk)
@@ -31,6 +32,7 @@
  * position Tk - Tq + t. */
 #include "backend/cuda/cuda_impl.cuh"
 
+#include <cuda_bf16.h>
 #include <math.h>
 
 #include <type_traits>
@@ -62,14 +64,19 @@ __device__ __forceinline__ void tile_mm(float (&acc)[8][NJ], const float *A, con
     }
 }
 
-/* dst[r*(HSP+1) + c] = X[b, t0 + r, col0 + c] for r < n and c < HS, 0 elsewhere in the
+/* Element (b, t, c) of a (B,T,D) operand of element type T. */
+template <class T> __device__ __forceinline__ T *row_at(cuda_rows X, int b, int t, int c) {
+    return (T *)X.p + b * X.sb + (int64_t)t * X.st + c;
+}
+
+/* dst[r*(HSP+1) + c] = X[b, t0 + r, col0 + c] in f32 for r < n and c < HS, 0 elsewhere in the
  * TILE x HSP tile (the stride HSP+1 puts a column's rows in different banks). */
-template <int HSP>
+template <class T, int HSP>
 __device__ void tile_load(float *dst, cuda_rows X, int b, int t0, int n, int col0, int HS) {
-    const float *src = X.p + b * X.sb + (int64_t)t0 * X.st + col0;
+    const T *src = row_at<T>(X, b, t0, col0);
     for (int i = threadIdx.x; i < TILE * HSP; i += THREADS) {
         const int r = i / HSP, c = i % HSP;
-        dst[r * (HSP + 1) + c] = r < n && c < HS ? src[r * X.st + c] : 0.0f;
+        dst[r * (HSP + 1) + c] = r < n && c < HS ? (float)src[r * X.st + c] : 0.0f;
     }
 }
 
@@ -120,6 +127,7 @@ __device__ static inline float row_sum(float v) {
 
 /* Ls[r], Ds[r] = lse and dout . out of query t0 + r of head h (0 past Tq), r < TILE: the
  * per-row terms of the backward, a warp per row. */
+template <class T>
 __device__ static void attn_row_terms(float *Ls, float *Ds, const cuda_attn_geom &g, cuda_rows DO, cuda_rows O,
                                       const float *lse, int b, int h, int t0) {
     const int lane = threadIdx.x % 32;
@@ -127,9 +135,8 @@ __device__ static void attn_row_terms(float *Ls, float *Ds, const cuda_attn_geom
         const int t = t0 + r;
         float d = 0;
         if (t < g.Tq) {
-            const float *dout = DO.p + b * DO.sb + (int64_t)t * DO.st + h * g.HS,
-                        *out = O.p + b * O.sb + (int64_t)t * O.st + h * g.HS;
-            for (int c = lane; c < g.HS; c += 32) d += dout[c] * out[c];
+            const T *dout = row_at<T>(DO, b, t, h * g.HS), *out = row_at<T>(O, b, t, h * g.HS);
+            for (int c = lane; c < g.HS; c += 32) d += (float)dout[c] * (float)out[c];
         }
         for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(FULL_MASK, d, o);
         if (lane == 0) {
@@ -143,8 +150,8 @@ __device__ static void attn_row_terms(float *Ls, float *Ds, const cuda_attn_geom
 
 /* Forward of one query tile (grid: query tiles x B x NH), online softmax over its key tiles.
  * Shared memory: Q, K, V tiles and the probability tile P (queries x keys). */
-template <int HSP>
-__global__ void __launch_bounds__(THREADS) attention_forward_f32(cuda_attn_geom g, cuda_rows O, float *lse,
+template <class T, int HSP>
+__global__ void __launch_bounds__(THREADS) attention_forward(cuda_attn_geom g, cuda_rows O, float *lse,
                                                                  cuda_rows Q, cuda_rows K, cuda_rows V) {
     constexpr int LD = HSP + 1, NJ = HSP / 16;
     extern __shared__ float smem[];
@@ -157,14 +164,14 @@ __global__ void __launch_bounds__(THREADS) attention_forward_f32(cuda_attn_geom 
     int s_lo, s_hi, unused;
     attn_span(g, t0, &s_lo, &unused);
     attn_span(g, t0 + nq - 1, &unused, &s_hi);
-    tile_load<HSP>(Qs, Q, b, t0, nq, h * g.HS, g.HS);
+    tile_load<T, HSP>(Qs, Q, b, t0, nq, h * g.HS, g.HS);
     float m[8], l[8], acc[8][NJ] = {};
 #pragma unroll
     for (int i = 0; i < 8; i++) m[i] = -INFINITY, l[i] = 0.0f;
     for (int k0 = s_lo; k0 <= s_hi; k0 += TILE) {
         __syncthreads();   /* the last tile's readers are done with K, V, P */
-        tile_load<HSP>(Ks, K, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
-        tile_load<HSP>(Vs, V, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
+        tile_load<T, HSP>(Ks, K, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
+        tile_load<T, HSP>(Vs, V, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
         __syncthreads();
         float S[8][4] = {};
         tile_mm<4, HSP, LD, 1, LD, 1>(S, Qs, Ks);
@@ -200,18 +207,18 @@ __global__ void __launch_bounds__(THREADS) attention_forward_f32(cuda_attn_geom 
         const int r = ty + 8 * i;
         const float li = row_sum(l[i]);
         if (r >= nq) continue;
-        float *o = O.p + b * O.sb + (int64_t)(t0 + r) * O.st + h * g.HS;
+        T *o = row_at<T>(O, b, t0 + r, h * g.HS);
 #pragma unroll
         for (int j = 0; j < NJ; j++)
-            if (tx + 16 * j < g.HS) o[tx + 16 * j] = acc[i][j] / li;
+            if (tx + 16 * j < g.HS) o[tx + 16 * j] = T(acc[i][j] / li);
         if (lse && tx == 0) lse[row0 + r] = m[i] + logf(li);
     }
 }
 
 /* dq of one query tile (grid as the forward's), over the key tiles its queries see.
  * Shared memory: Q, dout, K, V tiles and the dS tile (queries x keys). */
-template <int HSP>
-__global__ void __launch_bounds__(THREADS) attention_backward_dq_f32(cuda_attn_geom g, cuda_rows DQ, cuda_rows DO,
+template <class T, int HSP>
+__global__ void __launch_bounds__(THREADS) attention_backward_dq(cuda_attn_geom g, cuda_rows DQ, cuda_rows DO,
                                                                      cuda_rows Q, cuda_rows K, cuda_rows V,
                                                                      cuda_rows O, const float *lse) {
     constexpr int LD = HSP + 1, NJ = HSP / 16;
@@ -226,14 +233,14 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dq_f32(cuda_attn_g
     int s_lo, s_hi, unused;
     attn_span(g, t0, &s_lo, &unused);
     attn_span(g, t0 + nq - 1, &unused, &s_hi);
-    tile_load<HSP>(Qs, Q, b, t0, nq, h * g.HS, g.HS);
-    tile_load<HSP>(dOs, DO, b, t0, nq, h * g.HS, g.HS);
-    attn_row_terms(Ls, Ds, g, DO, O, lse, b, h, t0);
+    tile_load<T, HSP>(Qs, Q, b, t0, nq, h * g.HS, g.HS);
+    tile_load<T, HSP>(dOs, DO, b, t0, nq, h * g.HS, g.HS);
+    attn_row_terms<T>(Ls, Ds, g, DO, O, lse, b, h, t0);
     float acc[8][NJ] = {};
     for (int k0 = s_lo; k0 <= s_hi; k0 += TILE) {
         __syncthreads();
-        tile_load<HSP>(Ks, K, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
-        tile_load<HSP>(Vs, V, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
+        tile_load<T, HSP>(Ks, K, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
+        tile_load<T, HSP>(Vs, V, b, k0, min(TILE, s_hi - k0 + 1), kc, g.HS);
         __syncthreads();
         float S[8][4] = {}, dP[8][4] = {};
         tile_mm<4, HSP, LD, 1, LD, 1>(S, Qs, Ks);
@@ -259,18 +266,18 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dq_f32(cuda_attn_g
     for (int i = 0; i < 8; i++) {
         const int r = ty + 8 * i;
         if (r >= nq) continue;
-        float *dq = DQ.p + b * DQ.sb + (int64_t)(t0 + r) * DQ.st + h * g.HS;
+        T *dq = row_at<T>(DQ, b, t0 + r, h * g.HS);
 #pragma unroll
         for (int j = 0; j < NJ; j++)
-            if (tx + 16 * j < g.HS) dq[tx + 16 * j] += acc[i][j];
+            if (tx + 16 * j < g.HS) dq[tx + 16 * j] = T((float)dq[tx + 16 * j] + acc[i][j]);
     }
 }
 
 /* dk, dv of one key tile (grid: key tiles x B x NKV), over the heads of its group and the
  * query tiles that see its keys, in that order. Shared memory: K, V, Q, dout tiles and the
  * P M and dS tiles (keys x queries). */
-template <int HSP>
-__global__ void __launch_bounds__(THREADS) attention_backward_dkdv_f32(cuda_attn_geom g, cuda_rows DK, cuda_rows DV,
+template <class T, int HSP>
+__global__ void __launch_bounds__(THREADS) attention_backward_dkdv(cuda_attn_geom g, cuda_rows DK, cuda_rows DV,
                                                                        cuda_rows DO, cuda_rows Q, cuda_rows K,
                                                                        cuda_rows V, cuda_rows O, const float *lse) {
     constexpr int LD = HSP + 1, NJ = HSP / 16;
@@ -285,16 +292,16 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dkdv_f32(cuda_attn
     /* queries that see a key of the tile: positions from k0 on, and with a window up to the
      * last key's + W - 1 */
     const int t_lo = max(0, k0 - off), t_hi = g.W > 0 ? min(g.Tq - 1, k0 + nk - 1 + g.W - 1 - off) : g.Tq - 1;
-    tile_load<HSP>(Ks, K, b, k0, nk, kc, g.HS);
-    tile_load<HSP>(Vs, V, b, k0, nk, kc, g.HS);
+    tile_load<T, HSP>(Ks, K, b, k0, nk, kc, g.HS);
+    tile_load<T, HSP>(Vs, V, b, k0, nk, kc, g.HS);
     float dk[8][NJ] = {}, dv[8][NJ] = {};
     for (int h = kh * g.G; h < (kh + 1) * g.G; h++)
         for (int t0 = t_lo; t0 <= t_hi; t0 += TILE) {
             const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
             __syncthreads();   /* the last tile's readers are done with Q, dout, P, dS, Ls, Ds */
-            tile_load<HSP>(Qs, Q, b, t0, min(TILE, t_hi - t0 + 1), h * g.HS, g.HS);
-            tile_load<HSP>(dOs, DO, b, t0, min(TILE, t_hi - t0 + 1), h * g.HS, g.HS);
-            attn_row_terms(Ls, Ds, g, DO, O, lse, b, h, t0);
+            tile_load<T, HSP>(Qs, Q, b, t0, min(TILE, t_hi - t0 + 1), h * g.HS, g.HS);
+            tile_load<T, HSP>(dOs, DO, b, t0, min(TILE, t_hi - t0 + 1), h * g.HS, g.HS);
+            attn_row_terms<T>(Ls, Ds, g, DO, O, lse, b, h, t0);
             __syncthreads();
             float S[8][4] = {}, dP[8][4] = {};   /* transposed: keys x queries */
             tile_mm<4, HSP, LD, 1, LD, 1>(S, Ks, Qs);
@@ -323,25 +330,29 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dkdv_f32(cuda_attn
     for (int i = 0; i < 8; i++) {
         const int r = ty + 8 * i;
         if (r >= nk) continue;
-        float *dkr = DK.p + b * DK.sb + (int64_t)(k0 + r) * DK.st + kc,
-              *dvr = DV.p + b * DV.sb + (int64_t)(k0 + r) * DV.st + kc;
+        T *dkr = row_at<T>(DK, b, k0 + r, kc), *dvr = row_at<T>(DV, b, k0 + r, kc);
 #pragma unroll
         for (int j = 0; j < NJ; j++)
             if (tx + 16 * j < g.HS) {
-                dkr[tx + 16 * j] += dk[i][j];
-                dvr[tx + 16 * j] += dv[i][j];
+                dkr[tx + 16 * j] = T((float)dkr[tx + 16 * j] + dk[i][j]);
+                dvr[tx + 16 * j] = T((float)dvr[tx + 16 * j] + dv[i][j]);
             }
     }
 }
 
 /* ---- launchers ---- */
 
-/* Calls f(std::integral_constant<int, HSP>()) with the kernels' head width for HS. */
-template <class F> static void attn_dispatch(int HS, F f) {
-    if (HS <= 16) f(std::integral_constant<int, 16>());
-    else if (HS <= 32) f(std::integral_constant<int, 32>());
-    else if (HS <= 64) f(std::integral_constant<int, 64>());
-    else f(std::integral_constant<int, CUDA_ATTN_MAX_HS>());
+/* Calls f(T(), std::integral_constant<int, HSP>()) with the call's element type T and the
+ * kernels' head width for HS. */
+template <class F> static void attn_dispatch(const cuda_attn_geom *g, F f) {
+    auto width = [&](auto t) {
+        if (g->HS <= 16) f(t, std::integral_constant<int, 16>());
+        else if (g->HS <= 32) f(t, std::integral_constant<int, 32>());
+        else if (g->HS <= 64) f(t, std::integral_constant<int, 64>());
+        else f(t, std::integral_constant<int, CUDA_ATTN_MAX_HS>());
+    };
+    if (g->dt == DT_BF16) width(__nv_bfloat16());
+    else width(0.0f);
 }
 
 /* Launches kernel k over `blocks` blocks with `bytes` of dynamic shared memory on stream s
@@ -357,9 +368,10 @@ static void attn_launch(void (*k)(P...), int64_t blocks, size_t bytes, cudaStrea
 void cuda_attention_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse, cuda_rows q,
                             cuda_rows k, cuda_rows v) {
     const int64_t blocks = (int64_t)(g->Tq + TILE - 1) / TILE * g->B * g->NH;
-    attn_dispatch(g->HS, [&](auto hsp) {
+    attn_dispatch(g, [&](auto t, auto hsp) {
+        using T = decltype(t);
         constexpr int HSP = decltype(hsp)::value;
-        attn_launch(attention_forward_f32<HSP>, blocks, tile_bytes(HSP, 3, 1), s, *g, out, lse, q, k, v);
+        attn_launch(attention_forward<T, HSP>, blocks, tile_bytes(HSP, 3, 1), s, *g, out, lse, q, k, v);
     });
 }
 
@@ -369,11 +381,12 @@ void cuda_attention_backward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows 
     if ((int64_t)g->B * g->NH * g->Tq == 0) return;
     const int64_t qblocks = (int64_t)(g->Tq + TILE - 1) / TILE * g->B * g->NH,
                   kblocks = (int64_t)(g->Tk + TILE - 1) / TILE * g->B * g->NKV;
-    attn_dispatch(g->HS, [&](auto hsp) {
+    attn_dispatch(g, [&](auto t, auto hsp) {
+        using T = decltype(t);
         constexpr int HSP = decltype(hsp)::value;
-        attn_launch(attention_backward_dq_f32<HSP>, qblocks, tile_bytes(HSP, 4, 1), s, *g, dq, dout, q, k, v, out,
+        attn_launch(attention_backward_dq<T, HSP>, qblocks, tile_bytes(HSP, 4, 1), s, *g, dq, dout, q, k, v, out,
                     lse);
-        attn_launch(attention_backward_dkdv_f32<HSP>, kblocks, tile_bytes(HSP, 4, 2), s, *g, dk, dv, dout, q, k, v,
+        attn_launch(attention_backward_dkdv<T, HSP>, kblocks, tile_bytes(HSP, 4, 2), s, *g, dk, dv, dout, q, k, v,
                     out, lse);
     });
 }

@@ -139,9 +139,10 @@ void cuda_adamw(const cuda_ctx *x, cudaStream_t s, float *param, const float *gr
 
 /* ---- attention (cuda_attention.cu) ---- */
 
-/* A (B,T,D) operand: base pointer, batch and row strides in elements (channels contiguous). */
+/* A (B,T,D) operand: base pointer, batch and row strides in elements (channels contiguous);
+ * its element type is the call's (cuda_attn_geom.dt). */
 typedef struct cuda_rows {
-    float *p;
+    void *p;
     int64_t sb, st;
 } cuda_rows;
 
@@ -151,6 +152,7 @@ typedef struct cuda_attn_geom {
     float sc;   /* 1/sqrt(HS) */
     float p;    /* dropout probability */
     uint64_t seed;
+    dtype dt;   /* of every operand but lse: DT_F32 or DT_BF16 */
 } cuda_attn_geom;
 
 /* Head sizes up to this run (the tiles keep a tile's rows of HS channels in shared memory
