@@ -210,7 +210,7 @@ static void cuda_embed_backward_op(backend *be, backend_stream *s, tensor dwte, 
         SK_ASSERT(dwpe.ndim == 2 && dwpe.shape[0] >= T);
         dp = mat_of(dwpe, (int)dwpe.shape[0], C);
     }
-    cuda_embed_backward(ctx(be), stream_of(be, s), dw, dp, mat_of(dout, B * T, C), tok, B, T, C);
+    cuda_embed_backward(ctx(be), stream_of(be, s), dw, dp, mat_of(dout, B * T, C), tok, B, T, C, V);
 }
 
 static void cuda_layernorm_forward_op(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd,
@@ -375,9 +375,15 @@ static void cuda_dropout_backward_op(backend *be, backend_stream *s, tensor dinp
     cuda_dropout_forward_op(be, s, dinp, dout, p, seed);
 }
 
+/* A cast to the same dtype is a copy (bit for bit: NaN payloads too). */
 static void cuda_cast_op(backend *be, backend_stream *s, tensor out, tensor inp) {
     const int64_t n = tensor_numel(inp);
     alias_same_dtype(out, inp);
+    if (out.dt == inp.dt) {
+        SK_ASSERT(tensor_is_contiguous(out) && tensor_is_contiguous(inp) && tensor_numel(out) == n);
+        CUDA_CHECK(cudaMemcpyAsync(out.data, inp.data, tensor_bytes(inp), cudaMemcpyDeviceToDevice, stream_of(be, s)));
+        return;
+    }
     cuda_cast(ctx(be), stream_of(be, s), lp_flat(out, n), lp_flat(inp, n), n);
 }
 
@@ -452,6 +458,7 @@ static void cuda_destroy(backend *be) {
         cublasLtDestroy(x->lt);
     }
     if (x->blas_ws) cudaFree(x->blas_ws);
+    if (x->embed_ws) cudaFree(x->embed_ws);
     if (x->stream) cudaStreamDestroy(x->stream);
     mem_free(x);
 }

@@ -77,6 +77,8 @@ typedef struct cuda_ctx {
                                  * order, so the two libraries share it */
     size_t blas_ws_bytes;
     bool tf32;                  /* SKEIN_CUDA_TF32=1: cuBLAS products in TF32 (cuda.h) */
+    void *embed_ws;             /* embedding backward's sort buffers, grown on first use */
+    size_t embed_ws_bytes;
     cublasLtHandle_t lt;        /* bf16 products */
     cuda_lt_plan lt_plans[CUDA_LT_PLANS];
     int n_lt_plans, lt_next;    /* plans in use; the next one replaced when all are */
@@ -104,8 +106,9 @@ void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, c
 void cuda_bias_backward(cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC);
 void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int *tokens, const float *wte,
                         const float *wpe, int B, int T, int C);
-void cuda_embed_backward(const cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout,
-                         const int *tokens, int B, int T, int C);
+/* Deterministic (no float atomics); grows x's embedding workspace on first use. */
+void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout,
+                         const int *tokens, int B, int T, int C, int V);
 void cuda_layernorm_forward(cudaStream_t s, cuda_lp out, float *mean, float *rstd, const float *inp,
                             const float *weight, const float *bias, int N, int C, float eps);
 void cuda_layernorm_backward(cudaStream_t s, float *dinp, float *dweight, float *dbias, cuda_lp dout,

@@ -19,17 +19,20 @@
  *   - column sums: colsum_kernel over a term functor (bias, LayerNorm and RMSNorm parameter
  *     gradients), one cluster of blocks per group of columns, each block a fixed slice of
  *     rows, partial sums added in a fixed order, so no atomics.
- * Invariants: nothing allocates; every result is deterministic except the token-embedding
- * gradient (atomicAdd: repeated tokens meet in any order); reductions into the f64 scalars
+ * Invariants: nothing allocates but the embedding backward's sort workspace (grown on its
+ * first call for a larger batch); every result is deterministic (no float atomics: the
+ * token-embedding gradient sorts positions by token first); reductions into the f64 scalars
  * run in a fixed order (sum_f64 in one block, in exact index order as the CPU's loop;
  * sum_squares in one cluster of blocks, each a fixed slice).
  * f32 products go to cuBLAS in plain f32 (CUBLAS_DEFAULT_MATH: no TF32), so they track the
  * CPU's sgemm to rounding, unless SKEIN_CUDA_TF32=1 chose TF32 at creation (cuda.h); bf16
  * products go to cuBLASLt on the tensor cores, accumulating in f32, each shape's
- * descriptors and algorithm chosen once and cached in the context. */
+ * descriptors and algorithm chosen once and cached in the context, split-K partial sums
+ * reduced in f32 in the workspace. */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <cooperative_groups.h>
+#include <cub/device/device_radix_sort.cuh>
 #include <cuda_bf16.h>
 #include <math.h>
 #include <string.h>
@@ -250,6 +253,12 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k) {
                                                       sizeof al_c));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
                                                       sizeof al_c));
+    /* split-K partial sums only in f32 and in the workspace (never rounded to a bf16 output,
+     * never added in place by atomics): the contract's one rounding, and the same bits from
+     * run to run (exact resume) */
+    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction,
+                                                      sizeof reduction));
     cublasLtMatmulHeuristicResult_t r;
     int found = 0;
     const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(x->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
@@ -409,14 +418,47 @@ void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int
     each(x, s, (int64_t)B * T * C, op_embed{out, tokens, wte, wpe, T, C});
 }
 
-/* dwte rows of repeated tokens race: atomics. */
-struct op_embed_dwte {
-    float *dwte;
-    const float *dout;
-    const int *tokens;
-    int C;
-    __device__ void operator()(int64_t i) const { atomicAdd(&dwte[(int64_t)tokens[i / C] * C + i % C], dout[i]); }
-};
+/* dwte without atomics, so a step's gradient is the same bits on every run (exact resume):
+ * the positions sorted by token with a stable radix sort (CUB), then one block per run of
+ * equal tokens adds that token's dout rows in position order, the CPU's order. */
+__global__ void embed_iota_kernel(int *v, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) v[i] = i;
+}
+
+__global__ void embed_dwte_runs_kernel(float *dwte, const float *dout, const int *tok, const int *pos, int n, int C) {
+    const int j = blockIdx.x;
+    if (j > 0 && tok[j - 1] == tok[j]) return;   /* not the first of its run */
+    int end = j + 1;
+    while (end < n && tok[end] == tok[j]) end++;
+    float *row = dwte + (int64_t)tok[j] * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = row[c];
+        for (int k = j; k < end; k++) acc += dout[(int64_t)pos[k] * C + c];
+        row[c] = acc;
+    }
+}
+
+/* The sort's buffers in the context's embedding workspace, grown (the only allocation, on the
+ * first backward of a larger batch) to fit n positions of tokens below V. */
+static void embed_sort(cuda_ctx *x, cudaStream_t s, const int *tokens, int n, int V, int **sorted_tok, int **sorted_pos) {
+    int end_bit = 1;
+    while ((1 << end_bit) < V && end_bit < 31) end_bit++;
+    size_t cub_bytes = 0;
+    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(NULL, cub_bytes, tokens, (int *)NULL, (const int *)NULL, (int *)NULL, n,
+                                               0, end_bit, s));
+    const size_t ints = 3 * ((size_t)n + 64), need = ints * sizeof(int) + cub_bytes;
+    if (need > x->embed_ws_bytes) {
+        if (x->embed_ws) CUDA_CHECK(cudaFreeAsync(x->embed_ws, s));
+        CUDA_CHECK(cudaMallocAsync(&x->embed_ws, need, s));
+        x->embed_ws_bytes = need;
+    }
+    int *iota = (int *)x->embed_ws, *st = iota + n + 64, *sp = st + n + 64;
+    embed_iota_kernel<<<(n + 255) / 256, 256, 0, s>>>(iota, n);
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sp + n + 64, cub_bytes, tokens, st, iota, sp, n, 0, end_bit, s));
+    *sorted_tok = st;
+    *sorted_pos = sp;
+}
 
 /* dwpe(t, c) adds the rows of every sample at time t in sample order, one after the other:
  * the CPU's additions exactly. */
@@ -431,9 +473,15 @@ struct op_embed_dwpe {
     }
 };
 
-void cuda_embed_backward(const cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout,
-                         const int *tokens, int B, int T, int C) {
-    each(x, s, (int64_t)B * T * C, op_embed_dwte{dwte, dout, tokens, C});
+void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout, const int *tokens,
+                         int B, int T, int C, int V) {
+    int *st, *sp;
+    const int n = B * T;
+    if (n > 0) {
+        embed_sort(x, s, tokens, n, V, &st, &sp);
+        embed_dwte_runs_kernel<<<n, C < 256 ? 32 * ((C + 31) / 32) : 256, 0, s>>>(dwte, dout, st, sp, n, C);
+        CUDA_CHECK_LAUNCH();
+    }
     if (dwpe) each(x, s, (int64_t)T * C, op_embed_dwpe{dwpe, dout, B, T, C});
 }
 
