@@ -28,19 +28,22 @@
  * sees its own position, so every normalizer is > 0; blocks are numbered longest work first
  * (causal tiles near the end of the queries / start of the keys see the most).
  *
+ * Which kernels run: bf16 calls with HS 64 or 128 and 16-byte aligned rows go to the
+ * tensor-core kernels (cuda_attention_tc.cu); every other call, and every call under
+ * SKEIN_CUDA_ATTN=simple, to these.
+ *
  * Letters as in backend.h; Tq queries, Tk keys, G = NH/NKV heads per KV head, query t at
  * position Tk - Tq + t. */
-#include "backend/cuda/cuda_impl.cuh"
+#include "backend/cuda/cuda_attention.cuh"
 
-#include <cuda_bf16.h>
 #include <math.h>
+#include <string.h>
 
 #include <type_traits>
 
 #define TILE 64                  /* queries and keys per tile */
 #define THREADS 128              /* 8 row groups x 16 column lanes */
 #define LDP (TILE + 16)          /* row stride of a score tile: a warp's two row groups land 16 banks apart */
-#define FULL_MASK 0xffffffffu
 
 /* ---- tiles in shared memory ---- */
 
@@ -64,16 +67,11 @@ __device__ __forceinline__ void tile_mm(float (&acc)[8][NJ], const float *A, con
     }
 }
 
-/* Element (b, t, c) of a (B,T,D) operand of element type T. */
-template <class T> __device__ __forceinline__ T *row_at(cuda_rows X, int b, int t, int c) {
-    return (T *)X.p + b * X.sb + (int64_t)t * X.st + c;
-}
-
 /* dst[r*(HSP+1) + c] = X[b, t0 + r, col0 + c] in f32 for r < n and c < HS, 0 elsewhere in the
  * TILE x HSP tile (the stride HSP+1 puts a column's rows in different banks). */
 template <class T, int HSP>
 __device__ void tile_load(float *dst, cuda_rows X, int b, int t0, int n, int col0, int HS) {
-    const T *src = row_at<T>(X, b, t0, col0);
+    const T *src = attn_at<T>(X, b, t0, col0);
     for (int i = threadIdx.x; i < TILE * HSP; i += THREADS) {
         const int r = i / HSP, c = i % HSP;
         dst[r * (HSP + 1) + c] = r < n && c < HS ? (float)src[r * X.st + c] : 0.0f;
@@ -88,40 +86,12 @@ static constexpr size_t tile_bytes(int HSP, int rows, int scores) {
 
 /* ---- geometry ---- */
 
-/* Whether query t sees key s: t is a query, s at most its position, inside the window. */
-__device__ static inline bool attn_visible(const cuda_attn_geom &g, int t, int s) {
-    const int pos = g.Tk - g.Tq + t;
-    return t < g.Tq && s <= pos && (g.W == 0 || s > pos - g.W);
-}
-
-/* The dropout scale (mask / (1-p), or 1 without dropout) of key s for query row `row` (its
- * flat (B,NH,Tq) index). */
-__device__ static inline float attn_keep(const cuda_attn_geom &g, int64_t row, int s) {
-    if (g.p <= 0.0f) return 1.0f;
-    return dropout_keep(g.seed, (uint64_t)row * (uint64_t)g.Tk + (uint64_t)s, g.p) ? 1.0f / (1.0f - g.p) : 0.0f;
-}
-
-/* Keys [*s0, *s1] that query t sees: up to its position, the W newest with a window. */
-__device__ static inline void attn_span(const cuda_attn_geom &g, int t, int *s0, int *s1) {
-    *s1 = g.Tk - g.Tq + t;
-    *s0 = g.W > 0 && *s1 - g.W + 1 > 0 ? *s1 - g.W + 1 : 0;
-}
-
-/* The tile of block blockIdx.x among ntiles tiles of `per_tile` blocks each, longest work
- * first (reverse: query tiles, whose work grows with t; else key tiles, whose work shrinks
- * with s); *rest gets the block's index among the blocks of its tile. */
-__device__ static inline int attn_tile_index(int ntiles, int per_tile, bool reverse, int *rest) {
-    const int n = (int)(blockIdx.x / per_tile);
-    *rest = (int)(blockIdx.x % per_tile);
-    return reverse ? ntiles - 1 - n : n;
-}
-
 __device__ static inline float row_max(float v) {   /* over a row's 16 lanes */
-    for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(ATTN_FULL_MASK, v, o));
     return v;
 }
 __device__ static inline float row_sum(float v) {
-    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(ATTN_FULL_MASK, v, o);
     return v;
 }
 
@@ -135,10 +105,10 @@ __device__ static void attn_row_terms(float *Ls, float *Ds, const cuda_attn_geom
         const int t = t0 + r;
         float d = 0;
         if (t < g.Tq) {
-            const T *dout = row_at<T>(DO, b, t, h * g.HS), *out = row_at<T>(O, b, t, h * g.HS);
+            const T *dout = attn_at<T>(DO, b, t, h * g.HS), *out = attn_at<T>(O, b, t, h * g.HS);
             for (int c = lane; c < g.HS; c += 32) d += (float)dout[c] * (float)out[c];
         }
-        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(FULL_MASK, d, o);
+        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(ATTN_FULL_MASK, d, o);
         if (lane == 0) {
             Ds[r] = d;
             Ls[r] = t < g.Tq ? lse[((int64_t)b * g.NH + h) * g.Tq + t] : 0.0f;
@@ -207,7 +177,7 @@ __global__ void __launch_bounds__(THREADS) attention_forward(cuda_attn_geom g, c
         const int r = ty + 8 * i;
         const float li = row_sum(l[i]);
         if (r >= nq) continue;
-        T *o = row_at<T>(O, b, t0 + r, h * g.HS);
+        T *o = attn_at<T>(O, b, t0 + r, h * g.HS);
 #pragma unroll
         for (int j = 0; j < NJ; j++)
             if (tx + 16 * j < g.HS) o[tx + 16 * j] = T(acc[i][j] / li);
@@ -266,7 +236,7 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dq(cuda_attn_geom 
     for (int i = 0; i < 8; i++) {
         const int r = ty + 8 * i;
         if (r >= nq) continue;
-        T *dq = row_at<T>(DQ, b, t0 + r, h * g.HS);
+        T *dq = attn_at<T>(DQ, b, t0 + r, h * g.HS);
 #pragma unroll
         for (int j = 0; j < NJ; j++)
             if (tx + 16 * j < g.HS) dq[tx + 16 * j] = T((float)dq[tx + 16 * j] + acc[i][j]);
@@ -330,7 +300,7 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dkdv(cuda_attn_geo
     for (int i = 0; i < 8; i++) {
         const int r = ty + 8 * i;
         if (r >= nk) continue;
-        T *dkr = row_at<T>(DK, b, k0 + r, kc), *dvr = row_at<T>(DV, b, k0 + r, kc);
+        T *dkr = attn_at<T>(DK, b, k0 + r, kc), *dvr = attn_at<T>(DV, b, k0 + r, kc);
 #pragma unroll
         for (int j = 0; j < NJ; j++)
             if (tx + 16 * j < g.HS) {
@@ -355,23 +325,28 @@ template <class F> static void attn_dispatch(const cuda_attn_geom *g, F f) {
     else width(0.0f);
 }
 
-/* Launches kernel k over `blocks` blocks with `bytes` of dynamic shared memory on stream s
- * (raising the kernel's limit past the default 48 KB, per device: a cheap host call). */
-template <class... P, class... A>
-static void attn_launch(void (*k)(P...), int64_t blocks, size_t bytes, cudaStream_t s, A... args) {
-    if (blocks == 0) return;
-    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    k<<<(unsigned)blocks, THREADS, bytes, s>>>(args...);
-    CUDA_CHECK_LAUNCH();
+/* SKEIN_CUDA_ATTN=simple: every call takes these kernels, even where the tensor-core ones
+ * would (to tell the two apart when debugging on a GPU). Read once. */
+static bool attn_simple_forced(void) {
+    static const bool forced = [] {
+        const char *e = getenv("SKEIN_CUDA_ATTN");
+        return e && !strcmp(e, "simple");
+    }();
+    return forced;
 }
 
 void cuda_attention_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse, cuda_rows q,
                             cuda_rows k, cuda_rows v) {
+    const cuda_rows ops[] = {out, q, k, v};
+    if (!attn_simple_forced() && cuda_attention_tc_fits(g, ops, 4)) {
+        cuda_attention_tc_forward(s, g, out, lse, q, k, v);
+        return;
+    }
     const int64_t blocks = (int64_t)(g->Tq + TILE - 1) / TILE * g->B * g->NH;
     attn_dispatch(g, [&](auto t, auto hsp) {
         using T = decltype(t);
         constexpr int HSP = decltype(hsp)::value;
-        attn_launch(attention_forward<T, HSP>, blocks, tile_bytes(HSP, 3, 1), s, *g, out, lse, q, k, v);
+        attn_launch(attention_forward<T, HSP>, blocks, THREADS, tile_bytes(HSP, 3, 1), s, *g, out, lse, q, k, v);
     });
 }
 
@@ -379,14 +354,19 @@ void cuda_attention_backward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows 
                              cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
                              const float *lse) {
     if ((int64_t)g->B * g->NH * g->Tq == 0) return;
+    const cuda_rows ops[] = {dq, dk, dv, dout, q, k, v, out};
+    if (!attn_simple_forced() && cuda_attention_tc_fits(g, ops, 8)) {
+        cuda_attention_tc_backward(s, g, dq, dk, dv, dout, q, k, v, out, lse);
+        return;
+    }
     const int64_t qblocks = (int64_t)(g->Tq + TILE - 1) / TILE * g->B * g->NH,
                   kblocks = (int64_t)(g->Tk + TILE - 1) / TILE * g->B * g->NKV;
     attn_dispatch(g, [&](auto t, auto hsp) {
         using T = decltype(t);
         constexpr int HSP = decltype(hsp)::value;
-        attn_launch(attention_backward_dq<T, HSP>, qblocks, tile_bytes(HSP, 4, 1), s, *g, dq, dout, q, k, v, out,
+        attn_launch(attention_backward_dq<T, HSP>, qblocks, THREADS, tile_bytes(HSP, 4, 1), s, *g, dq, dout, q, k, v, out,
                     lse);
-        attn_launch(attention_backward_dkdv<T, HSP>, kblocks, tile_bytes(HSP, 4, 2), s, *g, dk, dv, dout, q, k, v,
+        attn_launch(attention_backward_dkdv<T, HSP>, kblocks, THREADS, tile_bytes(HSP, 4, 2), s, *g, dk, dv, dout, q, k, v,
                     out, lse);
     });
 }

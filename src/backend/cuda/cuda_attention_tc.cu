@@ -1,0 +1,552 @@
+/* backend/cuda: causal grouped-query attention on the tensor cores, for bf16 q, k, v, out,
+ * dout, dq, dk, dv with head size HS 64 or 128 (cuda_attention.cu takes every other call).
+ * backend.h's contract and the tiled kernels' algorithm (cuda_attention.cu), FlashAttention-2
+ * style: products by mma.sync m16n8k16 (bf16 operands, f32 accumulators; cuda_mma.cuh), the
+ * softmax, masks, dropout and row terms in f32 registers.
+ *
+ * A block is 4 warps; a warp owns 16-row strips of the block's "own" tile (queries in the
+ * forward and dq, keys in dk/dv), keeps its operand fragments and accumulators in registers
+ * and reads the other side's tiles, which stream through shared memory by cp.async, two
+ * stages deep (the next tile copies while this one multiplies). Score fragments turn into
+ * the A operand of the next product in registers (a C fragment pair is an A fragment), so no
+ * probability tile touches shared memory. Rows in shared memory are HS + 8 bf16 apart, which
+ * makes every ldmatrix (8 rows of 16 bytes) conflict-free.
+ *   - forward: a block per (query tile of FWD_BQ, b, h) sweeps the key tiles its queries see
+ *     (FWD_BK keys each): S = Q K^T, a running maximum and normalizer per row in log2 units,
+ *     O += P V with P rounded to bf16; out = O / l, lse = ln 2 (m + log2 l);
+ *   - dq: a block per (query tile of DQ_BQ, b, h) over the same key tiles: P = 2^(S c - L),
+ *     dS = P (M dP - D) with dP = dout V^T, dq += sc dS K;
+ *   - dk, dv: a block per (key tile of KV_BK, b, KV head) over the heads of its group and
+ *     the query tiles that see its keys (KV_BQ each): S^T = K Q^T, dP^T = V dout^T,
+ *     dv += (P M)^T dout, dk += sc dS^T Q.
+ * Per query tile the backward blocks compute the row terms themselves from tiles in shared
+ * memory (D = dout . out over the head, L = lse in log2 units): ops allocate no scratch.
+ * Masks cost nothing on tiles every query of the block sees in full; only tiles that cross
+ * the diagonal, the window's edge or the end of the keys test each element.
+ * Invariants: every output element has one owner and every sum a fixed order (no atomics:
+ * results are the same bits run to run); dq, dk, dv add their sums in f32 to the stored
+ * value and round once; padding rows past Tq or Tk are zero-filled in shared memory and get
+ * L = +inf, so they add nothing and are never stored. */
+#include "backend/cuda/cuda_attention.cuh"
+#include "backend/cuda/cuda_mma.cuh"
+
+#include <math.h>
+
+#include <type_traits>
+
+typedef __nv_bfloat16 bf16;
+typedef __nv_bfloat162 bf162;
+
+#define TC_WARPS 4
+#define TC_THREADS (32 * TC_WARPS)
+#define TC_LOG2E 1.4426950408889634f
+
+/* Tile shapes for head size HS: rows per tile of each kernel (a multiple of 16 per warp),
+ * the shared-memory row stride LDS and the dynamic shared memory of each kernel. */
+template <int HS> struct tc_shape {
+    static_assert(HS == 64 || HS == 128, "the tensor-core kernels take head sizes 64 and 128");
+    static constexpr int LDS = HS + 8;                     /* bf16 per row: 16 bytes of padding */
+    static constexpr int FWD_RM = HS == 64 ? 2 : 1;        /* forward: 16-row strips per warp */
+    static constexpr int FWD_BQ = 16 * FWD_RM * TC_WARPS, FWD_BK = 64;
+    static constexpr int DQ_BQ = 16 * TC_WARPS, DQ_BK = HS == 64 ? 64 : 32;
+    static constexpr int KV_BK = 16 * TC_WARPS, KV_BQ = HS == 64 ? 64 : 32;
+    /* dk, dv: each warp's K and V fragments stay in registers across the query tiles (HS 64);
+     * at HS 128 they reload from shared memory per tile, to stay within 255 registers. */
+    static constexpr bool KV_REGS = HS == 64;
+    static constexpr size_t ROW = sizeof(bf16) * LDS;
+    /* forward: Q, two stages of K and V */
+    static constexpr size_t fwd_bytes = ROW * (FWD_BQ + 4 * FWD_BK);
+    /* dq: Q, dout, out, two stages of K and V, the row terms L and D */
+    static constexpr size_t dq_bytes = ROW * (3 * DQ_BQ + 4 * DQ_BK) + sizeof(float) * 2 * DQ_BQ;
+    /* dk, dv: K, V, two stages of Q, dout, out and of the row terms */
+    static constexpr size_t kv_bytes = ROW * (2 * KV_BK + 6 * KV_BQ) + sizeof(float) * 4 * KV_BQ;
+    static_assert(fwd_bytes <= 227 * 1024 && dq_bytes <= 227 * 1024 && kv_bytes <= 227 * 1024,
+                  "a block's tiles fit an H100/H200 multiprocessor's shared memory");
+    static_assert(ROW % 16 == 0, "tile rows stay 16-byte aligned for cp.async and ldmatrix");
+};
+
+/* ---- tiles and fragments ---- */
+
+/* Starts copying rows r0 .. r0+ROWS-1, columns col0 .. col0+HS-1 of sample b of X into the
+ * (ROWS, LDS) tile dst; rows from n on are zero-filled (n may be <= 0). All threads of the
+ * block take part; the caller commits the group. */
+template <int ROWS, int HS> __device__ void tc_load(bf16 *dst, cuda_rows X, int b, int r0, int n, int col0) {
+    constexpr int CH = HS / 8;   /* 16-byte chunks per row */
+    static_assert((ROWS * CH) % TC_THREADS == 0, "every thread copies the same number of chunks");
+#pragma unroll
+    for (int k = 0; k < ROWS * CH / TC_THREADS; k++) {
+        const int i = threadIdx.x + k * TC_THREADS, r = i / CH, c = (i % CH) * 8;
+        const bool ok = r < n;
+        cp_async16(dst + r * tc_shape<HS>::LDS + c, ok ? attn_at<bf16>(X, b, r0 + r, col0 + c) : X.p, ok);
+    }
+}
+
+/* a[i][kc] = the A fragments of the 16 x 16 blocks (16i, 16kc) of the row-major tile at As
+ * (row stride ld), i < RM, kc < KC. */
+template <int RM, int KC> __device__ __forceinline__ void tc_frag_a(uint32_t (&a)[RM][KC][4], const bf16 *As, int ld) {
+    const int lane = threadIdx.x % 32;
+    const bf16 *p = As + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
+#pragma unroll
+    for (int i = 0; i < RM; i++)
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++) ldsm_x4(a[i][kc], p + i * 16 * ld + kc * 16);
+}
+
+/* acc[i][j] += A_i B^T for B stored n-major at Bs: rows n < 8*NT of 16*KC values (k), row
+ * stride ld. A_i = a[i], the 16 x 16*KC strip i. (S = Q K^T with K's rows as stored.) */
+template <int RM, int NT, int KC>
+__device__ __forceinline__ void tc_mma_nk(float (&acc)[RM][NT][4], const uint32_t (&a)[RM][KC][4], const bf16 *Bs,
+                                          int ld) {
+    static_assert(NT % 2 == 0, "n-tiles come in pairs from one ldmatrix");
+    const int lane = threadIdx.x % 32;
+    const bf16 *p = Bs + ((lane & 7) + (lane >> 4) * 8) * ld + ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++)
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t b[4];
+            ldsm_x4(b, p + np * 16 * ld + kc * 16);
+#pragma unroll
+            for (int i = 0; i < RM; i++) {
+                mma_bf16_16816(acc[i][2 * np], a[i][kc], b[0], b[1]);
+                mma_bf16_16816(acc[i][2 * np + 1], a[i][kc], b[2], b[3]);
+            }
+        }
+}
+
+/* acc[i][j] += A_i B for B stored k-major at Bs: rows k < 16*KC of 8*NT values (n), row
+ * stride ld. (O += P V with V's rows as stored.) */
+template <int RM, int NT, int KC>
+__device__ __forceinline__ void tc_mma_kn(float (&acc)[RM][NT][4], const uint32_t (&a)[RM][KC][4], const bf16 *Bs,
+                                          int ld) {
+    static_assert(NT % 2 == 0, "n-tiles come in pairs from one ldmatrix");
+    const int lane = threadIdx.x % 32;
+    const bf16 *p = Bs + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++)
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t b[4];
+            ldsm_x4_trans(b, p + kc * 16 * ld + np * 16);
+#pragma unroll
+            for (int i = 0; i < RM; i++) {
+                mma_bf16_16816(acc[i][2 * np], a[i][kc], b[0], b[1]);
+                mma_bf16_16816(acc[i][2 * np + 1], a[i][kc], b[2], b[3]);
+            }
+        }
+}
+
+/* The C fragments c of 16 x 16*KC f32 values (n-tiles 2kc, 2kc+1) as A fragments of the
+ * same values rounded to bf16: the product's k runs over c's columns. */
+template <int RM, int KC>
+__device__ __forceinline__ void tc_c_to_a(uint32_t (&a)[RM][KC][4], const float (&c)[RM][2 * KC][4]) {
+#pragma unroll
+    for (int i = 0; i < RM; i++)
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++) {
+            a[i][kc][0] = pack_bf16x2(c[i][2 * kc][0], c[i][2 * kc][1]);
+            a[i][kc][1] = pack_bf16x2(c[i][2 * kc][2], c[i][2 * kc][3]);
+            a[i][kc][2] = pack_bf16x2(c[i][2 * kc + 1][0], c[i][2 * kc + 1][1]);
+            a[i][kc][3] = pack_bf16x2(c[i][2 * kc + 1][2], c[i][2 * kc + 1][3]);
+        }
+}
+
+/* Row h (h = 0: this lane's row g, 1: g + 8) of a warp's 16 x 8*NT C fragments c, times
+ * scale, into row t of X from column col0: written, or with add, added in f32 to the stored
+ * values and rounded once. */
+template <int NT>
+__device__ __forceinline__ void tc_store_row(cuda_rows X, int b, int t, int col0, const float (&c)[NT][4], int h,
+                                             float scale, bool add) {
+    bf16 *p = attn_at<bf16>(X, b, t, col0 + 2 * (threadIdx.x % 4));
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        bf162 *d = (bf162 *)(p + 8 * j);
+        float x = scale * c[j][2 * h], y = scale * c[j][2 * h + 1];
+        if (add) {
+            const float2 old = __bfloat1622float2(*d);
+            x += old.x;
+            y += old.y;
+        }
+        *d = __floats2bfloat162_rn(x, y);
+    }
+}
+
+__device__ __forceinline__ float quad_max(float v) {   /* over the 4 lanes of a fragment row */
+    v = fmaxf(v, __shfl_xor_sync(ATTN_FULL_MASK, v, 1));
+    return fmaxf(v, __shfl_xor_sync(ATTN_FULL_MASK, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(ATTN_FULL_MASK, v, 1);
+    return v + __shfl_xor_sync(ATTN_FULL_MASK, v, 2);
+}
+
+/* Hides (-inf) the scores in c, a warp's 16 x 8*NT C fragments, of (query, key) pairs that
+ * backend.h masks. The lane's fragment rows are row and row + 8, its columns col0 + 8j +
+ * 2(l%4) + {0,1}; rows are queries and columns keys, or with keys_in_rows the transpose. For
+ * tiles that cross the diagonal, the window's edge or the end of the queries or keys. */
+template <int NT>
+__device__ __forceinline__ void tc_mask(float (&c)[NT][4], const cuda_attn_geom &g, int row, int col0,
+                                        bool keys_in_rows) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int r = row + 8 * hf, cc = col0 + 8 * j + 2 * (threadIdx.x % 4) + e;
+                if (!(keys_in_rows ? attn_visible(g, cc, r) : attn_visible(g, r, cc))) c[j][2 * hf + e] = -INFINITY;
+            }
+}
+
+/* The dropout keep bits of a lane's 4*NT elements of a 16 x 8*NT C fragment strip: bit
+ * (hf*NT + j)*2 + e for row hf (0: the lane's row, 1: 8 below) and column c = 8j + 2(l%4) + e
+ * is dropout_keep of query row (flat (B,NH,Tq) index) q0 + hf*qh + c*qc and key s0 + hf*sh +
+ * c*sc, so one helper serves queries in rows (qc = sh = 0) and keys in rows (qh = sc = 0).
+ * A rolled loop: the hashes' 64-bit products stay out of the fragments' registers. */
+template <int NT>
+__device__ uint32_t tc_keep_bits(const cuda_attn_geom &g, int64_t q0, int qh, int qc, int s0, int sh, int sc) {
+    static_assert(4 * NT <= 32, "one bit per element in 32 bits");
+    uint32_t bits = 0;
+#pragma unroll 1
+    for (int i = 0; i < 4 * NT; i++) {
+        const int hf = i / (2 * NT), c = 8 * (i / 2 % NT) + 2 * (threadIdx.x % 4) + i % 2;
+        const int64_t q = q0 + hf * qh + (int64_t)c * qc;
+        bits |= (uint32_t)dropout_keep(g.seed, (uint64_t)q * (uint64_t)g.Tk + (uint64_t)(s0 + hf * sh + c * sc), g.p)
+                << i;
+    }
+    return bits;
+}
+
+/* The backward's row terms of a tile of ROWS queries, the first n of them real: Ls[r] =
+ * log2(e) lse[r] (+inf for padding, whose probabilities must vanish) and Ds[r] = dout . out
+ * of row r over the head, from the bf16 tiles dOs and Os (0 for padding: zero-filled). Eight
+ * lanes per row; the caller orders it after the tiles' barrier and before their readers'. */
+template <int ROWS, int HS>
+__device__ void tc_row_terms(float *Ls, float *Ds, const bf16 *dOs, const bf16 *Os, const float *lse, int n) {
+    constexpr int LDS = tc_shape<HS>::LDS, PER = HS / 8;
+    static_assert(ROWS % (TC_THREADS / 8) == 0, "every lane passes the shuffles equally often");
+    const int c0 = (threadIdx.x % 8) * PER;
+    for (int r = threadIdx.x / 8; r < ROWS; r += TC_THREADS / 8) {
+        float d = 0.0f;
+#pragma unroll
+        for (int c = 0; c < PER; c += 2) {
+            const float2 x = __bfloat1622float2(*(const bf162 *)(dOs + r * LDS + c0 + c)),
+                         y = __bfloat1622float2(*(const bf162 *)(Os + r * LDS + c0 + c));
+            d = fmaf(x.x, y.x, fmaf(x.y, y.y, d));
+        }
+        d += __shfl_xor_sync(ATTN_FULL_MASK, d, 1);
+        d += __shfl_xor_sync(ATTN_FULL_MASK, d, 2);
+        d += __shfl_xor_sync(ATTN_FULL_MASK, d, 4);
+        if (threadIdx.x % 8 == 0) {
+            Ds[r] = d;
+            Ls[r] = r < n ? TC_LOG2E * lse[r] : INFINITY;
+        }
+    }
+}
+
+/* ---- kernels ---- */
+
+/* Forward of one query tile (grid: query tiles x B x NH, longest first). Thread (warp w,
+ * lane l) holds rows 16*RM*w + 16i + l/4 (+8) of the tile, i < RM. */
+template <int HS>
+__global__ void __launch_bounds__(TC_THREADS, 1) attention_forward_tc(cuda_attn_geom g, cuda_rows O, float *lse,
+                                                                   cuda_rows Q, cuda_rows K, cuda_rows V) {
+    using S = tc_shape<HS>;
+    constexpr int RM = S::FWD_RM, BQ = S::FWD_BQ, BK = S::FWD_BK, LDS = S::LDS;
+    constexpr int KC = HS / 16, NT = BK / 8, OT = HS / 8;
+    extern __shared__ __align__(16) unsigned char attn_smem[];
+    bf16 *Qs = (bf16 *)attn_smem, *Ks = Qs + BQ * LDS, *Vs = Ks + 2 * BK * LDS;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int bh;
+    const int t0 = BQ * attn_tile_index((g.Tq + BQ - 1) / BQ, g.B * g.NH, true, &bh);
+    const int b = bh / g.NH, h = bh % g.NH, nq = min(BQ, g.Tq - t0), kcol = h / g.G * HS;
+    int s_lo, s_hi, unused;
+    attn_span(g, t0, &s_lo, &unused);
+    attn_span(g, t0 + nq - 1, &unused, &s_hi);
+    const int ntiles = (s_hi - s_lo) / BK + 1, pos0 = g.Tk - g.Tq + t0;
+    tc_load<BQ, HS>(Qs, Q, b, t0, nq, h * HS);
+    tc_load<BK, HS>(Ks, K, b, s_lo, s_hi - s_lo + 1, kcol);
+    tc_load<BK, HS>(Vs, V, b, s_lo, s_hi - s_lo + 1, kcol);
+    cp_async_commit();
+
+    const int r0 = warp * 16 * RM + lane / 4;   /* this thread's first row in the tile */
+    const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
+    const float c2 = g.sc * TC_LOG2E;           /* scores in log2 units */
+    float o[RM][OT][4] = {}, m[RM][2], l[RM][2];
+    uint32_t qf[RM][KC][4];
+#pragma unroll
+    for (int i = 0; i < RM; i++) m[i][0] = m[i][1] = -INFINITY, l[i][0] = l[i][1] = 0.0f;
+    for (int it = 0; it < ntiles; it++) {
+        const int k0 = s_lo + it * BK, st = it & 1;
+        if (it + 1 < ntiles) {   /* the next tile into the other stage, freed by the last barrier */
+            tc_load<BK, HS>(Ks + (st ^ 1) * BK * LDS, K, b, k0 + BK, s_hi - k0 - BK + 1, kcol);
+            tc_load<BK, HS>(Vs + (st ^ 1) * BK * LDS, V, b, k0 + BK, s_hi - k0 - BK + 1, kcol);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();   /* all but the group just started: this tile (and Q) arrived */
+        __syncthreads();
+        tc_frag_a<RM, KC>(qf, Qs + warp * 16 * RM * LDS, LDS);   /* per tile: held across, they spill */
+        const bf16 *Kt = Ks + st * BK * LDS, *Vt = Vs + st * BK * LDS;
+        float s[RM][NT][4] = {};
+        tc_mma_nk<RM, NT, KC>(s, qf, Kt, LDS);
+        /* tiles every query of the block sees in full skip the element tests */
+        if (!(k0 + BK - 1 <= pos0 && (g.W == 0 || k0 > pos0 + BQ - 1 - g.W)))
+#pragma unroll
+            for (int i = 0; i < RM; i++) tc_mask<NT>(s[i], g, t0 + r0 + 16 * i, k0, false);
+        /* online softmax: m in raw score units, p = 2^(c2 (score - m)) = e^(sc (score - m)) */
+#pragma unroll
+        for (int i = 0; i < RM; i++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < NT; j++) mx = fmaxf(mx, fmaxf(s[i][j][2 * hf], s[i][j][2 * hf + 1]));
+                const float mnew = fmaxf(m[i][hf], quad_max(mx));
+                const float ref = mnew == -INFINITY ? 0.0f : mnew;   /* no key seen yet: nothing to scale */
+                const float corr = exp2f(c2 * (m[i][hf] - ref));     /* 0 before the first key */
+                m[i][hf] = mnew;
+                l[i][hf] *= corr;
+#pragma unroll
+                for (int j = 0; j < OT; j++) o[i][j][2 * hf] *= corr, o[i][j][2 * hf + 1] *= corr;
+                const float mc = c2 * ref;
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float &x = s[i][j][2 * hf + e];
+                        x = exp2f(fmaf(c2, x, -mc));   /* 0 where hidden */
+                        l[i][hf] += x;
+                    }
+            }
+        if (g.p > 0.0f)   /* the dropped probabilities weigh v; l sums them all */
+#pragma unroll
+            for (int i = 0; i < RM; i++) {
+                const uint32_t keep = tc_keep_bits<NT>(g, row0 + r0 + 16 * i, 8, 0, k0, 0, 1);
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                            s[i][j][2 * hf + e] *= keep >> ((hf * NT + j) * 2 + e) & 1 ? 1.0f / (1.0f - g.p) : 0.0f;
+            }
+        uint32_t pf[RM][BK / 16][4];
+        tc_c_to_a<RM, BK / 16>(pf, s);
+        tc_mma_kn<RM, OT, BK / 16>(o, pf, Vt, LDS);
+        __syncthreads();   /* this stage's readers are done before the next prefetch refills it */
+    }
+#pragma unroll
+    for (int i = 0; i < RM; i++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int r = r0 + 16 * i + 8 * hf;
+            const float li = quad_sum(l[i][hf]);
+            if (r >= nq) continue;
+            tc_store_row<OT>(O, b, t0 + r, h * HS, o[i], hf, 1.0f / li, false);
+            if (lse && lane % 4 == 0) lse[row0 + r] = g.sc * m[i][hf] + logf(li);
+        }
+}
+
+/* dq of one query tile (grid as the forward's) over the key tiles its queries see. Thread
+ * (warp w, lane l) holds rows 16w + l/4 (+8) of the tile. */
+template <int HS>
+__global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dq_tc(cuda_attn_geom g, cuda_rows DQ, cuda_rows DO,
+                                                                       cuda_rows Q, cuda_rows K, cuda_rows V,
+                                                                       cuda_rows O, const float *lse) {
+    using S = tc_shape<HS>;
+    constexpr int BQ = S::DQ_BQ, BK = S::DQ_BK, LDS = S::LDS, KC = HS / 16, NT = BK / 8, OT = HS / 8;
+    extern __shared__ __align__(16) unsigned char attn_smem[];
+    bf16 *Qs = (bf16 *)attn_smem, *dOs = Qs + BQ * LDS, *Os = dOs + BQ * LDS, *Ks = Os + BQ * LDS,
+         *Vs = Ks + 2 * BK * LDS;
+    float *Ls = (float *)(Vs + 2 * BK * LDS), *Ds = Ls + BQ;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int bh;
+    const int t0 = BQ * attn_tile_index((g.Tq + BQ - 1) / BQ, g.B * g.NH, true, &bh);
+    const int b = bh / g.NH, h = bh % g.NH, nq = min(BQ, g.Tq - t0), kcol = h / g.G * HS;
+    int s_lo, s_hi, unused;
+    attn_span(g, t0, &s_lo, &unused);
+    attn_span(g, t0 + nq - 1, &unused, &s_hi);
+    const int ntiles = (s_hi - s_lo) / BK + 1, pos0 = g.Tk - g.Tq + t0;
+    tc_load<BQ, HS>(Qs, Q, b, t0, nq, h * HS);
+    tc_load<BQ, HS>(dOs, DO, b, t0, nq, h * HS);
+    tc_load<BQ, HS>(Os, O, b, t0, nq, h * HS);
+    tc_load<BK, HS>(Ks, K, b, s_lo, s_hi - s_lo + 1, kcol);
+    tc_load<BK, HS>(Vs, V, b, s_lo, s_hi - s_lo + 1, kcol);
+    cp_async_commit();
+
+    const int r0 = warp * 16 + lane / 4;
+    const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
+    const float c2 = g.sc * TC_LOG2E;
+    float dq[1][OT][4] = {}, L[2], D[2];
+    uint32_t qf[1][KC][4], df[1][KC][4];
+    for (int it = 0; it < ntiles; it++) {
+        const int k0 = s_lo + it * BK, st = it & 1;
+        if (it + 1 < ntiles) {
+            tc_load<BK, HS>(Ks + (st ^ 1) * BK * LDS, K, b, k0 + BK, s_hi - k0 - BK + 1, kcol);
+            tc_load<BK, HS>(Vs + (st ^ 1) * BK * LDS, V, b, k0 + BK, s_hi - k0 - BK + 1, kcol);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        if (it == 0) {   /* Q, dout and out arrived with the first tile */
+            tc_row_terms<BQ, HS>(Ls, Ds, dOs, Os, lse + row0, nq);
+            __syncthreads();
+            tc_frag_a<1, KC>(qf, Qs + warp * 16 * LDS, LDS);
+            tc_frag_a<1, KC>(df, dOs + warp * 16 * LDS, LDS);
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) L[hf] = Ls[r0 + 8 * hf], D[hf] = Ds[r0 + 8 * hf];
+        }
+        const bf16 *Kt = Ks + st * BK * LDS, *Vt = Vs + st * BK * LDS;
+        float s[1][NT][4] = {}, dp[1][NT][4] = {};
+        tc_mma_nk<1, NT, KC>(s, qf, Kt, LDS);
+        tc_mma_nk<1, NT, KC>(dp, df, Vt, LDS);
+        if (!(k0 + BK - 1 <= pos0 && (g.W == 0 || k0 > pos0 + BQ - 1 - g.W))) tc_mask<NT>(s[0], g, t0 + r0, k0, false);
+        const uint32_t keep = g.p > 0.0f ? tc_keep_bits<NT>(g, row0 + r0, 8, 0, k0, 0, 1) : ~0u;
+        const float scale = g.p > 0.0f ? 1.0f / (1.0f - g.p) : 1.0f;
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float &x = s[0][j][2 * hf + e];
+                    const float P = exp2f(fmaf(c2, x, -L[hf])),   /* 0 where hidden */
+                        M = keep >> ((hf * NT + j) * 2 + e) & 1 ? scale : 0.0f;
+                    x = P * (M * dp[0][j][2 * hf + e] - D[hf]);   /* dS / sc */
+                }
+        uint32_t dsf[1][BK / 16][4];
+        tc_c_to_a<1, BK / 16>(dsf, s);
+        tc_mma_kn<1, OT, BK / 16>(dq, dsf, Kt, LDS);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+        if (r0 + 8 * hf < nq) tc_store_row<OT>(DQ, b, t0 + r0 + 8 * hf, h * HS, dq[0], hf, g.sc, true);
+}
+
+/* dk, dv of one key tile (grid: key tiles x B x NKV, longest first) over the heads of its
+ * group and, per head, the query tiles that see its keys, in one pipelined sequence of steps.
+ * Thread (warp w, lane l) holds key rows 16w + l/4 (+8) of the tile. */
+template <int HS>
+__global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dkdv_tc(cuda_attn_geom g, cuda_rows DK,
+                                                                         cuda_rows DV, cuda_rows DO, cuda_rows Q,
+                                                                         cuda_rows K, cuda_rows V, cuda_rows O,
+                                                                         const float *lse) {
+    using S = tc_shape<HS>;
+    constexpr int BK = S::KV_BK, BQ = S::KV_BQ, LDS = S::LDS, KC = HS / 16, NT = BQ / 8, OT = HS / 8;
+    extern __shared__ __align__(16) unsigned char attn_smem[];
+    bf16 *Ks = (bf16 *)attn_smem, *Vs = Ks + BK * LDS, *Qs = Vs + BK * LDS, *dOs = Qs + 2 * BQ * LDS,
+         *Os = dOs + 2 * BQ * LDS;
+    float *Ls = (float *)(Os + 2 * BQ * LDS), *Ds = Ls + 2 * BQ;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int bk;
+    const int k0 = BK * attn_tile_index((g.Tk + BK - 1) / BK, g.B * g.NKV, false, &bk);
+    const int b = bk / g.NKV, kh = bk % g.NKV, nk = min(BK, g.Tk - k0), kcol = kh * HS, off = g.Tk - g.Tq;
+    /* queries that see a key of the tile: positions from k0 on, with a window up to the last
+     * key's + W - 1; none (keys older than every window) leaves dk, dv as they are */
+    const int t_lo = max(0, k0 - off), t_hi = g.W > 0 ? min(g.Tq - 1, k0 + nk - 1 + g.W - 1 - off) : g.Tq - 1;
+    if (t_hi < t_lo) return;
+    const int nqt = (t_hi - t_lo) / BQ + 1, steps = g.G * nqt;
+    /* step i: head kh*G + i / nqt, query tile from t_lo + (i % nqt) * BQ */
+    auto load_step = [&](int i, int st) {
+        const int hh = kh * g.G + i / nqt, t0 = t_lo + i % nqt * BQ;
+        tc_load<BQ, HS>(Qs + st * BQ * LDS, Q, b, t0, g.Tq - t0, hh * HS);
+        tc_load<BQ, HS>(dOs + st * BQ * LDS, DO, b, t0, g.Tq - t0, hh * HS);
+        tc_load<BQ, HS>(Os + st * BQ * LDS, O, b, t0, g.Tq - t0, hh * HS);
+    };
+    tc_load<BK, HS>(Ks, K, b, k0, nk, kcol);
+    tc_load<BK, HS>(Vs, V, b, k0, nk, kcol);
+    load_step(0, 0);
+    cp_async_commit();
+
+    const int r0 = warp * 16 + lane / 4;   /* this thread's first key row in the tile */
+    const float c2 = g.sc * TC_LOG2E;
+    float dk[1][OT][4] = {}, dv[1][OT][4] = {};
+    uint32_t kf[1][KC][4], vf[1][KC][4];
+    for (int i = 0; i < steps; i++) {
+        const int st = i & 1, h = kh * g.G + i / nqt, t0 = t_lo + i % nqt * BQ;
+        const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
+        if (i + 1 < steps) load_step(i + 1, st ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const bf16 *Qt = Qs + st * BQ * LDS, *dOt = dOs + st * BQ * LDS;
+        const float *Lt = Ls + st * BQ, *Dt = Ds + st * BQ;
+        tc_row_terms<BQ, HS>(Ls + st * BQ, Ds + st * BQ, dOt, Os + st * BQ * LDS, lse + row0, g.Tq - t0);
+        __syncthreads();
+        float s[1][NT][4] = {}, dp[1][NT][4] = {};   /* transposed: keys x queries */
+        if (!S::KV_REGS || i == 0) tc_frag_a<1, KC>(kf, Ks + warp * 16 * LDS, LDS);
+        tc_mma_nk<1, NT, KC>(s, kf, Qt, LDS);
+        if (!S::KV_REGS || i == 0) tc_frag_a<1, KC>(vf, Vs + warp * 16 * LDS, LDS);
+        tc_mma_nk<1, NT, KC>(dp, vf, dOt, LDS);
+        if (!(k0 + BK - 1 <= off + t0 && (g.W == 0 || k0 > off + t0 + BQ - 1 - g.W)))
+            tc_mask<NT>(s[0], g, k0 + r0, t0, true);
+        const uint32_t keep = g.p > 0.0f ? tc_keep_bits<NT>(g, row0, 0, 1, k0 + r0, 8, 0) : ~0u;
+        const float scale = g.p > 0.0f ? 1.0f / (1.0f - g.p) : 1.0f;
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int c = 8 * j + 2 * (lane % 4) + e;   /* query t0 + c */
+                    float &x = s[0][j][2 * hf + e], &y = dp[0][j][2 * hf + e];
+                    const float P = exp2f(fmaf(c2, x, -Lt[c])),   /* 0 where hidden */
+                        M = keep >> ((hf * NT + j) * 2 + e) & 1 ? scale : 0.0f;
+                    y = P * (M * y - Dt[c]);   /* dS / sc */
+                    x = P * M;                 /* the dropped probability weighs dout into dv */
+                }
+        uint32_t af[1][BQ / 16][4];
+        tc_c_to_a<1, BQ / 16>(af, s);
+        tc_mma_kn<1, OT, BQ / 16>(dv, af, dOt, LDS);
+        tc_c_to_a<1, BQ / 16>(af, dp);
+        tc_mma_kn<1, OT, BQ / 16>(dk, af, Qt, LDS);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+        if (r0 + 8 * hf < nk) {
+            tc_store_row<OT>(DK, b, k0 + r0 + 8 * hf, kcol, dk[0], hf, g.sc, true);
+            tc_store_row<OT>(DV, b, k0 + r0 + 8 * hf, kcol, dv[0], hf, 1.0f, true);
+        }
+}
+
+/* ---- launchers ---- */
+
+bool cuda_attention_tc_fits(const cuda_attn_geom *g, const cuda_rows *ops, int n) {
+    if (g->dt != DT_BF16 || (g->HS != 64 && g->HS != 128)) return false;
+    for (int i = 0; i < n; i++)
+        if ((uintptr_t)ops[i].p % 16 || ops[i].sb % 8 || ops[i].st % 8) return false;
+    return true;
+}
+
+/* Calls f(std::integral_constant<int, HS>()) for the call's head size (64 or 128). */
+template <class F> static void tc_dispatch(int HS, F f) {
+    if (HS == 64) f(std::integral_constant<int, 64>());
+    else f(std::integral_constant<int, 128>());
+}
+
+void cuda_attention_tc_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse, cuda_rows q,
+                               cuda_rows k, cuda_rows v) {
+    tc_dispatch(g->HS, [&](auto hs) {
+        using S = tc_shape<decltype(hs)::value>;
+        const int64_t blocks = (int64_t)(g->Tq + S::FWD_BQ - 1) / S::FWD_BQ * g->B * g->NH;
+        attn_launch(attention_forward_tc<decltype(hs)::value>, blocks, TC_THREADS, S::fwd_bytes, s, *g, out, lse, q,
+                    k, v);
+    });
+}
+
+void cuda_attention_tc_backward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows dq, cuda_rows dk, cuda_rows dv,
+                                cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
+                                const float *lse) {
+    tc_dispatch(g->HS, [&](auto hs) {
+        constexpr int HS = decltype(hs)::value;
+        using S = tc_shape<HS>;
+        const int64_t qblocks = (int64_t)(g->Tq + S::DQ_BQ - 1) / S::DQ_BQ * g->B * g->NH,
+                      kblocks = (int64_t)(g->Tk + S::KV_BK - 1) / S::KV_BK * g->B * g->NKV;
+        attn_launch(attention_backward_dq_tc<HS>, qblocks, TC_THREADS, S::dq_bytes, s, *g, dq, dout, q, k, v, out,
+                    lse);
+        attn_launch(attention_backward_dkdv_tc<HS>, kblocks, TC_THREADS, S::kv_bytes, s, *g, dk, dv, dout, q, k, v,
+                    out, lse);
+    });
+}
