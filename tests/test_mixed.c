@@ -12,8 +12,11 @@
  *     (another summation order can tip a value across a rounding boundary), and at least
  *     MIN_EXACT of its elements exactly bf16(ref) (a rounding that truncates misses half);
  *   - an f32 output: |got - ref| <= 1e-5 |ref| + atol * scale.
- * atol per check: ATOL_ELEM for elementwise ops, ATOL_SUM for norms, products and the loss,
- * ATOL_ATTN for attention, where a GPU's summation order differs most. Every check prints its
+ * atol per check: ATOL_ELEM for elementwise ops, ATOL_SUM for norms, products and the loss.
+ * Attention may round its probabilities to bf16 before they weight v (backend.h; tensor-core
+ * kernels do, as FlashAttention does): its bf16 outputs are held to ATOL_ATTN = 2% of the
+ * output's scale (about 3 bf16 roundings of P summed; 0.3-0.7% seen on an H200) and no share
+ * of exact matches. Every check prints its
  * largest errors. On the CPU the device and the reference run the same f32 kernels, so the
  * run checks the bf16 adapter (cpu_mixed.c): conversions, strides, accumulation, rounding;
  * SKEIN_TEST_DEVICE=cuda checks the CUDA kernels against the CPU.
@@ -31,7 +34,7 @@
 #define MIN_EXACT 0.75
 #define ATOL_ELEM 1e-6
 #define ATOL_SUM 1e-5
-#define ATOL_ATTN 1e-4
+#define ATOL_ATTN 2e-2
 
 static backend *be, *ref;   /* the device under test; the CPU reference */
 static rng R;
@@ -106,7 +109,7 @@ static float *arr_get(const arr *a) {
 
 /* Whether a's device array agrees with its host values (the reference's result) within the
  * tolerances at the top of the file; prints the errors and the first mismatches. */
-static bool agree(const char *what, const arr *a, double atol) {
+static bool agree_to(const char *what, const arr *a, double atol, double min_exact) {
     float *got = arr_get(a);
     const bool bf = a->dt == DT_BF16;
     double scale = 0, max_abs = 0, max_rel = 0;
@@ -124,10 +127,13 @@ static bool agree(const char *what, const arr *a, double atol) {
     const double frac = a->n ? (double)exact / (double)a->n : 1.0;
     printf("  %-34s %s n=%-7zu max abs err %.3g (scale %.3g), max rel err %.3g, exact %.1f%%\n", what,
            bf ? "bf16" : "f32 ", a->n, max_abs, scale, max_rel, 100 * frac);
-    if (bf && frac < MIN_EXACT) printf("  %s: only %.1f%% exactly the rounded reference\n", what, 100 * frac);
+    if (bf && frac < min_exact) printf("  %s: only %.1f%% exactly the rounded reference\n", what, 100 * frac);
     free(got);
-    return bad == 0 && (!bf || frac >= MIN_EXACT);
+    return bad == 0 && (!bf || frac >= min_exact);
 }
+static bool agree(const char *what, const arr *a, double atol) { return agree_to(what, a, atol, MIN_EXACT); }
+/* Attention's outputs: ATOL_ATTN, no exact share asked (see the top). */
+static bool agree_attn(const char *what, const arr *a) { return agree_to(what, a, ATOL_ATTN, 0.0); }
 
 /* ---- views in the current run ---- */
 
@@ -254,6 +260,7 @@ TEST(matmul_bf16_all_transposes_and_strides) {
                     for (int beta = 0; beta < 2; beta++) {
                         const dtype abt = ab ? DT_BF16 : DT_F32, cdt = c ? DT_BF16 : DT_F32;
                         if (abt == DT_F32) continue;   /* f32 products: test_backend; no bf16 C of them */
+                        if (cdt == DT_BF16 && beta) continue;   /* a bf16 C is only written */
                         CHECK(matmul_case(shapes[s][0], shapes[s][1], shapes[s][2], t & 1, t >> 1, abt, cdt,
                                           (float)beta, shapes[s][3]));
                     }
@@ -466,16 +473,15 @@ static bool attention_case(attn_case c) {
     BOTH(b->ops->attention_forward(b, NULL, T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), VQ(q), VK(k), VV(v), c.NH,
                                    c.NKV, c.W, c.p, 4242));
     printf("  %s:\n", c.name);
-    bool ok = agree("attention out", out, ATOL_ATTN) & agree("attention lse", lse, ATOL_SUM);
+    bool ok = agree_attn("attention out", out) & agree("attention lse", lse, ATOL_SUM);
     arr_put(out), arr_put(lse);
     BOTH(b->ops->attention_backward(b, NULL, VQ(dq), VK(dk), VV(dv), T3(dout, c.B, c.Tq, QD), VQ(q), VK(k), VV(v),
                                     T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), c.NH, c.NKV, c.W, c.p, 4242));
 #undef VQ
 #undef VK
 #undef VV
-    if (c.packed) return ok & agree("attention dqkv", dq, ATOL_ATTN);
-    return ok & agree("attention dq", dq, ATOL_ATTN) & agree("attention dk", dk, ATOL_ATTN) &
-           agree("attention dv", dv, ATOL_ATTN);
+    if (c.packed) return ok & agree_attn("attention dqkv", dq);
+    return ok & agree_attn("attention dq", dq) & agree_attn("attention dk", dk) & agree_attn("attention dv", dv);
 }
 
 TEST(attention_bf16_forward_and_backward) {

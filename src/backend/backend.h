@@ -93,7 +93,9 @@ typedef struct backend_ops {
      * (M,K), op(B) (K,N). 2-D views with contiguous rows and any row stride (tensor_ld), so
      * a column block of a wider matrix (tensor_cols) is an operand. Two kinds of product:
      * - training and f32 inference: A, B, C all f32, or A and B bf16 (they multiply
-     *   exactly and accumulate in f32, as tensor cores do) with C f32 or bf16;
+     *   exactly and accumulate in f32, as tensor cores do) with C f32, or with C bf16 and
+     *   beta 0 (accumulating products keep an f32 C: a library may round alpha op(A) op(B)
+     *   before it adds beta C, which cuBLASLt was seen doing);
      * - mapped inference weights: A and C f32, B any dtype backend_supports(be,
      *   BACKEND_OP_MATMUL, dt) accepts, trans_a false.
      * C aliases neither A nor B. */
@@ -141,7 +143,9 @@ typedef struct backend_ops {
      * KV head h / (NH/NKV); scores scaled by 1/sqrt(HS). Query t sits at position Tk - Tq + t
      * and sees keys s <= that position, and with a window W > 0 only s > position - W
      * (transformers' sliding window: the W newest positions, itself included).
-     * q, k, v and out are [lp], all of one dtype; lse stays f32.
+     * q, k, v and out are [lp], all of one dtype; lse stays f32. In bf16 the probabilities
+     * may be rounded to bf16 before they weight v (tensor-core kernels do, as FlashAttention
+     * does): outputs then agree with f32 to about 1% of their scale, not to one rounding.
      * Writes out(B,Tq,NH*HS) and, when lse is not none, lse(B,NH,Tq) (contiguous): each
      * query's log-sum-exp of its scaled scores, all the backward needs (no (Tq,Tk) buffer is
      * kept anywhere). With p > 0 the probabilities pass through dropout before they weight v,

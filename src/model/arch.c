@@ -65,6 +65,13 @@ float arch_xent_loss(backend *be, tensor losses, tensor loss_sum, tensor logits,
     return counted ? (float)(sum / counted) : 0.0f;
 }
 
+tensor arch_lm_head(backend *be, tensor w, tensor w_compute, void *scratch, dtype lp, bool refresh) {
+    if (lp == DT_F32) return w_compute;
+    const int64_t V = w.shape[0], C = w.shape[1];
+    if (refresh) be->ops->cast(be, NULL, tensor_2d(scratch, lp, V, C), w);
+    return tensor_2d(scratch, lp, arch_vocab_padded(V), C);
+}
+
 tensor arch_lp_copy(backend *be, tensor x, void *scratch, dtype lp) {
     if (lp == x.dt) return x;
     tensor y = tensor_2d(scratch, lp, x.shape[0], x.shape[1]);

@@ -39,6 +39,14 @@ static inline tensor arch_mat_at(void *p, dtype dt, size_t off, int64_t rows, in
 /* The row stride of training logits: V rounded up to 64, so the LM head's products run on
  * aligned rows (50257 is odd) and the padding columns are never read as vocabulary. */
 static inline int64_t arch_vocab_padded(int64_t V) { return (V + 63) & ~(int64_t)63; }
+/* The LM head weight the vocabulary products read. In mixed precision (lp not f32) a copy
+ * (Vp,C) of w (V,C, the f32 parameter) in scratch, whose rows V..Vp-1 stay zero (the plan
+ * zeroes them), cast from w when refresh (each forward; the backward reuses it): every
+ * product over the vocabulary then runs on aligned rows (cuBLASLt falls back to slow
+ * kernels on an odd V such as GPT-2's 50257) and the padding logits come out 0. In f32,
+ * w_compute itself (V,C). */
+tensor arch_lm_head(backend *be, tensor w, tensor w_compute, void *scratch, dtype lp, bool refresh);
+
 /* A bf16 copy (in scratch, of x's shape and lp's dtype) of the f32 gradient x for products
  * that read it next to bf16 operands; x itself in f32 training (lp f32). */
 tensor arch_lp_copy(backend *be, tensor x, void *scratch, dtype lp);

@@ -96,6 +96,7 @@ typedef struct gpt2_acts {
     void *lnf;               /* (N,C) lp */
     float *lnf_mean, *lnf_rstd;   /* (N) */
     void *logits;            /* (N,Vp) lp; after a forward with targets, (softmax - onehot) */
+    void *head;              /* (Vp,C) lp: the LM head with zero padding rows (arch_lm_head) */
     float *losses;           /* (N) */
     double *loss_sum;        /* (1) f64 (planned as 2 floats): the loss head's sum on the device */
     /* backward scratch, one layer's worth, reused down the stack */
@@ -207,6 +208,7 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
         E(lse, LK * N * NH), EL(atty, LK * N * C), E(res2, LK * N * C), EL(ln2, LK * N * C),  \
         E(ln2_mean, LK * N), E(ln2_rstd, LK * N), EL(fch, LK * N * F), EL(fch_gelu, LK * N * F), \
         E(res3, L * N * C), EL(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), EL(logits, N * Vp), \
+        EL(head, (lp) == DT_F32 ? 0 : Vp * C),                                                 \
         E(losses, N), E(loss_sum, 2), E(dres, N * C), EL(dC, N * C), EL(dC2, N * C),           \
         EL(dqkv, N * 3 * C), EL(dF, N * F),                                                   \
     }
@@ -389,8 +391,11 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : encoded;
     op->layernorm_forward(be, NULL, lnf, arch_vec(a->lnf_mean, N), arch_vec(a->lnf_rstd, N), resL,
                           gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
-    /* logits(N,V) = lnf(N,C) @ wte(V,C)^T: the tied LM head */
-    op->matmul(be, NULL, logits, lnf, false, gpt2_matrix(m, false, P_WTE), true, 1.0f, 0.0f);
+    /* logits(N,V) = lnf(N,C) @ wte(V,C)^T: the tied LM head (padded to Vp rows in mixed
+     * precision, the product then writing every column of the logits' rows) */
+    tensor head = arch_lm_head(be, gpt2_tensor(m, false, P_WTE), gpt2_matrix(m, false, P_WTE), a->head, s->lp, true);
+    op->matmul(be, NULL, tensor_2d_ld(a->logits, s->lp, N, head.shape[0], tensor_ld(logits)), lnf, false, head, true,
+               1.0f, 0.0f);
     if (!targets) return 0.0f;
 
     s->have_targets = true;
@@ -427,11 +432,13 @@ static void gpt2_backward(model *m, float dloss) {
     tensor dqkv = arch_mat_at(a->dqkv, lp, 0, N, 3 * C), dF = arch_mat_at(a->dF, lp, 0, N, F);
     tensor logits = tensor_2d_ld(a->logits, lp, N, V, arch_vocab_padded(V));
     model_hook_before_backward(m, -1);
-    tensor wte = gpt2_matrix(m, false, P_WTE), dwte = gpt2_tensor(m, true, P_WTE);
+    tensor head = arch_lm_head(be, gpt2_tensor(m, false, P_WTE), gpt2_matrix(m, false, P_WTE), a->head, lp, false);
+    tensor dwte = gpt2_tensor(m, true, P_WTE);
 
-    /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ wte;
-     * dwte += dloss * dlogits^T @ lnf. */
-    op->matmul(be, NULL, dC, logits, false, wte, false, dloss, 0.0f);
+    /* LM head: logits holds dlogits / dloss (0 in the padding columns). dlnf = dloss *
+     * dlogits @ wte; dwte += dloss * dlogits^T @ lnf. */
+    op->matmul(be, NULL, dC, tensor_2d_ld(a->logits, lp, N, head.shape[0], tensor_ld(logits)), false, head, false,
+               dloss, 0.0f);
     op->matmul(be, NULL, dwte, logits, true, arch_mat_at(a->lnf, lp, 0, N, C), false, dloss, 1.0f);
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);

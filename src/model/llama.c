@@ -114,11 +114,13 @@ typedef struct llama_acts {
     void *lnf;               /* (N,C) lp */
     float *rstdf;            /* (N) */
     void *logits;            /* (N,Vp) lp; after a forward with targets, (softmax - onehot) */
+    void *head;              /* (Vp,C) lp: the LM head with zero padding rows (arch_lm_head) */
     float *losses;           /* (N) */
     double *loss_sum;        /* (1) f64 (planned as 2 floats): the loss head's sum on the device */
     /* scratch, one layer's worth, reused down the stack */
     float *dres;             /* (N,C) gradient of the residual stream */
-    void *dC;                /* (N,C) lp */
+    void *dres_lp;           /* (N,C) lp copy of dres for products (mixed precision only) */
+    float *dC;               /* (N,C) gradient of a norm's output: f32, three products add into it */
     void *dQ;                /* (N,QD) lp, gradient of the attention output */
     void *dq, *dk, *dv;      /* (N,QD), (N,KD), (N,KD) lp */
     void *dF, *dF2;          /* (N,F) lp: the SwiGLU output in the forward; dgate, dup backward */
@@ -325,7 +327,9 @@ static void llama_init_weights(model *m, uint64_t seed) {
         E(res2, LK * N * C), EL(ln2, LK * N * C), E(rstd2, LK * N), EL(gate, LK * N * F),           \
         EL(up, LK * N * F),                                                                        \
         E(res3, L * N * C), EL(lnf, N * C), E(rstdf, N), EL(logits, N * Vp), E(losses, N),         \
-        E(loss_sum, 2), E(dres, N * C), EL(dC, N * C), EL(dQ, N * QD), EL(dq, N * QD),              \
+        EL(head, (lp) == DT_F32 ? 0 : Vp * C),                                                     \
+        E(loss_sum, 2), E(dres, N * C), EL(dres_lp, (lp) == DT_F32 ? 0 : N * C), E(dC, N * C),        \
+        EL(dQ, N * QD), EL(dq, N * QD),                                                             \
         EL(dk, N * KD), EL(dv, N * KD), EL(dF, N * F), EL(dF2, N * F),                              \
     }
 #define E(field, n) { (void **)&a->field, (n) }
@@ -497,8 +501,11 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
     tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : encoded;
     op->rmsnorm_forward(be, NULL, lnf, arch_vec(a->rstdf, N), resL, llama_tensor(m, false, llama_norm(m)),
                         c->norm_eps);
-    /* logits(N,V) = lnf(N,C) @ head(V,C)^T */
-    op->matmul(be, NULL, logits, lnf, false, llama_matrix(m, false, llama_head(m)), true, 1.0f, 0.0f);
+    /* logits(N,V) = lnf(N,C) @ head(V,C)^T (padded to Vp rows in mixed precision) */
+    const int hi = llama_head(m);
+    tensor head = arch_lm_head(be, llama_tensor(m, false, hi), llama_matrix(m, false, hi), a->head, s->lp, true);
+    op->matmul(be, NULL, tensor_2d_ld(a->logits, s->lp, N, head.shape[0], tensor_ld(logits)), lnf, false, head, true,
+               1.0f, 0.0f);
     if (!targets) return 0.0f;
 
     s->have_targets = true;
@@ -518,7 +525,7 @@ static void llama_backward(model *m, float dloss) {
     llama_acts *a = &s->a;
     const int head = llama_head(m), norm = llama_norm(m);
     const dtype lp = s->lp;
-    tensor dres = arch_mat(a->dres, N, C), dC = arch_mat_at(a->dC, lp, 0, N, C), dQ = arch_mat_at(a->dQ, lp, 0, N, QD);
+    tensor dres = arch_mat(a->dres, N, C), dC = arch_mat(a->dC, N, C), dQ = arch_mat_at(a->dQ, lp, 0, N, QD);
     tensor dq = arch_mat_at(a->dq, lp, 0, N, QD), dk = arch_mat_at(a->dk, lp, 0, N, KD);
     tensor dv = arch_mat_at(a->dv, lp, 0, N, KD), dF = arch_mat_at(a->dF, lp, 0, N, F);
     tensor dF2 = arch_mat_at(a->dF2, lp, 0, N, F), logits = tensor_2d_ld(a->logits, lp, N, V, arch_vocab_padded(V));
@@ -527,7 +534,9 @@ static void llama_backward(model *m, float dloss) {
 
     /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ head;
      * dhead += dloss * dlogits^T @ lnf (into embed_tokens when tied). */
-    op->matmul(be, NULL, dC, logits, false, llama_matrix(m, false, head), false, dloss, 0.0f);
+    tensor hw = arch_lm_head(be, llama_tensor(m, false, head), llama_matrix(m, false, head), a->head, lp, false);
+    op->matmul(be, NULL, dC, tensor_2d_ld(a->logits, lp, N, hw.shape[0], tensor_ld(logits)), false, hw, false, dloss,
+               0.0f);
     op->matmul(be, NULL, llama_tensor(m, true, head), logits, true, arch_mat_at(a->lnf, lp, 0, N, C), false, dloss,
                1.0f);
     tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
@@ -541,17 +550,18 @@ static void llama_backward(model *m, float dloss) {
         llama_w w = llama_layer(m, false, l), g = llama_layer(m, true, l);
         llama_layer_acts x = llama_layer_views(m, l);
 
-        /* MLP branch; dres is the gradient of x3 (through a bf16 copy in dC in mixed
-         * precision). dF2 = swiglu output (recomputed), then dup. */
+        /* MLP branch; dres is the gradient of x3 (through its bf16 copy in mixed precision).
+         * dF2 = swiglu output (recomputed), then dup. */
         op->swiglu_forward(be, NULL, dF2, x.gate, x.up);
-        llama_linear_backward(be, dF, 0.0f, g.dw, g.db, arch_lp_copy(be, dres, dC.data, lp), dF2, w.dw);
+        llama_linear_backward(be, dF, 0.0f, g.dw, g.db, arch_lp_copy(be, dres, a->dres_lp, lp), dF2, w.dw);
         op->swiglu_backward(be, NULL, dF, dF2, dF, x.gate, x.up);
         llama_linear_backward(be, dC, 0.0f, g.gw, g.gb, dF, x.ln2, w.gw);
         llama_linear_backward(be, dC, 1.0f, g.uw, g.ub, dF2, x.ln2, w.uw);
         op->rmsnorm_backward(be, NULL, dres, g.post_norm, dC, x.res2, w.post_norm, x.rstd2);
 
         /* attention branch; dres is now the gradient of x2 */
-        llama_linear_backward(be, dQ, 0.0f, g.ow, tensor_none(), arch_lp_copy(be, dres, dC.data, lp), x.atty, w.ow);
+        llama_linear_backward(be, dQ, 0.0f, g.ow, tensor_none(), arch_lp_copy(be, dres, a->dres_lp, lp), x.atty,
+                              w.ow);
         backend_zero(be, a->dq, tensor_bytes(dq));
         backend_zero(be, a->dk, tensor_bytes(dk));
         backend_zero(be, a->dv, tensor_bytes(dv));
