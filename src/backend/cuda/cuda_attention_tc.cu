@@ -12,9 +12,10 @@
  * probability tile touches shared memory. Rows in shared memory are HS + 8 bf16 apart, which
  * makes every ldmatrix (8 rows of 16 bytes) conflict-free.
  *   - forward: a block per (query tile of FWD_BQ, b, h) sweeps the key tiles its queries see
- *     (FWD_BK keys each): S = Q K^T, a running maximum and normalizer per row in log2 units,
- *     O += P V with P rounded to bf16; out = O / l, lse = ln 2 (m + log2 l);
- *   - dq: a block per (query tile of DQ_BQ, b, h) over the same key tiles: P = 2^(S c - L),
+ *     (FWD_BK keys each): S = Q K^T, per row a running maximum m of the scores and the
+ *     normalizer l of P = 2^(c2 (S - m)) = e^(sc (S - m)) (c2 = sc log2 e: exp2 is one
+ *     instruction), O += P V with P rounded to bf16; out = O / l, lse = sc m + ln l;
+ *   - dq: a block per (query tile of DQ_BQ, b, h) over the same key tiles: P = 2^(c2 S - L),
  *     dS = P (M dP - D) with dP = dout V^T, dq += sc dS K;
  *   - dk, dv: a block per (key tile of KV_BK, b, KV head) over the heads of its group and
  *     the query tiles that see its keys (KV_BQ each): S^T = K Q^T, dP^T = V dout^T,
@@ -22,7 +23,7 @@
  * Per query tile the backward blocks compute the row terms themselves from tiles in shared
  * memory (D = dout . out over the head, L = lse in log2 units): ops allocate no scratch.
  * Masks cost nothing on tiles every query of the block sees in full; only tiles that cross
- * the diagonal, the window's edge or the end of the keys test each element.
+ * the diagonal, the window's edge or the end of the queries or keys test each element.
  * Invariants: every output element has one owner and every sum a fixed order (no atomics:
  * results are the same bits run to run); dq, dk, dv add their sums in f32 to the stored
  * value and round once; padding rows past Tq or Tk are zero-filled in shared memory and get
@@ -132,17 +133,17 @@ __device__ __forceinline__ void tc_c_to_a(uint32_t (&a)[RM][KC][4], const float 
         }
 }
 
-/* Row h (h = 0: this lane's row g, 1: g + 8) of a warp's 16 x 8*NT C fragments c, times
+/* Row hf (0: this lane's row l/4, 1: 8 below) of a warp's 16 x 8*NT C fragments c, times
  * scale, into row t of X from column col0: written, or with add, added in f32 to the stored
  * values and rounded once. */
 template <int NT>
-__device__ __forceinline__ void tc_store_row(cuda_rows X, int b, int t, int col0, const float (&c)[NT][4], int h,
+__device__ __forceinline__ void tc_store_row(cuda_rows X, int b, int t, int col0, const float (&c)[NT][4], int hf,
                                              float scale, bool add) {
     bf16 *p = attn_at<bf16>(X, b, t, col0 + 2 * (threadIdx.x % 4));
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         bf162 *d = (bf162 *)(p + 8 * j);
-        float x = scale * c[j][2 * h], y = scale * c[j][2 * h + 1];
+        float x = scale * c[j][2 * hf], y = scale * c[j][2 * hf + 1];
         if (add) {
             const float2 old = __bfloat1622float2(*d);
             x += old.x;
