@@ -12,9 +12,10 @@
  * probability tile touches shared memory. Rows in shared memory are HS + 8 bf16 apart, which
  * makes every ldmatrix (8 rows of 16 bytes) conflict-free.
  *   - forward: a block per (query tile of FWD_BQ, b, h) sweeps the key tiles its queries see
- *     (FWD_BK keys each): S = Q K^T, a running maximum and normalizer per row in log2 units,
- *     O += P V with P rounded to bf16; out = O / l, lse = ln 2 (m + log2 l);
- *   - dq: a block per (query tile of DQ_BQ, b, h) over the same key tiles: P = 2^(S c - L),
+ *     (FWD_BK keys each): S = Q K^T, per row a running maximum m of the scores and the
+ *     normalizer l of P = 2^(c2 (S - m)) = e^(sc (S - m)) (c2 = sc log2 e: exp2 is one
+ *     instruction), O += P V with P rounded to bf16; out = O / l, lse = sc m + ln l;
+ *   - dq: a block per (query tile of DQ_BQ, b, h) over the same key tiles: P = 2^(c2 S - L),
  *     dS = P (M dP - D) with dP = dout V^T, dq += sc dS K;
  *   - dk, dv: a block per (key tile of KV_BK, b, KV head) over the heads of its group and
  *     the query tiles that see its keys (KV_BQ each): S^T = K Q^T, dP^T = V dout^T,
@@ -22,7 +23,7 @@
  * Per query tile the backward blocks compute the row terms themselves from tiles in shared
  * memory (D = dout . out over the head, L = lse in log2 units): ops allocate no scratch.
  * Masks cost nothing on tiles every query of the block sees in full; only tiles that cross
- * the diagonal, the window's edge or the end of the keys test each element.
+ * the diagonal, the window's edge or the end of the queries or keys test each element.
  * Invariants: every output element has one owner and every sum a fixed order (no atomics:
  * results are the same bits run to run); dq, dk, dv add their sums in f32 to the stored
  * value and round once; padding rows past Tq or Tk are zero-filled in shared memory and get
@@ -92,42 +93,23 @@ template <int RM, int KC> __device__ __forceinline__ void tc_frag_a(uint32_t (&a
         for (int kc = 0; kc < KC; kc++) ldsm_x4(a[i][kc], p + i * 16 * ld + kc * 16);
 }
 
-/* acc[i][j] += A_i B^T for B stored n-major at Bs: rows n < 8*NT of 16*KC values (k), row
- * stride ld. A_i = a[i], the 16 x 16*KC strip i. (S = Q K^T with K's rows as stored.) */
-template <int RM, int NT, int KC>
-__device__ __forceinline__ void tc_mma_nk(float (&acc)[RM][NT][4], const uint32_t (&a)[RM][KC][4], const bf16 *Bs,
-                                          int ld) {
+/* acc[i][j] += A_i B for the strips A_i = a[i] (16 x 16*KC) and B (16*KC x 8*NT) in shared
+ * memory at Bs, row stride ld: stored n-major (rows n of 16*KC values k: S = Q K^T with K's
+ * rows as stored) or, with K_MAJOR, k-major (rows k of 8*NT values n: O += P V). */
+template <int RM, int NT, int KC, bool K_MAJOR>
+__device__ __forceinline__ void tc_mma(float (&acc)[RM][NT][4], const uint32_t (&a)[RM][KC][4], const bf16 *Bs,
+                                       int ld) {
     static_assert(NT % 2 == 0, "n-tiles come in pairs from one ldmatrix");
-    const int lane = threadIdx.x % 32;
-    const bf16 *p = Bs + ((lane & 7) + (lane >> 4) * 8) * ld + ((lane >> 3) & 1) * 8;
+    const int lane = threadIdx.x % 32, r8 = lane & 7, m1 = (lane >> 3) & 1, m2 = lane >> 4;
+    /* matrix i = 2*m2 + m1 of the x4 load: k-major, (k half m1, n half m2); else (n half m2, k half m1) */
+    const bf16 *p = K_MAJOR ? Bs + (r8 + 8 * m1) * ld + 8 * m2 : Bs + (r8 + 8 * m2) * ld + 8 * m1;
 #pragma unroll
     for (int kc = 0; kc < KC; kc++)
 #pragma unroll
         for (int np = 0; np < NT / 2; np++) {
             uint32_t b[4];
-            ldsm_x4(b, p + np * 16 * ld + kc * 16);
-#pragma unroll
-            for (int i = 0; i < RM; i++) {
-                mma_bf16_16816(acc[i][2 * np], a[i][kc], b[0], b[1]);
-                mma_bf16_16816(acc[i][2 * np + 1], a[i][kc], b[2], b[3]);
-            }
-        }
-}
-
-/* acc[i][j] += A_i B for B stored k-major at Bs: rows k < 16*KC of 8*NT values (n), row
- * stride ld. (O += P V with V's rows as stored.) */
-template <int RM, int NT, int KC>
-__device__ __forceinline__ void tc_mma_kn(float (&acc)[RM][NT][4], const uint32_t (&a)[RM][KC][4], const bf16 *Bs,
-                                          int ld) {
-    static_assert(NT % 2 == 0, "n-tiles come in pairs from one ldmatrix");
-    const int lane = threadIdx.x % 32;
-    const bf16 *p = Bs + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
-#pragma unroll
-    for (int kc = 0; kc < KC; kc++)
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-            uint32_t b[4];
-            ldsm_x4_trans(b, p + kc * 16 * ld + np * 16);
+            if (K_MAJOR) ldsm_x4_trans(b, p + kc * 16 * ld + np * 16);
+            else ldsm_x4(b, p + np * 16 * ld + kc * 16);
 #pragma unroll
             for (int i = 0; i < RM; i++) {
                 mma_bf16_16816(acc[i][2 * np], a[i][kc], b[0], b[1]);
@@ -151,17 +133,17 @@ __device__ __forceinline__ void tc_c_to_a(uint32_t (&a)[RM][KC][4], const float 
         }
 }
 
-/* Row h (h = 0: this lane's row g, 1: g + 8) of a warp's 16 x 8*NT C fragments c, times
+/* Row hf (0: this lane's row l/4, 1: 8 below) of a warp's 16 x 8*NT C fragments c, times
  * scale, into row t of X from column col0: written, or with add, added in f32 to the stored
  * values and rounded once. */
 template <int NT>
-__device__ __forceinline__ void tc_store_row(cuda_rows X, int b, int t, int col0, const float (&c)[NT][4], int h,
+__device__ __forceinline__ void tc_store_row(cuda_rows X, int b, int t, int col0, const float (&c)[NT][4], int hf,
                                              float scale, bool add) {
     bf16 *p = attn_at<bf16>(X, b, t, col0 + 2 * (threadIdx.x % 4));
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         bf162 *d = (bf162 *)(p + 8 * j);
-        float x = scale * c[j][2 * h], y = scale * c[j][2 * h + 1];
+        float x = scale * c[j][2 * hf], y = scale * c[j][2 * hf + 1];
         if (add) {
             const float2 old = __bfloat1622float2(*d);
             x += old.x;
@@ -180,6 +162,18 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(ATTN_FULL_MASK, v, 2);
 }
 
+/* Calls f(hf, j, e, c) for each of a lane's elements of a warp's 16 x 8*NT C fragment strip:
+ * register [j][2hf + e], row hf (0: the lane's row l/4, 1: 8 below), column c = 8j + 2(l%4) + e;
+ * its bit in tc_keep_bits is (hf*NT + j)*2 + e. Unrolled: every index is a constant. */
+template <int NT, class F> __device__ __forceinline__ void tc_each(F f) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) f(hf, j, e, 8 * j + 2 * (int)(threadIdx.x % 4) + e);
+}
+
 /* Hides (-inf) the scores in c, a warp's 16 x 8*NT C fragments, of (query, key) pairs that
  * backend.h masks. The lane's fragment rows are row and row + 8, its columns col0 + 8j +
  * 2(l%4) + {0,1}; rows are queries and columns keys, or with keys_in_rows the transpose. For
@@ -187,25 +181,23 @@ __device__ __forceinline__ float quad_sum(float v) {
 template <int NT>
 __device__ __forceinline__ void tc_mask(float (&c)[NT][4], const cuda_attn_geom &g, int row, int col0,
                                         bool keys_in_rows) {
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int r = row + 8 * hf, cc = col0 + 8 * j + 2 * (threadIdx.x % 4) + e;
-                if (!(keys_in_rows ? attn_visible(g, cc, r) : attn_visible(g, r, cc))) c[j][2 * hf + e] = -INFINITY;
-            }
+    tc_each<NT>([&](int hf, int j, int e, int cc) {
+        const int r = row + 8 * hf;
+        cc += col0;
+        if (!(keys_in_rows ? attn_visible(g, cc, r) : attn_visible(g, r, cc))) c[j][2 * hf + e] = -INFINITY;
+    });
 }
 
 /* The dropout keep bits of a lane's 4*NT elements of a 16 x 8*NT C fragment strip: bit
  * (hf*NT + j)*2 + e for row hf (0: the lane's row, 1: 8 below) and column c = 8j + 2(l%4) + e
  * is dropout_keep of query row (flat (B,NH,Tq) index) q0 + hf*qh + c*qc and key s0 + hf*sh +
  * c*sc, so one helper serves queries in rows (qc = sh = 0) and keys in rows (qh = sc = 0).
- * A rolled loop: the hashes' 64-bit products stay out of the fragments' registers. */
+ * Every bit without dropout. A rolled loop: the hashes' 64-bit products stay out of the
+ * fragments' registers. */
 template <int NT>
 __device__ uint32_t tc_keep_bits(const cuda_attn_geom &g, int64_t q0, int qh, int qc, int s0, int sh, int sc) {
     static_assert(4 * NT <= 32, "one bit per element in 32 bits");
+    if (g.p <= 0.0f) return ~0u;
     uint32_t bits = 0;
 #pragma unroll 1
     for (int i = 0; i < 4 * NT; i++) {
@@ -215,6 +207,24 @@ __device__ uint32_t tc_keep_bits(const cuda_attn_geom &g, int64_t q0, int qh, in
                 << i;
     }
     return bits;
+}
+
+/* The backward's element step on a warp's 16 x 8*NT strip: the scores s become P M (the
+ * dropped probability, which weighs dout into dv) and dp (dout . v) becomes P (M dP - D) =
+ * dS / sc, with P = 2^(c2 s - L) (0 where s is hidden) and M = keep bit / (1-p) (keep from
+ * tc_keep_bits). L and D belong to the query: of the fragment row (L[hf], D[hf]) or, with
+ * queries in columns, of column c = 8j + 2(l%4) + e (L[c], D[c]). */
+template <int NT, bool Q_IN_COLS>
+__device__ __forceinline__ void tc_backward_elems(float (&s)[NT][4], float (&dp)[NT][4], const float *L,
+                                                  const float *D, uint32_t keep, float c2, const cuda_attn_geom &g) {
+    const float scale = g.p > 0.0f ? 1.0f / (1.0f - g.p) : 1.0f;
+    tc_each<NT>([&](int hf, int j, int e, int c) {
+        const int q = Q_IN_COLS ? c : hf;
+        float &x = s[j][2 * hf + e], &y = dp[j][2 * hf + e];
+        const float P = exp2f(fmaf(c2, x, -L[q])), M = keep >> ((hf * NT + j) * 2 + e) & 1 ? scale : 0.0f;
+        y = P * (M * y - D[q]);
+        x = P * M;
+    });
 }
 
 /* The backward's row terms of a tile of ROWS queries, the first n of them real: Ls[r] =
@@ -244,6 +254,45 @@ __device__ void tc_row_terms(float *Ls, float *Ds, const bf16 *dOs, const bf16 *
     }
 }
 
+/* Whether every query at positions pos0 .. pos0+BQ-1 sees every key k0 .. k0+BK-1 (then
+ * a tile needs no element tests). */
+__device__ __forceinline__ bool tc_all_visible(const cuda_attn_geom &g, int pos0, int BQ, int k0, int BK) {
+    return k0 + BK - 1 <= pos0 && (g.W == 0 || k0 > pos0 + BQ - 1 - g.W);
+}
+
+/* A query tile of BQ rows (the forward's and dq's block: grid query tiles x B x NH, longest
+ * first), and the key tiles of BK its queries see: tile it holds keys s_lo + it*BK on, up to
+ * s_hi, and streams into stage it & 1 of the two-stage K and V buffers. */
+template <int BQ, int BK, int HS> struct tc_qtile {
+    int t0, b, h, nq, kcol, s_lo, s_hi, ntiles, pos0;
+    int64_t row0;   /* flat (B,NH,Tq) index of query t0 */
+
+    __device__ explicit tc_qtile(const cuda_attn_geom &g) {
+        int bh, unused;
+        t0 = BQ * attn_tile_index((g.Tq + BQ - 1) / BQ, g.B * g.NH, true, &bh);
+        b = bh / g.NH, h = bh % g.NH, nq = min(BQ, g.Tq - t0), kcol = h / g.G * HS;
+        attn_span(g, t0, &s_lo, &unused);
+        attn_span(g, t0 + nq - 1, &unused, &s_hi);
+        ntiles = (s_hi - s_lo) / BK + 1, pos0 = g.Tk - g.Tq + t0;
+        row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
+    }
+    /* Starts copying key tile it of K and V into its stage of Ks, Vs. */
+    __device__ void load_kv(bf16 *Ks, bf16 *Vs, cuda_rows K, cuda_rows V, int it) const {
+        const int k0 = s_lo + it * BK, st = it & 1;
+        tc_load<BK, HS>(Ks + st * BK * tc_shape<HS>::LDS, K, b, k0, s_hi - k0 + 1, kcol);
+        tc_load<BK, HS>(Vs + st * BK * tc_shape<HS>::LDS, V, b, k0, s_hi - k0 + 1, kcol);
+    }
+    /* Makes key tile it resident for the whole block: starts tile it+1 into the other stage
+     * (which the last iteration's closing barrier freed), waits for tile it's copies (and
+     * everything committed before them) and publishes them with a barrier. */
+    __device__ void advance(bf16 *Ks, bf16 *Vs, cuda_rows K, cuda_rows V, int it) const {
+        if (it + 1 < ntiles) load_kv(Ks, Vs, K, V, it + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+    }
+};
+
 /* ---- kernels ---- */
 
 /* Forward of one query tile (grid: query tiles x B x NH, longest first). Thread (warp w,
@@ -257,40 +306,26 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_forward_tc(cuda_attn_
     extern __shared__ __align__(16) unsigned char attn_smem[];
     bf16 *Qs = (bf16 *)attn_smem, *Ks = Qs + BQ * LDS, *Vs = Ks + 2 * BK * LDS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int bh;
-    const int t0 = BQ * attn_tile_index((g.Tq + BQ - 1) / BQ, g.B * g.NH, true, &bh);
-    const int b = bh / g.NH, h = bh % g.NH, nq = min(BQ, g.Tq - t0), kcol = h / g.G * HS;
-    int s_lo, s_hi, unused;
-    attn_span(g, t0, &s_lo, &unused);
-    attn_span(g, t0 + nq - 1, &unused, &s_hi);
-    const int ntiles = (s_hi - s_lo) / BK + 1, pos0 = g.Tk - g.Tq + t0;
-    tc_load<BQ, HS>(Qs, Q, b, t0, nq, h * HS);
-    tc_load<BK, HS>(Ks, K, b, s_lo, s_hi - s_lo + 1, kcol);
-    tc_load<BK, HS>(Vs, V, b, s_lo, s_hi - s_lo + 1, kcol);
+    const tc_qtile<BQ, BK, HS> qt(g);
+    const int t0 = qt.t0, b = qt.b, h = qt.h;
+    tc_load<BQ, HS>(Qs, Q, b, t0, qt.nq, h * HS);
+    qt.load_kv(Ks, Vs, K, V, 0);
     cp_async_commit();
 
     const int r0 = warp * 16 * RM + lane / 4;   /* this thread's first row in the tile */
-    const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
     const float c2 = g.sc * TC_LOG2E;           /* scores in log2 units */
     float o[RM][OT][4] = {}, m[RM][2], l[RM][2];
     uint32_t qf[RM][KC][4];
 #pragma unroll
     for (int i = 0; i < RM; i++) m[i][0] = m[i][1] = -INFINITY, l[i][0] = l[i][1] = 0.0f;
-    for (int it = 0; it < ntiles; it++) {
-        const int k0 = s_lo + it * BK, st = it & 1;
-        if (it + 1 < ntiles) {   /* the next tile into the other stage, freed by the last barrier */
-            tc_load<BK, HS>(Ks + (st ^ 1) * BK * LDS, K, b, k0 + BK, s_hi - k0 - BK + 1, kcol);
-            tc_load<BK, HS>(Vs + (st ^ 1) * BK * LDS, V, b, k0 + BK, s_hi - k0 - BK + 1, kcol);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();   /* all but the group just started: this tile (and Q) arrived */
-        __syncthreads();
+    for (int it = 0; it < qt.ntiles; it++) {
+        const int k0 = qt.s_lo + it * BK, st = it & 1;
+        qt.advance(Ks, Vs, K, V, it);   /* with Q at it = 0 */
         tc_frag_a<RM, KC>(qf, Qs + warp * 16 * RM * LDS, LDS);   /* per tile: held across, they spill */
         const bf16 *Kt = Ks + st * BK * LDS, *Vt = Vs + st * BK * LDS;
         float s[RM][NT][4] = {};
-        tc_mma_nk<RM, NT, KC>(s, qf, Kt, LDS);
-        /* tiles every query of the block sees in full skip the element tests */
-        if (!(k0 + BK - 1 <= pos0 && (g.W == 0 || k0 > pos0 + BQ - 1 - g.W)))
+        tc_mma<RM, NT, KC, false>(s, qf, Kt, LDS);
+        if (!tc_all_visible(g, qt.pos0, BQ, k0, BK))
 #pragma unroll
             for (int i = 0; i < RM; i++) tc_mask<NT>(s[i], g, t0 + r0 + 16 * i, k0, false);
         /* online softmax: m in raw score units, p = 2^(c2 (score - m)) = e^(sc (score - m)) */
@@ -321,18 +356,14 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_forward_tc(cuda_attn_
         if (g.p > 0.0f)   /* the dropped probabilities weigh v; l sums them all */
 #pragma unroll
             for (int i = 0; i < RM; i++) {
-                const uint32_t keep = tc_keep_bits<NT>(g, row0 + r0 + 16 * i, 8, 0, k0, 0, 1);
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-                    for (int j = 0; j < NT; j++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++)
-                            s[i][j][2 * hf + e] *= keep >> ((hf * NT + j) * 2 + e) & 1 ? 1.0f / (1.0f - g.p) : 0.0f;
+                const uint32_t keep = tc_keep_bits<NT>(g, qt.row0 + r0 + 16 * i, 8, 0, k0, 0, 1);
+                tc_each<NT>([&](int hf, int j, int e, int) {
+                    s[i][j][2 * hf + e] *= keep >> ((hf * NT + j) * 2 + e) & 1 ? 1.0f / (1.0f - g.p) : 0.0f;
+                });
             }
         uint32_t pf[RM][BK / 16][4];
         tc_c_to_a<RM, BK / 16>(pf, s);
-        tc_mma_kn<RM, OT, BK / 16>(o, pf, Vt, LDS);
+        tc_mma<RM, OT, BK / 16, true>(o, pf, Vt, LDS);
         __syncthreads();   /* this stage's readers are done before the next prefetch refills it */
     }
 #pragma unroll
@@ -341,9 +372,9 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_forward_tc(cuda_attn_
         for (int hf = 0; hf < 2; hf++) {
             const int r = r0 + 16 * i + 8 * hf;
             const float li = quad_sum(l[i][hf]);
-            if (r >= nq) continue;
+            if (r >= qt.nq) continue;
             tc_store_row<OT>(O, b, t0 + r, h * HS, o[i], hf, 1.0f / li, false);
-            if (lse && lane % 4 == 0) lse[row0 + r] = g.sc * m[i][hf] + logf(li);
+            if (lse && lane % 4 == 0) lse[qt.row0 + r] = g.sc * m[i][hf] + logf(li);
         }
 }
 
@@ -360,36 +391,23 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dq_tc(cuda_a
          *Vs = Ks + 2 * BK * LDS;
     float *Ls = (float *)(Vs + 2 * BK * LDS), *Ds = Ls + BQ;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int bh;
-    const int t0 = BQ * attn_tile_index((g.Tq + BQ - 1) / BQ, g.B * g.NH, true, &bh);
-    const int b = bh / g.NH, h = bh % g.NH, nq = min(BQ, g.Tq - t0), kcol = h / g.G * HS;
-    int s_lo, s_hi, unused;
-    attn_span(g, t0, &s_lo, &unused);
-    attn_span(g, t0 + nq - 1, &unused, &s_hi);
-    const int ntiles = (s_hi - s_lo) / BK + 1, pos0 = g.Tk - g.Tq + t0;
+    const tc_qtile<BQ, BK, HS> qt(g);
+    const int t0 = qt.t0, b = qt.b, h = qt.h, nq = qt.nq;
     tc_load<BQ, HS>(Qs, Q, b, t0, nq, h * HS);
     tc_load<BQ, HS>(dOs, DO, b, t0, nq, h * HS);
     tc_load<BQ, HS>(Os, O, b, t0, nq, h * HS);
-    tc_load<BK, HS>(Ks, K, b, s_lo, s_hi - s_lo + 1, kcol);
-    tc_load<BK, HS>(Vs, V, b, s_lo, s_hi - s_lo + 1, kcol);
+    qt.load_kv(Ks, Vs, K, V, 0);
     cp_async_commit();
 
     const int r0 = warp * 16 + lane / 4;
-    const int64_t row0 = ((int64_t)b * g.NH + h) * g.Tq + t0;
     const float c2 = g.sc * TC_LOG2E;
     float dq[1][OT][4] = {}, L[2], D[2];
     uint32_t qf[1][KC][4], df[1][KC][4];
-    for (int it = 0; it < ntiles; it++) {
-        const int k0 = s_lo + it * BK, st = it & 1;
-        if (it + 1 < ntiles) {
-            tc_load<BK, HS>(Ks + (st ^ 1) * BK * LDS, K, b, k0 + BK, s_hi - k0 - BK + 1, kcol);
-            tc_load<BK, HS>(Vs + (st ^ 1) * BK * LDS, V, b, k0 + BK, s_hi - k0 - BK + 1, kcol);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+    for (int it = 0; it < qt.ntiles; it++) {
+        const int k0 = qt.s_lo + it * BK, st = it & 1;
+        qt.advance(Ks, Vs, K, V, it);
         if (it == 0) {   /* Q, dout and out arrived with the first tile */
-            tc_row_terms<BQ, HS>(Ls, Ds, dOs, Os, lse + row0, nq);
+            tc_row_terms<BQ, HS>(Ls, Ds, dOs, Os, lse + qt.row0, nq);
             __syncthreads();
             tc_frag_a<1, KC>(qf, Qs + warp * 16 * LDS, LDS);
             tc_frag_a<1, KC>(df, dOs + warp * 16 * LDS, LDS);
@@ -398,25 +416,13 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dq_tc(cuda_a
         }
         const bf16 *Kt = Ks + st * BK * LDS, *Vt = Vs + st * BK * LDS;
         float s[1][NT][4] = {}, dp[1][NT][4] = {};
-        tc_mma_nk<1, NT, KC>(s, qf, Kt, LDS);
-        tc_mma_nk<1, NT, KC>(dp, df, Vt, LDS);
-        if (!(k0 + BK - 1 <= pos0 && (g.W == 0 || k0 > pos0 + BQ - 1 - g.W))) tc_mask<NT>(s[0], g, t0 + r0, k0, false);
-        const uint32_t keep = g.p > 0.0f ? tc_keep_bits<NT>(g, row0 + r0, 8, 0, k0, 0, 1) : ~0u;
-        const float scale = g.p > 0.0f ? 1.0f / (1.0f - g.p) : 1.0f;
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float &x = s[0][j][2 * hf + e];
-                    const float P = exp2f(fmaf(c2, x, -L[hf])),   /* 0 where hidden */
-                        M = keep >> ((hf * NT + j) * 2 + e) & 1 ? scale : 0.0f;
-                    x = P * (M * dp[0][j][2 * hf + e] - D[hf]);   /* dS / sc */
-                }
+        tc_mma<1, NT, KC, false>(s, qf, Kt, LDS);
+        tc_mma<1, NT, KC, false>(dp, df, Vt, LDS);
+        if (!tc_all_visible(g, qt.pos0, BQ, k0, BK)) tc_mask<NT>(s[0], g, t0 + r0, k0, false);
+        tc_backward_elems<NT, false>(s[0], dp[0], L, D, tc_keep_bits<NT>(g, qt.row0 + r0, 8, 0, k0, 0, 1), c2, g);
         uint32_t dsf[1][BK / 16][4];
-        tc_c_to_a<1, BK / 16>(dsf, s);
-        tc_mma_kn<1, OT, BK / 16>(dq, dsf, Kt, LDS);
+        tc_c_to_a<1, BK / 16>(dsf, dp);
+        tc_mma<1, OT, BK / 16, true>(dq, dsf, Kt, LDS);
         __syncthreads();
     }
 #pragma unroll
@@ -476,31 +482,16 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dkdv_tc(cuda
         __syncthreads();
         float s[1][NT][4] = {}, dp[1][NT][4] = {};   /* transposed: keys x queries */
         if (!S::KV_REGS || i == 0) tc_frag_a<1, KC>(kf, Ks + warp * 16 * LDS, LDS);
-        tc_mma_nk<1, NT, KC>(s, kf, Qt, LDS);
+        tc_mma<1, NT, KC, false>(s, kf, Qt, LDS);
         if (!S::KV_REGS || i == 0) tc_frag_a<1, KC>(vf, Vs + warp * 16 * LDS, LDS);
-        tc_mma_nk<1, NT, KC>(dp, vf, dOt, LDS);
-        if (!(k0 + BK - 1 <= off + t0 && (g.W == 0 || k0 > off + t0 + BQ - 1 - g.W)))
-            tc_mask<NT>(s[0], g, k0 + r0, t0, true);
-        const uint32_t keep = g.p > 0.0f ? tc_keep_bits<NT>(g, row0, 0, 1, k0 + r0, 8, 0) : ~0u;
-        const float scale = g.p > 0.0f ? 1.0f / (1.0f - g.p) : 1.0f;
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int c = 8 * j + 2 * (lane % 4) + e;   /* query t0 + c */
-                    float &x = s[0][j][2 * hf + e], &y = dp[0][j][2 * hf + e];
-                    const float P = exp2f(fmaf(c2, x, -Lt[c])),   /* 0 where hidden */
-                        M = keep >> ((hf * NT + j) * 2 + e) & 1 ? scale : 0.0f;
-                    y = P * (M * y - Dt[c]);   /* dS / sc */
-                    x = P * M;                 /* the dropped probability weighs dout into dv */
-                }
+        tc_mma<1, NT, KC, false>(dp, vf, dOt, LDS);
+        if (!tc_all_visible(g, off + t0, BQ, k0, BK)) tc_mask<NT>(s[0], g, k0 + r0, t0, true);
+        tc_backward_elems<NT, true>(s[0], dp[0], Lt, Dt, tc_keep_bits<NT>(g, row0, 0, 1, k0 + r0, 8, 0), c2, g);
         uint32_t af[1][BQ / 16][4];
         tc_c_to_a<1, BQ / 16>(af, s);
-        tc_mma_kn<1, OT, BQ / 16>(dv, af, dOt, LDS);
+        tc_mma<1, OT, BQ / 16, true>(dv, af, dOt, LDS);
         tc_c_to_a<1, BQ / 16>(af, dp);
-        tc_mma_kn<1, OT, BQ / 16>(dk, af, Qt, LDS);
+        tc_mma<1, OT, BQ / 16, true>(dk, af, Qt, LDS);
         __syncthreads();
     }
 #pragma unroll
