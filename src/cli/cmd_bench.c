@@ -355,8 +355,7 @@ int cmd_bench(int argc, char **argv) {
     if (argc >= 1 && !strcmp(argv[0], "train")) return bench_train(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "throughput")) return bench_throughput(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "latency")) return bench_latency(argc - 1, argv + 1);
-    if (argc >= 1 && !strcmp(argv[0], "serve"))
-        return cli_fail(sk_fail(SK_EARG, "bench serve comes with the server, not built yet"));
-    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput' or 'latency' (usage: skein bench train "
-                                     "--preset gpt2 --batch 4 --seq 64)"));
+    if (argc >= 1 && !strcmp(argv[0], "serve")) return cmd_bench_serve(argc - 1, argv + 1);
+    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput', 'latency' or 'serve' (usage: skein bench "
+                                     "train --preset gpt2 --batch 4 --seq 64)"));
 }
