@@ -1,0 +1,14 @@
+# Sourced by the tests that talk to skein serve (cli_serve.sh, cli_bench_serve.sh); needs $SK.
+# serve_start LOG ARGS...: starts `$SK serve ARGS --port 0` in the background, its stderr to
+# LOG, and waits (10 s at most) for its "listening on" line; sets PID (kill it when done) and U
+# (http://127.0.0.1:PORT). Non-zero when the server did not start (LOG says why).
+serve_start() {
+    serve_log=$1; shift
+    $SK serve "$@" --port 0 2>"$serve_log" &
+    PID=$!
+    i=0
+    while ! grep -q 'listening on' "$serve_log" && [ $i -lt 100 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$serve_log")
+    [ -n "$port" ] || return 1
+    U=http://127.0.0.1:$port
+}
