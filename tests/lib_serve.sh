@@ -1,9 +1,12 @@
 # Sourced by the tests that talk to skein serve (cli_serve.sh, cli_bench_serve.sh); needs $SK.
 # serve_start LOG ARGS...: starts `$SK serve ARGS --port 0` in the background, its stderr to
 # LOG, and waits (10 s at most) for its "listening on" line; sets PID (kill it when done) and U
-# (http://127.0.0.1:PORT). Non-zero when the server did not start (LOG says why).
+# (http://127.0.0.1:PORT). Non-zero when the server did not start (LOG says why). LOG is
+# emptied first: the background job opens it later, and an earlier server's "listening on"
+# line must not be read as this one's.
 serve_start() {
     serve_log=$1; shift
+    : >"$serve_log"
     $SK serve "$@" --port 0 2>"$serve_log" &
     PID=$!
     i=0
