@@ -361,6 +361,8 @@ static sk_status loadgen_prompts(loadgen_ctx *g) {
         log_warn("bench serve: %s; each prompt is %d random words instead (about as many tokens)", sk_errmsg(),
                  o->input_len);
     g->prompt_tokens = o->input_len + special;
+    log_info("bench serve: %d prompts of %d tokens%s", o->num_prompts, o->input_len,
+             tokenize ? " (random words cut by the server's tokenizer)" : "");
     for (int i = 0; i < o->num_prompts; i++) {
         if (tokenize) SK_TRY(loadgen_prompt_cut(g, &r, special, &g->prompts[i]));
         else if (!(g->prompts[i] = loadgen_text(&r, o->input_len))) return sk_fail(SK_ENOMEM, "bench serve: out of memory");
@@ -376,10 +378,10 @@ static char *loadgen_request_body(const loadgen_ctx *g, int i) {
     cJSON *j = cJSON_CreateObject();
     bool ok = j && cJSON_AddStringToObject(j, "model", g->model);
     if (ok && o->chat) {
-        cJSON *m = cJSON_CreateObject();
-        ok = m && cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "messages"), m) &&
-             cJSON_AddStringToObject(m, "role", "user") && cJSON_AddStringToObject(m, "content", g->prompts[i]);
-        if (!ok) cJSON_Delete(m);
+        cJSON *m = cJSON_CreateObject(), *list = NULL;
+        ok = m && cJSON_AddStringToObject(m, "role", "user") && cJSON_AddStringToObject(m, "content", g->prompts[i]) &&
+             (list = cJSON_AddArrayToObject(j, "messages")) && cJSON_AddItemToArray(list, m);
+        if (!ok) cJSON_Delete(m);   /* not in the list: still ours */
     } else if (ok) {
         ok = cJSON_AddStringToObject(j, "prompt", g->prompts[i]) != NULL;
     }
