@@ -8,16 +8,8 @@
 # at once meet 503s, counted as failed with the server's message on stderr, exit 0 (some
 # completed); a wrong key and a port where nothing listens fail every request with a clear
 # message and exit 1; bad flags exit 2 naming the flag. Prints PASS/FAIL lines.
-SK=${SKEIN:-./skein}
-TOK=tests/fixtures/tok2/llama3.json
-T=$(mktemp -d)
-PID=""
-trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-[ -x "$SK" ] || { fail cli_bench_serve "$SK is not built"; exit 1; }
-command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_bench_serve: python3 not found"; exit 0; }
 . tests/lib_serve.sh
+command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_bench_serve: python3 not found"; exit 0; }
 KEY=bench-key
 if ! $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64 --context 128 --tokenizer $TOK --out "$T/m" >/dev/null 2>"$T/err"
 then fail bench_serve_init "$(tail -2 "$T/err")"; exit 1; fi

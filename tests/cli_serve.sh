@@ -8,17 +8,9 @@
 # and /metrics counting them; then, on a slower model with one sequence and no queue, 503 with
 # Retry-After while busy and client disconnects cancelling their requests (streamed or whole).
 # The servers are killed at the end (trap). Prints PASS/FAIL lines.
-SK=${SKEIN:-./skein}
-TOK=tests/fixtures/tok2/llama3.json
-T=$(mktemp -d)
-PID=""
-trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-[ -x "$SK" ] || { fail cli_serve "$SK is not built"; exit 1; }
+. tests/lib_serve.sh
 command -v curl >/dev/null 2>&1 || { echo "SKIP cli_serve: curl not found"; exit 0; }
 command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_serve: python3 not found"; exit 0; }
-. tests/lib_serve.sh
 KEY=test-key-123
 if ! $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64 --context 128 --tokenizer $TOK --out "$T/m" >/dev/null 2>"$T/err"
 then fail serve_init "$(tail -2 "$T/err")"; exit 1; fi
