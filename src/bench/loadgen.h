@@ -28,8 +28,8 @@
  * status other than 200, an error event, a stream that ends without "data: [DONE]" or without
  * text; failed requests count in `failed` and nowhere else.
  *
- * HTTP is libcurl's multi interface: the calling thread drives every transfer (no threads are
- * started), so a timestamp is taken when its bytes reach the process. */
+ * HTTP is libcurl's multi interface: the calling thread drives every transfer, and each read's
+ * timestamp is taken when its bytes reach the process (in the write callback). */
 #ifndef SKEIN_LOADGEN_H
 #define SKEIN_LOADGEN_H
 
