@@ -14,7 +14,9 @@
  * SKEIN_ZERO_OVERLAP=0 turns the overlap off) and the peak resident memory. Under mpirun (or
  * --workers N) every rank runs its slice of --batch (the global batch, static distribution,
  * one micro-batch per rank) at the ZeRO stage of --zero; rank 0 prints the line, with every
- * rank's memory plan and peak. */
+ * rank's memory plan and peak.
+ *
+ * skein bench serve (load on a running server) is cmd_bench_serve.c; this file dispatches to it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
