@@ -14,12 +14,12 @@ OPT      ?= -O3 -march=native -fno-finite-math-only
 CFLAGS   += $(CSTD) $(WARN) $(OPT) -g -fopenmp -MMD -MP -Isrc
 LDLIBS   += -fopenmp -lm -lpthread
 
-PKGS_DEBIAN = build-essential pkg-config python3 libopenblas-openmp-dev libpcre2-dev libcjson-dev libutf8proc-dev python3-doc openmpi-bin libopenmpi-dev libmicrohttpd-dev curl
+PKGS_DEBIAN = build-essential pkg-config python3 libopenblas-openmp-dev libpcre2-dev libcjson-dev libutf8proc-dev python3-doc openmpi-bin libopenmpi-dev libmicrohttpd-dev libcurl4-openssl-dev curl
 
 BLAS_CFLAGS ?= $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   ?= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
-CFLAGS  += $(BLAS_CFLAGS) $(shell pkg-config --cflags libcjson libpcre2-8 libutf8proc libmicrohttpd 2>/dev/null)
-LDLIBS  += $(BLAS_LIBS) $(shell pkg-config --libs libcjson libpcre2-8 libutf8proc libmicrohttpd 2>/dev/null || echo -lcjson -lpcre2-8 -lutf8proc -lmicrohttpd)
+CFLAGS  += $(BLAS_CFLAGS) $(shell pkg-config --cflags libcjson libpcre2-8 libutf8proc libmicrohttpd libcurl 2>/dev/null)
+LDLIBS  += $(BLAS_LIBS) $(shell pkg-config --libs libcjson libpcre2-8 libutf8proc libmicrohttpd libcurl 2>/dev/null || echo -lcjson -lpcre2-8 -lutf8proc -lmicrohttpd -lcurl)
 
 # Optional engines: detected here, reported by `make`, used by the issues that bring them.
 NVCC  ?= $(shell command -v nvcc 2>/dev/null)
@@ -84,7 +84,8 @@ TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda.
 GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_mixed test_gpt2 test_llama test_llama_hf test_engine)
 # Debian packages the GPU machine lacks (../shared/GPU.md): make gpu-deps fetches them here,
-# scripts/gpu_env.sh unpacks them there.
+# scripts/gpu_env.sh unpacks them there. libcurl (bench serve) is not among them: the GPU
+# machine has Ubuntu's libcurl4-openssl-dev installed (seen 2026-12, curl 8.5.0).
 GPU_DEBS = libcjson1 libcjson-dev libutf8proc2 libutf8proc-dev libpcre2-8-0 libpcre2-dev \
            libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0 libmicrohttpd12 libmicrohttpd-dev
 

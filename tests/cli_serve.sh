@@ -8,27 +8,15 @@
 # and /metrics counting them; then, on a slower model with one sequence and no queue, 503 with
 # Retry-After while busy and client disconnects cancelling their requests (streamed or whole).
 # The servers are killed at the end (trap). Prints PASS/FAIL lines.
-SK=${SKEIN:-./skein}
-TOK=tests/fixtures/tok2/llama3.json
-T=$(mktemp -d)
-PID=""
-trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-[ -x "$SK" ] || { fail cli_serve "$SK is not built"; exit 1; }
+. tests/lib_serve.sh
 command -v curl >/dev/null 2>&1 || { echo "SKIP cli_serve: curl not found"; exit 0; }
 command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_serve: python3 not found"; exit 0; }
 KEY=test-key-123
 if ! $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64 --context 128 --tokenizer $TOK --out "$T/m" >/dev/null 2>"$T/err"
 then fail serve_init "$(tail -2 "$T/err")"; exit 1; fi
-$SK serve --model "$T/m" --port 0 --api-key $KEY --chat-template llama3 --max-body 65536 2>"$T/log" &
-PID=$!
-i=0
-while ! grep -q 'listening on' "$T/log" && [ $i -lt 100 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/log")
-[ -n "$PORT" ] || { fail serve_start "$(cat "$T/log")"; exit 1; }
+serve_start "$T/log" --model "$T/m" --api-key $KEY --chat-template llama3 --max-body 65536 ||
+    { fail serve_start "$(cat "$T/log")"; exit 1; }
 pass serve_start
-U=http://127.0.0.1:$PORT
 AUTH="Authorization: Bearer $KEY"
 C=$U/v1/completions
 # req NAME ARGS...: the body to $T/NAME.out, the status printed
@@ -188,13 +176,7 @@ grep -q 'stopping' "$T/log" && pass serve_stops || fail serve_stops "$(tail -3 "
 # cancelled (its blocks freed, far fewer than 4000 tokens generated), streaming or not
 if ! $SK init --arch llama --layers 4 --heads 4 --kv-heads 2 --dim 256 --context 4096 --tokenizer $TOK --out "$T/slow" >/dev/null 2>"$T/err"
 then fail serve_init_slow "$(tail -2 "$T/err")"; exit 1; fi
-$SK serve --model "$T/slow" --port 0 --max-seqs 1 --max-queue 0 2>"$T/log" &
-PID=$!
-i=0
-while ! grep -q 'listening on' "$T/log" && [ $i -lt 100 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/log")
-[ -n "$PORT" ] || { fail serve_start_slow "$(cat "$T/log")"; exit 1; }
-U=http://127.0.0.1:$PORT
+serve_start "$T/log" --model "$T/slow" --max-seqs 1 --max-queue 0 || { fail serve_start_slow "$(cat "$T/log")"; exit 1; }
 long='{"prompt": "a", "max_tokens": 4000, "ignore_eos": true'
 # metric NAME: its value
 metric() { curl -s -m 10 $U/metrics | sed -n "s/^$1 //p"; }

@@ -14,7 +14,9 @@
  * SKEIN_ZERO_OVERLAP=0 turns the overlap off) and the peak resident memory. Under mpirun (or
  * --workers N) every rank runs its slice of --batch (the global batch, static distribution,
  * one micro-batch per rank) at the ZeRO stage of --zero; rank 0 prints the line, with every
- * rank's memory plan and peak. */
+ * rank's memory plan and peak.
+ *
+ * skein bench serve (load on a running server) is cmd_bench_serve.c; this file dispatches to it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -367,8 +369,7 @@ int cmd_bench(int argc, char **argv) {
     if (argc >= 1 && !strcmp(argv[0], "train")) return bench_train(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "throughput")) return bench_throughput(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "latency")) return bench_latency(argc - 1, argv + 1);
-    if (argc >= 1 && !strcmp(argv[0], "serve"))
-        return cli_fail(sk_fail(SK_EARG, "bench serve comes with the server, not built yet"));
-    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput' or 'latency' (usage: skein bench train "
-                                     "--preset gpt2 --batch 4 --seq 64)"));
+    if (argc >= 1 && !strcmp(argv[0], "serve")) return cmd_bench_serve(argc - 1, argv + 1);
+    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput', 'latency' or 'serve' (usage: skein bench "
+                                     "train --preset gpt2 --batch 4 --seq 64)"));
 }

@@ -1,0 +1,29 @@
+# Sourced first by the tests that talk to skein serve (cli_serve.sh, cli_bench_serve.sh): sets SK
+# (the program), TOK (the Llama-3-style fixture tokenizer), T (a scratch folder) and PID (the
+# server to stop, "" when none), a trap that kills PID and removes T at exit, pass/fail (PASS and
+# FAIL lines), and serve_start. Exits with a FAIL line when $SK is not built.
+SK=${SKEIN:-./skein}
+TOK=tests/fixtures/tok2/llama3.json
+T=$(mktemp -d)
+PID=""
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$T"' EXIT
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+[ -x "$SK" ] || { fail "$(basename "$0" .sh)" "$SK is not built"; exit 1; }
+
+# serve_start LOG ARGS...: starts `$SK serve ARGS --port 0` in the background, its stderr to
+# LOG, and waits (10 s at most) for its "listening on" line; sets PID (kill it when done) and U
+# (http://127.0.0.1:PORT). Non-zero when the server did not start (LOG says why). LOG is
+# emptied first: the background job opens it later, and an earlier server's "listening on"
+# line must not be read as this one's.
+serve_start() {
+    serve_log=$1; shift
+    : >"$serve_log"
+    $SK serve "$@" --port 0 2>"$serve_log" &
+    PID=$!
+    i=0
+    while ! grep -q 'listening on' "$serve_log" && [ $i -lt 100 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$serve_log")
+    [ -n "$port" ] || return 1
+    U=http://127.0.0.1:$port
+}
