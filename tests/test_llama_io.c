@@ -699,6 +699,15 @@ TEST(streaming_init_round_trip) {
     mem_free(a);
     mem_free(b);
     CHECK(same && differs);
+    /* model_init_streamed fills a model with the f32 values of the folder of the same seed */
+    const char *d3 = tmp_path("init3");
+    CHECK(model_init_folder(&cfgs[0], d3, 9, DT_F32, MODEL_SHARD_BYTES) == SK_OK);
+    model *from_folder = NULL, *streamed = NULL;
+    CHECK(test_create(&cfgs[0], &streamed) == SK_OK && test_load(d3, &from_folder) == SK_OK);
+    CHECK(model_init_streamed(streamed, 9) == SK_OK);
+    CHECK(!memcmp(from_folder->params, streamed->params, streamed->n_params * sizeof(float)));
+    model_free(from_folder);
+    model_free(streamed);
 }
 
 /* Parameter counts of the presets (the published sizes), from the folder layout. */

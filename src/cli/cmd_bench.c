@@ -104,7 +104,7 @@ static int bench_train(int argc, char **argv) {
         st = model_load(dir, be, &m);
     } else {
         model_config cfg;
-        if (!(st = model_preset(preset, 0, &cfg)) && !(st = model_create(&cfg, be, &m))) model_init_weights(m, 1);
+        if (!(st = model_preset(preset, 0, &cfg)) && !(st = model_create(&cfg, be, &m))) st = model_init_streamed(m, 1);
     }
     if (st || (st = model_set_precision(m, act_dt))) goto done;
     m->recompute = recompute;

@@ -294,6 +294,10 @@ sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_sh
 #define MODEL_INIT_STD 0.02f
 sk_status model_init_folder(const model_config *cfg, const char *dir, uint64_t seed, dtype dt, size_t max_shard_bytes);
 uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block);
+/* Fills m's parameters with the values model_init_folder(cfg, seed) would write (in f32),
+ * generated in parallel and uploaded piece by piece: the fast random start of `bench train`
+ * at any size (model_init_weights draws from one sequential generator). */
+sk_status model_init_streamed(model *m, uint64_t seed);
 /* The tensors a folder of cfg holds (names as in the plan: GPT-2 without "transformer."),
  * in file order; fills specs when not NULL and returns the count. */
 int model_folder_layout(const model_config *cfg, model_param *specs);

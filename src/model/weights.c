@@ -463,6 +463,28 @@ static void init_source(void *vctx, int i, size_t start, size_t n, float *out) {
     }
 }
 
+sk_status model_init_streamed(model *m, uint64_t seed) {
+    SK_ASSERT(m->params && !m->weights);
+    st_entry *entries = NULL;
+    char (*names)[128] = NULL;
+    SK_TRY(specs_to_entries(&m->cfg, m->specs, m->n_specs, DT_F32, &entries, &names));
+    const size_t chunk = 64 * INIT_BLOCK;   /* a multiple of the block: init_source's pieces */
+    float *buf = mem_alloc(chunk * sizeof(float));
+    sk_status st = buf ? SK_OK : sk_fail(SK_ENOMEM, "initializing %zu parameters", m->n_params);
+    init_ctx ctx = {entries, seed};
+    for (int i = 0; i < m->n_specs && st == SK_OK; i++)
+        for (size_t at = 0; at < m->specs[i].numel; at += chunk) {
+            const size_t n = m->specs[i].numel - at < chunk ? m->specs[i].numel - at : chunk;
+            init_source(&ctx, i, at, n, buf);
+            backend_upload(m->be, m->params + m->specs[i].offset + at, buf, n * sizeof(float));
+        }
+    model_params_changed(m);
+    mem_free(buf);
+    mem_free(names);
+    mem_free(entries);
+    return st;
+}
+
 uint64_t model_init_stream_seed(uint64_t seed, int tensor_index, uint64_t block) {
     return seed ^ ((uint64_t)(tensor_index + 1) << 40) ^ block;
 }
