@@ -11,7 +11,9 @@
  * everywhere, and bf16 for the [lp] arguments of mixed precision (supports): the entries
  * check each [lp] view's dtype and pass it on as a cuda_lp. f32 products in plain f32
  * unless SKEIN_CUDA_TF32=1 (cuda.h); bf16 products on the tensor cores through cuBLASLt,
- * bf16 linear layers with their bias and GELU fused in as cuBLASLt epilogues. */
+ * bf16 linear layers with their bias and GELU fused in as cuBLASLt epilogues, or, with
+ * SKEIN_CUDA_LINEAR=staged at creation, always through f32 staging (the path taken where
+ * cuBLASLt has no epilogue for a layer: so a test can run it, and a run compare). */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <math.h>
@@ -203,8 +205,8 @@ static void cuda_linear_forward_op(backend *be, backend_stream *s, tensor out, t
     const float *b = vec_opt(bias, N);
     const cuda_lp o = lp(out), pr = has_pre ? lp(pre) : cuda_lp{NULL, out.dt == DT_BF16};
     const int64_t ldp = has_pre ? tensor_ld(pre) : 0;
-    if (cuda_linear_lt(x, st, o, tensor_ld(out), pr, ldp, inp.data, tensor_ld(inp), w.data, tensor_ld(w), tw, b, gelu,
-                       M, N, K))
+    if (!x->lin_staged && cuda_linear_lt(x, st, o, tensor_ld(out), pr, ldp, inp.data, tensor_ld(inp), w.data,
+                                         tensor_ld(w), tw, b, gelu, M, N, K))
         return;
     if (out.dt == DT_F32) backend_linear_unfused(be->ops, be, s, out, pre, inp, w, tw, bias, act);
     else cuda_linear_staged(x, st, o, tensor_ld(out), pr, ldp, inp.data, tensor_ld(inp), w.data, tensor_ld(w), tw, b,
@@ -582,6 +584,8 @@ extern "C" backend *backend_cuda_create(void) {
     x->tf32 = getenv("SKEIN_CUDA_TF32") && !strcmp(getenv("SKEIN_CUDA_TF32"), "1");
     CUBLAS_CHECK(cublasSetMathMode(x->blas, x->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     if (x->tf32) fprintf(stderr, "cuda: products in TF32 (SKEIN_CUDA_TF32=1)\n");
+    x->lin_staged = getenv("SKEIN_CUDA_LINEAR") && !strcmp(getenv("SKEIN_CUDA_LINEAR"), "staged");
+    if (x->lin_staged) fprintf(stderr, "cuda: linear layers without cuBLASLt epilogues (SKEIN_CUDA_LINEAR=staged)\n");
     CUBLAS_CHECK(cublasSetStream(x->blas, x->stream));
     CUBLAS_CHECK(cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
     x->blas_stream = x->stream;

@@ -91,6 +91,7 @@ typedef struct cuda_ctx {
     void *embed_ws;             /* embedding backward's sort buffers, grown on first use */
     size_t embed_ws_bytes;
     float *lin_stage;           /* CUDA_LIN_STAGE_BYTES; products on one stream, as blas_ws */
+    bool lin_staged;            /* SKEIN_CUDA_LINEAR=staged: linear layers skip the epilogues */
     cublasLtHandle_t lt;        /* bf16 products */
     cuda_lt_plan lt_plans[CUDA_LT_PLANS];
     int n_lt_plans, lt_next;    /* plans in use; the next one replaced when all are */
