@@ -279,6 +279,83 @@ TEST(bias_add_and_backward_bf16) {
     CHECK(agree("bias_backward dbias", dbias, ATOL_SUM));
 }
 
+/* ---- fused linear layers ---- */
+
+/* One linear_forward case: out(N,OC) = act(inp(N,IC) @ op(w) + bias) with inp and w of dtype
+ * ab, out (and pre) of dtype odt, each a column block of a buffer pad columns wider (pad 0
+ * with GELU: the contract wants them contiguous). */
+typedef struct lin_case { int N, IC, OC; bool tw; dtype ab, odt; bool bias, gelu, pre; int pad; } lin_case;
+
+/* The case through backend_linear_forward on the device against the CPU reference's unfused
+ * f32 ops (matmul, bias_add, gelu_forward) on contiguous host arrays, whose results are then
+ * placed in the host values of out and pre (their padding columns untouched on both sides). */
+static bool linear_case(lin_case c) {
+    setup((uint64_t)(c.N * 31 + c.IC * 7 + c.OC + c.tw * 3 + c.gelu * 5 + c.pre * 11 + c.pad));
+    const int ld = c.OC + c.pad, wr = c.tw ? c.OC : c.IC, wc = c.tw ? c.IC : c.OC;
+    arr *inp = arr_new((size_t)c.N * c.IC, c.ab, 1), *w = arr_new((size_t)c.IC * c.OC, c.ab, 0.5f);
+    arr *bias = c.bias ? arr_new(c.OC, DT_F32, 1) : NULL;
+    arr *out = arr_new((size_t)c.N * ld, c.odt, 1), *pre = c.pre ? arr_new((size_t)c.N * ld, c.odt, 1) : NULL;
+    const backend_act act = c.gelu ? BACKEND_ACT_GELU : BACKEND_ACT_NONE;
+
+    b = be, on_dev = true;
+    backend_linear_forward(be, NULL, cols2(out, c.N, ld, c.pad, c.OC), pre ? cols2(pre, c.N, ld, c.pad, c.OC) : tensor_none(),
+                           T2(inp, c.N, c.IC), T2(w, wr, wc), c.tw, bias ? T1(bias) : tensor_none(), act);
+
+    b = ref, on_dev = false;
+    const size_t n = (size_t)c.N * c.OC;
+    float *y = malloc(n * sizeof(float)), *z = malloc(n * sizeof(float));
+    SK_ASSERT(y && z);
+    const tensor ty = tensor_2d(y, DT_F32, c.N, c.OC), tz = tensor_2d(z, DT_F32, c.N, c.OC);
+    ref->ops->matmul(ref, NULL, ty, T2(inp, c.N, c.IC), false, T2(w, wr, wc), c.tw, 1.0f, 0.0f);
+    if (bias) ref->ops->bias_add(ref, NULL, ty, T1(bias));
+    if (c.gelu) ref->ops->gelu_forward(ref, NULL, tz, ty);
+    for (int i = 0; i < c.N; i++)
+        for (int j = 0; j < c.OC; j++) {
+            const size_t at = (size_t)i * ld + c.pad + j, k = (size_t)i * c.OC + j;
+            out->x[at] = c.gelu ? z[k] : y[k];
+            if (pre) pre->x[at] = y[k];
+        }
+    free(y), free(z);
+
+    char what[128];
+    snprintf(what, sizeof what, "%dx%dx%d%s %s->%s%s%s%s ld %d", c.N, c.OC, c.IC, c.tw ? " w^T" : "", dtn(c.ab),
+             dtn(c.odt), c.bias ? " +bias" : "", c.gelu ? " gelu" : "", c.pre ? " +pre" : "", ld);
+    printf("  %s:\n", what);
+    bool ok = agree("linear out", out, ATOL_SUM);
+    if (pre) ok &= agree("linear pre", pre, ATOL_SUM);
+    return ok;
+}
+
+/* linear_forward (the device's fused op, or backend.c's fallback) against the unfused f32
+ * ops: bf16 out with f32 bias, with and without GELU and pre, both layouts of w, row strides
+ * wider than OC, pre's row stride a multiple of 8 and not (cuBLASLt's auxiliary output needs
+ * one), f32 out from
+ * bf16 operands (GPT-2's projections into the residual), all-f32 layers; GPT-2-sized c_fc
+ * and c_attn; a 1100x2047 output (several blocks of rows where the CUDA backend stages). */
+TEST(linear_forward_matches_unfused_f32) {
+    NEED_MIXED();
+    const dtype B = DT_BF16, F = DT_F32;
+    static const lin_case cases[] = {
+        /* N   IC   OC    tw     ab odt bias   gelu   pre    pad */
+        {37,   29,  45,   false, B, B, true,  false, false, 3},
+        {37,   29,  45,   true,  B, B, true,  false, false, 0},
+        {37,   29,  48,   false, B, B, true,  true,  true,  0},
+        {37,   29,  45,   true,  B, B, true,  true,  true,  0},
+        {37,   29,  40,   true,  B, B, true,  true,  false, 0},
+        {37,   29,  40,   false, B, B, false, true,  true,  0},
+        {7,    9,   5,    true,  B, B, false, false, false, 0},
+        {37,   29,  45,   false, B, F, true,  false, false, 3},
+        {37,   29,  40,   true,  B, F, true,  true,  true,  0},
+        {37,   29,  45,   false, F, F, true,  true,  true,  0},
+        {37,   29,  45,   true,  F, F, true,  false, false, 0},
+        {64,   768, 3072, false, B, B, true,  true,  true,  0},
+        {64,   768, 2304, false, B, B, true,  false, false, 0},
+        {64,   768, 768,  false, B, F, true,  false, false, 0},
+        {1100, 32,  2047, false, B, B, true,  true,  true,  0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) CHECK_MSG(linear_case(cases[i]), "case %zu", i);
+}
+
 /* ---- norms ---- */
 
 /* LayerNorm: f32 inp, bf16 out, f32 mean and rstd; the backward from a bf16 dout accumulates

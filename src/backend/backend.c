@@ -65,6 +65,21 @@ bool backend_supports(backend *be, backend_op op, dtype dt) {
     return dt == DT_F32;
 }
 
+void backend_linear_forward(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w,
+                            bool trans_w, tensor bias, backend_act act) {
+    if (be->ops->linear_forward) be->ops->linear_forward(be, s, out, pre, inp, w, trans_w, bias, act);
+    else backend_linear_unfused(be->ops, be, s, out, pre, inp, w, trans_w, bias, act);
+}
+
+void backend_linear_unfused(const backend_ops *ops, backend *be, backend_stream *s, tensor out, tensor pre,
+                            tensor inp, tensor w, bool trans_w, tensor bias, backend_act act) {
+    SK_ASSERT(act == BACKEND_ACT_GELU || tensor_is_none(pre));
+    const tensor y = tensor_is_none(pre) ? out : pre;   /* where the affine part lands */
+    ops->matmul(be, s, y, inp, false, w, trans_w, 1.0f, 0.0f);
+    if (!tensor_is_none(bias)) ops->bias_add(be, s, y, bias);
+    if (act == BACKEND_ACT_GELU) ops->gelu_forward(be, s, out, y);
+}
+
 bool backend_supports_paged(backend *be) {
     if (be->ops->set_rows && be->ops->paged_attention) return true;
     sk_fail(SK_EARG, "the %s backend has no paged attention (set_rows, paged_attention): the engine cannot run on it",

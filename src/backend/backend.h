@@ -54,6 +54,12 @@ typedef enum backend_op {
     BACKEND_OP_COUNT
 } backend_op;
 
+/* The activation a fused linear layer applies to its output (linear_forward). */
+typedef enum backend_act {
+    BACKEND_ACT_NONE,
+    BACKEND_ACT_GELU,   /* gelu_forward's: the tanh approximation */
+} backend_act;
+
 typedef struct backend_ops {
     /* ---- memory and time ---- */
     /* bytes of memory of kind `where` (MEM_DEVICE or MEM_PINNED), zeroed; NULL + sk_fail on
@@ -105,6 +111,17 @@ typedef struct backend_ops {
      * stride); dbias(OC) accumulates the column sums of dout(N,OC) [lp]. */
     void (*bias_add)(backend *be, backend_stream *s, tensor out, tensor bias);
     void (*bias_backward)(backend *be, backend_stream *s, tensor dbias, tensor dout);
+    /* Optional (callers use backend_linear_forward): a linear layer in one op, as cuBLASLt's
+     * epilogues fuse it. out(N,OC) [lp] = act(inp(N,IC) [lp] @ op(w) + bias(OC)) with op(w)
+     * = w(IC,OC), or w(OC,IC)^T when trans_w; bias (f32, contiguous) may be tensor_none().
+     * pre(N,OC), of out's dtype, receives the value before the activation (what
+     * gelu_backward reads); it may be tensor_none(), and must be with BACKEND_ACT_NONE.
+     * inp, w and out are one of matmul's kinds (A = inp, B = w, C = out). The sum is formed
+     * in f32 and each bf16 output rounded once: pre = bf16(x), out = bf16(act(x)) of the same
+     * f32 x. out and pre: 2-D, contiguous with GELU (gelu_forward's views), else contiguous
+     * rows with any row stride; they overlap nothing. Writes. */
+    void (*linear_forward)(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w,
+                           bool trans_w, tensor bias, backend_act act);
 
     /* out(B*T,C) writes wte[tokens] + wpe[t] for tokens(B,T) (i32; t the position in the
      * row), wte(V,C), wpe(P,C) with P >= T, or wpe tensor_none(): no position table. The
@@ -288,6 +305,20 @@ void backend_download(backend *be, void *host_dst, const void *src, size_t bytes
 void backend_zero(backend *be, void *p, size_t bytes);
 void backend_synchronize(backend *be);
 bool backend_supports(backend *be, backend_op op, dtype dt);
+
+/* ---- Compute with a fallback ---- */
+
+/* linear_forward (its contract in backend_ops) where be has it, else
+ * backend_linear_unfused(be->ops, ...). */
+void backend_linear_forward(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w,
+                            bool trans_w, tensor bias, backend_act act);
+/* The linear layer as separate ops of the table `ops`: matmul into pre (or out when pre is
+ * none), bias_add there (unless bias is none), then gelu_forward from there into out (in
+ * place when pre is none). Each op rounds its own bf16 output, so a bf16 out may be rounded
+ * more than once: the fallback of backends without linear_forward, and, on f32 kernels, a
+ * backend's own path (cpu_mixed.c). */
+void backend_linear_unfused(const backend_ops *ops, backend *be, backend_stream *s, tensor out, tensor pre,
+                            tensor inp, tensor w, bool trans_w, tensor bias, backend_act act);
 /* Whether be has the engine's ops (set_rows, paged_attention); false with an sk_fail message
  * naming the backend when not. */
 bool backend_supports_paged(backend *be);

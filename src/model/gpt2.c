@@ -301,10 +301,15 @@ static gpt2_layer_acts gpt2_layer_views(const model *m, int l) {
     return x;
 }
 
-/* out(N,OC) = inp(N,IC) @ w(IC,OC) + b(OC) */
+/* out(N,OC) = inp(N,IC) @ w(IC,OC) + b(OC), in one op where the backend fuses it. */
 static void gpt2_linear(backend *be, tensor out, tensor inp, tensor w, tensor b) {
-    be->ops->matmul(be, NULL, out, inp, false, w, false, 1.0f, 0.0f);
-    be->ops->bias_add(be, NULL, out, b);
+    backend_linear_forward(be, NULL, out, tensor_none(), inp, w, false, b, BACKEND_ACT_NONE);
+}
+
+/* The MLP's c_fc: out(N,F) = gelu(inp(N,C) @ w(C,F) + b(F)); pre(N,F) keeps the sum before
+ * the GELU for the backward (tensor_none() in inference: out alone). */
+static void gpt2_linear_gelu(backend *be, tensor out, tensor pre, tensor inp, tensor w, tensor b) {
+    backend_linear_forward(be, NULL, out, pre, inp, w, false, b, BACKEND_ACT_GELU);
 }
 
 /* Backward of gpt2_linear: dw, db accumulate; dinp is written (beta 0). */
@@ -351,8 +356,7 @@ static void gpt2_layer_forward(model *m, int l) {
     op->add(be, NULL, x.res2, x.res2, x.in);
 
     op->layernorm_forward(be, NULL, x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2w, w.ln2b, c->norm_eps);
-    gpt2_linear(be, x.fch, x.ln2, w.fcw, w.fcb);
-    op->gelu_forward(be, NULL, x.fch_gelu, x.fch);
+    gpt2_linear_gelu(be, x.fch_gelu, x.fch, x.ln2, w.fcw, w.fcb);
     gpt2_linear(be, x.res3, x.fch_gelu, w.fcpw, w.fcpb);
     if (drop && c->resid_pdrop > 0)
         op->dropout_forward(be, NULL, x.res3, x.res3, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
@@ -546,8 +550,7 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
         gpt2_linear(be, ln, atty, w.projw, w.projb);
         op->add(be, NULL, x, x, ln);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln2w, w.ln2b, c->norm_eps);
-        gpt2_linear(be, fch, ln, w.fcw, w.fcb);
-        op->gelu_forward(be, NULL, fch, fch);
+        gpt2_linear_gelu(be, fch, tensor_none(), ln, w.fcw, w.fcb);
         gpt2_linear(be, ln, fch, w.fcpw, w.fcpb);
         op->add(be, NULL, x, x, ln);
     }

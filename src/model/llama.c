@@ -425,10 +425,10 @@ static tensor llama_heads(tensor x, int64_t T, int64_t HS) {
     return tensor_reshape(x, 4, shape);
 }
 
-/* out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b(OC) unless b is tensor_none()) */
+/* out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b(OC) unless b is tensor_none()), in one op where
+ * the backend fuses it. */
 static void llama_linear(backend *be, tensor out, tensor inp, tensor w, tensor b) {
-    be->ops->matmul(be, NULL, out, inp, false, w, true, 1.0f, 0.0f);
-    if (!tensor_is_none(b)) be->ops->bias_add(be, NULL, out, b);
+    backend_linear_forward(be, NULL, out, tensor_none(), inp, w, true, b, BACKEND_ACT_NONE);
 }
 
 /* Backward of llama_linear: dw (OC,IC) and db accumulate (db tensor_none(): no bias);

@@ -700,6 +700,7 @@ static const backend_ops cpu_ops = {
     .matmul = cpu_mixed_matmul,
     .bias_add = cpu_mixed_bias_add,
     .bias_backward = cpu_mixed_bias_backward,
+    .linear_forward = cpu_mixed_linear_forward,
     .embed_forward = cpu_embed_forward,
     .embed_backward = cpu_embed_backward,
     .layernorm_forward = cpu_mixed_layernorm_forward,

@@ -59,6 +59,8 @@ extern const backend_ops cpu_f32_ops;
  * (cpu_mixed.c); with f32 views each is its f32 kernel. */
 void cpu_mixed_matmul(backend *be, backend_stream *s, tensor C, tensor A, bool ta, tensor B, bool tb, float alpha,
                       float beta);
+void cpu_mixed_linear_forward(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w, bool tw,
+                              tensor bias, backend_act act);
 void cpu_mixed_bias_add(backend *be, backend_stream *s, tensor out, tensor bias);
 void cpu_mixed_bias_backward(backend *be, backend_stream *s, tensor dbias, tensor dout);
 void cpu_mixed_layernorm_forward(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,

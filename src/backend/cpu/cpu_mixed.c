@@ -155,6 +155,22 @@ void cpu_mixed_matmul(backend *be, backend_stream *s, tensor C, tensor A, bool t
     MIX_RUN(be, a, cpu_f32_ops.matmul(be, s, C, A, ta, B, tb, alpha, beta));
 }
 
+/* One rounding per bf16 output: the f32 kernels run the unfused layer on f32 scratch, so
+ * pre and out are both rounded from f32 values (out from act of the unrounded sum). With
+ * f32 inp and out (f32 products, mapped weights) the layer is the unfused f32 ops, on the
+ * caller's views. */
+void cpu_mixed_linear_forward(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w, bool tw,
+                              tensor bias, backend_act act) {
+    SK_ASSERT(tensor_is_none(pre) || pre.dt == out.dt);
+    if (inp.dt == DT_F32 && out.dt == DT_F32) {
+        backend_linear_unfused(&cpu_f32_ops, be, s, out, pre, inp, w, tw, bias, act);
+        return;
+    }
+    SK_ASSERT(inp.dt == w.dt);
+    mix_arg a[] = {mix_out(&out), mix_out(&pre), mix_in(&inp), mix_in(&w)};   /* a none pre stays none */
+    MIX_RUN(be, a, backend_linear_unfused(&cpu_f32_ops, be, s, out, pre, inp, w, tw, bias, act));
+}
+
 void cpu_mixed_bias_add(backend *be, backend_stream *s, tensor out, tensor bias) {
     mix_arg a[] = {mix_acc(&out)};
     MIX_RUN(be, a, cpu_f32_ops.bias_add(be, s, out, bias));
