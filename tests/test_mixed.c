@@ -12,8 +12,10 @@
  *     (another summation order can tip a value across a rounding boundary), and at least
  *     MIN_EXACT of its elements exactly bf16(ref) (a rounding that truncates misses half);
  *   - an f32 output: |got - ref| <= 1e-5 |ref| + atol * scale.
- * atol per check: ATOL_ELEM for elementwise ops, ATOL_SUM for norms, products and the loss.
- * Attention may round its probabilities to bf16 before they weight v (backend.h; tensor-core
+ * atol per check: ATOL_ELEM for elementwise ops (4e-6: a GPU's tanh and exp differ from the
+ * CPU's in the last bits, which gelu' and silu' scale by dout), ATOL_SUM for norms, products
+ * and the loss; ATOL_LINEAR (1%, half the elements exact) for linear_forward's bf16 outputs,
+ * which a backend may round twice (backend.h). Attention may round its probabilities to bf16 before they weight v (backend.h; tensor-core
  * kernels do, as FlashAttention does): its bf16 outputs are held to ATOL_ATTN = 2% of the
  * output's scale (about 3 bf16 roundings of P summed; 0.3-0.7% seen on an H200) and no share
  * of exact matches. Every check prints its
@@ -32,9 +34,10 @@
 #include "base/rng.h"
 
 #define MIN_EXACT 0.75
-#define ATOL_ELEM 1e-6
+#define ATOL_ELEM 4e-6
 #define ATOL_SUM 1e-5
 #define ATOL_ATTN 2e-2
+#define ATOL_LINEAR 1e-2
 
 static backend *be, *ref;   /* the device under test; the CPU reference */
 static rng R;
@@ -321,8 +324,10 @@ static bool linear_case(lin_case c) {
     snprintf(what, sizeof what, "%dx%dx%d%s %s->%s%s%s%s ld %d", c.N, c.OC, c.IC, c.tw ? " w^T" : "", dtn(c.ab),
              dtn(c.odt), c.bias ? " +bias" : "", c.gelu ? " gelu" : "", c.pre ? " +pre" : "", ld);
     printf("  %s:\n", what);
-    bool ok = agree("linear out", out, ATOL_SUM);
-    if (pre) ok &= agree("linear pre", pre, ATOL_SUM);
+    /* a bf16 out may be rounded after the product and again after the bias (backend.h): one
+     * more rounding of a value up to the product's size, cancellation included */
+    bool ok = agree_to("linear out", out, ATOL_LINEAR, 0.5);
+    if (pre) ok &= agree_to("linear pre", pre, ATOL_LINEAR, 0.5);
     return ok;
 }
 

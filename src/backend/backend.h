@@ -117,8 +117,9 @@ typedef struct backend_ops {
      * pre(N,OC), of out's dtype, receives the value before the activation (what
      * gelu_backward reads); it may be tensor_none(), and must be with BACKEND_ACT_NONE.
      * inp, w and out are one of matmul's kinds (A = inp, B = w, C = out). The sum is formed
-     * in f32 and each bf16 output rounded once: pre = bf16(x), out = bf16(act(x)) of the same
-     * f32 x. out and pre: 2-D, contiguous with GELU (gelu_forward's views), else contiguous
+     * in f32; a bf16 out or pre may be rounded once (pre = bf16(x), out = bf16(act(x)) of the
+     * same f32 x: the CPU) or, where the backend runs the layer as separate ops, after the
+     * product and again after the bias (matmul then bias_add: CUDA's bf16 layers). out and pre: 2-D, contiguous with GELU (gelu_forward's views), else contiguous
      * rows with any row stride; they overlap nothing. Writes. */
     void (*linear_forward)(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w,
                            bool trans_w, tensor bias, backend_act act);

@@ -16,9 +16,8 @@
  * never managed memory.
  *
  * SKEIN_CUDA_ATTN=simple sends every attention call to the tiled kernels (debugging).
- * linear_forward fuses the bias (and GPT-2's GELU) into bf16 products as cuBLASLt epilogues;
- * SKEIN_CUDA_LINEAR=staged runs those layers through an f32 staging buffer instead (the
- * fallback when cuBLASLt has no algorithm; for tests and comparisons).
+ * linear_forward fuses the f32 bias into bf16 products with an f32 output (the projections
+ * into the residual stream) as a cuBLASLt BIAS epilogue; other layers run unfused.
  *
  * SKEIN_CUDA_TF32=1 in the environment when the backend is created puts cuBLAS's f32
  * products (matmul: the linear layers and the LM head, forward and backward) on the tensor

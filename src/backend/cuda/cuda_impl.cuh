@@ -56,9 +56,8 @@ static inline void cuda_check_blas(cublasStatus_t e, const char *call, const cha
 typedef struct cuda_lt_key {
     int64_t M, N, K, lda, ldb, ldc;
     int64_t flags;   /* ta | tb << 1 | c_bf16 << 2 | beta_nonzero << 3 | log2 alignments of A, B, C,
-                      * bias, pre at bits 4, 8, 12, 16, 20 */
+                      * bias at bits 4, 8, 12, 16 */
     int64_t epi;     /* cublasLtEpilogue_t: CUBLASLT_EPILOGUE_DEFAULT for a plain product */
-    int64_t ldp;     /* the row stride of pre (the epilogue's auxiliary output), 0 without */
 } cuda_lt_key;
 
 /* A product's descriptors and the algorithm the heuristic chose for them, made on first use.
@@ -71,10 +70,6 @@ typedef struct cuda_lt_plan {
     cublasLtMatmulAlgo_t algo;
     bool ok;
 } cuda_lt_plan;
-
-/* f32 staging for the linear layers cuBLASLt cannot fuse (cuda_linear_staged), allocated at
- * creation: the product of a block of rows lands here before bias, activation and rounding. */
-#define CUDA_LIN_STAGE_BYTES ((size_t)8 << 20)
 
 /* The backend's state (be->impl). */
 typedef struct cuda_ctx {
@@ -90,8 +85,6 @@ typedef struct cuda_ctx {
     bool tf32;                  /* SKEIN_CUDA_TF32=1: cuBLAS products in TF32 (cuda.h) */
     void *embed_ws;             /* embedding backward's sort buffers, grown on first use */
     size_t embed_ws_bytes;
-    float *lin_stage;           /* CUDA_LIN_STAGE_BYTES; products on one stream, as blas_ws */
-    bool lin_staged;            /* SKEIN_CUDA_LINEAR=staged: linear layers skip the epilogues */
     cublasLtHandle_t lt;        /* bf16 products */
     cuda_lt_plan lt_plans[CUDA_LT_PLANS];
     int n_lt_plans, lt_next;    /* plans in use; the next one replaced when all are */
@@ -113,18 +106,11 @@ void cuda_matmul(cuda_ctx *x, cudaStream_t s, float *C, int64_t ldc, const float
 /* bf16 A and B, C f32 or bf16, f32 accumulation, through cuBLASLt on the tensor cores. */
 void cuda_matmul_lt(cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta,
                     const void *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta);
-/* A linear layer with bf16 A(M,K) and B (op(B) (K,N)): out(M,N) = act(A @ op(B) + bias(N)),
- * act GELU when gelu, pre(M,N) (pre.p non-NULL, out's dtype, gelu only) the value before it;
- * bias may be NULL; out and pre have row strides ldo, ldp. cuda_linear_lt runs it as one
- * cuBLASLt product with an epilogue and returns false, doing nothing, where cuBLASLt has no
- * algorithm for it; cuda_linear_staged forms the product of blocks of rows in f32 in
- * x->lin_stage and applies bias and activation and rounds in one pass over each block. */
-bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp pre, int64_t ldp, const void *A,
-                    int64_t lda, const void *B, int64_t ldb, bool tb, const float *bias, bool gelu, int M, int N,
-                    int K);
-void cuda_linear_staged(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp pre, int64_t ldp,
-                        const void *A, int64_t lda, const void *B, int64_t ldb, bool tb, const float *bias, bool gelu,
-                        int M, int N, int K);
+/* A linear layer out(M,N) = A(M,K) @ op(B) + bias(N) with bf16 A and B, an f32 bias, out of
+ * row stride ldo, as one cuBLASLt product with the BIAS epilogue; false, doing nothing,
+ * where cuBLASLt has no algorithm for it (seen for every bf16 out with an f32 bias). */
+bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const void *A, int64_t lda, const void *B,
+                    int64_t ldb, bool tb, const float *bias, int M, int N, int K);
 /* Releases the cached cuBLASLt descriptors (the handle is the caller's). */
 void cuda_lt_plans_free(cuda_ctx *x);
 void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, const float *bias, int N, int OC);

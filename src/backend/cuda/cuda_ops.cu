@@ -28,11 +28,9 @@
  * CPU's sgemm to rounding, unless SKEIN_CUDA_TF32=1 chose TF32 at creation (cuda.h); bf16
  * products go to cuBLASLt on the tensor cores, accumulating in f32, each shape's
  * descriptors and algorithm chosen once and cached in the context, split-K partial sums
- * reduced in f32 in the workspace. A bf16 linear layer (linear_forward) is one such product
- * whose epilogue adds the f32 bias and applies GELU before D is rounded (cuda_linear_lt);
- * where cuBLASLt has no algorithm for that epilogue, its product of blocks of rows goes to
- * f32 staging and one elementwise pass finishes it (cuda_linear_staged), so either way each
- * output is rounded once. */
+ * reduced in f32 in the workspace. A linear layer into an f32 output (linear_forward: the
+ * projections into the residual stream) is one such product whose BIAS epilogue adds the
+ * f32 bias before D is stored (cuda_linear_lt); the other layers run unfused (cuda.cu). */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <cooperative_groups.h>
@@ -231,21 +229,19 @@ void cuda_lt_plans_free(cuda_ctx *x) {
 
 /* Sets the epilogue's vectors on plan descriptor op: cuBLASLt reads them from it, so each
  * call sets its own before it multiplies (and the heuristic reads their alignment). */
-static void lt_set_vectors(cublasLtMatmulDesc_t op, const float *bias, const void *aux) {
+static void lt_set_vectors(cublasLtMatmulDesc_t op, const float *bias) {
     if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    if (aux) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
 }
 
 /* Makes p's descriptors for key k and asks the heuristic for the best algorithm that fits
  * the workspace and the operands' alignments. Row-major as in cuda_matmul: cuBLASLt's
  * column-major A is our B (stored (K,N), or (N,K) when tb) and its B our A, and its D is
  * our C seen as (N,M): a bias of our N columns is a vector over D's rows, which is what
- * CUBLASLT_EPILOGUE_BIAS broadcasts. An epilogue's bias is f32 whatever D's type, its
- * auxiliary output (pre) of D's type with row stride k->ldp; bias and aux are the first
- * call's vectors. No algorithm for a plain product is a broken invariant (an unsupported
+ * CUBLASLT_EPILOGUE_BIAS broadcasts. An epilogue's bias is f32 (cuBLASLt 13.0 took that
+ * for an f32 D only); bias is the first call's vector. No algorithm for a plain product is a broken invariant (an unsupported
  * view): the shapes go to stderr and we abort; for an epilogue, a note goes to stderr and
  * the plan is marked not ok. */
-static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, const float *bias, const void *aux) {
+static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, const float *bias) {
     const bool ta = k->flags & 1, tb = (k->flags >> 1) & 1, c_bf16 = (k->flags >> 2) & 1;
     const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     p->key = *k;
@@ -260,11 +256,7 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
             CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                         sizeof bias_type));
         }
-        if (aux) {
-            const int64_t ldp = k->ldp;
-            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ldp, sizeof ldp));
-        }
-        lt_set_vectors(p->op, bias, aux);
+        lt_set_vectors(p->op, bias);
     }
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, tb ? k->K : k->N, tb ? k->N : k->K, k->ldb));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, ta ? k->M : k->K, ta ? k->K : k->M, k->lda));
@@ -298,10 +290,10 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
     if (!p->ok) {
         fprintf(stderr,
                 "cuBLASLt: no algorithm for the bf16 product M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldc=%lld "
-                "ta=%d tb=%d C %s epilogue %lld (bias %s, aux ld %lld) (%s)%s\n",
+                "ta=%d tb=%d C %s epilogue %lld (bias %s) (%s)%s\n",
                 (long long)k->M, (long long)k->N, (long long)k->K, (long long)k->lda, (long long)k->ldb,
                 (long long)k->ldc, ta, tb, c_bf16 ? "bf16" : "f32", (long long)k->epi, bias ? "f32" : "none",
-                (long long)k->ldp, cublasGetStatusString(st),
+                cublasGetStatusString(st),
                 k->epi == CUBLASLT_EPILOGUE_DEFAULT ? "" : ": the layer runs without the epilogue");
         if (k->epi == CUBLASLT_EPILOGUE_DEFAULT) abort();
         return;
@@ -309,9 +301,9 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
     p->algo = r.algo;
 }
 
-/* The plan for key k: cached, or made now (with the vectors bias, aux of this call) in a
- * free slot or in place of the oldest. */
-static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k, const float *bias, const void *aux) {
+/* The plan for key k: cached, or made now (with the bias of this call) in a free slot or in
+ * place of the oldest. */
+static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k, const float *bias) {
     for (int i = 0; i < x->n_lt_plans; i++)
         if (!memcmp(&x->lt_plans[i].key, k, sizeof *k)) return &x->lt_plans[i];
     cuda_lt_plan *p;
@@ -322,7 +314,7 @@ static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k, const floa
         x->lt_next = (x->lt_next + 1) % CUDA_LT_PLANS;
         lt_plan_release(p);
     }
-    lt_plan_make(x, p, k, bias, aux);
+    lt_plan_make(x, p, k, bias);
     return p;
 }
 
@@ -331,7 +323,7 @@ static cuda_lt_key lt_key(cuda_lp C, int64_t ldc, const void *A, int64_t lda, bo
                           bool tb, int M, int N, int K, float beta) {
     const int64_t flags = (int64_t)ta | (int64_t)tb << 1 | (int64_t)C.bf16 << 2 | (int64_t)(beta != 0.0f) << 3 |
                           align_log2(A) << 4 | align_log2(B) << 8 | align_log2(C.p) << 12;
-    const cuda_lt_key k = {M, N, K, lda, ldb, ldc, flags, CUBLASLT_EPILOGUE_DEFAULT, 0};
+    const cuda_lt_key k = {M, N, K, lda, ldb, ldc, flags, CUBLASLT_EPILOGUE_DEFAULT};
     return k;
 }
 
@@ -339,27 +331,20 @@ static cuda_lt_key lt_key(cuda_lp C, int64_t ldc, const void *A, int64_t lda, bo
 void cuda_matmul_lt(cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta,
                     const void *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta) {
     const cuda_lt_key k = lt_key(C, ldc, A, lda, ta, B, ldb, tb, M, N, K, beta);
-    const cuda_lt_plan *p = lt_plan(x, &k, NULL, NULL);
+    const cuda_lt_plan *p = lt_plan(x, &k, NULL);
     CUBLAS_CHECK(cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C.p, p->c, C.p, p->c, &p->algo,
                                 x->blas_ws, x->blas_ws_bytes, s));
 }
 
-/* The epilogue: BIAS adds the f32 bias to the f32 sum; GELU (cuBLASLt's is the tanh form)
- * then applies to it; the AUX forms also store that sum before GELU, rounded to pre's type.
- * D and pre are each rounded once, from f32. */
-bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp pre, int64_t ldp, const void *A,
-                    int64_t lda, const void *B, int64_t ldb, bool tb, const float *bias, bool gelu, int M, int N,
-                    int K) {
-    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    if (gelu && pre.p) epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
-    else if (gelu) epi = bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+/* The BIAS epilogue adds the f32 bias to the f32 sum before D is stored. */
+bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const void *A, int64_t lda, const void *B,
+                    int64_t ldb, bool tb, const float *bias, int M, int N, int K) {
     cuda_lt_key k = lt_key(out, ldo, A, lda, false, B, ldb, tb, M, N, K, 0.0f);
-    k.flags |= align_log2(bias) << 16 | align_log2(pre.p) << 20;
-    k.epi = epi;
-    k.ldp = pre.p ? ldp : 0;
-    const cuda_lt_plan *p = lt_plan(x, &k, bias, pre.p);
+    k.flags |= align_log2(bias) << 16;
+    k.epi = CUBLASLT_EPILOGUE_BIAS;
+    const cuda_lt_plan *p = lt_plan(x, &k, bias);
     if (!p->ok) return false;
-    lt_set_vectors(p->op, bias, pre.p);
+    lt_set_vectors(p->op, bias);
     const float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, out.p, p->c, out.p, p->c, &p->algo,
                                 x->blas_ws, x->blas_ws_bytes, s));
@@ -731,57 +716,6 @@ void cuda_gelu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp i
 void cuda_gelu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dinp, cuda_lp inp, cuda_lp dout, int64_t n) {
     typed_one([&](auto *di, auto *in, auto *d) { each_packed(x, s, n, aligned16(di, in, d), op_gelu_backward{di, in, d}); },
               dinp, inp, dout);
-}
-
-/* ---- linear layers cuBLASLt does not fuse ---- */
-
-/* Row r of a block of rows of the f32 product stage(rows,N) (contiguous): x = stage + bias
- * (bias NULL: none); pre(r) = x when pre is not NULL, out(r) = gelu(x) or x, each rounded
- * once to T. A pack never crosses a row (vec needs N, ldo, ldp multiples of PACK). */
-template <class T> struct op_bias_act {
-    T *out, *pre;
-    const float *stage, *bias;
-    int64_t ldo, ldp;
-    int N;
-    bool act_gelu;
-    template <int W> __device__ void apply(int64_t i) const {
-        const int64_t r = i / N, c = i % N;
-        pk<W> v = load<W>(stage + i);
-        if (bias) {
-            const pk<W> b = load<W>(bias + c);
-#pragma unroll
-            for (int j = 0; j < W; j++) v.v[j] += b.v[j];
-        }
-        if (pre) store<W>(pre + r * ldp + c, v);
-        if (act_gelu) {
-#pragma unroll
-            for (int j = 0; j < W; j++) v.v[j] = gelu(v.v[j]);
-        }
-        store<W>(out + r * ldo + c, v);
-    }
-};
-
-void cuda_linear_staged(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp pre, int64_t ldp,
-                        const void *A, int64_t lda, const void *B, int64_t ldb, bool tb, const float *bias, bool gelu,
-                        int M, int N, int K) {
-    const int64_t block = (int64_t)(CUDA_LIN_STAGE_BYTES / sizeof(float)) / N;   /* rows per pass */
-    SK_ASSERT(block > 0);
-    const cuda_lp stage = {x->lin_stage, false};
-    for (int r0 = 0; r0 < M; r0 += (int)block) {
-        const int m = M - r0 < block ? M - r0 : (int)block;
-        cuda_matmul_lt(x, s, stage, N, (const bf16 *)A + (int64_t)r0 * lda, lda, false, B, ldb, tb, m, N, K, 1.0f,
-                       0.0f);
-        typed_one(
-            [&](auto *o, auto *pr) {
-                o += (int64_t)r0 * ldo;
-                if (pr) pr += (int64_t)r0 * ldp;
-                const bool vec = aligned16(o, pr, x->lin_stage, bias) && N % PACK == 0 && ldo % PACK == 0 &&
-                                 ldp % PACK == 0;
-                each_packed(x, s, (int64_t)m * N, vec, op_bias_act<std::remove_pointer_t<decltype(o)>>{
-                                                         o, pr, x->lin_stage, bias, ldo, ldp, N, gelu});
-            },
-            out, pre);
-    }
 }
 
 template <class TO, class TA, class TB> struct op_add {
