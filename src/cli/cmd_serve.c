@@ -75,7 +75,7 @@ int cmd_serve(int argc, char **argv) {
     if (st != SK_OK) return cli_fail(st);
     const char *host = "127.0.0.1", *key = getenv("SKEIN_API_KEY"), *chat_name = NULL, *device = "cpu", *devices = NULL,
                *kv_memory = NULL;
-    long port = 8000, max_seqs = 16, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
+    long port = 8000, max_seqs = 16, max_batch = 512, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
     long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0;
     double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 60;
     arg_spec specs[] = {
@@ -96,6 +96,7 @@ int cmd_serve(int argc, char **argv) {
         {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
         {"--devices", ARG_STR, &devices, "LIST", "CUDA device ids, e.g. 0,1: replicas round robin on them (implies --device cuda)", false, false},
         {"--max-seqs", ARG_INT, &max_seqs, "N", "sequences running at once per replica (default 16)", false, false},
+        {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per engine step per replica (default 512)", false, false},
         {"--max-queue", ARG_INT, &max_queue, "N", "requests per model waiting beyond those, else 503 (default 64)", false, false},
         {"--max-ctx", ARG_INT, &max_ctx, "N", "longest sequence (default: the model's context)", false, false},
         {"--kv-memory", ARG_STR, &kv_memory, "BYTES", "each replica's KV pool: bytes (k, M, G) or a fraction of free host memory "
@@ -107,6 +108,7 @@ int cmd_serve(int argc, char **argv) {
     if ((st = args_parse("skein serve", argc, argv, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
     if (n_models == 0) return cli_fail(sk_fail(SK_EARG, "skein serve: missing required flag --model"));
     if (max_seqs < 1 || max_seqs > 4096) return cli_fail(sk_fail(SK_EARG, "serve: --max-seqs must be in [1, 4096]"));
+    if (max_batch < 1 || max_batch > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-batch-tokens must be in [1, 1048576]"));
     if (max_queue < 0 || max_queue > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-queue must be in [0, 1048576]"));
     if (max_body < 1 || max_body > 1 << 30) return cli_fail(sk_fail(SK_EARG, "serve: --max-body must be in [1, 1 GiB]"));
     if (max_conns < 1 || max_conns > 65536) return cli_fail(sk_fail(SK_EARG, "serve: --max-conns must be in [1, 65536]"));
@@ -140,6 +142,7 @@ int cmd_serve(int argc, char **argv) {
     ro.device = device;
     ro.engine.max_seqs = (int)max_seqs;
     ro.engine.max_ctx = (int)max_ctx;
+    ro.engine.max_batch_tokens = (int)max_batch;
     ro.max_queue = (int)max_queue;
     ro.replicas = (int)replicas;
     ro.min_replicas = (int)min_replicas;
