@@ -90,11 +90,7 @@ static cJSON *api_error_json(const api_error *e) {
 static bool api_wait(router *rt, serve_req *r, bool whole) {
     while (!r->done && (whole || r->n_out == 0)) {
         if (rt->stopping) return false;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += API_WAIT_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&r->cv, &rt->mu, &ts);
+        serve_wait_ms(&r->cv, &rt->mu, API_WAIT_MS);
         if (!r->done && !http_peer_alive(r->fd)) {
             router_abandon(rt, r);
             return false;

@@ -13,7 +13,6 @@
 #include <omp.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "serve/serve_impl.h"
 
@@ -52,10 +51,6 @@ static void replica_unbuild(replica *rep) {
     model_free(rep->m);
     backend_free(rep->own_be);
     mem_free(rep->piece);
-    rep->e = NULL;
-    rep->m = NULL;
-    rep->own_be = NULL;
-    rep->piece = NULL;
 }
 
 /* Moves the incoming requests into the engine (mu held). */
@@ -176,13 +171,7 @@ static sk_status replica_step(replica *rep, const engine_output **out, int *n_ou
     if (!f) return engine_step(rep->e, out, n_out);
     if (f->hang) {
         pthread_mutex_lock(&rt->mu);
-        while (!rep->orphaned && !rt->stopping) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += REPLICA_HANG_POLL_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-            pthread_cond_timedwait(&rep->wake, &rt->mu, &ts);
-        }
+        while (!rep->orphaned && !rt->stopping) serve_wait_ms(&rep->wake, &rt->mu, REPLICA_HANG_POLL_MS);
         pthread_mutex_unlock(&rt->mu);
     }
     return sk_fail(SK_ESTATE, "SKEIN_TEST_FAIL_REPLICA: step %llu %s (a test hook)", (unsigned long long)rep->steps,

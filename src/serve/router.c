@@ -77,6 +77,14 @@ void req_unref(serve_req *r) {
     mem_free(r);
 }
 
+void serve_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += ms * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 /* ---- routing ---- */
 
 static uint64_t router_mix(uint64_t z) {
@@ -362,35 +370,32 @@ static void router_drain(router *rt) {
     }
 }
 
+/* Whether a wish that holds now (cond) has held for delay seconds, since *since (0: it did
+ * not hold before); a wish granted starts over. */
+static bool router_lasted(bool cond, double *since, double now, double delay) {
+    if (!cond) {
+        *since = 0;
+        return false;
+    }
+    if (*since <= 0) *since = now;
+    if (now - *since < delay) return false;
+    *since = 0;
+    return true;
+}
+
 /* Ray Serve's policy: the target follows ceil(in flight / target_ongoing) within [min, max]
  * once the wish has lasted the upscale (downscale) delay. */
 static void router_autoscale(router *rt, double now) {
     if (rt->o.min_replicas == rt->o.max_replicas) return;
     int want = (int)ceil(rt->n_inflight / rt->o.target_ongoing);
     want = want < rt->o.min_replicas ? rt->o.min_replicas : want > rt->o.max_replicas ? rt->o.max_replicas : want;
-    if (want > rt->target) {
-        if (rt->up_since <= 0) rt->up_since = now;
-        if (now - rt->up_since >= rt->o.upscale_delay_s) {
-            fprintf(stderr, "skein serve: model %s: scaling up from %d to %d replicas (%d requests in flight)\n",
-                    rt->name, rt->target, want, rt->n_inflight);
-            rt->target = want;
-            rt->up_since = 0;
-        }
-    } else {
-        rt->up_since = 0;
-    }
-    if (want < rt->target) {
-        if (rt->down_since <= 0) rt->down_since = now;
-        if (now - rt->down_since >= rt->o.downscale_delay_s) {
-            fprintf(stderr, "skein serve: model %s: scaling down from %d to %d replicas (%d requests in flight)\n",
-                    rt->name, rt->target, want, rt->n_inflight);
-            rt->target = want;
-            rt->down_since = 0;
-            router_drain(rt);
-        }
-    } else {
-        rt->down_since = 0;
-    }
+    const bool up = router_lasted(want > rt->target, &rt->up_since, now, rt->o.upscale_delay_s);
+    const bool down = router_lasted(want < rt->target, &rt->down_since, now, rt->o.downscale_delay_s);
+    if (!up && !down) return;
+    fprintf(stderr, "skein serve: model %s: scaling %s from %d to %d replicas (%d requests in flight)\n", rt->name,
+            up ? "up" : "down", rt->target, want, rt->n_inflight);
+    rt->target = want;
+    if (down) router_drain(rt);
 }
 
 /* The device for a new replica: -1 on the CPU, else the listed one with the fewest replicas
@@ -436,11 +441,7 @@ static void *router_supervise(void *arg) {
     router *rt = arg;
     pthread_mutex_lock(&rt->mu);
     while (!rt->stopping) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += ROUTER_TICK_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&rt->tick, &rt->mu, &ts);
+        serve_wait_ms(&rt->tick, &rt->mu, ROUTER_TICK_MS);
         if (rt->stopping) break;
         const double now = time_now();
         router_reap(rt);
@@ -588,13 +589,7 @@ void router_stop(router *rt) {
     for (int i = 0; i < rt->n_reps; i++) replica_free(rt->reps[i]);
     rt->n_reps = 0;
     const double deadline = time_now() + ROUTER_ORPHAN_WAIT_S;
-    while (rt->n_orphans > 0 && time_now() < deadline) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += ROUTER_TICK_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&rt->changed, &rt->mu, &ts);
-    }
+    while (rt->n_orphans > 0 && time_now() < deadline) serve_wait_ms(&rt->changed, &rt->mu, ROUTER_TICK_MS);
     pthread_mutex_unlock(&rt->mu);
 }
 

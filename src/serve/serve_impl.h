@@ -98,6 +98,9 @@ struct serve_req {
     size_t ev_n, ev_off;
 };
 
+/* Waits on cv (mu held) until signalled or ms milliseconds have passed. */
+void serve_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms);
+
 /* Drops one reference (mu held); the last frees the request. */
 void req_unref(serve_req *r);
 
