@@ -77,7 +77,7 @@ int cmd_serve(int argc, char **argv) {
                *kv_memory = NULL;
     long port = 8000, max_seqs = 16, max_batch = 512, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
     long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0;
-    double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 60;
+    double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 300;
     arg_spec specs[] = {
         {"--model", ARG_STR, &unused, "DIR", "model folder (config.json, model.safetensors, tokenizer.json); repeat for more models", false, false},
         {"--served-model-name", ARG_STR, &unused, "ID", "the id of the --model before it in the API (default: the folder's name)", false, false},
@@ -91,7 +91,7 @@ int cmd_serve(int argc, char **argv) {
         {"--target-ongoing", ARG_FLOAT, &target, "X", "autoscaling: requests in flight per replica aimed at (default 2)", false, false},
         {"--upscale-delay", ARG_FLOAT, &up_delay, "S", "autoscaling: seconds more replicas must be wanted before they start (default 30)", false, false},
         {"--downscale-delay", ARG_FLOAT, &down_delay, "S", "autoscaling: seconds fewer must be wanted before some drain (default 600)", false, false},
-        {"--replica-timeout", ARG_FLOAT, &replica_timeout, "S", "a replica whose step runs longer is replaced (default 60)", false, false},
+        {"--replica-timeout", ARG_FLOAT, &replica_timeout, "S", "a replica whose step runs longer is replaced (default 300; above the longest step)", false, false},
         {"--threads", ARG_INT, &threads, "N", "CPU threads per replica (default: the cores split among the first replicas)", false, false},
         {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
         {"--devices", ARG_STR, &devices, "LIST", "CUDA device ids, e.g. 0,1: replicas round robin on them (implies --device cuda)", false, false},

@@ -32,7 +32,7 @@ static sk_status replica_build(replica *rep) {
     if (rep->device >= 0) {
 #ifdef SKEIN_HAVE_CUDA
         if (cudaSetDevice(rep->device) != 0)
-            return sk_fail(SK_EARG, "serve: replica %d: CUDA device %d cannot be used (see --devices)", rep->id, rep->device);
+            return sk_fail(SK_EARG, "CUDA device %d cannot be used (see --devices)", rep->device);
 #endif
         if (!(rep->own_be = backend_create("cuda"))) return SK_EARG;
         SK_TRY(model_open_weights(rt->dir, rep->own_be, &rep->m));

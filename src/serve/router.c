@@ -33,7 +33,7 @@
 router_opts router_opts_default(void) {
     return (router_opts){.device = "cpu", .engine = engine_opts_default(), .max_queue = 64, .replicas = 1,
                          .min_replicas = 1, .max_replicas = 1, .target_ongoing = 2, .upscale_delay_s = 30,
-                         .downscale_delay_s = 600, .replica_timeout_s = 60, .threads = 1};
+                         .downscale_delay_s = 600, .replica_timeout_s = 300, .threads = 1};
 }
 
 const char *router_name(const router *rt) { return rt->name; }

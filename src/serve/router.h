@@ -63,7 +63,7 @@ typedef struct router_opts {
 } router_opts;
 
 /* Defaults: cpu, 1 replica (min = max = 1), Ray Serve's target_ongoing 2, upscale delay 30 s,
- * downscale delay 600 s, replica timeout 60 s, 1 thread, max_queue 64. */
+ * downscale delay 600 s, replica timeout 300 s, 1 thread, max_queue 64. */
 router_opts router_opts_default(void);
 
 /* Opens the model folder (tokenizer.json, its tokenizer_config.json and chat template,
