@@ -150,7 +150,7 @@ static void router_route(router *rt, serve_req *r) {
         int j = (int)(router_rand(rt) % (uint64_t)(n_up - 1));
         j += j >= i;
         replica *a = router_nth_up(rt, i), *b = router_nth_up(rt, j);
-        pick = a->load <= b->load ? a : b;
+        pick = a->load < b->load || (a->load == b->load && a->routed < b->routed) ? a : b;
     }
     uint64_t keys[ROUTER_AFF_BLOCKS];
     const int nk = router_prefix_keys(rt, r, keys);
@@ -161,6 +161,7 @@ static void router_route(router *rt, serve_req *r) {
         rt->aff_key[s] = keys[b];
         rt->aff_rep[s] = pick->id;
     }
+    pick->routed = ++rt->n_routed;
     replica_enqueue(pick, r);
 }
 

@@ -14,9 +14,10 @@
  *
  * Routing: power of two choices on outstanding tokens (each request counts its prompt until
  * its first token, plus the tokens it may still generate): two random replicas that are up,
- * the one with less. Prefix affinity: a request whose prompt shares at least one full KV block
- * with a recent request's goes to that request's replica (whose prefix cache holds it), unless
- * that replica's load with the request would be over twice the chosen one's.
+ * the one with less (on a tie, the one that took a request less recently). Prefix affinity: a
+ * request whose prompt shares at least one full KV block with a recent request's goes to that
+ * request's replica (whose prefix cache holds it), unless that replica's load with the request
+ * would be over twice the chosen one's.
  *
  * Autoscaling (min_replicas < max_replicas), as Ray Serve's: every tick the supervisor
  * computes ceil(requests in flight / target_ongoing), within [min, max]; when that has stayed

@@ -136,6 +136,7 @@ struct replica {
     int n_reqs;              /* in or live */
     int n_abandoned;         /* of those, given up by their clients */
     long load;               /* outstanding tokens: each request's prompt (until its first token) + max_tokens left */
+    uint64_t routed;         /* rt->n_routed when it last took a request (ties in load: the older wins) */
     double t_start, t_ready; /* time_now() when started and when it took requests */
     double step_started;     /* time_now() when the running step began; 0 between steps */
     bool first_logged;
@@ -191,6 +192,7 @@ struct router {
     double up_since, down_since;    /* since when the autoscaler has wanted more / fewer (0: not) */
     double hold_until;              /* no replica starts before (after a failed start) */
     uint64_t rng;                   /* power-of-two choices */
+    uint64_t n_routed;              /* requests routed so far */
     uint64_t *aff_key;              /* (ROUTER_AFF_SLOTS) prefix key -> replica id of its last request */
     int *aff_rep;
     uint64_t prompt_tokens, gen_tokens, failures;
