@@ -17,15 +17,11 @@
 #     500; under concurrent load with failures every request is answered (none hangs) and the
 #     replicas come back;
 #   - every server stops cleanly on SIGTERM.
-# Prints PASS/FAIL lines; the servers are killed at the end (trap).
-SK=${SKEIN:-./skein}
-TOK=tests/fixtures/tok2/llama3.json
-T=$(mktemp -d)
-PIDS=""
+# Prints PASS/FAIL lines; the servers are killed at the end (trap). SKEIN_TEST_FAIL_REPLICA is
+# set for the failure servers only.
+. tests/lib_serve.sh
+PIDS=""   # every server started here (lib_serve.sh's trap knows one)
 trap 'for p in $PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-[ -x "$SK" ] || { fail cli_serve_replicas "$SK is not built"; exit 1; }
 command -v curl >/dev/null 2>&1 || { echo "SKIP cli_serve_replicas: curl not found"; exit 0; }
 command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_serve_replicas: python3 not found"; exit 0; }
 for m in m1:1337 m2:7; do
@@ -34,18 +30,12 @@ for m in m1:1337 m2:7; do
     then fail replicas_init "$(tail -2 "$T/err")"; exit 1; fi
 done
 
-# start NAME ARGS: skein serve ARGS on a free port, its log in $T/NAME.log; sets PID and U
-# (the servers are background jobs too: wait only ever names the jobs it waits for)
+# start NAME ARGS: skein serve ARGS on a free port (serve_start), its log in $T/NAME.log; sets
+# PID and U (the servers are background jobs too: wait only ever names the jobs it waits for)
 start() {
     n=$1; shift
-    $SK serve --port 0 --threads 1 "$@" 2>"$T/$n.log" &
-    PID=$!
+    serve_start "$T/$n.log" --threads 1 "$@" || { fail "replicas_${n}_start" "$(cat "$T/$n.log")"; exit 1; }
     PIDS="$PIDS $PID"
-    i=0
-    while ! grep -qs 'listening on' "$T/$n.log" && [ $i -lt 150 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/$n.log")
-    [ -n "$port" ] || { fail "replicas_${n}_start" "$(cat "$T/$n.log")"; exit 1; }
-    U=http://127.0.0.1:$port
 }
 # stop NAME PID: SIGTERM, and the server must exit 0 within 10 s
 stop() {

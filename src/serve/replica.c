@@ -141,6 +141,7 @@ static void replica_deliver(replica *rep, const engine_output *o) {
             router_finish(rt, r, "stop", NULL);
             return;
         }
+        if (r->stream && r->n_out) pthread_cond_signal(&r->cv);   /* its handler sends the text now */
     }
     if (!o->finish) return;
     size_t k = tok_stream_flush(&r->ts, rep->piece, rep->piece_cap);
