@@ -160,12 +160,15 @@ if [ -n "$first" ]; then
     then pass serve_stop_string; else fail serve_stop_string "$(cat "$T/stop.out")"; fi
 else echo "SKIP serve_stop_string: the greedy text has no printable stop candidate"; fi
 
-# /metrics: the answers above, counted by status
+# /metrics: the answers above, counted by status; the model's series carry its label
 curl -s -m 10 $U/metrics >"$T/metrics"
+# msum NAME: NAME's samples in $T/metrics summed over their labels
+msum() { awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2; f = 1 } END { if (f) printf "%d\n", s }' "$T/metrics"; }
 if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 17$' "$T/metrics" &&
    grep -q '^skein_requests_total{status="401"} 4$' "$T/metrics" && grep -q '^skein_requests_total{status="413"} 1$' "$T/metrics" &&
-   grep -q '^skein_requests_total{status="404"} 2$' "$T/metrics" && grep -q '^skein_generation_tokens_total [1-9]' "$T/metrics" &&
-   grep -q '^skein_kv_blocks_used 0$' "$T/metrics" && grep -q '^skein_queue_depth 0$' "$T/metrics"
+   grep -q '^skein_requests_total{status="404"} 2$' "$T/metrics" && grep -q '^skein_generation_tokens_total{model="m"} [1-9]' "$T/metrics" &&
+   grep -q '^skein_kv_blocks_used{model="m",replica="0"} 0$' "$T/metrics" && [ "$(msum skein_queue_depth)" = 0 ] &&
+   grep -q '^skein_replicas_up{model="m"} 1$' "$T/metrics"
 then pass serve_metrics; else fail serve_metrics "$(grep -v '^#' "$T/metrics")"; fi
 
 kill $PID; wait $PID 2>/dev/null; PID=""
@@ -178,8 +181,8 @@ if ! $SK init --arch llama --layers 4 --heads 4 --kv-heads 2 --dim 256 --context
 then fail serve_init_slow "$(tail -2 "$T/err")"; exit 1; fi
 serve_start "$T/log" --model "$T/slow" --max-seqs 1 --max-queue 0 || { fail serve_start_slow "$(cat "$T/log")"; exit 1; }
 long='{"prompt": "a", "max_tokens": 4000, "ignore_eos": true'
-# metric NAME: its value
-metric() { curl -s -m 10 $U/metrics | sed -n "s/^$1 //p"; }
+# metric NAME: its value, summed over its labels (every replica)
+metric() { curl -s -m 10 $U/metrics >"$T/metrics"; msum "$1"; }
 # cancelled NAME: after the client left, no sequence runs, no block is held, < 4000 tokens
 cancelled() {
     i=0

@@ -1,60 +1,157 @@
-/* skein serve: an OpenAI-compatible HTTP server (src/serve/api.h) over one model folder,
- * opened for inference (model_open_weights: mapped read-only) with its tokenizer.json and,
- * where it has one, the chat template of its tokenizer_config.json (or --chat-template).
- * Binds 127.0.0.1 unless --host says otherwise; --port 0 picks a free port. Prints one line
- * "skein serve: listening on http://HOST:PORT (model NAME)" to stderr once it accepts
- * connections, and serves until SIGINT or SIGTERM. */
+/* skein serve: an OpenAI-compatible HTTP server (src/serve/api.h) over one or more model
+ * folders, each a router of replicas (src/serve/router.h): --model DIR may repeat, each
+ * optionally named by the --served-model-name that follows it (else the folder's name). Every
+ * model gets the same replica flags: --replicas N engines sharing one read-only mapping of
+ * its weights, or --min-replicas/--max-replicas for autoscaling with Ray Serve's knobs. On the
+ * CPU the cores are split among the first replicas (--threads overrides); --devices puts
+ * replicas on CUDA devices round robin. Binds 127.0.0.1 unless --host says otherwise;
+ * --port 0 picks a free port. Prints one line "skein serve: listening on http://HOST:PORT
+ * (model NAME[, NAME...])" to stderr once it accepts connections, and serves until SIGINT or
+ * SIGTERM. */
+#include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "base/file.h"
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "infer/kv.h"
 #include "serve/api.h"
 
-/* The folder's last path component, as the model's id (trailing slashes ignored). */
-static void serve_model_name(const char *dir, char *out, size_t cap) {
-    size_t n = strlen(dir);
-    while (n > 1 && dir[n - 1] == '/') n--;
-    size_t b = n;
-    while (b > 0 && dir[b - 1] != '/') b--;
-    snprintf(out, cap, "%.*s", (int)(n - b), dir + b);
+#define SERVE_MAX_MODELS 16
+
+/* Takes every "--model DIR" and "--served-model-name NAME" out of argv (both may repeat: a
+ * name names the --model before it), leaving the other flags for args_parse. */
+static sk_status serve_take_models(int *argc, char **argv, const char **dirs, const char **names, int *n_models) {
+    int k = 0, n = 0;
+    for (int i = 0; i < *argc; i++) {
+        const bool is_model = !strcmp(argv[i], "--model"), is_name = !strcmp(argv[i], "--served-model-name");
+        if (!is_model && !is_name) {
+            argv[k++] = argv[i];
+            continue;
+        }
+        if (i + 1 >= *argc) return sk_fail(SK_EARG, "skein serve: %s wants a value", argv[i]);
+        if (is_model && n == SERVE_MAX_MODELS) return sk_fail(SK_EARG, "skein serve: at most %d models", SERVE_MAX_MODELS);
+        if (is_name && (n == 0 || names[n - 1]))
+            return sk_fail(SK_EARG, "skein serve: --served-model-name %s: one name per --model, after it", argv[i + 1]);
+        if (is_model) {
+            dirs[n] = argv[++i];
+            names[n++] = NULL;
+        } else {
+            names[n - 1] = argv[++i];
+        }
+    }
+    *argc = k;
+    *n_models = n;
+    return SK_OK;
+}
+
+/* Whether flag `name` was given. */
+static bool serve_seen(const arg_spec *specs, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(specs[i].name, name)) return specs[i].seen;
+    return false;
+}
+
+/* --devices "0,1,3": CUDA device ids. */
+static sk_status serve_parse_devices(const char *spec, router_opts *o) {
+    for (const char *p = spec; *p;) {
+        char *end = NULL;
+        long d = strtol(p, &end, 10);
+        if (end == p || d < 0 || d > 1024 || (*end && *end != ',') || o->n_devices == ROUTER_MAX_DEVICES)
+            return sk_fail(SK_EARG, "skein serve: --devices %s: expected up to %d device ids separated by commas", spec,
+                           ROUTER_MAX_DEVICES);
+        o->devices[o->n_devices++] = (int)d;
+        p = *end ? end + 1 : end;
+    }
+    return SK_OK;
 }
 
 int cmd_serve(int argc, char **argv) {
-    const char *dir = NULL, *host = "127.0.0.1", *key = getenv("SKEIN_API_KEY"), *chat_name = NULL, *name = NULL,
-               *device = "cpu";
-    long port = 8000, max_seqs = 16, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
+    const char *dirs[SERVE_MAX_MODELS], *names[SERVE_MAX_MODELS], *unused = NULL;
+    int n_models = 0;
+    sk_status st = serve_take_models(&argc, argv, dirs, names, &n_models);
+    if (st != SK_OK) return cli_fail(st);
+    const char *host = "127.0.0.1", *key = getenv("SKEIN_API_KEY"), *chat_name = NULL, *device = "cpu", *devices = NULL,
+               *kv_memory = NULL;
+    long port = 8000, max_seqs = 16, max_batch = 512, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
+    long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0;
+    double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 300;
     arg_spec specs[] = {
-        {"--model", ARG_STR, &dir, "DIR", "model folder (config.json, model.safetensors, tokenizer.json)", true, false},
+        {"--model", ARG_STR, &unused, "DIR", "model folder (config.json, model.safetensors, tokenizer.json); repeat for more models", false, false},
+        {"--served-model-name", ARG_STR, &unused, "ID", "the id of the --model before it in the API (default: the folder's name)", false, false},
         {"--host", ARG_STR, &host, "ADDR", "address to bind (default 127.0.0.1: this host only)", false, false},
         {"--port", ARG_INT, &port, "N", "port (default 8000; 0: any free port, printed)", false, false},
         {"--api-key", ARG_STR, &key, "KEY", "require \"Authorization: Bearer KEY\" on /v1 routes (default: SKEIN_API_KEY)", false, false},
-        {"--name", ARG_STR, &name, "ID", "the model's id in the API (default: the folder's name)", false, false},
-        {"--chat-template", ARG_STR, &chat_name, "NAME", "llama3|llama2|chatml|mistral instead of the folder's template", false, false},
-        {"--max-seqs", ARG_INT, &max_seqs, "N", "sequences running at once (default 16)", false, false},
-        {"--max-queue", ARG_INT, &max_queue, "N", "requests waiting beyond those, else 503 (default 64)", false, false},
+        {"--chat-template", ARG_STR, &chat_name, "NAME", "llama3|llama2|chatml|mistral instead of the folders' templates", false, false},
+        {"--replicas", ARG_INT, &replicas, "N", "engines per model at start (default 1, or --min-replicas)", false, false},
+        {"--min-replicas", ARG_INT, &min_replicas, "A", "autoscaling: fewest replicas per model", false, false},
+        {"--max-replicas", ARG_INT, &max_replicas, "B", "autoscaling: most replicas per model", false, false},
+        {"--target-ongoing", ARG_FLOAT, &target, "X", "autoscaling: requests in flight per replica aimed at (default 2)", false, false},
+        {"--upscale-delay", ARG_FLOAT, &up_delay, "S", "autoscaling: seconds more replicas must be wanted before they start (default 30)", false, false},
+        {"--downscale-delay", ARG_FLOAT, &down_delay, "S", "autoscaling: seconds fewer must be wanted before some drain (default 600)", false, false},
+        {"--replica-timeout", ARG_FLOAT, &replica_timeout, "S", "a replica whose step runs longer is replaced (default 300; above the longest step)", false, false},
+        {"--threads", ARG_INT, &threads, "N", "CPU threads per replica (default: the cores split among the first replicas)", false, false},
+        {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
+        {"--devices", ARG_STR, &devices, "LIST", "CUDA device ids, e.g. 0,1: replicas round robin on them (implies --device cuda)", false, false},
+        {"--max-seqs", ARG_INT, &max_seqs, "N", "sequences running at once per replica (default 16)", false, false},
+        {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per engine step per replica (default 512)", false, false},
+        {"--max-queue", ARG_INT, &max_queue, "N", "requests per model waiting beyond those, else 503 (default 64)", false, false},
         {"--max-ctx", ARG_INT, &max_ctx, "N", "longest sequence (default: the model's context)", false, false},
+        {"--kv-memory", ARG_STR, &kv_memory, "BYTES", "each replica's KV pool: bytes (k, M, G) or a fraction of free host memory "
+         "(default: room for --max-seqs sequences of the context)", false, false},
         {"--max-body", ARG_INT, &max_body, "BYTES", "largest request body, else 413 (default 1 MiB)", false, false},
         {"--max-conns", ARG_INT, &max_conns, "N", "concurrent connections (default 256)", false, false},
         {"--timeout", ARG_INT, &timeout, "S", "idle connection timeout in seconds (default 60)", false, false},
-        {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
     };
-    sk_status st = args_parse("skein serve", argc, argv, specs, ARG_COUNT(specs));
-    if (st != SK_OK) return cli_fail(st);
+    if ((st = args_parse("skein serve", argc, argv, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
+    if (n_models == 0) return cli_fail(sk_fail(SK_EARG, "skein serve: missing required flag --model"));
     if (max_seqs < 1 || max_seqs > 4096) return cli_fail(sk_fail(SK_EARG, "serve: --max-seqs must be in [1, 4096]"));
+    if (max_batch < 1 || max_batch > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-batch-tokens must be in [1, 1048576]"));
     if (max_queue < 0 || max_queue > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-queue must be in [0, 1048576]"));
     if (max_body < 1 || max_body > 1 << 30) return cli_fail(sk_fail(SK_EARG, "serve: --max-body must be in [1, 1 GiB]"));
     if (max_conns < 1 || max_conns > 65536) return cli_fail(sk_fail(SK_EARG, "serve: --max-conns must be in [1, 65536]"));
     if (timeout < 1 || timeout > 86400) return cli_fail(sk_fail(SK_EARG, "serve: --timeout must be in [1, 86400]"));
     if (max_ctx < 0 || max_ctx > 1 << 24) return cli_fail(sk_fail(SK_EARG, "serve: --max-ctx is out of range"));
+    if (replicas < 1 || min_replicas < 1 || max_replicas < 1 || replicas > 1024 || max_replicas > 1024 || threads < 0 ||
+        threads > 4096)
+        return cli_fail(sk_fail(SK_EARG, "serve: --replicas, --min-replicas and --max-replicas must be in [1, 1024], --threads in [1, 4096]"));
+    const int n_specs = ARG_COUNT(specs);
+    if (!serve_seen(specs, n_specs, "--replicas")) replicas = serve_seen(specs, n_specs, "--min-replicas") ? min_replicas : 1;
+    if (!serve_seen(specs, n_specs, "--min-replicas")) min_replicas = serve_seen(specs, n_specs, "--max-replicas") ? 1 : replicas;
+    if (!serve_seen(specs, n_specs, "--max-replicas")) max_replicas = replicas > min_replicas ? replicas : min_replicas;
     if (key && !key[0]) key = NULL;
-    char model_name[256];
-    if (name) snprintf(model_name, sizeof model_name, "%s", name);
-    else serve_model_name(dir, model_name, sizeof model_name);
+
+    router_opts ro = router_opts_default();
+    if (devices) {
+        if ((st = serve_parse_devices(devices, &ro))) return cli_fail(st);
+        device = "cuda";
+    }
+    if (kv_memory) {
+        backend *cpu = backend_cpu_create();
+        st = cpu ? kv_budget(cpu, kv_memory, &ro.engine.kv_bytes) : sk_fail(SK_ENOMEM, "serve: out of memory");
+        backend_free(cpu);
+        if (st != SK_OK) return cli_fail(st);
+    }
+    if (!threads) {   /* the cores split among the first replicas of every model */
+        threads = omp_get_max_threads() / (n_models * replicas);
+        threads = threads < 1 ? 1 : threads;
+    }
+    ro.chat_template = chat_name;
+    ro.device = device;
+    ro.engine.max_seqs = (int)max_seqs;
+    ro.engine.max_ctx = (int)max_ctx;
+    ro.engine.max_batch_tokens = (int)max_batch;
+    ro.max_queue = (int)max_queue;
+    ro.replicas = (int)replicas;
+    ro.min_replicas = (int)min_replicas;
+    ro.max_replicas = (int)max_replicas;
+    ro.target_ongoing = target;
+    ro.upscale_delay_s = up_delay;
+    ro.downscale_delay_s = down_delay;
+    ro.replica_timeout_s = replica_timeout;
+    ro.threads = (int)threads;
 
     /* signals: waited for by this thread only; the threads started below inherit the mask */
     sigset_t stop_set;
@@ -64,34 +161,25 @@ int cmd_serve(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    char path[4096];
-    tok *t = NULL;
-    model *m = NULL;
-    chat_template ct = {0};
-    bool have_ct = false;
+    router *rts[SERVE_MAX_MODELS] = {0};
     api_server *a = NULL;
     http_server *h = NULL;
-    backend *be = backend_create(device);
-    if (!be) return cli_fail(SK_EARG);
-    if ((st = tok_load(file_join(path, sizeof path, dir, "tokenizer.json"), &t))) goto done;
-    if ((st = tok_load_config(t, file_join(path, sizeof path, dir, "tokenizer_config.json")))) goto done;
-    if ((st = model_open_weights(dir, be, &m))) goto done;
-    file_join(path, sizeof path, dir, "tokenizer_config.json");
-    if (chat_name || access(path, F_OK) == 0) {
-        if ((st = chat_template_load(path, chat_name, &ct)) == SK_OK) have_ct = true;
-        else if (chat_name) goto done;
-        else fprintf(stderr, "skein serve: no chat template (%s); /v1/chat/completions answers 400\n", sk_errmsg());
-        st = SK_OK;
+    char list[1024] = "";
+    for (int i = 0; i < n_models; i++) {
+        ro.dir = dirs[i];
+        ro.name = names[i];
+        if ((st = router_create(&ro, &rts[i])) != SK_OK) {
+            for (int k = 0; k < i; k++) router_free(rts[k]);
+            return cli_fail(st);
+        }
+        size_t n = strlen(list);
+        snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", router_name(rts[i]));
     }
-    engine_opts eo = engine_opts_default();
-    eo.max_seqs = (int)max_seqs;
-    eo.max_ctx = (int)max_ctx;
-    api_opts ao = {.model_name = model_name, .api_key = key, .engine = eo, .max_queue = (int)max_queue};
-    if ((st = api_server_create(m, t, have_ct ? &ct : NULL, &ao, &a))) goto done;
+    if ((st = api_server_create(rts, n_models, &(api_opts){.api_key = key}, &a))) return cli_fail(st);
     http_opts ho = {.host = host, .port = (int)port, .max_body = (size_t)max_body, .max_conns = (int)max_conns,
                     .timeout_s = (int)timeout};
     if ((st = http_server_start(&ho, api_handle, a, &h))) goto done;
-    fprintf(stderr, "skein serve: listening on http://%s:%d (model %s)\n", host, http_server_port(h), model_name);
+    fprintf(stderr, "skein serve: listening on http://%s:%d (model %s)\n", host, http_server_port(h), list);
     int sig = 0;
     sigwait(&stop_set, &sig);
     fprintf(stderr, "skein serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -99,9 +187,5 @@ done:
     api_server_stop(a);
     http_server_stop(h);
     api_server_free(a);
-    if (have_ct) chat_template_free(&ct);
-    model_free(m);
-    tok_free(t);
-    backend_free(be);
     return cli_fail(st);
 }

@@ -1,15 +1,16 @@
-/* api: the OpenAI-compatible routes and the engine thread (see api.h).
+/* api: the OpenAI-compatible routes over the server's routers (see api.h).
  *
- * A request (api_req) is shared by its handler and the engine thread and counted by refs:
- * the handler's reference ends when its reply is done (or its stream freed), the engine's
- * when the request finishes there (done). Fields marked "engine" are touched only by the
- * engine thread; "shared" ones only under s->mu. Sizes are capped: the body by http.h, stop
- * strings API_MAX_STOP of API_STOP_BYTES, messages API_MAX_MESSAGES, prompts by the context,
- * requests in flight by max_seqs + max_queue, one server-sent event by the text produced
- * between two wakeups (at most max_tokens pieces). */
+ * A generation request (serve_req, serve_impl.h) is filled here, submitted to its model's
+ * router and waited for: the handler of a whole response waits until it is done, a stream's
+ * producer until it has text. Waits are timed so that a client that leaves is noticed
+ * (http_peer_alive): its request is abandoned and cancelled wherever it is. Sizes are capped:
+ * the body by http.h, stop strings SERVE_MAX_STOP of SERVE_STOP_BYTES, messages
+ * API_MAX_MESSAGES, prompts by the context, requests in flight by the router's capacity, one
+ * server-sent event by the text produced between two wakeups (at most max_tokens pieces).
+ * The counts of answers by status are the server's, under its own mutex, never taken with a
+ * router's. */
 #include "serve/api.h"
 
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,87 +18,21 @@
 #include <time.h>
 
 #include "base/json.h"
-#include "infer/generate.h"
+#include "serve/serve_impl.h"
 
-#define API_MAX_STOP 4
-#define API_STOP_BYTES 128
 #define API_MAX_MESSAGES 256
-#define API_NAME_BYTES 256
 #define API_WAIT_MS 100      /* how often a waiting handler checks its client is still there */
 
 static const int api_statuses[] = {200, 400, 401, 404, 405, 413, 500, 503};
 #define API_N_STATUS ((int)(sizeof api_statuses / sizeof api_statuses[0]))
 
-typedef struct api_server api_server;
-
-/* One generated token's log-probabilities, as the engine gave them. */
-typedef struct api_lp {
-    int token, n_top;
-    float logprob;
-    int top_ids[ENGINE_MAX_LOGPROBS];
-    float top_logprobs[ENGINE_MAX_LOGPROBS];
-} api_lp;
-
-typedef struct api_req {
-    /* set by the handler before submission, read-only after */
-    api_server *s;
-    int *prompt;
-    int n_prompt;
-    engine_params p;
-    char stop_buf[API_STOP_BYTES * API_MAX_STOP];
-    const char *stop[API_MAX_STOP];
-    int n_stop;
-    bool chat, stream, include_usage;
-    char id[48];
-    long created;
-    int fd;
-    /* engine */
-    int eid;
-    tok_stream ts;
-    gen_text text;
-    /* shared */
-    char *out;               /* text produced and not yet taken */
-    size_t n_out, cap_out;
-    int n_gen;
-    api_lp *lp;              /* (n_lp) every generated token's, with p.logprobs */
-    int n_lp, cap_lp;
-    const char *finish;      /* "stop", "length", "cancelled" once done */
-    char error[256];         /* why it failed, when it did */
-    bool done, abandoned, oom;
-    int refs;
-    pthread_cond_t cv;
-    struct api_req *next;    /* in the incoming queue or the live list */
-    /* the handler's stream (its connection thread only) */
-    int phase;
-    int lp_sent;             /* records already in a response (also for a whole one) */
-    long lp_offset;          /* characters of token text before them (text_offset) */
-    char *ev;
-    size_t ev_n, ev_off;
-} api_req;
-
 struct api_server {
-    model *m;
-    const tok *t;
-    const chat_template *ct;
-    api_opts o;
-    char name[API_NAME_BYTES], key[API_NAME_BYTES];
-    int eos_ids[ENGINE_MAX_STOP], n_eos;            /* what ends a completion */
-    int chat_eos_ids[ENGINE_MAX_STOP], n_chat_eos;  /* ... and a chat (the template's end token too) */
-    engine *e;
-    char *piece;
-    size_t piece_cap;
-    pthread_t thread;
-    bool started, stopping;
+    router **routers;        /* (n_routers) owned; the first answers requests that name no model */
+    int n_routers;
+    char key[SERVE_NAME_BYTES];
     pthread_mutex_t mu;
-    pthread_cond_t wake;
-    api_req *in_head, *in_tail;   /* submitted, not yet in the engine */
-    api_req *live;                /* in the engine */
-    int n_incoming, n_inflight, n_abandoned;
-    uint64_t next_id;
-    /* metrics */
-    uint64_t by_status[API_N_STATUS], prompt_tokens, gen_tokens;
-    int waiting, running, kv_used, kv_total;
-    kv_stats kv;
+    uint64_t by_status[API_N_STATUS];
+    uint64_t next_id;        /* requests numbered so far */
 };
 
 /* ---- errors ---- */
@@ -148,183 +83,16 @@ static cJSON *api_error_json(const api_error *e) {
     return j;
 }
 
-/* ---- requests: shared state ---- */
-
-/* Drops one reference (s->mu held); the last frees the request. */
-static void api_req_unref(api_req *r) {
-    if (--r->refs > 0) return;
-    pthread_cond_destroy(&r->cv);
-    mem_free(r->prompt);
-    mem_free(r->out);
-    mem_free(r->lp);
-    mem_free(r->ev);
-    gen_text_free(&r->text);
-    mem_free(r);
-}
-
-/* gen_emit_fn: appends text to the request's output (s->mu held by the engine thread). */
-static void api_emit(void *ctx, const char *text, size_t n) {
-    api_req *r = ctx;
-    if (r->n_out + n + 1 > r->cap_out) {
-        size_t cap = (r->n_out + n + 1) * 2;
-        char *p = mem_realloc(r->out, cap);
-        if (!p) { r->oom = true; return; }
-        r->out = p;
-        r->cap_out = cap;
-    }
-    memcpy(r->out + r->n_out, text, n);
-    r->n_out += n;
-    r->out[r->n_out] = 0;
-}
-
-/* The engine thread ends r (s->mu held): off the live list, its handler woken, the engine's
- * reference dropped. err (or NULL) says why it failed. */
-static void api_req_finish(api_server *s, api_req *r, const char *finish, const char *err) {
-    for (api_req **p = &s->live; *p; p = &(*p)->next)
-        if (*p == r) { *p = r->next; break; }
-    r->done = true;
-    r->finish = finish;
-    if (err) snprintf(r->error, sizeof r->error, "%s", err);
-    else if (r->oom) snprintf(r->error, sizeof r->error, "out of memory holding the generated text");
-    if (r->abandoned) s->n_abandoned--;
-    s->n_inflight--;
-    pthread_cond_broadcast(&r->cv);
-    api_req_unref(r);
-}
-
-/* The handler gives r up (its client left; s->mu held): the engine thread cancels it. */
-static void api_req_abandon(api_server *s, api_req *r) {
-    if (r->done || r->abandoned) return;
-    r->abandoned = true;
-    s->n_abandoned++;
-    pthread_cond_signal(&s->wake);
-}
-
-/* ---- the engine thread ---- */
-
-/* Moves submitted requests into the engine (s->mu held). */
-static void api_admit(api_server *s) {
-    while (s->in_head) {
-        api_req *r = s->in_head;
-        s->in_head = r->next;
-        if (!s->in_head) s->in_tail = NULL;
-        s->n_incoming--;
-        r->next = s->live;
-        s->live = r;
-        tok_stream_init(&r->ts, s->t);
-        if (engine_add_request(s->e, r->prompt, r->n_prompt, &r->p, &r->eid) != SK_OK)
-            api_req_finish(s, r, "error", sk_errmsg());
-    }
-}
-
-static void api_cancel_abandoned(api_server *s) {
-    for (api_req *r = s->live, *next; r && s->n_abandoned; r = next) {
-        next = r->next;
-        if (!r->abandoned) continue;
-        engine_cancel(s->e, r->eid);   /* its blocks are free now */
-        api_req_finish(s, r, "cancelled", NULL);
-    }
-}
-
-/* One engine output for its request: the token decoded, stop strings applied, the end. */
-static void api_deliver(api_server *s, const engine_output *o) {
-    api_req *r = s->live;
-    while (r && r->eid != o->id) r = r->next;
-    if (!r) return;   /* already finished here (a stop string, a cancel) */
-    bool stopped = false;
-    if (o->token >= 0 && r->p.logprobs) {
-        if (r->n_lp == r->cap_lp) {
-            int cap = r->cap_lp ? 2 * r->cap_lp : 16;
-            api_lp *p = mem_realloc(r->lp, sizeof *p * (size_t)cap);
-            if (p) { r->lp = p; r->cap_lp = cap; } else r->oom = true;
-        }
-        if (r->n_lp < r->cap_lp) {
-            api_lp *l = &r->lp[r->n_lp++];
-            *l = (api_lp){.token = o->token, .n_top = o->n_top, .logprob = o->logprob};
-            memcpy(l->top_ids, o->top_ids, sizeof l->top_ids);
-            memcpy(l->top_logprobs, o->top_logprobs, sizeof l->top_logprobs);
-        }
-    }
-    if (o->token >= 0) {
-        r->n_gen++;
-        s->gen_tokens++;
-        size_t k = tok_stream_put(&r->ts, o->token, s->piece, s->piece_cap);
-        if (gen_text_put(&r->text, s->piece, k, false, api_emit, r, &stopped) != SK_OK) r->oom = true;
-        if (stopped) {
-            engine_cancel(s->e, r->eid);
-            api_req_finish(s, r, "stop", NULL);
-            return;
-        }
-    }
-    if (!o->finish) return;
-    size_t k = tok_stream_flush(&r->ts, s->piece, s->piece_cap);
-    if (gen_text_put(&r->text, s->piece, k, true, api_emit, r, &stopped) != SK_OK) r->oom = true;
-    api_req_finish(s, r, !strcmp(o->finish, "length") && !stopped ? "length" : "stop", NULL);
-}
-
-static void api_gauges(api_server *s) {
-    engine_counts(s->e, &s->waiting, &s->running);
-    const kv_pool *p = engine_pool(s->e);
-    s->kv_total = kv_pool_blocks(p);
-    s->kv_used = s->kv_total - kv_pool_available(p);
-    s->kv = kv_pool_stats(p);
-}
-
-static void *api_engine_main(void *arg) {
-    api_server *s = arg;
-    pthread_mutex_lock(&s->mu);
-    while (!s->stopping) {
-        if (!s->in_head && !s->n_abandoned && !engine_has_work(s->e)) {
-            pthread_cond_wait(&s->wake, &s->mu);
-            continue;
-        }
-        api_admit(s);
-        api_cancel_abandoned(s);
-        const engine_output *out = NULL;
-        int n_out = 0;
-        sk_status st = SK_OK;
-        if (engine_has_work(s->e)) {
-            pthread_mutex_unlock(&s->mu);
-            st = engine_step(s->e, &out, &n_out);
-            pthread_mutex_lock(&s->mu);
-        }
-        if (st != SK_OK) {
-            fprintf(stderr, "skein serve: engine step failed: %s\n", sk_errmsg());
-            while (s->live) {
-                engine_cancel(s->e, s->live->eid);
-                api_req_finish(s, s->live, "error", "the engine step failed");
-            }
-        }
-        for (int i = 0; i < n_out && st == SK_OK; i++) api_deliver(s, &out[i]);
-        api_gauges(s);
-    }
-    while (s->in_head) {   /* end every request still here */
-        api_req *r = s->in_head;
-        s->in_head = r->next;
-        r->next = s->live;
-        s->live = r;
-    }
-    s->in_tail = NULL;
-    s->n_incoming = 0;
-    while (s->live) api_req_finish(s, s->live, "error", "the server is shutting down");
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
-}
-
 /* ---- handlers: waiting and replies ---- */
 
-/* Waits (s->mu held) until r has text (unless whole) or is done. false when the client has
+/* Waits (rt->mu held) until r has text (unless whole) or is done. false when the client has
  * left (r is abandoned) or the server stops. */
-static bool api_wait(api_server *s, api_req *r, bool whole) {
+static bool api_wait(router *rt, serve_req *r, bool whole) {
     while (!r->done && (whole || r->n_out == 0)) {
-        if (s->stopping) return false;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += API_WAIT_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&r->cv, &s->mu, &ts);
+        if (rt->stopping) return false;
+        serve_wait_ms(&r->cv, &rt->mu, API_WAIT_MS);
         if (!r->done && !http_peer_alive(r->fd)) {
-            api_req_abandon(s, r);
+            router_abandon(rt, r);
             return false;
         }
     }
@@ -360,9 +128,9 @@ static char *api_utf8_clean(const char *s, size_t n) {
 
 /* Token id's text (its bytes, ill-formed UTF-8 replaced; mem_free it) and, when bytes is not
  * NULL, those bytes as a JSON list (OpenAI's "bytes"). NULL when out of memory. */
-static char *api_token_text(const api_server *s, int id, cJSON **bytes) {
+static char *api_token_text(const router *rt, int id, cJSON **bytes) {
     size_t n = 0;
-    const unsigned char *b = tok_token_bytes(s->t, id, &n);
+    const unsigned char *b = tok_token_bytes(rt->t, id, &n);
     if (!b) n = 0;
     if (bytes) {
         *bytes = cJSON_CreateArray();
@@ -371,12 +139,12 @@ static char *api_token_text(const api_server *s, int id, cJSON **bytes) {
     return api_utf8_clean(b ? (const char *)b : "", n);
 }
 
-/* The log-probabilities of records r->lp_sent..r->n_lp (s->mu held), which then count as sent:
+/* The log-probabilities of records r->lp_sent..r->n_lp (rt->mu held), which then count as sent:
  * chat's {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]} or the legacy
  * completions shape {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
  * "text_offset"} (offsets in characters of the token texts, continued across chunks). NULL
  * when out of memory. */
-static cJSON *api_logprobs_json(const api_server *s, api_req *r) {
+static cJSON *api_logprobs_json(const router *rt, serve_req *r) {
     cJSON *j = cJSON_CreateObject();
     cJSON *content = r->chat ? cJSON_AddArrayToObject(j, "content") : NULL;
     cJSON *tokens = r->chat ? NULL : cJSON_AddArrayToObject(j, "tokens");
@@ -384,14 +152,14 @@ static cJSON *api_logprobs_json(const api_server *s, api_req *r) {
     cJSON *tops = r->chat ? NULL : cJSON_AddArrayToObject(j, "top_logprobs");
     cJSON *offsets = r->chat ? NULL : cJSON_AddArrayToObject(j, "text_offset");
     for (; r->lp_sent < r->n_lp; r->lp_sent++) {
-        const api_lp *l = &r->lp[r->lp_sent];
+        const serve_lp *l = &r->lp[r->lp_sent];
         cJSON *bytes = NULL;
-        char *text = api_token_text(s, l->token, r->chat ? &bytes : NULL);
+        char *text = api_token_text(rt, l->token, r->chat ? &bytes : NULL);
         if (!text) { cJSON_Delete(bytes); cJSON_Delete(j); return NULL; }
         cJSON *top = r->chat ? cJSON_CreateArray() : cJSON_CreateObject();
         for (int k = 0; k < l->n_top; k++) {
             cJSON *tb = NULL;
-            char *tt = api_token_text(s, l->top_ids[k], r->chat ? &tb : NULL);
+            char *tt = api_token_text(rt, l->top_ids[k], r->chat ? &tb : NULL);
             if (!tt) { cJSON_Delete(tb); continue; }
             if (r->chat) {
                 cJSON *e = cJSON_CreateObject();
@@ -423,7 +191,7 @@ static cJSON *api_logprobs_json(const api_server *s, api_req *r) {
     return j;
 }
 
-static cJSON *api_usage(const api_req *r) {
+static cJSON *api_usage(const serve_req *r) {
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
     cJSON_AddNumberToObject(u, "completion_tokens", r->n_gen);
@@ -434,15 +202,15 @@ static cJSON *api_usage(const api_req *r) {
 /* A response object: whole (text is all of it, finish set) or a stream chunk (text: the new
  * text or NULL; role: the chat chunk that opens the stream; finish: the last chunk). With
  * logprobs requested, the whole response and every chunk but the role chunk carry the
- * log-probabilities of the tokens generated since the last chunk (s->mu held). */
-static cJSON *api_choice_json(const api_server *s, api_req *r, const char *text, bool role,
+ * log-probabilities of the tokens generated since the last chunk (rt->mu held). */
+static cJSON *api_choice_json(const router *rt, serve_req *r, const char *text, bool role,
                               const char *finish) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "id", r->id);
     cJSON_AddStringToObject(j, "object", r->chat ? (r->stream ? "chat.completion.chunk" : "chat.completion")
                                                  : "text_completion");
     cJSON_AddNumberToObject(j, "created", (double)r->created);
-    cJSON_AddStringToObject(j, "model", s->name);
+    cJSON_AddStringToObject(j, "model", rt->name);
     cJSON *c = cJSON_CreateObject();
     cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "choices"), c);
     char *clean = text ? api_utf8_clean(text, strlen(text)) : NULL;
@@ -456,7 +224,7 @@ static cJSON *api_choice_json(const api_server *s, api_req *r, const char *text,
         if (role || !r->stream) cJSON_AddStringToObject(m, "role", "assistant");
         if (text) cJSON_AddStringToObject(m, "content", text);
     }
-    cJSON *lp = r->p.logprobs && !role && (!r->stream || r->lp_sent < r->n_lp) ? api_logprobs_json(s, r) : NULL;
+    cJSON *lp = r->p.logprobs && !role && (!r->stream || r->lp_sent < r->n_lp) ? api_logprobs_json(rt, r) : NULL;
     if (r->p.logprobs && !role && !lp && (!r->stream || r->lp_sent < r->n_lp)) { mem_free(clean); cJSON_Delete(j); return NULL; }
     if (lp) cJSON_AddItemToObject(c, "logprobs", lp); else cJSON_AddNullToObject(c, "logprobs");
     if (finish) cJSON_AddStringToObject(c, "finish_reason", finish); else cJSON_AddNullToObject(c, "finish_reason");
@@ -466,7 +234,7 @@ static cJSON *api_choice_json(const api_server *s, api_req *r, const char *text,
 }
 
 /* Sets r->ev to "data: <json>\n\n" (frees j). false when out of memory. */
-static bool api_event(api_req *r, cJSON *j) {
+static bool api_event(serve_req *r, cJSON *j) {
     char *text = j ? cJSON_PrintUnformatted(j) : NULL;
     cJSON_Delete(j);
     if (!text) return false;
@@ -482,8 +250,8 @@ static bool api_event(api_req *r, cJSON *j) {
 /* http_stream_fn of a streaming request: the role chunk (chat), text chunks as they come,
  * the chunk with finish_reason (or an error event), then "data: [DONE]". */
 static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
-    api_req *r = ctx;
-    api_server *s = r->s;
+    serve_req *r = ctx;
+    router *rt = r->rt;
     while (r->ev_off == r->ev_n) {
         if (r->phase == 3) return HTTP_STREAM_END;
         if (r->phase == 2 && r->include_usage) {   /* OpenAI's usage chunk: no choices */
@@ -492,11 +260,11 @@ static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
             cJSON_AddStringToObject(j, "id", r->id);
             cJSON_AddStringToObject(j, "object", r->chat ? "chat.completion.chunk" : "text_completion");
             cJSON_AddNumberToObject(j, "created", (double)r->created);
-            cJSON_AddStringToObject(j, "model", s->name);
+            cJSON_AddStringToObject(j, "model", rt->name);
             cJSON_AddArrayToObject(j, "choices");
-            pthread_mutex_lock(&s->mu);
+            pthread_mutex_lock(&rt->mu);
             cJSON_AddItemToObject(j, "usage", api_usage(r));
-            pthread_mutex_unlock(&s->mu);
+            pthread_mutex_unlock(&rt->mu);
             if (!api_event(r, j)) return HTTP_STREAM_ABORT;
             break;
         }
@@ -512,17 +280,17 @@ static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
         }
         if (r->phase == 0) {
             r->phase = 1;
-            if (r->chat && !api_event(r, api_choice_json(s, r, NULL, true, NULL))) return HTTP_STREAM_ABORT;
+            if (r->chat && !api_event(r, api_choice_json(rt, r, NULL, true, NULL))) return HTTP_STREAM_ABORT;
             continue;
         }
-        pthread_mutex_lock(&s->mu);
-        bool ok = api_wait(s, r, false);
+        pthread_mutex_lock(&rt->mu);
+        bool ok = api_wait(rt, r, false);
         cJSON *j = NULL;
         if (ok && r->n_out) {
-            j = api_choice_json(s, r, r->out, false, NULL);
+            j = api_choice_json(rt, r, r->out, false, NULL);
             r->n_out = 0;
         } else if (ok && r->done && !r->error[0]) {
-            j = api_choice_json(s, r, NULL, false, r->finish);
+            j = api_choice_json(rt, r, NULL, false, r->finish);
             r->phase = 2;
         } else if (ok) {
             api_error e;
@@ -531,7 +299,7 @@ static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
             r->phase = 2;
             r->include_usage = false;
         }
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&rt->mu);
         if (!ok || !api_event(r, j)) return HTTP_STREAM_ABORT;
     }
     size_t n = r->ev_n - r->ev_off < max ? r->ev_n - r->ev_off : max;
@@ -541,12 +309,12 @@ static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
 }
 
 static void api_stream_free(void *ctx) {
-    api_req *r = ctx;
-    api_server *s = r->s;
-    pthread_mutex_lock(&s->mu);
-    api_req_abandon(s, r);
-    api_req_unref(r);
-    pthread_mutex_unlock(&s->mu);
+    serve_req *r = ctx;
+    router *rt = r->rt;
+    pthread_mutex_lock(&rt->mu);
+    router_abandon(rt, r);
+    req_unref(r);
+    pthread_mutex_unlock(&rt->mu);
 }
 
 /* ---- handlers: parsing a generation request ---- */
@@ -564,25 +332,25 @@ static bool api_range_bad(double v, double lo, double hi, api_error *e, const ch
     return true;
 }
 
-/* Reads "stop": a string or a list of at most API_MAX_STOP non-empty strings, each shorter
- * than API_STOP_BYTES. */
-static bool api_parse_stop(const cJSON *body, api_req *r, api_error *e) {
+/* Reads "stop": a string or a list of at most SERVE_MAX_STOP non-empty strings, each shorter
+ * than SERVE_STOP_BYTES. */
+static bool api_parse_stop(const cJSON *body, serve_req *r, api_error *e) {
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(body, "stop");
     if (!st || cJSON_IsNull(st)) return true;
     const cJSON *one = cJSON_IsString(st) ? st : NULL;
     int n = one ? 1 : cJSON_IsArray(st) ? cJSON_GetArraySize(st) : -1;
-    if (n < 0 || n > API_MAX_STOP) {
-        api_fail(e, 400, "stop", "invalid_value", "request: field \"stop\" must be a string or a list of at most %d strings", API_MAX_STOP);
+    if (n < 0 || n > SERVE_MAX_STOP) {
+        api_fail(e, 400, "stop", "invalid_value", "request: field \"stop\" must be a string or a list of at most %d strings", SERVE_MAX_STOP);
         return false;
     }
     for (int i = 0; i < n; i++) {
         const cJSON *it = one ? one : cJSON_GetArrayItem(st, i);
         size_t len = cJSON_IsString(it) ? strlen(it->valuestring) : 0;
-        if (len == 0 || len >= API_STOP_BYTES) {
-            api_fail(e, 400, "stop", "invalid_value", "request: \"stop\" entry %d must be a non-empty string of at most %d bytes", i, API_STOP_BYTES - 1);
+        if (len == 0 || len >= SERVE_STOP_BYTES) {
+            api_fail(e, 400, "stop", "invalid_value", "request: \"stop\" entry %d must be a non-empty string of at most %d bytes", i, SERVE_STOP_BYTES - 1);
             return false;
         }
-        char *dst = r->stop_buf + (size_t)i * API_STOP_BYTES;
+        char *dst = r->stop_buf + (size_t)i * SERVE_STOP_BYTES;
         memcpy(dst, it->valuestring, len + 1);
         r->stop[r->n_stop++] = dst;
     }
@@ -591,7 +359,7 @@ static bool api_parse_stop(const cJSON *body, api_req *r, api_error *e) {
 
 /* The prompt's ids: "prompt" (a string, encoded as skein generate does) or "messages"
  * rendered with the chat template. */
-static bool api_parse_prompt(api_server *s, const cJSON *body, api_req *r, api_error *e) {
+static bool api_parse_prompt(router *rt, const cJSON *body, serve_req *r, api_error *e) {
     int32_t *ids = NULL;
     size_t n = 0;
     sk_status st;
@@ -599,9 +367,9 @@ static bool api_parse_prompt(api_server *s, const cJSON *body, api_req *r, api_e
     if (!r->chat) {
         const char *prompt = NULL;
         if (api_field_bad(json_get_string(body, "prompt", true, "request", &prompt), e, "prompt")) return false;
-        st = tok_encode_ex(s->t, prompt, strlen(prompt), true, &ids, &n);
+        st = tok_encode_ex(rt->t, prompt, strlen(prompt), true, &ids, &n);
     } else {
-        if (!s->ct) {
+        if (!rt->chat) {
             api_fail(e, 400, "messages", "no_chat_template", "this model folder has no chat template; start the server with --chat-template NAME (%s)", chat_template_names);
             return false;
         }
@@ -623,18 +391,18 @@ static bool api_parse_prompt(api_server *s, const cJSON *body, api_req *r, api_e
         }
         char *text = NULL;
         size_t len = 0;
-        if ((st = chat_render(s->ct, cm, k, true, &text, &len)) != SK_OK) {
+        if ((st = chat_render(rt->chat, cm, k, true, &text, &len)) != SK_OK) {
             api_fail(e, 400, "messages", "invalid_value", "%s", sk_errmsg());
             return false;
         }
-        st = tok_encode(s->t, text, len, &ids, &n);
+        st = tok_encode(rt->t, text, len, &ids, &n);
         mem_free(text);
     }
     if (st != SK_OK) {
         api_fail(e, 400, param, "invalid_value", "%s", sk_errmsg());
         return false;
     }
-    const int max_ctx = s->o.engine.max_ctx;
+    const int max_ctx = rt->eo.max_ctx;
     if (n == 0 || (long)n >= max_ctx) {
         api_fail(e, 400, param, n ? "context_length_exceeded" : "invalid_value",
                  "the %s has %zu tokens; it must have at least 1 and fewer than the context of %d", param, n, max_ctx);
@@ -647,8 +415,8 @@ static bool api_parse_prompt(api_server *s, const cJSON *body, api_req *r, api_e
 }
 
 /* Fills r from the body (its "model" already checked by api_body); false with e set (400)
- * when a field is bad. */
-static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e) {
+ * when a field is bad. num: the request's number (a seed when the body gives none). */
+static bool api_parse(router *rt, const cJSON *body, serve_req *r, api_error *e, uint64_t num) {
     bool ignore_eos = false;
     long n = 1, max_tokens = r->chat ? 0 : 16, top_k = 0, seed = -1;
     double temperature = 1, top_p = 1, min_p = 0, rep = 1, presence = 0, frequency = 0;
@@ -669,7 +437,7 @@ static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e
         api_field_bad(json_get_int(body, "seed", false, "request", &seed), e, "seed") ||
         api_field_bad(json_get_bool(body, "ignore_eos", false, "request", &ignore_eos), e, "ignore_eos"))
         return false;
-    const int max_ctx = s->o.engine.max_ctx;
+    const int max_ctx = rt->eo.max_ctx;
     if ((max_tokens || !r->chat) && api_range_bad((double)max_tokens, 1, max_ctx, e, "max_tokens")) return false;
     if (api_range_bad(temperature, 0, 2, e, "temperature") || api_range_bad(min_p, 0, 1, e, "min_p") ||
         api_range_bad(presence, -2, 2, e, "presence_penalty") || api_range_bad(frequency, -2, 2, e, "frequency_penalty") ||
@@ -707,22 +475,23 @@ static bool api_parse(api_server *s, const cJSON *body, api_req *r, api_error *e
         if (api_field_bad(json_get_bool(so, "include_usage", false, "request.stream_options", &r->include_usage), e, "stream_options"))
             return false;
     }
-    if (!api_parse_stop(body, r, e) || !api_parse_prompt(s, body, r, e)) return false;
+    if (!api_parse_stop(body, r, e) || !api_parse_prompt(rt, body, r, e)) return false;
     if (!max_tokens) max_tokens = max_ctx - r->n_prompt;   /* chat without a limit: the context */
     r->p = (engine_params){.max_tokens = (int)max_tokens,
-                           .seed = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL) * 6364136223846793005ull + s->next_id,
+                           .seed = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL) * 6364136223846793005ull + num,
                            .sample = {.temperature = (float)temperature, .top_k = top_k > 0 ? (int)top_k : 0,
                                       .top_p = (float)top_p, .min_p = (float)min_p, .repetition_penalty = (float)rep,
                                       .presence_penalty = (float)presence, .frequency_penalty = (float)frequency},
                            .logprobs = logprobs, .n_logprobs = (int)n_logprobs};
     if (ignore_eos) return true;   /* vLLM's extension: generate max_tokens whatever comes */
-    memcpy(r->p.stop_ids, r->chat ? s->chat_eos_ids : s->eos_ids, sizeof s->eos_ids);
-    r->p.n_stop_ids = r->chat ? s->n_chat_eos : s->n_eos;
+    memcpy(r->p.stop_ids, r->chat ? rt->chat_eos_ids : rt->eos_ids, sizeof rt->eos_ids);
+    r->p.n_stop_ids = r->chat ? rt->n_chat_eos : rt->n_eos;
     return true;
 }
 
-/* The body as a JSON object whose "model", when given, is ours; NULL with e set. */
-static cJSON *api_body(api_server *s, const http_req *rq, api_error *e) {
+/* The body as a JSON object and the router of its "model" (the first when it names none);
+ * NULL with e set: 400 for a bad body, 404 for a model this server does not serve. */
+static cJSON *api_body(api_server *s, const http_req *rq, api_error *e, router **rt) {
     const char *end = NULL, *name = NULL;
     cJSON *body = cJSON_ParseWithLengthOpts(rq->body, rq->body_len, &end, false);
     if (!body || !cJSON_IsObject(body)) {
@@ -733,8 +502,14 @@ static cJSON *api_body(api_server *s, const http_req *rq, api_error *e) {
         return NULL;
     }
     if (api_field_bad(json_get_string(body, "model", false, "request", &name), e, "model")) { cJSON_Delete(body); return NULL; }
-    if (name && strcmp(name, s->name)) {
-        api_fail(e, 404, "model", "model_not_found", "The model `%s` does not exist (this server serves `%s`)", name, s->name);
+    *rt = name ? NULL : s->routers[0];
+    for (int i = 0; i < s->n_routers && !*rt; i++)
+        if (!strcmp(name, router_name(s->routers[i]))) *rt = s->routers[i];
+    if (!*rt) {
+        char names[512] = "";
+        for (int i = 0, n = 0; i < s->n_routers && n < (int)sizeof names; i++)
+            n += snprintf(names + n, sizeof names - (size_t)n, "%s`%s`", i ? ", " : "", router_name(s->routers[i]));
+        api_fail(e, 404, "model", "model_not_found", "The model `%s` does not exist (this server serves %s)", name, names);
         cJSON_Delete(body);
         return NULL;
     }
@@ -743,39 +518,36 @@ static cJSON *api_body(api_server *s, const http_req *rq, api_error *e) {
 
 /* POST /v1/completions and /v1/chat/completions. */
 static void api_generate(api_server *s, const http_req *rq, bool chat, http_reply *rp, api_error *e) {
-    cJSON *body = api_body(s, rq, e);
+    router *rt = NULL;
+    cJSON *body = api_body(s, rq, e, &rt);
     if (!body) return;
-    api_req *r = mem_calloc(sizeof *r);
+    serve_req *r = mem_calloc(sizeof *r);
     if (!r) { cJSON_Delete(body); api_fail(e, 500, NULL, "out_of_memory", "out of memory"); return; }
-    r->s = s;
+    pthread_mutex_lock(&s->mu);
+    const uint64_t num = ++s->next_id;
+    pthread_mutex_unlock(&s->mu);
+    r->rt = rt;
     r->chat = chat;
     r->fd = rq->fd;
     r->text = (gen_text){.stop = r->stop, .n_stop = 0};
-    bool ok = api_parse(s, body, r, e);
+    bool ok = api_parse(rt, body, r, e, num);
     cJSON_Delete(body);
     r->text.n_stop = r->n_stop;
     if (!ok) { mem_free(r->prompt); mem_free(r); return; }
     pthread_cond_init(&r->cv, NULL);
     r->created = (long)time(NULL);
-    pthread_mutex_lock(&s->mu);
-    if (s->stopping || s->n_inflight >= s->o.engine.max_seqs + s->o.max_queue) {
-        pthread_mutex_unlock(&s->mu);
-        api_fail(e, 503, NULL, "server_overloaded", s->stopping ? "the server is shutting down"
-                 : "the server has %d requests in flight, its limit; retry later", s->o.engine.max_seqs + s->o.max_queue);
+    snprintf(r->id, sizeof r->id, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)num);
+    char why[256];
+    pthread_mutex_lock(&rt->mu);
+    if (!router_submit(rt, r, why, sizeof why)) {
+        pthread_mutex_unlock(&rt->mu);
+        api_fail(e, 503, NULL, "server_overloaded", "%s", why);
         r->refs = 1;
-        api_req_unref(r);
+        req_unref(r);
         return;
     }
-    snprintf(r->id, sizeof r->id, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)++s->next_id);
-    r->refs = 2;
-    if (s->in_tail) s->in_tail->next = r; else s->in_head = r;
-    s->in_tail = r;
-    s->n_incoming++;
-    s->n_inflight++;
-    s->prompt_tokens += (uint64_t)r->n_prompt;
-    pthread_cond_signal(&s->wake);
     if (r->stream) {
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&rt->mu);
         rp->status = 200;
         rp->content_type = "text/event-stream";
         rp->stream = api_stream_read;
@@ -783,14 +555,14 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
         rp->stream_free = api_stream_free;
         return;
     }
-    bool ok_wait = api_wait(s, r, true);
+    bool ok_wait = api_wait(rt, r, true);
     cJSON *j = NULL;
-    if (ok_wait && !r->error[0]) j = api_choice_json(s, r, r->out ? r->out : "", false, r->finish);
+    if (ok_wait && !r->error[0]) j = api_choice_json(rt, r, r->out ? r->out : "", false, r->finish);
     else if (ok_wait) api_fail(e, 500, NULL, "engine_error", "%s", r->error);
-    else api_fail(e, 503, NULL, "unavailable", s->stopping ? "the server is shutting down" : "the client left");
-    api_req_abandon(s, r);
-    api_req_unref(r);
-    pthread_mutex_unlock(&s->mu);
+    else api_fail(e, 503, NULL, "unavailable", rt->stopping ? "the server is shutting down" : "the client left");
+    router_abandon(rt, r);
+    req_unref(r);
+    pthread_mutex_unlock(&rt->mu);
     if (j) api_reply_json(rp, 200, j);
 }
 
@@ -799,30 +571,32 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
 /* POST /tokenize (vLLM's): {"prompt"} -> {"tokens", "count", "max_model_len"}, the ids a
  * completion's prompt gets (special tokens added as there). */
 static void api_tokenize(api_server *s, const http_req *rq, http_reply *rp, api_error *e) {
-    cJSON *body = api_body(s, rq, e);
+    router *rt = NULL;
+    cJSON *body = api_body(s, rq, e, &rt);
     if (!body) return;
     const char *prompt = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
     if (api_field_bad(json_get_string(body, "prompt", true, "request", &prompt), e, "prompt")) { cJSON_Delete(body); return; }
-    sk_status st = tok_encode_ex(s->t, prompt, strlen(prompt), true, &ids, &n);
+    sk_status st = tok_encode_ex(rt->t, prompt, strlen(prompt), true, &ids, &n);
     cJSON_Delete(body);
     if (st != SK_OK) { api_fail(e, 400, "prompt", "invalid_value", "%s", sk_errmsg()); return; }
     cJSON *j = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(j, "tokens");
     for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
     mem_free(ids);
     cJSON_AddNumberToObject(j, "count", (double)n);
-    cJSON_AddNumberToObject(j, "max_model_len", s->o.engine.max_ctx);
+    cJSON_AddNumberToObject(j, "max_model_len", rt->eo.max_ctx);
     api_reply_json(rp, 200, j);
 }
 
 /* POST /detokenize (vLLM's): {"tokens": [ids]} -> {"prompt": text}; every id an integer in
  * the vocabulary, at most the context's count of them. */
 static void api_detokenize(api_server *s, const http_req *rq, http_reply *rp, api_error *e) {
-    cJSON *body = api_body(s, rq, e);
+    router *rt = NULL;
+    cJSON *body = api_body(s, rq, e, &rt);
     if (!body) return;
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(body, "tokens");
-    const int vocab = tok_vocab_size(s->t), max = s->o.engine.max_ctx;
+    const int vocab = tok_vocab_size(rt->t), max = rt->eo.max_ctx;
     int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
     if (n < 0 || n > max) {
         api_fail(e, 400, "tokens", "invalid_value", "request: field \"tokens\" must be a list of at most %d token ids", max);
@@ -844,7 +618,7 @@ static void api_detokenize(api_server *s, const http_req *rq, http_reply *rp, ap
     }
     cJSON_Delete(body);
     size_t len = 0;
-    char *text = tok_decode_ex(s->t, ids, (size_t)n, false, &len);
+    char *text = tok_decode_ex(rt->t, ids, (size_t)n, false, &len);
     mem_free(ids);
     char *clean = text ? api_utf8_clean(text, len) : NULL;
     mem_free(text);
@@ -867,44 +641,52 @@ static bool api_key_ok(const char *header, const char *key) {
 }
 
 static void api_models(api_server *s, http_reply *rp) {
-    cJSON *j = cJSON_CreateObject(), *m = cJSON_CreateObject();
+    cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "object", "list");
-    cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "data"), m);
-    cJSON_AddStringToObject(m, "id", s->name);
-    cJSON_AddStringToObject(m, "object", "model");
-    cJSON_AddNumberToObject(m, "created", 0);
-    cJSON_AddStringToObject(m, "owned_by", "skein");
-    cJSON_AddNumberToObject(m, "max_model_len", s->o.engine.max_ctx);
+    cJSON *data = cJSON_AddArrayToObject(j, "data");
+    for (int i = 0; i < s->n_routers; i++) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddItemToArray(data, m);
+        cJSON_AddStringToObject(m, "id", router_name(s->routers[i]));
+        cJSON_AddStringToObject(m, "object", "model");
+        cJSON_AddNumberToObject(m, "created", 0);
+        cJSON_AddStringToObject(m, "owned_by", "skein");
+        cJSON_AddNumberToObject(m, "max_model_len", s->routers[i]->eo.max_ctx);
+    }
     api_reply_json(rp, 200, j);
 }
 
+/* GET /metrics: every router's snapshot, then the page (metrics.h). */
 static void api_metrics(api_server *s, http_reply *rp) {
-    enum { CAP = 4096 };
-    char *b = mem_alloc(CAP);
-    if (!b) { rp->status = 500; return; }
-    size_t n = 0;
+    metrics_model *models = mem_calloc(sizeof *models * (size_t)s->n_routers);
+    metrics_replica **reps = mem_calloc(sizeof *reps * (size_t)s->n_routers);
+    bool ok = models && reps;
+    for (int i = 0; i < s->n_routers && ok; i++) ok = router_snapshot(s->routers[i], &models[i], &reps[i]) == SK_OK;
+    uint64_t by_status[API_N_STATUS];
     pthread_mutex_lock(&s->mu);
-    n += (size_t)snprintf(b + n, CAP - n, "# HELP skein_requests_total HTTP requests answered, by status.\n"
-                                          "# TYPE skein_requests_total counter\n");
-    for (int i = 0; i < API_N_STATUS; i++)
-        n += (size_t)snprintf(b + n, CAP - n, "skein_requests_total{status=\"%d\"} %llu\n", api_statuses[i],
-                              (unsigned long long)s->by_status[i]);
-    n += (size_t)snprintf(b + n, CAP - n,
-        "# TYPE skein_prompt_tokens_total counter\nskein_prompt_tokens_total %llu\n"
-        "# TYPE skein_generation_tokens_total counter\nskein_generation_tokens_total %llu\n"
-        "# TYPE skein_queue_depth gauge\nskein_queue_depth %d\n"
-        "# TYPE skein_running_sequences gauge\nskein_running_sequences %d\n"
-        "# TYPE skein_kv_blocks_used gauge\nskein_kv_blocks_used %d\n"
-        "# TYPE skein_kv_blocks_total gauge\nskein_kv_blocks_total %d\n"
-        "# TYPE skein_prefix_cache_hits_total counter\nskein_prefix_cache_hits_total %llu\n"
-        "# TYPE skein_prefix_cache_misses_total counter\nskein_prefix_cache_misses_total %llu\n",
-        (unsigned long long)s->prompt_tokens, (unsigned long long)s->gen_tokens, s->n_incoming + s->waiting,
-        s->running, s->kv_used, s->kv_total, (unsigned long long)s->kv.hits, (unsigned long long)s->kv.misses);
+    memcpy(by_status, s->by_status, sizeof by_status);
     pthread_mutex_unlock(&s->mu);
+    const metrics_page page = {api_statuses, by_status, API_N_STATUS, models, s->n_routers};
+    size_t n = 0;
+    char *text = ok ? metrics_render(&page, &n) : NULL;
+    for (int i = 0; reps && i < s->n_routers; i++) mem_free(reps[i]);
+    mem_free(reps);
+    mem_free(models);
+    if (!text) { rp->status = 500; return; }
     rp->status = 200;
     rp->content_type = "text/plain; version=0.0.4";
-    rp->body = b;
-    rp->body_len = n < CAP ? n : CAP - 1;
+    rp->body = text;
+    rp->body_len = n;
+}
+
+/* GET /health: 200 while every model has a replica up, else 503. */
+static void api_health(api_server *s, http_reply *rp, api_error *e) {
+    for (int i = 0; i < s->n_routers; i++)
+        if (!router_up(s->routers[i])) {
+            api_fail(e, 503, NULL, "no_replica", "the model %s has no replica up", router_name(s->routers[i]));
+            return;
+        }
+    api_reply_json(rp, 200, cJSON_CreateObject());
 }
 
 void api_handle(void *ctx, const http_req *rq, http_reply *rp) {
@@ -925,7 +707,7 @@ void api_handle(void *ctx, const http_req *rq, http_reply *rp) {
     else if (tokenize && post) api_tokenize(s, rq, rp, &e);
     else if (detokenize && post) api_detokenize(s, rq, rp, &e);
     else if (metrics && get) api_metrics(s, rp);
-    else if (health && get) api_reply_json(rp, 200, cJSON_CreateObject());
+    else if (health && get) api_health(s, rp, &e);
     else if (completions || chat || models || metrics || health || tokenize || detokenize)
         api_fail(&e, 405, NULL, "method_not_allowed", "%s is not allowed on %s", rq->method, rq->path);
     else
@@ -942,53 +724,40 @@ void api_handle(void *ctx, const http_req *rq, http_reply *rp) {
 
 /* ---- lifetime ---- */
 
-sk_status api_server_create(model *m, const tok *t, const chat_template *ct, const api_opts *o, api_server **out) {
+sk_status api_server_create(router **routers, int n_routers, const api_opts *o, api_server **out) {
     *out = NULL;
-    if (strlen(o->model_name) >= API_NAME_BYTES || (o->api_key && strlen(o->api_key) >= API_NAME_BYTES))
-        return sk_fail(SK_EARG, "serve: the model name and --api-key must be shorter than %d bytes", API_NAME_BYTES);
-    api_server *s = mem_calloc(sizeof *s);
-    if (!s) return sk_fail(SK_ENOMEM, "serve: out of memory");
-    s->m = m;
-    s->t = t;
-    s->ct = ct;
-    s->o = *o;
-    if (s->o.engine.max_ctx <= 0 || s->o.engine.max_ctx > m->cfg.n_positions) s->o.engine.max_ctx = m->cfg.n_positions;
-    snprintf(s->name, sizeof s->name, "%s", o->model_name);
+    sk_status st = SK_OK;
+    api_server *s = NULL;
+    if (n_routers < 1) return sk_fail(SK_EARG, "serve: no model to serve");
+    if (o->api_key && strlen(o->api_key) >= SERVE_NAME_BYTES)
+        st = sk_fail(SK_EARG, "serve: --api-key must be shorter than %d bytes", SERVE_NAME_BYTES);
+    for (int i = 0; i < n_routers && st == SK_OK; i++)
+        for (int k = 0; k < i && st == SK_OK; k++)
+            if (!strcmp(router_name(routers[i]), router_name(routers[k])))
+                st = sk_fail(SK_EARG, "serve: two models are named %s (give one --served-model-name)", router_name(routers[i]));
+    if (st == SK_OK && (!(s = mem_calloc(sizeof *s)) || !(s->routers = mem_alloc(sizeof *s->routers * (size_t)n_routers))))
+        st = sk_fail(SK_ENOMEM, "serve: out of memory");
+    if (st != SK_OK) {
+        if (s) mem_free(s);
+        for (int i = 0; i < n_routers; i++) router_free(routers[i]);
+        return st;
+    }
+    memcpy(s->routers, routers, sizeof *routers * (size_t)n_routers);
+    s->n_routers = n_routers;
     snprintf(s->key, sizeof s->key, "%s", o->api_key ? o->api_key : "");
-    s->n_eos = gen_eos_ids(m, t, NULL, s->eos_ids);
-    s->n_chat_eos = gen_eos_ids(m, t, ct, s->chat_eos_ids);
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->wake, NULL);
-    sk_status st = engine_create(m, &s->o.engine, &s->e);
-    if (st != SK_OK) goto err;
-    s->piece_cap = tok_stream_cap(t);
-    if (!(s->piece = mem_alloc(s->piece_cap))) { st = sk_fail(SK_ENOMEM, "serve: out of memory"); goto err; }
-    api_gauges(s);
-    if (pthread_create(&s->thread, NULL, api_engine_main, s)) { st = sk_fail(SK_ESTATE, "serve: cannot start the engine thread"); goto err; }
-    s->started = true;
     *out = s;
     return SK_OK;
-err:
-    api_server_free(s);
-    return st;
 }
 
 void api_server_stop(api_server *s) {
-    if (!s || !s->started) return;
-    pthread_mutex_lock(&s->mu);
-    s->stopping = true;
-    pthread_cond_signal(&s->wake);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
-    s->started = false;
+    for (int i = 0; s && i < s->n_routers; i++) router_stop(s->routers[i]);
 }
 
 void api_server_free(api_server *s) {
     if (!s) return;
-    api_server_stop(s);
-    engine_free(s->e);
-    mem_free(s->piece);
-    pthread_cond_destroy(&s->wake);
+    for (int i = 0; i < s->n_routers; i++) router_free(s->routers[i]);
+    mem_free(s->routers);
     pthread_mutex_destroy(&s->mu);
     mem_free(s);
 }

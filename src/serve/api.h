@@ -1,7 +1,10 @@
-/* api: the OpenAI-compatible API over one inference engine (engine.h), served through http.h.
+/* api: the OpenAI-compatible API over one or more models, each a router of replicas
+ * (router.h), served through http.h.
  *
+ *   router *rts[2];
+ *   router_create(&oa, &rts[0]); router_create(&ob, &rts[1]);   // each starts its replicas
  *   api_server *a;
- *   api_server_create(m, t, ct, &o, &a);          // starts the engine thread
+ *   api_server_create(rts, 2, &(api_opts){.api_key = key}, &a);   // a owns the routers now
  *   http_server_start(&ho, api_handle, a, &h);     // handlers run on connection threads
  *   ...                                            // until SIGINT / SIGTERM
  *   api_server_stop(a);                            // waiting handlers answer 503 and return
@@ -21,39 +24,39 @@
  * Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}, the message and
  * param naming the field: 400 bad field, 401 missing or wrong Bearer key on /v1 routes and /tokenize, /detokenize (when
  * api_key is set; compared in constant time), 404 unknown model or route, 405 wrong method,
- * 413 body over the cap, 503 with Retry-After when max_seqs + max_queue requests are already
- * in flight.
+ * 413 body over the cap, 500 when the request failed (its replica failed after its first token),
+ * 503 with Retry-After when its model already holds target replicas * max_seqs + max_queue
+ * requests, or when the server stops.
  *
- * Threads: the engine and every request's decoding (tok_stream, stop strings) belong to the
- * engine thread; handlers tokenize the prompt, validate, enqueue, and wait on their request's
- * condition variable for text (timed waits that also check the client is still connected: a
- * client that leaves has its request cancelled and its KV blocks freed by the engine thread).
- * One mutex guards the queue, each request's shared fields and the metrics. */
+ * A request's "model" picks the router (404 naming the models served when none has that name;
+ * without "model", the first); /v1/models lists every model; /health is 503 while a model has
+ * no replica up; /metrics has per-model and per-replica series (metrics.h).
+ *
+ * Threads: handlers tokenize the prompt, validate, submit to the router, and wait on their
+ * request's condition variable for text (timed waits that also check the client is still
+ * connected: a client that leaves has its request cancelled and its KV blocks freed by its
+ * replica). The decoding of a request's tokens (tok_stream, stop strings) belongs to the
+ * replica running it. */
 #ifndef SKEIN_API_H
 #define SKEIN_API_H
 
-#include "infer/engine.h"
 #include "serve/http.h"
-#include "tokenizer/chat.h"
-#include "tokenizer/tok.h"
+#include "serve/router.h"
 
 typedef struct api_opts {
-    const char *model_name;   /* the id /v1/models lists and requests must name */
     const char *api_key;      /* NULL: no authentication */
-    engine_opts engine;
-    int max_queue;            /* requests waiting beyond max_seqs running, at most */
 } api_opts;
 
 typedef struct api_server api_server;
 
-/* The engine over m and its thread. m, t and ct (NULL: chat is refused) are not owned and
- * must outlive the server; o's strings are copied. */
-sk_status api_server_create(model *m, const tok *t, const chat_template *ct, const api_opts *o, api_server **out);
+/* A server over routers(n_routers) (model names distinct), which it owns from then on, even
+ * when this fails. o's strings are copied. */
+sk_status api_server_create(router **routers, int n_routers, const api_opts *o, api_server **out);
 /* The http_handler for every route (ctx: the api_server). */
 void api_handle(void *ctx, const http_req *rq, http_reply *rp);
-/* Stops the engine thread; requests in flight end with an error. Idempotent. */
+/* Stops every router; requests in flight end with an error. Idempotent. */
 void api_server_stop(api_server *s);
-/* After api_server_stop and http_server_stop (no handler may still run). */
+/* After api_server_stop and http_server_stop (no handler may still run): frees the routers too. */
 void api_server_free(api_server *s);
 
 #endif

@@ -1,0 +1,271 @@
+/* replica: one engine and the thread that runs it (see serve_impl.h for the structures and
+ * the locking, router.h for what replicas are for).
+ *
+ * The thread builds the replica's model and engine without the router's lock (on the CPU an
+ * inference model over the router's shared mapping: no weight is read or copied; on CUDA its
+ * own backend on its device and a device copy), then loops under the lock: admit the
+ * incoming requests, cancel the abandoned ones, run one engine step without the lock,
+ * deliver the step's tokens. It leaves the loop when the supervisor stops it (drained, or the
+ * server stops: what is still here then ends with an error), when a step fails (the router
+ * hands its requests back), or when the supervisor gave it up while it stalled (orphaned:
+ * its requests already went elsewhere, and it frees itself). It frees its engine and model
+ * itself, on its own thread, before it is joined. */
+#include <omp.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "serve/serve_impl.h"
+
+#ifdef SKEIN_HAVE_CUDA
+/* The CUDA runtime's cudaSetDevice (cudaError_t is an enum; 0 is cudaSuccess), declared here
+ * so that this file needs no CUDA headers. backend_cuda_create takes the calling thread's
+ * current device, so a replica selects its device on its own thread before creating it. */
+extern int cudaSetDevice(int device);
+#endif
+
+#define REPLICA_HANG_POLL_MS 5
+
+/* Builds rep's model and engine (its thread, without the lock). */
+static sk_status replica_build(replica *rep) {
+    router *rt = rep->rt;
+    omp_set_num_threads(rt->o.threads);   /* this thread's parallel regions: the engine's ops */
+    if (rep->device >= 0) {
+#ifdef SKEIN_HAVE_CUDA
+        if (cudaSetDevice(rep->device) != 0)
+            return sk_fail(SK_EARG, "CUDA device %d cannot be used (see --devices)", rep->device);
+#endif
+        if (!(rep->own_be = backend_create("cuda"))) return SK_EARG;
+        SK_TRY(model_open_weights(rt->dir, rep->own_be, &rep->m));
+    } else {
+        SK_TRY(model_open_wts(&rt->base->cfg, rt->base->weights, rt->cpu, &rep->m));
+    }
+    SK_TRY(engine_create(rep->m, &rt->eo, &rep->e));
+    rep->piece_cap = tok_stream_cap(rt->t);
+    if (!(rep->piece = mem_alloc(rep->piece_cap))) return sk_fail(SK_ENOMEM, "serve: out of memory");
+    return SK_OK;
+}
+
+/* Frees what replica_build made (its thread, without the lock). */
+static void replica_unbuild(replica *rep) {
+    engine_free(rep->e);
+    model_free(rep->m);
+    backend_free(rep->own_be);
+    mem_free(rep->piece);
+}
+
+/* Moves the incoming requests into the engine (mu held). */
+static void replica_admit(replica *rep) {
+    router *rt = rep->rt;
+    serve_req *r;
+    while ((r = req_queue_pop(&rep->in))) {
+        if (r->abandoned) {
+            router_finish(rt, r, "cancelled", NULL);
+            continue;
+        }
+        req_queue_push(&rep->live, r);
+        tok_stream_init(&r->ts, rt->t);
+        if (engine_add_request(rep->e, r->prompt, r->n_prompt, &r->p, &r->eid) != SK_OK)
+            router_finish(rt, r, "error", sk_errmsg());
+    }
+}
+
+static void replica_cancel_abandoned(replica *rep) {
+    for (serve_req *r = rep->live.head, *next; r && rep->n_abandoned; r = next) {
+        next = r->next;
+        if (!r->abandoned) continue;
+        engine_cancel(rep->e, r->eid);   /* its blocks are free now */
+        router_finish(rep->rt, r, "cancelled", NULL);
+    }
+}
+
+/* gen_emit_fn: appends text to the request's output (mu held). */
+static void replica_emit(void *ctx, const char *text, size_t n) {
+    serve_req *r = ctx;
+    if (r->n_out + n + 1 > r->cap_out) {
+        size_t cap = (r->n_out + n + 1) * 2;
+        char *p = mem_realloc(r->out, cap);
+        if (!p) { r->oom = true; return; }
+        r->out = p;
+        r->cap_out = cap;
+    }
+    memcpy(r->out + r->n_out, text, n);
+    r->n_out += n;
+    r->out[r->n_out] = 0;
+}
+
+static void replica_record_lp(serve_req *r, const engine_output *o) {
+    if (r->n_lp == r->cap_lp) {
+        int cap = r->cap_lp ? 2 * r->cap_lp : 16;
+        serve_lp *p = mem_realloc(r->lp, sizeof *p * (size_t)cap);
+        if (p) { r->lp = p; r->cap_lp = cap; } else r->oom = true;
+    }
+    if (r->n_lp < r->cap_lp) {
+        serve_lp *l = &r->lp[r->n_lp++];
+        *l = (serve_lp){.token = o->token, .n_top = o->n_top, .logprob = o->logprob};
+        memcpy(l->top_ids, o->top_ids, sizeof l->top_ids);
+        memcpy(l->top_logprobs, o->top_logprobs, sizeof l->top_logprobs);
+    }
+}
+
+/* A new token of r (mu held): timing, load, the replica's first-token log line. */
+static void replica_count_token(replica *rep, serve_req *r) {
+    const double now = time_now();
+    const long used = r->n_gen == 0 ? r->n_prompt + 1 : 1;   /* the prompt stops counting at its first token */
+    r->n_gen++;
+    if (r->n_gen == 1) r->t_first = now;
+    r->t_last = now;
+    r->cost -= used;
+    rep->load -= used;
+    rep->rt->gen_tokens++;
+    if (!rep->first_logged) {
+        rep->first_logged = true;
+        fprintf(stderr, "skein serve: model %s: replica %d produced its first token %.2f ms after it started\n",
+                rep->rt->name, rep->id, 1e3 * (now - rep->t_start));
+    }
+}
+
+/* One engine output for its request (mu held): the token decoded, stop strings applied, the end. */
+static void replica_deliver(replica *rep, const engine_output *o) {
+    router *rt = rep->rt;
+    serve_req *r = rep->live.head;
+    while (r && r->eid != o->id) r = r->next;
+    if (!r) return;   /* already finished here (a stop string, a cancel) */
+    bool stopped = false;
+    if (o->token >= 0 && r->p.logprobs) replica_record_lp(r, o);
+    if (o->token >= 0) {
+        replica_count_token(rep, r);
+        size_t k = tok_stream_put(&r->ts, o->token, rep->piece, rep->piece_cap);
+        if (gen_text_put(&r->text, rep->piece, k, false, replica_emit, r, &stopped) != SK_OK) r->oom = true;
+        if (stopped) {
+            engine_cancel(rep->e, r->eid);
+            router_finish(rt, r, "stop", NULL);
+            return;
+        }
+        if (r->stream && r->n_out) pthread_cond_signal(&r->cv);   /* its handler sends the text now */
+    }
+    if (!o->finish) return;
+    size_t k = tok_stream_flush(&r->ts, rep->piece, rep->piece_cap);
+    if (gen_text_put(&r->text, rep->piece, k, true, replica_emit, r, &stopped) != SK_OK) r->oom = true;
+    router_finish(rt, r, !strcmp(o->finish, "length") && !stopped ? "length" : "stop", NULL);
+}
+
+/* Refreshes rep's gauges from its engine (mu held). */
+static void replica_gauges(replica *rep) {
+    int waiting = 0, running = 0;
+    engine_counts(rep->e, &waiting, &running);
+    const kv_pool *p = engine_pool(rep->e);
+    const kv_stats k = kv_pool_stats(p);
+    rep->stats.queued = waiting;
+    rep->stats.running = running;
+    rep->stats.kv_total = kv_pool_blocks(p);
+    rep->stats.kv_used = rep->stats.kv_total - kv_pool_available(p);
+    rep->stats.prefix_hits = k.hits;
+    rep->stats.prefix_misses = k.misses;
+}
+
+/* One engine step, or the test hook's failure at this step (its thread, without the lock).
+ * A hanging step returns only once the watchdog has given the replica up (or the server
+ * stops), as a stuck device call would be abandoned. */
+static sk_status replica_step(replica *rep, const engine_output **out, int *n_out) {
+    router *rt = rep->rt;
+    const router_fault *f = router_fault_at(rt, rep->id, ++rep->steps);
+    if (!f) return engine_step(rep->e, out, n_out);
+    if (f->hang) {
+        pthread_mutex_lock(&rt->mu);
+        while (!rep->orphaned && !rt->stopping) serve_wait_ms(&rep->wake, &rt->mu, REPLICA_HANG_POLL_MS);
+        pthread_mutex_unlock(&rt->mu);
+    }
+    return sk_fail(SK_ESTATE, "SKEIN_TEST_FAIL_REPLICA: step %llu %s (a test hook)", (unsigned long long)rep->steps,
+                   f->hang ? "hung" : "failed");
+}
+
+static void *replica_main(void *arg) {
+    replica *rep = arg;
+    router *rt = rep->rt;
+    char why[256] = "";
+    sk_status st = replica_build(rep);
+    if (st != SK_OK) snprintf(why, sizeof why, "%s", sk_errmsg());
+    pthread_mutex_lock(&rt->mu);
+    if (st != SK_OK) {
+        rep->fail_status = st;
+        router_replica_down(rt, rep, why);
+    } else {
+        replica_gauges(rep);
+        router_replica_ready(rt, rep);
+    }
+    while (rep->state != REPLICA_DOWN && !rep->stop) {
+        if (!rep->in.n && !rep->n_abandoned && !engine_has_work(rep->e)) {
+            pthread_cond_wait(&rep->wake, &rt->mu);
+            continue;
+        }
+        replica_admit(rep);
+        replica_cancel_abandoned(rep);
+        if (!engine_has_work(rep->e)) continue;
+        const engine_output *out = NULL;
+        int n_out = 0;
+        rep->step_started = time_now();
+        pthread_mutex_unlock(&rt->mu);
+        st = replica_step(rep, &out, &n_out);
+        if (st != SK_OK) snprintf(why, sizeof why, "its engine step failed: %s", sk_errmsg());
+        pthread_mutex_lock(&rt->mu);
+        rep->step_started = 0;
+        if (rep->orphaned) break;
+        if (st != SK_OK) {
+            router_replica_down(rt, rep, why);
+            break;
+        }
+        for (int i = 0; i < n_out; i++) replica_deliver(rep, &out[i]);
+        replica_gauges(rep);
+    }
+    if (!rep->orphaned) {   /* stopped: end what is still here (a drained replica has nothing) */
+        serve_req *r;
+        while ((r = rep->in.head ? rep->in.head : rep->live.head))
+            router_finish(rt, r, "error", "the server is shutting down");
+    }
+    pthread_mutex_unlock(&rt->mu);
+    replica_unbuild(rep);
+    pthread_mutex_lock(&rt->mu);
+    if (rep->orphaned) {
+        rt->n_orphans--;
+        pthread_cond_broadcast(&rt->changed);
+        pthread_mutex_unlock(&rt->mu);
+        replica_free(rep);   /* detached: nobody joins it */
+        return NULL;
+    }
+    rep->exited = true;   /* from here on only the unlock: the supervisor may join at once */
+    pthread_cond_signal(&rt->tick);
+    pthread_mutex_unlock(&rt->mu);
+    return NULL;
+}
+
+replica *replica_start(router *rt, int id, int device) {
+    replica *rep = mem_calloc(sizeof *rep);
+    if (!rep) return NULL;
+    rep->rt = rt;
+    rep->id = id;
+    rep->device = device;
+    rep->state = REPLICA_STARTING;
+    rep->t_start = time_now();
+    rep->stats.id = id;
+    pthread_cond_init(&rep->wake, NULL);
+    if (pthread_create(&rep->thread, NULL, replica_main, rep)) {
+        sk_fail(SK_ESTATE, "serve: cannot start the thread of replica %d", id);
+        replica_free(rep);
+        return NULL;
+    }
+    return rep;
+}
+
+void replica_enqueue(replica *rep, serve_req *r) {
+    r->rep = rep;
+    rep->load += r->cost;
+    rep->n_reqs++;
+    req_queue_push(&rep->in, r);
+    pthread_cond_signal(&rep->wake);
+}
+
+void replica_free(replica *rep) {
+    if (!rep) return;
+    pthread_cond_destroy(&rep->wake);
+    mem_free(rep);
+}

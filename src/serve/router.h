@@ -1,0 +1,88 @@
+/* router: one model served by replicas -- Ray Serve's deployment, natively. The model folder
+ * is opened once (its weights mapped read-only, shared by every CPU replica: each replica is
+ * an inference model over the same mapping with its own step workspace, KV pool and engine
+ * thread); requests are routed to replicas, the replica count follows the load, and replicas
+ * that fail are replaced.
+ *
+ *   router_opts o = router_opts_default();
+ *   o.dir = "models/gpt2"; o.replicas = 2;
+ *   router *rt;
+ *   router_create(&o, &rt);       // loads, starts the replicas, returns once they are up
+ *   ... api.h routes requests to it ...
+ *   router_stop(rt);              // requests in flight end with an error
+ *   router_free(rt);
+ *
+ * Routing: power of two choices on outstanding tokens (each request counts its prompt until
+ * its first token, plus the tokens it may still generate): two random replicas that are up,
+ * the one with less (on a tie, the one that took a request less recently). Prefix affinity: a
+ * request whose prompt shares at least one full KV block with a recent request's goes to that
+ * request's replica (whose prefix cache holds it), unless that replica's load with the request
+ * would be over twice the chosen one's.
+ *
+ * Autoscaling (min_replicas < max_replicas), as Ray Serve's: every tick the supervisor
+ * computes ceil(requests in flight / target_ongoing), within [min, max]; when that has stayed
+ * above the current target for upscale_delay_s the target rises to it, below it for
+ * downscale_delay_s it falls. New replicas start at once; the replicas to remove (fewest
+ * requests first) are drained: they take no new request, finish their own, then are freed.
+ *
+ * Failures: a replica whose step returns an error, or whose step has run longer than
+ * replica_timeout_s (it stopped answering), is marked down; its requests that have produced
+ * no token are routed again, the others end with an error (the client gets an OpenAI-shaped
+ * 500, or an error event when streaming); a replacement starts at once. A stalled thread is
+ * left to finish on its own and frees its engine then. No accepted request waits forever:
+ * when no replica can start, waiting requests end with an error.
+ *
+ * Devices: on the CPU every replica runs its steps on `threads` OpenMP threads (set in its
+ * own thread). With device "cuda", replicas go to the ids of `devices` round robin (the
+ * least used first), each with its own backend and its own device copy of the weights (the
+ * CUDA backend does not read mapped host weights). */
+#ifndef SKEIN_ROUTER_H
+#define SKEIN_ROUTER_H
+
+#include "infer/engine.h"
+#include "serve/metrics.h"
+
+typedef struct router router;
+
+#define ROUTER_MAX_DEVICES 16
+
+typedef struct router_opts {
+    const char *dir;                 /* model folder: config.json, safetensors, tokenizer.json */
+    const char *name;                /* the model's id in the API (NULL: the folder's name) */
+    const char *chat_template;       /* a template name instead of the folder's (NULL: the folder's, if any) */
+    const char *device;              /* "cpu" or "cuda" */
+    int devices[ROUTER_MAX_DEVICES]; /* with cuda: device ids, round robin (n_devices 0: device 0) */
+    int n_devices;
+    engine_opts engine;              /* each replica's engine (kv_bytes: its pool) */
+    int max_queue;                   /* requests waiting beyond max_seqs per replica, at most */
+    int replicas;                    /* at start */
+    int min_replicas, max_replicas;  /* equal: no autoscaling */
+    double target_ongoing;           /* requests in flight per replica the autoscaler aims at */
+    double upscale_delay_s, downscale_delay_s;
+    double replica_timeout_s;        /* a step longer than this: the replica stopped answering */
+    int threads;                     /* OpenMP threads per CPU replica */
+} router_opts;
+
+/* Defaults: cpu, 1 replica (min = max = 1), Ray Serve's target_ongoing 2, upscale delay 30 s,
+ * downscale delay 600 s, replica timeout 300 s, 1 thread, max_queue 64. */
+router_opts router_opts_default(void);
+
+/* Opens the model folder (tokenizer.json, its tokenizer_config.json and chat template,
+ * config.json, the weights), starts o->replicas replicas and waits until they take requests.
+ * The test hook SKEIN_TEST_FAIL_REPLICA is read here. SK_EARG/SK_EIO/... naming the folder,
+ * flag or replica that failed. o's strings are copied. */
+sk_status router_create(const router_opts *o, router **out);
+/* The model's id in the API. */
+const char *router_name(const router *rt);
+/* Stops routing and every replica; requests in flight end with an error. Idempotent. */
+void router_stop(router *rt);
+/* After router_stop and once no handler can reach rt (NULL is fine). While a stalled
+ * replica's thread still runs (see above), its memory is left alone instead. */
+void router_free(router *rt);
+
+/* Whether a replica is up (/health). */
+bool router_up(router *rt);
+/* The model's metrics now; *reps (m->reps, m->n_reps of them) is the caller's to mem_free. */
+sk_status router_snapshot(router *rt, metrics_model *m, metrics_replica **reps);
+
+#endif
