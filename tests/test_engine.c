@@ -445,6 +445,63 @@ TEST(sampler_penalties_min_p_logprob) {
     sampler_free(&s);
 }
 
+/* Top-p alone sorts only a selected prefix: every draw equals a reference that sorts all
+ * candidates (likelier first, ties by id) and cuts the nucleus, with the same uniform, over
+ * rows with flat and peaked distributions and tied probabilities (2000 draws each). */
+static int ref_by_prob(const void *a, const void *b, void *p) {
+    const float *pr = p;
+    const int x = *(const int *)a, y = *(const int *)b;
+    return pr[x] > pr[y] || (pr[x] == pr[y] && x < y) ? -1 : pr[x] == pr[y] && x == y ? 0 : 1;
+}
+TEST(sampler_top_p_matches_a_full_sort) {
+    enum { V = 5000, DRAWS = 2000 };
+    sampler s;
+    CHECK(sampler_init(&s, V) == SK_OK);
+    float *lg = malloc(sizeof(float) * V), *work = malloc(sizeof(float) * V), *pr = malloc(sizeof(float) * V);
+    int *ord = malloc(sizeof(int) * V);
+    const float top_ps[3] = {0.5f, 0.9f, 0.999f}, scales[3] = {0.5f, 3.0f, 12.0f};
+    rng init;
+    rng_seed(&init, 17);
+    for (int c = 0; c < 9; c++) {
+        for (int i = 0; i < V; i++) lg[i] = scales[c % 3] * (float)rng_normal(&init);
+        for (int i = 0; i < V; i += 7) lg[i] = lg[i / 2];   /* ties */
+        const sample_opts o = {.temperature = 0.8f, .top_p = top_ps[c / 3]};
+        /* the reference's nucleus, from the full sort */
+        int best = 0;
+        for (int i = 1; i < V; i++) best = lg[i] > lg[best] ? i : best;
+        double total = 0;
+        for (int i = 0; i < V; i++) ord[i] = i, pr[i] = expf((lg[i] - lg[best]) / o.temperature);
+        qsort_r(ord, V, sizeof(int), ref_by_prob, pr);
+        for (int i = 0; i < V; i++) total += pr[ord[i]];
+        int n = V;
+        double kept = 0, sum = 0;
+        for (int i = 0; i < V; i++) {
+            kept += pr[ord[i]];
+            if (kept >= o.top_p * total) { n = i + 1; break; }
+        }
+        for (int i = 0; i < n; i++) sum += pr[ord[i]];
+        rng r1, r2;
+        rng_seed(&r1, 100 + c);
+        rng_seed(&r2, 100 + c);
+        int bad = 0;
+        for (int d = 0; d < DRAWS; d++) {
+            memcpy(work, lg, sizeof(float) * V);
+            const int got = sampler_next(&s, work, &o, &r1, NULL, 0, 0, NULL);
+            double u = (double)rng_uniform(&r2) * sum, acc = 0;
+            int want = ord[n - 1];
+            for (int i = 0; i < n; i++) {
+                acc += pr[ord[i]];
+                if (u < acc) { want = ord[i]; break; }
+            }
+            bad += got != want;
+        }
+        CHECK_MSG(bad == 0, "top_p %g, scale %g: %d of %d draws differ (nucleus %d)", o.top_p, scales[c % 3], bad,
+                  DRAWS, n);
+    }
+    free(lg), free(work), free(pr), free(ord);
+    sampler_free(&s);
+}
+
 TEST(kv_budget_parses_bytes_and_fractions) {
     backend *be = test_device();
     const struct { const char *spec; size_t bytes; } good[] = {

@@ -1,6 +1,9 @@
 /* sample: penalties, greedy, temperature, min-p, top-k and top-p sampling (see sample.h).
  * Candidates are kept in `order`: tokens in index order, filtered by min-p; top-k selects
- * the k likeliest in place (quickselect) and sorts only those; top-p alone sorts them all.
+ * the k likeliest in place (quickselect) and sorts only those; top-p selects a growing
+ * prefix (64, 256, ... likeliest) until it holds top_p of the mass and sorts only that:
+ * under the strict order of sample_before the k likeliest are one set, so the sorted prefix
+ * is the full sort's and the nucleus is the same tokens.
  * sampler_top ranks the log-probabilities (`raw`) the same way in its own array, so it may
  * follow any sampler_next. */
 #include "infer/sample.h"
@@ -89,6 +92,32 @@ static void sample_penalties(sampler *s, float *logits, const sample_opts *o, co
     }
 }
 
+/* Sorts the likeliest of the n candidates in order (probs) and returns how many hold top_p
+ * of their mass (the nucleus, at least 1). Only a selected prefix is sorted when it already
+ * holds that mass; a prefix whose sorted running sum falls short by rounding sorts them all. */
+static int sample_nucleus(sampler *s, int n, float top_p) {
+    double total = 0;
+    for (int i = 0; i < n; i++) total += s->probs[s->order[i]];
+    const double target = top_p * total;
+    int m = n;
+    for (int k = 64; k < n; k *= 4) {
+        sample_select(s->probs, s->order, n, k);
+        double mass = 0;
+        for (int i = 0; i < k; i++) mass += s->probs[s->order[i]];
+        if (mass >= target) { m = k; break; }
+    }
+    for (;;) {
+        qsort_r(s->order, (size_t)m, sizeof(int), by_prob_desc, s->probs);
+        double kept = 0;
+        for (int i = 0; i < m; i++) {
+            kept += s->probs[s->order[i]];
+            if (kept >= target) return i + 1;
+        }
+        if (m == n) return n;
+        m = n;
+    }
+}
+
 int sampler_next(sampler *s, float *logits, const sample_opts *o, rng *r, const int *history, int n_hist,
                  int n_prompt, float *logprob) {
     const int V = s->V;
@@ -123,15 +152,8 @@ int sampler_next(sampler *s, float *logits, const sample_opts *o, rng *r, const 
                 sample_select(s->probs, s->order, n, o->top_k);
                 n = o->top_k;
             }
-            qsort_r(s->order, (size_t)n, sizeof(int), by_prob_desc, s->probs);
-            if (o->top_p < 1.0f) {
-                double kept = 0, total = 0;
-                for (int i = 0; i < n; i++) total += s->probs[s->order[i]];
-                for (int i = 0; i < n; i++) {
-                    kept += s->probs[s->order[i]];
-                    if (kept >= o->top_p * total) { n = i + 1; break; }
-                }
-            }
+            if (o->top_p < 1.0f) n = sample_nucleus(s, n, o->top_p);
+            else qsort_r(s->order, (size_t)n, sizeof(int), by_prob_desc, s->probs);
             sum = 0;
             for (int i = 0; i < n; i++) sum += s->probs[s->order[i]];
         }
