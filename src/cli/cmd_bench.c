@@ -117,8 +117,8 @@ static int bench_train(int argc, char **argv) {
     zero_mem plan;
     zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
     /* all ranks on this host share its memory; overcommit would grant more and kill a rank */
-    /* a device rank has its own device's memory (95% of it: workspaces, rounding) */
-    const size_t avail = dev_free0 ? dev_free0 / 20 * 19 * (size_t)world : mem_available();
+    /* a device rank has its own device's memory */
+    const size_t avail = dev_free0 ? zero_device_budget(dev_free0) * (size_t)world : mem_available();
     if (avail != SIZE_MAX && plan.peak > avail / (size_t)world) {
         st = sk_fail(SK_ENOMEM, "bench train: --batch %ld x --seq %ld needs %.1f MiB per rank at ZeRO-%ld, beyond the "
                      "%.1f MiB available%s", B, T, (double)plan.peak / 1048576.0, zero_stage,

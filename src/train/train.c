@@ -459,14 +459,12 @@ static sk_status train_loop(trainer *tr) {
     return save_final(tr);
 }
 
-/* Bytes a rank may plan for: --mem-limit, else the host's available memory shared by the
- * ranks (all assumed on this host). */
-/* Bytes a rank may plan for: --mem-limit, else on a device 95% of its free memory before the
- * model (the rest for the library's workspaces and the allocator's rounding), else the
- * host's available memory shared by the ranks. */
+/* Bytes a rank may plan for: --mem-limit, else on a device zero_device_budget of its free
+ * memory before the model, else the host's available memory shared by the ranks (all
+ * assumed on this host). */
 static size_t memory_budget(const trainer *tr) {
     if (tr->o->mem_limit) return tr->o->mem_limit;
-    if (tr->dev_free0) return tr->dev_free0 / 20 * 19;
+    if (tr->dev_free0) return zero_device_budget(tr->dev_free0);
     size_t avail = mem_available();
     return avail == SIZE_MAX ? SIZE_MAX : avail / (size_t)tr->world;
 }

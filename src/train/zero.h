@@ -121,5 +121,8 @@ size_t zero_proc_bytes(bool peak);
  * model) the device memory taken since, as the device reports free memory (cudaMemGetInfo);
  * else zero_proc_bytes(true). */
 size_t zero_held_bytes(backend *be, size_t dev_free0);
+/* Bytes a rank's plan may take on a device with dev_free0 bytes free before the model: 95%
+ * (the rest for the libraries' workspaces and the allocator's rounding). */
+static inline size_t zero_device_budget(size_t dev_free0) { return dev_free0 / 20 * 19; }
 
 #endif
