@@ -668,26 +668,52 @@ TEST(dropout_mask_and_backward) {
 
 /* ---- optimizer and reductions ---- */
 
+/* AdamW over spans against a double reference: two spans whose parameter, gradient and
+ * state offsets differ (a ZeRO shard's layout), one decaying, one cut by the span size on
+ * the host; the gradients clipped by the device's squared norm; the bf16 copy equal to the
+ * new parameters rounded once; elements outside the spans untouched. */
 TEST(adamw_matches_reference) {
     setup(10);
-    enum { N = 1000 };
+    enum { N = 1000, P0 = 10, N0 = 300, P1 = 500, N1 = 400 };
     float *p = randn(N, 1), *m = zeros(N), *v = zeros(N), *g = randn(N, 1);
+    uint16_t *lp = mirrored(N * sizeof(uint16_t));
+    double *sq = mirrored(sizeof(double));
+    backend_adamw_span *sp = mirrored(2 * sizeof *sp);
+    /* span 0: params [10,310) from grads [600,900), state [0,300); span 1: params [500,900)
+     * from grads [100,500), state [300,700), decaying */
+    sp[0] = (backend_adamw_span){P0, 600, 0, N0, 0};
+    sp[1] = (backend_adamw_span){P1, 100, N0, N1, 1};
     double pr[N], mr[N], vr[N];
+    const float untouched = p[400];
     for (int i = 0; i < N; i++) { pr[i] = p[i]; mr[i] = vr[i] = 0; }
-    const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, gs = 0.5;
+    const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, clip = 2.0;
     for (int t = 1; t <= 3; t++) {
-        for (int i = 0; i < N; i++) g[i] = (float)(0.3 * rng_normal(&R) + 0.1 * pr[i]);
-        RUN(be->ops->adamw(be, NULL, V(p, N), V(g, N), V(m, N), V(v, N), (float)lr, (float)b1, (float)b2, (float)eps,
-                           (float)wd, (float)gs, t));
-        for (int i = 0; i < N; i++) {
-            double gi = g[i] * gs;
-            mr[i] = b1 * mr[i] + (1 - b1) * gi;
-            vr[i] = b2 * vr[i] + (1 - b2) * gi * gi;
-            double mh = mr[i] / (1 - pow(b1, t)), vh = vr[i] / (1 - pow(b2, t));
-            pr[i] -= lr * (mh / (sqrt(vh) + eps) + wd * pr[i]);
-        }
+        for (int i = 0; i < N; i++) g[i] = (float)(0.3 * rng_normal(&R) + 0.1 * pr[i % 997]);
+        *sq = 0;
+        for (int i = 0; i < N; i++) *sq += (double)g[i] * g[i];   /* the norm is about 10: clipped */
+        const double norm = sqrt(*sq), gs = norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0;
+        const backend_adamw_hp hp = {(float)lr, (float)b1, (float)b2, (float)eps, (float)wd, (float)clip, t};
+        RUN(be->ops->adamw(be, NULL, V(p, N), tensor_1d(DEV(lp), DT_BF16, N), V(g, N), V(m, N), V(v, N), DEV(sp), 2,
+                           DEV(sq), &hp));
+        CHECK(gs < 1.0);
+        for (int s = 0; s < 2; s++)
+            for (int j = 0; j < sp[s].count; j++) {
+                const int64_t i = sp[s].param + j, k = sp[s].state + j;
+                double gi = g[sp[s].grad + j] * gs;
+                mr[k] = b1 * mr[k] + (1 - b1) * gi;
+                vr[k] = b2 * vr[k] + (1 - b2) * gi * gi;
+                double mh = mr[k] / (1 - pow(b1, t)), vh = vr[k] / (1 - pow(b2, t));
+                pr[i] -= lr * (mh / (sqrt(vh) + eps) + (s ? wd : 0.0) * pr[i]);
+            }
     }
     for (int i = 0; i < N; i++) CHECK_MSG(fabs(p[i] - pr[i]) < 1e-5, "p[%d] %.9g vs %.9g", i, p[i], pr[i]);
+    for (int i = 0; i < N0 + N1; i++) CHECK_MSG(fabs(m[i] - mr[i]) < 1e-6, "m[%d] %.9g vs %.9g", i, m[i], mr[i]);
+    CHECK(p[400] == untouched);
+    for (int s = 0; s < 2; s++)
+        for (int j = 0; j < sp[s].count; j++) {
+            const int64_t i = sp[s].param + j;
+            CHECK_MSG(lp[i] == f32_to_bf16(p[i]), "lp[%lld] %#x vs %#x", (long long)i, lp[i], f32_to_bf16(p[i]));
+        }
 }
 
 /* The reductions accumulate into a device f64 scalar: sum_squares within 1e-6 relative of a

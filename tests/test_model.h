@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "base/rng.h"
 #include "model/model.h"
+#include "train/opt.h"
 #include "test_device.h"
 
 static inline void test_random_tokens(int *t, int n, int V, uint64_t seed) {
@@ -165,9 +166,14 @@ static inline bool test_model_overfits(model *m) {
     test_random_tokens(tokens, B * T, V, 7);
     test_random_tokens(targets, B * T, V, 8);
     if (model_train_prepare(m, B, T) != SK_OK) return false;
-    backend *be = m->be;
     const int64_t n = (int64_t)m->n_params;
-    float *mm = backend_alloc(be, m->n_params * sizeof(float)), *vv = backend_alloc(be, m->n_params * sizeof(float));
+    adamw opt;
+    opt_hparams h;
+    opt_hparams_default(&h);
+    h.beta2 = 0.999f;
+    h.weight_decay = 0.0f;
+    h.grad_clip = 0.0f;
+    if (adamw_init(&opt, m->be, 0, m->n_params) != SK_OK || adamw_set_model_spans(&opt, m) != SK_OK) return false;
     float loss = 0, first = 0;
     int steps = 0;
     for (int step = 1; step <= 400; step++) {
@@ -177,13 +183,10 @@ static inline bool test_model_overfits(model *m) {
         steps = step;
         if (loss < 0.05f) break;
         model_backward(m, 1.0f / (B * T));
-        be->ops->adamw(be, NULL, tensor_1d(m->params, DT_F32, n), tensor_1d(m->grads, DT_F32, n),
-                       tensor_1d(mm, DT_F32, n), tensor_1d(vv, DT_F32, n), 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f,
-                       step);
+        adamw_step(&opt, tensor_1d(m->params, DT_F32, n), tensor_none(), tensor_1d(m->grads, DT_F32, n), &h, 1e-2f);
         model_params_changed(m);   /* the bf16 copy of mixed precision follows */
     }
-    backend_mem_free(be, mm);
-    backend_mem_free(be, vv);
+    adamw_free(&opt);
     printf("  loss %.3f -> %.4f in %d steps (log V = %.3f)\n", first, loss, steps, log((double)V));
     return fabs(first - log((double)V)) <= 0.1 && loss < 0.05f;
 }

@@ -60,6 +60,23 @@ typedef enum backend_act {
     BACKEND_ACT_GELU,   /* gelu_forward's: the tanh approximation */
 } backend_act;
 
+/* One piece of an AdamW step (adamw): `count` elements starting at element `param` of the
+ * parameters (and of their low-precision copy), `grad` of the gradients and `state` of the
+ * two moments; weight decay applies where `decay` is 1. Callers cut their tensors into spans
+ * of at most BACKEND_ADAMW_SPAN elements (adamw_set_spans), so a GPU gives each span a block
+ * and the whole model is one launch. */
+typedef struct backend_adamw_span {
+    int64_t param, grad, state, count, decay;
+} backend_adamw_span;
+enum { BACKEND_ADAMW_SPAN = 1 << 16 };
+
+/* AdamW's hyperparameters for one step. */
+typedef struct backend_adamw_hp {
+    float lr, beta1, beta2, eps, weight_decay;
+    float grad_clip;   /* > 0: clip by the global gradient norm (adamw) */
+    int t;             /* the 1-based step (bias corrections) */
+} backend_adamw_hp;
+
 typedef struct backend_ops {
     /* ---- memory and time ---- */
     /* bytes of memory of kind `where` (MEM_DEVICE or MEM_PINNED), zeroed; NULL + sk_fail on
@@ -239,11 +256,17 @@ typedef struct backend_ops {
     /* out += sum of squares of x (f32), in double (the squared gradient norm). */
     void (*sum_squares)(backend *be, backend_stream *s, tensor out, tensor x);
 
-    /* AdamW step over param, grad, m, v (f32, contiguous, equal element counts): m, v updated
-     * in place; weight_decay applied decoupled (p -= lr * wd * p); grad_scale multiplies g
-     * first (clipping). t is the 1-based step. */
-    void (*adamw)(backend *be, backend_stream *s, tensor param, tensor grad, tensor m, tensor v, float lr,
-                  float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t);
+    /* AdamW (torch.optim.AdamW) over the n spans of `spans` (backend memory; spans touch
+     * disjoint parameters): for each element, g = grad * scale, m = b1 m + (1-b1) g,
+     * v = b2 v + (1-b2) g^2, param -= lr (m c1 / (sqrt(v c2) + eps) + wd param) with the bias
+     * corrections c = 1/(1 - b^t) and wd = weight_decay where the span decays. param, grad,
+     * m, v: f32 1-D views the spans index; lp: tensor_none() or a bf16 copy of param (same
+     * length) whose touched elements receive the new values rounded once (the products'
+     * compute copy, kept fresh in the same pass). Clipping on the device: scale =
+     * grad_clip / (norm + 1e-6) when grad_clip > 0 and norm = sqrt(*norm_sq) exceeds it, else
+     * 1; norm_sq is one f64 in backend memory (sum_squares' result), NULL for no clipping. */
+    void (*adamw)(backend *be, backend_stream *s, tensor param, tensor lp, tensor grad, tensor m, tensor v,
+                  const backend_adamw_span *spans, int n, const double *norm_sq, const backend_adamw_hp *hp);
 
     /* ---- inference engine (paged key/value cache); optional: a caller checks them through
      * backend_supports_paged and refuses without them ---- */

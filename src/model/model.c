@@ -133,6 +133,11 @@ sk_status model_set_precision(model *m, dtype act_dt) {
 
 void model_params_changed(model *m) { m->compute_stale = true; }
 
+void model_compute_written(model *m) {
+    SK_ASSERT(m->compute);
+    m->compute_stale = false;
+}
+
 /* Casts m->params into the compute copy when they changed (mixed precision only). */
 static void model_refresh_compute(model *m) {
     if (!m->compute || !m->compute_stale) return;

@@ -323,6 +323,9 @@ tensor model_compute_view(const model *m, int i);
  * model_load/model_init_weights/the optimizer (which mark it themselves). */
 sk_status model_set_precision(model *m, dtype act_dt);
 void model_params_changed(model *m);
+/* The optimizer wrote the new parameters into the compute copy as well (adamw's lp): it is
+ * fresh again. */
+void model_compute_written(model *m);
 /* Hook calls for architecture code (no-ops without a provider), in the order above. */
 static inline void model_hook_before_forward(model *m, int l) {
     if (m->provider && m->provider->before_forward) m->provider->before_forward(m->provider_ctx, m, l);

@@ -59,23 +59,61 @@ void adamw_free(adamw *o) {
     if (o->m) backend_mem_free(o->be, o->m);
     if (o->v) backend_mem_free(o->be, o->v);
     if (o->sq) backend_mem_free(o->be, o->sq);
+    if (o->spans) backend_mem_free(o->be, o->spans);
     o->m = o->v = NULL;
     o->sq = NULL;
+    o->spans = NULL;
+    o->n_spans = 0;
 }
 
-void adamw_step(adamw *o, model *m, const float *grads, const opt_hparams *h, float lr, float grad_scale) {
-    o->step++;
-    const size_t lo = o->begin, hi = o->begin + o->count;
+sk_status adamw_set_spans(adamw *o, const backend_adamw_span *spans, size_t n) {
+    size_t pieces = 0;
+    for (size_t i = 0; i < n; i++) pieces += ((size_t)spans[i].count + BACKEND_ADAMW_SPAN - 1) / BACKEND_ADAMW_SPAN;
+    if (pieces > INT_MAX) return sk_fail(SK_EARG, "AdamW: %zu pieces of %d parameters are too many", pieces, BACKEND_ADAMW_SPAN);
+    backend_adamw_span *cut = mem_calloc((pieces ? pieces : 1) * sizeof *cut);
+    if (!cut) return sk_fail(SK_ENOMEM, "out of memory for %zu AdamW spans", pieces);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        for (int64_t at = 0; at < spans[i].count; at += BACKEND_ADAMW_SPAN) {
+            backend_adamw_span p = spans[i];
+            p.param += at;
+            p.grad += at;
+            p.state += at;
+            p.count = spans[i].count - at < BACKEND_ADAMW_SPAN ? spans[i].count - at : BACKEND_ADAMW_SPAN;
+            cut[k++] = p;
+        }
+    if (o->spans) backend_mem_free(o->be, o->spans);
+    o->n_spans = 0;
+    o->spans = pieces ? backend_alloc(o->be, pieces * sizeof *cut) : NULL;
+    if (pieces && !o->spans) {
+        mem_free(cut);
+        return sk_fail(SK_ENOMEM, "out of memory for %zu AdamW spans", pieces);
+    }
+    if (pieces) backend_upload(o->be, o->spans, cut, pieces * sizeof *cut);
+    o->n_spans = (int)pieces;
+    mem_free(cut);
+    return SK_OK;
+}
+
+sk_status adamw_set_model_spans(adamw *o, const model *m) {
+    SK_ASSERT(o->begin == 0 && o->count == m->n_params);
+    backend_adamw_span *sp = mem_calloc((size_t)(m->n_specs ? m->n_specs : 1) * sizeof *sp);
+    if (!sp) return sk_fail(SK_ENOMEM, "out of memory for AdamW spans");
     for (int i = 0; i < m->n_specs; i++) {
         const model_param *p = &m->specs[i];
-        size_t a = p->offset > lo ? p->offset : lo;
-        size_t b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
-        if (a >= b) continue;
-        const int64_t k = (int64_t)(b - a);
-        m->be->ops->adamw(m->be, NULL, tensor_1d(m->params + a, DT_F32, k), tensor_1d((float *)grads + a, DT_F32, k),
-                          tensor_1d(o->m + (a - lo), DT_F32, k), tensor_1d(o->v + (a - lo), DT_F32, k), lr, h->beta1,
-                          h->beta2, h->eps, p->decay ? h->weight_decay : 0.0f, grad_scale, (int)o->step);
+        sp[i] = (backend_adamw_span){(int64_t)p->offset, (int64_t)p->offset, (int64_t)p->offset, (int64_t)p->numel,
+                                     p->decay ? 1 : 0};
     }
+    sk_status st = adamw_set_spans(o, sp, (size_t)m->n_specs);
+    mem_free(sp);
+    return st;
+}
+
+void adamw_step(adamw *o, tensor params, tensor lp, tensor grads, const opt_hparams *h, float lr) {
+    o->step++;
+    const backend_adamw_hp hp = {lr, h->beta1, h->beta2, h->eps, h->weight_decay, h->grad_clip, (int)o->step};
+    o->be->ops->adamw(o->be, NULL, params, lp, grads, tensor_1d(o->m, DT_F32, (int64_t)o->count),
+                      tensor_1d(o->v, DT_F32, (int64_t)o->count), o->spans, o->n_spans, o->sq, &hp);
 }
 
 sk_status adamw_save(const adamw *o, size_t n_params, const char *path) {

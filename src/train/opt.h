@@ -34,6 +34,8 @@ typedef struct adamw {
     size_t begin, count; /* the range of the flat buffer this state covers */
     float *m, *v;        /* (count) backend memory */
     double *sq;          /* (1) f64 backend memory: the squared gradient norm's device sum */
+    backend_adamw_span *spans;   /* (n_spans) backend memory: what a step updates (adamw_set_spans) */
+    int n_spans;
     long step;           /* optimizer steps taken */
 } adamw;
 
@@ -43,10 +45,17 @@ float opt_lr_at(const opt_hparams *h, long step);
 
 sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count);
 void adamw_free(adamw *o);
-/* One AdamW step on the covered range of m->params from the same range of `grads` (grads
- * points at the full flat gradient buffer, backend memory), each element's gradient
- * multiplied by grad_scale (clipping). Increments o->step. */
-void adamw_step(adamw *o, model *m, const float *grads, const opt_hparams *h, float lr, float grad_scale);
+/* What a step updates: n spans of any length (backend.h's backend_adamw_span, host memory),
+ * cut here into backend-sized pieces and uploaded; replaces earlier spans. */
+sk_status adamw_set_spans(adamw *o, const backend_adamw_span *spans, size_t n);
+/* The spans of a model whose whole flat buffer this state covers: parameter and gradient i
+ * at element i, each tensor decaying as its spec says. */
+sk_status adamw_set_model_spans(adamw *o, const model *m);
+/* One AdamW step over the spans (one launch): params and grads are the buffers the spans'
+ * param and grad offsets index, lp tensor_none() or params' bf16 copy to refresh in the same
+ * pass; gradients are clipped on the device by the norm sqrt(*o->sq) (the caller's sum of
+ * squares, global over ranks) when h->grad_clip > 0. Increments o->step. */
+void adamw_step(adamw *o, tensor params, tensor lp, tensor grads, const opt_hparams *h, float lr);
 
 sk_status adamw_save(const adamw *o, size_t n_params, const char *path);
 /* Loads a state written for the same n_params and range. */

@@ -111,9 +111,7 @@ sk_status train_step_run(train_step *s, const opt_hparams *hp, float lr, uint64_
     if (!isfinite(*loss))
         return sk_fail(SK_ESTATE, "train: the loss became %g at step %ld; try a lower --lr", *loss,
                        zero_opt_steps(s->z) + 1);
-    float scale = 1.0f;
-    if (hp->grad_clip > 0 && *grad_norm > hp->grad_clip) scale = (float)(hp->grad_clip / (*grad_norm + 1e-6));
-    sk_status st = zero_opt_step(s->z, hp, lr, scale);
+    sk_status st = zero_opt_step(s->z, hp, lr);
     s->ms[TRAIN_PHASE_OPT] = 1e3 * (time_now() - t_opt);
     return st;
 }

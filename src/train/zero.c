@@ -144,6 +144,31 @@ static void zero_owned(const zero *z, int g, size_t *a, size_t *n) {
     *n = lo >= gr->count ? 0 : (gr->count - lo < z->chunk[g] ? gr->count - lo : z->chunk[g]);
 }
 
+/* AdamW's spans for stages 1-3: each tensor's part inside the rank's owned range of its
+ * group. The moments sit at the part's place in the shard; the parameter there too at stage
+ * 3 (pshard), else in the flat buffer; the gradient in the flat buffer at stage 1, else in
+ * the gradient shard. */
+static sk_status zero_set_spans(zero *z) {
+    const model *m = z->m;
+    backend_adamw_span *sp = mem_calloc((size_t)(m->n_specs ? m->n_specs : 1) * sizeof *sp);
+    if (!sp) return sk_fail(SK_ENOMEM, "out of memory for AdamW spans");
+    size_t n_sp = 0;
+    for (int i = 0; i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        size_t a, n;
+        zero_owned(z, p->group, &a, &n);
+        size_t lo = p->offset > a ? p->offset : a;
+        size_t hi = p->offset + p->numel < a + n ? p->offset + p->numel : a + n;
+        if (lo >= hi) continue;
+        const int64_t s = (int64_t)(z->at[p->group] + (lo - a));   /* position in the shard */
+        sp[n_sp++] = (backend_adamw_span){z->stage == 3 ? s : (int64_t)lo, z->stage == 1 ? (int64_t)lo : s, s,
+                                          (int64_t)(hi - lo), p->decay ? 1 : 0};
+    }
+    sk_status st = adamw_set_spans(&z->opt, sp, n_sp);
+    mem_free(sp);
+    return st;
+}
+
 /* Sizes of the partition of m over world ranks (no allocation). */
 static void zero_sizes(const model *m, int world, size_t *shard, size_t *max_chunk, size_t *max_layer_chunk,
                        size_t *outer_total) {
@@ -365,6 +390,7 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
         goto fail;
     }
     if ((st = adamw_init(&z->opt, z->be, 0, stage == 0 ? m->n_params : z->shard))) goto fail;
+    if ((st = stage == 0 ? adamw_set_model_spans(&z->opt, m) : zero_set_spans(z))) goto fail;
     if ((stage == 1 || stage == 2) && !zero_alloc(z, &z->recv, z->max_chunk)) goto oom;
     if (stage >= 2 && !zero_alloc(z, &z->gshard, z->shard)) goto oom;
     if ((stage == 1 || (stage == 2 && dynamic)) && !zero_alloc(z, &z->staging, W * z->max_chunk)) goto oom;
@@ -502,38 +528,31 @@ sk_status zero_end_step(zero *z, double *grad_norm) {
     }
     if (z->stage >= 2) be->ops->sum_squares(be, NULL, sq_dev, tensor_1d(z->gshard, DT_F32, (int64_t)z->shard));
     backend_download(be, &sq, z->opt.sq, sizeof sq);
-    SK_TRY(zc_sum_f64(z, &sq, 1));
+    if (z->world > 1) {
+        SK_TRY(zc_sum_f64(z, &sq, 1));
+        backend_upload(be, z->opt.sq, &sq, sizeof sq);   /* the device's clipping reads the global norm */
+    }
     *grad_norm = sqrt(sq);
     return SK_OK;
 }
 
-sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr, float grad_scale) {
+sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr) {
     model *m = z->m;
-    backend *be = z->be;
     if (z->err) return z->err;
     model_params_changed(m);
+    const int64_t np = (int64_t)m->n_params;
     if (z->stage == 0) {
-        adamw_step(&z->opt, m, m->grads, h, lr, grad_scale);
+        /* every rank updates every parameter: the bf16 compute copy is refreshed in the pass */
+        const bool lp = m->compute && m->act_dt == DT_BF16;
+        adamw_step(&z->opt, tensor_1d(m->params, DT_F32, np), lp ? tensor_1d(m->compute, DT_BF16, np) : tensor_none(),
+                   tensor_1d(m->grads, DT_F32, np), h, lr);
+        if (lp) model_compute_written(m);
         return SK_OK;
     }
     if (z->stage == 3) zero_invalidate(z);   /* the gathered copies are about to be stale */
-    z->opt.step++;
-    for (int i = 0; i < m->n_specs; i++) {
-        const model_param *p = &m->specs[i];
-        int g = p->group;
-        size_t a, n;
-        zero_owned(z, g, &a, &n);
-        size_t lo = p->offset > a ? p->offset : a;
-        size_t hi = p->offset + p->numel < a + n ? p->offset + p->numel : a + n;
-        if (lo >= hi) continue;
-        size_t s = z->at[g] + (lo - a);   /* position in the shard */
-        float *param = z->stage == 3 ? z->pshard + s : m->params + lo;
-        const float *grad = z->stage == 1 ? m->grads + lo : z->gshard + s;
-        const int64_t k = (int64_t)(hi - lo);
-        be->ops->adamw(be, NULL, tensor_1d(param, DT_F32, k), tensor_1d((float *)grad, DT_F32, k),
-                       tensor_1d(z->opt.m + s, DT_F32, k), tensor_1d(z->opt.v + s, DT_F32, k), lr, h->beta1, h->beta2,
-                       h->eps, p->decay ? h->weight_decay : 0.0f, grad_scale, (int)z->opt.step);
-    }
+    const int64_t ns = (int64_t)z->shard;
+    adamw_step(&z->opt, z->stage == 3 ? tensor_1d(z->pshard, DT_F32, ns) : tensor_1d(m->params, DT_F32, np),
+               tensor_none(), z->stage == 1 ? tensor_1d(m->grads, DT_F32, np) : tensor_1d(z->gshard, DT_F32, ns), h, lr);
     if (z->stage == 3) return z->err;
     /* stages 1-2: every rank gets every group back */
     for (int g = 0; g < m->n_groups; g++) {

@@ -18,7 +18,7 @@
  *   zero_begin_step(z);
  *   ... model_forward / model_backward per micro-batch (zero_idle_pass where a rank has none)
  *   zero_end_step(z, &grad_norm);           // remaining reduction + global gradient norm
- *   zero_opt_step(z, &hp, lr, clip_scale);  // AdamW on the shard, parameters shared again
+ *   zero_opt_step(z, &hp, lr);              // AdamW on the shard (clipped on the device), parameters shared again
  *
  * Partition: each parameter group g (model.h: a layer, or a run of outer tensors) of count_g
  * elements is cut into chunks of c_g = ceil(count_g / world); rank r owns the group's
@@ -94,9 +94,9 @@ sk_status zero_idle_pass(zero *z);
 /* Ends the step's backward: reduces what is not reduced yet (all-reduce at stage 0,
  * reduce-scatter at 1 and at 2 with dynamic data) and writes the global gradient norm. */
 sk_status zero_end_step(zero *z, double *grad_norm);
-/* AdamW on the owned shard with gradients times grad_scale, then the parameters are shared
- * again (all-gather at 1-2; at 3 the gathered copies are dropped). */
-sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr, float grad_scale);
+/* AdamW on the owned shard, the gradients clipped on the device by the norm zero_end_step
+ * summed (opt_hparams.grad_clip), then the parameters are shared again (all-gather at 1-2; at 3 the gathered copies are dropped). */
+sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr);
 long zero_opt_steps(const zero *z);
 /* Seconds this rank spent blocked waiting for collectives since zero_begin_step: with
  * overlap, the communication the computation did not hide. */

@@ -600,12 +600,14 @@ static void cpu_sum_squares(backend *be, backend_stream *stream, tensor out, ten
     *cpu_scalar_f64(out) += total;
 }
 
-/* One pass over (param, grad, m, v): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
- * param -= lr (mhat / (sqrt(vhat) + eps) + wd param), as torch.optim.AdamW. sqrtf
- * vectorizes because the build passes -fno-math-errno (Makefile). */
-static void cpu_adamw_range(float *restrict param, const float *restrict grad, float *restrict m,
-                            float *restrict v, size_t n, float lr, float beta1, float beta2, float eps,
-                            float weight_decay, float grad_scale, float c1, float c2) {
+/* One span's pass over (param, grad, m, v): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ * param -= lr (mhat / (sqrt(vhat) + eps) + wd param), as torch.optim.AdamW; lp (or NULL)
+ * receives the new parameters in bf16. sqrtf vectorizes because the build passes
+ * -fno-math-errno (Makefile). */
+static void cpu_adamw_range(float *restrict param, uint16_t *restrict lp, const float *restrict grad,
+                            float *restrict m, float *restrict v, size_t n, const backend_adamw_hp *hp, float wd,
+                            float grad_scale, float c1, float c2) {
+    const float beta1 = hp->beta1, beta2 = hp->beta2, lr = hp->lr, eps = hp->eps;
     for (size_t i = 0; i < n; i++) {
         float g = grad[i] * grad_scale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
@@ -613,24 +615,31 @@ static void cpu_adamw_range(float *restrict param, const float *restrict grad, f
         m[i] = mi;
         v[i] = vi;
         float p = param[i];
-        param[i] = p - lr * (mi * c1 / (sqrtf(vi * c2) + eps) + weight_decay * p);
+        param[i] = p - lr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * p);
     }
+    if (lp)
+        for (size_t i = 0; i < n; i++) lp[i] = f32_to_bf16(param[i]);
 }
 
-static void cpu_adamw(backend *be, backend_stream *stream, tensor param_t, tensor grad_t, tensor m_t, tensor v_t,
-                      float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
-    SK_ASSERT(t >= 1);
-    const size_t n = (size_t)tensor_numel(param_t);
-    float *param = cpu_vec(param_t, (int64_t)n), *m = cpu_vec(m_t, (int64_t)n), *v = cpu_vec(v_t, (int64_t)n);
-    const float *grad = cpu_vec(grad_t, (int64_t)n);
-    const float c1 = 1.0f / (1.0f - powf(beta1, (float)t)), c2 = 1.0f / (1.0f - powf(beta2, (float)t));
-    const size_t chunk = 16384;
-    long nchunks = (long)((n + chunk - 1) / chunk);
-#pragma omp parallel for schedule(static) if (nchunks > 1)
-    for (long c = 0; c < nchunks; c++) {
-        size_t i0 = (size_t)c * chunk, k = n - i0 < chunk ? n - i0 : chunk;
-        cpu_adamw_range(param + i0, grad + i0, m + i0, v + i0, k, lr, beta1, beta2, eps,
-                        weight_decay, grad_scale, c1, c2);
+static void cpu_adamw(backend *be, backend_stream *stream, tensor param_t, tensor lp_t, tensor grad_t, tensor m_t,
+                      tensor v_t, const backend_adamw_span *spans, int n, const double *norm_sq,
+                      const backend_adamw_hp *hp) {
+    SK_ASSERT(hp->t >= 1 && (tensor_is_none(lp_t) || (lp_t.dt == DT_BF16 && tensor_numel(lp_t) == tensor_numel(param_t))));
+    float *param = cpu_vec(param_t, tensor_numel(param_t)), *m = cpu_vec(m_t, tensor_numel(m_t));
+    float *v = cpu_vec(v_t, tensor_numel(v_t));
+    const float *grad = cpu_vec(grad_t, tensor_numel(grad_t));
+    uint16_t *lp = tensor_is_none(lp_t) ? NULL : lp_t.data;
+    const float c1 = 1.0f / (1.0f - powf(hp->beta1, (float)hp->t)), c2 = 1.0f / (1.0f - powf(hp->beta2, (float)hp->t));
+    float scale = 1.0f;
+    if (norm_sq && hp->grad_clip > 0) {
+        const double norm = sqrt(*norm_sq);
+        if (norm > hp->grad_clip) scale = (float)(hp->grad_clip / (norm + 1e-6));
+    }
+#pragma omp parallel for schedule(dynamic) if (n > 1)
+    for (int i = 0; i < n; i++) {
+        const backend_adamw_span *sp = &spans[i];
+        cpu_adamw_range(param + sp->param, lp ? lp + sp->param : NULL, grad + sp->grad, m + sp->state,
+                        v + sp->state, (size_t)sp->count, hp, sp->decay ? hp->weight_decay : 0.0f, scale, c1, c2);
     }
 }
 

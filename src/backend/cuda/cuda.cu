@@ -425,13 +425,13 @@ static void cuda_sum_squares_op(backend *be, backend_stream *s, tensor out, tens
 }
 
 /* The bias corrections are computed on the host as the CPU computes them (powf). */
-static void cuda_adamw_op(backend *be, backend_stream *s, tensor param, tensor grad, tensor m, tensor v, float lr,
-                          float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t) {
-    SK_ASSERT(t >= 1);
-    const int64_t n = tensor_numel(param);
-    const float c1 = 1.0f / (1.0f - powf(beta1, (float)t)), c2 = 1.0f / (1.0f - powf(beta2, (float)t));
-    cuda_adamw(ctx(be), stream_of(be, s), flat(param, n), flat(grad, n), flat(m, n), flat(v, n), n, lr, beta1, beta2,
-               eps, weight_decay, grad_scale, c1, c2);
+static void cuda_adamw_op(backend *be, backend_stream *s, tensor param, tensor lp, tensor grad, tensor m, tensor v,
+                          const backend_adamw_span *spans, int n, const double *norm_sq, const backend_adamw_hp *hp) {
+    SK_ASSERT(hp->t >= 1 && (tensor_is_none(lp) || (lp.dt == DT_BF16 && tensor_numel(lp) == tensor_numel(param))));
+    const float c1 = 1.0f / (1.0f - powf(hp->beta1, (float)hp->t)), c2 = 1.0f / (1.0f - powf(hp->beta2, (float)hp->t));
+    cuda_adamw(stream_of(be, s), flat(param, tensor_numel(param)),
+               tensor_is_none(lp) ? NULL : (__nv_bfloat16 *)lp.data, flat(grad, tensor_numel(grad)),
+               flat(m, tensor_numel(m)), flat(v, tensor_numel(v)), spans, n, norm_sq, hp, c1, c2);
 }
 
 /* ---- the engine's ops ---- */

@@ -15,6 +15,7 @@
 #define SKEIN_CUDA_IMPL_CUH
 
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -147,8 +148,10 @@ void cuda_dropout(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, i
 void cuda_cast(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n);
 void cuda_sum_f64(cudaStream_t s, double *out, const float *v, int64_t n);
 void cuda_sum_squares(cudaStream_t s, double *out, const float *v, int64_t n);
-void cuda_adamw(const cuda_ctx *x, cudaStream_t s, float *param, const float *grad, float *m, float *v, int64_t n,
-                float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, float c1,
+/* AdamW over n spans (backend.h's adamw); lp: NULL or the bf16 copy of param; c1, c2 the
+ * bias corrections; norm_sq: NULL or the device f64 squared gradient norm. */
+void cuda_adamw(cudaStream_t s, float *param, __nv_bfloat16 *lp, const float *grad, float *m, float *v,
+                const backend_adamw_span *spans, int n, const double *norm_sq, const backend_adamw_hp *hp, float c1,
                 float c2);
 
 /* ---- attention (cuda_attention.cu) ---- */

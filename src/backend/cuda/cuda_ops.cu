@@ -1009,25 +1009,38 @@ void cuda_sum_squares(cudaStream_t s, double *out, const float *v, int64_t n) {
 
 /* ---- optimizer ---- */
 
-/* torch.optim.AdamW, as cpu_adamw_range: c1, c2 are the bias corrections 1/(1 - beta^t). */
-struct op_adamw {
-    float *param;
-    const float *grad;
-    float *m, *v;
-    float lr, beta1, beta2, eps, wd, gs, c1, c2;
-    __device__ void operator()(int64_t i) const {
-        float g = grad[i] * gs;
-        float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        float p = param[i];
-        param[i] = p - lr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * p);
+/* torch.optim.AdamW, as cpu_adamw_range: one block per span (the whole model in one launch);
+ * the clipping scale from the device's squared norm, with the host's formula in double. */
+__global__ void adamw_spans_kernel(float *param, __nv_bfloat16 *lp, const float *grad, float *m, float *v,
+                                   const backend_adamw_span *spans, const double *norm_sq, backend_adamw_hp hp,
+                                   float c1, float c2) {
+    const backend_adamw_span sp = spans[blockIdx.x];
+    float scale = 1.0f;
+    if (norm_sq && hp.grad_clip > 0) {
+        const double norm = sqrt(*norm_sq);
+        if (norm > hp.grad_clip) scale = (float)(hp.grad_clip / (norm + 1e-6));
     }
-};
+    const float wd = sp.decay ? hp.weight_decay : 0.0f;
+    float *p = param + sp.param, *ms = m + sp.state, *vs = v + sp.state;
+    const float *g = grad + sp.grad;
+    __nv_bfloat16 *l = lp ? lp + sp.param : NULL;
+    for (int64_t i = threadIdx.x; i < sp.count; i += blockDim.x) {
+        const float gi = g[i] * scale;
+        const float mi = hp.beta1 * ms[i] + (1.0f - hp.beta1) * gi;
+        const float vi = hp.beta2 * vs[i] + (1.0f - hp.beta2) * gi * gi;
+        ms[i] = mi;
+        vs[i] = vi;
+        const float pi = p[i];
+        const float np = pi - hp.lr * (mi * c1 / (sqrtf(vi * c2) + hp.eps) + wd * pi);
+        p[i] = np;
+        if (l) l[i] = __float2bfloat16_rn(np);
+    }
+}
 
-void cuda_adamw(const cuda_ctx *x, cudaStream_t s, float *param, const float *grad, float *m, float *v, int64_t n,
-                float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, float c1,
+void cuda_adamw(cudaStream_t s, float *param, __nv_bfloat16 *lp, const float *grad, float *m, float *v,
+                const backend_adamw_span *spans, int n, const double *norm_sq, const backend_adamw_hp *hp, float c1,
                 float c2) {
-    each(x, s, n, op_adamw{param, grad, m, v, lr, beta1, beta2, eps, weight_decay, grad_scale, c1, c2});
+    if (n == 0) return;
+    adamw_spans_kernel<<<n, 512, 0, s>>>(param, lp, grad, m, v, spans, norm_sq, *hp, c1, c2);
+    CUDA_CHECK_LAUNCH();
 }
