@@ -217,8 +217,8 @@ TEST(linear_backward_matches_finite_differences) {
 enum { NN = 5, NC = 24 };
 static float *nx, *nwt, *nb, *nout, *nmean, *nrstd, *nw;
 static double ln_obj(void) {
-    RUN(be->ops->layernorm_forward(be, NULL, M(nout, NN, NC), V(nmean, NN), V(nrstd, NN), M(nx, NN, NC), V(nwt, NC),
-                                   V(nb, NC), 1e-5f));
+    RUN(be->ops->layernorm_forward(be, NULL, M(nout, NN, NC), V(nmean, NN), V(nrstd, NN), M(nx, NN, NC), tensor_none(),
+                                   V(nwt, NC), V(nb, NC), 1e-5f));
     return dot(nw, nout, NN * NC);
 }
 TEST(layernorm_forward_and_backward) {
@@ -237,17 +237,27 @@ TEST(layernorm_forward_and_backward) {
             CHECK_NEAR(nout[i * NC + c], (nx[i * NC + c] - m) * r * nwt[c] + nb[c], 1e-5);
     }
     float *dx = zeros(NN * NC), *dwt = zeros(NC), *db = zeros(NC);
-    RUN(be->ops->layernorm_backward(be, NULL, M(dx, NN, NC), V(dwt, NC), V(db, NC), M(nw, NN, NC), M(nx, NN, NC),
-                                    V(nwt, NC), V(nmean, NN), V(nrstd, NN)));
+    RUN(be->ops->layernorm_backward(be, NULL, M(dx, NN, NC), tensor_none(), V(dwt, NC), V(db, NC), M(nw, NN, NC),
+                                    M(nx, NN, NC), V(nwt, NC), V(nmean, NN), V(nrstd, NN)));
     CHECK(fd_check("dinp", nx, dx, NN * NC, ln_obj) == 0);
     CHECK(fd_check("dweight", nwt, dwt, NC, ln_obj) == 0);
     CHECK(fd_check("dbias", nb, db, NC, ln_obj) == 0);
     /* accumulation: a second call adds the same amounts */
     float first = dx[7], firstw = dwt[3];
-    RUN(be->ops->layernorm_backward(be, NULL, M(dx, NN, NC), V(dwt, NC), V(db, NC), M(nw, NN, NC), M(nx, NN, NC),
-                                    V(nwt, NC), V(nmean, NN), V(nrstd, NN)));
+    uint16_t *lp = mirrored(NN * NC * sizeof(uint16_t));
+    RUN(be->ops->layernorm_backward(be, NULL, M(dx, NN, NC), tensor_2d(DEV(lp), DT_BF16, NN, NC), V(dwt, NC), V(db, NC),
+                                    M(nw, NN, NC), M(nx, NN, NC), V(nwt, NC), V(nmean, NN), V(nrstd, NN)));
     CHECK_NEAR(dx[7], 2 * first, 1e-6);
     CHECK_NEAR(dwt[3], 2 * firstw, 1e-6);
+    for (int i = 0; i < NN * NC; i++) CHECK(lp[i] == f32_to_bf16(dx[i]));   /* the copy of the sum */
+    /* the residual: forward(inp, resid) is inp += resid, then forward(inp) */
+    float *res = randn(NN * NC, 1), *sum = zeros(NN * NC), *out2 = zeros(NN * NC);
+    for (int i = 0; i < NN * NC; i++) sum[i] = nx[i] + res[i];
+    RUN(be->ops->layernorm_forward(be, NULL, M(out2, NN, NC), tensor_none(), tensor_none(), M(sum, NN, NC),
+                                   tensor_none(), V(nwt, NC), V(nb, NC), 1e-5f);
+        be->ops->layernorm_forward(be, NULL, M(nout, NN, NC), tensor_none(), tensor_none(), M(nx, NN, NC),
+                                   M(res, NN, NC), V(nwt, NC), V(nb, NC), 1e-5f));
+    CHECK(!memcmp(nx, sum, sizeof(float) * NN * NC) && !memcmp(nout, out2, sizeof(float) * NN * NC));
 }
 
 /* ---- GELU ---- */
@@ -473,7 +483,8 @@ TEST(attention_backward_independent_of_threads) {
 enum { RN = 5, RC = 24 };
 static float *rx, *rwt, *rout, *rrstd, *rw;
 static double rms_obj(void) {
-    RUN(be->ops->rmsnorm_forward(be, NULL, M(rout, RN, RC), V(rrstd, RN), M(rx, RN, RC), V(rwt, RC), 1e-5f));
+    RUN(be->ops->rmsnorm_forward(be, NULL, M(rout, RN, RC), V(rrstd, RN), M(rx, RN, RC), tensor_none(), V(rwt, RC),
+                                 1e-5f));
     return dot(rw, rout, RN * RC);
 }
 TEST(rmsnorm_forward_and_backward) {
@@ -489,13 +500,15 @@ TEST(rmsnorm_forward_and_backward) {
         for (int c = 0; c < RC; c++) CHECK_NEAR(rout[i * RC + c], rx[i * RC + c] * r * rwt[c], 1e-5);
     }
     float *dx = zeros(RN * RC), *dwt = zeros(RC);
-    RUN(be->ops->rmsnorm_backward(be, NULL, M(dx, RN, RC), V(dwt, RC), M(rw, RN, RC), M(rx, RN, RC), V(rwt, RC),
-                                  V(rrstd, RN)));
+    RUN(be->ops->rmsnorm_backward(be, NULL, M(dx, RN, RC), tensor_none(), V(dwt, RC), M(rw, RN, RC), M(rx, RN, RC),
+                                  V(rwt, RC), V(rrstd, RN)));
     CHECK(fd_check("dinp", rx, dx, RN * RC, rms_obj) == 0);
     CHECK(fd_check("dweight", rwt, dwt, RC, rms_obj) == 0);
     float first = dx[7], firstw = dwt[3];   /* accumulation */
-    RUN(be->ops->rmsnorm_backward(be, NULL, M(dx, RN, RC), V(dwt, RC), M(rw, RN, RC), M(rx, RN, RC), V(rwt, RC),
-                                  V(rrstd, RN)));
+    uint16_t *lp = mirrored(RN * RC * sizeof(uint16_t));
+    RUN(be->ops->rmsnorm_backward(be, NULL, M(dx, RN, RC), tensor_2d(DEV(lp), DT_BF16, RN, RC), V(dwt, RC),
+                                  M(rw, RN, RC), M(rx, RN, RC), V(rwt, RC), V(rrstd, RN)));
+    for (int i = 0; i < RN * RC; i++) CHECK(lp[i] == f32_to_bf16(dx[i]));
     CHECK_NEAR(dx[7], 2 * first, 1e-6);
     CHECK_NEAR(dwt[3], 2 * firstw, 1e-6);
 }

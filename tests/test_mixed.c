@@ -363,43 +363,64 @@ TEST(linear_forward_matches_unfused_f32) {
 
 /* ---- norms ---- */
 
-/* LayerNorm: f32 inp, bf16 out, f32 mean and rstd; the backward from a bf16 dout accumulates
- * into f32 dinp, dweight, dbias holding earlier values, with the reference's mean and rstd. */
-TEST(layernorm_bf16_out_and_dout) {
-    NEED_MIXED();
-    const int N = 19, C = 100;
-    arr *inp = arr_new((size_t)N * C, DT_F32, 2), *w = arr_new(C, DT_F32, 1), *bias = arr_new(C, DT_F32, 1);
-    arr *out = arr_new((size_t)N * C, DT_BF16, 1), *mean = arr_new(N, DT_F32, 0), *rstd = arr_new(N, DT_F32, 0);
-    for (size_t i = 0; i < inp->n; i++) inp->x[i] += 0.5f;
-    arr_put(inp);
-    BOTH(b->ops->layernorm_forward(b, NULL, T2(out, N, C), T1(mean), T1(rstd), T2(inp, N, C), T1(w), T1(bias), 1e-5f));
-    CHECK(agree("layernorm out", out, ATOL_SUM));
-    CHECK(agree("layernorm mean", mean, ATOL_SUM));
-    CHECK(agree("layernorm rstd", rstd, ATOL_SUM));
-    arr_put(mean), arr_put(rstd);
-    arr *dout = arr_new((size_t)N * C, DT_BF16, 1), *dinp = arr_new((size_t)N * C, DT_F32, 1);
-    arr *dw = arr_new(C, DT_F32, 1), *db = arr_new(C, DT_F32, 1);
-    BOTH(b->ops->layernorm_backward(b, NULL, T2(dinp, N, C), T1(dw), T1(db), T2(dout, N, C), T2(inp, N, C), T1(w),
-                                    T1(mean), T1(rstd)));
-    CHECK(agree("layernorm dinp", dinp, ATOL_SUM));
-    CHECK(agree("layernorm dweight", dw, ATOL_SUM));
-    CHECK(agree("layernorm dbias", db, ATOL_SUM));
+/* The shapes the norms run at: C not a multiple of 8 (the scalar path), more rows than the
+ * CUDA backward's grid holds (its rows per warp > 1), GPT-2's width (weight gradients summed
+ * in the kernel), and a width past that (summed by columns). */
+static const int norm_shapes[][2] = {{19, 100}, {9000, 64}, {300, 768}, {37, 2048}};
+
+/* Whether lp (the device's dinp_lp) is the device's dinp rounded to bf16, bit for bit. */
+static bool lp_copy_exact(const char *what, const arr *lp, const arr *dinp) {
+    float *got = arr_get(lp), *want = arr_get(dinp);
+    size_t bad = 0;
+    for (size_t i = 0; i < lp->n; i++)
+        if (got[i] != bf16_round(want[i]) && bad++ < 5) printf("  %s[%zu]: %g, want %g\n", what, i, got[i], bf16_round(want[i]));
+    free(got);
+    free(want);
+    return bad == 0;
 }
 
-/* RMSNorm as LayerNorm: bf16 out, f32 rstd; backward from bf16 dout into accumulating f32. */
+/* LayerNorm (ln) or RMSNorm at (N,C): the forward adds an f32 residual into f32 inp in place
+ * and writes a bf16 out, f32 mean and rstd; the backward from a bf16 dout accumulates into
+ * f32 dinp, dweight (, dbias) holding earlier values, with the reference's statistics, and
+ * on the device also writes dinp's bf16 copy. */
+static bool norm_case(bool ln, int N, int C) {
+    const char *name = ln ? "layernorm" : "rmsnorm";
+    printf("  %s N=%d C=%d\n", name, N, C);
+    arr *inp = arr_new((size_t)N * C, DT_F32, 2), *res = arr_new((size_t)N * C, DT_F32, 1), *w = arr_new(C, DT_F32, 1);
+    arr *bias = arr_new(C, DT_F32, 1), *out = arr_new((size_t)N * C, DT_BF16, 1);
+    arr *mean = arr_new(N, DT_F32, 0), *rstd = arr_new(N, DT_F32, 0);
+    for (size_t i = 0; i < inp->n; i++) inp->x[i] += 0.5f;   /* an offset the two-pass variance must handle */
+    arr_put(inp);
+    const float eps = ln ? 1e-5f : 1e-6f;
+    if (ln) BOTH(b->ops->layernorm_forward(b, NULL, T2(out, N, C), T1(mean), T1(rstd), T2(inp, N, C), T2(res, N, C), T1(w), T1(bias), eps));
+    else BOTH(b->ops->rmsnorm_forward(b, NULL, T2(out, N, C), T1(rstd), T2(inp, N, C), T2(res, N, C), T1(w), eps));
+    bool ok = agree("inp + residual", inp, 0.0);
+    ok &= agree("out", out, ATOL_SUM);
+    if (ln) ok &= agree("mean", mean, ATOL_SUM);
+    ok &= agree("rstd", rstd, ATOL_SUM);
+    arr_put(mean), arr_put(rstd);
+    arr *dout = arr_new((size_t)N * C, DT_BF16, 1), *dinp = arr_new((size_t)N * C, DT_F32, 1);
+    arr *dw = arr_new(C, DT_F32, 1), *db = arr_new(C, DT_F32, 1), *lp = arr_new((size_t)N * C, DT_BF16, 0);
+    if (ln) BOTH(b->ops->layernorm_backward(b, NULL, T2(dinp, N, C), on_dev ? T2(lp, N, C) : tensor_none(), T1(dw), T1(db), T2(dout, N, C), T2(inp, N, C), T1(w), T1(mean), T1(rstd)));
+    else BOTH(b->ops->rmsnorm_backward(b, NULL, T2(dinp, N, C), on_dev ? T2(lp, N, C) : tensor_none(), T1(dw), T2(dout, N, C), T2(inp, N, C), T1(w), T1(rstd)));
+    ok &= agree("dinp", dinp, ATOL_SUM);
+    ok &= agree("dweight", dw, ATOL_SUM);
+    if (ln) ok &= agree("dbias", db, ATOL_SUM);
+    ok &= lp_copy_exact("dinp_lp", lp, dinp);
+    setup(20);   /* frees the arrays */
+    return ok;
+}
+
+TEST(layernorm_bf16_out_and_dout) {
+    NEED_MIXED();
+    for (size_t i = 0; i < sizeof norm_shapes / sizeof norm_shapes[0]; i++)
+        CHECK(norm_case(true, norm_shapes[i][0], norm_shapes[i][1]));
+}
+
 TEST(rmsnorm_bf16_out_and_dout) {
     NEED_MIXED();
-    const int N = 23, C = 72;
-    arr *inp = arr_new((size_t)N * C, DT_F32, 2), *w = arr_new(C, DT_F32, 1);
-    arr *out = arr_new((size_t)N * C, DT_BF16, 1), *rstd = arr_new(N, DT_F32, 0);
-    BOTH(b->ops->rmsnorm_forward(b, NULL, T2(out, N, C), T1(rstd), T2(inp, N, C), T1(w), 1e-6f));
-    CHECK(agree("rmsnorm out", out, ATOL_SUM));
-    CHECK(agree("rmsnorm rstd", rstd, ATOL_SUM));
-    arr_put(rstd);
-    arr *dout = arr_new((size_t)N * C, DT_BF16, 1), *dinp = arr_new((size_t)N * C, DT_F32, 1), *dw = arr_new(C, DT_F32, 1);
-    BOTH(b->ops->rmsnorm_backward(b, NULL, T2(dinp, N, C), T1(dw), T2(dout, N, C), T2(inp, N, C), T1(w), T1(rstd)));
-    CHECK(agree("rmsnorm dinp", dinp, ATOL_SUM));
-    CHECK(agree("rmsnorm dweight", dw, ATOL_SUM));
+    for (size_t i = 0; i < sizeof norm_shapes / sizeof norm_shapes[0]; i++)
+        CHECK(norm_case(false, norm_shapes[i][0], norm_shapes[i][1]));
 }
 
 /* ---- elementwise ---- */

@@ -136,7 +136,9 @@ typedef struct backend_ops {
      * inp, w and out are one of matmul's kinds (A = inp, B = w, C = out). The sum is formed
      * in f32; a bf16 out or pre may be rounded once (pre = bf16(x), out = bf16(act(x)) of the
      * same f32 x: the CPU) or, where the backend runs the layer as separate ops, after the
-     * product and again after the bias (matmul then bias_add: CUDA's bf16 layers). out and pre: 2-D, contiguous with GELU (gelu_forward's views), else contiguous
+     * product and again after the bias (matmul then bias_add), or after the sum and again
+     * after the GELU; and a bf16 sum may take the bias rounded to bf16, as autocast's
+     * F.linear does (CUDA's bf16 layers: product and bias in one cuBLASLt epilogue). out and pre: 2-D, contiguous with GELU (gelu_forward's views), else contiguous
      * rows with any row stride; they overlap nothing. Writes. */
     void (*linear_forward)(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w,
                            bool trans_w, tensor bias, backend_act act);
@@ -150,13 +152,18 @@ typedef struct backend_ops {
     void (*embed_backward)(backend *be, backend_stream *s, tensor dwte, tensor dwpe, tensor dout, tensor tokens);
 
     /* LayerNorm over the C columns of inp(N,C) with weight(C), bias(C). Writes out(N,C) [lp],
-     * mean(N), rstd(N) (saved for backward; both may be tensor_none() in inference). */
+     * mean(N), rstd(N) (saved for backward; both may be tensor_none() in inference). With a
+     * residual resid(N,C) (f32, else tensor_none()) the op first adds it to inp in place
+     * (inp += resid, the residual stream's sum, rounded once) and normalizes the sum: the
+     * add and the norm in one pass. out overlaps neither inp nor resid. */
     void (*layernorm_forward)(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,
-                              tensor weight, tensor bias, float eps);
+                              tensor resid, tensor weight, tensor bias, float eps);
     /* dinp(N,C), dweight(C), dbias(C) accumulate from dout(N,C) [lp]; mean, rstd from the
-     * forward. */
-    void (*layernorm_backward)(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dbias,
-                               tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd);
+     * forward. dinp_lp: tensor_none(), or a bf16 (N,C) that receives the accumulated dinp
+     * rounded once (the copy the next branch's products read, made in the same pass); it
+     * overlaps no other argument. */
+    void (*layernorm_backward)(backend *be, backend_stream *s, tensor dinp, tensor dinp_lp, tensor dweight,
+                               tensor dbias, tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd);
 
     /* GELU, tanh approximation ("gelu_new" in transformers), elementwise over views of equal
      * element count, all [lp] of one dtype. forward writes out (may alias inp). backward WRITES
@@ -200,13 +207,14 @@ typedef struct backend_ops {
 
     /* RMSNorm over the C columns of inp(N,C), computed in f32 as transformers' LlamaRMSNorm
      * does: out = inp * rstd * weight with rstd = 1/sqrt(mean(inp^2) + eps). Writes out(N,C)
-     * [lp] and rstd(N) (saved for backward; may be tensor_none() in inference). out may alias
-     * inp (then f32). */
-    void (*rmsnorm_forward)(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor weight,
-                            float eps);
-    /* dinp(N,C) and dweight(C) accumulate from dout(N,C) [lp]; rstd from the forward. */
-    void (*rmsnorm_backward)(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout, tensor inp,
-                             tensor weight, tensor rstd);
+     * [lp] and rstd(N) (saved for backward; may be tensor_none() in inference). resid as in
+     * layernorm_forward (inp += resid first). out may alias inp (then f32), never resid. */
+    void (*rmsnorm_forward)(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor resid,
+                            tensor weight, float eps);
+    /* dinp(N,C) and dweight(C) accumulate from dout(N,C) [lp]; rstd from the forward; dinp_lp
+     * as in layernorm_backward. */
+    void (*rmsnorm_backward)(backend *be, backend_stream *s, tensor dinp, tensor dinp_lp, tensor dweight,
+                             tensor dout, tensor inp, tensor weight, tensor rstd);
 
     /* Rotary position embedding, in place, with transformers' rotate_half pairing: inside each
      * head of HS channels, channel i < HS/2 pairs with i + HS/2, and the pair rotates by the

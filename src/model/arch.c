@@ -72,13 +72,6 @@ tensor arch_lm_head(backend *be, tensor w, tensor w_compute, void *scratch, dtyp
     return tensor_2d(scratch, lp, arch_vocab_padded(V), C);
 }
 
-tensor arch_lp_copy(backend *be, tensor x, void *scratch, dtype lp) {
-    if (lp == x.dt) return x;
-    tensor y = tensor_2d(scratch, lp, x.shape[0], x.shape[1]);
-    be->ops->cast(be, NULL, y, x);
-    return y;
-}
-
 void arch_check_tokens(const model *m, const int *tokens, size_t n) {
     for (size_t i = 0; i < n; i++) SK_ASSERT(tokens[i] >= 0 && tokens[i] < m->cfg.vocab_size);
 }

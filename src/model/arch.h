@@ -47,10 +47,6 @@ static inline int64_t arch_vocab_padded(int64_t V) { return (V + 63) & ~(int64_t
  * w_compute itself (V,C). */
 tensor arch_lm_head(backend *be, tensor w, tensor w_compute, void *scratch, dtype lp, bool refresh);
 
-/* A bf16 copy (in scratch, of x's shape and lp's dtype) of the f32 gradient x for products
- * that read it next to bf16 operands; x itself in f32 training (lp f32). */
-tensor arch_lp_copy(backend *be, tensor x, void *scratch, dtype lp);
-
 /* Rows (N,D) of a contiguous activation as sequences (B,T,D), N = B*T: what attention takes. */
 static inline tensor arch_seq(tensor x, int64_t B, int64_t T) {
     const int64_t shape[3] = {B, T, x.shape[1]};

@@ -15,7 +15,8 @@
  * Mixed precision (model_set_precision): the activations marked "lp" below are bf16, the
  * products read the bf16 compute copy of the matrices (model_compute_view), the residual
  * stream, norm statistics, losses and every gradient of a parameter stay f32; the residual's
- * gradient passes to products through a bf16 copy (arch_lp_copy). In f32 "lp" is f32.
+ * gradient passes to products through a bf16 copy that the norm backward before the branch
+ * writes in its pass (gpt2_norm_copy). In f32 "lp" is f32.
  *
  * Invariants: train_prepare plans every activation for its (B,T) and allocates them in one
  * backend buffer; forward and backward then allocate nothing (infer_batch neither: its
@@ -345,7 +346,8 @@ static void gpt2_layer_forward(model *m, int l) {
     float attn_p = drop ? c->attn_pdrop : 0.0f;
     tensor q, k, v;
 
-    op->layernorm_forward(be, NULL, x.ln1, x.ln1_mean, x.ln1_rstd, x.in, w.ln1w, w.ln1b, c->norm_eps);
+    op->layernorm_forward(be, NULL, x.ln1, x.ln1_mean, x.ln1_rstd, x.in, tensor_none(), w.ln1w, w.ln1b,
+                          c->norm_eps);
     gpt2_linear(be, x.qkv, x.ln1, w.attnw, w.attnb);
     gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
     op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, q, k, v, NH, NH, 0, attn_p,
@@ -353,9 +355,8 @@ static void gpt2_layer_forward(model *m, int l) {
     gpt2_linear(be, x.res2, x.atty, w.projw, w.projb);
     if (drop && c->resid_pdrop > 0)
         op->dropout_forward(be, NULL, x.res2, x.res2, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
-    op->add(be, NULL, x.res2, x.res2, x.in);
-
-    op->layernorm_forward(be, NULL, x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2w, w.ln2b, c->norm_eps);
+    /* res2 += in, the attention branch's residual, in ln_2's pass */
+    op->layernorm_forward(be, NULL, x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, x.in, w.ln2w, w.ln2b, c->norm_eps);
     gpt2_linear_gelu(be, x.fch_gelu, x.fch, x.ln2, w.fcw, w.fcb);
     gpt2_linear(be, x.res3, x.fch_gelu, w.fcpw, w.fcpb);
     if (drop && c->resid_pdrop > 0)
@@ -393,7 +394,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : encoded;
-    op->layernorm_forward(be, NULL, lnf, arch_vec(a->lnf_mean, N), arch_vec(a->lnf_rstd, N), resL,
+    op->layernorm_forward(be, NULL, lnf, arch_vec(a->lnf_mean, N), arch_vec(a->lnf_rstd, N), resL, tensor_none(),
                           gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ wte(V,C)^T: the tied LM head (padded to Vp rows in mixed
      * precision, the product then writing every column of the logits' rows) */
@@ -407,9 +408,17 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
                           tensor_1d(a->targets, DT_I32, N), targets);
 }
 
+/* Where the norm backward before a residual branch writes its bf16 copy of dres (scratch),
+ * or tensor_none(): in f32, and with residual dropout, whose backward makes the branch's
+ * gradient itself (gpt2_branch_grad). */
+static tensor gpt2_norm_copy(const model *m, tensor scratch) {
+    if (scratch.dt == DT_F32 || (m->dropout && m->cfg.resid_pdrop > 0)) return tensor_none();
+    return scratch;
+}
+
 /* The gradient a residual branch's products see, from dres (f32) for the branch whose
- * dropout site is `site`: dropout's backward into scratch, or in mixed precision a bf16 copy
- * in scratch, or dres itself (f32, no dropout). */
+ * dropout site is `site`: dropout's backward into scratch, or in mixed precision the bf16
+ * copy the norm backward wrote into scratch (gpt2_norm_copy), or dres itself (f32). */
 static tensor gpt2_branch_grad(model *m, tensor scratch, tensor dres, int site) {
     const model_config *c = &m->cfg;
     if (m->dropout && c->resid_pdrop > 0) {
@@ -417,7 +426,7 @@ static tensor gpt2_branch_grad(model *m, tensor scratch, tensor dres, int site) 
         m->be->ops->dropout_backward(m->be, NULL, scratch, dres, c->resid_pdrop, gpt2_drop_seed(m, site, STC));
         return scratch;
     }
-    return arch_lp_copy(m->be, dres, scratch.data, scratch.dt);
+    return scratch.dt == DT_F32 ? dres : scratch;
 }
 
 static void gpt2_backward(model *m, float dloss) {
@@ -447,8 +456,9 @@ static void gpt2_backward(model *m, float dloss) {
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
     backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
-    op->layernorm_backward(be, NULL, dres, gpt2_tensor(m, true, nf), gpt2_tensor(m, true, nf + 1), dC, resL,
-                           gpt2_tensor(m, false, nf), arch_vec(a->lnf_mean, N), arch_vec(a->lnf_rstd, N));
+    op->layernorm_backward(be, NULL, dres, gpt2_norm_copy(m, dC2), gpt2_tensor(m, true, nf),
+                           gpt2_tensor(m, true, nf + 1), dC, resL, gpt2_tensor(m, false, nf), arch_vec(a->lnf_mean, N),
+                           arch_vec(a->lnf_rstd, N));
 
     for (int l = L - 1; l >= 0; l--) {
         model_hook_before_backward(m, l);
@@ -457,15 +467,18 @@ static void gpt2_backward(model *m, float dloss) {
         gpt2_layer_acts x = gpt2_layer_views(m, l);
         float attn_p = drop ? c->attn_pdrop : 0.0f;
 
-        /* MLP branch; dres is the gradient of x3 */
-        tensor dbranch = gpt2_branch_grad(m, dC, dres, 3 + 3 * l);
+        /* MLP branch; dres is the gradient of x3 (its bf16 copy in dC2, from the norm after) */
+        tensor dbranch = gpt2_branch_grad(m, dC2, dres, 3 + 3 * l);
         gpt2_linear_backward(be, dF, g.fcpw, g.fcpb, dbranch, x.fch_gelu, w.fcpw);
         op->gelu_backward(be, NULL, dF, x.fch, dF);
         gpt2_linear_backward(be, dC, g.fcw, g.fcb, dF, x.ln2, w.fcw);
-        op->layernorm_backward(be, NULL, dres, g.ln2w, g.ln2b, dC, x.res2, w.ln2w, x.ln2_mean, x.ln2_rstd);
+        /* dF is free: it holds the bf16 copy of dres for the attention branch */
+        tensor dF_C = arch_mat_at(a->dF, lp, 0, N, C);
+        op->layernorm_backward(be, NULL, dres, gpt2_norm_copy(m, dF_C), g.ln2w, g.ln2b, dC, x.res2, w.ln2w,
+                               x.ln2_mean, x.ln2_rstd);
 
         /* attention branch; dres is now the gradient of x2 */
-        dbranch = gpt2_branch_grad(m, dC, dres, 2 + 3 * l);
+        dbranch = gpt2_branch_grad(m, dF_C, dres, 2 + 3 * l);
         gpt2_linear_backward(be, dC2, g.projw, g.projb, dbranch, x.atty, w.projw);
         backend_zero(be, a->dqkv, tensor_bytes(dqkv));
         tensor q, k, v, dq, dk, dv;
@@ -475,7 +488,8 @@ static void gpt2_backward(model *m, float dloss) {
                                arch_seq(x.atty, B, T), x.lse, NH, NH, 0, attn_p,
                                gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear_backward(be, dC, g.attnw, g.attnb, dqkv, x.ln1, w.attnw);
-        op->layernorm_backward(be, NULL, dres, g.ln1w, g.ln1b, dC, x.in, w.ln1w, x.ln1_mean, x.ln1_rstd);
+        op->layernorm_backward(be, NULL, dres, l > 0 ? gpt2_norm_copy(m, dC2) : tensor_none(), g.ln1w, g.ln1b, dC,
+                               x.in, w.ln1w, x.ln1_mean, x.ln1_rstd);
         model_hook_after_backward(m, l);
     }
     if (drop && c->embd_pdrop > 0)
@@ -543,13 +557,13 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     op->add(be, NULL, x, x, ln);
     for (int l = 0; l < L; l++) {
         gpt2_w w = gpt2_layer(m, false, l);
-        op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln1w, w.ln1b, c->norm_eps);
+        op->layernorm_forward(be, NULL, ln, mean, rstd, x, tensor_none(), w.ln1w, w.ln1b, c->norm_eps);
         gpt2_linear(be, qkv, ln, w.attnw, w.attnb);
         arch_paged_attention(be, kv, &f->ids, b, l, atty, tensor_cols(qkv, 0, C), tensor_cols(qkv, C, C),
                              tensor_cols(qkv, 2 * C, C), NH, NH, 0);
         gpt2_linear(be, ln, atty, w.projw, w.projb);
         op->add(be, NULL, x, x, ln);
-        op->layernorm_forward(be, NULL, ln, mean, rstd, x, w.ln2w, w.ln2b, c->norm_eps);
+        op->layernorm_forward(be, NULL, ln, mean, rstd, x, tensor_none(), w.ln2w, w.ln2b, c->norm_eps);
         gpt2_linear_gelu(be, fch, tensor_none(), ln, w.fcw, w.fcb);
         gpt2_linear(be, ln, fch, w.fcpw, w.fcpb);
         op->add(be, NULL, x, x, ln);
@@ -557,7 +571,7 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor last = arch_mat(f->last, R, C), logits = arch_mat(f->logits, R, V);
     arch_gather_out(be, &f->ids, b, last, x);
-    op->layernorm_forward(be, NULL, last, tensor_rows(mean, 0, R), tensor_rows(rstd, 0, R), last,
+    op->layernorm_forward(be, NULL, last, tensor_rows(mean, 0, R), tensor_rows(rstd, 0, R), last, tensor_none(),
                           gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
     op->matmul(be, NULL, logits, last, false, gpt2_tensor(m, false, P_WTE), true, 1.0f, 0.0f);
     return logits;

@@ -454,7 +454,7 @@ static void llama_layer_forward(model *m, int l) {
     llama_layer_acts x = llama_layer_views(m, l);
     tensor swiglu = arch_mat_at(a->dF, s->lp, 0, (int64_t)B * T, c->ffn_dim);   /* scratch: recomputed in backward */
 
-    op->rmsnorm_forward(be, NULL, x.ln1, x.rstd1, x.in, w.in_norm, c->norm_eps);
+    op->rmsnorm_forward(be, NULL, x.ln1, x.rstd1, x.in, tensor_none(), w.in_norm, c->norm_eps);
     llama_linear(be, x.q, x.ln1, w.qw, w.qb);
     llama_linear(be, x.k, x.ln1, w.kw, w.kb);
     llama_linear(be, x.v, x.ln1, w.vw, w.vb);
@@ -463,9 +463,8 @@ static void llama_layer_forward(model *m, int l) {
     op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, arch_seq(x.q, B, T), arch_seq(x.k, B, T),
                           arch_seq(x.v, B, T), NH, NKV, W, 0.0f, 0);
     llama_linear(be, x.res2, x.atty, w.ow, tensor_none());
-    op->add(be, NULL, x.res2, x.res2, x.in);
-
-    op->rmsnorm_forward(be, NULL, x.ln2, x.rstd2, x.res2, w.post_norm, c->norm_eps);
+    /* res2 += in, the attention branch's residual, in the post-attention norm's pass */
+    op->rmsnorm_forward(be, NULL, x.ln2, x.rstd2, x.res2, x.in, w.post_norm, c->norm_eps);
     llama_linear(be, x.gate, x.ln2, w.gw, w.gb);
     llama_linear(be, x.up, x.ln2, w.uw, w.ub);
     op->swiglu_forward(be, NULL, swiglu, x.gate, x.up);
@@ -499,8 +498,8 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
         llama_layer_forward(m, l);
     }
     tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : encoded;
-    op->rmsnorm_forward(be, NULL, lnf, arch_vec(a->rstdf, N), resL, llama_tensor(m, false, llama_norm(m)),
-                        c->norm_eps);
+    op->rmsnorm_forward(be, NULL, lnf, arch_vec(a->rstdf, N), resL, tensor_none(),
+                        llama_tensor(m, false, llama_norm(m)), c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ head(V,C)^T (padded to Vp rows in mixed precision) */
     const int hi = llama_head(m);
     tensor head = arch_lm_head(be, llama_tensor(m, false, hi), llama_matrix(m, false, hi), a->head, s->lp, true);
@@ -540,9 +539,13 @@ static void llama_backward(model *m, float dloss) {
     op->matmul(be, NULL, llama_tensor(m, true, head), logits, true, arch_mat_at(a->lnf, lp, 0, N, C), false, dloss,
                1.0f);
     tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
+    /* In mixed precision each norm backward also writes the bf16 copy of dres (dres_lp) that
+     * the branch before it reads; in f32 the branch reads dres. */
+    const tensor dres_copy = lp == DT_F32 ? tensor_none() : arch_mat_at(a->dres_lp, lp, 0, N, C);
+    const tensor dbranch = lp == DT_F32 ? dres : dres_copy;
     backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
-    op->rmsnorm_backward(be, NULL, dres, llama_tensor(m, true, norm), dC, resL, llama_tensor(m, false, norm),
-                         arch_vec(a->rstdf, N));
+    op->rmsnorm_backward(be, NULL, dres, dres_copy, llama_tensor(m, true, norm), dC, resL,
+                         llama_tensor(m, false, norm), arch_vec(a->rstdf, N));
 
     for (int l = L - 1; l >= 0; l--) {
         model_hook_before_backward(m, l);
@@ -553,15 +556,14 @@ static void llama_backward(model *m, float dloss) {
         /* MLP branch; dres is the gradient of x3 (through its bf16 copy in mixed precision).
          * dF2 = swiglu output (recomputed), then dup. */
         op->swiglu_forward(be, NULL, dF2, x.gate, x.up);
-        llama_linear_backward(be, dF, 0.0f, g.dw, g.db, arch_lp_copy(be, dres, a->dres_lp, lp), dF2, w.dw);
+        llama_linear_backward(be, dF, 0.0f, g.dw, g.db, dbranch, dF2, w.dw);
         op->swiglu_backward(be, NULL, dF, dF2, dF, x.gate, x.up);
         llama_linear_backward(be, dC, 0.0f, g.gw, g.gb, dF, x.ln2, w.gw);
         llama_linear_backward(be, dC, 1.0f, g.uw, g.ub, dF2, x.ln2, w.uw);
-        op->rmsnorm_backward(be, NULL, dres, g.post_norm, dC, x.res2, w.post_norm, x.rstd2);
+        op->rmsnorm_backward(be, NULL, dres, dres_copy, g.post_norm, dC, x.res2, w.post_norm, x.rstd2);
 
         /* attention branch; dres is now the gradient of x2 */
-        llama_linear_backward(be, dQ, 0.0f, g.ow, tensor_none(), arch_lp_copy(be, dres, a->dres_lp, lp), x.atty,
-                              w.ow);
+        llama_linear_backward(be, dQ, 0.0f, g.ow, tensor_none(), dbranch, x.atty, w.ow);
         backend_zero(be, a->dq, tensor_bytes(dq));
         backend_zero(be, a->dk, tensor_bytes(dk));
         backend_zero(be, a->dv, tensor_bytes(dv));
@@ -573,7 +575,8 @@ static void llama_backward(model *m, float dloss) {
         llama_linear_backward(be, dC, 0.0f, g.qw, g.qb, dq, x.ln1, w.qw);
         llama_linear_backward(be, dC, 1.0f, g.kw, g.kb, dk, x.ln1, w.kw);
         llama_linear_backward(be, dC, 1.0f, g.vw, g.vb, dv, x.ln1, w.vw);
-        op->rmsnorm_backward(be, NULL, dres, g.in_norm, dC, x.in, w.in_norm, x.rstd1);
+        op->rmsnorm_backward(be, NULL, dres, l > 0 ? dres_copy : tensor_none(), g.in_norm, dC, x.in, w.in_norm,
+                             x.rstd1);
         model_hook_after_backward(m, l);
     }
     op->embed_backward(be, NULL, llama_tensor(m, true, LLAMA_EMBED), tensor_none(), dres,
@@ -656,7 +659,7 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     op->embed_forward(be, NULL, sin, pos, arch_mat(f->rope_sin, P, HS / 2), tensor_none());
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
-        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.in_norm, c->norm_eps);
+        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.in_norm, c->norm_eps);
         llama_linear(be, q, ln, w.qw, w.qb);
         llama_linear(be, k, ln, w.kw, w.kb);
         llama_linear(be, v, ln, w.vw, w.vb);
@@ -666,7 +669,7 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
         arch_paged_attention(be, kv, &f->ids, b, l, atty, q, k, v, NH, NKV, W);
         llama_linear(be, ln, atty, w.ow, tensor_none());
         op->add(be, NULL, x, x, ln);
-        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, w.post_norm, c->norm_eps);
+        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.post_norm, c->norm_eps);
         llama_linear(be, gate, ln, w.gw, w.gb);
         llama_linear(be, up, ln, w.uw, w.ub);
         op->swiglu_forward(be, NULL, gate, gate, up);
@@ -675,7 +678,8 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     }
     tensor last = arch_mat(f->last, R, C), logits = arch_mat(f->logits, R, V);
     arch_gather_out(be, &f->ids, b, last, x);
-    op->rmsnorm_forward(be, NULL, last, tensor_none(), last, llama_tensor(m, false, llama_norm(m)), c->norm_eps);
+    op->rmsnorm_forward(be, NULL, last, tensor_none(), last, tensor_none(), llama_tensor(m, false, llama_norm(m)),
+                        c->norm_eps);
     op->matmul(be, NULL, logits, last, false, llama_tensor(m, false, llama_head(m)), true, 1.0f, 0.0f);
     return logits;
 }

@@ -268,15 +268,40 @@ static void cpu_embed_backward(backend *be, backend_stream *stream, tensor dwte_
 
 /* ---- LayerNorm ---- */
 
+/* Adds row i of the residual (or nothing when resid is NULL) to row x in place. */
+static void cpu_add_residual(float *restrict x, const float *resid, int i, int C) {
+    if (!resid) return;
+    const float *restrict r = resid + (size_t)i * C;
+#pragma omp simd
+    for (int c = 0; c < C; c++) x[c] += r[c];
+}
+
+/* bf16 copy of a row (or nothing when lp is NULL). */
+static void cpu_copy_row_lp(uint16_t *lp, const float *x, int i, int C) {
+    if (!lp) return;
+    uint16_t *o = lp + (size_t)i * C;
+    for (int c = 0; c < C; c++) o[c] = f32_to_bf16(x[c]);
+}
+
+/* dinp_lp's data: NULL for tensor_none(), else a contiguous bf16 (N,C). */
+static uint16_t *cpu_lp_copy_target(tensor t, int N, int C) {
+    if (tensor_is_none(t)) return NULL;
+    SK_ASSERT(t.dt == DT_BF16 && tensor_is_contiguous(t) && tensor_numel(t) == (int64_t)N * C);
+    return t.data;
+}
+
 static void cpu_layernorm_forward(backend *be, backend_stream *stream, tensor out_t, tensor mean_t, tensor rstd_t,
-                                  tensor inp_t, tensor weight_t, tensor bias_t, float eps) {
+                                  tensor inp_t, tensor resid_t, tensor weight_t, tensor bias_t, float eps) {
     int N, C;
-    const float *inp = cpu_mat(inp_t, &N, &C), *weight = cpu_vec(weight_t, C), *bias = cpu_vec(bias_t, C);
+    float *inp = cpu_mat(inp_t, &N, &C);
+    const float *weight = cpu_vec(weight_t, C), *bias = cpu_vec(bias_t, C);
+    const float *resid = tensor_is_none(resid_t) ? NULL : cpu_mat_of(resid_t, N, C);
     float *out = cpu_mat_of(out_t, N, C), *mean = cpu_vec_opt(mean_t, N), *rstd = cpu_vec_opt(rstd_t, N);
 #pragma omp parallel for schedule(static) if ((size_t)N * C > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C;
+        float *x = inp + (size_t)i * C;
         float *o = out + (size_t)i * C;
+        cpu_add_residual(x, resid, i, C);
         float s = 0;
 #pragma omp simd reduction(+ : s)
         for (int c = 0; c < C; c++) s += x[c];
@@ -294,13 +319,14 @@ static void cpu_layernorm_forward(backend *be, backend_stream *stream, tensor ou
 /* dinp += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), dnorm = dout * weight;
  * dweight += sum over rows of dout * norm; dbias += sum of dout. The parameter sums run over
  * column blocks (one thread per column) so they are race-free and order-stable. */
-static void cpu_layernorm_backward(backend *be, backend_stream *stream, tensor dinp_t, tensor dweight_t,
-                                   tensor dbias_t, tensor dout_t, tensor inp_t, tensor weight_t, tensor mean_t,
-                                   tensor rstd_t) {
+static void cpu_layernorm_backward(backend *be, backend_stream *stream, tensor dinp_t, tensor dinp_lp_t,
+                                   tensor dweight_t, tensor dbias_t, tensor dout_t, tensor inp_t, tensor weight_t,
+                                   tensor mean_t, tensor rstd_t) {
     int N, C;
     const float *inp = cpu_mat(inp_t, &N, &C), *dout = cpu_mat_of(dout_t, N, C), *weight = cpu_vec(weight_t, C);
     const float *mean = cpu_vec(mean_t, N), *rstd = cpu_vec(rstd_t, N);
     float *dinp = cpu_mat_of(dinp_t, N, C), *dweight = cpu_vec(dweight_t, C), *dbias = cpu_vec(dbias_t, C);
+    uint16_t *dinp_lp = cpu_lp_copy_target(dinp_lp_t, N, C);
     bool par = (size_t)N * C > CPU_PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < N; i++) {
@@ -320,6 +346,7 @@ static void cpu_layernorm_backward(backend *be, backend_stream *stream, tensor d
             float nrm = (x[c] - m) * r;
             dx[c] += r * (d[c] * weight[c] - a - nrm * b);
         }
+        cpu_copy_row_lp(dinp_lp, dx, i, C);
     }
     int nblk = (C + 63) / 64;
 #pragma omp parallel for schedule(static) if (par)
@@ -403,14 +430,17 @@ static void cpu_dropout_backward(backend *be, backend_stream *stream, tensor din
 /* ---- Llama family: RMSNorm, rotary embeddings, SwiGLU ---- */
 
 static void cpu_rmsnorm_forward(backend *be, backend_stream *stream, tensor out_t, tensor rstd_t, tensor inp_t,
-                                tensor weight_t, float eps) {
+                                tensor resid_t, tensor weight_t, float eps) {
     int N, C;
-    const float *inp = cpu_mat(inp_t, &N, &C), *weight = cpu_vec(weight_t, C);
+    float *inp = cpu_mat(inp_t, &N, &C);
+    const float *weight = cpu_vec(weight_t, C);
+    const float *resid = tensor_is_none(resid_t) ? NULL : cpu_mat_of(resid_t, N, C);
     float *out = cpu_mat_of(out_t, N, C), *rstd = cpu_vec_opt(rstd_t, N);
 #pragma omp parallel for schedule(static) if ((size_t)N * C > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C;
+        float *x = inp + (size_t)i * C;
         float *o = out + (size_t)i * C;
+        cpu_add_residual(x, resid, i, C);
         float ss = 0;
 #pragma omp simd reduction(+ : ss)
         for (int c = 0; c < C; c++) ss += x[c] * x[c];
@@ -424,12 +454,13 @@ static void cpu_rmsnorm_forward(backend *be, backend_stream *stream, tensor out_
 /* y = x r w with r = (mean(x^2) + eps)^-1/2, so dr/dx_c = -r^3 x_c / C and
  *   dx_c += r w_c d_c - x_c r^3 / C * sum_j d_j w_j x_j;   dw_c += sum over rows of d_c x_c r.
  * The weight sums run over column blocks, one thread per column, as in LayerNorm. */
-static void cpu_rmsnorm_backward(backend *be, backend_stream *stream, tensor dinp_t, tensor dweight_t, tensor dout_t,
-                                 tensor inp_t, tensor weight_t, tensor rstd_t) {
+static void cpu_rmsnorm_backward(backend *be, backend_stream *stream, tensor dinp_t, tensor dinp_lp_t,
+                                 tensor dweight_t, tensor dout_t, tensor inp_t, tensor weight_t, tensor rstd_t) {
     int N, C;
     const float *inp = cpu_mat(inp_t, &N, &C), *dout = cpu_mat_of(dout_t, N, C), *weight = cpu_vec(weight_t, C);
     const float *rstd = cpu_vec(rstd_t, N);
     float *dinp = cpu_mat_of(dinp_t, N, C), *dweight = cpu_vec(dweight_t, C);
+    uint16_t *dinp_lp = cpu_lp_copy_target(dinp_lp_t, N, C);
     bool par = (size_t)N * C > CPU_PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
     for (int i = 0; i < N; i++) {
@@ -441,6 +472,7 @@ static void cpu_rmsnorm_backward(backend *be, backend_stream *stream, tensor din
         float k = s * r * r * r / C;
 #pragma omp simd
         for (int c = 0; c < C; c++) dx[c] += r * weight[c] * d[c] - k * x[c];
+        cpu_copy_row_lp(dinp_lp, dx, i, C);
     }
     int nblk = (C + 63) / 64;
 #pragma omp parallel for schedule(static) if (par)

@@ -64,9 +64,9 @@ void cpu_mixed_linear_forward(backend *be, backend_stream *s, tensor out, tensor
 void cpu_mixed_bias_add(backend *be, backend_stream *s, tensor out, tensor bias);
 void cpu_mixed_bias_backward(backend *be, backend_stream *s, tensor dbias, tensor dout);
 void cpu_mixed_layernorm_forward(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,
-                                 tensor weight, tensor bias, float eps);
-void cpu_mixed_layernorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dbias,
-                                  tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd);
+                                 tensor resid, tensor weight, tensor bias, float eps);
+void cpu_mixed_layernorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dinp_lp, tensor dweight,
+                                  tensor dbias, tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd);
 void cpu_mixed_gelu_forward(backend *be, backend_stream *s, tensor out, tensor inp);
 void cpu_mixed_gelu_backward(backend *be, backend_stream *s, tensor dinp, tensor inp, tensor dout);
 void cpu_mixed_add(backend *be, backend_stream *s, tensor out, tensor x, tensor y);
@@ -76,10 +76,10 @@ void cpu_mixed_attention_forward(backend *be, backend_stream *s, tensor out, ten
 void cpu_mixed_attention_backward(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv, tensor dout,
                                   tensor q, tensor k, tensor v, tensor out, tensor lse, int NH, int NKV, int W,
                                   float p, uint64_t seed);
-void cpu_mixed_rmsnorm_forward(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor weight,
-                               float eps);
-void cpu_mixed_rmsnorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout, tensor inp,
-                                tensor weight, tensor rstd);
+void cpu_mixed_rmsnorm_forward(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor resid,
+                               tensor weight, float eps);
+void cpu_mixed_rmsnorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dinp_lp, tensor dweight,
+                                tensor dout, tensor inp, tensor weight, tensor rstd);
 void cpu_mixed_rope_forward(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0);
 void cpu_mixed_rope_backward(backend *be, backend_stream *s, tensor dx, tensor cos, tensor sin, int pos0);
 void cpu_mixed_swiglu_forward(backend *be, backend_stream *s, tensor out, tensor gate, tensor up);

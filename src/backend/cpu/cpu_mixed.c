@@ -182,15 +182,17 @@ void cpu_mixed_bias_backward(backend *be, backend_stream *s, tensor dbias, tenso
 }
 
 void cpu_mixed_layernorm_forward(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,
-                                 tensor weight, tensor bias, float eps) {
+                                 tensor resid, tensor weight, tensor bias, float eps) {
     mix_arg a[] = {mix_out(&out)};
-    MIX_RUN(be, a, cpu_f32_ops.layernorm_forward(be, s, out, mean, rstd, inp, weight, bias, eps));
+    MIX_RUN(be, a, cpu_f32_ops.layernorm_forward(be, s, out, mean, rstd, inp, resid, weight, bias, eps));
 }
 
-void cpu_mixed_layernorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dbias,
-                                  tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd) {
+/* dinp_lp is bf16 in every backend table: the f32 op writes it itself. */
+void cpu_mixed_layernorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dinp_lp, tensor dweight,
+                                  tensor dbias, tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd) {
     mix_arg a[] = {mix_in(&dout)};
-    MIX_RUN(be, a, cpu_f32_ops.layernorm_backward(be, s, dinp, dweight, dbias, dout, inp, weight, mean, rstd));
+    MIX_RUN(be, a,
+            cpu_f32_ops.layernorm_backward(be, s, dinp, dinp_lp, dweight, dbias, dout, inp, weight, mean, rstd));
 }
 
 void cpu_mixed_gelu_forward(backend *be, backend_stream *s, tensor out, tensor inp) {
@@ -232,16 +234,16 @@ void cpu_mixed_attention_backward(backend *be, backend_stream *s, tensor dq, ten
     MIX_RUN(be, a, cpu_f32_ops.attention_backward(be, s, dq, dk, dv, dout, q, k, v, out, lse, NH, NKV, W, p, seed));
 }
 
-void cpu_mixed_rmsnorm_forward(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor weight,
-                               float eps) {
+void cpu_mixed_rmsnorm_forward(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor resid,
+                               tensor weight, float eps) {
     mix_arg a[] = {mix_out(&out)};
-    MIX_RUN(be, a, cpu_f32_ops.rmsnorm_forward(be, s, out, rstd, inp, weight, eps));
+    MIX_RUN(be, a, cpu_f32_ops.rmsnorm_forward(be, s, out, rstd, inp, resid, weight, eps));
 }
 
-void cpu_mixed_rmsnorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout, tensor inp,
-                                tensor weight, tensor rstd) {
+void cpu_mixed_rmsnorm_backward(backend *be, backend_stream *s, tensor dinp, tensor dinp_lp, tensor dweight,
+                                tensor dout, tensor inp, tensor weight, tensor rstd) {
     mix_arg a[] = {mix_in(&dout)};
-    MIX_RUN(be, a, cpu_f32_ops.rmsnorm_backward(be, s, dinp, dweight, dout, inp, weight, rstd));
+    MIX_RUN(be, a, cpu_f32_ops.rmsnorm_backward(be, s, dinp, dinp_lp, dweight, dout, inp, weight, rstd));
 }
 
 void cpu_mixed_rope_forward(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0) {

@@ -184,23 +184,29 @@ static void cuda_matmul_op(backend *be, backend_stream *s, tensor C, tensor A, b
                    tb, M, N, K, alpha, beta);
 }
 
-/* bf16 operands: one cuBLASLt product with a bias/GELU epilogue, or, where cuBLASLt has
- * none for the views, an f32 out unfused (every output f32: nothing to round) and a bf16 out
- * from f32 staging (each output rounded once). f32 operands: the unfused f32 ops. */
-/* Fused only where cuBLASLt 13.0 on the H200 took the epilogue: BIAS with an f32 bias into an
- * f32 out (the projections into the residual stream). A bf16 out with an f32 bias had no
- * algorithm, and the GELU epilogues did not match the tanh GELU (test_mixed): those layers
- * run unfused (matmul, bias_add, gelu_forward: the product rounded before the bias). */
+/* bf16 operands: the product and the bias in one cuBLASLt product (BIAS epilogue) into the
+ * layer's sum (pre, or out without an activation), a bf16 sum taking the bias rounded to
+ * bf16 (cuBLASLt 13.0 had no algorithm for a bf16 out with an f32 bias; autocast rounds it
+ * too), then the GELU as its own op (cuBLASLt's GELU epilogues did not match the tanh GELU:
+ * test_mixed). Otherwise, and where cuBLASLt has no algorithm, the unfused ops. */
 static void cuda_linear_forward_op(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w,
                                    bool tw, tensor bias, backend_act act) {
     SK_ASSERT(out.ndim == 2 && inp.ndim == 2 && w.ndim == 2 && inp.dt == w.dt);
     const int M = (int)out.shape[0], N = (int)out.shape[1], K = (int)inp.shape[1];
     SK_ASSERT(inp.shape[0] == M && (tw ? w.shape[1] : w.shape[0]) == K && (tw ? w.shape[0] : w.shape[1]) == N);
-    const bool fuse = inp.dt == DT_BF16 && out.dt == DT_F32 && act == BACKEND_ACT_NONE && !tensor_is_none(bias) &&
-                      tensor_is_none(pre) && K > 0 && M > 0;
-    if (!fuse || !cuda_linear_lt(ctx(be), stream_of(be, s), lp(out), tensor_ld(out), inp.data, tensor_ld(inp), w.data,
-                                 tensor_ld(w), tw, vec(bias, N), M, N, K))
-        backend_linear_unfused(be->ops, be, s, out, pre, inp, w, tw, bias, act);
+    const tensor y = tensor_is_none(pre) ? out : pre;   /* where the affine part lands */
+    if (inp.dt == DT_BF16 && !tensor_is_none(bias) && K > 0 && M > 0) {
+        cuda_ctx *x = ctx(be);
+        cudaStream_t st = stream_of(be, s);
+        const float *b = vec(bias, N);
+        const cuda_lp bl = y.dt == DT_BF16 ? cuda_lp{cuda_bias_bf16(x, st, b, N), true} : cuda_lp{(void *)b, false};
+        if (cuda_linear_lt(x, st, lp(y), tensor_ld(y), inp.data, tensor_ld(inp), w.data, tensor_ld(w), tw, bl, M, N,
+                           K)) {
+            if (act == BACKEND_ACT_GELU) be->ops->gelu_forward(be, s, out, y);
+            return;
+        }
+    }
+    backend_linear_unfused(be->ops, be, s, out, pre, inp, w, tw, bias, act);
 }
 
 static void cuda_bias_add_op(backend *be, backend_stream *s, tensor out, tensor bias) {
@@ -235,22 +241,35 @@ static void cuda_embed_backward_op(backend *be, backend_stream *s, tensor dwte, 
     cuda_embed_backward(ctx(be), stream_of(be, s), dw, dp, mat_of(dout, B * T, C), tok, B, T, C, V);
 }
 
-static void cuda_layernorm_forward_op(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd,
-                                      tensor inp, tensor weight, tensor bias, float eps) {
-    int N, C;
-    const float *x = mat(inp, &N, &C);
-    if (N == 0) return;
-    cuda_layernorm_forward(stream_of(be, s), lp_mat(out, N, C), vec_opt(mean, N), vec_opt(rstd, N), x,
-                           vec(weight, C), vec(bias, C), N, C, eps);
+/* dinp_lp's data: NULL for tensor_none(), else a contiguous bf16 (N,C). */
+static __nv_bfloat16 *lp_copy_target(tensor t, int N, int C) {
+    if (tensor_is_none(t)) return NULL;
+    SK_ASSERT(t.dt == DT_BF16 && tensor_is_contiguous(t) && tensor_numel(t) == (int64_t)N * C);
+    return (__nv_bfloat16 *)t.data;
 }
 
-static void cuda_layernorm_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dbias,
-                                       tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd) {
+/* The residual of a norm's forward: NULL for tensor_none(), else f32 (N,C). */
+static const float *residual_of(tensor resid, int N, int C) {
+    return tensor_is_none(resid) ? NULL : mat_of(resid, N, C);
+}
+
+static void cuda_layernorm_forward_op(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd,
+                                      tensor inp, tensor resid, tensor weight, tensor bias, float eps) {
+    int N, C;
+    float *x = mat(inp, &N, &C);
+    if (N == 0) return;
+    cuda_norm_forward(stream_of(be, s), true, lp_mat(out, N, C), vec_opt(mean, N), vec_opt(rstd, N), x,
+                      residual_of(resid, N, C), vec(weight, C), vec(bias, C), N, C, eps);
+}
+
+static void cuda_layernorm_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dinp_lp, tensor dweight,
+                                       tensor dbias, tensor dout, tensor inp, tensor weight, tensor mean, tensor rstd) {
     int N, C;
     const float *x = mat(inp, &N, &C);
     if (N == 0) return;
-    cuda_layernorm_backward(stream_of(be, s), mat_of(dinp, N, C), vec(dweight, C), vec(dbias, C),
-                            lp_mat(dout, N, C), x, vec(weight, C), vec(mean, N), vec(rstd, N), N, C);
+    cuda_norm_backward(ctx(be), stream_of(be, s), true, mat_of(dinp, N, C), lp_copy_target(dinp_lp, N, C),
+                       vec(dweight, C), vec(dbias, C), lp_mat(dout, N, C), x, vec(weight, C), vec(mean, N),
+                       vec(rstd, N), N, C);
 }
 
 static void cuda_gelu_forward_op(backend *be, backend_stream *s, tensor out, tensor inp) {
@@ -323,21 +342,22 @@ static void cuda_attention_backward_op(backend *be, backend_stream *s, tensor dq
 }
 
 static void cuda_rmsnorm_forward_op(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp,
-                                    tensor weight, float eps) {
+                                    tensor resid, tensor weight, float eps) {
     int N, C;
-    const float *x = mat(inp, &N, &C);
+    float *x = mat(inp, &N, &C);
     if (N == 0) return;
     alias_same_dtype(out, inp);
-    cuda_rmsnorm_forward(stream_of(be, s), lp_mat(out, N, C), vec_opt(rstd, N), x, vec(weight, C), N, C, eps);
+    cuda_norm_forward(stream_of(be, s), false, lp_mat(out, N, C), NULL, vec_opt(rstd, N), x,
+                      residual_of(resid, N, C), vec(weight, C), NULL, N, C, eps);
 }
 
-static void cuda_rmsnorm_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dweight, tensor dout,
-                                     tensor inp, tensor weight, tensor rstd) {
+static void cuda_rmsnorm_backward_op(backend *be, backend_stream *s, tensor dinp, tensor dinp_lp, tensor dweight,
+                                     tensor dout, tensor inp, tensor weight, tensor rstd) {
     int N, C;
     const float *x = mat(inp, &N, &C);
     if (N == 0) return;
-    cuda_rmsnorm_backward(stream_of(be, s), mat_of(dinp, N, C), vec(dweight, C), lp_mat(dout, N, C), x,
-                          vec(weight, C), vec(rstd, N), N, C);
+    cuda_norm_backward(ctx(be), stream_of(be, s), false, mat_of(dinp, N, C), lp_copy_target(dinp_lp, N, C),
+                       vec(dweight, C), NULL, lp_mat(dout, N, C), x, vec(weight, C), NULL, vec(rstd, N), N, C);
 }
 
 /* x(B,T,nh,HS) rotated by dir * angle at positions pos0 + t. */
@@ -421,7 +441,7 @@ static void cuda_sum_f64_op(backend *be, backend_stream *s, tensor out, tensor x
 
 static void cuda_sum_squares_op(backend *be, backend_stream *s, tensor out, tensor x) {
     const int64_t n = tensor_numel(x);
-    cuda_sum_squares(stream_of(be, s), scalar_f64(out), flat(x, n), n);
+    cuda_sum_squares(ctx(be), stream_of(be, s), scalar_f64(out), flat(x, n), n);
 }
 
 /* The bias corrections are computed on the host as the CPU computes them (powf). */
@@ -480,7 +500,10 @@ static void cuda_destroy(backend *be) {
         cublasLtDestroy(x->lt);
     }
     if (x->blas_ws) cudaFree(x->blas_ws);
+    if (x->sq_part) cudaFree(x->sq_part);
+    if (x->bias_lp) cudaFree(x->bias_lp);
     if (x->embed_ws) cudaFree(x->embed_ws);
+    if (x->norm_ws) cudaFree(x->norm_ws);
     if (x->stream) cudaStreamDestroy(x->stream);
     mem_free(x);
 }
@@ -562,6 +585,7 @@ extern "C" backend *backend_cuda_create(void) {
     if (!setup_ok(cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking), "creating the default stream")) goto err;
     x->blas_ws_bytes = BLAS_WORKSPACE_BYTES;
     if (!setup_ok(cudaMalloc(&x->blas_ws, x->blas_ws_bytes), "allocating the cuBLAS workspace")) goto err;
+    if (!setup_ok(cudaMalloc(&x->sq_part, CUDA_SQ_PARTS * sizeof(double)), "allocating the norm's block sums")) goto err;
     if (cublasCreate(&x->blas) != CUBLAS_STATUS_SUCCESS) {
         x->blas = NULL;
         sk_fail(SK_EARG, "--device cuda: cublasCreate failed");

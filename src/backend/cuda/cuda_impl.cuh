@@ -50,6 +50,7 @@ static inline void cuda_check_blas(cublasStatus_t e, const char *call, const cha
 /* Cached cuBLASLt products (cuda_matmul_lt): one per shape, found by linear search, the
  * oldest replaced when the table is full. */
 #define CUDA_LT_PLANS 64
+#define CUDA_SQ_PARTS 528    /* sum_squares' first-pass blocks (4 per SM of an H200; at most 1024) */
 
 /* What picks a cuBLASLt algorithm: sizes, row strides, transposes, dtypes, whether C is
  * read, the epilogue, and each operand's pointer alignment (all int64_t: compared with
@@ -86,6 +87,11 @@ typedef struct cuda_ctx {
     bool tf32;                  /* SKEIN_CUDA_TF32=1: cuBLAS products in TF32 (cuda.h) */
     void *embed_ws;             /* embedding backward's sort buffers, grown on first use */
     size_t embed_ws_bytes;
+    double *sq_part;            /* (CUDA_SQ_PARTS) sum_squares' block sums, allocated with the context */
+    __nv_bfloat16 *bias_lp;     /* a bf16 layer's bias rounded for its epilogue, grown on first use */
+    size_t bias_lp_n;
+    void *norm_ws;              /* norm backwards' partial weight gradients, grown on first use */
+    size_t norm_ws_bytes;
     cublasLtHandle_t lt;        /* bf16 products */
     cuda_lt_plan lt_plans[CUDA_LT_PLANS];
     int n_lt_plans, lt_next;    /* plans in use; the next one replaced when all are */
@@ -107,11 +113,15 @@ void cuda_matmul(cuda_ctx *x, cudaStream_t s, float *C, int64_t ldc, const float
 /* bf16 A and B, C f32 or bf16, f32 accumulation, through cuBLASLt on the tensor cores. */
 void cuda_matmul_lt(cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta,
                     const void *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta);
-/* A linear layer out(M,N) = A(M,K) @ op(B) + bias(N) with bf16 A and B, an f32 bias, out of
- * row stride ldo, as one cuBLASLt product with the BIAS epilogue; false, doing nothing,
- * where cuBLASLt has no algorithm for it (seen for every bf16 out with an f32 bias). */
+/* A linear layer out(M,N) = A(M,K) @ op(B) + bias(N) with bf16 A and B, out of row stride
+ * ldo and the bias of out's dtype, as one cuBLASLt product with the BIAS epilogue; false,
+ * doing nothing, where cuBLASLt has no algorithm for it (a bf16 out with an f32 bias had
+ * none). */
 bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const void *A, int64_t lda, const void *B,
-                    int64_t ldb, bool tb, const float *bias, int M, int N, int K);
+                    int64_t ldb, bool tb, cuda_lp bias, int M, int N, int K);
+/* bias(n) f32 rounded to bf16 in x's bias scratch (grown on first use), for a bf16 layer's
+ * epilogue. */
+__nv_bfloat16 *cuda_bias_bf16(cuda_ctx *x, cudaStream_t s, const float *bias, int n);
 /* Releases the cached cuBLASLt descriptors (the handle is the caller's). */
 void cuda_lt_plans_free(cuda_ctx *x);
 void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, const float *bias, int N, int OC);
@@ -121,15 +131,15 @@ void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int
 /* Deterministic (no float atomics); grows x's embedding workspace on first use. */
 void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout,
                          const int *tokens, int B, int T, int C, int V);
-void cuda_layernorm_forward(cudaStream_t s, cuda_lp out, float *mean, float *rstd, const float *inp,
-                            const float *weight, const float *bias, int N, int C, float eps);
-void cuda_layernorm_backward(cudaStream_t s, float *dinp, float *dweight, float *dbias, cuda_lp dout,
-                             const float *inp, const float *weight, const float *mean, const float *rstd, int N,
-                             int C);
-void cuda_rmsnorm_forward(cudaStream_t s, cuda_lp out, float *rstd, const float *inp, const float *weight, int N,
-                          int C, float eps);
-void cuda_rmsnorm_backward(cudaStream_t s, float *dinp, float *dweight, cuda_lp dout, const float *inp,
-                           const float *weight, const float *rstd, int N, int C);
+/* LayerNorm (ln: mean and bias) or RMSNorm (mean, bias NULL), with the residual add when
+ * resid is not NULL (inp += resid first). */
+void cuda_norm_forward(cudaStream_t s, bool ln, cuda_lp out, float *mean, float *rstd, float *inp,
+                       const float *resid, const float *weight, const float *bias, int N, int C, float eps);
+/* dinp_lp: NULL or the bf16 copy of the new dinp. Deterministic; grows x's norm workspace on
+ * first use (the blocks' partial weight gradients). */
+void cuda_norm_backward(cuda_ctx *x, cudaStream_t s, bool ln, float *dinp, __nv_bfloat16 *dinp_lp, float *dweight,
+                        float *dbias, cuda_lp dout, const float *inp, const float *weight, const float *mean,
+                        const float *rstd, int N, int C);
 /* gelu, swiglu: all arrays of one dtype (the table entry checks). */
 void cuda_gelu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n);
 void cuda_gelu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dinp, cuda_lp inp, cuda_lp dout, int64_t n);
@@ -147,7 +157,7 @@ void cuda_softmax_xent(cudaStream_t s, float *losses, cuda_lp dlogits, cuda_lp l
 void cuda_dropout(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n, float p, uint64_t seed);
 void cuda_cast(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp inp, int64_t n);
 void cuda_sum_f64(cudaStream_t s, double *out, const float *v, int64_t n);
-void cuda_sum_squares(cudaStream_t s, double *out, const float *v, int64_t n);
+void cuda_sum_squares(const cuda_ctx *x, cudaStream_t s, double *out, const float *v, int64_t n);
 /* AdamW over n spans (backend.h's adamw); lp: NULL or the bf16 copy of param; c1, c2 the
  * bias corrections; norm_sq: NULL or the device f64 squared gradient norm. */
 void cuda_adamw(cudaStream_t s, float *param, __nv_bfloat16 *lp, const float *grad, float *m, float *v,

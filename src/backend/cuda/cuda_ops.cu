@@ -229,7 +229,7 @@ void cuda_lt_plans_free(cuda_ctx *x) {
 
 /* Sets the epilogue's vectors on plan descriptor op: cuBLASLt reads them from it, so each
  * call sets its own before it multiplies (and the heuristic reads their alignment). */
-static void lt_set_vectors(cublasLtMatmulDesc_t op, const float *bias) {
+static void lt_set_vectors(cublasLtMatmulDesc_t op, const void *bias) {
     if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
 }
 
@@ -237,11 +237,12 @@ static void lt_set_vectors(cublasLtMatmulDesc_t op, const float *bias) {
  * the workspace and the operands' alignments. Row-major as in cuda_matmul: cuBLASLt's
  * column-major A is our B (stored (K,N), or (N,K) when tb) and its B our A, and its D is
  * our C seen as (N,M): a bias of our N columns is a vector over D's rows, which is what
- * CUBLASLT_EPILOGUE_BIAS broadcasts. An epilogue's bias is f32 (cuBLASLt 13.0 took that
- * for an f32 D only); bias is the first call's vector. No algorithm for a plain product is a broken invariant (an unsupported
+ * CUBLASLT_EPILOGUE_BIAS broadcasts. An epilogue's bias has D's dtype (key flag bit 20: bf16;
+ * cuBLASLt 13.0 had no algorithm for a bf16 D with an f32 bias); bias is the first call's
+ * vector. No algorithm for a plain product is a broken invariant (an unsupported
  * view): the shapes go to stderr and we abort; for an epilogue, a note goes to stderr and
  * the plan is marked not ok. */
-static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, const float *bias) {
+static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, const void *bias) {
     const bool ta = k->flags & 1, tb = (k->flags >> 1) & 1, c_bf16 = (k->flags >> 2) & 1;
     const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     p->key = *k;
@@ -252,7 +253,7 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
         const uint32_t epi = (uint32_t)k->epi;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
         if (bias) {
-            const int32_t bias_type = CUDA_R_32F;
+            const int32_t bias_type = (k->flags >> 20) & 1 ? CUDA_R_16BF : CUDA_R_32F;
             CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                         sizeof bias_type));
         }
@@ -292,7 +293,8 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
                 "cuBLASLt: no algorithm for the bf16 product M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldc=%lld "
                 "ta=%d tb=%d C %s epilogue %lld (bias %s) (%s)%s\n",
                 (long long)k->M, (long long)k->N, (long long)k->K, (long long)k->lda, (long long)k->ldb,
-                (long long)k->ldc, ta, tb, c_bf16 ? "bf16" : "f32", (long long)k->epi, bias ? "f32" : "none",
+                (long long)k->ldc, ta, tb, c_bf16 ? "bf16" : "f32", (long long)k->epi,
+                !bias ? "none" : (k->flags >> 20) & 1 ? "bf16" : "f32",
                 cublasGetStatusString(st),
                 k->epi == CUBLASLT_EPILOGUE_DEFAULT ? "" : ": the layer runs without the epilogue");
         if (k->epi == CUBLASLT_EPILOGUE_DEFAULT) abort();
@@ -303,7 +305,7 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
 
 /* The plan for key k: cached, or made now (with the bias of this call) in a free slot or in
  * place of the oldest. */
-static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k, const float *bias) {
+static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k, const void *bias) {
     for (int i = 0; i < x->n_lt_plans; i++)
         if (!memcmp(&x->lt_plans[i].key, k, sizeof *k)) return &x->lt_plans[i];
     cuda_lt_plan *p;
@@ -336,19 +338,29 @@ void cuda_matmul_lt(cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const v
                                 x->blas_ws, x->blas_ws_bytes, s));
 }
 
-/* The BIAS epilogue adds the f32 bias to the f32 sum before D is stored. */
+/* The BIAS epilogue adds the bias to the f32 sum before D is stored (rounded once). */
 bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const void *A, int64_t lda, const void *B,
-                    int64_t ldb, bool tb, const float *bias, int M, int N, int K) {
+                    int64_t ldb, bool tb, cuda_lp bias, int M, int N, int K) {
     cuda_lt_key k = lt_key(out, ldo, A, lda, false, B, ldb, tb, M, N, K, 0.0f);
-    k.flags |= align_log2(bias) << 16;
+    k.flags |= align_log2(bias.p) << 16 | (int64_t)bias.bf16 << 20;
     k.epi = CUBLASLT_EPILOGUE_BIAS;
-    const cuda_lt_plan *p = lt_plan(x, &k, bias);
+    const cuda_lt_plan *p = lt_plan(x, &k, bias.p);
     if (!p->ok) return false;
-    lt_set_vectors(p->op, bias);
+    lt_set_vectors(p->op, bias.p);
     const float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, out.p, p->c, out.p, p->c, &p->algo,
                                 x->blas_ws, x->blas_ws_bytes, s));
     return true;
+}
+
+__nv_bfloat16 *cuda_bias_bf16(cuda_ctx *x, cudaStream_t s, const float *bias, int n) {
+    if ((size_t)n > x->bias_lp_n) {
+        if (x->bias_lp) CUDA_CHECK(cudaFreeAsync(x->bias_lp, s));
+        CUDA_CHECK(cudaMallocAsync((void **)&x->bias_lp, (size_t)n * sizeof(bf16), s));
+        x->bias_lp_n = (size_t)n;
+    }
+    cuda_cast(x, s, cuda_lp{x->bias_lp, true}, cuda_lp{(void *)bias, false}, n);
+    return x->bias_lp;
 }
 
 /* ---- column sums: dst0[c] (+ dst1[c]) += sum over rows of a term of (row, column) ---- */
@@ -535,60 +547,189 @@ void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, 
     if (dwpe) each(x, s, (int64_t)T * C, op_embed_dwpe{dwpe, dout, B, T, C});
 }
 
-/* ---- LayerNorm and RMSNorm: one block per row; inp and the statistics f32, out or dout
- * [lp] ---- */
+/* ---- LayerNorm and RMSNorm: one warp per row, NORM_WARPS rows per block; inp, the residual
+ * and the statistics f32, out or dout [lp]. W elements per lane step: PACK where C and the
+ * pointers allow 16-byte accesses, else 1. ---- */
 
-template <class TO>
-__global__ void layernorm_forward_kernel(TO *out, float *mean, float *rstd, const float *inp, const float *weight,
-                                         const float *bias, int C, float eps) {
-    const size_t row = blockIdx.x;
-    const float *xr = inp + row * C;
-    TO *o = out + row * C;
-    float sum = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += xr[c];
-    const float m = block_sum(sum) / C;
-    float var = 0;   /* two passes: the variance of centered values keeps precision */
-    for (int c = threadIdx.x; c < C; c += blockDim.x) var += (xr[c] - m) * (xr[c] - m);
-    const float r = 1.0f / sqrtf(block_sum(var) / C + eps);
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f32<TO>((xr[c] - m) * r * weight[c] + bias[c]);
-    if (threadIdx.x == 0) {
+#define NORM_WARPS 8      /* rows per block */
+#define NORM_BLOCKS 1024  /* blocks of a backward that sums the weight gradients itself */
+#define NORM_KMAX 4       /* ... when each lane's columns fit in NORM_KMAX steps (C <= 1024) */
+
+/* Forward: inp += resid (when given), then LN (mean subtracted, bias added) or RMSNorm of the
+ * row; out may alias inp for RMSNorm (each lane rereads only what it writes). */
+template <int W, bool LN, class TO>
+__global__ void __launch_bounds__(NORM_WARPS * 32)
+    norm_forward_kernel(TO *out, float *mean, float *rstd, float *inp, const float *resid, const float *weight,
+                        const float *bias, int N, int C, float eps) {
+    const int row = blockIdx.x * NORM_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const size_t o = (size_t)row * C;
+    float *x = inp + o;
+    float s = 0;
+    for (int c = lane * W; c < C; c += 32 * W) {
+        pk<W> v = load<W>(x + c);
+        if (resid) {
+            const pk<W> r = load<W>(resid + o + c);
+#pragma unroll
+            for (int j = 0; j < W; j++) v.v[j] += r.v[j];
+            store<W>(x + c, v);
+        }
+#pragma unroll
+        for (int j = 0; j < W; j++) s += LN ? v.v[j] : v.v[j] * v.v[j];
+    }
+    s = warp_reduce(s, op_sum<float>());
+    float m = 0, r;
+    if constexpr (LN) {
+        m = s / C;
+        float var = 0;   /* two passes: the variance of centered values keeps precision */
+        for (int c = lane * W; c < C; c += 32 * W) {
+            const pk<W> v = load<W>(x + c);
+#pragma unroll
+            for (int j = 0; j < W; j++) var += (v.v[j] - m) * (v.v[j] - m);
+        }
+        r = 1.0f / sqrtf(warp_reduce(var, op_sum<float>()) / C + eps);
+    } else {
+        r = 1.0f / sqrtf(s / C + eps);
+    }
+    for (int c = lane * W; c < C; c += 32 * W) {
+        pk<W> v = load<W>(x + c);
+        const pk<W> w = load<W>(weight + c);
+        if constexpr (LN) {
+            const pk<W> b = load<W>(bias + c);
+#pragma unroll
+            for (int j = 0; j < W; j++) v.v[j] = (v.v[j] - m) * r * w.v[j] + b.v[j];
+        } else {
+#pragma unroll
+            for (int j = 0; j < W; j++) v.v[j] = v.v[j] * r * w.v[j];
+        }
+        store<W>(out + o + c, v);
+    }
+    if (lane == 0) {
         if (mean) mean[row] = m;
         if (rstd) rstd[row] = r;
     }
 }
 
-void cuda_layernorm_forward(cudaStream_t s, cuda_lp out, float *mean, float *rstd, const float *inp,
-                            const float *weight, const float *bias, int N, int C, float eps) {
+void cuda_norm_forward(cudaStream_t s, bool ln, cuda_lp out, float *mean, float *rstd, float *inp,
+                       const float *resid, const float *weight, const float *bias, int N, int C, float eps) {
+    const dim3 grid((N + NORM_WARPS - 1) / NORM_WARPS), block(NORM_WARPS * 32);
     typed_one(
         [&](auto *o) {
-            layernorm_forward_kernel<<<N, ROW_THREADS, 0, s>>>(o, mean, rstd, inp, weight, bias, C, eps);
+            const bool vec = C % PACK == 0 && aligned16(o, inp, weight) && (!resid || aligned16(resid)) &&
+                             (!bias || aligned16(bias));
+            if (ln && vec) norm_forward_kernel<PACK, true><<<grid, block, 0, s>>>(o, mean, rstd, inp, resid, weight, bias, N, C, eps);
+            else if (ln) norm_forward_kernel<1, true><<<grid, block, 0, s>>>(o, mean, rstd, inp, resid, weight, bias, N, C, eps);
+            else if (vec) norm_forward_kernel<PACK, false><<<grid, block, 0, s>>>(o, mean, rstd, inp, resid, weight, bias, N, C, eps);
+            else norm_forward_kernel<1, false><<<grid, block, 0, s>>>(o, mean, rstd, inp, resid, weight, bias, N, C, eps);
         },
         out);
     CUDA_CHECK_LAUNCH();
 }
 
-/* dinp += rstd (dnorm - mean(dnorm) - norm mean(dnorm norm)), dnorm = dout weight. */
-template <class TD>
-__global__ void layernorm_backward_kernel(float *dinp, const TD *dout, const float *inp, const float *weight,
-                                          const float *mean, const float *rstd, int C) {
-    const size_t row = blockIdx.x;
-    const float *xr = inp + row * C;
-    const TD *d = dout + row * C;
-    float *dx = dinp + row * C;
-    const float m = mean[row], r = rstd[row];
-    float a = 0, b = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float dn = to_f32(d[c]) * weight[c];
-        a += dn;
-        b += dn * (xr[c] - m) * r;
+/* Backward of a row: LN  dinp += r (d w - mean(d w) - xhat mean(d w xhat)), xhat = (x - m) r;
+ * RMSNorm dinp += r w d - x r^3 / C sum(d w x). dinp_lp (or NULL) gets the new dinp in bf16.
+ * With K > 0 (W == PACK, C <= K * 32 * PACK) the block also sums its rows' weight gradients
+ * (LN: d xhat and d; RMSNorm: d x r), each lane in registers for its columns, the warps in
+ * order through shared memory, into part0/part1 row blockIdx.x (the caller adds the blocks'
+ * rows in order: colsum). The rows of a warp and the orders are fixed by N: deterministic. */
+template <int W, bool LN, int K, class TD>
+__global__ void __launch_bounds__(NORM_WARPS * 32)
+    norm_backward_kernel(float *dinp, bf16 *dinp_lp, const TD *dout, const float *inp, const float *weight,
+                         const float *mean, const float *rstd, float *part0, float *part1, int N, int C) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float g0[K > 0 ? K : 1][W], g1[K > 0 && LN ? K : 1][W];
+#pragma unroll
+    for (int k = 0; k < (K > 0 ? K : 1); k++)
+#pragma unroll
+        for (int j = 0; j < W; j++) g0[k][j] = g1[LN ? k : 0][j] = 0.0f;
+    for (int row = blockIdx.x * NORM_WARPS + warp; row < N; row += gridDim.x * NORM_WARPS) {
+        const size_t o = (size_t)row * C;
+        const float m = LN ? mean[row] : 0.0f, r = rstd[row];
+        float a = 0, b = 0;
+        for (int c = lane * W; c < C; c += 32 * W) {
+            const pk<W> d = load<W>(dout + o + c), x = load<W>(inp + o + c), w = load<W>(weight + c);
+#pragma unroll
+            for (int j = 0; j < W; j++) {
+                const float dn = d.v[j] * w.v[j];
+                if constexpr (LN) {
+                    a += dn;
+                    b += dn * (x.v[j] - m) * r;
+                } else {
+                    a += dn * x.v[j];
+                }
+            }
+        }
+        a = warp_reduce(a, op_sum<float>());
+        if constexpr (LN) {
+            a /= C;
+            b = warp_reduce(b, op_sum<float>()) / C;
+        } else {
+            a = a * r * r * r / C;
+        }
+        auto step = [&](int c, float *acc0, float *acc1) {
+            const pk<W> d = load<W>(dout + o + c), x = load<W>(inp + o + c), w = load<W>(weight + c);
+            pk<W> dx = load<W>(dinp + o + c);
+#pragma unroll
+            for (int j = 0; j < W; j++) {
+                if constexpr (LN) {
+                    const float xh = (x.v[j] - m) * r;
+                    dx.v[j] += r * (d.v[j] * w.v[j] - a - xh * b);
+                    if (acc0) {
+                        acc0[j] += d.v[j] * xh;
+                        acc1[j] += d.v[j];
+                    }
+                } else {
+                    dx.v[j] += r * w.v[j] * d.v[j] - a * x.v[j];
+                    if (acc0) acc0[j] += d.v[j] * x.v[j] * r;
+                }
+            }
+            store<W>(dinp + o + c, dx);
+            if (dinp_lp) store<W>(dinp_lp + o + c, dx);
+        };
+        if constexpr (K > 0) {
+#pragma unroll
+            for (int k = 0; k < K; k++) {
+                const int c = (k * 32 + lane) * W;
+                if (c < C) step(c, g0[k], g1[LN ? k : 0]);
+            }
+        } else {
+            for (int c = lane * W; c < C; c += 32 * W) step(c, (float *)NULL, (float *)NULL);
+        }
     }
-    a = block_sum(a) / C;
-    b = block_sum(b) / C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        dx[c] += r * (to_f32(d[c]) * weight[c] - a - (xr[c] - m) * r * b);
+    if constexpr (K > 0) {
+        extern __shared__ float acc[];   /* (LN ? 2 : 1) * C: the block's sums, warp after warp */
+        for (int w = 0; w < NORM_WARPS; w++) {
+            if (warp == w)
+#pragma unroll
+                for (int k = 0; k < K; k++) {
+                    const int c = (k * 32 + lane) * W;
+                    if (c < C)
+#pragma unroll
+                        for (int j = 0; j < W; j++) {
+                            acc[c + j] = (w ? acc[c + j] : 0.0f) + g0[k][j];
+                            if constexpr (LN) acc[C + c + j] = (w ? acc[C + c + j] : 0.0f) + g1[k][j];
+                        }
+                }
+            __syncthreads();
+        }
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            part0[(size_t)blockIdx.x * C + c] = acc[c];
+            if (LN) part1[(size_t)blockIdx.x * C + c] = acc[C + c];
+        }
+    }
 }
 
-/* (dout * norm, dout): the LayerNorm weight and bias gradients. */
+/* The blocks' partial sums (or the data's terms) of the weight gradients. */
+struct term_parts {
+    const float *p0, *p1;
+    int C;
+    __device__ float2 operator()(int i, int c) const {
+        const size_t k = (size_t)i * C + c;
+        return make_float2(p0[k], p1 ? p1[k] : 0.0f);
+    }
+};
+
+/* (dout * xhat, dout): the LayerNorm weight and bias gradients read from the data. */
 template <class TD> struct term_layernorm {
     const TD *dout;
     const float *inp, *mean, *rstd;
@@ -600,55 +741,6 @@ template <class TD> struct term_layernorm {
     }
 };
 
-void cuda_layernorm_backward(cudaStream_t s, float *dinp, float *dweight, float *dbias, cuda_lp dout,
-                             const float *inp, const float *weight, const float *mean, const float *rstd, int N,
-                             int C) {
-    typed_one(
-        [&](auto *d) {
-            layernorm_backward_kernel<<<N, ROW_THREADS, 0, s>>>(dinp, d, inp, weight, mean, rstd, C);
-            CUDA_CHECK_LAUNCH();
-            colsum(s, dweight, dbias, N, C, term_layernorm{d, inp, mean, rstd, C});
-        },
-        dout);
-}
-
-/* out = inp rstd weight, rstd = 1/sqrt(mean(inp^2) + eps); out may alias inp (then f32:
- * each thread rereads only the elements it writes, after the reduction). */
-template <class TO>
-__global__ void rmsnorm_forward_kernel(TO *out, float *rstd, const float *inp, const float *weight, int C,
-                                       float eps) {
-    const size_t row = blockIdx.x;
-    const float *xr = inp + row * C;
-    TO *o = out + row * C;
-    float ss = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) ss += xr[c] * xr[c];
-    const float r = 1.0f / sqrtf(block_sum(ss) / C + eps);
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f32<TO>(xr[c] * r * weight[c]);
-    if (threadIdx.x == 0 && rstd) rstd[row] = r;
-}
-
-void cuda_rmsnorm_forward(cudaStream_t s, cuda_lp out, float *rstd, const float *inp, const float *weight, int N,
-                          int C, float eps) {
-    typed_one([&](auto *o) { rmsnorm_forward_kernel<<<N, ROW_THREADS, 0, s>>>(o, rstd, inp, weight, C, eps); },
-              out);
-    CUDA_CHECK_LAUNCH();
-}
-
-/* dx_c += r w_c d_c - x_c r^3 / C * sum_j d_j w_j x_j. */
-template <class TD>
-__global__ void rmsnorm_backward_kernel(float *dinp, const TD *dout, const float *inp, const float *weight,
-                                        const float *rstd, int C) {
-    const size_t row = blockIdx.x;
-    const float *xr = inp + row * C;
-    const TD *d = dout + row * C;
-    float *dx = dinp + row * C;
-    const float r = rstd[row];
-    float sum = 0;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += to_f32(d[c]) * weight[c] * xr[c];
-    const float k = block_sum(sum) * r * r * r / C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * weight[c] * to_f32(d[c]) - k * xr[c];
-}
-
 template <class TD> struct term_rmsnorm {
     const TD *dout;
     const float *inp, *rstd;
@@ -659,13 +751,47 @@ template <class TD> struct term_rmsnorm {
     }
 };
 
-void cuda_rmsnorm_backward(cudaStream_t s, float *dinp, float *dweight, cuda_lp dout, const float *inp,
-                           const float *weight, const float *rstd, int N, int C) {
+/* The fused weight-gradient path for one family and dout type: grows the workspace for the
+ * blocks' partial rows, runs the kernel, adds the rows in order. */
+template <bool LN, class TD>
+static void norm_backward_fused(cuda_ctx *x, cudaStream_t s, float *dinp, bf16 *dinp_lp, float *dweight,
+                                float *dbias, const TD *d, const float *inp, const float *weight, const float *mean,
+                                const float *rstd, int N, int C) {
+    const int blocks = (N + NORM_WARPS - 1) / NORM_WARPS < NORM_BLOCKS ? (N + NORM_WARPS - 1) / NORM_WARPS : NORM_BLOCKS;
+    const size_t need = (size_t)blocks * C * (LN ? 2 : 1) * sizeof(float);
+    if (need > x->norm_ws_bytes) {
+        if (x->norm_ws) CUDA_CHECK(cudaFreeAsync(x->norm_ws, s));
+        CUDA_CHECK(cudaMallocAsync(&x->norm_ws, need, s));
+        x->norm_ws_bytes = need;
+    }
+    float *p0 = (float *)x->norm_ws, *p1 = LN ? p0 + (size_t)blocks * C : NULL;
+    norm_backward_kernel<PACK, LN, NORM_KMAX, TD><<<blocks, NORM_WARPS * 32, (LN ? 2 : 1) * C * sizeof(float), s>>>(
+        dinp, dinp_lp, d, inp, weight, mean, rstd, p0, p1, N, C);
+    CUDA_CHECK_LAUNCH();
+    colsum(s, dweight, dbias, blocks, C, term_parts{p0, p1, C});
+}
+
+void cuda_norm_backward(cuda_ctx *x, cudaStream_t s, bool ln, float *dinp, bf16 *dinp_lp, float *dweight,
+                        float *dbias, cuda_lp dout, const float *inp, const float *weight, const float *mean,
+                        const float *rstd, int N, int C) {
+    if (N == 0) return;
     typed_one(
         [&](auto *d) {
-            rmsnorm_backward_kernel<<<N, ROW_THREADS, 0, s>>>(dinp, d, inp, weight, rstd, C);
+            const bool vec = C % PACK == 0 && aligned16(d, dinp, inp, weight) && (!dinp_lp || aligned16(dinp_lp));
+            if (vec && C <= NORM_KMAX * 32 * PACK) {
+                if (ln) norm_backward_fused<true>(x, s, dinp, dinp_lp, dweight, dbias, d, inp, weight, mean, rstd, N, C);
+                else norm_backward_fused<false>(x, s, dinp, dinp_lp, dweight, dbias, d, inp, weight, mean, rstd, N, C);
+                return;
+            }
+            const dim3 grid((N + NORM_WARPS - 1) / NORM_WARPS), block(NORM_WARPS * 32);
+            float *none = NULL;
+            if (ln && vec) norm_backward_kernel<PACK, true, 0><<<grid, block, 0, s>>>(dinp, dinp_lp, d, inp, weight, mean, rstd, none, none, N, C);
+            else if (ln) norm_backward_kernel<1, true, 0><<<grid, block, 0, s>>>(dinp, dinp_lp, d, inp, weight, mean, rstd, none, none, N, C);
+            else if (vec) norm_backward_kernel<PACK, false, 0><<<grid, block, 0, s>>>(dinp, dinp_lp, d, inp, weight, mean, rstd, none, none, N, C);
+            else norm_backward_kernel<1, false, 0><<<grid, block, 0, s>>>(dinp, dinp_lp, d, inp, weight, mean, rstd, none, none, N, C);
             CUDA_CHECK_LAUNCH();
-            colsum(s, dweight, (float *)NULL, N, C, term_rmsnorm{d, inp, rstd, C});
+            if (ln) colsum(s, dweight, dbias, N, C, term_layernorm{d, inp, mean, rstd, C});
+            else colsum(s, dweight, (float *)NULL, N, C, term_rmsnorm{d, inp, rstd, C});
         },
         dout);
 }
@@ -965,21 +1091,14 @@ void cuda_sum_f64(cudaStream_t s, double *out, const float *v, int64_t n) {
     CUDA_CHECK_LAUNCH();
 }
 
-#define SQ_BLOCKS 8      /* blocks of the sum-of-squares cluster (the portable cluster size) */
-#define SQ_THREADS 1024
-#define SQ_UNROLL 8      /* independent loads in flight per thread */
+#define SQ_UNROLL 8   /* independent loads in flight per thread */
 
-/* *out += sum of x^2 in double, by one cluster of SQ_BLOCKS blocks (one launch, no scratch,
- * deterministic): block r sums the r-th contiguous slice, each thread SQ_UNROLL elements a
- * round at stride blockDim.x, then the block's tree (block_reduce); block 0 adds the blocks'
- * partials in rank order, read from their shared memory (distributed shared memory), and
- * the cluster waits for it before any block exits. One block took 46 ms over GPT-2's 124M
- * gradients on an H200 (a third of the TF32 step): one SM cannot keep enough loads in
- * flight. */
-__global__ void __cluster_dims__(SQ_BLOCKS, 1, 1) sum_squares_f32(double *out, const float *v, int64_t n) {
-    __shared__ double part;
-    cg::cluster_group cluster = cg::this_cluster();
-    const int64_t per = (n + SQ_BLOCKS - 1) / SQ_BLOCKS, lo = blockIdx.x * per, hi = lo + per < n ? lo + per : n;
+/* Pass 1 of *out += sum of x^2 in double: block r sums the r-th contiguous slice (each thread
+ * SQ_UNROLL elements a round at stride blockDim.x, then the block's tree) into part[r]. A
+ * fixed grid and fixed trees: the same bits on every run. Enough blocks to fill the GPU:
+ * one block took 46 ms over GPT-2's 124M gradients on an H200, one cluster of 8 still 1 ms. */
+__global__ void sum_squares_part(double *part, const float *v, int64_t n) {
+    const int64_t per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = lo + per < n ? lo + per : n;
     const int64_t bd = blockDim.x;
     double acc = 0;
     int64_t i = lo + threadIdx.x;
@@ -992,18 +1111,19 @@ __global__ void __cluster_dims__(SQ_BLOCKS, 1, 1) sum_squares_f32(double *out, c
     }
     for (; i < hi; i += bd) acc += (double)v[i] * v[i];
     acc = block_reduce(acc, op_sum<double>());
-    if (threadIdx.x == 0) part = acc;
-    cluster.sync();   /* every block's partial is in its shared memory */
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        double sum = 0;
-        for (unsigned r = 0; r < SQ_BLOCKS; r++) sum += *cluster.map_shared_rank(&part, r);
-        *out += sum;
-    }
-    cluster.sync();   /* block 0 has read them: the blocks may leave */
+    if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
-void cuda_sum_squares(cudaStream_t s, double *out, const float *v, int64_t n) {
-    sum_squares_f32<<<SQ_BLOCKS, SQ_THREADS, 0, s>>>(out, v, n);
+/* Pass 2: *out += the parts, one per thread, added by the block's tree. */
+__global__ void sum_parts(double *out, const double *part, int n) {
+    const double total = block_reduce(threadIdx.x < n ? part[threadIdx.x] : 0.0, op_sum<double>());
+    if (threadIdx.x == 0) *out += total;
+}
+
+void cuda_sum_squares(const cuda_ctx *x, cudaStream_t s, double *out, const float *v, int64_t n) {
+    sum_squares_part<<<CUDA_SQ_PARTS, 512, 0, s>>>(x->sq_part, v, n);
+    CUDA_CHECK_LAUNCH();
+    sum_parts<<<1, CUDA_SQ_PARTS, 0, s>>>(out, x->sq_part, CUDA_SQ_PARTS);
     CUDA_CHECK_LAUNCH();
 }
 
