@@ -270,16 +270,21 @@ TEST(matmul_bf16_all_transposes_and_strides) {
 }
 
 /* bias_add into a bf16 column block (row stride OC + 4); bias_backward from a bf16 dout into
- * an f32 dbias that accumulates. */
+ * an f32 dbias that accumulates, over a few rows and over many (a GPU's long column sums run
+ * in two stages). */
 TEST(bias_add_and_backward_bf16) {
     NEED_MIXED();
-    const int N = 37, OC = 45, pad = 4, NB = 300;
+    const int N = 37, OC = 45, pad = 4;
     arr *out = arr_new((size_t)N * (OC + pad), DT_BF16, 1), *bias = arr_new(OC, DT_F32, 1);
     BOTH(b->ops->bias_add(b, NULL, cols2(out, N, OC + pad, pad, OC), T1(bias)));
     CHECK(agree("bias_add out (row stride OC+4)", out, ATOL_ELEM));
-    arr *dout = arr_new((size_t)NB * OC, DT_BF16, 1), *dbias = arr_new(OC, DT_F32, 1);
-    BOTH(b->ops->bias_backward(b, NULL, T1(dbias), T2(dout, NB, OC)));
-    CHECK(agree("bias_backward dbias", dbias, ATOL_SUM));
+    const int rows[] = {300, 70001};
+    for (int r = 0; r < 2; r++) {
+        const int NB = rows[r];
+        arr *dout = arr_new((size_t)NB * OC, DT_BF16, 1), *dbias = arr_new(OC, DT_F32, 1);
+        BOTH(b->ops->bias_backward(b, NULL, T1(dbias), T2(dout, NB, OC)));
+        CHECK(agree("bias_backward dbias", dbias, ATOL_SUM));
+    }
 }
 
 /* ---- fused linear layers ---- */

@@ -218,7 +218,7 @@ static void cuda_bias_add_op(backend *be, backend_stream *s, tensor out, tensor 
 static void cuda_bias_backward_op(backend *be, backend_stream *s, tensor dbias, tensor dout) {
     SK_ASSERT(dout.ndim == 2);
     const int N = (int)dout.shape[0], OC = (int)dout.shape[1];
-    cuda_bias_backward(stream_of(be, s), vec(dbias, OC), lp_mat(dout, N, OC), N, OC);
+    cuda_bias_backward(ctx(be), stream_of(be, s), vec(dbias, OC), lp_mat(dout, N, OC), N, OC);
 }
 
 static void cuda_embed_forward_op(backend *be, backend_stream *s, tensor out, tensor tokens, tensor wte, tensor wpe) {
@@ -504,6 +504,7 @@ static void cuda_destroy(backend *be) {
     if (x->bias_lp) cudaFree(x->bias_lp);
     if (x->embed_ws) cudaFree(x->embed_ws);
     if (x->norm_ws) cudaFree(x->norm_ws);
+    if (x->colsum_ws) cudaFree(x->colsum_ws);
     if (x->stream) cudaStreamDestroy(x->stream);
     mem_free(x);
 }

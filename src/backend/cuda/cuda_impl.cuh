@@ -92,6 +92,8 @@ typedef struct cuda_ctx {
     size_t bias_lp_n;
     void *norm_ws;              /* norm backwards' partial weight gradients, grown on first use */
     size_t norm_ws_bytes;
+    void *colsum_ws;            /* long column sums' slice partials, grown on first use */
+    size_t colsum_ws_bytes;
     cublasLtHandle_t lt;        /* bf16 products */
     cuda_lt_plan lt_plans[CUDA_LT_PLANS];
     int n_lt_plans, lt_next;    /* plans in use; the next one replaced when all are */
@@ -125,7 +127,8 @@ __nv_bfloat16 *cuda_bias_bf16(cuda_ctx *x, cudaStream_t s, const float *bias, in
 /* Releases the cached cuBLASLt descriptors (the handle is the caller's). */
 void cuda_lt_plans_free(cuda_ctx *x);
 void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, const float *bias, int N, int OC);
-void cuda_bias_backward(cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC);
+/* Deterministic; long columns use x's column-sum workspace (grown on first use). */
+void cuda_bias_backward(cuda_ctx *x, cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC);
 void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int *tokens, const float *wte,
                         const float *wpe, int B, int T, int C);
 /* Deterministic (no float atomics); grows x's embedding workspace on first use. */

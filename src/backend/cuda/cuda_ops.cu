@@ -414,11 +414,72 @@ __global__ void __cluster_dims__(1, COLSUM_SPLIT, 1) colsum_kernel(float *dst0, 
     cluster.sync();   /* block 0 has read them: the blocks may leave */
 }
 
-template <class Term> static void colsum(cudaStream_t s, float *dst0, float *dst1, int N, int C, Term term) {
+/* Partial rows of a column sum: dst0[c] (, dst1[c]) of row i of a (rows, C) buffer. */
+struct term_parts {
+    const float *p0, *p1;
+    int C;
+    __device__ float2 operator()(int i, int c) const {
+        const size_t k = (size_t)i * C + c;
+        return make_float2(p0[k], p1 ? p1[k] : 0.0f);
+    }
+};
+
+#define COLSUM_SLICE 512    /* rows per slice of a long column sum's first stage */
+#define COLSUM_SLICES 128   /* at most this many slices */
+
+/* First stage of a long column sum: block (x, s) sums slice s (rows [s per, (s+1) per)) of
+ * COLSUM_X columns, its lanes in order as colsum_kernel does, into row s of part0 (, part1). */
+template <class Term>
+__global__ void colsum_part_kernel(float *part0, float *part1, int N, int C, int per, Term term) {
+    __shared__ float s0[COLSUM_Y][COLSUM_X + 1], s1[COLSUM_Y][COLSUM_X + 1];
+    const int c = blockIdx.x * COLSUM_X + threadIdx.x, lo = blockIdx.y * per, hi = lo + per < N ? lo + per : N;
+    float a0 = 0, a1 = 0;
+    if (c < C) {
+#pragma unroll 4
+        for (int i = lo + threadIdx.y; i < hi; i += COLSUM_Y) {
+            float2 t = term(i, c);
+            a0 += t.x;
+            a1 += t.y;
+        }
+    }
+    s0[threadIdx.y][threadIdx.x] = a0;
+    s1[threadIdx.y][threadIdx.x] = a1;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int y = 1; y < COLSUM_Y; y++) {
+            a0 += s0[y][threadIdx.x];
+            a1 += s1[y][threadIdx.x];
+        }
+        part0[(size_t)blockIdx.y * C + c] = a0;
+        if (part1) part1[(size_t)blockIdx.y * C + c] = a1;
+    }
+}
+
+/* dst0[c] (+ dst1[c]) += the column sums of term over N rows, in a fixed order: one cluster
+ * pass for short columns; long ones (GPT-2's 32768 rows gave the clusters too few blocks)
+ * first in slices into x's column-sum workspace (grown on first use), then over the slices. */
+template <class Term> static void colsum(cuda_ctx *x, cudaStream_t s, float *dst0, float *dst1, int N, int C, Term term) {
     if (N == 0 || C == 0) return;
-    colsum_kernel<<<dim3((C + COLSUM_X - 1) / COLSUM_X, COLSUM_SPLIT), dim3(COLSUM_X, COLSUM_Y), 0, s>>>(dst0, dst1, N,
-                                                                                                        C, term);
+    if (N <= 4 * COLSUM_SLICE) {
+        colsum_kernel<<<dim3((C + COLSUM_X - 1) / COLSUM_X, COLSUM_SPLIT), dim3(COLSUM_X, COLSUM_Y), 0, s>>>(dst0, dst1,
+                                                                                                            N, C, term);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
+    int slices = (N + COLSUM_SLICE - 1) / COLSUM_SLICE;
+    slices = slices < COLSUM_SLICES ? slices : COLSUM_SLICES;
+    const int per = (N + slices - 1) / slices;
+    const size_t need = (size_t)slices * C * 2 * sizeof(float);
+    if (need > x->colsum_ws_bytes) {
+        if (x->colsum_ws) CUDA_CHECK(cudaFreeAsync(x->colsum_ws, s));
+        CUDA_CHECK(cudaMallocAsync(&x->colsum_ws, need, s));
+        x->colsum_ws_bytes = need;
+    }
+    float *p0 = (float *)x->colsum_ws, *p1 = dst1 ? p0 + (size_t)slices * C : NULL;
+    colsum_part_kernel<<<dim3((C + COLSUM_X - 1) / COLSUM_X, slices), dim3(COLSUM_X, COLSUM_Y), 0, s>>>(p0, p1, N, C,
+                                                                                                       per, term);
     CUDA_CHECK_LAUNCH();
+    colsum(x, s, dst0, dst1, slices, C, term_parts{p0, p1, C});
 }
 
 /* dout(N,C) itself: the bias gradient. */
@@ -456,8 +517,8 @@ void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, c
         out);
 }
 
-void cuda_bias_backward(cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC) {
-    typed_one([&](auto *d) { colsum(s, dbias, (float *)NULL, N, OC, term_bias{d, OC}); }, dout);
+void cuda_bias_backward(cuda_ctx *x, cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC) {
+    typed_one([&](auto *d) { colsum(x, s, dbias, (float *)NULL, N, OC, term_bias{d, OC}); }, dout);
 }
 
 /* ---- embeddings ---- */
@@ -719,15 +780,6 @@ __global__ void __launch_bounds__(NORM_WARPS * 32)
     }
 }
 
-/* The blocks' partial sums (or the data's terms) of the weight gradients. */
-struct term_parts {
-    const float *p0, *p1;
-    int C;
-    __device__ float2 operator()(int i, int c) const {
-        const size_t k = (size_t)i * C + c;
-        return make_float2(p0[k], p1 ? p1[k] : 0.0f);
-    }
-};
 
 /* (dout * xhat, dout): the LayerNorm weight and bias gradients read from the data. */
 template <class TD> struct term_layernorm {
@@ -768,7 +820,7 @@ static void norm_backward_fused(cuda_ctx *x, cudaStream_t s, float *dinp, bf16 *
     norm_backward_kernel<PACK, LN, NORM_KMAX, TD><<<blocks, NORM_WARPS * 32, (LN ? 2 : 1) * C * sizeof(float), s>>>(
         dinp, dinp_lp, d, inp, weight, mean, rstd, p0, p1, N, C);
     CUDA_CHECK_LAUNCH();
-    colsum(s, dweight, dbias, blocks, C, term_parts{p0, p1, C});
+    colsum(x, s, dweight, dbias, blocks, C, term_parts{p0, p1, C});
 }
 
 void cuda_norm_backward(cuda_ctx *x, cudaStream_t s, bool ln, float *dinp, bf16 *dinp_lp, float *dweight,
@@ -790,8 +842,8 @@ void cuda_norm_backward(cuda_ctx *x, cudaStream_t s, bool ln, float *dinp, bf16 
             else if (vec) norm_backward_kernel<PACK, false, 0><<<grid, block, 0, s>>>(dinp, dinp_lp, d, inp, weight, mean, rstd, none, none, N, C);
             else norm_backward_kernel<1, false, 0><<<grid, block, 0, s>>>(dinp, dinp_lp, d, inp, weight, mean, rstd, none, none, N, C);
             CUDA_CHECK_LAUNCH();
-            if (ln) colsum(s, dweight, dbias, N, C, term_layernorm{d, inp, mean, rstd, C});
-            else colsum(s, dweight, (float *)NULL, N, C, term_rmsnorm{d, inp, rstd, C});
+            if (ln) colsum(x, s, dweight, dbias, N, C, term_layernorm{d, inp, mean, rstd, C});
+            else colsum(x, s, dweight, (float *)NULL, N, C, term_rmsnorm{d, inp, rstd, C});
         },
         dout);
 }
