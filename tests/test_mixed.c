@@ -530,22 +530,22 @@ TEST(softmax_xent_bf16_padded_logits) {
 
 /* q(B,Tq,NH*HS), k, v (B,Tk,NKV*HS) in bf16, window W, dropout p. Packed: q, k, v are column
  * slices of one qkv(B,T,3C) (row stride 3C) and dq, dk, dv of one dqkv, as GPT-2 lays them out.
- * acc: dq, dk, dv start from earlier values instead of zeros. */
-typedef struct attn_case { const char *name; int B, Tq, Tk, NH, NKV, HS, W; float p; bool packed, acc; } attn_case;
+ * stale: dq, dk, dv hold earlier values (instead of zeros), which the backward overwrites. */
+typedef struct attn_case { const char *name; int B, Tq, Tk, NH, NKV, HS, W; float p; bool packed, stale; } attn_case;
 
 /* The forward (bf16 out, f32 lse); then the backward on the same inputs for both runs (out
- * and lse: the reference's, out rounded to bf16), dq, dk, dv accumulating. */
+ * and lse: the reference's, out rounded to bf16), dq, dk, dv written. */
 static bool attention_case(attn_case c) {
     setup((uint64_t)(c.Tq * 7 + c.Tk + c.HS + c.W * 3 + c.NKV));
     const int QD = c.NH * c.HS, KD = c.NKV * c.HS, W3 = QD + 2 * KD;
     arr *q, *k, *v, *dq, *dk, *dv;
     if (c.packed) {
         q = k = v = arr_new((size_t)c.B * c.Tq * W3, DT_BF16, 1);
-        dq = dk = dv = arr_new((size_t)c.B * c.Tq * W3, DT_BF16, c.acc);
+        dq = dk = dv = arr_new((size_t)c.B * c.Tq * W3, DT_BF16, c.stale);
     } else {
-        q = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1), dq = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, c.acc);
-        k = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dk = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.acc);
-        v = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dv = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.acc);
+        q = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1), dq = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, c.stale);
+        k = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dk = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.stale);
+        v = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dv = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.stale);
     }
     arr *out = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1), *dout = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1);
     arr *lse = arr_new((size_t)c.B * c.NH * c.Tq, DT_F32, 0);
@@ -569,14 +569,14 @@ static bool attention_case(attn_case c) {
 TEST(attention_bf16_forward_and_backward) {
     NEED_MIXED();
     static const attn_case cases[] = {
-        /* name                       B  Tq  Tk  NH NKV HS   W   p     packed acc */
+        /* name                       B  Tq  Tk  NH NKV HS   W   p     packed stale */
         {"MHA packed qkv",            2, 80, 80, 4, 4,  64,  0,  0.0f, true,  false},
         {"GQA 8:2",                   2, 72, 72, 8, 2,  32,  0,  0.0f, false, false},
         {"GQA 4:2 window 24",         1, 96, 96, 4, 2,  32,  24, 0.0f, false, false},
         {"Tq 24 < Tk 88",             2, 24, 88, 4, 2,  32,  0,  0.0f, false, false},
         {"packed qkv, dropout 0.1",   2, 70, 70, 4, 4,  64,  0,  0.1f, true,  false},
         {"HS 128",                    1, 66, 66, 2, 2,  128, 0,  0.0f, false, false},
-        {"GQA 4:2 onto earlier grads", 1, 40, 40, 4, 2, 32,  0,  0.0f, false, true},
+        {"GQA 4:2 over stale grads",  1, 40, 40, 4, 2,  32,  0,  0.0f, false, true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) CHECK_MSG(attention_case(cases[i]), "%s", cases[i].name);
 }

@@ -171,8 +171,10 @@ typedef struct backend_ops {
      * dropout_keep(seed, ((b*NH + h)*Tq + t)*Tk + s, p); p = 0 is exactly the plain path. */
     void (*attention_forward)(backend *be, backend_stream *s, tensor out, tensor lse, tensor q,
                               tensor k, tensor v, int NH, int NKV, int W, float p, uint64_t seed);
-    /* dq, dk, dv accumulate (views shaped like q, k, v; they may be column slices of one
-     * buffer but overlap nothing else); every view but lse [lp], all of one dtype. Recomputes the probabilities from q, k and the
+    /* Writes dq, dk, dv (views shaped like q, k, v; they may be column slices of one buffer
+     * but overlap nothing else), every element: keys no query sees get 0. (They are activation
+     * gradients, never summed across micro-batches, so the caller zeroes nothing.) Every view
+     * but lse [lp], all of one dtype. Recomputes the probabilities from q, k and the
      * forward's lse, as flash attention does; out and dout(B,Tq,NH*HS) give each row's term
      * D = dout . out. W, p and seed as in the forward, so dropout masks match it. */
     void (*attention_backward)(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv,

@@ -23,8 +23,8 @@
  * D = dout . out is computed per query tile inside the backward blocks from dout and out
  * (two more row reads per tile, small against its four tile products) rather than by a
  * separate kernel into scratch: ops allocate nothing (cuda.cu).
- * Invariants: every sum runs in a fixed order and every output element has one owner (no
- * atomics: results are deterministic); nothing allocates; HS <= CUDA_ATTN_MAX_HS; every query
+ * Invariants: every sum runs in a fixed order and every output element has one owner, which
+ * writes it (no atomics: results are deterministic; keys no query sees get 0); nothing allocates; HS <= CUDA_ATTN_MAX_HS; every query
  * sees its own position, so every normalizer is > 0; blocks are numbered longest work first
  * (causal tiles near the end of the queries / start of the keys see the most).
  *
@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dq(cuda_attn_geom 
         T *dq = attn_at<T>(DQ, b, t0 + r, h * g.HS);
 #pragma unroll
         for (int j = 0; j < NJ; j++)
-            if (tx + 16 * j < g.HS) dq[tx + 16 * j] = T((float)dq[tx + 16 * j] + acc[i][j]);
+            if (tx + 16 * j < g.HS) dq[tx + 16 * j] = T(acc[i][j]);
     }
 }
 
@@ -304,8 +304,8 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dkdv(cuda_attn_geo
 #pragma unroll
         for (int j = 0; j < NJ; j++)
             if (tx + 16 * j < g.HS) {
-                dkr[tx + 16 * j] = T((float)dkr[tx + 16 * j] + dk[i][j]);
-                dvr[tx + 16 * j] = T((float)dvr[tx + 16 * j] + dv[i][j]);
+                dkr[tx + 16 * j] = T(dk[i][j]);
+                dvr[tx + 16 * j] = T(dv[i][j]);
             }
     }
 }
