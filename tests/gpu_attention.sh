@@ -7,15 +7,7 @@
 # layer's milliseconds; the lines and cuDNN's plan notes (or its warning) go to the log. Where
 # skein is built with cuDNN, the cudnn runs must have run on cuDNN both ways (a warning on
 # stderr says why not). Prints PASS/FAIL/SKIP lines.
-SK=${SKEIN:-./skein}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-[ -x "$SK" ] || { fail gpu_attention "$SK is not built"; exit 1; }
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-    echo "SKIP gpu_attention: no GPU here"; exit 0
-fi
+. tests/lib_gpu.sh
 
 # bench NAME IMPLS FLAGS: runs bench attention, shows its lines and notes, checks them
 bench() {

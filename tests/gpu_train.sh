@@ -13,16 +13,8 @@
 # the GPU run's folder loads on the CPU (skein generate) and,
 # where python3 has transformers, in transformers (tests/check_hf_load*.py). Also `skein
 # bench train --device cuda` runs, f32 and bf16 with --recompute. Prints PASS/FAIL/SKIP lines.
-SK=${SKEIN:-./skein}
+. tests/lib_gpu.sh
 TOK=tests/fixtures/tok2/llama3.json
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-[ -x "$SK" ] || { fail gpu_train "$SK is not built"; exit 1; }
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-    echo "SKIP gpu_train: no GPU here"; exit 0
-fi
 i=0
 for f in README.md src/*/*.h; do i=$((i+1)); cp "$f" "$T/doc$i.txt"; done
 $SK data prepare --tokenizer $TOK --input "$T"/doc*.txt --out "$T/data" 2>"$T/err" ||

@@ -38,9 +38,6 @@
 
 #include "backend/backend.h"
 #include "base/rng.h"
-#ifdef SKEIN_HAVE_CUDA
-#include "backend/cuda/cuda.h"
-#endif
 
 #define MIN_EXACT 0.75
 #define ATOL_ELEM 4e-6
@@ -538,18 +535,6 @@ TEST(softmax_xent_bf16_padded_logits) {
 
 /* ---- attention ---- */
 
-/* What ran the device's last attention forward (backward false) or backward: the CUDA
- * backend says which kernels; another backend has one implementation, its name. */
-static const char *attn_impl(bool backward) {
-#ifdef SKEIN_HAVE_CUDA
-    if (!strcmp(be->name, "cuda")) {
-        const char *s = backend_cuda_attention_impl(be, backward);
-        return s ? s : "nothing";
-    }
-#endif
-    return be->name;
-}
-
 /* q(B,Tq,NH*HS), k, v (B,Tk,NKV*HS) in bf16, window W, dropout p. Packed: q, k, v are column
  * slices of one qkv(B,T,QD+2KD) (row stride QD+2KD) and dq, dk, dv of one dqkv, as GPT-2 lays
  * them out. stale: dq, dk, dv hold earlier values (instead of zeros), which the backward
@@ -587,11 +572,11 @@ static bool attention_case(attn_case c) {
                                T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), c.NH, c.NKV, c.W, c.p, 4242)
     BOTH(b->ops->attention_forward(b, NULL, T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), VQ(q), VK(k), VV(v), c.NH,
                                    c.NKV, c.W, c.p, 4242));
-    printf("  %s: forward by %s\n", c.name, attn_impl(false));
+    printf("  %s: forward by %s\n", c.name, backend_attention_impl(be, false));
     bool ok = agree_attn("attention out", out) & agree("attention lse", lse, ATOL_SUM);
     arr_put(out), arr_put(lse);
     BOTH(BACKWARD);
-    printf("  %s: backward by %s\n", c.name, attn_impl(true));
+    printf("  %s: backward by %s\n", c.name, backend_attention_impl(be, true));
     arr *grads[3] = {dq, dk, dv};
     const int ng = c.packed ? 1 : 3;
     if (c.packed) ok &= agree_attn("attention dqkv", dq);
@@ -669,7 +654,7 @@ static int attention_cases_on(backend *dev, const attn_case *cases, int n, bool 
     dev_override = dev;
     for (int i = 0; i < n; i++) {
         bool ok = attention_case(cases[i]);
-        const char *fwd = attn_impl(false), *bwd = attn_impl(true);
+        const char *fwd = backend_attention_impl(be, false), *bwd = backend_attention_impl(be, true);
         if (cudnn && attn_cudnn_covers(&cases[i]) && (strcmp(fwd, "cudnn") || strcmp(bwd, "cudnn"))) {
             printf("  %s: cuDNN covers the case but did not run it (forward %s, backward %s)\n", cases[i].name, fwd, bwd);
             ok = false;

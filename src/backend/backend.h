@@ -325,6 +325,10 @@ void backend_linear_unfused(const backend_ops *ops, backend *be, backend_stream 
 /* Whether be has the engine's ops (set_rows, paged_attention); false with an sk_fail message
  * naming the backend when not. */
 bool backend_supports_paged(backend *be);
+/* What ran be's last attention_forward (backward false) or attention_backward: on CUDA the
+ * kernels ("cudnn", "tensor-core", "tiled"; "nothing" before the first call), elsewhere the
+ * backend's name (it has one implementation). Tests and bench attention report it. */
+const char *backend_attention_impl(backend *be, bool backward);
 /* Free and total device memory; SK_EIO-style failure is returned with a message. */
 sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes);
 

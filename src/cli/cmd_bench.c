@@ -34,9 +34,6 @@
 #include <omp.h>
 
 #include "backend/backend.h"
-#ifdef SKEIN_HAVE_CUDA
-#include "backend/cuda/cuda.h"
-#endif
 #include "base/rng.h"
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -398,18 +395,6 @@ static void *bench_bf16_randn(backend *be, size_t n, rng *r) {
     return d;
 }
 
-/* What ran be's last attention forward (backward false) or backward: the CUDA backend says;
- * another backend has one implementation, its name. */
-static const char *bench_attn_ran(backend *be, bool backward) {
-#ifdef SKEIN_HAVE_CUDA
-    if (!strcmp(be->name, "cuda")) {
-        const char *s = backend_cuda_attention_impl(be, backward);
-        return s ? s : "nothing";
-    }
-#endif
-    return be->name;
-}
-
 /* Times the layer a.iters times on a backend of `device` made with SKEIN_CUDA_ATTN=impl (impl
  * NULL: as the environment has it) and prints its JSON line. */
 static sk_status bench_attention_run(const char *device, const char *impl, const bench_attn *a) {
@@ -475,8 +460,8 @@ static sk_status bench_attention_run(const char *device, const char *impl, const
            "\"backward\": \"%s\", \"batch\": %ld, \"heads\": %ld, \"kv_heads\": %ld, \"seq\": %ld, \"head_size\": %ld, "
            "\"window\": %ld, \"iters\": %ld, \"forward_ms\": %.4f, \"backward_ms\": %.4f, \"layer_ms\": %.4f, "
            "\"tflops\": %.4g}\n",
-           be->name, impl ? impl : be->name, bench_attn_ran(be, false), bench_attn_ran(be, true), a->B, a->NH, a->NKV,
-           a->T, a->HS, a->W, a->iters, fwd, bwd, fwd + bwd, flops / ((fwd + bwd) * 1e-3) / 1e12);
+           be->name, impl ? impl : be->name, backend_attention_impl(be, false), backend_attention_impl(be, true), a->B,
+           a->NH, a->NKV, a->T, a->HS, a->W, a->iters, fwd, bwd, fwd + bwd, flops / ((fwd + bwd) * 1e-3) / 1e12);
     fflush(stdout);
 done:
     mem_free(t);

@@ -47,8 +47,8 @@ extern "C" {
 backend *backend_cuda_create(void);
 
 /* What ran the last attention_forward (backward false) or attention_backward (true) on the
- * CUDA backend be: "cudnn", "tensor-core" or "tiled"; NULL before the first. (Tests and
- * bench attention report it.) */
+ * CUDA backend be: "cudnn", "tensor-core" or "tiled"; NULL before the first. (Callers use
+ * backend_attention_impl, which takes any backend.) */
 const char *backend_cuda_attention_impl(backend *be, bool backward);
 
 #ifdef __cplusplus

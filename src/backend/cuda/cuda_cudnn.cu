@@ -45,7 +45,7 @@
 #define DNN_MAX_DESCS 192       /* descriptors of one plan */
 #define DNN_MAX_OPS 48          /* operations of one graph */
 #define DNN_MAX_SCALARS 8       /* by-value scalars of one graph */
-#define DNN_MAX_IO 16           /* tensors of one variant pack */
+#define DNN_MAX_IO 24           /* tensors of one variant pack */
 #define DNN_ALIGN 16            /* every tensor's declared byte alignment */
 #define DNN_WS_ALIGN 256        /* alignment of the workspace's parts */
 
@@ -655,7 +655,7 @@ static cuda_cudnn *dnn_state(cuda_ctx *x) {
  * dropout, lse wanted, HS a multiple of 8, every operand 16-byte aligned with batch and row
  * strides of whole 16-byte units. (HS <= CUDA_ATTN_MAX_HS is the op's own limit.) */
 static bool dnn_covers(const cuda_attn_geom *g, const float *lse, const cuda_rows *ops, int n) {
-    if (g->dt != DT_BF16 || g->Tq != g->Tk || g->Tq < 2 || g->p > 0.0f || !lse || g->HS % 8) return false;
+    if (g->dt != DT_BF16 || g->B < 1 || g->Tq != g->Tk || g->Tq < 2 || g->p > 0.0f || !lse || g->HS % 8) return false;
     if ((uintptr_t)lse % DNN_ALIGN) return false;
     for (int i = 0; i < n; i++)
         if ((uintptr_t)ops[i].p % DNN_ALIGN || ops[i].sb % 8 || ops[i].st % 8) return false;
