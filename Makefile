@@ -2,7 +2,7 @@
 # found). `make test` runs every test; `make demo` runs the embedded demo; both install the
 # Debian packages they need first (`make deps`). `make test-gpu` runs the device tests on
 # CUDA (a GPU machine: `make gpu-deps` here, `. scripts/gpu_env.sh` there). Overrides: CC=, NVCC=, MPICC=, NCCL_HOME=,
-# CUDA_HOME=, MPI_CFLAGS=, MPI_LIBS=, BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1, NO_NCCL=1.
+# CUDNN_HOME=, CUDA_HOME=, MPI_CFLAGS=, MPI_LIBS=, BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1, NO_NCCL=1, NO_CUDNN=1.
 # WERROR=1 makes every warning an error (CI, .ci/run); the default keeps them warnings, so a
 # compiler newer than CI's still builds.
 
@@ -76,6 +76,27 @@ CFLAGS += -DSKEIN_HAVE_CUDA
 LDLIBS += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
+# cuDNN 9 (src/backend/cuda/cuda_cudnn.cu: attention through its fused flash attention, by its
+# backend graph API): built with the CUDA backend when cudnn_graph.h and libcudnn.so* are in
+# CUDNN_HOME (default: the CUDA toolkit, then /usr/local, /usr; the GPU machine's PyTorch wheel
+# through scripts/gpu_env.sh). Where only libcudnn.so.9 exists (the wheel) it is linked by that
+# name; its folder goes into the rpath (libcudnn.so.9 loads its engine libraries from there).
+# SKEIN_HAVE_CUDNN tells cuda.cu, the tests and bench attention that it is built in.
+CUDNN_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) /usr/local /usr,$(if $(wildcard $(d)/include/cudnn_graph.h),$(d))))
+ifdef NO_CUDNN
+CUDNN_HOME :=
+endif
+CUDNN_LIBDIR := $(if $(CUDNN_HOME),$(firstword $(foreach d,lib lib64 lib/x86_64-linux-gnu,$(if $(wildcard $(CUDNN_HOME)/$(d)/libcudnn.so*),$(CUDNN_HOME)/$(d)))))
+CU_CPPFLAGS :=
+ifneq ($(and $(NVCC),$(CUDNN_LIBDIR),$(wildcard $(CUDNN_HOME)/include/cudnn_graph.h)),)
+HAVE_CUDNN := 1
+CFLAGS += -DSKEIN_HAVE_CUDNN
+CU_CPPFLAGS += -DSKEIN_HAVE_CUDNN -isystem $(CUDNN_HOME)/include
+LDLIBS += -L$(CUDNN_LIBDIR) -Wl,-rpath,$(CUDNN_LIBDIR) $(if $(wildcard $(CUDNN_LIBDIR)/libcudnn.so),-lcudnn,-l:libcudnn.so.9)
+else
+CU_SRCS := $(filter-out src/backend/cuda/cuda_cudnn.cu,$(CU_SRCS))
+endif
+
 SRCS      := $(sort $(shell find src -name '*.c'))
 LIB_SRCS  := $(filter-out src/cli/main.c,$(SRCS))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.o)
@@ -94,8 +115,9 @@ GPU_DEBS = libcjson1 libcjson-dev libutf8proc2 libutf8proc-dev libpcre2-8-0 libp
 all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 
 status:
-	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  MPI %s  NCCL %s\n' \
+	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  cuDNN %s  MPI %s  NCCL %s\n' \
 	  "$(if $(NVCC),✓ ($(NVCC)),✗)" \
+	  "$(if $(HAVE_CUDNN),✓ ($(CUDNN_HOME)),✗)" \
 	  "$(if $(MPICC),✓ ($(MPICC)),✗)" \
 	  "$(if $(HAVE_NCCL),✓ ($(NCCL_HOME)),✗)"
 
@@ -105,7 +127,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -std=c++20 $(NVCCFLAGS) $(NVCC_WARN) -Isrc -MMD -MP -c $< -o $@
+	$(NVCC) -std=c++20 $(NVCCFLAGS) $(NVCC_WARN) $(CU_CPPFLAGS) -Isrc -MMD -MP -c $< -o $@
 
 $(BUILD)/libskein.a: $(LIB_OBJS)
 	@rm -f $@

@@ -5,8 +5,10 @@
 # /tmp/sysroot) with dpkg -x, and exports what the Makefile and the programs need: CFLAGS
 # and LDLIBS with the sysroot's include and library folders (and rpaths), BLAS_CFLAGS and
 # BLAS_LIBS when the machine has no OpenBLAS headers of its own, NCCL_HOME from the PyTorch
-# environment's nvidia.nccl, LD_LIBRARY_PATH for the libraries' own dependencies (a RUNPATH
-# does not reach them), and NCCL_NVLS_ENABLE=0 (NVLink multicast stays off on shared hosts).
+# environment's nvidia.nccl, CUDNN_HOME from its nvidia.cudnn (include/, lib/libcudnn.so.9),
+# LD_LIBRARY_PATH for the libraries' own dependencies (a RUNPATH does not reach them: cuDNN's
+# lib, and the folders of the wheels' libnvrtc.so.*, which cuDNN's runtime-compiled engines
+# load), and NCCL_NVLS_ENABLE=0 (NVLink multicast stays off on shared hosts).
 SKEIN_SYSROOT=${SKEIN_SYSROOT:-/tmp/sysroot}
 if ! ls .debs/*.deb >/dev/null 2>&1; then
     echo "gpu_env.sh: no .debs/*.deb here: run 'make gpu-deps' on a machine with apt and carry .debs" >&2
@@ -28,5 +30,15 @@ fi
 if [ -z "$NCCL_HOME" ]; then
     NCCL_HOME=$(python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null) && export NCCL_HOME
 fi
+if [ -z "$CUDNN_HOME" ]; then
+    CUDNN_HOME=$(python3 -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null) && export CUDNN_HOME
+fi
+if [ -n "$CUDNN_HOME" ]; then
+    export LD_LIBRARY_PATH="$CUDNN_HOME/lib:$LD_LIBRARY_PATH"
+    # libnvrtc.so.* of the CUDA 13 wheels (nvidia/cu13/lib) or the CUDA 12 ones (nvidia/cuda_nvrtc/lib)
+    nvrtc=$(python3 -c 'import glob, os, nvidia
+print(":".join(sorted({os.path.dirname(f) for d in nvidia.__path__ for f in glob.glob(os.path.join(d, "*", "lib", "libnvrtc.so*"))})))' 2>/dev/null)
+    [ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$nvrtc:$LD_LIBRARY_PATH"
+fi
 export NCCL_NVLS_ENABLE=0
-echo "gpu_env.sh: sysroot $SKEIN_SYSROOT; BLAS ${BLAS_LIBS:-system}; NCCL_HOME ${NCCL_HOME:-none}"
+echo "gpu_env.sh: sysroot $SKEIN_SYSROOT; BLAS ${BLAS_LIBS:-system}; NCCL_HOME ${NCCL_HOME:-none}; CUDNN_HOME ${CUDNN_HOME:-none}; NVRTC ${nvrtc:-not in the wheels}"

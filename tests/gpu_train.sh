@@ -9,19 +9,12 @@
 # Then bf16 mixed precision (--precision bf16) on the GPU against the same f32 CPU runs: bf16
 # keeps 8 mantissa bits, so every step's loss within 2% and the loss falling; exact resume on
 # the GPU (a bf16 run stopped after step 4 and resumed gives the uninterrupted run's losses
-# and final weights bit for bit); the GPU run's folder loads on the CPU (skein generate) and,
+# and final weights bit for bit; GPT-2 with dropout, Llama on cuDNN's attention where built);
+# the GPU run's folder loads on the CPU (skein generate) and,
 # where python3 has transformers, in transformers (tests/check_hf_load*.py). Also `skein
 # bench train --device cuda` runs, f32 and bf16 with --recompute. Prints PASS/FAIL/SKIP lines.
-SK=${SKEIN:-./skein}
+. tests/lib_gpu.sh
 TOK=tests/fixtures/tok2/llama3.json
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-[ -x "$SK" ] || { fail gpu_train "$SK is not built"; exit 1; }
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-    echo "SKIP gpu_train: no GPU here"; exit 0
-fi
 i=0
 for f in README.md src/*/*.h; do i=$((i+1)); cp "$f" "$T/doc$i.txt"; done
 $SK data prepare --tokenizer $TOK --input "$T"/doc*.txt --out "$T/data" 2>"$T/err" ||
@@ -63,15 +56,22 @@ compare gpt2_cuda_bf16_tracks_cpu "--arch gpt2 --layers 2 --heads 2 --dim 64" "-
 compare llama_cuda_bf16_tracks_cpu "--arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64" "" 2e-2 1e-1 \
     "--precision bf16 --recompute"
 
-# exact resume on the GPU, in bf16: stop after step 4, resume, compare with the whole run
-R="--model $T/gpt2_cuda_matches_cpu-init --data $T/data --steps 8 --batch 4 --seq 64 --lr 3e-3 --seed 5 --device cuda
-   --dropout --precision bf16 --quiet"
-if $SK train $R --out "$T/whole" 2>"$T/err" && $SK train $R --out "$T/split" --stop-after 4 2>>"$T/err" &&
-   $SK train $R --out "$T/split" --resume 2>>"$T/err"; then
-    a=$(grep -o '"loss": [^,]*' "$T/whole/log.jsonl"); b=$(grep -o '"loss": [^,]*' "$T/split/log.jsonl")
-    if [ -n "$a" ] && [ "$a" = "$b" ] && cmp -s "$T/whole/model.safetensors" "$T/split/model.safetensors"
-    then pass gpu_resume_is_exact; else fail gpu_resume_is_exact "losses or final weights differ: $a / $b"; fi
-else fail gpu_resume_is_exact "$(tail -3 "$T/err")"; fi
+# exact resume on the GPU, in bf16: stop after step 4, resume, compare with the whole run.
+# resume NAME INIT FLAGS: GPT-2 with dropout runs its attention on the own kernels, Llama
+# without on cuDNN's (its deterministic backward) where skein is built with cuDNN.
+resume() {
+    R="--model $T/$2 --data $T/data --steps 8 --batch 4 --seq 64 --lr 3e-3 --seed 5 --device cuda --precision bf16
+       --quiet $3"
+    rm -rf "$T/whole" "$T/split"
+    if $SK train $R --out "$T/whole" 2>"$T/err" && $SK train $R --out "$T/split" --stop-after 4 2>>"$T/err" &&
+       $SK train $R --out "$T/split" --resume 2>>"$T/err"; then
+        a=$(grep -o '"loss": [^,]*' "$T/whole/log.jsonl"); b=$(grep -o '"loss": [^,]*' "$T/split/log.jsonl")
+        if [ -n "$a" ] && [ "$a" = "$b" ] && cmp -s "$T/whole/model.safetensors" "$T/split/model.safetensors"
+        then pass "$1"; else fail "$1" "losses or final weights differ: $a / $b"; fi
+    else fail "$1" "$(tail -3 "$T/err")"; fi
+}
+resume gpu_resume_is_exact gpt2_cuda_matches_cpu-init --dropout
+resume gpu_resume_is_exact_llama llama_cuda_matches_cpu-init ""
 
 # the GPU run's folder on the CPU and in transformers
 if $SK generate --model "$T/gpt2_cuda_bf16_tracks_cpu-cuda" --prompt "the" --max-tokens 4 --temperature 0 \

@@ -23,6 +23,12 @@
  * run checks the bf16 adapter (cpu_mixed.c): conversions, strides, accumulation, rounding;
  * SKEIN_TEST_DEVICE=cuda checks the CUDA kernels against the CPU.
  *
+ * Attention runs its cases on the test device, and on CUDA also on the own kernels
+ * (SKEIN_CUDA_ATTN=own) and on cuDNN's fused attention (SKEIN_CUDA_ATTN=cudnn, where built
+ * with cuDNN) with one layer at GPT-2's and a Llama GQA's shapes: each case prints which
+ * implementation ran, a case cuDNN covers must have run on it, and every backward run twice
+ * must write the same bits.
+ *
  * cast is checked bit for bit against dtype.h's conversions, ties to even included.
  * Output views that are column blocks of wider buffers are checked whole: the columns outside
  * the block must keep their values. Tests reach device memory only by upload and download.
@@ -40,6 +46,7 @@
 #define ATOL_LINEAR 1e-2
 
 static backend *be, *ref;   /* the device under test; the CPU reference */
+static backend *dev_override;   /* when set, the device of the cases instead of test_device()'s */
 static rng R;
 
 /* Skips the case where the device has no bf16 [lp] arguments. */
@@ -60,7 +67,7 @@ static arr arrs[MAX_ARRS];
 static int n_arrs;
 
 static void setup(uint64_t seed) {
-    be = test_device();
+    be = dev_override ? dev_override : test_device();
     if (!ref) ref = backend_cpu_create();
     SK_ASSERT(ref);
     for (int i = 0; i < n_arrs; i++) {
@@ -555,56 +562,165 @@ TEST(softmax_xent_bf16_padded_logits) {
 /* ---- attention ---- */
 
 /* q(B,Tq,NH*HS), k, v (B,Tk,NKV*HS) in bf16, window W, dropout p. Packed: q, k, v are column
- * slices of one qkv(B,T,3C) (row stride 3C) and dq, dk, dv of one dqkv, as GPT-2 lays them out.
- * acc: dq, dk, dv start from earlier values instead of zeros. */
-typedef struct attn_case { const char *name; int B, Tq, Tk, NH, NKV, HS, W; float p; bool packed, acc; } attn_case;
+ * slices of one qkv(B,T,QD+2KD) (row stride QD+2KD) and dq, dk, dv of one dqkv, as GPT-2 lays
+ * them out. stale: dq, dk, dv hold earlier values (instead of zeros), which the backward
+ * overwrites. */
+typedef struct attn_case { const char *name; int B, Tq, Tk, NH, NKV, HS, W; float p; bool packed, stale; } attn_case;
+
+/* Whether cuDNN's graphs take the case (cuda_cudnn.cu's dnn_covers; the test's arrays are
+ * 16-byte aligned with row strides of whole 16-byte units). */
+static bool attn_cudnn_covers(const attn_case *c) {
+    return c->Tq == c->Tk && c->Tq > 1 && c->p == 0.0f && c->HS % 8 == 0;
+}
 
 /* The forward (bf16 out, f32 lse); then the backward on the same inputs for both runs (out
- * and lse: the reference's, out rounded to bf16), dq, dk, dv accumulating. */
+ * and lse: the reference's, out rounded to bf16), dq, dk, dv written; then the device's
+ * backward again over other values in dq, dk, dv: the same bits. Prints what ran. */
 static bool attention_case(attn_case c) {
     setup((uint64_t)(c.Tq * 7 + c.Tk + c.HS + c.W * 3 + c.NKV));
     const int QD = c.NH * c.HS, KD = c.NKV * c.HS, W3 = QD + 2 * KD;
     arr *q, *k, *v, *dq, *dk, *dv;
     if (c.packed) {
         q = k = v = arr_new((size_t)c.B * c.Tq * W3, DT_BF16, 1);
-        dq = dk = dv = arr_new((size_t)c.B * c.Tq * W3, DT_BF16, c.acc);
+        dq = dk = dv = arr_new((size_t)c.B * c.Tq * W3, DT_BF16, c.stale);
     } else {
-        q = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1), dq = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, c.acc);
-        k = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dk = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.acc);
-        v = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dv = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.acc);
+        q = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1), dq = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, c.stale);
+        k = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dk = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.stale);
+        v = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, 1), dv = arr_new((size_t)c.B * c.Tk * KD, DT_BF16, c.stale);
     }
     arr *out = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1), *dout = arr_new((size_t)c.B * c.Tq * QD, DT_BF16, 1);
     arr *lse = arr_new((size_t)c.B * c.NH * c.Tq, DT_F32, 0);
 #define VQ(a) (c.packed ? tensor_cols(T3(a, c.B, c.Tq, W3), 0, QD) : T3(a, c.B, c.Tq, QD))
 #define VK(a) (c.packed ? tensor_cols(T3(a, c.B, c.Tk, W3), QD, KD) : T3(a, c.B, c.Tk, KD))
 #define VV(a) (c.packed ? tensor_cols(T3(a, c.B, c.Tk, W3), QD + KD, KD) : T3(a, c.B, c.Tk, KD))
+#define BACKWARD                                                                                                    \
+    b->ops->attention_backward(b, NULL, VQ(dq), VK(dk), VV(dv), T3(dout, c.B, c.Tq, QD), VQ(q), VK(k), VV(v),      \
+                               T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), c.NH, c.NKV, c.W, c.p, 4242)
     BOTH(b->ops->attention_forward(b, NULL, T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), VQ(q), VK(k), VV(v), c.NH,
                                    c.NKV, c.W, c.p, 4242));
-    printf("  %s:\n", c.name);
+    printf("  %s: forward by %s\n", c.name, backend_attention_impl(be, false));
     bool ok = agree_attn("attention out", out) & agree("attention lse", lse, ATOL_SUM);
     arr_put(out), arr_put(lse);
-    BOTH(b->ops->attention_backward(b, NULL, VQ(dq), VK(dk), VV(dv), T3(dout, c.B, c.Tq, QD), VQ(q), VK(k), VV(v),
-                                    T3(out, c.B, c.Tq, QD), T3(lse, c.B, c.NH, c.Tq), c.NH, c.NKV, c.W, c.p, 4242));
+    BOTH(BACKWARD);
+    printf("  %s: backward by %s\n", c.name, backend_attention_impl(be, true));
+    arr *grads[3] = {dq, dk, dv};
+    const int ng = c.packed ? 1 : 3;
+    if (c.packed) ok &= agree_attn("attention dqkv", dq);
+    else ok &= agree_attn("attention dq", dq) & agree_attn("attention dk", dk) & agree_attn("attention dv", dv);
+    void *first[3];
+    for (int i = 0; i < ng; i++) {
+        first[i] = test_download(be, tensor_1d(grads[i]->dev, DT_BF16, (int64_t)grads[i]->n));
+        arr_put(grads[i]);   /* the reference's values: other bits */
+    }
+    b = be, on_dev = true;
+    BACKWARD;
+    for (int i = 0; i < ng; i++) {
+        void *again = test_download(be, tensor_1d(grads[i]->dev, DT_BF16, (int64_t)grads[i]->n));
+        const bool same = !memcmp(first[i], again, grads[i]->n * sizeof(uint16_t));
+        if (!same) printf("  %s: a second backward wrote other bits\n", c.name);
+        ok &= same;
+        free(first[i]);
+        free(again);
+    }
+#undef BACKWARD
 #undef VQ
 #undef VK
 #undef VV
-    if (c.packed) return ok & agree_attn("attention dqkv", dq);
-    return ok & agree_attn("attention dq", dq) & agree_attn("attention dk", dk) & agree_attn("attention dv", dv);
+    return ok;
 }
+
+/* Cases of every kind attention takes; the GPU's implementations differ by kind. */
+static const attn_case attn_cases[] = {
+    /* name                       B  Tq  Tk  NH NKV HS   W   p     packed stale */
+    {"MHA packed qkv",            2, 80, 80, 4, 4,  64,  0,  0.0f, true,  false},
+    {"GQA 8:2",                   2, 72, 72, 8, 2,  32,  0,  0.0f, false, false},
+    {"GQA 4:2 window 24",         1, 96, 96, 4, 2,  32,  24, 0.0f, false, false},
+    {"Tq 24 < Tk 88",             2, 24, 88, 4, 2,  32,  0,  0.0f, false, false},
+    {"packed qkv, dropout 0.1",   2, 70, 70, 4, 4,  64,  0,  0.1f, true,  false},
+    {"HS 128",                    1, 66, 66, 2, 2,  128, 0,  0.0f, false, false},
+    {"GQA 4:2 over stale grads",  1, 40, 40, 4, 2,  32,  0,  0.0f, false, true},
+};
+#define N_ATTN_CASES (int)(sizeof attn_cases / sizeof attn_cases[0])
+
+/* One layer of the models' attention at their shapes (the batch cut for the CPU reference):
+ * GPT-2 124M (packed qkv, 12 heads of 64, 1024 tokens), a Llama-3-style GQA 32:8 with heads
+ * of 128, and the same with a sliding window. */
+static const attn_case attn_model_cases[] = {
+    {"GPT-2 layer, B 2 of 32",    2, 1024, 1024, 12, 12, 64,  0,   0.0f, true,  false},
+    {"Llama GQA 32:8 HS 128",     1, 1024, 1024, 32, 8,  128, 0,   0.0f, false, false},
+    {"Llama GQA 32:8 window 256", 1, 512,  512,  32, 8,  128, 256, 0.0f, false, false},
+};
+#define N_ATTN_MODEL_CASES (int)(sizeof attn_model_cases / sizeof attn_model_cases[0])
 
 TEST(attention_bf16_forward_and_backward) {
     NEED_MIXED();
-    static const attn_case cases[] = {
-        /* name                       B  Tq  Tk  NH NKV HS   W   p     packed acc */
-        {"MHA packed qkv",            2, 80, 80, 4, 4,  64,  0,  0.0f, true,  false},
-        {"GQA 8:2",                   2, 72, 72, 8, 2,  32,  0,  0.0f, false, false},
-        {"GQA 4:2 window 24",         1, 96, 96, 4, 2,  32,  24, 0.0f, false, false},
-        {"Tq 24 < Tk 88",             2, 24, 88, 4, 2,  32,  0,  0.0f, false, false},
-        {"packed qkv, dropout 0.1",   2, 70, 70, 4, 4,  64,  0,  0.1f, true,  false},
-        {"HS 128",                    1, 66, 66, 2, 2,  128, 0,  0.0f, false, false},
-        {"GQA 4:2 onto earlier grads", 1, 40, 40, 4, 2, 32,  0,  0.0f, false, true},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) CHECK_MSG(attention_case(cases[i]), "%s", cases[i].name);
+    for (int i = 0; i < N_ATTN_CASES; i++) CHECK_MSG(attention_case(attn_cases[i]), "%s", attn_cases[i].name);
+}
+
+/* A CUDA backend made with SKEIN_CUDA_ATTN=mode (the variable restored after), or NULL where
+ * the test device is not CUDA. */
+static backend *cuda_with_attn(const char *mode) {
+    if (strcmp(test_device()->name, "cuda")) return NULL;
+    const char *old = getenv("SKEIN_CUDA_ATTN");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("SKEIN_CUDA_ATTN", mode, 1);
+    backend *cu = backend_create("cuda");
+    if (saved) setenv("SKEIN_CUDA_ATTN", saved, 1);
+    else unsetenv("SKEIN_CUDA_ATTN");
+    free(saved);
+    SK_ASSERT(cu);
+    return cu;
+}
+
+/* Runs the n cases on dev (the device of every case meanwhile); with `cudnn`, a case cuDNN
+ * covers must have run on it both ways (a warning above says why not). The number of cases
+ * that failed. */
+static int attention_cases_on(backend *dev, const attn_case *cases, int n, bool cudnn) {
+    int failed = 0;
+    dev_override = dev;
+    for (int i = 0; i < n; i++) {
+        bool ok = attention_case(cases[i]);
+        const char *fwd = backend_attention_impl(be, false), *bwd = backend_attention_impl(be, true);
+        if (cudnn && attn_cudnn_covers(&cases[i]) && (strcmp(fwd, "cudnn") || strcmp(bwd, "cudnn"))) {
+            printf("  %s: cuDNN covers the case but did not run it (forward %s, backward %s)\n", cases[i].name, fwd, bwd);
+            ok = false;
+        }
+        if (!cudnn && (!strcmp(fwd, "cudnn") || !strcmp(bwd, "cudnn"))) {
+            printf("  %s: cuDNN ran under SKEIN_CUDA_ATTN=own\n", cases[i].name);
+            ok = false;
+        }
+        if (!ok) printf("  %s: FAILED\n", cases[i].name);
+        failed += !ok;
+    }
+    dev_override = NULL;
+    return failed;
+}
+
+/* The own CUDA kernels (SKEIN_CUDA_ATTN=own: tensor-core where they fit, else tiled). */
+TEST(attention_bf16_own_cuda_kernels) {
+    NEED_MIXED();
+    backend *cu = cuda_with_attn("own");
+    if (!cu) SKIP("the test device is %s, not cuda", be->name);
+    const int failed = attention_cases_on(cu, attn_cases, N_ATTN_CASES, false);
+    backend_free(cu);
+    CHECK_MSG(failed == 0, "%d case(s) failed", failed);
+}
+
+/* cuDNN's fused attention (SKEIN_CUDA_ATTN=cudnn) on the cases and at the models' shapes: the
+ * CPU reference's tolerances, every covered case run by cuDNN, its backward the same bits
+ * twice (the deterministic algorithm). */
+TEST(attention_bf16_cudnn) {
+    NEED_MIXED();
+#ifndef SKEIN_HAVE_CUDNN
+    SKIP("skein is built without cuDNN (the Makefile found no cudnn_graph.h and libcudnn in CUDNN_HOME)");
+#else
+    backend *cu = cuda_with_attn("cudnn");
+    if (!cu) SKIP("the test device is %s, not cuda", be->name);
+    const int failed = attention_cases_on(cu, attn_cases, N_ATTN_CASES, true) +
+                       attention_cases_on(cu, attn_model_cases, N_ATTN_MODEL_CASES, true);
+    backend_free(cu);
+    CHECK_MSG(failed == 0, "%d case(s) failed", failed);
+#endif
 }
 
 TEST_MAIN()

@@ -87,6 +87,17 @@ bool backend_supports_paged(backend *be) {
     return false;
 }
 
+const char *backend_attention_impl(backend *be, bool backward) {
+#ifdef SKEIN_HAVE_CUDA
+    if (!strcmp(be->name, "cuda")) {
+        const char *ran = backend_cuda_attention_impl(be, backward);
+        return ran ? ran : "nothing";
+    }
+#endif
+    (void)backward;
+    return be->name;
+}
+
 sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes) {
     return be->ops->mem_info(be, free_bytes, total_bytes);
 }

@@ -195,8 +195,10 @@ typedef struct backend_ops {
      * dropout_keep(seed, ((b*NH + h)*Tq + t)*Tk + s, p); p = 0 is exactly the plain path. */
     void (*attention_forward)(backend *be, backend_stream *s, tensor out, tensor lse, tensor q,
                               tensor k, tensor v, int NH, int NKV, int W, float p, uint64_t seed);
-    /* dq, dk, dv accumulate (views shaped like q, k, v; they may be column slices of one
-     * buffer but overlap nothing else); every view but lse [lp], all of one dtype. Recomputes the probabilities from q, k and the
+    /* Writes dq, dk, dv (views shaped like q, k, v; they may be column slices of one buffer
+     * but overlap nothing else), every element: keys no query sees get 0. (They are activation
+     * gradients, never summed across micro-batches, so the caller zeroes nothing.) Every view
+     * but lse [lp], all of one dtype. Recomputes the probabilities from q, k and the
      * forward's lse, as flash attention does; out and dout(B,Tq,NH*HS) give each row's term
      * D = dout . out. W, p and seed as in the forward, so dropout masks match it. */
     void (*attention_backward)(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv,
@@ -354,6 +356,10 @@ void backend_linear_unfused(const backend_ops *ops, backend *be, backend_stream 
 /* Whether be has the engine's ops (set_rows, paged_attention); false with an sk_fail message
  * naming the backend when not. */
 bool backend_supports_paged(backend *be);
+/* What ran be's last attention_forward (backward false) or attention_backward: on CUDA the
+ * kernels ("cudnn", "tensor-core", "tiled"; "nothing" before the first call), elsewhere the
+ * backend's name (it has one implementation). Tests and bench attention report it. */
+const char *backend_attention_impl(backend *be, bool backward);
 /* Free and total device memory; SK_EIO-style failure is returned with a message. */
 sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes);
 

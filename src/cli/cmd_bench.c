@@ -16,6 +16,15 @@
  * one micro-batch per rank) at the ZeRO stage of --zero; rank 0 prints the line, with every
  * rank's memory plan and peak.
  *
+ * skein bench attention: one layer's causal attention, forward then backward (bf16, random
+ * inputs; GPT-2 124M's shape by default: batch 32, 12 heads of 64, 1024 tokens, q, k and v
+ * column slices of one packed qkv), timed over --iters passes after two untimed, once per
+ * implementation on the GPU (--impls: SKEIN_CUDA_ATTN's values, each on a backend made with
+ * it). One JSON line per implementation: what actually ran each way (cudnn, tensor-core,
+ * tiled; a shape cuDNN cannot plan falls back, with a warning), the median forward, backward
+ * and layer (forward + backward) milliseconds and the layer's TFLOP/s (causal: 7 B NH T^2 HS,
+ * a window not discounted).
+ *
  * skein bench serve (load on a running server) is cmd_bench_serve.c; this file dispatches to it. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +33,7 @@
 #include <sys/resource.h>
 #include <omp.h>
 
+#include "backend/backend.h"
 #include "base/rng.h"
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -365,11 +375,142 @@ static int bench_latency(int argc, char **argv) {
     return cli_fail(st);
 }
 
+/* ---- attention: one layer forward and backward, per implementation ---- */
+
+/* The shape of bench attention's layer. */
+typedef struct bench_attn { long B, T, NH, NKV, HS, W, iters; } bench_attn;
+
+/* n bf16 normals in new device memory of be (NULL + sk_fail when it cannot). */
+static void *bench_bf16_randn(backend *be, size_t n, rng *r) {
+    float *f = mem_alloc(sizeof(float) * n);
+    uint16_t *h = mem_alloc(sizeof(uint16_t) * n);
+    void *d = f && h ? backend_alloc(be, sizeof(uint16_t) * n) : NULL;
+    if (d) {
+        for (size_t i = 0; i < n; i++) f[i] = rng_normal(r);
+        dtype_from_f32(h, DT_BF16, f, n);
+        backend_upload(be, d, h, sizeof(uint16_t) * n);
+    }
+    mem_free(f);
+    mem_free(h);
+    return d;
+}
+
+/* Times the layer a.iters times on a backend of `device` made with SKEIN_CUDA_ATTN=impl (impl
+ * NULL: as the environment has it) and prints its JSON line. */
+static sk_status bench_attention_run(const char *device, const char *impl, const bench_attn *a) {
+    char *saved = NULL;
+    if (impl) {
+        const char *old = getenv("SKEIN_CUDA_ATTN");
+        saved = old ? strdup(old) : NULL;
+        setenv("SKEIN_CUDA_ATTN", impl, 1);
+    }
+    backend *be = backend_create(device);
+    if (impl) {
+        if (saved) setenv("SKEIN_CUDA_ATTN", saved, 1);
+        else unsetenv("SKEIN_CUDA_ATTN");
+        free(saved);
+    }
+    if (!be) return SK_EARG;
+    const long QD = a->NH * a->HS, KD = a->NKV * a->HS, W3 = QD + 2 * KD;
+    const bool packed = a->NKV == a->NH;   /* GPT-2's qkv(B,T,3C); else Llama's q, k, v apart */
+    const size_t rows = (size_t)(a->B * a->T);
+    rng r;
+    rng_seed(&r, 11);
+    sk_status st = SK_OK;
+    void *qkv = bench_bf16_randn(be, rows * W3, &r), *dout = bench_bf16_randn(be, rows * QD, &r);
+    void *dqkv = backend_alloc(be, sizeof(uint16_t) * rows * W3), *out = backend_alloc(be, sizeof(uint16_t) * rows * QD);
+    float *lse = backend_alloc(be, sizeof(float) * rows * a->NH);
+    double *t = mem_alloc(sizeof(double) * 2 * (size_t)a->iters);
+    if (!qkv || !dout || !dqkv || !out || !lse || !t) {
+        st = SK_ENOMEM;
+        goto done;
+    }
+    /* q, k, v: column slices of (B,T,W3) when packed, else three (B,T,.) blocks of one buffer */
+    tensor q, k, v, dq, dk, dv;
+    const int64_t qs[3] = {a->B, a->T, QD}, ks[3] = {a->B, a->T, KD};
+    if (packed) {
+        const int64_t all[3] = {a->B, a->T, W3};
+        tensor x = tensor_make(qkv, DT_BF16, MEM_DEVICE, 3, all), dx = tensor_make(dqkv, DT_BF16, MEM_DEVICE, 3, all);
+        q = tensor_cols(x, 0, QD), k = tensor_cols(x, QD, KD), v = tensor_cols(x, QD + KD, KD);
+        dq = tensor_cols(dx, 0, QD), dk = tensor_cols(dx, QD, KD), dv = tensor_cols(dx, QD + KD, KD);
+    } else {
+        uint16_t *x = qkv, *dx = dqkv;
+        q = tensor_make(x, DT_BF16, MEM_DEVICE, 3, qs), dq = tensor_make(dx, DT_BF16, MEM_DEVICE, 3, qs);
+        k = tensor_make(x + rows * QD, DT_BF16, MEM_DEVICE, 3, ks), dk = tensor_make(dx + rows * QD, DT_BF16, MEM_DEVICE, 3, ks);
+        v = tensor_make(x + rows * (QD + KD), DT_BF16, MEM_DEVICE, 3, ks);
+        dv = tensor_make(dx + rows * (QD + KD), DT_BF16, MEM_DEVICE, 3, ks);
+    }
+    const int64_t ls[3] = {a->B, a->NH, a->T};
+    const tensor O = tensor_make(out, DT_BF16, MEM_DEVICE, 3, qs), dO = tensor_make(dout, DT_BF16, MEM_DEVICE, 3, qs);
+    const tensor L = tensor_make(lse, DT_F32, MEM_DEVICE, 3, ls);
+    for (long it = -2; it < a->iters; it++) {   /* it < 0: warm-up (plans are made there) */
+        const double t0 = time_now();
+        be->ops->attention_forward(be, NULL, O, L, q, k, v, (int)a->NH, (int)a->NKV, (int)a->W, 0.0f, 0);
+        backend_synchronize(be);
+        const double t1 = time_now();
+        be->ops->attention_backward(be, NULL, dq, dk, dv, dO, q, k, v, O, L, (int)a->NH, (int)a->NKV, (int)a->W, 0.0f, 0);
+        backend_synchronize(be);
+        if (it < 0) continue;
+        t[it] = 1e3 * (t1 - t0);
+        t[a->iters + it] = 1e3 * (time_now() - t1);
+    }
+    const double fwd = median(t, (int)a->iters), bwd = median(t + a->iters, (int)a->iters);
+    const double flops = 7.0 * (double)a->B * (double)a->NH * (double)a->T * (double)a->T * (double)a->HS;
+    printf("{\"bench\": \"attention\", \"device\": \"%s\", \"requested\": \"%s\", \"forward\": \"%s\", "
+           "\"backward\": \"%s\", \"batch\": %ld, \"heads\": %ld, \"kv_heads\": %ld, \"seq\": %ld, \"head_size\": %ld, "
+           "\"window\": %ld, \"iters\": %ld, \"forward_ms\": %.4f, \"backward_ms\": %.4f, \"layer_ms\": %.4f, "
+           "\"tflops\": %.4g}\n",
+           be->name, impl ? impl : be->name, backend_attention_impl(be, false), backend_attention_impl(be, true), a->B,
+           a->NH, a->NKV, a->T, a->HS, a->W, a->iters, fwd, bwd, fwd + bwd, flops / ((fwd + bwd) * 1e-3) / 1e12);
+    fflush(stdout);
+done:
+    mem_free(t);
+    backend_mem_free(be, qkv);
+    backend_mem_free(be, dout);
+    backend_mem_free(be, dqkv);
+    backend_mem_free(be, out);
+    backend_mem_free(be, lse);
+    backend_free(be);
+    return st;
+}
+
+static int bench_attention(int argc, char **argv) {
+    const char *device = "cuda", *impls = "own,cudnn,cudnn-nondeterministic";
+    bench_attn a = {32, 1024, 12, 0, 64, 0, 20};
+    arg_spec specs[] = {
+        {"--device", ARG_STR, &device, "cpu|cuda", "default cuda", false, false},
+        {"--impls", ARG_STR, &impls, "LIST", "comma-separated SKEIN_CUDA_ATTN values to run on cuda (default "
+                                             "own,cudnn,cudnn-nondeterministic)", false, false},
+        {"--batch", ARG_INT, &a.B, "B", "sequences (default 32)", false, false},
+        {"--seq", ARG_INT, &a.T, "T", "tokens per sequence (default 1024)", false, false},
+        {"--heads", ARG_INT, &a.NH, "NH", "query heads (default 12)", false, false},
+        {"--kv-heads", ARG_INT, &a.NKV, "NKV", "key/value heads (default: --heads; fewer: grouped-query)", false, false},
+        {"--head-size", ARG_INT, &a.HS, "HS", "channels per head (default 64)", false, false},
+        {"--window", ARG_INT, &a.W, "W", "sliding window, 0 for none (default 0)", false, false},
+        {"--iters", ARG_INT, &a.iters, "N", "timed passes after 2 warm-up passes (default 20; medians)", false, false},
+    };
+    sk_status st = args_parse("skein bench attention", argc, argv, specs, ARG_COUNT(specs));
+    if (st != SK_OK) return cli_fail(st);
+    if (!a.NKV) a.NKV = a.NH;
+    if (a.B <= 0 || a.T <= 0 || a.NH <= 0 || a.NKV <= 0 || a.NH % a.NKV || a.HS <= 0 || a.HS > 128 || a.W < 0 ||
+        a.iters <= 0 || a.iters > 10000 || a.B * a.T > (1L << 24))
+        return cli_fail(sk_fail(SK_EARG, "bench attention: --batch, --seq, --heads, --head-size (at most 128) and --iters "
+                                         "(at most 10000) must be positive, --kv-heads divide --heads, --window be at "
+                                         "least 0 and --batch x --seq at most 2^24"));
+    if (strcmp(device, "cuda")) return cli_fail(bench_attention_run(device, NULL, &a));
+    char list[256];
+    snprintf(list, sizeof list, "%s", impls);
+    for (char *save = NULL, *impl = strtok_r(list, ",", &save); impl; impl = strtok_r(NULL, ",", &save))
+        if ((st = bench_attention_run(device, impl, &a))) return cli_fail(st);
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
     if (argc >= 1 && !strcmp(argv[0], "train")) return bench_train(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "throughput")) return bench_throughput(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "latency")) return bench_latency(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "serve")) return cmd_bench_serve(argc - 1, argv + 1);
-    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput', 'latency' or 'serve' (usage: skein bench "
-                                     "train --preset gpt2 --batch 4 --seq 64)"));
+    if (argc >= 1 && !strcmp(argv[0], "attention")) return bench_attention(argc - 1, argv + 1);
+    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput', 'latency', 'serve' or 'attention' (usage: "
+                                     "skein bench train --preset gpt2 --batch 4 --seq 64)"));
 }

@@ -480,8 +480,7 @@ static void gpt2_backward(model *m, float dloss) {
         /* attention branch; dres is now the gradient of x2 */
         dbranch = gpt2_branch_grad(m, dF_C, dres, 2 + 3 * l);
         gpt2_linear_backward(be, dC2, g.projw, g.projb, dbranch, x.atty, w.projw);
-        backend_zero(be, a->dqkv, tensor_bytes(dqkv));
-        tensor q, k, v, dq, dk, dv;
+        tensor q, k, v, dq, dk, dv;   /* dq, dk, dv: all of dqkv, written by the backward */
         gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
         gpt2_qkv_views(dqkv, B, T, &dq, &dk, &dv);
         op->attention_backward(be, NULL, dq, dk, dv, arch_seq(dC2, B, T), q, k, v,

@@ -564,9 +564,6 @@ static void llama_backward(model *m, float dloss) {
 
         /* attention branch; dres is now the gradient of x2 */
         llama_linear_backward(be, dQ, 0.0f, g.ow, tensor_none(), dbranch, x.atty, w.ow);
-        backend_zero(be, a->dq, tensor_bytes(dq));
-        backend_zero(be, a->dk, tensor_bytes(dk));
-        backend_zero(be, a->dv, tensor_bytes(dv));
         op->attention_backward(be, NULL, arch_seq(dq, B, T), arch_seq(dk, B, T), arch_seq(dv, B, T), arch_seq(dQ, B, T),
                                arch_seq(x.q, B, T), arch_seq(x.k, B, T), arch_seq(x.v, B, T), arch_seq(x.atty, B, T),
                                x.lse, NH, NKV, W, 0.0f, 0);

@@ -12,7 +12,8 @@
  *
  * Invariants: one thread computes a whole tile of output rows in the forward. In the backward
  * one thread owns a (batch, KV head) pair -- the dk, dv rows of that KV head and the dq rows
- * of its query heads -- and walks its heads and query tiles in order, so the sums are
+ * of its query heads, which it clears first (the backward writes them) -- and walks its heads
+ * and query tiles in order, so the sums are
  * race-free and independent of the thread count. Dropout keeps key s of query t in head h of
  * sample b when dropout_keep(seed, ((b*NH + h)*Tq + t)*Tk + s, p): the flat index of a
  * (B,NH,Tq,Tk) probability tensor, a pure function the backward evaluates again. Every query
@@ -24,6 +25,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <string.h>
 
 /* Queries and keys per tile: two tiles of scores live on each thread's stack. */
 #define ATTN_QB 64
@@ -266,8 +268,9 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
 
 /* The backward of one tile, per key tile, with P = exp(S - lse) recomputed, M the dropout
  * scale (mask / (1-p), or 1) and D = rowsum(dout * out):
- *   dP = dout v^T;  dS = sc P (M dP - D);  dv += (P M)^T dout;  dk += dS^T q;  dq += dS k.
- * (D = sum over keys of P M dP, the softmax's row term, because out = (P M) v.) */
+ *   dP = dout v^T;  dS = sc P (M dP - D);  dv += (P M)^T dout;  dk += dS^T q;  dq += dS k
+ * into rows attn_rows_zero cleared first. (D = sum over keys of P M dP, the softmax's row
+ * term, because out = (P M) v.) */
 static void attn_tile_backward(const attn_geom *g, const attn_tile *x, attn_rows Q, attn_rows K, attn_rows V,
                                attn_rows O, attn_rows DO, attn_rows DQ, attn_rows DK, attn_rows DV,
                                const float *L) {
@@ -311,6 +314,13 @@ static void attn_tile_backward(const attn_geom *g, const attn_tile *x, attn_rows
     }
 }
 
+/* Zeroes the HS columns from col of rows 0..T-1 of sample b of X. */
+static void attn_rows_zero(attn_rows X, int b, int T, int col, int HS) {
+    for (int t = 0; t < T; t++) memset(attn_at(X, b, t, col), 0, sizeof(float) * (size_t)HS);
+}
+
+/* dq, dk, dv are written: the work item of (b, kh) clears the rows it owns (its KV head's dk,
+ * dv columns and its query heads' dq columns) and then sums into them. */
 void cpu_attention_backward(backend *be, backend_stream *s, tensor dq, tensor dk, tensor dv, tensor dout,
                             tensor q, tensor k, tensor v, tensor out, tensor lse, int NH, int NKV, int W,
                             float p, uint64_t seed) {
@@ -324,10 +334,15 @@ void cpu_attention_backward(backend *be, backend_stream *s, tensor dq, tensor dk
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) \
     if ((size_t)g.B * NH * g.Tq * g.Tk * g.HS > CPU_PAR_MIN)
     for (int b = 0; b < g.B; b++)
-        for (int kh = 0; kh < NKV; kh++)
-            for (int h = kh * g.G; h < (kh + 1) * g.G; h++)
+        for (int kh = 0; kh < NKV; kh++) {
+            attn_rows_zero(DK, b, g.Tk, kh * g.HS, g.HS);
+            attn_rows_zero(DV, b, g.Tk, kh * g.HS, g.HS);
+            for (int h = kh * g.G; h < (kh + 1) * g.G; h++) {
+                attn_rows_zero(DQ, b, g.Tq, h * g.HS, g.HS);
                 for (int n = 0; n < ntiles; n++) {
                     const attn_tile x = attn_tile_of(&g, b, h, n * ATTN_QB);
                     attn_tile_backward(&g, &x, Q, K, V, O, DO, DQ, DK, DV, L);
                 }
+            }
+        }
 }

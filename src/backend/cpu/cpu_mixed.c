@@ -4,10 +4,10 @@
  * arguments converts its bf16 views into f32 scratch (exactly: bf16 is the top half of an
  * f32), runs its f32 kernel (cpu_f32_ops: cpu.c, cpu_attention.c) on the scratch views, and
  * rounds each bf16 output back once, to nearest even (dtype.h's conversions). An output
- * that accumulates (matmul's C with beta != 0, bias_add's out, scale's and rope's x,
- * attention's dq, dk, dv) is converted in first, so the kernel adds in f32 and the sum is
- * rounded once. With every view f32 an op calls its kernel on the caller's views, untouched:
- * the f32 paths are exactly the kernels'.
+ * that accumulates (matmul's C with beta != 0, bias_add's out, scale's and rope's x) is
+ * converted in first, so the kernel adds in f32 and the sum is rounded once. With every
+ * view f32 an op calls its kernel on the caller's views, untouched: the f32 paths are
+ * exactly the kernels'.
  *
  * Scratch views are compact: a column block of a wider matrix (GPT-2's q, k, v in its packed
  * qkv) becomes a contiguous matrix, which the f32 kernels take as they take any row stride.
@@ -229,7 +229,7 @@ void cpu_mixed_attention_backward(backend *be, backend_stream *s, tensor dq, ten
                                   float p, uint64_t seed) {
     const dtype dt = q.dt;
     SK_ASSERT(dq.dt == dt && dk.dt == dt && dv.dt == dt && dout.dt == dt && k.dt == dt && v.dt == dt && out.dt == dt);
-    mix_arg a[] = {mix_acc(&dq), mix_acc(&dk), mix_acc(&dv), mix_in(&dout),
+    mix_arg a[] = {mix_out(&dq), mix_out(&dk), mix_out(&dv), mix_in(&dout),
                    mix_in(&q),   mix_in(&k),   mix_in(&v),   mix_in(&out)};
     MIX_RUN(be, a, cpu_f32_ops.attention_backward(be, s, dq, dk, dv, dout, q, k, v, out, lse, NH, NKV, W, p, seed));
 }

@@ -325,7 +325,7 @@ static void cuda_attention_forward_op(backend *be, backend_stream *s, tensor out
                                       tensor v, int NH, int NKV, int W, float p, uint64_t seed) {
     const cuda_attn_geom g = geom_of(q, k, NH, NKV, W, p, seed);
     const int QD = NH * g.HS, KD = NKV * g.HS;
-    cuda_attention_forward(stream_of(be, s), &g, rows_of(out, &g, g.Tq, QD),
+    cuda_attention_forward(ctx(be), stream_of(be, s), &g, rows_of(out, &g, g.Tq, QD),
                            tensor_is_none(lse) ? NULL : lse_of(lse, &g), rows_of(q, &g, g.Tq, QD),
                            rows_of(k, &g, g.Tk, KD), rows_of(v, &g, g.Tk, KD));
 }
@@ -335,7 +335,7 @@ static void cuda_attention_backward_op(backend *be, backend_stream *s, tensor dq
                                        int NKV, int W, float p, uint64_t seed) {
     const cuda_attn_geom g = geom_of(q, k, NH, NKV, W, p, seed);
     const int QD = NH * g.HS, KD = NKV * g.HS;
-    cuda_attention_backward(stream_of(be, s), &g, rows_of(dq, &g, g.Tq, QD), rows_of(dk, &g, g.Tk, KD),
+    cuda_attention_backward(ctx(be), stream_of(be, s), &g, rows_of(dq, &g, g.Tq, QD), rows_of(dk, &g, g.Tk, KD),
                             rows_of(dv, &g, g.Tk, KD), rows_of(dout, &g, g.Tq, QD), rows_of(q, &g, g.Tq, QD),
                             rows_of(k, &g, g.Tk, KD), rows_of(v, &g, g.Tk, KD), rows_of(out, &g, g.Tq, QD),
                             lse_of(lse, &g));
@@ -494,6 +494,9 @@ static void cuda_destroy(backend *be) {
     cuda_ctx *x = ctx(be);
     if (!x) return;
     if (x->stream) cudaStreamSynchronize(x->stream);
+#ifdef SKEIN_HAVE_CUDNN
+    cuda_cudnn_free(x);
+#endif
     if (x->blas) cublasDestroy(x->blas);
     if (x->lt) {
         cuda_lt_plans_free(x);
@@ -556,6 +559,33 @@ static const backend_ops cuda_ops = {
     .paged_attention = cuda_paged_attention_op,
 };
 
+/* x->attn from SKEIN_CUDA_ATTN (cuda.h); false with a message for a value it does not know. */
+static bool attn_mode_of_env(cuda_ctx *x) {
+    static const struct { const char *name; cuda_attn_mode mode; } modes[] = {
+        {"cudnn", CUDA_ATTN_CUDNN}, {"cudnn-nondeterministic", CUDA_ATTN_CUDNN_NONDET},
+        {"own", CUDA_ATTN_OWN}, {"simple", CUDA_ATTN_SIMPLE},
+    };
+    const char *e = getenv("SKEIN_CUDA_ATTN");
+    x->attn = CUDA_ATTN_CUDNN;
+    if (!e || !*e) return true;
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        if (!strcmp(e, modes[i].name)) {
+            x->attn = modes[i].mode;
+#ifndef SKEIN_HAVE_CUDNN
+            if (x->attn == CUDA_ATTN_CUDNN || x->attn == CUDA_ATTN_CUDNN_NONDET)
+                log_warn("cuda: SKEIN_CUDA_ATTN=%s, but skein was built without cuDNN: attention runs on the own kernels", e);
+#endif
+            return true;
+        }
+    sk_fail(SK_EARG, "--device cuda: SKEIN_CUDA_ATTN=%s: expected cudnn, cudnn-nondeterministic, own or simple", e);
+    return false;
+}
+
+extern "C" const char *backend_cuda_attention_impl(backend *be, bool backward) {
+    SK_ASSERT(be->ops == &cuda_ops);
+    return ctx(be)->attn_ran[backward];
+}
+
 /* A failed setup call: the message names it; the caller unwinds at its err: label. */
 static bool setup_ok(cudaError_t e, const char *what) {
     if (e == cudaSuccess) return true;
@@ -579,6 +609,7 @@ extern "C" backend *backend_cuda_create(void) {
     be->name = "cuda";
     be->impl = x;
     be->host_memory = false;
+    if (!attn_mode_of_env(x)) goto err;
     /* the current device: 0, or the one a communicator chose for this rank */
     if (!setup_ok(cudaGetDevice(&x->device), "cudaGetDevice")) goto err;
     if (!setup_ok(cudaDeviceGetAttribute(&x->n_sm, cudaDevAttrMultiProcessorCount, x->device), "reading the SM count"))

@@ -9,13 +9,21 @@
  * TF32 is off). Mixed precision (backend_supports(be, BACKEND_OP_MIXED, DT_BF16)): every
  * [lp] argument may be bf16; kernels compute in f32 and round each bf16 output once; bf16
  * products (bf16 A and B, C f32 or bf16) run on the tensor cores through cuBLASLt with f32
- * accumulation; bf16 attention with head size 64 or 128 and 16-byte aligned rows runs on
- * tensor-core flash kernels (cuda_attention_tc.cu; probabilities rounded to bf16 before
- * they weight v, as FlashAttention does), other shapes on the tiled kernels, which also take
- * bf16 storage. Memory is cudaMalloc'd device memory and cudaMallocHost'd pinned memory,
- * never managed memory.
+ * accumulation. bf16 attention runs, where skein is built with cuDNN (the Makefile's
+ * SKEIN_HAVE_CUDNN) and the call has as many queries as keys, no dropout, lse wanted, a head
+ * size that is a multiple of 8 and 16-byte aligned rows, on cuDNN's fused flash attention
+ * (cuda_cudnn.cu; its backward deterministic); otherwise with head size 64 or 128 and 16-byte
+ * aligned rows on the own tensor-core flash kernels (cuda_attention_tc.cu), other shapes on
+ * the tiled kernels, which also take bf16 storage (both round the probabilities to bf16
+ * before they weight v, as FlashAttention does). Memory is cudaMalloc'd device memory and
+ * cudaMallocHost'd pinned memory, never managed memory.
  *
- * SKEIN_CUDA_ATTN=simple sends every attention call to the tiled kernels (debugging).
+ * SKEIN_CUDA_ATTN, read when the backend is created, picks the attention kernels: cudnn (the
+ * default, as above), cudnn-nondeterministic (cuDNN's faster backward whose sums may differ in
+ * the last bits run to run), own (never cuDNN), simple (the tiled kernels only: debugging).
+ * The first call of each shape cuDNN runs makes its plan and says so on stderr (log_info);
+ * a shape cuDNN cannot plan prints one warning naming cuDNN's status and the step that
+ * failed, and runs on the own kernels.
  * linear_forward fuses the f32 bias into bf16 products with an f32 output (the projections
  * into the residual stream) as a cuBLASLt BIAS epilogue; other layers run unfused.
  *
@@ -34,8 +42,14 @@ extern "C" {
 #endif
 
 /* A backend on CUDA device 0 (its own default stream, cuBLAS handle and workspace). NULL +
- * sk_fail(SK_EARG, ...) naming the reason when no device can be used. */
+ * sk_fail(SK_EARG, ...) naming the reason when no device can be used or SKEIN_CUDA_ATTN has a
+ * value it does not know. */
 backend *backend_cuda_create(void);
+
+/* What ran the last attention_forward (backward false) or attention_backward (true) on the
+ * CUDA backend be: "cudnn", "tensor-core" or "tiled"; NULL before the first. (Callers use
+ * backend_attention_impl, which takes any backend.) */
+const char *backend_cuda_attention_impl(backend *be, bool backward);
 
 #ifdef __cplusplus
 }

@@ -23,21 +23,22 @@
  * D = dout . out is computed per query tile inside the backward blocks from dout and out
  * (two more row reads per tile, small against its four tile products) rather than by a
  * separate kernel into scratch: ops allocate nothing (cuda.cu).
- * Invariants: every sum runs in a fixed order and every output element has one owner (no
- * atomics: results are deterministic); nothing allocates; HS <= CUDA_ATTN_MAX_HS; every query
+ * Invariants: every sum runs in a fixed order and every output element has one owner, which
+ * writes it (no atomics: results are deterministic; keys no query sees get 0); nothing allocates; HS <= CUDA_ATTN_MAX_HS; every query
  * sees its own position, so every normalizer is > 0; blocks are numbered longest work first
  * (causal tiles near the end of the queries / start of the keys see the most).
  *
- * Which kernels run: bf16 calls with HS 64 or 128 and 16-byte aligned rows go to the
- * tensor-core kernels (cuda_attention_tc.cu); every other call, and every call under
- * SKEIN_CUDA_ATTN=simple, to these.
+ * Which kernels run (cuda_attention_forward, _backward): bf16 calls cuDNN covers go to its
+ * fused attention (cuda_cudnn.cu) unless SKEIN_CUDA_ATTN says otherwise (cuda.h); other bf16
+ * calls with HS 64 or 128 and 16-byte aligned rows to the tensor-core kernels
+ * (cuda_attention_tc.cu); every other call, and every call under SKEIN_CUDA_ATTN=simple, to
+ * these.
  *
  * Letters as in backend.h; Tq queries, Tk keys, G = NH/NKV heads per KV head, query t at
  * position Tk - Tq + t. */
 #include "backend/cuda/cuda_attention.cuh"
 
 #include <math.h>
-#include <string.h>
 
 #include <type_traits>
 
@@ -239,7 +240,7 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dq(cuda_attn_geom 
         T *dq = attn_at<T>(DQ, b, t0 + r, h * g.HS);
 #pragma unroll
         for (int j = 0; j < NJ; j++)
-            if (tx + 16 * j < g.HS) dq[tx + 16 * j] = T((float)dq[tx + 16 * j] + acc[i][j]);
+            if (tx + 16 * j < g.HS) dq[tx + 16 * j] = T(acc[i][j]);
     }
 }
 
@@ -304,8 +305,8 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dkdv(cuda_attn_geo
 #pragma unroll
         for (int j = 0; j < NJ; j++)
             if (tx + 16 * j < g.HS) {
-                dkr[tx + 16 * j] = T((float)dkr[tx + 16 * j] + dk[i][j]);
-                dvr[tx + 16 * j] = T((float)dvr[tx + 16 * j] + dv[i][j]);
+                dkr[tx + 16 * j] = T(dk[i][j]);
+                dvr[tx + 16 * j] = T(dv[i][j]);
             }
     }
 }
@@ -325,23 +326,28 @@ template <class F> static void attn_dispatch(const cuda_attn_geom *g, F f) {
     else width(0.0f);
 }
 
-/* SKEIN_CUDA_ATTN=simple: every call takes these kernels, even where the tensor-core ones
- * would (to tell the two apart when debugging on a GPU). Read once. */
-static bool attn_simple_forced(void) {
-    static const bool forced = [] {
-        const char *e = getenv("SKEIN_CUDA_ATTN");
-        return e && !strcmp(e, "simple");
-    }();
-    return forced;
+#ifdef SKEIN_HAVE_CUDNN
+/* Whether x->attn lets cuDNN take calls. */
+static bool attn_cudnn_allowed(const cuda_ctx *x) {
+    return x->attn == CUDA_ATTN_CUDNN || x->attn == CUDA_ATTN_CUDNN_NONDET;
 }
+#endif
 
-void cuda_attention_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse, cuda_rows q,
-                            cuda_rows k, cuda_rows v) {
+void cuda_attention_forward(cuda_ctx *x, cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse,
+                            cuda_rows q, cuda_rows k, cuda_rows v) {
     const cuda_rows ops[] = {out, q, k, v};
-    if (!attn_simple_forced() && cuda_attention_tc_fits(g, ops, 4)) {
-        cuda_attention_tc_forward(s, g, out, lse, q, k, v);
+#ifdef SKEIN_HAVE_CUDNN
+    if (attn_cudnn_allowed(x) && cuda_cudnn_attention_forward(x, s, g, out, lse, q, k, v)) {
+        x->attn_ran[0] = "cudnn";
         return;
     }
+#endif
+    if (x->attn != CUDA_ATTN_SIMPLE && cuda_attention_tc_fits(g, ops, 4)) {
+        cuda_attention_tc_forward(s, g, out, lse, q, k, v);
+        x->attn_ran[0] = "tensor-core";
+        return;
+    }
+    x->attn_ran[0] = "tiled";
     const int64_t blocks = (int64_t)(g->Tq + TILE - 1) / TILE * g->B * g->NH;
     attn_dispatch(g, [&](auto t, auto hsp) {
         using T = decltype(t);
@@ -350,15 +356,24 @@ void cuda_attention_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows o
     });
 }
 
-void cuda_attention_backward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows dq, cuda_rows dk, cuda_rows dv,
-                             cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
+void cuda_attention_backward(cuda_ctx *x, cudaStream_t s, const cuda_attn_geom *g, cuda_rows dq, cuda_rows dk,
+                             cuda_rows dv, cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
                              const float *lse) {
     if ((int64_t)g->B * g->NH * g->Tq == 0) return;
     const cuda_rows ops[] = {dq, dk, dv, dout, q, k, v, out};
-    if (!attn_simple_forced() && cuda_attention_tc_fits(g, ops, 8)) {
-        cuda_attention_tc_backward(s, g, dq, dk, dv, dout, q, k, v, out, lse);
+#ifdef SKEIN_HAVE_CUDNN
+    if (attn_cudnn_allowed(x) && cuda_cudnn_attention_backward(x, s, g, x->attn == CUDA_ATTN_CUDNN, dq, dk, dv, dout,
+                                                               q, k, v, out, lse)) {
+        x->attn_ran[1] = "cudnn";
         return;
     }
+#endif
+    if (x->attn != CUDA_ATTN_SIMPLE && cuda_attention_tc_fits(g, ops, 8)) {
+        cuda_attention_tc_backward(s, g, dq, dk, dv, dout, q, k, v, out, lse);
+        x->attn_ran[1] = "tensor-core";
+        return;
+    }
+    x->attn_ran[1] = "tiled";
     const int64_t qblocks = (int64_t)(g->Tq + TILE - 1) / TILE * g->B * g->NH,
                   kblocks = (int64_t)(g->Tk + TILE - 1) / TILE * g->B * g->NKV;
     attn_dispatch(g, [&](auto t, auto hsp) {

@@ -25,9 +25,9 @@
  * Masks cost nothing on tiles every query of the block sees in full; only tiles that cross
  * the diagonal, the window's edge or the end of the queries or keys test each element.
  * Invariants: every output element has one owner and every sum a fixed order (no atomics:
- * results are the same bits run to run); dq, dk, dv add their sums in f32 to the stored
- * value and round once; padding rows past Tq or Tk are zero-filled in shared memory and get
- * L = +inf, so they add nothing and are never stored. */
+ * results are the same bits run to run); dq, dk, dv are written, rounded once from their f32
+ * sums (keys no query sees get 0); padding rows past Tq or Tk are zero-filled in shared
+ * memory and get L = +inf, so they add nothing and are never stored. */
 #include "backend/cuda/cuda_attention.cuh"
 #include "backend/cuda/cuda_mma.cuh"
 
@@ -134,23 +134,14 @@ __device__ __forceinline__ void tc_c_to_a(uint32_t (&a)[RM][KC][4], const float 
 }
 
 /* Row hf (0: this lane's row l/4, 1: 8 below) of a warp's 16 x 8*NT C fragments c, times
- * scale, into row t of X from column col0: written, or with add, added in f32 to the stored
- * values and rounded once. */
+ * scale, rounded to bf16 into row t of X from column col0. */
 template <int NT>
 __device__ __forceinline__ void tc_store_row(cuda_rows X, int b, int t, int col0, const float (&c)[NT][4], int hf,
-                                             float scale, bool add) {
+                                             float scale) {
     bf16 *p = attn_at<bf16>(X, b, t, col0 + 2 * (threadIdx.x % 4));
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-        bf162 *d = (bf162 *)(p + 8 * j);
-        float x = scale * c[j][2 * hf], y = scale * c[j][2 * hf + 1];
-        if (add) {
-            const float2 old = __bfloat1622float2(*d);
-            x += old.x;
-            y += old.y;
-        }
-        *d = __floats2bfloat162_rn(x, y);
-    }
+    for (int j = 0; j < NT; j++)
+        *(bf162 *)(p + 8 * j) = __floats2bfloat162_rn(scale * c[j][2 * hf], scale * c[j][2 * hf + 1]);
 }
 
 __device__ __forceinline__ float quad_max(float v) {   /* over the 4 lanes of a fragment row */
@@ -373,7 +364,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_forward_tc(cuda_attn_
             const int r = r0 + 16 * i + 8 * hf;
             const float li = quad_sum(l[i][hf]);
             if (r >= qt.nq) continue;
-            tc_store_row<OT>(O, b, t0 + r, h * HS, o[i], hf, 1.0f / li, false);
+            tc_store_row<OT>(O, b, t0 + r, h * HS, o[i], hf, 1.0f / li);
             if (lse && lane % 4 == 0) lse[qt.row0 + r] = g.sc * m[i][hf] + logf(li);
         }
 }
@@ -427,7 +418,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dq_tc(cuda_a
     }
 #pragma unroll
     for (int hf = 0; hf < 2; hf++)
-        if (r0 + 8 * hf < nq) tc_store_row<OT>(DQ, b, t0 + r0 + 8 * hf, h * HS, dq[0], hf, g.sc, true);
+        if (r0 + 8 * hf < nq) tc_store_row<OT>(DQ, b, t0 + r0 + 8 * hf, h * HS, dq[0], hf, g.sc);
 }
 
 /* dk, dv of one key tile (grid: key tiles x B x NKV, longest first) over the heads of its
@@ -449,10 +440,9 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dkdv_tc(cuda
     const int k0 = BK * attn_tile_index((g.Tk + BK - 1) / BK, g.B * g.NKV, false, &bk);
     const int b = bk / g.NKV, kh = bk % g.NKV, nk = min(BK, g.Tk - k0), kcol = kh * HS, off = g.Tk - g.Tq;
     /* queries that see a key of the tile: positions from k0 on, with a window up to the last
-     * key's + W - 1; none (keys older than every window) leaves dk, dv as they are */
+     * key's + W - 1; none (keys older than every window): no steps, dk and dv written 0 */
     const int t_lo = max(0, k0 - off), t_hi = g.W > 0 ? min(g.Tq - 1, k0 + nk - 1 + g.W - 1 - off) : g.Tq - 1;
-    if (t_hi < t_lo) return;
-    const int nqt = (t_hi - t_lo) / BQ + 1, steps = g.G * nqt;
+    const int nqt = t_hi < t_lo ? 0 : (t_hi - t_lo) / BQ + 1, steps = g.G * nqt;
     /* step i: head kh*G + i / nqt, query tile from t_lo + (i % nqt) * BQ */
     auto load_step = [&](int i, int st) {
         const int hh = kh * g.G + i / nqt, t0 = t_lo + i % nqt * BQ;
@@ -460,9 +450,11 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dkdv_tc(cuda
         tc_load<BQ, HS>(dOs + st * BQ * LDS, DO, b, t0, g.Tq - t0, hh * HS);
         tc_load<BQ, HS>(Os + st * BQ * LDS, O, b, t0, g.Tq - t0, hh * HS);
     };
-    tc_load<BK, HS>(Ks, K, b, k0, nk, kcol);
-    tc_load<BK, HS>(Vs, V, b, k0, nk, kcol);
-    load_step(0, 0);
+    if (steps > 0) {   /* no copy left in flight when the block has nothing to do */
+        tc_load<BK, HS>(Ks, K, b, k0, nk, kcol);
+        tc_load<BK, HS>(Vs, V, b, k0, nk, kcol);
+        load_step(0, 0);
+    }
     cp_async_commit();
 
     const int r0 = warp * 16 + lane / 4;   /* this thread's first key row in the tile */
@@ -497,8 +489,8 @@ __global__ void __launch_bounds__(TC_THREADS, 1) attention_backward_dkdv_tc(cuda
 #pragma unroll
     for (int hf = 0; hf < 2; hf++)
         if (r0 + 8 * hf < nk) {
-            tc_store_row<OT>(DK, b, k0 + r0 + 8 * hf, kcol, dk[0], hf, g.sc, true);
-            tc_store_row<OT>(DV, b, k0 + r0 + 8 * hf, kcol, dv[0], hf, 1.0f, true);
+            tc_store_row<OT>(DK, b, k0 + r0 + 8 * hf, kcol, dk[0], hf, g.sc);
+            tc_store_row<OT>(DV, b, k0 + r0 + 8 * hf, kcol, dv[0], hf, 1.0f);
         }
 }
 

@@ -73,6 +73,18 @@ typedef struct cuda_lt_plan {
     bool ok;
 } cuda_lt_plan;
 
+/* Which attention kernels run (SKEIN_CUDA_ATTN, read at creation; cuda.h). */
+typedef enum cuda_attn_mode {
+    CUDA_ATTN_CUDNN,            /* cuDNN's fused attention where built and covered, its
+                                 * deterministic backward; the own kernels elsewhere (default) */
+    CUDA_ATTN_CUDNN_NONDET,     /* the same with cuDNN's non-deterministic backward */
+    CUDA_ATTN_OWN,              /* the own kernels: tensor-core where they fit, else tiled */
+    CUDA_ATTN_SIMPLE,           /* the tiled kernels only (debugging) */
+} cuda_attn_mode;
+
+/* cuDNN's handle, plan cache and workspace (cuda_cudnn.cu), made on the first call it takes. */
+typedef struct cuda_cudnn cuda_cudnn;
+
 /* The backend's state (be->impl). */
 typedef struct cuda_ctx {
     int device;
@@ -97,6 +109,10 @@ typedef struct cuda_ctx {
     cublasLtHandle_t lt;        /* bf16 products */
     cuda_lt_plan lt_plans[CUDA_LT_PLANS];
     int n_lt_plans, lt_next;    /* plans in use; the next one replaced when all are */
+    cuda_attn_mode attn;
+    const char *attn_ran[2];    /* what ran the last attention forward [0] and backward [1]:
+                                 * "cudnn", "tensor-core" or "tiled" (NULL before any) */
+    cuda_cudnn *cudnn;          /* NULL until cuDNN takes a call (and without SKEIN_HAVE_CUDNN) */
 } cuda_ctx;
 
 /* An [lp] array: device data, f32 or bf16 (the table entry has checked the view). */
@@ -189,11 +205,27 @@ typedef struct cuda_attn_geom {
  * and each thread HS/16 channels of 8 rows per accumulator in registers). */
 #define CUDA_ATTN_MAX_HS 128
 
-void cuda_attention_forward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse, cuda_rows q,
-                            cuda_rows k, cuda_rows v);
-void cuda_attention_backward(cudaStream_t s, const cuda_attn_geom *g, cuda_rows dq, cuda_rows dk, cuda_rows dv,
-                             cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
+/* The op's work by x->attn: cuDNN's fused attention where it takes the call, else the
+ * tensor-core kernels where they fit, else the tiled ones; x->attn_ran names which ran. */
+void cuda_attention_forward(cuda_ctx *x, cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse,
+                            cuda_rows q, cuda_rows k, cuda_rows v);
+void cuda_attention_backward(cuda_ctx *x, cudaStream_t s, const cuda_attn_geom *g, cuda_rows dq, cuda_rows dk,
+                             cuda_rows dv, cuda_rows dout, cuda_rows q, cuda_rows k, cuda_rows v, cuda_rows out,
                              const float *lse);
+
+/* ---- cuDNN's fused attention (cuda_cudnn.cu, built with SKEIN_HAVE_CUDNN) ----
+ * Each runs the call through a cuDNN plan made for its shape on first use and returns true,
+ * or returns false having done nothing: a call cuDNN does not cover (cuda_cudnn.cu says
+ * which), or no plan for it (one warning per shape names the cuDNN status and step). Both
+ * honour backend.h's contract (the backward writes dq, dk, dv); deterministic: the backward
+ * uses cuDNN's deterministic algorithm (the same bits every run). */
+bool cuda_cudnn_attention_forward(cuda_ctx *x, cudaStream_t s, const cuda_attn_geom *g, cuda_rows out, float *lse,
+                                  cuda_rows q, cuda_rows k, cuda_rows v);
+bool cuda_cudnn_attention_backward(cuda_ctx *x, cudaStream_t s, const cuda_attn_geom *g, bool deterministic,
+                                   cuda_rows dq, cuda_rows dk, cuda_rows dv, cuda_rows dout, cuda_rows q, cuda_rows k,
+                                   cuda_rows v, cuda_rows out, const float *lse);
+/* Releases x->cudnn (plans, workspace, handle); nothing without it. */
+void cuda_cudnn_free(cuda_ctx *x);
 
 /* ---- the engine's ops (cuda_paged.cu): set_rows writes src's n rows of D floats (row
  * stride lds) to rows idx[i] of dst (row stride ldd); paged_attention as backend.h's, with
