@@ -336,10 +336,12 @@ static bool linear_case(lin_case c) {
     snprintf(what, sizeof what, "%dx%dx%d%s %s->%s%s%s%s ld %d", c.N, c.OC, c.IC, c.tw ? " w^T" : "", dtn(c.ab),
              dtn(c.odt), c.bias ? " +bias" : "", c.gelu ? " gelu" : "", c.pre ? " +pre" : "", ld);
     printf("  %s:\n", what);
-    /* a bf16 out may be rounded after the product and again after the bias (backend.h): one
-     * more rounding of a value up to the product's size, cancellation included */
-    bool ok = agree_to("linear out", out, ATOL_LINEAR, 0.5);
-    if (pre) ok &= agree_to("linear pre", pre, ATOL_LINEAR, 0.5);
+    /* a bf16 out may be rounded after the product and again after the bias, or take the bias
+     * rounded, and a GELU out be rounded again (backend.h): one more rounding of a value up
+     * to the product's size, cancellation included; with three roundings (bias, sum, GELU)
+     * 45-50% of the outputs come out exactly bf16(ref) on an H200 */
+    bool ok = agree_to("linear out", out, ATOL_LINEAR, 0.4);
+    if (pre) ok &= agree_to("linear pre", pre, ATOL_LINEAR, 0.4);
     return ok;
 }
 

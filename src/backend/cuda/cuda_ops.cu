@@ -1166,7 +1166,8 @@ __global__ void sum_squares_part(double *part, const float *v, int64_t n) {
     if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
-/* Pass 2: *out += the parts, one per thread, added by the block's tree. */
+/* Pass 2: *out += the parts, one per thread (blockDim.x a multiple of 32, at least n), added
+ * by the block's tree. */
 __global__ void sum_parts(double *out, const double *part, int n) {
     const double total = block_reduce(threadIdx.x < n ? part[threadIdx.x] : 0.0, op_sum<double>());
     if (threadIdx.x == 0) *out += total;
@@ -1175,7 +1176,7 @@ __global__ void sum_parts(double *out, const double *part, int n) {
 void cuda_sum_squares(const cuda_ctx *x, cudaStream_t s, double *out, const float *v, int64_t n) {
     sum_squares_part<<<CUDA_SQ_PARTS, 512, 0, s>>>(x->sq_part, v, n);
     CUDA_CHECK_LAUNCH();
-    sum_parts<<<1, CUDA_SQ_PARTS, 0, s>>>(out, x->sq_part, CUDA_SQ_PARTS);
+    sum_parts<<<1, (CUDA_SQ_PARTS + 31) / 32 * 32, 0, s>>>(out, x->sq_part, CUDA_SQ_PARTS);
     CUDA_CHECK_LAUNCH();
 }
 
