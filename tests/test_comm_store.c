@@ -134,8 +134,9 @@ static int rank_keys(int rank, int world, int port, int out_fd) {
     bad |= store_progress(s, 10 + rank) != SK_OK;
     bad |= store_barrier(s) != SK_OK;
     int64_t where[3];
-    bad |= store_status(s, where) != SK_OK;
-    for (int r = 0; r < world; r++) bad |= where[r] != 10 + r;
+    bool gone[3];
+    bad |= store_status(s, where, gone) != SK_OK;
+    for (int r = 0; r < world; r++) bad |= where[r] != 10 + r || gone[r];
     if (bad) printf("  rank %d: keys or progress wrong: %s\n", rank, sk_errmsg());
     bad |= store_barrier(s) != SK_OK;
     store_free(s);
@@ -158,9 +159,10 @@ static int rank_status(int rank, int world, int port, int out_fd) {
         return bad;
     }
     int64_t where[2] = {0, 0};
+    bool gone[2] = {false, false};
     double t0 = time_now();
-    while (time_now() - t0 < 5 && store_status(s, where) == SK_OK && where[1] != STORE_GONE) usleep(10000);
-    bad |= where[0] != 3 || where[1] != STORE_GONE;
+    while (time_now() - t0 < 5 && store_status(s, where, gone) == SK_OK && !gone[1]) usleep(10000);
+    bad |= where[0] != 3 || where[1] != 3 || gone[0] || !gone[1];
     void *got = NULL;
     size_t n;
     store_free(s);

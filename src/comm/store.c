@@ -70,7 +70,8 @@ struct store {
     int64_t counter;
     int barrier_count;
     double barrier_t0;
-    _Atomic int stop;      /* set by store_free, read by the server */
+    _Atomic int stop;      /* set by store_close, read by the server */
+    double linger_s;       /* set before stop: how long the server still serves */
     /* Client side. */
     int64_t n_bcast;       /* store_bcast calls so far: the next one's key */
 };
@@ -254,13 +255,13 @@ static int srv_handle(store *s, srv_client *c) {
         s->progress[c->rank] = h.arg;
         break;
     case OP_STATUS: {
-        int64_t *where = malloc((size_t)s->world * sizeof *where);
+        int64_t *where = malloc(2 * (size_t)s->world * sizeof *where);
         if (!where) {
             srv_error(c, "store: out of memory");
             break;
         }
-        for (int r = 0; r < s->world; r++) where[r] = s->gone[r] ? STORE_GONE : s->progress[r];
-        srv_reply(c, 0, 0, where, (size_t)s->world * sizeof *where);
+        for (int r = 0; r < s->world; r++) where[r] = s->progress[r], where[s->world + r] = s->gone[r];
+        srv_reply(c, 0, 0, where, 2 * (size_t)s->world * sizeof *where);
         free(where);
         break;
     }
@@ -301,7 +302,7 @@ static int srv_handle(store *s, srv_client *c) {
 }
 
 /* The server loop: accepts up to `world` clients, answers requests, fails waits that pass
- * the timeout, and ends after store_free once every client has left (or the timeout). */
+ * the timeout, and ends after store_close once every client has left (or the linger time). */
 static void *srv_main(void *arg) {
     store *s = arg;
     struct pollfd *pf = calloc((size_t)s->world + 2, sizeof *pf);
@@ -323,7 +324,7 @@ static void *srv_main(void *arg) {
                 clients++;
             }
         if (s->stop) {
-            if (!stop_deadline) stop_deadline = time_now() + s->timeout_s;
+            if (!stop_deadline) stop_deadline = time_now() + s->linger_s;
             if (clients == 0 || time_now() > stop_deadline) break;
         }
         int r = poll(pf, (nfds_t)n, 100);
@@ -558,8 +559,8 @@ sk_status store_counter_set(store *s, int64_t value) {
     return cli_call(s, "counter_set", OP_SETCTR, value, NULL, 0, NULL, NULL, NULL);
 }
 
-sk_status store_progress(store *s, int64_t seq) {
-    req_hdr h = {OP_PROGRESS, 0, seq};
+sk_status store_progress(store *s, int64_t value) {
+    req_hdr h = {OP_PROGRESS, 0, value};
     if (s->fd < 0) return sk_fail(SK_ECOMM, "store %s: progress: the connection is closed by an earlier failure", s->where);
     if (send_all(s->fd, &h, sizeof h) < 0) {
         close(s->fd);
@@ -569,23 +570,28 @@ sk_status store_progress(store *s, int64_t seq) {
     return SK_OK;
 }
 
-sk_status store_status(store *s, int64_t *where) {
-    void *got = NULL;
+sk_status store_status(store *s, int64_t *value, bool *gone) {
+    int64_t *got = NULL;
     uint32_t len = 0;
-    SK_TRY(cli_call(s, "status", OP_STATUS, 0, NULL, 0, NULL, &got, &len));
-    if (len != (size_t)s->world * sizeof *where) {
+    SK_TRY(cli_call(s, "status", OP_STATUS, 0, NULL, 0, NULL, (void **)&got, &len));
+    if (len != 2 * (size_t)s->world * sizeof *got) {
         free(got);
         return sk_fail(SK_ECOMM, "store at %s: status: %u bytes for a world of %d", s->where, len, s->world);
     }
-    memcpy(where, got, len);
+    for (int r = 0; r < s->world; r++) value[r] = got[r], gone[r] = got[s->world + r] != 0;
     free(got);
     return SK_OK;
 }
 
 void store_free(store *s) {
+    if (s) store_close(s, s->timeout_s);
+}
+
+void store_close(store *s, double linger_s) {
     if (!s) return;
     if (s->fd >= 0) close(s->fd);
     if (s->thread_started) {
+        s->linger_s = linger_s;
         s->stop = 1;
         if (write(s->wake[1], "x", 1) < 0) { /* the server also polls every 100 ms */ }
         pthread_join(s->thread, NULL);

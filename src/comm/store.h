@@ -19,6 +19,7 @@
 #ifndef SKEIN_STORE_H
 #define SKEIN_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,14 +46,17 @@ sk_status store_barrier(store *s);
 sk_status store_add(store *s, int64_t add, int64_t *old);
 /* Sets the counter (any rank; callers order it with barriers). */
 sk_status store_counter_set(store *s, int64_t value);
-/* Tells the server, without waiting for an answer, that this rank entered collective #seq. */
-sk_status store_progress(store *s, int64_t seq);
-/* Where every rank stands: where[r] (world) is STORE_GONE when rank r left (exited or died),
- * else the last seq it sent store_progress (0: none yet). */
-enum { STORE_GONE = -1 };
-sk_status store_status(store *s, int64_t *where);
+/* Tells the server, without waiting for an answer, where this rank is: any number the caller
+ * gives meaning to (comm_gloo: the collective it enters, minus that when it failed there). */
+sk_status store_progress(store *s, int64_t value);
+/* Where every rank stands: value[r] (world) the last number rank r sent store_progress (0:
+ * none yet), gone[r] (world) whether it has left (exited or died). */
+sk_status store_status(store *s, int64_t *value, bool *gone);
 /* Closes this rank's connection; on rank 0, stops the server once every client has left
  * (or after the timeout). */
 void store_free(store *s);
+/* The same, with rank 0 serving the others for at most linger_s seconds (a broken world,
+ * where some rank may never leave). */
+void store_close(store *s, double linger_s);
 
 #endif
