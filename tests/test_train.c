@@ -30,6 +30,23 @@ TEST(cosine_schedule_with_warmup) {
     for (long s = 11; s < 110; s++) CHECK(opt_lr_at(&h, s) <= opt_lr_at(&h, s - 1));
 }
 
+/* The shapes DeepSpeed's schedulers need: logarithmic warmup (WarmupLR's default: lr *
+ * log(step + 1) / log(warmup), 0 at the first step), a straight line down (WarmupDecayLR:
+ * to lr * min_lr_frac at the last step), a constant after the warmup (min_lr_frac 1). */
+TEST(schedule_shapes) {
+    opt_hparams h;
+    opt_hparams_default(&h);
+    h.lr = 2.0f, h.warmup = 8, h.total_steps = 28, h.min_lr_frac = 0;
+    h.warmup_log = h.decay_linear = true;
+    CHECK_NEAR(opt_lr_at(&h, 0), 0, 0);
+    for (long s = 0; s < 8; s++) CHECK_NEAR(opt_lr_at(&h, s), 2.0 * log(s + 1.0) / log(8.0), 1e-6);
+    for (long s = 8; s < 28; s++) CHECK_NEAR(opt_lr_at(&h, s), 2.0 * (1 - (s - 8) / 19.0), 1e-6);
+    h.min_lr_frac = 1;
+    for (long s = 8; s < 40; s++) CHECK_NEAR(opt_lr_at(&h, s), 2.0, 1e-6);
+    h.warmup = 1;   /* log(max(2, warmup)): no division by log(1) = 0 */
+    CHECK_NEAR(opt_lr_at(&h, 0), 0, 0);
+}
+
 /* train_fill_fn over a token stream: sample i is the 16 ids at 16*i, its targets the next. */
 static sk_status fill_stream(void *ctx, long first, long n, const int **inputs, const int **targets) {
     const int *ids = ctx;

@@ -13,9 +13,11 @@ sk_status json_load_file(const char *path, cJSON **out) {
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithOpts(text, &end, 1);
     if (!obj) {
-        size_t at = end ? (size_t)(end - text) : 0;
+        size_t at = end ? (size_t)(end - text) : 0, line = 1, col = 1;
+        for (size_t i = 0; i < at && i < n; i++, col++)
+            if (text[i] == '\n') line++, col = 0;
         mem_free(text);
-        return sk_fail(SK_EFORMAT, "%s: invalid JSON near byte %zu", path, at);
+        return sk_fail(SK_EFORMAT, "%s: invalid JSON at line %zu, column %zu (byte %zu)", path, line, col, at);
     }
     mem_free(text);
     *out = obj;

@@ -1,5 +1,6 @@
-/* skein train: flags → train_opts → train_run (train/train.h), on the ranks of a comm when
- * launched by mpirun/srun (comm_init "auto"). */
+/* skein train: flags (and a run file, runfile.h) → train_opts → train_run (train/train.h), on
+ * the ranks of a comm when launched by mpirun/srun or torchrun-style variables (comm_init
+ * "auto"). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/launch.h"
+#include "cli/runfile.h"
 #include "comm/comm.h"
 #include "train/train.h"
 
@@ -43,12 +45,50 @@ bad:
     return sk_fail(SK_EARG, "train: %s wants RANK:N (two non-negative integers), got '%s'", flag, text);
 }
 
-int cmd_train(int argc, char **argv) {
+/* The index of flag in argv(argc), or -1. */
+static int argv_find(int argc, char **argv, const char *flag) {
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], flag)) return i;
+    return -1;
+}
+
+/* Parses the run file's flags, then the command line's (which override them), into specs:
+ * twice, since DeepSpeed's batch keys need the world size, which --workers (in either place)
+ * or the launcher gives. */
+static sk_status parse_with_runfile(runfile *rf, int argc, char **argv, arg_spec *specs, int n, const long *workers) {
+    char **all = malloc(((size_t)rf->argc + (size_t)argc + 2 * 2 + 1) * sizeof *all);
+    if (!all) return sk_fail(SK_ENOMEM, "train: out of memory");
+    sk_status st = SK_OK;
+    for (int pass = 0; pass < 2 && st == SK_OK; pass++) {
+        if (pass == 1) {
+            comm_env env;
+            if ((st = comm_env_read(&env))) break;
+            int world = env.launcher != COMM_LAUNCH_NONE ? env.world : *workers > 1 ? (int)*workers : 1;
+            if (world < 1 && (rf->tbs > 0 || rf->mb > 0)) {
+                st = sk_fail(SK_EARG, "%s: DeepSpeed's batch keys need the world size, which this launcher (%s) gives "
+                             "only to MPI: give --batch and --micro-batch instead", rf->path,
+                             comm_launcher_name(env.launcher));
+                break;
+            }
+            if ((st = runfile_batch(rf, world))) break;
+        }
+        memcpy(all, rf->argv, (size_t)rf->argc * sizeof *all);
+        memcpy(all + rf->argc, argv, (size_t)argc * sizeof *all);
+        st = args_parse("skein train", rf->argc + argc, all, specs, n);
+    }
+    free(all);
+    return st;
+}
+
+/* cmd_train with the run file's storage from the caller (the options point into it). */
+static int train_main(int argc, char **argv, runfile *rf) {
     train_opts o;
     train_opts_default(&o);
     long seed = (long)o.seed, zero = 0;
     double lr = o.hp.lr, wd = o.hp.weight_decay, clip = o.hp.grad_clip, min_lr = o.hp.min_lr_frac;
     const char *micro = NULL, *dist = "static", *mem_limit = NULL, *slow = NULL, *kill = NULL, *precision = "f32";
+    const char *config = NULL, *decay = "cosine", *warmup_shape = "linear";
+    double beta1 = o.hp.beta1, beta2 = o.hp.beta2, eps = o.hp.eps;
     double timeout = 120;
     long workers = 0;
     arg_spec specs[] = {
@@ -63,8 +103,15 @@ int cmd_train(int argc, char **argv) {
         {"--seq", ARG_INT, &o.seq, "T", "tokens per sequence (default 256)", false, false},
         {"--lr", ARG_FLOAT, &lr, "X", "peak learning rate (default 6e-4)", false, false},
         {"--min-lr-frac", ARG_FLOAT, &min_lr, "F", "cosine decays to lr*F (default 0.1)", false, false},
-        {"--warmup", ARG_INT, &o.hp.warmup, "N", "linear warmup steps (default 0)", false, false},
+        {"--warmup", ARG_INT, &o.hp.warmup, "N", "warmup steps (default 0)", false, false},
+        {"--warmup-shape", ARG_STR, &warmup_shape, "linear|log", "warmup lr*(step+1)/N, or lr*log(step+1)/log(N) "
+         "as DeepSpeed's default (default linear)", false, false},
+        {"--lr-decay", ARG_STR, &decay, "cosine|linear", "after the warmup, down to lr*F at the last step (default "
+         "cosine)", false, false},
         {"--weight-decay", ARG_FLOAT, &wd, "X", "AdamW weight decay on matrices (default 0.1)", false, false},
+        {"--beta1", ARG_FLOAT, &beta1, "X", "AdamW's first-moment decay (default 0.9)", false, false},
+        {"--beta2", ARG_FLOAT, &beta2, "X", "AdamW's second-moment decay (default 0.95)", false, false},
+        {"--eps", ARG_FLOAT, &eps, "X", "AdamW's epsilon (default 1e-8)", false, false},
         {"--grad-clip", ARG_FLOAT, &clip, "X", "clip the global gradient norm (default 1; 0 = off)", false, false},
         {"--zero", ARG_INT, &zero, "K", "ZeRO stage 0-3: shard optimizer state (1), gradients (2), parameters (3)", false, false},
         {"--data-dist", ARG_STR, &dist, "static|dynamic", "split each batch evenly, or let workers pull micro-batches (default static)", false, false},
@@ -86,11 +133,25 @@ int cmd_train(int argc, char **argv) {
         {"--recompute", ARG_BOOL, &o.recompute, NULL, "keep only each layer's input, run its forward again in the "
          "backward (less activation memory, about a third more compute)", false, false},
         {"--quiet", ARG_BOOL, &o.quiet, NULL, "no progress line", false, false},
+        {"--config", ARG_STR, &config, "FILE", "a run file: these flags as JSON, without the dashes, and DeepSpeed's "
+         "config keys (docs/runfile.md); flags on the command line override the file", false, false},
     };
-    sk_status st = args_parse("skein train", argc, argv, specs, ARG_COUNT(specs));
+    sk_status st;
+    int at = argv_find(argc, argv, "--config");
+    bool help = argv_find(argc, argv, "--help") >= 0 || argv_find(argc, argv, "-h") >= 0;
+    if (at >= 0 && at + 1 < argc && !help) {
+        if ((st = runfile_load(argv[at + 1], specs, ARG_COUNT(specs), rf)) == SK_OK)
+            st = parse_with_runfile(rf, argc, argv, specs, ARG_COUNT(specs), &workers);
+    } else {
+        st = args_parse("skein train", argc, argv, specs, ARG_COUNT(specs));
+    }
     if (st != SK_OK) return cli_fail(st);
     if (workers < 0) return cli_fail(sk_fail(SK_EARG, "train: --workers must be positive, got %ld", workers));
-    if (workers > 1) return launch_workers("train", argc, argv, (int)workers);
+    comm_env env;
+    if ((st = comm_env_read(&env))) return cli_fail(st);
+    /* A run file's workers launch only a process started by hand (its ranks read it too). */
+    bool file_workers = env.launcher != COMM_LAUNCH_NONE && argv_find(argc, argv, "--workers") < 0;
+    if (workers > 1 && !file_workers) return launch_workers("train", argc, argv, (int)workers);
     if (micro && !strcmp(micro, "auto")) {
         o.micro_auto = true;
     } else if (micro) {
@@ -128,12 +189,25 @@ int cmd_train(int argc, char **argv) {
     o.hp.min_lr_frac = (float)min_lr;
     o.hp.weight_decay = (float)wd;
     o.hp.grad_clip = (float)clip;
+    if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
+        return cli_fail(sk_fail(SK_EARG, "train: --beta1 and --beta2 must be in [0, 1), got %g and %g", beta1, beta2));
+    if (!(eps > 0)) return cli_fail(sk_fail(SK_EARG, "train: --eps must be positive, got %g", eps));
+    o.hp.beta1 = (float)beta1;
+    o.hp.beta2 = (float)beta2;
+    o.hp.eps = (float)eps;
+    if (strcmp(decay, "cosine") && strcmp(decay, "linear"))
+        return cli_fail(sk_fail(SK_EARG, "train: --lr-decay must be cosine or linear, got '%s'", decay));
+    if (strcmp(warmup_shape, "linear") && strcmp(warmup_shape, "log"))
+        return cli_fail(sk_fail(SK_EARG, "train: --warmup-shape must be linear or log, got '%s'", warmup_shape));
+    o.hp.decay_linear = !strcmp(decay, "linear");
+    o.hp.warmup_log = !strcmp(warmup_shape, "log");
     o.hp.total_steps = o.steps;
     comm *c = NULL;
     if ((st = comm_init("auto", o.device, timeout, &c))) return cli_fail(st);
     o.comm = c;
     if (c->world > 1 && c->rank != 0) o.quiet = true;
     if (c->world > 1 && c->rank != 0) log_set_quiet(true);
+    if (rf->ignored && rf->ignored[0] && c->rank == 0) log_warn("%s: ignored keys: %s", rf->path, rf->ignored);
     st = train_run(&o);
     int rc = 0;
     if (st != SK_OK) {
@@ -141,5 +215,12 @@ int cmd_train(int argc, char **argv) {
         rc = cli_fail(st);
     }
     comm_free(c);
+    return rc;
+}
+
+int cmd_train(int argc, char **argv) {
+    runfile rf = {0};
+    int rc = train_main(argc, argv, &rf);
+    runfile_free(&rf);
     return rc;
 }

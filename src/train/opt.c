@@ -1,4 +1,4 @@
-/* opt: AdamW, the cosine schedule and the optimizer state file (see opt.h). */
+/* opt: AdamW, the learning-rate schedule and the optimizer state file (see opt.h). */
 #include "train/opt.h"
 
 #include <limits.h>
@@ -31,13 +31,16 @@ void opt_hparams_default(opt_hparams *h) {
 }
 
 float opt_lr_at(const opt_hparams *h, long step) {
+    if (step < h->warmup && h->warmup_log)
+        return (float)((double)h->lr * log((double)step + 1) / log(h->warmup > 2 ? (double)h->warmup : 2.0));
     if (step < h->warmup) return h->lr * (float)(step + 1) / (float)h->warmup;
     long decay_steps = h->total_steps - h->warmup;
     if (decay_steps <= 1) return h->lr;
     double progress = (double)(step - h->warmup) / (double)(decay_steps - 1);
     if (progress > 1) progress = 1;
     double min_lr = (double)h->lr * h->min_lr_frac;
-    return (float)(min_lr + 0.5 * ((double)h->lr - min_lr) * (1.0 + cos(M_PI * progress)));
+    double shape = h->decay_linear ? 1.0 - progress : 0.5 * (1.0 + cos(M_PI * progress));
+    return (float)(min_lr + ((double)h->lr - min_lr) * shape);
 }
 
 sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count) {

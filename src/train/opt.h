@@ -22,8 +22,11 @@
 
 typedef struct opt_hparams {
     float lr;            /* peak learning rate */
-    float min_lr_frac;   /* the cosine decays to lr * min_lr_frac */
-    long warmup;         /* linear warmup steps */
+    float min_lr_frac;   /* the decay ends at lr * min_lr_frac */
+    long warmup;         /* warmup steps */
+    bool warmup_log;     /* warmup lr * log(step + 1) / log(max(2, warmup)) (DeepSpeed's "log"),
+                            else lr * (step + 1) / warmup */
+    bool decay_linear;   /* after the warmup a straight line down, else a cosine */
     long total_steps;    /* the schedule spans these steps */
     float beta1, beta2, eps, weight_decay;
     float grad_clip;     /* global L2 norm; 0 = off */
@@ -40,7 +43,8 @@ typedef struct adamw {
 } adamw;
 
 void opt_hparams_default(opt_hparams *h);
-/* Learning rate for 0-based step: linear warmup to lr, then cosine down to lr*min_lr_frac. */
+/* Learning rate for 0-based step: warmup to lr (linear, or logarithmic), then a cosine (or a
+ * straight line) down to lr*min_lr_frac at the last step. */
 float opt_lr_at(const opt_hparams *h, long step);
 
 sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count);
