@@ -369,18 +369,13 @@ __nv_bfloat16 *cuda_bias_bf16(cuda_ctx *x, cudaStream_t s, const float *bias, in
 #define COLSUM_Y 16      /* row lanes per column */
 #define COLSUM_SPLIT 8   /* blocks per cluster, each a contiguous slice of rows (the portable size) */
 
-/* A cluster of COLSUM_SPLIT blocks per COLSUM_X columns; block r sums rows of slice r. In a
- * block, one column per threadIdx.x; its COLSUM_Y lanes take rows y, y + COLSUM_Y, ... of
- * the slice and their partial sums are added in lane order; block 0 of the cluster then
- * adds the blocks' partials in rank order, read from their shared memory. A fixed order, no
- * atomics. term(i, c) returns the two summands (the second is ignored when dst1 is NULL). */
+/* The block's sums over rows [lo, hi) of term at this thread's column c (COLSUM_X columns
+ * per block): its COLSUM_Y lanes take rows y, y + COLSUM_Y, ... and their sums are added in
+ * lane order. Returned to the threads of lane 0 (threadIdx.y == 0), which also leave them in
+ * s0[0], s1[0]. term(i, c) returns two summands. */
 template <class Term>
-__global__ void __cluster_dims__(1, COLSUM_SPLIT, 1) colsum_kernel(float *dst0, float *dst1, int N, int C, Term term) {
-    __shared__ float s0[COLSUM_Y][COLSUM_X + 1], s1[COLSUM_Y][COLSUM_X + 1];
-    cg::cluster_group cluster = cg::this_cluster();
-    const int c = blockIdx.x * COLSUM_X + threadIdx.x;
-    const int per = (N + COLSUM_SPLIT - 1) / COLSUM_SPLIT, lo = (int)cluster.block_rank() * per;
-    const int hi = lo + per < N ? lo + per : N;
+__device__ float2 colsum_block(float (*s0)[COLSUM_X + 1], float (*s1)[COLSUM_X + 1], int lo, int hi, int c, int C,
+                               Term term) {
     float a0 = 0, a1 = 0;
     if (c < C) {
 #pragma unroll 4
@@ -401,6 +396,20 @@ __global__ void __cluster_dims__(1, COLSUM_SPLIT, 1) colsum_kernel(float *dst0, 
         s0[0][threadIdx.x] = a0;
         s1[0][threadIdx.x] = a1;
     }
+    return make_float2(a0, a1);
+}
+
+/* A cluster of COLSUM_SPLIT blocks per COLSUM_X columns; block r sums rows of slice r
+ * (colsum_block), then block 0 of the cluster adds the blocks' sums in rank order, read from
+ * their shared memory. A fixed order, no atomics. The second summand is ignored when dst1 is
+ * NULL. */
+template <class Term>
+__global__ void __cluster_dims__(1, COLSUM_SPLIT, 1) colsum_kernel(float *dst0, float *dst1, int N, int C, Term term) {
+    __shared__ float s0[COLSUM_Y][COLSUM_X + 1], s1[COLSUM_Y][COLSUM_X + 1];
+    cg::cluster_group cluster = cg::this_cluster();
+    const int c = blockIdx.x * COLSUM_X + threadIdx.x;
+    const int per = (N + COLSUM_SPLIT - 1) / COLSUM_SPLIT, lo = (int)cluster.block_rank() * per;
+    colsum_block(s0, s1, lo, lo + per < N ? lo + per : N, c, C, term);
     cluster.sync();   /* every block's partials are in its shared memory */
     if (cluster.block_rank() == 0 && threadIdx.y == 0 && c < C) {
         float t0 = 0, t1 = 0;
@@ -432,26 +441,11 @@ struct term_parts {
 template <class Term>
 __global__ void colsum_part_kernel(float *part0, float *part1, int N, int C, int per, Term term) {
     __shared__ float s0[COLSUM_Y][COLSUM_X + 1], s1[COLSUM_Y][COLSUM_X + 1];
-    const int c = blockIdx.x * COLSUM_X + threadIdx.x, lo = blockIdx.y * per, hi = lo + per < N ? lo + per : N;
-    float a0 = 0, a1 = 0;
-    if (c < C) {
-#pragma unroll 4
-        for (int i = lo + threadIdx.y; i < hi; i += COLSUM_Y) {
-            float2 t = term(i, c);
-            a0 += t.x;
-            a1 += t.y;
-        }
-    }
-    s0[threadIdx.y][threadIdx.x] = a0;
-    s1[threadIdx.y][threadIdx.x] = a1;
-    __syncthreads();
+    const int c = blockIdx.x * COLSUM_X + threadIdx.x, lo = blockIdx.y * per;
+    const float2 a = colsum_block(s0, s1, lo, lo + per < N ? lo + per : N, c, C, term);
     if (threadIdx.y == 0 && c < C) {
-        for (int y = 1; y < COLSUM_Y; y++) {
-            a0 += s0[y][threadIdx.x];
-            a1 += s1[y][threadIdx.x];
-        }
-        part0[(size_t)blockIdx.y * C + c] = a0;
-        if (part1) part1[(size_t)blockIdx.y * C + c] = a1;
+        part0[(size_t)blockIdx.y * C + c] = a.x;
+        if (part1) part1[(size_t)blockIdx.y * C + c] = a.y;
     }
 }
 
