@@ -1,8 +1,9 @@
 # skein build. `make` builds ./skein (CPU always; CUDA when nvcc is found, MPI when mpicc is
 # found). `make test` runs every test; `make demo` runs the embedded demo; both install the
 # Debian packages they need first (`make deps`). `make test-gpu` runs the device tests on
-# CUDA (a GPU machine: `make gpu-deps` here, `. scripts/gpu_env.sh` there). Overrides: CC=, NVCC=, MPICC=, NCCL_HOME=,
-# CUDA_HOME=, MPI_CFLAGS=, MPI_LIBS=, BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1, NO_NCCL=1.
+# CUDA (a GPU machine: `make gpu-deps` here, `. scripts/gpu_env.sh` there). Overrides: CC=, CXX=, NVCC=, MPICC=,
+# NCCL_HOME=, GLOO_HOME=, CUDA_HOME=, MPI_CFLAGS=, MPI_LIBS=, BLAS_CFLAGS=, BLAS_LIBS=, NO_CUDA=1, NO_MPI=1,
+# NO_NCCL=1, NO_GLOO=1.
 # WERROR=1 makes every warning an error (CI, .ci/run); the default keeps them warnings, so a
 # compiler newer than CI's still builds.
 
@@ -14,7 +15,7 @@ OPT      ?= -O3 -march=native -fno-finite-math-only
 CFLAGS   += $(CSTD) $(WARN) $(OPT) -g -fopenmp -MMD -MP -Isrc
 LDLIBS   += -fopenmp -lm -lpthread
 
-PKGS_DEBIAN = build-essential pkg-config python3 libopenblas-openmp-dev libpcre2-dev libcjson-dev libutf8proc-dev python3-doc openmpi-bin libopenmpi-dev libmicrohttpd-dev libcurl4-openssl-dev curl
+PKGS_DEBIAN = build-essential pkg-config python3 libopenblas-openmp-dev libpcre2-dev libcjson-dev libutf8proc-dev python3-doc openmpi-bin libopenmpi-dev libgloo-dev libmicrohttpd-dev libcurl4-openssl-dev curl
 
 BLAS_CFLAGS ?= $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   ?= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
@@ -64,6 +65,25 @@ $(BUILD)/src/comm/comm_nccl.o: CFLAGS += -isystem $(CUDA_HOME)/include -isystem 
 LDLIBS += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR) $(NCCL_LIB) -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart
 endif
 
+# gloo (src/comm/comm_gloo.c, and its C++ shim src/comm/gloo_shim.cc: the only C++ outside
+# src/backend/cuda/): built when gloo's headers and library are in GLOO_HOME (default: /usr,
+# Debian's libgloo-dev, then /usr/local). SKEIN_HAVE_GLOO tells comm.c it is built in.
+GLOO_HOME ?= $(firstword $(foreach d,/usr /usr/local,$(if $(wildcard $(d)/include/gloo/allreduce.h),$(d))))
+ifdef NO_GLOO
+GLOO_HOME :=
+endif
+CXX_SRCS :=
+ifneq ($(and $(GLOO_HOME),$(wildcard $(GLOO_HOME)/include/gloo/allreduce.h)),)
+HAVE_GLOO   := 1
+GLOO_LIBDIR := $(firstword $(foreach d,lib lib/x86_64-linux-gnu lib64,$(if $(wildcard $(GLOO_HOME)/$(d)/libgloo.so*),$(GLOO_HOME)/$(d))))
+CXX_SRCS    := src/comm/gloo_shim.cc
+CFLAGS += -DSKEIN_HAVE_GLOO
+CXXFLAGS += $(if $(filter-out /usr,$(GLOO_HOME)),-isystem $(GLOO_HOME)/include)
+LDLIBS += $(if $(filter-out /usr/lib,$(GLOO_LIBDIR)),-L$(GLOO_LIBDIR) -Wl$(comma)-rpath$(comma)$(GLOO_LIBDIR)) -lgloo -lstdc++
+endif
+comma := ,
+CXXFLAGS += -std=c++17 $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter $(if $(WERROR),-Werror) -MMD -MP -Isrc
+
 # The CUDA backend (src/backend/cuda/*.cu, C++ only there): built when nvcc is found, for
 # Hopper (sm_90 machine code) plus compute_90 PTX that newer GPUs compile at load. Only
 # cuda.h is seen from C; SKEIN_HAVE_CUDA lets backend_create("cuda") reach it. The CUDA
@@ -78,7 +98,7 @@ endif
 
 SRCS      := $(sort $(shell find src -name '*.c'))
 LIB_SRCS  := $(filter-out src/cli/main.c,$(SRCS))
-LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.o)
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.o) $(CXX_SRCS:%.cc=$(BUILD)/%.o)
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda.
@@ -94,14 +114,19 @@ GPU_DEBS = libcjson1 libcjson-dev libutf8proc2 libutf8proc-dev libpcre2-8-0 libp
 all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 
 status:
-	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  MPI %s  NCCL %s\n' \
+	@printf 'skein build: CPU ✓ (OpenBLAS, OpenMP)  CUDA %s  MPI %s  gloo %s  NCCL %s\n' \
 	  "$(if $(NVCC),✓ ($(NVCC)),✗)" \
 	  "$(if $(MPICC),✓ ($(MPICC)),✗)" \
+	  "$(if $(HAVE_GLOO),✓ ($(GLOO_HOME)),✗ (libgloo-dev))" \
 	  "$(if $(HAVE_NCCL),✓ ($(NCCL_HOME)),✗)"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)

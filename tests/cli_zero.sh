@@ -31,26 +31,8 @@ if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_RO
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 MPIRUN="timeout 120 mpirun --oversubscribe"
 
-# A tiny GPT-2 and a repetitive token stream (249 samples of 16 tokens).
-python3 tests/tiny_tokens.py "$T/tokens.bin" || { fail cli_zero "cannot write the token shard"; exit 1; }
-$SK init --arch gpt2 --layers 2 --heads 2 --dim 16 --context 32 --vocab-size 29 --out "$T/init" >/dev/null 2>&1 ||
-    { fail cli_zero "init failed"; exit 1; }
-F="--model $T/init --data $T/tokens.bin --steps 20 --batch 7 --micro-batch 2 --seq 16 --lr 3e-3 --quiet"
-
-# close A B TOL [FROM]: the losses of B's log (from line FROM on) match A's within TOL relative.
-close() {
-    python3 - "$@" <<'EOF'
-import json, sys
-a = [json.loads(l) for l in open(sys.argv[1] + '/log.jsonl')]
-b = [json.loads(l) for l in open(sys.argv[2] + '/log.jsonl')]
-tol = float(sys.argv[3])
-if len(a) != len(b): sys.exit('%d vs %d log lines' % (len(a), len(b)))
-for x, y in zip(a, b):
-    if abs(x['loss'] - y['loss']) > tol * abs(x['loss']):
-        sys.exit('step %d: loss %.9g vs %.9g' % (x['step'], x['loss'], y['loss']))
-    if y['world_size'] < 1 or 'zero' not in y: sys.exit('log lacks world_size/zero')
-EOF
-}
+TEST=cli_zero
+. tests/lib_dist.sh
 
 $SK train $F --out "$T/ref" 2>"$T/err" || { fail cli_zero "world 1 run: $(tail -3 "$T/err")"; exit 1; }
 

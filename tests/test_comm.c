@@ -304,7 +304,11 @@ static void env_cases(void) {
     CHECK(e.launcher == COMM_LAUNCH_TORCHRUN && e.rank == 1 && e.world == 2 && e.local_rank == 1);
     CHECK(!strcmp(e.master_addr, "10.0.0.1") && e.master_port == 29500);
     CHECK(!strcmp(comm_auto_kind("cuda"), "nccl"));
-    CHECK(comm_auto_kind("cpu") == NULL && strstr(sk_errmsg(), "mpirun"));
+#ifdef SKEIN_HAVE_GLOO
+    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo"));
+#else
+    CHECK(comm_auto_kind("cpu") == NULL && strstr(sk_errmsg(), "libgloo-dev"));
+#endif
     /* Bad values name the variable. */
     CHECK(env_with(&e, (const char *[]){"RANK=0", "WORLD_SIZE=abc", NULL}) == SK_EARG);
     CHECK_MSG(strstr(sk_errmsg(), "WORLD_SIZE=abc"), "%s", sk_errmsg());

@@ -1,8 +1,10 @@
 /* Tests of the TCP store (store.h) that carries NCCL's unique id under torchrun-style
  * launchers: the test forks processes that each act as one rank on 127.0.0.1, as torchrun
  * would start them, and checks the broadcast, the barrier, the fetch-and-add counter (every
- * value handed out once), and the failures: a rank that never comes, a rank that dies, no
- * rank 0 at all, a port in use. Failures must come within the timeout, naming the rank. */
+ * value handed out once), keys set and waited for (gloo's rendezvous), the ranks' reported
+ * progress, and the failures: a rank that never comes, a rank that dies, no rank 0 at all, a
+ * port in use, a key nobody sets. Failures must come within the timeout, naming the rank or
+ * the key. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -102,6 +104,81 @@ TEST(store_bcast_barrier_add) {
         CHECK_MSG(olds[i] >= 0 && olds[i] < world * K && !seen[olds[i]], "value %lld", (long long)olds[i]);
         seen[olds[i]] = 1;
     }
+}
+
+/* Keys: each rank sets its own and reads every other's, some before they are set (the GET
+ * waits in the server); a key set twice reads as the second value. Then progress: rank r
+ * reports collective #(10 + r) and everyone sees it; a key nobody sets fails naming it. */
+static int rank_keys(int rank, int world, int port, int out_fd) {
+    store *s;
+    if (store_open("127.0.0.1", port, rank, world, 10, &s) != SK_OK) return 1;
+    int bad = 0;
+    char key[32], val[64];
+    void *got;
+    size_t n;
+    if (rank == 1) usleep(200000);   /* the others' GETs of key/1 wait for this */
+    snprintf(key, sizeof key, "key/%d", rank);
+    snprintf(val, sizeof val, "value of rank %d", rank);
+    bad |= store_set(s, key, val, strlen(val) + 1) != SK_OK;
+    for (int r = 0; r < world; r++) {
+        snprintf(key, sizeof key, "key/%d", r);
+        snprintf(val, sizeof val, "value of rank %d", r);
+        bad |= store_get(s, key, &got, &n) != SK_OK || n != strlen(val) + 1 || memcmp(got, val, n);
+        free(got);
+    }
+    bad |= store_barrier(s) != SK_OK;
+    if (rank == 0) bad |= store_set(s, "key/0", "new", 3) != SK_OK;
+    bad |= store_barrier(s) != SK_OK;
+    bad |= store_get(s, "key/0", &got, &n) != SK_OK || n != 3 || memcmp(got, "new", 3);
+    free(got);
+    bad |= store_progress(s, 10 + rank) != SK_OK;
+    bad |= store_barrier(s) != SK_OK;
+    int64_t where[3];
+    bool gone[3];
+    bad |= store_status(s, where, gone) != SK_OK;
+    for (int r = 0; r < world; r++) bad |= where[r] != 10 + r || gone[r];
+    if (bad) printf("  rank %d: keys or progress wrong: %s\n", rank, sk_errmsg());
+    bad |= store_barrier(s) != SK_OK;
+    store_free(s);
+    return bad;
+}
+
+TEST(store_keys_progress) {
+    CHECK(run_ranks(rank_keys, 3, 3, free_port(), NULL, 0, NULL) == 3);
+}
+
+/* Rank 1 leaves after reporting progress: rank 0's status says so. Then, alone in a new
+ * store, a GET of a key nobody sets fails within the timeout naming the key. */
+static int rank_status(int rank, int world, int port, int out_fd) {
+    store *s;
+    if (store_open("127.0.0.1", port, rank, 2, 10, &s) != SK_OK) return 1;
+    int bad = store_progress(s, 3) != SK_OK;
+    bad |= store_barrier(s) != SK_OK;
+    if (rank == 1) {
+        store_free(s);
+        return bad;
+    }
+    int64_t where[2] = {0, 0};
+    bool gone[2] = {false, false};
+    double t0 = time_now();
+    while (time_now() - t0 < 5 && store_status(s, where, gone) == SK_OK && !gone[1]) usleep(10000);
+    bad |= where[0] != 3 || where[1] != 3 || gone[0] || !gone[1];
+    void *got = NULL;
+    size_t n;
+    store_free(s);
+    if (store_open("127.0.0.1", port, 0, 1, 1.0, &s) != SK_OK) return 1;
+    t0 = time_now();
+    sk_status st = store_get(s, "nobody/sets/this", &got, &n);
+    double dt = time_now() - t0;
+    printf("  rank 0: %s after %.1f s: %s\n", sk_status_name(st), dt, st ? sk_errmsg() : "");
+    bad |= st != SK_ECOMM || !strstr(sk_errmsg(), "key 'nobody/sets/this' was not set within 1 s") || dt > 4;
+    store_free(s);
+    if (bad) printf("  rank 0: status %lld %lld\n", (long long)where[0], (long long)where[1]);
+    return bad;
+}
+
+TEST(store_status_and_missing_key) {
+    CHECK(run_ranks(rank_status, 2, 2, free_port(), NULL, 0, NULL) == 2);
 }
 
 /* Opens with a 1 s timeout and expects SK_ECOMM whose message contains `want` (in the

@@ -110,9 +110,14 @@ const char *comm_auto_kind(const char *device) {
     if (env.launcher == COMM_LAUNCH_NONE || env.world == 1) return "local";
     if (cuda) return "nccl";
     if (env.launcher == COMM_LAUNCH_TORCHRUN) {
-        sk_fail(SK_EARG, "RANK/WORLD_SIZE=%d are set (torchrun-style launch), which skein supports on GPUs "
-                "(NCCL, --device cuda); on CPUs launch with mpirun -n N, srun or --workers N", env.world);
+#ifdef SKEIN_HAVE_GLOO
+        return "gloo";
+#else
+        sk_fail(SK_EARG, "RANK/WORLD_SIZE=%d are set (torchrun-style launch), which needs gloo on CPUs: this skein "
+                "is built without it (install libgloo-dev and rebuild), or launch with mpirun -n N, srun or --workers N",
+                env.world);
         return NULL;
+#endif
     }
     return "mpi";
 }
@@ -134,6 +139,14 @@ sk_status comm_init(const char *kind, const char *device, double timeout_s, comm
 #else
         return sk_fail(SK_EARG, "this skein is built without MPI (install libopenmpi-dev, or give MPICC=, and rebuild)");
 #endif
+    } else if (!strcmp(kind, "gloo")) {
+#ifdef SKEIN_HAVE_GLOO
+        comm_env env;
+        SK_TRY(comm_env_read(&env));
+        st = comm_gloo_init(&env, timeout_s, &c);
+#else
+        return sk_fail(SK_EARG, "this skein is built without gloo (install libgloo-dev, or give GLOO_HOME=, and rebuild)");
+#endif
     } else if (!strcmp(kind, "nccl")) {
 #ifdef SKEIN_HAVE_NCCL
         comm_env env;
@@ -143,7 +156,7 @@ sk_status comm_init(const char *kind, const char *device, double timeout_s, comm
         return sk_fail(SK_EARG, "this skein is built without NCCL (needs nvcc and nccl.h; give NCCL_HOME= and rebuild)");
 #endif
     } else {
-        return sk_fail(SK_EARG, "communicator '%s': expected auto, local, mpi or nccl", kind);
+        return sk_fail(SK_EARG, "communicator '%s': expected auto, local, mpi, gloo or nccl", kind);
     }
     if (st != SK_OK) return st;
     c->reqs = calloc(COMM_MAX_REQS, sizeof *c->reqs);
@@ -174,6 +187,10 @@ size_t comm_elem_size(comm_elem e) {
     }
     SK_ASSERT(!"comm_elem_size: unknown element type");
     return 0;
+}
+
+void comm_bf16_sum(uint16_t *acc, const uint16_t *in, size_t n) {
+    for (size_t i = 0; i < n; i++) acc[i] = f32_to_bf16(bf16_to_f32(acc[i]) + bf16_to_f32(in[i]));
 }
 
 /* ---- dispatch ---- */

@@ -1,6 +1,7 @@
 /* comm: collectives between the processes (ranks) of one training job, with an MPI
- * implementation (host buffers; mpirun, srun), an NCCL one (device buffers; one GPU per rank)
- * and world-size-1 "local" for a single process.
+ * implementation (host buffers; mpirun, srun), a gloo one (host buffers; torchrun-style
+ * variables), an NCCL one (device buffers; one GPU per rank) and world-size-1 "local" for a
+ * single process.
  *
  *   comm *c;
  *   comm_init("auto", "cpu", 300.0, &c);         // MPI when launched by mpirun/srun, else local
@@ -21,7 +22,8 @@
  * Every request returned with SK_OK is waited exactly once; comm_wait(c, NULL) is a no-op, so
  * "nothing pending" can be a NULL request. At most COMM_MAX_REQS requests are in flight.
  * Collectives start in the order they are called, which must be the same on every rank;
- * MPI progresses them on a communication thread while the caller computes, NCCL on the GPU.
+ * MPI and gloo progress them on a communication thread while the caller computes (one at a
+ * time, in order), NCCL on the GPU.
  * One thread calls into a comm.
  *
  * Element types: DT_F32 and DT_BF16 (n and chunk count elements). A bf16 sum adds in f32 and
@@ -31,8 +33,8 @@
  * Streams. s is the backend stream that produced the buffers (NULL: the backend's default
  * stream). NCCL enqueues the collective on s (a stream of the CUDA backend is its
  * cudaStream_t), so it runs after the work already issued there and the request completes
- * when s has passed it. MPI reads host memory and ignores s: the caller has synchronised it
- * first (on the CPU backend every stream is always done).
+ * when s has passed it. MPI and gloo read host memory and ignore s: the caller has
+ * synchronised it first (on the CPU backend every stream is always done).
  *
  * Shapes: reduce_scatter and all_gather work on equal chunks: rank r owns elements
  * [r*chunk, (r+1)*chunk) of the full buffer (callers pad the full length to a multiple of the
@@ -58,7 +60,7 @@ enum { COMM_MAX_REQS = 16 };
 
 struct comm {
     const comm_ops *ops;
-    const char *name;      /* "local", "mpi", "nccl" */
+    const char *name;      /* "local", "mpi", "gloo", "nccl" */
     int rank, world;       /* this process and how many there are */
     int local_rank;        /* rank among the processes of this host (the GPU to use) */
     double timeout_s;      /* every collective gives up after this long */
@@ -66,14 +68,15 @@ struct comm {
     comm_req *reqs;        /* (COMM_MAX_REQS) comm.c's pool of requests */
 };
 
-/* Creates the communicator: kind "auto" (what comm_auto_kind(device) says), "local", "mpi"
- * or "nccl"; device ("cpu" or "cuda") matters only to "auto". SK_EARG when the kind is not
- * built in or the environment is bad. */
+/* Creates the communicator: kind "auto" (what comm_auto_kind(device) says), "local", "mpi",
+ * "gloo" or "nccl"; device ("cpu" or "cuda") matters only to "auto". SK_EARG when the kind
+ * is not built in or the environment is bad. */
 sk_status comm_init(const char *kind, const char *device, double timeout_s, comm **out);
 /* Releases the communicator (requests in flight are completed first). After a collective
  * failed (SK_ECOMM) the world is broken: the MPI implementation then ends the whole job
  * (MPI_Abort, exit status 1 on every rank) rather than wait in MPI_Finalize for ranks that
- * will never come; print the error before. */
+ * will never come; print the error before. gloo returns (the caller exits non-zero); NCCL
+ * ends the process (exit status 1). */
 void comm_free(comm *c);
 
 /* ---- Typed collectives, asynchronous (see the file comment) ----
@@ -102,7 +105,8 @@ sk_status comm_all_reduce_f64(comm *c, double *buf, size_t n);
 /* bytes of host memory at root copied to every rank. */
 sk_status comm_broadcast(comm *c, void *buf, size_t bytes, int root);
 sk_status comm_barrier(comm *c);
-/* Atomic fetch-and-add on one 64-bit counter held by rank 0 (MPI_Fetch_and_op): *old gets
+/* Atomic fetch-and-add on one 64-bit counter held by rank 0 (MPI's window; the TCP store's
+ * under gloo and torchrun-style NCCL): *old gets
  * the value before the addition. The counter starts at 0; comm_counter_set (collective)
  * resets it on every rank's behalf. */
 sk_status comm_fetch_add(comm *c, int64_t add, int64_t *old);
@@ -115,7 +119,8 @@ sk_status comm_counter_set(comm *c, int64_t value);
  *   Slurm srun       SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (only inside a job step:
  *                    SLURM_STEP_ID set; an sbatch script's own shell is not a launch)
  *   torchrun-style   RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, Ray
- *                    Train, Kubernetes operators): NCCL with its id sent through store.h */
+ *                    Train, Kubernetes operators): gloo on CPUs, NCCL on GPUs, both
+ *                    bootstrapped through the TCP store of store.h at MASTER_ADDR */
 typedef enum comm_launcher {
     COMM_LAUNCH_NONE = 0,   /* started by hand: one process */
     COMM_LAUNCH_MPIRUN,
@@ -138,10 +143,11 @@ sk_status comm_env_read(comm_env *env);
 const char *comm_launcher_name(comm_launcher l);
 
 /* The kind comm_init("auto") picks for `device` ("cpu" or "cuda"): on cpu "mpi" under
- * mpirun/PMI/srun; on cuda "nccl" under any launcher (its unique id travels through MPI
- * under mpirun/srun, through the TCP store of store.h under torchrun-style variables);
- * "local" for one process. Returns NULL with SK_EARG set when the environment is bad or asks
- * for what cannot work (torchrun-style WORLD_SIZE > 1 on cpu: use mpirun there). */
+ * mpirun/PMI/srun and "gloo" under torchrun-style variables; on cuda "nccl" under any
+ * launcher (its unique id travels through MPI under mpirun/srun, through the TCP store of
+ * store.h under torchrun-style variables); "local" for one process. Returns NULL with SK_EARG
+ * set when the environment is bad or asks for what is not built in (torchrun-style
+ * WORLD_SIZE > 1 on cpu without gloo). */
 const char *comm_auto_kind(const char *device);
 
 #endif

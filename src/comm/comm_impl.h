@@ -5,7 +5,7 @@
  * Blocking calls are start + wait. Each implementation keeps what it needs per request in
  * its own arrays indexed by the request's slot.
  *
- * Each implementation file defines one constructor; the ones not built in (no MPI, no NCCL)
+ * Each implementation file defines one constructor; the ones not built in (no MPI, gloo, NCCL)
  * are absent and comm.c says so. A constructor fills a comm whose ops, name, rank, world,
  * local_rank and timeout_s are set, or returns a status with a message and leaves nothing
  * allocated; comm.c adds the request pool. */
@@ -54,12 +54,17 @@ struct comm_ops {
 
 /* Bytes of one element. */
 size_t comm_elem_size(comm_elem e);
+/* acc(n) += in(n) in bf16: each sum computed in f32 and rounded once (comm.h's rule). */
+void comm_bf16_sum(uint16_t *acc, const uint16_t *in, size_t n);
 
 sk_status comm_local_init(double timeout_s, comm **out);
 #ifdef SKEIN_HAVE_MPI
 sk_status comm_mpi_init(double timeout_s, comm **out);
 /* Ends every rank of c's job now (MPI_Abort, exit status 1); for a failure elsewhere (NCCL). */
 void comm_mpi_abort(comm *c) __attribute__((noreturn));
+#endif
+#ifdef SKEIN_HAVE_GLOO
+sk_status comm_gloo_init(const comm_env *env, double timeout_s, comm **out);
 #endif
 #ifdef SKEIN_HAVE_NCCL
 sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out);

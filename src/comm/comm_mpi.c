@@ -1,17 +1,13 @@
 /* comm_mpi: comm.h over MPI, for host buffers (CPU training under mpirun, srun or
  * `skein train --workers N`).
  *
- * The communication thread. One thread per comm makes every MPI call, MPI_Init_thread and
+ * The communication thread (comm_worker.h) makes every MPI call, MPI_Init_thread and
  * MPI_Finalize included, so MPI's "main thread" is this thread and MPI_THREAD_FUNNELED is
  * the level it needs (checked; where MPI was initialized by someone else, SERIALIZED is
- * needed and checked). Callers queue requests (start) and sleep on a condition variable
- * (wait); the thread takes the requests in queue order, one at a time, issues each as
- * nonblocking MPI calls (pieces in order when split) and polls them with MPI_Test until they
- * complete or the communicator's timeout passes. So a reduce-scatter progresses while the
- * caller computes, and every rank issues the same MPI calls in the same order whatever the
- * timing. Nothing here blocks without a deadline except MPI_Init_thread and the window's
- * creation at start-up; a caller that waits on a thread which stopped answering for
- * timeout + 30 s gets SK_ECOMM too.
+ * needed and checked). It issues each request as nonblocking MPI calls (pieces in order when
+ * split) and polls them with MPI_Test until they complete or the communicator's timeout
+ * passes. Nothing here blocks without a deadline except MPI_Init_thread and the window's
+ * creation at start-up.
  *
  * Finding the missing rank. The thread answers "pings" on a second communicator (`diag`),
  * idle or not, with two numbers: how many collectives its caller has posted, and which one it
@@ -21,60 +17,30 @@
  * it is waiting too; one in another collective made mismatched calls. A rank killed by a
  * signal usually never gets that far: mpirun sees it die and ends the whole job.
  *
- * bf16 sums: a user-defined MPI_Op (commutative) over a 2-byte datatype adds in f32 and
- * rounds each addition once.
+ * bf16 sums: a user-defined MPI_Op (commutative) over a 2-byte datatype, comm_bf16_sum.
  *
  * Invariants: after a collective fails the communicator is broken: every later call fails at
  * once, and comm_free ends the job with MPI_Abort (an unfinished collective cannot be
  * cancelled, so MPI_Finalize could wait forever). Counts above comm_chunk_limit() are split
  * into several calls. The fetch-and-add counter is an int64 in a window on rank 0, used in
  * one passive-target epoch (MPI_Win_lock_all) from start-up to free; fetch_add is queued with
- * the collectives but counts as none. Fields marked "thread" are touched by the thread only;
- * the rest under mu. */
+ * the collectives but counts as none. Everything in mpi_impl past the worker is the thread's. */
 #ifdef SKEIN_HAVE_MPI
 
 #include <limits.h>
 #include <mpi.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "comm/comm_impl.h"
+#include "comm/comm_worker.h"
 
 enum { TAG_PING = 1, TAG_PONG = 2 };
-enum { REQ_IDLE, REQ_QUEUED, REQ_RUNNING, REQ_DONE };
-
-/* One request slot (comm_req.slot). */
-typedef struct mpi_slot {
-    int state;             /* REQ_*; under mu */
-    int64_t seq;           /* collective number, 1-based (0: fetch_add) */
-    sk_status st;          /* result, with msg, once REQ_DONE */
-    char msg[1024];
-    size_t step;           /* thread: the MPI call in progress */
-    MPI_Request mr;        /* thread: its request (MPI_REQUEST_NULL: none issued yet) */
-    double t0;             /* thread: when the first call was issued */
-} mpi_slot;
 
 typedef struct mpi_impl {
-    pthread_t thread;
-    bool thread_up;        /* the thread was created and not joined */
-    pthread_mutex_t mu;
-    pthread_cond_t wake;   /* to the thread: work queued, stop, abort */
-    pthread_cond_t done;   /* to callers: a request is done, or the start-up ended */
-    comm_req *queue[COMM_MAX_REQS];   /* FIFO of started requests */
-    int q_head, q_len;
-    mpi_slot slot[COMM_MAX_REQS];
-    _Atomic int64_t posted;    /* collectives the caller has started */
-    _Atomic int64_t running;   /* the collective the thread works on (0: none) */
-    uint64_t heartbeat;    /* thread loop turns: the caller's proof of life */
-    bool broken;           /* a collective failed: the world is unusable */
-    bool stop, abort_now;  /* requests to the thread */
-    int setup;             /* 0 starting, 1 up, -1 failed (setup_msg) */
-    char setup_msg[1024];
-
+    comm_worker w;         /* first: the thread and the request queue */
+    MPI_Request mr[COMM_MAX_REQS];   /* thread: per slot, the MPI call in flight (slot.step) */
     MPI_Comm world;        /* thread: collectives */
     MPI_Comm diag;         /* thread: pings during timeouts, never in the collectives' order */
     MPI_Win win;           /* thread: the fetch-and-add counter, on rank 0 */
@@ -127,11 +93,9 @@ static void nap(long ns) {
     nanosleep(&ts, NULL);
 }
 
-/* in(len) added into inout(len), bf16 elements: each sum computed in f32, rounded once. */
+/* in(len) added into inout(len), bf16 elements (MPI_User_function). */
 static void mpi_bf16_sum(void *in, void *inout, int *len, MPI_Datatype *type) {
-    const uint16_t *a = in;
-    uint16_t *b = inout;
-    for (int i = 0; i < *len; i++) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+    comm_bf16_sum(inout, in, (size_t)*len);
 }
 
 /* ---- the thread's side: pings, diagnosis, issuing and polling ---- */
@@ -149,8 +113,8 @@ static void mpi_answer_pings(comm *c) {
             int done = 1;
             if (m->pong_req[r] != MPI_REQUEST_NULL) MPI_Test(&m->pong_req[r], &done, MPI_STATUS_IGNORE);
             if (done) {
-                m->pong_out[2 * r] = atomic_load(&m->posted);
-                m->pong_out[2 * r + 1] = atomic_load(&m->running);
+                m->pong_out[2 * r] = atomic_load(&m->w.posted);
+                m->pong_out[2 * r + 1] = atomic_load(&m->w.running);
                 MPI_Isend(&m->pong_out[2 * r], 2, MPI_INT64_T, r, TAG_PONG, m->diag, &m->pong_req[r]);
             }
         }
@@ -314,21 +278,22 @@ static int mpi_issue(comm *c, const comm_req *r, size_t k, MPI_Request *mr) {
     return 0;
 }
 
-/* Advances request r in slot s as far as it goes without waiting. Returns 0 while it runs,
- * 1 when complete, -1 on failure or timeout (message recorded). */
-static int mpi_progress(comm *c, const comm_req *r, mpi_slot *s) {
+/* Advances request r in slot s as far as it goes without waiting (comm_worker_ops.progress):
+ * s->step is the MPI call in progress, s->t0 when the first was issued. */
+static int mpi_progress(comm *c, comm_req *r, comm_slot *s) {
+    MPI_Request *mr = &((mpi_impl *)c->impl)->mr[r->slot];
     for (;;) {
-        if (s->mr == MPI_REQUEST_NULL) {
+        if (*mr == MPI_REQUEST_NULL) {
             if (s->step == 0) s->t0 = time_now();
-            int rc = mpi_issue(c, r, s->step, &s->mr);
+            int rc = mpi_issue(c, r, s->step, mr);
             if (rc <= 0) return rc == 0 ? 1 : -1;
-            if (s->mr == MPI_REQUEST_NULL) {
+            if (*mr == MPI_REQUEST_NULL) {
                 s->step++;
                 continue;
             }
         }
         int flag = 0;
-        MPI_ISSUE(MPI_Test(&s->mr, &flag, MPI_STATUS_IGNORE));
+        MPI_ISSUE(MPI_Test(mr, &flag, MPI_STATUS_IGNORE));
         if (!flag) break;
         s->step++;
     }
@@ -340,30 +305,8 @@ static int mpi_progress(comm *c, const comm_req *r, mpi_slot *s) {
     return -1;
 }
 
-/* Under mu: request r finished with st (message from this thread's sk_errmsg when failed).
- * A failure breaks the comm and fails every queued request. */
-static void mpi_finish(comm *c, comm_req *r, sk_status st) {
-    mpi_impl *m = c->impl;
-    mpi_slot *s = &m->slot[r->slot];
-    s->state = REQ_DONE;
-    s->st = st;
-    if (st != SK_OK) {
-        snprintf(s->msg, sizeof s->msg, "%s", sk_errmsg());
-        fprintf(stderr, "skein: rank %d: %s\n", c->rank, s->msg);
-        m->broken = true;
-        for (; m->q_len > 0; m->q_len--, m->q_head = (m->q_head + 1) % COMM_MAX_REQS) {
-            comm_req *q = m->queue[m->q_head];
-            mpi_slot *qs = &m->slot[q->slot];
-            qs->state = REQ_DONE;
-            qs->st = SK_ECOMM;
-            snprintf(qs->msg, sizeof qs->msg, "%s: not started, the communicator broke in %s before it", q->op, r->op);
-        }
-    }
-    pthread_cond_broadcast(&m->done);
-}
-
 /* Ends the job from the thread (MPI's main thread). */
-static void mpi_thread_abort(void) {
+static void mpi_thread_abort(comm *c) {
     fflush(stdout);
     fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, 1);
@@ -424,7 +367,7 @@ err:
     if (m->world != MPI_COMM_NULL && c->world > 1) {
         /* Other ranks may be waiting for this one in a collective setup call. */
         fprintf(stderr, "skein: rank %d: %s\n", c->rank, sk_errmsg());
-        mpi_thread_abort();
+        mpi_thread_abort(c);
     }
     if (node != MPI_COMM_NULL) MPI_Comm_free(&node);
     return SK_ECOMM;
@@ -448,140 +391,16 @@ static void mpi_teardown(comm *c) {
     if (m->initialized_mpi) MPI_Finalize();
 }
 
-/* The communication thread: start-up, then requests in queue order until stopped. While a
- * request runs it polls; idle, it sleeps 1 ms at a time (answering pings in between). */
-static void *mpi_thread(void *arg) {
-    comm *c = arg;
-    mpi_impl *m = c->impl;
-    sk_status st = mpi_setup(c);
-    pthread_mutex_lock(&m->mu);
-    m->setup = st == SK_OK ? 1 : -1;
-    if (st != SK_OK) snprintf(m->setup_msg, sizeof m->setup_msg, "%s", sk_errmsg());
-    pthread_cond_broadcast(&m->done);
-    pthread_mutex_unlock(&m->mu);
-    if (st != SK_OK) return NULL;
-    comm_req *r = NULL;
-    for (long spins = 0;;) {
-        pthread_mutex_lock(&m->mu);
-        m->heartbeat++;
-        if (m->abort_now) mpi_thread_abort();
-        if (!r && m->q_len > 0) {
-            r = m->queue[m->q_head];
-            m->q_head = (m->q_head + 1) % COMM_MAX_REQS;
-            m->q_len--;
-            m->slot[r->slot].state = REQ_RUNNING;
-            atomic_store(&m->running, m->slot[r->slot].seq);
-            spins = 0;
-        }
-        if (!r) {
-            if (m->stop) {
-                pthread_mutex_unlock(&m->mu);
-                break;
-            }
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 1000000;
-            if (until.tv_nsec >= 1000000000) until.tv_sec++, until.tv_nsec -= 1000000000;
-            pthread_cond_timedwait(&m->wake, &m->mu, &until);
-            pthread_mutex_unlock(&m->mu);
-            mpi_answer_pings(c);
-            continue;
-        }
-        pthread_mutex_unlock(&m->mu);
-        size_t step = m->slot[r->slot].step;
-        int rc = mpi_progress(c, r, &m->slot[r->slot]);
-        if (m->slot[r->slot].step != step) spins = 0;   /* a piece completed: keep going fast */
-        mpi_answer_pings(c);
-        if (rc != 0) {
-            pthread_mutex_lock(&m->mu);
-            atomic_store(&m->running, 0);
-            mpi_finish(c, r, rc > 0 ? SK_OK : SK_ECOMM);
-            pthread_mutex_unlock(&m->mu);
-            r = NULL;
-            continue;
-        }
-        /* Spin briefly for latency, then yield the core to the computing threads. */
-        if (++spins > 200) nap(spins > 20000 ? 200000 : 20000);
-    }
-    mpi_teardown(c);
-    return NULL;
-}
+static const comm_worker_ops mpi_worker_ops = {mpi_setup, mpi_progress, mpi_answer_pings, mpi_teardown,
+                                               mpi_thread_abort};
 
 /* ---- the caller's side ---- */
 
-static sk_status mpi_start(comm *c, comm_req *r) {
-    mpi_impl *m = c->impl;
-    pthread_mutex_lock(&m->mu);
-    if (m->broken) {
-        pthread_mutex_unlock(&m->mu);
-        return sk_fail(SK_ECOMM, "%s: the communicator is broken by an earlier failure", r->op);
-    }
-    mpi_slot *s = &m->slot[r->slot];
-    s->state = REQ_QUEUED;
-    s->seq = r->kind == COMM_FETCH_ADD ? 0 : atomic_fetch_add(&m->posted, 1) + 1;
-    s->st = SK_OK;
-    s->msg[0] = 0;
-    s->step = 0;
-    s->mr = MPI_REQUEST_NULL;
-    m->queue[(m->q_head + m->q_len) % COMM_MAX_REQS] = r;
-    m->q_len++;
-    pthread_cond_signal(&m->wake);
-    pthread_mutex_unlock(&m->mu);
-    return SK_OK;
-}
-
-/* Under mu: the result of a done slot, its message re-recorded on this thread. */
-static sk_status mpi_result(mpi_slot *s) {
-    return s->st == SK_OK ? SK_OK : sk_fail(s->st, "%s", s->msg);
-}
-
-static sk_status mpi_wait(comm *c, comm_req *r) {
-    mpi_impl *m = c->impl;
-    mpi_slot *s = &m->slot[r->slot];
-    pthread_mutex_lock(&m->mu);
-    uint64_t beat = m->heartbeat;
-    double seen = time_now();
-    while (s->state != REQ_DONE) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
-        pthread_cond_timedwait(&m->done, &m->mu, &until);
-        if (m->heartbeat != beat) {
-            beat = m->heartbeat;
-            seen = time_now();
-        } else if (s->state != REQ_DONE && time_now() - seen > c->timeout_s + 30) {
-            m->broken = true;
-            pthread_mutex_unlock(&m->mu);
-            return sk_fail(SK_ECOMM, "%s: the communication thread of rank %d has not answered for %.0f s (stuck "
-                           "inside MPI)", r->op, c->rank, c->timeout_s + 30);
-        }
-    }
-    s->state = REQ_IDLE;
-    sk_status st = mpi_result(s);
-    pthread_mutex_unlock(&m->mu);
-    return st;
-}
-
-static sk_status mpi_test(comm *c, comm_req *r, bool *done) {
-    mpi_impl *m = c->impl;
-    mpi_slot *s = &m->slot[r->slot];
-    pthread_mutex_lock(&m->mu);
-    *done = s->state == REQ_DONE;
-    sk_status st = *done ? mpi_result(s) : SK_OK;
-    pthread_mutex_unlock(&m->mu);
-    return st;
-}
-
 void comm_mpi_abort(comm *c) {
-    mpi_impl *m = c->impl;
     fflush(stdout);
     fflush(stderr);
-    pthread_mutex_lock(&m->mu);
-    bool up = m->thread_up && m->setup == 1 && !m->stop;
-    m->abort_now = true;
-    pthread_cond_signal(&m->wake);
-    pthread_mutex_unlock(&m->mu);
     /* The thread calls MPI_Abort at its next turn; should it not within 10 s, leave alone. */
+    bool up = comm_worker_abort(c);
     for (int k = 0; up && k < 100; k++) nap(100000000);
     _Exit(1);
 }
@@ -589,10 +408,7 @@ void comm_mpi_abort(comm *c) {
 /* Joins the thread and releases what the caller's side holds. */
 static void mpi_release(comm *c) {
     mpi_impl *m = c->impl;
-    if (m->thread_up) pthread_join(m->thread, NULL);
-    pthread_mutex_destroy(&m->mu);
-    pthread_cond_destroy(&m->wake);
-    pthread_cond_destroy(&m->done);
+    comm_worker_stop(c);
     free(m->pong_out);
     free(m->pong_req);
     free(m);
@@ -600,16 +416,11 @@ static void mpi_release(comm *c) {
 }
 
 static void mpi_free(comm *c) {
-    mpi_impl *m = c->impl;
-    if (m->broken) comm_mpi_abort(c);
-    pthread_mutex_lock(&m->mu);
-    m->stop = true;
-    pthread_cond_signal(&m->wake);
-    pthread_mutex_unlock(&m->mu);
+    if (comm_worker_broken(c)) comm_mpi_abort(c);
     mpi_release(c);
 }
 
-static const comm_ops mpi_ops = {mpi_start, mpi_wait, mpi_test, mpi_free};
+static const comm_ops mpi_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, mpi_free};
 
 sk_status comm_mpi_init(double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);
@@ -622,28 +433,18 @@ sk_status comm_mpi_init(double timeout_s, comm **out) {
     m->world = m->diag = MPI_COMM_NULL;
     m->win = MPI_WIN_NULL;
     m->ping_req = MPI_REQUEST_NULL;
+    for (int k = 0; k < COMM_MAX_REQS; k++) m->mr[k] = MPI_REQUEST_NULL;   /* MPI_Test leaves them so */
     m->chunk = comm_chunk_limit();
-    pthread_mutex_init(&m->mu, NULL);
-    pthread_cond_init(&m->wake, NULL);
-    pthread_cond_init(&m->done, NULL);
     *c = (comm){.ops = &mpi_ops, .name = "mpi", .timeout_s = timeout_s, .impl = m};
-    if (pthread_create(&m->thread, NULL, mpi_thread, c) != 0) {
-        mpi_release(c);
-        return sk_fail(SK_ECOMM, "comm: cannot start the MPI communication thread");
-    }
-    m->thread_up = true;
-    pthread_mutex_lock(&m->mu);
-    while (m->setup == 0) pthread_cond_wait(&m->done, &m->mu);
-    pthread_mutex_unlock(&m->mu);
-    if (m->setup < 0) {
-        sk_status st = sk_fail(SK_ECOMM, "%s", m->setup_msg);
+    sk_status st = comm_worker_init(c, &mpi_worker_ops);
+    if (st != SK_OK) {
         mpi_release(c);
         return st;
     }
     /* The counter is zero before anyone adds to it. A rank missing here ends the job (the
      * message is printed by the thread). */
     comm_req first = {.slot = 0, .kind = COMM_BARRIER, .op = "barrier (start-up)"};
-    if (mpi_start(c, &first) != SK_OK || mpi_wait(c, &first) != SK_OK) comm_mpi_abort(c);
+    if (comm_worker_start(c, &first) != SK_OK || comm_worker_wait(c, &first) != SK_OK) comm_mpi_abort(c);
     *out = c;
     return SK_OK;
 }

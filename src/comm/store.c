@@ -4,10 +4,13 @@
  *   request  { u32 op, u32 len, i64 arg } + len payload bytes
  *   reply    { i32 status, u32 len, i64 value } + len payload bytes (status != 0: the
  *            payload is an error message)
- * The server (a thread of rank 0) keeps one blob, one counter and one barrier. A request
- * that cannot be answered yet (GET before SET, BARRIER before everyone arrived) waits in
- * the server; after the timeout the server answers it with an error naming the ranks it
- * waited for, so clients learn who is missing instead of only that time ran out.
+ * SET's payload is the key, a NUL, then the value; GET's is the key. PROGRESS has no reply.
+ * The server (a thread of rank 0) keeps the keys (at most KEYS_MAX, each value at most
+ * BLOB_MAX bytes), one counter, one barrier and each rank's last reported collective. A
+ * request that cannot be answered yet (GET before SET, BARRIER before everyone arrived)
+ * waits in the server; after the timeout the server answers it with an error naming the key
+ * or the ranks it waited for, so clients learn what is missing instead of only that time
+ * ran out.
  *
  * Invariants: the server owns every accepted socket and is the only thread touching its
  * state; the caller's thread only touches its own client socket. A rank connects exactly
@@ -28,8 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { OP_HELLO = 1, OP_SET, OP_GET, OP_BARRIER, OP_ADD, OP_SETCTR };
-enum { BLOB_MAX = 1 << 20 };
+enum { OP_HELLO = 1, OP_SET, OP_GET, OP_BARRIER, OP_ADD, OP_SETCTR, OP_PROGRESS, OP_STATUS };
+enum { BLOB_MAX = 1 << 20, KEY_MAX = 255, KEYS_MAX = 4096 };
 
 typedef struct req_hdr { uint32_t op, len; int64_t arg; } req_hdr;
 typedef struct rep_hdr { int32_t status; uint32_t len; int64_t value; } rep_hdr;
@@ -37,9 +40,16 @@ typedef struct rep_hdr { int32_t status; uint32_t len; int64_t value; } rep_hdr;
 typedef struct srv_client {
     int fd;
     int rank;         /* -1 until HELLO */
-    int wants_blob;   /* a GET waits for the blob */
+    char *want;       /* the key a GET waits for (malloc'd), or NULL */
+    double want_t0;   /* when that GET came */
     int in_barrier;   /* a BARRIER waits for the others */
 } srv_client;
+
+typedef struct srv_entry {
+    char *key;
+    unsigned char *val;
+    uint32_t len;
+} srv_entry;
 
 struct store {
     int rank, world;
@@ -54,13 +64,16 @@ struct store {
     srv_client *cl;        /* (world) slots; fd < 0 when free */
     int *seen;             /* (world) a HELLO came from rank r */
     int *gone;             /* (world) rank r connected and then left */
-    unsigned char *blob;
-    size_t blob_len;
-    int blob_set;
+    int64_t *progress;     /* (world) the last collective rank r reported (0: none) */
+    srv_entry *keys;       /* (n_keys) */
+    int n_keys;
     int64_t counter;
     int barrier_count;
-    double barrier_t0, get_t0;
-    _Atomic int stop;      /* set by store_free, read by the server */
+    double barrier_t0;
+    _Atomic int stop;      /* set by store_close, read by the server */
+    double linger_s;       /* set before stop: how long the server still serves */
+    /* Client side. */
+    int64_t n_bcast;       /* store_bcast calls so far: the next one's key */
 };
 
 static void nap_ms(long ms) {
@@ -117,7 +130,46 @@ static void srv_close(store *s, srv_client *c) {
     close(c->fd);
     if (c->rank >= 0) s->gone[c->rank] = 1;
     if (c->in_barrier) s->barrier_count--;
+    free(c->want);
     *c = (srv_client){.fd = -1, .rank = -1};
+}
+
+/* The entry of key(len), or NULL. */
+static srv_entry *srv_find(store *s, const char *key, size_t len) {
+    for (int i = 0; i < s->n_keys; i++)
+        if (strlen(s->keys[i].key) == len && !memcmp(s->keys[i].key, key, len)) return &s->keys[i];
+    return NULL;
+}
+
+/* SET: payload(len) is the key, a NUL, the value; the server takes the payload over (the
+ * entry points into it). Answers the GETs waiting for the key. */
+static void srv_set(store *s, srv_client *c, unsigned char *payload, uint32_t len) {
+    const unsigned char *nul = memchr(payload, 0, len);
+    if (!nul || nul == payload || nul - payload > KEY_MAX) {
+        srv_error(c, "store: a key of 1 to 255 bytes, then a NUL, was expected");
+        free(payload);
+        return;
+    }
+    char *key = (char *)payload;
+    srv_entry *e = srv_find(s, key, strlen(key));
+    if (!e && s->n_keys == KEYS_MAX) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "store at %s: key '%.255s' refused: the store holds %d keys, its most", s->where, key,
+                 KEYS_MAX);
+        srv_error(c, msg);
+        free(payload);
+        return;
+    }
+    if (e) free(e->key);
+    else e = &s->keys[s->n_keys++];
+    *e = (srv_entry){.key = key, .val = (unsigned char *)nul + 1, .len = (uint32_t)(len - (uint32_t)(nul + 1 - payload))};
+    srv_reply(c, 0, 0, NULL, 0);
+    for (int i = 0; i < s->world; i++)
+        if (s->cl[i].fd >= 0 && s->cl[i].want && !strcmp(s->cl[i].want, key)) {
+            free(s->cl[i].want);
+            s->cl[i].want = NULL;
+            srv_reply(&s->cl[i], 0, 0, e->val, e->len);
+        }
 }
 
 /* Answers every waiting barrier with an error naming the ranks that did not arrive. */
@@ -180,25 +232,39 @@ static int srv_handle(store *s, srv_client *c) {
         break;
     }
     case OP_SET:
-        free(s->blob);
-        s->blob = payload;
-        s->blob_len = h.len;
-        s->blob_set = 1;
+        srv_set(s, c, payload, h.len);
         payload = NULL;
-        srv_reply(c, 0, 0, NULL, 0);
-        for (int i = 0; i < s->world; i++)
-            if (s->cl[i].fd >= 0 && s->cl[i].wants_blob) {
-                s->cl[i].wants_blob = 0;
-                srv_reply(&s->cl[i], 0, 0, s->blob, s->blob_len);
-            }
         break;
-    case OP_GET:
-        if (s->blob_set) srv_reply(c, 0, 0, s->blob, s->blob_len);
+    case OP_GET: {
+        srv_entry *e = h.len && h.len <= KEY_MAX ? srv_find(s, (char *)payload, h.len) : NULL;
+        if (e) srv_reply(c, 0, 0, e->val, e->len);
+        else if (!h.len || h.len > KEY_MAX || c->want) srv_error(c, "store: a GET of a bad key, or a second GET at once");
+        else if (!(c->want = malloc(h.len + 1))) srv_error(c, "store: out of memory");
         else {
-            if (!c->wants_blob) s->get_t0 = time_now();
-            c->wants_blob = 1;
+            memcpy(c->want, payload, h.len);
+            c->want[h.len] = 0;
+            c->want_t0 = time_now();
         }
         break;
+    }
+    case OP_PROGRESS:
+        if (c->rank < 0) {
+            free(payload);
+            return -1;
+        }
+        s->progress[c->rank] = h.arg;
+        break;
+    case OP_STATUS: {
+        int64_t *where = malloc(2 * (size_t)s->world * sizeof *where);
+        if (!where) {
+            srv_error(c, "store: out of memory");
+            break;
+        }
+        for (int r = 0; r < s->world; r++) where[r] = s->progress[r], where[s->world + r] = s->gone[r];
+        srv_reply(c, 0, 0, where, 2 * (size_t)s->world * sizeof *where);
+        free(where);
+        break;
+    }
     case OP_BARRIER:
         if (c->in_barrier) break;
         if (s->barrier_count++ == 0) s->barrier_t0 = time_now();
@@ -236,7 +302,7 @@ static int srv_handle(store *s, srv_client *c) {
 }
 
 /* The server loop: accepts up to `world` clients, answers requests, fails waits that pass
- * the timeout, and ends after store_free once every client has left (or the timeout). */
+ * the timeout, and ends after store_close once every client has left (or the linger time). */
 static void *srv_main(void *arg) {
     store *s = arg;
     struct pollfd *pf = calloc((size_t)s->world + 2, sizeof *pf);
@@ -258,7 +324,7 @@ static void *srv_main(void *arg) {
                 clients++;
             }
         if (s->stop) {
-            if (!stop_deadline) stop_deadline = time_now() + s->timeout_s;
+            if (!stop_deadline) stop_deadline = time_now() + s->linger_s;
             if (clients == 0 || time_now() > stop_deadline) break;
         }
         int r = poll(pf, (nfds_t)n, 100);
@@ -299,15 +365,15 @@ static void *srv_main(void *arg) {
             snprintf(why, sizeof why, "not every rank arrived within %g s", s->timeout_s);
             srv_fail_barrier(s, why);
         }
-        if (!s->blob_set && now - s->get_t0 > s->timeout_s)
-            for (int i = 0; i < s->world; i++)
-                if (s->cl[i].fd >= 0 && s->cl[i].wants_blob) {
-                    char msg[400];
-                    snprintf(msg, sizeof msg, "store at %s: rank 0 did not publish its data within %g s", s->where,
-                             s->timeout_s);
-                    srv_error(&s->cl[i], msg);
-                    s->cl[i].wants_blob = 0;
-                }
+        for (int i = 0; i < s->world; i++)
+            if (s->cl[i].fd >= 0 && s->cl[i].want && now - s->cl[i].want_t0 > s->timeout_s) {
+                char msg[700];
+                snprintf(msg, sizeof msg, "store at %s: key '%.255s' was not set within %g s", s->where, s->cl[i].want,
+                         s->timeout_s);
+                srv_error(&s->cl[i], msg);
+                free(s->cl[i].want);
+                s->cl[i].want = NULL;
+            }
     }
     for (int i = 0; i < s->world; i++)
         if (s->cl[i].fd >= 0) srv_close(s, &s->cl[i]);
@@ -321,7 +387,9 @@ static sk_status srv_start(store *s, int port) {
     s->cl = malloc((size_t)s->world * sizeof *s->cl);
     s->seen = calloc((size_t)s->world, sizeof *s->seen);
     s->gone = calloc((size_t)s->world, sizeof *s->gone);
-    if (!s->cl || !s->seen || !s->gone) return sk_fail(SK_ENOMEM, "store: out of memory");
+    s->progress = calloc((size_t)s->world, sizeof *s->progress);
+    s->keys = calloc(KEYS_MAX, sizeof *s->keys);
+    if (!s->cl || !s->seen || !s->gone || !s->progress || !s->keys) return sk_fail(SK_ENOMEM, "store: out of memory");
     for (int i = 0; i < s->world; i++) s->cl[i] = (srv_client){.fd = -1, .rank = -1};
     if (pipe(s->wake) < 0) return sk_fail(SK_EIO, "store: pipe: %s", strerror(errno));
     s->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -441,20 +509,43 @@ err:
     return st;
 }
 
+sk_status store_set(store *s, const char *key, const void *bytes, size_t n) {
+    size_t k = strlen(key);
+    if (k < 1 || k > KEY_MAX) return sk_fail(SK_EARG, "store_set: key '%s' is not 1 to %d bytes", key, KEY_MAX);
+    if (n > BLOB_MAX) return sk_fail(SK_EARG, "store_set '%s': %zu bytes is more than the store carries", key, n);
+    unsigned char *msg = malloc(k + 1 + n);
+    if (!msg) return sk_fail(SK_ENOMEM, "store: out of memory");
+    memcpy(msg, key, k + 1);
+    if (n) memcpy(msg + k + 1, bytes, n);
+    sk_status st = cli_call(s, "set", OP_SET, 0, msg, (uint32_t)(k + 1 + n), NULL, NULL, NULL);
+    free(msg);
+    return st;
+}
+
+sk_status store_get(store *s, const char *key, void **bytes, size_t *n) {
+    size_t k = strlen(key);
+    *bytes = NULL;
+    *n = 0;
+    if (k < 1 || k > KEY_MAX) return sk_fail(SK_EARG, "store_get: key '%s' is not 1 to %d bytes", key, KEY_MAX);
+    uint32_t len = 0;
+    SK_TRY(cli_call(s, "get", OP_GET, 0, key, (uint32_t)k, NULL, bytes, &len));
+    *n = len;
+    return SK_OK;
+}
+
 sk_status store_bcast(store *s, void *bytes, size_t n) {
-    if (n > BLOB_MAX) return sk_fail(SK_EARG, "store_bcast: %zu bytes is more than the store carries", n);
-    if (s->rank == 0) SK_TRY(cli_call(s, "bcast", OP_SET, 0, bytes, (uint32_t)n, NULL, NULL, NULL));
-    else {
-        void *got = NULL;
-        uint32_t len = 0;
-        SK_TRY(cli_call(s, "bcast", OP_GET, 0, NULL, 0, NULL, &got, &len));
-        if (len != n) {
-            free(got);
-            return sk_fail(SK_ECOMM, "store_bcast: rank 0 sent %u bytes, rank %d expected %zu", len, s->rank, n);
-        }
-        memcpy(bytes, got, n);
+    char key[32];
+    snprintf(key, sizeof key, "store/bcast/%lld", (long long)s->n_bcast++);
+    if (s->rank == 0) return store_set(s, key, bytes, n);
+    void *got;
+    size_t len;
+    SK_TRY(store_get(s, key, &got, &len));
+    if (len != n) {
         free(got);
+        return sk_fail(SK_ECOMM, "store_bcast: rank 0 sent %zu bytes, rank %d expected %zu", len, s->rank, n);
     }
+    memcpy(bytes, got, n);
+    free(got);
     return SK_OK;
 }
 
@@ -468,10 +559,39 @@ sk_status store_counter_set(store *s, int64_t value) {
     return cli_call(s, "counter_set", OP_SETCTR, value, NULL, 0, NULL, NULL, NULL);
 }
 
+sk_status store_progress(store *s, int64_t value) {
+    req_hdr h = {OP_PROGRESS, 0, value};
+    if (s->fd < 0) return sk_fail(SK_ECOMM, "store %s: progress: the connection is closed by an earlier failure", s->where);
+    if (send_all(s->fd, &h, sizeof h) < 0) {
+        close(s->fd);
+        s->fd = -1;
+        return sk_fail(SK_ECOMM, "store at %s: progress: rank 0 closed the connection (rank 0 exited or died)", s->where);
+    }
+    return SK_OK;
+}
+
+sk_status store_status(store *s, int64_t *value, bool *gone) {
+    int64_t *got = NULL;
+    uint32_t len = 0;
+    SK_TRY(cli_call(s, "status", OP_STATUS, 0, NULL, 0, NULL, (void **)&got, &len));
+    if (len != 2 * (size_t)s->world * sizeof *got) {
+        free(got);
+        return sk_fail(SK_ECOMM, "store at %s: status: %u bytes for a world of %d", s->where, len, s->world);
+    }
+    for (int r = 0; r < s->world; r++) value[r] = got[r], gone[r] = got[s->world + r] != 0;
+    free(got);
+    return SK_OK;
+}
+
 void store_free(store *s) {
+    if (s) store_close(s, s->timeout_s);
+}
+
+void store_close(store *s, double linger_s) {
     if (!s) return;
     if (s->fd >= 0) close(s->fd);
     if (s->thread_started) {
+        s->linger_s = linger_s;
         s->stop = 1;
         if (write(s->wake[1], "x", 1) < 0) { /* the server also polls every 100 ms */ }
         pthread_join(s->thread, NULL);
@@ -482,6 +602,8 @@ void store_free(store *s) {
     free(s->cl);
     free(s->seen);
     free(s->gone);
-    free(s->blob);
+    free(s->progress);
+    for (int i = 0; i < s->n_keys; i++) free(s->keys[i].key);
+    free(s->keys);
     free(s);
 }

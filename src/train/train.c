@@ -591,9 +591,10 @@ sk_status train_run(const train_opts *o) {
         if (st) goto done;
     }
     if (tr.rank == 0)
-        log_info("training %s: %zu parameters, %ld steps of %ld x %ld tokens (micro-batch %ld) on %s, %d rank%s, "
+        log_info("training %s: %zu parameters, %ld steps of %ld x %ld tokens (micro-batch %ld) on %s, %d rank%s%s, "
                  "ZeRO-%d, %s data", tr.m->arch->name, tr.m->n_params, o->steps, o->batch, o->seq, tr.micro_batch,
-                 tr.be->name, tr.world, tr.world > 1 ? "s" : "", o->zero, o->dynamic ? "dynamic" : "static");
+                 tr.be->name, tr.world, tr.world > 1 ? "s over " : "", tr.world > 1 ? o->comm->name : "",
+                 o->zero, o->dynamic ? "dynamic" : "static");
     st = train_loop(&tr);
 done:
     if (tr.log) fclose(tr.log);
