@@ -1,8 +1,8 @@
 """Writes the tiny token stream of the distributed training tests (tests/lib_dist.sh for
-cli_zero.sh and cli_gloo.sh, tests/check_ray.py) as a skein token shard: 4000 tokens over a vocabulary of 29, mostly the
-repeating pattern (3 i) mod 29 with every 7th token random (seed 3), so that a 2-layer model
-learns something in 20 steps. Usage: tiny_tokens.py OUT,
-or write(path) from Python."""
+cli_zero.sh and cli_gloo.sh; tests/check_ray.py) as a skein token shard: 4000 tokens over a
+vocabulary of 29, mostly the repeating pattern (3 i) mod 29 with every 7th token random
+(seed 3), so that a 2-layer model learns something in 20 steps.
+Usage: tiny_tokens.py OUT, or write(path) from Python."""
 import random
 import struct
 import sys
