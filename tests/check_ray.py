@@ -8,10 +8,13 @@ installed. Prints one PASS, FAIL or SKIP line per case:
                 default retries), every answer still the greedy text, a new replica with a new
                 skein up within 60 s; autoscaling from 1 to 2 replicas under load; a client
                 leaving a long request (streamed or whole) has it cancelled in skein.
+  ray_cli_*     `python -m skein_ray serve` (joining this Ray instance) answers with the greedy
+                text and exits 0 on SIGINT; `python -m skein_ray train` trains 1 rank to
+                plain skein train's losses and exits 1 when skein refuses a flag.
   ray_train_*   a tiny GPT-2 (checkpoints every 5 steps). One Ray rank whose skein is
                 SIGKILLed after step 7: the job restarts with --resume and ends with the
                 losses of plain `skein train`, bit for bit, each in Ray's logs; refused flags
-                fail at once, not retried. Two ranks: losses within 1e-5 relative of `skein
+                and a missing binary fail at once, not retried. Two ranks: losses within 1e-5 relative of `skein
                 train --workers 2` (mpirun; one process where MPI is missing); rank 1
                 SIGKILLed after step 7: restarted, the same losses, bit for bit, as the
                 uninterrupted Ray run. The two-rank cases are skipped, with skein's message,
@@ -39,6 +42,7 @@ from pycheck import case
 
 SK = os.path.abspath(sys.argv[1])
 T = sys.argv[2]
+ADDRESS = ""  # the local Ray instance's, for `python -m skein_ray --address` (set by main)
 
 
 def free_port() -> int:
@@ -222,6 +226,31 @@ def serve_cases() -> None:
         return why
 
     case("ray_serve_disconnect_cancels", disconnect)
+    ray_serve.shutdown()
+
+    def serve_cli() -> Optional[str]:
+        cli = subprocess.Popen([sys.executable, "-m", "skein_ray", "serve", "--address", ADDRESS, "--skein", SK,
+                                "--model", model, "--num-replicas", "1", "--port", str(port), "--",
+                                "--chat-template", "llama3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+        try:
+            assert cli.stderr is not None
+            said = ""
+            while "OpenAI base URL" not in said:
+                said = cli.stderr.readline()
+                assert said, "python -m skein_ray serve ended without printing its URL"
+            url = f"http://127.0.0.1:{port}"
+            assert f"{url}/v1" in said, said
+            assert urllib.request.urlopen(url + "/health", timeout=10).status == 200
+            text = openai.OpenAI(base_url=url + "/v1", api_key="none").completions.create(
+                model="m", prompt="static int", max_tokens=12, temperature=0).choices[0].text
+            assert text == greedy, (text, greedy)
+        finally:
+            cli.send_signal(signal.SIGINT)
+            status = cli.wait(timeout=60)
+        return None if status == 0 else f"exit status {status} after SIGINT"
+
+    case("ray_cli_serve", serve_cli)
 
 
 # ---- training ----
@@ -294,11 +323,31 @@ def train_cases() -> None:
         try:
             skein_ray.train(flags + ["--out", os.path.join(T, "bad"), "--lr", "fast"], 2, skein=SK, max_failures=3)
         except skein_ray.TrainError as e:
-            return None if "refused" in str(e) and time.time() - t0 < 60 else f"{e} after {time.time() - t0:.0f} s"
-        return "a bad --lr was accepted"
+            if "refused" not in str(e) or time.time() - t0 > 60:
+                return f"{e} after {time.time() - t0:.0f} s"
+        else:
+            return "a bad --lr was accepted"
+        try:
+            skein_ray.train(flags + ["--out", os.path.join(T, "bad")], 1, skein=os.path.join(T, "no-skein"), max_failures=3)
+        except skein_ray.TrainError as e:
+            return None if "no-skein" in str(e) else str(e)
+        return "a missing skein binary went unnoticed"
+
+    def train_cli() -> Optional[str]:
+        cli = [sys.executable, "-m", "skein_ray", "train", "--address", ADDRESS, "--skein", SK, "--workers", "1", "--"]
+        out = os.path.join(T, "cli")
+        done = subprocess.run(cli + flags + ["--out", out], capture_output=True, text=True, timeout=300)
+        bad = subprocess.run(cli + flags + ["--out", out + "-bad", "--steps", "x"], capture_output=True, text=True,
+                             timeout=300)
+        if done.returncode != 0 or losses(out) != losses(one):
+            return f"exit status {done.returncode}, losses differ from plain skein train: {done.stderr[-300:]}"
+        if bad.returncode != 1 or "refused its arguments" not in bad.stderr:
+            return f"a bad --steps: exit status {bad.returncode}, {bad.stderr[-300:]}"
+        return None
 
     case("ray_train_one_rank_killed_resumes", one_rank)
     case("ray_train_refused_flags_not_retried", refused)
+    case("ray_cli_train", train_cli)
     why = torchrun_refusal(flags)
     if why:
         for name in ("ray_train_same_losses_as_workers_2", "ray_train_killed_rank_resumes"):
@@ -331,9 +380,10 @@ def train_cases() -> None:
 def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=os.path.join(T, "ray-tmp"))
+    global ADDRESS
+    ADDRESS = ray.get_runtime_context().gcs_address
     try:
         serve_cases()
-        ray_serve.shutdown()
         train_cases()
     finally:
         ray.shutdown()

@@ -8,9 +8,8 @@
 # of its own. Prints PASS/FAIL/SKIP lines.
 SK=${SKEIN:-./skein}
 CASES="ray_serve_start_2_replicas ray_serve_completion_equals_generate ray_serve_stream_equals_whole
-ray_serve_replica_killed_no_lost_request ray_serve_autoscales_1_to_2 ray_serve_disconnect_cancels
-ray_train_one_rank_killed_resumes
-ray_train_refused_flags_not_retried
+ray_serve_replica_killed_no_lost_request ray_serve_autoscales_1_to_2 ray_serve_disconnect_cancels ray_cli_serve
+ray_train_one_rank_killed_resumes ray_train_refused_flags_not_retried ray_cli_train
 ray_train_same_losses_as_workers_2 ray_train_killed_rank_resumes"
 [ -x "$SK" ] || { echo "FAIL cli_ray: $SK is not built"; exit 1; }
 . tests/lib_pyenv.sh

@@ -179,6 +179,8 @@ def _attempt(args: List[str], workers: int, bundle: Dict[str, float], strategy: 
                 status = ray.get(ready[0])
             except ray.exceptions.RayActorError as e:
                 return -1, f"rank {rank}'s actor died: {e}"
+            except ray.exceptions.RayTaskError as e:  # no skein binary there, say: not retried
+                raise TrainError(f"rank {rank} could not run skein train: {e.cause!r}") from None
             if status != 0:
                 return status, f"rank {rank}'s skein train exited with status {status}"
         return 0, ""
@@ -198,8 +200,9 @@ def train(args: Sequence[str], workers: int, *, gpus_per_worker: float = 0, cpus
     (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD). skein: the binary's path on the nodes (default:
     $SKEIN or PATH there). env: more variables for every rank (OMP_NUM_THREADS defaults to
     the rank's CPUs). max_failures: restarts allowed, each with --resume.
-    Returns the attempts made; raises TrainError when skein refuses its arguments, when the
-    bundles cannot be placed within place_timeout_s, or after max_failures + 1 failures.
+    Returns the attempts made; raises TrainError when skein refuses its arguments or cannot be
+    started, when the bundles cannot be placed within place_timeout_s, or after
+    max_failures + 1 failures.
     """
     if workers < 1:
         raise ValueError(f"workers = {workers}: need at least 1")
