@@ -2,9 +2,10 @@
 
 Each replica (a SkeinReplica actor) starts one `skein serve --model DIR --host 127.0.0.1
 --port 0` on its own resources: its GPUs through CUDA_VISIBLE_DEVICES (one skein engine per
-GPU, --devices 0..G-1 --replicas G), otherwise --threads set to its CPUs. It passes every HTTP
-request through to that server unchanged (the OpenAI routes, /tokenize, /metrics, ...):
-streamed answers (text/event-stream) chunk by chunk as skein writes them, others whole.
+GPU, --devices 0..G-1 --replicas G, unless the arguments say otherwise), otherwise --threads
+set to its CPUs. It passes every HTTP request through to that server unchanged (the OpenAI
+routes, /tokenize, /metrics, ...): streamed answers (text/event-stream) chunk by chunk as skein
+writes them, others whole.
 Ray Serve routes requests among the replicas, scales them by its autoscaling_config and calls
 check_health, which asks skein's /health: a replica whose skein hangs fails it and Ray Serve
 replaces it. A replica whose skein exits ends its own process at once, so that Ray Serve
@@ -58,7 +59,8 @@ class SkeinReplica:
         gpus = [str(g) for g in ray.get_gpu_ids()]
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-            argv += ["--devices", ",".join(str(i) for i in range(len(gpus)))]
+            if "--devices" not in args:
+                argv += ["--devices", ",".join(str(i) for i in range(len(gpus)))]
             if len(gpus) > 1 and "--replicas" not in args:
                 argv += ["--replicas", str(len(gpus))]
         elif "--threads" not in args:
@@ -70,7 +72,7 @@ class SkeinReplica:
         self.child: Optional[subprocess.Popen] = None
         self.up = threading.Event()        # set once serving: from then on, skein exiting ends us
         self.stopping = threading.Event()  # set when Ray Serve stops this replica
-        started: "queue.Queue[Any]" = queue.Queue()
+        started: "queue.Queue[str]" = queue.Queue()  # the URL, or why skein did not start
         # The child is started and read by one thread that lives exactly as long as it does:
         # proc.start's death signal follows the thread that started it.
         threading.Thread(target=self._run, args=(argv, env, started), daemon=True).start()
@@ -78,14 +80,14 @@ class SkeinReplica:
             got = started.get(timeout=start_timeout_s)
         except queue.Empty:
             got = f"no 'listening on' line within {start_timeout_s:g} s"
-        if not isinstance(got, str) or not got.startswith("http://"):
+        if not got.startswith("http://"):
             if self.child is not None:
                 proc.stop(self.child)
             raise RuntimeError(f"skein serve did not start: {got}")
         self.url = got
         self.up.set()
 
-    def _run(self, argv: List[str], env: Dict[str, str], started: "queue.Queue[Any]") -> None:
+    def _run(self, argv: List[str], env: Dict[str, str], started: "queue.Queue[str]") -> None:
         """Thread body: starts skein serve, puts its URL (or why it failed) on `started`, copies
         its output to this replica's log until it exits; then, if it had been serving and Ray
         Serve is not stopping this replica, ends this process."""
