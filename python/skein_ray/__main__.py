@@ -52,17 +52,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ours, theirs = argv[:split], argv[split + 1:]
     parser = _parser()
     a = parser.parse_args(ours)
-    if a.command == "train" and not theirs:
-        parser.error("train: give skein train's flags after --")
-    ray.init(address=a.address)
     if a.command == "train":
+        if not theirs:
+            parser.error("train: give skein train's flags after --")
         return _train(a, theirs)
     return _serve(parser, a, theirs)
 
 
 def _train(a: argparse.Namespace, args: List[str]) -> int:
-    """`train`: runs skein_ray.train, 0 when it finished."""
+    """`train`: joins Ray and runs skein_ray.train; 0 when it finished."""
     from skein_ray.training import TrainError, train
+    ray.init(address=a.address)
     try:
         r = train(args, a.workers, gpus_per_worker=a.gpus_per_worker, cpus_per_worker=a.cpus_per_worker,
                   max_failures=a.max_failures, skein=a.skein, strategy=a.strategy)
@@ -74,16 +74,19 @@ def _train(a: argparse.Namespace, args: List[str]) -> int:
 
 
 def _serve(parser: argparse.ArgumentParser, a: argparse.Namespace, args: List[str]) -> int:
-    """`serve`: starts the application, prints its URL and serves until interrupted."""
-    from skein_ray.serving import serve
+    """`serve`: checks the flags, joins Ray, starts the application, prints its URL and
+    serves until interrupted (SIGINT); 0 then."""
+    from skein_ray.serving import run_app, serve_app
     try:
-        url = serve(a.model, host=a.host, port=a.port, num_replicas=a.num_replicas,
-                    min_replicas=a.min_replicas, max_replicas=a.max_replicas, target_ongoing=a.target_ongoing,
-                    gpus_per_replica=a.gpus_per_replica, cpus_per_replica=a.cpus_per_replica,
-                    max_ongoing_requests=a.max_ongoing_requests, health_check_period_s=a.health_check_period,
-                    args=args, skein=a.skein, name=a.name)
+        app = serve_app(a.model, num_replicas=a.num_replicas, min_replicas=a.min_replicas,
+                        max_replicas=a.max_replicas, target_ongoing=a.target_ongoing,
+                        gpus_per_replica=a.gpus_per_replica, cpus_per_replica=a.cpus_per_replica,
+                        max_ongoing_requests=a.max_ongoing_requests, health_check_period_s=a.health_check_period,
+                        args=args, skein=a.skein, name=a.name)
     except ValueError as e:
         parser.error(f"serve: {e}")
+    ray.init(address=a.address)
+    url = run_app(app, name=a.name, host=a.host, port=a.port)
     print(f"skein_ray serve: {a.name} on {url} (OpenAI base URL {url}/v1); Ctrl-C stops it", file=sys.stderr)
     try:
         while True:

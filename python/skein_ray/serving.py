@@ -196,12 +196,18 @@ def serve_app(model: str, *, num_replicas: Optional[int] = None, min_replicas: O
         model, list(args), skein, start_timeout_s, health_check_timeout_s)
 
 
-def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> str:
-    """Starts Ray Serve's HTTP proxy on host:port and the serve_app(model, **options)
-    application at route "/"; returns http://host:port (OpenAI clients take that + "/v1").
-    Where Serve runs already, its proxy stays where it is: give the same host and port.
-    Returns once the replicas are up; ray.serve.delete(name) stops them."""
+def run_app(app: ray_serve.Application, *, name: str = "skein", host: str = "127.0.0.1",
+            port: int = 8000) -> str:
+    """Starts Ray Serve's HTTP proxy on host:port and `app` (from serve_app) as application
+    `name` at route "/"; returns http://host:port (OpenAI clients take that + "/v1"). Where
+    Serve runs already, its proxy stays where it is: give the same host and port. Returns once
+    the replicas are up; ray.serve.delete(name) stops them."""
     ray_serve.start(http_options={"host": host, "port": port})
-    name = options.get("name", "skein")
-    ray_serve.run(serve_app(model, **options), name=name, route_prefix="/")
+    ray_serve.run(app, name=name, route_prefix="/")
     return f"http://{host}:{port}"
+
+
+def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> str:
+    """run_app(serve_app(model, **options)): skein serve replicas for `model` behind Ray
+    Serve's proxy on host:port; returns http://host:port."""
+    return run_app(serve_app(model, **options), name=options.get("name", "skein"), host=host, port=port)
