@@ -15,7 +15,7 @@ OPT      ?= -O3 -march=native -fno-finite-math-only
 CFLAGS   += $(CSTD) $(WARN) $(OPT) -g -fopenmp -MMD -MP -Isrc
 LDLIBS   += -fopenmp -lm -lpthread
 
-PKGS_DEBIAN = build-essential pkg-config python3 libopenblas-openmp-dev libpcre2-dev libcjson-dev libutf8proc-dev python3-doc openmpi-bin libopenmpi-dev libgloo-dev libmicrohttpd-dev libcurl4-openssl-dev curl
+PKGS_DEBIAN = build-essential pkg-config python3 python3-venv libopenblas-openmp-dev libpcre2-dev libcjson-dev libutf8proc-dev python3-doc openmpi-bin libopenmpi-dev libgloo-dev libmicrohttpd-dev libcurl4-openssl-dev curl
 
 BLAS_CFLAGS ?= $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   ?= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)

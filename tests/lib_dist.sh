@@ -3,17 +3,7 @@
 # 249 samples of 16 tokens over a vocabulary of 29) and $T/init (a tiny GPT-2), sets F (the
 # training flags the tests share) and defines close. Exits with a FAIL line naming the test
 # (TEST) when the data or the model cannot be written.
-python3 - "$T" <<'PYEOF' || { fail "$TEST" "cannot write the token shard"; exit 1; }
-import struct, random, sys
-random.seed(3)
-V, N = 29, 4000
-toks = [(random.randrange(V) if i % 7 == 0 else (i * 3) % V) for i in range(N)]
-hdr = [0] * 256
-hdr[0], hdr[1], hdr[2], hdr[3] = 20251127, 1, 2, V
-h = struct.pack('<256i', *hdr)
-h = h[:16] + struct.pack('<q', N) + h[24:]
-open(sys.argv[1] + '/tokens.bin', 'wb').write(h + struct.pack('<%dH' % N, *toks))
-PYEOF
+python3 tests/tiny_tokens.py "$T/tokens.bin" || { fail "$TEST" "cannot write the token shard"; exit 1; }
 $SK init --arch gpt2 --layers 2 --heads 2 --dim 16 --context 32 --vocab-size 29 --out "$T/init" >/dev/null 2>&1 ||
     { fail "$TEST" "init failed"; exit 1; }
 F="--model $T/init --data $T/tokens.bin --steps 20 --batch 7 --micro-batch 2 --seq 16 --lr 3e-3 --quiet"
