@@ -487,23 +487,36 @@ static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mo
 /* Builds p's graph and plan; on success p->ok, the workspace grown to p's need and one line
  * on stderr naming the engine; on failure one warning naming the step and cuDNN's status and
  * message, and p stays not ok (its key runs on the own kernels). */
-static void dnn_plan_make(cuda_cudnn *c, dnn_plan *p) {
-    const dnn_key *k = &p->key;
-    char what[160], engine[160] = "";
-    snprintf(what, sizeof what, "%s for B %lld, T %lld, NH %lld, NKV %lld, HS %lld, window %lld",
+/* "forward for B .., T .., ..." naming p's key in messages. */
+static void dnn_key_name(const dnn_key *k, char *what, size_t n) {
+    snprintf(what, n, "%s for B %lld, T %lld, NH %lld, NKV %lld, HS %lld, window %lld",
              !k->bwd ? "forward" : k->det ? "backward (deterministic)" : "backward (non-deterministic)",
              (long long)k->B, (long long)k->T, (long long)k->NH, (long long)k->NKV, (long long)k->HS,
              (long long)k->W);
+}
+
+/* Builds b->p's graph (its key's direction) and finalizes its operation graph, on handle h
+ * (NULL: none, for the check without a device); the graph, or NULL with b failed. */
+static dnn_desc dnn_graph_build(dnn_build *b, cudnnHandle_t h) {
+    const dnn_key *k = &b->p->key;
+    b->next_uid = DNN_UID_FREE;
+    if (k->bwd) dnn_graph_backward(b, k);
+    else dnn_graph_forward(b, k);
+    dnn_desc graph = dnn_new(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "the operation graph");
+    if (h) dnn_set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, "the operation graph");
+    dnn_set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, b->n_ops, b->ops,
+            "the operation graph");
+    dnn_finalize(b, graph, "the operation graph");
+    return dnn_good(b->st) ? graph : NULL;
+}
+
+static void dnn_plan_make(cuda_cudnn *c, dnn_plan *p) {
+    const dnn_key *k = &p->key;
+    char what[160], engine[160] = "";
+    dnn_key_name(k, what, sizeof what);
     dnn_build b = {};
     b.p = p;
-    b.next_uid = DNN_UID_FREE;
-    if (k->bwd) dnn_graph_backward(&b, k);
-    else dnn_graph_forward(&b, k);
-    dnn_desc graph = dnn_new(&b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "the operation graph");
-    dnn_set(&b, graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &c->h, "the operation graph");
-    dnn_set(&b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, b.n_ops, b.ops,
-            "the operation graph");
-    dnn_finalize(&b, graph, "the operation graph");
+    dnn_desc graph = dnn_graph_build(&b, c->h);
     dnn_build fail = {};
     int offered = 0, skipped = 0;
     dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_A, "heuristics mode A", &fail, &offered, &skipped, engine, sizeof engine);
@@ -700,6 +713,36 @@ bool cuda_cudnn_attention_backward(cuda_ctx *x, cudaStream_t s, const cuda_attn_
     const int64_t uids[] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV};
     void *const ptrs[] = {q.p, k.p, v.p, out.p, dout.p, (void *)lse, dq.p, dk.p, dv.p};
     return dnn_run(c, p, s, uids, ptrs, 9);
+}
+
+/* The graph of a shape without a device: GPT-2's packed q, k, v rows (NKV == NH) or Llama's
+ * three contiguous blocks, out and dout contiguous. */
+extern "C" sk_status backend_cuda_cudnn_check_graph(int B, int T, int NH, int NKV, int HS, int W, bool backward,
+                                                    bool deterministic) {
+    dnn_plan *p = (dnn_plan *)mem_calloc(sizeof *p);
+    if (!p) return SK_ENOMEM;
+    dnn_key *k = &p->key;
+    k->bwd = backward, k->det = backward && deterministic;
+    k->B = B, k->T = T, k->NH = NH, k->NKV = NKV, k->HS = HS, k->W = W < T ? W : 0;
+    const int64_t QD = (int64_t)NH * HS, KD = (int64_t)NKV * HS, W3 = QD + 2 * KD;
+    for (int op = 0; op < OP_N; op++) {
+        const bool is_q = op == OP_Q || op == OP_DQ || op == OP_O || op == OP_DO;
+        k->st[op] = NKV == NH && op != OP_O && op != OP_DO ? W3 : is_q ? QD : KD;
+        k->sb[op] = k->st[op] * T;
+    }
+    dnn_build b = {};
+    b.p = p;
+    dnn_graph_build(&b, NULL);
+    sk_status st = SK_OK;
+    if (!dnn_good(b.st)) {
+        char what[160];
+        dnn_key_name(k, what, sizeof what);
+        st = sk_fail(SK_EARG, "cuDNN attention %s: %s: %s%s%s", what, b.step, cudnnGetErrorString(b.st),
+                     b.why[0] ? ": " : "", b.why);
+    }
+    dnn_plan_release(p);
+    mem_free(p);
+    return st;
 }
 
 void cuda_cudnn_free(cuda_ctx *x) {
