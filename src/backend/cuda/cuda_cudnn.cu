@@ -97,7 +97,7 @@ static bool dnn_good(cudnnStatus_t st) { return st == CUDNN_STATUS_SUCCESS; }
 typedef struct dnn_build {
     dnn_plan *p;              /* descriptors and scalars go here */
     cudnnStatus_t st;         /* the first failure, or success */
-    char step[160];           /* what failed */
+    char step[256];           /* what failed */
     char why[512];            /* cudnnGetLastErrorString right after it */
     int64_t next_uid;
     dnn_desc ops[DNN_MAX_OPS];
@@ -422,12 +422,19 @@ static int64_t dnn_engine_info(dnn_desc cfg, bool *nondet, bool *rtc) {
     return index;
 }
 
+/* What the heuristics gave for a graph, for the warning when no plan builds. */
+typedef struct dnn_offer {
+    int offered;    /* configurations the heuristics proposed */
+    int viable;     /* of those, the ones that passed cuDNN's support checks */
+    int skipped;    /* viable but noted non-deterministic (a deterministic plan skips them) */
+    dnn_build fail; /* the first plan that failed to build */
+} dnn_offer;
+
 /* Tries the engine configurations of heuristics mode `mode` for graph in cuDNN's order and
  * keeps the first whose plan builds (p->exec, its name in engine); a deterministic plan skips
- * engines noted non-deterministic. The first plan that fails to build is recorded in *fail
- * (a build of its own, for the warning); counts what was offered and skipped. */
+ * engines noted non-deterministic. Adds what it saw to *o. */
 static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mode, const char *mode_name,
-                         dnn_build *fail, int *offered, int *skipped, char *engine, size_t engine_len) {
+                         dnn_offer *o, char *engine, size_t engine_len) {
     dnn_plan *p = b->p;
     dnn_desc heur = dnn_new(b, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, mode_name);
     dnn_set_desc(b, heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph, mode_name);
@@ -439,6 +446,7 @@ static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mo
                                                &count, NULL), "counting the engine configurations of", mode_name) ||
         count <= 0)
         return;
+    o->offered += (int)count;
     dnn_desc *cfgs = (dnn_desc *)mem_calloc(sizeof(dnn_desc) * (size_t)count);
     SK_ASSERT(cfgs);
     int64_t made = 0, got = 0;
@@ -452,9 +460,9 @@ static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mo
     for (int64_t i = 0; dnn_good(b->st) && i < got && chosen < 0; i++) {
         bool nondet, rtc;
         const int64_t index = dnn_engine_info(cfgs[i], &nondet, &rtc);
-        ++*offered;
+        o->viable++;
         if (p->key.det && nondet) {
-            ++*skipped;
+            o->skipped++;
             continue;
         }
         char name[96];
@@ -477,7 +485,7 @@ static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mo
             break;
         }
         if (plan) cudnnBackendDestroyDescriptor(plan);
-        if (dnn_good(fail->st)) *fail = attempt;
+        if (dnn_good(o->fail.st)) o->fail = attempt;
     }
     for (int64_t i = 0; i < made; i++)
         if (i != chosen) cudnnBackendDestroyDescriptor(cfgs[i]);
@@ -517,21 +525,21 @@ static void dnn_plan_make(cuda_cudnn *c, dnn_plan *p) {
     dnn_build b = {};
     b.p = p;
     dnn_desc graph = dnn_graph_build(&b, c->h);
-    dnn_build fail = {};
-    int offered = 0, skipped = 0;
-    dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_A, "heuristics mode A", &fail, &offered, &skipped, engine, sizeof engine);
+    dnn_offer o = {};
+    if (graph) dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_A, "heuristics mode A", &o, engine, sizeof engine);
     if (dnn_good(b.st) && !p->exec)
-        dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_FALLBACK, "the fallback heuristics", &fail, &offered, &skipped, engine,
-                     sizeof engine);
+        dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_FALLBACK, "the fallback heuristics", &o, engine, sizeof engine);
     if (dnn_good(b.st) && !p->exec) {
-        if (!dnn_good(fail.st)) {
-            b.st = fail.st;
-            memcpy(b.step, fail.step, sizeof b.step);
-            memcpy(b.why, fail.why, sizeof b.why);
-        } else {
+        if (!dnn_good(o.fail.st)) {
+            b.st = o.fail.st;
+            memcpy(b.step, o.fail.step, sizeof b.step);
+            memcpy(b.why, o.fail.why, sizeof b.why);
+        } else {   /* cuDNN logs its reasons only when asked */
             b.st = CUDNN_STATUS_NOT_SUPPORTED;
-            snprintf(b.step, sizeof b.step, "choosing an engine: the heuristics offered %d configuration%s%s", offered,
-                     offered == 1 ? "" : "s", skipped ? ", each noted non-deterministic" : "");
+            snprintf(b.step, sizeof b.step,
+                     "choosing an engine: the heuristics proposed %d configurations, %d passed cuDNN's support checks%s "
+                     "(CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr shows why)",
+                     o.offered, o.viable, o.skipped ? ", each noted non-deterministic" : "");
         }
     }
     int64_t ws = 0, n = 0;
