@@ -8,8 +8,8 @@
  *
  * Why that graph and not CUDNN_BACKEND_OPERATION_SDPA_FWD/BWD_DESCRIPTOR: in 9.19 that
  * descriptor has no causal mask (masks reach it as a subgraph from 9.21 on) and the frontend
- * takes it only from 9.21 on; for 9.19 on Hopper the frontend builds the composite graph,
- * which is what PyTorch's cuDNN attention runs.
+ * takes it only from 9.21 on; for 9.19 on Hopper the frontend builds the composite graph, so
+ * that is what its users (PyTorch's cuDNN attention among them) run.
  *
  * Letters as in backend.h, with T = Tq = Tk (the only calls taken here), D = HS, H = NH,
  * Hk = NKV, sc = 1/sqrt(D). cuDNN's tensors are 4-D [B, heads, T, D] over our (B,T,heads*D)
@@ -23,7 +23,8 @@
  *     masked; dV = P^T dO; dS = (dO V^T - softmax_sum) P sc; dK = dS^T Q; dQ = dS K. With
  *     GQA, dK and dV are the products over all H heads (bf16) reduced over each KV head's
  *     group. Deterministic (the frontend's choice for Hopper): dQ is the product itself
- *     (cuDNN's dP-workspace kernels); otherwise dQ accumulates in an f32 buffer in the
+ *     (cuDNN's dP-workspace kernels: B*NH*T*T bf16 of workspace, 768 MiB at GPT-2's batch
+ *     32 x 1024, outside the model's memory plan); otherwise dQ accumulates in an f32 buffer in the
  *     workspace (with atomics) that an IDENTITY op converts. A deterministic plan also skips
  *     engines cuDNN notes as non-deterministic.
  *
