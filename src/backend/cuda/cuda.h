@@ -51,6 +51,14 @@ backend *backend_cuda_create(void);
  * backend_attention_impl, which takes any backend.) */
 const char *backend_cuda_attention_impl(backend *be, bool backward);
 
+/* The check of cuDNN's attention graphs a machine without a GPU can make (tests; built with
+ * SKEIN_HAVE_CUDNN): builds the forward or backward graph of the shape (window W, 0 for none)
+ * and has cuDNN finalize every tensor, operation and the operation graph, which checks their
+ * attributes, types and dimensions (not the engines: they need the device). SK_OK, or a
+ * failure naming the step and cuDNN's status and message. */
+sk_status backend_cuda_cudnn_check_graph(int B, int T, int NH, int NKV, int HS, int W, bool backward,
+                                         bool deterministic);
+
 #ifdef __cplusplus
 }
 #endif

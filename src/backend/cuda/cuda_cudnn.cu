@@ -8,8 +8,8 @@
  *
  * Why that graph and not CUDNN_BACKEND_OPERATION_SDPA_FWD/BWD_DESCRIPTOR: in 9.19 that
  * descriptor has no causal mask (masks reach it as a subgraph from 9.21 on) and the frontend
- * takes it only from 9.21 on; for 9.19 on Hopper the frontend builds the composite graph,
- * which is what PyTorch's cuDNN attention runs.
+ * takes it only from 9.21 on; for 9.19 on Hopper the frontend builds the composite graph, so
+ * that is what its users (PyTorch's cuDNN attention among them) run.
  *
  * Letters as in backend.h, with T = Tq = Tk (the only calls taken here), D = HS, H = NH,
  * Hk = NKV, sc = 1/sqrt(D). cuDNN's tensors are 4-D [B, heads, T, D] over our (B,T,heads*D)
@@ -23,7 +23,8 @@
  *     masked; dV = P^T dO; dS = (dO V^T - softmax_sum) P sc; dK = dS^T Q; dQ = dS K. With
  *     GQA, dK and dV are the products over all H heads (bf16) reduced over each KV head's
  *     group. Deterministic (the frontend's choice for Hopper): dQ is the product itself
- *     (cuDNN's dP-workspace kernels); otherwise dQ accumulates in an f32 buffer in the
+ *     (cuDNN's dP-workspace kernels: B*NH*T*T bf16 of workspace, 768 MiB at GPT-2's batch
+ *     32 x 1024, outside the model's memory plan); otherwise dQ accumulates in an f32 buffer in the
  *     workspace (with atomics) that an IDENTITY op converts. A deterministic plan also skips
  *     engines cuDNN notes as non-deterministic.
  *
@@ -97,7 +98,7 @@ static bool dnn_good(cudnnStatus_t st) { return st == CUDNN_STATUS_SUCCESS; }
 typedef struct dnn_build {
     dnn_plan *p;              /* descriptors and scalars go here */
     cudnnStatus_t st;         /* the first failure, or success */
-    char step[160];           /* what failed */
+    char step[256];           /* what failed */
     char why[512];            /* cudnnGetLastErrorString right after it */
     int64_t next_uid;
     dnn_desc ops[DNN_MAX_OPS];
@@ -422,12 +423,19 @@ static int64_t dnn_engine_info(dnn_desc cfg, bool *nondet, bool *rtc) {
     return index;
 }
 
+/* What the heuristics gave for a graph, for the warning when no plan builds. */
+typedef struct dnn_offer {
+    int offered;    /* configurations the heuristics proposed */
+    int viable;     /* of those, the ones that passed cuDNN's support checks */
+    int skipped;    /* viable but noted non-deterministic (a deterministic plan skips them) */
+    dnn_build fail; /* the first plan that failed to build */
+} dnn_offer;
+
 /* Tries the engine configurations of heuristics mode `mode` for graph in cuDNN's order and
  * keeps the first whose plan builds (p->exec, its name in engine); a deterministic plan skips
- * engines noted non-deterministic. The first plan that fails to build is recorded in *fail
- * (a build of its own, for the warning); counts what was offered and skipped. */
+ * engines noted non-deterministic. Adds what it saw to *o. */
 static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mode, const char *mode_name,
-                         dnn_build *fail, int *offered, int *skipped, char *engine, size_t engine_len) {
+                         dnn_offer *o, char *engine, size_t engine_len) {
     dnn_plan *p = b->p;
     dnn_desc heur = dnn_new(b, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, mode_name);
     dnn_set_desc(b, heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph, mode_name);
@@ -439,6 +447,7 @@ static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mo
                                                &count, NULL), "counting the engine configurations of", mode_name) ||
         count <= 0)
         return;
+    o->offered += (int)count;
     dnn_desc *cfgs = (dnn_desc *)mem_calloc(sizeof(dnn_desc) * (size_t)count);
     SK_ASSERT(cfgs);
     int64_t made = 0, got = 0;
@@ -452,9 +461,9 @@ static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mo
     for (int64_t i = 0; dnn_good(b->st) && i < got && chosen < 0; i++) {
         bool nondet, rtc;
         const int64_t index = dnn_engine_info(cfgs[i], &nondet, &rtc);
-        ++*offered;
+        o->viable++;
         if (p->key.det && nondet) {
-            ++*skipped;
+            o->skipped++;
             continue;
         }
         char name[96];
@@ -477,7 +486,7 @@ static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mo
             break;
         }
         if (plan) cudnnBackendDestroyDescriptor(plan);
-        if (dnn_good(fail->st)) *fail = attempt;
+        if (dnn_good(o->fail.st)) o->fail = attempt;
     }
     for (int64_t i = 0; i < made; i++)
         if (i != chosen) cudnnBackendDestroyDescriptor(cfgs[i]);
@@ -487,38 +496,51 @@ static void dnn_try_mode(dnn_build *b, dnn_desc graph, cudnnBackendHeurMode_t mo
 /* Builds p's graph and plan; on success p->ok, the workspace grown to p's need and one line
  * on stderr naming the engine; on failure one warning naming the step and cuDNN's status and
  * message, and p stays not ok (its key runs on the own kernels). */
-static void dnn_plan_make(cuda_cudnn *c, dnn_plan *p) {
-    const dnn_key *k = &p->key;
-    char what[160], engine[160] = "";
-    snprintf(what, sizeof what, "%s for B %lld, T %lld, NH %lld, NKV %lld, HS %lld, window %lld",
+/* "forward for B .., T .., ..." naming p's key in messages. */
+static void dnn_key_name(const dnn_key *k, char *what, size_t n) {
+    snprintf(what, n, "%s for B %lld, T %lld, NH %lld, NKV %lld, HS %lld, window %lld",
              !k->bwd ? "forward" : k->det ? "backward (deterministic)" : "backward (non-deterministic)",
              (long long)k->B, (long long)k->T, (long long)k->NH, (long long)k->NKV, (long long)k->HS,
              (long long)k->W);
+}
+
+/* Builds b->p's graph (its key's direction) and finalizes its operation graph, on handle h
+ * (NULL: none, for the check without a device); the graph, or NULL with b failed. */
+static dnn_desc dnn_graph_build(dnn_build *b, cudnnHandle_t h) {
+    const dnn_key *k = &b->p->key;
+    b->next_uid = DNN_UID_FREE;
+    if (k->bwd) dnn_graph_backward(b, k);
+    else dnn_graph_forward(b, k);
+    dnn_desc graph = dnn_new(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "the operation graph");
+    if (h) dnn_set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, "the operation graph");
+    dnn_set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, b->n_ops, b->ops,
+            "the operation graph");
+    dnn_finalize(b, graph, "the operation graph");
+    return dnn_good(b->st) ? graph : NULL;
+}
+
+static void dnn_plan_make(cuda_cudnn *c, dnn_plan *p) {
+    const dnn_key *k = &p->key;
+    char what[160], engine[160] = "";
+    dnn_key_name(k, what, sizeof what);
     dnn_build b = {};
     b.p = p;
-    b.next_uid = DNN_UID_FREE;
-    if (k->bwd) dnn_graph_backward(&b, k);
-    else dnn_graph_forward(&b, k);
-    dnn_desc graph = dnn_new(&b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "the operation graph");
-    dnn_set(&b, graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &c->h, "the operation graph");
-    dnn_set(&b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, b.n_ops, b.ops,
-            "the operation graph");
-    dnn_finalize(&b, graph, "the operation graph");
-    dnn_build fail = {};
-    int offered = 0, skipped = 0;
-    dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_A, "heuristics mode A", &fail, &offered, &skipped, engine, sizeof engine);
+    dnn_desc graph = dnn_graph_build(&b, c->h);
+    dnn_offer o = {};
+    if (graph) dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_A, "heuristics mode A", &o, engine, sizeof engine);
     if (dnn_good(b.st) && !p->exec)
-        dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_FALLBACK, "the fallback heuristics", &fail, &offered, &skipped, engine,
-                     sizeof engine);
+        dnn_try_mode(&b, graph, CUDNN_HEUR_MODE_FALLBACK, "the fallback heuristics", &o, engine, sizeof engine);
     if (dnn_good(b.st) && !p->exec) {
-        if (!dnn_good(fail.st)) {
-            b.st = fail.st;
-            memcpy(b.step, fail.step, sizeof b.step);
-            memcpy(b.why, fail.why, sizeof b.why);
-        } else {
+        if (!dnn_good(o.fail.st)) {
+            b.st = o.fail.st;
+            memcpy(b.step, o.fail.step, sizeof b.step);
+            memcpy(b.why, o.fail.why, sizeof b.why);
+        } else {   /* cuDNN logs its reasons only when asked */
             b.st = CUDNN_STATUS_NOT_SUPPORTED;
-            snprintf(b.step, sizeof b.step, "choosing an engine: the heuristics offered %d configuration%s%s", offered,
-                     offered == 1 ? "" : "s", skipped ? ", each noted non-deterministic" : "");
+            snprintf(b.step, sizeof b.step,
+                     "choosing an engine: the heuristics proposed %d configurations, %d passed cuDNN's support checks%s "
+                     "(CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr shows why)",
+                     o.offered, o.viable, o.skipped ? ", each noted non-deterministic" : "");
         }
     }
     int64_t ws = 0, n = 0;
@@ -700,6 +722,36 @@ bool cuda_cudnn_attention_backward(cuda_ctx *x, cudaStream_t s, const cuda_attn_
     const int64_t uids[] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV};
     void *const ptrs[] = {q.p, k.p, v.p, out.p, dout.p, (void *)lse, dq.p, dk.p, dv.p};
     return dnn_run(c, p, s, uids, ptrs, 9);
+}
+
+/* The graph of a shape without a device: GPT-2's packed q, k, v rows (NKV == NH) or Llama's
+ * three contiguous blocks, out and dout contiguous. */
+extern "C" sk_status backend_cuda_cudnn_check_graph(int B, int T, int NH, int NKV, int HS, int W, bool backward,
+                                                    bool deterministic) {
+    dnn_plan *p = (dnn_plan *)mem_calloc(sizeof *p);
+    if (!p) return SK_ENOMEM;
+    dnn_key *k = &p->key;
+    k->bwd = backward, k->det = backward && deterministic;
+    k->B = B, k->T = T, k->NH = NH, k->NKV = NKV, k->HS = HS, k->W = W < T ? W : 0;
+    const int64_t QD = (int64_t)NH * HS, KD = (int64_t)NKV * HS, W3 = QD + 2 * KD;
+    for (int op = 0; op < OP_N; op++) {
+        const bool is_q = op == OP_Q || op == OP_DQ || op == OP_O || op == OP_DO;
+        k->st[op] = NKV == NH && op != OP_O && op != OP_DO ? W3 : is_q ? QD : KD;
+        k->sb[op] = k->st[op] * T;
+    }
+    dnn_build b = {};
+    b.p = p;
+    dnn_graph_build(&b, NULL);
+    sk_status st = SK_OK;
+    if (!dnn_good(b.st)) {
+        char what[160];
+        dnn_key_name(k, what, sizeof what);
+        st = sk_fail(SK_EARG, "cuDNN attention %s: %s: %s%s%s", what, b.step, cudnnGetErrorString(b.st),
+                     b.why[0] ? ": " : "", b.why);
+    }
+    dnn_plan_release(p);
+    mem_free(p);
+    return st;
 }
 
 void cuda_cudnn_free(cuda_ctx *x) {
