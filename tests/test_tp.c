@@ -344,7 +344,7 @@ TEST(engine_matches_the_whole_model) {
         int ts[EREQ * EGEN], tw[EREQ * EGEN];
         float ls[EREQ * EGEN * ETOP], lw[EREQ * EGEN * ETOP];
         sk_status st = engine_run(s, ts, ls);
-        engine_tp_release(s);
+        engine_tp_release(c);
         model_free(s);
         CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
         model *w = NULL;

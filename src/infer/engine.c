@@ -22,7 +22,7 @@
 /* Tensor parallelism: rank 0's engine drives engine_follow on the other ranks with messages
  * broadcast over m->tp.comm: a header of TP_HEADER ints, its kind first, and after a step's
  * header the step's arrays (engine_tp_pack's order). */
-enum { TP_START = 1, TP_STEP, TP_IDLE, TP_END, TP_STOP };
+enum { TP_START = 1, TP_STEP, TP_IDLE, TP_END, TP_STATS, TP_STOP };
 enum { TP_HEADER = 6 };
 /* An idle rank 0 says it is alive this often (engine_heartbeat). */
 #define ENGINE_TP_IDLE_S 1.0
@@ -363,8 +363,29 @@ sk_status engine_heartbeat(engine *e) {
     return engine_tp_say(e->m, TP_IDLE);
 }
 
-void engine_tp_release(model *m) {
-    if (model_step_status(m) == SK_OK) engine_tp_say(m, TP_STOP);
+void engine_tp_release(comm *c) {
+    int h[TP_HEADER] = {TP_STOP};
+    if (c && c->world > 1 && c->rank == 0) comm_broadcast(c, h, sizeof h, 0);   /* a broken comm fails at once */
+}
+
+/* Every rank's row of engine_tp_stats: this rank's in stats(K, ENGINE_TP_NSTATS), zeros
+ * elsewhere, summed over the ranks. */
+static sk_status engine_tp_rows(const model *m, double *stats) {
+    const int K = m->tp.size;
+    size_t resident = 0;
+    memset(stats, 0, sizeof(double) * (size_t)K * ENGINE_TP_NSTATS);
+    SK_TRY(model_resident_bytes(m, &resident));
+    double *row = stats + (size_t)m->tp.rank * ENGINE_TP_NSTATS;
+    row[ENGINE_TP_RESIDENT] = (double)resident;
+    row[ENGINE_TP_SLICES] = (double)m->tp.slice_bytes;
+    row[ENGINE_TP_COMM_S] = m->tp.comm_s;
+    return K > 1 ? comm_all_reduce_f64(m->tp.comm, stats, (size_t)K * ENGINE_TP_NSTATS) : SK_OK;
+}
+
+sk_status engine_tp_stats(model *m, double *stats) {
+    SK_ASSERT(m->tp.rank == 0);
+    SK_TRY(engine_tp_say(m, TP_STATS));
+    return engine_tp_rows(m, stats);
 }
 
 /* The test hook SKEIN_TEST_KILL_RANK=R:STEP: the step at which this rank kills itself (0: never). */
@@ -418,6 +439,8 @@ sk_status engine_follow(model *m) {
     SK_ASSERT(m->tp.size > 1 && m->tp.rank > 0);
     const long kill_at = engine_kill_step(m->tp.rank);
     engine_shadow f = {0};
+    double *stats = mem_alloc(sizeof(double) * (size_t)m->tp.size * ENGINE_TP_NSTATS);
+    if (!stats) return SK_ENOMEM;
     long steps = 0;
     sk_status st = SK_OK;
     int h[TP_HEADER];
@@ -429,11 +452,14 @@ sk_status engine_follow(model *m) {
             st = engine_shadow_step(m, h, &f);
         } else if (h[0] == TP_END) {
             engine_shadow_free(&f);
+        } else if (h[0] == TP_STATS) {
+            st = engine_tp_rows(m, stats);
         } else if (h[0] != TP_IDLE) {
             st = sk_fail(SK_ECOMM, "engine: rank %d got message %d from rank 0 (the ranks run different programs)",
                          m->tp.rank, h[0]);
         }
     }
     engine_shadow_free(&f);
+    mem_free(stats);
     return st;
 }

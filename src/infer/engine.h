@@ -32,7 +32,8 @@
  * samples (the logits are whole on every rank). A dead or hung rank makes the step fail with
  * SK_ECOMM naming it; the engine is then unusable. While it has no work, rank 0 calls
  * engine_heartbeat so that the waiting ranks (bounded by the comm's timeout) know it is alive,
- * and once done with the model it calls engine_tp_release, which ends engine_follow.
+ * and once done with the model (or failing before it has one) it calls engine_tp_release, which
+ * ends engine_follow.
  * SKEIN_TEST_KILL_RANK=R:STEP (tests only): rank R > 0 kills itself with SIGKILL when step STEP
  * (counted from 1 over its engine_follow) arrives. */
 #ifndef SKEIN_ENGINE_H
@@ -41,6 +42,8 @@
 #include "infer/kv.h"
 #include "infer/sample.h"
 #include "infer/sched.h"
+
+typedef struct comm comm;   /* comm/comm.h */
 
 typedef struct engine engine;
 
@@ -111,9 +114,17 @@ uint64_t engine_preemptions(const engine *e);
 /* Rank 0, while its engine has no work (at least every second): tells the other ranks it is
  * alive when it has sent them nothing for a second. */
 sk_status engine_heartbeat(engine *e);
-/* Rank 0, once done with the split model m (before model_free; any engine freed): ends the
- * other ranks' engine_follow. Nothing is sent once m's collectives failed. */
-void engine_tp_release(model *m);
+/* Rank 0 of the ranks of c, once done with its split model (any engine freed), or when it
+ * fails before it has one: ends the other ranks' engine_follow. No-op for c NULL, of one rank,
+ * or on another rank; after a failure of c nobody listens and nothing is sent. */
+void engine_tp_release(comm *c);
+/* What each rank reports to engine_tp_stats. */
+enum { ENGINE_TP_RESIDENT, ENGINE_TP_SLICES, ENGINE_TP_COMM_S, ENGINE_TP_NSTATS };
+/* Rank 0: every rank's resident weight bytes (model_resident_bytes), bytes of slices copied out
+ * of the files (model_tp.slice_bytes) and seconds spent in collectives (model_tp.comm_s), into
+ * stats(K, ENGINE_TP_NSTATS), the other ranks answering from engine_follow; a model that is not
+ * split: its own row. Between engines or steps. */
+sk_status engine_tp_stats(model *m, double *stats);
 /* Every rank but 0 of a split model: runs the engines rank 0 creates, step by step, until
  * rank 0's engine_tp_release (SK_OK) or a failure (SK_ECOMM naming the operation and rank). */
 sk_status engine_follow(model *m);

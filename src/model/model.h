@@ -162,6 +162,10 @@ typedef struct model_tp {
     model_tp_run *run;     /* NULL until model_infer_prepare */
     sk_status status;      /* SK_OK, or the first failed collective's (the model is then unusable) */
     char error[512];       /* that failure's message */
+    double comm_s;         /* seconds its steps spent in collectives, each from its start to the
+                            * end of its wait: on a host-memory backend (MPI) the whole of each,
+                            * what the steps pay for communication (waiting for a slower rank
+                            * included); on a device, only the host's waits */
 } model_tp;
 
 /* How one parameter is cut (model_arch.split). The cut dimension `dim` of the stored tensor is
@@ -336,6 +340,10 @@ sk_status model_open_split(const char *dir, backend *be, comm *c, model **out);
 /* The same over opened weights w (the server's mapping), as model_open_wts: *out takes its own
  * reference. */
 sk_status model_open_wts_split(const model_config *cfg, wts *w, backend *be, comm *c, model **out);
+/* Bytes of m's weights resident in this process now (*out): the pages of its weight files
+ * that are mapped here (memstat), its slices (model_tp) and the converted copies of its wts;
+ * a training model's f32 parameters. SK_EIO when /proc cannot be read. */
+sk_status model_resident_bytes(const model *m, size_t *out);
 /* SK_OK, or the failure of one of m's collectives since it was opened (SK_ECOMM naming the
  * operation and the rank that died or did not answer), with its message: a split model whose
  * step failed is unusable. Always SK_OK for a model that is not split. */

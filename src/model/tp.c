@@ -244,7 +244,9 @@ static void tp_failed(model *m, sk_status st) {
 /* Waits for the oldest request in flight. */
 static void tp_wait_oldest(model *m) {
     model_tp_run *r = m->tp.run;
+    const double t0 = time_now();
     sk_status st = comm_wait(m->tp.comm, r->pending[0]);
+    m->tp.comm_s += time_now() - t0;
     memmove(r->pending, r->pending + 1, sizeof(comm_req *) * (size_t)--r->n_pending);
     if (st) tp_failed(m, st);
 }
@@ -256,6 +258,7 @@ static void tp_collective(model *m, bool gather, float *buf, size_t n) {
     model_tp_run *r = t->run;
     backend *be = m->be;
     if (t->status) return;
+    const double t0 = time_now();
     be->ops->event_record(be, r->ready, NULL);
     be->ops->stream_wait_event(be, r->cs, r->ready);
     comm_req *req = NULL;
@@ -269,8 +272,10 @@ static void tp_collective(model *m, bool gather, float *buf, size_t n) {
     be->ops->stream_wait_event(be, NULL, r->done);
     if (be->host_memory) {   /* the next op reads the result on the host: now */
         if ((st = comm_wait(t->comm, req))) tp_failed(m, st);
+        t->comm_s += time_now() - t0;
         return;
     }
+    t->comm_s += time_now() - t0;
     if (r->n_pending == TP_PENDING) tp_wait_oldest(m);
     r->pending[r->n_pending++] = req;
 }

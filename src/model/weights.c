@@ -44,6 +44,7 @@
 #include <string.h>
 
 #include "base/file.h"
+#include "base/memstat.h"
 #include "base/rng.h"
 #include "comm/comm.h"
 #include "model/arch.h"
@@ -291,6 +292,22 @@ sk_status model_open_split(const char *dir, backend *be, comm *c, model **out) {
 }
 
 sk_status model_open_weights(const char *dir, backend *be, model **out) { return model_open_split(dir, be, NULL, out); }
+
+sk_status model_resident_bytes(const model *m, size_t *out) {
+    *out = m->params ? m->n_params * sizeof(float) : 0;
+    if (!m->weights) return SK_OK;
+    *out += m->tp.slice_bytes + wts_copied_bytes(m->weights);
+    const wts *w = m->weights;
+    for (int i = 0; i < wts_count(w); i++) {   /* each file once: its tensors are consecutive or not */
+        bool seen = false;
+        for (int k = 0; k < i && !seen; k++) seen = wts_file(w, k) == wts_file(w, i);
+        memstat map;
+        if (seen) continue;
+        SK_TRY(memstat_read(0, wts_file(w, i), &map));
+        *out += map.rss;
+    }
+    return SK_OK;
+}
 
 /* ---- writing: one file or shards ---- */
 
