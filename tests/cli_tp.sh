@@ -3,15 +3,12 @@
 # one process, the engine's followers) at 2, 3 and 4 ranks (3 and 4 oversubscribe a 2-core
 # machine). Prints PASS/FAIL lines, or one SKIP line where mpirun is missing or MPI is not
 # built in.
+. tests/lib_serve.sh   # SK, TOK, T, PID, pass/fail, serve_start
 B=${BUILD:-build}
 BIN=$B/tests/test_tp
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
 [ -x "$BIN" ] || { fail cli_tp "$BIN is not built"; exit 1; }
 command -v mpirun >/dev/null 2>&1 || { echo "SKIP cli_tp: mpirun not found"; exit 0; }
 ldd "$BIN" 2>/dev/null | grep -q libmpi || { echo "SKIP cli_tp: MPI is not built in"; exit 0; }
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
 # Root in CI, shared memory without CMA in containers.
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
@@ -30,9 +27,6 @@ ranks_ok 3
 ranks_ok 4
 
 # ---- the commands: skein generate, bench and serve with --tp ----
-SK=${SKEIN:-./skein}
-[ -x "$SK" ] || { fail cli_tp_commands "$SK is not built"; exit 1; }
-TOK=tests/fixtures/tok2/llama3.json
 # a Llama with grouped KV heads (2 over 2 ranks, shared at 4), a GPT-2 and a Llama of 6 heads (3 ranks)
 $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64 --context 128 --tokenizer $TOK --out "$T/llama" >/dev/null 2>"$T/err" &&
 $SK init --arch gpt2 --layers 2 --heads 6 --dim 48 --context 128 --tokenizer $TOK --out "$T/gpt2" >/dev/null 2>>"$T/err" &&
@@ -79,23 +73,11 @@ SKEIN_TEST_KILL_RANK=1:3 timeout 60 $SK generate --model "$T/llama" --prompt "st
 if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "rank 1.*signal 9\|rank(s) 1" "$T/err"; then pass tp_generate_rank_killed
 else fail tp_generate_rank_killed "exit $rc: $(grep -v '^\s*$' "$T/err" | head -5)"; fi
 
-# ---- skein serve --tp 2 ----
+# ---- skein serve --tp 2 (serve_start: lib_serve.sh) ----
 command -v curl >/dev/null 2>&1 || { echo "SKIP tp_serve: curl not found"; exit 0; }
-# serve_at LOG ARGS...: the server in the background (PID), its URL in U once it listens
-serve_at() {
-    log=$1; shift
-    : >"$log"
-    $SK serve "$@" --port 0 2>"$log" &
-    PID=$!
-    i=0
-    while ! grep -q 'listening on' "$log" && [ $i -lt 200 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$log")
-    U=http://127.0.0.1:$port
-    [ -n "$port" ]
-}
 body='{"prompt": "static int", "max_tokens": 16, "temperature": 0}'
 gen "$T/llama" >"$T/one"
-if serve_at "$T/slog" --model "$T/llama" --tp 2; then
+if serve_start "$T/slog" --model "$T/llama" --tp 2; then
     st=$(curl -s -m 30 -o "$T/comp" -w '%{http_code}' -d "$body" $U/v1/completions)
     want=$(python3 -c "import sys; t=open(sys.argv[1],'rb').read().decode('utf-8','replace'); print(repr(t[len('static int'):-1]))" "$T/one")
     got=$(python3 -c "import json,sys; print(repr(json.load(open(sys.argv[1]))['choices'][0]['text']))" "$T/comp" 2>/dev/null)
@@ -103,20 +85,22 @@ if serve_at "$T/slog" --model "$T/llama" --tp 2; then
     else fail tp_serve_equals_generate "$st: $got vs $want $(cat "$T/comp")"; fi
     kill $PID; i=0
     while kill -0 $PID 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-    if kill -0 $PID 2>/dev/null; then fail tp_serve_stops "still running 10 s after SIGTERM"; kill -9 $PID
+    if kill -0 $PID 2>/dev/null; then fail tp_serve_stops "still running 10 s after SIGTERM"
     else wait $PID; rc=$?; [ $rc -eq 0 ] && pass tp_serve_stops || fail tp_serve_stops "exit $rc: $(tail -3 "$T/slog")"; fi
-else fail tp_serve_equals_generate "no server: $(tail -5 "$T/slog")"; kill $PID 2>/dev/null; fi
+else fail tp_serve_equals_generate "no server: $(tail -5 "$T/slog")"; fi
+PID=""
 
 # rank 1 dies in the middle of a request: the request gets a 500 naming it, the server exits 1
-if SKEIN_TEST_KILL_RANK=1:3 serve_at "$T/slog" --model "$T/llama" --tp 2 --comm-timeout 3; then
+export SKEIN_TEST_KILL_RANK=1:3
+if serve_start "$T/slog" --model "$T/llama" --tp 2 --comm-timeout 3; then
     st=$(curl -s -m 60 -o "$T/comp" -w '%{http_code}' -d "$body" $U/v1/completions)
     if [ "$st" = 500 ] && grep -q 'rank(s) 1' "$T/comp"; then pass tp_serve_rank_killed_answers
     else fail tp_serve_rank_killed_answers "$st: $(cat "$T/comp")"; fi
     i=0
     while kill -0 $PID 2>/dev/null && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
-    if kill -0 $PID 2>/dev/null; then fail tp_serve_rank_killed_exits "still running 20 s later"; kill $PID
-    else wait $PID; rc=$?
+    if kill -0 $PID 2>/dev/null; then fail tp_serve_rank_killed_exits "still running 20 s later"
+    else wait $PID; rc=$?; PID=""
         if [ $rc -eq 1 ] && grep -q "its 2 ranks failed.*rank(s) 1.*the server stops" "$T/slog"; then pass tp_serve_rank_killed_exits
         else fail tp_serve_rank_killed_exits "exit $rc: $(tail -3 "$T/slog")"; fi
     fi
-else fail tp_serve_rank_killed_answers "no server: $(tail -5 "$T/slog")"; kill $PID 2>/dev/null; fi
+else fail tp_serve_rank_killed_answers "no server: $(tail -5 "$T/slog")"; fi
