@@ -10,7 +10,10 @@
  *     greedy from the whole model) and the logits agree within 1e-4 on every row, with the
  *     same greedy token (unless the whole model's two best are within 2e-4);
  *   - the engine: rank 0's engine over its share, the others in engine_follow, gives the same
- *     greedy tokens as an engine over the whole model, with log-probabilities within 1e-4.
+ *     greedy tokens as an engine over the whole model, with log-probabilities within 1e-4;
+ *   - the residency: after steps that read every weight of its share, a rank of a 146 MB GPT-2
+ *     holds at most 1/K of the files plus 15% (model_resident_bytes: the mapped pages still
+ *     resident, the slices), where the whole model, read, holds at least 90% of them.
  * The models: the fixtures (GPT-2 with a vocabulary that does not divide, Llama with grouped
  * and with a single key/value head, Qwen2's biases, a sharded Mistral with a sliding window,
  * tied bf16 weights) and two generated ones whose 3 and 6 heads divide over 3 ranks. */
@@ -286,6 +289,52 @@ TEST(logits_match_the_whole_model) {
     }
     if (c->rank == 0) printf("  %d models split over %d ranks\n", ran, c->world);
     CHECK(ran >= 2);
+}
+
+/* The bytes of m's weights resident after reading a byte of every page of its mapped views
+ * (no compute: what a step would touch). */
+static size_t touched_bytes(const model *m) {
+    volatile unsigned sum = 0;
+    for (int i = 0; i < m->n_specs; i++) {
+        const tensor v = m->views[i];
+        for (size_t k = 0; v.mem == MEM_MAPPED && k < tensor_bytes(v); k += 4096) sum += ((const unsigned char *)v.data)[k];
+    }
+    size_t n = 0;
+    return model_resident_bytes(m, &n) == SK_OK ? n : 0;
+}
+
+TEST(resident_weights_are_a_share) {
+    comm *c = world();
+    if (c->world == 1) SKIP("needs mpirun -n K (tests/cli_tp.sh)");
+    /* 12 heads and an MLP of 4608 divide over 2, 3 and 4 ranks; 146 MB of f32, so that what a
+     * read maps around a view of the file (the page cache's large folios: up to 2 MB on either
+     * side of each of a rank's 4 views) is small beside a share */
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/gpt2big", test_tmpdir());
+    model_config cfg;
+    model_config_gpt2(&cfg, 2, 12, 1152, 64, 4096);
+    cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0;
+    CHECK_MSG(model_config_validate(&cfg, "test") == SK_OK && model_init_folder(&cfg, dir, 3, DT_F32, MODEL_SHARD_BYTES) == SK_OK, "%s",
+              sk_errmsg());
+    model *s = NULL;
+    CHECK(model_open_split(dir, g_be, c, &s) == SK_OK);
+    int mismatch = 0;
+    const double worst = run_both(s, s, &mismatch);   /* the share against itself: every weight of it read */
+    size_t mine = 0;
+    const size_t files = wts_mapped_bytes(s->weights);
+    sk_status st = model_resident_bytes(s, &mine);
+    model_free(s);
+    CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
+    CHECK(worst == 0);
+    CHECK_MSG(mine <= files / (size_t)c->world + files * 15 / 100, "rank %d: %zu bytes resident, over 1/%d of %zu + 15%%",
+              c->rank, mine, c->world, files);
+    if (c->rank > 0) return;
+    model *w = NULL;   /* the measure itself: the whole model read holds its files */
+    CHECK(model_open_weights(dir, g_be, &w) == SK_OK);
+    const size_t whole = touched_bytes(w);
+    model_free(w);
+    printf("  rank 0 of %d: %zu resident weight bytes, the whole model %zu (files %zu)\n", c->world, mine, whole, files);
+    CHECK_MSG(whole >= files * 9 / 10, "the whole model read: %zu of %zu bytes resident", whole, files);
 }
 
 enum { EREQ = 3, EGEN = 10, ETOP = 5 };

@@ -29,6 +29,7 @@
 #include "serve/api.h"
 
 #define SERVE_MAX_MODELS 16
+#define SERVE_MAX_ARGS 512
 
 /* Takes every "--model DIR" and "--served-model-name NAME" out of argv (both may repeat: a
  * name names the --model before it), leaving the other flags for args_parse. */
@@ -87,11 +88,12 @@ static void serve_stop_self(void *ctx) {
 int cmd_serve(int argc, char **argv) {
     const char *dirs[SERVE_MAX_MODELS], *names[SERVE_MAX_MODELS], *unused = NULL;
     int n_models = 0;
-    const int argc0 = argc;
-    char **argv0 = mem_alloc(sizeof(char *) * (size_t)(argc + 1));   /* for --tp's ranks: argv as given */
-    if (!argv0) return cli_fail(SK_ENOMEM);
-    memcpy(argv0, argv, sizeof(char *) * (size_t)argc);
-    sk_status st = serve_take_models(&argc, argv, dirs, names, &n_models);
+    /* the flags without the models go to args_parse; argv stays as given for --tp's ranks */
+    char *rest[SERVE_MAX_ARGS];
+    int n_rest = argc;
+    if (argc > SERVE_MAX_ARGS) return cli_fail(sk_fail(SK_EARG, "skein serve: at most %d arguments", SERVE_MAX_ARGS));
+    memcpy(rest, argv, sizeof(char *) * (size_t)argc);
+    sk_status st = serve_take_models(&n_rest, rest, dirs, names, &n_models);
     if (st != SK_OK) return cli_fail(st);
     const char *host = "127.0.0.1", *key = getenv("SKEIN_API_KEY"), *chat_name = NULL, *device = "cpu", *devices = NULL,
                *kv_memory = NULL;
@@ -127,16 +129,8 @@ int cmd_serve(int argc, char **argv) {
         {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false},
         {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a step waiting longer for a rank fails (default 60)", false, false},
     };
-    st = args_parse("skein serve", argc, argv, specs, ARG_COUNT(specs));
-    if (st == SK_OK && tp > 1 && launch_by_hand()) {
-        int rc = launch_tp("serve", argc0, argv0, (int)tp, n_models ? dirs[0] : NULL, true);
-        mem_free(argv0);
-        return rc;
-    }
-    mem_free(argv0);
-    if (st != SK_OK) return cli_fail(st);
+    if ((st = args_parse("skein serve", n_rest, rest, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
     if (n_models == 0) return cli_fail(sk_fail(SK_EARG, "skein serve: missing required flag --model"));
-    if (tp > 1 && n_models > 1) return cli_fail(sk_fail(SK_EARG, "serve: --tp serves one --model"));
     if (max_seqs < 1 || max_seqs > 4096) return cli_fail(sk_fail(SK_EARG, "serve: --max-seqs must be in [1, 4096]"));
     if (max_batch < 1 || max_batch > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-batch-tokens must be in [1, 1048576]"));
     if (max_queue < 0 || max_queue > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-queue must be in [0, 1048576]"));
@@ -152,6 +146,10 @@ int cmd_serve(int argc, char **argv) {
     if (!serve_seen(specs, n_specs, "--min-replicas")) min_replicas = serve_seen(specs, n_specs, "--max-replicas") ? 1 : replicas;
     if (!serve_seen(specs, n_specs, "--max-replicas")) max_replicas = replicas > min_replicas ? replicas : min_replicas;
     if (key && !key[0]) key = NULL;
+    if (tp > 1 && (n_models > 1 || max_replicas > 1 || devices))
+        return cli_fail(sk_fail(SK_EARG, "serve: --tp %ld serves one --model with one replica over its ranks (leave out "
+                                         "--replicas, --max-replicas and --devices)", tp));
+    if (tp > 1 && launch_by_hand()) return launch_tp("serve", argc, argv, (int)tp, dirs[0], true);
 
     comm *c = NULL;
     if ((st = launch_tp_join((int)tp, devices ? "cuda" : device, comm_timeout, &c))) return cli_fail(st);

@@ -329,11 +329,11 @@ sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **o
  * shapes that do not. */
 sk_status model_tp_check(const model_config *cfg, int K);
 /* model_open_weights cut over the ranks of c: this rank's share (model_tp) of dir's model.
- * Every rank reads only its slices: on the CPU a slice that is contiguous in the file (rows of
- * a stored matrix) stays a view into the read-only mapping; the others (columns of a stored
- * matrix, GPT-2's packed q/k/v, the embedding with its zero row) are copied into m->tp.slices
- * in the file's dtype, and the source pages are released from this process (file_map_release),
- * so a rank's resident weights are about 1/K of the model's. On a device backend every slice
+ * Every rank reads only its slices: on the CPU a slice that is rows of a stored matrix stays a
+ * view into the read-only mapping; the others (columns of a stored matrix, GPT-2's packed
+ * q/k/v, the embedding with its zero row, and every 1-D tensor) are copied into m->tp.slices in
+ * the file's dtype, and every page of the mapping outside this rank's views is then released
+ * from the process (file_map_release), so its resident weights are about 1/K of the model's. On a device backend every slice
  * is an f32 copy in device memory. c NULL or of one rank: model_open_weights. Checks the
  * folder as model_open_weights does, then model_tp_check. */
 sk_status model_open_split(const char *dir, backend *be, comm *c, model **out);

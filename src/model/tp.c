@@ -10,6 +10,7 @@
 #include "model/tp.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/file.h"
@@ -101,7 +102,8 @@ static tp_piece tp_piece_of(const model *m, const model_param *p, tensor g, bool
     }
     SK_ASSERT(q.start + q.count <= q.block && q.block * q.blocks == (q.dim == 0 ? q.rows : q.cols));
     q.shape[g.ndim == 1 ? 0 : s.dim] = q.blocks * q.count + (q.zero_row ? 1 : 0);
-    q.copy = !q.absent && (device || q.zero_row || q.blocks > 1 || (q.dim == 1 && q.count < q.cols));
+    /* 1-D pieces too (a few KB): the mapping is then read only through the large row views */
+    q.copy = !q.absent && (device || g.ndim == 1 || q.zero_row || q.blocks > 1 || (q.dim == 1 && q.count < q.cols));
     return q;
 }
 
@@ -154,7 +156,36 @@ static void tp_copy_piece(tp_writer *w, const tp_piece *q, tensor g) {
     }
     tp_flush(w);
     if (q->zero_row) w->dst += (size_t)q->cols * dtype_size(w->dt);
-    if (g.mem == MEM_MAPPED) file_map_release(g.data, tensor_bytes(g));   /* read once: not resident here */
+}
+
+static int tp_cmp_views(const void *a, const void *b) {
+    const char *x = ((const tensor *)a)->data, *y = ((const tensor *)b)->data;
+    return (x > y) - (x < y);
+}
+
+/* Releases every page of m's file mappings but those of its own mapped views (file_map_release):
+ * what the copies read is read once, and the page cache maps a file in large folios, so one
+ * byte read can map megabytes around it. */
+static sk_status tp_release_unused(model *m) {
+    tensor *kept = mem_alloc(sizeof(tensor) * (size_t)m->n_specs);
+    if (!kept) return SK_ENOMEM;
+    for (int j = 0; j < wts_files(m->weights); j++) {
+        const file_map f = wts_mapping(m->weights, j);
+        const char *lo = f.data, *hi = lo + f.size, *from = lo;
+        int n = 0;
+        for (int i = 0; i < m->n_specs; i++)
+            if (m->views[i].mem == MEM_MAPPED && (const char *)m->views[i].data >= lo && (const char *)m->views[i].data < hi)
+                kept[n++] = m->views[i];
+        qsort(kept, (size_t)n, sizeof *kept, tp_cmp_views);
+        for (int k = 0; k <= n; k++) {
+            const char *to = k < n ? (const char *)kept[k].data : hi;
+            if (to > from) file_map_release(from, (size_t)(to - from));
+            if (k < n && (const char *)kept[k].data + tensor_bytes(kept[k]) > from)
+                from = (const char *)kept[k].data + tensor_bytes(kept[k]);
+        }
+    }
+    mem_free(kept);
+    return SK_OK;
 }
 
 static size_t tp_round(size_t n) { return (n + SLICE_ALIGN - 1) / SLICE_ALIGN * SLICE_ALIGN; }
@@ -194,7 +225,7 @@ sk_status tp_cut(model *m, comm *c, const tensor *full) {
         }
     }
     mem_free(w.stage);
-    return SK_OK;
+    return tp_release_unused(m);
 }
 
 /* ---- the step ---- */

@@ -236,6 +236,7 @@ static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c,
             st = sk_fail(SK_ECONFIG, "%s: tensor '%s' is %s, which the %s backend cannot read in place (weights "
                          "opened for another backend)", wts_path(w), m->specs[i].name, dtype_name(dt), be->name);
     }
+    m->weights = wts_ref(w);
     if (st == SK_OK && c) {
         st = tp_cut(m, c, views);
         mem_free(views);
@@ -246,7 +247,6 @@ static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c,
         model_free(m);
         return st;
     }
-    m->weights = wts_ref(w);
     *out = m;
     return SK_OK;
 }
@@ -297,13 +297,12 @@ sk_status model_resident_bytes(const model *m, size_t *out) {
     *out = m->params ? m->n_params * sizeof(float) : 0;
     if (!m->weights) return SK_OK;
     *out += m->tp.slice_bytes + wts_copied_bytes(m->weights);
-    const wts *w = m->weights;
-    for (int i = 0; i < wts_count(w); i++) {   /* each file once: its tensors are consecutive or not */
-        bool seen = false;
-        for (int k = 0; k < i && !seen; k++) seen = wts_file(w, k) == wts_file(w, i);
+    /* this wts's own mappings (by address: the process may map a file twice) */
+    for (int j = 0; j < wts_files(m->weights); j++) {
+        const file_map f = wts_mapping(m->weights, j);
         memstat map;
-        if (seen) continue;
-        SK_TRY(memstat_read(0, wts_file(w, i), &map));
+        if (!f.data) continue;
+        SK_TRY(memstat_read_range(f.data, f.size, &map));
         *out += map.rss;
     }
     return SK_OK;
