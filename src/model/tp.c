@@ -4,9 +4,11 @@
  * A cut piece is described by where it lies in the whole tensor: along the cut dimension the
  * tensor is `blocks` blocks of `block` elements, and the rank takes [start, start + count) of
  * each. Rows of a row-major matrix (dim 0, one block) are contiguous in the file: on a
- * host-memory backend they stay a view into the mapping. Anything else is copied, in order,
- * into one backend allocation (m->tp.slices): the destination of a piece is always written
- * front to back, so a device backend is filled through one staging buffer. */
+ * host-memory backend they stay a view into the mapping. Anything else, 1-D pieces included, is
+ * copied, in order, into one backend allocation (m->tp.slices): the destination of a piece is
+ * always written front to back, so a device backend is filled through one staging buffer.
+ * Then every page of the mapping outside the rank's views is released from the process
+ * (tp_release_unused), so its resident weights are its share. */
 #include "model/tp.h"
 
 #include <stdio.h>
