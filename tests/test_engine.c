@@ -111,7 +111,7 @@ TEST(batched_step_matches_infer_step_logits) {
         }
         /* the same through model_infer_batch: both sequences in every step, blocks of 4 */
         kv_pool *pool = NULL;
-        CHECK(kv_pool_init(m, 12 * kv_block_bytes(&m->cfg, 4), 4, &pool) == SK_OK);
+        CHECK(kv_pool_init(m, 12 * kv_block_bytes(m, 4), 4, &pool) == SK_OK);
         CHECK(model_infer_prepare(m, 32, 2, m->cfg.n_positions) == SK_OK);
         kv_seq seq[2];
         const int MB = 8;

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -88,6 +89,12 @@ void file_map_close(file_map *map) {
     if (map->data) munmap(map->data, map->size);
     map->data = NULL;
     map->size = 0;
+}
+
+void file_map_release(const void *p, size_t bytes) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = ((uintptr_t)p + page - 1) / page * page,
+                    hi = ((uintptr_t)p + bytes) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);   /* advice: nothing to do when refused */
 }
 
 bool file_exists(const char *path) {

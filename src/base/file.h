@@ -19,6 +19,11 @@ sk_status file_write_all(const char *path, const void *data, size_t size);
 sk_status file_write_atomic(const char *path, const void *data, size_t size);
 sk_status file_map_open(const char *path, file_map *map);
 void file_map_close(file_map *map);
+/* Drops this process's hold on the whole pages inside [p, p + bytes) of a read-only shared
+ * mapping (madvise MADV_DONTNEED): the page cache keeps them, this process's resident set no
+ * longer counts them, and a later read maps them back. For data read once through a mapping
+ * (a tensor-parallel rank copying its slice of a matrix out of the file). */
+void file_map_release(const void *p, size_t bytes);
 
 bool file_exists(const char *path);
 bool file_is_dir(const char *path);

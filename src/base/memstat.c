@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,10 +27,11 @@ static const char *header_path(char *line) {
     return *p ? p : NULL;
 }
 
-sk_status memstat_read(int pid, const char *path, memstat *out) {
+/* Sums the mappings of pid (0: this process) that a header selects: of the file or folder
+ * want (realpath'd) when not NULL, else those overlapping [lo, hi) when hi > lo, else all. */
+static sk_status memstat_sum(int pid, const char *want, uintptr_t lo, uintptr_t hi, memstat *out) {
     memset(out, 0, sizeof *out);
-    char want[PATH_MAX], smaps[64];
-    if (path && !realpath(path, want)) return sk_fail(SK_EIO, "memstat: %s: %s", path, strerror(errno));
+    char smaps[64];
     if (pid > 0) snprintf(smaps, sizeof smaps, "/proc/%d/smaps", pid);
     else snprintf(smaps, sizeof smaps, "/proc/self/smaps");
     FILE *f = fopen(smaps, "r");
@@ -47,15 +49,15 @@ sk_status memstat_read(int pid, const char *path, memstat *out) {
     char line[PATH_MAX + 256], name[64];
     bool counting = false;
     while (fgets(line, sizeof line, f)) {
-        unsigned long long kb, lo, hi;
+        unsigned long long kb, start, end;
         int used = 0;
         if (sscanf(line, "%63[A-Za-z_]: %llu kB%n", name, &kb, &used) == 2 && used > 0) {
             if (!counting) continue;
             for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
                 if (!strcmp(name, fields[i].name)) *(size_t *)((char *)out + fields[i].off) += (size_t)kb * 1024;
-        } else if (sscanf(line, "%llx-%llx ", &lo, &hi) == 2) {   /* a header: "start-end ..." */
+        } else if (sscanf(line, "%llx-%llx ", &start, &end) == 2) {   /* a header: "start-end ..." */
             const char *mapped = header_path(line);
-            counting = !path || (mapped && path_covers(want, mapped));
+            counting = want ? mapped && path_covers(want, mapped) : hi <= lo || (start < hi && end > lo);
             out->n_maps += counting;
         }
     }
@@ -63,4 +65,17 @@ sk_status memstat_read(int pid, const char *path, memstat *out) {
     fclose(f);
     if (bad) return sk_fail(SK_EIO, "cannot read %s", smaps);
     return SK_OK;
+}
+
+sk_status memstat_read(int pid, const char *path, memstat *out) {
+    char want[PATH_MAX];
+    if (path && !realpath(path, want)) {
+        memset(out, 0, sizeof *out);
+        return sk_fail(SK_EIO, "memstat: %s: %s", path, strerror(errno));
+    }
+    return memstat_sum(pid, path ? want : NULL, 0, 0, out);
+}
+
+sk_status memstat_read_range(const void *p, size_t bytes, memstat *out) {
+    return memstat_sum(0, NULL, (uintptr_t)p, (uintptr_t)p + (bytes ? bytes : 1), out);
 }

@@ -29,5 +29,8 @@ typedef struct memstat {
  * realpath, as the kernel names mapped files). SK_EIO naming the file when /proc cannot be
  * read or path does not exist. */
 sk_status memstat_read(int pid, const char *path, memstat *out);
+/* The same over this process's mappings that overlap [p, p + bytes): one mapping of a file
+ * even when the process maps the file more than once (two models over one folder). */
+sk_status memstat_read_range(const void *p, size_t bytes, memstat *out);
 
 #endif

@@ -225,10 +225,11 @@ done:
 
 /* ---- inference: the engine at many requests (throughput) and at one (latency) ---- */
 
-/* The model of --model DIR (mapped) or --preset NAME (random f32 weights, seed 1). */
-static sk_status bench_open(const char *dir, const char *preset, backend *be, model **m) {
+/* The model of --model DIR (mapped; split over the ranks of c when c is not NULL: --tp) or
+ * --preset NAME (random f32 weights, seed 1). */
+static sk_status bench_open(const char *dir, const char *preset, backend *be, comm *c, model **m) {
     if (!dir == !preset) return sk_fail(SK_EARG, "bench: give exactly one of --model and --preset");
-    if (dir) return model_open_weights(dir, be, m);
+    if (dir) return model_open_split(dir, be, c, m);
     model_config cfg;
     SK_TRY(model_preset(preset, 0, &cfg));
     SK_TRY(model_create(&cfg, be, m));
@@ -267,11 +268,61 @@ static sk_status bench_add(engine *e, const model *m, int *prompt, long I, long 
     {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false}, \
     {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
     {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
-    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512)", false, false}
+    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512)", false, false}, \
+    {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false}, \
+    {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a collective waiting longer fails (default 300)", false, false}
+
+/* --tp K for bench `what` (argv after its word): runs the K ranks when started by hand (the
+ * exit status in *rc), or joins them (*c; NULL for one rank) and makes the other ranks follow
+ * rank 0's engines (*rc). Returns whether rank 0 goes on with the benchmark. */
+static bool bench_tp(const char *what, int argc, char **argv, long tp, const char *dir, const char *device,
+                     double timeout, comm **c, int *rc) {
+    sk_status st;
+    *c = NULL;
+    if (tp > 1 && !dir) {
+        *rc = cli_fail(sk_fail(SK_EARG, "bench %s: --tp needs --model DIR (each rank reads its slices of the folder's "
+                                        "files)", what));
+        return false;
+    }
+    if (tp > 1 && launch_by_hand()) {
+        *rc = launch_tp("bench", argc + 1, argv - 1, (int)tp, dir, false);   /* argv[-1] is `what` */
+        return false;
+    }
+    if ((st = launch_tp_join((int)tp, device, timeout, c))) {
+        *rc = cli_fail(st);
+        return false;
+    }
+    if (*c && (*c)->rank > 0) {
+        *rc = launch_tp_follow(dir, device, *c);
+        return false;
+    }
+    return true;
+}
+
+/* Prints the "ranks" member of a JSON line: each rank's resident weight bytes, slices and
+ * seconds in collectives (engine_tp_stats), after the model's size in files, "model_bytes". */
+static sk_status bench_print_ranks(model *m) {
+    const int K = m->tp.size;
+    double *v = mem_alloc(sizeof(double) * (size_t)K * ENGINE_TP_NSTATS);
+    if (!v) return SK_ENOMEM;
+    sk_status st = engine_tp_stats(m, v);
+    if (st == SK_OK) {
+        printf(", \"model_bytes\": %zu, \"ranks\": [", m->weights ? wts_mapped_bytes(m->weights) : m->n_params * sizeof(float));
+        for (int k = 0; k < K; k++) {
+            const double *r = v + (size_t)k * ENGINE_TP_NSTATS;
+            printf("%s{\"rank\": %d, \"weight_bytes\": %.0f, \"slice_bytes\": %.0f, \"comm_s\": %.6g}", k ? ", " : "", k,
+                   r[ENGINE_TP_RESIDENT], r[ENGINE_TP_SLICES], r[ENGINE_TP_COMM_S]);
+        }
+        printf("]");
+    }
+    mem_free(v);
+    return st;
+}
 
 static int bench_throughput(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
-    long I = 128, O = 128, N = 64, max_seqs = 64, max_batch = 512;
+    long I = 128, O = 128, N = 64, max_seqs = 64, max_batch = 512, tp = 1;
+    double comm_timeout = 300;
     arg_spec specs[] = {
         BENCH_INFER_FLAGS("64"),
         {"--num-prompts", ARG_INT, &N, "N", "requests, all queued at the start (default 64)", false, false},
@@ -281,14 +332,17 @@ static int bench_throughput(int argc, char **argv) {
     if (I <= 0 || O <= 0 || N <= 0 || N > 1000000 || max_seqs <= 0 || max_batch <= 0)
         return cli_fail(sk_fail(SK_EARG, "bench throughput: --input-len, --output-len, --num-prompts (at most 10^6), "
                                          "--max-seqs and --max-batch-tokens must be positive"));
+    comm *c = NULL;
+    int rc = 0;
+    if (!bench_tp("throughput", argc, argv, tp, dir, device, comm_timeout, &c, &rc)) return rc;
     backend *be = backend_create(device);
-    if (!be) return cli_fail(SK_EARG);
     model *m = NULL;
     engine *e = NULL;
     int *prompt = mem_alloc(sizeof(int) * (size_t)I);
     long out_tokens = 0, steps = 0;
     if (!prompt) st = SK_ENOMEM;
-    if (!st) st = bench_open(dir, preset, be, &m);
+    if (!be) st = SK_EARG;
+    if (!st) st = bench_open(dir, preset, be, c, &m);
     if (!st && I + O > m->cfg.n_positions)
         st = sk_fail(SK_EARG, "bench throughput: --input-len + --output-len = %ld exceeds the context %d", I + O,
                      m->cfg.n_positions);
@@ -305,24 +359,32 @@ static int bench_throughput(int argc, char **argv) {
     const double dt = time_now() - t0;
     if (!st) {
         const kv_stats ks = kv_pool_stats(engine_pool(e));
-        printf("{\"bench\": \"throughput\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"input_len\": %ld, "
-               "\"output_len\": %ld, \"num_prompts\": %ld, \"max_seqs\": %ld, \"max_batch_tokens\": %ld, "
+        printf("{\"bench\": \"throughput\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"tp\": %ld, "
+               "\"input_len\": %ld, \"output_len\": %ld, \"num_prompts\": %ld, \"max_seqs\": %ld, \"max_batch_tokens\": %ld, "
                "\"kv_blocks\": %d, \"steps\": %ld, \"preemptions\": %llu, \"prefix_hits\": %llu, \"elapsed_s\": %.6g, "
-               "\"requests_per_s\": %.6g, \"output_tokens_per_s\": %.6g, \"total_tokens_per_s\": %.6g}\n",
-               dir ? dir : preset, be->name, omp_get_max_threads(), I, O, N, max_seqs, max_batch,
+               "\"requests_per_s\": %.6g, \"output_tokens_per_s\": %.6g, \"total_tokens_per_s\": %.6g",
+               dir ? dir : preset, be->name, omp_get_max_threads(), tp, I, O, N, max_seqs, max_batch,
                kv_pool_blocks(engine_pool(e)), steps, (unsigned long long)engine_preemptions(e),
                (unsigned long long)ks.hits, dt, N / dt, out_tokens / dt, (N * I + out_tokens) / dt);
+        engine_free(e);
+        e = NULL;
+        st = bench_print_ranks(m);
+        printf("}\n");
     }
     engine_free(e);
+    engine_tp_release(c);
     model_free(m);
     mem_free(prompt);
     backend_free(be);
-    return cli_fail(st);
+    rc = cli_fail(st);
+    comm_free(c);
+    return rc;
 }
 
 static int bench_latency(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
-    long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 512;
+    long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 512, tp = 1;
+    double comm_timeout = 300, decode_s = 0, decode_comm_s = 0;
     arg_spec specs[] = {
         BENCH_INFER_FLAGS("1"),
         {"--iters", ARG_INT, &iters, "N", "timed runs after one warm-up (default 3; medians reported)", false, false},
@@ -332,14 +394,17 @@ static int bench_latency(int argc, char **argv) {
     if (I <= 0 || O <= 1 || iters <= 0 || iters > 1000 || max_seqs <= 0 || max_batch < I)
         return cli_fail(sk_fail(SK_EARG, "bench latency: --input-len, --iters (at most 1000) must be positive, "
                                          "--output-len at least 2, --max-batch-tokens at least --input-len"));
+    comm *c = NULL;
+    int rc = 0;
+    if (!bench_tp("latency", argc, argv, tp, dir, device, comm_timeout, &c, &rc)) return rc;
     backend *be = backend_create(device);
-    if (!be) return cli_fail(SK_EARG);
     model *m = NULL;
     engine *e = NULL;
     int *prompt = mem_alloc(sizeof(int) * (size_t)I);
     double *ttft = mem_alloc(sizeof(double) * (size_t)iters), *rate = mem_alloc(sizeof(double) * (size_t)iters);
     if (!prompt || !ttft || !rate) st = SK_ENOMEM;
-    if (!st) st = bench_open(dir, preset, be, &m);
+    if (!be) st = SK_EARG;
+    if (!st) st = bench_open(dir, preset, be, c, &m);
     if (!st && I + O > m->cfg.n_positions)
         st = sk_fail(SK_EARG, "bench latency: --input-len + --output-len = %ld exceeds the context %d", I + O,
                      m->cfg.n_positions);
@@ -347,32 +412,48 @@ static int bench_latency(int argc, char **argv) {
     for (long it = -1; !st && it < iters; it++) {   /* it -1: warm-up */
         /* another prompt each run: no prefix-cache hits */
         st = bench_add(e, m, prompt, I, O, it + 1);
-        double t0 = time_now(), t1 = 0;
+        double t0 = time_now(), t1 = 0, comm1 = 0;
         long got = 0;
         while (!st && engine_has_work(e)) {
             const engine_output *out;
             int n;
             st = engine_step(e, &out, &n);
             for (int i = 0; i < n; i++) got += out[i].token >= 0;
-            if (got && !t1) t1 = time_now();
+            if (got && !t1) {
+                t1 = time_now();
+                comm1 = m->tp.comm_s;
+            }
         }
         if (!st && it >= 0) {
+            const double t2 = time_now();
             ttft[it] = t1 - t0;
-            rate[it] = (double)(got - 1) / (time_now() - t1);
+            rate[it] = (double)(got - 1) / (t2 - t1);
+            decode_s += t2 - t1;
+            decode_comm_s += m->tp.comm_s - comm1;
         }
     }
-    if (!st)
-        printf("{\"bench\": \"latency\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"input_len\": %ld, "
-               "\"output_len\": %ld, \"iters\": %ld, \"time_to_first_token_s\": %.6g, \"prefill_tokens_per_s\": %.6g, "
-               "\"decode_tokens_per_s\": %.6g}\n", dir ? dir : preset, be->name, omp_get_max_threads(), I, O, iters,
-               median(ttft, (int)iters), I / median(ttft, (int)iters), median(rate, (int)iters));
+    if (!st) {
+        /* decode_comm_fraction: rank 0's time in collectives over the decode steps' time */
+        printf("{\"bench\": \"latency\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"tp\": %ld, "
+               "\"input_len\": %ld, \"output_len\": %ld, \"iters\": %ld, \"time_to_first_token_s\": %.6g, "
+               "\"prefill_tokens_per_s\": %.6g, \"decode_tokens_per_s\": %.6g, \"decode_comm_fraction\": %.6g",
+               dir ? dir : preset, be->name, omp_get_max_threads(), tp, I, O, iters, median(ttft, (int)iters),
+               I / median(ttft, (int)iters), median(rate, (int)iters), decode_s > 0 ? decode_comm_s / decode_s : 0.0);
+        engine_free(e);
+        e = NULL;
+        st = bench_print_ranks(m);
+        printf("}\n");
+    }
     engine_free(e);
+    engine_tp_release(c);
     model_free(m);
     mem_free(prompt);
     mem_free(ttft);
     mem_free(rate);
     backend_free(be);
-    return cli_fail(st);
+    rc = cli_fail(st);
+    comm_free(c);
+    return rc;
 }
 
 /* ---- attention: one layer forward and backward, per implementation ---- */

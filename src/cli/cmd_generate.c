@@ -16,7 +16,10 @@
  * (<|eot_id|>, <|im_end|>, </s>). Only the reply is printed.
  *
  * --kv-memory BYTES|FRACTION: the engine's KV pool budget, as on the benches (kv_budget); by
- * default the pool holds just this prompt's blocks. */
+ * default the pool holds just this prompt's blocks.
+ *
+ * --tp K: the model split over K ranks (launch.h: started by hand it runs them under mpirun);
+ * rank 0 generates, the others follow its engine. */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -26,6 +29,8 @@
 #include "base/memstat.h"
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/launch.h"
+#include "infer/engine.h"
 #include "infer/generate.h"
 #include "infer/kv.h"
 #include "tokenizer/chat.h"
@@ -51,8 +56,8 @@ static sk_status mem_report(const char *dir, const model *m) {
 int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *prompt = NULL, *device = "cpu", *system = NULL, *chat_file = NULL, *chat_name = NULL;
     const char *kv_memory = NULL;
-    long max_tokens = 128, top_k = 40, seed = -1;
-    double temperature = 0.8, top_p = 0.95;
+    long max_tokens = 128, top_k = 40, seed = -1, tp = 1;
+    double temperature = 0.8, top_p = 0.95, comm_timeout = 300;
     bool chat = false, report = false;
     arg_list stop = {0};
     arg_spec specs[] = {
@@ -73,6 +78,8 @@ int cmd_generate(int argc, char **argv) {
          "memory (default: just this prompt's blocks)", false, false},
         {"--mem-report", ARG_BOOL, &report, NULL, "after generating, print to stderr the folder mapping's Rss, Pss and "
          "shared pages and this process's private memory outside it (bytes and % of the weight files)", false, false},
+        {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false},
+        {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a collective waiting longer fails (default 300)", false, false},
     };
     sk_status st = args_parse("skein generate", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
@@ -94,21 +101,28 @@ int cmd_generate(int argc, char **argv) {
         if ((st = chat_template_load(cfg, chat_name, &ct)) != SK_OK) return cli_fail(st);
     }
     if (seed < 0) seed = (long)((unsigned long)time(NULL) ^ ((unsigned long)getpid() << 16)) & 0x7fffffff;
+    if (tp > 1 && launch_by_hand()) return launch_tp("generate", argc, argv, (int)tp, dir, false);
+    comm *c = NULL;
+    if ((st = launch_tp_join((int)tp, device, comm_timeout, &c))) return cli_fail(st);
+    if (c && c->rank > 0) return launch_tp_follow(dir, device, c);
 
     char path[4096];
     tok *t = NULL;
     model *m = NULL;
     backend *be = backend_create(device);
-    if (!be) return cli_fail(SK_EARG);
     int32_t *ids = NULL;
     size_t n_ids = 0;
     char *rendered = NULL;
     chat_msg *msgs = NULL;
     size_t kv_bytes = 0;
+    if (!be) {
+        st = SK_EARG;
+        goto done;
+    }
+    if ((st = model_open_split(dir, be, c, &m))) goto done;
     if (kv_memory && (st = kv_budget(be, kv_memory, &kv_bytes))) goto done;
     if ((st = tok_load(file_join(path, sizeof path, dir, "tokenizer.json"), &t))) goto done;
     if ((st = tok_load_config(t, file_join(path, sizeof path, dir, "tokenizer_config.json")))) goto done;
-    if ((st = model_open_weights(dir, be, &m))) goto done;
     if (chat) {
         chat_msg two[2];
         int n_msgs = 0;
@@ -143,8 +157,11 @@ done:
     mem_free(rendered);
     mem_free(msgs);
     mem_free(ids);
+    engine_tp_release(c);
     model_free(m);
     tok_free(t);
     backend_free(be);
-    return cli_fail(st);
+    int rc = cli_fail(st);
+    comm_free(c);
+    return rc;
 }

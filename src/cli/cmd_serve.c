@@ -7,19 +7,29 @@
  * replicas on CUDA devices round robin. Binds 127.0.0.1 unless --host says otherwise;
  * --port 0 picks a free port. Prints one line "skein serve: listening on http://HOST:PORT
  * (model NAME[, NAME...])" to stderr once it accepts connections, and serves until SIGINT or
- * SIGTERM. */
+ * SIGTERM.
+ *
+ * --tp K: one model split over K ranks (launch.h; started by hand, under mpirun
+ * --enable-recovery so that a dead rank does not take rank 0 down with it): rank 0 serves,
+ * with one replica over its share, the others follow its engine. When a rank dies or hangs,
+ * rank 0's step fails naming it (within --comm-timeout), every request in flight is answered
+ * with an error naming the failure, and the server stops as on SIGTERM and exits 1 with the
+ * same message. */
 #include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/launch.h"
 #include "infer/kv.h"
 #include "serve/api.h"
 
 #define SERVE_MAX_MODELS 16
+#define SERVE_MAX_ARGS 512
 
 /* Takes every "--model DIR" and "--served-model-name NAME" out of argv (both may repeat: a
  * name names the --model before it), leaving the other flags for args_parse. */
@@ -68,16 +78,28 @@ static sk_status serve_parse_devices(const char *spec, router_opts *o) {
     return SK_OK;
 }
 
+/* router_opts.on_failure of a split model: the server stops as on SIGTERM (cmd_serve waits
+ * for it with sigwait; every thread blocks it). */
+static void serve_stop_self(void *ctx) {
+    (void)ctx;
+    kill(getpid(), SIGTERM);
+}
+
 int cmd_serve(int argc, char **argv) {
     const char *dirs[SERVE_MAX_MODELS], *names[SERVE_MAX_MODELS], *unused = NULL;
     int n_models = 0;
-    sk_status st = serve_take_models(&argc, argv, dirs, names, &n_models);
+    /* the flags without the models go to args_parse; argv stays as given for --tp's ranks */
+    char *rest[SERVE_MAX_ARGS];
+    int n_rest = argc;
+    if (argc > SERVE_MAX_ARGS) return cli_fail(sk_fail(SK_EARG, "skein serve: at most %d arguments", SERVE_MAX_ARGS));
+    memcpy(rest, argv, sizeof(char *) * (size_t)argc);
+    sk_status st = serve_take_models(&n_rest, rest, dirs, names, &n_models);
     if (st != SK_OK) return cli_fail(st);
     const char *host = "127.0.0.1", *key = getenv("SKEIN_API_KEY"), *chat_name = NULL, *device = "cpu", *devices = NULL,
                *kv_memory = NULL;
     long port = 8000, max_seqs = 16, max_batch = 512, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
-    long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0;
-    double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 300;
+    long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0, tp = 1;
+    double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 300, comm_timeout = 60;
     arg_spec specs[] = {
         {"--model", ARG_STR, &unused, "DIR", "model folder (config.json, model.safetensors, tokenizer.json); repeat for more models", false, false},
         {"--served-model-name", ARG_STR, &unused, "ID", "the id of the --model before it in the API (default: the folder's name)", false, false},
@@ -104,8 +126,10 @@ int cmd_serve(int argc, char **argv) {
         {"--max-body", ARG_INT, &max_body, "BYTES", "largest request body, else 413 (default 1 MiB)", false, false},
         {"--max-conns", ARG_INT, &max_conns, "N", "concurrent connections (default 256)", false, false},
         {"--timeout", ARG_INT, &timeout, "S", "idle connection timeout in seconds (default 60)", false, false},
+        {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false},
+        {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a step waiting longer for a rank fails (default 60)", false, false},
     };
-    if ((st = args_parse("skein serve", argc, argv, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
+    if ((st = args_parse("skein serve", n_rest, rest, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
     if (n_models == 0) return cli_fail(sk_fail(SK_EARG, "skein serve: missing required flag --model"));
     if (max_seqs < 1 || max_seqs > 4096) return cli_fail(sk_fail(SK_EARG, "serve: --max-seqs must be in [1, 4096]"));
     if (max_batch < 1 || max_batch > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-batch-tokens must be in [1, 1048576]"));
@@ -122,8 +146,17 @@ int cmd_serve(int argc, char **argv) {
     if (!serve_seen(specs, n_specs, "--min-replicas")) min_replicas = serve_seen(specs, n_specs, "--max-replicas") ? 1 : replicas;
     if (!serve_seen(specs, n_specs, "--max-replicas")) max_replicas = replicas > min_replicas ? replicas : min_replicas;
     if (key && !key[0]) key = NULL;
+    if (tp > 1 && (n_models > 1 || max_replicas > 1 || devices))
+        return cli_fail(sk_fail(SK_EARG, "serve: --tp %ld serves one --model with one replica over its ranks (leave out "
+                                         "--replicas, --max-replicas and --devices)", tp));
+    if (tp > 1 && launch_by_hand()) return launch_tp("serve", argc, argv, (int)tp, dirs[0], true);
 
+    comm *c = NULL;
+    if ((st = launch_tp_join((int)tp, devices ? "cuda" : device, comm_timeout, &c))) return cli_fail(st);
+    if (c && c->rank > 0) return launch_tp_follow(dirs[0], devices ? "cuda" : device, c);
     router_opts ro = router_opts_default();
+    ro.tp = c;
+    ro.on_failure = serve_stop_self;
     if (devices) {
         if ((st = serve_parse_devices(devices, &ro))) return cli_fail(st);
         device = "cuda";
@@ -164,28 +197,37 @@ int cmd_serve(int argc, char **argv) {
     router *rts[SERVE_MAX_MODELS] = {0};
     api_server *a = NULL;
     http_server *h = NULL;
-    char list[1024] = "";
+    char list[1024] = "", failure[256];
     for (int i = 0; i < n_models; i++) {
         ro.dir = dirs[i];
         ro.name = names[i];
         if ((st = router_create(&ro, &rts[i])) != SK_OK) {
             for (int k = 0; k < i; k++) router_free(rts[k]);
-            return cli_fail(st);
+            goto out;
         }
         size_t n = strlen(list);
         snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", router_name(rts[i]));
     }
-    if ((st = api_server_create(rts, n_models, &(api_opts){.api_key = key}, &a))) return cli_fail(st);
+    if ((st = api_server_create(rts, n_models, &(api_opts){.api_key = key}, &a))) goto out;
     http_opts ho = {.host = host, .port = (int)port, .max_body = (size_t)max_body, .max_conns = (int)max_conns,
                     .timeout_s = (int)timeout};
     if ((st = http_server_start(&ho, api_handle, a, &h))) goto done;
-    fprintf(stderr, "skein serve: listening on http://%s:%d (model %s)\n", host, http_server_port(h), list);
+    fprintf(stderr, "skein serve: listening on http://%s:%d (model %s)%s\n", host, http_server_port(h), list,
+            c ? " over tensor-parallel ranks" : "");
     int sig = 0;
     sigwait(&stop_set, &sig);
-    fprintf(stderr, "skein serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (c && router_failure(rts[0], failure, sizeof failure))
+        st = sk_fail(SK_ECOMM, "serve: model %s: %s; the server stops", router_name(rts[0]), failure);
+    else
+        fprintf(stderr, "skein serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
     api_server_stop(a);
     http_server_stop(h);
     api_server_free(a);
-    return cli_fail(st);
+out:;
+    const int rc = cli_fail(st);
+    engine_tp_release(c);   /* every replica thread is gone: this thread may use c */
+    launch_tp_exit(c, rc);
+    comm_free(c);
+    return rc;
 }

@@ -26,19 +26,6 @@ static void usage(FILE *f) {
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
 }
 
-int cli_fail(sk_status st) {
-    if (st == SK_OK || st == SK_ESTATE) return 0;
-    fprintf(stderr, "skein: %s\n", sk_errmsg());
-    return st == SK_EARG ? 2 : 1;
-}
-
-sk_status cli_precision(const char *cmd, const char *text, dtype *out) {
-    if (!strcmp(text, "f32")) *out = DT_F32;
-    else if (!strcmp(text, "bf16")) *out = DT_BF16;
-    else return sk_fail(SK_EARG, "%s: --precision wants f32 or bf16, got '%s'", cmd, text);
-    return SK_OK;
-}
-
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);

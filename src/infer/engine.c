@@ -12,7 +12,20 @@
  * tokens has room for the prompt plus max_tokens. */
 #include "infer/engine.h"
 
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "comm/comm.h"
+
+/* Tensor parallelism: rank 0's engine drives engine_follow on the other ranks with messages
+ * broadcast over m->tp.comm: a header of TP_HEADER ints, its kind first, and after a step's
+ * header the step's arrays (engine_tp_pack's order). */
+enum { TP_START = 1, TP_STEP, TP_IDLE, TP_END, TP_STATS, TP_STOP };
+enum { TP_HEADER = 6 };
+/* An idle rank 0 says it is alive this often (engine_heartbeat). */
+#define ENGINE_TP_IDLE_S 1.0
 
 typedef struct engine_req {
     sched_seq seq;           /* first: items point here */
@@ -40,7 +53,44 @@ struct engine {
     int *seq, *tables, *out_rows;   /* (max_seqs, 3), (max_seqs, max_blocks), (max_seqs) */
     float *logits;           /* (max_seqs, V) host */
     engine_output *outs;     /* (max_seqs + cap_live) */
+    /* a split model's rank 0 (model_tp) */
+    int *tp_msg;             /* engine_tp_ints(o, max_blocks): a step's arrays, packed */
+    bool tp_started;         /* the other ranks follow this engine */
+    double tp_sent;          /* time_now() of the last message */
 };
+
+/* Ints of the arrays of a step of at most o's batch (tokens, positions, slots, sequences,
+ * tables, rows out). */
+static size_t engine_tp_ints(const engine_opts *o, int max_blocks) {
+    const size_t N = (size_t)o->max_batch_tokens, S = (size_t)o->max_seqs;
+    return 3 * N + 4 * S + S * (size_t)max_blocks;
+}
+
+/* Broadcasts a message from rank 0: header h, then n ints of payload p (n may be 0). */
+static sk_status engine_tp_send(const model *m, int *h, int *p, size_t n) {
+    SK_TRY(comm_broadcast(m->tp.comm, h, sizeof(int) * TP_HEADER, 0));
+    return n ? comm_broadcast(m->tp.comm, p, sizeof(int) * n, 0) : SK_OK;
+}
+
+/* Sends the kind-only message k from rank 0 of a split model (nothing otherwise). */
+static sk_status engine_tp_say(const model *m, int k) {
+    int h[TP_HEADER] = {k};
+    return m->tp.size > 1 && m->tp.rank == 0 ? engine_tp_send(m, h, NULL, 0) : SK_OK;
+}
+
+/* Packs b into dst in engine_tp_ints' order; returns the ints written. */
+static size_t engine_tp_pack(const model_batch *b, int *dst) {
+    const size_t N = (size_t)b->n_tokens, S = (size_t)b->n_seqs, T = S * (size_t)b->max_blocks, R = (size_t)b->n_out;
+    const struct { const int *p; size_t n; } parts[] = {
+        {b->tokens, N}, {b->pos, N}, {b->slot, N}, {b->seq, 3 * S}, {b->tables, T}, {b->out_rows, R},
+    };
+    size_t k = 0;
+    for (int i = 0; i < 6; i++) {
+        memcpy(dst + k, parts[i].p, sizeof(int) * parts[i].n);
+        k += parts[i].n;
+    }
+    return k;
+}
 
 engine_opts engine_opts_default(void) {
     return (engine_opts){.block_size = KV_BLOCK_SIZE, .max_batch_tokens = 512, .max_seqs = 64};
@@ -52,6 +102,8 @@ engine_params engine_params_default(void) {
 
 void engine_free(engine *e) {
     if (!e) return;
+    if (e->tp_started && model_step_status(e->m) == SK_OK) engine_tp_say(e->m, TP_END);   /* failing: nobody listens */
+    mem_free(e->tp_msg);
     for (int i = 0; i < e->n_live; i++) {
         kv_seq_release(e->pool, &e->live[i]->seq.kv);
         kv_seq_free(&e->live[i]->seq.kv);
@@ -104,7 +156,7 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
     e->m = m;
     e->o = d;
     e->max_blocks = (d.max_ctx + d.block_size - 1) / d.block_size;
-    const size_t per_block = kv_block_bytes(c, d.block_size);
+    const size_t per_block = kv_block_bytes(m, d.block_size);
     size_t bytes = d.kv_blocks > 0 ? (size_t)d.kv_blocks * per_block
                    : d.kv_bytes ? d.kv_bytes : (size_t)d.max_seqs * (size_t)e->max_blocks * per_block;
     const size_t N = (size_t)d.max_batch_tokens, S = (size_t)d.max_seqs;
@@ -121,9 +173,17 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
     e->tables = mem_alloc(sizeof(int) * S * (size_t)e->max_blocks);
     e->out_rows = mem_alloc(sizeof(int) * S);
     e->logits = mem_alloc(sizeof(float) * S * (size_t)c->vocab_size);
-    if (!e->tokens || !e->pos || !e->slot || !e->seq || !e->tables || !e->out_rows || !e->logits) {
+    if (m->tp.size > 1) e->tp_msg = mem_alloc(sizeof(int) * engine_tp_ints(&d, e->max_blocks));
+    if (!e->tokens || !e->pos || !e->slot || !e->seq || !e->tables || !e->out_rows || !e->logits ||
+        (m->tp.size > 1 && !e->tp_msg)) {
         st = sk_fail(SK_ENOMEM, "allocating the engine's batch of %zu tokens, %zu sequences", N, S);
         goto err;
+    }
+    if (m->tp.size > 1) {   /* the other ranks make the same pool and workspace */
+        int h[TP_HEADER] = {TP_START, kv_pool_blocks(e->pool), d.block_size, d.max_batch_tokens, d.max_seqs, d.max_ctx};
+        if ((st = engine_tp_send(m, h, NULL, 0))) goto err;
+        e->tp_started = true;
+        e->tp_sent = time_now();
     }
     *out = e;
     return SK_OK;
@@ -273,7 +333,13 @@ sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
     if (sched_schedule(&e->s) == 0) return SK_OK;
     const model_batch b = engine_batch(e);
     const model_kv_cache cache = kv_pool_cache(e->pool);
+    if (e->tp_started) {   /* the other ranks run the same batch */
+        int h[TP_HEADER] = {TP_STEP, b.n_tokens, b.n_seqs, b.max_blocks, b.n_out};
+        SK_TRY(engine_tp_send(e->m, h, e->tp_msg, engine_tp_pack(&b, e->tp_msg)));
+        e->tp_sent = time_now();
+    }
     tensor lg = model_infer_batch(e->m, &cache, &b);
+    SK_TRY(model_step_status(e->m));
     backend_download(e->m->be, e->logits, lg.data, tensor_bytes(lg));
     sched_advance(&e->s);
     const int V = e->m->cfg.vocab_size, n_items = e->s.n_items;
@@ -287,4 +353,113 @@ sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
         if (e->outs[i].finish) engine_retire(e, engine_find(e, e->outs[i].id));
     *n_out = n;
     return SK_OK;
+}
+
+/* ---- tensor parallelism: the other ranks ---- */
+
+sk_status engine_heartbeat(engine *e) {
+    if (!e->tp_started || time_now() - e->tp_sent < ENGINE_TP_IDLE_S) return SK_OK;
+    e->tp_sent = time_now();
+    return engine_tp_say(e->m, TP_IDLE);
+}
+
+void engine_tp_release(comm *c) {
+    int h[TP_HEADER] = {TP_STOP};
+    if (c && c->world > 1 && c->rank == 0) comm_broadcast(c, h, sizeof h, 0);   /* a broken comm fails at once */
+}
+
+/* Every rank's row of engine_tp_stats: this rank's in stats(K, ENGINE_TP_NSTATS), zeros
+ * elsewhere, summed over the ranks. */
+static sk_status engine_tp_rows(const model *m, double *stats) {
+    const int K = m->tp.size;
+    size_t resident = 0;
+    memset(stats, 0, sizeof(double) * (size_t)K * ENGINE_TP_NSTATS);
+    SK_TRY(model_resident_bytes(m, &resident));
+    double *row = stats + (size_t)m->tp.rank * ENGINE_TP_NSTATS;
+    row[ENGINE_TP_RESIDENT] = (double)resident;
+    row[ENGINE_TP_SLICES] = (double)m->tp.slice_bytes;
+    row[ENGINE_TP_COMM_S] = m->tp.comm_s;
+    return K > 1 ? comm_all_reduce_f64(m->tp.comm, stats, (size_t)K * ENGINE_TP_NSTATS) : SK_OK;
+}
+
+sk_status engine_tp_stats(model *m, double *stats) {
+    SK_ASSERT(m->tp.rank == 0);
+    SK_TRY(engine_tp_say(m, TP_STATS));
+    return engine_tp_rows(m, stats);
+}
+
+/* The test hook SKEIN_TEST_KILL_RANK=R:STEP: the step at which this rank kills itself (0: never). */
+static long engine_kill_step(int rank) {
+    const char *spec = getenv("SKEIN_TEST_KILL_RANK");
+    int r;
+    long step;
+    return spec && sscanf(spec, "%d:%ld", &r, &step) == 2 && r == rank ? step : 0;
+}
+
+/* A follower's engine: the pool and batch buffers rank 0's START message sizes (h). */
+typedef struct engine_shadow {
+    kv_pool *pool;
+    int *msg;                /* engine_tp_ints of the leader's options */
+    size_t cap;
+} engine_shadow;
+
+static void engine_shadow_free(engine_shadow *f) {
+    kv_pool_free(f->pool);
+    mem_free(f->msg);
+    *f = (engine_shadow){0};
+}
+
+static sk_status engine_shadow_init(model *m, const int *h, engine_shadow *f) {
+    engine_shadow_free(f);
+    const engine_opts o = {.block_size = h[2], .max_batch_tokens = h[3], .max_seqs = h[4], .max_ctx = h[5]};
+    const int max_blocks = (o.max_ctx + o.block_size - 1) / o.block_size;
+    f->cap = engine_tp_ints(&o, max_blocks);
+    SK_TRY(kv_pool_init(m, (size_t)h[1] * kv_block_bytes(m, o.block_size), o.block_size, &f->pool));
+    SK_TRY(model_infer_prepare(m, o.max_batch_tokens, o.max_seqs, o.max_ctx));
+    if (!(f->msg = mem_alloc(sizeof(int) * f->cap))) return sk_fail(SK_ENOMEM, "engine: a follower's batch");
+    return SK_OK;
+}
+
+/* Runs the step whose header is h: receives its arrays into f and computes the same batch. */
+static sk_status engine_shadow_step(model *m, const int *h, engine_shadow *f) {
+    const int N = h[1], S = h[2], MB = h[3], R = h[4];
+    const size_t n = 3 * (size_t)N + 3 * (size_t)S + (size_t)S * MB + (size_t)R;
+    if (!f->pool || n > f->cap || N < 1 || S < 1 || MB < 1 || R < 1)
+        return sk_fail(SK_ECOMM, "engine: rank %d got a step of %d tokens, %d sequences that its engine cannot hold "
+                       "(the ranks run different programs)", m->tp.rank, N, S);
+    SK_TRY(comm_broadcast(m->tp.comm, f->msg, sizeof(int) * n, 0));
+    const int *p = f->msg;
+    const model_batch b = {N, p, p + N, p + 2 * N, S, p + 3 * N, p + 3 * N + 3 * S, MB, R, p + 3 * N + 3 * S + S * MB};
+    const model_kv_cache cache = kv_pool_cache(f->pool);
+    model_infer_batch(m, &cache, &b);
+    return model_step_status(m);
+}
+
+sk_status engine_follow(model *m) {
+    SK_ASSERT(m->tp.size > 1 && m->tp.rank > 0);
+    const long kill_at = engine_kill_step(m->tp.rank);
+    engine_shadow f = {0};
+    double *stats = mem_alloc(sizeof(double) * (size_t)m->tp.size * ENGINE_TP_NSTATS);
+    if (!stats) return SK_ENOMEM;
+    long steps = 0;
+    sk_status st = SK_OK;
+    int h[TP_HEADER];
+    while (st == SK_OK && (st = comm_broadcast(m->tp.comm, h, sizeof h, 0)) == SK_OK && h[0] != TP_STOP) {
+        if (h[0] == TP_START) {
+            st = engine_shadow_init(m, h, &f);
+        } else if (h[0] == TP_STEP) {
+            if (++steps == kill_at) raise(SIGKILL);   /* the test hook: a rank dies mid-request */
+            st = engine_shadow_step(m, h, &f);
+        } else if (h[0] == TP_END) {
+            engine_shadow_free(&f);
+        } else if (h[0] == TP_STATS) {
+            st = engine_tp_rows(m, stats);
+        } else if (h[0] != TP_IDLE) {
+            st = sk_fail(SK_ECOMM, "engine: rank %d got message %d from rank 0 (the ranks run different programs)",
+                         m->tp.rank, h[0]);
+        }
+    }
+    engine_shadow_free(&f);
+    mem_free(stats);
+    return st;
 }

@@ -22,13 +22,28 @@
  * kernels, which differ only by rounding). A request is finished by a stop id (the id is not output), max_tokens, the
  * context (max_ctx), or engine_cancel; its blocks are freed at once, and its id is not used
  * again. The model and its weights are only read: several engines may share one model only
- * if they step one at a time (the model's step workspace is shared). */
+ * if they step one at a time (the model's step workspace is shared).
+ *
+ * Tensor parallelism. Over a model split across K ranks (model_open_split), the engine runs on
+ * rank 0 and every other rank runs engine_follow: rank 0's engine_create tells them its pool
+ * (the same number of blocks of their own key/value heads) and batch sizes, each engine_step
+ * broadcasts the step's batch (tokens, positions, slots, block tables, rows out) before the
+ * ranks run it together, and engine_free ends their engine; rank 0 alone schedules and
+ * samples (the logits are whole on every rank). A dead or hung rank makes the step fail with
+ * SK_ECOMM naming it; the engine is then unusable. While it has no work, rank 0 calls
+ * engine_heartbeat so that the waiting ranks (bounded by the comm's timeout) know it is alive,
+ * and once done with the model (or failing before it has one) it calls engine_tp_release, which
+ * ends engine_follow.
+ * SKEIN_TEST_KILL_RANK=R:STEP (tests only): rank R > 0 kills itself with SIGKILL when step STEP
+ * (counted from 1 over its engine_follow) arrives. */
 #ifndef SKEIN_ENGINE_H
 #define SKEIN_ENGINE_H
 
 #include "infer/kv.h"
 #include "infer/sample.h"
 #include "infer/sched.h"
+
+typedef struct comm comm;   /* comm/comm.h */
 
 typedef struct engine engine;
 
@@ -78,7 +93,8 @@ void engine_free(engine *e);
  * more blocks than the whole pool holds. */
 sk_status engine_add_request(engine *e, const int *prompt, int n, const engine_params *p, int *id);
 /* Runs one step: *out (valid until the next call) lists the requests that got a token or
- * finished, *n_out of them (0 when nothing was waiting). */
+ * finished, *n_out of them (0 when nothing was waiting). SK_ECOMM when a rank of a split model
+ * failed (see the top). */
 sk_status engine_step(engine *e, const engine_output **out, int *n_out);
 /* Ends request id now (its blocks freed at once); false when it is not live. Its end is
  * reported by the next engine_step as finish "cancelled". */
@@ -93,5 +109,24 @@ const kv_pool *engine_pool(const engine *e);
 void engine_counts(const engine *e, int *waiting, int *running);
 /* Preemptions so far. */
 uint64_t engine_preemptions(const engine *e);
+
+/* ---- Tensor parallelism (see the top); each is a no-op for a model that is not split ---- */
+/* Rank 0, while its engine has no work (at least every second): tells the other ranks it is
+ * alive when it has sent them nothing for a second. */
+sk_status engine_heartbeat(engine *e);
+/* Rank 0 of the ranks of c, once done with its split model (any engine freed), or when it
+ * fails before it has one: ends the other ranks' engine_follow. No-op for c NULL, of one rank,
+ * or on another rank; after a failure of c nobody listens and nothing is sent. */
+void engine_tp_release(comm *c);
+/* What each rank reports to engine_tp_stats. */
+enum { ENGINE_TP_RESIDENT, ENGINE_TP_SLICES, ENGINE_TP_COMM_S, ENGINE_TP_NSTATS };
+/* Rank 0: every rank's resident weight bytes (model_resident_bytes), bytes of slices copied out
+ * of the files (model_tp.slice_bytes) and seconds spent in collectives (model_tp.comm_s), into
+ * stats(K, ENGINE_TP_NSTATS), the other ranks answering from engine_follow; a model that is not
+ * split: its own row. Between engines or steps. */
+sk_status engine_tp_stats(model *m, double *stats);
+/* Every rank but 0 of a split model: runs the engines rank 0 creates, step by step, until
+ * rank 0's engine_tp_release (SK_OK) or a failure (SK_ECOMM naming the operation and rank). */
+sk_status engine_follow(model *m);
 
 #endif

@@ -28,8 +28,8 @@ struct kv_pool {
     kv_stats stats;
 };
 
-size_t kv_block_bytes(const model_config *cfg, int block_size) {
-    return 2 * sizeof(float) * (size_t)cfg->n_layer * (size_t)block_size * (size_t)cfg->n_kv_head * cfg->head_dim;
+size_t kv_block_bytes(const model *m, int block_size) {
+    return 2 * sizeof(float) * (size_t)m->cfg.n_layer * (size_t)block_size * (size_t)m->tp.n_kv_head * m->cfg.head_dim;
 }
 
 sk_status kv_budget(backend *be, const char *spec, size_t *bytes) {
@@ -129,7 +129,7 @@ sk_status kv_pool_init(model *m, size_t bytes, int block_size, kv_pool **out) {
     *out = NULL;
     const model_config *c = &m->cfg;
     if (block_size <= 0 || block_size > 4096) return sk_fail(SK_EARG, "KV block size %d outside 1..4096", block_size);
-    const size_t per_block = kv_block_bytes(c, block_size);
+    const size_t per_block = kv_block_bytes(m, block_size);
     const size_t nb = bytes / per_block;
     if (nb < 1 || nb > (size_t)1 << 30)
         return sk_fail(SK_EARG, "a KV budget (--kv-memory) of %zu bytes holds %zu blocks of %zu bytes (%d tokens); at "
@@ -161,7 +161,7 @@ sk_status kv_pool_init(model *m, size_t bytes, int block_size, kv_pool **out) {
     for (size_t i = 0; i < nbuckets; i++) p->bucket[i] = -1;
     p->head = p->tail = -1;
     for (int b = 0; b < n; b++) kv_queue_push(p, b, true);
-    const size_t KD = (size_t)c->n_kv_head * c->head_dim, layer = nb * (size_t)block_size * KD;
+    const size_t KD = (size_t)m->tp.n_kv_head * c->head_dim, layer = nb * (size_t)block_size * KD;
     p->cache = (model_kv_cache){p->mem, p->mem + (size_t)c->n_layer * layer, layer, n, block_size};
     *out = p;
     return SK_OK;

@@ -49,8 +49,9 @@ typedef struct kv_stats {
     uint64_t hits, misses, evictions;
 } kv_stats;
 
-/* Bytes one block takes for m's shape (every layer's keys and values, f32). */
-size_t kv_block_bytes(const model_config *cfg, int block_size);
+/* Bytes one block takes for m's shape (every layer's keys and values of its key/value heads:
+ * a split model's rank holds only its own, model_tp; f32). */
+size_t kv_block_bytes(const model *m, int block_size);
 /* Reads --kv-memory's value: a number in (0,1] is that fraction of the backend's free memory
  * (backend_mem_info), a larger one bytes (suffixes k, M, G: powers of 1024). SK_EARG naming
  * the flag on anything else. */

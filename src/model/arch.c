@@ -97,10 +97,11 @@ void arch_batch_plan(arch_batch_ids *ids, arch_infer_dims d, arch_plan_entry *pl
     for (int i = 0; i < ARCH_BATCH_PLAN_ENTRIES; i++) plan[(*n)++] = e[i];
 }
 
-void arch_batch_upload(backend *be, const arch_batch_ids *ids, arch_infer_dims d, const model_batch *b) {
+void arch_batch_upload(model *m, const arch_batch_ids *ids, arch_infer_dims d, const model_batch *b) {
+    backend *be = m->be;
     const size_t N = (size_t)b->n_tokens, S = (size_t)b->n_seqs, I = sizeof(int);
     SK_ASSERT(b->n_tokens <= d.tokens && b->n_seqs <= d.seqs && b->max_blocks <= d.ctx);
-    backend_upload(be, ids->tokens, b->tokens, N * I);
+    backend_upload(be, ids->tokens, tp_token_rows(m, b->tokens, b->n_tokens), N * I);
     backend_upload(be, ids->pos, b->pos, N * I);
     backend_upload(be, ids->slot, b->slot, N * I);
     backend_upload(be, ids->seq, b->seq, 3 * S * I);
@@ -126,4 +127,10 @@ void arch_paged_attention(backend *be, const model_kv_cache *kv, const arch_batc
 
 void arch_gather_out(backend *be, const arch_batch_ids *ids, const model_batch *b, tensor out, tensor x) {
     be->ops->embed_forward(be, NULL, out, tensor_2d(ids->out_rows, DT_I32, 1, b->n_out), x, tensor_none());
+}
+
+model_split arch_split_find(const char *name, const arch_split_rule *rules, int n) {
+    for (int i = 0; i < n; i++)
+        if (arch_ends_with(name, rules[i].suffix)) return rules[i].split;
+    return (model_split){SPLIT_WHOLE, 0, 1};
 }

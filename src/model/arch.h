@@ -5,6 +5,7 @@
 #define SKEIN_ARCH_H
 
 #include "model/model.h"
+#include "model/tp.h"
 
 /* Appends spec number *n (when specs is not NULL) named by the printf format, of shape (d0)
  * for ndim 1 or (d0, d1) for ndim 2, at flat offset *off, and advances *n and *off. */
@@ -77,8 +78,9 @@ typedef struct arch_batch_ids {
 #define ARCH_BATCH_PLAN_ENTRIES 6
 /* Appends the entries of ids for d at plan[*n] (ARCH_BATCH_PLAN_ENTRIES of them). */
 void arch_batch_plan(arch_batch_ids *ids, arch_infer_dims d, arch_plan_entry *plan, int *n);
-/* Uploads b's arrays into ids (within d, asserted). */
-void arch_batch_upload(backend *be, const arch_batch_ids *ids, arch_infer_dims d, const model_batch *b);
+/* Uploads b's arrays into ids (within d, asserted); the tokens as rows of m's embedding
+ * (tp_token_rows: the ids themselves unless m is split). */
+void arch_batch_upload(model *m, const arch_batch_ids *ids, arch_infer_dims d, const model_batch *b);
 /* Layer l's key (values = true: value) rows of kv, (n_blocks * block_size, KD). */
 tensor arch_cache_rows(const model_kv_cache *kv, int l, bool values, int64_t KD);
 /* Writes the step's new keys k(N,KD) and values v(N,KD) of layer l into their slots, then
@@ -91,6 +93,11 @@ void arch_gather_out(backend *be, const arch_batch_ids *ids, const model_batch *
 /* Plans a model for cfg (specs, groups) without parameter memory: m->params NULL, every base
  * NULL. model_create allocates the f32 buffer on it; weights.c binds mapped views instead. */
 sk_status model_plan(const model_config *cfg, backend *be, model **out);
+
+/* A tensor-parallel cut by the end of a parameter's name (model_arch.split). */
+typedef struct arch_split_rule { const char *suffix; model_split split; } arch_split_rule;
+/* The split of the first of the n rules whose suffix ends name; SPLIT_WHOLE when none does. */
+model_split arch_split_find(const char *name, const arch_split_rule *rules, int n);
 
 /* Asserts every token id is inside the vocabulary (callers validate input before this). */
 void arch_check_tokens(const model *m, const int *tokens, size_t n);

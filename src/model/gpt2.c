@@ -515,11 +515,13 @@ static sk_status gpt2_infer_prepare(model *m, int max_tokens, int max_seqs, int 
     if (s->inf_mem) backend_mem_free(be, s->inf_mem);
     s->inf_mem = NULL;
     memset(&s->inf_dims, 0, sizeof s->inf_dims);
-    const size_t N = (size_t)d.tokens, S = (size_t)d.seqs, C = (size_t)c->n_embd, F = (size_t)c->ffn_dim;
+    /* this rank's heads and MLP width (the whole model's unless split) */
+    const size_t N = (size_t)d.tokens, S = (size_t)d.seqs, C = (size_t)c->n_embd, F = (size_t)m->tp.ffn_dim,
+                 QD = (size_t)m->tp.n_head * c->head_dim;
     gpt2_infer *f = &s->inf;
 #define E(field, n) { (void **)&f->field, (n) }
     arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 9] = {
-        E(x, N * C), E(ln, N * C), E(qkv, N * 3 * C), E(atty, N * C), E(fch, N * F), E(mean, N), E(rstd, N),
+        E(x, N * C), E(ln, N * C), E(qkv, N * 3 * QD), E(atty, N * QD), E(fch, N * F), E(mean, N), E(rstd, N),
         E(last, S * C), E(logits, S * (size_t)c->vocab_size),
     };
 #undef E
@@ -535,45 +537,67 @@ static sk_status gpt2_infer_prepare(model *m, int max_tokens, int max_seqs, int 
 /* Runs the N tokens of b: embeddings of each token at its own position; per layer one c_attn
  * product over all rows, whose k and v column blocks go to their slots of kv before paged
  * attention reads each sequence's blocks; then only the rows asked for go through ln_f and
- * the LM head. Returns logits (R,V), a view of backend memory valid until the next call. */
+ * the LM head. Returns logits (R,V), a view of backend memory valid until the next call.
+ * Split over ranks (model_tp), the heads and MLP columns are this rank's and the c_proj
+ * outputs and the embedding are summed over the ranks (tp_sum). */
 static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
     gpt2_state *s = m->state;
     SK_ASSERT(s && s->inf_mem);
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
-    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
+    const int L = c->n_layer, C = c->n_embd, F = m->tp.ffn_dim, NH = m->tp.n_head, QD = NH * c->head_dim;
     const int N = b->n_tokens, R = b->n_out;
     gpt2_infer *f = &s->inf;
-    tensor x = arch_mat(f->x, N, C), ln = arch_mat(f->ln, N, C), qkv = arch_mat(f->qkv, N, 3 * C);
-    tensor atty = arch_mat(f->atty, N, C), fch = arch_mat(f->fch, N, F);
-    tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N);
+    tensor x = arch_mat(f->x, N, C), ln = arch_mat(f->ln, N, C), qkv = arch_mat(f->qkv, N, 3 * QD);
+    tensor atty = arch_mat(f->atty, N, QD), fch = arch_mat(f->fch, N, F);
+    tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N), wpe = gpt2_tensor(m, false, P_WPE);
 
-    arch_batch_upload(be, &f->ids, s->inf_dims, b);
-    /* x = wte[token] + wpe[position], the sum embed_forward forms in one call */
+    arch_batch_upload(m, &f->ids, s->inf_dims, b);
+    /* x = wte[token] + wpe[position], the sum embed_forward forms in one call (split: rank 0
+     * alone holds wpe, and the sum over the ranks adds it once) */
     op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), gpt2_tensor(m, false, P_WTE), tensor_none());
-    op->embed_forward(be, NULL, ln, tensor_2d(f->ids.pos, DT_I32, 1, N), gpt2_tensor(m, false, P_WPE), tensor_none());
-    op->add(be, NULL, x, x, ln);
+    if (!tensor_is_none(wpe)) {
+        op->embed_forward(be, NULL, ln, tensor_2d(f->ids.pos, DT_I32, 1, N), wpe, tensor_none());
+        op->add(be, NULL, x, x, ln);
+    }
+    tp_sum(m, x);
     for (int l = 0; l < L; l++) {
         gpt2_w w = gpt2_layer(m, false, l);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, tensor_none(), w.ln1w, w.ln1b, c->norm_eps);
         gpt2_linear(be, qkv, ln, w.attnw, w.attnb);
-        arch_paged_attention(be, kv, &f->ids, b, l, atty, tensor_cols(qkv, 0, C), tensor_cols(qkv, C, C),
-                             tensor_cols(qkv, 2 * C, C), NH, NH, 0);
+        arch_paged_attention(be, kv, &f->ids, b, l, atty, tensor_cols(qkv, 0, QD), tensor_cols(qkv, QD, QD),
+                             tensor_cols(qkv, 2 * QD, QD), NH, NH, 0);
         gpt2_linear(be, ln, atty, w.projw, w.projb);
+        tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, tensor_none(), w.ln2w, w.ln2b, c->norm_eps);
         gpt2_linear_gelu(be, fch, tensor_none(), ln, w.fcw, w.fcb);
         gpt2_linear(be, ln, fch, w.fcpw, w.fcpb);
+        tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
-    tensor last = arch_mat(f->last, R, C), logits = arch_mat(f->logits, R, V);
+    tensor last = arch_mat(f->last, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
     op->layernorm_forward(be, NULL, last, tensor_rows(mean, 0, R), tensor_rows(rstd, 0, R), last, tensor_none(),
                           gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
-    op->matmul(be, NULL, logits, last, false, gpt2_tensor(m, false, P_WTE), true, 1.0f, 0.0f);
-    return logits;
+    return tp_logits(m, last, gpt2_tensor(m, false, P_WTE), f->logits, R);
+}
+
+/* The tensor-parallel cut (model_split): c_attn's q, k and v column blocks by heads, c_fc by
+ * columns, both c_proj by rows (their biases rank 0's: the sums add them once), wte by
+ * vocabulary rows (the embedding and the tied head), wpe rank 0's (the embedding's sum adds
+ * it once); LayerNorms whole. */
+static model_split gpt2_split(const model_config *cfg, const model_param *p) {
+    static const arch_split_rule cut[] = {
+        {"wte.weight", {SPLIT_EMBED, 0, 1}},           {"wpe.weight", {SPLIT_FIRST_RANK, 0, 1}},
+        {"attn.c_attn.weight", {SPLIT_HEADS, 1, 3}},   {"attn.c_attn.bias", {SPLIT_HEADS, 0, 3}},
+        {"attn.c_proj.weight", {SPLIT_HEADS, 0, 1}},   {"mlp.c_fc.weight", {SPLIT_FFN, 1, 1}},
+        {"mlp.c_fc.bias", {SPLIT_FFN, 0, 1}},          {"mlp.c_proj.weight", {SPLIT_FFN, 0, 1}},
+        {"c_proj.bias", {SPLIT_FIRST_RANK, 0, 1}},
+    };
+    return arch_split_find(p->name, cut, (int)(sizeof cut / sizeof cut[0]));
 }
 
 static void gpt2_free_state(model *m) {
@@ -597,4 +621,5 @@ const model_arch gpt2_arch = {
     .infer_batch = gpt2_infer_batch,
     .free_state = gpt2_free_state,
     .train_bytes = gpt2_train_bytes,
+    .split = gpt2_split,
 };

@@ -600,9 +600,10 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     if (s->inf_mem) backend_mem_free(be, s->inf_mem);
     s->inf_mem = NULL;
     memset(&s->inf_dims, 0, sizeof s->inf_dims);
+    /* this rank's heads and MLP width (the whole model's unless split) */
     const size_t N = (size_t)d.tokens, S = (size_t)d.seqs, P = (size_t)d.ctx, C = (size_t)c->n_embd,
-                 F = (size_t)c->ffn_dim, HS = (size_t)c->head_dim, QD = (size_t)c->n_head * HS,
-                 KD = (size_t)c->n_kv_head * HS;
+                 F = (size_t)m->tp.ffn_dim, HS = (size_t)c->head_dim, QD = (size_t)m->tp.n_head * HS,
+                 KD = (size_t)m->tp.n_kv_head * HS;
     llama_infer *f = &s->inf;
 #define E(field, n) { (void **)&f->field, (n) }
     arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 14] = {
@@ -631,15 +632,16 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
  * and the values go to their slots of kv, and paged attention reads each sequence's blocks
  * (within the sliding window when the config has one); only the rows asked for go through
  * the final norm and the LM head. Returns logits (R,V), a view of backend memory valid until
- * the next call. */
+ * the next call. Split over ranks (model_tp), the heads and MLP columns are this rank's and
+ * the o_proj and down_proj outputs and the embedding are summed over the ranks (tp_sum). */
 static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
     llama_state *s = m->state;
     const model_config *c = &m->cfg;
     SK_ASSERT(s && s->inf_mem);
     backend *be = m->be;
     const backend_ops *op = be->ops;
-    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
-              NKV = c->n_kv_head, HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
+    const int L = c->n_layer, C = c->n_embd, F = m->tp.ffn_dim, NH = m->tp.n_head, NKV = m->tp.n_kv_head,
+              HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
     const int N = b->n_tokens, R = b->n_out;
     llama_infer *f = &s->inf;
     tensor x = arch_mat(f->x, N, C), ln = arch_mat(f->ln, N, C), q = arch_mat(f->q, N, QD);
@@ -648,10 +650,11 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
     const int P = s->inf_dims.ctx;
 
-    arch_batch_upload(be, &f->ids, s->inf_dims, b);
+    arch_batch_upload(m, &f->ids, s->inf_dims, b);
     tensor pos = tensor_2d(f->ids.pos, DT_I32, 1, N);
     op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), llama_tensor(m, false, LLAMA_EMBED),
                       tensor_none());
+    tp_sum(m, x);
     op->embed_forward(be, NULL, cos, pos, arch_mat(f->rope_cos, P, HS / 2), tensor_none());
     op->embed_forward(be, NULL, sin, pos, arch_mat(f->rope_sin, P, HS / 2), tensor_none());
     for (int l = 0; l < L; l++) {
@@ -665,20 +668,39 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
         op->rope_forward(be, NULL, llama_heads(k, N, HS), cos, sin, 0);
         arch_paged_attention(be, kv, &f->ids, b, l, atty, q, k, v, NH, NKV, W);
         llama_linear(be, ln, atty, w.ow, tensor_none());
+        tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.post_norm, c->norm_eps);
         llama_linear(be, gate, ln, w.gw, w.gb);
         llama_linear(be, up, ln, w.uw, w.ub);
         op->swiglu_forward(be, NULL, gate, gate, up);
         llama_linear(be, ln, gate, w.dw, w.db);
+        tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
     }
-    tensor last = arch_mat(f->last, R, C), logits = arch_mat(f->logits, R, V);
+    tensor last = arch_mat(f->last, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
     op->rmsnorm_forward(be, NULL, last, tensor_none(), last, tensor_none(), llama_tensor(m, false, llama_norm(m)),
                         c->norm_eps);
-    op->matmul(be, NULL, logits, last, false, llama_tensor(m, false, llama_head(m)), true, 1.0f, 0.0f);
-    return logits;
+    return tp_logits(m, last, llama_tensor(m, false, llama_head(m)), f->logits, R);
+}
+
+/* The tensor-parallel cut (model_split): q_proj by heads and k_proj, v_proj by key/value
+ * heads (rows, with their biases), gate_proj and up_proj by rows, o_proj and down_proj by
+ * columns (down_proj's bias rank 0's: the sum adds it once), the embedding and the LM head by
+ * vocabulary rows; norms whole. */
+static model_split llama_split(const model_config *cfg, const model_param *p) {
+    static const arch_split_rule cut[] = {
+        {"embed_tokens.weight", {SPLIT_EMBED, 0, 1}},  {"lm_head.weight", {SPLIT_VOCAB, 0, 1}},
+        {"q_proj.weight", {SPLIT_HEADS, 0, 1}},        {"q_proj.bias", {SPLIT_HEADS, 0, 1}},
+        {"k_proj.weight", {SPLIT_KV_HEADS, 0, 1}},     {"k_proj.bias", {SPLIT_KV_HEADS, 0, 1}},
+        {"v_proj.weight", {SPLIT_KV_HEADS, 0, 1}},     {"v_proj.bias", {SPLIT_KV_HEADS, 0, 1}},
+        {"o_proj.weight", {SPLIT_HEADS, 1, 1}},        {"gate_proj.weight", {SPLIT_FFN, 0, 1}},
+        {"gate_proj.bias", {SPLIT_FFN, 0, 1}},         {"up_proj.weight", {SPLIT_FFN, 0, 1}},
+        {"up_proj.bias", {SPLIT_FFN, 0, 1}},           {"down_proj.weight", {SPLIT_FFN, 1, 1}},
+        {"down_proj.bias", {SPLIT_FIRST_RANK, 0, 1}},
+    };
+    return arch_split_find(p->name, cut, (int)(sizeof cut / sizeof cut[0]));
 }
 
 static void llama_free_state(model *m) {
@@ -703,4 +725,5 @@ const model_arch llama_arch = {
     .infer_batch = llama_infer_batch,
     .free_state = llama_free_state,
     .train_bytes = llama_train_bytes,
+    .split = llama_split,
 };

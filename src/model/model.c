@@ -4,6 +4,7 @@
 #include "model/model.h"
 
 #include "model/arch.h"
+#include "model/tp.h"
 
 #include <string.h>
 
@@ -42,6 +43,7 @@ sk_status model_plan(const model_config *cfg, backend *be, model **out) {
     m->cfg = *cfg;
     m->arch = arch;
     m->be = be;
+    tp_init(&m->tp, cfg, 0, 1);
     m->n_specs = arch->plan_params(cfg, NULL);
     m->specs = mem_calloc(sizeof(model_param) * (size_t)m->n_specs);
     if (!m->specs) goto err;
@@ -91,6 +93,7 @@ sk_status model_create(const model_config *cfg, backend *be, model **out) {
 void model_free(model *m) {
     if (!m) return;
     if (m->arch && m->arch->free_state) m->arch->free_state(m);
+    tp_free(m);
     if (m->params) backend_mem_free(m->be, m->params);
     if (m->grads) backend_mem_free(m->be, m->grads);
     if (m->compute) backend_mem_free(m->be, m->compute);
@@ -231,6 +234,9 @@ sk_status model_kv_create(model *m, int max_T, model_kv **out) {
     *out = NULL;
     if (max_T <= 0 || max_T > c->n_positions)
         return sk_fail(SK_EARG, "inference length %d outside 1..%d (the model's context)", max_T, c->n_positions);
+    if (m->tp.size > 1)
+        return sk_fail(SK_EARG, "a model split over %d ranks runs through the engine (engine.h), whose other ranks "
+                       "follow its steps", m->tp.size);
     SK_TRY(model_infer_prepare(m, max_T, 1, max_T));
     model_kv *kv = mem_calloc(sizeof *kv);
     if (!kv) return SK_ENOMEM;
@@ -278,6 +284,7 @@ sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ct
         return sk_fail(SK_EARG, "inference batches of %d tokens, %d sequences, context %d: each must be positive, the "
                        "context at most the model's %d", max_tokens, max_seqs, max_ctx, P);
     if (!backend_supports_paged(m->be)) return SK_EARG;
+    SK_TRY(tp_prepare(m, max_tokens, max_seqs));
     return m->arch->infer_prepare(m, max_tokens, max_seqs, max_ctx);
 }
 

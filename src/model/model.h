@@ -135,6 +135,54 @@ typedef struct model_param_provider {
 
 typedef struct model_arch model_arch;
 
+/* ---- Tensor parallelism (Megatron-LM's cut; model_open_split) ----
+ * One model split over K ranks, one process per device, joined by a comm (comm.h): q/k/v
+ * (GPT-2's packed c_attn) and the MLP's first products (c_fc; gate, up) are cut by columns,
+ * each rank holding whole heads and a K-th of the MLP width; the attention output (c_proj,
+ * o_proj) and the MLP's last product (c_proj, down) are cut by rows, their partial products
+ * summed over the ranks by one all-reduce each; the token embedding and the LM head are cut
+ * by vocabulary rows (the embedding's sum is one more all-reduce; the logits of the shards
+ * are gathered, so every rank holds the whole distribution). Key/value heads are divided
+ * among the ranks, or, with fewer KV heads than ranks, each rank keeps the one its query heads
+ * read. Norms are whole on every rank; a row-cut product's bias, and GPT-2's position table,
+ * are rank 0's alone, so the sums add them once. A model that is not split has rank 0 of 1
+ * and the whole model's counts. */
+typedef struct comm comm;   /* comm/comm.h */
+typedef struct model_tp_run model_tp_run;   /* tp.c: buffers, stream and requests of the collectives */
+
+typedef struct model_tp {
+    int rank, size;        /* this rank of K = size */
+    comm *comm;            /* the K ranks' communicator (not owned); NULL when size is 1 */
+    int n_head, n_kv_head; /* its query heads and key/value heads */
+    int ffn_dim;           /* its MLP width */
+    int vocab0, n_vocab;   /* its vocabulary rows [vocab0, vocab0 + n_vocab) */
+    int vocab_chunk;       /* ceil(V/K): the rows of every rank, padded, in the logits' gather */
+    void *slices;          /* its parts of the weights copied out of the files (backend memory), or NULL */
+    size_t slice_bytes;    /* their size */
+    model_tp_run *run;     /* NULL until model_infer_prepare */
+    sk_status status;      /* SK_OK, or the first failed collective's (the model is then unusable) */
+    char error[512];       /* that failure's message */
+    double comm_s;         /* seconds its steps spent in collectives, each from its start to the
+                            * end of its wait: on a host-memory backend (MPI) the whole of each,
+                            * what the steps pay for communication (waiting for a slower rank
+                            * included); on a device, only the host's waits */
+} model_tp;
+
+/* How one parameter is cut (model_arch.split). The cut dimension `dim` of the stored tensor is
+ * `blocks` equal blocks (GPT-2's packed q, k, v: 3), and each rank takes the same part of
+ * every block, by `unit`: */
+typedef enum model_split_unit {
+    SPLIT_WHOLE,           /* not cut: every rank holds all of it (norms) */
+    SPLIT_FIRST_RANK,      /* whole on rank 0, absent (tensor_none) elsewhere */
+    SPLIT_HEADS,           /* query heads of head_dim elements: n_head / K per rank */
+    SPLIT_KV_HEADS,        /* key/value heads: n_kv_head / K per rank, or the one its queries read */
+    SPLIT_FFN,             /* the MLP width: ffn_dim / K */
+    SPLIT_VOCAB,           /* vocabulary rows: ceil(V/K), the last rank the rest (the LM head) */
+    SPLIT_EMBED,           /* the same plus one zero row after them: the embedding of the tokens
+                            * other ranks hold */
+} model_split_unit;
+typedef struct model_split { model_split_unit unit; int dim, blocks; } model_split;
+
 struct model {
     model_config cfg;
     const model_arch *arch;
@@ -168,6 +216,7 @@ struct model {
     dtype act_dt;          /* DT_F32, or DT_BF16: [lp] activations and bf16 products (backend.h) */
     void *compute;         /* (n_params) bf16 copy of m->params the products read; NULL in f32 */
     bool compute_stale;    /* m->params changed since compute was cast from them */
+    model_tp tp;           /* this rank's share of a split model (rank 0 of 1 otherwise) */
 };
 
 /* The key/value memory of one sequence (model_kv_create): keys and values of every layer for
@@ -225,6 +274,9 @@ struct model_arch {
      * in m's precision and recompute setting, without allocating: the memory plan of --micro-batch
      * auto. Optional (NULL: unknown). */
     size_t (*train_bytes)(const model *m, int B, int T);
+    /* How parameter p is cut over tensor-parallel ranks. Optional (NULL: the architecture
+     * cannot be split). */
+    model_split (*split)(const model_config *cfg, const model_param *p);
 };
 
 extern const model_arch gpt2_arch;
@@ -272,6 +324,31 @@ sk_status model_open_weights(const char *dir, backend *be, model **out);
  * caller keeps its reference. SK_ECONFIG when a matrix of w has a dtype be cannot multiply
  * (w opened for another backend), or when be does not read host memory (CUDA). */
 sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out);
+/* Whether cfg can be split over K ranks (see model_tp): its heads, the MLP width and the
+ * vocabulary divide (key/value heads divide or are fewer and divide K); SK_ECONFIG naming the
+ * shapes that do not. */
+sk_status model_tp_check(const model_config *cfg, int K);
+/* model_open_weights cut over the ranks of c: this rank's share (model_tp) of dir's model.
+ * Every rank reads only its slices: on the CPU a slice that is rows of a stored matrix stays a
+ * view into the read-only mapping; the others (columns of a stored matrix, GPT-2's packed
+ * q/k/v, the embedding with its zero row, and every 1-D tensor) are copied into m->tp.slices in
+ * the file's dtype, and every page of the mapping outside this rank's views is then released
+ * from the process (file_map_release), so its resident weights are about 1/K of the model's. On a device backend every slice
+ * is an f32 copy in device memory. c NULL or of one rank: model_open_weights. Checks the
+ * folder as model_open_weights does, then model_tp_check. */
+sk_status model_open_split(const char *dir, backend *be, comm *c, model **out);
+/* The same over opened weights w (the server's mapping), as model_open_wts: *out takes its own
+ * reference. */
+sk_status model_open_wts_split(const model_config *cfg, wts *w, backend *be, comm *c, model **out);
+/* Bytes of m's weights resident in this process now (*out): the pages of its weight files
+ * that are mapped here (memstat), its slices (model_tp) and the converted copies of its wts;
+ * a training model's f32 parameters. SK_EIO when /proc cannot be read. */
+sk_status model_resident_bytes(const model *m, size_t *out);
+/* SK_OK, or the failure of one of m's collectives since it was opened (SK_ECOMM naming the
+ * operation and the rank that died or did not answer), with its message: a split model whose
+ * step failed is unusable. Always SK_OK for a model that is not split. */
+sk_status model_step_status(const model *m);
+
 /* Writes config.json and model.safetensors (f32, "transformer."-prefixed GPT-2 names as
  * GPT2LMHeadModel writes them; Llama names as they are) into dir (created), sharded with the
  * index past MODEL_SHARD_BYTES. Files are written atomically. A training model only: an

@@ -44,9 +44,12 @@
 #include <string.h>
 
 #include "base/file.h"
+#include "base/memstat.h"
 #include "base/rng.h"
+#include "comm/comm.h"
 #include "model/arch.h"
 #include "model/safetensors.h"
+#include "model/tp.h"
 
 #define GPT2_PREFIX "transformer."
 /* Elements converted or written per step (4 MB of f32): large enough for full-speed I/O. */
@@ -218,44 +221,91 @@ sk_status model_load(const char *dir, backend *be, model **out) {
     return SK_OK;
 }
 
-sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out) {
+/* An inference model of cfg over w: the specs bound to their views into w (split over the
+ * ranks of c when c has several: tp_cut). A host-memory backend must read every matrix's
+ * dtype in place; a device backend gets copies (split models only). */
+static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c, model **out) {
     *out = NULL;
-    if (!be->host_memory)
-        return sk_fail(SK_ECONFIG, "%s: mapped weights are host memory, which the %s backend does not read in place; "
-                       "open the folder with model_open_weights (it uploads an f32 copy there)", wts_path(w), be->name);
     model *m = NULL;
     SK_TRY(model_plan(cfg, be, &m));
-    m->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
-    sk_status st = m->views ? bind_weights(m, w, m->views) : SK_ENOMEM;
-    for (int i = 0; i < m->n_specs && st == SK_OK; i++) {
-        dtype dt = m->views[i].dt;
+    tensor *views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
+    sk_status st = views ? bind_weights(m, w, views) : SK_ENOMEM;
+    for (int i = 0; i < m->n_specs && st == SK_OK && be->host_memory; i++) {
+        dtype dt = views[i].dt;
         if (dt != DT_F32 && !reads_in_place(be, dt))
             st = sk_fail(SK_ECONFIG, "%s: tensor '%s' is %s, which the %s backend cannot read in place (weights "
                          "opened for another backend)", wts_path(w), m->specs[i].name, dtype_name(dt), be->name);
+    }
+    m->weights = wts_ref(w);
+    if (st == SK_OK && c) {
+        st = tp_cut(m, c, views);
+        mem_free(views);
+    } else {
+        m->views = views;
     }
     if (st != SK_OK) {
         model_free(m);
         return st;
     }
-    m->weights = wts_ref(w);
     *out = m;
     return SK_OK;
 }
 
-sk_status model_open_weights(const char *dir, backend *be, model **out) {
+sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out) {
     *out = NULL;
-    if (!be->host_memory) return model_load(dir, be, out);   /* a device: upload an f32 copy */
-    model_config cfg;
-    SK_TRY(folder_config(dir, &cfg));
+    if (!be->host_memory)
+        return sk_fail(SK_ECONFIG, "%s: mapped weights are host memory, which the %s backend does not read in place; "
+                       "open the folder with model_open_weights (it uploads an f32 copy there)", wts_path(w), be->name);
+    return open_wts(cfg, w, be, NULL, out);
+}
+
+sk_status model_open_wts_split(const model_config *cfg, wts *w, backend *be, comm *c, model **out) {
+    *out = NULL;
+    if (!c || c->world == 1) return model_open_wts(cfg, w, be, out);
+    SK_TRY(model_tp_check(cfg, c->world));
+    return open_wts(cfg, w, be, c, out);
+}
+
+/* The matrix dtypes a folder is opened with for be: those it reads in place on a host-memory
+ * backend; every float dtype on a device (the split copies convert their slices). */
+static unsigned keep_for(backend *be) {
+    if (!be->host_memory) return WTS_KEEP_FLOAT;
     unsigned keep = 0;
     static const dtype kinds[] = {DT_F32, DT_BF16, DT_F16};
     for (int i = 0; i < 3; i++)
         if (reads_in_place(be, kinds[i])) keep |= WTS_DT(kinds[i]);
+    return keep;
+}
+
+sk_status model_open_split(const char *dir, backend *be, comm *c, model **out) {
+    *out = NULL;
+    const bool split = c && c->world > 1;
+    if (!be->host_memory && !split) return model_load(dir, be, out);   /* a device: upload an f32 copy */
+    model_config cfg;
+    SK_TRY(folder_config(dir, &cfg));
+    if (split) SK_TRY(model_tp_check(&cfg, c->world));
     wts *w = NULL;
-    SK_TRY(open_folder_weights(dir, keep, &w));
-    sk_status st = model_open_wts(&cfg, w, be, out);
+    SK_TRY(open_folder_weights(dir, keep_for(be), &w));
+    sk_status st = split ? model_open_wts_split(&cfg, w, be, c, out) : model_open_wts(&cfg, w, be, out);
     wts_free(w);   /* the model holds its own reference */
     return st;
+}
+
+sk_status model_open_weights(const char *dir, backend *be, model **out) { return model_open_split(dir, be, NULL, out); }
+
+sk_status model_resident_bytes(const model *m, size_t *out) {
+    *out = m->params ? m->n_params * sizeof(float) : 0;
+    if (!m->weights) return SK_OK;
+    *out += m->tp.slice_bytes + wts_copied_bytes(m->weights);
+    /* this wts's own mappings (by address: the process may map a file twice) */
+    for (int j = 0; j < wts_files(m->weights); j++) {
+        const file_map f = wts_mapping(m->weights, j);
+        memstat map;
+        if (!f.data) continue;
+        SK_TRY(memstat_read_range(f.data, f.size, &map));
+        *out += map.rss;
+    }
+    return SK_OK;
 }
 
 /* ---- writing: one file or shards ---- */

@@ -214,5 +214,10 @@ tensor wts_at(const wts *w, int i) { return at(w, i)->view; }
 const char *wts_file(const wts *w, int i) { return at(w, i)->file; }
 bool wts_is_copy(const wts *w, int i) { return at(w, i)->copy; }
 const char *wts_path(const wts *w) { return w->set.weights_path; }
+int wts_files(const wts *w) { return w->set.n_files; }
+file_map wts_mapping(const wts *w, int j) {
+    SK_ASSERT(j >= 0 && j < w->set.n_files);
+    return w->set.files[j].map;
+}
 size_t wts_mapped_bytes(const wts *w) { return w->mapped; }
 size_t wts_copied_bytes(const wts *w) { return w->copied; }

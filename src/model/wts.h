@@ -40,6 +40,7 @@
 #define SKEIN_WTS_H
 
 #include "base/base.h"
+#include "base/file.h"
 #include "tensor/tensor.h"
 
 typedef struct wts wts;
@@ -73,6 +74,10 @@ const char *wts_name(const wts *w, int i);
 tensor wts_at(const wts *w, int i);
 const char *wts_file(const wts *w, int i);
 bool wts_is_copy(const wts *w, int i);
+
+/* The files' mappings, j in [0, wts_files): where each whole file lies in memory. */
+int wts_files(const wts *w);
+file_map wts_mapping(const wts *w, int j);
 
 /* What was opened ("dir/model.safetensors" or the index), for messages. */
 const char *wts_path(const wts *w);

@@ -24,6 +24,7 @@ extern int cudaSetDevice(int device);
 #endif
 
 #define REPLICA_HANG_POLL_MS 5
+#define REPLICA_HEARTBEAT_MS 500   /* a split model's idle replica wakes this often (engine_heartbeat) */
 
 /* Builds rep's model and engine (its thread, without the lock). */
 static sk_status replica_build(replica *rep) {
@@ -35,9 +36,10 @@ static sk_status replica_build(replica *rep) {
             return sk_fail(SK_EARG, "CUDA device %d cannot be used (see --devices)", rep->device);
 #endif
         if (!(rep->own_be = backend_create("cuda"))) return SK_EARG;
-        SK_TRY(model_open_weights(rt->dir, rep->own_be, &rep->m));
+        if (rt->o.tp) SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, rt->o.tp, &rep->m));
+        else SK_TRY(model_open_weights(rt->dir, rep->own_be, &rep->m));
     } else {
-        SK_TRY(model_open_wts(&rt->base->cfg, rt->base->weights, rt->cpu, &rep->m));
+        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rt->cpu, rt->o.tp, &rep->m));
     }
     SK_TRY(engine_create(rep->m, &rt->eo, &rep->e));
     rep->piece_cap = tok_stream_cap(rt->t);
@@ -195,7 +197,20 @@ static void *replica_main(void *arg) {
     }
     while (rep->state != REPLICA_DOWN && !rep->stop) {
         if (!rep->in.n && !rep->n_abandoned && !engine_has_work(rep->e)) {
-            pthread_cond_wait(&rep->wake, &rt->mu);
+            if (!rt->o.tp) {
+                pthread_cond_wait(&rep->wake, &rt->mu);
+                continue;
+            }
+            /* a split model: the other ranks wait for the next step within their timeout */
+            serve_wait_ms(&rep->wake, &rt->mu, REPLICA_HEARTBEAT_MS);
+            pthread_mutex_unlock(&rt->mu);
+            st = engine_heartbeat(rep->e);
+            if (st != SK_OK) snprintf(why, sizeof why, "%s", sk_errmsg());
+            pthread_mutex_lock(&rt->mu);
+            if (st != SK_OK) {
+                router_replica_down(rt, rep, why);
+                break;
+            }
             continue;
         }
         replica_admit(rep);

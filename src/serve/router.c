@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "base/file.h"
+#include "comm/comm.h"
 #include "serve/serve_impl.h"
 
 #define ROUTER_TICK_MS 10
@@ -167,8 +168,8 @@ static void router_route(router *rt, serve_req *r) {
 
 bool router_submit(router *rt, serve_req *r, char *why, size_t cap) {
     const int limit = rt->target * rt->eo.max_seqs + rt->o.max_queue;
-    if (rt->stopping) {
-        snprintf(why, cap, "the server is shutting down");
+    if (rt->stopping || rt->finished) {
+        snprintf(why, cap, rt->finished ? "the model %s failed: %s" : "the server is shutting down", rt->name, rt->failure);
         return false;
     }
     if (rt->n_inflight >= limit) {
@@ -238,12 +239,32 @@ void router_replica_ready(router *rt, replica *rep) {
     pthread_cond_broadcast(&rt->changed);
 }
 
+/* A split model's replica failed (mu held): it cannot be replaced, so what it and the router
+ * hold ends with an error and the router is finished (router.h). */
+static void router_finish_all(router *rt, replica *rep, const char *why) {
+    rt->finished = true;
+    snprintf(rt->failure, sizeof rt->failure, "its %d ranks failed (%s)", rt->o.tp->world, why);
+    char err[SERVE_NAME_BYTES + sizeof rt->failure + 16];
+    snprintf(err, sizeof err, "model %s: %s", rt->name, rt->failure);
+    req_queue *qs[3] = {&rep->in, &rep->live, &rt->pending};
+    for (int q = 0; q < 3; q++) {
+        serve_req *r;
+        while ((r = qs[q]->head)) router_finish(rt, r, r->abandoned ? "cancelled" : "error", r->abandoned ? NULL : err);
+    }
+    if (rt->o.on_failure) rt->o.on_failure(rt->o.failure_ctx);
+}
+
 void router_replica_down(router *rt, replica *rep, const char *why) {
     const bool built = rep->t_ready > 0;
     rep->state = REPLICA_DOWN;
     snprintf(rep->why, sizeof rep->why, "%s", why);
     rt->failures++;
     fprintf(stderr, "skein serve: model %s: replica %d down: %s\n", rt->name, rep->id, why);
+    if (rt->o.tp) {
+        router_finish_all(rt, rep, why);
+        pthread_cond_broadcast(&rt->changed);
+        return;
+    }
     char err[512];
     snprintf(err, sizeof err, "replica %d of model %s failed after the request had produced tokens (%s)", rep->id,
              rt->name, why);
@@ -403,6 +424,7 @@ static void router_autoscale(router *rt, double now) {
  * starting or up (the first among equals). */
 static int router_pick_device(const router *rt) {
     if (strcmp(rt->o.device, "cuda")) return -1;
+    if (rt->o.tp) return rt->o.tp->local_rank;   /* rank 0's own device (comm_init chose it) */
     if (rt->o.n_devices == 0) return 0;
     int best = 0, best_n = 1 << 30;
     for (int d = 0; d < rt->o.n_devices; d++) {
@@ -418,7 +440,7 @@ static int router_pick_device(const router *rt) {
 
 /* Starts replicas until the target are starting or up. */
 static void router_fill(router *rt, double now) {
-    if (rt->stopping || now < rt->hold_until) return;
+    if (rt->stopping || rt->finished || now < rt->hold_until) return;
     while (router_count(rt, REPLICA_STARTING, REPLICA_UP) < rt->target) {
         if (rt->n_reps == rt->cap_reps) {
             const int cap = rt->cap_reps ? 2 * rt->cap_reps : 8;
@@ -446,7 +468,7 @@ static void *router_supervise(void *arg) {
         if (rt->stopping) break;
         const double now = time_now();
         router_reap(rt);
-        router_watch(rt, now);
+        if (!rt->o.tp) router_watch(rt, now);   /* a split model's steps end at the comm's timeout */
         router_autoscale(rt, now);
         router_fill(rt, now);
     }
@@ -479,6 +501,9 @@ static sk_status router_check_opts(const router_opts *o) {
         return sk_fail(SK_EARG, "serve: --device %s: expected cpu or cuda", o->device);
     if (o->n_devices < 0 || o->n_devices > ROUTER_MAX_DEVICES)
         return sk_fail(SK_EARG, "serve: --devices lists at most %d devices", ROUTER_MAX_DEVICES);
+    if (o->tp && (o->max_replicas > 1 || o->n_devices > 0))
+        return sk_fail(SK_EARG, "serve: --tp %d serves one replica over its ranks (leave out --replicas, "
+                       "--max-replicas and --devices)", o->tp->world);
     for (int i = 0; i < o->n_devices; i++)
         if (o->devices[i] < 0) return sk_fail(SK_EARG, "serve: --devices: %d is not a device id", o->devices[i]);
     return SK_OK;
@@ -622,6 +647,14 @@ bool router_up(router *rt) {
     const bool up = router_count(rt, REPLICA_UP, REPLICA_UP) > 0;
     pthread_mutex_unlock(&rt->mu);
     return up;
+}
+
+const char *router_failure(router *rt, char *buf, size_t cap) {
+    pthread_mutex_lock(&rt->mu);
+    const bool failed = rt->finished;
+    snprintf(buf, cap, "%s", rt->failure);
+    pthread_mutex_unlock(&rt->mu);
+    return failed ? buf : NULL;
 }
 
 sk_status router_snapshot(router *rt, metrics_model *m, metrics_replica **reps) {

@@ -35,7 +35,15 @@
  * Devices: on the CPU every replica runs its steps on `threads` OpenMP threads (set in its
  * own thread). With device "cuda", replicas go to the ids of `devices` round robin (the
  * least used first), each with its own backend and its own device copy of the weights (the
- * CUDA backend does not read mapped host weights). */
+ * CUDA backend does not read mapped host weights).
+ *
+ * Tensor parallelism (tp: the communicator of K ranks, --tp K): the model is split over the
+ * ranks and the router, on rank 0, has one replica: rank 0's engine over its share
+ * (model_open_wts_split), the other ranks following it (engine_follow). Such a replica cannot
+ * be replaced: when its step fails (a rank died or hung: SK_ECOMM naming it), every request it
+ * or the router holds ends with an error naming the failure, no request is accepted any more,
+ * the router is finished (router_failure) and on_failure is called, under the router's lock,
+ * once. Its steps are bounded by the communicator's timeout, not replica_timeout_s. */
 #ifndef SKEIN_ROUTER_H
 #define SKEIN_ROUTER_H
 
@@ -61,6 +69,9 @@ typedef struct router_opts {
     double upscale_delay_s, downscale_delay_s;
     double replica_timeout_s;        /* a step longer than this: the replica stopped answering */
     int threads;                     /* OpenMP threads per CPU replica */
+    comm *tp;                        /* split over these ranks (see the top; not owned), or NULL */
+    void (*on_failure)(void *ctx);   /* with tp: called once when the model's ranks failed */
+    void *failure_ctx;
 } router_opts;
 
 /* Defaults: cpu, 1 replica (min = max = 1), Ray Serve's target_ongoing 2, upscale delay 30 s,
@@ -82,6 +93,9 @@ void router_free(router *rt);
 
 /* Whether a replica is up (/health). */
 bool router_up(router *rt);
+/* Why a split model's ranks failed (into buf, size cap, and returned), or NULL while they have
+ * not. */
+const char *router_failure(router *rt, char *buf, size_t cap);
 /* The model's metrics now; *reps (m->reps, m->n_reps of them) is the caller's to mem_free. */
 sk_status router_snapshot(router *rt, metrics_model *m, metrics_replica **reps);
 

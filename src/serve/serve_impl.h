@@ -182,6 +182,8 @@ struct router {
     pthread_cond_t changed;         /* a replica came up, went down or an orphan finished */
     /* shared */
     bool stopping;
+    bool finished;                  /* a split model's replica failed: nothing runs any more */
+    char failure[256];              /* why */
     replica **reps;                 /* (n_reps) every replica not yet freed, orphans excepted */
     int n_reps, cap_reps;
     int n_orphans;
