@@ -84,7 +84,7 @@ static sk_status parse_with_runfile(runfile *rf, int argc, char **argv, arg_spec
 static int train_main(int argc, char **argv, runfile *rf) {
     train_opts o;
     train_opts_default(&o);
-    long seed = (long)o.seed, zero = 0;
+    long seed = (long)o.seed, zero = 0, tp = 1;
     double lr = o.hp.lr, wd = o.hp.weight_decay, clip = o.hp.grad_clip, min_lr = o.hp.min_lr_frac;
     const char *micro = NULL, *dist = "static", *mem_limit = NULL, *slow = NULL, *kill = NULL, *precision = "f32";
     const char *config = NULL, *decay = "cosine", *warmup_shape = "linear";
@@ -114,6 +114,8 @@ static int train_main(int argc, char **argv, runfile *rf) {
         {"--eps", ARG_FLOAT, &eps, "X", "AdamW's epsilon (default 1e-8)", false, false},
         {"--grad-clip", ARG_FLOAT, &clip, "X", "clip the global gradient norm (default 1; 0 = off)", false, false},
         {"--zero", ARG_INT, &zero, "K", "ZeRO stage 0-3: shard optimizer state (1), gradients (2), parameters (3)", false, false},
+        {"--tp", ARG_INT, &tp, "K", "tensor parallel: split the model over groups of K consecutive ranks (the world is "
+         "K x data-parallel ranks; started by hand without --workers, runs K ranks)", false, false},
         {"--data-dist", ARG_STR, &dist, "static|dynamic", "split each batch evenly, or let workers pull micro-batches (default static)", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
         {"--comm-timeout", ARG_FLOAT, &timeout, "S", "a collective waiting longer than S seconds fails the run (default 120)", false, false},
@@ -151,7 +153,9 @@ static int train_main(int argc, char **argv, runfile *rf) {
     if ((st = comm_env_read(&env))) return cli_fail(st);
     /* A run file's workers launch only a process started by hand (its ranks read it too). */
     bool file_workers = env.launcher != COMM_LAUNCH_NONE && argv_find(argc, argv, "--workers") < 0;
+    if (tp < 1 || tp > 4096) return cli_fail(sk_fail(SK_EARG, "train: --tp must be 1 to 4096, got %ld", tp));
     if (workers > 1 && !file_workers) return launch_workers("train", argc, argv, (int)workers);
+    if (tp > 1 && workers <= 1 && env.launcher == COMM_LAUNCH_NONE) return launch_workers("train", argc, argv, (int)tp);
     if (micro && !strcmp(micro, "auto")) {
         o.micro_auto = true;
     } else if (micro) {
@@ -163,6 +167,7 @@ static int train_main(int argc, char **argv, runfile *rf) {
     if (zero < 0 || zero > 3) return cli_fail(sk_fail(SK_EARG, "train: --zero must be 0, 1, 2 or 3, got %ld", zero));
     if ((st = cli_precision("train", precision, &o.precision))) return cli_fail(st);
     o.zero = (int)zero;
+    o.tp = (int)tp;
     if (strcmp(dist, "static") && strcmp(dist, "dynamic"))
         return cli_fail(sk_fail(SK_EARG, "train: --data-dist must be static or dynamic, got '%s'", dist));
     o.dynamic = !strcmp(dist, "dynamic");

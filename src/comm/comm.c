@@ -159,13 +159,32 @@ sk_status comm_init(const char *kind, const char *device, double timeout_s, comm
         return sk_fail(SK_EARG, "communicator '%s': expected auto, local, mpi, gloo or nccl", kind);
     }
     if (st != SK_OK) return st;
+    SK_TRY(comm_add_pool(c));
+    *out = c;
+    return SK_OK;
+}
+
+sk_status comm_add_pool(comm *c) {
     c->reqs = calloc(COMM_MAX_REQS, sizeof *c->reqs);
     if (!c->reqs) {
         c->ops->free(c);
         return sk_fail(SK_ENOMEM, "comm: out of memory");
     }
     for (int k = 0; k < COMM_MAX_REQS; k++) c->reqs[k].slot = k;
-    *out = c;
+    return SK_OK;
+}
+
+sk_status comm_split(comm *c, int color, int key, comm **out) {
+    *out = NULL;
+    if (color < 0) return sk_fail(SK_EARG, "comm_split: color %d must not be negative", color);
+    for (int k = 0; k < COMM_MAX_REQS; k++)
+        SK_ASSERT(!c->reqs[k].busy);   /* the contract: nothing of c in flight */
+    if (!c->ops->split)
+        return sk_fail(SK_EARG, "comm_split: the %s communicator cannot be split (supported: mpi, local)", c->name);
+    comm *s = NULL;
+    SK_TRY(c->ops->split(c, color, key, &s));
+    SK_TRY(comm_add_pool(s));
+    *out = s;
     return SK_OK;
 }
 

@@ -112,6 +112,15 @@ sk_status comm_barrier(comm *c);
 sk_status comm_fetch_add(comm *c, int64_t add, int64_t *old);
 sk_status comm_counter_set(comm *c, int64_t value);
 
+/* ---- Sub-communicators ----
+ * comm_split: collective over every rank of c, with no request of c in flight: the ranks that
+ * pass the same color form a new comm *out, ranked by key (ties by their rank in c), whose
+ * collectives are independent of c's (tensor x data parallel training: a group per color).
+ * Free it with comm_free before c. local: a world of one again; MPI: MPI_Comm_split, which
+ * needs MPI_THREAD_MULTIPLE (each comm has its own communication thread); gloo and NCCL:
+ * SK_EARG, not supported yet. */
+sk_status comm_split(comm *c, int color, int key, comm **out);
+
 /* ---- Launch environment (bootstrap) ----------------------------------------------------
  * Who started this process, read from the variables each launcher sets:
  *   OpenMPI mpirun   OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK

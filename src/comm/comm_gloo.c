@@ -268,7 +268,7 @@ static void gloo_free(comm *c) {
     free(c);
 }
 
-static const comm_ops gloo_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, gloo_free};
+static const comm_ops gloo_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, gloo_free, NULL};
 
 sk_status comm_gloo_init(const comm_env *env, double timeout_s, comm **out) {
     *out = NULL;

@@ -50,6 +50,8 @@ struct comm_ops {
     /* *done = whether r is complete, without blocking. */
     sk_status (*test)(comm *c, comm_req *r, bool *done);
     void (*free)(comm *c);
+    /* comm_split's implementation (the caller adds the request pool); NULL: not supported. */
+    sk_status (*split)(comm *c, int color, int key, comm **out);
 };
 
 /* Bytes of one element. */
@@ -58,6 +60,8 @@ size_t comm_elem_size(comm_elem e);
 void comm_bf16_sum(uint16_t *acc, const uint16_t *in, size_t n);
 
 sk_status comm_local_init(double timeout_s, comm **out);
+/* Gives a new comm c its request pool (comm_init, comm_split); on failure frees c. */
+sk_status comm_add_pool(comm *c);
 #ifdef SKEIN_HAVE_MPI
 sk_status comm_mpi_init(double timeout_s, comm **out);
 /* Ends every rank of c's job now (MPI_Abort, exit status 1); for a failure elsewhere (NCCL). */

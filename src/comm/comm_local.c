@@ -43,7 +43,9 @@ static void local_free(comm *c) {
     free(c);
 }
 
-static const comm_ops local_ops = {local_start, local_wait, local_test, local_free};
+static sk_status local_split(comm *c, int color, int key, comm **out) { return comm_local_init(c->timeout_s, out); }
+
+static const comm_ops local_ops = {local_start, local_wait, local_test, local_free, local_split};
 
 sk_status comm_local_init(double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);

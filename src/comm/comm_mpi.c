@@ -4,7 +4,8 @@
  * The communication thread (comm_worker.h) makes every MPI call, MPI_Init_thread and
  * MPI_Finalize included, so MPI's "main thread" is this thread and MPI_THREAD_FUNNELED is
  * the level it needs (checked; where MPI was initialized by someone else, SERIALIZED is
- * needed and checked). It issues each request as nonblocking MPI calls (pieces in order when
+ * needed and checked). A comm from comm_split has a thread of its own calling MPI too, so
+ * MPI_THREAD_MULTIPLE is asked for at start-up and a split checks it was granted. It issues each request as nonblocking MPI calls (pieces in order when
  * split) and polls them with MPI_Test until they complete or the communicator's timeout
  * passes. Nothing here blocks without a deadline except MPI_Init_thread and the window's
  * creation at start-up.
@@ -42,6 +43,8 @@ typedef struct mpi_impl {
     comm_worker w;         /* first: the thread and the request queue */
     MPI_Request mr[COMM_MAX_REQS];   /* thread: per slot, the MPI call in flight (slot.step) */
     MPI_Comm world;        /* thread: collectives */
+    MPI_Comm parent;       /* comm_split: the comm split into this one (MPI_COMM_NULL: the world) */
+    int color, key;        /* comm_split's arguments */
     MPI_Comm diag;         /* thread: pings during timeouts, never in the collectives' order */
     MPI_Win win;           /* thread: the fetch-and-add counter, on rank 0 */
     int64_t *counter;      /* thread: rank 0's window memory; NULL elsewhere */
@@ -323,7 +326,8 @@ static sk_status mpi_setup(comm *c) {
     if (finalized) return sk_fail(SK_ESTATE, "comm: MPI was finalized by an earlier communicator; one per process");
     MPI_CHECK(MPI_Initialized(&inited));
     if (!inited) {
-        MPI_CHECK(MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided));
+        /* MULTIPLE where granted, so comm_split's comms can have threads of their own */
+        MPI_CHECK(MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided));
         m->initialized_mpi = true;
         if (provided < MPI_THREAD_FUNNELED) {
             sk_fail(SK_ECOMM, "comm: MPI granted thread level %d, below MPI_THREAD_FUNNELED (%d), which skein's "
@@ -338,9 +342,15 @@ static sk_status mpi_setup(comm *c) {
             goto err;
         }
     }
+    if (m->parent != MPI_COMM_NULL && provided < MPI_THREAD_MULTIPLE) {
+        sk_fail(SK_ECOMM, "comm_split: MPI granted thread level %d, below MPI_THREAD_MULTIPLE (%d), which a second "
+                "communicator's thread needs", provided, MPI_THREAD_MULTIPLE);
+        goto err;
+    }
     MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &m->world));
-    MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &m->diag));
+    if (m->parent != MPI_COMM_NULL) MPI_CHECK(MPI_Comm_split(m->parent, m->color, m->key, &m->world));
+    else MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &m->world));
+    MPI_CHECK(MPI_Comm_dup(m->world, &m->diag));
     MPI_CHECK(MPI_Comm_rank(m->world, &c->rank));
     MPI_CHECK(MPI_Comm_size(m->world, &c->world));
     MPI_CHECK(MPI_Comm_split_type(m->world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node));
@@ -420,9 +430,12 @@ static void mpi_free(comm *c) {
     mpi_release(c);
 }
 
-static const comm_ops mpi_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, mpi_free};
+static sk_status mpi_split(comm *c, int color, int key, comm **out);
+static const comm_ops mpi_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, mpi_free, mpi_split};
 
-sk_status comm_mpi_init(double timeout_s, comm **out) {
+/* A comm over MPI_COMM_WORLD (parent MPI_COMM_NULL) or over the ranks of parent passing color,
+ * ranked by key; its thread sets it up. */
+static sk_status mpi_create(double timeout_s, MPI_Comm parent, int color, int key, comm **out) {
     comm *c = calloc(1, sizeof *c);
     mpi_impl *m = calloc(1, sizeof *m);
     if (!c || !m) {
@@ -431,6 +444,9 @@ sk_status comm_mpi_init(double timeout_s, comm **out) {
         return sk_fail(SK_ENOMEM, "comm: out of memory");
     }
     m->world = m->diag = MPI_COMM_NULL;
+    m->parent = parent;
+    m->color = color;
+    m->key = key;
     m->win = MPI_WIN_NULL;
     m->ping_req = MPI_REQUEST_NULL;
     for (int k = 0; k < COMM_MAX_REQS; k++) m->mr[k] = MPI_REQUEST_NULL;   /* MPI_Test leaves them so */
@@ -447,6 +463,14 @@ sk_status comm_mpi_init(double timeout_s, comm **out) {
     if (comm_worker_start(c, &first) != SK_OK || comm_worker_wait(c, &first) != SK_OK) comm_mpi_abort(c);
     *out = c;
     return SK_OK;
+}
+
+sk_status comm_mpi_init(double timeout_s, comm **out) { return mpi_create(timeout_s, MPI_COMM_NULL, 0, 0, out); }
+
+/* comm_split: MPI_Comm_split of c's communicator, made by the new comm's thread while c's is
+ * idle (no request in flight: comm_split's contract), so MPI sees two threads. */
+static sk_status mpi_split(comm *c, int color, int key, comm **out) {
+    return mpi_create(c->timeout_s, ((mpi_impl *)c->impl)->world, color, key, out);
 }
 
 #endif /* SKEIN_HAVE_MPI */

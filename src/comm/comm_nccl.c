@@ -304,7 +304,7 @@ static void nccl_free(comm *c) {
     nccl_release(c);
 }
 
-static const comm_ops nccl_ops = {nccl_start, nccl_wait, nccl_test, nccl_free};
+static const comm_ops nccl_ops = {nccl_start, nccl_wait, nccl_test, nccl_free, NULL};
 
 sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);

@@ -34,12 +34,14 @@
 
 #include "base/rng.h"
 
-/* Order: wte (V,C), wpe (T,C), then per layer ln_1, attn.c_attn (C,3C), attn.c_proj (C,C),
- * ln_2, mlp.c_fc (C,F), mlp.c_proj (F,C), then ln_f. Conv1D weights are (in, out). */
+/* Order: wte (V,C), wpe (T,C), then per layer ln_1, attn.c_attn (C,3QD), attn.c_proj (QD,C),
+ * ln_2, mlp.c_fc (C,F), mlp.c_proj (F,C), then ln_f. Conv1D weights are (in, out). QD, the
+ * heads' width n_head * head_dim, is C except in a tensor-parallel training share (tp_train.h),
+ * whose config holds its own heads and MLP width. */
 static int gpt2_plan_params(const model_config *cfg, model_param *specs) {
     int n = 0;
     size_t off = 0;
-    const int64_t C = cfg->n_embd, F = cfg->ffn_dim;
+    const int64_t C = cfg->n_embd, F = cfg->ffn_dim, QD = (int64_t)cfg->n_head * cfg->head_dim;
     arch_plan_param(specs, &n, &off, -1, true, 2, cfg->vocab_size, C, "wte.weight");
     arch_plan_param(specs, &n, &off, -1, true, 2, cfg->n_positions, C, "wpe.weight");
     for (int l = 0; l < cfg->n_layer; l++) {
@@ -47,9 +49,9 @@ static int gpt2_plan_params(const model_config *cfg, model_param *specs) {
         arch_plan_param(specs, &n, &off, l, decay, ndim, d0, d1, "h.%d." suffix, l)
         P("ln_1.weight", false, 1, C, 0);
         P("ln_1.bias", false, 1, C, 0);
-        P("attn.c_attn.weight", true, 2, C, 3 * C);
-        P("attn.c_attn.bias", false, 1, 3 * C, 0);
-        P("attn.c_proj.weight", true, 2, C, C);
+        P("attn.c_attn.weight", true, 2, C, 3 * QD);
+        P("attn.c_attn.bias", false, 1, 3 * QD, 0);
+        P("attn.c_proj.weight", true, 2, QD, C);
         P("attn.c_proj.bias", false, 1, C, 0);
         P("ln_2.weight", false, 1, C, 0);
         P("ln_2.bias", false, 1, C, 0);
@@ -85,9 +87,9 @@ typedef struct gpt2_acts {
     float *encoded;          /* (N,C) embeddings: layer 0's input */
     void *ln1;               /* (L,N,C) lp */
     float *ln1_mean, *ln1_rstd;   /* (L,N) */
-    void *qkv;               /* (L,N,3C) lp */
+    void *qkv;               /* (L,N,3QD) lp */
     float *lse;              /* (L,B,NH,T) attention log-sum-exps, saved for backward */
-    void *atty;              /* (L,N,C) lp, attention output before c_proj */
+    void *atty;              /* (L,N,QD) lp, attention output before c_proj */
     float *res2;             /* (L,N,C) residual after the attention branch */
     void *ln2;               /* (L,N,C) lp */
     float *ln2_mean, *ln2_rstd;   /* (L,N) */
@@ -102,8 +104,8 @@ typedef struct gpt2_acts {
     double *loss_sum;        /* (1) f64 (planned as 2 floats): the loss head's sum on the device */
     /* backward scratch, one layer's worth, reused down the stack */
     float *dres;             /* (N,C) gradient of the residual stream */
-    void *dC, *dC2;          /* (N,C) lp */
-    void *dqkv;              /* (N,3C) lp */
+    void *dC, *dC2;          /* (N,C) lp (QD <= C) */
+    void *dqkv;              /* (N,3QD) lp */
     void *dF;                /* (N,F) lp */
 } gpt2_acts;
 
@@ -202,16 +204,16 @@ static void gpt2_init_weights(model *m, uint64_t seed) {
     const size_t N = (size_t)(B) * (T), C = (size_t)(c)->n_embd, L = (size_t)(c)->n_layer,     \
                  LK = (rc) ? 1 : L,   /* layers whose inner activations are kept */             \
                  F = (size_t)(c)->ffn_dim, Vp = (size_t)arch_vocab_padded((c)->vocab_size),     \
-                 NH = (size_t)(c)->n_head;                                                     \
+                 NH = (size_t)(c)->n_head, QD = NH * (size_t)(c)->head_dim;                    \
     arch_plan_entry plan[] = {                                                                 \
         E(tokens, N), E(targets, N), E(encoded, N * C),                                        \
-        EL(ln1, LK * N * C), E(ln1_mean, LK * N), E(ln1_rstd, LK * N), EL(qkv, LK * N * 3 * C), \
-        E(lse, LK * N * NH), EL(atty, LK * N * C), E(res2, LK * N * C), EL(ln2, LK * N * C),  \
+        EL(ln1, LK * N * C), E(ln1_mean, LK * N), E(ln1_rstd, LK * N), EL(qkv, LK * N * 3 * QD), \
+        E(lse, LK * N * NH), EL(atty, LK * N * QD), E(res2, LK * N * C), EL(ln2, LK * N * C),  \
         E(ln2_mean, LK * N), E(ln2_rstd, LK * N), EL(fch, LK * N * F), EL(fch_gelu, LK * N * F), \
         E(res3, L * N * C), EL(lnf, N * C), E(lnf_mean, N), E(lnf_rstd, N), EL(logits, N * Vp), \
         EL(head, (lp) == DT_F32 ? 0 : Vp * C),                                                 \
         E(losses, N), E(loss_sum, 2), E(dres, N * C), EL(dC, N * C), EL(dC2, N * C),           \
-        EL(dqkv, N * 3 * C), EL(dF, N * F),                                                   \
+        EL(dqkv, N * 3 * QD), EL(dF, N * F),                                                   \
     }
 #define E(field, n) { (void **)&a->field, (n) }
 #define EL(field, n) { (void **)&a->field, arch_floats_of((n), lp) }
@@ -279,7 +281,7 @@ static gpt2_layer_acts gpt2_layer_views(const model *m, int l) {
     const gpt2_acts *a = &s->a;
     const int64_t N = (int64_t)s->B * s->T, C = m->cfg.n_embd, F = m->cfg.ffn_dim;
     const size_t NPL = (size_t)s->Bp * s->Tp;                      /* planned rows: layer stride */
-    const int64_t NH = m->cfg.n_head;
+    const int64_t NH = m->cfg.n_head, QD = NH * m->cfg.head_dim;
     const dtype lp = s->lp;
     const int o = l;   /* the layer's own slot of the stacked outputs */
     if (s->recompute) l = 0;
@@ -288,8 +290,8 @@ static gpt2_layer_acts gpt2_layer_views(const model *m, int l) {
         .ln1 = arch_mat_at(a->ln1, lp, l * NPL * C, N, C),
         .ln1_mean = arch_vec(a->ln1_mean + l * NPL, N),
         .ln1_rstd = arch_vec(a->ln1_rstd + l * NPL, N),
-        .qkv = arch_mat_at(a->qkv, lp, l * NPL * 3 * C, N, 3 * C),
-        .atty = arch_mat_at(a->atty, lp, l * NPL * C, N, C),
+        .qkv = arch_mat_at(a->qkv, lp, l * NPL * 3 * QD, N, 3 * QD),
+        .atty = arch_mat_at(a->atty, lp, l * NPL * QD, N, QD),
         .res2 = arch_mat(a->res2 + l * NPL * C, N, C),
         .ln2 = arch_mat_at(a->ln2, lp, l * NPL * C, N, C),
         .ln2_mean = arch_vec(a->ln2_mean + l * NPL, N),
@@ -321,8 +323,8 @@ static void gpt2_linear_backward(backend *be, tensor dinp, tensor dw, tensor db,
     be->ops->matmul(be, NULL, dinp, dout, false, w, true, 1.0f, 0.0f);
 }
 
-/* q, k, v: the column blocks [0,C), [C,2C), [2C,3C) of packed qkv(N,3C) for N = B*T rows,
- * as (B,T,C) views whose rows are 3C apart. */
+/* q, k, v: the column blocks [0,QD), [QD,2QD), [2QD,3QD) of packed qkv(N,3QD) for N = B*T
+ * rows, as (B,T,QD) views whose rows are 3QD apart. */
 static void gpt2_qkv_views(tensor qkv, int B, int T, tensor *q, tensor *k, tensor *v) {
     const int64_t C = qkv.shape[1] / 3;
     tensor all = arch_seq(qkv, B, T);
@@ -352,13 +354,16 @@ static void gpt2_layer_forward(model *m, int l) {
     gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
     op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, q, k, v, NH, NH, 0, attn_p,
                           gpt2_drop_seed(m, 1 + 3 * l, SATT));
-    gpt2_linear(be, x.res2, x.atty, w.projw, w.projb);
+    /* a row-cut product in a tensor-parallel share: partial sums, added over the ranks */
+    gpt2_linear(be, x.res2, x.atty, w.projw, tp_row_bias(m, w.projb));
+    tp_sum(m, x.res2);
     if (drop && c->resid_pdrop > 0)
         op->dropout_forward(be, NULL, x.res2, x.res2, c->resid_pdrop, gpt2_drop_seed(m, 2 + 3 * l, STC));
     /* res2 += in, the attention branch's residual, in ln_2's pass */
     op->layernorm_forward(be, NULL, x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, x.in, w.ln2w, w.ln2b, c->norm_eps);
     gpt2_linear_gelu(be, x.fch_gelu, x.fch, x.ln2, w.fcw, w.fcb);
-    gpt2_linear(be, x.res3, x.fch_gelu, w.fcpw, w.fcpb);
+    gpt2_linear(be, x.res3, x.fch_gelu, w.fcpw, tp_row_bias(m, w.fcpb));
+    tp_sum(m, x.res3);
     if (drop && c->resid_pdrop > 0)
         op->dropout_forward(be, NULL, x.res3, x.res3, c->resid_pdrop, gpt2_drop_seed(m, 3 + 3 * l, STC));
     op->add(be, NULL, x.res3, x.res3, x.res2);
@@ -435,14 +440,16 @@ static void gpt2_backward(model *m, float dloss) {
     backend *be = m->be;
     const backend_ops *op = be->ops;
     const model_config *c = &m->cfg;
-    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head;
+    const int L = c->n_layer, C = c->n_embd, F = c->ffn_dim, V = c->vocab_size, NH = c->n_head,
+              QD = NH * c->head_dim;
     const int B = s->B, T = s->T, N = B * T;
     const bool drop = m->dropout;
     const size_t STC = (size_t)T * C, SATT = (size_t)NH * T * T;   /* per-sample dropout sizes */
     gpt2_acts *a = &s->a;
     const dtype lp = s->lp;
     tensor dres = arch_mat(a->dres, N, C), dC = arch_mat_at(a->dC, lp, 0, N, C), dC2 = arch_mat_at(a->dC2, lp, 0, N, C);
-    tensor dqkv = arch_mat_at(a->dqkv, lp, 0, N, 3 * C), dF = arch_mat_at(a->dF, lp, 0, N, F);
+    tensor dqkv = arch_mat_at(a->dqkv, lp, 0, N, 3 * QD), dF = arch_mat_at(a->dF, lp, 0, N, F);
+    tensor datty = arch_mat_at(a->dC2, lp, 0, N, QD);
     tensor logits = tensor_2d_ld(a->logits, lp, N, V, arch_vocab_padded(V));
     model_hook_before_backward(m, -1);
     tensor head = arch_lm_head(be, gpt2_tensor(m, false, P_WTE), gpt2_matrix(m, false, P_WTE), a->head, lp, false);
@@ -472,6 +479,7 @@ static void gpt2_backward(model *m, float dloss) {
         gpt2_linear_backward(be, dF, g.fcpw, g.fcpb, dbranch, x.fch_gelu, w.fcpw);
         op->gelu_backward(be, NULL, dF, x.fch, dF);
         gpt2_linear_backward(be, dC, g.fcw, g.fcb, dF, x.ln2, w.fcw);
+        tp_sum(m, dC);   /* a column-cut product's input gradient: partial over the ranks */
         /* dF is free: it holds the bf16 copy of dres for the attention branch */
         tensor dF_C = arch_mat_at(a->dF, lp, 0, N, C);
         op->layernorm_backward(be, NULL, dres, gpt2_norm_copy(m, dF_C), g.ln2w, g.ln2b, dC, x.res2, w.ln2w,
@@ -479,14 +487,15 @@ static void gpt2_backward(model *m, float dloss) {
 
         /* attention branch; dres is now the gradient of x2 */
         dbranch = gpt2_branch_grad(m, dF_C, dres, 2 + 3 * l);
-        gpt2_linear_backward(be, dC2, g.projw, g.projb, dbranch, x.atty, w.projw);
+        gpt2_linear_backward(be, datty, g.projw, g.projb, dbranch, x.atty, w.projw);
         tensor q, k, v, dq, dk, dv;   /* dq, dk, dv: all of dqkv, written by the backward */
         gpt2_qkv_views(x.qkv, B, T, &q, &k, &v);
         gpt2_qkv_views(dqkv, B, T, &dq, &dk, &dv);
-        op->attention_backward(be, NULL, dq, dk, dv, arch_seq(dC2, B, T), q, k, v,
+        op->attention_backward(be, NULL, dq, dk, dv, arch_seq(datty, B, T), q, k, v,
                                arch_seq(x.atty, B, T), x.lse, NH, NH, 0, attn_p,
                                gpt2_drop_seed(m, 1 + 3 * l, SATT));
         gpt2_linear_backward(be, dC, g.attnw, g.attnb, dqkv, x.ln1, w.attnw);
+        tp_sum(m, dC);
         op->layernorm_backward(be, NULL, dres, l > 0 ? gpt2_norm_copy(m, dC2) : tensor_none(), g.ln1w, g.ln1b, dC,
                                x.in, w.ln1w, x.ln1_mean, x.ln1_rstd);
         model_hook_after_backward(m, l);

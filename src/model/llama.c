@@ -463,12 +463,14 @@ static void llama_layer_forward(model *m, int l) {
     op->attention_forward(be, NULL, arch_seq(x.atty, B, T), x.lse, arch_seq(x.q, B, T), arch_seq(x.k, B, T),
                           arch_seq(x.v, B, T), NH, NKV, W, 0.0f, 0);
     llama_linear(be, x.res2, x.atty, w.ow, tensor_none());
+    tp_sum(m, x.res2);   /* a row-cut product in a tensor-parallel share: partial over the ranks */
     /* res2 += in, the attention branch's residual, in the post-attention norm's pass */
     op->rmsnorm_forward(be, NULL, x.ln2, x.rstd2, x.res2, x.in, w.post_norm, c->norm_eps);
     llama_linear(be, x.gate, x.ln2, w.gw, w.gb);
     llama_linear(be, x.up, x.ln2, w.uw, w.ub);
     op->swiglu_forward(be, NULL, swiglu, x.gate, x.up);
-    llama_linear(be, x.res3, swiglu, w.dw, w.db);
+    llama_linear(be, x.res3, swiglu, w.dw, tp_row_bias(m, w.db));
+    tp_sum(m, x.res3);
     op->add(be, NULL, x.res3, x.res3, x.res2);
 }
 
@@ -560,6 +562,7 @@ static void llama_backward(model *m, float dloss) {
         op->swiglu_backward(be, NULL, dF, dF2, dF, x.gate, x.up);
         llama_linear_backward(be, dC, 0.0f, g.gw, g.gb, dF, x.ln2, w.gw);
         llama_linear_backward(be, dC, 1.0f, g.uw, g.ub, dF2, x.ln2, w.uw);
+        tp_sum(m, dC);   /* column-cut products' input gradient: partial over the ranks */
         op->rmsnorm_backward(be, NULL, dres, dres_copy, g.post_norm, dC, x.res2, w.post_norm, x.rstd2);
 
         /* attention branch; dres is now the gradient of x2 */
@@ -572,6 +575,7 @@ static void llama_backward(model *m, float dloss) {
         llama_linear_backward(be, dC, 0.0f, g.qw, g.qb, dq, x.ln1, w.qw);
         llama_linear_backward(be, dC, 1.0f, g.kw, g.kb, dk, x.ln1, w.kw);
         llama_linear_backward(be, dC, 1.0f, g.vw, g.vb, dv, x.ln1, w.vw);
+        tp_sum(m, dC);
         op->rmsnorm_backward(be, NULL, dres, l > 0 ? dres_copy : tensor_none(), g.in_norm, dC, x.in, w.in_norm,
                              x.rstd1);
         model_hook_after_backward(m, l);

@@ -331,6 +331,8 @@ void tp_sum(model *m, tensor x) {
     tp_collective(m, false, x.data, (size_t)tensor_numel(x));
 }
 
+tensor tp_row_bias(const model *m, tensor b) { return m->tp.rank == 0 ? b : tensor_none(); }
+
 tensor tp_logits(model *m, tensor last, tensor head, float *out, int R) {
     const backend_ops *op = m->be->ops;
     const model_tp *t = &m->tp;

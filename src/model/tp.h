@@ -37,6 +37,9 @@ const int *tp_token_rows(model *m, const int *tokens, int n);
 /* x (contiguous f32, backend memory) becomes its sum over the ranks, in place: after a
  * row-cut product, and after the embedding. */
 void tp_sum(model *m, tensor x);
+/* A row-cut product's bias as this rank adds it to its partial sum: rank 0's alone (b), else
+ * tensor_none(), so the sum over the ranks adds it once; b itself when m is not split. */
+tensor tp_row_bias(const model *m, tensor b);
 /* The LM head: logits (R,V) = last(R,C) @ head^T for every vocabulary row, written into out
  * (R*V floats of backend memory) and returned as a view. head is this rank's vocabulary rows
  * (its first n_vocab rows are read: an embedding slice's zero row is not); split, each rank

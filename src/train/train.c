@@ -18,10 +18,12 @@
 #include "base/progress.h"
 #include "data/data.h"
 #include "model/presets.h"
+#include "model/tp_train.h"
 #include "tokenizer/tok.h"
 #include "train/ckpt.h"
 #include "train/plot.h"
 #include "train/step.h"
+#include "train/tpdp.h"
 #include "train/zero.h"
 
 typedef struct trainer {
@@ -37,6 +39,7 @@ typedef struct trainer {
     long micro_batch;
     comm *c;                     /* NULL: one process */
     int rank, world;
+    tpdp g;                      /* tensor-parallel groups and data-parallel peers */
     zero *z;
     uint64_t pos;                /* samples consumed since epoch 0 */
     size_t n_samples;            /* per epoch */
@@ -55,6 +58,7 @@ void train_opts_default(train_opts *o) {
     o->seq = 256;
     o->eval_batches = 8;
     o->keep_checkpoints = 3;
+    o->tp = 1;
     o->seed = 1337;
     o->slow_rank = -1;
     o->kill_rank = -1;
@@ -251,6 +255,29 @@ static sk_status fill_micro(void *ctx, long first, long n, const int **inputs, c
     return SK_OK;
 }
 
+/* Collective: rank 0 writes the consolidated (whole, unsharded) model into dir, a checkpoint's
+ * (with the tokenizer) or the final one: gathered over the ZeRO-3 shards and, under tensor
+ * parallelism, over the shares of data-parallel rank 0's group (tp_train_gather). */
+static sk_status write_consolidated(trainer *tr, const char *dir, bool checkpoint) {
+    float *full = NULL;
+    model *whole = NULL;
+    sk_status st = SK_OK;
+    const bool gather = zero_stage(tr->z) == 3 || tr->g.K > 1;
+    if (tr->g.dp_rank == 0 && gather && !(full = mem_alloc(tr->m->n_params * sizeof(float)))) st = SK_ENOMEM;
+    SK_TRY(agree(tr, st, "allocating the consolidated model"));
+    st = zero_gather_params(tr->z, full);
+    if (st == SK_OK && tr->g.K > 1 && tr->g.dp_rank == 0) st = tp_train_gather(tr->m, full, &whole);
+    if (st == SK_OK && tr->rank == 0) {
+        model view = *tr->m;
+        if (full) view.params = full;
+        const model *m = whole ? whole : &view;
+        st = checkpoint ? ckpt_write_model(dir, m, tr->tokenizer_path[0] ? tr->tokenizer_path : NULL) : model_save(m, dir);
+    }
+    model_free(whole);
+    mem_free(full);
+    return agree(tr, st, checkpoint ? "writing the checkpoint's model" : "writing the final model");
+}
+
 /* Writes checkpoint-<step>: every rank its optimizer shard, rank 0 the consolidated model and
  * the state, renamed once every rank's part is known to be written. */
 static sk_status save_checkpoint(trainer *tr) {
@@ -261,18 +288,7 @@ static sk_status save_checkpoint(trainer *tr) {
     SK_TRY(agree(tr, st, "creating the checkpoint folder"));
     st = zero_save_opt(tr->z, tmp);
     SK_TRY(agree(tr, st, "writing an optimizer shard"));
-    float *full = NULL;
-    if (tr->rank == 0 && zero_stage(tr->z) == 3 && !(full = mem_alloc(tr->m->n_params * sizeof(float))))
-        st = SK_ENOMEM;
-    SK_TRY(agree(tr, st, "allocating the consolidated model"));
-    st = zero_gather_params(tr->z, full);
-    if (st == SK_OK && tr->rank == 0) {
-        model view = *tr->m;
-        if (full) view.params = full;
-        st = ckpt_write_model(tmp, &view, tr->tokenizer_path[0] ? tr->tokenizer_path : NULL);
-    }
-    mem_free(full);
-    SK_TRY(agree(tr, st, "writing the checkpoint's model"));
+    SK_TRY(write_consolidated(tr, tmp, true));
     st = tr->rank == 0 ? ckpt_commit(o->out, &tr->st, (int)o->keep_checkpoints) : SK_OK;
     /* The tokenizer is copied from the checkpoint just committed from now on: after --resume
      * it came from a checkpoint that pruning (--keep-checkpoints) deletes. */
@@ -283,18 +299,7 @@ static sk_status save_checkpoint(trainer *tr) {
 
 static sk_status save_final(trainer *tr) {
     char path[4096];
-    float *full = NULL;
-    sk_status st = SK_OK;
-    if (tr->rank == 0 && zero_stage(tr->z) == 3 && !(full = mem_alloc(tr->m->n_params * sizeof(float)))) st = SK_ENOMEM;
-    SK_TRY(agree(tr, st, "allocating the consolidated model"));
-    st = zero_gather_params(tr->z, full);
-    if (st == SK_OK && tr->rank == 0) {
-        model view = *tr->m;
-        if (full) view.params = full;
-        st = model_save(&view, tr->o->out);
-    }
-    mem_free(full);
-    SK_TRY(agree(tr, st, "writing the final model"));
+    SK_TRY(write_consolidated(tr, tr->o->out, false));
     if (tr->rank != 0) return SK_OK;
     if (tr->tokenizer_path[0])
         SK_TRY(ckpt_copy_file(tr->tokenizer_path, file_join(path, sizeof path, tr->o->out, "tokenizer.json")));
@@ -412,6 +417,7 @@ static sk_status train_loop(trainer *tr) {
                     "\"tokens_per_s\": %.9g, \"world_size\": %d, \"zero\": %d, \"data_dist\": \"%s\", \"epoch\": %llu",
                     step, loss, (double)lr, grad_norm, ms, tps, tr->world, o->zero, o->dynamic ? "dynamic" : "static",
                     (unsigned long long)tr->st.epoch);
+            if (tr->g.K > 1) fprintf(tr->log, ", \"tp\": %d", tr->g.K);
             if (!isnan(val_loss)) fprintf(tr->log, ", \"val_loss\": %.9g", val_loss);
             fprintf(tr->log, ", \"workers\": [");
             for (int r = 0; r < tr->world; r++) {
@@ -479,7 +485,7 @@ static sk_status pick_micro_batch(trainer *tr) {
         tr->micro_batch = o->micro_batch > 0 ? o->micro_batch : o->batch;
         const size_t budget = memory_budget(tr);
         zero_mem p;
-        zero_plan(tr->m, tr->world, o->zero, o->dynamic, 4, (int)tr->micro_batch, (int)o->seq, &p);
+        zero_plan(tr->m, tr->g.dp_world, o->zero, o->dynamic, 4, (int)tr->micro_batch, (int)o->seq, &p);
         if (p.peak > budget)
             return sk_fail(SK_ENOMEM, "train: a micro-batch of %ld x %ld tokens needs %.1f MiB per rank at ZeRO-%d, "
                            "beyond the %.1f MiB%s; lower --micro-batch, --batch or --seq, or use --micro-batch auto",
@@ -490,10 +496,10 @@ static sk_status pick_micro_batch(trainer *tr) {
     if (!tr->m->arch->train_bytes)
         return sk_fail(SK_EARG, "train: --micro-batch auto: the %s architecture has no memory plan", tr->m->arch->name);
     const size_t budget = memory_budget(tr);
-    long most = o->dynamic ? o->batch : (o->batch + tr->world - 1) / tr->world;
+    long most = o->dynamic ? o->batch : (o->batch + tr->g.dp_world - 1) / tr->g.dp_world;
     zero_mem p;
     for (long mb = most; mb >= 1; mb--) {
-        zero_plan(tr->m, tr->world, o->zero, o->dynamic, 4, (int)mb, (int)o->seq, &p);
+        zero_plan(tr->m, tr->g.dp_world, o->zero, o->dynamic, 4, (int)mb, (int)o->seq, &p);
         if (p.peak <= budget) {
             tr->micro_batch = mb;
             if (tr->rank == 0)
@@ -525,12 +531,24 @@ sk_status train_run(const train_opts *o) {
         return sk_fail(SK_EARG, "train: --zero 3 with --data-dist dynamic is not supported: ZeRO-3 gathers each layer "
                                 "with every rank at every micro-batch, while dynamic distribution gives ranks different "
                                 "numbers of micro-batches; use --zero 2 (or below) or --data-dist static");
+    if (o->tp > 1 && o->dynamic)
+        return sk_fail(SK_EARG, "train: --tp %d with --data-dist dynamic is not supported: the ranks of a tensor-parallel "
+                                "group must run the same micro-batches", o->tp);
+    if ((st = tpdp_init(tr.c, o->tp, &tr.g))) return st;
 
     if (!(tr.be = backend_create(o->device))) return SK_EARG;
     if (!tr.be->host_memory && (st = backend_mem_info(tr.be, &tr.dev_free0, NULL))) goto done;
     if (tr.rank == 0 && (st = file_mkdirs(o->out))) goto done;
     if ((st = agree(&tr, st, "creating --out"))) goto done;
     if ((st = load_model(&tr, &resumed))) goto done;
+    if (tr.g.K > 1) {   /* this rank's share of the whole model it loaded (tp_train.h) */
+        model *share;
+        if ((st = tp_train_check(&tr.m->cfg, tr.g.K, o->dropout, o->precision)) ||
+            (st = tp_train_split(tr.m, tr.g.tp, &share)))
+            goto done;
+        model_free(tr.m);
+        tr.m = share;
+    }
     tr.st.total_steps = o->steps;
     tr.st.world_size = tr.world;
     tr.st.zero = o->zero;
@@ -559,8 +577,8 @@ sk_status train_run(const train_opts *o) {
         tr.val_dl = NULL;
     }
     if ((st = pick_micro_batch(&tr))) goto done;
-    zero_plan(tr.m, tr.world, o->zero, o->dynamic, 4, (int)tr.micro_batch, (int)o->seq, &tr.mem);
-    if ((st = zero_init(tr.m, tr.c, o->zero, o->dynamic, &tr.z))) goto done;
+    zero_plan(tr.m, tr.g.dp_world, o->zero, o->dynamic, 4, (int)tr.micro_batch, (int)o->seq, &tr.mem);
+    if ((st = zero_init(tr.m, tr.g.dp, o->zero, o->dynamic, &tr.z))) goto done;
     if (resumed) {
         char ckpt[4096];
         ckpt_find_latest(o->out, ckpt, sizeof ckpt);
@@ -570,7 +588,7 @@ sk_status train_run(const train_opts *o) {
     tr.inputs = mem_alloc(sizeof(int) * (size_t)(tr.micro_batch * o->seq));
     tr.targets = mem_alloc(sizeof(int) * (size_t)(tr.micro_batch * o->seq));
     if (!tr.inputs || !tr.targets) { st = SK_ENOMEM; goto done; }
-    tr.step = (train_step){.m = tr.m, .z = tr.z, .c = tr.c, .batch = o->batch, .micro_batch = tr.micro_batch,
+    tr.step = (train_step){.m = tr.m, .z = tr.z, .c = tr.g.dp, .batch = o->batch, .micro_batch = tr.micro_batch,
                            .seq = o->seq, .dynamic = o->dynamic, .fill = fill_micro, .fill_ctx = &tr};
     if ((st = train_step_init(&tr.step))) goto done;
     if (o->sample_log) {
@@ -592,9 +610,10 @@ sk_status train_run(const train_opts *o) {
     }
     if (tr.rank == 0)
         log_info("training %s: %zu parameters, %ld steps of %ld x %ld tokens (micro-batch %ld) on %s, %d rank%s%s, "
-                 "ZeRO-%d, %s data", tr.m->arch->name, tr.m->n_params, o->steps, o->batch, o->seq, tr.micro_batch,
+                 "ZeRO-%d, %s data%s", tr.m->arch->name, tr.m->n_params, o->steps, o->batch, o->seq, tr.micro_batch,
                  tr.be->name, tr.world, tr.world > 1 ? "s over " : "", tr.world > 1 ? o->comm->name : "",
-                 o->zero, o->dynamic ? "dynamic" : "static");
+                 o->zero, o->dynamic ? "dynamic" : "static",
+                 tr.g.K > 1 ? ", tensor parallel in groups of consecutive ranks (parameters: this rank's share)" : "");
     st = train_loop(&tr);
 done:
     if (tr.log) fclose(tr.log);
@@ -606,6 +625,7 @@ done:
     data_loader_free(tr.train_dl);
     data_loader_free(tr.val_dl);
     model_free(tr.m);
+    tpdp_free(&tr.g);
     backend_free(tr.be);
     return st;
 }

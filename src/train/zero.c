@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "base/file.h"
+#include "model/tp_train.h"
 
 /* Stage 2/3 static: one layer's gradients on their way to the shard. */
 typedef struct zero_bucket {
@@ -494,6 +495,48 @@ sk_status zero_idle_pass(zero *z) {
     return z->err;
 }
 
+/* A tensor-parallel share (tp_train.h): adds to sq (one f64, backend memory) the squares of
+ * this rank's reduced gradients of the replicated tensors: all of them at stage 0, the owned
+ * parts above. */
+static void zero_tp_replicated_squares(zero *z, tensor sq) {
+    model *m = z->m;
+    for (int i = 0; i < m->n_specs; i++) {
+        if (!tp_train_replicated(m, i)) continue;
+        const model_param *p = &m->specs[i];
+        size_t lo = p->offset, hi = lo + p->numel, a = lo, n = p->numel;
+        if (z->stage > 0) zero_owned(z, p->group, &a, &n);
+        if (a > lo) lo = a;
+        if (a + n < hi) hi = a + n;
+        if (lo >= hi) continue;
+        const float *g = z->stage <= 1 ? m->grads + lo : z->gshard + z->at[p->group] + (lo - a);
+        z->be->ops->sum_squares(z->be, NULL, sq, tensor_1d((float *)g, DT_F32, (int64_t)(hi - lo)));
+    }
+}
+
+/* The global gradient norm from sq, this rank's squared sum (its shard's at stages 1-3, summed
+ * here over the data-parallel ranks): a tensor-parallel share adds the other shares' cut
+ * tensors, counting the replicated ones, the same on every share, once. Leaves the squared
+ * norm in z->opt.sq for the clipping. */
+static sk_status zero_norm_finish(zero *z, double sq, double *grad_norm) {
+    backend *be = z->be;
+    const bool tp = z->m->tp.size > 1;
+    double v[2] = {sq, 0};   /* everything, the replicated part */
+    if (tp) {
+        backend_zero(be, z->opt.sq, sizeof(double));
+        zero_tp_replicated_squares(z, tensor_1d(z->opt.sq, DT_F64, 1));
+        backend_download(be, &v[1], z->opt.sq, sizeof(double));
+    }
+    if (z->stage > 0) SK_TRY(zc_sum_f64(z, v, 2));
+    if (tp) {
+        double cut = v[0] - v[1];
+        SK_TRY(zc_fail(z, comm_all_reduce_f64(z->m->tp.comm, &cut, 1)));
+        v[0] = cut + v[1];
+    }
+    if (tp || (z->stage > 0 && z->world > 1)) backend_upload(be, z->opt.sq, &v[0], sizeof(double));
+    *grad_norm = sqrt(v[0]);
+    return SK_OK;
+}
+
 sk_status zero_end_step(zero *z, double *grad_norm) {
     model *m = z->m;
     backend *be = z->be;
@@ -506,8 +549,7 @@ sk_status zero_end_step(zero *z, double *grad_norm) {
         be->ops->sum_squares(be, NULL, tensor_1d(z->opt.sq, DT_F64, 1),
                              tensor_1d(m->grads, DT_F32, (int64_t)m->n_params));
         backend_download(be, &sq0, z->opt.sq, sizeof sq0);
-        *grad_norm = sqrt(sq0);
-        return SK_OK;
+        return zero_norm_finish(z, sq0, grad_norm);
     }
     double sq;
     tensor sq_dev = tensor_1d(z->opt.sq, DT_F64, 1);   /* the squared norm, summed on the device */
@@ -528,12 +570,7 @@ sk_status zero_end_step(zero *z, double *grad_norm) {
     }
     if (z->stage >= 2) be->ops->sum_squares(be, NULL, sq_dev, tensor_1d(z->gshard, DT_F32, (int64_t)z->shard));
     backend_download(be, &sq, z->opt.sq, sizeof sq);
-    if (z->world > 1) {
-        SK_TRY(zc_sum_f64(z, &sq, 1));
-        backend_upload(be, z->opt.sq, &sq, sizeof sq);   /* the device's clipping reads the global norm */
-    }
-    *grad_norm = sqrt(sq);
-    return SK_OK;
+    return zero_norm_finish(z, sq, grad_norm);
 }
 
 sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr) {
@@ -602,18 +639,68 @@ static int zero_ranges(const zero *z, opt_range *r) {
     return k;
 }
 
+/* Collects the runs of a tensor-parallel share's ranges in the whole model's layout. */
+typedef struct zero_tp_map {
+    const model *m;
+    opt_range *out;
+    int n, cap;
+    bool save;             /* skip the replicated tensors on TP ranks other than 0 */
+    size_t begin, at;      /* the range being mapped: its first element and shard offset */
+} zero_tp_map;
+
+static void zero_tp_run(void *ctx, int spec, size_t at, size_t whole_at, size_t n) {
+    zero_tp_map *k = ctx;
+    if (k->save && k->m->tp.rank != 0 && tp_train_replicated(k->m, spec)) return;
+    SK_ASSERT(k->n < k->cap);   /* sized by a counting pass (zero_tp_count) */
+    k->out[k->n++] = (opt_range){whole_at, n, k->at + (at - k->begin)};
+}
+
+static void zero_tp_count(void *ctx, int spec, size_t at, size_t whole_at, size_t n) { ((zero_tp_map *)ctx)->cap++; }
+
+/* The optimizer ranges of this rank in the files' layout, into a new array *out (mem_free):
+ * the share's r(n) as they are, or for a tensor-parallel share mapped into the whole model's
+ * layout (saving: the replicated tensors from TP rank 0 alone, the others hold the same
+ * moments). Returns the count (-1: out of memory) and the files' parameter count in *total. */
+static int zero_file_ranges(zero *z, bool save, opt_range **out, size_t *total) {
+    const model *m = z->m;
+    opt_range *r = mem_alloc(sizeof(opt_range) * (size_t)m->n_groups);
+    if (!r) return -1;
+    int n = zero_ranges(z, r);
+    *total = m->n_params;
+    *out = r;
+    if (m->tp.size == 1) return n;
+    zero_tp_map k = {.m = m, .save = save};
+    for (int i = 0; i < n; i++) tp_train_runs(m, m->tp.rank, r[i].begin, r[i].count, zero_tp_count, &k);
+    if (!(k.out = mem_alloc(sizeof(opt_range) * (size_t)(k.cap ? k.cap : 1)))) {
+        mem_free(r);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        k.begin = r[i].begin;
+        k.at = r[i].at;
+        *total = tp_train_runs(m, m->tp.rank, r[i].begin, r[i].count, zero_tp_run, &k);
+    }
+    mem_free(r);
+    *out = k.out;
+    return k.n;
+}
+
 sk_status zero_save_opt(zero *z, const char *dir) {
     char path[4096], name[96];
-    if (z->stage == 0) {
+    const int K = z->m->tp.size;
+    if (z->stage == 0 && K == 1) {
         if (z->rank != 0) return SK_OK;
         return adamw_save(&z->opt, z->m->n_params, file_join(path, sizeof path, dir, "optimizer.bin"));
     }
-    opt_range *r = mem_alloc(sizeof(opt_range) * (size_t)z->m->n_groups);
-    if (!r) return SK_ENOMEM;
-    int n = zero_ranges(z, r);
-    snprintf(name, sizeof name, "optimizer-rank%d-of-%d.bin", z->rank, z->world);
-    sk_status st = opt_state_save(z->be, file_join(path, sizeof path, dir, name), z->m->n_params, z->opt.step, r,
-                                  n, z->opt.m, z->opt.v);
+    if (z->stage == 0 && z->rank != 0) return SK_OK;   /* tensor parallel: data-parallel rank 0's shares */
+    opt_range *r;
+    size_t total;
+    int n = zero_file_ranges(z, true, &r, &total);
+    if (n < 0) return SK_ENOMEM;
+    /* named by the rank in the world of TP x DP ranks (TP groups of consecutive ranks) */
+    snprintf(name, sizeof name, "optimizer-rank%d-of-%d.bin", z->rank * K + z->m->tp.rank, z->world * K);
+    sk_status st = opt_state_save(z->be, file_join(path, sizeof path, dir, name), total, z->opt.step, r, n, z->opt.m,
+                                  z->opt.v);
     mem_free(r);
     return st;
 }
@@ -625,9 +712,10 @@ static bool is_opt_file(const char *name) {
 }
 
 sk_status zero_load_opt(zero *z, const char *dir) {
-    opt_range *r = mem_alloc(sizeof(opt_range) * (size_t)z->m->n_groups);
-    if (!r) return SK_ENOMEM;
-    int n = zero_ranges(z, r);
+    opt_range *r;
+    size_t total;
+    int n = zero_file_ranges(z, false, &r, &total);
+    if (n < 0) return SK_ENOMEM;
     size_t want = 0, copied = 0;
     for (int i = 0; i < n; i++) want += r[i].count;
     sk_status st = SK_OK;
@@ -642,8 +730,8 @@ sk_status zero_load_opt(zero *z, const char *dir) {
         if (!is_opt_file(e->d_name)) continue;
         char path[4096];
         long s = 0;
-        st = opt_state_read(z->be, file_join(path, sizeof path, dir, e->d_name), z->m->n_params, r, n, z->opt.m,
-                            z->opt.v, &s, &copied);
+        st = opt_state_read(z->be, file_join(path, sizeof path, dir, e->d_name), total, r, n, z->opt.m, z->opt.v, &s,
+                            &copied);
         if (st == SK_OK && step >= 0 && s != step)
             st = sk_fail(SK_EFORMAT, "%s: optimizer step %ld differs from the other shards' %ld", path, s, step);
         step = s;
