@@ -6,8 +6,9 @@
 #                   within 1e-3 of each tensor's scale (a misplaced slice is off by its whole
 #                   scale; GPT-2's key bias, whose gradient is rounding noise, moves by AdamW's
 #                   normalised steps, so 1e-5 cannot hold for every element);
-#   tp2_dp2_zero1_* 4 ranks as 2 tensor-parallel groups of 2 with ZeRO-1 over the groups, at the
-#                   same global batch: the same losses as one process;
+#   tp2_dp2_zero*   4 ranks as 2 tensor-parallel groups of 2 with ZeRO-1 (and -3) over the 2
+#                   data-parallel peers of each share, at the same global batch: the same
+#                   losses as one process;
 #   resume_*        saved whole at one TP size (--stop-after), resumed at another: the losses
 #                   of the remaining steps match the uninterrupted one-process run;
 #   refused_*       heads or key/value heads that do not divide, a world --tp does not divide,
@@ -87,10 +88,11 @@ for m in gpt2 llama gqa; do
     done
 done
 
-# 2 tensor-parallel groups of 2 ranks, ZeRO-1 over the 2 data-parallel peers of each share
-for m in gpt2 llama; do
-    name=tp2_dp2_zero1_$m
-    if ! $MPIRUN -n 4 $SK train --model "$T/$m" $F --out "$T/$name" --tp 2 --zero 1 >"$T/err" 2>&1; then
+# 2 tensor-parallel groups of 2 ranks, ZeRO over the 2 data-parallel peers of each share
+for mz in gpt2:1 llama:1 gpt2:3; do
+    m=${mz%:*}; z=${mz#*:}
+    name=tp2_dp2_zero${z}_$m
+    if ! $MPIRUN -n 4 $SK train --model "$T/$m" $F --out "$T/$name" --tp 2 --zero $z >"$T/err" 2>&1; then
         fail $name "exit status $?: $(tail -5 "$T/err")"; continue
     fi
     if msg=$(close "$T/ref_$m" "$T/$name" 1e-5 2>&1) && ls "$T/$name/checkpoint-5" | grep -q 'optimizer-rank3-of-4.bin'

@@ -247,6 +247,38 @@ TEST(async_progress_while_computing) {
     CHECK(bad == 0);
 }
 
+/* comm_split: ranks of equal parity form a group, ranked by descending world rank; a sum in
+ * each group is its members' world ranks, and the world still works alongside. gloo refuses
+ * with a message naming itself. */
+TEST(split) {
+    comm *c = world();
+    CHECK(c);
+    comm *s = NULL;
+    sk_status st = comm_split(c, c->rank % 2, -c->rank, &s);
+    if (!strcmp(c->name, "gloo")) {
+        CHECK(st == SK_EARG && strstr(sk_errmsg(), "gloo communicator cannot be split"));
+        return;
+    }
+    CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
+    const int W = c->world, p = c->rank % 2;
+    int size = 0, above = 0;
+    double want = 0;
+    for (int r = p; r < W; r += 2) {
+        size++;
+        want += r;
+        above += r > c->rank;
+    }
+    CHECK(s->world == size && s->rank == above);
+    double v[2] = {(double)c->rank, 1};
+    CHECK_MSG(comm_all_reduce_f64(s, v, 2) == SK_OK, "%s", sk_errmsg());
+    CHECK(v[0] == want && v[1] == size);
+    float x = 1;
+    CHECK_MSG(comm_all_reduce(c, &x, 1, DT_F32, NULL) == SK_OK, "%s", sk_errmsg());
+    CHECK(x == (float)W);
+    comm_free(s);
+    CHECK(comm_split(c, -1, 0, &s) == SK_EARG && !s);
+}
+
 /* Sets, clears and restores the launcher variables around the env cases. */
 static const char *env_names[] = {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
                                   "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "SLURM_NTASKS",

@@ -394,7 +394,9 @@ static sk_status train_loop(trainer *tr) {
         const float lr = opt_lr_at(&o->hp, tr->st.step);
         double loss = 0, grad_norm = 0, val_loss = NAN;
         const uint64_t dropout_seed = tr->m->dropout ? rng_u64(&tr->st.rng) : 0;
+        const double tp_comm0 = tr->m->tp.comm_s;   /* tensor parallel: this rank's seconds in its collectives */
         if ((st = train_step_run(&tr->step, &o->hp, lr, dropout_seed, &loss, &grad_norm))) break;
+        const double tp_comm_ms = 1e3 * (tr->m->tp.comm_s - tp_comm0);
         tr->st.step++;
         tr->pos += (uint64_t)o->batch;
         const long step = tr->st.step;
@@ -417,7 +419,7 @@ static sk_status train_loop(trainer *tr) {
                     "\"tokens_per_s\": %.9g, \"world_size\": %d, \"zero\": %d, \"data_dist\": \"%s\", \"epoch\": %llu",
                     step, loss, (double)lr, grad_norm, ms, tps, tr->world, o->zero, o->dynamic ? "dynamic" : "static",
                     (unsigned long long)tr->st.epoch);
-            if (tr->g.K > 1) fprintf(tr->log, ", \"tp\": %d", tr->g.K);
+            if (tr->g.K > 1) fprintf(tr->log, ", \"tp\": %d, \"tp_comm_ms\": %.9g", tr->g.K, tp_comm_ms);
             if (!isnan(val_loss)) fprintf(tr->log, ", \"val_loss\": %.9g", val_loss);
             fprintf(tr->log, ", \"workers\": [");
             for (int r = 0; r < tr->world; r++) {
