@@ -146,7 +146,9 @@ typedef struct model_arch model_arch;
  * among the ranks, or, with fewer KV heads than ranks, each rank keeps the one its query heads
  * read. Norms are whole on every rank; a row-cut product's bias, and GPT-2's position table,
  * are rank 0's alone, so the sums add them once. A model that is not split has rank 0 of 1
- * and the whole model's counts. */
+ * and the whole model's counts. A training share (tp_train.h) is a training model planned
+ * from its rank's cut config with m->tp joining it to the others: its forward sums the
+ * row-cut outputs and its backward the column-cut products' input gradients (tp_sum). */
 typedef struct comm comm;   /* comm/comm.h */
 typedef struct model_tp_run model_tp_run;   /* tp.c: buffers, stream and requests of the collectives */
 
