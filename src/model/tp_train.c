@@ -106,6 +106,16 @@ static void tp_train_put_run(void *ctx, int spec, size_t at, size_t whole_at, si
     memcpy(k->whole + whole_at, k->share_src + at, n * sizeof(float));
 }
 
+/* Hands m to *out on success; frees it (NULL: nothing) and passes st on otherwise. */
+static sk_status tp_train_hand_over(sk_status st, model *m, model **out) {
+    if (st) {
+        model_free(m);
+        return st;
+    }
+    *out = m;
+    return SK_OK;
+}
+
 sk_status tp_train_split(const model *whole, comm *tp, model **out) {
     const int K = tp->world;
     *out = NULL;
@@ -134,12 +144,7 @@ sk_status tp_train_split(const model *whole, comm *tp, model **out) {
     }
     mem_free(w);
     mem_free(s);
-    if (st) {
-        model_free(m);
-        return st;
-    }
-    *out = m;
-    return SK_OK;
+    return tp_train_hand_over(st, m, out);
 }
 
 sk_status tp_train_gather(const model *share, const float *params, model **whole) {
@@ -168,10 +173,5 @@ sk_status tp_train_gather(const model *share, const float *params, model **whole
     }
     mem_free(host);
     mem_free(all);
-    if (st) {
-        model_free(w);
-        return st;
-    }
-    *whole = w;
-    return SK_OK;
+    return tp_train_hand_over(st, w, whole);
 }
