@@ -9,6 +9,7 @@
 #   tp2_dp2_zero*   4 ranks as 2 tensor-parallel groups of 2 with ZeRO-1 (and -3) over the 2
 #                   data-parallel peers of each share, at the same global batch: the same
 #                   losses as one process;
+#   tp2_by_hand_*   --tp 2 started by hand (it runs mpirun itself), with --recompute: the same;
 #   resume_*        saved whole at one TP size (--stop-after), resumed at another: the losses
 #                   of the remaining steps match the uninterrupted one-process run;
 #   refused_*       heads or key/value heads that do not divide, a world --tp does not divide,
@@ -87,6 +88,13 @@ for m in gpt2 llama gqa; do
         then pass $name; else fail $name "$msg"; fi
     done
 done
+
+# started by hand, --tp 2 runs its ranks under mpirun itself; with --recompute the backward runs
+# each layer's forward, its collectives included, again
+name=tp2_by_hand_recompute
+if $SK train --model "$T/gpt2" $F --out "$T/$name" --tp 2 --recompute >"$T/err" 2>&1 &&
+   msg=$(close "$T/ref_gpt2" "$T/$name" 1e-5 2>&1) && grep -q '"world_size": 2, .*"tp": 2' "$T/$name/log.jsonl"
+then pass $name; else fail $name "${msg:-$(tail -5 "$T/err")}"; fi
 
 # 2 tensor-parallel groups of 2 ranks, ZeRO over the 2 data-parallel peers of each share
 for mz in gpt2:1 llama:1 gpt2:3; do
