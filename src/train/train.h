@@ -17,7 +17,13 @@
  * 1/(batch*seq) and the reduction adds the ranks' gradients, so the step's gradient is the
  * same as one process's up to the order of float sums: the same flags train the same model
  * at any world size, stage and distribution. Only rank 0 writes log.jsonl, memory.json and
- * the model folders; every rank writes its optimizer shard. */
+ * the model folders; every rank writes its optimizer shard.
+ *
+ * Tensor parallelism (--tp K, tpdp.h, model/tp_train.h): the ranks form groups of K consecutive
+ * ranks, each rank training its share of the model; the batch is split, and ZeRO shards, over
+ * the data-parallel peers (world / K of them), so everything above holds with "ranks" read as
+ * those. Checkpoints and the final model are written whole, the optimizer files in the whole
+ * model's layout: a run resumes at any K. */
 #ifndef SKEIN_TRAIN_H
 #define SKEIN_TRAIN_H
 
