@@ -29,6 +29,7 @@ static void world_free(void) { comm_free(g_comm); }
 static comm *world(void) {
     if (!g_comm && g_init_st == SK_OK) {
         const char *t = getenv("SKEIN_COMM_TIMEOUT");
+        comm_want_split();   /* the split case */
         g_init_st = comm_init("auto", "cpu", t ? atof(t) : 60.0, &g_comm);
         if (g_init_st == SK_OK) {
             atexit(world_free);

@@ -208,6 +208,7 @@ static int train_main(int argc, char **argv, runfile *rf) {
     o.hp.warmup_log = !strcmp(warmup_shape, "log");
     o.hp.total_steps = o.steps;
     comm *c = NULL;
+    if (tp > 1) comm_want_split();   /* tensor x data parallel groups (tpdp.h) */
     if ((st = comm_init("auto", o.device, timeout, &c))) return cli_fail(st);
     o.comm = c;
     if (c->world > 1 && c->rank != 0) o.quiet = true;

@@ -174,6 +174,10 @@ sk_status comm_add_pool(comm *c) {
     return SK_OK;
 }
 
+static bool g_split_wanted;
+void comm_want_split(void) { g_split_wanted = true; }
+bool comm_split_wanted(void) { return g_split_wanted; }
+
 sk_status comm_split(comm *c, int color, int key, comm **out) {
     *out = NULL;
     if (color < 0) return sk_fail(SK_EARG, "comm_split: color %d must not be negative", color);

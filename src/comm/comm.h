@@ -117,9 +117,12 @@ sk_status comm_counter_set(comm *c, int64_t value);
  * pass the same color form a new comm *out, ranked by key (ties by their rank in c), whose
  * collectives are independent of c's (tensor x data parallel training: a group per color).
  * Free it with comm_free before c. local: a world of one again; MPI: MPI_Comm_split, which
- * needs MPI_THREAD_MULTIPLE (each comm has its own communication thread); gloo and NCCL:
- * SK_EARG, not supported yet. */
+ * needs MPI_THREAD_MULTIPLE (each comm has its own communication thread): call
+ * comm_want_split() before comm_init, which then asks MPI for it (only then: with it, Open MPI
+ * was seen to hang a server's rank 0 after another rank died, where the usual level fails
+ * cleanly); gloo and NCCL: SK_EARG, not supported yet. */
 sk_status comm_split(comm *c, int color, int key, comm **out);
+void comm_want_split(void);
 
 /* ---- Launch environment (bootstrap) ----------------------------------------------------
  * Who started this process, read from the variables each launcher sets:

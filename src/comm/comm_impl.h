@@ -60,6 +60,8 @@ size_t comm_elem_size(comm_elem e);
 void comm_bf16_sum(uint16_t *acc, const uint16_t *in, size_t n);
 
 sk_status comm_local_init(double timeout_s, comm **out);
+/* Whether comm_want_split() was called (this process's comms will be split). */
+bool comm_split_wanted(void);
 /* Gives a new comm c its request pool (comm_init, comm_split); on failure frees c. */
 sk_status comm_add_pool(comm *c);
 #ifdef SKEIN_HAVE_MPI

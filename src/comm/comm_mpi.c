@@ -5,7 +5,8 @@
  * MPI_Finalize included, so MPI's "main thread" is this thread and MPI_THREAD_FUNNELED is
  * the level it needs (checked; where MPI was initialized by someone else, SERIALIZED is
  * needed and checked). A comm from comm_split has a thread of its own calling MPI too, so
- * MPI_THREAD_MULTIPLE is asked for at start-up and a split checks it was granted. It issues each request as nonblocking MPI calls (pieces in order when
+ * after comm_want_split MPI_THREAD_MULTIPLE is asked for at start-up, and a split checks it
+ * was granted. It issues each request as nonblocking MPI calls (pieces in order when
  * split) and polls them with MPI_Test until they complete or the communicator's timeout
  * passes. Nothing here blocks without a deadline except MPI_Init_thread and the window's
  * creation at start-up.
@@ -326,8 +327,9 @@ static sk_status mpi_setup(comm *c) {
     if (finalized) return sk_fail(SK_ESTATE, "comm: MPI was finalized by an earlier communicator; one per process");
     MPI_CHECK(MPI_Initialized(&inited));
     if (!inited) {
-        /* MULTIPLE where granted, so comm_split's comms can have threads of their own */
-        MPI_CHECK(MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided));
+        /* MULTIPLE only for comm_split's comms, which have threads of their own */
+        MPI_CHECK(MPI_Init_thread(NULL, NULL, comm_split_wanted() ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED,
+                                  &provided));
         m->initialized_mpi = true;
         if (provided < MPI_THREAD_FUNNELED) {
             sk_fail(SK_ECOMM, "comm: MPI granted thread level %d, below MPI_THREAD_FUNNELED (%d), which skein's "
@@ -344,7 +346,7 @@ static sk_status mpi_setup(comm *c) {
     }
     if (m->parent != MPI_COMM_NULL && provided < MPI_THREAD_MULTIPLE) {
         sk_fail(SK_ECOMM, "comm_split: MPI granted thread level %d, below MPI_THREAD_MULTIPLE (%d), which a second "
-                "communicator's thread needs", provided, MPI_THREAD_MULTIPLE);
+                "communicator's thread needs (call comm_want_split before comm_init)", provided, MPI_THREAD_MULTIPLE);
         goto err;
     }
     MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
