@@ -100,6 +100,7 @@ int cmd_serve(int argc, char **argv) {
     long port = 8000, max_seqs = 16, max_batch = 512, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
     long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0, tp = 1;
     double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 300, comm_timeout = 60;
+    bool replica_process = false;
     arg_spec specs[] = {
         {"--model", ARG_STR, &unused, "DIR", "model folder (config.json, model.safetensors, tokenizer.json); repeat for more models", false, false},
         {"--served-model-name", ARG_STR, &unused, "ID", "the id of the --model before it in the API (default: the folder's name)", false, false},
@@ -128,6 +129,8 @@ int cmd_serve(int argc, char **argv) {
         {"--timeout", ARG_INT, &timeout, "S", "idle connection timeout in seconds (default 60)", false, false},
         {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false},
         {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a step waiting longer for a rank fails (default 60)", false, false},
+        {"--replica-process", ARG_BOOL, &replica_process, NULL, "each replica's engine in a child process (CPU): a crash "
+         "leaves the others", false, false},
     };
     if ((st = args_parse("skein serve", n_rest, rest, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
     if (n_models == 0) return cli_fail(sk_fail(SK_EARG, "skein serve: missing required flag --model"));
@@ -185,6 +188,7 @@ int cmd_serve(int argc, char **argv) {
     ro.downscale_delay_s = down_delay;
     ro.replica_timeout_s = replica_timeout;
     ro.threads = (int)threads;
+    ro.process = replica_process;
 
     /* signals: waited for by this thread only; the threads started below inherit the mask */
     sigset_t stop_set;

@@ -36,6 +36,7 @@
 
 typedef struct serve_req serve_req;
 typedef struct replica replica;
+typedef struct rproc rproc;   /* serve/rproc.h */
 
 /* A FIFO of requests through their next links; each request is in at most one. */
 typedef struct req_queue {
@@ -120,7 +121,8 @@ struct replica {
     /* its thread */
     backend *own_be;         /* a CUDA replica's backend; NULL: the router's CPU backend */
     model *m;
-    engine *e;
+    engine *e;               /* NULL for a process replica: its engine is in the child */
+    rproc *proc;             /* a process replica's child (killed by the supervisor's watchdog too); else NULL */
     char *piece;
     size_t piece_cap;
     uint64_t steps;
