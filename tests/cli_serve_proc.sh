@@ -1,0 +1,169 @@
+#!/bin/sh
+# skein serve --replica-process on the CPU, talking only to 127.0.0.1, over tiny random-weight
+# Llama folders (skein init, the Llama-3-style fixture tokenizer):
+#   - two process replicas give the texts a one-replica thread server gives, both serve, each
+#     is its own child process of the server, and /metrics shows their KV pools;
+#   - a child killed (SIGKILL) while its request has produced no token: the request is routed
+#     again and answered with the same text, the child is replaced (logged with the signal);
+#   - a child killed after its streamed request sent tokens: the stream ends with an error
+#     event and [DONE], never hangs;
+#   - a child killed during a load of sixteen requests (half streamed): every request is
+#     answered (200, or a 500 / an error event), the other child keeps serving, two replicas
+#     are up again and serve after;
+#   - SIGTERM stops the server and leaves no child behind.
+# Prints PASS/FAIL lines; the servers are killed at the end (trap).
+. tests/lib_serve.sh
+PIDS=""
+trap 'for p in $PIDS; do pkill -KILL -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
+command -v curl >/dev/null 2>&1 || { echo "SKIP cli_serve_proc: curl not found"; exit 0; }
+command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_serve_proc: python3 not found"; exit 0; }
+for m in m1:1337:64:2 m3:5:256:6; do
+    IFS=: read -r name seed dim layers <<EOF
+$m
+EOF
+    if ! $SK init --arch llama --layers "$layers" --heads 4 --kv-heads 2 --dim "$dim" --context 512 --seed "$seed" \
+         --tokenizer $TOK --out "$T/$name" >/dev/null 2>"$T/err"
+    then fail proc_init "$(tail -2 "$T/err")"; exit 1; fi
+done
+
+start() {
+    n=$1; shift
+    serve_start "$T/$n.log" --threads 1 "$@" || { fail "proc_${n}_start" "$(cat "$T/$n.log")"; exit 1; }
+    PIDS="$PIDS $PID"
+}
+# stop NAME PID: SIGTERM; the server exits 0 within 10 s and no child of it is left
+stop() {
+    kids=$(pgrep -P "$2" | tr '\n' ' ')
+    kill "$2"
+    i=0
+    while kill -0 "$2" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    if kill -0 "$2" 2>/dev/null; then fail "proc_${1}_stops" "still running 10 s after SIGTERM"; kill -9 "$2"; return; fi
+    wait "$2"; rc=$?
+    left=""
+    for k in $kids; do kill -0 "$k" 2>/dev/null && left="$left $k"; done
+    [ $rc = 0 ] && [ -z "$left" ] && pass "proc_${1}_stops" || fail "proc_${1}_stops" "exit status $rc, children left:$left $(tail -3 "$T/$1.log")"
+}
+# children PID: the server's replica processes from its log, the live ones
+children() { for k in $(sed -n 's/.*process \([0-9]*\))$/\1/p' "$T/$1.log"); do kill -0 "$k" 2>/dev/null && echo "$k"; done; }
+post() { curl -s -m 30 -o "$T/$2.out" -w '%{http_code}' -d "$3" "$1/v1/completions" >"$T/$2.st"; }
+body() { printf '{"model": "%s", "prompt": "%s", "max_tokens": %s, "temperature": 0, "ignore_eos": true%s}' "$@"; }
+same_text() { python3 -c "import json,sys; a,b=(json.load(open(f))['choices'][0]['text'] for f in sys.argv[1:]); sys.exit(a != b)" "$1" "$2"; }
+metrics() { curl -s -m 10 "$1/metrics" >"$T/metrics"; }
+mval() { awk -v n="$1" '$1 == n { print $2 }' "$T/metrics"; }
+
+start p --model "$T/m1" --replicas 2 --replica-process
+P=$U; PP=$PID
+start r --model "$T/m1"
+R=$U; PR=$PID
+
+# eight prompts at once on each: the same texts; both children served; they are the server's
+jobs=""
+for i in 1 2 3 4 5 6 7 8; do
+    post "$P" "p$i" "$(body m1 "request $i says" 16 '')" & jobs="$jobs $!"
+    post "$R" "r$i" "$(body m1 "request $i says" 16 '')" & jobs="$jobs $!"
+done
+wait $jobs
+bad=""
+for i in 1 2 3 4 5 6 7 8; do
+    { [ "$(cat "$T/p$i.st")" = 200 ] && same_text "$T/p$i.out" "$T/r$i.out"; } || bad="$bad $i: $(cat "$T/p$i.out") vs $(cat "$T/r$i.out")"
+done
+[ -z "$bad" ] && pass proc_equal_threads || fail proc_equal_threads "$bad"
+metrics "$P"
+r0=$(mval 'skein_replica_requests_total{model="m1",replica="0"}'); r1=$(mval 'skein_replica_requests_total{model="m1",replica="1"}')
+kids=$(children p | tr '\n' ' ')
+parents=""; for k in $kids; do parents="$parents $(awk '/^PPid:/ { print $2 }' "/proc/$k/status")"; done
+if [ "$((r0 + r1))" = 8 ] && [ "$r0" -gt 0 ] && [ "$r1" -gt 0 ] && [ "$(echo $kids | wc -w)" = 2 ] &&
+   [ "$(echo $parents)" = "$PP $PP" ] && [ "$(mval 'skein_kv_blocks_total{model="m1",replica="1"}')" -gt 0 ]
+then pass proc_children_serve; else fail proc_children_serve "requests $r0 + $r1, children '$kids' of '$parents' (server $PP)"; fi
+
+# a load of sixteen, one child killed 150 ms in: every request answered, the other left serving
+cat > "$T/answered.py" <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    st, body = open(f + '.st').read(), open(f + '.out').read()
+    if st == '200' and body.startswith('data: '):
+        lines = [l for l in body.split('\n') if l]
+        assert lines[-1] == 'data: [DONE]', (f, lines[-1])
+        last = json.loads(lines[-2][6:])
+        assert 'error' in last or last['choices'][0]['finish_reason'] == 'length', (f, last)
+    elif st == '200':
+        assert json.loads(body)['choices'][0]['finish_reason'] == 'length', (f, body)
+    else:
+        assert st == '500' and json.loads(body)['error']['type'] == 'server_error', (f, st, body)
+PY
+set -- $kids
+victim=$1; other=$2
+jobs=""
+for i in $(seq 1 16); do
+    if [ $((i % 2)) = 0 ]; then post "$P" "g$i" "$(body m1 "load $i" 200 '')" &
+    else curl -s -m 30 -N -o "$T/g$i.out" -w '%{http_code}' -d "$(body m1 "load $i" 200 ', "stream": true')" "$P/v1/completions" >"$T/g$i.st" & fi
+    jobs="$jobs $!"
+done
+sleep 0.15
+kill -9 "$victim"
+wait $jobs
+files=""; for i in $(seq 1 16); do files="$files $T/g$i"; done
+if python3 "$T/answered.py" $files >"$T/why" 2>&1 && grep -q "replica process $victim was killed by signal 9" "$T/p.log" &&
+   kill -0 "$other" 2>/dev/null
+then pass proc_killed_under_load_none_hang; else fail proc_killed_under_load_none_hang "$(cat "$T/why") $(cat "$T/p.log")"; fi
+i=0
+while metrics "$P" && [ "$(mval 'skein_replicas_up{model="m1"}')" != 2 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+post "$P" after "$(body m1 "request 1 says" 16 '')"
+if [ "$(mval 'skein_replicas_up{model="m1"}')" = 2 ] && [ "$(cat "$T/after.st")" = 200 ] && same_text "$T/after.out" "$T/r1.out" &&
+   [ "$(children p | wc -l)" = 2 ] && [ "$(mval 'skein_replica_failures_total{model="m1"}')" = 1 ]
+then pass proc_replaced; else fail proc_replaced "$(cat "$T/after.out") $(grep -E 'replicas_up|failures' "$T/metrics")"; fi
+stop p "$PP"
+
+# one process replica over the larger model: a child stopped (SIGSTOP) holding a request that
+# has no token yet, then killed: the request goes to the replacement, same text
+start q --model "$T/m3" --replica-process
+Q=$U; PQ=$PID
+start s --model "$T/m3"
+S=$U; PS=$PID
+post "$S" ref "$(body m3 "request 1 says" 8 '')"
+c=$(children q)
+kill -STOP "$c"
+post "$Q" q1 "$(body m3 "request 1 says" 8 '')" & job=$!
+sleep 0.3
+kill -9 "$c"
+wait $job
+if [ "$(cat "$T/q1.st")" = 200 ] && same_text "$T/q1.out" "$T/ref.out" && grep -q "replica 0 down: .*process $c was killed by signal 9" "$T/q.log" &&
+   grep -q 'replica 1 up' "$T/q.log"
+then pass proc_killed_before_token_requeued; else fail proc_killed_before_token_requeued "$(cat "$T/q1.st") $(cat "$T/q1.out") $(cat "$T/q.log")"; fi
+
+# a streamed request whose child dies after its first tokens: an error event, then [DONE]
+cat > "$T/stream_kill.py" <<'PY'
+import http.client, json, os, signal, sys, time
+url, pid = sys.argv[1], int(sys.argv[2])
+host, port = url.split('//')[1].split(':')
+conn = http.client.HTTPConnection(host, int(port), timeout=30)
+conn.request('POST', '/v1/completions', json.dumps({'model': 'm3', 'prompt': 'stream me', 'max_tokens': 400,
+             'temperature': 0, 'ignore_eos': True, 'stream': True}), {'Content-Type': 'application/json'})
+resp = conn.getresponse()
+events, killed = [], False
+while True:
+    line = resp.fp.readline()
+    if not line:
+        break
+    line = line.decode().strip()
+    if not line.startswith('data: '):
+        continue
+    events.append(line[6:])
+    if events[-1] == '[DONE]':
+        break
+    if not killed:
+        os.kill(pid, signal.SIGSTOP)
+        os.kill(pid, signal.SIGKILL)
+        killed = True
+assert resp.status == 200 and len(events) >= 3 and events[-1] == '[DONE]', (resp.status, events[-3:])
+last = json.loads(events[-2])
+assert 'error' in last and last['error']['type'] == 'server_error', last
+tokens = sum(1 for e in events[:-2] if 'choices' in json.loads(e))
+assert 1 <= tokens < 400, tokens
+PY
+c=$(children q)
+if python3 "$T/stream_kill.py" "$Q" "$c" >"$T/why" 2>&1; then pass proc_killed_after_tokens_error_event
+else fail proc_killed_after_tokens_error_event "$(cat "$T/why") $(tail -3 "$T/q.log")"; fi
+stop q "$PQ"
+stop s "$PS"
+stop r "$PR"
