@@ -46,7 +46,9 @@ static sk_status replica_build_engine(replica *rep) {
         if (rt->o.tp) SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, rt->o.tp, &rep->m));
         else SK_TRY(model_open_weights(rt->dir, rep->own_be, &rep->m));
     } else {
-        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rt->cpu, rt->o.tp, &rep->m));
+        comm *c = rt->o.tp;
+        if (rt->o.tp_ranks > 1) SK_TRY(replica_tp_join(rep, &c));   /* a process replica's child */
+        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rt->cpu, c, &rep->m));
     }
     return engine_create(rep->m, &rt->eo, &rep->e);
 }

@@ -510,8 +510,11 @@ static sk_status router_check_opts(const router_opts *o) {
         return sk_fail(SK_EARG, "serve: --tp %d serves one replica over its ranks (leave out --replicas, "
                        "--max-replicas and --devices)", o->tp->world);
     if (o->process && (o->tp || strcmp(o->device, "cpu")))
-        return sk_fail(SK_EARG, "serve: --replica-process runs replicas on the CPU without --tp (a forked child cannot "
-                       "use the server's CUDA context)");
+        return sk_fail(SK_EARG, "serve: --replica-process runs replicas on the CPU (a forked child cannot use the "
+                       "server's CUDA context)");
+    if (o->tp_ranks > 1 && (!o->process || !(o->comm_timeout_s > 0)))
+        return sk_fail(SK_EARG, "serve: replicas split over %d ranks each run as processes with a positive comm timeout",
+                       o->tp_ranks);
     for (int i = 0; i < o->n_devices; i++)
         if (o->devices[i] < 0) return sk_fail(SK_EARG, "serve: --devices: %d is not a device id", o->devices[i]);
     return SK_OK;

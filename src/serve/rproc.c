@@ -146,6 +146,13 @@ static bool rproc_child_reserve(rproc_child *c, int n) {
     return true;
 }
 
+/* Tells the parent why the child fails (sk_errmsg), and exits with status code. */
+static _Noreturn void rproc_child_fail(int fd, int code) {
+    const char *msg = sk_errmsg();
+    rproc_send(fd, RPROC_FAIL, msg, strlen(msg), NULL, 0);
+    _exit(code);
+}
+
 /* Applies a STEP's ops; false when the payload is malformed or memory ran out. */
 static bool rproc_child_apply(rproc_child *c, const char *p, size_t len) {
     const char *end = p + len;
@@ -192,17 +199,12 @@ static void rproc_child_state(const rproc_child *c, int n_out, rproc_state *s) {
     rproc_engine_gauges(c->e, &s->gauges);
 }
 
-/* Runs one step and answers DONE (or FAIL, returning false). */
+/* Runs one step and answers DONE (false when that fails); a failed step ends the child. */
 static bool rproc_child_step(rproc_child *c) {
     const engine_output *eo = NULL;
     int n = 0;
     if (engine_has_work(c->e)) {
-        const sk_status st = engine_step(c->e, &eo, &n);
-        if (st != SK_OK) {
-            const char *msg = sk_errmsg();
-            rproc_send(c->fd, RPROC_FAIL, msg, strlen(msg), NULL, 0);
-            return false;
-        }
+        if (engine_step(c->e, &eo, &n) != SK_OK) rproc_child_fail(c->fd, 2);
     }
     if (!rproc_child_reserve(c, c->n_refused + n)) return false;
     int k = c->n_refused;
@@ -230,11 +232,7 @@ static void rproc_child_main(int fd, rproc_build_fn build, void *ctx) {
     if (close_range(4, ~0u, 0) != 0)
         for (int i = 4; i < 65536; i++) close(i);
     rproc_child c = {.fd = 3};
-    if (build(ctx, &c.e) != SK_OK) {
-        const char *msg = sk_errmsg();
-        rproc_send(c.fd, RPROC_FAIL, msg, strlen(msg), NULL, 0);
-        _exit(1);
-    }
+    if (build(ctx, &c.e) != SK_OK) rproc_child_fail(c.fd, 1);
     const int32_t version = RPROC_VERSION;
     if (!rproc_send(c.fd, RPROC_READY, &version, sizeof version, NULL, 0)) _exit(1);
     void *buf = NULL;
@@ -247,6 +245,7 @@ static void rproc_child_main(int fd, rproc_build_fn build, void *ctx) {
         if (type == RPROC_STEP) {
             ok = rproc_child_apply(&c, buf, len) && rproc_child_step(&c);
         } else if (type == RPROC_PING) {
+            if (engine_heartbeat(c.e) != SK_OK) rproc_child_fail(c.fd, 2);   /* a split engine's ranks wait for it */
             rproc_child_state(&c, 0, &s);
             ok = rproc_send(c.fd, RPROC_PONG, &s, sizeof s, NULL, 0);
         }

@@ -17,7 +17,8 @@
  *
  * The protocol (rproc.c has the wire structures; both ends are this program): each message is
  * a header {type, length} and its payload. The parent sends STEP (the requests added and
- * cancelled since the last one, then "run one engine step") or PING (health, while idle); the
+ * cancelled since the last one, then "run one engine step") or PING (health, while idle: the
+ * child's engine_heartbeat, so a split engine's other ranks know it lives); the
  * child answers each with DONE (the replica's gauges, the step's outputs) or PONG (the
  * gauges), or FAIL (a message) after which it exits. A request the child's engine refuses
  * comes back as an output with finish "error". The parent learns of a child's death from the

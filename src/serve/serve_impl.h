@@ -150,6 +150,10 @@ struct replica {
  * and an engine, then calls router_replica_ready (or router_replica_down when the build
  * fails). NULL when the thread cannot be created (sk_fail says why). */
 replica *replica_start(router *rt, int id, int device);
+/* In a process replica's child, before its engine (o.tp_ranks > 1): forks the replica's other
+ * ranks, which follow its engine, and joins them; *out is the group's communicator (never
+ * freed: the child exits). See replica_tp.c. */
+sk_status replica_tp_join(replica *rep, comm **out);
 /* Appends r to rep's incoming queue (mu held). */
 void replica_enqueue(replica *rep, serve_req *r);
 /* Frees a replica whose thread was joined. */
