@@ -21,11 +21,15 @@ def rss_kb(pid):
 
 
 def children(pid):
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
+    """The processes pid's threads forked (replica processes are forked by their threads)."""
+    kids = []
+    for tid in os.listdir('/proc/%d/task' % pid):
+        try:
+            with open('/proc/%d/task/%s/children' % (pid, tid)) as f:
+                kids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return kids
 
 
 def one(conn, i):

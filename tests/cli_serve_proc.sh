@@ -10,7 +10,10 @@
 #   - a child killed during a load of sixteen requests (half streamed): every request is
 #     answered (200, or a 500 / an error event), the other child keeps serving, two replicas
 #     are up again and serve after;
-#   - SIGTERM stops the server and leaves no child behind.
+#   - --replicas 2 --tp 2: two replicas of two ranks each (a child and the rank it forked) give
+#     the texts of one replica at tp 1, both serve; a follower rank killed fails its replica,
+#     which a fresh group replaces, and the texts stay the same;
+#   - SIGTERM stops the server and leaves no process of it behind.
 # Prints PASS/FAIL lines; the servers are killed at the end (trap).
 . tests/lib_serve.sh
 PIDS=""
@@ -33,7 +36,7 @@ start() {
 }
 # stop NAME PID: SIGTERM; the server exits 0 within 10 s and no child of it is left
 stop() {
-    kids=$(pgrep -P "$2" | tr '\n' ' ')
+    kids=""; for k in $(pgrep -P "$2"); do kids="$kids $k $(pgrep -P "$k" | tr '\n' ' ')"; done
     kill "$2"
     i=0
     while kill -0 "$2" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
@@ -166,4 +169,35 @@ if python3 "$T/stream_kill.py" "$Q" "$c" >"$T/why" 2>&1; then pass proc_killed_a
 else fail proc_killed_after_tokens_error_event "$(cat "$T/why") $(tail -3 "$T/q.log")"; fi
 stop q "$PQ"
 stop s "$PS"
+
+# two replicas of two ranks each, against the one-replica thread server r
+start t --model "$T/m1" --replicas 2 --tp 2 --comm-timeout 5
+TP=$U; PT=$PID
+tp_texts() {
+    jobs=""
+    for i in 1 2 3 4 5 6 7 8; do post "$TP" "t$i" "$(body m1 "request $i says" 16 '')" & jobs="$jobs $!"; done
+    wait $jobs
+    bad=""
+    for i in 1 2 3 4 5 6 7 8; do
+        { [ "$(cat "$T/t$i.st")" = 200 ] && same_text "$T/t$i.out" "$T/r$i.out"; } || bad="$bad $i: $(cat "$T/t$i.out") vs $(cat "$T/r$i.out")"
+    done
+    echo "$bad"
+}
+bad=$(tp_texts)
+metrics "$TP"
+t0=$(mval 'skein_replica_requests_total{model="m1",replica="0"}'); t1=$(mval 'skein_replica_requests_total{model="m1",replica="1"}')
+ranks=""; for k in $(children t); do ranks="$ranks $(pgrep -P "$k" | wc -l)"; done
+if [ -z "$bad" ] && [ "$t0" -gt 0 ] && [ "$t1" -gt 0 ] && [ "$(echo $ranks)" = "1 1" ]
+then pass proc_tp_groups_equal_tp1; else fail proc_tp_groups_equal_tp1 "$bad; requests $t0 + $t1; followers per child:$ranks"; fi
+set -- $(children t)
+follower=$(pgrep -P "$1")
+kill -9 "$follower"
+i=0
+while metrics "$TP" && [ "$(mval 'skein_replica_failures_total{model="m1"}')" != 1 -o "$(mval 'skein_replicas_up{model="m1"}')" != 2 ] &&
+      [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+bad=$(tp_texts)
+if [ -z "$bad" ] && grep -q 'replica [01] down: .*rank(s) 1' "$T/t.log" && grep -q 'replica 2 up' "$T/t.log" &&
+   [ "$(mval 'skein_replicas_up{model="m1"}')" = 2 ]
+then pass proc_tp_rank_killed_replaced; else fail proc_tp_rank_killed_replaced "$bad $(cat "$T/t.log")"; fi
+stop t "$PT"
 stop r "$PR"

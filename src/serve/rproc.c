@@ -146,11 +146,24 @@ static bool rproc_child_reserve(rproc_child *c, int n) {
     return true;
 }
 
+/* Ends the processes the child forked itself (a split engine's other ranks: build's) and reaps
+ * them, so that none outlives it, then exits with status code. */
+static _Noreturn void rproc_child_exit(int code) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    FILE *f = fopen(path, "r");
+    int pid;
+    while (f && fscanf(f, "%d", &pid) == 1)
+        if (kill(pid, SIGKILL) == 0) waitpid(pid, NULL, 0);
+    if (f) fclose(f);
+    _exit(code);
+}
+
 /* Tells the parent why the child fails (sk_errmsg), and exits with status code. */
 static _Noreturn void rproc_child_fail(int fd, int code) {
     const char *msg = sk_errmsg();
     rproc_send(fd, RPROC_FAIL, msg, strlen(msg), NULL, 0);
-    _exit(code);
+    rproc_child_exit(code);
 }
 
 /* Applies a STEP's ops; false when the payload is malformed or memory ran out. */
@@ -239,7 +252,7 @@ static void rproc_child_main(int fd, rproc_build_fn build, void *ctx) {
     size_t cap = 0, len = 0;
     for (;;) {
         const int type = rproc_recv(c.fd, &buf, &cap, &len);
-        if (type == 0) _exit(0);   /* the parent closed the socket: done */
+        if (type == 0) rproc_child_exit(0);   /* the parent closed the socket: done */
         rproc_state s;
         bool ok = false;
         if (type == RPROC_STEP) {
@@ -249,7 +262,7 @@ static void rproc_child_main(int fd, rproc_build_fn build, void *ctx) {
             rproc_child_state(&c, 0, &s);
             ok = rproc_send(c.fd, RPROC_PONG, &s, sizeof s, NULL, 0);
         }
-        if (!ok) _exit(2);
+        if (!ok) rproc_child_exit(2);
     }
 }
 

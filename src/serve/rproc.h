@@ -12,7 +12,8 @@
  * page cache, no weight read or copied), builds its own engine through `build` and answers
  * the parent's messages until its socket closes. It closes every other descriptor at once (the
  * server's listening socket and connections, the other children's sockets) and dies with the
- * thread that forked it (PR_SET_PDEATHSIG). Only a CPU engine can run there: a forked child
+ * thread that forked it (PR_SET_PDEATHSIG); when it exits it kills and reaps the processes it
+ * forked itself (a split engine's other ranks, replica_tp.c). Only a CPU engine can run there: a forked child
  * cannot use the parent's CUDA context.
  *
  * The protocol (rproc.c has the wire structures; both ends are this program): each message is
