@@ -16,6 +16,8 @@
 #   - SIGTERM stops the server and leaves no process of it behind.
 # Prints PASS/FAIL lines; the servers are killed at the end (trap).
 . tests/lib_serve.sh
+. tests/lib_replicas.sh
+PFX=proc
 PIDS=""
 trap 'for p in $PIDS; do pkill -KILL -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
 command -v curl >/dev/null 2>&1 || { echo "SKIP cli_serve_proc: curl not found"; exit 0; }
@@ -29,30 +31,8 @@ EOF
     then fail proc_init "$(tail -2 "$T/err")"; exit 1; fi
 done
 
-start() {
-    n=$1; shift
-    serve_start "$T/$n.log" --threads 1 "$@" || { fail "proc_${n}_start" "$(cat "$T/$n.log")"; exit 1; }
-    PIDS="$PIDS $PID"
-}
-# stop NAME PID: SIGTERM; the server exits 0 within 10 s and no child of it is left
-stop() {
-    kids=""; for k in $(pgrep -P "$2"); do kids="$kids $k $(pgrep -P "$k" | tr '\n' ' ')"; done
-    kill "$2"
-    i=0
-    while kill -0 "$2" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-    if kill -0 "$2" 2>/dev/null; then fail "proc_${1}_stops" "still running 10 s after SIGTERM"; kill -9 "$2"; return; fi
-    wait "$2"; rc=$?
-    left=""
-    for k in $kids; do kill -0 "$k" 2>/dev/null && left="$left $k"; done
-    [ $rc = 0 ] && [ -z "$left" ] && pass "proc_${1}_stops" || fail "proc_${1}_stops" "exit status $rc, children left:$left $(tail -3 "$T/$1.log")"
-}
 # children PID: the server's replica processes from its log, the live ones
 children() { for k in $(sed -n 's/.*process \([0-9]*\))$/\1/p' "$T/$1.log"); do kill -0 "$k" 2>/dev/null && echo "$k"; done; }
-post() { curl -s -m 30 -o "$T/$2.out" -w '%{http_code}' -d "$3" "$1/v1/completions" >"$T/$2.st"; }
-body() { printf '{"model": "%s", "prompt": "%s", "max_tokens": %s, "temperature": 0, "ignore_eos": true%s}' "$@"; }
-same_text() { python3 -c "import json,sys; a,b=(json.load(open(f))['choices'][0]['text'] for f in sys.argv[1:]); sys.exit(a != b)" "$1" "$2"; }
-metrics() { curl -s -m 10 "$1/metrics" >"$T/metrics"; }
-mval() { awk -v n="$1" '$1 == n { print $2 }' "$T/metrics"; }
 
 start p --model "$T/m1" --replicas 2 --replica-process
 P=$U; PP=$PID
@@ -60,16 +40,9 @@ start r --model "$T/m1"
 R=$U; PR=$PID
 
 # eight prompts at once on each: the same texts; both children served; they are the server's
-jobs=""
-for i in 1 2 3 4 5 6 7 8; do
-    post "$P" "p$i" "$(body m1 "request $i says" 16 '')" & jobs="$jobs $!"
-    post "$R" "r$i" "$(body m1 "request $i says" 16 '')" & jobs="$jobs $!"
-done
-wait $jobs
-bad=""
-for i in 1 2 3 4 5 6 7 8; do
-    { [ "$(cat "$T/p$i.st")" = 200 ] && same_text "$T/p$i.out" "$T/r$i.out"; } || bad="$bad $i: $(cat "$T/p$i.out") vs $(cat "$T/r$i.out")"
-done
+eight "$P" p m1
+eight "$R" r m1
+bad=$(eight_differ p r)
 [ -z "$bad" ] && pass proc_equal_threads || fail proc_equal_threads "$bad"
 metrics "$P"
 r0=$(mval 'skein_replica_requests_total{model="m1",replica="0"}'); r1=$(mval 'skein_replica_requests_total{model="m1",replica="1"}')
@@ -80,33 +53,13 @@ if [ "$((r0 + r1))" = 8 ] && [ "$r0" -gt 0 ] && [ "$r1" -gt 0 ] && [ "$(echo $ki
 then pass proc_children_serve; else fail proc_children_serve "requests $r0 + $r1, children '$kids' of '$parents' (server $PP)"; fi
 
 # a load of sixteen, one child killed 150 ms in: every request answered, the other left serving
-cat > "$T/answered.py" <<'PY'
-import json, sys
-for f in sys.argv[1:]:
-    st, body = open(f + '.st').read(), open(f + '.out').read()
-    if st == '200' and body.startswith('data: '):
-        lines = [l for l in body.split('\n') if l]
-        assert lines[-1] == 'data: [DONE]', (f, lines[-1])
-        last = json.loads(lines[-2][6:])
-        assert 'error' in last or last['choices'][0]['finish_reason'] == 'length', (f, last)
-    elif st == '200':
-        assert json.loads(body)['choices'][0]['finish_reason'] == 'length', (f, body)
-    else:
-        assert st == '500' and json.loads(body)['error']['type'] == 'server_error', (f, st, body)
-PY
 set -- $kids
 victim=$1; other=$2
-jobs=""
-for i in $(seq 1 16); do
-    if [ $((i % 2)) = 0 ]; then post "$P" "g$i" "$(body m1 "load $i" 200 '')" &
-    else curl -s -m 30 -N -o "$T/g$i.out" -w '%{http_code}' -d "$(body m1 "load $i" 200 ', "stream": true')" "$P/v1/completions" >"$T/g$i.st" & fi
-    jobs="$jobs $!"
-done
+load_start "$P" m1 200
 sleep 0.15
 kill -9 "$victim"
-wait $jobs
-files=""; for i in $(seq 1 16); do files="$files $T/g$i"; done
-if python3 "$T/answered.py" $files >"$T/why" 2>&1 && grep -q "replica process $victim was killed by signal 9" "$T/p.log" &&
+wait $LOAD_JOBS
+if load_answered && grep -q "replica process $victim was killed by signal 9" "$T/p.log" &&
    kill -0 "$other" 2>/dev/null
 then pass proc_killed_under_load_none_hang; else fail proc_killed_under_load_none_hang "$(cat "$T/why") $(cat "$T/p.log")"; fi
 i=0
@@ -173,17 +126,8 @@ stop s "$PS"
 # two replicas of two ranks each, against the one-replica thread server r
 start t --model "$T/m1" --replicas 2 --tp 2 --comm-timeout 5
 TP=$U; PT=$PID
-tp_texts() {
-    jobs=""
-    for i in 1 2 3 4 5 6 7 8; do post "$TP" "t$i" "$(body m1 "request $i says" 16 '')" & jobs="$jobs $!"; done
-    wait $jobs
-    bad=""
-    for i in 1 2 3 4 5 6 7 8; do
-        { [ "$(cat "$T/t$i.st")" = 200 ] && same_text "$T/t$i.out" "$T/r$i.out"; } || bad="$bad $i: $(cat "$T/t$i.out") vs $(cat "$T/r$i.out")"
-    done
-    echo "$bad"
-}
-bad=$(tp_texts)
+eight "$TP" t m1
+bad=$(eight_differ t r)
 metrics "$TP"
 t0=$(mval 'skein_replica_requests_total{model="m1",replica="0"}'); t1=$(mval 'skein_replica_requests_total{model="m1",replica="1"}')
 ranks=""; for k in $(children t); do ranks="$ranks $(pgrep -P "$k" | wc -l)"; done
@@ -195,7 +139,8 @@ kill -9 "$follower"
 i=0
 while metrics "$TP" && [ "$(mval 'skein_replica_failures_total{model="m1"}')" != 1 -o "$(mval 'skein_replicas_up{model="m1"}')" != 2 ] &&
       [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-bad=$(tp_texts)
+eight "$TP" t m1
+bad=$(eight_differ t r)
 if [ -z "$bad" ] && grep -q 'replica [01] down: .*rank(s) 1' "$T/t.log" && grep -q 'replica 2 up' "$T/t.log" &&
    [ "$(mval 'skein_replicas_up{model="m1"}')" = 2 ]
 then pass proc_tp_rank_killed_replaced; else fail proc_tp_rank_killed_replaced "$bad $(cat "$T/t.log")"; fi
