@@ -656,7 +656,8 @@ static void api_models(api_server *s, http_reply *rp) {
     api_reply_json(rp, 200, j);
 }
 
-/* GET /metrics: every router's snapshot, then the page (metrics.h). */
+/* GET /metrics: every router's snapshot, the GPUs' figures (NVML) when a model runs on CUDA, then the
+ * page (metrics.h). */
 static void api_metrics(api_server *s, http_reply *rp) {
     metrics_model *models = mem_calloc(sizeof *models * (size_t)s->n_routers);
     metrics_replica **reps = mem_calloc(sizeof *reps * (size_t)s->n_routers);
@@ -666,7 +667,11 @@ static void api_metrics(api_server *s, http_reply *rp) {
     pthread_mutex_lock(&s->mu);
     memcpy(by_status, s->by_status, sizeof by_status);
     pthread_mutex_unlock(&s->mu);
-    const metrics_page page = {api_statuses, by_status, API_N_STATUS, models, s->n_routers};
+    nvml_gpu gpus[NVML_MAX_GPUS];
+    int n_gpus = 0;
+    for (int i = 0; i < s->n_routers && !n_gpus; i++)
+        if (!strcmp(s->routers[i]->o.device, "cuda")) n_gpus = nvml_sample(gpus, NVML_MAX_GPUS);
+    const metrics_page page = {api_statuses, by_status, API_N_STATUS, models, s->n_routers, gpus, n_gpus};
     size_t n = 0;
     char *text = ok ? metrics_render(&page, &n) : NULL;
     for (int i = 0; reps && i < s->n_routers; i++) mem_free(reps[i]);
