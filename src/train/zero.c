@@ -347,13 +347,14 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
                        "the products read a bf16 copy of all parameters; use --zero 2 or --precision f32",
                        m->act_dt == DT_BF16 ? "bf16" : dtype_name(m->act_dt));
     SK_ASSERT(m->params && !m->grads);
-    if (c && c->world > 1 && !strcmp(c->name, "nccl") != !!strcmp(m->be->name, "cpu"))
-        return sk_fail(SK_EARG, "--zero over %d ranks: the %s communicator moves %s memory, but the %s backend's buffers "
-                       "are %s memory (MPI goes with --device cpu, NCCL with --device cuda)", c->world, c->name,
-                       strcmp(c->name, "nccl") ? "host" : "device", m->be->name,
-                       strcmp(m->be->name, "cpu") ? "device" : "host");
+    /* the buffers are the backend's memory (MPI and gloo stage a device's, comm.h) */
+    sk_status st = c && c->world > 1 ? comm_set_backend(c, m->be) : SK_OK;
+    if (st) return sk_fail_ctx(st, "--zero over %d ranks on the %s backend", c->world, m->be->name);
     zero *z = mem_calloc(sizeof *z);
-    if (!z) return SK_ENOMEM;
+    if (!z) {
+        if (c && c->world > 1) comm_set_backend(c, NULL);
+        return SK_ENOMEM;
+    }
     z->m = m;
     z->be = m->be;
     z->c = c;
@@ -384,7 +385,6 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
             oat += z->chunk[g] * W;
         }
     }
-    sk_status st;
     if (!(z->cs = z->be->ops->stream_create(z->be)) || !(z->ready = z->be->ops->event_create(z->be))) {
         st = sk_fail_ctx(SK_ENOMEM, "ZeRO-%d: creating the communication stream", stage);
         goto fail;
@@ -439,6 +439,7 @@ void zero_free(zero *z) {
     if (z->c) {   /* nothing may stay in flight on buffers about to go */
         zero_settle_all(z);
         zero_invalidate(z);
+        if (z->world > 1) comm_set_backend(z->c, NULL);
     }
     if (z->m->provider == &z->provider) model_set_param_provider(z->m, NULL, NULL);
     adamw_free(&z->opt);
