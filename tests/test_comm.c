@@ -247,11 +247,37 @@ TEST(async_progress_while_computing) {
     CHECK(bad == 0);
 }
 
+/* The collectives again with their buffers staged through pinned memory as for a GPU
+ * (comm_stage.h): SKEIN_COMM_STAGE=1 takes that path on the CPU backend, whose copies are
+ * memcpy, and SKEIN_COMM_STAGE_BYTES=64 cuts every call into pieces of a few elements, so
+ * the bookkeeping (each owner's part of a reduce-scatter piece, the gathered parts, the last
+ * short piece, the two alternating buffers, three requests in flight in bf16) meets the same
+ * arithmetic truth. A world of one has nothing to stage (the cases run as they are). */
+TEST(staged) {
+    comm *c = world();
+    CHECK(c);
+    backend *be = backend_create("cpu");
+    CHECK(be);
+    setenv("SKEIN_COMM_STAGE", "1", 1);
+    setenv("SKEIN_COMM_STAGE_BYTES", "64", 1);
+    sk_status st = comm_set_backend(c, be);
+    unsetenv("SKEIN_COMM_STAGE");
+    unsetenv("SKEIN_COMM_STAGE_BYTES");
+    CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
+    test_all_reduce();
+    test_reduce_scatter();
+    test_all_gather();
+    test_bf16_async();
+    CHECK(comm_set_backend(c, NULL) == SK_OK);
+    backend_free(be);
+}
+
 /* Sets, clears and restores the launcher variables around the env cases. */
 static const char *env_names[] = {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
                                   "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "SLURM_NTASKS",
                                   "SLURM_LOCALID", "SLURM_STEP_ID", "SLURM_STEPID", "RANK", "WORLD_SIZE",
-                                  "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"};
+                                  "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                                  "MPI_LOCALNRANKS", "SLURM_STEP_TASKS_PER_NODE", "LOCAL_WORLD_SIZE"};
 enum { N_ENV = sizeof env_names / sizeof env_names[0] };
 static char *env_saved[N_ENV];
 
@@ -287,25 +313,33 @@ static sk_status env_with(comm_env *e, const char *const *kv) {
 
 static void env_cases(void) {
     comm_env e;
+    /* on cuda: NCCL when a host's ranks have a GPU each, else the host kind, staging */
+#ifdef SKEIN_HAVE_NCCL
+    const int gpus = backend_device_count("cuda");
+#else
+    const int gpus = 0;
+#endif
     CHECK(env_with(&e, (const char *[]){NULL}) == SK_OK && e.launcher == COMM_LAUNCH_NONE && e.world == 1);
     CHECK(!strcmp(comm_auto_kind("cpu"), "local"));
     CHECK(env_with(&e, (const char *[]){"OMPI_COMM_WORLD_SIZE=4", "OMPI_COMM_WORLD_RANK=2",
-                                        "OMPI_COMM_WORLD_LOCAL_RANK=0", NULL}) == SK_OK);
-    CHECK(e.launcher == COMM_LAUNCH_MPIRUN && e.rank == 2 && e.world == 4 && e.local_rank == 0);
-    CHECK(!strcmp(comm_auto_kind("cpu"), "mpi") && !strcmp(comm_auto_kind("cuda"), "nccl"));
+                                        "OMPI_COMM_WORLD_LOCAL_RANK=0", "OMPI_COMM_WORLD_LOCAL_SIZE=2", NULL}) == SK_OK);
+    CHECK(e.launcher == COMM_LAUNCH_MPIRUN && e.rank == 2 && e.world == 4 && e.local_rank == 0 && e.local_world == 2);
+    CHECK(!strcmp(comm_auto_kind("cpu"), "mpi") && !strcmp(comm_auto_kind("cuda"), gpus >= 2 ? "nccl" : "mpi"));
     CHECK(env_with(&e, (const char *[]){"SLURM_PROCID=1", "SLURM_NTASKS=3", "SLURM_LOCALID=1", "SLURM_STEP_ID=0",
-                                        NULL}) == SK_OK);
-    CHECK(e.launcher == COMM_LAUNCH_SLURM && e.rank == 1 && e.world == 3 && e.local_rank == 1);
+                                        "SLURM_STEP_TASKS_PER_NODE=2(x1),1", NULL}) == SK_OK);
+    CHECK(e.launcher == COMM_LAUNCH_SLURM && e.rank == 1 && e.world == 3 && e.local_rank == 1 && e.local_world == 2);
+    CHECK(env_with(&e, (const char *[]){"OMPI_COMM_WORLD_SIZE=2", "OMPI_COMM_WORLD_RANK=0",
+                                        "OMPI_COMM_WORLD_LOCAL_SIZE=x", NULL}) == SK_EARG);
+    CHECK_MSG(strstr(sk_errmsg(), "OMPI_COMM_WORLD_LOCAL_SIZE=x"), "%s", sk_errmsg());
     /* An sbatch script's shell is not a job step: one process. */
     CHECK(env_with(&e, (const char *[]){"SLURM_PROCID=0", "SLURM_NTASKS=3", NULL}) == SK_OK);
     CHECK(e.launcher == COMM_LAUNCH_NONE);
     CHECK(env_with(&e, (const char *[]){"RANK=1", "WORLD_SIZE=2", "LOCAL_RANK=1", "MASTER_ADDR=10.0.0.1",
                                         "MASTER_PORT=29500", NULL}) == SK_OK);
     CHECK(e.launcher == COMM_LAUNCH_TORCHRUN && e.rank == 1 && e.world == 2 && e.local_rank == 1);
-    CHECK(!strcmp(e.master_addr, "10.0.0.1") && e.master_port == 29500);
-    CHECK(!strcmp(comm_auto_kind("cuda"), "nccl"));
+    CHECK(!strcmp(e.master_addr, "10.0.0.1") && e.master_port == 29500 && e.local_world == 0);
 #ifdef SKEIN_HAVE_GLOO
-    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo"));
+    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo") && !strcmp(comm_auto_kind("cuda"), gpus >= 2 ? "nccl" : "gloo"));
 #else
     CHECK(comm_auto_kind("cpu") == NULL && strstr(sk_errmsg(), "libgloo-dev"));
 #endif
@@ -343,6 +377,13 @@ TEST(init_errors) {
     CHECK(comm_counter_set(c, 5) == SK_OK && comm_fetch_add(c, 3, &old) == SK_OK && old == 5);
     CHECK(comm_fetch_add(c, 0, &old) == SK_OK && old == 8);
     comm_free(c);
+    /* five ranks on a host of two GPUs: ranks 0, 2, 4 on GPU 0, ranks 1, 3 on GPU 1 */
+    comm h = {.local_rank = 1, .local_world = 5};
+    CHECK(comm_device_sharers(&h, 2) == 2 && comm_device_sharers(&h, 8) == 1);
+    h.local_rank = 4;
+    CHECK(comm_device_sharers(&h, 2) == 3 && comm_device_sharers(&h, 1) == 5);
+    h.local_world = 0;
+    CHECK(comm_device_sharers(&h, 1) == 1 && comm_device_sharers(NULL, 1) == 1);
 }
 
 /* NCCL with host buffers (the staged paths: f64 sums, broadcasts of host memory) plus the
