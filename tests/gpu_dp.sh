@@ -6,8 +6,7 @@
 # micro-batches of 2, so every forward and backward has the same shapes at both world sizes
 # and only the order of the gradient sums differs):
 #   gpu_dp_f32_zero{0..3}    every step's loss within 1e-5 relative (cli_zero.sh's tolerance);
-#   gpu_dp_bf16_zero{0..2}   bf16 mixed precision (gradients reduced in f32): within 2e-3;
-#   gpu_dp_bf16_zero3        refused with a message until ZeRO-3 gathers a bf16 copy;
+#   gpu_dp_bf16_zero{0..3}   bf16 mixed precision (gradients reduced in f32): within 2e-3;
 #   gpu_dp_memory_*          memory.json: each rank's parameters, gradients and AdamW state
 #                            are the plan's split, the paper's formulas within 5% (4Ψ, 4Ψ and
 #                            8Ψ, divided by 2 from stage 3, 2 and 1 on; bf16 adds its 2Ψ copy);
@@ -70,13 +69,6 @@ for p in f32 bf16; do
     tol=1e-5; [ $p = bf16 ] && tol=2e-3
     for z in 0 1 2 3; do
         name=gpu_dp_${p}_zero$z
-        if [ $p = bf16 ] && [ $z = 3 ]; then
-            if $MPIRUN $SK train $F --precision bf16 --zero 3 --comm mpi --out "$T/$name" >"$T/err" 2>&1
-            then fail $name "accepted (lift the refusal in this test too)"
-            elif grep -q "zero 3 with --precision bf16" "$T/err"; then pass $name
-            else fail $name "$(tail -3 "$T/err")"; fi
-            continue
-        fi
         if ! $MPIRUN $SK train $F --precision $p --zero $z --comm mpi --out "$T/$name" >"$T/err" 2>&1; then
             fail $name "exit status $?: $(tail -5 "$T/err")"; continue
         fi

@@ -220,6 +220,7 @@ static void zero_ensure_outer(zero *z) {
         float *dst = z->outer_params + z->outer_at[g];
         zc_run(z, ZC_ALL_GATHER, z->pshard + z->at[g], dst, z->chunk[g]);
         model_set_param_base(z->m, g, dst);
+        model_write_compute(z->m, g, dst);   /* mixed precision: the products' bf16 copy */
     }
     z->outer_valid = true;
 }
@@ -245,6 +246,7 @@ static void zero_ensure_layer(zero *z, int l, bool use) {
     if (!use) return;
     zc_wait(z, &s->req);
     model_set_param_base(z->m, g, s->params);
+    model_write_compute(z->m, g, s->params);
 }
 
 /* Waits for every gather in flight and forgets what the slots hold. */
@@ -342,10 +344,6 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
         return sk_fail(SK_EARG, "--zero 3 with --data-dist dynamic is not supported: ZeRO-3 gathers every layer "
                                 "with all ranks at every micro-batch, and dynamic distribution gives ranks different "
                                 "numbers of micro-batches; use --zero 2 or --data-dist static");
-    if (stage == 3 && m->act_dt != DT_F32)
-        return sk_fail(SK_EARG, "--zero 3 with --precision %s is not supported yet: ZeRO-3 gathers f32 layers and "
-                       "the products read a bf16 copy of all parameters; use --zero 2 or --precision f32",
-                       m->act_dt == DT_BF16 ? "bf16" : dtype_name(m->act_dt));
     SK_ASSERT(m->params && !m->grads);
     /* the buffers are the backend's memory (MPI and gloo stage a device's, comm.h) */
     sk_status st = c && c->world > 1 ? comm_set_backend(c, m->be) : SK_OK;
