@@ -24,27 +24,11 @@ if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_RO
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 MPIRUN="timeout 300 mpirun --oversubscribe --bind-to none -n 2"
 
-python3 tests/tiny_tokens.py "$T/tokens.bin" || { fail gpu_dp "cannot write the token shard"; exit 1; }
-$SK init --arch gpt2 --layers 2 --heads 2 --dim 64 --context 32 --vocab-size 29 --out "$T/init" >/dev/null 2>&1 ||
+TEST=gpu_dp
+. tests/lib_dist.sh   # $T/tokens.bin and close(); the model: width 64 as gpu_train.sh trains on the GPU
+$SK init --arch gpt2 --layers 2 --heads 2 --dim 64 --context 32 --vocab-size 29 --out "$T/init64" >/dev/null 2>&1 ||
     { fail gpu_dp "init failed"; exit 1; }
-F="--model $T/init --data $T/tokens.bin --steps 8 --batch 8 --micro-batch 2 --seq 16 --lr 3e-3 --device cuda --quiet"
-
-# close A B TOL: B's losses match A's within TOL relative, step for step.
-close() {
-    python3 - "$@" <<'PYEOF'
-import json, sys
-a = [json.loads(l) for l in open(sys.argv[1] + '/log.jsonl')]
-b = [json.loads(l) for l in open(sys.argv[2] + '/log.jsonl')]
-tol = float(sys.argv[3])
-if len(a) != len(b): sys.exit('%d vs %d log lines' % (len(a), len(b)))
-worst = 0
-for x, y in zip(a, b):
-    d = abs(x['loss'] - y['loss']) / abs(x['loss'])
-    worst = max(worst, d)
-    if d > tol: sys.exit('step %d: loss %.9g vs %.9g' % (x['step'], x['loss'], y['loss']))
-print('max relative difference %.3g over %d steps' % (worst, len(a)))
-PYEOF
-}
+F="--model $T/init64 --data $T/tokens.bin --steps 8 --batch 8 --micro-batch 2 --seq 16 --lr 3e-3 --device cuda --quiet"
 
 # memory DIR ZERO BF16: every rank's model states in memory.json against the formulas.
 memory() {
@@ -74,7 +58,7 @@ for p in f32 bf16; do
         fi
         if msg=$(close "$T/ref_$p" "$T/$name" $tol 2>&1) &&
            grep -q "\"world_size\": 2, \"zero\": $z" "$T/$name/log.jsonl"
-        then echo "  $name: $msg"; pass $name; else fail $name "$msg"; fi
+        then pass $name; else fail $name "$msg"; fi
         b=0; [ $p = bf16 ] && b=1
         if msg=$(memory "$T/$name" $z $b 2>&1); then pass gpu_dp_memory_${p}_zero$z
         else fail gpu_dp_memory_${p}_zero$z "$msg"; fi
@@ -103,7 +87,7 @@ if $MPIRUN $SK train $F --zero 2 --comm mpi --save-every 4 --stop-after 4 --out 
 then pass $name; else fail $name "$msg $(tail -3 "$T/err")"; fi
 
 name=gpu_dp_bench
-if $MPIRUN $SK bench train --model "$T/init" --device cuda --comm mpi --batch 8 --seq 16 --steps 3 --zero 2 \
+if $MPIRUN $SK bench train --model "$T/init64" --device cuda --comm mpi --batch 8 --seq 16 --steps 3 --zero 2 \
        >"$T/bench" 2>"$T/err" &&
    python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().splitlines()[-1]); assert j['world_size']==2 and len(j['ranks'])==2 and all('comm_wait_ms' in r for r in j['ranks'])" "$T/bench"
 then pass $name; else fail $name "$(tail -3 "$T/err") $(tail -1 "$T/bench")"; fi
