@@ -7,6 +7,7 @@
 # and only the order of the gradient sums differs):
 #   gpu_dp_f32_zero{0..3}    every step's loss within 1e-5 relative (cli_zero.sh's tolerance);
 #   gpu_dp_bf16_zero{0..3}   bf16 mixed precision (gradients reduced in f32): within 2e-3;
+#   gpu_dp_f32_zero2_dynamic dynamic data distribution, within 1e-5;
 #   gpu_dp_memory_*          memory.json: each rank's parameters, gradients and AdamW state
 #                            are the plan's split, the paper's formulas within 5% (4Ψ, 4Ψ and
 #                            8Ψ, divided by 2 from stage 3, 2 and 1 on; bf16 adds its 2Ψ copy);
@@ -64,6 +65,12 @@ for p in f32 bf16; do
         else fail gpu_dp_memory_${p}_zero$z "$msg"; fi
     done
 done
+
+# dynamic distribution: ranks claim micro-batches of 2 as they come, the same shapes again
+name=gpu_dp_f32_zero2_dynamic
+if $MPIRUN $SK train $F --zero 2 --data-dist dynamic --comm mpi --out "$T/$name" >"$T/err" 2>&1 &&
+   msg=$(close "$T/ref_f32" "$T/$name" 1e-5 2>&1) && grep -q '"data_dist": "dynamic"' "$T/$name/log.jsonl"
+then pass $name; else fail $name "$msg $(tail -3 "$T/err")"; fi
 
 name=gpu_dp_auto_picks_mpi
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then echo "SKIP $name: this machine has a GPU per rank (auto picks NCCL)"
