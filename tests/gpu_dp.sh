@@ -16,7 +16,8 @@
 #                            with a message naming rank 1;
 #   gpu_dp_resume_world1     2 ranks at ZeRO-2 stop after step 4, one process resumes: steps
 #                            5-8 within 1e-5 of the uninterrupted 2-rank run;
-#   gpu_dp_bench             skein bench train at 2 ranks prints each rank's comm wait.
+#   gpu_dp_bench             skein bench train at 2 ranks prints each rank's comm wait;
+#   gpu_dp_staged_collectives tests/test_comm's staged_device case on cuda buffers, 2 ranks.
 # Prints PASS/FAIL/SKIP lines.
 . tests/lib_gpu.sh
 command -v mpirun >/dev/null 2>&1 || { echo "SKIP gpu_dp: mpirun not found"; exit 0; }
@@ -24,6 +25,14 @@ ldd "$SK" 2>/dev/null | grep -q libmpi || { echo "SKIP gpu_dp: MPI is not built 
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 MPIRUN="timeout 300 mpirun --oversubscribe --bind-to none -n 2"
+
+# the collectives themselves on device buffers, staged (tests/test_comm.c, case staged_device)
+name=gpu_dp_staged_collectives
+B=${BUILD:-build}
+if [ ! -x "$B/tests/test_comm" ]; then fail $name "$B/tests/test_comm is not built"
+elif SKEIN_TEST_DEVICE=cuda $MPIRUN "$B/tests/test_comm" staged_device >"$T/out" 2>&1 &&
+     [ "$(grep -c '^PASS staged_device' "$T/out")" -eq 2 ]; then pass $name
+else fail $name "$(grep -v '^PASS' "$T/out" | tail -5)"; fi
 
 TEST=gpu_dp
 . tests/lib_dist.sh   # $T/tokens.bin and close(); the model: width 64 as gpu_train.sh trains on the GPU

@@ -19,6 +19,7 @@
 #include "comm/comm.h"
 #include "tensor/dtype.h"
 #include "test.h"
+#include "test_device.h"
 
 static comm *g_comm;
 static sk_status g_init_st = SK_OK;
@@ -270,6 +271,78 @@ TEST(staged) {
     test_bf16_async();
     CHECK(comm_set_backend(c, NULL) == SK_OK);
     backend_free(be);
+}
+
+/* Fills host buffer h(n) with rank r's values (small integers: sums exact), uploads it into
+ * backend memory d, and doubles it there on stream s: the collective started next on s must
+ * see the doubled values, so its staged copies wait for the stream. */
+static void staged_fill(backend *be, backend_stream *s, float *h, float *d, size_t n, int r) {
+    for (size_t i = 0; i < n; i++) h[i] = (float)(r * 1000 + (int)(i % 1000));
+    backend_upload(be, d, h, n * sizeof *h);
+    be->ops->scale(be, s, tensor_1d(d, DT_F32, (int64_t)n), 2.0f);
+}
+
+/* The staged collectives on buffers of the backend of SKEIN_TEST_DEVICE: cuda on a GPU machine
+ * (tests/gpu_dp.sh runs this case under mpirun, two ranks on one GPU), the CPU backend with
+ * staging forced elsewhere. all_reduce, reduce_scatter and all_gather of f32 buffers written
+ * on a stream of the backend just before, started on that stream and in flight together, cut
+ * into many pieces (4 KiB of pinned memory each); the results downloaded once comm_wait
+ * returned are the doubled sums. A device backend at world 1 has nothing to stage (skipped). */
+TEST(staged_device) {
+    comm *c = world();
+    CHECK(c);
+    backend *be = test_device();
+    if (c->world == 1 && !be->host_memory) SKIP("one rank: nothing to stage (run under mpirun)");
+    backend_stream *s = be->ops->stream_create(be);
+    CHECK(s);
+    setenv("SKEIN_COMM_STAGE", "1", 1);
+    setenv("SKEIN_COMM_STAGE_BYTES", "4096", 1);
+    sk_status st = comm_set_backend(c, be);
+    unsetenv("SKEIN_COMM_STAGE");
+    unsetenv("SKEIN_COMM_STAGE_BYTES");
+    CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
+    const size_t W = (size_t)c->world, n = 50021, chunk = 20011;
+    float *h = malloc((n > W * chunk ? n : W * chunk) * sizeof *h);
+    float *ar = backend_alloc(be, n * sizeof *ar), *rs = backend_alloc(be, W * chunk * sizeof *rs);
+    float *rr = backend_alloc(be, chunk * sizeof *rr), *ag = backend_alloc(be, chunk * sizeof *ag);
+    float *all = backend_alloc(be, W * chunk * sizeof *all);
+    CHECK(h && ar && rs && rr && ag && all);
+    comm_req *r1, *r2, *r3;
+    staged_fill(be, s, h, ar, n, c->rank);
+    CHECK_MSG(comm_all_reduce_async(c, ar, n, DT_F32, s, &r1) == SK_OK, "%s", sk_errmsg());
+    staged_fill(be, s, h, rs, W * chunk, c->rank);
+    CHECK_MSG(comm_reduce_scatter_async(c, rs, rr, chunk, DT_F32, s, &r2) == SK_OK, "%s", sk_errmsg());
+    staged_fill(be, s, h, ag, chunk, c->rank);
+    CHECK_MSG(comm_all_gather_async(c, ag, all, chunk, DT_F32, s, &r3) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_wait(c, r3) == SK_OK && comm_wait(c, r2) == SK_OK && comm_wait(c, r1) == SK_OK, "%s",
+              sk_errmsg());
+    const float ranks = (float)(W * (W - 1) / 2);
+    float *got = test_download_f32(be, ar, n);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = 2 * (1000 * ranks + (float)W * (float)(i % 1000));
+        if (got[i] != want && bad++ < 5) printf("  all_reduce [%zu] %g, want %g\n", i, got[i], want);
+    }
+    free(got);
+    got = test_download_f32(be, rr, chunk);
+    for (size_t i = 0; i < chunk; i++) {
+        size_t j = (size_t)c->rank * chunk + i;
+        float want = 2 * (1000 * ranks + (float)W * (float)(j % 1000));
+        if (got[i] != want && bad++ < 5) printf("  reduce_scatter [%zu] %g, want %g\n", i, got[i], want);
+    }
+    free(got);
+    got = test_download_f32(be, all, W * chunk);
+    for (size_t j = 0; j < W * chunk; j++) {
+        float want = 2 * (float)((int)(j / chunk) * 1000 + (int)(j % chunk % 1000));
+        if (got[j] != want && bad++ < 5) printf("  all_gather [%zu] %g, want %g\n", j, got[j], want);
+    }
+    free(got);
+    CHECK(comm_set_backend(c, NULL) == SK_OK);
+    free(h);
+    backend_mem_free(be, ar), backend_mem_free(be, rs), backend_mem_free(be, rr), backend_mem_free(be, ag);
+    backend_mem_free(be, all);
+    be->ops->stream_free(be, s);
+    CHECK(bad == 0);
 }
 
 /* Sets, clears and restores the launcher variables around the env cases. */
