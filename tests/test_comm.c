@@ -248,6 +248,17 @@ TEST(async_progress_while_computing) {
     CHECK(bad == 0);
 }
 
+/* comm_set_backend(c, be) with staging forced (a host-memory backend too) through pinned
+ * buffers of `bytes` (the test hooks of comm_stage.h, read there and cleared after). */
+static sk_status staged_attach(comm *c, backend *be, const char *bytes) {
+    setenv("SKEIN_COMM_STAGE", "1", 1);
+    setenv("SKEIN_COMM_STAGE_BYTES", bytes, 1);
+    sk_status st = comm_set_backend(c, be);
+    unsetenv("SKEIN_COMM_STAGE");
+    unsetenv("SKEIN_COMM_STAGE_BYTES");
+    return st;
+}
+
 /* The collectives again with their buffers staged through pinned memory as for a GPU
  * (comm_stage.h): SKEIN_COMM_STAGE=1 takes that path on the CPU backend, whose copies are
  * memcpy, and SKEIN_COMM_STAGE_BYTES=64 cuts every call into pieces of a few elements, so
@@ -259,12 +270,7 @@ TEST(staged) {
     CHECK(c);
     backend *be = backend_create("cpu");
     CHECK(be);
-    setenv("SKEIN_COMM_STAGE", "1", 1);
-    setenv("SKEIN_COMM_STAGE_BYTES", "64", 1);
-    sk_status st = comm_set_backend(c, be);
-    unsetenv("SKEIN_COMM_STAGE");
-    unsetenv("SKEIN_COMM_STAGE_BYTES");
-    CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(staged_attach(c, be, "64") == SK_OK, "%s", sk_errmsg());
     test_all_reduce();
     test_reduce_scatter();
     test_all_gather();
@@ -295,12 +301,7 @@ TEST(staged_device) {
     if (c->world == 1 && !be->host_memory) SKIP("one rank: nothing to stage (run under mpirun)");
     backend_stream *s = be->ops->stream_create(be);
     CHECK(s);
-    setenv("SKEIN_COMM_STAGE", "1", 1);
-    setenv("SKEIN_COMM_STAGE_BYTES", "4096", 1);
-    sk_status st = comm_set_backend(c, be);
-    unsetenv("SKEIN_COMM_STAGE");
-    unsetenv("SKEIN_COMM_STAGE_BYTES");
-    CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(staged_attach(c, be, "4096") == SK_OK, "%s", sk_errmsg());
     const size_t W = (size_t)c->world, n = 50021, chunk = 20011;
     float *h = malloc((n > W * chunk ? n : W * chunk) * sizeof *h);
     float *ar = backend_alloc(be, n * sizeof *ar), *rs = backend_alloc(be, W * chunk * sizeof *rs);
