@@ -413,7 +413,15 @@ static void env_cases(void) {
     CHECK(e.launcher == COMM_LAUNCH_TORCHRUN && e.rank == 1 && e.world == 2 && e.local_rank == 1);
     CHECK(!strcmp(e.master_addr, "10.0.0.1") && e.master_port == 29500 && e.local_world == 0);
 #ifdef SKEIN_HAVE_GLOO
-    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo") && !strcmp(comm_auto_kind("cuda"), gpus >= 2 ? "nccl" : "gloo"));
+    /* no LOCAL_WORLD_SIZE: each rank taken to have its GPU (NCCL where built) */
+#ifdef SKEIN_HAVE_NCCL
+    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo") && !strcmp(comm_auto_kind("cuda"), "nccl"));
+#else
+    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo") && !strcmp(comm_auto_kind("cuda"), "gloo"));
+#endif
+    CHECK(env_with(&e, (const char *[]){"RANK=1", "WORLD_SIZE=2", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2",
+                                        "MASTER_ADDR=10.0.0.1", "MASTER_PORT=29500", NULL}) == SK_OK);
+    CHECK(e.local_world == 2 && !strcmp(comm_auto_kind("cuda"), gpus >= 2 ? "nccl" : "gloo"));
 #else
     CHECK(comm_auto_kind("cpu") == NULL && strstr(sk_errmsg(), "libgloo-dev"));
 #endif

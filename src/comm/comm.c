@@ -141,9 +141,9 @@ const char *comm_auto_kind(const char *device) {
     bool cuda = device && !strcmp(device, "cuda");
     if (env.launcher == COMM_LAUNCH_NONE || env.world == 1) return "local";
     if (cuda) {
-        const int host_ranks = env.local_world > 0 ? env.local_world : env.world, gpus = backend_device_count("cuda");
+        const int host_ranks = env.local_world, gpus = backend_device_count("cuda");
 #ifdef SKEIN_HAVE_NCCL
-        if (host_ranks <= gpus || host_ranks < 1) return "nccl";   /* PMIx: the world is unknown here */
+        if (host_ranks <= gpus || host_ranks < 1) return "nccl";   /* unknown: a pod per GPU, as before */
 #endif
         if (env.rank == 0)
             fprintf(stderr, "skein: %d rank%s on this host, %d GPU%s visible: %s, so the collectives go through %s, "

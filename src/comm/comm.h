@@ -157,8 +157,8 @@ const char *comm_launcher_name(comm_launcher l);
 
 /* The kind comm_init("auto") picks for `device` ("cpu" or "cuda"): "local" for one process;
  * else the host kind, "mpi" under mpirun/PMI/srun and "gloo" under torchrun-style variables;
- * on cuda "nccl" instead when every rank of a host has a GPU of its own (local_world, or the
- * world where unknown, at most the visible GPUs) and NCCL is built in (its unique id travels
+ * on cuda "nccl" instead when every rank of a host has a GPU of its own (local_world at most
+ * the visible GPUs, or local_world unknown: the launcher did not say) and NCCL is built in (its unique id travels
  * through MPI under mpirun/srun, through the TCP store of store.h under torchrun-style
  * variables). With more ranks than GPUs (NCCL refuses two ranks on one GPU) it keeps the host
  * kind, staging device buffers (comm_set_backend), and rank 0 says so on stderr. Returns NULL
