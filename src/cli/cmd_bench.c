@@ -198,11 +198,12 @@ static int bench_train(int argc, char **argv) {
                     dev_free0 ? "device memory taken (cudaMemGetInfo)" : "peak resident", v[6] / MB, v[7] / MB, v[8]);
         }
         printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
-               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"precision\": \"%s\", "
+               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"comm\": \"%s\", \"zero\": %ld, \"precision\": \"%s\", "
                "\"recompute\": %s, \"ms_per_step\": %.6g, "
                "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"reduce_ms\": %.6g, "
                "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, \"ranks\": [",
-               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, precision,
+               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, c->name, zero_stage,
+               precision,
                recompute ? "true" : "false", ms,
                (double)(B * T) / (ms / 1e3), median(t_phase + TRAIN_PHASE_FORWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_BACKWARD * steps, (int)steps),
