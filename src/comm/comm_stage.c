@@ -140,7 +140,9 @@ static void stage_inner(comm_stage *st, const comm_req *r, const comm_slot *s, s
     st->inner = *r;
     st->inner.n = len;
     st->inner.send = pin;
-    st->inner.recv = r->kind == COMM_REDUCE_SCATTER ? pin + W * len * es : r->kind == COMM_ALL_GATHER ? pin + len * es : pin;
+    st->inner.recv = r->kind == COMM_REDUCE_SCATTER ? pin + W * len * es
+                   : r->kind == COMM_ALL_GATHER     ? pin + len * es
+                                                    : pin;
     st->inner.stream = NULL;
     memset(&st->inner_slot, 0, sizeof st->inner_slot);
     st->inner_slot.seq = s->seq;

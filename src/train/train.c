@@ -463,8 +463,8 @@ static sk_status train_loop(trainer *tr) {
 }
 
 /* Bytes a rank may plan for: --mem-limit, else on a device zero_device_budget of its free
- * memory before the model (split among the ranks that share the device), else the host's available memory shared by the ranks (all
- * assumed on this host). */
+ * memory before the model (split among the ranks that share the device), else the host's
+ * available memory shared by the ranks (all assumed on this host). */
 static size_t memory_budget(const trainer *tr) {
     if (tr->o->mem_limit) return tr->o->mem_limit;
     if (tr->dev_free0)   /* ranks that share a GPU share its memory */
