@@ -98,6 +98,10 @@ typedef struct backend_ops {
     /* Work issued to s after this call waits for the event's point. */
     void (*stream_wait_event)(backend *be, backend_stream *s, backend_event *e);
     void (*event_synchronize)(backend *be, backend_event *e);      /* host waits for e */
+    /* Optional: makes the calling thread issue its work to be's device (CUDA: cudaSetDevice),
+     * for a thread other than the one that created be (a communicator's copies). NULL: every
+     * thread reaches be as it is. */
+    void (*thread_bind)(backend *be);
     /* Device memory free and in total (the CPU: the process's memory budget and MemTotal). */
     sk_status (*mem_info)(backend *be, size_t *free_bytes, size_t *total_bytes);
     /* Whether op runs on dtype dt here; NULL entry: f32 only. Callers go through
@@ -366,6 +370,13 @@ sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes)
 /* Creates a backend by name ("cpu", "cuda"). NULL + sk_fail when unknown, not built in, or
  * (cuda) when no device can be used. */
 backend *backend_create(const char *name);
+/* The same on device `index` modulo the devices visible (cuda; the cpu has one): a rank passes
+ * its local_rank, so the ranks of a host spread over its GPUs, and share them round robin when
+ * they outnumber the GPUs. */
+backend *backend_create_on(const char *name, int index);
+/* Devices of backend `name` this process sees: cpu 1; cuda the visible GPUs (0 when none,
+ * no driver, or not built in). */
+int backend_device_count(const char *name);
 void backend_free(backend *be);
 
 /* The CPU backend (backend/cpu/cpu.c). The CUDA backend is backend/cuda/cuda.h's. */

@@ -11,7 +11,8 @@
  * JSON line last: the median step time after two untimed warm-up steps, tokens/s, rank 0's
  * median of each phase (forward_ms, backward_ms, reduce_ms, optimizer_ms), of the time
  * blocked waiting for collectives (comm_wait_ms: what overlapping did not hide;
- * SKEIN_ZERO_OVERLAP=0 turns the overlap off) and the peak resident memory. Under mpirun (or
+ * SKEIN_ZERO_OVERLAP=0 turns the overlap off; each rank's own in "ranks") and the peak
+ * resident memory. Under mpirun (or
  * --workers N) every rank runs its slice of --batch (the global batch, static distribution,
  * one micro-batch per rank) at the ZeRO stage of --zero; rank 0 prints the line, with every
  * rank's memory plan and peak.
@@ -67,10 +68,15 @@ static sk_status bench_fill(void *ctx, long first, long n, const int **inputs, c
     return SK_OK;
 }
 
+/* Numbers per rank that bench train gathers: plan (params, grads, optimizer, buffers,
+ * activations, total), peak, baseline, median comm wait ms. */
+enum { BENCH_MEM_N = 9 };
+
 static int bench_train(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *precision = "f32";
     long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0;
     bool recompute = false;
+    const char *comm_kind = "auto";
     dtype act_dt;
     arg_spec specs[] = {
         {"--model", ARG_STR, &dir, "DIR", "model folder", false, false},
@@ -83,6 +89,7 @@ static int bench_train(int argc, char **argv) {
         {"--precision", ARG_STR, &precision, "f32|bf16", "f32 or bf16 mixed precision (default f32)", false, false},
         {"--recompute", ARG_BOOL, &recompute, NULL, "activation recompute", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
+        {"--comm", ARG_STR, &comm_kind, "auto|mpi|gloo|nccl", "the communicator between ranks (default auto)", false, false},
     };
     sk_status st = args_parse("skein bench train", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
@@ -97,10 +104,10 @@ static int bench_train(int argc, char **argv) {
         return cli_fail(sk_fail(SK_EARG, "bench train: --zero must be 0, 1, 2 or 3, got %ld", zero_stage));
     if ((st = cli_precision("bench train", precision, &act_dt))) return cli_fail(st);
     comm *c = NULL;
-    if ((st = comm_init("auto", device, 120.0, &c))) return cli_fail(st);
+    if ((st = comm_init(comm_kind, device, 120.0, &c))) return cli_fail(st);
     const int rank = c->rank, world = c->world;
     if (rank != 0) log_set_quiet(true);
-    backend *be = backend_create(device);
+    backend *be = backend_create_on(device, c->local_rank);
     if (!be) { comm_free(c); return cli_fail(SK_EARG); }
     const size_t baseline = zero_proc_bytes(false);
     size_t dev_free0 = 0;   /* a device's free memory before the model */
@@ -127,8 +134,10 @@ static int bench_train(int argc, char **argv) {
     zero_mem plan;
     zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
     /* all ranks on this host share its memory; overcommit would grant more and kill a rank */
-    /* a device rank has its own device's memory */
-    const size_t avail = dev_free0 ? zero_device_budget(dev_free0) * (size_t)world : mem_available();
+    /* a device rank has its device's memory, shared with the ranks on the same device */
+    const size_t avail = dev_free0 ? zero_device_budget(dev_free0) /
+                                         (size_t)comm_device_sharers(c, backend_device_count(device)) * (size_t)world
+                                   : mem_available();
     if (avail != SIZE_MAX && plan.peak > avail / (size_t)world) {
         st = sk_fail(SK_ENOMEM, "bench train: --batch %ld x --seq %ld needs %.1f MiB per rank at ZeRO-%ld, beyond the "
                      "%.1f MiB available%s", B, T, (double)plan.peak / 1048576.0, zero_stage,
@@ -138,7 +147,7 @@ static int bench_train(int argc, char **argv) {
     if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
     times = mem_alloc(sizeof(double) * (2 + TRAIN_PHASE_N) * (size_t)steps);
-    mem = mem_calloc(sizeof(double) * 8 * (size_t)world);
+    mem = mem_calloc(sizeof(double) * BENCH_MEM_N * (size_t)world);
     if (!tokens || !times || !mem) { st = SK_ENOMEM; goto done; }
     rng r;
     rng_seed(&r, 7);
@@ -167,7 +176,7 @@ static int bench_train(int argc, char **argv) {
                     t_wait[s], loss);
     }
     /* every rank's plan and peak, to rank 0 */
-    double *me = mem + 8 * rank;
+    double *me = mem + BENCH_MEM_N * rank;
     me[0] = (double)plan.params;
     me[1] = (double)plan.grads;
     me[2] = (double)plan.optimizer;
@@ -176,22 +185,25 @@ static int bench_train(int argc, char **argv) {
     me[5] = (double)plan.total;
     me[6] = (double)zero_held_bytes(be, dev_free0);
     me[7] = (double)baseline;
-    if (world > 1 && (st = comm_all_reduce_f64(c, mem, 8 * (size_t)world))) goto done;
+    me[8] = median(t_wait, (int)steps);   /* this rank's time blocked in comm waits */
+    if (world > 1 && (st = comm_all_reduce_f64(c, mem, BENCH_MEM_N * (size_t)world))) goto done;
     double ms = median(t_step, (int)steps);
     if (rank == 0) {
         for (int k = 0; k < world; k++) {
-            const double *v = mem + 8 * k, MB = 1048576.0;
+            const double *v = mem + BENCH_MEM_N * k, MB = 1048576.0;
             fprintf(stderr, "  memory rank %d: params %.1f + grads %.1f + optimizer %.1f MiB | buffers %.1f, "
-                            "activations %.1f | total %.1f MiB planned, %s %.1f MiB (%.1f before the model)\n",
+                            "activations %.1f | total %.1f MiB planned, %s %.1f MiB (%.1f before the model) | "
+                            "%.1f ms per step blocked in comm waits\n",
                     k, v[0] / MB, v[1] / MB, v[2] / MB, v[3] / MB, v[4] / MB, v[5] / MB,
-                    dev_free0 ? "device memory taken (cudaMemGetInfo)" : "peak resident", v[6] / MB, v[7] / MB);
+                    dev_free0 ? "device memory taken (cudaMemGetInfo)" : "peak resident", v[6] / MB, v[7] / MB, v[8]);
         }
         printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
-               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"precision\": \"%s\", "
+               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"comm\": \"%s\", \"zero\": %ld, \"precision\": \"%s\", "
                "\"recompute\": %s, \"ms_per_step\": %.6g, "
                "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"reduce_ms\": %.6g, "
                "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, \"ranks\": [",
-               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, precision,
+               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, c->name, zero_stage,
+               precision,
                recompute ? "true" : "false", ms,
                (double)(B * T) / (ms / 1e3), median(t_phase + TRAIN_PHASE_FORWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_BACKWARD * steps, (int)steps),
@@ -199,10 +211,10 @@ static int bench_train(int argc, char **argv) {
                median(t_phase + TRAIN_PHASE_OPT * steps, (int)steps), median(t_wait, (int)steps),
                zero_overlaps(z) ? "true" : "false", mem[6]);
         for (int k = 0; k < world; k++) {
-            const double *v = mem + 8 * k;
+            const double *v = mem + BENCH_MEM_N * k;
             printf("%s{\"rank\": %d, \"params\": %.0f, \"grads\": %.0f, \"optimizer\": %.0f, \"buffers\": %.0f, "
-                   "\"activations\": %.0f, \"total\": %.0f, \"peak_bytes\": %.0f}", k ? ", " : "", k, v[0], v[1], v[2],
-                   v[3], v[4], v[5], v[6]);
+                   "\"activations\": %.0f, \"total\": %.0f, \"peak_bytes\": %.0f, \"comm_wait_ms\": %.6g}", k ? ", " : "", k,
+                   v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[8]);
         }
         printf("]}\n");
     }

@@ -91,6 +91,7 @@ static int train_main(int argc, char **argv, runfile *rf) {
     double beta1 = o.hp.beta1, beta2 = o.hp.beta2, eps = o.hp.eps;
     double timeout = 120;
     long workers = 0;
+    const char *comm_kind = "auto";
     arg_spec specs[] = {
         {"--model", ARG_STR, &o.model, "DIR|PRESET", "model folder to fine-tune, or a preset (gpt2, gpt2-tiny, ...)", true, false},
         {"--data", ARG_STR, &o.data, "DIR", "prepared dataset (skein data prepare), a shard, or an llm.c .bin", true, false},
@@ -116,6 +117,8 @@ static int train_main(int argc, char **argv, runfile *rf) {
         {"--zero", ARG_INT, &zero, "K", "ZeRO stage 0-3: shard optimizer state (1), gradients (2), parameters (3)", false, false},
         {"--data-dist", ARG_STR, &dist, "static|dynamic", "split each batch evenly, or let workers pull micro-batches (default static)", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
+        {"--comm", ARG_STR, &comm_kind, "auto|mpi|gloo|nccl", "the communicator between ranks (default auto: NCCL "
+         "when each rank has a GPU of its own, else MPI or gloo, GPU buffers staged through host memory)", false, false},
         {"--comm-timeout", ARG_FLOAT, &timeout, "S", "a collective waiting longer than S seconds fails the run (default 120)", false, false},
         {"--mem-limit", ARG_STR, &mem_limit, "BYTES", "memory per rank for --micro-batch auto (8G, 512M; default: available / ranks)", false, false},
         {"--debug-slow-rank", ARG_STR, &slow, "R:MS", "rank R sleeps MS ms before each micro-batch (tests)", false, false},
@@ -203,7 +206,7 @@ static int train_main(int argc, char **argv, runfile *rf) {
     o.hp.warmup_log = !strcmp(warmup_shape, "log");
     o.hp.total_steps = o.steps;
     comm *c = NULL;
-    if ((st = comm_init("auto", o.device, timeout, &c))) return cli_fail(st);
+    if ((st = comm_init(comm_kind, o.device, timeout, &c))) return cli_fail(st);
     o.comm = c;
     if (c->world > 1 && c->rank != 0) o.quiet = true;
     if (c->world > 1 && c->rank != 0) log_set_quiet(true);

@@ -43,7 +43,7 @@ static void local_free(comm *c) {
     free(c);
 }
 
-static const comm_ops local_ops = {local_start, local_wait, local_test, local_free};
+static const comm_ops local_ops = {local_start, local_wait, local_test, local_free, NULL};
 
 sk_status comm_local_init(double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);
@@ -53,7 +53,7 @@ sk_status comm_local_init(double timeout_s, comm **out) {
         free(l);
         return sk_fail(SK_ENOMEM, "comm: out of memory");
     }
-    *c = (comm){.ops = &local_ops, .name = "local", .rank = 0, .world = 1, .local_rank = 0,
+    *c = (comm){.ops = &local_ops, .name = "local", .rank = 0, .world = 1, .local_rank = 0, .local_world = 1,
                 .timeout_s = timeout_s, .impl = l};
     *out = c;
     return SK_OK;

@@ -136,15 +136,24 @@ sk_status model_set_precision(model *m, dtype act_dt) {
 
 void model_params_changed(model *m) { m->compute_stale = true; }
 
+void model_write_compute(model *m, int g, const float *src) {
+    SK_ASSERT(g >= 0 && g < m->n_groups);
+    if (!m->compute) return;
+    const model_group *gr = &m->groups[g];
+    m->be->ops->cast(m->be, NULL, tensor_1d((char *)m->compute + gr->begin * dtype_size(m->act_dt), m->act_dt,
+                                            (int64_t)gr->count),
+                     tensor_1d((void *)src, DT_F32, (int64_t)gr->count));
+}
+
 void model_compute_written(model *m) {
     SK_ASSERT(m->compute);
     m->compute_stale = false;
 }
 
-/* Casts m->params into the compute copy when they changed (mixed precision only). */
+/* Casts m->params into the compute copy when they changed (mixed precision only). Released
+ * parameters (ZeRO-3): the provider writes the copy group by group (model_write_compute). */
 static void model_refresh_compute(model *m) {
-    if (!m->compute || !m->compute_stale) return;
-    SK_ASSERT(m->params);
+    if (!m->compute || !m->compute_stale || !m->params) return;
     const int64_t n = (int64_t)m->n_params;
     m->be->ops->cast(m->be, NULL, tensor_1d(m->compute, m->act_dt, n), tensor_1d(m->params, DT_F32, n));
     m->compute_stale = false;

@@ -390,8 +390,7 @@ tensor model_grad_view(const model *m, int i);
 tensor model_compute_view(const model *m, int i);
 
 /* ---- Mixed precision ----
- * model_set_precision(m, DT_BF16) before model_train_prepare (and before ZeRO, which
- * refuses it at stage 3): activations the op table marks [lp] are planned in bf16 and
+ * model_set_precision(m, DT_BF16) before model_train_prepare (and before ZeRO): activations the op table marks [lp] are planned in bf16 and
  * products read a bf16 copy of the f32 parameters, cast from them in the first forward
  * after they change (autocast's layout: the parameters, their gradients, the optimizer,
  * the residual stream and the loss stay f32). DT_F32 is plain f32 training. SK_EARG when
@@ -403,6 +402,11 @@ void model_params_changed(model *m);
 /* The optimizer wrote the new parameters into the compute copy as well (adamw's lp): it is
  * fresh again. */
 void model_compute_written(model *m);
+/* Casts group g's f32 parameters at src (backend memory, groups[g].count floats) into the
+ * compute copy, on the default stream; no-op in f32. The way a provider that released
+ * m->params (ZeRO-3) keeps the copy fresh: the forward casts nothing without m->params, so
+ * the provider writes each group after gathering it, before the layer's products read it. */
+void model_write_compute(model *m, int g, const float *src);
 /* Hook calls for architecture code (no-ops without a provider), in the order above. */
 static inline void model_hook_before_forward(model *m, int l) {
     if (m->provider && m->provider->before_forward) m->provider->before_forward(m->provider_ctx, m, l);

@@ -336,6 +336,9 @@ static void print_memory(trainer *tr, const double *all) {
              "gradients + optimizer; buffers listed apart%s", tr->o->zero, tr->world, tr->world > 1 ? "s" : "",
              tr->o->dynamic ? "dynamic" : "static", tr->m->n_params,
              tr->o->zero == 2 && tr->o->dynamic ? "; dynamic data: ZeRO-2 holds a full local gradient during the step" : "");
+    const int sharers = comm_device_sharers(tr->c, backend_device_count(tr->be->name));
+    if (tr->dev_free0 && sharers > 1)
+        log_info("  %d ranks share each GPU: the memory a rank measures as taken is theirs together", sharers);
     for (int r = 0; r < tr->world; r++) {
         const double *v = all + MEM_N * r;
         log_info("  rank %d: params %.2f + grads %.2f + optimizer %.2f | buckets %.2f, gathered %.2f, staging %.2f, "
@@ -460,11 +463,12 @@ static sk_status train_loop(trainer *tr) {
 }
 
 /* Bytes a rank may plan for: --mem-limit, else on a device zero_device_budget of its free
- * memory before the model, else the host's available memory shared by the ranks (all
- * assumed on this host). */
+ * memory before the model (split among the ranks that share the device), else the host's
+ * available memory shared by the ranks (all assumed on this host). */
 static size_t memory_budget(const trainer *tr) {
     if (tr->o->mem_limit) return tr->o->mem_limit;
-    if (tr->dev_free0) return zero_device_budget(tr->dev_free0);
+    if (tr->dev_free0)   /* ranks that share a GPU share its memory */
+        return zero_device_budget(tr->dev_free0) / (size_t)comm_device_sharers(tr->c, backend_device_count(tr->be->name));
     size_t avail = mem_available();
     return avail == SIZE_MAX ? SIZE_MAX : avail / (size_t)tr->world;
 }
@@ -526,7 +530,7 @@ sk_status train_run(const train_opts *o) {
                                 "with every rank at every micro-batch, while dynamic distribution gives ranks different "
                                 "numbers of micro-batches; use --zero 2 (or below) or --data-dist static");
 
-    if (!(tr.be = backend_create(o->device))) return SK_EARG;
+    if (!(tr.be = backend_create_on(o->device, tr.c ? tr.c->local_rank : 0))) return SK_EARG;
     if (!tr.be->host_memory && (st = backend_mem_info(tr.be, &tr.dev_free0, NULL))) goto done;
     if (tr.rank == 0 && (st = file_mkdirs(o->out))) goto done;
     if ((st = agree(&tr, st, "creating --out"))) goto done;

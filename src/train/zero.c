@@ -220,6 +220,7 @@ static void zero_ensure_outer(zero *z) {
         float *dst = z->outer_params + z->outer_at[g];
         zc_run(z, ZC_ALL_GATHER, z->pshard + z->at[g], dst, z->chunk[g]);
         model_set_param_base(z->m, g, dst);
+        model_write_compute(z->m, g, dst);   /* mixed precision: the products' bf16 copy */
     }
     z->outer_valid = true;
 }
@@ -245,6 +246,7 @@ static void zero_ensure_layer(zero *z, int l, bool use) {
     if (!use) return;
     zc_wait(z, &s->req);
     model_set_param_base(z->m, g, s->params);
+    model_write_compute(z->m, g, s->params);
 }
 
 /* Waits for every gather in flight and forgets what the slots hold. */
@@ -342,18 +344,15 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
         return sk_fail(SK_EARG, "--zero 3 with --data-dist dynamic is not supported: ZeRO-3 gathers every layer "
                                 "with all ranks at every micro-batch, and dynamic distribution gives ranks different "
                                 "numbers of micro-batches; use --zero 2 or --data-dist static");
-    if (stage == 3 && m->act_dt != DT_F32)
-        return sk_fail(SK_EARG, "--zero 3 with --precision %s is not supported yet: ZeRO-3 gathers f32 layers and "
-                       "the products read a bf16 copy of all parameters; use --zero 2 or --precision f32",
-                       m->act_dt == DT_BF16 ? "bf16" : dtype_name(m->act_dt));
     SK_ASSERT(m->params && !m->grads);
-    if (c && c->world > 1 && !strcmp(c->name, "nccl") != !!strcmp(m->be->name, "cpu"))
-        return sk_fail(SK_EARG, "--zero over %d ranks: the %s communicator moves %s memory, but the %s backend's buffers "
-                       "are %s memory (MPI goes with --device cpu, NCCL with --device cuda)", c->world, c->name,
-                       strcmp(c->name, "nccl") ? "host" : "device", m->be->name,
-                       strcmp(m->be->name, "cpu") ? "device" : "host");
+    /* the buffers are the backend's memory (MPI and gloo stage a device's, comm.h) */
+    sk_status st = c && c->world > 1 ? comm_set_backend(c, m->be) : SK_OK;
+    if (st) return sk_fail_ctx(st, "--zero over %d ranks on the %s backend", c->world, m->be->name);
     zero *z = mem_calloc(sizeof *z);
-    if (!z) return SK_ENOMEM;
+    if (!z) {
+        if (c && c->world > 1) comm_set_backend(c, NULL);
+        return SK_ENOMEM;
+    }
     z->m = m;
     z->be = m->be;
     z->c = c;
@@ -384,7 +383,6 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
             oat += z->chunk[g] * W;
         }
     }
-    sk_status st;
     if (!(z->cs = z->be->ops->stream_create(z->be)) || !(z->ready = z->be->ops->event_create(z->be))) {
         st = sk_fail_ctx(SK_ENOMEM, "ZeRO-%d: creating the communication stream", stage);
         goto fail;
@@ -439,6 +437,7 @@ void zero_free(zero *z) {
     if (z->c) {   /* nothing may stay in flight on buffers about to go */
         zero_settle_all(z);
         zero_invalidate(z);
+        if (z->world > 1) comm_set_backend(z->c, NULL);
     }
     if (z->m->provider == &z->provider) model_set_param_provider(z->m, NULL, NULL);
     adamw_free(&z->opt);

@@ -10,7 +10,9 @@
  *      rank keeps gradients of parameters it does not own;
  *   3  parameters sharded too: a layer's parameters are all-gathered into one of two layer
  *      slots; the next layer's gather starts while the current layer computes (prefetch),
- *      and the full parameter buffer does not exist after zero_init.
+ *      and the full parameter buffer does not exist after zero_init. In mixed precision each
+ *      gathered group is cast into the model's bf16 copy before its products read it
+ *      (model_write_compute; that copy stays whole, 2 bytes per parameter on every rank).
  *
  *   zero *z;
  *   zero_init(m, c, 2, false, &z);          // m loaded on every rank; before model_train_prepare
@@ -32,8 +34,9 @@
  * and micro-batches differs between world sizes and stages.
  *
  * Buffers are backend memory (device memory on a GPU backend) and the collectives run on a
- * communication stream of the backend, ordered after the compute by events; the comm must
- * move the backend's kind of memory (MPI: the cpu backend; NCCL: cuda). Overlap of
+ * communication stream of the backend, ordered after the compute by events; zero_init tells
+ * the comm whose memory they are (comm_set_backend: NCCL moves device memory, MPI and gloo
+ * stage it through pinned host memory) and zero_free takes that back. Overlap of
  * communication with compute is on unless the environment sets SKEIN_ZERO_OVERLAP=0, which
  * waits for every collective as it starts (for measuring what the overlap hides; the
  * results are the same bit for bit).

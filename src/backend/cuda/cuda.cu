@@ -97,6 +97,8 @@ static void cuda_stream_wait_event(backend *be, backend_stream *s, backend_event
     CUDA_CHECK(cudaStreamWaitEvent(stream_of(be, s), (cudaEvent_t)e, 0));
 }
 static void cuda_event_synchronize(backend *be, backend_event *e) { CUDA_CHECK(cudaEventSynchronize((cudaEvent_t)e)); }
+/* A new thread's current device is 0: its first call would make a context there. */
+static void cuda_thread_bind(backend *be) { CUDA_CHECK(cudaSetDevice(ctx(be)->device)); }
 
 static sk_status cuda_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes) {
     size_t f = 0, t = 0;
@@ -525,6 +527,7 @@ static const backend_ops cuda_ops = {
     .event_record = cuda_event_record,
     .stream_wait_event = cuda_stream_wait_event,
     .event_synchronize = cuda_event_synchronize,
+    .thread_bind = cuda_thread_bind,
     .mem_info = cuda_mem_info,
     .supports = cuda_supports,
     .destroy = cuda_destroy,
@@ -584,6 +587,27 @@ static bool attn_mode_of_env(cuda_ctx *x) {
 extern "C" const char *backend_cuda_attention_impl(backend *be, bool backward) {
     SK_ASSERT(be->ops == &cuda_ops);
     return ctx(be)->attn_ran[backward];
+}
+
+extern "C" int backend_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+extern "C" backend *backend_cuda_create_on(int index) {
+    int n = backend_cuda_device_count();
+    if (n > 0 && index >= 0) {
+        cudaError_t e = cudaSetDevice(index % n);
+        if (e != cudaSuccess) {
+            sk_fail(SK_EARG, "--device cuda: cudaSetDevice(%d): %s", index % n, cudaGetErrorString(e));
+            return NULL;
+        }
+    }
+    return backend_cuda_create();
 }
 
 /* A failed setup call: the message names it; the caller unwinds at its err: label. */
