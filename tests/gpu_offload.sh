@@ -14,11 +14,7 @@
 #                           uninterrupted offloaded run's losses and final weights bit for bit;
 #   bench_offload_cuda      bench train --offload optimizer prints the step's split as JSON.
 . tests/lib_gpu.sh
-TOK=tests/fixtures/tok2/llama3.json
-i=0
-for f in README.md src/*/*.h; do i=$((i+1)); cp "$f" "$T/doc$i.txt"; done
-$SK data prepare --tokenizer $TOK --input "$T"/doc*.txt --out "$T/data" 2>"$T/err" ||
-    { fail gpu_offload_data "$(tail -3 "$T/err")"; exit 1; }
+gpu_data
 $SK init --arch gpt2 --layers 12 --heads 12 --dim 768 --context 256 --tokenizer $TOK --out "$T/init" 2>"$T/err" ||
     { fail gpu_offload_init "$(tail -3 "$T/err")"; exit 1; }
 R="--model $T/init --data $T/data --steps 10 --batch 8 --micro-batch 4 --seq 128 --lr 3e-4 --seed 5 --device cuda --quiet"
