@@ -164,15 +164,23 @@ static sk_status model_alloc_compute(model *m) {
 
 bool model_spec_resident(const model *m, int i) { return m->specs[i].ndim == 1 || m->specs[i].layer < 0; }
 
+size_t model_resident_numel(const model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->n_specs; i++)
+        if (model_spec_resident(m, i)) n += m->specs[i].numel;
+    return n;
+}
+
 sk_status model_release_master(model *m) {
     SK_ASSERT(m->params && m->act_dt != DT_F32 && !m->resident);
     SK_TRY(model_alloc_compute(m));
     model_refresh_compute(m);
-    size_t total = 0;
+    const size_t total = model_resident_numel(m);
     if (!(m->resident_at = mem_alloc(sizeof(size_t) * (size_t)m->n_specs))) return SK_ENOMEM;
+    size_t at = 0;
     for (int i = 0; i < m->n_specs; i++) {
-        m->resident_at[i] = model_spec_resident(m, i) ? total : SIZE_MAX;
-        if (model_spec_resident(m, i)) total += m->specs[i].numel;
+        m->resident_at[i] = model_spec_resident(m, i) ? at : SIZE_MAX;
+        if (model_spec_resident(m, i)) at += m->specs[i].numel;
     }
     if (!(m->resident = backend_alloc(m->be, (total ? total : 1) * sizeof(float)))) {
         mem_free(m->resident_at);

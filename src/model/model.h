@@ -411,6 +411,8 @@ void model_compute_written(model *m);
  * (model_release_master): 1-D tensors (norm weights, biases) and the outer groups
  * (embeddings, which the lookup reads in f32, the final norm, the LM head). */
 bool model_spec_resident(const model *m, int i);
+/* The elements of the resident specs together. */
+size_t model_resident_numel(const model *m);
 /* Mixed precision with the f32 master weights kept elsewhere (ZeRO-Offload keeps them on
  * the host): allocates the compute copy if model_train_prepare has not yet and casts it, copies the resident specs into m->resident,
  * which model_param_view reads from then on, and frees m->params. The owner of the master

@@ -73,7 +73,7 @@ size_t offload_host_budget(const char **what) {
 /* Cuts the spans (shard positions) at chunk boundaries and into backend pieces, positions
  * relative to their chunk. */
 static sk_status offload_cut(offload *o, const backend_adamw_span *spans, size_t n) {
-    size_t cap = n + (size_t)o->n_chunks, k = 0;
+    size_t cap = n + 1, k = 0;   /* a chunk holds at most one piece of each span */
     backend_adamw_span *per = mem_calloc(cap * sizeof *per);
     size_t *first = mem_calloc(sizeof(size_t) * ((size_t)o->n_chunks + 1));
     if (!per || !first) {

@@ -18,7 +18,12 @@
  * whether the outer groups are gathered. Both are reset when the parameters change
  * (zero_opt_step) or a buffer is borrowed (zero_gather_params). The order of collectives
  * depends only on the hook order, so it is the same on every rank.
- * SKEIN_ZERO_OVERLAP=0 waits for every collective as soon as it starts (measurements). */
+ * SKEIN_ZERO_OVERLAP=0 waits for every collective as soon as it starts (measurements).
+ *
+ * Offload (stage 1-2): the shard's master and moments live in offload.c's pinned host buffers
+ * at shard positions, z->opt keeps only the norm scalar and the step; after each host update
+ * the new values reach the device through the offload's uploads (one rank, or f32 training)
+ * or through zero_gather_group from the host masters (several ranks in mixed precision). */
 #include "train/zero.h"
 
 #include <dirent.h>
@@ -238,10 +243,7 @@ void zero_plan_offload(const model *m, int world, zero_mem *o) {
     o->optimizer = 0;
     o->host_pinned = offload_pinned_bytes(S);
     if (m->act_dt != DT_F32) {   /* the f32 parameters leave the device but for the resident ones */
-        size_t resident = 0;
-        for (int i = 0; i < m->n_specs; i++)
-            if (model_spec_resident(m, i)) resident += m->specs[i].numel;
-        const size_t f32 = sizeof(float) * m->n_params, kept = sizeof(float) * resident;
+        const size_t f32 = sizeof(float) * m->n_params, kept = sizeof(float) * model_resident_numel(m);
         o->params = o->params - f32 + kept;
         o->total = o->total - f32 + kept;
         o->load_transient = f32 - kept;   /* at start, until the compute copy is cast */
