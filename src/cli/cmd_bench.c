@@ -71,11 +71,13 @@ static sk_status bench_fill(void *ctx, long first, long n, const int **inputs, c
 /* Numbers per rank that bench train gathers: plan (params, grads, optimizer, buffers,
  * activations, total), peak, baseline, median comm wait ms. */
 enum { BENCH_MEM_N = 9 };
+/* The offloaded optimizer's split that bench train records per step (offload_times). */
+enum { BENCH_OFF_N = 4 };
 
 static int bench_train(int argc, char **argv) {
-    const char *dir = NULL, *preset = NULL, *device = "cpu", *precision = "f32";
-    long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0;
-    bool recompute = false;
+    const char *dir = NULL, *preset = NULL, *device = "cpu", *precision = "f32", *offload_arg = "none";
+    long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0, micro = 0;
+    bool recompute = false, offloaded = false;
     const char *comm_kind = "auto";
     dtype act_dt;
     arg_spec specs[] = {
@@ -88,6 +90,10 @@ static int bench_train(int argc, char **argv) {
         {"--zero", ARG_INT, &zero_stage, "K", "ZeRO stage 0-3 (default 0)", false, false},
         {"--precision", ARG_STR, &precision, "f32|bf16", "f32 or bf16 mixed precision (default f32)", false, false},
         {"--recompute", ARG_BOOL, &recompute, NULL, "activation recompute", false, false},
+        {"--micro-batch", ARG_INT, &micro, "M", "sequences per pass; accumulation makes up a rank's share of --batch "
+         "(default: the share in one pass)", false, false},
+        {"--offload", ARG_STR, &offload_arg, "optimizer|none", "ZeRO-Offload (as skein train; --zero 1 or 2): prints "
+         "the optimizer step's split", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
         {"--comm", ARG_STR, &comm_kind, "auto|mpi|gloo|nccl", "the communicator between ranks (default auto)", false, false},
     };
@@ -103,6 +109,8 @@ static int bench_train(int argc, char **argv) {
     if (zero_stage < 0 || zero_stage > 3)
         return cli_fail(sk_fail(SK_EARG, "bench train: --zero must be 0, 1, 2 or 3, got %ld", zero_stage));
     if ((st = cli_precision("bench train", precision, &act_dt))) return cli_fail(st);
+    if ((st = cli_offload("bench train", offload_arg, &offloaded))) return cli_fail(st);
+    if (micro < 0) return cli_fail(sk_fail(SK_EARG, "bench train: --micro-batch must be positive, got %ld", micro));
     comm *c = NULL;
     if ((st = comm_init(comm_kind, device, 120.0, &c))) return cli_fail(st);
     const int rank = c->rank, world = c->world;
@@ -130,9 +138,10 @@ static int bench_train(int argc, char **argv) {
         goto done;
     }
     /* this rank's slice of the batch is one micro-batch (none: an idle pass at ZeRO-2/3) */
-    const long plan_mb = (B + world - 1) / world;
+    const long share = (B + world - 1) / world, plan_mb = micro > 0 && micro < share ? micro : share;
     zero_mem plan;
     zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
+    if (offloaded) zero_plan_offload(m, world, &plan);
     /* all ranks on this host share its memory; overcommit would grant more and kill a rank */
     /* a device rank has its device's memory, shared with the ranks on the same device */
     const size_t avail = dev_free0 ? zero_device_budget(dev_free0) /
@@ -144,9 +153,9 @@ static int bench_train(int argc, char **argv) {
                      (double)(avail / (size_t)world) / 1048576.0, dev_free0 ? " on the device" : "");
         goto done;
     }
-    if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
+    if ((st = zero_init(m, c, (int)zero_stage, false, offloaded, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
-    times = mem_alloc(sizeof(double) * (2 + TRAIN_PHASE_N) * (size_t)steps);
+    times = mem_alloc(sizeof(double) * (2 + TRAIN_PHASE_N + BENCH_OFF_N) * (size_t)steps);
     mem = mem_calloc(sizeof(double) * BENCH_MEM_N * (size_t)world);
     if (!tokens || !times || !mem) { st = SK_ENOMEM; goto done; }
     rng r;
@@ -158,11 +167,14 @@ static int bench_train(int argc, char **argv) {
     ts = (train_step){.m = m, .z = z, .c = c, .batch = B, .micro_batch = plan_mb, .seq = T, .fill = bench_fill,
                       .fill_ctx = &bt};
     if ((st = train_step_init(&ts))) goto done;
-    /* t_phase[k * steps + s]: phase k of step s; t_wait[s]: time blocked on collectives */
+    /* t_phase[k * steps + s]: phase k of step s; t_wait[s]: time blocked on collectives; t_off[k * steps + s]:
+     * the offloaded optimizer's split */
     double *t_step = times, *t_phase = times + steps, *t_wait = times + (1 + TRAIN_PHASE_N) * steps;
+    double *t_off = t_wait + steps;
     if (rank == 0)
-        fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens, %d rank%s, ZeRO-%ld, %d threads\n",
-                dir ? dir : preset, m->n_params, B, T, world, world > 1 ? "s" : "", zero_stage, omp_get_max_threads());
+        fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens (micro-batch %ld), %d rank%s, ZeRO-%ld%s, "
+                "%d threads\n", dir ? dir : preset, m->n_params, B, T, plan_mb, world, world > 1 ? "s" : "", zero_stage,
+                offloaded ? " + offload" : "", omp_get_max_threads());
     for (long s = -2; s < steps; s++) {
         double t0 = time_now(), loss = 0, norm = 0;
         if ((st = train_step_run(&ts, &hp, hp.lr, 0, &loss, &norm))) goto done;
@@ -174,6 +186,17 @@ static int bench_train(int argc, char **argv) {
         if (rank == 0)
             fprintf(stderr, "  step %ld: %.1f ms (%.1f ms waiting for collectives), loss %.4f\n", s + 1, t_step[s],
                     t_wait[s], loss);
+        const offload_times *ot = zero_offload_times(z);
+        if (ot) {
+            const double split[BENCH_OFF_N] = {ot->down_wait_ms, ot->adamw_ms, ot->up_wait_ms, ot->tail_ms};
+            for (int k = 0; k < BENCH_OFF_N; k++) t_off[k * steps + s] = split[k];
+            if (rank == 0)
+                fprintf(stderr, "    compute (forward, backward, reduction) %.1f ms | optimizer %.1f ms: waiting for "
+                        "gradients (D2H) %.1f, CPU AdamW %.1f, waiting for a staging slot (H2D) %.1f, last uploads %.1f; "
+                        "%.0f MiB down, %.0f MiB up\n", ts.ms[TRAIN_PHASE_FORWARD] + ts.ms[TRAIN_PHASE_BACKWARD] +
+                        ts.ms[TRAIN_PHASE_REDUCE], ts.ms[TRAIN_PHASE_OPT], split[0], split[1], split[2], split[3],
+                        ot->down_bytes / 1048576.0, ot->up_bytes / 1048576.0);
+        }
     }
     /* every rank's plan and peak, to rank 0 */
     double *me = mem + BENCH_MEM_N * rank;
@@ -197,11 +220,14 @@ static int bench_train(int argc, char **argv) {
                     k, v[0] / MB, v[1] / MB, v[2] / MB, v[3] / MB, v[4] / MB, v[5] / MB,
                     dev_free0 ? "device memory taken (cudaMemGetInfo)" : "peak resident", v[6] / MB, v[7] / MB, v[8]);
         }
+        if (offloaded)
+            fprintf(stderr, "  host memory rank 0: %.1f MiB pinned for the offloaded optimizer, process peak resident "
+                            "%.1f MiB\n", (double)zero_pinned_bytes(z) / 1048576.0, (double)zero_proc_bytes(true) / 1048576.0);
         printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
                "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"comm\": \"%s\", \"zero\": %ld, \"precision\": \"%s\", "
                "\"recompute\": %s, \"ms_per_step\": %.6g, "
                "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"reduce_ms\": %.6g, "
-               "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, \"ranks\": [",
+               "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, ",
                dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, c->name, zero_stage,
                precision,
                recompute ? "true" : "false", ms,
@@ -210,6 +236,13 @@ static int bench_train(int argc, char **argv) {
                median(t_phase + TRAIN_PHASE_REDUCE * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_OPT * steps, (int)steps), median(t_wait, (int)steps),
                zero_overlaps(z) ? "true" : "false", mem[6]);
+        printf("\"micro_batch\": %ld, \"offload\": %s, ", plan_mb, offloaded ? "true" : "false");
+        if (offloaded)
+            printf("\"offload_d2h_wait_ms\": %.6g, \"offload_adamw_ms\": %.6g, \"offload_h2d_wait_ms\": %.6g, "
+                   "\"offload_tail_ms\": %.6g, ", median(t_off, (int)steps), median(t_off + steps, (int)steps),
+                   median(t_off + 2 * steps, (int)steps), median(t_off + 3 * steps, (int)steps));
+        printf("\"host_pinned_bytes\": %zu, \"host_peak_rss_bytes\": %zu, \"ranks\": [", zero_pinned_bytes(z),
+               zero_proc_bytes(true));
         for (int k = 0; k < world; k++) {
             const double *v = mem + BENCH_MEM_N * k;
             printf("%s{\"rank\": %d, \"params\": %.0f, \"grads\": %.0f, \"optimizer\": %.0f, \"buffers\": %.0f, "

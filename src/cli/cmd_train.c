@@ -87,7 +87,7 @@ static int train_main(int argc, char **argv, runfile *rf) {
     long seed = (long)o.seed, zero = 0;
     double lr = o.hp.lr, wd = o.hp.weight_decay, clip = o.hp.grad_clip, min_lr = o.hp.min_lr_frac;
     const char *micro = NULL, *dist = "static", *mem_limit = NULL, *slow = NULL, *kill = NULL, *precision = "f32";
-    const char *config = NULL, *decay = "cosine", *warmup_shape = "linear";
+    const char *config = NULL, *decay = "cosine", *warmup_shape = "linear", *offload_arg = "none";
     double beta1 = o.hp.beta1, beta2 = o.hp.beta2, eps = o.hp.eps;
     double timeout = 120;
     long workers = 0;
@@ -115,6 +115,8 @@ static int train_main(int argc, char **argv, runfile *rf) {
         {"--eps", ARG_FLOAT, &eps, "X", "AdamW's epsilon (default 1e-8)", false, false},
         {"--grad-clip", ARG_FLOAT, &clip, "X", "clip the global gradient norm (default 1; 0 = off)", false, false},
         {"--zero", ARG_INT, &zero, "K", "ZeRO stage 0-3: shard optimizer state (1), gradients (2), parameters (3)", false, false},
+        {"--offload", ARG_STR, &offload_arg, "optimizer|none", "ZeRO-Offload: the shard's f32 master weights and AdamW "
+         "moments in pinned host memory, updated by the CPU cores (needs --zero 1 or 2; docs/offload.md)", false, false},
         {"--data-dist", ARG_STR, &dist, "static|dynamic", "split each batch evenly, or let workers pull micro-batches (default static)", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
         {"--comm", ARG_STR, &comm_kind, "auto|mpi|gloo|nccl", "the communicator between ranks (default auto: NCCL "
@@ -165,6 +167,7 @@ static int train_main(int argc, char **argv, runfile *rf) {
     }
     if (zero < 0 || zero > 3) return cli_fail(sk_fail(SK_EARG, "train: --zero must be 0, 1, 2 or 3, got %ld", zero));
     if ((st = cli_precision("train", precision, &o.precision))) return cli_fail(st);
+    if ((st = cli_offload("train", offload_arg, &o.offload))) return cli_fail(st);
     o.zero = (int)zero;
     if (strcmp(dist, "static") && strcmp(dist, "dynamic"))
         return cli_fail(sk_fail(SK_EARG, "train: --data-dist must be static or dynamic, got '%s'", dist));

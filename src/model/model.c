@@ -97,6 +97,8 @@ void model_free(model *m) {
     if (m->params) backend_mem_free(m->be, m->params);
     if (m->grads) backend_mem_free(m->be, m->grads);
     if (m->compute) backend_mem_free(m->be, m->compute);
+    if (m->resident) backend_mem_free(m->be, m->resident);
+    mem_free(m->resident_at);
     mem_free(m->groups);
     mem_free(m->param_base);
     mem_free(m->grad_base);
@@ -159,6 +161,50 @@ static void model_refresh_compute(model *m) {
     m->compute_stale = false;
 }
 
+/* Allocates the compute copy of mixed precision when it is missing (stale until cast). */
+static sk_status model_alloc_compute(model *m) {
+    if (m->act_dt == DT_F32 || m->compute) return SK_OK;
+    m->compute = backend_alloc(m->be, m->n_params * dtype_size(m->act_dt));
+    if (!m->compute)
+        return sk_fail_ctx(SK_ENOMEM, "allocating the %s copy of %zu parameters", dtype_name(m->act_dt), m->n_params);
+    m->compute_stale = true;
+    return SK_OK;
+}
+
+bool model_spec_resident(const model *m, int i) { return m->specs[i].ndim == 1 || m->specs[i].layer < 0; }
+
+size_t model_resident_numel(const model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->n_specs; i++)
+        if (model_spec_resident(m, i)) n += m->specs[i].numel;
+    return n;
+}
+
+sk_status model_release_master(model *m) {
+    SK_ASSERT(m->params && m->act_dt != DT_F32 && !m->resident);
+    SK_TRY(model_alloc_compute(m));
+    model_refresh_compute(m);
+    const size_t total = model_resident_numel(m);
+    if (!(m->resident_at = mem_alloc(sizeof(size_t) * (size_t)m->n_specs))) return SK_ENOMEM;
+    size_t at = 0;
+    for (int i = 0; i < m->n_specs; i++) {
+        m->resident_at[i] = model_spec_resident(m, i) ? at : SIZE_MAX;
+        if (model_spec_resident(m, i)) at += m->specs[i].numel;
+    }
+    if (!(m->resident = backend_alloc(m->be, (total ? total : 1) * sizeof(float)))) {
+        mem_free(m->resident_at);
+        m->resident_at = NULL;
+        return sk_fail_ctx(SK_ENOMEM, "allocating the %zu resident f32 parameters", total);
+    }
+    for (int i = 0; i < m->n_specs; i++)
+        if (m->resident_at[i] != SIZE_MAX)
+            m->be->ops->copy(m->be, m->resident + m->resident_at[i], m->params + m->specs[i].offset,
+                             m->specs[i].numel * sizeof(float), COPY_DEVICE_TO_DEVICE, NULL);
+    backend_synchronize(m->be);
+    model_release_params(m);
+    return SK_OK;
+}
+
 void model_reset_bases(model *m) {
     for (int g = 0; g < m->n_groups; g++) {
         m->param_base[g] = m->params ? m->params + m->groups[g].begin : NULL;
@@ -204,12 +250,7 @@ sk_status model_train_prepare(model *m, int B, int T) {
         if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
         for (int g = 0; g < m->n_groups; g++) m->grad_base[g] = m->grads + m->groups[g].begin;
     }
-    if (m->act_dt != DT_F32 && !m->compute) {
-        m->compute = backend_alloc(m->be, m->n_params * dtype_size(m->act_dt));
-        if (!m->compute)
-            return sk_fail_ctx(SK_ENOMEM, "allocating the %s copy of %zu parameters", dtype_name(m->act_dt), m->n_params);
-    }
-    m->compute_stale = true;
+    SK_TRY(model_alloc_compute(m));
     return m->arch->train_prepare(m, B, T);
 }
 
@@ -322,7 +363,13 @@ static tensor model_spec_view(const model *m, int i, float *const *bases) {
 
 tensor model_param_view(const model *m, int i) {
     SK_ASSERT(i >= 0 && i < m->n_specs);
-    return m->views ? m->views[i] : model_spec_view(m, i, m->param_base);
+    if (m->views) return m->views[i];
+    if (m->resident) {   /* the master lives elsewhere: only resident specs are read as f32 */
+        const model_param *p = &m->specs[i];
+        SK_ASSERT(m->resident_at[i] != SIZE_MAX);
+        return tensor_make(m->resident + m->resident_at[i], DT_F32, MEM_DEVICE, p->ndim, p->shape);
+    }
+    return model_spec_view(m, i, m->param_base);
 }
 tensor model_grad_view(const model *m, int i) { return model_spec_view(m, i, m->grad_base); }
 

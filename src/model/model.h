@@ -216,6 +216,10 @@ struct model {
     dtype act_dt;          /* DT_F32, or DT_BF16: [lp] activations and bf16 products (backend.h) */
     void *compute;         /* (n_params) bf16 copy of m->params the products read; NULL in f32 */
     bool compute_stale;    /* m->params changed since compute was cast from them */
+    /* After model_release_master (ZeRO-Offload): the f32 tensors the kernels read as f32, one
+     * device buffer; resident_at[i] is spec i's offset in it (SIZE_MAX: not resident). */
+    float *resident;
+    size_t *resident_at;   /* (n_specs) */
     model_tp tp;           /* this rank's share of a split model (rank 0 of 1 otherwise) */
 };
 
@@ -407,6 +411,18 @@ void model_compute_written(model *m);
  * m->params (ZeRO-3) keeps the copy fresh: the forward casts nothing without m->params, so
  * the provider writes each group after gathering it, before the layer's products read it. */
 void model_write_compute(model *m, int g, const float *src);
+/* Whether spec i stays an f32 tensor on the device when the master weights live elsewhere
+ * (model_release_master): 1-D tensors (norm weights, biases) and the outer groups
+ * (embeddings, which the lookup reads in f32, the final norm, the LM head). */
+bool model_spec_resident(const model *m, int i);
+/* The elements of the resident specs together. */
+size_t model_resident_numel(const model *m);
+/* Mixed precision with the f32 master weights kept elsewhere (ZeRO-Offload keeps them on
+ * the host): allocates the compute copy if model_train_prepare has not yet and casts it, copies the resident specs into m->resident,
+ * which model_param_view reads from then on, and frees m->params. The owner of the master
+ * then writes the new values into the compute copy (model_compute_view) and the resident
+ * views (model_param_view) after each update. SK_ENOMEM when the buffer cannot be had. */
+sk_status model_release_master(model *m);
 /* Hook calls for architecture code (no-ops without a provider), in the order above. */
 static inline void model_hook_before_forward(model *m, int l) {
     if (m->provider && m->provider->before_forward) m->provider->before_forward(m->provider_ctx, m, l);
