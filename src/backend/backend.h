@@ -51,6 +51,7 @@ typedef enum backend_op {
     BACKEND_OP_MATMUL,       /* matmul: weight operand B in the dtype asked */
     BACKEND_OP_EMBED,        /* embed_forward: table in the dtype asked */
     BACKEND_OP_MIXED,        /* [lp] arguments (see the top of this file) in the dtype asked */
+    BACKEND_OP_PAGED,        /* set_rows and paged_attention over arrays of the dtype asked */
     BACKEND_OP_COUNT
 } backend_op;
 
@@ -282,8 +283,9 @@ typedef struct backend_ops {
      * backend_supports_paged and refuses without them ---- */
 
     /* dst row idx[i] = src row i, for the N rows of src(N,D) and idx(N) (i32, backend
-     * memory, each in [0,R), no two equal); dst(R,D). Both f32 2-D with contiguous rows and
-     * any row stride. Writes; other rows of dst are untouched. */
+     * memory, each in [0,R), no two equal); dst(R,D). Both 2-D with contiguous rows and any
+     * row stride, of one dtype: f32 or one backend_supports(be, BACKEND_OP_PAGED, dt) takes.
+     * Writes; other rows of dst are untouched. */
     void (*set_rows)(backend *be, backend_stream *s, tensor dst, tensor src, tensor idx);
     /* Causal grouped-query attention of a ragged batch over a paged cache. q(N,NH*HS) holds
      * the new tokens of S sequences; seqs(S,3) (i32) gives for sequence i the first row r0
@@ -292,11 +294,16 @@ typedef struct backend_ops {
      * 0..ctx-1 (this step's already stored). Position t of sequence i is physical row
      * tables[i][t / BS] * BS + t % BS of k_cache and v_cache (R,NKV*HS), tables(S,MB) (i32).
      * Masking, grouping, window W and scale exactly as attention_forward with Tq = nq and
-     * Tk = ctx (p = 0, no lse). q and the caches are f32 2-D with contiguous rows and any row
-     * stride; seqs and tables are backend memory. Writes the sequences' rows of out(N,NH*HS);
-     * rows no sequence names are untouched. */
+     * Tk = ctx (p = 0, no lse). q, out and the caches are 2-D with contiguous rows and any row
+     * stride, all of one dtype: f32, or one backend_supports(be, BACKEND_OP_PAGED, dt) takes
+     * (bf16 on CUDA: computed in f32, out rounded once); seqs and tables are backend memory.
+     * Writes the sequences' rows of out(N,NH*HS); rows no sequence names are untouched. */
     void (*paged_attention)(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
                             tensor seqs, tensor tables, int BS, int NH, int NKV, int W);
+    /* Optional (the engine downloads whole logits rows without it): ids(R) (i32, backend
+     * memory) writes the column of the largest value of each row of x(R,V) (f32, contiguous
+     * rows, any row stride), the first one among equals (sampler.h's greedy choice). */
+    void (*argmax_rows)(backend *be, backend_stream *s, tensor ids, tensor x);
 } backend_ops;
 
 struct backend {

@@ -3,6 +3,7 @@
  * memory (model_kv) (see model.h). Reading folders into models is weights.c. */
 #include "model/model.h"
 
+#include "model/devw.h"
 #include "model/arch.h"
 #include "model/tp.h"
 
@@ -102,6 +103,7 @@ void model_free(model *m) {
     mem_free(m->grad_base);
     mem_free(m->specs);
     mem_free(m->views);
+    devw_free(m->dev);
     wts_free(m->weights);
     mem_free(m);
 }
@@ -225,7 +227,8 @@ struct model_kv {
     backend *be;
     int n_layer, kd, max_T;
     int pos;                 /* next position; model_infer_step advances it */
-    float *mem;              /* backend memory */
+    unsigned char *mem;      /* backend memory, model_infer_dtype */
+    dtype dt;
     int *pos_ids;            /* (max_T) host: 0, 1, ..., max_T-1 (positions and slots of a step) */
 };
 
@@ -244,7 +247,8 @@ sk_status model_kv_create(model *m, int max_T, model_kv **out) {
     kv->n_layer = c->n_layer;
     kv->kd = c->n_kv_head * c->head_dim;
     kv->max_T = max_T;
-    kv->mem = backend_alloc(m->be, sizeof(float) * 2 * (size_t)c->n_layer * (size_t)max_T * (size_t)kv->kd);
+    kv->dt = model_infer_dtype(m);
+    kv->mem = backend_alloc(m->be, dtype_size(kv->dt) * 2 * (size_t)c->n_layer * (size_t)max_T * (size_t)kv->kd);
     kv->pos_ids = mem_alloc(sizeof(int) * (size_t)max_T);
     if (!kv->mem || !kv->pos_ids) {
         model_kv_free(kv);
@@ -270,7 +274,8 @@ tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
     SK_ASSERT(kv->n_layer == m->cfg.n_layer && kv->kd == m->cfg.n_kv_head * m->cfg.head_dim);
     SK_ASSERT(n > 0 && kv->pos + n <= kv->max_T);
     const size_t per_layer = (size_t)kv->max_T * kv->kd;
-    const model_kv_cache cache = {kv->mem, kv->mem + (size_t)kv->n_layer * per_layer, per_layer, 1, kv->max_T};
+    const model_kv_cache cache = {kv->mem, kv->mem + (size_t)kv->n_layer * per_layer * dtype_size(kv->dt), kv->dt,
+                                  per_layer, 1, kv->max_T};
     const int seq[3] = {0, n, kv->pos + n}, table[1] = {0}, last = n - 1;
     const model_batch b = {n, tokens, kv->pos_ids + kv->pos, kv->pos_ids + kv->pos, 1, seq, table, 1, 1, &last};
     tensor logits = model_infer_batch(m, &cache, &b);
@@ -287,6 +292,8 @@ sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ct
     SK_TRY(tp_prepare(m, max_tokens, max_seqs));
     return m->arch->infer_prepare(m, max_tokens, max_seqs, max_ctx);
 }
+
+dtype model_infer_dtype(const model *m) { return m->dev ? DT_BF16 : DT_F32; }
 
 tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
     const int N = b->n_tokens, S = b->n_seqs, BS = kv->block_size;

@@ -212,6 +212,8 @@ struct model {
     void *state;           /* architecture-private: activations and the inference workspace */
     wts *weights;          /* an inference model's weights (one reference), else NULL */
     tensor *views;         /* (n_specs) with weights: spec i's view into them */
+    struct devw *dev;      /* an inference model on a device: the shared bf16 copy its views
+                            * point into (devw.h; one reference), else NULL */
     /* Mixed precision (model_set_precision): */
     dtype act_dt;          /* DT_F32, or DT_BF16: [lp] activations and bf16 products (backend.h) */
     void *compute;         /* (n_params) bf16 copy of m->params the products read; NULL in f32 */
@@ -226,12 +228,14 @@ typedef struct model_kv model_kv;
 
 /* Keys and values in blocks (the engine's pool, infer/kv.h; a model_kv is the case of one
  * block of max_T positions). Layer l's keys are the (n_blocks * block_size, KD) rows at
- * k + l * layer_stride, its values the same rows at v + l * layer_stride (f32, backend
- * memory, KD = n_kv_head * head_dim); position t of a sequence lives in row (slot)
- * table[t / block_size] * block_size + t % block_size, table being its block table. */
+ * k + l * layer_stride elements, its values the same rows at v + l * layer_stride (of dtype
+ * dt, model_infer_dtype; backend memory, KD = n_kv_head * head_dim); position t of a
+ * sequence lives in row (slot) table[t / block_size] * block_size + t % block_size, table
+ * being its block table. */
 typedef struct model_kv_cache {
-    float *k, *v;
-    size_t layer_stride;     /* floats */
+    void *k, *v;
+    dtype dt;
+    size_t layer_stride;     /* elements */
     int n_blocks, block_size;
 } model_kv_cache;
 
@@ -319,6 +323,12 @@ sk_status model_load_weights(model *m, const char *dir);
  * weights cannot stay mapped: this is model_load instead (an f32 copy uploaded to the device,
  * m->params set), until a device backend reads low-precision weights of its own. */
 sk_status model_open_weights(const char *dir, backend *be, model **out);
+/* (continued) On a device whose backend has the bf16 mixed-precision, embedding and paged ops
+ * (backend_supports for BACKEND_OP_MIXED, BACKEND_OP_EMBED and BACKEND_OP_PAGED in bf16:
+ * CUDA), model_open_weights and model_open_wts give an inference model instead: its matrices
+ * one device copy in bf16, its 1-D tensors f32 (devw.h, shared by every model opened over
+ * the same wts on the same backend), its activations and key/value cache in bf16
+ * (model_infer_dtype). */
 /* An inference model of config cfg over w (checked against cfg's plan as above): *out takes
  * its own reference (wts_ref), so engines over one wts share its pages and copies; the
  * caller keeps its reference. SK_ECONFIG when a matrix of w has a dtype be cannot multiply
@@ -476,6 +486,10 @@ tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n);
  * a backend with the paged ops (backend_supports_paged, checked by model_infer_prepare).
  * model_infer_step is this with one sequence whose one block is the model_kv. */
 sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx);
+/* The dtype of m's inference activations ([lp], backend.h) and key/value cache: bf16 for a
+ * model over a device copy (m->dev), else f32. The residual stream, norm statistics and the
+ * logits are f32 either way. */
+dtype model_infer_dtype(const model *m);
 tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b);
 
 #endif

@@ -48,6 +48,7 @@
 #include "base/rng.h"
 #include "comm/comm.h"
 #include "model/arch.h"
+#include "model/devw.h"
 #include "model/safetensors.h"
 #include "model/tp.h"
 
@@ -221,9 +222,16 @@ sk_status model_load(const char *dir, backend *be, model **out) {
     return SK_OK;
 }
 
+/* Whether be runs inference over a bf16 device copy of the weights (model.h). */
+static bool device_bf16(backend *be) {
+    return !be->host_memory && backend_supports(be, BACKEND_OP_MIXED, DT_BF16) &&
+           backend_supports(be, BACKEND_OP_EMBED, DT_BF16) && backend_supports(be, BACKEND_OP_PAGED, DT_BF16);
+}
+
 /* An inference model of cfg over w: the specs bound to their views into w (split over the
  * ranks of c when c has several: tp_cut). A host-memory backend must read every matrix's
- * dtype in place; a device backend gets copies (split models only). */
+ * dtype in place; a device backend gets copies: f32 slices (split models) or the shared bf16
+ * copy (devw.h). */
 static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c, model **out) {
     *out = NULL;
     model *m = NULL;
@@ -241,6 +249,8 @@ static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c,
         st = tp_cut(m, c, views);
         mem_free(views);
     } else {
+        if (st == SK_OK && !be->host_memory && (st = devw_get(w, m, views, &m->dev)) == SK_OK)
+            for (int i = 0; i < m->n_specs; i++) views[i] = devw_view(m->dev, i);
         m->views = views;
     }
     if (st != SK_OK) {
@@ -253,7 +263,7 @@ static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c,
 
 sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out) {
     *out = NULL;
-    if (!be->host_memory)
+    if (!be->host_memory && !device_bf16(be))
         return sk_fail(SK_ECONFIG, "%s: mapped weights are host memory, which the %s backend does not read in place; "
                        "open the folder with model_open_weights (it uploads an f32 copy there)", wts_path(w), be->name);
     return open_wts(cfg, w, be, NULL, out);
@@ -280,7 +290,7 @@ static unsigned keep_for(backend *be) {
 sk_status model_open_split(const char *dir, backend *be, comm *c, model **out) {
     *out = NULL;
     const bool split = c && c->world > 1;
-    if (!be->host_memory && !split) return model_load(dir, be, out);   /* a device: upload an f32 copy */
+    if (!be->host_memory && !split && !device_bf16(be)) return model_load(dir, be, out);   /* an f32 copy */
     model_config cfg;
     SK_TRY(folder_config(dir, &cfg));
     if (split) SK_TRY(model_tp_check(&cfg, c->world));
@@ -296,7 +306,7 @@ sk_status model_open_weights(const char *dir, backend *be, model **out) { return
 sk_status model_resident_bytes(const model *m, size_t *out) {
     *out = m->params ? m->n_params * sizeof(float) : 0;
     if (!m->weights) return SK_OK;
-    *out += m->tp.slice_bytes + wts_copied_bytes(m->weights);
+    *out += m->tp.slice_bytes + wts_copied_bytes(m->weights) + (m->dev ? devw_bytes(m->dev) : 0);
     /* this wts's own mappings (by address: the process may map a file twice) */
     for (int j = 0; j < wts_files(m->weights); j++) {
         const file_map f = wts_mapping(m->weights, j);
