@@ -2,9 +2,10 @@
  *
  * A step: sched_schedule picks (sequence, chunk) items; each item's tokens become rows of one
  * flat batch with their own positions and slots (slot = table[pos / BS] * BS + pos % BS),
- * every item's last row asks for logits; one model_infer_batch; one download of the (R,V)
- * logits; sched_advance commits the computed blocks; sequences whose every known token is now
- * computed sample their next token. The batch arrays and the host logits are planned in
+ * every item's last row asks for logits; one model_infer_batch; one download: the (R,V)
+ * logits, or, when every row that samples is plain greedy and the backend has argmax_rows,
+ * only the R chosen ids (the GPU keeps the logits); sched_advance commits the computed
+ * blocks; sequences whose every known token is now computed sample their next token. The batch arrays and the host logits are planned in
  * engine_create for max_batch_tokens rows and max_seqs sequences, so a step allocates nothing.
  *
  * Invariants: live holds every request not yet reported finished, in arrival order; a
@@ -52,6 +53,8 @@ struct engine {
     int *tokens, *pos, *slot;   /* (max_batch_tokens) */
     int *seq, *tables, *out_rows;   /* (max_seqs, 3), (max_seqs, max_blocks), (max_seqs) */
     float *logits;           /* (max_seqs, V) host */
+    int *ids_dev;            /* (max_seqs) backend memory: argmax_rows' answer (NULL without the op) */
+    int *ids;                /* (max_seqs) host: its copy */
     engine_output *outs;     /* (max_seqs + cap_live) */
     /* a split model's rank 0 (model_tp) */
     int *tp_msg;             /* engine_tp_ints(o, max_blocks): a step's arrays, packed */
@@ -122,6 +125,8 @@ void engine_free(engine *e) {
     mem_free(e->tables);
     mem_free(e->out_rows);
     mem_free(e->logits);
+    if (e->ids_dev) backend_mem_free(e->m->be, e->ids_dev);
+    mem_free(e->ids);
     mem_free(e->outs);
     mem_free(e);
 }
@@ -173,8 +178,13 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
     e->tables = mem_alloc(sizeof(int) * S * (size_t)e->max_blocks);
     e->out_rows = mem_alloc(sizeof(int) * S);
     e->logits = mem_alloc(sizeof(float) * S * (size_t)c->vocab_size);
+    e->ids = mem_alloc(sizeof(int) * S);
+    if (m->be->ops->argmax_rows && !(e->ids_dev = backend_alloc(m->be, sizeof(int) * S))) {
+        st = SK_ENOMEM;
+        goto err;
+    }
     if (m->tp.size > 1) e->tp_msg = mem_alloc(sizeof(int) * engine_tp_ints(&d, e->max_blocks));
-    if (!e->tokens || !e->pos || !e->slot || !e->seq || !e->tables || !e->out_rows || !e->logits ||
+    if (!e->tokens || !e->pos || !e->slot || !e->seq || !e->tables || !e->out_rows || !e->logits || !e->ids ||
         (m->tp.size > 1 && !e->tp_msg)) {
         st = sk_fail(SK_ENOMEM, "allocating the engine's batch of %zu tokens, %zu sequences", N, S);
         goto err;
@@ -303,12 +313,23 @@ static model_batch engine_batch(engine *e) {
     return (model_batch){row, e->tokens, e->pos, e->slot, e->s.n_items, e->seq, e->tables, MB, e->s.n_items, e->out_rows};
 }
 
-/* Samples request r's next token from its logits row; returns its output. */
-static engine_output engine_sample(engine *e, engine_req *r, float *logits) {
+/* Whether request r's next token is the first maximum of its logits row as given (greedy, no
+ * penalties, no log-probabilities): what argmax_rows finds on the device, with the same
+ * answer sampler_next would give (greedy draws nothing from the generator). */
+static bool engine_plain_greedy(const engine_req *r) {
+    const sample_opts *o = &r->p.sample;
+    return o->temperature <= 0 && (o->repetition_penalty == 0 || o->repetition_penalty == 1) &&
+           o->presence_penalty == 0 && o->frequency_penalty == 0 && !r->p.logprobs && r->p.n_logprobs == 0;
+}
+
+/* Request r's next token: sampled from its logits row, or, with logits NULL, `chosen` (its
+ * row's argmax, engine_plain_greedy); returns its output. */
+static engine_output engine_sample(engine *e, engine_req *r, float *logits, int chosen) {
     engine_output o = {.id = r->id, .token = -1};
     const bool lp = r->p.logprobs || r->p.n_logprobs > 0;
-    const int tok = sampler_next(&e->smp, logits, &r->p.sample, &r->r, r->tokens, r->seq.n_tokens, r->n_prompt,
-                                 lp ? &o.logprob : NULL);
+    const int tok = logits ? sampler_next(&e->smp, logits, &r->p.sample, &r->r, r->tokens, r->seq.n_tokens,
+                                          r->n_prompt, lp ? &o.logprob : NULL)
+                           : chosen;
     for (int i = 0; i < r->p.n_stop_ids; i++)
         if (tok == r->p.stop_ids[i]) o.finish = "stop";
     if (o.finish) return o;
@@ -340,13 +361,26 @@ sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
     }
     tensor lg = model_infer_batch(e->m, &cache, &b);
     SK_TRY(model_step_status(e->m));
-    backend_download(e->m->be, e->logits, lg.data, tensor_bytes(lg));
+    /* only the chosen ids come back when every row that samples is plain greedy */
+    bool ids_only = e->ids_dev != NULL;
+    for (int i = 0; i < e->s.n_items && ids_only; i++) {
+        const engine_req *r = (const engine_req *)e->s.items[i].seq;
+        ids_only = e->s.items[i].seq->n_computed + e->s.items[i].n < r->seq.n_tokens || engine_plain_greedy(r);
+    }
+    backend *be = e->m->be;
+    if (ids_only) {
+        tensor ids = tensor_1d(e->ids_dev, DT_I32, lg.shape[0]);
+        be->ops->argmax_rows(be, NULL, ids, lg);
+        backend_download(be, e->ids, e->ids_dev, tensor_bytes(ids));
+    } else {
+        backend_download(be, e->logits, lg.data, tensor_bytes(lg));
+    }
     sched_advance(&e->s);
     const int V = e->m->cfg.vocab_size, n_items = e->s.n_items;
     for (int i = 0; i < n_items; i++) {
         engine_req *r = (engine_req *)e->s.items[i].seq;
         if (r->seq.n_computed < r->seq.n_tokens) continue;   /* a prefill chunk: more to come */
-        e->outs[n++] = engine_sample(e, r, e->logits + (size_t)i * V);
+        e->outs[n++] = engine_sample(e, r, ids_only ? NULL : e->logits + (size_t)i * V, ids_only ? e->ids[i] : -1);
     }
     /* retire finished requests after sampling: retiring edits the item list */
     for (int i = *n_out; i < n; i++)
