@@ -12,14 +12,15 @@
 
 #define DEVW_ALIGN 256
 #define DEVW_STAGES 3
-#define DEVW_STAGE_BYTES ((size_t)32 << 20)
+#define DEVW_STAGE_BYTES (DEVW_CHUNK_ELEMS * sizeof(float))
 /* Elements one thread converts at a time (through a stack buffer when the dtypes differ). */
 #define DEVW_PIECE ((size_t)1 << 15)
 #define DEVW_BOUNCE 2048
 
 struct devw {
     atomic_int refs;
-    wts *w;                    /* the key's weights (one reference) */
+    wts *w;                    /* shared: the key's weights (one reference), else NULL */
+    bool shared;               /* in the list (devw_get), else devw_make's own */
     backend *be;
     int n_specs;
     size_t bytes;
@@ -58,8 +59,14 @@ static void devw_convert(void *dst, dtype dt, const void *src, dtype st, size_t 
     }
 }
 
-/* Fills d->mem from views through pinned staging (see the top of devw.h). */
-static sk_status devw_upload(devw *d, const model *m, const tensor *views) {
+/* devw_source over views(n_specs) of a wts: the file's elements converted. */
+static void devw_from_views(void *ctx, int i, size_t start, size_t n, dtype dt, void *dst) {
+    const tensor *v = (const tensor *)ctx + i;
+    devw_convert(dst, dt, (const unsigned char *)v->data + start * dtype_size(v->dt), v->dt, n);
+}
+
+/* Fills d->mem from src through pinned staging (see the top of devw.h). */
+static sk_status devw_upload(devw *d, const model *m, devw_source src, void *ctx) {
     backend *be = d->be;
     const backend_ops *op = be->ops;
     void *stage[DEVW_STAGES] = {0};
@@ -74,12 +81,11 @@ static sk_status devw_upload(devw *d, const model *m, const tensor *views) {
     int next = 0;
     for (int i = 0; i < m->n_specs && st == SK_OK; i++) {
         const model_param *p = &m->specs[i];
-        const dtype dt = d->views[i].dt, sdt = views[i].dt;
-        const size_t per = DEVW_STAGE_BYTES / dtype_size(dt);
-        for (size_t off = 0; off < p->numel; off += per) {
-            const size_t n = p->numel - off < per ? p->numel - off : per;
+        const dtype dt = d->views[i].dt;
+        for (size_t off = 0; off < p->numel; off += DEVW_CHUNK_ELEMS) {
+            const size_t n = p->numel - off < DEVW_CHUNK_ELEMS ? p->numel - off : DEVW_CHUNK_ELEMS;
             if (used[next]) op->event_synchronize(be, done[next]);   /* its last copy is done */
-            devw_convert(stage[next], dt, (const unsigned char *)views[i].data + off * dtype_size(sdt), sdt, n);
+            src(ctx, i, off, n, dt, stage[next]);
             op->copy(be, (unsigned char *)d->views[i].data + off * dtype_size(dt), stage[next], n * dtype_size(dt),
                      COPY_HOST_TO_DEVICE, s);
             op->event_record(be, done[next], s);
@@ -108,15 +114,14 @@ static void devw_destroy(devw *d) {
     mem_free(d);
 }
 
-/* A new copy of m's specs (not in the list yet). */
-static sk_status devw_make(wts *w, const model *m, const tensor *views, devw **out) {
+sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out) {
+    *out = NULL;
     devw *d = mem_calloc(sizeof *d);
     if (!d || !(d->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs))) {
         mem_free(d);
         return SK_ENOMEM;
     }
     atomic_init(&d->refs, 1);
-    d->w = wts_ref(w);
     d->be = m->be;
     d->n_specs = m->n_specs;
     for (int pass = 0; pass < 2; pass++) {   /* sizes, then views into the allocation */
@@ -132,7 +137,7 @@ static sk_status devw_make(wts *w, const model *m, const tensor *views, devw **o
             return sk_fail_ctx(SK_ENOMEM, "a device copy of %.2f GB of weights", (double)off / 1e9);
         }
     }
-    sk_status st = devw_upload(d, m, views);
+    sk_status st = devw_upload(d, m, src, ctx);
     if (st != SK_OK) {
         devw_destroy(d);
         return st;
@@ -151,7 +156,9 @@ sk_status devw_get(wts *w, const model *m, const tensor *views, devw **out) {
             break;
         }
     sk_status st = SK_OK;
-    if (!*out && (st = devw_make(w, m, views, out)) == SK_OK) {
+    if (!*out && (st = devw_make(m, devw_from_views, (void *)views, out)) == SK_OK) {
+        (*out)->w = wts_ref(w);
+        (*out)->shared = true;
         (*out)->next = devw_list;
         devw_list = *out;
     }
@@ -170,7 +177,7 @@ void devw_free(devw *d) {
     if (!d) return;
     pthread_mutex_lock(&devw_lock);
     const bool last = atomic_fetch_sub(&d->refs, 1) == 1;
-    if (last)
+    if (last && d->shared)
         for (devw **p = &devw_list; *p; p = &(*p)->next)
             if (*p == d) {
                 *p = d->next;

@@ -115,7 +115,7 @@ const model_param *model_find_param(const model *m, const char *name) {
 }
 
 void model_init_weights(model *m, uint64_t seed) {
-    SK_ASSERT(!m->weights);   /* mapped weights are immutable */
+    SK_ASSERT(!model_is_inference(m));   /* mapped weights are immutable */
     m->arch->init_weights(m, seed);
     m->compute_stale = true;
 }
@@ -125,7 +125,7 @@ sk_status model_set_precision(model *m, dtype act_dt) {
         return sk_fail(SK_EARG, "precision %s: training runs in f32 or bf16 mixed precision", dtype_name(act_dt));
     if (act_dt != DT_F32 && !backend_supports(m->be, BACKEND_OP_MIXED, act_dt))
         return sk_fail(SK_EARG, "the %s backend has no %s mixed-precision ops", m->be->name, dtype_name(act_dt));
-    if (m->weights || (act_dt != DT_F32 && !m->params))
+    if (model_is_inference(m) || (act_dt != DT_F32 && !m->params))
         return sk_fail(SK_ESTATE, "mixed precision needs a training model with its f32 parameters in place");
     if (act_dt == m->act_dt) return SK_OK;
     if (m->compute) backend_mem_free(m->be, m->compute);
@@ -160,7 +160,7 @@ void model_reset_bases(model *m) {
 }
 
 void model_set_param_provider(model *m, const model_param_provider *p, void *ctx) {
-    SK_ASSERT(!m->weights && (!p || !p->external_grads || !m->grads));
+    SK_ASSERT(!model_is_inference(m) && (!p || !p->external_grads || !m->grads));
     m->provider = p;
     m->provider_ctx = p ? ctx : NULL;
     m->grads_external = p && p->external_grads;
@@ -168,7 +168,7 @@ void model_set_param_provider(model *m, const model_param_provider *p, void *ctx
 }
 
 void model_release_params(model *m) {
-    SK_ASSERT(!m->weights);
+    SK_ASSERT(!model_is_inference(m));
     backend_mem_free(m->be, m->params);
     m->params = NULL;
     model_reset_bases(m);
@@ -189,9 +189,9 @@ size_t model_train_bytes(const model *m, int B, int T) {
 }
 
 sk_status model_train_prepare(model *m, int B, int T) {
-    if (m->weights)
-        return sk_fail(SK_ESTATE, "%s: the model was opened for inference over mapped weights; training needs the f32 "
-                       "copy of model_load", wts_path(m->weights));
+    if (model_is_inference(m))
+        return sk_fail(SK_ESTATE, "%s: the model was opened for inference over mapped or device-copied weights; "
+                       "training needs the f32 copy of model_load", m->weights ? wts_path(m->weights) : "random weights");
     if (!m->grads && !m->grads_external) {
         m->grads = backend_alloc(m->be, m->n_params * sizeof(float));
         if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);

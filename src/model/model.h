@@ -381,6 +381,14 @@ sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_sh
 #define MODEL_INIT_STD 0.02f
 sk_status model_init_folder(const model_config *cfg, const char *dir, uint64_t seed, dtype dt, size_t max_shard_bytes);
 uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block);
+/* A model of cfg holding model_init_folder(cfg, seed)'s values, made without a folder (the
+ * random weights of `bench --preset`): on a device with bf16 inference (model_open_weights) an
+ * inference model whose device copy is filled straight from the generator (no f32 copy
+ * anywhere), elsewhere a training model (model_create + model_init_streamed). */
+sk_status model_open_random(const model_config *cfg, backend *be, uint64_t seed, model **out);
+/* Whether m is an inference model (mapped or device-copied weights; model.h's top): training
+ * entry points refuse it. */
+static inline bool model_is_inference(const model *m) { return m->weights || m->dev; }
 /* Fills m's parameters with the values model_init_folder(cfg, seed) would write (in f32),
  * generated in parallel and uploaded piece by piece: the fast random start of `bench train`
  * at any size (model_init_weights draws from one sequential generator). */

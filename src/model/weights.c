@@ -304,9 +304,9 @@ sk_status model_open_split(const char *dir, backend *be, comm *c, model **out) {
 sk_status model_open_weights(const char *dir, backend *be, model **out) { return model_open_split(dir, be, NULL, out); }
 
 sk_status model_resident_bytes(const model *m, size_t *out) {
-    *out = m->params ? m->n_params * sizeof(float) : 0;
+    *out = (m->params ? m->n_params * sizeof(float) : 0) + (m->dev ? devw_bytes(m->dev) : 0);
     if (!m->weights) return SK_OK;
-    *out += m->tp.slice_bytes + wts_copied_bytes(m->weights) + (m->dev ? devw_bytes(m->dev) : 0);
+    *out += m->tp.slice_bytes + wts_copied_bytes(m->weights);
     /* this wts's own mappings (by address: the process may map a file twice) */
     for (int j = 0; j < wts_files(m->weights); j++) {
         const file_map f = wts_mapping(m->weights, j);
@@ -543,6 +543,53 @@ sk_status model_init_streamed(model *m, uint64_t seed) {
     mem_free(names);
     mem_free(entries);
     return st;
+}
+
+/* devw_source of model_open_random: init_source's values in the device dtype. */
+typedef struct random_ctx {
+    init_ctx init;
+    float *buf;              /* (DEVW_CHUNK_ELEMS) f32 before conversion */
+} random_ctx;
+
+static void random_source(void *vctx, int i, size_t start, size_t n, dtype dt, void *dst) {
+    random_ctx *c = vctx;
+    init_source(&c->init, i, start, n, dt == DT_F32 ? dst : c->buf);
+    if (dt != DT_F32) convert_parallel(dst, dt, c->buf, n);
+}
+
+sk_status model_open_random(const model_config *cfg, backend *be, uint64_t seed, model **out) {
+    *out = NULL;
+    model *m = NULL;
+    if (!device_bf16(be)) {
+        SK_TRY(model_create(cfg, be, &m));
+    } else {
+        SK_TRY(model_plan(cfg, be, &m));
+        st_entry *entries = NULL;
+        char (*names)[128] = NULL;
+        random_ctx ctx = {{NULL, seed}, mem_alloc(DEVW_CHUNK_ELEMS * sizeof(float))};
+        m->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
+        sk_status st = ctx.buf && m->views ? specs_to_entries(cfg, m->specs, m->n_specs, DT_F32, &entries, &names)
+                                           : SK_ENOMEM;
+        ctx.init.entries = entries;
+        if (st == SK_OK && (st = devw_make(m, random_source, &ctx, &m->dev)) == SK_OK)
+            for (int i = 0; i < m->n_specs; i++) m->views[i] = devw_view(m->dev, i);
+        mem_free(names);
+        mem_free(entries);
+        mem_free(ctx.buf);
+        if (st != SK_OK) {
+            model_free(m);
+            return st;
+        }
+        *out = m;
+        return SK_OK;
+    }
+    sk_status st = model_init_streamed(m, seed);
+    if (st != SK_OK) {
+        model_free(m);
+        return st;
+    }
+    *out = m;
+    return SK_OK;
 }
 
 uint64_t model_init_stream_seed(uint64_t seed, int tensor_index, uint64_t block) {
