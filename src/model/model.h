@@ -328,7 +328,8 @@ sk_status model_open_weights(const char *dir, backend *be, model **out);
  * CUDA), model_open_weights and model_open_wts give an inference model instead: its matrices
  * one device copy in bf16, its 1-D tensors f32 (devw.h, shared by every model opened over
  * the same wts on the same backend), its activations and key/value cache in bf16
- * (model_infer_dtype). */
+ * (model_infer_dtype). SKEIN_INFER_DTYPE=f32 in the environment keeps the f32 copy of
+ * model_load there (exact comparisons with the CPU). */
 /* An inference model of config cfg over w (checked against cfg's plan as above): *out takes
  * its own reference (wts_ref), so engines over one wts share its pages and copies; the
  * caller keeps its reference. SK_ECONFIG when a matrix of w has a dtype be cannot multiply

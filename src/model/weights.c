@@ -41,6 +41,7 @@
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/file.h"
@@ -222,8 +223,11 @@ sk_status model_load(const char *dir, backend *be, model **out) {
     return SK_OK;
 }
 
-/* Whether be runs inference over a bf16 device copy of the weights (model.h). */
+/* Whether be runs inference over a bf16 device copy of the weights (model.h; not with
+ * SKEIN_INFER_DTYPE=f32). */
 static bool device_bf16(backend *be) {
+    const char *want = getenv("SKEIN_INFER_DTYPE");
+    if (want && !strcmp(want, "f32")) return false;
     return !be->host_memory && backend_supports(be, BACKEND_OP_MIXED, DT_BF16) &&
            backend_supports(be, BACKEND_OP_EMBED, DT_BF16) && backend_supports(be, BACKEND_OP_PAGED, DT_BF16);
 }
