@@ -288,6 +288,15 @@ TEST(top_logprobs_match_softmax_of_reference_logits) {
     }
 }
 
+/* An engine for nr running sequences with a budget of 128 tokens a step (NULL on failure). */
+static engine *busy_engine(model *m, int nr) {
+    engine_opts o = engine_opts_default();
+    o.max_seqs = nr;
+    o.max_batch_tokens = 128;
+    engine *e = NULL;
+    return engine_create(m, &o, &e) == SK_OK ? e : NULL;
+}
+
 /* Request 0 alone, then as the 40th of 64 (the rest random, some sampled): same tokens, for a
  * greedy and for a seeded sampled request. */
 TEST(busy_batch_of_64_same_tokens) {
@@ -302,11 +311,8 @@ TEST(busy_batch_of_64_same_tokens) {
     for (int k = 0; k < 2; k++) {
         int target[MAXP], alone[MAXG], n_alone = 0, id;
         make_prompt(target, 999, 21, V);
-        engine_opts o = engine_opts_default();
-        o.max_seqs = NR;
-        o.max_batch_tokens = 128;
-        engine *e = NULL;
-        CHECK(engine_create(m, &o, &e) == SK_OK);
+        engine *e = busy_engine(m, NR);
+        CHECK(e);
         int *gen = calloc(NR * MAXG, sizeof(int)), ngen[NR] = {0};
         CHECK(engine_add_request(e, target, 21, &kinds[k], &id) == SK_OK);
         CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
@@ -820,11 +826,8 @@ TEST(bf16_busy_batch_of_64_same_tokens) {
     const int V = m->cfg.vocab_size;
     int target[MAXP], id;
     make_prompt(target, 999, 21, V);
-    engine_opts o = engine_opts_default();
-    o.max_seqs = NR;
-    o.max_batch_tokens = 128;
-    engine *e = NULL;
-    CHECK(engine_create(m, &o, &e) == SK_OK);
+    engine *e = busy_engine(m, NR);
+    CHECK(e);
     top2_run *runs = calloc(2 * NR, sizeof(top2_run));
     engine_params p = greedy_top2(G);
     CHECK(engine_add_request(e, target, 21, &p, &id) == SK_OK && id == 0);
