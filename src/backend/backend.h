@@ -40,6 +40,8 @@ typedef struct backend backend;
 typedef struct backend_stream backend_stream;
 /* An event marks a point in a stream: recorded there, waited on by another stream or the host. */
 typedef struct backend_event backend_event;
+/* A recorded sequence of work on one stream, replayed as a whole (graph_begin). */
+typedef struct backend_graph backend_graph;
 
 /* Direction of a copy: host memory is pageable or pinned, device memory is the backend's. */
 typedef enum backend_copy_dir {
@@ -283,7 +285,8 @@ typedef struct backend_ops {
      * backend_supports_paged and refuses without them ---- */
 
     /* dst row idx[i] = src row i, for the N rows of src(N,D) and idx(N) (i32, backend
-     * memory, each in [0,R), no two equal); dst(R,D). Both 2-D with contiguous rows and any
+     * memory, each in [0,R) or negative: row i is skipped, a padding row; no two equal);
+     * dst(R,D). Both 2-D with contiguous rows and any
      * row stride, of one dtype: f32 or one backend_supports(be, BACKEND_OP_PAGED, dt) takes.
      * Writes; other rows of dst are untouched. */
     void (*set_rows)(backend *be, backend_stream *s, tensor dst, tensor src, tensor idx);
@@ -304,6 +307,18 @@ typedef struct backend_ops {
      * memory) writes the column of the largest value of each row of x(R,V) (f32, contiguous
      * rows, any row stride), the first one among equals (sampler.h's greedy choice). */
     void (*argmax_rows)(backend *be, backend_stream *s, tensor ids, tensor x);
+
+    /* ---- graphs; optional (all four or none): a caller without them issues the work each time ----
+     * graph_begin starts recording the work issued to stream s by this thread: from then until
+     * graph_end, ops on s are recorded, not run, and must neither allocate nor wait for the host
+     * (what was recorded reads and writes the same device addresses on every replay).
+     * graph_end stops recording and returns the graph, or NULL + sk_fail when the recording
+     * failed (nothing recorded ran: the caller issues the work again). graph_launch replays g
+     * on s; graph_free frees it. */
+    void (*graph_begin)(backend *be, backend_stream *s);
+    backend_graph *(*graph_end)(backend *be, backend_stream *s);
+    void (*graph_launch)(backend *be, backend_graph *g, backend_stream *s);
+    void (*graph_free)(backend *be, backend_graph *g);
 } backend_ops;
 
 struct backend {

@@ -25,6 +25,10 @@
  * header the step's arrays (engine_tp_pack's order). */
 enum { TP_START = 1, TP_STEP, TP_IDLE, TP_END, TP_STATS, TP_STOP };
 enum { TP_HEADER = 6 };
+/* Decode batch sizes replayed as graphs (engine.h). */
+static const int engine_graph_sizes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+#define ENGINE_GRAPHS (int)(sizeof engine_graph_sizes / sizeof engine_graph_sizes[0])
+
 /* An idle rank 0 says it is alive this often (engine_heartbeat). */
 #define ENGINE_TP_IDLE_S 1.0
 
@@ -56,6 +60,12 @@ struct engine {
     int *ids_dev;            /* (max_seqs) backend memory: argmax_rows' answer (NULL without the op) */
     int *ids;                /* (max_seqs) host: its copy */
     engine_output *outs;     /* (max_seqs + cap_live) */
+    /* decode steps as graphs (engine.h), by size index of engine_graph_sizes */
+    bool graphs;             /* the backend records them and o.eager is off */
+    bool warm[ENGINE_GRAPHS];       /* a step of that size ran eagerly */
+    backend_graph *graph[ENGINE_GRAPHS];   /* NULL until recorded */
+    tensor graph_out[ENGINE_GRAPHS];       /* the logits each recorded step leaves */
+    unsigned graph_epoch;    /* model_infer_epoch of the recordings */
     /* a split model's rank 0 (model_tp) */
     int *tp_msg;             /* engine_tp_ints(o, max_blocks): a step's arrays, packed */
     bool tp_started;         /* the other ranks follow this engine */
@@ -96,7 +106,19 @@ static size_t engine_tp_pack(const model_batch *b, int *dst) {
 }
 
 engine_opts engine_opts_default(void) {
-    return (engine_opts){.block_size = KV_BLOCK_SIZE, .max_batch_tokens = 512, .max_seqs = 64};
+    const char *g = getenv("SKEIN_CUDA_GRAPHS");
+    return (engine_opts){.block_size = KV_BLOCK_SIZE, .max_batch_tokens = 512, .max_seqs = 64,
+                         .eager = g && !strcmp(g, "0")};
+}
+
+/* Frees every recorded step (the workspace moved, or the engine ends). */
+static void engine_graphs_free(engine *e) {
+    for (int k = 0; k < ENGINE_GRAPHS; k++) {
+        if (e->graph[k]) e->m->be->ops->graph_free(e->m->be, e->graph[k]);
+        e->graph[k] = NULL;
+        e->warm[k] = false;
+    }
+    e->graph_epoch = model_infer_epoch(e->m);
 }
 
 engine_params engine_params_default(void) {
@@ -106,6 +128,7 @@ engine_params engine_params_default(void) {
 void engine_free(engine *e) {
     if (!e) return;
     if (e->tp_started && model_step_status(e->m) == SK_OK) engine_tp_say(e->m, TP_END);   /* failing: nobody listens */
+    if (e->graphs) engine_graphs_free(e);
     mem_free(e->tp_msg);
     for (int i = 0; i < e->n_live; i++) {
         kv_seq_release(e->pool, &e->live[i]->seq.kv);
@@ -189,6 +212,8 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
         st = sk_fail(SK_ENOMEM, "allocating the engine's batch of %zu tokens, %zu sequences", N, S);
         goto err;
     }
+    e->graphs = !d.eager && m->tp.size == 1 && m->be->ops->graph_begin;
+    e->graph_epoch = model_infer_epoch(m);
     if (m->tp.size > 1) {   /* the other ranks make the same pool and workspace */
         int h[TP_HEADER] = {TP_START, kv_pool_blocks(e->pool), d.block_size, d.max_batch_tokens, d.max_seqs, d.max_ctx};
         if ((st = engine_tp_send(m, h, NULL, 0))) goto err;
@@ -313,6 +338,63 @@ static model_batch engine_batch(engine *e) {
     return (model_batch){row, e->tokens, e->pos, e->slot, e->s.n_items, e->seq, e->tables, MB, e->s.n_items, e->out_rows};
 }
 
+/* The index into engine_graph_sizes of the size a step of b runs as, or -1: eagerly (graphs
+ * off, a prefill chunk in it, or larger than every size the workspace holds). */
+static int engine_graph_size(const engine *e, const model_batch *b) {
+    if (!e->graphs || b->n_tokens != b->n_seqs) return -1;
+    for (int k = 0; k < ENGINE_GRAPHS; k++) {
+        const int B = engine_graph_sizes[k];
+        if (B > e->o.max_seqs || B > e->o.max_batch_tokens) return -1;
+        if (B >= b->n_seqs) return k;
+    }
+    return -1;
+}
+
+/* Pads the decode batch b (one row per sequence, the batch arrays' front) to B rows with
+ * padding rows (model_batch): token 0 at position 0, slot -1, its own sequence over block 0. */
+static model_batch engine_pad(engine *e, const model_batch *b, int B) {
+    for (int r = b->n_seqs; r < B; r++) {
+        e->tokens[r] = e->pos[r] = 0;
+        e->slot[r] = -1;
+        e->seq[3 * r] = r;
+        e->seq[3 * r + 1] = e->seq[3 * r + 2] = 1;
+        e->tables[(size_t)r * e->max_blocks] = 0;
+        e->out_rows[r] = r;
+    }
+    model_batch p = *b;
+    p.n_tokens = p.n_seqs = p.n_out = B;
+    return p;
+}
+
+/* One forward over b: recorded, replayed or issued (engine.h's graphs). */
+static tensor engine_forward(engine *e, const model_kv_cache *cache, const model_batch *b) {
+    const int k = engine_graph_size(e, b);
+    if (k < 0) return model_infer_batch(e->m, cache, b);
+    model *m = e->m;
+    backend *be = m->be;
+    const model_batch p = engine_pad(e, b, engine_graph_sizes[k]);
+    model_infer_upload(m, cache, &p);
+    if (e->graph_epoch != model_infer_epoch(m)) engine_graphs_free(e);   /* another engine grew the workspace */
+    if (e->graph[k]) {
+        be->ops->graph_launch(be, e->graph[k], NULL);
+        return e->graph_out[k];
+    }
+    if (!e->warm[k]) {
+        e->warm[k] = true;
+        return model_infer_compute(m, cache, &p);
+    }
+    be->ops->graph_begin(be, NULL);
+    const tensor lg = model_infer_compute(m, cache, &p);
+    if (!(e->graph[k] = be->ops->graph_end(be, NULL))) {
+        log_warn("engine: steps run without graphs: %s", sk_errmsg());
+        e->graphs = false;
+        return model_infer_compute(m, cache, &p);
+    }
+    e->graph_out[k] = lg;
+    be->ops->graph_launch(be, e->graph[k], NULL);
+    return lg;
+}
+
 /* Whether request r's next token is the first maximum of its logits row as given (greedy, no
  * penalties, no log-probabilities): what argmax_rows finds on the device, with the same
  * answer sampler_next would give (greedy draws nothing from the generator). */
@@ -359,7 +441,7 @@ sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
         SK_TRY(engine_tp_send(e->m, h, e->tp_msg, engine_tp_pack(&b, e->tp_msg)));
         e->tp_sent = time_now();
     }
-    tensor lg = model_infer_batch(e->m, &cache, &b);
+    tensor lg = engine_forward(e, &cache, &b);
     SK_TRY(model_step_status(e->m));
     /* only the chosen ids come back when every row that samples is plain greedy */
     bool ids_only = e->ids_dev != NULL;

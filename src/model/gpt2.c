@@ -534,8 +534,15 @@ static sk_status gpt2_infer_prepare(model *m, int max_tokens, int max_seqs, int 
     s->inf_mem = arch_plan_alloc(be, plan, n);
     if (!s->inf_mem)
         return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace for %d tokens of %d sequences", d.tokens, d.seqs);
+    m->infer_epoch++;
     s->inf_dims = d;
     return SK_OK;
+}
+
+static void gpt2_infer_upload(model *m, const model_batch *b) {
+    gpt2_state *s = m->state;
+    SK_ASSERT(s && s->inf_mem);
+    arch_batch_upload(m, &s->inf.ids, s->inf_dims, b);
 }
 
 /* Runs the N tokens of b: embeddings of each token at its own position; per layer one c_attn
@@ -560,7 +567,6 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), fch = arch_mat_at(f->fch, lp, 0, N, F);
     tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N), wpe = gpt2_tensor(m, false, P_WPE);
 
-    arch_batch_upload(m, &f->ids, s->inf_dims, b);
     /* x = wte[token] + wpe[position], the sum embed_forward forms in one call (split: rank 0
      * alone holds wpe, and the sum over the ranks adds it once) */
     op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), gpt2_tensor(m, false, P_WTE), tensor_none());
@@ -626,6 +632,7 @@ const model_arch gpt2_arch = {
     .backward = gpt2_backward,
     .logits = gpt2_logits,
     .infer_prepare = gpt2_infer_prepare,
+    .infer_upload = gpt2_infer_upload,
     .infer_batch = gpt2_infer_batch,
     .free_state = gpt2_free_state,
     .train_bytes = gpt2_train_bytes,

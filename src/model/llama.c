@@ -621,6 +621,7 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     s->inf_mem = arch_plan_alloc(be, plan, n);
     if (!s->inf_mem)
         return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace for %d tokens of %d sequences", d.tokens, d.seqs);
+    m->infer_epoch++;
     sk_status st = llama_rope_tables(m, f->rope_cos, f->rope_sin, d.ctx);
     if (st != SK_OK) {
         backend_mem_free(be, s->inf_mem);
@@ -629,6 +630,12 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     }
     s->inf_dims = d;
     return SK_OK;
+}
+
+static void llama_infer_upload(model *m, const model_batch *b) {
+    llama_state *s = m->state;
+    SK_ASSERT(s && s->inf_mem);
+    arch_batch_upload(m, &s->inf.ids, s->inf_dims, b);
 }
 
 /* Runs the N tokens of b: each token's rotary angles are the table rows of its own position
@@ -657,7 +664,6 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
     const int P = s->inf_dims.ctx;
 
-    arch_batch_upload(m, &f->ids, s->inf_dims, b);
     tensor pos = tensor_2d(f->ids.pos, DT_I32, 1, N);
     op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), llama_tensor(m, false, LLAMA_EMBED),
                       tensor_none());
@@ -729,6 +735,7 @@ const model_arch llama_arch = {
     .backward = llama_backward,
     .logits = llama_logits,
     .infer_prepare = llama_infer_prepare,
+    .infer_upload = llama_infer_upload,
     .infer_batch = llama_infer_batch,
     .free_state = llama_free_state,
     .train_bytes = llama_train_bytes,

@@ -295,7 +295,7 @@ sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ct
 
 dtype model_infer_dtype(const model *m) { return m->dev ? DT_BF16 : DT_F32; }
 
-tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
+void model_infer_upload(model *m, const model_kv_cache *kv, const model_batch *b) {
     const int N = b->n_tokens, S = b->n_seqs, BS = kv->block_size;
     SK_ASSERT(N > 0 && S > 0 && b->n_out > 0 && b->n_out <= S && b->max_blocks > 0 && BS > 0);
     for (int i = 0; i < S; i++) {
@@ -303,13 +303,25 @@ tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *
         SK_ASSERT(r0 >= 0 && nq > 0 && r0 + nq <= N && nq <= ctx && ctx <= b->max_blocks * BS);
         for (int t = 0; t < nq; t++) {
             const int p = ctx - nq + t, blk = b->tables[(size_t)i * b->max_blocks + p / BS];
-            SK_ASSERT(b->pos[r0 + t] == p && blk >= 0 && blk < kv->n_blocks && b->slot[r0 + t] == blk * BS + p % BS);
+            SK_ASSERT(b->pos[r0 + t] == p && blk >= 0 && blk < kv->n_blocks &&
+                      (b->slot[r0 + t] == blk * BS + p % BS || (b->slot[r0 + t] == -1 && ctx == 1)));
         }
     }
     for (int i = 0; i < b->n_out; i++) SK_ASSERT(b->out_rows[i] >= 0 && b->out_rows[i] < N);
     arch_check_tokens(m, b->tokens, (size_t)N);
+    m->arch->infer_upload(m, b);
+}
+
+tensor model_infer_compute(model *m, const model_kv_cache *kv, const model_batch *b) {
     return m->arch->infer_batch(m, kv, b);
 }
+
+tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
+    model_infer_upload(m, kv, b);
+    return model_infer_compute(m, kv, b);
+}
+
+unsigned model_infer_epoch(const model *m) { return m->infer_epoch; }
 
 /* Spec i's place through its group's base (a parameter or gradient base pointer), as an f32
  * view of the spec's shape. */

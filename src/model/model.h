@@ -219,6 +219,8 @@ struct model {
     void *compute;         /* (n_params) bf16 copy of m->params the products read; NULL in f32 */
     bool compute_stale;    /* m->params changed since compute was cast from them */
     model_tp tp;           /* this rank's share of a split model (rank 0 of 1 otherwise) */
+    unsigned infer_epoch;  /* model_infer_epoch: bumped by the architectures when they
+                            * (re)allocate the inference workspace */
 };
 
 /* The key/value memory of one sequence (model_kv_create): keys and values of every layer for
@@ -243,7 +245,10 @@ typedef struct model_kv_cache {
  * is host memory the caller owns. The rows of one sequence are consecutive and in position
  * order, and sequence i's are the last seq[3i+1] positions of its first seq[3i+2]: its
  * queries see positions 0..ctx-1, the earlier ones already in the cache. Each token carries
- * its own position and slot: nothing is inferred from where it sits in the batch. */
+ * its own position and slot: nothing is inferred from where it sits in the batch. A row whose
+ * slot is -1 is padding (a batch rounded up to a recorded size): position 0, a sequence of its
+ * own with nq = ctx = 1 whose table starts with any valid block; its key and value are
+ * written nowhere and its output means nothing. */
 typedef struct model_batch {
     int n_tokens;            /* N */
     const int *tokens;       /* (N) ids */
@@ -271,7 +276,10 @@ struct model_arch {
      * max_tokens tokens from max_seqs sequences at positions below max_ctx (checked by the
      * caller); keeps what is larger already, dimension by dimension. */
     sk_status (*infer_prepare)(model *m, int max_tokens, int max_seqs, int max_ctx);
-    /* One forward of model_infer_batch (the batch checked by the caller). */
+    /* Copies b's arrays into the workspace (model_infer_upload; b checked by the caller). */
+    void (*infer_upload)(model *m, const model_batch *b);
+    /* One forward of model_infer_batch over the arrays uploaded, with b's sizes: device work
+     * on the default stream only (model_infer_compute). */
     tensor (*infer_batch)(model *m, const model_kv_cache *kv, const model_batch *b);
     void (*free_state)(model *m);
     /* Bytes train_prepare(B, T) allocates for activations and scratch (gradients excluded)
@@ -500,5 +508,17 @@ sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ct
  * logits are f32 either way. */
 dtype model_infer_dtype(const model *m);
 tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b);
+/* model_infer_batch in its two halves, for a caller that records the second as a graph and
+ * replays it (backend.h graph_begin): model_infer_upload checks b (as model_infer_batch does)
+ * and copies its arrays into m's workspace, waiting for them to land; model_infer_compute then
+ * issues the forward over them on the default stream, taking only b's sizes (n_tokens, n_seqs,
+ * max_blocks, n_out) from b: on a model that is not split, once a step of these sizes has run
+ * (backends grow some scratch on first use), it allocates nothing and never waits for the
+ * device, so its work can be recorded. The same sizes and the same workspace
+ * (model_infer_epoch unchanged) give the same device work, reading the uploaded arrays. */
+void model_infer_upload(model *m, const model_kv_cache *kv, const model_batch *b);
+tensor model_infer_compute(model *m, const model_kv_cache *kv, const model_batch *b);
+/* Changes whenever model_infer_prepare moves m's step workspace (a recorded step is then stale). */
+unsigned model_infer_epoch(const model *m);
 
 #endif

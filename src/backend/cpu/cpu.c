@@ -686,7 +686,8 @@ static void cpu_set_rows(backend *be, backend_stream *stream, tensor dst, tensor
     const float *x = tensor_f32(src);
 #pragma omp parallel for schedule(static) if ((size_t)N * D > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
-        SK_ASSERT(idx[i] >= 0 && idx[i] < R);
+        SK_ASSERT(idx[i] < R);
+        if (idx[i] < 0) continue;   /* a padding row */
         memcpy(d + (int64_t)idx[i] * dst.stride[0], x + (int64_t)i * src.stride[0], sizeof(float) * (size_t)D);
     }
 }

@@ -503,6 +503,33 @@ static void cuda_argmax_rows_op(backend *be, backend_stream *s, tensor ids, tens
     cuda_argmax_rows(stream_of(be, s), (int *)ids.data, (const float *)xp.p, ld, (int)x.shape[0], (int)x.shape[1]);
 }
 
+/* ---- graphs: stream capture (thread-local, so other threads' calls go on), instantiated
+ * once; a backend_graph is its cudaGraphExec_t ---- */
+
+static void cuda_graph_begin(backend *be, backend_stream *s) {
+    CUDA_CHECK(cudaStreamBeginCapture(stream_of(be, s), cudaStreamCaptureModeThreadLocal));
+}
+
+static backend_graph *cuda_graph_end(backend *be, backend_stream *s) {
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = cudaStreamEndCapture(stream_of(be, s), &g);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();   /* a failed capture leaves nothing behind */
+        sk_fail(SK_ESTATE, "cuda: recording a graph: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+    return (backend_graph *)exec;
+}
+
+static void cuda_graph_launch(backend *be, backend_graph *g, backend_stream *s) {
+    CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)g, stream_of(be, s)));
+}
+
+static void cuda_graph_free(backend *be, backend_graph *g) { CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)g)); }
+
 /* ---- creation ---- */
 
 static void cuda_destroy(backend *be) {
@@ -574,6 +601,10 @@ static const backend_ops cuda_ops = {
     .set_rows = cuda_set_rows_op,
     .paged_attention = cuda_paged_attention_op,
     .argmax_rows = cuda_argmax_rows_op,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_free = cuda_graph_free,
 };
 
 /* x->attn from SKEIN_CUDA_ATTN (cuda.h); false with a message for a value it does not know. */

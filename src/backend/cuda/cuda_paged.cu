@@ -54,7 +54,7 @@ __global__ void set_rows_kernel(T *dst, int64_t ldd, const T *src, int64_t lds, 
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < (int64_t)n * D;
          e += (int64_t)gridDim.x * blockDim.x) {
         const int64_t i = e / D, d = e % D;
-        dst[(int64_t)idx[i] * ldd + d] = src[i * lds + d];
+        if (idx[i] >= 0) dst[(int64_t)idx[i] * ldd + d] = src[i * lds + d];   /* < 0: a padding row */
     }
 }
 
