@@ -2,8 +2,8 @@
  *
  * Layout: spec i lies at offset[i] bytes of one device allocation, in plan order, each
  * DEVW_ALIGN-aligned (cuBLASLt and the vector kernels read 16-byte units). The upload walks
- * the specs in that order, cutting each into chunks of at most DEVW_STAGE_BYTES of the
- * destination dtype. */
+ * the specs in that order, cutting each into chunks of at most DEVW_CHUNK_ELEMS elements (a
+ * staging buffer holds one in f32, the widest destination dtype). */
 #include "model/devw.h"
 
 #include <pthread.h>

@@ -190,8 +190,8 @@ size_t model_train_bytes(const model *m, int B, int T) {
 
 sk_status model_train_prepare(model *m, int B, int T) {
     if (model_is_inference(m))
-        return sk_fail(SK_ESTATE, "%s: the model was opened for inference over mapped or device-copied weights; "
-                       "training needs the f32 copy of model_load", m->weights ? wts_path(m->weights) : "random weights");
+        return sk_fail(SK_ESTATE, "%s: the model was opened for inference over mapped weights (or their device "
+                       "copy); training needs the f32 copy of model_load", m->weights ? wts_path(m->weights) : "random weights");
     if (!m->grads && !m->grads_external) {
         m->grads = backend_alloc(m->be, m->n_params * sizeof(float));
         if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
