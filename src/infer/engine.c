@@ -5,8 +5,10 @@
  * every item's last row asks for logits; one model_infer_batch; one download: the (R,V)
  * logits, or, when every row that samples is plain greedy and the backend has argmax_rows,
  * only the R chosen ids (the GPU keeps the logits); sched_advance commits the computed
- * blocks; sequences whose every known token is now computed sample their next token. The batch arrays and the host logits are planned in
- * engine_create for max_batch_tokens rows and max_seqs sequences, so a step allocates nothing.
+ * blocks; sequences whose every known token is now computed sample their next token. The
+ * batch arrays and the host logits are planned in engine_create for max_batch_tokens rows and
+ * max_seqs sequences, so a step allocates nothing (a decode step replayed as a graph runs over
+ * the same arrays, padded: engine_forward).
  *
  * Invariants: live holds every request not yet reported finished, in arrival order; a
  * request's sched_seq is its first member, so a scheduler item leads back to its request;
