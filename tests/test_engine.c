@@ -15,7 +15,8 @@
  *   - the paged ops (set_rows, paged_attention) against a double-precision reference over
  *     the same cache, in the cache dtype a device runs (bf16 on CUDA: its decode kernel with
  *     and without splits over long contexts, grouped heads, windows, and its general kernel
- *     for prefill chunks), and argmax_rows' first maximum;
+ *     for prefill chunks), argmax_rows' first maximum, and (where a backend has it)
+ *     sample_rows against a sort-based reference and its draws' frequencies;
  *   - on a device with bf16 inference: the engine's greedy tokens equal the CPU engine's over
  *     the same bf16 weights, and a request inside a busy batch of 64 the tokens it gets
  *     alone, each up to the first step whose top-2 log-probability margin is below
@@ -721,6 +722,96 @@ TEST(argmax_rows_finds_the_first_maximum) {
     backend_mem_free(be, dx);
     backend_mem_free(be, dids);
     free(x);
+}
+
+/* backend_sample_row's draw by its definition, the kept set found by sorting: row(V). */
+static int sample_row_reference(const float *row, int V, const backend_sample_row *o) {
+    int best = 0;
+    for (int c = 1; c < V; c++)
+        if (row[c] > row[best]) best = c;
+    if (o->temperature <= 0) return best;
+    const float mx = row[best], T = o->temperature;
+    float *sorted = malloc(sizeof(float) * (size_t)V);
+    int n = 0;   /* min-p, then the top-k of what is left (values descending), then top-p */
+    for (int c = 0; c < V; c++)
+        if (o->min_p <= 0 || (row[c] - mx) / T >= logf(o->min_p)) sorted[n++] = row[c];
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && sorted[j] > sorted[j - 1]; j--) {
+            const float t = sorted[j];
+            sorted[j] = sorted[j - 1], sorted[j - 1] = t;
+        }
+    if (o->top_k > 0 && o->top_k < n) n = o->top_k;
+    double total = 0, kept = 0;
+    for (int i = 0; i < n; i++) total += exp((sorted[i] - mx) / T);
+    int m = 0;
+    while (m < n && (m == 0 || kept < o->top_p * total)) kept += exp((sorted[m++] - mx) / T);
+    const float t = sorted[m - 1];
+    free(sorted);
+    double bv = -INFINITY;
+    for (int c = 0; c < V; c++)
+        if (row[c] >= t) {
+            const double g = (row[c] - mx) / T - log(-log(backend_sample_uniform(o->seed, o->counter, (uint32_t)c)));
+            if (g > bv) bv = g, best = c;
+        }
+    return best;
+}
+
+/* sample_rows against sample_row_reference on random rows under each kind of option, and the
+ * frequencies of many draws from one row against its restricted softmax. */
+TEST(sample_rows_draws_from_the_restricted_softmax) {
+    backend *be = test_device();
+    if (!be->ops->sample_rows) SKIP("the %s backend has no sample_rows (the engine samples on the host)", be->name);
+    enum { R = 64, V = 1000, LD = 1008, N = 20000, V6 = 6 };
+    float *x = malloc(sizeof(float) * R * LD);
+    backend_sample_row o[R];
+    rng r;
+    rng_seed(&r, 11);
+    const float temps[3] = {0.0f, 0.7f, 1.3f}, tops_p[3] = {1.0f, 0.9f, 0.5f}, min_ps[2] = {0.0f, 0.05f};
+    const int tops_k[4] = {0, 1, 5, 50};
+    for (int i = 0; i < R; i++) {
+        for (int c = 0; c < LD; c++) x[i * LD + c] = 3.0f * rng_normal(&r);
+        o[i] = (backend_sample_row){temps[i % 3], min_ps[i / 3 % 2], tops_p[i / 6 % 3], tops_k[i / 18 % 4],
+                                    1000 + (uint64_t)i, (uint64_t)i * 7};
+    }
+    float *dx = backend_alloc(be, sizeof(float) * R * LD);
+    int *dids = backend_alloc(be, sizeof(int) * N), ids[R];
+    backend_sample_row *dopt = backend_alloc(be, sizeof(backend_sample_row) * N);
+    backend_upload(be, dx, x, sizeof(float) * R * LD);
+    backend_upload(be, dopt, o, sizeof o);
+    be->ops->sample_rows(be, NULL, tensor_1d(dids, DT_I32, R), tensor_2d_ld(dx, DT_F32, R, V, LD), dopt);
+    backend_download(be, ids, dids, sizeof ids);
+    int differ = 0;
+    for (int i = 0; i < R; i++)
+        if (ids[i] != sample_row_reference(x + i * LD, V, &o[i])) differ++;
+    printf("  %d of %d rows drew another token than the reference\n", differ, R);
+    CHECK(differ <= 1);   /* a threshold that float sums place on the other side of a value */
+    /* one row of 6, top-4 at temperature 1, drawn N times (counters 0..N-1): frequencies */
+    const float six[V6] = {1.0f, 0.5f, 0.0f, -0.5f, 2.0f, -3.0f};
+    float *rows = malloc(sizeof(float) * N * V6);
+    backend_sample_row *opts = malloc(sizeof(backend_sample_row) * N);
+    int *got = malloc(sizeof(int) * N), count[V6] = {0};
+    for (int i = 0; i < N; i++) {
+        memcpy(rows + i * V6, six, sizeof six);
+        opts[i] = (backend_sample_row){1.0f, 0.0f, 1.0f, 4, 77, (uint64_t)i};
+    }
+    float *drows = backend_alloc(be, sizeof(float) * N * V6);
+    backend_upload(be, drows, rows, sizeof(float) * N * V6);
+    backend_upload(be, dopt, opts, sizeof(backend_sample_row) * N);
+    be->ops->sample_rows(be, NULL, tensor_1d(dids, DT_I32, N), tensor_2d(drows, DT_F32, N, V6), dopt);
+    backend_download(be, got, dids, sizeof(int) * N);
+    for (int i = 0; i < N; i++) count[got[i]]++;
+    double z = 0;
+    for (int c = 0; c < V6; c++) z += c == 3 || c == 5 ? 0 : exp(six[c]);
+    for (int c = 0; c < V6; c++) {
+        const double want = c == 3 || c == 5 ? 0 : exp(six[c]) / z;
+        printf("  token %d: %.4f drawn, %.4f expected\n", c, (double)count[c] / N, want);
+        CHECK_NEAR((double)count[c] / N, want, 0.015);   /* 5 standard errors at N = 20000 */
+    }
+    backend_mem_free(be, dx);
+    backend_mem_free(be, drows);
+    backend_mem_free(be, dids);
+    backend_mem_free(be, dopt);
+    free(x), free(rows), free(opts), free(got);
 }
 
 /* Greedy with the top two log-probabilities (their gap tells a near-tie). */

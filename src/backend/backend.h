@@ -80,6 +80,20 @@ typedef struct backend_adamw_hp {
     int t;             /* the 1-based step (bias corrections) */
 } backend_adamw_hp;
 
+/* One row of sample_rows. temperature <= 0: the row's first maximum (argmax_rows). Else the
+ * softmax of x / temperature restricted to the tokens of probability at least min_p times
+ * the largest (min_p 0: off), then to the top_k largest (0: all), then to the smallest set of
+ * the largest whose probability reaches top_p of what is left (1: all), as sample.h
+ * restricts it (ties at a boundary may fall either way); one token is drawn by the Gumbel-max
+ * trick: the kept token i with the largest x_i / temperature - log(-log(u_i)), u_i =
+ * backend_sample_uniform(seed, counter, i) (an exact draw from the restricted softmax, the
+ * same for a (seed, counter) whatever else is sampled). */
+typedef struct backend_sample_row {
+    float temperature, min_p, top_p;
+    int top_k;
+    uint64_t seed, counter;   /* a request's seed; counter: the index of the token drawn */
+} backend_sample_row;
+
 typedef struct backend_ops {
     /* ---- memory and time ---- */
     /* bytes of memory of kind `where` (MEM_DEVICE or MEM_PINNED), zeroed; NULL + sk_fail on
@@ -308,6 +322,11 @@ typedef struct backend_ops {
      * rows, any row stride), the first one among equals (sampler.h's greedy choice). */
     void (*argmax_rows)(backend *be, backend_stream *s, tensor ids, tensor x);
 
+    /* Optional (the engine samples on the host without it): ids(R) (i32, backend memory)
+     * writes one token drawn from each row of x(R,V) (f32, contiguous rows, any row stride)
+     * under opts(R) (backend memory): backend_sample_row's distribution and draw. */
+    void (*sample_rows)(backend *be, backend_stream *s, tensor ids, tensor x, const backend_sample_row *opts);
+
     /* ---- graphs; optional (all four or none): a caller without them issues the work each time ----
      * graph_begin starts recording the work issued to stream s by this thread: from then until
      * graph_end, ops on s are recorded, not run, and must neither allocate nor wait for the host
@@ -345,6 +364,25 @@ static inline SK_HOST_DEVICE bool dropout_keep(uint64_t seed, uint64_t i, float 
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
     return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+/* The uniform in (0,1) of sample_rows' token i for (seed, counter): the first word of
+ * Philox4x32-10 (Salmon et al. 2011) keyed by seed at counter (i, 0, counter), its top 24 bits
+ * plus one half over 2^24. */
+static inline SK_HOST_DEVICE float backend_sample_uniform(uint64_t seed, uint64_t counter, uint32_t i) {
+    uint32_t c0 = i, c1 = 0, c2 = (uint32_t)counter, c3 = (uint32_t)(counter >> 32);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < 10; r++) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c1 = (uint32_t)p1;
+        c3 = (uint32_t)p0;
+        c0 = n0;
+        c2 = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return ((float)(c0 >> 8) + 0.5f) * (1.0f / 16777216.0f);
 }
 
 /* ---- Memory and time, for callers (checked wrappers over the table) ----

@@ -3,10 +3,10 @@
  * A step: sched_schedule picks (sequence, chunk) items; each item's tokens become rows of one
  * flat batch with their own positions and slots (slot = table[pos / BS] * BS + pos % BS),
  * every item's last row asks for logits; one model_infer_batch; one download: the (R,V)
- * logits, or, when every row that samples is plain greedy and the backend has argmax_rows,
- * only the R chosen ids (the GPU keeps the logits); sched_advance commits the computed
- * blocks; sequences whose every known token is now computed sample their next token. The
- * batch arrays and the host logits are planned in engine_create for max_batch_tokens rows and
+ * logits, or, when every row that samples needs only its logits (engine_choose), the R ids
+ * the device chose (argmax_rows, sample_rows; the GPU keeps the logits); sched_advance
+ * commits the computed blocks; sequences whose every known token is now computed sample their
+ * next token. The batch arrays and the host logits are planned in engine_create for max_batch_tokens rows and
  * max_seqs sequences, so a step allocates nothing (a decode step replayed as a graph runs over
  * the same arrays, padded: engine_forward).
  *
@@ -61,6 +61,8 @@ struct engine {
     float *logits;           /* (max_seqs, V) host */
     int *ids_dev;            /* (max_seqs) backend memory: argmax_rows' answer (NULL without the op) */
     int *ids;                /* (max_seqs) host: its copy */
+    backend_sample_row *rows_dev;   /* (max_seqs) backend memory: sample_rows' options (NULL: host sampling) */
+    backend_sample_row *rows;       /* (max_seqs) host: filled each step that samples on the device */
     engine_output *outs;     /* (max_seqs + cap_live) */
     /* decode steps as graphs (engine.h), by size index of engine_graph_sizes */
     bool graphs;             /* the backend records them and o.eager is off */
@@ -151,7 +153,9 @@ void engine_free(engine *e) {
     mem_free(e->out_rows);
     mem_free(e->logits);
     if (e->ids_dev) backend_mem_free(e->m->be, e->ids_dev);
+    if (e->rows_dev) backend_mem_free(e->m->be, e->rows_dev);
     mem_free(e->ids);
+    mem_free(e->rows);
     mem_free(e->outs);
     mem_free(e);
 }
@@ -205,6 +209,13 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
     e->logits = mem_alloc(sizeof(float) * S * (size_t)c->vocab_size);
     e->ids = mem_alloc(sizeof(int) * S);
     if (m->be->ops->argmax_rows && !(e->ids_dev = backend_alloc(m->be, sizeof(int) * S))) {
+        st = SK_ENOMEM;
+        goto err;
+    }
+    /* a device samples for itself (the CPU keeps each request's own generator: sample.h) */
+    if (m->be->ops->sample_rows && e->ids_dev && !m->be->host_memory &&
+        (!(e->rows = mem_calloc(sizeof(backend_sample_row) * S)) ||
+         !(e->rows_dev = backend_alloc(m->be, sizeof(backend_sample_row) * S)))) {
         st = SK_ENOMEM;
         goto err;
     }
@@ -397,17 +408,49 @@ static tensor engine_forward(engine *e, const model_kv_cache *cache, const model
     return lg;
 }
 
-/* Whether request r's next token is the first maximum of its logits row as given (greedy, no
- * penalties, no log-probabilities): what argmax_rows finds on the device, with the same
- * answer sampler_next would give (greedy draws nothing from the generator). */
-static bool engine_plain_greedy(const engine_req *r) {
+/* Whether request r's next token needs nothing but its logits row as given (no penalties,
+ * no log-probabilities), so the device can choose it: sample_rows draws it, and argmax_rows
+ * finds it when it is greedy too (engine_plain_greedy), with the answer sampler_next would
+ * give (greedy draws nothing from the generator). */
+static bool engine_plain(const engine_req *r) {
     const sample_opts *o = &r->p.sample;
-    return o->temperature <= 0 && (o->repetition_penalty == 0 || o->repetition_penalty == 1) &&
-           o->presence_penalty == 0 && o->frequency_penalty == 0 && !r->p.logprobs && r->p.n_logprobs == 0;
+    return (o->repetition_penalty == 0 || o->repetition_penalty == 1) && o->presence_penalty == 0 &&
+           o->frequency_penalty == 0 && !r->p.logprobs && r->p.n_logprobs == 0;
+}
+static bool engine_plain_greedy(const engine_req *r) { return engine_plain(r) && r->p.sample.temperature <= 0; }
+
+/* How the step's tokens are chosen: on the host from the downloaded logits rows, or on the
+ * device (only the ids come back) by argmax_rows (every row that samples is plain greedy) or
+ * by sample_rows (every one is plain and the engine has the device's options). Rows of
+ * prefill chunks that sample nothing do not count. */
+typedef enum engine_choice { CHOOSE_HOST, CHOOSE_ARGMAX, CHOOSE_DRAW } engine_choice;
+
+static engine_choice engine_choose(const engine *e) {
+    bool greedy = e->ids_dev != NULL, plain = e->rows_dev != NULL;
+    for (int i = 0; i < e->s.n_items && (greedy || plain); i++) {
+        const engine_req *r = (const engine_req *)e->s.items[i].seq;
+        if (e->s.items[i].seq->n_computed + e->s.items[i].n < r->seq.n_tokens) continue;   /* more to come */
+        greedy = greedy && engine_plain_greedy(r);
+        plain = plain && engine_plain(r);
+    }
+    return greedy ? CHOOSE_ARGMAX : plain ? CHOOSE_DRAW : CHOOSE_HOST;
 }
 
-/* Request r's next token: sampled from its logits row, or, with logits NULL, `chosen` (its
- * row's argmax, engine_plain_greedy); returns its output. */
+/* Fills and uploads sample_rows' options for the R rows of the step's logits: item i's
+ * request draws its token number n_gen with its seed; other rows take the argmax. */
+static void engine_rows_upload(engine *e, int R) {
+    memset(e->rows, 0, sizeof(backend_sample_row) * (size_t)R);
+    for (int i = 0; i < e->s.n_items; i++) {
+        const engine_req *r = (const engine_req *)e->s.items[i].seq;
+        const sample_opts *o = &r->p.sample;
+        e->rows[i] = (backend_sample_row){o->temperature, o->min_p, o->top_p > 0 ? o->top_p : 1.0f, o->top_k,
+                                          r->p.seed, (uint64_t)r->n_gen};
+    }
+    backend_upload(e->m->be, e->rows_dev, e->rows, sizeof(backend_sample_row) * (size_t)R);
+}
+
+/* Request r's next token: sampled from its logits row, or, with logits NULL, `chosen` (the
+ * device's choice: engine_choose); returns its output. */
 static engine_output engine_sample(engine *e, engine_req *r, float *logits, int chosen) {
     engine_output o = {.id = r->id, .token = -1};
     const bool lp = r->p.logprobs || r->p.n_logprobs > 0;
@@ -445,16 +488,17 @@ sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
     }
     tensor lg = engine_forward(e, &cache, &b);
     SK_TRY(model_step_status(e->m));
-    /* only the chosen ids come back when every row that samples is plain greedy */
-    bool ids_only = e->ids_dev != NULL;
-    for (int i = 0; i < e->s.n_items && ids_only; i++) {
-        const engine_req *r = (const engine_req *)e->s.items[i].seq;
-        ids_only = e->s.items[i].seq->n_computed + e->s.items[i].n < r->seq.n_tokens || engine_plain_greedy(r);
-    }
+    const engine_choice how = engine_choose(e);
+    const bool ids_only = how != CHOOSE_HOST;
     backend *be = e->m->be;
     if (ids_only) {
         tensor ids = tensor_1d(e->ids_dev, DT_I32, lg.shape[0]);
-        be->ops->argmax_rows(be, NULL, ids, lg);
+        if (how == CHOOSE_ARGMAX) {
+            be->ops->argmax_rows(be, NULL, ids, lg);
+        } else {
+            engine_rows_upload(e, (int)lg.shape[0]);
+            be->ops->sample_rows(be, NULL, ids, lg, e->rows_dev);
+        }
         backend_download(be, e->ids, e->ids_dev, tensor_bytes(ids));
     } else {
         backend_download(be, e->logits, lg.data, tensor_bytes(lg));

@@ -23,8 +23,10 @@
  * ones, and every step with opts.eager run as issued.
  *
  * Requests are admitted first come, first served. Each keeps its own generator (seeded by
- * its params), so its samples do not depend on what else is in the batch; greedy requests
- * give the same tokens alone or in any batch (a row's arithmetic does not depend on the other
+ * its params), so its samples do not depend on what else is in the batch (on a device, a
+ * request without penalties or log-probabilities is drawn there instead, from Philox keyed by
+ * its seed and token index: backend_sample_row; as reproducible, though not the CPU's
+ * draws); greedy requests give the same tokens alone or in any batch (a row's arithmetic does not depend on the other
  * rows' values; on the CPU the products of one row, of 2..8 and of more take different
  * kernels, which differ only by rounding). A request is finished by a stop id (the id is not output), max_tokens, the
  * context (max_ctx), or engine_cancel; its blocks are freed at once, and its id is not used

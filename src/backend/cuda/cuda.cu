@@ -503,6 +503,14 @@ static void cuda_argmax_rows_op(backend *be, backend_stream *s, tensor ids, tens
     cuda_argmax_rows(stream_of(be, s), (int *)ids.data, (const float *)xp.p, ld, (int)x.shape[0], (int)x.shape[1]);
 }
 
+static void cuda_sample_rows_op(backend *be, backend_stream *s, tensor ids, tensor x, const backend_sample_row *opts) {
+    int64_t ld;
+    SK_ASSERT(x.dt == DT_F32 && ids.dt == DT_I32 && ids.ndim == 1 && ids.shape[0] == x.shape[0] &&
+              tensor_is_contiguous(ids));
+    const cuda_lp xp = rows2(x, &ld);
+    cuda_sample_rows(stream_of(be, s), (int *)ids.data, (const float *)xp.p, ld, (int)x.shape[0], (int)x.shape[1], opts);
+}
+
 /* ---- graphs: stream capture (thread-local, so other threads' calls go on), instantiated
  * once; a backend_graph is its cudaGraphExec_t ---- */
 
@@ -601,6 +609,7 @@ static const backend_ops cuda_ops = {
     .set_rows = cuda_set_rows_op,
     .paged_attention = cuda_paged_attention_op,
     .argmax_rows = cuda_argmax_rows_op,
+    .sample_rows = cuda_sample_rows_op,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
     .graph_launch = cuda_graph_launch,

@@ -254,5 +254,8 @@ void cuda_paged_attention(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_
 size_t cuda_paged_ws_floats(int n_sm);
 /* ids[r] = the first column of the largest value of row r of x(R,V) (row stride ld). */
 void cuda_argmax_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V);
+/* ids[r] = backend_sample_row's draw from row r of x(R,V) under opts[r] (device memory). */
+void cuda_sample_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V,
+                      const backend_sample_row *opts);
 
 #endif

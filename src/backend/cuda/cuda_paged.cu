@@ -1,7 +1,8 @@
-/* cuda_paged: the engine's ops on the GPU (backend.h set_rows, paged_attention, argmax_rows):
- * writing new keys and values into their slots of the block pool, grouped-query attention of a
- * ragged batch of sequences whose keys and values are reached through block tables, and the
- * greedy choice of each logits row. Arrays are f32 or bf16 (the cache's dtype); every kernel
+/* cuda_paged: the engine's ops on the GPU (backend.h set_rows, paged_attention, argmax_rows,
+ * sample_rows): writing new keys and values into their slots of the block pool, grouped-query
+ * attention of a ragged batch of sequences whose keys and values are reached through block
+ * tables, and the choice of each logits row's token (greedy, or drawn: the restricting
+ * thresholds of top-k and top-p bisected over the row's values, so nothing is sorted). Arrays are f32 or bf16 (the cache's dtype); every kernel
  * computes in f32 and rounds a bf16 output once.
  *
  * paged_attention runs two kernels over the batch:
@@ -309,50 +310,131 @@ void cuda_paged_attention(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_
                      ldv, seqs, tables, S, MB, BS, NH, NKV, HS, W);
 }
 
-/* ---- argmax_rows ---- */
+/* ---- argmax_rows and sample_rows: one block of ARGMAX_THREADS per row ---- */
 
-/* One block per row: each thread the first maximum of its strided columns, then the block's
- * first maximum (larger value, or equal value and smaller column). */
-__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows_kernel(int *ids, const float *x, int64_t ld, int V) {
+/* The better of two (score, column) candidates: the larger score, the smaller column among
+ * equals; column V stands for none. */
+static __device__ __forceinline__ void pick_better(float &bv, int &bi, float ov, int oi, int V) {
+    if (oi < V && (bi == V || ov > bv || (ov == bv && oi < bi))) {
+        bv = ov;
+        bi = oi;
+    }
+}
+
+/* The block's best candidate (pick_better), returned to every thread. */
+static __device__ int block_best(float bv, int bi, int V) {
     __shared__ float sv[ARGMAX_THREADS / 32];
     __shared__ int si[ARGMAX_THREADS / 32];
-    const float *row = x + (int64_t)blockIdx.x * ld;
-    float bv = -INFINITY;
-    int bi = V;   /* no column yet: loses every comparison with a real one */
-    for (int c = threadIdx.x; c < V; c += blockDim.x) {
-        const float v = row[c];
-        if (bi == V || v > bv) {   /* columns rise: the first maximum stays */
-            bv = v;
-            bi = c;
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(PAGED_FULL, bv, o);
-        const int oi = __shfl_xor_sync(PAGED_FULL, bi, o);
-        if (oi < V && (bi == V || ov > bv || (ov == bv && oi < bi))) {
-            bv = ov;
-            bi = oi;
-        }
-    }
+    for (int o = 16; o > 0; o >>= 1)
+        pick_better(bv, bi, __shfl_xor_sync(PAGED_FULL, bv, o), __shfl_xor_sync(PAGED_FULL, bi, o), V);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();   /* an earlier call's readers are done */
     if (lane == 0) {
         sv[warp] = bv;
         si[warp] = bi;
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < ARGMAX_THREADS / 32; w++)
-            if (si[w] < V && (bi == V || sv[w] > bv || (sv[w] == bv && si[w] < bi))) {
-                bv = sv[w];
-                bi = si[w];
-            }
-        ids[blockIdx.x] = bi < V ? bi : 0;
+    bv = sv[0];
+    bi = si[0];
+    for (int w = 1; w < ARGMAX_THREADS / 32; w++) pick_better(bv, bi, sv[w], si[w], V);
+    return bi;
+}
+
+/* The block's sum (or maximum) of v, returned to every thread, in a fixed order. */
+static __device__ float block_sum(float v, bool max) {
+    __shared__ float part[ARGMAX_THREADS / 32];
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(PAGED_FULL, v, o);
+        v = max ? fmaxf(v, w) : v + w;
     }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = part[0];
+    for (int w = 1; w < ARGMAX_THREADS / 32; w++) v = max ? fmaxf(v, part[w]) : v + part[w];
+    return v;
+}
+
+/* The first maximum of row(V). */
+static __device__ int row_argmax(const float *row, int V) {
+    float bv = -INFINITY;
+    int bi = V;
+    for (int c = threadIdx.x; c < V; c += blockDim.x) pick_better(bv, bi, row[c], c, V);
+    return block_best(bv, bi, V);
+}
+
+__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows_kernel(int *ids, const float *x, int64_t ld, int V) {
+    const int best = row_argmax(x + (int64_t)blockIdx.x * ld, V);
+    if (threadIdx.x == 0) ids[blockIdx.x] = best < V ? best : 0;
 }
 
 void cuda_argmax_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V) {
     if (R == 0) return;
     SK_ASSERT(V > 0);
     argmax_rows_kernel<<<(unsigned)R, ARGMAX_THREADS, 0, s>>>(ids, x, ld, V);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* Bisections of a threshold over the row's values (sample_rows' top-k and top-p). */
+#define SAMPLE_BISECT 40
+
+/* Tokens of row(V) at or above t (count) or their weight exp((x - mx) / T) (mass). */
+static __device__ float row_above(const float *row, int V, float t, bool mass, float mx, float T) {
+    float acc = 0.0f;
+    for (int c = threadIdx.x; c < V; c += blockDim.x)
+        if (row[c] >= t) acc += mass ? expf((row[c] - mx) / T) : 1.0f;
+    return block_sum(acc, false);
+}
+
+/* The largest threshold in [lo, hi] (bisected) that keeps at least `want` (count or mass). */
+static __device__ float row_threshold(const float *row, int V, float lo, float hi, float want, bool mass, float mx,
+                                      float T) {
+    for (int k = 0; k < SAMPLE_BISECT; k++) {
+        const float mid = 0.5f * (lo + hi);
+        if (mid <= lo || mid >= hi) break;   /* adjacent floats */
+        if (row_above(row, V, mid, mass, mx, T) >= want) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* backend_sample_row's draw for row blockIdx.x. */
+__global__ void __launch_bounds__(ARGMAX_THREADS)
+sample_rows_kernel(int *ids, const float *x, int64_t ld, int V, const backend_sample_row *opts) {
+    const float *row = x + (int64_t)blockIdx.x * ld;
+    const backend_sample_row o = opts[blockIdx.x];
+    int best;
+    if (o.temperature <= 0) {
+        best = row_argmax(row, V);
+    } else {
+        const float T = o.temperature;
+        float mx = -INFINITY, mn = INFINITY;
+        for (int c = threadIdx.x; c < V; c += blockDim.x) mx = fmaxf(mx, row[c]), mn = fminf(mn, row[c]);
+        mx = block_sum(mx, true);
+        mn = -block_sum(-mn, true);
+        float t = mn;
+        if (o.min_p > 0) t = fmaxf(t, mx + T * logf(o.min_p));
+        if (o.top_k > 0 && o.top_k < V) t = fmaxf(t, row_threshold(row, V, t, mx, (float)o.top_k, false, mx, T));
+        if (o.top_p < 1) {
+            const float total = row_above(row, V, t, true, mx, T);
+            t = row_threshold(row, V, t, mx, o.top_p * total, true, mx, T);
+        }
+        float bv = -INFINITY;
+        int bi = V;
+        for (int c = threadIdx.x; c < V; c += blockDim.x)
+            if (row[c] >= t) {
+                const float u = backend_sample_uniform(o.seed, o.counter, (uint32_t)c);
+                pick_better(bv, bi, (row[c] - mx) / T - logf(-logf(u)), c, V);
+            }
+        best = block_best(bv, bi, V);
+    }
+    if (threadIdx.x == 0) ids[blockIdx.x] = best < V ? best : 0;
+}
+
+void cuda_sample_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V,
+                      const backend_sample_row *opts) {
+    if (R == 0) return;
+    SK_ASSERT(V > 0);
+    sample_rows_kernel<<<(unsigned)R, ARGMAX_THREADS, 0, s>>>(ids, x, ld, V, opts);
     CUDA_CHECK_LAUNCH();
 }
