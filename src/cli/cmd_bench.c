@@ -271,18 +271,21 @@ done:
 /* ---- inference: the engine at many requests (throughput) and at one (latency) ---- */
 
 /* The model of --model DIR (mapped; split over the ranks of c when c is not NULL: --tp) or
- * --preset NAME (random f32 weights, seed 1). */
+ * --preset NAME (random weights, seed 1: model_open_random, bf16 on a device). */
 static sk_status bench_open(const char *dir, const char *preset, backend *be, comm *c, model **m) {
     if (!dir == !preset) return sk_fail(SK_EARG, "bench: give exactly one of --model and --preset");
     if (dir) return model_open_split(dir, be, c, m);
     model_config cfg;
     SK_TRY(model_preset(preset, 0, &cfg));
-    SK_TRY(model_create(&cfg, be, m));
-    model_init_weights(*m, 1);
-    return SK_OK;
+    return model_open_random(&cfg, be, 1, m);
 }
 
-/* Engine options from the flags, for requests of I + O tokens. */
+/* Without --kv-memory, a device's pool holds at most this fraction of its free memory. */
+#define BENCH_KV_DEVICE_FRACTION "0.9"
+
+/* Engine options from the flags, for requests of I + O tokens. Without --kv-memory the pool
+ * has room for every running sequence (none is preempted), on a device within
+ * BENCH_KV_DEVICE_FRACTION of the memory the model left free. */
 static sk_status bench_engine(model *m, const char *kv_memory, long max_seqs, long max_batch, long I, long O,
                               engine **e) {
     engine_opts o = engine_opts_default();
@@ -290,7 +293,22 @@ static sk_status bench_engine(model *m, const char *kv_memory, long max_seqs, lo
     o.max_batch_tokens = (int)max_batch;
     o.max_ctx = (int)(I + O);
     if (kv_memory) SK_TRY(kv_budget(m->be, kv_memory, &o.kv_bytes));
+    if (!kv_memory && !m->be->host_memory) {
+        const size_t bs = KV_BLOCK_SIZE, need = (size_t)max_seqs * (((size_t)(I + O) + bs - 1) / bs) * kv_block_bytes(m, bs);
+        SK_TRY(kv_budget(m->be, BENCH_KV_DEVICE_FRACTION, &o.kv_bytes));
+        if (o.kv_bytes > need) o.kv_bytes = need;
+    }
     return engine_create(m, &o, e);
+}
+
+/* --max-seqs and --max-batch-tokens left at 0: the defaults of the device (a GPU wants large
+ * batches: BENCH_DEVICE_SEQS and BENCH_DEVICE_BATCH) or of the CPU (cpu_seqs, 512). */
+#define BENCH_DEVICE_SEQS 512
+#define BENCH_DEVICE_BATCH 8192
+static void bench_defaults(const char *device, long cpu_seqs, long *max_seqs, long *max_batch) {
+    const bool cpu = !strcmp(device, "cpu");
+    if (*max_seqs == 0) *max_seqs = cpu ? cpu_seqs : BENCH_DEVICE_SEQS;
+    if (*max_batch == 0) *max_batch = cpu ? 512 : BENCH_DEVICE_BATCH;
 }
 
 /* Adds prompt i of exactly I random ids (seed 1000 + i), O greedy tokens, no stop ids. */
@@ -313,7 +331,7 @@ static sk_status bench_add(engine *e, const model *m, int *prompt, long I, long 
     {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false}, \
     {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
     {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
-    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512)", false, false}, \
+    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512; 8192 on a GPU)", false, false}, \
     {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false}, \
     {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a collective waiting longer fails (default 300)", false, false}
 
@@ -366,14 +384,15 @@ static sk_status bench_print_ranks(model *m) {
 
 static int bench_throughput(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
-    long I = 128, O = 128, N = 64, max_seqs = 64, max_batch = 512, tp = 1;
+    long I = 128, O = 128, N = 64, max_seqs = 0, max_batch = 0, tp = 1;
     double comm_timeout = 300;
     arg_spec specs[] = {
-        BENCH_INFER_FLAGS("64"),
+        BENCH_INFER_FLAGS("64; 512 on a GPU"),
         {"--num-prompts", ARG_INT, &N, "N", "requests, all queued at the start (default 64)", false, false},
     };
     sk_status st = args_parse("skein bench throughput", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
+    bench_defaults(device, 64, &max_seqs, &max_batch);
     if (I <= 0 || O <= 0 || N <= 0 || N > 1000000 || max_seqs <= 0 || max_batch <= 0)
         return cli_fail(sk_fail(SK_EARG, "bench throughput: --input-len, --output-len, --num-prompts (at most 10^6), "
                                          "--max-seqs and --max-batch-tokens must be positive"));
@@ -428,7 +447,7 @@ static int bench_throughput(int argc, char **argv) {
 
 static int bench_latency(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
-    long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 512, tp = 1;
+    long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 0, tp = 1;
     double comm_timeout = 300, decode_s = 0, decode_comm_s = 0;
     arg_spec specs[] = {
         BENCH_INFER_FLAGS("1"),
@@ -436,6 +455,7 @@ static int bench_latency(int argc, char **argv) {
     };
     sk_status st = args_parse("skein bench latency", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
+    bench_defaults(device, 1, &max_seqs, &max_batch);
     if (I <= 0 || O <= 1 || iters <= 0 || iters > 1000 || max_seqs <= 0 || max_batch < I)
         return cli_fail(sk_fail(SK_EARG, "bench latency: --input-len, --iters (at most 1000) must be positive, "
                                          "--output-len at least 2, --max-batch-tokens at least --input-len"));
