@@ -381,6 +381,9 @@ sk_status model_save(const model *m, const char *dir);
  * most max_shard_bytes (a larger tensor gets a shard of its own). */
 #define MODEL_SHARD_BYTES ((size_t)5000000000)   /* the Hub's customary "5GB" */
 sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes);
+/* model_save of m's specs with their values taken from params (n_params floats of HOST memory,
+ * e.g. ZeRO's gathered copy) instead of the backend's m->params. */
+sk_status model_save_host(const model *m, const float *params, const char *dir);
 
 /* Writes a random-initialized model folder for cfg (config.json + weights in dt, sharded as
  * model_save_as) without creating the model: each tensor is generated in pieces of a few MB

@@ -467,16 +467,26 @@ static sk_status specs_to_entries(const model_config *cfg, const model_param *sp
     return SK_OK;
 }
 
-sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes) {
+/* tensor_source over host copies of a model's parameters. */
+typedef struct host_params {
+    const model *m;
+    const float *params;
+} host_params;
+
+static void host_source(void *ctx, int i, size_t start, size_t n, float *out) {
+    const host_params *h = ctx;
+    memcpy(out, h->params + h->m->specs[i].offset + start, n * sizeof(float));
+}
+
+/* Writes m's specs from src(ctx) into dir in dtype dt, then the config saying dt. */
+static sk_status save_from(const model *m, const char *dir, dtype dt, size_t max_shard_bytes, tensor_source src,
+                           void *ctx) {
     SK_ASSERT(is_float_dtype(dt) && max_shard_bytes > 0);
-    if (!m->params)
-        return sk_fail(SK_ESTATE, "%s: saving needs a training model's parameters (model_load), not mapped weights",
-                       dir);
     SK_TRY(file_mkdirs(dir));
     st_entry *entries = NULL;
     char (*names)[128] = NULL;
     SK_TRY(specs_to_entries(&m->cfg, m->specs, m->n_specs, dt, &entries, &names));
-    sk_status st = write_weights(dir, entries, m->n_specs, max_shard_bytes, model_source, (void *)m);
+    sk_status st = write_weights(dir, entries, m->n_specs, max_shard_bytes, src, ctx);
     if (st == SK_OK) {
         model_config cfg = m->cfg;
         cfg.torch_dtype = dt;     /* what the files now hold */
@@ -485,6 +495,18 @@ sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_sh
     mem_free(names);
     mem_free(entries);
     return st;
+}
+
+sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes) {
+    if (!m->params)
+        return sk_fail(SK_ESTATE, "%s: saving needs a training model's parameters (model_load), not mapped weights",
+                       dir);
+    return save_from(m, dir, dt, max_shard_bytes, model_source, (void *)m);
+}
+
+sk_status model_save_host(const model *m, const float *params, const char *dir) {
+    host_params h = {m, params};
+    return save_from(m, dir, DT_F32, MODEL_SHARD_BYTES, host_source, &h);
 }
 
 sk_status model_save(const model *m, const char *dir) {

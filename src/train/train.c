@@ -266,11 +266,8 @@ static sk_status save_checkpoint(trainer *tr) {
         st = SK_ENOMEM;
     SK_TRY(agree(tr, st, "allocating the consolidated model"));
     st = zero_gather_params(tr->z, full);
-    if (st == SK_OK && tr->rank == 0) {
-        model view = *tr->m;
-        if (full) view.params = full;
-        st = ckpt_write_model(tmp, &view, tr->tokenizer_path[0] ? tr->tokenizer_path : NULL);
-    }
+    if (st == SK_OK && tr->rank == 0)   /* full is host memory: the model's backend may not read it */
+        st = ckpt_write_model(tmp, tr->m, full, tr->tokenizer_path[0] ? tr->tokenizer_path : NULL);
     mem_free(full);
     SK_TRY(agree(tr, st, "writing the checkpoint's model"));
     st = tr->rank == 0 ? ckpt_commit(o->out, &tr->st, (int)o->keep_checkpoints) : SK_OK;
@@ -288,11 +285,8 @@ static sk_status save_final(trainer *tr) {
     if (tr->rank == 0 && !zero_full_params(tr->z) && !(full = mem_alloc(tr->m->n_params * sizeof(float)))) st = SK_ENOMEM;
     SK_TRY(agree(tr, st, "allocating the consolidated model"));
     st = zero_gather_params(tr->z, full);
-    if (st == SK_OK && tr->rank == 0) {
-        model view = *tr->m;
-        if (full) view.params = full;
-        st = model_save(&view, tr->o->out);
-    }
+    if (st == SK_OK && tr->rank == 0)   /* full is host memory: the model's backend may not read it */
+        st = full ? model_save_host(tr->m, full, tr->o->out) : model_save(tr->m, tr->o->out);
     mem_free(full);
     SK_TRY(agree(tr, st, "writing the final model"));
     if (tr->rank != 0) return SK_OK;
