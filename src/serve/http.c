@@ -2,16 +2,37 @@
  * the first call of the access handler to the library's completion notice; the body grows
  * by doubling up to max_body and no further. Every libmicrohttpd call that can fail is
  * checked where it is made; a failure to build a reply drops the connection, never the
- * server. */
+ * server.
+ *
+ * The request deadline: every connection has an http_watch (its libmicrohttpd socket context)
+ * from the library's start notice to its close notice, which the library gives before it
+ * closes the socket; so under the server's mutex a watch's fd is its connection's own, and the
+ * watchdog thread may shut it down (the connection's thread then sees the peer gone and closes
+ * it). A watch is "reading" from its connection (or its last completed answer) until the
+ * handler runs. */
 #include "serve/http.h"
 
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
+
+#include "base/file.h"
+
+#define HTTP_WATCH_MS 250    /* how often the watchdog looks at the deadlines */
+
+typedef struct http_watch {
+    int fd;
+    bool reading;            /* a request is arriving: its handler has not run yet */
+    double deadline;         /* while reading: shut down after this (time_now's clock) */
+    struct http_watch *prev, *next;
+} http_watch;
 
 struct http_server {
     struct MHD_Daemon *d;
@@ -19,6 +40,13 @@ struct http_server {
     http_handler h;
     void *ctx;
     int port;
+    char *cert, *key;        /* PEM text for HTTPS (owned), or NULL */
+    pthread_mutex_t mu;      /* guards watches, stop and log */
+    pthread_cond_t cv;       /* wakes the watchdog to stop */
+    http_watch *watches;     /* every open connection's, newest first */
+    bool stop, watchdog_up;
+    pthread_t watchdog;
+    char log[256];           /* the library's first message (names why a start failed) */
 };
 
 typedef struct http_conn {
@@ -49,6 +77,95 @@ static void http_stream_done(void *cls) {
     mem_free(s);
 }
 
+/* Marks mc's request as arriving (reading: its deadline restarts) or answered. */
+static void http_watch_set(http_server *s, struct MHD_Connection *mc, bool reading) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    http_watch *w = ci ? ci->socket_context : NULL;
+    if (!w) return;
+    pthread_mutex_lock(&s->mu);
+    w->reading = reading;
+    w->deadline = time_now() + s->o.timeout_s;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The library's connection notices: a watch is linked at the start and unlinked at the close
+ * (before the socket closes). A connection whose watch cannot be allocated has only the idle
+ * timeout. */
+static void http_notify(void *cls, struct MHD_Connection *mc, void **socket_context,
+                        enum MHD_ConnectionNotificationCode code) {
+    http_server *s = cls;
+    pthread_mutex_lock(&s->mu);
+    http_watch *w = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci && (w = mem_calloc(sizeof *w))) {
+            *w = (http_watch){.fd = ci->connect_fd, .reading = true, .deadline = time_now() + s->o.timeout_s,
+                              .next = s->watches};
+            if (s->watches) s->watches->prev = w;
+            s->watches = w;
+        }
+        *socket_context = w;
+    } else if (w) {
+        if (w->prev) w->prev->next = w->next; else s->watches = w->next;
+        if (w->next) w->next->prev = w->prev;
+        mem_free(w);
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The watchdog thread: shuts down each connection whose request has not arrived by its
+ * deadline, until http_server_stop. */
+static void *http_watchdog(void *arg) {
+    http_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        const double now = time_now();
+        for (http_watch *w = s->watches; w; w = w->next)
+            if (w->reading && now > w->deadline) {
+                shutdown(w->fd, SHUT_RDWR);
+                w->reading = false;
+            }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += HTTP_WATCH_MS * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* The library's messages: to stderr, and the first one kept (a failed start's reason). */
+static void http_log(void *cls, const char *fmt, va_list ap) {
+    http_server *s = cls;
+    char line[sizeof s->log];
+    vsnprintf(line, sizeof line, fmt, ap);
+    line[strcspn(line, "\n")] = 0;
+    fprintf(stderr, "skein serve: libmicrohttpd: %s\n", line);
+    pthread_mutex_lock(&s->mu);
+    if (!s->log[0]) memcpy(s->log, line, sizeof line);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Reads the PEM file of flag (--ssl-certfile or --ssl-keyfile) into *out (mem_free it); it must
+ * hold a block whose BEGIN line ends with kind ("CERTIFICATE", "PRIVATE KEY"). */
+static sk_status http_read_pem(const char *flag, const char *path, const char *kind, char **out) {
+    size_t n = 0;
+    if (file_read_all(path, out, &n) != SK_OK) return sk_fail_ctx(SK_EIO, "serve: %s", flag);
+    char marker[64];
+    snprintf(marker, sizeof marker, "%s-----", kind);
+    const char *begin = strstr(*out, "-----BEGIN ");
+    if (!begin || !strstr(begin, marker)) {
+        mem_free(*out);
+        *out = NULL;
+        return sk_fail(SK_EFORMAT, "serve: %s %s: not a PEM file with a %s", flag, path,
+                       strcmp(kind, "CERTIFICATE") ? "private key" : "certificate");
+    }
+    return SK_OK;
+}
+
 /* Appends upload data, or marks the body too large once it would pass the cap. */
 static void http_conn_append(http_conn *c, size_t max_body, const char *data, size_t n) {
     if (c->too_large) return;
@@ -77,6 +194,7 @@ static void http_conn_append(http_conn *c, size_t max_body, const char *data, si
 static enum MHD_Result http_answer(http_server *s, struct MHD_Connection *mc, http_conn *c, const char *url,
                                    const char *method) {
     c->answered = true;
+    http_watch_set(s, mc, false);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     http_req rq = {.method = method, .path = url, .body = c->body ? c->body : "", .body_len = c->n,
                    .body_too_large = c->too_large, .fd = ci ? ci->connect_fd : -1,
@@ -136,13 +254,26 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *mc, const c
     return http_answer(s, mc, c, url, method);
 }
 
+/* The library's completion notice: the request's state is freed and the next request's deadline starts. */
 static void http_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode tc) {
-    (void)cls; (void)mc; (void)tc;
+    (void)tc;
+    http_watch_set(cls, mc, true);
     http_conn *c = *con_cls;
     if (!c) return;
     mem_free(c->body);
     mem_free(c);
     *con_cls = NULL;
+}
+
+/* Loads the PEM pair of o into s (TLS asked for); SK_EARG when the library lacks TLS. */
+static sk_status http_tls_load(http_server *s, const http_opts *o) {
+    if (!o->cert_file != !o->key_file)
+        return sk_fail(SK_EARG, "serve: --ssl-certfile and --ssl-keyfile go together (HTTPS needs both)");
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+        return sk_fail(SK_EARG, "serve: --ssl-certfile: this libmicrohttpd was built without TLS (GnuTLS); use one "
+                                "built with it (Debian's libmicrohttpd12 is) or a TLS proxy in front");
+    SK_TRY(http_read_pem("--ssl-certfile", o->cert_file, "CERTIFICATE", &s->cert));
+    return http_read_pem("--ssl-keyfile", o->key_file, "PRIVATE KEY", &s->key);
 }
 
 sk_status http_server_start(const http_opts *o, http_handler h, void *ctx, http_server **out) {
@@ -157,30 +288,64 @@ sk_status http_server_start(const http_opts *o, http_handler h, void *ctx, http_
     http_server *s = mem_calloc(sizeof *s);
     if (!s) { freeaddrinfo(ai); return sk_fail(SK_ENOMEM, "serve: out of memory"); }
     *s = (http_server){.o = *o, .h = h, .ctx = ctx};
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    const bool tls = o->cert_file || o->key_file;
+    sk_status st = tls ? http_tls_load(s, o) : SK_OK;
+    if (st != SK_OK) { freeaddrinfo(ai); goto err; }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    if (tls) flags |= MHD_USE_TLS;
+    /* the HTTPS options last: without TLS they end the list early (plain HTTP takes none) */
     s->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, http_access, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, http_log, s,   /* first: it logs the others */
                             MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_conns,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->timeout_s,
-                            MHD_OPTION_NOTIFY_COMPLETED, http_completed, NULL,
+                            MHD_OPTION_NOTIFY_COMPLETED, http_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, http_notify, s,
+                            tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->cert,
+                            MHD_OPTION_HTTPS_MEM_KEY, s->key,
                             MHD_OPTION_END);
     freeaddrinfo(ai);
-    if (!s->d) {
-        mem_free(s);
-        return sk_fail(SK_EARG, "serve: cannot listen on %s port %d (in use, or not an address of this host)", o->host, o->port);
+    if (!s->d && tls) {
+        st = sk_fail(SK_EARG, "serve: cannot serve HTTPS on %s port %d with --ssl-certfile %s and --ssl-keyfile %s: %s",
+                     o->host, o->port, o->cert_file, o->key_file,
+                     s->log[0] ? s->log : "the port is in use or the key does not match the certificate");
+        goto err;
     }
+    if (!s->d) {
+        st = sk_fail(SK_EARG, "serve: cannot listen on %s port %d (in use, or not an address of this host)", o->host, o->port);
+        goto err;
+    }
+    if (pthread_create(&s->watchdog, NULL, http_watchdog, s)) {
+        st = sk_fail(SK_ENOMEM, "serve: cannot start the request watchdog thread");
+        goto err;
+    }
+    s->watchdog_up = true;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : o->port;
     *out = s;
     return SK_OK;
+err:
+    http_server_stop(s);
+    return st;
 }
 
 int http_server_port(const http_server *s) { return s->port; }
 
 void http_server_stop(http_server *s) {
     if (!s) return;
-    MHD_stop_daemon(s->d);
+    if (s->d) MHD_stop_daemon(s->d);   /* every connection closed: no watch is left */
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->watchdog_up) pthread_join(s->watchdog, NULL);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    mem_free(s->cert);
+    mem_free(s->key);
     mem_free(s);
 }
 
