@@ -120,6 +120,9 @@ endif
 SRCS      := $(sort $(shell find src -name '*.c'))
 LIB_SRCS  := $(filter-out src/cli/main.c,$(SRCS))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.o) $(CXX_SRCS:%.cc=$(BUILD)/%.o)
+# skein serve's dashboard page compiled in as bytes (src/serve/dashboard.h): od writes them as a C
+# array, so embedding it needs nothing beyond make and coreutils.
+LIB_OBJS  += $(BUILD)/gen/serve_dashboard.o
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda.
@@ -153,6 +156,15 @@ $(BUILD)/%.o: %.cc
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++20 $(NVCCFLAGS) $(NVCC_WARN) $(CU_CPPFLAGS) -Isrc -MMD -MP -c $< -o $@
+
+$(BUILD)/gen/serve_dashboard.c: src/serve/dashboard.html
+	@mkdir -p $(dir $@)
+	{ echo '#include "serve/dashboard.h"'; echo 'const unsigned char dashboard_html[] = {'; \
+	  od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '};'; \
+	  echo 'const size_t dashboard_html_len = sizeof dashboard_html;'; } >$@
+
+$(BUILD)/gen/%.o: $(BUILD)/gen/%.c
+	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libskein.a: $(LIB_OBJS)
 	@rm -f $@

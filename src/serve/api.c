@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "base/json.h"
+#include "serve/dashboard.h"
 #include "serve/serve_impl.h"
 
 #define API_MAX_MESSAGES 256
@@ -679,6 +680,15 @@ static void api_metrics(api_server *s, http_reply *rp) {
     rp->body_len = n;
 }
 
+/* GET /: the dashboard page (dashboard.h). */
+static void api_dashboard(http_reply *rp) {
+    if (!(rp->body = mem_alloc(dashboard_html_len))) { rp->status = 500; return; }
+    memcpy(rp->body, dashboard_html, dashboard_html_len);
+    rp->body_len = dashboard_html_len;
+    rp->status = 200;
+    rp->content_type = "text/html; charset=utf-8";
+}
+
 /* GET /health: 200 while every model has a replica up, else 503. */
 static void api_health(api_server *s, http_reply *rp, api_error *e) {
     for (int i = 0; i < s->n_routers; i++)
@@ -696,7 +706,7 @@ void api_handle(void *ctx, const http_req *rq, http_reply *rp) {
     const bool v1 = !strncmp(rq->path, "/v1/", 4);
     const bool completions = !strcmp(rq->path, "/v1/completions"), chat = !strcmp(rq->path, "/v1/chat/completions");
     const bool models = !strcmp(rq->path, "/v1/models"), health = !strcmp(rq->path, "/health"),
-               metrics = !strcmp(rq->path, "/metrics");
+               metrics = !strcmp(rq->path, "/metrics"), dashboard = !strcmp(rq->path, "/");
     const bool tokenize = !strcmp(rq->path, "/tokenize"), detokenize = !strcmp(rq->path, "/detokenize");
     if ((v1 || tokenize || detokenize) && s->key[0] && !api_key_ok(rq->authorization, s->key))
         api_fail(&e, 401, NULL, "invalid_api_key", "a missing or incorrect API key: send the header \"Authorization: Bearer KEY\"");
@@ -708,7 +718,8 @@ void api_handle(void *ctx, const http_req *rq, http_reply *rp) {
     else if (detokenize && post) api_detokenize(s, rq, rp, &e);
     else if (metrics && get) api_metrics(s, rp);
     else if (health && get) api_health(s, rp, &e);
-    else if (completions || chat || models || metrics || health || tokenize || detokenize)
+    else if (dashboard && get) api_dashboard(rp);
+    else if (completions || chat || models || metrics || health || tokenize || detokenize || dashboard)
         api_fail(&e, 405, NULL, "method_not_allowed", "%s is not allowed on %s", rq->method, rq->path);
     else
         api_fail(&e, 404, NULL, "not_found", "no route %s %s", rq->method, rq->path);
