@@ -13,7 +13,7 @@ fail() { echo "FAIL $1: $2"; }
 
 # serve_start LOG ARGS...: starts `$SK serve ARGS --port 0` in the background, its stderr to
 # LOG, and waits (10 s at most) for its "listening on" line; sets PID (kill it when done) and U
-# (http://127.0.0.1:PORT). Non-zero when the server did not start (LOG says why). LOG is
+# (http://127.0.0.1:PORT, or https:// when the server serves HTTPS). Non-zero when the server did not start (LOG says why). LOG is
 # emptied first: the background job opens it later, and an earlier server's "listening on"
 # line must not be read as this one's.
 serve_start() {
@@ -23,7 +23,8 @@ serve_start() {
     PID=$!
     i=0
     while ! grep -q 'listening on' "$serve_log" && [ $i -lt 100 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$serve_log")
+    port=$(sed -n 's/.*listening on https\{0,1\}:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$serve_log")
     [ -n "$port" ] || return 1
     U=http://127.0.0.1:$port
+    if grep -q 'listening on https' "$serve_log"; then U=https://127.0.0.1:$port; fi
 }
