@@ -133,7 +133,7 @@ GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_mixed test_gpt2
 GPU_DEBS = libcjson1 libcjson-dev libutf8proc2 libutf8proc-dev libpcre2-8-0 libpcre2-dev \
            libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0 libmicrohttpd12 libmicrohttpd-dev
 
-.PHONY: all deps test test-gpu gpu-deps test-asan demo clean status
+.PHONY: all deps test-deps test test-gpu gpu-deps test-asan demo clean status
 # The program is linked in $(BUILD); the default build also copies it to ./skein.
 all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 
@@ -180,17 +180,30 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/libskein.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libskein.a $(LDLIBS)
 
+# $(call missing_debs,PKGS): shell that sets $$missing to the PKGS not installed.
+missing_debs = missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done
+
 # Installs missing Debian packages (as root), or prints the apt-get line to run.
 deps:
-	@missing=""; for p in $(PKGS_DEBIAN); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
+	@$(call missing_debs,$(PKGS_DEBIAN)); \
 	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; \
 	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || exit 1; \
 	else echo "deps: run: sudo apt-get install -y$$missing"; exit 1; fi
 
-test: deps
+# Debian packages only some tests use (cli_serve_web.sh: headless Chromium, openssl for a
+# certificate): installed when missing and possible; never an error (those tests print SKIP).
+PKGS_TEST_DEBIAN = chromium openssl
+test-deps:
+	@$(call missing_debs,$(PKGS_TEST_DEBIAN)); \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then echo "test-deps: installing$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 || \
+	  echo "test-deps: could not install$$missing (their tests skip)"; \
+	else echo "test-deps: missing$$missing (sudo apt-get install -y$$missing; their tests skip)"; fi
+
+test: deps test-deps
 	@$(MAKE) --no-print-directory all $(TEST_BINS)
 	@BUILD=$(BUILD) SKEIN=$(BUILD)/skein sh tests/run.sh $(TEST_BINS)
 
