@@ -100,6 +100,28 @@ static bool api_wait(router *rt, serve_req *r, bool whole) {
     return true;
 }
 
+/* How many bytes start u (n > 0 of them) as one well-formed UTF-8 character (> 0), or, when
+ * they are ill-formed, minus the length of their maximal ill-formed subpart (< 0). */
+static int api_utf8_next(const unsigned char *u, size_t n) {
+    const unsigned b = u[0];
+    const int len = b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
+    const unsigned lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80, hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+    int k = len ? 1 : 0;
+    while (k > 0 && k < len && (size_t)k < n && u[k] >= (k == 1 ? lo : 0x80) && u[k] <= (k == 1 ? hi : 0xBF)) k++;
+    return len && k == len ? len : k ? -k : -1;
+}
+
+/* The offset of the first ill-formed byte of s(n), or n when all of it is valid UTF-8. */
+static size_t api_utf8_check(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        int k = api_utf8_next(u + i, n - i);
+        if (k < 0) return i;
+        i += (size_t)k;
+    }
+    return n;
+}
+
 /* A copy of s(n) that is valid UTF-8 (JSON needs it; a model may emit any bytes): each
  * maximal ill-formed subpart becomes U+FFFD, as Python's decode(errors="replace") and the
  * WHATWG decoder do. NULL when out of memory; mem_free it. */
@@ -108,20 +130,15 @@ static char *api_utf8_clean(const char *s, size_t n) {
     if (!o) return NULL;
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        unsigned b = u[i];
-        int len = b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
-        unsigned lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80, hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
-        int k = len ? 1 : 0;
-        while (k > 0 && k < len && i + k < n && u[i + k] >= (k == 1 ? lo : 0x80) && u[i + k] <= (k == 1 ? hi : 0xBF)) k++;
-        if (len && k == len) {
-            memcpy(w, s + i, (size_t)len);
-            w += len;
-            i += (size_t)len;
+        int k = api_utf8_next(u + i, n - i);
+        if (k > 0) {
+            memcpy(w, s + i, (size_t)k);
+            w += k;
         } else {
             memcpy(w, "\xEF\xBF\xBD", 3);
             w += 3;
-            i += k ? (size_t)k : 1;
         }
+        i += (size_t)(k > 0 ? k : -k);
     }
     *w = 0;
     return o;
@@ -491,9 +508,14 @@ static bool api_parse(router *rt, const cJSON *body, serve_req *r, api_error *e,
 }
 
 /* The body as a JSON object and the router of its "model" (the first when it names none);
- * NULL with e set: 400 for a bad body, 404 for a model this server does not serve. */
+ * NULL with e set: 400 for a body that is not UTF-8 or not a JSON object, 404 for a model this server does not serve. */
 static cJSON *api_body(api_server *s, const http_req *rq, api_error *e, router **rt) {
     const char *end = NULL, *name = NULL;
+    const size_t bad = api_utf8_check(rq->body, rq->body_len);
+    if (bad < rq->body_len) {   /* JSON is UTF-8 (RFC 8259): refused as vLLM's server does */
+        api_fail(e, 400, NULL, "invalid_utf8", "the request body is not valid UTF-8 (byte %zu)", bad);
+        return NULL;
+    }
     cJSON *body = cJSON_ParseWithLengthOpts(rq->body, rq->body_len, &end, false);
     if (!body || !cJSON_IsObject(body)) {
         api_fail(e, 400, NULL, "invalid_json", body ? "the request body must be a JSON object"
