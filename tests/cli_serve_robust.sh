@@ -11,8 +11,7 @@
 . tests/lib_serve.sh
 command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_serve_robust: python3 not found"; exit 0; }
 KEY=robust-key-1
-if ! $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64 --context 256 --tokenizer $TOK --out "$T/m" >/dev/null 2>"$T/err"
-then fail serve_robust_init "$(tail -2 "$T/err")"; exit 1; fi
+serve_tiny_model "$T/m" 256
 serve_start "$T/log" --model "$T/m" --chat-template llama3 --api-key $KEY --timeout 4 --max-seqs 16 --max-queue 256 --max-conns 400 ||
     { fail serve_robust_start "$(cat "$T/log")"; exit 1; }
 
