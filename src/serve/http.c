@@ -4,12 +4,19 @@
  * checked where it is made; a failure to build a reply drops the connection, never the
  * server.
  *
- * The request deadline: every connection has an http_watch (its libmicrohttpd socket context)
- * from the library's start notice to its close notice, which the library gives before it
- * closes the socket; so under the server's mutex a watch's fd is its connection's own, and the
- * watchdog thread may shut it down (the connection's thread then sees the peer gone and closes
- * it). A watch is "reading" from its connection (or its last completed answer) until the
- * handler runs. */
+ * Timeouts are the server's own, not the library's (whose idle timer also runs while a
+ * stream's producer waits for a queued request's first token, and so cut such streams):
+ * every connection has an http_watch (its libmicrohttpd socket context) from the library's
+ * start notice to its close notice, which the library gives before it closes the socket; so
+ * under the server's mutex a watch's fd is its connection's own, and the watchdog thread may
+ * shut it down (the connection's thread then sees the peer gone and closes it). A watch is
+ * READING from its connection or its last completed answer until the handler runs (a request
+ * must arrive, a keep-alive connection be used again, within the timeout), HANDLING while the
+ * handler runs (it may wait for a whole generation; api.c notices a client that leaves), and
+ * SENDING while the reply goes out: every reply, a whole body too, is produced through
+ * http_stream_read, which the library calls when the socket takes more, so a client that
+ * stops reading leaves the watch unrefreshed and is cut, while a producer waiting for text is
+ * not. */
 #include "serve/http.h"
 
 #include <microhttpd.h>
@@ -27,10 +34,14 @@
 
 #define HTTP_WATCH_MS 250    /* how often the watchdog looks at the deadlines */
 
+typedef enum http_phase { HTTP_READING, HTTP_HANDLING, HTTP_SENDING } http_phase;
+
 typedef struct http_watch {
     int fd;
-    bool reading;            /* a request is arriving: its handler has not run yet */
-    double deadline;         /* while reading: shut down after this (time_now's clock) */
+    http_phase phase;
+    bool producing;          /* SENDING: inside the reply's producer (it may wait for text) */
+    bool cut;                /* shut down already */
+    double since;            /* when the phase began, or (SENDING) the producer last returned */
     struct http_watch *prev, *next;
 } http_watch;
 
@@ -55,37 +66,74 @@ typedef struct http_conn {
     bool too_large, answered;
 } http_conn;
 
-/* The stream behind a libmicrohttpd callback response. */
+/* The connection's watch, or NULL (its allocation failed: only the close is noticed). */
+static http_watch *http_watch_of(struct MHD_Connection *mc) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Moves w (NULL: nothing) to phase; its clock restarts. */
+static void http_watch_phase(http_server *s, http_watch *w, http_phase phase) {
+    if (!w) return;
+    pthread_mutex_lock(&s->mu);
+    w->phase = phase;
+    w->producing = false;
+    w->since = time_now();
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* A reply behind a libmicrohttpd callback response: a stream from the handler or a whole
+ * body (http_body_read). */
 typedef struct http_stream {
     http_stream_fn fn;
     void *ctx;
     void (*free)(void *ctx);
+    http_server *s;
+    http_watch *w;           /* the connection's (valid until after the response is freed), or NULL */
 } http_stream;
 
+/* The library calls this when the socket takes more; the watch is SENDING and "producing"
+ * while the producer runs, and its clock restarts when the producer returns. */
 static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
-    http_stream *s = cls;
-    ssize_t n = s->fn(s->ctx, buf, max);
+    http_stream *st = cls;
+    if (st->w) {
+        pthread_mutex_lock(&st->s->mu);
+        st->w->producing = true;
+        pthread_mutex_unlock(&st->s->mu);
+    }
+    ssize_t n = st->fn(st->ctx, buf, max);
+    http_watch_phase(st->s, st->w, HTTP_SENDING);
     if (n == HTTP_STREAM_END) return MHD_CONTENT_READER_END_OF_STREAM;
     if (n < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
     return n;
 }
 
 static void http_stream_done(void *cls) {
-    http_stream *s = cls;
-    if (s->free) s->free(s->ctx);
-    mem_free(s);
+    http_stream *st = cls;
+    if (st->free) st->free(st->ctx);
+    mem_free(st);
 }
 
-/* Marks mc's request as arriving (reading: its deadline restarts) or answered. */
-static void http_watch_set(http_server *s, struct MHD_Connection *mc, bool reading) {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    http_watch *w = ci ? ci->socket_context : NULL;
-    if (!w) return;
-    pthread_mutex_lock(&s->mu);
-    w->reading = reading;
-    w->deadline = time_now() + s->o.timeout_s;
-    pthread_mutex_unlock(&s->mu);
+/* A whole body as a stream. */
+typedef struct http_body {
+    char *p;                 /* (n) owned */
+    size_t n, off;
+} http_body;
+
+static ssize_t http_body_read(void *ctx, char *buf, size_t max) {
+    http_body *b = ctx;
+    if (b->off == b->n) return HTTP_STREAM_END;
+    size_t k = b->n - b->off < max ? b->n - b->off : max;
+    memcpy(buf, b->p + b->off, k);
+    b->off += k;
+    return (ssize_t)k;
+}
+
+static void http_body_free(void *ctx) {
+    http_body *b = ctx;
+    mem_free(b->p);
+    mem_free(b);
 }
 
 /* The library's connection notices: a watch is linked at the start and unlinked at the close
@@ -99,8 +147,7 @@ static void http_notify(void *cls, struct MHD_Connection *mc, void **socket_cont
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
         if (ci && (w = mem_calloc(sizeof *w))) {
-            *w = (http_watch){.fd = ci->connect_fd, .reading = true, .deadline = time_now() + s->o.timeout_s,
-                              .next = s->watches};
+            *w = (http_watch){.fd = ci->connect_fd, .phase = HTTP_READING, .since = time_now(), .next = s->watches};
             if (s->watches) s->watches->prev = w;
             s->watches = w;
         }
@@ -114,17 +161,18 @@ static void http_notify(void *cls, struct MHD_Connection *mc, void **socket_cont
     pthread_mutex_unlock(&s->mu);
 }
 
-/* The watchdog thread: shuts down each connection whose request has not arrived by its
- * deadline, until http_server_stop. */
+/* The watchdog thread: shuts down each connection that has been READING, or SENDING outside
+ * its producer, for longer than the timeout, until http_server_stop. */
 static void *http_watchdog(void *arg) {
     http_server *s = arg;
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
         const double now = time_now();
         for (http_watch *w = s->watches; w; w = w->next)
-            if (w->reading && now > w->deadline) {
+            if (!w->cut && (w->phase == HTTP_READING || (w->phase == HTTP_SENDING && !w->producing)) &&
+                now - w->since > s->o.timeout_s) {
                 shutdown(w->fd, SHUT_RDWR);
-                w->reading = false;
+                w->cut = true;
             }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -194,29 +242,34 @@ static void http_conn_append(http_conn *c, size_t max_body, const char *data, si
 static enum MHD_Result http_answer(http_server *s, struct MHD_Connection *mc, http_conn *c, const char *url,
                                    const char *method) {
     c->answered = true;
-    http_watch_set(s, mc, false);
+    http_watch *w = http_watch_of(mc);
+    http_watch_phase(s, w, HTTP_HANDLING);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     http_req rq = {.method = method, .path = url, .body = c->body ? c->body : "", .body_len = c->n,
                    .body_too_large = c->too_large, .fd = ci ? ci->connect_fd : -1,
                    .authorization = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)};
     http_reply rp = {.status = 500, .content_type = "application/json"};
     s->h(s->ctx, &rq, &rp);
-    struct MHD_Response *r;
-    if (rp.stream) {
-        http_stream *hs = mem_alloc(sizeof *hs);
-        if (!hs) {
-            if (rp.stream_free) rp.stream_free(rp.stream_ctx);
-            return MHD_NO;
-        }
-        *hs = (http_stream){rp.stream, rp.stream_ctx, rp.stream_free};
-        r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, http_stream_read, hs, http_stream_done);
-        if (!r) { http_stream_done(hs); return MHD_NO; }
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    } else {
-        r = MHD_create_response_from_buffer(rp.body_len, rp.body ? rp.body : (char *)"", MHD_RESPMEM_MUST_COPY);
-        mem_free(rp.body);
-        if (!r) return MHD_NO;
+    const bool whole = !rp.stream;
+    http_body *b = whole ? mem_calloc(sizeof *b) : NULL;
+    if (whole) {
+        if (!b) { mem_free(rp.body); return MHD_NO; }
+        *b = (http_body){.p = rp.body, .n = rp.body_len};
+        rp.stream = http_body_read;
+        rp.stream_ctx = b;
+        rp.stream_free = http_body_free;
     }
+    http_stream *hs = mem_alloc(sizeof *hs);
+    if (!hs) {
+        if (rp.stream_free) rp.stream_free(rp.stream_ctx);
+        return MHD_NO;
+    }
+    *hs = (http_stream){rp.stream, rp.stream_ctx, rp.stream_free, s, w};
+    struct MHD_Response *r = MHD_create_response_from_callback(whole ? b->n : MHD_SIZE_UNKNOWN, 16 * 1024,
+                                                               http_stream_read, hs, http_stream_done);
+    if (!r) { http_stream_done(hs); return MHD_NO; }
+    if (!whole) MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    http_watch_phase(s, w, HTTP_SENDING);
     if (rp.content_type) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rp.content_type);
     if (rp.retry_after) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, rp.retry_after);
     if (c->too_large) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -254,10 +307,11 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *mc, const c
     return http_answer(s, mc, c, url, method);
 }
 
-/* The library's completion notice: the request's state is freed and the next request's deadline starts. */
+/* The library's completion notice: the request's state is freed and the next request's
+ * deadline starts. */
 static void http_completed(void *cls, struct MHD_Connection *mc, void **con_cls, enum MHD_RequestTerminationCode tc) {
     (void)tc;
-    http_watch_set(cls, mc, true);
+    http_watch_phase(cls, http_watch_of(mc), HTTP_READING);
     http_conn *c = *con_cls;
     if (!c) return;
     mem_free(c->body);
@@ -301,7 +355,6 @@ sk_status http_server_start(const http_opts *o, http_handler h, void *ctx, http_
                             MHD_OPTION_EXTERNAL_LOGGER, http_log, s,   /* first: it logs the others */
                             MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_conns,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->timeout_s,
                             MHD_OPTION_NOTIFY_COMPLETED, http_completed, s,
                             MHD_OPTION_NOTIFY_CONNECTION, http_notify, s,
                             tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->cert,

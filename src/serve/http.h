@@ -11,11 +11,12 @@
  *
  * Invariants: a handler is called exactly once per request, on that connection's thread;
  * a body over max_bytes is never held (its Content-Length refuses it before it is read, or
- * it is dropped as it arrives) and the handler sees body_too_large instead; a connection idle
- * for timeout_s seconds is closed by the library, and one that takes longer than timeout_s to
- * send a whole request (headers and body, counted from its connection or its last answer) is
- * shut down by the server's watchdog, so a client that trickles a byte a second is cut off
- * too. With cert_file and key_file (PEM) the server speaks HTTPS only (GnuTLS through
+ * it is dropped as it arrives) and the handler sees body_too_large instead; the server's
+ * watchdog shuts down a connection that takes longer than timeout_s to send a whole request
+ * (headers and body, counted from its connection or its last answer: an idle keep-alive
+ * connection too, and a client that trickles a byte a second) or that reads nothing of its
+ * reply for timeout_s while the reply has more to send; a handler or stream producer waiting
+ * for text is never cut for it. With cert_file and key_file (PEM) the server speaks HTTPS only (GnuTLS through
  * libmicrohttpd); a plain HTTP client gets its connection closed. */
 #ifndef SKEIN_HTTP_H
 #define SKEIN_HTTP_H
@@ -32,7 +33,7 @@ typedef struct http_opts {
     int port;                /* 0: any free port (http_server_port tells which) */
     size_t max_body;         /* bytes of request body held at most */
     int max_conns;           /* concurrent connections at most */
-    int timeout_s;           /* idle connection timeout, and the longest a request may take to arrive */
+    int timeout_s;           /* the longest a request may take to arrive, or a reply wait for its reader */
     const char *cert_file;   /* PEM certificate (chain) for HTTPS, or NULL: plain HTTP */
     const char *key_file;    /* PEM private key of cert_file */
 } http_opts;
