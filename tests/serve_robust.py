@@ -8,7 +8,7 @@ skein serve started with --api-key KEY --timeout TIMEOUT_S, a model of CONTEXT t
 Cases: 200 concurrent streaming clients all end with [DONE], 8 tokens each (counted from the
 streamed log-probabilities and the usage chunk); then each malformed or hostile client while
 probes (a 4-token completion) keep running: its answer is the 4xx it should get (or the server
-cuts it off, within a bound), and every probe during it answers 200 within LIMIT (3 x the
+cuts it off, within a bound; an idle keep-alive connection is closed after TIMEOUT_S), and every probe during it answers 200 within LIMIT (3 x the
 median probe latency measured first, plus 1.5 s). At the end no sequence runs and no KV block is
 held. Prints one PASS or FAIL line per case."""
 import asyncio
@@ -209,6 +209,25 @@ async def trickle(prefix, filler):
     return took <= TIMEOUT + 2.5, '(cut after %.1f s)' % took
 
 
+async def idle_keepalive():
+    """One keep-alive request answered, then silence: the server closes the connection within
+    TIMEOUT (+ the watchdog's beat), not before the answer."""
+    r, w = await asyncio.open_connection(HOST, PORT)
+    body = b'{"prompt": "a", "max_tokens": 2}'
+    w.write(head_bytes('POST', '/v1/completions', {'Content-Length': str(len(body)), 'Connection': 'keep-alive'}) + body)
+    await w.drain()
+    try:
+        st, _, _ = await asyncio.wait_for(read_response(r), 30)
+        t0 = time.monotonic()
+        rest = await asyncio.wait_for(r.read(), TIMEOUT + 5)
+    except asyncio.TimeoutError:
+        return False, 'still open after %.1f s' % (TIMEOUT + 5)
+    finally:
+        w.close()
+    took = time.monotonic() - t0
+    return st == 200 and not rest and took <= TIMEOUT + 1.5, '(status %d, closed %.1f s after the answer)' % (st, took)
+
+
 async def slow_reader():
     """A stream of large chunks (20 log-probabilities a token) to a client with a small receive
     buffer that reads nothing for TIMEOUT + 3 s: meanwhile its sequence must end and its blocks
@@ -264,6 +283,7 @@ async def main():
         ('byte_per_second_headers', lambda: trickle(b'POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ', b'a')),
         ('byte_per_second_body', lambda: trickle(head_bytes('POST', '/v1/completions', {'Content-Length': '1000'}) +
                                                  b'{"prompt": "', b'a')),
+        ('idle_keepalive', idle_keepalive),
         ('slow_reader', slow_reader),
     ]
     for name, attack in cases:
