@@ -29,10 +29,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/file.h"
 
 #define HTTP_WATCH_MS 250    /* how often the watchdog looks at the deadlines */
+#define HTTP_DRAIN_MS 2000   /* at a stop, how long the replies in flight get to go out */
 
 typedef enum http_phase { HTTP_READING, HTTP_HANDLING, HTTP_SENDING } http_phase;
 
@@ -137,8 +139,8 @@ static void http_body_free(void *ctx) {
 }
 
 /* The library's connection notices: a watch is linked at the start and unlinked at the close
- * (before the socket closes). A connection whose watch cannot be allocated has only the idle
- * timeout. */
+ * (before the socket closes). A connection whose watch cannot be allocated (out of memory) is
+ * not timed: only its client's close or the server's stop ends it. */
 static void http_notify(void *cls, struct MHD_Connection *mc, void **socket_context,
                         enum MHD_ConnectionNotificationCode code) {
     http_server *s = cls;
@@ -347,7 +349,7 @@ sk_status http_server_start(const http_opts *o, http_handler h, void *ctx, http_
     const bool tls = o->cert_file || o->key_file;
     sk_status st = tls ? http_tls_load(s, o) : SK_OK;
     if (st != SK_OK) { freeaddrinfo(ai); goto err; }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     if (tls) flags |= MHD_USE_TLS;
     /* the HTTPS options last: without TLS they end the list early (plain HTTP takes none) */
@@ -387,9 +389,25 @@ err:
 
 int http_server_port(const http_server *s) { return s->port; }
 
+/* Whether a request is being handled or its reply sent. */
+static bool http_busy(http_server *s) {
+    pthread_mutex_lock(&s->mu);
+    bool busy = false;
+    for (http_watch *w = s->watches; w && !busy; w = w->next) busy = w->phase != HTTP_READING && !w->cut;
+    pthread_mutex_unlock(&s->mu);
+    return busy;
+}
+
 void http_server_stop(http_server *s) {
     if (!s) return;
-    if (s->d) MHD_stop_daemon(s->d);   /* every connection closed: no watch is left */
+    if (s->d) {
+        /* no new connection; the answers in flight (an error after api_server_stop) go out */
+        MHD_socket listen_fd = MHD_quiesce_daemon(s->d);
+        const struct timespec beat = {0, 10 * 1000000L};
+        for (int i = 0; i < HTTP_DRAIN_MS / 10 && http_busy(s); i++) nanosleep(&beat, NULL);
+        MHD_stop_daemon(s->d);   /* every connection closed: no watch is left */
+        if (listen_fd != MHD_INVALID_SOCKET) close(listen_fd);
+    }
     pthread_mutex_lock(&s->mu);
     s->stop = true;
     pthread_cond_signal(&s->cv);

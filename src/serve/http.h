@@ -77,6 +77,8 @@ typedef void (*http_handler)(void *ctx, const http_req *rq, http_reply *rp);
  * naming both with the library's reason when it refuses the pair (a key that does not match). */
 sk_status http_server_start(const http_opts *o, http_handler h, void *ctx, http_server **out);
 int http_server_port(const http_server *s);
+/* Stops accepting, gives the requests being answered up to 2 s to finish sending (stop the API
+ * first, so that its handlers answer), closes every connection and frees s. */
 void http_server_stop(http_server *s);
 
 /* Whether the peer of socket fd is still connected (it has not closed or reset it). */
