@@ -120,6 +120,9 @@ endif
 SRCS      := $(sort $(shell find src -name '*.c'))
 LIB_SRCS  := $(filter-out src/cli/main.c,$(SRCS))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.o) $(CXX_SRCS:%.cc=$(BUILD)/%.o)
+# skein serve's dashboard page compiled in as bytes (src/serve/dashboard.h): od writes them as a C
+# array, so embedding it needs nothing beyond make and coreutils.
+LIB_OBJS  += $(BUILD)/gen/serve_dashboard.o
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda
@@ -131,7 +134,7 @@ GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_mixed test_gpt2
 GPU_DEBS = libcjson1 libcjson-dev libutf8proc2 libutf8proc-dev libpcre2-8-0 libpcre2-dev \
            libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0 libmicrohttpd12 libmicrohttpd-dev
 
-.PHONY: all deps test test-gpu gpu-deps test-asan demo clean status
+.PHONY: all deps test-deps test test-gpu gpu-deps test-asan demo clean status
 # The program is linked in $(BUILD); the default build also copies it to ./skein.
 all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 
@@ -155,6 +158,15 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++20 $(NVCCFLAGS) $(NVCC_WARN) $(CU_CPPFLAGS) -Isrc -MMD -MP -c $< -o $@
 
+$(BUILD)/gen/serve_dashboard.c: src/serve/dashboard.html
+	@mkdir -p $(dir $@)
+	{ echo '#include "serve/dashboard.h"'; echo 'const unsigned char dashboard_html[] = {'; \
+	  od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '};'; \
+	  echo 'const size_t dashboard_html_len = sizeof dashboard_html;'; } >$@
+
+$(BUILD)/gen/%.o: $(BUILD)/gen/%.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
 $(BUILD)/libskein.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
@@ -169,17 +181,30 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/libskein.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libskein.a $(LDLIBS)
 
+# $(call missing_debs,PKGS): shell that sets $$missing to the PKGS not installed.
+missing_debs = missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done
+
 # Installs missing Debian packages (as root), or prints the apt-get line to run.
 deps:
-	@missing=""; for p in $(PKGS_DEBIAN); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
+	@$(call missing_debs,$(PKGS_DEBIAN)); \
 	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; \
 	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || exit 1; \
 	else echo "deps: run: sudo apt-get install -y$$missing"; exit 1; fi
 
-test: deps
+# Debian packages only some tests use (cli_serve_web.sh: headless Chromium, openssl for a
+# certificate): installed when missing and possible; never an error (those tests print SKIP).
+PKGS_TEST_DEBIAN = chromium openssl
+test-deps:
+	@$(call missing_debs,$(PKGS_TEST_DEBIAN)); \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then echo "test-deps: installing$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 || \
+	  echo "test-deps: could not install$$missing (their tests skip)"; \
+	else echo "test-deps: missing$$missing (sudo apt-get install -y$$missing; their tests skip)"; fi
+
+test: deps test-deps
 	@$(MAKE) --no-print-directory all $(TEST_BINS)
 	@BUILD=$(BUILD) SKEIN=$(BUILD)/skein sh tests/run.sh $(TEST_BINS)
 

@@ -102,6 +102,7 @@ int cmd_serve(int argc, char **argv) {
     if (st != SK_OK) return cli_fail(st);
     const char *host = "127.0.0.1", *key = getenv("SKEIN_API_KEY"), *chat_name = NULL, *device = "cpu", *devices = NULL,
                *kv_memory = NULL;
+    const char *ssl_cert = NULL, *ssl_key = NULL;   /* HTTPS (http.h) */
     long port = 8000, max_seqs = 16, max_batch = 512, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
     long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0, tp = 1;
     double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 300, comm_timeout = 60;
@@ -131,7 +132,9 @@ int cmd_serve(int argc, char **argv) {
          "(default: room for --max-seqs sequences of the context)", false, false},
         {"--max-body", ARG_INT, &max_body, "BYTES", "largest request body, else 413 (default 1 MiB)", false, false},
         {"--max-conns", ARG_INT, &max_conns, "N", "concurrent connections (default 256)", false, false},
-        {"--timeout", ARG_INT, &timeout, "S", "idle connection timeout in seconds (default 60)", false, false},
+        {"--timeout", ARG_INT, &timeout, "S", "a connection idle this long, or sending one request longer, is closed (default 60)", false, false},
+        {"--ssl-certfile", ARG_STR, &ssl_cert, "FILE", "serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile", false, false},
+        {"--ssl-keyfile", ARG_STR, &ssl_key, "FILE", "the PEM private key of --ssl-certfile", false, false},
         {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false},
         {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a step waiting longer for a rank fails (default 60)", false, false},
         {"--replica-process", ARG_BOOL, &replica_process, NULL, "each replica's engine in a child process (CPU): a crash "
@@ -225,9 +228,9 @@ int cmd_serve(int argc, char **argv) {
     }
     if ((st = api_server_create(rts, n_models, &(api_opts){.api_key = key}, &a))) goto out;
     http_opts ho = {.host = host, .port = (int)port, .max_body = (size_t)max_body, .max_conns = (int)max_conns,
-                    .timeout_s = (int)timeout};
+                    .timeout_s = (int)timeout, .cert_file = ssl_cert, .key_file = ssl_key};
     if ((st = http_server_start(&ho, api_handle, a, &h))) goto done;
-    fprintf(stderr, "skein serve: listening on http://%s:%d (model %s)%s\n", host, http_server_port(h), list,
+    fprintf(stderr, "skein serve: listening on %s://%s:%d (model %s)%s\n", ssl_cert ? "https" : "http", host, http_server_port(h), list,
             c ? " over tensor-parallel ranks" : "");
     int sig = 0;
     sigwait(&stop_set, &sig);
