@@ -52,11 +52,15 @@ if [ "$((r0 + r1))" = 8 ] && [ "$r0" -gt 0 ] && [ "$r1" -gt 0 ] && [ "$(echo $ki
    [ "$(echo $parents)" = "$PP $PP" ] && [ "$(mval 'skein_kv_blocks_total{model="m1",replica="1"}')" -gt 0 ]
 then pass proc_children_serve; else fail proc_children_serve "requests $r0 + $r1, children '$kids' of '$parents' (server $PP)"; fi
 
-# a load of sixteen, one child killed 150 ms in: every request answered, the other left serving
+# a load of sixteen, one child killed once its replica runs some of it: every request
+# answered, the other left serving
 set -- $kids
 victim=$1; other=$2
-load_start "$P" m1 200
-sleep 0.15
+vrep=$(sed -n "s/.*replica \([0-9]*\) up in .*process $victim)\$/\1/p" "$T/p.log" | tail -1)
+load_start "$P" m1 400
+i=0
+while metrics "$P" && [ "$(mval "skein_running_sequences{model=\"m1\",replica=\"$vrep\"}")" = 0 ] && [ $i -lt 100 ]
+do sleep 0.02; i=$((i+1)); done
 kill -9 "$victim"
 wait $LOAD_JOBS
 if load_answered && grep -q "replica process $victim was killed by signal 9" "$T/p.log" &&

@@ -907,36 +907,46 @@ TEST(bf16_engine_matches_the_cpu_over_bf16_weights) {
 }
 
 /* busy_batch_of_64_same_tokens in bf16: the target plain greedy inside the batch (the ids-only
- * path), its margins from a run alone. */
+ * path), its margins from a run alone. The target is the first of a few prompts whose first G/2
+ * tokens alone are no near-ties, so that at least G/2 tokens are compared. */
 TEST(bf16_busy_batch_of_64_same_tokens) {
     backend *be = test_device();
     if (be->host_memory) SKIP("the %s backend reads the weights in place (no bf16 device copy)", be->name);
     model *m = open_model(test_path("fixtures/llama-math/llama3"), "bf16");
     CHECK(m);
-    enum { NR = 64, G = 10 };
+    enum { NR = 64, G = 10, TRIES = 32 };
     const int V = m->cfg.vocab_size;
-    int target[MAXP], id;
-    make_prompt(target, 999, 21, V);
+    int target[MAXP], id, alone = -1;
     engine *e = busy_engine(m, NR);
     CHECK(e);
-    top2_run *runs = calloc(2 * NR, sizeof(top2_run));
-    engine_params p = greedy_top2(G);
-    CHECK(engine_add_request(e, target, 21, &p, &id) == SK_OK && id == 0);
-    CHECK(run_top2(e, runs));
+    top2_run *runs = calloc(TRIES + NR, sizeof(top2_run));
+    CHECK(runs);
+    for (int t = 0; t < TRIES && alone < 0; t++) {   /* each try alone: the engine is idle between them */
+        make_prompt(target, 999 + t, 21, V);
+        engine_params p = greedy_top2(G);
+        CHECK(engine_add_request(e, target, 21, &p, &id) == SK_OK && id == t);
+        CHECK(run_top2(e, runs));
+        int clear = 0;
+        while (clear < runs[t].n && runs[t].gap[clear] >= BF16_MARGIN) clear++;
+        if (clear >= G / 2) alone = t;
+    }
+    CHECK_MSG(alone >= 0, "no prompt of %d gave %d greedy tokens without a near-tie", TRIES, G / 2);
+    const int first = id + 1;
     for (int r = 0; r < NR; r++) {
         int pr[MAXP];
         const int len = r == 40 ? 21 : 1 + r % 30;
         if (r == 40) memcpy(pr, target, sizeof target); else make_prompt(pr, r, len, V);
         engine_params q = greedy(G);
         q.logprobs = false;   /* plain greedy: only ids come back */
-        CHECK(engine_add_request(e, pr, len, &q, &id) == SK_OK && id == 1 + r);
+        CHECK(engine_add_request(e, pr, len, &q, &id) == SK_OK && id == first + r);
     }
     CHECK(run_top2(e, runs));
     int compared = 0;
     double unused = 0;
-    CHECK(runs[41].n == G);
-    CHECK(same_until_near_tie(&runs[0], &runs[41], false, &compared, &unused));
+    CHECK(runs[first + 40].n == G);
+    CHECK(same_until_near_tie(&runs[alone], &runs[first + 40], false, &compared, &unused));
     printf("  %d of %d tokens compared (the rest after a near-tie)\n", compared, G);
+    CHECK(compared >= G / 2);
     free(runs);
     engine_free(e);
     model_free(m);
