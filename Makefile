@@ -120,17 +120,21 @@ endif
 SRCS      := $(sort $(shell find src -name '*.c'))
 LIB_SRCS  := $(filter-out src/cli/main.c,$(SRCS))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_SRCS:%.cu=$(BUILD)/%.o) $(CXX_SRCS:%.cc=$(BUILD)/%.o)
+# skein serve's dashboard page compiled in as bytes (src/serve/dashboard.h): od writes them as a C
+# array, so embedding it needs nothing beyond make and coreutils.
+LIB_OBJS  += $(BUILD)/gen/serve_dashboard.o
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
-# The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda.
-GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_mixed test_gpt2 test_llama test_llama_hf test_engine)
+# The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda
+# (test_comm's device case under mpirun, from tests/gpu_dp.sh).
+GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_mixed test_gpt2 test_llama test_llama_hf test_engine test_comm)
 # Debian packages the GPU machine lacks (../shared/GPU.md): make gpu-deps fetches them here,
 # scripts/gpu_env.sh unpacks them there. libcurl (bench serve) is not among them: the GPU
 # machine has Ubuntu's libcurl4-openssl-dev installed (seen 2026-12, curl 8.5.0).
 GPU_DEBS = libcjson1 libcjson-dev libutf8proc2 libutf8proc-dev libpcre2-8-0 libpcre2-dev \
            libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0 libmicrohttpd12 libmicrohttpd-dev
 
-.PHONY: all deps test test-gpu gpu-deps test-asan demo clean status
+.PHONY: all deps test-deps test test-gpu gpu-deps test-asan demo clean status
 # The program is linked in $(BUILD); the default build also copies it to ./skein.
 all: status $(BUILD)/skein $(if $(filter build,$(BUILD)),skein)
 
@@ -141,6 +145,9 @@ status:
 	  "$(if $(MPICC),✓ ($(MPICC)),✗)" \
 	  "$(if $(HAVE_GLOO),✓ ($(GLOO_HOME)),✗ (libgloo-dev))" \
 	  "$(if $(HAVE_NCCL),✓ ($(NCCL_HOME)),✗)"
+
+# cpu_lowp's vector kernels add products as FMAs (ISO C mode leaves contraction off).
+$(BUILD)/src/backend/cpu/cpu_lowp.o: CFLAGS += -ffp-contract=fast
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -153,6 +160,15 @@ $(BUILD)/%.o: %.cc
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++20 $(NVCCFLAGS) $(NVCC_WARN) $(CU_CPPFLAGS) -Isrc -MMD -MP -c $< -o $@
+
+$(BUILD)/gen/serve_dashboard.c: src/serve/dashboard.html
+	@mkdir -p $(dir $@)
+	{ echo '#include "serve/dashboard.h"'; echo 'const unsigned char dashboard_html[] = {'; \
+	  od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '};'; \
+	  echo 'const size_t dashboard_html_len = sizeof dashboard_html;'; } >$@
+
+$(BUILD)/gen/%.o: $(BUILD)/gen/%.c
+	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libskein.a: $(LIB_OBJS)
 	@rm -f $@
@@ -168,17 +184,30 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/libskein.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libskein.a $(LDLIBS)
 
+# $(call missing_debs,PKGS): shell that sets $$missing to the PKGS not installed.
+missing_debs = missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done
+
 # Installs missing Debian packages (as root), or prints the apt-get line to run.
 deps:
-	@missing=""; for p in $(PKGS_DEBIAN); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
+	@$(call missing_debs,$(PKGS_DEBIAN)); \
 	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; \
 	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || exit 1; \
 	else echo "deps: run: sudo apt-get install -y$$missing"; exit 1; fi
 
-test: deps
+# Debian packages only some tests use (cli_serve_web.sh: headless Chromium, openssl for a
+# certificate): installed when missing and possible; never an error (those tests print SKIP).
+PKGS_TEST_DEBIAN = chromium openssl
+test-deps:
+	@$(call missing_debs,$(PKGS_TEST_DEBIAN)); \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then echo "test-deps: installing$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 || \
+	  echo "test-deps: could not install$$missing (their tests skip)"; \
+	else echo "test-deps: missing$$missing (sudo apt-get install -y$$missing; their tests skip)"; fi
+
+test: deps test-deps
 	@$(MAKE) --no-print-directory all $(TEST_BINS)
 	@BUILD=$(BUILD) SKEIN=$(BUILD)/skein sh tests/run.sh $(TEST_BINS)
 

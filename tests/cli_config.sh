@@ -119,8 +119,8 @@ refused refused_scheduler_default_peak '{"optimizer": {"type": "AdamW", "params"
 refused refused_malformed_json '{"steps": 3,, "lr": 1}' "bad.json: invalid JSON at line 1, column"
 refused refused_not_an_object '[{"steps": 3}]' "a run file is one JSON object"
 refused refused_wrong_type '{"steps": "many"}' "bad.json: steps wants an integer"
-refused refused_offload '{"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}' \
-    "zero_optimization.offload_optimizer with device cpu: .* not supported yet"
+refused refused_offload_nvme '{"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme"}}}' \
+    "zero_optimization.offload_optimizer with device nvme: offload to NVMe is not supported yet"
 refused refused_optimizer '{"optimizer": {"type": "Lamb", "params": {"lr": 0.001}}}' "optimizer.type Lamb: skein trains with AdamW only"
 refused refused_scheduler '{"scheduler": {"type": "OneCycle", "params": {}}}' "scheduler.type OneCycle is not supported"
 refused refused_warmup_start '{"scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0001}}}' \

@@ -20,6 +20,8 @@
 # Prints PASS/FAIL lines; the servers are killed at the end (trap). SKEIN_TEST_FAIL_REPLICA is
 # set for the failure servers only.
 . tests/lib_serve.sh
+. tests/lib_replicas.sh
+PFX=replicas
 PIDS=""   # every server started here (lib_serve.sh's trap knows one)
 trap 'for p in $PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
 command -v curl >/dev/null 2>&1 || { echo "SKIP cli_serve_replicas: curl not found"; exit 0; }
@@ -30,30 +32,8 @@ for m in m1:1337 m2:7; do
     then fail replicas_init "$(tail -2 "$T/err")"; exit 1; fi
 done
 
-# start NAME ARGS: skein serve ARGS on a free port (serve_start), its log in $T/NAME.log; sets
-# PID and U (the servers are background jobs too: wait only ever names the jobs it waits for)
-start() {
-    n=$1; shift
-    serve_start "$T/$n.log" --threads 1 "$@" || { fail "replicas_${n}_start" "$(cat "$T/$n.log")"; exit 1; }
-    PIDS="$PIDS $PID"
-}
-# stop NAME PID: SIGTERM, and the server must exit 0 within 10 s
-stop() {
-    kill "$2"
-    i=0
-    while kill -0 "$2" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-    if kill -0 "$2" 2>/dev/null; then fail "replicas_${1}_stops" "still running 10 s after SIGTERM"; kill -9 "$2"; return; fi
-    wait "$2"; rc=$?
-    [ $rc = 0 ] && pass "replicas_${1}_stops" || fail "replicas_${1}_stops" "exit status $rc: $(tail -3 "$T/$1.log")"
-}
-# post URL NAME BODY: the body to $T/NAME.out, the status to $T/NAME.st
-post() { curl -s -m 30 -o "$T/$2.out" -w '%{http_code}' -d "$3" "$1/v1/completions" >"$T/$2.st"; }
 # json FILE EXPR: evaluates a Python expression over the parsed body j; exits non-zero if false
 json() { python3 -c "import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" "$1"; }
-# metrics URL: the page to $T/metrics; mval NAME{LABELS}: one sample of it
-metrics() { curl -s -m 10 "$1/metrics" >"$T/metrics"; }
-mval() { awk -v n="$1" '$1 == n { print $2 }' "$T/metrics"; }
-body() { printf '{"model": "%s", "prompt": "%s", "max_tokens": %s, "temperature": 0, "ignore_eos": true%s}' "$@"; }
 
 start a --model "$T/m1" --served-model-name alpha --model "$T/m2" --served-model-name beta --replicas 2
 A=$U; PA=$PID
@@ -64,18 +44,9 @@ if curl -s -m 10 -o "$T/models.out" "$A/v1/models" && json "$T/models.out" '[d["
 then pass replicas_models_listed; else fail replicas_models_listed "$(cat "$T/models.out")"; fi
 
 # eight distinct prompts at once on each server: the same texts, both replicas used
-jobs=""
-for i in 1 2 3 4 5 6 7 8; do
-    post "$A" "a$i" "$(body alpha "request $i says" 16 '')" & jobs="$jobs $!"
-    post "$R" "r$i" "$(body alpha "request $i says" 16 '')" & jobs="$jobs $!"
-done
-wait $jobs
-bad=""
-for i in 1 2 3 4 5 6 7 8; do
-    if [ "$(cat "$T/a$i.st")" != 200 ] || [ "$(cat "$T/r$i.st")" != 200 ] ||
-       ! python3 -c "import json,sys; a,b=(json.load(open(f))['choices'][0]['text'] for f in sys.argv[1:]); sys.exit(a != b)" "$T/a$i.out" "$T/r$i.out"
-    then bad="$bad $i: $(cat "$T/a$i.out") vs $(cat "$T/r$i.out")"; fi
-done
+eight "$A" a alpha
+eight "$R" r alpha
+bad=$(eight_differ a r)
 [ -z "$bad" ] && pass replicas_equal_one_replica || fail replicas_equal_one_replica "$bad"
 metrics "$A"
 r0=$(mval 'skein_replica_requests_total{model="alpha",replica="0"}'); r1=$(mval 'skein_replica_requests_total{model="alpha",replica="1"}')
@@ -153,7 +124,7 @@ SKEIN_TEST_FAIL_REPLICA=0:1,1:1:hang,2:4 start f --model "$T/m1" --replica-timeo
 F=$U; PF=$PID
 post "$F" f1 "$(body m1 "request 1 says" 2 '')"
 post "$R" r1 "$(body alpha "request 1 says" 2 '')"
-if [ "$(cat "$T/f1.st")" = 200 ] && python3 -c "import json,sys; a,b=(json.load(open(f))['choices'][0]['text'] for f in sys.argv[1:]); sys.exit(a != b)" "$T/f1.out" "$T/r1.out" &&
+if [ "$(cat "$T/f1.st")" = 200 ] && same_text "$T/f1.out" "$T/r1.out" &&
    grep -q 'replica 0 down: its engine step failed' "$T/f.log" && grep -q 'replica 1 down: stopped answering' "$T/f.log"
 then pass replicas_failed_requeued; else fail replicas_failed_requeued "$(cat "$T/f1.st") $(cat "$T/f1.out" "$T/f.log")"; fi
 post "$F" f2 "$(body m1 "request 2 says" 8 '')"
@@ -170,29 +141,9 @@ stop f "$PF"
 # sixteen requests at once (half streamed) are each answered -- 200, or 500 / an error event
 SKEIN_TEST_FAIL_REPLICA=0:3,1:5:hang start g --model "$T/m1" --replicas 2 --replica-timeout 1
 G=$U; PG=$PID
-jobs=""
-for i in $(seq 1 16); do
-    if [ $((i % 2)) = 0 ]; then post "$G" "g$i" "$(body m1 "load $i" 30 '')" &
-    else curl -s -m 30 -N -o "$T/g$i.out" -w '%{http_code}' -d "$(body m1 "load $i" 30 ', "stream": true')" "$G/v1/completions" >"$T/g$i.st" & fi
-    jobs="$jobs $!"
-done
-wait $jobs
-cat > "$T/answered.py" <<'PY'
-import json, sys
-for f in sys.argv[1:]:
-    st, body = open(f + '.st').read(), open(f + '.out').read()
-    if st == '200' and body.startswith('data: '):
-        lines = [l for l in body.split('\n') if l]
-        assert lines[-1] == 'data: [DONE]', (f, lines[-1])
-        last = json.loads(lines[-2][6:])
-        assert 'error' in last or last['choices'][0]['finish_reason'] == 'length', (f, last)
-    elif st == '200':
-        assert json.loads(body)['choices'][0]['finish_reason'] == 'length', (f, body)
-    else:
-        assert st == '500' and json.loads(body)['error']['type'] == 'server_error', (f, st, body)
-PY
-files=""; for i in $(seq 1 16); do files="$files $T/g$i"; done
-if python3 "$T/answered.py" $files >"$T/why" 2>&1; then pass replicas_failures_none_hang; else fail replicas_failures_none_hang "$(cat "$T/why")"; fi
+load_start "$G" m1 30
+wait $LOAD_JOBS
+if load_answered; then pass replicas_failures_none_hang; else fail replicas_failures_none_hang "$(cat "$T/why")"; fi
 i=0
 while metrics "$G" && [ "$(mval 'skein_replicas_up{model="m1"}')" != 2 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 post "$G" after "$(body m1 "after" 4 '')"

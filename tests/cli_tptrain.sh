@@ -9,6 +9,10 @@
 #   tp2_dp2_zero*   4 ranks as 2 tensor-parallel groups of 2 with ZeRO-1 (and -3) over the 2
 #                   data-parallel peers of each share, at the same global batch: the same
 #                   losses as one process;
+#   tp2_dp2_zero2_offload  the same at ZeRO-2 with --offload optimizer for 3 steps, resumed
+#                   without it: the same losses and final model;
+#   tp2_dp2_staged  ZeRO-3 with every collective staged through 64-byte pinned pieces (the GPU
+#                   path's staging, forced on the CPU): the same losses and final model;
 #   tp2_by_hand_*   --tp 2 started by hand (it runs mpirun itself), with --recompute: the same;
 #   resume_*        saved whole at one TP size (--stop-after), resumed at another: the losses
 #                   of the remaining steps match the uninterrupted one-process run;
@@ -106,6 +110,27 @@ for mz in gpt2:1 llama:1 gpt2:3; do
     if msg=$(close "$T/ref_$m" "$T/$name" 1e-5 2>&1) && ls "$T/$name/checkpoint-5" | grep -q 'optimizer-rank3-of-4.bin'
     then pass $name; else fail $name "$msg"; fi
 done
+
+# the same with ZeRO-Offload (--offload optimizer): each share's master and moments on the host,
+# the checkpoint's optimizer files written from there; resumed without the offload
+name=tp2_dp2_zero2_offload
+if ! $MPIRUN -n 4 $SK train --model "$T/gpt2" $F --out "$T/$name" --tp 2 --zero 2 --offload optimizer --stop-after 3 \
+        >"$T/err" 2>&1 ||
+   ! $MPIRUN -n 4 $SK train --model "$T/gpt2" $F --out "$T/$name" --tp 2 --zero 2 --resume >"$T/err" 2>&1; then
+    fail $name "exit status $?: $(tail -5 "$T/err")"
+elif msg=$(close "$T/ref_gpt2" "$T/$name" 1e-5 2>&1) && msg=$(same_model "$T/ref_gpt2" "$T/$name" 1e-3 2>&1); then
+    pass $name
+else fail $name "$msg"; fi
+
+# the tensor-parallel and ZeRO collectives staged through pinned buffers of 64 bytes as on a GPU
+# (comm_stage.h's test hooks: the CPU backend's copies are memcpy), ZeRO-3
+name=tp2_dp2_staged
+if ! SKEIN_COMM_STAGE=1 SKEIN_COMM_STAGE_BYTES=64 $MPIRUN -x SKEIN_COMM_STAGE -x SKEIN_COMM_STAGE_BYTES -n 4 \
+        $SK train --model "$T/gpt2" $F --out "$T/$name" --tp 2 --zero 3 >"$T/err" 2>&1; then
+    fail $name "exit status $?: $(tail -5 "$T/err")"
+elif msg=$(close "$T/ref_gpt2" "$T/$name" 1e-5 2>&1) && msg=$(same_model "$T/ref_gpt2" "$T/$name" 1e-3 2>&1); then
+    pass $name
+else fail $name "$msg"; fi
 
 # saved whole at one size, resumed at another: steps 4 and 5 as the uninterrupted run's
 # resume_tp LAUNCH_A TP_A LAUNCH_B TP_B NAME

@@ -14,11 +14,7 @@
 # where python3 has transformers, in transformers (tests/check_hf_load*.py). Also `skein
 # bench train --device cuda` runs, f32 and bf16 with --recompute. Prints PASS/FAIL/SKIP lines.
 . tests/lib_gpu.sh
-TOK=tests/fixtures/tok2/llama3.json
-i=0
-for f in README.md src/*/*.h; do i=$((i+1)); cp "$f" "$T/doc$i.txt"; done
-$SK data prepare --tokenizer $TOK --input "$T"/doc*.txt --out "$T/data" 2>"$T/err" ||
-    { fail gpu_train_data "$(tail -3 "$T/err")"; exit 1; }
+gpu_data
 
 # maxrel FIELD A B: max relative difference of FIELD in two log.jsonl files, line by line
 maxrel() {

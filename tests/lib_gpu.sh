@@ -1,7 +1,8 @@
 # Sourced first by the GPU scripts (tests/gpu_*.sh, which make test-gpu runs): sets SK (the
 # program) and T (a scratch folder, removed at exit) and pass/fail (PASS and FAIL lines);
 # exits with a FAIL line when $SK is not built and with a SKIP line where nvidia-smi sees no
-# GPU. The script's name (without .sh) names those lines.
+# GPU. The script's name (without .sh) names those lines. Sets TOK (the Llama-3 tokenizer of the
+# fixtures) and defines gpu_data.
 SK=${SKEIN:-./skein}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
@@ -12,3 +13,12 @@ gpu_script=$(basename "$0" .sh)
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
     echo "SKIP $gpu_script: no GPU here"; exit 0
 fi
+TOK=tests/fixtures/tok2/llama3.json
+# gpu_data: $T/data, the repository's README and headers tokenized with $TOK; exits with a FAIL
+# line naming the script when it cannot.
+gpu_data() {
+    i=0
+    for f in README.md src/*/*.h; do i=$((i+1)); cp "$f" "$T/doc$i.txt"; done
+    $SK data prepare --tokenizer $TOK --input "$T"/doc*.txt --out "$T/data" 2>"$T/err" ||
+        { fail "${gpu_script}_data" "$(tail -3 "$T/err")"; exit 1; }
+}

@@ -1,7 +1,7 @@
 # Sourced first by the tests that talk to skein serve (cli_serve.sh, cli_bench_serve.sh): sets SK
 # (the program), TOK (the Llama-3-style fixture tokenizer), T (a scratch folder) and PID (the
 # server to stop, "" when none), a trap that kills PID and removes T at exit, pass/fail (PASS and
-# FAIL lines), and serve_start. Exits with a FAIL line when $SK is not built.
+# FAIL lines), serve_start and serve_tiny_model. Exits with a FAIL line when $SK is not built.
 SK=${SKEIN:-./skein}
 TOK=tests/fixtures/tok2/llama3.json
 T=$(mktemp -d)
@@ -13,7 +13,7 @@ fail() { echo "FAIL $1: $2"; }
 
 # serve_start LOG ARGS...: starts `$SK serve ARGS --port 0` in the background, its stderr to
 # LOG, and waits (10 s at most) for its "listening on" line; sets PID (kill it when done) and U
-# (http://127.0.0.1:PORT). Non-zero when the server did not start (LOG says why). LOG is
+# (http://127.0.0.1:PORT, or https:// when the server serves HTTPS). Non-zero when the server did not start (LOG says why). LOG is
 # emptied first: the background job opens it later, and an earlier server's "listening on"
 # line must not be read as this one's.
 serve_start() {
@@ -23,7 +23,15 @@ serve_start() {
     PID=$!
     i=0
     while ! grep -q 'listening on' "$serve_log" && [ $i -lt 100 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$serve_log")
+    port=$(sed -n 's/.*listening on https\{0,1\}:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$serve_log")
     [ -n "$port" ] || return 1
     U=http://127.0.0.1:$port
+    if grep -q 'listening on https' "$serve_log"; then U=https://127.0.0.1:$port; fi
+}
+
+# serve_tiny_model DIR CONTEXT: a random-weight 2-layer Llama with the fixture tokenizer in DIR;
+# on failure a FAIL line and exit 1.
+serve_tiny_model() {
+    $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64 --context "$2" --tokenizer $TOK --out "$1" \
+        >/dev/null 2>"$T/init.err" || { fail "$(basename "$0" .sh)_init" "$(tail -2 "$T/init.err")"; exit 1; }
 }

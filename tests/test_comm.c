@@ -19,6 +19,7 @@
 #include "comm/comm.h"
 #include "tensor/dtype.h"
 #include "test.h"
+#include "test_device.h"
 
 static comm *g_comm;
 static sk_status g_init_st = SK_OK;
@@ -280,11 +281,110 @@ TEST(split) {
     CHECK(comm_split(c, -1, 0, &s) == SK_EARG && !s);
 }
 
+/* comm_set_backend(c, be) with staging forced (a host-memory backend too) through pinned
+ * buffers of `bytes` (the test hooks of comm_stage.h, read there and cleared after). */
+static sk_status staged_attach(comm *c, backend *be, const char *bytes) {
+    setenv("SKEIN_COMM_STAGE", "1", 1);
+    setenv("SKEIN_COMM_STAGE_BYTES", bytes, 1);
+    sk_status st = comm_set_backend(c, be);
+    unsetenv("SKEIN_COMM_STAGE");
+    unsetenv("SKEIN_COMM_STAGE_BYTES");
+    return st;
+}
+
+/* The collectives again with their buffers staged through pinned memory as for a GPU
+ * (comm_stage.h): SKEIN_COMM_STAGE=1 takes that path on the CPU backend, whose copies are
+ * memcpy, and SKEIN_COMM_STAGE_BYTES=64 cuts every call into pieces of a few elements, so
+ * the bookkeeping (each owner's part of a reduce-scatter piece, the gathered parts, the last
+ * short piece, the two alternating buffers, three requests in flight in bf16) meets the same
+ * arithmetic truth. A world of one has nothing to stage (the cases run as they are). */
+TEST(staged) {
+    comm *c = world();
+    CHECK(c);
+    backend *be = backend_create("cpu");
+    CHECK(be);
+    CHECK_MSG(staged_attach(c, be, "64") == SK_OK, "%s", sk_errmsg());
+    test_all_reduce();
+    test_reduce_scatter();
+    test_all_gather();
+    test_bf16_async();
+    CHECK(comm_set_backend(c, NULL) == SK_OK);
+    backend_free(be);
+}
+
+/* Fills host buffer h(n) with rank r's values (small integers: sums exact), uploads it into
+ * backend memory d, and doubles it there on stream s: the collective started next on s must
+ * see the doubled values, so its staged copies wait for the stream. */
+static void staged_fill(backend *be, backend_stream *s, float *h, float *d, size_t n, int r) {
+    for (size_t i = 0; i < n; i++) h[i] = (float)(r * 1000 + (int)(i % 1000));
+    backend_upload(be, d, h, n * sizeof *h);
+    be->ops->scale(be, s, tensor_1d(d, DT_F32, (int64_t)n), 2.0f);
+}
+
+/* The staged collectives on buffers of the backend of SKEIN_TEST_DEVICE: cuda on a GPU machine
+ * (tests/gpu_dp.sh runs this case under mpirun, two ranks on one GPU), the CPU backend with
+ * staging forced elsewhere. all_reduce, reduce_scatter and all_gather of f32 buffers written
+ * on a stream of the backend just before, started on that stream and in flight together, cut
+ * into many pieces (4 KiB of pinned memory each); the results downloaded once comm_wait
+ * returned are the doubled sums. A device backend at world 1 has nothing to stage (skipped). */
+TEST(staged_device) {
+    comm *c = world();
+    CHECK(c);
+    backend *be = test_device();
+    if (c->world == 1 && !be->host_memory) SKIP("one rank: nothing to stage (run under mpirun)");
+    backend_stream *s = be->ops->stream_create(be);
+    CHECK(s);
+    CHECK_MSG(staged_attach(c, be, "4096") == SK_OK, "%s", sk_errmsg());
+    const size_t W = (size_t)c->world, n = 50021, chunk = 20011;
+    float *h = malloc((n > W * chunk ? n : W * chunk) * sizeof *h);
+    float *ar = backend_alloc(be, n * sizeof *ar), *rs = backend_alloc(be, W * chunk * sizeof *rs);
+    float *rr = backend_alloc(be, chunk * sizeof *rr), *ag = backend_alloc(be, chunk * sizeof *ag);
+    float *all = backend_alloc(be, W * chunk * sizeof *all);
+    CHECK(h && ar && rs && rr && ag && all);
+    comm_req *r1, *r2, *r3;
+    staged_fill(be, s, h, ar, n, c->rank);
+    CHECK_MSG(comm_all_reduce_async(c, ar, n, DT_F32, s, &r1) == SK_OK, "%s", sk_errmsg());
+    staged_fill(be, s, h, rs, W * chunk, c->rank);
+    CHECK_MSG(comm_reduce_scatter_async(c, rs, rr, chunk, DT_F32, s, &r2) == SK_OK, "%s", sk_errmsg());
+    staged_fill(be, s, h, ag, chunk, c->rank);
+    CHECK_MSG(comm_all_gather_async(c, ag, all, chunk, DT_F32, s, &r3) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(comm_wait(c, r3) == SK_OK && comm_wait(c, r2) == SK_OK && comm_wait(c, r1) == SK_OK, "%s",
+              sk_errmsg());
+    const float ranks = (float)(W * (W - 1) / 2);
+    float *got = test_download_f32(be, ar, n);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = 2 * (1000 * ranks + (float)W * (float)(i % 1000));
+        if (got[i] != want && bad++ < 5) printf("  all_reduce [%zu] %g, want %g\n", i, got[i], want);
+    }
+    free(got);
+    got = test_download_f32(be, rr, chunk);
+    for (size_t i = 0; i < chunk; i++) {
+        size_t j = (size_t)c->rank * chunk + i;
+        float want = 2 * (1000 * ranks + (float)W * (float)(j % 1000));
+        if (got[i] != want && bad++ < 5) printf("  reduce_scatter [%zu] %g, want %g\n", i, got[i], want);
+    }
+    free(got);
+    got = test_download_f32(be, all, W * chunk);
+    for (size_t j = 0; j < W * chunk; j++) {
+        float want = 2 * (float)((int)(j / chunk) * 1000 + (int)(j % chunk % 1000));
+        if (got[j] != want && bad++ < 5) printf("  all_gather [%zu] %g, want %g\n", j, got[j], want);
+    }
+    free(got);
+    CHECK(comm_set_backend(c, NULL) == SK_OK);
+    free(h);
+    backend_mem_free(be, ar), backend_mem_free(be, rs), backend_mem_free(be, rr), backend_mem_free(be, ag);
+    backend_mem_free(be, all);
+    be->ops->stream_free(be, s);
+    CHECK(bad == 0);
+}
+
 /* Sets, clears and restores the launcher variables around the env cases. */
 static const char *env_names[] = {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
                                   "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "SLURM_NTASKS",
                                   "SLURM_LOCALID", "SLURM_STEP_ID", "SLURM_STEPID", "RANK", "WORLD_SIZE",
-                                  "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"};
+                                  "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                                  "MPI_LOCALNRANKS", "SLURM_STEP_TASKS_PER_NODE", "LOCAL_WORLD_SIZE"};
 enum { N_ENV = sizeof env_names / sizeof env_names[0] };
 static char *env_saved[N_ENV];
 
@@ -320,25 +420,41 @@ static sk_status env_with(comm_env *e, const char *const *kv) {
 
 static void env_cases(void) {
     comm_env e;
+    /* on cuda: NCCL when a host's ranks have a GPU each, else the host kind, staging */
+#ifdef SKEIN_HAVE_NCCL
+    const int gpus = backend_device_count("cuda");
+#else
+    const int gpus = 0;
+#endif
     CHECK(env_with(&e, (const char *[]){NULL}) == SK_OK && e.launcher == COMM_LAUNCH_NONE && e.world == 1);
     CHECK(!strcmp(comm_auto_kind("cpu"), "local"));
     CHECK(env_with(&e, (const char *[]){"OMPI_COMM_WORLD_SIZE=4", "OMPI_COMM_WORLD_RANK=2",
-                                        "OMPI_COMM_WORLD_LOCAL_RANK=0", NULL}) == SK_OK);
-    CHECK(e.launcher == COMM_LAUNCH_MPIRUN && e.rank == 2 && e.world == 4 && e.local_rank == 0);
-    CHECK(!strcmp(comm_auto_kind("cpu"), "mpi") && !strcmp(comm_auto_kind("cuda"), "nccl"));
+                                        "OMPI_COMM_WORLD_LOCAL_RANK=0", "OMPI_COMM_WORLD_LOCAL_SIZE=2", NULL}) == SK_OK);
+    CHECK(e.launcher == COMM_LAUNCH_MPIRUN && e.rank == 2 && e.world == 4 && e.local_rank == 0 && e.local_world == 2);
+    CHECK(!strcmp(comm_auto_kind("cpu"), "mpi") && !strcmp(comm_auto_kind("cuda"), gpus >= 2 ? "nccl" : "mpi"));
     CHECK(env_with(&e, (const char *[]){"SLURM_PROCID=1", "SLURM_NTASKS=3", "SLURM_LOCALID=1", "SLURM_STEP_ID=0",
-                                        NULL}) == SK_OK);
-    CHECK(e.launcher == COMM_LAUNCH_SLURM && e.rank == 1 && e.world == 3 && e.local_rank == 1);
+                                        "SLURM_STEP_TASKS_PER_NODE=2(x1),1", NULL}) == SK_OK);
+    CHECK(e.launcher == COMM_LAUNCH_SLURM && e.rank == 1 && e.world == 3 && e.local_rank == 1 && e.local_world == 2);
+    CHECK(env_with(&e, (const char *[]){"OMPI_COMM_WORLD_SIZE=2", "OMPI_COMM_WORLD_RANK=0",
+                                        "OMPI_COMM_WORLD_LOCAL_SIZE=x", NULL}) == SK_EARG);
+    CHECK_MSG(strstr(sk_errmsg(), "OMPI_COMM_WORLD_LOCAL_SIZE=x"), "%s", sk_errmsg());
     /* An sbatch script's shell is not a job step: one process. */
     CHECK(env_with(&e, (const char *[]){"SLURM_PROCID=0", "SLURM_NTASKS=3", NULL}) == SK_OK);
     CHECK(e.launcher == COMM_LAUNCH_NONE);
     CHECK(env_with(&e, (const char *[]){"RANK=1", "WORLD_SIZE=2", "LOCAL_RANK=1", "MASTER_ADDR=10.0.0.1",
                                         "MASTER_PORT=29500", NULL}) == SK_OK);
     CHECK(e.launcher == COMM_LAUNCH_TORCHRUN && e.rank == 1 && e.world == 2 && e.local_rank == 1);
-    CHECK(!strcmp(e.master_addr, "10.0.0.1") && e.master_port == 29500);
-    CHECK(!strcmp(comm_auto_kind("cuda"), "nccl"));
+    CHECK(!strcmp(e.master_addr, "10.0.0.1") && e.master_port == 29500 && e.local_world == 0);
 #ifdef SKEIN_HAVE_GLOO
-    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo"));
+    /* no LOCAL_WORLD_SIZE: each rank taken to have its GPU (NCCL where built) */
+#ifdef SKEIN_HAVE_NCCL
+    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo") && !strcmp(comm_auto_kind("cuda"), "nccl"));
+#else
+    CHECK(!strcmp(comm_auto_kind("cpu"), "gloo") && !strcmp(comm_auto_kind("cuda"), "gloo"));
+#endif
+    CHECK(env_with(&e, (const char *[]){"RANK=1", "WORLD_SIZE=2", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2",
+                                        "MASTER_ADDR=10.0.0.1", "MASTER_PORT=29500", NULL}) == SK_OK);
+    CHECK(e.local_world == 2 && !strcmp(comm_auto_kind("cuda"), gpus >= 2 ? "nccl" : "gloo"));
 #else
     CHECK(comm_auto_kind("cpu") == NULL && strstr(sk_errmsg(), "libgloo-dev"));
 #endif
@@ -376,6 +492,13 @@ TEST(init_errors) {
     CHECK(comm_counter_set(c, 5) == SK_OK && comm_fetch_add(c, 3, &old) == SK_OK && old == 5);
     CHECK(comm_fetch_add(c, 0, &old) == SK_OK && old == 8);
     comm_free(c);
+    /* five ranks on a host of two GPUs: ranks 0, 2, 4 on GPU 0, ranks 1, 3 on GPU 1 */
+    comm h = {.local_rank = 1, .local_world = 5};
+    CHECK(comm_device_sharers(&h, 2) == 2 && comm_device_sharers(&h, 8) == 1);
+    h.local_rank = 4;
+    CHECK(comm_device_sharers(&h, 2) == 3 && comm_device_sharers(&h, 1) == 5);
+    h.local_world = 0;
+    CHECK(comm_device_sharers(&h, 1) == 1 && comm_device_sharers(NULL, 1) == 1);
 }
 
 /* NCCL with host buffers (the staged paths: f64 sums, broadcasts of host memory) plus the

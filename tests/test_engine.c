@@ -11,7 +11,18 @@
  *   - a prefix-cache hit gives the same tokens as the miss, and the hit counter moves;
  *   - a pool of a few blocks preempts and still completes every request correctly;
  *   - cancelling half of the requests midway leaves the pool whole at the end;
- *   - kv_budget reads --kv-memory's bytes (k, M, G) and fractions, and refuses the rest. */
+ *   - kv_budget reads --kv-memory's bytes (k, M, G) and fractions, and refuses the rest;
+ *   - the paged ops (set_rows, paged_attention) against a double-precision reference over
+ *     the same cache, in the cache dtype a device runs (bf16 on CUDA: its decode kernel with
+ *     and without splits over long contexts, grouped heads, windows, and its general kernel
+ *     for prefill chunks), argmax_rows' first maximum, and (where a backend has it)
+ *     sample_rows against a sort-based reference and its draws' frequencies;
+ *   - on a device with bf16 inference: the engine's greedy tokens equal the CPU engine's over
+ *     the same bf16 weights, and a request inside a busy batch of 64 the tokens it gets
+ *     alone, each up to the first step whose top-2 log-probability margin is below
+ *     BF16_MARGIN (two bf16 runs may order a near-tie either way), with log-probabilities
+ *     within BF16_LOGPROB_TOL.
+ * Elsewhere the engine tests run with SKEIN_INFER_DTYPE=f32, so a device is held to 1e-5. */
 #include "test.h"
 #include "test_device.h"
 #include "test_model.h"
@@ -19,20 +30,30 @@
 #include "infer/engine.h"
 
 enum { MAXG = 24, MAXP = 40 };
+/* bf16 activations move a tiny model's log-probabilities by about 1e-2: tokens are compared
+ * while the top two stand further apart than BF16_MARGIN. */
+#define BF16_MARGIN 0.1
+#define BF16_LOGPROB_TOL 8e-2   /* measured on the H200: up to 0.054 (the qwen2 fixture, logits up to 7) */
 
 static const char *const fixtures[] = {
     "fixtures/gpt2-tiny", "fixtures/llama-tiny", "fixtures/llama-math/llama", "fixtures/llama-math/llama3",
     "fixtures/llama-math/mistral", "fixtures/llama-math/qwen2",
 };
 
-static model *open_fixture(const char *rel) {
+/* Folder path (relative to tests/, or absolute) opened on the test device with inference in
+ * dtype want: f32 (SKEIN_INFER_DTYPE=f32: a device keeps model_load's f32 copy, so the exact
+ * comparisons below hold there too) or bf16 (a device's bf16 copy; the CPU reads the files). */
+static model *open_model(const char *path, const char *want) {
     model *m = NULL;
-    if (model_open_weights(test_path(rel), test_device(), &m) != SK_OK) {
-        printf("  %s: %s\n", rel, sk_errmsg());
+    setenv("SKEIN_INFER_DTYPE", want, 1);
+    if (model_open_weights(path, test_device(), &m) != SK_OK) {
+        printf("  %s: %s\n", path, sk_errmsg());
         return NULL;
     }
     return m;
 }
+
+static model *open_fixture(const char *rel) { return open_model(test_path(rel), "f32"); }
 
 /* The reference: greedy decoding of prompt(n) for g tokens through model_infer_step; gen(g)
  * receives the tokens, lp(g) when not NULL each chosen token's log-softmax, and rows(g,V)
@@ -268,6 +289,15 @@ TEST(top_logprobs_match_softmax_of_reference_logits) {
     }
 }
 
+/* An engine for nr running sequences with a budget of 128 tokens a step (NULL on failure). */
+static engine *busy_engine(model *m, int nr) {
+    engine_opts o = engine_opts_default();
+    o.max_seqs = nr;
+    o.max_batch_tokens = 128;
+    engine *e = NULL;
+    return engine_create(m, &o, &e) == SK_OK ? e : NULL;
+}
+
 /* Request 0 alone, then as the 40th of 64 (the rest random, some sampled): same tokens, for a
  * greedy and for a seeded sampled request. */
 TEST(busy_batch_of_64_same_tokens) {
@@ -282,11 +312,8 @@ TEST(busy_batch_of_64_same_tokens) {
     for (int k = 0; k < 2; k++) {
         int target[MAXP], alone[MAXG], n_alone = 0, id;
         make_prompt(target, 999, 21, V);
-        engine_opts o = engine_opts_default();
-        o.max_seqs = NR;
-        o.max_batch_tokens = 128;
-        engine *e = NULL;
-        CHECK(engine_create(m, &o, &e) == SK_OK);
+        engine *e = busy_engine(m, NR);
+        CHECK(e);
         int *gen = calloc(NR * MAXG, sizeof(int)), ngen[NR] = {0};
         CHECK(engine_add_request(e, target, 21, &kinds[k], &id) == SK_OK);
         CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
@@ -532,6 +559,397 @@ TEST(kv_budget_parses_bytes_and_fractions) {
         CHECK_MSG(strstr(sk_errmsg(), "--kv-memory"), "'%s': the message does not name the flag: %s", bad[i],
                   sk_errmsg());
     }
+}
+
+/* ---- the paged ops and bf16 inference ---- */
+
+/* The values of n f32 as dt holds them (bf16: rounded), in place. */
+static void round_to(float *x, size_t n, dtype dt) {
+    if (dt == DT_F32) return;
+    uint16_t *tmp = malloc(sizeof(uint16_t) * n);
+    dtype_from_f32(tmp, dt, x, n);
+    dtype_to_f32(x, tmp, dt, n);
+    free(tmp);
+}
+
+/* n f32 uploaded as dt into new backend memory. */
+static void *upload_as(backend *be, const float *x, size_t n, dtype dt) {
+    void *raw = malloc(n * dtype_size(dt)), *dev = backend_alloc(be, n * dtype_size(dt));
+    dtype_from_f32(raw, dt, x, n);
+    backend_upload(be, dev, raw, n * dtype_size(dt));
+    free(raw);
+    return dev;
+}
+
+/* One batch of sequences (ctx[i] positions, the last nq[i] of them queries) through set_rows
+ * and paged_attention; the worst |out - reference| relative to the largest |value|. */
+static double paged_case(backend *be, dtype dt, int NH, int NKV, int HS, int W, int S, const int *ctx, const int *nq) {
+    enum { BS = 16 };
+    const int KD = NKV * HS, QD = NH * HS;
+    int N = 0, MB = 0, nblocks = 0;
+    for (int i = 0; i < S; i++) {
+        N += nq[i];
+        nblocks += (ctx[i] + BS - 1) / BS;
+        if ((ctx[i] + BS - 1) / BS > MB) MB = (ctx[i] + BS - 1) / BS;
+    }
+    const int R = nblocks * BS;
+    rng r;
+    rng_seed(&r, (uint64_t)(NH * 1000 + HS * 10 + W + S));
+    float *src_k = malloc(sizeof(float) * (size_t)R * KD), *src_v = malloc(sizeof(float) * (size_t)R * KD);
+    float *kc = malloc(sizeof(float) * (size_t)R * KD), *vc = malloc(sizeof(float) * (size_t)R * KD);
+    float *q = malloc(sizeof(float) * (size_t)N * QD), *ref = malloc(sizeof(float) * (size_t)N * QD);
+    int *perm = malloc(sizeof(int) * (size_t)R), *blocks = malloc(sizeof(int) * (size_t)nblocks);
+    int *tables = calloc((size_t)S * MB, sizeof(int)), *seqs = malloc(sizeof(int) * 3 * (size_t)S);
+    for (size_t e = 0; e < (size_t)R * KD; e++) src_k[e] = rng_normal(&r), src_v[e] = rng_normal(&r);
+    for (size_t e = 0; e < (size_t)N * QD; e++) q[e] = rng_normal(&r);
+    round_to(src_k, (size_t)R * KD, dt);
+    round_to(src_v, (size_t)R * KD, dt);
+    round_to(q, (size_t)N * QD, dt);
+    /* set_rows scatters the rows by a permutation; the tables take the blocks shuffled */
+    for (int i = 0; i < R; i++) perm[i] = i;
+    for (int i = R - 1; i > 0; i--) {
+        const int j = (int)rng_below(&r, (uint64_t)i + 1), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    for (int i = 0; i < R; i++) {
+        memcpy(kc + (size_t)perm[i] * KD, src_k + (size_t)i * KD, sizeof(float) * KD);
+        memcpy(vc + (size_t)perm[i] * KD, src_v + (size_t)i * KD, sizeof(float) * KD);
+    }
+    for (int b = 0; b < nblocks; b++) blocks[b] = (b * 7919) % nblocks;   /* nblocks is not a multiple of 7919 */
+    double vmax = 0;
+    for (size_t e = 0; e < (size_t)R * KD; e++) vmax = fmax(vmax, fabs(src_v[e]));
+    for (int i = 0, row = 0, used = 0; i < S; i++) {
+        const int nb = (ctx[i] + BS - 1) / BS;
+        memcpy(tables + (size_t)i * MB, blocks + used, sizeof(int) * (size_t)nb);
+        used += nb;
+        seqs[3 * i] = row, seqs[3 * i + 1] = nq[i], seqs[3 * i + 2] = ctx[i];
+        for (int j = 0; j < nq[i]; j++, row++)
+            for (int h = 0; h < NH; h++) {   /* the reference: softmax over the visible keys, in double */
+                const int pos = ctx[i] - nq[i] + j, s0 = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0;
+                const float *qh = q + (size_t)row * QD + (size_t)h * HS;
+                const size_t koff = (size_t)(h / (NH / NKV)) * HS;
+                double mx = -INFINITY, sum = 0, acc[256] = {0};
+                double *sc = malloc(sizeof(double) * (size_t)(pos + 1));
+                for (int t = s0; t <= pos; t++) {
+                    const float *kr = kc + ((size_t)tables[(size_t)i * MB + t / BS] * BS + t % BS) * KD + koff;
+                    double d = 0;
+                    for (int c = 0; c < HS; c++) d += (double)qh[c] * kr[c];
+                    sc[t] = d / sqrt((double)HS);
+                    mx = fmax(mx, sc[t]);
+                }
+                for (int t = s0; t <= pos; t++) {
+                    const float *vr = vc + ((size_t)tables[(size_t)i * MB + t / BS] * BS + t % BS) * KD + koff;
+                    const double p = exp(sc[t] - mx);
+                    sum += p;
+                    for (int c = 0; c < HS; c++) acc[c] += p * vr[c];
+                }
+                for (int c = 0; c < HS; c++) ref[(size_t)row * QD + (size_t)h * HS + (size_t)c] = (float)(acc[c] / sum);
+                free(sc);
+            }
+    }
+    void *dk = backend_alloc(be, (size_t)R * KD * dtype_size(dt)), *dv = backend_alloc(be, (size_t)R * KD * dtype_size(dt));
+    void *dsk = upload_as(be, src_k, (size_t)R * KD, dt), *dsv = upload_as(be, src_v, (size_t)R * KD, dt);
+    void *dq = upload_as(be, q, (size_t)N * QD, dt), *dout = backend_alloc(be, (size_t)N * QD * dtype_size(dt));
+    int *didx = backend_alloc(be, sizeof(int) * (size_t)R), *dseqs = backend_alloc(be, sizeof(int) * 3 * (size_t)S);
+    int *dtab = backend_alloc(be, sizeof(int) * (size_t)S * MB);
+    backend_upload(be, didx, perm, sizeof(int) * (size_t)R);
+    backend_upload(be, dseqs, seqs, sizeof(int) * 3 * (size_t)S);
+    backend_upload(be, dtab, tables, sizeof(int) * (size_t)S * MB);
+    const tensor idx = tensor_1d(didx, DT_I32, R), kt = tensor_2d(dk, dt, R, KD), vt = tensor_2d(dv, dt, R, KD);
+    be->ops->set_rows(be, NULL, kt, tensor_2d(dsk, dt, R, KD), idx);
+    be->ops->set_rows(be, NULL, vt, tensor_2d(dsv, dt, R, KD), idx);
+    be->ops->paged_attention(be, NULL, tensor_2d(dout, dt, N, QD), tensor_2d(dq, dt, N, QD), kt, vt,
+                             tensor_2d(dseqs, DT_I32, S, 3), tensor_2d(dtab, DT_I32, S, MB), BS, NH, NKV, W);
+    float *out = test_download_mat(be, tensor_2d(dout, dt, N, QD));
+    double worst = 0;
+    for (size_t e = 0; e < (size_t)N * QD; e++) worst = fmax(worst, fabs(out[e] - ref[e]));
+    void *dev[] = {dk, dv, dsk, dsv, dq, dout, didx, dseqs, dtab};
+    for (size_t k = 0; k < sizeof dev / sizeof *dev; k++) backend_mem_free(be, dev[k]);
+    free(out), free(src_k), free(src_v), free(kc), free(vc), free(q), free(ref);
+    free(perm), free(blocks), free(tables), free(seqs);
+    return worst / vmax;
+}
+
+/* Decodes over long and short contexts, prefill chunks, grouped heads, windows; a batch too
+ * small to fill a GPU (split decode) and one of 150 sequences (no split). */
+TEST(paged_attention_matches_a_reference) {
+    backend *be = test_device();
+    const dtype dt = backend_supports(be, BACKEND_OP_PAGED, DT_BF16) ? DT_BF16 : DT_F32;
+    const double tol = dt == DT_BF16 ? 1e-2 : 1e-5;   /* of the largest |value|: out is rounded once */
+    const int ctx[6] = {3000, 1, 17, 40, 700, 33}, nq[6] = {1, 1, 1, 5, 1, 33};
+    const struct { int NH, NKV, HS, W; } shapes[] = {
+        {8, 2, 64, 0}, {8, 2, 128, 0}, {4, 4, 64, 100}, {6, 1, 32, 0}, {2, 2, 160, 0}, {16, 2, 128, 257},
+    };
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        const double w = paged_case(be, dt, shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, 6, ctx, nq);
+        printf("  %s NH %d NKV %d HS %d W %d: worst |out - reference| %.3g of the largest |v|\n", dtype_name(dt),
+               shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, w);
+        CHECK(w <= tol);
+    }
+    enum { S = 150 };
+    int many_ctx[S], many_nq[S];
+    for (int i = 0; i < S; i++) many_ctx[i] = 1 + (i * 37) % 90, many_nq[i] = 1;
+    const double w = paged_case(be, dt, 8, 2, 64, 0, S, many_ctx, many_nq);
+    printf("  %s %d decodes: worst %.3g\n", dtype_name(dt), S, w);
+    CHECK(w <= tol);
+}
+
+TEST(argmax_rows_finds_the_first_maximum) {
+    backend *be = test_device();
+    if (!be->ops->argmax_rows) SKIP("the %s backend has no argmax_rows", be->name);
+    enum { R = 5, V = 1000, LD = 1024 };
+    float *x = malloc(sizeof(float) * R * LD);
+    rng r;
+    rng_seed(&r, 3);
+    for (int e = 0; e < R * LD; e++) x[e] = rng_normal(&r);
+    x[1 * LD + 10] = x[1 * LD + 700] = 9.0f;             /* equal maxima: the first */
+    for (int c = 0; c < V; c++) x[2 * LD + c] = 0.5f;     /* all equal: column 0 */
+    for (int c = 0; c < V; c++) x[3 * LD + c] = -100.0f - (float)c;
+    x[4 * LD + V - 1] = 50.0f;                            /* the last column */
+    x[4 * LD + V] = 99.0f;                                /* past V: not a column */
+    float *dx = backend_alloc(be, sizeof(float) * R * LD);
+    int *dids = backend_alloc(be, sizeof(int) * R), ids[R];
+    backend_upload(be, dx, x, sizeof(float) * R * LD);
+    be->ops->argmax_rows(be, NULL, tensor_1d(dids, DT_I32, R), tensor_2d_ld(dx, DT_F32, R, V, LD));
+    backend_download(be, ids, dids, sizeof ids);
+    for (int i = 0; i < R; i++) {
+        int best = 0;
+        for (int c = 1; c < V; c++)
+            if (x[i * LD + c] > x[i * LD + best]) best = c;
+        CHECK_MSG(ids[i] == best, "row %d: %d, expected %d", i, ids[i], best);
+    }
+    CHECK(ids[1] == 10 && ids[2] == 0 && ids[3] == 0 && ids[4] == V - 1);
+    backend_mem_free(be, dx);
+    backend_mem_free(be, dids);
+    free(x);
+}
+
+/* backend_sample_row's draw by its definition, the kept set found by sorting: row(V). */
+static int sample_row_reference(const float *row, int V, const backend_sample_row *o) {
+    int best = 0;
+    for (int c = 1; c < V; c++)
+        if (row[c] > row[best]) best = c;
+    if (o->temperature <= 0) return best;
+    const float mx = row[best], T = o->temperature;
+    float *sorted = malloc(sizeof(float) * (size_t)V);
+    int n = 0;   /* min-p, then the top-k of what is left (values descending), then top-p */
+    for (int c = 0; c < V; c++)
+        if (o->min_p <= 0 || (row[c] - mx) / T >= logf(o->min_p)) sorted[n++] = row[c];
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && sorted[j] > sorted[j - 1]; j--) {
+            const float t = sorted[j];
+            sorted[j] = sorted[j - 1], sorted[j - 1] = t;
+        }
+    if (o->top_k > 0 && o->top_k < n) n = o->top_k;
+    double total = 0, kept = 0;
+    for (int i = 0; i < n; i++) total += exp((sorted[i] - mx) / T);
+    int m = 0;
+    while (m < n && (m == 0 || kept < o->top_p * total)) kept += exp((sorted[m++] - mx) / T);
+    const float t = sorted[m - 1];
+    free(sorted);
+    double bv = -INFINITY;
+    for (int c = 0; c < V; c++)
+        if (row[c] >= t) {
+            const double g = (row[c] - mx) / T - log(-log(backend_sample_uniform(o->seed, o->counter, (uint32_t)c)));
+            if (g > bv) bv = g, best = c;
+        }
+    return best;
+}
+
+/* sample_rows against sample_row_reference on random rows under each kind of option, and the
+ * frequencies of many draws from one row against its restricted softmax. */
+TEST(sample_rows_draws_from_the_restricted_softmax) {
+    backend *be = test_device();
+    if (!be->ops->sample_rows) SKIP("the %s backend has no sample_rows (the engine samples on the host)", be->name);
+    enum { R = 64, V = 1000, LD = 1008, N = 20000, V6 = 6 };
+    float *x = malloc(sizeof(float) * R * LD);
+    backend_sample_row o[R];
+    rng r;
+    rng_seed(&r, 11);
+    const float temps[3] = {0.0f, 0.7f, 1.3f}, tops_p[3] = {1.0f, 0.9f, 0.5f}, min_ps[2] = {0.0f, 0.05f};
+    const int tops_k[4] = {0, 1, 5, 50};
+    for (int i = 0; i < R; i++) {
+        for (int c = 0; c < LD; c++) x[i * LD + c] = 3.0f * rng_normal(&r);
+        o[i] = (backend_sample_row){temps[i % 3], min_ps[i / 3 % 2], tops_p[i / 6 % 3], tops_k[i / 18 % 4],
+                                    1000 + (uint64_t)i, (uint64_t)i * 7};
+    }
+    float *dx = backend_alloc(be, sizeof(float) * R * LD);
+    int *dids = backend_alloc(be, sizeof(int) * N), ids[R];
+    backend_sample_row *dopt = backend_alloc(be, sizeof(backend_sample_row) * N);
+    backend_upload(be, dx, x, sizeof(float) * R * LD);
+    backend_upload(be, dopt, o, sizeof o);
+    be->ops->sample_rows(be, NULL, tensor_1d(dids, DT_I32, R), tensor_2d_ld(dx, DT_F32, R, V, LD), dopt);
+    backend_download(be, ids, dids, sizeof ids);
+    int differ = 0;
+    for (int i = 0; i < R; i++)
+        if (ids[i] != sample_row_reference(x + i * LD, V, &o[i])) differ++;
+    printf("  %d of %d rows drew another token than the reference\n", differ, R);
+    CHECK(differ <= 1);   /* a threshold that float sums place on the other side of a value */
+    /* one row of 6, top-4 at temperature 1, drawn N times (counters 0..N-1): frequencies */
+    const float six[V6] = {1.0f, 0.5f, 0.0f, -0.5f, 2.0f, -3.0f};
+    float *rows = malloc(sizeof(float) * N * V6);
+    backend_sample_row *opts = malloc(sizeof(backend_sample_row) * N);
+    int *got = malloc(sizeof(int) * N), count[V6] = {0};
+    for (int i = 0; i < N; i++) {
+        memcpy(rows + i * V6, six, sizeof six);
+        opts[i] = (backend_sample_row){1.0f, 0.0f, 1.0f, 4, 77, (uint64_t)i};
+    }
+    float *drows = backend_alloc(be, sizeof(float) * N * V6);
+    backend_upload(be, drows, rows, sizeof(float) * N * V6);
+    backend_upload(be, dopt, opts, sizeof(backend_sample_row) * N);
+    be->ops->sample_rows(be, NULL, tensor_1d(dids, DT_I32, N), tensor_2d(drows, DT_F32, N, V6), dopt);
+    backend_download(be, got, dids, sizeof(int) * N);
+    for (int i = 0; i < N; i++) count[got[i]]++;
+    double z = 0;
+    for (int c = 0; c < V6; c++) z += c == 3 || c == 5 ? 0 : exp(six[c]);
+    for (int c = 0; c < V6; c++) {
+        const double want = c == 3 || c == 5 ? 0 : exp(six[c]) / z;
+        printf("  token %d: %.4f drawn, %.4f expected\n", c, (double)count[c] / N, want);
+        CHECK_NEAR((double)count[c] / N, want, 0.015);   /* 5 standard errors at N = 20000 */
+    }
+    backend_mem_free(be, dx);
+    backend_mem_free(be, drows);
+    backend_mem_free(be, dids);
+    backend_mem_free(be, dopt);
+    free(x), free(rows), free(opts), free(got);
+}
+
+/* Greedy with the top two log-probabilities (their gap tells a near-tie). */
+static engine_params greedy_top2(int g) {
+    engine_params p = greedy(g);
+    p.n_logprobs = 2;
+    return p;
+}
+
+/* Request outputs with margins: tok, lp and gap (top-2 log-probability difference) per token. */
+typedef struct top2_run { int tok[MAXG], n; float lp[MAXG], gap[MAXG]; } top2_run;
+
+/* Runs every request of e, recording each one's tokens into runs[id]. */
+static bool run_top2(engine *e, top2_run *runs) {
+    while (engine_has_work(e)) {
+        const engine_output *out;
+        int n;
+        if (engine_step(e, &out, &n) != SK_OK) return false;
+        for (int i = 0; i < n; i++) {
+            top2_run *t = &runs[out[i].id];
+            if (out[i].token < 0 || t->n >= MAXG) continue;
+            t->lp[t->n] = out[i].logprob;
+            t->gap[t->n] = out[i].n_top == 2 ? out[i].top_logprobs[0] - out[i].top_logprobs[1] : INFINITY;
+            t->tok[t->n++] = out[i].token;
+        }
+    }
+    return true;
+}
+
+/* Tokens of `got` against `want` up to the first step where want's margin is below
+ * BF16_MARGIN (the tokens of that step included: one of the near-tied pair); the count
+ * compared into *n, the worst log-probability difference into *worst (when got has them).
+ * False at the first token that differs before then. */
+static bool same_until_near_tie(const top2_run *want, const top2_run *got, bool with_lp, int *n, double *worst) {
+    for (int i = 0; i < want->n && i < got->n; i++) {
+        if (want->gap[i] < BF16_MARGIN) return true;
+        if (got->tok[i] != want->tok[i]) {
+            printf("  token %d: %d, expected %d (margin %.3g)\n", i, got->tok[i], want->tok[i], want->gap[i]);
+            return false;
+        }
+        if (with_lp) *worst = fmax(*worst, fabs(got->lp[i] - want->lp[i]));
+        (*n)++;
+    }
+    return true;
+}
+
+TEST(bf16_engine_matches_the_cpu_over_bf16_weights) {
+    backend *be = test_device();
+    if (be->host_memory) SKIP("the %s backend reads the weights in place (no bf16 device copy)", be->name);
+    backend *cpu = backend_cpu_create();
+    CHECK(cpu);
+    for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/bf16-%zu", test_tmpdir(), f);
+        model *src = NULL, *ref = NULL;
+        CHECK(model_load(test_path(fixtures[f]), cpu, &src) == SK_OK);
+        CHECK(model_save_as(src, dir, DT_BF16, MODEL_SHARD_BYTES) == SK_OK);
+        model_free(src);
+        CHECK(model_open_weights(dir, cpu, &ref) == SK_OK);
+        model *m = open_model(dir, "bf16");
+        CHECK(m && model_infer_dtype(m) == DT_BF16);
+        enum { R = 4, G = 12 };
+        const int V = m->cfg.vocab_size, len[R] = {3, 17, 33, 40};
+        top2_run want[R] = {0}, got[R] = {0};
+        engine *ec = NULL, *eg = NULL;
+        engine_opts o = engine_opts_default();
+        o.max_batch_tokens = 20;
+        CHECK(engine_create(ref, &o, &ec) == SK_OK && engine_create(m, &o, &eg) == SK_OK);
+        for (int r = 0; r < R; r++) {
+            int prompt[MAXP], id;
+            make_prompt(prompt, r, len[r], V);
+            engine_params p = greedy_top2(G);
+            CHECK(engine_add_request(ec, prompt, len[r], &p, &id) == SK_OK && id == r);
+            CHECK(engine_add_request(eg, prompt, len[r], &p, &id) == SK_OK && id == r);
+        }
+        CHECK(run_top2(ec, want) && run_top2(eg, got));
+        int compared = 0;
+        double worst = 0;
+        for (int r = 0; r < R; r++) {
+            CHECK(want[r].n == G && got[r].n == G);
+            CHECK_MSG(same_until_near_tie(&want[r], &got[r], true, &compared, &worst), "%s request %d", fixtures[f], r);
+        }
+        printf("  %s: %d of %d greedy tokens compared (the rest after a near-tie), worst |logprob diff| %.3g\n",
+               fixtures[f], compared, R * G, worst);
+        CHECK(worst <= BF16_LOGPROB_TOL);
+        CHECK(kv_pool_available(engine_pool(eg)) == kv_pool_blocks(engine_pool(eg)));
+        engine_free(ec);
+        engine_free(eg);
+        model_free(ref);
+        model_free(m);
+    }
+    backend_free(cpu);
+}
+
+/* busy_batch_of_64_same_tokens in bf16: the target plain greedy inside the batch (the ids-only
+ * path), its margins from a run alone. The target is the first of a few prompts whose first G/2
+ * tokens alone are no near-ties, so that at least G/2 tokens are compared. */
+TEST(bf16_busy_batch_of_64_same_tokens) {
+    backend *be = test_device();
+    if (be->host_memory) SKIP("the %s backend reads the weights in place (no bf16 device copy)", be->name);
+    model *m = open_model(test_path("fixtures/llama-math/llama3"), "bf16");
+    CHECK(m);
+    enum { NR = 64, G = 10, TRIES = 32 };
+    const int V = m->cfg.vocab_size;
+    int target[MAXP], id, alone = -1;
+    engine *e = busy_engine(m, NR);
+    CHECK(e);
+    top2_run *runs = calloc(TRIES + NR, sizeof(top2_run));
+    CHECK(runs);
+    for (int t = 0; t < TRIES && alone < 0; t++) {   /* each try alone: the engine is idle between them */
+        make_prompt(target, 999 + t, 21, V);
+        engine_params p = greedy_top2(G);
+        CHECK(engine_add_request(e, target, 21, &p, &id) == SK_OK && id == t);
+        CHECK(run_top2(e, runs));
+        int clear = 0;
+        while (clear < runs[t].n && runs[t].gap[clear] >= BF16_MARGIN) clear++;
+        if (clear >= G / 2) alone = t;
+    }
+    CHECK_MSG(alone >= 0, "no prompt of %d gave %d greedy tokens without a near-tie", TRIES, G / 2);
+    const int first = id + 1;
+    for (int r = 0; r < NR; r++) {
+        int pr[MAXP];
+        const int len = r == 40 ? 21 : 1 + r % 30;
+        if (r == 40) memcpy(pr, target, sizeof target); else make_prompt(pr, r, len, V);
+        engine_params q = greedy(G);
+        q.logprobs = false;   /* plain greedy: only ids come back */
+        CHECK(engine_add_request(e, pr, len, &q, &id) == SK_OK && id == first + r);
+    }
+    CHECK(run_top2(e, runs));
+    int compared = 0;
+    double unused = 0;
+    CHECK(runs[first + 40].n == G);
+    CHECK(same_until_near_tie(&runs[alone], &runs[first + 40], false, &compared, &unused));
+    printf("  %d of %d tokens compared (the rest after a near-tie)\n", compared, G);
+    CHECK(compared >= G / 2);
+    free(runs);
+    engine_free(e);
+    model_free(m);
 }
 
 TEST_MAIN()

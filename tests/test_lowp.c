@@ -1,6 +1,6 @@
-/* Tests of cpu_lowp (products and gathers over bf16/f16 weights) against the f32 reference:
- * cblas_sgemm on the weights converted by dtype.c. Every shape runs both layouts (KN, NK)
- * and both dtypes, with M on both sides of the direct/panel switch, N and K not multiples of
+/* Tests of cpu_lowp (products and gathers over bf16/f16 weights, and f32 weights at decode's
+ * few rows) against the f32 reference: cblas_sgemm on the weights converted by dtype.c.
+ * Every shape runs both layouts (KN, NK) and every dtype, with M on both sides of the direct/panel switch, N and K not multiples of
  * any vector or panel width, leading dimensions wider than the rows (their padding holds NaN
  * that must never be read or written), alpha != 1, beta 0 over a NaN-filled C and beta != 0.
  * Also: the same bits at 1 and 2 threads, every f16 value through the gather, and a timing
@@ -24,7 +24,7 @@ typedef struct product {
     cpu_lowp_layout layout;
     float alpha, beta;
     float *A, *C, *ref, *wf;   /* wf: W converted by dtype.c, packed (rows x cols of W) */
-    uint16_t *W;
+    void *W;                   /* rows of ldw elements of dt, NaN past cols */
 } product;
 
 static void product_init(product *p, int M, int N, int K, dtype dt, cpu_lowp_layout layout, float alpha, float beta,
@@ -39,7 +39,7 @@ static void product_init(product *p, int M, int N, int K, dtype dt, cpu_lowp_lay
     p->C = floats((size_t)M * p->ldc);
     p->ref = floats((size_t)M * p->ldc);
     p->wf = floats((size_t)rows * cols);
-    p->W = mem_alloc((size_t)rows * p->ldw * 2 + 64);
+    p->W = mem_alloc((size_t)rows * p->ldw * dtype_size(dt) + 64);
     for (size_t i = 0; i < (size_t)M * p->lda; i++) p->A[i] = i % p->lda < (size_t)K ? rng_normal(&r) : NAN;
     for (size_t i = 0; i < (size_t)M * p->ldc; i++)
         p->C[i] = i % p->ldc >= (size_t)N ? -777.0f : beta == 0 ? NAN : rng_normal(&r);
@@ -48,9 +48,15 @@ static void product_init(product *p, int M, int N, int K, dtype dt, cpu_lowp_lay
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < p->ldw; j++) {
             float v = rng_normal(&r) * 0.05f;
-            p->W[(size_t)i * p->ldw + j] = j >= cols ? nan16 : dt == DT_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+            size_t at = (size_t)i * p->ldw + j;
+            if (dt == DT_F32)
+                ((float *)p->W)[at] = j >= cols ? NAN : v;
+            else
+                ((uint16_t *)p->W)[at] = j >= cols ? nan16 : dt == DT_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
         }
-    for (int i = 0; i < rows; i++) dtype_to_f32(p->wf + (size_t)i * cols, p->W + (size_t)i * p->ldw, dt, (size_t)cols);
+    for (int i = 0; i < rows; i++)
+        dtype_to_f32(p->wf + (size_t)i * cols, (const char *)p->W + (size_t)i * p->ldw * dtype_size(dt), dt,
+                     (size_t)cols);
     if (M && N)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, layout == CPU_LOWP_KN ? CblasNoTrans : CblasTrans, M, N, K, alpha,
                     p->A, p->lda, p->wf, cols, beta, p->ref, p->ldc);
@@ -92,16 +98,20 @@ static double product_error(const product *p, int *bad_pad) {
     return worst;
 }
 
+/* f32 weights go through the direct kernels only (M <= CPU_LOWP_SMALL_M). N = 300 and 200
+ * cover a whole strip and every narrower kernel width plus a tail; K = 1029 several
+ * conversion blocks and a tail shorter than a vector. */
 TEST(matmul_matches_f32_reference) {
-    static const int Ms[] = {1, 3, 4, 5, 64};
-    static const int NKs[][2] = {{37, 300}, {300, 37}, {131, 1029}, {1, 1}};
-    static const dtype dts[] = {DT_BF16, DT_F16};
+    static const int Ms[] = {1, 2, 3, 4, 5, 8, 64};
+    static const int NKs[][2] = {{37, 300}, {300, 37}, {131, 1029}, {200, 96}, {1, 1}};
+    static const dtype dts[] = {DT_BF16, DT_F16, DT_F32};
     int cases = 0;
     for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
         for (size_t s = 0; s < sizeof NKs / sizeof NKs[0]; s++)
-            for (int d = 0; d < 2; d++)
+            for (int d = 0; d < 3; d++)
                 for (int lay = 0; lay < 2; lay++)
                     for (int b = 0; b < 2; b++) {
+                        if (dts[d] == DT_F32 && Ms[mi] > CPU_LOWP_SMALL_M) continue;
                         product p;
                         product_init(&p, Ms[mi], NKs[s][0], NKs[s][1], dts[d], lay ? CPU_LOWP_NK : CPU_LOWP_KN,
                                      b ? 0.75f : 1.0f, b ? -0.5f : 0.0f, 100 + (uint64_t)cases);
@@ -129,8 +139,8 @@ TEST(matmul_empty_k_scales_c) {
 
 /* Each kernel (direct NK, direct KN, panels) gives the same bits at 1 and 2 threads. */
 TEST(matmul_independent_of_thread_count) {
-    static const int Ms[] = {1, 4, 64};
-    for (int mi = 0; mi < 3; mi++)
+    static const int Ms[] = {1, 4, 8, 64};
+    for (int mi = 0; mi < 4; mi++)
         for (int lay = 0; lay < 2; lay++) {
             product p;
             product_init(&p, Ms[mi], 700, 333, DT_BF16, lay ? CPU_LOWP_NK : CPU_LOWP_KN, 1.0f, 0.0f, 5);

@@ -76,7 +76,7 @@ TEST(step_is_the_same_at_any_micro_batch_and_distribution) {
         zero *z = NULL;
         CHECK(model_create(&cfg, be, &m) == SK_OK);
         model_init_weights(m, 5);
-        CHECK(zero_init(m, NULL, 0, k == 2, &z) == SK_OK && model_train_prepare(m, (int)mbs[k], T) == SK_OK);
+        CHECK(zero_init(m, NULL, 0, k == 2, false, &z) == SK_OK && model_train_prepare(m, (int)mbs[k], T) == SK_OK);
         train_step s = {.m = m, .z = z, .batch = B, .micro_batch = mbs[k], .seq = T, .dynamic = k == 2,
                         .fill = fill_stream, .fill_ctx = ids};
         CHECK(train_step_init(&s) == SK_OK);

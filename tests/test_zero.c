@@ -145,7 +145,7 @@ TEST(zero3_shards_parameters_and_consolidates) {
     float *before = mem_alloc(m->n_params * sizeof(float)), *after = mem_alloc(m->n_params * sizeof(float));
     memcpy(before, m->params, m->n_params * sizeof(float));
     zero *z;
-    CHECK(zero_init(m, NULL, 3, false, &z) == SK_OK);
+    CHECK(zero_init(m, NULL, 3, false, false, &z) == SK_OK);
     CHECK(m->params == NULL && m->grads_external);
     CHECK(zero_gather_params(z, after) == SK_OK);
     CHECK(memcmp(before, after, m->n_params * sizeof(float)) == 0);

@@ -8,11 +8,13 @@
 #include "backend/cuda/cuda.h"
 #endif
 
-backend *backend_create(const char *name) {
+backend *backend_create(const char *name) { return backend_create_on(name, 0); }
+
+backend *backend_create_on(const char *name, int index) {
     if (!strcmp(name, "cpu")) return backend_cpu_create();
     if (!strcmp(name, "cuda")) {
 #ifdef SKEIN_HAVE_CUDA
-        return backend_cuda_create();
+        return backend_cuda_create_on(index);
 #else
         sk_fail(SK_EARG, "--device cuda: this build has no CUDA backend (built without nvcc, or with NO_CUDA=1); "
                          "use --device cpu");
@@ -21,6 +23,14 @@ backend *backend_create(const char *name) {
     }
     sk_fail(SK_EARG, "unknown device '%s' (expected cpu or cuda)", name);
     return NULL;
+}
+
+int backend_device_count(const char *name) {
+    if (!strcmp(name, "cpu")) return 1;
+#ifdef SKEIN_HAVE_CUDA
+    if (!strcmp(name, "cuda")) return backend_cuda_device_count();
+#endif
+    return 0;
 }
 
 void backend_free(backend *be) {

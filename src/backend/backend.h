@@ -40,6 +40,8 @@ typedef struct backend backend;
 typedef struct backend_stream backend_stream;
 /* An event marks a point in a stream: recorded there, waited on by another stream or the host. */
 typedef struct backend_event backend_event;
+/* A recorded sequence of work on one stream, replayed as a whole (graph_begin). */
+typedef struct backend_graph backend_graph;
 
 /* Direction of a copy: host memory is pageable or pinned, device memory is the backend's. */
 typedef enum backend_copy_dir {
@@ -51,6 +53,7 @@ typedef enum backend_op {
     BACKEND_OP_MATMUL,       /* matmul: weight operand B in the dtype asked */
     BACKEND_OP_EMBED,        /* embed_forward: table in the dtype asked */
     BACKEND_OP_MIXED,        /* [lp] arguments (see the top of this file) in the dtype asked */
+    BACKEND_OP_PAGED,        /* set_rows and paged_attention over arrays of the dtype asked */
     BACKEND_OP_COUNT
 } backend_op;
 
@@ -77,6 +80,20 @@ typedef struct backend_adamw_hp {
     int t;             /* the 1-based step (bias corrections) */
 } backend_adamw_hp;
 
+/* One row of sample_rows. temperature <= 0: the row's first maximum (argmax_rows). Else the
+ * softmax of x / temperature restricted to the tokens of probability at least min_p times
+ * the largest (min_p 0: off), then to the top_k largest (0: all), then to the smallest set of
+ * the largest whose probability reaches top_p of what is left (1: all), as sample.h
+ * restricts it (ties at a boundary may fall either way); one token is drawn by the Gumbel-max
+ * trick: the kept token i with the largest x_i / temperature - log(-log(u_i)), u_i =
+ * backend_sample_uniform(seed, counter, i) (an exact draw from the restricted softmax, the
+ * same for a (seed, counter) whatever else is sampled). */
+typedef struct backend_sample_row {
+    float temperature, min_p, top_p;
+    int top_k;
+    uint64_t seed, counter;   /* a request's seed; counter: the index of the token drawn */
+} backend_sample_row;
+
 typedef struct backend_ops {
     /* ---- memory and time ---- */
     /* bytes of memory of kind `where` (MEM_DEVICE or MEM_PINNED), zeroed; NULL + sk_fail on
@@ -98,6 +115,10 @@ typedef struct backend_ops {
     /* Work issued to s after this call waits for the event's point. */
     void (*stream_wait_event)(backend *be, backend_stream *s, backend_event *e);
     void (*event_synchronize)(backend *be, backend_event *e);      /* host waits for e */
+    /* Optional: makes the calling thread issue its work to be's device (CUDA: cudaSetDevice),
+     * for a thread other than the one that created be (a communicator's copies). NULL: every
+     * thread reaches be as it is. */
+    void (*thread_bind)(backend *be);
     /* Device memory free and in total (the CPU: the process's memory budget and MemTotal). */
     sk_status (*mem_info)(backend *be, size_t *free_bytes, size_t *total_bytes);
     /* Whether op runs on dtype dt here; NULL entry: f32 only. Callers go through
@@ -282,8 +303,10 @@ typedef struct backend_ops {
      * backend_supports_paged and refuses without them ---- */
 
     /* dst row idx[i] = src row i, for the N rows of src(N,D) and idx(N) (i32, backend
-     * memory, each in [0,R), no two equal); dst(R,D). Both f32 2-D with contiguous rows and
-     * any row stride. Writes; other rows of dst are untouched. */
+     * memory, each in [0,R) or negative: row i is skipped, a padding row; no two equal);
+     * dst(R,D). Both 2-D with contiguous rows and any
+     * row stride, of one dtype: f32 or one backend_supports(be, BACKEND_OP_PAGED, dt) takes.
+     * Writes; other rows of dst are untouched. */
     void (*set_rows)(backend *be, backend_stream *s, tensor dst, tensor src, tensor idx);
     /* Causal grouped-query attention of a ragged batch over a paged cache. q(N,NH*HS) holds
      * the new tokens of S sequences; seqs(S,3) (i32) gives for sequence i the first row r0
@@ -292,11 +315,33 @@ typedef struct backend_ops {
      * 0..ctx-1 (this step's already stored). Position t of sequence i is physical row
      * tables[i][t / BS] * BS + t % BS of k_cache and v_cache (R,NKV*HS), tables(S,MB) (i32).
      * Masking, grouping, window W and scale exactly as attention_forward with Tq = nq and
-     * Tk = ctx (p = 0, no lse). q and the caches are f32 2-D with contiguous rows and any row
-     * stride; seqs and tables are backend memory. Writes the sequences' rows of out(N,NH*HS);
-     * rows no sequence names are untouched. */
+     * Tk = ctx (p = 0, no lse). q, out and the caches are 2-D with contiguous rows and any row
+     * stride, all of one dtype: f32, or one backend_supports(be, BACKEND_OP_PAGED, dt) takes
+     * (bf16 on CUDA: computed in f32, out rounded once); seqs and tables are backend memory.
+     * Writes the sequences' rows of out(N,NH*HS); rows no sequence names are untouched. */
     void (*paged_attention)(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
                             tensor seqs, tensor tables, int BS, int NH, int NKV, int W);
+    /* Optional (the engine downloads whole logits rows without it): ids(R) (i32, backend
+     * memory) writes the column of the largest value of each row of x(R,V) (f32, contiguous
+     * rows, any row stride), the first one among equals (sampler.h's greedy choice). */
+    void (*argmax_rows)(backend *be, backend_stream *s, tensor ids, tensor x);
+
+    /* Optional (the engine samples on the host without it): ids(R) (i32, backend memory)
+     * writes one token drawn from each row of x(R,V) (f32, contiguous rows, any row stride)
+     * under opts(R) (backend memory): backend_sample_row's distribution and draw. */
+    void (*sample_rows)(backend *be, backend_stream *s, tensor ids, tensor x, const backend_sample_row *opts);
+
+    /* ---- graphs; optional (all four or none): a caller without them issues the work each time ----
+     * graph_begin starts recording the work issued to stream s by this thread: from then until
+     * graph_end, ops on s are recorded, not run, and must neither allocate nor wait for the host
+     * (what was recorded reads and writes the same device addresses on every replay).
+     * graph_end stops recording and returns the graph, or NULL + sk_fail when the recording
+     * failed (nothing recorded ran: the caller issues the work again). graph_launch replays g
+     * on s; graph_free frees it. */
+    void (*graph_begin)(backend *be, backend_stream *s);
+    backend_graph *(*graph_end)(backend *be, backend_stream *s);
+    void (*graph_launch)(backend *be, backend_graph *g, backend_stream *s);
+    void (*graph_free)(backend *be, backend_graph *g);
 } backend_ops;
 
 struct backend {
@@ -323,6 +368,25 @@ static inline SK_HOST_DEVICE bool dropout_keep(uint64_t seed, uint64_t i, float 
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
     return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+/* The uniform in (0,1) of sample_rows' token i for (seed, counter): the first word of
+ * Philox4x32-10 (Salmon et al. 2011) keyed by seed at counter (i, 0, counter), its top 24 bits
+ * plus one half over 2^24. */
+static inline SK_HOST_DEVICE float backend_sample_uniform(uint64_t seed, uint64_t counter, uint32_t i) {
+    uint32_t c0 = i, c1 = 0, c2 = (uint32_t)counter, c3 = (uint32_t)(counter >> 32);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < 10; r++) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c1 = (uint32_t)p1;
+        c3 = (uint32_t)p0;
+        c0 = n0;
+        c2 = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return ((float)(c0 >> 8) + 0.5f) * (1.0f / 16777216.0f);
 }
 
 /* ---- Memory and time, for callers (checked wrappers over the table) ----
@@ -366,6 +430,13 @@ sk_status backend_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes)
 /* Creates a backend by name ("cpu", "cuda"). NULL + sk_fail when unknown, not built in, or
  * (cuda) when no device can be used. */
 backend *backend_create(const char *name);
+/* The same on device `index` modulo the devices visible (cuda; the cpu has one): a rank passes
+ * its local_rank, so the ranks of a host spread over its GPUs, and share them round robin when
+ * they outnumber the GPUs. */
+backend *backend_create_on(const char *name, int index);
+/* Devices of backend `name` this process sees: cpu 1; cuda the visible GPUs (0 when none,
+ * no driver, or not built in). */
+int backend_device_count(const char *name);
 void backend_free(backend *be);
 
 /* The CPU backend (backend/cpu/cpu.c). The CUDA backend is backend/cuda/cuda.h's. */

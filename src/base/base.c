@@ -5,10 +5,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 static _Thread_local char err_buf[1024];
 static bool log_quiet;
 static long mem_countdown;
+
+#define MEM_LAZY_ZERO_BYTES (1u << 20)   /* mem_calloc gives the pages of blocks this large back to the kernel */
 
 sk_status sk_fail(sk_status st, const char *fmt, ...) {
     va_list ap;
@@ -116,9 +122,27 @@ void *mem_alloc(size_t bytes) {
     return p;
 }
 
+/* Zeroes p(bytes). On Linux the whole pages inside a large block are handed back to the
+ * kernel instead (MADV_DONTNEED on private anonymous memory, which malloc's heap and mmap'd
+ * chunks are): they read as zero and are only backed, and counted resident, once touched. So
+ * a replica's KV pool and step workspace cost no time at start and no memory until used;
+ * writing every byte of a 1 GB pool took a second (docs/benchmarks.md). */
+static void mem_zero(void *p, size_t bytes) {
+#ifdef __linux__
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p, e = a + bytes;
+    const uintptr_t lo = (a + page - 1) & ~(page - 1), hi = e & ~(page - 1);
+    if (bytes >= MEM_LAZY_ZERO_BYTES && hi > lo && madvise((void *)lo, hi - lo, MADV_DONTNEED) == 0) {
+        memset(p, 0, lo - a);
+        memset((void *)hi, 0, e - hi);
+        return;
+    }
+#endif
+    memset(p, 0, bytes);
+}
+
 void *mem_calloc(size_t bytes) {
     void *p = mem_alloc(bytes);
-    if (p) memset(p, 0, bytes);
+    if (p) mem_zero(p, bytes);
     return p;
 }
 

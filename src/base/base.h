@@ -44,8 +44,9 @@ void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_set_quiet(bool quiet);
 
 /* Memory. mem_alloc returns 64-byte aligned, uninitialized memory, or NULL after recording
- * SK_ENOMEM; mem_calloc zeroes it. mem_fail_after(n) makes the n-th next allocation fail
- * (n = 0 turns it off): for tests of the out-of-memory paths. */
+ * SK_ENOMEM; mem_calloc zeroes it (on Linux the whole pages of a block of 1 MiB or more are
+ * the kernel's zero pages, resident only once touched). mem_fail_after(n) makes the n-th
+ * next allocation fail (n = 0 turns it off): for tests of the out-of-memory paths. */
 void *mem_alloc(size_t bytes);
 void *mem_calloc(size_t bytes);
 void *mem_realloc(void *p, size_t bytes);   /* plain alignment; for growing arrays */

@@ -18,3 +18,12 @@ sk_status cli_precision(const char *cmd, const char *text, dtype *out) {
     return SK_OK;
 }
 
+
+sk_status cli_offload(const char *cmd, const char *text, bool *out) {
+    if (!strcmp(text, "optimizer") || !strcmp(text, "none")) *out = !strcmp(text, "optimizer");
+    else if (!strcmp(text, "nvme"))
+        return sk_fail(SK_EARG, "%s: --offload nvme is not supported: the optimizer state offloads to host memory "
+                                "(--offload optimizer)", cmd);
+    else return sk_fail(SK_EARG, "%s: --offload wants optimizer or none, got '%s'", cmd, text);
+    return SK_OK;
+}

@@ -23,5 +23,8 @@ int cli_fail(sk_status st);
 /* The dtype a --precision flag of command cmd names ("f32", "bf16"); SK_EARG naming it
  * otherwise. */
 sk_status cli_precision(const char *cmd, const char *text, dtype *out);
+/* --offload's value: "optimizer" (ZeRO-Offload) sets *out, "none" clears it; "nvme" and anything
+ * else are SK_EARG naming cmd. */
+sk_status cli_offload(const char *cmd, const char *text, bool *out);
 
 #endif

@@ -11,7 +11,8 @@
  * JSON line last: the median step time after two untimed warm-up steps, tokens/s, rank 0's
  * median of each phase (forward_ms, backward_ms, reduce_ms, optimizer_ms), of the time
  * blocked waiting for collectives (comm_wait_ms: what overlapping did not hide;
- * SKEIN_ZERO_OVERLAP=0 turns the overlap off) and the peak resident memory. Under mpirun (or
+ * SKEIN_ZERO_OVERLAP=0 turns the overlap off; each rank's own in "ranks") and the peak
+ * resident memory. Under mpirun (or
  * --workers N) every rank runs its slice of --batch (the global batch, static distribution,
  * one micro-batch per rank) at the ZeRO stage of --zero; rank 0 prints the line, with every
  * rank's memory plan and peak.
@@ -67,10 +68,17 @@ static sk_status bench_fill(void *ctx, long first, long n, const int **inputs, c
     return SK_OK;
 }
 
+/* Numbers per rank that bench train gathers: plan (params, grads, optimizer, buffers,
+ * activations, total), peak, baseline, median comm wait ms. */
+enum { BENCH_MEM_N = 9 };
+/* The offloaded optimizer's split that bench train records per step (offload_times). */
+enum { BENCH_OFF_N = 4 };
+
 static int bench_train(int argc, char **argv) {
-    const char *dir = NULL, *preset = NULL, *device = "cpu", *precision = "f32";
-    long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0;
-    bool recompute = false;
+    const char *dir = NULL, *preset = NULL, *device = "cpu", *precision = "f32", *offload_arg = "none";
+    long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0, micro = 0;
+    bool recompute = false, offloaded = false;
+    const char *comm_kind = "auto";
     dtype act_dt;
     arg_spec specs[] = {
         {"--model", ARG_STR, &dir, "DIR", "model folder", false, false},
@@ -82,7 +90,12 @@ static int bench_train(int argc, char **argv) {
         {"--zero", ARG_INT, &zero_stage, "K", "ZeRO stage 0-3 (default 0)", false, false},
         {"--precision", ARG_STR, &precision, "f32|bf16", "f32 or bf16 mixed precision (default f32)", false, false},
         {"--recompute", ARG_BOOL, &recompute, NULL, "activation recompute", false, false},
+        {"--micro-batch", ARG_INT, &micro, "M", "sequences per pass; accumulation makes up a rank's share of --batch "
+         "(default: the share in one pass)", false, false},
+        {"--offload", ARG_STR, &offload_arg, "optimizer|none", "ZeRO-Offload (as skein train; --zero 1 or 2): prints "
+         "the optimizer step's split", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
+        {"--comm", ARG_STR, &comm_kind, "auto|mpi|gloo|nccl", "the communicator between ranks (default auto)", false, false},
     };
     sk_status st = args_parse("skein bench train", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
@@ -96,11 +109,13 @@ static int bench_train(int argc, char **argv) {
     if (zero_stage < 0 || zero_stage > 3)
         return cli_fail(sk_fail(SK_EARG, "bench train: --zero must be 0, 1, 2 or 3, got %ld", zero_stage));
     if ((st = cli_precision("bench train", precision, &act_dt))) return cli_fail(st);
+    if ((st = cli_offload("bench train", offload_arg, &offloaded))) return cli_fail(st);
+    if (micro < 0) return cli_fail(sk_fail(SK_EARG, "bench train: --micro-batch must be positive, got %ld", micro));
     comm *c = NULL;
-    if ((st = comm_init("auto", device, 120.0, &c))) return cli_fail(st);
+    if ((st = comm_init(comm_kind, device, 120.0, &c))) return cli_fail(st);
     const int rank = c->rank, world = c->world;
     if (rank != 0) log_set_quiet(true);
-    backend *be = backend_create(device);
+    backend *be = backend_create_on(device, c->local_rank);
     if (!be) { comm_free(c); return cli_fail(SK_EARG); }
     const size_t baseline = zero_proc_bytes(false);
     size_t dev_free0 = 0;   /* a device's free memory before the model */
@@ -123,22 +138,25 @@ static int bench_train(int argc, char **argv) {
         goto done;
     }
     /* this rank's slice of the batch is one micro-batch (none: an idle pass at ZeRO-2/3) */
-    const long plan_mb = (B + world - 1) / world;
+    const long share = (B + world - 1) / world, plan_mb = micro > 0 && micro < share ? micro : share;
     zero_mem plan;
     zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
+    if (offloaded) zero_plan_offload(m, world, &plan);
     /* all ranks on this host share its memory; overcommit would grant more and kill a rank */
-    /* a device rank has its own device's memory */
-    const size_t avail = dev_free0 ? zero_device_budget(dev_free0) * (size_t)world : mem_available();
+    /* a device rank has its device's memory, shared with the ranks on the same device */
+    const size_t avail = dev_free0 ? zero_device_budget(dev_free0) /
+                                         (size_t)comm_device_sharers(c, backend_device_count(device)) * (size_t)world
+                                   : mem_available();
     if (avail != SIZE_MAX && plan.peak > avail / (size_t)world) {
         st = sk_fail(SK_ENOMEM, "bench train: --batch %ld x --seq %ld needs %.1f MiB per rank at ZeRO-%ld, beyond the "
                      "%.1f MiB available%s", B, T, (double)plan.peak / 1048576.0, zero_stage,
                      (double)(avail / (size_t)world) / 1048576.0, dev_free0 ? " on the device" : "");
         goto done;
     }
-    if ((st = zero_init(m, c, (int)zero_stage, false, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
+    if ((st = zero_init(m, c, (int)zero_stage, false, offloaded, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
-    times = mem_alloc(sizeof(double) * (2 + TRAIN_PHASE_N) * (size_t)steps);
-    mem = mem_calloc(sizeof(double) * 8 * (size_t)world);
+    times = mem_alloc(sizeof(double) * (2 + TRAIN_PHASE_N + BENCH_OFF_N) * (size_t)steps);
+    mem = mem_calloc(sizeof(double) * BENCH_MEM_N * (size_t)world);
     if (!tokens || !times || !mem) { st = SK_ENOMEM; goto done; }
     rng r;
     rng_seed(&r, 7);
@@ -149,11 +167,14 @@ static int bench_train(int argc, char **argv) {
     ts = (train_step){.m = m, .z = z, .c = c, .batch = B, .micro_batch = plan_mb, .seq = T, .fill = bench_fill,
                       .fill_ctx = &bt};
     if ((st = train_step_init(&ts))) goto done;
-    /* t_phase[k * steps + s]: phase k of step s; t_wait[s]: time blocked on collectives */
+    /* t_phase[k * steps + s]: phase k of step s; t_wait[s]: time blocked on collectives; t_off[k * steps + s]:
+     * the offloaded optimizer's split */
     double *t_step = times, *t_phase = times + steps, *t_wait = times + (1 + TRAIN_PHASE_N) * steps;
+    double *t_off = t_wait + steps;
     if (rank == 0)
-        fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens, %d rank%s, ZeRO-%ld, %d threads\n",
-                dir ? dir : preset, m->n_params, B, T, world, world > 1 ? "s" : "", zero_stage, omp_get_max_threads());
+        fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens (micro-batch %ld), %d rank%s, ZeRO-%ld%s, "
+                "%d threads\n", dir ? dir : preset, m->n_params, B, T, plan_mb, world, world > 1 ? "s" : "", zero_stage,
+                offloaded ? " + offload" : "", omp_get_max_threads());
     for (long s = -2; s < steps; s++) {
         double t0 = time_now(), loss = 0, norm = 0;
         if ((st = train_step_run(&ts, &hp, hp.lr, 0, &loss, &norm))) goto done;
@@ -165,9 +186,20 @@ static int bench_train(int argc, char **argv) {
         if (rank == 0)
             fprintf(stderr, "  step %ld: %.1f ms (%.1f ms waiting for collectives), loss %.4f\n", s + 1, t_step[s],
                     t_wait[s], loss);
+        const offload_times *ot = zero_offload_times(z);
+        if (ot) {
+            const double split[BENCH_OFF_N] = {ot->down_wait_ms, ot->adamw_ms, ot->up_wait_ms, ot->tail_ms};
+            for (int k = 0; k < BENCH_OFF_N; k++) t_off[k * steps + s] = split[k];
+            if (rank == 0)
+                fprintf(stderr, "    compute (forward, backward, reduction) %.1f ms | optimizer %.1f ms: waiting for "
+                        "gradients (D2H) %.1f, CPU AdamW %.1f, waiting for a staging slot (H2D) %.1f, last uploads %.1f; "
+                        "%.0f MiB down, %.0f MiB up\n", ts.ms[TRAIN_PHASE_FORWARD] + ts.ms[TRAIN_PHASE_BACKWARD] +
+                        ts.ms[TRAIN_PHASE_REDUCE], ts.ms[TRAIN_PHASE_OPT], split[0], split[1], split[2], split[3],
+                        ot->down_bytes / 1048576.0, ot->up_bytes / 1048576.0);
+        }
     }
     /* every rank's plan and peak, to rank 0 */
-    double *me = mem + 8 * rank;
+    double *me = mem + BENCH_MEM_N * rank;
     me[0] = (double)plan.params;
     me[1] = (double)plan.grads;
     me[2] = (double)plan.optimizer;
@@ -176,33 +208,46 @@ static int bench_train(int argc, char **argv) {
     me[5] = (double)plan.total;
     me[6] = (double)zero_held_bytes(be, dev_free0);
     me[7] = (double)baseline;
-    if (world > 1 && (st = comm_all_reduce_f64(c, mem, 8 * (size_t)world))) goto done;
+    me[8] = median(t_wait, (int)steps);   /* this rank's time blocked in comm waits */
+    if (world > 1 && (st = comm_all_reduce_f64(c, mem, BENCH_MEM_N * (size_t)world))) goto done;
     double ms = median(t_step, (int)steps);
     if (rank == 0) {
         for (int k = 0; k < world; k++) {
-            const double *v = mem + 8 * k, MB = 1048576.0;
+            const double *v = mem + BENCH_MEM_N * k, MB = 1048576.0;
             fprintf(stderr, "  memory rank %d: params %.1f + grads %.1f + optimizer %.1f MiB | buffers %.1f, "
-                            "activations %.1f | total %.1f MiB planned, %s %.1f MiB (%.1f before the model)\n",
+                            "activations %.1f | total %.1f MiB planned, %s %.1f MiB (%.1f before the model) | "
+                            "%.1f ms per step blocked in comm waits\n",
                     k, v[0] / MB, v[1] / MB, v[2] / MB, v[3] / MB, v[4] / MB, v[5] / MB,
-                    dev_free0 ? "device memory taken (cudaMemGetInfo)" : "peak resident", v[6] / MB, v[7] / MB);
+                    dev_free0 ? "device memory taken (cudaMemGetInfo)" : "peak resident", v[6] / MB, v[7] / MB, v[8]);
         }
+        if (offloaded)
+            fprintf(stderr, "  host memory rank 0: %.1f MiB pinned for the offloaded optimizer, process peak resident "
+                            "%.1f MiB\n", (double)zero_pinned_bytes(z) / 1048576.0, (double)zero_proc_bytes(true) / 1048576.0);
         printf("{\"bench\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"params\": %zu, \"batch\": %ld, \"seq\": %ld, "
-               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"zero\": %ld, \"precision\": \"%s\", "
+               "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"comm\": \"%s\", \"zero\": %ld, \"precision\": \"%s\", "
                "\"recompute\": %s, \"ms_per_step\": %.6g, "
                "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"reduce_ms\": %.6g, "
-               "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, \"ranks\": [",
-               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, zero_stage, precision,
+               "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, ",
+               dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, c->name, zero_stage,
+               precision,
                recompute ? "true" : "false", ms,
                (double)(B * T) / (ms / 1e3), median(t_phase + TRAIN_PHASE_FORWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_BACKWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_REDUCE * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_OPT * steps, (int)steps), median(t_wait, (int)steps),
                zero_overlaps(z) ? "true" : "false", mem[6]);
+        printf("\"micro_batch\": %ld, \"offload\": %s, ", plan_mb, offloaded ? "true" : "false");
+        if (offloaded)
+            printf("\"offload_d2h_wait_ms\": %.6g, \"offload_adamw_ms\": %.6g, \"offload_h2d_wait_ms\": %.6g, "
+                   "\"offload_tail_ms\": %.6g, ", median(t_off, (int)steps), median(t_off + steps, (int)steps),
+                   median(t_off + 2 * steps, (int)steps), median(t_off + 3 * steps, (int)steps));
+        printf("\"host_pinned_bytes\": %zu, \"host_peak_rss_bytes\": %zu, \"ranks\": [", zero_pinned_bytes(z),
+               zero_proc_bytes(true));
         for (int k = 0; k < world; k++) {
-            const double *v = mem + 8 * k;
+            const double *v = mem + BENCH_MEM_N * k;
             printf("%s{\"rank\": %d, \"params\": %.0f, \"grads\": %.0f, \"optimizer\": %.0f, \"buffers\": %.0f, "
-                   "\"activations\": %.0f, \"total\": %.0f, \"peak_bytes\": %.0f}", k ? ", " : "", k, v[0], v[1], v[2],
-                   v[3], v[4], v[5], v[6]);
+                   "\"activations\": %.0f, \"total\": %.0f, \"peak_bytes\": %.0f, \"comm_wait_ms\": %.6g}", k ? ", " : "", k,
+                   v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[8]);
         }
         printf("]}\n");
     }
@@ -226,18 +271,21 @@ done:
 /* ---- inference: the engine at many requests (throughput) and at one (latency) ---- */
 
 /* The model of --model DIR (mapped; split over the ranks of c when c is not NULL: --tp) or
- * --preset NAME (random f32 weights, seed 1). */
+ * --preset NAME (random weights, seed 1: model_open_random, bf16 on a device). */
 static sk_status bench_open(const char *dir, const char *preset, backend *be, comm *c, model **m) {
     if (!dir == !preset) return sk_fail(SK_EARG, "bench: give exactly one of --model and --preset");
     if (dir) return model_open_split(dir, be, c, m);
     model_config cfg;
     SK_TRY(model_preset(preset, 0, &cfg));
-    SK_TRY(model_create(&cfg, be, m));
-    model_init_weights(*m, 1);
-    return SK_OK;
+    return model_open_random(&cfg, be, 1, m);
 }
 
-/* Engine options from the flags, for requests of I + O tokens. */
+/* Without --kv-memory, a device's pool holds at most this fraction of its free memory. */
+#define BENCH_KV_DEVICE_FRACTION "0.9"
+
+/* Engine options from the flags, for requests of I + O tokens. Without --kv-memory the pool
+ * has room for every running sequence (none is preempted), on a device within
+ * BENCH_KV_DEVICE_FRACTION of the memory the model left free. */
 static sk_status bench_engine(model *m, const char *kv_memory, long max_seqs, long max_batch, long I, long O,
                               engine **e) {
     engine_opts o = engine_opts_default();
@@ -245,7 +293,22 @@ static sk_status bench_engine(model *m, const char *kv_memory, long max_seqs, lo
     o.max_batch_tokens = (int)max_batch;
     o.max_ctx = (int)(I + O);
     if (kv_memory) SK_TRY(kv_budget(m->be, kv_memory, &o.kv_bytes));
+    if (!kv_memory && !m->be->host_memory) {
+        const size_t bs = KV_BLOCK_SIZE, need = (size_t)max_seqs * (((size_t)(I + O) + bs - 1) / bs) * kv_block_bytes(m, bs);
+        SK_TRY(kv_budget(m->be, BENCH_KV_DEVICE_FRACTION, &o.kv_bytes));
+        if (o.kv_bytes > need) o.kv_bytes = need;
+    }
     return engine_create(m, &o, e);
+}
+
+/* --max-seqs and --max-batch-tokens left at 0: the defaults of the device (a GPU wants large
+ * batches: BENCH_DEVICE_SEQS and BENCH_DEVICE_BATCH) or of the CPU (cpu_seqs, 512). */
+#define BENCH_DEVICE_SEQS 512
+#define BENCH_DEVICE_BATCH 8192
+static void bench_defaults(const char *device, long cpu_seqs, long *max_seqs, long *max_batch) {
+    const bool cpu = !strcmp(device, "cpu");
+    if (*max_seqs == 0) *max_seqs = cpu ? cpu_seqs : BENCH_DEVICE_SEQS;
+    if (*max_batch == 0) *max_batch = cpu ? 512 : BENCH_DEVICE_BATCH;
 }
 
 /* Adds prompt i of exactly I random ids (seed 1000 + i), O greedy tokens, no stop ids. */
@@ -268,7 +331,7 @@ static sk_status bench_add(engine *e, const model *m, int *prompt, long I, long 
     {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false}, \
     {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
     {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
-    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512)", false, false}, \
+    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512; 8192 on a GPU)", false, false}, \
     {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false}, \
     {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a collective waiting longer fails (default 300)", false, false}
 
@@ -321,14 +384,15 @@ static sk_status bench_print_ranks(model *m) {
 
 static int bench_throughput(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
-    long I = 128, O = 128, N = 64, max_seqs = 64, max_batch = 512, tp = 1;
+    long I = 128, O = 128, N = 64, max_seqs = 0, max_batch = 0, tp = 1;
     double comm_timeout = 300;
     arg_spec specs[] = {
-        BENCH_INFER_FLAGS("64"),
+        BENCH_INFER_FLAGS("64; 512 on a GPU"),
         {"--num-prompts", ARG_INT, &N, "N", "requests, all queued at the start (default 64)", false, false},
     };
     sk_status st = args_parse("skein bench throughput", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
+    bench_defaults(device, 64, &max_seqs, &max_batch);
     if (I <= 0 || O <= 0 || N <= 0 || N > 1000000 || max_seqs <= 0 || max_batch <= 0)
         return cli_fail(sk_fail(SK_EARG, "bench throughput: --input-len, --output-len, --num-prompts (at most 10^6), "
                                          "--max-seqs and --max-batch-tokens must be positive"));
@@ -383,7 +447,7 @@ static int bench_throughput(int argc, char **argv) {
 
 static int bench_latency(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
-    long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 512, tp = 1;
+    long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 0, tp = 1;
     double comm_timeout = 300, decode_s = 0, decode_comm_s = 0;
     arg_spec specs[] = {
         BENCH_INFER_FLAGS("1"),
@@ -391,6 +455,7 @@ static int bench_latency(int argc, char **argv) {
     };
     sk_status st = args_parse("skein bench latency", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
+    bench_defaults(device, 1, &max_seqs, &max_batch);
     if (I <= 0 || O <= 1 || iters <= 0 || iters > 1000 || max_seqs <= 0 || max_batch < I)
         return cli_fail(sk_fail(SK_EARG, "bench latency: --input-len, --iters (at most 1000) must be positive, "
                                          "--output-len at least 2, --max-batch-tokens at least --input-len"));

@@ -14,7 +14,12 @@
  * with one replica over its share, the others follow its engine. When a rank dies or hangs,
  * rank 0's step fails naming it (within --comm-timeout), every request in flight is answered
  * with an error naming the failure, and the server stops as on SIGTERM and exits 1 with the
- * same message. */
+ * same message.
+ *
+ * --replicas R --tp K (or --replica-process --tp K): R replicas of K ranks each, all processes
+ * forked by the server over its one mapping of the weights, the router seeing each group as
+ * one replica (router.h); no mpirun. CPU only. --replica-process: each replica's engine in a
+ * child process, so that a crash leaves the others (router.h). */
 #include <omp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -97,9 +102,11 @@ int cmd_serve(int argc, char **argv) {
     if (st != SK_OK) return cli_fail(st);
     const char *host = "127.0.0.1", *key = getenv("SKEIN_API_KEY"), *chat_name = NULL, *device = "cpu", *devices = NULL,
                *kv_memory = NULL;
+    const char *ssl_cert = NULL, *ssl_key = NULL;   /* HTTPS (http.h) */
     long port = 8000, max_seqs = 16, max_batch = 512, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
     long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0, tp = 1;
     double target = 2, up_delay = 30, down_delay = 600, replica_timeout = 300, comm_timeout = 60;
+    bool replica_process = false;
     arg_spec specs[] = {
         {"--model", ARG_STR, &unused, "DIR", "model folder (config.json, model.safetensors, tokenizer.json); repeat for more models", false, false},
         {"--served-model-name", ARG_STR, &unused, "ID", "the id of the --model before it in the API (default: the folder's name)", false, false},
@@ -125,9 +132,13 @@ int cmd_serve(int argc, char **argv) {
          "(default: room for --max-seqs sequences of the context)", false, false},
         {"--max-body", ARG_INT, &max_body, "BYTES", "largest request body, else 413 (default 1 MiB)", false, false},
         {"--max-conns", ARG_INT, &max_conns, "N", "concurrent connections (default 256)", false, false},
-        {"--timeout", ARG_INT, &timeout, "S", "idle connection timeout in seconds (default 60)", false, false},
+        {"--timeout", ARG_INT, &timeout, "S", "a connection idle this long, or sending one request longer, is closed (default 60)", false, false},
+        {"--ssl-certfile", ARG_STR, &ssl_cert, "FILE", "serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile", false, false},
+        {"--ssl-keyfile", ARG_STR, &ssl_key, "FILE", "the PEM private key of --ssl-certfile", false, false},
         {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false},
         {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a step waiting longer for a rank fails (default 60)", false, false},
+        {"--replica-process", ARG_BOOL, &replica_process, NULL, "each replica's engine in a child process (CPU): a crash "
+         "leaves the others", false, false},
     };
     if ((st = args_parse("skein serve", n_rest, rest, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
     if (n_models == 0) return cli_fail(sk_fail(SK_EARG, "skein serve: missing required flag --model"));
@@ -146,13 +157,17 @@ int cmd_serve(int argc, char **argv) {
     if (!serve_seen(specs, n_specs, "--min-replicas")) min_replicas = serve_seen(specs, n_specs, "--max-replicas") ? 1 : replicas;
     if (!serve_seen(specs, n_specs, "--max-replicas")) max_replicas = replicas > min_replicas ? replicas : min_replicas;
     if (key && !key[0]) key = NULL;
-    if (tp > 1 && (n_models > 1 || max_replicas > 1 || devices))
-        return cli_fail(sk_fail(SK_EARG, "serve: --tp %ld serves one --model with one replica over its ranks (leave out "
-                                         "--replicas, --max-replicas and --devices)", tp));
-    if (tp > 1 && launch_by_hand()) return launch_tp("serve", argc, argv, (int)tp, dirs[0], true);
+    /* --tp K with several replicas (or --replica-process): each replica K forked processes */
+    const bool tp_groups = tp > 1 && (max_replicas > 1 || replica_process);
+    if (tp_groups && (devices || strcmp(device, "cpu")))
+        return cli_fail(sk_fail(SK_EARG, "serve: --tp %ld with --replicas runs on the CPU (one GPU per rank is not "
+                                         "done yet: leave out --devices)", tp));
+    if (tp > 1 && !tp_groups && (n_models > 1 || devices))
+        return cli_fail(sk_fail(SK_EARG, "serve: --tp %ld serves one --model over its ranks (leave out --devices)", tp));
+    if (tp > 1 && !tp_groups && launch_by_hand()) return launch_tp("serve", argc, argv, (int)tp, dirs[0], true);
 
     comm *c = NULL;
-    if ((st = launch_tp_join((int)tp, devices ? "cuda" : device, comm_timeout, &c))) return cli_fail(st);
+    if ((st = launch_tp_join(tp_groups ? 1 : (int)tp, devices ? "cuda" : device, comm_timeout, &c))) return cli_fail(st);
     if (c && c->rank > 0) return launch_tp_follow(dirs[0], devices ? "cuda" : device, c);
     router_opts ro = router_opts_default();
     ro.tp = c;
@@ -168,7 +183,7 @@ int cmd_serve(int argc, char **argv) {
         if (st != SK_OK) return cli_fail(st);
     }
     if (!threads) {   /* the cores split among the first replicas of every model */
-        threads = omp_get_max_threads() / (n_models * replicas);
+        threads = omp_get_max_threads() / (n_models * replicas * (tp_groups ? tp : 1));
         threads = threads < 1 ? 1 : threads;
     }
     ro.chat_template = chat_name;
@@ -185,6 +200,9 @@ int cmd_serve(int argc, char **argv) {
     ro.downscale_delay_s = down_delay;
     ro.replica_timeout_s = replica_timeout;
     ro.threads = (int)threads;
+    ro.process = replica_process || tp_groups;
+    ro.tp_ranks = tp_groups ? (int)tp : 1;
+    ro.comm_timeout_s = comm_timeout;
 
     /* signals: waited for by this thread only; the threads started below inherit the mask */
     sigset_t stop_set;
@@ -210,9 +228,9 @@ int cmd_serve(int argc, char **argv) {
     }
     if ((st = api_server_create(rts, n_models, &(api_opts){.api_key = key}, &a))) goto out;
     http_opts ho = {.host = host, .port = (int)port, .max_body = (size_t)max_body, .max_conns = (int)max_conns,
-                    .timeout_s = (int)timeout};
+                    .timeout_s = (int)timeout, .cert_file = ssl_cert, .key_file = ssl_key};
     if ((st = http_server_start(&ho, api_handle, a, &h))) goto done;
-    fprintf(stderr, "skein serve: listening on http://%s:%d (model %s)%s\n", host, http_server_port(h), list,
+    fprintf(stderr, "skein serve: listening on %s://%s:%d (model %s)%s\n", ssl_cert ? "https" : "http", host, http_server_port(h), list,
             c ? " over tensor-parallel ranks" : "");
     int sig = 0;
     sigwait(&stop_set, &sig);

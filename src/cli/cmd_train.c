@@ -87,10 +87,11 @@ static int train_main(int argc, char **argv, runfile *rf) {
     long seed = (long)o.seed, zero = 0, tp = 1;
     double lr = o.hp.lr, wd = o.hp.weight_decay, clip = o.hp.grad_clip, min_lr = o.hp.min_lr_frac;
     const char *micro = NULL, *dist = "static", *mem_limit = NULL, *slow = NULL, *kill = NULL, *precision = "f32";
-    const char *config = NULL, *decay = "cosine", *warmup_shape = "linear";
+    const char *config = NULL, *decay = "cosine", *warmup_shape = "linear", *offload_arg = "none";
     double beta1 = o.hp.beta1, beta2 = o.hp.beta2, eps = o.hp.eps;
     double timeout = 120;
     long workers = 0;
+    const char *comm_kind = "auto";
     arg_spec specs[] = {
         {"--model", ARG_STR, &o.model, "DIR|PRESET", "model folder to fine-tune, or a preset (gpt2, gpt2-tiny, ...)", true, false},
         {"--data", ARG_STR, &o.data, "DIR", "prepared dataset (skein data prepare), a shard, or an llm.c .bin", true, false},
@@ -116,8 +117,12 @@ static int train_main(int argc, char **argv, runfile *rf) {
         {"--zero", ARG_INT, &zero, "K", "ZeRO stage 0-3: shard optimizer state (1), gradients (2), parameters (3)", false, false},
         {"--tp", ARG_INT, &tp, "K", "tensor parallel: split the model over groups of K consecutive ranks (the world is "
          "K x data-parallel ranks; started by hand without --workers, runs K ranks)", false, false},
+        {"--offload", ARG_STR, &offload_arg, "optimizer|none", "ZeRO-Offload: the shard's f32 master weights and AdamW "
+         "moments in pinned host memory, updated by the CPU cores (needs --zero 1 or 2; docs/offload.md)", false, false},
         {"--data-dist", ARG_STR, &dist, "static|dynamic", "split each batch evenly, or let workers pull micro-batches (default static)", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
+        {"--comm", ARG_STR, &comm_kind, "auto|mpi|gloo|nccl", "the communicator between ranks (default auto: NCCL "
+         "when each rank has a GPU of its own, else MPI or gloo, GPU buffers staged through host memory)", false, false},
         {"--comm-timeout", ARG_FLOAT, &timeout, "S", "a collective waiting longer than S seconds fails the run (default 120)", false, false},
         {"--mem-limit", ARG_STR, &mem_limit, "BYTES", "memory per rank for --micro-batch auto (8G, 512M; default: available / ranks)", false, false},
         {"--debug-slow-rank", ARG_STR, &slow, "R:MS", "rank R sleeps MS ms before each micro-batch (tests)", false, false},
@@ -166,6 +171,7 @@ static int train_main(int argc, char **argv, runfile *rf) {
     }
     if (zero < 0 || zero > 3) return cli_fail(sk_fail(SK_EARG, "train: --zero must be 0, 1, 2 or 3, got %ld", zero));
     if ((st = cli_precision("train", precision, &o.precision))) return cli_fail(st);
+    if ((st = cli_offload("train", offload_arg, &o.offload))) return cli_fail(st);
     o.zero = (int)zero;
     o.tp = (int)tp;
     if (strcmp(dist, "static") && strcmp(dist, "dynamic"))
@@ -209,7 +215,7 @@ static int train_main(int argc, char **argv, runfile *rf) {
     o.hp.total_steps = o.steps;
     comm *c = NULL;
     if (tp > 1) comm_want_split();   /* tensor x data parallel groups (tpdp.h) */
-    if ((st = comm_init("auto", o.device, timeout, &c))) return cli_fail(st);
+    if ((st = comm_init(comm_kind, o.device, timeout, &c))) return cli_fail(st);
     o.comm = c;
     if (c->world > 1 && c->rank != 0) o.quiet = true;
     if (c->world > 1 && c->rank != 0) log_set_quiet(true);

@@ -65,7 +65,34 @@ static sk_status env_triple(comm_env *env, const char *rank, const char *size, c
     return SK_OK;
 }
 
-sk_status comm_env_read(comm_env *env) {
+/* The most tasks on one node in Slurm's SLURM_STEP_TASKS_PER_NODE ("2(x3),1"): 0 when absent. */
+static int slurm_tasks_per_node(void) {
+    const char *s = getenv("SLURM_STEP_TASKS_PER_NODE");
+    int most = 0;
+    while (s && *s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (v > most && v <= INT_MAX) most = (int)v;
+        s = strchr(end, ',');
+        if (s) s++;
+    }
+    return most;
+}
+
+/* Fills env->local_world from the launcher's variable (0 when it sets none). */
+static sk_status env_local_world(comm_env *env) {
+    switch (env->launcher) {
+    case COMM_LAUNCH_MPIRUN: return env_int("OMPI_COMM_WORLD_LOCAL_SIZE", &env->local_world) < 0 ? SK_EARG : SK_OK;
+    case COMM_LAUNCH_PMI: return env_int("MPI_LOCALNRANKS", &env->local_world) < 0 ? SK_EARG : SK_OK;
+    case COMM_LAUNCH_SLURM: env->local_world = slurm_tasks_per_node(); return SK_OK;
+    case COMM_LAUNCH_TORCHRUN: return env_int("LOCAL_WORLD_SIZE", &env->local_world) < 0 ? SK_EARG : SK_OK;
+    case COMM_LAUNCH_NONE: env->local_world = 1; return SK_OK;
+    }
+    return SK_OK;
+}
+
+/* comm_env_read without the host's rank count. */
+static sk_status env_read_launch(comm_env *env) {
     memset(env, 0, sizeof *env);
     env->world = 1;
     if (getenv("OMPI_COMM_WORLD_SIZE")) {
@@ -103,17 +130,37 @@ sk_status comm_env_read(comm_env *env) {
     return SK_OK;
 }
 
+sk_status comm_env_read(comm_env *env) {
+    SK_TRY(env_read_launch(env));
+    return env_local_world(env);
+}
+
 const char *comm_auto_kind(const char *device) {
     comm_env env;
     if (comm_env_read(&env) != SK_OK) return NULL;
     bool cuda = device && !strcmp(device, "cuda");
     if (env.launcher == COMM_LAUNCH_NONE || env.world == 1) return "local";
-    if (cuda) return "nccl";
+    if (cuda) {
+        const int host_ranks = env.local_world, gpus = backend_device_count("cuda");
+#ifdef SKEIN_HAVE_NCCL
+        if (host_ranks <= gpus || host_ranks < 1) return "nccl";   /* unknown: a pod per GPU, as before */
+#endif
+        if (env.rank == 0)
+            fprintf(stderr, "skein: %d rank%s on this host, %d GPU%s visible: %s, so the collectives go through %s, "
+                    "device buffers staged through pinned host memory\n", host_ranks, host_ranks == 1 ? "" : "s",
+                    gpus, gpus == 1 ? "" : "s",
+#ifdef SKEIN_HAVE_NCCL
+                    "NCCL needs a GPU per rank",
+#else
+                    "this skein is built without NCCL",
+#endif
+                    env.launcher == COMM_LAUNCH_TORCHRUN ? "gloo" : "MPI");
+    }
     if (env.launcher == COMM_LAUNCH_TORCHRUN) {
 #ifdef SKEIN_HAVE_GLOO
         return "gloo";
 #else
-        sk_fail(SK_EARG, "RANK/WORLD_SIZE=%d are set (torchrun-style launch), which needs gloo on CPUs: this skein "
+        sk_fail(SK_EARG, "RANK/WORLD_SIZE=%d are set (torchrun-style launch), which needs gloo here: this skein "
                 "is built without it (install libgloo-dev and rebuild), or launch with mpirun -n N, srun or --workers N",
                 env.world);
         return NULL;
@@ -190,6 +237,17 @@ sk_status comm_split(comm *c, int color, int key, comm **out) {
     SK_TRY(comm_add_pool(s));
     *out = s;
     return SK_OK;
+}
+
+sk_status comm_set_backend(comm *c, backend *be) {
+    for (int k = 0; c->reqs && k < COMM_MAX_REQS; k++) SK_ASSERT(!c->reqs[k].busy);
+    return c->ops->set_backend ? c->ops->set_backend(c, be) : SK_OK;
+}
+
+int comm_device_sharers(const comm *c, int n_devices) {
+    if (!c || c->local_world < 1 || n_devices < 1) return 1;
+    const int dev = c->local_rank % n_devices;
+    return dev < c->local_world ? (c->local_world - 1 - dev) / n_devices + 1 : 1;
 }
 
 void comm_free(comm *c) {

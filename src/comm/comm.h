@@ -33,8 +33,12 @@
  * Streams. s is the backend stream that produced the buffers (NULL: the backend's default
  * stream). NCCL enqueues the collective on s (a stream of the CUDA backend is its
  * cudaStream_t), so it runs after the work already issued there and the request completes
- * when s has passed it. MPI and gloo read host memory and ignore s: the caller has
- * synchronised it first (on the CPU backend every stream is always done).
+ * when s has passed it. MPI and gloo move host memory: with no backend set (comm_set_backend)
+ * or a host-memory one they ignore s (on the CPU backend every stream is always done); with a
+ * device backend set they stage the buffers through pinned host memory in bounded pieces, the
+ * copies ordered after the point of s where the collective started, and the request completes
+ * when the last piece is back in device memory (comm_stage.h). Either way, once comm_wait has
+ * returned, the results may be used on any stream.
  *
  * Shapes: reduce_scatter and all_gather work on equal chunks: rank r owns elements
  * [r*chunk, (r+1)*chunk) of the full buffer (callers pad the full length to a multiple of the
@@ -63,6 +67,7 @@ struct comm {
     const char *name;      /* "local", "mpi", "gloo", "nccl" */
     int rank, world;       /* this process and how many there are */
     int local_rank;        /* rank among the processes of this host (the GPU to use) */
+    int local_world;       /* processes on this host (0: unknown) */
     double timeout_s;      /* every collective gives up after this long */
     void *impl;
     comm_req *reqs;        /* (COMM_MAX_REQS) comm.c's pool of requests */
@@ -72,6 +77,12 @@ struct comm {
  * "gloo" or "nccl"; device ("cpu" or "cuda") matters only to "auto". SK_EARG when the kind
  * is not built in or the environment is bad. */
 sk_status comm_init(const char *kind, const char *device, double timeout_s, comm **out);
+/* Tells c whose memory the typed collectives' buffers are: be's (a device backend's: NCCL
+ * needs one; MPI and gloo stage it through 2 x 32 MiB of pinned host memory), or host memory
+ * (be NULL, the default, or a host-memory backend). Nothing may be in flight. Set NULL again
+ * before be is freed. SK_EARG when c cannot move be's memory (NCCL and host memory), SK_ENOMEM
+ * when the staging cannot be allocated. */
+sk_status comm_set_backend(comm *c, backend *be);
 /* Releases the communicator (requests in flight are completed first). After a collective
  * failed (SK_ECOMM) the world is broken: the MPI implementation then ends the whole job
  * (MPI_Abort, exit status 1 on every rank) rather than wait in MPI_Finalize for ranks that
@@ -116,7 +127,8 @@ sk_status comm_counter_set(comm *c, int64_t value);
  * comm_split: collective over every rank of c, with no request of c in flight: the ranks that
  * pass the same color form a new comm *out, ranked by key (ties by their rank in c), whose
  * collectives are independent of c's (tensor x data parallel training: a group per color).
- * Free it with comm_free before c. local: a world of one again; MPI: MPI_Comm_split, which
+ * It starts on host memory whatever c's backend is (comm_set_backend is per comm). Free it
+ * with comm_free before c. local: a world of one again; MPI: MPI_Comm_split, which
  * needs MPI_THREAD_MULTIPLE (each comm has its own communication thread): call
  * comm_want_split() before comm_init, which then asks MPI for it (only then: with it, Open MPI
  * was seen to hang a server's rank 0 after another rank died, where the usual level fails
@@ -144,6 +156,8 @@ typedef enum comm_launcher {
 typedef struct comm_env {
     comm_launcher launcher;
     int rank, world, local_rank;
+    int local_world;        /* processes on this host: OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS,
+                             * the most of SLURM_STEP_TASKS_PER_NODE, LOCAL_WORLD_SIZE; 0 unknown */
     char master_addr[256];  /* torchrun-style only */
     int master_port;        /* torchrun-style only; 0 elsewhere */
 } comm_env;
@@ -154,12 +168,18 @@ typedef struct comm_env {
 sk_status comm_env_read(comm_env *env);
 const char *comm_launcher_name(comm_launcher l);
 
-/* The kind comm_init("auto") picks for `device` ("cpu" or "cuda"): on cpu "mpi" under
- * mpirun/PMI/srun and "gloo" under torchrun-style variables; on cuda "nccl" under any
- * launcher (its unique id travels through MPI under mpirun/srun, through the TCP store of
- * store.h under torchrun-style variables); "local" for one process. Returns NULL with SK_EARG
- * set when the environment is bad or asks for what is not built in (torchrun-style
- * WORLD_SIZE > 1 on cpu without gloo). */
+/* The kind comm_init("auto") picks for `device` ("cpu" or "cuda"): "local" for one process;
+ * else the host kind, "mpi" under mpirun/PMI/srun and "gloo" under torchrun-style variables;
+ * on cuda "nccl" instead when every rank of a host has a GPU of its own (local_world at most
+ * the visible GPUs, or local_world unknown: the launcher did not say) and NCCL is built in (its unique id travels
+ * through MPI under mpirun/srun, through the TCP store of store.h under torchrun-style
+ * variables). With more ranks than GPUs (NCCL refuses two ranks on one GPU) it keeps the host
+ * kind, staging device buffers (comm_set_backend), and rank 0 says so on stderr. Returns NULL
+ * with SK_EARG set when the environment is bad or asks for what is not built in
+ * (torchrun-style WORLD_SIZE > 1 without gloo where gloo is needed). */
 const char *comm_auto_kind(const char *device);
+/* How many ranks of this host use the device this rank uses when the host's ranks take
+ * local_rank modulo n_devices (backend_create_on): 1 when unknown. */
+int comm_device_sharers(const comm *c, int n_devices);
 
 #endif

@@ -1,5 +1,6 @@
 /* comm_gloo: comm.h over gloo (the collective library PyTorch and Ray Train use on CPUs),
- * for host buffers under torchrun-style launches: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+ * for host buffers (device buffers staged through pinned host memory, comm_stage.h) under
+ * torchrun-style launches: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
  * set by torchrun, Ray, Kubernetes or by hand, with no mpirun to connect the processes.
  *
  * Bootstrap: every rank connects to the TCP store of store.h at MASTER_ADDR:MASTER_PORT
@@ -268,7 +269,8 @@ static void gloo_free(comm *c) {
     free(c);
 }
 
-static const comm_ops gloo_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, gloo_free, NULL};
+static const comm_ops gloo_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, gloo_free,
+                                  comm_worker_set_backend, NULL};
 
 sk_status comm_gloo_init(const comm_env *env, double timeout_s, comm **out) {
     *out = NULL;
@@ -285,7 +287,7 @@ sk_status comm_gloo_init(const comm_env *env, double timeout_s, comm **out) {
     }
     *m = (gloo_impl){.env = *env, .chunk = comm_chunk_limit(), .where = where, .gone = gone};
     *c = (comm){.ops = &gloo_ops, .name = "gloo", .rank = env->rank, .world = env->world,
-                .local_rank = env->local_rank, .timeout_s = timeout_s, .impl = m};
+                .local_rank = env->local_rank, .local_world = env->local_world, .timeout_s = timeout_s, .impl = m};
     sk_status st = comm_worker_init(c, &gloo_worker_ops);
     if (st != SK_OK) {
         gloo_free(c);

@@ -7,7 +7,7 @@
  *
  * Each implementation file defines one constructor; the ones not built in (no MPI, gloo, NCCL)
  * are absent and comm.c says so. A constructor fills a comm whose ops, name, rank, world,
- * local_rank and timeout_s are set, or returns a status with a message and leaves nothing
+ * local_rank, local_world and timeout_s are set, or returns a status with a message and leaves nothing
  * allocated; comm.c adds the request pool. */
 #ifndef SKEIN_COMM_IMPL_H
 #define SKEIN_COMM_IMPL_H
@@ -50,6 +50,9 @@ struct comm_ops {
     /* *done = whether r is complete, without blocking. */
     sk_status (*test)(comm *c, comm_req *r, bool *done);
     void (*free)(comm *c);
+    /* Optional (comm_set_backend): the typed collectives' buffers are be's memory from now on
+     * (NULL: host memory). NULL entry: nothing to do (local). */
+    sk_status (*set_backend)(comm *c, backend *be);
     /* comm_split's implementation (the caller adds the request pool); NULL: not supported. */
     sk_status (*split)(comm *c, int color, int key, comm **out);
 };

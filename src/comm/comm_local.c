@@ -45,7 +45,7 @@ static void local_free(comm *c) {
 
 static sk_status local_split(comm *c, int color, int key, comm **out) { return comm_local_init(c->timeout_s, out); }
 
-static const comm_ops local_ops = {local_start, local_wait, local_test, local_free, local_split};
+static const comm_ops local_ops = {local_start, local_wait, local_test, local_free, NULL, local_split};
 
 sk_status comm_local_init(double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);
@@ -55,7 +55,7 @@ sk_status comm_local_init(double timeout_s, comm **out) {
         free(l);
         return sk_fail(SK_ENOMEM, "comm: out of memory");
     }
-    *c = (comm){.ops = &local_ops, .name = "local", .rank = 0, .world = 1, .local_rank = 0,
+    *c = (comm){.ops = &local_ops, .name = "local", .rank = 0, .world = 1, .local_rank = 0, .local_world = 1,
                 .timeout_s = timeout_s, .impl = l};
     *out = c;
     return SK_OK;

@@ -1,5 +1,6 @@
 /* comm_mpi: comm.h over MPI, for host buffers (CPU training under mpirun, srun or
- * `skein train --workers N`).
+ * `skein train --workers N`), and device buffers staged through pinned host memory
+ * (comm_stage.h: ranks that share a GPU, where NCCL refuses).
  *
  * The communication thread (comm_worker.h) makes every MPI call, MPI_Init_thread and
  * MPI_Finalize included, so MPI's "main thread" is this thread and MPI_THREAD_FUNNELED is
@@ -357,6 +358,7 @@ static sk_status mpi_setup(comm *c) {
     MPI_CHECK(MPI_Comm_size(m->world, &c->world));
     MPI_CHECK(MPI_Comm_split_type(m->world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node));
     MPI_CHECK(MPI_Comm_rank(node, &c->local_rank));
+    MPI_CHECK(MPI_Comm_size(node, &c->local_world));
     MPI_CHECK(MPI_Comm_free(&node));
     MPI_CHECK(MPI_Type_contiguous(1, MPI_UINT16_T, &m->bf16));
     MPI_CHECK(MPI_Type_commit(&m->bf16));
@@ -433,7 +435,8 @@ static void mpi_free(comm *c) {
 }
 
 static sk_status mpi_split(comm *c, int color, int key, comm **out);
-static const comm_ops mpi_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, mpi_free, mpi_split};
+static const comm_ops mpi_ops = {comm_worker_start, comm_worker_wait, comm_worker_test, mpi_free,
+                                 comm_worker_set_backend, mpi_split};
 
 /* A comm over MPI_COMM_WORLD (parent MPI_COMM_NULL) or over the ranks of parent passing color,
  * ranked by key; its thread sets it up. */

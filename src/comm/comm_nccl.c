@@ -304,7 +304,15 @@ static void nccl_free(comm *c) {
     nccl_release(c);
 }
 
-static const comm_ops nccl_ops = {nccl_start, nccl_wait, nccl_test, nccl_free, NULL};
+/* NCCL moves device memory only: a host-memory backend is refused (MPI or gloo carry it). */
+static sk_status nccl_set_backend(comm *c, backend *be) {
+    if (be && be->host_memory)
+        return sk_fail(SK_EARG, "the nccl communicator moves device memory, but the %s backend's buffers are host "
+                       "memory: use --comm mpi (or gloo) with --device %s", be->name, be->name);
+    return SK_OK;
+}
+
+static const comm_ops nccl_ops = {nccl_start, nccl_wait, nccl_test, nccl_free, nccl_set_backend, NULL};
 
 sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);
@@ -322,6 +330,7 @@ sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
     c->rank = env->rank;
     c->world = env->world;
     c->local_rank = env->local_rank;
+    c->local_world = env->local_world;
     sk_status st = SK_OK;
     /* The side channel first: it fixes rank and world. */
     if (env->launcher == COMM_LAUNCH_MPIRUN || env->launcher == COMM_LAUNCH_PMI || env->launcher == COMM_LAUNCH_SLURM) {
@@ -330,6 +339,7 @@ sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
         c->rank = m->host->rank;
         c->world = m->host->world;
         c->local_rank = m->host->local_rank;
+        c->local_world = m->host->local_world;
 #else
         st = sk_fail(SK_EARG, "launched by %s, but this skein is built without MPI, which carries NCCL's id there; "
                      "use torchrun-style variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)",
@@ -358,7 +368,7 @@ sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
         sk_fail(SK_ECOMM, "nccl: no CUDA device is visible on rank %d", c->rank);
         goto err;
     }
-    m->device = c->local_rank % ndev;
+    m->device = c->local_rank % ndev;   /* backend_create_on's choice for the same local_rank */
     CUDA_CHECK(cudaSetDevice(m->device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaMalloc(&m->scratch, SCRATCH_BYTES));

@@ -80,7 +80,7 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&w->mu);
         comm_slot *s = &w->slot[r->slot];
         size_t step = s->step;
-        int rc = ops->progress(c, r, s);
+        int rc = s->staged ? comm_stage_progress(w->stage, c, r, s, ops->progress) : ops->progress(c, r, s);
         if (s->step != step) spins = 0;   /* a piece completed: keep going fast */
         if (ops->idle) ops->idle(c);
         if (rc != 0) {
@@ -130,6 +130,7 @@ sk_status comm_worker_start(comm *c, comm_req *r) {
     s->msg[0] = 0;
     s->step = 0;
     s->t0 = 0;
+    s->staged = comm_stage_begin(w->stage, r);
     w->queue[(w->q_head + w->q_len) % COMM_MAX_REQS] = r;
     w->q_len++;
     pthread_cond_signal(&w->wake);
@@ -177,6 +178,19 @@ sk_status comm_worker_test(comm *c, comm_req *r, bool *done) {
     sk_status st = *done ? worker_result(s) : SK_OK;
     pthread_mutex_unlock(&w->mu);
     return st;
+}
+
+sk_status comm_worker_set_backend(comm *c, backend *be) {
+    comm_worker *w = worker_of(c);
+    comm_stage *st = NULL;
+    if (be) SK_TRY(comm_stage_init(c, be, &st));
+    pthread_mutex_lock(&w->mu);
+    comm_stage *old = w->stage;
+    w->stage = st;
+    bool keep = w->broken;
+    pthread_mutex_unlock(&w->mu);
+    if (!keep) comm_stage_free(old);
+    return SK_OK;
 }
 
 bool comm_worker_broken(comm *c) {

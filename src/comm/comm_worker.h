@@ -10,6 +10,10 @@
  * none: seq 0); `posted` is how many the caller has started, `running` the one the thread
  * works on, for the implementation's diagnosis of a timeout.
  *
+ * Device buffers: with a device backend set (comm_worker_set_backend) the typed collectives
+ * are staged through pinned host memory piece by piece on the thread (comm_stage.h); the
+ * implementation's progress sees host requests only.
+ *
  * Invariants: a failed request breaks the comm: every queued request fails with it and every
  * later start fails at once. A caller that waits on a thread which stopped turning for
  * timeout + 30 s gets SK_ECOMM. The implementation's struct (c->impl) begins with its
@@ -22,6 +26,7 @@
 #include <stdatomic.h>
 
 #include "comm/comm_impl.h"
+#include "comm/comm_stage.h"
 
 /* One request slot (comm_req.slot). */
 typedef struct comm_slot {
@@ -31,6 +36,7 @@ typedef struct comm_slot {
     char msg[1024];
     size_t step;           /* thread: the implementation's progress within the request (0 at start) */
     double t0;             /* thread: for the implementation (0 at start) */
+    bool staged;           /* device buffers through pinned host memory (comm_stage.h) */
 } comm_slot;
 
 typedef struct comm_worker_ops {
@@ -62,6 +68,7 @@ typedef struct comm_worker {
     uint64_t heartbeat;    /* thread loop turns: the caller's proof of life */
     bool broken;           /* a request failed: the world is unusable */
     bool stop, abort_now;  /* requests to the thread */
+    comm_stage *stage;     /* the backend's buffers staged (comm_worker_set_backend), or NULL */
     int setup;             /* 0 starting, 1 up, -1 failed (setup_msg) */
     char setup_msg[1024];
 } comm_worker;
@@ -73,6 +80,10 @@ sk_status comm_worker_init(comm *c, const comm_worker_ops *ops);
 sk_status comm_worker_start(comm *c, comm_req *r);
 sk_status comm_worker_wait(comm *c, comm_req *r);
 sk_status comm_worker_test(comm *c, comm_req *r, bool *done);
+/* comm_ops.set_backend: the typed collectives' buffers are be's memory from now on (NULL:
+ * host memory again); device memory is staged (comm_stage.h). Nothing may be in flight. After
+ * a failure the staging is left allocated: the thread may still hold it, and the job ends. */
+sk_status comm_worker_set_backend(comm *c, backend *be);
 /* Whether a request failed (the comm is broken). */
 bool comm_worker_broken(comm *c);
 /* Stops the thread after the queued requests and joins it; releases the worker's own

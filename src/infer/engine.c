@@ -2,10 +2,13 @@
  *
  * A step: sched_schedule picks (sequence, chunk) items; each item's tokens become rows of one
  * flat batch with their own positions and slots (slot = table[pos / BS] * BS + pos % BS),
- * every item's last row asks for logits; one model_infer_batch; one download of the (R,V)
- * logits; sched_advance commits the computed blocks; sequences whose every known token is now
- * computed sample their next token. The batch arrays and the host logits are planned in
- * engine_create for max_batch_tokens rows and max_seqs sequences, so a step allocates nothing.
+ * every item's last row asks for logits; one model_infer_batch; one download: the (R,V)
+ * logits, or, when every row that samples needs only its logits (engine_choose), the R ids
+ * the device chose (argmax_rows, sample_rows; the GPU keeps the logits); sched_advance
+ * commits the computed blocks; sequences whose every known token is now computed sample their
+ * next token. The batch arrays and the host logits are planned in engine_create for max_batch_tokens rows and
+ * max_seqs sequences, so a step allocates nothing (a decode step replayed as a graph runs over
+ * the same arrays, padded: engine_forward).
  *
  * Invariants: live holds every request not yet reported finished, in arrival order; a
  * request's sched_seq is its first member, so a scheduler item leads back to its request;
@@ -24,6 +27,10 @@
  * header the step's arrays (engine_tp_pack's order). */
 enum { TP_START = 1, TP_STEP, TP_IDLE, TP_END, TP_STATS, TP_STOP };
 enum { TP_HEADER = 6 };
+/* Decode batch sizes replayed as graphs (engine.h). */
+static const int engine_graph_sizes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+#define ENGINE_GRAPHS (int)(sizeof engine_graph_sizes / sizeof engine_graph_sizes[0])
+
 /* An idle rank 0 says it is alive this often (engine_heartbeat). */
 #define ENGINE_TP_IDLE_S 1.0
 
@@ -52,7 +59,17 @@ struct engine {
     int *tokens, *pos, *slot;   /* (max_batch_tokens) */
     int *seq, *tables, *out_rows;   /* (max_seqs, 3), (max_seqs, max_blocks), (max_seqs) */
     float *logits;           /* (max_seqs, V) host */
+    int *ids_dev;            /* (max_seqs) backend memory: argmax_rows' answer (NULL without the op) */
+    int *ids;                /* (max_seqs) host: its copy */
+    backend_sample_row *rows_dev;   /* (max_seqs) backend memory: sample_rows' options (NULL: host sampling) */
+    backend_sample_row *rows;       /* (max_seqs) host: filled each step that samples on the device */
     engine_output *outs;     /* (max_seqs + cap_live) */
+    /* decode steps as graphs (engine.h), by size index of engine_graph_sizes */
+    bool graphs;             /* the backend records them and o.eager is off */
+    bool warm[ENGINE_GRAPHS];       /* a step of that size ran eagerly */
+    backend_graph *graph[ENGINE_GRAPHS];   /* NULL until recorded */
+    tensor graph_out[ENGINE_GRAPHS];       /* the logits each recorded step leaves */
+    unsigned graph_epoch;    /* model_infer_epoch of the recordings */
     /* a split model's rank 0 (model_tp) */
     int *tp_msg;             /* engine_tp_ints(o, max_blocks): a step's arrays, packed */
     bool tp_started;         /* the other ranks follow this engine */
@@ -93,7 +110,19 @@ static size_t engine_tp_pack(const model_batch *b, int *dst) {
 }
 
 engine_opts engine_opts_default(void) {
-    return (engine_opts){.block_size = KV_BLOCK_SIZE, .max_batch_tokens = 512, .max_seqs = 64};
+    const char *g = getenv("SKEIN_CUDA_GRAPHS");
+    return (engine_opts){.block_size = KV_BLOCK_SIZE, .max_batch_tokens = 512, .max_seqs = 64,
+                         .eager = g && !strcmp(g, "0")};
+}
+
+/* Frees every recorded step (the workspace moved, or the engine ends). */
+static void engine_graphs_free(engine *e) {
+    for (int k = 0; k < ENGINE_GRAPHS; k++) {
+        if (e->graph[k]) e->m->be->ops->graph_free(e->m->be, e->graph[k]);
+        e->graph[k] = NULL;
+        e->warm[k] = false;
+    }
+    e->graph_epoch = model_infer_epoch(e->m);
 }
 
 engine_params engine_params_default(void) {
@@ -103,6 +132,7 @@ engine_params engine_params_default(void) {
 void engine_free(engine *e) {
     if (!e) return;
     if (e->tp_started && model_step_status(e->m) == SK_OK) engine_tp_say(e->m, TP_END);   /* failing: nobody listens */
+    if (e->graphs) engine_graphs_free(e);
     mem_free(e->tp_msg);
     for (int i = 0; i < e->n_live; i++) {
         kv_seq_release(e->pool, &e->live[i]->seq.kv);
@@ -122,6 +152,10 @@ void engine_free(engine *e) {
     mem_free(e->tables);
     mem_free(e->out_rows);
     mem_free(e->logits);
+    if (e->ids_dev) backend_mem_free(e->m->be, e->ids_dev);
+    if (e->rows_dev) backend_mem_free(e->m->be, e->rows_dev);
+    mem_free(e->ids);
+    mem_free(e->rows);
     mem_free(e->outs);
     mem_free(e);
 }
@@ -173,12 +207,26 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
     e->tables = mem_alloc(sizeof(int) * S * (size_t)e->max_blocks);
     e->out_rows = mem_alloc(sizeof(int) * S);
     e->logits = mem_alloc(sizeof(float) * S * (size_t)c->vocab_size);
+    e->ids = mem_alloc(sizeof(int) * S);
+    if (m->be->ops->argmax_rows && !(e->ids_dev = backend_alloc(m->be, sizeof(int) * S))) {
+        st = SK_ENOMEM;
+        goto err;
+    }
+    /* a device samples for itself (the CPU keeps each request's own generator: sample.h) */
+    if (m->be->ops->sample_rows && e->ids_dev && !m->be->host_memory &&
+        (!(e->rows = mem_calloc(sizeof(backend_sample_row) * S)) ||
+         !(e->rows_dev = backend_alloc(m->be, sizeof(backend_sample_row) * S)))) {
+        st = SK_ENOMEM;
+        goto err;
+    }
     if (m->tp.size > 1) e->tp_msg = mem_alloc(sizeof(int) * engine_tp_ints(&d, e->max_blocks));
-    if (!e->tokens || !e->pos || !e->slot || !e->seq || !e->tables || !e->out_rows || !e->logits ||
+    if (!e->tokens || !e->pos || !e->slot || !e->seq || !e->tables || !e->out_rows || !e->logits || !e->ids ||
         (m->tp.size > 1 && !e->tp_msg)) {
         st = sk_fail(SK_ENOMEM, "allocating the engine's batch of %zu tokens, %zu sequences", N, S);
         goto err;
     }
+    e->graphs = !d.eager && m->tp.size == 1 && m->be->ops->graph_begin;
+    e->graph_epoch = model_infer_epoch(m);
     if (m->tp.size > 1) {   /* the other ranks make the same pool and workspace */
         int h[TP_HEADER] = {TP_START, kv_pool_blocks(e->pool), d.block_size, d.max_batch_tokens, d.max_seqs, d.max_ctx};
         if ((st = engine_tp_send(m, h, NULL, 0))) goto err;
@@ -303,12 +351,112 @@ static model_batch engine_batch(engine *e) {
     return (model_batch){row, e->tokens, e->pos, e->slot, e->s.n_items, e->seq, e->tables, MB, e->s.n_items, e->out_rows};
 }
 
-/* Samples request r's next token from its logits row; returns its output. */
-static engine_output engine_sample(engine *e, engine_req *r, float *logits) {
+/* The index into engine_graph_sizes of the size a step of b runs as, or -1: eagerly (graphs
+ * off, a prefill chunk in it, or larger than every size the workspace holds). */
+static int engine_graph_size(const engine *e, const model_batch *b) {
+    if (!e->graphs || b->n_tokens != b->n_seqs) return -1;
+    for (int k = 0; k < ENGINE_GRAPHS; k++) {
+        const int B = engine_graph_sizes[k];
+        if (B > e->o.max_seqs || B > e->o.max_batch_tokens) return -1;
+        if (B >= b->n_seqs) return k;
+    }
+    return -1;
+}
+
+/* Pads the decode batch b (one row per sequence, the batch arrays' front) to B rows with
+ * padding rows (model_batch): token 0 at position 0, slot -1, its own sequence over block 0. */
+static model_batch engine_pad(engine *e, const model_batch *b, int B) {
+    for (int r = b->n_seqs; r < B; r++) {
+        e->tokens[r] = e->pos[r] = 0;
+        e->slot[r] = -1;
+        e->seq[3 * r] = r;
+        e->seq[3 * r + 1] = e->seq[3 * r + 2] = 1;
+        e->tables[(size_t)r * e->max_blocks] = 0;
+        e->out_rows[r] = r;
+    }
+    model_batch p = *b;
+    p.n_tokens = p.n_seqs = p.n_out = B;
+    return p;
+}
+
+/* One forward over b: recorded, replayed or issued (engine.h's graphs). */
+static tensor engine_forward(engine *e, const model_kv_cache *cache, const model_batch *b) {
+    const int k = engine_graph_size(e, b);
+    if (k < 0) return model_infer_batch(e->m, cache, b);
+    model *m = e->m;
+    backend *be = m->be;
+    const model_batch p = engine_pad(e, b, engine_graph_sizes[k]);
+    model_infer_upload(m, cache, &p);
+    if (e->graph_epoch != model_infer_epoch(m)) engine_graphs_free(e);   /* another engine grew the workspace */
+    if (e->graph[k]) {
+        be->ops->graph_launch(be, e->graph[k], NULL);
+        return e->graph_out[k];
+    }
+    if (!e->warm[k]) {
+        e->warm[k] = true;
+        return model_infer_compute(m, cache, &p);
+    }
+    be->ops->graph_begin(be, NULL);
+    const tensor lg = model_infer_compute(m, cache, &p);
+    if (!(e->graph[k] = be->ops->graph_end(be, NULL))) {
+        log_warn("engine: steps run without graphs: %s", sk_errmsg());
+        e->graphs = false;
+        return model_infer_compute(m, cache, &p);
+    }
+    e->graph_out[k] = lg;
+    be->ops->graph_launch(be, e->graph[k], NULL);
+    return lg;
+}
+
+/* Whether request r's next token needs nothing but its logits row as given (no penalties,
+ * no log-probabilities), so the device can choose it: sample_rows draws it, and argmax_rows
+ * finds it when it is greedy too (engine_plain_greedy), with the answer sampler_next would
+ * give (greedy draws nothing from the generator). */
+static bool engine_plain(const engine_req *r) {
+    const sample_opts *o = &r->p.sample;
+    return (o->repetition_penalty == 0 || o->repetition_penalty == 1) && o->presence_penalty == 0 &&
+           o->frequency_penalty == 0 && !r->p.logprobs && r->p.n_logprobs == 0;
+}
+static bool engine_plain_greedy(const engine_req *r) { return engine_plain(r) && r->p.sample.temperature <= 0; }
+
+/* How the step's tokens are chosen: on the host from the downloaded logits rows, or on the
+ * device (only the ids come back) by argmax_rows (every row that samples is plain greedy) or
+ * by sample_rows (every one is plain and the engine has the device's options). Rows of
+ * prefill chunks that sample nothing do not count. */
+typedef enum engine_choice { CHOOSE_HOST, CHOOSE_ARGMAX, CHOOSE_DRAW } engine_choice;
+
+static engine_choice engine_choose(const engine *e) {
+    bool greedy = e->ids_dev != NULL, plain = e->rows_dev != NULL;
+    for (int i = 0; i < e->s.n_items && (greedy || plain); i++) {
+        const engine_req *r = (const engine_req *)e->s.items[i].seq;
+        if (e->s.items[i].seq->n_computed + e->s.items[i].n < r->seq.n_tokens) continue;   /* more to come */
+        greedy = greedy && engine_plain_greedy(r);
+        plain = plain && engine_plain(r);
+    }
+    return greedy ? CHOOSE_ARGMAX : plain ? CHOOSE_DRAW : CHOOSE_HOST;
+}
+
+/* Fills and uploads sample_rows' options for the R rows of the step's logits: item i's
+ * request draws its token number n_gen with its seed; other rows take the argmax. */
+static void engine_rows_upload(engine *e, int R) {
+    memset(e->rows, 0, sizeof(backend_sample_row) * (size_t)R);
+    for (int i = 0; i < e->s.n_items; i++) {
+        const engine_req *r = (const engine_req *)e->s.items[i].seq;
+        const sample_opts *o = &r->p.sample;
+        e->rows[i] = (backend_sample_row){o->temperature, o->min_p, o->top_p > 0 ? o->top_p : 1.0f, o->top_k,
+                                          r->p.seed, (uint64_t)r->n_gen};
+    }
+    backend_upload(e->m->be, e->rows_dev, e->rows, sizeof(backend_sample_row) * (size_t)R);
+}
+
+/* Request r's next token: sampled from its logits row, or, with logits NULL, `chosen` (the
+ * device's choice: engine_choose); returns its output. */
+static engine_output engine_sample(engine *e, engine_req *r, float *logits, int chosen) {
     engine_output o = {.id = r->id, .token = -1};
     const bool lp = r->p.logprobs || r->p.n_logprobs > 0;
-    const int tok = sampler_next(&e->smp, logits, &r->p.sample, &r->r, r->tokens, r->seq.n_tokens, r->n_prompt,
-                                 lp ? &o.logprob : NULL);
+    const int tok = logits ? sampler_next(&e->smp, logits, &r->p.sample, &r->r, r->tokens, r->seq.n_tokens,
+                                          r->n_prompt, lp ? &o.logprob : NULL)
+                           : chosen;
     for (int i = 0; i < r->p.n_stop_ids; i++)
         if (tok == r->p.stop_ids[i]) o.finish = "stop";
     if (o.finish) return o;
@@ -338,15 +486,29 @@ sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
         SK_TRY(engine_tp_send(e->m, h, e->tp_msg, engine_tp_pack(&b, e->tp_msg)));
         e->tp_sent = time_now();
     }
-    tensor lg = model_infer_batch(e->m, &cache, &b);
+    tensor lg = engine_forward(e, &cache, &b);
     SK_TRY(model_step_status(e->m));
-    backend_download(e->m->be, e->logits, lg.data, tensor_bytes(lg));
+    const engine_choice how = engine_choose(e);
+    const bool ids_only = how != CHOOSE_HOST;
+    backend *be = e->m->be;
+    if (ids_only) {
+        tensor ids = tensor_1d(e->ids_dev, DT_I32, lg.shape[0]);
+        if (how == CHOOSE_ARGMAX) {
+            be->ops->argmax_rows(be, NULL, ids, lg);
+        } else {
+            engine_rows_upload(e, (int)lg.shape[0]);
+            be->ops->sample_rows(be, NULL, ids, lg, e->rows_dev);
+        }
+        backend_download(be, e->ids, e->ids_dev, tensor_bytes(ids));
+    } else {
+        backend_download(be, e->logits, lg.data, tensor_bytes(lg));
+    }
     sched_advance(&e->s);
     const int V = e->m->cfg.vocab_size, n_items = e->s.n_items;
     for (int i = 0; i < n_items; i++) {
         engine_req *r = (engine_req *)e->s.items[i].seq;
         if (r->seq.n_computed < r->seq.n_tokens) continue;   /* a prefill chunk: more to come */
-        e->outs[n++] = engine_sample(e, r, e->logits + (size_t)i * V);
+        e->outs[n++] = engine_sample(e, r, ids_only ? NULL : e->logits + (size_t)i * V, ids_only ? e->ids[i] : -1);
     }
     /* retire finished requests after sampling: retiring edits the item list */
     for (int i = *n_out; i < n; i++)

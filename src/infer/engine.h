@@ -15,9 +15,18 @@
  *   }
  *   engine_free(e);
  *
+ * Graphs. Where the backend records graphs (backend.h graph_begin: CUDA) and the model is not
+ * split, a step that only decodes (one token per sequence) is rounded up to the next of 1, 2,
+ * 4, ..., 512 sequences with padding rows (model_batch) and its forward is replayed from
+ * a graph recorded the second time that size comes (the first runs eagerly, so that scratch
+ * the backend grows on first use exists before recording); steps with prefill chunks, larger
+ * ones, and every step with opts.eager run as issued.
+ *
  * Requests are admitted first come, first served. Each keeps its own generator (seeded by
- * its params), so its samples do not depend on what else is in the batch; greedy requests
- * give the same tokens alone or in any batch (a row's arithmetic does not depend on the other
+ * its params), so its samples do not depend on what else is in the batch (on a device, a
+ * request without penalties or log-probabilities is drawn there instead, from Philox keyed by
+ * its seed and token index: backend_sample_row; as reproducible, though not the CPU's
+ * draws); greedy requests give the same tokens alone or in any batch (a row's arithmetic does not depend on the other
  * rows' values; on the CPU the products of one row, of 2..8 and of more take different
  * kernels, which differ only by rounding). A request is finished by a stop id (the id is not output), max_tokens, the
  * context (max_ctx), or engine_cancel; its blocks are freed at once, and its id is not used
@@ -54,6 +63,8 @@ typedef struct engine_opts {
     int max_batch_tokens;    /* tokens per step (default 512) */
     int max_seqs;            /* running at most (default 64) */
     int max_ctx;             /* longest sequence (0: the model's n_positions) */
+    bool eager;              /* issue every step's work as it comes: no graphs (the default with
+                              * SKEIN_CUDA_GRAPHS=0 in the environment) */
 } engine_opts;
 
 #define ENGINE_MAX_STOP 8

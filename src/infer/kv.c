@@ -13,7 +13,7 @@
 
 struct kv_pool {
     backend *be;
-    float *mem;              /* backend memory: keys (L, n_blocks*bs, KD), then values */
+    unsigned char *mem;      /* backend memory: keys (L, n_blocks*bs, KD), then values (model_infer_dtype) */
     model_kv_cache cache;
     int n_blocks, bs, n_free;
     int *ref;                /* (n_blocks) tables holding the block */
@@ -29,7 +29,7 @@ struct kv_pool {
 };
 
 size_t kv_block_bytes(const model *m, int block_size) {
-    return 2 * sizeof(float) * (size_t)m->cfg.n_layer * (size_t)block_size * (size_t)m->tp.n_kv_head * m->cfg.head_dim;
+    return 2 * dtype_size(model_infer_dtype(m)) * (size_t)m->cfg.n_layer * (size_t)block_size * (size_t)m->tp.n_kv_head * m->cfg.head_dim;
 }
 
 sk_status kv_budget(backend *be, const char *spec, size_t *bytes) {
@@ -162,7 +162,8 @@ sk_status kv_pool_init(model *m, size_t bytes, int block_size, kv_pool **out) {
     p->head = p->tail = -1;
     for (int b = 0; b < n; b++) kv_queue_push(p, b, true);
     const size_t KD = (size_t)m->tp.n_kv_head * c->head_dim, layer = nb * (size_t)block_size * KD;
-    p->cache = (model_kv_cache){p->mem, p->mem + (size_t)c->n_layer * layer, layer, n, block_size};
+    const dtype dt = model_infer_dtype(m);
+    p->cache = (model_kv_cache){p->mem, p->mem + (size_t)c->n_layer * layer * dtype_size(dt), dt, layer, n, block_size};
     *out = p;
     return SK_OK;
 }

@@ -50,7 +50,7 @@ typedef struct kv_stats {
 } kv_stats;
 
 /* Bytes one block takes for m's shape (every layer's keys and values of its key/value heads:
- * a split model's rank holds only its own, model_tp; f32). */
+ * a split model's rank holds only its own, model_tp; in model_infer_dtype). */
 size_t kv_block_bytes(const model *m, int block_size);
 /* Reads --kv-memory's value: a number in (0,1] is that fraction of the backend's free memory
  * (backend_mem_info), a larger one bytes (suffixes k, M, G: powers of 1024). SK_EARG naming

@@ -110,7 +110,8 @@ void arch_batch_upload(model *m, const arch_batch_ids *ids, arch_infer_dims d, c
 }
 
 tensor arch_cache_rows(const model_kv_cache *kv, int l, bool values, int64_t KD) {
-    return arch_mat((values ? kv->v : kv->k) + (size_t)l * kv->layer_stride, (int64_t)kv->n_blocks * kv->block_size, KD);
+    return arch_mat_at(values ? kv->v : kv->k, kv->dt, (size_t)l * kv->layer_stride,
+                       (int64_t)kv->n_blocks * kv->block_size, KD);
 }
 
 void arch_paged_attention(backend *be, const model_kv_cache *kv, const arch_batch_ids *ids, const model_batch *b,

@@ -114,12 +114,14 @@ typedef struct gpt2_acts {
 typedef struct gpt2_infer {
     arch_batch_ids ids;      /* the batch's arrays */
     float *x;                /* (N,C) residual stream of the new tokens */
-    float *ln;               /* (N,C) LayerNorm output, then branch outputs */
-    float *qkv;              /* (N,3C) */
-    float *atty;             /* (N,C) */
-    float *fch;              /* (N,F) */
+    float *ln;               /* (N,C) lp: LayerNorm output, then branch outputs (room for f32:
+                              * the position embeddings pass through it) */
+    float *qkv;              /* (N,3C) lp */
+    float *atty;             /* (N,C) lp */
+    float *fch;              /* (N,F) lp */
     float *mean, *rstd;      /* (N) */
     float *last;             /* (S,C) the rows whose logits are asked for */
+    float *lastn;            /* (S,C) lp: those rows through ln_f */
     float *logits;           /* (S,V) */
 } gpt2_infer;
 
@@ -528,25 +530,36 @@ static sk_status gpt2_infer_prepare(model *m, int max_tokens, int max_seqs, int 
     const size_t N = (size_t)d.tokens, S = (size_t)d.seqs, C = (size_t)c->n_embd, F = (size_t)m->tp.ffn_dim,
                  QD = (size_t)m->tp.n_head * c->head_dim;
     gpt2_infer *f = &s->inf;
+    const dtype lp = model_infer_dtype(m);
 #define E(field, n) { (void **)&f->field, (n) }
-    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 9] = {
-        E(x, N * C), E(ln, N * C), E(qkv, N * 3 * QD), E(atty, N * QD), E(fch, N * F), E(mean, N), E(rstd, N),
-        E(last, S * C), E(logits, S * (size_t)c->vocab_size),
+    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 10] = {
+        E(x, N * C), E(ln, N * C), E(qkv, arch_floats_of(N * 3 * QD, lp)), E(atty, arch_floats_of(N * QD, lp)),
+        E(fch, arch_floats_of(N * F, lp)), E(mean, N), E(rstd, N), E(last, S * C), E(lastn, arch_floats_of(S * C, lp)),
+        E(logits, S * (size_t)c->vocab_size),
     };
 #undef E
-    int n = 9;
+    int n = 10;
     arch_batch_plan(&f->ids, d, plan, &n);
     s->inf_mem = arch_plan_alloc(be, plan, n);
     if (!s->inf_mem)
         return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace for %d tokens of %d sequences", d.tokens, d.seqs);
+    m->infer_epoch++;
     s->inf_dims = d;
     return SK_OK;
+}
+
+static void gpt2_infer_upload(model *m, const model_batch *b) {
+    gpt2_state *s = m->state;
+    SK_ASSERT(s && s->inf_mem);
+    arch_batch_upload(m, &s->inf.ids, s->inf_dims, b);
 }
 
 /* Runs the N tokens of b: embeddings of each token at its own position; per layer one c_attn
  * product over all rows, whose k and v column blocks go to their slots of kv before paged
  * attention reads each sequence's blocks; then only the rows asked for go through ln_f and
- * the LM head. Returns logits (R,V), a view of backend memory valid until the next call.
+ * the LM head. Activations marked lp are model_infer_dtype's (bf16 over a device copy: the
+ * residual stream x stays f32, as in mixed-precision training). Returns logits (R,V), f32, a
+ * view of backend memory valid until the next call.
  * Split over ranks (model_tp), the heads and MLP columns are this rank's and the c_proj
  * outputs and the embedding are summed over the ranks (tp_sum). */
 static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
@@ -558,17 +571,18 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     const int L = c->n_layer, C = c->n_embd, F = m->tp.ffn_dim, NH = m->tp.n_head, QD = NH * c->head_dim;
     const int N = b->n_tokens, R = b->n_out;
     gpt2_infer *f = &s->inf;
-    tensor x = arch_mat(f->x, N, C), ln = arch_mat(f->ln, N, C), qkv = arch_mat(f->qkv, N, 3 * QD);
-    tensor atty = arch_mat(f->atty, N, QD), fch = arch_mat(f->fch, N, F);
+    const dtype lp = model_infer_dtype(m);
+    tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C), qkv = arch_mat_at(f->qkv, lp, 0, N, 3 * QD);
+    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), fch = arch_mat_at(f->fch, lp, 0, N, F);
     tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N), wpe = gpt2_tensor(m, false, P_WPE);
 
-    arch_batch_upload(m, &f->ids, s->inf_dims, b);
     /* x = wte[token] + wpe[position], the sum embed_forward forms in one call (split: rank 0
      * alone holds wpe, and the sum over the ranks adds it once) */
     op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), gpt2_tensor(m, false, P_WTE), tensor_none());
     if (!tensor_is_none(wpe)) {
-        op->embed_forward(be, NULL, ln, tensor_2d(f->ids.pos, DT_I32, 1, N), wpe, tensor_none());
-        op->add(be, NULL, x, x, ln);
+        tensor pe = arch_mat(f->ln, N, C);
+        op->embed_forward(be, NULL, pe, tensor_2d(f->ids.pos, DT_I32, 1, N), wpe, tensor_none());
+        op->add(be, NULL, x, x, pe);
     }
     tp_sum(m, x);
     for (int l = 0; l < L; l++) {
@@ -587,11 +601,11 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
         op->add(be, NULL, x, x, ln);
     }
     int nf = P_LAYER0 + P_PER_LAYER * L;
-    tensor last = arch_mat(f->last, R, C);
+    tensor last = arch_mat(f->last, R, C), lastn = arch_mat_at(f->lastn, lp, 0, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
-    op->layernorm_forward(be, NULL, last, tensor_rows(mean, 0, R), tensor_rows(rstd, 0, R), last, tensor_none(),
+    op->layernorm_forward(be, NULL, lastn, tensor_rows(mean, 0, R), tensor_rows(rstd, 0, R), last, tensor_none(),
                           gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
-    return tp_logits(m, last, gpt2_tensor(m, false, P_WTE), f->logits, R);
+    return tp_logits(m, lastn, gpt2_tensor(m, false, P_WTE), f->logits, R);
 }
 
 /* The tensor-parallel cut (model_split): c_attn's q, k and v column blocks by heads, c_fc by
@@ -627,6 +641,7 @@ const model_arch gpt2_arch = {
     .backward = gpt2_backward,
     .logits = gpt2_logits,
     .infer_prepare = gpt2_infer_prepare,
+    .infer_upload = gpt2_infer_upload,
     .infer_batch = gpt2_infer_batch,
     .free_state = gpt2_free_state,
     .train_bytes = gpt2_train_bytes,

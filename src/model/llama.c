@@ -133,11 +133,12 @@ typedef struct llama_infer {
     arch_batch_ids ids;      /* the batch's arrays */
     float *cos, *sin;        /* (N, HS/2) the rows of each token's position */
     float *x;                /* (N,C) residual stream of the new tokens */
-    float *ln;               /* (N,C) norm output, then branch outputs */
-    float *q, *atty;         /* (N,QD) */
-    float *k, *v;            /* (N,KD) the step's keys and values before they go to their slots */
-    float *gate, *up;        /* (N,F) */
+    float *ln;               /* (N,C) lp: norm output, then branch outputs */
+    float *q, *atty;         /* (N,QD) lp */
+    float *k, *v;            /* (N,KD) lp: the step's keys and values before they go to their slots */
+    float *gate, *up;        /* (N,F) lp */
     float *last;             /* (S,C) the rows whose logits are asked for */
+    float *lastn;            /* (S,C) lp: those rows through the final norm */
     float *logits;           /* (S,V) */
 } llama_infer;
 
@@ -609,18 +610,22 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
                  F = (size_t)m->tp.ffn_dim, HS = (size_t)c->head_dim, QD = (size_t)m->tp.n_head * HS,
                  KD = (size_t)m->tp.n_kv_head * HS;
     llama_infer *f = &s->inf;
+    const dtype lp = model_infer_dtype(m);
 #define E(field, n) { (void **)&f->field, (n) }
-    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 14] = {
+#define L(field, n) { (void **)&f->field, arch_floats_of(n, lp) }
+    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 15] = {
         E(rope_cos, P * HS / 2), E(rope_sin, P * HS / 2), E(cos, N * HS / 2), E(sin, N * HS / 2), E(x, N * C),
-        E(ln, N * C), E(q, N * QD), E(atty, N * QD), E(k, N * KD), E(v, N * KD), E(gate, N * F), E(up, N * F),
-        E(last, S * C), E(logits, S * (size_t)c->vocab_size),
+        L(ln, N * C), L(q, N * QD), L(atty, N * QD), L(k, N * KD), L(v, N * KD), L(gate, N * F), L(up, N * F),
+        E(last, S * C), L(lastn, S * C), E(logits, S * (size_t)c->vocab_size),
     };
+#undef L
 #undef E
-    int n = 14;
+    int n = 15;
     arch_batch_plan(&f->ids, d, plan, &n);
     s->inf_mem = arch_plan_alloc(be, plan, n);
     if (!s->inf_mem)
         return sk_fail_ctx(SK_ENOMEM, "allocating an inference workspace for %d tokens of %d sequences", d.tokens, d.seqs);
+    m->infer_epoch++;
     sk_status st = llama_rope_tables(m, f->rope_cos, f->rope_sin, d.ctx);
     if (st != SK_OK) {
         backend_mem_free(be, s->inf_mem);
@@ -631,12 +636,19 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     return SK_OK;
 }
 
+static void llama_infer_upload(model *m, const model_batch *b) {
+    llama_state *s = m->state;
+    SK_ASSERT(s && s->inf_mem);
+    arch_batch_upload(m, &s->inf.ids, s->inf_dims, b);
+}
+
 /* Runs the N tokens of b: each token's rotary angles are the table rows of its own position
  * (gathered once per step); per layer the projections run over all rows, the rotated keys
  * and the values go to their slots of kv, and paged attention reads each sequence's blocks
  * (within the sliding window when the config has one); only the rows asked for go through
- * the final norm and the LM head. Returns logits (R,V), a view of backend memory valid until
- * the next call. Split over ranks (model_tp), the heads and MLP columns are this rank's and
+ * the final norm and the LM head. Activations marked lp are model_infer_dtype's (the
+ * residual stream x stays f32). Returns logits (R,V), f32, a view of backend memory valid
+ * until the next call. Split over ranks (model_tp), the heads and MLP columns are this rank's and
  * the o_proj and down_proj outputs and the embedding are summed over the ranks (tp_sum). */
 static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
     llama_state *s = m->state;
@@ -648,13 +660,14 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
               HS = c->head_dim, QD = NH * HS, KD = NKV * HS, W = c->sliding_window;
     const int N = b->n_tokens, R = b->n_out;
     llama_infer *f = &s->inf;
-    tensor x = arch_mat(f->x, N, C), ln = arch_mat(f->ln, N, C), q = arch_mat(f->q, N, QD);
-    tensor k = arch_mat(f->k, N, KD), v = arch_mat(f->v, N, KD);
-    tensor atty = arch_mat(f->atty, N, QD), gate = arch_mat(f->gate, N, F), up = arch_mat(f->up, N, F);
+    const dtype lp = model_infer_dtype(m);
+    tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C), q = arch_mat_at(f->q, lp, 0, N, QD);
+    tensor k = arch_mat_at(f->k, lp, 0, N, KD), v = arch_mat_at(f->v, lp, 0, N, KD);
+    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), gate = arch_mat_at(f->gate, lp, 0, N, F);
+    tensor up = arch_mat_at(f->up, lp, 0, N, F);
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
     const int P = s->inf_dims.ctx;
 
-    arch_batch_upload(m, &f->ids, s->inf_dims, b);
     tensor pos = tensor_2d(f->ids.pos, DT_I32, 1, N);
     op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), llama_tensor(m, false, LLAMA_EMBED),
                       tensor_none());
@@ -682,11 +695,11 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
         tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
     }
-    tensor last = arch_mat(f->last, R, C);
+    tensor last = arch_mat(f->last, R, C), lastn = arch_mat_at(f->lastn, lp, 0, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
-    op->rmsnorm_forward(be, NULL, last, tensor_none(), last, tensor_none(), llama_tensor(m, false, llama_norm(m)),
+    op->rmsnorm_forward(be, NULL, lastn, tensor_none(), last, tensor_none(), llama_tensor(m, false, llama_norm(m)),
                         c->norm_eps);
-    return tp_logits(m, last, llama_tensor(m, false, llama_head(m)), f->logits, R);
+    return tp_logits(m, lastn, llama_tensor(m, false, llama_head(m)), f->logits, R);
 }
 
 /* The tensor-parallel cut (model_split): q_proj by heads and k_proj, v_proj by key/value
@@ -726,6 +739,7 @@ const model_arch llama_arch = {
     .backward = llama_backward,
     .logits = llama_logits,
     .infer_prepare = llama_infer_prepare,
+    .infer_upload = llama_infer_upload,
     .infer_batch = llama_infer_batch,
     .free_state = llama_free_state,
     .train_bytes = llama_train_bytes,

@@ -3,6 +3,7 @@
  * memory (model_kv) (see model.h). Reading folders into models is weights.c. */
 #include "model/model.h"
 
+#include "model/devw.h"
 #include "model/arch.h"
 #include "model/tp.h"
 
@@ -97,11 +98,14 @@ void model_free(model *m) {
     if (m->params) backend_mem_free(m->be, m->params);
     if (m->grads) backend_mem_free(m->be, m->grads);
     if (m->compute) backend_mem_free(m->be, m->compute);
+    if (m->resident) backend_mem_free(m->be, m->resident);
+    mem_free(m->resident_at);
     mem_free(m->groups);
     mem_free(m->param_base);
     mem_free(m->grad_base);
     mem_free(m->specs);
     mem_free(m->views);
+    devw_free(m->dev);
     wts_free(m->weights);
     mem_free(m);
 }
@@ -113,7 +117,7 @@ const model_param *model_find_param(const model *m, const char *name) {
 }
 
 void model_init_weights(model *m, uint64_t seed) {
-    SK_ASSERT(!m->weights);   /* mapped weights are immutable */
+    SK_ASSERT(!model_is_inference(m));   /* mapped weights are immutable */
     m->arch->init_weights(m, seed);
     m->compute_stale = true;
 }
@@ -123,7 +127,7 @@ sk_status model_set_precision(model *m, dtype act_dt) {
         return sk_fail(SK_EARG, "precision %s: training runs in f32 or bf16 mixed precision", dtype_name(act_dt));
     if (act_dt != DT_F32 && !backend_supports(m->be, BACKEND_OP_MIXED, act_dt))
         return sk_fail(SK_EARG, "the %s backend has no %s mixed-precision ops", m->be->name, dtype_name(act_dt));
-    if (m->weights || (act_dt != DT_F32 && !m->params))
+    if (model_is_inference(m) || (act_dt != DT_F32 && !m->params))
         return sk_fail(SK_ESTATE, "mixed precision needs a training model with its f32 parameters in place");
     if (act_dt == m->act_dt) return SK_OK;
     if (m->compute) backend_mem_free(m->be, m->compute);
@@ -136,18 +140,71 @@ sk_status model_set_precision(model *m, dtype act_dt) {
 
 void model_params_changed(model *m) { m->compute_stale = true; }
 
+void model_write_compute(model *m, int g, const float *src) {
+    SK_ASSERT(g >= 0 && g < m->n_groups);
+    if (!m->compute) return;
+    const model_group *gr = &m->groups[g];
+    m->be->ops->cast(m->be, NULL, tensor_1d((char *)m->compute + gr->begin * dtype_size(m->act_dt), m->act_dt,
+                                            (int64_t)gr->count),
+                     tensor_1d((void *)src, DT_F32, (int64_t)gr->count));
+}
+
 void model_compute_written(model *m) {
     SK_ASSERT(m->compute);
     m->compute_stale = false;
 }
 
-/* Casts m->params into the compute copy when they changed (mixed precision only). */
+/* Casts m->params into the compute copy when they changed (mixed precision only). Released
+ * parameters (ZeRO-3): the provider writes the copy group by group (model_write_compute). */
 static void model_refresh_compute(model *m) {
-    if (!m->compute || !m->compute_stale) return;
-    SK_ASSERT(m->params);
+    if (!m->compute || !m->compute_stale || !m->params) return;
     const int64_t n = (int64_t)m->n_params;
     m->be->ops->cast(m->be, NULL, tensor_1d(m->compute, m->act_dt, n), tensor_1d(m->params, DT_F32, n));
     m->compute_stale = false;
+}
+
+/* Allocates the compute copy of mixed precision when it is missing (stale until cast). */
+static sk_status model_alloc_compute(model *m) {
+    if (m->act_dt == DT_F32 || m->compute) return SK_OK;
+    m->compute = backend_alloc(m->be, m->n_params * dtype_size(m->act_dt));
+    if (!m->compute)
+        return sk_fail_ctx(SK_ENOMEM, "allocating the %s copy of %zu parameters", dtype_name(m->act_dt), m->n_params);
+    m->compute_stale = true;
+    return SK_OK;
+}
+
+bool model_spec_resident(const model *m, int i) { return m->specs[i].ndim == 1 || m->specs[i].layer < 0; }
+
+size_t model_resident_numel(const model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->n_specs; i++)
+        if (model_spec_resident(m, i)) n += m->specs[i].numel;
+    return n;
+}
+
+sk_status model_release_master(model *m) {
+    SK_ASSERT(m->params && m->act_dt != DT_F32 && !m->resident);
+    SK_TRY(model_alloc_compute(m));
+    model_refresh_compute(m);
+    const size_t total = model_resident_numel(m);
+    if (!(m->resident_at = mem_alloc(sizeof(size_t) * (size_t)m->n_specs))) return SK_ENOMEM;
+    size_t at = 0;
+    for (int i = 0; i < m->n_specs; i++) {
+        m->resident_at[i] = model_spec_resident(m, i) ? at : SIZE_MAX;
+        if (model_spec_resident(m, i)) at += m->specs[i].numel;
+    }
+    if (!(m->resident = backend_alloc(m->be, (total ? total : 1) * sizeof(float)))) {
+        mem_free(m->resident_at);
+        m->resident_at = NULL;
+        return sk_fail_ctx(SK_ENOMEM, "allocating the %zu resident f32 parameters", total);
+    }
+    for (int i = 0; i < m->n_specs; i++)
+        if (m->resident_at[i] != SIZE_MAX)
+            m->be->ops->copy(m->be, m->resident + m->resident_at[i], m->params + m->specs[i].offset,
+                             m->specs[i].numel * sizeof(float), COPY_DEVICE_TO_DEVICE, NULL);
+    backend_synchronize(m->be);
+    model_release_params(m);
+    return SK_OK;
 }
 
 void model_reset_bases(model *m) {
@@ -158,7 +215,7 @@ void model_reset_bases(model *m) {
 }
 
 void model_set_param_provider(model *m, const model_param_provider *p, void *ctx) {
-    SK_ASSERT(!m->weights && (!p || !p->external_grads || !m->grads));
+    SK_ASSERT(!model_is_inference(m) && (!p || !p->external_grads || !m->grads));
     m->provider = p;
     m->provider_ctx = p ? ctx : NULL;
     m->grads_external = p && p->external_grads;
@@ -166,7 +223,7 @@ void model_set_param_provider(model *m, const model_param_provider *p, void *ctx
 }
 
 void model_release_params(model *m) {
-    SK_ASSERT(!m->weights);
+    SK_ASSERT(!model_is_inference(m));
     backend_mem_free(m->be, m->params);
     m->params = NULL;
     model_reset_bases(m);
@@ -187,20 +244,15 @@ size_t model_train_bytes(const model *m, int B, int T) {
 }
 
 sk_status model_train_prepare(model *m, int B, int T) {
-    if (m->weights)
-        return sk_fail(SK_ESTATE, "%s: the model was opened for inference over mapped weights; training needs the f32 "
-                       "copy of model_load", wts_path(m->weights));
+    if (model_is_inference(m))
+        return sk_fail(SK_ESTATE, "%s: the model was opened for inference over mapped weights (or their device "
+                       "copy); training needs the f32 copy of model_load", m->weights ? wts_path(m->weights) : "random weights");
     if (!m->grads && !m->grads_external) {
         m->grads = backend_alloc(m->be, m->n_params * sizeof(float));
         if (!m->grads) return sk_fail_ctx(SK_ENOMEM, "allocating gradients for %zu parameters", m->n_params);
         for (int g = 0; g < m->n_groups; g++) m->grad_base[g] = m->grads + m->groups[g].begin;
     }
-    if (m->act_dt != DT_F32 && !m->compute) {
-        m->compute = backend_alloc(m->be, m->n_params * dtype_size(m->act_dt));
-        if (!m->compute)
-            return sk_fail_ctx(SK_ENOMEM, "allocating the %s copy of %zu parameters", dtype_name(m->act_dt), m->n_params);
-    }
-    m->compute_stale = true;
+    SK_TRY(model_alloc_compute(m));
     return m->arch->train_prepare(m, B, T);
 }
 
@@ -225,7 +277,8 @@ struct model_kv {
     backend *be;
     int n_layer, kd, max_T;
     int pos;                 /* next position; model_infer_step advances it */
-    float *mem;              /* backend memory */
+    unsigned char *mem;      /* backend memory, model_infer_dtype */
+    dtype dt;
     int *pos_ids;            /* (max_T) host: 0, 1, ..., max_T-1 (positions and slots of a step) */
 };
 
@@ -244,7 +297,8 @@ sk_status model_kv_create(model *m, int max_T, model_kv **out) {
     kv->n_layer = c->n_layer;
     kv->kd = c->n_kv_head * c->head_dim;
     kv->max_T = max_T;
-    kv->mem = backend_alloc(m->be, sizeof(float) * 2 * (size_t)c->n_layer * (size_t)max_T * (size_t)kv->kd);
+    kv->dt = model_infer_dtype(m);
+    kv->mem = backend_alloc(m->be, dtype_size(kv->dt) * 2 * (size_t)c->n_layer * (size_t)max_T * (size_t)kv->kd);
     kv->pos_ids = mem_alloc(sizeof(int) * (size_t)max_T);
     if (!kv->mem || !kv->pos_ids) {
         model_kv_free(kv);
@@ -270,7 +324,8 @@ tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
     SK_ASSERT(kv->n_layer == m->cfg.n_layer && kv->kd == m->cfg.n_kv_head * m->cfg.head_dim);
     SK_ASSERT(n > 0 && kv->pos + n <= kv->max_T);
     const size_t per_layer = (size_t)kv->max_T * kv->kd;
-    const model_kv_cache cache = {kv->mem, kv->mem + (size_t)kv->n_layer * per_layer, per_layer, 1, kv->max_T};
+    const model_kv_cache cache = {kv->mem, kv->mem + (size_t)kv->n_layer * per_layer * dtype_size(kv->dt), kv->dt,
+                                  per_layer, 1, kv->max_T};
     const int seq[3] = {0, n, kv->pos + n}, table[1] = {0}, last = n - 1;
     const model_batch b = {n, tokens, kv->pos_ids + kv->pos, kv->pos_ids + kv->pos, 1, seq, table, 1, 1, &last};
     tensor logits = model_infer_batch(m, &cache, &b);
@@ -288,7 +343,9 @@ sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ct
     return m->arch->infer_prepare(m, max_tokens, max_seqs, max_ctx);
 }
 
-tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
+dtype model_infer_dtype(const model *m) { return m->dev ? DT_BF16 : DT_F32; }
+
+void model_infer_upload(model *m, const model_kv_cache *kv, const model_batch *b) {
     const int N = b->n_tokens, S = b->n_seqs, BS = kv->block_size;
     SK_ASSERT(N > 0 && S > 0 && b->n_out > 0 && b->n_out <= S && b->max_blocks > 0 && BS > 0);
     for (int i = 0; i < S; i++) {
@@ -296,13 +353,25 @@ tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *
         SK_ASSERT(r0 >= 0 && nq > 0 && r0 + nq <= N && nq <= ctx && ctx <= b->max_blocks * BS);
         for (int t = 0; t < nq; t++) {
             const int p = ctx - nq + t, blk = b->tables[(size_t)i * b->max_blocks + p / BS];
-            SK_ASSERT(b->pos[r0 + t] == p && blk >= 0 && blk < kv->n_blocks && b->slot[r0 + t] == blk * BS + p % BS);
+            SK_ASSERT(b->pos[r0 + t] == p && blk >= 0 && blk < kv->n_blocks &&
+                      (b->slot[r0 + t] == blk * BS + p % BS || (b->slot[r0 + t] == -1 && ctx == 1)));
         }
     }
     for (int i = 0; i < b->n_out; i++) SK_ASSERT(b->out_rows[i] >= 0 && b->out_rows[i] < N);
     arch_check_tokens(m, b->tokens, (size_t)N);
+    m->arch->infer_upload(m, b);
+}
+
+tensor model_infer_compute(model *m, const model_kv_cache *kv, const model_batch *b) {
     return m->arch->infer_batch(m, kv, b);
 }
+
+tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {
+    model_infer_upload(m, kv, b);
+    return model_infer_compute(m, kv, b);
+}
+
+unsigned model_infer_epoch(const model *m) { return m->infer_epoch; }
 
 /* Spec i's place through its group's base (a parameter or gradient base pointer), as an f32
  * view of the spec's shape. */
@@ -313,7 +382,13 @@ static tensor model_spec_view(const model *m, int i, float *const *bases) {
 
 tensor model_param_view(const model *m, int i) {
     SK_ASSERT(i >= 0 && i < m->n_specs);
-    return m->views ? m->views[i] : model_spec_view(m, i, m->param_base);
+    if (m->views) return m->views[i];
+    if (m->resident) {   /* the master lives elsewhere: only resident specs are read as f32 */
+        const model_param *p = &m->specs[i];
+        SK_ASSERT(m->resident_at[i] != SIZE_MAX);
+        return tensor_make(m->resident + m->resident_at[i], DT_F32, MEM_DEVICE, p->ndim, p->shape);
+    }
+    return model_spec_view(m, i, m->param_base);
 }
 tensor model_grad_view(const model *m, int i) { return model_spec_view(m, i, m->grad_base); }
 

@@ -214,11 +214,19 @@ struct model {
     void *state;           /* architecture-private: activations and the inference workspace */
     wts *weights;          /* an inference model's weights (one reference), else NULL */
     tensor *views;         /* (n_specs) with weights: spec i's view into them */
+    struct devw *dev;      /* an inference model on a device: the shared bf16 copy its views
+                            * point into (devw.h; one reference), else NULL */
     /* Mixed precision (model_set_precision): */
     dtype act_dt;          /* DT_F32, or DT_BF16: [lp] activations and bf16 products (backend.h) */
     void *compute;         /* (n_params) bf16 copy of m->params the products read; NULL in f32 */
     bool compute_stale;    /* m->params changed since compute was cast from them */
+    /* After model_release_master (ZeRO-Offload): the f32 tensors the kernels read as f32, one
+     * device buffer; resident_at[i] is spec i's offset in it (SIZE_MAX: not resident). */
+    float *resident;
+    size_t *resident_at;   /* (n_specs) */
     model_tp tp;           /* this rank's share of a split model (rank 0 of 1 otherwise) */
+    unsigned infer_epoch;  /* model_infer_epoch: bumped by the architectures when they
+                            * (re)allocate the inference workspace */
 };
 
 /* The key/value memory of one sequence (model_kv_create): keys and values of every layer for
@@ -228,12 +236,14 @@ typedef struct model_kv model_kv;
 
 /* Keys and values in blocks (the engine's pool, infer/kv.h; a model_kv is the case of one
  * block of max_T positions). Layer l's keys are the (n_blocks * block_size, KD) rows at
- * k + l * layer_stride, its values the same rows at v + l * layer_stride (f32, backend
- * memory, KD = n_kv_head * head_dim); position t of a sequence lives in row (slot)
- * table[t / block_size] * block_size + t % block_size, table being its block table. */
+ * k + l * layer_stride elements, its values the same rows at v + l * layer_stride (of dtype
+ * dt, model_infer_dtype; backend memory, KD = n_kv_head * head_dim); position t of a
+ * sequence lives in row (slot) table[t / block_size] * block_size + t % block_size, table
+ * being its block table. */
 typedef struct model_kv_cache {
-    float *k, *v;
-    size_t layer_stride;     /* floats */
+    void *k, *v;
+    dtype dt;
+    size_t layer_stride;     /* elements */
     int n_blocks, block_size;
 } model_kv_cache;
 
@@ -241,7 +251,10 @@ typedef struct model_kv_cache {
  * is host memory the caller owns. The rows of one sequence are consecutive and in position
  * order, and sequence i's are the last seq[3i+1] positions of its first seq[3i+2]: its
  * queries see positions 0..ctx-1, the earlier ones already in the cache. Each token carries
- * its own position and slot: nothing is inferred from where it sits in the batch. */
+ * its own position and slot: nothing is inferred from where it sits in the batch. A row whose
+ * slot is -1 is padding (a batch rounded up to a recorded size): position 0, a sequence of its
+ * own with nq = ctx = 1 whose table starts with any valid block; its key and value are
+ * written nowhere and its output means nothing. */
 typedef struct model_batch {
     int n_tokens;            /* N */
     const int *tokens;       /* (N) ids */
@@ -269,7 +282,10 @@ struct model_arch {
      * max_tokens tokens from max_seqs sequences at positions below max_ctx (checked by the
      * caller); keeps what is larger already, dimension by dimension. */
     sk_status (*infer_prepare)(model *m, int max_tokens, int max_seqs, int max_ctx);
-    /* One forward of model_infer_batch (the batch checked by the caller). */
+    /* Copies b's arrays into the workspace (model_infer_upload; b checked by the caller). */
+    void (*infer_upload)(model *m, const model_batch *b);
+    /* One forward of model_infer_batch over the arrays uploaded, with b's sizes: device work
+     * on the default stream only (model_infer_compute). */
     tensor (*infer_batch)(model *m, const model_kv_cache *kv, const model_batch *b);
     void (*free_state)(model *m);
     /* Bytes train_prepare(B, T) allocates for activations and scratch (gradients excluded)
@@ -321,6 +337,13 @@ sk_status model_load_weights(model *m, const char *dir);
  * weights cannot stay mapped: this is model_load instead (an f32 copy uploaded to the device,
  * m->params set), until a device backend reads low-precision weights of its own. */
 sk_status model_open_weights(const char *dir, backend *be, model **out);
+/* (continued) On a device whose backend has the bf16 mixed-precision, embedding and paged ops
+ * (backend_supports for BACKEND_OP_MIXED, BACKEND_OP_EMBED and BACKEND_OP_PAGED in bf16:
+ * CUDA), model_open_weights and model_open_wts give an inference model instead: its matrices
+ * one device copy in bf16, its 1-D tensors f32 (devw.h, shared by every model opened over
+ * the same wts on the same backend), its activations and key/value cache in bf16
+ * (model_infer_dtype). SKEIN_INFER_DTYPE=f32 in the environment keeps the f32 copy of
+ * model_load there (exact comparisons with the CPU). */
 /* An inference model of config cfg over w (checked against cfg's plan as above): *out takes
  * its own reference (wts_ref), so engines over one wts share its pages and copies; the
  * caller keeps its reference. SK_ECONFIG when a matrix of w has a dtype be cannot multiply
@@ -360,6 +383,9 @@ sk_status model_save(const model *m, const char *dir);
  * most max_shard_bytes (a larger tensor gets a shard of its own). */
 #define MODEL_SHARD_BYTES ((size_t)5000000000)   /* the Hub's customary "5GB" */
 sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes);
+/* model_save of m's specs with their values taken from params (n_params floats of HOST memory,
+ * e.g. ZeRO's gathered copy) instead of the backend's m->params. */
+sk_status model_save_host(const model *m, const float *params, const char *dir);
 
 /* Writes a random-initialized model folder for cfg (config.json + weights in dt, sharded as
  * model_save_as) without creating the model: each tensor is generated in pieces of a few MB
@@ -373,6 +399,14 @@ sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_sh
 #define MODEL_INIT_STD 0.02f
 sk_status model_init_folder(const model_config *cfg, const char *dir, uint64_t seed, dtype dt, size_t max_shard_bytes);
 uint64_t model_init_stream_seed(uint64_t seed, int tensor, uint64_t block);
+/* A model of cfg holding model_init_folder(cfg, seed)'s values, made without a folder (the
+ * random weights of `bench --preset`): on a device with bf16 inference (model_open_weights) an
+ * inference model whose device copy is filled straight from the generator (no f32 copy
+ * anywhere), elsewhere a training model (model_create + model_init_streamed). */
+sk_status model_open_random(const model_config *cfg, backend *be, uint64_t seed, model **out);
+/* Whether m is an inference model (mapped or device-copied weights; model.h's top): training
+ * entry points refuse it. */
+static inline bool model_is_inference(const model *m) { return m->weights || m->dev; }
 /* Fills m's parameters with the values model_init_folder(cfg, seed) would write (in f32),
  * generated in parallel and uploaded piece by piece: the fast random start of `bench train`
  * at any size (model_init_weights draws from one sequential generator). */
@@ -392,8 +426,7 @@ tensor model_grad_view(const model *m, int i);
 tensor model_compute_view(const model *m, int i);
 
 /* ---- Mixed precision ----
- * model_set_precision(m, DT_BF16) before model_train_prepare (and before ZeRO, which
- * refuses it at stage 3): activations the op table marks [lp] are planned in bf16 and
+ * model_set_precision(m, DT_BF16) before model_train_prepare (and before ZeRO): activations the op table marks [lp] are planned in bf16 and
  * products read a bf16 copy of the f32 parameters, cast from them in the first forward
  * after they change (autocast's layout: the parameters, their gradients, the optimizer,
  * the residual stream and the loss stay f32). DT_F32 is plain f32 training. SK_EARG when
@@ -405,6 +438,23 @@ void model_params_changed(model *m);
 /* The optimizer wrote the new parameters into the compute copy as well (adamw's lp): it is
  * fresh again. */
 void model_compute_written(model *m);
+/* Casts group g's f32 parameters at src (backend memory, groups[g].count floats) into the
+ * compute copy, on the default stream; no-op in f32. The way a provider that released
+ * m->params (ZeRO-3) keeps the copy fresh: the forward casts nothing without m->params, so
+ * the provider writes each group after gathering it, before the layer's products read it. */
+void model_write_compute(model *m, int g, const float *src);
+/* Whether spec i stays an f32 tensor on the device when the master weights live elsewhere
+ * (model_release_master): 1-D tensors (norm weights, biases) and the outer groups
+ * (embeddings, which the lookup reads in f32, the final norm, the LM head). */
+bool model_spec_resident(const model *m, int i);
+/* The elements of the resident specs together. */
+size_t model_resident_numel(const model *m);
+/* Mixed precision with the f32 master weights kept elsewhere (ZeRO-Offload keeps them on
+ * the host): allocates the compute copy if model_train_prepare has not yet and casts it, copies the resident specs into m->resident,
+ * which model_param_view reads from then on, and frees m->params. The owner of the master
+ * then writes the new values into the compute copy (model_compute_view) and the resident
+ * views (model_param_view) after each update. SK_ENOMEM when the buffer cannot be had. */
+sk_status model_release_master(model *m);
 /* Hook calls for architecture code (no-ops without a provider), in the order above. */
 static inline void model_hook_before_forward(model *m, int l) {
     if (m->provider && m->provider->before_forward) m->provider->before_forward(m->provider_ctx, m, l);
@@ -478,6 +528,22 @@ tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n);
  * a backend with the paged ops (backend_supports_paged, checked by model_infer_prepare).
  * model_infer_step is this with one sequence whose one block is the model_kv. */
 sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx);
+/* The dtype of m's inference activations ([lp], backend.h) and key/value cache: bf16 for a
+ * model over a device copy (m->dev), else f32. The residual stream, norm statistics and the
+ * logits are f32 either way. */
+dtype model_infer_dtype(const model *m);
 tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b);
+/* model_infer_batch in its two halves, for a caller that records the second as a graph and
+ * replays it (backend.h graph_begin): model_infer_upload checks b (as model_infer_batch does)
+ * and copies its arrays into m's workspace, waiting for them to land; model_infer_compute then
+ * issues the forward over them on the default stream, taking only b's sizes (n_tokens, n_seqs,
+ * max_blocks, n_out) from b: on a model that is not split, once a step of these sizes has run
+ * (backends grow some scratch on first use), it allocates nothing and never waits for the
+ * device, so its work can be recorded. The same sizes and the same workspace
+ * (model_infer_epoch unchanged) give the same device work, reading the uploaded arrays. */
+void model_infer_upload(model *m, const model_kv_cache *kv, const model_batch *b);
+tensor model_infer_compute(model *m, const model_kv_cache *kv, const model_batch *b);
+/* Changes whenever model_infer_prepare moves m's step workspace (a recorded step is then stale). */
+unsigned model_infer_epoch(const model *m);
 
 #endif

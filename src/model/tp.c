@@ -196,6 +196,10 @@ sk_status tp_cut(model *m, comm *c, const tensor *full) {
     SK_ASSERT(!m->views && m->arch->split && c);
     backend *be = m->be;
     const bool device = !be->host_memory;
+    /* the collectives are ordered on the device by stream (NCCL's way), not host-staged */
+    if (device && c->world > 1 && strcmp(c->name, "nccl"))
+        return sk_fail(SK_EARG, "--tp %d on the %s backend needs NCCL, one GPU per rank (the %s communicator was "
+                       "chosen: more ranks than GPUs on this host?)", c->world, be->name, c->name);
     tp_init(&m->tp, &m->cfg, c->rank, c->world);
     m->tp.comm = c;
     m->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);

@@ -154,7 +154,11 @@ sk_status tp_train_gather(const model *share, const float *params, model **whole
     float *all = mem_alloc((size_t)K * n * sizeof(float));
     if (!all) return sk_fail(SK_ENOMEM, "tensor parallel training: %zu floats to gather the model", (size_t)K * n);
     memcpy(all + (size_t)rank * n, params, n * sizeof(float));
-    sk_status st = comm_all_gather(share->tp.comm, all + (size_t)rank * n, all, n, DT_F32, NULL);
+    /* host memory: the comm's staging of the backend's memory (comm_set_backend) is off for it */
+    comm *tp = share->tp.comm;
+    sk_status st = comm_set_backend(tp, NULL);
+    if (st == SK_OK) st = comm_all_gather(tp, all + (size_t)rank * n, all, n, DT_F32, NULL);
+    if (st == SK_OK) st = comm_set_backend(tp, share->be);
     model *w = NULL;
     float *host = NULL;
     if (st == SK_OK && rank == 0) {

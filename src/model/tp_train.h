@@ -48,8 +48,9 @@ model_config tp_train_whole_config(const model *share);
 
 /* Collective over the share's ranks: every rank passes its share's parameters `params` (host
  * memory, share->n_params floats); rank 0 gets in *whole a new training model on the share's
- * backend holding the whole parameters (its own to free), the others NULL. SK_ENOMEM or the
- * comm's failure. */
+ * backend holding the whole parameters (its own to free), the others NULL. The share's comm
+ * may carry its backend's memory (comm_set_backend): the gather of host memory sets it to host
+ * memory, then back to the share's backend. SK_ENOMEM or the comm's failure. */
 sk_status tp_train_gather(const model *share, const float *params, model **whole);
 
 /* Whether spec i of a share is whole (replicated, its gradient the same on every rank). */

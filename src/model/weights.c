@@ -41,6 +41,7 @@
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/file.h"
@@ -48,6 +49,7 @@
 #include "base/rng.h"
 #include "comm/comm.h"
 #include "model/arch.h"
+#include "model/devw.h"
 #include "model/safetensors.h"
 #include "model/tp.h"
 
@@ -221,9 +223,19 @@ sk_status model_load(const char *dir, backend *be, model **out) {
     return SK_OK;
 }
 
+/* Whether be runs inference over a bf16 device copy of the weights (model.h; not with
+ * SKEIN_INFER_DTYPE=f32). */
+static bool device_bf16(backend *be) {
+    const char *want = getenv("SKEIN_INFER_DTYPE");
+    if (want && !strcmp(want, "f32")) return false;
+    return !be->host_memory && backend_supports(be, BACKEND_OP_MIXED, DT_BF16) &&
+           backend_supports(be, BACKEND_OP_EMBED, DT_BF16) && backend_supports(be, BACKEND_OP_PAGED, DT_BF16);
+}
+
 /* An inference model of cfg over w: the specs bound to their views into w (split over the
  * ranks of c when c has several: tp_cut). A host-memory backend must read every matrix's
- * dtype in place; a device backend gets copies (split models only). */
+ * dtype in place; a device backend gets copies: f32 slices (split models) or the shared bf16
+ * copy (devw.h). */
 static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c, model **out) {
     *out = NULL;
     model *m = NULL;
@@ -241,6 +253,8 @@ static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c,
         st = tp_cut(m, c, views);
         mem_free(views);
     } else {
+        if (st == SK_OK && !be->host_memory && (st = devw_get(w, m, views, &m->dev)) == SK_OK)
+            for (int i = 0; i < m->n_specs; i++) views[i] = devw_view(m->dev, i);
         m->views = views;
     }
     if (st != SK_OK) {
@@ -253,7 +267,7 @@ static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c,
 
 sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out) {
     *out = NULL;
-    if (!be->host_memory)
+    if (!be->host_memory && !device_bf16(be))
         return sk_fail(SK_ECONFIG, "%s: mapped weights are host memory, which the %s backend does not read in place; "
                        "open the folder with model_open_weights (it uploads an f32 copy there)", wts_path(w), be->name);
     return open_wts(cfg, w, be, NULL, out);
@@ -280,7 +294,7 @@ static unsigned keep_for(backend *be) {
 sk_status model_open_split(const char *dir, backend *be, comm *c, model **out) {
     *out = NULL;
     const bool split = c && c->world > 1;
-    if (!be->host_memory && !split) return model_load(dir, be, out);   /* a device: upload an f32 copy */
+    if (!be->host_memory && !split && !device_bf16(be)) return model_load(dir, be, out);   /* an f32 copy */
     model_config cfg;
     SK_TRY(folder_config(dir, &cfg));
     if (split) SK_TRY(model_tp_check(&cfg, c->world));
@@ -294,7 +308,7 @@ sk_status model_open_split(const char *dir, backend *be, comm *c, model **out) {
 sk_status model_open_weights(const char *dir, backend *be, model **out) { return model_open_split(dir, be, NULL, out); }
 
 sk_status model_resident_bytes(const model *m, size_t *out) {
-    *out = m->params ? m->n_params * sizeof(float) : 0;
+    *out = (m->params ? m->n_params * sizeof(float) : 0) + (m->dev ? devw_bytes(m->dev) : 0);
     if (!m->weights) return SK_OK;
     *out += m->tp.slice_bytes + wts_copied_bytes(m->weights);
     /* this wts's own mappings (by address: the process may map a file twice) */
@@ -453,16 +467,26 @@ static sk_status specs_to_entries(const model_config *cfg, const model_param *sp
     return SK_OK;
 }
 
-sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes) {
+/* tensor_source over host copies of a model's parameters. */
+typedef struct host_params {
+    const model *m;
+    const float *params;
+} host_params;
+
+static void host_source(void *ctx, int i, size_t start, size_t n, float *out) {
+    const host_params *h = ctx;
+    memcpy(out, h->params + h->m->specs[i].offset + start, n * sizeof(float));
+}
+
+/* Writes m's specs from src(ctx) into dir in dtype dt, then the config saying dt. */
+static sk_status save_from(const model *m, const char *dir, dtype dt, size_t max_shard_bytes, tensor_source src,
+                           void *ctx) {
     SK_ASSERT(is_float_dtype(dt) && max_shard_bytes > 0);
-    if (!m->params)
-        return sk_fail(SK_ESTATE, "%s: saving needs a training model's parameters (model_load), not mapped weights",
-                       dir);
     SK_TRY(file_mkdirs(dir));
     st_entry *entries = NULL;
     char (*names)[128] = NULL;
     SK_TRY(specs_to_entries(&m->cfg, m->specs, m->n_specs, dt, &entries, &names));
-    sk_status st = write_weights(dir, entries, m->n_specs, max_shard_bytes, model_source, (void *)m);
+    sk_status st = write_weights(dir, entries, m->n_specs, max_shard_bytes, src, ctx);
     if (st == SK_OK) {
         model_config cfg = m->cfg;
         cfg.torch_dtype = dt;     /* what the files now hold */
@@ -471,6 +495,18 @@ sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_sh
     mem_free(names);
     mem_free(entries);
     return st;
+}
+
+sk_status model_save_as(const model *m, const char *dir, dtype dt, size_t max_shard_bytes) {
+    if (!m->params)
+        return sk_fail(SK_ESTATE, "%s: saving needs a training model's parameters (model_load), not mapped weights",
+                       dir);
+    return save_from(m, dir, dt, max_shard_bytes, model_source, (void *)m);
+}
+
+sk_status model_save_host(const model *m, const float *params, const char *dir) {
+    host_params h = {m, params};
+    return save_from(m, dir, DT_F32, MODEL_SHARD_BYTES, host_source, &h);
 }
 
 sk_status model_save(const model *m, const char *dir) {
@@ -533,6 +569,53 @@ sk_status model_init_streamed(model *m, uint64_t seed) {
     mem_free(names);
     mem_free(entries);
     return st;
+}
+
+/* devw_source of model_open_random: init_source's values in the device dtype. */
+typedef struct random_ctx {
+    init_ctx init;
+    float *buf;              /* (DEVW_CHUNK_ELEMS) f32 before conversion */
+} random_ctx;
+
+static void random_source(void *vctx, int i, size_t start, size_t n, dtype dt, void *dst) {
+    random_ctx *c = vctx;
+    init_source(&c->init, i, start, n, dt == DT_F32 ? dst : c->buf);
+    if (dt != DT_F32) convert_parallel(dst, dt, c->buf, n);
+}
+
+sk_status model_open_random(const model_config *cfg, backend *be, uint64_t seed, model **out) {
+    *out = NULL;
+    model *m = NULL;
+    if (!device_bf16(be)) {
+        SK_TRY(model_create(cfg, be, &m));
+    } else {
+        SK_TRY(model_plan(cfg, be, &m));
+        st_entry *entries = NULL;
+        char (*names)[128] = NULL;
+        random_ctx ctx = {{NULL, seed}, mem_alloc(DEVW_CHUNK_ELEMS * sizeof(float))};
+        m->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
+        sk_status st = ctx.buf && m->views ? specs_to_entries(cfg, m->specs, m->n_specs, DT_F32, &entries, &names)
+                                           : SK_ENOMEM;
+        ctx.init.entries = entries;
+        if (st == SK_OK && (st = devw_make(m, random_source, &ctx, &m->dev)) == SK_OK)
+            for (int i = 0; i < m->n_specs; i++) m->views[i] = devw_view(m->dev, i);
+        mem_free(names);
+        mem_free(entries);
+        mem_free(ctx.buf);
+        if (st != SK_OK) {
+            model_free(m);
+            return st;
+        }
+        *out = m;
+        return SK_OK;
+    }
+    sk_status st = model_init_streamed(m, seed);
+    if (st != SK_OK) {
+        model_free(m);
+        return st;
+    }
+    *out = m;
+    return SK_OK;
 }
 
 uint64_t model_init_stream_seed(uint64_t seed, int tensor_index, uint64_t block) {

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "base/json.h"
+#include "serve/dashboard.h"
 #include "serve/serve_impl.h"
 
 #define API_MAX_MESSAGES 256
@@ -99,6 +100,28 @@ static bool api_wait(router *rt, serve_req *r, bool whole) {
     return true;
 }
 
+/* How many bytes start u (n > 0 of them) as one well-formed UTF-8 character (> 0), or, when
+ * they are ill-formed, minus the length of their maximal ill-formed subpart (< 0). */
+static int api_utf8_next(const unsigned char *u, size_t n) {
+    const unsigned b = u[0];
+    const int len = b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
+    const unsigned lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80, hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+    int k = len ? 1 : 0;
+    while (k > 0 && k < len && (size_t)k < n && u[k] >= (k == 1 ? lo : 0x80) && u[k] <= (k == 1 ? hi : 0xBF)) k++;
+    return len && k == len ? len : k ? -k : -1;
+}
+
+/* The offset of the first ill-formed byte of s(n), or n when all of it is valid UTF-8. */
+static size_t api_utf8_check(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        int k = api_utf8_next(u + i, n - i);
+        if (k < 0) return i;
+        i += (size_t)k;
+    }
+    return n;
+}
+
 /* A copy of s(n) that is valid UTF-8 (JSON needs it; a model may emit any bytes): each
  * maximal ill-formed subpart becomes U+FFFD, as Python's decode(errors="replace") and the
  * WHATWG decoder do. NULL when out of memory; mem_free it. */
@@ -107,20 +130,15 @@ static char *api_utf8_clean(const char *s, size_t n) {
     if (!o) return NULL;
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        unsigned b = u[i];
-        int len = b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
-        unsigned lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80, hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
-        int k = len ? 1 : 0;
-        while (k > 0 && k < len && i + k < n && u[i + k] >= (k == 1 ? lo : 0x80) && u[i + k] <= (k == 1 ? hi : 0xBF)) k++;
-        if (len && k == len) {
-            memcpy(w, s + i, (size_t)len);
-            w += len;
-            i += (size_t)len;
+        int k = api_utf8_next(u + i, n - i);
+        if (k > 0) {
+            memcpy(w, s + i, (size_t)k);
+            w += k;
         } else {
             memcpy(w, "\xEF\xBF\xBD", 3);
             w += 3;
-            i += k ? (size_t)k : 1;
         }
+        i += (size_t)(k > 0 ? k : -k);
     }
     *w = 0;
     return o;
@@ -490,9 +508,14 @@ static bool api_parse(router *rt, const cJSON *body, serve_req *r, api_error *e,
 }
 
 /* The body as a JSON object and the router of its "model" (the first when it names none);
- * NULL with e set: 400 for a bad body, 404 for a model this server does not serve. */
+ * NULL with e set: 400 for a body that is not UTF-8 or not a JSON object, 404 for a model this server does not serve. */
 static cJSON *api_body(api_server *s, const http_req *rq, api_error *e, router **rt) {
     const char *end = NULL, *name = NULL;
+    const size_t bad = api_utf8_check(rq->body, rq->body_len);
+    if (bad < rq->body_len) {   /* JSON is UTF-8 (RFC 8259): refused as vLLM's server does */
+        api_fail(e, 400, NULL, "invalid_utf8", "the request body is not valid UTF-8 (byte %zu)", bad);
+        return NULL;
+    }
     cJSON *body = cJSON_ParseWithLengthOpts(rq->body, rq->body_len, &end, false);
     if (!body || !cJSON_IsObject(body)) {
         api_fail(e, 400, NULL, "invalid_json", body ? "the request body must be a JSON object"
@@ -656,7 +679,8 @@ static void api_models(api_server *s, http_reply *rp) {
     api_reply_json(rp, 200, j);
 }
 
-/* GET /metrics: every router's snapshot, then the page (metrics.h). */
+/* GET /metrics: every router's snapshot, the GPUs' figures (NVML) when a model runs on CUDA, then the
+ * page (metrics.h). */
 static void api_metrics(api_server *s, http_reply *rp) {
     metrics_model *models = mem_calloc(sizeof *models * (size_t)s->n_routers);
     metrics_replica **reps = mem_calloc(sizeof *reps * (size_t)s->n_routers);
@@ -666,7 +690,11 @@ static void api_metrics(api_server *s, http_reply *rp) {
     pthread_mutex_lock(&s->mu);
     memcpy(by_status, s->by_status, sizeof by_status);
     pthread_mutex_unlock(&s->mu);
-    const metrics_page page = {api_statuses, by_status, API_N_STATUS, models, s->n_routers};
+    nvml_gpu gpus[NVML_MAX_GPUS];
+    int n_gpus = 0;
+    for (int i = 0; i < s->n_routers && !n_gpus; i++)
+        if (!strcmp(s->routers[i]->o.device, "cuda")) n_gpus = nvml_sample(gpus, NVML_MAX_GPUS);
+    const metrics_page page = {api_statuses, by_status, API_N_STATUS, models, s->n_routers, gpus, n_gpus};
     size_t n = 0;
     char *text = ok ? metrics_render(&page, &n) : NULL;
     for (int i = 0; reps && i < s->n_routers; i++) mem_free(reps[i]);
@@ -677,6 +705,15 @@ static void api_metrics(api_server *s, http_reply *rp) {
     rp->content_type = "text/plain; version=0.0.4";
     rp->body = text;
     rp->body_len = n;
+}
+
+/* GET /: the dashboard page (dashboard.h). */
+static void api_dashboard(http_reply *rp) {
+    if (!(rp->body = mem_alloc(dashboard_html_len))) { rp->status = 500; return; }
+    memcpy(rp->body, dashboard_html, dashboard_html_len);
+    rp->body_len = dashboard_html_len;
+    rp->status = 200;
+    rp->content_type = "text/html; charset=utf-8";
 }
 
 /* GET /health: 200 while every model has a replica up, else 503. */
@@ -696,7 +733,7 @@ void api_handle(void *ctx, const http_req *rq, http_reply *rp) {
     const bool v1 = !strncmp(rq->path, "/v1/", 4);
     const bool completions = !strcmp(rq->path, "/v1/completions"), chat = !strcmp(rq->path, "/v1/chat/completions");
     const bool models = !strcmp(rq->path, "/v1/models"), health = !strcmp(rq->path, "/health"),
-               metrics = !strcmp(rq->path, "/metrics");
+               metrics = !strcmp(rq->path, "/metrics"), dashboard = !strcmp(rq->path, "/");
     const bool tokenize = !strcmp(rq->path, "/tokenize"), detokenize = !strcmp(rq->path, "/detokenize");
     if ((v1 || tokenize || detokenize) && s->key[0] && !api_key_ok(rq->authorization, s->key))
         api_fail(&e, 401, NULL, "invalid_api_key", "a missing or incorrect API key: send the header \"Authorization: Bearer KEY\"");
@@ -708,7 +745,8 @@ void api_handle(void *ctx, const http_req *rq, http_reply *rp) {
     else if (detokenize && post) api_detokenize(s, rq, rp, &e);
     else if (metrics && get) api_metrics(s, rp);
     else if (health && get) api_health(s, rp, &e);
-    else if (completions || chat || models || metrics || health || tokenize || detokenize)
+    else if (dashboard && get) api_dashboard(rp);
+    else if (completions || chat || models || metrics || health || tokenize || detokenize || dashboard)
         api_fail(&e, 405, NULL, "method_not_allowed", "%s is not allowed on %s", rq->method, rq->path);
     else
         api_fail(&e, 404, NULL, "not_found", "no route %s %s", rq->method, rq->path);

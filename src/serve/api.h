@@ -18,7 +18,9 @@
  * "top_logprobs", "text_offset"}; chat: true with top_logprobs 0..20, {"content": [{"token",
  * "logprob", "bytes", "top_logprobs"}]}; streamed, each chunk carries the tokens generated since
  * the last), stream_options.include_usage (a last chunk with no choices and "usage"; whole
- * responses always carry usage), and vLLM's ignore_eos; other fields are ignored), GET /v1/models, GET /health, GET /metrics (Prometheus text),
+ * responses always carry usage), and vLLM's ignore_eos; other fields are ignored, as vLLM
+ * does), GET /v1/models, GET /health, GET /metrics (Prometheus text), GET / (the dashboard page,
+ * dashboard.h; like /health and /metrics it needs no key: the page sends the key its user types),
  * and vLLM's POST /tokenize {"prompt"} -> {"tokens", "count", "max_model_len"} (the ids a completion's
  * prompt gets) and POST /detokenize {"tokens"} -> {"prompt"} (behind the key like /v1).
  * Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}, the message and

@@ -11,8 +11,13 @@
  *
  * Invariants: a handler is called exactly once per request, on that connection's thread;
  * a body over max_bytes is never held (its Content-Length refuses it before it is read, or
- * it is dropped as it arrives) and the handler sees body_too_large instead; a connection idle
- * for timeout_s seconds is closed by the library (slow clients are cut off). */
+ * it is dropped as it arrives) and the handler sees body_too_large instead; the server's
+ * watchdog shuts down a connection that takes longer than timeout_s to send a whole request
+ * (headers and body, counted from its connection or its last answer: an idle keep-alive
+ * connection too, and a client that trickles a byte a second) or that reads nothing of its
+ * reply for timeout_s while the reply has more to send; a handler or stream producer waiting
+ * for text is never cut for it. With cert_file and key_file (PEM) the server speaks HTTPS only (GnuTLS through
+ * libmicrohttpd); a plain HTTP client gets its connection closed. */
 #ifndef SKEIN_HTTP_H
 #define SKEIN_HTTP_H
 
@@ -28,7 +33,9 @@ typedef struct http_opts {
     int port;                /* 0: any free port (http_server_port tells which) */
     size_t max_body;         /* bytes of request body held at most */
     int max_conns;           /* concurrent connections at most */
-    int timeout_s;           /* idle connection timeout */
+    int timeout_s;           /* the longest a request may take to arrive, or a reply wait for its reader */
+    const char *cert_file;   /* PEM certificate (chain) for HTTPS, or NULL: plain HTTP */
+    const char *key_file;    /* PEM private key of cert_file */
 } http_opts;
 
 /* One request as the handler sees it (valid during the handler call). */
@@ -64,9 +71,14 @@ typedef struct http_reply {
 
 typedef void (*http_handler)(void *ctx, const http_req *rq, http_reply *rp);
 
-/* Binds and starts serving; SK_EARG naming the host or port when it cannot bind. */
+/* Binds and starts serving. SK_EARG naming the host or port when it cannot bind, or saying
+ * that this libmicrohttpd was built without TLS; SK_EIO naming cert_file or key_file when it
+ * cannot be read, SK_EFORMAT naming it when it holds no PEM certificate or private key, and
+ * naming both with the library's reason when it refuses the pair (a key that does not match). */
 sk_status http_server_start(const http_opts *o, http_handler h, void *ctx, http_server **out);
 int http_server_port(const http_server *s);
+/* Stops accepting, gives the requests being answered up to 2 s to finish sending (stop the API
+ * first, so that its handlers answer), closes every connection and frees s. */
 void http_server_stop(http_server *s);
 
 /* Whether the peer of socket fd is still connected (it has not closed or reset it). */

@@ -157,6 +157,19 @@ char *metrics_render(const metrics_page *p, size_t *len) {
             metrics_hist_write(&t, hists[k].name, p->models[m].name,
                                (const metrics_hist *)((const char *)&p->models[m] + hists[k].off));
     }
+    static const struct { const char *name, *help; } gpu_fam[] = {
+        {"skein_gpu_utilization_ratio", "Fraction of NVML's last sample period in which a kernel ran on the GPU."},
+        {"skein_gpu_memory_used_bytes", "GPU memory in use (every process), from NVML."},
+        {"skein_gpu_memory_total_bytes", "GPU memory in all, from NVML."},
+    };
+    for (int k = 0; k < 3 && p->n_gpus > 0; k++) {
+        metrics_family(&t, gpu_fam[k].name, "gauge", gpu_fam[k].help);
+        for (int g = 0; g < p->n_gpus; g++) {
+            const nvml_gpu *d = &p->gpus[g];
+            if (k == 0) metrics_printf(&t, "%s{gpu=\"%d\"} %.9g\n", gpu_fam[k].name, d->index, d->util);
+            else metrics_printf(&t, "%s{gpu=\"%d\"} %llu\n", gpu_fam[k].name, d->index, k == 1 ? d->mem_used : d->mem_total);
+        }
+    }
     if (t.oom) { mem_free(t.b); return NULL; }
     *len = t.n;
     return t.b;

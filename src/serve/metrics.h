@@ -13,12 +13,14 @@
  * values copied under their owners' locks), so rendering takes no lock. Each family's "# HELP"
  * and "# TYPE" lines come once, followed by all its samples (every model, every replica),
  * as the format requires. Labels: model="NAME" on every per-model family, and replica="ID"
- * too on the per-replica ones. Not thread-safe: the owner of a histogram guards it. */
+ * too on the per-replica ones; gpu="INDEX" on the GPU families, which are absent without GPUs. Not thread-safe: the owner of a histogram guards it. */
 #ifndef SKEIN_METRICS_H
 #define SKEIN_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "serve/nvml.h"
 
 #define METRICS_MAX_LE 24   /* bounds per histogram at most */
 
@@ -64,6 +66,8 @@ typedef struct metrics_page {
     int n_status;
     const metrics_model *models;
     int n_models;
+    const nvml_gpu *gpus;            /* (n_gpus) where a model runs on GPUs and NVML answers; else none */
+    int n_gpus;
 } metrics_page;
 
 /* The page as text (NUL-terminated, *len bytes; mem_free it), or NULL when out of memory. */

@@ -9,11 +9,18 @@
  * server stops: what is still here then ends with an error), when a step fails (the router
  * hands its requests back), or when the supervisor gave it up while it stalled (orphaned:
  * its requests already went elsewhere, and it frees itself). It frees its engine and model
- * itself, on its own thread, before it is joined. */
+ * itself, on its own thread, before it is joined.
+ *
+ * A process replica (--replica-process, rproc.h) runs the same loop; only its engine is in a
+ * child process forked by its thread, which builds it there as the thread would here: adding,
+ * cancelling and stepping go to the child, a dead child fails the step like an engine error,
+ * and while idle the thread pings the child every REPLICA_HEARTBEAT_MS, so that a child that
+ * dies idle is replaced at once. */
 #include <omp.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "serve/rproc.h"
 #include "serve/serve_impl.h"
 
 #ifdef SKEIN_HAVE_CUDA
@@ -24,10 +31,10 @@ extern int cudaSetDevice(int device);
 #endif
 
 #define REPLICA_HANG_POLL_MS 5
-#define REPLICA_HEARTBEAT_MS 500   /* a split model's idle replica wakes this often (engine_heartbeat) */
+#define REPLICA_HEARTBEAT_MS 500   /* an idle split-model or process replica wakes this often */
 
-/* Builds rep's model and engine (its thread, without the lock). */
-static sk_status replica_build(replica *rep) {
+/* Builds rep's model and engine in this process (its thread without the lock, or its child). */
+static sk_status replica_build_engine(replica *rep) {
     router *rt = rep->rt;
     omp_set_num_threads(rt->o.threads);   /* this thread's parallel regions: the engine's ops */
     if (rep->device >= 0) {
@@ -39,9 +46,26 @@ static sk_status replica_build(replica *rep) {
         if (rt->o.tp) SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, rt->o.tp, &rep->m));
         else SK_TRY(model_open_weights(rt->dir, rep->own_be, &rep->m));
     } else {
-        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rt->cpu, rt->o.tp, &rep->m));
+        comm *c = rt->o.tp;
+        if (rt->o.tp_ranks > 1) SK_TRY(replica_tp_join(rep, &c));   /* a process replica's child */
+        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rt->cpu, c, &rep->m));
     }
-    SK_TRY(engine_create(rep->m, &rt->eo, &rep->e));
+    return engine_create(rep->m, &rt->eo, &rep->e);
+}
+
+/* rproc_build_fn: a process replica's engine, built in its child. */
+static sk_status replica_build_child(void *ctx, engine **e) {
+    replica *rep = ctx;
+    SK_TRY(replica_build_engine(rep));
+    *e = rep->e;
+    return SK_OK;
+}
+
+/* Builds rep's engine, here or in its child process (its thread, without the lock). */
+static sk_status replica_build(replica *rep) {
+    router *rt = rep->rt;
+    if (rt->o.process) SK_TRY(rproc_start(replica_build_child, rep, &rep->proc));
+    else SK_TRY(replica_build_engine(rep));
     rep->piece_cap = tok_stream_cap(rt->t);
     if (!(rep->piece = mem_alloc(rep->piece_cap))) return sk_fail(SK_ENOMEM, "serve: out of memory");
     return SK_OK;
@@ -49,10 +73,26 @@ static sk_status replica_build(replica *rep) {
 
 /* Frees what replica_build made (its thread, without the lock). */
 static void replica_unbuild(replica *rep) {
+    rproc_free(rep->proc);
     engine_free(rep->e);
     model_free(rep->m);
     backend_free(rep->own_be);
     mem_free(rep->piece);
+}
+
+/* The engine's calls, on this thread's engine or the child's (its thread). */
+static sk_status replica_engine_add(replica *rep, serve_req *r) {
+    if (rep->proc) return rproc_add(rep->proc, r->prompt, r->n_prompt, &r->p, &r->eid);
+    return engine_add_request(rep->e, r->prompt, r->n_prompt, &r->p, &r->eid);
+}
+
+static void replica_engine_cancel(replica *rep, int eid) {
+    if (rep->proc) rproc_cancel(rep->proc, eid);
+    else engine_cancel(rep->e, eid);
+}
+
+static bool replica_has_work(const replica *rep) {
+    return rep->proc ? rproc_has_work(rep->proc) : engine_has_work(rep->e);
 }
 
 /* Moves the incoming requests into the engine (mu held). */
@@ -66,7 +106,7 @@ static void replica_admit(replica *rep) {
         }
         req_queue_push(&rep->live, r);
         tok_stream_init(&r->ts, rt->t);
-        if (engine_add_request(rep->e, r->prompt, r->n_prompt, &r->p, &r->eid) != SK_OK)
+        if (replica_engine_add(rep, r) != SK_OK)
             router_finish(rt, r, "error", sk_errmsg());
     }
 }
@@ -75,7 +115,7 @@ static void replica_cancel_abandoned(replica *rep) {
     for (serve_req *r = rep->live.head, *next; r && rep->n_abandoned; r = next) {
         next = r->next;
         if (!r->abandoned) continue;
-        engine_cancel(rep->e, r->eid);   /* its blocks are free now */
+        replica_engine_cancel(rep, r->eid);   /* its blocks are free now (a child's: at its next step) */
         router_finish(rep->rt, r, "cancelled", NULL);
     }
 }
@@ -139,13 +179,17 @@ static void replica_deliver(replica *rep, const engine_output *o) {
         size_t k = tok_stream_put(&r->ts, o->token, rep->piece, rep->piece_cap);
         if (gen_text_put(&r->text, rep->piece, k, false, replica_emit, r, &stopped) != SK_OK) r->oom = true;
         if (stopped) {
-            engine_cancel(rep->e, r->eid);
+            replica_engine_cancel(rep, r->eid);
             router_finish(rt, r, "stop", NULL);
             return;
         }
         if (r->stream && r->n_out) pthread_cond_signal(&r->cv);   /* its handler sends the text now */
     }
     if (!o->finish) return;
+    if (!strcmp(o->finish, "error")) {   /* a replica process's engine refused it */
+        router_finish(rt, r, "error", "the replica's engine refused the request (the server's log says why)");
+        return;
+    }
     size_t k = tok_stream_flush(&r->ts, rep->piece, rep->piece_cap);
     if (gen_text_put(&r->text, rep->piece, k, true, replica_emit, r, &stopped) != SK_OK) r->oom = true;
     router_finish(rt, r, !strcmp(o->finish, "length") && !stopped ? "length" : "stop", NULL);
@@ -153,16 +197,8 @@ static void replica_deliver(replica *rep, const engine_output *o) {
 
 /* Refreshes rep's gauges from its engine (mu held). */
 static void replica_gauges(replica *rep) {
-    int waiting = 0, running = 0;
-    engine_counts(rep->e, &waiting, &running);
-    const kv_pool *p = engine_pool(rep->e);
-    const kv_stats k = kv_pool_stats(p);
-    rep->stats.queued = waiting;
-    rep->stats.running = running;
-    rep->stats.kv_total = kv_pool_blocks(p);
-    rep->stats.kv_used = rep->stats.kv_total - kv_pool_available(p);
-    rep->stats.prefix_hits = k.hits;
-    rep->stats.prefix_misses = k.misses;
+    if (rep->proc) rproc_gauges(rep->proc, &rep->stats);
+    else rproc_engine_gauges(rep->e, &rep->stats);
 }
 
 /* One engine step, or the test hook's failure at this step (its thread, without the lock).
@@ -171,7 +207,7 @@ static void replica_gauges(replica *rep) {
 static sk_status replica_step(replica *rep, const engine_output **out, int *n_out) {
     router *rt = rep->rt;
     const router_fault *f = router_fault_at(rt, rep->id, ++rep->steps);
-    if (!f) return engine_step(rep->e, out, n_out);
+    if (!f) return rep->proc ? rproc_step(rep->proc, out, n_out) : engine_step(rep->e, out, n_out);
     if (f->hang) {
         pthread_mutex_lock(&rt->mu);
         while (!rep->orphaned && !rt->stopping) serve_wait_ms(&rep->wake, &rt->mu, REPLICA_HANG_POLL_MS);
@@ -196,15 +232,17 @@ static void *replica_main(void *arg) {
         router_replica_ready(rt, rep);
     }
     while (rep->state != REPLICA_DOWN && !rep->stop) {
-        if (!rep->in.n && !rep->n_abandoned && !engine_has_work(rep->e)) {
-            if (!rt->o.tp) {
+        if (!rep->in.n && !rep->n_abandoned && !replica_has_work(rep)) {
+            if (!rt->o.tp && !rep->proc) {
                 pthread_cond_wait(&rep->wake, &rt->mu);
                 continue;
             }
-            /* a split model: the other ranks wait for the next step within their timeout */
+            /* a split model: the other ranks wait for the next step within their timeout; a
+             * process: its health */
             serve_wait_ms(&rep->wake, &rt->mu, REPLICA_HEARTBEAT_MS);
+            if (rep->in.n || rep->n_abandoned || rep->stop) continue;
             pthread_mutex_unlock(&rt->mu);
-            st = engine_heartbeat(rep->e);
+            st = rep->proc ? rproc_ping(rep->proc) : engine_heartbeat(rep->e);
             if (st != SK_OK) snprintf(why, sizeof why, "%s", sk_errmsg());
             pthread_mutex_lock(&rt->mu);
             if (st != SK_OK) {
@@ -215,7 +253,7 @@ static void *replica_main(void *arg) {
         }
         replica_admit(rep);
         replica_cancel_abandoned(rep);
-        if (!engine_has_work(rep->e)) continue;
+        if (!replica_has_work(rep)) continue;
         const engine_output *out = NULL;
         int n_out = 0;
         rep->step_started = time_now();

@@ -23,6 +23,7 @@
 
 #include "base/file.h"
 #include "comm/comm.h"
+#include "serve/rproc.h"
 #include "serve/serve_impl.h"
 
 #define ROUTER_TICK_MS 10
@@ -231,6 +232,9 @@ void router_replica_ready(router *rt, replica *rep) {
     if (rep->device >= 0)
         fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (cuda device %d)\n", rt->name, rep->id,
                 1e3 * rep->stats.start_s, rep->device);
+    else if (rep->proc)
+        fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (cpu, %d threads, process %d)\n", rt->name,
+                rep->id, 1e3 * rep->stats.start_s, rt->o.threads, (int)rproc_pid(rep->proc));
     else
         fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (cpu, %d threads)\n", rt->name, rep->id,
                 1e3 * rep->stats.start_s, rt->o.threads);
@@ -369,6 +373,7 @@ static void router_watch(router *rt, double now) {
         char why[128];
         snprintf(why, sizeof why, "stopped answering (a step has run %.1f s)", now - rep->step_started);
         router_replica_down(rt, rep, why);
+        rproc_kill(rep->proc);   /* a process replica's step then returns */
         rep->orphaned = true;
         pthread_detach(rep->thread);
         pthread_cond_signal(&rep->wake);
@@ -504,6 +509,12 @@ static sk_status router_check_opts(const router_opts *o) {
     if (o->tp && (o->max_replicas > 1 || o->n_devices > 0))
         return sk_fail(SK_EARG, "serve: --tp %d serves one replica over its ranks (leave out --replicas, "
                        "--max-replicas and --devices)", o->tp->world);
+    if (o->process && (o->tp || strcmp(o->device, "cpu")))
+        return sk_fail(SK_EARG, "serve: --replica-process runs replicas on the CPU (a forked child cannot use the "
+                       "server's CUDA context)");
+    if (o->tp_ranks > 1 && (!o->process || !(o->comm_timeout_s > 0)))
+        return sk_fail(SK_EARG, "serve: replicas split over %d ranks each run as processes with a positive comm timeout",
+                       o->tp_ranks);
     for (int i = 0; i < o->n_devices; i++)
         if (o->devices[i] < 0) return sk_fail(SK_EARG, "serve: --devices: %d is not a device id", o->devices[i]);
     return SK_OK;

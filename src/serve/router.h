@@ -32,6 +32,15 @@
  * left to finish on its own and frees its engine then. No accepted request waits forever:
  * when no replica can start, waiting requests end with an error.
  *
+ * Processes (process, --replica-process): each replica's engine runs in a child process forked
+ * from its thread (rproc.h), over the same read-only mapping of the weights; a child that
+ * crashes or is killed fails like a replica whose step failed (its requests routed again or
+ * answered with an error, a replacement started), and leaves the server and the others. With
+ * tp_ranks K > 1 each replica is K processes: its child forks K-1 more and splits the model
+ * over them (replica_tp.c: gloo on 127.0.0.1), so --replicas R --tp K runs R engines of K
+ * ranks, each one replica to the router; a rank that dies fails its replica, which is
+ * replaced by a fresh group.
+ *
  * Devices: on the CPU every replica runs its steps on `threads` OpenMP threads (set in its
  * own thread). With device "cuda", replicas go to the ids of `devices` round robin (the
  * least used first), each with its own backend and its own device copy of the weights (the
@@ -69,6 +78,9 @@ typedef struct router_opts {
     double upscale_delay_s, downscale_delay_s;
     double replica_timeout_s;        /* a step longer than this: the replica stopped answering */
     int threads;                     /* OpenMP threads per CPU replica */
+    bool process;                    /* each replica's engine in a child process (rproc.h; CPU only, no tp) */
+    int tp_ranks;                    /* > 1, with process: each replica split over this many forked ranks */
+    double comm_timeout_s;           /* with tp_ranks: a rank waiting longer for another fails */
     comm *tp;                        /* split over these ranks (see the top; not owned), or NULL */
     void (*on_failure)(void *ctx);   /* with tp: called once when the model's ranks failed */
     void *failure_ctx;

@@ -36,6 +36,7 @@
 
 typedef struct serve_req serve_req;
 typedef struct replica replica;
+typedef struct rproc rproc;   /* serve/rproc.h */
 
 /* A FIFO of requests through their next links; each request is in at most one. */
 typedef struct req_queue {
@@ -120,7 +121,8 @@ struct replica {
     /* its thread */
     backend *own_be;         /* a CUDA replica's backend; NULL: the router's CPU backend */
     model *m;
-    engine *e;
+    engine *e;               /* NULL for a process replica: its engine is in the child */
+    rproc *proc;             /* a process replica's child (killed by the supervisor's watchdog too); else NULL */
     char *piece;
     size_t piece_cap;
     uint64_t steps;
@@ -148,6 +150,10 @@ struct replica {
  * and an engine, then calls router_replica_ready (or router_replica_down when the build
  * fails). NULL when the thread cannot be created (sk_fail says why). */
 replica *replica_start(router *rt, int id, int device);
+/* In a process replica's child, before its engine (o.tp_ranks > 1): forks the replica's other
+ * ranks, which follow its engine, and joins them; *out is the group's communicator (never
+ * freed: the child exits). See replica_tp.c. */
+sk_status replica_tp_join(replica *rep, comm **out);
 /* Appends r to rep's incoming queue (mu held). */
 void replica_enqueue(replica *rep, serve_req *r);
 /* Frees a replica whose thread was joined. */

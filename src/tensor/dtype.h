@@ -18,7 +18,13 @@ static inline float bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v = {(uint32_t)h << 16};
     return v.f;
 }
-uint16_t f32_to_bf16(float f);
+/* Round to nearest even, NaN kept quiet; branch-free and inline, so loops that write bf16
+ * (the optimizer's compute copy) vectorize. */
+static inline uint16_t f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = {f};
+    const uint32_t nan = (v.u >> 16) | 0x40, r = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;
+    return (uint16_t)((v.u & 0x7fffffffu) > 0x7f800000u ? nan : r);
+}
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 /* Converts n elements of type `src_t` at src into f32 at dst (f32, bf16, f16 only). */

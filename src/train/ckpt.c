@@ -170,9 +170,9 @@ sk_status ckpt_begin(const char *out_dir, long step) {
     return file_mkdirs(tmp);
 }
 
-sk_status ckpt_write_model(const char *dir, const model *m, const char *tokenizer_path) {
+sk_status ckpt_write_model(const char *dir, const model *m, const float *host_params, const char *tokenizer_path) {
     char path[4096];
-    SK_TRY(model_save(m, dir));
+    SK_TRY(host_params ? model_save_host(m, host_params, dir) : model_save(m, dir));
     if (tokenizer_path) SK_TRY(ckpt_copy_file(tokenizer_path, file_join(path, sizeof path, dir, "tokenizer.json")));
     return SK_OK;
 }
@@ -203,7 +203,7 @@ sk_status ckpt_save(const char *out_dir, const model *m, const adamw *opt, const
     char tmp[4096], path[4096];
     ckpt_tmp_path(out_dir, s->step, tmp, sizeof tmp);
     SK_TRY(ckpt_begin(out_dir, s->step));
-    SK_TRY(ckpt_write_model(tmp, m, tokenizer_path));
+    SK_TRY(ckpt_write_model(tmp, m, NULL, tokenizer_path));
     SK_TRY(adamw_save(opt, m->n_params, file_join(path, sizeof path, tmp, "optimizer.bin")));
     return ckpt_commit(out_dir, s, keep);
 }

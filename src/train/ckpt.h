@@ -36,8 +36,9 @@ sk_status ckpt_save(const char *out_dir, const model *m, const adamw *opt, const
 char *ckpt_tmp_path(const char *out_dir, long step, char *path, size_t n);
 /* Rank 0: creates an empty temporary folder for checkpoint `step`. */
 sk_status ckpt_begin(const char *out_dir, long step);
-/* Rank 0: writes the model folder files (model, tokenizer when not NULL) into dir. */
-sk_status ckpt_write_model(const char *dir, const model *m, const char *tokenizer_path);
+/* Rank 0: writes the model folder files (model, tokenizer when not NULL) into dir; the
+ * parameters from host_params (n_params floats of host memory) when not NULL, else m's. */
+sk_status ckpt_write_model(const char *dir, const model *m, const float *host_params, const char *tokenizer_path);
 /* Rank 0: writes skein_state.json, renames the temporary folder to checkpoint-<s->step> and
  * prunes beyond `keep`. */
 sk_status ckpt_commit(const char *out_dir, const ckpt_state *s, int keep);

@@ -48,10 +48,12 @@ sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count) {
     o->be = be;
     o->begin = begin;
     o->count = count;
-    o->m = backend_alloc(be, count * sizeof(float));
-    o->v = backend_alloc(be, count * sizeof(float));
+    if (count) {
+        o->m = backend_alloc(be, count * sizeof(float));
+        o->v = backend_alloc(be, count * sizeof(float));
+    }
     o->sq = backend_alloc(be, sizeof(double));
-    if (!o->m || !o->v || !o->sq) {
+    if ((count && (!o->m || !o->v)) || !o->sq) {
         adamw_free(o);
         return sk_fail(SK_ENOMEM, "out of memory for AdamW state of %zu parameters", count);
     }
@@ -69,13 +71,14 @@ void adamw_free(adamw *o) {
     o->n_spans = 0;
 }
 
-sk_status adamw_set_spans(adamw *o, const backend_adamw_span *spans, size_t n) {
-    size_t pieces = 0;
-    for (size_t i = 0; i < n; i++) pieces += ((size_t)spans[i].count + BACKEND_ADAMW_SPAN - 1) / BACKEND_ADAMW_SPAN;
-    if (pieces > INT_MAX) return sk_fail(SK_EARG, "AdamW: %zu pieces of %d parameters are too many", pieces, BACKEND_ADAMW_SPAN);
-    backend_adamw_span *cut = mem_calloc((pieces ? pieces : 1) * sizeof *cut);
-    if (!cut) return sk_fail(SK_ENOMEM, "out of memory for %zu AdamW spans", pieces);
+sk_status adamw_cut_spans(const backend_adamw_span *spans, size_t n, backend_adamw_span **out, size_t *pieces) {
     size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += ((size_t)spans[i].count + BACKEND_ADAMW_SPAN - 1) / BACKEND_ADAMW_SPAN;
+    if (k > INT_MAX) return sk_fail(SK_EARG, "AdamW: %zu pieces of %d parameters are too many", k, BACKEND_ADAMW_SPAN);
+    backend_adamw_span *cut = mem_calloc((k ? k : 1) * sizeof *cut);
+    if (!cut) return sk_fail(SK_ENOMEM, "out of memory for %zu AdamW spans", k);
+    *pieces = k;
+    k = 0;
     for (size_t i = 0; i < n; i++)
         for (int64_t at = 0; at < spans[i].count; at += BACKEND_ADAMW_SPAN) {
             backend_adamw_span p = spans[i];
@@ -85,6 +88,18 @@ sk_status adamw_set_spans(adamw *o, const backend_adamw_span *spans, size_t n) {
             p.count = spans[i].count - at < BACKEND_ADAMW_SPAN ? spans[i].count - at : BACKEND_ADAMW_SPAN;
             cut[k++] = p;
         }
+    *out = cut;
+    return SK_OK;
+}
+
+backend_adamw_hp adamw_hparams(const opt_hparams *h, float lr, long t) {
+    return (backend_adamw_hp){lr, h->beta1, h->beta2, h->eps, h->weight_decay, h->grad_clip, (int)t};
+}
+
+sk_status adamw_set_spans(adamw *o, const backend_adamw_span *spans, size_t n) {
+    backend_adamw_span *cut;
+    size_t pieces;
+    SK_TRY(adamw_cut_spans(spans, n, &cut, &pieces));
     if (o->spans) backend_mem_free(o->be, o->spans);
     o->n_spans = 0;
     o->spans = pieces ? backend_alloc(o->be, pieces * sizeof *cut) : NULL;
@@ -114,7 +129,7 @@ sk_status adamw_set_model_spans(adamw *o, const model *m) {
 
 void adamw_step(adamw *o, tensor params, tensor lp, tensor grads, const opt_hparams *h, float lr) {
     o->step++;
-    const backend_adamw_hp hp = {lr, h->beta1, h->beta2, h->eps, h->weight_decay, h->grad_clip, (int)o->step};
+    const backend_adamw_hp hp = adamw_hparams(h, lr, o->step);
     o->be->ops->adamw(o->be, NULL, params, lp, grads, tensor_1d(o->m, DT_F32, (int64_t)o->count),
                       tensor_1d(o->v, DT_F32, (int64_t)o->count), o->spans, o->n_spans, o->sq, &hp);
 }

@@ -47,8 +47,15 @@ void opt_hparams_default(opt_hparams *h);
  * straight line) down to lr*min_lr_frac at the last step. */
 float opt_lr_at(const opt_hparams *h, long step);
 
+/* Allocates the moments of count elements (none when count is 0: a state whose moments live
+ * elsewhere, ZeRO-Offload's, keeps only the norm scalar and the step) and the norm scalar. */
 sk_status adamw_init(adamw *o, backend *be, size_t begin, size_t count);
 void adamw_free(adamw *o);
+/* Cuts n spans of any length into pieces of at most BACKEND_ADAMW_SPAN elements (host memory,
+ * mem_free it; *pieces their count), so a backend gives each piece a block or a thread. */
+sk_status adamw_cut_spans(const backend_adamw_span *spans, size_t n, backend_adamw_span **cut, size_t *pieces);
+/* The backend's hyperparameters of a step taken at learning rate lr as step number t (1-based). */
+backend_adamw_hp adamw_hparams(const opt_hparams *h, float lr, long t);
 /* What a step updates: n spans of any length (backend.h's backend_adamw_span, host memory),
  * cut here into backend-sized pieces and uploaded; replaces earlier spans. */
 sk_status adamw_set_spans(adamw *o, const backend_adamw_span *spans, size_t n);

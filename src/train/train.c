@@ -256,22 +256,25 @@ static sk_status fill_micro(void *ctx, long first, long n, const int **inputs, c
 }
 
 /* Collective: rank 0 writes the consolidated (whole, unsharded) model into dir, a checkpoint's
- * (with the tokenizer) or the final one: gathered over the ZeRO-3 shards and, under tensor
- * parallelism, over the shares of data-parallel rank 0's group (tp_train_gather). */
+ * (with the tokenizer) or the final one: gathered over the ZeRO-3 shards (or the offloaded
+ * masters) and, under tensor parallelism, over the shares of data-parallel rank 0's group
+ * (tp_train_gather). */
 static sk_status write_consolidated(trainer *tr, const char *dir, bool checkpoint) {
     float *full = NULL;
     model *whole = NULL;
     sk_status st = SK_OK;
-    const bool gather = zero_stage(tr->z) == 3 || tr->g.K > 1;
+    const bool gather = !zero_full_params(tr->z) || tr->g.K > 1;
     if (tr->g.dp_rank == 0 && gather && !(full = mem_alloc(tr->m->n_params * sizeof(float)))) st = SK_ENOMEM;
     SK_TRY(agree(tr, st, "allocating the consolidated model"));
     st = zero_gather_params(tr->z, full);
     if (st == SK_OK && tr->g.K > 1 && tr->g.dp_rank == 0) st = tp_train_gather(tr->m, full, &whole);
     if (st == SK_OK && tr->rank == 0) {
-        model view = *tr->m;
-        if (full) view.params = full;
-        const model *m = whole ? whole : &view;
-        st = checkpoint ? ckpt_write_model(dir, m, tr->tokenizer_path[0] ? tr->tokenizer_path : NULL) : model_save(m, dir);
+        /* full is host memory, which the model's backend may not read: it goes as host_params;
+         * the whole model of a TP group holds its parameters on its backend */
+        const model *m = whole ? whole : tr->m;
+        const float *host = whole ? NULL : full;
+        const char *tokenizer = tr->tokenizer_path[0] ? tr->tokenizer_path : NULL;
+        st = checkpoint ? ckpt_write_model(dir, m, host, tokenizer) : host ? model_save_host(m, host, dir) : model_save(m, dir);
     }
     model_free(whole);
     mem_free(full);
@@ -310,7 +313,7 @@ static sk_status save_final(trainer *tr) {
 
 /* Fields of the memory report, in the order ranks send them. */
 enum { MEM_PARAMS, MEM_GRADS, MEM_OPT, MEM_BUCKETS, MEM_GATHERED, MEM_STAGING, MEM_SCRATCH, MEM_ACTS, MEM_TOTAL, MEM_TRANSIENT,
-       MEM_PEAK_PLAN, MEM_BASELINE, MEM_MEASURED, MEM_N };
+       MEM_PEAK_PLAN, MEM_BASELINE, MEM_MEASURED, MEM_HOST_PINNED, MEM_RSS_PEAK, MEM_N };
 
 /* Collects every rank's plan (and, when measured, what it holds) on every rank. */
 static sk_status gather_memory(trainer *tr, bool measured, double *all) {
@@ -330,6 +333,8 @@ static sk_status gather_memory(trainer *tr, bool measured, double *all) {
     me[MEM_PEAK_PLAN] = (double)p->peak;
     me[MEM_BASELINE] = (double)tr->baseline_rss;
     me[MEM_MEASURED] = measured ? (double)zero_held_bytes(tr->be, tr->dev_free0) : 0;
+    me[MEM_HOST_PINNED] = (double)p->host_pinned;
+    me[MEM_RSS_PEAK] = (double)zero_proc_bytes(true);
     if (tr->c && tr->world > 1) return comm_all_reduce_f64(tr->c, all, (size_t)(MEM_N * tr->world));
     return SK_OK;
 }
@@ -341,12 +346,18 @@ static void print_memory(trainer *tr, const double *all) {
              "gradients + optimizer; buffers listed apart%s", tr->o->zero, tr->world, tr->world > 1 ? "s" : "",
              tr->o->dynamic ? "dynamic" : "static", tr->m->n_params,
              tr->o->zero == 2 && tr->o->dynamic ? "; dynamic data: ZeRO-2 holds a full local gradient during the step" : "");
+    const int sharers = comm_device_sharers(tr->c, backend_device_count(tr->be->name));
+    if (tr->dev_free0 && sharers > 1)
+        log_info("  %d ranks share each GPU: the memory a rank measures as taken is theirs together", sharers);
     for (int r = 0; r < tr->world; r++) {
         const double *v = all + MEM_N * r;
         log_info("  rank %d: params %.2f + grads %.2f + optimizer %.2f | buckets %.2f, gathered %.2f, staging %.2f, "
                  "comm scratch %.2f, activations %.2f | total %.2f%s", r, v[MEM_PARAMS] / MB, v[MEM_GRADS] / MB, v[MEM_OPT] / MB,
                  v[MEM_BUCKETS] / MB, v[MEM_GATHERED] / MB, v[MEM_STAGING] / MB, v[MEM_SCRATCH] / MB, v[MEM_ACTS] / MB, v[MEM_TOTAL] / MB,
                  v[MEM_TRANSIENT] > 0 ? " (+ full parameters while sharding at start)" : "");
+        if (tr->o->offload)
+            log_info("  rank %d: host: %.2f MiB pinned for the offloaded optimizer (master weights, moments, staging), "
+                     "process peak resident %.2f MiB", r, v[MEM_HOST_PINNED] / MB, v[MEM_RSS_PEAK] / MB);
         if (tr->dev_free0 && v[MEM_MEASURED] > 0)
             log_info("  rank %d: %s memory taken since start %.2f MiB (the device's free memory before and now), "
                      "%.1f%% of the plan's total", r, tr->be->name, v[MEM_MEASURED] / MB,
@@ -358,7 +369,7 @@ static void print_memory(trainer *tr, const double *all) {
 static sk_status write_memory_json(trainer *tr, const double *all) {
     static const char *const names[MEM_N] = {"params", "grads", "optimizer", "buckets", "gathered", "staging",
                                              "comm_scratch", "activations", "total", "load_transient", "peak_plan",
-                                             "baseline_rss", "measured_peak"};
+                                             "baseline_rss", "measured_peak", "host_pinned", "host_peak_rss"};
     char path[4096];
     file_join(path, sizeof path, tr->o->out, "memory.json");
     FILE *f = fopen(path, "w");
@@ -367,9 +378,10 @@ static sk_status write_memory_json(trainer *tr, const double *all) {
     zero_formula(tr->o->zero, tr->world, 4, (double)tr->m->n_params, formula);
     fprintf(f, "{\"world_size\": %d, \"zero\": %d, \"data_dist\": \"%s\", \"n_params\": %zu, \"micro_batch\": %ld, "
                "\"dtype\": \"%s\", \"formula\": {\"params\": %.9g, \"grads\": %.9g, \"optimizer\": %.9g}, "
-               "\"full_local_grads\": %s, \"ranks\": [",
+               "\"full_local_grads\": %s, \"offload\": %s, \"ranks\": [",
             tr->world, tr->o->zero, tr->o->dynamic ? "dynamic" : "static", tr->m->n_params, tr->micro_batch,
-            tr->m->act_dt == DT_BF16 ? "bf16 mixed (f32 master)" : "f32", formula[0], formula[1], formula[2], tr->o->zero == 2 && tr->o->dynamic ? "true" : "false");
+            tr->m->act_dt == DT_BF16 ? "bf16 mixed (f32 master)" : "f32", formula[0], formula[1], formula[2], tr->o->zero == 2 && tr->o->dynamic ? "true" : "false",
+            tr->o->offload ? "\"optimizer\"" : "null");
     for (int r = 0; r < tr->world; r++) {
         fprintf(f, "%s{\"rank\": %d", r ? ", " : "", r);
         for (int k = 0; k < MEM_N; k++) fprintf(f, ", \"%s\": %.0f", names[k], all[MEM_N * r + k]);
@@ -464,15 +476,25 @@ static sk_status train_loop(trainer *tr) {
     mem_free(mem_all);
     if (st) return st;
     if (lead && !o->quiet) progress_done(&prog);
+    if (lead && o->offload)
+        log_info("host memory (rank 0): %.2f MiB pinned for the offloaded optimizer, process peak resident %.2f MiB",
+                 (double)zero_pinned_bytes(tr->z) / 1048576.0, (double)zero_proc_bytes(true) / 1048576.0);
     return save_final(tr);
 }
 
+/* This rank's device plan for micro-batch mb (zero_plan, turned into the offload's). */
+static void plan_memory(const trainer *tr, long mb, zero_mem *p) {
+    zero_plan(tr->m, tr->g.dp_world, tr->o->zero, tr->o->dynamic, 4, (int)mb, (int)tr->o->seq, p);
+    if (tr->o->offload) zero_plan_offload(tr->m, tr->g.dp_world, p);
+}
+
 /* Bytes a rank may plan for: --mem-limit, else on a device zero_device_budget of its free
- * memory before the model, else the host's available memory shared by the ranks (all
- * assumed on this host). */
+ * memory before the model (split among the ranks that share the device), else the host's
+ * available memory shared by the ranks (all assumed on this host). */
 static size_t memory_budget(const trainer *tr) {
     if (tr->o->mem_limit) return tr->o->mem_limit;
-    if (tr->dev_free0) return zero_device_budget(tr->dev_free0);
+    if (tr->dev_free0)   /* ranks that share a GPU share its memory */
+        return zero_device_budget(tr->dev_free0) / (size_t)comm_device_sharers(tr->c, backend_device_count(tr->be->name));
     size_t avail = mem_available();
     return avail == SIZE_MAX ? SIZE_MAX : avail / (size_t)tr->world;
 }
@@ -487,7 +509,7 @@ static sk_status pick_micro_batch(trainer *tr) {
         tr->micro_batch = o->micro_batch > 0 ? o->micro_batch : o->batch;
         const size_t budget = memory_budget(tr);
         zero_mem p;
-        zero_plan(tr->m, tr->g.dp_world, o->zero, o->dynamic, 4, (int)tr->micro_batch, (int)o->seq, &p);
+        plan_memory(tr, tr->micro_batch, &p);
         if (p.peak > budget)
             return sk_fail(SK_ENOMEM, "train: a micro-batch of %ld x %ld tokens needs %.1f MiB per rank at ZeRO-%d, "
                            "beyond the %.1f MiB%s; lower --micro-batch, --batch or --seq, or use --micro-batch auto",
@@ -501,7 +523,7 @@ static sk_status pick_micro_batch(trainer *tr) {
     long most = o->dynamic ? o->batch : (o->batch + tr->g.dp_world - 1) / tr->g.dp_world;
     zero_mem p;
     for (long mb = most; mb >= 1; mb--) {
-        zero_plan(tr->m, tr->g.dp_world, o->zero, o->dynamic, 4, (int)mb, (int)o->seq, &p);
+        plan_memory(tr, mb, &p);
         if (p.peak <= budget) {
             tr->micro_batch = mb;
             if (tr->rank == 0)
@@ -538,7 +560,7 @@ sk_status train_run(const train_opts *o) {
                                 "group must run the same micro-batches", o->tp);
     if ((st = tpdp_init(tr.c, o->tp, &tr.g))) return st;
 
-    if (!(tr.be = backend_create(o->device))) return SK_EARG;
+    if (!(tr.be = backend_create_on(o->device, tr.c ? tr.c->local_rank : 0))) return SK_EARG;
     if (!tr.be->host_memory && (st = backend_mem_info(tr.be, &tr.dev_free0, NULL))) goto done;
     if (tr.rank == 0 && (st = file_mkdirs(o->out))) goto done;
     if ((st = agree(&tr, st, "creating --out"))) goto done;
@@ -550,6 +572,9 @@ sk_status train_run(const train_opts *o) {
             goto done;
         model_free(tr.m);
         tr.m = share;
+        /* the layers' TP sums move the backend's memory (staged through pinned memory by MPI
+         * on a GPU); tpdp_free sets it back to host memory */
+        if ((st = comm_set_backend(tr.g.tp, tr.be))) goto done;
     }
     tr.st.total_steps = o->steps;
     tr.st.world_size = tr.world;
@@ -579,8 +604,8 @@ sk_status train_run(const train_opts *o) {
         tr.val_dl = NULL;
     }
     if ((st = pick_micro_batch(&tr))) goto done;
-    zero_plan(tr.m, tr.g.dp_world, o->zero, o->dynamic, 4, (int)tr.micro_batch, (int)o->seq, &tr.mem);
-    if ((st = zero_init(tr.m, tr.g.dp, o->zero, o->dynamic, &tr.z))) goto done;
+    plan_memory(&tr, tr.micro_batch, &tr.mem);
+    if ((st = zero_init(tr.m, tr.g.dp, o->zero, o->dynamic, o->offload, &tr.z))) goto done;
     if (resumed) {
         char ckpt[4096];
         ckpt_find_latest(o->out, ckpt, sizeof ckpt);
@@ -612,9 +637,9 @@ sk_status train_run(const train_opts *o) {
     }
     if (tr.rank == 0)
         log_info("training %s: %zu parameters, %ld steps of %ld x %ld tokens (micro-batch %ld) on %s, %d rank%s%s, "
-                 "ZeRO-%d, %s data%s", tr.m->arch->name, tr.m->n_params, o->steps, o->batch, o->seq, tr.micro_batch,
+                 "ZeRO-%d%s, %s data%s", tr.m->arch->name, tr.m->n_params, o->steps, o->batch, o->seq, tr.micro_batch,
                  tr.be->name, tr.world, tr.world > 1 ? "s over " : "", tr.world > 1 ? o->comm->name : "",
-                 o->zero, o->dynamic ? "dynamic" : "static",
+                 o->zero, o->offload ? " with the optimizer offloaded to the host" : "", o->dynamic ? "dynamic" : "static",
                  tr.g.K > 1 ? ", tensor parallel in groups of consecutive ranks (parameters: this rank's share)" : "");
     st = train_loop(&tr);
 done:

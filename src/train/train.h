@@ -55,6 +55,7 @@ typedef struct train_opts {
     int zero;                 /* ZeRO stage 0-3 */
     int tp;                   /* tensor-parallel ranks per group (tp_train.h, tpdp.h); 1: none */
     bool dynamic;             /* --data-dist dynamic */
+    bool offload;             /* --offload optimizer: ZeRO-Offload (zero.h, offload.h) */
     bool micro_auto;          /* --micro-batch auto: the largest that fits mem_limit */
     size_t mem_limit;         /* bytes per rank (0: MemAvailable / world): auto picks within it,
                                  an explicit micro-batch beyond it is refused */

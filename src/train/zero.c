@@ -18,7 +18,12 @@
  * whether the outer groups are gathered. Both are reset when the parameters change
  * (zero_opt_step) or a buffer is borrowed (zero_gather_params). The order of collectives
  * depends only on the hook order, so it is the same on every rank.
- * SKEIN_ZERO_OVERLAP=0 waits for every collective as soon as it starts (measurements). */
+ * SKEIN_ZERO_OVERLAP=0 waits for every collective as soon as it starts (measurements).
+ *
+ * Offload (stage 1-2): the shard's master and moments live in offload.c's pinned host buffers
+ * at shard positions, z->opt keeps only the norm scalar and the step; after each host update
+ * the new values reach the device through the offload's uploads (one rank, or f32 training)
+ * or through zero_gather_group from the host masters (several ranks in mixed precision). */
 #include "train/zero.h"
 
 #include <dirent.h>
@@ -29,6 +34,7 @@
 
 #include "base/file.h"
 #include "model/tp_train.h"
+#include "train/offload.h"
 
 /* Stage 2/3 static: one layer's gradients on their way to the shard. */
 typedef struct zero_bucket {
@@ -70,7 +76,14 @@ struct zero {
     backend_stream *cs;    /* the communication stream */
     backend_event *ready;  /* recorded on the compute stream before each collective */
     double wait_s;         /* blocked in comm_wait since zero_begin_step */
-    adamw opt;             /* stage 0: the whole model; else storage for the shard's moments */
+    adamw opt;             /* stage 0: the whole model; else storage for the shard's moments (none
+                            * with offload: only the norm scalar and the step count) */
+    bool offloaded;        /* --offload optimizer */
+    offload *off;          /* ZeRO-Offload: master and moments on the host (offload.h), or NULL */
+    bool off_copies;       /* its copy lists are set (at the first step: stage 1's gradients are
+                            * allocated by model_train_prepare) */
+    offload_times off_times;   /* the last step's */
+    double sq;             /* the last zero_end_step's global squared gradient norm */
     sk_status err;
     model_param_provider provider;
 };
@@ -149,7 +162,7 @@ static void zero_owned(const zero *z, int g, size_t *a, size_t *n) {
  * group. The moments sit at the part's place in the shard; the parameter there too at stage
  * 3 (pshard), else in the flat buffer; the gradient in the flat buffer at stage 1, else in
  * the gradient shard. */
-static sk_status zero_set_spans(zero *z) {
+static sk_status zero_spans(const zero *z, backend_adamw_span **out, size_t *count) {
     const model *m = z->m;
     backend_adamw_span *sp = mem_calloc((size_t)(m->n_specs ? m->n_specs : 1) * sizeof *sp);
     if (!sp) return sk_fail(SK_ENOMEM, "out of memory for AdamW spans");
@@ -162,10 +175,22 @@ static sk_status zero_set_spans(zero *z) {
         size_t hi = p->offset + p->numel < a + n ? p->offset + p->numel : a + n;
         if (lo >= hi) continue;
         const int64_t s = (int64_t)(z->at[p->group] + (lo - a));   /* position in the shard */
-        sp[n_sp++] = (backend_adamw_span){z->stage == 3 ? s : (int64_t)lo, z->stage == 1 ? (int64_t)lo : s, s,
+        /* offload: the host holds everything at shard positions */
+        const bool sh = z->stage == 3 || z->offloaded;
+        sp[n_sp++] = (backend_adamw_span){sh ? s : (int64_t)lo, z->stage == 1 && !z->offloaded ? (int64_t)lo : s, s,
                                           (int64_t)(hi - lo), p->decay ? 1 : 0};
     }
-    sk_status st = adamw_set_spans(&z->opt, sp, n_sp);
+    *out = sp;
+    *count = n_sp;
+    return SK_OK;
+}
+
+/* Sets AdamW's device spans (stages 1-3 without offload). */
+static sk_status zero_set_spans(zero *z) {
+    backend_adamw_span *sp;
+    size_t n;
+    SK_TRY(zero_spans(z, &sp, &n));
+    sk_status st = adamw_set_spans(&z->opt, sp, n);
     mem_free(sp);
     return st;
 }
@@ -212,6 +237,22 @@ void zero_plan(const model *m, int world, int stage, bool dynamic, int param_byt
     o->peak = o->total > P * (psi + S) ? o->total : P * (psi + S);
 }
 
+void zero_plan_offload(const model *m, int world, zero_mem *o) {
+    size_t S, maxc, maxlc, outer;
+    zero_sizes(m, world, &S, &maxc, &maxlc, &outer);
+    o->total -= o->optimizer;
+    o->optimizer = 0;
+    o->host_pinned = offload_pinned_bytes(S);
+    if (m->act_dt != DT_F32) {   /* the f32 parameters leave the device but for the resident ones */
+        const size_t f32 = sizeof(float) * m->n_params, kept = sizeof(float) * model_resident_numel(m);
+        o->params = o->params - f32 + kept;
+        o->total = o->total - f32 + kept;
+        o->load_transient = f32 - kept;   /* at start, until the compute copy is cast */
+    }
+    const size_t start = o->total - o->activations + o->load_transient;   /* before the activations exist */
+    o->peak = o->total > start ? o->total : start;
+}
+
 /* ---- stage 3: gathering parameters ---- */
 
 static void zero_ensure_outer(zero *z) {
@@ -221,6 +262,7 @@ static void zero_ensure_outer(zero *z) {
         float *dst = z->outer_params + z->outer_at[g];
         zc_run(z, ZC_ALL_GATHER, z->pshard + z->at[g], dst, z->chunk[g]);
         model_set_param_base(z->m, g, dst);
+        model_write_compute(z->m, g, dst);   /* mixed precision: the products' bf16 copy */
     }
     z->outer_valid = true;
 }
@@ -246,6 +288,7 @@ static void zero_ensure_layer(zero *z, int l, bool use) {
     if (!use) return;
     zc_wait(z, &s->req);
     model_set_param_base(z->m, g, s->params);
+    model_write_compute(z->m, g, s->params);
 }
 
 /* Waits for every gather in flight and forgets what the slots hold. */
@@ -332,29 +375,151 @@ static void hook_after_backward(void *ctx, model *m, int l) {
     zero_close_bucket(z, b->group, b->grads, b->recv);   /* runs while layer l-1 computes */
 }
 
+/* ---- stages 1-2: sharing the updated parameters ---- */
+
+/* All-gathers group g's parameters into a device buffer (*buf: the group's count elements
+ * first, then padding): this rank's chunk comes from host_src (the offloaded master, host
+ * memory) or, when NULL, from m->params. */
+static sk_status zero_gather_group(zero *z, int g, const float *host_src, float **buf) {
+    const model_group *gr = &z->m->groups[g];
+    size_t a, n;
+    zero_owned(z, g, &a, &n);
+    *buf = z->staging ? z->staging : (gr->layer < 0 ? z->outer_bucket + z->outer_at[g] : z->bucket[0].grads);
+    if (host_src) backend_upload(z->be, z->recv, host_src, n * sizeof(float));
+    else zero_copy(z, z->recv, z->m->params + a, n);
+    zero_clear(z, z->recv + n, z->chunk[g] - n);
+    return zc_run(z, ZC_ALL_GATHER, z->recv, *buf, z->chunk[g]);
+}
+
+/* Stages 1-2: every rank gets every group of m->params back from its owner. */
+static sk_status zero_share_params(zero *z) {
+    const model *m = z->m;
+    for (int g = 0; g < m->n_groups; g++) {
+        float *buf;
+        SK_TRY(zero_gather_group(z, g, NULL, &buf));
+        zero_copy(z, m->params + m->groups[g].begin, buf, m->groups[g].count);
+    }
+    return SK_OK;
+}
+
+/* ---- ZeRO-Offload (offload.h) ---- */
+
+/* Moves the shard's master weights to the host (the moments start there at zero); in mixed
+ * precision the device keeps only the bf16 compute copy and the resident f32 tensors. */
+static sk_status zero_offload_init(zero *z) {
+    model *m = z->m;
+    backend_adamw_span *sp;
+    size_t n_sp;
+    SK_TRY(zero_spans(z, &sp, &n_sp));
+    sk_status st = offload_init(z->be, z->shard, sp, n_sp, &z->off);
+    mem_free(sp);
+    SK_TRY(st);
+    float *master = offload_master(z->off);
+    for (int g = 0; g < m->n_groups; g++) {
+        size_t a, n;
+        zero_owned(z, g, &a, &n);
+        backend_download(z->be, master + z->at[g], m->params + a, n * sizeof(float));
+    }
+    return m->act_dt != DT_F32 ? model_release_master(m) : SK_OK;
+}
+
+/* The offload's copy lists, once the gradients are allocated: the reduced gradients come
+ * down from the gradient shard (stage 2) or the owned ranges of m->grads (stage 1); the new
+ * values go up into m->params' owned ranges (f32 training) or, with one rank in mixed
+ * precision, into the compute copy (bf16) and the resident f32 views. Several ranks in mixed
+ * precision gather from the host masters instead (zero_offload_publish). */
+static sk_status zero_offload_copies(zero *z) {
+    const model *m = z->m;
+    offload_copy *downs = mem_calloc(sizeof *downs * ((size_t)m->n_groups + 1));
+    offload_copy *ups = mem_calloc(sizeof *ups * ((size_t)m->n_groups + (size_t)m->n_specs + 1));
+    if (!downs || !ups) {
+        mem_free(downs);
+        mem_free(ups);
+        return sk_fail(SK_ENOMEM, "out of memory for the offload's copy lists");
+    }
+    size_t nd = 0, nu = 0;
+    if (z->stage == 2) downs[nd++] = (offload_copy){0, z->shard, z->gshard, DT_F32};
+    for (int g = 0; g < m->n_groups; g++) {
+        size_t a, n;
+        zero_owned(z, g, &a, &n);
+        if (!n) continue;
+        if (z->stage == 1) downs[nd++] = (offload_copy){z->at[g], n, m->grads + a, DT_F32};
+        if (m->params) ups[nu++] = (offload_copy){z->at[g], n, m->params + a, DT_F32};
+        else if (z->world == 1)
+            ups[nu++] = (offload_copy){z->at[g], n, (char *)m->compute + a * dtype_size(m->act_dt), m->act_dt};
+    }
+    for (int i = 0; !m->params && z->world == 1 && i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        if (!model_spec_resident(m, i)) continue;
+        /* with one rank the shard is the model: spec i sits at its offset */
+        ups[nu++] = (offload_copy){p->offset, p->numel, model_param_view(m, i).data, DT_F32};
+    }
+    sk_status st = offload_set_copies(z->off, downs, nd, ups, nu);
+    mem_free(downs);
+    mem_free(ups);
+    return st;
+}
+
+/* Several ranks in mixed precision: every group's new f32 values gathered from the ranks'
+ * host masters, cast into the compute copy and copied into the resident views. */
+static sk_status zero_offload_publish(zero *z) {
+    model *m = z->m;
+    backend *be = z->be;
+    for (int g = 0; g < m->n_groups; g++) {
+        const model_group *gr = &m->groups[g];
+        float *buf;
+        SK_TRY(zero_gather_group(z, g, offload_master(z->off) + z->at[g], &buf));
+        be->ops->cast(be, NULL, tensor_1d((char *)m->compute + gr->begin * dtype_size(m->act_dt), m->act_dt,
+                                          (int64_t)gr->count), tensor_1d(buf, DT_F32, (int64_t)gr->count));
+        for (int i = 0; i < m->n_specs; i++)
+            if (m->specs[i].group == g && model_spec_resident(m, i))
+                zero_copy(z, model_param_view(m, i).data, buf + (m->specs[i].offset - gr->begin), m->specs[i].numel);
+    }
+    return SK_OK;
+}
+
+/* AdamW on the host (offload_step), then the new parameters shared as without offload. */
+static sk_status zero_offload_step(zero *z, const opt_hparams *h, float lr) {
+    model *m = z->m;
+    if (!z->off_copies) {
+        SK_TRY(zero_offload_copies(z));
+        z->off_copies = true;
+    }
+    const backend_adamw_hp hp = adamw_hparams(h, lr, ++z->opt.step);
+    offload_step(z->off, &hp, &z->sq, &z->off_times);
+    if (m->params) return zero_share_params(z);   /* f32: the owned ranges went up into m->params */
+    if (z->world > 1) SK_TRY(zero_offload_publish(z));
+    model_compute_written(m);
+    return z->err;
+}
+
 /* ---- life cycle ---- */
 
 /* Allocates *p of `floats` zeroed floats of backend memory; false when out of memory. */
 static bool zero_alloc(zero *z, float **p, size_t floats) { return (*p = backend_alloc(z->be, floats * sizeof(float))) != NULL; }
 
-sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
+sk_status zero_init(model *m, comm *c, int stage, bool dynamic, bool offload_opt, zero **out) {
     if (stage < 0 || stage > 3) return sk_fail(SK_EARG, "--zero must be 0, 1, 2 or 3, got %d", stage);
+    if (offload_opt && stage == 0)
+        return sk_fail(SK_EARG, "--offload optimizer needs --zero 1 or 2: it moves the optimizer state of a rank's "
+                                "shard to the host, and ZeRO-0 does not shard it (with one rank, --zero 1 shards "
+                                "nothing and runs the same steps)");
+    if (offload_opt && stage == 3)
+        return sk_fail(SK_EARG, "--offload optimizer with --zero 3 is not supported yet (ZeRO-3 keeps its parameter "
+                                "shard on the device and gathers f32 layers); use --zero 2");
     if (stage == 3 && dynamic)
         return sk_fail(SK_EARG, "--zero 3 with --data-dist dynamic is not supported: ZeRO-3 gathers every layer "
                                 "with all ranks at every micro-batch, and dynamic distribution gives ranks different "
                                 "numbers of micro-batches; use --zero 2 or --data-dist static");
-    if (stage == 3 && m->act_dt != DT_F32)
-        return sk_fail(SK_EARG, "--zero 3 with --precision %s is not supported yet: ZeRO-3 gathers f32 layers and "
-                       "the products read a bf16 copy of all parameters; use --zero 2 or --precision f32",
-                       m->act_dt == DT_BF16 ? "bf16" : dtype_name(m->act_dt));
     SK_ASSERT(m->params && !m->grads);
-    if (c && c->world > 1 && !strcmp(c->name, "nccl") != !!strcmp(m->be->name, "cpu"))
-        return sk_fail(SK_EARG, "--zero over %d ranks: the %s communicator moves %s memory, but the %s backend's buffers "
-                       "are %s memory (MPI goes with --device cpu, NCCL with --device cuda)", c->world, c->name,
-                       strcmp(c->name, "nccl") ? "host" : "device", m->be->name,
-                       strcmp(m->be->name, "cpu") ? "device" : "host");
+    /* the buffers are the backend's memory (MPI and gloo stage a device's, comm.h) */
+    sk_status st = c && c->world > 1 ? comm_set_backend(c, m->be) : SK_OK;
+    if (st) return sk_fail_ctx(st, "--zero over %d ranks on the %s backend", c->world, m->be->name);
     zero *z = mem_calloc(sizeof *z);
-    if (!z) return SK_ENOMEM;
+    if (!z) {
+        if (c && c->world > 1) comm_set_backend(c, NULL);
+        return SK_ENOMEM;
+    }
     z->m = m;
     z->be = m->be;
     z->c = c;
@@ -362,6 +527,7 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
     z->world = c ? c->world : 1;
     z->stage = stage;
     z->dynamic = dynamic;
+    z->offloaded = offload_opt;
     z->buckets = stage >= 2 && !dynamic;
     const char *ov = getenv("SKEIN_ZERO_OVERLAP");
     z->overlap = !(ov && !strcmp(ov, "0"));
@@ -385,13 +551,27 @@ sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out) {
             oat += z->chunk[g] * W;
         }
     }
-    sk_status st;
+    if (offload_opt) {   /* refused before anything is allocated */
+        const char *what;
+        /* shared by every rank of the host: the data-parallel peers and, under tensor
+         * parallelism, the other shares' ranks */
+        const size_t budget = offload_host_budget(&what) / ((size_t)W * (size_t)m->tp.size),
+                     need = offload_pinned_bytes(z->shard);
+        if (need > budget) {
+            st = sk_fail(SK_ENOMEM, "--offload optimizer: a rank's master weights and AdamW moments (12 bytes for each "
+                         "of its %zu parameters, plus staging) need %zu bytes (%.1f MiB) of pinned host memory, beyond "
+                         "the %zu bytes (%.1f MiB) per rank that %s allows", z->shard, need, (double)need / 1048576.0,
+                         budget, (double)budget / 1048576.0, what);
+            goto fail;
+        }
+    }
     if (!(z->cs = z->be->ops->stream_create(z->be)) || !(z->ready = z->be->ops->event_create(z->be))) {
         st = sk_fail_ctx(SK_ENOMEM, "ZeRO-%d: creating the communication stream", stage);
         goto fail;
     }
-    if ((st = adamw_init(&z->opt, z->be, 0, stage == 0 ? m->n_params : z->shard))) goto fail;
-    if ((st = stage == 0 ? adamw_set_model_spans(&z->opt, m) : zero_set_spans(z))) goto fail;
+    if ((st = adamw_init(&z->opt, z->be, 0, stage == 0 ? m->n_params : offload_opt ? 0 : z->shard))) goto fail;
+    if ((st = stage == 0 ? adamw_set_model_spans(&z->opt, m) : offload_opt ? zero_offload_init(z) : zero_set_spans(z)))
+        goto fail;
     if ((stage == 1 || stage == 2) && !zero_alloc(z, &z->recv, z->max_chunk)) goto oom;
     if (stage >= 2 && !zero_alloc(z, &z->gshard, z->shard)) goto oom;
     if ((stage == 1 || (stage == 2 && dynamic)) && !zero_alloc(z, &z->staging, W * z->max_chunk)) goto oom;
@@ -440,9 +620,11 @@ void zero_free(zero *z) {
     if (z->c) {   /* nothing may stay in flight on buffers about to go */
         zero_settle_all(z);
         zero_invalidate(z);
+        if (z->world > 1) comm_set_backend(z->c, NULL);
     }
     if (z->m->provider == &z->provider) model_set_param_provider(z->m, NULL, NULL);
     adamw_free(&z->opt);
+    offload_free(z->off);
     mem_free(z->chunk);
     mem_free(z->at);
     mem_free(z->outer_at);
@@ -466,6 +648,9 @@ void zero_free(zero *z) {
 }
 
 int zero_stage(const zero *z) { return z->stage; }
+bool zero_full_params(const zero *z) { return z->m->params != NULL; }
+const offload_times *zero_offload_times(const zero *z) { return z->off ? &z->off_times : NULL; }
+size_t zero_pinned_bytes(const zero *z) { return z->off ? offload_pinned_bytes(z->shard) : 0; }
 sk_status zero_status(const zero *z) { return z->err; }
 long zero_opt_steps(const zero *z) { return z->opt.step; }
 double zero_comm_wait_s(const zero *z) { return z->wait_s; }
@@ -516,7 +701,7 @@ static void zero_tp_replicated_squares(zero *z, tensor sq) {
 /* The global gradient norm from sq, this rank's squared sum (its shard's at stages 1-3, summed
  * here over the data-parallel ranks): a tensor-parallel share adds the other shares' cut
  * tensors, counting the replicated ones, the same on every share, once. Leaves the squared
- * norm in z->opt.sq for the clipping. */
+ * norm in z->opt.sq for the device's clipping and in z->sq for the host's (offload). */
 static sk_status zero_norm_finish(zero *z, double sq, double *grad_norm) {
     backend *be = z->be;
     const bool tp = z->m->tp.size > 1;
@@ -532,7 +717,9 @@ static sk_status zero_norm_finish(zero *z, double sq, double *grad_norm) {
         SK_TRY(zc_fail(z, comm_all_reduce_f64(z->m->tp.comm, &cut, 1)));
         v[0] = cut + v[1];
     }
+    /* the device's clipping reads the global norm there, the host's (offload) in z->sq */
     if (tp || (z->stage > 0 && z->world > 1)) backend_upload(be, z->opt.sq, &v[0], sizeof(double));
+    z->sq = v[0];
     *grad_norm = sqrt(v[0]);
     return SK_OK;
 }
@@ -586,32 +773,30 @@ sk_status zero_opt_step(zero *z, const opt_hparams *h, float lr) {
         if (lp) model_compute_written(m);
         return SK_OK;
     }
+    if (z->off) return zero_offload_step(z, h, lr);
     if (z->stage == 3) zero_invalidate(z);   /* the gathered copies are about to be stale */
     const int64_t ns = (int64_t)z->shard;
     adamw_step(&z->opt, z->stage == 3 ? tensor_1d(z->pshard, DT_F32, ns) : tensor_1d(m->params, DT_F32, np),
                tensor_none(), z->stage == 1 ? tensor_1d(m->grads, DT_F32, np) : tensor_1d(z->gshard, DT_F32, ns), h, lr);
     if (z->stage == 3) return z->err;
-    /* stages 1-2: every rank gets every group back */
-    for (int g = 0; g < m->n_groups; g++) {
-        const model_group *gr = &m->groups[g];
-        size_t a, n;
-        zero_owned(z, g, &a, &n);
-        float *buf = z->staging ? z->staging : (gr->layer < 0 ? z->outer_bucket + z->outer_at[g] : z->bucket[0].grads);
-        zero_copy(z, z->recv, m->params + a, n);
-        zero_clear(z, z->recv + n, z->chunk[g] - n);
-        SK_TRY(zc_run(z, ZC_ALL_GATHER, z->recv, buf, z->chunk[g]));
-        zero_copy(z, m->params + gr->begin, buf, gr->count);
-    }
-    return SK_OK;
+    return zero_share_params(z);
 }
 
 /* ---- checkpoints ---- */
 
 sk_status zero_gather_params(zero *z, float *full) {
     model *m = z->m;
-    if (z->stage < 3) {
+    if (z->stage < 3 && m->params) {
         if (full) backend_download(z->be, full, m->params, m->n_params * sizeof(float));
         return z->err;
+    }
+    if (z->off) {   /* mixed precision: the master is on the hosts */
+        for (int g = 0; g < m->n_groups; g++) {
+            float *buf;
+            SK_TRY(zero_gather_group(z, g, offload_master(z->off) + z->at[g], &buf));
+            if (full) backend_download(z->be, full + m->groups[g].begin, buf, m->groups[g].count * sizeof(float));
+        }
+        return SK_OK;
     }
     zero_invalidate(z);   /* the slots are borrowed */
     for (int g = 0; g < m->n_groups; g++) {
@@ -685,6 +870,14 @@ static int zero_file_ranges(zero *z, bool save, opt_range **out, size_t *total) 
     return k.n;
 }
 
+/* Where the shard's moments are: the backend that reaches them and the buffers (the host's
+ * with offload). */
+static void zero_moments(zero *z, backend **be, float **m, float **v) {
+    *be = z->off ? offload_host(z->off) : z->be;
+    *m = z->off ? offload_m(z->off) : z->opt.m;
+    *v = z->off ? offload_v(z->off) : z->opt.v;
+}
+
 sk_status zero_save_opt(zero *z, const char *dir) {
     char path[4096], name[96];
     const int K = z->m->tp.size;
@@ -699,8 +892,10 @@ sk_status zero_save_opt(zero *z, const char *dir) {
     if (n < 0) return SK_ENOMEM;
     /* named by the rank in the world of TP x DP ranks (TP groups of consecutive ranks) */
     snprintf(name, sizeof name, "optimizer-rank%d-of-%d.bin", z->rank * K + z->m->tp.rank, z->world * K);
-    sk_status st = opt_state_save(z->be, file_join(path, sizeof path, dir, name), total, z->opt.step, r, n, z->opt.m,
-                                  z->opt.v);
+    backend *be;
+    float *om, *ov;
+    zero_moments(z, &be, &om, &ov);
+    sk_status st = opt_state_save(be, file_join(path, sizeof path, dir, name), total, z->opt.step, r, n, om, ov);
     mem_free(r);
     return st;
 }
@@ -720,6 +915,9 @@ sk_status zero_load_opt(zero *z, const char *dir) {
     for (int i = 0; i < n; i++) want += r[i].count;
     sk_status st = SK_OK;
     long step = -1;
+    backend *be;
+    float *om, *ov;
+    zero_moments(z, &be, &om, &ov);
     DIR *d = opendir(dir);
     if (!d) {
         mem_free(r);
@@ -730,8 +928,7 @@ sk_status zero_load_opt(zero *z, const char *dir) {
         if (!is_opt_file(e->d_name)) continue;
         char path[4096];
         long s = 0;
-        st = opt_state_read(z->be, file_join(path, sizeof path, dir, e->d_name), total, r, n, z->opt.m, z->opt.v, &s,
-                            &copied);
+        st = opt_state_read(be, file_join(path, sizeof path, dir, e->d_name), total, r, n, om, ov, &s, &copied);
         if (st == SK_OK && step >= 0 && s != step)
             st = sk_fail(SK_EFORMAT, "%s: optimizer step %ld differs from the other shards' %ld", path, s, step);
         step = s;

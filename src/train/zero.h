@@ -10,7 +10,9 @@
  *      rank keeps gradients of parameters it does not own;
  *   3  parameters sharded too: a layer's parameters are all-gathered into one of two layer
  *      slots; the next layer's gather starts while the current layer computes (prefetch),
- *      and the full parameter buffer does not exist after zero_init.
+ *      and the full parameter buffer does not exist after zero_init. In mixed precision each
+ *      gathered group is cast into the model's bf16 copy before its products read it
+ *      (model_write_compute; that copy stays whole, 2 bytes per parameter on every rank).
  *
  *   zero *z;
  *   zero_init(m, c, 2, false, &z);          // m loaded on every rank; before model_train_prepare
@@ -32,8 +34,9 @@
  * and micro-batches differs between world sizes and stages.
  *
  * Buffers are backend memory (device memory on a GPU backend) and the collectives run on a
- * communication stream of the backend, ordered after the compute by events; the comm must
- * move the backend's kind of memory (MPI: the cpu backend; NCCL: cuda). Overlap of
+ * communication stream of the backend, ordered after the compute by events; zero_init tells
+ * the comm whose memory they are (comm_set_backend: NCCL moves device memory, MPI and gloo
+ * stage it through pinned host memory) and zero_free takes that back. Overlap of
  * communication with compute is on unless the environment sets SKEIN_ZERO_OVERLAP=0, which
  * waits for every collective as it starts (for measuring what the overlap hides; the
  * results are the same bit for bit).
@@ -45,6 +48,7 @@
 #define SKEIN_ZERO_H
 
 #include "comm/comm.h"
+#include "train/offload.h"
 #include "train/opt.h"
 
 /* Bytes per rank. The model states follow the paper's formulas; buffers are listed apart. */
@@ -59,6 +63,7 @@ typedef struct zero_mem {
     size_t total;          /* the sum of the above: held during every step */
     size_t load_transient; /* stage 3: the full parameters held while sharding at start */
     size_t peak;           /* max(total, bytes held while sharding) */
+    size_t host_pinned;    /* offload: pinned host memory (master, moments, staging); not in total */
 } zero_mem;
 
 /* The per-rank memory plan for `world` ranks at `stage`, before anything is allocated.
@@ -68,6 +73,10 @@ typedef struct zero_mem {
  * gradients (param_bytes 4) and adds its bf16 copy of the parameters to params. activations come from the architecture's train_bytes for (micro_batch, T). */
 void zero_plan(const model *m, int world, int stage, bool dynamic, int param_bytes, int micro_batch, int T,
                zero_mem *out);
+/* Turns a plan of zero_plan into ZeRO-Offload's (zero_init's offload): the optimizer state
+ * leaves the device for host_pinned (offload_pinned_bytes of the shard); in mixed precision
+ * the f32 parameters leave too but for the resident tensors (model_spec_resident). */
+void zero_plan_offload(const model *m, int world, zero_mem *p);
 /* The paper's per-rank model-state bytes for psi parameters: out[0] parameters, out[1]
  * gradients, out[2] optimizer state. */
 void zero_formula(int stage, int world, int param_bytes, double psi, double out[3]);
@@ -78,12 +87,25 @@ typedef struct zero zero;
  * yet): partitions, allocates the shard buffers, installs itself as m's parameter provider
  * (model.h); stage 2/3 with static data make m's gradients external (no full gradient
  * buffer); stage 3 copies the owned parameters out and releases m's parameter buffer.
+ * offload_opt (ZeRO-Offload, --offload optimizer; stage 1 or 2, else SK_EARG): the shard's f32
+ * master weights and AdamW moments live in pinned host memory and AdamW runs on the CPU
+ * (offload.h), after a check of the pinned bytes against offload_host_budget (shared by the
+ * ranks of c times m->tp.size: all on one host) that names both numbers; in mixed precision m
+ * keeps on the device only its bf16 compute copy and the resident f32 tensors
+ * (model_release_master).
  * dynamic: ranks run different numbers of micro-batches, so stage 2 keeps a full local
  * gradient until the step's reduction; stage 3 is refused. */
-sk_status zero_init(model *m, comm *c, int stage, bool dynamic, zero **out);
+sk_status zero_init(model *m, comm *c, int stage, bool dynamic, bool offload_opt, zero **out);
 void zero_free(zero *z);
 
 int zero_stage(const zero *z);
+/* Whether m->params holds the whole model (else zero_gather_params needs a host buffer: stage 3,
+ * or offload in mixed precision). */
+bool zero_full_params(const zero *z);
+/* The last step's split of the offloaded optimizer (offload.h); NULL without offload. */
+const offload_times *zero_offload_times(const zero *z);
+/* Pinned host bytes of the offload (0 without). */
+size_t zero_pinned_bytes(const zero *z);
 /* The error a hook met (SK_OK when none). */
 sk_status zero_status(const zero *z);
 /* Starts an optimizer step: zeroes the local gradients. */

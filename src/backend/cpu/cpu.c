@@ -686,8 +686,24 @@ static void cpu_set_rows(backend *be, backend_stream *stream, tensor dst, tensor
     const float *x = tensor_f32(src);
 #pragma omp parallel for schedule(static) if ((size_t)N * D > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
-        SK_ASSERT(idx[i] >= 0 && idx[i] < R);
+        SK_ASSERT(idx[i] < R);
+        if (idx[i] < 0) continue;   /* a padding row */
         memcpy(d + (int64_t)idx[i] * dst.stride[0], x + (int64_t)i * src.stride[0], sizeof(float) * (size_t)D);
+    }
+}
+
+/* The first maximum of each row, as sample.c's greedy loop finds it. */
+static void cpu_argmax_rows(backend *be, backend_stream *stream, tensor ids_t, tensor x_t) {
+    SK_ASSERT(x_t.ndim == 2 && x_t.stride[1] == 1 && ids_t.ndim == 1 && ids_t.shape[0] == x_t.shape[0]);
+    const int R = (int)x_t.shape[0], V = (int)x_t.shape[1];
+    int *ids = tensor_i32(ids_t);
+    const float *x = tensor_f32(x_t);
+    for (int r = 0; r < R; r++) {
+        const float *row = x + (int64_t)r * x_t.stride[0];
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (row[i] > row[best]) best = i;
+        ids[r] = best;
     }
 }
 
@@ -767,6 +783,7 @@ static const backend_ops cpu_ops = {
     .adamw = cpu_adamw,
     .set_rows = cpu_set_rows,
     .paged_attention = cpu_paged_attention,
+    .argmax_rows = cpu_argmax_rows,
 };
 
 backend *backend_cpu_create(void) {

@@ -1,13 +1,13 @@
 /* cpu_lowp: products and gathers over bf16/f16 weights (see cpu_lowp.h for the contract).
  *
  * Three kernels, each computing whole output elements on one thread:
- *   - direct_nk (M <= SMALL_M, W(N,K)): per output column n, W's row n is converted in
- *     blocks of DOT_KB into a stack buffer and dotted with every row of A (a vectorized
- *     reduction per block, the blocks' sums added in order). Threads split N into contiguous ranges, so W is
- *     streamed from memory once, front to back;
- *   - direct_kn (M <= SMALL_M, W(K,N)): per strip of columns, each row of the strip is
- *     converted and added, scaled by A[m][k], into accumulators held on the stack (axpy);
- *     every element sums k = 0..K-1 in order. Threads split the strips;
+ *   - direct_nk (M <= SMALL_M, W(N,K)): groups of rows of W against every row of A, with M x
+ *     rows vector accumulators in registers along K (bf16/f16 rows converted in blocks of
+ *     DOT_KB into a stack buffer), the lanes summed at the end. Threads split N into
+ *     contiguous ranges, so W is streamed from memory once, front to back;
+ *   - direct_kn (M <= SMALL_M, W(K,N)): per strip of KN_STRIP columns, per k, a few vectors
+ *     of W's row k (converted) times A[m][k] broadcast, added into M x vectors accumulators
+ *     in registers; every element sums k = 0..K-1 in order. Threads split the strips;
  *   - panels (M > SMALL_M): per strip of PANEL_N columns, blocks of PANEL_K along K are
  *     converted to an f32 panel on the stack and multiplied by cblas_sgemm (single-threaded
  *     inside the OpenMP region), the first block with beta, the next ones adding.
@@ -26,7 +26,7 @@
 
 #define SMALL_M CPU_LOWP_SMALL_M
 #define DOT_KB 512          /* direct_nk: elements of a W row converted per step */
-#define AXPY_NB 256         /* direct_kn: widest column strip */
+#define KN_STRIP 128        /* direct_kn: columns per strip (a thread's unit of work) */
 #define PANEL_N 64          /* panels: PANEL_N x PANEL_K f32 = CPU_LOWP_STACK_BYTES */
 #define PANEL_K 256
 #define PAR_MIN 65536       /* M*N*K below this runs on one thread */
@@ -57,44 +57,147 @@ static inline void store(float *c, float v, float alpha, float beta) {
     *c = beta == 0.0f ? alpha * v : alpha * v + beta * *c;
 }
 
-/* C[m][n] for m < M, n in [n0, n1), W(N,K) row stride ldw. Always inlined into
- * direct_nk's cases, so M is a constant there and the accumulators stay in registers. */
+/* 16 f32 lanes as GCC's generic vectors: one zmm register under AVX-512, two ymm under
+ * AVX2. The direct kernels keep their accumulators in such registers (this file is built
+ * with -ffp-contract=fast, so acc += a * w is one FMA). */
+typedef float v16 __attribute__((vector_size(64)));
+#define VL 16
+#define NK_NR 8     /* direct_nk: rows of W in flight for one row of A */
+#define NK_MG 4     /* direct_nk: rows of A (and of W) in flight otherwise: 16 accumulators */
+#define KN_NV 8     /* direct_kn: most vectors of columns in flight (M <= 2); M * vectors <= 16 */
+
+static inline v16 v16_load(const float *p) {
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline v16 v16_splat(float x) { return (v16){0} + x; }
+
+/* The lanes' sum, halves added pairwise (a fixed order): four shuffles and adds. */
+static inline float v16_sum(v16 v) {
+    typedef float v8 __attribute__((vector_size(32)));
+    typedef float v4 __attribute__((vector_size(16)));
+    const v8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+/* C[m][n..n+NR) for m in [m0, m0+MG) from rows n..n+NR) of W(N,K), row stride ldw: MG x NR
+ * vector accumulators over K in steps of VL (each W row converted in blocks of DOT_KB for
+ * bf16/f16), the lanes summed at the end, then the K % VL tail added in order. Always
+ * inlined with constant MG and NR, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void nk_rows(float *C, int ldc, const float *A, int lda,
+                                                          const void *W, dtype dt, int ldw, int m0, const int MG,
+                                                          const int NR, int n, int K, float alpha, float beta) {
+    float buf[NK_NR][DOT_KB], tail[NK_MG][NK_NR] = {{0}};
+    v16 acc[NK_MG][NK_NR];
+    const float *w[NK_NR];
+    A += (size_t)m0 * lda;
+    C += (size_t)m0 * ldc;
+#pragma GCC unroll 8
+    for (int m = 0; m < MG; m++)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) acc[m][r] = (v16){0};
+    for (int k0 = 0; k0 < K; k0 += DOT_KB) {
+        const int kb = K - k0 < DOT_KB ? K - k0 : DOT_KB;
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) w[r] = weights_f32(buf[r], W, dt, (size_t)(n + r) * ldw + k0, kb);
+        int k = 0;
+        for (; k + VL <= kb; k += VL) {
+            v16 wv[NK_NR];
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; r++) wv[r] = v16_load(w[r] + k);
+#pragma GCC unroll 8
+            for (int m = 0; m < MG; m++) {
+                const v16 a = v16_load(A + (size_t)m * lda + k0 + k);
+#pragma GCC unroll 8
+                for (int r = 0; r < NR; r++) acc[m][r] += a * wv[r];
+            }
+        }
+        for (; k < kb; k++)
+            for (int m = 0; m < MG; m++)
+                for (int r = 0; r < NR; r++) tail[m][r] += A[(size_t)m * lda + k0 + k] * w[r][k];
+    }
+    for (int m = 0; m < MG; m++)
+        for (int r = 0; r < NR; r++) store(&C[(size_t)m * ldc + n + r], v16_sum(acc[m][r]) + tail[m][r], alpha, beta);
+}
+
+/* Rows n..n+NR) of W against all M rows of A, in groups of at most NK_MG rows (the group's
+ * W rows are still in L1 for the next group). */
+static inline __attribute__((always_inline)) void nk_group(float *C, int ldc, const float *A, int lda,
+                                                           const void *W, dtype dt, int ldw, const int M,
+                                                           const int NR, int n, int K, float alpha, float beta) {
+    nk_rows(C, ldc, A, lda, W, dt, ldw, 0, M < NK_MG ? M : NK_MG, NR, n, K, alpha, beta);
+    if (M > NK_MG) nk_rows(C, ldc, A, lda, W, dt, ldw, NK_MG, M - NK_MG, NR, n, K, alpha, beta);
+}
+
+/* C[m][n] for m < M, n in [n0, n1), W(N,K): groups of NK_NR rows of W for one row of A,
+ * NK_MG otherwise, then single rows. */
 static inline __attribute__((always_inline)) void direct_nk_m(float *C, int ldc, const float *A, int lda,
                                                               const void *W, dtype dt, int ldw, const int M,
                                                               int n0, int n1, int K, float alpha, float beta) {
-    float buf[DOT_KB];
-    for (int n = n0; n < n1; n++) {
-        float acc[SMALL_M] = {0};
-        for (int k0 = 0; k0 < K; k0 += DOT_KB) {
-            int kb = K - k0 < DOT_KB ? K - k0 : DOT_KB;
-            const float *w = weights_f32(buf, W, dt, (size_t)n * ldw + k0, kb);
-            for (int m = 0; m < M; m++) {
-                const float *a = A + (size_t)m * lda + k0;
-                float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-                for (int k = 0; k < kb; k++) s += a[k] * w[k];
-                acc[m] += s;
-            }
-        }
-        for (int m = 0; m < M; m++) store(&C[(size_t)m * ldc + n], acc[m], alpha, beta);
-    }
+    const int NR = M == 1 ? NK_NR : NK_MG;
+    int n = n0;
+    for (; n + NR <= n1; n += NR) nk_group(C, ldc, A, lda, W, dt, ldw, M, NR, n, K, alpha, beta);
+    for (; n < n1; n++) nk_group(C, ldc, A, lda, W, dt, ldw, M, 1, n, K, alpha, beta);
 }
 
-/* C[m][n0..n0+nb) for m < M (nb <= AXPY_NB), W(K,N) row stride ldw; inlined as direct_nk_m. */
-static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc, const float *A, int lda,
-                                                              const void *W, dtype dt, int ldw, const int M,
-                                                              int n0, int nb, int K, float alpha, float beta) {
-    float acc[SMALL_M][AXPY_NB], buf[AXPY_NB];
-    for (int m = 0; m < M; m++) memset(acc[m], 0, sizeof(float) * (size_t)nb);
+/* C[m][n0..n0+NV*VL) for m < M from W(K,N), row stride ldw: per k, NV vectors of W's row
+ * (converted for bf16/f16) times A[m][k] broadcast, added into M x NV accumulators; every
+ * element sums k = 0..K-1 in order. Inlined as nk_rows. */
+static inline __attribute__((always_inline)) void kn_cols(float *C, int ldc, const float *A, int lda,
+                                                          const void *W, dtype dt, int ldw, const int M,
+                                                          const int NV, int n0, int K, float alpha, float beta) {
+    float buf[KN_NV * VL];
+    v16 acc[SMALL_M][KN_NV];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) acc[m][v] = (v16){0};
     for (int k = 0; k < K; k++) {
-        const float *w = weights_f32(buf, W, dt, (size_t)k * ldw + n0, nb);
+        const float *w = weights_f32(buf, W, dt, (size_t)k * ldw + n0, NV * VL);
+        v16 wv[KN_NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) wv[v] = v16_load(w + v * VL);
+#pragma GCC unroll 8
         for (int m = 0; m < M; m++) {
-            float a = A[(size_t)m * lda + k];
-            for (int j = 0; j < nb; j++) acc[m][j] = fmaf(a, w[j], acc[m][j]);
+            const v16 a = v16_splat(A[(size_t)m * lda + k]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) acc[m][v] += a * wv[v];
         }
     }
     for (int m = 0; m < M; m++)
-        for (int j = 0; j < nb; j++) store(&C[(size_t)m * ldc + n0 + j], acc[m][j], alpha, beta);
+        for (int v = 0; v < NV; v++)
+            for (int i = 0; i < VL; i++) store(&C[(size_t)m * ldc + n0 + v * VL + i], acc[m][v][i], alpha, beta);
+}
+
+/* C[m][n0..n0+nb) for m < M, nb < VL: the columns past the last whole vector, plainly. */
+static void kn_tail(float *C, int ldc, const float *A, int lda, const void *W, dtype dt, int ldw, int M, int n0,
+                    int nb, int K, float alpha, float beta) {
+    float buf[VL];
+    for (int m = 0; m < M; m++) {
+        float acc[VL] = {0};
+        for (int k = 0; k < K; k++) {
+            const float *w = weights_f32(buf, W, dt, (size_t)k * ldw + n0, nb);
+            for (int j = 0; j < nb; j++) acc[j] += A[(size_t)m * lda + k] * w[j];
+        }
+        for (int j = 0; j < nb; j++) store(&C[(size_t)m * ldc + n0 + j], acc[j], alpha, beta);
+    }
+}
+
+/* C[m][n0..n0+nb) for m < M (nb <= KN_STRIP), W(K,N): strips of NV * VL columns with NV
+ * vectors per row of A (16 / M of them, at most KN_NV), then single vectors, then kn_tail. */
+static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc, const float *A, int lda,
+                                                              const void *W, dtype dt, int ldw, const int M,
+                                                              int n0, int nb, int K, float alpha, float beta) {
+    const int NV = 16 / M > KN_NV ? KN_NV : 16 / M < 2 ? 2 : 16 / M;
+    int n = n0;
+    const int n1 = n0 + nb;
+    for (; n + NV * VL <= n1; n += NV * VL) kn_cols(C, ldc, A, lda, W, dt, ldw, M, NV, n, K, alpha, beta);
+    for (; n + VL <= n1; n += VL) kn_cols(C, ldc, A, lda, W, dt, ldw, M, 1, n, K, alpha, beta);
+    if (n < n1) kn_tail(C, ldc, A, lda, W, dt, ldw, M, n, n1 - n, K, alpha, beta);
 }
 
 /* One copy of each direct kernel per M in 1..SMALL_M. */
@@ -110,7 +213,7 @@ static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc,
     case 8: kernel(__VA_ARGS__, 8, n0, n1, K, alpha, beta); break; \
     default: SK_ASSERT(!"direct kernel: M out of range"); \
     }
-_Static_assert(SMALL_M == 8, "DIRECT_CASES lists M = 1..SMALL_M");
+_Static_assert(SMALL_M == 8 && SMALL_M <= 2 * NK_MG, "DIRECT_CASES lists M = 1..SMALL_M; nk_group covers SMALL_M");
 
 static void direct_nk(float *C, int ldc, const float *A, int lda, const void *W, dtype dt, int ldw, int M,
                       int n0, int n1, int K, float alpha, float beta) {
@@ -159,11 +262,11 @@ void cpu_lowp_matmul(float *C, int ldc, const float *A, int lda, const void *W, 
             direct_nk(C, ldc, A, lda, W, wdt, ldw, M, n0, n1, K, alpha, beta);
         }
     } else if (M <= SMALL_M) {
-        int strips = (N + AXPY_NB - 1) / AXPY_NB;
+        int strips = (N + KN_STRIP - 1) / KN_STRIP;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
         for (int s = 0; s < strips; s++) {
-            int n0 = s * AXPY_NB;
-            direct_kn(C, ldc, A, lda, W, wdt, ldw, M, n0, N - n0 < AXPY_NB ? N - n0 : AXPY_NB, K, alpha, beta);
+            int n0 = s * KN_STRIP;
+            direct_kn(C, ldc, A, lda, W, wdt, ldw, M, n0, N - n0 < KN_STRIP ? N - n0 : KN_STRIP, K, alpha, beta);
         }
     } else {
         int strips = (N + PANEL_N - 1) / PANEL_N;

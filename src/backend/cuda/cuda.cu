@@ -97,6 +97,8 @@ static void cuda_stream_wait_event(backend *be, backend_stream *s, backend_event
     CUDA_CHECK(cudaStreamWaitEvent(stream_of(be, s), (cudaEvent_t)e, 0));
 }
 static void cuda_event_synchronize(backend *be, backend_event *e) { CUDA_CHECK(cudaEventSynchronize((cudaEvent_t)e)); }
+/* A new thread's current device is 0: its first call would make a context there. */
+static void cuda_thread_bind(backend *be) { CUDA_CHECK(cudaSetDevice(ctx(be)->device)); }
 
 static sk_status cuda_mem_info(backend *be, size_t *free_bytes, size_t *total_bytes) {
     size_t f = 0, t = 0;
@@ -107,10 +109,12 @@ static sk_status cuda_mem_info(backend *be, size_t *free_bytes, size_t *total_by
     return SK_OK;
 }
 
-/* f32 everywhere; bf16 for the [lp] arguments of mixed precision. bf16/f16 weights (mapped
- * inference: MATMUL, EMBED) are not read here. */
+/* f32 everywhere; bf16 for the [lp] arguments of mixed precision, embedding tables (an
+ * inference model's device copy) and the engine's paged ops. bf16/f16 weights as the B of
+ * an f32 product (mapped inference: MATMUL) are not read here. */
 static bool cuda_supports(backend *be, backend_op op, dtype dt) {
-    return dt == DT_F32 || (op == BACKEND_OP_MIXED && dt == DT_BF16);
+    return dt == DT_F32 ||
+           (dt == DT_BF16 && (op == BACKEND_OP_MIXED || op == BACKEND_OP_EMBED || op == BACKEND_OP_PAGED));
 }
 
 /* ---- views ---- */
@@ -221,12 +225,18 @@ static void cuda_bias_backward_op(backend *be, backend_stream *s, tensor dbias, 
     cuda_bias_backward(ctx(be), stream_of(be, s), vec(dbias, OC), lp_mat(dout, N, OC), N, OC);
 }
 
+/* Tables f32 or bf16 (backend.h: BACKEND_OP_EMBED). */
 static void cuda_embed_forward_op(backend *be, backend_stream *s, tensor out, tensor tokens, tensor wte, tensor wpe) {
-    int B, T, V, C, P, CP;
+    int B, T;
     const int *tok = tokens_of(tokens, &B, &T);
-    const float *e = mat(wte, &V, &C), *pe = tensor_is_none(wpe) ? NULL : mat(wpe, &P, &CP);
-    SK_ASSERT(!pe || (P >= T && CP == C));
-    cuda_embed_forward(ctx(be), stream_of(be, s), mat_of(out, B * T, C), tok, e, pe, B, T, C);
+    SK_ASSERT(wte.ndim == 2 && tensor_is_contiguous(wte));
+    const int C = (int)wte.shape[1];
+    cuda_lp pe = {NULL, false};
+    if (!tensor_is_none(wpe)) {
+        SK_ASSERT(wpe.ndim == 2 && tensor_is_contiguous(wpe) && wpe.shape[0] >= T && wpe.shape[1] == C);
+        pe = lp(wpe);
+    }
+    cuda_embed_forward(ctx(be), stream_of(be, s), mat_of(out, B * T, C), tok, lp(wte), pe, B, T, C);
 }
 
 static void cuda_embed_backward_op(backend *be, backend_stream *s, tensor dwte, tensor dwpe, tensor dout,
@@ -456,19 +466,18 @@ static void cuda_adamw_op(backend *be, backend_stream *s, tensor param, tensor l
 
 /* ---- the engine's ops ---- */
 
-/* A 2-D f32 view with contiguous rows: its data and row stride. */
-static float *rows2(tensor t, int64_t *ld) {
-    SK_ASSERT(t.ndim == 2 && t.dt == DT_F32 && t.stride[1] == 1);
+/* A 2-D [lp] view with contiguous rows: its data and row stride. */
+static cuda_lp rows2(tensor t, int64_t *ld) {
+    SK_ASSERT(t.ndim == 2 && t.stride[1] == 1);
     *ld = t.stride[0];
-    return (float *)t.data;
+    return lp(t);
 }
 
 static void cuda_set_rows_op(backend *be, backend_stream *s, tensor dst, tensor src, tensor idx) {
     int64_t ldd, lds;
-    float *d = rows2(dst, &ldd);
-    const float *x = rows2(src, &lds);
-    SK_ASSERT(dst.shape[1] == src.shape[1] && idx.ndim == 1 && idx.dt == DT_I32 && idx.shape[0] == src.shape[0] &&
-              tensor_is_contiguous(idx));
+    SK_ASSERT(dst.dt == src.dt && dst.shape[1] == src.shape[1] && idx.ndim == 1 && idx.dt == DT_I32 &&
+              idx.shape[0] == src.shape[0] && tensor_is_contiguous(idx));
+    const cuda_lp d = rows2(dst, &ldd), x = rows2(src, &lds);
     cuda_set_rows(ctx(be), stream_of(be, s), d, ldd, x, lds, (const int *)idx.data, (int)src.shape[0],
                   (int)src.shape[1]);
 }
@@ -476,17 +485,60 @@ static void cuda_set_rows_op(backend *be, backend_stream *s, tensor dst, tensor 
 static void cuda_paged_attention_op(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache,
                                     tensor v_cache, tensor seqs, tensor tables, int BS, int NH, int NKV, int W) {
     int64_t ldo, ldq, ldk, ldv;
-    float *o = rows2(out, &ldo);
-    const float *qp = rows2(q, &ldq), *kp = rows2(k_cache, &ldk), *vp = rows2(v_cache, &ldv);
+    SK_ASSERT(out.dt == q.dt && q.dt == k_cache.dt && k_cache.dt == v_cache.dt);
     SK_ASSERT(seqs.ndim == 2 && seqs.shape[1] == 3 && seqs.dt == DT_I32 && tensor_is_contiguous(seqs));
     SK_ASSERT(tables.ndim == 2 && tables.dt == DT_I32 && tensor_is_contiguous(tables) &&
               tables.shape[0] == seqs.shape[0]);
     SK_ASSERT(tensor_same_shape(q, out) && NH > 0 && q.shape[1] % NH == 0);
     const int HS = (int)(q.shape[1] / NH);
     SK_ASSERT(k_cache.shape[1] == (int64_t)NKV * HS && tensor_same_shape(k_cache, v_cache));
-    cuda_paged_attention(stream_of(be, s), o, ldo, qp, ldq, kp, ldk, vp, ldv, (const int *)seqs.data,
+    const cuda_lp o = rows2(out, &ldo), qp = rows2(q, &ldq), kp = rows2(k_cache, &ldk), vp = rows2(v_cache, &ldv);
+    cuda_paged_attention(ctx(be), stream_of(be, s), o, ldo, qp, ldq, kp, ldk, vp, ldv, (const int *)seqs.data,
                          (const int *)tables.data, (int)seqs.shape[0], (int)tables.shape[1], BS, NH, NKV, HS, W);
 }
+
+static void cuda_argmax_rows_op(backend *be, backend_stream *s, tensor ids, tensor x) {
+    int64_t ld;
+    SK_ASSERT(x.dt == DT_F32 && ids.dt == DT_I32 && ids.ndim == 1 && ids.shape[0] == x.shape[0] &&
+              tensor_is_contiguous(ids));
+    const cuda_lp xp = rows2(x, &ld);
+    cuda_argmax_rows(stream_of(be, s), (int *)ids.data, (const float *)xp.p, ld, (int)x.shape[0], (int)x.shape[1]);
+}
+
+static void cuda_sample_rows_op(backend *be, backend_stream *s, tensor ids, tensor x, const backend_sample_row *opts) {
+    int64_t ld;
+    SK_ASSERT(x.dt == DT_F32 && ids.dt == DT_I32 && ids.ndim == 1 && ids.shape[0] == x.shape[0] &&
+              tensor_is_contiguous(ids));
+    const cuda_lp xp = rows2(x, &ld);
+    cuda_sample_rows(stream_of(be, s), (int *)ids.data, (const float *)xp.p, ld, (int)x.shape[0], (int)x.shape[1], opts);
+}
+
+/* ---- graphs: stream capture (thread-local, so other threads' calls go on), instantiated
+ * once; a backend_graph is its cudaGraphExec_t ---- */
+
+static void cuda_graph_begin(backend *be, backend_stream *s) {
+    CUDA_CHECK(cudaStreamBeginCapture(stream_of(be, s), cudaStreamCaptureModeThreadLocal));
+}
+
+static backend_graph *cuda_graph_end(backend *be, backend_stream *s) {
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = cudaStreamEndCapture(stream_of(be, s), &g);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();   /* a failed capture leaves nothing behind */
+        sk_fail(SK_ESTATE, "cuda: recording a graph: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+    return (backend_graph *)exec;
+}
+
+static void cuda_graph_launch(backend *be, backend_graph *g, backend_stream *s) {
+    CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)g, stream_of(be, s)));
+}
+
+static void cuda_graph_free(backend *be, backend_graph *g) { CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)g)); }
 
 /* ---- creation ---- */
 
@@ -504,6 +556,7 @@ static void cuda_destroy(backend *be) {
     }
     if (x->blas_ws) cudaFree(x->blas_ws);
     if (x->sq_part) cudaFree(x->sq_part);
+    if (x->paged_ws) cudaFree(x->paged_ws);
     if (x->bias_lp) cudaFree(x->bias_lp);
     if (x->embed_ws) cudaFree(x->embed_ws);
     if (x->norm_ws) cudaFree(x->norm_ws);
@@ -525,6 +578,7 @@ static const backend_ops cuda_ops = {
     .event_record = cuda_event_record,
     .stream_wait_event = cuda_stream_wait_event,
     .event_synchronize = cuda_event_synchronize,
+    .thread_bind = cuda_thread_bind,
     .mem_info = cuda_mem_info,
     .supports = cuda_supports,
     .destroy = cuda_destroy,
@@ -557,6 +611,12 @@ static const backend_ops cuda_ops = {
     .adamw = cuda_adamw_op,
     .set_rows = cuda_set_rows_op,
     .paged_attention = cuda_paged_attention_op,
+    .argmax_rows = cuda_argmax_rows_op,
+    .sample_rows = cuda_sample_rows_op,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_free = cuda_graph_free,
 };
 
 /* x->attn from SKEIN_CUDA_ATTN (cuda.h); false with a message for a value it does not know. */
@@ -584,6 +644,27 @@ static bool attn_mode_of_env(cuda_ctx *x) {
 extern "C" const char *backend_cuda_attention_impl(backend *be, bool backward) {
     SK_ASSERT(be->ops == &cuda_ops);
     return ctx(be)->attn_ran[backward];
+}
+
+extern "C" int backend_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+extern "C" backend *backend_cuda_create_on(int index) {
+    int n = backend_cuda_device_count();
+    if (n > 0 && index >= 0) {
+        cudaError_t e = cudaSetDevice(index % n);
+        if (e != cudaSuccess) {
+            sk_fail(SK_EARG, "--device cuda: cudaSetDevice(%d): %s", index % n, cudaGetErrorString(e));
+            return NULL;
+        }
+    }
+    return backend_cuda_create();
 }
 
 /* A failed setup call: the message names it; the caller unwinds at its err: label. */
@@ -618,6 +699,9 @@ extern "C" backend *backend_cuda_create(void) {
     x->blas_ws_bytes = BLAS_WORKSPACE_BYTES;
     if (!setup_ok(cudaMalloc(&x->blas_ws, x->blas_ws_bytes), "allocating the cuBLAS workspace")) goto err;
     if (!setup_ok(cudaMalloc(&x->sq_part, CUDA_SQ_PARTS * sizeof(double)), "allocating the norm's block sums")) goto err;
+    if (!setup_ok(cudaMalloc(&x->paged_ws, cuda_paged_ws_floats(x->n_sm) * sizeof(float)),
+                  "allocating paged attention's partials"))
+        goto err;
     if (cublasCreate(&x->blas) != CUBLAS_STATUS_SUCCESS) {
         x->blas = NULL;
         sk_fail(SK_EARG, "--device cuda: cublasCreate failed");

@@ -45,6 +45,11 @@ extern "C" {
  * sk_fail(SK_EARG, ...) naming the reason when no device can be used or SKEIN_CUDA_ATTN has a
  * value it does not know. */
 backend *backend_cuda_create(void);
+/* The same on device index % backend_cuda_device_count() (made the calling thread's current
+ * device first); backend_create_on's. */
+backend *backend_cuda_create_on(int index);
+/* The CUDA devices this process sees; 0 when none or no usable driver. */
+int backend_cuda_device_count(void);
 
 /* What ran the last attention_forward (backward false) or attention_backward (true) on the
  * CUDA backend be: "cudnn", "tensor-core" or "tiled"; NULL before the first. (Callers use

@@ -113,7 +113,16 @@ typedef struct cuda_ctx {
     const char *attn_ran[2];    /* what ran the last attention forward [0] and backward [1]:
                                  * "cudnn", "tensor-core" or "tiled" (NULL before any) */
     cuda_cudnn *cudnn;          /* NULL until cuDNN takes a call (and without SKEIN_HAVE_CUDNN) */
+    float *paged_ws;            /* (cuda_paged_ws_floats) paged decode's per-split partials */
 } cuda_ctx;
+
+/* Storage to f32 (exact) and f32 to storage (bf16: rounded to nearest even): every kernel
+ * over [lp] arrays converts through these. */
+static __device__ __forceinline__ float to_f32(float v) { return v; }
+static __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T> static __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 /* An [lp] array: device data, f32 or bf16 (the table entry has checked the view). */
 typedef struct cuda_lp {
@@ -145,8 +154,9 @@ void cuda_lt_plans_free(cuda_ctx *x);
 void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, const float *bias, int N, int OC);
 /* Deterministic; long columns use x's column-sum workspace (grown on first use). */
 void cuda_bias_backward(cuda_ctx *x, cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC);
-void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int *tokens, const float *wte,
-                        const float *wpe, int B, int T, int C);
+/* wte and wpe f32 or bf16 each; wpe.p NULL: none. */
+void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int *tokens, cuda_lp wte, cuda_lp wpe,
+                        int B, int T, int C);
 /* Deterministic (no float atomics); grows x's embedding workspace on first use. */
 void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout,
                          const int *tokens, int B, int T, int C, int V);
@@ -231,10 +241,21 @@ void cuda_cudnn_free(cuda_ctx *x);
  * stride lds) to rows idx[i] of dst (row stride ldd); paged_attention as backend.h's, with
  * seqs(S,3) and tables(S,MB) in device memory and row strides for q, out and the caches ---- */
 
-void cuda_set_rows(const cuda_ctx *x, cudaStream_t s, float *dst, int64_t ldd, const float *src, int64_t lds,
+/* dst and src of one dtype (f32 or bf16). */
+void cuda_set_rows(const cuda_ctx *x, cudaStream_t s, cuda_lp dst, int64_t ldd, cuda_lp src, int64_t lds,
                    const int *idx, int n, int D);
-void cuda_paged_attention(cudaStream_t s, float *out, int64_t ldo, const float *q, int64_t ldq, const float *kc,
-                          int64_t ldk, const float *vc, int64_t ldv, const int *seqs, const int *tables, int S,
+/* out, q and the caches of one dtype (f32 or bf16). Decode sequences (one query) whose shapes
+ * fit run the split decode kernel (partials in x->paged_ws), the others the general one. */
+void cuda_paged_attention(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp q, int64_t ldq,
+                          cuda_lp kc, int64_t ldk, cuda_lp vc, int64_t ldv, const int *seqs, const int *tables, int S,
                           int MB, int BS, int NH, int NKV, int HS, int W);
+/* Floats of the decode kernel's partial results for a device of n_sm multiprocessors (the
+ * context allocates x->paged_ws of this size at creation). */
+size_t cuda_paged_ws_floats(int n_sm);
+/* ids[r] = the first column of the largest value of row r of x(R,V) (row stride ld). */
+void cuda_argmax_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V);
+/* ids[r] = backend_sample_row's draw from row r of x(R,V) under opts[r] (device memory). */
+void cuda_sample_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V,
+                      const backend_sample_row *opts);
 
 #endif

@@ -49,13 +49,6 @@ typedef __nv_bfloat16 bf16;
 #define ROW_THREADS 256   /* threads of a row kernel: a multiple of 32, at most 1024 */
 #define FULL_MASK 0xffffffffu
 
-/* Storage to f32 (exact) and f32 to storage (bf16: rounded to nearest even). */
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
-template <class T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ bf16 from_f32<bf16>(float v) { return __float2bfloat16_rn(v); }
-
 #define PACK 8   /* elements per vector step: one 16-byte access of bf16, two of f32 */
 
 /* W consecutive elements in f32. */
@@ -517,22 +510,26 @@ void cuda_bias_backward(cuda_ctx *x, cudaStream_t s, float *dbias, cuda_lp dout,
 
 /* ---- embeddings ---- */
 
-/* out = wte[token] + wpe[t]: the sum rounds once, as the CPU's copy-then-add does. */
-struct op_embed {
+/* out = wte[token] + wpe[t]: the sum rounds once, as the CPU's copy-then-add does. The
+ * tables are f32, or bf16 (an inference model's device copy), read exactly. */
+template <class E, class P> struct op_embed {
     float *out;
     const int *tokens;
-    const float *wte, *wpe;
+    const E *wte;
+    const P *wpe;
     int T, C;
     __device__ void operator()(int64_t i) const {
         const int64_t r = i / C, c = i % C;
-        float e = wte[(int64_t)tokens[r] * C + c];
-        out[i] = wpe ? e + wpe[(r % T) * C + c] : e;
+        float e = to_f32(wte[(int64_t)tokens[r] * C + c]);
+        out[i] = wpe ? e + to_f32(wpe[(r % T) * C + c]) : e;
     }
 };
 
-void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int *tokens, const float *wte,
-                        const float *wpe, int B, int T, int C) {
-    each(x, s, (int64_t)B * T * C, op_embed{out, tokens, wte, wpe, T, C});
+void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int *tokens, cuda_lp wte, cuda_lp wpe,
+                        int B, int T, int C) {
+    typed([&](auto *e, auto *p) { each(x, s, (int64_t)B * T * C, op_embed<std::remove_pointer_t<decltype(e)>,
+                                       std::remove_pointer_t<decltype(p)>>{out, tokens, e, p, T, C}); },
+          wte, wpe);
 }
 
 /* dwte without atomics, so a step's gradient is the same bits on every run (exact resume):

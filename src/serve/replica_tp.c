@@ -1,0 +1,82 @@
+/* replica_tp: the ranks of a process replica split over K ranks (skein serve --replicas R
+ * --tp K on the CPU): R engines of K processes each, the router seeing each as one replica.
+ *
+ * A replica's child process (rproc.h) is its rank 0. Before it builds its engine it forks the
+ * K-1 other ranks itself, while it is still single-threaded, and all K join one gloo
+ * communicator over 127.0.0.1 (torchrun-style variables: MASTER_ADDR, MASTER_PORT: a port free
+ * a moment ago, RANK, LOCAL_RANK, WORLD_SIZE set in each process before comm_init). Every rank
+ * is a fork of the server, so every rank's share of the weights (model_open_wts_split) is cut
+ * from the one read-only mapping the server holds: no rank reads the files again. Rank 0 runs
+ * the engine the server drives; the others follow it (engine_follow) and die with it
+ * (PR_SET_PDEATHSIG); a dead or hung follower fails rank 0's next step or heartbeat with
+ * SK_ECOMM naming it (within the comm timeout), which fails the replica: its requests go
+ * elsewhere or end with an error, and a fresh group of K ranks replaces it. */
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "comm/comm.h"
+#include "serve/serve_impl.h"
+
+/* A TCP port of 127.0.0.1 that was free a moment ago (for the group's store). */
+static sk_status replica_tp_port(int *port) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    const bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &n) == 0;
+    if (fd >= 0) close(fd);
+    if (!ok) return sk_fail(SK_EIO, "serve: no free port on 127.0.0.1 for a tensor-parallel replica's ranks");
+    *port = ntohs(a.sin_port);
+    return SK_OK;
+}
+
+/* This process's rank in the group's variables. */
+static void replica_tp_env(int rank) {
+    char v[16];
+    snprintf(v, sizeof v, "%d", rank);
+    setenv("RANK", v, 1);
+    setenv("LOCAL_RANK", v, 1);
+}
+
+/* A follower rank, from its fork to its _exit: never returns. */
+static void replica_tp_follow(replica *rep, int rank) {
+    router *rt = rep->rt;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (close_range(3, ~0u, 0) != 0)   /* rank 0's socket to the server is rank 0's alone */
+        for (int i = 3; i < 65536; i++) close(i);
+    replica_tp_env(rank);
+    comm *c = NULL;
+    model *m = NULL;
+    sk_status st = comm_init("gloo", "cpu", rt->o.comm_timeout_s, &c);
+    if (st == SK_OK) st = model_open_wts_split(&rt->base->cfg, rt->base->weights, rt->cpu, c, &m);
+    if (st == SK_OK) st = engine_follow(m);
+    if (st != SK_OK)
+        fprintf(stderr, "skein serve: model %s: replica %d, rank %d of %d: %s\n", rt->name, rep->id, rank,
+                rt->o.tp_ranks, sk_errmsg());
+    _exit(st == SK_OK ? 0 : 1);
+}
+
+sk_status replica_tp_join(replica *rep, comm **out) {
+    router *rt = rep->rt;
+    const int K = rt->o.tp_ranks;
+    int port = 0;
+    SK_TRY(replica_tp_port(&port));
+    char v[16];
+    snprintf(v, sizeof v, "%d", port);
+    setenv("MASTER_ADDR", "127.0.0.1", 1);
+    setenv("MASTER_PORT", v, 1);
+    snprintf(v, sizeof v, "%d", K);
+    setenv("WORLD_SIZE", v, 1);
+    for (int r = 1; r < K; r++) {
+        const pid_t pid = fork();
+        if (pid == 0) replica_tp_follow(rep, r);
+        if (pid < 0) return sk_fail(SK_ESTATE, "serve: cannot fork rank %d of replica %d", r, rep->id);   /* the forked ones die with this process */
+    }
+    replica_tp_env(0);
+    return comm_init("gloo", "cpu", rt->o.comm_timeout_s, out);
+}

@@ -1,0 +1,460 @@
+/* rproc: an engine in a forked child, step by step over a socket pair (see rproc.h).
+ *
+ * Wire: a message is an rproc_hdr (magic, type, payload bytes) then the payload. STEP's
+ * payload is a sequence of rproc_op (ADD followed by its n prompt ids, or CANCEL); DONE's is
+ * an rproc_state and n rproc_out; PONG's an rproc_state; READY's the protocol version; FAIL's a
+ * message. Both ends are one executable (a fork), so structures travel as they are in memory.
+ * Ids: the parent numbers requests itself (rproc_add returns at once); the child maps them to
+ * its engine's ids. */
+#include "serve/rproc.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define RPROC_MAGIC 0x736b7270u   /* "skrp" */
+#define RPROC_VERSION 1
+#define RPROC_MAX_PAYLOAD (256u << 20)   /* a larger header is a broken protocol */
+#define RPROC_EXIT_WAIT_MS 1000
+
+enum { RPROC_READY = 1, RPROC_STEP, RPROC_PING, RPROC_DONE, RPROC_PONG, RPROC_FAIL };
+enum { RPROC_OP_ADD = 1, RPROC_OP_CANCEL };
+enum { RPROC_RUNNING, RPROC_STOP, RPROC_LENGTH, RPROC_CANCELLED, RPROC_ERROR };
+static const char *const rproc_finish_names[] = {NULL, "stop", "length", "cancelled", "error"};
+
+typedef struct rproc_hdr {
+    uint32_t magic, type, len;
+} rproc_hdr;
+
+typedef struct rproc_op {
+    int32_t kind, id, n;          /* n: prompt ids following an ADD */
+    engine_params params;
+} rproc_op;
+
+typedef struct rproc_state {
+    int32_t n_out;                /* rproc_out records following (DONE) */
+    metrics_replica gauges;
+} rproc_state;
+
+typedef struct rproc_out {
+    engine_output o;              /* o.finish is not sent: finish is */
+    int32_t finish;               /* RPROC_RUNNING, RPROC_STOP, ... */
+} rproc_out;
+
+struct rproc {
+    pid_t pid;
+    int fd;
+    bool reaped;
+    int next_id, n_live;          /* ids given; requests the child holds (added, not finished) */
+    char *ops;                    /* queued ops (n_ops bytes) */
+    size_t n_ops, cap_ops;
+    int n_queued;                 /* ops in it */
+    void *in;                     /* the last message received */
+    size_t cap_in;
+    engine_output *out;           /* (cap_out) the last step's outputs */
+    int cap_out;
+    metrics_replica gauges;
+};
+
+/* ---- both ends ---- */
+
+static bool rproc_write_all(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return false;
+        p += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+/* Reads n bytes; 1 when done, 0 at the end of the stream before any byte, -1 on error. */
+static int rproc_read_all(int fd, void *buf, size_t n) {
+    char *p = buf;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = read(fd, p + got, n - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return -1;
+        if (k == 0) return got == 0 ? 0 : -1;
+        got += (size_t)k;
+    }
+    return 1;
+}
+
+static bool rproc_send(int fd, uint32_t type, const void *a, size_t na, const void *b, size_t nb) {
+    const rproc_hdr h = {RPROC_MAGIC, type, (uint32_t)(na + nb)};
+    return rproc_write_all(fd, &h, sizeof h) && rproc_write_all(fd, a, na) && rproc_write_all(fd, b, nb);
+}
+
+/* Receives one message into *buf (grown as needed): its type, or 0 at the end of the stream,
+ * -1 on an error or a bad header. */
+static int rproc_recv(int fd, void **buf, size_t *cap, size_t *len) {
+    rproc_hdr h;
+    int r = rproc_read_all(fd, &h, sizeof h);
+    if (r <= 0) return r;
+    if (h.magic != RPROC_MAGIC || h.len > RPROC_MAX_PAYLOAD) return -1;
+    if (h.len + 1 > *cap) {
+        void *p = mem_realloc(*buf, h.len + 1);
+        if (!p) return -1;
+        *buf = p;
+        *cap = h.len + 1;
+    }
+    if (h.len && rproc_read_all(fd, *buf, h.len) != 1) return -1;
+    ((char *)*buf)[h.len] = 0;
+    *len = h.len;
+    return (int)h.type;
+}
+
+/* ---- the child ---- */
+
+/* A request the child runs: the parent's id and its engine's. */
+typedef struct rproc_live {
+    int id, eid;
+} rproc_live;
+
+typedef struct rproc_child {
+    int fd;
+    engine *e;
+    rproc_live *live;
+    int n_live, cap_live;
+    rproc_out *out;
+    int cap_out;
+    int n_refused;                /* refused adds to report with the step (first in out) */
+} rproc_child;
+
+static int rproc_child_find(const rproc_child *c, bool by_eid, int v) {
+    for (int i = 0; i < c->n_live; i++)
+        if ((by_eid ? c->live[i].eid : c->live[i].id) == v) return i;
+    return -1;
+}
+
+/* Room for n outputs; false when out of memory. */
+static bool rproc_child_reserve(rproc_child *c, int n) {
+    if (n <= c->cap_out) return true;
+    rproc_out *p = mem_realloc(c->out, sizeof *p * (size_t)n);
+    if (!p) return false;
+    c->out = p;
+    c->cap_out = n;
+    return true;
+}
+
+/* Ends the processes the child forked itself (a split engine's other ranks: build's) and reaps
+ * them, so that none outlives it, then exits with status code. */
+static _Noreturn void rproc_child_exit(int code) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    FILE *f = fopen(path, "r");
+    int pid;
+    while (f && fscanf(f, "%d", &pid) == 1)
+        if (kill(pid, SIGKILL) == 0) waitpid(pid, NULL, 0);
+    if (f) fclose(f);
+    _exit(code);
+}
+
+/* Tells the parent why the child fails (sk_errmsg), and exits with status code. */
+static _Noreturn void rproc_child_fail(int fd, int code) {
+    const char *msg = sk_errmsg();
+    rproc_send(fd, RPROC_FAIL, msg, strlen(msg), NULL, 0);
+    rproc_child_exit(code);
+}
+
+/* Applies a STEP's ops; false when the payload is malformed or memory ran out. */
+static bool rproc_child_apply(rproc_child *c, const char *p, size_t len) {
+    const char *end = p + len;
+    c->n_refused = 0;
+    while (p < end) {
+        rproc_op op;
+        if ((size_t)(end - p) < sizeof op) return false;
+        memcpy(&op, p, sizeof op);
+        p += sizeof op;
+        if (op.kind == RPROC_OP_CANCEL) {
+            const int i = rproc_child_find(c, false, op.id);
+            if (i >= 0) engine_cancel(c->e, c->live[i].eid);
+            continue;
+        }
+        if (op.kind != RPROC_OP_ADD || op.n < 0 || (size_t)(end - p) < sizeof(int) * (size_t)op.n) return false;
+        if (c->n_live == c->cap_live) {
+            const int cap = c->cap_live ? 2 * c->cap_live : 64;
+            rproc_live *q = mem_realloc(c->live, sizeof *q * (size_t)cap);
+            if (!q) return false;
+            c->live = q;
+            c->cap_live = cap;
+        }
+        int *prompt = mem_alloc(sizeof(int) * (size_t)(op.n ? op.n : 1));   /* aligned, for the engine */
+        if (!prompt) return false;
+        memcpy(prompt, p, sizeof(int) * (size_t)op.n);
+        p += sizeof(int) * (size_t)op.n;
+        int eid = -1;
+        const sk_status st = engine_add_request(c->e, prompt, op.n, &op.params, &eid);
+        mem_free(prompt);
+        if (st == SK_OK) {
+            c->live[c->n_live++] = (rproc_live){op.id, eid};
+            continue;
+        }
+        fprintf(stderr, "skein serve: replica process %d: request refused: %s\n", (int)getpid(), sk_errmsg());
+        if (!rproc_child_reserve(c, c->n_refused + 1)) return false;
+        c->out[c->n_refused++] = (rproc_out){.o = {.id = op.id, .token = -1}, .finish = RPROC_ERROR};
+    }
+    return true;
+}
+
+static void rproc_child_state(const rproc_child *c, int n_out, rproc_state *s) {
+    memset(s, 0, sizeof *s);
+    s->n_out = n_out;
+    rproc_engine_gauges(c->e, &s->gauges);
+}
+
+/* Runs one step and answers DONE (false when that fails); a failed step ends the child. */
+static bool rproc_child_step(rproc_child *c) {
+    const engine_output *eo = NULL;
+    int n = 0;
+    if (engine_has_work(c->e)) {
+        if (engine_step(c->e, &eo, &n) != SK_OK) rproc_child_fail(c->fd, 2);
+    }
+    if (!rproc_child_reserve(c, c->n_refused + n)) return false;
+    int k = c->n_refused;
+    for (int i = 0; i < n; i++) {
+        const int j = rproc_child_find(c, true, eo[i].id);
+        if (j < 0) continue;
+        rproc_out *w = &c->out[k++];
+        w->o = eo[i];
+        w->o.id = c->live[j].id;
+        w->o.finish = NULL;
+        w->finish = !eo[i].finish ? RPROC_RUNNING
+                    : !strcmp(eo[i].finish, "length") ? RPROC_LENGTH
+                    : !strcmp(eo[i].finish, "cancelled") ? RPROC_CANCELLED : RPROC_STOP;
+        if (eo[i].finish) c->live[j] = c->live[--c->n_live];
+    }
+    rproc_state s;
+    rproc_child_state(c, k, &s);
+    return rproc_send(c->fd, RPROC_DONE, &s, sizeof s, c->out, sizeof *c->out * (size_t)k);
+}
+
+/* The child, from the fork to its _exit: never returns. */
+static void rproc_child_main(int fd, rproc_build_fn build, void *ctx) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (fd != 3 && (dup2(fd, 3) < 0 || close(fd) < 0)) _exit(3);
+    if (close_range(4, ~0u, 0) != 0)
+        for (int i = 4; i < 65536; i++) close(i);
+    rproc_child c = {.fd = 3};
+    if (build(ctx, &c.e) != SK_OK) rproc_child_fail(c.fd, 1);
+    const int32_t version = RPROC_VERSION;
+    if (!rproc_send(c.fd, RPROC_READY, &version, sizeof version, NULL, 0)) _exit(1);
+    void *buf = NULL;
+    size_t cap = 0, len = 0;
+    for (;;) {
+        const int type = rproc_recv(c.fd, &buf, &cap, &len);
+        if (type == 0) rproc_child_exit(0);   /* the parent closed the socket: done */
+        rproc_state s;
+        bool ok = false;
+        if (type == RPROC_STEP) {
+            ok = rproc_child_apply(&c, buf, len) && rproc_child_step(&c);
+        } else if (type == RPROC_PING) {
+            if (engine_heartbeat(c.e) != SK_OK) rproc_child_fail(c.fd, 2);   /* a split engine's ranks wait for it */
+            rproc_child_state(&c, 0, &s);
+            ok = rproc_send(c.fd, RPROC_PONG, &s, sizeof s, NULL, 0);
+        }
+        if (!ok) rproc_child_exit(2);
+    }
+}
+
+/* ---- the parent ---- */
+
+/* The child's end, for a message: how it exited, or that it broke the protocol. It is waited
+ * for without being reaped (WNOWAIT): only rproc_free reaps, so its pid is not reused while
+ * rproc_kill may still name it. */
+static sk_status rproc_died(rproc *p, const char *doing) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    int r;
+    while ((r = waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOWAIT)) < 0 && errno == EINTR) {}
+    if (r == 0 && (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED))
+        return sk_fail(SK_ESTATE, "replica process %d was killed by signal %d (%s)", (int)p->pid, si.si_status, doing);
+    if (r == 0) return sk_fail(SK_ESTATE, "replica process %d exited with status %d (%s)", (int)p->pid, si.si_status, doing);
+    return sk_fail(SK_ESTATE, "replica process %d is gone (%s)", (int)p->pid, doing);
+}
+
+/* Receives the answer to what was sent: its type, or a failure (FAIL's message, death). */
+static sk_status rproc_answer(rproc *p, int want, const char *doing, size_t *len) {
+    const int type = rproc_recv(p->fd, &p->in, &p->cap_in, len);
+    if (type == want) return SK_OK;
+    if (type == RPROC_FAIL) {
+        sk_status st = sk_fail(SK_ESTATE, "replica process %d: %s", (int)p->pid, (const char *)p->in);
+        rproc_kill(p);
+        return st;
+    }
+    if (type > 0) return sk_fail(SK_ESTATE, "replica process %d broke the protocol (message %d while %s)", (int)p->pid, type, doing);
+    rproc_kill(p);   /* a broken stream: make sure it is gone */
+    return rproc_died(p, doing);
+}
+
+sk_status rproc_start(rproc_build_fn build, void *ctx, rproc **out) {
+    *out = NULL;
+    rproc *p = mem_calloc(sizeof *p);
+    if (!p) return sk_fail(SK_ENOMEM, "serve: out of memory");
+    p->fd = -1;
+    p->reaped = true;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        mem_free(p);
+        return sk_fail(SK_EIO, "serve: socketpair for a replica process: %s", strerror(errno));
+    }
+    fflush(NULL);   /* nothing buffered is written twice */
+    p->pid = fork();
+    if (p->pid == 0) {
+        close(sv[0]);
+        rproc_child_main(sv[1], build, ctx);
+    }
+    close(sv[1]);
+    if (p->pid < 0) {
+        close(sv[0]);
+        mem_free(p);
+        return sk_fail(SK_ESTATE, "serve: fork for a replica process: %s", strerror(errno));
+    }
+    p->fd = sv[0];
+    p->reaped = false;
+    size_t len;
+    sk_status st = rproc_answer(p, RPROC_READY, "building its engine", &len);
+    if (st == SK_OK && (len != sizeof(int32_t) || *(int32_t *)p->in != RPROC_VERSION))
+        st = sk_fail(SK_ESTATE, "replica process %d speaks another protocol version", (int)p->pid);
+    if (st != SK_OK) {
+        rproc_free(p);
+        return st;
+    }
+    *out = p;
+    return SK_OK;
+}
+
+pid_t rproc_pid(const rproc *p) { return p->pid; }
+
+/* Appends a to the queued ops. */
+static sk_status rproc_queue(rproc *p, const void *a, size_t na, const void *b, size_t nb) {
+    if (p->n_ops + na + nb > p->cap_ops) {
+        const size_t cap = 2 * (p->n_ops + na + nb);
+        char *q = mem_realloc(p->ops, cap);
+        if (!q) return sk_fail(SK_ENOMEM, "serve: out of memory queueing a request for a replica process");
+        p->ops = q;
+        p->cap_ops = cap;
+    }
+    memcpy(p->ops + p->n_ops, a, na);
+    if (nb) memcpy(p->ops + p->n_ops + na, b, nb);
+    p->n_ops += na + nb;
+    p->n_queued++;
+    return SK_OK;
+}
+
+sk_status rproc_add(rproc *p, const int *prompt, int n, const engine_params *params, int *id) {
+    const rproc_op op = {.kind = RPROC_OP_ADD, .id = p->next_id, .n = n, .params = *params};
+    SK_TRY(rproc_queue(p, &op, sizeof op, prompt, sizeof(int) * (size_t)n));
+    *id = p->next_id++;
+    p->n_live++;
+    return SK_OK;
+}
+
+void rproc_cancel(rproc *p, int id) {
+    const rproc_op op = {.kind = RPROC_OP_CANCEL, .id = id};
+    if (rproc_queue(p, &op, sizeof op, NULL, 0) != SK_OK) rproc_kill(p);   /* its step then fails: nothing is lost */
+}
+
+bool rproc_has_work(const rproc *p) { return p->n_live > 0 || p->n_queued > 0; }
+
+sk_status rproc_step(rproc *p, const engine_output **out, int *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    const bool sent = rproc_send(p->fd, RPROC_STEP, p->ops, p->n_ops, NULL, 0);
+    p->n_ops = 0;
+    p->n_queued = 0;
+    size_t len = 0;
+    if (!sent) {
+        rproc_kill(p);
+        return rproc_died(p, "sending a step");
+    }
+    SK_TRY(rproc_answer(p, RPROC_DONE, "running a step", &len));
+    rproc_state s;
+    if (len < sizeof s) return sk_fail(SK_ESTATE, "replica process %d sent a short step", (int)p->pid);
+    memcpy(&s, p->in, sizeof s);
+    if (s.n_out < 0 || len != sizeof s + sizeof(rproc_out) * (size_t)s.n_out)
+        return sk_fail(SK_ESTATE, "replica process %d sent a malformed step", (int)p->pid);
+    if (s.n_out > p->cap_out) {
+        engine_output *q = mem_realloc(p->out, sizeof *q * (size_t)s.n_out);
+        if (!q) return sk_fail(SK_ENOMEM, "serve: out of memory receiving a step");
+        p->out = q;
+        p->cap_out = s.n_out;
+    }
+    const rproc_out *w = (const rproc_out *)((const char *)p->in + sizeof s);
+    for (int i = 0; i < s.n_out; i++) {
+        p->out[i] = w[i].o;
+        const int f = w[i].finish >= RPROC_RUNNING && w[i].finish <= RPROC_ERROR ? w[i].finish : RPROC_ERROR;
+        p->out[i].finish = rproc_finish_names[f];
+        p->n_live -= f != RPROC_RUNNING;
+    }
+    p->gauges = s.gauges;
+    *out = p->out;
+    *n_out = s.n_out;
+    return SK_OK;
+}
+
+sk_status rproc_ping(rproc *p) {
+    size_t len = 0;
+    if (!rproc_send(p->fd, RPROC_PING, NULL, 0, NULL, 0)) {
+        rproc_kill(p);
+        return rproc_died(p, "idle");
+    }
+    SK_TRY(rproc_answer(p, RPROC_PONG, "idle", &len));
+    rproc_state s;
+    if (len != sizeof s) return sk_fail(SK_ESTATE, "replica process %d sent a malformed answer", (int)p->pid);
+    memcpy(&s, p->in, sizeof s);
+    p->gauges = s.gauges;
+    return SK_OK;
+}
+
+void rproc_gauges(const rproc *p, metrics_replica *s) {
+    const metrics_replica *g = &p->gauges;
+    s->running = g->running;
+    s->queued = g->queued;
+    s->kv_used = g->kv_used;
+    s->kv_total = g->kv_total;
+    s->prefix_hits = g->prefix_hits;
+    s->prefix_misses = g->prefix_misses;
+}
+
+void rproc_engine_gauges(const engine *e, metrics_replica *s) {
+    int waiting = 0, running = 0;
+    engine_counts(e, &waiting, &running);
+    const kv_pool *p = engine_pool(e);
+    const kv_stats k = kv_pool_stats(p);
+    s->queued = waiting;
+    s->running = running;
+    s->kv_total = kv_pool_blocks(p);
+    s->kv_used = s->kv_total - kv_pool_available(p);
+    s->prefix_hits = k.hits;
+    s->prefix_misses = k.misses;
+}
+
+void rproc_kill(rproc *p) {
+    if (p && p->pid > 0) kill(p->pid, SIGKILL);   /* not reaped before rproc_free: the pid is still the child's */
+}
+
+void rproc_free(rproc *p) {
+    if (!p) return;
+    if (p->fd >= 0) close(p->fd);
+    for (int ms = 0; !p->reaped; ms++) {
+        int status;
+        const pid_t r = waitpid(p->pid, &status, ms < RPROC_EXIT_WAIT_MS ? WNOHANG : 0);
+        if (r == p->pid || (r < 0 && errno != EINTR)) p->reaped = true;
+        else if (ms == RPROC_EXIT_WAIT_MS - 1) kill(p->pid, SIGKILL);
+        else if (r == 0) usleep(1000);
+    }
+    mem_free(p->ops);
+    mem_free(p->in);
+    mem_free(p->out);
+    mem_free(p);
+}

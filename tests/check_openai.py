@@ -1,0 +1,69 @@
+"""The official OpenAI Python client (PyPI openai, from build/pyenv) against skein serve at
+127.0.0.1 (tests/cli_serve_robust.sh): it lists the models, completes, chats and streams both,
+greedy answers equal whole and streamed, and skein's 4xx errors come back as the client's typed
+exceptions. Usage: check_openai.py URL KEY MODEL. Prints PASS/FAIL lines; stops within its
+clients' 30 s timeouts."""
+import sys
+
+import openai
+
+URL, KEY, MODEL = sys.argv[1], sys.argv[2], sys.argv[3]
+c = openai.OpenAI(base_url=URL + '/v1', api_key=KEY, max_retries=0, timeout=30)
+
+
+def case(name, fn):
+    try:
+        fn()
+        print('PASS openai_%s' % name, flush=True)
+    except Exception as e:
+        print('FAIL openai_%s: %r' % (name, e), flush=True)
+
+
+def models():
+    ids = [m.id for m in c.models.list().data]
+    assert ids == [MODEL], ids
+
+
+def completion():
+    kw = dict(model=MODEL, prompt='static int', max_tokens=8, temperature=0, extra_body={'ignore_eos': True})
+    r = c.completions.create(**kw)
+    assert r.object == 'text_completion' and r.usage.completion_tokens == 8, r
+    s = c.completions.create(stream=True, stream_options={'include_usage': True}, **kw)
+    chunks = list(s)
+    text = ''.join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert text == r.choices[0].text, (text, r.choices[0].text)
+    assert chunks[-1].usage.completion_tokens == 8, chunks[-1]
+
+
+def chat():
+    kw = dict(model=MODEL, messages=[{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'hi'}],
+              max_tokens=6, temperature=0, extra_body={'ignore_eos': True})
+    r = c.chat.completions.create(**kw)
+    m = r.choices[0].message
+    assert m.role == 'assistant' and r.usage.completion_tokens == 6, r
+    text = ''.join(ch.choices[0].delta.content or '' for ch in c.chat.completions.create(stream=True, **kw) if ch.choices)
+    assert text == m.content, (text, m.content)
+
+
+def errors():
+    try:
+        c.completions.create(model=MODEL, prompt='a', max_tokens=-1)
+        raise AssertionError('max_tokens -1 accepted')
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and e.body['param'] == 'max_tokens', e.body
+    try:
+        c.completions.create(model='gpt-4', prompt='a', max_tokens=1)
+        raise AssertionError('unknown model accepted')
+    except openai.NotFoundError as e:
+        assert e.body['code'] == 'model_not_found', e.body
+    try:
+        openai.OpenAI(base_url=URL + '/v1', api_key=KEY + 'x', max_retries=0, timeout=30).models.list()
+        raise AssertionError('wrong key accepted')
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401, e
+
+
+case('models', models)
+case('completion_whole_and_stream', completion)
+case('chat_whole_and_stream', chat)
+case('errors_typed', errors)
