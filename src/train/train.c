@@ -433,8 +433,8 @@ static sk_status train_loop(trainer *tr) {
                     (unsigned long long)tr->st.epoch);
             if (tr->g.K > 1) fprintf(tr->log, ", \"tp\": %d, \"tp_comm_ms\": %.9g", tr->g.K, tp_comm_ms);
             if (!isnan(val_loss)) fprintf(tr->log, ", \"val_loss\": %.9g", val_loss);
-            fprintf(tr->log, ", \"workers\": [");
-            for (int r = 0; r < tr->world; r++) {
+            fprintf(tr->log, ", \"workers\": [");   /* the step's ranks: data parallel ones under --tp */
+            for (int r = 0; r < tr->step.world; r++) {
                 const double *w = stats + 1 + TRAIN_STAT_N * r;
                 fprintf(tr->log, "%s{\"rank\": %d, \"micro_batches\": %.0f, \"tokens\": %.0f, \"share\": %.9g, "
                                  "\"wait_ms\": %.9g}", r ? ", " : "", r, w[TRAIN_STAT_MB], w[TRAIN_STAT_TOKENS],
@@ -447,9 +447,9 @@ static sk_status train_loop(trainer *tr) {
             char eta[32], val[48] = "", shares[160] = "";
             double per_step = (time_now() - t_start) / (double)(step - first_step);
             if (!isnan(val_loss)) snprintf(val, sizeof val, " | val %.4f", val_loss);
-            if (tr->world > 1 || o->dynamic) {
+            if (tr->step.world > 1 || o->dynamic) {
                 size_t k = (size_t)snprintf(shares, sizeof shares, " | mb/share/wait");
-                for (int r = 0; r < tr->world && k < sizeof shares; r++) {
+                for (int r = 0; r < tr->step.world && k < sizeof shares; r++) {
                     const double *w = stats + 1 + TRAIN_STAT_N * r;
                     k += (size_t)snprintf(shares + k, sizeof shares - k, " r%d %.0f/%.0f%%/%.0fms", r, w[TRAIN_STAT_MB],
                                           100.0 * w[TRAIN_STAT_TOKENS] / ((double)o->batch * (double)o->seq), w[TRAIN_STAT_WAIT]);
