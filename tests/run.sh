@@ -4,13 +4,16 @@
 # "N passed, N failed, N skipped". Each program prints one PASS, FAIL or SKIP line per case
 # ("SKIP case: why" where a tool, library or GPU is missing); a skip is counted apart, never as
 # a pass. A program that crashes or exits non-zero without a FAIL line, or that reports no case
-# at all, counts as one failure of its own.
+# at all, counts as one failure of its own. Each program's wall time follows its output, so
+# the slow ones can be found.
 passed=0; failed=0; skipped=0
 log=$(mktemp)
 run_one() {
     name=$1; shift
+    t0=$(date +%s)
     "$@" >"$log" 2>&1; rc=$?
     cat "$log"
+    echo "($name: $(( $(date +%s) - t0 )) s)"
     p=$(grep -c '^PASS ' "$log"); f=$(grep -c '^FAIL ' "$log"); s=$(grep -c '^SKIP ' "$log")
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         echo "FAIL $name: exited with status $rc"; f=1
