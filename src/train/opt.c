@@ -19,9 +19,9 @@ typedef struct opt_file_header {
 } opt_file_header;
 
 void opt_hparams_default(opt_hparams *h) {
+    memset(h, 0, sizeof *h);
     h->lr = 6e-4f;
     h->min_lr_frac = 0.1f;
-    h->warmup = 0;
     h->total_steps = 1;
     h->beta1 = 0.9f;
     h->beta2 = 0.95f;
