@@ -25,11 +25,18 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 /* Queries and keys per tile: two tiles of scores live on each thread's stack. */
 #define ATTN_QB 64
 #define ATTN_KB 64
+
+/* Widest head a paged cache's key tiles are gathered for (attn_key_rows). */
+#define ATTN_HS_MAX 256
+
+/* Most query heads one decode work item covers (attn_rows_forward's scores on the stack). */
+#define ATTN_HG_MAX 64
 
 /* Tiles of fewer queries than this (decode: one) multiply in plain loops, not OpenBLAS. */
 #define ATTN_BLAS_MIN_ROWS 4
@@ -52,12 +59,21 @@ static inline float *attn_at(attn_rows r, int b, int t, int c) {
     return r.p + b * r.sb + (int64_t)t * r.st + c;
 }
 
-/* Keys in a tile starting at k0, at most `left`: ATTN_KB, and never across a block of a paged
- * cache (a tile's rows must be evenly spaced for its products). */
-static inline int attn_key_tile(attn_rows K, int k0, int left) {
-    int nk = left < ATTN_KB ? left : ATTN_KB;
-    if (K.blk && K.bs - k0 % K.bs < nk) nk = K.bs - k0 % K.bs;
-    return nk;
+/* Keys in a tile starting at k0: ATTN_KB, or the `left` there are. */
+static inline int attn_key_tile(int left) { return left < ATTN_KB ? left : ATTN_KB; }
+
+/* Rows [k0, k0+nk) of sample b from channel c, D wide, as a (nk, D) matrix with row stride
+ * *ld for OpenBLAS: in place for a plain view (evenly spaced rows); for the paged cache, whose
+ * rows jump at each block, copied into tile (ATTN_KB x ATTN_HS_MAX), so that a key tile spans
+ * blocks. */
+static const float *attn_key_rows(attn_rows R, int b, int k0, int nk, int c, int D, float *tile, int *ld) {
+    if (!R.blk) {
+        *ld = (int)R.st;
+        return attn_at(R, b, k0, c);
+    }
+    for (int j = 0; j < nk; j++) memcpy(tile + (size_t)j * D, attn_at(R, b, k0 + j, c), (size_t)D * sizeof(float));
+    *ld = D;
+    return tile;
 }
 
 /* The lse view, asserted to be f32 (B,NH,Tq) and contiguous. */
@@ -178,10 +194,13 @@ static void attn_tile_forward(const attn_geom *g, const attn_tile *x, attn_rows 
         l[i] = 0.0f;
         for (int j = 0; j < HS; j++) o[i * O.st + j] = 0.0f;
     }
+    float Kt[ATTN_KB * ATTN_HS_MAX], Vt[ATTN_KB * ATTN_HS_MAX];   /* a paged key tile, gathered */
+    SK_ASSERT(!K.blk || HS <= ATTN_HS_MAX);
     for (int k0 = x->k_lo, nk; k0 <= x->k_hi; k0 += nk) {
-        nk = attn_key_tile(K, k0, x->k_hi - k0 + 1);
-        attn_gemm(false, true, x->nq, nk, HS, g->sc, q, (int)Q.st,
-                  attn_at(K, x->b, k0, c), (int)K.st, 0.0f, S, ATTN_KB);
+        nk = attn_key_tile(x->k_hi - k0 + 1);
+        int ldk, ldv;
+        const float *kt = attn_key_rows(K, x->b, k0, nk, c, HS, Kt, &ldk);
+        attn_gemm(false, true, x->nq, nk, HS, g->sc, q, (int)Q.st, kt, ldk, 0.0f, S, ATTN_KB);
         for (int i = 0; i < x->nq; i++) {
             float *si = S + i * ATTN_KB, *oi = o + i * O.st, bm = -INFINITY;
             int j0, j1;
@@ -200,8 +219,8 @@ static void attn_tile_forward(const attn_geom *g, const attn_tile *x, attn_rows 
                 for (int j = j0; j <= j1; j++) si[j] *= scale[j];
             }
         }
-        attn_gemm(false, false, x->nq, HS, nk, 1.0f, S, ATTN_KB,
-                  attn_at(V, x->b, k0, c), (int)V.st, 1.0f, o, (int)O.st);
+        const float *vt = attn_key_rows(V, x->b, k0, nk, c, HS, Vt, &ldv);
+        attn_gemm(false, false, x->nq, HS, nk, 1.0f, S, ATTN_KB, vt, ldv, 1.0f, o, (int)O.st);
     }
     for (int i = 0; i < x->nq; i++) {
         const float inv = 1.0f / l[i];
@@ -229,9 +248,75 @@ void cpu_attention_forward(backend *be, backend_stream *s, tensor out, tensor ls
             }
 }
 
-/* Work items are (sequence, head) pairs, each running its query tiles in order; a sequence's
- * geometry is attention_forward's with B = 1, Tq = nq, Tk = ctx, and its K and V rows go
- * through its block table, so the tile kernel above is the whole computation. */
+/* Decode: the nq (< ATTN_BLAS_MIN_ROWS) query rows of one sequence (geometry g, B = 1), heads
+ * [h0, h1) at once, walking its key and value rows front to back in tiles of ATTN_KB: each
+ * row is read once for all those heads (whole rows of the cache, not one head's slice at a
+ * time), with the online softmax of attn_tile_forward per head. A head's output depends only on
+ * its own query, keys and values and the tile boundaries (from its first visible key), so it
+ * does not depend on h0, h1. */
+static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, attn_rows K, attn_rows V,
+                              attn_rows O) {
+    const int HS = g->HS, nh = h1 - h0;
+    float S[ATTN_HG_MAX * ATTN_KB], m[ATTN_HG_MAX], l[ATTN_HG_MAX];
+    SK_ASSERT(nh > 0 && nh <= ATTN_HG_MAX);
+    for (int t = 0; t < g->Tq; t++) {
+        const float *q = attn_at(Q, 0, t, 0);
+        float *o = attn_at(O, 0, t, 0);
+        int s0, s1;
+        attn_span(g, t, &s0, &s1);
+        for (int i = 0; i < nh; i++) {
+            m[i] = -INFINITY;
+            l[i] = 0.0f;
+        }
+        memset(o + (size_t)h0 * HS, 0, (size_t)nh * HS * sizeof(float));
+        for (int k0 = s0, nk; k0 <= s1; k0 += nk) {
+            nk = attn_key_tile(s1 - k0 + 1);
+            for (int j = 0; j < nk; j++) {
+                const float *kr = attn_at(K, 0, k0 + j, 0);
+                for (int h = h0; h < h1; h++) {
+                    const float *qh = q + (size_t)h * HS, *kh = kr + (size_t)(h / g->G) * HS;
+                    float d = 0;
+#pragma omp simd reduction(+ : d)
+                    for (int c = 0; c < HS; c++) d += qh[c] * kh[c];
+                    S[(h - h0) * ATTN_KB + j] = g->sc * d;
+                }
+            }
+            for (int i = 0; i < nh; i++) {
+                float *si = S + i * ATTN_KB, *oi = o + (size_t)(h0 + i) * HS, bm = -INFINITY;
+                for (int j = 0; j < nk; j++) bm = si[j] > bm ? si[j] : bm;
+                if (bm > m[i]) {
+                    const float corr = l[i] > 0 ? cpu_expf(m[i] - bm) : 0.0f;
+                    l[i] *= corr;
+#pragma omp simd
+                    for (int c = 0; c < HS; c++) oi[c] *= corr;
+                    m[i] = bm;
+                }
+                l[i] += attn_exp_row(si, nk, 0, nk - 1, m[i]);
+            }
+            for (int j = 0; j < nk; j++) {
+                const float *vr = attn_at(V, 0, k0 + j, 0);
+                for (int h = h0; h < h1; h++) {
+                    const float p = S[(h - h0) * ATTN_KB + j], *vh = vr + (size_t)(h / g->G) * HS;
+                    float *oh = o + (size_t)h * HS;
+#pragma omp simd
+                    for (int c = 0; c < HS; c++) oh[c] += p * vh[c];
+                }
+            }
+        }
+        for (int i = 0; i < nh; i++) {
+            const float inv = 1.0f / l[i];
+            float *oi = o + (size_t)(h0 + i) * HS;
+#pragma omp simd
+            for (int c = 0; c < HS; c++) oi[c] *= inv;
+        }
+    }
+}
+
+/* Work items are (sequence, group of KV heads) pairs: NG groups, as few as keep every thread
+ * busy (decode reads whole cache rows for a group's heads) and at most ATTN_HG_MAX query heads
+ * each. A sequence of few queries goes through attn_rows_forward; one of more runs its heads'
+ * query tiles through the tile kernel above, its K and V rows through its block table (a
+ * sequence's geometry is attention_forward's with B = 1, Tq = nq, Tk = ctx). */
 void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
                          tensor seqs, tensor tables, int BS, int NH, int NKV, int W) {
     SK_ASSERT(q.ndim == 2 && out.ndim == 2 && k_cache.ndim == 2 && v_cache.ndim == 2 && BS > 0);
@@ -239,10 +324,10 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
               tensor_is_contiguous(tables) && tables.shape[0] == seqs.shape[0]);
     const int S = (int)seqs.shape[0], MB = (int)tables.shape[1], N = (int)q.shape[0];
     const int QD = (int)q.shape[1], HS = QD / NH, KD = NKV * HS, R = (int)k_cache.shape[0];
-    SK_ASSERT(NH > 0 && NKV > 0 && NH % NKV == 0 && QD % NH == 0 && HS > 0 && W >= 0);
+    SK_ASSERT(NH > 0 && NKV > 0 && NH % NKV == 0 && QD % NH == 0 && HS > 0 && W >= 0 && NH / NKV <= ATTN_HG_MAX);
     SK_ASSERT(tensor_same_shape(q, out) && k_cache.shape[1] == KD && tensor_same_shape(k_cache, v_cache));
     SK_ASSERT(q.stride[1] == 1 && out.stride[1] == 1 && k_cache.stride[1] == 1 && v_cache.stride[1] == 1);
-    const int *sq = tensor_i32(seqs), *bt = tensor_i32(tables);
+    const int *sq = tensor_i32(seqs), *bt = tensor_i32(tables), G = NH / NKV;
     size_t work = 0;
     for (int i = 0; i < S; i++) {
         const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2];
@@ -250,19 +335,28 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
         for (int b = 0; b < (ctx + BS - 1) / BS; b++) SK_ASSERT(bt[(size_t)i * MB + b] >= 0 && (bt[(size_t)i * MB + b] + 1) * BS <= R);
         work += (size_t)nq * ctx;
     }
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (work * NH * HS > CPU_PAR_MIN)
+    const bool par = work * NH * HS > CPU_PAR_MIN;
+    const int want = par ? (2 * omp_get_max_threads() + S - 1) / S : 1, fit = (NH + ATTN_HG_MAX - 1) / ATTN_HG_MAX;
+    const int NG = want > fit ? (want < NKV ? want : NKV) : (fit < NKV ? fit : NKV);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
     for (int i = 0; i < S; i++)
-        for (int h = 0; h < NH; h++) {
+        for (int gi = 0; gi < NG; gi++) {
             const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2];
-            const attn_geom g = {1, nq, ctx, NH, NKV, NH / NKV, HS, W, 1.0f / sqrtf((float)HS), 0.0f, 0};
+            const int h0 = (int)((long)NKV * gi / NG) * G, h1 = (int)((long)NKV * (gi + 1) / NG) * G;
+            const attn_geom g = {1, nq, ctx, NH, NKV, G, HS, W, 1.0f / sqrtf((float)HS), 0.0f, 0};
             const attn_rows Q = {tensor_f32(q) + (int64_t)r0 * q.stride[0], 0, q.stride[0], NULL, 0},
                             O = {tensor_f32(out) + (int64_t)r0 * out.stride[0], 0, out.stride[0], NULL, 0},
                             K = {tensor_f32(k_cache), 0, k_cache.stride[0], bt + (size_t)i * MB, BS},
                             V = {tensor_f32(v_cache), 0, v_cache.stride[0], bt + (size_t)i * MB, BS};
-            for (int t0 = 0; t0 < nq; t0 += ATTN_QB) {
-                const attn_tile x = attn_tile_of(&g, 0, h, t0);
-                attn_tile_forward(&g, &x, Q, K, V, O, NULL);
+            if (nq < ATTN_BLAS_MIN_ROWS) {
+                attn_rows_forward(&g, h0, h1, Q, K, V, O);
+                continue;
             }
+            for (int h = h0; h < h1; h++)
+                for (int t0 = 0; t0 < nq; t0 += ATTN_QB) {
+                    const attn_tile x = attn_tile_of(&g, 0, h, t0);
+                    attn_tile_forward(&g, &x, Q, K, V, O, NULL);
+                }
         }
 }
 
