@@ -96,8 +96,8 @@ static sk_status devw_upload(devw *d, const model *m, devw_source src, void *ctx
     if (s) op->stream_synchronize(be, s);
     if (st == SK_OK) {
         const double dt = time_now() - t0;
-        log_info("weights: %.2f GB in bf16 on the %s device in %.2f s (%.1f GB/s)", (double)d->bytes / 1e9, be->name,
-                 dt, dt > 0 ? (double)d->bytes / 1e9 / dt : 0.0);
+        log_info("weights: %.2f GB in bf16 on %s device %d in %.2f s (%.1f GB/s)", (double)d->bytes / 1e9, be->name,
+                 be->device, dt, dt > 0 ? (double)d->bytes / 1e9 / dt : 0.0);
     }
     for (int k = 0; k < DEVW_STAGES; k++) {
         if (done[k]) op->event_free(be, done[k]);
@@ -156,7 +156,9 @@ sk_status devw_get(wts *w, const model *m, const tensor *views, devw **out) {
     for (devw *d = devw_list; d; d = d->next)
         if (d->w == w && !strcmp(d->be->name, m->be->name) && d->be->device == m->be->device &&
             d->n_specs == m->n_specs) {
-            atomic_fetch_add(&d->refs, 1);
+            const int refs = atomic_fetch_add(&d->refs, 1) + 1;
+            log_info("weights: sharing the %.2f GB device copy on %s device %d (%d models)", (double)d->bytes / 1e9,
+                     d->be->name, d->be->device, refs);
             *out = d;
             break;
         }
