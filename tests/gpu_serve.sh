@@ -27,8 +27,26 @@ trap 'for p in $PIDS; do pkill -KILL -P "$p" 2>/dev/null; kill "$p" 2>/dev/null;
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
     echo "SKIP gpu_serve: no GPU here"; exit 0
 fi
-command -v curl >/dev/null 2>&1 || { echo "SKIP gpu_serve: curl not found"; exit 0; }
 command -v python3 >/dev/null 2>&1 || { echo "SKIP gpu_serve: python3 not found"; exit 0; }
+# lib_replicas.sh's post and metrics through Python's urllib: the GPU machine may have no curl
+post() {
+    python3 - "$1/v1/completions" "$T/$2" "$3" <<'PY'
+import sys, urllib.error, urllib.request
+url, out, body = sys.argv[1:]
+req = urllib.request.Request(url, data=body.encode(), headers={'Content-Type': 'application/json'})
+try:
+    r = urllib.request.urlopen(req, timeout=60)
+    st, data = r.status, r.read()
+except urllib.error.HTTPError as e:
+    st, data = e.code, e.read()
+open(out + '.out', 'wb').write(data)
+open(out + '.st', 'w').write(str(st))
+PY
+}
+metrics() {
+    python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1] + '/metrics', timeout=10).read().decode())" \
+        "$1" >"$T/metrics"
+}
 $SK init --arch gpt2 --preset gpt2-medium --tokenizer tests/fixtures/tok/gpt2.json --out "$T/g" >/dev/null 2>"$T/err" ||
     { fail gpu_serve_init "$(tail -2 "$T/err")"; exit 1; }
 SMALL="--device cuda --max-seqs 4 --max-ctx 256 --max-batch-tokens 256 --kv-memory 64M"
