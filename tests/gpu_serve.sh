@@ -3,7 +3,8 @@
 # device copy of the weights (docs/serve.md, "Shared weights"), over a GPT-2-medium-shapes folder
 # (skein init, the fixture tokenizer: about 0.6 GB in bf16, far more than a replica's own KV pool
 # and workspaces, which the engine flags below keep small):
-#   - one thread replica, then two: the second shares the first's device copy -- the log has one
+#   - one thread replica, then two (their log's upload, share, start and first-token lines printed
+#     for docs/serve.md): the second shares the first's device copy -- the log has one
 #     upload ("weights: X GB in bf16 on cuda device 0") and one share ("sharing the ... (2
 #     models)"), and NVML's memory in use grows by less than half the copy (W) from one to two
 #     (the second engine's KV pool and workspaces only); both replicas answer, each answer the
@@ -95,6 +96,7 @@ bad=$(asks "$U" t2)
 metrics "$U"
 uploads=$(grep -c 'GB in bf16 on cuda device 0' "$T/t2.log"); shares=$(grep -c 'sharing the .* device copy on cuda device 0 (2 models)' "$T/t2.log")
 echo "  threads: one copy of $W GB; GPU memory in use $U1 bytes with one replica, $U2 with two"
+grep -E 'weights:|up in|first token' "$T/t2.log" | sed 's/^/  /'
 if [ -n "$W" ] && [ -n "$U1" ] && [ -n "$U2" ] && [ "$uploads" = 1 ] && [ "$shares" = 1 ] &&
    python3 -c "import sys; w, a, b = float(sys.argv[1]) * 1e9, int(sys.argv[2]), int(sys.argv[3]); sys.exit(not (0 <= b - a < w / 2))" "$W" "$U1" "$U2"
 then pass gpu_serve_threads_share_one_copy; else fail gpu_serve_threads_share_one_copy "W '$W', used '$U1' -> '$U2', $uploads uploads, $shares shares: $(grep weights "$T/t2.log")"; fi
@@ -110,6 +112,7 @@ bad=$(asks "$U" p2)
 metrics "$U"
 own=$(grep -c 'uploads its own device copy of the weights' "$T/p2.log")
 echo "  processes: GPU memory in use $P1 bytes with one replica, $P2 with two"
+grep -E 'weights:|up in|first token' "$T/p2.log" | sed 's/^/  /'
 if [ "$own" = 2 ] && [ -n "$P1" ] && [ -n "$P2" ] &&
    python3 -c "import sys; w, a, b = float(sys.argv[1]) * 1e9, int(sys.argv[2]), int(sys.argv[3]); sys.exit(not (b - a > w))" "$W" "$P1" "$P2"
 then pass gpu_serve_processes_own_copies; else fail gpu_serve_processes_own_copies "$own copies logged, used '$P1' -> '$P2' (W $W GB)"; fi
