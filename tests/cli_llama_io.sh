@@ -2,7 +2,7 @@
 # Llama-family folder I/O from the command line: `skein init --arch llama` (a preset and
 # explicit shapes, sharded), and, where a Python with transformers exists, test_llama_io's
 # hf_python_loads_skein_llama_folders case plus tests/check_hf_load_llama.py on the folders
-# init wrote (SKIP lines without it). Run from the repository root; prints PASS/FAIL/SKIP
+# init wrote (SKIP lines without it); `skein bench load` on the sharded folder (its JSON line). Run from the repository root; prints PASS/FAIL/SKIP
 # lines for tests/run.sh.
 BUILD=${BUILD:-build}
 SKEIN=${SKEIN:-$BUILD/skein}
@@ -28,6 +28,24 @@ check cli_llama_init_index test -s "$tmp/shapes/model.safetensors.index.json" -a
 refuse cli_llama_init_wrong_arch_preset "not a gpt2 preset" "$SKEIN" init --arch gpt2 --preset llama2-7b --out "$tmp/x"
 refuse cli_llama_init_kv_heads "num_key_value_heads" "$SKEIN" init --arch llama --layers 2 --heads 4 --kv-heads 3 \
     --dim 64 --context 64 --vocab-size 100 --out "$tmp/x"
+
+# bench load on the sharded folder: one JSON line whose bytes are the six shards' (the mapping
+# read whole), whose rate is those bytes over its seconds, and whose device fields are null on
+# the CPU; an unknown --device is refused naming it
+if "$SKEIN" bench load --model "$tmp/shapes" >"$tmp/load.json" 2>"$tmp/load.err"; then
+    check cli_bench_load_json python3 -c '
+import json, os, sys
+d = sys.argv[1]
+j = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+files = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".safetensors"))
+assert j["bench"] == "load" and j["file_bytes"] == files == j["cpu_bytes"], (j, files)
+assert j["first_read_s"] > 0 and j["cpu_s"] > 0 and j["cpu_second_ms"] >= 0, j
+assert abs(j["cpu_gb_per_s"] - files / j["cpu_s"] / 1e9) <= 1e-9 * j["cpu_gb_per_s"], j
+for k in ("device", "device_dtype", "device_bytes", "device_s", "device_gb_per_s", "device_second_ms"):
+    assert k in j and j[k] is None, (k, j)
+' "$tmp/shapes" "$tmp/load.json"
+else echo "FAIL cli_bench_load_json: $(tail -n 2 "$tmp/load.err" | tr '\n' ' ')"; fail=1; fi
+refuse cli_bench_load_bad_device "--device tpu" "$SKEIN" bench load --model "$tmp/shapes" --device tpu
 
 py=""
 for cand in /opt/refenv/bin/python python3; do

@@ -13,7 +13,8 @@
 #   - --replicas 2 --tp 2: two replicas of two ranks each (a child and the rank it forked) give
 #     the texts of one replica at tp 1, both serve; a follower rank killed fails its replica,
 #     which a fresh group replaces, and the texts stay the same;
-#   - SIGTERM stops the server and leaves no process of it behind.
+#   - SIGTERM stops the server and leaves no process of it behind;
+#   - without a GPU, --device cuda --replica-process fails at start with the child's reason.
 # Prints PASS/FAIL lines; the servers are killed at the end (trap).
 . tests/lib_serve.sh
 . tests/lib_replicas.sh
@@ -150,3 +151,15 @@ if [ -z "$bad" ] && grep -q 'replica [01] down: .*rank(s) 1' "$T/t.log" && grep 
 then pass proc_tp_rank_killed_replaced; else fail proc_tp_rank_killed_replaced "$bad $(cat "$T/t.log")"; fi
 stop t "$PT"
 stop r "$PR"
+
+# process replicas on CUDA are the children's to build: without a GPU the server is not refused
+# up front but fails at start, exit status 2 (a bad flag, as with thread replicas), with its
+# child's reason (the device it could not use)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "SKIP proc_cuda_child_reason: a GPU is here (tests/gpu_serve.sh serves on it)"
+else
+    timeout 30 $SK serve --model "$T/m1" --device cuda --replica-process --port 0 >"$T/cuda.out" 2>"$T/cuda.log"; rc=$?
+    if [ "$rc" = 2 ] && grep -q 'replica 0: .*CUDA device' "$T/cuda.log" &&
+       ! grep -q 'listening on' "$T/cuda.log"
+    then pass proc_cuda_child_reason; else fail proc_cuda_child_reason "exit $rc: $(tail -3 "$T/cuda.log")"; fi
+fi

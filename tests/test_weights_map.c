@@ -7,7 +7,12 @@
  *     f32 with "transformer.", f16 sharded without, bf16);
  *   - GPT-2's prefix optional both ways, reference counting, and malformed folders named by
  *     file and tensor (duplicate spellings, too many dimensions, misaligned data, truncated
- *     files, wrong shapes).
+ *     files, wrong shapes);
+ *   - devw's device copies (devw.h) through the CPU backend, whose memory the test reads: one
+ *     copy per (weights, device) whatever backend object asks (two server replicas, each with
+ *     its own backend), another for other weights, and the copy stays whole, its values
+ *     exactly the file's rounded to bf16 (matrices) or kept in f32 (vectors), after the
+ *     backend that made it is freed (a replica scaled down while others still serve).
  * The sharing case runs first: it forks before this process starts any OpenMP threads. With
  * SKEIN_WTS_DIR=FOLDER it measures that folder instead of writing one (e.g. the llama-1b
  * folder of `skein init --arch llama --preset llama-1b`). */
@@ -17,6 +22,7 @@
 
 #include "base/file.h"
 #include "base/memstat.h"
+#include "model/devw.h"
 #include "model/model.h"
 #include "model/presets.h"
 #include "model/safetensors.h"
@@ -282,6 +288,66 @@ TEST(misaligned_tensors_are_copied_and_shapes_checked) {
               strstr(sk_errmsg(), path), "%s", sk_errmsg());
     CHECK(wts_expect(w, "d.weight", 2, want, &t) == SK_EFORMAT && strstr(sk_errmsg(), "missing tensor 'd.weight'"));
     wts_free(w);
+}
+
+/* Whether devw view d holds src (a view of the file) exactly: src's values in f32, rounded
+ * to bf16 once where d is bf16. */
+static bool devw_holds(tensor d, tensor src) {
+    const size_t n = (size_t)tensor_numel(src);
+    float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+    uint16_t *lp = malloc(n * sizeof *lp);
+    bool ok = want && got && lp && (size_t)tensor_numel(d) == n;
+    if (ok) {
+        dtype_to_f32(want, src.data, src.dt, n);
+        if (d.dt == DT_BF16) {
+            dtype_from_f32(lp, DT_BF16, want, n);
+            dtype_to_f32(want, lp, DT_BF16, n);
+        }
+        dtype_to_f32(got, d.data, d.dt, n);
+        ok = !memcmp(want, got, n * sizeof *got);
+    }
+    free(want);
+    free(got);
+    free(lp);
+    return ok;
+}
+
+TEST(device_copy_one_per_device_whatever_the_backend) {
+    const char *dir = test_path("fixtures/gpt2-hf");
+    model_config cfg;
+    CHECK(model_config_load(dir, &cfg) == SK_OK);
+    wts *w = NULL, *other = NULL;
+    CHECK(wts_open(dir, WTS_KEEP_FLOAT, &w) == SK_OK && wts_open(dir, WTS_KEEP_FLOAT, &other) == SK_OK);
+    backend *b1 = backend_cpu_create(), *b2 = backend_cpu_create();
+    CHECK(b1 && b2 && b1->device == b2->device);
+    model *m1 = NULL, *m2 = NULL, *m3 = NULL;
+    CHECK_MSG(model_open_wts(&cfg, w, b1, &m1) == SK_OK && model_open_wts(&cfg, w, b2, &m2) == SK_OK &&
+              model_open_wts(&cfg, other, b2, &m3) == SK_OK, "%s", sk_errmsg());
+    devw *d1 = NULL, *d2 = NULL, *d3 = NULL;
+    CHECK_MSG(devw_get(w, m1, m1->views, &d1) == SK_OK && devw_get(w, m2, m2->views, &d2) == SK_OK &&
+              devw_get(other, m3, m3->views, &d3) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(d1 == d2, "two backends on one device got two copies of the same weights");
+    CHECK_MSG(d3 != d1, "other weights share the copy of these");
+    size_t want_bytes = 0;
+    for (int i = 0; i < m2->n_specs; i++) want_bytes += tensor_bytes(devw_view(d2, i));
+    CHECK_MSG(devw_bytes(d2) >= want_bytes && devw_bytes(d2) < want_bytes + (size_t)m2->n_specs * 256, "%zu bytes for %zu",
+              devw_bytes(d2), want_bytes);
+    /* the first asker goes, backend and all: the copy is the device's, not that backend's */
+    devw_free(d1);
+    model_free(m1);
+    backend_free(b1);
+    for (int i = 0; i < m2->n_specs; i++) {
+        tensor v = devw_view(d2, i);
+        CHECK_MSG(v.dt == (m2->specs[i].ndim >= 2 ? DT_BF16 : DT_F32) && v.mem == MEM_DEVICE, "%s", m2->specs[i].name);
+        CHECK_MSG(devw_holds(v, m2->views[i]), "%s differs from the file", m2->specs[i].name);
+    }
+    devw_free(d2);
+    devw_free(d3);
+    model_free(m2);
+    model_free(m3);
+    backend_free(b2);
+    wts_free(w);
+    wts_free(other);
 }
 
 TEST_MAIN()

@@ -351,6 +351,10 @@ struct backend {
     /* Device memory is host memory (the CPU backend): ops read views of host and mapped
      * memory in place. False (CUDA): every view an op takes must be backend memory. */
     bool host_memory;
+    /* Which device of its kind this backend runs on: the CUDA ordinal it was created on (the
+     * index the runtime numbers the visible GPUs by); 0 on the CPU. Backends of one name and
+     * device address the same memory (devw.h shares a device copy among them). */
+    int device;
 };
 
 /* The dropout mask every backend uses, so a CUDA run drops exactly what a CPU run drops:

@@ -13,8 +13,9 @@ int cmd_init(int argc, char **argv);        /* skein init */
 int cmd_train(int argc, char **argv);       /* skein train */
 int cmd_generate(int argc, char **argv);    /* skein generate */
 int cmd_serve(int argc, char **argv);       /* skein serve */
-int cmd_bench(int argc, char **argv);       /* skein bench train|throughput|latency|serve */
+int cmd_bench(int argc, char **argv);       /* skein bench train|throughput|latency|serve|load|attention */
 int cmd_bench_serve(int argc, char **argv); /* skein bench serve (cmd_bench dispatches to it) */
+int cmd_bench_load(int argc, char **argv);  /* skein bench load (cmd_bench dispatches to it) */
 int cmd_demo(int argc, char **argv);        /* skein demo */
 
 /* Prints "skein: <message of st>" to stderr and returns the exit status for st (0 for the

@@ -26,7 +26,8 @@
  * and layer (forward + backward) milliseconds and the layer's TFLOP/s (causal: 7 B NH T^2 HS,
  * a window not discounted).
  *
- * skein bench serve (load on a running server) is cmd_bench_serve.c; this file dispatches to it. */
+ * skein bench serve (load on a running server) is cmd_bench_serve.c, skein bench load (how fast
+ * a folder's weights load) cmd_bench_load.c; this file dispatches to them. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -657,6 +658,7 @@ int cmd_bench(int argc, char **argv) {
     if (argc >= 1 && !strcmp(argv[0], "latency")) return bench_latency(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "serve")) return cmd_bench_serve(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "attention")) return bench_attention(argc - 1, argv + 1);
-    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput', 'latency', 'serve' or 'attention' (usage: "
+    if (argc >= 1 && !strcmp(argv[0], "load")) return cmd_bench_load(argc - 1, argv + 1);
+    return cli_fail(sk_fail(SK_EARG, "bench: expected 'train', 'throughput', 'latency', 'serve', 'attention' or 'load' (usage: "
                                      "skein bench train --preset gpt2 --batch 4 --seq 64)"));
 }

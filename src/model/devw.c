@@ -21,7 +21,7 @@ struct devw {
     atomic_int refs;
     wts *w;                    /* shared: the key's weights (one reference), else NULL */
     bool shared;               /* in the list (devw_get), else devw_make's own */
-    backend *be;
+    backend *be;               /* its own, on the key's device (devw.h: Lifetime) */
     int n_specs;
     size_t bytes;
     unsigned char *mem;        /* device */
@@ -96,8 +96,8 @@ static sk_status devw_upload(devw *d, const model *m, devw_source src, void *ctx
     if (s) op->stream_synchronize(be, s);
     if (st == SK_OK) {
         const double dt = time_now() - t0;
-        log_info("weights: %.2f GB in bf16 on the %s device in %.2f s (%.1f GB/s)", (double)d->bytes / 1e9, be->name,
-                 dt, dt > 0 ? (double)d->bytes / 1e9 / dt : 0.0);
+        log_info("weights: %.2f GB in bf16 on %s device %d in %.2f s (%.1f GB/s)", (double)d->bytes / 1e9, be->name,
+                 be->device, dt, dt > 0 ? (double)d->bytes / 1e9 / dt : 0.0);
     }
     for (int k = 0; k < DEVW_STAGES; k++) {
         if (done[k]) op->event_free(be, done[k]);
@@ -109,6 +109,7 @@ static sk_status devw_upload(devw *d, const model *m, devw_source src, void *ctx
 
 static void devw_destroy(devw *d) {
     if (d->mem) backend_mem_free(d->be, d->mem);
+    backend_free(d->be);
     mem_free(d->views);
     wts_free(d->w);
     mem_free(d);
@@ -122,8 +123,11 @@ sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out) {
         return SK_ENOMEM;
     }
     atomic_init(&d->refs, 1);
-    d->be = m->be;
     d->n_specs = m->n_specs;
+    if (!(d->be = backend_create_on(m->be->name, m->be->device))) {
+        devw_destroy(d);
+        return SK_EARG;
+    }
     for (int pass = 0; pass < 2; pass++) {   /* sizes, then views into the allocation */
         size_t off = 0;
         for (int i = 0; i < m->n_specs; i++) {
@@ -132,7 +136,7 @@ sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out) {
             off += (p->numel * dtype_size(devw_dtype(p)) + DEVW_ALIGN - 1) / DEVW_ALIGN * DEVW_ALIGN;
         }
         d->bytes = off;
-        if (!pass && !(d->mem = backend_alloc(m->be, off))) {
+        if (!pass && !(d->mem = backend_alloc(d->be, off))) {
             devw_destroy(d);
             return sk_fail_ctx(SK_ENOMEM, "a device copy of %.2f GB of weights", (double)off / 1e9);
         }
@@ -150,8 +154,11 @@ sk_status devw_get(wts *w, const model *m, const tensor *views, devw **out) {
     *out = NULL;
     pthread_mutex_lock(&devw_lock);
     for (devw *d = devw_list; d; d = d->next)
-        if (d->w == w && d->be == m->be && d->n_specs == m->n_specs) {
-            atomic_fetch_add(&d->refs, 1);
+        if (d->w == w && !strcmp(d->be->name, m->be->name) && d->be->device == m->be->device &&
+            d->n_specs == m->n_specs) {
+            const int refs = atomic_fetch_add(&d->refs, 1) + 1;
+            log_info("weights: sharing the %.2f GB device copy on %s device %d (%d models)", (double)d->bytes / 1e9,
+                     d->be->name, d->be->device, refs);
             *out = d;
             break;
         }

@@ -1,5 +1,5 @@
 /* devw: an inference model's weights as one device copy -- matrices in bf16, 1-D tensors
- * (norm weights, biases) in f32 -- made once per (weights, backend) and shared.
+ * (norm weights, biases) in f32 -- made once per (weights, device) and shared.
  *
  *   devw *d;
  *   devw_get(w, m, views, &d);       // uploads, or takes a reference to the copy that exists
@@ -11,10 +11,24 @@
  * to the device on a stream of its own; the host converts chunk k+1 while the device copies
  * chunk k (an event per buffer says when it may be refilled). The rate is logged.
  *
- * Sharing: copies of files are kept in a process-wide list keyed by (wts, backend, plan); devw_get of
- * a pair that has one adds a reference (several engines, server replicas on one device). A
- * devw holds its own wts reference, so its key cannot be reused while it lives. The list is
- * guarded by a mutex; a devw is immutable once made. */
+ * Sharing: copies of files are kept in a process-wide list keyed by (wts, the backend's name and
+ * device ordinal, plan): devw_get of a key that has one adds a reference, so every engine
+ * opened over the same wts on the same device shares one copy, whatever backend object (and so
+ * whatever streams) each has -- server replicas on one GPU above all. A devw holds its own wts
+ * reference, so its key cannot be reused while it lives.
+ *
+ * Lifetime: a devw allocates, uploads and frees through a backend of its own, created on the
+ * key's device (backend_create_on(name, device)) and freed with the copy, never through the
+ * backend of the model that asked for it. The copy outlives any one engine (a replica that
+ * scales down frees its backend while the others still read the weights), and a replica's
+ * backend holds per-engine state -- its default stream, cuBLAS workspace, cuDNN plans -- that
+ * another replica's thread must not drive and the weights should not keep alive. A
+ * reference-counted backend would have kept the first replica's backend, workspaces and all,
+ * alive for the weights' sake and changed backend_free's meaning for every caller; a backend of
+ * its own costs one cuBLAS workspace per device copy and touches nothing else. Its device memory
+ * is the device's (one CUDA context per device and process), so any backend on that device
+ * reads it. The last reference is dropped on a thread whose current device is the copy's (as
+ * every engine's thread is). The list is guarded by a mutex; a devw is immutable once made. */
 #ifndef SKEIN_DEVW_H
 #define SKEIN_DEVW_H
 
@@ -30,10 +44,13 @@ typedef struct devw devw;
 typedef void (*devw_source)(void *ctx, int i, size_t start, size_t n, dtype dt, void *dst);
 
 /* The device copy of m's specs bound to views(n_specs) of w (bind_weights' result) on
- * m->be: a new one, or one more reference to the existing one. SK_ENOMEM when device or
- * pinned memory runs out (nothing is left allocated). */
+ * m->be's device: a new one, or one more reference to the one that exists for (w, m->be->name,
+ * m->be->device, m's plan). Makes that device the calling thread's current one (CUDA).
+ * SK_ENOMEM when device or pinned memory runs out, SK_EARG when no backend can be made on the
+ * device (nothing is left allocated). */
 sk_status devw_get(wts *w, const model *m, const tensor *views, devw **out);
-/* A copy of m's specs on m->be filled from src (random weights of a benchmark), not shared. */
+/* A copy of m's specs on m->be's device filled from src (random weights of a benchmark), not
+ * shared; its own backend as devw_get's. */
 sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out);
 /* Spec i's view: bf16 for 2..4-dimensional specs, f32 for 1-D, MEM_DEVICE, the spec's shape. */
 tensor devw_view(const devw *d, int i);

@@ -341,13 +341,15 @@ sk_status model_open_weights(const char *dir, backend *be, model **out);
  * (backend_supports for BACKEND_OP_MIXED, BACKEND_OP_EMBED and BACKEND_OP_PAGED in bf16:
  * CUDA), model_open_weights and model_open_wts give an inference model instead: its matrices
  * one device copy in bf16, its 1-D tensors f32 (devw.h, shared by every model opened over
- * the same wts on the same backend), its activations and key/value cache in bf16
+ * the same wts on the same device), its activations and key/value cache in bf16
  * (model_infer_dtype). SKEIN_INFER_DTYPE=f32 in the environment keeps the f32 copy of
  * model_load there (exact comparisons with the CPU). */
 /* An inference model of config cfg over w (checked against cfg's plan as above): *out takes
- * its own reference (wts_ref), so engines over one wts share its pages and copies; the
- * caller keeps its reference. SK_ECONFIG when a matrix of w has a dtype be cannot multiply
- * (w opened for another backend), or when be does not read host memory (CUDA). */
+ * its own reference (wts_ref), so engines over one wts share its pages and copies (on a
+ * device: one device copy per device, devw.h); the caller keeps its reference. On a device
+ * without bf16 inference (SKEIN_INFER_DTYPE=f32) a training model with an f32 copy of w, as
+ * model_open_weights gives there. SK_ECONFIG when a matrix of w has a dtype a host-memory be
+ * cannot multiply (w opened for another backend). */
 sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out);
 /* Whether cfg can be split over K ranks (see model_tp): its heads, the MLP width and the
  * vocabulary divide (key/value heads divide or are fewer and divide K); SK_ECONFIG naming the

@@ -186,10 +186,10 @@ static sk_status open_folder_weights(const char *dir, unsigned keep, wts **out) 
     return wts_open(dir, keep, out);
 }
 
-sk_status model_load_weights(model *m, const char *dir) {
+/* Fills training model m's parameters from w (checked by bind_weights): each view converted
+ * to f32 in chunks and uploaded. The caller keeps w. */
+static sk_status load_from_wts(model *m, const wts *w) {
     SK_ASSERT(m->params && !m->weights);
-    wts *w = NULL;
-    SK_TRY(open_folder_weights(dir, WTS_KEEP_FLOAT, &w));
     tensor *views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
     float *chunk = mem_alloc(LOAD_CHUNK * sizeof(float));
     sk_status st = views && chunk ? bind_weights(m, w, views) : SK_ENOMEM;
@@ -205,6 +205,13 @@ sk_status model_load_weights(model *m, const char *dir) {
     }
     mem_free(chunk);
     mem_free(views);
+    return st;
+}
+
+sk_status model_load_weights(model *m, const char *dir) {
+    wts *w = NULL;
+    SK_TRY(open_folder_weights(dir, WTS_KEEP_FLOAT, &w));
+    sk_status st = load_from_wts(m, w);
     wts_free(w);
     return st;
 }
@@ -267,10 +274,16 @@ static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c,
 
 sk_status model_open_wts(const model_config *cfg, wts *w, backend *be, model **out) {
     *out = NULL;
-    if (!be->host_memory && !device_bf16(be))
-        return sk_fail(SK_ECONFIG, "%s: mapped weights are host memory, which the %s backend does not read in place; "
-                       "open the folder with model_open_weights (it uploads an f32 copy there)", wts_path(w), be->name);
-    return open_wts(cfg, w, be, NULL, out);
+    if (be->host_memory || device_bf16(be)) return open_wts(cfg, w, be, NULL, out);
+    model *m = NULL;   /* a device without bf16 inference: an f32 copy, as model_load makes */
+    SK_TRY(model_create(cfg, be, &m));
+    sk_status st = load_from_wts(m, w);
+    if (st != SK_OK) {
+        model_free(m);
+        return st;
+    }
+    *out = m;
+    return SK_OK;
 }
 
 sk_status model_open_wts_split(const model_config *cfg, wts *w, backend *be, comm *c, model **out) {
@@ -294,7 +307,6 @@ static unsigned keep_for(backend *be) {
 sk_status model_open_split(const char *dir, backend *be, comm *c, model **out) {
     *out = NULL;
     const bool split = c && c->world > 1;
-    if (!be->host_memory && !split && !device_bf16(be)) return model_load(dir, be, out);   /* an f32 copy */
     model_config cfg;
     SK_TRY(folder_config(dir, &cfg));
     if (split) SK_TRY(model_tp_check(&cfg, c->world));

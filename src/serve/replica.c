@@ -3,7 +3,8 @@
  *
  * The thread builds the replica's model and engine without the router's lock (on the CPU an
  * inference model over the router's shared mapping: no weight is read or copied; on CUDA its
- * own backend on its device and a device copy), then loops under the lock: admit the
+ * own backend on its device and a model over the same mapping, whose device copy every
+ * replica on that device shares: devw.h), then loops under the lock: admit the
  * incoming requests, cancel the abandoned ones, run one engine step without the lock,
  * deliver the step's tokens. It leaves the loop when the supervisor stops it (drained, or the
  * server stops: what is still here then ends with an error), when a step fails (the router
@@ -12,23 +13,20 @@
  * itself, on its own thread, before it is joined.
  *
  * A process replica (--replica-process, rproc.h) runs the same loop; only its engine is in a
- * child process forked by its thread, which builds it there as the thread would here: adding,
+ * child process forked by its thread, which builds it there as the thread would here (on CUDA
+ * the child is the first of the server's processes to use the device, and uploads a device
+ * copy of its own: copies are shared within a process only, and the log says so): adding,
  * cancelling and stepping go to the child, a dead child fails the step like an engine error,
  * and while idle the thread pings the child every REPLICA_HEARTBEAT_MS, so that a child that
  * dies idle is replaced at once. */
 #include <omp.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "model/devw.h"
 #include "serve/rproc.h"
 #include "serve/serve_impl.h"
-
-#ifdef SKEIN_HAVE_CUDA
-/* The CUDA runtime's cudaSetDevice (cudaError_t is an enum; 0 is cudaSuccess), declared here
- * so that this file needs no CUDA headers. backend_cuda_create takes the calling thread's
- * current device, so a replica selects its device on its own thread before creating it. */
-extern int cudaSetDevice(int device);
-#endif
 
 #define REPLICA_HANG_POLL_MS 5
 #define REPLICA_HEARTBEAT_MS 500   /* an idle split-model or process replica wakes this often */
@@ -38,13 +36,17 @@ static sk_status replica_build_engine(replica *rep) {
     router *rt = rep->rt;
     omp_set_num_threads(rt->o.threads);   /* this thread's parallel regions: the engine's ops */
     if (rep->device >= 0) {
-#ifdef SKEIN_HAVE_CUDA
-        if (cudaSetDevice(rep->device) != 0)
-            return sk_fail(SK_EARG, "CUDA device %d cannot be used (see --devices)", rep->device);
-#endif
-        if (!(rep->own_be = backend_create("cuda"))) return SK_EARG;
-        if (rt->o.tp) SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, rt->o.tp, &rep->m));
-        else SK_TRY(model_open_weights(rt->dir, rep->own_be, &rep->m));
+        const int n = backend_device_count("cuda");   /* backend_create_on would wrap the id around */
+        if (rep->device >= n)
+            return sk_fail(SK_EARG, "CUDA device %d cannot be used: this process sees %d (see --devices)", rep->device, n);
+        /* on its device, made this thread's current one */
+        if (!(rep->own_be = backend_create_on("cuda", rep->device))) return SK_EARG;
+        /* over the router's mapping: the replicas on this device share one device copy (devw.h) */
+        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, rt->o.tp, &rep->m));
+        if (rt->o.process && rep->m->dev)
+            fprintf(stderr, "skein serve: model %s: replica %d (process %d) uploads its own device copy of the weights "
+                    "(%.2f GB on cuda device %d): replica processes do not share device memory\n", rt->name, rep->id,
+                    (int)getpid(), (double)devw_bytes(rep->m->dev) / 1e9, rep->device);
     } else {
         comm *c = rt->o.tp;
         if (rt->o.tp_ranks > 1) SK_TRY(replica_tp_join(rep, &c));   /* a process replica's child */

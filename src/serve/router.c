@@ -229,15 +229,12 @@ void router_replica_ready(router *rt, replica *rep) {
     rep->t_ready = time_now();
     rep->stats.start_s = rep->t_ready - rep->t_start;
     if (rep->state == REPLICA_STARTING) rep->state = REPLICA_UP;
-    if (rep->device >= 0)
-        fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (cuda device %d)\n", rt->name, rep->id,
-                1e3 * rep->stats.start_s, rep->device);
-    else if (rep->proc)
-        fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (cpu, %d threads, process %d)\n", rt->name,
-                rep->id, 1e3 * rep->stats.start_s, rt->o.threads, (int)rproc_pid(rep->proc));
-    else
-        fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (cpu, %d threads)\n", rt->name, rep->id,
-                1e3 * rep->stats.start_s, rt->o.threads);
+    char where[64], proc[32] = "";
+    if (rep->device >= 0) snprintf(where, sizeof where, "cuda device %d", rep->device);
+    else snprintf(where, sizeof where, "cpu, %d threads", rt->o.threads);
+    if (rep->proc) snprintf(proc, sizeof proc, ", process %d", (int)rproc_pid(rep->proc));
+    fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (%s%s)\n", rt->name, rep->id,
+            1e3 * rep->stats.start_s, where, proc);
     serve_req *r;
     while (rep->state == REPLICA_UP && (r = req_queue_pop(&rt->pending))) router_route(rt, r);
     pthread_cond_broadcast(&rt->changed);
@@ -509,9 +506,12 @@ static sk_status router_check_opts(const router_opts *o) {
     if (o->tp && (o->max_replicas > 1 || o->n_devices > 0))
         return sk_fail(SK_EARG, "serve: --tp %d serves one replica over its ranks (leave out --replicas, "
                        "--max-replicas and --devices)", o->tp->world);
-    if (o->process && (o->tp || strcmp(o->device, "cpu")))
-        return sk_fail(SK_EARG, "serve: --replica-process runs replicas on the CPU (a forked child cannot use the "
-                       "server's CUDA context)");
+    if (o->process && o->tp)
+        return sk_fail(SK_EARG, "serve: --replica-process cannot serve a model split over mpirun's ranks (--tp under "
+                       "mpirun): its ranks are not the server's children; --replicas R --tp K forks its own");
+    if (o->tp_ranks > 1 && strcmp(o->device, "cpu"))
+        return sk_fail(SK_EARG, "serve: replicas split over %d forked ranks run on the CPU (their ranks would need a "
+                       "device each and a device communicator, not done yet)", o->tp_ranks);
     if (o->tp_ranks > 1 && (!o->process || !(o->comm_timeout_s > 0)))
         return sk_fail(SK_EARG, "serve: replicas split over %d ranks each run as processes with a positive comm timeout",
                        o->tp_ranks);

@@ -43,8 +43,12 @@
  *
  * Devices: on the CPU every replica runs its steps on `threads` OpenMP threads (set in its
  * own thread). With device "cuda", replicas go to the ids of `devices` round robin (the
- * least used first), each with its own backend and its own device copy of the weights (the
- * CUDA backend does not read mapped host weights).
+ * least used first), each with its own backend (its streams, workspaces, KV pool) over the
+ * router's mapping; the replicas on one device share one device copy of the weights, made
+ * by the first and freed with the last (devw.h). Process replicas on CUDA: the server itself
+ * never touches CUDA (a forked child cannot use a context its parent made), so each child
+ * makes its own context and its own device copy, and says so in the log; sharing a copy
+ * across processes (CUDA IPC) is not done.
  *
  * Tensor parallelism (tp: the communicator of K ranks, --tp K): the model is split over the
  * ranks and the router, on rank 0, has one replica: rank 0's engine over its share
@@ -78,7 +82,7 @@ typedef struct router_opts {
     double upscale_delay_s, downscale_delay_s;
     double replica_timeout_s;        /* a step longer than this: the replica stopped answering */
     int threads;                     /* OpenMP threads per CPU replica */
-    bool process;                    /* each replica's engine in a child process (rproc.h; CPU only, no tp) */
+    bool process;                    /* each replica's engine in a child process (rproc.h; no tp) */
     int tp_ranks;                    /* > 1, with process: each replica split over this many forked ranks */
     double comm_timeout_s;           /* with tp_ranks: a rank waiting longer for another fails */
     comm *tp;                        /* split over these ranks (see the top; not owned), or NULL */

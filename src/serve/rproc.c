@@ -2,8 +2,9 @@
  *
  * Wire: a message is an rproc_hdr (magic, type, payload bytes) then the payload. STEP's
  * payload is a sequence of rproc_op (ADD followed by its n prompt ids, or CANCEL); DONE's is
- * an rproc_state and n rproc_out; PONG's an rproc_state; READY's the protocol version; FAIL's a
- * message. Both ends are one executable (a fork), so structures travel as they are in memory.
+ * an rproc_state and n rproc_out; PONG's an rproc_state; READY's the protocol version; FAIL's
+ * the child's status (int32) and its message. Both ends are one executable (a fork), so
+ * structures travel as they are in memory.
  * Ids: the parent numbers requests itself (rproc_add returns at once); the child maps them to
  * its engine's ids. */
 #include "serve/rproc.h"
@@ -18,7 +19,7 @@
 #include <unistd.h>
 
 #define RPROC_MAGIC 0x736b7270u   /* "skrp" */
-#define RPROC_VERSION 1
+#define RPROC_VERSION 2
 #define RPROC_MAX_PAYLOAD (256u << 20)   /* a larger header is a broken protocol */
 #define RPROC_EXIT_WAIT_MS 1000
 
@@ -159,10 +160,11 @@ static _Noreturn void rproc_child_exit(int code) {
     _exit(code);
 }
 
-/* Tells the parent why the child fails (sk_errmsg), and exits with status code. */
-static _Noreturn void rproc_child_fail(int fd, int code) {
+/* Tells the parent why the child fails (st and sk_errmsg), and exits with status code. */
+static _Noreturn void rproc_child_fail(int fd, sk_status st, int code) {
     const char *msg = sk_errmsg();
-    rproc_send(fd, RPROC_FAIL, msg, strlen(msg), NULL, 0);
+    const int32_t status = st;
+    rproc_send(fd, RPROC_FAIL, &status, sizeof status, msg, strlen(msg));
     rproc_child_exit(code);
 }
 
@@ -217,7 +219,8 @@ static bool rproc_child_step(rproc_child *c) {
     const engine_output *eo = NULL;
     int n = 0;
     if (engine_has_work(c->e)) {
-        if (engine_step(c->e, &eo, &n) != SK_OK) rproc_child_fail(c->fd, 2);
+        const sk_status st = engine_step(c->e, &eo, &n);
+        if (st != SK_OK) rproc_child_fail(c->fd, st, 2);
     }
     if (!rproc_child_reserve(c, c->n_refused + n)) return false;
     int k = c->n_refused;
@@ -245,7 +248,8 @@ static void rproc_child_main(int fd, rproc_build_fn build, void *ctx) {
     if (close_range(4, ~0u, 0) != 0)
         for (int i = 4; i < 65536; i++) close(i);
     rproc_child c = {.fd = 3};
-    if (build(ctx, &c.e) != SK_OK) rproc_child_fail(c.fd, 1);
+    const sk_status built = build(ctx, &c.e);
+    if (built != SK_OK) rproc_child_fail(c.fd, built, 1);
     const int32_t version = RPROC_VERSION;
     if (!rproc_send(c.fd, RPROC_READY, &version, sizeof version, NULL, 0)) _exit(1);
     void *buf = NULL;
@@ -258,7 +262,8 @@ static void rproc_child_main(int fd, rproc_build_fn build, void *ctx) {
         if (type == RPROC_STEP) {
             ok = rproc_child_apply(&c, buf, len) && rproc_child_step(&c);
         } else if (type == RPROC_PING) {
-            if (engine_heartbeat(c.e) != SK_OK) rproc_child_fail(c.fd, 2);   /* a split engine's ranks wait for it */
+            const sk_status st = engine_heartbeat(c.e);   /* a split engine's ranks wait for it */
+            if (st != SK_OK) rproc_child_fail(c.fd, st, 2);
             rproc_child_state(&c, 0, &s);
             ok = rproc_send(c.fd, RPROC_PONG, &s, sizeof s, NULL, 0);
         }
@@ -286,8 +291,11 @@ static sk_status rproc_died(rproc *p, const char *doing) {
 static sk_status rproc_answer(rproc *p, int want, const char *doing, size_t *len) {
     const int type = rproc_recv(p->fd, &p->in, &p->cap_in, len);
     if (type == want) return SK_OK;
-    if (type == RPROC_FAIL) {
-        sk_status st = sk_fail(SK_ESTATE, "replica process %d: %s", (int)p->pid, (const char *)p->in);
+    if (type == RPROC_FAIL && *len >= sizeof(int32_t)) {   /* the child's status, so a bad flag stays one */
+        int32_t status;
+        memcpy(&status, p->in, sizeof status);
+        sk_status st = sk_fail(status > SK_OK && status <= SK_ECOMM ? (sk_status)status : SK_ESTATE, "replica process %d: %s", (int)p->pid,
+                               (const char *)p->in + sizeof status);
         rproc_kill(p);
         return st;
     }

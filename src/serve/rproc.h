@@ -13,8 +13,9 @@
  * the parent's messages until its socket closes. It closes every other descriptor at once (the
  * server's listening socket and connections, the other children's sockets) and dies with the
  * thread that forked it (PR_SET_PDEATHSIG); when it exits it kills and reaps the processes it
- * forked itself (a split engine's other ranks, replica_tp.c). Only a CPU engine can run there: a forked child
- * cannot use the parent's CUDA context.
+ * forked itself (a split engine's other ranks, replica_tp.c). A CUDA engine runs there only
+ * because the parent never initialised CUDA: a forked child cannot use its parent's context,
+ * so it makes its own (and its own device copy of the weights).
  *
  * The protocol (rproc.c has the wire structures; both ends are this program): each message is
  * a header {type, length} and its payload. The parent sends STEP (the requests added and

@@ -693,6 +693,7 @@ extern "C" backend *backend_cuda_create(void) {
     if (!attn_mode_of_env(x)) goto err;
     /* the current device: 0, or the one a communicator chose for this rank */
     if (!setup_ok(cudaGetDevice(&x->device), "cudaGetDevice")) goto err;
+    be->device = x->device;
     if (!setup_ok(cudaDeviceGetAttribute(&x->n_sm, cudaDevAttrMultiProcessorCount, x->device), "reading the SM count"))
         goto err;
     if (!setup_ok(cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking), "creating the default stream")) goto err;
