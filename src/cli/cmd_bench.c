@@ -399,7 +399,7 @@ static int bench_throughput(int argc, char **argv) {
     comm *c = NULL;
     int rc = 0;
     if (!bench_tp("throughput", argc, argv, tp, dir, device, comm_timeout, &c, &rc)) return rc;
-    backend *be = backend_create(device);
+    backend *be = backend_create_on(device, c ? c->local_rank : 0);
     model *m = NULL;
     engine *e = NULL;
     int *prompt = mem_alloc(sizeof(int) * (size_t)I);
@@ -462,7 +462,7 @@ static int bench_latency(int argc, char **argv) {
     comm *c = NULL;
     int rc = 0;
     if (!bench_tp("latency", argc, argv, tp, dir, device, comm_timeout, &c, &rc)) return rc;
-    backend *be = backend_create(device);
+    backend *be = backend_create_on(device, c ? c->local_rank : 0);
     model *m = NULL;
     engine *e = NULL;
     int *prompt = mem_alloc(sizeof(int) * (size_t)I);

@@ -28,7 +28,6 @@ sk_status tpdp_init(comm *world, int K, tpdp *g) {
 
 void tpdp_free(tpdp *g) {
     if (g->K > 1) {
-        comm_set_backend(g->tp, NULL);   /* before the backend is freed (comm.h) */
         comm_free(g->dp);
         comm_free(g->tp);
     }
