@@ -23,7 +23,8 @@ typedef struct tpdp {
 } tpdp;
 
 /* Groups the ranks of world (NULL: one process) by K. SK_EARG when K < 1 or does not divide
- * the world size, else what comm_split says (its comm cannot be split: gloo, NCCL). */
+ * the world size, else what comm_split says (its comm cannot be split: gloo, NCCL), with a
+ * context that names --comm mpi. */
 sk_status tpdp_init(comm *world, int K, tpdp *g);
 /* Frees the sub-communicators (not the world); the share on tp is freed first (tp_free sets
  * tp's memory back to host memory). */
