@@ -298,6 +298,13 @@ static void tp_wait_oldest(model *m) {
     if (st) tp_failed(m, st);
 }
 
+/* Starts tp_collective's all-reduce or all-gather on stream s. */
+static sk_status tp_start(model *m, bool gather, void *buf, size_t n, dtype dt, backend_stream *s, comm_req **req) {
+    const model_tp *t = &m->tp;
+    return gather ? comm_all_gather_async(t->comm, (char *)buf + (size_t)t->rank * n * dtype_size(dt), buf, n, dt, s, req)
+                  : comm_all_reduce_async(t->comm, buf, n, dt, s, req);
+}
+
 /* An all-reduce of buf(n) of dtype dt, or with gather an all-gather of chunks of n (this
  * rank's already at buf + rank*n), ordered after the compute issued so far and before what
  * follows. */
@@ -306,29 +313,22 @@ static void tp_collective(model *m, bool gather, void *buf, size_t n, dtype dt) 
     model_tp_run *r = t->run;
     backend *be = m->be;
     if (t->status) return;
+    /* host memory, or a device staged through the host: the result is there once waited for */
+    const bool now = be->host_memory || !comm_stream_ordered(t->comm);
+    /* staged copies wait for the compute anyway: drained first, the time is the collective's */
+    if (now && !be->host_memory) be->ops->stream_synchronize(be, NULL);
+    const double t0 = time_now();
+    comm_req *req = NULL;
     sk_status st;
-    if (be->host_memory || !comm_stream_ordered(t->comm)) {   /* the result is there once waited for: now */
-        /* a device staged through the host: its copies wait for the compute anyway; drained
-         * first, the time below is the collective's alone */
-        if (!be->host_memory) be->ops->stream_synchronize(be, NULL);
-        const double t0 = time_now();
-        comm_req *req = NULL;
-        st = gather ? comm_all_gather_async(t->comm, (char *)buf + (size_t)t->rank * n * dtype_size(dt), buf, n, dt,
-                                            NULL, &req)
-                    : comm_all_reduce_async(t->comm, buf, n, dt, NULL, &req);
-        if (st == SK_OK) st = comm_wait(t->comm, req);
+    if (now) {
+        if ((st = tp_start(m, gather, buf, n, dt, NULL, &req)) == SK_OK) st = comm_wait(t->comm, req);
         if (st) tp_failed(m, st);
         t->comm_s += time_now() - t0;
         return;
     }
-    const double t0 = time_now();
     be->ops->event_record(be, r->ready, NULL);
     be->ops->stream_wait_event(be, r->cs, r->ready);
-    comm_req *req = NULL;
-    st = gather ? comm_all_gather_async(t->comm, (char *)buf + (size_t)t->rank * n * dtype_size(dt), buf, n, dt, r->cs,
-                                        &req)
-                : comm_all_reduce_async(t->comm, buf, n, dt, r->cs, &req);
-    if (st) {
+    if ((st = tp_start(m, gather, buf, n, dt, r->cs, &req))) {
         tp_failed(m, st);
         return;
     }
