@@ -28,11 +28,7 @@
 #   gpu_tp2_dp2_zero1       4 ranks on the one GPU, TP 2 x DP 2 at ZeRO-1: within 1e-4.
 # Prints PASS/FAIL/SKIP lines.
 . tests/lib_gpu.sh
-command -v mpirun >/dev/null 2>&1 || { echo "SKIP gpu_tp: mpirun not found"; exit 0; }
-ldd "$SK" 2>/dev/null | grep -q libmpi || { echo "SKIP gpu_tp: MPI is not built in"; exit 0; }
-if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-export OMPI_MCA_btl_vader_single_copy_mechanism=none
-MPIRUN="timeout 300 mpirun --oversubscribe --bind-to none"
+gpu_mpi
 B=${BUILD:-build}
 
 # test_tp's cases on cuda, 2 ranks: every rank passes every case it runs
