@@ -20,7 +20,8 @@
 #   gpu_tp_bench_latency    bench latency --tp 2 --device cuda: decode_comm_fraction in [0, 1]
 #                           (the decode steps' share in the staged collectives, timed after the
 #                           compute stream drained), each rank's slice_bytes 40-60% of the bf16
-#                           folder's bytes (its half of the device copy), both lines printed;
+#                           folder's bytes (its half of the device copy), rank 0's log line of
+#                           its slices and the JSON line printed;
 #   gpu_tp_bench_throughput comm_fraction in [0, 1];
 #   gpu_tp_serve            skein serve --tp 2 --device cuda (f32): a greedy completion's text is
 #                           generate --tp 1's on cuda, and SIGTERM stops it with exit status 0;
@@ -73,6 +74,7 @@ then pass $name; else fail $name "$(tail -3 "$T/err")"; fi
 name=gpu_tp_bench_latency
 if $SK bench latency --model "$T/llama" --input-len 32 --output-len 32 --iters 2 --tp 2 --device cuda \
        >"$T/bl" 2>"$T/err"; then
+    grep 'slices on the' "$T/err" | sed 's/^/  /'
     tail -1 "$T/bl" | sed 's/^/  /'
     if msg=$(python3 - "$T/bl" 2>&1 <<'PYEOF'
 import json, sys

@@ -241,6 +241,9 @@ sk_status tp_cut(model *m, comm *c, const tensor *full, dtype mat_dt) {
         }
     }
     mem_free(w.stage);
+    if (device)   /* rank 0's line (the others are quiet): its share of the device memory */
+        log_info("weights: rank %d of %d holds %.2f GB of slices on the %s device (%s matrices)", c->rank, c->world,
+                 (double)bytes / 1e9, be->name, dtype_name(mat_dt));
     return tp_release_unused(m);
 }
 
