@@ -17,6 +17,8 @@
 #                           weights' logits stand too close for bf16 to order them alike; bf16
 #                           tokens are test_tp's, away from near-ties);
 #   gpu_tp_generate_bf16    the same in bf16 runs and generates its 16 tokens;
+#   gpu_tp_generate_rank_killed  rank 1 SIGKILLed at its third step: the job ends non-zero
+#                           within 120 s naming rank 1 (cli_tp.sh's check, on the GPU);
 #   gpu_tp_bench_latency    bench latency --tp 2 --device cuda: decode_comm_fraction in [0, 1]
 #                           (the decode steps' share in the staged collectives, timed after the
 #                           compute stream drained), each rank's slice_bytes 40-60% of the bf16
@@ -69,6 +71,12 @@ name=gpu_tp_generate_bf16
 if $SK generate --model "$T/llama" --prompt "static int" --max-tokens 16 --temperature 0 --seed 1 --device cuda --tp 2 \
        >"$T/split" 2>"$T/err" && grep -q '16 generated' "$T/err"
 then pass $name; else fail $name "$(tail -3 "$T/err")"; fi
+
+name=gpu_tp_generate_rank_killed
+SKEIN_TEST_KILL_RANK=1:3 timeout 120 $SK generate --model "$T/llama" --prompt "static int" --max-tokens 12 --tp 2 \
+    --device cuda >/dev/null 2>"$T/err"; rc=$?
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "rank 1.*signal 9\|rank(s) 1" "$T/err"; then pass $name
+else fail $name "exit $rc: $(grep -v '^\s*$' "$T/err" | head -5)"; fi
 
 # bench latency and throughput: the JSON line's communication fractions and each rank's share
 name=gpu_tp_bench_latency
