@@ -68,7 +68,7 @@ static comm *world(void) {
 static double tol_of(const model *m) { return model_infer_dtype(m) == DT_BF16 ? BF16_TOL : 1e-4; }
 static double margin_of(const model *m) { return model_infer_dtype(m) == DT_BF16 ? BF16_MARGIN : 2e-4; }
 
-/* Whether views a and b of m's backend hold the same bytes. */
+/* Whether views a and b of backend be memory (or of a mapping) hold the same bytes. */
 static bool same_bytes(backend *be, tensor a, tensor b) {
     if (tensor_bytes(a) != tensor_bytes(b)) return false;
     if (be->host_memory || a.mem == MEM_MAPPED) return !memcmp(a.data, b.data, tensor_bytes(a));
