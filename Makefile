@@ -126,8 +126,8 @@ LIB_OBJS  += $(BUILD)/gen/serve_dashboard.o
 TEST_SRCS := $(sort $(wildcard tests/test_*.c))
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # The tests that read SKEIN_TEST_DEVICE (test_device.h): make test-gpu runs them on cuda
-# (test_comm's device case under mpirun, from tests/gpu_dp.sh).
-GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_mixed test_gpt2 test_llama test_llama_hf test_engine test_comm)
+# (test_comm's device case under mpirun, from tests/gpu_dp.sh; test_tp's ranks from tests/gpu_tp.sh).
+GPU_TEST_BINS := $(patsubst %,$(BUILD)/tests/%,test_backend test_mixed test_gpt2 test_llama test_llama_hf test_engine test_comm test_tp)
 # Debian packages the GPU machine lacks (../shared/GPU.md): make gpu-deps fetches them here,
 # scripts/gpu_env.sh unpacks them there. libcurl (bench serve) is not among them: the GPU
 # machine has Ubuntu's libcurl4-openssl-dev installed (seen 2026-12, curl 8.5.0).

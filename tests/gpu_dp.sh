@@ -20,11 +20,8 @@
 #   gpu_dp_staged_collectives tests/test_comm's staged_device case on cuda buffers, 2 ranks.
 # Prints PASS/FAIL/SKIP lines.
 . tests/lib_gpu.sh
-command -v mpirun >/dev/null 2>&1 || { echo "SKIP gpu_dp: mpirun not found"; exit 0; }
-ldd "$SK" 2>/dev/null | grep -q libmpi || { echo "SKIP gpu_dp: MPI is not built in"; exit 0; }
-if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-export OMPI_MCA_btl_vader_single_copy_mechanism=none
-MPIRUN="timeout 300 mpirun --oversubscribe --bind-to none -n 2"
+gpu_mpi
+MPIRUN="$MPIRUN -n 2"
 
 # the collectives themselves on device buffers, staged (tests/test_comm.c, case staged_device)
 name=gpu_dp_staged_collectives

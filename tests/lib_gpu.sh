@@ -2,7 +2,7 @@
 # program) and T (a scratch folder, removed at exit) and pass/fail (PASS and FAIL lines);
 # exits with a FAIL line when $SK is not built and with a SKIP line where nvidia-smi sees no
 # GPU. The script's name (without .sh) names those lines. Sets TOK (the Llama-3 tokenizer of the
-# fixtures) and defines gpu_data.
+# fixtures) and defines gpu_data and gpu_mpi.
 SK=${SKEIN:-./skein}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
@@ -21,4 +21,14 @@ gpu_data() {
     for f in README.md src/*/*.h; do i=$((i+1)); cp "$f" "$T/doc$i.txt"; done
     $SK data prepare --tokenizer $TOK --input "$T"/doc*.txt --out "$T/data" 2>"$T/err" ||
         { fail "${gpu_script}_data" "$(tail -3 "$T/err")"; exit 1; }
+}
+# gpu_mpi: exits with a SKIP line naming the script where mpirun or MPI is missing; else exports
+# Open MPI's settings for root and containers and sets MPIRUN (mpirun within 300 s,
+# oversubscribed, unbound: add -n N).
+gpu_mpi() {
+    command -v mpirun >/dev/null 2>&1 || { echo "SKIP $gpu_script: mpirun not found"; exit 0; }
+    ldd "$SK" 2>/dev/null | grep -q libmpi || { echo "SKIP $gpu_script: MPI is not built in"; exit 0; }
+    if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+    export OMPI_MCA_btl_vader_single_copy_mechanism=none
+    MPIRUN="timeout 300 mpirun --oversubscribe --bind-to none"
 }

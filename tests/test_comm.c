@@ -486,6 +486,9 @@ TEST(init_errors) {
     CHECK(strstr(sk_errmsg(), "carrier-pigeon"));
     CHECK(comm_init("local", "cpu", 0, &c) == SK_EARG);
     CHECK(comm_init("local", "cpu", 5, &c) == SK_OK && c->world == 1 && !strcmp(c->name, "local"));
+    CHECK(!comm_stream_ordered(c));   /* results there once waited for: NCCL's alone are on the stream */
+    comm n = {.name = "nccl"};
+    CHECK(comm_stream_ordered(&n) && (!world() || !comm_stream_ordered(world())));
     float x[4] = {1, 2, 3, 4}, y[4];
     CHECK(comm_reduce_scatter(c, x, y, 4, DT_F32, NULL) == SK_OK && y[3] == 4);
     int64_t old;

@@ -4,7 +4,9 @@
  * are done; its JSON line has vLLM's benchmark fields (requests_per_s, output_tokens_per_s,
  * total_tokens_per_s, prompt tokens counted in the total). latency runs one request at a time
  * and reports the median time to first token (prefill plus the first sample) and decode
- * tokens/s after it.
+ * tokens/s after it. With --tp K both say what share of the time rank 0 spent in the layers'
+ * collectives (model_tp's comm_s): throughput's comm_fraction over its whole run, latency's
+ * decode_comm_fraction over its decode steps.
  *
  * skein bench train: times the trainer's optimizer step (train/step.h: forward, backward,
  * gradient reduction and norm, clipping, AdamW) on a model and random tokens, and prints one
@@ -400,7 +402,7 @@ static int bench_throughput(int argc, char **argv) {
     comm *c = NULL;
     int rc = 0;
     if (!bench_tp("throughput", argc, argv, tp, dir, device, comm_timeout, &c, &rc)) return rc;
-    backend *be = backend_create(device);
+    backend *be = backend_create_on(device, c ? c->local_rank : 0);
     model *m = NULL;
     engine *e = NULL;
     int *prompt = mem_alloc(sizeof(int) * (size_t)I);
@@ -412,7 +414,7 @@ static int bench_throughput(int argc, char **argv) {
         st = sk_fail(SK_EARG, "bench throughput: --input-len + --output-len = %ld exceeds the context %d", I + O,
                      m->cfg.n_positions);
     if (!st) st = bench_engine(m, kv_memory, max_seqs, max_batch, I, O, &e);
-    const double t0 = time_now();
+    const double t0 = time_now(), comm0 = m ? m->tp.comm_s : 0;
     for (long i = 0; !st && i < N; i++) st = bench_add(e, m, prompt, I, O, i);
     while (!st && engine_has_work(e)) {
         const engine_output *out;
@@ -427,10 +429,12 @@ static int bench_throughput(int argc, char **argv) {
         printf("{\"bench\": \"throughput\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"tp\": %ld, "
                "\"input_len\": %ld, \"output_len\": %ld, \"num_prompts\": %ld, \"max_seqs\": %ld, \"max_batch_tokens\": %ld, "
                "\"kv_blocks\": %d, \"steps\": %ld, \"preemptions\": %llu, \"prefix_hits\": %llu, \"elapsed_s\": %.6g, "
-               "\"requests_per_s\": %.6g, \"output_tokens_per_s\": %.6g, \"total_tokens_per_s\": %.6g",
+               "\"requests_per_s\": %.6g, \"output_tokens_per_s\": %.6g, \"total_tokens_per_s\": %.6g, "
+               "\"comm_fraction\": %.6g",
                dir ? dir : preset, be->name, omp_get_max_threads(), tp, I, O, N, max_seqs, max_batch,
                kv_pool_blocks(engine_pool(e)), steps, (unsigned long long)engine_preemptions(e),
-               (unsigned long long)ks.hits, dt, N / dt, out_tokens / dt, (N * I + out_tokens) / dt);
+               (unsigned long long)ks.hits, dt, N / dt, out_tokens / dt, (N * I + out_tokens) / dt,
+               (m->tp.comm_s - comm0) / dt);
         engine_free(e);
         e = NULL;
         st = bench_print_ranks(m);
@@ -463,7 +467,7 @@ static int bench_latency(int argc, char **argv) {
     comm *c = NULL;
     int rc = 0;
     if (!bench_tp("latency", argc, argv, tp, dir, device, comm_timeout, &c, &rc)) return rc;
-    backend *be = backend_create(device);
+    backend *be = backend_create_on(device, c ? c->local_rank : 0);
     model *m = NULL;
     engine *e = NULL;
     int *prompt = mem_alloc(sizeof(int) * (size_t)I);

@@ -109,7 +109,7 @@ int cmd_generate(int argc, char **argv) {
     char path[4096];
     tok *t = NULL;
     model *m = NULL;
-    backend *be = backend_create(device);
+    backend *be = backend_create_on(device, c ? c->local_rank : 0);
     int32_t *ids = NULL;
     size_t n_ids = 0;
     char *rendered = NULL;

@@ -244,6 +244,8 @@ sk_status comm_set_backend(comm *c, backend *be) {
     return c->ops->set_backend ? c->ops->set_backend(c, be) : SK_OK;
 }
 
+bool comm_stream_ordered(const comm *c) { return !strcmp(c->name, "nccl"); }
+
 int comm_device_sharers(const comm *c, int n_devices) {
     if (!c || c->local_world < 1 || n_devices < 1) return 1;
     const int dev = c->local_rank % n_devices;

@@ -83,6 +83,10 @@ sk_status comm_init(const char *kind, const char *device, double timeout_s, comm
  * before be is freed. SK_EARG when c cannot move be's memory (NCCL and host memory), SK_ENOMEM
  * when the staging cannot be allocated. */
 sk_status comm_set_backend(comm *c, backend *be);
+/* Whether c's typed collectives are ordered on their stream s (NCCL): work issued to s after
+ * the call reads the result without comm_wait. False for MPI, gloo and local: a device
+ * buffer's result is there once comm_wait has returned (staged: comm_stage.h), not before. */
+bool comm_stream_ordered(const comm *c);
 /* Releases the communicator (requests in flight are completed first). After a collective
  * failed (SK_ECOMM) the world is broken: the MPI implementation then ends the whole job
  * (MPI_Abort, exit status 1 on every rank) rather than wait in MPI_Finalize for ranks that

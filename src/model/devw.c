@@ -35,8 +35,7 @@ static devw *devw_list;
 /* The device dtype of a spec: bf16 matrices, f32 vectors. */
 static dtype devw_dtype(const model_param *p) { return p->ndim >= 2 ? DT_BF16 : DT_F32; }
 
-/* n elements of src (dtype st) into dst (dtype dt), over threads. */
-static void devw_convert(void *dst, dtype dt, const void *src, dtype st, size_t n) {
+void devw_convert(void *dst, dtype dt, const void *src, dtype st, size_t n) {
     const size_t ds = dtype_size(dt), ss = dtype_size(st);
     const long pieces = (long)((n + DEVW_PIECE - 1) / DEVW_PIECE);
 #pragma omp parallel for schedule(static) if (pieces > 1)

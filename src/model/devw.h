@@ -52,6 +52,9 @@ sk_status devw_get(wts *w, const model *m, const tensor *views, devw **out);
 /* A copy of m's specs on m->be's device filled from src (random weights of a benchmark), not
  * shared; its own backend as devw_get's. */
 sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out);
+/* n elements of src (dtype st) into dst (dtype dt; f32, bf16 or f16; equal dtypes: a copy),
+ * converted over threads (tensor-parallel slices of a device copy use it too: tp.c). */
+void devw_convert(void *dst, dtype dt, const void *src, dtype st, size_t n);
 /* Spec i's view: bf16 for 2..4-dimensional specs, f32 for 1-D, MEM_DEVICE, the spec's shape. */
 tensor devw_view(const devw *d, int i);
 /* Bytes of device memory the copy holds. */

@@ -343,7 +343,7 @@ sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ct
     return m->arch->infer_prepare(m, max_tokens, max_seqs, max_ctx);
 }
 
-dtype model_infer_dtype(const model *m) { return m->dev ? DT_BF16 : DT_F32; }
+dtype model_infer_dtype(const model *m) { return m->dev ? DT_BF16 : m->tp.lp; }
 
 void model_infer_upload(model *m, const model_kv_cache *kv, const model_batch *b) {
     const int N = b->n_tokens, S = b->n_seqs, BS = kv->block_size;

@@ -160,6 +160,9 @@ typedef struct model_tp {
     int vocab0, n_vocab;   /* its vocabulary rows [vocab0, vocab0 + n_vocab) */
     int vocab_chunk;       /* ceil(V/K): the rows of every rank, padded, in the logits' gather */
     void *slices;          /* its parts of the weights copied out of the files (backend memory), or NULL */
+    dtype lp;              /* its inference activations' dtype (model_infer_dtype): on a device the
+                            * dtype of its copied matrices (bf16 where the whole model would get
+                            * the bf16 copy of devw.h, so both run the same ops), else f32 */
     size_t slice_bytes;    /* their size */
     model_tp_run *run;     /* NULL until model_infer_prepare */
     sk_status status;      /* SK_OK, or the first failed collective's (the model is then unusable) */
@@ -167,7 +170,9 @@ typedef struct model_tp {
     double comm_s;         /* seconds its steps spent in collectives, each from its start to the
                             * end of its wait: on a host-memory backend (MPI) the whole of each,
                             * what the steps pay for communication (waiting for a slower rank
-                            * included); on a device, only the host's waits */
+                            * included); on a device through a host-staged comm (MPI, gloo) the
+                            * same, timed after the compute stream has drained; through NCCL
+                            * only the host's waits */
 } model_tp;
 
 /* How one parameter is cut (model_arch.split). The cut dimension `dim` of the stored tensor is
@@ -361,8 +366,13 @@ sk_status model_tp_check(const model_config *cfg, int K);
  * q/k/v, the embedding with its zero row, and every 1-D tensor) are copied into m->tp.slices in
  * the file's dtype, and every page of the mapping outside this rank's views is then released
  * from the process (file_map_release), so its resident weights are about 1/K of the model's. On a device backend every slice
- * is an f32 copy in device memory. c NULL or of one rank: model_open_weights. Checks the
- * folder as model_open_weights does, then model_tp_check. */
+ * is a copy in device memory, laid out as the whole model's device copy would be: matrices
+ * in bf16 and 1-D tensors in f32 where the backend runs inference in bf16 (devw.h; not with
+ * SKEIN_INFER_DTYPE=f32), else all f32; the pages of the mapping are released as well. c's
+ * typed collectives then carry be's memory (comm_set_backend; NCCL on the device, or MPI and
+ * gloo staged through pinned host memory when ranks share a GPU) until model_free sets it back
+ * to host memory. c NULL or of one rank: model_open_weights. Checks the folder as
+ * model_open_weights does, then model_tp_check. */
 sk_status model_open_split(const char *dir, backend *be, comm *c, model **out);
 /* The same over opened weights w (the server's mapping), as model_open_wts: *out takes its own
  * reference. */
@@ -531,7 +541,8 @@ tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n);
  * model_infer_step is this with one sequence whose one block is the model_kv. */
 sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx);
 /* The dtype of m's inference activations ([lp], backend.h) and key/value cache: bf16 for a
- * model over a device copy (m->dev), else f32. The residual stream, norm statistics and the
+ * model over a device copy (m->dev) or a split one over bf16 device slices (m->tp.lp), else
+ * f32. The residual stream, norm statistics and the
  * logits are f32 either way. */
 dtype model_infer_dtype(const model *m);
 tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b);

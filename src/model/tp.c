@@ -6,7 +6,9 @@
  * each. Rows of a row-major matrix (dim 0, one block) are contiguous in the file: on a
  * host-memory backend they stay a view into the mapping. Anything else, 1-D pieces included, is
  * copied, in order, into one backend allocation (m->tp.slices): the destination of a piece is
- * always written front to back, so a device backend is filled through one staging buffer.
+ * always written front to back, so a device backend is filled through one staging buffer. On
+ * a device every piece is a copy, in the dtype the whole model's device copy gives its tensor
+ * (devw.h: bf16 matrices, f32 vectors; all f32 when the device runs inference in f32).
  * Then every page of the mapping outside the rank's views is released from the process
  * (tp_release_unused), so its resident weights are its share. */
 #include "model/tp.h"
@@ -18,11 +20,12 @@
 #include "base/file.h"
 #include "comm/comm.h"
 #include "model/arch.h"
+#include "model/devw.h"
 
 /* Copies start on cache-line boundaries inside the slices. */
 #define SLICE_ALIGN 64
-/* Floats staged per upload when filling a device backend. */
-#define STAGE_FLOATS ((size_t)1 << 20)
+/* Bytes staged per upload when filling a device backend. */
+#define STAGE_BYTES ((size_t)4 << 20)
 /* Collectives a device backend keeps in flight before the host waits for the oldest. */
 #define TP_PENDING 8
 
@@ -47,6 +50,7 @@ void tp_init(model_tp *t, const model_config *c, int rank, int K) {
     t->vocab_chunk = chunk;
     t->vocab0 = rank * chunk;
     t->n_vocab = V - t->vocab0 < chunk ? V - t->vocab0 : chunk;
+    t->lp = DT_F32;
 }
 
 sk_status model_tp_check(const model_config *c, int K) {
@@ -115,32 +119,31 @@ typedef struct tp_writer {
     backend *be;
     dtype dt;                  /* of the destination */
     unsigned char *dst;        /* next byte of the destination (backend memory) */
-    float *stage;              /* device: STAGE_FLOATS, NULL on a host-memory backend */
-    size_t staged;
+    unsigned char *stage;      /* device: STAGE_BYTES, NULL on a host-memory backend */
+    size_t staged;             /* bytes */
 } tp_writer;
 
 static void tp_flush(tp_writer *w) {
     if (!w->staged) return;
-    backend_upload(w->be, w->dst, w->stage, w->staged * sizeof(float));
-    w->dst += w->staged * sizeof(float);
+    backend_upload(w->be, w->dst, w->stage, w->staged);
+    w->dst += w->staged;
     w->staged = 0;
 }
 
-/* Appends n elements of dtype dt at src. */
+/* Appends n elements of dtype dt at src, converted to the destination's dtype. */
 static void tp_put(tp_writer *w, const void *src, dtype dt, size_t n) {
-    const size_t es = dtype_size(dt);
+    const size_t es = dtype_size(dt), ds = dtype_size(w->dt);
     if (!w->stage) {
-        if (w->dt == dt) memcpy(w->dst, src, n * es);
-        else dtype_to_f32((float *)w->dst, src, dt, n);
-        w->dst += n * dtype_size(w->dt);
+        devw_convert(w->dst, w->dt, src, dt, n);
+        w->dst += n * ds;
         return;
     }
     for (size_t off = 0; off < n;) {
-        size_t k = STAGE_FLOATS - w->staged < n - off ? STAGE_FLOATS - w->staged : n - off;
-        dtype_to_f32(w->stage + w->staged, (const unsigned char *)src + off * es, dt, k);
-        w->staged += k;
+        const size_t room = (STAGE_BYTES - w->staged) / ds, k = room < n - off ? room : n - off;
+        devw_convert(w->stage + w->staged, w->dt, (const unsigned char *)src + off * es, dt, k);
+        w->staged += k * ds;
         off += k;
-        if (w->staged == STAGE_FLOATS) tp_flush(w);
+        if (STAGE_BYTES - w->staged < ds) tp_flush(w);
     }
 }
 
@@ -192,27 +195,34 @@ static sk_status tp_release_unused(model *m) {
 
 static size_t tp_round(size_t n) { return (n + SLICE_ALIGN - 1) / SLICE_ALIGN * SLICE_ALIGN; }
 
-sk_status tp_cut(model *m, comm *c, const tensor *full) {
-    SK_ASSERT(!m->views && m->arch->split && c);
+/* The dtype piece q of whole view g is copied in: the file's on a host-memory backend, else
+ * mat_dt for a matrix and f32 for a vector. */
+static dtype tp_piece_dtype(const tp_piece *q, tensor g, bool device, dtype mat_dt) {
+    return !device ? g.dt : q->ndim > 1 ? mat_dt : DT_F32;
+}
+
+sk_status tp_cut(model *m, comm *c, const tensor *full, dtype mat_dt) {
+    SK_ASSERT(!m->views && m->arch->split && c && (mat_dt == DT_F32 || mat_dt == DT_BF16));
     backend *be = m->be;
     const bool device = !be->host_memory;
-    /* the collectives are ordered on the device by stream (NCCL's way), not host-staged */
-    if (device && c->world > 1 && strcmp(c->name, "nccl"))
-        return sk_fail(SK_EARG, "--tp %d on the %s backend needs NCCL, one GPU per rank (the %s communicator was "
-                       "chosen: more ranks than GPUs on this host?)", c->world, be->name, c->name);
     tp_init(&m->tp, &m->cfg, c->rank, c->world);
+    /* the layers' sums move be's memory: NCCL on the device, MPI or gloo staged (comm_stage.h) */
+    SK_TRY(comm_set_backend(c, be));
     m->tp.comm = c;
+    m->tp.lp = device ? mat_dt : DT_F32;
     m->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
     if (!m->views) return SK_ENOMEM;
     size_t bytes = 0;
     for (int i = 0; i < m->n_specs; i++) {
         tp_piece q = tp_piece_of(m, &m->specs[i], full[i], device);
-        if (q.copy) bytes += tp_round((size_t)(q.shape[0] * (q.ndim > 1 ? q.shape[1] : 1)) * dtype_size(device ? DT_F32 : full[i].dt));
+        if (q.copy)
+            bytes += tp_round((size_t)(q.shape[0] * (q.ndim > 1 ? q.shape[1] : 1)) *
+                              dtype_size(tp_piece_dtype(&q, full[i], device, mat_dt)));
     }
     if (bytes && !(m->tp.slices = backend_alloc(be, bytes)))
         return sk_fail_ctx(SK_ENOMEM, "rank %d of %d: %zu bytes for its slices of the weights", c->rank, c->world, bytes);
     m->tp.slice_bytes = bytes;
-    tp_writer w = {.be = be, .stage = device ? mem_alloc(STAGE_FLOATS * sizeof(float)) : NULL};
+    tp_writer w = {.be = be, .stage = device ? mem_alloc(STAGE_BYTES) : NULL};
     if (device && !w.stage) return SK_ENOMEM;
     unsigned char *next = m->tp.slices;
     for (int i = 0; i < m->n_specs; i++) {
@@ -223,7 +233,7 @@ sk_status tp_cut(model *m, comm *c, const tensor *full) {
         } else if (!q.copy) {
             m->views[i] = q.count == q.block ? g : tensor_rows(g, q.start, q.count);
         } else {
-            w.dt = device ? DT_F32 : g.dt;
+            w.dt = tp_piece_dtype(&q, g, device, mat_dt);
             w.dst = next;
             m->views[i] = tensor_make(next, w.dt, MEM_DEVICE, q.ndim, q.shape);
             tp_copy_piece(&w, &q, g);
@@ -231,6 +241,9 @@ sk_status tp_cut(model *m, comm *c, const tensor *full) {
         }
     }
     mem_free(w.stage);
+    if (device)   /* rank 0's line (the others are quiet): its share of the device memory */
+        log_info("weights: rank %d of %d holds %.2f GB of slices on the %s device (%s matrices)", c->rank, c->world,
+                 (double)bytes / 1e9, be->name, dtype_name(mat_dt));
     return tp_release_unused(m);
 }
 
@@ -288,30 +301,42 @@ static void tp_wait_oldest(model *m) {
     if (st) tp_failed(m, st);
 }
 
-/* An all-reduce of buf(n), or with gather an all-gather of chunks of n (this rank's already
- * at buf + rank*n), ordered after the compute issued so far and before what follows. */
-static void tp_collective(model *m, bool gather, float *buf, size_t n) {
+/* Starts tp_collective's all-reduce or all-gather on stream s. */
+static sk_status tp_start(model *m, bool gather, void *buf, size_t n, dtype dt, backend_stream *s, comm_req **req) {
+    const model_tp *t = &m->tp;
+    return gather ? comm_all_gather_async(t->comm, (char *)buf + (size_t)t->rank * n * dtype_size(dt), buf, n, dt, s, req)
+                  : comm_all_reduce_async(t->comm, buf, n, dt, s, req);
+}
+
+/* An all-reduce of buf(n) of dtype dt, or with gather an all-gather of chunks of n (this
+ * rank's already at buf + rank*n), ordered after the compute issued so far and before what
+ * follows. */
+static void tp_collective(model *m, bool gather, void *buf, size_t n, dtype dt) {
     model_tp *t = &m->tp;
     model_tp_run *r = t->run;
     backend *be = m->be;
     if (t->status) return;
+    /* host memory, or a device staged through the host: the result is there once waited for */
+    const bool now = be->host_memory || !comm_stream_ordered(t->comm);
+    /* staged copies wait for the compute anyway: drained first, the time is the collective's */
+    if (now && !be->host_memory) be->ops->stream_synchronize(be, NULL);
     const double t0 = time_now();
+    comm_req *req = NULL;
+    sk_status st;
+    if (now) {
+        if ((st = tp_start(m, gather, buf, n, dt, NULL, &req)) == SK_OK) st = comm_wait(t->comm, req);
+        if (st) tp_failed(m, st);
+        t->comm_s += time_now() - t0;
+        return;
+    }
     be->ops->event_record(be, r->ready, NULL);
     be->ops->stream_wait_event(be, r->cs, r->ready);
-    comm_req *req = NULL;
-    sk_status st = gather ? comm_all_gather_async(t->comm, buf + (size_t)t->rank * n, buf, n, DT_F32, r->cs, &req)
-                          : comm_all_reduce_async(t->comm, buf, n, DT_F32, r->cs, &req);
-    if (st) {
+    if ((st = tp_start(m, gather, buf, n, dt, r->cs, &req))) {
         tp_failed(m, st);
         return;
     }
     be->ops->event_record(be, r->done, r->cs);
     be->ops->stream_wait_event(be, NULL, r->done);
-    if (be->host_memory) {   /* the next op reads the result on the host: now */
-        if ((st = comm_wait(t->comm, req))) tp_failed(m, st);
-        t->comm_s += time_now() - t0;
-        return;
-    }
     t->comm_s += time_now() - t0;
     if (r->n_pending == TP_PENDING) tp_wait_oldest(m);
     r->pending[r->n_pending++] = req;
@@ -331,8 +356,8 @@ const int *tp_token_rows(model *m, const int *tokens, int n) {
 
 void tp_sum(model *m, tensor x) {
     if (m->tp.size == 1) return;
-    SK_ASSERT(x.dt == DT_F32 && tensor_is_contiguous(x));
-    tp_collective(m, false, x.data, (size_t)tensor_numel(x));
+    SK_ASSERT((x.dt == DT_F32 || x.dt == DT_BF16) && tensor_is_contiguous(x));
+    tp_collective(m, false, x.data, (size_t)tensor_numel(x), x.dt);
 }
 
 tensor tp_row_bias(const model *m, tensor b) { return m->tp.rank == 0 ? b : tensor_none(); }
@@ -351,7 +376,7 @@ tensor tp_logits(model *m, tensor last, tensor head, float *out, int R) {
     const size_t chunk = (size_t)R * Vc;
     op->matmul(m->be, NULL, tensor_2d_ld(r->gather + t->rank * chunk, DT_F32, R, t->n_vocab, Vc), last, false, h, true,
                1.0f, 0.0f);
-    tp_collective(m, true, r->gather, chunk);
+    tp_collective(m, true, r->gather, chunk, DT_F32);
     for (int k = 0; k < t->size; k++) {
         const int nk = V - k * Vc < Vc ? V - k * Vc : Vc;
         op->set_rows(m->be, NULL, tensor_cols(logits, (int64_t)k * Vc, nk),
@@ -380,6 +405,7 @@ void tp_free(model *m) {
         mem_free(r);
     }
     if (t->slices) backend_mem_free(be, t->slices);
+    if (t->comm && t->size > 1) comm_set_backend(t->comm, NULL);   /* before be is freed (comm.h) */
     t->run = NULL;
     t->slices = NULL;
 }

@@ -23,9 +23,8 @@ sk_status tp_train_check(const model_config *c, int K, bool dropout, dtype preci
     if (dropout)
         return sk_fail(SK_EARG, "--tp %d with --dropout is not supported: the attention's dropout masks are keyed by "
                        "the whole model's heads", K);
-    if (precision != DT_F32)
-        return sk_fail(SK_EARG, "--tp %d trains in f32 only (the ranks sum f32 activations and gradients); drop "
-                       "--precision bf16", K);
+    if (precision != DT_F32 && precision != DT_BF16)
+        return sk_fail(SK_EARG, "--tp %d trains in f32 or bf16 mixed precision, not %s", K, dtype_name(precision));
     return SK_OK;
 }
 
@@ -130,9 +129,13 @@ sk_status tp_train_split(const model *whole, comm *tp, model **out) {
     model_tp *t = &m->tp;   /* model_create left rank 0 of 1 with the share's counts */
     t->rank = tp->rank;
     t->size = K;
+    /* the layers' sums move the backend's memory (staged through pinned memory by MPI on a
+     * GPU); tp_free sets it back to host memory */
+    sk_status st = comm_set_backend(tp, m->be);
+    if (st) return tp_train_hand_over(st, m, out);
     t->comm = tp;
     float *w = mem_alloc(whole->n_params * sizeof(float)), *s = mem_alloc(m->n_params * sizeof(float));
-    sk_status st = w && s ? SK_OK : sk_fail(SK_ENOMEM, "tensor parallel training: %zu floats to cut the model",
+    st = w && s ? SK_OK : sk_fail(SK_ENOMEM, "tensor parallel training: %zu floats to cut the model",
                                             whole->n_params + m->n_params);
     if (st == SK_OK) {
         backend_download(whole->be, w, whole->params, whole->n_params * sizeof(float));

@@ -22,12 +22,14 @@
  * g operators). So the replicated tensors see the same inputs and output gradients on every
  * rank, and their gradients are computed identically there (not all-reduced): each rank's
  * optimizer keeps its copy equal to the others'. The collectives run through comm with the
- * compute stream (tp.h), as inference's do.
+ * compute stream (tp.h), as inference's do. In bf16 mixed precision the forward's sums are of
+ * the f32 residual-stream outputs, the backward's of the bf16 input gradients (summed in bf16
+ * as Megatron-LM does: one more rounding than one process's product, so the losses agree with
+ * TP = 1 within bf16's tolerance rather than f32's).
  *
  * Limits (refused by tp_train_check): shapes model_tp_check refuses, key/value heads that do
  * not divide over the ranks (inference shares them; training would have to sum their
- * gradients), dropout (its masks are keyed by the whole model's head index) and mixed
- * precision (the summed gradients are f32 views). */
+ * gradients) and dropout (its masks are keyed by the whole model's head index). */
 #ifndef SKEIN_TP_TRAIN_H
 #define SKEIN_TP_TRAIN_H
 
@@ -40,7 +42,8 @@ sk_status tp_train_check(const model_config *c, int K, bool dropout, dtype preci
 /* This rank's share (rank tp->rank of K = tp->world) of whole, a training model whose
  * parameters are the same on every rank: a new training model on whole's backend with the
  * cut config, its parameters copied out of whole's, joined to the ranks of tp (not owned: free
- * it after the share). SK_ECONFIG from tp_train_check, SK_ENOMEM naming the size. */
+ * it after the share), whose memory becomes the backend's (comm_set_backend) until the share
+ * is freed. SK_ECONFIG from tp_train_check, SK_ENOMEM naming the size. */
 sk_status tp_train_split(const model *whole, comm *tp, model **out);
 
 /* The whole model's config of a share (its heads, KV heads and MLP width times K). */

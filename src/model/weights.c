@@ -241,8 +241,8 @@ static bool device_bf16(backend *be) {
 
 /* An inference model of cfg over w: the specs bound to their views into w (split over the
  * ranks of c when c has several: tp_cut). A host-memory backend must read every matrix's
- * dtype in place; a device backend gets copies: f32 slices (split models) or the shared bf16
- * copy (devw.h). */
+ * dtype in place; a device backend gets copies: its slices (split models, in the dtypes of
+ * the shared copy, or all f32 without it) or the shared bf16 copy (devw.h). */
 static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c, model **out) {
     *out = NULL;
     model *m = NULL;
@@ -257,7 +257,7 @@ static sk_status open_wts(const model_config *cfg, wts *w, backend *be, comm *c,
     }
     m->weights = wts_ref(w);
     if (st == SK_OK && c) {
-        st = tp_cut(m, c, views);
+        st = tp_cut(m, c, views, device_bf16(be) ? DT_BF16 : DT_F32);
         mem_free(views);
     } else {
         if (st == SK_OK && !be->host_memory && (st = devw_get(w, m, views, &m->dev)) == SK_OK)

@@ -15,12 +15,11 @@ sk_status tpdp_init(comm *world, int K, tpdp *g) {
                        W == 1 ? "" : "s");
     if (K == 1) return SK_OK;
     comm *tp = NULL, *dp = NULL;
-    SK_TRY(comm_split(world, r / K, r % K, &tp));
-    sk_status st = comm_split(world, r % K, r / K, &dp);
-    if (st) {
-        comm_free(tp);
-        return st;
-    }
+    sk_status st = comm_split(world, r / K, r % K, &tp);
+    if (st == SK_OK && (st = comm_split(world, r % K, r / K, &dp))) comm_free(tp);
+    if (st)
+        return sk_fail_ctx(st, "train --tp %d: grouping the ranks (--comm mpi splits, on GPUs too: device memory is "
+                               "staged through pinned host memory)", K);
     SK_ASSERT(tp->world == K && dp->world == W / K);
     *g = (tpdp){.K = K, .tp = tp, .dp = dp, .dp_rank = dp->rank, .dp_world = dp->world};
     return SK_OK;
@@ -28,7 +27,6 @@ sk_status tpdp_init(comm *world, int K, tpdp *g) {
 
 void tpdp_free(tpdp *g) {
     if (g->K > 1) {
-        comm_set_backend(g->tp, NULL);   /* before the backend is freed (comm.h) */
         comm_free(g->dp);
         comm_free(g->tp);
     }

@@ -23,10 +23,11 @@ typedef struct tpdp {
 } tpdp;
 
 /* Groups the ranks of world (NULL: one process) by K. SK_EARG when K < 1 or does not divide
- * the world size, else what comm_split says (its comm cannot be split: gloo, NCCL). */
+ * the world size, else what comm_split says (its comm cannot be split: gloo, NCCL), with a
+ * context that names --comm mpi. */
 sk_status tpdp_init(comm *world, int K, tpdp *g);
-/* Frees the sub-communicators (not the world), tp's backend set back to host memory first
- * (the trainer sets it to the model's backend: comm_set_backend). */
+/* Frees the sub-communicators (not the world); the share on tp is freed first (tp_free sets
+ * tp's memory back to host memory). */
 void tpdp_free(tpdp *g);
 
 #endif

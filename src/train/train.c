@@ -572,9 +572,6 @@ sk_status train_run(const train_opts *o) {
             goto done;
         model_free(tr.m);
         tr.m = share;
-        /* the layers' TP sums move the backend's memory (staged through pinned memory by MPI
-         * on a GPU); tpdp_free sets it back to host memory */
-        if ((st = comm_set_backend(tr.g.tp, tr.be))) goto done;
     }
     tr.st.total_steps = o->steps;
     tr.st.world_size = tr.world;
