@@ -27,6 +27,8 @@
 #define SMALL_M CPU_LOWP_SMALL_M
 #define DOT_KB 512          /* direct_nk: elements of a W row converted per step */
 #define KN_STRIP 128        /* direct_kn: columns per strip (a thread's unit of work) */
+#define KN_AHEAD 32         /* direct_kn: rows of f32 weights prefetched ahead (M > 4) */
+#define KN_KB 512           /* direct_kn: rows of W per block (a strip's block: 256 KiB of f32) */
 #define PANEL_N 64          /* panels: PANEL_N x PANEL_K f32 = CPU_LOWP_STACK_BYTES */
 #define PANEL_K 256
 #define PAR_MIN 65536       /* M*N*K below this runs on one thread */
@@ -63,7 +65,7 @@ static inline void store(float *c, float v, float alpha, float beta) {
 typedef float v16 __attribute__((vector_size(64)));
 #define VL 16
 #define NK_NR 8     /* direct_nk: rows of W in flight for one row of A */
-#define NK_MG 4     /* direct_nk: rows of A (and of W) in flight otherwise: 16 accumulators */
+#define NK_AHEAD 1536   /* direct_nk: f32 weights prefetched this many elements ahead of the rows read */
 #define KN_NV 8     /* direct_kn: most vectors of columns in flight (M <= 2); M * vectors <= 16 */
 
 static inline v16 v16_load(const float *p) {
@@ -84,18 +86,16 @@ static inline float v16_sum(v16 v) {
     return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
-/* C[m][n..n+NR) for m in [m0, m0+MG) from rows n..n+NR) of W(N,K), row stride ldw: MG x NR
+/* C[m][n..n+NR) for m < MG from rows n..n+NR) of W(N,K), row stride ldw: MG x NR
  * vector accumulators over K in steps of VL (each W row converted in blocks of DOT_KB for
  * bf16/f16), the lanes summed at the end, then the K % VL tail added in order. Always
  * inlined with constant MG and NR, so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void nk_rows(float *C, int ldc, const float *A, int lda,
-                                                          const void *W, dtype dt, int ldw, int m0, const int MG,
-                                                          const int NR, int n, int K, float alpha, float beta) {
-    float buf[NK_NR][DOT_KB], tail[NK_MG][NK_NR] = {{0}};
-    v16 acc[NK_MG][NK_NR];
+                                                          const void *W, dtype dt, int ldw, const int MG, const int NR,
+                                                          int n, int K, float alpha, float beta) {
+    float buf[NK_NR][DOT_KB], tail[SMALL_M][NK_NR] = {{0}};
+    v16 acc[SMALL_M][NK_NR];
     const float *w[NK_NR];
-    A += (size_t)m0 * lda;
-    C += (size_t)m0 * ldc;
 #pragma GCC unroll 8
     for (int m = 0; m < MG; m++)
 #pragma GCC unroll 8
@@ -108,7 +108,10 @@ static inline __attribute__((always_inline)) void nk_rows(float *C, int ldc, con
         for (; k + VL <= kb; k += VL) {
             v16 wv[NK_NR];
 #pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) wv[r] = v16_load(w[r] + k);
+            for (int r = 0; r < NR; r++) {
+                wv[r] = v16_load(w[r] + k);
+                if (dt == DT_F32) __builtin_prefetch(w[r] + k + NK_AHEAD);   /* rows read in place */
+            }
 #pragma GCC unroll 8
             for (int m = 0; m < MG; m++) {
                 const v16 a = v16_load(A + (size_t)m * lda + k0 + k);
@@ -124,40 +127,36 @@ static inline __attribute__((always_inline)) void nk_rows(float *C, int ldc, con
         for (int r = 0; r < NR; r++) store(&C[(size_t)m * ldc + n + r], v16_sum(acc[m][r]) + tail[m][r], alpha, beta);
 }
 
-/* Rows n..n+NR) of W against all M rows of A, in groups of at most NK_MG rows (the group's
- * W rows are still in L1 for the next group). */
-static inline __attribute__((always_inline)) void nk_group(float *C, int ldc, const float *A, int lda,
-                                                           const void *W, dtype dt, int ldw, const int M,
-                                                           const int NR, int n, int K, float alpha, float beta) {
-    nk_rows(C, ldc, A, lda, W, dt, ldw, 0, M < NK_MG ? M : NK_MG, NR, n, K, alpha, beta);
-    if (M > NK_MG) nk_rows(C, ldc, A, lda, W, dt, ldw, NK_MG, M - NK_MG, NR, n, K, alpha, beta);
-}
-
-/* C[m][n] for m < M, n in [n0, n1), W(N,K): groups of NK_NR rows of W for one row of A,
- * NK_MG otherwise, then single rows. */
+/* C[m][n] for m < M, n in [n0, n1), W(N,K): groups of NR rows of W against all M rows of A
+ * (M x NR <= 16 accumulators: 8 rows of W for one row of A, 4 for up to 4, 2 beyond), then
+ * single rows. */
 static inline __attribute__((always_inline)) void direct_nk_m(float *C, int ldc, const float *A, int lda,
                                                               const void *W, dtype dt, int ldw, const int M,
                                                               int n0, int n1, int K, float alpha, float beta) {
-    const int NR = M == 1 ? NK_NR : NK_MG;
+    const int NR = M == 1 ? NK_NR : M <= 4 ? 4 : 2;
     int n = n0;
-    for (; n + NR <= n1; n += NR) nk_group(C, ldc, A, lda, W, dt, ldw, M, NR, n, K, alpha, beta);
-    for (; n < n1; n++) nk_group(C, ldc, A, lda, W, dt, ldw, M, 1, n, K, alpha, beta);
+    for (; n + NR <= n1; n += NR) nk_rows(C, ldc, A, lda, W, dt, ldw, M, NR, n, K, alpha, beta);
+    for (; n < n1; n++) nk_rows(C, ldc, A, lda, W, dt, ldw, M, 1, n, K, alpha, beta);
 }
 
-/* C[m][n0..n0+NV*VL) for m < M from W(K,N), row stride ldw: per k, NV vectors of W's row
- * (converted for bf16/f16) times A[m][k] broadcast, added into M x NV accumulators; every
- * element sums k = 0..K-1 in order. Inlined as nk_rows. */
-static inline __attribute__((always_inline)) void kn_cols(float *C, int ldc, const float *A, int lda,
-                                                          const void *W, dtype dt, int ldw, const int M,
-                                                          const int NV, int n0, int K, float alpha, float beta) {
+/* sums[m][j..j+NV*VL) for m < M from rows [k0, k1) of W(K,N) (row stride ldw) at columns
+ * n0..: per k, NV vectors of W's row (converted for bf16/f16) times A[m][k] broadcast, added
+ * into M x NV accumulators in registers that start from sums (from zero at k0 = 0) and go
+ * back there, so every element sums k = 0..K-1 in order across the blocks. Inlined as nk_rows. */
+static inline __attribute__((always_inline)) void kn_cols(float *sums, const float *A, int lda, const void *W,
+                                                          dtype dt, int ldw, const int M, const int NV, int n0,
+                                                          int j, int k0, int k1) {
     float buf[KN_NV * VL];
     v16 acc[SMALL_M][KN_NV];
 #pragma GCC unroll 8
     for (int m = 0; m < M; m++)
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) acc[m][v] = (v16){0};
-    for (int k = 0; k < K; k++) {
+        for (int v = 0; v < NV; v++) acc[m][v] = k0 ? v16_load(sums + (size_t)m * KN_STRIP + j + v * VL) : (v16){0};
+    for (int k = k0; k < k1; k++) {
         const float *w = weights_f32(buf, W, dt, (size_t)k * ldw + n0, NV * VL);
+        if (dt == DT_F32 && M > 4)   /* few vectors per row: fetch the rows ahead, a page apart each */
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) __builtin_prefetch((const float *)W + (size_t)(k + KN_AHEAD) * ldw + n0 + v * VL);
         v16 wv[KN_NV];
 #pragma GCC unroll 8
         for (int v = 0; v < NV; v++) wv[v] = v16_load(w + v * VL);
@@ -168,9 +167,10 @@ static inline __attribute__((always_inline)) void kn_cols(float *C, int ldc, con
             for (int v = 0; v < NV; v++) acc[m][v] += a * wv[v];
         }
     }
+#pragma GCC unroll 8
     for (int m = 0; m < M; m++)
-        for (int v = 0; v < NV; v++)
-            for (int i = 0; i < VL; i++) store(&C[(size_t)m * ldc + n0 + v * VL + i], acc[m][v][i], alpha, beta);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) memcpy(sums + (size_t)m * KN_STRIP + j + v * VL, &acc[m][v], sizeof(v16));
 }
 
 /* C[m][n0..n0+nb) for m < M, nb < VL: the columns past the last whole vector, plainly. */
@@ -187,17 +187,25 @@ static void kn_tail(float *C, int ldc, const float *A, int lda, const void *W, d
     }
 }
 
-/* C[m][n0..n0+nb) for m < M (nb <= KN_STRIP), W(K,N): strips of NV * VL columns with NV
- * vectors per row of A (16 / M of them, at most KN_NV), then single vectors, then kn_tail. */
+/* C[m][n0..n0+nb) for m < M (nb <= KN_STRIP), W(K,N): per block of KN_KB rows of W (the
+ * strip's part of them stays in L2 while the passes reread it), passes of NV * VL columns
+ * with NV vectors per row of A (16 / M of them, at most KN_NV), then single vectors; the
+ * sums in a stack buffer between blocks; then kn_tail for the columns past the last vector. */
 static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc, const float *A, int lda,
                                                               const void *W, dtype dt, int ldw, const int M,
                                                               int n0, int nb, int K, float alpha, float beta) {
     const int NV = 16 / M > KN_NV ? KN_NV : 16 / M < 2 ? 2 : 16 / M;
-    int n = n0;
-    const int n1 = n0 + nb;
-    for (; n + NV * VL <= n1; n += NV * VL) kn_cols(C, ldc, A, lda, W, dt, ldw, M, NV, n, K, alpha, beta);
-    for (; n + VL <= n1; n += VL) kn_cols(C, ldc, A, lda, W, dt, ldw, M, 1, n, K, alpha, beta);
-    if (n < n1) kn_tail(C, ldc, A, lda, W, dt, ldw, M, n, n1 - n, K, alpha, beta);
+    const int nv = nb / VL * VL;
+    float sums[SMALL_M * KN_STRIP];
+    for (int k0 = 0; k0 < K; k0 += KN_KB) {
+        const int k1 = K - k0 < KN_KB ? K : k0 + KN_KB;
+        int j = 0;
+        for (; j + NV * VL <= nv; j += NV * VL) kn_cols(sums, A, lda, W, dt, ldw, M, NV, n0 + j, j, k0, k1);
+        for (; j < nv; j += VL) kn_cols(sums, A, lda, W, dt, ldw, M, 1, n0 + j, j, k0, k1);
+    }
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < nv; j++) store(&C[(size_t)m * ldc + n0 + j], sums[(size_t)m * KN_STRIP + j], alpha, beta);
+    if (nv < nb) kn_tail(C, ldc, A, lda, W, dt, ldw, M, n0 + nv, nb - nv, K, alpha, beta);
 }
 
 /* One copy of each direct kernel per M in 1..SMALL_M. */
@@ -213,7 +221,7 @@ static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc,
     case 8: kernel(__VA_ARGS__, 8, n0, n1, K, alpha, beta); break; \
     default: SK_ASSERT(!"direct kernel: M out of range"); \
     }
-_Static_assert(SMALL_M == 8 && SMALL_M <= 2 * NK_MG, "DIRECT_CASES lists M = 1..SMALL_M; nk_group covers SMALL_M");
+_Static_assert(SMALL_M == 8, "DIRECT_CASES lists M = 1..SMALL_M");
 
 static void direct_nk(float *C, int ldc, const float *A, int lda, const void *W, dtype dt, int ldw, int M,
                       int n0, int n1, int K, float alpha, float beta) {
