@@ -20,6 +20,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "base/base.h"
@@ -27,6 +28,7 @@
 #define SMALL_M CPU_LOWP_SMALL_M
 #define DOT_KB 512          /* direct_nk: elements of a W row converted per step */
 #define KN_STRIP 128        /* direct_kn: columns per strip (a thread's unit of work) */
+#define CPU_LOWP_LINE 64    /* bytes in a cache line */
 #define KN_AHEAD 32         /* direct_kn: rows of f32 weights prefetched ahead (M > 4) */
 #define KN_KB 512           /* direct_kn: rows of W per block (a strip's block: 256 KiB of f32) */
 #define PANEL_N 64          /* panels: PANEL_N x PANEL_K f32 = CPU_LOWP_STACK_BYTES */
@@ -140,20 +142,28 @@ static inline __attribute__((always_inline)) void direct_nk_m(float *C, int ldc,
 }
 
 /* sums[m][j..j+NV*VL) for m < M from rows [k0, k1) of W(K,N) (row stride ldw) at columns
- * n0..: per k, NV vectors of W's row (converted for bf16/f16) times A[m][k] broadcast, added
+ * n0..n0+(NV-1)*VL+nl (nl < VL: a last vector of nl columns, the others' lanes zero): per k, NV vectors of W's row (converted for bf16/f16) times A[m][k] broadcast, added
  * into M x NV accumulators in registers that start from sums (from zero at k0 = 0) and go
  * back there, so every element sums k = 0..K-1 in order across the blocks. Inlined as nk_rows. */
 static inline __attribute__((always_inline)) void kn_cols(float *sums, const float *A, int lda, const void *W,
-                                                          dtype dt, int ldw, const int M, const int NV, int n0,
-                                                          int j, int k0, int k1) {
-    float buf[KN_NV * VL];
+                                                          dtype dt, int ldw, const int M, const int NV, int nl,
+                                                          int n0, int j, int k0, int k1) {
+    float buf[KN_NV * VL] = {0};
+    const int nw = (NV - 1) * VL + nl;
     v16 acc[SMALL_M][KN_NV];
 #pragma GCC unroll 8
     for (int m = 0; m < M; m++)
 #pragma GCC unroll 8
         for (int v = 0; v < NV; v++) acc[m][v] = k0 ? v16_load(sums + (size_t)m * KN_STRIP + j + v * VL) : (v16){0};
     for (int k = k0; k < k1; k++) {
-        const float *w = weights_f32(buf, W, dt, (size_t)k * ldw + n0, NV * VL);
+        const size_t off = (size_t)k * ldw + n0;
+        const float *w;
+        if (nl < VL && dt == DT_F32) {   /* a copy: the row may end before the vector does */
+            for (int i = 0; i < nw; i++) buf[i] = ((const float *)W)[off + i];
+            w = buf;
+        } else {
+            w = weights_f32(buf, W, dt, off, nw);
+        }
         if (dt == DT_F32 && M > 4)   /* few vectors per row: fetch the rows ahead, a page apart each */
 #pragma GCC unroll 8
             for (int v = 0; v < NV; v++) __builtin_prefetch((const float *)W + (size_t)(k + KN_AHEAD) * ldw + n0 + v * VL);
@@ -173,39 +183,26 @@ static inline __attribute__((always_inline)) void kn_cols(float *sums, const flo
         for (int v = 0; v < NV; v++) memcpy(sums + (size_t)m * KN_STRIP + j + v * VL, &acc[m][v], sizeof(v16));
 }
 
-/* C[m][n0..n0+nb) for m < M, nb < VL: the columns past the last whole vector, plainly. */
-static void kn_tail(float *C, int ldc, const float *A, int lda, const void *W, dtype dt, int ldw, int M, int n0,
-                    int nb, int K, float alpha, float beta) {
-    float buf[VL];
-    for (int m = 0; m < M; m++) {
-        float acc[VL] = {0};
-        for (int k = 0; k < K; k++) {
-            const float *w = weights_f32(buf, W, dt, (size_t)k * ldw + n0, nb);
-            for (int j = 0; j < nb; j++) acc[j] += A[(size_t)m * lda + k] * w[j];
-        }
-        for (int j = 0; j < nb; j++) store(&C[(size_t)m * ldc + n0 + j], acc[j], alpha, beta);
-    }
-}
-
 /* C[m][n0..n0+nb) for m < M (nb <= KN_STRIP), W(K,N): per block of KN_KB rows of W (the
  * strip's part of them stays in L2 while the passes reread it), passes of NV * VL columns
- * with NV vectors per row of A (16 / M of them, at most KN_NV), then single vectors; the
- * sums in a stack buffer between blocks; then kn_tail for the columns past the last vector. */
+ * with NV vectors per row of A (16 / M of them, at most KN_NV), then single vectors, then a
+ * last narrower one; the sums in a stack buffer between blocks. */
 static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc, const float *A, int lda,
                                                               const void *W, dtype dt, int ldw, const int M,
                                                               int n0, int nb, int K, float alpha, float beta) {
     const int NV = 16 / M > KN_NV ? KN_NV : 16 / M < 2 ? 2 : 16 / M;
     const int nv = nb / VL * VL;
     float sums[SMALL_M * KN_STRIP];
-    for (int k0 = 0; k0 < K; k0 += KN_KB) {
-        const int k1 = K - k0 < KN_KB ? K : k0 + KN_KB;
+    const int kb = M > 4 ? KN_KB : K;   /* 16 / M vectors per pass: one pass for M <= 2, no rereading */
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        const int k1 = K - k0 < kb ? K : k0 + kb;
         int j = 0;
-        for (; j + NV * VL <= nv; j += NV * VL) kn_cols(sums, A, lda, W, dt, ldw, M, NV, n0 + j, j, k0, k1);
-        for (; j < nv; j += VL) kn_cols(sums, A, lda, W, dt, ldw, M, 1, n0 + j, j, k0, k1);
+        for (; j + NV * VL <= nv; j += NV * VL) kn_cols(sums, A, lda, W, dt, ldw, M, NV, VL, n0 + j, j, k0, k1);
+        for (; j < nv; j += VL) kn_cols(sums, A, lda, W, dt, ldw, M, 1, VL, n0 + j, j, k0, k1);
+        if (nv < nb) kn_cols(sums, A, lda, W, dt, ldw, M, 1, nb - nv, n0 + nv, nv, k0, k1);
     }
     for (int m = 0; m < M; m++)
-        for (int j = 0; j < nv; j++) store(&C[(size_t)m * ldc + n0 + j], sums[(size_t)m * KN_STRIP + j], alpha, beta);
-    if (nv < nb) kn_tail(C, ldc, A, lda, W, dt, ldw, M, n0 + nv, nb - nv, K, alpha, beta);
+        for (int j = 0; j < nb; j++) store(&C[(size_t)m * ldc + n0 + j], sums[(size_t)m * KN_STRIP + j], alpha, beta);
 }
 
 /* One copy of each direct kernel per M in 1..SMALL_M. */
@@ -270,11 +267,20 @@ void cpu_lowp_matmul(float *C, int ldc, const float *A, int lda, const void *W, 
             direct_nk(C, ldc, A, lda, W, wdt, ldw, M, n0, n1, K, alpha, beta);
         }
     } else if (M <= SMALL_M) {
-        int strips = (N + KN_STRIP - 1) / KN_STRIP;
+        /* Strips begin on a cache line of W's rows when the rows share one alignment (a
+         * Hugging Face file's tensors often sit 16 or 48 bytes off a line): a strip that
+         * straddled lines would fetch a line more per row than it uses. The columns before the
+         * first line boundary join the first strip, [0, first), which is narrower by a line. */
+        const size_t es = dtype_size(wdt);
+        const int le = CPU_LOWP_LINE / (int)es;
+        const int head = (size_t)ldw * es % CPU_LOWP_LINE ? 0 : (int)((CPU_LOWP_LINE - (uintptr_t)W % CPU_LOWP_LINE) % CPU_LOWP_LINE / es);
+        const int first = head == 0 ? 0 : head + KN_STRIP - le < N ? head + KN_STRIP - le : N;
+        const int strips = (first > 0) + (N - first + KN_STRIP - 1) / KN_STRIP;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
         for (int s = 0; s < strips; s++) {
-            int n0 = s * KN_STRIP;
-            direct_kn(C, ldc, A, lda, W, wdt, ldw, M, n0, N - n0 < KN_STRIP ? N - n0 : KN_STRIP, K, alpha, beta);
+            const int n0 = s == 0 && first > 0 ? 0 : first + (s - (first > 0)) * KN_STRIP;
+            const int n1 = s == 0 && first > 0 ? first : N - n0 < KN_STRIP ? N : n0 + KN_STRIP;
+            direct_kn(C, ldc, A, lda, W, wdt, ldw, M, n0, n1 - n0, K, alpha, beta);
         }
     } else {
         int strips = (N + PANEL_N - 1) / PANEL_N;
