@@ -17,7 +17,7 @@ static const struct {
     {"train", cmd_train, "                 train or fine-tune a model"},
     {"generate", cmd_generate, "                 sample text from a model"},
     {"serve", cmd_serve, "                 an OpenAI-compatible HTTP server over a model folder"},
-    {"bench", cmd_bench, "train|throughput|latency|serve|attention  measure training, inference, serving and attention speed"},
+    {"bench", cmd_bench, "train|throughput|latency|serve|attention|load  measure training, inference, serving, attention and load speed"},
     {"demo", cmd_demo, "                 the embedded demo: tokenizer, training, generation"},
 };
 
