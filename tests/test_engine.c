@@ -2,7 +2,12 @@
  * (model_infer_step over a model_kv), which matches transformers on these fixtures already
  * (test_gpt2, test_llama_hf):
  *   - the batched step over a paged pool (two sequences, blocks of 4, prefill then decodes in
- *     one batch) gives each row's logits within 1e-5 of the largest |logit|;
+ *     one batch) gives each row's logits within 1e-5 of the largest |logit|, and within
+ *     HALF_BF16_TOL / HALF_F16_TOL of it over a bf16 / f16 cache (--kv-cache-dtype, the CPU);
+ *   - over bf16 and f16 caches the engine's greedy tokens equal the f32 cache's up to a
+ *     near-tie (most tokens compared); a request in a busy batch and prefix-cache hits give
+ *     the same tokens over an f16 cache too; a bf16/f16 pool holds twice the blocks of the
+ *     same bytes; --kv-cache-dtype's bad values are refused naming the flag;
  *   - greedy tokens through the engine (chunked prefill mixed with decodes) equal the
  *     reference on every fixture, and each token's log-probability matches the reference's;
  *   - the top-n log-probabilities equal a softmax of the reference's logits, ids in order;
@@ -15,7 +20,7 @@
  *   - the paged ops (set_rows, paged_attention) against a double-precision reference over
  *     the same cache, in the cache dtype a device runs (bf16 on CUDA: its decode kernel with
  *     and without splits over long contexts, grouped heads, windows, and its general kernel
- *     for prefill chunks), argmax_rows' first maximum, and (where a backend has it)
+ *     for prefill chunks), f32 queries over bf16/f16 caches (set_rows rounding once), argmax_rows' first maximum, and (where a backend has it)
  *     sample_rows against a sort-based reference and its draws' frequencies;
  *   - on a device with bf16 inference: the engine's greedy tokens equal the CPU engine's over
  *     the same bf16 weights, and a request inside a busy batch of 64 the tokens it gets
@@ -34,6 +39,14 @@ enum { MAXG = 24, MAXP = 40 };
  * while the top two stand further apart than BF16_MARGIN. */
 #define BF16_MARGIN 0.1
 #define BF16_LOGPROB_TOL 8e-2   /* measured on the H200: up to 0.054 (the qwen2 fixture, logits up to 7) */
+/* A bf16 or f16 cache under f32 activations (--kv-cache-dtype on the CPU): the largest logit
+ * difference from the one-sequence f32 path, relative to the largest |logit|. */
+#define HALF_BF16_TOL 2e-2   /* measured: up to 0.0081 (llama-math/llama) */
+#define HALF_F16_TOL 3e-3    /* measured: up to 0.0017 (qwen2) */
+/* An f16 cache moves them about 8x less than bf16: near-ties are closer. */
+#define F16_MARGIN 0.02
+#define HALF_BF16_LOGPROB_TOL 5e-2   /* measured: up to 0.023 (qwen2) */
+#define HALF_F16_LOGPROB_TOL 1e-2    /* measured: up to 0.0039 (llama3) */
 
 static const char *const fixtures[] = {
     "fixtures/gpt2-tiny", "fixtures/llama-tiny", "fixtures/llama-math/llama", "fixtures/llama-math/llama3",
@@ -117,7 +130,16 @@ static int make_prompt(int *p, int i, int len, int V) {
     return len;
 }
 
+/* Whether the engine over m keeps a cache of dtype kdt (the CPU: f32, bf16, f16 under its f32
+ * activations; a device with SKEIN_INFER_DTYPE=f32 only f32). */
+static bool keeps_cache(const model *m, dtype kdt) {
+    dtype got;
+    return kv_dtype_resolve(m, kdt, &got) == SK_OK;
+}
+
 TEST(batched_step_matches_infer_step_logits) {
+    const dtype kdts[3] = {DT_F32, DT_BF16, DT_F16};
+    const double tols[3] = {1e-5, HALF_BF16_TOL, HALF_F16_TOL};
     for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
         model *m = open_fixture(fixtures[f]);
         CHECK(m);
@@ -130,52 +152,58 @@ TEST(batched_step_matches_infer_step_logits) {
             ref[s] = malloc(sizeof(float) * (size_t)steps * V);
             CHECK(reference(m, prompt[s], len[s], steps, gen[s], NULL, ref[s]));
         }
-        /* the same through model_infer_batch: both sequences in every step, blocks of 4 */
-        kv_pool *pool = NULL;
-        CHECK(kv_pool_init(m, 12 * kv_block_bytes(m, 4), 4, &pool) == SK_OK);
-        CHECK(model_infer_prepare(m, 32, 2, m->cfg.n_positions) == SK_OK);
-        kv_seq seq[2];
-        const int MB = 8;
-        int tables[2 * 8] = {0}, done[2] = {0, 0};
-        double worst = 0, scale = 0;
-        for (int s = 0; s < 2; s++) CHECK(kv_seq_init(&seq[s], MB) == SK_OK);
-        for (int i = 0; i < steps; i++) {
-            int tokens[32], pos[32], slot[32], sq[6], rows[2], N = 0;
-            for (int s = 0; s < 2; s++) {
-                const int n = i == 0 ? len[s] : 1;
-                CHECK(kv_seq_reserve(pool, &seq[s], done[s] + n));
-                memcpy(tables + s * MB, seq[s].table, sizeof(int) * (size_t)seq[s].n_blocks);
-                sq[3 * s] = N;
-                sq[3 * s + 1] = n;
-                sq[3 * s + 2] = done[s] + n;
-                for (int t = 0; t < n; t++, N++) {
-                    const int p = done[s] + t;
-                    tokens[N] = i == 0 ? prompt[s][t] : gen[s][i - 1];
-                    pos[N] = p;
-                    slot[N] = seq[s].table[p / 4] * 4 + p % 4;
+        /* the same through model_infer_batch: both sequences in every step, blocks of 4, with
+         * the f32 cache and (where the backend keeps them) bf16 and f16 ones */
+        for (int d = 0; d < 3; d++) {
+            const dtype kdt = kdts[d];
+            if (!keeps_cache(m, kdt)) continue;
+            kv_pool *pool = NULL;
+            CHECK(kv_pool_init(m, kdt, 12 * kv_block_bytes(m, kdt, 4), 4, &pool) == SK_OK);
+            CHECK(model_infer_prepare(m, 32, 2, m->cfg.n_positions) == SK_OK);
+            kv_seq seq[2];
+            const int MB = 8;
+            int tables[2 * 8] = {0}, done[2] = {0, 0};
+            double worst = 0, scale = 0;
+            for (int s = 0; s < 2; s++) CHECK(kv_seq_init(&seq[s], MB) == SK_OK);
+            for (int i = 0; i < steps; i++) {
+                int tokens[32], pos[32], slot[32], sq[6], rows[2], N = 0;
+                for (int s = 0; s < 2; s++) {
+                    const int n = i == 0 ? len[s] : 1;
+                    CHECK(kv_seq_reserve(pool, &seq[s], done[s] + n));
+                    memcpy(tables + s * MB, seq[s].table, sizeof(int) * (size_t)seq[s].n_blocks);
+                    sq[3 * s] = N;
+                    sq[3 * s + 1] = n;
+                    sq[3 * s + 2] = done[s] + n;
+                    for (int t = 0; t < n; t++, N++) {
+                        const int p = done[s] + t;
+                        tokens[N] = i == 0 ? prompt[s][t] : gen[s][i - 1];
+                        pos[N] = p;
+                        slot[N] = seq[s].table[p / 4] * 4 + p % 4;
+                    }
+                    rows[s] = N - 1;
+                    done[s] += n;
                 }
-                rows[s] = N - 1;
-                done[s] += n;
+                const model_batch b = {N, tokens, pos, slot, 2, sq, tables, MB, 2, rows};
+                const model_kv_cache cache = kv_pool_cache(pool);
+                float *lg = test_download(m->be, model_infer_batch(m, &cache, &b));
+                for (int s = 0; s < 2; s++)
+                    for (int v = 0; v < V; v++) {
+                        worst = fmax(worst, fabs(lg[(size_t)s * V + v] - ref[s][(size_t)i * V + v]));
+                        scale = fmax(scale, fabs(ref[s][(size_t)i * V + v]));
+                    }
+                free(lg);
             }
-            const model_batch b = {N, tokens, pos, slot, 2, sq, tables, MB, 2, rows};
-            const model_kv_cache cache = kv_pool_cache(pool);
-            float *lg = test_download(m->be, model_infer_batch(m, &cache, &b));
-            for (int s = 0; s < 2; s++)
-                for (int v = 0; v < V; v++) {
-                    worst = fmax(worst, fabs(lg[(size_t)s * V + v] - ref[s][(size_t)i * V + v]));
-                    scale = fmax(scale, fabs(ref[s][(size_t)i * V + v]));
-                }
-            free(lg);
+            printf("  %s, %s cache: worst |batched - infer_step| %.3g (largest |logit| %.3g)\n", fixtures[f],
+                   kv_dtype_name(kdt), worst, scale);
+            CHECK_MSG(worst <= tols[d] * scale, "%s, %s cache", fixtures[f], kv_dtype_name(kdt));
+            for (int s = 0; s < 2; s++) {
+                kv_seq_release(pool, &seq[s]);
+                kv_seq_free(&seq[s]);
+            }
+            CHECK(kv_pool_available(pool) == kv_pool_blocks(pool));
+            kv_pool_free(pool);
         }
-        printf("  %s: worst |batched - infer_step| %.3g (largest |logit| %.3g)\n", fixtures[f], worst, scale);
-        CHECK_MSG(worst <= 1e-5 * scale, "%s", fixtures[f]);
-        for (int s = 0; s < 2; s++) {
-            kv_seq_release(pool, &seq[s]);
-            kv_seq_free(&seq[s]);
-            free(ref[s]);
-        }
-        CHECK(kv_pool_available(pool) == kv_pool_blocks(pool));
-        kv_pool_free(pool);
+        for (int s = 0; s < 2; s++) free(ref[s]);
         model_free(m);
     }
 }
@@ -289,9 +317,11 @@ TEST(top_logprobs_match_softmax_of_reference_logits) {
     }
 }
 
-/* An engine for nr running sequences with a budget of 128 tokens a step (NULL on failure). */
-static engine *busy_engine(model *m, int nr) {
+/* An engine for nr running sequences with a budget of 128 tokens a step, its cache in kdt
+ * (KV_DTYPE_AUTO or a dtype; NULL on failure). */
+static engine *busy_engine(model *m, int nr, dtype kdt) {
     engine_opts o = engine_opts_default();
+    o.kv_dtype = kdt;
     o.max_seqs = nr;
     o.max_batch_tokens = 128;
     engine *e = NULL;
@@ -299,7 +329,7 @@ static engine *busy_engine(model *m, int nr) {
 }
 
 /* Request 0 alone, then as the 40th of 64 (the rest random, some sampled): same tokens, for a
- * greedy and for a seeded sampled request. */
+ * greedy and for a seeded sampled request, with the f32 cache and with an f16 one. */
 TEST(busy_batch_of_64_same_tokens) {
     model *m = open_fixture("fixtures/gpt2-tiny");
     CHECK(m);
@@ -309,13 +339,15 @@ TEST(busy_batch_of_64_same_tokens) {
     sampled.sample = (sample_opts){.temperature = 0.9f, .top_k = 20, .top_p = 0.9f, .min_p = 0.01f};
     sampled.seed = 1234;
     const engine_params kinds[2] = {greedy(G), sampled};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 4; k++) {
+        const dtype kdt = k < 2 ? KV_DTYPE_AUTO : DT_F16;
+        if (!keeps_cache(m, kdt)) continue;
         int target[MAXP], alone[MAXG], n_alone = 0, id;
         make_prompt(target, 999, 21, V);
-        engine *e = busy_engine(m, NR);
+        engine *e = busy_engine(m, NR, kdt);
         CHECK(e);
         int *gen = calloc(NR * MAXG, sizeof(int)), ngen[NR] = {0};
-        CHECK(engine_add_request(e, target, 21, &kinds[k], &id) == SK_OK);
+        CHECK(engine_add_request(e, target, 21, &kinds[k % 2], &id) == SK_OK);
         CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
         n_alone = ngen[0];
         memcpy(alone, gen, sizeof(int) * MAXG);
@@ -326,8 +358,8 @@ TEST(busy_batch_of_64_same_tokens) {
             int p[MAXP];
             const int len = r == 40 ? 21 : 1 + r % 30;
             if (r == 40) memcpy(p, target, sizeof target); else make_prompt(p, r, len, V);
-            engine_params pr = r == 40 ? kinds[k] : r % 3 ? greedy(G) : sampled;
-            pr.seed = r == 40 ? kinds[k].seed : (uint64_t)r;
+            engine_params pr = r == 40 ? kinds[k % 2] : r % 3 ? greedy(G) : sampled;
+            pr.seed = r == 40 ? kinds[k % 2].seed : (uint64_t)r;
             CHECK(engine_add_request(e, p, len, &pr, &id) == SK_OK);
             if (r == 40) target_id = id;
         }
@@ -335,8 +367,8 @@ TEST(busy_batch_of_64_same_tokens) {
         CHECK(run_all(e, all, nall, NULL, NULL, 0, 0));
         CHECK(nall[target_id] == n_alone && n_alone == G);
         for (int i = 0; i < G; i++)
-            CHECK_MSG(all[target_id * MAXG + i] == alone[i], "%s token %d: %d in the batch, %d alone",
-                      k ? "sampled" : "greedy", i, all[target_id * MAXG + i], alone[i]);
+            CHECK_MSG(all[target_id * MAXG + i] == alone[i], "%s, %s cache, token %d: %d in the batch, %d alone",
+                      k % 2 ? "sampled" : "greedy", kv_dtype_name(kdt), i, all[target_id * MAXG + i], alone[i]);
         free(all);
         free(nall);
         free(gen);
@@ -345,37 +377,44 @@ TEST(busy_batch_of_64_same_tokens) {
     model_free(m);
 }
 
+/* With the f32 cache the miss, the hit and a changed last token match the reference; with an
+ * f16 cache the hit gives the miss's tokens. */
 TEST(prefix_cache_hits_give_same_tokens) {
     model *m = open_fixture("fixtures/llama-tiny");
     CHECK(m);
-    enum { G = 8 };
-    const int V = m->cfg.vocab_size;
-    int prompt[MAXP], ref[G], gen[3 * MAXG] = {0}, ngen[3] = {0}, id;
-    make_prompt(prompt, 7, 37, V);
-    CHECK(reference(m, prompt, 37, G, ref, NULL, NULL));
-    engine_opts o = engine_opts_default();
-    engine *e = NULL;
-    CHECK(engine_create(m, &o, &e) == SK_OK);
-    engine_params p = greedy(G);
-    CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);   /* the miss */
-    CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
-    const kv_stats before = kv_pool_stats(engine_pool(e));
-    CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);   /* hits: 2 full blocks */
-    prompt[36] = (prompt[36] + 1) % V;                             /* another last token: hits too */
-    CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);
-    CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
-    const kv_stats after = kv_pool_stats(engine_pool(e));
-    printf("  hits %llu -> %llu, misses %llu -> %llu\n", (unsigned long long)before.hits,
-           (unsigned long long)after.hits, (unsigned long long)before.misses, (unsigned long long)after.misses);
-    CHECK(before.hits == 0 && before.misses == 2 && after.hits == 4 && after.misses == 2);
-    for (int i = 0; i < G; i++) {
-        CHECK_MSG(gen[i] == ref[i] && gen[MAXG + i] == ref[i], "token %d: miss %d, hit %d, reference %d", i, gen[i],
-                  gen[MAXG + i], ref[i]);
+    for (int k = 0; k < 2; k++) {
+        const dtype kdt = k ? DT_F16 : KV_DTYPE_AUTO;
+        if (!keeps_cache(m, kdt)) continue;
+        enum { G = 8 };
+        const int V = m->cfg.vocab_size;
+        int prompt[MAXP], ref[G], gen[3 * MAXG] = {0}, ngen[3] = {0}, id;
+        make_prompt(prompt, 7, 37, V);
+        CHECK(reference(m, prompt, 37, G, ref, NULL, NULL));
+        engine_opts o = engine_opts_default();
+        o.kv_dtype = kdt;
+        engine *e = NULL;
+        CHECK(engine_create(m, &o, &e) == SK_OK);
+        engine_params p = greedy(G);
+        CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);   /* the miss */
+        CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
+        const kv_stats before = kv_pool_stats(engine_pool(e));
+        CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);   /* hits: 2 full blocks */
+        prompt[36] = (prompt[36] + 1) % V;                             /* another last token: hits too */
+        CHECK(engine_add_request(e, prompt, 37, &p, &id) == SK_OK);
+        CHECK(run_all(e, gen, ngen, NULL, NULL, 0, 0));
+        const kv_stats after = kv_pool_stats(engine_pool(e));
+        printf("  hits %llu -> %llu, misses %llu -> %llu\n", (unsigned long long)before.hits,
+               (unsigned long long)after.hits, (unsigned long long)before.misses, (unsigned long long)after.misses);
+        CHECK(before.hits == 0 && before.misses == 2 && after.hits == 4 && after.misses == 2);
+        for (int i = 0; i < G; i++) {
+            CHECK_MSG(gen[MAXG + i] == gen[i] && (k || gen[i] == ref[i]), "%s cache, token %d: miss %d, hit %d, reference %d",
+                      kv_dtype_name(kdt), i, gen[i], gen[MAXG + i], ref[i]);
+        }
+        int ref2[G];
+        CHECK(reference(m, prompt, 37, G, ref2, NULL, NULL));
+        for (int i = 0; i < G && !k; i++) CHECK_MSG(gen[2 * MAXG + i] == ref2[i], "changed prompt, token %d", i);
+        engine_free(e);
     }
-    int ref2[G];
-    CHECK(reference(m, prompt, 37, G, ref2, NULL, NULL));
-    for (int i = 0; i < G; i++) CHECK_MSG(gen[2 * MAXG + i] == ref2[i], "changed prompt, token %d", i);
-    engine_free(e);
     model_free(m);
 }
 
@@ -561,6 +600,54 @@ TEST(kv_budget_parses_bytes_and_fractions) {
     }
 }
 
+/* --kv-cache-dtype's values, and a bf16 or f16 pool holding twice the f32 pool's blocks in the
+ * same bytes (kv_pool_init and an engine's kv_bytes, as --kv-memory sets it). */
+TEST(half_cache_pool_holds_twice_the_blocks) {
+    const struct { const char *text; dtype dt; } good[] = {
+        {"auto", KV_DTYPE_AUTO}, {"f32", DT_F32}, {"bf16", DT_BF16}, {"f16", DT_F16},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        dtype got = DT_I32;
+        CHECK(kv_dtype_parse(good[i].text, &got) == SK_OK && got == good[i].dt);
+        CHECK(!strcmp(kv_dtype_name(got), good[i].text));
+    }
+    const char *bad[] = {"", "fp16", "F16", "f8", "int8", "auto "};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        dtype got;
+        CHECK_MSG(kv_dtype_parse(bad[i], &got) == SK_EARG, "'%s' was accepted", bad[i]);
+        CHECK_MSG(strstr(sk_errmsg(), "--kv-cache-dtype"), "'%s': the message does not name the flag: %s", bad[i],
+                  sk_errmsg());
+    }
+    model *m = open_fixture("fixtures/gpt2-tiny");
+    CHECK(m);
+    dtype act;
+    CHECK(kv_dtype_resolve(m, KV_DTYPE_AUTO, &act) == SK_OK && act == model_infer_dtype(m));
+    const size_t bytes = 10 * kv_block_bytes(m, DT_F32, 16);
+    const dtype kdts[3] = {DT_F32, DT_BF16, DT_F16};
+    for (int d = 0; d < 3; d++) {
+        if (!keeps_cache(m, kdts[d])) {
+            CHECK(kdts[d] != DT_F32);
+            continue;
+        }
+        const int want = kdts[d] == DT_F32 ? 10 : 20;
+        CHECK(kv_block_bytes(m, kdts[d], 16) * (size_t)want == bytes);
+        kv_pool *p = NULL;
+        CHECK(kv_pool_init(m, kdts[d], bytes, 16, &p) == SK_OK);
+        CHECK_MSG(kv_pool_blocks(p) == want && kv_pool_dtype(p) == kdts[d], "%s: %d blocks", dtype_name(kdts[d]),
+                  kv_pool_blocks(p));
+        kv_pool_free(p);
+        engine_opts o = engine_opts_default();
+        o.kv_bytes = bytes;
+        o.kv_dtype = kdts[d];
+        engine *e = NULL;
+        CHECK(engine_create(m, &o, &e) == SK_OK);
+        printf("  %s cache: %d blocks in %zu bytes\n", kv_dtype_name(kdts[d]), kv_pool_blocks(engine_pool(e)), bytes);
+        CHECK(kv_pool_blocks(engine_pool(e)) == want && kv_pool_dtype(engine_pool(e)) == kdts[d]);
+        engine_free(e);
+    }
+    model_free(m);
+}
+
 /* ---- the paged ops and bf16 inference ---- */
 
 /* The values of n f32 as dt holds them (bf16: rounded), in place. */
@@ -582,8 +669,11 @@ static void *upload_as(backend *be, const float *x, size_t n, dtype dt) {
 }
 
 /* One batch of sequences (ctx[i] positions, the last nq[i] of them queries) through set_rows
- * and paged_attention; the worst |out - reference| relative to the largest |value|. */
-static double paged_case(backend *be, dtype dt, int NH, int NKV, int HS, int W, int S, const int *ctx, const int *nq) {
+ * and paged_attention, activations in dt and the cache in kdt (set_rows rounds into it); the
+ * worst |out - reference| relative to the largest |value|, the reference computed over the
+ * cache's values. */
+static double paged_case(backend *be, dtype dt, dtype kdt, int NH, int NKV, int HS, int W, int S, const int *ctx,
+                         const int *nq) {
     enum { BS = 16 };
     const int KD = NKV * HS, QD = NH * HS;
     int N = 0, MB = 0, nblocks = 0;
@@ -615,6 +705,8 @@ static double paged_case(backend *be, dtype dt, int NH, int NKV, int HS, int W, 
         memcpy(kc + (size_t)perm[i] * KD, src_k + (size_t)i * KD, sizeof(float) * KD);
         memcpy(vc + (size_t)perm[i] * KD, src_v + (size_t)i * KD, sizeof(float) * KD);
     }
+    round_to(kc, (size_t)R * KD, kdt);
+    round_to(vc, (size_t)R * KD, kdt);
     for (int b = 0; b < nblocks; b++) blocks[b] = (b * 7919) % nblocks;   /* nblocks is not a multiple of 7919 */
     double vmax = 0;
     for (size_t e = 0; e < (size_t)R * KD; e++) vmax = fmax(vmax, fabs(src_v[e]));
@@ -647,7 +739,7 @@ static double paged_case(backend *be, dtype dt, int NH, int NKV, int HS, int W, 
                 free(sc);
             }
     }
-    void *dk = backend_alloc(be, (size_t)R * KD * dtype_size(dt)), *dv = backend_alloc(be, (size_t)R * KD * dtype_size(dt));
+    void *dk = backend_alloc(be, (size_t)R * KD * dtype_size(kdt)), *dv = backend_alloc(be, (size_t)R * KD * dtype_size(kdt));
     void *dsk = upload_as(be, src_k, (size_t)R * KD, dt), *dsv = upload_as(be, src_v, (size_t)R * KD, dt);
     void *dq = upload_as(be, q, (size_t)N * QD, dt), *dout = backend_alloc(be, (size_t)N * QD * dtype_size(dt));
     int *didx = backend_alloc(be, sizeof(int) * (size_t)R), *dseqs = backend_alloc(be, sizeof(int) * 3 * (size_t)S);
@@ -655,7 +747,7 @@ static double paged_case(backend *be, dtype dt, int NH, int NKV, int HS, int W, 
     backend_upload(be, didx, perm, sizeof(int) * (size_t)R);
     backend_upload(be, dseqs, seqs, sizeof(int) * 3 * (size_t)S);
     backend_upload(be, dtab, tables, sizeof(int) * (size_t)S * MB);
-    const tensor idx = tensor_1d(didx, DT_I32, R), kt = tensor_2d(dk, dt, R, KD), vt = tensor_2d(dv, dt, R, KD);
+    const tensor idx = tensor_1d(didx, DT_I32, R), kt = tensor_2d(dk, kdt, R, KD), vt = tensor_2d(dv, kdt, R, KD);
     be->ops->set_rows(be, NULL, kt, tensor_2d(dsk, dt, R, KD), idx);
     be->ops->set_rows(be, NULL, vt, tensor_2d(dsv, dt, R, KD), idx);
     be->ops->paged_attention(be, NULL, tensor_2d(dout, dt, N, QD), tensor_2d(dq, dt, N, QD), kt, vt,
@@ -681,7 +773,7 @@ TEST(paged_attention_matches_a_reference) {
         {8, 2, 64, 0}, {8, 2, 128, 0}, {4, 4, 64, 100}, {6, 1, 32, 0}, {2, 2, 160, 0}, {16, 2, 128, 257},
     };
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
-        const double w = paged_case(be, dt, shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, 6, ctx, nq);
+        const double w = paged_case(be, dt, dt, shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, 6, ctx, nq);
         printf("  %s NH %d NKV %d HS %d W %d: worst |out - reference| %.3g of the largest |v|\n", dtype_name(dt),
                shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, w);
         CHECK(w <= tol);
@@ -689,9 +781,32 @@ TEST(paged_attention_matches_a_reference) {
     enum { S = 150 };
     int many_ctx[S], many_nq[S];
     for (int i = 0; i < S; i++) many_ctx[i] = 1 + (i * 37) % 90, many_nq[i] = 1;
-    const double w = paged_case(be, dt, 8, 2, 64, 0, S, many_ctx, many_nq);
+    const double w = paged_case(be, dt, dt, 8, 2, 64, 0, S, many_ctx, many_nq);
     printf("  %s %d decodes: worst %.3g\n", dtype_name(dt), S, w);
     CHECK(w <= tol);
+}
+
+/* f32 queries over a bf16 or f16 cache (--kv-cache-dtype): set_rows rounds the f32 rows once,
+ * and paged_attention then computes in f32 over the cache's values, decode and prefill, to
+ * 1e-5 of the largest |value| of a double-precision reference over those values. */
+TEST(paged_attention_over_a_half_cache_matches_a_reference) {
+    backend *be = test_device();
+    const int ctx[6] = {300, 1, 17, 40, 700, 33}, nq[6] = {1, 1, 1, 5, 1, 33};
+    const struct { int NH, NKV, HS, W; } shapes[] = {{8, 2, 64, 0}, {4, 4, 64, 100}, {6, 1, 32, 0}, {2, 2, 160, 0}};
+    const dtype kdts[2] = {DT_BF16, DT_F16};
+    int ran = 0;
+    for (int d = 0; d < 2; d++) {
+        if (!backend_supports(be, BACKEND_OP_KV_CACHE, kdts[d])) continue;
+        ran++;
+        for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+            const double w = paged_case(be, DT_F32, kdts[d], shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, 6,
+                                        ctx, nq);
+            printf("  %s cache NH %d NKV %d HS %d W %d: worst |out - reference| %.3g of the largest |v|\n",
+                   dtype_name(kdts[d]), shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, w);
+            CHECK(w <= 1e-5);
+        }
+    }
+    if (!ran) SKIP("the %s backend keeps no bf16/f16 cache under f32 activations", be->name);
 }
 
 TEST(argmax_rows_finds_the_first_maximum) {
@@ -841,13 +956,14 @@ static bool run_top2(engine *e, top2_run *runs) {
     return true;
 }
 
-/* Tokens of `got` against `want` up to the first step where want's margin is below
- * BF16_MARGIN (the tokens of that step included: one of the near-tied pair); the count
- * compared into *n, the worst log-probability difference into *worst (when got has them).
- * False at the first token that differs before then. */
-static bool same_until_near_tie(const top2_run *want, const top2_run *got, bool with_lp, int *n, double *worst) {
+/* Tokens of `got` against `want` up to the first step where want's margin is below `margin`
+ * (the tokens of that step included: one of the near-tied pair); the count compared into *n,
+ * the worst log-probability difference into *worst (when got has them). False at the first
+ * token that differs before then. */
+static bool same_until_near_tie(const top2_run *want, const top2_run *got, double margin, bool with_lp, int *n,
+                                double *worst) {
     for (int i = 0; i < want->n && i < got->n; i++) {
-        if (want->gap[i] < BF16_MARGIN) return true;
+        if (want->gap[i] < margin) return true;
         if (got->tok[i] != want->tok[i]) {
             printf("  token %d: %d, expected %d (margin %.3g)\n", i, got->tok[i], want->tok[i], want->gap[i]);
             return false;
@@ -856,6 +972,68 @@ static bool same_until_near_tie(const top2_run *want, const top2_run *got, bool 
         (*n)++;
     }
     return true;
+}
+
+/* Queues n greedy requests (top-2 log-probabilities) of g tokens on an idle e, request r
+ * over make_prompt(r) of len[r] tokens (vocabulary V), and runs them into runs[0..n). */
+static bool run_prompts(engine *e, int V, int n, const int *len, int g, top2_run *runs) {
+    for (int r = 0; r < n; r++) {
+        int prompt[MAXP], id;
+        make_prompt(prompt, r, len[r], V);
+        engine_params p = greedy_top2(g);
+        if (engine_add_request(e, prompt, len[r], &p, &id) != SK_OK || id != r) return false;
+    }
+    return run_top2(e, runs);
+}
+
+/* A bf16 or f16 cache under f32 activations (the CPU's --kv-cache-dtype): every fixture's
+ * greedy tokens through the engine (4 prompts, 12 tokens each) equal the f32 cache's up to the
+ * first step whose top-2 margin under the f32 cache is below BF16_MARGIN (bf16) or F16_MARGIN
+ * (f16), with log-probabilities within HALF_*_LOGPROB_TOL. So that this is a real check, the
+ * tokens compared before a near-tie must be at least a third of all (bf16) or two thirds (f16)
+ * over the six fixtures: these prompts give 145 and 241 of 288. */
+TEST(half_cache_engine_matches_the_f32_cache) {
+    const dtype kdts[2] = {DT_BF16, DT_F16};
+    const double tol[2] = {HALF_BF16_LOGPROB_TOL, HALF_F16_LOGPROB_TOL}, margin[2] = {BF16_MARGIN, F16_MARGIN};
+    int ran = 0, total[2] = {0, 0}, all[2] = {0, 0};
+    for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
+        model *m = open_fixture(fixtures[f]);
+        CHECK(m);
+        enum { R = 4, G = 12 };
+        const int V = m->cfg.vocab_size, len[R] = {3, 17, 33, 40};
+        for (int d = 0; d < 2; d++) {
+            if (!keeps_cache(m, kdts[d])) continue;
+            ran++;
+            top2_run want[R] = {0}, got[R] = {0};
+            engine *ef = NULL, *eh = NULL;
+            engine_opts o = engine_opts_default();
+            o.max_batch_tokens = 20;
+            CHECK(engine_create(m, &o, &ef) == SK_OK);
+            CHECK(run_prompts(ef, V, R, len, G, want));
+            engine_free(ef);
+            o.kv_dtype = kdts[d];
+            CHECK(engine_create(m, &o, &eh) == SK_OK);
+            CHECK(run_prompts(eh, V, R, len, G, got));
+            int compared = 0;
+            double worst = 0;
+            for (int r = 0; r < R; r++) {
+                CHECK(want[r].n == G && got[r].n == G);
+                CHECK_MSG(same_until_near_tie(&want[r], &got[r], margin[d], true, &compared, &worst), "%s, %s cache, request %d",
+                          fixtures[f], kv_dtype_name(kdts[d]), r);
+            }
+            printf("  %s, %s cache: %d of %d greedy tokens compared, worst |logprob diff| %.3g\n", fixtures[f],
+                   kv_dtype_name(kdts[d]), compared, R * G, worst);
+            CHECK(worst <= tol[d]);
+            total[d] += compared;
+            all[d] += R * G;
+            CHECK(kv_pool_available(engine_pool(eh)) == kv_pool_blocks(engine_pool(eh)));
+            engine_free(eh);
+        }
+        model_free(m);
+    }
+    if (!ran) SKIP("the %s backend keeps no bf16/f16 cache under f32 activations", test_device()->name);
+    printf("  compared: bf16 %d of %d, f16 %d of %d\n", total[0], all[0], total[1], all[1]);
+    CHECK(3 * total[0] >= all[0] && 3 * total[1] >= 2 * all[1]);
 }
 
 TEST(bf16_engine_matches_the_cpu_over_bf16_weights) {
@@ -880,19 +1058,12 @@ TEST(bf16_engine_matches_the_cpu_over_bf16_weights) {
         engine_opts o = engine_opts_default();
         o.max_batch_tokens = 20;
         CHECK(engine_create(ref, &o, &ec) == SK_OK && engine_create(m, &o, &eg) == SK_OK);
-        for (int r = 0; r < R; r++) {
-            int prompt[MAXP], id;
-            make_prompt(prompt, r, len[r], V);
-            engine_params p = greedy_top2(G);
-            CHECK(engine_add_request(ec, prompt, len[r], &p, &id) == SK_OK && id == r);
-            CHECK(engine_add_request(eg, prompt, len[r], &p, &id) == SK_OK && id == r);
-        }
-        CHECK(run_top2(ec, want) && run_top2(eg, got));
+        CHECK(run_prompts(ec, V, R, len, G, want) && run_prompts(eg, V, R, len, G, got));
         int compared = 0;
         double worst = 0;
         for (int r = 0; r < R; r++) {
             CHECK(want[r].n == G && got[r].n == G);
-            CHECK_MSG(same_until_near_tie(&want[r], &got[r], true, &compared, &worst), "%s request %d", fixtures[f], r);
+            CHECK_MSG(same_until_near_tie(&want[r], &got[r], BF16_MARGIN, true, &compared, &worst), "%s request %d", fixtures[f], r);
         }
         printf("  %s: %d of %d greedy tokens compared (the rest after a near-tie), worst |logprob diff| %.3g\n",
                fixtures[f], compared, R * G, worst);
@@ -917,7 +1088,7 @@ TEST(bf16_busy_batch_of_64_same_tokens) {
     enum { NR = 64, G = 10, TRIES = 32 };
     const int V = m->cfg.vocab_size;
     int target[MAXP], id, alone = -1;
-    engine *e = busy_engine(m, NR);
+    engine *e = busy_engine(m, NR, KV_DTYPE_AUTO);
     CHECK(e);
     top2_run *runs = calloc(TRIES + NR, sizeof(top2_run));
     CHECK(runs);
@@ -944,7 +1115,7 @@ TEST(bf16_busy_batch_of_64_same_tokens) {
     int compared = 0;
     double unused = 0;
     CHECK(runs[first + 40].n == G);
-    CHECK(same_until_near_tie(&runs[alone], &runs[first + 40], false, &compared, &unused));
+    CHECK(same_until_near_tie(&runs[alone], &runs[first + 40], BF16_MARGIN, false, &compared, &unused));
     printf("  %d of %d tokens compared (the rest after a near-tie)\n", compared, G);
     CHECK(compared >= G / 2);
     free(runs);

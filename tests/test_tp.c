@@ -241,8 +241,9 @@ static double run_both(model *w, model *s, int *mismatch) {
     kv_pool *pw = NULL, *ps = NULL;
     double worst = -1;
     *mismatch = 0;
-    if (kv_pool_init(w, (size_t)(NSEQ * MB) * kv_block_bytes(w, BS), BS, &pw) != SK_OK ||
-        kv_pool_init(s, (size_t)(NSEQ * MB) * kv_block_bytes(s, BS), BS, &ps) != SK_OK ||
+    const dtype dw = model_infer_dtype(w), ds = model_infer_dtype(s);
+    if (kv_pool_init(w, dw, (size_t)(NSEQ * MB) * kv_block_bytes(w, dw, BS), BS, &pw) != SK_OK ||
+        kv_pool_init(s, ds, (size_t)(NSEQ * MB) * kv_block_bytes(s, ds, BS), BS, &ps) != SK_OK ||
         model_infer_prepare(w, 32, NSEQ, MAXLEN) != SK_OK || model_infer_prepare(s, 32, NSEQ, MAXLEN) != SK_OK) {
         printf("  %s\n", sk_errmsg());
         goto out;

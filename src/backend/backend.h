@@ -54,6 +54,8 @@ typedef enum backend_op {
     BACKEND_OP_EMBED,        /* embed_forward: table in the dtype asked */
     BACKEND_OP_MIXED,        /* [lp] arguments (see the top of this file) in the dtype asked */
     BACKEND_OP_PAGED,        /* set_rows and paged_attention over arrays of the dtype asked */
+    BACKEND_OP_KV_CACHE,     /* set_rows and paged_attention with f32 src, q and out over caches
+                              * (dst, k_cache, v_cache) of the dtype asked */
     BACKEND_OP_COUNT
 } backend_op;
 
@@ -302,10 +304,15 @@ typedef struct backend_ops {
     /* ---- inference engine (paged key/value cache); optional: a caller checks them through
      * backend_supports_paged and refuses without them ---- */
 
+    /* The key/value cache may have a dtype of its own: with activations (src, q, out) of the
+     * cache's dtype where backend_supports(be, BACKEND_OP_PAGED, dt) (f32 anywhere, bf16 on
+     * CUDA), or with f32 activations over a cache backend_supports(be, BACKEND_OP_KV_CACHE,
+     * dt) takes (bf16 and f16 on the CPU: --kv-cache-dtype). */
+
     /* dst row idx[i] = src row i, for the N rows of src(N,D) and idx(N) (i32, backend
      * memory, each in [0,R) or negative: row i is skipped, a padding row; no two equal);
-     * dst(R,D). Both 2-D with contiguous rows and any
-     * row stride, of one dtype: f32 or one backend_supports(be, BACKEND_OP_PAGED, dt) takes.
+     * dst(R,D). Both 2-D with contiguous rows and any row stride; src of dst's dtype, or f32
+     * into a cache of a BACKEND_OP_KV_CACHE dtype (each value rounded once, to nearest even).
      * Writes; other rows of dst are untouched. */
     void (*set_rows)(backend *be, backend_stream *s, tensor dst, tensor src, tensor idx);
     /* Causal grouped-query attention of a ragged batch over a paged cache. q(N,NH*HS) holds
@@ -317,7 +324,9 @@ typedef struct backend_ops {
      * Masking, grouping, window W and scale exactly as attention_forward with Tq = nq and
      * Tk = ctx (p = 0, no lse). q, out and the caches are 2-D with contiguous rows and any row
      * stride, all of one dtype: f32, or one backend_supports(be, BACKEND_OP_PAGED, dt) takes
-     * (bf16 on CUDA: computed in f32, out rounded once); seqs and tables are backend memory.
+     * (bf16 on CUDA: computed in f32, out rounded once); or q and out f32 over caches of a
+     * BACKEND_OP_KV_CACHE dtype (their values converted exactly to f32 as they are read: the
+     * result is the f32 op's over the cache's values); seqs and tables are backend memory.
      * Writes the sequences' rows of out(N,NH*HS); rows no sequence names are untouched. */
     void (*paged_attention)(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
                             tensor seqs, tensor tables, int BS, int NH, int NKV, int W);

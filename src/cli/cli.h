@@ -18,6 +18,10 @@ int cmd_bench_serve(int argc, char **argv); /* skein bench serve (cmd_bench disp
 int cmd_bench_load(int argc, char **argv);  /* skein bench load (cmd_bench dispatches to it) */
 int cmd_demo(int argc, char **argv);        /* skein demo */
 
+/* --kv-cache-dtype's help (generate, serve, bench throughput|latency: kv_dtype_parse reads it). */
+#define CLI_KV_DTYPE_HELP "KV cache dtype (default auto: the model's inference dtype, f32 on the CPU, bf16 on " \
+    "CUDA); bf16 or f16 on the CPU halve its bytes: twice the blocks for the same --kv-memory"
+
 /* Prints "skein: <message of st>" to stderr and returns the exit status for st (0 for the
  * SK_ESTATE that args_parse returns after --help). */
 int cli_fail(sk_status st);

@@ -286,18 +286,22 @@ static sk_status bench_open(const char *dir, const char *preset, backend *be, co
 /* Without --kv-memory, a device's pool holds at most this fraction of its free memory. */
 #define BENCH_KV_DEVICE_FRACTION "0.9"
 
-/* Engine options from the flags, for requests of I + O tokens. Without --kv-memory the pool
- * has room for every running sequence (none is preempted), on a device within
- * BENCH_KV_DEVICE_FRACTION of the memory the model left free. */
-static sk_status bench_engine(model *m, const char *kv_memory, long max_seqs, long max_batch, long I, long O,
-                              engine **e) {
+/* Engine options from the flags, for requests of I + O tokens, the cache in kv_dtype
+ * (--kv-cache-dtype's text). Without --kv-memory the pool has room for every running sequence
+ * (none is preempted), on a device within BENCH_KV_DEVICE_FRACTION of the memory the model
+ * left free. */
+static sk_status bench_engine(model *m, const char *kv_memory, const char *kv_dtype, long max_seqs, long max_batch,
+                              long I, long O, engine **e) {
     engine_opts o = engine_opts_default();
     o.max_seqs = (int)max_seqs;
     o.max_batch_tokens = (int)max_batch;
     o.max_ctx = (int)(I + O);
+    dtype kdt;
+    SK_TRY(kv_dtype_parse(kv_dtype, &o.kv_dtype));
+    SK_TRY(kv_dtype_resolve(m, o.kv_dtype, &kdt));
     if (kv_memory) SK_TRY(kv_budget(m->be, kv_memory, &o.kv_bytes));
     if (!kv_memory && !m->be->host_memory) {
-        const size_t bs = KV_BLOCK_SIZE, need = (size_t)max_seqs * (((size_t)(I + O) + bs - 1) / bs) * kv_block_bytes(m, bs);
+        const size_t bs = KV_BLOCK_SIZE, need = (size_t)max_seqs * (((size_t)(I + O) + bs - 1) / bs) * kv_block_bytes(m, kdt, bs);
         SK_TRY(kv_budget(m->be, BENCH_KV_DEVICE_FRACTION, &o.kv_bytes));
         if (o.kv_bytes > need) o.kv_bytes = need;
     }
@@ -333,6 +337,7 @@ static sk_status bench_add(engine *e, const model *m, int *prompt, long I, long 
     {"--output-len", ARG_INT, &O, "O", "generated tokens per request, EOS ignored (default 128)", false, false}, \
     {"--device", ARG_STR, &device, "cpu|cuda", "default cpu", false, false}, \
     {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
+    {"--kv-cache-dtype", ARG_STR, &kv_dtype, "auto|f32|bf16|f16", CLI_KV_DTYPE_HELP, false, false}, \
     {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
     {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512; 8192 on a GPU)", false, false}, \
     {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false}, \
@@ -386,7 +391,7 @@ static sk_status bench_print_ranks(model *m) {
 }
 
 static int bench_throughput(int argc, char **argv) {
-    const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
+    const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL, *kv_dtype = "auto";
     long I = 128, O = 128, N = 64, max_seqs = 0, max_batch = 0, tp = 1;
     double comm_timeout = 300;
     arg_spec specs[] = {
@@ -413,7 +418,7 @@ static int bench_throughput(int argc, char **argv) {
     if (!st && I + O > m->cfg.n_positions)
         st = sk_fail(SK_EARG, "bench throughput: --input-len + --output-len = %ld exceeds the context %d", I + O,
                      m->cfg.n_positions);
-    if (!st) st = bench_engine(m, kv_memory, max_seqs, max_batch, I, O, &e);
+    if (!st) st = bench_engine(m, kv_memory, kv_dtype, max_seqs, max_batch, I, O, &e);
     const double t0 = time_now(), comm0 = m ? m->tp.comm_s : 0;
     for (long i = 0; !st && i < N; i++) st = bench_add(e, m, prompt, I, O, i);
     while (!st && engine_has_work(e)) {
@@ -428,11 +433,11 @@ static int bench_throughput(int argc, char **argv) {
         const kv_stats ks = kv_pool_stats(engine_pool(e));
         printf("{\"bench\": \"throughput\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"tp\": %ld, "
                "\"input_len\": %ld, \"output_len\": %ld, \"num_prompts\": %ld, \"max_seqs\": %ld, \"max_batch_tokens\": %ld, "
-               "\"kv_blocks\": %d, \"steps\": %ld, \"preemptions\": %llu, \"prefix_hits\": %llu, \"elapsed_s\": %.6g, "
+               "\"kv_dtype\": \"%s\", \"kv_blocks\": %d, \"steps\": %ld, \"preemptions\": %llu, \"prefix_hits\": %llu, \"elapsed_s\": %.6g, "
                "\"requests_per_s\": %.6g, \"output_tokens_per_s\": %.6g, \"total_tokens_per_s\": %.6g, "
                "\"comm_fraction\": %.6g",
                dir ? dir : preset, be->name, omp_get_max_threads(), tp, I, O, N, max_seqs, max_batch,
-               kv_pool_blocks(engine_pool(e)), steps, (unsigned long long)engine_preemptions(e),
+               kv_dtype_name(kv_pool_dtype(engine_pool(e))), kv_pool_blocks(engine_pool(e)), steps, (unsigned long long)engine_preemptions(e),
                (unsigned long long)ks.hits, dt, N / dt, out_tokens / dt, (N * I + out_tokens) / dt,
                (m->tp.comm_s - comm0) / dt);
         engine_free(e);
@@ -451,7 +456,7 @@ static int bench_throughput(int argc, char **argv) {
 }
 
 static int bench_latency(int argc, char **argv) {
-    const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL;
+    const char *dir = NULL, *preset = NULL, *device = "cpu", *kv_memory = NULL, *kv_dtype = "auto";
     long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 0, tp = 1;
     double comm_timeout = 300, decode_s = 0, decode_comm_s = 0;
     arg_spec specs[] = {
@@ -478,7 +483,7 @@ static int bench_latency(int argc, char **argv) {
     if (!st && I + O > m->cfg.n_positions)
         st = sk_fail(SK_EARG, "bench latency: --input-len + --output-len = %ld exceeds the context %d", I + O,
                      m->cfg.n_positions);
-    if (!st) st = bench_engine(m, kv_memory, max_seqs, max_batch, I, O, &e);
+    if (!st) st = bench_engine(m, kv_memory, kv_dtype, max_seqs, max_batch, I, O, &e);
     for (long it = -1; !st && it < iters; it++) {   /* it -1: warm-up */
         /* another prompt each run: no prefix-cache hits */
         st = bench_add(e, m, prompt, I, O, it + 1);
@@ -505,9 +510,10 @@ static int bench_latency(int argc, char **argv) {
     if (!st) {
         /* decode_comm_fraction: rank 0's time in collectives over the decode steps' time */
         printf("{\"bench\": \"latency\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"tp\": %ld, "
-               "\"input_len\": %ld, \"output_len\": %ld, \"iters\": %ld, \"time_to_first_token_s\": %.6g, "
+               "\"input_len\": %ld, \"output_len\": %ld, \"iters\": %ld, \"kv_dtype\": \"%s\", \"time_to_first_token_s\": %.6g, "
                "\"prefill_tokens_per_s\": %.6g, \"decode_tokens_per_s\": %.6g, \"decode_comm_fraction\": %.6g",
-               dir ? dir : preset, be->name, omp_get_max_threads(), tp, I, O, iters, median(ttft, (int)iters),
+               dir ? dir : preset, be->name, omp_get_max_threads(), tp, I, O, iters,
+               kv_dtype_name(kv_pool_dtype(engine_pool(e))), median(ttft, (int)iters),
                I / median(ttft, (int)iters), median(rate, (int)iters), decode_s > 0 ? decode_comm_s / decode_s : 0.0);
         engine_free(e);
         e = NULL;

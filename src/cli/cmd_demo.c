@@ -14,6 +14,7 @@
 #include "cli/cli.h"
 #include "data/data.h"
 #include "infer/generate.h"
+#include "infer/kv.h"
 #include "train/train.h"
 
 #define DEMO_CORPUS_GLOB "/usr/share/doc/python3*/html/_sources/*/*.txt"
@@ -128,7 +129,7 @@ static sk_status demo_run(const char *out, long steps, double corpus_mb, long vo
     int32_t *ids;
     size_t n_ids;
     if ((st = tok_encode(t, prompt, strlen(prompt), &ids, &n_ids))) goto done;
-    gen_opts go = {.max_tokens = 120, .seed = 42, .sample = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f}};
+    gen_opts go = {.max_tokens = 120, .seed = 42, .kv_dtype = KV_DTYPE_AUTO, .sample = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f}};
     gen_result res;
     fputs(prompt, stdout);
     st = gen_run(m, t, ids, n_ids, &go, gen_emit_stdout, NULL, NULL, &res);

@@ -16,7 +16,8 @@
  * (<|eot_id|>, <|im_end|>, </s>). Only the reply is printed.
  *
  * --kv-memory BYTES|FRACTION: the engine's KV pool budget, as on the benches (kv_budget); by
- * default the pool holds just this prompt's blocks.
+ * default the pool holds just this prompt's blocks. --kv-cache-dtype auto|f32|bf16|f16: its
+ * dtype (kv_dtype_resolve), named in the summary line.
  *
  * --tp K: the model split over K ranks (launch.h: started by hand it runs them under mpirun);
  * rank 0 generates, the others follow its engine. */
@@ -55,7 +56,7 @@ static sk_status mem_report(const char *dir, const model *m) {
 
 int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *prompt = NULL, *device = "cpu", *system = NULL, *chat_file = NULL, *chat_name = NULL;
-    const char *kv_memory = NULL;
+    const char *kv_memory = NULL, *kv_dtype_s = "auto";
     long max_tokens = 128, top_k = 40, seed = -1, tp = 1;
     double temperature = 0.8, top_p = 0.95, comm_timeout = 300;
     bool chat = false, report = false;
@@ -76,6 +77,7 @@ int cmd_generate(int argc, char **argv) {
         {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
         {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget: bytes (k, M, G) or a fraction of free "
          "memory (default: just this prompt's blocks)", false, false},
+        {"--kv-cache-dtype", ARG_STR, &kv_dtype_s, "auto|f32|bf16|f16", CLI_KV_DTYPE_HELP, false, false},
         {"--mem-report", ARG_BOOL, &report, NULL, "after generating, print to stderr the folder mapping's Rss, Pss and "
          "shared pages and this process's private memory outside it (bytes and % of the weight files)", false, false},
         {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false},
@@ -83,6 +85,8 @@ int cmd_generate(int argc, char **argv) {
     };
     sk_status st = args_parse("skein generate", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
+    dtype kv_dtype;
+    if ((st = kv_dtype_parse(kv_dtype_s, &kv_dtype))) return cli_fail(st);
     if (max_tokens < 0 || max_tokens > 1 << 20) return cli_fail(sk_fail(SK_EARG, "generate: --max-tokens %ld is out of range", max_tokens));
     if (temperature < 0) return cli_fail(sk_fail(SK_EARG, "generate: --temperature must not be negative"));
     if (top_k < 0) return cli_fail(sk_fail(SK_EARG, "generate: --top-k must not be negative"));
@@ -142,15 +146,16 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     gen_opts o = {.max_tokens = (int)max_tokens, .seed = (uint64_t)seed, .stop = stop.items, .n_stop = stop.n,
-                  .kv_bytes = kv_bytes, .chat = chat ? &ct : NULL,
+                  .kv_bytes = kv_bytes, .kv_dtype = kv_dtype, .chat = chat ? &ct : NULL,
                   .sample = {.temperature = (float)temperature, .top_k = (int)top_k, .top_p = (float)top_p}};
     gen_result res;
     if (!chat) fputs(prompt, stdout);
     fflush(stdout);
     if ((st = gen_run(m, t, ids, n_ids, &o, gen_emit_stdout, NULL, NULL, &res))) goto done;
     printf("\n");
-    fprintf(stderr, "[%d prompt tokens in %.2f s, %d generated at %.1f tokens/s, stop: %s, seed %ld]\n", res.n_prompt,
-            res.prefill_s, res.n_generated, res.decode_s > 0 ? res.n_generated / res.decode_s : 0.0, res.finish, seed);
+    fprintf(stderr, "[%d prompt tokens in %.2f s, %d generated at %.1f tokens/s, stop: %s, seed %ld, kv cache %s]\n",
+            res.n_prompt, res.prefill_s, res.n_generated, res.decode_s > 0 ? res.n_generated / res.decode_s : 0.0,
+            res.finish, seed, kv_dtype_name(res.kv_dtype));
     if (report) st = mem_report(dir, m);
 done:
     chat_template_free(&ct);

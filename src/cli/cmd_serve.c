@@ -102,7 +102,7 @@ int cmd_serve(int argc, char **argv) {
     sk_status st = serve_take_models(&n_rest, rest, dirs, names, &n_models);
     if (st != SK_OK) return cli_fail(st);
     const char *host = "127.0.0.1", *key = getenv("SKEIN_API_KEY"), *chat_name = NULL, *device = "cpu", *devices = NULL,
-               *kv_memory = NULL;
+               *kv_memory = NULL, *kv_dtype = "auto";
     const char *ssl_cert = NULL, *ssl_key = NULL;   /* HTTPS (http.h) */
     long port = 8000, max_seqs = 16, max_batch = 512, max_queue = 64, max_body = 1 << 20, max_conns = 256, timeout = 60, max_ctx = 0;
     long replicas = 1, min_replicas = 1, max_replicas = 1, threads = 0, tp = 1;
@@ -131,6 +131,7 @@ int cmd_serve(int argc, char **argv) {
         {"--max-ctx", ARG_INT, &max_ctx, "N", "longest sequence (default: the model's context)", false, false},
         {"--kv-memory", ARG_STR, &kv_memory, "BYTES", "each replica's KV pool: bytes (k, M, G) or a fraction of free host memory "
          "(default: room for --max-seqs sequences of the context)", false, false},
+        {"--kv-cache-dtype", ARG_STR, &kv_dtype, "auto|f32|bf16|f16", CLI_KV_DTYPE_HELP, false, false},
         {"--max-body", ARG_INT, &max_body, "BYTES", "largest request body, else 413 (default 1 MiB)", false, false},
         {"--max-conns", ARG_INT, &max_conns, "N", "concurrent connections (default 256)", false, false},
         {"--timeout", ARG_INT, &timeout, "S", "a connection idle this long, or sending one request longer, is closed (default 60)", false, false},
@@ -143,6 +144,8 @@ int cmd_serve(int argc, char **argv) {
     };
     if ((st = args_parse("skein serve", n_rest, rest, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
     if (n_models == 0) return cli_fail(sk_fail(SK_EARG, "skein serve: missing required flag --model"));
+    dtype kv_dt;
+    if ((st = kv_dtype_parse(kv_dtype, &kv_dt))) return cli_fail(st);
     if (max_seqs < 1 || max_seqs > 4096) return cli_fail(sk_fail(SK_EARG, "serve: --max-seqs must be in [1, 4096]"));
     if (max_batch < 1 || max_batch > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-batch-tokens must be in [1, 1048576]"));
     if (max_queue < 0 || max_queue > 1 << 20) return cli_fail(sk_fail(SK_EARG, "serve: --max-queue must be in [0, 1048576]"));
@@ -190,6 +193,7 @@ int cmd_serve(int argc, char **argv) {
     ro.chat_template = chat_name;
     ro.device = device;
     ro.engine.max_seqs = (int)max_seqs;
+    ro.engine.kv_dtype = kv_dt;
     ro.engine.max_ctx = (int)max_ctx;
     ro.engine.max_batch_tokens = (int)max_batch;
     ro.max_queue = (int)max_queue;

@@ -26,7 +26,7 @@
  * broadcast over m->tp.comm: a header of TP_HEADER ints, its kind first, and after a step's
  * header the step's arrays (engine_tp_pack's order). */
 enum { TP_START = 1, TP_STEP, TP_IDLE, TP_END, TP_STATS, TP_STOP };
-enum { TP_HEADER = 6 };
+enum { TP_HEADER = 7 };
 /* Decode batch sizes replayed as graphs (engine.h). */
 static const int engine_graph_sizes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
 #define ENGINE_GRAPHS (int)(sizeof engine_graph_sizes / sizeof engine_graph_sizes[0])
@@ -111,8 +111,8 @@ static size_t engine_tp_pack(const model_batch *b, int *dst) {
 
 engine_opts engine_opts_default(void) {
     const char *g = getenv("SKEIN_CUDA_GRAPHS");
-    return (engine_opts){.block_size = KV_BLOCK_SIZE, .max_batch_tokens = 512, .max_seqs = 64,
-                         .eager = g && !strcmp(g, "0")};
+    return (engine_opts){.kv_dtype = KV_DTYPE_AUTO, .block_size = KV_BLOCK_SIZE, .max_batch_tokens = 512,
+                         .max_seqs = 64, .eager = g && !strcmp(g, "0")};
 }
 
 /* Frees every recorded step (the workspace moved, or the engine ends). */
@@ -185,17 +185,19 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
     if (d.max_batch_tokens <= 0 || d.max_seqs <= 0 || d.max_seqs > 1 << 16 || d.max_batch_tokens > 1 << 20)
         return sk_fail(SK_EARG, "engine: %d tokens per step and %d sequences: each must be in 1..65536", d.max_batch_tokens,
                        d.max_seqs);
+    dtype kdt;
+    SK_TRY(kv_dtype_resolve(m, d.kv_dtype, &kdt));
     engine *e = mem_calloc(sizeof *e);
     if (!e) return SK_ENOMEM;
     e->m = m;
     e->o = d;
     e->max_blocks = (d.max_ctx + d.block_size - 1) / d.block_size;
-    const size_t per_block = kv_block_bytes(m, d.block_size);
+    const size_t per_block = kv_block_bytes(m, kdt, d.block_size);
     size_t bytes = d.kv_blocks > 0 ? (size_t)d.kv_blocks * per_block
                    : d.kv_bytes ? d.kv_bytes : (size_t)d.max_seqs * (size_t)e->max_blocks * per_block;
     const size_t N = (size_t)d.max_batch_tokens, S = (size_t)d.max_seqs;
     sk_status st;
-    if ((st = kv_pool_init(m, bytes, d.block_size, &e->pool)) ||
+    if ((st = kv_pool_init(m, kdt, bytes, d.block_size, &e->pool)) ||
         (st = sched_init(&e->s, e->pool, d.max_batch_tokens, d.max_seqs)) ||
         (st = sampler_init(&e->smp, c->vocab_size)) ||
         (st = model_infer_prepare(m, d.max_batch_tokens, d.max_seqs, d.max_ctx)) || (st = engine_grow(e, 64)))
@@ -228,7 +230,8 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
     e->graphs = !d.eager && m->tp.size == 1 && m->be->ops->graph_begin;
     e->graph_epoch = model_infer_epoch(m);
     if (m->tp.size > 1) {   /* the other ranks make the same pool and workspace */
-        int h[TP_HEADER] = {TP_START, kv_pool_blocks(e->pool), d.block_size, d.max_batch_tokens, d.max_seqs, d.max_ctx};
+        int h[TP_HEADER] = {TP_START, kv_pool_blocks(e->pool), d.block_size, d.max_batch_tokens, d.max_seqs, d.max_ctx,
+                            (int)kdt};
         if ((st = engine_tp_send(m, h, NULL, 0))) goto err;
         e->tp_started = true;
         e->tp_sent = time_now();
@@ -558,7 +561,8 @@ static long engine_kill_step(int rank) {
     return spec && sscanf(spec, "%d:%ld", &r, &step) == 2 && r == rank ? step : 0;
 }
 
-/* A follower's engine: the pool and batch buffers rank 0's START message sizes (h). */
+/* A follower's engine: the pool and batch buffers rank 0's START message sizes (h: blocks,
+ * block size, tokens per step, sequences, context, cache dtype). */
 typedef struct engine_shadow {
     kv_pool *pool;
     int *msg;                /* engine_tp_ints of the leader's options */
@@ -575,8 +579,12 @@ static sk_status engine_shadow_init(model *m, const int *h, engine_shadow *f) {
     engine_shadow_free(f);
     const engine_opts o = {.block_size = h[2], .max_batch_tokens = h[3], .max_seqs = h[4], .max_ctx = h[5]};
     const int max_blocks = (o.max_ctx + o.block_size - 1) / o.block_size;
+    const dtype kdt = (dtype)h[6];
+    if (kdt != DT_F32 && kdt != DT_BF16 && kdt != DT_F16)
+        return sk_fail(SK_ECOMM, "engine: rank %d got cache dtype %d from rank 0 (the ranks run different programs)",
+                       m->tp.rank, h[6]);
     f->cap = engine_tp_ints(&o, max_blocks);
-    SK_TRY(kv_pool_init(m, (size_t)h[1] * kv_block_bytes(m, o.block_size), o.block_size, &f->pool));
+    SK_TRY(kv_pool_init(m, kdt, (size_t)h[1] * kv_block_bytes(m, kdt, o.block_size), o.block_size, &f->pool));
     SK_TRY(model_infer_prepare(m, o.max_batch_tokens, o.max_seqs, o.max_ctx));
     if (!(f->msg = mem_alloc(sizeof(int) * f->cap))) return sk_fail(SK_ENOMEM, "engine: a follower's batch");
     return SK_OK;

@@ -59,6 +59,8 @@ typedef struct engine engine;
 typedef struct engine_opts {
     size_t kv_bytes;         /* pool budget; 0: room for max_seqs sequences of max_ctx tokens */
     int kv_blocks;           /* > 0: exactly this many blocks (wins over kv_bytes) */
+    dtype kv_dtype;          /* the cache's dtype (--kv-cache-dtype, kv_dtype_resolve): KV_DTYPE_AUTO
+                              * (engine_opts_default) or f32, bf16, f16; the pool's blocks are sized by it */
     int block_size;          /* tokens per block (KV_BLOCK_SIZE) */
     int max_batch_tokens;    /* tokens per step (default 512) */
     int max_seqs;            /* running at most (default 64) */
@@ -96,7 +98,7 @@ engine_params engine_params_default(void);
 
 /* An engine over m (not owned; it must outlive the engine): the pool sized by o, the model's
  * step workspace planned for o's batch (nothing is allocated by a step after that). SK_EARG
- * names what does not fit. */
+ * names what does not fit, or a cache dtype m's backend cannot keep. */
 sk_status engine_create(model *m, const engine_opts *o, engine **out);
 void engine_free(engine *e);
 /* Queues a request for prompt(n) (copied); *id receives its id. SK_EARG when the prompt is

@@ -86,13 +86,17 @@ sk_status gen_run(model *m, const tok *t, const int32_t *prompt, size_t n_prompt
     eo.max_ctx = max_T;
     eo.max_batch_tokens = (int)n_prompt;
     eo.kv_bytes = o->kv_bytes;
+    eo.kv_dtype = o->kv_dtype;
     eo.kv_blocks = o->kv_bytes ? 0 : (max_T + eo.block_size - 1) / eo.block_size;
     engine_params ep = {.max_tokens = o->max_tokens, .sample = o->sample, .seed = o->seed};
     ep.n_stop_ids = gen_eos_ids(m, t, o->chat, ep.stop_ids);
     engine *e = NULL;
     int id;
     sk_status st = engine_create(m, &eo, &e);
-    if (st == SK_OK) st = engine_add_request(e, (const int *)prompt, (int)n_prompt, &ep, &id);
+    if (st == SK_OK) {
+        res->kv_dtype = kv_pool_dtype(engine_pool(e));
+        st = engine_add_request(e, (const int *)prompt, (int)n_prompt, &ep, &id);
+    }
     tok_stream ts;
     if (t) tok_stream_init(&ts, t);
     gen_text text = {.stop = o->stop, .n_stop = o->n_stop};

@@ -18,6 +18,7 @@ typedef struct gen_opts {
     const char *const *stop;   /* stop strings */
     int n_stop;
     size_t kv_bytes;           /* KV pool budget (--kv-memory); 0: just this request's blocks */
+    dtype kv_dtype;            /* its dtype (--kv-cache-dtype): KV_DTYPE_AUTO (kv.h) or f32, bf16, f16 */
     const chat_template *chat; /* the template the prompt was rendered with (NULL: none): its
                                 * end token stops generation too */
 } gen_opts;
@@ -25,6 +26,7 @@ typedef struct gen_opts {
 typedef struct gen_result {
     int n_prompt, n_generated;
     const char *finish;        /* "eos", "stop", "length" */
+    dtype kv_dtype;            /* the cache's dtype, as resolved (kv_pool_dtype) */
     double prefill_s, decode_s;
 } gen_result;
 

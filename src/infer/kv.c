@@ -13,7 +13,7 @@
 
 struct kv_pool {
     backend *be;
-    unsigned char *mem;      /* backend memory: keys (L, n_blocks*bs, KD), then values (model_infer_dtype) */
+    unsigned char *mem;      /* backend memory: keys (L, n_blocks*bs, KD), then values (cache.dt) */
     model_kv_cache cache;
     int n_blocks, bs, n_free;
     int *ref;                /* (n_blocks) tables holding the block */
@@ -28,8 +28,40 @@ struct kv_pool {
     kv_stats stats;
 };
 
-size_t kv_block_bytes(const model *m, int block_size) {
-    return 2 * dtype_size(model_infer_dtype(m)) * (size_t)m->cfg.n_layer * (size_t)block_size * (size_t)m->tp.n_kv_head * m->cfg.head_dim;
+size_t kv_block_bytes(const model *m, dtype dt, int block_size) {
+    return 2 * dtype_size(dt) * (size_t)m->cfg.n_layer * (size_t)block_size * (size_t)m->tp.n_kv_head * m->cfg.head_dim;
+}
+
+/* --kv-cache-dtype's values and the dtypes they name. */
+static const struct { const char *name; dtype dt; } kv_dtypes[] = {
+    {"auto", KV_DTYPE_AUTO}, {"f32", DT_F32}, {"bf16", DT_BF16}, {"f16", DT_F16},
+};
+#define KV_NDTYPES (int)(sizeof kv_dtypes / sizeof kv_dtypes[0])
+
+sk_status kv_dtype_parse(const char *text, dtype *out) {
+    for (int i = 0; i < KV_NDTYPES; i++)
+        if (!strcmp(text, kv_dtypes[i].name)) {
+            *out = kv_dtypes[i].dt;
+            return SK_OK;
+        }
+    return sk_fail(SK_EARG, "--kv-cache-dtype '%s': expected auto, f32, bf16 or f16", text);
+}
+
+const char *kv_dtype_name(dtype dt) {
+    for (int i = 0; i < KV_NDTYPES; i++)
+        if (kv_dtypes[i].dt == dt) return kv_dtypes[i].name;
+    return "?";
+}
+
+sk_status kv_dtype_resolve(const model *m, dtype want, dtype *out) {
+    const dtype act = model_infer_dtype(m);
+    *out = want == KV_DTYPE_AUTO ? act : want;
+    if (*out == act || (act == DT_F32 && backend_supports(m->be, BACKEND_OP_KV_CACHE, *out))) return SK_OK;
+    if (act == DT_F32)
+        return sk_fail(SK_EARG, "--kv-cache-dtype %s: the %s backend keeps no %s key/value cache", kv_dtype_name(want),
+                       m->be->name, kv_dtype_name(want));
+    return sk_fail(SK_EARG, "--kv-cache-dtype %s: the %s backend keeps the key/value cache in its activations' dtype, "
+                   "%s (use auto or %s)", kv_dtype_name(want), m->be->name, kv_dtype_name(act), kv_dtype_name(act));
 }
 
 sk_status kv_budget(backend *be, const char *spec, size_t *bytes) {
@@ -125,11 +157,12 @@ static void kv_unregister(kv_pool *p, int b) {
 
 /* ---- the pool ---- */
 
-sk_status kv_pool_init(model *m, size_t bytes, int block_size, kv_pool **out) {
+sk_status kv_pool_init(model *m, dtype dt, size_t bytes, int block_size, kv_pool **out) {
     *out = NULL;
     const model_config *c = &m->cfg;
+    SK_ASSERT(dt == DT_F32 || dt == DT_BF16 || dt == DT_F16);
     if (block_size <= 0 || block_size > 4096) return sk_fail(SK_EARG, "KV block size %d outside 1..4096", block_size);
-    const size_t per_block = kv_block_bytes(m, block_size);
+    const size_t per_block = kv_block_bytes(m, dt, block_size);
     const size_t nb = bytes / per_block;
     if (nb < 1 || nb > (size_t)1 << 30)
         return sk_fail(SK_EARG, "a KV budget (--kv-memory) of %zu bytes holds %zu blocks of %zu bytes (%d tokens); at "
@@ -162,7 +195,6 @@ sk_status kv_pool_init(model *m, size_t bytes, int block_size, kv_pool **out) {
     p->head = p->tail = -1;
     for (int b = 0; b < n; b++) kv_queue_push(p, b, true);
     const size_t KD = (size_t)m->tp.n_kv_head * c->head_dim, layer = nb * (size_t)block_size * KD;
-    const dtype dt = model_infer_dtype(m);
     p->cache = (model_kv_cache){p->mem, p->mem + (size_t)c->n_layer * layer * dtype_size(dt), dt, layer, n, block_size};
     *out = p;
     return SK_OK;
@@ -185,6 +217,7 @@ void kv_pool_free(kv_pool *p) {
 
 model_kv_cache kv_pool_cache(const kv_pool *p) { return p->cache; }
 int kv_pool_block_size(const kv_pool *p) { return p->bs; }
+dtype kv_pool_dtype(const kv_pool *p) { return p->cache.dt; }
 int kv_pool_blocks(const kv_pool *p) { return p->n_blocks; }
 int kv_pool_available(const kv_pool *p) { return p->n_free; }
 kv_stats kv_pool_stats(const kv_pool *p) { return p->stats; }

@@ -2,7 +2,7 @@
  * tables, and automatic prefix caching.
  *
  *   kv_pool *p;
- *   kv_pool_init(m, bytes, 16, &p);          // one backend allocation: every layer's K and V
+ *   kv_pool_init(m, DT_F32, bytes, 16, &p);  // one backend allocation: every layer's K and V
  *   kv_seq s;
  *   kv_seq_init(&s, max_blocks);
  *   int cached = kv_seq_match(p, &s, prompt, n);   // full blocks already computed: reused
@@ -15,7 +15,9 @@
  * Memory: kv_pool_cache gives the model's view (model_kv_cache): layer l's keys are the
  * (n_blocks * block_size, KD) rows at k + l * layer_stride, values likewise; a block is
  * block_size consecutive rows of every layer. Blocks are named by index; nothing is allocated
- * after kv_pool_init.
+ * after kv_pool_init. The cache has a dtype of its own (--kv-cache-dtype: kv_dtype_resolve):
+ * the model's inference dtype by default, or bf16/f16 under f32 activations where the backend
+ * reads such a cache (backend.h BACKEND_OP_KV_CACHE: the CPU), half the bytes a block.
  *
  * Invariants. Each block has a reference count: the number of sequence tables holding it.
  * A block with count 0 sits in the free queue (least recently freed first); allocation takes
@@ -50,20 +52,32 @@ typedef struct kv_stats {
 } kv_stats;
 
 /* Bytes one block takes for m's shape (every layer's keys and values of its key/value heads:
- * a split model's rank holds only its own, model_tp; in model_infer_dtype). */
-size_t kv_block_bytes(const model *m, int block_size);
+ * a split model's rank holds only its own, model_tp) in cache dtype dt. */
+size_t kv_block_bytes(const model *m, dtype dt, int block_size);
+/* --kv-cache-dtype auto: the model's inference dtype (model_infer_dtype). */
+#define KV_DTYPE_AUTO DT_COUNT
+/* Reads --kv-cache-dtype's value: "auto" (KV_DTYPE_AUTO), "f32", "bf16" or "f16"; SK_EARG
+ * naming the flag on anything else. */
+sk_status kv_dtype_parse(const char *text, dtype *out);
+/* The spelling kv_dtype_parse reads for dt ("auto" for KV_DTYPE_AUTO). */
+const char *kv_dtype_name(dtype dt);
+/* The cache dtype m runs with when want is asked for (KV_DTYPE_AUTO or a dtype): auto is
+ * model_infer_dtype(m); another dtype than that needs f32 activations and a backend that reads
+ * such a cache (BACKEND_OP_KV_CACHE). SK_EARG naming the flag and the backend otherwise. */
+sk_status kv_dtype_resolve(const model *m, dtype want, dtype *out);
 /* Reads --kv-memory's value: a number in (0,1] is that fraction of the backend's free memory
  * (backend_mem_info), a larger one bytes (suffixes k, M, G: powers of 1024). SK_EARG naming
  * the flag on anything else. */
 sk_status kv_budget(backend *be, const char *spec, size_t *bytes);
-/* The pool of as many blocks of block_size tokens as fit in bytes (at least 1: SK_EARG
- * otherwise, naming the sizes), allocated once on m's backend. *out owns it; the model must
- * outlive it. */
-sk_status kv_pool_init(model *m, size_t bytes, int block_size, kv_pool **out);
+/* The pool of as many blocks of block_size tokens in cache dtype dt (f32, bf16 or f16: one
+ * kv_dtype_resolve gave) as fit in bytes (at least 1: SK_EARG otherwise, naming the sizes),
+ * allocated once on m's backend. *out owns it; the model must outlive it. */
+sk_status kv_pool_init(model *m, dtype dt, size_t bytes, int block_size, kv_pool **out);
 void kv_pool_free(kv_pool *p);
 /* The model's view of the pool (valid as long as p). */
 model_kv_cache kv_pool_cache(const kv_pool *p);
 int kv_pool_block_size(const kv_pool *p);
+dtype kv_pool_dtype(const kv_pool *p);
 int kv_pool_blocks(const kv_pool *p);
 /* Blocks no sequence holds (free, cached or not): what reservations can take. */
 int kv_pool_available(const kv_pool *p);

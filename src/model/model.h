@@ -242,7 +242,8 @@ typedef struct model_kv model_kv;
 /* Keys and values in blocks (the engine's pool, infer/kv.h; a model_kv is the case of one
  * block of max_T positions). Layer l's keys are the (n_blocks * block_size, KD) rows at
  * k + l * layer_stride elements, its values the same rows at v + l * layer_stride (of dtype
- * dt, model_infer_dtype; backend memory, KD = n_kv_head * head_dim); position t of a
+ * dt: model_infer_dtype, or one backend.h's BACKEND_OP_KV_CACHE allows under f32
+ * activations, as the pool's kv_dtype_resolve chose; backend memory, KD = n_kv_head * head_dim); position t of a
  * sequence lives in row (slot) table[t / block_size] * block_size + t % block_size, table
  * being its block table. */
 typedef struct model_kv_cache {

@@ -233,8 +233,10 @@ void router_replica_ready(router *rt, replica *rep) {
     if (rep->device >= 0) snprintf(where, sizeof where, "cuda device %d", rep->device);
     else snprintf(where, sizeof where, "cpu, %d threads", rt->o.threads);
     if (rep->proc) snprintf(proc, sizeof proc, ", process %d", (int)rproc_pid(rep->proc));
-    fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (%s%s)\n", rt->name, rep->id,
-            1e3 * rep->stats.start_s, where, proc);
+    /* the cache dtype as resolved where the engine is in this process, else as asked */
+    const dtype kv = rep->e ? kv_pool_dtype(engine_pool(rep->e)) : rt->eo.kv_dtype;
+    fprintf(stderr, "skein serve: model %s: replica %d up in %.2f ms (%s, kv cache %s%s)\n", rt->name, rep->id,
+            1e3 * rep->stats.start_s, where, kv_dtype_name(kv), proc);
     serve_req *r;
     while (rep->state == REPLICA_UP && (r = req_queue_pop(&rt->pending))) router_route(rt, r);
     pthread_cond_broadcast(&rt->changed);

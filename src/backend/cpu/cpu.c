@@ -107,10 +107,12 @@ static float *cpu_mat_of(tensor t, int rows, int cols) {
 
 /* ---- products ---- */
 
-/* Products and embedding gathers read bf16/f16 weights where they lie (cpu_lowp.h); [lp]
- * arguments may be bf16 (cpu_mixed.c); every other op is f32 only. */
+/* Products and embedding gathers read bf16/f16 weights where they lie (cpu_lowp.h), and the
+ * paged ops bf16/f16 key/value caches under f32 activations; [lp] arguments may be bf16
+ * (cpu_mixed.c); every other op is f32 only. */
 static bool cpu_supports(backend *be, backend_op op, dtype dt) {
-    if (op == BACKEND_OP_MATMUL || op == BACKEND_OP_EMBED) return dt == DT_F32 || dt == DT_BF16 || dt == DT_F16;
+    if (op == BACKEND_OP_MATMUL || op == BACKEND_OP_EMBED || op == BACKEND_OP_KV_CACHE)
+        return dt == DT_F32 || dt == DT_BF16 || dt == DT_F16;
     if (op == BACKEND_OP_MIXED) return dt == DT_F32 || dt == DT_BF16;
     return dt == DT_F32;
 }
@@ -677,18 +679,21 @@ static void cpu_adamw(backend *be, backend_stream *stream, tensor param_t, tenso
 
 /* ---- the engine's cache writes ---- */
 
+/* f32 rows into an f32 cache are copied; into a bf16/f16 cache each is rounded once
+ * (dtype_from_f32). */
 static void cpu_set_rows(backend *be, backend_stream *stream, tensor dst, tensor src, tensor idx_t) {
     SK_ASSERT(dst.ndim == 2 && src.ndim == 2 && dst.shape[1] == src.shape[1] && dst.stride[1] == 1 && src.stride[1] == 1);
-    SK_ASSERT(idx_t.ndim == 1 && idx_t.shape[0] == src.shape[0]);
+    SK_ASSERT(idx_t.ndim == 1 && idx_t.shape[0] == src.shape[0] && cpu_supports(be, BACKEND_OP_KV_CACHE, dst.dt));
     const int N = (int)src.shape[0], D = (int)src.shape[1], R = (int)dst.shape[0];
     const int *idx = tensor_i32(idx_t);
-    float *d = tensor_f32(dst);
+    const size_t es = dtype_size(dst.dt);
+    unsigned char *d = dst.data;
     const float *x = tensor_f32(src);
 #pragma omp parallel for schedule(static) if ((size_t)N * D > CPU_PAR_MIN)
     for (int i = 0; i < N; i++) {
         SK_ASSERT(idx[i] < R);
         if (idx[i] < 0) continue;   /* a padding row */
-        memcpy(d + (int64_t)idx[i] * dst.stride[0], x + (int64_t)i * src.stride[0], sizeof(float) * (size_t)D);
+        dtype_from_f32(d + (size_t)idx[i] * (size_t)dst.stride[0] * es, dst.dt, x + (int64_t)i * src.stride[0], (size_t)D);
     }
 }
 

@@ -19,6 +19,11 @@
  * (B,NH,Tq,Tk) probability tensor, a pure function the backward evaluates again. Every query
  * sees at least its own position, so every normalizer is positive.
  *
+ * The paged cache may hold bf16 or f16 keys and values (--kv-cache-dtype) under f32 queries
+ * and outputs: decode converts them in its dot and axpy loops (attn_dot, attn_axpy), prefill
+ * as it gathers a key tile (attn_key_rows); every sum is then the f32 path's over the
+ * converted values, in the same order.
+ *
  * Letters as in backend.h; Tq queries, Tk keys, G = NH/NKV query heads per KV head, and the
  * query t sits at position Tk - Tq + t. */
 #include "backend/cpu/cpu_impl.h"
@@ -41,37 +46,81 @@
 /* Tiles of fewer queries than this (decode: one) multiply in plain loops, not OpenBLAS. */
 #define ATTN_BLAS_MIN_ROWS 4
 
-/* A (B,T,D) view as its base pointer and its batch and row strides; or, for the paged cache,
- * rows through a block table: time t is row blk[t / bs] * bs + t % bs (blk NULL: t itself). */
-typedef struct attn_rows { float *p; int64_t sb, st; const int *blk; int bs; } attn_rows;
+/* A (B,T,D) view as its base pointer, dtype and batch and row strides (elements); or, for the
+ * paged cache, rows through a block table: time t is row blk[t / bs] * bs + t % bs (blk NULL:
+ * t itself). Only the paged cache may be other than f32 (bf16, f16). */
+typedef struct attn_rows { void *p; int64_t sb, st; const int *blk; int bs; dtype dt; } attn_rows;
 
 /* The view t, asserted to be f32 of shape (B,T,D) with contiguous rows. */
 static attn_rows attn_rows_of(tensor t, int64_t B, int64_t T, int64_t D) {
     SK_ASSERT(t.dt == DT_F32 && t.ndim == 3 && t.shape[0] == B && t.shape[1] == T && t.shape[2] == D);
     SK_ASSERT(t.stride[2] == 1 || D == 1);
-    attn_rows r = {tensor_f32(t), t.stride[0], t.stride[1], NULL, 0};
+    attn_rows r = {tensor_f32(t), t.stride[0], t.stride[1], NULL, 0, DT_F32};
     return r;
 }
 
-/* Row t of sample b, at channel c. */
-static inline float *attn_at(attn_rows r, int b, int t, int c) {
+/* The element offset of row t of sample b, at channel c. */
+static inline int64_t attn_off(attn_rows r, int b, int t, int c) {
     if (r.blk) t = r.blk[t / r.bs] * r.bs + t % r.bs;
-    return r.p + b * r.sb + (int64_t)t * r.st + c;
+    return b * r.sb + (int64_t)t * r.st + c;
+}
+
+/* Row t of sample b, at channel c, of an f32 view. */
+static inline float *attn_at(attn_rows r, int b, int t, int c) { return (float *)r.p + attn_off(r, b, t, c); }
+
+/* q[0..n) . x[0..n), x the n elements of R from element offset off (converted to f32). */
+static inline float attn_dot(const float *restrict q, attn_rows R, int64_t off, int n) {
+    float d = 0;
+    if (R.dt == DT_F32) {
+        const float *restrict x = (const float *)R.p + off;
+#pragma omp simd reduction(+ : d)
+        for (int c = 0; c < n; c++) d += q[c] * x[c];
+    } else if (R.dt == DT_BF16) {
+        const uint16_t *restrict x = (const uint16_t *)R.p + off;
+#pragma omp simd reduction(+ : d)
+        for (int c = 0; c < n; c++) d += q[c] * bf16_to_f32(x[c]);
+    } else {
+        const uint16_t *restrict x = (const uint16_t *)R.p + off;
+#pragma omp simd reduction(+ : d)
+        for (int c = 0; c < n; c++) d += q[c] * cpu_f16_to_f32(x[c]);
+    }
+    return d;
+}
+
+/* o[0..n) += p * x[0..n), x as in attn_dot. */
+static inline void attn_axpy(float *restrict o, float p, attn_rows R, int64_t off, int n) {
+    if (R.dt == DT_F32) {
+        const float *restrict x = (const float *)R.p + off;
+#pragma omp simd
+        for (int c = 0; c < n; c++) o[c] += p * x[c];
+    } else if (R.dt == DT_BF16) {
+        const uint16_t *restrict x = (const uint16_t *)R.p + off;
+#pragma omp simd
+        for (int c = 0; c < n; c++) o[c] += p * bf16_to_f32(x[c]);
+    } else {
+        const uint16_t *restrict x = (const uint16_t *)R.p + off;
+#pragma omp simd
+        for (int c = 0; c < n; c++) o[c] += p * cpu_f16_to_f32(x[c]);
+    }
 }
 
 /* Keys in a tile starting at k0: ATTN_KB, or the `left` there are. */
 static inline int attn_key_tile(int left) { return left < ATTN_KB ? left : ATTN_KB; }
 
-/* Rows [k0, k0+nk) of sample b from channel c, D wide, as a (nk, D) matrix with row stride
- * *ld for OpenBLAS: in place for a plain view (evenly spaced rows); for the paged cache, whose
- * rows jump at each block, copied into tile (ATTN_KB x ATTN_HS_MAX), so that a key tile spans
- * blocks. */
+/* Rows [k0, k0+nk) of sample b from channel c, D wide, as a (nk, D) f32 matrix with row
+ * stride *ld for OpenBLAS: in place for a plain view (evenly spaced rows); for the paged cache,
+ * whose rows jump at each block, copied into tile (ATTN_KB x ATTN_HS_MAX), converted from
+ * bf16/f16 on the way, so that a key tile spans blocks. */
 static const float *attn_key_rows(attn_rows R, int b, int k0, int nk, int c, int D, float *tile, int *ld) {
     if (!R.blk) {
         *ld = (int)R.st;
         return attn_at(R, b, k0, c);
     }
-    for (int j = 0; j < nk; j++) memcpy(tile + (size_t)j * D, attn_at(R, b, k0 + j, c), (size_t)D * sizeof(float));
+    for (int j = 0; j < nk; j++) {
+        const int64_t off = attn_off(R, b, k0 + j, c);
+        if (R.dt == DT_F32) memcpy(tile + (size_t)j * D, (const float *)R.p + off, (size_t)D * sizeof(float));
+        else cpu_half_to_f32(tile + (size_t)j * D, (const uint16_t *)R.p + off, R.dt, D);
+    }
     *ld = D;
     return tile;
 }
@@ -272,14 +321,9 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
         for (int k0 = s0, nk; k0 <= s1; k0 += nk) {
             nk = attn_key_tile(s1 - k0 + 1);
             for (int j = 0; j < nk; j++) {
-                const float *kr = attn_at(K, 0, k0 + j, 0);
-                for (int h = h0; h < h1; h++) {
-                    const float *qh = q + (size_t)h * HS, *kh = kr + (size_t)(h / g->G) * HS;
-                    float d = 0;
-#pragma omp simd reduction(+ : d)
-                    for (int c = 0; c < HS; c++) d += qh[c] * kh[c];
-                    S[(h - h0) * ATTN_KB + j] = g->sc * d;
-                }
+                const int64_t kr = attn_off(K, 0, k0 + j, 0);
+                for (int h = h0; h < h1; h++)
+                    S[(h - h0) * ATTN_KB + j] = g->sc * attn_dot(q + (size_t)h * HS, K, kr + (int64_t)(h / g->G) * HS, HS);
             }
             for (int i = 0; i < nh; i++) {
                 float *si = S + i * ATTN_KB, *oi = o + (size_t)(h0 + i) * HS, bm = -INFINITY;
@@ -294,13 +338,9 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
                 l[i] += attn_exp_row(si, nk, 0, nk - 1, m[i]);
             }
             for (int j = 0; j < nk; j++) {
-                const float *vr = attn_at(V, 0, k0 + j, 0);
-                for (int h = h0; h < h1; h++) {
-                    const float p = S[(h - h0) * ATTN_KB + j], *vh = vr + (size_t)(h / g->G) * HS;
-                    float *oh = o + (size_t)h * HS;
-#pragma omp simd
-                    for (int c = 0; c < HS; c++) oh[c] += p * vh[c];
-                }
+                const int64_t vr = attn_off(V, 0, k0 + j, 0);
+                for (int h = h0; h < h1; h++)
+                    attn_axpy(o + (size_t)h * HS, S[(h - h0) * ATTN_KB + j], V, vr + (int64_t)(h / g->G) * HS, HS);
             }
         }
         for (int i = 0; i < nh; i++) {
@@ -327,6 +367,7 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
     SK_ASSERT(NH > 0 && NKV > 0 && NH % NKV == 0 && QD % NH == 0 && HS > 0 && W >= 0 && NH / NKV <= ATTN_HG_MAX);
     SK_ASSERT(tensor_same_shape(q, out) && k_cache.shape[1] == KD && tensor_same_shape(k_cache, v_cache));
     SK_ASSERT(q.stride[1] == 1 && out.stride[1] == 1 && k_cache.stride[1] == 1 && v_cache.stride[1] == 1);
+    SK_ASSERT(k_cache.dt == v_cache.dt && (k_cache.dt == DT_F32 || k_cache.dt == DT_BF16 || k_cache.dt == DT_F16));
     const int *sq = tensor_i32(seqs), *bt = tensor_i32(tables), G = NH / NKV;
     size_t work = 0;
     for (int i = 0; i < S; i++) {
@@ -344,10 +385,10 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
             const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2];
             const int h0 = (int)((long)NKV * gi / NG) * G, h1 = (int)((long)NKV * (gi + 1) / NG) * G;
             const attn_geom g = {1, nq, ctx, NH, NKV, G, HS, W, 1.0f / sqrtf((float)HS), 0.0f, 0};
-            const attn_rows Q = {tensor_f32(q) + (int64_t)r0 * q.stride[0], 0, q.stride[0], NULL, 0},
-                            O = {tensor_f32(out) + (int64_t)r0 * out.stride[0], 0, out.stride[0], NULL, 0},
-                            K = {tensor_f32(k_cache), 0, k_cache.stride[0], bt + (size_t)i * MB, BS},
-                            V = {tensor_f32(v_cache), 0, v_cache.stride[0], bt + (size_t)i * MB, BS};
+            const attn_rows Q = {tensor_f32(q) + (int64_t)r0 * q.stride[0], 0, q.stride[0], NULL, 0, DT_F32},
+                            O = {tensor_f32(out) + (int64_t)r0 * out.stride[0], 0, out.stride[0], NULL, 0, DT_F32},
+                            K = {k_cache.data, 0, k_cache.stride[0], bt + (size_t)i * MB, BS, k_cache.dt},
+                            V = {v_cache.data, 0, v_cache.stride[0], bt + (size_t)i * MB, BS, v_cache.dt};
             if (nq < ATTN_BLAS_MIN_ROWS) {
                 attn_rows_forward(&g, h0, h1, Q, K, V, O);
                 continue;

@@ -5,6 +5,8 @@
 #ifndef SKEIN_CPU_IMPL_H
 #define SKEIN_CPU_IMPL_H
 
+#include <string.h>
+
 #include "backend/backend.h"
 
 /* be->impl of the CPU backend: f32 scratch for the bf16 views of one op (cpu_mixed.c), grown
@@ -40,6 +42,24 @@ static inline float cpu_expf(float x) {
      * gives some finite scale and the NaN in p carries through, without undefined shifts */
     sc.i = (tb.i - 0x4B400000u + 127u) << 23;
     return p * sc.f;
+}
+
+/* An f16 value as f32 (exact) through the compiler's _Float16: F16C's vcvtph2ps where the
+ * target has it. Inline, so loops over f16 data vectorize. */
+static inline float cpu_f16_to_f32(uint16_t h) {
+    _Float16 x;
+    memcpy(&x, &h, sizeof x);
+    return (float)x;
+}
+
+/* dst[0..n) = src[0..n) of dtype dt (bf16 or f16) as f32, exactly. Two plain loops so each
+ * vectorizes. */
+static inline void cpu_half_to_f32(float *restrict dst, const uint16_t *restrict src, dtype dt, int n) {
+    if (dt == DT_BF16) {
+        for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
+    } else {
+        for (int i = 0; i < n; i++) dst[i] = cpu_f16_to_f32(src[i]);
+    }
 }
 
 /* The attention ops (cpu_attention.c); contracts in backend.h. */

@@ -12,10 +12,11 @@
  *     converted to an f32 panel on the stack and multiplied by cblas_sgemm (single-threaded
  *     inside the OpenMP region), the first block with beta, the next ones adding.
  * f32 weights (M <= SMALL_M only) are read by the direct kernels in place, unconverted.
- * bf16 converts by a shift (bf16_to_f32), f16 through the compiler's _Float16 (F16C's
- * vcvtph2ps where the target has it); both exact, and tests/test_lowp.c checks every f16
+ * bf16 converts by a shift (bf16_to_f32), f16 through the compiler's _Float16 (cpu_impl.h's
+ * cpu_half_to_f32); both exact, and tests/test_lowp.c checks every f16
  * value against dtype.c's f16_to_f32. */
 #include "backend/cpu/cpu_lowp.h"
+#include "backend/cpu/cpu_impl.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -37,23 +38,10 @@
 
 _Static_assert(PANEL_N * PANEL_K * sizeof(float) <= CPU_LOWP_STACK_BYTES, "panel exceeds its stack budget");
 
-/* dst[0..n) = src[0..n) of dtype dt (bf16 or f16) as f32. Two plain loops so each vectorizes. */
-static inline void row_to_f32(float *restrict dst, const uint16_t *restrict src, dtype dt, int n) {
-    if (dt == DT_BF16) {
-        for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
-    } else {
-        for (int i = 0; i < n; i++) {
-            _Float16 h;
-            memcpy(&h, &src[i], sizeof h);
-            dst[i] = (float)h;
-        }
-    }
-}
-
 /* n weights of W (dtype dt) from element off as f32: in place for f32, else converted into buf. */
 static inline const float *weights_f32(float *restrict buf, const void *W, dtype dt, size_t off, int n) {
     if (dt == DT_F32) return (const float *)W + off;
-    row_to_f32(buf, (const uint16_t *)W + off, dt, n);
+    cpu_half_to_f32(buf, (const uint16_t *)W + off, dt, n);
     return buf;
 }
 
@@ -238,9 +226,9 @@ static void panels(float *C, int ldc, const float *A, int lda, const uint16_t *W
     for (int k0 = 0; k0 < K; k0 += PANEL_K) {
         int kb = K - k0 < PANEL_K ? K - k0 : PANEL_K;
         if (layout == CPU_LOWP_KN) {
-            for (int k = 0; k < kb; k++) row_to_f32(panel + (size_t)k * nb, W + (size_t)(k0 + k) * ldw + n0, dt, nb);
+            for (int k = 0; k < kb; k++) cpu_half_to_f32(panel + (size_t)k * nb, W + (size_t)(k0 + k) * ldw + n0, dt, nb);
         } else {
-            for (int j = 0; j < nb; j++) row_to_f32(panel + (size_t)j * kb, W + (size_t)(n0 + j) * ldw + k0, dt, kb);
+            for (int j = 0; j < nb; j++) cpu_half_to_f32(panel + (size_t)j * kb, W + (size_t)(n0 + j) * ldw + k0, dt, kb);
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, layout == CPU_LOWP_KN ? CblasNoTrans : CblasTrans, M, nb, kb, alpha,
                     A + k0, lda, panel, layout == CPU_LOWP_KN ? nb : kb, k0 == 0 ? beta : 1.0f, C + n0, ldc);
@@ -298,6 +286,6 @@ void cpu_lowp_embed(float *out, const int *tokens, int n, const void *table, dty
 #pragma omp parallel for schedule(static) if ((size_t)n * C > PAR_MIN)
     for (int i = 0; i < n; i++) {
         SK_ASSERT(tokens[i] >= 0 && tokens[i] < V);
-        row_to_f32(out + (size_t)i * C, t + (size_t)tokens[i] * C, dt, C);
+        cpu_half_to_f32(out + (size_t)i * C, t + (size_t)tokens[i] * C, dt, C);
     }
 }
