@@ -36,6 +36,10 @@ expect_error batch_beyond_int "--batch" timeout 60 $SK $TR --out "$T/o" --steps 
 expect_error micro_batch_beyond_memory "--mem-limit" $SK $TR --out "$T/o" --steps 1 --mem-limit 64K
 expect_error bench_batch_overflow "--batch" $SK bench train --model "$T/m" --batch 1000000000000000000 --seq 16 --steps 1
 expect_error bench_workers_negative "--workers" $SK bench train --model "$T/m" --batch 1 --seq 8 --steps 1 --workers -2
+# --kv-cache-dtype: a value none of auto|f32|bf16|f16 is refused naming the flag, by each command
+expect_error kv_cache_dtype_generate "--kv-cache-dtype 'q4'" $SK generate --model "$T/m" --prompt hi --kv-cache-dtype q4
+expect_error kv_cache_dtype_bench "--kv-cache-dtype 'fp16'" $SK bench throughput --model "$T/m" --input-len 4 --output-len 2 --num-prompts 1 --kv-cache-dtype fp16
+expect_error kv_cache_dtype_serve "--kv-cache-dtype 'half'" $SK serve --model "$T/m" --port 0 --kv-cache-dtype half
 expect_error init_ffn_negative "--ffn-dim" $SK init --layers 1 --heads 2 --dim 16 --context 32 --vocab-size 50 --ffn-dim -5 --out "$T/x"
 # an odd Llama head size cannot be rotated: init used to write a folder that nothing loads
 expect_error init_llama_odd_head_dim "head_dim" $SK init --arch llama --layers 1 --heads 1 --dim 3 --context 8 --vocab-size 50 --out "$T/x"

@@ -32,12 +32,14 @@ $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 64 --context 128 -
 $SK init --arch gpt2 --layers 2 --heads 6 --dim 48 --context 128 --tokenizer $TOK --out "$T/gpt2" >/dev/null 2>>"$T/err" &&
 $SK init --arch llama --layers 2 --heads 6 --kv-heads 3 --dim 48 --ffn-dim 96 --context 128 --tokenizer $TOK --out "$T/llama6" >/dev/null 2>>"$T/err" ||
     { fail tp_init "$(tail -3 "$T/err")"; exit 1; }
-gen() { $SK generate --model "$1" --prompt "static int" --max-tokens 16 --temperature 0 --seed 1 2>"$T/gen_err"; }
+# KV: extra generate flags for both sides of same_text (the cache dtype)
+KV=""
+gen() { $SK generate --model "$1" --prompt "static int" --max-tokens 16 --temperature 0 --seed 1 $KV 2>"$T/gen_err"; }
 # same_text NAME MODEL TP [launcher]: greedy text with --tp TP equals the one process's
 same_text() {
     name=$1; m=$2; k=$3; shift 3
     gen "$m" >"$T/one" && "$@" $SK generate --model "$m" --prompt "static int" --max-tokens 16 --temperature 0 --seed 1 \
-        --tp "$k" >"$T/split" 2>"$T/gen_err"; rc=$?
+        --tp "$k" $KV >"$T/split" 2>"$T/gen_err"; rc=$?
     if [ $rc -eq 0 ] && cmp -s "$T/one" "$T/split"; then pass "$name"
     else fail "$name" "exit $rc: '$(cat "$T/split")' vs '$(cat "$T/one")' $(tail -3 "$T/gen_err")"; fi
 }
@@ -47,6 +49,12 @@ same_text tp_generate_gpt2_tp2 "$T/gpt2" 2
 same_text tp_generate_gpt2_tp3 "$T/gpt2" 3
 same_text tp_generate_llama6_tp3 "$T/llama6" 3
 same_text tp_generate_under_mpirun "$T/llama" 2 $MPIRUN -n 2
+# an f16 KV cache (--kv-cache-dtype): every rank keeps its heads' share in f16, the text as one process's
+KV="--kv-cache-dtype f16"
+same_text tp_generate_llama_tp2_f16_cache "$T/llama" 2
+grep -q "kv cache f16" "$T/gen_err" && pass tp_generate_f16_cache_named || fail tp_generate_f16_cache_named "$(tail -2 "$T/gen_err")"
+same_text tp_generate_gpt2_tp3_f16_cache "$T/gpt2" 3
+KV=""
 # the layers' sums and the logits' gather staged through pinned pieces of 64 bytes, the GPU's
 # path when ranks share one (comm_stage.h's test hooks: the CPU backend's copies are memcpy)
 export SKEIN_COMM_STAGE=1 SKEIN_COMM_STAGE_BYTES=64
