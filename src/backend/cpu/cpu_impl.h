@@ -6,6 +6,9 @@
 #define SKEIN_CPU_IMPL_H
 
 #include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 #include "backend/backend.h"
 
@@ -52,14 +55,19 @@ static inline float cpu_f16_to_f32(uint16_t h) {
     return (float)x;
 }
 
-/* dst[0..n) = src[0..n) of dtype dt (bf16 or f16) as f32, exactly. Two plain loops so each
- * vectorizes. */
+/* dst[0..n) = src[0..n) of dtype dt (bf16 or f16) as f32, exactly. bf16 in a plain loop that
+ * vectorizes (a shift); f16 eight at a time through F16C where the target has it (GCC 12 does
+ * not vectorize _Float16 conversions without AVX512-FP16), the rest one by one. */
 static inline void cpu_half_to_f32(float *restrict dst, const uint16_t *restrict src, dtype dt, int n) {
     if (dt == DT_BF16) {
         for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
-    } else {
-        for (int i = 0; i < n; i++) dst[i] = cpu_f16_to_f32(src[i]);
+        return;
     }
+    int i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = cpu_f16_to_f32(src[i]);
 }
 
 /* The attention ops (cpu_attention.c); contracts in backend.h. */
