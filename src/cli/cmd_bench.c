@@ -339,7 +339,7 @@ static sk_status bench_add(engine *e, const model *m, int *prompt, long I, long 
     {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
     {"--kv-cache-dtype", ARG_STR, &kv_dtype, "auto|f32|bf16|f16", CLI_KV_DTYPE_HELP, false, false}, \
     {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
-    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512; 8192 on a GPU)", false, false}, \
+    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512; 8192 on a GPU; bench latency: at least --input-len)", false, false}, \
     {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false}, \
     {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a collective waiting longer fails (default 300)", false, false}
 
@@ -465,6 +465,7 @@ static int bench_latency(int argc, char **argv) {
     };
     sk_status st = args_parse("skein bench latency", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
+    if (max_batch == 0 && I > 512) max_batch = I;   /* the prompt in one step, as the default does below 512 */
     bench_defaults(device, 1, &max_seqs, &max_batch);
     if (I <= 0 || O <= 1 || iters <= 0 || iters > 1000 || max_seqs <= 0 || max_batch < I)
         return cli_fail(sk_fail(SK_EARG, "bench latency: --input-len, --iters (at most 1000) must be positive, "
