@@ -3,7 +3,8 @@
  * Every shape runs both layouts (KN, NK) and every dtype, with M on both sides of the direct/panel switch, N and K not multiples of
  * any vector or panel width, leading dimensions wider than the rows (their padding holds NaN
  * that must never be read or written), alpha != 1, beta 0 over a NaN-filled C and beta != 0.
- * Also: the same bits at 1 and 2 threads, every f16 value through the gather, and a timing
+ * Also: the same bits at 1 and 2 threads, every f16 value through the gather (as a column and as
+ * a row: scalar and vectorized), and a timing
  * of the decode GEMV (M = 1, 2048 x 5632 bf16) next to the machine's read bandwidth. */
 #include "test.h"
 
@@ -173,6 +174,14 @@ TEST(embed_gathers_rows_exactly) {
         bad += isnan(want) ? !isnan(out[i]) : memcmp(&want, &out[i], 4) != 0;
     }
     CHECK_MSG(bad == 0, "%d f16 values differ from f16_to_f32", bad);
+    /* and as one row of V columns: the vectorized conversion of every value */
+    int zero = 0;
+    cpu_lowp_embed(out, &zero, 1, table, DT_F16, 1, V);
+    for (int i = 0; i < V; i++) {
+        float want = f16_to_f32((uint16_t)i);
+        bad += isnan(want) ? !isnan(out[i]) : memcmp(&want, &out[i], 4) != 0;
+    }
+    CHECK_MSG(bad == 0, "%d f16 values differ from f16_to_f32 in a row", bad);
     cpu_lowp_embed(out, tok, V, table, DT_BF16, V, 1);
     for (int i = 0; i < V; i++) {
         float want = bf16_to_f32((uint16_t)tok[i]);

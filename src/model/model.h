@@ -541,7 +541,8 @@ tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n);
  * a backend with the paged ops (backend_supports_paged, checked by model_infer_prepare).
  * model_infer_step is this with one sequence whose one block is the model_kv. */
 sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx);
-/* The dtype of m's inference activations ([lp], backend.h) and key/value cache: bf16 for a
+/* The dtype of m's inference activations ([lp], backend.h) and, by default (kv.h's
+ * kv_dtype_resolve), of its key/value cache: bf16 for a
  * model over a device copy (m->dev) or a split one over bf16 device slices (m->tp.lp), else
  * f32. The residual stream, norm statistics and the
  * logits are f32 either way. */

@@ -280,7 +280,10 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
                               attn_rows O) {
     const int HS = g->HS, nh = h1 - h0, c0 = h0 / g->G * HS, kw = nh / g->G * HS;   /* the KV columns read */
     float S[ATTN_HG_MAX * ATTN_KB], m[ATTN_HG_MAX], l[ATTN_HG_MAX];
-    float row[ATTN_HG_MAX * ATTN_HS_MAX];   /* a bf16/f16 cache row's columns c0..c0+kw-1, converted */
+    /* bf16/f16 cache rows' columns c0..c0+kw-1, converted: consecutive rows into rc rotating
+     * slots, so that converting a row never waits on the reads of the one before */
+    float row[ATTN_HG_MAX * ATTN_HS_MAX];
+    const int rc = ATTN_HG_MAX * ATTN_HS_MAX / kw;
     SK_ASSERT(nh > 0 && nh <= ATTN_HG_MAX && h0 % g->G == 0 && nh % g->G == 0 && HS <= ATTN_HS_MAX);
     for (int t = 0; t < g->Tq; t++) {
         const float *q = attn_at(Q, 0, t, 0);
@@ -295,7 +298,7 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
         for (int k0 = s0, nk; k0 <= s1; k0 += nk) {
             nk = attn_key_tile(s1 - k0 + 1);
             for (int j = 0; j < nk; j++) {
-                const float *kr = attn_f32(K, attn_off(K, 0, k0 + j, c0), kw, row);   /* at column c0 */
+                const float *kr = attn_f32(K, attn_off(K, 0, k0 + j, c0), kw, row + (size_t)(j % rc) * kw);   /* at column c0 */
                 for (int h = h0; h < h1; h++) {
                     const float *qh = q + (size_t)h * HS, *kh = kr + (h / g->G * HS - c0);
                     float d = 0;
@@ -317,7 +320,7 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
                 l[i] += attn_exp_row(si, nk, 0, nk - 1, m[i]);
             }
             for (int j = 0; j < nk; j++) {
-                const float *vr = attn_f32(V, attn_off(V, 0, k0 + j, c0), kw, row);
+                const float *vr = attn_f32(V, attn_off(V, 0, k0 + j, c0), kw, row + (size_t)(j % rc) * kw);
                 for (int h = h0; h < h1; h++) {
                     const float p = S[(h - h0) * ATTN_KB + j], *vh = vr + (h / g->G * HS - c0);
                     float *oh = o + (size_t)h * HS;

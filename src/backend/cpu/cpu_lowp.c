@@ -12,8 +12,8 @@
  *     converted to an f32 panel on the stack and multiplied by cblas_sgemm (single-threaded
  *     inside the OpenMP region), the first block with beta, the next ones adding.
  * f32 weights (M <= SMALL_M only) are read by the direct kernels in place, unconverted.
- * bf16 converts by a shift (bf16_to_f32), f16 through the compiler's _Float16 (cpu_impl.h's
- * cpu_half_to_f32); both exact, and tests/test_lowp.c checks every f16
+ * bf16 converts by a shift (bf16_to_f32), f16 by integer steps that vectorize (cpu_impl.h's
+ * cpu_f16_to_f32); both exact, and tests/test_lowp.c checks every f16
  * value against dtype.c's f16_to_f32. */
 #include "backend/cpu/cpu_lowp.h"
 #include "backend/cpu/cpu_impl.h"
