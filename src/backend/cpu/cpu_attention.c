@@ -20,10 +20,9 @@
  * sees at least its own position, so every normalizer is positive.
  *
  * The paged cache may hold bf16 or f16 keys and values (--kv-cache-dtype) under f32 queries
- * and outputs: decode converts each cache row's columns its heads read before its dot and axpy
- * loops, prefill as it gathers a key tile (attn_key_rows), both through attn_f32 (vectorized
- * conversions into a stack buffer); every sum is then the f32 path's over the converted values,
- * in the same order.
+ * and outputs: decode converts them inside its vectorized dot and axpy loops (attn_dot,
+ * attn_axpy), prefill as it gathers a key tile (attn_key_rows); every sum is then the f32
+ * path's over the converted values, in the same order.
  *
  * Letters as in backend.h; Tq queries, Tk keys, G = NH/NKV query heads per KV head, and the
  * query t sits at position Tk - Tq + t. */
@@ -69,12 +68,40 @@ static inline int64_t attn_off(attn_rows r, int b, int t, int c) {
 /* Row t of sample b, at channel c, of an f32 view. */
 static inline float *attn_at(attn_rows r, int b, int t, int c) { return (float *)r.p + attn_off(r, b, t, c); }
 
-/* The n elements of R from element offset off as f32: in place for an f32 view, else (the
- * paged cache in bf16/f16) converted into buf, which holds n floats. */
-static inline const float *attn_f32(attn_rows R, int64_t off, int n, float *restrict buf) {
-    if (R.dt == DT_F32) return (const float *)R.p + off;
-    cpu_half_to_f32(buf, (const uint16_t *)R.p + off, R.dt, n);
-    return buf;
+/* q[0..n) . x[0..n) for n elements x of dtype dt (f32, bf16, f16), converted as they are read. */
+static inline float attn_dot(const float *restrict q, const void *x, dtype dt, int n) {
+    float d = 0;
+    if (dt == DT_F32) {
+        const float *restrict k = x;
+#pragma omp simd reduction(+ : d)
+        for (int c = 0; c < n; c++) d += q[c] * k[c];
+    } else if (dt == DT_BF16) {
+        const uint16_t *restrict k = x;
+#pragma omp simd reduction(+ : d)
+        for (int c = 0; c < n; c++) d += q[c] * bf16_to_f32(k[c]);
+    } else {
+        const uint16_t *restrict k = x;
+#pragma omp simd reduction(+ : d)
+        for (int c = 0; c < n; c++) d += q[c] * cpu_f16_to_f32(k[c]);
+    }
+    return d;
+}
+
+/* o[0..n) += p x[0..n), x as in attn_dot. */
+static inline void attn_axpy(float *restrict o, float p, const void *x, dtype dt, int n) {
+    if (dt == DT_F32) {
+        const float *restrict v = x;
+#pragma omp simd
+        for (int c = 0; c < n; c++) o[c] += p * v[c];
+    } else if (dt == DT_BF16) {
+        const uint16_t *restrict v = x;
+#pragma omp simd
+        for (int c = 0; c < n; c++) o[c] += p * bf16_to_f32(v[c]);
+    } else {
+        const uint16_t *restrict v = x;
+#pragma omp simd
+        for (int c = 0; c < n; c++) o[c] += p * cpu_f16_to_f32(v[c]);
+    }
 }
 
 /* Keys in a tile starting at k0: ATTN_KB, or the `left` there are. */
@@ -90,9 +117,9 @@ static const float *attn_key_rows(attn_rows R, int b, int k0, int nk, int c, int
         return attn_at(R, b, k0, c);
     }
     for (int j = 0; j < nk; j++) {
-        float *dst = tile + (size_t)j * D;
-        const float *x = attn_f32(R, attn_off(R, b, k0 + j, c), D, dst);
-        if (x != dst) memcpy(dst, x, (size_t)D * sizeof(float));
+        const int64_t off = attn_off(R, b, k0 + j, c);
+        if (R.dt == DT_F32) memcpy(tile + (size_t)j * D, (const float *)R.p + off, (size_t)D * sizeof(float));
+        else cpu_half_to_f32(tile + (size_t)j * D, (const uint16_t *)R.p + off, R.dt, D);
     }
     *ld = D;
     return tile;
@@ -278,13 +305,10 @@ void cpu_attention_forward(backend *be, backend_stream *s, tensor out, tensor ls
  * does not depend on h0, h1. */
 static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, attn_rows K, attn_rows V,
                               attn_rows O) {
-    const int HS = g->HS, nh = h1 - h0, c0 = h0 / g->G * HS, kw = nh / g->G * HS;   /* the KV columns read */
+    const int HS = g->HS, nh = h1 - h0;
     float S[ATTN_HG_MAX * ATTN_KB], m[ATTN_HG_MAX], l[ATTN_HG_MAX];
-    /* bf16/f16 cache rows' columns c0..c0+kw-1, converted: consecutive rows into rc rotating
-     * slots, so that converting a row never waits on the reads of the one before */
-    float row[ATTN_HG_MAX * ATTN_HS_MAX];
-    const int rc = ATTN_HG_MAX * ATTN_HS_MAX / kw;
-    SK_ASSERT(nh > 0 && nh <= ATTN_HG_MAX && h0 % g->G == 0 && nh % g->G == 0 && HS <= ATTN_HS_MAX);
+    const size_t ek = dtype_size(K.dt);
+    SK_ASSERT(nh > 0 && nh <= ATTN_HG_MAX && K.dt == V.dt);
     for (int t = 0; t < g->Tq; t++) {
         const float *q = attn_at(Q, 0, t, 0);
         float *o = attn_at(O, 0, t, 0);
@@ -298,14 +322,9 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
         for (int k0 = s0, nk; k0 <= s1; k0 += nk) {
             nk = attn_key_tile(s1 - k0 + 1);
             for (int j = 0; j < nk; j++) {
-                const float *kr = attn_f32(K, attn_off(K, 0, k0 + j, c0), kw, row + (size_t)(j % rc) * kw);   /* at column c0 */
-                for (int h = h0; h < h1; h++) {
-                    const float *qh = q + (size_t)h * HS, *kh = kr + (h / g->G * HS - c0);
-                    float d = 0;
-#pragma omp simd reduction(+ : d)
-                    for (int c = 0; c < HS; c++) d += qh[c] * kh[c];
-                    S[(h - h0) * ATTN_KB + j] = g->sc * d;
-                }
+                const char *kr = (const char *)K.p + attn_off(K, 0, k0 + j, 0) * ek;
+                for (int h = h0; h < h1; h++)
+                    S[(h - h0) * ATTN_KB + j] = g->sc * attn_dot(q + (size_t)h * HS, kr + (size_t)(h / g->G) * HS * ek, K.dt, HS);
             }
             for (int i = 0; i < nh; i++) {
                 float *si = S + i * ATTN_KB, *oi = o + (size_t)(h0 + i) * HS, bm = -INFINITY;
@@ -320,13 +339,9 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
                 l[i] += attn_exp_row(si, nk, 0, nk - 1, m[i]);
             }
             for (int j = 0; j < nk; j++) {
-                const float *vr = attn_f32(V, attn_off(V, 0, k0 + j, c0), kw, row + (size_t)(j % rc) * kw);
-                for (int h = h0; h < h1; h++) {
-                    const float p = S[(h - h0) * ATTN_KB + j], *vh = vr + (h / g->G * HS - c0);
-                    float *oh = o + (size_t)h * HS;
-#pragma omp simd
-                    for (int c = 0; c < HS; c++) oh[c] += p * vh[c];
-                }
+                const char *vr = (const char *)V.p + attn_off(V, 0, k0 + j, 0) * ek;
+                for (int h = h0; h < h1; h++)
+                    attn_axpy(o + (size_t)h * HS, S[(h - h0) * ATTN_KB + j], vr + (size_t)(h / g->G) * HS * ek, V.dt, HS);
             }
         }
         for (int i = 0; i < nh; i++) {

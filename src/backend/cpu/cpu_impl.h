@@ -45,10 +45,10 @@ static inline float cpu_expf(float x) {
 }
 
 /* An f16 value as f32, exactly, in integer steps and one exact product that GCC vectorizes
- * (its _Float16 conversions stay scalar without AVX512-FP16, and F16C's vcvtph2ps was slower
- * here than this on a cache with f16 subnormals): exponent and mantissa move up 13 bits and the
- * exponent is rebiased (by 112, again for inf/NaN); a subnormal (or zero) is its mantissa times
- * 2^-24, a normal f32. No step makes an f32 subnormal. */
+ * inside any loop (its _Float16 conversions stay scalar without AVX512-FP16; F16C's vcvtph2ps,
+ * tried, was slower here on a KV cache, whose values include f16 subnormals): exponent and
+ * mantissa move up 13 bits and the exponent is rebiased (by 112, again for inf/NaN); a
+ * subnormal (or zero) is its mantissa times 2^-24, a normal f32. No step makes an f32 subnormal. */
 static inline float cpu_f16_to_f32(uint16_t h) {
     const uint32_t em = h & 0x7fffu, sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t infnan = 0u - (uint32_t)(em >= 0x7c00u), sub = 0u - (uint32_t)(em < 0x400u);   /* masks */
