@@ -58,8 +58,8 @@ sk_status kv_dtype_resolve(const model *m, dtype want, dtype *out) {
     *out = want == KV_DTYPE_AUTO ? act : want;
     if (*out == act || (act == DT_F32 && backend_supports(m->be, BACKEND_OP_KV_CACHE, *out))) return SK_OK;
     if (act == DT_F32)
-        return sk_fail(SK_EARG, "--kv-cache-dtype %s: the %s backend keeps no %s key/value cache", kv_dtype_name(want),
-                       m->be->name, kv_dtype_name(want));
+        return sk_fail(SK_EARG, "--kv-cache-dtype %s: the %s backend keeps no %s key/value cache under f32 activations",
+                       kv_dtype_name(want), m->be->name, kv_dtype_name(want));
     return sk_fail(SK_EARG, "--kv-cache-dtype %s: the %s backend keeps the key/value cache in its activations' dtype, "
                    "%s (use auto or %s)", kv_dtype_name(want), m->be->name, kv_dtype_name(act), kv_dtype_name(act));
 }
