@@ -44,6 +44,14 @@ if [ "$d" = "$a" ] && ! $SK generate --model "$T/run1" --prompt "static" --max-t
    grep -q -- "--kv-memory" "$T/err" && ! $SK generate --model "$T/run1" --prompt "static" --kv-memory 3x >/dev/null 2>"$T/err" &&
    grep -q -- "--kv-memory '3x'" "$T/err"
 then pass llama_generate_kv_memory; else fail llama_generate_kv_memory "'$d' vs '$a': $(cat "$T/err")"; fi
+# --kv-cache-dtype: generate names the cache; bench's JSON names it, an f16 pool holding twice
+# the f32 pool's blocks in the same --kv-memory
+$SK generate --model "$T/run1" --prompt "static" --max-tokens 8 --temperature 0 --kv-cache-dtype f16 >/dev/null 2>"$T/err"
+kb() { $SK bench throughput --model "$T/run1" --input-len 8 --output-len 4 --num-prompts 2 --kv-memory 256k --kv-cache-dtype "$1" 2>>"$T/err" |
+       sed -n "s/.*\"kv_dtype\": \"$1\", \"kv_blocks\": \([0-9]*\),.*/\1/p"; }
+b32=$(kb f32); b16=$(kb f16)
+if grep -q "kv cache f16\]" "$T/err" && [ -n "$b32" ] && [ "$b32" -gt 0 ] && [ "$b16" = $((2 * b32)) ]
+then pass llama_kv_cache_dtype; else fail llama_kv_cache_dtype "blocks f32 '$b32', f16 '$b16': $(tail -3 "$T/err")"; fi
 # --mem-report: the folder's mapping and the private memory beside it, on stderr
 c=$($SK generate --model "$T/run1" --prompt "static" --max-tokens 8 --temperature 0 --mem-report 2>"$T/err")
 if [ "$c" = "$a" ] && grep -q '^\[mem-report\] weight files: [1-9][0-9]* bytes' "$T/err" &&

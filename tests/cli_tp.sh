@@ -77,8 +77,8 @@ $SK bench throughput --model "$T/llama" --input-len 8 --output-len 8 --num-promp
 if [ $rc -eq 0 ] && tail -1 "$T/bt" | grep -q '"tp": 2,.*"comm_fraction": \(0\.[0-9]\|1,\).*"ranks": \[{"rank": 0, .*{"rank": 1, '
 then pass tp_bench_throughput
 else fail tp_bench_throughput "exit $rc: $(tail -1 "$T/bt") $(tail -3 "$T/err")"; fi
-$SK bench latency --model "$T/gpt2" --input-len 8 --output-len 8 --iters 1 --tp 3 >"$T/bl" 2>"$T/err"; rc=$?
-if [ $rc -eq 0 ] && tail -1 "$T/bl" | grep -q '"tp": 3,.*"decode_comm_fraction": 0\.[0-9].*{"rank": 2, '; then pass tp_bench_latency
+$SK bench latency --model "$T/gpt2" --input-len 8 --output-len 8 --iters 1 --tp 3 --kv-cache-dtype bf16 >"$T/bl" 2>"$T/err"; rc=$?
+if [ $rc -eq 0 ] && tail -1 "$T/bl" | grep -q '"tp": 3,.*"kv_dtype": "bf16",.*"decode_comm_fraction": 0\.[0-9].*{"rank": 2, '; then pass tp_bench_latency
 else fail tp_bench_latency "exit $rc: $(tail -1 "$T/bl") $(tail -3 "$T/err")"; fi
 
 # a rank killed in the middle of a request (its third step) ends the job, naming the rank
