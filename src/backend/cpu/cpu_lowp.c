@@ -130,9 +130,10 @@ static inline __attribute__((always_inline)) void direct_nk_m(float *C, int ldc,
 }
 
 /* sums[m][j..j+NV*VL) for m < M from rows [k0, k1) of W(K,N) (row stride ldw) at columns
- * n0..n0+(NV-1)*VL+nl (nl < VL: a last vector of nl columns, the others' lanes zero): per k, NV vectors of W's row (converted for bf16/f16) times A[m][k] broadcast, added
- * into M x NV accumulators in registers that start from sums (from zero at k0 = 0) and go
- * back there, so every element sums k = 0..K-1 in order across the blocks. Inlined as nk_rows. */
+ * n0..n0+(NV-1)*VL+nl (nl < VL: a last vector of nl columns, its other lanes zero): per k,
+ * NV vectors of W's row (converted for bf16/f16) times A[m][k] broadcast, added into M x NV
+ * accumulators in registers that start from sums (from zero at k0 = 0) and go back there,
+ * so every element sums k = 0..K-1 in order across the blocks. Inlined as nk_rows. */
 static inline __attribute__((always_inline)) void kn_cols(float *sums, const float *A, int lda, const void *W,
                                                           dtype dt, int ldw, const int M, const int NV, int nl,
                                                           int n0, int j, int k0, int k1) {
