@@ -254,7 +254,6 @@ static double run_both(model *w, model *s, int *mismatch) {
         for (int t = 0; t < lens[q]; t++) seqtok[q][t] = (7 * q + 13 * t + 1) % V;
         for (int b = 0; b < MB; b++) tables[q * MB + b] = q * MB + b;
     }
-    float *lw = malloc(sizeof(float) * NSEQ * V), *ls = malloc(sizeof(float) * NSEQ * V);
     worst = 0;
     for (int step = 0; step <= NDEC; step++) {
         int tokens[32], pos[32], slot[32], seq[3 * NSEQ], out_rows[NSEQ], N = 0;
@@ -272,13 +271,13 @@ static double run_both(model *w, model *s, int *mismatch) {
         }
         const model_batch b = {N, tokens, pos, slot, NSEQ, seq, tables, MB, NSEQ, out_rows};
         const model_kv_cache cw = kv_pool_cache(pw), cs = kv_pool_cache(ps);
-        tensor a = model_infer_batch(w, &cw, &b);
-        backend_download(w->be, lw, a.data, tensor_bytes(a));
-        tensor z = model_infer_batch(s, &cs, &b);
-        backend_download(s->be, ls, z.data, tensor_bytes(z));
+        float *lw = test_download_mat(w->be, model_infer_batch(w, &cw, &b));
+        float *ls = test_download_mat(s->be, model_infer_batch(s, &cs, &b));
         if (model_step_status(s) != SK_OK) {
             printf("  %s\n", sk_errmsg());
             worst = 1e30;
+            free(lw);
+            free(ls);
             break;
         }
         for (int q = 0; q < NSEQ; q++) {
@@ -294,9 +293,9 @@ static double run_both(model *w, model *s, int *mismatch) {
             if (bw != bs && rw[bw] - rw[second] > margin_of(s)) ++*mismatch;
             seqtok[q][len[q]++] = bw;
         }
+        free(lw);
+        free(ls);
     }
-    free(lw);
-    free(ls);
 out:
     kv_pool_free(pw);
     kv_pool_free(ps);
@@ -439,9 +438,12 @@ static sk_status engine_run(model *m, int *tokens, float *lps) {
     return st;
 }
 
+/* Rank 0 notes a failure and goes on with the next model: the other ranks follow every
+ * model's engine, so returning early would leave them waiting. */
 TEST(engine_matches_the_whole_model) {
     comm *c = world();
     if (c->world == 1) SKIP("needs mpirun -n K (tests/cli_tp.sh)");
+    int failed = 0;
     for (int i = 0; model_dir(i); i++) {
         bool refused_ok = true;
         if (!divides(model_dir(i), &refused_ok)) continue;
@@ -458,27 +460,33 @@ TEST(engine_matches_the_whole_model) {
         sk_status st = engine_run(s, ts, ls);
         engine_tp_release(c);
         model_free(s);
-        CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
         model *w = NULL;
-        CHECK(model_open_weights(model_dir(i), g_be, &w) == SK_OK);
-        st = engine_run(w, tw, lw);
-        const double tol = tol_of(w), margin = margin_of(w);
+        if (st == SK_OK && (st = model_open_weights(model_dir(i), g_be, &w)) == SK_OK) st = engine_run(w, tw, lw);
+        const double tol = w ? tol_of(w) : 0, margin = w ? margin_of(w) : 0;
         model_free(w);
-        CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
-        /* each request's tokens up to its first near-tie in the whole model (after it the two
-         * may part), their log-probabilities alike */
+        if (st != SK_OK) {
+            printf("  %s: %s\n", model_dir(i), sk_errmsg());
+            failed++;
+            continue;
+        }
+        /* each request's tokens up to its first near-tie in the whole model (there the two may
+         * choose apart), their log-probabilities alike up to and with it */
         double worst = 0;
         int differ = 0;
         for (int r = 0; r < EREQ; r++)
             for (int g = 0; g < EGEN; g++) {
                 const float *a = ls + (r * EGEN + g) * ETOP, *b = lw + (r * EGEN + g) * ETOP;
                 for (int k = 0; k < ETOP; k++) worst = fmax(worst, fabs((double)a[k] - b[k]));
-                differ += ts[r * EGEN + g] != tw[r * EGEN + g];
                 if (b[0] - b[1] < margin) break;
+                differ += ts[r * EGEN + g] != tw[r * EGEN + g];
             }
-        CHECK_MSG(!differ, "%s: %d greedy tokens differ", model_dir(i), differ);
-        CHECK_MSG(worst <= tol, "%s: log-probabilities differ by %g (tolerance %g)", model_dir(i), worst, tol);
+        if (differ || worst > tol) {
+            printf("  %s: %d greedy tokens differ, log-probabilities by %g (tolerance %g)\n", model_dir(i), differ,
+                   worst, tol);
+            failed++;
+        }
     }
+    CHECK_MSG(!failed, "%d models", failed);
 }
 
 TEST_MAIN()
