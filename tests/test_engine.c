@@ -185,7 +185,7 @@ TEST(batched_step_matches_infer_step_logits) {
                 }
                 const model_batch b = {N, tokens, pos, slot, 2, sq, tables, MB, 2, rows};
                 const model_kv_cache cache = kv_pool_cache(pool);
-                float *lg = test_download(m->be, model_infer_batch(m, &cache, &b));
+                float *lg = test_download_mat(m->be, model_infer_batch(m, &cache, &b));
                 for (int s = 0; s < 2; s++)
                     for (int v = 0; v < V; v++) {
                         worst = fmax(worst, fabs(lg[(size_t)s * V + v] - ref[s][(size_t)i * V + v]));

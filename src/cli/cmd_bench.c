@@ -329,6 +329,16 @@ static sk_status bench_add(engine *e, const model *m, int *prompt, long I, long 
     return engine_add_request(e, prompt, (int)I, &p, &id);
 }
 
+/* One engine step; adds its new tokens to *tokens and counts it in *steps (either may be NULL). */
+static sk_status bench_step(engine *e, long *tokens, long *steps) {
+    const engine_output *out;
+    int n;
+    SK_TRY(engine_step(e, &out, &n));
+    for (int i = 0; tokens && i < n; i++) *tokens += out[i].token >= 0;
+    if (steps) ++*steps;
+    return SK_OK;
+}
+
 /* The flags bench throughput and bench latency share; `what` is --max-seqs's default. */
 #define BENCH_INFER_FLAGS(what) \
     {"--model", ARG_STR, &dir, "DIR", "model folder (weights mapped)", false, false}, \
@@ -419,27 +429,31 @@ static int bench_throughput(int argc, char **argv) {
         st = sk_fail(SK_EARG, "bench throughput: --input-len + --output-len = %ld exceeds the context %d", I + O,
                      m->cfg.n_positions);
     if (!st) st = bench_engine(m, kv_memory, kv_dtype, max_seqs, max_batch, I, O, &e);
-    const double t0 = time_now(), comm0 = m ? m->tp.comm_s : 0;
+    /* warm-up, untimed (vLLM's engine records its graphs before it serves): a full batch of
+     * other prompts, 3 tokens each, so the products have run and the decode step of that
+     * size is recorded */
+    const double w0 = time_now();
+    for (long i = 0; !st && i < (N < max_seqs ? N : max_seqs); i++) st = bench_add(e, m, prompt, I, 3, N + i);
+    while (!st && engine_has_work(e)) st = bench_step(e, NULL, NULL);
+    double step0 = 0, wait0 = 0;
+    if (e) engine_times(e, &step0, &wait0);
+    const double t0 = time_now(), comm0 = m ? m->tp.comm_s : 0, warm_s = t0 - w0;
     for (long i = 0; !st && i < N; i++) st = bench_add(e, m, prompt, I, O, i);
-    while (!st && engine_has_work(e)) {
-        const engine_output *out;
-        int n;
-        st = engine_step(e, &out, &n);
-        for (int i = 0; !st && i < n; i++) out_tokens += out[i].token >= 0;
-        steps++;
-    }
+    while (!st && engine_has_work(e)) st = bench_step(e, &out_tokens, &steps);
     const double dt = time_now() - t0;
     if (!st) {
         const kv_stats ks = kv_pool_stats(engine_pool(e));
+        double step1, wait1;
+        engine_times(e, &step1, &wait1);
         printf("{\"bench\": \"throughput\", \"model\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"tp\": %ld, "
                "\"input_len\": %ld, \"output_len\": %ld, \"num_prompts\": %ld, \"max_seqs\": %ld, \"max_batch_tokens\": %ld, "
                "\"kv_dtype\": \"%s\", \"kv_blocks\": %d, \"steps\": %ld, \"preemptions\": %llu, \"prefix_hits\": %llu, \"elapsed_s\": %.6g, "
                "\"requests_per_s\": %.6g, \"output_tokens_per_s\": %.6g, \"total_tokens_per_s\": %.6g, "
-               "\"comm_fraction\": %.6g",
+               "\"comm_fraction\": %.6g, \"warmup_s\": %.6g, \"host_s\": %.6g, \"device_wait_s\": %.6g",
                dir ? dir : preset, be->name, omp_get_max_threads(), tp, I, O, N, max_seqs, max_batch,
                kv_dtype_name(kv_pool_dtype(engine_pool(e))), kv_pool_blocks(engine_pool(e)), steps, (unsigned long long)engine_preemptions(e),
                (unsigned long long)ks.hits, dt, N / dt, out_tokens / dt, (N * I + out_tokens) / dt,
-               (m->tp.comm_s - comm0) / dt);
+               (m->tp.comm_s - comm0) / dt, warm_s, step1 - step0 - (wait1 - wait0), wait1 - wait0);
         engine_free(e);
         e = NULL;
         st = bench_print_ranks(m);

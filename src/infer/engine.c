@@ -58,7 +58,7 @@ struct engine {
     /* the step's batch, planned once */
     int *tokens, *pos, *slot;   /* (max_batch_tokens) */
     int *seq, *tables, *out_rows;   /* (max_seqs, 3), (max_seqs, max_blocks), (max_seqs) */
-    float *logits;           /* (max_seqs, V) host */
+    float *logits;           /* (max_seqs, Vp) host: the rows as the model leaves them (model.h) */
     int *ids_dev;            /* (max_seqs) backend memory: argmax_rows' answer (NULL without the op) */
     int *ids;                /* (max_seqs) host: its copy */
     backend_sample_row *rows_dev;   /* (max_seqs) backend memory: sample_rows' options (NULL: host sampling) */
@@ -72,6 +72,7 @@ struct engine {
     unsigned graph_epoch;    /* model_infer_epoch of the recordings */
     /* a split model's rank 0 (model_tp) */
     int *tp_msg;             /* engine_tp_ints(o, max_blocks): a step's arrays, packed */
+    double step_s, wait_s;   /* engine_times */
     bool tp_started;         /* the other ranks follow this engine */
     double tp_sent;          /* time_now() of the last message */
 };
@@ -208,7 +209,7 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
     e->seq = mem_alloc(sizeof(int) * 3 * S);
     e->tables = mem_alloc(sizeof(int) * S * (size_t)e->max_blocks);
     e->out_rows = mem_alloc(sizeof(int) * S);
-    e->logits = mem_alloc(sizeof(float) * S * (size_t)c->vocab_size);
+    e->logits = mem_alloc(sizeof(float) * S * (size_t)model_logits_ld(m));
     e->ids = mem_alloc(sizeof(int) * S);
     if (m->be->ops->argmax_rows && !(e->ids_dev = backend_alloc(m->be, sizeof(int) * S))) {
         st = SK_ENOMEM;
@@ -330,6 +331,11 @@ void engine_counts(const engine *e, int *waiting, int *running) {
 }
 
 uint64_t engine_preemptions(const engine *e) { return e->s.preemptions; }
+
+void engine_times(const engine *e, double *step_s, double *wait_s) {
+    *step_s = e->step_s;
+    *wait_s = e->wait_s;
+}
 
 /* Fills the batch arrays from the schedule: rows of each item in order, its last row's
  * logits asked for. */
@@ -474,7 +480,8 @@ static engine_output engine_sample(engine *e, engine_req *r, float *logits, int 
     return o;
 }
 
-sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
+/* engine_step's work, timed by it. */
+static sk_status engine_step_timed(engine *e, const engine_output **out, int *n_out) {
     int n = 0;
     memcpy(e->outs, e->cancelled, sizeof(engine_output) * (size_t)e->n_cancelled);
     n = e->n_cancelled;
@@ -502,22 +509,31 @@ sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
             engine_rows_upload(e, (int)lg.shape[0]);
             be->ops->sample_rows(be, NULL, ids, lg, e->rows_dev);
         }
-        backend_download(be, e->ids, e->ids_dev, tensor_bytes(ids));
-    } else {
-        backend_download(be, e->logits, lg.data, tensor_bytes(lg));
     }
+    const double w0 = time_now();
+    if (ids_only) backend_download(be, e->ids, e->ids_dev, sizeof(int) * (size_t)lg.shape[0]);
+    else backend_download(be, e->logits, lg.data, tensor_bytes(lg));
+    e->wait_s += time_now() - w0;
     sched_advance(&e->s);
-    const int V = e->m->cfg.vocab_size, n_items = e->s.n_items;
+    const int64_t ld = lg.stride[0];
+    const int n_items = e->s.n_items;
     for (int i = 0; i < n_items; i++) {
         engine_req *r = (engine_req *)e->s.items[i].seq;
         if (r->seq.n_computed < r->seq.n_tokens) continue;   /* a prefill chunk: more to come */
-        e->outs[n++] = engine_sample(e, r, ids_only ? NULL : e->logits + (size_t)i * V, ids_only ? e->ids[i] : -1);
+        e->outs[n++] = engine_sample(e, r, ids_only ? NULL : e->logits + (size_t)i * ld, ids_only ? e->ids[i] : -1);
     }
     /* retire finished requests after sampling: retiring edits the item list */
     for (int i = *n_out; i < n; i++)
         if (e->outs[i].finish) engine_retire(e, engine_find(e, e->outs[i].id));
     *n_out = n;
     return SK_OK;
+}
+
+sk_status engine_step(engine *e, const engine_output **out, int *n_out) {
+    const double t0 = time_now();
+    const sk_status st = engine_step_timed(e, out, n_out);
+    e->step_s += time_now() - t0;
+    return st;
 }
 
 /* ---- tensor parallelism: the other ranks ---- */

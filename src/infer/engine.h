@@ -122,6 +122,11 @@ const kv_pool *engine_pool(const engine *e);
 void engine_counts(const engine *e, int *waiting, int *running);
 /* Preemptions so far. */
 uint64_t engine_preemptions(const engine *e);
+/* Seconds spent in engine_step so far, and the part of them spent waiting for the step's
+ * results to come back from the backend (on a device: its work after the host issued it);
+ * the rest is the host's (scheduling, uploads, issuing, sampling), during which a device
+ * idles. */
+void engine_times(const engine *e, double *step_s, double *wait_s);
 
 /* ---- Tensor parallelism (see the top); each is a no-op for a model that is not split ---- */
 /* Rank 0, while its engine has no work (at least every second): tells the other ranks it is

@@ -535,7 +535,7 @@ static sk_status gpt2_infer_prepare(model *m, int max_tokens, int max_seqs, int 
     arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 10] = {
         E(x, N * C), E(ln, N * C), E(qkv, arch_floats_of(N * 3 * QD, lp)), E(atty, arch_floats_of(N * QD, lp)),
         E(fch, arch_floats_of(N * F, lp)), E(mean, N), E(rstd, N), E(last, S * C), E(lastn, arch_floats_of(S * C, lp)),
-        E(logits, S * (size_t)c->vocab_size),
+        E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)),
     };
 #undef E
     int n = 10;

@@ -616,7 +616,7 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 15] = {
         E(rope_cos, P * HS / 2), E(rope_sin, P * HS / 2), E(cos, N * HS / 2), E(sin, N * HS / 2), E(x, N * C),
         L(ln, N * C), L(q, N * QD), L(atty, N * QD), L(k, N * KD), L(v, N * KD), L(gate, N * F), L(up, N * F),
-        E(last, S * C), L(lastn, S * C), E(logits, S * (size_t)c->vocab_size),
+        E(last, S * C), L(lastn, S * C), E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)),
     };
 #undef L
 #undef E

@@ -373,6 +373,8 @@ tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *
 
 unsigned model_infer_epoch(const model *m) { return m->infer_epoch; }
 
+int64_t model_logits_ld(const model *m) { return arch_vocab_padded(m->cfg.vocab_size); }
+
 /* Spec i's place through its group's base (a parameter or gradient base pointer), as an f32
  * view of the spec's shape. */
 static tensor model_spec_view(const model *m, int i, float *const *bases) {

@@ -537,7 +537,8 @@ tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n);
  * model_infer_batch runs one forward over b (sizes within the prepared ones, positions and
  * slots consistent with the sequences: asserted): for every layer it writes each token's key
  * and value into its slot of kv, attends for each sequence over its blocks, and returns the
- * logits (R,V) of b->out_rows, a view of backend memory valid until m's next step. It needs
+ * logits (R,V) of b->out_rows, a view of backend memory valid until m's next step, its rows
+ * arch_vocab_padded(V) apart (aligned rows for the LM head's product). It needs
  * a backend with the paged ops (backend_supports_paged, checked by model_infer_prepare).
  * model_infer_step is this with one sequence whose one block is the model_kv. */
 sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ctx);
@@ -547,6 +548,8 @@ sk_status model_infer_prepare(model *m, int max_tokens, int max_seqs, int max_ct
  * f32. The residual stream, norm statistics and the
  * logits are f32 either way. */
 dtype model_infer_dtype(const model *m);
+/* The row stride of the logits model_infer_batch returns (the vocabulary padded). */
+int64_t model_logits_ld(const model *m);
 tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b);
 /* model_infer_batch in its two halves, for a caller that records the second as a graph and
  * replays it (backend.h graph_begin): model_infer_upload checks b (as model_infer_batch does)

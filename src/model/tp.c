@@ -366,7 +366,7 @@ tensor tp_logits(model *m, tensor last, tensor head, float *out, int R) {
     const backend_ops *op = m->be->ops;
     const model_tp *t = &m->tp;
     const int V = m->cfg.vocab_size, Vc = t->vocab_chunk;
-    tensor logits = arch_mat(out, R, V), h = tensor_rows(head, 0, t->n_vocab);
+    tensor logits = tensor_2d_ld(out, DT_F32, R, V, arch_vocab_padded(V)), h = tensor_rows(head, 0, t->n_vocab);
     if (t->size == 1) {
         op->matmul(m->be, NULL, logits, last, false, h, true, 1.0f, 0.0f);
         return logits;

@@ -47,7 +47,8 @@ void tp_sum(model *m, tensor x);
  * tensor_none(), so the sum over the ranks adds it once; b itself when m is not split. */
 tensor tp_row_bias(const model *m, tensor b);
 /* The LM head: logits (R,V) = last(R,C) @ head^T for every vocabulary row, written into out
- * (R*V floats of backend memory) and returned as a view. head is this rank's vocabulary rows
+ * (R * arch_vocab_padded(V) floats of backend memory: rows that far apart, so the product
+ * writes aligned rows) and returned as a view. head is this rank's vocabulary rows
  * (its first n_vocab rows are read: an embedding slice's zero row is not); split, each rank
  * computes its rows' columns and the ranks' columns are gathered, so every rank returns the
  * whole logits. Ends the step's collectives (waits for those still in flight). */
