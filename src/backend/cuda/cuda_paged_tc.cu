@@ -56,16 +56,21 @@ static __device__ bool ptc_find_tile(const int *seqs, int S, int index, int *seq
     return false;
 }
 
-/* Starts copying the ROWS x HS tile whose row r is src + off(r) (off(r) < 0: zero-filled)
- * into dst (row stride HS + 8). All threads of the block take part; the caller commits. */
-template <int ROWS, int HS, class Off> static __device__ void ptc_load(bf16 *dst, const bf16 *src, Off off) {
+/* Starts copying a ROWS x HS tile into d0 (row stride HS + 8): its row r is row row(r) of s0
+ * (row stride ld0, from column col), zero-filled where row(r) < 0; with d1, the same rows of
+ * s1 (ld1) into d1 (the keys' and values' rows share one table lookup). All threads of the
+ * block take part; the caller commits. */
+template <int ROWS, int HS, class Row>
+static __device__ void ptc_load(Row row, int64_t col, bf16 *d0, const bf16 *s0, int64_t ld0, bf16 *d1 = nullptr,
+                                const bf16 *s1 = nullptr, int64_t ld1 = 0) {
     constexpr int CH = HS / 8;   /* 16-byte chunks per row */
     static_assert((ROWS * CH) % TC_THREADS == 0, "every thread copies the same number of chunks");
 #pragma unroll
     for (int k = 0; k < ROWS * CH / TC_THREADS; k++) {
         const int e = threadIdx.x + k * TC_THREADS, r = e / CH, c = (e % CH) * 8;
-        const int64_t o = off(r);
-        cp_async16(dst + r * (HS + 8) + c, o >= 0 ? src + o + c : src, o >= 0);
+        const int64_t p = row(r);
+        cp_async16(d0 + r * (HS + 8) + c, p >= 0 ? s0 + p * ld0 + col + c : s0, p >= 0);
+        if (d1) cp_async16(d1 + r * (HS + 8) + c, p >= 0 ? s1 + p * ld1 + col + c : s1, p >= 0);
     }
 }
 
@@ -92,21 +97,16 @@ paged_prefill_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, cons
     cuda_attn_geom g = {};
     g.Tq = nq, g.Tk = ctx, g.W = W;
 
-    ptc_load<BQ, HS>(Qs, q, [&](int r) { return r < n ? (int64_t)(r0 + t0 + r) * ldq + (int64_t)h * HS : -1; });
+    ptc_load<BQ, HS>([&](int r) { return r < n ? (int64_t)(r0 + t0 + r) : (int64_t)-1; }, (int64_t)h * HS, Qs, q,
+                     ldq);
     auto load_kv = [&](int it) {   /* key tile it into stage it & 1 */
         const int k0 = lo + it * BK, st = it & 1;
-        auto row = [&](int r) {
-            const int t = k0 + r;
-            return t <= hi ? ((int64_t)table[t / BS] * BS + t % BS) : (int64_t)-1;
-        };
-        ptc_load<BK, HS>(Ks + st * BK * LDS, kc, [&](int r) {
-            const int64_t p = row(r);
-            return p < 0 ? p : p * ldk + kcol;
-        });
-        ptc_load<BK, HS>(Vs + st * BK * LDS, vc, [&](int r) {
-            const int64_t p = row(r);
-            return p < 0 ? p : p * ldv + kcol;
-        });
+        ptc_load<BK, HS>(
+            [&](int r) {
+                const int t = k0 + r;
+                return t <= hi ? (int64_t)table[t / BS] * BS + t % BS : (int64_t)-1;
+            },
+            kcol, Ks + st * BK * LDS, kc, ldk, Vs + st * BK * LDS, vc, ldv);
     };
     load_kv(0);
     cp_async_commit();
