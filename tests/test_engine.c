@@ -786,6 +786,31 @@ TEST(paged_attention_matches_a_reference) {
     CHECK(w <= tol);
 }
 
+/* Prefill chunks as CUDA's tensor-core prefill kernel takes them (bf16, HS 64 and 128; f32 on
+ * a backend without a bf16 cache): chunks of 2..200 queries, without a prefix and behind
+ * cached prefixes of up to 300 positions, sizes on and off its 64-row tiles (query tiles that
+ * cross the diagonal, a last tile part padding), decode rows in the same call, G 1, 3 and 4,
+ * windows shorter than a chunk. bf16: within 1e-2 of the largest |v| (q, k, v are bf16
+ * values; P is rounded to bf16 for P V and out once: about 2^-8 relative each). */
+TEST(paged_attention_prefill_chunks_match_a_reference) {
+    backend *be = test_device();
+    const dtype dt = backend_supports(be, BACKEND_OP_PAGED, DT_BF16) ? DT_BF16 : DT_F32;
+    const double tol = dt == DT_BF16 ? 1e-2 : 1e-5;
+    enum { S = 9 };
+    /* nq 200 from 0; 130 behind 300; 64 and 65 from 0; 1 (decode); 200 behind 300; 2 behind 5;
+     * 63 behind 1; decode over 80 */
+    const int ctx[S] = {200, 430, 64, 65, 33, 500, 7, 64, 81}, nq[S] = {200, 130, 64, 65, 1, 200, 2, 63, 1};
+    const struct { int NH, NKV, HS, W; } shapes[] = {
+        {8, 2, 128, 0}, {4, 4, 64, 0}, {12, 12, 64, 0}, {6, 2, 64, 37}, {4, 1, 128, 100}, {8, 2, 128, 130},
+    };
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        const double w = paged_case(be, dt, dt, shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, S, ctx, nq);
+        printf("  %s prefill NH %d NKV %d HS %d W %d: worst |out - reference| %.3g of the largest |v|\n",
+               dtype_name(dt), shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, w);
+        CHECK(w <= tol);
+    }
+}
+
 /* f32 queries over a bf16 or f16 cache (--kv-cache-dtype): set_rows rounds the f32 rows once,
  * and paged_attention then computes in f32 over the cache's values, decode and prefill, to
  * 1e-5 of the largest |value| of a double-precision reference over those values. */

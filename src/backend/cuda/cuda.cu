@@ -494,7 +494,8 @@ static void cuda_paged_attention_op(backend *be, backend_stream *s, tensor out, 
     SK_ASSERT(k_cache.shape[1] == (int64_t)NKV * HS && tensor_same_shape(k_cache, v_cache));
     const cuda_lp o = rows2(out, &ldo), qp = rows2(q, &ldq), kp = rows2(k_cache, &ldk), vp = rows2(v_cache, &ldv);
     cuda_paged_attention(ctx(be), stream_of(be, s), o, ldo, qp, ldq, kp, ldk, vp, ldv, (const int *)seqs.data,
-                         (const int *)tables.data, (int)seqs.shape[0], (int)tables.shape[1], BS, NH, NKV, HS, W);
+                         (const int *)tables.data, (int)q.shape[0], (int)seqs.shape[0], (int)tables.shape[1], BS, NH,
+                         NKV, HS, W);
 }
 
 static void cuda_argmax_rows_op(backend *be, backend_stream *s, tensor ids, tensor x) {

@@ -244,11 +244,21 @@ void cuda_cudnn_free(cuda_ctx *x);
 /* dst and src of one dtype (f32 or bf16). */
 void cuda_set_rows(const cuda_ctx *x, cudaStream_t s, cuda_lp dst, int64_t ldd, cuda_lp src, int64_t lds,
                    const int *idx, int n, int D);
-/* out, q and the caches of one dtype (f32 or bf16). Decode sequences (one query) whose shapes
- * fit run the split decode kernel (partials in x->paged_ws), the others the general one. */
+/* out, q and the caches of one dtype (f32 or bf16); q and out have N rows. Decode sequences
+ * (one query) whose shapes fit run the split decode kernel (partials in x->paged_ws), prefill
+ * sequences that fit the tensor-core kernel (cuda_paged_tc.cu) run it, the others the general one. */
 void cuda_paged_attention(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp q, int64_t ldq,
-                          cuda_lp kc, int64_t ldk, cuda_lp vc, int64_t ldv, const int *seqs, const int *tables, int S,
-                          int MB, int BS, int NH, int NKV, int HS, int W);
+                          cuda_lp kc, int64_t ldk, cuda_lp vc, int64_t ldv, const int *seqs, const int *tables, int N,
+                          int S, int MB, int BS, int NH, int NKV, int HS, int W);
+/* Whether the tensor-core prefill kernel takes bf16 arrays at these addresses and row strides
+ * (elements) for head size HS: HS 64 or 128, every row 16-byte aligned. */
+bool cuda_paged_prefill_tc_fits(const void *out, int64_t ldo, const void *q, int64_t ldq, const void *kc, int64_t ldk,
+                                const void *vc, int64_t ldv, int HS);
+/* paged_attention's sequences with nq > 1 (arguments as cuda_paged_attention's, all bf16, a
+ * call cuda_paged_prefill_tc_fits takes); the rows of the other sequences are untouched. */
+void cuda_paged_prefill_tc(cudaStream_t s, __nv_bfloat16 *out, int64_t ldo, const __nv_bfloat16 *q, int64_t ldq,
+                           const __nv_bfloat16 *kc, int64_t ldk, const __nv_bfloat16 *vc, int64_t ldv, const int *seqs,
+                           const int *tables, int N, int S, int MB, int BS, int NH, int NKV, int HS, int W);
 /* Floats of the decode kernel's partial results for a device of n_sm multiprocessors (the
  * context allocates x->paged_ws of this size at creation). */
 size_t cuda_paged_ws_floats(int n_sm);

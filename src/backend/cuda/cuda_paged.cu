@@ -5,7 +5,7 @@
  * thresholds of top-k and top-p bisected over the row's values, so nothing is sorted). Arrays are f32 or bf16 (the cache's dtype); every kernel
  * computes in f32 and rounds a bf16 output once.
  *
- * paged_attention runs two kernels over the batch:
+ * paged_attention runs three kernels over the batch:
  *   - decode (sequences with one query, when the shapes fit: HS <= DEC_MAX_HS, rows of 16-byte
  *     units, at most DEC_MAX_G query heads per key/value head): one block per (sequence,
  *     key/value head, split). The block stages DEC_TILE positions of keys and values in shared
@@ -15,12 +15,16 @@
  *     tile. Long contexts are cut into `splits` ranges of tiles (flash-decoding) when the
  *     batch alone would not fill the device: each split leaves its unnormalised accumulator,
  *     maximum and sum in x->paged_ws, and a combine kernel merges them in split order;
- *   - general (every other sequence: prefill chunks, and decodes the decode kernel cannot take):
+ *   - prefill on the tensor cores (cuda_paged_tc.cu: sequences with more than one query, bf16,
+ *     HS 64 or 128, rows 16-byte aligned);
+ *   - general (every other sequence: other prefill chunks, and decodes the decode kernel cannot take):
  *     one block per (sequence, head); its warps take the sequence's queries in turn and walk
  *     the visible keys one at a time with an online softmax (each lane HS/32 channels).
  * Scores, masking, the window and the scale are attention_forward's; nothing is allocated,
  * nothing is written outside the named rows. */
 #include <math.h>
+
+#include <type_traits>
 
 #include "backend/cuda/cuda_impl.cuh"
 
@@ -73,14 +77,18 @@ void cuda_set_rows(const cuda_ctx *x, cudaStream_t s, cuda_lp dst, int64_t ldd, 
 
 /* ---- general kernel: a warp per query ---- */
 
+/* Block (sequence i, head h); skip_decode and skip_prefill: the sequences of one query, or of
+ * more, are another kernel's. */
+
 template <class T>
 __global__ void __launch_bounds__(PAGED_WARPS * 32)
 paged_general_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, int64_t ldk, const T *vc, int64_t ldv,
                      const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W, float scale,
-                     bool skip_decode) {
+                     bool skip_decode, bool skip_prefill) {
     const int i = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int r0 = seqs[3 * i], nq = seqs[3 * i + 1], ctx = seqs[3 * i + 2];
-    if (skip_decode && nq == 1) return;   /* the decode kernel's */
+    if (skip_decode && nq == 1) return;    /* the decode kernel's */
+    if (skip_prefill && nq > 1) return;    /* the tensor-core prefill kernel's */
     const int64_t koff = (int64_t)(h / (NH / NKV)) * HS;
     const int *table = tables + (int64_t)i * MB;
     for (int j = warp; j < nq; j += PAGED_WARPS) {
@@ -273,8 +281,8 @@ static int paged_splits(const cuda_ctx *x, int S, int NH, int NKV, int HS) {
 
 template <class T>
 static void paged_launch(const cuda_ctx *x, cudaStream_t s, T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc,
-                         int64_t ldk, const T *vc, int64_t ldv, const int *seqs, const int *tables, int S, int MB,
-                         int BS, int NH, int NKV, int HS, int W) {
+                         int64_t ldk, const T *vc, int64_t ldv, const int *seqs, const int *tables, int N, int S,
+                         int MB, int BS, int NH, int NKV, int HS, int W) {
     const float scale = 1.0f / sqrtf((float)HS);
     const int G = NH / NKV, es = (int)sizeof(T);
     const bool decode = HS <= DEC_MAX_HS && (HS * es) % 16 == 0 && G <= DEC_MAX_G && (ldk * es) % 16 == 0 &&
@@ -291,23 +299,29 @@ static void paged_launch(const cuda_ctx *x, cudaStream_t s, T *out, int64_t ldo,
             CUDA_CHECK_LAUNCH();
         }
     }
+    bool prefill_tc = false;
+    if constexpr (std::is_same<T, bf16>::value) {
+        prefill_tc = cuda_paged_prefill_tc_fits(out, ldo, q, ldq, kc, ldk, vc, ldv, HS);
+        if (prefill_tc)
+            cuda_paged_prefill_tc(s, out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, N, S, MB, BS, NH, NKV, HS, W);
+    }
     paged_general_kernel<T><<<dim3((unsigned)S, (unsigned)NH), PAGED_WARPS * 32, 0, s>>>(
-        out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS, W, scale, decode);
+        out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS, W, scale, decode, prefill_tc);
     CUDA_CHECK_LAUNCH();
 }
 
 void cuda_paged_attention(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp q, int64_t ldq,
-                          cuda_lp kc, int64_t ldk, cuda_lp vc, int64_t ldv, const int *seqs, const int *tables, int S,
-                          int MB, int BS, int NH, int NKV, int HS, int W) {
+                          cuda_lp kc, int64_t ldk, cuda_lp vc, int64_t ldv, const int *seqs, const int *tables, int N,
+                          int S, int MB, int BS, int NH, int NKV, int HS, int W) {
     if (S == 0) return;
     SK_ASSERT(HS > 0 && HS <= 32 * PAGED_MAX_LANE_DIMS && NH % NKV == 0 && BS > 0);
     SK_ASSERT(out.bf16 == q.bf16 && q.bf16 == kc.bf16 && kc.bf16 == vc.bf16);
     if (q.bf16)
         paged_launch(x, s, (bf16 *)out.p, ldo, (const bf16 *)q.p, ldq, (const bf16 *)kc.p, ldk, (const bf16 *)vc.p, ldv,
-                     seqs, tables, S, MB, BS, NH, NKV, HS, W);
+                     seqs, tables, N, S, MB, BS, NH, NKV, HS, W);
     else
         paged_launch(x, s, (float *)out.p, ldo, (const float *)q.p, ldq, (const float *)kc.p, ldk, (const float *)vc.p,
-                     ldv, seqs, tables, S, MB, BS, NH, NKV, HS, W);
+                     ldv, seqs, tables, N, S, MB, BS, NH, NKV, HS, W);
 }
 
 /* ---- argmax_rows and sample_rows: one block of ARGMAX_THREADS per row ---- */
