@@ -36,6 +36,7 @@ enum {
     DEC_MAX_HS = 256,            /* decode: head sizes up to this (bf16; f32 up to 128) */
     DEC_MAX_G = 8,               /* decode: query heads per key/value head */
     DEC_MAX_SPLITS = 32,
+    DEC_BLOCKS_PER_SM = 4,       /* decode: blocks per multiprocessor the splits aim for */
     ARGMAX_THREADS = 256,
 };
 #define PAGED_FULL 0xffffffffu
@@ -306,15 +307,17 @@ __global__ void paged_combine_kernel(T *out, int64_t ldo, const int *seqs, int N
 }
 
 size_t cuda_paged_ws_floats(int n_sm) {
-    /* splits > 1 only while S * NKV < 2 * n_sm, and then S * NKV * splits < 4 * n_sm */
-    return (size_t)4 * (size_t)n_sm * DEC_MAX_G * (DEC_MAX_HS + 2);
+    /* splits > 1 only while S * NKV < DEC_BLOCKS_PER_SM * n_sm, and then S * NKV * splits is
+     * under twice that */
+    return (size_t)2 * DEC_BLOCKS_PER_SM * (size_t)n_sm * DEC_MAX_G * (DEC_MAX_HS + 2);
 }
 
-/* The decode kernel's split count for S sequences of NKV heads: enough blocks for two per
- * multiprocessor, within the workspace. */
+/* The decode kernel's split count for S sequences of NKV heads: enough blocks for
+ * DEC_BLOCKS_PER_SM per multiprocessor (a block's warps each keep a few loads in flight; it
+ * takes several blocks to cover the memory's latency), within the workspace. */
 static int paged_splits(const cuda_ctx *x, int S, int NH, int NKV, int HS) {
-    const int blocks = S * NKV;
-    int splits = blocks >= 2 * x->n_sm ? 1 : (2 * x->n_sm + blocks - 1) / blocks;
+    const int blocks = S * NKV, want = DEC_BLOCKS_PER_SM * x->n_sm;
+    int splits = blocks >= want ? 1 : (want + blocks - 1) / blocks;
     if (splits > DEC_MAX_SPLITS) splits = DEC_MAX_SPLITS;
     while (splits > 1 && (size_t)S * NH * splits * (HS + 2) > cuda_paged_ws_floats(x->n_sm)) splits--;
     return splits;
