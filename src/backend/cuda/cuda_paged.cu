@@ -191,13 +191,21 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
     const int *table = tables + (int64_t)i * MB;
     const T *kb = kc + (int64_t)kvh * HS + c * E, *vb = vc + (int64_t)kvh * HS + c * E;
     for (int base = k0 + warp * step; base < k1; base += DEC_WARPS * step) {
+        /* every table entry of the step first, then every row: no load waits on another of
+         * its step but its own entry. Keys past k1 read key k1 - 1 again (a cached row,
+         * finite) and weigh 0 below. */
+        int tu[U], page[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            tu[u] = min(base + u * KP + kg, k1 - 1);
+            page[u] = __ldg(table + tu[u] / BS);
+        }
         uint4 kr[U], vr[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int t = base + u * KP + kg;
+            const int64_t row = (int64_t)page[u] * BS + tu[u] % BS;
             kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-            if (has_chunk && t < k1) {
-                const int64_t row = (int64_t)table[t / BS] * BS + t % BS;
+            if (has_chunk) {
                 kr[u] = __ldg(reinterpret_cast<const uint4 *>(kb + row * ldk));
                 vr[u] = __ldg(reinterpret_cast<const uint4 *>(vb + row * ldv));
             }
