@@ -20,7 +20,8 @@
  *   - the paged ops (set_rows, paged_attention) against a double-precision reference over
  *     the same cache, in f32 and in bf16 where a device runs it (on CUDA: its decode kernel
  *     with and without splits over contexts of 1 to 3000, group sizes 1 to 8, head sizes 32
- *     to 160, windows, and its general kernel for prefill chunks), f32 queries over bf16/f16 caches (set_rows rounding once), argmax_rows' first maximum, and (where a backend has it)
+ *     to 160, windows, and its general kernel for prefill chunks), f32 queries over bf16/f16
+ *     caches (set_rows rounding once), argmax_rows' first maximum, and (where a backend has it)
  *     sample_rows against a sort-based reference and its draws' frequencies;
  *   - on a device with bf16 inference: the engine's greedy tokens equal the CPU engine's over
  *     the same bf16 weights, and a request inside a busy batch of 64 the tokens it gets
@@ -789,7 +790,8 @@ TEST(paged_attention_matches_a_reference) {
             CHECK(w <= tol);
         }
         for (size_t k = 0; k < sizeof many / sizeof *many; k++) {
-            const double w = paged_case(be, dt, dt, many[k].NH, many[k].NKV, many[k].HS, many[k].W, S, many_ctx, many_nq);
+            const double w =
+                paged_case(be, dt, dt, many[k].NH, many[k].NKV, many[k].HS, many[k].W, S, many_ctx, many_nq);
             printf("  %s %d decodes NH %d NKV %d HS %d: worst %.3g\n", dtype_name(dt), S, many[k].NH, many[k].NKV,
                    many[k].HS, w);
             CHECK(w <= tol);

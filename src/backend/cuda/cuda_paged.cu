@@ -152,8 +152,9 @@ static __device__ __forceinline__ void softmax_merge(float &m, float &l, float (
  * the group (heads G..GM-1 compute on zero queries and are not written). A key row of HS
  * elements is CH = HS * sizeof(T) / 16 chunks of 16 bytes; a group of CL (CH rounded up to
  * a power of two) lanes holds one key, lane c its chunk c, so a warp takes KP = 32 / CL keys
- * at once and U = DEC_UNROLL (half that for GM = 8) times that per step (all loads of a step issued before their first
- * use). Warp w takes the steps w, w + DEC_WARPS, ... of the block's key range; each lane
+ * at once and U = DEC_UNROLL (half that for GM = 8) times that per step, all loads of a step
+ * issued before their first use. Warp w takes the steps w, w + DEC_WARPS, ... of the block's
+ * key range (the split's: a whole number of steps, empty for a split past the end); each lane
  * group keeps its own online softmax for every head (scores in log2 units: q is scaled by
  * scale * log2(e)), the groups merge by shuffles at the end and the warps in shared memory
  * (DEC_WARPS * G rows of HS + 2 floats: acc, m, l). */
