@@ -18,9 +18,10 @@
  *   - cancelling half of the requests midway leaves the pool whole at the end;
  *   - kv_budget reads --kv-memory's bytes (k, M, G) and fractions, and refuses the rest;
  *   - the paged ops (set_rows, paged_attention) against a double-precision reference over
- *     the same cache, in the cache dtype a device runs (bf16 on CUDA: its decode kernel with
- *     and without splits over long contexts, grouped heads, windows, and its general kernel
- *     for prefill chunks), f32 queries over bf16/f16 caches (set_rows rounding once), argmax_rows' first maximum, and (where a backend has it)
+ *     the same cache, in f32 and in bf16 where a device runs it (on CUDA: its decode kernel
+ *     with and without splits over contexts of 1 to 3000, group sizes 1 to 8, head sizes 32
+ *     to 160, windows, and its general kernel for prefill chunks), f32 queries over bf16/f16
+ *     caches (set_rows rounding once), argmax_rows' first maximum, and (where a backend has it)
  *     sample_rows against a sort-based reference and its draws' frequencies;
  *   - on a device with bf16 inference: the engine's greedy tokens equal the CPU engine's over
  *     the same bf16 weights, and a request inside a busy batch of 64 the tokens it gets
@@ -762,28 +763,40 @@ static double paged_case(backend *be, dtype dt, dtype kdt, int NH, int NKV, int 
     return worst / vmax;
 }
 
-/* Decodes over long and short contexts, prefill chunks, grouped heads, windows; a batch too
- * small to fill a GPU (split decode) and one of 150 sequences (no split). */
+/* Decodes over contexts of 1 to 3000 positions (one to many key steps, blocks and splits),
+ * prefill chunks, group sizes 1, 4, 6 and 8, head sizes 32 to 160, windows: six sequences
+ * (a batch too small to fill a GPU: split decode) and batches of 300 decodes with contexts of 1
+ * to 300 (no split on a GPU), in f32 (to 1e-5 of the largest |value|) and, where the device
+ * has it, bf16 (1e-2: out is rounded once). */
 TEST(paged_attention_matches_a_reference) {
     backend *be = test_device();
-    const dtype dt = backend_supports(be, BACKEND_OP_PAGED, DT_BF16) ? DT_BF16 : DT_F32;
-    const double tol = dt == DT_BF16 ? 1e-2 : 1e-5;   /* of the largest |value|: out is rounded once */
-    const int ctx[6] = {3000, 1, 17, 40, 700, 33}, nq[6] = {1, 1, 1, 5, 1, 33};
+    const dtype dts[2] = {DT_F32, DT_BF16};
+    const int ctx[7] = {3000, 1, 17, 40, 300, 33, 1000}, nq[7] = {1, 1, 1, 5, 1, 33, 1};
     const struct { int NH, NKV, HS, W; } shapes[] = {
-        {8, 2, 64, 0}, {8, 2, 128, 0}, {4, 4, 64, 100}, {6, 1, 32, 0}, {2, 2, 160, 0}, {16, 2, 128, 257},
-    };
-    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
-        const double w = paged_case(be, dt, dt, shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, 6, ctx, nq);
-        printf("  %s NH %d NKV %d HS %d W %d: worst |out - reference| %.3g of the largest |v|\n", dtype_name(dt),
-               shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, w);
-        CHECK(w <= tol);
-    }
-    enum { S = 150 };
+        {8, 2, 64, 0},  {8, 2, 128, 0}, {4, 4, 64, 100}, {4, 4, 128, 0},    {6, 1, 32, 0},
+        {8, 1, 64, 40}, {2, 2, 160, 0}, {16, 2, 128, 257},
+    }, many[] = {{12, 12, 64, 0}, {8, 2, 64, 0}, {16, 2, 128, 0}};
+    enum { S = 300 };
     int many_ctx[S], many_nq[S];
-    for (int i = 0; i < S; i++) many_ctx[i] = 1 + (i * 37) % 90, many_nq[i] = 1;
-    const double w = paged_case(be, dt, dt, 8, 2, 64, 0, S, many_ctx, many_nq);
-    printf("  %s %d decodes: worst %.3g\n", dtype_name(dt), S, w);
-    CHECK(w <= tol);
+    for (int i = 0; i < S; i++) many_ctx[i] = 1 + (i * 37) % 300, many_nq[i] = 1;
+    for (int d = 0; d < 2; d++) {
+        const dtype dt = dts[d];
+        if (dt != DT_F32 && !backend_supports(be, BACKEND_OP_PAGED, dt)) continue;
+        const double tol = dt == DT_BF16 ? 1e-2 : 1e-5;
+        for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+            const double w = paged_case(be, dt, dt, shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, 7, ctx, nq);
+            printf("  %s NH %d NKV %d HS %d W %d: worst |out - reference| %.3g of the largest |v|\n", dtype_name(dt),
+                   shapes[k].NH, shapes[k].NKV, shapes[k].HS, shapes[k].W, w);
+            CHECK(w <= tol);
+        }
+        for (size_t k = 0; k < sizeof many / sizeof *many; k++) {
+            const double w =
+                paged_case(be, dt, dt, many[k].NH, many[k].NKV, many[k].HS, many[k].W, S, many_ctx, many_nq);
+            printf("  %s %d decodes NH %d NKV %d HS %d: worst %.3g\n", dtype_name(dt), S, many[k].NH, many[k].NKV,
+                   many[k].HS, w);
+            CHECK(w <= tol);
+        }
+    }
 }
 
 /* Prefill chunks as CUDA's tensor-core prefill kernel takes them (bf16, HS 64 and 128; f32 on

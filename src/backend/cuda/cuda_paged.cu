@@ -6,15 +6,17 @@
  * computes in f32 and rounds a bf16 output once.
  *
  * paged_attention runs three kernels over the batch:
- *   - decode (sequences with one query, when the shapes fit: HS <= DEC_MAX_HS, rows of 16-byte
- *     units, at most DEC_MAX_G query heads per key/value head): one block per (sequence,
- *     key/value head, split). The block stages DEC_TILE positions of keys and values in shared
- *     memory with 16-byte loads (rows padded by one word, so a lane per key reads without bank
- *     conflicts) and every query head of the group reads them from there: the grouped heads
- *     share each load. A warp keeps one head's online softmax; lane j scores key j of the
- *     tile. Long contexts are cut into `splits` ranges of tiles (flash-decoding) when the
- *     batch alone would not fill the device: each split leaves its unnormalised accumulator,
- *     maximum and sum in x->paged_ws, and a combine kernel merges them in split order;
+ *   - decode (sequences with one query, when the shapes fit: rows of at most 32 chunks of 16
+ *     bytes, at most DEC_MAX_G query heads per key/value head): one block per (sequence,
+ *     key/value head, split) of DEC_WARPS warps. A key's row is spread over a group of lanes,
+ *     one 16-byte chunk each, read straight from the cache into registers; every warp takes
+ *     its own interleaved steps of keys (DEC_UNROLL keys per lane group, all loaded before the
+ *     first is used) and computes every query head of the group on them, so the grouped heads
+ *     share each load and every warp works whatever the group size. Each lane group keeps an
+ *     online softmax per head; groups merge by shuffles and warps in shared memory at the end.
+ *     Long contexts are cut into `splits` key ranges (flash-decoding) when the batch alone
+ *     would not fill the device: each split leaves its unnormalised accumulator, maximum and
+ *     sum in x->paged_ws, and a combine kernel merges them in split order;
  *   - prefill on the tensor cores (cuda_paged_tc.cu: sequences with more than one query, bf16,
  *     HS 64 or 128, rows 16-byte aligned);
  *   - general (every other sequence: other prefill chunks, and decodes the decode kernel cannot take):
@@ -33,22 +35,18 @@ typedef __nv_bfloat16 bf16;
 enum {
     PAGED_WARPS = 4,             /* warps of either attention kernel's block */
     PAGED_MAX_LANE_DIMS = 8,     /* general kernel: head sizes up to 32 * 8 = 256 */
-    DEC_TILE = 32,               /* decode: positions staged per step (one per lane) */
-    DEC_MAX_HS = 128,            /* decode: head sizes up to this (lanes hold HS/32 channels) */
-    DEC_LANE_DIMS = DEC_MAX_HS / 32,
+    DEC_WARPS = 4,               /* decode: warps of a block */
+    DEC_UNROLL = 4,              /* decode: keys per lane group per step (GM < 8) */
+    DEC_MAX_HS = 256,            /* decode: head sizes up to this (bf16; f32 up to 128) */
     DEC_MAX_G = 8,               /* decode: query heads per key/value head */
-    DEC_HEADS_PER_WARP = DEC_MAX_G / PAGED_WARPS,
     DEC_MAX_SPLITS = 32,
+    DEC_BLOCKS_PER_SM = 4,       /* decode: blocks per multiprocessor the splits aim for */
     ARGMAX_THREADS = 256,
 };
 #define PAGED_FULL 0xffffffffu
 
 static __device__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(PAGED_FULL, v, o);
-    return v;
-}
-static __device__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(PAGED_FULL, v, o));
     return v;
 }
 
@@ -130,124 +128,185 @@ paged_general_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, 
     }
 }
 
-/* ---- decode kernel: shared tiles, grouped heads, splits ---- */
+/* ---- decode kernel: warps over interleaved key steps, grouped heads, splits ---- */
 
-/* The dot product of q(HS) (f32, shared) with one staged key row (HS elements of T). */
-static __device__ __forceinline__ float row_dot(const float *q, const uint32_t *row, int HS, float) {
-    const float *k = (const float *)row;
-    float dot = 0.0f;
-    for (int d = 0; d < HS; d++) dot += q[d] * k[d];
-    return dot;
+/* A 16-byte chunk of a cache row as f32: 4 f32 or 8 bf16 values. */
+static __device__ __forceinline__ void chunk_f32(const uint4 &u, float (&f)[4]) {
+    f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y), f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
 }
-static __device__ __forceinline__ float row_dot(const float *q, const uint32_t *row, int HS, bf16) {
-    float dot = 0.0f;
-    for (int w = 0; w < HS / 2; w++) {
-        const float2 k = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(row + w));
-        dot += q[2 * w] * k.x + q[2 * w + 1] * k.y;
+static __device__ __forceinline__ void chunk_f32(const uint4 &u, float (&f)[8]) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w[k]));
+        f[2 * k] = p.x, f[2 * k + 1] = p.y;
     }
-    return dot;
 }
 
-/* Block (sequence i, key/value head kvh, split sp); shared memory: qs (G, HS) f32, then the
- * key and value tiles, DEC_TILE rows of RW words each (HS elements of T and one pad word). */
-template <class T>
-__global__ void __launch_bounds__(PAGED_WARPS * 32)
+/* The merge of two online-softmax states (m, l, acc), maxima in log2 units: (m, l, acc) becomes
+ * their union. m = -inf (no key seen) weighs 0. */
+template <int E>
+static __device__ __forceinline__ void softmax_merge(float &m, float &l, float (&acc)[E], float mo, float lo,
+                                                     const float (&acco)[E]) {
+    const float M = fmaxf(m, mo), Ms = M == -INFINITY ? 0.0f : M;
+    const float a = exp2f(m - Ms), b = exp2f(mo - Ms);
+    m = M;
+    l = l * a + lo * b;
+#pragma unroll
+    for (int e = 0; e < E; e++) acc[e] = acc[e] * a + acco[e] * b;
+}
+
+/* Block (sequence i, key/value head kvh, split sp) of DEC_WARPS warps; GM >= G query heads of
+ * the group (heads G..GM-1 compute on zero queries and are not written). A key row of HS
+ * elements is CH = HS * sizeof(T) / 16 chunks of 16 bytes; a group of CL (CH rounded up to
+ * a power of two) lanes holds one key, lane c its chunk c, so a warp takes KP = 32 / CL keys
+ * at once and U = DEC_UNROLL (half that for GM = 8) times that per step, all loads of a step
+ * issued before their first use. Warp w takes the steps w, w + DEC_WARPS, ... of the block's
+ * key range (the split's: a whole number of steps, empty for a split past the end); each lane
+ * group keeps its own online softmax for every head (scores in log2 units: q is scaled by
+ * scale * log2(e)), the groups merge by shuffles at the end and the warps in shared memory
+ * (DEC_WARPS * G rows of HS + 2 floats: acc, m, l). */
+template <class T, int GM>
+__global__ void __launch_bounds__(DEC_WARPS * 32)
 paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, int64_t ldk, const T *vc, int64_t ldv,
                     const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W, float scale,
                     int splits, float *ws) {
+    constexpr int E = 16 / sizeof(T);                          /* elements per chunk */
+    constexpr int U = GM >= 8 ? DEC_UNROLL / 2 : DEC_UNROLL;   /* eight heads: registers for occupancy */
     const int i = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
     const int r0 = seqs[3 * i], nq = seqs[3 * i + 1], ctx = seqs[3 * i + 2];
     if (nq != 1) return;   /* the general kernel's (the whole block leaves together) */
-    const int G = NH / NKV, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int G = NH / NKV, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, CH = HS / E;
+    int CL = 1;
+    while (CL < CH) CL <<= 1;
+    const int KP = 32 / CL, c = lane & (CL - 1), kg = lane / CL, step = KP * U;
+    const bool has_chunk = c < CH;
     const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0, hi = ctx;
-    const int ntiles = (hi - lo + DEC_TILE - 1) / DEC_TILE, per = (ntiles + splits - 1) / splits;
-    const int tile0 = sp * per, tile1 = ntiles < tile0 + per ? ntiles : tile0 + per;
-    const int RW = HS * (int)sizeof(T) / 4 + 1, CPR = HS * (int)sizeof(T) / 16;
-    extern __shared__ float4 dec_smem[];
-    float *qs = (float *)dec_smem;
-    uint32_t *ks = (uint32_t *)(qs + G * HS), *vs = ks + DEC_TILE * RW;
-    const int *table = tables + (int64_t)i * MB;
+    const int nsteps = (hi - lo + step - 1) / step, per = (nsteps + splits - 1) / splits;
+    const int k0 = lo + sp * per * step, k1 = hi < k0 + per * step ? hi : k0 + per * step;
 
-    for (int e = threadIdx.x; e < G * HS; e += blockDim.x)
-        qs[e] = to_f32(q[(int64_t)r0 * ldq + (int64_t)kvh * G * HS + e]);
-    float m[DEC_HEADS_PER_WARP], l[DEC_HEADS_PER_WARP], acc[DEC_HEADS_PER_WARP][DEC_LANE_DIMS];
+    float qv[GM][E], m[GM], l[GM], acc[GM][E];
+    const T *qr = q + (int64_t)r0 * ldq + (int64_t)kvh * G * HS + c * E;
 #pragma unroll
-    for (int hh = 0; hh < DEC_HEADS_PER_WARP; hh++) {
-        m[hh] = -INFINITY;
-        l[hh] = 0.0f;
+    for (int g = 0; g < GM; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
 #pragma unroll
-        for (int c = 0; c < DEC_LANE_DIMS; c++) acc[hh][c] = 0.0f;
-    }
-    for (int tile = tile0; tile < tile1; tile++) {
-        const int base = lo + tile * DEC_TILE;   /* < hi: the tile has at least one key */
-        __syncthreads();   /* the last tile is consumed (and qs written, the first time) */
-        for (int e = threadIdx.x; e < 2 * DEC_TILE * CPR; e += blockDim.x) {
-            const bool isv = e >= DEC_TILE * CPR;
-            const int e2 = isv ? e - DEC_TILE * CPR : e, j = e2 / CPR, c = e2 % CPR, t = base + j;
-            uint4 u = make_uint4(0, 0, 0, 0);
-            if (t < hi) {
-                const int64_t row = (int64_t)table[t / BS] * BS + t % BS;
-                const T *src = (isv ? vc + row * ldv : kc + row * ldk) + (int64_t)kvh * HS;
-                u = reinterpret_cast<const uint4 *>(src)[c];
-            }
-            uint32_t *dst = (isv ? vs : ks) + j * RW + 4 * c;
-            dst[0] = u.x;
-            dst[1] = u.y;
-            dst[2] = u.z;
-            dst[3] = u.w;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int hh = 0; hh < DEC_HEADS_PER_WARP; hh++) {
-            const int hg = warp + hh * PAGED_WARPS;
-            if (hg >= G) break;   /* uniform over the warp */
-            const int t = base + lane;
-            const float sc = t < hi ? row_dot(qs + hg * HS, ks + lane * RW, HS, T()) * scale : -INFINITY;
-            const float mn = fmaxf(m[hh], warp_max(sc));   /* finite: lane 0's key is visible */
-            const float corr = expf(m[hh] - mn), p = expf(sc - mn);
-            l[hh] = l[hh] * corr + warp_sum(p);
-#pragma unroll
-            for (int c = 0; c < DEC_LANE_DIMS; c++) acc[hh][c] *= corr;
-            for (int j = 0; j < DEC_TILE; j++) {
-                const float pj = __shfl_sync(PAGED_FULL, p, j);
-                const T *vr = (const T *)(vs + j * RW);
-#pragma unroll
-                for (int c = 0; c < DEC_LANE_DIMS; c++) {
-                    const int d = lane + 32 * c;
-                    if (d < HS) acc[hh][c] += pj * to_f32(vr[d]);
-                }
-            }
-            m[hh] = mn;
+        for (int e = 0; e < E; e++) {
+            qv[g][e] = g < G && has_chunk ? to_f32(qr[g * HS + e]) * scale * 1.4426950408889634f : 0.0f;
+            acc[g][e] = 0.0f;
         }
     }
+    const int *table = tables + (int64_t)i * MB;
+    const T *kb = kc + (int64_t)kvh * HS + c * E, *vb = vc + (int64_t)kvh * HS + c * E;
+    for (int base = k0 + warp * step; base < k1; base += DEC_WARPS * step) {
+        /* every table entry of the step first, then every row: no load waits on another of
+         * its step but its own entry. Keys past k1 read key k1 - 1 again (a cached row,
+         * finite) and weigh 0 below. */
+        int tu[U], page[U];
 #pragma unroll
-    for (int hh = 0; hh < DEC_HEADS_PER_WARP; hh++) {
-        const int hg = warp + hh * PAGED_WARPS;
-        if (hg >= G) break;
-        const int h = kvh * G + hg;
+        for (int u = 0; u < U; u++) {
+            tu[u] = min(base + u * KP + kg, k1 - 1);
+            page[u] = __ldg(table + tu[u] / BS);
+        }
+        uint4 kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t row = (int64_t)page[u] * BS + tu[u] % BS;
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+            if (has_chunk) {
+                kr[u] = __ldg(reinterpret_cast<const uint4 *>(kb + row * ldk));
+                vr[u] = __ldg(reinterpret_cast<const uint4 *>(vb + row * ldv));
+            }
+        }
+        float s[U][GM];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[E];
+            chunk_f32(kr[u], kf);
+#pragma unroll
+            for (int g = 0; g < GM; g++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < E; e++) d += qv[g][e] * kf[e];
+                s[u][g] = d;
+            }
+        }
+        for (int o = 1; o < CL; o <<= 1)   /* the group's lanes sum their chunks' parts */
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int g = 0; g < GM; g++) s[u][g] += __shfl_xor_sync(PAGED_FULL, s[u][g], o);
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            float mn = m[g];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (base + u * KP + kg >= k1) s[u][g] = -INFINITY;
+                mn = fmaxf(mn, s[u][g]);
+            }
+            const float ms = mn == -INFINITY ? 0.0f : mn, corr = exp2f(m[g] - ms);
+            m[g] = mn;
+            l[g] *= corr;
+#pragma unroll
+            for (int e = 0; e < E; e++) acc[g][e] *= corr;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                s[u][g] = exp2f(s[u][g] - ms);   /* now the weight p */
+                l[g] += s[u][g];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float vf[E];
+            chunk_f32(vr[u], vf);
+#pragma unroll
+            for (int g = 0; g < GM; g++)
+#pragma unroll
+                for (int e = 0; e < E; e++) acc[g][e] += s[u][g] * vf[e];
+        }
+    }
+    for (int o = CL; o < 32; o <<= 1)   /* the warp's groups merge (lanes of one chunk) */
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            float acco[E];
+#pragma unroll
+            for (int e = 0; e < E; e++) acco[e] = __shfl_xor_sync(PAGED_FULL, acc[g][e], o);
+            const float mo = __shfl_xor_sync(PAGED_FULL, m[g], o), lo2 = __shfl_xor_sync(PAGED_FULL, l[g], o);
+            softmax_merge(m[g], l[g], acc[g], mo, lo2, acco);
+        }
+    extern __shared__ float dec_red[];   /* (DEC_WARPS, G, HS + 2) */
+    if (kg == 0 && has_chunk)
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            if (g >= G) break;
+            float *r = dec_red + (warp * G + g) * (HS + 2);
+#pragma unroll
+            for (int e = 0; e < E; e++) r[c * E + e] = acc[g][e];
+            if (c == 0) r[HS] = m[g], r[HS + 1] = l[g];
+        }
+    __syncthreads();
+    for (int e = threadIdx.x; e < G * HS; e += blockDim.x) {   /* the warps merge, in warp order */
+        const int g = e / HS, d = e % HS, h = kvh * G + g;
+        float M = -INFINITY, L = 0.0f, o = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, dec_red[(w * G + g) * (HS + 2) + HS]);
+        const float Ms = M == -INFINITY ? 0.0f : M;
+        for (int w = 0; w < DEC_WARPS; w++) {
+            const float *r = dec_red + (w * G + g) * (HS + 2), b = exp2f(r[HS] - Ms);
+            L += r[HS + 1] * b;
+            o += r[d] * b;
+        }
         if (splits == 1) {
-            T *orow = out + (int64_t)r0 * ldo + (int64_t)h * HS;
-#pragma unroll
-            for (int c = 0; c < DEC_LANE_DIMS; c++) {
-                const int d = lane + 32 * c;
-                if (d < HS) orow[d] = from_f32<T>(acc[hh][c] / l[hh]);
-            }
+            out[(int64_t)r0 * ldo + (int64_t)h * HS + d] = from_f32<T>(o / L);
         } else {   /* an empty split leaves m = -inf, l = 0: weight 0 in the combine */
             float *part = ws + ((int64_t)(i * NH + h) * splits + sp) * (HS + 2);
-#pragma unroll
-            for (int c = 0; c < DEC_LANE_DIMS; c++) {
-                const int d = lane + 32 * c;
-                if (d < HS) part[d] = acc[hh][c];
-            }
-            if (lane == 0) {
-                part[HS] = m[hh];
-                part[HS + 1] = l[hh];
-            }
+            part[d] = o;
+            if (d == 0) part[HS] = M, part[HS + 1] = L;
         }
     }
 }
 
-/* Merges the splits of (sequence i, head h) into its out row. */
+/* Merges the splits of (sequence i, head h) into its out row (maxima in log2 units). */
 template <class T>
 __global__ void paged_combine_kernel(T *out, int64_t ldo, const int *seqs, int NH, int HS, int splits, const float *ws) {
     const int i = blockIdx.x, h = blockIdx.y;
@@ -255,25 +314,27 @@ __global__ void paged_combine_kernel(T *out, int64_t ldo, const int *seqs, int N
     const float *part = ws + (int64_t)(i * NH + h) * splits * (HS + 2);
     float M = -INFINITY, L = 0.0f;
     for (int s = 0; s < splits; s++) M = fmaxf(M, part[s * (HS + 2) + HS]);
-    for (int s = 0; s < splits; s++) L += part[s * (HS + 2) + HS + 1] * expf(part[s * (HS + 2) + HS] - M);
+    for (int s = 0; s < splits; s++) L += part[s * (HS + 2) + HS + 1] * exp2f(part[s * (HS + 2) + HS] - M);
     T *orow = out + (int64_t)seqs[3 * i] * ldo + (int64_t)h * HS;
     for (int d = threadIdx.x; d < HS; d += blockDim.x) {
         float o = 0.0f;
-        for (int s = 0; s < splits; s++) o += part[s * (HS + 2) + d] * expf(part[s * (HS + 2) + HS] - M);
+        for (int s = 0; s < splits; s++) o += part[s * (HS + 2) + d] * exp2f(part[s * (HS + 2) + HS] - M);
         orow[d] = from_f32<T>(o / L);
     }
 }
 
 size_t cuda_paged_ws_floats(int n_sm) {
-    /* splits > 1 only while S * NKV < 2 * n_sm, and then S * NKV * splits < 4 * n_sm */
-    return (size_t)4 * (size_t)n_sm * DEC_MAX_G * (DEC_MAX_HS + 2);
+    /* splits > 1 only while S * NKV < DEC_BLOCKS_PER_SM * n_sm, and then S * NKV * splits is
+     * under twice that */
+    return (size_t)2 * DEC_BLOCKS_PER_SM * (size_t)n_sm * DEC_MAX_G * (DEC_MAX_HS + 2);
 }
 
-/* The decode kernel's split count for S sequences of NKV heads: enough blocks for two per
- * multiprocessor, within the workspace. */
+/* The decode kernel's split count for S sequences of NKV heads: enough blocks for
+ * DEC_BLOCKS_PER_SM per multiprocessor (a block's warps each keep a few loads in flight; it
+ * takes several blocks to cover the memory's latency), within the workspace. */
 static int paged_splits(const cuda_ctx *x, int S, int NH, int NKV, int HS) {
-    const int blocks = S * NKV;
-    int splits = blocks >= 2 * x->n_sm ? 1 : (2 * x->n_sm + blocks - 1) / blocks;
+    const int blocks = S * NKV, want = DEC_BLOCKS_PER_SM * x->n_sm;
+    int splits = blocks >= want ? 1 : (want + blocks - 1) / blocks;
     if (splits > DEC_MAX_SPLITS) splits = DEC_MAX_SPLITS;
     while (splits > 1 && (size_t)S * NH * splits * (HS + 2) > cuda_paged_ws_floats(x->n_sm)) splits--;
     return splits;
@@ -285,20 +346,27 @@ static void paged_launch(const cuda_ctx *x, cudaStream_t s, T *out, int64_t ldo,
                          int MB, int BS, int NH, int NKV, int HS, int W) {
     const float scale = 1.0f / sqrtf((float)HS);
     const int G = NH / NKV, es = (int)sizeof(T);
-    const bool decode = HS <= DEC_MAX_HS && (HS * es) % 16 == 0 && G <= DEC_MAX_G && (ldk * es) % 16 == 0 &&
+    const bool decode = HS * es <= 32 * 16 && (HS * es) % 16 == 0 && G <= DEC_MAX_G && (ldk * es) % 16 == 0 &&
                         (ldv * es) % 16 == 0 && (uintptr_t)kc % 16 == 0 && (uintptr_t)vc % 16 == 0;
     if (decode) {
-        const int splits = paged_splits(x, S, NH, NKV, HS), RW = HS * es / 4 + 1;
-        const size_t smem = sizeof(float) * (size_t)G * HS + 2 * sizeof(uint32_t) * DEC_TILE * (size_t)RW;
-        paged_decode_kernel<T><<<dim3((unsigned)S, (unsigned)NKV, (unsigned)splits), PAGED_WARPS * 32, smem, s>>>(
-            out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS, W, scale, splits, x->paged_ws);
+        const int splits = paged_splits(x, S, NH, NKV, HS);
+        const size_t smem = sizeof(float) * DEC_WARPS * (size_t)G * (HS + 2);
+        const dim3 grid((unsigned)S, (unsigned)NKV, (unsigned)splits);
+        void (*kernel)(T *, int64_t, const T *, int64_t, const T *, int64_t, const T *, int64_t, const int *,
+                       const int *, int, int, int, int, int, int, float, int, float *) =
+            G == 1 ? paged_decode_kernel<T, 1> : G == 2 ? paged_decode_kernel<T, 2>
+                                             : G <= 4   ? paged_decode_kernel<T, 4>
+                                                        : paged_decode_kernel<T, 8>;
+        kernel<<<grid, DEC_WARPS * 32, smem, s>>>(out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS,
+                                                  W, scale, splits, x->paged_ws);
         CUDA_CHECK_LAUNCH();
         if (splits > 1) {
-            paged_combine_kernel<T><<<dim3((unsigned)S, (unsigned)NH), DEC_MAX_HS, 0, s>>>(out, ldo, seqs, NH, HS, splits,
-                                                                                          x->paged_ws);
+            paged_combine_kernel<T><<<dim3((unsigned)S, (unsigned)NH), 128, 0, s>>>(out, ldo, seqs, NH, HS, splits,
+                                                                                   x->paged_ws);
             CUDA_CHECK_LAUNCH();
         }
     }
+    if (decode && N == S) return;   /* every sequence has one query (each has at least one) */
     bool prefill_tc = false;
     if constexpr (std::is_same<T, bf16>::value) {
         prefill_tc = cuda_paged_prefill_tc_fits(out, ldo, q, ldq, kc, ldk, vc, ldv, HS);
