@@ -10,10 +10,13 @@
  * once with wide, coalesced loads and enough of them in flight. A's rows (a few KB) come
  * through L1 (__ldg) and are reused across the block's columns in registers; B's loads are
  * marked streaming (__ldcs: read once, evict first) so they do not push A out of the caches.
+ * The count to hold it to: Llama-3-8B's gate product (14336x4096, 117 MB of B) at 4.2 TB/s
+ * is 28 us, a one-stream decode step's products (15.0 GB with the LM head) 3.6 ms.
  *
  * Each thread sums its units in order in f32, the warp adds its lanes by a fixed butterfly
  * and the block adds its warps in index order: no atomics, no workspace, the same bits run
- * to run. Letters: M rows of A and C, N columns of C (rows of B), K the summed dimension. */
+ * to run, and a row's bits do not depend on M (a decode stream's results are the same
+ * whichever streams share its step). Letters: M rows of A and C, N columns of C (rows of B), K the summed dimension. */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <cuda_bf16.h>
