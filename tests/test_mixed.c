@@ -242,14 +242,14 @@ TEST(cast_rounds_to_nearest_even_and_converts_exactly) {
 /* ---- products ---- */
 
 /* C(M,N) = 0.75 op(A) op(B) + beta C with A, B of dtype ab and C of dtype cdt. With pad > 0
- * every operand is the column block [pad, pad+cols) of a buffer pad columns wider (row
- * stride cols + pad), as q, k, v are blocks of GPT-2's packed qkv. */
-static bool matmul_case(int M, int N, int K, bool ta, bool tb, dtype ab, dtype cdt, float beta, int pad) {
-    setup((uint64_t)(M * 131 + N * 17 + K + ta * 2 + tb + (cdt == DT_BF16) * 5 + (ab == DT_BF16) * 9));
+ * A and B are the column blocks [pad, pad+cols) of buffers pad columns wider (row stride
+ * cols + pad), as q, k, v are blocks of GPT-2's packed qkv; C likewise with pad_c. */
+static bool matmul_case(int M, int N, int K, bool ta, bool tb, dtype ab, dtype cdt, float beta, int pad, int pad_c) {
+    setup((uint64_t)(M * 131 + N * 17 + K + ta * 2 + tb + (cdt == DT_BF16) * 5 + (ab == DT_BF16) * 9 + pad * 3));
     const int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
     arr *A = arr_new((size_t)ar * (ac + pad), ab, 1), *B = arr_new((size_t)br * (bc + pad), ab, 1);
-    arr *C = arr_new((size_t)M * (N + pad), cdt, 1);
-    BOTH(b->ops->matmul(b, NULL, cols2(C, M, N + pad, pad, N), cols2(A, ar, ac + pad, pad, ac), ta,
+    arr *C = arr_new((size_t)M * (N + pad_c), cdt, 1);
+    BOTH(b->ops->matmul(b, NULL, cols2(C, M, N + pad_c, pad_c, N), cols2(A, ar, ac + pad, pad, ac), ta,
                         cols2(B, br, bc + pad, pad, bc), tb, 0.75f, beta));
     char what[96];
     snprintf(what, sizeof what, "%dx%dx%d%s%s %s*%s beta %g", M, N, K, ta ? " A^T" : "", tb ? " B^T" : "", dtn(ab),
@@ -272,8 +272,46 @@ TEST(matmul_bf16_all_transposes_and_strides) {
                         if (abt == DT_F32) continue;   /* f32 products: test_backend; no bf16 C of them */
                         if (cdt == DT_BF16 && beta) continue;   /* a bf16 C is only written */
                         CHECK(matmul_case(shapes[s][0], shapes[s][1], shapes[s][2], t & 1, t >> 1, abt, cdt,
-                                          (float)beta, shapes[s][3]));
+                                          (float)beta, shapes[s][3], shapes[s][3]));
                     }
+}
+
+/* Products of few rows with B transposed, as decode steps run them (CUDA: cuda_gemv where A,
+ * B and their row strides are 16-byte aligned and M <= 8, cuBLASLt otherwise): M = 1, 2, 3, 8
+ * and 9 (past the few-rows kernel), K from 64 to Llama's 14336 (f32 sums of 14336 terms: the
+ * f32 tolerance of the top holds), N from 1 to GPT-2's odd vocabulary, C f32 accumulating
+ * (beta 0.5) or bf16, every C a column block (row stride N + 3), A and B column blocks at a
+ * 16-byte offset (pad 8) or not (pad 1: misaligned, the fallback). Then the same product twice
+ * must give the same bits (no atomics), and on CUDA row 0 the same bits at M = 1 as at M = 3
+ * (a decode stream's logits do not depend on the streams batched with it). */
+TEST(matmul_bf16_few_rows) {
+    NEED_MIXED();
+    const int shapes[][3] = {/* N, K, pad */ {1, 64, 8},     {7, 64, 8},     {50257, 64, 8}, {2304, 768, 8},
+                             {50257, 768, 8}, {7, 4096, 8},  {2304, 4096, 1}, {7, 14336, 8}, {2304, 14336, 8}};
+    const int rows[] = {1, 2, 3, 8, 9};
+    for (int s = 0; s < 9; s++)
+        for (int r = 0; r < 5; r++) {
+            const bool cf = (r + s) % 2 == 0;
+            CHECK(matmul_case(rows[r], shapes[s][0], shapes[s][1], false, true, DT_BF16, cf ? DT_F32 : DT_BF16,
+                              cf ? 0.5f : 0.0f, shapes[s][2], 3));
+        }
+    const int M = 3, N = 2304, K = 14336;
+    arr *A = arr_new((size_t)M * K, DT_BF16, 1), *B = arr_new((size_t)N * K, DT_BF16, 1);
+    arr *C = arr_new((size_t)M * N, DT_F32, 0);
+    b = be, on_dev = true;
+    float *got[2];
+    for (int i = 0; i < 2; i++) {
+        be->ops->matmul(be, NULL, T2(C, M, N), T2(A, M, K), false, T2(B, N, K), true, 1.0f, 0.0f);
+        got[i] = arr_get(C);
+    }
+    CHECK_MSG(memcmp(got[0], got[1], (size_t)M * N * sizeof(float)) == 0, "%dx%dx%d: two runs differ", M, N, K);
+    if (!strcmp(be->name, "cuda")) {   /* cuda_gemv sums a row the same way at every M <= 8 */
+        be->ops->matmul(be, NULL, T2(C, 1, N), T2(A, 1, K), false, T2(B, N, K), true, 1.0f, 0.0f);
+        float *one = arr_get(C);
+        CHECK_MSG(memcmp(one, got[0], (size_t)N * sizeof(float)) == 0, "row 0 at M 1 differs from M %d", M);
+        free(one);
+    }
+    free(got[0]), free(got[1]);
 }
 
 /* bias_add into a bf16 column block (row stride OC + 4); bias_backward from a bf16 dout into
@@ -350,7 +388,8 @@ static bool linear_case(lin_case c) {
  * wider than OC, pre's row stride a multiple of 8 and not (cuBLASLt's auxiliary output needs
  * one), f32 out from
  * bf16 operands (GPT-2's projections into the residual), all-f32 layers; GPT-2-sized c_fc
- * and c_attn; a 1100x2047 output (several blocks of rows where the CUDA backend stages). */
+ * and c_attn; a 1100x2047 output (several blocks of rows where the CUDA backend stages);
+ * decode's few rows (1 to 9) at GPT-2's and Llama's widths. */
 TEST(linear_forward_matches_unfused_f32) {
     NEED_MIXED();
     const dtype B = DT_BF16, F = DT_F32;
@@ -371,6 +410,13 @@ TEST(linear_forward_matches_unfused_f32) {
         {64,   768, 2304, false, B, B, true,  false, false, 0},
         {64,   768, 768,  false, B, F, true,  false, false, 0},
         {1100, 32,  2047, false, B, B, true,  true,  true,  0},
+        /* few rows, w^T (CUDA: cuda_gemv, its f32 bias added before the one rounding; 9: cuBLASLt) */
+        {1,    768, 2304, true,  B, B, true,  false, false, 3},
+        {3,    4096, 1024, true, B, F, true,  false, false, 0},
+        {8,    768, 3072, true,  B, B, true,  true,  true,  0},
+        {2,    64,  50257, true, B, B, true,  false, false, 5},
+        {1,    4096, 7,   true,  B, F, false, false, false, 2},
+        {9,    768, 2304, true,  B, B, true,  false, false, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) CHECK_MSG(linear_case(cases[i]), "case %zu", i);
 }

@@ -184,11 +184,15 @@ static void cuda_matmul_op(backend *be, backend_stream *s, tensor C, tensor A, b
         return;
     }
     SK_ASSERT(A.dt == DT_BF16 && K > 0);   /* cuBLASLt has no empty sums */
+    if (cuda_gemv(stream_of(be, s), lp(C), tensor_ld(C), A.data, tensor_ld(A), ta, B.data, tensor_ld(B), tb, NULL, M,
+                  N, K, alpha, beta))
+        return;
     cuda_matmul_lt(ctx(be), stream_of(be, s), lp(C), tensor_ld(C), A.data, tensor_ld(A), ta, B.data, tensor_ld(B),
                    tb, M, N, K, alpha, beta);
 }
 
-/* bf16 operands: the product and the bias in one cuBLASLt product (BIAS epilogue) into the
+/* bf16 operands: few rows (decode) through cuda_gemv, the f32 bias added to the f32 sum before
+ * its one rounding; else the product and the bias in one cuBLASLt product (BIAS epilogue) into the
  * layer's sum (pre, or out without an activation), a bf16 sum taking the bias rounded to
  * bf16 (cuBLASLt 13.0 had no algorithm for a bf16 out with an f32 bias; autocast rounds it
  * too), then the GELU as its own op (cuBLASLt's GELU epilogues did not match the tanh GELU:
@@ -199,18 +203,24 @@ static void cuda_linear_forward_op(backend *be, backend_stream *s, tensor out, t
     const int M = (int)out.shape[0], N = (int)out.shape[1], K = (int)inp.shape[1];
     SK_ASSERT(inp.shape[0] == M && (tw ? w.shape[1] : w.shape[0]) == K && (tw ? w.shape[0] : w.shape[1]) == N);
     const tensor y = tensor_is_none(pre) ? out : pre;   /* where the affine part lands */
-    if (inp.dt == DT_BF16 && !tensor_is_none(bias) && K > 0 && M > 0) {
+    bool done = false;
+    if (inp.dt == DT_BF16 && K > 0 && M > 0) {
         cuda_ctx *x = ctx(be);
         cudaStream_t st = stream_of(be, s);
-        const float *b = vec(bias, N);
-        const cuda_lp bl = y.dt == DT_BF16 ? cuda_lp{cuda_bias_bf16(x, st, b, N), true} : cuda_lp{(void *)b, false};
-        if (cuda_linear_lt(x, st, lp(y), tensor_ld(y), inp.data, tensor_ld(inp), w.data, tensor_ld(w), tw, bl, M, N,
-                           K)) {
-            if (act == BACKEND_ACT_GELU) be->ops->gelu_forward(be, s, out, y);
-            return;
+        const float *b = vec_opt(bias, N);
+        done = cuda_gemv(st, lp(y), tensor_ld(y), inp.data, tensor_ld(inp), false, w.data, tensor_ld(w), tw, b, M, N,
+                         K, 1.0f, 0.0f);
+        if (!done && b) {
+            const cuda_lp bl = y.dt == DT_BF16 ? cuda_lp{cuda_bias_bf16(x, st, b, N), true} : cuda_lp{(void *)b, false};
+            done = cuda_linear_lt(x, st, lp(y), tensor_ld(y), inp.data, tensor_ld(inp), w.data, tensor_ld(w), tw, bl,
+                                  M, N, K);
         }
     }
-    backend_linear_unfused(be->ops, be, s, out, pre, inp, w, tw, bias, act);
+    if (!done) {
+        backend_linear_unfused(be->ops, be, s, out, pre, inp, w, tw, bias, act);
+        return;
+    }
+    if (act == BACKEND_ACT_GELU) be->ops->gelu_forward(be, s, out, y);
 }
 
 static void cuda_bias_add_op(backend *be, backend_stream *s, tensor out, tensor bias) {

@@ -26,7 +26,8 @@
  * sum_squares in one cluster of blocks, each a fixed slice).
  * f32 products go to cuBLAS in plain f32 (CUBLAS_DEFAULT_MATH: no TF32), so they track the
  * CPU's sgemm to rounding, unless SKEIN_CUDA_TF32=1 chose TF32 at creation (cuda.h); bf16
- * products go to cuBLASLt on the tensor cores, accumulating in f32, each shape's
+ * products of at most 8 rows with B transposed (decode steps) go to cuda_gemv.cu, the others
+ * to cuBLASLt on the tensor cores, accumulating in f32, each shape's
  * descriptors and algorithm chosen once and cached in the context, split-K partial sums
  * reduced in f32 in the workspace. A linear layer into an f32 output (linear_forward: the
  * projections into the residual stream) is one such product whose BIAS epilogue adds the
