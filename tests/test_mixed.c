@@ -277,13 +277,14 @@ TEST(matmul_bf16_all_transposes_and_strides) {
 }
 
 /* Products of few rows with B transposed, as decode steps run them (CUDA: cuda_gemv where A,
- * B and their row strides are 16-byte aligned and M <= 8, cuBLASLt otherwise): M = 1, 2, 3, 8
+ * B and their row strides are 16-byte aligned and M is 1, or up to 8 over a B of at most 2^23
+ * elements; cuBLASLt otherwise): M = 1, 2, 3, 8
  * and 9 (past the few-rows kernel), K from 64 to Llama's 14336 (f32 sums of 14336 terms: the
  * f32 tolerance of the top holds), N from 1 to GPT-2's odd vocabulary, C f32 accumulating
  * (beta 0.5) or bf16, every C a column block (row stride N + 3), A and B column blocks at a
  * 16-byte offset (pad 8) or not (pad 1: misaligned, the fallback). Then the same product twice
  * must give the same bits (no atomics), and on CUDA row 0 the same bits at M = 1 as at M = 3
- * (a decode stream's logits do not depend on the streams batched with it). */
+ * over a B that both take cuda_gemv for (Llama's k and v products). */
 TEST(matmul_bf16_few_rows) {
     NEED_MIXED();
     const int shapes[][3] = {/* N, K, pad */ {1, 64, 8},     {7, 64, 8},     {50257, 64, 8}, {2304, 768, 8},
@@ -295,7 +296,7 @@ TEST(matmul_bf16_few_rows) {
             CHECK(matmul_case(rows[r], shapes[s][0], shapes[s][1], false, true, DT_BF16, cf ? DT_F32 : DT_BF16,
                               cf ? 0.5f : 0.0f, shapes[s][2], 3));
         }
-    const int M = 3, N = 2304, K = 14336;
+    const int M = 3, N = 1024, K = 4096;
     arr *A = arr_new((size_t)M * K, DT_BF16, 1), *B = arr_new((size_t)N * K, DT_BF16, 1);
     arr *C = arr_new((size_t)M * N, DT_F32, 0);
     b = be, on_dev = true;

@@ -15,8 +15,8 @@
  *
  * Each thread sums its units in order in f32, the warp adds its lanes by a fixed butterfly
  * and the block adds its warps in index order: no atomics, no workspace, the same bits run
- * to run, and a row's bits do not depend on M (a decode stream's results are the same
- * whichever streams share its step). Letters: M rows of A and C, N columns of C (rows of B), K the summed dimension. */
+ * to run, and a row's bits do not depend on M among the products that come here (at M > 1
+ * only the small ones: GEMV_MAX_SMALL_B). Letters: M rows of A and C, N columns of C (rows of B), K the summed dimension. */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <cuda_bf16.h>
@@ -24,6 +24,11 @@
 typedef __nv_bfloat16 bf16;
 
 #define GEMV_MAX_ROWS 8    /* the most rows of A a product may have here */
+/* Above one row, only products of B up to this many elements come here: measured on an H200
+ * (2026-12-02, Llama-3-8B shapes), at M = 4 cuBLASLt streamed the 33-117 MB weights faster
+ * (2.1-3.5 TB/s against 2.0-3.1) while this kernel took the 8 MB k/v products in 0.63 of
+ * its time; at M = 1 this kernel was faster on every shape (1.03-1.78x). */
+#define GEMV_MAX_SMALL_B ((int64_t)1 << 23)
 #define GEMV_COLS 4        /* output columns per block */
 #define GEMV_WARPS 4       /* warps per block, splitting K */
 #define GEMV_THREADS (GEMV_WARPS * 32)
@@ -137,8 +142,8 @@ static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 bool cuda_gemv(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta, const void *B,
                int64_t ldb, bool tb, const float *bias, int M, int N, int K, float alpha, float beta) {
-    if (ta || !tb || M < 1 || M > GEMV_MAX_ROWS || N < 1 || K < 8 || K % 8 || lda % 8 || ldb % 8 ||
-        !aligned16(A) || !aligned16(B))
+    if (ta || !tb || M < 1 || M > GEMV_MAX_ROWS || (M > 1 && (int64_t)N * K > GEMV_MAX_SMALL_B) || N < 1 || K < 8 ||
+        K % 8 || lda % 8 || ldb % 8 || !aligned16(A) || !aligned16(B))
         return false;
     const bf16 *a = (const bf16 *)A, *b = (const bf16 *)B;
     if (C.bf16) gemv_rows(s, (bf16 *)C.p, ldc, a, lda, b, ldb, bias, M, N, K, alpha, beta);

@@ -148,9 +148,9 @@ bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const
                     int64_t ldb, bool tb, cuda_lp bias, int M, int N, int K);
 /* C(M,N) = alpha A(M,K) B(N,K)^T + beta C, plus bias(N) (f32, NULL: none) when given, with
  * bf16 A and B and C f32 or bf16, by the few-rows kernel (cuda_gemv.cu: bandwidth-bound,
- * deterministic, no workspace); false, doing nothing, unless ta is false, tb true, 1 <= M <= 8,
- * K a positive multiple of 8 and A, B and their row strides 16-byte aligned: then the caller
- * takes cuBLASLt. The one place that decides which products run there. */
+ * deterministic, no workspace); false, doing nothing, unless ta is false, tb true, M is 1 (or
+ * up to 8 with B of at most 2^23 elements), K a positive multiple of 8 and A, B and their row
+ * strides 16-byte aligned: then the caller takes cuBLASLt. The one place that decides which products run there. */
 bool cuda_gemv(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta, const void *B,
                int64_t ldb, bool tb, const float *bias, int M, int N, int K, float alpha, float beta);
 /* bias(n) f32 rounded to bf16 in x's bias scratch (grown on first use), for a bf16 layer's
