@@ -14,7 +14,9 @@
 #     the texts of one replica at tp 1, both serve; a follower rank killed fails its replica,
 #     which a fresh group replaces, and the texts stay the same;
 #   - SIGTERM stops the server and leaves no process of it behind;
-#   - without a GPU, --device cuda --replica-process fails at start with the child's reason.
+#   - without a GPU, --device cuda --replica-process fails at start with the child's reason;
+#   - --replicas 2 --tp 2 on CUDA takes --devices in groups of 2, each rank a GPU of its own:
+#     3 devices, or one twice in a group, are refused up front (exit 2) naming the problem.
 # Prints PASS/FAIL lines; the servers are killed at the end (trap).
 . tests/lib_serve.sh
 . tests/lib_replicas.sh
@@ -163,3 +165,12 @@ else
        ! grep -q 'listening on' "$T/cuda.log"
     then pass proc_cuda_child_reason; else fail proc_cuda_child_reason "exit $rc: $(tail -3 "$T/cuda.log")"; fi
 fi
+
+# CUDA replicas of 2 ranks: --devices in groups of 2, no GPU twice in a group (checked before
+# any replica starts, so without a GPU too)
+for spec in "0,1,2:in groups of 2" "0,0:device 0 twice"; do
+    devs=${spec%%:*}; want=${spec#*:}
+    timeout 30 $SK serve --model "$T/m1" --replicas 2 --tp 2 --devices "$devs" --port 0 >/dev/null 2>"$T/dev.log"; rc=$?
+    if [ "$rc" = 2 ] && grep -q "$want" "$T/dev.log" && ! grep -q 'listening on' "$T/dev.log"
+    then pass "proc_tp_devices_refused_$(echo "$devs" | tr , _)"; else fail "proc_tp_devices_refused_$(echo "$devs" | tr , _)" "exit $rc: $(tail -3 "$T/dev.log")"; fi
+done

@@ -27,6 +27,9 @@
 #   gpu_tp_bench_throughput comm_fraction in [0, 1];
 #   gpu_tp_serve            skein serve --tp 2 --device cuda (f32): a greedy completion's text is
 #                           generate --tp 1's on cuda, and SIGTERM stops it with exit status 0;
+#   gpu_tp_serve_replica_group  the same through serve --replica-process --tp 2 --devices 0,1: a
+#                           process replica of 2 ranks on 2 GPUs of their own (NCCL; skipped
+#                           with fewer than 2 GPUs);
 #   gpu_tp_train_f32_*      train --tp 2 --device cuda --comm mpi: every step's loss within 1e-4
 #                           relative of --tp 1 on cuda (f32; TF32 off: make test-gpu);
 #   gpu_tp_train_bf16_gpt2  --precision bf16: within 2e-3 (gpu_dp.sh's bf16 tolerance);
@@ -102,32 +105,37 @@ if $SK bench throughput --model "$T/llama" --input-len 16 --output-len 16 --num-
    python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().splitlines()[-1]); assert j['tp']==2 and 0<=j['comm_fraction']<=1" "$T/bt"
 then tail -1 "$T/bt" | sed 's/^/  /'; pass $name; else fail $name "$(tail -3 "$T/err") $(tail -1 "$T/bt")"; fi
 
-# skein serve --tp 2: rank 0's replica on its GPU, rank 1 following; f32 for exact text
-name=gpu_tp_serve
-if ! command -v curl >/dev/null 2>&1; then echo "SKIP $name: curl not found"; else
+# serve_text NAME FLAGS...: skein serve FLAGS on the llama folder (f32 for exact text): a greedy
+# completion's text is generate --tp 1's on cuda, and SIGTERM stops it with exit status 0
+serve_text() {
+    name=$1; shift
+    if ! command -v curl >/dev/null 2>&1; then echo "SKIP $name: curl not found"; return; fi
     export SKEIN_INFER_DTYPE=f32
     $SK generate --model "$T/llama" --prompt "static int" --max-tokens 16 --temperature 0 --seed 1 --device cuda \
         >"$T/one" 2>/dev/null
-    $SK serve --model "$T/llama" --device cuda --tp 2 --port 0 2>"$T/slog" &
+    $SK serve --model "$T/llama" --port 0 "$@" 2>"$T/slog" &
     PID=$!
     trap 'kill "$PID" 2>/dev/null; rm -rf "$T"' EXIT
     unset SKEIN_INFER_DTYPE
     i=0   # two CUDA ranks start: up to 60 s
     while ! grep -q 'listening on' "$T/slog" && [ $i -lt 600 ] && kill -0 $PID 2>/dev/null; do sleep 0.1; i=$((i+1)); done
     port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/slog")
-    if [ -z "$port" ]; then fail $name "no server: $(tail -5 "$T/slog")"
-    else
-        st=$(curl -s -m 60 -o "$T/comp" -w '%{http_code}' -d '{"prompt": "static int", "max_tokens": 16, "temperature": 0}' \
-             http://127.0.0.1:$port/v1/completions)
-        want=$(python3 -c "import sys; t=open(sys.argv[1],'rb').read().decode('utf-8','replace'); print(repr(t[len('static int'):-1]))" "$T/one")
-        got=$(python3 -c "import json,sys; print(repr(json.load(open(sys.argv[1]))['choices'][0]['text']))" "$T/comp" 2>/dev/null)
-        kill $PID; i=0
-        while kill -0 $PID 2>/dev/null && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
-        if kill -0 $PID 2>/dev/null; then rc="still running 20 s after SIGTERM"; else wait $PID; rc=$?; fi
-        if [ "$st" = 200 ] && [ "$want" = "$got" ] && [ "$rc" = 0 ]; then pass $name
-        else fail $name "HTTP $st, exit $rc: $got vs $want $(tail -3 "$T/slog")"; fi
-    fi
-fi
+    if [ -z "$port" ]; then fail $name "no server: $(tail -5 "$T/slog")"; return; fi
+    st=$(curl -s -m 60 -o "$T/comp" -w '%{http_code}' -d '{"prompt": "static int", "max_tokens": 16, "temperature": 0}' \
+         http://127.0.0.1:$port/v1/completions)
+    want=$(python3 -c "import sys; t=open(sys.argv[1],'rb').read().decode('utf-8','replace'); print(repr(t[len('static int'):-1]))" "$T/one")
+    got=$(python3 -c "import json,sys; print(repr(json.load(open(sys.argv[1]))['choices'][0]['text']))" "$T/comp" 2>/dev/null)
+    kill $PID; i=0
+    while kill -0 $PID 2>/dev/null && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
+    if kill -0 $PID 2>/dev/null; then rc="still running 20 s after SIGTERM"; else wait $PID; rc=$?; fi
+    if [ "$st" = 200 ] && [ "$want" = "$got" ] && [ "$rc" = 0 ]; then pass $name
+    else fail $name "HTTP $st, exit $rc: $got vs $want $(tail -3 "$T/slog")"; fi
+}
+# --tp 2: rank 0's replica on its GPU, rank 1 following
+serve_text gpu_tp_serve --device cuda --tp 2
+# a process replica of 2 ranks on 2 GPUs of their own (NCCL): needs 2 GPUs
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then serve_text gpu_tp_serve_replica_group --device cuda --devices 0,1 --replica-process --tp 2
+else echo "SKIP gpu_tp_serve_replica_group: needs 2 GPUs (a process replica's 2 ranks, a GPU each)"; fi
 
 # ---- training: --tp 2 against --tp 1 on the same GPU ----
 TEST=gpu_tp

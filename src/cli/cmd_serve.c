@@ -161,11 +161,9 @@ int cmd_serve(int argc, char **argv) {
     if (!serve_seen(specs, n_specs, "--min-replicas")) min_replicas = serve_seen(specs, n_specs, "--max-replicas") ? 1 : replicas;
     if (!serve_seen(specs, n_specs, "--max-replicas")) max_replicas = replicas > min_replicas ? replicas : min_replicas;
     if (key && !key[0]) key = NULL;
-    /* --tp K with several replicas (or --replica-process): each replica K forked processes */
+    /* --tp K with several replicas (or --replica-process): each replica K forked processes (on
+     * CUDA a GPU each: --devices in groups of K, router.h) */
     const bool tp_groups = tp > 1 && (max_replicas > 1 || replica_process);
-    if (tp_groups && (devices || strcmp(device, "cpu")))
-        return cli_fail(sk_fail(SK_EARG, "serve: --tp %ld with --replicas runs on the CPU (one GPU per rank is not "
-                                         "done yet: leave out --devices)", tp));
     if (tp > 1 && !tp_groups && (n_models > 1 || devices))
         return cli_fail(sk_fail(SK_EARG, "serve: --tp %ld serves one --model over its ranks (leave out --devices)", tp));
     if (tp > 1 && !tp_groups && launch_by_hand()) return launch_tp("serve", argc, argv, (int)tp, dirs[0], true);

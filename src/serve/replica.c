@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "comm/comm.h"
 #include "model/devw.h"
 #include "serve/rproc.h"
 #include "serve/serve_impl.h"
@@ -35,7 +36,12 @@
 static sk_status replica_build_engine(replica *rep) {
     router *rt = rep->rt;
     omp_set_num_threads(rt->o.threads);   /* this thread's parallel regions: the engine's ops */
-    if (rep->device >= 0) {
+    if (rep->device >= 0 && rt->o.tp_ranks > 1) {   /* a process replica's child: K ranks, a GPU each */
+        comm *c = NULL;
+        SK_TRY(replica_tp_join(rep, &c));
+        if (!(rep->own_be = backend_create_on("cuda", c->local_rank))) return SK_EARG;
+        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, c, &rep->m));
+    } else if (rep->device >= 0) {
         const int n = backend_device_count("cuda");   /* backend_create_on would wrap the id around */
         if (rep->device >= n)
             return sk_fail(SK_EARG, "CUDA device %d cannot be used: this process sees %d (see --devices)", rep->device, n);
@@ -293,12 +299,13 @@ static void *replica_main(void *arg) {
     return NULL;
 }
 
-replica *replica_start(router *rt, int id, int device) {
+replica *replica_start(router *rt, int id, int device, int slot) {
     replica *rep = mem_calloc(sizeof *rep);
     if (!rep) return NULL;
     rep->rt = rt;
     rep->id = id;
     rep->device = device;
+    rep->slot = slot;
     rep->state = REPLICA_STARTING;
     rep->t_start = time_now();
     rep->stats.id = id;

@@ -1,10 +1,13 @@
 /* replica_tp: the ranks of a process replica split over K ranks (skein serve --replicas R
- * --tp K on the CPU): R engines of K processes each, the router seeing each as one replica.
+ * --tp K): R engines of K processes each, the router seeing each as one replica.
  *
  * A replica's child process (rproc.h) is its rank 0. Before it builds its engine it forks the
- * K-1 other ranks itself, while it is still single-threaded, and all K join one gloo
- * communicator over 127.0.0.1 (torchrun-style variables: MASTER_ADDR, MASTER_PORT: a port free
- * a moment ago, RANK, LOCAL_RANK, WORLD_SIZE set in each process before comm_init). Every rank
+ * K-1 other ranks itself, while it is still single-threaded, and all K join one communicator
+ * over 127.0.0.1 (torchrun-style variables: MASTER_ADDR, MASTER_PORT: a port free a moment
+ * ago, RANK, LOCAL_RANK, WORLD_SIZE set in each process before comm_init): gloo on the CPU;
+ * on CUDA comm_init's choice for the device (NCCL: a GPU per rank), every rank seeing only the
+ * replica's slot of GPUs (CUDA_VISIBLE_DEVICES, set before the fork and before any CUDA call:
+ * neither the server nor the child has a CUDA context to pass on), rank r on the r-th. Every rank
  * is a fork of the server, so every rank's share of the weights (model_open_wts_split) is cut
  * from the one read-only mapping the server holds: no rank reads the files again. Rank 0 runs
  * the engine the server drives; the others follow it (engine_follow) and die with it
@@ -43,6 +46,39 @@ static void replica_tp_env(int rank) {
     setenv("LOCAL_RANK", v, 1);
 }
 
+/* This replica's communicator (replica_tp_env set): gloo on the CPU, comm_init's choice on
+ * CUDA. */
+static sk_status replica_tp_comm(const replica *rep, comm **out) {
+    const bool cuda = rep->device >= 0;
+    return comm_init(cuda ? "auto" : "gloo", cuda ? "cuda" : "cpu", rep->rt->o.comm_timeout_s, out);
+}
+
+/* CUDA_VISIBLE_DEVICES for rep's slot: its K device ids, each taken from the variable's own
+ * list where the server was given one (the ids index what the server sees). */
+static sk_status replica_tp_visible(const replica *rep) {
+    const router_opts *o = &rep->rt->o;
+    const char *outer = getenv("CUDA_VISIBLE_DEVICES");
+    char list[512] = "";
+    for (int r = 0; r < o->tp_ranks; r++) {
+        const int d = router_slot_device(o, rep->slot, r);
+        char id[64];
+        snprintf(id, sizeof id, "%d", d);
+        if (outer) {   /* its d-th entry */
+            const char *p = outer;
+            for (int k = 0; k < d && p; k++) p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL;
+            const size_t n = p ? strcspn(p, ",") : 0;
+            if (!n || n >= sizeof id)
+                return sk_fail(SK_EARG, "serve: CUDA device %d: CUDA_VISIBLE_DEVICES=%s has no entry %d", d, outer, d);
+            snprintf(id, sizeof id, "%.*s", (int)n, p);
+        }
+        const size_t len = strlen(list);
+        if (len + strlen(id) + 2 > sizeof list) return sk_fail(SK_EARG, "serve: the device list of replica %d is too long", rep->id);
+        snprintf(list + len, sizeof list - len, "%s%s", r ? "," : "", id);
+    }
+    setenv("CUDA_VISIBLE_DEVICES", list, 1);
+    return SK_OK;
+}
+
 /* A follower rank, from its fork to its _exit: never returns. */
 static void replica_tp_follow(replica *rep, int rank) {
     router *rt = rep->rt;
@@ -52,8 +88,10 @@ static void replica_tp_follow(replica *rep, int rank) {
     replica_tp_env(rank);
     comm *c = NULL;
     model *m = NULL;
-    sk_status st = comm_init("gloo", "cpu", rt->o.comm_timeout_s, &c);
-    if (st == SK_OK) st = model_open_wts_split(&rt->base->cfg, rt->base->weights, rt->cpu, c, &m);
+    backend *be = rt->cpu;
+    sk_status st = replica_tp_comm(rep, &c);
+    if (st == SK_OK && rep->device >= 0 && !(be = backend_create_on("cuda", c->local_rank))) st = SK_EARG;
+    if (st == SK_OK) st = model_open_wts_split(&rt->base->cfg, rt->base->weights, be, c, &m);
     if (st == SK_OK) st = engine_follow(m);
     if (st != SK_OK)
         fprintf(stderr, "skein serve: model %s: replica %d, rank %d of %d: %s\n", rt->name, rep->id, rank,
@@ -72,11 +110,12 @@ sk_status replica_tp_join(replica *rep, comm **out) {
     setenv("MASTER_PORT", v, 1);
     snprintf(v, sizeof v, "%d", K);
     setenv("WORLD_SIZE", v, 1);
+    if (rep->device >= 0) SK_TRY(replica_tp_visible(rep));
     for (int r = 1; r < K; r++) {
         const pid_t pid = fork();
         if (pid == 0) replica_tp_follow(rep, r);
         if (pid < 0) return sk_fail(SK_ESTATE, "serve: cannot fork rank %d of replica %d", r, rep->id);   /* the forked ones die with this process */
     }
     replica_tp_env(0);
-    return comm_init("gloo", "cpu", rt->o.comm_timeout_s, out);
+    return replica_tp_comm(rep, out);
 }

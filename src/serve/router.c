@@ -424,22 +424,28 @@ static void router_autoscale(router *rt, double now) {
     if (down) router_drain(rt);
 }
 
-/* The device for a new replica: -1 on the CPU, else the listed one with the fewest replicas
- * starting or up (the first among equals). */
-static int router_pick_device(const router *rt) {
+/* Ranks of one replica: tp_ranks for replicas split over forked ranks, else 1. */
+static int router_group_ranks(const router_opts *o) { return o->tp_ranks > 1 ? o->tp_ranks : 1; }
+
+int router_slot_device(const router_opts *o, int slot, int rank) {
+    return o->n_devices ? o->devices[slot * router_group_ranks(o) + rank] : rank;
+}
+
+/* The slot for a new replica: -1 on the CPU, else the one with the fewest replicas starting
+ * or up (the first among equals). */
+static int router_pick_slot(const router *rt) {
     if (strcmp(rt->o.device, "cuda")) return -1;
-    if (rt->o.tp) return rt->o.tp->local_rank;   /* rank 0's own device (comm_init chose it) */
-    if (rt->o.n_devices == 0) return 0;
+    const int slots = rt->o.n_devices ? rt->o.n_devices / router_group_ranks(&rt->o) : 1;
     int best = 0, best_n = 1 << 30;
-    for (int d = 0; d < rt->o.n_devices; d++) {
+    for (int s = 0; s < slots; s++) {
         int n = 0;
         for (int i = 0; i < rt->n_reps; i++) {
             const replica *rep = rt->reps[i];
-            n += rep->device == rt->o.devices[d] && (rep->state == REPLICA_STARTING || rep->state == REPLICA_UP);
+            n += rep->slot == s && (rep->state == REPLICA_STARTING || rep->state == REPLICA_UP);
         }
-        if (n < best_n) { best = d; best_n = n; }
+        if (n < best_n) { best = s; best_n = n; }
     }
-    return rt->o.devices[best];
+    return best;
 }
 
 /* Starts replicas until the target are starting or up. */
@@ -453,7 +459,10 @@ static void router_fill(router *rt, double now) {
             rt->reps = p;
             rt->cap_reps = cap;
         }
-        replica *rep = replica_start(rt, rt->next_id, router_pick_device(rt));
+        const int slot = router_pick_slot(rt);
+        /* split over mpirun's ranks: rank 0's own device (comm_init chose it) */
+        const int device = slot < 0 ? -1 : rt->o.tp ? rt->o.tp->local_rank : router_slot_device(&rt->o, slot, 0);
+        replica *rep = replica_start(rt, rt->next_id, device, slot);
         if (!rep) {
             fprintf(stderr, "skein serve: model %s: %s\n", rt->name, sk_errmsg());
             rt->hold_until = now + ROUTER_RESTART_HOLD_S;
@@ -511,9 +520,15 @@ static sk_status router_check_opts(const router_opts *o) {
     if (o->process && o->tp)
         return sk_fail(SK_EARG, "serve: --replica-process cannot serve a model split over mpirun's ranks (--tp under "
                        "mpirun): its ranks are not the server's children; --replicas R --tp K forks its own");
-    if (o->tp_ranks > 1 && strcmp(o->device, "cpu"))
-        return sk_fail(SK_EARG, "serve: replicas split over %d forked ranks run on the CPU (their ranks would need a "
-                       "device each and a device communicator, not done yet)", o->tp_ranks);
+    if (o->tp_ranks > 1 && !strcmp(o->device, "cuda") && o->n_devices % o->tp_ranks)
+        return sk_fail(SK_EARG, "serve: --devices lists %d devices: replicas split over %d ranks take them in groups of "
+                       "%d", o->n_devices, o->tp_ranks, o->tp_ranks);
+    for (int g = 0; o->tp_ranks > 1 && g + o->tp_ranks <= o->n_devices; g += o->tp_ranks)
+        for (int i = g; i < g + o->tp_ranks; i++)
+            for (int j = g; j < i; j++)
+                if (o->devices[i] == o->devices[j])
+                    return sk_fail(SK_EARG, "serve: --devices: device %d twice in the group of a replica split over "
+                                   "%d ranks (each rank needs a GPU of its own)", o->devices[i], o->tp_ranks);
     if (o->tp_ranks > 1 && (!o->process || !(o->comm_timeout_s > 0)))
         return sk_fail(SK_EARG, "serve: replicas split over %d ranks each run as processes with a positive comm timeout",
                        o->tp_ranks);

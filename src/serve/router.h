@@ -37,14 +37,15 @@
  * crashes or is killed fails like a replica whose step failed (its requests routed again or
  * answered with an error, a replacement started), and leaves the server and the others. With
  * tp_ranks K > 1 each replica is K processes: its child forks K-1 more and splits the model
- * over them (replica_tp.c: gloo on 127.0.0.1), so --replicas R --tp K runs R engines of K
- * ranks, each one replica to the router; a rank that dies fails its replica, which is
- * replaced by a fresh group.
+ * over them (replica_tp.c: gloo on 127.0.0.1 on the CPU; on CUDA a GPU per rank and NCCL), so
+ * --replicas R --tp K runs R engines of K ranks, each one replica to the router; a rank that
+ * dies fails its replica, which is replaced by a fresh group.
  *
  * Devices: on the CPU every replica runs its steps on `threads` OpenMP threads (set in its
- * own thread). With device "cuda", replicas go to the ids of `devices` round robin (the
- * least used first), each with its own backend (its streams, workspaces, KV pool) over the
- * router's mapping; the replicas on one device share one device copy of the weights, made
+ * own thread). With device "cuda", replicas go to the slots of `devices` round robin (the
+ * least used first: a slot is one id, or with tp_ranks K a group of K consecutive ids, rank r
+ * on the group's r-th: router_slot_device), each with its own backend (its streams,
+ * workspaces, KV pool) over the router's mapping; the replicas on one device share one device copy of the weights, made
  * by the first and freed with the last (devw.h). Process replicas on CUDA: the server itself
  * never touches CUDA (a forked child cannot use a context its parent made), so each child
  * makes its own context and its own device copy, and says so in the log; sharing a copy
@@ -72,7 +73,8 @@ typedef struct router_opts {
     const char *name;                /* the model's id in the API (NULL: the folder's name) */
     const char *chat_template;       /* a template name instead of the folder's (NULL: the folder's, if any) */
     const char *device;              /* "cpu" or "cuda" */
-    int devices[ROUTER_MAX_DEVICES]; /* with cuda: device ids, round robin (n_devices 0: device 0) */
+    int devices[ROUTER_MAX_DEVICES]; /* with cuda: device ids, round robin by slot (see the top; n_devices 0:
+                                      * one slot, devices 0..K-1) */
     int n_devices;
     engine_opts engine;              /* each replica's engine (kv_bytes: its pool) */
     int max_queue;                   /* requests waiting beyond max_seqs per replica, at most */
@@ -90,6 +92,8 @@ typedef struct router_opts {
     void *failure_ctx;
 } router_opts;
 
+/* The CUDA device of rank `rank` of a replica in `slot` (see the top: Devices). */
+int router_slot_device(const router_opts *o, int slot, int rank);
 /* Defaults: cpu, 1 replica (min = max = 1), Ray Serve's target_ongoing 2, upscale delay 30 s,
  * downscale delay 600 s, replica timeout 300 s, 1 thread, max_queue 64. */
 router_opts router_opts_default(void);

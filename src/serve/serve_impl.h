@@ -116,7 +116,8 @@ struct replica {
     /* const */
     router *rt;
     int id;                  /* its label, never reused within the router */
-    int device;              /* CUDA device, or -1: the CPU */
+    int device;              /* CUDA device (rank 0's), or -1: the CPU */
+    int slot;                /* its slot of the router's devices (router_slot_device), or -1: the CPU */
     pthread_t thread;
     /* its thread */
     backend *own_be;         /* a CUDA replica's backend; NULL: the router's CPU backend */
@@ -146,13 +147,14 @@ struct replica {
     pthread_cond_t wake;
 };
 
-/* Starts replica id on device (mu held): its thread builds a model over the router's weights
+/* Starts replica id on device, in slot (mu held): its thread builds a model over the router's weights
  * and an engine, then calls router_replica_ready (or router_replica_down when the build
  * fails). NULL when the thread cannot be created (sk_fail says why). */
-replica *replica_start(router *rt, int id, int device);
-/* In a process replica's child, before its engine (o.tp_ranks > 1): forks the replica's other
- * ranks, which follow its engine, and joins them; *out is the group's communicator (never
- * freed: the child exits). See replica_tp.c. */
+replica *replica_start(router *rt, int id, int device, int slot);
+/* In a process replica's child, before its engine (o.tp_ranks > 1) and before any CUDA call:
+ * forks the replica's other ranks, which follow its engine, and joins them; *out is the group's
+ * communicator (never freed: the child exits), on CUDA each rank's device its local_rank among
+ * the devices it sees. See replica_tp.c. */
 sk_status replica_tp_join(replica *rep, comm **out);
 /* Appends r to rep's incoming queue (mu held). */
 void replica_enqueue(replica *rep, serve_req *r);
