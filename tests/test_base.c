@@ -21,6 +21,44 @@ TEST(bf16_f16_round_trip) {
         CHECK_MSG(f32_to_f16(f16_to_f32((uint16_t)h)) == h, "f16 0x%04x", h);
 }
 
+/* dtype_from_f32 into f16 (vectorized where the build has F16C) gives f32_to_f16's bits for
+ * every f16 value, every midpoint between neighbours (ties to even), values a quarter step
+ * either side, the overflow edge, zeros, infinities, the canonical NaN and random bit
+ * patterns (no other NaN: their payloads may convert apart), at lengths off the vector width. */
+TEST(f16_conversion_of_arrays_matches_the_scalar_one) {
+    enum { N = 5 * 0x7c00 + 16 + 100000 };
+    float *x = malloc(sizeof(float) * N);
+    uint16_t *got = malloc(sizeof(uint16_t) * N);
+    size_t n = 0;
+    for (uint32_t h = 0; h < 0x7c00; h++) {
+        const float a = f16_to_f32((uint16_t)h), b = f16_to_f32((uint16_t)(h + 1)), d = (b - a) / 4;
+        x[n++] = a;
+        x[n++] = -(a + 2 * d);   /* the midpoint, exact in f32 */
+        x[n++] = a + d;
+        x[n++] = a + 3 * d;
+        x[n++] = -a;
+    }
+    const float special[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e-8f, -3e-8f, 2.98e-8f,
+                             5.96e-8f, 1e30f, -1e-40f, INFINITY, -INFINITY, NAN, 1.0f};
+    for (int i = 0; i < 16; i++) x[n++] = special[i];
+    rng r;
+    rng_seed(&r, 7);
+    while (n < N) {
+        uint32_t u = (uint32_t)rng_u64(&r);
+        if ((u & 0x7f800000u) == 0x7f800000u) u &= ~0x00800000u;   /* no NaN or inf */
+        memcpy(&x[n++], &u, 4);
+    }
+    int bad = 0;
+    for (size_t len = N - 3; len <= N; len += 3) {   /* a tail of 5 and one of 0 after the vectors */
+        dtype_from_f32(got, DT_F16, x, len);
+        for (size_t i = 0; i < len; i++)
+            if (got[i] != f32_to_f16(x[i]) && bad++ < 5) printf("  %.9g: 0x%04x, want 0x%04x\n", x[i], got[i], f32_to_f16(x[i]));
+    }
+    free(x);
+    free(got);
+    CHECK(bad == 0);
+}
+
 TEST(rng_is_deterministic) {
     rng a, b;
     rng_seed(&a, 42);
