@@ -231,7 +231,7 @@ sk_status comm_split(comm *c, int color, int key, comm **out) {
     for (int k = 0; k < COMM_MAX_REQS; k++)
         SK_ASSERT(!c->reqs[k].busy);   /* the contract: nothing of c in flight */
     if (!c->ops->split)
-        return sk_fail(SK_EARG, "comm_split: the %s communicator cannot be split (supported: mpi, local)", c->name);
+        return sk_fail(SK_EARG, "comm_split: the %s communicator cannot be split (supported: mpi, local, nccl under mpirun)", c->name);
     comm *s = NULL;
     SK_TRY(c->ops->split(c, color, key, &s));
     SK_TRY(comm_add_pool(s));

@@ -136,7 +136,9 @@ sk_status comm_counter_set(comm *c, int64_t value);
  * needs MPI_THREAD_MULTIPLE (each comm has its own communication thread): call
  * comm_want_split() before comm_init, which then asks MPI for it (only then: with it, Open MPI
  * was seen to hang a server's rank 0 after another rank died, where the usual level fails
- * cleanly); gloo and NCCL: SK_EARG, not supported yet. */
+ * cleanly); NCCL: ncclCommSplit, with its MPI side channel split alike (under mpirun or srun,
+ * after comm_want_split; its torchrun-style store has no split: SK_EARG); gloo: SK_EARG, not
+ * supported yet. */
 sk_status comm_split(comm *c, int color, int key, comm **out);
 void comm_want_split(void);
 

@@ -19,6 +19,9 @@
  * meets the others at a barrier on the side channel, which names the ranks that never come
  * (dead, hung, busy outside collectives).
  *
+ * Split (comm_split: tensor x data parallel groups): ncclCommSplit, the MPI side channel split
+ * alike; a store side channel has no split, so under torchrun-style variables it is refused.
+ *
  * Buffers: typed collectives need device memory (cudaMalloc); host memory is refused.
  * Device: local_rank modulo the visible GPUs. Invariants: after a failure the comm is broken
  * (every later call fails at once); comm_free of a broken comm ends the process (and under
@@ -312,7 +315,81 @@ static sk_status nccl_set_backend(comm *c, backend *be) {
     return SK_OK;
 }
 
-static const comm_ops nccl_ops = {nccl_start, nccl_wait, nccl_test, nccl_free, nccl_set_backend, NULL};
+/* Polls the nonblocking creation of nc (an init or a split) until every rank has joined;
+ * SK_ECOMM on its failure or after c's timeout (what: the call, for the message). */
+static sk_status nccl_ready(const comm *c, ncclComm_t nc, const char *what) {
+    const double deadline = time_now() + c->timeout_s;
+    for (;;) {
+        ncclResult_t async = ncclInProgress;
+        if (ncclCommGetAsyncError(nc, &async) != ncclSuccess) async = ncclInternalError;
+        if (async == ncclSuccess) return SK_OK;
+        if (async != ncclInProgress)
+            return sk_fail(SK_ECOMM, "nccl: %s on rank %d failed: %s", what, c->rank, ncclGetErrorString(async));
+        if (time_now() > deadline)
+            return sk_fail(SK_ECOMM, "nccl: %s was not complete within %g s on rank %d (another rank missing?)", what,
+                           c->timeout_s, c->rank);
+        nap_us(1000);
+    }
+}
+
+/* This rank's streams, scratch and events on m->device (cudaSetDevice'd). */
+static sk_status nccl_resources(nccl_impl *m) {
+    CUDA_CHECK(cudaSetDevice(m->device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaMalloc(&m->scratch, SCRATCH_BYTES));
+    for (int k = 0; k < COMM_MAX_REQS; k++) CUDA_CHECK(cudaEventCreateWithFlags(&m->ev[k], cudaEventDisableTiming));
+    return SK_OK;
+err:
+    return SK_ECOMM;
+}
+
+static sk_status nccl_split(comm *c, int color, int key, comm **out);
+static const comm_ops nccl_ops = {nccl_start, nccl_wait, nccl_test, nccl_free, nccl_set_backend, nccl_split};
+
+/* comm_split: ncclCommSplit of c's communicator, its side channel split alike (MPI's, which
+ * comm_want_split prepared; a torchrun-style store has no split: refused). Collective over c's
+ * ranks, none of c's requests in flight (comm_split's contract); the new comm shares c's
+ * device. */
+static sk_status nccl_split(comm *c, int color, int key, comm **out) {
+    nccl_impl *m = c->impl;
+    *out = NULL;
+    if (!m->host)
+        return sk_fail(SK_EARG, "comm_split: an nccl communicator splits where MPI carries its side channel (mpirun, "
+                       "srun); under torchrun-style variables use --comm gloo");
+    if (!m->nc) return sk_fail(SK_ECOMM, "comm_split: the nccl communicator is broken by an earlier failure");
+    comm *s = calloc(1, sizeof *s);
+    nccl_impl *n = calloc(1, sizeof *n);
+    if (!s || !n) {
+        free(s);
+        free(n);
+        return sk_fail(SK_ENOMEM, "comm: out of memory");
+    }
+    *s = (comm){.ops = c->ops, .name = c->name, .timeout_s = c->timeout_s, .impl = n};
+    n->device = m->device;
+    sk_status st = comm_split(m->host, color, key, &n->host);
+    if (st == SK_OK) {
+        s->rank = n->host->rank;
+        s->world = n->host->world;
+        s->local_rank = n->host->local_rank;
+        s->local_world = n->host->local_world;
+        st = nccl_resources(n);
+    }
+    if (st == SK_OK) {
+        ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+        config.blocking = 0;
+        const ncclResult_t rc = ncclCommSplit(m->nc, color, key, &n->nc, &config);
+        st = rc != ncclSuccess && rc != ncclInProgress
+                 ? sk_fail(SK_ECOMM, "nccl: ncclCommSplit on rank %d: %s", c->rank, ncclGetErrorString(rc))
+                 : nccl_ready(s, n->nc, "splitting the communicator");
+    }
+    if (st != SK_OK) {
+        if (n->nc) ncclCommAbort(n->nc);
+        nccl_release(s);
+        return st;
+    }
+    *out = s;
+    return SK_OK;
+}
 
 sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
     comm *c = calloc(1, sizeof *c);
@@ -369,31 +446,13 @@ sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
         goto err;
     }
     m->device = c->local_rank % ndev;   /* backend_create_on's choice for the same local_rank */
-    CUDA_CHECK(cudaSetDevice(m->device));
-    CUDA_CHECK(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
-    CUDA_CHECK(cudaMalloc(&m->scratch, SCRATCH_BYTES));
-    for (int k = 0; k < COMM_MAX_REQS; k++) CUDA_CHECK(cudaEventCreateWithFlags(&m->ev[k], cudaEventDisableTiming));
+    if (nccl_resources(m) != SK_OK) goto err;
 
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     NCCL_CHECK(ncclCommInitRankConfig(&m->nc, c->world, id, c->rank, &config));
     /* Nonblocking init: poll until every rank has joined, or time out. */
-    double deadline = time_now() + timeout_s;
-    for (;;) {
-        ncclResult_t async = ncclInProgress;
-        NCCL_CHECK(ncclCommGetAsyncError(m->nc, &async));
-        if (async == ncclSuccess) break;
-        if (async != ncclInProgress) {
-            sk_fail(SK_ECOMM, "nccl: creating the communicator on rank %d failed: %s", c->rank, ncclGetErrorString(async));
-            goto err;
-        }
-        if (time_now() > deadline) {
-            sk_fail(SK_ECOMM, "nccl: the communicator was not complete within %g s on rank %d (another rank missing?)",
-                    timeout_s, c->rank);
-            goto err;
-        }
-        nap_us(1000);
-    }
+    if (nccl_ready(c, m->nc, "creating the communicator") != SK_OK) goto err;
     *out = c;
     return SK_OK;
 err:
