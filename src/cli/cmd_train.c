@@ -216,9 +216,8 @@ static int train_main(int argc, char **argv, runfile *rf) {
     comm *c = NULL;
     if (tp > 1) comm_want_split();   /* tensor x data parallel groups (tpdp.h) */
     /* the groups are comm_split's: --tp's auto takes the host kind (MPI) on GPUs too, staging
-     * their memory (comm_stage.h); --comm nccl splits NCCL's communicator (under mpirun) */
-    const bool host_kind = tp > 1 && strcmp(comm_kind, "nccl");
-    if ((st = comm_init(comm_kind, host_kind ? "cpu" : o.device, timeout, &c))) return cli_fail(st);
+     * their memory (comm_stage.h); --comm nccl splits NCCL's own (under mpirun) */
+    if ((st = comm_init(comm_kind, tp > 1 ? "cpu" : o.device, timeout, &c))) return cli_fail(st);
     o.comm = c;
     if (c->world > 1 && c->rank != 0) o.quiet = true;
     if (c->world > 1 && c->rank != 0) log_set_quiet(true);

@@ -150,18 +150,37 @@ sk_status tp_train_split(const model *whole, comm *tp, model **out) {
     return tp_train_hand_over(st, m, out);
 }
 
+/* Floats of one share that tp_train_gather moves per collective. */
+#define TP_GATHER_CHUNK ((size_t)1 << 24)
+
+/* all(K, n) on the host: every rank's params(n), gathered over share's group in chunks through
+ * the backend's memory, where the group's comm moves it (a device comm such as NCCL moves no
+ * host memory; a host one stages it: comm_set_backend). */
+static sk_status tp_train_all_gather(const model *share, const float *params, float *all) {
+    const int K = share->tp.size, rank = share->tp.rank;
+    const size_t n = share->n_params, c = n < TP_GATHER_CHUNK ? n : TP_GATHER_CHUNK;
+    backend *be = share->be;
+    float *buf = backend_alloc(be, (size_t)K * c * sizeof(float));
+    if (!buf) return sk_fail_ctx(SK_ENOMEM, "tensor parallel training: %zu floats to gather the model", (size_t)K * c);
+    sk_status st = SK_OK;
+    for (size_t at = 0; at < n && st == SK_OK; at += c) {
+        const size_t len = n - at < c ? n - at : c;
+        backend_upload(be, buf + (size_t)rank * len, params + at, len * sizeof(float));
+        st = comm_all_gather(share->tp.comm, buf + (size_t)rank * len, buf, len, DT_F32, NULL);
+        for (int r = 0; r < K && st == SK_OK; r++)
+            backend_download(be, all + (size_t)r * n + at, buf + (size_t)r * len, len * sizeof(float));
+    }
+    backend_mem_free(be, buf);
+    return st;
+}
+
 sk_status tp_train_gather(const model *share, const float *params, model **whole) {
     const int K = share->tp.size, rank = share->tp.rank;
     const size_t n = share->n_params;
     *whole = NULL;
     float *all = mem_alloc((size_t)K * n * sizeof(float));
     if (!all) return sk_fail(SK_ENOMEM, "tensor parallel training: %zu floats to gather the model", (size_t)K * n);
-    memcpy(all + (size_t)rank * n, params, n * sizeof(float));
-    /* host memory: the comm's staging of the backend's memory (comm_set_backend) is off for it */
-    comm *tp = share->tp.comm;
-    sk_status st = comm_set_backend(tp, NULL);
-    if (st == SK_OK) st = comm_all_gather(tp, all + (size_t)rank * n, all, n, DT_F32, NULL);
-    if (st == SK_OK) st = comm_set_backend(tp, share->be);
+    sk_status st = tp_train_all_gather(share, params, all);
     model *w = NULL;
     float *host = NULL;
     if (st == SK_OK && rank == 0) {
