@@ -184,7 +184,7 @@ TEST(batched_step_matches_infer_step_logits) {
                     rows[s] = N - 1;
                     done[s] += n;
                 }
-                const model_batch b = {N, tokens, pos, slot, 2, sq, tables, MB, 2, rows};
+                const model_batch b = {N, tokens, pos, slot, 2, sq, tables, MB, 2, rows, NULL, 0, false};
                 const model_kv_cache cache = kv_pool_cache(pool);
                 float *lg = test_download_mat(m->be, model_infer_batch(m, &cache, &b));
                 for (int s = 0; s < 2; s++)
@@ -480,6 +480,84 @@ TEST(cancelling_half_midway_frees_every_block) {
     CHECK_MSG(kv_pool_available(engine_pool(e)) == kv_pool_blocks(engine_pool(e)), "%d of %d blocks free",
               kv_pool_available(engine_pool(e)), kv_pool_blocks(engine_pool(e)));
     engine_free(e);
+    model_free(m);
+}
+
+/* One run of overlap_gives_the_outputs_of_the_plain_steps: requests of the given params over
+ * prompts 300 + r, request `cancel` cancelled after the third step; tokens into gen, their
+ * count into ngen, finish reasons into fin; *first: the first step's output count. */
+static bool overlap_run(model *m, bool overlap, const engine_params *p, int R, int cancel, int *gen, int *ngen,
+                        const char **fin, int *first) {
+    setenv("SKEIN_ENGINE_OVERLAP", overlap ? "1" : "0", 1);
+    engine_opts o = engine_opts_default();
+    o.max_seqs = 5;
+    o.max_batch_tokens = 40;
+    engine *e = NULL;
+    const bool made = engine_create(m, &o, &e) == SK_OK;
+    unsetenv("SKEIN_ENGINE_OVERLAP");
+    if (!made) return false;
+    int prompt[MAXP], id, steps = 0;
+    for (int r = 0; r < R; r++)
+        if (engine_add_request(e, prompt, make_prompt(prompt, 300 + r, 6 + r % 9, m->cfg.vocab_size), &p[r], &id))
+            return false;
+    while (engine_has_work(e)) {
+        const engine_output *out;
+        int n;
+        if (engine_step(e, &out, &n) != SK_OK || ++steps > 1000) return false;
+        if (steps == 1) *first = n;
+        for (int i = 0; i < n; i++) {
+            if (out[i].token >= 0) gen[out[i].id * MAXG + ngen[out[i].id]++] = out[i].token;
+            if (out[i].finish) fin[out[i].id] = out[i].finish;
+        }
+        if (steps == 3) engine_cancel(e, cancel);
+    }
+    const bool whole = kv_pool_available(engine_pool(e)) == kv_pool_blocks(engine_pool(e));
+    engine_free(e);
+    return whole;
+}
+
+/* Steps issued before the previous one's ids are read (engine.h: overlap; forced on the CPU
+ * with SKEIN_ENGINE_OVERLAP=1) give the plain steps' outputs: every request's tokens and its
+ * finish reason, with max_tokens of 1 and 2, stop ids that end requests whose next step is
+ * already issued, one sampled request of two tokens (the host chooses: no overlap while it
+ * lives), waiting
+ * requests and chunked prefills, and one request cancelled between steps (its tokens, taken at
+ * other points, not compared); the pool is whole again at the end; the overlapping engine's
+ * first step returns nothing (its ids are read by the next), the plain one's does. */
+TEST(overlap_gives_the_outputs_of_the_plain_steps) {
+    model *m = open_fixture("fixtures/llama-tiny");
+    CHECK(m);
+    enum { R = 12, G = 9, CANCEL = 7 };
+    engine_params p[R];
+    int gen[3][R * MAXG], ngen[3][R], first[3];
+    const char *fin[3][R];
+    memset(ngen, 0, sizeof ngen);
+    memset(fin, 0, sizeof fin);
+    for (int r = 0; r < R; r++) {
+        p[r] = greedy(G);
+        p[r].logprobs = false;   /* the device's to choose (argmax_rows) */
+    }
+    CHECK(overlap_run(m, false, p, R, CANCEL, gen[0], ngen[0], fin[0], &first[0]));   /* the tokens to stop at */
+    for (int r = 0; r < R; r++) {
+        if (r % 4 == 0) p[r].max_tokens = 1;
+        if (r % 4 == 1) p[r].max_tokens = 2;
+        if (r % 4 == 2 && ngen[0][r] > 3) {
+            p[r].stop_ids[0] = gen[0][r * MAXG + 3];
+            p[r].n_stop_ids = 1;
+        }
+    }
+    p[5].sample = (sample_opts){.temperature = 0.8f, .top_p = 1.0f};   /* 2 tokens: overlap after its steps */
+    p[5].seed = 5;
+    for (int k = 1; k < 3; k++) CHECK(overlap_run(m, k == 2, p, R, CANCEL, gen[k], ngen[k], fin[k], &first[k]));
+    CHECK_MSG(first[1] > 0 && first[2] == 0, "first steps' outputs: %d plain, %d overlapping", first[1], first[2]);
+    for (int r = 0; r < R; r++) {
+        CHECK_MSG(fin[1][r] && fin[2][r] && !strcmp(fin[1][r], fin[2][r]), "request %d: %s vs %s", r,
+                  fin[1][r] ? fin[1][r] : "-", fin[2][r] ? fin[2][r] : "-");
+        if (r == CANCEL) continue;
+        CHECK_MSG(ngen[1][r] == ngen[2][r] && !memcmp(gen[1] + r * MAXG, gen[2] + r * MAXG, sizeof(int) * ngen[1][r]),
+                  "request %d: %d tokens plain, %d overlapping", r, ngen[1][r], ngen[2][r]);
+    }
+    CHECK(!strcmp(fin[1][2], "stop") && ngen[1][2] <= 3 && !strcmp(fin[1][0], "length") && ngen[1][0] == 1);
     model_free(m);
 }
 

@@ -279,7 +279,7 @@ static double run_both(model *w, model *s, double *scale, int *mismatch) {
             }
             out_rows[q] = N - 1;
         }
-        const model_batch b = {N, tokens, pos, slot, NSEQ, seq, tables, MB, NSEQ, out_rows};
+        const model_batch b = {N, tokens, pos, slot, NSEQ, seq, tables, MB, NSEQ, out_rows, NULL, 0, false};
         const model_kv_cache cw = kv_pool_cache(pw), cs = kv_pool_cache(ps);
         float *lw = test_download_mat(w->be, model_infer_batch(w, &cw, &b));
         float *ls = test_download_mat(s->be, model_infer_batch(s, &cs, &b));

@@ -340,6 +340,12 @@ typedef struct backend_ops {
      * under opts(R) (backend memory): backend_sample_row's distribution and draw. */
     void (*sample_rows)(backend *be, backend_stream *s, tensor ids, tensor x, const backend_sample_row *opts);
 
+    /* Optional (the engine then waits for each step's ids before it issues the next): each
+     * negative entry -k-1 of ids(N) (i32, backend memory) becomes src[k] (src(M) i32, backend
+     * memory, k < M): a step's tokens that are the previous step's chosen ids, read where
+     * argmax_rows or sample_rows left them. */
+    void (*resolve_ids)(backend *be, backend_stream *s, tensor ids, tensor src);
+
     /* ---- graphs; optional (all four or none): a caller without them issues the work each time ----
      * graph_begin starts recording the work issued to stream s by this thread: from then until
      * graph_end, ops on s are recorded, not run, and must neither allocate nor wait for the host

@@ -37,11 +37,28 @@ static const int engine_graph_sizes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
 typedef struct engine_req {
     sched_seq seq;           /* first: items point here */
     int id;
-    int *tokens;             /* (cap) prompt then generated */
+    int *tokens;             /* (cap) prompt then generated; a token not yet read: -(its row in the ids) - 1 */
     int n_prompt, n_gen;
     engine_params p;
     rng r;
+    int flights;             /* steps issued and not yet read in which it samples (0..2) */
+    bool dead;               /* finished or cancelled while in flight: freed when its last flight is read */
 } engine_req;
+
+/* A step issued whose chosen ids are read later (engine.h: overlap): the requests that sample
+ * in it, each with its row of the ids, and the host copy of the ids the step leaves. */
+typedef struct engine_flight {
+    engine_req **reqs;       /* (max_seqs) */
+    int *rows;               /* (max_seqs) their rows of the step's logits and ids */
+    int n;
+    int how;                 /* engine_choice: where the tokens are chosen */
+    int64_t ld;              /* with CHOOSE_HOST: the logits' row stride */
+    int *ids;                /* (max_seqs) pinned host: the step's ids once ev has passed */
+    backend_event *ev;       /* recorded after the ids' copy */
+    int *arrays;             /* pinned host, engine_tp_ints: the step's batch arrays (engine.tokens, ...
+                              * point into the flight being issued) */
+    backend_sample_row *draw;   /* (max_seqs) pinned host, with rows_dev: sample_rows' options */
+} engine_flight;
 
 struct engine {
     model *m;
@@ -55,14 +72,19 @@ struct engine {
     int next_id;
     engine_output *cancelled;   /* (cap_live) cancellations to report */
     int n_cancelled;
-    /* the step's batch, planned once */
+    /* the step's batch, planned once: the arrays of the flight being issued (pinned: copied in
+     * stream order while the previous flight runs) */
     int *tokens, *pos, *slot;   /* (max_batch_tokens) */
     int *seq, *tables, *out_rows;   /* (max_seqs, 3), (max_seqs, max_blocks), (max_seqs) */
     float *logits;           /* (max_seqs, Vp) host: the rows as the model leaves them (model.h) */
     int *ids_dev;            /* (max_seqs) backend memory: argmax_rows' answer (NULL without the op) */
-    int *ids;                /* (max_seqs) host: its copy */
+    engine_flight fl[2];     /* with ids_dev: two steps' chosen ids on the host (fl[i].ids) */
+    int cur;                 /* fl[cur]: the last step issued */
+    bool pend;               /* fl[cur]'s step is issued and its ids not yet read (overlap) */
+    bool overlap;            /* the next step may be issued on the device's ids of the pending one */
+    int n_host_sampled;      /* live requests whose tokens the host chooses (engine_host_chooses): while any
+                              * is, no step is issued before the previous one is read */
     backend_sample_row *rows_dev;   /* (max_seqs) backend memory: sample_rows' options (NULL: host sampling) */
-    backend_sample_row *rows;       /* (max_seqs) host: filled each step that samples on the device */
     engine_output *outs;     /* (max_seqs + cap_live) */
     /* decode steps as graphs (engine.h), by size index of engine_graph_sizes */
     bool graphs;             /* the backend records them and o.eager is off */
@@ -116,6 +138,8 @@ engine_opts engine_opts_default(void) {
                          .max_seqs = 64, .eager = g && !strcmp(g, "0")};
 }
 
+static void engine_req_free(engine_req *r);
+
 /* Frees every recorded step (the workspace moved, or the engine ends). */
 static void engine_graphs_free(engine *e) {
     for (int k = 0; k < ENGINE_GRAPHS; k++) {
@@ -135,28 +159,33 @@ void engine_free(engine *e) {
     if (e->tp_started && model_step_status(e->m) == SK_OK) engine_tp_say(e->m, TP_END);   /* failing: nobody listens */
     if (e->graphs) engine_graphs_free(e);
     mem_free(e->tp_msg);
+    if (e->pend) {   /* its dead requests are in no list but its own */
+        engine_flight *f = &e->fl[e->cur];
+        e->m->be->ops->event_synchronize(e->m->be, f->ev);
+        for (int k = 0; k < f->n; k++)
+            if (--f->reqs[k]->flights == 0 && f->reqs[k]->dead) engine_req_free(f->reqs[k]);
+    }
     for (int i = 0; i < e->n_live; i++) {
         kv_seq_release(e->pool, &e->live[i]->seq.kv);
-        kv_seq_free(&e->live[i]->seq.kv);
-        mem_free(e->live[i]->tokens);
-        mem_free(e->live[i]);
+        engine_req_free(e->live[i]);
     }
     mem_free(e->live);
     mem_free(e->cancelled);
     sched_free(&e->s);
     sampler_free(&e->smp);
     kv_pool_free(e->pool);
-    mem_free(e->tokens);
-    mem_free(e->pos);
-    mem_free(e->slot);
-    mem_free(e->seq);
-    mem_free(e->tables);
-    mem_free(e->out_rows);
     mem_free(e->logits);
     if (e->ids_dev) backend_mem_free(e->m->be, e->ids_dev);
     if (e->rows_dev) backend_mem_free(e->m->be, e->rows_dev);
-    mem_free(e->ids);
-    mem_free(e->rows);
+    for (int k = 0; k < 2; k++) {
+        engine_flight *f = &e->fl[k];
+        mem_free(f->reqs);
+        mem_free(f->rows);
+        backend_pinned_free(e->m->be, f->ids);
+        backend_pinned_free(e->m->be, f->arrays);
+        backend_pinned_free(e->m->be, f->draw);
+        if (f->ev) e->m->be->ops->event_free(e->m->be, f->ev);
+    }
     mem_free(e->outs);
     mem_free(e);
 }
@@ -175,6 +204,18 @@ static sk_status engine_grow(engine *e, int n) {
     if (!live || !c || !outs) return sk_fail(SK_ENOMEM, "growing the engine to %d requests", cap);
     e->cap_live = cap;
     return SK_OK;
+}
+
+/* Points the batch arrays (engine.tokens, ...) at flight k's, in engine_tp_pack's order. */
+static void engine_use_arrays(engine *e, int k) {
+    const size_t N = (size_t)e->o.max_batch_tokens, S = (size_t)e->o.max_seqs;
+    int *p = e->fl[k].arrays;
+    e->tokens = p;
+    e->pos = p + N;
+    e->slot = p + 2 * N;
+    e->seq = p + 3 * N;
+    e->tables = p + 3 * N + 3 * S;
+    e->out_rows = p + 3 * N + 3 * S + S * (size_t)e->max_blocks;
 }
 
 sk_status engine_create(model *m, const engine_opts *o, engine **out) {
@@ -203,28 +244,34 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
         (st = sampler_init(&e->smp, c->vocab_size)) ||
         (st = model_infer_prepare(m, d.max_batch_tokens, d.max_seqs, d.max_ctx)) || (st = engine_grow(e, 64)))
         goto err;
-    e->tokens = mem_alloc(sizeof(int) * N);
-    e->pos = mem_alloc(sizeof(int) * N);
-    e->slot = mem_alloc(sizeof(int) * N);
-    e->seq = mem_alloc(sizeof(int) * 3 * S);
-    e->tables = mem_alloc(sizeof(int) * S * (size_t)e->max_blocks);
-    e->out_rows = mem_alloc(sizeof(int) * S);
     e->logits = mem_alloc(sizeof(float) * S * (size_t)model_logits_ld(m));
-    e->ids = mem_alloc(sizeof(int) * S);
     if (m->be->ops->argmax_rows && !(e->ids_dev = backend_alloc(m->be, sizeof(int) * S))) {
         st = SK_ENOMEM;
         goto err;
     }
     /* a device samples for itself (the CPU keeps each request's own generator: sample.h) */
     if (m->be->ops->sample_rows && e->ids_dev && !m->be->host_memory &&
-        (!(e->rows = mem_calloc(sizeof(backend_sample_row) * S)) ||
-         !(e->rows_dev = backend_alloc(m->be, sizeof(backend_sample_row) * S)))) {
+        !(e->rows_dev = backend_alloc(m->be, sizeof(backend_sample_row) * S))) {
         st = SK_ENOMEM;
         goto err;
     }
+    for (int k = 0; k < 2; k++) {
+        engine_flight *f = &e->fl[k];
+        if (!(f->reqs = mem_alloc(sizeof(engine_req *) * S)) || !(f->rows = mem_alloc(sizeof(int) * S)) ||
+            !(f->ids = backend_alloc_pinned(m->be, sizeof(int) * S)) || !(f->ev = m->be->ops->event_create(m->be)) ||
+            !(f->arrays = backend_alloc_pinned(m->be, sizeof(int) * engine_tp_ints(&d, e->max_blocks))) ||
+            (e->rows_dev && !(f->draw = backend_alloc_pinned(m->be, sizeof(backend_sample_row) * S)))) {
+            st = sk_fail_ctx(SK_ENOMEM, "allocating the engine's batch of %zu tokens, %zu sequences", N, S);
+            goto err;
+        }
+    }
+    engine_use_arrays(e, 0);
+    const char *ov = getenv("SKEIN_ENGINE_OVERLAP");
+    /* on a device (the host's compute would only be late for it: a step computes as it is issued) */
+    e->overlap = e->ids_dev && m->be->ops->resolve_ids && m->tp.size == 1 &&
+                 (ov && *ov ? strcmp(ov, "0") != 0 : !m->be->host_memory);
     if (m->tp.size > 1) e->tp_msg = mem_alloc(sizeof(int) * engine_tp_ints(&d, e->max_blocks));
-    if (!e->tokens || !e->pos || !e->slot || !e->seq || !e->tables || !e->out_rows || !e->logits || !e->ids ||
-        (m->tp.size > 1 && !e->tp_msg)) {
+    if (!e->logits || (m->tp.size > 1 && !e->tp_msg)) {
         st = sk_fail(SK_ENOMEM, "allocating the engine's batch of %zu tokens, %zu sequences", N, S);
         goto err;
     }
@@ -242,6 +289,29 @@ sk_status engine_create(model *m, const engine_opts *o, engine **out) {
 err:
     engine_free(e);
     return st;
+}
+
+/* Whether request r's next token needs nothing but its logits row as given (no penalties,
+ * no log-probabilities), so the device can choose it: sample_rows draws it, and argmax_rows
+ * finds it when it is greedy too (engine_plain_greedy), with the answer sampler_next would
+ * give (greedy draws nothing from the generator). */
+static bool engine_plain(const engine_req *r) {
+    const sample_opts *o = &r->p.sample;
+    return (o->repetition_penalty == 0 || o->repetition_penalty == 1) && o->presence_penalty == 0 &&
+           o->frequency_penalty == 0 && !r->p.logprobs && r->p.n_logprobs == 0;
+}
+static bool engine_plain_greedy(const engine_req *r) { return engine_plain(r) && r->p.sample.temperature <= 0; }
+
+/* Whether a step with r in it has its tokens chosen on the host (engine_choose: a device
+ * chooses when every row is plain, and greedy where it has no sample_rows). */
+static bool engine_host_chooses(const engine *e, const engine_req *r) {
+    return !(e->rows_dev ? engine_plain(r) : engine_plain_greedy(r));
+}
+
+static void engine_req_free(engine_req *r) {
+    kv_seq_free(&r->seq.kv);
+    mem_free(r->tokens);
+    mem_free(r);
 }
 
 sk_status engine_add_request(engine *e, const int *prompt, int n, const engine_params *p, int *id) {
@@ -285,6 +355,7 @@ sk_status engine_add_request(engine *e, const int *prompt, int n, const engine_p
         return st;
     }
     e->live[e->n_live++] = r;
+    e->n_host_sampled += engine_host_chooses(e, r);
     *id = r->id;
     return SK_OK;
 }
@@ -295,15 +366,16 @@ static int engine_find(const engine *e, int id) {
     return -1;
 }
 
-/* Takes live request i out of the scheduler and frees it. */
+/* Takes live request i out of the scheduler (its blocks freed at once) and frees it, or, while
+ * a step in flight names it, marks it dead for that step's reading to free. */
 static void engine_retire(engine *e, int i) {
     engine_req *r = e->live[i];
     sched_remove(&e->s, &r->seq);
-    kv_seq_free(&r->seq.kv);
-    mem_free(r->tokens);
-    mem_free(r);
+    e->n_host_sampled -= engine_host_chooses(e, r);
     memmove(e->live + i, e->live + i + 1, sizeof(engine_req *) * (size_t)(e->n_live - i - 1));
     e->n_live--;
+    if (r->flights) r->dead = true;
+    else engine_req_free(r);
 }
 
 bool engine_cancel(engine *e, int id) {
@@ -314,12 +386,12 @@ bool engine_cancel(engine *e, int id) {
     return true;
 }
 
-bool engine_has_work(const engine *e) { return e->n_live > 0 || e->n_cancelled > 0; }
+bool engine_has_work(const engine *e) { return e->n_live > 0 || e->n_cancelled > 0 || e->pend; }
 
 const int *engine_tokens(const engine *e, int id, int *n, int *n_prompt) {
     int i = engine_find(e, id);
     if (i < 0) return NULL;
-    *n = e->live[i]->seq.n_tokens;
+    *n = e->live[i]->seq.n_tokens - e->live[i]->seq.n_pending;   /* a token not yet read is not shown */
     *n_prompt = e->live[i]->n_prompt;
     return e->live[i]->tokens;
 }
@@ -357,7 +429,7 @@ static model_batch engine_batch(engine *e) {
         }
         e->out_rows[i] = row - 1;
     }
-    return (model_batch){row, e->tokens, e->pos, e->slot, e->s.n_items, e->seq, e->tables, MB, e->s.n_items, e->out_rows};
+    return (model_batch){row, e->tokens, e->pos, e->slot, e->s.n_items, e->seq, e->tables, MB, e->s.n_items, e->out_rows, NULL, 0, e->m->tp.size == 1};
 }
 
 /* The index into engine_graph_sizes of the size a step of b runs as, or -1: eagerly (graphs
@@ -417,17 +489,6 @@ static tensor engine_forward(engine *e, const model_kv_cache *cache, const model
     return lg;
 }
 
-/* Whether request r's next token needs nothing but its logits row as given (no penalties,
- * no log-probabilities), so the device can choose it: sample_rows draws it, and argmax_rows
- * finds it when it is greedy too (engine_plain_greedy), with the answer sampler_next would
- * give (greedy draws nothing from the generator). */
-static bool engine_plain(const engine_req *r) {
-    const sample_opts *o = &r->p.sample;
-    return (o->repetition_penalty == 0 || o->repetition_penalty == 1) && o->presence_penalty == 0 &&
-           o->frequency_penalty == 0 && !r->p.logprobs && r->p.n_logprobs == 0;
-}
-static bool engine_plain_greedy(const engine_req *r) { return engine_plain(r) && r->p.sample.temperature <= 0; }
-
 /* How the step's tokens are chosen: on the host from the downloaded logits rows, or on the
  * device (only the ids come back) by argmax_rows (every row that samples is plain greedy) or
  * by sample_rows (every one is plain and the engine has the device's options). Rows of
@@ -448,36 +509,140 @@ static engine_choice engine_choose(const engine *e) {
 /* Fills and uploads sample_rows' options for the R rows of the step's logits: item i's
  * request draws its token number n_gen with its seed; other rows take the argmax. */
 static void engine_rows_upload(engine *e, int R) {
-    memset(e->rows, 0, sizeof(backend_sample_row) * (size_t)R);
+    backend_sample_row *rows = e->fl[e->cur].draw;
+    memset(rows, 0, sizeof(backend_sample_row) * (size_t)R);
     for (int i = 0; i < e->s.n_items; i++) {
         const engine_req *r = (const engine_req *)e->s.items[i].seq;
         const sample_opts *o = &r->p.sample;
-        e->rows[i] = (backend_sample_row){o->temperature, o->min_p, o->top_p > 0 ? o->top_p : 1.0f, o->top_k,
-                                          r->p.seed, (uint64_t)r->n_gen};
+        rows[i] = (backend_sample_row){o->temperature, o->min_p, o->top_p > 0 ? o->top_p : 1.0f, o->top_k,
+                                          r->p.seed, (uint64_t)(r->n_gen + r->seq.n_pending)};
     }
-    backend_upload(e->m->be, e->rows_dev, e->rows, sizeof(backend_sample_row) * (size_t)R);
+    e->m->be->ops->copy(e->m->be, e->rows_dev, rows, sizeof(backend_sample_row) * (size_t)R, COPY_HOST_TO_DEVICE, NULL);
 }
 
-/* Request r's next token: sampled from its logits row, or, with logits NULL, `chosen` (the
- * device's choice: engine_choose); returns its output. */
-static engine_output engine_sample(engine *e, engine_req *r, float *logits, int chosen) {
-    engine_output o = {.id = r->id, .token = -1};
-    const bool lp = r->p.logprobs || r->p.n_logprobs > 0;
-    const int tok = logits ? sampler_next(&e->smp, logits, &r->p.sample, &r->r, r->tokens, r->seq.n_tokens,
-                                          r->n_prompt, lp ? &o.logprob : NULL)
-                           : chosen;
+/* Request r's next token tok (the device's choice, or sampled by engine_sample) taken, its
+ * output o completed: a stop id ends it (not output; the unread placeholder engine_speculate
+ * appended for it is dropped), else tok is appended (or replaces that placeholder) and the
+ * blocks now wholly known are committed (sched_commit); max_tokens and the context end it. */
+static engine_output engine_take(engine *e, engine_req *r, int tok, engine_output o) {
+    const int unread = r->seq.n_pending;
+    r->seq.n_pending = 0;
     for (int i = 0; i < r->p.n_stop_ids; i++)
         if (tok == r->p.stop_ids[i]) o.finish = "stop";
-    if (o.finish) return o;
+    if (o.finish) {
+        r->seq.n_tokens -= unread;
+        return o;
+    }
     o.token = tok;
-    if (r->p.n_logprobs > 0) {
+    if (unread) r->tokens[r->seq.n_tokens - 1] = tok;
+    else r->tokens[r->seq.n_tokens++] = tok;
+    r->n_gen++;
+    sched_commit(&e->s, &r->seq);
+    if (r->n_gen >= r->p.max_tokens || r->seq.n_tokens > e->o.max_ctx) o.finish = "length";
+    return o;
+}
+
+/* Request r's next token sampled on the host from its logits row; returns its output. */
+static engine_output engine_sample(engine *e, engine_req *r, float *logits) {
+    engine_output o = {.id = r->id, .token = -1};
+    const bool lp = r->p.logprobs || r->p.n_logprobs > 0;
+    const int tok = sampler_next(&e->smp, logits, &r->p.sample, &r->r, r->tokens, r->seq.n_tokens, r->n_prompt,
+                                 lp ? &o.logprob : NULL);
+    o = engine_take(e, r, tok, o);
+    if (o.token >= 0 && r->p.n_logprobs > 0) {
         o.n_top = r->p.n_logprobs;
         sampler_top(&e->smp, o.n_top, o.top_ids, o.top_logprobs);
     }
-    r->tokens[r->seq.n_tokens++] = tok;
-    r->n_gen++;
-    if (r->n_gen >= r->p.max_tokens || r->seq.n_tokens > e->o.max_ctx) o.finish = "length";
     return o;
+}
+
+/* Overlap: before the step in flight f is read, each of its requests that goes on (not ended
+ * by max_tokens or the context, which the host knows; a stop id it cannot know) gets its next
+ * token as a placeholder, -(its row in f's ids) - 1, which the next step's model_batch
+ * resolves on the device (token_src) and engine_take replaces once read. */
+static void engine_speculate(engine *e, const engine_flight *f) {
+    for (int k = 0; k < f->n; k++) {
+        engine_req *r = f->reqs[k];
+        if (r->dead || r->n_gen + 1 >= r->p.max_tokens || r->seq.n_tokens + 1 > e->o.max_ctx) continue;
+        r->tokens[r->seq.n_tokens++] = -f->rows[k] - 1;
+        r->seq.n_pending = 1;
+    }
+}
+
+/* Issues the scheduled step (sched_schedule gave items) as the next flight, fl[cur]: its
+ * forward (tokens not yet read resolved from ids_dev when spec), the device's choice of ids
+ * where every row that samples allows it (engine_choose), and the copy of what the host reads
+ * (the ids into fl[cur].ids, else the logits), fl[cur].ev recorded after it; fl[cur] lists the
+ * requests that sample. The step is pending (read later, by the next engine_step) with overlap
+ * and the ids on the device. */
+static sk_status engine_issue(engine *e, bool spec) {
+    engine_use_arrays(e, e->cur ^ 1);
+    model_batch b = engine_batch(e);
+    if (spec) {
+        b.token_src = e->ids_dev;
+        b.n_token_src = e->o.max_seqs;
+    }
+    const model_kv_cache cache = kv_pool_cache(e->pool);
+    if (e->tp_started) {   /* the other ranks run the same batch */
+        int h[TP_HEADER] = {TP_STEP, b.n_tokens, b.n_seqs, b.max_blocks, b.n_out};
+        SK_TRY(engine_tp_send(e->m, h, e->tp_msg, engine_tp_pack(&b, e->tp_msg)));
+        e->tp_sent = time_now();
+    }
+    tensor lg = engine_forward(e, &cache, &b);
+    SK_TRY(model_step_status(e->m));
+    e->cur ^= 1;
+    engine_flight *f = &e->fl[e->cur];
+    f->how = engine_choose(e);
+    f->ld = lg.stride[0];
+    f->n = 0;
+    for (int i = 0; i < e->s.n_items; i++) {   /* the rows that sample: no prefill chunk with more to come */
+        engine_req *r = (engine_req *)e->s.items[i].seq;
+        if (r->seq.n_computed + e->s.items[i].n < r->seq.n_tokens) continue;
+        f->reqs[f->n] = r;
+        f->rows[f->n++] = i;
+        r->flights++;
+    }
+    sched_advance(&e->s);
+    backend *be = e->m->be;
+    if (f->how != CHOOSE_HOST) {
+        tensor ids = tensor_1d(e->ids_dev, DT_I32, lg.shape[0]);
+        if (f->how == CHOOSE_ARGMAX) {
+            be->ops->argmax_rows(be, NULL, ids, lg);
+        } else {
+            engine_rows_upload(e, (int)lg.shape[0]);
+            be->ops->sample_rows(be, NULL, ids, lg, e->rows_dev);
+        }
+        be->ops->copy(be, f->ids, e->ids_dev, tensor_bytes(ids), COPY_DEVICE_TO_HOST, NULL);
+    } else {
+        be->ops->copy(be, e->logits, lg.data, tensor_bytes(lg), COPY_DEVICE_TO_HOST, NULL);
+    }
+    be->ops->event_record(be, f->ev, NULL);
+    e->pend = e->overlap && f->how != CHOOSE_HOST;
+    return SK_OK;
+}
+
+/* Reads flight f (waits for its copy): each live request that sampled in it takes its token
+ * (dead ones are freed once no flight names them); outputs go to e->outs from n on; finished
+ * requests are retired. Returns the new count of outputs. */
+static int engine_collect(engine *e, engine_flight *f, int n) {
+    backend *be = e->m->be;
+    const double w0 = time_now();
+    be->ops->event_synchronize(be, f->ev);
+    e->wait_s += time_now() - w0;
+    const int first = n;
+    for (int k = 0; k < f->n; k++) {
+        engine_req *r = f->reqs[k];
+        r->flights--;
+        if (r->dead) {
+            if (!r->flights) engine_req_free(r);
+            continue;
+        }
+        e->outs[n++] = f->how == CHOOSE_HOST ? engine_sample(e, r, e->logits + (size_t)f->rows[k] * f->ld)
+                                             : engine_take(e, r, f->ids[f->rows[k]], (engine_output){.id = r->id, .token = -1});
+    }
+    for (int i = first; i < n; i++)
+        if (e->outs[i].finish) engine_retire(e, engine_find(e, e->outs[i].id));
+    return n;
 }
 
 /* engine_step's work, timed by it. */
@@ -488,43 +653,20 @@ static sk_status engine_step_timed(engine *e, const engine_output **out, int *n_
     e->n_cancelled = 0;
     *out = e->outs;
     *n_out = n;
-    if (sched_schedule(&e->s) == 0) return SK_OK;
-    const model_batch b = engine_batch(e);
-    const model_kv_cache cache = kv_pool_cache(e->pool);
-    if (e->tp_started) {   /* the other ranks run the same batch */
-        int h[TP_HEADER] = {TP_STEP, b.n_tokens, b.n_seqs, b.max_blocks, b.n_out};
-        SK_TRY(engine_tp_send(e->m, h, e->tp_msg, engine_tp_pack(&b, e->tp_msg)));
-        e->tp_sent = time_now();
-    }
-    tensor lg = engine_forward(e, &cache, &b);
-    SK_TRY(model_step_status(e->m));
-    const engine_choice how = engine_choose(e);
-    const bool ids_only = how != CHOOSE_HOST;
-    backend *be = e->m->be;
-    if (ids_only) {
-        tensor ids = tensor_1d(e->ids_dev, DT_I32, lg.shape[0]);
-        if (how == CHOOSE_ARGMAX) {
-            be->ops->argmax_rows(be, NULL, ids, lg);
-        } else {
-            engine_rows_upload(e, (int)lg.shape[0]);
-            be->ops->sample_rows(be, NULL, ids, lg, e->rows_dev);
+    if (e->pend) {   /* the next step goes in before the pending one is read, while every row samples on the device */
+        engine_flight *prev = &e->fl[e->cur];
+        e->pend = false;
+        if (e->n_host_sampled == 0) {
+            engine_speculate(e, prev);
+            if (sched_schedule(&e->s) > 0) SK_TRY(engine_issue(e, true));
+            SK_ASSERT(e->pend || e->s.n_items == 0);   /* every row the device's to choose: pending */
         }
+        *n_out = engine_collect(e, prev, n);
+        return SK_OK;
     }
-    const double w0 = time_now();
-    if (ids_only) backend_download(be, e->ids, e->ids_dev, sizeof(int) * (size_t)lg.shape[0]);
-    else backend_download(be, e->logits, lg.data, tensor_bytes(lg));
-    e->wait_s += time_now() - w0;
-    sched_advance(&e->s);
-    const int64_t ld = lg.stride[0];
-    const int n_items = e->s.n_items;
-    for (int i = 0; i < n_items; i++) {
-        engine_req *r = (engine_req *)e->s.items[i].seq;
-        if (r->seq.n_computed < r->seq.n_tokens) continue;   /* a prefill chunk: more to come */
-        e->outs[n++] = engine_sample(e, r, ids_only ? NULL : e->logits + (size_t)i * ld, ids_only ? e->ids[i] : -1);
-    }
-    /* retire finished requests after sampling: retiring edits the item list */
-    for (int i = *n_out; i < n; i++)
-        if (e->outs[i].finish) engine_retire(e, engine_find(e, e->outs[i].id));
+    if (sched_schedule(&e->s) == 0) return SK_OK;
+    SK_TRY(engine_issue(e, false));
+    if (!e->pend) n = engine_collect(e, &e->fl[e->cur], n);
     *n_out = n;
     return SK_OK;
 }
@@ -615,7 +757,7 @@ static sk_status engine_shadow_step(model *m, const int *h, engine_shadow *f) {
                        "(the ranks run different programs)", m->tp.rank, N, S);
     SK_TRY(comm_broadcast(m->tp.comm, f->msg, sizeof(int) * n, 0));
     const int *p = f->msg;
-    const model_batch b = {N, p, p + N, p + 2 * N, S, p + 3 * N, p + 3 * N + 3 * S, MB, R, p + 3 * N + 3 * S + S * MB};
+    const model_batch b = {N, p, p + N, p + 2 * N, S, p + 3 * N, p + 3 * N + 3 * S, MB, R, p + 3 * N + 3 * S + S * MB, NULL, 0, false};
     const model_kv_cache cache = kv_pool_cache(f->pool);
     model_infer_batch(m, &cache, &b);
     return model_step_status(m);

@@ -22,6 +22,19 @@
  * the backend grows on first use exists before recording); steps with prefill chunks, larger
  * ones, and every step with opts.eager run as issued.
  *
+ * Overlap. On a device (not on the host's backend, where a step computes as it is issued:
+ * SKEIN_ENGINE_OVERLAP=1 forces it there, =0 turns it off) a step whose tokens the device
+ * chooses (argmax_rows or sample_rows: no penalties, no log-probabilities) is left in flight:
+ * the next engine_step first issues the following step and only then reads it, so the host's
+ * scheduling, uploads and issuing overlap the device's work. The following step's inputs for
+ * the sequences that go on are the in-flight step's chosen ids, still on the device
+ * (model_batch.token_src): before they are read, each such request holds a placeholder token
+ * (never hashed into the prefix cache, never shown by engine_tokens). A request that a stop id
+ * ends has its next step computed in vain; max_tokens and the context, known ahead, end it
+ * without one. While any live request needs the host to choose, steps are read as they are
+ * issued. So with overlap a step's outputs come from the next engine_step call (the first call
+ * returns none) and engine_has_work stays true while a step is in flight.
+ *
  * Requests are admitted first come, first served. Each keeps its own generator (seeded by
  * its params), so its samples do not depend on what else is in the batch (on a device, a
  * request without penalties or log-probabilities is drawn there instead, from Philox keyed by
@@ -106,7 +119,8 @@ void engine_free(engine *e);
  * more blocks than the whole pool holds. */
 sk_status engine_add_request(engine *e, const int *prompt, int n, const engine_params *p, int *id);
 /* Runs one step: *out (valid until the next call) lists the requests that got a token or
- * finished, *n_out of them (0 when nothing was waiting). SK_ECOMM when a rank of a split model
+ * finished, *n_out of them (0 when nothing was waiting; with overlap, the outputs of the step
+ * the previous call issued: see the top). SK_ECOMM when a rank of a split model
  * failed (see the top). */
 sk_status engine_step(engine *e, const engine_output **out, int *n_out);
 /* Ends request id now (its blocks freed at once); false when it is not live. Its end is

@@ -102,7 +102,7 @@ int sched_schedule(sched *s) {
     }
     while (!preempted && budget > 0 && s->n_waiting > 0 && s->n_running < s->max_seqs) {
         sched_seq *seq = s->waiting[0];
-        seq->n_computed = kv_seq_match(s->pool, &seq->kv, seq->tokens, seq->n_tokens);
+        seq->n_computed = kv_seq_match(s->pool, &seq->kv, seq->tokens, seq->n_tokens - seq->n_pending);
         int n = seq->n_tokens - seq->n_computed;
         n = n < budget ? n : budget;
         if (!kv_seq_reserve(s->pool, &seq->kv, seq->n_computed + n)) {
@@ -119,10 +119,15 @@ int sched_schedule(sched *s) {
     return s->n_items;
 }
 
+void sched_commit(sched *s, sched_seq *seq) {
+    const int known = seq->n_tokens - seq->n_pending;
+    kv_seq_commit(s->pool, &seq->kv, seq->tokens, seq->n_computed < known ? seq->n_computed : known);
+}
+
 void sched_advance(sched *s) {
     for (int i = 0; i < s->n_items; i++) {
         sched_seq *seq = s->items[i].seq;
         seq->n_computed += s->items[i].n;
-        kv_seq_commit(s->pool, &seq->kv, seq->tokens, seq->n_computed);
+        sched_commit(s, seq);
     }
 }

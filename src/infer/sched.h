@@ -30,7 +30,9 @@ typedef enum sched_state { SCHED_NEW, SCHED_WAITING, SCHED_RUNNING } sched_state
 
 typedef struct sched_seq {
     const int *tokens;       /* (n_tokens) prompt then generated, the caller's */
-    int n_tokens;            /* known tokens; the caller appends as it samples */
+    int n_tokens;            /* tokens; the caller appends as it samples */
+    int n_pending;           /* of them, the last ones whose values are not known yet (a step chose them on
+                              * the device and the host has not read them): computed, never hashed */
     int n_computed;          /* positions whose keys and values are in the cache */
     kv_seq kv;               /* its blocks */
     sched_state state;
@@ -65,8 +67,11 @@ sk_status sched_add(sched *s, sched_seq *seq);
 void sched_remove(sched *s, sched_seq *seq);
 /* Plans the next step into s->items and returns how many (0: nothing to run). */
 int sched_schedule(sched *s);
-/* After the step ran: advances each item's n_computed and commits its full blocks to the
- * prefix cache. */
+/* After the step ran (or was issued): advances each item's n_computed and commits its full
+ * blocks of known tokens to the prefix cache (sched_commit). */
 void sched_advance(sched *s);
+/* Commits seq's full computed blocks whose tokens are all known (n_tokens - n_pending) to the
+ * prefix cache; the caller calls it again once pending tokens became known. */
+void sched_commit(sched *s, sched_seq *seq);
 
 #endif

@@ -97,16 +97,27 @@ void arch_batch_plan(arch_batch_ids *ids, arch_infer_dims d, arch_plan_entry *pl
     for (int i = 0; i < ARCH_BATCH_PLAN_ENTRIES; i++) plan[(*n)++] = e[i];
 }
 
+/* One of b's arrays into the workspace: issued in stream order from pinned arrays, else
+ * waited for (the host may reuse its array at once). */
+static void arch_upload(backend *be, const model_batch *b, void *dst, const void *src, size_t bytes) {
+    if (b->pinned && bytes) be->ops->copy(be, dst, src, bytes, COPY_HOST_TO_DEVICE, NULL);
+    else backend_upload(be, dst, src, bytes);
+}
+
 void arch_batch_upload(model *m, const arch_batch_ids *ids, arch_infer_dims d, const model_batch *b) {
     backend *be = m->be;
     const size_t N = (size_t)b->n_tokens, S = (size_t)b->n_seqs, I = sizeof(int);
     SK_ASSERT(b->n_tokens <= d.tokens && b->n_seqs <= d.seqs && b->max_blocks <= d.ctx);
-    backend_upload(be, ids->tokens, tp_token_rows(m, b->tokens, b->n_tokens), N * I);
-    backend_upload(be, ids->pos, b->pos, N * I);
-    backend_upload(be, ids->slot, b->slot, N * I);
-    backend_upload(be, ids->seq, b->seq, 3 * S * I);
-    backend_upload(be, ids->tables, b->tables, S * (size_t)b->max_blocks * I);
-    backend_upload(be, ids->out_rows, b->out_rows, (size_t)b->n_out * I);
+    SK_ASSERT(!b->pinned || m->tp.size == 1);   /* tp_token_rows' answer is not pinned */
+    arch_upload(be, b, ids->tokens, tp_token_rows(m, b->tokens, b->n_tokens), N * I);
+    if (b->token_src)   /* tokens still on the device: the previous step's ids */
+        be->ops->resolve_ids(be, NULL, tensor_1d(ids->tokens, DT_I32, b->n_tokens),
+                             tensor_1d((void *)b->token_src, DT_I32, b->n_token_src));
+    arch_upload(be, b, ids->pos, b->pos, N * I);
+    arch_upload(be, b, ids->slot, b->slot, N * I);
+    arch_upload(be, b, ids->seq, b->seq, 3 * S * I);
+    arch_upload(be, b, ids->tables, b->tables, S * (size_t)b->max_blocks * I);
+    arch_upload(be, b, ids->out_rows, b->out_rows, (size_t)b->n_out * I);
 }
 
 tensor arch_cache_rows(const model_kv_cache *kv, int l, bool values, int64_t KD) {

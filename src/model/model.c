@@ -327,7 +327,7 @@ tensor model_infer_step(model *m, model_kv *kv, const int *tokens, int n) {
     const model_kv_cache cache = {kv->mem, kv->mem + (size_t)kv->n_layer * per_layer * dtype_size(kv->dt), kv->dt,
                                   per_layer, 1, kv->max_T};
     const int seq[3] = {0, n, kv->pos + n}, table[1] = {0}, last = n - 1;
-    const model_batch b = {n, tokens, kv->pos_ids + kv->pos, kv->pos_ids + kv->pos, 1, seq, table, 1, 1, &last};
+    const model_batch b = {n, tokens, kv->pos_ids + kv->pos, kv->pos_ids + kv->pos, 1, seq, table, 1, 1, &last, NULL, 0, false};
     tensor logits = model_infer_batch(m, &cache, &b);
     kv->pos += n;
     return tensor_reshape(logits, 1, &logits.shape[1]);
@@ -358,7 +358,10 @@ void model_infer_upload(model *m, const model_kv_cache *kv, const model_batch *b
         }
     }
     for (int i = 0; i < b->n_out; i++) SK_ASSERT(b->out_rows[i] >= 0 && b->out_rows[i] < N);
-    arch_check_tokens(m, b->tokens, (size_t)N);
+    SK_ASSERT(!b->token_src || m->tp.size == 1);
+    if (!b->token_src) arch_check_tokens(m, b->tokens, (size_t)N);
+    for (int i = 0; b->token_src && i < N; i++)
+        SK_ASSERT(b->tokens[i] < m->cfg.vocab_size && -b->tokens[i] - 1 < b->n_token_src);
     m->arch->infer_upload(m, b);
 }
 

@@ -272,6 +272,11 @@ typedef struct model_batch {
     int max_blocks;
     int n_out;               /* R <= S rows whose logits come back */
     const int *out_rows;     /* (R) rows of the batch */
+    const int *token_src;    /* NULL, or (n_token_src) backend memory: a token -k-1 in tokens is token_src[k]
+                              * (the previous step's chosen ids, not yet read by the host: resolve_ids) */
+    int n_token_src;
+    bool pinned;             /* the arrays are pinned host memory (backend_alloc_pinned) left unchanged until
+                              * the step has run: model_infer_upload issues their copies without waiting */
 } model_batch;
 
 /* What an architecture provides (gpt2.c, llama.c). */
@@ -553,7 +558,8 @@ int64_t model_logits_ld(const model *m);
 tensor model_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b);
 /* model_infer_batch in its two halves, for a caller that records the second as a graph and
  * replays it (backend.h graph_begin): model_infer_upload checks b (as model_infer_batch does)
- * and copies its arrays into m's workspace, waiting for them to land; model_infer_compute then
+ * and copies its arrays into m's workspace, waiting for them to land (b->pinned: issued in
+ * stream order, not waited for); model_infer_compute then
  * issues the forward over them on the default stream, taking only b's sizes (n_tokens, n_seqs,
  * max_blocks, n_out) from b: on a model that is not split, once a step of these sizes has run
  * (backends grow some scratch on first use), it allocates nothing and never waits for the

@@ -697,6 +697,17 @@ static void cpu_set_rows(backend *be, backend_stream *stream, tensor dst, tensor
     }
 }
 
+static void cpu_resolve_ids(backend *be, backend_stream *stream, tensor ids_t, tensor src_t) {
+    SK_ASSERT(ids_t.ndim == 1 && src_t.ndim == 1 && ids_t.dt == DT_I32 && src_t.dt == DT_I32);
+    int *ids = tensor_i32(ids_t);
+    const int *src = tensor_i32(src_t);
+    for (int64_t i = 0; i < ids_t.shape[0]; i++)
+        if (ids[i] < 0) {
+            SK_ASSERT(-ids[i] - 1 < src_t.shape[0]);
+            ids[i] = src[-ids[i] - 1];
+        }
+}
+
 /* The first maximum of each row, as sample.c's greedy loop finds it. */
 static void cpu_argmax_rows(backend *be, backend_stream *stream, tensor ids_t, tensor x_t) {
     SK_ASSERT(x_t.ndim == 2 && x_t.stride[1] == 1 && ids_t.ndim == 1 && ids_t.shape[0] == x_t.shape[0]);
@@ -789,6 +800,7 @@ static const backend_ops cpu_ops = {
     .set_rows = cpu_set_rows,
     .paged_attention = cpu_paged_attention,
     .argmax_rows = cpu_argmax_rows,
+    .resolve_ids = cpu_resolve_ids,
 };
 
 backend *backend_cpu_create(void) {

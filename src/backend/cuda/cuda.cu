@@ -508,6 +508,11 @@ static void cuda_paged_attention_op(backend *be, backend_stream *s, tensor out, 
                          NKV, HS, W);
 }
 
+static void cuda_resolve_ids_op(backend *be, backend_stream *s, tensor ids, tensor src) {
+    SK_ASSERT(ids.ndim == 1 && src.ndim == 1 && ids.dt == DT_I32 && src.dt == DT_I32);
+    cuda_resolve_ids(stream_of(be, s), (int *)ids.data, (int)ids.shape[0], (const int *)src.data);
+}
+
 static void cuda_argmax_rows_op(backend *be, backend_stream *s, tensor ids, tensor x) {
     int64_t ld;
     SK_ASSERT(x.dt == DT_F32 && ids.dt == DT_I32 && ids.ndim == 1 && ids.shape[0] == x.shape[0] &&
@@ -624,6 +629,7 @@ static const backend_ops cuda_ops = {
     .paged_attention = cuda_paged_attention_op,
     .argmax_rows = cuda_argmax_rows_op,
     .sample_rows = cuda_sample_rows_op,
+    .resolve_ids = cuda_resolve_ids_op,
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
     .graph_launch = cuda_graph_launch,

@@ -271,6 +271,8 @@ void cuda_paged_prefill_tc(cudaStream_t s, __nv_bfloat16 *out, int64_t ldo, cons
 size_t cuda_paged_ws_floats(int n_sm);
 /* ids[r] = the first column of the largest value of row r of x(R,V) (row stride ld). */
 void cuda_argmax_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V);
+/* Each negative ids[i] (i < n) = -k-1 becomes src[k] (backend.h resolve_ids). */
+void cuda_resolve_ids(cudaStream_t s, int *ids, int n, const int *src);
 /* ids[r] = backend_sample_row's draw from row r of x(R,V) under opts[r] (device memory). */
 void cuda_sample_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V,
                       const backend_sample_row *opts);

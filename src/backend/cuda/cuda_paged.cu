@@ -1,4 +1,4 @@
-/* cuda_paged: the engine's ops on the GPU (backend.h set_rows, paged_attention, argmax_rows,
+/* cuda_paged: the engine's ops on the GPU (backend.h set_rows, paged_attention, resolve_ids, argmax_rows,
  * sample_rows): writing new keys and values into their slots of the block pool, grouped-query
  * attention of a ragged batch of sequences whose keys and values are reached through block
  * tables, and the choice of each logits row's token (greedy, or drawn: the restricting
@@ -390,6 +390,20 @@ void cuda_paged_attention(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_
     else
         paged_launch(x, s, (float *)out.p, ldo, (const float *)q.p, ldq, (const float *)kc.p, ldk, (const float *)vc.p,
                      ldv, seqs, tables, N, S, MB, BS, NH, NKV, HS, W);
+}
+
+/* ---- resolve_ids ---- */
+
+__global__ void resolve_ids_kernel(int *ids, int n, const int *src) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        if (ids[i] < 0) ids[i] = src[-ids[i] - 1];
+}
+
+void cuda_resolve_ids(cudaStream_t s, int *ids, int n, const int *src) {
+    if (n <= 0) return;
+    const int blocks = (n + 255) / 256 < 64 ? (n + 255) / 256 : 64;
+    resolve_ids_kernel<<<blocks, 256, 0, s>>>(ids, n, src);
+    CUDA_CHECK_LAUNCH();
 }
 
 /* ---- argmax_rows and sample_rows: one block of ARGMAX_THREADS per row ---- */
