@@ -346,6 +346,19 @@ err:
 static sk_status nccl_split(comm *c, int color, int key, comm **out);
 static const comm_ops nccl_ops = {nccl_start, nccl_wait, nccl_test, nccl_free, nccl_set_backend, nccl_split};
 
+/* A new nccl comm with a zeroed nccl_impl and timeout_s; NULL when memory runs out. */
+static comm *nccl_new(double timeout_s) {
+    comm *c = calloc(1, sizeof *c);
+    nccl_impl *m = calloc(1, sizeof *m);
+    if (!c || !m) {
+        free(c);
+        free(m);
+        return NULL;
+    }
+    *c = (comm){.ops = &nccl_ops, .name = "nccl", .timeout_s = timeout_s, .impl = m};
+    return c;
+}
+
 /* comm_split: ncclCommSplit of c's communicator, its side channel split alike (MPI's, which
  * comm_want_split prepared; a torchrun-style store has no split: refused). Collective over c's
  * ranks, none of c's requests in flight (comm_split's contract); the new comm shares c's
@@ -357,14 +370,9 @@ static sk_status nccl_split(comm *c, int color, int key, comm **out) {
         return sk_fail(SK_EARG, "comm_split: an nccl communicator splits where MPI carries its side channel (mpirun, "
                        "srun); under torchrun-style variables use --comm gloo");
     if (!m->nc) return sk_fail(SK_ECOMM, "comm_split: the nccl communicator is broken by an earlier failure");
-    comm *s = calloc(1, sizeof *s);
-    nccl_impl *n = calloc(1, sizeof *n);
-    if (!s || !n) {
-        free(s);
-        free(n);
-        return sk_fail(SK_ENOMEM, "comm: out of memory");
-    }
-    *s = (comm){.ops = c->ops, .name = c->name, .timeout_s = c->timeout_s, .impl = n};
+    comm *s = nccl_new(c->timeout_s);
+    if (!s) return sk_fail(SK_ENOMEM, "comm: out of memory");
+    nccl_impl *n = s->impl;
     n->device = m->device;
     sk_status st = comm_split(m->host, color, key, &n->host);
     if (st == SK_OK) {
@@ -392,18 +400,10 @@ static sk_status nccl_split(comm *c, int color, int key, comm **out) {
 }
 
 sk_status comm_nccl_init(const comm_env *env, double timeout_s, comm **out) {
-    comm *c = calloc(1, sizeof *c);
-    nccl_impl *m = calloc(1, sizeof *m);
+    comm *c = nccl_new(timeout_s);
     *out = NULL;
-    if (!c || !m) {
-        free(c);
-        free(m);
-        return sk_fail(SK_ENOMEM, "comm: out of memory");
-    }
-    c->ops = &nccl_ops;
-    c->name = "nccl";
-    c->timeout_s = timeout_s;
-    c->impl = m;
+    if (!c) return sk_fail(SK_ENOMEM, "comm: out of memory");
+    nccl_impl *m = c->impl;
     c->rank = env->rank;
     c->world = env->world;
     c->local_rank = env->local_rank;
