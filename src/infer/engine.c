@@ -2,13 +2,15 @@
  *
  * A step: sched_schedule picks (sequence, chunk) items; each item's tokens become rows of one
  * flat batch with their own positions and slots (slot = table[pos / BS] * BS + pos % BS),
- * every item's last row asks for logits; one model_infer_batch; one download: the (R,V)
+ * every item's last row asks for logits; one model_infer_batch; one copy back: the (R,V)
  * logits, or, when every row that samples needs only its logits (engine_choose), the R ids
  * the device chose (argmax_rows, sample_rows; the GPU keeps the logits); sched_advance
  * commits the computed blocks; sequences whose every known token is now computed sample their
- * next token. The batch arrays and the host logits are planned in engine_create for max_batch_tokens rows and
- * max_seqs sequences, so a step allocates nothing (a decode step replayed as a graph runs over
- * the same arrays, padded: engine_forward).
+ * next token. A step is a flight (engine_issue, engine_collect): read at once, or, with overlap
+ * (engine.h), by the next engine_step after it issued the following flight. The two flights'
+ * batch arrays (pinned) and the host logits are planned in engine_create for max_batch_tokens
+ * rows and max_seqs sequences, so a step allocates nothing (a decode step replayed as a graph
+ * runs over the same arrays, padded: engine_forward).
  *
  * Invariants: live holds every request not yet reported finished, in arrival order; a
  * request's sched_seq is its first member, so a scheduler item leads back to its request;
@@ -78,7 +80,7 @@ struct engine {
     int *seq, *tables, *out_rows;   /* (max_seqs, 3), (max_seqs, max_blocks), (max_seqs) */
     float *logits;           /* (max_seqs, Vp) host: the rows as the model leaves them (model.h) */
     int *ids_dev;            /* (max_seqs) backend memory: argmax_rows' answer (NULL without the op) */
-    engine_flight fl[2];     /* with ids_dev: two steps' chosen ids on the host (fl[i].ids) */
+    engine_flight fl[2];     /* the last two steps issued */
     int cur;                 /* fl[cur]: the last step issued */
     bool pend;               /* fl[cur]'s step is issued and its ids not yet read (overlap) */
     bool overlap;            /* the next step may be issued on the device's ids of the pending one */

@@ -72,8 +72,8 @@ tensor arch_lm_head(backend *be, tensor w, tensor w_compute, void *scratch, dtyp
     return tensor_2d(scratch, lp, arch_vocab_padded(V), C);
 }
 
-void arch_check_tokens(const model *m, const int *tokens, size_t n) {
-    for (size_t i = 0; i < n; i++) SK_ASSERT(tokens[i] >= 0 && tokens[i] < m->cfg.vocab_size);
+void arch_check_tokens(const model *m, const int *tokens, size_t n, int n_src) {
+    for (size_t i = 0; i < n; i++) SK_ASSERT(tokens[i] >= -n_src && tokens[i] < m->cfg.vocab_size);
 }
 
 bool arch_ends_with(const char *s, const char *suffix) {

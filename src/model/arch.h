@@ -99,8 +99,9 @@ typedef struct arch_split_rule { const char *suffix; model_split split; } arch_s
 /* The split of the first of the n rules whose suffix ends name; SPLIT_WHOLE when none does. */
 model_split arch_split_find(const char *name, const arch_split_rule *rules, int n);
 
-/* Asserts every token id is inside the vocabulary (callers validate input before this). */
-void arch_check_tokens(const model *m, const int *tokens, size_t n);
+/* Asserts every token id is inside the vocabulary, or, from -n_src on, a token the device
+ * resolves (model_batch.token_src: -k-1 for entry k < n_src); callers validate input before this. */
+void arch_check_tokens(const model *m, const int *tokens, size_t n, int n_src);
 bool arch_ends_with(const char *s, const char *suffix);
 
 #endif

@@ -387,7 +387,7 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     tensor encoded = arch_mat(a->encoded, N, C), lnf = arch_mat_at(a->lnf, s->lp, 0, N, C);
     tensor logits = tensor_2d_ld(a->logits, s->lp, N, V, arch_vocab_padded(V));
 
-    arch_check_tokens(m, tokens, (size_t)N);
+    arch_check_tokens(m, tokens, (size_t)N, 0);
     model_hook_before_forward(m, -1);
     backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
     op->embed_forward(be, NULL, encoded, tensor_2d(a->tokens, DT_I32, B, T), gpt2_tensor(m, false, P_WTE),

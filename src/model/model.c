@@ -359,9 +359,7 @@ void model_infer_upload(model *m, const model_kv_cache *kv, const model_batch *b
     }
     for (int i = 0; i < b->n_out; i++) SK_ASSERT(b->out_rows[i] >= 0 && b->out_rows[i] < N);
     SK_ASSERT(!b->token_src || m->tp.size == 1);
-    if (!b->token_src) arch_check_tokens(m, b->tokens, (size_t)N);
-    for (int i = 0; b->token_src && i < N; i++)
-        SK_ASSERT(b->tokens[i] < m->cfg.vocab_size && -b->tokens[i] - 1 < b->n_token_src);
+    arch_check_tokens(m, b->tokens, (size_t)N, b->token_src ? b->n_token_src : 0);
     m->arch->infer_upload(m, b);
 }
 
