@@ -129,6 +129,15 @@ typedef struct backend_ops {
     /* Optional: releases what be->impl holds (streams, library handles, workspaces) before
      * backend_free frees it. NULL: impl is plain memory (mem_free). */
     void (*destroy)(backend *be);
+    /* Optional (NULL: a process's device memory is its own): device memory that processes on
+     * the same device share. With *fd < 0: bytes of new device memory (not zeroed), exported as
+     * a file descriptor into *fd (the caller's to close; another process gets it by fork or
+     * SCM_RIGHTS). With *fd >= 0: the memory another process exported as fd, mapped here (bytes
+     * as it gave them; fd stays the caller's). The physical memory lives while any process maps
+     * it or holds a descriptor of it. NULL + sk_fail when it cannot. */
+    void *(*ipc_map)(backend *be, size_t bytes, int *fd);
+    /* Unmaps what ipc_map returned (bytes as given to it). */
+    void (*ipc_unmap)(backend *be, void *p, size_t bytes);
 
     /* ---- compute ----
      * Every op runs on stream s (NULL: the default stream) and takes views (tensor.h) for its

@@ -2,8 +2,9 @@
  * events, and every compute op's table entry, which checks its views (SK_ASSERT: a wrong
  * view is a caller's bug) and calls its launcher (cuda_ops.cu, cuda_attention.cu).
  *
- * Invariants: device memory comes from cudaMalloc and pinned host memory from
- * cudaMallocHost (never managed memory); both are zeroed when handed out. A backend_stream
+ * Invariants: device memory comes from cudaMalloc (or, shared between processes, from the
+ * driver's cuMemCreate: cuda_ipc.cu) and pinned host memory from cudaMallocHost (never managed
+ * memory); cudaMalloc's and cudaMallocHost's are zeroed when handed out. A backend_stream
  * is its cudaStream_t; NULL means the backend's own default stream, created non-blocking
  * (never the legacy stream), so work on other streams overlaps it. Ops are asynchronous:
  * only stream_synchronize, event_synchronize, alloc and free wait for the device. Ops
@@ -598,6 +599,8 @@ static const backend_ops cuda_ops = {
     .mem_info = cuda_mem_info,
     .supports = cuda_supports,
     .destroy = cuda_destroy,
+    .ipc_map = cuda_ipc_map,
+    .ipc_unmap = cuda_ipc_unmap,
     .matmul = cuda_matmul_op,
     .bias_add = cuda_bias_add_op,
     .bias_backward = cuda_bias_backward_op,

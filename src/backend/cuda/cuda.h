@@ -16,7 +16,8 @@
  * aligned rows on the own tensor-core flash kernels (cuda_attention_tc.cu), other shapes on
  * the tiled kernels, which also take bf16 storage (both round the probabilities to bf16
  * before they weight v, as FlashAttention does). Memory is cudaMalloc'd device memory and
- * cudaMallocHost'd pinned memory, never managed memory.
+ * cudaMallocHost'd pinned memory, never managed memory; device memory that processes share
+ * (ipc_map) is the driver's cuMemCreate'd memory, exported as a file descriptor (cuda_ipc.cu).
  *
  * SKEIN_CUDA_ATTN, read when the backend is created, picks the attention kernels: cudnn (the
  * default, as above), cudnn-nondeterministic (cuDNN's faster backward whose sums may differ in

@@ -277,4 +277,8 @@ void cuda_resolve_ids(cudaStream_t s, int *ids, int n, const int *src);
 void cuda_sample_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V,
                       const backend_sample_row *opts);
 
+/* ---- memory processes share (cuda_ipc.cu): backend.h's ipc_map and ipc_unmap ---- */
+void *cuda_ipc_map(backend *be, size_t bytes, int *fd);
+void cuda_ipc_unmap(backend *be, void *p, size_t bytes);
+
 #endif
