@@ -3,12 +3,14 @@
  * Layout: spec i lies at offset[i] bytes of one device allocation, in plan order, each
  * DEVW_ALIGN-aligned (cuBLASLt and the vector kernels read 16-byte units). The upload walks
  * the specs in that order, cutting each into chunks of at most DEVW_CHUNK_ELEMS elements (a
- * staging buffer holds one in f32, the widest destination dtype). */
+ * staging buffer holds one in f32, the widest destination dtype). The allocation is
+ * backend_alloc's, or ipc_map's when the process shares its copy with others (devw.h). */
 #include "model/devw.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DEVW_ALIGN 256
 #define DEVW_STAGES 3
@@ -25,12 +27,16 @@ struct devw {
     int n_specs;
     size_t bytes;
     unsigned char *mem;        /* device */
+    bool ipc;                  /* mem is ipc_map's (exported or imported), else backend_alloc's */
+    int fd;                    /* the exported memory's descriptor, or -1 */
     tensor *views;             /* (n_specs) */
     devw *next;                /* in the shared list */
 };
 
 static pthread_mutex_t devw_lock = PTHREAD_MUTEX_INITIALIZER;
 static devw *devw_list;
+static bool devw_ipc_next;      /* devw_ipc_use's, for the next new copy of devw_get (devw_lock) */
+static devw_ipc devw_ipc_want;
 
 /* The device dtype of a spec: bf16 matrices, f32 vectors. */
 static dtype devw_dtype(const model_param *p) { return p->ndim >= 2 ? DT_BF16 : DT_F32; }
@@ -107,14 +113,44 @@ static sk_status devw_upload(devw *d, const model *m, devw_source src, void *ctx
 }
 
 static void devw_destroy(devw *d) {
-    if (d->mem) backend_mem_free(d->be, d->mem);
+    if (d->mem && d->ipc) d->be->ops->ipc_unmap(d->be, d->mem, d->bytes);
+    else if (d->mem) backend_mem_free(d->be, d->mem);
+    if (d->fd >= 0) close(d->fd);
     backend_free(d->be);
     mem_free(d->views);
     wts_free(d->w);
     mem_free(d);
 }
 
-sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out) {
+/* d->mem of d->bytes: backend_alloc's, or as ipc says (NULL: not shared with other processes;
+ * devw_ipc_use); *imported tells whether it holds another process's copy already. */
+static sk_status devw_alloc(devw *d, const devw_ipc *ipc, bool *imported) {
+    backend *be = d->be;
+    *imported = ipc && ipc->fd >= 0;
+    if (*imported && ipc->bytes != d->bytes)
+        return sk_fail(SK_ECONFIG, "weights: the device copy another process made on %s device %d holds %zu bytes, this "
+                       "process's plan %zu: not the same weights, not mapped", be->name, be->device, ipc->bytes, d->bytes);
+    if (ipc) {
+        int fd = *imported ? ipc->fd : -1;
+        if (!be->ops->ipc_map) {
+            sk_fail(SK_EARG, "the %s backend cannot share device memory between processes", be->name);
+        } else if ((d->mem = be->ops->ipc_map(be, d->bytes, &fd))) {
+            d->ipc = true;
+            d->fd = *imported ? -1 : fd;
+            return SK_OK;
+        }
+        if (*imported) return sk_fail_ctx(SK_EIO, "weights: mapping the device copy another process made");
+        log_info("weights: the device copy on %s device %d cannot be shared with other processes (%s); this process "
+                 "uploads its own", be->name, be->device, sk_errmsg());
+    }
+    if (!(d->mem = backend_alloc(be, d->bytes)))
+        return sk_fail_ctx(SK_ENOMEM, "a device copy of %.2f GB of weights", (double)d->bytes / 1e9);
+    return SK_OK;
+}
+
+/* A copy of m's specs on m->be's device filled from src, or mapped from another process's
+ * (ipc: devw_alloc). */
+static sk_status devw_new(const model *m, devw_source src, void *ctx, const devw_ipc *ipc, devw **out) {
     *out = NULL;
     devw *d = mem_calloc(sizeof *d);
     if (!d || !(d->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs))) {
@@ -123,10 +159,13 @@ sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out) {
     }
     atomic_init(&d->refs, 1);
     d->n_specs = m->n_specs;
+    d->fd = -1;
     if (!(d->be = backend_create_on(m->be->name, m->be->device))) {
         devw_destroy(d);
         return SK_EARG;
     }
+    bool imported = false;
+    sk_status st = SK_OK;
     for (int pass = 0; pass < 2; pass++) {   /* sizes, then views into the allocation */
         size_t off = 0;
         for (int i = 0; i < m->n_specs; i++) {
@@ -135,18 +174,25 @@ sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out) {
             off += (p->numel * dtype_size(devw_dtype(p)) + DEVW_ALIGN - 1) / DEVW_ALIGN * DEVW_ALIGN;
         }
         d->bytes = off;
-        if (!pass && !(d->mem = backend_alloc(d->be, off))) {
+        if (!pass && (st = devw_alloc(d, ipc, &imported)) != SK_OK) {
             devw_destroy(d);
-            return sk_fail_ctx(SK_ENOMEM, "a device copy of %.2f GB of weights", (double)off / 1e9);
+            return st;
         }
     }
-    sk_status st = devw_upload(d, m, src, ctx);
+    if (imported)
+        log_info("weights: sharing the %.2f GB device copy on %s device %d with replica processes (imported)",
+                 (double)d->bytes / 1e9, d->be->name, d->be->device);
+    else st = devw_upload(d, m, src, ctx);
     if (st != SK_OK) {
         devw_destroy(d);
         return st;
     }
     *out = d;
     return SK_OK;
+}
+
+sk_status devw_make(const model *m, devw_source src, void *ctx, devw **out) {
+    return devw_new(m, src, ctx, NULL, out);
 }
 
 sk_status devw_get(wts *w, const model *m, const tensor *views, devw **out) {
@@ -162,7 +208,10 @@ sk_status devw_get(wts *w, const model *m, const tensor *views, devw **out) {
             break;
         }
     sk_status st = SK_OK;
-    if (!*out && (st = devw_make(m, devw_from_views, (void *)views, out)) == SK_OK) {
+    const devw_ipc ipc = devw_ipc_want;
+    const bool use_ipc = !*out && devw_ipc_next;
+    if (use_ipc) devw_ipc_next = false;   /* for one new copy */
+    if (!*out && (st = devw_new(m, devw_from_views, (void *)views, use_ipc ? &ipc : NULL, out)) == SK_OK) {
         (*out)->w = wts_ref(w);
         (*out)->shared = true;
         (*out)->next = devw_list;
@@ -192,3 +241,12 @@ void devw_free(devw *d) {
     pthread_mutex_unlock(&devw_lock);
     if (last) devw_destroy(d);
 }
+
+void devw_ipc_use(devw_ipc ipc) {
+    pthread_mutex_lock(&devw_lock);
+    devw_ipc_want = ipc;
+    devw_ipc_next = true;
+    pthread_mutex_unlock(&devw_lock);
+}
+
+devw_ipc devw_ipc_of(const devw *d) { return (devw_ipc){.fd = d->fd, .bytes = d->bytes}; }

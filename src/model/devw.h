@@ -28,7 +28,22 @@
  * its own costs one cuBLAS workspace per device copy and touches nothing else. Its device memory
  * is the device's (one CUDA context per device and process), so any backend on that device
  * reads it. The last reference is dropped on a thread whose current device is the copy's (as
- * every engine's thread is). The list is guarded by a mutex; a devw is immutable once made. */
+ * every engine's thread is). The list is guarded by a mutex; a devw is immutable once made.
+ *
+ * Across processes: a CUDA context is a process's, so the list shares within one process only.
+ * Replica processes (serve/replica.c) share one copy per device through the backend's ipc_map:
+ * the first child on a device makes its copy in memory exported as a file descriptor
+ * (devw_ipc_use with fd -1, then devw_ipc_of) and hands it to the server, which keeps it and
+ * gives it to every later child on that device; such a child maps that memory (devw_ipc_use
+ * with the fd) and uploads nothing. The descriptor keeps the physical memory: the CUDA driver
+ * API reference says of cuMemRelease "The memory allocation will be freed when all outstanding
+ * mappings to the memory are unmapped and when all outstanding references to the handle
+ * (including it's shareable counterparts) are also released", and of
+ * cuMemExportToShareableHandle "Once all shareable handles are closed and the allocation is
+ * released, the allocated memory referenced will be released back to the OS". So the copy
+ * outlives the child that made it while the server holds its descriptor or any child maps it
+ * (backend/cuda/cuda_ipc.cu). The layout is the plan's (devw.c), the same in every process of
+ * one model: the byte count travels with the descriptor and a mismatch is refused. */
 #ifndef SKEIN_DEVW_H
 #define SKEIN_DEVW_H
 
@@ -61,5 +76,22 @@ tensor devw_view(const devw *d, int i);
 size_t devw_bytes(const devw *d);
 /* Drops a reference; the last one frees the device memory and the wts reference. NULL is fine. */
 void devw_free(devw *d);
+
+/* A copy's device memory as a file descriptor another process maps, and its bytes. */
+typedef struct devw_ipc {
+    int fd;          /* -1: none */
+    size_t bytes;    /* devw_bytes of the copy */
+} devw_ipc;
+
+/* The next copy devw_get makes in this process (not one it shares: a new one) is made through
+ * the backend's ipc_map: with ipc.fd < 0 in new exported memory, uploaded as usual (where the
+ * backend cannot export, the reason is logged and the copy is the process's own); with
+ * ipc.fd >= 0 by mapping the memory of another process's copy of the same weights, nothing
+ * uploaded (logged as "imported"), refused with SK_ECONFIG when ipc.bytes differs from the
+ * plan's bytes and with ipc_map's status when it cannot be mapped. ipc.fd stays the caller's. */
+void devw_ipc_use(devw_ipc ipc);
+/* The descriptor of d's exported memory (d's: valid while d lives) and d's bytes; fd -1 when d
+ * was not exported (a plain copy, or one mapped from another process). */
+devw_ipc devw_ipc_of(const devw *d);
 
 #endif

@@ -13,12 +13,14 @@
  * itself, on its own thread, before it is joined.
  *
  * A process replica (--replica-process, rproc.h) runs the same loop; only its engine is in a
- * child process forked by its thread, which builds it there as the thread would here (on CUDA
- * the child is the first of the server's processes to use the device, and uploads a device
- * copy of its own: copies are shared within a process only, and the log says so): adding,
+ * child process forked by its thread, which builds it there as the thread would here: adding,
  * cancelling and stepping go to the child, a dead child fails the step like an engine error,
  * and while idle the thread pings the child every REPLICA_HEARTBEAT_MS, so that a child that
- * dies idle is replaced at once. */
+ * dies idle is replaced at once. On CUDA (one rank) the children on a device share one device
+ * copy of the weights across processes (devw.h): the first child there makes it in exported
+ * memory and hands its descriptor to its thread (rproc_share), the router keeps it
+ * (router_copy) and every later child on the device inherits it and maps the copy. A child
+ * that starts while another on its device makes the copy waits for it, so that there is one. */
 #include <omp.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,10 +51,6 @@ static sk_status replica_build_engine(replica *rep) {
         if (!(rep->own_be = backend_create_on("cuda", rep->device))) return SK_EARG;
         /* over the router's mapping: the replicas on this device share one device copy (devw.h) */
         SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, rt->o.tp, &rep->m));
-        if (rt->o.process && rep->m->dev)
-            fprintf(stderr, "skein serve: model %s: replica %d (process %d) uploads its own device copy of the weights "
-                    "(%.2f GB on cuda device %d): replica processes do not share device memory\n", rt->name, rep->id,
-                    (int)getpid(), (double)devw_bytes(rep->m->dev) / 1e9, rep->device);
     } else {
         comm *c = rt->o.tp;
         if (rt->o.tp_ranks > 1) SK_TRY(replica_tp_join(rep, &c));   /* a process replica's child */
@@ -61,19 +59,85 @@ static sk_status replica_build_engine(replica *rep) {
     return engine_create(rep->m, &rt->eo, &rep->e);
 }
 
-/* rproc_build_fn: a process replica's engine, built in its child. */
-static sk_status replica_build_child(void *ctx, engine **e) {
+/* Whether rep's child shares its device's copy of the weights with the other children (a
+ * process replica of one rank on CUDA). */
+static bool replica_shares_copy(const replica *rep) {
+    return rep->rt->o.process && rep->device >= 0 && rep->rt->o.tp_ranks <= 1;
+}
+
+/* rproc_build_fn: a process replica's engine, built in its child; on CUDA its device copy of
+ * the weights mapped from the one given, or made and handed back (devw_ipc_use). */
+static sk_status replica_build_child(void *ctx, rproc_share given, engine **e, rproc_share *share) {
     replica *rep = ctx;
+    if (replica_shares_copy(rep)) devw_ipc_use((devw_ipc){.fd = given.fd, .bytes = (size_t)given.bytes});
     SK_TRY(replica_build_engine(rep));
+    if (replica_shares_copy(rep) && rep->m->dev) {
+        const devw_ipc x = devw_ipc_of(rep->m->dev);
+        *share = (rproc_share){.fd = x.fd, .bytes = x.bytes};
+    }
     *e = rep->e;
     return SK_OK;
+}
+
+/* The router's entry for the copy on rep's device, made when missing (mu held). */
+static router_copy *replica_copy(replica *rep) {
+    router *rt = rep->rt;
+    for (int i = 0; i < rt->n_copies; i++)
+        if (rt->copies[i].device == rep->device) return &rt->copies[i];
+    SK_ASSERT(rt->n_copies < ROUTER_MAX_DEVICES);   /* a device of --devices, or device 0 */
+    router_copy *c = &rt->copies[rt->n_copies++];
+    *c = (router_copy){.device = rep->device, .share = {.fd = -1}};
+    return c;
+}
+
+/* What rep's child is given: the device's copy, or none (fd -1) when its child is to make it
+ * -- then the others on the device wait until replica_copy_settle. Its thread, without mu. */
+static rproc_share replica_copy_claim(replica *rep) {
+    router *rt = rep->rt;
+    if (!replica_shares_copy(rep)) return (rproc_share){.fd = -1};
+    pthread_mutex_lock(&rt->mu);
+    router_copy *c = replica_copy(rep);
+    while (c->making && !rt->stopping) pthread_cond_wait(&rt->changed, &rt->mu);
+    const rproc_share s = c->share;
+    if (s.fd < 0) c->making = true;
+    pthread_mutex_unlock(&rt->mu);
+    return s;
+}
+
+/* After rep's child started (or failed to): the copy it made (got) is kept when it was to make
+ * one, else closed, and the replicas waiting for it go on. Its thread, without mu. */
+static void replica_copy_settle(replica *rep, rproc_share gave, rproc_share got) {
+    router *rt = rep->rt;
+    if (!replica_shares_copy(rep)) return;
+    pthread_mutex_lock(&rt->mu);
+    router_copy *c = replica_copy(rep);
+    if (gave.fd < 0) {
+        c->making = false;
+        if (got.fd >= 0 && c->share.fd < 0) {
+            c->share = got;
+            got.fd = -1;
+            fprintf(stderr, "skein serve: model %s: replica %d (process %d) made the device copy of the weights on cuda "
+                    "device %d (%.2f GB); the replica processes started on it after share it\n", rt->name, rep->id,
+                    (int)rproc_pid(rep->proc), rep->device, (double)c->share.bytes / 1e9);
+        }
+        pthread_cond_broadcast(&rt->changed);
+    }
+    pthread_mutex_unlock(&rt->mu);
+    if (got.fd >= 0) close(got.fd);
 }
 
 /* Builds rep's engine, here or in its child process (its thread, without the lock). */
 static sk_status replica_build(replica *rep) {
     router *rt = rep->rt;
-    if (rt->o.process) SK_TRY(rproc_start(replica_build_child, rep, &rep->proc));
-    else SK_TRY(replica_build_engine(rep));
+    if (rt->o.process) {
+        const rproc_share give = replica_copy_claim(rep);
+        rproc_share got;
+        const sk_status st = rproc_start(replica_build_child, rep, give, &rep->proc, &got);
+        replica_copy_settle(rep, give, got);
+        SK_TRY(st);
+    } else {
+        SK_TRY(replica_build_engine(rep));
+    }
     rep->piece_cap = tok_stream_cap(rt->t);
     if (!(rep->piece = mem_alloc(rep->piece_cap))) return sk_fail(SK_ENOMEM, "serve: out of memory");
     return SK_OK;

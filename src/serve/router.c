@@ -655,6 +655,8 @@ void router_free(router *rt) {
                 rt->name, rt->n_orphans);
         return;
     }
+    for (int i = 0; i < rt->n_copies; i++)
+        if (rt->copies[i].share.fd >= 0) close(rt->copies[i].share.fd);
     mem_free(rt->reps);
     mem_free(rt->aff_key);
     mem_free(rt->aff_rep);

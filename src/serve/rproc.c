@@ -2,14 +2,16 @@
  *
  * Wire: a message is an rproc_hdr (magic, type, payload bytes) then the payload. STEP's
  * payload is a sequence of rproc_op (ADD followed by its n prompt ids, or CANCEL); DONE's is
- * an rproc_state and n rproc_out; PONG's an rproc_state; READY's the protocol version; FAIL's
- * the child's status (int32) and its message. Both ends are one executable (a fork), so
+ * an rproc_state and n rproc_out; PONG's an rproc_state; READY's an rproc_ready, its share's
+ * descriptor passed with the header's bytes (SCM_RIGHTS); FAIL's the child's status (int32)
+ * and its message. Both ends are one executable (a fork), so
  * structures travel as they are in memory.
  * Ids: the parent numbers requests itself (rproc_add returns at once); the child maps them to
  * its engine's ids. */
 #include "serve/rproc.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,7 +21,7 @@
 #include <unistd.h>
 
 #define RPROC_MAGIC 0x736b7270u   /* "skrp" */
-#define RPROC_VERSION 2
+#define RPROC_VERSION 3
 #define RPROC_MAX_PAYLOAD (256u << 20)   /* a larger header is a broken protocol */
 #define RPROC_EXIT_WAIT_MS 1000
 
@@ -31,6 +33,12 @@ static const char *const rproc_finish_names[] = {NULL, "stop", "length", "cancel
 typedef struct rproc_hdr {
     uint32_t magic, type, len;
 } rproc_hdr;
+
+typedef struct rproc_ready {
+    int32_t version;              /* RPROC_VERSION */
+    int32_t has_fd;               /* a descriptor came with the header */
+    uint64_t bytes;               /* the share's */
+} rproc_ready;
 
 typedef struct rproc_op {
     int32_t kind, id, n;          /* n: prompt ids following an ADD */
@@ -50,6 +58,7 @@ typedef struct rproc_out {
 struct rproc {
     pid_t pid;
     int fd;
+    int passed;                   /* a descriptor the child sent and nobody took yet, or -1 */
     bool reaped;
     int next_id, n_live;          /* ids given; requests the child holds (added, not finished) */
     char *ops;                    /* queued ops (n_ops bytes) */
@@ -76,13 +85,36 @@ static bool rproc_write_all(int fd, const void *buf, size_t n) {
     return true;
 }
 
-/* Reads n bytes; 1 when done, 0 at the end of the stream before any byte, -1 on error. */
-static int rproc_read_all(int fd, void *buf, size_t n) {
+/* The descriptors msg brought (SCM_RIGHTS): the first to *passed where it is -1 (passed not
+ * NULL), the others closed. */
+static void rproc_take_fds(struct msghdr *msg, int *passed) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        const size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < n; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+            if (passed && *passed < 0) *passed = f;
+            else close(f);
+        }
+    }
+}
+
+/* Reads n bytes; 1 when done, 0 at the end of the stream before any byte, -1 on error. A
+ * descriptor sent with them goes to *passed (rproc_take_fds). */
+static int rproc_read_all(int fd, void *buf, size_t n, int *passed) {
     char *p = buf;
     size_t got = 0;
     while (got < n) {
-        ssize_t k = read(fd, p + got, n - got);
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(sizeof(int))];
+        } ctl;
+        struct iovec iov = {p + got, n - got};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+        ssize_t k = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
         if (k < 0 && errno == EINTR) continue;
+        if (k >= 0) rproc_take_fds(&msg, passed);
         if (k < 0) return -1;
         if (k == 0) return got == 0 ? 0 : -1;
         got += (size_t)k;
@@ -90,16 +122,41 @@ static int rproc_read_all(int fd, void *buf, size_t n) {
     return 1;
 }
 
-static bool rproc_send(int fd, uint32_t type, const void *a, size_t na, const void *b, size_t nb) {
+/* Sends a message; pass >= 0: that descriptor goes with the header's bytes (SCM_RIGHTS). */
+static bool rproc_send_fd(int fd, int pass, uint32_t type, const void *a, size_t na, const void *b, size_t nb) {
     const rproc_hdr h = {RPROC_MAGIC, type, (uint32_t)(na + nb)};
-    return rproc_write_all(fd, &h, sizeof h) && rproc_write_all(fd, a, na) && rproc_write_all(fd, b, nb);
+    size_t sent = 0;
+    if (pass >= 0) {
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(sizeof(int))];
+        } ctl;
+        memset(&ctl, 0, sizeof ctl);
+        struct iovec iov = {(void *)&h, sizeof h};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pass, sizeof pass);
+        ssize_t k;
+        while ((k = sendmsg(fd, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR) {}
+        if (k <= 0) return false;
+        sent = (size_t)k;
+    }
+    return rproc_write_all(fd, (const char *)&h + sent, sizeof h - sent) && rproc_write_all(fd, a, na) &&
+           rproc_write_all(fd, b, nb);
+}
+
+static bool rproc_send(int fd, uint32_t type, const void *a, size_t na, const void *b, size_t nb) {
+    return rproc_send_fd(fd, -1, type, a, na, b, nb);
 }
 
 /* Receives one message into *buf (grown as needed): its type, or 0 at the end of the stream,
- * -1 on an error or a bad header. */
-static int rproc_recv(int fd, void **buf, size_t *cap, size_t *len) {
+ * -1 on an error or a bad header. A descriptor sent with it goes to *passed (rproc_take_fds). */
+static int rproc_recv(int fd, void **buf, size_t *cap, size_t *len, int *passed) {
     rproc_hdr h;
-    int r = rproc_read_all(fd, &h, sizeof h);
+    int r = rproc_read_all(fd, &h, sizeof h, passed);
     if (r <= 0) return r;
     if (h.magic != RPROC_MAGIC || h.len > RPROC_MAX_PAYLOAD) return -1;
     if (h.len + 1 > *cap) {
@@ -108,7 +165,7 @@ static int rproc_recv(int fd, void **buf, size_t *cap, size_t *len) {
         *buf = p;
         *cap = h.len + 1;
     }
-    if (h.len && rproc_read_all(fd, *buf, h.len) != 1) return -1;
+    if (h.len && rproc_read_all(fd, *buf, h.len, passed) != 1) return -1;
     ((char *)*buf)[h.len] = 0;
     *len = h.len;
     return (int)h.type;
@@ -241,21 +298,32 @@ static bool rproc_child_step(rproc_child *c) {
     return rproc_send(c->fd, RPROC_DONE, &s, sizeof s, c->out, sizeof *c->out * (size_t)k);
 }
 
+/* In the child: the socket becomes descriptor 3 and *given (when >= 0) 4, every other one is
+ * closed (the server's listening socket and connections, the other children's sockets). */
+static void rproc_child_fds(int sock, int *given) {
+    const int s = fcntl(sock, F_DUPFD, 5), g = *given >= 0 ? fcntl(*given, F_DUPFD, 5) : -1;
+    if (s < 0 || (*given >= 0 && g < 0) || dup2(s, 3) < 0 || (g >= 0 && dup2(g, 4) < 0)) _exit(3);
+    const unsigned first = g >= 0 ? 5 : 4;
+    if (close_range(first, ~0u, 0) != 0)
+        for (unsigned i = first; i < 65536; i++) close((int)i);
+    *given = g >= 0 ? 4 : -1;
+}
+
 /* The child, from the fork to its _exit: never returns. */
-static void rproc_child_main(int fd, rproc_build_fn build, void *ctx) {
+static void rproc_child_main(int fd, rproc_build_fn build, void *ctx, rproc_share given) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (fd != 3 && (dup2(fd, 3) < 0 || close(fd) < 0)) _exit(3);
-    if (close_range(4, ~0u, 0) != 0)
-        for (int i = 4; i < 65536; i++) close(i);
+    rproc_child_fds(fd, &given.fd);
     rproc_child c = {.fd = 3};
-    const sk_status built = build(ctx, &c.e);
+    rproc_share share = {.fd = -1};
+    const sk_status built = build(ctx, given, &c.e, &share);
+    if (given.fd >= 0) close(given.fd);
     if (built != SK_OK) rproc_child_fail(c.fd, built, 1);
-    const int32_t version = RPROC_VERSION;
-    if (!rproc_send(c.fd, RPROC_READY, &version, sizeof version, NULL, 0)) _exit(1);
+    const rproc_ready ready = {.version = RPROC_VERSION, .has_fd = share.fd >= 0, .bytes = share.bytes};
+    if (!rproc_send_fd(c.fd, share.fd, RPROC_READY, &ready, sizeof ready, NULL, 0)) _exit(1);
     void *buf = NULL;
     size_t cap = 0, len = 0;
     for (;;) {
-        const int type = rproc_recv(c.fd, &buf, &cap, &len);
+        const int type = rproc_recv(c.fd, &buf, &cap, &len, NULL);
         if (type == 0) rproc_child_exit(0);   /* the parent closed the socket: done */
         rproc_state s;
         bool ok = false;
@@ -289,7 +357,7 @@ static sk_status rproc_died(rproc *p, const char *doing) {
 
 /* Receives the answer to what was sent: its type, or a failure (FAIL's message, death). */
 static sk_status rproc_answer(rproc *p, int want, const char *doing, size_t *len) {
-    const int type = rproc_recv(p->fd, &p->in, &p->cap_in, len);
+    const int type = rproc_recv(p->fd, &p->in, &p->cap_in, len, &p->passed);
     if (type == want) return SK_OK;
     if (type == RPROC_FAIL && *len >= sizeof(int32_t)) {   /* the child's status, so a bad flag stays one */
         int32_t status;
@@ -304,11 +372,13 @@ static sk_status rproc_answer(rproc *p, int want, const char *doing, size_t *len
     return rproc_died(p, doing);
 }
 
-sk_status rproc_start(rproc_build_fn build, void *ctx, rproc **out) {
+sk_status rproc_start(rproc_build_fn build, void *ctx, rproc_share give, rproc **out, rproc_share *got) {
     *out = NULL;
+    *got = (rproc_share){.fd = -1};
     rproc *p = mem_calloc(sizeof *p);
     if (!p) return sk_fail(SK_ENOMEM, "serve: out of memory");
     p->fd = -1;
+    p->passed = -1;
     p->reaped = true;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -319,7 +389,7 @@ sk_status rproc_start(rproc_build_fn build, void *ctx, rproc **out) {
     p->pid = fork();
     if (p->pid == 0) {
         close(sv[0]);
-        rproc_child_main(sv[1], build, ctx);
+        rproc_child_main(sv[1], build, ctx, give);
     }
     close(sv[1]);
     if (p->pid < 0) {
@@ -331,12 +401,19 @@ sk_status rproc_start(rproc_build_fn build, void *ctx, rproc **out) {
     p->reaped = false;
     size_t len;
     sk_status st = rproc_answer(p, RPROC_READY, "building its engine", &len);
-    if (st == SK_OK && (len != sizeof(int32_t) || *(int32_t *)p->in != RPROC_VERSION))
+    rproc_ready ready = {0};
+    if (st == SK_OK && len == sizeof ready) memcpy(&ready, p->in, sizeof ready);
+    if (st == SK_OK && ready.version != RPROC_VERSION)
         st = sk_fail(SK_ESTATE, "replica process %d speaks another protocol version", (int)p->pid);
+    else if (st == SK_OK && (ready.has_fd != 0) != (p->passed >= 0))
+        st = sk_fail(SK_ESTATE, "replica process %d broke the protocol (a descriptor %s)", (int)p->pid,
+                     ready.has_fd ? "announced but not passed" : "passed unannounced");
     if (st != SK_OK) {
         rproc_free(p);
         return st;
     }
+    *got = (rproc_share){.fd = p->passed, .bytes = ready.bytes};
+    p->passed = -1;
     *out = p;
     return SK_OK;
 }
@@ -454,6 +531,7 @@ void rproc_kill(rproc *p) {
 void rproc_free(rproc *p) {
     if (!p) return;
     if (p->fd >= 0) close(p->fd);
+    if (p->passed >= 0) close(p->passed);
     for (int ms = 0; !p->reaped; ms++) {
         int status;
         const pid_t r = waitpid(p->pid, &status, ms < RPROC_EXIT_WAIT_MS ? WNOHANG : 0);

@@ -15,10 +15,16 @@
  * thread that forked it (PR_SET_PDEATHSIG); when it exits it kills and reaps the processes it
  * forked itself (a split engine's other ranks, replica_tp.c). A CUDA engine runs there only
  * because the parent never initialised CUDA: a forked child cannot use its parent's context,
- * so it makes its own (and its own device copy of the weights).
+ * so it makes its own.
+ *
+ * Shares: one file descriptor may travel each way with a byte count that goes with it (an
+ * rproc_share: the device copy of the weights and its size, devw.h). The parent's (give) is
+ * inherited by the child, kept open there as descriptor 4 while it builds; the child's comes
+ * back with its READY message (SCM_RIGHTS), a new descriptor of the parent's (got).
  *
  * The protocol (rproc.c has the wire structures; both ends are this program): each message is
- * a header {type, length} and its payload. The parent sends STEP (the requests added and
+ * a header {type, length} and its payload. The child's first is READY (the protocol version
+ * and its share) or FAIL. The parent sends STEP (the requests added and
  * cancelled since the last one, then "run one engine step") or PING (health, while idle: the
  * child's engine_heartbeat, so a split engine's other ranks know it lives); the
  * child answers each with DONE (the replica's gauges, the step's outputs) or PONG (the
@@ -38,13 +44,23 @@
 
 typedef struct rproc rproc;
 
-/* In the child: builds the engine it will run (*e; its model and memory are the child's, never
- * freed: the child exits). Returns SK_OK or a status with sk_errmsg set. */
-typedef sk_status (*rproc_build_fn)(void *ctx, engine **e);
+/* A file descriptor handed between the parent and a child, and the bytes it stands for. */
+typedef struct rproc_share {
+    int fd;            /* -1: none */
+    uint64_t bytes;
+} rproc_share;
 
-/* Forks the child, which calls build(ctx) and reports; returns once its engine is ready. An
- * error names what failed (the fork, or the child's build with its message). */
-sk_status rproc_start(rproc_build_fn build, void *ctx, rproc **out);
+/* In the child: builds the engine it will run (*e; its model and memory are the child's, never
+ * freed: the child exits). given: the parent's share (its fd open until build returns, then
+ * closed); *share: what to hand the parent with READY (fd -1: nothing; the fd stays the
+ * child's). Returns SK_OK or a status with sk_errmsg set. */
+typedef sk_status (*rproc_build_fn)(void *ctx, rproc_share given, engine **e, rproc_share *share);
+
+/* Forks the child, which calls build(ctx, give) and reports; returns once its engine is ready.
+ * give.fd stays the caller's; *got is the child's share (its fd a new descriptor, the caller's
+ * to close; fd -1 when the child handed none or start failed). An error names what failed (the
+ * fork, or the child's build with its message). */
+sk_status rproc_start(rproc_build_fn build, void *ctx, rproc_share give, rproc **out, rproc_share *got);
 /* The child's process id (for logs and tests). */
 pid_t rproc_pid(const rproc *p);
 /* Queues request prompt(n) with params p for the next step; *id is its id in outputs. */

@@ -25,6 +25,7 @@
 #include "infer/generate.h"
 #include "serve/metrics.h"
 #include "serve/router.h"
+#include "serve/rproc.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tok.h"
 
@@ -36,7 +37,6 @@
 
 typedef struct serve_req serve_req;
 typedef struct replica replica;
-typedef struct rproc rproc;   /* serve/rproc.h */
 
 /* A FIFO of requests through their next links; each request is in at most one. */
 typedef struct req_queue {
@@ -168,6 +168,14 @@ typedef struct router_fault {
     bool hang;               /* the step never returns on its own: only the watchdog ends it */
 } router_fault;
 
+/* The device copy of the weights the process replicas on one CUDA device share (devw.h): the
+ * descriptor the first child there exported, kept until router_free (share.fd -1: none yet). */
+typedef struct router_copy {
+    int device;
+    rproc_share share;
+    bool making;                    /* a child is making it: the others on the device wait */
+} router_copy;
+
 struct router {
     /* const */
     router_opts o;
@@ -207,6 +215,8 @@ struct router {
     int *aff_rep;
     uint64_t prompt_tokens, gen_tokens, failures;
     metrics_hist ttft, tpot, e2e;
+    router_copy copies[ROUTER_MAX_DEVICES];   /* (n_copies) process replicas on CUDA, one per device */
+    int n_copies;
 };
 
 /* Counts r in flight and routes it (mu held); false when the router stops or already holds
