@@ -12,12 +12,18 @@
  *     copy per (weights, device) whatever backend object asks (two server replicas, each with
  *     its own backend), another for other weights, and the copy stays whole, its values
  *     exactly the file's rounded to bf16 (matrices) or kept in f32 (vectors), after the
- *     backend that made it is freed (a replica scaled down while others still serve).
+ *     backend that made it is freed (a replica scaled down while others still serve);
+ *   - devw across processes (devw_ipc_use) as far as the CPU backend goes: it has no ipc_map,
+ *     so a copy to export is the process's own (no descriptor, the file's values), a copy to
+ *     map from another process is refused -- first for a byte count not the plan's, naming
+ *     both -- and the setting serves one new copy only (taking a reference to an existing
+ *     copy leaves it for the next new one).
  * The sharing case runs first: it forks before this process starts any OpenMP threads. With
  * SKEIN_WTS_DIR=FOLDER it measures that folder instead of writing one (e.g. the llama-1b
  * folder of `skein init --arch llama --preset llama-1b`). */
 #include "test.h"
 
+#include <sys/mman.h>
 #include <sys/wait.h>
 
 #include "base/file.h"
@@ -348,6 +354,48 @@ TEST(device_copy_one_per_device_whatever_the_backend) {
     backend_free(b2);
     wts_free(w);
     wts_free(other);
+}
+
+TEST(device_copy_across_processes_on_the_cpu) {
+    const char *dir = test_path("fixtures/gpt2-hf");
+    model_config cfg;
+    CHECK(model_config_load(dir, &cfg) == SK_OK);
+    wts *w = NULL;
+    CHECK(wts_open(dir, WTS_KEEP_FLOAT, &w) == SK_OK);
+    backend *be = backend_cpu_create();
+    model *m = NULL;
+    CHECK_MSG(be && model_open_wts(&cfg, w, be, &m) == SK_OK, "%s", sk_errmsg());
+    devw *d = NULL, *d2 = NULL;
+    CHECK_MSG(devw_get(w, m, m->views, &d) == SK_OK, "%s", sk_errmsg());
+    const size_t bytes = devw_bytes(d);
+    const int fd = memfd_create("copy", MFD_CLOEXEC);
+    CHECK(fd >= 0);
+    /* a reference to the copy that exists: the setting waits for a new copy */
+    devw_ipc_use((devw_ipc){.fd = fd, .bytes = bytes + 256});
+    CHECK_MSG(devw_get(w, m, m->views, &d2) == SK_OK && d2 == d, "%s", sk_errmsg());
+    CHECK(devw_ipc_of(d).fd == -1 && devw_ipc_of(d).bytes == bytes);
+    devw_free(d2);
+    devw_free(d);
+    char want[160];
+    snprintf(want, sizeof want, "holds %zu bytes, this process's plan %zu", bytes + 256, bytes);
+    CHECK(devw_get(w, m, m->views, &d) == SK_ECONFIG && !d);
+    CHECK_MSG(strstr(sk_errmsg(), want), "%s", sk_errmsg());
+    CHECK_MSG(devw_get(w, m, m->views, &d) == SK_OK, "the setting served a second copy: %s", sk_errmsg());
+    devw_free(d);
+    devw_ipc_use((devw_ipc){.fd = fd, .bytes = bytes});
+    CHECK(devw_get(w, m, m->views, &d) == SK_EIO && !d);
+    CHECK_MSG(strstr(sk_errmsg(), "mapping the device copy another process made") &&
+              strstr(sk_errmsg(), "cpu backend cannot share device memory"), "%s", sk_errmsg());
+    devw_ipc_use((devw_ipc){.fd = -1});
+    CHECK_MSG(devw_get(w, m, m->views, &d) == SK_OK, "%s", sk_errmsg());
+    CHECK(devw_ipc_of(d).fd == -1 && devw_bytes(d) == bytes);
+    for (int i = 0; i < m->n_specs; i++)
+        CHECK_MSG(devw_holds(devw_view(d, i), m->views[i]), "%s differs from the file", m->specs[i].name);
+    devw_free(d);
+    close(fd);
+    model_free(m);
+    backend_free(be);
+    wts_free(w);
 }
 
 TEST_MAIN()
