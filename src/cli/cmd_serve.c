@@ -19,8 +19,8 @@
  * --replicas R --tp K (or --replica-process --tp K): R replicas of K ranks each, all processes
  * forked by the server over its one mapping of the weights, the router seeing each group as
  * one replica (router.h); no mpirun. CPU only. --replica-process: each replica's engine in a
- * child process, so that a crash leaves the others (router.h; on CUDA too, each child with its
- * own device copy of the weights, where thread replicas on one GPU share one). */
+ * child process, so that a crash leaves the others (router.h; on CUDA too, the children on one
+ * GPU sharing one device copy of the weights, as thread replicas do). */
 #include <omp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -140,7 +140,7 @@ int cmd_serve(int argc, char **argv) {
         {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false},
         {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a step waiting longer for a rank fails (default 60)", false, false},
         {"--replica-process", ARG_BOOL, &replica_process, NULL, "each replica's engine in a child process: a crash "
-         "leaves the others (on CUDA each child holds its own copy of the weights)", false, false},
+         "leaves the others (on CUDA the children on one GPU share one copy of the weights)", false, false},
     };
     if ((st = args_parse("skein serve", n_rest, rest, specs, ARG_COUNT(specs))) != SK_OK) return cli_fail(st);
     if (n_models == 0) return cli_fail(sk_fail(SK_EARG, "skein serve: missing required flag --model"));

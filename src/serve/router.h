@@ -48,8 +48,9 @@
  * workspaces, KV pool) over the router's mapping; the replicas on one device share one device copy of the weights, made
  * by the first and freed with the last (devw.h). Process replicas on CUDA: the server itself
  * never touches CUDA (a forked child cannot use a context its parent made), so each child
- * makes its own context and its own device copy, and says so in the log; sharing a copy
- * across processes (CUDA IPC) is not done.
+ * makes its own context; the children on one device share one device copy all the same, made
+ * by the first child there in memory exported as a file descriptor, which the router keeps
+ * until it is freed and gives to every later child there (replica.c, devw.h).
  *
  * Tensor parallelism (tp: the communicator of K ranks, --tp K): the model is split over the
  * ranks and the router, on rank 0, has one replica: rank 0's engine over its share
