@@ -117,7 +117,7 @@ static void replica_copy_settle(replica *rep, rproc_share gave, rproc_share got)
             c->share = got;
             got.fd = -1;
             fprintf(stderr, "skein serve: model %s: replica %d (process %d) made the device copy of the weights on cuda "
-                    "device %d (%.2f GB); the replica processes started on it after share it\n", rt->name, rep->id,
+                    "device %d (%.2f GB): the replica processes that start there later map it\n", rt->name, rep->id,
                     (int)rproc_pid(rep->proc), rep->device, (double)c->share.bytes / 1e9);
         }
         pthread_cond_broadcast(&rt->changed);
