@@ -36,7 +36,8 @@
  * (devw_ipc_use with fd -1, then devw_ipc_of) and hands it to the server, which keeps it and
  * gives it to every later child on that device; such a child maps that memory (devw_ipc_use
  * with the fd) and uploads nothing. The descriptor keeps the physical memory: the CUDA driver
- * API reference says of cuMemRelease "The memory allocation will be freed when all outstanding
+ * API reference (Virtual Memory Management; the same words in CUDA 13.0's cuda.h) says of
+ * cuMemRelease "The memory allocation will be freed when all outstanding
  * mappings to the memory are unmapped and when all outstanding references to the handle
  * (including it's shareable counterparts) are also released", and of
  * cuMemExportToShareableHandle "Once all shareable handles are closed and the allocation is
