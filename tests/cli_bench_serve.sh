@@ -7,7 +7,8 @@
 # vLLM field is there, TTFT <= e2el and median <= p99; without a concurrency limit 8 requests
 # at once meet 503s, counted as failed with the server's message on stderr, exit 0 (some
 # completed); a wrong key and a port where nothing listens fail every request with a clear
-# message and exit 1; bad flags exit 2 naming the flag. Prints PASS/FAIL lines.
+# message and exit 1; 40 requests at once against 4 connections end within seconds (a 503 closes
+# its connection); bad flags exit 2 naming the flag. Prints PASS/FAIL lines.
 . tests/lib_serve.sh
 command -v python3 >/dev/null 2>&1 || { echo "SKIP cli_bench_serve: python3 not found"; exit 0; }
 KEY=bench-key
@@ -62,6 +63,16 @@ $SK bench serve --url $U --api-key wrong --model m --num-prompts 3 --input-len 4
 if [ $rc = 1 ] && grep -q '3 of 3 requests failed; the first: .*HTTP 401: .*API key' "$T/key.err" &&
    python3 -c "import json,sys; j=json.load(open(sys.argv[1])); sys.exit(not (j['completed'] == 0 and j['failed'] == 3))" "$T/key.out"
 then pass bench_serve_wrong_key; else fail bench_serve_wrong_key "rc $rc: $(cat "$T/key.out" "$T/key.err")"; fi
+kill $PID; wait $PID 2>/dev/null; PID=""
+
+# 40 at once against 4 connections, 2 slots and no queue: a 503 closes its connection, so the
+# ones waiting in the listen backlog are taken at once (kept alive, the shed connections held
+# every slot until --timeout and the run took 20 s)
+serve_start "$T/log4" --model "$T/m" --max-seqs 2 --max-queue 0 --max-conns 4 --timeout 20 ||
+    { fail bench_serve_conn_limit_start "$(cat "$T/log4")"; exit 1; }
+$SK bench serve --url $U --num-prompts 40 --input-len 8 --output-len 4 >"$T/conn.out" 2>"$T/conn.err"; rc=$?
+if [ $rc = 0 ] && python3 -c "import json,sys; j=json.load(open(sys.argv[1])); sys.exit(not (j['completed'] >= 2 and j['completed'] + j['failed'] == 40 and j['duration'] < 10))" "$T/conn.out"
+then pass bench_serve_conn_limit_sheds_fast; else fail bench_serve_conn_limit_sheds_fast "rc $rc: $(cat "$T/conn.out" "$T/conn.err")"; fi
 kill $PID; wait $PID 2>/dev/null; PID=""
 $SK bench serve --url $U --model m --num-prompts 3 --input-len 4 --output-len 2 >"$T/down.out" 2>"$T/down.err"; rc=$?
 if [ $rc = 1 ] && grep -q "3 of 3 requests failed; the first: request 0 to $U/v1/completions: .*onnect" "$T/down.err"

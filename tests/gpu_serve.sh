@@ -184,7 +184,7 @@ if [ "${SKEIN_GPU_SERVE_BENCH:-0}" = 1 ]; then
     $SK init --arch gpt2 --preset gpt2 --tokenizer tests/fixtures/tok/gpt2.json --out "$T/g124" >/dev/null 2>&1
     for cfg in "1:16" "2:16" "4:16" "1:64"; do
         r=${cfg%%:*}; s=${cfg#*:}
-        start b$r$s --model "$T/g124" --device cuda --replicas "$r" --max-seqs "$s"
+        start b$r$s --model "$T/g124" --device cuda --replicas "$r" --max-seqs "$s" --max-queue 512
         echo "  gpt2 124M, $r replica(s) of --max-seqs $s:"
         $SK bench serve --url "$U" --rate inf --num-prompts 512 --input-len 128 --output-len 128 2>&1 | sed 's/^/  /'
         stop b$r$s "$PID"

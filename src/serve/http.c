@@ -35,6 +35,10 @@
 
 #define HTTP_WATCH_MS 250    /* how often the watchdog looks at the deadlines */
 #define HTTP_DRAIN_MS 2000   /* at a stop, how long the replies in flight get to go out */
+/* At --max-conns the library stops accepting (the next connections wait in the listen
+ * backlog): a keep-alive connection idle this long after its answer is closed then, so the
+ * waiting ones get in before --timeout */
+#define HTTP_IDLE_AT_LIMIT_S 0.5
 
 typedef enum http_phase { HTTP_READING, HTTP_HANDLING, HTTP_SENDING } http_phase;
 
@@ -43,6 +47,7 @@ typedef struct http_watch {
     http_phase phase;
     bool producing;          /* SENDING: inside the reply's producer (it may wait for text) */
     bool cut;                /* shut down already */
+    bool kept;               /* READING after an answer: an idle keep-alive connection until bytes come */
     double since;            /* when the phase began, or (SENDING) the producer last returned */
     struct http_watch *prev, *next;
 } http_watch;
@@ -57,6 +62,7 @@ struct http_server {
     pthread_mutex_t mu;      /* guards watches, stop and log */
     pthread_cond_t cv;       /* wakes the watchdog to stop */
     http_watch *watches;     /* every open connection's, newest first */
+    int n_open;              /* connections open (watched or not) */
     bool stop, watchdog_up;
     pthread_t watchdog;
     char log[256];           /* the library's first message (names why a start failed) */
@@ -78,9 +84,18 @@ static http_watch *http_watch_of(struct MHD_Connection *mc) {
 static void http_watch_phase(http_server *s, http_watch *w, http_phase phase) {
     if (!w) return;
     pthread_mutex_lock(&s->mu);
+    w->kept = phase == HTTP_READING;   /* a connection's first READING is set in http_notify */
     w->phase = phase;
     w->producing = false;
     w->since = time_now();
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* A request's headers came on w's connection: no longer idle (its READING deadline stays). */
+static void http_watch_request(http_server *s, http_watch *w) {
+    if (!w) return;
+    pthread_mutex_lock(&s->mu);
+    w->kept = false;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -146,6 +161,7 @@ static void http_notify(void *cls, struct MHD_Connection *mc, void **socket_cont
     http_server *s = cls;
     pthread_mutex_lock(&s->mu);
     http_watch *w = *socket_context;
+    s->n_open += code == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
         if (ci && (w = mem_calloc(sizeof *w))) {
@@ -164,15 +180,17 @@ static void http_notify(void *cls, struct MHD_Connection *mc, void **socket_cont
 }
 
 /* The watchdog thread: shuts down each connection that has been READING, or SENDING outside
- * its producer, for longer than the timeout, until http_server_stop. */
+ * its producer, for longer than the timeout, and at the connection limit each one idle after
+ * its answer for HTTP_IDLE_AT_LIMIT_S, until http_server_stop. */
 static void *http_watchdog(void *arg) {
     http_server *s = arg;
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
         const double now = time_now();
+        const bool full = s->n_open >= s->o.max_conns;
         for (http_watch *w = s->watches; w; w = w->next)
             if (!w->cut && (w->phase == HTTP_READING || (w->phase == HTTP_SENDING && !w->producing)) &&
-                now - w->since > s->o.timeout_s) {
+                (now - w->since > s->o.timeout_s || (full && w->kept && now - w->since > HTTP_IDLE_AT_LIMIT_S))) {
                 shutdown(w->fd, SHUT_RDWR);
                 w->cut = true;
             }
@@ -274,7 +292,10 @@ static enum MHD_Result http_answer(http_server *s, struct MHD_Connection *mc, ht
     http_watch_phase(s, w, HTTP_SENDING);
     if (rp.content_type) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rp.content_type);
     if (rp.retry_after) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, rp.retry_after);
-    if (c->too_large) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    /* a refused body, and a request shed for load (503 with Retry-After): the connection closes,
+     * so a server at --max-conns takes the next connection waiting in the listen backlog rather
+     * than hold a slot for a client told to come back later */
+    if (c->too_large || rp.retry_after) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(mc, (unsigned)rp.status, r);
     MHD_destroy_response(r);
     return ret;
@@ -289,6 +310,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *mc, const c
     if (!c) {
         if (!(c = mem_calloc(sizeof *c))) return MHD_NO;
         *con_cls = c;
+        http_watch_request(s, http_watch_of(mc));
         const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > s->o.max_body) {
             /* refused before the body is read: the library closes the connection after */
