@@ -574,9 +574,7 @@ TEST(rope_forward_and_backward) {
     for (int r = 0; r < PB * PT; r++) memcpy(wide + r * PW + PHS, px + r * PNH * PHS, sizeof(float) * PNH * PHS);
     memcpy(before, wide, sizeof(float) * PB * PT * PW);
     rope_obj();
-    tensor blk = rope_x(wide + PHS);
-    blk.stride[1] = PW;
-    blk.stride[0] = (int64_t)PT * PW;
+    const tensor blk = tensor_split_2d(tensor_cols(M(wide, PB * PT, PW), PHS, PNH * PHS), PT, PHS);
     RUN(be->ops->rope_forward(be, NULL, blk, M(pcos, PP, PHS / 2), M(psin, PP, PHS / 2), PPOS));
     for (int r = 0; r < PB * PT; r++)
         for (int c = 0; c < PW; c++) {

@@ -423,13 +423,7 @@ static llama_layer_acts llama_layer_views(const model *m, int l) {
 
 /* x(rows, nh*HS) (contiguous rows, any row stride: a column block of q/k/v) as
  * (rows/T, T, nh, HS): the heads the rotary ops address. */
-static tensor llama_heads(tensor x, int64_t T, int64_t HS) {
-    const int64_t shape[4] = {x.shape[0] / T, T, x.shape[1] / HS, HS};
-    tensor h = tensor_make(x.data, x.dt, x.mem, 4, shape);
-    h.stride[1] = tensor_ld(x);
-    h.stride[0] = T * h.stride[1];
-    return h;
-}
+static tensor llama_heads(tensor x, int64_t T, int64_t HS) { return tensor_split_2d(x, T, HS); }
 
 /* out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b(OC) unless b is tensor_none()), in one op where
  * the backend fuses it. */

@@ -105,6 +105,15 @@ tensor tensor_reshape(tensor t, int ndim, const int64_t *shape) {
     return r;
 }
 
+tensor tensor_split_2d(tensor t, int64_t d1, int64_t d3) {
+    SK_ASSERT(t.ndim == 2 && t.stride[1] == 1 && d1 > 0 && d3 > 0 && t.shape[0] % d1 == 0 && t.shape[1] % d3 == 0);
+    const int64_t shape[4] = {t.shape[0] / d1, d1, t.shape[1] / d3, d3};
+    tensor r = tensor_make(t.data, t.dt, t.mem, 4, shape);
+    r.stride[1] = t.stride[0];
+    r.stride[0] = d1 * t.stride[0];
+    return r;
+}
+
 int64_t tensor_row_stride(tensor t, int inner) {
     SK_ASSERT(inner >= 1 && inner <= t.ndim);
     int64_t len = 1;

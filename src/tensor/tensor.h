@@ -71,6 +71,9 @@ tensor tensor_cols(tensor t, int64_t c0, int64_t n);
 tensor tensor_index(tensor t, int64_t i);
 /* The same elements under another contiguous shape (t must be contiguous). */
 tensor tensor_reshape(tensor t, int ndim, const int64_t *shape);
+/* A 2-D view (R,K) with contiguous rows and any row stride as the 4-D (R/d1, d1, K/d3, d3) of
+ * the same elements: a (B*T, nh*HS) column block as (B, T, nh, HS). d1 divides R, d3 K. */
+tensor tensor_split_2d(tensor t, int64_t d1, int64_t d3);
 /* The stride between the rows of t, a row being its last `inner` dimensions, which must lie
  * contiguously inside it, while the outer dimensions step through rows evenly: a (B,T,nh,HS)
  * view of the heads of a column block of a (B*T, W) matrix, inner 2, has row stride W.
