@@ -688,7 +688,7 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     const dtype lp = model_infer_dtype(m);
     tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C);
     tensor qkv = arch_mat_at(f->qkv, lp, 0, N, QD + 2 * KD), gu = arch_mat_at(f->gu, lp, 0, N, 2 * F);
-    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), p[3];   /* p: q, k, v, then gate, up */
+    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), qkvc[3], guc[2];   /* their column blocks */
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
     const int P = s->inf_dims.ctx;
 
@@ -701,18 +701,18 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.in_norm, c->norm_eps);
-        llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, p);
+        llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
         /* row r of the (1, N) sequence takes the angles of cos/sin row r: its own position */
-        op->rope_forward(be, NULL, llama_heads(p[0], N, HS), cos, sin, 0);
-        op->rope_forward(be, NULL, llama_heads(p[1], N, HS), cos, sin, 0);
-        arch_paged_attention(be, kv, &f->ids, b, l, atty, p[0], p[1], p[2], NH, NKV, W);
+        op->rope_forward(be, NULL, llama_heads(qkvc[0], N, HS), cos, sin, 0);
+        op->rope_forward(be, NULL, llama_heads(qkvc[1], N, HS), cos, sin, 0);
+        arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], NH, NKV, W);
         llama_linear(be, ln, atty, w.ow, tensor_none());
         tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.post_norm, c->norm_eps);
-        llama_project(be, gu, ln, 2, (tensor[]){w.gw, w.uw}, (tensor[]){w.gb, w.ub}, p);
-        op->swiglu_forward(be, NULL, p[0], p[0], p[1]);
-        llama_linear(be, ln, p[0], w.dw, w.db);
+        llama_project(be, gu, ln, 2, (tensor[]){w.gw, w.uw}, (tensor[]){w.gb, w.ub}, guc);
+        op->swiglu_forward(be, NULL, guc[0], guc[0], guc[1]);
+        llama_linear(be, ln, guc[0], w.dw, w.db);
         tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
     }
