@@ -565,6 +565,25 @@ TEST(rope_forward_and_backward) {
     rope_obj();   /* fd_check left ptmp from a perturbed input */
     RUN(be->ops->rope_backward(be, NULL, rope_x(ptmp), M(pcos, PP, PHS / 2), M(psin, PP, PHS / 2), PPOS));   /* undoes the forward */
     for (int i = 0; i < n; i++) CHECK_NEAR(ptmp[i], px[i], 1e-6);
+
+    /* x as columns [PHS, PHS + PNH*PHS) of a (PB*PT, (PNH+2)*PHS) buffer (a packed q/k/v's
+     * block, rows PW apart): the contiguous forward's values, the other columns untouched */
+    enum { PW = (PNH + 2) * PHS };
+    float *wide = randn((size_t)PB * PT * PW, 1), *before = malloc(sizeof(float) * PB * PT * PW);
+    SK_ASSERT(before);
+    for (int r = 0; r < PB * PT; r++) memcpy(wide + r * PW + PHS, px + r * PNH * PHS, sizeof(float) * PNH * PHS);
+    memcpy(before, wide, sizeof(float) * PB * PT * PW);
+    rope_obj();
+    const tensor blk = tensor_split_2d(tensor_cols(M(wide, PB * PT, PW), PHS, PNH * PHS), PT, PHS);
+    RUN(be->ops->rope_forward(be, NULL, blk, M(pcos, PP, PHS / 2), M(psin, PP, PHS / 2), PPOS));
+    for (int r = 0; r < PB * PT; r++)
+        for (int c = 0; c < PW; c++) {
+            const bool in = c >= PHS && c < PHS + PNH * PHS;
+            const float want = in ? ptmp[r * PNH * PHS + c - PHS] : before[r * PW + c];
+            CHECK_MSG(in ? fabs(wide[r * PW + c] - want) <= 1e-6 : wide[r * PW + c] == want,
+                      "rope over a column block: [%d][%d] %.9g, want %.9g", r, c, wide[r * PW + c], want);
+        }
+    free(before);
 }
 
 /* SwiGLU against silu(g) * u in double, backward by finite differences for both inputs. */
@@ -591,6 +610,25 @@ TEST(swiglu_forward_and_backward) {
     memcpy(inplace, sgw, sizeof(float) * SGN);
     RUN(be->ops->swiglu_backward(be, NULL, V(inplace, SGN), V(du2, SGN), V(inplace, SGN), V(sgg, SGN), V(sgu, SGN)));
     CHECK(!memcmp(inplace, dg, sizeof(float) * SGN) && !memcmp(du2, du, sizeof(float) * SGN));
+
+    /* gate and up as the column halves of one (R, 2F) product, out in place into gate: rows
+     * 2F apart (F a multiple of 8, the CUDA kernel's packs) and, with odd F, not */
+    for (int F = 8; F <= 13; F += 5) {
+        enum { SR = 5 };
+        float *gu = randn((size_t)SR * 2 * F, 3), *want = malloc(sizeof(float) * SR * 2 * F);
+        SK_ASSERT(want);
+        for (int r = 0; r < SR; r++)
+            for (int c = 0; c < 2 * F; c++) {
+                const double g = gu[r * 2 * F + c % F], u = gu[r * 2 * F + F + c % F];
+                want[r * 2 * F + c] = c < F ? (float)(g / (1.0 + exp(-g)) * u) : gu[r * 2 * F + c];
+            }
+        const tensor whole = M(gu, SR, 2 * F), gate = tensor_cols(whole, 0, F), up = tensor_cols(whole, F, F);
+        RUN(be->ops->swiglu_forward(be, NULL, gate, gate, up));
+        for (int i = 0; i < SR * 2 * F; i++)
+            CHECK_MSG(fabs(gu[i] - want[i]) <= 1e-6 * (1 + fabs(want[i])), "swiglu over column blocks (F %d): [%d] "
+                      "%.9g, want %.9g", F, i, gu[i], want[i]);
+        free(want);
+    }
 }
 
 /* ---- softmax cross-entropy ---- */

@@ -4,7 +4,8 @@
  * models (fixtures/llama-math/, made by make_llama_math_fixtures.py; greedy through the KV
  * cache and through gen_run), whole-model gradients
  * against central finite differences on several tiny configs, gradient accumulation,
- * KV-cached inference against the full forward, overfitting one batch, init and the
+ * KV-cached inference against the full forward, the merged q/k/v and gate/up products of
+ * inference against separate ones over the same weights, overfitting one batch, init and the
  * parameter plan.
  *
  * The tests run on SKEIN_TEST_DEVICE (test_device.h) and read parameters, gradients and
@@ -21,6 +22,7 @@
 #include "base/json.h"
 #include "base/rng.h"
 #include "infer/generate.h"
+#include "model/arch.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 
@@ -292,6 +294,77 @@ TEST(kv_cache_matches_full_forward) {
     bool ok = test_kv_cache_matches(m, 14);
     model_free(m);
     CHECK(ok);
+}
+
+/* Spec index of `name` in m's plan. */
+static int spec_of(const model *m, const char *name) {
+    const model_param *p = model_find_param(m, name);
+    SK_ASSERT(p);
+    return (int)(p - m->specs);
+}
+
+/* The inference forward's merged products (llama.c llama_project): without biases a model's
+ * q/k/v and gate/up weights lie one after another in its parameters, so each layer runs one
+ * product for q/k/v and one for gate/up. The cached logits match the full forward's (separate
+ * products; 1e-5, test_kv_cache_matches) and, step for step within 1e-5, those of the same
+ * weights laid out with gaps between the tensors, where every projection is its own product. */
+TEST(merged_projections_match_separate_products) {
+    tiny_shape sh = {3, 4, 2, 24, 8, 40, 53, 16, false, false, false, 4, ROPE_LLAMA3};
+    model *m = tiny_model(&sh, 22, 0.3f);
+    backend *be = m->be;
+    char name[3][64];
+    for (int l = 0; l < sh.L; l++) {
+        static const char *const qkv[3] = {"q", "k", "v"};
+        tensor w[3];
+        for (int i = 0; i < 3; i++) {
+            snprintf(name[i], sizeof name[i], "model.layers.%d.self_attn.%s_proj.weight", l, qkv[i]);
+            w[i] = model_param_view(m, spec_of(m, name[i]));
+        }
+        CHECK_MSG(!tensor_is_none(tensor_join_rows(tensor_join_rows(w[0], w[1]), w[2])), "layer %d: q/k/v apart", l);
+        snprintf(name[0], sizeof name[0], "model.layers.%d.mlp.gate_proj.weight", l);
+        snprintf(name[1], sizeof name[1], "model.layers.%d.mlp.up_proj.weight", l);
+        CHECK_MSG(!tensor_is_none(tensor_join_rows(model_param_view(m, spec_of(m, name[0])),
+                                                   model_param_view(m, spec_of(m, name[1])))), "layer %d: gate/up apart", l);
+    }
+    CHECK(test_kv_cache_matches(m, 14));
+
+    /* the same weights, each tensor GAP floats after the one before: no two join */
+    enum { GAP = 16, T = 14 };
+    model *g = NULL;
+    CHECK(model_plan(&m->cfg, be, &g) == SK_OK);
+    float *host = test_download(be, tensor_1d(m->params, DT_F32, (int64_t)m->n_params));
+    float *apart = backend_alloc(be, sizeof(float) * (m->n_params + (size_t)GAP * m->n_specs));
+    g->views = mem_calloc(sizeof(tensor) * (size_t)m->n_specs);
+    SK_ASSERT(apart && g->views);
+    for (int i = 0; i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        float *at = apart + p->offset + (size_t)GAP * (i + 1);
+        backend_upload(be, at, host + p->offset, sizeof(float) * p->numel);
+        g->views[i] = tensor_make(at, DT_F32, MEM_DEVICE, p->ndim, p->shape);
+    }
+    free(host);
+    CHECK(tensor_is_none(tensor_join_rows(g->views[spec_of(g, "model.layers.0.self_attn.q_proj.weight")],
+                                          g->views[spec_of(g, "model.layers.0.self_attn.k_proj.weight")])));
+    model_kv *kv = NULL, *kg = NULL;
+    CHECK(model_kv_create(m, T, &kv) == SK_OK && model_kv_create(g, T, &kg) == SK_OK);
+    int tokens[T];
+    test_random_tokens(tokens, T, sh.V, 9);
+    double worst = 0;
+    for (int t = 4; t < T; t++) {
+        const int *in = t == 4 ? tokens : &tokens[t];
+        const int n = t == 4 ? 5 : 1;
+        float *a = test_download(be, model_infer_step(m, kv, in, n)), *b = test_download(be, model_infer_step(g, kg, in, n));
+        for (int v = 0; v < sh.V; v++) worst = fmax(worst, fabs(a[v] - b[v]));
+        free(a);
+        free(b);
+    }
+    printf("  worst |merged - separate| logit %.3g\n", worst);
+    CHECK_MSG(worst <= 1e-5, "merged and separate products differ by %g", worst);
+    model_kv_free(kv);
+    model_kv_free(kg);
+    model_free(g);
+    backend_mem_free(be, apart);
+    model_free(m);
 }
 
 /* ---- training ---- */

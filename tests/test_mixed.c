@@ -518,24 +518,58 @@ TEST(swiglu_bf16_forward_and_backward) {
     CHECK(agree("swiglu in place", gate, ATOL_ELEM));
 }
 
+/* Rotary tables (P, HS/2) of real angles, f32: cos into *cs, sin into *sn. */
+static void rope_tables(int P, int HS, arr **cs, arr **sn) {
+    const int H2 = HS / 2;
+    *cs = arr_new((size_t)P * H2, DT_F32, 0), *sn = arr_new((size_t)P * H2, DT_F32, 0);
+    for (int p = 0; p < P; p++)
+        for (int i = 0; i < H2; i++) {
+            const double ang = p * pow(10000.0, -2.0 * i / HS);
+            (*cs)->x[p * H2 + i] = (float)cos(ang);
+            (*sn)->x[p * H2 + i] = (float)sin(ang);
+        }
+    arr_put(*cs), arr_put(*sn);
+}
+
 /* Rotary embeddings on a bf16 x(B,T,nh,HS) from position 3, forward and backward, with
  * tables of real angles. */
 TEST(rope_bf16_forward_and_backward) {
     NEED_MIXED();
     const int B = 2, T = 5, nh = 3, HS = 16, H2 = HS / 2, P = 12, pos0 = 3;
-    arr *cs = arr_new((size_t)P * H2, DT_F32, 0), *sn = arr_new((size_t)P * H2, DT_F32, 0);
-    for (int p = 0; p < P; p++)
-        for (int i = 0; i < H2; i++) {
-            const double ang = p * pow(10000.0, -2.0 * i / HS);
-            cs->x[p * H2 + i] = (float)cos(ang);
-            sn->x[p * H2 + i] = (float)sin(ang);
-        }
-    arr_put(cs), arr_put(sn);
+    arr *cs, *sn;
+    rope_tables(P, HS, &cs, &sn);
     arr *x = arr_new((size_t)B * T * nh * HS, DT_BF16, 1), *dx = arr_new((size_t)B * T * nh * HS, DT_BF16, 1);
     BOTH(b->ops->rope_forward(b, NULL, T4(x, B, T, nh, HS), T2(cs, P, H2), T2(sn, P, H2), pos0));
     CHECK(agree("rope forward", x, ATOL_ELEM));
     BOTH(b->ops->rope_backward(b, NULL, T4(dx, B, T, nh, HS), T2(cs, P, H2), T2(sn, P, H2), pos0));
     CHECK(agree("rope backward", dx, ATOL_ELEM));
+}
+
+/* The inference forward's views (llama_project): SwiGLU in place over the gate and up halves
+ * of one (N, 2F) product and rope over the q and k blocks of a packed (N, QD+2KD) q/k/v, in
+ * f32 and bf16; the buffers are checked whole (v's columns untouched). F 24 and HS 16 let the
+ * CUDA kernels take 16-byte packs; F 12 does not. */
+TEST(swiglu_and_rope_over_column_blocks) {
+    NEED_MIXED();
+    const int N = 6, T = 3, NH = 4, NKV = 2, HS = 16, H2 = HS / 2, QD = NH * HS, KD = NKV * HS, W = QD + 2 * KD;
+    const int P = 8, pos0 = 2;
+    arr *cs, *sn;
+    rope_tables(P, HS, &cs, &sn);
+    for (int k = 0; k < 4; k++) {
+        const dtype dt = k % 2 ? DT_BF16 : DT_F32;
+        const int F = k < 2 ? 24 : 12;
+        char what[64];
+        arr *gu = arr_new((size_t)N * 2 * F, dt, 2);
+        BOTH(b->ops->swiglu_forward(b, NULL, cols2(gu, N, 2 * F, 0, F), cols2(gu, N, 2 * F, 0, F),
+                                    cols2(gu, N, 2 * F, F, F)));
+        snprintf(what, sizeof what, "swiglu gate|up blocks %s F %d", dtn(dt), F);
+        CHECK(agree(what, gu, ATOL_ELEM));
+        arr *qkv = arr_new((size_t)N * W, dt, 1);
+        BOTH(b->ops->rope_forward(b, NULL, tensor_split_2d(cols2(qkv, N, W, 0, QD), T, HS), T2(cs, P, H2), T2(sn, P, H2), pos0);
+             b->ops->rope_forward(b, NULL, tensor_split_2d(cols2(qkv, N, W, QD, KD), T, HS), T2(cs, P, H2), T2(sn, P, H2), pos0));
+        snprintf(what, sizeof what, "rope q, k blocks %s", dtn(dt));
+        CHECK(agree(what, qkv, ATOL_ELEM));
+    }
 }
 
 /* add over every mix of f32 and bf16 among out, a, b, and in place in bf16; scale in bf16. */

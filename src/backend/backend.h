@@ -254,16 +254,20 @@ typedef struct backend_ops {
      * head of HS channels, channel i < HS/2 pairs with i + HS/2, and the pair rotates by the
      * angle of frequency i at the row's position:
      *   x[i] = x[i] cos - x[i+HS/2] sin;  x[i+HS/2] = x[i+HS/2] cos + x[i] sin.
-     * x is (B,T,nh,HS) (4-D) [lp]; time t sits at position pos0 + t. cos, sin are tables
-     * (P, HS/2) of cos/sin(position * inv_freq[i]) that the model builds once
+     * x is (B,T,nh,HS) (4-D) [lp]; time t sits at position pos0 + t. Each (b,t) row of nh*HS
+     * channels is contiguous and the rows may be apart (any row stride, evenly through B and T:
+     * tensor_row_stride(x, 2)), so a column block of a packed q/k/v rotates in place (dx of the
+     * backward likewise). cos, sin are tables (P, HS/2) of cos/sin(position * inv_freq[i]) that
+     * the model builds once
      * (P > pos0 + T - 1), so scaling schemes live in model code, not in backends.
      * backward applies the inverse rotation (the transpose) to the gradient, in place. */
     void (*rope_forward)(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0);
     void (*rope_backward)(backend *be, backend_stream *s, tensor dx, tensor cos, tensor sin, int pos0);
 
-    /* SwiGLU elementwise over views of equal element count, all [lp] of one dtype:
-     * out = silu(gate) * up
-     * (silu(g) = g * sigmoid(g)); out may alias gate or up. backward WRITES
+    /* SwiGLU elementwise, all [lp] of one dtype: out = silu(gate) * up (silu(g) = g * sigmoid(g)).
+     * forward: views of one shape whose rows (the last dimension) are contiguous, each with any
+     * row stride (tensor_row_stride(t, 1): gate and up may be column blocks of one product's
+     * output); out may alias gate or up. backward: contiguous views of equal element count; it WRITES
      * dgate = dout * up * silu'(gate) and dup = dout * silu(gate) (activation gradients);
      * dgate may alias dout. */
     void (*swiglu_forward)(backend *be, backend_stream *s, tensor out, tensor gate, tensor up);

@@ -1,7 +1,9 @@
 /* devw: the shared device copy of an inference model's weights (see devw.h).
  *
  * Layout: spec i lies at offset[i] bytes of one device allocation, in plan order, each
- * DEVW_ALIGN-aligned (cuBLASLt and the vector kernels read 16-byte units). The upload walks
+ * DEVW_ALIGN-aligned (cuBLASLt and the vector kernels read 16-byte units); a spec whose bytes
+ * are a multiple of DEVW_ALIGN is followed directly by the next, so a Llama layer's q/k/v and
+ * gate/up matrices form one matrix each (llama.c's merged products). The upload walks
  * the specs in that order, cutting each into chunks of at most DEVW_CHUNK_ELEMS elements (a
  * staging buffer holds one in f32, the widest destination dtype). The allocation is
  * backend_alloc's, or ipc_map's when the process shares its copy with others (devw.h). */

@@ -134,9 +134,10 @@ typedef struct llama_infer {
     float *cos, *sin;        /* (N, HS/2) the rows of each token's position */
     float *x;                /* (N,C) residual stream of the new tokens */
     float *ln;               /* (N,C) lp: norm output, then branch outputs */
-    float *q, *atty;         /* (N,QD) lp */
-    float *k, *v;            /* (N,KD) lp: the step's keys and values before they go to their slots */
-    float *gate, *up;        /* (N,F) lp */
+    float *qkv;              /* (N,QD+2KD) lp: q, k, v side by side (llama_project), k and v the
+                              * step's keys and values before they go to their slots */
+    float *atty;             /* (N,QD) lp */
+    float *gu;               /* (N,2F) lp: gate and up side by side; gate then the SwiGLU output */
     float *last;             /* (S,C) the rows whose logits are asked for */
     float *lastn;            /* (S,C) lp: those rows through the final norm */
     float *logits;           /* (S,V) */
@@ -420,16 +421,39 @@ static llama_layer_acts llama_layer_views(const model *m, int l) {
     return x;
 }
 
-/* x(rows, nh*HS) as (rows/T, T, nh, HS): the heads the rotary ops address. */
-static tensor llama_heads(tensor x, int64_t T, int64_t HS) {
-    const int64_t shape[4] = {x.shape[0] / T, T, x.shape[1] / HS, HS};
-    return tensor_reshape(x, 4, shape);
-}
+/* x(rows, nh*HS) (contiguous rows, any row stride: a column block of q/k/v) as
+ * (rows/T, T, nh, HS): the heads the rotary ops address. */
+static tensor llama_heads(tensor x, int64_t T, int64_t HS) { return tensor_split_2d(x, T, HS); }
 
 /* out(N,OC) = inp(N,IC) @ w(OC,IC)^T (+ b(OC) unless b is tensor_none()), in one op where
  * the backend fuses it. */
 static void llama_linear(backend *be, tensor out, tensor inp, tensor w, tensor b) {
     backend_linear_forward(be, NULL, out, tensor_none(), inp, w, true, b, BACKEND_ACT_NONE);
+}
+
+/* The n projections of one input side by side: out(N, OC_0 + ... + OC_n-1) = inp(N,IC) @
+ * [w[0]; ...; w[n-1]]^T (+ b[i] on block i where not tensor_none()), cols[i] receiving block
+ * i's view (columns of out, row stride out's width). Where the weights lie one after another
+ * in memory (tensor_join_rows: a layer's q/k/v and gate/up in the plan order of a model's
+ * parameters and of the device copy, devw.h) and have no biases, one product computes every
+ * block, as vLLM's QKVParallelLinear and MergedColumnParallelLinear do; else one product per
+ * block. */
+static void llama_project(backend *be, tensor out, tensor inp, int n, const tensor *w, const tensor *b, tensor *cols) {
+    tensor joined = w[0];
+    bool biased = false;
+    int64_t c0 = 0;
+    for (int i = 0; i < n; i++) {
+        biased |= !tensor_is_none(b[i]);
+        if (i > 0) joined = tensor_join_rows(joined, w[i]);
+        cols[i] = tensor_cols(out, c0, w[i].shape[0]);
+        c0 += w[i].shape[0];
+    }
+    SK_ASSERT(c0 == out.shape[1]);
+    if (!biased && !tensor_is_none(joined)) {
+        llama_linear(be, out, inp, joined, tensor_none());
+        return;
+    }
+    for (int i = 0; i < n; i++) llama_linear(be, cols[i], inp, w[i], b[i]);
 }
 
 /* Backward of llama_linear: dw (OC,IC) and db accumulate (db tensor_none(): no bias);
@@ -613,14 +637,14 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     const dtype lp = model_infer_dtype(m);
 #define E(field, n) { (void **)&f->field, (n) }
 #define L(field, n) { (void **)&f->field, arch_floats_of(n, lp) }
-    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 15] = {
+    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 12] = {
         E(rope_cos, P * HS / 2), E(rope_sin, P * HS / 2), E(cos, N * HS / 2), E(sin, N * HS / 2), E(x, N * C),
-        L(ln, N * C), L(q, N * QD), L(atty, N * QD), L(k, N * KD), L(v, N * KD), L(gate, N * F), L(up, N * F),
+        L(ln, N * C), L(qkv, N * (QD + 2 * KD)), L(atty, N * QD), L(gu, N * 2 * F),
         E(last, S * C), L(lastn, S * C), E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)),
     };
 #undef L
 #undef E
-    int n = 15;
+    int n = 12;
     arch_batch_plan(&f->ids, d, plan, &n);
     s->inf_mem = arch_plan_alloc(be, plan, n);
     if (!s->inf_mem)
@@ -643,7 +667,8 @@ static void llama_infer_upload(model *m, const model_batch *b) {
 }
 
 /* Runs the N tokens of b: each token's rotary angles are the table rows of its own position
- * (gathered once per step); per layer the projections run over all rows, the rotated keys
+ * (gathered once per step); per layer the projections run over all rows (q/k/v in one
+ * product and gate/up in another where their weights allow it: llama_project), the rotated keys
  * and the values go to their slots of kv, and paged attention reads each sequence's blocks
  * (within the sliding window when the config has one); only the rows asked for go through
  * the final norm and the LM head. Activations marked lp are model_infer_dtype's (the
@@ -661,10 +686,9 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     const int N = b->n_tokens, R = b->n_out;
     llama_infer *f = &s->inf;
     const dtype lp = model_infer_dtype(m);
-    tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C), q = arch_mat_at(f->q, lp, 0, N, QD);
-    tensor k = arch_mat_at(f->k, lp, 0, N, KD), v = arch_mat_at(f->v, lp, 0, N, KD);
-    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), gate = arch_mat_at(f->gate, lp, 0, N, F);
-    tensor up = arch_mat_at(f->up, lp, 0, N, F);
+    tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C);
+    tensor qkv = arch_mat_at(f->qkv, lp, 0, N, QD + 2 * KD), gu = arch_mat_at(f->gu, lp, 0, N, 2 * F);
+    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), qkvc[3], guc[2];   /* their column blocks */
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
     const int P = s->inf_dims.ctx;
 
@@ -677,21 +701,18 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.in_norm, c->norm_eps);
-        llama_linear(be, q, ln, w.qw, w.qb);
-        llama_linear(be, k, ln, w.kw, w.kb);
-        llama_linear(be, v, ln, w.vw, w.vb);
+        llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
         /* row r of the (1, N) sequence takes the angles of cos/sin row r: its own position */
-        op->rope_forward(be, NULL, llama_heads(q, N, HS), cos, sin, 0);
-        op->rope_forward(be, NULL, llama_heads(k, N, HS), cos, sin, 0);
-        arch_paged_attention(be, kv, &f->ids, b, l, atty, q, k, v, NH, NKV, W);
+        op->rope_forward(be, NULL, llama_heads(qkvc[0], N, HS), cos, sin, 0);
+        op->rope_forward(be, NULL, llama_heads(qkvc[1], N, HS), cos, sin, 0);
+        arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], NH, NKV, W);
         llama_linear(be, ln, atty, w.ow, tensor_none());
         tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.post_norm, c->norm_eps);
-        llama_linear(be, gate, ln, w.gw, w.gb);
-        llama_linear(be, up, ln, w.uw, w.ub);
-        op->swiglu_forward(be, NULL, gate, gate, up);
-        llama_linear(be, ln, gate, w.dw, w.db);
+        llama_project(be, gu, ln, 2, (tensor[]){w.gw, w.uw}, (tensor[]){w.gb, w.ub}, guc);
+        op->swiglu_forward(be, NULL, guc[0], guc[0], guc[1]);
+        llama_linear(be, ln, guc[0], w.dw, w.db);
         tp_sum(m, ln);
         op->add(be, NULL, x, x, ln);
     }

@@ -105,6 +105,39 @@ tensor tensor_reshape(tensor t, int ndim, const int64_t *shape) {
     return r;
 }
 
+tensor tensor_split_2d(tensor t, int64_t d1, int64_t d3) {
+    SK_ASSERT(t.ndim == 2 && t.stride[1] == 1 && d1 > 0 && d3 > 0 && t.shape[0] % d1 == 0 && t.shape[1] % d3 == 0);
+    const int64_t shape[4] = {t.shape[0] / d1, d1, t.shape[1] / d3, d3};
+    tensor r = tensor_make(t.data, t.dt, t.mem, 4, shape);
+    r.stride[1] = t.stride[0];
+    r.stride[0] = d1 * t.stride[0];
+    return r;
+}
+
+int64_t tensor_row_stride(tensor t, int inner) {
+    SK_ASSERT(inner >= 1 && inner <= t.ndim);
+    int64_t len = 1;
+    for (int d = t.ndim - 1; d >= t.ndim - inner; d--) {
+        SK_ASSERT(t.shape[d] == 1 || t.stride[d] == len);
+        len *= t.shape[d];
+    }
+    if (inner == t.ndim) return len;
+    const int o = t.ndim - inner - 1;   /* the innermost outer dimension: its stride is the rows' */
+    for (int d = 0; d < o; d++) SK_ASSERT(t.shape[d] == 1 || t.stride[d] == t.shape[d + 1] * t.stride[d + 1]);
+    SK_ASSERT(t.stride[o] >= len);
+    return t.stride[o];
+}
+
+tensor tensor_join_rows(tensor a, tensor b) {
+    if (tensor_is_none(a) || tensor_is_none(b) || a.ndim != 2 || b.ndim != 2 || a.dt != b.dt || a.mem != b.mem ||
+        a.shape[1] != b.shape[1] || !tensor_is_contiguous(a) || !tensor_is_contiguous(b) ||
+        (char *)a.data + tensor_bytes(a) != (char *)b.data)
+        return tensor_none();
+    tensor j = tensor_2d(a.data, a.dt, a.shape[0] + b.shape[0], a.shape[1]);
+    j.mem = a.mem;
+    return j;
+}
+
 const char *tensor_describe(tensor t, char *buf, size_t size) {
     static const char *const mem_names[] = {"host", "pinned", "device", "mapped"};
     int k = snprintf(buf, size, "%s[", t.ndim ? dtype_name(t.dt) : "none");

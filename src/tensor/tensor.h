@@ -71,6 +71,18 @@ tensor tensor_cols(tensor t, int64_t c0, int64_t n);
 tensor tensor_index(tensor t, int64_t i);
 /* The same elements under another contiguous shape (t must be contiguous). */
 tensor tensor_reshape(tensor t, int ndim, const int64_t *shape);
+/* A 2-D view (R,K) with contiguous rows and any row stride as the 4-D (R/d1, d1, K/d3, d3) of
+ * the same elements: a (B*T, nh*HS) column block as (B, T, nh, HS). d1 divides R, d3 K. */
+tensor tensor_split_2d(tensor t, int64_t d1, int64_t d3);
+/* The stride between the rows of t, a row being its last `inner` dimensions, which must lie
+ * contiguously inside it, while the outer dimensions step through rows evenly: a (B,T,nh,HS)
+ * view of the heads of a column block of a (B*T, W) matrix, inner 2, has row stride W.
+ * With inner == ndim: the element count. Asserts on any other layout. */
+int64_t tensor_row_stride(tensor t, int inner);
+/* The 2-D view of a's rows followed by b's where b's first element follows a's last in
+ * memory (two contiguous 2-D views of one dtype, memory kind and column count): two weight
+ * matrices planned one after the other as one. tensor_none() otherwise, or when either is. */
+tensor tensor_join_rows(tensor a, tensor b);
 /* Leading dimension of a 2-D view with contiguous rows: the row stride. */
 static inline int64_t tensor_ld(tensor t) {
     SK_ASSERT(t.ndim == 2 && t.stride[1] == 1);

@@ -492,20 +492,21 @@ static void cpu_rmsnorm_backward(backend *be, backend_stream *stream, tensor din
 }
 
 /* Rotates each (i, i + HS/2) pair of every head of x(B,T,nh,HS) by +angle (dir = 1) or
- * -angle (dir = -1). */
+ * -angle (dir = -1); x's rows of nh*HS channels may be apart (a column block of q/k/v). */
 static void cpu_rope(tensor x_t, tensor cos_t, tensor sin_t, int pos0, float dir) {
     SK_ASSERT(x_t.ndim == 4);
     const int T = (int)x_t.shape[1], N = (int)x_t.shape[0] * T, nh = (int)x_t.shape[2], HS = (int)x_t.shape[3];
     const int H2 = HS / 2;
     SK_ASSERT(HS % 2 == 0 && cos_t.ndim == 2 && cos_t.shape[1] == H2 && cos_t.shape[0] >= pos0 + T);
-    float *x = cpu_vec(x_t, (int64_t)N * nh * HS);
+    const size_t ld = (size_t)tensor_row_stride(x_t, 2);
+    float *x = tensor_f32(x_t);
     const float *cos = cpu_vec(cos_t, tensor_numel(cos_t)), *sin = cpu_vec(sin_t, tensor_numel(cos_t));
 #pragma omp parallel for schedule(static) if ((size_t)N * nh * HS > CPU_PAR_MIN)
     for (int r = 0; r < N; r++) {
         const int p = pos0 + r % T;
         const float *cs = cos + (size_t)p * H2, *sn = sin + (size_t)p * H2;
         for (int h = 0; h < nh; h++) {
-            float *x1 = x + ((size_t)r * nh + h) * HS, *x2 = x1 + H2;
+            float *x1 = x + (size_t)r * ld + (size_t)h * HS, *x2 = x1 + H2;
 #pragma omp simd
             for (int i = 0; i < H2; i++) {
                 float a = x1[i], b = x2[i], c = cs[i], s = dir * sn[i];
@@ -525,14 +526,21 @@ static void cpu_rope_backward(backend *be, backend_stream *stream, tensor dx, te
     cpu_rope(dx, cos, sin, pos0, -1.0f);
 }
 
+/* Row by row over views of one shape, each row (the last dimension) contiguous, the rows of
+ * each view their own stride apart (gate and up: column blocks of one product's output). */
 static void cpu_swiglu_forward(backend *be, backend_stream *stream, tensor out_t, tensor gate_t, tensor up_t) {
-    const size_t n = (size_t)tensor_numel(gate_t);
-    const float *gate = cpu_vec(gate_t, (int64_t)n), *up = cpu_vec(up_t, (int64_t)n);
-    float *out = cpu_vec(out_t, (int64_t)n);
-#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + cpu_expf(-g)) * up[i];
+    SK_ASSERT(tensor_same_shape(out_t, gate_t) && tensor_same_shape(up_t, gate_t) && gate_t.dt == DT_F32);
+    const int64_t n = tensor_numel(gate_t), cols = gate_t.shape[gate_t.ndim - 1], rows = cols ? n / cols : 0;
+    const size_t ldg = (size_t)tensor_row_stride(gate_t, 1), ldu = (size_t)tensor_row_stride(up_t, 1),
+                 ldo = (size_t)tensor_row_stride(out_t, 1);
+    const float *gate = gate_t.data, *up = up_t.data;
+    float *out = out_t.data;
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gate + (size_t)r * ldg, *u = up + (size_t)r * ldu;
+        float *o = out + (size_t)r * ldo;
+#pragma omp simd
+        for (int64_t c = 0; c < cols; c++) o[c] = g[c] / (1.0f + cpu_expf(-g[c])) * u[c];
     }
 }
 

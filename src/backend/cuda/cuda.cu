@@ -381,12 +381,13 @@ static void cuda_rmsnorm_backward_op(backend *be, backend_stream *s, tensor dinp
                        vec(dweight, C), NULL, lp_mat(dout, N, C), x, vec(weight, C), NULL, vec(rstd, N), N, C);
 }
 
-/* x(B,T,nh,HS) rotated by dir * angle at positions pos0 + t. */
+/* x(B,T,nh,HS) rotated by dir * angle at positions pos0 + t; its rows of nh*HS channels may be
+ * apart (tensor_row_stride). */
 static void rope(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0, float dir) {
     SK_ASSERT(x.ndim == 4);
     const int T = (int)x.shape[1], N = (int)x.shape[0] * T, nh = (int)x.shape[2], HS = (int)x.shape[3];
     SK_ASSERT(HS % 2 == 0 && cos.ndim == 2 && cos.shape[1] == HS / 2 && cos.shape[0] >= pos0 + T);
-    cuda_rope(ctx(be), stream_of(be, s), lp_flat(x, (int64_t)N * nh * HS), vec(cos, tensor_numel(cos)),
+    cuda_rope(ctx(be), stream_of(be, s), lp(x), tensor_row_stride(x, 2), vec(cos, tensor_numel(cos)),
               vec(sin, tensor_numel(cos)), N, T, nh, HS, pos0, dir);
 }
 static void cuda_rope_forward_op(backend *be, backend_stream *s, tensor x, tensor cos, tensor sin, int pos0) {
@@ -397,10 +398,13 @@ static void cuda_rope_backward_op(backend *be, backend_stream *s, tensor dx, ten
     rope(be, s, dx, cos, sin, pos0, -1.0f);
 }
 
+/* Views of one shape whose rows (the last dimension) may be apart (tensor_row_stride). */
 static void cuda_swiglu_forward_op(backend *be, backend_stream *s, tensor out, tensor gate, tensor up) {
-    const int64_t n = tensor_numel(gate);
-    SK_ASSERT(out.dt == gate.dt && up.dt == gate.dt);
-    cuda_swiglu_forward(ctx(be), stream_of(be, s), lp_flat(out, n), lp_flat(gate, n), lp_flat(up, n), n);
+    SK_ASSERT(tensor_same_shape(out, gate) && tensor_same_shape(up, gate));
+    const int64_t n = tensor_numel(gate), cols = gate.shape[gate.ndim - 1];
+    if (n == 0) return;
+    cuda_swiglu_forward(ctx(be), stream_of(be, s), lp(out), tensor_row_stride(out, 1), lp(gate),
+                        tensor_row_stride(gate, 1), lp(up), tensor_row_stride(up, 1), n / cols, cols);
 }
 
 static void cuda_swiglu_backward_op(backend *be, backend_stream *s, tensor dgate, tensor dup, tensor dout,

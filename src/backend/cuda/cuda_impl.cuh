@@ -181,10 +181,13 @@ void cuda_gelu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp i
 void cuda_gelu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dinp, cuda_lp inp, cuda_lp dout, int64_t n);
 void cuda_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp a, cuda_lp b, int64_t n);
 void cuda_scale(const cuda_ctx *x, cudaStream_t s, cuda_lp v, float alpha, int64_t n);
-/* Rotates x(N,nh,HS) (N = B*T rows, row r at position pos0 + r % T) by dir * angle. */
-void cuda_rope(const cuda_ctx *x, cudaStream_t s, cuda_lp v, const float *cos, const float *sin, int N, int T,
-               int nh, int HS, int pos0, float dir);
-void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp gate, cuda_lp up, int64_t n);
+/* Rotates x(N,nh,HS) (N = B*T rows ld elements apart, row r at position pos0 + r % T) by
+ * dir * angle. */
+void cuda_rope(const cuda_ctx *x, cudaStream_t s, cuda_lp v, int64_t ld, const float *cos, const float *sin, int N,
+               int T, int nh, int HS, int pos0, float dir);
+/* out, gate, up (rows, cols), each with its own row stride. */
+void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp gate, int64_t ldg,
+                         cuda_lp up, int64_t ldu, int64_t rows, int64_t cols);
 void cuda_swiglu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dgate, cuda_lp dup, cuda_lp dout,
                           cuda_lp gate, cuda_lp up, int64_t n);
 /* logits and dlogits (when dlogits.p is not NULL) of one dtype. */

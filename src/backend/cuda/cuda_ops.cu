@@ -922,17 +922,18 @@ void cuda_scale(const cuda_ctx *x, cudaStream_t s, cuda_lp v, float alpha, int64
 }
 
 /* Element e = (row, head, pair i): x[i] = x[i] cos - x[i+H2] sin, x[i+H2] = x[i+H2] cos +
- * x[i] sin, with sin's sign flipped by dir = -1 (the backward). A pack never crosses a head
- * (vec needs H2 a multiple of PACK). */
+ * x[i] sin, with sin's sign flipped by dir = -1 (the backward). Rows are ld elements apart. A
+ * pack never crosses a head (vec needs H2 and ld multiples of PACK). */
 template <class TX> struct op_rope {
     TX *v;
+    int64_t ld;
     const float *cos, *sin;
     int T, nh, H2, pos0;
     float dir;
     template <int W> __device__ void apply(int64_t e) const {
         const int64_t i = e % H2, rh = e / H2, r = rh / nh;
         const int64_t p = pos0 + r % T;
-        TX *x1 = v + rh * 2 * H2 + i, *x2 = x1 + H2;
+        TX *x1 = v + r * ld + (rh - r * nh) * 2 * H2 + i, *x2 = x1 + H2;
         const pk<W> a = load<W>(x1), b = load<W>(x2), c = load<W>(cos + p * H2 + i), sn = load<W>(sin + p * H2 + i);
         pk<W> y1, y2;
 #pragma unroll
@@ -946,26 +947,31 @@ template <class TX> struct op_rope {
     }
 };
 
-void cuda_rope(const cuda_ctx *x, cudaStream_t s, cuda_lp v, const float *cos, const float *sin, int N, int T,
-               int nh, int HS, int pos0, float dir) {
+void cuda_rope(const cuda_ctx *x, cudaStream_t s, cuda_lp v, int64_t ld, const float *cos, const float *sin, int N,
+               int T, int nh, int HS, int pos0, float dir) {
     const int H2 = HS / 2;
     typed_one(
         [&](auto *p) {
-            each_packed(x, s, (int64_t)N * nh * H2, aligned16(p, cos, sin) && H2 % PACK == 0,
-                        op_rope{p, cos, sin, T, nh, H2, pos0, dir});
+            each_packed(x, s, (int64_t)N * nh * H2, aligned16(p, cos, sin) && H2 % PACK == 0 && ld % PACK == 0,
+                        op_rope{p, ld, cos, sin, T, nh, H2, pos0, dir});
         },
         v);
 }
 
+/* Element i of (rows, cols) arrays with row strides ldo, ldg, ldu; cols 0: flat arrays (every
+ * stride the width), indexed by i itself. A pack never crosses a row (vec needs cols and the
+ * strides multiples of PACK where cols is not 0). */
 template <class T> struct op_swiglu {
     T *out;
     const T *gate, *up;
+    int64_t cols, ldo, ldg, ldu;
     template <int W> __device__ void apply(int64_t i) const {
-        pk<W> g = load<W>(gate + i);
-        const pk<W> u = load<W>(up + i);
+        const int64_t r = cols ? i / cols : 0, c = i - r * cols;
+        pk<W> g = load<W>(gate + r * ldg + c);
+        const pk<W> u = load<W>(up + r * ldu + c);
 #pragma unroll
         for (int j = 0; j < W; j++) g.v[j] = g.v[j] / (1.0f + expf(-g.v[j])) * u.v[j];
-        store<W>(out + i, g);
+        store<W>(out + r * ldo + c, g);
     }
 };
 
@@ -987,9 +993,16 @@ template <class T> struct op_swiglu_backward {
     }
 };
 
-void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, cuda_lp gate, cuda_lp up, int64_t n) {
-    typed_one([&](auto *o, auto *g, auto *u) { each_packed(x, s, n, aligned16(o, g, u), op_swiglu{o, g, u}); }, out,
-              gate, up);
+void cuda_swiglu_forward(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, cuda_lp gate, int64_t ldg,
+                         cuda_lp up, int64_t ldu, int64_t rows, int64_t cols) {
+    const bool flat = rows == 1 || (ldo == cols && ldg == cols && ldu == cols);
+    const int64_t c = flat ? 0 : cols;
+    const bool packs = flat || (cols % PACK == 0 && ldo % PACK == 0 && ldg % PACK == 0 && ldu % PACK == 0);
+    typed_one(
+        [&](auto *o, auto *g, auto *u) {
+            each_packed(x, s, rows * cols, aligned16(o, g, u) && packs, op_swiglu{o, g, u, c, ldo, ldg, ldu});
+        },
+        out, gate, up);
 }
 
 void cuda_swiglu_backward(const cuda_ctx *x, cudaStream_t s, cuda_lp dgate, cuda_lp dup, cuda_lp dout,
