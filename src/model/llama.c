@@ -133,7 +133,9 @@ typedef struct llama_infer {
     arch_batch_ids ids;      /* the batch's arrays */
     float *cos, *sin;        /* (N, HS/2) the rows of each token's position */
     float *x;                /* (N,C) residual stream of the new tokens */
-    float *ln;               /* (N,C) lp: norm output, then branch outputs */
+    float *ln;               /* (N,C) lp: norm output */
+    float *br;               /* (N,C) lp: a branch's output (o_proj, down_proj), which the next
+                              * norm adds into x (never ln: a norm's out overlaps no resid) */
     float *q, *atty;         /* (N,QD) lp */
     float *k, *v;            /* (N,KD) lp: the step's keys and values before they go to their slots */
     float *gate, *up;        /* (N,F) lp */
@@ -613,14 +615,14 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     const dtype lp = model_infer_dtype(m);
 #define E(field, n) { (void **)&f->field, (n) }
 #define L(field, n) { (void **)&f->field, arch_floats_of(n, lp) }
-    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 15] = {
+    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 16] = {
         E(rope_cos, P * HS / 2), E(rope_sin, P * HS / 2), E(cos, N * HS / 2), E(sin, N * HS / 2), E(x, N * C),
-        L(ln, N * C), L(q, N * QD), L(atty, N * QD), L(k, N * KD), L(v, N * KD), L(gate, N * F), L(up, N * F),
+        L(ln, N * C), L(br, N * C), L(q, N * QD), L(atty, N * QD), L(k, N * KD), L(v, N * KD), L(gate, N * F), L(up, N * F),
         E(last, S * C), L(lastn, S * C), E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)),
     };
 #undef L
 #undef E
-    int n = 15;
+    int n = 16;
     arch_batch_plan(&f->ids, d, plan, &n);
     s->inf_mem = arch_plan_alloc(be, plan, n);
     if (!s->inf_mem)
@@ -662,7 +664,7 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     llama_infer *f = &s->inf;
     const dtype lp = model_infer_dtype(m);
     tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C), q = arch_mat_at(f->q, lp, 0, N, QD);
-    tensor k = arch_mat_at(f->k, lp, 0, N, KD), v = arch_mat_at(f->v, lp, 0, N, KD);
+    tensor br = arch_mat_at(f->br, lp, 0, N, C), k = arch_mat_at(f->k, lp, 0, N, KD), v = arch_mat_at(f->v, lp, 0, N, KD);
     tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), gate = arch_mat_at(f->gate, lp, 0, N, F);
     tensor up = arch_mat_at(f->up, lp, 0, N, F);
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
@@ -676,7 +678,8 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     op->embed_forward(be, NULL, sin, pos, arch_mat(f->rope_sin, P, HS / 2), tensor_none());
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
-        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.in_norm, c->norm_eps);
+        /* x += the previous layer's MLP output (none before layer 0), fused into the norm */
+        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, l ? br : tensor_none(), w.in_norm, c->norm_eps);
         llama_linear(be, q, ln, w.qw, w.qb);
         llama_linear(be, k, ln, w.kw, w.kb);
         llama_linear(be, v, ln, w.vw, w.vb);
@@ -684,17 +687,16 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
         op->rope_forward(be, NULL, llama_heads(q, N, HS), cos, sin, 0);
         op->rope_forward(be, NULL, llama_heads(k, N, HS), cos, sin, 0);
         arch_paged_attention(be, kv, &f->ids, b, l, atty, q, k, v, NH, NKV, W);
-        llama_linear(be, ln, atty, w.ow, tensor_none());
-        tp_sum(m, ln);
-        op->add(be, NULL, x, x, ln);
-        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.post_norm, c->norm_eps);
+        llama_linear(be, br, atty, w.ow, tensor_none());
+        tp_sum(m, br);
+        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, br, w.post_norm, c->norm_eps);
         llama_linear(be, gate, ln, w.gw, w.gb);
         llama_linear(be, up, ln, w.uw, w.ub);
         op->swiglu_forward(be, NULL, gate, gate, up);
-        llama_linear(be, ln, gate, w.dw, w.db);
-        tp_sum(m, ln);
-        op->add(be, NULL, x, x, ln);
+        llama_linear(be, br, gate, w.dw, w.db);
+        tp_sum(m, br);
     }
+    op->add(be, NULL, x, x, br);   /* the last MLP output, unfused: the final norm runs on R gathered rows */
     tensor last = arch_mat(f->last, R, C), lastn = arch_mat_at(f->lastn, lp, 0, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
     op->rmsnorm_forward(be, NULL, lastn, tensor_none(), last, tensor_none(), llama_tensor(m, false, llama_norm(m)),
