@@ -535,9 +535,9 @@ static sk_status gpt2_infer_prepare(model *m, int max_tokens, int max_seqs, int 
     const dtype lp = model_infer_dtype(m);
 #define E(field, n) { (void **)&f->field, (n) }
     arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 11] = {
-        E(x, N * C), E(ln, N * C), E(br, arch_floats_of(N * C, lp)), E(qkv, arch_floats_of(N * 3 * QD, lp)), E(atty, arch_floats_of(N * QD, lp)),
+        E(x, N * C), E(ln, N * C), E(qkv, arch_floats_of(N * 3 * QD, lp)), E(atty, arch_floats_of(N * QD, lp)),
         E(fch, arch_floats_of(N * F, lp)), E(mean, N), E(rstd, N), E(last, S * C), E(lastn, arch_floats_of(S * C, lp)),
-        E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)),
+        E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)), E(br, arch_floats_of(N * C, lp)),
     };
 #undef E
     int n = 11;
@@ -575,8 +575,9 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     gpt2_infer *f = &s->inf;
     const dtype lp = model_infer_dtype(m);
     tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C), qkv = arch_mat_at(f->qkv, lp, 0, N, 3 * QD);
-    tensor br = arch_mat_at(f->br, lp, 0, N, C), atty = arch_mat_at(f->atty, lp, 0, N, QD), fch = arch_mat_at(f->fch, lp, 0, N, F);
+    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), fch = arch_mat_at(f->fch, lp, 0, N, F);
     tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N), wpe = gpt2_tensor(m, false, P_WPE);
+    tensor br = arch_mat_at(f->br, lp, 0, N, C);
 
     /* x = wte[token] + wpe[position], the sum embed_forward forms in one call (split: rank 0
      * alone holds wpe, and the sum over the ranks adds it once) */

@@ -617,8 +617,9 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
 #define L(field, n) { (void **)&f->field, arch_floats_of(n, lp) }
     arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 16] = {
         E(rope_cos, P * HS / 2), E(rope_sin, P * HS / 2), E(cos, N * HS / 2), E(sin, N * HS / 2), E(x, N * C),
-        L(ln, N * C), L(br, N * C), L(q, N * QD), L(atty, N * QD), L(k, N * KD), L(v, N * KD), L(gate, N * F), L(up, N * F),
+        L(ln, N * C), L(q, N * QD), L(atty, N * QD), L(k, N * KD), L(v, N * KD), L(gate, N * F), L(up, N * F),
         E(last, S * C), L(lastn, S * C), E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)),
+        L(br, N * C),
     };
 #undef L
 #undef E
@@ -664,10 +665,11 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     llama_infer *f = &s->inf;
     const dtype lp = model_infer_dtype(m);
     tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C), q = arch_mat_at(f->q, lp, 0, N, QD);
-    tensor br = arch_mat_at(f->br, lp, 0, N, C), k = arch_mat_at(f->k, lp, 0, N, KD), v = arch_mat_at(f->v, lp, 0, N, KD);
+    tensor k = arch_mat_at(f->k, lp, 0, N, KD), v = arch_mat_at(f->v, lp, 0, N, KD);
     tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), gate = arch_mat_at(f->gate, lp, 0, N, F);
     tensor up = arch_mat_at(f->up, lp, 0, N, F);
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
+    tensor br = arch_mat_at(f->br, lp, 0, N, C);
     const int P = s->inf_dims.ctx;
 
     tensor pos = tensor_2d(f->ids.pos, DT_I32, 1, N);
