@@ -523,6 +523,79 @@ TEST(rmsnorm_forward_and_backward) {
     CHECK_NEAR(dwt[3], 2 * firstw, 1e-6);
 }
 
+/* ---- a norm with its residual add fused in ----
+ * forward(out, inp, resid) against add(inp, inp, resid) then forward(out, inp, none) (the
+ * inference forwards' old order), for LayerNorm and RMSNorm, an f32 or bf16 residual (a
+ * branch output in [lp]) and an f32 or bf16 out, at N and C odd and even (C = 64 and 128:
+ * a device's 16-byte kernels; 37 and 38: their one-element path). The sum in inp is one f32
+ * addition either way: it must equal the host's inp + resid exactly on every backend. out
+ * and the statistics: the same bits on the CPU (the reference); on a device within 1e-6
+ * (f32) or one bf16 step, 2^-7 (bf16), relative to max(|ref|, 1). */
+
+/* Element i of a host array of dtype dt (f32 or bf16) in f32. */
+static float elem_f32(const void *p, dtype dt, size_t i) {
+    return dt == DT_BF16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+/* Whether got(n) matches want(n), both of dtype dt, as the comment above says (exact: the
+ * same bits on any backend); prints the first mismatch. */
+static bool fused_match(const char *what, const void *got, const void *want, dtype dt, size_t n, bool exact) {
+    const size_t sz = dtype_size(dt);
+    const bool bits = exact || !strcmp(be->name, "cpu");
+    const double rel = dt == DT_BF16 ? 1.0 / 128 : 1e-6;
+    for (size_t i = 0; i < n; i++) {
+        const double a = elem_f32(got, dt, i), b = elem_f32(want, dt, i);
+        const bool ok = bits ? !memcmp((const char *)got + i * sz, (const char *)want + i * sz, sz)
+                             : fabs(a - b) <= rel * fmax(fabs(b), 1.0);
+        if (!ok) {
+            printf("  %s[%zu]: %.9g vs %.9g\n", what, i, a, b);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The norm (ln: LayerNorm with mean, else RMSNorm) of inp into out, resid fused in. */
+static void fused_norm(bool ln, tensor out, float *mean, float *rstd, tensor inp, tensor resid, const float *wt,
+                       const float *b, int N, int C) {
+    if (ln) be->ops->layernorm_forward(be, NULL, out, V(mean, N), V(rstd, N), inp, resid, V(wt, C), V(b, C), 1e-5f);
+    else be->ops->rmsnorm_forward(be, NULL, out, V(rstd, N), inp, resid, V(wt, C), 1e-5f);
+}
+
+/* One case: fused into (x, o1, m1, r1), separate into (x2, o2, m2, r2). */
+static void fused_norm_case(bool ln, int N, int C, dtype rdt, dtype odt) {
+    setup((uint64_t)(ln * 1000 + N * 100 + C) * 4 + (rdt == DT_BF16) * 2 + (odt == DT_BF16));
+    const size_t n = (size_t)N * C, osz = dtype_size(odt);
+    float *x = randn(n, 1.5f), *x2 = zeros(n), *want = zeros(n), *rf = randn(n, 1), *wt = randn(C, 1);
+    float *b = randn(C, 1), *m1 = zeros(N), *r1 = zeros(N), *m2 = zeros(N), *r2 = zeros(N);
+    void *res = mirrored(n * dtype_size(rdt)), *o1 = mirrored(n * osz), *o2 = mirrored(n * osz);
+    if (rdt == DT_BF16) dtype_from_f32(res, DT_BF16, rf, n);
+    else memcpy(res, rf, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) want[i] = x[i] + elem_f32(res, rdt, i);
+    memcpy(x2, x, n * sizeof(float));
+    const tensor r = tensor_2d(DEV(res), rdt, N, C);
+    RUN(fused_norm(ln, tensor_2d(DEV(o1), odt, N, C), m1, r1, M(x, N, C), r, wt, b, N, C);
+        be->ops->add(be, NULL, M(x2, N, C), M(x2, N, C), r);
+        fused_norm(ln, tensor_2d(DEV(o2), odt, N, C), m2, r2, M(x2, N, C), tensor_none(), wt, b, N, C));
+    char what[80];
+    snprintf(what, sizeof what, "%s N %d C %d resid %s out %s", ln ? "layernorm" : "rmsnorm", N, C,
+             dtype_name(rdt), dtype_name(odt));
+    CHECK_MSG(fused_match("inp += resid", x, want, DT_F32, n, true), "%s", what);
+    CHECK_MSG(fused_match("add", x2, want, DT_F32, n, true), "%s", what);
+    CHECK_MSG(fused_match("out", o1, o2, odt, n, false), "%s", what);
+    CHECK_MSG(fused_match("rstd", r1, r2, DT_F32, N, false), "%s", what);
+    CHECK_MSG(fused_match("mean", m1, m2, DT_F32, N, false), "%s", what);
+}
+
+TEST(norm_residual_fused_matches_add_then_norm) {
+    static const int shapes[][2] = {{3, 37}, {4, 38}, {5, 64}, {8, 128}};
+    for (int ln = 0; ln < 2; ln++)
+        for (int k = 0; k < 4; k++)
+            for (int rb = 0; rb < 2; rb++)
+                for (int ob = 0; ob < 2; ob++)
+                    fused_norm_case(ln, shapes[k][0], shapes[k][1], rb ? DT_BF16 : DT_F32, ob ? DT_BF16 : DT_F32);
+}
+
 /* RoPE: forward against the rotate_half formula evaluated in double, the rows' positions
  * (pos0 + r % T) honored, backward by finite differences (rope is linear, so the
  * objective's gradient is exactly rope_backward(w)), and backward undoing forward. */

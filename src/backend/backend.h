@@ -185,9 +185,11 @@ typedef struct backend_ops {
 
     /* LayerNorm over the C columns of inp(N,C) with weight(C), bias(C). Writes out(N,C) [lp],
      * mean(N), rstd(N) (saved for backward; both may be tensor_none() in inference). With a
-     * residual resid(N,C) (f32, else tensor_none()) the op first adds it to inp in place
-     * (inp += resid, the residual stream's sum, rounded once) and normalizes the sum: the
-     * add and the norm in one pass. out overlaps neither inp nor resid. */
+     * residual resid(N,C) [lp] (else tensor_none()) the op first adds it to inp in place
+     * (inp += resid in f32, the residual stream's sum, rounded once to f32) and normalizes
+     * the sum: the add and the norm in one pass, the same bits as add(inp, inp, resid) then
+     * the op without resid (a bf16 branch output joins the f32 stream exactly as add takes
+     * it). out overlaps neither inp nor resid. */
     void (*layernorm_forward)(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,
                               tensor resid, tensor weight, tensor bias, float eps);
     /* dinp(N,C), dweight(C), dbias(C) accumulate from dout(N,C) [lp]; mean, rstd from the

@@ -114,8 +114,10 @@ typedef struct gpt2_acts {
 typedef struct gpt2_infer {
     arch_batch_ids ids;      /* the batch's arrays */
     float *x;                /* (N,C) residual stream of the new tokens */
-    float *ln;               /* (N,C) lp: LayerNorm output, then branch outputs (room for f32:
-                              * the position embeddings pass through it) */
+    float *ln;               /* (N,C) lp: LayerNorm output (room for f32: the position
+                              * embeddings pass through it) */
+    float *br;               /* (N,C) lp: a branch's output (the c_proj layers), which the next
+                              * LayerNorm adds into x (never ln: a norm's out overlaps no resid) */
     float *qkv;              /* (N,3C) lp */
     float *atty;             /* (N,C) lp */
     float *fch;              /* (N,F) lp */
@@ -532,13 +534,13 @@ static sk_status gpt2_infer_prepare(model *m, int max_tokens, int max_seqs, int 
     gpt2_infer *f = &s->inf;
     const dtype lp = model_infer_dtype(m);
 #define E(field, n) { (void **)&f->field, (n) }
-    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 10] = {
+    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 11] = {
         E(x, N * C), E(ln, N * C), E(qkv, arch_floats_of(N * 3 * QD, lp)), E(atty, arch_floats_of(N * QD, lp)),
         E(fch, arch_floats_of(N * F, lp)), E(mean, N), E(rstd, N), E(last, S * C), E(lastn, arch_floats_of(S * C, lp)),
-        E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)),
+        E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)), E(br, arch_floats_of(N * C, lp)),
     };
 #undef E
-    int n = 10;
+    int n = 11;
     arch_batch_plan(&f->ids, d, plan, &n);
     s->inf_mem = arch_plan_alloc(be, plan, n);
     if (!s->inf_mem)
@@ -575,6 +577,7 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C), qkv = arch_mat_at(f->qkv, lp, 0, N, 3 * QD);
     tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), fch = arch_mat_at(f->fch, lp, 0, N, F);
     tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N), wpe = gpt2_tensor(m, false, P_WPE);
+    tensor br = arch_mat_at(f->br, lp, 0, N, C);
 
     /* x = wte[token] + wpe[position], the sum embed_forward forms in one call (split: rank 0
      * alone holds wpe, and the sum over the ranks adds it once) */
@@ -587,19 +590,19 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     tp_sum(m, x);
     for (int l = 0; l < L; l++) {
         gpt2_w w = gpt2_layer(m, false, l);
-        op->layernorm_forward(be, NULL, ln, mean, rstd, x, tensor_none(), w.ln1w, w.ln1b, c->norm_eps);
+        /* x += the previous layer's MLP output (none before layer 0), fused into the norm */
+        op->layernorm_forward(be, NULL, ln, mean, rstd, x, l ? br : tensor_none(), w.ln1w, w.ln1b, c->norm_eps);
         gpt2_linear(be, qkv, ln, w.attnw, w.attnb);
         arch_paged_attention(be, kv, &f->ids, b, l, atty, tensor_cols(qkv, 0, QD), tensor_cols(qkv, QD, QD),
                              tensor_cols(qkv, 2 * QD, QD), NH, NH, 0);
-        gpt2_linear(be, ln, atty, w.projw, w.projb);
-        tp_sum(m, ln);
-        op->add(be, NULL, x, x, ln);
-        op->layernorm_forward(be, NULL, ln, mean, rstd, x, tensor_none(), w.ln2w, w.ln2b, c->norm_eps);
+        gpt2_linear(be, br, atty, w.projw, w.projb);
+        tp_sum(m, br);
+        op->layernorm_forward(be, NULL, ln, mean, rstd, x, br, w.ln2w, w.ln2b, c->norm_eps);
         gpt2_linear_gelu(be, fch, tensor_none(), ln, w.fcw, w.fcb);
-        gpt2_linear(be, ln, fch, w.fcpw, w.fcpb);
-        tp_sum(m, ln);
-        op->add(be, NULL, x, x, ln);
+        gpt2_linear(be, br, fch, w.fcpw, w.fcpb);
+        tp_sum(m, br);
     }
+    op->add(be, NULL, x, x, br);   /* the last MLP output, unfused: ln_f runs on R gathered rows */
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor last = arch_mat(f->last, R, C), lastn = arch_mat_at(f->lastn, lp, 0, R, C);
     arch_gather_out(be, &f->ids, b, last, x);

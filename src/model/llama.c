@@ -133,7 +133,9 @@ typedef struct llama_infer {
     arch_batch_ids ids;      /* the batch's arrays */
     float *cos, *sin;        /* (N, HS/2) the rows of each token's position */
     float *x;                /* (N,C) residual stream of the new tokens */
-    float *ln;               /* (N,C) lp: norm output, then branch outputs */
+    float *ln;               /* (N,C) lp: norm output */
+    float *br;               /* (N,C) lp: a branch's output (o_proj, down_proj), which the next
+                              * norm adds into x (never ln: a norm's out overlaps no resid) */
     float *qkv;              /* (N,QD+2KD) lp: q, k, v side by side (llama_project), k and v the
                               * step's keys and values before they go to their slots */
     float *atty;             /* (N,QD) lp */
@@ -637,14 +639,15 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     const dtype lp = model_infer_dtype(m);
 #define E(field, n) { (void **)&f->field, (n) }
 #define L(field, n) { (void **)&f->field, arch_floats_of(n, lp) }
-    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 12] = {
+    arch_plan_entry plan[ARCH_BATCH_PLAN_ENTRIES + 13] = {
         E(rope_cos, P * HS / 2), E(rope_sin, P * HS / 2), E(cos, N * HS / 2), E(sin, N * HS / 2), E(x, N * C),
         L(ln, N * C), L(qkv, N * (QD + 2 * KD)), L(atty, N * QD), L(gu, N * 2 * F),
         E(last, S * C), L(lastn, S * C), E(logits, S * (size_t)arch_vocab_padded(c->vocab_size)),
+        L(br, N * C),
     };
 #undef L
 #undef E
-    int n = 12;
+    int n = 13;
     arch_batch_plan(&f->ids, d, plan, &n);
     s->inf_mem = arch_plan_alloc(be, plan, n);
     if (!s->inf_mem)
@@ -690,6 +693,7 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     tensor qkv = arch_mat_at(f->qkv, lp, 0, N, QD + 2 * KD), gu = arch_mat_at(f->gu, lp, 0, N, 2 * F);
     tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), qkvc[3], guc[2];   /* their column blocks */
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
+    tensor br = arch_mat_at(f->br, lp, 0, N, C);
     const int P = s->inf_dims.ctx;
 
     tensor pos = tensor_2d(f->ids.pos, DT_I32, 1, N);
@@ -700,22 +704,22 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     op->embed_forward(be, NULL, sin, pos, arch_mat(f->rope_sin, P, HS / 2), tensor_none());
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
-        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.in_norm, c->norm_eps);
+        /* x += the previous layer's MLP output (none before layer 0), fused into the norm */
+        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, l ? br : tensor_none(), w.in_norm, c->norm_eps);
         llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
         /* row r of the (1, N) sequence takes the angles of cos/sin row r: its own position */
         op->rope_forward(be, NULL, llama_heads(qkvc[0], N, HS), cos, sin, 0);
         op->rope_forward(be, NULL, llama_heads(qkvc[1], N, HS), cos, sin, 0);
         arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], NH, NKV, W);
-        llama_linear(be, ln, atty, w.ow, tensor_none());
-        tp_sum(m, ln);
-        op->add(be, NULL, x, x, ln);
-        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, tensor_none(), w.post_norm, c->norm_eps);
+        llama_linear(be, br, atty, w.ow, tensor_none());
+        tp_sum(m, br);
+        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, br, w.post_norm, c->norm_eps);
         llama_project(be, gu, ln, 2, (tensor[]){w.gw, w.uw}, (tensor[]){w.gb, w.ub}, guc);
         op->swiglu_forward(be, NULL, guc[0], guc[0], guc[1]);
-        llama_linear(be, ln, guc[0], w.dw, w.db);
-        tp_sum(m, ln);
-        op->add(be, NULL, x, x, ln);
+        llama_linear(be, br, guc[0], w.dw, w.db);
+        tp_sum(m, br);
     }
+    op->add(be, NULL, x, x, br);   /* the last MLP output, unfused: the final norm runs on R gathered rows */
     tensor last = arch_mat(f->last, R, C), lastn = arch_mat_at(f->lastn, lp, 0, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
     op->rmsnorm_forward(be, NULL, lastn, tensor_none(), last, tensor_none(), llama_tensor(m, false, llama_norm(m)),

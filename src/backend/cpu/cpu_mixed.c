@@ -183,7 +183,7 @@ void cpu_mixed_bias_backward(backend *be, backend_stream *s, tensor dbias, tenso
 
 void cpu_mixed_layernorm_forward(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd, tensor inp,
                                  tensor resid, tensor weight, tensor bias, float eps) {
-    mix_arg a[] = {mix_out(&out)};
+    mix_arg a[] = {mix_out(&out), mix_in(&resid)};
     MIX_RUN(be, a, cpu_f32_ops.layernorm_forward(be, s, out, mean, rstd, inp, resid, weight, bias, eps));
 }
 
@@ -236,7 +236,7 @@ void cpu_mixed_attention_backward(backend *be, backend_stream *s, tensor dq, ten
 
 void cpu_mixed_rmsnorm_forward(backend *be, backend_stream *s, tensor out, tensor rstd, tensor inp, tensor resid,
                                tensor weight, float eps) {
-    mix_arg a[] = {mix_out(&out)};
+    mix_arg a[] = {mix_out(&out), mix_in(&resid)};
     MIX_RUN(be, a, cpu_f32_ops.rmsnorm_forward(be, s, out, rstd, inp, resid, weight, eps));
 }
 

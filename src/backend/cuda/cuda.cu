@@ -269,9 +269,9 @@ static __nv_bfloat16 *lp_copy_target(tensor t, int N, int C) {
     return (__nv_bfloat16 *)t.data;
 }
 
-/* The residual of a norm's forward: NULL for tensor_none(), else f32 (N,C). */
-static const float *residual_of(tensor resid, int N, int C) {
-    return tensor_is_none(resid) ? NULL : mat_of(resid, N, C);
+/* The residual of a norm's forward: data NULL for tensor_none(), else an [lp] (N,C). */
+static cuda_lp residual_of(tensor resid, int N, int C) {
+    return tensor_is_none(resid) ? cuda_lp{NULL, false} : lp_mat(resid, N, C);
 }
 
 static void cuda_layernorm_forward_op(backend *be, backend_stream *s, tensor out, tensor mean, tensor rstd,

@@ -168,9 +168,9 @@ void cuda_embed_forward(const cuda_ctx *x, cudaStream_t s, float *out, const int
 void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, const float *dout,
                          const int *tokens, int B, int T, int C, int V);
 /* LayerNorm (ln: mean and bias) or RMSNorm (mean, bias NULL), with the residual add when
- * resid is not NULL (inp += resid first). */
-void cuda_norm_forward(cudaStream_t s, bool ln, cuda_lp out, float *mean, float *rstd, float *inp,
-                       const float *resid, const float *weight, const float *bias, int N, int C, float eps);
+ * resid.p is not NULL (inp += resid first; resid f32 or bf16, whatever out's dtype). */
+void cuda_norm_forward(cudaStream_t s, bool ln, cuda_lp out, float *mean, float *rstd, float *inp, cuda_lp resid,
+                       const float *weight, const float *bias, int N, int C, float eps);
 /* dinp_lp: NULL or the bf16 copy of the new dinp. Deterministic; grows x's norm workspace on
  * first use (the blocks' partial weight gradients). */
 void cuda_norm_backward(cuda_ctx *x, cudaStream_t s, bool ln, float *dinp, __nv_bfloat16 *dinp_lp, float *dweight,

@@ -600,19 +600,20 @@ void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, 
     if (dwpe) each(x, s, (int64_t)T * C, op_embed_dwpe{dwpe, dout, B, T, C});
 }
 
-/* ---- LayerNorm and RMSNorm: one warp per row, NORM_WARPS rows per block; inp, the residual
- * and the statistics f32, out or dout [lp]. W elements per lane step: PACK where C and the
- * pointers allow 16-byte accesses, else 1. ---- */
+/* ---- LayerNorm and RMSNorm: one warp per row, NORM_WARPS rows per block; inp and the
+ * statistics f32, the forward's residual and out or dout [lp]. W elements per lane step: PACK
+ * where C and the pointers allow 16-byte accesses, else 1. ---- */
 
 #define NORM_WARPS 8      /* rows per block */
 #define NORM_BLOCKS 1024  /* blocks of a backward that sums the weight gradients itself */
 #define NORM_KMAX 4       /* ... when each lane's columns fit in NORM_KMAX steps (C <= 1024) */
 
-/* Forward: inp += resid (when given), then LN (mean subtracted, bias added) or RMSNorm of the
- * row; out may alias inp for RMSNorm (each lane rereads only what it writes). */
-template <int W, bool LN, class TO>
+/* Forward: inp += resid (when given; its f32 value, one f32 addition as op_add's), then LN
+ * (mean subtracted, bias added) or RMSNorm of the row; out may alias inp for RMSNorm (each
+ * lane rereads only what it writes). */
+template <int W, bool LN, class TO, class TR>
 __global__ void __launch_bounds__(NORM_WARPS * 32)
-    norm_forward_kernel(TO *out, float *mean, float *rstd, float *inp, const float *resid, const float *weight,
+    norm_forward_kernel(TO *out, float *mean, float *rstd, float *inp, const TR *resid, const float *weight,
                         const float *bias, int N, int C, float eps) {
     const int row = blockIdx.x * NORM_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
@@ -663,19 +664,19 @@ __global__ void __launch_bounds__(NORM_WARPS * 32)
     }
 }
 
-void cuda_norm_forward(cudaStream_t s, bool ln, cuda_lp out, float *mean, float *rstd, float *inp,
-                       const float *resid, const float *weight, const float *bias, int N, int C, float eps) {
+void cuda_norm_forward(cudaStream_t s, bool ln, cuda_lp out, float *mean, float *rstd, float *inp, cuda_lp resid,
+                       const float *weight, const float *bias, int N, int C, float eps) {
     const dim3 grid((N + NORM_WARPS - 1) / NORM_WARPS), block(NORM_WARPS * 32);
-    typed_one(
-        [&](auto *o) {
-            const bool vec = C % PACK == 0 && aligned16(o, inp, weight) && (!resid || aligned16(resid)) &&
+    typed(
+        [&](auto *o, auto *r) {
+            const bool vec = C % PACK == 0 && aligned16(o, inp, weight) && (!r || aligned16(r)) &&
                              (!bias || aligned16(bias));
-            if (ln && vec) norm_forward_kernel<PACK, true><<<grid, block, 0, s>>>(o, mean, rstd, inp, resid, weight, bias, N, C, eps);
-            else if (ln) norm_forward_kernel<1, true><<<grid, block, 0, s>>>(o, mean, rstd, inp, resid, weight, bias, N, C, eps);
-            else if (vec) norm_forward_kernel<PACK, false><<<grid, block, 0, s>>>(o, mean, rstd, inp, resid, weight, bias, N, C, eps);
-            else norm_forward_kernel<1, false><<<grid, block, 0, s>>>(o, mean, rstd, inp, resid, weight, bias, N, C, eps);
+            if (ln && vec) norm_forward_kernel<PACK, true><<<grid, block, 0, s>>>(o, mean, rstd, inp, r, weight, bias, N, C, eps);
+            else if (ln) norm_forward_kernel<1, true><<<grid, block, 0, s>>>(o, mean, rstd, inp, r, weight, bias, N, C, eps);
+            else if (vec) norm_forward_kernel<PACK, false><<<grid, block, 0, s>>>(o, mean, rstd, inp, r, weight, bias, N, C, eps);
+            else norm_forward_kernel<1, false><<<grid, block, 0, s>>>(o, mean, rstd, inp, r, weight, bias, N, C, eps);
         },
-        out);
+        out, resid);
     CUDA_CHECK_LAUNCH();
 }
 
