@@ -1,6 +1,7 @@
 /* backend/cuda: warp-level tensor-core primitives (sm_80 and later) as inline PTX: the
  * mma.sync m16n8k16 product of bf16 operands into f32 accumulators, ldmatrix loads of its
- * operands from shared memory, and cp.async copies from global into shared memory.
+ * operands from shared memory, movmatrix transposes in registers, and cp.async copies from
+ * global into shared memory.
  *
  * Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"): lane l of a warp, g = l / 4,
  * q = l % 4; a 32-bit register holds two bf16, the lower column (or k) in its low half.
@@ -39,6 +40,14 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
+}
+
+/* movmatrix .trans: this lane's fragment of the 8 x 8 bf16 matrix whose fragment (row l/4,
+ * columns 2(l%4), 2(l%4)+1, as ldmatrix gives) the warp's lanes hold in a, transposed. */
+__device__ __forceinline__ uint32_t movm_trans(uint32_t a) {
+    uint32_t d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+    return d;
 }
 
 /* Starts copying 16 bytes from global src to shared dst (both 16-byte aligned); with

@@ -16,7 +16,10 @@
  *     online softmax per head; groups merge by shuffles and warps in shared memory at the end.
  *     Long contexts are cut into `splits` key ranges (flash-decoding) when the batch alone
  *     would not fill the device: each split leaves its unnormalised accumulator, maximum and
- *     sum in x->paged_ws, and a combine kernel merges them in split order;
+ *     sum in x->paged_ws, and a combine kernel merges them in split order. bf16 at HS 64 or
+ *     128 with DEC_TC_MIN_G or more heads a group takes a tensor-core variant instead (warps
+ *     over tiles of 16 keys, the group's heads as the 8 columns of mma.sync products, the same
+ *     splits and end; paged_decode_tc_kernel says why);
  *   - prefill on the tensor cores (cuda_paged_tc.cu: sequences with more than one query, bf16,
  *     HS 64 or 128, rows 16-byte aligned);
  *   - general (every other sequence: other prefill chunks, and decodes the decode kernel cannot take):
@@ -29,6 +32,7 @@
 #include <type_traits>
 
 #include "backend/cuda/cuda_impl.cuh"
+#include "backend/cuda/cuda_mma.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -39,6 +43,7 @@ enum {
     DEC_UNROLL = 4,              /* decode: keys per lane group per step (GM < 8) */
     DEC_MAX_HS = 256,            /* decode: head sizes up to this (bf16; f32 up to 128) */
     DEC_MAX_G = 8,               /* decode: query heads per key/value head */
+    DEC_TC_MIN_G = 4,            /* decode: group sizes from this up run on the tensor cores (bf16) */
     DEC_MAX_SPLITS = 32,
     DEC_BLOCKS_PER_SM = 4,       /* decode: blocks per multiprocessor the splits aim for */
     ARGMAX_THREADS = 256,
@@ -156,6 +161,43 @@ static __device__ __forceinline__ void softmax_merge(float &m, float &l, float (
     for (int e = 0; e < E; e++) acc[e] = acc[e] * a + acco[e] * b;
 }
 
+/* The keys [k0, k1) of split sp (of `splits`) of a decode at position ctx - 1 with window W:
+ * whole steps of `step` keys of the visible ones, the splits in order; k0 >= k1 for a split
+ * past the end. */
+static __device__ __forceinline__ void dec_range(int ctx, int W, int step, int splits, int sp, int &k0, int &k1) {
+    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0;
+    const int nsteps = (ctx - lo + step - 1) / step, per = (nsteps + splits - 1) / splits;
+    k0 = lo + sp * per * step;
+    k1 = ctx < k0 + per * step ? ctx : k0 + per * step;
+}
+
+/* A decode block's end, after a barrier: the warps' states in red (warp w's G rows of HS + 2
+ * floats from red + w * wstride: acc, m, l; m = -inf, l = 0 for a warp that saw no key) merge
+ * in warp order into the out rows of the heads kvh*G .. kvh*G+G-1 of sequence i (row r0) or,
+ * with splits > 1, into split sp's partials in ws. */
+template <class T>
+static __device__ void dec_finish(const float *red, int wstride, T *out, int64_t ldo, int i, int r0, int kvh, int G,
+                                  int NH, int HS, int splits, int sp, float *ws) {
+    for (int e = threadIdx.x; e < G * HS; e += blockDim.x) {
+        const int g = e / HS, d = e % HS, h = kvh * G + g;
+        float M = -INFINITY, L = 0.0f, o = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, red[w * wstride + g * (HS + 2) + HS]);
+        const float Ms = M == -INFINITY ? 0.0f : M;
+        for (int w = 0; w < DEC_WARPS; w++) {
+            const float *r = red + w * wstride + g * (HS + 2), b = exp2f(r[HS] - Ms);
+            L += r[HS + 1] * b;
+            o += r[d] * b;
+        }
+        if (splits == 1) {
+            out[(int64_t)r0 * ldo + (int64_t)h * HS + d] = from_f32<T>(o / L);
+        } else {   /* an empty split leaves m = -inf, l = 0: weight 0 in the combine */
+            float *part = ws + ((int64_t)(i * NH + h) * splits + sp) * (HS + 2);
+            part[d] = o;
+            if (d == 0) part[HS] = M, part[HS + 1] = L;
+        }
+    }
+}
+
 /* Block (sequence i, key/value head kvh, split sp) of DEC_WARPS warps; GM >= G query heads of
  * the group (heads G..GM-1 compute on zero queries and are not written). A key row of HS
  * elements is CH = HS * sizeof(T) / 16 chunks of 16 bytes; a group of CL (CH rounded up to
@@ -181,9 +223,8 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
     while (CL < CH) CL <<= 1;
     const int KP = 32 / CL, c = lane & (CL - 1), kg = lane / CL, step = KP * U;
     const bool has_chunk = c < CH;
-    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0, hi = ctx;
-    const int nsteps = (hi - lo + step - 1) / step, per = (nsteps + splits - 1) / splits;
-    const int k0 = lo + sp * per * step, k1 = hi < k0 + per * step ? hi : k0 + per * step;
+    int k0, k1;
+    dec_range(ctx, W, step, splits, sp, k0, k1);
 
     float qv[GM][E], m[GM], l[GM], acc[GM][E];
     const T *qr = q + (int64_t)r0 * ldq + (int64_t)kvh * G * HS + c * E;
@@ -286,24 +327,168 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
             if (c == 0) r[HS] = m[g], r[HS + 1] = l[g];
         }
     __syncthreads();
-    for (int e = threadIdx.x; e < G * HS; e += blockDim.x) {   /* the warps merge, in warp order */
-        const int g = e / HS, d = e % HS, h = kvh * G + g;
-        float M = -INFINITY, L = 0.0f, o = 0.0f;
-        for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, dec_red[(w * G + g) * (HS + 2) + HS]);
-        const float Ms = M == -INFINITY ? 0.0f : M;
-        for (int w = 0; w < DEC_WARPS; w++) {
-            const float *r = dec_red + (w * G + g) * (HS + 2), b = exp2f(r[HS] - Ms);
-            L += r[HS + 1] * b;
-            o += r[d] * b;
+    dec_finish(dec_red, G * (HS + 2), out, ldo, i, r0, kvh, G, NH, HS, splits, sp, ws);
+}
+
+/* w = the 32-bit words of the NW / 4 16-byte chunks p, p + cs, ... of bf16 values, in order
+ * (a word's low half is the lower column). */
+template <int NW>
+static __device__ __forceinline__ void dec_words(uint32_t (&w)[NW], const uint4 *p, int cs) {
+#pragma unroll
+    for (int c = 0; c < NW / 4; c++) {
+        const uint4 u = p[cs * c];
+        w[4 * c] = u.x, w[4 * c + 1] = u.y, w[4 * c + 2] = u.z, w[4 * c + 3] = u.w;
+    }
+}
+
+/* The cache row of the key at place o (< 2 BS) from the start of a block whose first row is
+ * p0, the next block's being p1. */
+static __device__ __forceinline__ int64_t dec_row(int64_t p0, int64_t p1, int BS, int o) {
+    return o < BS ? p0 + o : p1 + (o - BS);
+}
+
+/* The decode kernel on the tensor cores (bf16, HS 64 or 128, DEC_TC_MIN_G <= G <= 8, BS >=
+ * 16): block (sequence i, key/value head kvh, split sp) of DEC_WARPS warps; warp w takes the
+ * tiles of 16 keys w, w + DEC_WARPS, ... of the split's range (dec_range, steps of 16). Per
+ * tile, with g = l / 4, qd = l % 4 of lane l (cuda_mma.cuh's fragments):
+ *   S^T (16 keys x 8 heads) = K (16 x HS) Q^T (HS x 8 heads, heads >= G zero): A = K, lane
+ *     (g, qd) holding keys g and g + 8, B = Q^T. The channel order of the k dimension is free
+ *     (a sum), so lane qd takes the 16-byte chunks qd, qd + 4, ... of both rows (the four
+ *     lanes of a row read 64 adjacent bytes a copy) and its words 2kc, 2kc + 1 feed product kc
+ *     as k-slots 2qd + {0,1}, 2qd + 8 + {0,1}, the same for K and Q;
+ *   the online softmax per head (scores c2 * S in log2 units): lane (g, qd) holds heads 2qd,
+ *     2qd + 1 of keys g, g + 8; the maxima reduce over g (3 shuffles per head per tile);
+ *   O^T (HS x 8 heads) += V^T (HS x 16 keys) P^T (16 keys x 8 heads): P^T as B comes from the
+ *     scores' C fragments by one movmatrix transpose per 8 keys; V^T as A wants two adjacent
+ *     keys 2qd, 2qd + 1 (and + 8) of one channel in a register, so lane (g, qd) takes chunks
+ *     g, g + 8, ... of those four key rows (eight lanes read a 128-byte run) and pairs their
+ *     halves with byte permutes: product t's rows g and g + 8 are the channels
+ *     8 (g + 8 (t / 4)) + 2 (t % 4) and the one after.
+ * Loads: each lane copies its chunks of a tile (cp.async, 256 bytes at HS 128) into its own
+ * slots of shared memory and reads them back itself (no barrier), the next tile's copies
+ * issued before this one is used: two tiles in flight a warp, whatever the compiler's
+ * schedule (with plain loads it starts the first products before the V loads are issued).
+ * Why: the scalar kernel's lane does G dot products of 8 channels per key, G butterfly sums
+ * over 16 lanes and G * 8 multiply-adds for P V: at G = 4 about 150 instructions per 32 bytes a
+ * lane loads, which held it near 2.2 TB/s; here a warp spends about 420 instructions (the
+ * copies and their addresses, 2 HS/16 products, the softmax on 4 scores a lane, the byte
+ * permutes, the rescale of its O^T fragment) per 16 keys of K and V (8 KB at HS 128): some 20
+ * bytes an instruction against 7, the products on the tensor cores costing the same at G = 8.
+ * P is rounded to bf16 for the product (l sums it in f32), as the prefill kernel does. Keys
+ * past k1 read key k1 - 1 again and weigh 0; tile row 0 is always visible, so a tile's maxima
+ * are finite. At the end each warp's G rows of acc, m, l overwrite its own staging. */
+template <int HD>
+__global__ void __launch_bounds__(DEC_WARPS * 32)
+paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const bf16 *kc, int64_t ldk, const bf16 *vc,
+                       int64_t ldv, const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W,
+                       float scale, int splits, float *ws) {
+    constexpr int NK = HD / 32, NV = HD / 64, NT = HD / 16;   /* K and V chunks of a lane's row; products */
+    constexpr int NC = 2 * NK + 4 * NV;                       /* chunks a lane stages a tile */
+    const int i = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
+    const int r0 = seqs[3 * i], nq = seqs[3 * i + 1], ctx = seqs[3 * i + 2];
+    if (nq != 1) return;   /* the general kernel's (the whole block leaves together) */
+    const int G = NH / NKV, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qd = lane & 3;
+    int k0, k1;
+    dec_range(ctx, W, 16, splits, sp, k0, k1);
+    uint32_t qw[4 * NK] = {};   /* head g's chunks qd, qd + 4, ...: B of the score products */
+    if (g < G) dec_words(qw, reinterpret_cast<const uint4 *>(q + (int64_t)r0 * ldq + (int64_t)(kvh * G + g) * HD) + qd,
+                         4);
+    const float c2 = scale * 1.4426950408889634f;
+    float o[NT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int t = 0; t < NT; t++) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    const int *table = tables + (int64_t)i * MB;
+    const bf16 *kb = kc + (int64_t)kvh * HD, *vb = vc + (int64_t)kvh * HD;
+    extern __shared__ uint4 dec_stage[];   /* (DEC_WARPS, 2 tiles, NC, 32 lanes) */
+    uint4 *stage = dec_stage + warp * 2 * NC * 32 + lane;
+    /* Stages the tile at `base` in buffer buf: this lane's chunks of keys g, g + 8 (K) and 2qd,
+     * 2qd + 1, 2qd + 8, 2qd + 9 (V), chunk c at stage[(buf * NC + c) * 32]; keys past k1 - 1
+     * copy that one again. One group of copies (an empty one past the end). */
+    const int bmax = (k1 - 1) / BS;   /* the block of the range's last key */
+    auto issue = [&](int base, int buf) {
+        if (base < k1) {
+            /* BS >= 16: the tile's keys lie in base's block b0 and the next one (if any) */
+            const int b0 = base / BS, o0 = base - b0 * BS, last = k1 - 1 - base;
+            const int64_t p0 = (int64_t)__ldg(table + b0) * BS, p1 = (int64_t)__ldg(table + min(b0 + 1, bmax)) * BS;
+            int64_t rk[2], rv[4];
+#pragma unroll
+            for (int r = 0; r < 2; r++) rk[r] = dec_row(p0, p1, BS, o0 + min(g + 8 * r, last));
+#pragma unroll
+            for (int r = 0; r < 4; r++) rv[r] = dec_row(p0, p1, BS, o0 + min(2 * qd + (r & 1) + 8 * (r >> 1), last));
+            uint4 *st = stage + buf * NC * 32;
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+#pragma unroll
+                for (int c = 0; c < NK; c++)
+                    cp_async16(st + (r * NK + c) * 32, kb + rk[r] * ldk + (4 * c + qd) * 8, true);
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+#pragma unroll
+                for (int c = 0; c < NV; c++)
+                    cp_async16(st + (2 * NK + r * NV + c) * 32, vb + rv[r] * ldv + (8 * c + g) * 8, true);
         }
-        if (splits == 1) {
-            out[(int64_t)r0 * ldo + (int64_t)h * HS + d] = from_f32<T>(o / L);
-        } else {   /* an empty split leaves m = -inf, l = 0: weight 0 in the combine */
-            float *part = ws + ((int64_t)(i * NH + h) * splits + sp) * (HS + 2);
-            part[d] = o;
-            if (d == 0) part[HS] = M, part[HS + 1] = L;
+        cp_async_commit();
+    };
+    issue(k0 + warp * 16, 0);
+    for (int base = k0 + warp * 16, buf = 0; base < k1; base += DEC_WARPS * 16, buf ^= 1) {
+        /* the next tile's copies start, then this one's (every lane reads back only what it
+         * staged itself: no barrier) */
+        issue(base + DEC_WARPS * 16, buf ^ 1);
+        cp_async_wait<1>();
+        const int last = k1 - 1 - base;
+        uint32_t kw[2][4 * NK], vw[4][4 * NV];
+#pragma unroll
+        for (int r = 0; r < 2; r++) dec_words(kw[r], stage + (buf * NC + r * NK) * 32, 32);
+#pragma unroll
+        for (int r = 0; r < 4; r++) dec_words(vw[r], stage + (buf * NC + 2 * NK + r * NV) * 32, 32);
+        float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};   /* (key g, heads 2qd, 2qd + 1), (key g + 8, same) */
+#pragma unroll
+        for (int k = 0; k < NT; k++) {
+            const uint32_t a[4] = {kw[0][2 * k], kw[1][2 * k], kw[0][2 * k + 1], kw[1][2 * k + 1]};
+            mma_bf16_16816(sc, a, qw[2 * k], qw[2 * k + 1]);
+        }
+#pragma unroll
+        for (int j = 0; j < 2; j++) {   /* head 2qd + j: scores sc[j] (key g), sc[2 + j] (key g + 8) */
+            const float s0 = g <= last ? c2 * sc[j] : -INFINITY, s1 = g + 8 <= last ? c2 * sc[2 + j] : -INFINITY;
+            float mx = fmaxf(s0, s1);
+#pragma unroll
+            for (int x = 4; x < 32; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(PAGED_FULL, mx, x));
+            const float mn = fmaxf(m[j], mx), corr = exp2f(m[j] - mn);   /* m = -inf at first: corr 0 */
+            m[j] = mn;
+            sc[j] = exp2f(s0 - mn);
+            sc[2 + j] = exp2f(s1 - mn);
+            l[j] = l[j] * corr + sc[j] + sc[2 + j];
+#pragma unroll
+            for (int t = 0; t < NT; t++) o[t][j] *= corr, o[t][2 + j] *= corr;
+        }
+        const uint32_t p0 = movm_trans(pack_bf16x2(sc[0], sc[1])), p1 = movm_trans(pack_bf16x2(sc[2], sc[3]));
+#pragma unroll
+        for (int t = 0; t < NT; t++) {   /* rows g, g + 8: the low and high halves of word t */
+            const uint32_t a[4] = {__byte_perm(vw[0][t], vw[1][t], 0x5410), __byte_perm(vw[0][t], vw[1][t], 0x7632),
+                                   __byte_perm(vw[2][t], vw[3][t], 0x5410), __byte_perm(vw[2][t], vw[3][t], 0x7632)};
+            mma_bf16_16816(o[t], a, p0, p1);
         }
     }
+    /* the warp's G rows of HD + 2 floats (acc, m, l) over its own staging, read back by now
+     * (the copies left pending are an empty group) */
+    float *red = reinterpret_cast<float *>(dec_stage + warp * 2 * NC * 32);
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+#pragma unroll
+        for (int x = 4; x < 32; x <<= 1) l[j] += __shfl_xor_sync(PAGED_FULL, l[j], x);
+        if (2 * qd + j >= G) continue;
+        float *r = red + (2 * qd + j) * (HD + 2);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {   /* word t: chunk g + 8 (t / 4), channels 2 (t % 4), + 1 */
+            const int ch = 8 * (g + 8 * (t / 4)) + 2 * (t % 4);
+            r[ch] = o[t][j];
+            r[ch + 1] = o[t][2 + j];
+        }
+        if (g == 0) r[HD] = m[j], r[HD + 1] = l[j];
+    }
+    __syncthreads();
+    dec_finish(reinterpret_cast<const float *>(dec_stage), 2 * NC * 32 * 4, out, ldo, i, r0, kvh, G, NH, HS, splits, sp,
+               ws);
 }
 
 /* Merges the splits of (sequence i, head h) into its out row (maxima in log2 units). */
@@ -340,6 +525,50 @@ static int paged_splits(const cuda_ctx *x, int S, int NH, int NKV, int HS) {
     return splits;
 }
 
+/* The tensor-core decode kernel's shared memory: a warp's two tiles of 16 K and 16 V rows of
+ * HS bf16. */
+static size_t dec_tc_smem_bytes(int HS) { return (size_t)DEC_WARPS * 2 * 32 * HS * sizeof(bf16); }
+
+/* Whether the tensor-core decode kernel takes these shapes: bf16, HS 64 or 128, G in
+ * [DEC_TC_MIN_G, DEC_MAX_G], blocks of 16 rows or more, q 16-byte aligned (paged_launch's
+ * decode test has checked k and v). */
+template <class T>
+static bool paged_decode_tc_fits(const T *q, int64_t ldq, int BS, int NH, int NKV, int HS) {
+    const int G = NH / NKV;
+    return std::is_same<T, bf16>::value && (HS == 64 || HS == 128) && G >= DEC_TC_MIN_G && G <= DEC_MAX_G && BS >= 16 &&
+           (uintptr_t)q % 16 == 0 && (ldq * (int64_t)sizeof(T)) % 16 == 0;
+}
+
+/* The decode sequences (one query) of paged_attention, on the tensor-core kernel (tc: a shape
+ * paged_decode_tc_fits takes) or the scalar one, then the combine of their splits. */
+template <class T>
+static void paged_decode(const cuda_ctx *x, cudaStream_t s, bool tc, T *out, int64_t ldo, const T *q, int64_t ldq,
+                         const T *kc, int64_t ldk, const T *vc, int64_t ldv, const int *seqs, const int *tables, int S,
+                         int MB, int BS, int NH, int NKV, int HS, int W, float scale) {
+    const int G = NH / NKV, splits = paged_splits(x, S, NH, NKV, HS);
+    size_t smem = sizeof(float) * DEC_WARPS * (size_t)G * (HS + 2);
+    const dim3 grid((unsigned)S, (unsigned)NKV, (unsigned)splits);
+    void (*kernel)(T *, int64_t, const T *, int64_t, const T *, int64_t, const T *, int64_t, const int *, const int *,
+                   int, int, int, int, int, int, float, int, float *) =
+        G == 1 ? paged_decode_kernel<T, 1> : G == 2 ? paged_decode_kernel<T, 2>
+                                         : G <= 4   ? paged_decode_kernel<T, 4>
+                                                    : paged_decode_kernel<T, 8>;
+    if constexpr (std::is_same<T, bf16>::value)
+        if (tc) {
+            kernel = HS == 64 ? paged_decode_tc_kernel<64> : paged_decode_tc_kernel<128>;
+            smem = dec_tc_smem_bytes(HS);
+            CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        }
+    kernel<<<grid, DEC_WARPS * 32, smem, s>>>(out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS, W,
+                                              scale, splits, x->paged_ws);
+    CUDA_CHECK_LAUNCH();
+    if (splits > 1) {
+        paged_combine_kernel<T><<<dim3((unsigned)S, (unsigned)NH), 128, 0, s>>>(out, ldo, seqs, NH, HS, splits,
+                                                                               x->paged_ws);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
 template <class T>
 static void paged_launch(const cuda_ctx *x, cudaStream_t s, T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc,
                          int64_t ldk, const T *vc, int64_t ldv, const int *seqs, const int *tables, int N, int S,
@@ -348,24 +577,9 @@ static void paged_launch(const cuda_ctx *x, cudaStream_t s, T *out, int64_t ldo,
     const int G = NH / NKV, es = (int)sizeof(T);
     const bool decode = HS * es <= 32 * 16 && (HS * es) % 16 == 0 && G <= DEC_MAX_G && (ldk * es) % 16 == 0 &&
                         (ldv * es) % 16 == 0 && (uintptr_t)kc % 16 == 0 && (uintptr_t)vc % 16 == 0;
-    if (decode) {
-        const int splits = paged_splits(x, S, NH, NKV, HS);
-        const size_t smem = sizeof(float) * DEC_WARPS * (size_t)G * (HS + 2);
-        const dim3 grid((unsigned)S, (unsigned)NKV, (unsigned)splits);
-        void (*kernel)(T *, int64_t, const T *, int64_t, const T *, int64_t, const T *, int64_t, const int *,
-                       const int *, int, int, int, int, int, int, float, int, float *) =
-            G == 1 ? paged_decode_kernel<T, 1> : G == 2 ? paged_decode_kernel<T, 2>
-                                             : G <= 4   ? paged_decode_kernel<T, 4>
-                                                        : paged_decode_kernel<T, 8>;
-        kernel<<<grid, DEC_WARPS * 32, smem, s>>>(out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS,
-                                                  W, scale, splits, x->paged_ws);
-        CUDA_CHECK_LAUNCH();
-        if (splits > 1) {
-            paged_combine_kernel<T><<<dim3((unsigned)S, (unsigned)NH), 128, 0, s>>>(out, ldo, seqs, NH, HS, splits,
-                                                                                   x->paged_ws);
-            CUDA_CHECK_LAUNCH();
-        }
-    }
+    if (decode)
+        paged_decode(x, s, paged_decode_tc_fits(q, ldq, BS, NH, NKV, HS), out, ldo, q, ldq, kc, ldk, vc, ldv, seqs,
+                     tables, S, MB, BS, NH, NKV, HS, W, scale);
     if (decode && N == S) return;   /* every sequence has one query (each has at least one) */
     bool prefill_tc = false;
     if constexpr (std::is_same<T, bf16>::value) {
