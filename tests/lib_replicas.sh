@@ -5,8 +5,9 @@
 # PID and U (the servers are background jobs too: wait only ever names the jobs it waits for)
 start() {
     n=$1; shift
-    serve_start "$T/$n.log" --threads 1 "$@" || { fail "${PFX}_${n}_start" "$(cat "$T/$n.log")"; exit 1; }
-    PIDS="$PIDS $PID"
+    serve_start "$T/$n.log" --threads 1 "$@"; st=$?
+    PIDS="$PIDS $PID"   # before the check: a server that did not come up is killed at exit too
+    [ $st = 0 ] || { fail "${PFX}_${n}_start" "$(cat "$T/$n.log")"; exit 1; }
 }
 # stop NAME PID: SIGTERM; the server exits 0 within 10 s, and no process it started (replica
 # processes and their ranks) is left

@@ -3,7 +3,8 @@
  * would start them, and checks the broadcast, the barrier, the fetch-and-add counter (every
  * value handed out once), keys set and waited for (gloo's rendezvous), the ranks' reported
  * progress, and the failures: a rank that never comes, a rank that dies, no rank 0 at all, a
- * port in use, a key nobody sets. Failures must come within the timeout, naming the rank or
+ * port in use, a key nobody sets; and rank 0 taking a listening socket it is handed
+ * (SKEIN_STORE_FD). Failures must come within the timeout, naming the rank or
  * the key. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -245,6 +246,34 @@ TEST(store_port_in_use) {
     int64_t old;
     CHECK(store_add(s, 5, &old) == SK_OK && old == 0 && store_add(s, 0, &old) == SK_OK && old == 5);
     store_free(s);
+}
+
+/* SKEIN_STORE_FD: rank 0 takes the listening socket it names (the port is in use by that very
+ * socket, so a bind of its own would fail), once; a descriptor that is not a socket listening on
+ * the port is ignored and rank 0 binds as usual. */
+TEST(store_takes_inherited_socket) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    CHECK(fd >= 3 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 4) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    char v[16];
+    snprintf(v, sizeof v, "%d", fd);
+    setenv("SKEIN_STORE_FD", v, 1);
+    store *s;
+    CHECK_MSG(store_open("127.0.0.1", ntohs(a.sin_port), 0, 1, 1.0, &s) == SK_OK, "%s", sk_errmsg());
+    CHECK(getenv("SKEIN_STORE_FD") == NULL);
+    int64_t old;
+    CHECK(store_add(s, 3, &old) == SK_OK && old == 0);
+    store_free(s);
+    /* an unbound socket: not taken (closed here), rank 0 listens on a port of its own */
+    int other = socket(AF_INET, SOCK_STREAM, 0);
+    snprintf(v, sizeof v, "%d", other);
+    setenv("SKEIN_STORE_FD", v, 1);
+    CHECK(store_open("127.0.0.1", free_port(), 0, 1, 1.0, &s) == SK_OK);
+    CHECK(getenv("SKEIN_STORE_FD") == NULL);
+    store_free(s);
+    close(other);
 }
 
 #ifdef SKEIN_HAVE_NCCL

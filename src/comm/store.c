@@ -382,7 +382,25 @@ static void *srv_main(void *arg) {
     return NULL;
 }
 
-/* Rank 0: listens on `port` on every interface and starts the server thread. */
+/* The listening socket for `port` that the process which chose the port made and left open
+ * (SKEIN_STORE_FD, as skein serve's tensor-parallel replicas do: nothing can take the port
+ * between its choice and the listen), taken once; -1 when there is none or it is not one. */
+static int srv_inherited(int port) {
+    const char *v = getenv("SKEIN_STORE_FD");
+    if (!v) return -1;
+    const int fd = atoi(v);
+    unsetenv("SKEIN_STORE_FD");
+    struct sockaddr_in a;
+    socklen_t n = sizeof a, an = sizeof(int);
+    int listening = 0;
+    if (fd < 3 || getsockname(fd, (struct sockaddr *)&a, &n) != 0 || a.sin_family != AF_INET ||
+        ntohs(a.sin_port) != port || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &an) != 0 || !listening)
+        return -1;
+    return fd;
+}
+
+/* Rank 0: listens on `port` on every interface (or takes the socket srv_inherited finds) and
+ * starts the server thread. */
 static sk_status srv_start(store *s, int port) {
     s->cl = malloc((size_t)s->world * sizeof *s->cl);
     s->seen = calloc((size_t)s->world, sizeof *s->seen);
@@ -392,15 +410,17 @@ static sk_status srv_start(store *s, int port) {
     if (!s->cl || !s->seen || !s->gone || !s->progress || !s->keys) return sk_fail(SK_ENOMEM, "store: out of memory");
     for (int i = 0; i < s->world; i++) s->cl[i] = (srv_client){.fd = -1, .rank = -1};
     if (pipe(s->wake) < 0) return sk_fail(SK_EIO, "store: pipe: %s", strerror(errno));
-    s->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (s->listen_fd < 0) return sk_fail(SK_EIO, "store: socket: %s", strerror(errno));
-    int one = 1;
-    setsockopt(s->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_ANY)};
-    if (bind(s->listen_fd, (struct sockaddr *)&a, sizeof a) < 0)
-        return sk_fail(SK_EIO, "store: rank 0 cannot listen on port %d (MASTER_PORT): %s", port, strerror(errno));
-    if (listen(s->listen_fd, s->world + 8) < 0)
-        return sk_fail(SK_EIO, "store: listen on port %d: %s", port, strerror(errno));
+    if ((s->listen_fd = srv_inherited(port)) < 0) {
+        s->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (s->listen_fd < 0) return sk_fail(SK_EIO, "store: socket: %s", strerror(errno));
+        int one = 1;
+        setsockopt(s->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_ANY)};
+        if (bind(s->listen_fd, (struct sockaddr *)&a, sizeof a) < 0)
+            return sk_fail(SK_EIO, "store: rank 0 cannot listen on port %d (MASTER_PORT): %s", port, strerror(errno));
+        if (listen(s->listen_fd, s->world + 8) < 0)
+            return sk_fail(SK_EIO, "store: listen on port %d: %s", port, strerror(errno));
+    }
     if (pthread_create(&s->thread, NULL, srv_main, s) != 0)
         return sk_fail(SK_EIO, "store: cannot start the server thread");
     s->thread_started = 1;

@@ -3,8 +3,8 @@
  *
  * A replica's child process (rproc.h) is its rank 0. Before it builds its engine it forks the
  * K-1 other ranks itself, while it is still single-threaded, and all K join one communicator
- * over 127.0.0.1 (torchrun-style variables: MASTER_ADDR, MASTER_PORT: a port free a moment
- * ago, RANK, LOCAL_RANK, WORLD_SIZE set in each process before comm_init): gloo on the CPU;
+ * over 127.0.0.1 (torchrun-style variables: MASTER_ADDR, MASTER_PORT: the port of a socket
+ * rank 0 already listens on, which its store takes: SKEIN_STORE_FD; RANK, LOCAL_RANK, WORLD_SIZE set in each process before comm_init): gloo on the CPU;
  * on CUDA comm_init's choice for the device (NCCL: a GPU per rank), every rank seeing only the
  * replica's slot of GPUs (CUDA_VISIBLE_DEVICES, set before the fork and before any CUDA call:
  * neither the server nor the child has a CUDA context to pass on), rank r on the r-th. Every rank
@@ -26,15 +26,24 @@
 #include "comm/comm.h"
 #include "serve/serve_impl.h"
 
-/* A TCP port of 127.0.0.1 that was free a moment ago (for the group's store). */
-static sk_status replica_tp_port(int *port) {
+/* A listening socket on a free port of 127.0.0.1 for the group's store, its port in *port;
+ * left open and named by SKEIN_STORE_FD, so rank 0's store listens on it (store.c) and no other
+ * program can take the port meanwhile (a port chosen and closed could be taken by any
+ * connection's source port before the store bound it). */
+static sk_status replica_tp_listen(int K, int *port, int *fd) {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t n = sizeof a;
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    const bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &n) == 0;
-    if (fd >= 0) close(fd);
-    if (!ok) return sk_fail(SK_EIO, "serve: no free port on 127.0.0.1 for a tensor-parallel replica's ranks");
+    *fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const bool ok = *fd >= 0 && bind(*fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(*fd, K + 8) == 0 &&
+                    getsockname(*fd, (struct sockaddr *)&a, &n) == 0;
+    if (!ok) {
+        if (*fd >= 0) close(*fd);
+        return sk_fail(SK_EIO, "serve: no free port on 127.0.0.1 for a tensor-parallel replica's ranks");
+    }
     *port = ntohs(a.sin_port);
+    char v[16];
+    snprintf(v, sizeof v, "%d", *fd);
+    setenv("SKEIN_STORE_FD", v, 1);
     return SK_OK;
 }
 
@@ -102,20 +111,25 @@ static void replica_tp_follow(replica *rep, int rank) {
 sk_status replica_tp_join(replica *rep, comm **out) {
     router *rt = rep->rt;
     const int K = rt->o.tp_ranks;
-    int port = 0;
-    SK_TRY(replica_tp_port(&port));
+    if (rep->device >= 0) SK_TRY(replica_tp_visible(rep));
+    int port = 0, listen_fd = -1;
+    SK_TRY(replica_tp_listen(K, &port, &listen_fd));
     char v[16];
     snprintf(v, sizeof v, "%d", port);
     setenv("MASTER_ADDR", "127.0.0.1", 1);
     setenv("MASTER_PORT", v, 1);
     snprintf(v, sizeof v, "%d", K);
     setenv("WORLD_SIZE", v, 1);
-    if (rep->device >= 0) SK_TRY(replica_tp_visible(rep));
     for (int r = 1; r < K; r++) {
         const pid_t pid = fork();
         if (pid == 0) replica_tp_follow(rep, r);
         if (pid < 0) return sk_fail(SK_ESTATE, "serve: cannot fork rank %d of replica %d", r, rep->id);   /* the forked ones die with this process */
     }
     replica_tp_env(0);
-    return replica_tp_comm(rep, out);
+    const sk_status st = replica_tp_comm(rep, out);
+    if (getenv("SKEIN_STORE_FD")) {   /* the store did not take the socket (it failed before) */
+        unsetenv("SKEIN_STORE_FD");
+        close(listen_fd);
+    }
+    return st;
 }
