@@ -228,14 +228,25 @@ TEST(store_rank_dies) {
     CHECK(run_ranks(rank_dies, 2, 2, free_port(), NULL, 0, NULL) == 2);
 }
 
-TEST(store_port_in_use) {
+/* A socket listening on a free port of addr (host order), its port in *port; -1 on failure. */
+static int listening_socket(uint32_t addr, int *port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(addr)};
     socklen_t len = sizeof a;
-    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 1) == 0);
-    CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 4) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+TEST(store_port_in_use) {
+    int port = 0, fd = listening_socket(INADDR_ANY, &port);
+    CHECK(fd >= 0);
     store *s;
-    sk_status st = store_open("127.0.0.1", ntohs(a.sin_port), 0, 2, 1.0, &s);
+    sk_status st = store_open("127.0.0.1", port, 0, 2, 1.0, &s);
     close(fd);
     CHECK(st == SK_EIO);
     CHECK_MSG(strstr(sk_errmsg(), "cannot listen on port"), "%s", sk_errmsg());
@@ -252,16 +263,13 @@ TEST(store_port_in_use) {
  * socket, so a bind of its own would fail), once; a descriptor that is not a socket listening on
  * the port is ignored and rank 0 binds as usual. */
 TEST(store_takes_inherited_socket) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    CHECK(fd >= 3 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 4) == 0);
-    CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    int port = 0, fd = listening_socket(INADDR_LOOPBACK, &port);
+    CHECK(fd >= 3);
     char v[16];
     snprintf(v, sizeof v, "%d", fd);
     setenv("SKEIN_STORE_FD", v, 1);
     store *s;
-    CHECK_MSG(store_open("127.0.0.1", ntohs(a.sin_port), 0, 1, 1.0, &s) == SK_OK, "%s", sk_errmsg());
+    CHECK_MSG(store_open("127.0.0.1", port, 0, 1, 1.0, &s) == SK_OK, "%s", sk_errmsg());
     CHECK(getenv("SKEIN_STORE_FD") == NULL);
     int64_t old;
     CHECK(store_add(s, 3, &old) == SK_OK && old == 0);
