@@ -39,7 +39,7 @@ then
     if serve_start "$T/tls.log" --model "$T/m" --api-key $KEY --ssl-certfile "$T/cert.pem" --ssl-keyfile "$T/key.pem" &&
        [ "${U%%:*}" = https ]; then
         C="curl -s -m 20 --cacert $T/cert.pem"
-        st=$($C -o "$T/tls.out" -w '%{http_code}' -H "Authorization: Bearer $KEY" -d '{"prompt": "static int", "max_tokens": 4}' $U/v1/completions)
+        st=$($C -o "$T/tls.out" -w '%{http_code}' -H "Authorization: Bearer $KEY" -d '{"prompt": "static int", "max_tokens": 4, "ignore_eos": true}' $U/v1/completions)
         if [ "$($C -o /dev/null -w '%{http_code}' $U/health)" = 200 ] && [ "$st" = 200 ] &&
            python3 -c "import json,sys; j=json.load(open(sys.argv[1])); assert j['usage']['completion_tokens'] == 4" "$T/tls.out"
         then pass serve_tls_https; else fail serve_tls_https "$st $(cat "$T/tls.out" "$T/tls.log")"; fi
