@@ -4,7 +4,8 @@
  * A replica's child process (rproc.h) is its rank 0. Before it builds its engine it forks the
  * K-1 other ranks itself, while it is still single-threaded, and all K join one communicator
  * over 127.0.0.1 (torchrun-style variables: MASTER_ADDR, MASTER_PORT: the port of a socket
- * rank 0 already listens on, which its store takes: SKEIN_STORE_FD; RANK, LOCAL_RANK, WORLD_SIZE set in each process before comm_init): gloo on the CPU;
+ * rank 0 already listens on, which its store takes: SKEIN_STORE_FD; RANK, LOCAL_RANK,
+ * WORLD_SIZE set in each process before comm_init): gloo on the CPU;
  * on CUDA comm_init's choice for the device (NCCL: a GPU per rank), every rank seeing only the
  * replica's slot of GPUs (CUDA_VISIBLE_DEVICES, set before the fork and before any CUDA call:
  * neither the server nor the child has a CUDA context to pass on), rank r on the r-th. Every rank
