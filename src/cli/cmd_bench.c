@@ -309,9 +309,10 @@ static sk_status bench_engine(model *m, const char *kv_memory, const char *kv_dt
 }
 
 /* --max-seqs and --max-batch-tokens left at 0: the defaults of the device (a GPU wants large
- * batches: BENCH_DEVICE_SEQS and BENCH_DEVICE_BATCH) or of the CPU (cpu_seqs, 512). */
-#define BENCH_DEVICE_SEQS 512
-#define BENCH_DEVICE_BATCH 8192
+ * batches: BENCH_DEVICE_SEQS and BENCH_DEVICE_BATCH, vLLM's offline defaults on GPUs of 70 GB
+ * and more) or of the CPU (cpu_seqs, 512). */
+#define BENCH_DEVICE_SEQS 1024
+#define BENCH_DEVICE_BATCH 16384
 static void bench_defaults(const char *device, long cpu_seqs, long *max_seqs, long *max_batch) {
     const bool cpu = !strcmp(device, "cpu");
     if (*max_seqs == 0) *max_seqs = cpu ? cpu_seqs : BENCH_DEVICE_SEQS;
@@ -349,7 +350,7 @@ static sk_status bench_step(engine *e, long *tokens, long *steps) {
     {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
     {"--kv-cache-dtype", ARG_STR, &kv_dtype, "auto|f32|bf16|f16", CLI_KV_DTYPE_HELP, false, false}, \
     {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
-    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512; 8192 on a GPU; bench latency: at least --input-len)", false, false}, \
+    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512; 16384 on a GPU; bench latency: at least --input-len)", false, false}, \
     {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false}, \
     {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a collective waiting longer fails (default 300)", false, false}
 
@@ -405,7 +406,7 @@ static int bench_throughput(int argc, char **argv) {
     long I = 128, O = 128, N = 64, max_seqs = 0, max_batch = 0, tp = 1;
     double comm_timeout = 300;
     arg_spec specs[] = {
-        BENCH_INFER_FLAGS("64; 512 on a GPU"),
+        BENCH_INFER_FLAGS("64; 1024 on a GPU"),
         {"--num-prompts", ARG_INT, &N, "N", "requests, all queued at the start (default 64)", false, false},
     };
     sk_status st = args_parse("skein bench throughput", argc, argv, specs, ARG_COUNT(specs));
