@@ -28,7 +28,9 @@
  * CPU's sgemm to rounding, unless SKEIN_CUDA_TF32=1 chose TF32 at creation (cuda.h); bf16
  * products of at most 8 rows with B transposed (decode steps) go to cuda_gemv.cu, the others
  * to cuBLASLt on the tensor cores, accumulating in f32, each shape's
- * descriptors and algorithm chosen once and cached in the context, split-K partial sums
+ * descriptors and algorithm chosen once and cached in the context (the algorithm of a large
+ * product by timing the heuristic's candidates once per bucket of shapes, on by default:
+ * "a bucket's algorithm chosen by timing" below), split-K partial sums
  * reduced in f32 in the workspace. A linear layer into an f32 output (linear_forward: the
  * projections into the residual stream) is one such product whose BIAS epilogue adds the
  * f32 bias before D is stored (cuda_linear_lt); the other layers run unfused (cuda.cu). */
@@ -251,9 +253,9 @@ static cublasStatus_t lt_run(const cuda_ctx *x, const cuda_lt_plan *p, const cub
  * 132 SMs), so a product large enough to matter (M >= LT_TUNE_MIN_M, M*N*K >=
  * LT_TUNE_MIN_MNK) asks the heuristic for up to LT_TUNE_ALGOS candidates under the plan's
  * preferences (split-K partials only in f32 in the workspace, so the contract's one rounding
- * holds whichever wins), times each on the call's own operands and stream (CUDA events; per
- * round one untimed run, then the mean of LT_TUNE_RUNS; LT_TUNE_ROUNDS rounds over the
- * candidates, each keeping its best) and keeps the fastest. The choice belongs to the plan's
+ * holds whichever wins), times each on the call's own operands and stream (CUDA events: one
+ * untimed run each, then LT_TUNE_ROUNDS rounds over the candidates of LT_TUNE_RUNS runs each,
+ * a candidate's best round its time) and keeps the fastest (the first of equals). The choice belongs to the plan's
  * bucket (lt_bucket: its key with M replaced by M's power-of-two bucket) and stays in
  * x->lt_choices for the context's life: a later plan of the bucket (another M, or the same key
  * after the plan cache dropped it) takes it where cublasLtMatmulAlgoCheck accepts it for that
@@ -275,8 +277,10 @@ static cublasStatus_t lt_run(const cuda_ctx *x, const cuda_lt_plan *p, const cub
 #define LT_TUNE_ALGOS 8
 #define LT_TUNE_MIN_M 64
 #define LT_TUNE_MIN_MNK ((int64_t)1 << 28)   /* 2^28 multiply-adds: about a microsecond on an H200 */
-#define LT_TUNE_RUNS 4
-#define LT_TUNE_ROUNDS 2
+#define LT_TUNE_RUNS 3
+#define LT_TUNE_ROUNDS 2   /* 7 runs of each candidate in all: 56 runs of a bucket's product,
+                            * about 0.15 s for the largest, Llama-3-8B's gate/up over 8192 tokens
+                            * (2 TFLOP: 2.6 ms a run), and 1 to 40 ms for its decode products */
 #define LT_TUNE_SCRATCH_MAX ((size_t)256 << 20)
 
 /* Whether a plan of key k has its algorithm chosen by timing (the bucket's choice). */
@@ -318,11 +322,10 @@ static void *lt_timing_dst(cuda_ctx *x, const cuda_lt_key *k, const lt_call *c) 
     return x->lt_scratch;
 }
 
-/* Milliseconds of one run of algo on c's operands into D: one untimed run, then the mean
- * of LT_TUNE_RUNS between the events ev; +inf where cuBLASLt refuses the algorithm. */
+/* Milliseconds of one run of algo (one cuBLASLt took) on c's operands into D: the mean of
+ * LT_TUNE_RUNS runs between the events ev. */
 static float lt_time(const cuda_ctx *x, const cuda_lt_plan *p, const cublasLtMatmulAlgo_t *algo, const lt_call *c,
                      void *D, cudaEvent_t ev[2]) {
-    if (lt_run(x, p, algo, c, D) != CUBLAS_STATUS_SUCCESS) return INFINITY;
     CUDA_CHECK(cudaEventRecord(ev[0], c->s));
     for (int i = 0; i < LT_TUNE_RUNS; i++) CUBLAS_CHECK(lt_run(x, p, algo, c, D));
     CUDA_CHECK(cudaEventRecord(ev[1], c->s));
@@ -342,10 +345,15 @@ static cublasLtMatmulAlgo_t lt_fastest(cuda_ctx *x, const cuda_lt_plan *p, const
     cudaEvent_t ev[2];
     CUDA_CHECK(cudaEventCreate(&ev[0]));
     CUDA_CHECK(cudaEventCreate(&ev[1]));
+    bool ok[LT_TUNE_ALGOS];
     float best[LT_TUNE_ALGOS];
-    for (int i = 0; i < n; i++) best[i] = INFINITY;
+    for (int i = 0; i < n; i++) {   /* one untimed run each: loads its kernels, finds any cuBLASLt refuses */
+        ok[i] = lt_run(x, p, &r[i].algo, c, D) == CUBLAS_STATUS_SUCCESS;
+        best[i] = INFINITY;
+    }
     for (int round = 0; round < LT_TUNE_ROUNDS; round++)
-        for (int i = 0; i < n; i++) best[i] = fminf(best[i], lt_time(x, p, &r[i].algo, c, D, ev));
+        for (int i = 0; i < n; i++)
+            if (ok[i]) best[i] = fminf(best[i], lt_time(x, p, &r[i].algo, c, D, ev));
     CUDA_CHECK(cudaEventDestroy(ev[0]));
     CUDA_CHECK(cudaEventDestroy(ev[1]));
     int w = 0;
