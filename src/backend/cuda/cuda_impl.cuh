@@ -79,10 +79,13 @@ typedef struct cuda_lt_plan {
  * lt_choose): at most this many; past it, new buckets take the heuristic's first. */
 #define CUDA_LT_CHOICES 256
 
-/* One bucket's algorithm: key is a plan's key with M replaced by its bucket (lt_bucket). */
+/* One bucket's algorithm: key is a plan's key with M replaced by its bucket (lt_bucket).
+ * timed false: the bucket could not be timed (first met while a graph was captured, ...),
+ * and each of its plans keeps the heuristic's first for its own M. */
 typedef struct cuda_lt_choice {
     cuda_lt_key key;
     cublasLtMatmulAlgo_t algo;
+    bool timed;
 } cuda_lt_choice;
 
 /* Which attention kernels run (SKEIN_CUDA_ATTN, read at creation; cuda.h). */

@@ -255,21 +255,24 @@ static cublasStatus_t lt_run(const cuda_ctx *x, const cuda_lt_plan *p, const cub
  * preferences (split-K partials only in f32 in the workspace, so the contract's one rounding
  * holds whichever wins), times each on the call's own operands and stream (CUDA events: one
  * untimed run each, then LT_TUNE_ROUNDS rounds over the candidates of LT_TUNE_RUNS runs each,
- * a candidate's best round its time) and keeps the fastest (the first of equals). The choice belongs to the plan's
- * bucket (lt_bucket: its key with M replaced by M's power-of-two bucket) and stays in
- * x->lt_choices for the context's life: a later plan of the bucket (another M, or the same key
- * after the plan cache dropped it) takes it where cublasLtMatmulAlgoCheck accepts it for that
- * plan, else the heuristic's first. So a plan's algorithm is a function of its key, the same
- * every time the key is planned, and a bucket is timed once: tuning costs a few milliseconds
- * per bucket (the log_info line at cuda_lt_free gives the total), whatever number of distinct
- * M a server meets. Past CUDA_LT_CHOICES buckets, new ones take the heuristic's first (one
+ * a candidate's best round its time) and keeps the fastest (the first of equals).
+ *
+ * The choice belongs to the plan's bucket (lt_bucket: its key with M replaced by M's
+ * power-of-two bucket) and stays in x->lt_choices for the context's life: a later plan of the
+ * bucket (another M, or the same key after the plan cache dropped it) takes it where
+ * cublasLtMatmulAlgoCheck accepts it for that plan, else the heuristic's first. So a plan's
+ * algorithm is a function of its key, the same every time the key is planned, and a bucket is
+ * timed once, whatever number of distinct M a server meets (the total time: cuda_lt_free's
+ * log_info line). Past CUDA_LT_CHOICES buckets, new ones take the heuristic's first (one
  * log_info line when the table fills).
+ *
  * The timing synchronizes the host (once per bucket) and never runs while the call's stream
  * captures a graph (the engine records a decode graph after one eager step of the same size,
- * which timed its buckets): a bucket first met there keeps the heuristic's first. The timed
- * runs write C itself where beta is 0 (the call then writes it again; C aliases neither A nor
- * B), else x->lt_scratch, of C's layout (grown as needed, at most LT_TUNE_SCRATCH_MAX: a larger
- * C keeps the heuristic's first), never C.
+ * which timed its buckets): a bucket first met there keeps the heuristic's first (each plan
+ * its own M's). The timed runs write C itself where beta is 0 (the call then writes it again;
+ * C aliases neither A nor B), else x->lt_scratch, of C's layout (grown as needed, at most
+ * LT_TUNE_SCRATCH_MAX: a larger C keeps the heuristic's first), never C.
+ *
  * On by default; SKEIN_CUDA_LT_TUNE=0 at creation turns it off (every plan the heuristic's
  * first, deterministic across processes). With it on, results are the same bits from run to
  * run within a context, but two processes may time different winners for a bucket and then
@@ -322,8 +325,8 @@ static void *lt_timing_dst(cuda_ctx *x, const cuda_lt_key *k, const lt_call *c) 
     return x->lt_scratch;
 }
 
-/* Milliseconds of one run of algo (one cuBLASLt took) on c's operands into D: the mean of
- * LT_TUNE_RUNS runs between the events ev. */
+/* Milliseconds of one run of algo (one cuBLASLt accepted) on c's operands into D: the mean
+ * of LT_TUNE_RUNS runs between the events ev. */
 static float lt_time(const cuda_ctx *x, const cuda_lt_plan *p, const cublasLtMatmulAlgo_t *algo, const lt_call *c,
                      void *D, cudaEvent_t ev[2]) {
     CUDA_CHECK(cudaEventRecord(ev[0], c->s));
@@ -335,12 +338,13 @@ static float lt_time(const cuda_ctx *x, const cuda_lt_plan *p, const cublasLtMat
     return ms / LT_TUNE_RUNS;
 }
 
-/* The fastest of the heuristic's n candidates r (best first) for plan p on c's operands;
- * r[0]'s where there is nothing to time (one candidate, no place to write). */
-static cublasLtMatmulAlgo_t lt_fastest(cuda_ctx *x, const cuda_lt_plan *p, const cublasLtMatmulHeuristicResult_t *r,
-                                       int n, const lt_call *c) {
+/* *fastest = the fastest of the heuristic's n candidates r (best first) for plan p on c's
+ * operands; false, doing nothing, where there is nothing to time (one candidate, no place to
+ * write). */
+static bool lt_fastest(cuda_ctx *x, const cuda_lt_plan *p, const cublasLtMatmulHeuristicResult_t *r, int n,
+                       const lt_call *c, cublasLtMatmulAlgo_t *fastest) {
     void *D = n > 1 ? lt_timing_dst(x, &p->key, c) : NULL;
-    if (!D) return r[0].algo;
+    if (!D) return false;
     const double t0 = time_now();
     cudaEvent_t ev[2];
     CUDA_CHECK(cudaEventCreate(&ev[0]));
@@ -362,11 +366,12 @@ static cublasLtMatmulAlgo_t lt_fastest(cuda_ctx *x, const cuda_lt_plan *p, const
     x->lt_timed++;
     x->lt_moved += w != 0;
     x->lt_tune_s += time_now() - t0;
-    return r[w].algo;
+    *fastest = r[w].algo;
+    return true;
 }
 
 /* Plan p's algorithm from the heuristic's n >= 1 candidates r for it (the section's top):
- * the heuristic's first, or its bucket's choice, made now if the bucket has none. */
+ * its bucket's timed choice, timed now if the bucket is new, else the heuristic's first. */
 static void lt_choose(cuda_ctx *x, cuda_lt_plan *p, const cublasLtMatmulHeuristicResult_t *r, int n,
                       const lt_call *c) {
     p->algo = r[0].algo;
@@ -376,7 +381,8 @@ static void lt_choose(cuda_ctx *x, cuda_lt_plan *p, const cublasLtMatmulHeuristi
         const cuda_lt_choice *ch = &x->lt_choices[i];
         if (memcmp(&ch->key, &bk, sizeof bk)) continue;
         cublasLtMatmulHeuristicResult_t fit;
-        if (cublasLtMatmulAlgoCheck(x->lt, p->op, p->a, p->b, p->c, p->c, &ch->algo, &fit) == CUBLAS_STATUS_SUCCESS &&
+        if (ch->timed &&
+            cublasLtMatmulAlgoCheck(x->lt, p->op, p->a, p->b, p->c, p->c, &ch->algo, &fit) == CUBLAS_STATUS_SUCCESS &&
             fit.workspaceSize <= x->blas_ws_bytes)
             p->algo = ch->algo;
         return;
@@ -386,8 +392,8 @@ static void lt_choose(cuda_ctx *x, cuda_lt_plan *p, const cublasLtMatmulHeuristi
     CUDA_CHECK(cudaStreamIsCapturing(c->s, &cap));
     cuda_lt_choice *ch = &x->lt_choices[x->n_lt_choices++];
     ch->key = bk;
-    ch->algo = cap == cudaStreamCaptureStatusNone ? lt_fastest(x, p, r, n, c) : r[0].algo;
-    p->algo = ch->algo;
+    ch->timed = cap == cudaStreamCaptureStatusNone && lt_fastest(x, p, r, n, c, &ch->algo);
+    if (ch->timed) p->algo = ch->algo;
     if (x->n_lt_choices == CUDA_LT_CHOICES)
         log_info("cuda: cuBLASLt's table of timed choices is full (%d buckets): products of new buckets take the "
                  "heuristic's first algorithm",
