@@ -284,7 +284,7 @@ static cublasStatus_t lt_run(const cuda_ctx *x, const cuda_lt_plan *p, const cub
 #define LT_TUNE_ROUNDS 2   /* 7 runs of each candidate in all: 56 runs of a bucket's product,
                             * about 0.15 s for the largest, Llama-3-8B's gate/up over 8192 tokens
                             * (2 TFLOP: 2.6 ms a run), and 1 to 40 ms for its decode products */
-#define LT_TUNE_SCRATCH_MAX ((size_t)256 << 20)
+#define LT_TUNE_SCRATCH_MAX ((size_t)64 << 20)   /* beta != 0 (training's weight gradients): C of 4096 x 4096 f32 */
 
 /* Whether a plan of key k has its algorithm chosen by timing (the bucket's choice). */
 static bool lt_tuned(const cuda_ctx *x, const cuda_lt_key *k) {
