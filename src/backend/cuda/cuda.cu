@@ -691,6 +691,15 @@ extern "C" backend *backend_cuda_create_on(int index) {
     return backend_cuda_create();
 }
 
+/* x->pdl (cuda.h): programmatic dependent launch, which needs compute capability 9.0
+ * (Hopper), unless SKEIN_CUDA_PDL=0. */
+static bool pdl_wanted(int device) {
+    const char *e = getenv("SKEIN_CUDA_PDL");
+    int major = 0;
+    return !(e && !strcmp(e, "0")) &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
+}
+
 /* A failed setup call: the message names it; the caller unwinds at its err: label. */
 static bool setup_ok(cudaError_t e, const char *what) {
     if (e == cudaSuccess) return true;
@@ -720,11 +729,7 @@ extern "C" backend *backend_cuda_create(void) {
     be->device = x->device;
     if (!setup_ok(cudaDeviceGetAttribute(&x->n_sm, cudaDevAttrMultiProcessorCount, x->device), "reading the SM count"))
         goto err;
-    int major = 0;
-    if (!setup_ok(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x->device),
-                  "reading the compute capability"))
-        goto err;
-    x->pdl = major >= 9 && !(getenv("SKEIN_CUDA_PDL") && !strcmp(getenv("SKEIN_CUDA_PDL"), "0"));
+    x->pdl = pdl_wanted(x->device);
     if (!setup_ok(cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking), "creating the default stream")) goto err;
     x->blas_ws_bytes = BLAS_WORKSPACE_BYTES;
     if (!setup_ok(cudaMalloc(&x->blas_ws, x->blas_ws_bytes), "allocating the cuBLAS workspace")) goto err;

@@ -14,7 +14,7 @@
  * column and unit), and the loads of step s + 1 are issued before step s is used, across group
  * boundaries, so each warp keeps up to two steps in flight without a gap. B's loads skip L1
  * (read once); A's rows (a few KB) come through L1 and serve the group's columns from
- * registers.
+ * registers (plain loads: see gemv_step).
  *
  * Programmatic dependent launch (pdl, Hopper): the kernel may start while the kernel before
  * it in the stream still runs. Its first step's loads read only B (weights: nothing in a
@@ -80,7 +80,10 @@ static __device__ __forceinline__ void gemv_load(int4 (&w)[U][COLS], const bf16 
 }
 
 /* acc[m][c] += A row m's units k0 + 32 u . w[u][c], in order of u, units past K8 skipped;
- * A's units are all loaded before the first is used. */
+ * A's units are all loaded before the first is used, by coherent loads (cached in L1 all
+ * the same): under programmatic dependent launch the kernel before this one writes A while
+ * this grid runs, so the read-only path (ld.global.nc), whose data must not change during the
+ * grid's lifetime, is only for B. */
 template <int M, int COLS, int U>
 static __device__ __forceinline__ void gemv_step(float (&acc)[M][COLS], const int4 (&w)[U][COLS], const bf16 *A,
                                                  int64_t lda, int K8, int k0) {
@@ -89,7 +92,7 @@ static __device__ __forceinline__ void gemv_step(float (&acc)[M][COLS], const in
     for (int u = 0; u < U; u++)
 #pragma unroll
         for (int m = 0; m < M; m++)
-            xv[u][m] = k0 + u * 32 < K8 ? __ldg(reinterpret_cast<const int4 *>(A + m * lda) + k0 + u * 32)
+            xv[u][m] = k0 + u * 32 < K8 ? reinterpret_cast<const int4 *>(A + m * lda)[k0 + u * 32]
                                         : make_int4(0, 0, 0, 0);
 #pragma unroll
     for (int u = 0; u < U; u++) {
