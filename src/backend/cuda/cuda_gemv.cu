@@ -49,9 +49,11 @@ typedef __nv_bfloat16 bf16;
 
 /* Columns per warp group and units per lane and column in a step, by M: at one row two
  * columns of four units (8 loads of 16 B in flight per lane and step); above, four columns
- * share each unit of A's M rows, one unit each (the registers of M x 4 sums). */
+ * share each unit of A's M rows, one unit each (the registers of M x 4 sums). PRE: steps
+ * after the first whose weights a warp asks into L2 (prefetch) before it waits for the
+ * previous kernel, so that more of the product streams while that kernel runs (under pdl). */
 template <int M> struct gemv_shape {
-    static constexpr int COLS = M == 1 ? 2 : 4, UNROLL = M == 1 ? 4 : 1;
+    static constexpr int COLS = M == 1 ? 2 : 4, UNROLL = M == 1 ? 4 : 1, PRE = 1;
 };
 
 /* 16 bytes of B, not kept in L1 (read once; non-coherent: nothing writes B while a product runs). */
@@ -64,8 +66,9 @@ static __device__ __forceinline__ int4 gemv_ld_b(const int4 *p) {
 }
 
 /* Step `chunk` of the group at column n0: w[u][c] = unit chunk * 32 * U + u * 32 + lane of
- * column min(n0 + c, N - 1) (columns past N re-read N - 1 and store nothing), zero past K8. */
-template <int COLS, int U>
+ * column min(n0 + c, N - 1) (columns past N re-read N - 1 and store nothing), zero past K8;
+ * PF: the same units asked into L2 instead (w untouched). */
+template <bool PF, int COLS, int U>
 static __device__ __forceinline__ void gemv_load(int4 (&w)[U][COLS], const bf16 *B, int64_t ldb, int N, int K8, int n0,
                                                  int chunk, int lane) {
 #pragma unroll
@@ -74,7 +77,11 @@ static __device__ __forceinline__ void gemv_load(int4 (&w)[U][COLS], const bf16 
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int k = (chunk * U + u) * 32 + lane;
-            w[u][c] = k < K8 ? gemv_ld_b(col + k) : make_int4(0, 0, 0, 0);
+            if constexpr (PF) {
+                if (k < K8) asm volatile("prefetch.global.L2 [%0];" ::"l"(col + k));
+            } else {
+                w[u][c] = k < K8 ? gemv_ld_b(col + k) : make_int4(0, 0, 0, 0);
+            }
         }
     }
 }
@@ -145,7 +152,7 @@ static __device__ __forceinline__ void gemv_store(float (&acc)[M][COLS], TC *C, 
  * and beta. Every thread passes griddepcontrol.wait before it reads A, C or bias (a no-op
  * unless launched with programmatic serialization), also warps without a group, so the grid
  * never completes before the kernel it waits for. */
-template <int M, class TC, int COLS, int U>
+template <int M, class TC, int COLS, int U, int PRE>
 __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM)
     gemv_kernel(TC *C, int64_t ldc, const bf16 *A, int64_t lda, const bf16 *B, int64_t ldb, const float *bias, int N,
                 int K8, float alpha, float beta) {
@@ -155,7 +162,10 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM)
     const int groups = (N + COLS - 1) / COLS, chunks = (K8 + 32 * U - 1) / (32 * U);
     const int steps = warp < groups ? ((groups - 1 - warp) / warps + 1) * chunks : 0;
     int4 w[U][COLS];
-    if (steps > 0) gemv_load(w, B, ldb, N, K8, warp * COLS, 0, lane);
+    if (steps > 0) gemv_load<false>(w, B, ldb, N, K8, warp * COLS, 0, lane);
+#pragma unroll
+    for (int p = 1; p <= PRE; p++)
+        if (p < steps) gemv_load<true>(w, B, ldb, N, K8, (warp + p / chunks * warps) * COLS, p % chunks, lane);
     cuda_pdl_wait();
     float acc[M][COLS];
 #pragma unroll
@@ -170,21 +180,21 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM)
 #pragma unroll
             for (int c = 0; c < COLS; c++) cur[u][c] = w[u][c];
         const int next_g = chunk + 1 < chunks ? g : g + warps, next_chunk = chunk + 1 < chunks ? chunk + 1 : 0;
-        if (s + 1 < steps) gemv_load(w, B, ldb, N, K8, next_g * COLS, next_chunk, lane);
+        if (s + 1 < steps) gemv_load<false>(w, B, ldb, N, K8, next_g * COLS, next_chunk, lane);
         gemv_step<M, COLS, U>(acc, cur, A, lda, K8, chunk * 32 * U + lane);
         if (chunk == chunks - 1) gemv_store<M, COLS, TC>(acc, C, ldc, bias, N, g * COLS, lane, alpha, beta);
         g = next_g, chunk = next_chunk;
     }
 }
 
-/* Launches gemv_kernel<M, TC, COLS, U> on a persistent grid of at most n_sm *
- * GEMV_BLOCKS_PER_SM blocks (fewer when N has fewer groups); pdl: with programmatic stream
- * serialization (the kernel waits itself). */
-template <int M, class TC, int COLS, int U>
-static void gemv_launch(cudaStream_t s, int n_sm, bool pdl, TC *C, int64_t ldc, const bf16 *A, int64_t lda,
+/* Launches gemv_kernel<M, TC, COLS, U, PRE> on a persistent grid of at most n_sm * bps blocks
+ * (fewer when N has fewer groups; bps above GEMV_BLOCKS_PER_SM may not all be resident); pdl:
+ * with programmatic stream serialization (the kernel waits itself). */
+template <int M, class TC, int COLS, int U, int PRE>
+static void gemv_launch(cudaStream_t s, int n_sm, int bps, bool pdl, TC *C, int64_t ldc, const bf16 *A, int64_t lda,
                         const bf16 *B, int64_t ldb, const float *bias, int N, int K, float alpha, float beta) {
     const int64_t groups = (N + COLS - 1) / COLS, need = (groups + GEMV_WARPS - 1) / GEMV_WARPS,
-                  cap = (int64_t)n_sm * GEMV_BLOCKS_PER_SM;
+                  cap = (int64_t)n_sm * bps;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(need < cap ? need : cap));
     cfg.blockDim = dim3(GEMV_THREADS);
@@ -194,7 +204,7 @@ static void gemv_launch(cudaStream_t s, int n_sm, bool pdl, TC *C, int64_t ldc, 
     attr.val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = &attr;
     cfg.numAttrs = pdl ? 1 : 0;
-    CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_kernel<M, TC, COLS, U>, C, ldc, A, lda, B, ldb, bias, N, K / 8, alpha,
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_kernel<M, TC, COLS, U, PRE>, C, ldc, A, lda, B, ldb, bias, N, K / 8, alpha,
                                   beta));
 }
 
@@ -203,10 +213,10 @@ template <class TC>
 static void gemv_rows(const cuda_ctx *x, cudaStream_t s, TC *C, int64_t ldc, const bf16 *A, int64_t lda, const bf16 *B,
                       int64_t ldb, const float *bias, int M, int N, int K, float alpha, float beta) {
     switch (M) {
-#define GEMV_CASE(R)                                                                                            \
-    case R:                                                                                                     \
-        gemv_launch<R, TC, gemv_shape<R>::COLS, gemv_shape<R>::UNROLL>(s, x->n_sm, x->pdl, C, ldc, A, lda, B, ldb, \
-                                                                       bias, N, K, alpha, beta);               \
+#define GEMV_CASE(R)                                                                                    \
+    case R:                                                                                             \
+        gemv_launch<R, TC, gemv_shape<R>::COLS, gemv_shape<R>::UNROLL, gemv_shape<R>::PRE>(               \
+            s, x->n_sm, GEMV_BLOCKS_PER_SM, x->pdl, C, ldc, A, lda, B, ldb, bias, N, K, alpha, beta);     \
         break;
         GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4) GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
 #undef GEMV_CASE
