@@ -6,19 +6,20 @@
  * cores gain nothing at M <= 8, so this is a plain kernel built to stream B at the memory's
  * rate. A decode step's products are small (Llama-3-8B's o product, 34 MB, is ~8 us at the
  * memory's rate), so what costs is each launch's ramp and tail: the grid is persistent
- * (GEMV_BLOCKS_PER_SM blocks per multiprocessor, all resident from the start, none launched
- * later), each warp owns groups of COLS consecutive output columns (rows of B), taking the
+ * (GEMV_BLOCKS_PER_SM blocks per multiprocessor, their registers bounded so that all are
+ * resident from the start, none launched later), each warp owns groups of COLS consecutive output columns (rows of B), taking the
  * groups warp, warp + warps, ... (their counts differ by at most one: a balanced tail), and
  * streams them as one run of steps: a step is UNROLL 16-byte units (8 bf16) of each of the
  * group's columns per lane, the warp's 32 lanes side by side (512 contiguous bytes per
  * column and unit), and the loads of step s + 1 are issued before step s is used, across group
  * boundaries, so each warp keeps up to two steps in flight without a gap. B's loads skip L1
  * (read once); A's rows (a few KB) come through L1 and serve the group's columns from
- * registers (plain loads: see gemv_step).
+ * registers (plain loads: see gemv_step). The count to hold it to: a one-stream Llama-3-8B
+ * decode step's products (15.0 GB with the LM head) at 4.2 TB/s are 3.6 ms.
  *
  * Programmatic dependent launch (pdl, Hopper): the kernel may start while the kernel before
- * it in the stream still runs. Its first step's loads read only B (weights: nothing in a
- * step writes them), then griddepcontrol.wait blocks until that kernel has completed and its
+ * it in the stream still runs. Its first step's loads and the L2 prefetch of the PRE steps
+ * after it read only B (weights: nothing in a step writes them), then griddepcontrol.wait blocks until that kernel has completed and its
  * writes are visible; only after it does the kernel read A, C or the bias, or write C. The
  * kernels that precede products in a decode step let it start early
  * (griddepcontrol.launch_dependents: cuda_pdl_trigger in cuda_impl.cuh).
@@ -36,9 +37,10 @@ typedef __nv_bfloat16 bf16;
 
 #define GEMV_MAX_ROWS 8    /* the most rows of A a product may have here */
 /* Above one row, only products of B up to this many elements come here: measured on an H200
- * (2026-12-02, Llama-3-8B shapes), at M = 4 cuBLASLt streamed the 33-117 MB weights faster
- * (2.1-3.5 TB/s against 2.0-3.1) while this kernel took the 8 MB k/v products in 0.63 of
- * its time; at M = 1 this kernel was faster on every shape (1.03-1.78x). */
+ * (2026-12-02, Llama-3-8B shapes) with this kernel's previous form (a block of 4 warps per 4
+ * columns, K split over the warps), at M = 4 cuBLASLt streamed the 33-117 MB weights faster
+ * (2.1-3.5 TB/s against 2.0-3.1) while that kernel took the 8 MB k/v products in 0.63 of
+ * cuBLASLt's time; at M = 1 it was faster on every shape (1.03-1.78x). Not yet measured again. */
 #define GEMV_MAX_SMALL_B ((int64_t)1 << 23)
 #define GEMV_WARPS 4          /* warps per block */
 #define GEMV_THREADS (GEMV_WARPS * 32)
