@@ -170,7 +170,8 @@ template <class F> static void each(const cuda_ctx *x, cudaStream_t s, int64_t n
  * launch first (cuda_pdl_trigger): in a decode step SwiGLU (GELU in GPT-2) precedes the down
  * (fc2) product, which reads this op's output and overwrites the residual branch, which the op
  * does not read; the product starts on its weights and waits for this grid's completion
- * before either, and a kernel after any other op here is launched plainly. */
+ * before either. The same holds after any op here: only few-row products are launched so, and
+ * each waits before it reads or writes anything but its weights. */
 template <class F> __global__ void each_packed_kernel(int64_t n, bool vec, F f) {
     cuda_pdl_trigger();
     const int64_t step = (int64_t)gridDim.x * blockDim.x, t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
