@@ -27,9 +27,7 @@
  *     the same bf16 weights, and a request inside a busy batch of 64 the tokens it gets
  *     alone, each up to the first step whose top-2 log-probability margin is below
  *     BF16_MARGIN (two bf16 runs may order a near-tie either way), with log-probabilities
- *     within BF16_LOGPROB_TOL;
- *   - on CUDA, the bf16 engine gives the same bits with the few-row products launched with
- *     programmatic dependent launch as without (SKEIN_CUDA_PDL=0).
+ *     within BF16_LOGPROB_TOL.
  * Elsewhere the engine tests run with SKEIN_INFER_DTYPE=f32, so a device is held to 1e-5. */
 #include "test.h"
 #include "test_device.h"
@@ -56,20 +54,18 @@ static const char *const fixtures[] = {
     "fixtures/llama-math/mistral", "fixtures/llama-math/qwen2",
 };
 
-/* Folder path (relative to tests/, or absolute) opened on be (open_model: the test device) with
- * inference in dtype want: f32 (SKEIN_INFER_DTYPE=f32: a device keeps model_load's f32 copy, so the exact
+/* Folder path (relative to tests/, or absolute) opened on the test device with inference in
+ * dtype want: f32 (SKEIN_INFER_DTYPE=f32: a device keeps model_load's f32 copy, so the exact
  * comparisons below hold there too) or bf16 (a device's bf16 copy; the CPU reads the files). */
-static model *open_model_on(backend *be, const char *path, const char *want) {
+static model *open_model(const char *path, const char *want) {
     model *m = NULL;
     setenv("SKEIN_INFER_DTYPE", want, 1);
-    if (model_open_weights(path, be, &m) != SK_OK) {
+    if (model_open_weights(path, test_device(), &m) != SK_OK) {
         printf("  %s: %s\n", path, sk_errmsg());
         return NULL;
     }
     return m;
 }
-
-static model *open_model(const char *path, const char *want) { return open_model_on(test_device(), path, want); }
 
 static model *open_fixture(const char *rel) { return open_model(test_path(rel), "f32"); }
 
@@ -1157,17 +1153,6 @@ TEST(half_cache_engine_matches_the_f32_cache) {
     CHECK(3 * total[0] >= all[0] && 3 * total[1] >= 2 * all[1]);
 }
 
-/* fixtures[f] saved with bf16 weights (loaded on cpu) into a folder of the test's temporary
- * directory, whose path goes to dir (size n). */
-static bool save_bf16(backend *cpu, size_t f, char *dir, size_t n) {
-    snprintf(dir, n, "%s/bf16-%zu", test_tmpdir(), f);
-    model *src = NULL;
-    if (model_load(test_path(fixtures[f]), cpu, &src) != SK_OK) return false;
-    const bool ok = model_save_as(src, dir, DT_BF16, MODEL_SHARD_BYTES) == SK_OK;
-    model_free(src);
-    return ok;
-}
-
 TEST(bf16_engine_matches_the_cpu_over_bf16_weights) {
     backend *be = test_device();
     if (be->host_memory) SKIP("the %s backend reads the weights in place (no bf16 device copy)", be->name);
@@ -1175,8 +1160,11 @@ TEST(bf16_engine_matches_the_cpu_over_bf16_weights) {
     CHECK(cpu);
     for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
         char dir[512];
-        model *ref = NULL;
-        CHECK(save_bf16(cpu, f, dir, sizeof dir));
+        snprintf(dir, sizeof dir, "%s/bf16-%zu", test_tmpdir(), f);
+        model *src = NULL, *ref = NULL;
+        CHECK(model_load(test_path(fixtures[f]), cpu, &src) == SK_OK);
+        CHECK(model_save_as(src, dir, DT_BF16, MODEL_SHARD_BYTES) == SK_OK);
+        model_free(src);
         CHECK(model_open_weights(dir, cpu, &ref) == SK_OK);
         model *m = open_model(dir, "bf16");
         CHECK(m && model_infer_dtype(m) == DT_BF16);
@@ -1203,50 +1191,6 @@ TEST(bf16_engine_matches_the_cpu_over_bf16_weights) {
         model_free(ref);
         model_free(m);
     }
-    backend_free(cpu);
-}
-
-/* Few-row products launched with programmatic dependent launch (CUDA on Hopper: cuda_gemv
- * loads its first weights while the kernel before it runs, then waits for it) give the plain
- * launches' outputs bit for bit: every fixture's bf16 engine (decode steps of 1 to 4 sequences
- * replayed as graphs), 4 requests of 12 greedy tokens, on a backend made with SKEIN_CUDA_PDL=0
- * and one made without it: the same tokens, log-probabilities and top-2 gaps. */
-TEST(bf16_engine_same_bits_with_and_without_pdl) {
-    if (strcmp(test_device()->name, "cuda")) SKIP("SKEIN_CUDA_PDL is the cuda backend's (this is %s)", test_device()->name);
-    char *saved = getenv("SKEIN_CUDA_PDL") ? strdup(getenv("SKEIN_CUDA_PDL")) : NULL;
-    backend *cpu = backend_cpu_create(), *be[2];
-    for (int k = 0; k < 2; k++) {
-        if (k == 0) setenv("SKEIN_CUDA_PDL", "0", 1);
-        else unsetenv("SKEIN_CUDA_PDL");
-        be[k] = backend_create("cuda");
-    }
-    if (saved) setenv("SKEIN_CUDA_PDL", saved, 1);
-    free(saved);
-    CHECK(cpu && be[0] && be[1]);
-    for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
-        char dir[512];
-        CHECK(save_bf16(cpu, f, dir, sizeof dir));
-        enum { R = 4, G = 12 };
-        const int len[R] = {3, 17, 33, 40};
-        top2_run runs[2][R];
-        memset(runs, 0, sizeof runs);
-        for (int k = 0; k < 2; k++) {
-            model *m = open_model_on(be[k], dir, "bf16");
-            CHECK(m && model_infer_dtype(m) == DT_BF16);
-            engine *e = NULL;
-            engine_opts o = engine_opts_default();
-            o.max_batch_tokens = 20;
-            CHECK(engine_create(m, &o, &e) == SK_OK);
-            CHECK(run_prompts(e, m->cfg.vocab_size, R, len, G, runs[k]));
-            engine_free(e);
-            model_free(m);
-        }
-        for (int r = 0; r < R; r++)
-            CHECK_MSG(runs[0][r].n == G && !memcmp(&runs[0][r], &runs[1][r], sizeof runs[0][r]),
-                      "%s request %d: %d tokens, outputs differ with PDL", fixtures[f], r, runs[0][r].n);
-    }
-    backend_free(be[0]);
-    backend_free(be[1]);
     backend_free(cpu);
 }
 

@@ -185,8 +185,8 @@ static void cuda_matmul_op(backend *be, backend_stream *s, tensor C, tensor A, b
         return;
     }
     SK_ASSERT(A.dt == DT_BF16 && K > 0);   /* cuBLASLt has no empty sums */
-    if (cuda_gemv(ctx(be), stream_of(be, s), lp(C), tensor_ld(C), A.data, tensor_ld(A), ta, B.data, tensor_ld(B), tb,
-                  NULL, M, N, K, alpha, beta))
+    if (cuda_gemv(stream_of(be, s), lp(C), tensor_ld(C), A.data, tensor_ld(A), ta, B.data, tensor_ld(B), tb, NULL, M,
+                  N, K, alpha, beta))
         return;
     cuda_matmul_lt(ctx(be), stream_of(be, s), lp(C), tensor_ld(C), A.data, tensor_ld(A), ta, B.data, tensor_ld(B),
                    tb, M, N, K, alpha, beta);
@@ -209,7 +209,7 @@ static void cuda_linear_forward_op(backend *be, backend_stream *s, tensor out, t
         cuda_ctx *x = ctx(be);
         cudaStream_t st = stream_of(be, s);
         const float *b = vec_opt(bias, N);
-        done = cuda_gemv(x, st, lp(y), tensor_ld(y), inp.data, tensor_ld(inp), false, w.data, tensor_ld(w), tw, b, M, N,
+        done = cuda_gemv(st, lp(y), tensor_ld(y), inp.data, tensor_ld(inp), false, w.data, tensor_ld(w), tw, b, M, N,
                          K, 1.0f, 0.0f);
         if (!done && b) {
             const cuda_lp bl = y.dt == DT_BF16 ? cuda_lp{cuda_bias_bf16(x, st, b, N), true} : cuda_lp{(void *)b, false};
@@ -696,15 +696,6 @@ extern "C" backend *backend_cuda_create_on(int index) {
     return backend_cuda_create();
 }
 
-/* x->pdl (cuda.h): programmatic dependent launch, which needs compute capability 9.0
- * (Hopper), unless SKEIN_CUDA_PDL=0. */
-static bool pdl_wanted(int device) {
-    const char *e = getenv("SKEIN_CUDA_PDL");
-    int major = 0;
-    return !(e && !strcmp(e, "0")) &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
-}
-
 /* A failed setup call: the message names it; the caller unwinds at its err: label. */
 static bool setup_ok(cudaError_t e, const char *what) {
     if (e == cudaSuccess) return true;
@@ -734,7 +725,6 @@ extern "C" backend *backend_cuda_create(void) {
     be->device = x->device;
     if (!setup_ok(cudaDeviceGetAttribute(&x->n_sm, cudaDevAttrMultiProcessorCount, x->device), "reading the SM count"))
         goto err;
-    x->pdl = pdl_wanted(x->device);
     if (!setup_ok(cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking), "creating the default stream")) goto err;
     x->blas_ws_bytes = BLAS_WORKSPACE_BYTES;
     if (!setup_ok(cudaMalloc(&x->blas_ws, x->blas_ws_bytes), "allocating the cuBLAS workspace")) goto err;

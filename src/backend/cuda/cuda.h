@@ -41,13 +41,7 @@
  * products (matmul: the linear layers and the LM head, forward and backward) on the tensor
  * cores in TF32 (inputs rounded to 10 mantissa bits, sums in f32): several times faster,
  * and results then differ from the CPU's at about 1e-3 relative, so the CPU-comparison tests
- * (make test-gpu) run without it. f32 attention always runs in f32 (cuda_attention.cu).
- *
- * On a Hopper or newer device the few-row bf16 products of decode steps (cuda_gemv.cu) are
- * launched with programmatic dependent launch: each starts its first weight loads while the
- * kernel before it (a norm, SwiGLU, attention's last kernel) finishes, and waits for it before
- * reading its input. SKEIN_CUDA_PDL=0 when the backend is created launches them plainly (the
- * same results, bit for bit). */
+ * (make test-gpu) run without it. f32 attention always runs in f32 (cuda_attention.cu). */
 #ifndef SKEIN_BACKEND_CUDA_H
 #define SKEIN_BACKEND_CUDA_H
 

@@ -112,8 +112,6 @@ typedef struct cuda_ctx {
                                  * order, so the two libraries share it */
     size_t blas_ws_bytes;
     bool tf32;                  /* SKEIN_CUDA_TF32=1: cuBLAS products in TF32 (cuda.h) */
-    bool pdl;                   /* few-row products launched with programmatic dependent launch:
-                                 * on a Hopper or newer device unless SKEIN_CUDA_PDL=0 (cuda.h) */
     void *embed_ws;             /* embedding backward's sort buffers, grown on first use */
     size_t embed_ws_bytes;
     double *sq_part;            /* (CUDA_SQ_PARTS) sum_squares' block sums, allocated with the context */
@@ -149,27 +147,6 @@ template <class T> static __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-/* Programmatic dependent launch (Hopper: griddepcontrol; nothing on older devices).
- * cuda_pdl_wait: a kernel launched with programmatic stream serialization may start before
- * the kernel ahead of it in the stream completes; this blocks until that kernel has completed
- * and its writes are visible (a no-op for a kernel launched without the attribute). Only
- * kernels that call it before they touch anything another kernel writes may be launched so.
- * cuda_pdl_trigger: lets such a dependent kernel start now (without it, it starts as this
- * kernel's blocks end). The dependent waits for this kernel's completion all the same, so the
- * trigger's place decides only how early its blocks start (their first loads of weights), not
- * what they read: a kernel calls it first thing, and one with no dependent so launched is
- * unaffected. */
-static __device__ __forceinline__ void cuda_pdl_wait(void) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-static __device__ __forceinline__ void cuda_pdl_trigger(void) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 /* An [lp] array: device data, f32 or bf16 (the table entry has checked the view). */
 typedef struct cuda_lp {
     void *p;
@@ -194,11 +171,10 @@ bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const
                     int64_t ldb, bool tb, cuda_lp bias, int M, int N, int K);
 /* C(M,N) = alpha A(M,K) B(N,K)^T + beta C, plus bias(N) (f32, NULL: none) when given, with
  * bf16 A and B and C f32 or bf16, by the few-rows kernel (cuda_gemv.cu: bandwidth-bound,
- * deterministic, no workspace; launched with programmatic dependent launch when x->pdl); false,
- * doing nothing, unless ta is false, tb true, M is 1 (or up to 8 with B of at most 2^23
- * elements), K a positive multiple of 8 and A, B and their row strides 16-byte aligned: then
- * the caller takes cuBLASLt. The one place that decides which products run there. */
-bool cuda_gemv(const cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta, const void *B,
+ * deterministic, no workspace); false, doing nothing, unless ta is false, tb true, M is 1 (or
+ * up to 8 with B of at most 2^23 elements), K a positive multiple of 8 and A, B and their row
+ * strides 16-byte aligned: then the caller takes cuBLASLt. The one place that decides which products run there. */
+bool cuda_gemv(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta, const void *B,
                int64_t ldb, bool tb, const float *bias, int M, int N, int K, float alpha, float beta);
 /* bias(n) f32 rounded to bf16 in x's bias scratch (grown on first use), for a bf16 layer's
  * epilogue. */

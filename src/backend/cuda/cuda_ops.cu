@@ -168,14 +168,8 @@ template <class F> static void each(const cuda_ctx *x, cudaStream_t s, int64_t n
 }
 
 /* Grid-stride loop over n elements: f.apply<PACK>(i) on whole packs when vec, then
- * f.apply<1>(i) on the elements left (all of them when not vec). It triggers a dependent
- * launch first (cuda_pdl_trigger): in a decode step SwiGLU (GELU in GPT-2) precedes the down
- * (fc2) product, which reads this op's output and overwrites the residual branch, which the op
- * does not read; the product starts on its weights and waits for this grid's completion
- * before either. The same holds after any op here: only few-row products are launched so, and
- * each waits before it reads or writes anything but its weights. */
+ * f.apply<1>(i) on the elements left (all of them when not vec). */
 template <class F> __global__ void each_packed_kernel(int64_t n, bool vec, F f) {
-    cuda_pdl_trigger();
     const int64_t step = (int64_t)gridDim.x * blockDim.x, t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int64_t done = 0;
     if (vec) {
@@ -796,15 +790,11 @@ void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, 
 
 /* Forward: inp += resid (when given; its f32 value, one f32 addition as op_add's), then LN
  * (mean subtracted, bias added) or RMSNorm of the row; out may alias inp for RMSNorm (each
- * lane rereads only what it writes). It triggers a dependent launch first (cuda_pdl_trigger):
- * in a decode step the product after a norm (q/k/v, gate/up, the LM head) reads out and
- * overwrites its own output (qkv, gate/up, logits), which the norm neither reads nor writes,
- * and it touches neither before its griddepcontrol.wait has seen this grid complete. */
+ * lane rereads only what it writes). */
 template <int W, bool LN, class TO, class TR>
 __global__ void __launch_bounds__(NORM_WARPS * 32)
     norm_forward_kernel(TO *out, float *mean, float *rstd, float *inp, const TR *resid, const float *weight,
                         const float *bias, int N, int C, float eps) {
-    cuda_pdl_trigger();
     const int row = blockIdx.x * NORM_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     const size_t o = (size_t)row * C;

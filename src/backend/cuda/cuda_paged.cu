@@ -213,7 +213,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
 paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, int64_t ldk, const T *vc, int64_t ldv,
                     const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W, float scale,
                     int splits, float *ws) {
-    cuda_pdl_trigger();   /* as paged_combine_kernel's */
     constexpr int E = 16 / sizeof(T);                          /* elements per chunk */
     constexpr int U = GM >= 8 ? DEC_UNROLL / 2 : DEC_UNROLL;   /* eight heads: registers for occupancy */
     const int i = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
@@ -383,7 +382,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
 paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const bf16 *kc, int64_t ldk, const bf16 *vc,
                        int64_t ldv, const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W,
                        float scale, int splits, float *ws) {
-    cuda_pdl_trigger();   /* as paged_combine_kernel's */
     constexpr int NK = HD / 32, NV = HD / 64, NT = HD / 16;   /* K and V chunks of a lane's row; products */
     constexpr int NC = 2 * NK + 4 * NV;                       /* chunks a lane stages a tile */
     const int i = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
@@ -493,14 +491,9 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
                ws);
 }
 
-/* Merges the splits of (sequence i, head h) into its out row (maxima in log2 units). It
- * triggers a dependent launch first (cuda_pdl_trigger; so do the decode kernels, last when
- * there is one split): the o product after attention reads out and overwrites the residual
- * branch, which attention does not read, and touches neither before its griddepcontrol.wait
- * has seen this grid complete. */
+/* Merges the splits of (sequence i, head h) into its out row (maxima in log2 units). */
 template <class T>
 __global__ void paged_combine_kernel(T *out, int64_t ldo, const int *seqs, int NH, int HS, int splits, const float *ws) {
-    cuda_pdl_trigger();
     const int i = blockIdx.x, h = blockIdx.y;
     if (seqs[3 * i + 1] != 1) return;
     const float *part = ws + (int64_t)(i * NH + h) * splits * (HS + 2);
