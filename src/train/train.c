@@ -560,9 +560,6 @@ sk_status train_run(const train_opts *o) {
                                 "group must run the same micro-batches", o->tp);
     if ((st = tpdp_init(tr.c, o->tp, &tr.g))) return st;
 
-    /* a resumed run must repeat the bits of an unbroken one in another process, so CUDA's
-     * products take cuBLASLt's heuristic algorithm, not one timed per process (cuda.h) */
-    setenv("SKEIN_CUDA_LT_TUNE", "0", 0);
     if (!(tr.be = backend_create_on(o->device, tr.c ? tr.c->local_rank : 0))) return SK_EARG;
     if (!tr.be->host_memory && (st = backend_mem_info(tr.be, &tr.dev_free0, NULL))) goto done;
     if (tr.rank == 0 && (st = file_mkdirs(o->out))) goto done;

@@ -33,8 +33,7 @@
  * up to its power of two) on the first call's operands and kept for the backend's life, so
  * one shape always runs the same algorithm (cuda_ops.cu); SKEIN_CUDA_LT_TUNE=0 when the
  * backend is created takes the heuristic's first instead, as the same bits in every process
- * need (a bucket timed in two processes may pick two algorithms): training sets it (train.c)
- * unless the environment already says. The backend's destruction
+ * need (a bucket timed in two processes may pick two algorithms). The backend's destruction
  * logs the timing's total (log_info).
  *
  * SKEIN_CUDA_TF32=1 in the environment when the backend is created puts cuBLAS's f32
