@@ -29,10 +29,6 @@
  * implementation ran, a case cuDNN covers must have run on it, and every backward run twice
  * must write the same bits.
  *
- * On CUDA, bf16 products large enough to have their cuBLASLt algorithm chosen by timing run
- * on a backend made with the timing on: in place, in a bucket timed and in one reused, and
- * the same bits twice.
- *
  * cast is checked bit for bit against dtype.h's conversions, ties to even included.
  * Output views that are column blocks of wider buffers are checked whole: the columns outside
  * the block must keep their values. Tests reach device memory only by upload and download.
@@ -42,9 +38,6 @@
 
 #include "backend/backend.h"
 #include "base/rng.h"
-#ifdef SKEIN_HAVE_CUDA
-#include "backend/cuda/cuda.h"
-#endif
 
 #define MIN_EXACT 0.75
 #define ATOL_ELEM 4e-6
@@ -248,22 +241,6 @@ TEST(cast_rounds_to_nearest_even_and_converts_exactly) {
 
 /* ---- products ---- */
 
-/* A CUDA backend made with the environment variable var set to value (restored after), or
- * NULL where the test device is not CUDA. */
-static backend *cuda_with(const char *var, const char *value) {
-    if (strcmp(test_device()->name, "cuda")) return NULL;
-    const char *old = getenv(var);
-    char *saved = old ? strdup(old) : NULL;
-    setenv(var, value, 1);
-    backend *cu = backend_create("cuda");
-    if (saved) setenv(var, saved, 1);
-    else unsetenv(var);
-    free(saved);
-    SK_ASSERT(cu);
-    return cu;
-}
-
-
 /* C(M,N) = 0.75 op(A) op(B) + beta C with A, B of dtype ab and C of dtype cdt. With pad > 0
  * A and B are the column blocks [pad, pad+cols) of buffers pad columns wider (row stride
  * cols + pad), as q, k, v are blocks of GPT-2's packed qkv; C likewise with pad_c. */
@@ -336,46 +313,6 @@ TEST(matmul_bf16_few_rows) {
         free(one);
     }
     free(got[0]), free(got[1]);
-}
-
-/* cuBLASLt's algorithms chosen by timing (cuda_ops.cu), on a CUDA backend made with
- * SKEIN_CUDA_LT_TUNE=1 (a fresh table): bf16 products of N = K = 1024, B transposed, A, B and
- * C column blocks (row strides K + 8, N + 4), accumulating into an f32 C in place (beta 1: the
- * timed runs must leave C alone) agree with the CPU at M = 256 (2^28 multiply-adds, the
- * smallest product timed; its own bucket), 200 (timing the bucket of M in (128, 256)) and 160
- * (taking that bucket's choice untimed); then contiguous written products (beta 0: buckets of
- * their own, timed into C itself) give the same bits twice at the same three M, 160 again
- * taking 200's choice. */
-TEST(matmul_bf16_timed_algorithms_cuda) {
-    NEED_MIXED();
-    backend *cu = cuda_with("SKEIN_CUDA_LT_TUNE", "1");
-    if (!cu) SKIP("the test device is %s, not cuda", be->name);
-#ifdef SKEIN_HAVE_CUDA
-    dev_override = cu;
-    const int N = 1024, K = 1024, rows[] = {256, 200, 160}, timed[] = {1, 2, 2};
-    for (int i = 0; i < 3; i++) {
-        CHECK(matmul_case(rows[i], N, K, false, true, DT_BF16, DT_F32, 1.0f, 8, 4));
-        CHECK_MSG(backend_cuda_lt_timed(cu) == timed[i], "M %d: %d buckets timed, want %d", rows[i],
-                  backend_cuda_lt_timed(cu), timed[i]);
-    }
-    setup(__LINE__);
-    arr *A = arr_new((size_t)256 * K, DT_BF16, 1), *B = arr_new((size_t)N * K, DT_BF16, 1);
-    arr *C = arr_new((size_t)256 * N, DT_F32, 0);
-    b = be, on_dev = true;
-    for (int i = 0; i < 3; i++) {
-        float *got[2];
-        for (int r = 0; r < 2; r++) {
-            be->ops->matmul(be, NULL, T2(C, rows[i], N), T2(A, rows[i], K), false, T2(B, N, K), true, 1.0f, 0.0f);
-            got[r] = arr_get(C);
-        }
-        CHECK_MSG(memcmp(got[0], got[1], (size_t)rows[i] * N * sizeof(float)) == 0, "M %d: two runs differ", rows[i]);
-        free(got[0]), free(got[1]);
-    }
-    CHECK_MSG(backend_cuda_lt_timed(cu) == 4, "%d buckets timed, want 4", backend_cuda_lt_timed(cu));   /* 160: 200's */
-    setup(__LINE__);   /* the arrays freed on cu */
-    dev_override = NULL;
-#endif
-    backend_free(cu);
 }
 
 /* bias_add into a bf16 column block (row stride OC + 4); bias_backward from a bf16 dout into
@@ -803,6 +740,20 @@ TEST(attention_bf16_forward_and_backward) {
     for (int i = 0; i < N_ATTN_CASES; i++) CHECK_MSG(attention_case(attn_cases[i]), "%s", attn_cases[i].name);
 }
 
+/* A CUDA backend made with SKEIN_CUDA_ATTN=mode (the variable restored after), or NULL where
+ * the test device is not CUDA. */
+static backend *cuda_with_attn(const char *mode) {
+    if (strcmp(test_device()->name, "cuda")) return NULL;
+    const char *old = getenv("SKEIN_CUDA_ATTN");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("SKEIN_CUDA_ATTN", mode, 1);
+    backend *cu = backend_create("cuda");
+    if (saved) setenv("SKEIN_CUDA_ATTN", saved, 1);
+    else unsetenv("SKEIN_CUDA_ATTN");
+    free(saved);
+    SK_ASSERT(cu);
+    return cu;
+}
 
 /* Runs the n cases on dev (the device of every case meanwhile); with `cudnn`, a case cuDNN
  * covers must have run on it both ways (a warning above says why not). The number of cases
@@ -831,7 +782,7 @@ static int attention_cases_on(backend *dev, const attn_case *cases, int n, bool 
 /* The own CUDA kernels (SKEIN_CUDA_ATTN=own: tensor-core where they fit, else tiled). */
 TEST(attention_bf16_own_cuda_kernels) {
     NEED_MIXED();
-    backend *cu = cuda_with("SKEIN_CUDA_ATTN", "own");
+    backend *cu = cuda_with_attn("own");
     if (!cu) SKIP("the test device is %s, not cuda", be->name);
     const int failed = attention_cases_on(cu, attn_cases, N_ATTN_CASES, false);
     backend_free(cu);
@@ -846,7 +797,7 @@ TEST(attention_bf16_cudnn) {
 #ifndef SKEIN_HAVE_CUDNN
     SKIP("skein is built without cuDNN (the Makefile found no cudnn_graph.h and libcudnn in CUDNN_HOME)");
 #else
-    backend *cu = cuda_with("SKEIN_CUDA_ATTN", "cudnn");
+    backend *cu = cuda_with_attn("cudnn");
     if (!cu) SKIP("the test device is %s, not cuda", be->name);
     const int failed = attention_cases_on(cu, attn_cases, N_ATTN_CASES, true) +
                        attention_cases_on(cu, attn_model_cases, N_ATTN_MODEL_CASES, true);

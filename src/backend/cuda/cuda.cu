@@ -572,7 +572,7 @@ static void cuda_destroy(backend *be) {
 #endif
     if (x->blas) cublasDestroy(x->blas);
     if (x->lt) {
-        cuda_lt_free(x);
+        cuda_lt_plans_free(x);
         cublasLtDestroy(x->lt);
     }
     if (x->blas_ws) cudaFree(x->blas_ws);
@@ -670,11 +670,6 @@ extern "C" const char *backend_cuda_attention_impl(backend *be, bool backward) {
     return ctx(be)->attn_ran[backward];
 }
 
-extern "C" int backend_cuda_lt_timed(backend *be) {
-    SK_ASSERT(be->ops == &cuda_ops);
-    return ctx(be)->lt_timed;
-}
-
 extern "C" int backend_cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -741,8 +736,6 @@ extern "C" backend *backend_cuda_create(void) {
     x->tf32 = getenv("SKEIN_CUDA_TF32") && !strcmp(getenv("SKEIN_CUDA_TF32"), "1");
     CUBLAS_CHECK(cublasSetMathMode(x->blas, x->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     if (x->tf32) fprintf(stderr, "cuda: products in TF32 (SKEIN_CUDA_TF32=1)\n");
-    /* bf16 products' algorithms chosen by timing unless SKEIN_CUDA_LT_TUNE=0 (cuda_ops.cu) */
-    x->lt_tune = !(getenv("SKEIN_CUDA_LT_TUNE") && !strcmp(getenv("SKEIN_CUDA_LT_TUNE"), "0"));
     CUBLAS_CHECK(cublasSetStream(x->blas, x->stream));
     CUBLAS_CHECK(cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
     x->blas_stream = x->stream;

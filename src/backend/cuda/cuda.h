@@ -28,14 +28,6 @@
  * linear_forward fuses the f32 bias into bf16 products with an f32 output (the projections
  * into the residual stream) as a cuBLASLt BIAS epilogue; other layers run unfused.
  *
- * bf16 products large enough to matter (at least 64 rows and 2^28 multiply-adds) run on the
- * fastest of up to 8 of cuBLASLt's candidate algorithms, timed once per bucket of shapes (M
- * up to its power of two) on the first call's operands and kept for the backend's life, so
- * one shape always runs the same algorithm (cuda_ops.cu); SKEIN_CUDA_LT_TUNE=0 when the
- * backend is created takes the heuristic's first instead, as the same bits in every process
- * need (a bucket timed in two processes may pick two algorithms). The backend's destruction
- * logs the timing's total (log_info).
- *
  * SKEIN_CUDA_TF32=1 in the environment when the backend is created puts cuBLAS's f32
  * products (matmul: the linear layers and the LM head, forward and backward) on the tensor
  * cores in TF32 (inputs rounded to 10 mantissa bits, sums in f32): several times faster,
@@ -64,10 +56,6 @@ int backend_cuda_device_count(void);
  * CUDA backend be: "cudnn", "tensor-core" or "tiled"; NULL before the first. (Callers use
  * backend_attention_impl, which takes any backend.) */
 const char *backend_cuda_attention_impl(backend *be, bool backward);
-
-/* The buckets of bf16 products whose cuBLASLt algorithm be chose by timing so far (0 with
- * SKEIN_CUDA_LT_TUNE=0): tests. */
-int backend_cuda_lt_timed(backend *be);
 
 /* The check of cuDNN's attention graphs a machine without a GPU can make (tests; built with
  * SKEIN_HAVE_CUDNN): builds the forward or backward graph of the shape (window W, 0 for none)

@@ -58,13 +58,11 @@ static inline void cuda_check_blas(cublasStatus_t e, const char *call, const cha
 typedef struct cuda_lt_key {
     int64_t M, N, K, lda, ldb, ldc;
     int64_t flags;   /* ta | tb << 1 | c_bf16 << 2 | beta_nonzero << 3 | log2 alignments of A, B, C,
-                      * bias at bits 4, 8, 12, 16 | bias_bf16 << 20 | (in a bucket's key: M not
-                      * a power of two) << 24 */
+                      * bias at bits 4, 8, 12, 16 */
     int64_t epi;     /* cublasLtEpilogue_t: CUBLASLT_EPILOGUE_DEFAULT for a plain product */
 } cuda_lt_key;
 
-/* A product's descriptors and its algorithm (cuda_ops.cu's lt_plan_make: the heuristic's
- * first, or the fastest of its candidates timed once per bucket), made on first use.
+/* A product's descriptors and the algorithm the heuristic chose for them, made on first use.
  * ok false: the heuristic has no algorithm for this epilogue (a plain product always has
  * one), and the caller computes it another way. */
 typedef struct cuda_lt_plan {
@@ -74,19 +72,6 @@ typedef struct cuda_lt_plan {
     cublasLtMatmulAlgo_t algo;
     bool ok;
 } cuda_lt_plan;
-
-/* Buckets of products whose algorithm is fixed for the context's life (cuda_ops.cu's
- * lt_choose): at most this many; past it, new buckets take the heuristic's first. */
-#define CUDA_LT_CHOICES 256
-
-/* One bucket's algorithm: key is a plan's key with M replaced by its bucket (lt_bucket).
- * timed false: the bucket could not be timed (first met while a graph was captured, ...),
- * and each of its plans keeps the heuristic's first for its own M. */
-typedef struct cuda_lt_choice {
-    cuda_lt_key key;
-    cublasLtMatmulAlgo_t algo;
-    bool timed;
-} cuda_lt_choice;
 
 /* Which attention kernels run (SKEIN_CUDA_ATTN, read at creation; cuda.h). */
 typedef enum cuda_attn_mode {
@@ -124,14 +109,6 @@ typedef struct cuda_ctx {
     cublasLtHandle_t lt;        /* bf16 products */
     cuda_lt_plan lt_plans[CUDA_LT_PLANS];
     int n_lt_plans, lt_next;    /* plans in use; the next one replaced when all are */
-    bool lt_tune;               /* time the heuristic's candidates (SKEIN_CUDA_LT_TUNE, not 0: cuda.h) */
-    cuda_lt_choice lt_choices[CUDA_LT_CHOICES];
-    int n_lt_choices;
-    int lt_timed, lt_moved;     /* buckets whose candidates were timed; of them, those whose
-                                 * winner was not the heuristic's first */
-    double lt_tune_s;           /* host seconds spent timing them */
-    void *lt_scratch;           /* the timed runs' D where C is read (beta != 0), grown on use */
-    size_t lt_scratch_bytes;
     cuda_attn_mode attn;
     const char *attn_ran[2];    /* what ran the last attention forward [0] and backward [1]:
                                  * "cudnn", "tensor-core" or "tiled" (NULL before any) */
@@ -179,9 +156,8 @@ bool cuda_gemv(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t ld
 /* bias(n) f32 rounded to bf16 in x's bias scratch (grown on first use), for a bf16 layer's
  * epilogue. */
 __nv_bfloat16 *cuda_bias_bf16(cuda_ctx *x, cudaStream_t s, const float *bias, int n);
-/* Releases the cached cuBLASLt descriptors and the timing's scratch (the handle is the
- * caller's); says how long the timing took (log_info). */
-void cuda_lt_free(cuda_ctx *x);
+/* Releases the cached cuBLASLt descriptors (the handle is the caller's). */
+void cuda_lt_plans_free(cuda_ctx *x);
 void cuda_bias_add(const cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ld, const float *bias, int N, int OC);
 /* Deterministic; long columns use x's column-sum workspace (grown on first use). */
 void cuda_bias_backward(cuda_ctx *x, cudaStream_t s, float *dbias, cuda_lp dout, int N, int OC);

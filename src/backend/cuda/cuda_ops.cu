@@ -28,9 +28,7 @@
  * CPU's sgemm to rounding, unless SKEIN_CUDA_TF32=1 chose TF32 at creation (cuda.h); bf16
  * products of at most 8 rows with B transposed (decode steps) go to cuda_gemv.cu, the others
  * to cuBLASLt on the tensor cores, accumulating in f32, each shape's
- * descriptors and algorithm chosen once and cached in the context (the algorithm of a large
- * product by timing the heuristic's candidates once per bucket of shapes, on by default:
- * "a bucket's algorithm chosen by timing" below), split-K partial sums
+ * descriptors and algorithm chosen once and cached in the context, split-K partial sums
  * reduced in f32 in the workspace. A linear layer into an f32 output (linear_forward: the
  * projections into the residual stream) is one such product whose BIAS epilogue adds the
  * f32 bias before D is stored (cuda_linear_lt); the other layers run unfused (cuda.cu). */
@@ -218,186 +216,9 @@ static void lt_plan_release(cuda_lt_plan *p) {
     CUBLAS_CHECK(cublasLtMatmulDescDestroy(p->op));
 }
 
-void cuda_lt_free(cuda_ctx *x) {
+void cuda_lt_plans_free(cuda_ctx *x) {
     for (int i = 0; i < x->n_lt_plans; i++) lt_plan_release(&x->lt_plans[i]);
     x->n_lt_plans = x->lt_next = 0;
-    if (x->lt_timed)
-        log_info("cuda: cuBLASLt: timed the candidate algorithms of %d product buckets in %.0f ms, %d kept another "
-                 "than the heuristic's first (SKEIN_CUDA_LT_TUNE=0 turns the timing off)",
-                 x->lt_timed, 1e3 * x->lt_tune_s, x->lt_moved);
-    if (x->lt_scratch) CUDA_CHECK(cudaFree(x->lt_scratch));
-    x->lt_scratch = NULL;
-    x->lt_scratch_bytes = 0;
-}
-
-/* One product's operands as cublasLtMatmul takes them (cuBLASLt's A is our B, its B our A:
- * lt_plan_make), alpha and beta on the host, on stream s. */
-typedef struct lt_call {
-    cudaStream_t s;
-    const void *A, *B;
-    void *C;
-    float alpha, beta;
-} lt_call;
-
-/* Plan p's product on c's operands by algo, into D (c's C, or a buffer of C's layout, which
- * then also serves as C); cuBLASLt's status. */
-static cublasStatus_t lt_run(const cuda_ctx *x, const cuda_lt_plan *p, const cublasLtMatmulAlgo_t *algo,
-                             const lt_call *c, void *D) {
-    return cublasLtMatmul(x->lt, p->op, &c->alpha, c->B, p->a, c->A, p->b, &c->beta, D, p->c, D, p->c, algo,
-                          x->blas_ws, x->blas_ws_bytes, c->s);
-}
-
-/* ---- a bucket's algorithm chosen by timing ----
- * The heuristic's first answer is often not the fastest where a product has few tiles for
- * the SMs (a decode step of 512 sequences: the down projection is 4 x 16 tiles of 128x256 on
- * 132 SMs), so a product large enough to matter (M >= LT_TUNE_MIN_M, M*N*K >=
- * LT_TUNE_MIN_MNK) asks the heuristic for up to LT_TUNE_ALGOS candidates under the plan's
- * preferences (split-K partials only in f32 in the workspace, so the contract's one rounding
- * holds whichever wins), times each on the call's own operands and stream (CUDA events: one
- * untimed run each, then LT_TUNE_ROUNDS rounds over the candidates of LT_TUNE_RUNS runs each,
- * a candidate's best round its time) and keeps the fastest (the first of equals).
- *
- * The choice belongs to the plan's bucket (lt_bucket: its key with M replaced by M's
- * power-of-two bucket) and stays in x->lt_choices for the context's life: a later plan of the
- * bucket (another M, or the same key after the plan cache dropped it) takes it where
- * cublasLtMatmulAlgoCheck accepts it for that plan, else the heuristic's first. So a plan's
- * algorithm is a function of its key, the same every time the key is planned, and a bucket is
- * timed once, whatever number of distinct M a server meets (the total time: cuda_lt_free's
- * log_info line). Past CUDA_LT_CHOICES buckets, new ones take the heuristic's first (one
- * log_info line when the table fills).
- *
- * The timing synchronizes the host (once per bucket) and never runs while the call's stream
- * captures a graph (the engine records a decode graph after one eager step of the same size,
- * which timed its buckets): a bucket first met there keeps the heuristic's first (each plan
- * its own M's). The timed runs write C itself where beta is 0 (the call then writes it again;
- * C aliases neither A nor B), else x->lt_scratch, of C's layout (grown as needed, at most
- * LT_TUNE_SCRATCH_MAX: a larger C keeps the heuristic's first), never C.
- *
- * On by default; SKEIN_CUDA_LT_TUNE=0 at creation turns it off (every plan the heuristic's
- * first, deterministic across processes). With it on, results are the same bits from run to
- * run within a context, but two processes may time different winners for a bucket and then
- * differ in the last bits (a training resumed in a new process included). */
-#define LT_TUNE_ALGOS 8
-#define LT_TUNE_MIN_M 64
-#define LT_TUNE_MIN_MNK ((int64_t)1 << 28)   /* 2^28 multiply-adds: about a microsecond on an H200 */
-#define LT_TUNE_RUNS 3
-#define LT_TUNE_ROUNDS 2   /* 7 runs of each candidate in all: 56 runs of a bucket's product,
-                            * about 0.15 s for the largest, Llama-3-8B's gate/up over 8192 tokens
-                            * (2 TFLOP: 2.6 ms a run), and 1 to 40 ms for its decode products */
-#define LT_TUNE_SCRATCH_MAX ((size_t)64 << 20)   /* beta != 0 (training's weight gradients): C of 4096 x 4096 f32 */
-
-/* Whether a plan of key k has its algorithm chosen by timing (the bucket's choice). */
-static bool lt_tuned(const cuda_ctx *x, const cuda_lt_key *k) {
-    return x->lt_tune && k->M >= LT_TUNE_MIN_M && k->M * k->N * k->K >= LT_TUNE_MIN_MNK;
-}
-
-/* The key of k's bucket: M becomes the least power of two >= M, with flag bit 24 set unless M
- * is that power itself. So every M of (2^(j-1), 2^j) shares a bucket, and the powers of two,
- * the sizes of the engine's decode graphs, have one each (a decode step is timed at its own
- * size, not at a prefill chunk's that shared its octave). */
-static cuda_lt_key lt_bucket(const cuda_lt_key *k) {
-    cuda_lt_key b = *k;
-    int64_t m = 1;
-    while (m < k->M) m <<= 1;
-    b.M = m;
-    if (m != k->M) b.flags |= (int64_t)1 << 24;
-    return b;
-}
-
-/* Where the timed runs on c's operands write (plan key k): C where beta is 0, else x's
- * scratch grown to C's extent; NULL where that would pass LT_TUNE_SCRATCH_MAX or the device
- * has no memory for it. */
-static void *lt_timing_dst(cuda_ctx *x, const cuda_lt_key *k, const lt_call *c) {
-    if (c->beta == 0.0f) return c->C;
-    const size_t bytes = (size_t)((k->M - 1) * k->ldc + k->N) * ((k->flags >> 2) & 1 ? 2 : 4);
-    if (bytes > LT_TUNE_SCRATCH_MAX) return NULL;
-    if (bytes > x->lt_scratch_bytes) {
-        if (x->lt_scratch) CUDA_CHECK(cudaFree(x->lt_scratch));
-        x->lt_scratch_bytes = 0;
-        if (cudaMalloc(&x->lt_scratch, bytes) != cudaSuccess) {
-            (void)cudaGetLastError();
-            x->lt_scratch = NULL;
-            return NULL;
-        }
-        x->lt_scratch_bytes = bytes;
-        CUDA_CHECK(cudaMemsetAsync(x->lt_scratch, 0, bytes, c->s));   /* C's values: defined, if unused */
-    }
-    return x->lt_scratch;
-}
-
-/* Milliseconds of one run of algo (one cuBLASLt accepted) on c's operands into D: the mean
- * of LT_TUNE_RUNS runs between the events ev. */
-static float lt_time(const cuda_ctx *x, const cuda_lt_plan *p, const cublasLtMatmulAlgo_t *algo, const lt_call *c,
-                     void *D, cudaEvent_t ev[2]) {
-    CUDA_CHECK(cudaEventRecord(ev[0], c->s));
-    for (int i = 0; i < LT_TUNE_RUNS; i++) CUBLAS_CHECK(lt_run(x, p, algo, c, D));
-    CUDA_CHECK(cudaEventRecord(ev[1], c->s));
-    CUDA_CHECK(cudaEventSynchronize(ev[1]));
-    float ms = 0.0f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-    return ms / LT_TUNE_RUNS;
-}
-
-/* *fastest = the fastest of the heuristic's n candidates r (best first) for plan p on c's
- * operands; false, doing nothing, where there is nothing to time (one candidate, no place to
- * write). */
-static bool lt_fastest(cuda_ctx *x, const cuda_lt_plan *p, const cublasLtMatmulHeuristicResult_t *r, int n,
-                       const lt_call *c, cublasLtMatmulAlgo_t *fastest) {
-    void *D = n > 1 ? lt_timing_dst(x, &p->key, c) : NULL;
-    if (!D) return false;
-    const double t0 = time_now();
-    cudaEvent_t ev[2];
-    CUDA_CHECK(cudaEventCreate(&ev[0]));
-    CUDA_CHECK(cudaEventCreate(&ev[1]));
-    bool ok[LT_TUNE_ALGOS];
-    float best[LT_TUNE_ALGOS];
-    for (int i = 0; i < n; i++) {   /* one untimed run each: loads its kernels, finds any cuBLASLt refuses */
-        ok[i] = lt_run(x, p, &r[i].algo, c, D) == CUBLAS_STATUS_SUCCESS;
-        best[i] = INFINITY;
-    }
-    for (int round = 0; round < LT_TUNE_ROUNDS; round++)
-        for (int i = 0; i < n; i++)
-            if (ok[i]) best[i] = fminf(best[i], lt_time(x, p, &r[i].algo, c, D, ev));
-    CUDA_CHECK(cudaEventDestroy(ev[0]));
-    CUDA_CHECK(cudaEventDestroy(ev[1]));
-    int w = 0;
-    for (int i = 1; i < n; i++)
-        if (best[i] < best[w]) w = i;
-    x->lt_timed++;
-    x->lt_moved += w != 0;
-    x->lt_tune_s += time_now() - t0;
-    *fastest = r[w].algo;
-    return true;
-}
-
-/* Plan p's algorithm from the heuristic's n >= 1 candidates r for it (the section's top):
- * its bucket's timed choice, timed now if the bucket is new, else the heuristic's first. */
-static void lt_choose(cuda_ctx *x, cuda_lt_plan *p, const cublasLtMatmulHeuristicResult_t *r, int n,
-                      const lt_call *c) {
-    p->algo = r[0].algo;
-    if (!lt_tuned(x, &p->key)) return;
-    const cuda_lt_key bk = lt_bucket(&p->key);
-    for (int i = 0; i < x->n_lt_choices; i++) {
-        const cuda_lt_choice *ch = &x->lt_choices[i];
-        if (memcmp(&ch->key, &bk, sizeof bk)) continue;
-        cublasLtMatmulHeuristicResult_t fit;
-        if (ch->timed &&
-            cublasLtMatmulAlgoCheck(x->lt, p->op, p->a, p->b, p->c, p->c, &ch->algo, &fit) == CUBLAS_STATUS_SUCCESS &&
-            fit.workspaceSize <= x->blas_ws_bytes)
-            p->algo = ch->algo;
-        return;
-    }
-    if (x->n_lt_choices == CUDA_LT_CHOICES) return;
-    cudaStreamCaptureStatus cap;
-    CUDA_CHECK(cudaStreamIsCapturing(c->s, &cap));
-    cuda_lt_choice *ch = &x->lt_choices[x->n_lt_choices++];
-    ch->key = bk;
-    ch->timed = cap == cudaStreamCaptureStatusNone && lt_fastest(x, p, r, n, c, &ch->algo);
-    if (ch->timed) p->algo = ch->algo;
-    if (x->n_lt_choices == CUDA_LT_CHOICES)
-        log_info("cuda: cuBLASLt's table of timed choices is full (%d buckets): products of new buckets take the "
-                 "heuristic's first algorithm",
-                 CUDA_LT_CHOICES);
 }
 
 /* Sets the epilogue's vectors on plan descriptor op: cuBLASLt reads them from it, so each
@@ -406,9 +227,8 @@ static void lt_set_vectors(cublasLtMatmulDesc_t op, const void *bias) {
     if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
 }
 
-/* Makes p's descriptors for key k and asks the heuristic for the algorithms that fit the
- * workspace and the operands' alignments; lt_choose picks one, timing them on call c's
- * operands where the product is large enough. Row-major as in cuda_matmul: cuBLASLt's
+/* Makes p's descriptors for key k and asks the heuristic for the best algorithm that fits
+ * the workspace and the operands' alignments. Row-major as in cuda_matmul: cuBLASLt's
  * column-major A is our B (stored (K,N), or (N,K) when tb) and its B our A, and its D is
  * our C seen as (N,M): a bias of our N columns is a vector over D's rows, which is what
  * CUBLASLT_EPILOGUE_BIAS broadcasts. An epilogue's bias has D's dtype (key flag bit 20: bf16;
@@ -416,7 +236,7 @@ static void lt_set_vectors(cublasLtMatmulDesc_t op, const void *bias) {
  * vector. No algorithm for a plain product is a broken invariant (an unsupported
  * view): the shapes go to stderr and we abort; for an epilogue, a note goes to stderr and
  * the plan is marked not ok. */
-static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, const void *bias, const lt_call *c) {
+static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, const void *bias) {
     const bool ta = k->flags & 1, tb = (k->flags >> 1) & 1, c_bf16 = (k->flags >> 2) & 1;
     const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     p->key = *k;
@@ -452,15 +272,14 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
                                                       sizeof al_c));
     /* split-K partial sums only in f32 and in the workspace (never rounded to a bf16 output,
-     * never added in place by atomics), for every candidate: the contract's one rounding, and
-     * the same bits from run to run of one algorithm (exact resume) */
+     * never added in place by atomics): the contract's one rounding, and the same bits from
+     * run to run (exact resume) */
     const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction,
                                                       sizeof reduction));
-    cublasLtMatmulHeuristicResult_t r[LT_TUNE_ALGOS];
+    cublasLtMatmulHeuristicResult_t r;
     int found = 0;
-    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(x->lt, p->op, p->a, p->b, p->c, p->c, pref,
-                                                             lt_tuned(x, k) ? LT_TUNE_ALGOS : 1, r, &found);
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(x->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     p->ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
     if (!p->ok) {
@@ -475,12 +294,12 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
         if (k->epi == CUBLASLT_EPILOGUE_DEFAULT) abort();
         return;
     }
-    lt_choose(x, p, r, found, c);
+    p->algo = r.algo;
 }
 
-/* The plan for key k: cached, or made now (with the bias and operands of call c) in a free
- * slot or in place of the oldest. */
-static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k, const void *bias, const lt_call *c) {
+/* The plan for key k: cached, or made now (with the bias of this call) in a free slot or in
+ * place of the oldest. */
+static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k, const void *bias) {
     for (int i = 0; i < x->n_lt_plans; i++)
         if (!memcmp(&x->lt_plans[i].key, k, sizeof *k)) return &x->lt_plans[i];
     cuda_lt_plan *p;
@@ -491,7 +310,7 @@ static const cuda_lt_plan *lt_plan(cuda_ctx *x, const cuda_lt_key *k, const void
         x->lt_next = (x->lt_next + 1) % CUDA_LT_PLANS;
         lt_plan_release(p);
     }
-    lt_plan_make(x, p, k, bias, c);
+    lt_plan_make(x, p, k, bias);
     return p;
 }
 
@@ -508,9 +327,9 @@ static cuda_lt_key lt_key(cuda_lp C, int64_t ldc, const void *A, int64_t lda, bo
 void cuda_matmul_lt(cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta,
                     const void *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta) {
     const cuda_lt_key k = lt_key(C, ldc, A, lda, ta, B, ldb, tb, M, N, K, beta);
-    const lt_call c = {s, A, B, C.p, alpha, beta};
-    const cuda_lt_plan *p = lt_plan(x, &k, NULL, &c);
-    CUBLAS_CHECK(lt_run(x, p, &p->algo, &c, C.p));
+    const cuda_lt_plan *p = lt_plan(x, &k, NULL);
+    CUBLAS_CHECK(cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C.p, p->c, C.p, p->c, &p->algo,
+                                x->blas_ws, x->blas_ws_bytes, s));
 }
 
 /* The BIAS epilogue adds the bias to the f32 sum before D is stored (rounded once). */
@@ -519,11 +338,12 @@ bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const
     cuda_lt_key k = lt_key(out, ldo, A, lda, false, B, ldb, tb, M, N, K, 0.0f);
     k.flags |= align_log2(bias.p) << 16 | (int64_t)bias.bf16 << 20;
     k.epi = CUBLASLT_EPILOGUE_BIAS;
-    const lt_call c = {s, A, B, out.p, 1.0f, 0.0f};
-    const cuda_lt_plan *p = lt_plan(x, &k, bias.p, &c);
+    const cuda_lt_plan *p = lt_plan(x, &k, bias.p);
     if (!p->ok) return false;
     lt_set_vectors(p->op, bias.p);
-    CUBLAS_CHECK(lt_run(x, p, &p->algo, &c, out.p));
+    const float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, out.p, p->c, out.p, p->c, &p->algo,
+                                x->blas_ws, x->blas_ws_bytes, s));
     return true;
 }
 
