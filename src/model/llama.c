@@ -707,9 +707,9 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
         /* x += the previous layer's MLP output (none before layer 0), fused into the norm */
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, l ? br : tensor_none(), w.in_norm, c->norm_eps);
         llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
-        /* row r of the (1, N) sequence takes the angles of cos/sin row r: its own position */
-        op->rope_forward(be, NULL, llama_heads(qkvc[0], N, HS), cos, sin, 0);
-        op->rope_forward(be, NULL, llama_heads(qkvc[1], N, HS), cos, sin, 0);
+        /* row r of the (1, N) sequence takes the angles of cos/sin row r: its own position;
+         * q's and k's heads, side by side in qkv, in one rotation */
+        op->rope_forward(be, NULL, llama_heads(tensor_cols(qkv, 0, QD + KD), N, HS), cos, sin, 0);
         arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], NH, NKV, W);
         llama_linear(be, br, atty, w.ow, tensor_none());
         tp_sum(m, br);
