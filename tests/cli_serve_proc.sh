@@ -13,7 +13,10 @@
 #   - --replicas 2 --tp 2: two replicas of two ranks each (a child and the rank it forked) give
 #     the texts of one replica at tp 1, both serve; a follower rank killed fails its replica,
 #     which a fresh group replaces, and the texts stay the same;
-#   - SIGTERM stops the server and leaves no process of it behind;
+#   - SIGTERM stops the server and leaves no process of it behind, also while a replacement's
+#     child hangs in its start (SKEIN_TEST_FAIL_REPLICA's ID:0:hang), whose waiting request
+#     ends with an error; the hook's start hang is refused for thread replicas, and
+#     `skein serve --replica-child` run by hand exits 2 naming what it is;
 #   - without a GPU, --device cuda --replica-process fails at start with the child's reason;
 #   - --replicas 2 --tp 2 on CUDA takes --devices in groups of 2, each rank a GPU of its own:
 #     3 devices, or one twice in a group, are refused up front (exit 2) naming the problem.
@@ -174,3 +177,28 @@ for spec in "0,1,2:in groups of 2" "0,0:device 0 twice"; do
     if [ "$rc" = 2 ] && grep -q "$want" "$T/dev.log" && ! grep -q 'listening on' "$T/dev.log"
     then pass "proc_tp_devices_refused_$(echo "$devs" | tr , _)"; else fail "proc_tp_devices_refused_$(echo "$devs" | tr , _)" "exit $rc: $(tail -3 "$T/dev.log")"; fi
 done
+
+# a replacement whose start hangs (replica 0 fails its first step; replica 1's child never
+# finishes building: SKEIN_TEST_FAIL_REPLICA's ID:0:hang): the request waits for it, and SIGTERM
+# still stops the server at once, the hung child with it, the request answered with an error
+SKEIN_TEST_FAIL_REPLICA=0:1,1:0:hang start h --model "$T/m1" --replica-process
+H=$U; PH=$PID
+post "$H" h1 "$(body m1 "request 1 says" 4 '')" & job=$!
+i=0
+while ! { grep -q 'replica 0 down' "$T/h.log" && [ -n "$(pgrep -P "$PH")" ]; } && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+hung=$(pgrep -P "$PH")
+sleep 0.3
+if [ -n "$hung" ] && kill -0 "$hung" 2>/dev/null && ! grep -q 'replica 1 up' "$T/h.log"
+then pass proc_start_hangs; else fail proc_start_hangs "child '$hung': $(cat "$T/h.log")"; fi
+stop h "$PH"
+wait $job
+if [ "$(cat "$T/h1.st")" = 500 ] && grep -q 'shutting down' "$T/h1.out"
+then pass proc_start_hung_request_ends; else fail proc_start_hung_request_ends "$(cat "$T/h1.st") $(cat "$T/h1.out")"; fi
+
+# the hook's start hang is for process replicas only; the child's entry is not for people
+SKEIN_TEST_FAIL_REPLICA=0:0:hang timeout 30 $SK serve --model "$T/m1" --port 0 >/dev/null 2>"$T/hook.log"; rc=$?
+if [ "$rc" = 2 ] && grep -q 'step 0 (the start) can only hang, in process replicas' "$T/hook.log"
+then pass proc_start_hang_hook_refused; else fail proc_start_hang_hook_refused "exit $rc: $(cat "$T/hook.log")"; fi
+timeout 10 $SK serve --replica-child >/dev/null 2>"$T/child.log"; rc=$?
+if [ "$rc" = 2 ] && grep -q 'not run by hand' "$T/child.log"
+then pass proc_child_entry_by_hand; else fail proc_child_entry_by_hand "exit $rc: $(cat "$T/child.log")"; fi

@@ -10,12 +10,12 @@
  *     ping, and a greedy request stepped to its end gives the tokens of the same engine built
  *     in this process;
  *   - a child that refuses the share given (its bytes are not the ones it expects, as devw
- *     refuses another plan's copy) fails rproc_start with its status and its message. */
+ *     refuses another plan's copy) fails rproc_ready with its status and its message.
+ * The children are this program again (rproc_spawn execs it): child_entry. */
 #include "test.h"
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <omp.h>
 #include <sys/mman.h>
 
 #include "serve/rproc.h"
@@ -23,9 +23,9 @@
 #define GEN_TOKENS 6
 static const int prompt[] = {17, 4, 58, 91};
 
-/* What the child expects from its parent and writes back. */
+/* What the child expects from its parent and writes back: the setup the parent sends. */
 typedef struct child_want {
-    const char *text;        /* in the given descriptor */
+    char text[64];           /* in the given descriptor */
     uint64_t bytes;          /* given with it */
 } child_want;
 
@@ -68,11 +68,12 @@ static sk_status fixture_engine(engine **e) {
     return engine_create(m, &o, e);
 }
 
-/* rproc_build_fn: checks the share given against ctx's child_want (descriptor 4, its bytes,
- * its text, nothing else open), hands back a memfd of "child read: TEXT". */
-static sk_status child_build(void *ctx, rproc_share given, engine **e, rproc_share *share) {
-    const child_want *w = ctx;
+/* rproc_build_fn: checks the share given against the setup's child_want (descriptor 4, its
+ * bytes, its text, nothing else open), hands back a memfd of "child read: TEXT". */
+static sk_status child_build(const void *setup, size_t len, rproc_share given, engine **e, rproc_share *share) {
+    const child_want *w = setup;
     char got[128];
+    if (len != sizeof *w) return sk_fail(SK_ESTATE, "a setup of %zu bytes", len);
     if (given.fd != 4) return sk_fail(SK_ESTATE, "the share is descriptor %d, not 4", given.fd);
     if (given.bytes != w->bytes)
         return sk_fail(SK_ECONFIG, "the share stands for %llu bytes, this child expects %llu",
@@ -104,10 +105,8 @@ static int run_child(rproc *p, int id, int *toks) {
     return -1;
 }
 
-/* The same request on the engine built here: its tokens into toks, their count (-1: failure).
- * On one OpenMP thread: a pool of threads would not survive the later tests' forks. */
+/* The same request on the engine built here: its tokens into toks, their count (-1: failure). */
 static int run_here(int *toks) {
-    omp_set_num_threads(1);
     engine *e = NULL;
     if (fixture_engine(&e) != SK_OK) return -1;
     engine_params params = engine_params_default();
@@ -124,13 +123,33 @@ static int run_here(int *toks) {
     return n;
 }
 
+/* This program run as rproc_spawn's child (before main: TEST_MAIN would read the arguments as
+ * test names); glibc passes the arguments to constructors. */
+__attribute__((constructor)) static void child_entry(int argc, char **argv) {
+    if (rproc_is_child(argc, argv)) rproc_child_run(child_build);
+}
+
+/* Starts a child with setup want and the share (fd, bytes): *p and *got as rproc_ready leaves
+ * them; on a failed start *p is freed and NULL. */
+static sk_status start_child(const child_want *want, int fd, uint64_t bytes, rproc **p, rproc_share *got) {
+    *got = (rproc_share){.fd = -1};
+    sk_status st = rproc_spawn(want, sizeof *want, (rproc_share){.fd = fd, .bytes = bytes}, p);
+    if (st == SK_OK) st = rproc_ready(*p, got);
+    if (st != SK_OK && *p) {
+        rproc_free(*p);
+        *p = NULL;
+    }
+    return st;
+}
+
 /* Starts a child given a share of text at descriptor give_fd; checks both shares and the
  * protocol after them. A failed CHECK returns early: the caller closes what it opened. */
 static void shares_both_ways(int give_fd, const char *text, int *child_toks, int *n_child) {
-    child_want want = {.text = text, .bytes = strlen(text)};
+    child_want want = {.bytes = strlen(text)};
+    snprintf(want.text, sizeof want.text, "%s", text);
     rproc *p = NULL;
     rproc_share got;
-    const sk_status st = rproc_start(child_build, &want, (rproc_share){.fd = give_fd, .bytes = want.bytes}, &p, &got);
+    const sk_status st = start_child(&want, give_fd, want.bytes, &p, &got);
     CHECK_MSG(st == SK_OK, "%s", sk_errmsg());
     char back[160], expect[160];
     snprintf(expect, sizeof expect, "child read: %s", text);
@@ -186,10 +205,10 @@ TEST(a_share_at_descriptor_3_reaches_the_child) {
 TEST(a_child_refusing_the_share_fails_the_start_with_its_message) {
     const int fd = text_fd("parent", "hello, child");
     CHECK(fd >= 0);
-    child_want want = {.text = "hello, child", .bytes = 12};
+    const child_want want = {.text = "hello, child", .bytes = 12};
     rproc *p = NULL;
     rproc_share got;
-    const sk_status st = rproc_start(child_build, &want, (rproc_share){.fd = fd, .bytes = 13}, &p, &got);
+    const sk_status st = start_child(&want, fd, 13, &p, &got);
     close(fd);
     CHECK_MSG(st == SK_ECONFIG && !p && got.fd == -1, "status %d, child %p, descriptor %d", st, (void *)p, got.fd);
     CHECK_MSG(strstr(sk_errmsg(), "replica process") && strstr(sk_errmsg(), "stands for 13 bytes, this child expects 12"),

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "serve/router.h"
+#include "serve/rproc.h"
 
 static const struct {
     const char *name;
@@ -40,6 +42,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    if (rproc_is_child(argc, argv)) router_replica_child();   /* a replica process of skein serve */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

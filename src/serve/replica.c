@@ -34,28 +34,28 @@
 #define REPLICA_HANG_POLL_MS 5
 #define REPLICA_HEARTBEAT_MS 500   /* an idle split-model or process replica wakes this often */
 
+sk_status replica_weights(router *rt) {
+    return rt->base ? SK_OK : model_open_weights(rt->dir, rt->cpu, &rt->base);
+}
+
 /* Builds rep's model and engine in this process (its thread without the lock, or its child). */
 static sk_status replica_build_engine(replica *rep) {
     router *rt = rep->rt;
     omp_set_num_threads(rt->o.threads);   /* this thread's parallel regions: the engine's ops */
-    if (rep->device >= 0 && rt->o.tp_ranks > 1) {   /* a process replica's child: K ranks, a GPU each */
-        comm *c = NULL;
-        SK_TRY(replica_tp_join(rep, &c));
-        if (!(rep->own_be = backend_create_on("cuda", c->local_rank))) return SK_EARG;
-        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, c, &rep->m));
-    } else if (rep->device >= 0) {
+    comm *c = rt->o.tp;
+    if (rt->o.tp_ranks > 1) SK_TRY(replica_tp_join(rep, &c));   /* a process replica's child: K ranks */
+    SK_TRY(replica_weights(rt));
+    backend *be = rt->cpu;
+    if (rep->device >= 0) {
         const int n = backend_device_count("cuda");   /* backend_create_on would wrap the id around */
-        if (rep->device >= n)
-            return sk_fail(SK_EARG, "CUDA device %d cannot be used: this process sees %d (see --devices)", rep->device, n);
+        const int dev = rt->o.tp_ranks > 1 ? c->local_rank : rep->device;   /* ranks: a GPU each */
+        if (rt->o.tp_ranks <= 1 && dev >= n)
+            return sk_fail(SK_EARG, "CUDA device %d cannot be used: this process sees %d (see --devices)", dev, n);
         /* on its device, made this thread's current one */
-        if (!(rep->own_be = backend_create_on("cuda", rep->device))) return SK_EARG;
-        /* over the router's mapping: the replicas on this device share one device copy (devw.h) */
-        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, rt->o.tp, &rep->m));
-    } else {
-        comm *c = rt->o.tp;
-        if (rt->o.tp_ranks > 1) SK_TRY(replica_tp_join(rep, &c));   /* a process replica's child */
-        SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rt->cpu, c, &rep->m));
+        if (!(be = rep->own_be = backend_create_on("cuda", dev))) return SK_EARG;
     }
+    /* over the router's mapping: the replicas on a device share one device copy (devw.h) */
+    SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, be, c, &rep->m));
     return engine_create(rep->m, &rt->eo, &rep->e);
 }
 
@@ -65,18 +65,72 @@ static bool replica_shares_copy(const replica *rep) {
     return rep->rt->o.process && rep->device >= 0 && rep->rt->o.tp_ranks <= 1;
 }
 
-/* rproc_build_fn: a process replica's engine, built in its child; on CUDA its device copy of
- * the weights mapped from the one given, or made and handed back (devw_ipc_use). */
-static sk_status replica_build_child(void *ctx, rproc_share given, engine **e, rproc_share *share) {
-    replica *rep = ctx;
-    if (replica_shares_copy(rep)) devw_ipc_use((devw_ipc){.fd = given.fd, .bytes = (size_t)given.bytes});
-    SK_TRY(replica_build_engine(rep));
-    if (replica_shares_copy(rep) && rep->m->dev) {
-        const devw_ipc x = devw_ipc_of(rep->m->dev);
+/* What a process replica's child builds from (rproc's setup bytes): the router's options that
+ * bear on its engine, its id and devices. Both ends are one executable. */
+typedef struct replica_setup {
+    char dir[4096], name[SERVE_NAME_BYTES];
+    int id, device, slot;
+    int threads, tp_ranks;
+    double comm_timeout_s;
+    int devices[ROUTER_MAX_DEVICES], n_devices;
+    engine_opts eo;
+    bool hang;               /* SKEIN_TEST_FAIL_REPLICA's ID:0:hang: the build never ends */
+} replica_setup;
+
+static void replica_setup_of(const replica *rep, replica_setup *s) {
+    const router *rt = rep->rt;
+    memset(s, 0, sizeof *s);
+    memcpy(s->dir, rt->dir, sizeof s->dir);
+    memcpy(s->name, rt->name, sizeof s->name);
+    s->id = rep->id;
+    s->device = rep->device;
+    s->slot = rep->slot;
+    s->threads = rt->o.threads;
+    s->tp_ranks = rt->o.tp_ranks;
+    s->comm_timeout_s = rt->o.comm_timeout_s;
+    memcpy(s->devices, rt->o.devices, sizeof s->devices);
+    s->n_devices = rt->o.n_devices;
+    s->eo = rt->eo;
+    s->hang = router_fault_at(rt, rep->id, 0) != NULL;
+}
+
+/* rproc_build_fn: a process replica's engine, built in its child from the replica_setup; on
+ * CUDA its device copy of the weights mapped from the one given, or made and handed back
+ * (devw_ipc_use). The child's router holds what the build reads; it lives as long as the child. */
+static sk_status replica_build_child(const void *setup, size_t len, rproc_share given, engine **e, rproc_share *share) {
+    static router rt;
+    static replica rep;
+    replica_setup s;
+    if (len != sizeof s) return sk_fail(SK_ESTATE, "a setup of %zu bytes, not %zu", len, sizeof s);
+    memcpy(&s, setup, sizeof s);
+    rt.o = router_opts_default();
+    rt.o.process = true;
+    rt.o.device = s.device >= 0 ? "cuda" : "cpu";
+    rt.o.threads = s.threads;
+    rt.o.tp_ranks = s.tp_ranks;
+    rt.o.comm_timeout_s = s.comm_timeout_s;
+    memcpy(rt.o.devices, s.devices, sizeof rt.o.devices);
+    rt.o.n_devices = s.n_devices;
+    memcpy(rt.dir, s.dir, sizeof rt.dir);
+    memcpy(rt.name, s.name, sizeof rt.name);
+    rt.o.dir = rt.dir;
+    rt.o.name = rt.name;
+    rt.eo = s.eo;
+    if (!(rt.cpu = backend_create("cpu"))) return SK_EARG;
+    rep = (replica){.rt = &rt, .id = s.id, .device = s.device, .slot = s.slot};
+    while (s.hang) pause();   /* until killed */
+    if (replica_shares_copy(&rep)) devw_ipc_use((devw_ipc){.fd = given.fd, .bytes = (size_t)given.bytes});
+    SK_TRY(replica_build_engine(&rep));
+    if (replica_shares_copy(&rep) && rep.m->dev) {
+        const devw_ipc x = devw_ipc_of(rep.m->dev);
         *share = (rproc_share){.fd = x.fd, .bytes = x.bytes};
     }
-    *e = rep->e;
+    *e = rep.e;
     return SK_OK;
+}
+
+_Noreturn int router_replica_child(void) {
+    rproc_child_run(replica_build_child);
 }
 
 /* The router's entry for the copy on rep's device, made when missing (mu held). */
@@ -126,18 +180,37 @@ static void replica_copy_settle(replica *rep, rproc_share gave, rproc_share got)
     if (got.fd >= 0) close(got.fd);
 }
 
+/* Starts rep's child and waits until its engine is built; rep->proc is set under the lock
+ * while it builds, so that router_stop can kill it (its thread, without the lock). */
+static sk_status replica_build_process(replica *rep) {
+    router *rt = rep->rt;
+    const rproc_share give = replica_copy_claim(rep);
+    replica_setup s;
+    replica_setup_of(rep, &s);
+    rproc *p = NULL;
+    rproc_share got = {.fd = -1};
+    sk_status st = rproc_spawn(&s, sizeof s, give, &p);
+    if (st == SK_OK) {
+        pthread_mutex_lock(&rt->mu);
+        rep->proc = p;
+        if (rt->stopping) rproc_kill(p);
+        pthread_mutex_unlock(&rt->mu);
+        st = rproc_ready(p, &got);
+    }
+    replica_copy_settle(rep, give, got);
+    if (st != SK_OK && p) {
+        pthread_mutex_lock(&rt->mu);
+        rep->proc = NULL;
+        pthread_mutex_unlock(&rt->mu);
+        rproc_free(p);
+    }
+    return st;
+}
+
 /* Builds rep's engine, here or in its child process (its thread, without the lock). */
 static sk_status replica_build(replica *rep) {
     router *rt = rep->rt;
-    if (rt->o.process) {
-        const rproc_share give = replica_copy_claim(rep);
-        rproc_share got;
-        const sk_status st = rproc_start(replica_build_child, rep, give, &rep->proc, &got);
-        replica_copy_settle(rep, give, got);
-        SK_TRY(st);
-    } else {
-        SK_TRY(replica_build_engine(rep));
-    }
+    SK_TRY(rt->o.process ? replica_build_process(rep) : replica_build_engine(rep));
     rep->piece_cap = tok_stream_cap(rt->t);
     if (!(rep->piece = mem_alloc(rep->piece_cap))) return sk_fail(SK_ENOMEM, "serve: out of memory");
     return SK_OK;

@@ -9,8 +9,9 @@
  * on CUDA comm_init's choice for the device (NCCL: a GPU per rank), every rank seeing only the
  * replica's slot of GPUs (CUDA_VISIBLE_DEVICES, set before the fork and before any CUDA call:
  * neither the server nor the child has a CUDA context to pass on), rank r on the r-th. Every rank
- * is a fork of the server, so every rank's share of the weights (model_open_wts_split) is cut
- * from the one read-only mapping the server holds: no rank reads the files again. Rank 0 runs
+ * maps the model's files itself once the group is formed (replica_weights: read-only and
+ * shared, so the page cache holds one copy for all) and cuts its share from them
+ * (model_open_wts_split). Rank 0 runs
  * the engine the server drives; the others follow it (engine_follow) and die with it
  * (PR_SET_PDEATHSIG); a dead or hung follower fails rank 0's next step or heartbeat with
  * SK_ECOMM naming it (within the comm timeout), which fails the replica: its requests go
@@ -101,6 +102,7 @@ static void replica_tp_follow(replica *rep, int rank) {
     backend *be = rt->cpu;
     sk_status st = replica_tp_comm(rep, &c);
     if (st == SK_OK && rep->device >= 0 && !(be = backend_create_on("cuda", c->local_rank))) st = SK_EARG;
+    if (st == SK_OK) st = replica_weights(rt);
     if (st == SK_OK) st = model_open_wts_split(&rt->base->cfg, rt->base->weights, be, c, &m);
     if (st == SK_OK) st = engine_follow(m);
     if (st != SK_OK)

@@ -318,9 +318,11 @@ static sk_status router_parse_faults(router *rt, const char *spec) {
         router_fault f = {0};
         long id = strtol(p, &end, 10);
         long long step = end && *end == ':' ? strtoll(end + 1, &end, 10) : -1;
-        if (id < 0 || step < 1) goto bad;
+        if (id < 0 || step < 0) goto bad;
         if (!strncmp(end, ":hang", 5)) { f.hang = true; end += 5; }
         if (*end && *end != ',') goto bad;
+        if (step == 0 && (!f.hang || !rt->o.process))
+            return sk_fail(SK_EARG, "SKEIN_TEST_FAIL_REPLICA=%s: step 0 (the start) can only hang, in process replicas", spec);
         f.id = (int)id;
         f.step = (uint64_t)step;
         rt->faults[rt->n_faults++] = f;
@@ -328,7 +330,8 @@ static sk_status router_parse_faults(router *rt, const char *spec) {
     }
     return SK_OK;
 bad:
-    return sk_fail(SK_EARG, "SKEIN_TEST_FAIL_REPLICA=%s: expected ID:STEP[:hang] entries separated by commas", spec);
+    return sk_fail(SK_EARG, "SKEIN_TEST_FAIL_REPLICA=%s: expected ID:STEP[:hang] entries separated by commas (ID:0:hang: "
+                   "a process replica's start hangs)", spec);
 }
 
 /* ---- the supervisor ---- */
@@ -630,6 +633,7 @@ void router_stop(router *rt) {
     pthread_cond_signal(&rt->tick);
     for (int i = 0; i < rt->n_reps; i++) {
         rt->reps[i]->stop = true;
+        if (rt->reps[i]->state == REPLICA_STARTING) rproc_kill(rt->reps[i]->proc);   /* its build ends at once */
         pthread_cond_signal(&rt->reps[i]->wake);
     }
     serve_req *r;

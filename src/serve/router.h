@@ -47,8 +47,7 @@
  * on the group's r-th: router_slot_device), each with its own backend (its streams,
  * workspaces, KV pool) over the router's mapping; the replicas on one device share one device copy of the weights, made
  * by the first and freed with the last (devw.h). Process replicas on CUDA: the server itself
- * never touches CUDA (a forked child cannot use a context its parent made), so each child
- * makes its own context; the children on one device share one device copy all the same, made
+ * never touches CUDA, and each child (an exec'd process) makes its own context; the children on one device share one device copy all the same, made
  * by the first child there in memory exported as a file descriptor, which the router keeps
  * until it is freed and gives to every later child there (replica.c, devw.h).
  *
@@ -98,6 +97,10 @@ int router_slot_device(const router_opts *o, int slot, int rank);
 /* Defaults: cpu, 1 replica (min = max = 1), Ray Serve's target_ongoing 2, upscale delay 30 s,
  * downscale delay 600 s, replica timeout 300 s, 1 thread, max_queue 64. */
 router_opts router_opts_default(void);
+
+/* The main of a process replica's child (skein serve --replica-child, which rproc_spawn
+ * execs: rproc.h): builds the engine its server describes and runs it. Never returns. */
+_Noreturn int router_replica_child(void);
 
 /* Opens the model folder (tokenizer.json, its tokenizer_config.json and chat template,
  * config.json, the weights), starts o->replicas replicas and waits until they take requests.

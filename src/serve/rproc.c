@@ -1,10 +1,11 @@
-/* rproc: an engine in a forked child, step by step over a socket pair (see rproc.h).
+/* rproc: an engine in a child process, step by step over a socket pair (see rproc.h).
  *
- * Wire: a message is an rproc_hdr (magic, type, payload bytes) then the payload. STEP's
+ * Wire: a message is an rproc_hdr (magic, type, payload bytes) then the payload. SETUP's
+ * payload is an rproc_setup and the caller's bytes; STEP's
  * payload is a sequence of rproc_op (ADD followed by its n prompt ids, or CANCEL); DONE's is
- * an rproc_state and n rproc_out; PONG's an rproc_state; READY's an rproc_ready, its share's
+ * an rproc_state and n rproc_out; PONG's an rproc_state; READY's an rproc_ready_msg, its share's
  * descriptor passed with the header's bytes (SCM_RIGHTS); FAIL's the child's status (int32)
- * and its message. Both ends are one executable (a fork), so
+ * and its message. Both ends are one executable (the child execs /proc/self/exe), so
  * structures travel as they are in memory.
  * Ids: the parent numbers requests itself (rproc_add returns at once); the child maps them to
  * its engine's ids. */
@@ -21,11 +22,11 @@
 #include <unistd.h>
 
 #define RPROC_MAGIC 0x736b7270u   /* "skrp" */
-#define RPROC_VERSION 3
+#define RPROC_VERSION 4
 #define RPROC_MAX_PAYLOAD (256u << 20)   /* a larger header is a broken protocol */
 #define RPROC_EXIT_WAIT_MS 1000
 
-enum { RPROC_READY = 1, RPROC_STEP, RPROC_PING, RPROC_DONE, RPROC_PONG, RPROC_FAIL };
+enum { RPROC_SETUP = 1, RPROC_READY, RPROC_STEP, RPROC_PING, RPROC_DONE, RPROC_PONG, RPROC_FAIL };
 enum { RPROC_OP_ADD = 1, RPROC_OP_CANCEL };
 enum { RPROC_RUNNING, RPROC_STOP, RPROC_LENGTH, RPROC_CANCELLED, RPROC_ERROR };
 static const char *const rproc_finish_names[] = {NULL, "stop", "length", "cancelled", "error"};
@@ -34,11 +35,16 @@ typedef struct rproc_hdr {
     uint32_t magic, type, len;
 } rproc_hdr;
 
-typedef struct rproc_ready {
+typedef struct rproc_setup {
     int32_t version;              /* RPROC_VERSION */
+    int32_t has_fd;               /* a share was given: the child's descriptor 4 */
+    uint64_t bytes;               /* the share's */
+} rproc_setup;
+
+typedef struct rproc_ready_msg {
     int32_t has_fd;               /* a descriptor came with the header */
     uint64_t bytes;               /* the share's */
-} rproc_ready;
+} rproc_ready_msg;
 
 typedef struct rproc_op {
     int32_t kind, id, n;          /* n: prompt ids following an ADD */
@@ -298,8 +304,9 @@ static bool rproc_child_step(rproc_child *c) {
     return rproc_send(c->fd, RPROC_DONE, &s, sizeof s, c->out, sizeof *c->out * (size_t)k);
 }
 
-/* In the child: the socket becomes descriptor 3 and *given (when >= 0) 4, every other one is
- * closed (the server's listening socket and connections, the other children's sockets). */
+/* In the child, before its exec (async-signal-safe calls only): the socket becomes descriptor 3
+ * and *given (when >= 0) 4, every other one is closed (the server's listening socket and
+ * connections, the other children's sockets). */
 static void rproc_child_fds(int sock, int *given) {
     const int s = fcntl(sock, F_DUPFD, 5), g = *given >= 0 ? fcntl(*given, F_DUPFD, 5) : -1;
     if (s < 0 || (*given >= 0 && g < 0) || dup2(s, 3) < 0 || (g >= 0 && dup2(g, 4) < 0)) _exit(3);
@@ -309,19 +316,30 @@ static void rproc_child_fds(int sock, int *given) {
     *given = g >= 0 ? 4 : -1;
 }
 
-/* The child, from the fork to its _exit: never returns. */
-static void rproc_child_main(int fd, rproc_build_fn build, void *ctx, rproc_share given) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    rproc_child_fds(fd, &given.fd);
+bool rproc_is_child(int argc, char **argv) {
+    return argc == 3 && !strcmp(argv[1], "serve") && !strcmp(argv[2], RPROC_CHILD_FLAG);
+}
+
+_Noreturn void rproc_child_run(rproc_build_fn build) {
     rproc_child c = {.fd = 3};
-    rproc_share share = {.fd = -1};
-    const sk_status built = build(ctx, given, &c.e, &share);
-    if (given.fd >= 0) close(given.fd);
-    if (built != SK_OK) rproc_child_fail(c.fd, built, 1);
-    const rproc_ready ready = {.version = RPROC_VERSION, .has_fd = share.fd >= 0, .bytes = share.bytes};
-    if (!rproc_send_fd(c.fd, share.fd, RPROC_READY, &ready, sizeof ready, NULL, 0)) _exit(1);
     void *buf = NULL;
     size_t cap = 0, len = 0;
+    rproc_setup setup;
+    if (rproc_recv(c.fd, &buf, &cap, &len, NULL) != RPROC_SETUP || len < sizeof setup) {
+        fprintf(stderr, "skein serve %s: no replica setup on descriptor 3 (skein serve --replica-process starts this "
+                "process; it is not run by hand)\n", RPROC_CHILD_FLAG);
+        _exit(2);
+    }
+    memcpy(&setup, buf, sizeof setup);
+    if (setup.version != RPROC_VERSION)
+        rproc_child_fail(c.fd, sk_fail(SK_ESTATE, "speaks protocol version %d, the server %d", RPROC_VERSION, (int)setup.version), 1);
+    const rproc_share given = {.fd = setup.has_fd ? 4 : -1, .bytes = setup.bytes};
+    rproc_share share = {.fd = -1};
+    const sk_status built = build((const char *)buf + sizeof setup, len - sizeof setup, given, &c.e, &share);
+    if (given.fd >= 0) close(given.fd);
+    if (built != SK_OK) rproc_child_fail(c.fd, built, 1);
+    const rproc_ready_msg ready = {.has_fd = share.fd >= 0, .bytes = share.bytes};
+    if (!rproc_send_fd(c.fd, share.fd, RPROC_READY, &ready, sizeof ready, NULL, 0)) _exit(1);
     for (;;) {
         const int type = rproc_recv(c.fd, &buf, &cap, &len, NULL);
         if (type == 0) rproc_child_exit(0);   /* the parent closed the socket: done */
@@ -372,9 +390,9 @@ static sk_status rproc_answer(rproc *p, int want, const char *doing, size_t *len
     return rproc_died(p, doing);
 }
 
-sk_status rproc_start(rproc_build_fn build, void *ctx, rproc_share give, rproc **out, rproc_share *got) {
+sk_status rproc_spawn(const void *setup, size_t len, rproc_share give, rproc **out) {
+    static char *const child_argv[] = {"skein", "serve", RPROC_CHILD_FLAG, NULL};
     *out = NULL;
-    *got = (rproc_share){.fd = -1};
     rproc *p = mem_calloc(sizeof *p);
     if (!p) return sk_fail(SK_ENOMEM, "serve: out of memory");
     p->fd = -1;
@@ -385,11 +403,15 @@ sk_status rproc_start(rproc_build_fn build, void *ctx, rproc_share give, rproc *
         mem_free(p);
         return sk_fail(SK_EIO, "serve: socketpair for a replica process: %s", strerror(errno));
     }
-    fflush(NULL);   /* nothing buffered is written twice */
     p->pid = fork();
-    if (p->pid == 0) {
-        close(sv[0]);
-        rproc_child_main(sv[1], build, ctx, give);
+    if (p->pid == 0) {   /* async-signal-safe calls only until the exec */
+        static const char failed[] = "skein serve: a replica process could not exec /proc/self/exe\n";
+        int given = give.fd;
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        rproc_child_fds(sv[1], &given);
+        execv("/proc/self/exe", child_argv);
+        if (write(2, failed, sizeof failed - 1) < 0) _exit(127);
+        _exit(127);
     }
     close(sv[1]);
     if (p->pid < 0) {
@@ -399,22 +421,34 @@ sk_status rproc_start(rproc_build_fn build, void *ctx, rproc_share give, rproc *
     }
     p->fd = sv[0];
     p->reaped = false;
-    size_t len;
+    const rproc_setup s = {.version = RPROC_VERSION, .has_fd = give.fd >= 0, .bytes = give.bytes};
+    if (!rproc_send(p->fd, RPROC_SETUP, &s, sizeof s, setup, len)) {
+        rproc_kill(p);
+        const sk_status st = rproc_died(p, "sending its setup");
+        rproc_free(p);
+        return st;
+    }
+    *out = p;
+    return SK_OK;
+}
+
+sk_status rproc_ready(rproc *p, rproc_share *got) {
+    *got = (rproc_share){.fd = -1};
+    size_t len = 0;
     sk_status st = rproc_answer(p, RPROC_READY, "building its engine", &len);
-    rproc_ready ready = {0};
+    rproc_ready_msg ready = {0};
     if (st == SK_OK && len == sizeof ready) memcpy(&ready, p->in, sizeof ready);
-    if (st == SK_OK && ready.version != RPROC_VERSION)
-        st = sk_fail(SK_ESTATE, "replica process %d speaks another protocol version", (int)p->pid);
+    if (st == SK_OK && len != sizeof ready)
+        st = sk_fail(SK_ESTATE, "replica process %d broke the protocol (a READY of %zu bytes)", (int)p->pid, len);
     else if (st == SK_OK && (ready.has_fd != 0) != (p->passed >= 0))
         st = sk_fail(SK_ESTATE, "replica process %d broke the protocol (a descriptor %s)", (int)p->pid,
                      ready.has_fd ? "announced but not passed" : "passed unannounced");
     if (st != SK_OK) {
-        rproc_free(p);
+        rproc_kill(p);
         return st;
     }
     *got = (rproc_share){.fd = p->passed, .bytes = ready.bytes};
     p->passed = -1;
-    *out = p;
     return SK_OK;
 }
 

@@ -123,7 +123,8 @@ struct replica {
     backend *own_be;         /* a CUDA replica's backend; NULL: the router's CPU backend */
     model *m;
     engine *e;               /* NULL for a process replica: its engine is in the child */
-    rproc *proc;             /* a process replica's child (killed by the supervisor's watchdog too); else NULL */
+    rproc *proc;             /* a process replica's child, else NULL; set and cleared under mu while it
+                              * starts (router_stop kills it then), killed by the watchdog too */
     char *piece;
     size_t piece_cap;
     uint64_t steps;
@@ -156,6 +157,9 @@ replica *replica_start(router *rt, int id, int device, int slot);
  * communicator (never freed: the child exits), on CUDA each rank's device its local_rank among
  * the devices it sees. See replica_tp.c. */
 sk_status replica_tp_join(replica *rep, comm **out);
+/* Opens rt->base when it is not open: in a process replica's child and its ranks, after the
+ * ranks are forked (the server opens its own in router_create). */
+sk_status replica_weights(router *rt);
 /* Appends r to rep's incoming queue (mu held). */
 void replica_enqueue(replica *rep, serve_req *r);
 /* Frees a replica whose thread was joined. */
@@ -185,7 +189,8 @@ struct router {
     chat_template ct;
     const chat_template *chat;      /* &ct, or NULL: the model has no chat template */
     backend *cpu;                   /* shared by the CPU replicas */
-    model *base;                    /* the mapping every CPU replica's model shares; its config */
+    model *base;                    /* the mapping every CPU replica's model shares; its config (in a
+                                     * process replica's child: replica_weights) */
     engine_opts eo;                 /* max_ctx resolved */
     int eos_ids[ENGINE_MAX_STOP], n_eos;             /* what ends a completion */
     int chat_eos_ids[ENGINE_MAX_STOP], n_chat_eos;   /* ... and a chat */
