@@ -15,7 +15,9 @@
 #     which a fresh group replaces, and the texts stay the same;
 #   - SIGTERM stops the server and leaves no process of it behind, also while a replacement's
 #     child hangs in its start (SKEIN_TEST_FAIL_REPLICA's ID:0:hang), whose waiting request
-#     ends with an error; the hook's start hang is refused for thread replicas, and
+#     ends with an error; under --replica-timeout the watchdog kills such a child instead, the
+#     request ends with an error naming it and the next replica serves; the hook's start hang
+#     is refused for thread replicas, and
 #     `skein serve --replica-child` run by hand exits 2 naming what it is;
 #   - without a GPU, --device cuda --replica-process fails at start with the child's reason;
 #   - --replicas 2 --tp 2 on CUDA takes --devices in groups of 2, each rank a GPU of its own:
@@ -202,3 +204,17 @@ then pass proc_start_hang_hook_refused; else fail proc_start_hang_hook_refused "
 timeout 10 $SK serve --replica-child >/dev/null 2>"$T/child.log"; rc=$?
 if [ "$rc" = 2 ] && grep -q 'not run by hand' "$T/child.log"
 then pass proc_child_entry_by_hand; else fail proc_child_entry_by_hand "exit $rc: $(cat "$T/child.log")"; fi
+
+# the same hung start under --replica-timeout 2: the watchdog kills the child, the waiting
+# request ends with an error naming it, and the next replica comes up and serves
+SKEIN_TEST_FAIL_REPLICA=0:1,1:0:hang start w --model "$T/m1" --replica-process --replica-timeout 2
+W=$U; PW=$PID
+post "$W" w1 "$(body m1 "request 1 says" 4 '')"
+i=0
+while metrics "$W" && [ "$(mval 'skein_replicas_up{model="m1"}')" != 1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+post "$W" w2 "$(body m1 "request 1 says" 16 '')"
+if [ "$(cat "$T/w1.st")" = 500 ] && grep -q 'killed by signal 9 (building its engine)' "$T/w1.out" &&
+   grep -q 'replica 1 has not started in 2\.[0-9] s (--replica-timeout): its process [0-9]* is killed' "$T/w.log" &&
+   grep -q 'replica 2 up' "$T/w.log" && [ "$(cat "$T/w2.st")" = 200 ] && same_text "$T/w2.out" "$T/r1.out"
+then pass proc_start_timeout_replaced; else fail proc_start_timeout_replaced "$(cat "$T/w1.st") $(cat "$T/w1.out") $(cat "$T/w2.out") $(cat "$T/w.log")"; fi
+stop w "$PW"

@@ -121,7 +121,7 @@ int cmd_serve(int argc, char **argv) {
         {"--target-ongoing", ARG_FLOAT, &target, "X", "autoscaling: requests in flight per replica aimed at (default 2)", false, false},
         {"--upscale-delay", ARG_FLOAT, &up_delay, "S", "autoscaling: seconds more replicas must be wanted before they start (default 30)", false, false},
         {"--downscale-delay", ARG_FLOAT, &down_delay, "S", "autoscaling: seconds fewer must be wanted before some drain (default 600)", false, false},
-        {"--replica-timeout", ARG_FLOAT, &replica_timeout, "S", "a replica whose step runs longer is replaced (default 300; above the longest step)", false, false},
+        {"--replica-timeout", ARG_FLOAT, &replica_timeout, "S", "a replica whose step (or a replica process whose start) runs longer is replaced (default 300; above the longest step)", false, false},
         {"--threads", ARG_INT, &threads, "N", "CPU threads per replica (default: the cores split among the first replicas)", false, false},
         {"--device", ARG_STR, &device, "cpu|cuda", "where to run (default cpu)", false, false},
         {"--devices", ARG_STR, &devices, "LIST", "CUDA device ids, e.g. 0,1: replicas round robin on them (implies --device cuda)", false, false},

@@ -364,10 +364,17 @@ static void router_reap(router *rt) {
     }
 }
 
-/* Gives up the replicas whose step has run past the timeout. */
+/* Gives up the replicas whose step has run past the timeout; kills the children of process
+ * replicas still building past it (their start then fails as any failed start does). */
 static void router_watch(router *rt, double now) {
     for (int i = 0; i < rt->n_reps;) {
         replica *rep = rt->reps[i];
+        if (rep->state == REPLICA_STARTING && rep->proc && !rep->start_killed && now - rep->t_start > rt->o.replica_timeout_s) {
+            fprintf(stderr, "skein serve: model %s: replica %d has not started in %.1f s (--replica-timeout): its process %d is killed\n",
+                    rt->name, rep->id, now - rep->t_start, (int)rproc_pid(rep->proc));
+            rproc_kill(rep->proc);
+            rep->start_killed = true;
+        }
         if (rep->state == REPLICA_DOWN || rep->step_started <= 0 || now - rep->step_started <= rt->o.replica_timeout_s) {
             i++;
             continue;

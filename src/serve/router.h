@@ -82,7 +82,7 @@ typedef struct router_opts {
     int min_replicas, max_replicas;  /* equal: no autoscaling */
     double target_ongoing;           /* requests in flight per replica the autoscaler aims at */
     double upscale_delay_s, downscale_delay_s;
-    double replica_timeout_s;        /* a step longer than this: the replica stopped answering */
+    double replica_timeout_s;        /* a step longer than this: the replica stopped answering (a process replica building longer: killed) */
     int threads;                     /* OpenMP threads per CPU replica */
     bool process;                    /* each replica's engine in a child process (rproc.h; no tp) */
     int tp_ranks;                    /* > 1, with process: each replica split over this many forked ranks */

@@ -124,7 +124,8 @@ struct replica {
     model *m;
     engine *e;               /* NULL for a process replica: its engine is in the child */
     rproc *proc;             /* a process replica's child, else NULL; set and cleared under mu while it
-                              * starts (router_stop kills it then), killed by the watchdog too */
+                              * starts (router_stop and the watchdog kill it then), killed by the
+                              * watchdog when a step stalls too */
     char *piece;
     size_t piece_cap;
     uint64_t steps;
@@ -133,6 +134,7 @@ struct replica {
     bool stop;               /* leave the loop: drained, or the server stops */
     bool exited;             /* the thread has freed its engine and returns: join it */
     bool orphaned;           /* given up while it stalled: its thread frees it when it returns */
+    bool start_killed;       /* its child was killed for building past the timeout */
     sk_status fail_status;   /* why its build failed (SK_OK: it did not) */
     char why[256];           /* why it went down */
     req_queue in;            /* routed here, not yet in the engine */
