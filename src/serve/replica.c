@@ -129,7 +129,7 @@ static sk_status replica_build_child(const void *setup, size_t len, rproc_share 
     return SK_OK;
 }
 
-_Noreturn int router_replica_child(void) {
+_Noreturn void router_replica_child(void) {
     rproc_child_run(replica_build_child);
 }
 

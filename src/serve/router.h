@@ -100,7 +100,7 @@ router_opts router_opts_default(void);
 
 /* The main of a process replica's child (skein serve --replica-child, which rproc_spawn
  * execs: rproc.h): builds the engine its server describes and runs it. Never returns. */
-_Noreturn int router_replica_child(void);
+_Noreturn void router_replica_child(void);
 
 /* Opens the model folder (tokenizer.json, its tokenizer_config.json and chat template,
  * config.json, the weights), starts o->replicas replicas and waits until they take requests.

@@ -410,7 +410,7 @@ sk_status rproc_spawn(const void *setup, size_t len, rproc_share give, rproc **o
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         rproc_child_fds(sv[1], &given);
         execv("/proc/self/exe", child_argv);
-        if (write(2, failed, sizeof failed - 1) < 0) _exit(127);
+        (void)!write(2, failed, sizeof failed - 1);   /* nothing more to do when even this fails */
         _exit(127);
     }
     close(sv[1]);
