@@ -87,13 +87,14 @@ CXXFLAGS += -std=c++17 $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter $(
 # The CUDA backend (src/backend/cuda/*.cu, C++ only there): built when nvcc is found, for
 # Hopper (sm_90 machine code) plus compute_90 PTX that newer GPUs compile at load. Only
 # cuda.h is seen from C; SKEIN_HAVE_CUDA lets backend_create("cuda") reach it. The CUDA
-# libraries' folder goes into the rpath.
+# libraries' folder goes into the rpath. cuBLAS and cuBLASLt are not linked: the first CUDA
+# backend opens them from there (src/backend/cuda/cuda_blas.cuh says why).
 NVCCFLAGS ?= -O3 -lineinfo -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90
 NVCC_WARN  = -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $(if $(WERROR),-Werror all-warnings -Xcompiler -Werror)
 CU_SRCS   := $(if $(NVCC),$(sort $(shell find src -name '*.cu')))
 ifneq ($(NVCC),)
 CFLAGS += -DSKEIN_HAVE_CUDA
-LDLIBS += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublasLt -lcublas -lcudart -lstdc++
+LDLIBS += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -ldl -lstdc++
 endif
 
 # cuDNN 9 (src/backend/cuda/cuda_cudnn.cu: attention through its fused flash attention, by its
@@ -107,7 +108,7 @@ ifdef NO_CUDNN
 CUDNN_HOME :=
 endif
 CUDNN_LIBDIR := $(if $(CUDNN_HOME),$(firstword $(foreach d,lib lib64 lib/x86_64-linux-gnu,$(if $(wildcard $(CUDNN_HOME)/$(d)/libcudnn.so*),$(CUDNN_HOME)/$(d)))))
-CU_CPPFLAGS :=
+CU_CPPFLAGS := -DSKEIN_CUDA_LIBDIR='"$(CUDA_LIBDIR)"'
 ifneq ($(and $(NVCC),$(CUDNN_LIBDIR),$(wildcard $(CUDNN_HOME)/include/cudnn_graph.h)),)
 HAVE_CUDNN := 1
 CFLAGS += -DSKEIN_HAVE_CUDNN

@@ -570,10 +570,10 @@ static void cuda_destroy(backend *be) {
 #ifdef SKEIN_HAVE_CUDNN
     cuda_cudnn_free(x);
 #endif
-    if (x->blas) cublasDestroy(x->blas);
+    if (x->blas) cuda_blas.cublasDestroy(x->blas);
     if (x->lt) {
         cuda_lt_plans_free(x);
-        cublasLtDestroy(x->lt);
+        cuda_blas.cublasLtDestroy(x->lt);
     }
     if (x->blas_ws) cudaFree(x->blas_ws);
     if (x->sq_part) cudaFree(x->sq_part);
@@ -727,19 +727,20 @@ extern "C" backend *backend_cuda_create(void) {
     if (!setup_ok(cudaMalloc(&x->paged_ws, cuda_paged_ws_floats(x->n_sm) * sizeof(float)),
                   "allocating paged attention's partials"))
         goto err;
-    if (cublasCreate(&x->blas) != CUBLAS_STATUS_SUCCESS) {
+    if (cuda_blas_open() != SK_OK) goto err;
+    if (cuda_blas.cublasCreate(&x->blas) != CUBLAS_STATUS_SUCCESS) {
         x->blas = NULL;
         sk_fail(SK_EARG, "--device cuda: cublasCreate failed");
         goto err;
     }
     /* plain f32 products by default, so results track the CPU's sgemm; TF32 on request */
     x->tf32 = getenv("SKEIN_CUDA_TF32") && !strcmp(getenv("SKEIN_CUDA_TF32"), "1");
-    CUBLAS_CHECK(cublasSetMathMode(x->blas, x->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cuda_blas.cublasSetMathMode(x->blas, x->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     if (x->tf32) fprintf(stderr, "cuda: products in TF32 (SKEIN_CUDA_TF32=1)\n");
-    CUBLAS_CHECK(cublasSetStream(x->blas, x->stream));
-    CUBLAS_CHECK(cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
+    CUBLAS_CHECK(cuda_blas.cublasSetStream(x->blas, x->stream));
+    CUBLAS_CHECK(cuda_blas.cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
     x->blas_stream = x->stream;
-    if (cublasLtCreate(&x->lt) != CUBLAS_STATUS_SUCCESS) {
+    if (cuda_blas.cublasLtCreate(&x->lt) != CUBLAS_STATUS_SUCCESS) {
         x->lt = NULL;
         sk_fail(SK_EARG, "--device cuda: cublasLtCreate failed");
         goto err;

@@ -14,13 +14,13 @@
 #ifndef SKEIN_CUDA_IMPL_CUH
 #define SKEIN_CUDA_IMPL_CUH
 
-#include <cublasLt.h>
 #include <cuda_bf16.h>
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "backend/cuda/cuda_blas.cuh"
 
 extern "C" {
 #include "backend/backend.h"
@@ -43,7 +43,7 @@ static inline void cuda_check_rt(cudaError_t e, const char *call, const char *fi
 
 static inline void cuda_check_blas(cublasStatus_t e, const char *call, const char *file, int line) {
     if (e == CUBLAS_STATUS_SUCCESS) return;
-    fprintf(stderr, "cuBLAS error: %s at %s:%d: %s\n", call, file, line, cublasGetStatusString(e));
+    fprintf(stderr, "cuBLAS error: %s at %s:%d: %s\n", call, file, line, cuda_blas.cublasGetStatusString(e));
     abort();
 }
 

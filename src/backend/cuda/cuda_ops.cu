@@ -193,12 +193,12 @@ template <class F> static void each_packed(const cuda_ctx *x, cudaStream_t s, in
 void cuda_matmul(cuda_ctx *x, cudaStream_t s, float *C, int64_t ldc, const float *A, int64_t lda, bool ta,
                  const float *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta) {
     if (x->blas_stream != s) {
-        CUBLAS_CHECK(cublasSetStream(x->blas, s));
+        CUBLAS_CHECK(cuda_blas.cublasSetStream(x->blas, s));
         /* setting a stream returns the handle to cuBLAS's own pool: give it ours again */
-        CUBLAS_CHECK(cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
+        CUBLAS_CHECK(cuda_blas.cublasSetWorkspace(x->blas, x->blas_ws, x->blas_ws_bytes));
         x->blas_stream = s;
     }
-    CUBLAS_CHECK(cublasSgemm(x->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
+    CUBLAS_CHECK(cuda_blas.cublasSgemm(x->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
                              B, (int)ldb, A, (int)lda, &beta, C, (int)ldc));
 }
 
@@ -210,10 +210,10 @@ static int64_t align_log2(const void *p) {
 }
 
 static void lt_plan_release(cuda_lt_plan *p) {
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->a));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->b));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->c));
-    CUBLAS_CHECK(cublasLtMatmulDescDestroy(p->op));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatrixLayoutDestroy(p->a));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatrixLayoutDestroy(p->b));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatrixLayoutDestroy(p->c));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulDescDestroy(p->op));
 }
 
 void cuda_lt_plans_free(cuda_ctx *x) {
@@ -224,7 +224,7 @@ void cuda_lt_plans_free(cuda_ctx *x) {
 /* Sets the epilogue's vectors on plan descriptor op: cuBLASLt reads them from it, so each
  * call sets its own before it multiplies (and the heuristic reads their alignment). */
 static void lt_set_vectors(cublasLtMatmulDesc_t op, const void *bias) {
-    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    if (bias) CUBLAS_CHECK(cuda_blas.cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
 }
 
 /* Makes p's descriptors for key k and asks the heuristic for the best algorithm that fits
@@ -240,47 +240,47 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
     const bool ta = k->flags & 1, tb = (k->flags >> 1) & 1, c_bf16 = (k->flags >> 2) & 1;
     const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     p->key = *k;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
     if (k->epi != CUBLASLT_EPILOGUE_DEFAULT) {
         const uint32_t epi = (uint32_t)k->epi;
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+        CUBLAS_CHECK(cuda_blas.cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
         if (bias) {
             const int32_t bias_type = (k->flags >> 20) & 1 ? CUDA_R_16BF : CUDA_R_32F;
-            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+            CUBLAS_CHECK(cuda_blas.cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                         sizeof bias_type));
         }
         lt_set_vectors(p->op, bias);
     }
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, tb ? k->K : k->N, tb ? k->N : k->K, k->ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, ta ? k->M : k->K, ta ? k->K : k->M, k->lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, c_bf16 ? CUDA_R_16BF : CUDA_R_32F, k->N, k->M, k->ldc));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, tb ? k->K : k->N, tb ? k->N : k->K, k->ldb));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, ta ? k->M : k->K, ta ? k->K : k->M, k->lda));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatrixLayoutCreate(&p->c, c_bf16 ? CUDA_R_16BF : CUDA_R_32F, k->N, k->M, k->ldc));
 
     cublasLtMatmulPreference_t pref;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = x->blas_ws_bytes;
     const uint32_t al_a = 1u << ((k->flags >> 4) & 15), al_b = 1u << ((k->flags >> 8) & 15),
                    al_c = 1u << ((k->flags >> 12) & 15);
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_b,
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_b,
                                                       sizeof al_b));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_a,
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_a,
                                                       sizeof al_a));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c,
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c,
                                                       sizeof al_c));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
                                                       sizeof al_c));
     /* split-K partial sums only in f32 and in the workspace (never rounded to a bf16 output,
      * never added in place by atomics): the contract's one rounding, and the same bits from
      * run to run (exact resume) */
     const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction,
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction,
                                                       sizeof reduction));
     cublasLtMatmulHeuristicResult_t r;
     int found = 0;
-    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(x->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
-    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    const cublasStatus_t st = cuda_blas.cublasLtMatmulAlgoGetHeuristic(x->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &r, &found);
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmulPreferenceDestroy(pref));
     p->ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
     if (!p->ok) {
         fprintf(stderr,
@@ -289,7 +289,7 @@ static void lt_plan_make(cuda_ctx *x, cuda_lt_plan *p, const cuda_lt_key *k, con
                 (long long)k->M, (long long)k->N, (long long)k->K, (long long)k->lda, (long long)k->ldb,
                 (long long)k->ldc, ta, tb, c_bf16 ? "bf16" : "f32", (long long)k->epi,
                 !bias ? "none" : (k->flags >> 20) & 1 ? "bf16" : "f32",
-                cublasGetStatusString(st),
+                cuda_blas.cublasGetStatusString(st),
                 k->epi == CUBLASLT_EPILOGUE_DEFAULT ? "" : ": the layer runs without the epilogue");
         if (k->epi == CUBLASLT_EPILOGUE_DEFAULT) abort();
         return;
@@ -328,7 +328,7 @@ void cuda_matmul_lt(cuda_ctx *x, cudaStream_t s, cuda_lp C, int64_t ldc, const v
                     const void *B, int64_t ldb, bool tb, int M, int N, int K, float alpha, float beta) {
     const cuda_lt_key k = lt_key(C, ldc, A, lda, ta, B, ldb, tb, M, N, K, beta);
     const cuda_lt_plan *p = lt_plan(x, &k, NULL);
-    CUBLAS_CHECK(cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C.p, p->c, C.p, p->c, &p->algo,
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, C.p, p->c, C.p, p->c, &p->algo,
                                 x->blas_ws, x->blas_ws_bytes, s));
 }
 
@@ -342,7 +342,7 @@ bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const
     if (!p->ok) return false;
     lt_set_vectors(p->op, bias.p);
     const float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, out.p, p->c, out.p, p->c, &p->algo,
+    CUBLAS_CHECK(cuda_blas.cublasLtMatmul(x->lt, p->op, &alpha, B, p->a, A, p->b, &beta, out.p, p->c, out.p, p->c, &p->algo,
                                 x->blas_ws, x->blas_ws_bytes, s));
     return true;
 }
