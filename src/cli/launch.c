@@ -178,6 +178,8 @@ sk_status launch_tp_join(int K, const char *device, double timeout_s, comm **c) 
 }
 
 int launch_tp_follow(const char *dir, const char *device, comm *c) {
+    signal(SIGINT, SIG_IGN);   /* rank 0 stops the job (launch.h) */
+    signal(SIGTERM, SIG_IGN);
     backend *be = backend_create_on(device, c->local_rank);
     model *m = NULL;
     sk_status st = be ? model_open_split(dir, be, c, &m) : SK_EARG;

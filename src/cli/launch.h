@@ -56,8 +56,12 @@ int launch_tp(const char *command, int argc, char **argv, int K, const char *dir
  * Ranks other than 0 are made quiet (log_set_quiet). */
 sk_status launch_tp_join(int K, const char *device, double timeout_s, comm **c);
 /* A rank other than 0, for the whole command: opens its share of the model folder dir on
- * device (on a GPU, that of its local rank: backend_create_on) and follows rank 0's engines (engine_follow) until rank 0 releases it; frees c and
- * returns the exit status (a failure printed, naming this rank). */
+ * device (on a GPU, that of its local rank: backend_create_on) and follows rank 0's engines
+ * (engine_follow) until rank 0 releases it; frees c and returns the exit status (a failure
+ * printed, naming this rank). It ignores SIGINT and SIGTERM: mpirun passes a stop to every
+ * rank, and a follower that died of it would leave rank 0's orderly stop (its last
+ * collectives, its exit status for launch_tp) to race mpirun's kill; it ends when rank 0
+ * releases it or dies (its next collective fails). */
 int launch_tp_follow(const char *dir, const char *device, comm *c);
 /* Rank 0 of a launch_tp with survive, before it frees c: records the command's exit status
  * for launch_tp (no-op elsewhere). */
