@@ -588,9 +588,9 @@ static void fused_norm_case(bool ln, int N, int C, dtype rdt, dtype odt) {
 }
 
 TEST(norm_residual_fused_matches_add_then_norm) {
-    static const int shapes[][2] = {{3, 37}, {4, 38}, {5, 64}, {8, 128}};
+    static const int shapes[][2] = {{3, 37}, {4, 38}, {5, 64}, {8, 128}, {1, 4096}, {9, 4096}};
     for (int ln = 0; ln < 2; ln++)
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < 6; k++)
             for (int rb = 0; rb < 2; rb++)
                 for (int ob = 0; ob < 2; ob++)
                     fused_norm_case(ln, shapes[k][0], shapes[k][1], rb ? DT_BF16 : DT_F32, ob ? DT_BF16 : DT_F32);

@@ -602,25 +602,32 @@ void cuda_embed_backward(cuda_ctx *x, cudaStream_t s, float *dwte, float *dwpe, 
 
 /* ---- LayerNorm and RMSNorm: one warp per row, NORM_WARPS rows per block; inp and the
  * statistics f32, the forward's residual and out or dout [lp]. W elements per lane step: PACK
- * where C and the pointers allow 16-byte accesses, else 1. ---- */
+ * where C and the pointers allow 16-byte accesses, else 1. A forward of at most
+ * NORM_ROW_BLOCKS rows (a decode step of a few sequences) takes a block per row instead: one
+ * warp walking a row of 4096 serially took 16 us a norm, 1 ms of a one-stream Llama-3-8B
+ * token (ncu, 2026-12-02). ---- */
 
 #define NORM_WARPS 8      /* rows per block */
+#define NORM_ROW_BLOCKS 8 /* forwards of up to this many rows: a block of up to NORM_WARPS warps per row */
 #define NORM_BLOCKS 1024  /* blocks of a backward that sums the weight gradients itself */
 #define NORM_KMAX 4       /* ... when each lane's columns fit in NORM_KMAX steps (C <= 1024) */
 
 /* Forward: inp += resid (when given; its f32 value, one f32 addition as op_add's), then LN
  * (mean subtracted, bias added) or RMSNorm of the row; out may alias inp for RMSNorm (each
- * lane rereads only what it writes). */
-template <int W, bool LN, class TO, class TR>
+ * thread rereads only what it writes). A row is a warp's (ROW false) or the whole block's
+ * (ROW true: blockIdx.x, blockDim.x threads, sums in block_reduce's fixed order). */
+template <int W, bool LN, bool ROW, class TO, class TR>
 __global__ void __launch_bounds__(NORM_WARPS * 32)
     norm_forward_kernel(TO *out, float *mean, float *rstd, float *inp, const TR *resid, const float *weight,
                         const float *bias, int N, int C, float eps) {
-    const int row = blockIdx.x * NORM_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
+    const int row = ROW ? blockIdx.x : blockIdx.x * NORM_WARPS + threadIdx.x / 32;
+    const int lane = ROW ? threadIdx.x : threadIdx.x % 32, step = (ROW ? blockDim.x : 32) * W;
+    if (row >= N) return;   /* ROW: the whole block */
+    auto row_sum = [](float v) { return ROW ? block_reduce(v, op_sum<float>()) : warp_reduce(v, op_sum<float>()); };
     const size_t o = (size_t)row * C;
     float *x = inp + o;
     float s = 0;
-    for (int c = lane * W; c < C; c += 32 * W) {
+    for (int c = lane * W; c < C; c += step) {
         pk<W> v = load<W>(x + c);
         if (resid) {
             const pk<W> r = load<W>(resid + o + c);
@@ -631,21 +638,21 @@ __global__ void __launch_bounds__(NORM_WARPS * 32)
 #pragma unroll
         for (int j = 0; j < W; j++) s += LN ? v.v[j] : v.v[j] * v.v[j];
     }
-    s = warp_reduce(s, op_sum<float>());
+    s = row_sum(s);
     float m = 0, r;
     if constexpr (LN) {
         m = s / C;
         float var = 0;   /* two passes: the variance of centered values keeps precision */
-        for (int c = lane * W; c < C; c += 32 * W) {
+        for (int c = lane * W; c < C; c += step) {
             const pk<W> v = load<W>(x + c);
 #pragma unroll
             for (int j = 0; j < W; j++) var += (v.v[j] - m) * (v.v[j] - m);
         }
-        r = 1.0f / sqrtf(warp_reduce(var, op_sum<float>()) / C + eps);
+        r = 1.0f / sqrtf(row_sum(var) / C + eps);
     } else {
         r = 1.0f / sqrtf(s / C + eps);
     }
-    for (int c = lane * W; c < C; c += 32 * W) {
+    for (int c = lane * W; c < C; c += step) {
         pk<W> v = load<W>(x + c);
         const pk<W> w = load<W>(weight + c);
         if constexpr (LN) {
@@ -664,17 +671,30 @@ __global__ void __launch_bounds__(NORM_WARPS * 32)
     }
 }
 
+/* The forward's launch for W elements a step: N <= NORM_ROW_BLOCKS rows a block each, of as
+ * many warps as one step over the row needs (at most NORM_WARPS), else NORM_WARPS rows a block. */
+template <int W, bool LN, class TO, class TR>
+static void norm_forward_launch(cudaStream_t s, TO *out, float *mean, float *rstd, float *inp, const TR *resid,
+                                const float *weight, const float *bias, int N, int C, float eps) {
+    if (N <= NORM_ROW_BLOCKS) {
+        const int warps = min(NORM_WARPS, max(1, (C / W + 31) / 32));
+        norm_forward_kernel<W, LN, true><<<N, warps * 32, 0, s>>>(out, mean, rstd, inp, resid, weight, bias, N, C, eps);
+    } else {
+        norm_forward_kernel<W, LN, false><<<(N + NORM_WARPS - 1) / NORM_WARPS, NORM_WARPS * 32, 0, s>>>(
+            out, mean, rstd, inp, resid, weight, bias, N, C, eps);
+    }
+}
+
 void cuda_norm_forward(cudaStream_t s, bool ln, cuda_lp out, float *mean, float *rstd, float *inp, cuda_lp resid,
                        const float *weight, const float *bias, int N, int C, float eps) {
-    const dim3 grid((N + NORM_WARPS - 1) / NORM_WARPS), block(NORM_WARPS * 32);
     typed(
         [&](auto *o, auto *r) {
             const bool vec = C % PACK == 0 && aligned16(o, inp, weight) && (!r || aligned16(r)) &&
                              (!bias || aligned16(bias));
-            if (ln && vec) norm_forward_kernel<PACK, true><<<grid, block, 0, s>>>(o, mean, rstd, inp, r, weight, bias, N, C, eps);
-            else if (ln) norm_forward_kernel<1, true><<<grid, block, 0, s>>>(o, mean, rstd, inp, r, weight, bias, N, C, eps);
-            else if (vec) norm_forward_kernel<PACK, false><<<grid, block, 0, s>>>(o, mean, rstd, inp, r, weight, bias, N, C, eps);
-            else norm_forward_kernel<1, false><<<grid, block, 0, s>>>(o, mean, rstd, inp, r, weight, bias, N, C, eps);
+            if (ln && vec) norm_forward_launch<PACK, true>(s, o, mean, rstd, inp, r, weight, bias, N, C, eps);
+            else if (ln) norm_forward_launch<1, true>(s, o, mean, rstd, inp, r, weight, bias, N, C, eps);
+            else if (vec) norm_forward_launch<PACK, false>(s, o, mean, rstd, inp, r, weight, bias, N, C, eps);
+            else norm_forward_launch<1, false>(s, o, mean, rstd, inp, r, weight, bias, N, C, eps);
         },
         out, resid);
     CUDA_CHECK_LAUNCH();

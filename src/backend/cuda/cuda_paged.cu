@@ -46,7 +46,9 @@ enum {
     DEC_TC_MIN_G = 4,            /* decode: group sizes from this up run on the tensor cores (bf16) */
     DEC_MAX_SPLITS = 32,
     DEC_BLOCKS_PER_SM = 4,       /* decode: blocks per multiprocessor the splits aim for */
-    ARGMAX_THREADS = 256,
+    ARGMAX_THREADS = 256,        /* sample_rows' block */
+    ARGMAX_ROW_THREADS = 1024,   /* argmax_rows' block (a row's argmax does not depend on it) */
+    ARGMAX_LOADS = 8,            /* argmax: loads a thread has in flight */
 };
 #define PAGED_FULL 0xffffffffu
 
@@ -491,18 +493,23 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
                ws);
 }
 
-/* Merges the splits of (sequence i, head h) into its out row (maxima in log2 units). */
+/* Merges the splits of (sequence i, head h) into its out row (maxima in log2 units). The
+ * loops over the splits are unrolled so their loads overlap (one at a time, 32 splits of a
+ * one-stream step took 8 us a call); the sums keep their order. */
 template <class T>
 __global__ void paged_combine_kernel(T *out, int64_t ldo, const int *seqs, int NH, int HS, int splits, const float *ws) {
     const int i = blockIdx.x, h = blockIdx.y;
     if (seqs[3 * i + 1] != 1) return;
     const float *part = ws + (int64_t)(i * NH + h) * splits * (HS + 2);
     float M = -INFINITY, L = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < splits; s++) M = fmaxf(M, part[s * (HS + 2) + HS]);
+#pragma unroll 8
     for (int s = 0; s < splits; s++) L += part[s * (HS + 2) + HS + 1] * exp2f(part[s * (HS + 2) + HS] - M);
     T *orow = out + (int64_t)seqs[3 * i] * ldo + (int64_t)h * HS;
     for (int d = threadIdx.x; d < HS; d += blockDim.x) {
         float o = 0.0f;
+#pragma unroll 8
         for (int s = 0; s < splits; s++) o += part[s * (HS + 2) + d] * exp2f(part[s * (HS + 2) + HS] - M);
         orow[d] = from_f32<T>(o / L);
     }
@@ -620,7 +627,7 @@ void cuda_resolve_ids(cudaStream_t s, int *ids, int n, const int *src) {
     CUDA_CHECK_LAUNCH();
 }
 
-/* ---- argmax_rows and sample_rows: one block of ARGMAX_THREADS per row ---- */
+/* ---- argmax_rows and sample_rows: one block per row (ARGMAX_ROW_THREADS, ARGMAX_THREADS) ---- */
 
 /* The better of two (score, column) candidates: the larger score, the smaller column among
  * equals; column V stands for none. */
@@ -631,10 +638,11 @@ static __device__ __forceinline__ void pick_better(float &bv, int &bi, float ov,
     }
 }
 
-/* The block's best candidate (pick_better), returned to every thread. */
+/* The block's best candidate (pick_better), returned to every thread (any block size of
+ * whole warps). */
 static __device__ int block_best(float bv, int bi, int V) {
-    __shared__ float sv[ARGMAX_THREADS / 32];
-    __shared__ int si[ARGMAX_THREADS / 32];
+    __shared__ float sv[32];
+    __shared__ int si[32];
     for (int o = 16; o > 0; o >>= 1)
         pick_better(bv, bi, __shfl_xor_sync(PAGED_FULL, bv, o), __shfl_xor_sync(PAGED_FULL, bi, o), V);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -646,7 +654,7 @@ static __device__ int block_best(float bv, int bi, int V) {
     __syncthreads();
     bv = sv[0];
     bi = si[0];
-    for (int w = 1; w < ARGMAX_THREADS / 32; w++) pick_better(bv, bi, sv[w], si[w], V);
+    for (int w = 1; w < (int)blockDim.x / 32; w++) pick_better(bv, bi, sv[w], si[w], V);
     return bi;
 }
 
@@ -665,15 +673,24 @@ static __device__ float block_sum(float v, bool max) {
     return v;
 }
 
-/* The first maximum of row(V). */
+/* The first maximum of row(V). Each thread takes its columns in order, ARGMAX_LOADS loads in
+ * flight (one at a time, a one-stream step's 128256 logits took 0.2 ms). */
 static __device__ int row_argmax(const float *row, int V) {
     float bv = -INFINITY;
-    int bi = V;
-    for (int c = threadIdx.x; c < V; c += blockDim.x) pick_better(bv, bi, row[c], c, V);
+    int bi = V, c = threadIdx.x;
+    const int B = blockDim.x;
+    for (; c + (ARGMAX_LOADS - 1) * B < V; c += ARGMAX_LOADS * B) {
+        float v[ARGMAX_LOADS];
+#pragma unroll
+        for (int u = 0; u < ARGMAX_LOADS; u++) v[u] = row[c + u * B];
+#pragma unroll
+        for (int u = 0; u < ARGMAX_LOADS; u++) pick_better(bv, bi, v[u], c + u * B, V);
+    }
+    for (; c < V; c += B) pick_better(bv, bi, row[c], c, V);
     return block_best(bv, bi, V);
 }
 
-__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows_kernel(int *ids, const float *x, int64_t ld, int V) {
+__global__ void __launch_bounds__(ARGMAX_ROW_THREADS) argmax_rows_kernel(int *ids, const float *x, int64_t ld, int V) {
     const int best = row_argmax(x + (int64_t)blockIdx.x * ld, V);
     if (threadIdx.x == 0) ids[blockIdx.x] = best < V ? best : 0;
 }
@@ -681,7 +698,7 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows_kernel(int *ids, c
 void cuda_argmax_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V) {
     if (R == 0) return;
     SK_ASSERT(V > 0);
-    argmax_rows_kernel<<<(unsigned)R, ARGMAX_THREADS, 0, s>>>(ids, x, ld, V);
+    argmax_rows_kernel<<<(unsigned)R, ARGMAX_ROW_THREADS, 0, s>>>(ids, x, ld, V);
     CUDA_CHECK_LAUNCH();
 }
 
