@@ -578,6 +578,7 @@ static void cuda_destroy(backend *be) {
     if (x->blas_ws) cudaFree(x->blas_ws);
     if (x->sq_part) cudaFree(x->sq_part);
     if (x->paged_ws) cudaFree(x->paged_ws);
+    if (x->paged_done) cudaFree(x->paged_done);
     if (x->bias_lp) cudaFree(x->bias_lp);
     if (x->embed_ws) cudaFree(x->embed_ws);
     if (x->norm_ws) cudaFree(x->norm_ws);
@@ -725,7 +726,11 @@ extern "C" backend *backend_cuda_create(void) {
     if (!setup_ok(cudaMalloc(&x->blas_ws, x->blas_ws_bytes), "allocating the cuBLAS workspace")) goto err;
     if (!setup_ok(cudaMalloc(&x->sq_part, CUDA_SQ_PARTS * sizeof(double)), "allocating the norm's block sums")) goto err;
     if (!setup_ok(cudaMalloc(&x->paged_ws, cuda_paged_ws_floats(x->n_sm) * sizeof(float)),
-                  "allocating paged attention's partials"))
+                  "allocating paged attention's partials") ||
+        !setup_ok(cudaMalloc(&x->paged_done, cuda_paged_done_count(x->n_sm) * sizeof(unsigned)),
+                  "allocating paged attention's split counters") ||
+        !setup_ok(cudaMemsetAsync(x->paged_done, 0, cuda_paged_done_count(x->n_sm) * sizeof(unsigned), x->stream),
+                  "zeroing paged attention's split counters"))
         goto err;
     if (cuda_blas_open() != SK_OK) goto err;
     if (cuda_blas.cublasCreate(&x->blas) != CUBLAS_STATUS_SUCCESS) {

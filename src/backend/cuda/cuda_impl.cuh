@@ -114,6 +114,8 @@ typedef struct cuda_ctx {
                                  * "cudnn", "tensor-core" or "tiled" (NULL before any) */
     cuda_cudnn *cudnn;          /* NULL until cuDNN takes a call (and without SKEIN_HAVE_CUDNN) */
     float *paged_ws;            /* (cuda_paged_ws_floats) paged decode's per-split partials */
+    unsigned *paged_done;       /* (cuda_paged_done_count) splits finished per (sequence, key/value
+                                 * head) of a decode launch; zero between launches */
 } cuda_ctx;
 
 /* Storage to f32 (exact) and f32 to storage (bf16: rounded to nearest even): every kernel
@@ -272,6 +274,9 @@ void cuda_paged_prefill_tc(cudaStream_t s, __nv_bfloat16 *out, int64_t ldo, cons
 /* Floats of the decode kernel's partial results for a device of n_sm multiprocessors (the
  * context allocates x->paged_ws of this size at creation). */
 size_t cuda_paged_ws_floats(int n_sm);
+/* Counters of the decode kernel's finished splits (the context allocates x->paged_done of this
+ * many, zeroed, at creation). */
+size_t cuda_paged_done_count(int n_sm);
 /* ids[r] = the first column of the largest value of row r of x(R,V) (row stride ld). */
 void cuda_argmax_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int R, int V);
 /* Each negative ids[i] (i < n) = -k-1 becomes src[k] (backend.h resolve_ids). */

@@ -16,7 +16,8 @@
  *     online softmax per head; groups merge by shuffles and warps in shared memory at the end.
  *     Long contexts are cut into `splits` key ranges (flash-decoding) when the batch alone
  *     would not fill the device: each split leaves its unnormalised accumulator, maximum and
- *     sum in x->paged_ws, and a combine kernel merges them in split order. bf16 at HS 64 or
+ *     sum in x->paged_ws, and the last of a head group's splits to finish merges them in split
+ *     order (counted in x->paged_done: no combine kernel). bf16 at HS 64 or
  *     128 with DEC_TC_MIN_G or more heads a group takes a tensor-core variant instead (warps
  *     over tiles of 16 keys, the group's heads as the 8 columns of mma.sync products, the same
  *     splits and end; paged_decode_tc_kernel says why);
@@ -173,13 +174,39 @@ static __device__ __forceinline__ void dec_range(int ctx, int W, int step, int s
     k1 = ctx < k0 + per * step ? ctx : k0 + per * step;
 }
 
+/* Merges the splits of the heads kvh*G .. kvh*G+G-1 of sequence i (row r0) from their
+ * partials in ws into their out rows (maxima in log2 units; an empty split's m = -inf, l = 0
+ * weighs 0). The loops over the splits are unrolled so their loads overlap (one at a time,
+ * 32 splits of a one-stream step took 8 us); the sums keep the splits' order, so the result
+ * does not depend on which block merges. Loads through L2 (__ldcg): other blocks wrote them. */
+template <class T>
+static __device__ void dec_merge(T *out, int64_t ldo, int i, int r0, int kvh, int G, int NH, int HS, int splits,
+                                 const float *ws) {
+    for (int e = threadIdx.x; e < G * HS; e += blockDim.x) {
+        const int h = kvh * G + e / HS, d = e % HS;
+        const float *part = ws + (int64_t)(i * NH + h) * splits * (HS + 2);
+        float M = -INFINITY, L = 0.0f, o = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < splits; s++) M = fmaxf(M, __ldcg(part + s * (HS + 2) + HS));
+#pragma unroll 8
+        for (int s = 0; s < splits; s++) {
+            const float *p = part + s * (HS + 2), b = exp2f(__ldcg(p + HS) - M);
+            L += __ldcg(p + HS + 1) * b;
+            o += __ldcg(p + d) * b;
+        }
+        out[(int64_t)r0 * ldo + (int64_t)h * HS + d] = from_f32<T>(o / L);
+    }
+}
+
 /* A decode block's end, after a barrier: the warps' states in red (warp w's G rows of HS + 2
  * floats from red + w * wstride: acc, m, l; m = -inf, l = 0 for a warp that saw no key) merge
  * in warp order into the out rows of the heads kvh*G .. kvh*G+G-1 of sequence i (row r0) or,
- * with splits > 1, into split sp's partials in ws. */
+ * with splits > 1, into split sp's partials in ws; then the last block of the splits of (i,
+ * kvh) to finish (counted in done[i * NKV + kvh], which it sets back to 0 for the next launch)
+ * merges them (dec_merge): no kernel of its own, as flash-decoding's combine would be. */
 template <class T>
 static __device__ void dec_finish(const float *red, int wstride, T *out, int64_t ldo, int i, int r0, int kvh, int G,
-                                  int NH, int HS, int splits, int sp, float *ws) {
+                                  int NH, int NKV, int HS, int splits, int sp, float *ws, unsigned *done) {
     for (int e = threadIdx.x; e < G * HS; e += blockDim.x) {
         const int g = e / HS, d = e % HS, h = kvh * G + g;
         float M = -INFINITY, L = 0.0f, o = 0.0f;
@@ -192,12 +219,25 @@ static __device__ void dec_finish(const float *red, int wstride, T *out, int64_t
         }
         if (splits == 1) {
             out[(int64_t)r0 * ldo + (int64_t)h * HS + d] = from_f32<T>(o / L);
-        } else {   /* an empty split leaves m = -inf, l = 0: weight 0 in the combine */
+        } else {   /* an empty split leaves m = -inf, l = 0: weight 0 in the merge */
             float *part = ws + ((int64_t)(i * NH + h) * splits + sp) * (HS + 2);
             part[d] = o;
             if (d == 0) part[HS] = M, part[HS + 1] = L;
         }
     }
+    if (splits == 1) return;
+    __shared__ bool merges;
+    __threadfence();   /* this block's partials visible to the block that merges */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned *count = done + i * NKV + kvh;
+        merges = atomicAdd(count, 1u) == (unsigned)splits - 1;
+        if (merges) *count = 0;
+    }
+    __syncthreads();
+    if (!merges) return;
+    __threadfence();
+    dec_merge(out, ldo, i, r0, kvh, G, NH, HS, splits, ws);
 }
 
 /* Block (sequence i, key/value head kvh, split sp) of DEC_WARPS warps; GM >= G query heads of
@@ -214,7 +254,7 @@ template <class T, int GM>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
 paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, int64_t ldk, const T *vc, int64_t ldv,
                     const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W, float scale,
-                    int splits, float *ws) {
+                    int splits, float *ws, unsigned *done) {
     constexpr int E = 16 / sizeof(T);                          /* elements per chunk */
     constexpr int U = GM >= 8 ? DEC_UNROLL / 2 : DEC_UNROLL;   /* eight heads: registers for occupancy */
     const int i = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
@@ -329,7 +369,7 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
             if (c == 0) r[HS] = m[g], r[HS + 1] = l[g];
         }
     __syncthreads();
-    dec_finish(dec_red, G * (HS + 2), out, ldo, i, r0, kvh, G, NH, HS, splits, sp, ws);
+    dec_finish(dec_red, G * (HS + 2), out, ldo, i, r0, kvh, G, NH, NKV, HS, splits, sp, ws, done);
 }
 
 /* w = the 32-bit words of the NW / 4 16-byte chunks p, p + cs, ... of bf16 values, in order
@@ -383,7 +423,7 @@ template <int HD>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
 paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const bf16 *kc, int64_t ldk, const bf16 *vc,
                        int64_t ldv, const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W,
-                       float scale, int splits, float *ws) {
+                       float scale, int splits, float *ws, unsigned *done) {
     constexpr int NK = HD / 32, NV = HD / 64, NT = HD / 16;   /* K and V chunks of a lane's row; products */
     constexpr int NC = 2 * NK + 4 * NV;                       /* chunks a lane stages a tile */
     const int i = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
@@ -489,31 +529,11 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
         if (g == 0) r[HD] = m[j], r[HD + 1] = l[j];
     }
     __syncthreads();
-    dec_finish(reinterpret_cast<const float *>(dec_stage), 2 * NC * 32 * 4, out, ldo, i, r0, kvh, G, NH, HS, splits, sp,
-               ws);
+    dec_finish(reinterpret_cast<const float *>(dec_stage), 2 * NC * 32 * 4, out, ldo, i, r0, kvh, G, NH, NKV, HS, splits,
+               sp, ws, done);
 }
 
-/* Merges the splits of (sequence i, head h) into its out row (maxima in log2 units). The
- * loops over the splits are unrolled so their loads overlap (one at a time, 32 splits of a
- * one-stream step took 8 us a call); the sums keep their order. */
-template <class T>
-__global__ void paged_combine_kernel(T *out, int64_t ldo, const int *seqs, int NH, int HS, int splits, const float *ws) {
-    const int i = blockIdx.x, h = blockIdx.y;
-    if (seqs[3 * i + 1] != 1) return;
-    const float *part = ws + (int64_t)(i * NH + h) * splits * (HS + 2);
-    float M = -INFINITY, L = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < splits; s++) M = fmaxf(M, part[s * (HS + 2) + HS]);
-#pragma unroll 8
-    for (int s = 0; s < splits; s++) L += part[s * (HS + 2) + HS + 1] * exp2f(part[s * (HS + 2) + HS] - M);
-    T *orow = out + (int64_t)seqs[3 * i] * ldo + (int64_t)h * HS;
-    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
-        float o = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < splits; s++) o += part[s * (HS + 2) + d] * exp2f(part[s * (HS + 2) + HS] - M);
-        orow[d] = from_f32<T>(o / L);
-    }
-}
+size_t cuda_paged_done_count(int n_sm) { return (size_t)DEC_BLOCKS_PER_SM * (size_t)n_sm; }
 
 size_t cuda_paged_ws_floats(int n_sm) {
     /* splits > 1 only while S * NKV < DEC_BLOCKS_PER_SM * n_sm, and then S * NKV * splits is
@@ -547,7 +567,7 @@ static bool paged_decode_tc_fits(const T *q, int64_t ldq, int BS, int NH, int NK
 }
 
 /* The decode sequences (one query) of paged_attention, on the tensor-core kernel (tc: a shape
- * paged_decode_tc_fits takes) or the scalar one, then the combine of their splits. */
+ * paged_decode_tc_fits takes) or the scalar one; either merges its own splits. */
 template <class T>
 static void paged_decode(const cuda_ctx *x, cudaStream_t s, bool tc, T *out, int64_t ldo, const T *q, int64_t ldq,
                          const T *kc, int64_t ldk, const T *vc, int64_t ldv, const int *seqs, const int *tables, int S,
@@ -556,7 +576,7 @@ static void paged_decode(const cuda_ctx *x, cudaStream_t s, bool tc, T *out, int
     size_t smem = sizeof(float) * DEC_WARPS * (size_t)G * (HS + 2);
     const dim3 grid((unsigned)S, (unsigned)NKV, (unsigned)splits);
     void (*kernel)(T *, int64_t, const T *, int64_t, const T *, int64_t, const T *, int64_t, const int *, const int *,
-                   int, int, int, int, int, int, float, int, float *) =
+                   int, int, int, int, int, int, float, int, float *, unsigned *) =
         G == 1 ? paged_decode_kernel<T, 1> : G == 2 ? paged_decode_kernel<T, 2>
                                          : G <= 4   ? paged_decode_kernel<T, 4>
                                                     : paged_decode_kernel<T, 8>;
@@ -567,13 +587,8 @@ static void paged_decode(const cuda_ctx *x, cudaStream_t s, bool tc, T *out, int
             CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         }
     kernel<<<grid, DEC_WARPS * 32, smem, s>>>(out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS, W,
-                                              scale, splits, x->paged_ws);
+                                              scale, splits, x->paged_ws, x->paged_done);
     CUDA_CHECK_LAUNCH();
-    if (splits > 1) {
-        paged_combine_kernel<T><<<dim3((unsigned)S, (unsigned)NH), 128, 0, s>>>(out, ldo, seqs, NH, HS, splits,
-                                                                               x->paged_ws);
-        CUDA_CHECK_LAUNCH();
-    }
 }
 
 template <class T>
