@@ -926,6 +926,89 @@ TEST(paged_attention_over_a_half_cache_matches_a_reference) {
     if (!ran) SKIP("the %s backend keeps no bf16/f16 cache under f32 activations", be->name);
 }
 
+/* One kv_store call (backend_kv_store: one op on CUDA, rope_forward and set_rows on the CPU)
+ * over N rows of a packed q|k|v (row stride QD + 2 KD), rotated (rot) or not, into caches of R
+ * rows that start filled with a marker; the worst |difference| from a host reference over q
+ * and both caches (every cache row: rows no idx names must keep the marker). */
+static double kv_store_case(backend *be, dtype dt, int NH, int NKV, int HS, bool rot) {
+    enum { N = 5, R = 12 };
+    const int QD = NH * HS, KD = NKV * HS, W = QD + 2 * KD, H2 = HS / 2, idx[N] = {7, -1, 0, 11, 3};
+    float *qkv = malloc(sizeof(float) * N * W), *cs = malloc(sizeof(float) * 2 * N * H2);
+    float *want_q = malloc(sizeof(float) * N * QD), *want_c[2];
+    rng r;
+    rng_seed(&r, (uint64_t)(NH * 100 + HS + rot));
+    for (int e = 0; e < N * W; e++) qkv[e] = rng_normal(&r);
+    round_to(qkv, (size_t)N * W, dt);
+    for (int e = 0; e < N * H2; e++) {
+        const double a = 6.0 * rng_uniform(&r);
+        cs[e] = (float)cos(a), cs[N * H2 + e] = (float)sin(a);
+    }
+    for (int c = 0; c < 2; c++) {
+        want_c[c] = malloc(sizeof(float) * R * KD);
+        for (int e = 0; e < R * KD; e++) want_c[c][e] = 0.25f;
+    }
+    /* the reference: rope's pairs (channel i with i + HS/2 of each head) in f32, rounded to dt */
+    float *rotated = malloc(sizeof(float) * N * W);
+    memcpy(rotated, qkv, sizeof(float) * N * W);
+    for (int row = 0; row < N && rot; row++)
+        for (int h = 0; h < NH + NKV; h++)
+            for (int i = 0; i < H2; i++) {
+                float *x = rotated + row * W + h * HS + i, a = x[0], b = x[H2];
+                const float c = cs[row * H2 + i], sn = cs[N * H2 + row * H2 + i];
+                x[0] = a * c - b * sn, x[H2] = b * c + a * sn;
+            }
+    round_to(rotated, (size_t)N * W, dt);
+    for (int row = 0; row < N; row++) {
+        memcpy(want_q + row * QD, rotated + row * W, sizeof(float) * QD);
+        if (idx[row] < 0) continue;
+        memcpy(want_c[0] + idx[row] * KD, rotated + row * W + QD, sizeof(float) * KD);
+        memcpy(want_c[1] + idx[row] * KD, rotated + row * W + QD + KD, sizeof(float) * KD);
+    }
+    void *dqkv = upload_as(be, qkv, (size_t)N * W, dt), *dcs = upload_as(be, cs, (size_t)2 * N * H2, DT_F32);
+    void *dc[2];
+    float *marker = malloc(sizeof(float) * R * KD);
+    for (int e = 0; e < R * KD; e++) marker[e] = 0.25f;
+    for (int c = 0; c < 2; c++) dc[c] = upload_as(be, marker, (size_t)R * KD, dt);
+    int *didx = backend_alloc(be, sizeof idx);
+    backend_upload(be, didx, idx, sizeof idx);
+    const tensor t = tensor_2d(dqkv, dt, N, W);
+    const tensor cos_t = rot ? tensor_2d(dcs, DT_F32, N, H2) : tensor_none();
+    const tensor sin_t = rot ? tensor_2d((float *)dcs + N * H2, DT_F32, N, H2) : tensor_none();
+    const tensor kc = tensor_2d(dc[0], dt, R, KD), vc = tensor_2d(dc[1], dt, R, KD);
+    backend_kv_store(be, NULL, tensor_cols(t, 0, QD), tensor_cols(t, QD, KD), tensor_cols(t, QD + KD, KD), cos_t,
+                     sin_t, kc, vc, tensor_1d(didx, DT_I32, N));
+    float *got_q = test_download_mat(be, tensor_cols(t, 0, QD)), *got_c[2] = {test_download_mat(be, kc),
+                                                                               test_download_mat(be, vc)};
+    double worst = 0;
+    for (int e = 0; e < N * QD; e++) worst = fmax(worst, fabs(got_q[e] - want_q[e]));
+    for (int c = 0; c < 2; c++)
+        for (int e = 0; e < R * KD; e++) worst = fmax(worst, fabs(got_c[c][e] - want_c[c][e]));
+    backend_mem_free(be, dqkv), backend_mem_free(be, dcs), backend_mem_free(be, didx);
+    for (int c = 0; c < 2; c++) backend_mem_free(be, dc[c]), free(got_c[c]), free(want_c[c]);
+    free(qkv), free(cs), free(want_q), free(rotated), free(marker), free(got_q);
+    return worst;
+}
+
+/* backend_kv_store matches rope then set_rows done on the host: q rotated in place, k rotated
+ * and v into the rows idx names, a padding row (-1) and the other cache rows untouched; with
+ * and without rotation, f32 and (where the device has it) bf16 (the reference rounded the
+ * same way; one bf16 rounding apart at most), at a small shape and Llama-3-8B's heads. */
+TEST(kv_store_rotates_and_writes_the_cache) {
+    backend *be = test_device();
+    const dtype dts[2] = {DT_F32, DT_BF16};
+    const struct { int NH, NKV, HS; } shapes[] = {{4, 2, 8}, {32, 8, 128}, {6, 6, 64}};
+    for (int d = 0; d < 2; d++) {
+        if (dts[d] != DT_F32 && !backend_supports(be, BACKEND_OP_PAGED, dts[d])) continue;
+        for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++)
+            for (int rot = 0; rot < 2; rot++) {
+                const double w = kv_store_case(be, dts[d], shapes[k].NH, shapes[k].NKV, shapes[k].HS, rot);
+                printf("  %s NH %d NKV %d HS %d %s: worst |difference| %.3g\n", dtype_name(dts[d]), shapes[k].NH,
+                       shapes[k].NKV, shapes[k].HS, rot ? "rotated" : "plain", w);
+                CHECK(w <= (dts[d] == DT_F32 ? 1e-6 : 2e-2));
+            }
+    }
+}
+
 TEST(argmax_rows_finds_the_first_maximum) {
     backend *be = test_device();
     if (!be->ops->argmax_rows) SKIP("the %s backend has no argmax_rows", be->name);

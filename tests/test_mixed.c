@@ -315,6 +315,47 @@ TEST(matmul_bf16_few_rows) {
     free(got[0]), free(got[1]);
 }
 
+/* linear_swiglu where the device has it (CUDA: the few-rows kernel's GLU form) against
+ * linear_forward into (M,2F) then swiglu_forward in place on the same device, bit for bit,
+ * into bf16 and f32, at Llama-3-8B's MLP (F 14336, K 4096) and two small ones, M 1, 2, 3, 8, 9;
+ * where it declines (M 9; M > 1 over a B past 2^23 elements) it must say so and write nothing. */
+TEST(linear_swiglu_matches_the_two_ops) {
+    NEED_MIXED();
+    if (!be->ops->linear_swiglu) SKIP("the %s backend has no linear_swiglu (llama runs the two ops)", be->name);
+    const int shapes[][2] = {/* F, K */ {14336, 4096}, {100, 64}, {7, 768}}, rows[] = {1, 2, 3, 8, 9};
+    b = be, on_dev = true;
+    for (int s = 0; s < 3; s++) {
+        const int F = shapes[s][0], K = shapes[s][1];
+        arr *A = arr_new((size_t)9 * K, DT_BF16, 1), *W = arr_new((size_t)2 * F * K, DT_BF16, 0.05f);
+        for (int d = 0; d < 2; d++) {
+            const dtype dt = d ? DT_F32 : DT_BF16;
+            arr *out = arr_new((size_t)9 * F, dt, 0), *gu = arr_new((size_t)9 * 2 * F, dt, 0);
+            for (int r = 0; r < 5; r++) {
+                const int M = rows[r];
+                const bool fits = M <= 8 && (M == 1 || 2 * (int64_t)F * K <= (int64_t)1 << 23);
+                arr_put(out);
+                const bool took = be->ops->linear_swiglu(be, NULL, T2(out, M, F), T2(A, M, K), T2(W, 2 * F, K));
+                float *got = arr_get(out);
+                CHECK_MSG(took == fits, "F %d K %d M %d: took %d", F, K, M, took);
+                if (!took) {
+                    for (size_t i = 0; i < out->n; i++) CHECK_MSG(got[i] == 0.0f, "declined, yet wrote [%zu]", i);
+                } else {
+                    backend_linear_forward(be, NULL, T2(gu, M, 2 * F), tensor_none(), T2(A, M, K), T2(W, 2 * F, K),
+                                           true, tensor_none(), BACKEND_ACT_NONE);
+                    be->ops->swiglu_forward(be, NULL, cols2(gu, M, 2 * F, 0, F), cols2(gu, M, 2 * F, 0, F),
+                                            cols2(gu, M, 2 * F, F, F));
+                    float *two = arr_get(gu);
+                    for (int m = 0; m < M; m++)
+                        CHECK_MSG(memcmp(got + (size_t)m * F, two + (size_t)m * 2 * F, sizeof(float) * F) == 0,
+                                  "%s F %d K %d M %d: row %d differs from the two ops", dtn(dt), F, K, M, m);
+                    free(two);
+                }
+                free(got);
+            }
+        }
+    }
+}
+
 /* bias_add into a bf16 column block (row stride OC + 4); bias_backward from a bf16 dout into
  * an f32 dbias that accumulates, over a few rows and over many (a GPU's long column sums run
  * in two stages). */

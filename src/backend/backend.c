@@ -81,6 +81,22 @@ void backend_linear_forward(backend *be, backend_stream *s, tensor out, tensor p
     else backend_linear_unfused(be->ops, be, s, out, pre, inp, w, trans_w, bias, act);
 }
 
+void backend_kv_store(backend *be, backend_stream *s, tensor q, tensor k, tensor v, tensor cos, tensor sin,
+                      tensor k_cache, tensor v_cache, tensor idx) {
+    const backend_ops *op = be->ops;
+    if (op->kv_store) {
+        op->kv_store(be, s, q, k, v, cos, sin, k_cache, v_cache, idx);
+        return;
+    }
+    if (!tensor_is_none(cos)) {   /* (1, N, heads, HS) views: row r at pos0 + r = r */
+        const int64_t N = q.shape[0], HS = 2 * cos.shape[1];
+        op->rope_forward(be, s, tensor_split_2d(q, N, HS), cos, sin, 0);
+        op->rope_forward(be, s, tensor_split_2d(k, N, HS), cos, sin, 0);
+    }
+    op->set_rows(be, s, k_cache, k, idx);
+    op->set_rows(be, s, v_cache, v, idx);
+}
+
 void backend_linear_unfused(const backend_ops *ops, backend *be, backend_stream *s, tensor out, tensor pre,
                             tensor inp, tensor w, bool trans_w, tensor bias, backend_act act) {
     SK_ASSERT(act == BACKEND_ACT_GELU || tensor_is_none(pre));

@@ -174,6 +174,13 @@ typedef struct backend_ops {
      * rows with any row stride; they overlap nothing. Writes. */
     void (*linear_forward)(backend *be, backend_stream *s, tensor out, tensor pre, tensor inp, tensor w,
                            bool trans_w, tensor bias, backend_act act);
+    /* Optional: a SwiGLU MLP's first half in one op where the backend has a kernel for the
+     * shapes: out(N,F) [lp] = silu(g) * u where [g | u] = inp(N,IC) [lp] @ w(2F,IC)^T (w: the
+     * gate's F rows, then the up's), g and u each rounded to out's dtype first, so the result is
+     * linear_forward's into (N,2F) then swiglu_forward's, bit for bit. out: contiguous rows, any
+     * row stride. Returns false, writing nothing, where it has no kernel for them (the caller
+     * then runs those two ops). */
+    bool (*linear_swiglu)(backend *be, backend_stream *s, tensor out, tensor inp, tensor w);
 
     /* out(B*T,C) writes wte[tokens] + wpe[t] for tokens(B,T) (i32; t the position in the
      * row), wte(V,C), wpe(P,C) with P >= T, or wpe tensor_none(): no position table. The
@@ -330,6 +337,14 @@ typedef struct backend_ops {
      * into a cache of a BACKEND_OP_KV_CACHE dtype (each value rounded once, to nearest even).
      * Writes; other rows of dst are untouched. */
     void (*set_rows)(backend *be, backend_stream *s, tensor dst, tensor src, tensor idx);
+    /* Optional (callers use backend_kv_store): a step's new keys and values into the cache in
+     * one op. With cos and sin (not tensor_none(); (N,HS/2) f32 tables, row r the angles of row
+     * r): q(N,NH*HS) and k(N,NKV*HS) first rotate as rope_forward's rows of one sequence at pos0
+     * 0: q in place, k on its way to the cache (k itself is then left rotated or not). Then
+     * set_rows(k_cache, k, idx) and set_rows(v_cache, v, idx), under set_rows' contract. q, k, v
+     * and the caches of one dtype, 2-D, contiguous rows, any row stride. */
+    void (*kv_store)(backend *be, backend_stream *s, tensor q, tensor k, tensor v, tensor cos, tensor sin,
+                     tensor k_cache, tensor v_cache, tensor idx);
     /* Causal grouped-query attention of a ragged batch over a paged cache. q(N,NH*HS) holds
      * the new tokens of S sequences; seqs(S,3) (i32) gives for sequence i the first row r0
      * of its queries, their number nq and its context length ctx: its queries are rows
@@ -451,6 +466,10 @@ void backend_linear_forward(backend *be, backend_stream *s, tensor out, tensor p
  * backend's own path (cpu_mixed.c). */
 void backend_linear_unfused(const backend_ops *ops, backend *be, backend_stream *s, tensor out, tensor pre,
                             tensor inp, tensor w, bool trans_w, tensor bias, backend_act act);
+/* kv_store (its contract in backend_ops) where be has it, else rope_forward on q's and k's
+ * heads (when cos is not none) and set_rows into each cache. */
+void backend_kv_store(backend *be, backend_stream *s, tensor q, tensor k, tensor v, tensor cos, tensor sin,
+                      tensor k_cache, tensor v_cache, tensor idx);
 /* Whether be has the engine's ops (set_rows, paged_attention); false with an sk_fail message
  * naming the backend when not. */
 bool backend_supports_paged(backend *be);

@@ -126,13 +126,12 @@ tensor arch_cache_rows(const model_kv_cache *kv, int l, bool values, int64_t KD)
 }
 
 void arch_paged_attention(backend *be, const model_kv_cache *kv, const arch_batch_ids *ids, const model_batch *b,
-                          int l, tensor out, tensor q, tensor k, tensor v, int NH, int NKV, int W) {
+                          int l, tensor out, tensor q, tensor k, tensor v, tensor cos, tensor sin, int NH, int NKV,
+                          int W) {
     const backend_ops *op = be->ops;
     const int64_t KD = k.shape[1];
     tensor kc = arch_cache_rows(kv, l, false, KD), vc = arch_cache_rows(kv, l, true, KD);
-    tensor slot = tensor_1d(ids->slot, DT_I32, b->n_tokens);
-    op->set_rows(be, NULL, kc, k, slot);
-    op->set_rows(be, NULL, vc, v, slot);
+    backend_kv_store(be, NULL, q, k, v, cos, sin, kc, vc, tensor_1d(ids->slot, DT_I32, b->n_tokens));
     op->paged_attention(be, NULL, out, q, kc, vc, tensor_2d(ids->seq, DT_I32, b->n_seqs, 3),
                         tensor_2d(ids->tables, DT_I32, b->n_seqs, b->max_blocks), kv->block_size, NH, NKV, W);
 }

@@ -84,9 +84,12 @@ void arch_batch_upload(model *m, const arch_batch_ids *ids, arch_infer_dims d, c
 /* Layer l's key (values = true: value) rows of kv, (n_blocks * block_size, KD). */
 tensor arch_cache_rows(const model_kv_cache *kv, int l, bool values, int64_t KD);
 /* Writes the step's new keys k(N,KD) and values v(N,KD) of layer l into their slots, then
- * runs paged attention of q(N,QD) over them into out(N,QD): the middle of every block. */
+ * runs paged attention of q(N,QD) over them into out(N,QD): the middle of every block. With
+ * cos and sin (not tensor_none(): each row's rotary angles, (N,HS/2)), q and k rotate first,
+ * in the same op as the writes (backend_kv_store); k is then left rotated or not. */
 void arch_paged_attention(backend *be, const model_kv_cache *kv, const arch_batch_ids *ids, const model_batch *b,
-                          int l, tensor out, tensor q, tensor k, tensor v, int NH, int NKV, int W);
+                          int l, tensor out, tensor q, tensor k, tensor v, tensor cos, tensor sin, int NH, int NKV,
+                          int W);
 /* Gathers rows b->out_rows of x(N,C) into out(R,C): the rows whose logits are asked for. */
 void arch_gather_out(backend *be, const arch_batch_ids *ids, const model_batch *b, tensor out, tensor x);
 

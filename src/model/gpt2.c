@@ -594,7 +594,7 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, l ? br : tensor_none(), w.ln1w, w.ln1b, c->norm_eps);
         gpt2_linear(be, qkv, ln, w.attnw, w.attnb);
         arch_paged_attention(be, kv, &f->ids, b, l, atty, tensor_cols(qkv, 0, QD), tensor_cols(qkv, QD, QD),
-                             tensor_cols(qkv, 2 * QD, QD), NH, NH, 0);
+                             tensor_cols(qkv, 2 * QD, QD), tensor_none(), tensor_none(), NH, NH, 0);
         gpt2_linear(be, br, atty, w.projw, w.projb);
         tp_sum(m, br);
         op->layernorm_forward(be, NULL, ln, mean, rstd, x, br, w.ln2w, w.ln2b, c->norm_eps);

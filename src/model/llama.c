@@ -458,6 +458,21 @@ static void llama_project(backend *be, tensor out, tensor inp, int n, const tens
     for (int i = 0; i < n; i++) llama_linear(be, cols[i], inp, w[i], b[i]);
 }
 
+/* The MLP's first half over inp(N,C) into gu(N,2F): returns the (N,F) view of gu's first F
+ * columns holding silu(gate) * up (the other columns scratch). One op where the backend fuses
+ * it (linear_swiglu: the weights joined, no biases), else the projections (llama_project) and
+ * swiglu_forward; the same values either way. */
+static tensor llama_gate_up(backend *be, tensor gu, tensor inp, const llama_w *w) {
+    const tensor h = tensor_cols(gu, 0, w->gw.shape[0]), joined = tensor_join_rows(w->gw, w->uw);
+    if (be->ops->linear_swiglu && !tensor_is_none(joined) && tensor_is_none(w->gb) && tensor_is_none(w->ub) &&
+        be->ops->linear_swiglu(be, NULL, h, inp, joined))
+        return h;
+    tensor cols[2];
+    llama_project(be, gu, inp, 2, (tensor[]){w->gw, w->uw}, (tensor[]){w->gb, w->ub}, cols);
+    be->ops->swiglu_forward(be, NULL, cols[0], cols[0], cols[1]);
+    return cols[0];
+}
+
 /* Backward of llama_linear: dw (OC,IC) and db accumulate (db tensor_none(): no bias);
  * dinp(N,IC) = beta dinp + dout @ w, so several projections of one input sum into it. */
 static void llama_linear_backward(backend *be, tensor dinp, float beta, tensor dw, tensor db, tensor dout,
@@ -691,7 +706,7 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     const dtype lp = model_infer_dtype(m);
     tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C);
     tensor qkv = arch_mat_at(f->qkv, lp, 0, N, QD + 2 * KD), gu = arch_mat_at(f->gu, lp, 0, N, 2 * F);
-    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), qkvc[3], guc[2];   /* their column blocks */
+    tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), qkvc[3];   /* qkv's column blocks */
     tensor cos = arch_mat(f->cos, N, HS / 2), sin = arch_mat(f->sin, N, HS / 2);
     tensor br = arch_mat_at(f->br, lp, 0, N, C);
     const int P = s->inf_dims.ctx;
@@ -707,16 +722,13 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
         /* x += the previous layer's MLP output (none before layer 0), fused into the norm */
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, l ? br : tensor_none(), w.in_norm, c->norm_eps);
         llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
-        /* row r of the (1, N) sequence takes the angles of cos/sin row r: its own position;
-         * q's and k's heads, side by side in qkv, in one rotation */
-        op->rope_forward(be, NULL, llama_heads(tensor_cols(qkv, 0, QD + KD), N, HS), cos, sin, 0);
-        arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], NH, NKV, W);
+        /* row r takes the angles of cos/sin row r (its own position), q and k rotated as k
+         * and v go to the cache */
+        arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], cos, sin, NH, NKV, W);
         llama_linear(be, br, atty, w.ow, tensor_none());
         tp_sum(m, br);
         op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, br, w.post_norm, c->norm_eps);
-        llama_project(be, gu, ln, 2, (tensor[]){w.gw, w.uw}, (tensor[]){w.gb, w.ub}, guc);
-        op->swiglu_forward(be, NULL, guc[0], guc[0], guc[1]);
-        llama_linear(be, br, guc[0], w.dw, w.db);
+        llama_linear(be, br, llama_gate_up(be, gu, ln, &w), w.dw, w.db);
         tp_sum(m, br);
     }
     op->add(be, NULL, x, x, br);   /* the last MLP output, unfused: the final norm runs on R gathered rows */

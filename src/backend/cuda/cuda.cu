@@ -224,6 +224,15 @@ static void cuda_linear_forward_op(backend *be, backend_stream *s, tensor out, t
     if (act == BACKEND_ACT_GELU) be->ops->gelu_forward(be, s, out, y);
 }
 
+/* Few rows (decode) only: cuda_gemv_swiglu. */
+static bool cuda_linear_swiglu_op(backend *be, backend_stream *s, tensor out, tensor inp, tensor w) {
+    SK_ASSERT(out.ndim == 2 && inp.ndim == 2 && w.ndim == 2 && inp.dt == w.dt && out.stride[1] == 1);
+    const int M = (int)out.shape[0], F = (int)out.shape[1], K = (int)inp.shape[1];
+    SK_ASSERT(inp.shape[0] == M && w.shape[0] == 2 * (int64_t)F && w.shape[1] == K);
+    return inp.dt == DT_BF16 && cuda_gemv_swiglu(stream_of(be, s), lp(out), tensor_ld(out), inp.data,
+                                                 tensor_ld(inp), w.data, tensor_ld(w), M, F, K);
+}
+
 static void cuda_bias_add_op(backend *be, backend_stream *s, tensor out, tensor bias) {
     SK_ASSERT(out.ndim == 2);
     const int N = (int)out.shape[0], OC = (int)out.shape[1];
@@ -497,6 +506,23 @@ static void cuda_set_rows_op(backend *be, backend_stream *s, tensor dst, tensor 
                   (int)src.shape[1]);
 }
 
+static void cuda_kv_store_op(backend *be, backend_stream *s, tensor q, tensor k, tensor v, tensor cos, tensor sin,
+                             tensor k_cache, tensor v_cache, tensor idx) {
+    int64_t ldq, ldk, ldv, ldkc, ldvc;
+    const int N = (int)q.shape[0], KD = (int)k.shape[1];
+    const bool rot = !tensor_is_none(cos);
+    SK_ASSERT(k.shape[0] == N && tensor_same_shape(k, v) && k_cache.shape[1] == KD && tensor_same_shape(k_cache, v_cache) &&
+              idx.ndim == 1 && idx.dt == DT_I32 && idx.shape[0] == N && tensor_is_contiguous(idx));
+    const int HS = rot ? 2 * (int)cos.shape[1] : 0;
+    SK_ASSERT(!rot || (cos.ndim == 2 && cos.shape[0] == N && tensor_same_shape(cos, sin) && q.shape[1] % HS == 0 &&
+                       KD % HS == 0));
+    const cuda_lp qp = rows2(q, &ldq), kp = rows2(k, &ldk), vp = rows2(v, &ldv), kcp = rows2(k_cache, &ldkc),
+                  vcp = rows2(v_cache, &ldvc);
+    cuda_kv_store(ctx(be), stream_of(be, s), qp, ldq, kp, ldk, vp, ldv, kcp, ldkc, vcp, ldvc, (const int *)idx.data,
+                  rot ? vec(cos, tensor_numel(cos)) : NULL, rot ? vec(sin, tensor_numel(sin)) : NULL, N,
+                  (int)q.shape[1], KD, HS);
+}
+
 static void cuda_paged_attention_op(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache,
                                     tensor v_cache, tensor seqs, tensor tables, int BS, int NH, int NKV, int W) {
     int64_t ldo, ldq, ldk, ldv;
@@ -610,6 +636,7 @@ static const backend_ops cuda_ops = {
     .bias_add = cuda_bias_add_op,
     .bias_backward = cuda_bias_backward_op,
     .linear_forward = cuda_linear_forward_op,
+    .linear_swiglu = cuda_linear_swiglu_op,
     .embed_forward = cuda_embed_forward_op,
     .embed_backward = cuda_embed_backward_op,
     .layernorm_forward = cuda_layernorm_forward_op,
@@ -634,6 +661,7 @@ static const backend_ops cuda_ops = {
     .sum_squares = cuda_sum_squares_op,
     .adamw = cuda_adamw_op,
     .set_rows = cuda_set_rows_op,
+    .kv_store = cuda_kv_store_op,
     .paged_attention = cuda_paged_attention_op,
     .argmax_rows = cuda_argmax_rows_op,
     .sample_rows = cuda_sample_rows_op,

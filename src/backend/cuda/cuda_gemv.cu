@@ -60,17 +60,22 @@ __device__ __forceinline__ void gemv_unit(float (&acc)[M][GEMV_COLS], const int4
 /* One block per GEMV_COLS columns [n0, n0 + GEMV_COLS) of C (the last block's columns past
  * N re-read column N - 1 and store nothing). K8 = K / 8 units per row; A, B and their row
  * strides 16-byte aligned (cuda_gemv checks). bias: NULL or (N) f32, added after alpha and
- * beta. */
-template <int M, class TC>
+ * beta. GLU: B is a gate's N rows then an up's N rows, and the block owns GEMV_COLS / 2
+ * columns n of C = silu(g) * u of the products' columns g = n and u = N + n, each rounded to
+ * TC first as the product alone would leave them (alpha 1, beta 0, no bias), the activation
+ * then swiglu_forward's (cuda_ops.cu op_swiglu): the same bits as the two ops. */
+template <int M, class TC, bool GLU>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(TC *C, int64_t ldc, const bf16 *A, int64_t lda,
                                                             const bf16 *B, int64_t ldb, const float *bias, int N,
                                                             int K8, float alpha, float beta) {
+    constexpr int OUT = GLU ? GEMV_COLS / 2 : GEMV_COLS;   /* columns of C a block writes */
     __shared__ float part[GEMV_WARPS][M * GEMV_COLS];
-    const int n0 = blockIdx.x * GEMV_COLS, t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int n0 = blockIdx.x * OUT, t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int4 *col[GEMV_COLS];
 #pragma unroll
     for (int c = 0; c < GEMV_COLS; c++)
-        col[c] = reinterpret_cast<const int4 *>(B + (int64_t)min(n0 + c, N - 1) * ldb);
+        col[c] = reinterpret_cast<const int4 *>(B + ((GLU && c >= OUT ? N : 0) + (int64_t)min(n0 + c % OUT, N - 1)) *
+                                                        ldb);
     float acc[M][GEMV_COLS];
 #pragma unroll
     for (int m = 0; m < M; m++)
@@ -104,34 +109,43 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(TC *C, int64_t ldc, 
             if (lane == 0) part[warp][m * GEMV_COLS + c] = v;
         }
     __syncthreads();
-    if (t >= M * GEMV_COLS) return;
-    const int m = t / GEMV_COLS, n = n0 + t % GEMV_COLS;
+    if (t >= M * OUT) return;
+    const int m = t / OUT, j = t % OUT, n = n0 + j;
     if (n >= N) return;
-    float s = 0.0f;
-#pragma unroll
-    for (int w = 0; w < GEMV_WARPS; w++) s += part[w][t];
-    float v = alpha * s;
     TC *out = C + m * ldc + n;
-    if (beta != 0.0f) v += beta * to_f32(*out);
-    if (bias) v += bias[n];
-    *out = from_f32<TC>(v);
+    if constexpr (GLU) {
+        float g = 0.0f, u = 0.0f;
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; w++) g += part[w][m * GEMV_COLS + j], u += part[w][m * GEMV_COLS + OUT + j];
+        g = to_f32(from_f32<TC>(g)), u = to_f32(from_f32<TC>(u));
+        *out = from_f32<TC>(g / (1.0f + expf(-g)) * u);
+    } else {
+        float s = 0.0f;
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; w++) s += part[w][t];
+        float v = alpha * s;
+        if (beta != 0.0f) v += beta * to_f32(*out);
+        if (bias) v += bias[n];
+        *out = from_f32<TC>(v);
+    }
 }
 
-template <int M, class TC>
+template <int M, class TC, bool GLU>
 static void gemv_launch(cudaStream_t s, TC *C, int64_t ldc, const bf16 *A, int64_t lda, const bf16 *B, int64_t ldb,
                         const float *bias, int N, int K, float alpha, float beta) {
-    const unsigned blocks = (unsigned)((N + GEMV_COLS - 1) / GEMV_COLS);
-    gemv_kernel<M, TC><<<blocks, GEMV_THREADS, 0, s>>>(C, ldc, A, lda, B, ldb, bias, N, K / 8, alpha, beta);
+    constexpr int OUT = GLU ? GEMV_COLS / 2 : GEMV_COLS;
+    const unsigned blocks = (unsigned)((N + OUT - 1) / OUT);
+    gemv_kernel<M, TC, GLU><<<blocks, GEMV_THREADS, 0, s>>>(C, ldc, A, lda, B, ldb, bias, N, K / 8, alpha, beta);
     CUDA_CHECK_LAUNCH();
 }
 
-/* The instantiation for M (1..GEMV_MAX_ROWS) rows and C's type. */
-template <class TC>
+/* The instantiation for M (1..GEMV_MAX_ROWS) rows, C's type and GLU (gemv_kernel). */
+template <class TC, bool GLU>
 static void gemv_rows(cudaStream_t s, TC *C, int64_t ldc, const bf16 *A, int64_t lda, const bf16 *B, int64_t ldb,
                       const float *bias, int M, int N, int K, float alpha, float beta) {
     switch (M) {
 #define GEMV_CASE(R) \
-    case R: gemv_launch<R, TC>(s, C, ldc, A, lda, B, ldb, bias, N, K, alpha, beta); break;
+    case R: gemv_launch<R, TC, GLU>(s, C, ldc, A, lda, B, ldb, bias, N, K, alpha, beta); break;
         GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4) GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
 #undef GEMV_CASE
     default: SK_ASSERT(!"gemv_rows: M out of range");
@@ -140,13 +154,26 @@ static void gemv_rows(cudaStream_t s, TC *C, int64_t ldc, const bf16 *A, int64_t
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+/* Whether the kernel takes a product of B (N,K) with M rows of A at these strides and addresses. */
+static bool gemv_fits(const void *A, int64_t lda, const void *B, int64_t ldb, int M, int N, int K) {
+    return M >= 1 && M <= GEMV_MAX_ROWS && (M == 1 || (int64_t)N * K <= GEMV_MAX_SMALL_B) && N >= 1 && K >= 8 &&
+           K % 8 == 0 && lda % 8 == 0 && ldb % 8 == 0 && aligned16(A) && aligned16(B);
+}
+
 bool cuda_gemv(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta, const void *B,
                int64_t ldb, bool tb, const float *bias, int M, int N, int K, float alpha, float beta) {
-    if (ta || !tb || M < 1 || M > GEMV_MAX_ROWS || (M > 1 && (int64_t)N * K > GEMV_MAX_SMALL_B) || N < 1 || K < 8 ||
-        K % 8 || lda % 8 || ldb % 8 || !aligned16(A) || !aligned16(B))
-        return false;
+    if (ta || !tb || !gemv_fits(A, lda, B, ldb, M, N, K)) return false;
     const bf16 *a = (const bf16 *)A, *b = (const bf16 *)B;
-    if (C.bf16) gemv_rows(s, (bf16 *)C.p, ldc, a, lda, b, ldb, bias, M, N, K, alpha, beta);
-    else gemv_rows(s, (float *)C.p, ldc, a, lda, b, ldb, bias, M, N, K, alpha, beta);
+    if (C.bf16) gemv_rows<bf16, false>(s, (bf16 *)C.p, ldc, a, lda, b, ldb, bias, M, N, K, alpha, beta);
+    else gemv_rows<float, false>(s, (float *)C.p, ldc, a, lda, b, ldb, bias, M, N, K, alpha, beta);
+    return true;
+}
+
+bool cuda_gemv_swiglu(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, const void *B,
+                      int64_t ldb, int M, int F, int K) {
+    if (!gemv_fits(A, lda, B, ldb, M, 2 * F, K)) return false;
+    const bf16 *a = (const bf16 *)A, *b = (const bf16 *)B;
+    if (C.bf16) gemv_rows<bf16, true>(s, (bf16 *)C.p, ldc, a, lda, b, ldb, NULL, M, F, K, 1.0f, 0.0f);
+    else gemv_rows<float, true>(s, (float *)C.p, ldc, a, lda, b, ldb, NULL, M, F, K, 1.0f, 0.0f);
     return true;
 }

@@ -155,6 +155,11 @@ bool cuda_linear_lt(cuda_ctx *x, cudaStream_t s, cuda_lp out, int64_t ldo, const
  * strides 16-byte aligned: then the caller takes cuBLASLt. The one place that decides which products run there. */
 bool cuda_gemv(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta, const void *B,
                int64_t ldb, bool tb, const float *bias, int M, int N, int K, float alpha, float beta);
+/* C(M,F) = silu(G) * U where [G | U] = A(M,K) B(2F,K)^T (B: a gate's F rows, then an up's),
+ * G and U rounded to C's type first, by the same kernel (one launch: backend.h linear_swiglu);
+ * false, doing nothing, where cuda_gemv would refuse the product of B. */
+bool cuda_gemv_swiglu(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, const void *B,
+                      int64_t ldb, int M, int F, int K);
 /* bias(n) f32 rounded to bf16 in x's bias scratch (grown on first use), for a bf16 layer's
  * epilogue. */
 __nv_bfloat16 *cuda_bias_bf16(cuda_ctx *x, cudaStream_t s, const float *bias, int n);
@@ -256,6 +261,11 @@ void cuda_cudnn_free(cuda_ctx *x);
 /* dst and src of one dtype (f32 or bf16). */
 void cuda_set_rows(const cuda_ctx *x, cudaStream_t s, cuda_lp dst, int64_t ldd, cuda_lp src, int64_t lds,
                    const int *idx, int n, int D);
+/* backend.h kv_store over N rows: q(N,QD), k and v (N,KD), caches of rows KD wide, all of one
+ * dtype (f32 or bf16); cos and sin (N,HS/2) f32, or NULL: no rotation (HS unused). */
+void cuda_kv_store(const cuda_ctx *x, cudaStream_t s, cuda_lp q, int64_t ldq, cuda_lp k, int64_t ldk, cuda_lp v,
+                   int64_t ldv, cuda_lp kc, int64_t ldkc, cuda_lp vc, int64_t ldvc, const int *idx, const float *cos,
+                   const float *sin, int N, int QD, int KD, int HS);
 /* out, q and the caches of one dtype (f32 or bf16); q and out have N rows. Decode sequences
  * (one query) whose shapes fit run the split decode kernel (partials in x->paged_ws), prefill
  * sequences that fit the tensor-core kernel (cuda_paged_tc.cu) run it, the others the general one. */

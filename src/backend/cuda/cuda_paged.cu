@@ -81,6 +81,52 @@ void cuda_set_rows(const cuda_ctx *x, cudaStream_t s, cuda_lp dst, int64_t ldd, 
     CUDA_CHECK_LAUNCH();
 }
 
+/* ---- kv_store: rotary on q and k, then k and v into their cache rows, one launch ---- */
+
+/* Row r = blockIdx.x; its work items (pairs of q's and k's heads where cos is not NULL, else
+ * k's elements; then v's elements) spread over gridDim.y blocks. A rotated pair is rope's
+ * (cuda_ops.cu op_rope: the same products, rounded once); k goes to the cache, not back. */
+template <class T>
+__global__ void kv_store_kernel(T *q, int64_t ldq, const T *k, int64_t ldk, const T *v, int64_t ldv, T *kc,
+                                int64_t ldkc, T *vc, int64_t ldvc, const int *idx, const float *cos, const float *sin,
+                                int QP, int KD, int H2) {
+    const int64_t r = blockIdx.x;
+    const int slot = idx[r], KP = cos ? KD / 2 : KD;   /* k's items: pairs or elements */
+    const int qp = cos ? QP : 0;
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < qp + KP + KD; e += gridDim.y * blockDim.x) {
+        if (e >= qp && slot < 0) return;   /* a padding row: only its q rotates */
+        if (e < qp || (cos && e < qp + KP)) {
+            const bool isq = e < qp;
+            const int p = isq ? e : e - qp, i = p % H2, off = (p / H2) * 2 * H2 + i;
+            const T *x1 = isq ? q + r * ldq + off : k + r * ldk + off;
+            const float a = to_f32(x1[0]), b = to_f32(x1[H2]), c = cos[r * H2 + i], sn = sin[r * H2 + i];
+            T *y1 = isq ? q + r * ldq + off : kc + (int64_t)slot * ldkc + off;
+            y1[0] = from_f32<T>(a * c - b * sn);
+            y1[H2] = from_f32<T>(b * c + a * sn);
+        } else if (e < qp + KP) {
+            kc[(int64_t)slot * ldkc + (e - qp)] = k[r * ldk + (e - qp)];
+        } else {
+            vc[(int64_t)slot * ldvc + (e - qp - KP)] = v[r * ldv + (e - qp - KP)];
+        }
+    }
+}
+
+void cuda_kv_store(const cuda_ctx *x, cudaStream_t s, cuda_lp q, int64_t ldq, cuda_lp k, int64_t ldk, cuda_lp v,
+                   int64_t ldv, cuda_lp kc, int64_t ldkc, cuda_lp vc, int64_t ldvc, const int *idx, const float *cos,
+                   const float *sin, int N, int QD, int KD, int HS) {
+    if (N == 0) return;
+    SK_ASSERT(q.bf16 == k.bf16 && k.bf16 == v.bf16 && v.bf16 == kc.bf16 && kc.bf16 == vc.bf16);
+    const int H2 = HS / 2, items = (cos ? QD / 2 + KD / 2 : KD) + KD;
+    const dim3 grid((unsigned)N, (unsigned)((items + 255) / 256));
+    if (q.bf16)
+        kv_store_kernel<<<grid, 256, 0, s>>>((bf16 *)q.p, ldq, (const bf16 *)k.p, ldk, (const bf16 *)v.p, ldv,
+                                             (bf16 *)kc.p, ldkc, (bf16 *)vc.p, ldvc, idx, cos, sin, QD / 2, KD, H2);
+    else
+        kv_store_kernel<<<grid, 256, 0, s>>>((float *)q.p, ldq, (const float *)k.p, ldk, (const float *)v.p, ldv,
+                                             (float *)kc.p, ldkc, (float *)vc.p, ldvc, idx, cos, sin, QD / 2, KD, H2);
+    CUDA_CHECK_LAUNCH();
+}
+
 /* ---- general kernel: a warp per query ---- */
 
 /* Block (sequence i, head h); skip_decode and skip_prefill: the sequences of one query, or of
