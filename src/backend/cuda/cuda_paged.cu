@@ -14,10 +14,11 @@
  *     first is used) and computes every query head of the group on them, so the grouped heads
  *     share each load and every warp works whatever the group size. Each lane group keeps an
  *     online softmax per head; groups merge by shuffles and warps in shared memory at the end.
- *     Long contexts are cut into `splits` key ranges (flash-decoding) when the batch alone
- *     would not fill the device: each split leaves its unnormalised accumulator, maximum and
- *     sum in x->paged_ws, and the last of a head group's splits to finish merges them in split
- *     order (counted in x->paged_done: no combine kernel). bf16 at HS 64 or
+ *     Contexts are cut into up to `splits` key ranges (flash-decoding) when the batch alone
+ *     would not fill the device, each at least a step of keys for every warp (dec_splits: a
+ *     context of 150 keys takes 3 of 32): each split leaves its unnormalised accumulator,
+ *     maximum and sum in x->paged_ws, and the last of a head group's splits to finish merges
+ *     them in split order (counted in x->paged_done: no combine kernel). bf16 at HS 64 or
  *     128 with DEC_TC_MIN_G or more heads a group takes a tensor-core variant instead (warps
  *     over tiles of 16 keys, the group's heads as the 8 columns of mma.sync products, the same
  *     splits and end; paged_decode_tc_kernel says why);
@@ -210,49 +211,70 @@ static __device__ __forceinline__ void softmax_merge(float &m, float &l, float (
     for (int e = 0; e < E; e++) acc[e] = acc[e] * a + acco[e] * b;
 }
 
-/* The keys [k0, k1) of split sp (of `splits`) of a decode at position ctx - 1 with window W:
- * whole steps of `step` keys of the visible ones, the splits in order; k0 >= k1 for a split
- * past the end. */
-static __device__ __forceinline__ void dec_range(int ctx, int W, int step, int splits, int sp, int &k0, int &k1) {
+/* The splits a decode at position ctx - 1 with window W uses of the `splits` it was launched
+ * with: every split at least DEC_WARPS steps of `step` keys (a step for each warp), so a short
+ * context runs on few blocks and merges few partials whatever the launch (a graph recorded
+ * for a batch size replays at every context). */
+static __device__ __forceinline__ int dec_splits(int ctx, int W, int step, int splits) {
     const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0;
-    const int nsteps = (ctx - lo + step - 1) / step, per = (nsteps + splits - 1) / splits;
+    const int want = (ctx - lo + step * DEC_WARPS - 1) / (step * DEC_WARPS);
+    return want < splits ? (want > 1 ? want : 1) : splits;
+}
+
+/* The keys [k0, k1) of split sp (of ns, dec_splits') of a decode at position ctx - 1 with
+ * window W: whole steps of `step` keys of the visible ones, the splits in order; k0 >= k1 for
+ * a split past the end. */
+static __device__ __forceinline__ void dec_range(int ctx, int W, int step, int ns, int sp, int &k0, int &k1) {
+    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0;
+    const int nsteps = (ctx - lo + step - 1) / step, per = (nsteps + ns - 1) / ns;
     k0 = lo + sp * per * step;
     k1 = ctx < k0 + per * step ? ctx : k0 + per * step;
 }
 
-/* Merges the splits of the heads kvh*G .. kvh*G+G-1 of sequence i (row r0) from their
- * partials in ws into their out rows (maxima in log2 units; an empty split's m = -inf, l = 0
- * weighs 0). The loops over the splits are unrolled so their loads overlap (one at a time,
- * 32 splits of a one-stream step took 8 us); the sums keep the splits' order, so the result
- * does not depend on which block merges. Loads through L2 (__ldcg): other blocks wrote them. */
+static_assert(DEC_MAX_SPLITS <= 32, "dec_merge weighs a head's splits on the lanes of one warp");
+
+/* Merges the ns splits of the heads kvh*G .. kvh*G+G-1 of sequence i (row r0) from their
+ * partials in ws (head h's split s at (i * NH + h) * stride + s rows of HS + 2 floats: acc, m,
+ * l; maxima in log2 units) into their out rows: a warp per head weighs its splits on its
+ * lanes (b_s = 2^(m_s - max) / sum of l_s b_s; an empty split, m = -inf, weighs 0), then the
+ * block's threads sum the channels over the splits in split order, so the result does not
+ * depend on which block merges. Loads through L2 (__ldcg): other blocks wrote them. */
 template <class T>
-static __device__ void dec_merge(T *out, int64_t ldo, int i, int r0, int kvh, int G, int NH, int HS, int splits,
-                                 const float *ws) {
+static __device__ void dec_merge(T *out, int64_t ldo, int i, int r0, int kvh, int G, int NH, int HS, int ns,
+                                 int stride, const float *ws) {
+    __shared__ float weight[DEC_MAX_G][DEC_MAX_SPLITS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float *head0 = ws + (int64_t)(i * NH + kvh * G) * stride * (HS + 2);
+    for (int g = warp; g < G; g += DEC_WARPS) {
+        const float *p = head0 + ((int64_t)g * stride + lane) * (HS + 2);
+        const float m = lane < ns ? __ldcg(p + HS) : -INFINITY, l = lane < ns ? __ldcg(p + HS + 1) : 0.0f;
+        float M = m;
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(PAGED_FULL, M, o));
+        const float b = exp2f(m - M);   /* split 0 has keys: M is finite */
+        weight[g][lane] = b / warp_sum(l * b);
+    }
+    __syncthreads();
     for (int e = threadIdx.x; e < G * HS; e += blockDim.x) {
-        const int h = kvh * G + e / HS, d = e % HS;
-        const float *part = ws + (int64_t)(i * NH + h) * splits * (HS + 2);
-        float M = -INFINITY, L = 0.0f, o = 0.0f;
+        const int g = e / HS, d = e % HS;
+        const float *p = head0 + (int64_t)g * stride * (HS + 2) + d;
+        float o = 0.0f;
 #pragma unroll 8
-        for (int s = 0; s < splits; s++) M = fmaxf(M, __ldcg(part + s * (HS + 2) + HS));
-#pragma unroll 8
-        for (int s = 0; s < splits; s++) {
-            const float *p = part + s * (HS + 2), b = exp2f(__ldcg(p + HS) - M);
-            L += __ldcg(p + HS + 1) * b;
-            o += __ldcg(p + d) * b;
-        }
-        out[(int64_t)r0 * ldo + (int64_t)h * HS + d] = from_f32<T>(o / L);
+        for (int s = 0; s < ns; s++) o += __ldcg(p + s * (HS + 2)) * weight[g][s];
+        out[(int64_t)r0 * ldo + (int64_t)(kvh * G + g) * HS + d] = from_f32<T>(o);
     }
 }
 
 /* A decode block's end, after a barrier: the warps' states in red (warp w's G rows of HS + 2
  * floats from red + w * wstride: acc, m, l; m = -inf, l = 0 for a warp that saw no key) merge
  * in warp order into the out rows of the heads kvh*G .. kvh*G+G-1 of sequence i (row r0) or,
- * with splits > 1, into split sp's partials in ws; then the last block of the splits of (i,
- * kvh) to finish (counted in done[i * NKV + kvh], which it sets back to 0 for the next launch)
- * merges them (dec_merge): no kernel of its own, as flash-decoding's combine would be. */
-template <class T>
+ * with ns > 1 splits (SPLIT kernels only), into split sp's partials in ws (row stride
+ * `splits` per head); then the last block of the splits of (i, kvh) to finish (counted in
+ * done[i * NKV + kvh], which it sets back to 0 for the next launch) merges them (dec_merge):
+ * no kernel of its own, as flash-decoding's combine would be. */
+template <bool SPLIT, class T>
 static __device__ void dec_finish(const float *red, int wstride, T *out, int64_t ldo, int i, int r0, int kvh, int G,
-                                  int NH, int NKV, int HS, int splits, int sp, float *ws, unsigned *done) {
+                                  int NH, int NKV, int HS, int ns, int splits, int sp, float *ws, unsigned *done) {
+    const bool whole = !SPLIT || ns == 1;
     for (int e = threadIdx.x; e < G * HS; e += blockDim.x) {
         const int g = e / HS, d = e % HS, h = kvh * G + g;
         float M = -INFINITY, L = 0.0f, o = 0.0f;
@@ -263,7 +285,7 @@ static __device__ void dec_finish(const float *red, int wstride, T *out, int64_t
             L += r[HS + 1] * b;
             o += r[d] * b;
         }
-        if (splits == 1) {
+        if (whole) {
             out[(int64_t)r0 * ldo + (int64_t)h * HS + d] = from_f32<T>(o / L);
         } else {   /* an empty split leaves m = -inf, l = 0: weight 0 in the merge */
             float *part = ws + ((int64_t)(i * NH + h) * splits + sp) * (HS + 2);
@@ -271,19 +293,21 @@ static __device__ void dec_finish(const float *red, int wstride, T *out, int64_t
             if (d == 0) part[HS] = M, part[HS + 1] = L;
         }
     }
-    if (splits == 1) return;
-    __shared__ bool merges;
-    __threadfence();   /* this block's partials visible to the block that merges */
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned *count = done + i * NKV + kvh;
-        merges = atomicAdd(count, 1u) == (unsigned)splits - 1;
-        if (merges) *count = 0;
+    if constexpr (SPLIT) {
+        if (whole) return;
+        __shared__ bool merges;
+        __threadfence();   /* this block's partials visible to the block that merges */
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned *count = done + i * NKV + kvh;
+            merges = atomicAdd(count, 1u) == (unsigned)ns - 1;
+            if (merges) *count = 0;
+        }
+        __syncthreads();
+        if (!merges) return;
+        __threadfence();
+        dec_merge(out, ldo, i, r0, kvh, G, NH, HS, ns, splits, ws);
     }
-    __syncthreads();
-    if (!merges) return;
-    __threadfence();
-    dec_merge(out, ldo, i, r0, kvh, G, NH, HS, splits, ws);
 }
 
 /* Block (sequence i, key/value head kvh, split sp) of DEC_WARPS warps; GM >= G query heads of
@@ -296,7 +320,7 @@ static __device__ void dec_finish(const float *red, int wstride, T *out, int64_t
  * group keeps its own online softmax for every head (scores in log2 units: q is scaled by
  * scale * log2(e)), the groups merge by shuffles at the end and the warps in shared memory
  * (DEC_WARPS * G rows of HS + 2 floats: acc, m, l). */
-template <class T, int GM>
+template <class T, int GM, bool SPLIT>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
 paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, int64_t ldk, const T *vc, int64_t ldv,
                     const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W, float scale,
@@ -311,8 +335,10 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
     while (CL < CH) CL <<= 1;
     const int KP = 32 / CL, c = lane & (CL - 1), kg = lane / CL, step = KP * U;
     const bool has_chunk = c < CH;
+    const int ns = SPLIT ? dec_splits(ctx, W, step, splits) : 1;
+    if (sp >= ns) return;   /* a split this context does not use (the whole block leaves together) */
     int k0, k1;
-    dec_range(ctx, W, step, splits, sp, k0, k1);
+    dec_range(ctx, W, step, ns, sp, k0, k1);
 
     float qv[GM][E], m[GM], l[GM], acc[GM][E];
     const T *qr = q + (int64_t)r0 * ldq + (int64_t)kvh * G * HS + c * E;
@@ -415,7 +441,7 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
             if (c == 0) r[HS] = m[g], r[HS + 1] = l[g];
         }
     __syncthreads();
-    dec_finish(dec_red, G * (HS + 2), out, ldo, i, r0, kvh, G, NH, NKV, HS, splits, sp, ws, done);
+    dec_finish<SPLIT>(dec_red, G * (HS + 2), out, ldo, i, r0, kvh, G, NH, NKV, HS, ns, splits, sp, ws, done);
 }
 
 /* w = the 32-bit words of the NW / 4 16-byte chunks p, p + cs, ... of bf16 values, in order
@@ -465,7 +491,7 @@ static __device__ __forceinline__ int64_t dec_row(int64_t p0, int64_t p1, int BS
  * P is rounded to bf16 for the product (l sums it in f32), as the prefill kernel does. Keys
  * past k1 read key k1 - 1 again and weigh 0; tile row 0 is always visible, so a tile's maxima
  * are finite. At the end each warp's G rows of acc, m, l overwrite its own staging. */
-template <int HD>
+template <int HD, bool SPLIT>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
 paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const bf16 *kc, int64_t ldk, const bf16 *vc,
                        int64_t ldv, const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W,
@@ -476,8 +502,10 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
     const int r0 = seqs[3 * i], nq = seqs[3 * i + 1], ctx = seqs[3 * i + 2];
     if (nq != 1) return;   /* the general kernel's (the whole block leaves together) */
     const int G = NH / NKV, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qd = lane & 3;
+    const int ns = SPLIT ? dec_splits(ctx, W, 16, splits) : 1;
+    if (sp >= ns) return;   /* a split this context does not use (the whole block leaves together) */
     int k0, k1;
-    dec_range(ctx, W, 16, splits, sp, k0, k1);
+    dec_range(ctx, W, 16, ns, sp, k0, k1);
     uint32_t qw[4 * NK] = {};   /* head g's chunks qd, qd + 4, ...: B of the score products */
     if (g < G) dec_words(qw, reinterpret_cast<const uint4 *>(q + (int64_t)r0 * ldq + (int64_t)(kvh * G + g) * HD) + qd,
                          4);
@@ -575,8 +603,8 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
         if (g == 0) r[HD] = m[j], r[HD + 1] = l[j];
     }
     __syncthreads();
-    dec_finish(reinterpret_cast<const float *>(dec_stage), 2 * NC * 32 * 4, out, ldo, i, r0, kvh, G, NH, NKV, HS, splits,
-               sp, ws, done);
+    dec_finish<SPLIT>(reinterpret_cast<const float *>(dec_stage), 2 * NC * 32 * 4, out, ldo, i, r0, kvh, G, NH, NKV, HS,
+                      ns, splits, sp, ws, done);
 }
 
 size_t cuda_paged_done_count(int n_sm) { return (size_t)DEC_BLOCKS_PER_SM * (size_t)n_sm; }
@@ -621,14 +649,17 @@ static void paged_decode(const cuda_ctx *x, cudaStream_t s, bool tc, T *out, int
     const int G = NH / NKV, splits = paged_splits(x, S, NH, NKV, HS);
     size_t smem = sizeof(float) * DEC_WARPS * (size_t)G * (HS + 2);
     const dim3 grid((unsigned)S, (unsigned)NKV, (unsigned)splits);
+    const bool split = splits > 1;   /* the kernels without the partials and their merge otherwise */
     void (*kernel)(T *, int64_t, const T *, int64_t, const T *, int64_t, const T *, int64_t, const int *, const int *,
                    int, int, int, int, int, int, float, int, float *, unsigned *) =
-        G == 1 ? paged_decode_kernel<T, 1> : G == 2 ? paged_decode_kernel<T, 2>
-                                         : G <= 4   ? paged_decode_kernel<T, 4>
-                                                    : paged_decode_kernel<T, 8>;
+        G == 1   ? (split ? paged_decode_kernel<T, 1, true> : paged_decode_kernel<T, 1, false>)
+        : G == 2 ? (split ? paged_decode_kernel<T, 2, true> : paged_decode_kernel<T, 2, false>)
+        : G <= 4 ? (split ? paged_decode_kernel<T, 4, true> : paged_decode_kernel<T, 4, false>)
+                 : (split ? paged_decode_kernel<T, 8, true> : paged_decode_kernel<T, 8, false>);
     if constexpr (std::is_same<T, bf16>::value)
         if (tc) {
-            kernel = HS == 64 ? paged_decode_tc_kernel<64> : paged_decode_tc_kernel<128>;
+            kernel = HS == 64 ? (split ? paged_decode_tc_kernel<64, true> : paged_decode_tc_kernel<64, false>)
+                              : (split ? paged_decode_tc_kernel<128, true> : paged_decode_tc_kernel<128, false>);
             smem = dec_tc_smem_bytes(HS);
             CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         }
