@@ -21,7 +21,9 @@
 #   resume_*        saved whole at one TP size (--stop-after), resumed at another: the losses
 #                   of the remaining steps match the uninterrupted one-process run;
 #   refused_*       heads or key/value heads that do not divide, a world --tp does not divide,
-#                   dynamic data: a message naming the problem, exit 1.
+#                   dynamic data: a message naming the problem, exit 1;
+#   bench_train_*   skein bench train --tp 2 (alone, and 2 x 2 ranks at ZeRO-1): the loss of
+#                   its line as one process's, tp and tp_comm_ms reported; --tp 3 refused.
 # Prints PASS/FAIL lines, or one SKIP line where mpirun is missing or MPI is not built in.
 SK=${SKEIN:-./skein}
 pass() { echo "PASS $1"; }
@@ -174,4 +176,26 @@ refused refused_kv_heads "training needs the model's 2 key/value heads to divide
 refused refused_world "tp 2 must divide the 3 ranks" $MPIRUN -n 3 $SK train --model "$T/gpt2" $F --out "$T/r3" --tp 2
 refused refused_dynamic "data-dist dynamic is not supported" \
     $MPIRUN -n 2 $SK train --model "$T/gpt2" $F --out "$T/r4" --tp 2 --data-dist dynamic
+refused bench_train_refused_heads "the model's 4 attention heads do not divide over 3 ranks" \
+    $SK bench train --model "$T/gqa" --batch 4 --seq 16 --steps 1 --tp 3
+
+# skein bench train --tp K: the line's loss (after 2 + 2 steps) is one process's within 1e-5,
+# "tp" is K and the groups' collectives took time; by hand (it runs K ranks) and as 2 x 2 ranks
+# with ZeRO-1 over the data-parallel peers.
+BT="bench train --model $T/gqa --batch 4 --seq 16 --steps 2"
+timeout 120 $SK $BT >"$T/bt1" 2>"$T/err" || fail bench_train_tp "one process: $(tail -3 "$T/err")"
+bench_tp() {
+    name=$1; k=$2; shift 2
+    if ! timeout 120 "$@" >"$T/btk" 2>"$T/err"; then fail $name "exit status $?: $(tail -5 "$T/err")"; return; fi
+    if msg=$(python3 - "$T/bt1" "$T/btk" $k <<'PYEOF' 2>&1
+import json, sys
+a, b = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]), json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+if b['tp'] != int(sys.argv[3]) or a['tp'] != 1: sys.exit('tp %s and %s' % (a['tp'], b['tp']))
+if not b['tp_comm_ms'] > 0: sys.exit('tp_comm_ms %s' % b['tp_comm_ms'])
+if abs(a['loss'] - b['loss']) > 1e-5 * abs(a['loss']): sys.exit('loss %.9g vs %.9g' % (a['loss'], b['loss']))
+PYEOF
+    ); then pass $name; else fail $name "$msg"; fi
+}
+bench_tp bench_train_tp2 2 $SK $BT --tp 2
+bench_tp bench_train_tp2_dp2_zero1 2 $SK $BT --tp 2 --workers 4 --zero 1
 exit 0

@@ -17,7 +17,10 @@
  * resident memory. Under mpirun (or
  * --workers N) every rank runs its slice of --batch (the global batch, static distribution,
  * one micro-batch per rank) at the ZeRO stage of --zero; rank 0 prints the line, with every
- * rank's memory plan and peak.
+ * rank's memory plan and peak. With --tp K the ranks form tensor-parallel groups of K (as skein
+ * train --tp: each holds its share of the model, the batch and ZeRO over the data-parallel
+ * peers); the line adds tp, tp_comm_ms (rank 0's mean time a step in the groups' collectives)
+ * and, always, the last step's loss (the same at every K: tests/cli_tptrain.sh).
  *
  * skein bench attention: one layer's causal attention, forward then backward (bf16, random
  * inputs; GPT-2 124M's shape by default: batch 32, 12 heads of 64, 1024 tokens, q, k and v
@@ -45,8 +48,10 @@
 #include "comm/comm.h"
 #include "infer/engine.h"
 #include "model/presets.h"
+#include "model/tp_train.h"
 #include "train/opt.h"
 #include "train/step.h"
+#include "train/tpdp.h"
 #include "train/train.h"
 #include "train/zero.h"
 
@@ -79,7 +84,7 @@ enum { BENCH_OFF_N = 4 };
 
 static int bench_train(int argc, char **argv) {
     const char *dir = NULL, *preset = NULL, *device = "cpu", *precision = "f32", *offload_arg = "none";
-    long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0, micro = 0;
+    long B = 4, T = 64, steps = 5, zero_stage = 0, workers = 0, micro = 0, tp = 1;
     bool recompute = false, offloaded = false;
     const char *comm_kind = "auto";
     dtype act_dt;
@@ -99,12 +104,16 @@ static int bench_train(int argc, char **argv) {
          "the optimizer step's split", false, false},
         {"--workers", ARG_INT, &workers, "N", "run N processes (re-executes under mpirun)", false, false},
         {"--comm", ARG_STR, &comm_kind, "auto|mpi|gloo|nccl", "the communicator between ranks (default auto)", false, false},
+        {"--tp", ARG_INT, &tp, "K", "tensor parallel, as skein train's: groups of K consecutive ranks split the model "
+         "(the world is K x data-parallel ranks; without --workers, runs K ranks)", false, false},
     };
     sk_status st = args_parse("skein bench train", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
     /* argv[-1] is "train" (cmd_bench passed argv + 1): the ranks run "bench train <flags>" */
     if (workers < 0) return cli_fail(sk_fail(SK_EARG, "bench train: --workers must be positive, got %ld", workers));
+    if (tp < 1 || tp > 4096) return cli_fail(sk_fail(SK_EARG, "bench train: --tp must be 1 to 4096, got %ld", tp));
     if (workers > 1) return launch_workers("bench", argc + 1, argv - 1, (int)workers);
+    if (tp > 1 && launch_by_hand()) return launch_workers("bench", argc + 1, argv - 1, (int)tp);
     if (!dir == !preset) return cli_fail(sk_fail(SK_EARG, "bench train: give exactly one of --model and --preset"));
     if (B <= 0 || T <= 0 || steps <= 0 || steps > 100000 || B > TRAIN_MAX_BATCH)
         return cli_fail(sk_fail(SK_EARG, "bench train: --batch (at most %d), --seq and --steps (at most 100000) must be "
@@ -115,14 +124,25 @@ static int bench_train(int argc, char **argv) {
     if ((st = cli_offload("bench train", offload_arg, &offloaded))) return cli_fail(st);
     if (micro < 0) return cli_fail(sk_fail(SK_EARG, "bench train: --micro-batch must be positive, got %ld", micro));
     comm *c = NULL;
-    if ((st = comm_init(comm_kind, device, 120.0, &c))) return cli_fail(st);
+    if (tp > 1) comm_want_split();   /* tensor x data parallel groups (tpdp.h); the host kind, as train's */
+    if ((st = comm_init(comm_kind, tp > 1 ? "cpu" : device, 120.0, &c))) return cli_fail(st);
     const int rank = c->rank, world = c->world;
     if (rank != 0) log_set_quiet(true);
+    tpdp g;
+    if ((st = tpdp_init(c, (int)tp, &g))) { comm_free(c); return cli_fail(st); }
+    /* the ZeRO shards, the batch and the plan are the data-parallel peers' (all ranks without --tp) */
+    comm *dp = g.dp;
+    const int dp_world = g.dp_world;
     backend *be = backend_create_on(device, c->local_rank);
-    if (!be) { comm_free(c); return cli_fail(SK_EARG); }
+    if (!be) { tpdp_free(&g); comm_free(c); return cli_fail(SK_EARG); }
     const size_t baseline = zero_proc_bytes(false);
     size_t dev_free0 = 0;   /* a device's free memory before the model */
-    if (!be->host_memory && (st = backend_mem_info(be, &dev_free0, NULL))) { backend_free(be); comm_free(c); return cli_fail(st); }
+    if (!be->host_memory && (st = backend_mem_info(be, &dev_free0, NULL))) {
+        backend_free(be);
+        tpdp_free(&g);
+        comm_free(c);
+        return cli_fail(st);
+    }
     model *m = NULL;
     zero *z = NULL;
     train_step ts = {0};
@@ -134,17 +154,24 @@ static int bench_train(int argc, char **argv) {
         model_config cfg;
         if (!(st = model_preset(preset, 0, &cfg)) && !(st = model_create(&cfg, be, &m))) st = model_init_streamed(m, 1);
     }
-    if (st || (st = model_set_precision(m, act_dt))) goto done;
+    if (st) goto done;
+    if (g.K > 1) {   /* this rank's share of the whole model (tp_train.h) */
+        model *share;
+        if ((st = tp_train_check(&m->cfg, g.K, false, act_dt)) || (st = tp_train_split(m, g.tp, &share))) goto done;
+        model_free(m);
+        m = share;
+    }
+    if ((st = model_set_precision(m, act_dt))) goto done;
     m->recompute = recompute;
     if (T > m->cfg.n_positions) {
         st = sk_fail(SK_EARG, "bench train: --seq %ld exceeds the model's context of %d", T, m->cfg.n_positions);
         goto done;
     }
     /* this rank's slice of the batch is one micro-batch (none: an idle pass at ZeRO-2/3) */
-    const long share = (B + world - 1) / world, plan_mb = micro > 0 && micro < share ? micro : share;
+    const long share = (B + dp_world - 1) / dp_world, plan_mb = micro > 0 && micro < share ? micro : share;
     zero_mem plan;
-    zero_plan(m, world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
-    if (offloaded) zero_plan_offload(m, world, &plan);
+    zero_plan(m, dp_world, (int)zero_stage, false, 4, (int)plan_mb, (int)T, &plan);
+    if (offloaded) zero_plan_offload(m, dp_world, &plan);
     /* all ranks on this host share its memory; overcommit would grant more and kill a rank */
     /* a device rank has its device's memory, shared with the ranks on the same device */
     const size_t avail = dev_free0 ? zero_device_budget(dev_free0) /
@@ -156,7 +183,8 @@ static int bench_train(int argc, char **argv) {
                      (double)(avail / (size_t)world) / 1048576.0, dev_free0 ? " on the device" : "");
         goto done;
     }
-    if ((st = zero_init(m, c, (int)zero_stage, false, offloaded, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T))) goto done;
+    if ((st = zero_init(m, dp, (int)zero_stage, false, offloaded, &z)) || (st = model_train_prepare(m, (int)plan_mb, (int)T)))
+        goto done;
     tokens = mem_alloc(sizeof(int) * (size_t)(B * T + 1));
     times = mem_alloc(sizeof(double) * (2 + TRAIN_PHASE_N + BENCH_OFF_N) * (size_t)steps);
     mem = mem_calloc(sizeof(double) * BENCH_MEM_N * (size_t)world);
@@ -167,7 +195,7 @@ static int bench_train(int argc, char **argv) {
     opt_hparams hp;
     opt_hparams_default(&hp);
     bench_tokens bt = {tokens, T};
-    ts = (train_step){.m = m, .z = z, .c = c, .batch = B, .micro_batch = plan_mb, .seq = T, .fill = bench_fill,
+    ts = (train_step){.m = m, .z = z, .c = dp, .batch = B, .micro_batch = plan_mb, .seq = T, .fill = bench_fill,
                       .fill_ctx = &bt};
     if ((st = train_step_init(&ts))) goto done;
     /* t_phase[k * steps + s]: phase k of step s; t_wait[s]: time blocked on collectives; t_off[k * steps + s]:
@@ -175,15 +203,18 @@ static int bench_train(int argc, char **argv) {
     double *t_step = times, *t_phase = times + steps, *t_wait = times + (1 + TRAIN_PHASE_N) * steps;
     double *t_off = t_wait + steps;
     if (rank == 0)
-        fprintf(stderr, "bench train: %s, %zu parameters, batch %ld x %ld tokens (micro-batch %ld), %d rank%s, ZeRO-%ld%s, "
-                "%d threads\n", dir ? dir : preset, m->n_params, B, T, plan_mb, world, world > 1 ? "s" : "", zero_stage,
+        fprintf(stderr, "bench train: %s, %zu parameters%s, batch %ld x %ld tokens (micro-batch %ld), %d rank%s "
+                "(tensor parallel %d), ZeRO-%ld%s, %d threads\n", dir ? dir : preset, m->n_params,
+                g.K > 1 ? " in this rank's share" : "", B, T, plan_mb, world, world > 1 ? "s" : "", g.K, zero_stage,
                 offloaded ? " + offload" : "", omp_get_max_threads());
+    double loss = 0, tp_comm_ms = 0;
     for (long s = -2; s < steps; s++) {
-        double t0 = time_now(), loss = 0, norm = 0;
+        double t0 = time_now(), norm = 0, tp_comm0 = m->tp.comm_s;
         if ((st = train_step_run(&ts, &hp, hp.lr, 0, &loss, &norm))) goto done;
         backend_synchronize(be);
         if (s < 0) continue;
         t_step[s] = 1e3 * (time_now() - t0);
+        tp_comm_ms += 1e3 * (m->tp.comm_s - tp_comm0) / (double)steps;
         for (int k = 0; k < TRAIN_PHASE_N; k++) t_phase[k * steps + s] = ts.ms[k];
         t_wait[s] = 1e3 * zero_comm_wait_s(z);
         if (rank == 0)
@@ -230,7 +261,8 @@ static int bench_train(int argc, char **argv) {
                "\"steps\": %ld, \"threads\": %d, \"world_size\": %d, \"comm\": \"%s\", \"zero\": %ld, \"precision\": \"%s\", "
                "\"recompute\": %s, \"ms_per_step\": %.6g, "
                "\"tokens_per_s\": %.6g, \"forward_ms\": %.6g, \"backward_ms\": %.6g, \"reduce_ms\": %.6g, "
-               "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, ",
+               "\"optimizer_ms\": %.6g, \"comm_wait_ms\": %.6g, \"overlap\": %s, \"peak_bytes\": %.0f, \"tp\": %d, "
+               "\"tp_comm_ms\": %.6g, \"loss\": %.9g, ",
                dir ? dir : preset, be->name, m->n_params, B, T, steps, omp_get_max_threads(), world, c->name, zero_stage,
                precision,
                recompute ? "true" : "false", ms,
@@ -238,7 +270,7 @@ static int bench_train(int argc, char **argv) {
                median(t_phase + TRAIN_PHASE_BACKWARD * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_REDUCE * steps, (int)steps),
                median(t_phase + TRAIN_PHASE_OPT * steps, (int)steps), median(t_wait, (int)steps),
-               zero_overlaps(z) ? "true" : "false", mem[6]);
+               zero_overlaps(z) ? "true" : "false", mem[6], g.K, tp_comm_ms, loss);
         printf("\"micro_batch\": %ld, \"offload\": %s, ", plan_mb, offloaded ? "true" : "false");
         if (offloaded)
             printf("\"offload_d2h_wait_ms\": %.6g, \"offload_adamw_ms\": %.6g, \"offload_h2d_wait_ms\": %.6g, "
@@ -261,6 +293,7 @@ done:
     train_step_free(&ts);
     zero_free(z);
     model_free(m);
+    tpdp_free(&g);
     backend_free(be);
     int rc = 0;
     if (st != SK_OK) {
