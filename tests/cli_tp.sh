@@ -80,6 +80,22 @@ else fail tp_bench_throughput "exit $rc: $(tail -1 "$T/bt") $(tail -3 "$T/err")"
 $SK bench latency --model "$T/gpt2" --input-len 8 --output-len 8 --iters 1 --tp 3 --kv-cache-dtype bf16 >"$T/bl" 2>"$T/err"; rc=$?
 if [ $rc -eq 0 ] && tail -1 "$T/bl" | grep -q '"tp": 3,.*"kv_dtype": "bf16",.*"decode_comm_fraction": 0\.[0-9].*{"rank": 2, '; then pass tp_bench_latency
 else fail tp_bench_latency "exit $rc: $(tail -1 "$T/bl") $(tail -3 "$T/err")"; fi
+# bench load: each of 2 ranks opens and reads only its share of an 82 MB GPT-2 folder (12 heads
+# of 64, vocabulary 8192): 40-60% of the files each, and no more than 65% resident
+$SK init --arch gpt2 --layers 2 --heads 12 --dim 768 --context 128 --vocab-size 8192 --out "$T/g82" >/dev/null 2>"$T/err"
+timeout 120 $SK bench load --model "$T/g82" --tp 2 >"$T/bload" 2>>"$T/err"; rc=$?
+if [ $rc -eq 0 ] && msg=$(python3 - "$T/bload" <<'PYEOF' 2>&1
+import json, sys
+j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+f = j['file_bytes']
+if j['tp'] != 2 or len(j['ranks']) != 2 or f < 80e6: sys.exit('line: %s' % j)
+for r in j['ranks']:
+    if not (0.4 * f <= r['share_bytes'] <= 0.6 * f and 0 < r['resident_bytes'] <= 0.65 * f and r['split_s'] > 0):
+        sys.exit('rank %d of %d file bytes: %s' % (r['rank'], f, r))
+PYEOF
+); then pass tp_bench_load
+else fail tp_bench_load "exit $rc: ${msg:-$(tail -3 "$T/err")}"; fi
+rm -rf "$T/g82"
 
 # a rank killed in the middle of a request (its third step) ends the job, naming the rank
 SKEIN_TEST_KILL_RANK=1:3 timeout 60 $SK generate --model "$T/llama" --prompt "static int" --max-tokens 12 --tp 2 \

@@ -21,13 +21,21 @@
  *                                 (null with SKEIN_INFER_DTYPE=f32: model_load's copy is the
  *                                 model's own)
  *
- * GB/s are 1e9 bytes per second. The device copy's own upload rate is also logged by devw. */
+ * GB/s are 1e9 bytes per second. The device copy's own upload rate is also logged by devw.
+ *
+ * With --tp K (K ranks: started by hand it runs them under mpirun) each rank opens only its
+ * share of the folder (model_open_split, on --device) and reads it; rank 0 prints one line:
+ * file_bytes, tp, and per rank its share's bytes (its tensors' views; on a device the copy
+ * there), split_s (opened and read, or uploaded) and resident_bytes (the weight pages and
+ * slices this process holds: model_resident_bytes), so a share is seen to be about 1/K. */
 #include <stdio.h>
 #include <string.h>
 
 #include "base/json.h"
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/launch.h"
+#include "comm/comm.h"
 #include "model/devw.h"
 #include "model/model.h"
 
@@ -109,17 +117,94 @@ static sk_status load_device(const char *dir, const char *device, cJSON *j) {
     return st;
 }
 
+/* Bytes of m's weights as its tensors see them (a share's slices), reading one byte of every
+ * page of each on the host (rows apart: every row). */
+static size_t load_share_bytes(const model *m) {
+    volatile unsigned char sink = 0;
+    size_t bytes = 0;
+    for (int i = 0; i < m->n_specs; i++) {
+        const tensor t = model_param_view(m, i);
+        const size_t es = dtype_size(t.dt), rows = t.ndim == 2 ? (size_t)t.shape[0] : 1;
+        const size_t row = (size_t)tensor_numel(t) / (rows ? rows : 1) * es, ld = t.ndim == 2 ? (size_t)t.stride[0] * es : row;
+        bytes += row * rows;
+        if (!m->be->host_memory) continue;
+        for (size_t r = 0; r < rows; r++)
+            for (size_t k = 0; k < row; k += LOAD_PAGE) sink ^= ((const unsigned char *)t.data)[r * ld + k];
+    }
+    (void)sink;
+    return bytes;
+}
+
+/* --tp K under a launcher: this rank's share (load_share_bytes), its time and resident bytes,
+ * gathered to rank 0, which prints the line. */
+static int load_split(const char *dir, const char *device, int K) {
+    comm *c = NULL;
+    sk_status st = launch_tp_join(K, device, 300.0, &c);
+    if (st != SK_OK) return cli_fail(st);
+    backend *be = backend_create_on(device, c->local_rank);
+    model *m = NULL;
+    double v[3] = {0}, *all = mem_calloc(sizeof(double) * 3 * (size_t)K);   /* bytes, seconds, resident */
+    size_t resident = 0;
+    const double t0 = time_now();
+    st = !be || !all ? sk_fail(SK_ENOMEM, "bench load: no backend or memory") : model_open_split(dir, be, c, &m);
+    if (st == SK_OK) {
+        v[0] = (double)load_share_bytes(m);
+        backend_synchronize(be);
+        v[1] = time_now() - t0;
+        if (be->host_memory) st = model_resident_bytes(m, &resident);
+        v[2] = (double)resident;
+        memcpy(all + 3 * c->rank, v, sizeof v);
+    }
+    if (st == SK_OK) st = comm_all_reduce_f64(c, all, 3 * (size_t)K);
+    if (st == SK_OK && c->rank == 0) {
+        size_t files = 0;
+        for (int j = 0; m->weights && j < wts_files(m->weights); j++) files += wts_mapping(m->weights, j).size;
+        cJSON *j = cJSON_CreateObject(), *ranks = cJSON_CreateArray();
+        cJSON_AddStringToObject(j, "bench", "load");
+        cJSON_AddStringToObject(j, "model", dir);
+        cJSON_AddStringToObject(j, "device", be->name);
+        cJSON_AddNumberToObject(j, "file_bytes", (double)files);
+        cJSON_AddNumberToObject(j, "tp", K);
+        for (int r = 0; r < K; r++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "rank", r);
+            cJSON_AddNumberToObject(o, "share_bytes", all[3 * r]);
+            cJSON_AddNumberToObject(o, "split_s", all[3 * r + 1]);
+            cJSON_AddNumberToObject(o, "resident_bytes", all[3 * r + 2]);
+            cJSON_AddItemToArray(ranks, o);
+        }
+        cJSON_AddItemToObject(j, "ranks", ranks);
+        char *line = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+        if (line) printf("%s\n", line);
+        else st = sk_fail(SK_ENOMEM, "bench load: out of memory");
+        cJSON_free(line);
+    }
+    model_free(m);
+    backend_free(be);
+    mem_free(all);
+    if (st != SK_OK) sk_fail_ctx(st, "rank %d of %d", c->rank, c->world);
+    comm_free(c);
+    return cli_fail(st);
+}
+
 int cmd_bench_load(int argc, char **argv) {
     const char *dir = NULL, *device = "cpu";
+    long tp = 1;
     arg_spec specs[] = {
         {"--model", ARG_STR, &dir, "DIR", "model folder (config.json and safetensors)", true, false},
         {"--device", ARG_STR, &device, "cpu|cuda", "also load onto this device's memory (default cpu: the mapping only)",
+         false, false},
+        {"--tp", ARG_INT, &tp, "K", "each of K ranks loads its share (tensor parallel; runs mpirun unless under a launcher)",
          false, false},
     };
     sk_status st = args_parse("skein bench load", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
     if (strcmp(device, "cpu") && strcmp(device, "cuda"))
         return cli_fail(sk_fail(SK_EARG, "bench load: --device %s: expected cpu or cuda", device));
+    if (tp < 1 || tp > 4096) return cli_fail(sk_fail(SK_EARG, "bench load: --tp must be 1 to 4096, got %ld", tp));
+    if (tp > 1 && launch_by_hand()) return launch_workers("bench", argc + 1, argv - 1, (int)tp);   /* argv[-1]: "load" */
+    if (tp > 1) return load_split(dir, device, (int)tp);
     cJSON *j = cJSON_CreateObject();
     if (!j) return cli_fail(sk_fail(SK_ENOMEM, "bench load: out of memory"));
     cJSON_AddStringToObject(j, "bench", "load");
