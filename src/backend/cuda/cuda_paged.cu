@@ -48,6 +48,7 @@ enum {
     DEC_TC_MIN_G = 4,            /* decode: group sizes from this up run on the tensor cores (bf16) */
     DEC_MAX_SPLITS = 32,
     DEC_BLOCKS_PER_SM = 4,       /* decode: blocks per multiprocessor the splits aim for */
+    DEC_SPLIT_MIN_STEPS = 1,     /* decode: a split holds at least this many steps of keys per warp */
     ARGMAX_THREADS = 256,        /* sample_rows' block */
     ARGMAX_ROW_THREADS = 1024,   /* argmax_rows' block (a row's argmax does not depend on it) */
     ARGMAX_LOADS = 8,            /* argmax: loads a thread has in flight */
@@ -212,12 +213,12 @@ static __device__ __forceinline__ void softmax_merge(float &m, float &l, float (
 }
 
 /* The splits a decode at position ctx - 1 with window W uses of the `splits` it was launched
- * with: every split at least DEC_WARPS steps of `step` keys (a step for each warp), so a short
+ * with: every split at least DEC_SPLIT_MIN_STEPS steps of `step` keys for each warp, so a short
  * context runs on few blocks and merges few partials whatever the launch (a graph recorded
  * for a batch size replays at every context). */
 static __device__ __forceinline__ int dec_splits(int ctx, int W, int step, int splits) {
-    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0;
-    const int want = (ctx - lo + step * DEC_WARPS - 1) / (step * DEC_WARPS);
+    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0, keys = step * DEC_WARPS * DEC_SPLIT_MIN_STEPS;
+    const int want = (ctx - lo + keys - 1) / keys;
     return want < splits ? (want > 1 ? want : 1) : splits;
 }
 
