@@ -396,7 +396,9 @@ TEST(linear_add_matches_the_product_then_add) {
  * rmsnorm_forward into bf16 then linear_forward (and swiglu_forward) on the same device, within
  * the bf16 rounding of the normed rows the fused op skips (backend.h): |got - two| <= 2^-7 |two|
  * + 4e-3 of the output's largest value, at Llama-3-8B's q/k/v (6144 x 4096) and gate/up
- * (2 x 14336 x 4096) and two small shapes, M 1, 2, 8, 9. */
+ * (2 x 14336 x 4096) and two small shapes, M 1, 2, 8, 9. Two of the shapes add a bf16 residual
+ * to x first: x must then be rmsnorm_forward's x + resid bit for bit, and where the op declines,
+ * x and out untouched. */
 TEST(linear_rmsnorm_matches_the_norm_then_the_product) {
     NEED_MIXED();
     if (!be->ops->linear_rmsnorm) SKIP("the %s backend has no linear_rmsnorm (llama runs the two ops)", be->name);
@@ -410,21 +412,32 @@ TEST(linear_rmsnorm_matches_the_norm_then_the_product) {
         const int64_t WN = glu ? 2 * (int64_t)N : N;
         arr *X = arr_new((size_t)9 * K, DT_F32, 2), *nw = arr_new(K, DT_F32, 1), *W = arr_new((size_t)WN * K, DT_BF16, 0.05f);
         arr *out = arr_new((size_t)9 * N, DT_BF16, 0), *ln = arr_new((size_t)9 * K, DT_BF16, 0);
-        arr *two = arr_new((size_t)9 * WN, DT_BF16, 0);
+        arr *two = arr_new((size_t)9 * WN, DT_BF16, 0), *X2 = arr_new((size_t)9 * K, DT_F32, 0);
+        arr *res = arr_new((size_t)9 * K, DT_BF16, 1);
+        const tensor rt = s % 2 ? T2(res, 9, K) : tensor_none();
         for (int r = 0; r < 4; r++) {
             const int M = rows[r];
             const bool fits = M <= 8 && (M == 1 || WN * K <= (int64_t)1 << 23);
-            arr_put(out);
-            const bool took = be->ops->linear_rmsnorm(be, NULL, T2(out, M, N), T2(X, M, K), T1(nw), eps,
+            memcpy(X2->x, X->x, sizeof(float) * X->n);
+            arr_put(out), arr_put(X), arr_put(X2);
+            const tensor rm = s % 2 ? tensor_rows(rt, 0, M) : rt;
+            const bool took = be->ops->linear_rmsnorm(be, NULL, T2(out, M, N), T2(X, M, K), rm, T1(nw), eps,
                                                       T2(W, WN, K), glu);
-            float *got = arr_get(out);
+            float *got = arr_get(out), *x1 = arr_get(X);
             CHECK_MSG(took == fits, "N %d K %d glu %d M %d: took %d", N, K, glu, M, took);
             if (!took) {
                 for (size_t i = 0; i < out->n; i++) CHECK_MSG(got[i] == 0.0f, "declined, yet wrote [%zu]", i);
+                CHECK_MSG(memcmp(x1, X->x, sizeof(float) * X->n) == 0, "declined, yet changed x");
                 free(got);
+                free(x1);
                 continue;
             }
-            be->ops->rmsnorm_forward(be, NULL, T2(ln, M, K), tensor_none(), T2(X, M, K), tensor_none(), T1(nw), eps);
+            be->ops->rmsnorm_forward(be, NULL, T2(ln, M, K), tensor_none(), T2(X2, M, K), rm, T1(nw), eps);
+            float *x2 = arr_get(X2);
+            CHECK_MSG(memcmp(x1, x2, sizeof(float) * X->n) == 0, "N %d K %d M %d: x + resid differs from the norm's", N, K,
+                      M);
+            free(x1);
+            free(x2);
             backend_linear_forward(be, NULL, T2(two, M, WN), tensor_none(), T2(ln, M, K), T2(W, WN, K), true,
                                    tensor_none(), BACKEND_ACT_NONE);
             if (glu)

@@ -188,14 +188,16 @@ typedef struct backend_ops {
      * neither inp nor w. Returns false, writing nothing, where it has no kernel for them. */
     bool (*linear_add)(backend *be, backend_stream *s, tensor x, tensor inp, tensor w, tensor bias);
     /* Optional: a product of normed rows in one op where the backend has a kernel for the
-     * shapes: with y = RMSNorm(x) * weight (rmsnorm_forward's, x(N,IC) f32, weight(IC) f32),
+     * shapes: with y = RMSNorm(x) * weight (rmsnorm_forward's, x(N,IC) f32, weight(IC) f32,
+     * after x += resid where resid(N,IC) [lp] is given, as rmsnorm_forward's resid),
      * out(N,OC) [lp] = y @ w(OC,IC)^T, or with glu (w: a gate's OC rows, then an up's) silu(g) * u
      * of [g | u] = y @ w^T as linear_swiglu. y is not rounded to lp (the kernel scales each
      * row's sums by its 1/rms), so the result is rmsnorm_forward then linear_forward (or
      * linear_swiglu) within lp's rounding of y, not bit for bit. out: contiguous rows, any row
-     * stride. Returns false, writing nothing, where it has no kernel for them. */
-    bool (*linear_rmsnorm)(backend *be, backend_stream *s, tensor out, tensor x, tensor weight, float eps,
-                           tensor w, bool glu);
+     * stride; resid contiguous. Returns false, writing nothing (x untouched), where it has no
+     * kernel for them. */
+    bool (*linear_rmsnorm)(backend *be, backend_stream *s, tensor out, tensor x, tensor resid, tensor weight,
+                           float eps, tensor w, bool glu);
 
     /* out(B*T,C) writes wte[tokens] + wpe[t] for tokens(B,T) (i32; t the position in the
      * row), wte(V,C), wpe(P,C) with P >= T, or wpe tensor_none(): no position table. The

@@ -685,10 +685,11 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
 }
 
 /* out = the product of RMSNorm(x) * norm and w (joined weights; glu: gate then up rows, out
- * silu(gate) * up) in one op where the backend fuses the norm into the product
- * (linear_rmsnorm); false, doing nothing, where it does not (or w is tensor_none()). */
-static bool llama_normed(backend *be, tensor out, tensor x, tensor norm, float eps, tensor w, bool glu) {
-    return be->ops->linear_rmsnorm && !tensor_is_none(w) && be->ops->linear_rmsnorm(be, NULL, out, x, norm, eps, w, glu);
+ * silu(gate) * up) after x += resid where given, in one op where the backend fuses the norm into
+ * the product (linear_rmsnorm); false, doing nothing, where it does not (or w is tensor_none()). */
+static bool llama_normed(backend *be, tensor out, tensor x, tensor resid, tensor norm, float eps, tensor w, bool glu) {
+    return be->ops->linear_rmsnorm && !tensor_is_none(w) &&
+           be->ops->linear_rmsnorm(be, NULL, out, x, resid, norm, eps, w, glu);
 }
 
 /* A branch's last product inp @ w^T (+ b) joining the residual stream x: added to x in the
@@ -748,9 +749,10 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
         const tensor qkvw = llama_join(qkv, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
-        if (pending || !llama_normed(be, qkv, x, w.in_norm, c->norm_eps, qkvw, false)) {
+        tensor resid = pending ? br : tensor_none();
+        if (!llama_normed(be, qkv, x, resid, w.in_norm, c->norm_eps, qkvw, false)) {
             /* x += the previous layer's MLP output (where pending), fused into the norm */
-            op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, pending ? br : tensor_none(), w.in_norm, c->norm_eps);
+            op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, resid, w.in_norm, c->norm_eps);
             llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
         }
         /* row r takes the angles of cos/sin row r (its own position), q and k rotated as k
@@ -758,10 +760,10 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
         arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], cos, sin, NH, NKV, W);
         pending = llama_branch(m, x, br, atty, w.ow, tensor_none());
         tensor h = tensor_cols(gu, 0, F);
-        if (pending || !tensor_is_none(w.gb) || !tensor_is_none(w.ub) ||
-            !llama_normed(be, h, x, w.post_norm, c->norm_eps, tensor_join_rows(w.gw, w.uw), true)) {
-            op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, pending ? br : tensor_none(), w.post_norm,
-                                c->norm_eps);
+        resid = pending ? br : tensor_none();
+        if (!tensor_is_none(w.gb) || !tensor_is_none(w.ub) ||
+            !llama_normed(be, h, x, resid, w.post_norm, c->norm_eps, tensor_join_rows(w.gw, w.uw), true)) {
+            op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, resid, w.post_norm, c->norm_eps);
             h = llama_gate_up(be, gu, ln, &w);
         }
         pending = llama_branch(m, x, br, h, w.dw, w.db);

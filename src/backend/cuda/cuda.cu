@@ -242,15 +242,19 @@ static bool cuda_linear_add_op(backend *be, backend_stream *s, tensor x, tensor 
                                               tensor_ld(inp), w.data, tensor_ld(w), vec_opt(bias, N), M, N, K);
 }
 
-/* Few rows (decode) only: cuda_gemv_rmsnorm. */
-static bool cuda_linear_rmsnorm_op(backend *be, backend_stream *s, tensor out, tensor x, tensor weight, float eps,
-                                   tensor w, bool glu) {
+/* Few rows (decode) only: cuda_gemv_rmsnorm, after the add of resid where given. */
+static bool cuda_linear_rmsnorm_op(backend *be, backend_stream *s, tensor out, tensor x, tensor resid, tensor weight,
+                                   float eps, tensor w, bool glu) {
     SK_ASSERT(out.ndim == 2 && x.ndim == 2 && w.ndim == 2 && x.dt == DT_F32 && out.stride[1] == 1);
     const int M = (int)out.shape[0], N = (int)out.shape[1], K = (int)x.shape[1];
     SK_ASSERT(x.shape[0] == M && w.shape[0] == (glu ? 2 : 1) * (int64_t)N && w.shape[1] == K);
-    return w.dt == DT_BF16 && out.dt == DT_BF16 &&
-           cuda_gemv_rmsnorm(stream_of(be, s), lp(out), tensor_ld(out), tensor_f32(x), tensor_ld(x),
-                             vec(weight, K), eps, w.data, tensor_ld(w), glu, M, N, K);
+    const float *nw = vec(weight, K);
+    if (w.dt != DT_BF16 || out.dt != DT_BF16 || !cuda_gemv_rmsnorm_fits(tensor_f32(x), tensor_ld(x), nw, w.data, tensor_ld(w), glu, M, N, K))
+        return false;
+    if (!tensor_is_none(resid)) be->ops->add(be, s, x, x, resid);
+    SK_ASSERT(cuda_gemv_rmsnorm(stream_of(be, s), lp(out), tensor_ld(out), tensor_f32(x), tensor_ld(x), nw, eps, w.data,
+                                tensor_ld(w), glu, M, N, K));
+    return true;
 }
 
 static void cuda_bias_add_op(backend *be, backend_stream *s, tensor out, tensor bias) {

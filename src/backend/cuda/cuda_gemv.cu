@@ -256,9 +256,14 @@ bool cuda_gemv_add(cudaStream_t s, float *C, int64_t ldc, const void *A, int64_t
     return true;
 }
 
+bool cuda_gemv_rmsnorm_fits(const float *X, int64_t ldx, const float *norm, const void *B, int64_t ldb, bool glu, int M,
+                            int N, int K) {
+    return aligned16(norm) && gemv_fits(X, ldx, B, ldb, M, glu ? 2 * N : N, K);
+}
+
 bool cuda_gemv_rmsnorm(cudaStream_t s, cuda_lp C, int64_t ldc, const float *X, int64_t ldx, const float *norm,
                        float eps, const void *B, int64_t ldb, bool glu, int M, int N, int K) {
-    if (!C.bf16 || !aligned16(norm) || !gemv_fits(X, ldx, B, ldb, M, glu ? 2 * N : N, K)) return false;
+    if (!C.bf16 || !cuda_gemv_rmsnorm_fits(X, ldx, norm, B, ldb, glu, M, N, K)) return false;
     gemv_args g = gemv_make(C.p, ldc, X, ldx, B, ldb, NULL, N, K, 1.0f, 0.0f);
     g.norm = norm, g.eps = eps;
     if (glu) gemv_run<bf16, GEMV_GLU, true>(s, g, M);

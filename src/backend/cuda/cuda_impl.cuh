@@ -170,6 +170,9 @@ bool cuda_gemv_add(cudaStream_t s, float *C, int64_t ldc, const void *A, int64_t
  * C is f32. */
 bool cuda_gemv_rmsnorm(cudaStream_t s, cuda_lp C, int64_t ldc, const float *X, int64_t ldx, const float *norm,
                        float eps, const void *B, int64_t ldb, bool glu, int M, int N, int K);
+/* Whether cuda_gemv_rmsnorm takes these operands (into a bf16 C). */
+bool cuda_gemv_rmsnorm_fits(const float *X, int64_t ldx, const float *norm, const void *B, int64_t ldb, bool glu, int M,
+                            int N, int K);
 /* bias(n) f32 rounded to bf16 in x's bias scratch (grown on first use), for a bf16 layer's
  * epilogue. */
 __nv_bfloat16 *cuda_bias_bf16(cuda_ctx *x, cudaStream_t s, const float *bias, int n);
