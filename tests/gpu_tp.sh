@@ -6,7 +6,7 @@
 # process on the same GPU:
 #   gpu_tp_model_bf16       tests/test_tp under mpirun -n 2 on cuda, bf16 inference (the GPU's
 #                           default: the share's slices in the whole device copy's dtypes): the
-#                           cut, the logits of 8 models within 8e-2 (test_engine's bf16
+#                           cut, the logits of 8 models within 8e-2 or 2^-5 of their largest magnitude (test_engine's bf16
 #                           tolerance) with the same greedy tokens away from near-ties (top two
 #                           within 0.1), the engine's followers, each rank's device slices within
 #                           5% of half the whole model's device copy (printed);

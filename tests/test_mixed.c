@@ -356,6 +356,113 @@ TEST(linear_swiglu_matches_the_two_ops) {
     }
 }
 
+/* linear_add: x(M,N) f32 += the product (+ bias) rounded to bf16 must be linear_forward into a
+ * bf16 (M,N) then add on the same device, bit for bit, at Llama-3-8B's o_proj (4096 x 4096) and
+ * two small shapes (one with a bias), M 1, 2, 8, 9; where it declines it writes nothing. */
+TEST(linear_add_matches_the_product_then_add) {
+    NEED_MIXED();
+    if (!be->ops->linear_add) SKIP("the %s backend has no linear_add (llama runs the two ops)", be->name);
+    const int shapes[][2] = {/* N, K */ {4096, 4096}, {100, 64}, {7, 768}}, rows[] = {1, 2, 8, 9};
+    b = be, on_dev = true;
+    for (int s = 0; s < 3; s++) {
+        const int N = shapes[s][0], K = shapes[s][1];
+        arr *A = arr_new((size_t)9 * K, DT_BF16, 1), *W = arr_new((size_t)N * K, DT_BF16, 0.05f);
+        arr *bias = arr_new(N, DT_F32, s == 1 ? 1.0f : 0.0f), *x = arr_new((size_t)9 * N, DT_F32, 1);
+        arr *x2 = arr_new((size_t)9 * N, DT_F32, 0), *br = arr_new((size_t)9 * N, DT_BF16, 0);
+        const tensor bt = s == 1 ? T1(bias) : tensor_none();
+        for (int r = 0; r < 4; r++) {
+            const int M = rows[r];
+            const bool fits = M <= 8 && (M == 1 || (int64_t)N * K <= (int64_t)1 << 23);
+            memcpy(x2->x, x->x, sizeof(float) * x->n);
+            arr_put(x), arr_put(x2);
+            const bool took = be->ops->linear_add(be, NULL, T2(x, M, N), T2(A, M, K), T2(W, N, K), bt);
+            float *got = arr_get(x);
+            CHECK_MSG(took == fits, "N %d K %d M %d: took %d", N, K, M, took);
+            if (took) {
+                backend_linear_forward(be, NULL, T2(br, M, N), tensor_none(), T2(A, M, K), T2(W, N, K), true, bt,
+                                       BACKEND_ACT_NONE);
+                be->ops->add(be, NULL, T2(x2, M, N), T2(x2, M, N), T2(br, M, N));
+            }
+            float *two = arr_get(x2);
+            CHECK_MSG(memcmp(got, two, sizeof(float) * x->n) == 0, "N %d K %d M %d (took %d): x differs from %s", N,
+                      K, M, took, took ? "the two ops" : "before");
+            free(two);
+            free(got);
+        }
+    }
+}
+
+/* linear_rmsnorm: the product of RMSNorm(x) * weight, plain and with the GLU, against
+ * rmsnorm_forward into bf16 then linear_forward (and swiglu_forward) on the same device, within
+ * the bf16 rounding of the normed rows the fused op skips (backend.h): |got - two| <= 2^-7 |two|
+ * + 4e-3 of the output's largest value, at Llama-3-8B's q/k/v (6144 x 4096) and gate/up
+ * (2 x 14336 x 4096) and two small shapes, M 1, 2, 8, 9. Two of the shapes add a bf16 residual
+ * to x first: x must then be rmsnorm_forward's x + resid bit for bit, and where the op declines,
+ * x and out untouched. */
+TEST(linear_rmsnorm_matches_the_norm_then_the_product) {
+    NEED_MIXED();
+    if (!be->ops->linear_rmsnorm) SKIP("the %s backend has no linear_rmsnorm (llama runs the two ops)", be->name);
+    const int shapes[][3] = {/* N, K, glu */ {6144, 4096, 0}, {14336, 4096, 1}, {100, 64, 1}, {7, 768, 0}};
+    const int rows[] = {1, 2, 8, 9};
+    const float eps = 1e-5f;
+    b = be, on_dev = true;
+    for (int s = 0; s < 4; s++) {
+        const int N = shapes[s][0], K = shapes[s][1];
+        const bool glu = shapes[s][2];
+        const int64_t WN = glu ? 2 * (int64_t)N : N;
+        arr *X = arr_new((size_t)9 * K, DT_F32, 2), *nw = arr_new(K, DT_F32, 1), *W = arr_new((size_t)WN * K, DT_BF16, 0.05f);
+        arr *out = arr_new((size_t)9 * N, DT_BF16, 0), *ln = arr_new((size_t)9 * K, DT_BF16, 0);
+        arr *two = arr_new((size_t)9 * WN, DT_BF16, 0), *X2 = arr_new((size_t)9 * K, DT_F32, 0);
+        arr *res = arr_new((size_t)9 * K, DT_BF16, 1);
+        const tensor rt = s % 2 ? T2(res, 9, K) : tensor_none();
+        for (int r = 0; r < 4; r++) {
+            const int M = rows[r];
+            const bool fits = M <= 8 && (M == 1 || WN * K <= (int64_t)1 << 23);
+            memcpy(X2->x, X->x, sizeof(float) * X->n);
+            arr_put(out), arr_put(X), arr_put(X2);
+            const tensor rm = s % 2 ? tensor_rows(rt, 0, M) : rt;
+            const bool took = be->ops->linear_rmsnorm(be, NULL, T2(out, M, N), T2(X, M, K), rm, T1(nw), eps,
+                                                      T2(W, WN, K), glu);
+            float *got = arr_get(out), *x1 = arr_get(X);
+            CHECK_MSG(took == fits, "N %d K %d glu %d M %d: took %d", N, K, glu, M, took);
+            if (!took) {
+                for (size_t i = 0; i < out->n; i++) CHECK_MSG(got[i] == 0.0f, "declined, yet wrote [%zu]", i);
+                CHECK_MSG(memcmp(x1, X->x, sizeof(float) * X->n) == 0, "declined, yet changed x");
+                free(got);
+                free(x1);
+                continue;
+            }
+            be->ops->rmsnorm_forward(be, NULL, T2(ln, M, K), tensor_none(), T2(X2, M, K), rm, T1(nw), eps);
+            float *x2 = arr_get(X2);
+            CHECK_MSG(memcmp(x1, x2, sizeof(float) * X->n) == 0, "N %d K %d M %d: x + resid differs from the norm's", N, K,
+                      M);
+            free(x1);
+            free(x2);
+            backend_linear_forward(be, NULL, T2(two, M, WN), tensor_none(), T2(ln, M, K), T2(W, WN, K), true,
+                                   tensor_none(), BACKEND_ACT_NONE);
+            if (glu)
+                be->ops->swiglu_forward(be, NULL, cols2(two, M, WN, 0, N), cols2(two, M, WN, 0, N),
+                                        cols2(two, M, WN, N, N));
+            float *want = arr_get(two);
+            double scale = 0, worst = 0;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) scale = fmax(scale, fabs(want[(size_t)m * WN + n]));
+            int bad = 0;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    const double g = got[(size_t)m * N + n], e = want[(size_t)m * WN + n], d = fabs(g - e);
+                    worst = fmax(worst, d / scale);
+                    bad += d > 0x1p-7 * fabs(e) + 4e-3 * scale;
+                }
+            printf("    N %d K %d glu %d M %d: largest error %.2e of the scale %.3g\n", N, K, glu, M, worst, scale);
+            CHECK_MSG(bad == 0 && scale > 0, "N %d K %d glu %d M %d: %d outputs off the norm then the product", N, K,
+                      glu, M, bad);
+            free(want);
+            free(got);
+        }
+    }
+}
+
 /* bias_add into a bf16 column block (row stride OC + 4); bias_backward from a bf16 dout into
  * an f32 dbias that accumulates, over a few rows and over many (a GPU's long column sums run
  * in two stages). */

@@ -181,6 +181,23 @@ typedef struct backend_ops {
      * row stride. Returns false, writing nothing, where it has no kernel for them (the caller
      * then runs those two ops). */
     bool (*linear_swiglu)(backend *be, backend_stream *s, tensor out, tensor inp, tensor w);
+    /* Optional: a branch's product joining the residual stream in one op where the backend has
+     * a kernel for the shapes: x(N,OC) [f32] += inp(N,IC) [lp] @ w(OC,IC)^T (+ bias(OC), f32, or
+     * tensor_none()), the product rounded to inp's dtype first: linear_forward into an (N,OC)
+     * of that dtype then add(x, x, it), bit for bit. x: contiguous rows, any row stride, overlaps
+     * neither inp nor w. Returns false, writing nothing, where it has no kernel for them. */
+    bool (*linear_add)(backend *be, backend_stream *s, tensor x, tensor inp, tensor w, tensor bias);
+    /* Optional: a product of normed rows in one op where the backend has a kernel for the
+     * shapes: with y = RMSNorm(x) * weight (rmsnorm_forward's, x(N,IC) f32, weight(IC) f32,
+     * after x += resid where resid(N,IC) [lp] is given, as rmsnorm_forward's resid),
+     * out(N,OC) [lp] = y @ w(OC,IC)^T, or with glu (w: a gate's OC rows, then an up's) silu(g) * u
+     * of [g | u] = y @ w^T as linear_swiglu. y is not rounded to lp (the kernel scales each
+     * row's sums by its 1/rms), so the result is rmsnorm_forward then linear_forward (or
+     * linear_swiglu) within lp's rounding of y, not bit for bit. out: contiguous rows, any row
+     * stride; resid contiguous. Returns false, writing nothing (x untouched), where it has no
+     * kernel for them. */
+    bool (*linear_rmsnorm)(backend *be, backend_stream *s, tensor out, tensor x, tensor resid, tensor weight,
+                           float eps, tensor w, bool glu);
 
     /* out(B*T,C) writes wte[tokens] + wpe[t] for tokens(B,T) (i32; t the position in the
      * row), wte(V,C), wpe(P,C) with P >= T, or wpe tensor_none(): no position table. The

@@ -439,8 +439,9 @@ static void llama_linear(backend *be, tensor out, tensor inp, tensor w, tensor b
  * in memory (tensor_join_rows: a layer's q/k/v and gate/up in the plan order of a model's
  * parameters and of the device copy, devw.h) and have no biases, one product computes every
  * block, as vLLM's QKVParallelLinear and MergedColumnParallelLinear do; else one product per
- * block. */
-static void llama_project(backend *be, tensor out, tensor inp, int n, const tensor *w, const tensor *b, tensor *cols) {
+ * block. llama_join sets cols and returns the joined weights, or tensor_none() where there are
+ * none (biases, or weights apart). */
+static tensor llama_join(tensor out, int n, const tensor *w, const tensor *b, tensor *cols) {
     tensor joined = w[0];
     bool biased = false;
     int64_t c0 = 0;
@@ -451,7 +452,12 @@ static void llama_project(backend *be, tensor out, tensor inp, int n, const tens
         c0 += w[i].shape[0];
     }
     SK_ASSERT(c0 == out.shape[1]);
-    if (!biased && !tensor_is_none(joined)) {
+    return biased ? tensor_none() : joined;
+}
+
+static void llama_project(backend *be, tensor out, tensor inp, int n, const tensor *w, const tensor *b, tensor *cols) {
+    const tensor joined = llama_join(out, n, w, b, cols);
+    if (!tensor_is_none(joined)) {
         llama_linear(be, out, inp, joined, tensor_none());
         return;
     }
@@ -678,6 +684,26 @@ static sk_status llama_infer_prepare(model *m, int max_tokens, int max_seqs, int
     return SK_OK;
 }
 
+/* out = the product of RMSNorm(x) * norm and w (joined weights; glu: gate then up rows, out
+ * silu(gate) * up) after x += resid where given, in one op where the backend fuses the norm into
+ * the product (linear_rmsnorm); false, doing nothing, where it does not (or w is tensor_none()). */
+static bool llama_normed(backend *be, tensor out, tensor x, tensor resid, tensor norm, float eps, tensor w, bool glu) {
+    return be->ops->linear_rmsnorm && !tensor_is_none(w) &&
+           be->ops->linear_rmsnorm(be, NULL, out, x, resid, norm, eps, w, glu);
+}
+
+/* A branch's last product inp @ w^T (+ b) joining the residual stream x: added to x in the
+ * same op where the backend fuses it (linear_add) and this rank's product is the whole sum
+ * (not split); else into br and summed over the ranks, then returns true: br is pending, for
+ * the next norm to add (rmsnorm_forward's resid). */
+static bool llama_branch(model *m, tensor x, tensor br, tensor inp, tensor w, tensor b) {
+    backend *be = m->be;
+    if (m->tp.size == 1 && be->ops->linear_add && be->ops->linear_add(be, NULL, x, inp, w, b)) return false;
+    llama_linear(be, br, inp, w, b);
+    tp_sum(m, br);
+    return true;
+}
+
 static void llama_infer_upload(model *m, const model_batch *b) {
     llama_state *s = m->state;
     SK_ASSERT(s && s->inf_mem);
@@ -689,7 +715,9 @@ static void llama_infer_upload(model *m, const model_batch *b) {
  * product and gate/up in another where their weights allow it: llama_project), the rotated keys
  * and the values go to their slots of kv, and paged attention reads each sequence's blocks
  * (within the sliding window when the config has one); only the rows asked for go through
- * the final norm and the LM head. Activations marked lp are model_infer_dtype's (the
+ * the final norm and the LM head. Where the backend fuses them (few rows on CUDA), a norm runs
+ * inside the product that reads it (llama_normed) and a branch's output is added to x by its
+ * product (llama_branch): a layer then has no norm kernels. Activations marked lp are model_infer_dtype's (the
  * residual stream x stays f32). Returns logits (R,V), f32, a view of backend memory valid
  * until the next call. Split over ranks (model_tp), the heads and MLP columns are this rank's and
  * the o_proj and down_proj outputs and the embedding are summed over the ranks (tp_sum). */
@@ -717,21 +745,30 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     tp_sum(m, x);
     op->embed_forward(be, NULL, cos, pos, arch_mat(f->rope_cos, P, HS / 2), tensor_none());
     op->embed_forward(be, NULL, sin, pos, arch_mat(f->rope_sin, P, HS / 2), tensor_none());
+    bool pending = false;   /* br holds a branch's output not yet added to x */
     for (int l = 0; l < L; l++) {
         llama_w w = llama_layer(m, false, l);
-        /* x += the previous layer's MLP output (none before layer 0), fused into the norm */
-        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, l ? br : tensor_none(), w.in_norm, c->norm_eps);
-        llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
+        const tensor qkvw = llama_join(qkv, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
+        tensor resid = pending ? br : tensor_none();
+        if (!llama_normed(be, qkv, x, resid, w.in_norm, c->norm_eps, qkvw, false)) {
+            /* x += the previous layer's MLP output (where pending), fused into the norm */
+            op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, resid, w.in_norm, c->norm_eps);
+            llama_project(be, qkv, ln, 3, (tensor[]){w.qw, w.kw, w.vw}, (tensor[]){w.qb, w.kb, w.vb}, qkvc);
+        }
         /* row r takes the angles of cos/sin row r (its own position), q and k rotated as k
          * and v go to the cache */
         arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], cos, sin, NH, NKV, W);
-        llama_linear(be, br, atty, w.ow, tensor_none());
-        tp_sum(m, br);
-        op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, br, w.post_norm, c->norm_eps);
-        llama_linear(be, br, llama_gate_up(be, gu, ln, &w), w.dw, w.db);
-        tp_sum(m, br);
+        pending = llama_branch(m, x, br, atty, w.ow, tensor_none());
+        tensor h = tensor_cols(gu, 0, F);
+        resid = pending ? br : tensor_none();
+        if (!tensor_is_none(w.gb) || !tensor_is_none(w.ub) ||
+            !llama_normed(be, h, x, resid, w.post_norm, c->norm_eps, tensor_join_rows(w.gw, w.uw), true)) {
+            op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, resid, w.post_norm, c->norm_eps);
+            h = llama_gate_up(be, gu, ln, &w);
+        }
+        pending = llama_branch(m, x, br, h, w.dw, w.db);
     }
-    op->add(be, NULL, x, x, br);   /* the last MLP output, unfused: the final norm runs on R gathered rows */
+    if (pending) op->add(be, NULL, x, x, br);   /* the last MLP output: the final norm runs on R gathered rows */
     tensor last = arch_mat(f->last, R, C), lastn = arch_mat_at(f->lastn, lp, 0, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
     op->rmsnorm_forward(be, NULL, lastn, tensor_none(), last, tensor_none(), llama_tensor(m, false, llama_norm(m)),

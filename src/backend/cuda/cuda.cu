@@ -233,6 +233,30 @@ static bool cuda_linear_swiglu_op(backend *be, backend_stream *s, tensor out, te
                                                  tensor_ld(inp), w.data, tensor_ld(w), M, F, K);
 }
 
+/* Few rows (decode) only: cuda_gemv_add. */
+static bool cuda_linear_add_op(backend *be, backend_stream *s, tensor x, tensor inp, tensor w, tensor bias) {
+    SK_ASSERT(x.ndim == 2 && inp.ndim == 2 && w.ndim == 2 && inp.dt == w.dt && x.dt == DT_F32 && x.stride[1] == 1);
+    const int M = (int)x.shape[0], N = (int)x.shape[1], K = (int)inp.shape[1];
+    SK_ASSERT(inp.shape[0] == M && w.shape[0] == N && w.shape[1] == K);
+    return inp.dt == DT_BF16 && cuda_gemv_add(stream_of(be, s), tensor_f32(x), tensor_ld(x), inp.data,
+                                              tensor_ld(inp), w.data, tensor_ld(w), vec_opt(bias, N), M, N, K);
+}
+
+/* Few rows (decode) only: cuda_gemv_rmsnorm, after the add of resid where given. */
+static bool cuda_linear_rmsnorm_op(backend *be, backend_stream *s, tensor out, tensor x, tensor resid, tensor weight,
+                                   float eps, tensor w, bool glu) {
+    SK_ASSERT(out.ndim == 2 && x.ndim == 2 && w.ndim == 2 && x.dt == DT_F32 && out.stride[1] == 1);
+    const int M = (int)out.shape[0], N = (int)out.shape[1], K = (int)x.shape[1];
+    SK_ASSERT(x.shape[0] == M && w.shape[0] == (glu ? 2 : 1) * (int64_t)N && w.shape[1] == K);
+    const float *nw = vec(weight, K);
+    if (w.dt != DT_BF16 || out.dt != DT_BF16 || !cuda_gemv_rmsnorm_fits(tensor_f32(x), tensor_ld(x), nw, w.data, tensor_ld(w), glu, M, N, K))
+        return false;
+    if (!tensor_is_none(resid)) be->ops->add(be, s, x, x, resid);
+    SK_ASSERT(cuda_gemv_rmsnorm(stream_of(be, s), lp(out), tensor_ld(out), tensor_f32(x), tensor_ld(x), nw, eps, w.data,
+                                tensor_ld(w), glu, M, N, K));
+    return true;
+}
+
 static void cuda_bias_add_op(backend *be, backend_stream *s, tensor out, tensor bias) {
     SK_ASSERT(out.ndim == 2);
     const int N = (int)out.shape[0], OC = (int)out.shape[1];
@@ -637,6 +661,8 @@ static const backend_ops cuda_ops = {
     .bias_backward = cuda_bias_backward_op,
     .linear_forward = cuda_linear_forward_op,
     .linear_swiglu = cuda_linear_swiglu_op,
+    .linear_add = cuda_linear_add_op,
+    .linear_rmsnorm = cuda_linear_rmsnorm_op,
     .embed_forward = cuda_embed_forward_op,
     .embed_backward = cuda_embed_backward_op,
     .layernorm_forward = cuda_layernorm_forward_op,

@@ -13,6 +13,16 @@
  * The count to hold it to: Llama-3-8B's gate product (14336x4096, 117 MB of B) at 4.2 TB/s
  * is 28 us, a one-stream decode step's products (15.0 GB with the LM head) 3.6 ms.
  *
+ * The same kernel takes the ops around a decode step's products, so that a layer runs
+ * without separate norm and activation kernels (each a launch and a few us of latency at one
+ * row): GLU (silu(gate) * up of B's two halves: backend.h linear_swiglu), ADD (C, the f32
+ * residual stream, += the product rounded to bf16: linear_add) and NORM (A is the f32 stream
+ * x and the product's input is RMSNorm(x) * weight: linear_rmsnorm; each block sums the
+ * squares of the x it reads anyway and scales its sums by the row's 1/rms at the end, so no
+ * pass of its own over x). Launching products as programmatic dependent launches (their first
+ * loads of B issued before griddepcontrol.wait, so one product's tail overlaps the next's start)
+ * measured 0.6% slower on a one-stream 8B step (245.1 against 243.7 tokens/s, 2026-12-02): not done.
+ *
  * Each thread sums its units in order in f32, the warp adds its lanes by a fixed butterfly
  * and the block adds its warps in index order: no atomics, no workspace, the same bits run
  * to run, and a row's bits do not depend on M among the products that come here (at M > 1
@@ -35,23 +45,62 @@ typedef __nv_bfloat16 bf16;
 #define GEMV_UNROLL 2      /* 16-byte units of each column a thread loads before using them */
 #define GEMV_FULL 0xffffffffu
 
-/* acc[m][c] += A row m's unit k (8 bf16 at element 8k) . w[c]: the 16-byte units of B's
- * columns at the same k. */
-template <int M>
-__device__ __forceinline__ void gemv_unit(float (&acc)[M][GEMV_COLS], const int4 (&w)[GEMV_COLS], const bf16 *A,
-                                          int64_t lda, int k) {
+/* What a block does with its sums: store alpha s (+ beta C) (+ bias), the GLU of a gate and
+ * an up column, or add s (+ bias) rounded to bf16 into the f32 C. */
+enum gemv_epilogue { GEMV_STORE, GEMV_GLU, GEMV_ADD };
+
+/* A launch's operands; A is bf16, or, with NORM, the f32 stream x with norm the weight (K). */
+struct gemv_args {
+    void *C;
+    int64_t ldc;
+    const void *A;
+    int64_t lda;
+    const bf16 *B;
+    int64_t ldb;
+    const float *bias, *norm;
+    int N, K8;
+    float alpha, beta, eps;
+};
+
+/* a = row m's unit k (elements 8k..8k+7) of the product's input: A's bf16, or with NORM
+ * x * norm, x's squares added to ss. */
+template <bool NORM>
+__device__ __forceinline__ void gemv_input(float (&a)[8], float &ss, const gemv_args &g, int m, int k) {
+    if constexpr (NORM) {
+        const float4 *x = reinterpret_cast<const float4 *>((const float *)g.A + m * g.lda) + 2 * k;
+        const float4 *w = reinterpret_cast<const float4 *>(g.norm) + 2 * k;
+        const float4 x0 = __ldg(x), x1 = __ldg(x + 1), w0 = __ldg(w), w1 = __ldg(w + 1);
+        const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+        for (int j = 0; j < 8; j++) ss = fmaf(xv[j], xv[j], ss), a[j] = xv[j] * wv[j];
+    } else {
+        const int4 xv = __ldg(reinterpret_cast<const int4 *>((const bf16 *)g.A + m * g.lda) + k);
+        const __nv_bfloat162 *x2 = reinterpret_cast<const __nv_bfloat162 *>(&xv);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float2 f = __bfloat1622float2(x2[j]);
+            a[2 * j] = f.x, a[2 * j + 1] = f.y;
+        }
+    }
+}
+
+/* acc[m][c] += the input's unit k of row m . w[c] (the 16-byte units of B's columns at k). */
+template <int M, bool NORM>
+__device__ __forceinline__ void gemv_unit(float (&acc)[M][GEMV_COLS], float (&ss)[M], const int4 (&w)[GEMV_COLS],
+                                          const gemv_args &g, int k) {
 #pragma unroll
     for (int m = 0; m < M; m++) {
-        const int4 xv = __ldg(reinterpret_cast<const int4 *>(A + m * lda) + k);
-        const __nv_bfloat162 *x2 = reinterpret_cast<const __nv_bfloat162 *>(&xv);
+        float a[8];
+        gemv_input<NORM>(a, ss[m], g, m, k);
 #pragma unroll
         for (int c = 0; c < GEMV_COLS; c++) {
             const __nv_bfloat162 *w2 = reinterpret_cast<const __nv_bfloat162 *>(&w[c]);
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const float2 a = __bfloat1622float2(x2[j]), b = __bfloat1622float2(w2[j]);
-                acc[m][c] = fmaf(a.x, b.x, acc[m][c]);
-                acc[m][c] = fmaf(a.y, b.y, acc[m][c]);
+                const float2 b = __bfloat1622float2(w2[j]);
+                acc[m][c] = fmaf(a[2 * j], b.x, acc[m][c]);
+                acc[m][c] = fmaf(a[2 * j + 1], b.y, acc[m][c]);
             }
         }
     }
@@ -63,24 +112,28 @@ __device__ __forceinline__ void gemv_unit(float (&acc)[M][GEMV_COLS], const int4
  * beta. GLU: B is a gate's N rows then an up's N rows, and the block owns GEMV_COLS / 2
  * columns n of C = silu(g) * u of the products' columns g = n and u = N + n, each rounded to
  * TC first as the product alone would leave them (alpha 1, beta 0, no bias), the activation
- * then swiglu_forward's (cuda_ops.cu op_swiglu): the same bits as the two ops. */
-template <int M, class TC, bool GLU>
-__global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(TC *C, int64_t ldc, const bf16 *A, int64_t lda,
-                                                            const bf16 *B, int64_t ldb, const float *bias, int N,
-                                                            int K8, float alpha, float beta) {
-    constexpr int OUT = GLU ? GEMV_COLS / 2 : GEMV_COLS;   /* columns of C a block writes */
-    __shared__ float part[GEMV_WARPS][M * GEMV_COLS];
+ * then swiglu_forward's (cuda_ops.cu op_swiglu): the same bits as the two ops. ADD: C f32,
+ * C += bf16(alpha s + bias), an lp product then add's f32 sum (the same bits). NORM: every
+ * sum times 1 / sqrt(mean(x^2) + eps) of its row (norm_forward_kernel's rstd). */
+template <int M, class TC, gemv_epilogue EP, bool NORM>
+__global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const gemv_args g) {
+    constexpr int OUT = EP == GEMV_GLU ? GEMV_COLS / 2 : GEMV_COLS;   /* columns of C a block writes */
+    constexpr int SUMS = M * GEMV_COLS + (NORM ? M : 0);               /* a warp's sums: products, squares */
+    __shared__ float part[GEMV_WARPS][SUMS];
+    const int N = g.N, K8 = g.K8;
     const int n0 = blockIdx.x * OUT, t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int4 *col[GEMV_COLS];
 #pragma unroll
     for (int c = 0; c < GEMV_COLS; c++)
-        col[c] = reinterpret_cast<const int4 *>(B + ((GLU && c >= OUT ? N : 0) + (int64_t)min(n0 + c % OUT, N - 1)) *
-                                                        ldb);
-    float acc[M][GEMV_COLS];
+        col[c] = reinterpret_cast<const int4 *>(
+            g.B + ((EP == GEMV_GLU && c >= OUT ? N : 0) + (int64_t)min(n0 + c % OUT, N - 1)) * g.ldb);
+    float acc[M][GEMV_COLS], ss[M];
 #pragma unroll
-    for (int m = 0; m < M; m++)
+    for (int m = 0; m < M; m++) {
+        ss[m] = 0.0f;
 #pragma unroll
         for (int c = 0; c < GEMV_COLS; c++) acc[m][c] = 0.0f;
+    }
 
     int k = t;
     for (; k + (GEMV_UNROLL - 1) * GEMV_THREADS < K8; k += GEMV_UNROLL * GEMV_THREADS) {
@@ -90,17 +143,17 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(TC *C, int64_t ldc, 
 #pragma unroll
             for (int c = 0; c < GEMV_COLS; c++) w[u][c] = __ldcs(col[c] + k + u * GEMV_THREADS);
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) gemv_unit<M>(acc, w[u], A, lda, k + u * GEMV_THREADS);
+        for (int u = 0; u < GEMV_UNROLL; u++) gemv_unit<M, NORM>(acc, ss, w[u], g, k + u * GEMV_THREADS);
     }
     for (; k < K8; k += GEMV_THREADS) {   /* the units left over, one at a time */
-        int4 w[GEMV_COLS];
+        int4 w1[GEMV_COLS];
 #pragma unroll
-        for (int c = 0; c < GEMV_COLS; c++) w[c] = __ldcs(col[c] + k);
-        gemv_unit<M>(acc, w, A, lda, k);
+        for (int c = 0; c < GEMV_COLS; c++) w1[c] = __ldcs(col[c] + k);
+        gemv_unit<M, NORM>(acc, ss, w1, g, k);
     }
 
 #pragma unroll
-    for (int m = 0; m < M; m++)
+    for (int m = 0; m < M; m++) {
 #pragma unroll
         for (int c = 0; c < GEMV_COLS; c++) {
             float v = acc[m][c];
@@ -108,72 +161,112 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(TC *C, int64_t ldc, 
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(GEMV_FULL, v, o);
             if (lane == 0) part[warp][m * GEMV_COLS + c] = v;
         }
+        if constexpr (NORM) {
+            float v = ss[m];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(GEMV_FULL, v, o);
+            if (lane == 0) part[warp][M * GEMV_COLS + m] = v;
+        }
+    }
     __syncthreads();
     if (t >= M * OUT) return;
     const int m = t / OUT, j = t % OUT, n = n0 + j;
     if (n >= N) return;
-    TC *out = C + m * ldc + n;
-    if constexpr (GLU) {
-        float g = 0.0f, u = 0.0f;
+    float r = 1.0f;   /* the row's 1 / rms under NORM */
+    if constexpr (NORM) {
+        float s = 0.0f;
 #pragma unroll
-        for (int w = 0; w < GEMV_WARPS; w++) g += part[w][m * GEMV_COLS + j], u += part[w][m * GEMV_COLS + OUT + j];
-        g = to_f32(from_f32<TC>(g)), u = to_f32(from_f32<TC>(u));
-        *out = from_f32<TC>(g / (1.0f + expf(-g)) * u);
+        for (int w = 0; w < GEMV_WARPS; w++) s += part[w][M * GEMV_COLS + m];
+        r = 1.0f / sqrtf(s / (8 * K8) + g.eps);
+    }
+    TC *out = (TC *)g.C + m * g.ldc + n;
+    if constexpr (EP == GEMV_GLU) {
+        float gs = 0.0f, us = 0.0f;
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; w++) gs += part[w][m * GEMV_COLS + j], us += part[w][m * GEMV_COLS + OUT + j];
+        gs = to_f32(from_f32<TC>(r * gs)), us = to_f32(from_f32<TC>(r * us));
+        *out = from_f32<TC>(gs / (1.0f + expf(-gs)) * us);
     } else {
         float s = 0.0f;
 #pragma unroll
         for (int w = 0; w < GEMV_WARPS; w++) s += part[w][t];
-        float v = alpha * s;
-        if (beta != 0.0f) v += beta * to_f32(*out);
-        if (bias) v += bias[n];
-        *out = from_f32<TC>(v);
+        float v = g.alpha * (r * s);
+        if (g.beta != 0.0f) v += g.beta * to_f32(*out);
+        if (g.bias) v += g.bias[n];
+        if constexpr (EP == GEMV_ADD) *out += to_f32(from_f32<bf16>(v));
+        else *out = from_f32<TC>(v);
     }
 }
 
-template <int M, class TC, bool GLU>
-static void gemv_launch(cudaStream_t s, TC *C, int64_t ldc, const bf16 *A, int64_t lda, const bf16 *B, int64_t ldb,
-                        const float *bias, int N, int K, float alpha, float beta) {
-    constexpr int OUT = GLU ? GEMV_COLS / 2 : GEMV_COLS;
-    const unsigned blocks = (unsigned)((N + OUT - 1) / OUT);
-    gemv_kernel<M, TC, GLU><<<blocks, GEMV_THREADS, 0, s>>>(C, ldc, A, lda, B, ldb, bias, N, K / 8, alpha, beta);
-    CUDA_CHECK_LAUNCH();
-}
-
-/* The instantiation for M (1..GEMV_MAX_ROWS) rows, C's type and GLU (gemv_kernel). */
-template <class TC, bool GLU>
-static void gemv_rows(cudaStream_t s, TC *C, int64_t ldc, const bf16 *A, int64_t lda, const bf16 *B, int64_t ldb,
-                      const float *bias, int M, int N, int K, float alpha, float beta) {
+/* The instantiation for g's M rows (1..GEMV_MAX_ROWS), C's type, the epilogue and NORM. */
+template <class TC, gemv_epilogue EP, bool NORM>
+static void gemv_run(cudaStream_t s, const gemv_args &g, int M) {
+    constexpr int OUT = EP == GEMV_GLU ? GEMV_COLS / 2 : GEMV_COLS;
+    void (*kernel)(gemv_args) = NULL;
     switch (M) {
 #define GEMV_CASE(R) \
-    case R: gemv_launch<R, TC, GLU>(s, C, ldc, A, lda, B, ldb, bias, N, K, alpha, beta); break;
+    case R: kernel = gemv_kernel<R, TC, EP, NORM>; break;
         GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4) GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
 #undef GEMV_CASE
-    default: SK_ASSERT(!"gemv_rows: M out of range");
+    default: SK_ASSERT(!"gemv_run: M out of range");
     }
+    kernel<<<(unsigned)((g.N + OUT - 1) / OUT), GEMV_THREADS, 0, s>>>(g);
+    CUDA_CHECK_LAUNCH();
 }
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
-/* Whether the kernel takes a product of B (N,K) with M rows of A at these strides and addresses. */
+/* Whether the kernel takes a product of B (N,K) with M rows of A at these strides and
+ * addresses (A's strides counted in bf16 elements, or f32 ones with NORM). */
 static bool gemv_fits(const void *A, int64_t lda, const void *B, int64_t ldb, int M, int N, int K) {
     return M >= 1 && M <= GEMV_MAX_ROWS && (M == 1 || (int64_t)N * K <= GEMV_MAX_SMALL_B) && N >= 1 && K >= 8 &&
            K % 8 == 0 && lda % 8 == 0 && ldb % 8 == 0 && aligned16(A) && aligned16(B);
 }
 
+static gemv_args gemv_make(void *C, int64_t ldc, const void *A, int64_t lda, const void *B, int64_t ldb,
+                           const float *bias, int N, int K, float alpha, float beta) {
+    gemv_args g = {};
+    g.C = C, g.ldc = ldc, g.A = A, g.lda = lda, g.B = (const bf16 *)B, g.ldb = ldb, g.bias = bias;
+    g.N = N, g.K8 = K / 8, g.alpha = alpha, g.beta = beta;
+    return g;
+}
+
 bool cuda_gemv(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, bool ta, const void *B,
                int64_t ldb, bool tb, const float *bias, int M, int N, int K, float alpha, float beta) {
     if (ta || !tb || !gemv_fits(A, lda, B, ldb, M, N, K)) return false;
-    const bf16 *a = (const bf16 *)A, *b = (const bf16 *)B;
-    if (C.bf16) gemv_rows<bf16, false>(s, (bf16 *)C.p, ldc, a, lda, b, ldb, bias, M, N, K, alpha, beta);
-    else gemv_rows<float, false>(s, (float *)C.p, ldc, a, lda, b, ldb, bias, M, N, K, alpha, beta);
+    const gemv_args g = gemv_make(C.p, ldc, A, lda, B, ldb, bias, N, K, alpha, beta);
+    if (C.bf16) gemv_run<bf16, GEMV_STORE, false>(s, g, M);
+    else gemv_run<float, GEMV_STORE, false>(s, g, M);
     return true;
 }
 
 bool cuda_gemv_swiglu(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, const void *B,
                       int64_t ldb, int M, int F, int K) {
     if (!gemv_fits(A, lda, B, ldb, M, 2 * F, K)) return false;
-    const bf16 *a = (const bf16 *)A, *b = (const bf16 *)B;
-    if (C.bf16) gemv_rows<bf16, true>(s, (bf16 *)C.p, ldc, a, lda, b, ldb, NULL, M, F, K, 1.0f, 0.0f);
-    else gemv_rows<float, true>(s, (float *)C.p, ldc, a, lda, b, ldb, NULL, M, F, K, 1.0f, 0.0f);
+    const gemv_args g = gemv_make(C.p, ldc, A, lda, B, ldb, NULL, F, K, 1.0f, 0.0f);
+    if (C.bf16) gemv_run<bf16, GEMV_GLU, false>(s, g, M);
+    else gemv_run<float, GEMV_GLU, false>(s, g, M);
+    return true;
+}
+
+bool cuda_gemv_add(cudaStream_t s, float *C, int64_t ldc, const void *A, int64_t lda, const void *B, int64_t ldb,
+                   const float *bias, int M, int N, int K) {
+    if (!gemv_fits(A, lda, B, ldb, M, N, K)) return false;
+    gemv_run<float, GEMV_ADD, false>(s, gemv_make(C, ldc, A, lda, B, ldb, bias, N, K, 1.0f, 0.0f), M);
+    return true;
+}
+
+bool cuda_gemv_rmsnorm_fits(const float *X, int64_t ldx, const float *norm, const void *B, int64_t ldb, bool glu, int M,
+                            int N, int K) {
+    return aligned16(norm) && gemv_fits(X, ldx, B, ldb, M, glu ? 2 * N : N, K);
+}
+
+bool cuda_gemv_rmsnorm(cudaStream_t s, cuda_lp C, int64_t ldc, const float *X, int64_t ldx, const float *norm,
+                       float eps, const void *B, int64_t ldb, bool glu, int M, int N, int K) {
+    if (!C.bf16 || !cuda_gemv_rmsnorm_fits(X, ldx, norm, B, ldb, glu, M, N, K)) return false;
+    gemv_args g = gemv_make(C.p, ldc, X, ldx, B, ldb, NULL, N, K, 1.0f, 0.0f);
+    g.norm = norm, g.eps = eps;
+    if (glu) gemv_run<bf16, GEMV_GLU, true>(s, g, M);
+    else gemv_run<bf16, GEMV_STORE, true>(s, g, M);
     return true;
 }

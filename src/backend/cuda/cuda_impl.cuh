@@ -160,6 +160,19 @@ bool cuda_gemv(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t ld
  * false, doing nothing, where cuda_gemv would refuse the product of B. */
 bool cuda_gemv_swiglu(cudaStream_t s, cuda_lp C, int64_t ldc, const void *A, int64_t lda, const void *B,
                       int64_t ldb, int M, int F, int K);
+/* C(M,N) f32 += bf16(A(M,K) B(N,K)^T + bias(N)) (bias NULL: none), by the same kernel (backend.h
+ * linear_add); false, doing nothing, where cuda_gemv would refuse the product. */
+bool cuda_gemv_add(cudaStream_t s, float *C, int64_t ldc, const void *A, int64_t lda, const void *B, int64_t ldb,
+                   const float *bias, int M, int N, int K);
+/* C(M,N) [bf16] = Y(M,K) B(N,K)^T with Y = RMSNorm(X) * norm (X f32 of row stride ldx, norm(K)
+ * f32), or with glu silu(G) * U of [G | U] = Y B(2N,K)^T, by the same kernel, Y unrounded
+ * (backend.h linear_rmsnorm); false, doing nothing, where cuda_gemv would refuse the product or
+ * C is f32. */
+bool cuda_gemv_rmsnorm(cudaStream_t s, cuda_lp C, int64_t ldc, const float *X, int64_t ldx, const float *norm,
+                       float eps, const void *B, int64_t ldb, bool glu, int M, int N, int K);
+/* Whether cuda_gemv_rmsnorm takes these operands (into a bf16 C). */
+bool cuda_gemv_rmsnorm_fits(const float *X, int64_t ldx, const float *norm, const void *B, int64_t ldb, bool glu, int M,
+                            int N, int K);
 /* bias(n) f32 rounded to bf16 in x's bias scratch (grown on first use), for a bf16 layer's
  * epilogue. */
 __nv_bfloat16 *cuda_bias_bf16(cuda_ctx *x, cudaStream_t s, const float *bias, int n);

@@ -16,7 +16,7 @@
  *     online softmax per head; groups merge by shuffles and warps in shared memory at the end.
  *     Contexts are cut into up to `splits` key ranges (flash-decoding) when the batch alone
  *     would not fill the device, each at least a step of keys for every warp (dec_splits: a
- *     context of 150 keys takes 3 of 32): each split leaves its unnormalised accumulator,
+ *     context of 150 keys takes 3 of 32; 4 steps on the tensor cores): each split leaves its unnormalised accumulator,
  *     maximum and sum in x->paged_ws, and the last of a head group's splits to finish merges
  *     them in split order (counted in x->paged_done: no combine kernel). bf16 at HS 64 or
  *     128 with DEC_TC_MIN_G or more heads a group takes a tensor-core variant instead (warps
@@ -48,6 +48,11 @@ enum {
     DEC_TC_MIN_G = 4,            /* decode: group sizes from this up run on the tensor cores (bf16) */
     DEC_MAX_SPLITS = 32,
     DEC_BLOCKS_PER_SM = 4,       /* decode: blocks per multiprocessor the splits aim for */
+    DEC_SPLIT_STEPS = 1,         /* decode: a split holds at least this many steps of keys per warp */
+    DEC_TC_SPLIT_STEPS = 4,      /* the same on the tensor cores (steps of 16 keys); on an H200 (2026-12-02)
+                                  * 4 against 1 took a one-stream 8B step from 244.1 to 247.0 tokens/s
+                                  * at 128 keys and 234.1 to 236.6 at 2000 (8: 247.1 and 226.8); the
+                                  * scalar kernel kept 1 (GPT-2 one stream 1949 against 1890 at 4) */
     ARGMAX_THREADS = 256,        /* sample_rows' block */
     ARGMAX_ROW_THREADS = 1024,   /* argmax_rows' block (a row's argmax does not depend on it) */
     ARGMAX_LOADS = 8,            /* argmax: loads a thread has in flight */
@@ -212,12 +217,12 @@ static __device__ __forceinline__ void softmax_merge(float &m, float &l, float (
 }
 
 /* The splits a decode at position ctx - 1 with window W uses of the `splits` it was launched
- * with: every split at least DEC_WARPS steps of `step` keys (a step for each warp), so a short
+ * with: every split at least `steps` steps of `step` keys for each warp, so a short
  * context runs on few blocks and merges few partials whatever the launch (a graph recorded
  * for a batch size replays at every context). */
-static __device__ __forceinline__ int dec_splits(int ctx, int W, int step, int splits) {
-    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0;
-    const int want = (ctx - lo + step * DEC_WARPS - 1) / (step * DEC_WARPS);
+static __device__ __forceinline__ int dec_splits(int ctx, int W, int step, int steps, int splits) {
+    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0, keys = step * DEC_WARPS * steps;
+    const int want = (ctx - lo + keys - 1) / keys;
     return want < splits ? (want > 1 ? want : 1) : splits;
 }
 
@@ -335,7 +340,7 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
     while (CL < CH) CL <<= 1;
     const int KP = 32 / CL, c = lane & (CL - 1), kg = lane / CL, step = KP * U;
     const bool has_chunk = c < CH;
-    const int ns = SPLIT ? dec_splits(ctx, W, step, splits) : 1;
+    const int ns = SPLIT ? dec_splits(ctx, W, step, DEC_SPLIT_STEPS, splits) : 1;
     if (sp >= ns) return;   /* a split this context does not use (the whole block leaves together) */
     int k0, k1;
     dec_range(ctx, W, step, ns, sp, k0, k1);
@@ -502,7 +507,7 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
     const int r0 = seqs[3 * i], nq = seqs[3 * i + 1], ctx = seqs[3 * i + 2];
     if (nq != 1) return;   /* the general kernel's (the whole block leaves together) */
     const int G = NH / NKV, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qd = lane & 3;
-    const int ns = SPLIT ? dec_splits(ctx, W, 16, splits) : 1;
+    const int ns = SPLIT ? dec_splits(ctx, W, 16, DEC_TC_SPLIT_STEPS, splits) : 1;
     if (sp >= ns) return;   /* a split this context does not use (the whole block leaves together) */
     int k0, k1;
     dec_range(ctx, W, 16, ns, sp, k0, k1);
