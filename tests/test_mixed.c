@@ -410,7 +410,8 @@ TEST(linear_rmsnorm_matches_the_norm_then_the_product) {
         const int N = shapes[s][0], K = shapes[s][1];
         const bool glu = shapes[s][2];
         const int64_t WN = glu ? 2 * (int64_t)N : N;
-        arr *X = arr_new((size_t)9 * K, DT_F32, 2), *nw = arr_new(K, DT_F32, 1), *W = arr_new((size_t)WN * K, DT_BF16, 0.05f);
+        arr *X = arr_new((size_t)9 * K, DT_F32, 2), *nw = arr_new(K, DT_F32, 1);
+        arr *W = arr_new((size_t)WN * K, DT_BF16, 0.05f);
         arr *out = arr_new((size_t)9 * N, DT_BF16, 0), *ln = arr_new((size_t)9 * K, DT_BF16, 0);
         arr *two = arr_new((size_t)9 * WN, DT_BF16, 0), *X2 = arr_new((size_t)9 * K, DT_F32, 0);
         arr *res = arr_new((size_t)9 * K, DT_BF16, 1);
@@ -434,8 +435,8 @@ TEST(linear_rmsnorm_matches_the_norm_then_the_product) {
             }
             be->ops->rmsnorm_forward(be, NULL, T2(ln, M, K), tensor_none(), T2(X2, M, K), rm, T1(nw), eps);
             float *x2 = arr_get(X2);
-            CHECK_MSG(memcmp(x1, x2, sizeof(float) * X->n) == 0, "N %d K %d M %d: x + resid differs from the norm's", N, K,
-                      M);
+            CHECK_MSG(memcmp(x1, x2, sizeof(float) * X->n) == 0, "N %d K %d M %d: x + resid differs from the norm's",
+                      N, K, M);
             free(x1);
             free(x2);
             backend_linear_forward(be, NULL, T2(two, M, WN), tensor_none(), T2(ln, M, K), T2(W, WN, K), true,

@@ -433,14 +433,8 @@ static void llama_linear(backend *be, tensor out, tensor inp, tensor w, tensor b
     backend_linear_forward(be, NULL, out, tensor_none(), inp, w, true, b, BACKEND_ACT_NONE);
 }
 
-/* The n projections of one input side by side: out(N, OC_0 + ... + OC_n-1) = inp(N,IC) @
- * [w[0]; ...; w[n-1]]^T (+ b[i] on block i where not tensor_none()), cols[i] receiving block
- * i's view (columns of out, row stride out's width). Where the weights lie one after another
- * in memory (tensor_join_rows: a layer's q/k/v and gate/up in the plan order of a model's
- * parameters and of the device copy, devw.h) and have no biases, one product computes every
- * block, as vLLM's QKVParallelLinear and MergedColumnParallelLinear do; else one product per
- * block. llama_join sets cols and returns the joined weights, or tensor_none() where there are
- * none (biases, or weights apart). */
+/* llama_project's cols, and its one product's weights: the n joined, or tensor_none() where they
+ * have biases or lie apart. */
 static tensor llama_join(tensor out, int n, const tensor *w, const tensor *b, tensor *cols) {
     tensor joined = w[0];
     bool biased = false;
@@ -455,6 +449,13 @@ static tensor llama_join(tensor out, int n, const tensor *w, const tensor *b, te
     return biased ? tensor_none() : joined;
 }
 
+/* The n projections of one input side by side: out(N, OC_0 + ... + OC_n-1) = inp(N,IC) @
+ * [w[0]; ...; w[n-1]]^T (+ b[i] on block i where not tensor_none()), cols[i] receiving block
+ * i's view (columns of out, row stride out's width). Where the weights lie one after another
+ * in memory (tensor_join_rows: a layer's q/k/v and gate/up in the plan order of a model's
+ * parameters and of the device copy, devw.h) and have no biases, one product computes every
+ * block, as vLLM's QKVParallelLinear and MergedColumnParallelLinear do; else one product per
+ * block. */
 static void llama_project(backend *be, tensor out, tensor inp, int n, const tensor *w, const tensor *b, tensor *cols) {
     const tensor joined = llama_join(out, n, w, b, cols);
     if (!tensor_is_none(joined)) {
@@ -717,8 +718,8 @@ static void llama_infer_upload(model *m, const model_batch *b) {
  * (within the sliding window when the config has one); only the rows asked for go through
  * the final norm and the LM head. Where the backend fuses them (few rows on CUDA), a norm runs
  * inside the product that reads it (llama_normed) and a branch's output is added to x by its
- * product (llama_branch): a layer then has no norm kernels. Activations marked lp are model_infer_dtype's (the
- * residual stream x stays f32). Returns logits (R,V), f32, a view of backend memory valid
+ * product (llama_branch): a layer then has no norm kernels. Activations marked lp are
+ * model_infer_dtype's (the residual stream x stays f32). Returns logits (R,V), f32, a view of backend memory valid
  * until the next call. Split over ranks (model_tp), the heads and MLP columns are this rank's and
  * the o_proj and down_proj outputs and the embedding are summed over the ranks (tp_sum). */
 static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_batch *b) {

@@ -249,7 +249,8 @@ static bool cuda_linear_rmsnorm_op(backend *be, backend_stream *s, tensor out, t
     const int M = (int)out.shape[0], N = (int)out.shape[1], K = (int)x.shape[1];
     SK_ASSERT(x.shape[0] == M && w.shape[0] == (glu ? 2 : 1) * (int64_t)N && w.shape[1] == K);
     const float *nw = vec(weight, K);
-    if (w.dt != DT_BF16 || out.dt != DT_BF16 || !cuda_gemv_rmsnorm_fits(tensor_f32(x), tensor_ld(x), nw, w.data, tensor_ld(w), glu, M, N, K))
+    if (w.dt != DT_BF16 || out.dt != DT_BF16 ||
+        !cuda_gemv_rmsnorm_fits(tensor_f32(x), tensor_ld(x), nw, w.data, tensor_ld(w), glu, M, N, K))
         return false;
     if (!tensor_is_none(resid)) be->ops->add(be, s, x, x, resid);
     SK_ASSERT(cuda_gemv_rmsnorm(stream_of(be, s), lp(out), tensor_ld(out), tensor_f32(x), tensor_ld(x), nw, eps, w.data,
