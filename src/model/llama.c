@@ -760,10 +760,11 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
          * and v go to the cache */
         arch_paged_attention(be, kv, &f->ids, b, l, atty, qkvc[0], qkvc[1], qkvc[2], cos, sin, NH, NKV, W);
         pending = llama_branch(m, x, br, atty, w.ow, tensor_none());
-        tensor h = tensor_cols(gu, 0, F);
+        tensor guc[2];
+        const tensor guw = llama_join(gu, 2, (tensor[]){w.gw, w.uw}, (tensor[]){w.gb, w.ub}, guc);
+        tensor h = guc[0];
         resid = pending ? br : tensor_none();
-        if (!tensor_is_none(w.gb) || !tensor_is_none(w.ub) ||
-            !llama_normed(be, h, x, resid, w.post_norm, c->norm_eps, tensor_join_rows(w.gw, w.uw), true)) {
+        if (!llama_normed(be, h, x, resid, w.post_norm, c->norm_eps, guw, true)) {
             op->rmsnorm_forward(be, NULL, ln, tensor_none(), x, resid, w.post_norm, c->norm_eps);
             h = llama_gate_up(be, gu, ln, &w);
         }
