@@ -21,7 +21,8 @@
  * squares of the x it reads anyway and scales its sums by the row's 1/rms at the end, so no
  * pass of its own over x). Launching products as programmatic dependent launches (their first
  * loads of B issued before griddepcontrol.wait, so one product's tail overlaps the next's start)
- * measured 0.6% slower on a one-stream 8B step (245.1 against 243.7 tokens/s, 2026-12-02): not done.
+ * measured 0.6% slower on a one-stream 8B step (243.7 tokens/s against 245.1 without, 2026-12-02):
+ * not done.
  *
  * Each thread sums its units in order in f32, the warp adds its lanes by a fixed butterfly
  * and the block adds its warps in index order: no atomics, no workspace, the same bits run
@@ -146,10 +147,10 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const gemv_args g) {
         for (int u = 0; u < GEMV_UNROLL; u++) gemv_unit<M, NORM>(acc, ss, w[u], g, k + u * GEMV_THREADS);
     }
     for (; k < K8; k += GEMV_THREADS) {   /* the units left over, one at a time */
-        int4 w1[GEMV_COLS];
+        int4 w[GEMV_COLS];
 #pragma unroll
-        for (int c = 0; c < GEMV_COLS; c++) w1[c] = __ldcs(col[c] + k);
-        gemv_unit<M, NORM>(acc, ss, w1, g, k);
+        for (int c = 0; c < GEMV_COLS; c++) w[c] = __ldcs(col[c] + k);
+        gemv_unit<M, NORM>(acc, ss, w, g, k);
     }
 
 #pragma unroll

@@ -16,9 +16,10 @@
  *     online softmax per head; groups merge by shuffles and warps in shared memory at the end.
  *     Contexts are cut into up to `splits` key ranges (flash-decoding) when the batch alone
  *     would not fill the device, each at least a step of keys for every warp (dec_splits: a
- *     context of 150 keys takes 3 of 32; 4 steps on the tensor cores): each split leaves its unnormalised accumulator,
- *     maximum and sum in x->paged_ws, and the last of a head group's splits to finish merges
- *     them in split order (counted in x->paged_done: no combine kernel). bf16 at HS 64 or
+ *     context of 150 keys takes 3 of 32; 4 steps on the tensor cores): each split leaves its
+ *     unnormalised accumulator, maximum and sum in x->paged_ws, and the last of a head
+ *     group's splits to finish merges them in split order (counted in x->paged_done: no
+ *     combine kernel). bf16 at HS 64 or
  *     128 with DEC_TC_MIN_G or more heads a group takes a tensor-core variant instead (warps
  *     over tiles of 16 keys, the group's heads as the 8 columns of mma.sync products, the same
  *     splits and end; paged_decode_tc_kernel says why);
