@@ -147,10 +147,10 @@ status:
 	  "$(if $(HAVE_GLOO),✓ ($(GLOO_HOME)),✗ (libgloo-dev))" \
 	  "$(if $(HAVE_NCCL),✓ ($(NCCL_HOME)),✗)"
 
-# cpu_lowp's vector kernels add products as FMAs (ISO C mode leaves contraction off). Its
-# 64-byte vectors pass between static functions only: GCC's note that their ABI differs
-# without AVX-512 (builds without -march=native, test-asan's) concerns no caller outside.
-$(BUILD)/src/backend/cpu/cpu_lowp.o: CFLAGS += -ffp-contract=fast -Wno-psabi
+# cpu_lowp's and cpu_gemv's vector kernels add products as FMAs (ISO C mode leaves contraction
+# off). Their 64-byte vectors pass between static functions only: GCC's note that their ABI
+# differs without AVX-512 (builds without -march=native, test-asan's) concerns no caller outside.
+$(BUILD)/src/backend/cpu/cpu_lowp.o $(BUILD)/src/backend/cpu/cpu_gemv.o: CFLAGS += -ffp-contract=fast -Wno-psabi
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

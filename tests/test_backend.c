@@ -185,6 +185,47 @@ TEST(matmul_few_rows_match_reference) {
             }
 }
 
+/* One-row products large enough to run on every thread (the CPU's cpu_gemv: KN by ranges of
+ * rows with per-thread partials in column blocks of 4096, NK by ranges of rows, 4 at once), with
+ * tails past every unrolled step (K = 771 rows, N = 4100 columns: two column blocks): C against
+ * the double reference within 1e-5 of the sum of |products|, beta 0 never reading C (NaN there),
+ * the floats past C's N untouched, and a second run the same bits. */
+TEST(matmul_one_row_threaded_matches_reference) {
+    setup(3);
+    const struct { int N, K, LD; bool tb; } cases[] = {{4100, 771, 4110, false}, {1027, 781, 790, true}};
+    for (int c = 0; c < 2; c++) {
+        const int N = cases[c].N, K = cases[c].K, LD = cases[c].LD;
+        const bool tb = cases[c].tb;
+        const int brows = tb ? N : K;
+        const int CL = N + 10;   /* C's row and ten floats past it */
+        float *A = randn(K, 1), *B = randn((size_t)brows * LD, 1), *C0 = randn(CL, 1), *C = zeros(CL);
+        float *first = malloc(sizeof(float) * N);
+        for (int with_beta = 0; with_beta < 2; with_beta++)
+            for (int run = 0; run < 2; run++) {
+                const float beta = with_beta ? 0.3f : 0.0f;
+                for (int j = 0; j < CL; j++) C[j] = with_beta || j >= N ? C0[j] : NAN;
+                RUN(be->ops->matmul(be, NULL, tensor_2d(DEV(C), DT_F32, 1, N), tensor_2d(DEV(A), DT_F32, 1, K), false,
+                                    tensor_2d_ld(DEV(B), DT_F32, brows, tb ? K : N, LD), tb, 0.7f, beta));
+                int bad = 0;
+                for (int j = 0; j < N; j++) {
+                    double sum = 0, mag = 0;
+                    for (int k = 0; k < K; k++) {
+                        const double t = (double)A[k] * (tb ? B[(size_t)j * LD + k] : B[(size_t)k * LD + j]);
+                        sum += t, mag += fabs(t);
+                    }
+                    const double want = 0.7 * sum + (with_beta ? 0.3 * C0[j] : 0.0);
+                    if (!(fabs(C[j] - want) <= 1e-5 * (0.7 * mag + 1)) && bad++ < 3)
+                        printf("  tb %d beta %g [%d]: %.9g vs %.9g\n", tb, beta, j, C[j], want);
+                }
+                for (int j = N; j < CL; j++) bad += C[j] != C0[j];
+                CHECK_MSG(bad == 0, "tb %d N %d K %d beta %g: %d mismatches", tb, N, K, beta, bad);
+                if (run == 0) memcpy(first, C, sizeof(float) * N);
+                else CHECK_MSG(!memcmp(first, C, sizeof(float) * N), "tb %d beta %g: a second run differs", tb, beta);
+            }
+        free(first);
+    }
+}
+
 /* out = x(N,IC) @ W(IC,OC) + b, backward as gpt2.c does it: dW += x^T dout,
  * db += colsum(dout), dx = dout W^T. */
 enum { LN_ = 6, LIC = 5, LOC = 7 };

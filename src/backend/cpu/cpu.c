@@ -1,6 +1,6 @@
 /* backend/cpu: the reference backend. Products go to OpenBLAS (cblas_sgemm, row-major); the
  * products of decode steps, where sgemm would first copy all of the weight into its panels (a
- * pass as long as the product itself), read it once in place: one row through cblas_sgemv, up
+ * pass as long as the product itself), read it once in place: one row through cpu_gemv, up
  * to CPU_LOWP_SMALL_M rows through cpu_lowp's direct kernels (which also serve bf16/f16);
  * everything else is plain C loops parallelized with OpenMP and written so the compiler
  * vectorizes them (no libm calls in hot loops: exp and tanh come from cpu_expf, cpu_impl.h).
@@ -18,6 +18,7 @@
  *
  * Letters as in backend.h: N rows, B batch, T time, C channels, OC output channels,
  * NH heads, NKV key/value heads, HS head size, V vocabulary (Vp its padded row stride). */
+#include "backend/cpu/cpu_gemv.h"
 #include "backend/cpu/cpu_impl.h"
 #include "backend/cpu/cpu_lowp.h"
 
@@ -135,8 +136,8 @@ static void cpu_matmul(backend *be, backend_stream *stream, tensor C, tensor A, 
         return;
     }
     if (M == 1 && !ta) {   /* a decode step of one sequence */
-        cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? N : K, tb ? K : N, alpha, tensor_f32(B),
-                    (int)tensor_ld(B), tensor_f32(A), 1, beta, tensor_f32(C), 1);
+        if (tb) cpu_gemv_nk(tensor_f32(C), tensor_f32(A), tensor_f32(B), (int)tensor_ld(B), N, K, alpha, beta);
+        else cpu_gemv_kn(tensor_f32(C), tensor_f32(A), tensor_f32(B), (int)tensor_ld(B), K, N, alpha, beta);
         return;
     }
     if (M <= CPU_LOWP_SMALL_M && !ta) {   /* a decode step of a few: cpu_lowp's direct kernels, f32 in place */

@@ -17,6 +17,7 @@
  * value against dtype.c's f16_to_f32. */
 #include "backend/cpu/cpu_lowp.h"
 #include "backend/cpu/cpu_impl.h"
+#include "backend/cpu/cpu_vec.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -49,32 +50,9 @@ static inline void store(float *c, float v, float alpha, float beta) {
     *c = beta == 0.0f ? alpha * v : alpha * v + beta * *c;
 }
 
-/* 16 f32 lanes as GCC's generic vectors: one zmm register under AVX-512, two ymm under
- * AVX2. The direct kernels keep their accumulators in such registers (this file is built
- * with -ffp-contract=fast, so acc += a * w is one FMA). */
-typedef float v16 __attribute__((vector_size(64)));
-#define VL 16
 #define NK_NR 8     /* direct_nk: rows of W in flight for one row of A */
 #define NK_AHEAD 1536   /* direct_nk: f32 weights prefetched this many elements ahead of the rows read */
 #define KN_NV 8     /* direct_kn: most vectors of columns in flight (M <= 2); M * vectors <= 16 */
-
-static inline v16 v16_load(const float *p) {
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline v16 v16_splat(float x) { return (v16){0} + x; }
-
-/* The lanes' sum, halves added pairwise (a fixed order): four shuffles and adds. */
-static inline float v16_sum(v16 v) {
-    typedef float v8 __attribute__((vector_size(32)));
-    typedef float v4 __attribute__((vector_size(16)));
-    const v8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    const v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-    return (q[0] + q[2]) + (q[1] + q[3]);
-}
 
 /* C[m][n..n+NR) for m < MG from rows n..n+NR) of W(N,K), row stride ldw: MG x NR
  * vector accumulators over K in steps of VL (each W row converted in blocks of DOT_KB for
