@@ -16,9 +16,3 @@ done
 echo "PASS demo_outputs"
 if grep -q "falls clearly" "$T/out" && grep -q "== done" "$T/out"; then echo "PASS demo_loss_falls"
 else echo "FAIL demo_loss_falls: $(grep loss "$T/out")"; fi
-# main.c's .preinit_array makes OpenMP's waiting threads sleep unless the user chose: libgomp
-# shows the policy it read when loaded (OMP_DISPLAY_ENV), so a default set too late fails here.
-policy() { env "$@" OMP_DISPLAY_ENV=true $SK --help 2>&1 | sed -n "s/.*OMP_WAIT_POLICY = '\([A-Z]*\)'.*/\1/p"; }
-p_default=$(policy -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT) p_user=$(policy OMP_WAIT_POLICY=active)
-if [ "$p_default" = PASSIVE ] && [ "$p_user" = ACTIVE ]; then echo "PASS wait_policy_passive_unless_set"
-else echo "FAIL wait_policy_passive_unless_set: default '$p_default', with OMP_WAIT_POLICY=active '$p_user'"; fi

@@ -23,18 +23,6 @@ static const struct {
     {"demo", cmd_demo, "                 the embedded demo: tokenizer, training, generation"},
 };
 
-/* Threads that wait for work sleep rather than spin, unless the user set OMP_WAIT_POLICY or
- * GOMP_SPINCOUNT. libgomp reads them when it is loaded, before main; an executable's
- * .preinit_array runs before every library's initialisers, so this is early enough. A
- * spinning thread burns the time slices its partner needs when other processes share the
- * cores (docs/benchmarks.md: several times slower decode on a busy 2-core machine). */
-static void wait_policy_default(int argc, char **argv, char **envp) {
-    (void)argc, (void)argv, (void)envp;
-    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT")) setenv("OMP_WAIT_POLICY", "passive", 0);
-}
-__attribute__((section(".preinit_array"), used)) static void (*const preinit_wait_policy)(int, char **, char **) =
-    wait_policy_default;
-
 static void usage(FILE *f) {
     fprintf(f, "usage: skein <command> [flags]   (skein <command> --help for its flags)\n\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
