@@ -1,7 +1,6 @@
 /* skein: train and serve language models on CPUs and GPUs. Entry point: dispatches the
  * first word of the command line to its subcommand (cli.h). */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
