@@ -22,7 +22,8 @@
  *     combine kernel). bf16 at HS 64 or
  *     128 with DEC_TC_MIN_G or more heads a group takes a tensor-core variant instead (warps
  *     over tiles of 16 keys, the group's heads as the 8 columns of mma.sync products, the same
- *     splits and end; paged_decode_tc_kernel says why);
+ *     splits and end, DEC_TC_WIDE_WARPS warps a block for few sequences; paged_decode_tc_kernel
+ *     says why);
  *   - prefill on the tensor cores (cuda_paged_tc.cu: sequences with more than one query, bf16,
  *     HS 64 or 128, rows 16-byte aligned);
  *   - general (every other sequence: other prefill chunks, and decodes the decode kernel cannot take):
@@ -53,7 +54,13 @@ enum {
     DEC_TC_SPLIT_STEPS = 4,      /* the same on the tensor cores (steps of 16 keys); on an H200 (2026-12-02)
                                   * 4 against 1 took a one-stream 8B step from 244.1 to 247.0 tokens/s
                                   * at 128 keys and 234.1 to 236.6 at 2000 (8: 247.1 and 226.8); the
-                                  * scalar kernel kept 1 (GPT-2 one stream 1949 against 1890 at 4) */
+                                  * scalar kernel kept 1 (GPT-2 one stream 1949 against 1890 at 4); a block
+                                  * of more warps takes proportionally fewer (the keys of a split stay) */
+    DEC_TC_WIDE_WARPS = 8,       /* tensor-core decode blocks while the launch has at most n_sm / 2 of
+                                  * them (few sequences): each warp then has fewer tiles, more of them in
+                                  * flight at once, and no split merge is added. H200, Llama-3-8B one
+                                  * stream (2026-12-03, decode tokens/s, 4 / 8 / 12 warps): 128 keys
+                                  * 250.3 / 252.3 / 250.8, 2000 keys 239.2 / 243.1 / 241.7 */
     ARGMAX_THREADS = 256,        /* sample_rows' block */
     ARGMAX_ROW_THREADS = 1024,   /* argmax_rows' block (a row's argmax does not depend on it) */
     ARGMAX_LOADS = 8,            /* argmax: loads a thread has in flight */
@@ -221,8 +228,8 @@ static __device__ __forceinline__ void softmax_merge(float &m, float &l, float (
  * with: every split at least `steps` steps of `step` keys for each warp, so a short
  * context runs on few blocks and merges few partials whatever the launch (a graph recorded
  * for a batch size replays at every context). */
-static __device__ __forceinline__ int dec_splits(int ctx, int W, int step, int steps, int splits) {
-    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0, keys = step * DEC_WARPS * steps;
+static __device__ __forceinline__ int dec_splits(int ctx, int W, int step, int steps, int warps, int splits) {
+    const int pos = ctx - 1, lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0, keys = step * warps * steps;
     const int want = (ctx - lo + keys - 1) / keys;
     return want < splits ? (want > 1 ? want : 1) : splits;
 }
@@ -251,7 +258,7 @@ static __device__ void dec_merge(T *out, int64_t ldo, int i, int r0, int kvh, in
     __shared__ float weight[DEC_MAX_G][DEC_MAX_SPLITS];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float *head0 = ws + (int64_t)(i * NH + kvh * G) * stride * (HS + 2);
-    for (int g = warp; g < G; g += DEC_WARPS) {
+    for (int g = warp; g < G; g += (int)blockDim.x >> 5) {
         const float *p = head0 + ((int64_t)g * stride + lane) * (HS + 2);
         const float m = lane < ns ? __ldcg(p + HS) : -INFINITY, l = lane < ns ? __ldcg(p + HS + 1) : 0.0f;
         float M = m;
@@ -281,12 +288,13 @@ template <bool SPLIT, class T>
 static __device__ void dec_finish(const float *red, int wstride, T *out, int64_t ldo, int i, int r0, int kvh, int G,
                                   int NH, int NKV, int HS, int ns, int splits, int sp, float *ws, unsigned *done) {
     const bool whole = !SPLIT || ns == 1;
+    const int nw = (int)blockDim.x >> 5;
     for (int e = threadIdx.x; e < G * HS; e += blockDim.x) {
         const int g = e / HS, d = e % HS, h = kvh * G + g;
         float M = -INFINITY, L = 0.0f, o = 0.0f;
-        for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, red[w * wstride + g * (HS + 2) + HS]);
+        for (int w = 0; w < nw; w++) M = fmaxf(M, red[w * wstride + g * (HS + 2) + HS]);
         const float Ms = M == -INFINITY ? 0.0f : M;
-        for (int w = 0; w < DEC_WARPS; w++) {
+        for (int w = 0; w < nw; w++) {
             const float *r = red + w * wstride + g * (HS + 2), b = exp2f(r[HS] - Ms);
             L += r[HS + 1] * b;
             o += r[d] * b;
@@ -341,7 +349,7 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
     while (CL < CH) CL <<= 1;
     const int KP = 32 / CL, c = lane & (CL - 1), kg = lane / CL, step = KP * U;
     const bool has_chunk = c < CH;
-    const int ns = SPLIT ? dec_splits(ctx, W, step, DEC_SPLIT_STEPS, splits) : 1;
+    const int ns = SPLIT ? dec_splits(ctx, W, step, DEC_SPLIT_STEPS, DEC_WARPS, splits) : 1;
     if (sp >= ns) return;   /* a split this context does not use (the whole block leaves together) */
     int k0, k1;
     dec_range(ctx, W, step, ns, sp, k0, k1);
@@ -468,8 +476,9 @@ static __device__ __forceinline__ int64_t dec_row(int64_t p0, int64_t p1, int BS
 }
 
 /* The decode kernel on the tensor cores (bf16, HS 64 or 128, DEC_TC_MIN_G <= G <= 8, BS >=
- * 16): block (sequence i, key/value head kvh, split sp) of DEC_WARPS warps; warp w takes the
- * tiles of 16 keys w, w + DEC_WARPS, ... of the split's range (dec_range, steps of 16). Per
+ * 16): block (sequence i, key/value head kvh, split sp) of WARPS warps (DEC_WARPS, or
+ * DEC_TC_WIDE_WARPS for a launch of few blocks); warp w takes the tiles of 16 keys w,
+ * w + WARPS, ... of the split's range (dec_range, steps of 16). Per
  * tile, with g = l / 4, qd = l % 4 of lane l (cuda_mma.cuh's fragments):
  *   S^T (16 keys x 8 heads) = K (16 x HS) Q^T (HS x 8 heads, heads >= G zero): A = K, lane
  *     (g, qd) holding keys g and g + 8, B = Q^T. The channel order of the k dimension is free
@@ -497,8 +506,8 @@ static __device__ __forceinline__ int64_t dec_row(int64_t p0, int64_t p1, int BS
  * P is rounded to bf16 for the product (l sums it in f32), as the prefill kernel does. Keys
  * past k1 read key k1 - 1 again and weigh 0; tile row 0 is always visible, so a tile's maxima
  * are finite. At the end each warp's G rows of acc, m, l overwrite its own staging. */
-template <int HD, bool SPLIT>
-__global__ void __launch_bounds__(DEC_WARPS * 32)
+template <int HD, bool SPLIT, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32)
 paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const bf16 *kc, int64_t ldk, const bf16 *vc,
                        int64_t ldv, const int *seqs, const int *tables, int MB, int BS, int NH, int NKV, int HS, int W,
                        float scale, int splits, float *ws, unsigned *done) {
@@ -508,7 +517,9 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
     const int r0 = seqs[3 * i], nq = seqs[3 * i + 1], ctx = seqs[3 * i + 2];
     if (nq != 1) return;   /* the general kernel's (the whole block leaves together) */
     const int G = NH / NKV, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, qd = lane & 3;
-    const int ns = SPLIT ? dec_splits(ctx, W, 16, DEC_TC_SPLIT_STEPS, splits) : 1;
+    /* DEC_TC_SPLIT_STEPS's keys a split, whatever the block's warps */
+    constexpr int SPLIT_STEPS = DEC_TC_SPLIT_STEPS * DEC_WARPS / WARPS > 0 ? DEC_TC_SPLIT_STEPS * DEC_WARPS / WARPS : 1;
+    const int ns = SPLIT ? dec_splits(ctx, W, 16, SPLIT_STEPS, WARPS, splits) : 1;
     if (sp >= ns) return;   /* a split this context does not use (the whole block leaves together) */
     int k0, k1;
     dec_range(ctx, W, 16, ns, sp, k0, k1);
@@ -521,7 +532,7 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
     for (int t = 0; t < NT; t++) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
     const int *table = tables + (int64_t)i * MB;
     const bf16 *kb = kc + (int64_t)kvh * HD, *vb = vc + (int64_t)kvh * HD;
-    extern __shared__ uint4 dec_stage[];   /* (DEC_WARPS, 2 tiles, NC, 32 lanes) */
+    extern __shared__ uint4 dec_stage[];   /* (WARPS, 2 tiles, NC, 32 lanes) */
     uint4 *stage = dec_stage + warp * 2 * NC * 32 + lane;
     /* Stages the tile at `base` in buffer buf: this lane's chunks of keys g, g + 8 (K) and 2qd,
      * 2qd + 1, 2qd + 8, 2qd + 9 (V), chunk c at stage[(buf * NC + c) * 32]; keys past k1 - 1
@@ -552,10 +563,10 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
         cp_async_commit();
     };
     issue(k0 + warp * 16, 0);
-    for (int base = k0 + warp * 16, buf = 0; base < k1; base += DEC_WARPS * 16, buf ^= 1) {
+    for (int base = k0 + warp * 16, buf = 0; base < k1; base += WARPS * 16, buf ^= 1) {
         /* the next tile's copies start, then this one's (every lane reads back only what it
          * staged itself: no barrier) */
-        issue(base + DEC_WARPS * 16, buf ^ 1);
+        issue(base + WARPS * 16, buf ^ 1);
         cp_async_wait<1>();
         const int last = k1 - 1 - base;
         uint32_t kw[2][4 * NK], vw[4][4 * NV];
@@ -634,7 +645,7 @@ static int paged_splits(const cuda_ctx *x, int S, int NH, int NKV, int HS) {
 
 /* The tensor-core decode kernel's shared memory: a warp's two tiles of 16 K and 16 V rows of
  * HS bf16. */
-static size_t dec_tc_smem_bytes(int HS) { return (size_t)DEC_WARPS * 2 * 32 * HS * sizeof(bf16); }
+static size_t dec_tc_smem_bytes(int HS, int warps) { return (size_t)warps * 2 * 32 * HS * sizeof(bf16); }
 
 /* Whether the tensor-core decode kernel takes these shapes: bf16, HS 64 or 128, G in
  * [DEC_TC_MIN_G, DEC_MAX_G], blocks of 16 rows or more, q 16-byte aligned (paged_launch's
@@ -662,14 +673,23 @@ static void paged_decode(const cuda_ctx *x, cudaStream_t s, bool tc, T *out, int
         : G == 2 ? (split ? paged_decode_kernel<T, 2, true> : paged_decode_kernel<T, 2, false>)
         : G <= 4 ? (split ? paged_decode_kernel<T, 4, true> : paged_decode_kernel<T, 4, false>)
                  : (split ? paged_decode_kernel<T, 8, true> : paged_decode_kernel<T, 8, false>);
+    int warps = DEC_WARPS;
     if constexpr (std::is_same<T, bf16>::value)
         if (tc) {
-            kernel = HS == 64 ? (split ? paged_decode_tc_kernel<64, true> : paged_decode_tc_kernel<64, false>)
-                              : (split ? paged_decode_tc_kernel<128, true> : paged_decode_tc_kernel<128, false>);
-            smem = dec_tc_smem_bytes(HS);
+            const bool wide = S * NKV <= x->n_sm / 2;   /* DEC_TC_WIDE_WARPS */
+            warps = wide ? DEC_TC_WIDE_WARPS : DEC_WARPS;
+            kernel = wide ? (HS == 64 ? (split ? paged_decode_tc_kernel<64, true, DEC_TC_WIDE_WARPS>
+                                               : paged_decode_tc_kernel<64, false, DEC_TC_WIDE_WARPS>)
+                                      : (split ? paged_decode_tc_kernel<128, true, DEC_TC_WIDE_WARPS>
+                                               : paged_decode_tc_kernel<128, false, DEC_TC_WIDE_WARPS>))
+                          : (HS == 64 ? (split ? paged_decode_tc_kernel<64, true, DEC_WARPS>
+                                               : paged_decode_tc_kernel<64, false, DEC_WARPS>)
+                                      : (split ? paged_decode_tc_kernel<128, true, DEC_WARPS>
+                                               : paged_decode_tc_kernel<128, false, DEC_WARPS>));
+            smem = dec_tc_smem_bytes(HS, warps);
             CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         }
-    kernel<<<grid, DEC_WARPS * 32, smem, s>>>(out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS, W,
+    kernel<<<grid, warps * 32, smem, s>>>(out, ldo, q, ldq, kc, ldk, vc, ldv, seqs, tables, MB, BS, NH, NKV, HS, W,
                                               scale, splits, x->paged_ws, x->paged_done);
     CUDA_CHECK_LAUNCH();
 }
