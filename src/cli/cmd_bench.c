@@ -343,13 +343,19 @@ static sk_status bench_engine(model *m, const char *kv_memory, const char *kv_dt
 
 /* --max-seqs and --max-batch-tokens left at 0: the defaults of the device (a GPU wants large
  * batches: BENCH_DEVICE_SEQS and BENCH_DEVICE_BATCH, vLLM's offline defaults on GPUs of 70 GB
- * and more) or of the CPU (cpu_seqs, 512). */
+ * and more) or of the CPU (cpu_seqs, cpu_batch). bench throughput's cpu_batch is
+ * BENCH_CPU_BATCH, vLLM's server default on CPUs (its offline 4096 was no faster here) and
+ * llama-batched-bench's logical batch: on the 2-core machine (2026-12-03, GPT-2 124M f32,
+ * output tokens/s) 8 prompts of 128 + 128 ran 318-338 at 512 tokens a step, 329-334 at 1024,
+ * 334-344 at 2048; 64 prompts 490-500 at 512, 501-518 at 1024, 502-515 at 2048, 496-503 at
+ * 4096. */
 #define BENCH_DEVICE_SEQS 1024
 #define BENCH_DEVICE_BATCH 16384
-static void bench_defaults(const char *device, long cpu_seqs, long *max_seqs, long *max_batch) {
+#define BENCH_CPU_BATCH 2048
+static void bench_defaults(const char *device, long cpu_seqs, long cpu_batch, long *max_seqs, long *max_batch) {
     const bool cpu = !strcmp(device, "cpu");
     if (*max_seqs == 0) *max_seqs = cpu ? cpu_seqs : BENCH_DEVICE_SEQS;
-    if (*max_batch == 0) *max_batch = cpu ? 512 : BENCH_DEVICE_BATCH;
+    if (*max_batch == 0) *max_batch = cpu ? cpu_batch : BENCH_DEVICE_BATCH;
 }
 
 /* Adds prompt i of exactly I random ids (seed 1000 + i), O greedy tokens, no stop ids. */
@@ -373,8 +379,9 @@ static sk_status bench_step(engine *e, long *tokens, long *steps) {
     return SK_OK;
 }
 
-/* The flags bench throughput and bench latency share; `what` is --max-seqs's default. */
-#define BENCH_INFER_FLAGS(what) \
+/* The flags bench throughput and bench latency share; `what` and `batch` are --max-seqs's and
+ * --max-batch-tokens's defaults. */
+#define BENCH_INFER_FLAGS(what, batch) \
     {"--model", ARG_STR, &dir, "DIR", "model folder (weights mapped)", false, false}, \
     {"--preset", ARG_STR, &preset, "NAME", "model shape by name, random f32 weights (gpt2, ...)", false, false}, \
     {"--input-len", ARG_INT, &I, "I", "prompt tokens (random ids; default 128)", false, false}, \
@@ -383,7 +390,7 @@ static sk_status bench_step(engine *e, long *tokens, long *steps) {
     {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
     {"--kv-cache-dtype", ARG_STR, &kv_dtype, "auto|f32|bf16|f16", CLI_KV_DTYPE_HELP, false, false}, \
     {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
-    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default 512; 16384 on a GPU; bench latency: at least --input-len)", false, false}, \
+    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default " batch "; 16384 on a GPU)", false, false}, \
     {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false}, \
     {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a collective waiting longer fails (default 300)", false, false}
 
@@ -439,12 +446,12 @@ static int bench_throughput(int argc, char **argv) {
     long I = 128, O = 128, N = 64, max_seqs = 0, max_batch = 0, tp = 1;
     double comm_timeout = 300;
     arg_spec specs[] = {
-        BENCH_INFER_FLAGS("64; 1024 on a GPU"),
+        BENCH_INFER_FLAGS("64; 1024 on a GPU", "2048"),
         {"--num-prompts", ARG_INT, &N, "N", "requests, all queued at the start (default 64)", false, false},
     };
     sk_status st = args_parse("skein bench throughput", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
-    bench_defaults(device, 64, &max_seqs, &max_batch);
+    bench_defaults(device, 64, BENCH_CPU_BATCH, &max_seqs, &max_batch);
     if (I <= 0 || O <= 0 || N <= 0 || N > 1000000 || max_seqs <= 0 || max_batch <= 0)
         return cli_fail(sk_fail(SK_EARG, "bench throughput: --input-len, --output-len, --num-prompts (at most 10^6), "
                                          "--max-seqs and --max-batch-tokens must be positive"));
@@ -508,13 +515,13 @@ static int bench_latency(int argc, char **argv) {
     long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 0, tp = 1;
     double comm_timeout = 300, decode_s = 0, decode_comm_s = 0;
     arg_spec specs[] = {
-        BENCH_INFER_FLAGS("1"),
+        BENCH_INFER_FLAGS("1", "512 or --input-len, at least --input-len"),
         {"--iters", ARG_INT, &iters, "N", "timed runs after one warm-up (default 3; medians reported)", false, false},
     };
     sk_status st = args_parse("skein bench latency", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
     if (max_batch == 0 && I > 512) max_batch = I;   /* the prompt in one step, as the default does below 512 */
-    bench_defaults(device, 1, &max_seqs, &max_batch);
+    bench_defaults(device, 1, 512, &max_seqs, &max_batch);
     if (I <= 0 || O <= 1 || iters <= 0 || iters > 1000 || max_seqs <= 0 || max_batch < I)
         return cli_fail(sk_fail(SK_EARG, "bench latency: --input-len, --iters (at most 1000) must be positive, "
                                          "--output-len at least 2, --max-batch-tokens at least --input-len"));
