@@ -33,7 +33,6 @@
  * only the small ones: GEMV_MAX_SMALL_B). Letters: M rows of A and C, N columns of C (rows of B), K the summed dimension. */
 #include "backend/cuda/cuda_impl.cuh"
 
-#include <cuda.h>
 #include <cuda_bf16.h>
 
 typedef __nv_bfloat16 bf16;
@@ -224,28 +223,12 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const gemv_args g) {
     }
 }
 
-/* The end of the device allocation holding p (cuMemGetAddressRange, asked at every launch: a
- * query of the driver's own table, no synchronisation), or NULL when the driver cannot say. */
-static const char *gemv_alloc_end(const void *p) {
-    typedef CUresult (*range_fn)(CUdeviceptr *, size_t *, CUdeviceptr);
-    static const range_fn range = [] {
-        void *f = NULL;
-        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-        const cudaError_t e = cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 12000, cudaEnableDefault, &q);
-        return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? (range_fn)f : (range_fn)NULL;
-    }();
-    CUdeviceptr base = 0;
-    size_t size = 0;
-    if (!range || range(&base, &size, (CUdeviceptr)p) != CUDA_SUCCESS) return NULL;
-    return (const char *)base + size;
-}
-
 /* Sets g's prefetch: GEMV_PF_BYTES after B (rows rows of K elements, ldb apart), within B's
  * allocation, over the last GEMV_PF_BLOCKS blocks of a grid of grid blocks. */
 static void gemv_set_prefetch(gemv_args &g, int rows, int K, unsigned grid) {
     const char *end = (const char *)(g.B + (int64_t)(rows - 1) * g.ldb + K);
     end = (const char *)(((uintptr_t)end + 15) & ~(uintptr_t)15);
-    const char *stop = gemv_alloc_end(g.B);
+    const char *stop = cuda_alloc_end(g.B);
     if (!stop || stop <= end) return;
     const int nb = (int)grid < GEMV_PF_BLOCKS ? (int)grid : GEMV_PF_BLOCKS;
     const int64_t bytes = stop - end < GEMV_PF_BYTES ? stop - end : GEMV_PF_BYTES;

@@ -311,5 +311,8 @@ void cuda_sample_rows(cudaStream_t s, int *ids, const float *x, int64_t ld, int 
 /* ---- memory processes share (cuda_ipc.cu): backend.h's ipc_map and ipc_unmap ---- */
 void *cuda_ipc_map(backend *be, size_t bytes, int *fd);
 void cuda_ipc_unmap(backend *be, void *p, size_t bytes);
+/* The end of the device allocation holding p (a query of the driver's own table, no
+ * synchronisation), or NULL when the driver cannot say. */
+const char *cuda_alloc_end(const void *p);
 
 #endif

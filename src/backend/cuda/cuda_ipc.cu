@@ -16,7 +16,10 @@
  * references to the handle (including it's shareable counterparts) are also released";
  * cuMemExportToShareableHandle -- "Once all shareable handles are closed and the allocation is
  * released, the allocated memory referenced will be released back to the OS". So an open
- * descriptor keeps the memory after the process that made it unmapped it or exited. */
+ * descriptor keeps the memory after the process that made it unmapped it or exited.
+ *
+ * Also here, through the same lookup: cuda_alloc_end, the driver's bounds of the allocation a
+ * device pointer lies in (cuMemGetAddressRange). */
 #include "backend/cuda/cuda_impl.cuh"
 
 #include <cuda.h>
@@ -146,4 +149,16 @@ void cuda_ipc_unmap(backend *be, void *p, size_t bytes) {
     CUDA_CHECK(cudaDeviceSynchronize());   /* nothing issued still reads it */
     drv_check(d, d->unmap((CUdeviceptr)p, size), "cuMemUnmap");
     drv_check(d, d->address_free((CUdeviceptr)p, size), "cuMemAddressFree");
+}
+
+const char *cuda_alloc_end(const void *p) {
+    typedef decltype(&cuMemGetAddressRange) range_fn;
+    static const range_fn range = [] {
+        range_fn f = NULL;
+        return drv_sym("cuMemGetAddressRange", &f) ? f : (range_fn)NULL;
+    }();
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    if (!range || range(&base, &size, (CUdeviceptr)p) != CUDA_SUCCESS) return NULL;
+    return (const char *)base + size;
 }

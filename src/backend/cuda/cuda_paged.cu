@@ -647,6 +647,13 @@ static int paged_splits(const cuda_ctx *x, int S, int NH, int NKV, int HS) {
  * HS bf16. */
 static size_t dec_tc_smem_bytes(int HS, int warps) { return (size_t)warps * 2 * 32 * HS * sizeof(bf16); }
 
+/* The tensor-core decode kernel of WARPS warps for head size HS (64 or 128), with or without
+ * splits. */
+template <int WARPS> static decltype(&paged_decode_tc_kernel<64, true, WARPS>) dec_tc_kernel(int HS, bool split) {
+    return HS == 64 ? (split ? paged_decode_tc_kernel<64, true, WARPS> : paged_decode_tc_kernel<64, false, WARPS>)
+                    : (split ? paged_decode_tc_kernel<128, true, WARPS> : paged_decode_tc_kernel<128, false, WARPS>);
+}
+
 /* Whether the tensor-core decode kernel takes these shapes: bf16, HS 64 or 128, G in
  * [DEC_TC_MIN_G, DEC_MAX_G], blocks of 16 rows or more, q 16-byte aligned (paged_launch's
  * decode test has checked k and v). */
@@ -678,14 +685,7 @@ static void paged_decode(const cuda_ctx *x, cudaStream_t s, bool tc, T *out, int
         if (tc) {
             const bool wide = S * NKV <= x->n_sm / 2;   /* DEC_TC_WIDE_WARPS */
             warps = wide ? DEC_TC_WIDE_WARPS : DEC_WARPS;
-            kernel = wide ? (HS == 64 ? (split ? paged_decode_tc_kernel<64, true, DEC_TC_WIDE_WARPS>
-                                               : paged_decode_tc_kernel<64, false, DEC_TC_WIDE_WARPS>)
-                                      : (split ? paged_decode_tc_kernel<128, true, DEC_TC_WIDE_WARPS>
-                                               : paged_decode_tc_kernel<128, false, DEC_TC_WIDE_WARPS>))
-                          : (HS == 64 ? (split ? paged_decode_tc_kernel<64, true, DEC_WARPS>
-                                               : paged_decode_tc_kernel<64, false, DEC_WARPS>)
-                                      : (split ? paged_decode_tc_kernel<128, true, DEC_WARPS>
-                                               : paged_decode_tc_kernel<128, false, DEC_WARPS>));
+            kernel = wide ? dec_tc_kernel<DEC_TC_WIDE_WARPS>(HS, split) : dec_tc_kernel<DEC_WARPS>(HS, split);
             smem = dec_tc_smem_bytes(HS, warps);
             CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         }
