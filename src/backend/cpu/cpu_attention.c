@@ -214,7 +214,7 @@ static void attn_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const 
                 float d = 0;
 #pragma omp simd reduction(+ : d)
                 for (int k = 0; k < K; k++) d += (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) * b[k];
-                c[j] = beta == 0.0f ? alpha * d : alpha * d + beta * c[j];
+                cpu_store_scaled(&c[j], d, alpha, beta);
             }
         } else {    /* B is (K,N): a sum of its rows */
             for (int j = 0; j < N; j++) c[j] = beta == 0.0f ? 0.0f : beta * c[j];

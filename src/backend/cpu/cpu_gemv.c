@@ -15,6 +15,7 @@
  *     at once, each a vector accumulator along K summed at the end, then the K % VL tail.
  * Below PAR_MIN multiply-adds a product runs on one thread. */
 #include "backend/cpu/cpu_gemv.h"
+#include "backend/cpu/cpu_impl.h"
 #include "backend/cpu/cpu_vec.h"
 
 #include <omp.h>
@@ -24,10 +25,6 @@
 #define NK_ROWS 4            /* NK: rows of W whose dot products run at once */
 #define MAX_THREADS 256      /* KN: threads whose partials are summed (more are not used) */
 #define PAR_MIN 65536        /* K * N below this runs on one thread */
-
-static inline void store(float *y, float v, float alpha, float beta) {
-    *y = beta == 0.0f ? alpha * v : alpha * v + beta * *y;
-}
 
 /* part[0..n) += sum over rows k0..k1-1 of x[k] W[k][0..n), W's rows ldw apart; the rows of
  * the next pass prefetched at the columns being read. */
@@ -78,7 +75,7 @@ void cpu_gemv_kn(float *y, const float *x, const float *W, int ldw, int K, int N
             for (int j = n * id / nt; j < n * (id + 1) / nt; j++) {
                 float s = parts[0][j];
                 for (int t = 1; t < nt; t++) s += parts[t][j];
-                store(&y[c0 + j], s, alpha, beta);
+                cpu_store_scaled(&y[c0 + j], s, alpha, beta);
             }
         }
     }
@@ -107,7 +104,7 @@ static void nk_rows(float *y, const float *x, const float *W, size_t ldw, int n0
         }
         float d[NK_ROWS] = {v16_sum(s0), v16_sum(s1), v16_sum(s2), v16_sum(s3)};
         for (int k = KV; k < K; k++) d[0] += x[k] * w0[k], d[1] += x[k] * w1[k], d[2] += x[k] * w2[k], d[3] += x[k] * w3[k];
-        for (int r = 0; r < NK_ROWS; r++) store(&y[i + r], d[r], alpha, beta);
+        for (int r = 0; r < NK_ROWS; r++) cpu_store_scaled(&y[i + r], d[r], alpha, beta);
     }
     for (; i < n1; i++) {
         const float *w = W + (size_t)i * ldw;
@@ -115,7 +112,7 @@ static void nk_rows(float *y, const float *x, const float *W, size_t ldw, int n0
         for (int k = 0; k < KV; k += VL) s += v16_load(x + k) * v16_load(w + k);
         float d = v16_sum(s);
         for (int k = KV; k < K; k++) d += x[k] * w[k];
-        store(&y[i], d, alpha, beta);
+        cpu_store_scaled(&y[i], d, alpha, beta);
     }
 }
 

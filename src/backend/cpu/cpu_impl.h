@@ -19,6 +19,12 @@ typedef struct cpu_impl {
 /* Below this many elements a loop runs on one thread: the fork costs more than it saves. */
 #define CPU_PAR_MIN 16384
 
+/* *c = alpha v + beta *c, BLAS's way: with beta 0, *c is written without being read (a NaN
+ * there does not come through). */
+static inline void cpu_store_scaled(float *c, float v, float alpha, float beta) {
+    *c = beta == 0.0f ? alpha * v : alpha * v + beta * *c;
+}
+
 /* e^x to about 2 ulp for x in [-87, 88] (clamped outside), in a form gcc vectorizes:
  * x = n ln2 + r with |r| <= ln2/2, e^r from its degree-6 Taylor polynomial (truncation
  * < 1e-7 relative), 2^n assembled in the exponent bits. */

@@ -46,10 +46,6 @@ static inline const float *weights_f32(float *restrict buf, const void *W, dtype
     return buf;
 }
 
-static inline void store(float *c, float v, float alpha, float beta) {
-    *c = beta == 0.0f ? alpha * v : alpha * v + beta * *c;
-}
-
 #define NK_NR 8     /* direct_nk: rows of W in flight for one row of A */
 #define NK_AHEAD 1536   /* direct_nk: f32 weights prefetched this many elements ahead of the rows read */
 #define KN_NV 8     /* direct_kn: most vectors of columns in flight (M <= 2); M * vectors <= 16 */
@@ -92,7 +88,7 @@ static inline __attribute__((always_inline)) void nk_rows(float *C, int ldc, con
                 for (int r = 0; r < NR; r++) tail[m][r] += A[(size_t)m * lda + k0 + k] * w[r][k];
     }
     for (int m = 0; m < MG; m++)
-        for (int r = 0; r < NR; r++) store(&C[(size_t)m * ldc + n + r], v16_sum(acc[m][r]) + tail[m][r], alpha, beta);
+        for (int r = 0; r < NR; r++) cpu_store_scaled(&C[(size_t)m * ldc + n + r], v16_sum(acc[m][r]) + tail[m][r], alpha, beta);
 }
 
 /* C[m][n] for m < M, n in [n0, n1), W(N,K): groups of NR rows of W against all M rows of A
@@ -169,7 +165,7 @@ static inline __attribute__((always_inline)) void direct_kn_m(float *C, int ldc,
         if (nv < nb) kn_cols(sums, A, lda, W, dt, ldw, M, 1, nb - nv, n0 + nv, nv, k0, k1);
     }
     for (int m = 0; m < M; m++)
-        for (int j = 0; j < nb; j++) store(&C[(size_t)m * ldc + n0 + j], sums[(size_t)m * KN_STRIP + j], alpha, beta);
+        for (int j = 0; j < nb; j++) cpu_store_scaled(&C[(size_t)m * ldc + n0 + j], sums[(size_t)m * KN_STRIP + j], alpha, beta);
 }
 
 /* One copy of each direct kernel per M in 1..SMALL_M. */
@@ -221,7 +217,7 @@ void cpu_lowp_matmul(float *C, int ldc, const float *A, int lda, const void *W, 
     if (M == 0 || N == 0) return;
     if (K == 0) {   /* the empty product: C = beta * C */
         for (int m = 0; m < M; m++)
-            for (int n = 0; n < N; n++) store(&C[(size_t)m * ldc + n], 0.0f, alpha, beta);
+            for (int n = 0; n < N; n++) cpu_store_scaled(&C[(size_t)m * ldc + n], 0.0f, alpha, beta);
         return;
     }
     bool par = (double)M * N * K > PAR_MIN;
