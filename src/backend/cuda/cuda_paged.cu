@@ -97,32 +97,62 @@ void cuda_set_rows(const cuda_ctx *x, cudaStream_t s, cuda_lp dst, int64_t ldd, 
 
 /* ---- kv_store: rotary on q and k, then k and v into their cache rows, one launch ---- */
 
-/* Row r = blockIdx.x; its work items (pairs of q's and k's heads where cos is not NULL, else
- * k's elements; then v's elements) spread over gridDim.y blocks. A rotated pair is rope's
- * (cuda_ops.cu op_rope: the same products, rounded once); k goes to the cache, not back. */
-template <class T>
+/* W elements of T moved by 16-byte loads and stores (one when W = 16 / sizeof(T)). */
+template <class T, int W>
+struct alignas(sizeof(T) * W < 16 ? sizeof(T) * W : 16) kv_vec {
+    T x[W];
+};
+
+/* Row r = blockIdx.x; its work items, each W elements (pairs of q's and k's heads where cos is
+ * not NULL, else k's elements; then v's elements), spread over gridDim.y blocks. A rotated
+ * pair is rope's (cuda_ops.cu op_rope: the same products, rounded once); k goes to the cache,
+ * not back. The launcher picks W > 1 only where every row, offset and table is W-aligned. */
+template <class T, int W>
 __global__ void kv_store_kernel(T *q, int64_t ldq, const T *k, int64_t ldk, const T *v, int64_t ldv, T *kc,
                                 int64_t ldkc, T *vc, int64_t ldvc, const int *idx, const float *cos, const float *sin,
                                 int QP, int KD, int H2) {
+    typedef kv_vec<T, W> tv;
+    typedef kv_vec<float, W> fv;
     const int64_t r = blockIdx.x;
-    const int slot = idx[r], KP = cos ? KD / 2 : KD;   /* k's items: pairs or elements */
-    const int qp = cos ? QP : 0;
-    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < qp + KP + KD; e += gridDim.y * blockDim.x) {
-        if (e >= qp && slot < 0) return;   /* a padding row: only its q rotates */
-        if (e < qp || (cos && e < qp + KP)) {
-            const bool isq = e < qp;
-            const int p = isq ? e : e - qp, i = p % H2, off = (p / H2) * 2 * H2 + i;
+    const int slot = idx[r];
+    const int nq = cos ? QP / W : 0, nk = (cos ? KD / 2 : KD) / W, nv = KD / W;
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < nq + nk + nv; e += gridDim.y * blockDim.x) {
+        if (e >= nq && slot < 0) return;   /* a padding row: only its q rotates */
+        if (e < nq || (cos && e < nq + nk)) {
+            const bool isq = e < nq;
+            const int p = (isq ? e : e - nq) * W, i = p % H2, off = (p / H2) * 2 * H2 + i;
             const T *x1 = isq ? q + r * ldq + off : k + r * ldk + off;
-            const float a = to_f32(x1[0]), b = to_f32(x1[H2]), c = cos[r * H2 + i], sn = sin[r * H2 + i];
-            T *y1 = isq ? q + r * ldq + off : kc + (int64_t)slot * ldkc + off;
-            y1[0] = from_f32<T>(a * c - b * sn);
-            y1[H2] = from_f32<T>(b * c + a * sn);
-        } else if (e < qp + KP) {
-            kc[(int64_t)slot * ldkc + (e - qp)] = k[r * ldk + (e - qp)];
+            const tv a = *(const tv *)x1, b = *(const tv *)(x1 + H2);
+            const fv c = *(const fv *)(cos + r * H2 + i), sn = *(const fv *)(sin + r * H2 + i);
+            tv y0, y1;
+#pragma unroll
+            for (int j = 0; j < W; j++) {
+                const float aj = to_f32(a.x[j]), bj = to_f32(b.x[j]);
+                y0.x[j] = from_f32<T>(aj * c.x[j] - bj * sn.x[j]);
+                y1.x[j] = from_f32<T>(bj * c.x[j] + aj * sn.x[j]);
+            }
+            T *y = isq ? q + r * ldq + off : kc + (int64_t)slot * ldkc + off;
+            *(tv *)y = y0;
+            *(tv *)(y + H2) = y1;
+        } else if (e < nq + nk) {
+            const int d = (e - nq) * W;
+            *(tv *)(kc + (int64_t)slot * ldkc + d) = *(const tv *)(k + r * ldk + d);
         } else {
-            vc[(int64_t)slot * ldvc + (e - qp - KP)] = v[r * ldv + (e - qp - KP)];
+            const int d = (e - nq - nk) * W;
+            *(tv *)(vc + (int64_t)slot * ldvc + d) = *(const tv *)(v + r * ldv + d);
         }
     }
+}
+
+/* kv_store_kernel over N rows at vector width W. */
+template <class T, int W>
+static void kv_store_launch(cudaStream_t s, cuda_lp q, int64_t ldq, cuda_lp k, int64_t ldk, cuda_lp v, int64_t ldv,
+                            cuda_lp kc, int64_t ldkc, cuda_lp vc, int64_t ldvc, const int *idx, const float *cos,
+                            const float *sin, int N, int QD, int KD, int H2) {
+    const int items = ((cos ? QD / 2 + KD / 2 : KD) + KD) / W, threads = 128;
+    const dim3 grid((unsigned)N, (unsigned)((items + threads - 1) / threads));
+    kv_store_kernel<T, W><<<grid, threads, 0, s>>>((T *)q.p, ldq, (const T *)k.p, ldk, (const T *)v.p, ldv, (T *)kc.p,
+                                                  ldkc, (T *)vc.p, ldvc, idx, cos, sin, QD / 2, KD, H2);
 }
 
 void cuda_kv_store(const cuda_ctx *x, cudaStream_t s, cuda_lp q, int64_t ldq, cuda_lp k, int64_t ldk, cuda_lp v,
@@ -130,14 +160,15 @@ void cuda_kv_store(const cuda_ctx *x, cudaStream_t s, cuda_lp q, int64_t ldq, cu
                    const float *sin, int N, int QD, int KD, int HS) {
     if (N == 0) return;
     SK_ASSERT(q.bf16 == k.bf16 && k.bf16 == v.bf16 && v.bf16 == kc.bf16 && kc.bf16 == vc.bf16);
-    const int H2 = HS / 2, items = (cos ? QD / 2 + KD / 2 : KD) + KD;
-    const dim3 grid((unsigned)N, (unsigned)((items + 255) / 256));
-    if (q.bf16)
-        kv_store_kernel<<<grid, 256, 0, s>>>((bf16 *)q.p, ldq, (const bf16 *)k.p, ldk, (const bf16 *)v.p, ldv,
-                                             (bf16 *)kc.p, ldkc, (bf16 *)vc.p, ldvc, idx, cos, sin, QD / 2, KD, H2);
-    else
-        kv_store_kernel<<<grid, 256, 0, s>>>((float *)q.p, ldq, (const float *)k.p, ldk, (const float *)v.p, ldv,
-                                             (float *)kc.p, ldkc, (float *)vc.p, ldvc, idx, cos, sin, QD / 2, KD, H2);
+    const int H2 = HS / 2, W = q.bf16 ? 8 : 4;   /* 16 bytes */
+    const uintptr_t ptrs = (uintptr_t)q.p | (uintptr_t)k.p | (uintptr_t)v.p | (uintptr_t)kc.p | (uintptr_t)vc.p |
+                           (uintptr_t)cos | (uintptr_t)sin;
+    const int64_t lds = ldq | ldk | ldv | ldkc | ldvc | QD | KD | (cos ? H2 : 0);
+    const bool wide = ptrs % 16 == 0 && lds % W == 0;
+    if (q.bf16 && wide) kv_store_launch<bf16, 8>(s, q, ldq, k, ldk, v, ldv, kc, ldkc, vc, ldvc, idx, cos, sin, N, QD, KD, H2);
+    else if (q.bf16) kv_store_launch<bf16, 1>(s, q, ldq, k, ldk, v, ldv, kc, ldkc, vc, ldvc, idx, cos, sin, N, QD, KD, H2);
+    else if (wide) kv_store_launch<float, 4>(s, q, ldq, k, ldk, v, ldv, kc, ldkc, vc, ldvc, idx, cos, sin, N, QD, KD, H2);
+    else kv_store_launch<float, 1>(s, q, ldq, k, ldk, v, ldv, kc, ldkc, vc, ldvc, idx, cos, sin, N, QD, KD, H2);
     CUDA_CHECK_LAUNCH();
 }
 
