@@ -352,6 +352,7 @@ static sk_status bench_engine(model *m, const char *kv_memory, const char *kv_dt
 #define BENCH_DEVICE_SEQS 1024
 #define BENCH_DEVICE_BATCH 16384
 #define BENCH_CPU_BATCH 2048
+#define BENCH_LATENCY_BATCH 512   /* bench latency's tokens a step on the CPU, or the whole prompt */
 static void bench_defaults(const char *device, long cpu_seqs, long cpu_batch, long *max_seqs, long *max_batch) {
     const bool cpu = !strcmp(device, "cpu");
     if (*max_seqs == 0) *max_seqs = cpu ? cpu_seqs : BENCH_DEVICE_SEQS;
@@ -520,8 +521,8 @@ static int bench_latency(int argc, char **argv) {
     };
     sk_status st = args_parse("skein bench latency", argc, argv, specs, ARG_COUNT(specs));
     if (st != SK_OK) return cli_fail(st);
-    if (max_batch == 0 && I > 512) max_batch = I;   /* the prompt in one step, as the default does below 512 */
-    bench_defaults(device, 1, 512, &max_seqs, &max_batch);
+    if (max_batch == 0 && I > BENCH_LATENCY_BATCH) max_batch = I;   /* the prompt in one step, as the default does below */
+    bench_defaults(device, 1, BENCH_LATENCY_BATCH, &max_seqs, &max_batch);
     if (I <= 0 || O <= 1 || iters <= 0 || iters > 1000 || max_seqs <= 0 || max_batch < I)
         return cli_fail(sk_fail(SK_EARG, "bench latency: --input-len, --iters (at most 1000) must be positive, "
                                          "--output-len at least 2, --max-batch-tokens at least --input-len"));
