@@ -353,6 +353,8 @@ static sk_status bench_engine(model *m, const char *kv_memory, const char *kv_dt
 #define BENCH_DEVICE_BATCH 16384
 #define BENCH_CPU_BATCH 2048
 #define BENCH_LATENCY_BATCH 512   /* bench latency's tokens a step on the CPU, or the whole prompt */
+#define BENCH_STR_(x) #x
+#define BENCH_STR(x) BENCH_STR_(x)   /* a default's value in its flag's help */
 static void bench_defaults(const char *device, long cpu_seqs, long cpu_batch, long *max_seqs, long *max_batch) {
     const bool cpu = !strcmp(device, "cpu");
     if (*max_seqs == 0) *max_seqs = cpu ? cpu_seqs : BENCH_DEVICE_SEQS;
@@ -391,7 +393,7 @@ static sk_status bench_step(engine *e, long *tokens, long *steps) {
     {"--kv-memory", ARG_STR, &kv_memory, "BYTES|FRACTION", "KV pool budget (default: room for every running sequence)", false, false}, \
     {"--kv-cache-dtype", ARG_STR, &kv_dtype, "auto|f32|bf16|f16", CLI_KV_DTYPE_HELP, false, false}, \
     {"--max-seqs", ARG_INT, &max_seqs, "N", "running sequences at most (default " what ")", false, false}, \
-    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default " batch "; 16384 on a GPU)", false, false}, \
+    {"--max-batch-tokens", ARG_INT, &max_batch, "N", "tokens per step (default " batch "; " BENCH_STR(BENCH_DEVICE_BATCH) " on a GPU)", false, false}, \
     {"--tp", ARG_INT, &tp, "K", "split the model over K ranks (tensor parallel; runs mpirun unless under a launcher)", false, false}, \
     {"--comm-timeout", ARG_FLOAT, &comm_timeout, "S", "with --tp: a collective waiting longer fails (default 300)", false, false}
 
@@ -447,7 +449,7 @@ static int bench_throughput(int argc, char **argv) {
     long I = 128, O = 128, N = 64, max_seqs = 0, max_batch = 0, tp = 1;
     double comm_timeout = 300;
     arg_spec specs[] = {
-        BENCH_INFER_FLAGS("64; 1024 on a GPU", "2048"),
+        BENCH_INFER_FLAGS("64; 1024 on a GPU", BENCH_STR(BENCH_CPU_BATCH)),
         {"--num-prompts", ARG_INT, &N, "N", "requests, all queued at the start (default 64)", false, false},
     };
     sk_status st = args_parse("skein bench throughput", argc, argv, specs, ARG_COUNT(specs));
@@ -516,7 +518,7 @@ static int bench_latency(int argc, char **argv) {
     long I = 128, O = 128, iters = 3, max_seqs = 1, max_batch = 0, tp = 1;
     double comm_timeout = 300, decode_s = 0, decode_comm_s = 0;
     arg_spec specs[] = {
-        BENCH_INFER_FLAGS("1", "512 or --input-len, at least --input-len"),
+        BENCH_INFER_FLAGS("1", BENCH_STR(BENCH_LATENCY_BATCH) " or --input-len, at least --input-len"),
         {"--iters", ARG_INT, &iters, "N", "timed runs after one warm-up (default 3; medians reported)", false, false},
     };
     sk_status st = args_parse("skein bench latency", argc, argv, specs, ARG_COUNT(specs));
