@@ -3,7 +3,8 @@
 # throughput and bench latency --device cuda over --preset gpt2 (random weights straight into
 # the bf16 device copy, the GPU's default batch sizes) and over a small Llama folder with
 # grouped-query heads (skein init; a long prompt for the split decode), each printing its JSON
-# line, which must hold its speed. The speeds are for docs/benchmarks.md; nothing here judges them. Prints
+# line, which must hold its speed (the speeds are for docs/benchmarks.md; nothing here judges them);
+# and greedy tokens with and without the recorded graphs, which must agree. Prints
 # PASS/FAIL/SKIP lines.
 . tests/lib_gpu.sh
 
@@ -23,3 +24,14 @@ if $SK init --arch llama --layers 4 --heads 8 --kv-heads 2 --dim 512 --context 1
     run gpu_bench_throughput_llama_gqa output_tokens_per_s throughput --model "$T/llama" --input-len 128 --output-len 128 --num-prompts 512
     run gpu_bench_latency_llama_long decode_tokens_per_s latency --model "$T/llama" --input-len 900 --output-len 100
 else fail gpu_bench_llama_init "$(tail -3 "$T/init")"; fi
+# Greedy tokens through the recorded decode graphs (where products are launched early: cuda_gemv.cu)
+# are the eager run's, bit for bit: one stream of 300 tokens over many cache blocks.
+if $SK init --arch llama --layers 4 --heads 8 --kv-heads 2 --dim 512 --context 1024 --tokenizer $TOK \
+       --out "$T/tiny" >"$T/init" 2>&1; then
+    gen() { $SK generate --device cuda --model "$T/tiny" --prompt "the cat sat on the mat" --temperature 0 --max-tokens 300; }
+    if ! gen >"$T/graphs" 2>"$T/err" || ! SKEIN_CUDA_GRAPHS=0 gen >"$T/eager" 2>>"$T/err"; then
+        fail gpu_generate_graphs_eager "$(tail -3 "$T/err")"
+    elif ! cmp -s "$T/graphs" "$T/eager" || [ "$(wc -c <"$T/graphs")" -lt 300 ]; then
+        fail gpu_generate_graphs_eager "graphs: $(head -c 200 "$T/graphs"); eager: $(head -c 200 "$T/eager")"
+    else pass gpu_generate_graphs_eager; fi
+else fail gpu_generate_init "$(tail -3 "$T/init")"; fi

@@ -396,7 +396,10 @@ typedef struct backend_ops {
     /* ---- graphs; optional (all four or none): a caller without them issues the work each time ----
      * graph_begin starts recording the work issued to stream s by this thread: from then until
      * graph_end, ops on s are recorded, not run, and must neither allocate nor wait for the host
-     * (what was recorded reads and writes the same device addresses on every replay).
+     * (what was recorded reads and writes the same device addresses on every replay), and no
+     * recorded op may write what a recorded product reads as its weights (matmul's B, the
+     * linear ops' w): a backend may start reading those before the op ahead has finished (an
+     * inference step's weights never change).
      * graph_end stops recording and returns the graph, or NULL + sk_fail when the recording
      * failed (nothing recorded ran: the caller issues the work again). graph_launch replays g
      * on s; graph_free frees it. */

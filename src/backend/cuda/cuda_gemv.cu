@@ -8,7 +8,7 @@
  * warps share K, each thread reading 16-byte units (8 bf16) of GEMV_COLS rows of B,
  * GEMV_UNROLL units each, all issued before the first is used, so every byte of B is read
  * once with wide, coalesced loads and enough of them in flight. A's rows (a few KB) come
- * through L1 (__ldg) and are reused across the block's columns in registers; B's loads are
+ * through L1 and are reused across the block's columns in registers; B's loads are
  * marked streaming (__ldcs: read once, evict first) so they do not push A out of the caches.
  * The count to hold it to: Llama-3-8B's gate product (14336x4096, 117 MB of B) at 4.2 TB/s
  * is 28 us, a one-stream decode step's products (15.0 GB with the LM head) 3.6 ms.
@@ -19,13 +19,19 @@
  * residual stream, += the product rounded to bf16: linear_add) and NORM (A is the f32 stream
  * x and the product's input is RMSNorm(x) * weight: linear_rmsnorm; each block sums the
  * squares of the x it reads anyway and scales its sums by the row's 1/rms at the end, so no
- * pass of its own over x). Launching products as programmatic dependent launches (their first
- * loads of B issued before griddepcontrol.wait, so one product's tail overlaps the next's start)
- * measured 0.6% slower on a one-stream 8B step (243.7 tokens/s against 245.1 without, 2026-12-02):
- * not done. What helps across the boundary instead: a product's last blocks, their loads done, ask
- * L2 for the first few MB after B -- in a model's weights (devw's plan order) the next product's
- * first rows -- so the next launch starts on bytes fetched while this tail left the memory
- * half idle (+1.2% on that step: GEMV_PF_BYTES).
+ * pass of its own over x).
+ *
+ * Across the boundary between kernels, where the memory would idle: a product's last blocks,
+ * their loads done, ask L2 for the first few MB after B -- in a model's weights (devw's plan
+ * order) the next product's first rows -- so the next launch starts on bytes fetched while this
+ * tail left the memory half idle (+1.2% on a one-stream 8B step: GEMV_PF_BYTES). And a product
+ * recorded in a graph (backend.h: a graph's work writes no product's weights) is launched early
+ * (cuda_launch): its blocks issue their first loads of B, then wait for the kernel ahead
+ * (pdl_wait) before reading A or C. Behind a product that is as the kernel ahead ends; behind
+ * the decode attention (a few blocks that release their dependents at their start) while it
+ * runs, so o_proj's first half of B streams during the attention (2026-12-03, 8B one stream:
+ * 255.2 tokens/s against 250.9; releasing every product's dependents at its start as well lost
+ * 0.6% on 2026-12-02).
  *
  * Each thread sums its units in order in f32, the warp adds its lanes by a fixed butterfly
  * and the block adds its warps in index order: no atomics, no workspace, the same bits run
@@ -93,13 +99,13 @@ __device__ __forceinline__ void gemv_input(float (&a)[8], float &ss, const gemv_
     if constexpr (NORM) {
         const float4 *x = reinterpret_cast<const float4 *>((const float *)g.A + m * g.lda) + 2 * k;
         const float4 *w = reinterpret_cast<const float4 *>(g.norm) + 2 * k;
-        const float4 x0 = __ldg(x), x1 = __ldg(x + 1), w0 = __ldg(w), w1 = __ldg(w + 1);
+        const float4 x0 = x[0], x1 = x[1], w0 = __ldg(w), w1 = __ldg(w + 1);
         const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
         const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
 #pragma unroll
         for (int j = 0; j < 8; j++) ss = fmaf(xv[j], xv[j], ss), a[j] = xv[j] * wv[j];
     } else {
-        const int4 xv = __ldg(reinterpret_cast<const int4 *>((const bf16 *)g.A + m * g.lda) + k);
+        const int4 xv = reinterpret_cast<const int4 *>((const bf16 *)g.A + m * g.lda)[k];
         const __nv_bfloat162 *x2 = reinterpret_cast<const __nv_bfloat162 *>(&xv);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -166,9 +172,11 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const gemv_args g) {
         for (int u = 0; u < GEMV_UNROLL; u++)
 #pragma unroll
             for (int c = 0; c < GEMV_COLS; c++) w[u][c] = __ldcs(col[c] + k + u * GEMV_THREADS);
+        if (k == t) pdl_wait();   /* launched early: B's first units in flight before the kernel ahead ends */
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) gemv_unit<M, NORM>(acc, ss, w[u], g, k + u * GEMV_THREADS);
     }
+    if (k == t) pdl_wait();   /* no round above */
     for (; k < K8; k += GEMV_THREADS) {   /* the units left over, one at a time */
         int4 w[GEMV_COLS];
 #pragma unroll
@@ -252,8 +260,9 @@ static void gemv_run(cudaStream_t s, const gemv_args &g, int M) {
     const unsigned grid = (unsigned)((g.N + OUT - 1) / OUT);
     gemv_args a = g;
     gemv_set_prefetch(a, EP == GEMV_GLU ? 2 * g.N : g.N, 8 * g.K8, grid);
-    kernel<<<grid, GEMV_THREADS, 0, s>>>(a);
-    CUDA_CHECK_LAUNCH();
+    cudaStreamCaptureStatus rec;
+    CUDA_CHECK(cudaStreamIsCapturing(s, &rec));
+    cuda_launch(kernel, dim3(grid), dim3(GEMV_THREADS), 0, s, rec == cudaStreamCaptureStatusActive, a);
 }
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }

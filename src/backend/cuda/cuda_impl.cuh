@@ -126,6 +126,27 @@ template <class T> static __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+/* Programmatic dependent launch. A kernel launched early (cuda_launch) may start while the
+ * kernel ahead of it on the stream still runs: once every block of that one has called
+ * pdl_release or ended. Before pdl_wait it may read only what no kernel ahead of it writes;
+ * after, it sees all their writes (plain loads: not __ldg, whose data must stay unchanged for
+ * the whole life of the kernel). Both are no-ops in a kernel launched the plain way. */
+static __device__ __forceinline__ void pdl_wait(void) { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+static __device__ __forceinline__ void pdl_release(void) { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+/* Launches kernel k on s with these arguments, early (a programmatic dependent launch: the
+ * kernel must keep pdl_wait's rule) or the plain way. */
+template <class... P, class... A>
+static void cuda_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool early, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &at, cfg.numAttrs = early ? 1 : 0;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, k, (P)args...));
+}
+
 /* An [lp] array: device data, f32 or bf16 (the table entry has checked the view). */
 typedef struct cuda_lp {
     void *p;

@@ -372,6 +372,7 @@ paged_decode_kernel(T *out, int64_t ldo, const T *q, int64_t ldq, const T *kc, i
                     int splits, float *ws, unsigned *done) {
     constexpr int E = 16 / sizeof(T);                          /* elements per chunk */
     constexpr int U = GM >= 8 ? DEC_UNROLL / 2 : DEC_UNROLL;   /* eight heads: registers for occupancy */
+    pdl_release();   /* the product after it may start loading its weights (cuda_gemv.cu) */
     const int i = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
     const int r0 = seqs[3 * i], nq = seqs[3 * i + 1], ctx = seqs[3 * i + 2];
     if (nq != 1) return;   /* the general kernel's (the whole block leaves together) */
@@ -544,6 +545,7 @@ paged_decode_tc_kernel(bf16 *out, int64_t ldo, const bf16 *q, int64_t ldq, const
                        float scale, int splits, float *ws, unsigned *done) {
     constexpr int NK = HD / 32, NV = HD / 64, NT = HD / 16;   /* K and V chunks of a lane's row; products */
     constexpr int NC = 2 * NK + 4 * NV;                       /* chunks a lane stages a tile */
+    pdl_release();   /* the product after it may start loading its weights (cuda_gemv.cu) */
     const int i = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
     const int r0 = seqs[3 * i], nq = seqs[3 * i + 1], ctx = seqs[3 * i + 2];
     if (nq != 1) return;   /* the general kernel's (the whole block leaves together) */
