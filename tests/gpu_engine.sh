@@ -28,7 +28,9 @@ else fail gpu_bench_llama_init "$(tail -3 "$T/init")"; fi
 # are the eager run's, bit for bit: one stream of 300 tokens over many cache blocks.
 if $SK init --arch llama --layers 4 --heads 8 --kv-heads 2 --dim 512 --context 1024 --tokenizer $TOK \
        --out "$T/tiny" >"$T/init" 2>&1; then
-    gen() { $SK generate --device cuda --model "$T/tiny" --prompt "the cat sat on the mat" --temperature 0 --max-tokens 300; }
+    gen() {
+        $SK generate --device cuda --model "$T/tiny" --prompt "the cat sat on the mat" --temperature 0 --max-tokens 300
+    }
     if ! gen >"$T/graphs" 2>"$T/err" || ! SKEIN_CUDA_GRAPHS=0 gen >"$T/eager" 2>>"$T/err"; then
         fail gpu_generate_graphs_eager "$(tail -3 "$T/err")"
     elif ! cmp -s "$T/graphs" "$T/eager" || [ "$(wc -c <"$T/graphs")" -lt 300 ]; then

@@ -260,9 +260,7 @@ static void gemv_run(cudaStream_t s, const gemv_args &g, int M) {
     const unsigned grid = (unsigned)((g.N + OUT - 1) / OUT);
     gemv_args a = g;
     gemv_set_prefetch(a, EP == GEMV_GLU ? 2 * g.N : g.N, 8 * g.K8, grid);
-    cudaStreamCaptureStatus rec;
-    CUDA_CHECK(cudaStreamIsCapturing(s, &rec));
-    cuda_launch(kernel, dim3(grid), dim3(GEMV_THREADS), 0, s, rec == cudaStreamCaptureStatusActive, a);
+    cuda_launch(kernel, dim3(grid), dim3(GEMV_THREADS), 0, s, cuda_recording(s), a);
 }
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }

@@ -132,7 +132,16 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
  * after, it sees all their writes (plain loads: not __ldg, whose data must stay unchanged for
  * the whole life of the kernel). Both are no-ops in a kernel launched the plain way. */
 static __device__ __forceinline__ void pdl_wait(void) { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-static __device__ __forceinline__ void pdl_release(void) { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+static __device__ __forceinline__ void pdl_release(void) {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+/* Whether work issued to s now is being recorded into a graph (backend.h graph_begin). */
+static inline bool cuda_recording(cudaStream_t s) {
+    cudaStreamCaptureStatus rec;
+    CUDA_CHECK(cudaStreamIsCapturing(s, &rec));
+    return rec == cudaStreamCaptureStatusActive;
+}
 
 /* Launches kernel k on s with these arguments, early (a programmatic dependent launch: the
  * kernel must keep pdl_wait's rule) or the plain way. */
