@@ -24,8 +24,9 @@ if $SK init --arch llama --layers 4 --heads 8 --kv-heads 2 --dim 512 --context 1
     run gpu_bench_throughput_llama_gqa output_tokens_per_s throughput --model "$T/llama" --input-len 128 --output-len 128 --num-prompts 512
     run gpu_bench_latency_llama_long decode_tokens_per_s latency --model "$T/llama" --input-len 900 --output-len 100
 else fail gpu_bench_llama_init "$(tail -3 "$T/init")"; fi
-# Greedy tokens through the recorded decode graphs (where products are launched early: cuda_gemv.cu)
-# are the eager run's, bit for bit: one stream of 300 tokens over many cache blocks.
+# Greedy tokens through the recorded decode graphs (where the products, kv_store and the decode
+# attention are launched early: cuda_impl.cuh's cuda_launch) are the eager run's, bit for bit: one
+# stream of 300 tokens over many cache blocks.
 if $SK init --arch llama --layers 4 --heads 8 --kv-heads 2 --dim 512 --context 1024 --tokenizer $TOK \
        --out "$T/tiny" >"$T/init" 2>&1; then
     gen() {

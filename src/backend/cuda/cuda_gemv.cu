@@ -30,7 +30,7 @@
  * (pdl_wait) before reading A or C. Behind a product that is as the kernel ahead ends; behind
  * the decode attention (a few blocks that release their dependents at their start) while it
  * runs, so o_proj's first half of B streams during the attention (2026-12-03, 8B one stream:
- * 255.2 tokens/s against 250.9; releasing every product's dependents at its start as well lost
+ * 252.8 tokens/s against 249.2; releasing every product's dependents at its start as well lost
  * 0.6% on 2026-12-02).
  *
  * Each thread sums its units in order in f32, the warp adds its lanes by a fixed butterfly
