@@ -736,6 +736,7 @@ static void cpu_argmax_rows(backend *be, backend_stream *stream, tensor ids_t, t
 static void cpu_destroy(backend *be) {
     cpu_impl *impl = be->impl;
     mem_free(impl->scratch);
+    mem_free(impl->parts);
     mem_free(impl);
 }
 

@@ -29,6 +29,7 @@
 #include "backend/cpu/cpu_impl.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -298,13 +299,16 @@ void cpu_attention_forward(backend *be, backend_stream *s, tensor out, tensor ls
 }
 
 /* Decode: the nq (< ATTN_BLAS_MIN_ROWS) query rows of one sequence (geometry g, B = 1), heads
- * [h0, h1) at once, walking its key and value rows front to back in tiles of ATTN_KB: each
- * row is read once for all those heads (whole rows of the cache, not one head's slice at a
- * time), with the online softmax of attn_tile_forward per head. A head's output depends only on
- * its own query, keys and values and the tile boundaries (from its first visible key), so it
- * does not depend on h0, h1. */
-static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, attn_rows K, attn_rows V,
-                              attn_rows O) {
+ * [h0, h1) at once, over the keys [k_from, k_to] of each query's span, walking its key and value
+ * rows front to back in tiles of ATTN_KB: each row is read once for all those heads (whole
+ * rows of the cache, not one head's slice at a time), with the online softmax of
+ * attn_tile_forward per head. ml NULL: O gets the output rows. Else O gets them unnormalized
+ * and ml[(t NH + h) 2] the head's maximum m and normalizer l (-inf and 0 where the query sees
+ * none of those keys), for attn_merge_parts. A head's result depends only on its own query,
+ * keys and values and the tile boundaries (from max(k_from, its first visible key)), so not on
+ * h0, h1. */
+static void attn_rows_forward(const attn_geom *g, int h0, int h1, int k_from, int k_to, attn_rows Q, attn_rows K,
+                              attn_rows V, attn_rows O, float *ml) {
     const int HS = g->HS, nh = h1 - h0;
     float S[ATTN_HG_MAX * ATTN_KB], m[ATTN_HG_MAX], l[ATTN_HG_MAX];
     const size_t ek = dtype_size(K.dt);
@@ -314,6 +318,8 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
         float *o = attn_at(O, 0, t, 0);
         int s0, s1;
         attn_span(g, t, &s0, &s1);
+        s0 = s0 > k_from ? s0 : k_from;
+        s1 = s1 < k_to ? s1 : k_to;
         for (int i = 0; i < nh; i++) {
             m[i] = -INFINITY;
             l[i] = 0.0f;
@@ -345,6 +351,11 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
             }
         }
         for (int i = 0; i < nh; i++) {
+            if (ml) {
+                ml[((size_t)t * g->NH + h0 + i) * 2] = m[i];
+                ml[((size_t)t * g->NH + h0 + i) * 2 + 1] = l[i];
+                continue;
+            }
             const float inv = 1.0f / l[i];
             float *oi = o + (size_t)(h0 + i) * HS;
 #pragma omp simd
@@ -353,11 +364,70 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, attn_rows Q, a
     }
 }
 
-/* Work items are (sequence, group of KV heads) pairs: NG groups, as few as keep every thread
- * busy (decode reads whole cache rows for a group's heads) and at most ATTN_HG_MAX query heads
- * each. A sequence of few queries goes through attn_rows_forward; one of more runs its heads'
- * query tiles through the tile kernel above, its K and V rows through its block table (a
- * sequence's geometry is attention_forward's with B = 1, Tq = nq, Tk = ctx). */
+/* A decode sequence's parts: its keys from its first query's first visible key to its last
+ * query's position, cut every ATTN_PART keys. A part is a work item reading whole cache rows
+ * front to back (a block's rows lie together, which the hardware prefetchers follow), so one
+ * stream's attention spreads over the threads without cutting the rows into head slices (at
+ * ctx 1000, 12 GPT-2 heads in 4 slices on 2 threads read 10.5 GB/s; whole rows on one thread
+ * 12.6). The parts merge in order: the result depends on neither the threads nor the other
+ * sequences. */
+#define ATTN_PART ATTN_KB
+
+/* Floats of one part's partial state: up to ATTN_BLAS_MIN_ROWS - 1 queries of NH heads, HS
+ * unnormalized outputs each, then (m, l) each. */
+static size_t attn_part_floats(int NH, int HS) { return (size_t)(ATTN_BLAS_MIN_ROWS - 1) * NH * (HS + 2); }
+
+/* The nq output rows (ldo apart, NH heads of HS) of a sequence from its np parts' states,
+ * attn_part_floats apart from part: per query and head each part weighs e^(m_p - M) (M the
+ * largest m, 0 for a part that saw no key), summed in part order. */
+static void attn_merge_parts(float *out, int64_t ldo, int nq, int NH, int HS, const float *part, int np) {
+    const size_t pf = attn_part_floats(NH, HS), mlo = (size_t)(ATTN_BLAS_MIN_ROWS - 1) * NH * HS;
+    for (int t = 0; t < nq; t++)
+        for (int h = 0; h < NH; h++) {
+            const size_t ml = mlo + ((size_t)t * NH + h) * 2, oo = ((size_t)t * NH + h) * HS;
+            float M = -INFINITY, L = 0.0f;
+            for (int p = 0; p < np; p++) M = part[p * pf + ml] > M ? part[p * pf + ml] : M;
+            for (int p = 0; p < np; p++)
+                if (part[p * pf + ml + 1] > 0) L += part[p * pf + ml + 1] * cpu_expf(part[p * pf + ml] - M);
+            float *o = out + (int64_t)t * ldo + (int64_t)h * HS;
+            memset(o, 0, sizeof(float) * (size_t)HS);
+            for (int p = 0; p < np; p++) {
+                if (!(part[p * pf + ml + 1] > 0)) continue;
+                const float w = cpu_expf(part[p * pf + ml] - M) / L, *op = part + p * pf + oo;
+#pragma omp simd
+                for (int c = 0; c < HS; c++) o[c] += w * op[c];
+            }
+        }
+}
+
+/* At least n floats of the backend's part scratch (contents undefined), or NULL + sk_fail. */
+static float *attn_parts_scratch(backend *be, size_t n) {
+    cpu_impl *impl = be->impl;
+    if (impl->parts_floats < n) {
+        mem_free(impl->parts);
+        impl->parts_floats = 0;
+        if (!(impl->parts = mem_alloc(n * sizeof(float)))) return NULL;
+        impl->parts_floats = n;
+    }
+    return impl->parts;
+}
+
+/* The views of sequence i (its rows from r0 in q and out, its cache rows through its block
+ * table blk) for the kernels above, whose geometry has B = 1. */
+static void attn_seq_views(tensor q, tensor out, tensor k_cache, tensor v_cache, const int *blk, int BS, int r0,
+                           attn_rows *Q, attn_rows *O, attn_rows *K, attn_rows *V) {
+    *Q = (attn_rows){tensor_f32(q) + (int64_t)r0 * q.stride[0], 0, q.stride[0], NULL, 0, DT_F32};
+    *O = (attn_rows){tensor_f32(out) + (int64_t)r0 * out.stride[0], 0, out.stride[0], NULL, 0, DT_F32};
+    *K = (attn_rows){k_cache.data, 0, k_cache.stride[0], blk, BS, k_cache.dt};
+    *V = (attn_rows){v_cache.data, 0, v_cache.stride[0], blk, BS, v_cache.dt};
+}
+
+/* Work items: each decode sequence's (head group of at most ATTN_HG_MAX query heads, part)
+ * pairs, then each prefill sequence's (head group) of NG groups, as few as keep every thread
+ * busy and at most ATTN_HG_MAX query heads each: its heads' query tiles run through the tile
+ * kernel above, its K and V rows through its block table (a sequence's geometry is
+ * attention_forward's with B = 1, Tq = nq, Tk = ctx). A decode sequence of one part writes its
+ * rows at once; of more, its parts' states go to the backend's part scratch and merge after. */
 void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, tensor k_cache, tensor v_cache,
                          tensor seqs, tensor tables, int BS, int NH, int NKV, int W) {
     SK_ASSERT(q.ndim == 2 && out.ndim == 2 && k_cache.ndim == 2 && v_cache.ndim == 2 && BS > 0);
@@ -370,36 +440,84 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
     SK_ASSERT(q.stride[1] == 1 && out.stride[1] == 1 && k_cache.stride[1] == 1 && v_cache.stride[1] == 1);
     SK_ASSERT(k_cache.dt == v_cache.dt && (k_cache.dt == DT_F32 || k_cache.dt == DT_BF16 || k_cache.dt == DT_F16));
     const int *sq = tensor_i32(seqs), *bt = tensor_i32(tables), G = NH / NKV;
-    size_t work = 0;
+    const float sc = 1.0f / sqrtf((float)HS);
+    int *first = mem_alloc(sizeof(int) * ((size_t)S + 1));   /* decode parts before sequence i */
+    SK_ASSERT(first);
+    size_t work = 0, multi = 0;   /* multi: parts of sequences of more than one */
+    int n_prefill = 0;
+    first[0] = 0;
     for (int i = 0; i < S; i++) {
         const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2];
         SK_ASSERT(r0 >= 0 && nq > 0 && r0 + nq <= N && nq <= ctx && (ctx + BS - 1) / BS <= MB);
         for (int b = 0; b < (ctx + BS - 1) / BS; b++) SK_ASSERT(bt[(size_t)i * MB + b] >= 0 && (bt[(size_t)i * MB + b] + 1) * BS <= R);
         work += (size_t)nq * ctx;
+        int np = 0;
+        if (nq < ATTN_BLAS_MIN_ROWS) {
+            const attn_geom g = {1, nq, ctx, NH, NKV, G, HS, W, sc, 0.0f, 0};
+            int s0, s1, unused;
+            attn_span(&g, 0, &s0, &unused);
+            attn_span(&g, nq - 1, &unused, &s1);
+            np = (s1 - s0 + ATTN_PART) / ATTN_PART;
+            if (np > 1) multi += (size_t)np;
+        } else n_prefill++;
+        first[i + 1] = first[i] + np;
     }
+    float *parts = multi ? attn_parts_scratch(be, (size_t)first[S] * attn_part_floats(NH, HS)) : NULL;
+    SK_ASSERT(!multi || parts);   /* a few KB a part, held by the backend */
     const bool par = work * NH * HS > CPU_PAR_MIN;
-    const int want = par ? (2 * omp_get_max_threads() + S - 1) / S : 1, fit = (NH + ATTN_HG_MAX - 1) / ATTN_HG_MAX;
-    const int NG = want > fit ? (want < NKV ? want : NKV) : (fit < NKV ? fit : NKV);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
-    for (int i = 0; i < S; i++)
-        for (int gi = 0; gi < NG; gi++) {
-            const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2];
-            const int h0 = (int)((long)NKV * gi / NG) * G, h1 = (int)((long)NKV * (gi + 1) / NG) * G;
-            const attn_geom g = {1, nq, ctx, NH, NKV, G, HS, W, 1.0f / sqrtf((float)HS), 0.0f, 0};
-            const attn_rows Q = {tensor_f32(q) + (int64_t)r0 * q.stride[0], 0, q.stride[0], NULL, 0, DT_F32},
-                            O = {tensor_f32(out) + (int64_t)r0 * out.stride[0], 0, out.stride[0], NULL, 0, DT_F32},
-                            K = {k_cache.data, 0, k_cache.stride[0], bt + (size_t)i * MB, BS, k_cache.dt},
-                            V = {v_cache.data, 0, v_cache.stride[0], bt + (size_t)i * MB, BS, v_cache.dt};
-            if (nq < ATTN_BLAS_MIN_ROWS) {
-                attn_rows_forward(&g, h0, h1, Q, K, V, O);
-                continue;
+    const int fit = (NH + ATTN_HG_MAX - 1) / ATTN_HG_MAX, NGd = fit < NKV ? fit : NKV;
+    const int want = par && n_prefill ? (2 * omp_get_max_threads() + n_prefill - 1) / n_prefill : 1;
+    const int NG = want > fit ? (want < NKV ? want : NKV) : NGd;
+    const int n_decode = first[S] * NGd;
+#pragma omp parallel if (par)
+    {
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int it = 0; it < n_decode; it++) {
+            const int fp = it / NGd, gi = it % NGd;
+            int i = 0;   /* the sequence of flat part fp: the first i with fp < first[i + 1] */
+            for (int hi = S; i < hi;) {
+                const int mid = (i + hi) / 2;
+                if (first[mid + 1] <= fp) i = mid + 1;
+                else hi = mid;
             }
-            for (int h = h0; h < h1; h++)
-                for (int t0 = 0; t0 < nq; t0 += ATTN_QB) {
-                    const attn_tile x = attn_tile_of(&g, 0, h, t0);
-                    attn_tile_forward(&g, &x, Q, K, V, O, NULL);
-                }
+            const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2], np = first[i + 1] - first[i];
+            const int p = fp - first[i], h0 = (int)((long)NKV * gi / NGd) * G, h1 = (int)((long)NKV * (gi + 1) / NGd) * G;
+            const attn_geom g = {1, nq, ctx, NH, NKV, G, HS, W, sc, 0.0f, 0};
+            int s0, unused;
+            attn_span(&g, 0, &s0, &unused);
+            attn_rows Q, O, K, V;
+            attn_seq_views(q, out, k_cache, v_cache, bt + (size_t)i * MB, BS, r0, &Q, &O, &K, &V);
+            if (np == 1) {
+                attn_rows_forward(&g, h0, h1, s0, INT_MAX, Q, K, V, O, NULL);
+            } else {   /* into the part's state: QD-wide rows, then (m, l) */
+                float *st = parts + (size_t)fp * attn_part_floats(NH, HS);
+                const attn_rows P = {st, 0, QD, NULL, 0, DT_F32};
+                attn_rows_forward(&g, h0, h1, s0 + p * ATTN_PART, s0 + (p + 1) * ATTN_PART - 1, Q, K, V, P,
+                                  st + (size_t)(ATTN_BLAS_MIN_ROWS - 1) * QD);
+            }
         }
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int i = 0; i < S; i++)
+            for (int gi = 0; gi < NG; gi++) {
+                const int r0 = sq[3 * i], nq = sq[3 * i + 1], ctx = sq[3 * i + 2];
+                if (nq < ATTN_BLAS_MIN_ROWS) continue;
+                const int h0 = (int)((long)NKV * gi / NG) * G, h1 = (int)((long)NKV * (gi + 1) / NG) * G;
+                const attn_geom g = {1, nq, ctx, NH, NKV, G, HS, W, sc, 0.0f, 0};
+                attn_rows Q, O, K, V;
+                attn_seq_views(q, out, k_cache, v_cache, bt + (size_t)i * MB, BS, r0, &Q, &O, &K, &V);
+                for (int h = h0; h < h1; h++)
+                    for (int t0 = 0; t0 < nq; t0 += ATTN_QB) {
+                        const attn_tile x = attn_tile_of(&g, 0, h, t0);
+                        attn_tile_forward(&g, &x, Q, K, V, O, NULL);
+                    }
+            }
+#pragma omp for schedule(static)
+        for (int i = 0; i < S; i++)
+            if (first[i + 1] - first[i] > 1)
+                attn_merge_parts(tensor_f32(out) + (int64_t)sq[3 * i] * out.stride[0], out.stride[0], sq[3 * i + 1], NH,
+                                 HS, parts + (size_t)first[i] * attn_part_floats(NH, HS), first[i + 1] - first[i]);
+    }
+    mem_free(first);
 }
 
 /* The backward of one tile, per key tile, with P = exp(S - lse) recomputed, M the dropout

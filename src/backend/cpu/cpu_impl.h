@@ -9,11 +9,13 @@
 
 #include "backend/backend.h"
 
-/* be->impl of the CPU backend: f32 scratch for the bf16 views of one op (cpu_mixed.c), grown
- * on demand, freed with the backend. */
+/* be->impl of the CPU backend: f32 scratch for the bf16 views of one op (cpu_mixed.c) and for
+ * paged decode's parts (cpu_attention.c), each grown on demand, freed with the backend. */
 typedef struct cpu_impl {
     float *scratch;
     size_t scratch_floats;
+    float *parts;
+    size_t parts_floats;
 } cpu_impl;
 
 /* Below this many elements a loop runs on one thread: the fork costs more than it saves. */
