@@ -377,11 +377,14 @@ static void attn_rows_forward(const attn_geom *g, int h0, int h1, int k_from, in
  * unnormalized outputs each, then (m, l) each. */
 static size_t attn_part_floats(int NH, int HS) { return (size_t)(ATTN_BLAS_MIN_ROWS - 1) * NH * (HS + 2); }
 
+/* Where a part's (m, l) pairs start within its state: after its output rows. */
+static size_t attn_part_ml(int NH, int HS) { return (size_t)(ATTN_BLAS_MIN_ROWS - 1) * NH * HS; }
+
 /* The nq output rows (ldo apart, NH heads of HS) of a sequence from its np parts' states,
  * attn_part_floats apart from part: per query and head each part weighs e^(m_p - M) (M the
  * largest m, 0 for a part that saw no key), summed in part order. */
 static void attn_merge_parts(float *out, int64_t ldo, int nq, int NH, int HS, const float *part, int np) {
-    const size_t pf = attn_part_floats(NH, HS), mlo = (size_t)(ATTN_BLAS_MIN_ROWS - 1) * NH * HS;
+    const size_t pf = attn_part_floats(NH, HS), mlo = attn_part_ml(NH, HS);
     for (int t = 0; t < nq; t++)
         for (int h = 0; h < NH; h++) {
             const size_t ml = mlo + ((size_t)t * NH + h) * 2, oo = ((size_t)t * NH + h) * HS;
@@ -443,7 +446,8 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
     const float sc = 1.0f / sqrtf((float)HS);
     int *first = mem_alloc(sizeof(int) * ((size_t)S + 1));   /* decode parts before sequence i */
     SK_ASSERT(first);
-    size_t work = 0, multi = 0;   /* multi: parts of sequences of more than one */
+    size_t work = 0;
+    bool multi = false;   /* some sequence has more than one part */
     int n_prefill = 0;
     first[0] = 0;
     for (int i = 0; i < S; i++) {
@@ -458,7 +462,7 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
             attn_span(&g, 0, &s0, &unused);
             attn_span(&g, nq - 1, &unused, &s1);
             np = (s1 - s0 + ATTN_PART) / ATTN_PART;
-            if (np > 1) multi += (size_t)np;
+            multi = multi || np > 1;
         } else n_prefill++;
         first[i + 1] = first[i] + np;
     }
@@ -493,7 +497,7 @@ void cpu_paged_attention(backend *be, backend_stream *s, tensor out, tensor q, t
                 float *st = parts + (size_t)fp * attn_part_floats(NH, HS);
                 const attn_rows P = {st, 0, QD, NULL, 0, DT_F32};
                 attn_rows_forward(&g, h0, h1, s0 + p * ATTN_PART, s0 + (p + 1) * ATTN_PART - 1, Q, K, V, P,
-                                  st + (size_t)(ATTN_BLAS_MIN_ROWS - 1) * QD);
+                                  st + attn_part_ml(NH, HS));
             }
         }
 #pragma omp for collapse(2) schedule(dynamic, 1)
