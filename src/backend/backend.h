@@ -33,6 +33,9 @@
 #include "base/base.h"
 #include "tensor/tensor.h"
 
+/* Nothing in a backend is locked: threads that run models at once each create their own
+ * (on the CPU they read the same host memory); another thread may only copy and record
+ * events on streams of its own (thread_bind). */
 typedef struct backend backend;
 /* A stream orders work: ops and copies on one stream run in the order issued, ops on
  * different streams may overlap. NULL is the backend's default stream. On the CPU every

@@ -45,17 +45,19 @@ static sk_status replica_build_engine(replica *rep) {
     comm *c = rt->o.tp;
     if (rt->o.tp_ranks > 1) SK_TRY(replica_tp_join(rep, &c));   /* a process replica's child: K ranks */
     SK_TRY(replica_weights(rt));
-    backend *be = rt->cpu;
     if (rep->device >= 0) {
         const int n = backend_device_count("cuda");   /* backend_create_on would wrap the id around */
         const int dev = rt->o.tp_ranks > 1 ? c->local_rank : rep->device;   /* ranks: a GPU each */
         if (rt->o.tp_ranks <= 1 && dev >= n)
             return sk_fail(SK_EARG, "CUDA device %d cannot be used: this process sees %d (see --devices)", dev, n);
         /* on its device, made this thread's current one */
-        if (!(be = rep->own_be = backend_create_on("cuda", dev))) return SK_EARG;
+        if (!(rep->own_be = backend_create_on("cuda", dev))) return SK_EARG;
+    } else if (!(rep->own_be = backend_create("cpu"))) {   /* a backend serves one thread (backend.h) */
+        return SK_EARG;
     }
-    /* over the router's mapping: the replicas on a device share one device copy (devw.h) */
-    SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, be, c, &rep->m));
+    /* over the router's mapping: read in place on the CPU; the replicas on a device share one
+     * device copy (devw.h) */
+    SK_TRY(model_open_wts_split(&rt->base->cfg, rt->base->weights, rep->own_be, c, &rep->m));
     return engine_create(rep->m, &rt->eo, &rep->e);
 }
 

@@ -120,7 +120,7 @@ struct replica {
     int slot;                /* its slot of the router's devices (router_slot_device), or -1: the CPU */
     pthread_t thread;
     /* its thread */
-    backend *own_be;         /* a CUDA replica's backend; NULL: the router's CPU backend */
+    backend *own_be;         /* its backend (on its device, or the CPU); NULL in a process replica */
     model *m;
     engine *e;               /* NULL for a process replica: its engine is in the child */
     rproc *proc;             /* a process replica's child, else NULL; set and cleared under mu while it
@@ -190,7 +190,7 @@ struct router {
     tok *t;
     chat_template ct;
     const chat_template *chat;      /* &ct, or NULL: the model has no chat template */
-    backend *cpu;                   /* shared by the CPU replicas */
+    backend *cpu;                   /* rt->base's; each replica runs on a backend of its own */
     model *base;                    /* the mapping every CPU replica's model shares; its config (in a
                                      * process replica's child: replica_weights) */
     engine_opts eo;                 /* max_ctx resolved */
