@@ -8,7 +8,7 @@
 #                   normalised steps, so 1e-5 cannot hold for every element);
 #   tp2_dp2_zero*   4 ranks as 2 tensor-parallel groups of 2 with ZeRO-1 (and -3) over the 2
 #                   data-parallel peers of each share, at the same global batch: the same
-#                   losses as one process;
+#                   losses as one process; tp2_dp4_zero*: 8 ranks, 4 groups, ZeRO-2 and -3;
 #   tp2_dp2_zero2_offload  the same at ZeRO-2 with --offload optimizer for 3 steps, resumed
 #                   without it: the same losses and final model;
 #   tp2_dp2_staged  ZeRO-3 with every collective staged through 64-byte pinned pieces (the GPU
@@ -116,14 +116,16 @@ for m in gpt2 llama; do
     if msg=$(close "$T/ref16_$m" "$T/$name" 2e-3 2>&1); then pass $name; else fail $name "$msg"; fi
 done
 
-# 2 tensor-parallel groups of 2 ranks, ZeRO over the 2 data-parallel peers of each share
-for mz in gpt2:1 llama:1 gpt2:3; do
-    m=${mz%:*}; z=${mz#*:}
-    name=tp2_dp2_zero${z}_$m
-    if ! $MPIRUN -n 4 $SK train --model "$T/$m" $F --out "$T/$name" --tp 2 --zero $z >"$T/err" 2>&1; then
+# 2 tensor-parallel groups of 2 ranks (then 4 groups: 8 ranks), ZeRO over the data-parallel
+# peers of each share
+for mzd in gpt2:1:2 llama:1:2 gpt2:3:2 gpt2:3:4 llama:2:4; do
+    m=${mzd%%:*}; z=${mzd#*:}; d=${z#*:}; z=${z%:*}
+    name=tp2_dp${d}_zero${z}_$m
+    if ! $MPIRUN -n $((2 * d)) $SK train --model "$T/$m" $F --out "$T/$name" --tp 2 --zero $z >"$T/err" 2>&1; then
         fail $name "exit status $?: $(tail -5 "$T/err")"; continue
     fi
-    if msg=$(close "$T/ref_$m" "$T/$name" 1e-5 2>&1) && ls "$T/$name/checkpoint-5" | grep -q 'optimizer-rank3-of-4.bin'
+    if msg=$(close "$T/ref_$m" "$T/$name" 1e-5 2>&1) &&
+       ls "$T/$name/checkpoint-5" | grep -q "optimizer-rank$((2 * d - 1))-of-$((2 * d)).bin"
     then pass $name; else fail $name "$msg"; fi
 done
 
