@@ -3,7 +3,7 @@
 # checked against the single-process run of the same flags:
 #   same_losses_*   20 steps at every ZeRO stage, static and dynamic data, world 2, 3, 4 and 8
 #                   (uneven splits of --batch 7; at 8 a rank has no sample): every loss within
-#                   1e-5 relative of world 1;
+#                   1e-5 relative of world 1; a Llama with grouped key/value heads at 4 and 8;
 #                   the same with --dropout at world 3; ZeRO-2/3 without overlap
 #                   (SKEIN_ZERO_OVERLAP=0) bit for bit as with it; every stage at world 2
 #                   with its buffers staged as for a GPU (SKEIN_COMM_STAGE=1) bit for bit;
@@ -53,6 +53,18 @@ for n in 2 3 4 8; do
         done
     done
 done
+# A Llama (grouped key/value heads, RMSNorm, SwiGLU) sharded the same ways at 4 and 8 ranks
+if $SK init --arch llama --layers 2 --heads 4 --kv-heads 2 --dim 32 --ffn-dim 64 --vocab-size 29 --context 32 \
+        --out "$T/llama" >/dev/null 2>"$T/err" && $SK train $F --model "$T/llama" --out "$T/lref" 2>"$T/err"; then
+    for nz in 4:1 4:3 8:2 8:3; do
+        n=${nz%:*}; z=${nz#*:}
+        name=llama_same_losses_n${n}_zero$z
+        if ! $MPIRUN -n $n $SK train $F --model "$T/llama" --out "$T/$name" --zero $z >"$T/err" 2>&1; then
+            fail $name "exit status $?: $(tail -5 "$T/err")"; continue
+        fi
+        if msg=$(close "$T/lref" "$T/$name" 1e-5 2>&1); then pass $name; else fail $name "$msg"; fi
+    done
+else fail llama_same_losses "world 1 run: $(tail -3 "$T/err")"; fi
 # Overlap changes when collectives are waited for, not what is summed: ZeRO-2 and -3 at world 3
 # with SKEIN_ZERO_OVERLAP=0 train the same losses and final weights, bit for bit.
 for z in 2 3; do
