@@ -1,6 +1,6 @@
 """The official OpenAI Python client (PyPI openai, from build/pyenv) against skein serve at
 127.0.0.1 (tests/cli_serve_robust.sh): it lists the models, completes, chats and streams both,
-greedy answers equal whole and streamed, and skein's 4xx errors come back as the client's typed
+greedy answers equal whole and streamed, three choices ("n") streamed as whole, and skein's 4xx errors come back as the client's typed
 exceptions. Usage: check_openai.py URL KEY MODEL. Prints PASS/FAIL lines; stops within its
 clients' 30 s timeouts."""
 import sys
@@ -45,6 +45,16 @@ def chat():
     assert text == m.content, (text, m.content)
 
 
+def choices():
+    kw = dict(model=MODEL, prompt='static int', max_tokens=5, temperature=1, seed=3, n=3, extra_body={'ignore_eos': True})
+    r = c.completions.create(**kw)
+    assert [x.index for x in r.choices] == [0, 1, 2] and r.usage.completion_tokens == 15, r
+    text = {}
+    for ch in c.completions.create(stream=True, **kw):
+        for x in ch.choices: text[x.index] = text.get(x.index, '') + x.text
+    assert [text[i] for i in range(3)] == [x.text for x in r.choices], (text, r.choices)
+
+
 def errors():
     try:
         c.completions.create(model=MODEL, prompt='a', max_tokens=-1)
@@ -66,4 +76,5 @@ def errors():
 case('models', models)
 case('completion_whole_and_stream', completion)
 case('chat_whole_and_stream', chat)
+case('n_choices_whole_and_stream', choices)
 case('errors_typed', errors)

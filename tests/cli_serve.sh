@@ -4,7 +4,8 @@
 # with an API key; curl checks /health, /v1/models, a greedy completion equal to skein
 # generate's text, the same text streamed and ending with [DONE], chat (whole and streamed),
 # /tokenize and /detokenize, logprobs (greedy: the chosen token is the top one; streamed equal to
-# whole) and the include_usage chunk, each malformed request's 4xx with an OpenAI error body (the server answering after each),
+# whole) and the include_usage chunk, "n" choices (each the one-choice request of its seed; streamed
+# equal to whole), each malformed request's 4xx with an OpenAI error body (the server answering after each),
 # and /metrics counting them; then, on a slower model with one sequence and no queue, 503 with
 # Retry-After while busy and client disconnects cancelling their requests (streamed or whole).
 # The servers are killed at the end (trap). Prints PASS/FAIL lines.
@@ -116,6 +117,54 @@ if [ "$(req lpch -H "$AUTH" -d "$body}" $U/v1/chat/completions)" = 200 ] &&
    python3 "$T/lp.py" chat "$T/lpch.out" "$T/lpchs.out" >"$T/why" 2>&1
 then pass serve_logprobs_chat; else fail serve_logprobs_chat "$(cat "$T/why")"; fi
 
+# "n": choices of one prompt, choice i sampled with the seed + i: each equals the one-choice
+# request with that seed; usage counts the prompt once and every choice's tokens. Streamed
+# (chat): a role chunk, text and one finish_reason chunk per choice, the texts the whole
+# response's, the usage chunk last.
+cat > "$T/n.py" <<'PY'
+import json, sys
+def chunks(path):
+    lines = [l for l in open(path, encoding='utf-8').read().split('\n') if l]
+    assert lines[-1] == 'data: [DONE]', lines[-1]
+    return [json.loads(l[6:]) for l in lines[:-1]]
+if sys.argv[1] == 'completion':
+    j = json.load(open(sys.argv[2]))
+    ones = [json.load(open(f)) for f in sys.argv[3:]]
+    assert [c['index'] for c in j['choices']] == list(range(len(ones))), j
+    for c, o in zip(j['choices'], ones):
+        assert c['text'] == o['choices'][0]['text'] and c['finish_reason'] == 'length', (c, o)
+    assert len({c['text'] for c in j['choices']}) > 1, 'the choices are all the same text'
+    u = j['usage']
+    assert u['prompt_tokens'] == ones[0]['usage']['prompt_tokens'] and u['completion_tokens'] == 10 * len(ones), u
+    assert u['total_tokens'] == u['prompt_tokens'] + u['completion_tokens'], u
+else:
+    whole = json.load(open(sys.argv[2]))
+    cs = chunks(sys.argv[3])
+    usage = cs[-1]
+    assert usage['choices'] == [] and usage['usage'] == whole['usage'] and usage['usage']['completion_tokens'] == 12, usage
+    text, roles, ends = {}, {}, {}
+    for c in cs[:-1]:
+        (ch,) = c['choices']
+        i, d = ch['index'], ch['delta']
+        assert i not in ends, 'chunk after the end of choice %d' % i
+        if 'role' in d: roles[i] = roles.get(i, 0) + 1
+        text[i] = text.get(i, '') + d.get('content', '')
+        if ch['finish_reason']: ends[i] = ch['finish_reason']
+    assert roles == {0: 1, 1: 1} and ends == {0: 'length', 1: 'length'}, (roles, ends)
+    assert [text[i] for i in (0, 1)] == [c['message']['content'] for c in whole['choices']], (text, whole)
+PY
+body='"prompt": "static int", "max_tokens": 10, "temperature": 1, "ignore_eos": true'
+ok=1
+for i in 0 1 2; do [ "$(req n1_$i -H "$AUTH" -d "{$body, \"seed\": $((42 + i))}" $C)" = 200 ] || ok=0; done
+if [ $ok = 1 ] && [ "$(req n3 -H "$AUTH" -d "{$body, \"seed\": 42, \"n\": 3}" $C)" = 200 ] &&
+   python3 "$T/n.py" completion "$T/n3.out" "$T/n1_0.out" "$T/n1_1.out" "$T/n1_2.out" >"$T/why" 2>&1
+then pass serve_n_choices_seeded; else fail serve_n_choices_seeded "$(cat "$T/why" "$T/n3.out")"; fi
+body='"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "seed": 5, "n": 2, "ignore_eos": true'
+if [ "$(req n2ch -H "$AUTH" -d "{$body}" $U/v1/chat/completions)" = 200 ] &&
+   [ "$(req n2chs -N -H "$AUTH" -d "{$body, \"stream\": true, \"stream_options\": {\"include_usage\": true}}" $U/v1/chat/completions)" = 200 ] &&
+   python3 "$T/n.py" chat "$T/n2ch.out" "$T/n2chs.out" >"$T/why" 2>&1
+then pass serve_n_chat_streamed; else fail serve_n_chat_streamed "$(cat "$T/why" "$T/n2chs.out")"; fi
+
 # malformed requests: NAME STATUS PARAM(or -) then curl arguments
 python3 -c "import json; print(json.dumps({'prompt': 'word ' * 400}))" >"$T/long.json"
 head -c 100000 /dev/zero | tr '\0' a >"$T/big"
@@ -132,7 +181,8 @@ bad wrong_type 400 temperature -H "$AUTH" -d '{"prompt": "a", "temperature": "ho
 bad prompt_type 400 prompt -H "$AUTH" -d '{"prompt": 5}' $C
 bad negative_max_tokens 400 max_tokens -H "$AUTH" -d '{"prompt": "a", "max_tokens": -3}' $C
 bad huge_max_tokens 400 max_tokens -H "$AUTH" -d '{"prompt": "a", "max_tokens": 100000000}' $C
-bad n_two 400 n -H "$AUTH" -d '{"prompt": "a", "n": 2}' $C
+bad n_zero 400 n -H "$AUTH" -d '{"prompt": "a", "n": 0}' $C
+bad n_over_cap 400 n -H "$AUTH" -d '{"prompt": "a", "n": 129}' $C
 bad top_p 400 top_p -H "$AUTH" -d '{"prompt": "a", "top_p": 0}' $C
 bad stop_type 400 stop -H "$AUTH" -d '{"prompt": "a", "stop": 3}' $C
 bad messages 400 messages -H "$AUTH" -d '{"messages": "hi"}' $U/v1/chat/completions
@@ -164,7 +214,7 @@ else echo "SKIP serve_stop_string: the greedy text has no printable stop candida
 curl -s -m 10 $U/metrics >"$T/metrics"
 # msum NAME: NAME's samples in $T/metrics summed over their labels
 msum() { awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2; f = 1 } END { if (f) printf "%d\n", s }' "$T/metrics"; }
-if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 17$' "$T/metrics" &&
+if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 18$' "$T/metrics" &&
    grep -q '^skein_requests_total{status="401"} 4$' "$T/metrics" && grep -q '^skein_requests_total{status="413"} 1$' "$T/metrics" &&
    grep -q '^skein_requests_total{status="404"} 2$' "$T/metrics" && grep -q '^skein_generation_tokens_total{model="m"} [1-9]' "$T/metrics" &&
    grep -q '^skein_kv_blocks_used{model="m",replica="0"} 0$' "$T/metrics" && [ "$(msum skein_queue_depth)" = 0 ] &&

@@ -23,6 +23,7 @@
 
 #define API_MAX_MESSAGES 256
 #define API_WAIT_MS 100      /* how often a waiting handler checks its client is still there */
+#define API_MAX_N 128        /* choices a call may ask for ("n"; OpenAI's cap) */
 
 static const int api_statuses[] = {200, 400, 401, 404, 405, 413, 500, 503};
 #define API_N_STATUS ((int)(sizeof api_statuses / sizeof api_statuses[0]))
@@ -86,18 +87,81 @@ static cJSON *api_error_json(const api_error *e) {
 
 /* ---- handlers: waiting and replies ---- */
 
-/* Waits (rt->mu held) until r has text (unless whole) or is done. false when the client has
- * left (r is abandoned) or the server stops. */
-static bool api_wait(router *rt, serve_req *r, bool whole) {
-    while (!r->done && (whole || r->n_out == 0)) {
+/* One generation call as its handler holds it: its "n" choices, each a request of the same
+ * prompt (choice i is r[i], r[i]->index == i), the condition their replicas signal, and a
+ * stream's progress (the connection's thread only). */
+typedef struct api_call {
+    router *rt;
+    serve_req *r[API_MAX_N];
+    int n;
+    bool chat, stream, include_usage;
+    char id[48];
+    long created;
+    int fd;
+    pthread_cond_t cv;       /* each choice's wake */
+    int phase;               /* a stream's: 0 role chunks, 1 text, 2 usage and [DONE], 3 ended */
+    int roles_sent;          /* chat role chunks sent (one a choice) */
+    int next;                /* the choice looked at first for news (round robin) */
+    char *ev;                /* the event being sent */
+    size_t ev_n, ev_off;
+} api_call;
+
+/* The first choice (from c->next on) with news for a stream: text not yet taken, or an end
+ * whose chunk is not sent; -1 when none (rt->mu held). */
+static int api_news(const api_call *c) {
+    for (int k = 0; k < c->n; k++) {
+        const serve_req *r = c->r[(c->next + k) % c->n];
+        if (r->n_out || (r->done && !r->end_sent)) return (c->next + k) % c->n;
+    }
+    return -1;
+}
+
+static bool api_all_done(const api_call *c) {
+    for (int i = 0; i < c->n; i++)
+        if (!c->r[i]->done) return false;
+    return true;
+}
+
+/* Abandons every choice of c (rt->mu held): cancelled wherever it is. */
+static void api_abandon(router *rt, api_call *c) {
+    for (int i = 0; i < c->n; i++) router_abandon(rt, c->r[i]);
+}
+
+/* Waits (rt->mu held) until every choice is done (whole) or one has news (api_news). false
+ * when the client has left (the choices are abandoned) or the server stops. */
+static bool api_wait(router *rt, api_call *c, bool whole) {
+    while (whole ? !api_all_done(c) : api_news(c) < 0) {
         if (rt->stopping) return false;
-        serve_wait_ms(&r->cv, &rt->mu, API_WAIT_MS);
-        if (!r->done && !http_peer_alive(r->fd)) {
-            router_abandon(rt, r);
+        serve_wait_ms(&c->cv, &rt->mu, API_WAIT_MS);
+        if (!api_all_done(c) && !http_peer_alive(c->fd)) {
+            api_abandon(rt, c);
             return false;
         }
     }
     return true;
+}
+
+/* Drops the handler's hold on c's choices (rt->mu held): abandoned if still running, their
+ * wake cleared, the handler's references dropped; then frees c. */
+static void api_call_free(router *rt, api_call *c) {
+    for (int i = 0; i < c->n; i++) {
+        router_abandon(rt, c->r[i]);
+        c->r[i]->wake = NULL;
+        req_unref(c->r[i]);
+    }
+    pthread_cond_destroy(&c->cv);
+    mem_free(c->ev);
+    mem_free(c);
+}
+
+/* Ends a call whose choices from k on were never submitted (rt->mu held): those are the
+ * handler's alone (done, so router_abandon leaves them be); then api_call_free. */
+static void api_call_drop(router *rt, api_call *c, int k) {
+    for (int i = k; i < c->n; i++) {
+        c->r[i]->done = true;
+        c->r[i]->refs = 1;
+    }
+    api_call_free(rt, c);
 }
 
 /* How many bytes start u (n > 0 of them) as one well-formed UTF-8 character (> 0), or, when
@@ -209,32 +273,44 @@ static cJSON *api_logprobs_json(const router *rt, serve_req *r) {
     return j;
 }
 
-static cJSON *api_usage(const serve_req *r) {
+/* Usage over every choice: the prompt counted once, the generated tokens of all (rt->mu held). */
+static cJSON *api_usage(const api_call *c) {
+    int gen = 0;
+    for (int i = 0; i < c->n; i++) gen += c->r[i]->n_gen;
+    const int prompt = c->r[0]->n_prompt;
     cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", r->n_gen);
-    cJSON_AddNumberToObject(u, "total_tokens", r->n_prompt + r->n_gen);
+    cJSON_AddNumberToObject(u, "prompt_tokens", prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", gen);
+    cJSON_AddNumberToObject(u, "total_tokens", prompt + gen);
     return u;
 }
 
-/* A response object: whole (text is all of it, finish set) or a stream chunk (text: the new
- * text or NULL; role: the chat chunk that opens the stream; finish: the last chunk). With
- * logprobs requested, the whole response and every chunk but the role chunk carry the
- * log-probabilities of the tokens generated since the last chunk (rt->mu held). */
-static cJSON *api_choice_json(const router *rt, serve_req *r, const char *text, bool role,
-                              const char *finish) {
+/* A response object without choices yet: id, object, created, model and an empty "choices"
+ * list, returned in *choices. */
+static cJSON *api_frame(const router *rt, const api_call *c, cJSON **choices) {
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "id", r->id);
-    cJSON_AddStringToObject(j, "object", r->chat ? (r->stream ? "chat.completion.chunk" : "chat.completion")
+    cJSON_AddStringToObject(j, "id", c->id);
+    cJSON_AddStringToObject(j, "object", c->chat ? (c->stream ? "chat.completion.chunk" : "chat.completion")
                                                  : "text_completion");
-    cJSON_AddNumberToObject(j, "created", (double)r->created);
+    cJSON_AddNumberToObject(j, "created", (double)c->created);
     cJSON_AddStringToObject(j, "model", rt->name);
+    *choices = cJSON_AddArrayToObject(j, "choices");
+    return j;
+}
+
+/* Adds choice r to the list: whole (text is all of it, finish set) or a stream chunk's (text:
+ * the new text or NULL; role: the chat chunk that opens the choice; finish: its last chunk).
+ * With logprobs requested, the whole choice and every chunk but the role chunk carry the
+ * log-probabilities of the tokens generated since the last chunk (rt->mu held). false when out
+ * of memory. */
+static bool api_choice(const router *rt, serve_req *r, cJSON *choices, const char *text, bool role,
+                       const char *finish) {
     cJSON *c = cJSON_CreateObject();
-    cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "choices"), c);
+    cJSON_AddItemToArray(choices, c);
     char *clean = text ? api_utf8_clean(text, strlen(text)) : NULL;
-    if (text && !clean) { cJSON_Delete(j); return NULL; }
+    if (text && !clean) return false;
     text = clean;
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", r->index);
     if (!r->chat) {
         cJSON_AddStringToObject(c, "text", text ? text : "");
     } else {
@@ -242,96 +318,117 @@ static cJSON *api_choice_json(const router *rt, serve_req *r, const char *text, 
         if (role || !r->stream) cJSON_AddStringToObject(m, "role", "assistant");
         if (text) cJSON_AddStringToObject(m, "content", text);
     }
-    cJSON *lp = r->p.logprobs && !role && (!r->stream || r->lp_sent < r->n_lp) ? api_logprobs_json(rt, r) : NULL;
-    if (r->p.logprobs && !role && !lp && (!r->stream || r->lp_sent < r->n_lp)) { mem_free(clean); cJSON_Delete(j); return NULL; }
+    mem_free(clean);
+    const bool want_lp = r->p.logprobs && !role && (!r->stream || r->lp_sent < r->n_lp);
+    cJSON *lp = want_lp ? api_logprobs_json(rt, r) : NULL;
+    if (want_lp && !lp) return false;
     if (lp) cJSON_AddItemToObject(c, "logprobs", lp); else cJSON_AddNullToObject(c, "logprobs");
     if (finish) cJSON_AddStringToObject(c, "finish_reason", finish); else cJSON_AddNullToObject(c, "finish_reason");
-    if (!r->stream) cJSON_AddItemToObject(j, "usage", api_usage(r));
-    mem_free(clean);
-    return j;
+    return true;
 }
 
-/* Sets r->ev to "data: <json>\n\n" (frees j). false when out of memory. */
-static bool api_event(serve_req *r, cJSON *j) {
+/* A stream chunk of choice r (api_choice's arguments); NULL when out of memory. */
+static cJSON *api_chunk(const router *rt, const api_call *c, serve_req *r, const char *text, bool role,
+                        const char *finish) {
+    cJSON *choices, *j = api_frame(rt, c, &choices);
+    if (api_choice(rt, r, choices, text, role, finish)) return j;
+    cJSON_Delete(j);
+    return NULL;
+}
+
+/* Sets c->ev to "data: <json>\n\n" (frees j). false when out of memory. */
+static bool api_event(api_call *c, cJSON *j) {
     char *text = j ? cJSON_PrintUnformatted(j) : NULL;
     cJSON_Delete(j);
     if (!text) return false;
     size_t n = strlen(text);
-    mem_free(r->ev);
-    r->ev = mem_alloc(n + 9);
-    if (r->ev) r->ev_n = (size_t)snprintf(r->ev, n + 9, "data: %s\n\n", text);
-    r->ev_off = 0;
+    mem_free(c->ev);
+    c->ev = mem_alloc(n + 9);
+    if (c->ev) c->ev_n = (size_t)snprintf(c->ev, n + 9, "data: %s\n\n", text);
+    c->ev_off = 0;
     cJSON_free(text);
-    return r->ev != NULL;
+    return c->ev != NULL;
 }
 
-/* http_stream_fn of a streaming request: the role chunk (chat), text chunks as they come,
- * the chunk with finish_reason (or an error event), then "data: [DONE]". */
+/* The next event of a stream with rt->mu held: a choice's text, or its last chunk (with
+ * finish_reason; after every choice's, phase 2), or an error event (phase 2, no usage).
+ * NULL when the client has left, the server stops, or memory runs out. */
+static cJSON *api_next_chunk(router *rt, api_call *c) {
+    if (!api_wait(rt, c, false)) return NULL;
+    const int i = api_news(c);
+    serve_req *r = c->r[i];
+    c->next = (i + 1) % c->n;
+    if (r->n_out) {
+        cJSON *j = api_chunk(rt, c, r, r->out, false, NULL);
+        r->n_out = 0;
+        return j;
+    }
+    r->end_sent = true;
+    if (r->error[0]) {   /* one choice failed: the call ends with its error */
+        api_error e;
+        api_fail(&e, 500, NULL, "engine_error", "%s", r->error);
+        c->phase = 2;
+        c->include_usage = false;
+        return api_error_json(&e);
+    }
+    bool all = true;
+    for (int k = 0; k < c->n; k++) all = all && c->r[k]->end_sent;
+    if (all) c->phase = 2;
+    return api_chunk(rt, c, r, NULL, false, r->finish);
+}
+
+/* http_stream_fn of a streaming call: the role chunk of each choice (chat), text chunks as
+ * they come, each choice's chunk with finish_reason (or an error event), the usage chunk when
+ * asked, then "data: [DONE]". */
 static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
-    serve_req *r = ctx;
-    router *rt = r->rt;
-    while (r->ev_off == r->ev_n) {
-        if (r->phase == 3) return HTTP_STREAM_END;
-        if (r->phase == 2 && r->include_usage) {   /* OpenAI's usage chunk: no choices */
-            r->include_usage = false;
-            cJSON *j = cJSON_CreateObject();
-            cJSON_AddStringToObject(j, "id", r->id);
-            cJSON_AddStringToObject(j, "object", r->chat ? "chat.completion.chunk" : "text_completion");
-            cJSON_AddNumberToObject(j, "created", (double)r->created);
-            cJSON_AddStringToObject(j, "model", rt->name);
-            cJSON_AddArrayToObject(j, "choices");
+    api_call *c = ctx;
+    router *rt = c->rt;
+    while (c->ev_off == c->ev_n) {
+        if (c->phase == 3) return HTTP_STREAM_END;
+        if (c->phase == 2 && c->include_usage) {   /* OpenAI's usage chunk: no choices */
+            c->include_usage = false;
+            cJSON *choices, *j = api_frame(rt, c, &choices);
             pthread_mutex_lock(&rt->mu);
-            cJSON_AddItemToObject(j, "usage", api_usage(r));
+            cJSON_AddItemToObject(j, "usage", api_usage(c));
             pthread_mutex_unlock(&rt->mu);
-            if (!api_event(r, j)) return HTTP_STREAM_ABORT;
+            if (!api_event(c, j)) return HTTP_STREAM_ABORT;
             break;
         }
-        if (r->phase == 2) {
+        if (c->phase == 2) {
             static const char done[] = "data: [DONE]\n\n";
-            mem_free(r->ev);
-            if (!(r->ev = mem_alloc(sizeof done))) return HTTP_STREAM_ABORT;
-            memcpy(r->ev, done, sizeof done);
-            r->ev_n = sizeof done - 1;
-            r->ev_off = 0;
-            r->phase = 3;
+            mem_free(c->ev);
+            if (!(c->ev = mem_alloc(sizeof done))) return HTTP_STREAM_ABORT;
+            memcpy(c->ev, done, sizeof done);
+            c->ev_n = sizeof done - 1;
+            c->ev_off = 0;
+            c->phase = 3;
             break;
         }
-        if (r->phase == 0) {
-            r->phase = 1;
-            if (r->chat && !api_event(r, api_choice_json(rt, r, NULL, true, NULL))) return HTTP_STREAM_ABORT;
+        if (c->phase == 0) {
+            if (!c->chat || c->roles_sent == c->n) {
+                c->phase = 1;
+                continue;
+            }
+            serve_req *r = c->r[c->roles_sent++];
+            if (!api_event(c, api_chunk(rt, c, r, NULL, true, NULL))) return HTTP_STREAM_ABORT;
             continue;
         }
         pthread_mutex_lock(&rt->mu);
-        bool ok = api_wait(rt, r, false);
-        cJSON *j = NULL;
-        if (ok && r->n_out) {
-            j = api_choice_json(rt, r, r->out, false, NULL);
-            r->n_out = 0;
-        } else if (ok && r->done && !r->error[0]) {
-            j = api_choice_json(rt, r, NULL, false, r->finish);
-            r->phase = 2;
-        } else if (ok) {
-            api_error e;
-            api_fail(&e, 500, NULL, "engine_error", "%s", r->error);
-            j = api_error_json(&e);
-            r->phase = 2;
-            r->include_usage = false;
-        }
+        cJSON *j = api_next_chunk(rt, c);
         pthread_mutex_unlock(&rt->mu);
-        if (!ok || !api_event(r, j)) return HTTP_STREAM_ABORT;
+        if (!api_event(c, j)) return HTTP_STREAM_ABORT;
     }
-    size_t n = r->ev_n - r->ev_off < max ? r->ev_n - r->ev_off : max;
-    memcpy(buf, r->ev + r->ev_off, n);
-    r->ev_off += n;
+    size_t n = c->ev_n - c->ev_off < max ? c->ev_n - c->ev_off : max;
+    memcpy(buf, c->ev + c->ev_off, n);
+    c->ev_off += n;
     return (ssize_t)n;
 }
 
 static void api_stream_free(void *ctx) {
-    serve_req *r = ctx;
-    router *rt = r->rt;
+    api_call *c = ctx;
+    router *rt = c->rt;
     pthread_mutex_lock(&rt->mu);
-    router_abandon(rt, r);
-    req_unref(r);
+    api_call_free(rt, c);
     pthread_mutex_unlock(&rt->mu);
 }
 
@@ -432,17 +529,16 @@ static bool api_parse_prompt(router *rt, const cJSON *body, serve_req *r, api_er
     return true;
 }
 
-/* Fills r from the body (its "model" already checked by api_body); false with e set (400)
- * when a field is bad. num: the request's number (a seed when the body gives none). */
-static bool api_parse(router *rt, const cJSON *body, serve_req *r, api_error *e, uint64_t num) {
+/* Fills r (choice 0) and c's include_usage from the body (its "model" already checked by
+ * api_body) and sets *n to its "n"; false with e set (400) when a field is bad. num: the
+ * call's number (a seed when the body gives none). */
+static bool api_parse(router *rt, const cJSON *body, api_call *c, serve_req *r, long *n, api_error *e, uint64_t num) {
     bool ignore_eos = false;
-    long n = 1, max_tokens = r->chat ? 0 : 16, top_k = 0, seed = -1;
+    long max_tokens = r->chat ? 0 : 16, top_k = 0, seed = -1;
     double temperature = 1, top_p = 1, min_p = 0, rep = 1, presence = 0, frequency = 0;
-    if (api_field_bad(json_get_int(body, "n", false, "request", &n), e, "n")) return false;
-    if (n != 1) {
-        api_fail(e, 400, "n", "invalid_value", "request: field \"n\" is %ld; this server supports only n=1", n);
+    *n = 1;
+    if (api_field_bad(json_get_int(body, "n", false, "request", n), e, "n") || api_range_bad((double)*n, 1, API_MAX_N, e, "n"))
         return false;
-    }
     if (api_field_bad(json_get_bool(body, "stream", false, "request", &r->stream), e, "stream") ||
         api_field_bad(json_get_int(body, "max_tokens", false, "request", &max_tokens), e, "max_tokens") ||
         api_field_bad(json_get_double(body, "temperature", false, "request", &temperature), e, "temperature") ||
@@ -490,7 +586,7 @@ static bool api_parse(router *rt, const cJSON *body, serve_req *r, api_error *e,
             api_fail(e, 400, "stream_options", "invalid_value", "request: field \"stream_options\" must be an object, and only with \"stream\": true");
             return false;
         }
-        if (api_field_bad(json_get_bool(so, "include_usage", false, "request.stream_options", &r->include_usage), e, "stream_options"))
+        if (api_field_bad(json_get_bool(so, "include_usage", false, "request.stream_options", &c->include_usage), e, "stream_options"))
             return false;
     }
     if (!api_parse_stop(body, r, e) || !api_parse_prompt(rt, body, r, e)) return false;
@@ -539,52 +635,106 @@ static cJSON *api_body(api_server *s, const http_req *rq, api_error *e, router *
     return body;
 }
 
-/* POST /v1/completions and /v1/chat/completions. */
+/* Choice i of a call, from its choice 0 before submission: the same prompt (a copy of its
+ * own), parameters and stop strings, the seed + i (vLLM's children's). NULL when out of memory. */
+static serve_req *api_sibling(const serve_req *r0, int i) {
+    serve_req *r = mem_alloc(sizeof *r);
+    int *prompt = mem_alloc(sizeof *prompt * (size_t)r0->n_prompt);
+    if (!r || !prompt) {
+        mem_free(r);
+        mem_free(prompt);
+        return NULL;
+    }
+    *r = *r0;   /* only fields the handler set: nothing runs yet */
+    memcpy(prompt, r0->prompt, sizeof *prompt * (size_t)r0->n_prompt);
+    r->prompt = prompt;
+    for (int k = 0; k < r->n_stop; k++) r->stop[k] = r->stop_buf + (r0->stop[k] - r0->stop_buf);
+    r->text = (gen_text){.stop = r->stop, .n_stop = r->n_stop};
+    r->index = i;
+    r->p.seed = r0->p.seed + (uint64_t)i;
+    return r;
+}
+
+/* Adds choices to c (choice 0 parsed) up to n; false when out of memory. */
+static bool api_choices(api_call *c, long n) {
+    for (; c->n < n && (c->r[c->n] = api_sibling(c->r[0], c->n)); c->n++) c->r[c->n]->wake = &c->cv;
+    return c->n == n;
+}
+
+/* The whole response of a call whose choices are done, each without error (rt->mu held);
+ * NULL when out of memory. */
+static cJSON *api_whole(router *rt, api_call *c) {
+    cJSON *choices, *j = api_frame(rt, c, &choices);
+    for (int i = 0; i < c->n; i++)
+        if (!api_choice(rt, c->r[i], choices, c->r[i]->out ? c->r[i]->out : "", false, c->r[i]->finish)) {
+            cJSON_Delete(j);
+            return NULL;
+        }
+    cJSON_AddItemToObject(j, "usage", api_usage(c));
+    return j;
+}
+
+/* POST /v1/completions and /v1/chat/completions: a call of "n" choices, each a request of
+ * the router, all answered in one response or one stream. */
 static void api_generate(api_server *s, const http_req *rq, bool chat, http_reply *rp, api_error *e) {
     router *rt = NULL;
     cJSON *body = api_body(s, rq, e, &rt);
     if (!body) return;
+    api_call *c = mem_calloc(sizeof *c);
     serve_req *r = mem_calloc(sizeof *r);
-    if (!r) { cJSON_Delete(body); api_fail(e, 500, NULL, "out_of_memory", "out of memory"); return; }
+    if (!c || !r) {
+        mem_free(c);
+        mem_free(r);
+        cJSON_Delete(body);
+        api_fail(e, 500, NULL, "out_of_memory", "out of memory");
+        return;
+    }
     pthread_mutex_lock(&s->mu);
     const uint64_t num = ++s->next_id;
     pthread_mutex_unlock(&s->mu);
+    *c = (api_call){.rt = rt, .chat = chat, .fd = rq->fd, .created = (long)time(NULL)};
+    snprintf(c->id, sizeof c->id, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)num);
+    pthread_cond_init(&c->cv, NULL);
     r->rt = rt;
     r->chat = chat;
-    r->fd = rq->fd;
     r->text = (gen_text){.stop = r->stop, .n_stop = 0};
-    bool ok = api_parse(rt, body, r, e, num);
+    r->wake = &c->cv;
+    c->r[0] = r;
+    c->n = 1;
+    long n = 1;
+    const bool parsed = api_parse(rt, body, c, r, &n, e, num);
     cJSON_Delete(body);
     r->text.n_stop = r->n_stop;
-    if (!ok) { mem_free(r->prompt); mem_free(r); return; }
-    pthread_cond_init(&r->cv, NULL);
-    r->created = (long)time(NULL);
-    snprintf(r->id, sizeof r->id, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)num);
+    c->stream = r->stream;
+    const bool made = parsed && api_choices(c, n);
+    if (parsed && !made) api_fail(e, 500, NULL, "out_of_memory", "out of memory");
     char why[256];
+    int k = 0;   /* choices submitted */
     pthread_mutex_lock(&rt->mu);
-    if (!router_submit(rt, r, why, sizeof why)) {
+    while (made && k < c->n && router_submit(rt, c->r[k], why, sizeof why)) k++;
+    if (made && k < c->n) api_fail(e, 503, NULL, "server_overloaded", "%s", why);
+    if (!made || k < c->n) {
+        api_call_drop(rt, c, k);
         pthread_mutex_unlock(&rt->mu);
-        api_fail(e, 503, NULL, "server_overloaded", "%s", why);
-        r->refs = 1;
-        req_unref(r);
         return;
     }
-    if (r->stream) {
+    if (c->stream) {
         pthread_mutex_unlock(&rt->mu);
         rp->status = 200;
         rp->content_type = "text/event-stream";
         rp->stream = api_stream_read;
-        rp->stream_ctx = r;
+        rp->stream_ctx = c;
         rp->stream_free = api_stream_free;
         return;
     }
-    bool ok_wait = api_wait(rt, r, true);
-    cJSON *j = NULL;
-    if (ok_wait && !r->error[0]) j = api_choice_json(rt, r, r->out ? r->out : "", false, r->finish);
-    else if (ok_wait) api_fail(e, 500, NULL, "engine_error", "%s", r->error);
-    else api_fail(e, 503, NULL, "unavailable", rt->stopping ? "the server is shutting down" : "the client left");
-    router_abandon(rt, r);
-    req_unref(r);
+    const bool waited = api_wait(rt, c, true);
+    const serve_req *bad = NULL;
+    for (int i = 0; waited && i < c->n && !bad; i++) bad = c->r[i]->error[0] ? c->r[i] : NULL;
+    cJSON *j = waited && !bad ? api_whole(rt, c) : NULL;
+    if (bad) api_fail(e, 500, NULL, "engine_error", "%s", bad->error);
+    else if (!waited) api_fail(e, 503, NULL, "unavailable", rt->stopping ? "the server is shutting down" : "the client left");
+    else if (!j) api_fail(e, 500, NULL, "out_of_memory", "out of memory");
+    api_call_free(rt, c);
     pthread_mutex_unlock(&rt->mu);
     if (j) api_reply_json(rp, 200, j);
 }

@@ -13,7 +13,9 @@
  *
  * Routes: POST /v1/completions and /v1/chat/completions (whole JSON or server-sent events
  * ending with "data: [DONE]"; fields model, prompt or messages, max_tokens, temperature,
- * top_p, top_k, min_p, seed, stop, presence/frequency/repetition_penalty, stream, n (only 1),
+ * top_p, top_k, min_p, seed, stop, presence/frequency/repetition_penalty, stream, n (1..128
+ * choices of the prompt, choice i sampled with the seed + i as vLLM's; usage counts the prompt
+ * once; streamed, each chunk carries one choice's "index"),
  * logprobs (completions: 0..20 top per token, OpenAI's legacy {"tokens", "token_logprobs",
  * "top_logprobs", "text_offset"}; chat: true with top_logprobs 0..20, {"content": [{"token",
  * "logprob", "bytes", "top_logprobs"}]}; streamed, each chunk carries the tokens generated since

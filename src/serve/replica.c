@@ -330,7 +330,7 @@ static void replica_deliver(replica *rep, const engine_output *o) {
             router_finish(rt, r, "stop", NULL);
             return;
         }
-        if (r->stream && r->n_out) pthread_cond_signal(&r->cv);   /* its handler sends the text now */
+        if (r->stream && r->n_out && r->wake) pthread_cond_signal(r->wake);   /* its handler sends the text now */
     }
     if (!o->finish) return;
     if (!strcmp(o->finish, "error")) {   /* a replica process's engine refused it */

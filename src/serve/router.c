@@ -70,11 +70,9 @@ void req_queue_remove(req_queue *q, serve_req *r) {
 
 void req_unref(serve_req *r) {
     if (--r->refs > 0) return;
-    pthread_cond_destroy(&r->cv);
     mem_free(r->prompt);
     mem_free(r->out);
     mem_free(r->lp);
-    mem_free(r->ev);
     gen_text_free(&r->text);
     mem_free(r);
 }
@@ -219,7 +217,7 @@ void router_finish(router *rt, serve_req *r, const char *finish, const char *err
         if (r->n_gen >= 1) metrics_hist_observe(&rt->ttft, r->t_first - r->t_arrival);
         if (r->n_gen >= 2) metrics_hist_observe(&rt->tpot, (r->t_last - r->t_first) / (r->n_gen - 1));
     }
-    pthread_cond_broadcast(&r->cv);
+    if (r->wake) pthread_cond_broadcast(r->wake);
     req_unref(r);
 }
 

@@ -8,7 +8,8 @@
  * are set before anyone else sees the object; fields marked with a thread's name are that
  * thread's alone. No other lock is taken while rt->mu is held.
  *
- * A request's life. The handler fills it, then router_submit (under mu) counts it in flight
+ * A request's life. The handler fills it (a call of "n" choices fills n requests of one
+ * prompt, api.c), then router_submit (under mu) counts it in flight
  * and routes it: onto a replica's incoming queue (r->rep set), or the router's pending queue
  * when no replica is up. The replica admits it to its engine (its live queue), delivers its
  * tokens into r->out, and ends it through router_finish, which wakes the handler. A replica
@@ -65,10 +66,8 @@ struct serve_req {
     char stop_buf[SERVE_STOP_BYTES * SERVE_MAX_STOP];
     const char *stop[SERVE_MAX_STOP];
     int n_stop;
-    bool chat, stream, include_usage;
-    char id[48];
-    long created;
-    int fd;
+    bool chat, stream;
+    int index;               /* its choice of the call (api.c): a call of "n" choices submits n requests */
     double t_arrival;        /* time_now() at submission */
     /* the thread of the replica running it */
     int eid;
@@ -89,14 +88,13 @@ struct serve_req {
     char error[256];         /* why it failed, when it did */
     bool done, abandoned, oom;
     int refs;
-    pthread_cond_t cv;
+    pthread_cond_t *wake;    /* its handler's, signalled on new text (stream) and at its end; NULL once
+                              * the handler has left */
     serve_req *next;
-    /* the handler's stream (its connection thread only) */
-    int phase;
+    /* its handler's (the connection's thread only) */
     int lp_sent;             /* records already in a response (also for a whole one) */
     long lp_offset;          /* characters of token text before them (text_offset) */
-    char *ev;
-    size_t ev_n, ev_off;
+    bool end_sent;           /* a stream has sent its last chunk */
 };
 
 /* Waits on cv (mu held) until signalled or ms milliseconds have passed. */
