@@ -14,6 +14,8 @@
  *   - a request inside a busy batch of 64 gives the same greedy tokens as alone, and a seeded
  *     sampled request the same tokens too;
  *   - a prefix-cache hit gives the same tokens as the miss, and the hit counter moves;
+ *     requests of one prompt added at once compute it once (the others wait for its blocks),
+ *     without holding back a request of another prompt behind them;
  *   - a pool of a few blocks preempts and still completes every request correctly;
  *   - cancelling half of the requests midway leaves the pool whole at the end;
  *   - kv_budget reads --kv-memory's bytes (k, M, G) and fractions, and refuses the rest;
@@ -375,6 +377,51 @@ TEST(busy_batch_of_64_same_tokens) {
         free(gen);
         engine_free(e);
     }
+    model_free(m);
+}
+
+/* Three requests of one prompt added at once (a call's "n" choices): the first computes its
+ * two full blocks, the others wait a step and take them from the prefix cache (hits 4, misses
+ * 2, where each computing its own would miss 6), a request of another prompt behind them is
+ * not held back (its first token comes in the first step's outputs, with the first's), and
+ * every one's greedy tokens are the reference's. */
+TEST(requests_sharing_a_prompt_compute_it_once) {
+    model *m = open_fixture("fixtures/llama-tiny");
+    CHECK(m);
+    enum { G = 6, N = 4 };
+    const int V = m->cfg.vocab_size;
+    int prompt[MAXP], other[MAXP], ref[G], ref_other[G], gen[N * MAXG] = {0}, ngen[N] = {0}, id;
+    make_prompt(prompt, 11, 37, V);
+    make_prompt(other, 12, 37, V);
+    CHECK(reference(m, prompt, 37, G, ref, NULL, NULL) && reference(m, other, 37, G, ref_other, NULL, NULL));
+    engine_opts o = engine_opts_default();
+    engine *e = NULL;
+    CHECK(engine_create(m, &o, &e) == SK_OK);
+    engine_params p = greedy(G);
+    for (int i = 0; i < N; i++) CHECK(engine_add_request(e, i < N - 1 ? prompt : other, 37, &p, &id) == SK_OK && id == i);
+    bool first_seen = false;
+    while (engine_has_work(e)) {
+        const engine_output *out;
+        int n;
+        CHECK(engine_step(e, &out, &n) == SK_OK);
+        unsigned ids = 0;
+        for (int i = 0; i < n; i++) {
+            if (out[i].token < 0) continue;
+            ids |= 1u << out[i].id;
+            if (ngen[out[i].id] < MAXG) gen[out[i].id * MAXG + ngen[out[i].id]++] = out[i].token;
+        }
+        if (ids && !first_seen) {
+            first_seen = true;
+            CHECK_MSG(ids == (1u | 1u << (N - 1)), "the first step's tokens came for requests %#x, not the first and the last", ids);
+        }
+    }
+    const kv_stats st = kv_pool_stats(engine_pool(e));
+    printf("  hits %llu, misses %llu\n", (unsigned long long)st.hits, (unsigned long long)st.misses);
+    CHECK(st.hits == 4 && st.misses == 4);   /* the other prompt's 2 blocks miss too */
+    for (int r = 0; r < N; r++)
+        for (int i = 0; i < G; i++)
+            CHECK_MSG(ngen[r] == G && gen[r * MAXG + i] == (r < N - 1 ? ref : ref_other)[i], "request %d, token %d", r, i);
+    engine_free(e);
     model_free(m);
 }
 

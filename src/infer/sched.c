@@ -82,6 +82,26 @@ static void sched_preempt(sched *s) {
     s->preemptions++;
 }
 
+/* Whether waiting seq had better wait a step: a running sequence has yet to compute whole
+ * blocks of a prefix it shares with seq (equal tokens, as many blocks as the prefix cache
+ * could give seq), which the cache hands seq once they are committed instead of seq computing
+ * them again -- a call's several choices of one prompt, or a burst of requests with one
+ * system prompt. Running sequences progress every step, so the wait ends. */
+static bool sched_defers(const sched *s, const sched_seq *seq) {
+    const int bs = kv_pool_block_size(s->pool);
+    const int full = (seq->n_tokens - seq->n_pending - 1) / bs;   /* as kv_seq_match looks up */
+    for (int i = 0; i < s->n_running && full > 0; i++) {
+        const sched_seq *a = s->running[i];
+        const int known = (a->n_tokens - a->n_pending) / bs, most = full < known ? full : known;
+        if (a->n_computed >= most * bs || a->tokens[0] != seq->tokens[0]) continue;
+        int shared = 0;
+        while (shared < most && !memcmp(a->tokens + (size_t)shared * bs, seq->tokens + (size_t)shared * bs, sizeof(int) * (size_t)bs))
+            shared++;
+        if (a->n_computed < shared * bs) return true;
+    }
+    return false;
+}
+
 int sched_schedule(sched *s) {
     int budget = s->budget;
     bool preempted = false;
@@ -100,8 +120,12 @@ int sched_schedule(sched *s) {
         s->items[s->n_items++] = (sched_item){seq, n};
         budget -= n;
     }
-    while (!preempted && budget > 0 && s->n_waiting > 0 && s->n_running < s->max_seqs) {
-        sched_seq *seq = s->waiting[0];
+    for (int w = 0; !preempted && budget > 0 && w < s->n_waiting && s->n_running < s->max_seqs;) {
+        sched_seq *seq = s->waiting[w];
+        if (sched_defers(s, seq)) {   /* the ones behind it may go */
+            w++;
+            continue;
+        }
         seq->n_computed = kv_seq_match(s->pool, &seq->kv, seq->tokens, seq->n_tokens - seq->n_pending);
         int n = seq->n_tokens - seq->n_computed;
         n = n < budget ? n : budget;
@@ -110,7 +134,7 @@ int sched_schedule(sched *s) {
             seq->n_computed = 0;
             break;
         }
-        sched_list_remove(s->waiting, &s->n_waiting, 0);
+        sched_list_remove(s->waiting, &s->n_waiting, w);
         s->running[s->n_running++] = seq;
         seq->state = SCHED_RUNNING;
         s->items[s->n_items++] = (sched_item){seq, n};

@@ -2,7 +2,9 @@
  * tokens, within a per-step token budget: first the running sequences in the order they were
  * admitted (a decode is one token, an unfinished prefill its next chunk), then waiting ones in
  * arrival order (FCFS) while the budget lasts and fewer than max_seqs run. So prefill chunks
- * and decodes share one forward.
+ * and decodes share one forward. A waiting sequence whose leading blocks a running one is
+ * still computing waits for them (the prefix cache then gives them to it) and lets the ones
+ * behind it go.
  *
  *   sched s;
  *   sched_init(&s, pool, 512, 64);
