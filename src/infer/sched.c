@@ -95,7 +95,7 @@ static bool sched_defers(const sched *s, const sched_seq *seq) {
         const int known = (a->n_tokens - a->n_pending) / bs, most = full < known ? full : known;
         if (a->n_computed >= most * bs || a->tokens[0] != seq->tokens[0]) continue;
         int shared = 0;
-        while (shared < most && !memcmp(a->tokens + (size_t)shared * bs, seq->tokens + (size_t)shared * bs, sizeof(int) * (size_t)bs))
+        for (size_t at = 0; shared < most && !memcmp(a->tokens + at, seq->tokens + at, sizeof(int) * (size_t)bs); at += bs)
             shared++;
         if (a->n_computed < shared * bs) return true;
     }
