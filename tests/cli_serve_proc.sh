@@ -2,7 +2,8 @@
 # skein serve --replica-process on the CPU, talking only to 127.0.0.1, over tiny random-weight
 # Llama folders (skein init, the Llama-3-style fixture tokenizer):
 #   - two process replicas give the texts a one-replica thread server gives, both serve, each
-#     is its own child process of the server, and /metrics shows their KV pools;
+#     is its own child process of the server, and /metrics shows their KV pools; a call of four
+#     seeded choices ("n") gives the thread server's four texts;
 #   - a child killed (SIGKILL) while its request has produced no token: the request is routed
 #     again and answered with the same text, the child is replaced (logged with the signal);
 #   - a child killed after its streamed request sent tokens: the stream ends with an error
@@ -59,6 +60,15 @@ parents=""; for k in $kids; do parents="$parents $(awk '/^PPid:/ { print $2 }' "
 if [ "$((r0 + r1))" = 8 ] && [ "$r0" -gt 0 ] && [ "$r1" -gt 0 ] && [ "$(echo $kids | wc -w)" = 2 ] &&
    [ "$(echo $parents)" = "$PP $PP" ] && [ "$(mval 'skein_kv_blocks_total{model="m1",replica="1"}')" -gt 0 ]
 then pass proc_children_serve; else fail proc_children_serve "requests $r0 + $r1, children '$kids' of '$parents' (server $PP)"; fi
+
+# a call of four seeded choices: the same four texts from the children as from the threads
+nbody='{"model": "m1", "prompt": "four ways", "max_tokens": 8, "temperature": 1, "seed": 9, "n": 4, "ignore_eos": true}'
+post "$P" pn "$nbody"; post "$R" rn "$nbody"
+if [ "$(cat "$T/pn.st") $(cat "$T/rn.st")" = "200 200" ] && python3 -c "
+import json, sys
+a, b = ([c['text'] for c in json.load(open(f))['choices']] for f in sys.argv[1:])
+sys.exit(not (a == b and len(a) == 4 and len(set(a)) > 1))" "$T/pn.out" "$T/rn.out"
+then pass proc_n_choices; else fail proc_n_choices "$(cat "$T/pn.out" "$T/rn.out")"; fi
 
 # a load of sixteen, one child killed once its replica runs some of it: every request
 # answered, the other left serving
