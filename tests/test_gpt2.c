@@ -200,30 +200,7 @@ TEST(dropout_is_seeded_and_off_is_exact) {
 TEST(init_weights_follow_gpt2) {
     model_config cfg;
     model_config_gpt2(&cfg, 4, 4, 64, 128, 500);
-    model *m = NULL, *m2 = NULL;
-    CHECK(model_create(&cfg, test_device(), &m) == SK_OK && model_create(&cfg, test_device(), &m2) == SK_OK);
-    model_init_weights(m, 3);
-    model_init_weights(m2, 3);
-    float *w = test_download_f32(m->be, m->params, m->n_params), *w2 = test_download_f32(m->be, m2->params, m->n_params);
-    bool same = !memcmp(w, w2, m->n_params * sizeof(float));
-    free(w2);
-    if (!same) free(w);
-    CHECK(same);
-    for (int i = 0; i < m->n_specs; i++) {
-        const model_param *p = &m->specs[i];
-        double s = 0, s2 = 0;
-        for (size_t j = 0; j < p->numel; j++) { s += w[p->offset + j]; s2 += (double)w[p->offset + j] * w[p->offset + j]; }
-        double mean = s / p->numel, sd = sqrt(s2 / p->numel - mean * mean);
-        if (strstr(p->name, ".bias")) { CHECK_MSG(s2 == 0, "%s", p->name); }
-        else if (strstr(p->name, "ln_")) { CHECK_MSG(mean == 1 && sd == 0, "%s", p->name); }
-        else {
-            double want = strstr(p->name, "c_proj") ? 0.02 / sqrt(8.0) : 0.02;
-            CHECK_MSG(fabs(sd - want) < 0.1 * want && fabs(mean) < 0.1 * want, "%s: sd %g", p->name, sd);
-        }
-    }
-    free(w);
-    model_free(m);
-    model_free(m2);
+    CHECK(test_init_follows(&cfg, "ln_", "c_proj"));
 }
 
 TEST_MAIN()

@@ -470,27 +470,7 @@ TEST(init_weights_follow_transformers) {
     tiny_shape sh = {2, 4, 2, 64, 16, 96, 500, 32, false, true, false, 0, ROPE_DEFAULT};
     model_config cfg;
     tiny_config(&cfg, &sh);
-    model *m = NULL, *m2 = NULL;
-    CHECK(model_create(&cfg, test_device(), &m) == SK_OK && model_create(&cfg, test_device(), &m2) == SK_OK);
-    model_init_weights(m, 3);
-    model_init_weights(m2, 3);
-    float *w = test_download_f32(m->be, m->params, m->n_params), *w2 = test_download_f32(m->be, m2->params, m->n_params);
-    bool same = !memcmp(w, w2, m->n_params * sizeof(float));
-    free(w2);
-    if (!same) free(w);
-    CHECK(same);
-    for (int i = 0; i < m->n_specs; i++) {
-        const model_param *p = &m->specs[i];
-        double s = 0, s2 = 0;
-        for (size_t j = 0; j < p->numel; j++) { s += w[p->offset + j]; s2 += (double)w[p->offset + j] * w[p->offset + j]; }
-        double mean = s / p->numel, sd = sqrt(s2 / p->numel - mean * mean);
-        if (strstr(p->name, ".bias")) { CHECK_MSG(s2 == 0, "%s", p->name); }
-        else if (strstr(p->name, "norm.weight")) { CHECK_MSG(mean == 1 && sd == 0, "%s", p->name); }
-        else { CHECK_MSG(fabs(sd - 0.02) < 0.1 * 0.02 && fabs(mean) < 0.1 * 0.02, "%s: sd %g", p->name, sd); }
-    }
-    free(w);
-    model_free(m);
-    model_free(m2);
+    CHECK(test_init_follows(&cfg, "norm.weight", NULL));
 }
 
 TEST_MAIN()

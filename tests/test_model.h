@@ -278,4 +278,38 @@ static inline bool test_mixed_matches_f32(model *m, int T, const char *what) {
     return ok;
 }
 
+/* Model initialisation as transformers does it: two models of cfg initialised with one seed
+ * are equal, and per tensor (its name) biases are 0, tensors whose name contains norm_key
+ * are 1, the rest have mean ~0 and standard deviation ~0.02, or ~0.02 / sqrt(2 L) where the
+ * name contains scaled_key (NULL: none), within 10%. Prints the first mismatch. */
+static inline bool test_init_follows(const model_config *cfg, const char *norm_key, const char *scaled_key) {
+    model *m = NULL, *m2 = NULL;
+    bool ok = model_create(cfg, test_device(), &m) == SK_OK && model_create(cfg, test_device(), &m2) == SK_OK;
+    float *w = NULL, *w2 = NULL;
+    if (ok) {
+        model_init_weights(m, 3);
+        model_init_weights(m2, 3);
+        w = test_download_f32(m->be, m->params, m->n_params);
+        w2 = test_download_f32(m->be, m2->params, m->n_params);
+        ok = !memcmp(w, w2, m->n_params * sizeof(float));
+        if (!ok) printf("  two initialisations with one seed differ\n");
+    }
+    for (int i = 0; ok && i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        double s = 0, s2 = 0;
+        for (size_t j = 0; j < p->numel; j++) { s += w[p->offset + j]; s2 += (double)w[p->offset + j] * w[p->offset + j]; }
+        const double mean = s / p->numel, sd = sqrt(s2 / p->numel - mean * mean);
+        const double want = scaled_key && strstr(p->name, scaled_key) ? 0.02 / sqrt(2.0 * cfg->n_layer) : 0.02;
+        if (strstr(p->name, ".bias")) ok = s2 == 0;
+        else if (strstr(p->name, norm_key)) ok = mean == 1 && sd == 0;
+        else ok = fabs(sd - want) < 0.1 * want && fabs(mean) < 0.1 * want;
+        if (!ok) printf("  %s: mean %g, sd %g\n", p->name, mean, sd);
+    }
+    free(w);
+    free(w2);
+    model_free(m);
+    model_free(m2);
+    return ok;
+}
+
 #endif
