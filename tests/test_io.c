@@ -8,6 +8,7 @@
  * The models live on a test-only host backend (memory ops only), so these tests do not need
  * the CPU backend or the GPT-2 math. */
 #include "test.h"
+#include "test_st.h"
 
 #include "base/file.h"
 #include "base/json.h"
@@ -527,70 +528,49 @@ TEST(load_transformers_folder_f32_prefixed) { check_fixture("gpt2-hf", DT_F32); 
 TEST(load_transformers_folder_f16_bare_names_sharded) { check_fixture("gpt2-hf-noprefix", DT_F16); }
 TEST(load_transformers_folder_bf16_with_tied_head) { check_fixture("gpt2-hf-bf16", DT_BF16); }
 
-/* Writes a copy of the f32 fixture into folder `name` with `edit` applied to its entries. */
-typedef void (*entry_edit)(st_entry *e, int *n, void *scratch);
-
-static sk_status load_edited(const char *name, entry_edit edit) {
+/* A copy of the f32 fixture in folder `name` with `edit` applied to its entries, loaded. */
+static sk_status load_edited(const char *name, test_st_edit edit) {
     const char *dir = folder_with_config(name);
-    st_file f;
-    SK_ASSERT(st_open(test_path("fixtures/gpt2-hf/model.safetensors"), &f) == SK_OK);
-    st_entry e[64];
-    int n = f.n_tensors;
-    for (int i = 0; i < n; i++) {
-        const st_tensor *t = &f.tensors[i];
-        e[i] = (st_entry){t->name, t->dtype, t->ndim, {0}, t->data};
-        memcpy(e[i].shape, t->shape, sizeof t->shape);
-    }
-    static float scratch[101 * 32];
-    edit(e, &n, scratch);
     char p[1024];
-    SK_ASSERT(st_write(file_join(p, sizeof p, dir, "model.safetensors"), e, n, NULL, 0) == SK_OK);
-    st_close(&f);
+    test_st_write_edited(test_path("fixtures/gpt2-hf/model.safetensors"), file_join(p, sizeof p, dir, "model.safetensors"), edit);
     model *m = NULL;
     sk_status st = model_load(dir, host(), &m);
     model_free(m);
     return st;
 }
 
-static int find_entry(st_entry *e, int n, const char *name) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(e[i].name, name)) return i;
-    SK_ASSERT(!"entry not found");
-    return -1;
-}
-
-static void edit_drop(st_entry *e, int *n, void *s) {
+static void edit_drop(st_entry *e, int *n, float *s) {
     (void)s;
-    int i = find_entry(e, *n, "transformer.h.1.ln_2.bias");
+    int i = test_st_find(e, *n, "transformer.h.1.ln_2.bias");
     e[i] = e[--*n];
 }
-static void edit_shape(st_entry *e, int *n, void *s) {
+static void edit_shape(st_entry *e, int *n, float *s) {
     (void)s;
-    int i = find_entry(e, *n, "transformer.h.0.attn.c_attn.weight");
+    int i = test_st_find(e, *n, "transformer.h.0.attn.c_attn.weight");
     e[i].shape[0] = 96;
     e[i].shape[1] = 32;
 }
-static void edit_extra(st_entry *e, int *n, void *s) {
+static void edit_extra(st_entry *e, int *n, float *s) {
     e[*n] = (st_entry){"transformer.h.0.attn.rotary.weight", DT_F32, 1, {4}, s};
     ++*n;
 }
-static void edit_dtype(st_entry *e, int *n, void *s) {
+static void edit_dtype(st_entry *e, int *n, float *s) {
     (void)s;
-    e[find_entry(e, *n, "transformer.ln_f.bias")].dtype = DT_I32;
+    e[test_st_find(e, *n, "transformer.ln_f.bias")].dtype = DT_I32;
 }
-static void edit_both_names(st_entry *e, int *n, void *s) {
+static void edit_both_names(st_entry *e, int *n, float *s) {
     (void)s;
-    e[*n] = e[find_entry(e, *n, "transformer.wpe.weight")];
+    e[*n] = e[test_st_find(e, *n, "transformer.wpe.weight")];
     e[*n].name = "wpe.weight";
     ++*n;
 }
-static void edit_untied_head(st_entry *e, int *n, void *s) {
+static void edit_untied_head(st_entry *e, int *n, float *s) {
     float *x = s;
     for (int i = 0; i < 101 * 32; i++) x[i] = 0.5f;
     e[*n] = (st_entry){"lm_head.weight", DT_F32, 2, {101, 32}, x};
     ++*n;
 }
-static void edit_mask_buffers(st_entry *e, int *n, void *s) {
+static void edit_mask_buffers(st_entry *e, int *n, float *s) {
     e[*n] = (st_entry){"transformer.h.1.attn.masked_bias", DT_F32, 0, {0}, s};
     ++*n;
     e[*n] = (st_entry){"h.0.attn.bias", DT_U8, 4, {1, 1, 4, 4}, s};

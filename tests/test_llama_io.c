@@ -11,6 +11,7 @@
  * model_folder_layout (the names and shapes llama.c plans) on a host backend with memory
  * ops only. */
 #include "test.h"
+#include "test_st.h"
 
 #include <fcntl.h>
 
@@ -434,9 +435,7 @@ TEST(load_transformers_qwen2_biases) {
 
 /* A copy of fixture `from` (one file) in folder `name` with `edit` applied to its entries,
  * then loaded with the test architecture; optional config text replaces the fixture's. */
-typedef void (*entry_edit)(st_entry *e, int *n, float *scratch);
-
-static sk_status load_edited(const char *from, const char *name, const char *config, entry_edit edit) {
+static sk_status load_edited(const char *from, const char *name, const char *config, test_st_edit edit) {
     const char *dir = tmp_path(name);
     file_remove_tree(dir);
     file_mkdirs(dir);
@@ -444,41 +443,22 @@ static sk_status load_edited(const char *from, const char *name, const char *con
     snprintf(p, sizeof p, "%s/config.json", fixture(from));
     if (config) SK_ASSERT(file_write_all(file_join(q, sizeof q, dir, "config.json"), config, strlen(config)) == SK_OK);
     else SK_ASSERT(copy_file(p, file_join(q, sizeof q, dir, "config.json")));
-    st_file f;
     snprintf(p, sizeof p, "%s/model.safetensors", fixture(from));
-    SK_ASSERT(st_open(p, &f) == SK_OK);
-    st_entry e[64];
-    int n = f.n_tensors;
-    SK_ASSERT(n < 60);
-    for (int i = 0; i < n; i++) {
-        const st_tensor *t = &f.tensors[i];
-        e[i] = (st_entry){t->name, t->dtype, t->ndim, {0}, t->data};
-        memcpy(e[i].shape, t->shape, sizeof t->shape);
-    }
-    static float scratch[64 * 32];
-    if (edit) edit(e, &n, scratch);
-    SK_ASSERT(st_write(file_join(q, sizeof q, dir, "model.safetensors"), e, n, NULL, 0) == SK_OK);
-    st_close(&f);
+    test_st_write_edited(p, file_join(q, sizeof q, dir, "model.safetensors"), edit);
     model *m = NULL;
     sk_status st = test_load(dir, &m);
     model_free(m);
     return st;
 }
 
-static int find_entry(st_entry *e, int n, const char *name) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(e[i].name, name)) return i;
-    SK_ASSERT(!"entry not found");
-    return -1;
-}
 static void edit_drop(st_entry *e, int *n, float *s) {
     (void)s;
-    int i = find_entry(e, *n, "model.layers.1.mlp.up_proj.weight");
+    int i = test_st_find(e, *n, "model.layers.1.mlp.up_proj.weight");
     e[i] = e[--*n];
 }
 static void edit_shape(st_entry *e, int *n, float *s) {
     (void)s;
-    int i = find_entry(e, *n, "model.layers.0.self_attn.k_proj.weight");
+    int i = test_st_find(e, *n, "model.layers.0.self_attn.k_proj.weight");
     e[i].shape[0] = 32;
     e[i].shape[1] = 8;
 }
@@ -492,11 +472,11 @@ static void edit_inv_freq(st_entry *e, int *n, float *s) {
 }
 static void edit_int_dtype(st_entry *e, int *n, float *s) {
     (void)s;
-    e[find_entry(e, *n, "model.norm.weight")].dtype = DT_I32;
+    e[test_st_find(e, *n, "model.norm.weight")].dtype = DT_I32;
 }
 static void edit_head_same(st_entry *e, int *n, float *s) {
     (void)s;
-    e[*n] = e[find_entry(e, *n, "model.embed_tokens.weight")];
+    e[*n] = e[test_st_find(e, *n, "model.embed_tokens.weight")];
     e[*n].name = "lm_head.weight";
     ++*n;
 }
