@@ -23,26 +23,7 @@
 static model *tiny_model(int L, int NH, int C, int V, int T, uint64_t seed, float sd) {
     model_config cfg;
     model_config_gpt2(&cfg, L, NH, C, T, V);
-    model *m = NULL;
-    SK_ASSERT(model_create(&cfg, test_device(), &m) == SK_OK);
-    float *host = malloc(m->n_params * sizeof(float));
-    SK_ASSERT(host);
-    rng r;
-    rng_seed(&r, seed);
-    for (int i = 0; i < m->n_specs; i++) {
-        const model_param *p = &m->specs[i];
-        bool lnw = strstr(p->name, "ln_") && strstr(p->name, ".weight");
-        for (size_t j = 0; j < p->numel; j++) host[p->offset + j] = (lnw ? 1.0f : 0.0f) + sd * rng_normal(&r);
-    }
-    backend_upload(m->be, m->params, host, m->n_params * sizeof(float));
-    free(host);
-    return m;
-}
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
-    return best;
+    return test_random_model(&cfg, "ln_", seed, sd);
 }
 
 /* ---- against transformers ---- */
@@ -86,7 +67,7 @@ TEST(logits_and_greedy_match_transformers) {
     CHECK(model_kv_create(m, 64, &kv) == SK_OK);
     float *lg = test_download(m->be, model_infer_step(m, kv, prompt, P));
     for (int i = 0; i < G; i++) {
-        int next = argmax(lg, 101);
+        int next = test_argmax(lg, 101);
         free(lg);
         CHECK_MSG(next == gen[i], "generated token %d: %d vs transformers %d", i, next, gen[i]);
         lg = test_download(m->be, model_infer_step(m, kv, &next, 1));

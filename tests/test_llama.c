@@ -65,26 +65,7 @@ static void tiny_config(model_config *cfg, const tiny_shape *s) {
 static model *tiny_model(const tiny_shape *s, uint64_t seed, float sd) {
     model_config cfg;
     tiny_config(&cfg, s);
-    model *m = NULL;
-    SK_ASSERT(model_create(&cfg, test_device(), &m) == SK_OK);
-    float *host = malloc(m->n_params * sizeof(float));
-    SK_ASSERT(host);
-    rng r;
-    rng_seed(&r, seed);
-    for (int i = 0; i < m->n_specs; i++) {
-        const model_param *p = &m->specs[i];
-        bool norm = strstr(p->name, "norm.weight") != NULL;
-        for (size_t j = 0; j < p->numel; j++) host[p->offset + j] = (norm ? 1.0f : 0.0f) + sd * rng_normal(&r);
-    }
-    backend_upload(m->be, m->params, host, m->n_params * sizeof(float));
-    free(host);
-    return m;
-}
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
-    return best;
+    return test_random_model(&cfg, "norm.weight", seed, sd);
 }
 
 static double jnum(const cJSON *o, const char *key, double dflt) {
@@ -223,7 +204,7 @@ static void transformers_case(const char *name) {
     CHECK(model_kv_create(m, cfg.n_positions, &kv) == SK_OK);
     float *lg = test_download(m->be, model_infer_step(m, kv, prompt, P));
     for (int i = 0; i < G; i++) {
-        int next = argmax(lg, V);
+        int next = test_argmax(lg, V);
         free(lg);
         CHECK_MSG(next == gen[i], "%s: generated token %d: %d vs transformers %d", name, i, next, gen[i]);
         lg = test_download(m->be, model_infer_step(m, kv, &next, 1));

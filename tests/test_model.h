@@ -24,6 +24,33 @@ static inline void test_random_tokens(int *t, int n, int V, uint64_t seed) {
     for (int i = 0; i < n; i++) t[i] = (int)rng_below(&r, (uint64_t)V);
 }
 
+/* A model of cfg on the test device with every parameter N(0, sd) and the weights of its
+ * norms (names containing norm_key and ".weight") 1 + N(0, sd): every weight matters to the
+ * loss. */
+static inline model *test_random_model(const model_config *cfg, const char *norm_key, uint64_t seed, float sd) {
+    model *m = NULL;
+    SK_ASSERT(model_create(cfg, test_device(), &m) == SK_OK);
+    float *host = malloc(m->n_params * sizeof(float));
+    SK_ASSERT(host);
+    rng r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < m->n_specs; i++) {
+        const model_param *p = &m->specs[i];
+        const bool norm = strstr(p->name, norm_key) && strstr(p->name, ".weight");
+        for (size_t j = 0; j < p->numel; j++) host[p->offset + j] = (norm ? 1.0f : 0.0f) + sd * rng_normal(&r);
+    }
+    backend_upload(m->be, m->params, host, m->n_params * sizeof(float));
+    free(host);
+    return m;
+}
+
+/* The first index of x's largest value. */
+static inline int test_argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
 enum { TEST_GB = 2, TEST_GT = 8 };
 
 /* Five-point central differences (error O(h^4)) in f32 with step h = 1e-2 on parameters of
