@@ -225,7 +225,7 @@ kill $PID; wait $PID 2>/dev/null; PID=""
 grep -q 'stopping' "$T/log" && pass serve_stops || fail serve_stops "$(tail -3 "$T/log")"
 
 # one sequence and no queue, a model slow enough (4000 tokens take seconds): a second request
-# while one runs gets 503 with Retry-After; a client that leaves (curl -m) has its request
+# while one runs gets 503 with Retry-After, a call of more choices than it can ever hold 400; a client that leaves (curl -m) has its request
 # cancelled (its blocks freed, far fewer than 4000 tokens generated), streaming or not
 if ! $SK init --arch llama --layers 4 --heads 4 --kv-heads 2 --dim 256 --context 4096 --tokenizer $TOK --out "$T/slow" >/dev/null 2>"$T/err"
 then fail serve_init_slow "$(tail -2 "$T/err")"; exit 1; fi
@@ -247,6 +247,11 @@ st=$(curl -s -m 10 -D "$T/hdr" -o "$T/busy.out" -w '%{http_code}' -d '{"prompt":
 if [ "$st" = 503 ] && grep -qi '^retry-after: 1' "$T/hdr" && json "$T/busy.out" "j['error']['code'] == 'server_overloaded'"
 then pass serve_queue_full_503; else fail serve_queue_full_503 "status $st: $(cat "$T/hdr" "$T/busy.out")"; fi
 wait $CURL
+# more choices than the model can ever hold at once (1 sequence, no queue): 400 naming n, not a
+# 503 a client would retry forever
+st=$(curl -s -m 10 -o "$T/n2.out" -w '%{http_code}' -d '{"prompt": "a", "max_tokens": 2, "n": 2}' $U/v1/completions)
+if [ "$st" = 400 ] && json "$T/n2.out" "j['error']['param'] == 'n' and 'limit of requests in flight is 1' in j['error']['message']"
+then pass serve_n_over_capacity_400; else fail serve_n_over_capacity_400 "status $st: $(cat "$T/n2.out")"; fi
 cancelled 0 disconnect_cancels_stream
 g0=$(metric skein_generation_tokens_total)
 curl -s -m 1 -d "$long}" $U/v1/completions >/dev/null

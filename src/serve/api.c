@@ -539,6 +539,11 @@ static bool api_parse(router *rt, const cJSON *body, api_call *c, serve_req *r, 
     *n = 1;
     if (api_field_bad(json_get_int(body, "n", false, "request", n), e, "n") || api_range_bad((double)*n, 1, API_MAX_N, e, "n"))
         return false;
+    const int hold = rt->o.max_replicas * rt->eo.max_seqs + rt->o.max_queue;   /* in flight at the most */
+    if (*n > hold) {   /* never admitted: a 503 would be retried forever */
+        api_fail(e, 400, "n", "invalid_value", "request: field \"n\" is %ld; this model's limit of requests in flight is %d", *n, hold);
+        return false;
+    }
     if (api_field_bad(json_get_bool(body, "stream", false, "request", &r->stream), e, "stream") ||
         api_field_bad(json_get_int(body, "max_tokens", false, "request", &max_tokens), e, "max_tokens") ||
         api_field_bad(json_get_double(body, "temperature", false, "request", &temperature), e, "temperature") ||
