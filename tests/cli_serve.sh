@@ -226,7 +226,8 @@ grep -q 'stopping' "$T/log" && pass serve_stops || fail serve_stops "$(tail -3 "
 
 # one sequence and no queue, a model slow enough (4000 tokens take seconds): a second request
 # while one runs gets 503 with Retry-After, a call of more choices than it can ever hold 400; a client that leaves (curl -m) has its request
-# cancelled (its blocks freed, far fewer than 4000 tokens generated), streaming or not
+# cancelled (its blocks freed, far fewer than 4000 tokens generated), streaming or not, and a
+# call of three choices has all three cancelled
 if ! $SK init --arch llama --layers 4 --heads 4 --kv-heads 2 --dim 256 --context 4096 --tokenizer $TOK --out "$T/slow" >/dev/null 2>"$T/err"
 then fail serve_init_slow "$(tail -2 "$T/err")"; exit 1; fi
 serve_start "$T/log" --model "$T/slow" --max-seqs 1 --max-queue 0 || { fail serve_start_slow "$(cat "$T/log")"; exit 1; }
@@ -258,3 +259,15 @@ curl -s -m 1 -d "$long}" $U/v1/completions >/dev/null
 cancelled "$g0" disconnect_cancels_whole
 if [ "$(req after -d '{"prompt": "a", "max_tokens": 3}' $U/v1/completions)" = 200 ] && json "$T/after.out" "j['usage']['completion_tokens'] <= 3"
 then pass serve_answers_after_cancel; else fail serve_answers_after_cancel "$(cat "$T/after.out")"; fi
+
+# a call of three choices whose client leaves (streamed): every choice is cancelled -- none
+# finishes (the replica's count of finished requests stays), no block is held
+kill $PID; wait $PID 2>/dev/null; PID=""
+serve_start "$T/log3" --model "$T/slow" --max-seqs 3 --max-queue 0 || { fail serve_start_slow3 "$(cat "$T/log3")"; exit 1; }
+g0=$(metric skein_generation_tokens_total); r0=$(metric skein_replica_requests_total)
+curl -s -N -m 1 -d "$long, \"stream\": true, \"n\": 3}" $U/v1/completions >/dev/null
+i=0
+while [ "$(metric skein_running_sequences)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+g=$(metric skein_generation_tokens_total); b=$(metric skein_kv_blocks_used); r=$(metric skein_replica_requests_total)
+if [ "$b" = 0 ] && [ "$r" = "$r0" ] && [ "$g" -gt "$g0" ]; then pass serve_disconnect_cancels_choices
+else fail serve_disconnect_cancels_choices "blocks $b, finished $r0 -> $r, tokens $g0 -> $g"; fi
