@@ -94,7 +94,7 @@ typedef struct api_call {
     router *rt;
     serve_req *r[API_MAX_N];
     int n;
-    bool chat, stream, include_usage;
+    bool include_usage;      /* chat and stream: each choice's, r[0]'s */
     char id[48];
     long created;
     int fd;
@@ -290,7 +290,7 @@ static cJSON *api_usage(const api_call *c) {
 static cJSON *api_frame(const router *rt, const api_call *c, cJSON **choices) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "id", c->id);
-    cJSON_AddStringToObject(j, "object", c->chat ? (c->stream ? "chat.completion.chunk" : "chat.completion")
+    cJSON_AddStringToObject(j, "object", c->r[0]->chat ? (c->r[0]->stream ? "chat.completion.chunk" : "chat.completion")
                                                  : "text_completion");
     cJSON_AddNumberToObject(j, "created", (double)c->created);
     cJSON_AddStringToObject(j, "model", rt->name);
@@ -405,7 +405,7 @@ static ssize_t api_stream_read(void *ctx, char *buf, size_t max) {
             break;
         }
         if (c->phase == 0) {
-            if (!c->chat || c->roles_sent == c->n) {
+            if (!c->r[0]->chat || c->roles_sent == c->n) {
                 c->phase = 1;
                 continue;
             }
@@ -697,7 +697,7 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
     pthread_mutex_lock(&s->mu);
     const uint64_t num = ++s->next_id;
     pthread_mutex_unlock(&s->mu);
-    *c = (api_call){.rt = rt, .chat = chat, .fd = rq->fd, .created = (long)time(NULL)};
+    *c = (api_call){.rt = rt, .fd = rq->fd, .created = (long)time(NULL)};
     snprintf(c->id, sizeof c->id, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)num);
     pthread_cond_init(&c->cv, NULL);
     r->rt = rt;
@@ -710,7 +710,6 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
     const bool parsed = api_parse(rt, body, c, r, &n, e, num);
     cJSON_Delete(body);
     r->text.n_stop = r->n_stop;
-    c->stream = r->stream;
     const bool made = parsed && api_choices(c, n);
     if (parsed && !made) api_fail(e, 500, NULL, "out_of_memory", "out of memory");
     char why[256];
@@ -723,7 +722,7 @@ static void api_generate(api_server *s, const http_req *rq, bool chat, http_repl
         pthread_mutex_unlock(&rt->mu);
         return;
     }
-    if (c->stream) {
+    if (r->stream) {
         pthread_mutex_unlock(&rt->mu);
         rp->status = 200;
         rp->content_type = "text/event-stream";
