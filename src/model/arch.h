@@ -93,6 +93,17 @@ void arch_paged_attention(backend *be, const model_kv_cache *kv, const arch_batc
 /* Gathers rows b->out_rows of x(N,C) into out(R,C): the rows whose logits are asked for. */
 void arch_gather_out(backend *be, const arch_batch_ids *ids, const model_batch *b, tensor out, tensor x);
 
+/* Parameter i (grad = false) or its gradient, through its group's base (model.h), so ZeRO's
+ * hooks can move a layer to a gathered copy or a gradient bucket: norms, biases, embeddings. */
+static inline tensor arch_param(const model *m, bool grad, int i) {
+    return grad ? model_grad_view(m, i) : model_param_view(m, i);
+}
+/* A matrix parameter (the compute view the products read: bf16 in mixed precision) or its
+ * gradient. */
+static inline tensor arch_matrix(const model *m, bool grad, int i) {
+    return grad ? model_grad_view(m, i) : model_compute_view(m, i);
+}
+
 /* Plans a model for cfg (specs, groups) without parameter memory: m->params NULL, every base
  * NULL. model_create allocates the f32 buffer on it; weights.c binds mapped views instead. */
 sk_status model_plan(const model_config *cfg, backend *be, model **out);

@@ -140,26 +140,15 @@ typedef struct gpt2_state {
     gpt2_infer inf;
 } gpt2_state;
 
-/* Tensor idx of the parameters (grad = false) or gradients, through its group's base
- * (model.h), so ZeRO hooks can move a layer to a gathered copy or a gradient bucket. */
-static tensor gpt2_tensor(const model *m, bool grad, int idx) {
-    return grad ? model_grad_view(m, idx) : model_param_view(m, idx);
-}
-
-/* A matrix parameter (the compute view products read) or its gradient. */
-static tensor gpt2_matrix(const model *m, bool grad, int idx) {
-    return grad ? model_grad_view(m, idx) : model_compute_view(m, idx);
-}
-
 static gpt2_w gpt2_layer(const model *m, bool grad, int l) {
     int i = P_LAYER0 + P_PER_LAYER * l;
     gpt2_w w = {
-        gpt2_tensor(m, grad, i + P_LN1W), gpt2_tensor(m, grad, i + P_LN1B),
-        gpt2_matrix(m, grad, i + P_ATTNW), gpt2_tensor(m, grad, i + P_ATTNB),
-        gpt2_matrix(m, grad, i + P_PROJW), gpt2_tensor(m, grad, i + P_PROJB),
-        gpt2_tensor(m, grad, i + P_LN2W), gpt2_tensor(m, grad, i + P_LN2B),
-        gpt2_matrix(m, grad, i + P_FCW), gpt2_tensor(m, grad, i + P_FCB),
-        gpt2_matrix(m, grad, i + P_FCPW), gpt2_tensor(m, grad, i + P_FCPB),
+        arch_param(m, grad, i + P_LN1W), arch_param(m, grad, i + P_LN1B),
+        arch_matrix(m, grad, i + P_ATTNW), arch_param(m, grad, i + P_ATTNB),
+        arch_matrix(m, grad, i + P_PROJW), arch_param(m, grad, i + P_PROJB),
+        arch_param(m, grad, i + P_LN2W), arch_param(m, grad, i + P_LN2B),
+        arch_matrix(m, grad, i + P_FCW), arch_param(m, grad, i + P_FCB),
+        arch_matrix(m, grad, i + P_FCPW), arch_param(m, grad, i + P_FCPB),
     };
     return w;
 }
@@ -392,8 +381,8 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     arch_check_tokens(m, tokens, (size_t)N, 0);
     model_hook_before_forward(m, -1);
     backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
-    op->embed_forward(be, NULL, encoded, tensor_2d(a->tokens, DT_I32, B, T), gpt2_tensor(m, false, P_WTE),
-                      gpt2_tensor(m, false, P_WPE));
+    op->embed_forward(be, NULL, encoded, tensor_2d(a->tokens, DT_I32, B, T), arch_param(m, false, P_WTE),
+                      arch_param(m, false, P_WPE));
     if (m->dropout && c->embd_pdrop > 0)
         op->dropout_forward(be, NULL, encoded, encoded, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
 
@@ -404,10 +393,10 @@ static float gpt2_forward(model *m, const int *tokens, const int *targets, int B
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : encoded;
     op->layernorm_forward(be, NULL, lnf, arch_vec(a->lnf_mean, N), arch_vec(a->lnf_rstd, N), resL, tensor_none(),
-                          gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
+                          arch_param(m, false, nf), arch_param(m, false, nf + 1), c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ wte(V,C)^T: the tied LM head (padded to Vp rows in mixed
      * precision, the product then writing every column of the logits' rows) */
-    tensor head = arch_lm_head(be, gpt2_tensor(m, false, P_WTE), gpt2_matrix(m, false, P_WTE), a->head, s->lp, true);
+    tensor head = arch_lm_head(be, arch_param(m, false, P_WTE), arch_matrix(m, false, P_WTE), a->head, s->lp, true);
     op->matmul(be, NULL, tensor_2d_ld(a->logits, s->lp, N, head.shape[0], tensor_ld(logits)), lnf, false, head, true,
                1.0f, 0.0f);
     if (!targets) return 0.0f;
@@ -456,8 +445,8 @@ static void gpt2_backward(model *m, float dloss) {
     tensor datty = arch_mat_at(a->dC2, lp, 0, N, QD);
     tensor logits = tensor_2d_ld(a->logits, lp, N, V, arch_vocab_padded(V));
     model_hook_before_backward(m, -1);
-    tensor head = arch_lm_head(be, gpt2_tensor(m, false, P_WTE), gpt2_matrix(m, false, P_WTE), a->head, lp, false);
-    tensor dwte = gpt2_tensor(m, true, P_WTE);
+    tensor head = arch_lm_head(be, arch_param(m, false, P_WTE), arch_matrix(m, false, P_WTE), a->head, lp, false);
+    tensor dwte = arch_param(m, true, P_WTE);
 
     /* LM head: logits holds dlogits / dloss (0 in the padding columns). dlnf = dloss *
      * dlogits @ wte; dwte += dloss * dlogits^T @ lnf. */
@@ -467,8 +456,8 @@ static void gpt2_backward(model *m, float dloss) {
     int nf = P_LAYER0 + P_PER_LAYER * L;
     tensor resL = L > 0 ? gpt2_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
     backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
-    op->layernorm_backward(be, NULL, dres, gpt2_norm_copy(m, dC2), gpt2_tensor(m, true, nf),
-                           gpt2_tensor(m, true, nf + 1), dC, resL, gpt2_tensor(m, false, nf), arch_vec(a->lnf_mean, N),
+    op->layernorm_backward(be, NULL, dres, gpt2_norm_copy(m, dC2), arch_param(m, true, nf),
+                           arch_param(m, true, nf + 1), dC, resL, arch_param(m, false, nf), arch_vec(a->lnf_mean, N),
                            arch_vec(a->lnf_rstd, N));
 
     for (int l = L - 1; l >= 0; l--) {
@@ -506,7 +495,7 @@ static void gpt2_backward(model *m, float dloss) {
     }
     if (drop && c->embd_pdrop > 0)
         op->dropout_backward(be, NULL, dres, dres, c->embd_pdrop, gpt2_drop_seed(m, 0, STC));
-    op->embed_backward(be, NULL, dwte, gpt2_tensor(m, true, P_WPE), dres, tensor_2d(a->tokens, DT_I32, B, T));
+    op->embed_backward(be, NULL, dwte, arch_param(m, true, P_WPE), dres, tensor_2d(a->tokens, DT_I32, B, T));
     model_hook_after_backward(m, -1);
 }
 
@@ -576,12 +565,12 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     const dtype lp = model_infer_dtype(m);
     tensor x = arch_mat(f->x, N, C), ln = arch_mat_at(f->ln, lp, 0, N, C), qkv = arch_mat_at(f->qkv, lp, 0, N, 3 * QD);
     tensor atty = arch_mat_at(f->atty, lp, 0, N, QD), fch = arch_mat_at(f->fch, lp, 0, N, F);
-    tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N), wpe = gpt2_tensor(m, false, P_WPE);
+    tensor mean = arch_vec(f->mean, N), rstd = arch_vec(f->rstd, N), wpe = arch_param(m, false, P_WPE);
     tensor br = arch_mat_at(f->br, lp, 0, N, C);
 
     /* x = wte[token] + wpe[position], the sum embed_forward forms in one call (split: rank 0
      * alone holds wpe, and the sum over the ranks adds it once) */
-    op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), gpt2_tensor(m, false, P_WTE), tensor_none());
+    op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), arch_param(m, false, P_WTE), tensor_none());
     if (!tensor_is_none(wpe)) {
         tensor pe = arch_mat(f->ln, N, C);
         op->embed_forward(be, NULL, pe, tensor_2d(f->ids.pos, DT_I32, 1, N), wpe, tensor_none());
@@ -607,8 +596,8 @@ static tensor gpt2_infer_batch(model *m, const model_kv_cache *kv, const model_b
     tensor last = arch_mat(f->last, R, C), lastn = arch_mat_at(f->lastn, lp, 0, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
     op->layernorm_forward(be, NULL, lastn, tensor_rows(mean, 0, R), tensor_rows(rstd, 0, R), last, tensor_none(),
-                          gpt2_tensor(m, false, nf), gpt2_tensor(m, false, nf + 1), c->norm_eps);
-    return tp_logits(m, lastn, gpt2_tensor(m, false, P_WTE), f->logits, R);
+                          arch_param(m, false, nf), arch_param(m, false, nf + 1), c->norm_eps);
+    return tp_logits(m, lastn, arch_param(m, false, P_WTE), f->logits, R);
 }
 
 /* The tensor-parallel cut (model_split): c_attn's q, k and v column blocks by heads, c_fc by

@@ -164,15 +164,6 @@ enum { LLAMA_EMBED = 0 };
 static int llama_head(const model *m) { return m->cfg.tie_word_embeddings ? LLAMA_EMBED : m->n_specs - 1; }
 static int llama_norm(const model *m) { return m->n_specs - (m->cfg.tie_word_embeddings ? 1 : 2); }
 
-/* Spec i's parameters (grad = false) or gradients, through its group's base. */
-static tensor llama_tensor(const model *m, bool grad, int i) {
-    return grad ? model_grad_view(m, i) : model_param_view(m, i);
-}
-/* A matrix parameter (the compute view products read) or its gradient. */
-static tensor llama_matrix(const model *m, bool grad, int i) {
-    return grad ? model_grad_view(m, i) : model_compute_view(m, i);
-}
-
 /* The parameter matrices are compute views (bf16 in mixed precision), norms and biases f32. */
 static llama_w llama_layer(const model *m, bool grad, int l) {
     const llama_state *s = m->state;
@@ -180,7 +171,7 @@ static llama_w llama_layer(const model *m, bool grad, int l) {
     tensor p[T_COUNT];
     for (int i = 0; i < T_COUNT; i++) {
         const bool matrix = i == T_QW || i == T_KW || i == T_VW || i == T_OW || i == T_GW || i == T_UW || i == T_DW;
-        p[i] = o[i] == NO_TENSOR ? tensor_none() : matrix ? llama_matrix(m, grad, o[i]) : llama_tensor(m, grad, o[i]);
+        p[i] = o[i] == NO_TENSOR ? tensor_none() : matrix ? arch_matrix(m, grad, o[i]) : arch_param(m, grad, o[i]);
     }
     llama_w w = {p[T_IN], p[T_QW], p[T_QB], p[T_KW], p[T_KB], p[T_VW], p[T_VB], p[T_OW],
                  p[T_POST], p[T_GW], p[T_GB], p[T_UW], p[T_UB], p[T_DW], p[T_DB]};
@@ -541,7 +532,7 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
     arch_check_tokens(m, tokens, (size_t)N, 0);
     backend_upload(be, a->tokens, tokens, sizeof(int) * (size_t)N);
     model_hook_before_forward(m, -1);
-    op->embed_forward(be, NULL, encoded, tensor_2d(a->tokens, DT_I32, B, T), llama_tensor(m, false, LLAMA_EMBED),
+    op->embed_forward(be, NULL, encoded, tensor_2d(a->tokens, DT_I32, B, T), arch_param(m, false, LLAMA_EMBED),
                       tensor_none());
 
     for (int l = 0; l < L; l++) {
@@ -550,10 +541,10 @@ static float llama_forward(model *m, const int *tokens, const int *targets, int 
     }
     tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : encoded;
     op->rmsnorm_forward(be, NULL, lnf, arch_vec(a->rstdf, N), resL, tensor_none(),
-                        llama_tensor(m, false, llama_norm(m)), c->norm_eps);
+                        arch_param(m, false, llama_norm(m)), c->norm_eps);
     /* logits(N,V) = lnf(N,C) @ head(V,C)^T (padded to Vp rows in mixed precision) */
     const int hi = llama_head(m);
-    tensor head = arch_lm_head(be, llama_tensor(m, false, hi), llama_matrix(m, false, hi), a->head, s->lp, true);
+    tensor head = arch_lm_head(be, arch_param(m, false, hi), arch_matrix(m, false, hi), a->head, s->lp, true);
     op->matmul(be, NULL, tensor_2d_ld(a->logits, s->lp, N, head.shape[0], tensor_ld(logits)), lnf, false, head, true,
                1.0f, 0.0f);
     if (!targets) return 0.0f;
@@ -584,10 +575,10 @@ static void llama_backward(model *m, float dloss) {
 
     /* LM head: logits holds dlogits / dloss. dlnf = dloss * dlogits @ head;
      * dhead += dloss * dlogits^T @ lnf (into embed_tokens when tied). */
-    tensor hw = arch_lm_head(be, llama_tensor(m, false, head), llama_matrix(m, false, head), a->head, lp, false);
+    tensor hw = arch_lm_head(be, arch_param(m, false, head), arch_matrix(m, false, head), a->head, lp, false);
     op->matmul(be, NULL, dC, tensor_2d_ld(a->logits, lp, N, hw.shape[0], tensor_ld(logits)), false, hw, false, dloss,
                0.0f);
-    op->matmul(be, NULL, llama_tensor(m, true, head), logits, true, arch_mat_at(a->lnf, lp, 0, N, C), false, dloss,
+    op->matmul(be, NULL, arch_param(m, true, head), logits, true, arch_mat_at(a->lnf, lp, 0, N, C), false, dloss,
                1.0f);
     tensor resL = L > 0 ? llama_layer_views(m, L - 1).res3 : arch_mat(a->encoded, N, C);
     /* In mixed precision each norm backward also writes the bf16 copy of dres (dres_lp) that
@@ -595,8 +586,8 @@ static void llama_backward(model *m, float dloss) {
     const tensor dres_copy = lp == DT_F32 ? tensor_none() : arch_mat_at(a->dres_lp, lp, 0, N, C);
     const tensor dbranch = lp == DT_F32 ? dres : dres_copy;
     backend_zero(be, a->dres, sizeof(float) * (size_t)N * C);
-    op->rmsnorm_backward(be, NULL, dres, dres_copy, llama_tensor(m, true, norm), dC, resL,
-                         llama_tensor(m, false, norm), arch_vec(a->rstdf, N));
+    op->rmsnorm_backward(be, NULL, dres, dres_copy, arch_param(m, true, norm), dC, resL,
+                         arch_param(m, false, norm), arch_vec(a->rstdf, N));
 
     for (int l = L - 1; l >= 0; l--) {
         model_hook_before_backward(m, l);
@@ -629,7 +620,7 @@ static void llama_backward(model *m, float dloss) {
                              x.rstd1);
         model_hook_after_backward(m, l);
     }
-    op->embed_backward(be, NULL, llama_tensor(m, true, LLAMA_EMBED), tensor_none(), dres,
+    op->embed_backward(be, NULL, arch_param(m, true, LLAMA_EMBED), tensor_none(), dres,
                        tensor_2d(a->tokens, DT_I32, B, T));
     model_hook_after_backward(m, -1);
 }
@@ -741,7 +732,7 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     const int P = s->inf_dims.ctx;
 
     tensor pos = tensor_2d(f->ids.pos, DT_I32, 1, N);
-    op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), llama_tensor(m, false, LLAMA_EMBED),
+    op->embed_forward(be, NULL, x, tensor_2d(f->ids.tokens, DT_I32, 1, N), arch_param(m, false, LLAMA_EMBED),
                       tensor_none());
     tp_sum(m, x);
     op->embed_forward(be, NULL, cos, pos, arch_mat(f->rope_cos, P, HS / 2), tensor_none());
@@ -773,9 +764,9 @@ static tensor llama_infer_batch(model *m, const model_kv_cache *kv, const model_
     if (pending) op->add(be, NULL, x, x, br);   /* the last MLP output: the final norm runs on R gathered rows */
     tensor last = arch_mat(f->last, R, C), lastn = arch_mat_at(f->lastn, lp, 0, R, C);
     arch_gather_out(be, &f->ids, b, last, x);
-    op->rmsnorm_forward(be, NULL, lastn, tensor_none(), last, tensor_none(), llama_tensor(m, false, llama_norm(m)),
+    op->rmsnorm_forward(be, NULL, lastn, tensor_none(), last, tensor_none(), arch_param(m, false, llama_norm(m)),
                         c->norm_eps);
-    return tp_logits(m, lastn, llama_tensor(m, false, llama_head(m)), f->logits, R);
+    return tp_logits(m, lastn, arch_param(m, false, llama_head(m)), f->logits, R);
 }
 
 /* The tensor-parallel cut (model_split): q_proj by heads and k_proj, v_proj by key/value
