@@ -1,7 +1,8 @@
 """The official OpenAI Python client (PyPI openai, from build/pyenv) against skein serve at
 127.0.0.1 (tests/cli_serve_robust.sh): it lists the models, completes, chats and streams both,
-greedy answers equal whole and streamed, three choices ("n") streamed as whole, and skein's 4xx errors come back as the client's typed
-exceptions. Usage: check_openai.py URL KEY MODEL. Prints PASS/FAIL lines; stops within its
+greedy answers equal whole and streamed, three choices ("n") streamed as whole, the newer forms
+(chat's max_completion_tokens, a content of text parts, a prompt of token ids), and skein's 4xx
+errors come back as the client's typed exceptions. Usage: check_openai.py URL KEY MODEL. Prints PASS/FAIL lines; stops within its
 clients' 30 s timeouts."""
 import sys
 
@@ -55,6 +56,14 @@ def choices():
     assert [text[i] for i in range(3)] == [x.text for x in r.choices], (text, r.choices)
 
 
+def newer_forms():
+    r = c.chat.completions.create(model=MODEL, messages=[{'role': 'user', 'content': [{'type': 'text', 'text': 'hi'}]}],
+                                  max_completion_tokens=4, temperature=0, extra_body={'ignore_eos': True})
+    assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == 'length', r
+    r = c.completions.create(model=MODEL, prompt=[1, 2, 3], max_tokens=2, temperature=0, extra_body={'ignore_eos': True})
+    assert r.usage.prompt_tokens == 3 and r.usage.completion_tokens == 2, r
+
+
 def errors():
     try:
         c.completions.create(model=MODEL, prompt='a', max_tokens=-1)
@@ -77,4 +86,5 @@ case('models', models)
 case('completion_whole_and_stream', completion)
 case('chat_whole_and_stream', chat)
 case('n_choices_whole_and_stream', choices)
+case('newer_forms', newer_forms)
 case('errors_typed', errors)

@@ -200,6 +200,11 @@ bad wrong_key 401 - -H "Authorization: Bearer $KEY-x" -d '{"prompt": "a"}' $C
 bad models_no_key 401 - $U/v1/models
 bad body_over_cap 413 - -H "$AUTH" --data-binary @"$T/big" $C
 bad prompt_too_long 400 prompt -H "$AUTH" -d @"$T/long.json" $C
+bad prompt_list 400 prompt -H "$AUTH" -d '{"prompt": ["a", "b"]}' $C
+bad prompt_id_oov 400 prompt -H "$AUTH" -d '{"prompt": [1, 100000000]}' $C
+bad stop_token_ids_many 400 stop_token_ids -H "$AUTH" -d '{"prompt": "a", "stop_token_ids": [1, 2, 3, 4, 5, 6, 7, 8]}' $C
+bad max_completion_tokens_zero 400 max_completion_tokens -H "$AUTH" -d '{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}' $U/v1/chat/completions
+bad content_image 400 messages -H "$AUTH" -d '{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}' $U/v1/chat/completions
 
 # a stop string ends the text before it (the text before it equals generate's prefix)
 first=$(python3 -c "import json; t=json.load(open('$T/comp.out'))['choices'][0]['text']; print(t[2:4] if len(t) > 4 and t[2:4].isprintable() else '')")
@@ -210,11 +215,46 @@ if [ -n "$first" ]; then
     then pass serve_stop_string; else fail serve_stop_string "$(cat "$T/stop.out")"; fi
 else echo "SKIP serve_stop_string: the greedy text has no printable stop candidate"; fi
 
+# vLLM's and OpenAI's newer request forms: a prompt of token ids (/tokenize's ids give the
+# string's text), "return_tokens_as_token_ids" naming the logprobs' tokens "token_id:ID",
+# "stop_token_ids" ending the text before the first such token (ignore_eos leaves them in
+# force), chat's "max_completion_tokens" over "max_tokens", and a message's content as a list of
+# text parts (joined with newlines)
+body=$(python3 -c "import json; print(json.dumps({'prompt': json.load(open('$T/tokz.out'))['tokens'], 'max_tokens': 12, 'temperature': 0}))")
+if [ "$(req pids -H "$AUTH" -d "$body" $C)" = 200 ] &&
+   json "$T/pids.out" "j['choices'][0]['text'] == json.load(open('$T/comp.out'))['choices'][0]['text'] and j['usage']['prompt_tokens'] == json.load(open('$T/comp.out'))['usage']['prompt_tokens']"
+then pass serve_prompt_token_ids; else fail serve_prompt_token_ids "$(cat "$T/pids.out")"; fi
+body='{"prompt": "static int", "max_tokens": 12, "temperature": 0, "logprobs": 1, "return_tokens_as_token_ids": true}'
+if [ "$(req asids -H "$AUTH" -d "$body" $C)" = 200 ] &&
+   json "$T/asids.out" "len(j['choices'][0]['logprobs']['tokens']) == 12 and all(t.startswith('token_id:') and all(k.startswith('token_id:') for k in top) for t, top in zip(j['choices'][0]['logprobs']['tokens'], j['choices'][0]['logprobs']['top_logprobs']))"
+then pass serve_tokens_as_ids; else fail serve_tokens_as_ids "$(cat "$T/asids.out")"; fi
+# the third token's id as a stop id: the text is /detokenize's of the ids before its first place
+python3 -c "
+import json, sys
+ids = [int(t.split(':')[1]) for t in json.load(open(sys.argv[1]))['choices'][0]['logprobs']['tokens']]
+x = ids[2]
+print(json.dumps({'tokens': ids[:ids.index(x)]}))
+print(json.dumps({'prompt': 'static int', 'max_tokens': 12, 'temperature': 0, 'ignore_eos': True, 'stop_token_ids': [x]}))
+" "$T/asids.out" >"$T/stopid" 2>/dev/null
+if [ "$(req before -H "$AUTH" -d "$(sed -n 1p "$T/stopid")" $U/detokenize)" = 200 ] &&
+   [ "$(req stopid -H "$AUTH" -d "$(sed -n 2p "$T/stopid")" $C)" = 200 ] &&
+   json "$T/stopid.out" "j['choices'][0]['finish_reason'] == 'stop' and j['choices'][0]['text'] == json.load(open('$T/before.out'))['prompt']"
+then pass serve_stop_token_ids; else fail serve_stop_token_ids "$(cat "$T/stopid" "$T/stopid.out")"; fi
+body='{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 9, "max_completion_tokens": 3, "ignore_eos": true}'
+if [ "$(req mct -H "$AUTH" -d "$body" $U/v1/chat/completions)" = 200 ] &&
+   json "$T/mct.out" "j['usage']['completion_tokens'] == 3 and j['choices'][0]['finish_reason'] == 'length'"
+then pass serve_max_completion_tokens; else fail serve_max_completion_tokens "$(cat "$T/mct.out")"; fi
+body='{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]}], "max_tokens": 6, "temperature": 0}'
+body2='{"messages": [{"role": "user", "content": "hi\nthere"}], "max_tokens": 6, "temperature": 0}'
+if [ "$(req parts -H "$AUTH" -d "$body" $U/v1/chat/completions)" = 200 ] && [ "$(req joined -H "$AUTH" -d "$body2" $U/v1/chat/completions)" = 200 ] &&
+   json "$T/parts.out" "(j['choices'][0]['message'], j['usage']) == (lambda o: (o['choices'][0]['message'], o['usage']))(json.load(open('$T/joined.out')))"
+then pass serve_content_parts; else fail serve_content_parts "$(cat "$T/parts.out" "$T/joined.out")"; fi
+
 # /metrics: the answers above, counted by status; the model's series carry its label
 curl -s -m 10 $U/metrics >"$T/metrics"
 # msum NAME: NAME's samples in $T/metrics summed over their labels
 msum() { awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2; f = 1 } END { if (f) printf "%d\n", s }' "$T/metrics"; }
-if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 18$' "$T/metrics" &&
+if grep -q '^skein_requests_total{status="200"} [1-9]' "$T/metrics" && grep -q '^skein_requests_total{status="400"} 23$' "$T/metrics" &&
    grep -q '^skein_requests_total{status="401"} 4$' "$T/metrics" && grep -q '^skein_requests_total{status="413"} 1$' "$T/metrics" &&
    grep -q '^skein_requests_total{status="404"} 2$' "$T/metrics" && grep -q '^skein_generation_tokens_total{model="m"} [1-9]' "$T/metrics" &&
    grep -q '^skein_kv_blocks_used{model="m",replica="0"} 0$' "$T/metrics" && [ "$(msum skein_queue_depth)" = 0 ] &&

@@ -22,7 +22,7 @@ if [ -n "$SKEIN_QUICK" ]; then
 elif pyenv_ready; then
     timeout 120 "$PY" tests/check_openai.py $U $KEY m >"$T/openai.out" 2>"$T/openai.err"
     cat "$T/openai.out"
-    [ "$(grep -c '^PASS \|^FAIL ' "$T/openai.out")" = 5 ] || fail openai_client "ended early: $(tail -5 "$T/openai.err")"
+    [ "$(grep -c '^PASS \|^FAIL ' "$T/openai.out")" = 6 ] || fail openai_client "ended early: $(tail -5 "$T/openai.err")"
 else
     echo "SKIP openai_client: $PYENV_WHY"
 fi

@@ -11,6 +11,7 @@
  * router's. */
 #include "serve/api.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,9 +209,10 @@ static char *api_utf8_clean(const char *s, size_t n) {
     return o;
 }
 
-/* Token id's text (its bytes, ill-formed UTF-8 replaced; mem_free it) and, when bytes is not
- * NULL, those bytes as a JSON list (OpenAI's "bytes"). NULL when out of memory. */
-static char *api_token_text(const router *rt, int id, cJSON **bytes) {
+/* Token id's text (its bytes, ill-formed UTF-8 replaced; "token_id:ID" for r->ids_as_tokens;
+ * mem_free it) and, when bytes is not NULL, its bytes as a JSON list (OpenAI's "bytes"). NULL
+ * when out of memory. */
+static char *api_token_text(const router *rt, const serve_req *r, int id, cJSON **bytes) {
     size_t n = 0;
     const unsigned char *b = tok_token_bytes(rt->t, id, &n);
     if (!b) n = 0;
@@ -218,7 +220,10 @@ static char *api_token_text(const router *rt, int id, cJSON **bytes) {
         *bytes = cJSON_CreateArray();
         for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(*bytes, cJSON_CreateNumber(b[i]));
     }
-    return api_utf8_clean(b ? (const char *)b : "", n);
+    if (!r->ids_as_tokens) return api_utf8_clean(b ? (const char *)b : "", n);
+    char name[32];
+    snprintf(name, sizeof name, "token_id:%d", id);
+    return mem_strdup(name);
 }
 
 /* The log-probabilities of records r->lp_sent..r->n_lp (rt->mu held), which then count as sent:
@@ -236,12 +241,12 @@ static cJSON *api_logprobs_json(const router *rt, serve_req *r) {
     for (; r->lp_sent < r->n_lp; r->lp_sent++) {
         const serve_lp *l = &r->lp[r->lp_sent];
         cJSON *bytes = NULL;
-        char *text = api_token_text(rt, l->token, r->chat ? &bytes : NULL);
+        char *text = api_token_text(rt, r, l->token, r->chat ? &bytes : NULL);
         if (!text) { cJSON_Delete(bytes); cJSON_Delete(j); return NULL; }
         cJSON *top = r->chat ? cJSON_CreateArray() : cJSON_CreateObject();
         for (int k = 0; k < l->n_top; k++) {
             cJSON *tb = NULL;
-            char *tt = api_token_text(rt, l->top_ids[k], r->chat ? &tb : NULL);
+            char *tt = api_token_text(rt, r, l->top_ids[k], r->chat ? &tb : NULL);
             if (!tt) { cJSON_Delete(tb); continue; }
             if (r->chat) {
                 cJSON *e = cJSON_CreateObject();
@@ -449,6 +454,36 @@ static bool api_range_bad(double v, double lo, double hi, api_error *e, const ch
 
 /* Reads "stop": a string or a list of at most SERVE_MAX_STOP non-empty strings, each shorter
  * than SERVE_STOP_BYTES. */
+/* The JSON list a of field param as token ids, each an integer in [0, vocab), at most max of
+ * them: *ids (mem_alloc'd, room for one when empty; the caller frees it) and *n. False with e
+ * set (400 naming the field and the entry; 500 out of memory). */
+static bool api_token_ids(const cJSON *a, const char *param, int vocab, int max, int32_t **ids, int *n, api_error *e) {
+    const int k = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
+    if (k < 0 || k > max) {
+        api_fail(e, 400, param, "invalid_value", "request: field \"%s\" must be a list of at most %d token ids", param, max);
+        return false;
+    }
+    int32_t *v = mem_alloc(sizeof *v * (size_t)(k ? k : 1));
+    if (!v) {
+        api_fail(e, 500, NULL, "out_of_memory", "out of memory");
+        return false;
+    }
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, a) {   /* not cJSON_GetArrayItem: that walks the list from its head each time */
+        const double x = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        if (!(x >= 0 && x < vocab && x == (double)(int32_t)x)) {
+            api_fail(e, 400, param, "invalid_value", "request: %s[%d] must be an integer token id in [0, %d)", param, i, vocab);
+            mem_free(v);
+            return false;
+        }
+        v[i++] = (int32_t)x;
+    }
+    *ids = v;
+    *n = k;
+    return true;
+}
+
 static bool api_parse_stop(const cJSON *body, serve_req *r, api_error *e) {
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(body, "stop");
     if (!st || cJSON_IsNull(st)) return true;
@@ -472,14 +507,56 @@ static bool api_parse_stop(const cJSON *body, serve_req *r, api_error *e) {
     return true;
 }
 
-/* The prompt's ids: "prompt" (a string, encoded as skein generate does) or "messages"
- * rendered with the chat template. */
+/* A message's content given as a list of parts (OpenAI's newer form): each {"type": "text",
+ * "text": STRING}, joined with newlines into *out (mem_alloc'd) as vLLM joins them. False with
+ * e set (400 naming message i) for any other part, such as an image. */
+static bool api_text_parts(const cJSON *parts, int i, char **out, api_error *e) {
+    size_t len = 0;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, parts) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(p, "type"), *text = cJSON_GetObjectItemCaseSensitive(p, "text");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") || !cJSON_IsString(text)) {
+            api_fail(e, 400, "messages", "invalid_value", "request: messages[%d].content: this model reads only parts {\"type\": \"text\", \"text\": STRING}", i);
+            return false;
+        }
+        len += strlen(text->valuestring) + 1;
+    }
+    char *s = mem_alloc(len + 1), *w = s;
+    if (!s) {
+        api_fail(e, 500, NULL, "out_of_memory", "out of memory");
+        return false;
+    }
+    cJSON_ArrayForEach(p, parts) {
+        const char *t = cJSON_GetObjectItemCaseSensitive(p, "text")->valuestring;
+        if (w > s) *w++ = '\n';
+        const size_t n = strlen(t);
+        memcpy(w, t, n);
+        w += n;
+    }
+    *w = '\0';
+    *out = s;
+    return true;
+}
+
+/* The prompt's ids: "prompt" (a string, encoded as skein generate does, or a list of token ids
+ * taken as they are) or "messages" rendered with the chat template. */
 static bool api_parse_prompt(router *rt, const cJSON *body, serve_req *r, api_error *e) {
     int32_t *ids = NULL;
     size_t n = 0;
     sk_status st;
     const char *param = r->chat ? "messages" : "prompt";
-    if (!r->chat) {
+    const cJSON *pf = cJSON_GetObjectItemCaseSensitive(body, "prompt");
+    if (!r->chat && cJSON_IsArray(pf)) {   /* token ids, as the model reads them (no special tokens added) */
+        const cJSON *first = cJSON_GetArrayItem(pf, 0);
+        if (cJSON_IsString(first) || cJSON_IsArray(first)) {
+            api_fail(e, 400, "prompt", "invalid_value", "request: field \"prompt\" is a list of prompts; send one prompt a request (a string or a list of token ids)");
+            return false;
+        }
+        int k = 0;   /* the context's limit is checked below, as for text */
+        if (!api_token_ids(pf, "prompt", rt->base->cfg.vocab_size, INT_MAX, &ids, &k, e)) return false;
+        n = (size_t)k;
+        st = SK_OK;
+    } else if (!r->chat) {
         const char *prompt = NULL;
         if (api_field_bad(json_get_string(body, "prompt", true, "request", &prompt), e, "prompt")) return false;
         st = tok_encode_ex(rt->t, prompt, strlen(prompt), true, &ids, &n);
@@ -495,21 +572,27 @@ static bool api_parse_prompt(router *rt, const cJSON *body, serve_req *r, api_er
             return false;
         }
         chat_msg cm[API_MAX_MESSAGES];
-        for (int i = 0; i < k; i++) {
-            const cJSON *m = cJSON_GetArrayItem(msgs, i);
+        char *joined[API_MAX_MESSAGES] = {0};   /* contents given as lists of text parts */
+        bool ok = true;
+        int i = 0;
+        for (const cJSON *m = msgs->child; m && ok; m = m->next, i++) {
             const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-            if (!cJSON_IsString(role) || !cJSON_IsString(content)) {
-                api_fail(e, 400, "messages", "invalid_type", "request: messages[%d] must have string \"role\" and \"content\"", i);
-                return false;
+            if (!cJSON_IsString(role) || !(cJSON_IsString(content) || cJSON_IsArray(content))) {
+                api_fail(e, 400, "messages", "invalid_type", "request: messages[%d] must have a string \"role\" and a \"content\" string or list of text parts", i);
+                ok = false;
+            } else if (cJSON_IsArray(content)) {
+                ok = api_text_parts(content, i, &joined[i], e);
             }
-            cm[i] = (chat_msg){role->valuestring, content->valuestring};
+            if (ok) cm[i] = (chat_msg){role->valuestring, joined[i] ? joined[i] : content->valuestring};
         }
         char *text = NULL;
         size_t len = 0;
-        if ((st = chat_render(rt->chat, cm, k, true, &text, &len)) != SK_OK) {
+        if (ok && (st = chat_render(rt->chat, cm, k, true, &text, &len)) != SK_OK) {
             api_fail(e, 400, "messages", "invalid_value", "%s", sk_errmsg());
-            return false;
+            ok = false;
         }
+        for (int j = 0; j < k; j++) mem_free(joined[j]);
+        if (!ok) return false;
         st = tok_encode(rt->t, text, len, &ids, &n);
         mem_free(text);
     }
@@ -526,6 +609,21 @@ static bool api_parse_prompt(router *rt, const cJSON *body, serve_req *r, api_er
     }
     r->prompt = (int *)ids;
     r->n_prompt = (int)n;
+    return true;
+}
+
+/* Appends "stop_token_ids" (vLLM's: generation ends at any of them, not output) to r's stop
+ * ids, the end-of-sequence ones before them; false with e set (400) when they are not token
+ * ids or do not fit beside those in ENGINE_MAX_STOP. */
+static bool api_parse_stop_ids(router *rt, const cJSON *body, serve_req *r, api_error *e) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(body, "stop_token_ids");
+    if (!a || cJSON_IsNull(a)) return true;
+    const int room = ENGINE_MAX_STOP - r->p.n_stop_ids;
+    int32_t *ids = NULL;
+    int n = 0;
+    if (!api_token_ids(a, "stop_token_ids", rt->base->cfg.vocab_size, room, &ids, &n, e)) return false;
+    for (int i = 0; i < n; i++) r->p.stop_ids[r->p.n_stop_ids++] = ids[i];
+    mem_free(ids);
     return true;
 }
 
@@ -554,8 +652,16 @@ static bool api_parse(router *rt, const cJSON *body, api_call *c, serve_req *r, 
         api_field_bad(json_get_double(body, "presence_penalty", false, "request", &presence), e, "presence_penalty") ||
         api_field_bad(json_get_double(body, "frequency_penalty", false, "request", &frequency), e, "frequency_penalty") ||
         api_field_bad(json_get_int(body, "seed", false, "request", &seed), e, "seed") ||
-        api_field_bad(json_get_bool(body, "ignore_eos", false, "request", &ignore_eos), e, "ignore_eos"))
+        api_field_bad(json_get_bool(body, "ignore_eos", false, "request", &ignore_eos), e, "ignore_eos") ||
+        api_field_bad(json_get_bool(body, "return_tokens_as_token_ids", false, "request", &r->ids_as_tokens), e,
+                      "return_tokens_as_token_ids"))
         return false;
+    const cJSON *mct = cJSON_GetObjectItemCaseSensitive(body, "max_completion_tokens");
+    if (r->chat && mct && !cJSON_IsNull(mct)) {   /* OpenAI's newer name in chat; it wins over max_tokens, as in vLLM */
+        if (api_field_bad(json_get_int(body, "max_completion_tokens", false, "request", &max_tokens), e, "max_completion_tokens") ||
+            api_range_bad((double)max_tokens, 1, rt->eo.max_ctx, e, "max_completion_tokens"))
+            return false;
+    }
     const int max_ctx = rt->eo.max_ctx;
     if ((max_tokens || !r->chat) && api_range_bad((double)max_tokens, 1, max_ctx, e, "max_tokens")) return false;
     if (api_range_bad(temperature, 0, 2, e, "temperature") || api_range_bad(min_p, 0, 1, e, "min_p") ||
@@ -602,10 +708,11 @@ static bool api_parse(router *rt, const cJSON *body, api_call *c, serve_req *r, 
                                       .top_p = (float)top_p, .min_p = (float)min_p, .repetition_penalty = (float)rep,
                                       .presence_penalty = (float)presence, .frequency_penalty = (float)frequency},
                            .logprobs = logprobs, .n_logprobs = (int)n_logprobs};
-    if (ignore_eos) return true;   /* vLLM's extension: generate max_tokens whatever comes */
-    memcpy(r->p.stop_ids, r->chat ? rt->chat_eos_ids : rt->eos_ids, sizeof rt->eos_ids);
-    r->p.n_stop_ids = r->chat ? rt->n_chat_eos : rt->n_eos;
-    return true;
+    if (!ignore_eos) {   /* ignore_eos (vLLM's): generate max_tokens whatever comes, but the stop_token_ids */
+        memcpy(r->p.stop_ids, r->chat ? rt->chat_eos_ids : rt->eos_ids, sizeof rt->eos_ids);
+        r->p.n_stop_ids = r->chat ? rt->n_chat_eos : rt->n_eos;
+    }
+    return api_parse_stop_ids(rt, body, r, e);
 }
 
 /* The body as a JSON object and the router of its "model" (the first when it names none);
@@ -772,26 +879,12 @@ static void api_detokenize(api_server *s, const http_req *rq, http_reply *rp, ap
     router *rt = NULL;
     cJSON *body = api_body(s, rq, e, &rt);
     if (!body) return;
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(body, "tokens");
-    const int vocab = tok_vocab_size(rt->t), max = rt->eo.max_ctx;
-    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
-    if (n < 0 || n > max) {
-        api_fail(e, 400, "tokens", "invalid_value", "request: field \"tokens\" must be a list of at most %d token ids", max);
+    int32_t *ids = NULL;
+    int n = 0;
+    if (!api_token_ids(cJSON_GetObjectItemCaseSensitive(body, "tokens"), "tokens", tok_vocab_size(rt->t), rt->eo.max_ctx,
+                       &ids, &n, e)) {
         cJSON_Delete(body);
         return;
-    }
-    int32_t *ids = mem_alloc(sizeof *ids * (size_t)(n ? n : 1));
-    if (!ids) { cJSON_Delete(body); api_fail(e, 500, NULL, "out_of_memory", "out of memory"); return; }
-    for (int i = 0; i < n; i++) {
-        const cJSON *it = cJSON_GetArrayItem(a, i);
-        double v = cJSON_IsNumber(it) ? it->valuedouble : -1;
-        if (!(v >= 0 && v < vocab && v == (double)(int32_t)v)) {
-            api_fail(e, 400, "tokens", "invalid_value", "request: tokens[%d] must be an integer token id in [0, %d)", i, vocab);
-            mem_free(ids);
-            cJSON_Delete(body);
-            return;
-        }
-        ids[i] = (int32_t)v;
     }
     cJSON_Delete(body);
     size_t len = 0;

@@ -12,7 +12,10 @@
  *   api_server_free(a);
  *
  * Routes: POST /v1/completions and /v1/chat/completions (whole JSON or server-sent events
- * ending with "data: [DONE]"; fields model, prompt or messages, max_tokens, temperature,
+ * ending with "data: [DONE]"; fields model, prompt (a string, or a list of token ids taken as
+ * they are; a list of prompts is refused) or messages (each content a string or a list of
+ * {"type": "text"} parts, joined with newlines as vLLM joins them), max_tokens (chat also
+ * OpenAI's max_completion_tokens, which wins), temperature,
  * top_p, top_k, min_p, seed, stop, presence/frequency/repetition_penalty, stream, n (1..128
  * choices of the prompt, choice i sampled with the seed + i as vLLM's; usage counts the prompt
  * once; streamed, each chunk carries one choice's "index"),
@@ -20,8 +23,10 @@
  * "top_logprobs", "text_offset"}; chat: true with top_logprobs 0..20, {"content": [{"token",
  * "logprob", "bytes", "top_logprobs"}]}; streamed, each chunk carries the tokens generated since
  * the last), stream_options.include_usage (a last chunk with no choices and "usage"; whole
- * responses always carry usage), and vLLM's ignore_eos; other fields are ignored, as vLLM
- * does), GET /v1/models, GET /health, GET /metrics (Prometheus text), GET / (the dashboard page,
+ * responses always carry usage), and vLLM's ignore_eos, stop_token_ids (ending the text before
+ * any of them, within ENGINE_MAX_STOP beside the end-of-sequence ids; ignore_eos leaves them in
+ * force) and return_tokens_as_token_ids (logprobs name tokens "token_id:ID"); other fields are
+ * ignored, as vLLM does), GET /v1/models, GET /health, GET /metrics (Prometheus text), GET / (the dashboard page,
  * dashboard.h; like /health and /metrics it needs no key: the page sends the key its user types),
  * and vLLM's POST /tokenize {"prompt"} -> {"tokens", "count", "max_model_len"} (the ids a completion's
  * prompt gets) and POST /detokenize {"tokens"} -> {"prompt"} (behind the key like /v1).

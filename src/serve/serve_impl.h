@@ -67,6 +67,7 @@ struct serve_req {
     const char *stop[SERVE_MAX_STOP];
     int n_stop;
     bool chat, stream;
+    bool ids_as_tokens;      /* "return_tokens_as_token_ids" (vLLM's): logprobs name tokens "token_id:ID" */
     int index;               /* its choice of the call (api.c): a call of "n" choices submits n requests */
     double t_arrival;        /* time_now() at submission */
     /* the thread of the replica running it */
