@@ -250,6 +250,33 @@ if [ "$(req parts -H "$AUTH" -d "$body" $U/v1/chat/completions)" = 200 ] && [ "$
    json "$T/parts.out" "(j['choices'][0]['message'], j['usage']) == (lambda o: (o['choices'][0]['message'], o['usage']))(json.load(open('$T/joined.out')))"
 then pass serve_content_parts; else fail serve_content_parts "$(cat "$T/parts.out" "$T/joined.out")"; fi
 
+# special tokens leave the text as vLLM's skip_special_tokens (true by default) leaves them: four
+# sampled choices, their ids named (return_tokens_as_token_ids), one holding a special token;
+# each text is /detokenize's of its ids without the specials, and with "skip_special_tokens":
+# false of all of them
+for sk in true false; do
+    req "special_$sk" -H "$AUTH" -d "{\"prompt\": \"static int\", \"max_tokens\": 100, \"temperature\": 2, \"n\": 4, \"seed\": 5, \"ignore_eos\": true, \"logprobs\": 0, \"return_tokens_as_token_ids\": true, \"skip_special_tokens\": $sk}" $C >/dev/null
+done
+cat > "$T/special.py" <<'PY'
+import json, sys, urllib.request
+url, key, d, tokenizer = sys.argv[1:5]
+special = {t['id'] for t in json.load(open(tokenizer))['added_tokens'] if t['special']}
+def detok(ids):
+    rq = urllib.request.Request(url + '/detokenize', json.dumps({'tokens': ids}).encode(), {'Authorization': 'Bearer ' + key})
+    return json.load(urllib.request.urlopen(rq, timeout=30))['prompt']
+skip, keep = (json.load(open('%s/special_%s.out' % (d, s)))['choices'] for s in ('true', 'false'))
+seen = 0
+for a, b in zip(skip, keep):
+    ids = [int(t.split(':')[1]) for t in a['logprobs']['tokens']]
+    assert ids == [int(t.split(':')[1]) for t in b['logprobs']['tokens']], 'the two calls sampled differently'
+    seen += sum(i in special for i in ids)
+    assert a['text'] == detok([i for i in ids if i not in special]), (a['text'], ids)
+    assert b['text'] == detok(ids), (b['text'], ids)
+assert len(skip) == 4 and seen > 0, 'no special token sampled: the test checks nothing (another seed)'
+PY
+if python3 "$T/special.py" $U $KEY "$T" "$T/m/tokenizer.json" 2>"$T/why"
+then pass serve_skip_special_tokens; else fail serve_skip_special_tokens "$(tail -3 "$T/why")"; fi
+
 # /metrics: the answers above, counted by status; the model's series carry its label
 curl -s -m 10 $U/metrics >"$T/metrics"
 # msum NAME: NAME's samples in $T/metrics summed over their labels

@@ -631,7 +631,7 @@ static bool api_parse_stop_ids(router *rt, const cJSON *body, serve_req *r, api_
  * api_body) and sets *n to its "n"; false with e set (400) when a field is bad. num: the
  * call's number (a seed when the body gives none). */
 static bool api_parse(router *rt, const cJSON *body, api_call *c, serve_req *r, long *n, api_error *e, uint64_t num) {
-    bool ignore_eos = false;
+    bool ignore_eos = false, skip_special = true;
     long max_tokens = r->chat ? 0 : 16, top_k = 0, seed = -1;
     double temperature = 1, top_p = 1, min_p = 0, rep = 1, presence = 0, frequency = 0;
     *n = 1;
@@ -654,8 +654,10 @@ static bool api_parse(router *rt, const cJSON *body, api_call *c, serve_req *r, 
         api_field_bad(json_get_int(body, "seed", false, "request", &seed), e, "seed") ||
         api_field_bad(json_get_bool(body, "ignore_eos", false, "request", &ignore_eos), e, "ignore_eos") ||
         api_field_bad(json_get_bool(body, "return_tokens_as_token_ids", false, "request", &r->ids_as_tokens), e,
-                      "return_tokens_as_token_ids"))
+                      "return_tokens_as_token_ids") ||
+        api_field_bad(json_get_bool(body, "skip_special_tokens", false, "request", &skip_special), e, "skip_special_tokens"))
         return false;
+    r->keep_special = !skip_special;
     const cJSON *mct = cJSON_GetObjectItemCaseSensitive(body, "max_completion_tokens");
     if (r->chat && mct && !cJSON_IsNull(mct)) {   /* OpenAI's newer name in chat; it wins over max_tokens, as in vLLM */
         if (api_field_bad(json_get_int(body, "max_completion_tokens", false, "request", &max_tokens), e, "max_completion_tokens") ||

@@ -25,8 +25,9 @@
  * the last), stream_options.include_usage (a last chunk with no choices and "usage"; whole
  * responses always carry usage), and vLLM's ignore_eos, stop_token_ids (ending the text before
  * any of them, within ENGINE_MAX_STOP beside the end-of-sequence ids; ignore_eos leaves them in
- * force) and return_tokens_as_token_ids (logprobs name tokens "token_id:ID"); other fields are
- * ignored, as vLLM does), GET /v1/models, GET /health, GET /metrics (Prometheus text), GET / (the dashboard page,
+ * force), return_tokens_as_token_ids (logprobs name tokens "token_id:ID") and
+ * skip_special_tokens (true by default, as there: special tokens generated leave the text, not
+ * the logprobs); other fields are ignored, as vLLM does), GET /v1/models, GET /health, GET /metrics (Prometheus text), GET / (the dashboard page,
  * dashboard.h; like /health and /metrics it needs no key: the page sends the key its user types),
  * and vLLM's POST /tokenize {"prompt"} -> {"tokens", "count", "max_model_len"} (the ids a completion's
  * prompt gets) and POST /detokenize {"tokens"} -> {"prompt"} (behind the key like /v1).

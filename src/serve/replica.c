@@ -323,7 +323,8 @@ static void replica_deliver(replica *rep, const engine_output *o) {
     if (o->token >= 0 && r->p.logprobs) replica_record_lp(r, o);
     if (o->token >= 0) {
         replica_count_token(rep, r);
-        size_t k = tok_stream_put(&r->ts, o->token, rep->piece, rep->piece_cap);
+        /* special tokens leave the text unless asked for (as HF's decode with skip_special_tokens) */
+        size_t k = r->keep_special || !tok_is_special(rt->t, o->token) ? tok_stream_put(&r->ts, o->token, rep->piece, rep->piece_cap) : 0;
         if (gen_text_put(&r->text, rep->piece, k, false, replica_emit, r, &stopped) != SK_OK) r->oom = true;
         if (stopped) {
             replica_engine_cancel(rep, r->eid);

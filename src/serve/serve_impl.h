@@ -68,6 +68,7 @@ struct serve_req {
     int n_stop;
     bool chat, stream;
     bool ids_as_tokens;      /* "return_tokens_as_token_ids" (vLLM's): logprobs name tokens "token_id:ID" */
+    bool keep_special;       /* "skip_special_tokens": false (vLLM's; true by default): special tokens in the text */
     int index;               /* its choice of the call (api.c): a call of "n" choices submits n requests */
     double t_arrival;        /* time_now() at submission */
     /* the thread of the replica running it */
